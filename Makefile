@@ -1,0 +1,28 @@
+# ctr: make setup | make demo | make test
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test lint clean
+
+setup: $(STAMP)
+
+# Order matters: torch first (the CPU wheel, exact pin), then the pinned rest, then torchrec
+# without its metadata's CUDA-only fbgemm-gpu (fbgemm-gpu-cpu from the pins replaces it).
+$(STAMP): pyproject.toml requirements/cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements/cpu.txt
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps torchrec==1.8.0
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/ctr train recipes/quickstart.yaml
+
+test: setup
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

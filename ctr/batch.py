@@ -1,0 +1,130 @@
+"""The data currency of ctr: `JaggedFeatures` and `Batch`.
+
+A batch of B samples with F sparse features is stored feature-major, like TorchRec's
+``KeyedJaggedTensor``: the bag of feature ``f`` for sample ``b`` is
+``values[offsets[f * B + b] : offsets[f * B + b + 1]]``. A single-valued categorical is a bag
+of length 1; a behaviour sequence is a bag of length <= max_len.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class JaggedFeatures:
+    """Variable-length id bags for F features over B samples.
+
+    Args:
+        keys: feature names, length F.
+        values: int64 ids [N].
+        offsets: int64 [F * B + 1], starting at 0 and non-decreasing.
+        weights: optional float per-id weights [N].
+
+    Example:
+        >>> jf = JaggedFeatures.from_lengths(["a", "b"], torch.tensor([3, 4, 5]),
+        ...                                  torch.tensor([1, 0, 2]))
+        >>> jf.batch_size, jf.bag("b", 0).tolist()
+        (1, [4, 5])
+    """
+
+    keys: list[str]
+    values: Tensor
+    offsets: Tensor
+    weights: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.offsets.numel() < 1 or (self.offsets.numel() - 1) % max(len(self.keys), 1):
+            raise ValueError(
+                f"offsets has {self.offsets.numel()} entries; expected F * B + 1 with F={len(self.keys)}"
+            )
+
+    @classmethod
+    def from_lengths(
+        cls, keys: list[str], values: Tensor, lengths: Tensor, weights: Tensor | None = None
+    ) -> JaggedFeatures:
+        """Builds from per-bag lengths [F * B] (feature-major)."""
+        offsets = torch.zeros(lengths.numel() + 1, dtype=torch.int64, device=values.device)
+        torch.cumsum(lengths.to(torch.int64), 0, out=offsets[1:])
+        return cls(keys, values, offsets, weights)
+
+    @classmethod
+    def from_dense(cls, keys: list[str], ids: Tensor) -> JaggedFeatures:
+        """Builds single-valued bags from ids [B, F]."""
+        batch, num = ids.shape
+        if num != len(keys):
+            raise ValueError(f"ids has {num} columns for {len(keys)} keys")
+        offsets = torch.arange(batch * num + 1, dtype=torch.int64, device=ids.device)
+        return cls(keys, ids.t().reshape(-1).to(torch.int64), offsets)
+
+    @property
+    def batch_size(self) -> int:
+        return (self.offsets.numel() - 1) // len(self.keys) if self.keys else 0
+
+    def lengths(self) -> Tensor:
+        """Bag lengths [F * B]."""
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def index(self, key: str) -> int:
+        return self.keys.index(key)
+
+    def feature_slice(self, key: str) -> tuple[int, int]:
+        """Start and end positions of feature ``key``'s values in ``values``."""
+        f, b = self.index(key), self.batch_size
+        return int(self.offsets[f * b]), int(self.offsets[(f + 1) * b])
+
+    def bag(self, key: str, sample: int) -> Tensor:
+        f, b = self.index(key), self.batch_size
+        return self.values[self.offsets[f * b + sample] : self.offsets[f * b + sample + 1]]
+
+    def feature_of_value(self) -> Tensor:
+        """Index of the feature each value belongs to, int64 [N]."""
+        b = self.batch_size
+        per_feature = self.offsets[b :: b] - self.offsets[: -1 : b] if b else self.offsets[:0]
+        return torch.repeat_interleave(
+            torch.arange(len(self.keys), device=self.values.device), per_feature
+        )
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> JaggedFeatures:
+        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return replace(self, values=move(self.values), offsets=move(self.offsets), weights=move(self.weights))
+
+    def to_kjt(self):  # -> torchrec.KeyedJaggedTensor
+        """Converts to TorchRec's KeyedJaggedTensor (needs torchrec installed)."""
+        from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+        return KeyedJaggedTensor(
+            keys=list(self.keys), values=self.values, weights=self.weights, lengths=self.lengths()
+        )
+
+
+@dataclass
+class Batch:
+    """One mini-batch.
+
+    Args:
+        dense: float32 numeric features [B, Nd] (Nd may be 0).
+        sparse: categorical and sequence features.
+        labels: float32 [B] in {0, 1}.
+        groups: optional int64 [B] group id for group AUC (e.g. the user).
+    """
+
+    dense: Tensor
+    sparse: JaggedFeatures
+    labels: Tensor
+    groups: Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        return self.labels.numel()
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return Batch(
+            dense=self.dense.to(device, non_blocking=non_blocking),
+            sparse=self.sparse.to(device, non_blocking=non_blocking),
+            labels=self.labels.to(device, non_blocking=non_blocking),
+            groups=None if self.groups is None else self.groups.to(device, non_blocking=non_blocking),
+        )

@@ -1,0 +1,118 @@
+"""The ``ctr`` command line.
+
+Errors a user can fix print one line (``ctr: error: <key or file:line>: <what>``) and exit
+with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ctr.errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return args.run(args) or 0
+    except UserError as err:
+        print(f"ctr: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ctr: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctr", description="Train and compare CTR models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a recipe; writes a run directory")
+    train.add_argument("recipe", nargs="?", help="recipe YAML (omit with --resume)")
+    train.add_argument("--out", type=Path, help="run directory (default runs/<name>-<time>)")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    _overrides(train)
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("eval", help="re-evaluate a finished run's best checkpoint")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--split", choices=("test", "valid"), default="test")
+    evaluate.set_defaults(run=_eval)
+
+    models = commands.add_parser("models", help="list what the registries hold")
+    models.set_defaults(run=_models)
+
+    data = commands.add_parser("data", help="data commands").add_subparsers(dest="data_command", required=True)
+    prep = data.add_parser("prepare", help="encode a recipe's data and print its statistics")
+    prep.add_argument("recipe")
+    _overrides(prep)
+    prep.set_defaults(run=_prepare)
+    return parser
+
+
+def _overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-o", "--override", action="append", default=[], metavar="KEY.PATH=VALUE",
+        help="override a recipe value (repeatable), e.g. -o train.batch_size=1024",
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ctr.recipe import load_recipe
+    from ctr.train.rundir import RunDir
+    from ctr.train.runner import train
+
+    if args.resume:
+        if args.recipe or args.override:
+            raise UserError("--resume continues a run with its own recipe; give no recipe or -o")
+        recipe, out = RunDir(args.resume).load_recipe(), args.resume
+    elif args.recipe:
+        recipe, out = load_recipe(args.recipe, args.override), args.out
+    else:
+        raise UserError("train: give a recipe file or --resume RUN_DIR")
+    metrics = train(recipe, out, resume=bool(args.resume))
+    print(_metrics_line("test", metrics["test"]) + f"  (embedding {metrics['embedding_bytes'] / 1e6:.2f} MB)")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from ctr.train.runner import evaluate
+
+    print(json.dumps(evaluate(args.run_dir, args.split), indent=2))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from ctr.registry import DATASETS, EMBEDDINGS, MODELS, OPTIMIZERS
+
+    for registry in (MODELS, EMBEDDINGS, DATASETS, OPTIMIZERS):
+        print(f"{registry.kind}s:")
+        for entry in registry.entries():
+            print(f"  {entry.name:<18} {entry.summary}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from ctr.datasets import prepare
+    from ctr.datasets.report import format_report
+    from ctr.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.override)
+    prepared = prepare(recipe.data, recipe.seed)
+    print(format_report(prepared.report))
+    print(f"\nencoded data: {prepared.root}")
+    return 0
+
+
+def _metrics_line(split: str, metrics: dict[str, float]) -> str:
+    return f"{split}: " + "  ".join(f"{k} {v:.6f}" for k, v in metrics.items())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""Errors a user can fix; the CLI prints them on one line and exits with code 2."""
+
+
+class UserError(Exception):
+    """Bad input from the user: a recipe, a data file, a command-line value.
+
+    The message must name what is wrong and where (file, line, key path), on one line.
+    """
+
+
+class RecipeError(UserError):
+    """A recipe key is unknown, has the wrong type, or names nothing registered."""
+
+
+class DataError(UserError):
+    """A data file is malformed (wrong field count, unparsable value, bad label, ...)."""

@@ -1,0 +1,57 @@
+"""Exact ranking and calibration metrics: AUC, group AUC, logloss (numpy, float64)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPS = 1e-7
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (ties count one half); NaN when only one class is present."""
+    return _grouped_auc(np.zeros(labels.shape[0], dtype=np.int64), labels, scores)[0][0]
+
+
+def group_auc(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
+    """Impression-weighted mean of per-group AUC; groups with a single class are skipped.
+
+    As in DIN (Zhou et al., 2018, Eq. 6): GAUC = Σ_g n_g · AUC_g / Σ_g n_g over groups g with
+    both classes, n_g the group's impressions.
+    """
+    per_group, sizes = _grouped_auc(groups, labels, scores)
+    valid = ~np.isnan(per_group)
+    if not valid.any():
+        return float("nan")
+    return float((per_group[valid] * sizes[valid]).sum() / sizes[valid].sum())
+
+
+def logloss(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Mean binary cross-entropy, probabilities clipped to [EPS, 1 - EPS]."""
+    p = np.clip(probs.astype(np.float64), EPS, 1 - EPS)
+    y = labels.astype(np.float64)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+def _grouped_auc(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group AUC (NaN for single-class groups) and group sizes, via tie-averaged ranks."""
+    scores = scores.astype(np.float64)
+    order = np.lexsort((scores, groups))
+    g, s, y = groups[order], scores[order], labels[order].astype(np.float64)
+    n = g.shape[0]
+    if n == 0:
+        return np.array([np.nan]), np.array([0])
+    new_group = np.r_[True, g[1:] != g[:-1]]
+    group_index = np.cumsum(new_group) - 1
+    position = np.arange(n) - np.flatnonzero(new_group)[group_index]
+    new_tie = new_group | np.r_[True, s[1:] != s[:-1]]
+    tie_index = np.cumsum(new_tie) - 1
+    tie_size = np.bincount(tie_index)
+    rank = position[new_tie][tie_index] + (tie_size[tie_index] - 1) / 2.0 + 1.0
+    sizes = np.bincount(group_index)
+    positives = np.bincount(group_index, weights=y)
+    negatives = sizes - positives
+    rank_sum = np.bincount(group_index, weights=rank * y)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_group = (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)
+    per_group[(positives == 0) | (negatives == 0)] = np.nan
+    return per_group, sizes

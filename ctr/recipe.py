@@ -1,0 +1,260 @@
+"""Recipes: the YAML a user writes, validated strictly into typed configs.
+
+Sections: ``name, seed, plugins, data, model, embedding, train, trainer, output``. The
+``data``, ``model`` and ``embedding`` blocks are validated against the config class of the
+registry entry they name (``data.dataset``, ``model.name``, ``embedding.method``), so a
+plugin's options are checked like the built-ins'.
+
+Example:
+    >>> recipe = load_recipe("recipes/quickstart.yaml", ["model.name=lr"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ctr.errors import RecipeError
+from ctr.registry import DATASETS, EMBEDDINGS, MODELS, OPTIMIZERS, import_plugins
+from ctr.schema import FeatureSpec
+from ctr.typed import parse, to_plain
+
+
+@dataclass
+class SplitConfig:
+    """Random train/valid/test split of datasets that ship as one stream of rows."""
+
+    valid: float = 0.1
+    test: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.valid < 1 and 0 <= self.test < 1 and self.valid + self.test < 1):
+            raise ValueError("split.valid and split.test must be in [0, 1) and sum to less than 1")
+
+
+@dataclass
+class DataConfig:
+    """Common data settings; each dataset's config class adds its own keys.
+
+    Args:
+        dataset: registered dataset name (``ctr models`` lists them).
+        path: the original files (a file or a folder), for file-based datasets.
+        features: feature specs; built-in datasets supply defaults.
+        label: label column; group: group column for group AUC (e.g. the user).
+        split: fractions for datasets without their own split.
+        cache_dir: where encoded data is cached (default ``$CTR_CACHE`` or ``~/.cache/ctr``).
+        on_bad_rows: ``error`` stops at the first bad row naming file and line;
+            ``skip`` drops such rows and counts them in the report.
+        prefetch: batches prepared ahead by a background thread (0 = none).
+        shuffle_buffer: rows mixed by the training loader's shuffle buffer.
+    """
+
+    dataset: str = "synthetic"
+    path: str | None = None
+    features: list[FeatureSpec] | None = None
+    label: str | None = None
+    group: str | None = None
+    split: SplitConfig = field(default_factory=SplitConfig)
+    cache_dir: str | None = None
+    on_bad_rows: Literal["error", "skip"] = "error"
+    prefetch: int = 2
+    shuffle_buffer: int = 1_000_000
+
+
+@dataclass
+class ModelConfig:
+    """Common model settings; each model's config class adds its own keys."""
+
+    name: str = "dlrm"
+
+
+@dataclass
+class EmbeddingConfig:
+    """Common embedding settings; each method's config class adds its own keys.
+
+    Args:
+        method: registered embedding method (``full``, ``hash``, ...).
+        dim: output dimension D of every feature's embedding.
+        budget: memory budget as a fraction of the full table's bytes (methods that
+            compress size themselves from it; ``None`` = the method's own default).
+        backend: embedding-bag kernel backend (``torch``, ``triton``, ``fbgemm``);
+            ``None`` = ``$CTR_KERNEL_BACKEND`` or automatic.
+        init_std: standard deviation of the normal initialisation of table rows.
+    """
+
+    method: str = "full"
+    dim: int = 16
+    budget: float | None = None
+    backend: str | None = None
+    init_std: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.dim < 1:
+            raise ValueError("dim must be >= 1")
+        if self.budget is not None and not 0 < self.budget <= 1:
+            raise ValueError("budget must be in (0, 1]")
+
+
+@dataclass
+class OptimizerConfig:
+    """An optimizer: ``name`` from the optimizers registry, learning rate, weight decay."""
+
+    name: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
+@dataclass
+class EarlyStopConfig:
+    """Stop when ``monitor`` has not improved for ``patience`` epochs."""
+
+    monitor: str = "valid/auc"
+    mode: Literal["max", "min"] = "max"
+    patience: int = 2
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings.
+
+    ``optimizer`` updates dense parameters; ``embedding_optimizer`` updates embedding tables
+    sparsely (only the rows a batch touched).
+    """
+
+    batch_size: int = 4096
+    eval_batch_size: int = 16384
+    epochs: int = 1
+    max_steps: int | None = None
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    embedding_optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig(name="adagrad", lr=0.05)
+    )
+    early_stop: EarlyStopConfig | None = field(default_factory=EarlyStopConfig)
+    grad_clip: float | None = None
+    eval_every_n_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.eval_batch_size < 1 or self.epochs < 1:
+            raise ValueError("batch_size, eval_batch_size and epochs must be >= 1")
+
+
+@dataclass
+class TrainerConfig:
+    """Where and how training runs (passed to Lightning)."""
+
+    accelerator: str = "cpu"
+    devices: int = 1
+    precision: str = "32-true"
+    strategy: str = "auto"
+    num_threads: int | None = None
+    progress_bar: bool | None = None
+
+
+@dataclass
+class OutputConfig:
+    """Run directory; ``None`` = ``runs/<name>-<timestamp>``."""
+
+    dir: str | None = None
+
+
+@dataclass
+class Recipe:
+    """A whole recipe, validated. ``data``, ``model`` and ``embedding`` hold instances of
+    the config class their registry entry names (subclasses of the base configs)."""
+
+    name: str = "run"
+    seed: int = 42
+    plugins: list[str] = field(default_factory=list)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+
+_SECTIONS = {
+    "data": (DATASETS, "dataset", DataConfig),
+    "model": (MODELS, "name", ModelConfig),
+    "embedding": (EMBEDDINGS, "method", EmbeddingConfig),
+}
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Reads, overrides and validates a recipe file; raises RecipeError naming the key."""
+    path = Path(path)
+    raw = read_yaml(path)
+    for item in overrides or []:
+        apply_override(raw, item)
+    return recipe_from_dict(raw)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Loads a YAML mapping; errors name the file and line."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise RecipeError(f"{path}: cannot read recipe: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise RecipeError(f"{where}: invalid YAML: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections")
+    return data
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Applies ``key.path=value`` (value parsed as YAML) to the raw recipe mapping."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise RecipeError(f"override {item!r}: expected key.path=value")
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RecipeError(f"{'.'.join(parts[: depth + 1])}: is not a section, cannot set {key}")
+        node = child
+    node[parts[-1]] = value
+
+
+def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
+    """Validates a raw recipe mapping: plugins first, then each section against its class."""
+    raw = dict(raw)
+    import_plugins(parse(_PluginList, {"plugins": raw.get("plugins", [])}, "").plugins)
+    sections = {}
+    for section, (registry, key, base) in _SECTIONS.items():
+        block = raw.pop(section, None) or {}
+        if not isinstance(block, dict):
+            raise RecipeError(f"{section}: expected a mapping, got {block!r}")
+        name = block.get(key, getattr(base(), key))
+        if not isinstance(name, str):
+            raise RecipeError(f"{section}.{key}: expected str, got {name!r}")
+        config_class = registry.get(name, f"{section}.{key}").config or base
+        sections[section] = parse(config_class, block, section)
+    recipe = parse(Recipe, raw, "")
+    for section, config in sections.items():
+        setattr(recipe, section, config)
+    OPTIMIZERS.get(recipe.train.optimizer.name, "train.optimizer.name")
+    OPTIMIZERS.get(recipe.train.embedding_optimizer.name, "train.embedding_optimizer.name")
+    return recipe
+
+
+@dataclass
+class _PluginList:
+    plugins: list[str] = field(default_factory=list)

@@ -1,0 +1,173 @@
+"""Feature specs (what the recipe declares) and the fitted schema (what preprocessing found).
+
+Reserved ids in every vocabulary: 0 = padding, 1 = out-of-vocabulary; with ``oov_buckets``
+> 1, ids 1..oov_buckets are OOV hash buckets and known tokens start after them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from ctr.typed import parse, to_plain
+
+PAD_ID = 0
+OOV_ID = 1
+
+Kind = Literal["categorical", "numeric", "sequence"]
+_TRANSFORMS = {
+    "numeric": ("none", "log1p", "log_square", "standardize", "quantile"),
+    "categorical": ("none", "log_square"),
+    "sequence": ("none",),
+}
+Pooling = Literal["sum", "mean", "none"]
+
+
+@dataclass
+class FeatureSpec:
+    """One input feature.
+
+    Args:
+        name: feature name (unique).
+        kind: ``categorical`` (one id), ``numeric`` (one float), ``sequence`` (a list of ids).
+        source: raw column it is read from (defaults to ``name``).
+        min_count: tokens seen fewer times in training data map to OOV.
+        max_vocab: keep at most this many most frequent tokens.
+        oov_buckets: number of OOV ids (tokens hashed into them); 1 = a single OOV id.
+        share_with: use this other feature's vocabulary and embedding table.
+        max_len: sequences keep their last ``max_len`` items.
+        splitter: separator of sequence items in a text column.
+        pooling: for sequences, ``sum``/``mean`` pool the bag, ``none`` keeps positions
+            (for attention models such as DIN); categoricals are always pooled.
+        transform: for numeric features: ``none``, ``log1p`` (log(1 + max(x, 0)), as DLRM),
+            ``log_square`` (floor(ln(x)^2) for x > 2, the Criteo winners' convention),
+            ``standardize`` ((x - mean) / std of the training data), ``quantile`` (the
+            training data's empirical CDF at ``num_buckets`` quantiles, in [0, 1]). For a
+            categorical feature read from a numeric column, ``log_square`` turns the numbers
+            into bucket tokens.
+        fill: value of a missing numeric (after the transform).
+        num_buckets: quantiles of the ``quantile`` transform.
+    """
+
+    name: str
+    kind: Kind = "categorical"
+    source: str | None = None
+    min_count: int = 1
+    max_vocab: int | None = None
+    oov_buckets: int = 1
+    share_with: str | None = None
+    max_len: int = 50
+    splitter: str = "^"
+    pooling: Pooling = "mean"
+    transform: Literal["none", "log1p", "log_square", "standardize", "quantile"] = "none"
+    fill: float = 0.0
+    num_buckets: int = 20
+
+    def __post_init__(self) -> None:
+        if self.min_count < 1 or self.oov_buckets < 1 or self.max_len < 1:
+            raise ValueError(f"feature {self.name!r}: min_count, oov_buckets and max_len must be >= 1")
+        if self.kind == "categorical" and self.pooling == "none":
+            raise ValueError(f"feature {self.name!r}: a categorical feature cannot keep positions")
+        allowed = _TRANSFORMS[self.kind]
+        if self.transform not in allowed:
+            raise ValueError(f"feature {self.name!r}: transform {self.transform!r} needs one of {allowed}")
+
+    @property
+    def column(self) -> str:
+        return self.source or self.name
+
+    @property
+    def is_sparse(self) -> bool:
+        return self.kind != "numeric"
+
+
+@dataclass
+class NumericStats:
+    """Fitted statistics of a numeric feature (after its transform)."""
+
+    mean: float = 0.0
+    std: float = 1.0
+    boundaries: list[float] = field(default_factory=list)
+
+
+@dataclass
+class FeatureInfo:
+    """A spec plus what was fitted for it."""
+
+    spec: FeatureSpec
+    vocab_size: int = 0
+    table: str = ""
+    numeric: NumericStats | None = None
+
+
+@dataclass
+class Schema:
+    """The fitted description of a dataset: features, vocabularies, label and group.
+
+    ``counts[table]`` holds per-id training frequencies [vocab_size] (frequency-aware
+    embedding methods need them); it is saved as ``counts.npz`` beside ``schema.json``.
+    """
+
+    features: list[FeatureInfo]
+    label: str
+    group: str | None = None
+    counts: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def feature(self, name: str) -> FeatureInfo:
+        for info in self.features:
+            if info.spec.name == name:
+                return info
+        raise KeyError(f"no feature named {name!r}")
+
+    @property
+    def sparse_features(self) -> list[FeatureInfo]:
+        """Categorical and sequence features, in the order of ``JaggedFeatures.keys``."""
+        return [f for f in self.features if f.spec.is_sparse]
+
+    @property
+    def dense_features(self) -> list[FeatureInfo]:
+        """Numeric features, in the column order of ``Batch.dense``."""
+        return [f for f in self.features if not f.spec.is_sparse]
+
+    @property
+    def pooled_features(self) -> list[FeatureInfo]:
+        """Sparse features embedded as one vector per sample."""
+        return [f for f in self.sparse_features if f.spec.pooling != "none" or f.spec.kind == "categorical"]
+
+    @property
+    def sequence_features(self) -> list[FeatureInfo]:
+        """Sequence features that keep their positions ([B, L, D])."""
+        return [f for f in self.sparse_features if f.spec.kind == "sequence" and f.spec.pooling == "none"]
+
+    def tables(self) -> dict[str, int]:
+        """Embedding table name → rows, one table per vocabulary (shared features share one)."""
+        sizes: dict[str, int] = {}
+        for info in self.sparse_features:
+            sizes[info.table] = max(sizes.get(info.table, 0), info.vocab_size)
+        return sizes
+
+    def save(self, folder: str | Path) -> None:
+        """Writes schema.json and counts.npz into ``folder`` (each atomically)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        data = {"label": self.label, "group": self.group, "features": to_plain(self.features)}
+        tmp = folder / "schema.json.tmp"
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, folder / "schema.json")
+        tmp_counts = folder / "counts.tmp.npz"
+        np.savez(tmp_counts, **self.counts)
+        os.replace(tmp_counts, folder / "counts.npz")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Schema:
+        folder = Path(folder)
+        data = json.loads((folder / "schema.json").read_text())
+        features = [parse(FeatureInfo, f, f"schema.features[{i}]") for i, f in enumerate(data["features"])]
+        with np.load(folder / "counts.npz") as counts:
+            table_counts = {k: counts[k] for k in counts.files}
+        return cls(features=features, label=data["label"], group=data["group"], counts=table_counts)

@@ -1,0 +1,1 @@
+"""ctr.train: the Lightning task, optimizers, callbacks and the train/eval runner."""

@@ -1,0 +1,115 @@
+"""Optimizers: dense ones for MLPs, sparse-capable ones for embedding tables, and the
+combined optimizer that steps both as one.
+
+Embedding tables receive sparse gradients (only the rows a batch touched); their optimizer
+must update only those rows: ``adagrad``, ``sgd``, ``sparse_adam`` (lazy Adam) and
+``rowwise_adagrad`` do.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from ctr.recipe import OptimizerConfig
+from ctr.registry import OPTIMIZERS
+
+ParamList = list[nn.Parameter]
+
+
+def _dense(factory: Callable[..., torch.optim.Optimizer]):
+    def make(params: ParamList, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+        return factory(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    return make
+
+
+OPTIMIZERS.register("adam")(_dense(torch.optim.Adam))
+OPTIMIZERS.register("adamw")(_dense(torch.optim.AdamW))
+OPTIMIZERS.register("sgd")(lambda params, cfg: torch.optim.SGD(params, lr=cfg.lr))
+OPTIMIZERS.register("adagrad")(lambda params, cfg: torch.optim.Adagrad(params, lr=cfg.lr))
+OPTIMIZERS.register("sparse_adam")(lambda params, cfg: torch.optim.SparseAdam(params, lr=cfg.lr))
+
+
+@OPTIMIZERS.register("rowwise_adagrad")
+class RowWiseAdagrad(torch.optim.Optimizer):
+    """Adagrad with one accumulator per row (the mean of the row's squared gradient).
+
+    As in FBGEMM's table-batched embedding: state is [R] instead of [R, D], and with sparse
+    gradients only the touched rows are read and written.
+    """
+
+    def __init__(self, params: Iterable[nn.Parameter], cfg: OptimizerConfig | None = None, lr: float = 0.01, eps: float = 1e-8):
+        super().__init__(params, {"lr": cfg.lr if cfg else lr, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                if "sum" not in state:
+                    state["sum"] = torch.zeros(param.shape[0], dtype=torch.float32, device=param.device)
+                self._update(param, state["sum"], group["lr"], group["eps"])
+        return loss
+
+    @staticmethod
+    def _update(param: nn.Parameter, accumulator: torch.Tensor, lr: float, eps: float) -> None:
+        grad = param.grad
+        if grad.is_sparse:
+            grad = grad.coalesce()
+            rows, values = grad.indices()[0], grad.values()
+            accumulator.index_add_(0, rows, values.float().pow(2).mean(1))
+            scale = lr / (accumulator[rows].sqrt() + eps)
+            param.index_add_(0, rows, (-scale.unsqueeze(1) * values).to(param.dtype))
+        else:
+            flat = grad.reshape(grad.shape[0], -1)
+            accumulator.add_(flat.float().pow(2).mean(1))
+            scale = lr / (accumulator.sqrt() + eps)
+            param.add_((-scale.view(-1, *[1] * (grad.dim() - 1)) * grad).to(param.dtype))
+
+
+class CombinedOptimizer(torch.optim.Optimizer):
+    """Steps several optimizers as one (one Lightning optimizer, one global step).
+
+    Args:
+        parts: name → optimizer (e.g. ``{"dense": adam, "embedding": adagrad}``).
+    """
+
+    def __init__(self, parts: dict[str, torch.optim.Optimizer]):
+        self.parts = parts
+        super().__init__([{"params": []}], {})  # the real groups live in the parts
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return [group for opt in self.parts.values() for group in opt.param_groups]
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        """Ignored: ``Optimizer.__init__`` sets it once; the groups live in the parts."""
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = closure() if closure is not None else None
+        for opt in self.parts.values():
+            opt.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.parts.values():
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: opt.state_dict() for name, opt in self.parts.items()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for name, opt in self.parts.items():
+            opt.load_state_dict(state_dict[name])
+
+
+def build_optimizer(cfg: OptimizerConfig, params: ParamList, key_path: str) -> torch.optim.Optimizer:
+    """Builds the registered optimizer ``cfg.name`` over ``params``."""
+    return OPTIMIZERS.get(cfg.name, f"{key_path}.name").target(params, cfg)

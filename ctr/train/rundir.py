@@ -1,0 +1,63 @@
+"""The run directory: recipe snapshot, schema, checkpoints, logs, metrics, plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ctr.errors import UserError
+from ctr.recipe import Recipe, load_recipe
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """Paths inside one run directory."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    recipe = property(lambda self: self.root / "recipe.yaml")
+    schema = property(lambda self: self.root / "schema")
+    checkpoints = property(lambda self: self.root / "checkpoints")
+    best = property(lambda self: self.root / "checkpoints" / "best.ckpt")
+    last = property(lambda self: self.root / "checkpoints" / "last.ckpt")
+    metrics = property(lambda self: self.root / "metrics.json")
+    curves = property(lambda self: self.root / "curves.png")
+    log_csv = property(lambda self: self.root / "logs" / "metrics.csv")
+
+    def write_recipe(self, recipe: Recipe) -> None:
+        atomic_write(self.recipe, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+
+    def load_recipe(self) -> Recipe:
+        if not self.recipe.exists():
+            raise UserError(f"{self.root}: not a run directory (no recipe.yaml)")
+        return load_recipe(self.recipe)
+
+    def copy_schema(self, prepared_root: Path) -> None:
+        """Copies the fitted schema, vocabularies and data report next to the checkpoints."""
+        tmp = self.root / ".schema.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name in ("schema.json", "counts.npz", "report.json"):
+            shutil.copy2(prepared_root / name, tmp / name)
+        shutil.copytree(prepared_root / "vocab", tmp / "vocab")
+        shutil.rmtree(self.schema, ignore_errors=True)
+        os.replace(tmp, self.schema)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        atomic_write(self.metrics, json.dumps(metrics, indent=2) + "\n")
+
+    def read_metrics(self) -> dict[str, Any]:
+        return json.loads(self.metrics.read_text())

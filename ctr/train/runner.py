@@ -1,0 +1,185 @@
+"""``ctr train`` and ``ctr eval``: data → loaders → Lightning → run directory."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from ctr.datasets import BatchLoader, Prepared, prepare
+from ctr.errors import UserError
+from ctr.recipe import Recipe
+from ctr.train.callbacks import Throughput, ValidationSummary
+from ctr.train.plots import plot_curves
+from ctr.train.rundir import RunDir
+from ctr.train.task import CTRTask
+
+log = logging.getLogger("ctr.train")
+
+
+def default_run_dir(recipe: Recipe) -> Path:
+    return Path(recipe.output.dir or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict[str, Any]:
+    """Trains ``recipe`` into run directory ``out``; returns (and writes) metrics.json."""
+    _quiet_lightning()
+    run = RunDir(out or default_run_dir(recipe))
+    if resume and not run.last.exists():
+        raise UserError(f"{run.root}: nothing to resume (no checkpoints/last.ckpt)")
+    if not resume and (run.last.exists() or run.metrics.exists()):
+        raise UserError(f"{run.root}: already holds a run; continue it with --resume or choose another --out")
+    if recipe.trainer.num_threads:
+        torch.set_num_threads(recipe.trainer.num_threads)
+    L.seed_everything(recipe.seed, workers=True, verbose=False)
+    progress = _progress(recipe)
+    prepared = prepare(recipe.data, recipe.seed, progress)
+    run.write_recipe(recipe)
+    run.copy_schema(prepared.root)
+    task = CTRTask(recipe, prepared.schema)
+    _log_summary(task, prepared)
+    throughput = Throughput()
+    checkpoint = _checkpoint(recipe, run)
+    trainer = _trainer(recipe, run, progress, [checkpoint, throughput, ValidationSummary()])
+    loaders = _loaders(recipe, prepared, trainer)
+    trainer.fit(task, loaders["train"], loaders["valid"], ckpt_path=str(run.last) if resume else None)
+    best = Path(checkpoint.best_model_path or run.last)
+    evaluator = _trainer(recipe, run, progress, [], logger=False)
+    metrics = evaluate_checkpoint(task, best, loaders, evaluator)
+    metrics.update(
+        embedding_bytes=task.net.embedding.memory_bytes(),
+        full_embedding_bytes=task.net.embedding.full_bytes(),
+        train_samples_per_s=throughput.samples_per_second,
+        train_seconds=throughput.seconds,
+        epochs=trainer.current_epoch,
+        steps=trainer.global_step,
+        best_checkpoint=str(best.relative_to(run.root)),
+    )
+    run.write_metrics(metrics)
+    if run.log_csv.exists():
+        plot_curves(run.log_csv, run.curves)
+    return metrics
+
+
+def evaluate_checkpoint(task: CTRTask, ckpt: Path, loaders: dict[str, BatchLoader], trainer: L.Trainer) -> dict[str, Any]:
+    """Valid and test metrics of the weights in ``ckpt``."""
+    task.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
+    result = {}
+    for split in ("valid", "test"):
+        task.eval_split = split
+        trainer.test(task, loaders[split], verbose=False)
+        result[split] = task.last_metrics[split]
+    return result
+
+
+def evaluate(run_root: Path, split: str = "test") -> dict[str, float]:
+    """Re-evaluates the best checkpoint of a finished run on ``split``."""
+    _quiet_lightning()
+    run = RunDir(run_root)
+    recipe = run.load_recipe()
+    metrics = run.read_metrics() if run.metrics.exists() else {}
+    ckpt = run.root / metrics.get("best_checkpoint", "checkpoints/best.ckpt")
+    if not ckpt.exists():
+        raise UserError(f"{run.root}: no checkpoint at {ckpt}")
+    prepared = prepare(recipe.data, recipe.seed, _progress(recipe))
+    task = CTRTask(recipe, prepared.schema)
+    trainer = _trainer(recipe, run, _progress(recipe), [], logger=False)
+    loaders = _loaders(recipe, prepared, trainer, splits=(split,))
+    task.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
+    task.eval_split = split
+    trainer.test(task, loaders[split], verbose=False)
+    return task.last_metrics[split]
+
+
+def _loaders(recipe: Recipe, prepared: Prepared, trainer: L.Trainer, splits=("train", "valid", "test")):
+    data, train = recipe.data, recipe.train
+    rank, world = trainer.global_rank, trainer.world_size
+    loaders = {}
+    for split in splits:
+        training = split == "train"
+        loaders[split] = BatchLoader(
+            prepared.split_dir(split),
+            prepared.schema,
+            train.batch_size if training else train.eval_batch_size,
+            shuffle=training,
+            seed=recipe.seed,
+            drop_last=False,
+            rank=rank,
+            world_size=world,
+            prefetch=data.prefetch,
+        )
+    return loaders
+
+
+def _checkpoint(recipe: Recipe, run: RunDir) -> ModelCheckpoint:
+    stop = recipe.train.early_stop
+    return ModelCheckpoint(
+        dirpath=run.checkpoints,
+        filename="best",
+        monitor=stop.monitor if stop else "valid/auc",
+        mode=stop.mode if stop else "max",
+        save_last=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+
+
+def _trainer(recipe: Recipe, run: RunDir, progress: bool, callbacks: list, logger: bool = True) -> L.Trainer:
+    cfg, train = recipe.trainer, recipe.train
+    if train.early_stop and logger:
+        stop = train.early_stop
+        callbacks.append(EarlyStopping(monitor=stop.monitor, mode=stop.mode, patience=stop.patience))
+    loggers = [CSVLogger(run.root, name="logs", version="")] if logger else False
+    return L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        max_epochs=train.epochs,
+        max_steps=train.max_steps or -1,
+        val_check_interval=train.eval_every_n_steps or 1.0,
+        callbacks=callbacks,
+        logger=loggers,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=20,
+        use_distributed_sampler=False,
+        default_root_dir=run.root,
+    )
+
+
+def _log_summary(task: CTRTask, prepared: Prepared) -> None:
+    embedding = task.net.embedding
+    dense = sum(p.numel() for p in task.net.model.parameters())
+    splits = prepared.report["splits"]
+    log.info(
+        "data %s: train %d, valid %d, test %d rows | embedding %s: %.2f MB (full %.2f MB) | model %s: %d dense params",
+        prepared.root.name, splits["train"]["rows"], splits["valid"]["rows"], splits["test"]["rows"],
+        task.recipe.embedding.method, embedding.memory_bytes() / 1e6, embedding.full_bytes() / 1e6,
+        task.recipe.model.name, dense,
+    )
+
+
+def _progress(recipe: Recipe) -> bool:
+    flag = recipe.trainer.progress_bar
+    return sys.stderr.isatty() if flag is None else flag
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message in (
+        ".*does not have many workers.*",
+        ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
+        ".*Sparse invariant checks are implicitly disabled.*",
+    ):
+        warnings.filterwarnings("ignore", message=message)

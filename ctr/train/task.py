@@ -1,0 +1,117 @@
+"""The Lightning module that trains any registered model over any embedding method."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ctr.batch import Batch
+from ctr.embeddings.base import EmbeddingMethod
+from ctr.metrics import auc, group_auc, logloss
+from ctr.models.base import CTRModel
+from ctr.recipe import Recipe
+from ctr.registry import EMBEDDINGS, MODELS
+from ctr.schema import Schema
+from ctr.train.optim import CombinedOptimizer, build_optimizer
+
+
+class CTRNet(nn.Module):
+    """Embedding method + model: ``Batch`` → logits [B]."""
+
+    def __init__(self, recipe: Recipe, schema: Schema):
+        super().__init__()
+        method = EMBEDDINGS.get(recipe.embedding.method, "embedding.method").target
+        self.embedding: EmbeddingMethod = method(schema, recipe.embedding)
+        model = MODELS.get(recipe.model.name, "model.name").target
+        self.model: CTRModel = model(schema, self.embedding.layout, recipe.model)
+
+    def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Logits [B] and the regularization loss (a scalar)."""
+        embedded = self.embedding(batch.sparse)
+        logits = self.model(batch, embedded)
+        return logits, self.embedding.regularizer() + self.model.regularizer(batch, embedded)
+
+
+class CTRTask(L.LightningModule):
+    """BCE training with a dense optimizer and a sparse embedding optimizer stepped together.
+
+    Logs ``train/loss`` per step and ``valid/auc``, ``valid/logloss`` (and ``valid/gauc``
+    when the data has groups) per validation; ``trainer.test`` evaluates the split named by
+    ``eval_split`` and logs it under that name.
+    """
+
+    def __init__(self, recipe: Recipe, schema: Schema):
+        super().__init__()
+        self.automatic_optimization = False
+        self.recipe = recipe
+        self.net = CTRNet(recipe, schema)
+        self._outputs: list[tuple[Tensor, Tensor, Tensor | None]] = []
+        self.last_metrics: dict[str, dict[str, float]] = {}
+        self.eval_split = "test"
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self.net(batch)[0]
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        logits, reg = self.net(batch)
+        loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(loss + reg)
+        if self.recipe.train.grad_clip:
+            nn.utils.clip_grad_norm_(self._dense_parameters(), self.recipe.train.grad_clip)
+        optimizer.step()
+        self.log("train/loss", loss.detach(), batch_size=batch.size, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._collect(batch)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._collect(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish("valid")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish(self.eval_split)
+
+    def _collect(self, batch: Batch) -> None:
+        probs = torch.sigmoid(self(batch).float())
+        self._outputs.append((probs.detach(), batch.labels, batch.groups))
+
+    def _finish(self, split: str) -> None:
+        probs, labels, groups = self._gathered()
+        self._outputs = []
+        metrics = {"auc": auc(labels, probs), "logloss": logloss(labels, probs)}
+        if groups is not None:
+            metrics["gauc"] = group_auc(groups, labels, probs)
+        self.last_metrics[split] = metrics
+        for name, value in metrics.items():
+            self.log(f"{split}/{name}", value, sync_dist=False, rank_zero_only=False)
+
+    def _gathered(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        probs = torch.cat([p for p, _, _ in self._outputs])
+        labels = torch.cat([y for _, y, _ in self._outputs])
+        has_groups = self._outputs[0][2] is not None
+        groups = torch.cat([g for _, _, g in self._outputs]) if has_groups else None
+        if self.trainer.world_size > 1:
+            probs, labels = self.all_gather(probs).flatten(), self.all_gather(labels).flatten()
+            groups = self.all_gather(groups).flatten() if has_groups else None
+        to_np = lambda t: t.cpu().numpy()  # noqa: E731
+        return to_np(probs), to_np(labels), None if groups is None else to_np(groups)
+
+    def _dense_parameters(self) -> list[nn.Parameter]:
+        sparse = {id(p) for p in self.net.embedding.sparse_parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in sparse]
+
+    def configure_optimizers(self) -> CombinedOptimizer:
+        train = self.recipe.train
+        parts = {"dense": build_optimizer(train.optimizer, self._dense_parameters(), "train.optimizer")}
+        sparse = [p for p in self.net.embedding.sparse_parameters() if p.requires_grad]
+        if sparse:
+            parts["embedding"] = build_optimizer(train.embedding_optimizer, sparse, "train.embedding_optimizer")
+        return CombinedOptimizer(parts)

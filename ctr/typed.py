@@ -1,0 +1,136 @@
+"""Strict conversion of plain YAML data into typed config dataclasses.
+
+Unknown keys and wrong types fail with the key's full path, e.g.
+``train.batch_size: expected int, got 'abc'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, TypeVar, Union
+
+from ctr.errors import RecipeError
+
+T = TypeVar("T")
+
+
+def parse(cls: type[T], data: Any, path: str) -> T:
+    """Builds dataclass ``cls`` from ``data`` (a mapping), checking every key and type.
+
+    Args:
+        cls: a dataclass type whose fields carry type hints.
+        data: the mapping read from YAML (``None`` means all defaults).
+        path: dotted key path of ``data`` in the recipe, used in error messages.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path or 'recipe'}: expected a mapping, got {_show(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise RecipeError(
+            f"{_join(path, str(unknown[0]))}: unknown key (allowed: {', '.join(sorted(fields))})"
+        )
+    values = {}
+    for name, field in fields.items():
+        key_path = _join(path, name)
+        if name in data:
+            values[name] = convert(hints[name], data[name], key_path)
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise RecipeError(f"{key_path}: required key is missing")
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as err:
+        raise RecipeError(f"{path or 'recipe'}: {err}") from None
+
+
+def convert(hint: Any, value: Any, path: str) -> Any:
+    """Checks ``value`` against type ``hint`` and converts it (e.g. int → float)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        return _convert_union(args, value, path)
+    if origin is Literal:
+        if value not in args:
+            raise RecipeError(f"{path}: expected one of {', '.join(map(repr, args))}, got {_show(value)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"{path}: expected a list, got {_show(value)}")
+        item = args[0] if args else Any
+        converted = [convert(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return converted if origin is list else tuple(converted)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{path}: expected a mapping, got {_show(value)}")
+        item = args[1] if len(args) == 2 else Any
+        return {str(k): convert(item, v, _join(path, str(k))) for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return value if isinstance(value, hint) else parse(hint, value, path)
+    return _convert_scalar(hint, value, path)
+
+
+def _convert_union(args: tuple, value: Any, path: str) -> Any:
+    if value is None:
+        if type(None) in args:
+            return None
+        raise RecipeError(f"{path}: a value is required, got null")
+    candidates = [a for a in args if a is not type(None)]
+    errors = []
+    for candidate in candidates:
+        try:
+            return convert(candidate, value, path)
+        except RecipeError as err:
+            errors.append(err)
+    if len(errors) == 1:
+        raise errors[0]
+    names = " or ".join(_name(c) for c in candidates)
+    raise RecipeError(f"{path}: expected {names}, got {_show(value)}")
+
+
+def _convert_scalar(hint: Any, value: Any, path: str) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"unsupported config type {hint!r} at {path}")
+    raise RecipeError(f"{path}: expected {_name(hint)}, got {_show(value)}")
+
+
+def to_plain(obj: Any) -> Any:
+    """Turns a config dataclass (recursively) into plain YAML-able data."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def _name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key

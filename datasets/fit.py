@@ -1,0 +1,85 @@
+"""Pass one of preprocessing: count tokens and fit numeric statistics on training rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from ctr.datasets.transforms import base_numeric, categorical_tokens, numeric_values, sequence_tokens
+from ctr.datasets.vocab import TokenCounter, Vocabulary
+from ctr.schema import FeatureSpec, NumericStats
+
+RESERVOIR = 100_000
+
+
+class NumericFitter:
+    """Mean, std and a uniform reservoir sample (for quantiles) of a transformed column."""
+
+    def __init__(self, spec: FeatureSpec, seed: int):
+        self.spec = spec
+        self.count, self.total, self.squares = 0, 0.0, 0.0
+        self.sample = np.empty(0)
+        self.sample_keys = np.empty(0)
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, values: np.ndarray) -> None:
+        values = base_numeric(values, self.spec.transform)
+        values = values[~np.isnan(values)]
+        self.count += values.size
+        self.total += float(values.sum())
+        self.squares += float(np.square(values).sum())
+        if self.spec.transform == "quantile":
+            self._reservoir(values)
+
+    def _reservoir(self, values: np.ndarray) -> None:
+        # keeping the values with the RESERVOIR smallest random keys is a uniform sample
+        pooled = np.concatenate([self.sample, values])
+        pooled_keys = np.concatenate([self.sample_keys, self.rng.random(values.size)])
+        if pooled.size > RESERVOIR:
+            keep = np.argpartition(pooled_keys, RESERVOIR)[:RESERVOIR]
+            pooled, pooled_keys = pooled[keep], pooled_keys[keep]
+        self.sample, self.sample_keys = pooled, pooled_keys
+
+    def result(self) -> NumericStats:
+        mean = self.total / self.count if self.count else 0.0
+        var = self.squares / self.count - mean**2 if self.count else 1.0
+        boundaries: list[float] = []
+        if self.spec.transform == "quantile" and self.sample.size:
+            quantiles = np.linspace(0, 1, self.spec.num_buckets + 1)[1:-1]
+            boundaries = sorted(set(np.quantile(self.sample, quantiles).tolist()))
+        return NumericStats(mean=mean, std=float(np.sqrt(max(var, 0.0))) or 1.0, boundaries=boundaries)
+
+
+class Fitter:
+    """Accumulates everything the encoder needs from training record batches.
+
+    Args:
+        features: the feature specs; ``table_of`` maps a feature to its vocabulary's table.
+    """
+
+    def __init__(self, features: list[FeatureSpec], table_of: dict[str, str], seed: int):
+        self.features = features
+        self.table_of = table_of
+        self.counters = {table: TokenCounter() for table in dict.fromkeys(table_of.values())}
+        self.numeric = {f.name: NumericFitter(f, seed) for f in features if f.kind == "numeric"}
+
+    def add(self, batch: pa.RecordBatch, where: str) -> None:
+        for spec in self.features:
+            column = batch.column(spec.column)
+            if spec.kind == "numeric":
+                self.numeric[spec.name].add(numeric_values(column, spec, where))
+            elif spec.kind == "categorical":
+                self.counters[self.table_of[spec.name]].add(categorical_tokens(column, spec))
+            else:
+                self.counters[self.table_of[spec.name]].add(sequence_tokens(column, spec).tokens)
+
+    def vocabularies(self) -> dict[str, Vocabulary]:
+        """One vocabulary per table, fitted with the settings of the table's owner feature."""
+        owners = {}
+        for spec in self.features:
+            if spec.is_sparse and spec.name == self.table_of[spec.name]:
+                owners[spec.name] = spec
+        return {table: Vocabulary.fit(counter.result(), owners[table]) for table, counter in self.counters.items()}
+
+    def numeric_stats(self) -> dict[str, NumericStats]:
+        return {name: fitter.result() for name, fitter in self.numeric.items()}

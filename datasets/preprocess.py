@@ -1,0 +1,225 @@
+"""Streaming preprocessing: raw record batches → vocabularies → encoded parquet shards.
+
+Two passes over the raw rows (fit on training rows, then encode every split), each in Arrow
+record batches, so peak memory grows with vocabulary size, not with the number of rows. The
+result is a cache entry keyed by a hash of the inputs and the feature config, written into a
+temporary folder and renamed into place only when complete: a killed run leaves nothing a
+later run would use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from ctr.datasets.encode import Encoder, Tally
+from ctr.datasets.fit import Fitter
+from ctr.datasets.report import build_report
+from ctr.datasets.shards import ShardWriter
+from ctr.datasets.source import SPLITS, DatasetSource
+from ctr.datasets.validate import check_rows, raise_or_count, require_columns
+from ctr.errors import DataError, RecipeError
+from ctr.recipe import DataConfig, SplitConfig
+from ctr.registry import DATASETS
+from ctr.schema import FeatureInfo, FeatureSpec, Schema
+from ctr.typed import to_plain
+
+log = logging.getLogger(__name__)
+PIPELINE_VERSION = 1
+DONE = "DONE"
+
+
+@dataclass
+class Prepared:
+    """An encoded dataset in the cache: shards per split, the schema, the report."""
+
+    root: Path
+    schema: Schema
+    report: dict
+
+    def split_dir(self, split: str) -> Path:
+        return self.root / split
+
+
+def prepare(config: DataConfig, seed: int, progress: bool | None = None) -> Prepared:
+    """Encodes the recipe's data (or finds it in the cache) and returns the cache entry."""
+    source = DATASETS.get(config.dataset, "data.dataset").target(config)
+    features = config.features or source.default_features()
+    label, group = config.label or source.label, config.group or source.group
+    table_of = tables_of(features)
+    key = cache_key(source, features, label, group, config.split, seed)
+    root = cache_root(config) / f"{config.dataset}-{key[:16]}"
+    if (root / DONE).exists():
+        return load_prepared(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        job = _Job(source, features, table_of, label, group, config, seed, _show_progress(progress))
+        job.run(tmp)
+        (tmp / DONE).write_text("ok\n")
+        _publish(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return load_prepared(root)
+
+
+def load_prepared(root: Path) -> Prepared:
+    report = json.loads((root / "report.json").read_text())
+    return Prepared(root=root, schema=Schema.load(root), report=report)
+
+
+def tables_of(features: list[FeatureSpec]) -> dict[str, str]:
+    """Feature name → table (vocabulary) name; ``share_with`` points at the owner."""
+    by_name = {}
+    for i, spec in enumerate(features):
+        if spec.name in by_name:
+            raise RecipeError(f"data.features[{i}].name: duplicate feature {spec.name!r}")
+        by_name[spec.name] = spec
+    tables = {}
+    for i, spec in enumerate(features):
+        if not spec.is_sparse:
+            continue
+        owner = spec.share_with or spec.name
+        target = by_name.get(owner)
+        if target is None or not target.is_sparse or target.share_with:
+            raise RecipeError(
+                f"data.features[{i}].share_with: {owner!r} is not a categorical or sequence feature that owns a table"
+            )
+        tables[spec.name] = owner
+    return tables
+
+
+def cache_key(source: DatasetSource, features, label, group, split: SplitConfig, seed: int) -> str:
+    blob = json.dumps(
+        {
+            "version": PIPELINE_VERSION,
+            "source": source.fingerprint(),
+            "features": to_plain(features),
+            "label": label,
+            "group": group,
+            "split": to_plain(split),
+            "seed": seed,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def cache_root(config: DataConfig) -> Path:
+    base = config.cache_dir or os.environ.get("CTR_CACHE") or "~/.cache/ctr"
+    return Path(base).expanduser() / "data"
+
+
+def _publish(tmp: Path, root: Path) -> None:
+    try:
+        os.rename(tmp, root)
+    except OSError:
+        if not (root / DONE).exists():  # a stale, unfinished folder: replace it
+            shutil.rmtree(root, ignore_errors=True)
+            os.rename(tmp, root)
+
+
+def _show_progress(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
+
+
+class _Job:
+    """One preprocessing run (fit pass, then encode pass)."""
+
+    def __init__(self, source, features, table_of, label, group, config: DataConfig, seed: int, progress: bool):
+        self.source, self.features, self.table_of = source, features, table_of
+        self.label, self.group, self.config, self.seed = label, group, config, seed
+        self.progress = progress
+        self.skipped = {s: 0 for s in SPLITS}
+        self.columns = {spec.column: f"data.features ({spec.name})" for spec in features}
+        self.columns[label] = "data.label"
+        if group:
+            self.columns[group] = "data.group"
+
+    def run(self, out: Path) -> None:
+        fitter = Fitter(self.features, self.table_of, self.seed)
+        for split, batch, where in self._rows("fitting vocabularies", only="train"):
+            fitter.add(batch, where)
+        vocabs, numeric = fitter.vocabularies(), fitter.numeric_stats()
+        encoder = Encoder(self.features, self.table_of, vocabs, numeric, self.group)
+        self.skipped = {s: 0 for s in SPLITS}
+        tallies = {s: Tally() for s in SPLITS}
+        writers = {s: ShardWriter(out / s) for s in SPLITS}
+        for split, batch, where in self._rows("encoding"):
+            labels = batch.column(self.label).to_numpy(zero_copy_only=False)
+            writers[split].write(encoder.encode(batch, labels, tallies[split], where))
+        for writer in writers.values():
+            writer.close()
+        if tallies["train"].rows == 0:
+            raise DataError(f"data: no training rows were read from dataset {self.config.dataset!r}")
+        schema = self._schema(vocabs, numeric)
+        schema.save(out)
+        for table, vocab in vocabs.items():
+            _write_parquet(vocab.to_table(), out / "vocab" / f"{table}.parquet")
+        report = build_report(schema, tallies, self.skipped)
+        (out / "report.json").write_text(json.dumps(report, indent=1))
+
+    def _schema(self, vocabs, numeric) -> Schema:
+        infos = []
+        for spec in self.features:
+            if spec.is_sparse:
+                table = self.table_of[spec.name]
+                infos.append(FeatureInfo(spec=spec, vocab_size=vocabs[table].size, table=table))
+            else:
+                infos.append(FeatureInfo(spec=spec, numeric=numeric[spec.name]))
+        counts = {table: vocab.counts_by_id() for table, vocab in vocabs.items()}
+        return Schema(features=infos, label=self.label, group=self.group, counts=counts)
+
+    def _rows(self, what: str, only: str | None = None) -> Iterator[tuple[str, pa.RecordBatch, str]]:
+        """Checked record batches as (split, batch, origin), labels parsed to floats."""
+        bar = tqdm(desc=what, unit=" rows", disable=not self.progress, leave=False)
+        skip = self.config.on_bad_rows == "skip"
+        for name, stream in self.source.streams().items():
+            if only is not None and name not in ("all", only):
+                continue
+            for index, batch in enumerate(stream()):
+                origin = f"{self.config.dataset} ({name} rows, batch {index})"
+                if index == 0:
+                    require_columns(batch, self.columns, origin)
+                check = check_rows(batch, self.features, self.label)
+                dropped = raise_or_count(check, batch, origin, skip)
+                batch = batch.set_column(
+                    batch.schema.get_field_index(self.label), self.label, pa.array(check.labels)
+                )
+                codes = self._assign(name, index, batch.num_rows)
+                bar.update(batch.num_rows)
+                for code, split in enumerate(SPLITS):
+                    in_split = codes == code
+                    if dropped:
+                        self.skipped[split] += int((in_split & ~check.keep).sum())
+                    if only in (None, split) and in_split.any():
+                        yield split, batch.filter(pa.array(in_split & check.keep)), origin
+        bar.close()
+
+    def _assign(self, name: str, index: int, rows: int) -> np.ndarray:
+        """Split code (index into SPLITS) of each row; random by seed for an ``all`` stream."""
+        if name != "all":
+            return np.full(rows, SPLITS.index(name))
+        u = np.random.default_rng([self.seed, 7, index]).random(rows)
+        valid, test = self.config.split.valid, self.config.split.test
+        return np.where(u < valid, 1, np.where(u < valid + test, 2, 0))
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)

@@ -1,0 +1,77 @@
+"""Dataset sources: where raw rows come from, as a stream of Arrow record batches."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pyarrow as pa
+
+from ctr.errors import DataError
+from ctr.recipe import DataConfig
+from ctr.schema import FeatureSpec
+from ctr.typed import to_plain
+
+SPLITS = ("train", "valid", "test")
+RowStream = Callable[[], Iterator[pa.RecordBatch]]
+
+
+class DatasetSource(ABC):
+    """A registered dataset: its default features and a reader of its raw rows.
+
+    A source returns either one stream ``{"all": ...}`` (split at random by
+    ``data.split`` and the recipe seed) or its own ``{"train", "valid", "test"}`` streams.
+    Each record batch has the raw columns the features name, plus the label (and group).
+
+    Args:
+        config: the recipe's ``data`` block (the dataset's own config class).
+    """
+
+    label: str = "label"
+    group: str | None = None
+
+    def __init__(self, config: DataConfig):
+        self.config = config
+
+    @abstractmethod
+    def default_features(self) -> list[FeatureSpec]:
+        """Features used when the recipe does not list its own."""
+
+    @abstractmethod
+    def streams(self) -> dict[str, RowStream]:
+        """``{"all": stream}`` or ``{"train": ..., "valid": ..., "test": ...}``."""
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the raw input (for the cache key): options plus file stamps."""
+        options = to_plain(self.config)
+        for key in ("cache_dir", "prefetch", "shuffle_buffer"):
+            options.pop(key, None)
+        return {"class": type(self).__name__, "options": options, "files": file_stamps(self.files())}
+
+    def files(self) -> list[Path]:
+        """The raw files this source reads (empty for generated data)."""
+        return []
+
+
+def resolve_files(path: str | None, key: str = "data.path", pattern: str = "*") -> list[Path]:
+    """The files at ``path``: the file itself, or a folder's files matching ``pattern``."""
+    if not path:
+        raise DataError(f"{key}: this dataset needs the path of its files")
+    target = Path(path).expanduser()
+    if target.is_file():
+        return [target]
+    if target.is_dir():
+        found = sorted(p for p in target.glob(pattern) if p.is_file())
+        if found:
+            return found
+        raise DataError(f"{key}: folder {target} holds no files matching {pattern!r}")
+    raise DataError(f"{key}: {target} does not exist")
+
+
+def file_stamps(files: list[Path]) -> list[list[Any]]:
+    stamps = []
+    for file in files:
+        stat = file.stat()
+        stamps.append([str(file.resolve()), stat.st_size, int(stat.st_mtime)])
+    return stamps

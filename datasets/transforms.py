@@ -1,0 +1,104 @@
+"""Raw column → what a feature encodes: string tokens, token lists, or floats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ctr.errors import DataError
+from ctr.schema import FeatureSpec, NumericStats
+
+MISSING_TOKEN = ""
+
+
+@dataclass
+class TokenLists:
+    """Sequence tokens: flat string ``tokens`` [N] and ``offsets`` int64 [rows + 1]."""
+
+    tokens: pa.Array
+    offsets: np.ndarray
+
+
+def numeric_values(column: pa.Array, spec: FeatureSpec, where: str) -> np.ndarray:
+    """Raw numbers float64 [n] (NaN = missing); text that is not a number is a DataError."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        blank = pc.equal(pc.utf8_trim_whitespace(column), "")
+        column = pc.if_else(blank, pa.scalar(None, column.type), column)
+        try:
+            column = pc.cast(column, pa.float64())
+        except pa.ArrowInvalid as err:
+            raise DataError(f"{where}: column {spec.column!r}: not a number: {_first_bad(column)}") from err
+    values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+    return np.asarray(values, dtype=np.float64)
+
+
+def base_numeric(values: np.ndarray, transform: str) -> np.ndarray:
+    """The fit-free part of a numeric transform (NaN stays NaN)."""
+    if transform == "log1p":
+        return np.log1p(np.maximum(values, 0.0))
+    if transform == "log_square":
+        safe = np.where(values > 2, values, 2.0)
+        return np.where(values > 2, np.floor(np.log(safe) ** 2), np.round(values))
+    return values
+
+
+def finish_numeric(values: np.ndarray, spec: FeatureSpec, stats: NumericStats) -> np.ndarray:
+    """Applies the fitted part (standardize, quantile) and fills missing values; float32 [n]."""
+    if spec.transform == "standardize":
+        values = (values - stats.mean) / (stats.std or 1.0)
+    elif spec.transform == "quantile":
+        buckets = np.searchsorted(np.asarray(stats.boundaries), values, side="right")
+        values = np.where(np.isnan(values), np.nan, buckets / max(len(stats.boundaries), 1))
+    return np.nan_to_num(values, nan=spec.fill).astype(np.float32)
+
+
+def categorical_tokens(column: pa.Array, spec: FeatureSpec) -> pa.Array:
+    """String tokens [n] of a single-valued feature; a missing value is its own token.
+
+    With ``transform: log_square`` a numeric column becomes bucket tokens floor(ln(x)^2).
+    """
+    if spec.transform == "log_square":
+        values = numeric_values(column, spec, f"feature {spec.name}")
+        buckets = base_numeric(values, "log_square")
+        column = pc.cast(pa.array(buckets, from_pandas=True), pa.int64())
+    tokens = column if pa.types.is_string(column.type) else pc.cast(column, pa.string())
+    return tokens.fill_null(MISSING_TOKEN) if tokens.null_count else tokens
+
+
+def sequence_tokens(column: pa.Array, spec: FeatureSpec) -> TokenLists:
+    """Token lists of a sequence feature, each cut to its last ``max_len`` items.
+
+    The column is either text split by ``spec.splitter`` or already a list column.
+    """
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        lists = column
+    else:
+        text = column if pa.types.is_string(column.type) else pc.cast(column, pa.string())
+        lists = pc.split_pattern(text.fill_null(""), spec.splitter)
+    lists = lists.fill_null([]) if lists.null_count else lists
+    flat = pc.cast(pc.list_flatten(lists), pa.string())
+    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    keep = pc.not_equal(flat, "").to_numpy(zero_copy_only=False)
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    lengths = np.bincount(row[keep], minlength=len(lengths)).astype(np.int64)
+    flat = flat.filter(pa.array(keep))
+    ends = np.cumsum(lengths)
+    position_from_end = np.repeat(ends, lengths) - np.arange(ends[-1] if len(ends) else 0)
+    recent = position_from_end <= spec.max_len
+    kept = np.minimum(lengths, spec.max_len)
+    offsets = np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
+    return TokenLists(flat.filter(pa.array(recent)), offsets)
+
+
+def _first_bad(column: pa.Array) -> str:
+    for value in column.to_pylist():
+        if value is None:
+            continue
+        try:
+            float(value)
+        except ValueError:
+            return repr(value)
+    return "?"

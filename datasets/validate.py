@@ -1,0 +1,99 @@
+"""Row checks before encoding: a present, binary label and parsable numbers.
+
+Readers may attach a ``__line__`` column (line number of each row in its file) and the
+record batch metadata ``file``; error messages then name file and line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ctr.errors import DataError
+from ctr.schema import FeatureSpec
+
+LINE_COLUMN = "__line__"
+NUMBER = r"^\s*[-+]?((\d+\.?\d*)|(\.\d+))([eE][-+]?\d+)?\s*$|^\s*[-+]?(inf|nan)\s*$|^\s*$"
+
+
+@dataclass
+class RowCheck:
+    """Result of checking a batch: rows to keep, labels of kept rows, first problem."""
+
+    keep: np.ndarray
+    labels: np.ndarray
+    problem: str | None
+    first_bad: int
+
+
+def check_rows(batch: pa.RecordBatch, features: list[FeatureSpec], label: str) -> RowCheck:
+    """Flags rows with a missing or non-binary label or an unparsable numeric value."""
+    labels, bad, describe = _label_values(batch.column(label), label)
+    problems = [(bad, describe)]
+    for spec in features:
+        if spec.kind != "numeric" and spec.transform != "log_square":
+            continue
+        column = batch.column(spec.column)
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            ok = pc.fill_null(pc.match_substring_regex(column, NUMBER, ignore_case=True), True)
+            not_number = ~ok.to_numpy(zero_copy_only=False)
+            problems.append((not_number, _not_a_number(spec.column, column)))
+    any_bad = np.logical_or.reduce([mask for mask, _ in problems])
+    if not any_bad.any():
+        return RowCheck(keep=~any_bad, labels=labels, problem=None, first_bad=-1)
+    first = int(np.argmax(any_bad))
+    describe_first = next(d for mask, d in problems if mask[first])
+    return RowCheck(keep=~any_bad, labels=labels, problem=describe_first(first), first_bad=first)
+
+
+def _not_a_number(name: str, column: pa.Array):
+    return lambda row: f"column {name!r}: not a number: {column[row].as_py()!r}"
+
+
+def where(batch: pa.RecordBatch, row: int, fallback: str) -> str:
+    """``file:line`` of a row when the reader supplied them, else ``fallback``."""
+    meta = batch.schema.metadata or {}
+    file = meta.get(b"file", b"").decode() or fallback
+    if LINE_COLUMN in batch.schema.names:
+        return f"{file}:{batch.column(LINE_COLUMN)[row].as_py()}"
+    return f"{file}: row {row + 1} of a batch" if file == fallback else file
+
+
+def _label_values(column: pa.Array, name: str):
+    """Labels float64 [n] (bad rows → 0), the bad-row mask, and a describer of a bad row."""
+    text = column
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        parsable = pc.fill_null(pc.match_substring_regex(column, NUMBER), False).to_numpy(zero_copy_only=False)
+        blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(column), ""), True).to_numpy(zero_copy_only=False)
+        column = pc.if_else(pa.array(parsable & ~blank), column, pa.scalar(None, column.type))
+    values = np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    missing = np.isnan(values)
+    bad = missing | ((values != 0) & (values != 1))
+
+    def describe(row: int) -> str:
+        raw = text[row].as_py()
+        if raw is None or str(raw).strip() == "":
+            return f"label {name!r} is missing"
+        return f"label {name!r} is {raw!r}, not 0 or 1"
+
+    return np.where(bad, 0.0, values), bad, describe
+
+
+def require_columns(batch: pa.RecordBatch, columns: dict[str, str], source: str) -> None:
+    """``columns`` maps a raw column to the recipe key that names it."""
+    present = set(batch.schema.names)
+    for column, key in columns.items():
+        if column not in present:
+            raise DataError(f"{key}: column {column!r} is absent from {source} (has: {', '.join(batch.schema.names[:12])}...)")
+
+
+def raise_or_count(check: RowCheck, batch: pa.RecordBatch, fallback: str, skip: bool) -> int:
+    """Raises a DataError for the first bad row, or (skip mode) returns how many are dropped."""
+    if check.problem is None:
+        return 0
+    if not skip:
+        raise DataError(f"{where(batch, check.first_bad, fallback)}: {check.problem}")
+    return int((~check.keep).sum())

@@ -1,0 +1,97 @@
+"""Token counting and vocabularies: raw tokens → ids, with reserved padding and OOV ids."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ctr.schema import PAD_ID, FeatureSpec
+
+MERGE_EVERY = 16
+
+
+class TokenCounter:
+    """Counts tokens of a string column over record batches; memory ∝ distinct tokens."""
+
+    def __init__(self) -> None:
+        self._parts: list[pa.Table] = []
+        self._merged: pa.Table | None = None
+
+    def add(self, tokens: pa.Array) -> None:
+        """Counts ``tokens`` (a string array; nulls are not counted)."""
+        counted = pc.value_counts(tokens.drop_null() if tokens.null_count else tokens)
+        self._parts.append(pa.table({"token": counted.field("values"), "count": counted.field("counts")}))
+        if len(self._parts) >= MERGE_EVERY:
+            self._merge()
+
+    def result(self) -> pa.Table:
+        """A table (token, count) with one row per distinct token."""
+        self._merge()
+        if self._merged is None:
+            return pa.table({"token": pa.array([], pa.string()), "count": pa.array([], pa.int64())})
+        return self._merged
+
+    def _merge(self) -> None:
+        if not self._parts:
+            return
+        tables = self._parts + ([self._merged] if self._merged is not None else [])
+        combined = pa.concat_tables(tables).group_by("token").aggregate([("count", "sum")])
+        self._merged = combined.rename_columns(["token", "count"])
+        self._parts = []
+
+
+class Vocabulary:
+    """Tokens kept for one embedding table, in decreasing count order.
+
+    Ids: 0 = padding, 1..oov_buckets = OOV (tokens hashed into buckets), then known tokens.
+    """
+
+    def __init__(self, tokens: pa.Array, counts: np.ndarray, oov_buckets: int):
+        self.tokens = tokens
+        self.token_counts = counts
+        self.oov_buckets = oov_buckets
+        self.first_id = 1 + oov_buckets
+
+    @classmethod
+    def fit(cls, counted: pa.Table, spec: FeatureSpec) -> Vocabulary:
+        """Keeps tokens seen at least ``min_count`` times, at most ``max_vocab`` of them."""
+        kept = counted.filter(pc.greater_equal(counted["count"], spec.min_count))
+        order = pc.sort_indices(kept, sort_keys=[("count", "descending"), ("token", "ascending")])
+        kept = kept.take(order)
+        if spec.max_vocab is not None:
+            kept = kept.slice(0, spec.max_vocab)
+        return cls(kept["token"].combine_chunks(), kept["count"].to_numpy(), spec.oov_buckets)
+
+    @property
+    def size(self) -> int:
+        """Rows its embedding table needs (padding + OOV + known tokens)."""
+        return self.first_id + len(self.tokens)
+
+    def encode(self, tokens: pa.Array) -> tuple[np.ndarray, int]:
+        """Maps tokens to ids int32 [n]; nulls (padding) → 0. Returns the ids and the OOV count."""
+        index = pc.index_in(tokens, value_set=self.tokens)
+        known = index.is_valid().to_numpy(zero_copy_only=False)
+        ids = index.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int32) + self.first_id
+        present = tokens.is_valid().to_numpy(zero_copy_only=False)
+        unknown = present & ~known
+        ids[~present] = PAD_ID
+        if unknown.any():
+            ids[unknown] = self._oov_ids(tokens.filter(pa.array(unknown)))
+        return ids, int(unknown.sum())
+
+    def _oov_ids(self, tokens: pa.Array) -> np.ndarray:
+        if self.oov_buckets == 1:
+            return np.ones(len(tokens), dtype=np.int32)
+        hashed = pd.util.hash_array(tokens.to_numpy(zero_copy_only=False).astype(object))
+        return (1 + hashed % np.uint64(self.oov_buckets)).astype(np.int32)
+
+    def counts_by_id(self) -> np.ndarray:
+        """Training count of every id [size] (0 for padding and OOV ids)."""
+        counts = np.zeros(self.size, dtype=np.int64)
+        counts[self.first_id :] = self.token_counts
+        return counts
+
+    def to_table(self) -> pa.Table:
+        return pa.table({"token": self.tokens, "count": pa.array(self.token_counts, pa.int64())})

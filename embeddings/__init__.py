@@ -1,0 +1,10 @@
+"""ctr.embeddings: the embedding collection and every compression method.
+
+Importing this package registers the built-in methods in ``ctr.registry.EMBEDDINGS``.
+"""
+
+from ctr.embeddings import full  # noqa: F401  (registers "full")
+from ctr.embeddings.base import EmbeddingMethod
+from ctr.embeddings.types import EmbeddingLayout, FeatureEmbeddings
+
+__all__ = ["EmbeddingMethod", "EmbeddingLayout", "FeatureEmbeddings"]

@@ -1,0 +1,185 @@
+"""The embedding-method contract (DESIGN §3): id transform → storage lookup → value transform.
+
+Every method is an ``EmbeddingMethod``: it maps a batch's ``JaggedFeatures`` to
+``FeatureEmbeddings`` with the same D for every feature, reports the bytes a deployed model
+keeps (``memory_bytes``), and may add loss terms (``regularizer``). The base class does the
+bookkeeping all methods share (pooling, mean weights, per-position sequences, padding), so a
+method only says how a bag of ids becomes a vector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ctr.batch import JaggedFeatures
+from ctr.embeddings.types import EmbeddingLayout, FeatureEmbeddings
+from ctr.recipe import EmbeddingConfig
+from ctr.schema import Schema
+
+FP32_BYTES = 4
+
+
+@dataclass
+class Bags:
+    """A batch's ids regrouped into the bags a method must embed.
+
+    Pooled features keep one bag per sample; per-position sequence features get one bag per
+    id. Mean pooling is expressed as per-id weights 1/len, so every bag is a weighted sum.
+
+    Args:
+        feature: int64 [N] index (into the schema's sparse features) of each id.
+        ids: int64 [N] ids as encoded (0 = padding, 1 = OOV).
+        offsets: int64 [num_bags + 1].
+        weights: optional float [N] per-id weights.
+    """
+
+    feature: Tensor
+    ids: Tensor
+    offsets: Tensor
+    weights: Tensor | None
+
+
+class EmbeddingMethod(nn.Module):
+    """Base class of every embedding method.
+
+    Subclasses implement ``embed_bags`` (or ``embed_ids`` for methods that produce one
+    vector per id) and ``memory_bytes``.
+
+    Args:
+        schema: fitted schema (vocabulary sizes, id counts).
+        config: the method's config (a subclass of ``EmbeddingConfig``).
+    """
+
+    def __init__(self, schema: Schema, config: EmbeddingConfig):
+        super().__init__()
+        self.schema = schema
+        self.config = config
+        self.layout = EmbeddingLayout.from_schema(schema, config.dim)
+        sparse = schema.sparse_features
+        self.feature_names = [f.spec.name for f in sparse]
+        self.table_rows = schema.tables()
+        self.table_names = list(self.table_rows)
+        self.register_buffer(
+            "feature_table",
+            torch.tensor([self.table_names.index(f.table) for f in sparse], dtype=torch.int64),
+            persistent=False,
+        )
+        self._keeps_positions = [f.spec.kind == "sequence" and f.spec.pooling == "none" for f in sparse]
+        self._mean_pooled = [f.spec.kind == "sequence" and f.spec.pooling == "mean" for f in sparse]
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    def forward(self, sparse: JaggedFeatures) -> FeatureEmbeddings:
+        """Embeds a batch: pooled [B, F, D] plus per-position sequences [B, L, D]."""
+        if list(sparse.keys) != self.feature_names:
+            raise ValueError(f"expected sparse keys {self.feature_names}, got {sparse.keys}")
+        bags, pooled_slots, sequence_slots = self._regroup(sparse)
+        vectors = self.embed_bags(bags)
+        return self._assemble(sparse, vectors, pooled_slots, sequence_slots)
+
+    def embed_bags(self, bags: Bags) -> Tensor:
+        """Pools each bag into one vector [num_bags, D]; default: weighted sum of embed_ids."""
+        rows = self.embed_ids(bags.feature, bags.ids)
+        if bags.weights is not None:
+            rows = rows * bags.weights.unsqueeze(1).to(rows.dtype)
+        lengths = bags.offsets[1:] - bags.offsets[:-1]
+        bag_of_id = torch.repeat_interleave(torch.arange(lengths.numel(), device=rows.device), lengths)
+        out = rows.new_zeros(lengths.numel(), rows.shape[1])
+        return out.index_add_(0, bag_of_id, rows)
+
+    def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
+        """One vector [N, D] per id of feature ``feature[i]``; for methods without a bag path."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither embed_bags nor embed_ids")
+
+    def memory_bytes(self) -> int:
+        """Bytes a deployed model keeps for embeddings (parameters, codebooks, seeds, scales)."""
+        raise NotImplementedError
+
+    def full_bytes(self) -> int:
+        """Bytes of the uncompressed baseline: every table at full rows × D in fp32."""
+        return sum(self.table_rows.values()) * self.dim * FP32_BYTES
+
+    def regularizer(self) -> Tensor:
+        """Extra loss terms of the method (zero by default)."""
+        return torch.zeros((), device=self._device())
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """Parameters with sparse gradients; the embedding optimizer updates them row-wise."""
+        return []
+
+    def _device(self) -> torch.device:
+        for tensor in self.parameters():
+            return tensor.device
+        return self.feature_table.device
+
+    def _regroup(self, sparse: JaggedFeatures) -> tuple[Bags, list[tuple[int, int]], list[tuple[int, int, int]]]:
+        """Splits per-position sequences into one bag per id and adds mean weights.
+
+        Returns the bags plus, for the assembly, each pooled feature's (feature, first bag) and
+        each sequence feature's (feature, first bag, first id).
+        """
+        b = sparse.batch_size
+        lengths = sparse.lengths()
+        offsets = sparse.offsets
+        pieces, weight_pieces, pooled, sequences = [], [], [], []
+        need_weights = sparse.weights is not None or any(self._mean_pooled)
+        bag_count, feature_of_value = 0, sparse.feature_of_value()
+        for f in range(len(self.feature_names)):
+            start, end = int(offsets[f * b]), int(offsets[(f + 1) * b])
+            if self._keeps_positions[f]:
+                sequences.append((f, bag_count, start))
+                pieces.append(torch.ones(end - start, dtype=torch.int64, device=offsets.device))
+                bag_count += end - start
+            else:
+                pooled.append((f, bag_count))
+                pieces.append(lengths[f * b : (f + 1) * b])
+                bag_count += b
+            if need_weights:
+                weight_pieces.append(self._id_weights(lengths[f * b : (f + 1) * b], f, end - start))
+        bag_offsets = torch.zeros(bag_count + 1, dtype=torch.int64, device=offsets.device)
+        torch.cumsum(torch.cat(pieces), 0, out=bag_offsets[1:])
+        weights = None
+        if need_weights:
+            weights = torch.cat(weight_pieces)
+            if sparse.weights is not None:
+                weights = weights * sparse.weights
+        return Bags(feature_of_value, sparse.values, bag_offsets, weights), pooled, sequences
+
+    def _id_weights(self, lengths: Tensor, f: int, count: int) -> Tensor:
+        if not self._mean_pooled[f]:
+            return torch.ones(count, device=lengths.device)
+        inverse = 1.0 / lengths.clamp(min=1).to(torch.float32)
+        return torch.repeat_interleave(inverse, lengths, output_size=count)
+
+    def _assemble(
+        self,
+        sparse: JaggedFeatures,
+        vectors: Tensor,
+        pooled_slots: list[tuple[int, int]],
+        sequence_slots: list[tuple[int, int, int]],
+    ) -> FeatureEmbeddings:
+        b, lengths = sparse.batch_size, sparse.lengths()
+        pooled = (
+            torch.stack([vectors[first : first + b] for _, first in pooled_slots], dim=1)
+            if pooled_slots
+            else vectors.new_zeros(b, 0, vectors.shape[1])
+        )
+        sequences, masks = {}, {}
+        for f, first_bag, first_id in sequence_slots:
+            name = self.feature_names[f]
+            seq_lengths = lengths[f * b : (f + 1) * b]
+            count = int(seq_lengths.sum())
+            width = max(int(seq_lengths.max()) if b else 1, 1)
+            sample = torch.repeat_interleave(torch.arange(b, device=vectors.device), seq_lengths, output_size=count)
+            starts = sparse.offsets[f * b : (f + 1) * b] - first_id
+            position = torch.arange(count, device=vectors.device) - torch.repeat_interleave(starts, seq_lengths, output_size=count)
+            padded = vectors.new_zeros(b, width, vectors.shape[1])
+            padded[sample, position] = vectors[first_bag : first_bag + count]
+            sequences[name] = padded
+            masks[name] = torch.arange(width, device=vectors.device).unsqueeze(0) < seq_lengths.unsqueeze(1)
+        return FeatureEmbeddings(pooled=pooled, sequences=sequences, masks=masks)

@@ -1,0 +1,33 @@
+"""``full``: the uncompressed baseline, one row of D floats per id of every vocabulary."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ctr.embeddings.table import TableMethod
+from ctr.recipe import EmbeddingConfig
+from ctr.registry import EMBEDDINGS
+from ctr.schema import Schema
+
+
+@EMBEDDINGS.register("full", config=EmbeddingConfig)
+class FullEmbedding(TableMethod):
+    """Full embedding tables (no compression): the baseline of every benchmark.
+
+    Each vocabulary gets its own block of rows in one buffer; features that ``share_with``
+    another use its block. Ignores ``embedding.budget`` (it is the budget's reference).
+
+    Example:
+        >>> method = FullEmbedding(schema, EmbeddingConfig(dim=16))  # doctest: +SKIP
+        >>> method(batch.sparse).pooled.shape  # [B, F, 16]  # doctest: +SKIP
+    """
+
+    def __init__(self, schema: Schema, config: EmbeddingConfig):
+        rows = schema.tables()
+        super().__init__(schema, config, storage_rows=sum(rows.values()))
+        starts = torch.tensor([0] + list(rows.values())[:-1], dtype=torch.int64).cumsum(0)
+        self.register_buffer("table_start", starts, persistent=False)
+
+    def rows_of(self, feature: Tensor, ids: Tensor) -> Tensor:
+        return self.table_start[self.feature_table[feature]] + ids

@@ -1,0 +1,50 @@
+"""Methods whose storage is one table buffer looked up through the embedding-bag kernel."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ctr.embeddings.base import Bags, EmbeddingMethod
+from ctr.kernels.embedding_bag import Backend, embedding_bag, resolve_backend
+from ctr.recipe import EmbeddingConfig
+from ctr.schema import Schema
+
+
+class TableMethod(EmbeddingMethod):
+    """A method that stores rows in one weight buffer [R, D] shared by all its tables.
+
+    Subclasses choose ``R`` (``storage_rows``) and the id transform (``rows_of``), which maps
+    each (feature, id) to a row of the buffer. Lookups run through ``ctr.kernels``; the buffer
+    gets sparse gradients (only the rows a batch touched).
+    """
+
+    def __init__(self, schema: Schema, config: EmbeddingConfig, storage_rows: int, dim: int | None = None):
+        super().__init__(schema, config)
+        self.weight = nn.Parameter(torch.empty(storage_rows, dim or config.dim))
+        nn.init.normal_(self.weight, std=config.init_std)
+        self._backend: tuple[torch.device, Backend] | None = None
+
+    def rows_of(self, feature: Tensor, ids: Tensor) -> Tensor:
+        """Row of the buffer for each id [N] of feature ``feature[i]`` (the id transform)."""
+        raise NotImplementedError
+
+    def embed_bags(self, bags: Bags) -> Tensor:
+        rows = self.rows_of(bags.feature, bags.ids)
+        return self.lookup(rows, bags.offsets, bags.weights)
+
+    def lookup(self, rows: Tensor, offsets: Tensor, weights: Tensor | None) -> Tensor:
+        """Weighted sum of buffer rows per bag [num_bags, D] via the kernel dispatch."""
+        device = self.weight.device
+        if self._backend is None or self._backend[0] != device:
+            self._backend = (device, resolve_backend(self.config.backend, device))
+        return embedding_bag(self.weight, rows, offsets, weights, backend=self._backend[1])
+
+    def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
+        return self.weight[self.rows_of(feature, ids)]
+
+    def memory_bytes(self) -> int:
+        return self.weight.numel() * self.weight.element_size()
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return [self.weight]

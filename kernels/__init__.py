@@ -1,0 +1,1 @@
+"""ctr.kernels: embedding kernels. Imports torch (and, lazily, triton) only."""

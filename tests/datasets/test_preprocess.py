@@ -1,0 +1,84 @@
+import json
+
+import numpy as np
+import pytest
+
+from ctr.datasets import BatchLoader, prepare
+from ctr.datasets.preprocess import _Job
+from ctr.recipe import recipe_from_dict
+from ctr.schema import Schema
+from tests.conftest import tiny_recipe
+
+
+def test_prepared_layout_schema_and_report(tiny_prepared):
+    root = tiny_prepared.root
+    assert (root / "DONE").exists() and (root / "schema.json").exists()
+    schema = Schema.load(root)
+    assert [f.spec.name for f in schema.dense_features] == [f"I{i}" for i in range(1, 14)]
+    c1 = schema.feature("C1")
+    assert c1.vocab_size == len(schema.counts["C1"]) and schema.counts["C1"][:2].tolist() == [0, 0]
+    splits = tiny_prepared.report["splits"]
+    assert sum(s["rows"] for s in splits.values()) == 6000
+    assert 0.75 < splits["train"]["rows"] / 6000 < 0.85
+    assert json.loads((root / "report.json").read_text()) == tiny_prepared.report
+
+
+def test_vocabulary_ids_ordered_by_training_count(tiny_prepared):
+    counts = tiny_prepared.schema.counts["C3"][2:]
+    assert (np.diff(counts) <= 0).all()
+
+
+def test_cache_is_reused(tmp_path):
+    recipe = recipe_from_dict(tiny_recipe(tmp_path))
+    first = prepare(recipe.data, recipe.seed, progress=False)
+    stamp = (first.root / "DONE").stat().st_mtime_ns
+    second = prepare(recipe.data, recipe.seed, progress=False)
+    assert second.root == first.root and (second.root / "DONE").stat().st_mtime_ns == stamp
+
+
+def test_other_features_other_cache_entry(tmp_path):
+    raw = tiny_recipe(tmp_path)
+    a = prepare(recipe_from_dict(raw).data, 42, progress=False)
+    raw["data"]["features"] = [{"name": "C1"}, {"name": "I1", "kind": "numeric", "transform": "standardize"}]
+    b = prepare(recipe_from_dict(raw).data, 42, progress=False)
+    assert a.root != b.root
+    i1 = b.schema.feature("I1").numeric
+    assert i1.std > 0 and i1.mean > 0
+
+
+def test_killed_preparation_leaves_no_usable_entry(tmp_path, monkeypatch):
+    recipe = recipe_from_dict(tiny_recipe(tmp_path))
+    original = _Job._schema
+
+    def crash(self, *args):
+        raise KeyboardInterrupt  # as if killed after the shards were written
+
+    monkeypatch.setattr(_Job, "_schema", crash)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(recipe.data, recipe.seed, progress=False)
+    cache = tmp_path / "cache" / "data"
+    assert not any((p / "DONE").exists() for p in cache.iterdir())
+    monkeypatch.setattr(_Job, "_schema", original)
+    prepared = prepare(recipe.data, recipe.seed, progress=False)
+    assert (prepared.root / "DONE").exists()
+    assert sum(s["rows"] for s in prepared.report["splits"].values()) == 6000
+
+
+def test_loader_covers_each_row_once_and_shuffles_by_seed(tiny_prepared):
+    folder, schema = tiny_prepared.split_dir("train"), tiny_prepared.schema
+    plain = BatchLoader(folder, schema, 500, shuffle=False)
+    labels = np.concatenate([b.labels.numpy() for b in plain])
+    assert labels.shape[0] == plain.rows == tiny_prepared.report["splits"]["train"]["rows"]
+    first = [b.sparse.values[:5].tolist() for b in BatchLoader(folder, schema, 500, shuffle=True, seed=3)]
+    again = [b.sparse.values[:5].tolist() for b in BatchLoader(folder, schema, 500, shuffle=True, seed=3)]
+    other = [b.sparse.values[:5].tolist() for b in BatchLoader(folder, schema, 500, shuffle=True, seed=4)]
+    assert first == again and first != other
+
+
+def test_loader_splits_rows_across_ranks(tiny_prepared):
+    folder, schema = tiny_prepared.split_dir("train"), tiny_prepared.schema
+    ranks = [BatchLoader(folder, schema, 256, rank=r, world_size=2, prefetch=0) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1])
+    dense = [np.concatenate([b.dense.numpy() for b in loader]) for loader in ranks]
+    rows_a = {r.tobytes() for r in dense[0]}
+    assert not rows_a & {r.tobytes() for r in dense[1]}

@@ -1,0 +1,48 @@
+import numpy as np
+import pyarrow as pa
+
+from ctr.datasets.synthetic import PlantedModel, SyntheticConfig, SyntheticDataset
+
+
+def rows(**options):
+    config = SyntheticConfig(rows=3000, chunk_rows=1000, vocab_scale=0.01, **options)
+    return pa.Table.from_batches(list(SyntheticDataset(config).streams()["all"]()))
+
+
+def test_same_seed_same_rows_other_seed_other_rows():
+    a, b, c = rows(seed=1), rows(seed=1), rows(seed=2)
+    assert a.equals(b)
+    assert not a.equals(c)
+
+
+def test_criteo_schema_and_missing_values():
+    table = rows()
+    assert table.column_names == ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+    missing = table.column("I1").null_count / table.num_rows
+    assert 0.05 < missing < 0.15
+
+
+def test_ids_are_heavy_tailed():
+    table = rows()
+    ids = table.column("C3").to_numpy()
+    counts = np.sort(np.bincount(ids))[::-1]
+    top = counts[: max(1, len(counts) // 100)].sum() / counts.sum()
+    assert top > 0.1  # the top 1% of ids carry far more than 1% of the rows
+
+
+def test_positive_rate_is_calibrated():
+    table = rows(positive_rate=0.3)
+    assert abs(table.column("label").to_numpy().mean() - 0.3) < 0.04
+
+
+def test_planted_interactions_beat_first_order_terms():
+    from ctr.metrics import auc
+
+    model = PlantedModel(SyntheticConfig(vocab_scale=0.01))
+    rng = np.random.default_rng(0)
+    ids, counts = model.features(rng, 20000)
+    terms = model.logit_terms(ids, counts)
+    logits = model.bias + sum(terms.values())
+    labels = rng.random(20000) < 1 / (1 + np.exp(-logits))
+    first_order = auc(labels, terms["linear"] + terms["numeric"])
+    assert auc(labels, logits) > first_order + 0.1

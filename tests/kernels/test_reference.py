@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from ctr.kernels.embedding_bag import Backend, BackendUnavailable, embedding_bag, resolve_backend
+from ctr.kernels.embedding_bag.reference import embedding_bag as reference
+
+
+def naive(weight, indices, offsets, psw, mode):
+    out = []
+    for b in range(offsets.numel() - 1):
+        rows = indices[offsets[b] : offsets[b + 1]]
+        vec = weight[rows] * (psw[offsets[b] : offsets[b + 1]].unsqueeze(1) if psw is not None else 1)
+        pooled = vec.sum(0) if rows.numel() else torch.zeros(weight.shape[1])
+        out.append(pooled / max(rows.numel(), 1) if mode == "mean" else pooled)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_reference_matches_naive_loop_with_empty_bags(mode, weighted):
+    if weighted and mode == "mean":
+        pytest.skip("weights need sum mode")
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(30, 4, generator=gen)
+    lengths = torch.tensor([2, 0, 3, 1, 0, 5])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+    indices = torch.randint(0, 30, (int(lengths.sum()),), generator=gen)
+    psw = torch.rand(indices.numel(), generator=gen) if weighted else None
+    got = reference(weight, indices, offsets, psw, mode)
+    torch.testing.assert_close(got, naive(weight, indices, offsets, psw, mode))
+
+
+def test_sparse_gradient_touches_only_looked_up_rows():
+    weight = torch.randn(10, 3, requires_grad=True)
+    out = reference(weight, torch.tensor([1, 4, 4]), torch.tensor([0, 2, 3]))
+    out.sum().backward()
+    assert weight.grad.is_sparse
+    assert sorted(weight.grad.coalesce().indices()[0].tolist()) == [1, 4]
+
+
+def test_half_weights_accumulate_in_fp32():
+    weight = torch.full((2, 4), 0.1, dtype=torch.float16)
+    out = reference(weight, torch.zeros(1000, dtype=torch.int64), torch.tensor([0, 1000]))
+    assert out.dtype == torch.float16
+    exact = 1000 * torch.tensor(0.1, dtype=torch.float16).item()
+    assert out.float()[0, 0].item() == pytest.approx(exact, rel=1e-3)
+
+
+def test_resolution_order(monkeypatch):
+    monkeypatch.delenv("CTR_KERNEL_BACKEND", raising=False)
+    assert resolve_backend(None, "cpu") is Backend.TORCH
+    monkeypatch.setenv("CTR_KERNEL_BACKEND", "torch")
+    assert resolve_backend(None, "cpu") is Backend.TORCH
+    assert resolve_backend("torch", "cpu") is Backend.TORCH
+
+
+def test_explicit_unavailable_backend_raises(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(BackendUnavailable, match="triton"):
+        resolve_backend("triton", "cpu")
+    with pytest.raises(BackendUnavailable, match="unknown kernel backend 'cuda9'"):
+        resolve_backend("cuda9", "cpu")
+
+
+def test_dispatch_torch_backend():
+    weight = torch.randn(5, 2)
+    out = embedding_bag(weight, torch.tensor([0, 1]), torch.tensor([0, 2]), backend=Backend.TORCH)
+    torch.testing.assert_close(out, (weight[0] + weight[1]).unsqueeze(0))

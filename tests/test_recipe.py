@@ -1,0 +1,59 @@
+import pytest
+
+from ctr.errors import RecipeError
+from ctr.recipe import apply_override, load_recipe, recipe_from_dict
+
+
+def test_defaults_and_typed_sections():
+    recipe = recipe_from_dict({"model": {"name": "dlrm", "top_mlp": [8]}})
+    assert type(recipe.model).__name__ == "DLRMConfig" and recipe.model.top_mlp == [8]
+    assert type(recipe.data).__name__ == "SyntheticConfig"
+    assert recipe.train.batch_size == 4096
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"trian": {}}, r"^trian: unknown key"),
+        ({"train": {"batch_sise": 3}}, r"^train\.batch_sise: unknown key"),
+        ({"train": {"batch_size": "abc"}}, r"^train\.batch_size: expected int, got 'abc'"),
+        ({"train": {"optimizer": {"lr": "fast"}}}, r"^train\.optimizer\.lr: expected float"),
+        ({"model": {"name": "nosuchmodel"}}, r"^model\.name: unknown model 'nosuchmodel'"),
+        ({"embedding": {"method": "zip"}}, r"^embedding\.method: unknown embedding method 'zip'"),
+        ({"model": {"name": "dlrm", "top_mlp": [1, "x"]}}, r"^model\.top_mlp\[1\]: expected int"),
+        ({"data": {"rows": -1}}, r"^data: rows, chunk_rows"),
+        ({"train": {"optimizer": {"name": "adamx"}}}, r"^train\.optimizer\.name: unknown optimizer"),
+        ({"data": {"features": [{"name": "a", "kind": "dense"}]}}, r"^data\.features\[0\]\.kind: expected one of"),
+    ],
+)
+def test_invalid_recipes_name_the_key(raw, message):
+    with pytest.raises(RecipeError, match=message):
+        recipe_from_dict(raw)
+
+
+def test_override_parses_yaml_values():
+    raw = {"train": {"batch_size": 8}}
+    apply_override(raw, "train.batch_size=16")
+    apply_override(raw, "model.top_mlp=[4, 2]")
+    apply_override(raw, "train.early_stop=null")
+    recipe = recipe_from_dict(raw)
+    assert recipe.train.batch_size == 16 and recipe.model.top_mlp == [4, 2]
+    assert recipe.train.early_stop is None
+
+
+def test_override_needs_equals():
+    with pytest.raises(RecipeError, match="expected key.path=value"):
+        apply_override({}, "train.batch_size")
+
+
+def test_yaml_error_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\ntrain:\n  batch_size: [1, 2\n")
+    with pytest.raises(RecipeError, match=r"bad\.yaml:\d+: invalid YAML"):
+        load_recipe(path)
+
+
+def test_recipe_round_trips_through_dict():
+    recipe = recipe_from_dict({"model": {"name": "lr"}, "train": {"epochs": 2}})
+    again = recipe_from_dict(recipe.to_dict())
+    assert again == recipe

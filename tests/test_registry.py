@@ -1,0 +1,45 @@
+from dataclasses import dataclass
+
+import pytest
+
+from ctr.errors import RecipeError
+from ctr.registry import MODELS, Registry, import_plugins
+
+
+def test_register_and_get():
+    things = Registry("thing")
+
+    @dataclass
+    class Cfg:
+        size: int = 1
+
+    @things.register("widget", config=Cfg)
+    class Widget:
+        """A widget."""
+
+    entry = things.get("widget")
+    assert entry.target is Widget and entry.config is Cfg and entry.summary == "A widget."
+    assert "widget" in things and things.names() == ["widget"]
+
+
+def test_unknown_name_names_key_and_choices():
+    things = Registry("thing")
+    things.register("a")(object)
+    with pytest.raises(RecipeError, match=r"model\.name: unknown thing 'b' \(registered: a\)"):
+        things.get("b", "model.name")
+
+
+def test_duplicate_registration_rejected():
+    things = Registry("thing")
+    things.register("a")(int)
+    with pytest.raises(ValueError, match="already registered"):
+        things.register("a")(float)
+
+
+def test_builtins_load_lazily():
+    assert {"dlrm", "lr"} <= set(MODELS.names())
+
+
+def test_bad_plugin_module_is_a_recipe_error():
+    with pytest.raises(RecipeError, match=r"plugins\[0\]: cannot import plugin module 'no_such_mod'"):
+        import_plugins(["no_such_mod"])

@@ -1,0 +1,85 @@
+"""One tiny training run through the CLI, then ``ctr eval`` on its run directory."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import tiny_recipe
+
+
+def ctr(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "ctr.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    recipe = tmp / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp, train={"epochs": 2})))
+    result = ctr("train", recipe, "--out", tmp / "run")
+    assert result.returncode == 0, result.stderr
+    return tmp / "run", result
+
+
+def test_run_dir_contents(finished_run):
+    run, result = finished_run
+    for name in ("recipe.yaml", "schema/schema.json", "schema/report.json", "checkpoints/best.ckpt",
+                 "checkpoints/last.ckpt", "logs/metrics.csv", "curves.png", "metrics.json"):
+        assert (run / name).exists(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    for split in ("valid", "test"):
+        assert {"auc", "logloss"} <= set(metrics[split])
+        assert 0.5 < metrics[split]["auc"] <= 1.0
+    assert metrics["embedding_bytes"] == metrics["full_embedding_bytes"] > 0
+    assert metrics["train_samples_per_s"] > 0 and metrics["epochs"] >= 1
+    assert "test: auc" in result.stdout
+
+
+def test_eval_reproduces_test_auc(finished_run):
+    run, _ = finished_run
+    result = ctr("eval", run)
+    assert result.returncode == 0, result.stderr
+    again = json.loads(result.stdout)
+    saved = json.loads((run / "metrics.json").read_text())["test"]
+    assert abs(again["auc"] - saved["auc"]) < 1e-6
+    assert abs(again["logloss"] - saved["logloss"]) < 1e-6
+
+
+def test_refuses_to_overwrite_a_finished_run(finished_run):
+    run, _ = finished_run
+    result = ctr("train", run / "recipe.yaml", "--out", run)
+    assert result.returncode == 2 and "--resume" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [("train.batch_size=abc", "train.batch_size"), ("model.name=nosuchmodel", "model.name"),
+     ("trian.epochs=1", "trian")],
+)
+def test_bad_recipe_exits_2_with_one_line(tmp_path, override, key):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    result = ctr("train", recipe, "-o", override)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0]
+
+
+def test_misspelled_key_in_file(tmp_path):
+    raw = tiny_recipe(tmp_path)
+    raw["train"]["batch_szie"] = raw["train"].pop("batch_size")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    result = ctr("train", recipe)
+    assert result.returncode == 2 and result.stderr.strip() .startswith("ctr: error: train.batch_szie: unknown key")
+
+
+def test_models_lists_registries():
+    result = ctr("models")
+    assert result.returncode == 0
+    for name in ("dlrm", "lr", "full", "synthetic", "adagrad"):
+        assert name in result.stdout

@@ -1,0 +1,43 @@
+import torch
+
+from ctr.recipe import OptimizerConfig
+from ctr.train.optim import CombinedOptimizer, RowWiseAdagrad
+
+
+def test_rowwise_adagrad_sparse_equals_dense_on_touched_rows():
+    torch.manual_seed(0)
+    init = torch.randn(6, 3)
+    grad_rows, grad_vals = torch.tensor([1, 4, 1]), torch.randn(3, 3)
+    sparse_w = torch.nn.Parameter(init.clone())
+    dense_w = torch.nn.Parameter(init.clone())
+    sparse_w.grad = torch.sparse_coo_tensor(grad_rows.unsqueeze(0), grad_vals, (6, 3))
+    dense_w.grad = torch.zeros(6, 3).index_add_(0, grad_rows, grad_vals)
+    cfg = OptimizerConfig(name="rowwise_adagrad", lr=0.1)
+    RowWiseAdagrad([sparse_w], cfg).step()
+    RowWiseAdagrad([dense_w], cfg).step()
+    torch.testing.assert_close(sparse_w.data[[1, 4]], dense_w.data[[1, 4]])
+    untouched = [0, 2, 3, 5]
+    assert torch.equal(sparse_w.data[untouched], init[untouched])
+
+
+def test_rowwise_adagrad_keeps_one_accumulator_per_row():
+    w = torch.nn.Parameter(torch.zeros(5, 4))
+    opt = RowWiseAdagrad([w], lr=0.5)
+    w.grad = torch.ones(5, 4)
+    opt.step()
+    assert opt.state[w]["sum"].shape == (5,)
+    torch.testing.assert_close(w.data, torch.full((5, 4), -0.5 / (1 + 1e-8)))
+
+
+def test_combined_optimizer_steps_and_saves_both():
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    combined = CombinedOptimizer({"dense": torch.optim.SGD([a], lr=1.0), "embedding": torch.optim.SGD([b], lr=2.0)})
+    a.grad, b.grad = torch.ones(2), torch.ones(2)
+    combined.step()
+    assert a.tolist() == [0.0, 0.0] and b.tolist() == [-1.0, -1.0]
+    assert len(combined.param_groups) == 2
+    state = combined.state_dict()
+    assert set(state) == {"dense", "embedding"}
+    combined.load_state_dict(state)
+    combined.zero_grad()
+    assert a.grad is None and b.grad is None
