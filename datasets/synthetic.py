@@ -3,8 +3,9 @@
 Rows have 13 numeric columns ``I1..I13`` (log-normal counts with missing values) and 26
 categorical columns ``C1..C26`` with heavy-tailed (Zipf) id frequencies. The label of a row
 is drawn from ``sigmoid(bias + first-order + pairwise + numeric)``, where the pairwise term
-is a factorization machine over latent vectors of the row's ids: a model that learns feature
-interactions (DLRM, DeepFM) can beat logistic regression by a clear margin. Everything is
+sums dot products of latent vectors of the row's ids over a few column pairs (a sparse
+factorization machine): a model that learns feature interactions (DLRM, DeepFM) can beat
+logistic regression by a clear margin. Everything is
 deterministic by ``data.seed``.
 """
 
@@ -39,6 +40,7 @@ class SyntheticConfig(DataConfig):
         vocab_scale: multiplies every vocabulary size (e.g. 0.1 for a small quick run).
         zipf: exponent of the id-frequency law p(rank k) ∝ (k + 1)^-zipf.
         latent_dim: size of the planted latent vectors of the pairwise term.
+        interacting_pairs: number of column pairs (drawn by seed) whose ids interact.
         linear_scale, pairwise_scale, numeric_scale: standard deviations of the three
             logit terms.
         positive_rate: approximate share of positive labels (sets the bias).
@@ -52,6 +54,7 @@ class SyntheticConfig(DataConfig):
     vocab_scale: float = 1.0
     zipf: float = 1.1
     latent_dim: int = 4
+    interacting_pairs: int = 12
     linear_scale: float = 0.8
     pairwise_scale: float = 1.6
     numeric_scale: float = 0.4
@@ -86,10 +89,23 @@ class PlantedModel:
         self.vocabs = config.scaled_vocabs()
         self.cdfs = [self._zipf_cdf(v, config.zipf) for v in self.vocabs]
         self.first_order = [rng.standard_normal(v).astype(np.float32) for v in self.vocabs]
-        self.latent = [rng.standard_normal((v, config.latent_dim)).astype(np.float32) for v in self.vocabs]
+        self.latent = [self._centered_latent(rng, cdf) for cdf in self.cdfs]
+        all_pairs = [(i, j) for i in range(NUM_CATEGORICAL) for j in range(i + 1, NUM_CATEGORICAL)]
+        chosen = rng.choice(len(all_pairs), size=min(config.interacting_pairs, len(all_pairs)), replace=False)
+        self.pairs = [all_pairs[k] for k in sorted(chosen)]
         self.numeric_weight = rng.standard_normal(NUM_NUMERIC).astype(np.float32)
         self.numeric_mu = rng.uniform(0.0, 3.0, NUM_NUMERIC)
         self.bias = self._calibrated_bias(np.random.default_rng([config.seed, 2]))
+
+    def _centered_latent(self, rng: np.random.Generator, cdf: np.ndarray) -> np.ndarray:
+        """Latent vectors [V, k] with zero mean under the column's id distribution.
+
+        Centering makes E[<u_i, u_j> | id_i] = 0: no part of the pairwise term can be
+        explained by one id alone, so a first-order model cannot absorb it.
+        """
+        latent = rng.standard_normal((cdf.shape[0], self.config.latent_dim))
+        probs = np.diff(cdf, prepend=0.0)
+        return (latent - probs @ latent).astype(np.float32)
 
     @staticmethod
     def _zipf_cdf(vocab: int, exponent: float) -> np.ndarray:
@@ -128,11 +144,9 @@ class PlantedModel:
         """The scaled first-order, pairwise and numeric terms of each row's logit."""
         cfg = self.config
         linear = sum(w[ids[:, j]] for j, w in enumerate(self.first_order)) / np.sqrt(NUM_CATEGORICAL)
-        vectors = np.stack([v[ids[:, j]] for j, v in enumerate(self.latent)], axis=1)  # [n, 26, k]
-        summed = vectors.sum(axis=1)
-        pairwise = 0.5 * ((summed**2).sum(axis=1) - (vectors**2).sum(axis=(1, 2)))
-        pairs = NUM_CATEGORICAL * (NUM_CATEGORICAL - 1) / 2
-        pairwise = pairwise / np.sqrt(pairs * cfg.latent_dim)
+        pairwise = sum(
+            (self.latent[i][ids[:, i]] * self.latent[j][ids[:, j]]).sum(axis=1) for i, j in self.pairs
+        ) / np.sqrt(len(self.pairs) * cfg.latent_dim)
         numeric = (np.log1p(counts) - self.numeric_mu) @ self.numeric_weight / np.sqrt(NUM_NUMERIC)
         return {
             "linear": cfg.linear_scale * linear,
@@ -146,7 +160,7 @@ class SyntheticDataset(DatasetSource):
     """Synthetic Criteo-schema data with planted pairwise interactions (no download)."""
 
     label = "label"
-    generator_version = 2
+    generator_version = 4
 
     def fingerprint(self) -> dict:
         return {**super().fingerprint(), "generator": self.generator_version}
