@@ -9,12 +9,13 @@ method only says how a bag of ids becomes a vector.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from ctr.batch import JaggedFeatures
+from ctr.embeddings.stages import Stage
 from ctr.embeddings.types import EmbeddingLayout, FeatureEmbeddings
 from ctr.recipe import EmbeddingConfig
 from ctr.schema import Schema
@@ -34,12 +35,15 @@ class Bags:
         ids: int64 [N] ids as encoded (0 = padding, 1 = OOV).
         offsets: int64 [num_bags + 1].
         weights: optional float [N] per-id weights.
+        bag_starts: F + 1 bag indices: the bags of feature f are ``bag_starts[f]`` up to
+            ``bag_starts[f + 1]`` (bags are grouped by feature, in schema order).
     """
 
     feature: Tensor
     ids: Tensor
     offsets: Tensor
     weights: Tensor | None
+    bag_starts: list[int] = field(default_factory=list)
 
 
 class EmbeddingMethod(nn.Module):
@@ -97,8 +101,13 @@ class EmbeddingMethod(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} implements neither embed_bags nor embed_ids")
 
     def memory_bytes(self) -> int:
-        """Bytes a deployed model keeps for embeddings (parameters, codebooks, seeds, scales)."""
-        raise NotImplementedError
+        """Bytes a deployed model keeps for embeddings (parameters, codebooks, seeds, scales).
+
+        Default: every tensor of the method's ``state_dict`` (parameters and persistent
+        buffers), which is what a checkpoint of the method stores. Buffers derived from the
+        schema or from other stored tensors are registered non-persistent and not counted.
+        """
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
 
     def full_bytes(self) -> int:
         """Bytes of the uncompressed baseline: every table at full rows × D in fp32."""
@@ -110,6 +119,10 @@ class EmbeddingMethod(nn.Module):
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         """Parameters with sparse gradients; the embedding optimizer updates them row-wise."""
+        return []
+
+    def stages(self) -> list[Stage]:
+        """The stages of a multi-stage method, in order; empty for single-stage methods."""
         return []
 
     def _device(self) -> torch.device:
@@ -126,10 +139,11 @@ class EmbeddingMethod(nn.Module):
         b = sparse.batch_size
         lengths = sparse.lengths()
         offsets = sparse.offsets
-        pieces, weight_pieces, pooled, sequences = [], [], [], []
+        pieces, weight_pieces, pooled, sequences, bag_starts = [], [], [], [], []
         need_weights = sparse.weights is not None or any(self._mean_pooled)
         bag_count, feature_of_value = 0, sparse.feature_of_value()
         for f in range(len(self.feature_names)):
+            bag_starts.append(bag_count)
             start, end = int(offsets[f * b]), int(offsets[(f + 1) * b])
             if self._keeps_positions[f]:
                 sequences.append((f, bag_count, start))
@@ -148,7 +162,8 @@ class EmbeddingMethod(nn.Module):
             weights = torch.cat(weight_pieces)
             if sparse.weights is not None:
                 weights = weights * sparse.weights
-        return Bags(feature_of_value, sparse.values, bag_offsets, weights), pooled, sequences
+        bag_starts.append(bag_count)
+        return Bags(feature_of_value, sparse.values, bag_offsets, weights, bag_starts), pooled, sequences
 
     def _id_weights(self, lengths: Tensor, f: int, count: int) -> Tensor:
         if not self._mean_pooled[f]:

@@ -1,0 +1,1 @@
+"""ctr.bench: benchmarks that compare methods in one run (``ctr bench ...``)."""
