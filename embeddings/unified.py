@@ -1,0 +1,126 @@
+"""``unified``: Unified Embedding — every feature multiplexed into shared hashed tables."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ctr.embeddings.base import Bags, EmbeddingMethod
+from ctr.embeddings.hashing import FP32_BYTES, require_budget
+from ctr.embeddings.storage import SEED_BYTES, KernelLookup, draw_hash_seeds, feature_slices, universal_hash
+from ctr.errors import RecipeError
+from ctr.recipe import EmbeddingConfig
+from ctr.registry import EMBEDDINGS
+from ctr.schema import Schema
+
+
+@dataclass
+class UnifiedConfig(EmbeddingConfig):
+    """Settings of ``unified``.
+
+    Args:
+        probes: k, the lookups a feature makes (each a chunk of D / k dims, concatenated);
+            1 = one lookup of D dims.
+        feature_probes: table name (the feature that owns the vocabulary) → its own k
+            (multi-size: e.g. more, narrower probes for a huge vocabulary).
+    """
+
+    method: str = "unified"
+    probes: int = 1
+    feature_probes: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key, k in [("probes", self.probes)] + [(f"feature_probes.{n}", k) for n, k in self.feature_probes.items()]:
+            if k < 1 or self.dim % k:
+                raise ValueError(f"{key}: {k} probes must divide dim {self.dim}")
+
+
+@EMBEDDINGS.register("unified", config=UnifiedConfig)
+class UnifiedEmbedding(EmbeddingMethod):
+    """Unified Embedding: feature multiplexing with multi-probe hashing.
+
+    Coleman et al., "Unified Embedding: Battle-Tested Feature Representations for Web-Scale
+    ML Systems", NeurIPS 2023. All features share one hashed table (one per chunk width,
+    see below) instead of owning a table each; table t's id x probes it k_t times with hash
+    functions salted by table and probe, h_{t,j}(x) = ((a_{t,j}·x + b_{t,j}) mod p) mod M,
+    and its embedding is the concatenation of the k_t rows found (multi-probe). Because the
+    functions differ per feature, the same raw id of two features lands on different rows,
+    and the model can tell features apart in the shared space (the paper's Feature
+    Multiplexing analysis).
+
+    Multi-size: each feature may use its own k (``feature_probes``). The paper concatenates
+    k_f lookups of a fixed width into a k_f·w-dim embedding; our contract gives every feature
+    D dims, so a feature with k probes uses chunks of D / k dims, and features with the same
+    chunk width share one table. With a single k (the default) there is exactly one unified
+    table for everything.
+
+    Sizing: the budget's bytes, less the hash seeds, are split between the tables of each
+    chunk width in proportion to the vocabularies they serve. ``memory_bytes`` = Σ rows ·
+    width · 4 + 16 bytes per (table, probe) seed ≤ budget × full.
+
+    Shapes: a bag of n ids of feature f → k_f pooled lookups [k_f, D / k_f] → [D].
+    """
+
+    def __init__(self, schema: Schema, config: UnifiedConfig):
+        super().__init__(schema, config)
+        budget = require_budget(config, "unified")
+        probes = self._probes_per_table(config)
+        widths = sorted({config.dim // k for k in probes}, reverse=True)
+        self.table_probes = probes
+        self.table_group = [widths.index(config.dim // k) for k in probes]
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.empty(rows, width).normal_(std=config.init_std))
+            for rows, width in zip(self._group_rows(budget, probes, widths), widths)
+        )
+        self.register_buffer("seeds", draw_hash_seeds(sum(probes)))
+        self.seed_start = [sum(probes[:t]) for t in range(len(probes))]
+        self.lookup = KernelLookup(config.backend)
+
+    def _probes_per_table(self, config: UnifiedConfig) -> list[int]:
+        for name in config.feature_probes:
+            if name not in self.table_rows:
+                raise RecipeError(
+                    f"embedding.feature_probes.{name}: no such table (tables: {', '.join(self.table_names)})"
+                )
+        return [config.feature_probes.get(name, config.probes) for name in self.table_names]
+
+    def _group_rows(self, budget: float, probes: list[int], widths: list[int]) -> list[int]:
+        vocab = list(self.table_rows.values())
+        available = budget * self.full_bytes() - SEED_BYTES * sum(probes)
+        rows = []
+        for width in widths:
+            served = sum(v for v, k in zip(vocab, probes) if self.dim // k == width)
+            count = math.floor(available * served / sum(vocab) / (width * FP32_BYTES))
+            if count < 1:
+                raise RecipeError(f"embedding.budget: {budget} is too small for unified: the {width}-wide table gets no row")
+            rows.append(count)
+        return rows
+
+    def rows_of(self, table: int, ids: Tensor) -> Tensor:
+        """Rows [k, N] of the k probes of table ``table``'s ids [N] in its shared table."""
+        k, start = self.table_probes[table], self.seed_start[table]
+        pair = self.seeds[start : start + k]
+        buckets = self.weights[self.table_group[table]].shape[0]
+        return universal_hash(ids.unsqueeze(0), pair[:, :1], pair[:, 1:], buckets)
+
+    def embed_bags(self, bags: Bags) -> Tensor:
+        pieces = []
+        for part in feature_slices(bags):
+            table = int(self.feature_table[part.feature])
+            k, weight = self.table_probes[table], self.weights[self.table_group[table]]
+            ids = bags.ids[part.ids]
+            n, num_bags = ids.numel(), part.offsets.numel() - 1
+            rows = self.rows_of(table, ids).reshape(-1)
+            starts = part.offsets[:-1].unsqueeze(0) + n * torch.arange(k, device=ids.device).unsqueeze(1)
+            offsets = torch.cat([starts.reshape(-1), part.offsets.new_tensor([n * k])])
+            weights = None if bags.weights is None else bags.weights[part.ids].repeat(k)
+            pooled = self.lookup(weight, rows, offsets, weights)  # [k * bags, D / k]
+            pieces.append(pooled.view(k, num_bags, -1).permute(1, 0, 2).reshape(num_bags, self.dim))
+        return torch.cat(pieces)
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return list(self.weights)
