@@ -34,6 +34,8 @@ class RunDir:
     best = property(lambda self: self.root / "checkpoints" / "best.ckpt")
     last = property(lambda self: self.root / "checkpoints" / "last.ckpt")
     metrics = property(lambda self: self.root / "metrics.json")
+    stages = property(lambda self: self.root / "stages")
+    stage_progress = property(lambda self: self.root / "stages" / "progress.json")
     curves = property(lambda self: self.root / "curves.png")
     log_csv = property(lambda self: self.root / "logs" / "metrics.csv")
 

@@ -6,6 +6,7 @@ import logging
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from ctr.recipe import Recipe
 from ctr.train.callbacks import Throughput, ValidationSummary
 from ctr.train.plots import plot_curves
 from ctr.train.rundir import RunDir
+from ctr.train.stages import restore_stages, train_stages
 from ctr.train.task import CTRTask
 
 log = logging.getLogger("ctr.train")
@@ -29,13 +31,37 @@ def default_run_dir(recipe: Recipe) -> Path:
     return Path(recipe.output.dir or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
+@dataclass
+class Session:
+    """The fixed parts of one training run: recipe, run directory, data, loaders."""
+
+    recipe: Recipe
+    run: RunDir
+    prepared: Prepared
+    progress: bool
+    loaders: dict[str, BatchLoader]
+
+
+@dataclass
+class Fitted:
+    """What a fit produced: the best checkpoint and training figures."""
+
+    best: Path
+    seconds: float
+    samples_per_s: float
+    epochs: int
+    steps: int
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
 def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict[str, Any]:
     """Trains ``recipe`` into run directory ``out``; returns (and writes) metrics.json."""
     _quiet_lightning()
     run = RunDir(out or default_run_dir(recipe))
-    if resume and not run.last.exists():
-        raise UserError(f"{run.root}: nothing to resume (no checkpoints/last.ckpt)")
-    if not resume and (run.last.exists() or run.metrics.exists()):
+    started = run.last.exists() or run.stage_progress.exists()
+    if resume and not started:
+        raise UserError(f"{run.root}: nothing to resume (no checkpoints/last.ckpt and no finished stage)")
+    if not resume and (started or run.metrics.exists()):
         raise UserError(f"{run.root}: already holds a run; continue it with --resume or choose another --out")
     if recipe.trainer.num_threads:
         torch.set_num_threads(recipe.trainer.num_threads)
@@ -46,37 +72,62 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
     run.copy_schema(prepared.root)
     task = CTRTask(recipe, prepared.schema)
     _log_summary(task, prepared)
-    throughput = Throughput()
-    checkpoint = _checkpoint(recipe, run)
-    trainer = _trainer(recipe, run, progress, [checkpoint, throughput, ValidationSummary()])
-    loaders = _loaders(recipe, prepared, trainer)
-    trainer.fit(task, loaders["train"], loaders["valid"], ckpt_path=str(run.last) if resume else None)
-    best = Path(checkpoint.best_model_path or run.last)
     evaluator = _trainer(recipe, run, progress, [], logger=False)
-    metrics = evaluate_checkpoint(task, best, loaders, evaluator)
+    session = Session(recipe, run, prepared, progress, _loaders(recipe, prepared, evaluator))
+    if task.net.embedding.stages():
+        fitted = train_stages(task, session, resume, fit)
+    else:
+        fitted = fit(task, session, run.checkpoints, resume_from=run.last if resume else None)
+    metrics = evaluate_checkpoint(task, fitted.best, session.loaders, evaluator)
     metrics.update(
         embedding_bytes=task.net.embedding.memory_bytes(),
         full_embedding_bytes=task.net.embedding.full_bytes(),
-        train_samples_per_s=throughput.samples_per_second,
-        train_seconds=throughput.seconds,
-        epochs=trainer.current_epoch,
-        steps=trainer.global_step,
-        best_checkpoint=str(best.relative_to(run.root)),
+        train_samples_per_s=fitted.samples_per_s,
+        train_seconds=fitted.seconds,
+        epochs=fitted.epochs,
+        steps=fitted.steps,
+        best_checkpoint=str(fitted.best.relative_to(run.root)),
     )
+    if fitted.stage_seconds:
+        metrics["stage_seconds"] = fitted.stage_seconds
     run.write_metrics(metrics)
     if run.log_csv.exists():
         plot_curves(run.log_csv, run.curves)
     return metrics
 
 
+def fit(
+    task: CTRTask,
+    session: Session,
+    ckpt_dir: Path,
+    epochs: int | None = None,
+    max_steps: int | None = None,
+    resume_from: Path | None = None,
+    log_root: Path | None = None,
+) -> Fitted:
+    """One Lightning fit of ``task``: checkpoints in ``ckpt_dir``, the CSV log in
+    ``<log_root>/logs`` (default: the run directory)."""
+    recipe = session.recipe
+    throughput = Throughput()
+    checkpoint = _checkpoint(recipe, ckpt_dir)
+    callbacks = [checkpoint, throughput, ValidationSummary()]
+    trainer = _trainer(recipe, session.run, session.progress, callbacks, epochs=epochs, max_steps=max_steps, log_root=log_root)
+    loaders = session.loaders
+    trainer.fit(task, loaders["train"], loaders["valid"], ckpt_path=str(resume_from) if resume_from else None)
+    best = Path(checkpoint.best_model_path or ckpt_dir / "last.ckpt")
+    return Fitted(best, throughput.seconds, throughput.samples_per_second, trainer.current_epoch, trainer.global_step)
+
+
 def evaluate_checkpoint(task: CTRTask, ckpt: Path, loaders: dict[str, BatchLoader], trainer: L.Trainer) -> dict[str, Any]:
-    """Valid and test metrics of the weights in ``ckpt``."""
+    """Valid and test metrics of the weights in ``ckpt``, and the seconds the test split took."""
     task.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
-    result = {}
+    result: dict[str, Any] = {}
     for split in ("valid", "test"):
         task.eval_split = split
+        start = time.perf_counter()
         trainer.test(task, loaders[split], verbose=False)
         result[split] = task.last_metrics[split]
+    result["inference_seconds"] = time.perf_counter() - start
     return result
 
 
@@ -91,6 +142,8 @@ def evaluate(run_root: Path, split: str = "test") -> dict[str, float]:
         raise UserError(f"{run.root}: no checkpoint at {ckpt}")
     prepared = prepare(recipe.data, recipe.seed, _progress(recipe))
     task = CTRTask(recipe, prepared.schema)
+    if task.net.embedding.stages():
+        restore_stages(task.net, run)
     trainer = _trainer(recipe, run, _progress(recipe), [], logger=False)
     loaders = _loaders(recipe, prepared, trainer, splits=(split,))
     task.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
@@ -119,10 +172,10 @@ def _loaders(recipe: Recipe, prepared: Prepared, trainer: L.Trainer, splits=("tr
     return loaders
 
 
-def _checkpoint(recipe: Recipe, run: RunDir) -> ModelCheckpoint:
+def _checkpoint(recipe: Recipe, dirpath: Path) -> ModelCheckpoint:
     stop = recipe.train.early_stop
     return ModelCheckpoint(
-        dirpath=run.checkpoints,
+        dirpath=dirpath,
         filename="best",
         monitor=stop.monitor if stop else "valid/auc",
         mode=stop.mode if stop else "max",
@@ -132,19 +185,28 @@ def _checkpoint(recipe: Recipe, run: RunDir) -> ModelCheckpoint:
     )
 
 
-def _trainer(recipe: Recipe, run: RunDir, progress: bool, callbacks: list, logger: bool = True) -> L.Trainer:
+def _trainer(
+    recipe: Recipe,
+    run: RunDir,
+    progress: bool,
+    callbacks: list,
+    logger: bool = True,
+    epochs: int | None = None,
+    max_steps: int | None = None,
+    log_root: Path | None = None,
+) -> L.Trainer:
     cfg, train = recipe.trainer, recipe.train
     if train.early_stop and logger:
         stop = train.early_stop
         callbacks.append(EarlyStopping(monitor=stop.monitor, mode=stop.mode, patience=stop.patience))
-    loggers = [CSVLogger(run.root, name="logs", version="")] if logger else False
+    loggers = [CSVLogger(log_root or run.root, name="logs", version="")] if logger else False
     return L.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         strategy=cfg.strategy,
         precision=cfg.precision,
-        max_epochs=train.epochs,
-        max_steps=train.max_steps or -1,
+        max_epochs=epochs or train.epochs,
+        max_steps=max_steps or train.max_steps or -1,
         val_check_interval=train.eval_every_n_steps or 1.0,
         callbacks=callbacks,
         logger=loggers,

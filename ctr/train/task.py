@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import lightning as L
 import numpy as np
 import torch
@@ -10,6 +12,7 @@ from torch import Tensor, nn
 
 from ctr.batch import Batch
 from ctr.embeddings.base import EmbeddingMethod
+from ctr.embeddings.stages import MultiStageMixin, Stage
 from ctr.metrics import auc, group_auc, logloss
 from ctr.models.base import CTRModel
 from ctr.recipe import Recipe
@@ -41,6 +44,10 @@ class CTRTask(L.LightningModule):
     Logs ``train/loss`` per step and ``valid/auc``, ``valid/logloss`` (and ``valid/gauc``
     when the data has groups) per validation; ``trainer.test`` evaluates the split named by
     ``eval_split`` and logs it under that name.
+
+    During a stage of a multi-stage method (``stage``), the method's architecture parameters
+    get their own optimizer (``embedding.arch_optimizer``): stepped with the training loss,
+    or, in a ``bilevel`` stage, on a batch from ``valid_batches`` after every training step.
     """
 
     def __init__(self, recipe: Recipe, schema: Schema):
@@ -51,6 +58,8 @@ class CTRTask(L.LightningModule):
         self._outputs: list[tuple[Tensor, Tensor, Tensor | None]] = []
         self.last_metrics: dict[str, dict[str, float]] = {}
         self.eval_split = "test"
+        self.stage: Stage | None = None
+        self.valid_batches: Iterator[Batch] | None = None
 
     def forward(self, batch: Batch) -> Tensor:
         return self.net(batch)[0]
@@ -58,14 +67,29 @@ class CTRTask(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         logits, reg = self.net(batch)
         loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
-        optimizer = self.optimizers()
+        optimizers = self.optimizers()
+        optimizer = optimizers[0] if isinstance(optimizers, list) else optimizers
         optimizer.zero_grad()
         self.manual_backward(loss + reg)
         if self.recipe.train.grad_clip:
             nn.utils.clip_grad_norm_(self._dense_parameters(), self.recipe.train.grad_clip)
         optimizer.step()
+        if self._bilevel():
+            self._arch_step(optimizers[1].optimizer)
         self.log("train/loss", loss.detach(), batch_size=batch.size, prog_bar=True)
         return loss
+
+    def _bilevel(self) -> bool:
+        return self.stage is not None and self.stage.bilevel
+
+    def _arch_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """One architecture step on the next validation batch (first-order bi-level); the
+        raw optimizer is stepped, so ``global_step`` counts training steps only."""
+        if self.valid_batches is None:
+            raise RuntimeError(f"stage {self.stage.name!r} is bilevel but the task has no validation batches")
+        batch = next(self.valid_batches).to(self.device)
+        logits, _ = self.net(batch)
+        self.net.embedding.arch_update(F.binary_cross_entropy_with_logits(logits, batch.labels), optimizer)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._collect(batch)
@@ -104,14 +128,26 @@ class CTRTask(L.LightningModule):
         to_np = lambda t: t.cpu().numpy()  # noqa: E731
         return to_np(probs), to_np(labels), None if groups is None else to_np(groups)
 
-    def _dense_parameters(self) -> list[nn.Parameter]:
-        sparse = {id(p) for p in self.net.embedding.sparse_parameters()}
-        return [p for p in self.parameters() if p.requires_grad and id(p) not in sparse]
+    def _arch_parameters(self) -> list[nn.Parameter]:
+        embedding = self.net.embedding
+        if not isinstance(embedding, MultiStageMixin):
+            return []
+        return [p for p in embedding.arch_parameters() if p.requires_grad]
 
-    def configure_optimizers(self) -> CombinedOptimizer:
+    def _dense_parameters(self) -> list[nn.Parameter]:
+        other = {id(p) for p in self.net.embedding.sparse_parameters() + self._arch_parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in other]
+
+    def configure_optimizers(self) -> CombinedOptimizer | list[torch.optim.Optimizer]:
         train = self.recipe.train
         parts = {"dense": build_optimizer(train.optimizer, self._dense_parameters(), "train.optimizer")}
         sparse = [p for p in self.net.embedding.sparse_parameters() if p.requires_grad]
         if sparse:
             parts["embedding"] = build_optimizer(train.embedding_optimizer, sparse, "train.embedding_optimizer")
-        return CombinedOptimizer(parts)
+        arch = self._arch_parameters()
+        if not arch:
+            return CombinedOptimizer(parts)
+        arch_optimizer = build_optimizer(self.net.embedding.config.arch_optimizer, arch, "embedding.arch_optimizer")
+        if self._bilevel():
+            return [CombinedOptimizer(parts), arch_optimizer]
+        return CombinedOptimizer({**parts, "arch": arch_optimizer})

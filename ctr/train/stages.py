@@ -1,0 +1,205 @@
+"""Multi-stage training: runs an embedding method's stages in order, saves what each stage
+produced in the run directory, and resumes from the last finished stage.
+
+Run directory layout of a multi-stage run::
+
+    stages/progress.json          finished stages and their seconds (rewritten atomically)
+    stages/initial.pt             the net's state before the first stage (for rewinds)
+    stages/<i>-<name>/state.pt    the whole net after stage i (what a resume restores)
+    stages/<i>-<name>/output.pt   the stage's result: masks, dims, thresholds, selection weights
+    stages/<i>-<name>/summary.json  the same, summarised for people
+    stages/<i>-<name>/checkpoints/, logs/  checkpoints and log of a training stage (not the last)
+    checkpoints/, logs/           the last stage's checkpoints and log, as a single-stage run
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from ctr.batch import Batch
+from ctr.datasets import BatchLoader
+from ctr.embeddings.stages import Stage, StageContext
+from ctr.metrics import auc
+from ctr.train.rundir import RunDir, atomic_write
+
+if TYPE_CHECKING:
+    from ctr.train.runner import Fitted, Session
+    from ctr.train.task import CTRNet, CTRTask
+
+log = logging.getLogger("ctr.train")
+
+
+class StageFiles:
+    """Paths and the progress record of the stages of one run directory."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+        self.root = run.stages
+        self.progress = run.stage_progress
+        self.initial = self.root / "initial.pt"
+
+    def folder(self, index: int, stage: Stage) -> Path:
+        return self.root / f"{index}-{stage.name}"
+
+    def read(self) -> dict[str, Any]:
+        if not self.progress.exists():
+            return {"finished": [], "seconds": {}}
+        return json.loads(self.progress.read_text())
+
+    def finish(self, record: dict[str, Any], stage: Stage, seconds: float) -> None:
+        record["finished"].append(stage.name)
+        record["seconds"][stage.name] = seconds
+        atomic_write(self.progress, json.dumps(record, indent=1) + "\n")
+
+
+def save_torch(obj: Any, path: Path) -> None:
+    """``torch.save`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_torch(path: Path) -> Any:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def rewind(net: CTRNet, initial: dict[str, torch.Tensor]) -> None:
+    """Restores every parameter of ``net`` to its value in ``initial`` (buffers are kept)."""
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if name in initial and initial[name].shape == param.shape:
+                param.copy_(initial[name])
+
+
+def restore_stages(net: CTRNet, run: RunDir) -> list[str]:
+    """Replays the finished stages of ``run`` on a freshly built ``net``; returns their names."""
+    files, method = StageFiles(run), net.embedding
+    finished = files.read()["finished"]
+    for index, stage in enumerate(method.stages()):
+        if stage.name not in finished:
+            break
+        method.begin_stage(stage)
+        net.load_state_dict(load_torch(files.folder(index, stage) / "state.pt"))
+    return finished
+
+
+def train_stages(task: CTRTask, session: Session, resume: bool, fit: Callable[..., Fitted]) -> Fitted:
+    """Runs every stage of the task's embedding method; skips those a resumed run finished."""
+    from ctr.train.runner import Fitted
+
+    files, method = StageFiles(session.run), task.net.embedding
+    record = files.read() if resume else {"finished": [], "seconds": {}}
+    if not files.initial.exists():
+        save_torch(task.net.state_dict(), files.initial)
+    stages, fitted = method.stages(), None
+    for index, stage in enumerate(stages):
+        folder = files.folder(index, stage)
+        if stage.rewind:
+            rewind(task.net, load_torch(files.initial))
+        method.begin_stage(stage)
+        if stage.name in record["finished"]:
+            task.net.load_state_dict(load_torch(folder / "state.pt"))
+            log.info("stage %d/%d %s: finished earlier, restored", index + 1, len(stages), stage.name)
+            continue
+        log.info("stage %d/%d %s: started", index + 1, len(stages), stage.name)
+        if stage.kind == "procedure":
+            seconds = _run_procedure(task, session, stage)
+        else:
+            fitted = _fit_stage(task, session, stage, folder, index == len(stages) - 1, resume, fit)
+            task.load_state_dict(load_torch(fitted.best)["state_dict"])
+            seconds = fitted.seconds
+        _save_stage(task, stage, folder, seconds)
+        files.finish(record, stage, seconds)
+    if fitted is None:
+        best = session.run.best if session.run.best.exists() else session.run.last
+        fitted = Fitted(best, 0.0, 0.0, 0, 0)
+    fitted.seconds = float(sum(record["seconds"].values()))
+    fitted.stage_seconds = dict(record["seconds"])
+    return fitted
+
+
+def _fit_stage(
+    task: CTRTask, session: Session, stage: Stage, folder: Path, last: bool, resume: bool, fit: Callable[..., Fitted]
+) -> Fitted:
+    """Trains one ``train`` stage; the last stage checkpoints where a single-stage run does."""
+    settings = task.net.embedding.stage_settings(stage.name)
+    ckpt_dir = session.run.checkpoints if last else folder / "checkpoints"
+    resume_from = ckpt_dir / "last.ckpt" if resume and (ckpt_dir / "last.ckpt").exists() else None
+    task.stage = stage
+    task.valid_batches = _cycle(_valid_stream(session)) if stage.bilevel else None
+    try:
+        return fit(
+            task, session, ckpt_dir, epochs=settings.epochs, max_steps=settings.max_steps,
+            resume_from=resume_from, log_root=None if last else folder,
+        )
+    finally:
+        task.stage, task.valid_batches = None, None
+
+
+def _run_procedure(task: CTRTask, session: Session, stage: Stage) -> float:
+    start = time.perf_counter()
+    context = StageContext(
+        score=lambda: split_auc(task.net, session.loaders["valid"]),
+        seed=session.recipe.seed,
+        progress=session.progress,
+    )
+    task.net.embedding.run_procedure(stage, context)
+    return time.perf_counter() - start
+
+
+def _save_stage(task: CTRTask, stage: Stage, folder: Path, seconds: float) -> None:
+    method = task.net.embedding
+    save_torch(task.net.state_dict(), folder / "state.pt")
+    save_torch(method.stage_output(stage), folder / "output.pt")
+    summary = {"stage": stage.name, "seconds": round(seconds, 3), **method.stage_summary(stage)}
+    atomic_write(folder / "summary.json", json.dumps(summary, indent=1) + "\n")
+    log.info("stage %s: done in %.1f s %s", stage.name, seconds, _short(summary))
+
+
+def _short(summary: dict[str, Any]) -> str:
+    """The summary's scalars, and totals of its per-table figures."""
+    short = {}
+    for key, value in summary.items():
+        if isinstance(value, (int, float)) and key != "seconds":
+            short[key] = value
+        elif isinstance(value, dict) and key in ("kept_rows", "rows"):
+            short[key] = sum(value.values())
+    return json.dumps(short)
+
+
+def _valid_stream(session: Session) -> BatchLoader:
+    """Shuffled validation batches of the training batch size, for bi-level updates."""
+    train = session.recipe.train
+    prepared = session.prepared
+    return BatchLoader(
+        prepared.split_dir("valid"), prepared.schema, train.batch_size, shuffle=True, seed=session.recipe.seed + 1, prefetch=0
+    )
+
+
+def _cycle(loader: BatchLoader) -> Iterator[Batch]:
+    while True:
+        yield from loader
+
+
+@torch.no_grad()
+def split_auc(net: CTRNet, loader: BatchLoader) -> float:
+    """AUC of ``net`` (in eval mode) over every batch of ``loader``."""
+    was_training = net.training
+    net.eval()
+    device = next(net.parameters()).device
+    probs, labels = [], []
+    for batch in loader:
+        batch = batch.to(device)
+        probs.append(torch.sigmoid(net(batch)[0].float()).cpu().numpy())
+        labels.append(batch.labels.cpu().numpy())
+    net.train(was_training)
+    return auc(np.concatenate(labels), np.concatenate(probs))
