@@ -1,0 +1,227 @@
+"""``dnis``: Differentiable Neural Input Search — soft selection of embedding dimensions per
+frequency group, learned on validation data, then magnitude pruning and retraining."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ctr.embeddings.base import FP32_BYTES, EmbeddingMethod
+from ctr.embeddings.hashing import require_budget
+from ctr.embeddings.stages import MultiStageMixin, Stage, StageContext, StagedConfig
+from ctr.embeddings.storage import pack_bits, unpack_bits
+from ctr.errors import RecipeError
+from ctr.recipe import OptimizerConfig
+from ctr.registry import EMBEDDINGS
+from ctr.schema import Schema
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DNISConfig(StagedConfig):
+    """Settings of ``dnis`` (and ``stages.{search,prune,retrain}``); ``budget`` is required.
+
+    Args:
+        blocks: K, the frequency groups that get their own selection vector α_k ∈ [0, 1]^D.
+        alpha_l1: L1 weight on α in the validation loss (sparser selections).
+        retrain_from: ``searched`` retrains the pruned, α-scaled weights; ``initial`` the
+            weights the net had before the search, under the same mask.
+        arch_optimizer: optimizer of α (the authors' code: SGD).
+    """
+
+    stage_names = ("search", "prune", "retrain")
+    method: str = "dnis"
+    blocks: int = 6
+    alpha_l1: float = 1e-5
+    retrain_from: Literal["searched", "initial"] = "searched"
+    arch_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="sgd", lr=0.01))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.blocks < 1 or self.alpha_l1 < 0:
+            raise ValueError("blocks must be >= 1 and alpha_l1 >= 0")
+
+
+def frequency_blocks(counts: np.ndarray, blocks: int) -> np.ndarray:
+    """Block of each row [R]: rows sorted by training count, cut into ``blocks`` groups that
+    each hold an equal share of all occurrences (frequent ids: small groups; rare: large);
+    rows never seen go to the last block."""
+    order = np.argsort(-counts, kind="stable")
+    sorted_counts = counts[order].astype(np.float64)
+    before = (np.cumsum(sorted_counts) - sorted_counts) / max(sorted_counts.sum(), 1.0)
+    block = np.minimum((before * blocks).astype(np.int64), blocks - 1)
+    block[sorted_counts == 0] = blocks - 1
+    out = np.empty_like(block)
+    out[order] = block
+    return out
+
+
+@EMBEDDINGS.register("dnis", config=DNISConfig)
+class DNIS(MultiStageMixin, EmbeddingMethod):
+    """DNIS: a soft selection layer over embedding dimensions, searched on validation data.
+
+    Cheng, Shen, Huang, "Differentiable Neural Input Search for Recommender Systems",
+    arXiv:2006.04466 (2020); details follow the authors' code (AutoSrh, its TKDE extension).
+
+    1. ``search`` (train, bilevel): ids are grouped by training frequency into K blocks
+       (over all tables, each block an equal share of the occurrences); id v of block k
+       embeds as e_v ⊙ α_k with α_k ∈ [0, 1]^D, initialised to 1. Each step updates the
+       model on a training batch with α fixed, then α on a validation batch (first-order
+       bi-level): its gradient is normalised per block, g_k / mean|g_k| (so rare blocks move
+       as fast as frequent ones), stepped, and clipped to [0, 1].
+    2. ``prune`` (procedure): α is merged into the table (Ẽ = E ⊙ α) and the entries of Ẽ
+       with the smallest magnitudes are zeroed: the threshold is the magnitude that leaves
+       exactly the target count of parameters, the most that fits ``budget`` × full bytes.
+       Each id keeps its own set of dims (a mixed-dimension table).
+    3. ``retrain`` (train): only the kept entries are parameters; the mask is fixed.
+
+    Stored after pruning (``memory_bytes``): the kept entries (4 bytes each) and one bit per
+    entry of the mask, [R, ⌈D/8⌉] bytes; an id's entries are found from the bitmap (the
+    per-row start offsets are rebuilt from it at load time and not counted).
+    """
+
+    def __init__(self, schema: Schema, config: DNISConfig):
+        super().__init__(schema, config)
+        require_budget(config, "dnis")
+        rows = list(self.table_rows.values())
+        self.register_buffer("row_start", torch.tensor([sum(rows[:t]) for t in range(len(rows))]), persistent=False)
+        self.weight = nn.Parameter(torch.empty(sum(rows), config.dim).normal_(std=config.init_std))
+        self.alpha = nn.Parameter(torch.ones(config.blocks, config.dim))
+        counts = np.concatenate([self._table_counts(name, size) for name, size in self.table_rows.items()])
+        self.register_buffer("block_of_row", torch.from_numpy(frequency_blocks(counts, config.blocks)), persistent=False)
+        self.phase = "search"
+        self.target_params = self._target_params()
+
+    def _table_counts(self, name: str, size: int) -> np.ndarray:
+        counts = np.zeros(size, dtype=np.int64)
+        known = np.asarray(self.schema.counts.get(name, counts))[:size]
+        counts[: known.shape[0]] = known
+        return counts
+
+    def _target_params(self) -> int:
+        rows, dim = self.weight.shape
+        target = math.floor((self.config.budget * self.full_bytes() - self.mask_bytes()) / FP32_BYTES)
+        if target < 1:
+            raise RecipeError(
+                f"embedding.budget: {self.config.budget} is too small for dnis: the mask alone takes {self.mask_bytes()} bytes"
+            )
+        return min(target, rows * dim)
+
+    def mask_bytes(self) -> int:
+        """Bytes of the pruned table's bit mask: one bit per entry, rows padded to bytes."""
+        return sum(self.table_rows.values()) * ((self.dim + 7) // 8)
+
+    def stages(self) -> list[Stage]:
+        return [
+            Stage("search", bilevel=True),
+            Stage("prune", kind="procedure"),
+            Stage("retrain", rewind=self.config.retrain_from == "initial"),
+        ]
+
+    # --- forward -------------------------------------------------------------------------
+
+    def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
+        rows = self.row_start[self.feature_table[feature]] + ids
+        if self.phase == "retrain":
+            return self._embed_compact(rows)
+        vectors = F.embedding(rows, self.weight, sparse=True)  # [N, D]
+        if self.phase == "search":
+            vectors = vectors * self.alpha[self.block_of_row[rows]]
+        return vectors
+
+    def _embed_compact(self, rows: Tensor) -> Tensor:
+        mask = unpack_bits(self.entry_bits[rows], self.dim)  # [N, D]
+        slot = self.row_ptr[rows].unsqueeze(1) + mask.long().cumsum(1) - 1
+        values = F.embedding(slot.clamp(min=0), self.values, sparse=True).squeeze(-1)  # [N, D]
+        return values * mask
+
+    # --- parameters and the bi-level step ------------------------------------------------
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.alpha] if self.phase == "search" else []
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return [self.values] if self.phase == "retrain" else [self.weight]
+
+    def arch_update(self, valid_loss: Tensor, optimizer: Any) -> None:
+        """α ← clip(α − η · g / mean|g|, 0, 1) per block, g = ∂(L_valid + λ‖α‖₁)/∂α."""
+        loss = valid_loss + self.config.alpha_l1 * self.alpha.abs().sum()
+        (grad,) = torch.autograd.grad(loss, [self.alpha])
+        self.alpha.grad = grad / (grad.abs().mean(dim=1, keepdim=True) + 1e-8)
+        optimizer.step()
+        optimizer.zero_grad()
+        with torch.no_grad():
+            self.alpha.clamp_(0.0, 1.0)
+
+    # --- stages --------------------------------------------------------------------------
+
+    def begin_stage(self, stage: Stage) -> None:
+        if stage.name == "prune":
+            self.phase = "pruned"
+            self.alpha.requires_grad_(False)
+            bits = torch.zeros(self.weight.shape[0], (self.dim + 7) // 8, dtype=torch.uint8, device=self.weight.device)
+            self.register_buffer("entry_bits", bits)
+        elif stage.name == "retrain":
+            self._compact()
+            self.phase = "retrain"
+
+    def run_procedure(self, stage: Stage, context: StageContext) -> None:
+        """Merges α into the table and keeps the ``target_params`` largest entries."""
+        with torch.no_grad():
+            merged = self.weight * self.alpha[self.block_of_row]
+            magnitude = merged.abs().flatten()
+            keep = torch.topk(magnitude, self.target_params, sorted=False).indices
+            mask = torch.zeros_like(magnitude, dtype=torch.bool)
+            mask[keep] = True
+            mask = mask.view_as(merged)
+            self.weight.copy_(merged * mask)
+            self.entry_bits.copy_(pack_bits(mask))
+            self.prune_threshold = float(magnitude[keep].min())
+        self.pruned_auc = context.score()
+        log.info(
+            "dnis prune: kept %d of %d entries (|E ⊙ α| >= %.4g); valid auc before retraining %.5f",
+            self.target_params, magnitude.numel(), self.prune_threshold, self.pruned_auc,
+        )
+
+    def _compact(self) -> None:
+        """Stores only the kept entries ([nnz, 1]) beside the bit mask; drops E and α."""
+        mask = unpack_bits(self.entry_bits, self.dim)
+        counts = mask.sum(1)
+        self.register_buffer("row_ptr", torch.cumsum(counts, 0) - counts, persistent=False)
+        self.values = nn.Parameter(self.weight.detach()[mask].unsqueeze(1).clone())
+        del self.weight, self.alpha
+
+    def stage_output(self, stage: Stage) -> dict[str, Tensor]:
+        if stage.name == "search":
+            return {"alpha": self.alpha.detach().clone()}
+        return {"alpha": self.alpha.detach().clone(), "entry_bits": self.entry_bits.clone()} if stage.name == "prune" else {}
+
+    def stage_summary(self, stage: Stage) -> dict[str, Any]:
+        if stage.name == "search":
+            alpha = self.alpha.detach()
+            return {
+                "alpha_mean": float(alpha.mean()),
+                "alpha_min": float(alpha.min()),
+                "alpha_mean_per_block": alpha.mean(1).tolist(),
+                "alpha": alpha.tolist(),
+            }
+        mask = unpack_bits(self.entry_bits, self.dim)
+        per_block = torch.zeros(self.config.blocks).index_add_(0, self.block_of_row.cpu(), mask.sum(1).float().cpu())
+        rows_per_block = torch.bincount(self.block_of_row.cpu(), minlength=self.config.blocks).clamp(min=1)
+        summary: dict[str, Any] = {
+            "target_params": self.target_params,
+            "kept_params": int(mask.sum()),
+            "mean_dims_per_block": (per_block / rows_per_block).tolist(),
+            "deployed_bytes": int(mask.sum()) * FP32_BYTES + self.mask_bytes(),
+        }
+        if stage.name == "prune":
+            summary.update(threshold=self.prune_threshold, valid_auc_pruned=self.pruned_auc)
+        return summary
