@@ -48,6 +48,18 @@ def _parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list what the registries hold")
     models.set_defaults(run=_models)
 
+    bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
+    compression = bench.add_parser(
+        "compression", help="embedding methods x memory budgets x seeds on one recipe (table, plot, results file)"
+    )
+    compression.add_argument("recipe", type=Path, help="base recipe (data, model, train)")
+    compression.add_argument("--methods", default="full,hash", help="comma-separated embedding methods")
+    compression.add_argument("--budgets", default="0.5,0.1", help="comma-separated budgets (fractions of the full bytes)")
+    compression.add_argument("--seeds", type=int, default=3, help="seeds per cell (recipe seed, +1, ...)")
+    compression.add_argument("--out", type=Path, help="output folder (default runs/bench-<recipe name>)")
+    _overrides(compression)
+    compression.set_defaults(run=_bench_compression)
+
     data = commands.add_parser("data", help="data commands").add_subparsers(dest="data_command", required=True)
     prep = data.add_parser("prepare", help="encode a recipe's data and print its statistics")
     prep.add_argument("recipe")
@@ -95,6 +107,21 @@ def _models(args: argparse.Namespace) -> int:
         print(f"{registry.kind}s:")
         for entry in registry.entries():
             print(f"  {entry.name:<18} {entry.summary}")
+    return 0
+
+
+def _bench_compression(args: argparse.Namespace) -> int:
+    from ctr.bench.compression import run_compression
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    try:
+        budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
+    except ValueError:
+        raise UserError(f"--budgets: expected comma-separated numbers, got {args.budgets!r}") from None
+    out = args.out or Path("runs") / f"bench-{args.recipe.stem}"
+    results = run_compression(args.recipe, methods, budgets, args.seeds, out, args.override)
+    print((out / "results.md").read_text(), end="")
+    print(f"\n{len(results.rows)} runs in {out / 'results.csv'}; plot {out / 'auc_vs_memory.png'}")
     return 0
 
 

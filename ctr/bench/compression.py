@@ -1,0 +1,238 @@
+"""``ctr bench compression``: embedding methods × memory budgets × seeds on one recipe.
+
+Every cell (method, budget, seed) is one ``ctr train`` run in ``OUT/runs/<cell>``; its
+figures become one row of ``OUT/results.csv`` (rewritten atomically after each cell), so a
+rerun skips finished cells and resumes a cell whose run was interrupted. At the end it
+writes ``OUT/results.md`` (methods × budgets: test AUC mean ± std over seeds, bytes, train
+time) and ``OUT/auc_vs_memory.png``.
+
+Data, model, training and trainer settings come from the recipe, the same for every cell.
+A method's own settings (e.g. OptEmbed's stages) come from the ``embedding`` block of
+``<method>.yaml`` beside the recipe when that file exists; ``dim`` and ``init_std`` are
+always the recipe's, and ``budget`` is the cell's. ``full`` ignores budgets and runs once
+per seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ctr.errors import UserError
+from ctr.recipe import apply_override, read_yaml, recipe_from_dict
+from ctr.registry import EMBEDDINGS
+from ctr.train.rundir import RunDir, atomic_write
+
+log = logging.getLogger("ctr.bench")
+
+COLUMNS = [
+    "method", "budget", "seed", "status", "test_auc", "test_logloss", "valid_auc", "embedding_bytes",
+    "full_embedding_bytes", "memory_ratio", "train_seconds", "inference_seconds", "run_dir",
+]
+UNBUDGETED = ("full",)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the benchmark: a method at a budget (None: the method has none) with a seed."""
+
+    method: str
+    budget: float | None
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}-{'full' if self.budget is None else format(self.budget, 'g')}-s{self.seed}"
+
+
+def plan(methods: list[str], budgets: list[float], seeds: int) -> list[Cell]:
+    """Every cell, method by method; ``full`` gets one cell per seed."""
+    for name in methods:
+        EMBEDDINGS.get(name, "--methods")
+    for budget in budgets:
+        if not 0 < budget <= 1:
+            raise UserError(f"--budgets: {budget} is not in (0, 1]")
+    if seeds < 1:
+        raise UserError("--seeds must be >= 1")
+    cells = []
+    for name in methods:
+        for budget in [None] if name in UNBUDGETED else budgets:
+            cells += [Cell(name, budget, seed) for seed in range(seeds)]
+    return cells
+
+
+class Results:
+    """The results file: one row per finished cell."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict[str, str]] = []
+        if path.exists():
+            with path.open(newline="") as handle:
+                self.rows = list(csv.DictReader(handle))
+
+    def done(self, cell: Cell) -> bool:
+        return any(Path(row["run_dir"]).name == cell.key for row in self.rows)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append({k: "" if row.get(k) is None else str(row[k]) for k in COLUMNS})
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write(self.path, text.getvalue())
+
+
+def run_compression(
+    recipe_path: Path, methods: list[str], budgets: list[float], seeds: int, out: Path, overrides: list[str]
+) -> Results:
+    """Runs every cell not finished yet, then writes the table and the plot."""
+    from ctr.train.runner import train
+
+    base = read_yaml(recipe_path)
+    for item in overrides:
+        apply_override(base, item)
+    results = Results(out / "results.csv")
+    cells = plan(methods, budgets, seeds)
+    for number, cell in enumerate(cells, 1):
+        if results.done(cell):
+            log.info("bench %d/%d %s: finished earlier, skipped", number, len(cells), cell.key)
+            continue
+        log.info("bench %d/%d %s: training", number, len(cells), cell.key)
+        results.add(_run_cell(cell, _cell_recipe(base, recipe_path, cell, out), out, train))
+    atomic_write(out / "results.md", markdown(results.rows))
+    plot(results.rows, out / "auc_vs_memory.png")
+    return results
+
+
+def _cell_recipe(base: dict[str, Any], recipe_path: Path, cell: Cell, out: Path) -> dict[str, Any]:
+    raw = copy.deepcopy(base)
+    embedding = dict(raw.get("embedding") or {})
+    sibling = recipe_path.parent / f"{cell.method}.yaml"
+    block = {"method": cell.method}
+    if sibling.exists() and sibling.resolve() != recipe_path.resolve():
+        block = dict(read_yaml(sibling).get("embedding") or block)
+    for key in ("dim", "init_std", "backend"):
+        if key in embedding:
+            block[key] = embedding[key]
+    block["budget"] = cell.budget
+    raw["embedding"] = block
+    raw["seed"] = int(raw.get("seed", 42)) + cell.seed
+    raw["name"] = f"{raw.get('name', 'bench')}-{cell.key}"
+    raw["output"] = {"dir": str(out / "runs" / cell.key)}
+    return raw
+
+
+def _run_cell(cell: Cell, raw: dict[str, Any], out: Path, train: Any) -> dict[str, Any]:
+    run = RunDir(out / "runs" / cell.key)
+    row: dict[str, Any] = {"method": cell.method, "budget": cell.budget, "seed": cell.seed, "run_dir": run.root}
+    try:
+        recipe = recipe_from_dict(raw)
+        if run.metrics.exists():
+            metrics = run.read_metrics()
+        else:
+            started = run.last.exists() or run.stage_progress.exists()
+            metrics = train(recipe, run.root, resume=started)
+    except UserError as err:
+        log.warning("bench %s: %s", cell.key, err)
+        return {**row, "status": f"error: {err}"}
+    return {
+        **row,
+        "status": "ok",
+        "test_auc": metrics["test"]["auc"],
+        "test_logloss": metrics["test"]["logloss"],
+        "valid_auc": metrics["valid"]["auc"],
+        "embedding_bytes": metrics["embedding_bytes"],
+        "full_embedding_bytes": metrics["full_embedding_bytes"],
+        "memory_ratio": metrics["embedding_bytes"] / metrics["full_embedding_bytes"],
+        "train_seconds": metrics["train_seconds"],
+        "inference_seconds": metrics.get("inference_seconds"),
+    }
+
+
+def _groups(rows: list[dict[str, str]]) -> dict[tuple[str, str], list[dict[str, str]]]:
+    groups: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["budget"] or "full"), []).append(row)
+    return groups
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, math.sqrt(var)
+
+
+def markdown(rows: list[dict[str, str]]) -> str:
+    """Methods × budgets table of test AUC, then one line per (method, budget) with details."""
+    groups = _groups(rows)
+    methods = list(dict.fromkeys(m for m, _ in groups))
+    budgets = sorted({b for _, b in groups if b != "full"}, key=float, reverse=True)
+    lines = ["| method | " + " | ".join(["full size"] + [f"budget {b}" for b in budgets]) + " |"]
+    lines.append("|---" * (len(budgets) + 2) + "|")
+    for method in methods:
+        cells = [_auc_cell(groups.get((method, b), [])) for b in ["full"] + budgets]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", "| method | budget | embedding bytes | × full | test AUC | test logloss | train s | seeds |", "|---" * 8 + "|"]
+    for (method, budget), group in groups.items():
+        ok = [r for r in group if r["status"] == "ok"]
+        if not ok:
+            lines.append(f"| {method} | {budget} | – | – | {group[0]['status']} | – | – | 0 |")
+            continue
+        auc_m, auc_s = mean_std([float(r["test_auc"]) for r in ok])
+        loss_m, loss_s = mean_std([float(r["test_logloss"]) for r in ok])
+        time_m, time_s = mean_std([float(r["train_seconds"]) for r in ok])
+        size = int(ok[0]["embedding_bytes"])
+        ratio = float(ok[0]["memory_ratio"])
+        lines.append(
+            f"| {method} | {budget} | {size:,} | {ratio:.4f} | {auc_m:.4f} ± {auc_s:.4f} | "
+            f"{loss_m:.4f} ± {loss_s:.4f} | {time_m:.0f} ± {time_s:.0f} | {len(ok)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _auc_cell(group: list[dict[str, str]]) -> str:
+    ok = [float(r["test_auc"]) for r in group if r["status"] == "ok"]
+    if not group:
+        return ""
+    if not ok:
+        return "cannot reach"
+    mean, std = mean_std(ok)
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def plot(rows: list[dict[str, str]], out: Path) -> None:
+    """Test AUC (mean ± std over seeds) against embedding bytes, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    by_method: dict[str, list[tuple[float, float, float]]] = {}
+    for (method, _), group in _groups(rows).items():
+        ok = [r for r in group if r["status"] == "ok"]
+        if ok:
+            mean, std = mean_std([float(r["test_auc"]) for r in ok])
+            by_method.setdefault(method, []).append((float(ok[0]["embedding_bytes"]), mean, std))
+    for method, points in by_method.items():
+        points.sort()
+        xs, ys, es = zip(*points)
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("embedding bytes")
+    ax.set_ylabel("test AUC")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
