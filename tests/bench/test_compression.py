@@ -1,0 +1,57 @@
+import csv
+import logging
+
+import pytest
+import yaml
+
+from ctr.bench.compression import Cell, markdown, mean_std, plan, run_compression
+from ctr.errors import RecipeError, UserError
+from tests.conftest import tiny_recipe
+
+
+def test_plan_runs_full_once_per_seed_and_validates_its_arguments():
+    cells = plan(["full", "hash"], [0.5, 0.1], 2)
+    assert [c.key for c in cells] == ["full-full-s0", "full-full-s1", "hash-0.5-s0", "hash-0.5-s1", "hash-0.1-s0", "hash-0.1-s1"]
+    with pytest.raises(RecipeError, match="--methods: unknown embedding method 'zip'"):
+        plan(["zip"], [0.5], 1)
+    with pytest.raises(UserError, match=r"--budgets: 2.0 is not in \(0, 1\]"):
+        plan(["hash"], [2.0], 1)
+
+
+def test_table_reports_mean_and_spread_and_unreachable_cells():
+    rows = [
+        {"method": "hash", "budget": "0.5", "status": "ok", "test_auc": a, "test_logloss": "0.5", "train_seconds": "3",
+         "embedding_bytes": "100", "memory_ratio": "0.5"} for a in ("0.70", "0.72", "0.74")
+    ] + [{"method": "hash", "budget": "0.01", "status": "error: too small", "test_auc": ""}]
+    text = markdown(rows)
+    assert "| hash |  | 0.7200 ± 0.0200 | cannot reach |" in text
+    assert mean_std([1.0]) == (1.0, 0.0)
+
+
+def test_one_command_runs_every_cell_and_skips_finished_ones(tmp_path, caplog):
+    raw = tiny_recipe(tmp_path, train={"epochs": 1})
+    recipe = tmp_path / "base.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    (tmp_path / "hash.yaml").write_text(yaml.safe_dump({"embedding": {"method": "hash", "dim": 4, "budget": 0.9}}))
+    out = tmp_path / "bench"
+    run_compression(recipe, ["full", "hash"], [0.25], 2, out, [])
+    with (out / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["method"], r["budget"], r["seed"], r["status"]) for r in rows] == [
+        ("full", "", "0", "ok"), ("full", "", "1", "ok"), ("hash", "0.25", "0", "ok"), ("hash", "0.25", "1", "ok")
+    ]
+    hashed = yaml.safe_load((out / "runs" / "hash-0.25-s1" / "recipe.yaml").read_text())
+    assert hashed["embedding"]["budget"] == 0.25 and hashed["embedding"]["dim"] == 8  # the cell's budget, the recipe's dim
+    assert hashed["seed"] == raw.get("seed", 42) + 1
+    for row in rows:
+        assert 0 < float(row["test_auc"]) <= 1 and float(row["inference_seconds"]) > 0
+    assert float(rows[2]["memory_ratio"]) <= 0.25
+    assert (out / "auc_vs_memory.png").stat().st_size > 0
+    assert "| hash | 0.25 |" in (out / "results.md").read_text()
+
+    caplog.set_level(logging.INFO, logger="ctr.bench")
+    run_compression(recipe, ["full", "hash"], [0.25], 2, out, [])
+    assert sum("finished earlier, skipped" in m for m in caplog.messages) == 4
+    with (out / "results.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == 4
+    assert Cell("hash", 0.25, 1).key == "hash-0.25-s1"

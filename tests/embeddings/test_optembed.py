@@ -1,0 +1,113 @@
+import numpy as np
+import pytest
+import torch
+
+from ctr.embeddings.evolution import EvolutionarySearch, EvolutionConfig
+from ctr.embeddings.optembed import BinaryStep, OptEmbed, OptEmbedConfig
+from ctr.embeddings.stages import Stage
+from ctr.errors import RecipeError
+from ctr.recipe import recipe_from_dict
+from tests.embeddings.schemas import batch, schema
+
+SEARCH, RETRAIN = Stage("search", kind="procedure"), Stage("retrain")
+
+
+def test_binary_step_is_a_unit_step_with_the_long_tailed_gradient():
+    x = torch.tensor([-1.5, -0.7, -0.1, 0.0, 0.1, 0.3, 0.5, 1.5], requires_grad=True)
+    y = BinaryStep.apply(x)
+    assert y.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, torch.tensor([0.0, 0.4, 1.6, 2.0, 1.6, 0.8, 0.4, 0.0]))
+
+
+def test_threshold_gets_the_straight_through_gradient_and_the_exp_regularizer():
+    method = OptEmbed(schema(), OptEmbedConfig(dim=8, threshold_reg=0.5, threshold_init=0.05))
+    torch.testing.assert_close(method.regularizer(), 0.5 * torch.exp(-torch.full((3,), 0.05)).sum())
+    out = method(batch())
+    (out.pooled.sum() + out.sequences["hist"].sum()).backward()
+    assert (method.threshold.grad != 0).all()  # the mask passes a gradient to t of every field
+    method.threshold.grad = None
+    method.regularizer().backward()
+    torch.testing.assert_close(method.threshold.grad, -0.5 * torch.exp(-torch.full((3,), 0.05)))
+    assert method.arch_parameters() == [method.threshold]
+
+
+def test_rows_under_their_fields_threshold_embed_to_zero():
+    method = OptEmbed(schema(), OptEmbedConfig(dim=8)).eval()
+    jf = batch()
+    item_ids = jf.bag("item", 0)
+    with torch.no_grad():
+        norm = method.weight[item_ids].abs().sum()
+        method.threshold[0] = norm + 1e-3  # prunes this item row (and maybe others)
+    out = method(jf)
+    assert torch.count_nonzero(out.pooled[0, 0]) == 0
+    assert torch.count_nonzero(out.pooled[0, 1]) == 8  # user's threshold is still 0
+
+
+def test_supernet_samples_a_dimension_per_sample_and_field():
+    torch.manual_seed(0)
+    method = OptEmbed(schema(), OptEmbedConfig(dim=8))
+    jf = batch(size=64)
+    widths = (method(jf).pooled != 0).sum(-1)  # [B, 3]: nonzero prefix = sampled d (rows are nonzero)
+    assert widths.min() >= 1 and widths.max() <= 8
+    assert len(torch.unique(widths[:, 0])) >= 6 and not torch.equal(widths[:, 0], widths[:, 1])
+    out = method(jf)
+    hist = out.sequences["hist"]  # shares item's table, so it gets the sample's item dimension
+    item = (out.pooled[:, 0] != 0).sum(-1)
+    for b in range(64):
+        if out.masks["hist"][b].any():
+            assert (hist[b][out.masks["hist"][b]] != 0).sum(-1).eq(item[b]).all()
+    assert (method.eval()(jf).pooled != 0).sum(-1).eq(8).all()  # evaluation uses every dimension
+
+
+def test_retrained_table_stores_only_kept_rows_times_chosen_dims_and_embeds_the_same():
+    torch.manual_seed(1)
+    method = OptEmbed(schema(), OptEmbedConfig(dim=8)).eval()
+    with torch.no_grad():
+        method.threshold.copy_(torch.tensor([0.06, 0.05, 0.07]))  # prunes part of every table
+    method.phase = "search"
+    method.begin_stage(SEARCH)
+    method.dims.copy_(torch.tensor([5, 2, 7]))
+    jf = batch(size=32)
+    before = method(jf)
+    kept = method.kept_rows()
+    assert all(0 < k < n for k, n in zip(kept, method.table_rows.values()))
+    method.begin_stage(RETRAIN)
+    assert [tuple(t.shape) for t in method.tables] == [(kept[0], 5), (kept[1], 2), (kept[2], 7)]
+    bitmap = sum((n + 7) // 8 for n in method.table_rows.values())
+    assert method.memory_bytes() == 4 * (kept[0] * 5 + kept[1] * 2 + kept[2] * 7) + bitmap + 8 * 3
+    assert set(method.state_dict()) == {"dims", "keep_bits", "tables.0", "tables.1", "tables.2"}
+    after = method(jf)
+    torch.testing.assert_close(after.pooled, before.pooled)
+    torch.testing.assert_close(after.sequences["hist"], before.sequences["hist"])
+    (after.pooled.sum()).backward()
+    assert all(t.grad is None or t.grad.is_sparse for t in method.tables)
+
+
+def test_evolutionary_search_finds_different_dims_per_field_within_the_budget():
+    kept = np.array([400, 50, 10, 200, 5, 30])
+    target = np.array([3, 12, 16, 6, 9, 1])
+
+    def cost(dims):
+        return int((kept * np.array(dims)).sum() * 4)
+
+    def score(dims):
+        return -float(np.abs(np.array(dims) - target).sum())
+
+    limit = cost(target) * 1.05
+    search = EvolutionarySearch(6, 16, score, cost, limit, kept.astype(float), np.random.default_rng(0))
+    result = search.run(EvolutionConfig(population=20, parents=5, mutations=15, crossovers=15, mutation_prob=0.3, generations=30))
+    assert cost(result.best) <= limit
+    assert all(cost(c) <= limit for c, _ in result.history)
+    assert len(set(result.best)) >= 4  # the fields get different dims
+    assert np.abs(np.array(result.best) - target).sum() <= 4  # and they approach the optimum
+    assert result.score == max(s for _, s in result.history)
+
+
+def test_optembed_settings_are_validated():
+    with pytest.raises(RecipeError, match=r"^embedding: need 1 <= parents <= population"):
+        recipe_from_dict({"embedding": {"method": "optembed", "population": 4, "parents": 6}})
+    with pytest.raises(RecipeError, match=r"^embedding: stages\.retrian: unknown stage"):
+        recipe_from_dict({"embedding": {"method": "optembed", "stages": {"retrian": {"epochs": 1}}}})
+    with pytest.raises(RecipeError, match=r"^embedding\.stages\.supernet\.epochs: expected int"):
+        recipe_from_dict({"embedding": {"method": "optembed", "stages": {"supernet": {"epochs": "two"}}}})

@@ -1,0 +1,77 @@
+import pytest
+import torch
+
+from ctr.batch import JaggedFeatures
+from ctr.embeddings.storage import SEED_BYTES
+from ctr.embeddings.unified import UnifiedConfig, UnifiedEmbedding
+from ctr.errors import RecipeError
+from ctr.recipe import recipe_from_dict
+from tests.embeddings.schemas import batch, schema
+
+ITEM, USER, TAGS = 0, 1, 2  # table indices (schema order)
+
+
+def test_same_raw_id_of_two_features_maps_to_different_rows():
+    method = UnifiedEmbedding(schema(), UnifiedConfig(dim=16, budget=0.1, probes=2))
+    assert len(method.weights) == 1  # one table shared by every feature
+    ids = torch.arange(2, 600)
+    item, user = method.rows_of(ITEM, ids), method.rows_of(USER, ids)  # [2 probes, N]
+    assert (item != user).float().mean() > 0.95
+    assert (item == user).all(0).sum() <= 2  # both probes colliding: about N / M^2
+    assert (item[0] != item[1]).float().mean() > 0.95  # probes are salted too
+    one = JaggedFeatures.from_lengths(
+        ["item", "user", "hist", "tags"], torch.tensor([7, 7, 3]), torch.tensor([1, 1, 0, 1])
+    )
+    out = method(one)
+    assert not torch.allclose(out.pooled[0, 0], out.pooled[0, 1])
+
+
+@pytest.mark.parametrize(
+    "budget, probes, feature_probes",
+    [(0.5, 1, {}), (0.1, 2, {}), (0.05, 4, {"user": 1}), (0.01, 2, {"tags": 8})],
+)
+def test_unified_stores_no_more_than_its_budget(budget, probes, feature_probes):
+    method = UnifiedEmbedding(schema(), UnifiedConfig(dim=16, budget=budget, probes=probes, feature_probes=feature_probes))
+    stored = sum(w.numel() * 4 for w in method.weights) + SEED_BYTES * method.seeds.shape[0]
+    assert method.memory_bytes() == stored
+    assert 0.95 * budget * method.full_bytes() <= stored <= budget * method.full_bytes()
+    widths = {16 // feature_probes.get(t, probes) for t in method.table_names}
+    assert sorted(w.shape[1] for w in method.weights) == sorted(widths)
+    assert method.seeds.shape[0] == sum(feature_probes.get(t, probes) for t in method.table_names)
+
+
+def test_k_probes_are_concatenated_and_features_pick_their_own_k():
+    method = UnifiedEmbedding(schema(), UnifiedConfig(dim=8, budget=0.2, probes=2, feature_probes={"user": 4}))
+    jf = batch()
+    out = method(jf)
+    wide, narrow = (method.weights[method.table_group[t]] for t in (ITEM, USER))
+    assert (wide.shape[1], narrow.shape[1]) == (4, 2)
+
+    def vector(table, weight, ids):
+        rows = method.rows_of(table, ids)  # [k, n]
+        return torch.cat([weight[rows[j]] for j in range(rows.shape[0])], dim=1)  # [n, D]
+
+    torch.testing.assert_close(out.pooled[0, 0], vector(ITEM, wide, jf.bag("item", 0))[0])
+    torch.testing.assert_close(out.pooled[3, 1], vector(USER, narrow, jf.bag("user", 3))[0])
+    tags = jf.bag("tags", 5)
+    torch.testing.assert_close(out.pooled[5, 2], vector(TAGS, wide, tags).mean(0))
+    hist = jf.bag("hist", 1)
+    if hist.numel():  # hist shares item's table and hashes
+        torch.testing.assert_close(out.sequences["hist"][1, : hist.numel()], vector(ITEM, wide, hist))
+
+
+def test_unified_gradients_are_sparse_and_reach_every_probe():
+    method = UnifiedEmbedding(schema(), UnifiedConfig(dim=8, budget=0.2, probes=2, feature_probes={"user": 4}))
+    out = method(batch())
+    (out.pooled.sum() + out.sequences["hist"].sum()).backward()
+    assert all(w.grad.is_sparse for w in method.weights)
+    assert method.sparse_parameters() == list(method.weights)
+
+
+def test_bad_probes_name_the_key():
+    with pytest.raises(RecipeError, match=r"^embedding: probes: 3 probes must divide dim 16"):
+        recipe_from_dict({"embedding": {"method": "unified", "dim": 16, "budget": 0.1, "probes": 3}})
+    with pytest.raises(RecipeError, match=r"^embedding\.feature_probes\.nosuch: no such table"):
+        UnifiedEmbedding(schema(), UnifiedConfig(dim=16, budget=0.1, feature_probes={"nosuch": 2}))
+    with pytest.raises(RecipeError, match=r"^embedding\.budget: unified sizes"):
+        UnifiedEmbedding(schema(), UnifiedConfig(dim=16))

@@ -1,0 +1,133 @@
+"""Multi-stage methods trained end to end on tiny synthetic data: what each stage produced,
+what the final model stores, resume after a kill between stages, and ``ctr eval``."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from ctr.recipe import recipe_from_dict
+from ctr.train.runner import train
+from tests.conftest import tiny_recipe
+
+OPTEMBED = {
+    "method": "optembed", "dim": 8, "budget": 0.5, "threshold_reg": 0.02,
+    "arch_optimizer": {"name": "adam", "lr": 0.05},
+    "population": 8, "parents": 4, "mutations": 4, "crossovers": 4, "generations": 2,
+}
+DNIS = {"method": "dnis", "dim": 8, "budget": 0.3, "blocks": 4, "arch_optimizer": {"name": "sgd", "lr": 0.05}}
+
+
+def ctr(*args):
+    return subprocess.run([sys.executable, "-m", "ctr.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def summary(run, folder):
+    return json.loads((run / "stages" / folder / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def optembed_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("optembed")
+    recipe = recipe_from_dict(tiny_recipe(tmp, embedding=OPTEMBED))
+    metrics = train(recipe, tmp / "run")
+    return tmp / "run", metrics
+
+
+@pytest.fixture(scope="module")
+def dnis_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dnis")
+    recipe = recipe_from_dict(tiny_recipe(tmp, embedding=DNIS))
+    metrics = train(recipe, tmp / "run")
+    return tmp / "run", metrics
+
+
+def test_optembed_thresholds_move_and_prune_rows(optembed_run):
+    run, _ = optembed_run
+    supernet = summary(run, "0-supernet")
+    assert all(t > 0.1 for t in supernet["thresholds"].values())  # from threshold_init 0
+    assert sum(supernet["kept_rows"].values()) < 0.9 * sum(supernet["rows"].values())
+    output = torch.load(run / "stages" / "1-search" / "output.pt")
+    assert output["row_keep"].sum() == sum(supernet["kept_rows"].values())
+
+
+def test_optembed_search_picks_different_dims_within_the_budget(optembed_run):
+    run, metrics = optembed_run
+    search = summary(run, "1-search")
+    dims = list(search["dims"].values())
+    assert len(set(dims)) > 1 and all(1 <= d <= 8 for d in dims)
+    assert search["candidates_scored"] >= 8
+    assert metrics["embedding_bytes"] <= 0.5 * metrics["full_embedding_bytes"]
+
+
+def test_optembed_retrained_model_stores_kept_rows_times_chosen_dims(optembed_run):
+    run, metrics = optembed_run
+    search = summary(run, "1-search")
+    rows = sum(search["kept_rows"][t] * search["dims"][t] for t in search["dims"])
+    bitmap = sum((n + 7) // 8 for n in search["rows"].values())
+    assert metrics["embedding_bytes"] == 4 * rows + bitmap + 8 * len(search["dims"])
+    state = torch.load(run / "stages" / "2-retrain" / "state.pt")
+    tables = {k: v for k, v in state.items() if k.startswith("embedding.tables.")}
+    assert [tuple(v.shape) for v in tables.values()] == [(search["kept_rows"][t], search["dims"][t]) for t in search["dims"]]
+    assert not any(k in state for k in ("embedding.weight", "embedding.threshold"))
+    assert set(metrics["stage_seconds"]) == {"supernet", "search", "retrain"}
+
+
+def test_eval_of_a_staged_run_reproduces_its_test_auc(optembed_run):
+    run, metrics = optembed_run
+    result = ctr("eval", run)
+    assert result.returncode == 0, result.stderr
+    assert abs(json.loads(result.stdout)["auc"] - metrics["test"]["auc"]) < 1e-6
+
+
+def test_dnis_selection_weights_change_and_pruning_hits_the_target(dnis_run):
+    run, metrics = dnis_run
+    search = summary(run, "0-search")
+    assert search["alpha_min"] < 0.99  # initialised to 1
+    assert len({round(a, 4) for a in search["alpha_mean_per_block"]}) > 1
+    prune = summary(run, "1-prune")
+    assert abs(prune["kept_params"] - prune["target_params"]) <= 0.01 * prune["target_params"]
+    assert metrics["embedding_bytes"] == prune["deployed_bytes"] <= 0.3 * metrics["full_embedding_bytes"]
+
+
+def test_resume_after_a_kill_between_stages_continues_from_the_last_finished_stage(tmp_path):
+    raw = tiny_recipe(tmp_path, embedding={**OPTEMBED, "stages": {"retrain": {"epochs": 4}}})
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    progress = run / "stages" / "progress.json"
+    child = subprocess.Popen([sys.executable, "-m", "ctr.cli", "train", recipe, "--out", run],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while child.poll() is None and time.time() < deadline:
+        if progress.exists() and "supernet" in json.loads(progress.read_text())["finished"]:
+            os.kill(child.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL, "the run ended before it could be killed between stages"
+    assert not (run / "metrics.json").exists()
+    supernet_state = run / "stages" / "0-supernet" / "state.pt"
+    before = supernet_state.stat().st_mtime_ns
+
+    result = ctr("train", "--resume", run)
+    assert result.returncode == 0, result.stderr
+    assert "stage 1/3 supernet: finished earlier, restored" in result.stderr
+    assert supernet_state.stat().st_mtime_ns == before
+    assert json.loads(progress.read_text())["finished"] == ["supernet", "search", "retrain"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["embedding_bytes"] <= 0.5 * metrics["full_embedding_bytes"]
+
+
+def test_models_lists_the_embedding_methods():
+    result = ctr("models")
+    assert result.returncode == 0
+    methods = result.stdout.split("embedding methods:")[1].split("datasets:")[0]
+    for name in ("full", "hash", "unified", "optembed", "dnis"):
+        assert f"  {name} " in methods
