@@ -48,7 +48,11 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
     _log_summary(task, prepared)
     throughput = Throughput()
     checkpoint = _checkpoint(recipe, run)
-    trainer = _trainer(recipe, run, progress, [checkpoint, throughput, ValidationSummary()])
+    callbacks = [checkpoint, throughput, ValidationSummary()]
+    if recipe.train.early_stop:
+        stop = recipe.train.early_stop
+        callbacks.append(EarlyStopping(monitor=stop.monitor, mode=stop.mode, patience=stop.patience))
+    trainer = _trainer(recipe, run, progress, callbacks)
     loaders = _loaders(recipe, prepared, trainer)
     trainer.fit(task, loaders["train"], loaders["valid"], ckpt_path=str(run.last) if resume else None)
     best = Path(checkpoint.best_model_path or run.last)
@@ -134,9 +138,6 @@ def _checkpoint(recipe: Recipe, run: RunDir) -> ModelCheckpoint:
 
 def _trainer(recipe: Recipe, run: RunDir, progress: bool, callbacks: list, logger: bool = True) -> L.Trainer:
     cfg, train = recipe.trainer, recipe.train
-    if train.early_stop and logger:
-        stop = train.early_stop
-        callbacks.append(EarlyStopping(monitor=stop.monitor, mode=stop.mode, patience=stop.patience))
     loggers = [CSVLogger(run.root, name="logs", version="")] if logger else False
     return L.Trainer(
         accelerator=cfg.accelerator,
