@@ -83,23 +83,39 @@ class BatchLoader:
 
 
 def _prefetched(items: Iterator[Batch], depth: int) -> Iterator[Batch]:
-    """Runs ``items`` in a daemon thread, ``depth`` ahead; re-raises its errors here."""
+    """Runs ``items`` in a daemon thread, ``depth`` ahead; re-raises its errors here.
+
+    The thread stops when the consumer stops early (the generator is closed).
+    """
     slots: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
+    done, stop = object(), threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def produce() -> None:
         try:
             for item in items:
-                slots.put(item)
+                if not put(item):
+                    return
         except BaseException as err:  # handed to the consumer, which re-raises it
-            slots.put(err)
-        slots.put(done)
+            put(err)
+        put(done)
 
     threading.Thread(target=produce, daemon=True).start()
-    while True:
-        item = slots.get()
-        if item is done:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+    try:
+        while True:
+            item = slots.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()

@@ -1,1 +1,1 @@
-"""ctr.bench: benchmarks that compare methods in one run (``ctr bench ...``)."""
+"""ctr.bench: benchmark runners (compression tables, kernels)."""

@@ -111,6 +111,9 @@ def fit(
     throughput = Throughput()
     checkpoint = _checkpoint(recipe, ckpt_dir)
     callbacks = [checkpoint, throughput, ValidationSummary()]
+    if recipe.train.early_stop:
+        stop = recipe.train.early_stop
+        callbacks.append(EarlyStopping(monitor=stop.monitor, mode=stop.mode, patience=stop.patience))
     trainer = _trainer(recipe, session.run, session.progress, callbacks, epochs=epochs, max_steps=max_steps, log_root=log_root)
     loaders = session.loaders
     trainer.fit(task, loaders["train"], loaders["valid"], ckpt_path=str(resume_from) if resume_from else None)
@@ -196,9 +199,6 @@ def _trainer(
     log_root: Path | None = None,
 ) -> L.Trainer:
     cfg, train = recipe.trainer, recipe.train
-    if train.early_stop and logger:
-        stop = train.early_stop
-        callbacks.append(EarlyStopping(monitor=stop.monitor, mode=stop.mode, patience=stop.patience))
     loggers = [CSVLogger(log_root or run.root, name="logs", version="")] if logger else False
     return L.Trainer(
         accelerator=cfg.accelerator,
