@@ -119,7 +119,7 @@ class UnifiedEmbedding(EmbeddingMethod):
             offsets = torch.cat([starts.reshape(-1), part.offsets.new_tensor([n * k])])
             weights = None if bags.weights is None else bags.weights[part.ids].repeat(k)
             pooled = self.lookup(weight, rows, offsets, weights)  # [k * bags, D / k]
-            pieces.append(pooled.view(k, num_bags, -1).permute(1, 0, 2).reshape(num_bags, self.dim))
+            pieces.append(pooled.view(k, num_bags, weight.shape[1]).permute(1, 0, 2).reshape(num_bags, self.dim))
         return torch.cat(pieces)
 
     def sparse_parameters(self) -> list[nn.Parameter]:
