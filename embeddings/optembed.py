@@ -3,7 +3,6 @@ search of per-field dimensions, and retraining of the table it found."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,7 +22,6 @@ from ctr.recipe import OptimizerConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
 
-log = logging.getLogger(__name__)
 INDEX_BYTES = 8
 
 
