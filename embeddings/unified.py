@@ -89,15 +89,20 @@ class UnifiedEmbedding(EmbeddingMethod):
         return [config.feature_probes.get(name, config.probes) for name in self.table_names]
 
     def _group_rows(self, budget: float, probes: list[int], widths: list[int]) -> list[int]:
+        """Rows of each width's table: its share of the budget's floats (the share of the
+        vocabularies it serves), at least one row; rows added by that minimum are taken back
+        from the largest table."""
         vocab = list(self.table_rows.values())
-        available = budget * self.full_bytes() - SEED_BYTES * sum(probes)
+        floats = math.floor((budget * self.full_bytes() - SEED_BYTES * sum(probes)) / FP32_BYTES)
+        if floats < sum(widths):
+            raise RecipeError(f"embedding.budget: {budget} is too small for unified: it holds {max(floats, 0)} floats")
         rows = []
         for width in widths:
             served = sum(v for v, k in zip(vocab, probes) if self.dim // k == width)
-            count = math.floor(available * served / sum(vocab) / (width * FP32_BYTES))
-            if count < 1:
-                raise RecipeError(f"embedding.budget: {budget} is too small for unified: the {width}-wide table gets no row")
-            rows.append(count)
+            rows.append(max(1, math.floor(floats * served / sum(vocab) / width)))
+        while sum(r * w for r, w in zip(rows, widths)) > floats:
+            largest = max(range(len(rows)), key=lambda g: rows[g] * widths[g])
+            rows[largest] -= 1
         return rows
 
     def rows_of(self, table: int, ids: Tensor) -> Tensor:
