@@ -180,20 +180,25 @@ def markdown(rows: list[dict[str, str]]) -> str:
     for method in methods:
         cells = [_auc_cell(groups.get((method, b), [])) for b in ["full"] + budgets]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines += ["", "| method | budget | embedding bytes | × full | test AUC | test logloss | train s | seeds |", "|---" * 8 + "|"]
+    lines += [
+        "",
+        "| method | budget | embedding bytes | × full | test AUC | test logloss | train s | test-split s | seeds |",
+        "|---" * 9 + "|",
+    ]
     for (method, budget), group in groups.items():
         ok = [r for r in group if r["status"] == "ok"]
         if not ok:
-            lines.append(f"| {method} | {budget} | – | – | {group[0]['status']} | – | – | 0 |")
+            lines.append(f"| {method} | {budget} | – | – | {group[0]['status']} | – | – | – | 0 |")
             continue
         auc_m, auc_s = mean_std([float(r["test_auc"]) for r in ok])
         loss_m, loss_s = mean_std([float(r["test_logloss"]) for r in ok])
         time_m, time_s = mean_std([float(r["train_seconds"]) for r in ok])
+        infer_m, infer_s = mean_std([float(r["inference_seconds"] or "nan") for r in ok])
         size = int(ok[0]["embedding_bytes"])
         ratio = float(ok[0]["memory_ratio"])
         lines.append(
             f"| {method} | {budget} | {size:,} | {ratio:.4f} | {auc_m:.4f} ± {auc_s:.4f} | "
-            f"{loss_m:.4f} ± {loss_s:.4f} | {time_m:.0f} ± {time_s:.0f} | {len(ok)} |"
+            f"{loss_m:.4f} ± {loss_s:.4f} | {time_m:.0f} ± {time_s:.0f} | {infer_m:.2f} ± {infer_s:.2f} | {len(ok)} |"
         )
     return "\n".join(lines) + "\n"
 

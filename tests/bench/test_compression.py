@@ -21,7 +21,7 @@ def test_plan_runs_full_once_per_seed_and_validates_its_arguments():
 def test_table_reports_mean_and_spread_and_unreachable_cells():
     rows = [
         {"method": "hash", "budget": "0.5", "status": "ok", "test_auc": a, "test_logloss": "0.5", "train_seconds": "3",
-         "embedding_bytes": "100", "memory_ratio": "0.5"} for a in ("0.70", "0.72", "0.74")
+         "embedding_bytes": "100", "memory_ratio": "0.5", "inference_seconds": "0.5"} for a in ("0.70", "0.72", "0.74")
     ] + [{"method": "hash", "budget": "0.01", "status": "error: too small", "test_auc": ""}]
     text = markdown(rows)
     assert "| hash |  | 0.7200 ± 0.0200 | cannot reach |" in text
