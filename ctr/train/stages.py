@@ -98,7 +98,7 @@ def train_stages(task: CTRTask, session: Session, resume: bool, fit: Callable[..
 
     files, method = StageFiles(session.run), task.net.embedding
     record = files.read() if resume else {"finished": [], "seconds": {}}
-    if not files.initial.exists():
+    if not (resume and files.initial.exists()):
         save_torch(task.net.state_dict(), files.initial)
     stages, fitted = method.stages(), None
     for index, stage in enumerate(stages):
