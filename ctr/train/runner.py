@@ -86,7 +86,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
         train_seconds=fitted.seconds,
         epochs=fitted.epochs,
         steps=fitted.steps,
-        best_checkpoint=str(fitted.best.relative_to(run.root)),
+        best_checkpoint=str(fitted.best.resolve().relative_to(run.root.resolve())),
     )
     if fitted.stage_seconds:
         metrics["stage_seconds"] = fitted.stage_seconds

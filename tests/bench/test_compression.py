@@ -1,4 +1,6 @@
 import csv
+import subprocess
+import sys
 import logging
 
 import pytest
@@ -55,3 +57,16 @@ def test_one_command_runs_every_cell_and_skips_finished_ones(tmp_path, caplog):
     with (out / "results.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 4
     assert Cell("hash", 0.25, 1).key == "hash-0.25-s1"
+
+
+def test_cli_with_a_relative_out_folder_prints_the_table(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 1})))
+    result = subprocess.run(
+        [sys.executable, "-m", "ctr.cli", "bench", "compression", "base.yaml", "--methods", "hash",
+         "--budgets", "0.5", "--seeds", "1", "--out", "bench"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| hash | 0.5 |" in result.stdout
+    metrics = (tmp_path / "bench" / "runs" / "hash-0.5-s0" / "metrics.json").read_text()
+    assert '"best_checkpoint": "checkpoints/best.ckpt"' in metrics
