@@ -1,0 +1,1 @@
+"""ctr.bench: benchmark runners (``ctr bench ...``)."""
