@@ -3,24 +3,27 @@
 Design after FBGEMM's table-batched embedding (Mudigere et al., "Software-Hardware
 Co-design for Fast and Scalable Training of Deep Learning Recommendation Models",
 ISCA 2022, §4): every table of a collection lives in one weight buffer and is read by one
-launch; the backward sorts ids by row so that each unique row is reduced by one program in
-a fixed order (deterministic, no atomics) and the optimizer update is applied right there,
-so no gradient tensor of the table is ever built.
+launch; the backward sorts ids by row so that each unique row is reduced in a fixed order
+(deterministic, no atomics) and the optimizer update is applied right there, so no
+gradient tensor of the table is ever built.
 
-- forward: one program per bag; it walks the bag's ids in blocks of ``BLOCK_N``, gathers
-  the rows [BLOCK_N, BLOCK_D], scales them by per-sample weights, and accumulates in fp32
-  (sum, or mean = sum / len; an empty bag gives zeros). Output has the weight's dtype.
-- backward: one program per unique row; it walks that row's ids (sorted order), gathers the
-  output gradients of their bags and sums them in fp32, then applies the fused rule
-  (``RULE``: 0 = store the gradient for a sparse gradient tensor, 1 = SGD, 2 = Adagrad,
-  3 = row-wise Adagrad, 4 = lazy Adam). A row is handled whole (``BLOCK_D >= D``) because
-  row-wise Adagrad needs the mean of the whole row's squared gradient.
+- forward: a program pools a block of ``BLOCK_B`` consecutive bags; at step ``j`` it
+  gathers the ``j``-th row of every bag of the block ([BLOCK_B, BLOCK_D], whole rows),
+  scales it by the per-sample weight and accumulates in fp32 (sum, or mean = sum / len; an
+  empty bag gives zeros). Output has the weight's dtype. Blocks of bags, rather than one
+  program per bag, keep many rows in flight when bags hold a single id (pooling factor 1).
+- backward: a program owns a block of ``BLOCK_U`` unique rows; at step ``j`` it gathers
+  the output gradient of the bag of each row's ``j``-th id (sorted order) and sums in fp32,
+  then applies the fused rule (``RULE``: 0 = store the gradient for a sparse gradient
+  tensor, 1 = SGD, 2 = Adagrad, 3 = row-wise Adagrad, 4 = lazy Adam). Rows are handled whole
+  (``BLOCK_D >= D``) because row-wise Adagrad needs the mean of the row's squared gradient.
 
 Sorting and the unique/segment bookkeeping run as torch ops (``reference.sort_ids``), as
 FBGEMM does with CUB's radix sort.
 
-Deviation: a row that occurs very often in one batch (e.g. padding) is reduced by a single
-program; FBGEMM splits such long segments over several warps.
+Deviation: a row that occurs very often in one batch (e.g. padding) is reduced serially by
+its program, which then runs as many steps as that row has ids; FBGEMM splits such long
+segments over several warps.
 """
 
 from __future__ import annotations
@@ -36,98 +39,99 @@ from ctr.kernels.embedding_bag.reference import Lookup, SortedIds
 
 RULE_CODES = {Rule.SGD: 1, Rule.ADAGRAD: 2, Rule.ROWWISE_ADAGRAD: 3, Rule.ADAM: 4}
 GRAD_ONLY = 0
-MAX_BLOCK_N = 32
+TILE = 2048  # elements of the [rows, BLOCK_D] tile a program works on
+MAX_TILE_ROWS = 128
 
 
 @triton.jit
 def _pool_kernel(
     weight_ptr, indices_ptr, offsets_ptr, scales_ptr, out_ptr,
-    D, stride_w, stride_out,
-    HAS_SCALES: tl.constexpr, MEAN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    num_bags, D, stride_w, stride_out,
+    HAS_SCALES: tl.constexpr, MEAN: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    bag = tl.program_id(0).to(tl.int64)
-    start = tl.load(offsets_ptr + bag)
-    end = tl.load(offsets_ptr + bag + 1)
+    bags = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    bag_mask = bags < num_bags
+    starts = tl.load(offsets_ptr + bags, mask=bag_mask, other=0)
+    lengths = tl.load(offsets_ptr + bags + 1, mask=bag_mask, other=0) - starts
     cols = tl.arange(0, BLOCK_D)
     col_mask = cols < D
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for first in range(start, end, BLOCK_N):
-        pos = first + tl.arange(0, BLOCK_N)
-        mask = pos < end
-        rows = tl.load(indices_ptr + pos, mask=mask, other=0).to(tl.int64)
+    acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
+    for step in range(0, tl.max(lengths, axis=0)):
+        live = step < lengths
+        pos = starts + step
+        rows = tl.load(indices_ptr + pos, mask=live, other=0).to(tl.int64)
         vals = tl.load(
             weight_ptr + rows[:, None] * stride_w + cols[None, :],
-            mask=mask[:, None] & col_mask[None, :], other=0.0,
+            mask=live[:, None] & col_mask[None, :], other=0.0,
         ).to(tl.float32)
         if HAS_SCALES:
-            scale = tl.load(scales_ptr + pos, mask=mask, other=0.0).to(tl.float32)
-            vals = vals * scale[:, None]
-        acc += tl.sum(vals, axis=0)
+            vals = vals * tl.load(scales_ptr + pos, mask=live, other=0.0)[:, None]
+        acc += vals
     if MEAN:
-        acc = acc / tl.maximum(end - start, 1).to(tl.float32)
-    tl.store(out_ptr + bag * stride_out + cols, acc.to(out_ptr.dtype.element_ty), mask=col_mask)
+        acc = acc / tl.maximum(lengths, 1).to(tl.float32)[:, None]
+    out_ptrs = out_ptr + bags[:, None] * stride_out + cols[None, :]
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=bag_mask[:, None] & col_mask[None, :])
 
 
 @triton.jit
 def _sorted_backward_kernel(
     grad_ptr, bags_ptr, scales_ptr, segments_ptr, rows_ptr,
     weight_ptr, state1_ptr, state2_ptr, out_ptr,
-    D, stride_g, stride_w, lr, eps, beta1, beta2,
-    HAS_SCALES: tl.constexpr, RULE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    num_unique, D, stride_g, stride_w, lr, eps, beta1, beta2,
+    HAS_SCALES: tl.constexpr, RULE: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    unique = tl.program_id(0).to(tl.int64)
-    start = tl.load(segments_ptr + unique)
-    end = tl.load(segments_ptr + unique + 1)
+    units = tl.program_id(0).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U)
+    unit_mask = units < num_unique
+    starts = tl.load(segments_ptr + units, mask=unit_mask, other=0)
+    counts = tl.load(segments_ptr + units + 1, mask=unit_mask, other=0) - starts
     cols = tl.arange(0, BLOCK_D)
     col_mask = cols < D
-    grad = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for first in range(start, end, BLOCK_N):
-        pos = first + tl.arange(0, BLOCK_N)
-        mask = pos < end
-        bags = tl.load(bags_ptr + pos, mask=mask, other=0).to(tl.int64)
+    grad = tl.zeros([BLOCK_U, BLOCK_D], dtype=tl.float32)
+    for step in range(0, tl.max(counts, axis=0)):  # each row's ids in sorted order: deterministic
+        live = step < counts
+        pos = starts + step
+        bags = tl.load(bags_ptr + pos, mask=live, other=0).to(tl.int64)
         vals = tl.load(
             grad_ptr + bags[:, None] * stride_g + cols[None, :],
-            mask=mask[:, None] & col_mask[None, :], other=0.0,
+            mask=live[:, None] & col_mask[None, :], other=0.0,
         ).to(tl.float32)
         if HAS_SCALES:
-            scale = tl.load(scales_ptr + pos, mask=mask, other=0.0)
-            vals = vals * scale[:, None]
-        grad += tl.sum(vals, axis=0)
+            vals = vals * tl.load(scales_ptr + pos, mask=live, other=0.0)[:, None]
+        grad += vals
+    tile_mask = unit_mask[:, None] & col_mask[None, :]
     if RULE == 0:
-        tl.store(out_ptr + unique * D + cols, grad, mask=col_mask)
+        tl.store(out_ptr + units[:, None] * D + cols[None, :], grad, mask=tile_mask)
     else:
-        row = tl.load(rows_ptr + unique).to(tl.int64)
-        w_ptrs = weight_ptr + row * stride_w + cols
-        w = tl.load(w_ptrs, mask=col_mask, other=0.0).to(tl.float32)
+        rows = tl.load(rows_ptr + units, mask=unit_mask, other=0).to(tl.int64)
+        w_ptrs = weight_ptr + rows[:, None] * stride_w + cols[None, :]
+        w = tl.load(w_ptrs, mask=tile_mask, other=0.0).to(tl.float32)
+        state_at = rows[:, None] * D + cols[None, :]
         if RULE == 1:
             w = w - lr * grad
         elif RULE == 2:
-            acc = tl.load(state1_ptr + row * D + cols, mask=col_mask, other=0.0) + grad * grad
-            tl.store(state1_ptr + row * D + cols, acc, mask=col_mask)
+            acc = tl.load(state1_ptr + state_at, mask=tile_mask, other=0.0) + grad * grad
+            tl.store(state1_ptr + state_at, acc, mask=tile_mask)
             w = w - lr * grad / (tl.sqrt(acc) + eps)
         elif RULE == 3:
-            acc = tl.load(state1_ptr + row) + tl.sum(grad * grad, axis=0) / D
-            tl.store(state1_ptr + row, acc)
-            w = w - (lr / (tl.sqrt(acc) + eps)) * grad
+            acc = tl.load(state1_ptr + rows, mask=unit_mask, other=0.0) + tl.sum(grad * grad, axis=1) / D
+            tl.store(state1_ptr + rows, acc, mask=unit_mask)
+            w = w - (lr / (tl.sqrt(acc) + eps))[:, None] * grad
         else:
-            m = tl.load(state1_ptr + row * D + cols, mask=col_mask, other=0.0)
-            v = tl.load(state2_ptr + row * D + cols, mask=col_mask, other=0.0)
+            m = tl.load(state1_ptr + state_at, mask=tile_mask, other=0.0)
+            v = tl.load(state2_ptr + state_at, mask=tile_mask, other=0.0)
             m = m + (1.0 - beta1) * (grad - m)
             v = v + (1.0 - beta2) * (grad * grad - v)
-            tl.store(state1_ptr + row * D + cols, m, mask=col_mask)
-            tl.store(state2_ptr + row * D + cols, v, mask=col_mask)
+            tl.store(state1_ptr + state_at, m, mask=tile_mask)
+            tl.store(state2_ptr + state_at, v, mask=tile_mask)
             w = w - lr * m / (tl.sqrt(v) + eps)
-        tl.store(w_ptrs, w.to(weight_ptr.dtype.element_ty), mask=col_mask)
+        tl.store(w_ptrs, w.to(weight_ptr.dtype.element_ty), mask=tile_mask)
 
 
-def _block_n(ids: int, groups: int) -> int:
-    """Ids gathered per loop step: the mean group size, rounded up to a power of 2, ≤ 32."""
-    mean = -(-ids // max(groups, 1))
-    return min(MAX_BLOCK_N, triton.next_power_of_2(max(mean, 1)))
-
-
-def _num_warps(block_n: int, block_d: int) -> int:
-    return max(1, min(8, block_n * block_d // 256))
+def _blocks(dim: int) -> tuple[int, int, int]:
+    """(rows of a tile, BLOCK_D, num_warps): whole rows, about TILE elements per program."""
+    block_d = triton.next_power_of_2(dim)
+    block_rows = max(1, min(MAX_TILE_ROWS, TILE // block_d))
+    return block_rows, block_d, max(1, min(8, block_rows * block_d // 512))
 
 
 def forward(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None, mode: str) -> Tensor:
@@ -152,12 +156,11 @@ def forward(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights
     if num_bags == 0:
         return out
     scales = None if per_sample_weights is None else per_sample_weights.detach().float().contiguous()
-    block_n, block_d = _block_n(indices.numel(), num_bags), triton.next_power_of_2(dim)
-    _pool_kernel[(num_bags,)](
+    block_b, block_d, warps = _blocks(dim)
+    _pool_kernel[(triton.cdiv(num_bags, block_b),)](
         weight, indices.contiguous(), offsets.contiguous(), scales if scales is not None else weight, out,
-        dim, weight.stride(0), out.stride(0),
-        HAS_SCALES=scales is not None, MEAN=mode == "mean", BLOCK_N=block_n, BLOCK_D=block_d,
-        num_warps=_num_warps(block_n, block_d),
+        num_bags, dim, weight.stride(0), out.stride(0),
+        HAS_SCALES=scales is not None, MEAN=mode == "mean", BLOCK_B=block_b, BLOCK_D=block_d, num_warps=warps,
     )
     return out
 
@@ -175,13 +178,12 @@ def _launch_backward(
     state1 = state.get("sum", state.get("exp_avg", weight))
     state2 = state.get("exp_avg_sq", weight)
     beta1, beta2 = opt.betas if opt is not None else (0.0, 0.0)
-    block_n, block_d = _block_n(ids.bags.numel(), unique), triton.next_power_of_2(dim)
-    _sorted_backward_kernel[(unique,)](
+    block_u, block_d, warps = _blocks(dim)
+    _sorted_backward_kernel[(triton.cdiv(unique, block_u),)](
         grad_out, ids.bags, ids.scales if ids.scales is not None else grad_out, ids.segments, ids.rows,
         weight, state1, state2, out if out is not None else grad_out,
-        dim, grad_out.stride(0), weight.stride(0), lr, opt.eps if opt is not None else 0.0, beta1, beta2,
-        HAS_SCALES=ids.scales is not None, RULE=rule, BLOCK_N=block_n, BLOCK_D=block_d,
-        num_warps=_num_warps(block_n, block_d),
+        unique, dim, grad_out.stride(0), weight.stride(0), lr, opt.eps if opt is not None else 0.0, beta1, beta2,
+        HAS_SCALES=ids.scales is not None, RULE=rule, BLOCK_U=block_u, BLOCK_D=block_d, num_warps=warps,
     )
 
 

@@ -1,7 +1,8 @@
 """Triton kernels against the torch reference (CPU: ``TRITON_INTERPRET=1``; tiny shapes).
 
-Hypothesis draws jagged batches (empty bags, repeated ids, bags longer than one block) and
-checks the forward, the sparse gradient and every fused optimizer rule.
+Hypothesis draws jagged batches (empty bags, repeated ids) and checks the forward, the
+sparse gradient and every fused optimizer rule. The kernels' tiles are shrunk for this
+module so that tiny batches still span several programs and partial last blocks.
 """
 
 import pytest
@@ -11,10 +12,23 @@ from hypothesis import strategies as st
 
 from ctr.kernels.embedding_bag import Backend, FusedOptimizer, Rule, embedding_bag, fused_embedding_bag
 from ctr.kernels.embedding_bag import reference
-from tests.kernels.conftest import bags, needs_triton
+from tests.kernels.conftest import HAS_TRITON, bags, needs_triton
 
 pytestmark = needs_triton
 FEW = settings(max_examples=12, deadline=None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_tiles():
+    if not HAS_TRITON:
+        yield
+        return
+    from ctr.kernels.embedding_bag import triton as kernels
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kernels, "TILE", 16)
+        patch.setattr(kernels, "MAX_TILE_ROWS", 4)
+        yield
 
 
 @st.composite
@@ -22,7 +36,7 @@ def batches(draw):
     """(weight, indices, offsets, per_sample_weights | None, mode) with repeats and empty bags."""
     rows = draw(st.integers(1, 12))
     dim = draw(st.sampled_from([1, 3, 8, 17]))
-    lengths = draw(st.lists(st.integers(0, 40), min_size=1, max_size=6))
+    lengths = draw(st.lists(st.integers(0, 12), min_size=1, max_size=9))
     seed = draw(st.integers(0, 2**16))
     mode = draw(st.sampled_from(["sum", "mean"]))
     weighted = mode == "sum" and draw(st.booleans())
@@ -109,3 +123,23 @@ def test_int32_indices_and_all_empty_bags():
                               torch.zeros(4, dtype=torch.int64), None, "sum", opt, Backend.TRITON)
     out.sum().backward()
     assert torch.equal(table, weight)
+
+
+def test_default_tiles_on_more_bags_and_rows_than_one_block(monkeypatch):
+    from ctr.kernels.embedding_bag import triton as kernels
+
+    monkeypatch.setattr(kernels, "TILE", 2048)
+    monkeypatch.setattr(kernels, "MAX_TILE_ROWS", 128)
+    lengths = torch.randint(0, 4, (300,), generator=torch.Generator().manual_seed(0)).tolist()
+    indices, offsets = bags(lengths, rows=400, seed=3)
+    weight = torch.randn(400, 8)
+    torch.testing.assert_close(
+        embedding_bag(weight, indices, offsets, backend=Backend.TRITON), reference.embedding_bag(weight, indices, offsets)
+    )
+    opt = FusedOptimizer("rowwise_adagrad", lr=0.1)
+    grad_out = torch.randn(300, 8)
+    tables = [weight.clone(), weight.clone()]
+    for table, backend in zip(tables, (Backend.TRITON, Backend.TORCH)):
+        (fused_embedding_bag(table, opt.init_state(table), indices, offsets, None, "sum", opt, backend) * grad_out).sum().backward()
+    assert torch.unique(indices).numel() > 128  # several blocks of unique rows
+    torch.testing.assert_close(tables[0], tables[1])
