@@ -139,6 +139,11 @@ def sort_ids(indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None
 def segment_grad(grad_out: Tensor, lookup: Lookup) -> Tensor:
     """Gradient of each unique row, one ordered segment sum per row.
 
+    The reduction is itself an embedding bag with the roles swapped: the "table" is
+    ``grad_out``, each unique row is a "bag" whose ids are the bags it occurs in (sorted
+    order) weighted by their scales. This gathers and sums in one pass, without an [N, D]
+    temporary, each row's terms in a fixed order.
+
     Args:
         grad_out: [num_bags, D] gradient of the pooled output.
         lookup: the forward's inputs.
@@ -147,12 +152,9 @@ def segment_grad(grad_out: Tensor, lookup: Lookup) -> Tensor:
         fp32 [U, D], row ``i`` being the gradient of ``lookup.sorted().rows[i]``.
     """
     ids = lookup.sorted()
-    per_id = grad_out.float().index_select(0, ids.bags)
-    if ids.scales is not None:
-        per_id = per_id * ids.scales.unsqueeze(1)
-    if ids.rows.numel() == 0:
-        return per_id.new_zeros(0, grad_out.shape[1])
-    return torch.segment_reduce(per_id, "sum", offsets=ids.segments, axis=0)
+    return F.embedding_bag(
+        ids.bags, grad_out.float(), ids.segments, mode="sum", per_sample_weights=ids.scales, include_last_offset=True
+    )
 
 
 @torch.no_grad()
@@ -169,24 +171,22 @@ def apply_update(weight: Tensor, state: dict[str, Tensor], rows: Tensor, grad: T
     """
     w = weight.index_select(0, rows).float()
     if opt.rule is Rule.SGD:
-        w -= lr * grad
+        w.add_(grad, alpha=-lr)
     elif opt.rule is Rule.ADAGRAD:
-        acc = state["sum"].index_select(0, rows) + grad * grad
+        acc = state["sum"].index_select(0, rows).addcmul_(grad, grad)
         state["sum"].index_copy_(0, rows, acc)
-        w -= lr * grad / (acc.sqrt() + opt.eps)
+        w.addcdiv_(grad, acc.sqrt_().add_(opt.eps), value=-lr)
     elif opt.rule is Rule.ROWWISE_ADAGRAD:
-        acc = state["sum"].index_select(0, rows) + (grad * grad).mean(1)
+        acc = state["sum"].index_select(0, rows).add_(grad.square().mean(1))
         state["sum"].index_copy_(0, rows, acc)
-        w -= (lr / (acc.sqrt() + opt.eps)).unsqueeze(1) * grad
+        w.addcmul_(grad, (lr / acc.sqrt_().add_(opt.eps)).unsqueeze(1), value=-1.0)
     else:
         beta1, beta2 = opt.betas
-        m = state["exp_avg"].index_select(0, rows)
-        v = state["exp_avg_sq"].index_select(0, rows)
-        m += (1 - beta1) * (grad - m)
-        v += (1 - beta2) * (grad * grad - v)
+        m = state["exp_avg"].index_select(0, rows).lerp_(grad, 1 - beta1)
+        v = state["exp_avg_sq"].index_select(0, rows).lerp_(grad.square(), 1 - beta2)
         state["exp_avg"].index_copy_(0, rows, m)
         state["exp_avg_sq"].index_copy_(0, rows, v)
-        w -= lr * m / (v.sqrt() + opt.eps)
+        w.addcdiv_(m, v.sqrt_().add_(opt.eps), value=-lr)
     weight.index_copy_(0, rows, w.to(weight.dtype))
 
 
