@@ -56,7 +56,7 @@ def _pool_kernel(
     cols = tl.arange(0, BLOCK_D)
     col_mask = cols < D
     acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
-    for step in range(0, tl.max(lengths, axis=0)):
+    for step in range(0, tl.max(lengths, axis=0).to(tl.int32)):
         live = step < lengths
         pos = starts + step
         rows = tl.load(indices_ptr + pos, mask=live, other=0).to(tl.int64)
@@ -87,7 +87,7 @@ def _sorted_backward_kernel(
     cols = tl.arange(0, BLOCK_D)
     col_mask = cols < D
     grad = tl.zeros([BLOCK_U, BLOCK_D], dtype=tl.float32)
-    for step in range(0, tl.max(counts, axis=0)):  # each row's ids in sorted order: deterministic
+    for step in range(0, tl.max(counts, axis=0).to(tl.int32)):  # each row's ids in sorted order: deterministic
         live = step < counts
         pos = starts + step
         bags = tl.load(bags_ptr + pos, mask=live, other=0).to(tl.int64)
@@ -103,28 +103,36 @@ def _sorted_backward_kernel(
         tl.store(out_ptr + units[:, None] * D + cols[None, :], grad, mask=tile_mask)
     else:
         rows = tl.load(rows_ptr + units, mask=unit_mask, other=0).to(tl.int64)
-        w_ptrs = weight_ptr + rows[:, None] * stride_w + cols[None, :]
-        w = tl.load(w_ptrs, mask=tile_mask, other=0.0).to(tl.float32)
-        state_at = rows[:, None] * D + cols[None, :]
-        if RULE == 1:
-            w = w - lr * grad
-        elif RULE == 2:
-            acc = tl.load(state1_ptr + state_at, mask=tile_mask, other=0.0) + grad * grad
-            tl.store(state1_ptr + state_at, acc, mask=tile_mask)
-            w = w - lr * grad / (tl.sqrt(acc) + eps)
-        elif RULE == 3:
-            acc = tl.load(state1_ptr + rows, mask=unit_mask, other=0.0) + tl.sum(grad * grad, axis=1) / D
-            tl.store(state1_ptr + rows, acc, mask=unit_mask)
-            w = w - (lr / (tl.sqrt(acc) + eps))[:, None] * grad
-        else:
-            m = tl.load(state1_ptr + state_at, mask=tile_mask, other=0.0)
-            v = tl.load(state2_ptr + state_at, mask=tile_mask, other=0.0)
-            m = m + (1.0 - beta1) * (grad - m)
-            v = v + (1.0 - beta2) * (grad * grad - v)
-            tl.store(state1_ptr + state_at, m, mask=tile_mask)
-            tl.store(state2_ptr + state_at, v, mask=tile_mask)
-            w = w - lr * m / (tl.sqrt(v) + eps)
-        tl.store(w_ptrs, w.to(weight_ptr.dtype.element_ty), mask=tile_mask)
+        _update_rows(grad, rows, cols, unit_mask, tile_mask, weight_ptr, state1_ptr, state2_ptr,
+                     D, stride_w, lr, eps, beta1, beta2, RULE)
+
+
+@triton.jit
+def _update_rows(grad, rows, cols, unit_mask, tile_mask, weight_ptr, state1_ptr, state2_ptr,
+                 D, stride_w, lr, eps, beta1, beta2, RULE: tl.constexpr):
+    """Applies rule ``RULE`` to table rows ``rows`` given their fp32 gradient tile."""
+    w_ptrs = weight_ptr + rows[:, None] * stride_w + cols[None, :]
+    w = tl.load(w_ptrs, mask=tile_mask, other=0.0).to(tl.float32)
+    state_at = rows[:, None] * D + cols[None, :]
+    if RULE == 1:
+        w = w - lr * grad
+    elif RULE == 2:
+        acc = tl.load(state1_ptr + state_at, mask=tile_mask, other=0.0) + grad * grad
+        tl.store(state1_ptr + state_at, acc, mask=tile_mask)
+        w = w - lr * grad / (tl.sqrt(acc) + eps)
+    elif RULE == 3:
+        acc = tl.load(state1_ptr + rows, mask=unit_mask, other=0.0) + tl.sum(grad * grad, axis=1) / D
+        tl.store(state1_ptr + rows, acc, mask=unit_mask)
+        w = w - (lr / (tl.sqrt(acc) + eps))[:, None] * grad
+    else:
+        m = tl.load(state1_ptr + state_at, mask=tile_mask, other=0.0)
+        v = tl.load(state2_ptr + state_at, mask=tile_mask, other=0.0)
+        m = m + (1.0 - beta1) * (grad - m)
+        v = v + (1.0 - beta2) * (grad * grad - v)
+        tl.store(state1_ptr + state_at, m, mask=tile_mask)
+        tl.store(state2_ptr + state_at, v, mask=tile_mask)
+        w = w - lr * m / (tl.sqrt(v) + eps)
+    tl.store(w_ptrs, w.to(weight_ptr.dtype.element_ty), mask=tile_mask)
 
 
 def _blocks(dim: int) -> tuple[int, int, int]:
