@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ctr.kernels.embedding_bag import Backend, FusedOptimizer, fused_embedding_bag, reference
+from ctr.kernels.embedding_bag.fbgemm import load_error
 from ctr.recipe import OptimizerConfig
 from ctr.registry import OPTIMIZERS
 from ctr.train import optim as _optim  # noqa: F401  (registers the optimizers)
@@ -155,10 +156,9 @@ def tbe_unavailable(rule: str, device: torch.device) -> str | None:
         return "fbgemm_gpu is not installed"
     if rule not in TBE_RULES:
         return f"no exact FBGEMM counterpart of {rule}"
-    try:
-        import fbgemm_gpu.split_table_batched_embeddings_ops_training  # noqa: F401
-    except Exception as err:  # a wheel built for another torch fails in many ways
-        return f"fbgemm_gpu does not import: {type(err).__name__}"
+    reason = load_error()
+    if reason is not None:
+        return reason
     if device.type == "cuda" and not hasattr(torch.ops.fbgemm, "split_embedding_codegen_lookup_sgd_function"):
         return "this fbgemm_gpu build has no CUDA operators"
     return None

@@ -19,6 +19,7 @@ this project targets has no fbgemm); use the Triton backend on CUDA.
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
 from torch import Tensor
@@ -35,11 +36,14 @@ HOST_PLACEMENT = 3  # fbgemm's EmbeddingLocation.HOST
 @functools.lru_cache(maxsize=1)
 def load_error() -> str | None:
     """``None`` when fbgemm_gpu's TBE CPU ops load, else why they do not."""
+    logging.disable(logging.INFO)  # fbgemm_gpu logs one line per library it loads
     try:
         import fbgemm_gpu  # noqa: F401
         import fbgemm_gpu.split_table_batched_embeddings_ops_training  # noqa: F401
     except Exception as err:  # a wheel built for another torch fails in many ways
         return f"fbgemm_gpu does not import: {type(err).__name__}: {err}"
+    finally:
+        logging.disable(logging.NOTSET)
     if not hasattr(torch.ops.fbgemm, "split_embedding_codegen_forward_cpu"):
         return "fbgemm_gpu has no split_embedding_codegen_forward_cpu operator"
     return None
