@@ -8,6 +8,7 @@ training step of the embedding tables.
 from __future__ import annotations
 
 import importlib.util
+import logging
 from dataclasses import dataclass
 from typing import Callable
 
@@ -175,10 +176,14 @@ def tbe_impl(work: Workload, rule: str, device: torch.device) -> Impl:
     on_gpu = device.type == "cuda"
     location = EmbeddingLocation.DEVICE if on_gpu else EmbeddingLocation.HOST
     compute = ComputeDevice.CUDA if on_gpu else ComputeDevice.CPU
-    module = SplitTableBatchedEmbeddingBagsCodegen(
-        [(work.rows, work.dim, location, compute)] * work.tables,
-        optimizer=getattr(EmbOptimType, TBE_RULES[rule]), learning_rate=LR, eps=1e-8, device=device,
-    )
+    logging.disable(logging.INFO)  # the module logs its whole configuration at INFO
+    try:
+        module = SplitTableBatchedEmbeddingBagsCodegen(
+            [(work.rows, work.dim, location, compute)] * work.tables,
+            optimizer=getattr(EmbOptimType, TBE_RULES[rule]), learning_rate=LR, eps=1e-8, device=device,
+        )
+    finally:
+        logging.disable(logging.NOTSET)
     ids = work.local_ids(device).reshape(-1)
     offsets = work.offsets(work.tables * work.batch, device)
     return Impl(
