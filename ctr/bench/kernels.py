@@ -36,12 +36,12 @@ log = logging.getLogger("ctr.bench")
 
 GPU_BATCH, CPU_BATCH = 65_536, 4096
 # Peak memory bandwidth (GB/s, vendor specifications) by a substring of the device name.
+# First match wins, so more specific names come first (GH200 before H200, A100 before A10).
 PEAK_GBPS = {
-    "H200": 4800.0, "H100 SXM": 3350.0, "H100 NVL": 3900.0, "H100 PCIe": 2000.0, "H100": 3350.0,
-    "GH200": 4000.0, "B200": 8000.0, "A100-SXM4-80GB": 2039.0, "A100 80GB PCIe": 1935.0,
-    "A100": 1555.0, "A10G": 600.0, "A10": 600.0, "L40S": 864.0, "L40": 864.0, "L4": 300.0,
-    "V100": 900.0, "T4": 320.0, "RTX 4090": 1008.0, "RTX 3090": 936.0, "MI300X": 5300.0,
-    "MI250X": 3277.0,
+    "GH200": 4000.0, "H200": 4800.0, "H100 NVL": 3900.0, "H100 PCIe": 2000.0, "H100": 3350.0,
+    "B200": 8000.0, "A100-SXM4-80GB": 2039.0, "A100 80GB PCIe": 1935.0, "A100": 1555.0,
+    "A10G": 600.0, "A10": 600.0, "L40S": 864.0, "L40": 864.0, "L4": 300.0, "V100": 900.0,
+    "T4": 320.0, "RTX 4090": 1008.0, "RTX 3090": 936.0, "MI300X": 5300.0, "MI250X": 3277.0,
 }
 
 

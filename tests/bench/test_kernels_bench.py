@@ -64,3 +64,13 @@ def test_implementations_compute_the_same_pooling():
         tbe = tbe_impl(work, "sgd", cpu)
         tbe.load(weights)
         torch.testing.assert_close(tbe.forward(), want)
+
+
+@pytest.mark.parametrize(
+    "name, gbps",
+    [("NVIDIA H200", 4800.0), ("NVIDIA GH200 480GB", 4000.0), ("NVIDIA H100 80GB HBM3", 3350.0),
+     ("NVIDIA A100-SXM4-40GB", 1555.0), ("NVIDIA A10G", 600.0), ("NVIDIA L4", 300.0), ("Mystery GPU", None)],
+)
+def test_peak_bandwidth_by_device_name(monkeypatch, name, gbps):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert peak_bandwidth(torch.device("cuda"), None)[0] == gbps
