@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -27,6 +28,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from ctr.bench.kernel_impls import LR, Impl, Workload, fused_impl, loop_impl, sparse_grad_impl, tbe_impl, tbe_unavailable
 from ctr.errors import UserError
@@ -151,9 +153,11 @@ def _measure(builders: list[tuple[str, Callable[[], Impl]]], work: Workload, con
     """Builds, times and frees each implementation in turn: [(name, fwd ms, bwd ms)]."""
     results = []
     grad = torch.randn(work.tables * work.batch, work.dim, device=device)
-    for name, build in builders:
+    tty = sys.stderr.isatty()
+    for name, build in tqdm(builders, desc=f"D={work.dim} L={work.pooling}", disable=not tty, leave=False):
         impl = build()
-        log.info("timing %s", name)
+        if not tty:
+            log.info("timing %s (D=%d, L=%d)", name, work.dim, work.pooling)
         fwd, bwd = time_impl(impl, grad.view(impl.grad_shape), config.iters, config.warmup, device)
         results.append((name, fwd, bwd))
         del impl
