@@ -1,7 +1,9 @@
 """Kernel tests run the Triton kernels through the CPU interpreter when there is no GPU.
 
-``TRITON_INTERPRET`` must be set before triton compiles a kernel, so it is set here, before
-any test module imports ``ctr.kernels.embedding_bag.triton``.
+``TRITON_INTERPRET`` must be set before triton decorates a kernel, so it is set here (when
+there is no CUDA device), before any test module imports ``ctr.kernels.embedding_bag.triton``.
+CPU-tensor Triton tests need the interpreter; GPU tests need compiled kernels, so on a GPU
+machine they run in a process without ``TRITON_INTERPRET``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,16 @@ if not torch.cuda.is_available():
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 HAS_FBGEMM = importlib.util.find_spec("fbgemm_gpu") is not None
 
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+# Triton picks interpreted or compiled kernels once, at import: a process runs one or the other.
+needs_interpreter = pytest.mark.skipif(
+    not (HAS_TRITON and INTERPRETING), reason="runs Triton on CPU tensors: needs TRITON_INTERPRET=1 and triton"
+)
+needs_compiled_triton = pytest.mark.skipif(
+    INTERPRETING, reason="needs compiled Triton: run `python -m pytest tests/kernels -m gpu` without TRITON_INTERPRET"
+)
 needs_fbgemm = pytest.mark.skipif(not HAS_FBGEMM, reason="fbgemm_gpu is not installed")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

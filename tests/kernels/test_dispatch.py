@@ -13,9 +13,9 @@ from ctr.kernels.embedding_bag import Backend, BackendUnavailable, FusedOptimize
 from ctr.recipe import EmbeddingConfig, OptimizerConfig
 from ctr.train.optim import RowWiseAdagrad
 from tests.embeddings.test_full import batch, make_schema
-from tests.kernels.conftest import HAS_FBGEMM, HAS_TRITON
+from tests.kernels.conftest import HAS_FBGEMM, HAS_TRITON, INTERPRETING
 
-BACKENDS = [Backend.TORCH] + [Backend.TRITON] * HAS_TRITON + [Backend.FBGEMM] * HAS_FBGEMM
+BACKENDS = [Backend.TORCH] + [Backend.TRITON] * (HAS_TRITON and INTERPRETING) + [Backend.FBGEMM] * HAS_FBGEMM
 
 
 def test_auto_is_torch_on_cpu_even_with_the_interpreter(monkeypatch):

@@ -1,7 +1,7 @@
 """Triton kernels on a CUDA device: bf16, DLRM-sized shapes, determinism, auto dispatch.
 
-Skipped without CUDA (the interpreter cannot run bf16). Run on a GPU machine with
-``python -m pytest tests/kernels -m gpu``.
+Skipped without CUDA, and under ``TRITON_INTERPRET=1`` (these need compiled kernels; the
+interpreter cannot run bf16). Run on a GPU machine with ``python -m pytest tests/kernels -m gpu``.
 """
 
 import pytest
@@ -9,9 +9,9 @@ import torch
 
 from ctr.kernels.embedding_bag import Backend, FusedOptimizer, Rule, embedding_bag, fused_embedding_bag
 from ctr.kernels.embedding_bag import reference, resolve_backend
-from tests.kernels.conftest import bags, needs_cuda, needs_triton
+from tests.kernels.conftest import bags, needs_compiled_triton, needs_cuda, needs_triton
 
-pytestmark = [pytest.mark.gpu, needs_cuda, needs_triton]
+pytestmark = [pytest.mark.gpu, needs_cuda, needs_triton, needs_compiled_triton]
 
 
 def dlrm_batch(tables=26, rows=1000, batch=512, pooling=20, seed=0):

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from ctr.kernels.embedding_bag import Backend, FusedOptimizer, Rule, embedding_bag, fused_embedding_bag
 from ctr.kernels.embedding_bag import reference
-from tests.kernels.conftest import HAS_TRITON, bags, needs_triton
+from tests.kernels.conftest import HAS_TRITON, bags, needs_interpreter
 
-pytestmark = needs_triton
+pytestmark = needs_interpreter
 FEW = settings(max_examples=12, deadline=None)
 
 
