@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from ctr.batch import JaggedFeatures
 from ctr.embeddings.stages import Stage
 from ctr.embeddings.types import EmbeddingLayout, FeatureEmbeddings
+from ctr.errors import RecipeError
+from ctr.kernels.embedding_bag import FusedOptimizer
 from ctr.recipe import EmbeddingConfig
 from ctr.schema import Schema
 
@@ -124,6 +126,16 @@ class EmbeddingMethod(nn.Module):
     def stages(self) -> list[Stage]:
         """The stages of a multi-stage method, in order; empty for single-stage methods."""
         return []
+
+    def use_fused_update(self, optimizer: FusedOptimizer) -> None:
+        """Applies ``optimizer`` to the method's tables inside the lookup's backward.
+
+        Methods whose storage is a kernel table (``TableMethod``) support it; others raise.
+        """
+        raise RecipeError(
+            f"train.embedding_optimizer.fused: embedding method {type(self).__name__} has no kernel table"
+            " to update fused; set fused: false"
+        )
 
     def _device(self) -> torch.device:
         for tensor in self.parameters():
