@@ -68,7 +68,8 @@ def where(batch: pa.RecordBatch, row: int, fallback: str) -> str:
     meta = batch.schema.metadata or {}
     file = meta.get(b"file", b"").decode() or fallback
     if LINE_COLUMN in batch.schema.names:
-        return f"{file}:{batch.column(LINE_COLUMN)[row].as_py()}"
+        number = batch.column(LINE_COLUMN)[row].as_py()
+        return f"{file} row {number}" if meta.get(b"unit") == b"row" else f"{file}:{number}"
     return f"{file}: row {row + 1} of a batch" if file == fallback else file
 
 
