@@ -37,7 +37,7 @@ from ctr.schema import FeatureInfo, FeatureSpec, Schema
 from ctr.typed import to_plain
 
 log = logging.getLogger(__name__)
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
 DONE = "DONE"
 
 
