@@ -16,8 +16,7 @@ import pyarrow.compute as pc
 
 from ctr.datasets.tabular import DelimitedSource, FileConfig
 from ctr.datasets.text import TextFormat
-from ctr.datasets.validate import PROBLEM_COLUMN
-from ctr.errors import DataError
+from ctr.datasets.validate import PROBLEM_COLUMN, require_columns
 from ctr.registry import DATASETS
 from ctr.schema import FeatureSpec
 
@@ -58,14 +57,14 @@ class AvazuDataset(DelimitedSource):
     def text_format(self, file: Path) -> TextFormat:
         columns = self.header(file, ",")
         needed = self.needed_columns()
-        if needed & set(DERIVED):
-            if "hour" not in columns:
-                raise DataError(f"{file}:1: column 'hour' is absent (hour_of_day and weekday are read from it)")
-            needed = (needed - set(DERIVED)) | {"hour"}
+        derived = {name: needed.pop(name) for name in DERIVED if name in needed}
+        if derived:
+            needed.setdefault("hour", f"{next(iter(derived.values()))}, read from 'hour'")
+        require_columns(columns, needed, str(file))
         return TextFormat(columns, ",", header=True, quoting=True, keep=[c for c in columns if c in needed])
 
     def finish(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        if "hour" not in batch.schema.names or not self.needed_columns() & set(DERIVED):
+        if not any(name in self.needed_columns() for name in DERIVED):
             return batch
         return with_time_columns(batch)
 

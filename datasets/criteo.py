@@ -20,6 +20,7 @@ from typing import Literal
 
 from ctr.datasets.tabular import DelimitedSource, FileConfig
 from ctr.datasets.text import TextFormat, first_line
+from ctr.datasets.validate import require_columns
 from ctr.errors import DataError
 from ctr.registry import DATASETS
 from ctr.schema import FeatureSpec
@@ -77,7 +78,9 @@ class CriteoDataset(DelimitedSource):
         if line is None:
             raise DataError(f"{file}: empty file (no rows)")
         layout = config.format if config.format != "auto" else _detect(file, line)
-        keep = [c for c in DAC_COLUMNS if c in self.needed_columns()]
+        needed = self.needed_columns()
+        require_columns(DAC_COLUMNS, needed, str(file))
+        keep = [c for c in DAC_COLUMNS if c in needed]
         if layout == "dac":
             return TextFormat(DAC_COLUMNS, "\t", header=False, quoting=False, min_fields=DAC_MIN_FIELDS, keep=keep)
         header = [name.strip() for name in line.split(",")]

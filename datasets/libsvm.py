@@ -56,11 +56,13 @@ class FieldIndex:
         table = pa.Table.from_batches(list(read_delimited(file, TextFormat(["key", "idx"], "\t", quoting=False))))
         problems = table.column(PROBLEM_COLUMN)
         number = pc.cast(pc.if_else(pc.match_substring_regex(table.column("idx"), r"^\d+$"), table.column("idx"), None), pa.int64())
-        parts = pc.split_pattern(table.column("key"), ":", max_splits=1)
-        bad = pc.or_(pc.or_(pc.is_valid(problems), pc.is_null(number)), pc.less(pc.list_value_length(parts), 2))
+        key = table.column("key")
+        bad = pc.or_(pc.or_(pc.is_valid(problems), pc.is_null(number)), pc.is_null(key))
         if pc.any(bad).as_py():
             row = pc.index(bad, True).as_py()
             raise DataError(f"{file}:{table.column(LINE_COLUMN)[row]}: expected 'field:value<TAB>index'")
+        # a key without ':' is a field of its own (e.g. a numeric one); its token is its name
+        parts = pc.split_pattern(pc.if_else(pc.match_substring(key, ":"), key, pc.binary_join_element_wise(key, key, ":")), ":", max_splits=1)
         field_names = pc.list_element(parts, 0)
         fields = pc.unique(field_names)
         index = number.to_numpy()

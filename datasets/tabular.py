@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from ctr.datasets.source import DatasetSource, RowStream, resolve_files
 from ctr.datasets.text import TextFormat, first_line, read_delimited, strip_types
-from ctr.datasets.validate import LINE_COLUMN
+from ctr.datasets.validate import LINE_COLUMN, column_keys, require_columns
 from ctr.errors import DataError, RecipeError
 from ctr.recipe import DataConfig
 from ctr.registry import DATASETS
@@ -69,13 +69,10 @@ class FileSource(DatasetSource):
             return {"all": lambda: self._read(self.split_files["train"])}
         return {split: (lambda files=files: self._read(files)) for split, files in self.split_files.items()}
 
-    def needed_columns(self) -> set[str]:
-        """Raw columns the features, the label and the group read."""
+    def needed_columns(self) -> dict[str, str]:
+        """Raw columns the features, the label and the group read → the recipe key naming each."""
         features = self.config.features or self.default_features()
-        names = {spec.column for spec in features}
-        names.add(self.config.label or self.label)
-        group = self.config.group or self.group
-        return names | ({group} if group else set())
+        return column_keys(features, self.config.label or self.label, self.config.group or self.group)
 
     def read_file(self, file: Path) -> Iterator[pa.RecordBatch]:
         raise NotImplementedError
@@ -152,8 +149,9 @@ class CsvDataset(DelimitedSource):
         columns = config.columns or self.header(file, config.delimiter)
         if config.header and config.columns and len(config.columns) != len(self.header(file, config.delimiter)):
             raise DataError(f"{file}:1: the header has a different number of fields than data.columns")
-        keep = [c for c in columns if c in self.needed_columns()]
-        return TextFormat(columns, config.delimiter, config.header, config.quoting, keep=keep)
+        needed = self.needed_columns()
+        require_columns(columns, needed, str(file))
+        return TextFormat(columns, config.delimiter, config.header, config.quoting, keep=[c for c in columns if c in needed])
 
 
 @dataclass
@@ -177,7 +175,9 @@ class ParquetDataset(FileSource):
             raise DataError(f"{file}: not a readable parquet file: {err}") from None
         if reader.metadata.num_rows == 0:
             raise DataError(f"{file}: empty file (no rows)")
-        columns = [c for c in reader.schema_arrow.names if c in self.needed_columns()]
+        needed = self.needed_columns()
+        require_columns(reader.schema_arrow.names, needed, str(file))
+        columns = [c for c in reader.schema_arrow.names if c in needed]
         first = 1
         for batch in reader.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
             rows = np.arange(first, first + batch.num_rows, dtype=np.int64)

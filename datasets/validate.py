@@ -93,11 +93,22 @@ def _label_values(column: pa.Array, name: str):
     return np.where(bad, 0.0, values), bad, describe
 
 
-def require_columns(batch: pa.RecordBatch, columns: dict[str, str], source: str) -> None:
-    """``columns`` maps a raw column to the recipe key that names it."""
-    names = [n for n in batch.schema.names if n not in (LINE_COLUMN, PROBLEM_COLUMN)]
-    meta = batch.schema.metadata or {}
-    origin = meta.get(b"file", b"").decode() or source
+def column_keys(features: list[FeatureSpec], label: str, group: str | None) -> dict[str, str]:
+    """Raw column → the recipe key that names it (for messages about absent columns)."""
+    keys = {spec.column: f"data.features ({spec.name})" for spec in features}
+    keys[label] = "data.label"
+    if group:
+        keys[group] = "data.group"
+    return keys
+
+
+def require_columns(names: list[str], columns: dict[str, str], origin: str) -> None:
+    """Raises a DataError naming the recipe key of the first of ``columns`` not in ``names``.
+
+    Args:
+        names: the columns the input has; columns: raw column → recipe key (``column_keys``).
+    """
+    names = [n for n in names if n not in (LINE_COLUMN, PROBLEM_COLUMN)]
     for column, key in columns.items():
         if column not in names:
             shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
