@@ -47,7 +47,7 @@ def check_rows(batch: pa.RecordBatch, features: list[FeatureSpec], label: str) -
         if spec.kind != "numeric" and spec.transform != "log_square":
             continue
         column = batch.column(spec.column)
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        if (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)) and not _casts(column):
             ok = pc.fill_null(pc.match_substring_regex(column, NUMBER, ignore_case=True), True)
             not_number = ~ok.to_numpy(zero_copy_only=False)
             problems.append((not_number, _not_a_number(spec.column, column)))
@@ -57,6 +57,15 @@ def check_rows(batch: pa.RecordBatch, features: list[FeatureSpec], label: str) -
     first = int(np.argmax(any_bad))
     describe_first = next(d for mask, d in problems if mask[first])
     return RowCheck(keep=~any_bad, labels=labels, problem=describe_first(first), first_bad=first)
+
+
+def _casts(column: pa.Array) -> bool:
+    """Whether every value parses as a number (the fast path; the regex finds the bad ones)."""
+    try:
+        pc.cast(column, pa.float64())
+    except pa.ArrowInvalid:
+        return False
+    return True
 
 
 def _not_a_number(name: str, column: pa.Array):
