@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from ctr.datasets.tabular import DelimitedSource, FileConfig
-from ctr.datasets.text import TextFormat, first_line
+from ctr.datasets.text import EmptyFileError, TextFormat, first_line
 from ctr.datasets.validate import require_columns
 from ctr.errors import DataError
 from ctr.registry import DATASETS
@@ -76,7 +76,7 @@ class CriteoDataset(DelimitedSource):
         config: CriteoConfig = self.config  # type: ignore[assignment]
         line = first_line(file)
         if line is None:
-            raise DataError(f"{file}: empty file (no rows)")
+            raise EmptyFileError(f"{file}: empty file (no rows)")
         layout = config.format if config.format != "auto" else _detect(file, line)
         needed = self.needed_columns()
         require_columns(DAC_COLUMNS, needed, str(file))

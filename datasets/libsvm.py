@@ -87,6 +87,7 @@ class LibSVMDataset(FileSource):
         if self.featindex is not None and not self.featindex.is_file():
             raise DataError(f"data.featindex: {self.featindex} does not exist")
         self._index: FieldIndex | None = None
+        self._defaults: list[FeatureSpec] | None = None
 
     def files(self) -> list[Path]:
         return super().files() + ([self.featindex] if self.featindex else [])
@@ -98,6 +99,11 @@ class LibSVMDataset(FileSource):
         return self._index
 
     def default_features(self) -> list[FeatureSpec]:
+        if self._defaults is None:
+            self._defaults = self._default_features()
+        return self._defaults
+
+    def _default_features(self) -> list[FeatureSpec]:
         if self.index is not None:
             return [FeatureSpec(name=name) for name in self.index.fields]
         fields = sniff_fields(self.split_files["train"][0])

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ctr.datasets.source import DatasetSource, RowStream, resolve_files
-from ctr.datasets.text import TextFormat, first_line, read_delimited, strip_types
+from ctr.datasets.text import EmptyFileError, TextFormat, first_line, read_delimited, strip_types
 from ctr.datasets.validate import LINE_COLUMN, column_keys, require_columns
 from ctr.errors import DataError, RecipeError
 from ctr.recipe import DataConfig
@@ -81,8 +81,8 @@ class FileSource(DatasetSource):
         for file in files:
             try:
                 yield from self.read_file(file)
-            except DataError as err:
-                if self.config.on_bad_rows != "skip" or "empty file" not in str(err):
+            except EmptyFileError as err:
+                if self.config.on_bad_rows != "skip":
                     raise
                 log.warning("skipping %s", err)
 
@@ -106,7 +106,7 @@ class DelimitedSource(FileSource):
         """Column names from the first line (RecBole type suffixes dropped)."""
         line = first_line(file)
         if line is None:
-            raise DataError(f"{file}: empty file (no header)")
+            raise EmptyFileError(f"{file}: empty file (no header)")
         return strip_types([name.strip().strip('"') for name in line.split(delimiter)])
 
 
@@ -174,7 +174,7 @@ class ParquetDataset(FileSource):
         except (pa.ArrowInvalid, OSError) as err:
             raise DataError(f"{file}: not a readable parquet file: {err}") from None
         if reader.metadata.num_rows == 0:
-            raise DataError(f"{file}: empty file (no rows)")
+            raise EmptyFileError(f"{file}: empty file (no rows)")
         needed = self.needed_columns()
         require_columns(reader.schema_arrow.names, needed, str(file))
         columns = [c for c in reader.schema_arrow.names if c in needed]

@@ -27,6 +27,10 @@ from ctr.errors import DataError
 BLOCK_BYTES = 1 << 24
 
 
+class EmptyFileError(DataError):
+    """A data file holds no rows (``on_bad_rows: skip`` skips such a file among others)."""
+
+
 @dataclass
 class TextFormat:
     """How a delimited file is laid out.
@@ -67,7 +71,8 @@ def read_delimited(file: Path, fmt: TextFormat, block_bytes: int = BLOCK_BYTES) 
     """Record batches of ``file`` (one per block of about ``block_bytes``), as described above.
 
     Raises:
-        DataError: the file is empty (no data lines) or a block cannot be parsed at all.
+        EmptyFileError: the file holds no data lines.
+        DataError: a block cannot be parsed at all.
     """
     rows = 0
     with open(file, "rb") as handle:
@@ -82,7 +87,7 @@ def read_delimited(file: Path, fmt: TextFormat, block_bytes: int = BLOCK_BYTES) 
             line += lines
             yield batch
     if rows == 0:
-        raise DataError(f"{file}: empty file (no data rows)")
+        raise EmptyFileError(f"{file}: empty file (no data rows)")
 
 
 def _blocks(handle: BinaryIO, block_bytes: int) -> Iterator[bytes]:

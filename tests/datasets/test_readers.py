@@ -1,6 +1,3 @@
-import json
-
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
