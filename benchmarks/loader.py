@@ -9,17 +9,21 @@ are meaningful on a shared, noisy machine. Run it alone:
 Reports rows/s of ``BatchLoader`` (training order: seeded row-group order and shuffle
 buffer; and evaluation order), of the baseline (the whole split in a pandas DataFrame,
 a permutation per epoch, ``df.iloc`` per batch, then ``torch.tensor``), and DLRM's training
-samples/s (forward, backward and optimizer steps on batches already in memory).
+samples/s (forward, backward and optimizer steps on batches already in memory). Last, the
+peak memory of one training epoch of the loader (numpy allocations traced by tracemalloc plus
+Arrow's memory pool), against the size of the whole split packed in memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
@@ -55,6 +59,10 @@ def main() -> None:
     batches = list(_first(BatchLoader(folder, schema, size, shuffle=True), 8))
     results["DLRM training (samples/s)"] = _dlrm_rate(recipe, schema, batches, args.steps)
     _report(results, prepared.report["splits"]["train"]["rows"], size)
+    peak = _peak_memory(BatchLoader(folder, schema, size, shuffle=True, seed=1))
+    packed = prepared.report["splits"]["train"]["rows"] * BatchLoader(folder, schema, size).layout.width * 4
+    print(f"peak memory of a training epoch (numpy and Arrow): {peak / 2**20:,.0f} MiB "
+          f"(the split packed in memory would take {packed / 2**20:,.0f} MiB)")
 
 
 def _arguments() -> argparse.Namespace:
@@ -101,6 +109,17 @@ def _rate(loader, epochs: int) -> float:
             rows += batch.size
         rates.append(rows / (time.perf_counter() - start))
     return float(np.median(rates))
+
+
+def _peak_memory(loader) -> int:
+    """Peak bytes held by numpy (tracemalloc) plus Arrow's pool while iterating one epoch."""
+    tracemalloc.start()
+    arrow_peak = 0
+    for _ in loader:
+        arrow_peak = max(arrow_peak, pa.total_allocated_bytes())
+    _, numpy_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return numpy_peak + arrow_peak
 
 
 def _first(loader, count: int):
