@@ -157,6 +157,17 @@ class EmbeddingMethod(nn.Module):
         inverse = 1.0 / lengths.clamp(min=1).to(torch.float32)
         return torch.repeat_interleave(inverse, lengths, output_size=count)
 
+    @staticmethod
+    def _pooled(vectors: Tensor, pooled_slots: list[tuple[int, int]], b: int) -> Tensor:
+        """The pooled features' bags as [B, F, D], gathered in one op (one backward scatter,
+        not one full-size zero gradient per feature as F slices would cost)."""
+        num, dim = len(pooled_slots), vectors.shape[1]
+        if num * b == vectors.shape[0]:  # only pooled features: bags are already [F, B] in order
+            return vectors.view(num, b, dim).transpose(0, 1)
+        starts = torch.tensor([first for _, first in pooled_slots], dtype=torch.int64, device=vectors.device)
+        index = (starts.unsqueeze(1) + torch.arange(b, device=vectors.device)).reshape(-1)
+        return vectors.index_select(0, index).view(num, b, dim).transpose(0, 1)
+
     def _assemble(
         self,
         sparse: JaggedFeatures,
@@ -165,11 +176,7 @@ class EmbeddingMethod(nn.Module):
         sequence_slots: list[tuple[int, int, int]],
     ) -> FeatureEmbeddings:
         b, lengths = sparse.batch_size, sparse.lengths()
-        pooled = (
-            torch.stack([vectors[first : first + b] for _, first in pooled_slots], dim=1)
-            if pooled_slots
-            else vectors.new_zeros(b, 0, vectors.shape[1])
-        )
+        pooled = self._pooled(vectors, pooled_slots, b)
         sequences, masks = {}, {}
         for f, first_bag, first_id in sequence_slots:
             name = self.feature_names[f]

@@ -1,15 +1,24 @@
-"""Blocks shared by the models."""
+"""Blocks shared by the models: MLP, Dice, field embeddings of numeric features, the
+first-order term, FM, cross layers (DCN, DCNv2), the interacting layer (AutoInt) and
+target attention (DIN)."""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
-Activation = Literal["relu", "sigmoid", "tanh", "prelu", "none"]
+Activation = Literal["relu", "sigmoid", "tanh", "prelu", "dice", "none"]
 
 
-def activation(name: Activation) -> nn.Module:
+def activation(name: Activation, width: int | None = None) -> nn.Module:
+    """The activation ``name``; ``dice`` needs the layer ``width`` (its statistics are per unit)."""
+    if name == "dice":
+        if width is None:
+            raise ValueError("dice needs the layer width")
+        return Dice(width)
     return {
         "relu": nn.ReLU,
         "sigmoid": nn.Sigmoid,
@@ -19,15 +28,38 @@ def activation(name: Activation) -> nn.Module:
     }[name]()
 
 
+class Dice(nn.Module):
+    """Data-adaptive activation of DIN (Zhou et al., KDD 2018, Eq. 9).
+
+    ``f(s) = p(s)·s + (1 − p(s))·α·s`` with ``p(s) = sigmoid((s − E[s]) / sqrt(Var[s] + ε))``:
+    a PReLU whose rectification point follows the data. E and Var are the mini-batch
+    statistics while training and moving averages at inference (a BatchNorm without affine
+    parameters); α is learned per unit.
+
+    Args:
+        width: units H; eps: ε (the paper's 1e-8); momentum: of the moving averages.
+
+    Shapes: [N, H] → [N, H].
+    """
+
+    def __init__(self, width: int, eps: float = 1e-8, momentum: float = 0.1):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(width, eps=eps, momentum=momentum, affine=False)
+        self.alpha = nn.Parameter(torch.zeros(width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = torch.sigmoid(self.norm(x))
+        return p * x + (1 - p) * self.alpha * x
+
+
 class MLP(nn.Module):
     """Stack of Linear → (BatchNorm) → activation → (Dropout) layers.
 
     Args:
         in_dim: input width; hidden: widths of the layers.
-        act: activation after each hidden layer.
+        act: activation after each hidden layer (``dice`` gets one Dice per layer).
         out_dim: optional final Linear without activation (e.g. 1 for a logit).
         dropout: dropout after each hidden activation; batch_norm: add BatchNorm1d.
-        final_act: apply ``act`` after the last hidden layer too (True) when out_dim is None.
 
     Shapes: [B, in_dim] → [B, out_dim or hidden[-1]].
     """
@@ -48,7 +80,7 @@ class MLP(nn.Module):
             layers.append(nn.Linear(width, size))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(size))
-            layers.append(activation(act))
+            layers.append(activation(act, size))
             if dropout:
                 layers.append(nn.Dropout(dropout))
             width = size
@@ -60,3 +92,182 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+class NumericEmbedding(nn.Module):
+    """Numeric features as fields: value × a learned vector per feature (AutoInt §4.2, and
+    the way FM-family models treat a real-valued x_i: x_i·v_i).
+
+    Shapes: [B, Nd] → [B, Nd, D].
+    """
+
+    def __init__(self, num: int, dim: int, init_std: float = 0.01):
+        super().__init__()
+        self.vectors = nn.Parameter(torch.randn(num, dim) * init_std)
+
+    def forward(self, dense: Tensor) -> Tensor:
+        return dense.unsqueeze(-1) * self.vectors
+
+
+class FirstOrder(nn.Module):
+    """The first-order (linear) term over one-hot ids and numeric values.
+
+    ``logit = b + w·x_dense + Σ_f ⟨u_f, e_f⟩``. The weight of id v of field f is ⟨u_f, e_v⟩:
+    linear in the one-hot id and stored in the shared embedding table, so every byte of
+    per-id state stays in the embedding method (counted and compressed like the rest).
+
+    Shapes: fields [B, F, D], dense [B, Nd] → [B].
+    """
+
+    def __init__(self, num_fields: int, dim: int, num_dense: int):
+        super().__init__()
+        self.field_weight = nn.Parameter(torch.zeros(num_fields, dim))
+        self.dense = nn.Linear(num_dense, 1) if num_dense else None
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, fields: Tensor, dense: Tensor) -> Tensor:
+        out = (fields * self.field_weight).sum((1, 2)) + self.bias
+        if self.dense is not None:
+            out = out + self.dense(dense).squeeze(-1)
+        return out
+
+
+def factorization_machine(fields: Tensor) -> Tensor:
+    """Second-order FM term Σ_{i<j} ⟨v_i, v_j⟩ (Rendle, 2010, Eq. 5 / lemma 3.1), in O(F·D).
+
+    Shapes: [B, F, D] → [B].
+    """
+    square_of_sum = fields.sum(1).pow(2)
+    sum_of_square = fields.pow(2).sum(1)
+    return 0.5 * (square_of_sum - sum_of_square).sum(1)
+
+
+class CrossNetwork(nn.Module):
+    """DCN's cross network (Wang et al., ADKDD 2017, Eq. 3):
+    ``x_{l+1} = x_0 · (x_lᵀ w_l) + b_l + x_l``.
+
+    Shapes: [B, W] → [B, W].
+    """
+
+    def __init__(self, width: int, layers: int):
+        super().__init__()
+        self.weights = nn.Parameter(torch.randn(layers, width) / math.sqrt(width))
+        self.biases = nn.Parameter(torch.zeros(layers, width))
+
+    def forward(self, x0: Tensor) -> Tensor:
+        x = x0
+        for w, b in zip(self.weights, self.biases):
+            x = x0 * (x @ w).unsqueeze(1) + b + x
+        return x
+
+
+class CrossNetworkV2(nn.Module):
+    """DCN-V2's cross layers (Wang et al., WWW 2021, Eq. 1): ``x_{l+1} = x_0 ⊙ (W_l x_l + b_l) + x_l``.
+
+    With ``low_rank`` r, W_l = U_l V_lᵀ; with ``experts`` K > 1 as well, each layer is the
+    mixture of K low-rank experts gated by softmax(G x_l), with a tanh between Vᵀ and a
+    r×r matrix C (Eq. 3, DCN-Mix).
+
+    Shapes: [B, W] → [B, W].
+    """
+
+    def __init__(self, width: int, layers: int, low_rank: int | None = None, experts: int = 1):
+        super().__init__()
+        if experts > 1 and not low_rank:
+            raise ValueError("a mixture of experts needs low_rank")
+        self.low_rank, self.experts = low_rank, experts
+        if not low_rank:
+            self.full = nn.ModuleList(nn.Linear(width, width) for _ in range(layers))
+            return
+        r, k = low_rank, experts
+        self.v = nn.Parameter(torch.randn(layers, k, width, r) / math.sqrt(width))
+        self.c = nn.Parameter(torch.randn(layers, k, r, r) / math.sqrt(r)) if k > 1 else None
+        self.u = nn.Parameter(torch.randn(layers, k, r, width) / math.sqrt(r))
+        self.bias = nn.Parameter(torch.zeros(layers, width))
+        self.gate = nn.Linear(width, layers * k, bias=False) if k > 1 else None
+
+    def forward(self, x0: Tensor) -> Tensor:
+        x = x0
+        if not self.low_rank:
+            for linear in self.full:
+                x = x0 * linear(x) + x
+            return x
+        for layer in range(self.v.shape[0]):
+            x = self._low_rank_layer(layer, x0, x)
+        return x
+
+    def _low_rank_layer(self, layer: int, x0: Tensor, x: Tensor) -> Tensor:
+        h = torch.einsum("bw,kwr->bkr", x, self.v[layer])  # [B, K, r]
+        if self.c is not None:
+            h = torch.einsum("bkr,krs->bks", torch.tanh(h), self.c[layer]).tanh()
+        out = x0.unsqueeze(1) * (torch.einsum("bkr,krw->bkw", h, self.u[layer]) + self.bias[layer])
+        if self.gate is None:
+            return out.squeeze(1) + x
+        k = self.experts
+        weights = torch.softmax(self.gate(x)[:, layer * k : (layer + 1) * k], dim=1)  # [B, K]
+        return (weights.unsqueeze(-1) * out).sum(1) + x
+
+
+class InteractingLayer(nn.Module):
+    """AutoInt's interacting layer (Song et al., CIKM 2019, Eq. 5–8).
+
+    Multi-head self-attention over the fields: each head h projects every field e_m with
+    W_Q, W_K, W_V, weighs the fields by softmax over ⟨W_Q e_m, W_K e_k⟩ (divided by √d' when
+    ``scale``), and the heads' outputs are concatenated; a residual projection W_Res e_m is
+    added before the ReLU: ``e_m^Res = ReLU(⊕_h ẽ_m^(h) + W_Res e_m)``.
+
+    Args:
+        in_dim: input width per field; head_dim: d'; heads: H; residual: add W_Res e_m;
+        scale: divide the scores by √d' (scaled dot-product; Eq. 5 of the paper has none).
+
+    Shapes: [B, F, in_dim] → [B, F, H·d'].
+    """
+
+    def __init__(self, in_dim: int, head_dim: int, heads: int, residual: bool = True, scale: bool = True):
+        super().__init__()
+        self.heads, self.head_dim, self.scale = heads, head_dim, scale
+        self.qkv = nn.Linear(in_dim, 3 * heads * head_dim, bias=False)
+        self.residual = nn.Linear(in_dim, heads * head_dim, bias=False) if residual else None
+
+    def forward(self, fields: Tensor) -> Tensor:
+        b, f, _ = fields.shape
+        q, k, v = self.qkv(fields).view(b, f, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2)  # [B, H, F, F]
+        if self.scale:
+            scores = scores / math.sqrt(self.head_dim)
+        out = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(b, f, -1)
+        if self.residual is not None:
+            out = out + self.residual(fields)
+        return torch.relu(out)
+
+
+class TargetAttention(nn.Module):
+    """DIN's local activation unit and weighted-sum pooling (Zhou et al., KDD 2018, §4.3, Eq. 3).
+
+    For the candidate q and each behaviour k_j, an MLP over [q, k_j, q − k_j, q ⊙ k_j] gives
+    the weight a_j; the user interest is Σ_j a_j k_j over the valid positions. The weights
+    are not normalised by default (the paper drops softmax to keep the intensity of
+    interests); ``softmax`` turns normalisation on (padding excluded either way). The MLP runs
+    only on valid positions, so Dice's statistics ignore padding.
+
+    Args:
+        dim: width of q and k; hidden: the unit's hidden widths; act: their activation.
+
+    Shapes: q [B, E], keys [B, L, E], mask bool [B, L] → [B, E].
+    """
+
+    def __init__(self, dim: int, hidden: list[int], act: Activation = "dice", softmax: bool = False):
+        super().__init__()
+        self.unit = MLP(4 * dim, hidden, act=act, out_dim=1)
+        self.softmax = softmax
+
+    def forward(self, q: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        sample, position = mask.nonzero(as_tuple=True)
+        qv, kv = q[sample], keys[sample, position]
+        scores = self.unit(torch.cat([qv, kv, qv - kv, qv * kv], dim=1)).squeeze(-1)  # [N]
+        if self.softmax:
+            full = scores.new_full(mask.shape, float("-inf")).index_put((sample, position), scores)
+            weights = torch.softmax(full, dim=1).nan_to_num(0.0)
+        else:
+            weights = scores.new_zeros(mask.shape).index_put((sample, position), scores)
+        return (weights.unsqueeze(-1) * keys).sum(1)
