@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctr.embeddings.base import Bags, EmbeddingMethod
@@ -41,7 +42,7 @@ class TableMethod(EmbeddingMethod):
         return embedding_bag(self.weight, rows, offsets, weights, backend=self._backend[1])
 
     def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
-        return self.weight[self.rows_of(feature, ids)]
+        return F.embedding(self.rows_of(feature, ids), self.weight, sparse=True)
 
     def memory_bytes(self) -> int:
         return self.weight.numel() * self.weight.element_size()
