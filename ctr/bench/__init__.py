@@ -1,1 +1,1 @@
-"""ctr.bench: benchmark runners (``ctr bench ...``)."""
+"""ctr.bench: benchmark runners (compression tables, kernels)."""
