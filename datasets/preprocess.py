@@ -187,7 +187,9 @@ class _Job:
         """Checked record batches as (split, batch, origin), labels parsed to floats."""
         bar = tqdm(desc=what, unit=" rows", disable=not self.progress, leave=False)
         skip = self.config.on_bad_rows == "skip"
-        for name, stream in self.source.streams().items():
+        streams = self.source.streams()
+        carve_valid = "valid" not in streams
+        for name, stream in streams.items():
             if only is not None and name not in ("all", only):
                 continue
             for index, batch in enumerate(stream()):
@@ -199,7 +201,7 @@ class _Job:
                 batch = batch.set_column(
                     batch.schema.get_field_index(self.label), self.label, pa.array(check.labels)
                 )
-                codes = self._assign(name, index, batch.num_rows)
+                codes = self._assign(name, index, batch.num_rows, carve_valid)
                 bar.update(batch.num_rows)
                 for code, split in enumerate(SPLITS):
                     in_split = codes == code
@@ -209,12 +211,19 @@ class _Job:
                         yield split, batch.filter(pa.array(in_split & check.keep)), origin
         bar.close()
 
-    def _assign(self, name: str, index: int, rows: int) -> np.ndarray:
-        """Split code (index into SPLITS) of each row; random by seed for an ``all`` stream."""
-        if name != "all":
+    def _assign(self, name: str, index: int, rows: int, carve_valid: bool) -> np.ndarray:
+        """Split code (index into SPLITS) of each row.
+
+        An ``all`` stream is split at random (seeded) by ``data.split``; a ``train`` stream
+        of a source without a ``valid`` stream gives ``data.split.valid`` of its rows to
+        validation.
+        """
+        if name != "all" and not (name == "train" and carve_valid):
             return np.full(rows, SPLITS.index(name))
         u = np.random.default_rng([self.seed, 7, index]).random(rows)
         valid, test = self.config.split.valid, self.config.split.test
+        if name == "train":
+            return np.where(u < valid, 1, 0)
         return np.where(u < valid, 1, np.where(u < valid + test, 2, 0))
 
 

@@ -1,7 +1,10 @@
 """Row checks before encoding: a present, binary label and parsable numbers.
 
 Readers may attach a ``__line__`` column (line number of each row in its file) and the
-record batch metadata ``file``; error messages then name file and line.
+record batch metadata ``file``; error messages then name file and line. A reader that finds
+a row it cannot read (a wrong field count, say) keeps the row with null values and says
+what is wrong in a ``__problem__`` column (null for good rows), so that such rows are
+reported or skipped like any other bad row.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from ctr.errors import DataError
 from ctr.schema import FeatureSpec
 
 LINE_COLUMN = "__line__"
+PROBLEM_COLUMN = "__problem__"
 NUMBER = r"^\s*[-+]?((\d+\.?\d*)|(\.\d+))([eE][-+]?\d+)?\s*$|^\s*[-+]?(inf|nan)\s*$|^\s*$"
 
 
@@ -31,8 +35,14 @@ class RowCheck:
 
 def check_rows(batch: pa.RecordBatch, features: list[FeatureSpec], label: str) -> RowCheck:
     """Flags rows with a missing or non-binary label or an unparsable numeric value."""
+    problems = []
+    if PROBLEM_COLUMN in batch.schema.names:
+        reported = batch.column(PROBLEM_COLUMN)
+        if reported.null_count < len(reported):
+            flagged = reported.is_valid().to_numpy(zero_copy_only=False)
+            problems.append((flagged, lambda row: reported[row].as_py()))
     labels, bad, describe = _label_values(batch.column(label), label)
-    problems = [(bad, describe)]
+    problems.append((bad, describe))
     for spec in features:
         if spec.kind != "numeric" and spec.transform != "log_square":
             continue
@@ -84,10 +94,13 @@ def _label_values(column: pa.Array, name: str):
 
 def require_columns(batch: pa.RecordBatch, columns: dict[str, str], source: str) -> None:
     """``columns`` maps a raw column to the recipe key that names it."""
-    present = set(batch.schema.names)
+    names = [n for n in batch.schema.names if n not in (LINE_COLUMN, PROBLEM_COLUMN)]
+    meta = batch.schema.metadata or {}
+    origin = meta.get(b"file", b"").decode() or source
     for column, key in columns.items():
-        if column not in present:
-            raise DataError(f"{key}: column {column!r} is absent from {source} (has: {', '.join(batch.schema.names[:12])}...)")
+        if column not in names:
+            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+            raise DataError(f"{key}: column {column!r} is absent from {origin} (it has: {shown})")
 
 
 def raise_or_count(check: RowCheck, batch: pa.RecordBatch, fallback: str, skip: bool) -> int:

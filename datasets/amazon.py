@@ -1,0 +1,255 @@
+"""``amazon``: Amazon review histories as a DIN dataset.
+
+Zhou et al., "Deep Interest Network for Click-Through Rate Prediction", KDD 2018, §6.1
+(Amazon Electronics): for each user with behaviours (b1, ..., bk), each prefix
+(b1, ..., b(i-1)) is the history that predicts b(i) (label 1) and one item the user never
+touched, sampled uniformly from all items (label 0). The last behaviour is the test
+target, the one before it the validation target (DIN keeps no validation set; we carve one
+the same way), the earlier ones are training targets. An item's category is its first
+attribute. Everything is deterministic by ``data.seed``.
+
+Reads the history format of the S3-Rec release (one line per user: ``user item1 item2 ...``
+in time order) with its ``<name>_item2attributes.json`` (item → attribute ids).
+
+Features: ``user_id``, ``item_id``, ``cat_id`` and the sequences ``hist_item_id`` and
+``hist_cat_id``, which share the tables of ``item_id`` and ``cat_id``. The sequences keep
+positions (``pooling: none``) for target attention; ``data.pooling`` changes that.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ctr.datasets.source import SPLITS, DatasetSource, RowStream, resolve_files
+from ctr.datasets.validate import LINE_COLUMN, PROBLEM_COLUMN
+from ctr.errors import DataError
+from ctr.recipe import DataConfig
+from ctr.registry import DATASETS
+from ctr.schema import FeatureSpec, Pooling
+
+ATTRIBUTES_SUFFIX = "_item2attributes.json"
+NO_CATEGORY = "<none>"
+CHUNK_TARGETS = 32_768
+
+
+@dataclass
+class AmazonConfig(DataConfig):
+    """Options of the Amazon DIN dataset.
+
+    Args:
+        attributes: the item → attributes JSON (default: ``<history name>_item2attributes.json``
+            beside the history file).
+        max_len: histories keep their last ``max_len`` items.
+        pooling: pooling of the history features (``none`` keeps positions for DIN).
+        seed: seed of the negative sampling.
+    """
+
+    attributes: str | None = None
+    max_len: int = 50
+    pooling: Pooling = "none"
+    seed: int = 2024
+
+    def __post_init__(self) -> None:
+        if self.max_len < 1:
+            raise ValueError("max_len must be >= 1")
+
+
+@dataclass
+class Histories:
+    """Every user's items as codes: ``items`` int64 [N], user ``starts``/``lengths`` [U]."""
+
+    users: pa.Array
+    lines: np.ndarray
+    items: np.ndarray
+    starts: np.ndarray
+    lengths: np.ndarray
+    item_names: pa.Array
+    categories: pa.Array
+    problems: list[tuple[int, str]]
+
+    def touched(self) -> np.ndarray:
+        """Sorted keys ``user * num_items + item`` of every (user, item) in the histories."""
+        users = np.repeat(np.arange(self.lengths.size), self.lengths)
+        return np.unique(users * len(self.item_names) + self.items)
+
+
+@DATASETS.register("amazon", config=AmazonConfig)
+class AmazonDataset(DatasetSource):
+    """Amazon histories → DIN rows: each prefix predicts the next item and a sampled negative."""
+
+    label = "label"
+    group = "user_id"
+
+    def __init__(self, config: AmazonConfig):
+        super().__init__(config)
+        self.history = _history_file(config.path)
+        default = self.history.with_name(self.history.stem + ATTRIBUTES_SUFFIX)
+        self.attributes = Path(config.attributes).expanduser() if config.attributes else default
+        if not self.attributes.is_file():
+            key = "data.attributes" if config.attributes else "data.path"
+            raise DataError(f"{key}: item attributes file {self.attributes} does not exist")
+        self._histories: Histories | None = None
+
+    def files(self) -> list[Path]:
+        return [self.history, self.attributes]
+
+    def default_features(self) -> list[FeatureSpec]:
+        config: AmazonConfig = self.config  # type: ignore[assignment]
+        history = dict(kind="sequence", max_len=config.max_len, pooling=config.pooling)
+        return [
+            FeatureSpec(name="user_id"),
+            FeatureSpec(name="item_id"),
+            FeatureSpec(name="cat_id"),
+            FeatureSpec(name="hist_item_id", share_with="item_id", **history),
+            FeatureSpec(name="hist_cat_id", share_with="cat_id", **history),
+        ]
+
+    def streams(self) -> dict[str, RowStream]:
+        return {split: (lambda split=split: self._rows(split)) for split in SPLITS}
+
+    def _rows(self, split: str) -> Iterator[pa.RecordBatch]:
+        if self._histories is None:
+            self._histories = read_histories(self.history, self.attributes)
+        hist = self._histories
+        config: AmazonConfig = self.config  # type: ignore[assignment]
+        meta = {"file": str(self.history)}
+        if split == "train" and hist.problems:
+            yield _problem_rows(hist.problems).replace_schema_metadata(meta)
+        user, target = targets(hist.lengths, split)
+        rng = np.random.default_rng([config.seed, SPLITS.index(split)])
+        touched = hist.touched()
+        for start in range(0, user.size, CHUNK_TARGETS):
+            chunk = slice(start, start + CHUNK_TARGETS)
+            negative = sample_negatives(touched, len(hist.item_names), user[chunk], rng)
+            yield build_rows(hist, user[chunk], target[chunk], negative, config.max_len).replace_schema_metadata(meta)
+
+
+def targets(lengths: np.ndarray, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(user, position) of every target of ``split``, users in file order.
+
+    A user with k items has targets 1..k-3 in train, k-2 in valid and k-1 in test
+    (position 0 has no history, so it is never a target).
+    """
+    if split == "train":
+        counts = np.maximum(lengths - 3, 0)
+        user = np.repeat(np.arange(lengths.size), counts)
+        first = np.cumsum(counts) - counts
+        return user, np.arange(user.size) - np.repeat(first, counts) + 1
+    back = 1 if split == "test" else 2
+    user = np.flatnonzero(lengths - back >= 1)
+    return user, lengths[user] - back
+
+
+def build_rows(hist: Histories, user: np.ndarray, target: np.ndarray, negative: np.ndarray, max_len: int) -> pa.RecordBatch:
+    """Two rows per target: the next item (label 1) and the ``negative`` item (label 0).
+
+    Args:
+        user, target, negative: int64 [T] user index, target position, negative item code.
+    """
+    positive = hist.items[hist.starts[user] + target]
+    begin = hist.starts[user] + np.maximum(target - max_len, 0)
+    lengths = hist.starts[user] + target - begin
+    # rows alternate positive, negative: row r belongs to target r // 2
+    row_target = np.repeat(np.arange(user.size), 2)
+    offsets = np.zeros(row_target.size + 1, dtype=np.int32)
+    np.cumsum(lengths[row_target], out=offsets[1:])
+    total = int(offsets[-1])
+    flat_start = np.repeat(begin[row_target] - offsets[:-1], lengths[row_target])
+    hist_items = hist.items[flat_start + np.arange(total)]
+    item = np.stack([positive, negative], axis=1).reshape(-1)
+    columns = {
+        "label": pa.array(np.tile(np.array([1, 0], dtype=np.int8), user.size)),
+        "user_id": hist.users.take(pa.array(user[row_target])),
+        "item_id": hist.item_names.take(pa.array(item)),
+        "cat_id": hist.categories.take(pa.array(item)),
+        "hist_item_id": pa.ListArray.from_arrays(pa.array(offsets), hist.item_names.take(pa.array(hist_items))),
+        "hist_cat_id": pa.ListArray.from_arrays(pa.array(offsets), hist.categories.take(pa.array(hist_items))),
+        LINE_COLUMN: pa.array(hist.lines[user[row_target]]),
+    }
+    return pa.RecordBatch.from_pydict(columns)
+
+
+def sample_negatives(touched: np.ndarray, num_items: int, user: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One item per target, uniform over the items its user never touched (rejection sampling).
+
+    Args:
+        touched: sorted keys ``user * num_items + item`` (``Histories.touched``).
+        user: int64 [T] user of each target.
+    """
+    if (np.bincount(touched // num_items, minlength=int(user.max(initial=0)) + 1)[user] >= num_items).any():
+        raise DataError("data.path: a user has touched every item; no negative can be sampled")
+    sample = rng.integers(0, num_items, size=user.size)
+    while True:
+        keys = user * num_items + sample
+        found = np.searchsorted(touched, keys)
+        clash = touched[np.minimum(found, touched.size - 1)] == keys
+        if not clash.any():
+            return sample
+        sample[clash] = rng.integers(0, num_items, size=int(clash.sum()))
+
+
+def read_histories(file: Path, attributes: Path) -> Histories:
+    """Parses the history file (vectorised) and the item categories."""
+    lines = file.read_bytes().decode("utf-8", errors="replace").splitlines()
+    number = np.flatnonzero(np.array([bool(line.strip()) for line in lines])) + 1
+    if number.size == 0:
+        raise DataError(f"{file}: empty file (no users)")
+    fields = pc.utf8_split_whitespace(pa.array([lines[i - 1] for i in number]))
+    counts = pc.list_value_length(fields).to_numpy(zero_copy_only=False)
+    problems = [(int(n), "a user without items") for n in number[counts < 2]]
+    fields, number, counts = fields.filter(pa.array(counts >= 2)), number[counts >= 2], counts[counts >= 2]
+    users = pc.list_element(fields, 0)
+    flat = pc.list_flatten(pc.list_slice(fields, 1))
+    encoded = pc.dictionary_encode(flat).combine_chunks() if isinstance(flat, pa.ChunkedArray) else pc.dictionary_encode(flat)
+    lengths = (counts - 1).astype(np.int64)
+    starts = np.cumsum(lengths) - lengths
+    item_names = encoded.dictionary
+    return Histories(
+        users=users,
+        lines=number.astype(np.int64),
+        items=encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+        starts=starts,
+        lengths=lengths,
+        item_names=item_names,
+        categories=_categories(attributes, item_names),
+        problems=problems,
+    )
+
+
+def _categories(attributes: Path, item_names: pa.Array) -> pa.Array:
+    """The first attribute of each item (``<none>`` when it has none), aligned with the items."""
+    try:
+        table = json.loads(attributes.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{attributes}:{err.lineno}: invalid JSON: {err.msg}") from None
+    if not isinstance(table, dict):
+        raise DataError(f"{attributes}: expected a JSON object mapping items to attribute lists")
+    first = {str(k): str(v[0]) for k, v in table.items() if isinstance(v, list) and v}
+    return pa.array([first.get(name, NO_CATEGORY) for name in item_names.to_pylist()], pa.string())
+
+
+def _problem_rows(problems: list[tuple[int, str]]) -> pa.RecordBatch:
+    names = ["label", "user_id", "item_id", "cat_id"]
+    columns = {name: pa.nulls(len(problems), pa.string()) for name in names}
+    for name in ("hist_item_id", "hist_cat_id"):
+        columns[name] = pa.nulls(len(problems), pa.list_(pa.string()))
+    columns[LINE_COLUMN] = pa.array([line for line, _ in problems], pa.int64())
+    columns[PROBLEM_COLUMN] = pa.array([text for _, text in problems], pa.string())
+    return pa.RecordBatch.from_pydict(columns)
+
+
+def _history_file(path: str | None) -> Path:
+    """The history file: ``data.path`` itself, or the one history file of a folder."""
+    files = resolve_files(path, pattern="*.txt")
+    candidates = [f for f in files if f.with_name(f.stem + ATTRIBUTES_SUFFIX).is_file()] or files
+    if len(candidates) > 1 and not Path(path).expanduser().is_file():
+        names = ", ".join(f.name for f in candidates)
+        raise DataError(f"data.path: {path} holds several history files ({names}); name one, e.g. {candidates[0]}")
+    return candidates[0]

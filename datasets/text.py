@@ -1,0 +1,196 @@
+"""Streaming reader of delimited text (CSV, TSV) into Arrow record batches of strings.
+
+The file is cut into blocks of whole lines; each block is parsed by ``pyarrow.csv`` with
+every column read as a string (an empty field is null), so a bad value becomes a row problem that preprocessing
+reports (or skips) instead of a parser exception. Every batch carries the file name (batch
+metadata ``file``), the line number of each row (``__line__``) and a ``__problem__`` column:
+null for a good row, else what is wrong with it (e.g. a wrong field count); the other
+columns of such a row are null.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from ctr.datasets.validate import LINE_COLUMN, PROBLEM_COLUMN
+from ctr.errors import DataError
+
+BLOCK_BYTES = 1 << 24
+
+
+@dataclass
+class TextFormat:
+    """How a delimited file is laid out.
+
+    Args:
+        columns: names of the fields of a row, in order.
+        delimiter: field separator.
+        header: the first line is a header (not data); the caller checks it.
+        quoting: fields may be quoted with ``"``.
+        min_fields: rows with fewer fields than ``columns`` but at least ``min_fields`` are
+            padded with empty fields (raw Criteo DAC rows lack trailing empty fields);
+            ``None`` = every row needs exactly ``len(columns)`` fields.
+        keep: the columns to return (``None`` = all).
+    """
+
+    columns: list[str]
+    delimiter: str = ","
+    header: bool = False
+    quoting: bool = True
+    min_fields: int | None = None
+    keep: list[str] | None = None
+
+    @property
+    def kept(self) -> list[str]:
+        return self.columns if self.keep is None else [c for c in self.columns if c in set(self.keep)]
+
+
+def first_line(file: Path) -> str | None:
+    """The first line of ``file`` without its newline; ``None`` for an empty file."""
+    with open(file, "rb") as handle:
+        line = handle.readline()
+    if not line.strip():
+        return None
+    return line.rstrip(b"\r\n").decode("utf-8", errors="replace")
+
+
+def read_delimited(file: Path, fmt: TextFormat, block_bytes: int = BLOCK_BYTES) -> Iterator[pa.RecordBatch]:
+    """Record batches of ``file`` (one per block of about ``block_bytes``), as described above.
+
+    Raises:
+        DataError: the file is empty (no data lines) or a block cannot be parsed at all.
+    """
+    rows = 0
+    with open(file, "rb") as handle:
+        line = 1
+        if fmt.header:
+            handle.readline()
+            line = 2
+        for block in _blocks(handle, block_bytes):
+            batch = _parse_block(block, line, fmt, file)
+            rows += batch.num_rows
+            line += _line_count(block)
+            yield batch
+    if rows == 0:
+        raise DataError(f"{file}: empty file (no data rows)")
+
+
+def _blocks(handle: BinaryIO, block_bytes: int) -> Iterator[bytes]:
+    """Chunks of whole lines (the last may lack its newline)."""
+    carry = b""
+    while True:
+        chunk = handle.read(block_bytes)
+        if not chunk:
+            break
+        data = carry + chunk
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            carry = data
+            continue
+        carry = data[cut + 1 :]
+        yield data[: cut + 1]
+    if carry.strip():
+        yield carry
+
+
+def _line_count(block: bytes) -> int:
+    return block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+
+
+def _parse(block: bytes, fmt: TextFormat, handler, threads: bool) -> pa.Table:
+    return pacsv.read_csv(
+        io.BytesIO(block),
+        read_options=pacsv.ReadOptions(column_names=fmt.columns, use_threads=threads, block_size=len(block) + 1),
+        parse_options=pacsv.ParseOptions(
+            delimiter=fmt.delimiter,
+            quote_char='"' if fmt.quoting else False,
+            ignore_empty_lines=False,
+            invalid_row_handler=handler,
+        ),
+        convert_options=pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in fmt.columns},
+            include_columns=fmt.kept,
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+
+
+def _parse_block(block: bytes, first: int, fmt: TextFormat, file: Path) -> pa.RecordBatch:
+    """One block → a record batch with ``__line__`` and ``__problem__`` (file order kept)."""
+    invalid: list[tuple[int, str]] = []
+    last = first + _line_count(block) - 1
+    try:
+        table = _parse(block, fmt, lambda row: invalid.append((0, "")) or "skip", threads=True)
+        if invalid:  # only the single-threaded parser reports line numbers of bad rows
+            invalid.clear()
+            table = _parse(block, fmt, lambda row: invalid.append((row.number, row.text)) or "skip", False)
+    except (pa.ArrowInvalid, UnicodeDecodeError) as err:
+        raise DataError(f"{file}:{first}-{last}: cannot parse: {str(err).splitlines()[0]}") from None
+    bad_lines = np.array([first + number - 1 for number, _ in invalid], dtype=np.int64)
+    good_lines = np.setdiff1d(np.arange(first, last + 1, dtype=np.int64), bad_lines, assume_unique=True)
+    table = table.append_column(LINE_COLUMN, pa.array(good_lines))
+    table = table.append_column(PROBLEM_COLUMN, pa.nulls(table.num_rows, pa.string()))
+    if invalid:
+        fixed = _invalid_rows(invalid, bad_lines, fmt, file)
+        table = pa.concat_tables([table, fixed]).sort_by(LINE_COLUMN)
+    return to_batch(table).replace_schema_metadata({"file": str(file)})
+
+
+def _invalid_rows(invalid: list[tuple[int, str]], lines: np.ndarray, fmt: TextFormat, file: Path) -> pa.Table:
+    """Rows the parser rejected: padded when allowed (short DAC rows), else problem rows."""
+    want = len(fmt.columns)
+    padded, padded_lines, problems, problem_lines = [], [], [], []
+    for (_, text), line in zip(invalid, lines):
+        fields = _field_count(text, fmt)
+        if fmt.min_fields is not None and fmt.min_fields <= fields < want:
+            padded.append(text + fmt.delimiter * (want - fields))
+            padded_lines.append(line)
+        else:
+            problems.append(f"{fields} fields, expected {want}")
+            problem_lines.append(line)
+    parts = []
+    if padded:
+        table = _parse(("\n".join(padded) + "\n").encode(), fmt, lambda row: "error", threads=False)
+        table = table.append_column(LINE_COLUMN, pa.array(padded_lines, pa.int64()))
+        parts.append(table.append_column(PROBLEM_COLUMN, pa.nulls(table.num_rows, pa.string())))
+    if problems:
+        columns = {c: pa.nulls(len(problems), pa.string()) for c in fmt.kept}
+        columns[LINE_COLUMN] = pa.array(problem_lines, pa.int64())
+        columns[PROBLEM_COLUMN] = pa.array(problems, pa.string())
+        parts.append(pa.table(columns))
+    return pa.concat_tables(parts)
+
+
+def _field_count(text: str, fmt: TextFormat) -> int:
+    """Fields of one rejected line (delimiters inside quotes do not count)."""
+    if not fmt.quoting or '"' not in text:
+        return text.count(fmt.delimiter) + 1
+    return len(next(csv.reader([text], delimiter=fmt.delimiter)))
+
+
+def to_batch(table: pa.Table) -> pa.RecordBatch:
+    """A table as one record batch (also when it has no rows)."""
+    batches = table.combine_chunks().to_batches()
+    return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
+
+
+def strip_types(names: list[str]) -> list[str]:
+    """Header names without RecBole-style type suffixes (``user_id:token`` → ``user_id``)."""
+    return [name.split(":", 1)[0].strip() for name in names]
+
+
+def blank_to_null(column: pa.Array) -> pa.Array:
+    """Empty or whitespace-only strings → null."""
+    blank = pc.equal(pc.utf8_trim_whitespace(column), "")
+    return pc.if_else(blank, pa.scalar(None, column.type), column)

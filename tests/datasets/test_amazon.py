@@ -1,0 +1,106 @@
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from ctr.datasets import prepare
+from ctr.datasets.amazon import AmazonConfig, AmazonDataset, read_histories, targets
+from ctr.errors import DataError
+from ctr.recipe import recipe_from_dict
+from tests.conftest import SHARED_DATA
+
+HISTORIES = "u1 a b c d e\nu2 f g h\nu3 a f\nu4 g h i j k l\n"
+ATTRIBUTES = {"a": [1, 2], "b": [3], "c": [1], "d": [4], "e": [5], "f": [6], "g": [7], "h": [8], "i": [9], "j": [9]}
+
+
+def write_amazon(folder, histories=HISTORIES):
+    folder.mkdir(exist_ok=True)
+    (folder / "Toy.txt").write_text(histories)
+    (folder / "Toy_item2attributes.json").write_text(json.dumps(ATTRIBUTES))
+    return folder / "Toy.txt"
+
+
+def rows(path, split, **options):
+    source = AmazonDataset(AmazonConfig(path=str(path), **options))
+    return pa.Table.from_batches(list(source.streams()[split]())).to_pydict()
+
+
+def test_each_prefix_predicts_next_item_and_a_sampled_negative(tmp_path):
+    path = write_amazon(tmp_path / "am")
+    train = rows(path, "train")
+    u1 = [i for i, u in enumerate(train["user_id"]) if u == "u1"]
+    assert [train["label"][i] for i in u1] == [1, 0, 1, 0]
+    assert [train["item_id"][i] for i in u1[::2]] == ["b", "c"]
+    assert [train["hist_item_id"][i] for i in u1] == [["a"], ["a"], ["a", "b"], ["a", "b"]]
+    touched = set("abcde")
+    assert all(train["item_id"][i] not in touched for i in u1[1::2])
+    assert [train["cat_id"][i] for i in u1[::2]] == ["3", "1"]  # the first attribute
+    assert train["hist_cat_id"][u1[2]] == ["1", "3"]
+
+
+def test_last_item_is_test_second_last_is_valid(tmp_path):
+    path = write_amazon(tmp_path / "am")
+    test, valid = rows(path, "test"), rows(path, "valid")
+    assert sorted(zip(test["user_id"][::2], test["item_id"][::2])) == [("u1", "e"), ("u2", "h"), ("u3", "f"), ("u4", "l")]
+    assert sorted(zip(valid["user_id"][::2], valid["item_id"][::2])) == [("u1", "d"), ("u2", "g"), ("u4", "k")]
+    assert test["hist_item_id"][0] == ["a", "b", "c", "d"]
+    assert valid["cat_id"][valid["item_id"].index("k")] == "<none>"  # k has no attributes
+
+
+def test_negatives_deterministic_by_seed_and_history_cut_to_max_len(tmp_path):
+    path = write_amazon(tmp_path / "am")
+    first, again, other = rows(path, "train", seed=1), rows(path, "train", seed=1), rows(path, "train", seed=2)
+    assert first == again and first["item_id"] != other["item_id"]
+    cut = rows(path, "test", max_len=2)
+    assert cut["hist_item_id"][0] == ["c", "d"]
+
+
+def test_default_features_share_tables_and_keep_positions(tmp_path):
+    source = AmazonDataset(AmazonConfig(path=str(write_amazon(tmp_path / "am"))))
+    hist = {f.name: f for f in source.default_features()}
+    assert hist["hist_item_id"].share_with == "item_id" and hist["hist_cat_id"].share_with == "cat_id"
+    assert hist["hist_item_id"].pooling == "none"
+    mean = AmazonDataset(AmazonConfig(path=str(tmp_path / "am" / "Toy.txt"), pooling="mean")).default_features()
+    assert mean[3].pooling == "mean"
+
+
+def test_prepared_din_rows_and_group(tmp_path):
+    raw = {"data": {"dataset": "amazon", "path": str(write_amazon(tmp_path / "am")), "cache_dir": str(tmp_path / "c")}}
+    recipe = recipe_from_dict(raw)
+    prepared = prepare(recipe.data, recipe.seed, progress=False)
+    assert [prepared.report["splits"][s]["rows"] for s in ("train", "valid", "test")] == [2 * (2 + 0 + 0 + 3), 6, 8]
+    assert prepared.schema.group == "user_id"
+    assert prepared.schema.feature("hist_item_id").table == "item_id"
+
+
+def test_user_without_items_names_its_line_or_is_skipped(tmp_path):
+    path = write_amazon(tmp_path / "am", HISTORIES + "u5\n")
+    raw = {"data": {"dataset": "amazon", "path": str(path), "cache_dir": str(tmp_path / "c")}}
+    recipe = recipe_from_dict(raw)
+    with pytest.raises(DataError, match=r"Toy\.txt:5: a user without items"):
+        prepare(recipe.data, recipe.seed, progress=False)
+    raw["data"]["on_bad_rows"] = "skip"
+    recipe = recipe_from_dict(raw)
+    assert prepare(recipe.data, recipe.seed, progress=False).report["splits"]["train"]["skipped_bad_rows"] == 1
+
+
+def test_ambiguous_folder_and_missing_attributes_are_errors(tmp_path):
+    folder = write_amazon(tmp_path / "am").parent
+    (folder / "Other.txt").write_text(HISTORIES)
+    (folder / "Other_item2attributes.json").write_text("{}")
+    with pytest.raises(DataError, match="several history files"):
+        AmazonDataset(AmazonConfig(path=str(folder)))
+    with pytest.raises(DataError, match="data.attributes: item attributes file .* does not exist"):
+        AmazonDataset(AmazonConfig(path=str(folder / "Toy.txt"), attributes=str(folder / "none.json")))
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "amazon" / "Beauty.txt").is_file(), reason="needs ../shared/data/amazon (real Amazon Beauty)")
+def test_amazon_beauty_row_counts():
+    amazon = SHARED_DATA / "amazon"
+    hist = read_histories(amazon / "Beauty.txt", amazon / "Beauty_item2attributes.json")
+    assert hist.lengths.size == 22_363 and hist.lengths.sum() == 198_502
+    counts = {s: targets(hist.lengths, s)[0].size * 2 for s in ("train", "valid", "test")}
+    assert counts == {"train": 262_826, "valid": 44_726, "test": 44_726}
+    assert pa.compute.count_distinct(hist.categories).as_py() > 100
+    assert np.all(hist.lengths >= 5)

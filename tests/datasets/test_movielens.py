@@ -1,0 +1,79 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from ctr.datasets import prepare
+from ctr.datasets.movielens import MovieLensConfig, MovieLensDataset
+from ctr.errors import DataError
+from ctr.recipe import SplitConfig, recipe_from_dict
+from tests.conftest import SHARED_DATA
+
+INTER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+USER = "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n"
+ITEM = "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+
+
+def write_movielens(folder, ratings):
+    folder.mkdir(exist_ok=True)
+    (folder / "ml.inter").write_text(INTER + "".join(f"{u}\t{i}\t{r}\t88{k}\n" for k, (u, i, r) in enumerate(ratings)))
+    (folder / "ml.user").write_text(USER + "1\t24\tM\ttechnician\t85711\n2\t53\tF\tother\t94043\n")
+    (folder / "ml.item").write_text(ITEM + "10\tToy Story\t1995\tAnimation Children's Comedy\n20\tHeat\t1995\tAction\n")
+    return folder
+
+
+def all_rows(source):
+    return {split: pa.Table.from_batches(list(stream())) for split, stream in source.streams().items()}
+
+
+def test_ratings_become_labels_three_dropped_side_files_joined(tmp_path):
+    ratings = [(1, 10, 5), (1, 20, 3), (2, 10, 1), (2, 20, 4), (1, 10, 2)]
+    source = MovieLensDataset(MovieLensConfig(path=str(write_movielens(tmp_path / "ml", ratings)), split=SplitConfig(valid=0.0, test=0.0)))
+    rows = pa.Table.from_batches(list(source.streams()["train"]()))
+    assert rows.column("label").to_pylist() == ["1", "0", "1", "0"]  # the rating of 3 is gone
+    assert rows.column("gender").to_pylist() == ["M", "F", "F", "M"]
+    assert rows.column("class").to_pylist()[0] == "Animation Children's Comedy"
+    assert rows.column("__line__").to_pylist() == [2, 4, 5, 6]
+    names = [f.name for f in source.default_features()]
+    assert names == ["user_id", "item_id", "age", "gender", "occupation", "zip", "release_year", "genres"]
+    genres = source.default_features()[-1]
+    assert genres.kind == "sequence" and genres.splitter == " " and genres.source == "class"
+
+
+def test_split_is_fixed_by_data_seed_not_recipe_seed(tmp_path):
+    ratings = [(1 + k % 2, 10 + 10 * (k % 2), 5) for k in range(400)]
+    folder = write_movielens(tmp_path / "ml", ratings)
+    lines = lambda seed: {s: t.column("__line__").to_pylist() for s, t in all_rows(MovieLensDataset(MovieLensConfig(path=str(folder), seed=seed))).items()}  # noqa: E731
+    first, again, other = lines(1), lines(1), lines(2)
+    assert first == again and first != other
+    assert sorted(sum(first.values(), [])) == list(range(2, 402))
+    assert 0.7 < len(first["train"]) / 400 < 0.9
+
+
+def test_unreadable_rating_is_a_row_error_with_its_line(tmp_path):
+    folder = write_movielens(tmp_path / "ml", [(1, 10, 5), (2, 20, "x")])
+    raw = {"data": {"dataset": "movielens", "path": str(folder), "cache_dir": str(tmp_path / "c")}}
+    recipe = recipe_from_dict(raw)
+    with pytest.raises(DataError, match=r"ml\.inter:3: rating 'x' is not a number"):
+        prepare(recipe.data, recipe.seed, progress=False)
+
+
+def test_path_may_name_any_of_the_files_and_a_missing_folder_is_an_error(tmp_path):
+    folder = write_movielens(tmp_path / "ml", [(1, 10, 5)])
+    assert MovieLensDataset(MovieLensConfig(path=str(folder / "ml.item"))).inter == folder / "ml.inter"
+    with pytest.raises(DataError, match="data.path: .* does not exist"):
+        MovieLensDataset(MovieLensConfig(path=str(tmp_path / "nowhere")))
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "movielens").is_dir(), reason="needs ../shared/data/movielens (real MovieLens-100K)")
+def test_movielens_100k_as_ctr(tmp_path):
+    raw = {"data": {"dataset": "movielens", "path": str(SHARED_DATA / "movielens"), "cache_dir": str(tmp_path)}}
+    recipe = recipe_from_dict(raw)
+    prepared = prepare(recipe.data, recipe.seed, progress=False)
+    splits = prepared.report["splits"]
+    total = sum(s["rows"] for s in splits.values())
+    positives = sum(s["rows"] * s["positive_rate"] for s in splits.values())
+    assert total == 72_855 and round(positives) == 55_375
+    assert np.isclose(splits["train"]["rows"] / total, 0.8, atol=0.01)
+    features = {f["name"]: f for f in prepared.report["features"]}
+    assert features["gender"]["vocab_size"] == 2 + 2 and features["occupation"]["vocab_size"] == 2 + 21
+    assert 1.5 < features["genres"]["values_per_row"] < 3
