@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctr.embeddings.base import Bags, EmbeddingMethod
-from ctr.kernels.embedding_bag import Backend, embedding_bag, resolve_backend
+from ctr.kernels.embedding_bag import Backend, embedding_bag, reference, resolve_backend
 from ctr.recipe import EmbeddingConfig
 from ctr.schema import Schema
 
@@ -35,11 +35,21 @@ class TableMethod(EmbeddingMethod):
         return self.lookup(rows, bags.offsets, bags.weights)
 
     def lookup(self, rows: Tensor, offsets: Tensor, weights: Tensor | None) -> Tensor:
-        """Weighted sum of buffer rows per bag [num_bags, D] via the kernel dispatch."""
+        """Weighted sum of buffer rows per bag [num_bags, D] via the kernel dispatch.
+
+        When training with the torch backend, the batch's distinct rows are gathered once
+        and the bags pool that block: the table's gradient is then born coalesced (one
+        entry per distinct row), so the sparse optimizer skips sorting the batch's ids again.
+        """
         device = self.weight.device
         if self._backend is None or self._backend[0] != device:
             self._backend = (device, resolve_backend(self.config.backend, device))
-        return embedding_bag(self.weight, rows, offsets, weights, backend=self._backend[1])
+        backend = self._backend[1]
+        if backend is Backend.TORCH and self.weight.requires_grad and torch.is_grad_enabled():
+            unique, inverse = torch.unique(rows, return_inverse=True)
+            block = _DistinctRows.apply(self.weight, unique)  # [U, D]
+            return reference.embedding_bag(block, inverse, offsets, weights, sparse=False)
+        return embedding_bag(self.weight, rows, offsets, weights, backend=backend)
 
     def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
         return F.embedding(self.rows_of(feature, ids), self.weight, sparse=True)
@@ -49,3 +59,22 @@ class TableMethod(EmbeddingMethod):
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         return [self.weight]
+
+
+class _DistinctRows(torch.autograd.Function):
+    """``weight[unique]`` whose gradient is a coalesced sparse tensor over ``unique`` rows.
+
+    Args: weight [R, D]; unique: sorted distinct rows [U]. Returns [U, D].
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, unique: Tensor) -> Tensor:  # noqa: ANN001
+        ctx.save_for_backward(unique)
+        ctx.shape = weight.shape
+        return weight.index_select(0, unique)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
+        (unique,) = ctx.saved_tensors
+        sparse = torch.sparse_coo_tensor(unique.unsqueeze(0), grad, ctx.shape, is_coalesced=True)
+        return sparse, None
