@@ -38,8 +38,8 @@ class TableMethod(EmbeddingMethod):
         """Weighted sum of buffer rows per bag [num_bags, D] via the kernel dispatch.
 
         When training with the torch backend, the batch's distinct rows are gathered once
-        and the bags pool that block: the table's gradient is then born coalesced (one
-        entry per distinct row), so the sparse optimizer skips sorting the batch's ids again.
+        and the bags pool that block: the table's gradient then has one entry per distinct
+        row (already sorted), so the sparse optimizer's coalesce has nothing left to merge.
         """
         device = self.weight.device
         if self._backend is None or self._backend[0] != device:
@@ -62,7 +62,7 @@ class TableMethod(EmbeddingMethod):
 
 
 class _DistinctRows(torch.autograd.Function):
-    """``weight[unique]`` whose gradient is a coalesced sparse tensor over ``unique`` rows.
+    """``weight[unique]`` whose gradient is a sparse tensor with one entry per ``unique`` row.
 
     Args: weight [R, D]; unique: sorted distinct rows [U]. Returns [U, D].
     """
