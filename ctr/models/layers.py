@@ -161,15 +161,16 @@ class _FMFunction(torch.autograd.Function):
     def forward(ctx, fields: Tensor, weight: Tensor) -> Tensor:  # noqa: ANN001
         total = fields.sum(1)  # [B, D]
         flat = fields.flatten(1)
-        out = flat @ weight.flatten() + 0.5 * (total.pow(2).sum(1) - torch.linalg.vecdot(flat, flat))
+        squares = torch.bmm(flat.unsqueeze(1), flat.unsqueeze(2)).view(-1)  # Σ_f ‖v_f‖², no temporary
+        out = flat @ weight.flatten() + 0.5 * (total.pow(2).sum(1) - squares)
         ctx.save_for_backward(fields, weight, total)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:  # noqa: ANN001
         fields, weight, total = ctx.saved_tensors
-        g = grad.view(-1, 1, 1)
-        grad_fields = g * ((total.unsqueeze(1) + weight) - fields)
+        grad_fields = total.unsqueeze(1) + weight  # [B, F, D], then in place: fewer passes
+        grad_fields.sub_(fields).mul_(grad.view(-1, 1, 1))
         grad_weight = (grad @ fields.flatten(1)).view_as(weight) if ctx.needs_input_grad[1] else None
         return grad_fields, grad_weight
 
