@@ -50,6 +50,9 @@ def peer_model(recipe: Recipe, schema, seed: int):
     if name == "din":
         if cfg.l2_reg:
             raise SystemExit("peer: DeepCTR-Torch's DIN has no mini-batch aware L2; compare with model.l2_reg=0")
+        if cfg.activation == "dice":
+            raise SystemExit("peer: DeepCTR-Torch 0.3.0's DIN fails with a Dice top MLP (its DNN builds a 3-d Dice "
+                             "for 2-d inputs); compare with -o model.activation=prelu")
         targets = _din_targets(recipe, schema)
         att_act = "Dice" if cfg.attention_activation == "dice" else cfg.attention_activation
         return models.DIN(cols, targets, dnn_hidden_units=tuple(cfg.hidden), dnn_activation=cfg.activation,
