@@ -36,6 +36,8 @@ class DINConfig(ModelConfig):
         activation: of the top MLP (paper: dice).
         dropout: after each top-MLP layer.
         l2_reg: λ of the mini-batch aware regularization (0 = off).
+        interest_product: also feed the top MLP the candidate ⊙ interest product, as the
+            authors' later DIN code does (off: the paper's Fig. 2 input).
     """
 
     name: str = "din"
@@ -48,6 +50,7 @@ class DINConfig(ModelConfig):
     activation: Activation = "dice"
     dropout: float = 0.0
     l2_reg: float = 0.0
+    interest_product: bool = False
 
     def __post_init__(self) -> None:
         if self.l2_reg < 0:
@@ -80,7 +83,8 @@ class DIN(CTRModel):
         self.others = [name for name in layout.sequences if name not in self.behaviours]
         width = len(self.targets) * layout.dim
         self.attention = TargetAttention(width, config.attention_hidden, config.attention_activation, config.softmax)
-        mlp_in = (len(layout.pooled) + len(self.others)) * layout.dim + width + self.num_dense
+        products = width if config.interest_product else 0
+        mlp_in = (len(layout.pooled) + len(self.others)) * layout.dim + width + products + self.num_dense
         self.mlp = MLP(mlp_in, config.hidden, config.activation, 1, config.dropout)
         if config.l2_reg:
             self._register_counts(schema)
@@ -109,6 +113,8 @@ class DIN(CTRModel):
         keys = torch.cat([embedded.sequences[n] for n in self.behaviours], dim=-1)  # [B, L, K·D]
         interest = self.attention(query, keys, embedded.masks[self.behaviours[0]])
         parts = [pooled.flatten(1), interest]
+        if self.config.interest_product:
+            parts.append(query * interest)
         for name in self.others:
             mask = embedded.masks[name].unsqueeze(-1).to(pooled.dtype)
             parts.append((embedded.sequences[name] * mask).sum(1) / mask.sum(1).clamp(min=1))

@@ -76,3 +76,9 @@ def test_attention_finds_the_relevant_behaviour_that_mean_pooling_dilutes():
     din = fit_batches(task_for_schema(schema, SMALL), train, test, 3)
     deepfm = fit_batches(task_for_schema(schema, {"name": "deepfm", "hidden": [32], "dropout": 0.0}), train, test, 3)
     assert din > deepfm + 0.05, (din, deepfm)
+
+
+def test_interest_product_feeds_the_candidate_times_interest_to_the_top_mlp(schema):
+    plain = task_for_schema(schema, SMALL).net.model
+    product = task_for_schema(schema, {**SMALL, "interest_product": True}).net.model
+    assert product.mlp.net[0].in_features == plain.mlp.net[0].in_features + 8  # one candidate field of D = 8
