@@ -48,8 +48,9 @@ def peer_model(recipe: Recipe, schema, seed: int):
     common = dict(l2_reg_embedding=0.0, init_std=std, seed=seed, device="cpu")
     name = cfg.name
     if name == "din":
-        if cfg.l2_reg:
-            raise SystemExit("peer: DeepCTR-Torch's DIN has no mini-batch aware L2; compare with model.l2_reg=0")
+        if cfg.l2_reg or cfg.interest_product:
+            raise SystemExit("peer: DeepCTR-Torch's DIN has neither mini-batch aware L2 nor the candidate ⊙ interest "
+                             "input; compare with -o model.l2_reg=0 -o model.interest_product=false")
         if cfg.activation == "dice":
             raise SystemExit("peer: DeepCTR-Torch 0.3.0's DIN fails with a Dice top MLP (its DNN builds a 3-d Dice "
                              "for 2-d inputs); compare with -o model.activation=prelu")
