@@ -201,4 +201,4 @@ class EmbeddingMethod(nn.Module):
             padded[sample, position] = vectors[first_bag : first_bag + count]
             sequences[name] = padded
             masks[name] = torch.arange(width, device=vectors.device).unsqueeze(0) < seq_lengths.unsqueeze(1)
-        return FeatureEmbeddings(pooled=pooled, sequences=sequences, masks=masks)
+        return FeatureEmbeddings(pooled=pooled, sequences=sequences, masks=masks, rows=self.embed_ids)
