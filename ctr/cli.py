@@ -59,7 +59,32 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=2024, help="seed of the planted model and rows")
     synth.add_argument("--vocab-scale", type=float, default=1.0, help="multiplies the Criteo-like vocabulary sizes")
     synth.set_defaults(run=_synth)
+
+    bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
+    _bench_kernels_parser(bench)
     return parser
+
+
+def _bench_kernels_parser(bench: argparse._SubParsersAction) -> None:
+    kernels = bench.add_parser(
+        "kernels", help="embedding-bag kernels vs a loop of nn.EmbeddingBag and FBGEMM (ms, GB/s, %% of peak)"
+    )
+    kernels.add_argument("--suite", choices=("lookup", "step"), default="lookup",
+                         help="lookup: DLRM-like TBE workload; step: DeepFM-sized training step (default lookup)")
+    kernels.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    kernels.add_argument("--batch", type=int, help="batch size (default 65536 on GPU, 4096 on CPU and for --suite step)")
+    kernels.add_argument("--tables", type=int, default=26)
+    kernels.add_argument("--rows", type=int, default=100_000, help="rows per table")
+    kernels.add_argument("--dims", type=_int_list, help="comma-separated dims (default 64,128; step: 16)")
+    kernels.add_argument("--pooling", type=_int_list, help="comma-separated ids per bag (default 1,20; step: 1)")
+    kernels.add_argument("--alpha", type=float, default=0.0, help="Zipf exponent of the ids (0 = uniform)")
+    kernels.add_argument("--optimizer", default="rowwise_adagrad",
+                         choices=("sgd", "adagrad", "rowwise_adagrad", "sparse_adam"))
+    kernels.add_argument("--iters", type=int, default=10)
+    kernels.add_argument("--warmup", type=int, default=2)
+    kernels.add_argument("--peak-gbps", type=float, help="the device's peak memory bandwidth in GB/s")
+    kernels.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
+    kernels.set_defaults(run=_bench_kernels)
 
 
 def _overrides(parser: argparse.ArgumentParser) -> None:
@@ -126,6 +151,29 @@ def _synth(args: argparse.Namespace) -> int:
         raise UserError(f"data synth: {err}") from None
     rows = write_dac_tsv(args.out, config, progress=sys.stderr.isatty())
     print(f"wrote {rows:,} rows to {args.out}")
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _bench_kernels(args: argparse.Namespace) -> int:
+    import torch
+
+    from ctr.bench.kernels import KernelBenchConfig, run
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = KernelBenchConfig(
+        suite=args.suite, device=args.device, batch=args.batch, tables=args.tables, rows=args.rows, dims=args.dims,
+        poolings=args.pooling, alpha=args.alpha, optimizer=args.optimizer, iters=args.iters, warmup=args.warmup,
+        peak_gbps=args.peak_gbps,
+    )
+    print(run(config))
     return 0
 
 

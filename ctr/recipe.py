@@ -107,6 +107,30 @@ class OptimizerConfig:
     weight_decay: float = 0.0
 
 
+FUSABLE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "sparse_adam")
+
+
+@dataclass
+class EmbeddingOptimizerConfig(OptimizerConfig):
+    """The embedding tables' optimizer; ``fused: true`` applies it inside the lookup's backward.
+
+    Fused, a table method's weight becomes a buffer updated in place by the kernel (no
+    gradient of the table is built) and its optimizer state is saved in checkpoints. Only
+    the sparse optimizers in ``FUSABLE_OPTIMIZERS`` have a fused form; it computes the same
+    update on the touched rows as the unfused optimizer of that name.
+    """
+
+    fused: bool = False
+
+    def __post_init__(self) -> None:
+        if self.fused and self.name not in FUSABLE_OPTIMIZERS:
+            raise ValueError(
+                f"fused: optimizer {self.name!r} has no fused form (choose from {', '.join(FUSABLE_OPTIMIZERS)})"
+            )
+        if self.fused and self.weight_decay:
+            raise ValueError("fused: weight_decay is not supported by the fused embedding update")
+
+
 @dataclass
 class EarlyStopConfig:
     """Stop when ``monitor`` has not improved for ``patience`` epochs."""
@@ -121,7 +145,7 @@ class TrainConfig:
     """Optimisation settings.
 
     ``optimizer`` updates dense parameters; ``embedding_optimizer`` updates embedding tables
-    sparsely (only the rows a batch touched).
+    sparsely (only the rows a batch touched), or fused into the backward (``fused: true``).
     """
 
     batch_size: int = 4096
@@ -129,8 +153,8 @@ class TrainConfig:
     epochs: int = 1
     max_steps: int | None = None
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    embedding_optimizer: OptimizerConfig = field(
-        default_factory=lambda: OptimizerConfig(name="adagrad", lr=0.05)
+    embedding_optimizer: EmbeddingOptimizerConfig = field(
+        default_factory=lambda: EmbeddingOptimizerConfig(name="adagrad", lr=0.05)
     )
     early_stop: EarlyStopConfig | None = field(default_factory=EarlyStopConfig)
     grad_clip: float | None = None
@@ -252,6 +276,11 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
         setattr(recipe, section, config)
     OPTIMIZERS.get(recipe.train.optimizer.name, "train.optimizer.name")
     OPTIMIZERS.get(recipe.train.embedding_optimizer.name, "train.embedding_optimizer.name")
+    if recipe.train.embedding_optimizer.fused and recipe.trainer.devices > 1:
+        raise RecipeError(
+            "train.embedding_optimizer.fused: needs trainer.devices 1 (data-parallel ranks would each"
+            " update their own copy of the tables)"
+        )
     return recipe
 
 

@@ -16,6 +16,8 @@ from torch import Tensor, nn
 
 from ctr.batch import JaggedFeatures
 from ctr.embeddings.types import EmbeddingLayout, FeatureEmbeddings
+from ctr.errors import RecipeError
+from ctr.kernels.embedding_bag import FusedOptimizer
 from ctr.recipe import EmbeddingConfig
 from ctr.schema import Schema
 
@@ -113,6 +115,16 @@ class EmbeddingMethod(nn.Module):
         """Parameters with sparse gradients; the embedding optimizer updates them row-wise."""
         return []
 
+    def use_fused_update(self, optimizer: FusedOptimizer) -> None:
+        """Applies ``optimizer`` to the method's tables inside the lookup's backward.
+
+        Methods whose storage is a kernel table (``TableMethod``) support it; others raise.
+        """
+        raise RecipeError(
+            f"train.embedding_optimizer.fused: embedding method {type(self).__name__} has no kernel table"
+            " to update fused; set fused: false"
+        )
+
     def _device(self) -> torch.device:
         for tensor in self.parameters():
             return tensor.device
@@ -195,4 +207,4 @@ class EmbeddingMethod(nn.Module):
                 masks[name] = slots >= (width - seq_lengths).unsqueeze(1)
             else:
                 masks[name] = slots < seq_lengths.unsqueeze(1)
-        return FeatureEmbeddings(pooled=pooled, sequences=sequences, masks=masks)
+        return FeatureEmbeddings(pooled=pooled, sequences=sequences, masks=masks, rows=self.embed_ids)

@@ -6,17 +6,24 @@ import torch
 from torch import Tensor, nn
 
 from ctr.embeddings.base import Bags, EmbeddingMethod
-from ctr.kernels.embedding_bag import Backend, embedding_bag, resolve_backend
+from ctr.kernels.embedding_bag import (
+    Backend, FusedOptimizer, check_fused, embedding_bag, fused_embedding_bag, reference, resolve_backend,
+)
 from ctr.recipe import EmbeddingConfig
 from ctr.schema import Schema
+
+STATE_PREFIX = "fused_"
 
 
 class TableMethod(EmbeddingMethod):
     """A method that stores rows in one weight buffer [R, D] shared by all its tables.
 
     Subclasses choose ``R`` (``storage_rows``) and the id transform (``rows_of``), which maps
-    each (feature, id) to a row of the buffer. Lookups run through ``ctr.kernels``; the buffer
-    gets sparse gradients (only the rows a batch touched).
+    each (feature, id) to a row of the buffer. Every read of the buffer goes through
+    ``lookup`` (``ctr.kernels``, one table-batched call per batch; Triton by default on
+    CUDA). By default the buffer is a parameter with sparse gradients (only the rows a batch
+    touched); after ``use_fused_update`` it is a buffer that the kernel's backward updates in
+    place, with the optimizer state kept in buffers ``fused_<name>`` (saved in checkpoints).
     """
 
     def __init__(self, schema: Schema, config: EmbeddingConfig, storage_rows: int, dim: int | None = None):
@@ -24,6 +31,8 @@ class TableMethod(EmbeddingMethod):
         self.weight = nn.Parameter(torch.empty(storage_rows, dim or config.dim))
         nn.init.normal_(self.weight, std=config.init_std)
         self._backend: tuple[torch.device, Backend] | None = None
+        self.fused: FusedOptimizer | None = None
+        self._state_names: tuple[str, ...] = ()
 
     def rows_of(self, feature: Tensor, ids: Tensor) -> Tensor:
         """Row of the buffer for each id [N] of feature ``feature[i]`` (the id transform)."""
@@ -34,17 +43,105 @@ class TableMethod(EmbeddingMethod):
         return self.lookup(rows, bags.offsets, bags.weights)
 
     def lookup(self, rows: Tensor, offsets: Tensor, weights: Tensor | None) -> Tensor:
-        """Weighted sum of buffer rows per bag [num_bags, D] via the kernel dispatch."""
+        """Weighted sum of buffer rows per bag [num_bags, D] via the kernel dispatch.
+
+        In fused mode a training-mode lookup's backward updates the touched rows, so a
+        method must look its table up once per training step. Otherwise, when training with
+        the torch backend, the batch's distinct rows are gathered once and the bags pool that
+        block: the table's gradient then has one entry per distinct row, so the sparse
+        optimizer's coalesce has nothing left to merge.
+        """
+        backend = self.backend()
+        if self.fused is None:
+            if backend is Backend.TORCH and self.weight.requires_grad and torch.is_grad_enabled():
+                unique, inverse = torch.unique(rows, return_inverse=True)
+                block = _DistinctRows.apply(self.weight, unique)  # [U, D]
+                return _BagOfBlock.apply(block, inverse, offsets, weights)
+            return embedding_bag(self.weight, rows, offsets, weights, backend=backend)
+        state = {name: getattr(self, STATE_PREFIX + name) for name in self._state_names}
+        return fused_embedding_bag(
+            self.weight, state, rows, offsets, weights, "sum", self.fused, backend, update=self.training
+        )
+
+    def backend(self) -> Backend:
+        """The kernel backend for the buffer's device, resolved once per device."""
         device = self.weight.device
         if self._backend is None or self._backend[0] != device:
             self._backend = (device, resolve_backend(self.config.backend, device))
-        return embedding_bag(self.weight, rows, offsets, weights, backend=self._backend[1])
+        return self._backend[1]
 
     def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
-        return self.weight[self.rows_of(feature, ids)]
+        """One row per id [N, D], as bags of length 1 through ``lookup``."""
+        rows = self.rows_of(feature, ids)
+        return self.lookup(rows, torch.arange(rows.numel() + 1, device=rows.device), None)
+
+    def use_fused_update(self, optimizer: FusedOptimizer) -> None:
+        """Updates the table inside the lookup's backward with ``optimizer`` from now on.
+
+        ``weight`` becomes a buffer (the dense optimizer never sees it) and the optimizer
+        state is registered as buffers ``fused_<name>``, so checkpoints carry it and a
+        resumed run continues the same optimizer trajectory.
+        """
+        check_fused(self.config.backend, optimizer)
+        weight = self.weight.detach()
+        del self.weight
+        self.register_buffer("weight", weight)
+        state = optimizer.init_state(weight)
+        for name, tensor in state.items():
+            self.register_buffer(STATE_PREFIX + name, tensor)
+        self._state_names = tuple(state)
+        self.fused = optimizer
 
     def memory_bytes(self) -> int:
         return self.weight.numel() * self.weight.element_size()
 
     def sparse_parameters(self) -> list[nn.Parameter]:
-        return [self.weight]
+        return [] if self.fused is not None else [self.weight]
+
+
+class _DistinctRows(torch.autograd.Function):
+    """``weight[unique]`` whose gradient is a sparse tensor with one entry per ``unique`` row.
+
+    Args: weight [R, D]; unique: sorted distinct rows [U]. Returns [U, D].
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, unique: Tensor) -> Tensor:  # noqa: ANN001
+        ctx.save_for_backward(unique)
+        ctx.shape = weight.shape
+        return weight.index_select(0, unique)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
+        (unique,) = ctx.saved_tensors
+        sparse = torch.sparse_coo_tensor(unique.unsqueeze(0), grad, ctx.shape, is_coalesced=True, check_invariants=False)
+        return sparse, None
+
+
+class _BagOfBlock(torch.autograd.Function):
+    """Weighted sum per bag of ``block`` rows (the reference bag), with a backward that
+    gathers each id's output gradient and adds it into its row: two linear passes instead of
+    the sort inside torch's dense embedding-bag backward.
+
+    Args: block [U, D]; index [N] rows of block; offsets [num_bags + 1]; weights [N] or None.
+    Returns [num_bags, D].
+    """
+
+    @staticmethod
+    def forward(ctx, block: Tensor, index: Tensor, offsets: Tensor, weights: Tensor | None) -> Tensor:  # noqa: ANN001
+        ctx.save_for_backward(block, index, offsets, weights)
+        return reference.embedding_bag(block.detach(), index, offsets, weights, sparse=False)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None, Tensor | None]:  # noqa: ANN001
+        block, index, offsets, weights = ctx.saved_tensors
+        lengths = offsets[1:] - offsets[:-1]
+        bag = torch.repeat_interleave(torch.arange(lengths.numel(), device=grad.device), lengths, output_size=index.numel())
+        grad_ids = grad.index_select(0, bag)  # [N, D]
+        grad_weights = None
+        if weights is not None and ctx.needs_input_grad[3]:
+            grad_weights = (grad_ids * block.index_select(0, index)).sum(1).to(weights.dtype)
+        if weights is not None:
+            grad_ids = grad_ids * weights.unsqueeze(1).to(grad_ids.dtype)
+        grad_block = torch.zeros_like(block).index_add_(0, index, grad_ids)
+        return grad_block, None, None, grad_weights

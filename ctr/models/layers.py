@@ -126,20 +126,53 @@ class FirstOrder(nn.Module):
         self.bias = nn.Parameter(torch.zeros(()))
 
     def forward(self, fields: Tensor, dense: Tensor) -> Tensor:
-        out = (fields * self.field_weight).sum((1, 2)) + self.bias
+        out = fields.flatten(1) @ self.field_weight.flatten() + self.bias  # one GEMV
         if self.dense is not None:
             out = out + self.dense(dense).squeeze(-1)
         return out
 
 
-def factorization_machine(fields: Tensor) -> Tensor:
-    """Second-order FM term Σ_{i<j} ⟨v_i, v_j⟩ (Rendle, 2010, Eq. 5 / lemma 3.1), in O(F·D).
+class FactorizationMachine(nn.Module):
+    """A factorization machine over field vectors (Rendle, ICDM 2010, Eq. 1):
+    ``b + Σ_f ⟨u_f, v_f⟩ + Σ_{i<j} ⟨v_i, v_j⟩``.
+
+    The field vectors are already ``x_i·V_i`` (an id's embedding, or a numeric value times
+    its vector), so the first-order weight of field f's id is ⟨u_f, v_f⟩ (see
+    ``FirstOrder``) and, for a numeric field, x·⟨u_f, v_f⟩: linear in the value. Forward and
+    backward each make one pass over the fields (``_FMFunction``).
 
     Shapes: [B, F, D] → [B].
     """
-    square_of_sum = fields.sum(1).pow(2)
-    sum_of_square = fields.pow(2).sum(1)
-    return 0.5 * (square_of_sum - sum_of_square).sum(1)
+
+    def __init__(self, num_fields: int, dim: int):
+        super().__init__()
+        self.field_weight = nn.Parameter(torch.zeros(num_fields, dim))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, fields: Tensor) -> Tensor:
+        return _FMFunction.apply(fields, self.field_weight) + self.bias
+
+
+class _FMFunction(torch.autograd.Function):
+    """Σ_f ⟨u_f, v_f⟩ + ½(‖Σ_f v_f‖² − Σ_f ‖v_f‖²), with the gradient
+    ∂/∂v_f = g·(u_f + Σ_j v_j − v_f) written in a single pass."""
+
+    @staticmethod
+    def forward(ctx, fields: Tensor, weight: Tensor) -> Tensor:  # noqa: ANN001
+        total = fields.sum(1)  # [B, D]
+        flat = fields.flatten(1)
+        squares = torch.bmm(flat.unsqueeze(1), flat.unsqueeze(2)).view(-1)  # Σ_f ‖v_f‖², no temporary
+        out = flat @ weight.flatten() + 0.5 * (total.pow(2).sum(1) - squares)
+        ctx.save_for_backward(fields, weight, total)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+        fields, weight, total = ctx.saved_tensors
+        grad_fields = total.unsqueeze(1) + weight  # [B, F, D], then in place: fewer passes
+        grad_fields.sub_(fields).mul_(grad.view(-1, 1, 1))
+        grad_weight = (grad @ fields.flatten(1)).view_as(weight) if ctx.needs_input_grad[1] else None
+        return grad_fields, grad_weight
 
 
 class CrossNetwork(nn.Module):

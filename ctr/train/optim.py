@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from ctr.kernels.embedding_bag import FusedOptimizer
 from ctr.recipe import OptimizerConfig
 from ctr.registry import OPTIMIZERS
 
@@ -113,3 +114,8 @@ class CombinedOptimizer(torch.optim.Optimizer):
 def build_optimizer(cfg: OptimizerConfig, params: ParamList, key_path: str) -> torch.optim.Optimizer:
     """Builds the registered optimizer ``cfg.name`` over ``params``."""
     return OPTIMIZERS.get(cfg.name, f"{key_path}.name").target(params, cfg)
+
+
+def fused_optimizer(cfg: OptimizerConfig) -> FusedOptimizer:
+    """The fused kernel form of embedding optimizer ``cfg`` (same rule, same defaults)."""
+    return FusedOptimizer(cfg.name, lr=cfg.lr)

@@ -65,7 +65,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
         train_seconds=throughput.seconds,
         epochs=trainer.current_epoch,
         steps=trainer.global_step,
-        best_checkpoint=str(best.relative_to(run.root)),
+        best_checkpoint=str(best.resolve().relative_to(run.root.resolve())),
     )
     run.write_metrics(metrics)
     if run.log_csv.exists():

@@ -15,7 +15,7 @@ from ctr.models.base import CTRModel
 from ctr.recipe import Recipe
 from ctr.registry import EMBEDDINGS, MODELS
 from ctr.schema import Schema
-from ctr.train.optim import CombinedOptimizer, build_optimizer
+from ctr.train.optim import CombinedOptimizer, build_optimizer, fused_optimizer
 
 
 class CTRNet(nn.Module):
@@ -25,6 +25,8 @@ class CTRNet(nn.Module):
         super().__init__()
         method = EMBEDDINGS.get(recipe.embedding.method, "embedding.method").target
         self.embedding: EmbeddingMethod = method(schema, recipe.embedding)
+        if recipe.train.embedding_optimizer.fused:
+            self.embedding.use_fused_update(fused_optimizer(recipe.train.embedding_optimizer))
         model = MODELS.get(recipe.model.name, "model.name").target
         self.model: CTRModel = model(schema, self.embedding.layout, recipe.model)
 

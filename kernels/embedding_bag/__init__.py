@@ -2,21 +2,35 @@
 
 Resolution order: explicit request → ``$CTR_KERNEL_BACKEND`` → auto (a CUDA tensor and an
 importable triton → ``triton``, else ``torch``). An explicit request for an unavailable
-backend raises; nothing falls back silently.
+backend raises; nothing falls back silently. Triton and fbgemm_gpu are imported lazily.
+
+Two entry points:
+- ``embedding_bag``: pooled lookup; the table gets a sparse gradient (only touched rows)
+  for an outside sparse optimizer.
+- ``fused_embedding_bag``: pooled lookup whose backward updates the table in place with a
+  fused optimizer rule (``FusedOptimizer``), building no gradient for it.
 """
 
 from __future__ import annotations
 
 import enum
+import importlib
 import importlib.util
 import os
+from types import ModuleType
 
 import torch
 from torch import Tensor
 
 from ctr.kernels.embedding_bag import reference
+from ctr.kernels.embedding_bag.fused import FusedOptimizer, Rule
 
 ENV_VAR = "CTR_KERNEL_BACKEND"
+
+__all__ = [
+    "Backend", "BackendUnavailable", "FusedOptimizer", "Rule", "available", "check_fused", "resolve_backend",
+    "embedding_bag", "fused_embedding_bag",
+]
 
 
 class Backend(str, enum.Enum):
@@ -43,7 +57,9 @@ def available(backend: Backend, device: torch.device) -> str | None:
         return None
     if importlib.util.find_spec("fbgemm_gpu") is None:
         return "fbgemm_gpu is not installed"
-    return None
+    if device.type != "cpu":
+        return "the fbgemm backend runs fbgemm_gpu's CPU operators only (use triton on CUDA)"
+    return _module(Backend.FBGEMM).load_error()
 
 
 def resolve_backend(requested: str | Backend | None, device: torch.device | str) -> Backend:
@@ -64,6 +80,29 @@ def resolve_backend(requested: str | Backend | None, device: torch.device | str)
     return backend
 
 
+def check_fused(requested: str | Backend | None, optimizer: FusedOptimizer) -> None:
+    """Raises ``BackendUnavailable`` when the requested backend cannot apply ``optimizer`` fused.
+
+    Args:
+        requested: a backend, a recipe's ``embedding.backend`` or ``None`` (then
+            ``$CTR_KERNEL_BACKEND``; automatic choices support every rule).
+        optimizer: the fused rule.
+    """
+    choice = requested or os.environ.get(ENV_VAR) or None
+    if choice in (Backend.FBGEMM, Backend.FBGEMM.value) and optimizer.rule is Rule.ADAM:
+        raise BackendUnavailable(
+            "kernel backend 'fbgemm' has no fused sparse_adam (fbgemm_gpu's CPU build lacks an Adam"
+            " backward); use the torch or triton backend"
+        )
+
+
+def _module(backend: Backend) -> ModuleType:
+    """The module implementing ``backend`` (imports triton / fbgemm only when asked)."""
+    if backend is Backend.TORCH:
+        return reference
+    return importlib.import_module(f"ctr.kernels.embedding_bag.{backend.value}")
+
+
 def embedding_bag(
     weight: Tensor,
     indices: Tensor,
@@ -74,9 +113,57 @@ def embedding_bag(
 ) -> Tensor:
     """Pools table rows per bag with the chosen backend; see ``reference.embedding_bag``.
 
+    Args:
+        weight: [R, D] every table in one buffer (fp32, fp16 or bf16).
+        indices: [N] global rows; offsets: int64 [num_bags + 1], ``offsets[0] == 0``.
+        per_sample_weights: optional [N] (sum mode only).
+        mode: ``sum`` or ``mean``.
+        backend: a resolved ``Backend``.
+
     Returns:
-        [num_bags, D].
+        [num_bags, D] in ``weight``'s dtype; ``weight`` gets a sparse gradient.
     """
     if backend is Backend.TORCH:
         return reference.embedding_bag(weight, indices, offsets, per_sample_weights, mode)
-    raise BackendUnavailable(f"backend {backend.value!r} has no embedding_bag implementation yet")
+    from ctr.kernels.embedding_bag.autograd import PooledLookup
+
+    impl = _module(backend)
+    wants_grad = weight.requires_grad or (per_sample_weights is not None and per_sample_weights.requires_grad)
+    if not (torch.is_grad_enabled() and wants_grad):
+        return impl.forward(weight, indices, offsets, per_sample_weights, mode)
+    return PooledLookup.apply(weight, indices, offsets, per_sample_weights, mode, impl)
+
+
+def fused_embedding_bag(
+    weight: Tensor,
+    state: dict[str, Tensor],
+    indices: Tensor,
+    offsets: Tensor,
+    per_sample_weights: Tensor | None,
+    mode: str,
+    optimizer: FusedOptimizer,
+    backend: Backend = Backend.TORCH,
+    update: bool = True,
+) -> Tensor:
+    """Pooled lookup whose backward applies ``optimizer`` to the touched rows of ``weight``.
+
+    Args:
+        weight: [R, D] table (a buffer: it receives no gradient), updated in place.
+        state: ``optimizer.init_state(weight)``, updated in place.
+        indices, offsets, per_sample_weights, mode: as in ``embedding_bag``.
+        optimizer: the fused rule and hyper-parameters.
+        backend: a resolved ``Backend``.
+        update: ``False`` (evaluation) only looks up.
+
+    Returns:
+        [num_bags, D] in ``weight``'s dtype; it requires grad when ``update`` and grad mode
+        are on, so that its backward runs the update.
+    """
+    from ctr.kernels.embedding_bag.autograd import FusedLookup
+
+    check_fused(backend, optimizer)
+    impl = _module(backend)
+    if not (update and torch.is_grad_enabled()):
+        return impl.forward(weight, indices, offsets, per_sample_weights, mode)
+    trigger = torch.empty(0, device=weight.device, requires_grad=True)
+    return FusedLookup.apply(trigger, weight, indices, offsets, per_sample_weights, mode, impl, optimizer, state)

@@ -1,14 +1,35 @@
 """Pure-torch table-batched embedding bag: the oracle every other backend is tested against.
 
 All tables of a collection live in one weight buffer [R, D]; the caller has already turned
-each id into a global row (``table_row_offset + id``). Bags are given by ``offsets``.
+each id into a global row (``table_row_offset + id``). Bags are given by ``offsets``
+(``offsets[0] == 0``, ``offsets[-1] == N``).
+
+Besides the pooled lookup this module holds the reference of the sorted backward: ids are
+sorted (stably) so that each unique row's contributions are contiguous, each row's gradient
+is one segment reduction in a fixed order (deterministic), and an optimizer rule of
+``fused.py`` is applied to the touched rows only. It runs on any device and is the fused
+path used for CPU training.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ctr.kernels.embedding_bag.fused import FusedOptimizer, Rule
+
+MODES = ("sum", "mean")
+
+
+def check_mode(mode: str, per_sample_weights: Tensor | None) -> None:
+    """Raises ValueError for an unknown mode or per-sample weights outside sum mode."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'sum' or 'mean', got {mode!r}")
+    if per_sample_weights is not None and mode != "sum":
+        raise ValueError("per_sample_weights need mode='sum'")
 
 
 def embedding_bag(
@@ -32,10 +53,7 @@ def embedding_bag(
     Returns:
         [num_bags, D] in ``weight``'s dtype, accumulated in fp32.
     """
-    if mode not in ("sum", "mean"):
-        raise ValueError(f"mode must be 'sum' or 'mean', got {mode!r}")
-    if per_sample_weights is not None and mode != "sum":
-        raise ValueError("per_sample_weights need mode='sum'")
+    check_mode(mode, per_sample_weights)
     compute = weight if weight.dtype == torch.float32 else weight.float()
     psw = None if per_sample_weights is None else per_sample_weights.to(compute.dtype)
     pooled = F.embedding_bag(
@@ -48,3 +66,155 @@ def embedding_bag(
         include_last_offset=True,
     )
     return pooled.to(weight.dtype)
+
+
+def forward(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None, mode: str) -> Tensor:
+    """The pooled lookup without autograd (the forward of the fused path): [num_bags, D]."""
+    with torch.no_grad():
+        psw = None if per_sample_weights is None else per_sample_weights.detach()
+        return embedding_bag(weight.detach(), indices, offsets, psw, mode, sparse=False)
+
+
+@dataclass
+class SortedIds:
+    """A batch's ids grouped by row for the backward.
+
+    Args:
+        rows: int64 [U] unique rows, ascending.
+        segments: int64 [U + 1] boundaries of each row's ids in sorted order.
+        bags: int64 [N] bag of each id, in sorted order.
+        scales: fp32 [N] factor of each id in sorted order (per-sample weight, or 1/len of
+            its bag in mean mode); ``None`` when every factor is 1.
+    """
+
+    rows: Tensor
+    segments: Tensor
+    bags: Tensor
+    scales: Tensor | None
+
+
+@dataclass
+class Lookup:
+    """The inputs of one pooled lookup, kept for its backward.
+
+    Args:
+        indices: [N] global rows.
+        offsets: int64 [num_bags + 1].
+        per_sample_weights: optional [N].
+        mode: ``sum`` or ``mean``.
+    """
+
+    indices: Tensor
+    offsets: Tensor
+    per_sample_weights: Tensor | None
+    mode: str
+    _sorted: SortedIds | None = None
+
+    def sorted(self) -> SortedIds:
+        """The ids grouped by row (computed once)."""
+        if self._sorted is None:
+            self._sorted = sort_ids(self.indices, self.offsets, self.per_sample_weights, self.mode)
+        return self._sorted
+
+
+def sort_ids(indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None, mode: str) -> SortedIds:
+    """Stable sort of ids by row: the grouping every sorted backward reduces over."""
+    lengths = offsets[1:] - offsets[:-1]
+    count = indices.numel()
+    bag_of_id = torch.repeat_interleave(
+        torch.arange(lengths.numel(), device=indices.device), lengths, output_size=count
+    )
+    sorted_rows, order = torch.sort(indices.long(), stable=True)
+    rows, counts = torch.unique_consecutive(sorted_rows, return_counts=True)
+    segments = torch.zeros(rows.numel() + 1, dtype=torch.int64, device=indices.device)
+    torch.cumsum(counts, 0, out=segments[1:])
+    scales = None
+    if per_sample_weights is not None:
+        scales = per_sample_weights.detach().float()
+    elif mode == "mean":
+        scales = (1.0 / lengths.clamp(min=1).float())[bag_of_id]
+    return SortedIds(rows, segments, bag_of_id[order], None if scales is None else scales[order])
+
+
+def segment_grad(grad_out: Tensor, lookup: Lookup) -> Tensor:
+    """Gradient of each unique row, one ordered segment sum per row.
+
+    The reduction is itself an embedding bag with the roles swapped: the "table" is
+    ``grad_out``, each unique row is a "bag" whose ids are the bags it occurs in (sorted
+    order) weighted by their scales. This gathers and sums in one pass, without an [N, D]
+    temporary, each row's terms in a fixed order.
+
+    Args:
+        grad_out: [num_bags, D] gradient of the pooled output.
+        lookup: the forward's inputs.
+
+    Returns:
+        fp32 [U, D], row ``i`` being the gradient of ``lookup.sorted().rows[i]``.
+    """
+    ids = lookup.sorted()
+    return F.embedding_bag(
+        ids.bags, grad_out.float(), ids.segments, mode="sum", per_sample_weights=ids.scales, include_last_offset=True
+    )
+
+
+@torch.no_grad()
+def apply_update(weight: Tensor, state: dict[str, Tensor], rows: Tensor, grad: Tensor, opt: FusedOptimizer, lr: float) -> None:
+    """Applies ``opt`` in place to ``weight`` rows ``rows`` [U] given their gradient [U, D].
+
+    Args:
+        weight: [R, D] table (any float dtype; updated in fp32, stored rounded).
+        state: the optimizer state of ``opt.init_state`` (updated in place).
+        rows: int64 [U] unique rows.
+        grad: fp32 [U, D].
+        opt: the rule and its hyper-parameters.
+        lr: this step's learning rate from ``opt.begin_step``.
+    """
+    w = weight.index_select(0, rows).float()
+    if opt.rule is Rule.SGD:
+        w.add_(grad, alpha=-lr)
+    elif opt.rule is Rule.ADAGRAD:
+        acc = state["sum"].index_select(0, rows).addcmul_(grad, grad)
+        state["sum"].index_copy_(0, rows, acc)
+        w.addcdiv_(grad, acc.sqrt_().add_(opt.eps), value=-lr)
+    elif opt.rule is Rule.ROWWISE_ADAGRAD:
+        acc = state["sum"].index_select(0, rows).add_(grad.square().mean(1))
+        state["sum"].index_copy_(0, rows, acc)
+        w.addcmul_(grad, (lr / acc.sqrt_().add_(opt.eps)).unsqueeze(1), value=-1.0)
+    else:
+        beta1, beta2 = opt.betas
+        m = state["exp_avg"].index_select(0, rows).lerp_(grad, 1 - beta1)
+        v = state["exp_avg_sq"].index_select(0, rows).lerp_(grad.square(), 1 - beta2)
+        state["exp_avg"].index_copy_(0, rows, m)
+        state["exp_avg_sq"].index_copy_(0, rows, v)
+        w.addcdiv_(m, v.sqrt_().add_(opt.eps), value=-lr)
+    weight.index_copy_(0, rows, w.to(weight.dtype))
+
+
+def backward_update(
+    grad_out: Tensor,
+    weight: Tensor,
+    state: dict[str, Tensor],
+    lookup: Lookup,
+    opt: FusedOptimizer,
+) -> None:
+    """The fused backward: one segment reduction per unique row, then ``opt`` on those rows.
+
+    Args:
+        grad_out: [num_bags, D] gradient of the pooled output.
+        weight: [R, D] table, updated in place.
+        state: optimizer state, updated in place.
+        lookup: the forward's inputs.
+        opt: the fused optimizer.
+    """
+    lr = opt.begin_step(state)
+    apply_update(weight, state, lookup.sorted().rows, segment_grad(grad_out, lookup), opt, lr)
+
+
+def per_sample_weight_grad(weight: Tensor, indices: Tensor, offsets: Tensor, grad_out: Tensor) -> Tensor:
+    """Gradient of sum-pooled output w.r.t. each id's weight: ⟨W[row], grad_out[bag]⟩ [N]."""
+    lengths = offsets[1:] - offsets[:-1]
+    bag_of_id = torch.repeat_interleave(
+        torch.arange(lengths.numel(), device=indices.device), lengths, output_size=indices.numel()
+    )
+    rows = weight.detach().index_select(0, indices.long()).float()
+    return (rows * grad_out.float().index_select(0, bag_of_id)).sum(1)

@@ -1,0 +1,98 @@
+"""Optimizer rules fused into the embedding-bag backward, and their state.
+
+A fused update applies the optimizer to each unique row a batch touched while the
+gradient of that row is computed, so the table never gets a gradient tensor (FBGEMM's
+table-batched embedding does the same). Each rule reproduces, on the touched rows, the
+sparse-gradient optimizer of the same name in ``ctr.train.optim``:
+
+- ``sgd``: ``w -= lr * g`` (``torch.optim.SGD``).
+- ``adagrad``: ``s += g²``; ``w -= lr * g / (√s + eps)`` per element (``torch.optim.Adagrad``,
+  eps 1e-10).
+- ``rowwise_adagrad``: ``s += mean(g²)`` with one accumulator per row;
+  ``w -= lr * g / (√s + eps)`` (FBGEMM's ``EXACT_ROWWISE_ADAGRAD``, eps 1e-8).
+- ``sparse_adam``: lazy Adam: ``m += (1-β1)(g - m)``, ``v += (1-β2)(g² - v)``,
+  ``w -= lr·√(1-β2ᵗ)/(1-β1ᵗ) · m / (√v + eps)`` with one step count ``t`` per table
+  (``torch.optim.SparseAdam``).
+
+State is fp32 whatever the weight dtype; updates are computed in fp32 and rounded to the
+weight dtype to nearest (FBGEMM rounds fp16 stochastically; we do not).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+class Rule(str, enum.Enum):
+    """Optimizer rules a fused backward can apply; values are the optimizer registry names."""
+
+    SGD = "sgd"
+    ADAGRAD = "adagrad"
+    ROWWISE_ADAGRAD = "rowwise_adagrad"
+    ADAM = "sparse_adam"
+
+
+DEFAULT_EPS = {Rule.SGD: 0.0, Rule.ADAGRAD: 1e-10, Rule.ROWWISE_ADAGRAD: 1e-8, Rule.ADAM: 1e-8}
+
+
+@dataclass(frozen=True)
+class FusedOptimizer:
+    """One fused optimizer rule with its hyper-parameters.
+
+    Args:
+        rule: a ``Rule`` or its name (``sgd``, ``adagrad``, ``rowwise_adagrad``, ``sparse_adam``).
+        lr: learning rate.
+        eps: denominator term; ``None`` = the default of the matching torch optimizer.
+        betas: Adam's (β1, β2).
+
+    Example:
+        >>> opt = FusedOptimizer("rowwise_adagrad", lr=0.05)
+        >>> sorted(opt.init_state(torch.zeros(10, 4)))
+        ['sum']
+    """
+
+    rule: Rule
+    lr: float
+    eps: float | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "rule", Rule(self.rule))
+        except ValueError:
+            names = ", ".join(r.value for r in Rule)
+            raise ValueError(f"no fused optimizer {self.rule!r} (choose from {names})") from None
+        if self.eps is None:
+            object.__setattr__(self, "eps", DEFAULT_EPS[self.rule])
+        if self.lr <= 0:
+            raise ValueError(f"fused optimizer lr must be > 0, got {self.lr}")
+
+    def init_state(self, weight: Tensor) -> dict[str, Tensor]:
+        """Zero optimizer state for table ``weight`` [R, D]: name → fp32 tensor."""
+        rows, dim = weight.shape
+        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float32, device=weight.device)  # noqa: E731
+        if self.rule is Rule.SGD:
+            return {}
+        if self.rule is Rule.ADAGRAD:
+            return {"sum": zeros(rows, dim)}
+        if self.rule is Rule.ROWWISE_ADAGRAD:
+            return {"sum": zeros(rows)}
+        return {"exp_avg": zeros(rows, dim), "exp_avg_sq": zeros(rows, dim), "step": torch.zeros((), dtype=torch.int64)}
+
+    def begin_step(self, state: dict[str, Tensor]) -> float:
+        """Advances the step count (Adam) and returns this step's learning rate.
+
+        For Adam that is the bias-corrected step size ``lr·√(1-β2ᵗ)/(1-β1ᵗ)``; for the other
+        rules it is ``lr``.
+        """
+        if self.rule is not Rule.ADAM:
+            return self.lr
+        state["step"] += 1
+        step = int(state["step"])
+        beta1, beta2 = self.betas
+        return self.lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)

@@ -1,0 +1,76 @@
+"""``ctr bench kernels`` at a tiny size: it runs, reports every implementation, and its
+byte formula and bandwidth table behave."""
+
+import pytest
+import torch
+
+from ctr.bench.kernel_impls import Workload, fused_impl, loop_impl, tbe_impl, tbe_unavailable
+from ctr.bench.kernels import KernelBenchConfig, forward_bytes, peak_bandwidth, resolve
+from ctr.cli import main
+from ctr.kernels.embedding_bag import Backend
+
+TINY = ["--batch", "8", "--rows", "50", "--tables", "2", "--iters", "1", "--warmup", "0"]
+
+
+def test_fbgemm_byte_formula():
+    # out_bytes·B·ΣD + w_bytes·B·ΣD·L with B=2, ΣD=3·4, L=5, fp32
+    assert forward_bytes(Workload(tables=3, rows=10, batch=2, dim=4, pooling=5)) == 4 * 2 * 12 + 4 * 2 * 12 * 5
+
+
+def test_peak_bandwidth_override_and_cpu():
+    assert peak_bandwidth(torch.device("cpu"), 100.0) == (100.0, "--peak-gbps")
+    assert peak_bandwidth(torch.device("cpu"), None)[0] is None
+
+
+def test_cpu_defaults_are_reduced_and_stated():
+    config, device = resolve(KernelBenchConfig(device="cpu"))
+    assert device.type == "cpu" and config.batch == 4096 and config.dims == [64, 128] and config.poolings == [1, 20]
+    assert any("reduced size for CPU" in note for note in config.notes)
+
+
+def test_lookup_suite_reports_every_implementation(capsys):
+    assert main(["bench", "kernels", "--device", "cpu", "--dims", "4", "--pooling", "1,3", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "D=4, L=1:" in out and "D=4, L=3:" in out
+    assert "nn.EmbeddingBag loop + rowwise_adagrad" in out and "ctr torch, fused rowwise_adagrad" in out
+    if tbe_unavailable("rowwise_adagrad", torch.device("cpu")) is None:
+        assert "fbgemm TBE module" in out and "ctr fbgemm" in out
+    assert "GB/s" in out and "vs loop" in out
+
+
+def test_step_suite_compares_with_sparse_gradient_adagrad(capsys):
+    assert main(["bench", "kernels", "--suite", "step", "--device", "cpu", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "sparse grad + adagrad (default)" in out and "fused adagrad (torch)" in out
+    assert "DeepFM MLP" in out
+
+
+def test_bad_flag_is_one_line_exit_2(capsys):
+    assert main(["bench", "kernels", "--batch", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "ctr: error: --batch: must be >= 1"
+
+
+def test_implementations_compute_the_same_pooling():
+    work = Workload(tables=2, rows=7, batch=3, dim=4, pooling=2, alpha=1.2, seed=1)
+    cpu = torch.device("cpu")
+    loop, fused = loop_impl(work, "sgd", cpu), fused_impl(work, "sgd", Backend.TORCH, cpu)
+    weights = torch.randn(2, 7, 4)
+    loop.load(weights)
+    fused.load(weights)
+    want = loop.forward()  # [B, T·D]
+    got = fused.forward().view(2, 3, 4).permute(1, 0, 2).reshape(3, 8)
+    torch.testing.assert_close(got, want)
+    if tbe_unavailable("sgd", cpu) is None:
+        tbe = tbe_impl(work, "sgd", cpu)
+        tbe.load(weights)
+        torch.testing.assert_close(tbe.forward(), want)
+
+
+@pytest.mark.parametrize(
+    "name, gbps",
+    [("NVIDIA H200", 4800.0), ("NVIDIA GH200 480GB", 4000.0), ("NVIDIA H100 80GB HBM3", 3350.0),
+     ("NVIDIA A100-SXM4-40GB", 1555.0), ("NVIDIA A10G", 600.0), ("NVIDIA L4", 300.0), ("Mystery GPU", None)],
+)
+def test_peak_bandwidth_by_device_name(monkeypatch, name, gbps):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert peak_bandwidth(torch.device("cuda"), None)[0] == gbps

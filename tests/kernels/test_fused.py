@@ -1,0 +1,135 @@
+"""Fused optimizer rules against the unfused sparse-gradient optimizers, and the fbgemm backend.
+
+The reference fused path (sort, segment reduction, update) must leave the table and state
+exactly where torch's own sparse optimizer leaves them after the same steps: that is what
+lets ``train.embedding_optimizer.fused`` switch on without changing the result.
+"""
+
+import pytest
+import torch
+
+from ctr.kernels.embedding_bag import (
+    Backend, BackendUnavailable, FusedOptimizer, Rule, check_fused, embedding_bag, fused_embedding_bag,
+)
+from ctr.kernels.embedding_bag import reference
+from ctr.recipe import FUSABLE_OPTIMIZERS, OptimizerConfig
+from ctr.train.optim import RowWiseAdagrad
+from tests.kernels.conftest import bags, needs_fbgemm
+
+LR = 0.1
+UNFUSED = {
+    Rule.SGD: lambda p: torch.optim.SGD([p], lr=LR),
+    Rule.ADAGRAD: lambda p: torch.optim.Adagrad([p], lr=LR),
+    Rule.ROWWISE_ADAGRAD: lambda p: RowWiseAdagrad([p], OptimizerConfig(name="rowwise_adagrad", lr=LR)),
+    Rule.ADAM: lambda p: torch.optim.SparseAdam([p], lr=LR),
+}
+STEPS = [([2, 0, 3, 1], 0), ([4, 4], 1), ([1, 0, 0, 6], 2)]  # (bag lengths, seed) per step
+
+
+def run_unfused(rule, weight, mode):
+    table = torch.nn.Parameter(weight.clone())
+    opt = UNFUSED[rule](table)
+    for lengths, seed in STEPS:
+        indices, offsets = bags(lengths, weight.shape[0], seed)
+        grad_out = torch.randn(len(lengths), weight.shape[1], generator=torch.Generator().manual_seed(seed))
+        opt.zero_grad()
+        (reference.embedding_bag(table, indices, offsets, mode=mode) * grad_out).sum().backward()
+        opt.step()
+    return table.detach()
+
+
+def run_fused(rule, weight, mode, backend=Backend.TORCH):
+    opt = FusedOptimizer(rule, lr=LR)
+    table, state = weight.clone(), opt.init_state(weight)
+    for lengths, seed in STEPS:
+        indices, offsets = bags(lengths, weight.shape[0], seed)
+        grad_out = torch.randn(len(lengths), weight.shape[1], generator=torch.Generator().manual_seed(seed))
+        (fused_embedding_bag(table, state, indices, offsets, None, mode, opt, backend) * grad_out).sum().backward()
+    return table, state
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+@pytest.mark.parametrize("rule", list(Rule))
+def test_fused_reference_equals_unfused_optimizer(rule, mode):
+    weight = torch.randn(7, 4, generator=torch.Generator().manual_seed(9))
+    fused, _ = run_fused(rule, weight, mode)
+    torch.testing.assert_close(fused, run_unfused(rule, weight, mode))
+    assert not torch.equal(fused, weight)
+
+
+def test_every_recipe_fusable_optimizer_has_a_rule():
+    assert sorted(FUSABLE_OPTIMIZERS) == sorted(r.value for r in Rule)
+
+
+def test_rowwise_state_is_one_value_per_row_and_untouched_rows_keep_zero():
+    weight = torch.randn(7, 4)
+    _, state = run_fused(Rule.ROWWISE_ADAGRAD, weight, "sum")
+    touched = torch.zeros(7, dtype=torch.bool)
+    for lengths, seed in STEPS:
+        touched[bags(lengths, 7, seed)[0]] = True
+    assert state["sum"].shape == (7,)
+    assert (state["sum"][touched] > 0).all() and (state["sum"][~touched] == 0).all()
+
+
+def test_adam_counts_steps_and_fused_buffer_gets_no_gradient():
+    weight = torch.randn(7, 4)
+    table, state = run_fused(Rule.ADAM, weight, "sum")
+    assert int(state["step"]) == len(STEPS)
+    assert not table.requires_grad and table.grad is None
+
+
+def test_per_sample_weight_gradient_in_fused_mode():
+    weight = torch.randn(6, 3)
+    indices, offsets = bags([2, 3], 6, 4)
+    psw = torch.rand(indices.numel(), requires_grad=True)
+    opt = FusedOptimizer("sgd", lr=LR)
+    out = fused_embedding_bag(weight.clone(), opt.init_state(weight), indices, offsets, psw, "sum", opt)
+    out.sum().backward()
+    ref_psw = psw.detach().clone().requires_grad_()
+    reference.embedding_bag(weight, indices, offsets, ref_psw).sum().backward()
+    torch.testing.assert_close(psw.grad, ref_psw.grad)
+
+
+def test_bad_rule_and_lr():
+    with pytest.raises(ValueError, match="no fused optimizer 'adam'"):
+        FusedOptimizer("adam", lr=0.1)
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        FusedOptimizer("sgd", lr=0.0)
+
+
+@needs_fbgemm
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+@pytest.mark.parametrize("rule", [Rule.SGD, Rule.ADAGRAD, Rule.ROWWISE_ADAGRAD])
+def test_fbgemm_fused_update_matches_reference(rule, mode):
+    weight = torch.randn(7, 4, generator=torch.Generator().manual_seed(3))
+    got, got_state = run_fused(rule, weight, mode, Backend.FBGEMM)
+    want, want_state = run_fused(rule, weight, mode, Backend.TORCH)
+    torch.testing.assert_close(got, want)
+    for name in want_state:
+        torch.testing.assert_close(got_state[name], want_state[name])
+
+
+@needs_fbgemm
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fbgemm_forward_and_sparse_gradient_match_reference(dtype):
+    weight = torch.randn(9, 5).to(dtype)
+    indices, offsets = bags([3, 0, 4, 1], 9, 5)
+    psw = torch.rand(indices.numel())
+    for p, mode in ((None, "sum"), (psw, "sum"), (None, "mean")):
+        got = embedding_bag(weight, indices, offsets, p, mode, backend=Backend.FBGEMM)
+        want = reference.embedding_bag(weight, indices, offsets, p, mode)
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, want, atol=2e-3 if dtype == torch.float16 else 1e-5, rtol=1e-3)
+    table = weight.float().requires_grad_()
+    (embedding_bag(table, indices, offsets, backend=Backend.FBGEMM) * torch.arange(4.0).unsqueeze(1)).sum().backward()
+    ref = weight.float().requires_grad_()
+    (reference.embedding_bag(ref, indices, offsets) * torch.arange(4.0).unsqueeze(1)).sum().backward()
+    torch.testing.assert_close(table.grad.to_dense(), ref.grad.to_dense())
+
+
+@needs_fbgemm
+def test_fbgemm_refuses_what_it_cannot_do():
+    with pytest.raises(BackendUnavailable, match="fused sparse_adam"):
+        check_fused("fbgemm", FusedOptimizer("sparse_adam", lr=LR))
+    with pytest.raises(BackendUnavailable, match="bfloat16"):
+        embedding_bag(torch.randn(4, 2).bfloat16(), torch.tensor([1]), torch.tensor([0, 1]), backend=Backend.FBGEMM)

@@ -1,0 +1,48 @@
+"""``train.embedding_optimizer.fused``: recipe validation, a CLI run, and its resume."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from ctr.errors import RecipeError
+from ctr.recipe import recipe_from_dict
+from tests.conftest import tiny_recipe
+
+FUSED = {"embedding_optimizer": {"name": "rowwise_adagrad", "lr": 0.05, "fused": True}}
+
+
+def ctr(*args):
+    return subprocess.run([sys.executable, "-m", "ctr.cli", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    "train, trainer, message",
+    [
+        ({"embedding_optimizer": {"name": "adam", "fused": True}}, {}, "optimizer 'adam' has no fused form"),
+        ({"embedding_optimizer": {"name": "sgd", "fused": True, "weight_decay": 0.1}}, {}, "weight_decay"),
+        (FUSED, {"devices": 2}, "needs trainer.devices 1"),
+    ],
+)
+def test_invalid_fused_recipes_name_the_key(tmp_path, train, trainer, message):
+    raw = tiny_recipe(tmp_path, train=train, trainer=trainer)
+    with pytest.raises(RecipeError, match="train.embedding_optimizer") as err:
+        recipe_from_dict(raw)
+    assert message in str(err.value)
+
+
+def test_fused_run_trains_checkpoints_state_and_resumes(tmp_path):
+    recipe = tmp_path / "fused.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train=FUSED)))
+    run = tmp_path / "run"
+    result = ctr("train", recipe, "--out", run)
+    assert result.returncode == 0, result.stderr
+    assert "test: auc" in result.stdout
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = checkpoint["state_dict"]
+    assert state["net.embedding.fused_sum"].gt(0).any()  # row-wise Adagrad state was trained and saved
+    assert set(checkpoint["optimizer_states"][0]) == {"dense"}  # the table has no outside optimizer
+    resumed = ctr("train", "--resume", run)
+    assert resumed.returncode == 0, resumed.stderr
