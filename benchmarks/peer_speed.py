@@ -61,7 +61,7 @@ def ctr_task(schema: Schema, args: argparse.Namespace) -> CTRTask:
         "model": {"name": "deepfm", "hidden": [400, 400, 400], "dropout": 0.0},
         "embedding": {"method": "full", "dim": 16, "init_std": 0.01},
         "train": {"batch_size": args.batch_size, "optimizer": {"name": "adam", "lr": 0.001},
-                  "embedding_optimizer": {"name": args.embedding_optimizer, "lr": 0.05}},
+                  "embedding_optimizer": {"name": args.embedding_optimizer, "lr": 0.05, "fused": args.fused}},
     }
     return CTRTask(recipe_from_dict(raw), schema)
 
@@ -135,13 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-steps", type=int, default=24, help="timed DeepCTR-Torch steps")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--embedding-optimizer", default="adagrad")
+    parser.add_argument("--fused", action="store_true", help="update the table inside the lookup's backward")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
     steps = args.steps or args.rows // args.batch_size - args.warmup
     print(f"DeepFM [400,400,400], dim 16, batch {args.batch_size}, {args.rows} rows, threads {args.threads}, "
-          f"embedding optimizer {args.embedding_optimizer}")
+          f"embedding optimizer {args.embedding_optimizer}{' (fused)' if args.fused else ''}")
     for scenario in args.scenarios:
         schema, cols = synthetic_rows(SCENARIOS[scenario], args.rows, seed=2024)
         table_rows = sum(schema.tables().values())
