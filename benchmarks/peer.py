@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ctr.datasets import prepare
-from ctr.datasets.columns import read_columns
+from columns import read_columns
 from ctr.datasets.shards import shard_files
 from ctr.metrics import auc, group_auc, logloss
 from ctr.recipe import Recipe, load_recipe

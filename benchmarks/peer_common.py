@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ctr.datasets.columns import Columns
+from columns import Columns
 from ctr.schema import Schema
 
 log = logging.getLogger("peer")

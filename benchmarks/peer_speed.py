@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ctr.datasets.columns import BatchBuilder, Columns
+from columns import BatchBuilder, Columns
 from ctr.datasets.synthetic import CRITEO_LIKE_VOCABS, NUM_CATEGORICAL, NUM_NUMERIC, PlantedModel, SyntheticConfig
 from ctr.recipe import recipe_from_dict
 from ctr.schema import FeatureInfo, FeatureSpec, Schema

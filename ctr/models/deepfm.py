@@ -61,4 +61,5 @@ class DeepFM(CTRModel):
 
     def forward(self, batch: Batch, embedded: FeatureEmbeddings) -> Tensor:
         fields = field_vectors(embedded, self.layout, self.numeric, batch.dense)  # [B, F + Nd, D]
-        return self.fm(fields) + self.dnn(fields.flatten(1)).squeeze(-1)
+        fm, shared = self.fm.with_shared_input(fields)
+        return fm + self.dnn(shared.flatten(1)).squeeze(-1)

@@ -150,27 +150,44 @@ class FactorizationMachine(nn.Module):
         self.bias = nn.Parameter(torch.zeros(()))
 
     def forward(self, fields: Tensor) -> Tensor:
-        return _FMFunction.apply(fields, self.field_weight) + self.bias
+        return self.with_shared_input(fields)[0]
+
+    def with_shared_input(self, fields: Tensor) -> tuple[Tensor, Tensor]:
+        """The FM's output [B] and ``fields`` for another block that reads them too (DeepFM's
+        DNN): the FM adds its gradient in place into that block's, saving a pass and a
+        [B, F, D] temporary."""
+        out, shared = _FMFunction.apply(fields, self.field_weight)
+        return out + self.bias, shared
 
 
 class _FMFunction(torch.autograd.Function):
     """Σ_f ⟨u_f, v_f⟩ + ½(‖Σ_f v_f‖² − Σ_f ‖v_f‖²), with the gradient
-    ∂/∂v_f = g·(u_f + Σ_j v_j − v_f) written in a single pass."""
+    ∂/∂v_f = g·(u_f + Σ_j v_j − v_f), written into the gradient of the passed-through fields
+    (when they are used) with three in-place passes and no temporary."""
 
     @staticmethod
-    def forward(ctx, fields: Tensor, weight: Tensor) -> Tensor:  # noqa: ANN001
+    def forward(ctx, fields: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+        ctx.set_materialize_grads(False)
         total = fields.sum(1)  # [B, D]
         flat = fields.flatten(1)
         squares = torch.bmm(flat.unsqueeze(1), flat.unsqueeze(2)).view(-1)  # Σ_f ‖v_f‖², no temporary
         out = flat @ weight.flatten() + 0.5 * (total.pow(2).sum(1) - squares)
         ctx.save_for_backward(fields, weight, total)
-        return out
+        return out, fields.view_as(fields)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+    def backward(ctx, grad: Tensor | None, grad_shared: Tensor | None) -> tuple[Tensor | None, Tensor | None]:  # noqa: ANN001
         fields, weight, total = ctx.saved_tensors
-        grad_fields = total.unsqueeze(1) + weight  # [B, F, D], then in place: fewer passes
-        grad_fields.sub_(fields).mul_(grad.view(-1, 1, 1))
+        if grad is None:
+            return grad_shared, None
+        b, f, d = fields.shape
+        if grad_shared is None:
+            grad_fields = torch.zeros_like(fields)
+        else:
+            grad_fields = grad_shared.contiguous().view(b, f, d)
+        grad_fields.addcmul_(fields, grad.view(-1, 1, 1), value=-1.0)
+        grad_fields.add_((grad.unsqueeze(1) * total).unsqueeze(1))
+        grad_fields.view(b, f * d).addr_(grad, weight.flatten())
         grad_weight = (grad @ fields.flatten(1)).view_as(weight) if ctx.needs_input_grad[1] else None
         return grad_fields, grad_weight
 
