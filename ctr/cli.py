@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("recipe")
     _overrides(prep)
     prep.set_defaults(run=_prepare)
+    synth = data.add_parser("synth", help="write synthetic Criteo-schema rows as raw Criteo DAC TSV")
+    synth.add_argument("out", type=Path, help="the TSV file to write")
+    synth.add_argument("--rows", type=int, required=True, help="rows to write")
+    synth.add_argument("--seed", type=int, default=2024, help="seed of the planted model and rows")
+    synth.add_argument("--vocab-scale", type=float, default=1.0, help="multiplies the Criteo-like vocabulary sizes")
+    synth.set_defaults(run=_synth)
 
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
     _bench_kernels_parser(bench)
@@ -161,6 +167,19 @@ def _prepare(args: argparse.Namespace) -> int:
     prepared = prepare(recipe.data, recipe.seed)
     print(format_report(prepared.report))
     print(f"\nencoded data: {prepared.root}")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from ctr.datasets.synth import write_dac_tsv
+    from ctr.datasets.synthetic import SyntheticConfig
+
+    try:
+        config = SyntheticConfig(rows=args.rows, seed=args.seed, vocab_scale=args.vocab_scale)
+    except ValueError as err:
+        raise UserError(f"data synth: {err}") from None
+    rows = write_dac_tsv(args.out, config, progress=sys.stderr.isatty())
+    print(f"wrote {rows:,} rows to {args.out}")
     return 0
 
 

@@ -44,6 +44,9 @@ class FeatureSpec:
         splitter: separator of sequence items in a text column.
         pooling: for sequences, ``sum``/``mean`` pool the bag, ``none`` keeps positions
             (for attention models such as DIN); categoricals are always pooled.
+        padding: for sequences that keep positions, where the padding of a shorter
+            sequence goes in [B, L, D]: ``right`` (items first) or ``left`` (items last, so
+            the most recent item is always at position L - 1).
         transform: for numeric features: ``none``, ``log1p`` (log(1 + max(x, 0)), as DLRM),
             ``log_square`` (floor(ln(x)^2) for x > 2, the Criteo winners' convention),
             ``standardize`` ((x - mean) / std of the training data), ``quantile`` (the
@@ -64,6 +67,7 @@ class FeatureSpec:
     max_len: int = 50
     splitter: str = "^"
     pooling: Pooling = "mean"
+    padding: Literal["right", "left"] = "right"
     transform: Literal["none", "log1p", "log_square", "standardize", "quantile"] = "none"
     fill: float = 0.0
     num_buckets: int = 20
@@ -73,6 +77,8 @@ class FeatureSpec:
             raise ValueError(f"feature {self.name!r}: min_count, oov_buckets and max_len must be >= 1")
         if self.kind == "categorical" and self.pooling == "none":
             raise ValueError(f"feature {self.name!r}: a categorical feature cannot keep positions")
+        if self.kind != "sequence" and self.padding != "right":
+            raise ValueError(f"feature {self.name!r}: padding applies to sequence features only")
         allowed = _TRANSFORMS[self.kind]
         if self.transform not in allowed:
             raise ValueError(f"feature {self.name!r}: transform {self.transform!r} needs one of {allowed}")

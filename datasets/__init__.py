@@ -3,7 +3,7 @@
 Importing this package registers the built-in datasets in ``ctr.registry.DATASETS``.
 """
 
-from ctr.datasets import amazon, movielens, synthetic  # noqa: F401  (register the built-in datasets)
+from ctr.datasets import amazon, avazu, criteo, libsvm, movielens, synthetic, tabular  # noqa: F401  (built-ins)
 from ctr.datasets.loader import BatchLoader
 from ctr.datasets.preprocess import Prepared, prepare
 

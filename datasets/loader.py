@@ -1,24 +1,44 @@
-"""The training and evaluation loader: encoded shards → ``Batch`` stream.
+"""The training and evaluation loader: encoded parquet shards → a stream of ``Batch``.
 
-Rows are gathered with numpy fancy indexing (no per-row Python), shuffled by a seeded
-permutation per epoch, split across data-parallel ranks, and prepared ahead by a
-background thread.
+Memory is bounded by the shuffle buffer, not by the split: the loader reads one parquet row
+group at a time. For training, each epoch reads the row groups in a seeded random order and
+mixes rows through a shuffle buffer of ``shuffle_buffer`` rows (a split that fits in the
+buffer is shuffled uniformly). Evaluation reads in file order, so metrics are reproducible.
+Every data-parallel rank gets an equal, disjoint share of rows, hence equal batch counts.
+All conversions are vectorised numpy (no per-row Python). With ``prefetch`` > 0 two
+background threads work ahead: one reads and decodes row groups, the other shuffles and
+builds batches (numpy and Arrow release the GIL for the copying).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TypeVar
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from ctr.batch import Batch
-from ctr.datasets.columns import BatchBuilder, Columns, read_columns
+from ctr.datasets.buffer import ShuffleBuffer
+from ctr.datasets.encode import GROUP
+from ctr.datasets.rows import BatchBuilder, RowBlock, RowLayout, pack
 from ctr.datasets.shards import shard_files
 from ctr.errors import DataError
 from ctr.schema import Schema
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One parquet row group: the unit of reading and of the seeded shard order."""
+
+    file: Path
+    group: int
+    rows: int
 
 
 class BatchLoader:
@@ -28,11 +48,12 @@ class BatchLoader:
         folder: the split's shard folder; schema: its fitted schema.
         batch_size: rows per batch; shuffle: shuffle rows each epoch (seeded by seed, epoch).
         drop_last: drop a last, smaller batch.
-        rank, world_size: this process's share of each epoch (equal batch counts per rank).
+        rank, world_size: this process's share of each epoch (equal row and batch counts).
         prefetch: batches built ahead in a background thread (0 = build inline).
+        shuffle_buffer: rows the shuffle buffer holds (memory: about this many encoded rows).
 
     Example:
-        >>> loader = BatchLoader(prepared.split_dir("train"), prepared.schema, 4096)  # doctest: +SKIP
+        >>> loader = BatchLoader(prepared.split_dir("train"), prepared.schema, 4096, shuffle=True)  # doctest: +SKIP
         >>> batch = next(iter(loader))  # doctest: +SKIP
     """
 
@@ -47,42 +68,87 @@ class BatchLoader:
         rank: int = 0,
         world_size: int = 1,
         prefetch: int = 2,
+        shuffle_buffer: int = 1_000_000,
     ):
         files = shard_files(folder)
         if not files:
             raise DataError(f"{folder}: no encoded rows in this split")
-        self.columns: Columns = read_columns(files, schema)
-        self.builder = BatchBuilder(schema)
+        if not 0 <= rank < world_size or batch_size < 1 or shuffle_buffer < 1:
+            raise ValueError("need 0 <= rank < world_size, batch_size >= 1 and shuffle_buffer >= 1")
+        self.schema = schema
+        self.units = [unit for file in files for unit in _row_groups(file)]
+        self.total_rows = sum(u.rows for u in self.units)
+        self.layout = RowLayout.of(schema, GROUP in pq.ParquetFile(files[0]).schema_arrow.names)
+        self.builder = BatchBuilder(self.layout)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
-        self.prefetch = prefetch
+        self.prefetch, self.shuffle_buffer = prefetch, shuffle_buffer
         self.epoch = 0
 
     @property
     def rows(self) -> int:
-        """Rows this rank sees per epoch."""
-        return self.columns.rows // self.world_size if self.world_size > 1 else self.columns.rows
+        """Rows this rank sees per epoch (every rank the same number)."""
+        return self.total_rows // self.world_size
 
     def __len__(self) -> int:
         full, rest = divmod(self.rows, self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
     def __iter__(self) -> Iterator[Batch]:
-        order = self._order(self.epoch)
+        epoch = self.epoch
         self.epoch += 1
-        starts = range(0, len(self) * self.batch_size, self.batch_size)
-        batches = (self.builder.build(self.columns, order[s : s + self.batch_size]) for s in starts)
+        batches = (self.builder.build(block) for block in self._batches(epoch))
         return _prefetched(batches, self.prefetch) if self.prefetch else batches
 
-    def _order(self, epoch: int) -> np.ndarray:
-        n = self.columns.rows
-        order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
-        if self.world_size > 1:
-            order = order[self.rank : self.rows * self.world_size : self.world_size]
-        return order
+    def _batches(self, epoch: int) -> Iterator[RowBlock]:
+        """Blocks of exactly ``batch_size`` rows (the last may be smaller, or dropped)."""
+        blocks = self._blocks(epoch)
+        if self.prefetch:  # read and decode in a second thread, ahead of the shuffling
+            blocks = _prefetched(blocks, 2)
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, epoch, self.rank, 1])
+            blocks = ShuffleBuffer(min(self.shuffle_buffer, max(self.rows, 1)), rng).mix(blocks)
+        size, pending = self.batch_size, None
+        for block in blocks:
+            start = 0
+            if pending is not None:  # complete the batch begun by the previous block
+                start = min(size - pending.rows, block.rows)
+                pending = RowBlock.concat([pending, block.take(slice(0, start))])
+                if pending.rows < size:
+                    continue
+                yield pending
+            full = start + (block.rows - start) // size * size
+            for first in range(start, full, size):
+                yield block.take(slice(first, first + size))
+            pending = block.take(slice(full, block.rows)) if full < block.rows else None
+        if pending is not None and not self.drop_last:
+            yield pending
+
+    def _blocks(self, epoch: int) -> Iterator[RowBlock]:
+        """This rank's rows, one row group (or part of one) at a time."""
+        order = np.arange(len(self.units))
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.units))
+        first, last = self.rank * self.rows, (self.rank + 1) * self.rows
+        position = 0
+        readers: dict[Path, pq.ParquetFile] = {}
+        for k in order:
+            unit = self.units[k]
+            begin, end = max(first, position), min(last, position + unit.rows)
+            position += unit.rows
+            if begin >= end:
+                continue
+            reader = readers.setdefault(unit.file, pq.ParquetFile(unit.file))
+            table = reader.read_row_group(unit.group).slice(begin - (position - unit.rows), end - begin)
+            yield pack(table, self.layout, self.schema)
 
 
-def _prefetched(items: Iterator[Batch], depth: int) -> Iterator[Batch]:
+def _row_groups(file: Path) -> list[Unit]:
+    meta = pq.ParquetFile(file).metadata
+    return [Unit(file, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+
+
+def _prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
     """Runs ``items`` in a daemon thread, ``depth`` ahead; re-raises its errors here.
 
     The thread stops when the consumer stops early (the generator is closed).

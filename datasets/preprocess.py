@@ -29,7 +29,7 @@ from ctr.datasets.fit import Fitter
 from ctr.datasets.report import build_report
 from ctr.datasets.shards import ShardWriter
 from ctr.datasets.source import SPLITS, DatasetSource
-from ctr.datasets.validate import check_rows, raise_or_count, require_columns
+from ctr.datasets.validate import check_rows, column_keys, raise_or_count, require_columns
 from ctr.errors import DataError, RecipeError
 from ctr.recipe import DataConfig, SplitConfig
 from ctr.registry import DATASETS
@@ -37,7 +37,7 @@ from ctr.schema import FeatureInfo, FeatureSpec, Schema
 from ctr.typed import to_plain
 
 log = logging.getLogger(__name__)
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
 DONE = "DONE"
 
 
@@ -144,10 +144,7 @@ class _Job:
         self.label, self.group, self.config, self.seed = label, group, config, seed
         self.progress = progress
         self.skipped = {s: 0 for s in SPLITS}
-        self.columns = {spec.column: f"data.features ({spec.name})" for spec in features}
-        self.columns[label] = "data.label"
-        if group:
-            self.columns[group] = "data.group"
+        self.columns = column_keys(features, label, group)
 
     def run(self, out: Path) -> None:
         fitter = Fitter(self.features, self.table_of, self.seed)
@@ -195,7 +192,8 @@ class _Job:
             for index, batch in enumerate(stream()):
                 origin = f"{self.config.dataset} ({name} rows, batch {index})"
                 if index == 0:
-                    require_columns(batch, self.columns, origin)
+                    meta = batch.schema.metadata or {}
+                    require_columns(batch.schema.names, self.columns, meta.get(b"file", b"").decode() or origin)
                 check = check_rows(batch, self.features, self.label)
                 dropped = raise_or_count(check, batch, origin, skip)
                 batch = batch.set_column(

@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
+from ctr.datasets.criteo import criteo_features
 from ctr.datasets.source import DatasetSource, RowStream
 from ctr.recipe import DataConfig
 from ctr.registry import DATASETS
@@ -71,13 +72,6 @@ class SyntheticConfig(DataConfig):
 
     def scaled_vocabs(self) -> list[int]:
         return [max(2, int(round(v * self.vocab_scale))) for v in self.vocab_sizes]
-
-
-def criteo_features(numeric_transform: str = "log1p") -> list[FeatureSpec]:
-    """The Criteo schema: I1..I13 numeric, C1..C26 categorical."""
-    numeric = [FeatureSpec(name=f"I{i}", kind="numeric", transform=numeric_transform) for i in range(1, 14)]
-    categorical = [FeatureSpec(name=f"C{i}", kind="categorical") for i in range(1, 27)]
-    return numeric + categorical
 
 
 class PlantedModel:

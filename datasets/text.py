@@ -27,6 +27,10 @@ from ctr.errors import DataError
 BLOCK_BYTES = 1 << 24
 
 
+class EmptyFileError(DataError):
+    """A data file holds no rows (``on_bad_rows: skip`` skips such a file among others)."""
+
+
 @dataclass
 class TextFormat:
     """How a delimited file is laid out.
@@ -67,7 +71,8 @@ def read_delimited(file: Path, fmt: TextFormat, block_bytes: int = BLOCK_BYTES) 
     """Record batches of ``file`` (one per block of about ``block_bytes``), as described above.
 
     Raises:
-        DataError: the file is empty (no data lines) or a block cannot be parsed at all.
+        EmptyFileError: the file holds no data lines.
+        DataError: a block cannot be parsed at all.
     """
     rows = 0
     with open(file, "rb") as handle:
@@ -76,12 +81,13 @@ def read_delimited(file: Path, fmt: TextFormat, block_bytes: int = BLOCK_BYTES) 
             handle.readline()
             line = 2
         for block in _blocks(handle, block_bytes):
-            batch = _parse_block(block, line, fmt, file)
+            lines = _line_count(block)
+            batch = _parse_block(block, line, lines, fmt, file)
             rows += batch.num_rows
-            line += _line_count(block)
+            line += lines
             yield batch
     if rows == 0:
-        raise DataError(f"{file}: empty file (no data rows)")
+        raise EmptyFileError(f"{file}: empty file (no data rows)")
 
 
 def _blocks(handle: BinaryIO, block_bytes: int) -> Iterator[bytes]:
@@ -126,10 +132,10 @@ def _parse(block: bytes, fmt: TextFormat, handler, threads: bool) -> pa.Table:
     )
 
 
-def _parse_block(block: bytes, first: int, fmt: TextFormat, file: Path) -> pa.RecordBatch:
-    """One block → a record batch with ``__line__`` and ``__problem__`` (file order kept)."""
+def _parse_block(block: bytes, first: int, lines: int, fmt: TextFormat, file: Path) -> pa.RecordBatch:
+    """``lines`` lines from line ``first`` → a batch with ``__line__`` and ``__problem__``."""
     invalid: list[tuple[int, str]] = []
-    last = first + _line_count(block) - 1
+    last = first + lines - 1
     try:
         table = _parse(block, fmt, lambda row: invalid.append((0, "")) or "skip", threads=True)
         if invalid:  # only the single-threaded parser reports line numbers of bad rows

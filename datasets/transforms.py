@@ -25,8 +25,11 @@ class TokenLists:
 def numeric_values(column: pa.Array, spec: FeatureSpec, where: str) -> np.ndarray:
     """Raw numbers float64 [n] (NaN = missing); text that is not a number is a DataError."""
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        blank = pc.equal(pc.utf8_trim_whitespace(column), "")
-        column = pc.if_else(blank, pa.scalar(None, column.type), column)
+        try:
+            return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)  # the common case
+        except pa.ArrowInvalid:
+            column = pc.utf8_trim_whitespace(column)
+        column = pc.if_else(pc.equal(column, ""), pa.scalar(None, column.type), column)
         try:
             column = pc.cast(column, pa.float64())
         except pa.ArrowInvalid as err:

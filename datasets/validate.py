@@ -47,7 +47,7 @@ def check_rows(batch: pa.RecordBatch, features: list[FeatureSpec], label: str) -
         if spec.kind != "numeric" and spec.transform != "log_square":
             continue
         column = batch.column(spec.column)
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        if (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)) and not _casts(column):
             ok = pc.fill_null(pc.match_substring_regex(column, NUMBER, ignore_case=True), True)
             not_number = ~ok.to_numpy(zero_copy_only=False)
             problems.append((not_number, _not_a_number(spec.column, column)))
@@ -59,6 +59,15 @@ def check_rows(batch: pa.RecordBatch, features: list[FeatureSpec], label: str) -
     return RowCheck(keep=~any_bad, labels=labels, problem=describe_first(first), first_bad=first)
 
 
+def _casts(column: pa.Array) -> bool:
+    """Whether every value parses as a number (the fast path; the regex finds the bad ones)."""
+    try:
+        pc.cast(column, pa.float64())
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
 def _not_a_number(name: str, column: pa.Array):
     return lambda row: f"column {name!r}: not a number: {column[row].as_py()!r}"
 
@@ -68,7 +77,8 @@ def where(batch: pa.RecordBatch, row: int, fallback: str) -> str:
     meta = batch.schema.metadata or {}
     file = meta.get(b"file", b"").decode() or fallback
     if LINE_COLUMN in batch.schema.names:
-        return f"{file}:{batch.column(LINE_COLUMN)[row].as_py()}"
+        number = batch.column(LINE_COLUMN)[row].as_py()
+        return f"{file} row {number}" if meta.get(b"unit") == b"row" else f"{file}:{number}"
     return f"{file}: row {row + 1} of a batch" if file == fallback else file
 
 
@@ -92,11 +102,22 @@ def _label_values(column: pa.Array, name: str):
     return np.where(bad, 0.0, values), bad, describe
 
 
-def require_columns(batch: pa.RecordBatch, columns: dict[str, str], source: str) -> None:
-    """``columns`` maps a raw column to the recipe key that names it."""
-    names = [n for n in batch.schema.names if n not in (LINE_COLUMN, PROBLEM_COLUMN)]
-    meta = batch.schema.metadata or {}
-    origin = meta.get(b"file", b"").decode() or source
+def column_keys(features: list[FeatureSpec], label: str, group: str | None) -> dict[str, str]:
+    """Raw column → the recipe key that names it (for messages about absent columns)."""
+    keys = {spec.column: f"data.features ({spec.name})" for spec in features}
+    keys[label] = "data.label"
+    if group:
+        keys[group] = "data.group"
+    return keys
+
+
+def require_columns(names: list[str], columns: dict[str, str], origin: str) -> None:
+    """Raises a DataError naming the recipe key of the first of ``columns`` not in ``names``.
+
+    Args:
+        names: the columns the input has; columns: raw column → recipe key (``column_keys``).
+    """
+    names = [n for n in names if n not in (LINE_COLUMN, PROBLEM_COLUMN)]
     for column, key in columns.items():
         if column not in names:
             shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")

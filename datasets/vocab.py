@@ -71,15 +71,37 @@ class Vocabulary:
 
     def encode(self, tokens: pa.Array) -> tuple[np.ndarray, int]:
         """Maps tokens to ids int32 [n]; nulls (padding) → 0. Returns the ids and the OOV count."""
-        index = pc.index_in(tokens, value_set=self.tokens)
-        known = index.is_valid().to_numpy(zero_copy_only=False)
-        ids = index.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int32) + self.first_id
+        index = self._positions(tokens)
+        known = index >= 0
+        ids = np.where(known, index, 0).astype(np.int32) + self.first_id
         present = tokens.is_valid().to_numpy(zero_copy_only=False)
         unknown = present & ~known
         ids[~present] = PAD_ID
         if unknown.any():
             ids[unknown] = self._oov_ids(tokens.filter(pa.array(unknown)))
         return ids, int(unknown.sum())
+
+    def _positions(self, tokens: pa.Array) -> np.ndarray:
+        """Position of each token in the vocabulary, -1 if absent (int64 [n]).
+
+        Looking tokens up builds a hash table of the value set. For a vocabulary larger than
+        the batch, the batch's distinct tokens form the value set and the vocabulary is
+        probed against it instead, which is much cheaper than hashing the whole vocabulary
+        for every batch.
+        """
+        if len(self.tokens) <= len(tokens):
+            return pc.index_in(tokens, value_set=self.tokens).fill_null(-1).to_numpy(zero_copy_only=False)
+        encoded = pc.dictionary_encode(tokens)
+        distinct = encoded.dictionary
+        where = pc.index_in(self.tokens, value_set=distinct).to_numpy(zero_copy_only=False)
+        found = ~np.isnan(where) if where.dtype.kind == "f" else np.ones(where.shape, dtype=bool)
+        lookup = np.full(len(distinct), -1, dtype=np.int64)
+        lookup[where[found].astype(np.int64)] = np.flatnonzero(found)
+        codes = encoded.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        positions = lookup[codes]
+        if encoded.indices.null_count:
+            positions[~encoded.indices.is_valid().to_numpy(zero_copy_only=False)] = -1
+        return positions
 
     def _oov_ids(self, tokens: pa.Array) -> np.ndarray:
         if self.oov_buckets == 1:

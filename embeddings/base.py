@@ -75,6 +75,7 @@ class EmbeddingMethod(nn.Module):
         )
         self._keeps_positions = [f.spec.kind == "sequence" and f.spec.pooling == "none" for f in sparse]
         self._mean_pooled = [f.spec.kind == "sequence" and f.spec.pooling == "mean" for f in sparse]
+        self._left_padded = [f.spec.padding == "left" for f in sparse]
 
     @property
     def dim(self) -> int:
@@ -211,9 +212,14 @@ class EmbeddingMethod(nn.Module):
             width = max(int(seq_lengths.max()) if b else 1, 1)
             sample = torch.repeat_interleave(torch.arange(b, device=vectors.device), seq_lengths, output_size=count)
             starts = sparse.offsets[f * b : (f + 1) * b] - first_id
-            position = torch.arange(count, device=vectors.device) - torch.repeat_interleave(starts, seq_lengths, output_size=count)
+            first_slot = starts - (width - seq_lengths) if self._left_padded[f] else starts
+            position = torch.arange(count, device=vectors.device) - torch.repeat_interleave(first_slot, seq_lengths, output_size=count)
             padded = vectors.new_zeros(b, width, vectors.shape[1])
             padded[sample, position] = vectors[first_bag : first_bag + count]
             sequences[name] = padded
-            masks[name] = torch.arange(width, device=vectors.device).unsqueeze(0) < seq_lengths.unsqueeze(1)
-        return FeatureEmbeddings(pooled=pooled, sequences=sequences, masks=masks)
+            slots = torch.arange(width, device=vectors.device).unsqueeze(0)
+            if self._left_padded[f]:
+                masks[name] = slots >= (width - seq_lengths).unsqueeze(1)
+            else:
+                masks[name] = slots < seq_lengths.unsqueeze(1)
+        return FeatureEmbeddings(pooled=pooled, sequences=sequences, masks=masks, rows=self.embed_ids)

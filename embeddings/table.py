@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from ctr.embeddings.base import Bags, EmbeddingMethod
 from ctr.kernels.embedding_bag import (
-    Backend, FusedOptimizer, check_fused, embedding_bag, fused_embedding_bag, resolve_backend,
+    Backend, FusedOptimizer, check_fused, embedding_bag, fused_embedding_bag, reference, resolve_backend,
 )
 from ctr.recipe import EmbeddingConfig
 from ctr.schema import Schema
@@ -46,10 +46,17 @@ class TableMethod(EmbeddingMethod):
         """Weighted sum of buffer rows per bag [num_bags, D] via the kernel dispatch.
 
         In fused mode a training-mode lookup's backward updates the touched rows, so a
-        method must look its table up once per training step.
+        method must look its table up once per training step. Otherwise, when training with
+        the torch backend, the batch's distinct rows are gathered once and the bags pool that
+        block: the table's gradient then has one entry per distinct row, so the sparse
+        optimizer's coalesce has nothing left to merge.
         """
         backend = self.backend()
         if self.fused is None:
+            if backend is Backend.TORCH and self.weight.requires_grad and torch.is_grad_enabled():
+                unique, inverse = torch.unique(rows, return_inverse=True)
+                block = _DistinctRows.apply(self.weight, unique)  # [U, D]
+                return _BagOfBlock.apply(block, inverse, offsets, weights)
             return embedding_bag(self.weight, rows, offsets, weights, backend=backend)
         state = {name: getattr(self, STATE_PREFIX + name) for name in self._state_names}
         return fused_embedding_bag(
@@ -90,3 +97,51 @@ class TableMethod(EmbeddingMethod):
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         return [] if self.fused is not None else [self.weight]
+
+
+class _DistinctRows(torch.autograd.Function):
+    """``weight[unique]`` whose gradient is a sparse tensor with one entry per ``unique`` row.
+
+    Args: weight [R, D]; unique: sorted distinct rows [U]. Returns [U, D].
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, unique: Tensor) -> Tensor:  # noqa: ANN001
+        ctx.save_for_backward(unique)
+        ctx.shape = weight.shape
+        return weight.index_select(0, unique)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
+        (unique,) = ctx.saved_tensors
+        sparse = torch.sparse_coo_tensor(unique.unsqueeze(0), grad, ctx.shape, is_coalesced=True, check_invariants=False)
+        return sparse, None
+
+
+class _BagOfBlock(torch.autograd.Function):
+    """Weighted sum per bag of ``block`` rows (the reference bag), with a backward that
+    gathers each id's output gradient and adds it into its row: two linear passes instead of
+    the sort inside torch's dense embedding-bag backward.
+
+    Args: block [U, D]; index [N] rows of block; offsets [num_bags + 1]; weights [N] or None.
+    Returns [num_bags, D].
+    """
+
+    @staticmethod
+    def forward(ctx, block: Tensor, index: Tensor, offsets: Tensor, weights: Tensor | None) -> Tensor:  # noqa: ANN001
+        ctx.save_for_backward(block, index, offsets, weights)
+        return reference.embedding_bag(block.detach(), index, offsets, weights, sparse=False)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None, Tensor | None]:  # noqa: ANN001
+        block, index, offsets, weights = ctx.saved_tensors
+        lengths = offsets[1:] - offsets[:-1]
+        bag = torch.repeat_interleave(torch.arange(lengths.numel(), device=grad.device), lengths, output_size=index.numel())
+        grad_ids = grad.index_select(0, bag)  # [N, D]
+        grad_weights = None
+        if weights is not None and ctx.needs_input_grad[3]:
+            grad_weights = (grad_ids * block.index_select(0, index)).sum(1).to(weights.dtype)
+        if weights is not None:
+            grad_ids = grad_ids * weights.unsqueeze(1).to(grad_ids.dtype)
+        grad_block = torch.zeros_like(block).index_add_(0, index, grad_ids)
+        return grad_block, None, None, grad_weights

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from torch import Tensor
 
@@ -40,8 +41,12 @@ class FeatureEmbeddings:
         pooled: [B, F, D], one vector per pooled feature (layout.pooled order).
         sequences: name → [B, L, D] per-position vectors (zeros at padding).
         masks: name → bool [B, L], True at real positions.
+        rows: the method's per-id vectors, ``rows(feature [N], ids [N]) -> [N, D]`` with
+            ``feature`` indexing the schema's sparse features (for regularizers that act on
+            the embedding rows a batch touched, e.g. DIN's mini-batch aware L2).
     """
 
     pooled: Tensor
     sequences: dict[str, Tensor]
     masks: dict[str, Tensor]
+    rows: Callable[[Tensor, Tensor], Tensor] | None = None

@@ -42,6 +42,13 @@ class CTRModel(nn.Module):
         return torch.zeros((), device=embedded.pooled.device)
 
 
+def field_vectors(embedded: FeatureEmbeddings, layout: EmbeddingLayout, numeric: nn.Module | None, dense: Tensor) -> Tensor:
+    """Every feature as one field vector: pooled, mean-pooled sequences, then numeric
+    features embedded by ``numeric`` (value × vector): [B, F + S + Nd, D]."""
+    fields = pool_sequences(embedded, layout)
+    return fields if numeric is None else torch.cat([fields, numeric(dense)], dim=1)
+
+
 def pool_sequences(embedded: FeatureEmbeddings, layout: EmbeddingLayout) -> Tensor:
     """Pooled features plus the masked mean of each per-position sequence: [B, F + S, D]."""
     fields = [embedded.pooled]

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor
 
 from ctr.batch import Batch
 from ctr.embeddings.types import EmbeddingLayout, FeatureEmbeddings
-from ctr.models.base import CTRModel, pool_sequences
-from ctr.models.layers import MLP, Activation, FirstOrder, NumericEmbedding, factorization_machine
+from ctr.models.base import CTRModel, field_vectors
+from ctr.models.layers import MLP, Activation, FactorizationMachine, NumericEmbedding
 from ctr.recipe import ModelConfig
 from ctr.registry import MODELS
 from ctr.schema import Schema
@@ -44,9 +43,10 @@ class DeepFM(CTRModel):
     embedding; a numeric field x_i is the vector x_i·v_i (the FM's treatment of a real
     value); sequences are mean-pooled into one field each.
 
-    Deviation: the first-order weight of an id is ⟨u_f, e_id⟩ (``FirstOrder``), stored in the
-    shared embedding table rather than in a separate scalar table, so the model holds no
-    per-id state outside the embedding method (whose bytes the compression benchmark counts).
+    Deviation: the first-order weight of an id is ⟨u_f, e_id⟩ (``FactorizationMachine``),
+    stored in the shared embedding table rather than in a separate scalar table, so the model
+    holds no per-id state outside the embedding method (whose bytes the compression benchmark
+    counts); a numeric field's first-order term is x·⟨u_f, v_f⟩, i.e. a free weight times x.
 
     Shapes: pooled [B, F, D], dense [B, Nd] → logits [B].
     """
@@ -55,12 +55,11 @@ class DeepFM(CTRModel):
         super().__init__(schema, layout, config)
         d, sparse_fields = layout.dim, len(layout.pooled) + len(layout.sequences)
         self.numeric = NumericEmbedding(self.num_dense, d) if self.num_dense else None
-        self.first_order = FirstOrder(sparse_fields, d, self.num_dense)
+        self.fm = FactorizationMachine(sparse_fields + self.num_dense, d)
         width = (sparse_fields + self.num_dense) * d
         self.dnn = MLP(width, config.hidden, config.activation, 1, config.dropout, config.batch_norm)
 
     def forward(self, batch: Batch, embedded: FeatureEmbeddings) -> Tensor:
-        sparse = pool_sequences(embedded, self.layout)  # [B, F, D]
-        fields = sparse if self.numeric is None else torch.cat([sparse, self.numeric(batch.dense)], 1)
-        fm = self.first_order(sparse, batch.dense) + factorization_machine(fields)
-        return fm + self.dnn(fields.flatten(1)).squeeze(-1)
+        fields = field_vectors(embedded, self.layout, self.numeric, batch.dense)  # [B, F + Nd, D]
+        fm, shared = self.fm.with_shared_input(fields)
+        return fm + self.dnn(shared.flatten(1)).squeeze(-1)

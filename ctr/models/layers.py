@@ -126,20 +126,70 @@ class FirstOrder(nn.Module):
         self.bias = nn.Parameter(torch.zeros(()))
 
     def forward(self, fields: Tensor, dense: Tensor) -> Tensor:
-        out = (fields * self.field_weight).sum((1, 2)) + self.bias
+        out = fields.flatten(1) @ self.field_weight.flatten() + self.bias  # one GEMV
         if self.dense is not None:
             out = out + self.dense(dense).squeeze(-1)
         return out
 
 
-def factorization_machine(fields: Tensor) -> Tensor:
-    """Second-order FM term Σ_{i<j} ⟨v_i, v_j⟩ (Rendle, 2010, Eq. 5 / lemma 3.1), in O(F·D).
+class FactorizationMachine(nn.Module):
+    """A factorization machine over field vectors (Rendle, ICDM 2010, Eq. 1):
+    ``b + Σ_f ⟨u_f, v_f⟩ + Σ_{i<j} ⟨v_i, v_j⟩``.
+
+    The field vectors are already ``x_i·V_i`` (an id's embedding, or a numeric value times
+    its vector), so the first-order weight of field f's id is ⟨u_f, v_f⟩ (see
+    ``FirstOrder``) and, for a numeric field, x·⟨u_f, v_f⟩: linear in the value. Forward and
+    backward each make one pass over the fields (``_FMFunction``).
 
     Shapes: [B, F, D] → [B].
     """
-    square_of_sum = fields.sum(1).pow(2)
-    sum_of_square = fields.pow(2).sum(1)
-    return 0.5 * (square_of_sum - sum_of_square).sum(1)
+
+    def __init__(self, num_fields: int, dim: int):
+        super().__init__()
+        self.field_weight = nn.Parameter(torch.zeros(num_fields, dim))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def forward(self, fields: Tensor) -> Tensor:
+        return self.with_shared_input(fields)[0]
+
+    def with_shared_input(self, fields: Tensor) -> tuple[Tensor, Tensor]:
+        """The FM's output [B] and ``fields`` for another block that reads them too (DeepFM's
+        DNN): the FM adds its gradient in place into that block's, saving a pass and a
+        [B, F, D] temporary."""
+        out, shared = _FMFunction.apply(fields, self.field_weight)
+        return out + self.bias, shared
+
+
+class _FMFunction(torch.autograd.Function):
+    """Σ_f ⟨u_f, v_f⟩ + ½(‖Σ_f v_f‖² − Σ_f ‖v_f‖²), with the gradient
+    ∂/∂v_f = g·(u_f + Σ_j v_j − v_f), written into the gradient of the passed-through fields
+    (when they are used) with three in-place passes and no temporary."""
+
+    @staticmethod
+    def forward(ctx, fields: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+        ctx.set_materialize_grads(False)
+        total = fields.sum(1)  # [B, D]
+        flat = fields.flatten(1)
+        squares = torch.bmm(flat.unsqueeze(1), flat.unsqueeze(2)).view(-1)  # Σ_f ‖v_f‖², no temporary
+        out = flat @ weight.flatten() + 0.5 * (total.pow(2).sum(1) - squares)
+        ctx.save_for_backward(fields, weight, total)
+        return out, fields.view_as(fields)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor | None, grad_shared: Tensor | None) -> tuple[Tensor | None, Tensor | None]:  # noqa: ANN001
+        fields, weight, total = ctx.saved_tensors
+        if grad is None:
+            return grad_shared, None
+        b, f, d = fields.shape
+        if grad_shared is None:
+            grad_fields = torch.zeros_like(fields)
+        else:
+            grad_fields = grad_shared.contiguous().view(b, f, d)
+        grad_fields.addcmul_(fields, grad.view(-1, 1, 1), value=-1.0)
+        grad_fields.add_((grad.unsqueeze(1) * total).unsqueeze(1))
+        grad_fields.view(b, f * d).addr_(grad, weight.flatten())
+        grad_weight = (grad @ fields.flatten(1)).view_as(weight) if ctx.needs_input_grad[1] else None
+        return grad_fields, grad_weight
 
 
 class CrossNetwork(nn.Module):

@@ -171,6 +171,7 @@ def _loaders(recipe: Recipe, prepared: Prepared, trainer: L.Trainer, splits=("tr
             rank=rank,
             world_size=world,
             prefetch=data.prefetch,
+            shuffle_buffer=data.shuffle_buffer,
         )
     return loaders
 

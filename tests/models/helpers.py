@@ -107,3 +107,32 @@ def task_for_schema(schema: Schema, model: dict, seed: int = 0, **blocks) -> CTR
            "train": {"optimizer": {"name": "adam", "lr": 0.003},
                      "embedding_optimizer": {"name": "adagrad", "lr": 0.05}, **blocks.get("train", {})}}
     return CTRTask(recipe_from_dict(raw), schema)
+
+
+def behaviour_schema(items: int, max_len: int) -> Schema:
+    """A DIN-style schema: candidate ``item_id`` and its history ``hist_item_id`` (one table)."""
+    item = FeatureInfo(FeatureSpec(name="item_id"), vocab_size=items + 2, table="item_id")
+    hist = FeatureInfo(FeatureSpec(name="hist_item_id", kind="sequence", share_with="item_id", max_len=max_len,
+                                   pooling="none"), vocab_size=items + 2, table="item_id")
+    counts = np.arange(items + 2, dtype=np.int64) % 7 + 1
+    return Schema(features=[item, hist], label="label", counts={"item_id": counts})
+
+
+def behaviour_batches(schema: Schema, rows: int, batch_size: int, seed: int) -> list[Batch]:
+    """Label 1 with probability 0.9 when the candidate is in the history, else 0.1."""
+    gen = torch.Generator().manual_seed(seed)
+    items, max_len = schema.feature("item_id").vocab_size, schema.feature("hist_item_id").spec.max_len
+    out = []
+    for _ in range(0, rows, batch_size):
+        lengths = torch.randint(1, max_len + 1, (batch_size,), generator=gen)
+        hist = torch.randint(2, items, (int(lengths.sum()),), generator=gen)
+        owner = torch.repeat_interleave(torch.arange(batch_size), lengths)
+        in_hist = torch.rand(batch_size, generator=gen) < 0.5
+        pick = torch.cumsum(lengths, 0) - 1  # the last behaviour of each sample
+        cand = torch.where(in_hist, hist[pick], torch.randint(2, items, (batch_size,), generator=gen))
+        hit = torch.zeros(batch_size).index_add_(0, owner, (hist == cand[owner]).float()) > 0
+        labels = torch.bernoulli(torch.where(hit, 0.9, 0.1), generator=gen)
+        sparse = JaggedFeatures.from_lengths(["item_id", "hist_item_id"], torch.cat([cand, hist]),
+                                             torch.cat([torch.ones(batch_size, dtype=torch.int64), lengths]))
+        out.append(Batch(torch.zeros(batch_size, 0), sparse, labels))
+    return out

@@ -3,7 +3,7 @@ planted pairwise interactions of the synthetic data better than LR."""
 
 import torch
 
-from ctr.models.layers import factorization_machine
+from ctr.models.layers import FactorizationMachine, _FMFunction  # noqa: PLC2701 (the op under test)
 from tests.models.helpers import first_batch, fit_batches, make_task, planted_batches, planted_schema, task_for_schema
 
 
@@ -12,9 +12,19 @@ def brute_force_pairs(fields):
     return sum((fields[:, i] * fields[:, j]).sum(-1) for i in range(f) for j in range(i + 1, f))
 
 
-def test_fm_term_is_the_sum_of_pairwise_dot_products():
+def test_fm_is_first_order_plus_the_sum_of_pairwise_dot_products():
+    fm = FactorizationMachine(7, 4).double()
+    with torch.no_grad():
+        fm.field_weight.normal_()
+        fm.bias.fill_(0.3)
     fields = torch.randn(5, 7, 4, dtype=torch.float64)
-    assert torch.allclose(factorization_machine(fields), brute_force_pairs(fields))
+    assert torch.allclose(fm(fields), 0.3 + (fields * fm.field_weight).sum((1, 2)) + brute_force_pairs(fields))
+
+
+def test_fm_single_pass_gradient_matches_autograd():
+    fields = torch.randn(5, 7, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_FMFunction.apply, (fields, weight))
 
 
 def test_without_its_dnn_deepfm_is_an_fm_over_shared_embeddings(tiny_prepared):
@@ -23,18 +33,15 @@ def test_without_its_dnn_deepfm_is_an_fm_over_shared_embeddings(tiny_prepared):
     torch.nn.init.zeros_(model.dnn.net[-1].weight)
     torch.nn.init.zeros_(model.dnn.net[-1].bias)
     with torch.no_grad():
-        model.first_order.field_weight.normal_()
-        model.first_order.bias.fill_(0.3)
+        model.fm.field_weight.normal_()
+        model.fm.bias.fill_(0.3)
     batch = first_batch(tiny_prepared, "test")
     task.eval()
     embedded = task.net.embedding(batch.sparse)
-    logits = model(batch, embedded)
     # by hand: numeric fields are value × vector, then first order + all pairwise dot products
-    sparse = embedded.pooled
-    numeric = batch.dense.unsqueeze(-1) * model.numeric.vectors
-    fields = torch.cat([sparse, numeric], 1)
-    first = (sparse * model.first_order.field_weight).sum((1, 2)) + 0.3 + model.first_order.dense(batch.dense).squeeze(-1)
-    assert torch.allclose(logits, first + brute_force_pairs(fields), atol=1e-4)
+    fields = torch.cat([embedded.pooled, batch.dense.unsqueeze(-1) * model.numeric.vectors], 1)
+    first = (fields * model.fm.field_weight).sum((1, 2)) + 0.3
+    assert torch.allclose(model(batch, embedded), first + brute_force_pairs(fields), atol=1e-4)
 
 
 def test_fm_and_dnn_both_train_the_shared_embeddings(tiny_prepared):
@@ -44,7 +51,7 @@ def test_fm_and_dnn_both_train_the_shared_embeddings(tiny_prepared):
         task.zero_grad()
         embedded = task.net.embedding(batch.sparse)
         fields = torch.cat([embedded.pooled, model.numeric(batch.dense)], 1)
-        out = factorization_machine(fields) if part == "fm" else model.dnn(fields.flatten(1))
+        out = model.fm(fields) if part == "fm" else model.dnn(fields.flatten(1))
         out.sum().backward()
         grad = task.net.embedding.weight.grad
         assert grad.is_sparse and grad.coalesce().values().abs().sum() > 0, part

@@ -1,4 +1,6 @@
-"""Encoded columns in memory (numpy) and the vectorised gather that builds a ``Batch``."""
+"""Encoded splits as numpy columns, for the peer benchmarks (DeepCTR-Torch takes per-feature
+arrays); ``BatchBuilder`` gathers rows of them into ctr's ``Batch``.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,153 @@
+"""``din``: Deep Interest Network (Zhou et al., KDD 2018, arXiv:1706.06978)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ctr.batch import Batch
+from ctr.embeddings.types import EmbeddingLayout, FeatureEmbeddings
+from ctr.errors import RecipeError
+from ctr.models.base import CTRModel
+from ctr.models.layers import MLP, Activation, TargetAttention
+from ctr.recipe import ModelConfig
+from ctr.registry import MODELS
+from ctr.schema import PAD_ID, Schema
+
+
+@dataclass
+class DINConfig(ModelConfig):
+    """DIN settings (defaults: the paper's Fig. 2 and §5).
+
+    Args:
+        target_fields: the candidate's features, e.g. ``[item_id, cat_id]``; their embeddings
+            are concatenated into the query.
+        sequence_fields: the behaviour sequences aligned with them, e.g.
+            ``[hist_item_id, hist_cat_id]`` (per-position features, ``pooling: none``).
+            Both default to every per-position sequence whose ``share_with`` names a pooled
+            feature, paired with that feature.
+        attention_hidden: hidden widths of the local activation unit (paper: 36).
+        attention_activation: of the activation unit (paper: dice or prelu).
+        softmax: normalise the attention weights (paper: off).
+        hidden: the top MLP's widths (paper: 200-80).
+        activation: of the top MLP (paper: dice).
+        dropout: after each top-MLP layer.
+        l2_reg: λ of the mini-batch aware regularization (0 = off).
+        interest_product: also feed the top MLP the candidate ⊙ interest product, as the
+            authors' later DIN code does (off: the paper's Fig. 2 input).
+    """
+
+    name: str = "din"
+    target_fields: list[str] | None = None
+    sequence_fields: list[str] | None = None
+    attention_hidden: list[int] = field(default_factory=lambda: [36])
+    attention_activation: Activation = "dice"
+    softmax: bool = False
+    hidden: list[int] = field(default_factory=lambda: [200, 80])
+    activation: Activation = "dice"
+    dropout: float = 0.0
+    l2_reg: float = 0.0
+    interest_product: bool = False
+
+    def __post_init__(self) -> None:
+        if self.l2_reg < 0:
+            raise ValueError("l2_reg must be >= 0")
+
+
+@MODELS.register("din", config=DINConfig)
+class DIN(CTRModel):
+    """Deep Interest Network: user interest pooled from behaviours, weighted by the candidate.
+
+    The candidate's field embeddings form the query q; each behaviour k_j (the aligned
+    sequence embeddings at position j) gets the weight a_j of the local activation unit over
+    [q, k_j, q − k_j, q ⊙ k_j], and the interest is Σ_j a_j k_j over the valid positions
+    (paper Eq. 3; ``TargetAttention``). The top MLP (Dice) reads every pooled field, the
+    interest and the numeric values. Other per-position sequences are mean-pooled.
+
+    Mini-batch aware regularization (§4.3.1, Eq. 4–5): with ``l2_reg`` = λ the loss gains
+    ``λ/2 · Σ_j ‖w_j‖² / n_j`` over the distinct embedding rows j present in the batch
+    (padding excluded), n_j the row's frequency in the training data (the schema's counts),
+    so the gradient of row j is the paper's λ·w_j/n_j and rows absent from the batch are
+    not touched.
+
+    Shapes: pooled [B, F, D], sequences [B, L, D], masks [B, L] → logits [B].
+    """
+
+    def __init__(self, schema: Schema, layout: EmbeddingLayout, config: DINConfig):
+        super().__init__(schema, layout, config)
+        self.targets, self.behaviours = self._pairs(schema, layout, config)
+        self.target_index = [layout.pooled.index(name) for name in self.targets]
+        self.others = [name for name in layout.sequences if name not in self.behaviours]
+        width = len(self.targets) * layout.dim
+        self.attention = TargetAttention(width, config.attention_hidden, config.attention_activation, config.softmax)
+        products = width if config.interest_product else 0
+        mlp_in = (len(layout.pooled) + len(self.others)) * layout.dim + width + products + self.num_dense
+        self.mlp = MLP(mlp_in, config.hidden, config.activation, 1, config.dropout)
+        if config.l2_reg:
+            self._register_counts(schema)
+
+    @staticmethod
+    def _pairs(schema: Schema, layout: EmbeddingLayout, config: DINConfig) -> tuple[list[str], list[str]]:
+        targets, behaviours = config.target_fields, config.sequence_fields
+        if targets is None and behaviours is None:
+            behaviours = [s for s in layout.sequences if schema.feature(s).spec.share_with in layout.pooled]
+            targets = [schema.feature(s).spec.share_with for s in behaviours]
+        if not targets or not behaviours or len(targets) != len(behaviours):
+            raise RecipeError(
+                "model.sequence_fields: DIN needs behaviour sequences (pooling: none) aligned with "
+                f"model.target_fields; got targets {targets} and sequences {behaviours} "
+                f"(per-position sequences in the data: {list(layout.sequences)})"
+            )
+        for key, names, allowed in (("target_fields", targets, layout.pooled), ("sequence_fields", behaviours, layout.sequences)):
+            missing = [n for n in names if n not in allowed]
+            if missing:
+                raise RecipeError(f"model.{key}: {missing} not among the data's features {list(allowed)}")
+        return targets, behaviours
+
+    def forward(self, batch: Batch, embedded: FeatureEmbeddings) -> Tensor:
+        pooled = embedded.pooled  # [B, F, D]
+        query = pooled[:, self.target_index].flatten(1)  # [B, K·D]
+        keys = torch.cat([embedded.sequences[n] for n in self.behaviours], dim=-1)  # [B, L, K·D]
+        interest = self.attention(query, keys, embedded.masks[self.behaviours[0]])
+        parts = [pooled.flatten(1), interest]
+        if self.config.interest_product:
+            parts.append(query * interest)
+        for name in self.others:
+            mask = embedded.masks[name].unsqueeze(-1).to(pooled.dtype)
+            parts.append((embedded.sequences[name] * mask).sum(1) / mask.sum(1).clamp(min=1))
+        parts.append(batch.dense)
+        return self.mlp(torch.cat(parts, dim=1)).squeeze(-1)
+
+    def _register_counts(self, schema: Schema) -> None:
+        """Buffers mapping a row key (table start + id) to its count, table and a feature."""
+        tables = list(schema.tables())
+        missing = [t for t in tables if t not in schema.counts]
+        if missing:
+            raise RecipeError(f"model.l2_reg: the schema has no id counts for tables {missing}")
+        starts = np.cumsum([0] + [schema.counts[t].shape[0] for t in tables[:-1]])
+        feature_table = [tables.index(f.table) for f in schema.sparse_features]
+        counts = np.concatenate([schema.counts[t] for t in tables]).astype(np.float32)
+        self.register_buffer("counts", torch.from_numpy(counts).clamp(min=1), persistent=False)
+        self.register_buffer("starts", torch.tensor(starts, dtype=torch.int64), persistent=False)
+        self.register_buffer("feature_start", self.starts[feature_table], persistent=False)
+        owners = [feature_table.index(t) for t in range(len(tables))]
+        self.register_buffer("table_feature", torch.tensor(owners, dtype=torch.int64), persistent=False)
+
+    def regularizer(self, batch: Batch, embedded: FeatureEmbeddings) -> Tensor:
+        """λ/2 · Σ ‖w_j‖² / n_j over the distinct non-padding rows j of this batch."""
+        if not self.config.l2_reg or not self.training:
+            return super().regularizer(batch, embedded)
+        ids, feature = batch.sparse.values, batch.sparse.feature_of_value()
+        keep = ids != PAD_ID
+        keys = torch.unique(self.feature_start[feature[keep]] + ids[keep])  # distinct rows
+        table = torch.searchsorted(self.starts, keys, right=True) - 1
+        try:
+            if embedded.rows is None:
+                raise NotImplementedError
+            rows = embedded.rows(self.table_feature[table], keys - self.starts[table])  # [U, D]
+        except NotImplementedError:
+            raise RecipeError("model.l2_reg: the embedding method gives no per-id vectors to regularize") from None
+        return 0.5 * self.config.l2_reg * (rows.pow(2).sum(1) / self.counts[keys]).sum()

@@ -1,0 +1,97 @@
+"""``criteo``: the Criteo display-advertising logs, raw DAC TSV or the Kaggle CSV.
+
+Two layouts of the same 40 fields (a label, 13 integer counts ``I1..I13``, 26 hashed
+categoricals ``C1..C26``):
+
+- raw DAC (``train.txt`` of the Criteo Display Advertising Challenge): tab-separated, no
+  header; rows may lack trailing empty fields (they are padded to 40, down to 14 fields:
+  the label and the 13 integers must be there);
+- Kaggle CSV (``Id,Label,I1,...,C26``, the 2014 Kaggle competition's train.csv).
+
+``data.format: auto`` tells them apart per file from the first line. Both yield the columns
+``label, I1..I13, C1..C26``; rows are split at random by ``data.split`` (8:1:1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from ctr.datasets.tabular import DelimitedSource, FileConfig
+from ctr.datasets.text import EmptyFileError, TextFormat, first_line
+from ctr.datasets.validate import require_columns
+from ctr.errors import DataError
+from ctr.registry import DATASETS
+from ctr.schema import FeatureSpec
+
+NUMERIC = [f"I{i}" for i in range(1, 14)]
+CATEGORICAL = [f"C{i}" for i in range(1, 27)]
+DAC_COLUMNS = ["label"] + NUMERIC + CATEGORICAL
+KAGGLE_HEADER = ["Id", "Label"] + NUMERIC + CATEGORICAL
+DAC_MIN_FIELDS = 1 + len(NUMERIC)
+
+
+@dataclass
+class CriteoConfig(FileConfig):
+    """Options of the Criteo dataset.
+
+    Args:
+        format: ``dac`` (raw TSV), ``kaggle`` (CSV with header) or ``auto`` (per file).
+        numeric_transform: transform of I1..I13 in the default features: ``log1p`` (DLRM),
+            ``standardize``, ``quantile``, or ``log_square``, which makes them categorical
+            tokens floor(ln(x)^2) (the Kaggle winners' convention, as FuxiCTR).
+        min_count: ``min_count`` of the default categorical features.
+    """
+
+    format: Literal["auto", "dac", "kaggle"] = "auto"
+    numeric_transform: Literal["log1p", "standardize", "quantile", "log_square"] = "log1p"
+    min_count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.min_count < 1:
+            raise ValueError("min_count must be >= 1")
+
+
+def criteo_features(numeric_transform: str = "log1p", min_count: int = 1) -> list[FeatureSpec]:
+    """I1..I13 (numeric, or log² bucket tokens) and C1..C26 categorical."""
+    if numeric_transform == "log_square":
+        numeric = [FeatureSpec(name=n, transform="log_square", min_count=min_count) for n in NUMERIC]
+    else:
+        numeric = [FeatureSpec(name=n, kind="numeric", transform=numeric_transform) for n in NUMERIC]
+    return numeric + [FeatureSpec(name=c, min_count=min_count) for c in CATEGORICAL]
+
+
+@DATASETS.register("criteo", config=CriteoConfig)
+class CriteoDataset(DelimitedSource):
+    """Criteo display-ad logs: raw DAC TSV or Kaggle CSV (13 counts, 26 hashed categoricals)."""
+
+    label = "label"
+
+    def default_features(self) -> list[FeatureSpec]:
+        config: CriteoConfig = self.config  # type: ignore[assignment]
+        return criteo_features(config.numeric_transform, config.min_count)
+
+    def text_format(self, file: Path) -> TextFormat:
+        config: CriteoConfig = self.config  # type: ignore[assignment]
+        line = first_line(file)
+        if line is None:
+            raise EmptyFileError(f"{file}: empty file (no rows)")
+        layout = config.format if config.format != "auto" else _detect(file, line)
+        needed = self.needed_columns()
+        require_columns(DAC_COLUMNS, needed, str(file))
+        keep = [c for c in DAC_COLUMNS if c in needed]
+        if layout == "dac":
+            return TextFormat(DAC_COLUMNS, "\t", header=False, quoting=False, min_fields=DAC_MIN_FIELDS, keep=keep)
+        header = [name.strip() for name in line.split(",")]
+        if header != KAGGLE_HEADER:
+            raise DataError(f"{file}:1: expected the Criteo Kaggle header Id,Label,I1..I13,C1..C26, got {line[:60]!r}")
+        return TextFormat(["Id"] + DAC_COLUMNS, ",", header=True, quoting=True, keep=keep)
+
+
+def _detect(file: Path, line: str) -> str:
+    if line.startswith("Id,Label"):
+        return "kaggle"
+    if "\t" in line:
+        return "dac"
+    raise DataError(f"{file}:1: neither Criteo DAC TSV (tab-separated) nor Kaggle CSV (header Id,Label,...); set data.format")

@@ -1,0 +1,280 @@
+"""libSVM / libFM text (``label idx:value ...`` / ``label field:idx:value ...``) and ``ipinyou``.
+
+A row is a label and sparse features. Which field an index belongs to comes from the
+tokens themselves (libFM: ``field:idx:value``) or from a ``featindex`` file (lines
+``field:value<TAB>idx``, as in the iPinYou release of Zhang et al.); each field becomes a
+column, its token the feature value (``featindex``) or the index. Without fields, all
+indices of a row form one sequence column ``features``. Categorical and sequence features
+take value 1 (one-hot data); a field read as a ``numeric`` feature takes its value.
+Parsing is vectorised over blocks of lines (no per-row Python).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ctr.datasets.source import resolve_files
+from ctr.datasets.tabular import FileConfig, FileSource
+from ctr.datasets.text import TextFormat, read_delimited
+from ctr.datasets.validate import LINE_COLUMN, PROBLEM_COLUMN
+from ctr.errors import DataError
+from ctr.registry import DATASETS
+from ctr.schema import FeatureSpec
+
+ALL_FEATURES = "features"
+NO_DELIMITER = "\x01"
+
+
+@dataclass
+class LibSVMConfig(FileConfig):
+    """Options of the ``libsvm`` dataset.
+
+    Args:
+        featindex: a file of ``field:value<TAB>idx`` lines naming the field of each index.
+    """
+
+    featindex: str | None = None
+
+
+@dataclass
+class FieldIndex:
+    """The featindex table: for every index, its field code and its token (the value)."""
+
+    fields: list[str]
+    field_of: np.ndarray
+    token_of: pa.Array
+
+    @classmethod
+    def read(cls, file: Path) -> FieldIndex:
+        """Reads ``field:value<TAB>idx`` lines; a malformed line is an error naming it."""
+        table = pa.Table.from_batches(list(read_delimited(file, TextFormat(["key", "idx"], "\t", quoting=False))))
+        problems = table.column(PROBLEM_COLUMN)
+        number = pc.cast(pc.if_else(pc.match_substring_regex(table.column("idx"), r"^\d+$"), table.column("idx"), None), pa.int64())
+        key = table.column("key")
+        bad = pc.or_(pc.or_(pc.is_valid(problems), pc.is_null(number)), pc.is_null(key))
+        if pc.any(bad).as_py():
+            row = pc.index(bad, True).as_py()
+            raise DataError(f"{file}:{table.column(LINE_COLUMN)[row]}: expected 'field:value<TAB>index'")
+        # a key without ':' is a field of its own (e.g. a numeric one); its token is its name
+        parts = pc.split_pattern(pc.if_else(pc.match_substring(key, ":"), key, pc.binary_join_element_wise(key, key, ":")), ":", max_splits=1)
+        field_names = pc.list_element(parts, 0)
+        fields = pc.unique(field_names)
+        index = number.to_numpy()
+        size = int(index.max()) + 1
+        field_of = np.full(size, -1, dtype=np.int64)
+        field_of[index] = pc.index_in(field_names, value_set=fields).to_numpy()
+        positions = np.full(size, -1, dtype=np.int64)
+        positions[index] = np.arange(index.size)
+        tokens = pc.list_element(parts, 1).combine_chunks().take(pa.array(positions, mask=positions < 0))
+        return cls(fields.to_pylist(), field_of, tokens)
+
+
+@DATASETS.register("libsvm", config=LibSVMConfig)
+class LibSVMDataset(FileSource):
+    """libSVM / libFM sparse rows; fields from the tokens (libFM) or a featindex file."""
+
+    label = "label"
+
+    def __init__(self, config: LibSVMConfig):
+        super().__init__(config)
+        self.featindex = Path(config.featindex).expanduser() if config.featindex else None
+        if self.featindex is not None and not self.featindex.is_file():
+            raise DataError(f"data.featindex: {self.featindex} does not exist")
+        self._index: FieldIndex | None = None
+        self._defaults: list[FeatureSpec] | None = None
+
+    def files(self) -> list[Path]:
+        return super().files() + ([self.featindex] if self.featindex else [])
+
+    @property
+    def index(self) -> FieldIndex | None:
+        if self._index is None and self.featindex is not None:
+            self._index = FieldIndex.read(self.featindex)
+        return self._index
+
+    def default_features(self) -> list[FeatureSpec]:
+        if self._defaults is None:
+            self._defaults = self._default_features()
+        return self._defaults
+
+    def _default_features(self) -> list[FeatureSpec]:
+        if self.index is not None:
+            return [FeatureSpec(name=name) for name in self.index.fields]
+        fields = sniff_fields(self.split_files["train"][0])
+        if fields:
+            return [FeatureSpec(name=f"field_{f}", source=f) for f in fields]
+        return [FeatureSpec(name=ALL_FEATURES, kind="sequence", pooling="sum", max_len=1_000)]
+
+    def read_file(self, file: Path) -> Iterator[pa.RecordBatch]:
+        features = self.config.features or self.default_features()
+        kinds = {spec.column: spec.kind for spec in features}
+        for block in read_delimited(file, TextFormat(["line"], NO_DELIMITER, quoting=False)):
+            yield parse_rows(block, self.index, kinds).replace_schema_metadata(block.schema.metadata)
+
+
+def sniff_fields(file: Path) -> list[str]:
+    """libFM field ids in the first block of ``file`` (empty for libSVM), in numeric order."""
+    block = next(read_delimited(file, TextFormat(["line"], NO_DELIMITER, quoting=False), block_bytes=1 << 20))
+    tokens = pc.list_flatten(pc.list_slice(pc.utf8_split_whitespace(block.column("line")), 1))
+    return _field_order(pc.unique(_split(tokens).field(0)).to_pylist())
+
+
+def parse_rows(block: pa.RecordBatch, index: FieldIndex | None, kinds: dict[str, str]) -> pa.RecordBatch:
+    """Lines → ``label``, one column per field (or ``features``), ``__line__``, ``__problem__``.
+
+    Args:
+        block: a batch of raw lines (``line``, ``__line__``, ``__problem__``).
+        kinds: feature kind by column, so fields read as sequences or numbers are built so.
+    """
+    words = pc.utf8_split_whitespace(pc.fill_null(block.column("line"), ""))
+    rows = len(words)
+    counts = pc.list_value_length(words).to_numpy(zero_copy_only=False).astype(np.int64)
+    row_of = np.repeat(np.arange(rows), np.maximum(counts - 1, 0))
+    parsed = _parse_tokens(pc.list_flatten(pc.list_slice(words, 1)), index)
+    problems = _Problems(block.column(PROBLEM_COLUMN))
+    problems.flag(row_of[parsed.bad], "a feature is not 'index:value' or 'field:index:value'")
+    problems.flag(row_of[parsed.unknown], "an index is not in featindex")
+    columns = {"label": pc.list_element(pc.list_slice(words, 0, 1), 0) if rows else pa.array([], pa.string())}
+    ok = ~(parsed.bad | parsed.unknown)
+    for code, name in enumerate(parsed.field_names):
+        in_field = ok & (parsed.field == code)
+        kind = kinds.get(name, "categorical")
+        columns[name] = _field_column(name, kind, row_of[in_field], parsed, in_field, rows, problems)
+    columns[LINE_COLUMN] = block.column(LINE_COLUMN)
+    columns[PROBLEM_COLUMN] = problems.column()
+    return pa.RecordBatch.from_pydict(columns)
+
+
+@dataclass
+class _Tokens:
+    """Parsed tokens [N]: field code, token text, value, and which are malformed or unknown."""
+
+    field: np.ndarray
+    field_names: list[str]
+    token: pa.Array
+    value: np.ndarray
+    bad: np.ndarray
+    unknown: np.ndarray
+
+
+def _split(tokens: pa.Array) -> pa.StructArray:
+    """``[field:]idx:value`` → struct (field, idx, value); null where the token has another shape."""
+    return pc.extract_regex(tokens, r"^(?:(?P<field>[^:]*):)?(?P<idx>[^:]*):(?P<value>[^:]*)$")
+
+
+def _parse_tokens(tokens: pa.Array, index: FieldIndex | None) -> _Tokens:
+    """Splits the tokens and assigns each a field (featindex, libFM field, or ``features``)."""
+    parts = _split(tokens)
+    shaped = parts.is_valid().to_numpy(zero_copy_only=False)
+    parts = parts.fill_null({"field": "", "idx": "", "value": ""}) if not shaped.all() else parts
+    field_text, idx = parts.field(0), parts.field(1)
+    idx_number = _as_number(idx, r"^\d+$", pa.int64())
+    value = _as_number(parts.field(2), r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$", pa.float64())
+    bad = ~shaped | np.isnan(value) | (idx_number < 0)
+    unknown = np.zeros(len(tokens), dtype=bool)
+    if index is not None:
+        inside = (idx_number >= 0) & (idx_number < index.field_of.size)
+        field = np.where(inside, index.field_of[np.clip(idx_number, 0, index.field_of.size - 1)], -1)
+        unknown = ~bad & (field < 0)
+        token = index.token_of.take(pa.array(np.where(field >= 0, idx_number, 0)))
+        return _Tokens(field, index.fields, token, value, bad, unknown)
+    libfm = pc.not_equal(field_text, "").to_numpy(zero_copy_only=False)
+    if libfm.any():
+        names = _field_order(pc.unique(field_text).to_pylist())
+        field = pc.index_in(field_text, value_set=pa.array(names, pa.string())).fill_null(-1).to_numpy(zero_copy_only=False)
+        return _Tokens(field, names, idx, value, bad | ~libfm, unknown)
+    return _Tokens(np.zeros(len(tokens), dtype=np.int64), [ALL_FEATURES], idx, value, bad, unknown)
+
+
+def _field_order(fields: list[str | None]) -> list[str]:
+    """Field ids in numeric order (shorter first), without the empty one."""
+    return sorted((f for f in fields if f), key=lambda f: (len(f), f))
+
+
+def _as_number(text: pa.Array, pattern: str, kind: pa.DataType) -> np.ndarray:
+    """Parses ``text`` where it matches ``pattern``; -1 (ints) or NaN (floats) elsewhere."""
+    good = pc.match_substring_regex(text, pattern)
+    parsed = pc.cast(pc.if_else(good, text, None), kind)
+    return parsed.fill_null(-1 if kind == pa.int64() else float("nan")).to_numpy(zero_copy_only=False)
+
+
+class _Problems:
+    """The ``__problem__`` column of a block: the reader's own plus those found here."""
+
+    def __init__(self, reported: pa.Array):
+        self.reported = reported
+        self.code = np.zeros(len(reported), dtype=np.int64)
+        self.messages: list[str | None] = [None]
+
+    def flag(self, rows: np.ndarray, message: str) -> None:
+        """Marks ``rows`` with ``message`` (a row keeps its first problem)."""
+        if rows.size == 0:
+            return
+        self.messages.append(message)
+        rows = np.unique(rows)
+        fresh = rows[self.code[rows] == 0]
+        self.code[fresh] = len(self.messages) - 1
+
+    def column(self) -> pa.Array:
+        if len(self.messages) == 1:
+            return self.reported
+        found = pa.array(self.messages, pa.string()).take(pa.array(self.code))
+        return pc.coalesce(self.reported, found)
+
+
+def _field_column(name, kind, rows, parsed: _Tokens, in_field, n, problems: _Problems) -> pa.Array:
+    """One field's column [n]: a token (or the value, if numeric) per row, or a list for sequences.
+
+    Args:
+        rows: int64 [M] row of each of the field's tokens (in row order); ``in_field``: mask
+            of those tokens among all tokens.
+    """
+    tokens = parsed.token.filter(pa.array(in_field))
+    if kind == "sequence":
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))]).astype(np.int32)
+        return pa.ListArray.from_arrays(pa.array(offsets), tokens)
+    unique, first, seen = np.unique(rows, return_index=True, return_counts=True)
+    problems.flag(unique[seen > 1], f"field {name!r} appears more than once")
+    where = np.full(n, -1, dtype=np.int64)
+    where[unique] = first
+    values = parsed.value[in_field]
+    if kind == "numeric":
+        return pa.array(np.where(where >= 0, values[np.maximum(where, 0)], np.nan), from_pandas=True)
+    problems.flag(unique[values[first] != 1.0], f"field {name!r} has a value other than 1 (declare it numeric)")
+    return tokens.take(pa.array(where, mask=where < 0))
+
+
+@dataclass
+class IPinYouConfig(LibSVMConfig):
+    """Options of the ``ipinyou`` dataset (``path``: the folder of the release)."""
+
+
+@DATASETS.register("ipinyou", config=IPinYouConfig)
+class IPinYouDataset(LibSVMDataset):
+    """iPinYou RTB display-ad clicks in libFM form: train.fm.txt, test.fm.txt, featindex.fm.txt."""
+
+    def __init__(self, config: IPinYouConfig):
+        folder = _ipinyou_folder(config.path)
+        train = folder / "train.fm.txt" if Path(config.path).expanduser().is_dir() else Path(config.path)
+        resolved = replace(
+            config,
+            path=str(train),
+            featindex=config.featindex or str(folder / "featindex.fm.txt"),
+            test_path=config.test_path or str(folder / "test.fm.txt"),
+        )
+        super().__init__(resolved)
+
+
+def _ipinyou_folder(path: str | None) -> Path:
+    files = resolve_files(path, "data.path", "*.fm.txt")
+    folder = files[0].parent
+    for name in ("train.fm.txt", "test.fm.txt", "featindex.fm.txt"):
+        if not (folder / name).is_file():
+            raise DataError(f"data.path: {folder} lacks {name} (the iPinYou release has train, test and featindex)")
+    return folder

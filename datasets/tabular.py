@@ -1,0 +1,186 @@
+"""Datasets read from files of rows: the base of file readers, and the generic ``csv`` and
+``parquet`` datasets whose columns the recipe's feature specs describe.
+
+A file dataset reads ``data.path`` (a file, or every matching file of a folder) as one
+stream that preprocessing splits at random by ``data.split``; with ``valid_path`` and/or
+``test_path`` those files are the validation and test rows instead (without ``valid_path``
+the validation rows are carved from the training files).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, NoReturn
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ctr.datasets.source import DatasetSource, RowStream, resolve_files
+from ctr.datasets.text import EmptyFileError, TextFormat, first_line, read_delimited, strip_types
+from ctr.datasets.validate import LINE_COLUMN, column_keys, require_columns
+from ctr.errors import DataError, RecipeError
+from ctr.recipe import DataConfig
+from ctr.registry import DATASETS
+from ctr.schema import FeatureSpec
+
+log = logging.getLogger(__name__)
+PARQUET_BATCH_ROWS = 65_536
+
+
+@dataclass
+class FileConfig(DataConfig):
+    """Options shared by file datasets.
+
+    Args:
+        valid_path: validation rows (a file or folder); default: carved from ``path``.
+        test_path: test rows (a file or folder); default: split from ``path``.
+    """
+
+    valid_path: str | None = None
+    test_path: str | None = None
+
+
+class FileSource(DatasetSource):
+    """A dataset of files; subclasses read one file into record batches (``read_file``).
+
+    Every batch carries the file name (metadata ``file``) and a ``__line__`` column so that
+    errors name the file and line; empty files are errors (or, with ``on_bad_rows: skip``,
+    skipped with a warning).
+    """
+
+    pattern = "*"
+
+    def __init__(self, config: FileConfig):
+        super().__init__(config)
+        self.split_files = {"train": resolve_files(config.path, "data.path", self.pattern)}
+        for split in ("valid", "test"):
+            path = getattr(config, f"{split}_path")
+            if path:
+                self.split_files[split] = resolve_files(path, f"data.{split}_path", self.pattern)
+
+    def files(self) -> list[Path]:
+        return [f for files in self.split_files.values() for f in files]
+
+    def streams(self) -> dict[str, RowStream]:
+        if len(self.split_files) == 1:
+            return {"all": lambda: self._read(self.split_files["train"])}
+        return {split: (lambda files=files: self._read(files)) for split, files in self.split_files.items()}
+
+    def needed_columns(self) -> dict[str, str]:
+        """Raw columns the features, the label and the group read → the recipe key naming each."""
+        features = self.config.features or self.default_features()
+        return column_keys(features, self.config.label or self.label, self.config.group or self.group)
+
+    def read_file(self, file: Path) -> Iterator[pa.RecordBatch]:
+        raise NotImplementedError
+
+    def _read(self, files: list[Path]) -> Iterator[pa.RecordBatch]:
+        for file in files:
+            try:
+                yield from self.read_file(file)
+            except EmptyFileError as err:
+                if self.config.on_bad_rows != "skip":
+                    raise
+                log.warning("skipping %s", err)
+
+
+class DelimitedSource(FileSource):
+    """A file source of delimited text; subclasses give each file's ``text_format``."""
+
+    def text_format(self, file: Path) -> TextFormat:
+        raise NotImplementedError
+
+    def finish(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """Hook for derived columns; the default returns the batch unchanged."""
+        return batch
+
+    def read_file(self, file: Path) -> Iterator[pa.RecordBatch]:
+        fmt = self.text_format(file)
+        for batch in read_delimited(file, fmt):
+            yield self.finish(batch)
+
+    def header(self, file: Path, delimiter: str) -> list[str]:
+        """Column names from the first line (RecBole type suffixes dropped)."""
+        line = first_line(file)
+        if line is None:
+            raise EmptyFileError(f"{file}: empty file (no header)")
+        return strip_types([name.strip().strip('"') for name in line.split(delimiter)])
+
+
+@dataclass
+class CsvConfig(FileConfig):
+    """Options of the generic ``csv`` dataset.
+
+    Args:
+        delimiter: field separator (``"\\t"`` for TSV).
+        header: the first line names the columns.
+        columns: column names, for files without a header.
+        quoting: fields may be quoted with ``"``.
+    """
+
+    delimiter: str = ","
+    header: bool = True
+    columns: list[str] | None = None
+    quoting: bool = True
+
+    def __post_init__(self) -> None:
+        if len(self.delimiter) != 1:
+            raise ValueError("delimiter must be one character")
+        if not self.header and not self.columns:
+            raise ValueError("a file without a header needs its column names in columns")
+
+
+def _features_required(dataset: str) -> NoReturn:
+    raise RecipeError(f"data.features: the {dataset} dataset has no default features; list them (name, kind, source)")
+
+
+@DATASETS.register("csv", config=CsvConfig)
+class CsvDataset(DelimitedSource):
+    """Delimited text files (CSV, TSV) whose columns the recipe's features describe."""
+
+    def default_features(self) -> list[FeatureSpec]:
+        _features_required("csv")
+
+    def text_format(self, file: Path) -> TextFormat:
+        config: CsvConfig = self.config  # type: ignore[assignment]
+        columns = config.columns or self.header(file, config.delimiter)
+        if config.header and config.columns and len(config.columns) != len(self.header(file, config.delimiter)):
+            raise DataError(f"{file}:1: the header has a different number of fields than data.columns")
+        needed = self.needed_columns()
+        require_columns(columns, needed, str(file))
+        return TextFormat(columns, config.delimiter, config.header, config.quoting, keep=[c for c in columns if c in needed])
+
+
+@dataclass
+class ParquetConfig(FileConfig):
+    """Options of the generic ``parquet`` dataset (``valid_path``, ``test_path``)."""
+
+
+@DATASETS.register("parquet", config=ParquetConfig)
+class ParquetDataset(FileSource):
+    """Parquet files whose columns the recipe's features describe (numbers, strings, lists)."""
+
+    pattern = "*.parquet"
+
+    def default_features(self) -> list[FeatureSpec]:
+        _features_required("parquet")
+
+    def read_file(self, file: Path) -> Iterator[pa.RecordBatch]:
+        try:
+            reader = pq.ParquetFile(file)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise DataError(f"{file}: not a readable parquet file: {err}") from None
+        if reader.metadata.num_rows == 0:
+            raise EmptyFileError(f"{file}: empty file (no rows)")
+        needed = self.needed_columns()
+        require_columns(reader.schema_arrow.names, needed, str(file))
+        columns = [c for c in reader.schema_arrow.names if c in needed]
+        first = 1
+        for batch in reader.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+            rows = np.arange(first, first + batch.num_rows, dtype=np.int64)
+            batch = batch.append_column(LINE_COLUMN, pa.array(rows))
+            first += batch.num_rows
+            yield batch.replace_schema_metadata({"file": str(file), "unit": "row"})

@@ -1,0 +1,160 @@
+"""Every bad-input case: an error naming file and line (or column), exit code 2, no
+traceback; with ``on_bad_rows: skip`` the rows are dropped and counted."""
+
+import json
+import re
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from ctr.cli import main
+from ctr.datasets import prepare
+from ctr.datasets.shards import ShardWriter
+from ctr.recipe import recipe_from_dict
+
+HEADER = "Id,Label," + ",".join(f"I{i}" for i in range(1, 14)) + "," + ",".join(f"C{i}" for i in range(1, 27))
+
+
+def kaggle_row(i, label="0", first="1", extra=""):
+    return f"{i},{label},{first}," + ",".join(["2"] * 12) + "," + ",".join([f"{i % 3:08x}"] * 26) + extra
+
+
+def write_kaggle(tmp_path, bad_line: str | None = None, at: int = 3):
+    lines = [HEADER] + [kaggle_row(i) for i in range(8)]
+    if bad_line is not None:
+        lines.insert(at - 1, bad_line)
+    path = tmp_path / "train.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_prepare(tmp_path, capsys, data):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"data": {"cache_dir": str(tmp_path / "cache"), **data}}))
+    code = main(["data", "prepare", str(recipe)])
+    captured = capsys.readouterr()
+    return code, captured.err.strip(), captured.out
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (kaggle_row(99, extra=",x"), r"train\.csv:3: 42 fields, expected 41"),
+        (kaggle_row(99, first="abc"), r"train\.csv:3: column 'I1': not a number: 'abc'"),
+        (kaggle_row(99, label=""), r"train\.csv:3: label 'label' is missing"),
+        (kaggle_row(99, label="2"), r"train\.csv:3: label 'label' is '2', not 0 or 1"),
+        ("1,0", r"train\.csv:3: 2 fields, expected 41"),
+    ],
+    ids=["too-many-fields", "not-a-number", "missing-label", "non-binary-label", "too-few-fields"],
+)
+def test_bad_row_is_one_line_error_with_file_and_line(tmp_path, capsys, bad, message):
+    path = write_kaggle(tmp_path, bad)
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "criteo", "path": str(path)})
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("ctr: error: ")
+    assert re.search(message, err), err
+
+
+def test_skip_drops_and_counts_bad_rows(tmp_path, capsys):
+    path = write_kaggle(tmp_path, kaggle_row(99, label="7"))
+    with path.open("a") as f:
+        f.write(kaggle_row(100, extra=",x,y") + "\n" + kaggle_row(101, first="?") + "\n")
+    code, err, out = run_prepare(tmp_path, capsys, {"dataset": "criteo", "path": str(path), "on_bad_rows": "skip"})
+    assert code == 0, err
+    report = json.loads(next((tmp_path / "cache" / "data").glob("criteo-*/report.json")).read_text())
+    splits = report["splits"].values()
+    assert sum(s["skipped_bad_rows"] for s in splits) == 3
+    assert sum(s["rows"] for s in splits) == 8
+    assert "skipped bad rows" in out
+
+
+@pytest.mark.parametrize("content, message", [("", "empty file"), (HEADER + "\n", "empty file")])
+def test_empty_file(tmp_path, capsys, content, message):
+    path = tmp_path / "train.csv"
+    path.write_text(content)
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "criteo", "path": str(path)})
+    assert code == 2 and f"{path}: {message}" in err
+
+
+def test_empty_file_among_others_is_skipped_in_skip_mode(tmp_path, capsys, caplog):
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    write_kaggle(folder).rename(folder / "a.csv")
+    (folder / "b.csv").write_text("")
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "criteo", "path": str(folder), "on_bad_rows": "skip"})
+    assert code == 0, err
+    assert "b.csv: empty file" in caplog.text  # a logged warning
+
+
+def test_column_named_in_recipe_but_absent(tmp_path, capsys):
+    path = tmp_path / "rows.csv"
+    path.write_text("label,a,b\n1,x,y\n")
+    features = [{"name": "a"}, {"name": "price", "kind": "numeric"}]
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "csv", "path": str(path), "features": features})
+    assert code == 2
+    assert f"data.features (price): column 'price' is absent from {path} (it has: label, a, b)" in err
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "csv", "path": str(path), "label": "click", "features": [{"name": "a"}]})
+    assert code == 2 and "data.label: column 'click' is absent" in err
+
+
+def test_bad_libsvm_token_and_parquet_label_name_their_row(tmp_path, capsys):
+    path = tmp_path / "rows.txt"
+    path.write_text("1 3:1\n0 4:1 junk\n")
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "libsvm", "path": str(path)})
+    assert code == 2 and f"{path}:2: a feature is not 'index:value'" in err
+    table = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"label": [1, 0, 3], "a": ["x", "y", "z"]}), table)
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "parquet", "path": str(table), "features": [{"name": "a"}]})
+    assert code == 2 and f"{table} row 3: label 'label' is 3, not 0 or 1" in err
+
+
+def make_sources(tmp_path):
+    """A tiny input of every reader: (data block of the recipe, expected rows)."""
+    from tests.datasets.test_amazon import write_amazon
+    from tests.datasets.test_movielens import write_movielens
+
+    kaggle = write_kaggle(tmp_path)
+    dac = tmp_path / "day.txt"
+    dac.write_text("".join("\t".join(kaggle_row(i).split(",")[1:]) + "\n" for i in range(6)))
+    avazu = tmp_path / "avazu.csv"
+    avazu.write_text("id,click,hour,C1\n" + "".join(f"{i},{i % 2},141021{10 + i},5\n" for i in range(6)))
+    parquet = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"label": [0, 1] * 3, "a": list("abcdef")}), parquet)
+    svm = tmp_path / "rows.svm"
+    svm.write_text("".join(f"{i % 2} {i}:1 {i + 7}:1\n" for i in range(6)))
+    movielens = write_movielens(tmp_path / "ml", [(1, 10, 5), (2, 20, 1), (1, 20, 4)])
+    return {
+        "criteo-kaggle": ({"dataset": "criteo", "path": str(kaggle)}, 8),
+        "criteo-dac": ({"dataset": "criteo", "path": str(dac)}, 6),
+        "avazu": ({"dataset": "avazu", "path": str(avazu), "features": [{"name": "C1"}, {"name": "hour_of_day"}]}, 6),
+        "csv": ({"dataset": "csv", "path": str(avazu), "label": "click", "features": [{"name": "C1"}]}, 6),
+        "parquet": ({"dataset": "parquet", "path": str(parquet), "features": [{"name": "a"}]}, 6),
+        "libsvm": ({"dataset": "libsvm", "path": str(svm)}, 6),
+        "movielens": ({"dataset": "movielens", "path": str(movielens)}, 3),
+        "amazon": ({"dataset": "amazon", "path": str(write_amazon(tmp_path / "am"))}, 2 * 12),
+    }
+
+
+@pytest.mark.parametrize("reader", ["criteo-kaggle", "criteo-dac", "avazu", "csv", "parquet", "libsvm", "movielens", "amazon"])
+def test_preparation_killed_midway_leaves_no_entry_for_any_reader(tmp_path, monkeypatch, reader):
+    data, rows = make_sources(tmp_path)[reader]
+    recipe = recipe_from_dict({"data": {**data, "cache_dir": str(tmp_path / "cache")}})
+    original = ShardWriter.write
+
+    def killed(self, batch):
+        original(self, batch)
+        raise KeyboardInterrupt  # killed while writing encoded shards
+
+    monkeypatch.setattr(ShardWriter, "write", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(recipe.data, recipe.seed, progress=False)
+    cache = tmp_path / "cache" / "data"
+    assert not any((entry / "DONE").exists() for entry in cache.iterdir())
+    monkeypatch.setattr(ShardWriter, "write", original)
+    prepared = prepare(recipe.data, recipe.seed, progress=False)
+    assert (prepared.root / "DONE").exists()
+    assert sum(s["rows"] for s in prepared.report["splits"].values()) == rows
+    assert [p.name for p in cache.iterdir()] == [prepared.root.name]  # no temporary folder left

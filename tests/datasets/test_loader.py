@@ -1,0 +1,94 @@
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from ctr.datasets import BatchLoader
+from ctr.datasets.buffer import ShuffleBuffer
+from ctr.datasets.rows import RowBlock
+
+
+def row_ids(batches):
+    """Identifies rows by their dense values (unique per row in the synthetic data)."""
+    return [tuple(r) for b in batches for r in b.dense.numpy().round(5).tolist()]
+
+
+def test_every_row_once_in_file_order_without_shuffle(tiny_prepared):
+    folder, schema = tiny_prepared.split_dir("train"), tiny_prepared.schema
+    first = row_ids(BatchLoader(folder, schema, 700))
+    assert first == row_ids(BatchLoader(folder, schema, 333, prefetch=0))
+    assert len(first) == tiny_prepared.report["splits"]["train"]["rows"] == len(set(first))
+
+
+@pytest.mark.parametrize("buffer", [50, 1_000, 1_000_000])
+def test_shuffle_is_a_permutation_deterministic_by_seed_and_epoch(tiny_prepared, buffer):
+    folder, schema = tiny_prepared.split_dir("train"), tiny_prepared.schema
+    plain = row_ids(BatchLoader(folder, schema, 512))
+    loader = BatchLoader(folder, schema, 512, shuffle=True, seed=3, shuffle_buffer=buffer)
+    epoch0, epoch1 = row_ids(loader), row_ids(loader)
+    again = row_ids(BatchLoader(folder, schema, 512, shuffle=True, seed=3, shuffle_buffer=buffer))
+    other = row_ids(BatchLoader(folder, schema, 512, shuffle=True, seed=4, shuffle_buffer=buffer))
+    assert sorted(epoch0) == sorted(plain) and epoch0 != plain
+    assert epoch0 == again and epoch0 != epoch1 and epoch0 != other
+
+
+def test_a_buffer_as_large_as_the_split_mixes_the_whole_split(tiny_prepared):
+    folder, schema = tiny_prepared.split_dir("train"), tiny_prepared.schema
+    plain = row_ids(BatchLoader(folder, schema, 512))
+    position = {row: i for i, row in enumerate(plain)}
+    first_batch = row_ids([next(iter(BatchLoader(folder, schema, 512, shuffle=True, prefetch=0)))])
+    spread = np.array([position[r] for r in first_batch]) / len(plain)
+    assert spread.min() < 0.1 and spread.max() > 0.9  # drawn from all over the split
+
+
+def test_shuffle_buffer_holds_at_most_its_capacity():
+    rows = RowBlock(np.arange(10_000, dtype=np.int32).reshape(-1, 1))
+    buffer = ShuffleBuffer(300, np.random.default_rng(0))
+    blocks = (rows.take(slice(s, s + 1_000)) for s in range(0, 10_000, 1_000))
+    out = []
+    for block in buffer.mix(blocks):
+        assert buffer.store.rows == 300
+        out.append(block.data[:, 0])
+    out = np.concatenate(out)
+    assert sorted(out.tolist()) == list(range(10_000))
+    # rows leave the buffer late in proportion to its size, not as they came
+    assert np.abs(out - np.arange(10_000)).mean() > 100
+
+
+def test_ranks_get_disjoint_equal_shares(tiny_prepared):
+    folder, schema = tiny_prepared.split_dir("train"), tiny_prepared.schema
+    total = tiny_prepared.report["splits"]["train"]["rows"]
+    for shuffle in (False, True):
+        loaders = [BatchLoader(folder, schema, 256, shuffle=shuffle, rank=r, world_size=3) for r in range(3)]
+        shares = [row_ids(loader) for loader in loaders]
+        assert len({len(loader) for loader in loaders}) == 1
+        assert [len(s) for s in shares] == [total // 3] * 3
+        assert len(set().union(*map(set, shares))) == 3 * (total // 3)
+
+
+def test_batches_have_the_batch_size_and_drop_last(tiny_prepared):
+    folder, schema = tiny_prepared.split_dir("train"), tiny_prepared.schema
+    loader = BatchLoader(folder, schema, 1000, shuffle=True, drop_last=True, shuffle_buffer=700)
+    sizes = [b.size for b in loader]
+    assert sizes == [1000] * len(loader) and len(loader) == loader.rows // 1000
+
+
+def test_sequences_and_groups_survive_packing(tmp_path):
+    from ctr.datasets import prepare
+    from ctr.recipe import recipe_from_dict
+
+    path = tmp_path / "rows.csv"
+    path.write_text("label,user,tags\n1,u1,a^b^c\n0,u2,\n1,u1,c\n0,u3,b^a\n")
+    raw = {"data": {"dataset": "csv", "path": str(path), "cache_dir": str(tmp_path / "c"), "group": "user",
+                    "split": {"valid": 0.0, "test": 0.0},
+                    "features": [{"name": "user"}, {"name": "tags", "kind": "sequence", "max_len": 2}]}}
+    recipe = recipe_from_dict(raw)
+    prepared = prepare(recipe.data, recipe.seed, progress=False)
+    batch = next(iter(BatchLoader(prepared.split_dir("train"), prepared.schema, 10)))
+    assert batch.sparse.lengths().tolist() == [1, 1, 1, 1, 2, 0, 1, 2]
+    groups = batch.groups.tolist()
+    assert groups[0] == groups[2] and len(set(groups)) == 3
+    assert batch.labels.tolist() == [1.0, 0.0, 1.0, 0.0]
+    tokens = pq.read_table(prepared.root / "vocab" / "tags.parquet").column("token").to_pylist()
+    id_of = {token: 2 + i for i, token in enumerate(tokens)}  # after padding 0 and OOV 1
+    start, end = batch.sparse.feature_slice("tags")
+    assert batch.sparse.values[start:end].tolist() == [id_of["b"], id_of["c"], id_of["c"], id_of["b"], id_of["a"]]

@@ -1,0 +1,29 @@
+"""docs/extending.md's dataset plugin works as documented."""
+
+import json
+from pathlib import Path
+
+from ctr.datasets import prepare
+from ctr.recipe import recipe_from_dict
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "extending.md"
+
+
+def documented_block(first_line: str) -> str:
+    blocks = DOCS.read_text().split("```python\n")[1:]
+    for block in blocks:
+        if block.startswith(first_line):
+            return block.split("```")[0]
+    raise AssertionError(f"docs/extending.md has no block starting with {first_line!r}")
+
+
+def test_documented_dataset_plugin_prepares(tmp_path, monkeypatch):
+    (tmp_path / "my_data.py").write_text(documented_block("# my_data.py"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rows = [{"clicked": i % 3 == 0, "user": f"u{i % 9}", "ad": f"a{i % 4}", "price": i / 10} for i in range(200)]
+    (tmp_path / "clicks.jsonl").write_text("".join(json.dumps({**r, "clicked": int(r["clicked"])}) + "\n" for r in rows))
+    recipe = recipe_from_dict({"plugins": ["my_data"], "data": {
+        "dataset": "my_clicks", "path": str(tmp_path / "clicks.jsonl"), "cache_dir": str(tmp_path / "cache")}})
+    prepared = prepare(recipe.data, recipe.seed, progress=False)
+    assert sum(s["rows"] for s in prepared.report["splits"].values()) == 200
+    assert prepared.schema.group == "user" and prepared.schema.feature("user").vocab_size == 2 + 9

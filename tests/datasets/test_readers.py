@@ -1,0 +1,179 @@
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ctr.datasets import prepare
+from ctr.datasets.avazu import AvazuDataset, AvazuConfig
+from ctr.datasets.criteo import CriteoConfig, CriteoDataset
+from ctr.datasets.libsvm import IPinYouConfig, IPinYouDataset, LibSVMConfig, LibSVMDataset
+from ctr.datasets.text import TextFormat, read_delimited
+from ctr.recipe import recipe_from_dict
+from ctr.schema import FeatureSpec
+from tests.conftest import SHARED_DATA
+
+DAC_ROW = "1\t" + "\t".join(str(i) for i in range(13)) + "\t" + "\t".join(f"{i:08x}" for i in range(26))
+
+
+def table(batches):
+    return pa.Table.from_batches(list(batches))
+
+
+def test_blocks_keep_line_numbers_across_boundaries(tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_text("a,b\n" + "".join(f"{i},x{i}\n" for i in range(1000)) + "7,last-without-newline")
+    rows = table(read_delimited(path, TextFormat(["a", "b"], header=True), block_bytes=100))
+    assert rows.num_rows == 1001
+    assert rows.column("__line__").to_pylist() == list(range(2, 1003))
+    assert rows.column("b").to_pylist()[-1] == "last-without-newline"
+
+
+def test_wrong_field_count_becomes_a_row_problem_at_its_line(tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_text("1,2\n3,4,5\n6,7\n\"8,9\",10\n11\n")
+    rows = table(read_delimited(path, TextFormat(["a", "b"]), block_bytes=7))
+    assert rows.column("__line__").to_pylist() == [1, 2, 3, 4, 5]
+    assert rows.column("__problem__").to_pylist() == [None, "3 fields, expected 2", None, None, "1 fields, expected 2"]
+    assert rows.column("a").to_pylist() == ["1", None, "6", "8,9", None]
+
+
+def test_dac_rows_lacking_trailing_fields_are_padded(tmp_path):
+    path = tmp_path / "day_0"
+    short = DAC_ROW.rsplit("\t", 3)[0]  # 37 fields
+    path.write_text(f"{DAC_ROW}\n{short}\n{DAC_ROW}\textra\n0\t1\t2\n")
+    source = CriteoDataset(CriteoConfig(path=str(path)))
+    rows = table(source.streams()["all"]())
+    assert rows.column("C23").to_pylist()[:2] == [f"{22:08x}", f"{22:08x}"]
+    assert rows.column("C24").to_pylist()[:2] == [f"{23:08x}", None]
+    assert rows.column("C26").to_pylist()[:2] == [f"{25:08x}", None]
+    assert rows.column("__problem__").to_pylist() == [None, None, "41 fields, expected 40", "3 fields, expected 40"]
+
+
+def test_criteo_kaggle_csv_and_dac_give_the_same_columns(tmp_path):
+    (tmp_path / "k").mkdir()
+    kaggle = tmp_path / "k" / "train.csv"
+    header = "Id,Label," + ",".join(f"I{i}" for i in range(1, 14)) + "," + ",".join(f"C{i}" for i in range(1, 27))
+    kaggle.write_text(header + "\n10000000," + DAC_ROW.replace("\t", ",") + "\n")
+    dac = tmp_path / "train.txt"
+    dac.write_text(DAC_ROW + "\n")
+    a = table(CriteoDataset(CriteoConfig(path=str(kaggle))).streams()["all"]())
+    b = table(CriteoDataset(CriteoConfig(path=str(dac))).streams()["all"]())
+    assert a.drop_columns(["__line__"]).equals(b.drop_columns(["__line__"]))
+    assert a.column("__line__").to_pylist() == [2] and b.column("__line__").to_pylist() == [1]
+
+
+def test_avazu_derives_hour_of_day_and_weekday(tmp_path):
+    path = tmp_path / "train.csv"
+    columns = "id,click,hour,C1,banner_pos,site_id,site_domain,site_category,app_id,app_domain,app_category,device_id,device_ip,device_model,device_type,device_conn_type,C14,C15,C16,C17,C18,C19,C20,C21"
+    values = ",".join(["x"] * 21)
+    path.write_text(f"{columns}\n1,0,14102117,{values}\n2,1,14102623,{values}\n3,1,1410,{values}\n")
+    rows = table(AvazuDataset(AvazuConfig(path=str(path))).streams()["all"]())
+    assert rows.column("hour_of_day").to_pylist()[:2] == ["17", "23"]
+    assert rows.column("weekday").to_pylist()[:2] == ["1", "6"]  # 2014-10-21 Tuesday, 2014-10-26 Sunday
+    assert rows.column("__problem__").to_pylist()[2] == "hour '1410' is not YYMMDDHH"
+
+
+def write_featindex(folder):
+    folder.mkdir(exist_ok=True)
+    (folder / "featindex.txt").write_text("weekday:0\t0\nweekday:1\t1\ncity:9\t2\ncity:10\t3\nprice\t4\n")
+    return folder / "featindex.txt"
+
+
+def test_libsvm_fields_from_featindex(tmp_path):
+    index = write_featindex(tmp_path / "ip")
+    path = tmp_path / "ip" / "train.txt"
+    path.write_text("0 1:1 2:1\n1 0:1 3:1\n0 0:1 0:1\n1 1:1 9:1\n")
+    source = LibSVMDataset(LibSVMConfig(path=str(path), featindex=str(index)))
+    assert [f.name for f in source.default_features()] == ["weekday", "city", "price"]
+    rows = table(source.streams()["all"]())
+    assert rows.column("weekday").to_pylist()[:2] == ["1", "0"]
+    assert rows.column("city").to_pylist()[:2] == ["9", "10"]
+    assert rows.column("__problem__").to_pylist()[2:] == ["field 'weekday' appears more than once", "an index is not in featindex"]
+
+
+def test_libfm_fields_numeric_values_and_plain_libsvm(tmp_path):
+    libfm = tmp_path / "fm.txt"
+    libfm.write_text("1 0:5:1 1:7:1 2:9:0.25\n0 0:6:1 2:9:3\n")
+    features = [FeatureSpec(name="a", source="0"), FeatureSpec(name="b", source="1"),
+                FeatureSpec(name="x", kind="numeric", source="2")]
+    source = LibSVMDataset(LibSVMConfig(path=str(libfm), features=features))
+    rows = table(source.streams()["all"]())
+    assert rows.column("0").to_pylist() == ["5", "6"] and rows.column("1").to_pylist() == ["7", None]
+    assert rows.column("2").to_pylist() == [0.25, 3.0]
+    plain = tmp_path / "svm.txt"
+    plain.write_text("1 3:1 8:1 9:1\n0 4:1\n")
+    source = LibSVMDataset(LibSVMConfig(path=str(plain)))
+    assert source.default_features()[0].kind == "sequence"
+    assert table(source.streams()["all"]()).column("features").to_pylist() == [["3", "8", "9"], ["4"]]
+
+
+def test_generic_csv_sequence_column_shared_table(tmp_path):
+    path = tmp_path / "taobao.csv"
+    path.write_text("clk,item,hist\n1,i1,i2^i3^i1\n0,i2,i1\n1,i3,\n")
+    raw = {"data": {"dataset": "csv", "path": str(path), "label": "clk", "cache_dir": str(tmp_path / "c"),
+                    "split": {"valid": 0.0, "test": 0.0},
+                    "features": [{"name": "item"}, {"name": "hist", "kind": "sequence", "share_with": "item",
+                                                    "max_len": 2, "pooling": "none", "padding": "left"}]}}
+    recipe = recipe_from_dict(raw)
+    prepared = prepare(recipe.data, recipe.seed, progress=False)
+    hist = prepared.schema.feature("hist")
+    assert hist.table == "item" and hist.vocab_size == prepared.schema.feature("item").vocab_size
+    shard = pq.read_table(next((prepared.root / "train").glob("*.parquet")))
+    item_ids = dict(zip(shard.column("item").to_pylist(), ["i1", "i2", "i3"]))
+    assert [[item_ids[i] for i in h] for h in shard.column("hist").to_pylist()] == [["i3", "i1"], ["i1"], []]
+
+
+def test_parquet_dataset_reads_typed_and_list_columns(tmp_path):
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"y": [1, 0, 1], "price": [1.5, None, 3.0], "tags": [["a"], [], ["a", "b"]], "unused": [0, 0, 0]}), path)
+    raw = {"data": {"dataset": "parquet", "path": str(path), "label": "y", "cache_dir": str(tmp_path / "c"),
+                    "split": {"valid": 0.0, "test": 0.0},
+                    "features": [{"name": "price", "kind": "numeric"}, {"name": "tags", "kind": "sequence"}]}}
+    recipe = recipe_from_dict(raw)
+    prepared = prepare(recipe.data, recipe.seed, progress=False)
+    features = {f["name"]: f for f in prepared.report["features"]}
+    assert features["price"]["missing_rate"] == pytest.approx(1 / 3)
+    assert features["tags"]["values_per_row"] == pytest.approx(1.0)
+
+
+def test_valid_and_test_files_give_the_splits(tmp_path):
+    for name, rows in (("train", 40), ("test", 7)):
+        (tmp_path / f"{name}.csv").write_text("y,a\n" + "".join(f"{i % 2},v{i}\n" for i in range(rows)))
+    raw = {"data": {"dataset": "csv", "path": str(tmp_path / "train.csv"), "test_path": str(tmp_path / "test.csv"),
+                    "label": "y", "features": [{"name": "a"}], "cache_dir": str(tmp_path / "c"), "split": {"valid": 0.25}}}
+    recipe = recipe_from_dict(raw)
+    splits = prepare(recipe.data, recipe.seed, progress=False).report["splits"]
+    assert splits["test"]["rows"] == 7
+    assert splits["train"]["rows"] + splits["valid"]["rows"] == 40 and 3 <= splits["valid"]["rows"] <= 18
+
+
+needs_criteo = pytest.mark.skipif(not (SHARED_DATA / "criteo").is_dir(), reason="needs ../shared/data/criteo (real Criteo samples)")
+
+
+@needs_criteo
+def test_real_criteo_samples():
+    kaggle = table(CriteoDataset(CriteoConfig(path=str(SHARED_DATA / "criteo" / "kaggle_train_2k.csv"))).streams()["all"]())
+    dac = table(CriteoDataset(CriteoConfig(path=str(SHARED_DATA / "criteo" / "dac_train_999.txt"))).streams()["all"]())
+    assert kaggle.num_rows == 1999 and dac.num_rows == 1000
+    for rows in (kaggle, dac):
+        assert rows.column("__problem__").null_count == rows.num_rows
+        assert set(rows.column("label").to_pylist()) == {"0", "1"}
+    assert dac.column("C26").null_count > 0  # padded rows
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "avazu").is_dir(), reason="needs ../shared/data/avazu (real Avazu sample)")
+def test_real_avazu_sample():
+    rows = table(AvazuDataset(AvazuConfig(path=str(SHARED_DATA / "avazu" / "train_3k.csv"))).streams()["all"]())
+    assert rows.num_rows == 2994 and rows.column("__problem__").null_count == rows.num_rows
+    assert set(rows.column("hour_of_day").to_pylist()) <= {f"{h:02d}" for h in range(24)} | {str(h) for h in range(24)}
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "ipinyou").is_dir(), reason="needs ../shared/data/ipinyou (real iPinYou sample)")
+def test_real_ipinyou_splits_and_fields():
+    source = IPinYouDataset(IPinYouConfig(path=str(SHARED_DATA / "ipinyou")))
+    assert len(source.default_features()) == 16
+    streams = source.streams()
+    assert set(streams) == {"train", "test"}
+    test = table(streams["test"]())
+    assert test.num_rows == 21_150 and sum(int(v) for v in test.column("label").to_pylist()) == 50
+    assert test.column("__problem__").null_count == test.num_rows
+    assert test.column("weekday").null_count == 0

@@ -1,0 +1,27 @@
+import pyarrow as pa
+
+from ctr.cli import main
+from ctr.datasets.criteo import CriteoConfig, CriteoDataset
+
+
+def test_synth_writes_dac_tsv_that_the_criteo_reader_reads(tmp_path, capsys):
+    out = tmp_path / "day.tsv"
+    assert main(["data", "synth", str(out), "--rows", "3000", "--vocab-scale", "0.01", "--seed", "5"]) == 0
+    assert "wrote 3,000 rows" in capsys.readouterr().out
+    lines = out.read_text().splitlines()
+    assert len(lines) == 3000 and all(line.count("\t") == 39 for line in lines)
+    rows = pa.Table.from_batches(list(CriteoDataset(CriteoConfig(path=str(out))).streams()["all"]()))
+    assert rows.column("__problem__").null_count == 3000
+    assert set(rows.column("label").to_pylist()) == {"0", "1"}
+    assert 0.05 < rows.column("I1").null_count / 3000 < 0.15  # missing counts are empty fields
+    assert all(len(token) == 8 for token in rows.column("C1").to_pylist())
+    again = tmp_path / "again.tsv"
+    main(["data", "synth", str(again), "--rows", "3000", "--vocab-scale", "0.01", "--seed", "5"])
+    assert again.read_bytes() == out.read_bytes()
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_synth_bad_arguments_are_user_errors(tmp_path, capsys):
+    assert main(["data", "synth", str(tmp_path / "x.tsv"), "--rows", "0"]) == 2
+    assert "data synth:" in capsys.readouterr().err
+    assert main(["data", "synth", str(tmp_path / "no" / "x.tsv"), "--rows", "5"]) == 2

@@ -1,0 +1,84 @@
+"""DIN: behaviour/target pairing, history masking, mini-batch aware regularization, and
+attention over behaviours beating mean pooling on data where one behaviour matters."""
+
+import pytest
+import torch
+
+from ctr.errors import RecipeError
+from tests.models.helpers import behaviour_batches, behaviour_schema, fit_batches, planted_schema, task_for_schema
+
+SMALL = {"name": "din", "hidden": [32], "attention_hidden": [16]}
+
+
+@pytest.fixture(scope="module")
+def schema():
+    return behaviour_schema(200, 30)
+
+
+def test_pairs_sequences_with_the_features_they_share_a_table_with(schema):
+    model = task_for_schema(schema, SMALL).net.model
+    assert model.targets == ["item_id"] and model.behaviours == ["hist_item_id"]
+
+
+def test_without_behaviour_sequences_the_error_names_the_key():
+    with pytest.raises(RecipeError, match="model.sequence_fields"):
+        task_for_schema(planted_schema(3, 5), SMALL)
+    with pytest.raises(RecipeError, match="model.target_fields: \\['nope'\\]"):
+        task_for_schema(behaviour_schema(5, 4), {**SMALL, "target_fields": ["nope"], "sequence_fields": ["hist_item_id"]})
+
+
+def test_history_beyond_its_length_does_not_change_the_prediction(schema):
+    task = task_for_schema(schema, SMALL)
+    task.eval()
+    batch = behaviour_batches(schema, 8, 8, seed=3)[0]
+    embedded = task.net.embedding(batch.sparse)
+    mask = embedded.masks["hist_item_id"]
+    assert not mask.all()  # some histories are shorter than the longest
+    noisy = embedded.sequences["hist_item_id"] + torch.randn_like(embedded.sequences["hist_item_id"]) * (~mask).unsqueeze(-1)
+    other = type(embedded)(embedded.pooled, {"hist_item_id": noisy}, embedded.masks, embedded.rows)
+    assert torch.allclose(task.net.model(batch, embedded), task.net.model(batch, other), atol=1e-6)
+
+
+def test_mini_batch_aware_l2_covers_each_present_row_once_scaled_by_its_frequency(schema):
+    lam = 0.5
+    task = task_for_schema(schema, {**SMALL, "l2_reg": lam})
+    batch = behaviour_batches(schema, 16, 16, seed=4)[0]
+    embedded = task.net.embedding(batch.sparse)
+    reg = task.net.model.regularizer(batch, embedded)
+    rows = torch.unique(batch.sparse.values)  # one table: ids are its rows; no padding here
+    counts = torch.as_tensor(schema.counts["item_id"], dtype=torch.float32)
+    weight = task.net.embedding.weight
+    expected = 0.5 * lam * (weight[rows].pow(2).sum(1) / counts[rows]).sum()
+    assert torch.allclose(reg, expected)
+    task.zero_grad()
+    reg.backward()
+    grad = weight.grad.coalesce()
+    touched = grad.indices()[0]
+    assert grad.is_sparse and set(touched.tolist()) == set(rows.tolist())
+    dense = grad.to_dense()
+    assert torch.allclose(dense[rows], lam * weight[rows] / counts[rows].unsqueeze(1), atol=1e-7)
+
+
+def test_regularizer_is_off_at_evaluation_and_by_default(schema):
+    batch = behaviour_batches(schema, 16, 16, seed=4)[0]
+    task = task_for_schema(schema, {**SMALL, "l2_reg": 0.5})
+    task.eval()
+    assert task.net(batch)[1].item() == 0.0
+    assert task_for_schema(schema, SMALL).net(batch)[1].item() == 0.0
+
+
+def test_attention_finds_the_relevant_behaviour_that_mean_pooling_dilutes():
+    """Label depends on whether the candidate is among up to 30 behaviours: DIN's local
+    activation unit weighs the matching behaviour; DeepFM over the mean-pooled history
+    (DIN's baseline in its paper) sees it diluted."""
+    schema = behaviour_schema(100, 20)
+    train, test = behaviour_batches(schema, 20000, 256, seed=1), behaviour_batches(schema, 4000, 1000, seed=2)
+    din = fit_batches(task_for_schema(schema, SMALL), train, test, 3)
+    deepfm = fit_batches(task_for_schema(schema, {"name": "deepfm", "hidden": [32], "dropout": 0.0}), train, test, 3)
+    assert din > deepfm + 0.05, (din, deepfm)
+
+
+def test_interest_product_feeds_the_candidate_times_interest_to_the_top_mlp(schema):
+    plain = task_for_schema(schema, SMALL).net.model
+    product = task_for_schema(schema, {**SMALL, "interest_product": True}).net.model
+    assert product.mlp.net[0].in_features == plain.mlp.net[0].in_features + 8  # one candidate field of D = 8

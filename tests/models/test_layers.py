@@ -1,0 +1,133 @@
+"""Shared blocks behave as their papers define them."""
+
+import math
+
+import pytest
+import torch
+
+from ctr.models.layers import CrossNetwork, CrossNetworkV2, Dice, InteractingLayer, TargetAttention
+
+
+def test_dice_uses_batch_statistics_in_training_and_moving_averages_at_inference():
+    torch.manual_seed(0)
+    dice = Dice(3)
+    with torch.no_grad():
+        dice.alpha.copy_(torch.tensor([0.1, 0.5, -0.2]))
+    x = torch.randn(512, 3) * 2 + 1
+    p = torch.sigmoid((x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-8))
+    assert torch.allclose(dice(x), p * x + (1 - p) * dice.alpha * x, atol=1e-5)
+    dice.eval()
+    mean, var = dice.norm.running_mean, dice.norm.running_var
+    p = torch.sigmoid((x - mean) / torch.sqrt(var + 1e-8))
+    assert torch.allclose(dice(x), p * x + (1 - p) * dice.alpha * x, atol=1e-5)
+
+
+def finite_difference(values, order):
+    for _ in range(order):
+        values = [b - a for a, b in zip(values, values[1:])]
+    return values
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("make", [CrossNetwork, CrossNetworkV2])
+def test_cross_layers_build_polynomials_of_degree_layers_plus_one(make, layers):
+    """With zero biases, l cross layers are a polynomial of degree l + 1 in the input scale
+    (DCN §2.2, DCN-V2 §3.1): its (l+2)-th finite difference in t vanishes, its (l+1)-th does not."""
+    torch.manual_seed(0)
+    net = make(5, layers).double()
+    for name, param in net.named_parameters():
+        if "bias" in name or "biases" in name:
+            torch.nn.init.zeros_(param)
+    x = torch.randn(1, 5, dtype=torch.float64)
+    with torch.no_grad():
+        values = [net(t * x) for t in torch.arange(layers + 3, dtype=torch.float64)]
+    assert finite_difference(values, layers + 2)[0].abs().max() < 1e-8
+    assert finite_difference(values, layers + 1)[0].abs().max() > 1e-3
+
+
+def test_dcn_cross_layer_matches_its_equation():
+    torch.manual_seed(0)
+    net = CrossNetwork(4, 1)
+    x0 = torch.randn(3, 4)
+    w, b = net.weights[0], net.biases[0]
+    assert torch.allclose(net(x0), x0 * (x0 @ w).unsqueeze(1) + b + x0)
+
+
+def test_dcnv2_low_rank_layer_equals_the_full_rank_layer_with_w_equal_uv():
+    torch.manual_seed(0)
+    low = CrossNetworkV2(6, 2, low_rank=2)
+    full = CrossNetworkV2(6, 2)
+    with torch.no_grad():
+        for layer, linear in enumerate(full.full):
+            linear.weight.copy_((low.v[layer, 0] @ low.u[layer, 0]).t())
+            linear.bias.copy_(low.bias[layer])
+    x0 = torch.randn(4, 6)
+    assert torch.allclose(low(x0), full(x0), atol=1e-5)
+
+
+def test_dcn_mix_gates_are_a_convex_combination_of_experts():
+    torch.manual_seed(0)
+    mix = CrossNetworkV2(6, 1, low_rank=2, experts=3)
+    x0 = torch.randn(4, 6)
+    with torch.no_grad():
+        mix.c.zero_()  # tanh(0) = 0: every expert outputs x0 ⊙ b, so the mixture must too
+    assert torch.allclose(mix(x0), x0 * mix.bias[0] + x0, atol=1e-6)
+
+
+def test_interacting_layer_matches_multi_head_attention_with_residual():
+    torch.manual_seed(0)
+    layer = InteractingLayer(4, head_dim=3, heads=2)
+    e = torch.randn(2, 5, 4)
+    wq, wk, wv = layer.qkv.weight.view(3, 2, 3, 4)
+    heads = []
+    for h in range(2):
+        scores = (e @ wq[h].t()) @ (e @ wk[h].t()).transpose(1, 2) / math.sqrt(3)
+        heads.append(torch.softmax(scores, -1) @ (e @ wv[h].t()))
+    expected = torch.relu(torch.cat(heads, -1) + e @ layer.residual.weight.t())
+    assert torch.allclose(layer(e), expected, atol=1e-5)
+
+
+def test_interacting_layer_is_equivariant_to_field_order():
+    torch.manual_seed(0)
+    layer = InteractingLayer(4, head_dim=3, heads=2)
+    e, perm = torch.randn(2, 5, 4), torch.tensor([3, 0, 4, 1, 2])
+    assert torch.allclose(layer(e)[:, perm], layer(e[:, perm]), atol=1e-6)
+
+
+def attention_inputs():
+    torch.manual_seed(0)
+    q, keys = torch.randn(3, 4), torch.randn(3, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    return q, keys * mask.unsqueeze(-1), mask
+
+
+@pytest.mark.parametrize("softmax", [False, True])
+def test_target_attention_ignores_padded_positions(softmax):
+    q, keys, mask = attention_inputs()
+    att = TargetAttention(4, [8], act="prelu", softmax=softmax)
+    noisy = keys + torch.randn_like(keys) * (~mask).unsqueeze(-1)
+    assert torch.allclose(att(q, keys, mask), att(q, noisy, mask), atol=1e-6)
+
+
+def test_target_attention_without_softmax_keeps_the_intensity_of_interest():
+    """Paper §4.3: the weights are not normalised, so a history repeating a relevant
+    behaviour twice yields twice the interest (softmax would give the same vector)."""
+    q, keys, mask = attention_inputs()
+    once_keys, once_mask = keys[:1, :1].clone(), mask[:1, :1]
+    twice_keys, twice_mask = once_keys.repeat(1, 2, 1), once_mask.repeat(1, 2)
+    plain = TargetAttention(4, [8], act="prelu")
+    assert torch.allclose(plain(q[:1], twice_keys, twice_mask), 2 * plain(q[:1], once_keys, once_mask), atol=1e-6)
+    soft = TargetAttention(4, [8], act="prelu", softmax=True)
+    soft.load_state_dict(plain.state_dict())
+    assert torch.allclose(soft(q[:1], twice_keys, twice_mask), soft(q[:1], once_keys, once_mask), atol=1e-6)
+
+
+def test_target_attention_unit_reads_q_k_difference_and_product():
+    q, keys, mask = attention_inputs()
+    att = TargetAttention(4, [8], act="prelu")
+    first = att.unit.net[0]
+    assert first.in_features == 16
+    qk = torch.cat([q[1], keys[1, 0], q[1] - keys[1, 0], q[1] * keys[1, 0]])
+    weight = att.unit(qk.unsqueeze(0)).squeeze()
+    single = att(q[1:2], keys[1:2, :1], mask[1:2, :1])
+    assert torch.allclose(single, weight * keys[1, 0], atol=1e-6)

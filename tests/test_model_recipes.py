@@ -1,0 +1,50 @@
+"""The per-model recipes: each validates, names the model its file is named after, and
+trains a few steps on the real data samples (skipped when ../shared/data is absent)."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ctr.recipe import load_recipe
+from ctr.train.runner import train
+from tests.conftest import SHARED_DATA
+
+ROOT = Path(__file__).resolve().parents[1]
+MOVIELENS = sorted((ROOT / "recipes" / "movielens").glob("*.yaml"))
+BEAUTY = sorted((ROOT / "recipes" / "amazon_beauty").glob("*.yaml"))
+TABULAR = {"lr", "wdl", "deepfm", "dcn", "dcnv2", "dlrm", "autoint", "autoint_plus"}
+
+
+def test_every_tabular_model_has_a_movielens_recipe_and_beauty_has_din_and_deepfm():
+    assert {p.stem for p in MOVIELENS} >= TABULAR
+    assert {p.stem for p in BEAUTY} >= {"din", "deepfm"}
+
+
+@pytest.mark.parametrize("path", MOVIELENS + BEAUTY, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_recipe_validates_and_names_its_model(path):
+    assert load_recipe(path).model.name == path.stem
+
+
+DATA = {"movielens": SHARED_DATA / "movielens", "amazon_beauty": SHARED_DATA / "amazon" / "Beauty.txt"}
+
+
+def smoke(path: Path, tmp_path: Path) -> dict:
+    """Two training steps of the recipe on the shared sample, then its evaluation."""
+    overrides = [f"data.path={DATA[path.parent.name]}", f"data.cache_dir={tmp_path.parent / 'cache'}",
+                 "train.max_steps=2", "train.eval_every_n_steps=2", "train.epochs=1", "trainer.progress_bar=false", "trainer.num_threads=1"]
+    return train(replace(load_recipe(path, overrides), name=path.stem), tmp_path / "run")
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "movielens").is_dir(), reason="needs ../shared/data/movielens (real MovieLens-100K)")
+@pytest.mark.parametrize("path", MOVIELENS, ids=lambda p: p.stem)
+def test_movielens_recipe_trains(path, tmp_path):
+    metrics = smoke(path, tmp_path)
+    assert 0 < metrics["test"]["auc"] <= 1 and metrics["steps"] == 2
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "amazon" / "Beauty.txt").is_file(), reason="needs ../shared/data/amazon (real Amazon Beauty)")
+@pytest.mark.parametrize("path", BEAUTY, ids=lambda p: p.stem)
+def test_beauty_recipe_trains_and_reports_group_auc(path, tmp_path):
+    metrics = smoke(path, tmp_path)
+    assert "gauc" in metrics["test"] and metrics["steps"] == 2

@@ -1,0 +1,106 @@
+"""Models defined outside the project: through a recipe's ``plugins:`` list (the example of
+docs/extending.md, run as documented) and through the ``ctr.models`` entry-point group."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
+
+
+def code_block(text: str, first_line: str) -> str:
+    """The fenced block of docs/extending.md that starts with ``first_line``."""
+    for block in re.findall(r"```\w*\n(.*?)```", text, flags=re.S):
+        if block.startswith(first_line):
+            return block
+    raise AssertionError(f"docs/extending.md has no block starting with {first_line!r}")
+
+
+def ctr(args, cwd, pythonpath):
+    env = {**os.environ, "PYTHONPATH": str(pythonpath), "CTR_CACHE": str(cwd / "cache")}
+    return subprocess.run([sys.executable, "-m", "ctr.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def test_docs_plugin_example_trains_as_documented(tmp_path):
+    docs = DOCS.read_text()
+    (tmp_path / "my_models.py").write_text(code_block(docs, "# my_models.py"))
+    (tmp_path / "my_recipe.yaml").write_text(code_block(docs, "# my_recipe.yaml"))
+    command = code_block(docs, "PYTHONPATH=. ctr train").split()
+    assert command[:3] == ["PYTHONPATH=.", "ctr", "train"]
+    result = ctr([*command[2:], "-o", "trainer.progress_bar=false", "-o", "trainer.num_threads=1"], tmp_path, tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "runs" / "my-mlp" / "metrics.json").read_text())
+    assert 0.5 < metrics["test"]["auc"] <= 1.0
+    listed = ctr(["models"], tmp_path, tmp_path)
+    assert "my_mlp" not in listed.stdout  # a plugins: module is imported by the recipe only
+    bad = ctr(["train", "my_recipe.yaml", "-o", "model.hiden=[8]"], tmp_path, tmp_path)
+    assert bad.returncode == 2 and "model.hiden: unknown key" in bad.stderr
+
+
+PLUGIN = '''
+"""A model that lives outside ctr: a linear logit over the field vectors."""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ctr.models.base import CTRModel, pool_sequences
+from ctr.recipe import ModelConfig
+from ctr.registry import MODELS
+
+
+@dataclass
+class OutsideConfig(ModelConfig):
+    name: str = "outside_linear"
+    scale: float = 1.0
+
+
+@MODELS.register("outside_linear", config=OutsideConfig)
+class OutsideLinear(CTRModel):
+    """Outside linear model (an entry-point plugin)."""
+
+    def __init__(self, schema, layout, config):
+        super().__init__(schema, layout, config)
+        width = (len(layout.pooled) + len(layout.sequences)) * layout.dim + self.num_dense
+        self.linear = nn.Linear(width, 1)
+
+    def forward(self, batch, embedded):
+        fields = pool_sequences(embedded, self.layout)
+        return self.config.scale * self.linear(torch.cat([fields.flatten(1), batch.dense], 1)).squeeze(-1)
+'''
+
+
+@pytest.fixture
+def installed_plugin(tmp_path):
+    """A distribution on PYTHONPATH whose entry point in group ``ctr.models`` names a module."""
+    site = tmp_path / "site"
+    dist = site / "outside_models-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (site / "outside_models.py").write_text(PLUGIN)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: outside-models\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[ctr.models]\noutside_linear = outside_models\n")
+    return site
+
+
+def test_entry_point_plugin_is_listed_and_trains(tmp_path, installed_plugin):
+    listed = ctr(["models"], tmp_path, installed_plugin)
+    assert listed.returncode == 0 and "outside_linear" in listed.stdout
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: outside\n"
+        "data: {dataset: synthetic, rows: 6000, vocab_scale: 0.002, chunk_rows: 2000}\n"
+        "model: {name: outside_linear, scale: 2.0}\n"
+        "embedding: {method: full, dim: 8}\n"
+        "train: {batch_size: 512, epochs: 1}\n"
+        "trainer: {progress_bar: false, num_threads: 1}\n"
+    )
+    result = ctr(["train", str(recipe), "--out", str(tmp_path / "run")], tmp_path, installed_plugin)
+    assert result.returncode == 0, result.stderr
+    saved = (tmp_path / "run" / "recipe.yaml").read_text()
+    assert "outside_linear" in saved and "scale: 2.0" in saved
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["auc"] > 0
