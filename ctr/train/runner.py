@@ -113,7 +113,10 @@ def fit(
     callbacks = [checkpoint, throughput, ValidationSummary()]
     if recipe.train.early_stop:
         stop = recipe.train.early_stop
-        callbacks.append(EarlyStopping(monitor=stop.monitor, mode=stop.mode, patience=stop.patience))
+        # checked after validation only: a run cut short by max_steps may end before the first one
+        callbacks.append(
+            EarlyStopping(monitor=stop.monitor, mode=stop.mode, patience=stop.patience, check_on_train_epoch_end=False)
+        )
     trainer = _trainer(recipe, session.run, session.progress, callbacks, epochs=epochs, max_steps=max_steps, log_root=log_root)
     loaders = session.loaders
     trainer.fit(task, loaders["train"], loaders["valid"], ckpt_path=str(resume_from) if resume_from else None)

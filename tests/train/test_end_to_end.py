@@ -83,3 +83,13 @@ def test_models_lists_registries():
     assert result.returncode == 0
     for name in ("dlrm", "lr", "full", "synthetic", "adagrad"):
         assert name in result.stdout
+
+
+def test_max_steps_before_first_validation_with_early_stopping(tmp_path):
+    raw = tiny_recipe(tmp_path, train={"max_steps": 3, "early_stop": {"monitor": "valid/auc", "mode": "max"}})
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    result = ctr("train", recipe, "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and "auc" in metrics["test"]
