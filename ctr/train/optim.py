@@ -20,18 +20,34 @@ from ctr.registry import OPTIMIZERS
 ParamList = list[nn.Parameter]
 
 
-def _dense(factory: Callable[..., torch.optim.Optimizer]):
-    def make(params: ParamList, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-        return factory(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+@OPTIMIZERS.register("adam")
+def adam(params: ParamList, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """Adam (dense parameters; weight_decay as L2 in the gradient)."""
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    return make
+
+@OPTIMIZERS.register("adamw")
+def adamw(params: ParamList, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """AdamW (dense parameters; decoupled weight decay)."""
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-OPTIMIZERS.register("adam")(_dense(torch.optim.Adam))
-OPTIMIZERS.register("adamw")(_dense(torch.optim.AdamW))
-OPTIMIZERS.register("sgd")(lambda params, cfg: torch.optim.SGD(params, lr=cfg.lr))
-OPTIMIZERS.register("adagrad")(lambda params, cfg: torch.optim.Adagrad(params, lr=cfg.lr))
-OPTIMIZERS.register("sparse_adam")(lambda params, cfg: torch.optim.SparseAdam(params, lr=cfg.lr))
+@OPTIMIZERS.register("sgd")
+def sgd(params: ParamList, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """Plain SGD (dense or sparse gradients: only touched rows move)."""
+    return torch.optim.SGD(params, lr=cfg.lr)
+
+
+@OPTIMIZERS.register("adagrad")
+def adagrad(params: ParamList, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """Adagrad, one accumulator per weight (sparse gradients update touched rows only)."""
+    return torch.optim.Adagrad(params, lr=cfg.lr)
+
+
+@OPTIMIZERS.register("sparse_adam")
+def sparse_adam(params: ParamList, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """Lazy Adam for sparse gradients: moments of touched rows only."""
+    return torch.optim.SparseAdam(params, lr=cfg.lr)
 
 
 @OPTIMIZERS.register("rowwise_adagrad")
