@@ -170,7 +170,7 @@ class _FMFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         total = fields.sum(1)  # [B, D]
         flat = fields.flatten(1)
-        squares = torch.bmm(flat.unsqueeze(1), flat.unsqueeze(2)).view(-1)  # Σ_f ‖v_f‖², no temporary
+        squares = torch.linalg.vector_norm(flat, dim=1).square()  # Σ_f ‖v_f‖² in one pass, no temporary
         out = flat @ weight.flatten() + 0.5 * (total.pow(2).sum(1) - squares)
         ctx.save_for_backward(fields, weight, total)
         return out, fields.view_as(fields)
