@@ -76,14 +76,18 @@ class EvolutionarySearch:
         self.scores: dict[Candidate, float] = {}
 
     def run(self, config: EvolutionConfig) -> SearchResult:
-        population = [self.repair(self.rng.integers(1, self.max_dim + 1, self.fields)) for _ in range(config.population)]
+        taken: set[Candidate] = set()
+        population = [
+            self._fresh(lambda: self.repair(self.rng.integers(1, self.max_dim + 1, self.fields)), taken)
+            for _ in range(config.population)
+        ]
         bar = tqdm(total=config.generations + 1, desc="evolutionary search", disable=not self.progress, leave=False)
         self._evaluate(population)
         bar.update()
         for generation in range(config.generations):
             parents = self._best(config.parents)
-            children = [self._mutate(parents, config.mutation_prob) for _ in range(config.mutations)]
-            children += [self._cross(parents) for _ in range(config.crossovers)]
+            children = [self._fresh(lambda: self._mutate(parents, config.mutation_prob), taken) for _ in range(config.mutations)]
+            children += [self._fresh(lambda: self._cross(parents), taken) for _ in range(config.crossovers)]
             self._evaluate(children)
             bar.update()
             best = self._best(1)[0]
@@ -104,6 +108,16 @@ class EvolutionarySearch:
                 break
             dims[self.rng.choice(self.fields, p=weights / weights.sum())] -= 1
         return tuple(int(d) for d in dims)
+
+    def _fresh(self, make: Callable[[], Candidate], taken: set[Candidate]) -> Candidate:
+        """A candidate from ``make`` that was not drawn before, redrawn up to 32 times (a
+        mutation that redraws no field, or a crossover of equal parents, repeats its parent)."""
+        for _ in range(32):
+            candidate = make()
+            if candidate not in taken:
+                break
+        taken.add(candidate)
+        return candidate
 
     def _evaluate(self, candidates: list[Candidate]) -> None:
         for candidate in candidates:

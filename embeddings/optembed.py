@@ -141,7 +141,7 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
         for name, values in out.sequences.items():
             table = self.table_names.index(self.schema.feature(name).table)
             sequences[name] = values * (positions < dims[:, table, None]).unsqueeze(1)
-        return FeatureEmbeddings(pooled=pooled, sequences=sequences, masks=out.masks)
+        return FeatureEmbeddings(pooled=pooled, sequences=sequences, masks=out.masks, rows=out.rows)
 
     def embed_bags(self, bags: Bags) -> Tensor:
         if self.phase == "retrain":
@@ -149,6 +149,8 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
         return super().embed_bags(bags)
 
     def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
+        if self.phase == "retrain":
+            return self._ids_compact(feature, ids)
         rows = self.row_start[self.feature_table[feature]] + ids
         vectors = F.embedding(rows, self.weight, sparse=True)  # [N, D]
         if self.phase == "supernet":
@@ -156,6 +158,18 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
         else:
             keep = self.row_keep[rows].to(vectors.dtype)
         return vectors * keep.unsqueeze(1)
+
+    def _ids_compact(self, feature: Tensor, ids: Tensor) -> Tensor:
+        """[N, D] from the compact tables: pruned rows are zero, dims ≥ d_f zero-padded."""
+        tables = self.feature_table[feature]
+        out = self.tables[0].new_zeros(ids.shape[0], self.dim)
+        for table in tables.unique().tolist():
+            chosen = tables == table
+            rows = self.compact_index[self.table_start[table] + ids[chosen]]
+            if self.tables[table].shape[0]:
+                vectors = F.embedding(rows.clamp(min=0), self.tables[table], sparse=True) * (rows >= 0).unsqueeze(1)
+                out[chosen] = F.pad(vectors, (0, self.dim - vectors.shape[1]))
+        return out
 
     def _embed_compact(self, bags: Bags) -> Tensor:
         pieces = []

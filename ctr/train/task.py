@@ -90,8 +90,12 @@ class CTRTask(L.LightningModule):
         if self.valid_batches is None:
             raise RuntimeError(f"stage {self.stage.name!r} is bilevel but the task has no validation batches")
         batch = next(self.valid_batches).to(self.device)
-        logits, _ = self.net(batch)
-        self.net.embedding.arch_update(F.binary_cross_entropy_with_logits(logits, batch.labels), optimizer)
+        self.net.eval()  # the validation loss as evaluation sees it: no dropout noise in its gradient
+        try:
+            logits, _ = self.net(batch)
+            self.net.embedding.arch_update(F.binary_cross_entropy_with_logits(logits, batch.labels), optimizer)
+        finally:
+            self.net.train()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._collect(batch)

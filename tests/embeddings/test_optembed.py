@@ -82,6 +82,18 @@ def test_retrained_table_stores_only_kept_rows_times_chosen_dims_and_embeds_the_
     torch.testing.assert_close(after.sequences["hist"], before.sequences["hist"])
     (after.pooled.sum()).backward()
     assert all(t.grad is None or t.grad.is_sparse for t in method.tables)
+    item = method.feature_names.index("item")  # the per-id rows hook (DIN's L2) reads the compact tables
+    ids = torch.tensor([jf.bag("item", b)[0] for b in range(4)])
+    torch.testing.assert_close(method.embed_ids(torch.full_like(ids, item), ids), before.pooled[:4, 0])
+
+
+def test_search_children_are_new_candidates():
+    def cost(dims):
+        return sum(dims)
+
+    search = EvolutionarySearch(3, 16, lambda dims: float(sum(dims)), cost, None, np.ones(3), np.random.default_rng(0))
+    result = search.run(EvolutionConfig(population=8, parents=4, mutations=6, crossovers=0, mutation_prob=0.1, generations=3))
+    assert len(result.history) == 8 + 3 * 6  # no slot lost to a mutation that repeats its parent
 
 
 def test_evolutionary_search_finds_different_dims_per_field_within_the_budget():
