@@ -3,6 +3,8 @@ search of per-field dimensions, and retraining of the table it found."""
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,6 +23,8 @@ from ctr.errors import UserError
 from ctr.recipe import OptimizerConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
+
+log = logging.getLogger(__name__)
 
 INDEX_BYTES = 8
 
@@ -226,15 +230,10 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
         return rows + bitmap + INDEX_BYTES * len(dims)
 
     def run_procedure(self, stage: Stage, context: StageContext) -> None:
-        kept = self.kept_rows()
         limit = None if self.config.budget is None else self.config.budget * self.full_bytes()
-        ones = (1,) * len(kept)
-        if limit is not None and self.retrained_bytes(ones, kept) > limit:
-            raise UserError(
-                f"embedding.budget: optembed cannot meet {self.config.budget}: the supernet kept {sum(kept)} rows, "
-                f"{self.retrained_bytes(ones, kept)} bytes at 1 dim per field > {limit:.0f} "
-                "(raise embedding.threshold_reg or train the supernet longer to prune more rows)"
-            )
+        if limit is not None:
+            self._cut_rows_to(limit)
+        kept = self.kept_rows()
 
         def score(dims: tuple[int, ...]) -> float:
             self.dims.copy_(torch.tensor(dims))
@@ -247,6 +246,30 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
         result = search.run(self.config)
         self.dims.copy_(torch.tensor(result.best))
         self.search_result = result
+
+    def _cut_rows_to(self, limit: float) -> None:
+        """If the kept rows do not fit ``limit`` bytes even at one dim per field, keeps the
+        rows with the largest margins ‖e‖₁ − t_f that do (every threshold raised by the same
+        amount); the rows cut are counted in ``rows_cut_to_budget``."""
+        fixed = self.retrained_bytes((0,) * len(self.table_names), [0] * len(self.table_names))
+        capacity = math.floor((limit - fixed) / FP32_BYTES)
+        if capacity < 1:
+            raise UserError(
+                f"embedding.budget: {self.config.budget} is too small for optembed: its row bitmap and dims alone take {fixed} bytes"
+            )
+        self.rows_cut_to_budget = max(int(self.row_keep.sum()) - capacity, 0)
+        if not self.rows_cut_to_budget:
+            return
+        with torch.no_grad():
+            margin = self.weight.abs().sum(1) - self.threshold[self.table_of_row]
+            margin[~self.row_keep] = -math.inf
+            keep = torch.zeros_like(self.row_keep)
+            keep[torch.topk(margin, capacity, sorted=False).indices] = True
+        self.row_keep.copy_(keep)
+        log.warning(
+            "optembed: the supernet kept more rows than budget %s holds at 1 dim per field; cut %d rows of the smallest margins",
+            self.config.budget, self.rows_cut_to_budget,
+        )
 
     def _compact(self) -> None:
         """Keeps only the kept rows × chosen dims of each table; drops weights and thresholds."""
@@ -278,6 +301,7 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
             summary["dims"] = dict(zip(self.table_names, self.dims.tolist()))
         if stage.name == "search" and hasattr(self, "search_result"):
             summary.update(valid_auc=self.search_result.score, candidates_scored=len(self.search_result.history))
+            summary["rows_cut_to_budget"] = getattr(self, "rows_cut_to_budget", 0)
         if stage.name == "retrain":
             summary["memory_bytes"] = self.memory_bytes()
         return summary

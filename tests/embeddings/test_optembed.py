@@ -4,7 +4,7 @@ import torch
 
 from ctr.embeddings.evolution import EvolutionarySearch, EvolutionConfig
 from ctr.embeddings.optembed import BinaryStep, OptEmbed, OptEmbedConfig
-from ctr.embeddings.stages import Stage
+from ctr.embeddings.stages import Stage, StageContext
 from ctr.errors import RecipeError
 from ctr.recipe import recipe_from_dict
 from tests.embeddings.schemas import batch, schema
@@ -85,6 +85,20 @@ def test_retrained_table_stores_only_kept_rows_times_chosen_dims_and_embeds_the_
     item = method.feature_names.index("item")  # the per-id rows hook (DIN's L2) reads the compact tables
     ids = torch.tensor([jf.bag("item", b)[0] for b in range(4)])
     torch.testing.assert_close(method.embed_ids(torch.full_like(ids, item), ids), before.pooled[:4, 0])
+
+
+def test_search_cuts_the_smallest_margin_rows_when_the_kept_rows_exceed_the_budget():
+    torch.manual_seed(2)
+    method = OptEmbed(schema(), OptEmbedConfig(dim=8, budget=0.05, population=4, parents=2, mutations=2, crossovers=2, generations=1))
+    method.phase = "search"
+    method.begin_stage(SEARCH)  # thresholds 0: every row kept, more than 5 % of the bytes hold at 1 dim
+    margins = method.weight.detach().abs().sum(1)
+    method.run_procedure(SEARCH, StageContext(score=lambda: 0.5, seed=0))
+    kept = method.kept_rows()
+    limit = 0.05 * method.full_bytes()
+    assert method.rows_cut_to_budget > 0 and sum(kept) == margins.numel() - method.rows_cut_to_budget
+    assert method.retrained_bytes(tuple(method.dims.tolist()), kept) <= limit < method.retrained_bytes((1, 1, 1), [k + 1 for k in kept])
+    assert margins[method.row_keep].min() >= margins[~method.row_keep].max()  # the largest rows stay
 
 
 def test_search_children_are_new_candidates():
