@@ -84,6 +84,7 @@ class BatchLoader:
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
         self.prefetch, self.shuffle_buffer = prefetch, shuffle_buffer
         self.epoch = 0
+        self._open: list[Iterator[Batch]] = []
 
     @property
     def rows(self) -> int:
@@ -98,7 +99,16 @@ class BatchLoader:
         epoch = self.epoch
         self.epoch += 1
         batches = (self.builder.build(block) for block in self._batches(epoch))
-        return _prefetched(batches, self.prefetch) if self.prefetch else batches
+        iterator = _prefetched(batches, self.prefetch) if self.prefetch else batches
+        self._open = [it for it in self._open if it.gi_frame is not None] + [iterator]
+        return iterator
+
+    def close(self) -> None:
+        """Stops the epochs still open (a run that ``max_steps`` ended mid-epoch) and joins
+        their background threads, so none is left working when the process exits."""
+        for iterator in self._open:
+            iterator.close()
+        self._open = []
 
     def _batches(self, epoch: int) -> Iterator[RowBlock]:
         """Blocks of exactly ``batch_size`` rows (the last may be smaller, or dropped)."""
@@ -172,9 +182,14 @@ def _prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
                     return
         except BaseException as err:  # handed to the consumer, which re-raises it
             put(err)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:  # stops a nested prefetch's thread too
+                close()
         put(done)
 
-    threading.Thread(target=produce, daemon=True).start()
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
     try:
         while True:
             item = slots.get()
@@ -185,3 +200,4 @@ def _prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
             yield item
     finally:
         stop.set()
+        thread.join(timeout=30)

@@ -74,11 +74,15 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
     _log_summary(task, prepared)
     evaluator = _trainer(recipe, run, progress, [], logger=False)
     session = Session(recipe, run, prepared, progress, _loaders(recipe, prepared, evaluator))
-    if task.net.embedding.stages():
-        fitted = train_stages(task, session, resume, fit)
-    else:
-        fitted = fit(task, session, run.checkpoints, resume_from=run.last if resume else None)
-    metrics = evaluate_checkpoint(task, fitted.best, session.loaders, evaluator)
+    try:
+        if task.net.embedding.stages():
+            fitted = train_stages(task, session, resume, fit)
+        else:
+            fitted = fit(task, session, run.checkpoints, resume_from=run.last if resume else None)
+        metrics = evaluate_checkpoint(task, fitted.best, session.loaders, evaluator)
+    finally:
+        for loader in session.loaders.values():
+            loader.close()
     metrics.update(
         embedding_bytes=task.net.embedding.memory_bytes(),
         full_embedding_bytes=task.net.embedding.full_bytes(),

@@ -1,3 +1,5 @@
+import threading
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -92,3 +94,14 @@ def test_sequences_and_groups_survive_packing(tmp_path):
     id_of = {token: 2 + i for i, token in enumerate(tokens)}  # after padding 0 and OOV 1
     start, end = batch.sparse.feature_slice("tags")
     assert batch.sparse.values[start:end].tolist() == [id_of["b"], id_of["c"], id_of["c"], id_of["b"], id_of["a"]]
+
+
+def test_close_stops_an_epoch_left_mid_way_and_joins_its_threads(tiny_prepared):
+    before = threading.active_count()
+    loader = BatchLoader(tiny_prepared.split_dir("train"), tiny_prepared.schema, 64, shuffle=True, prefetch=2)
+    epoch = iter(loader)
+    next(epoch)
+    assert threading.active_count() > before  # batches built ahead in the background
+    loader.close()
+    assert threading.active_count() == before
+    assert len(list(loader)) == len(loader)  # the loader still serves whole epochs
