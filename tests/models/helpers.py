@@ -23,6 +23,15 @@ def make_task(prepared: Prepared, model: dict, embedding: dict | None = None, tr
     return CTRTask(recipe_from_dict(raw), prepared.schema)
 
 
+def train_step(task: CTRTask, optimizer, batch: Batch) -> None:
+    """One plain training step: BCE plus the regularizer, backward, both optimizers."""
+    logits, reg = task.net(batch)
+    loss = F.binary_cross_entropy_with_logits(logits, batch.labels) + reg
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
 def fit(task: CTRTask, prepared: Prepared, epochs: int = 2) -> dict[str, float]:
     """Trains ``task`` with a plain loop (no Lightning) and returns its test metrics."""
     optimizer = task.configure_optimizers()
@@ -31,11 +40,7 @@ def fit(task: CTRTask, prepared: Prepared, epochs: int = 2) -> dict[str, float]:
     task.train()
     for _ in range(epochs):
         for batch in loader:
-            logits, reg = task.net(batch)
-            loss = F.binary_cross_entropy_with_logits(logits, batch.labels) + reg
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            train_step(task, optimizer, batch)
     return evaluate(task, prepared, "test")
 
 
@@ -89,11 +94,7 @@ def fit_batches(task: CTRTask, train: list[Batch], test: list[Batch], epochs: in
     task.train()
     for _ in range(epochs):
         for batch in train:
-            logits, reg = task.net(batch)
-            loss = F.binary_cross_entropy_with_logits(logits, batch.labels) + reg
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            train_step(task, optimizer, batch)
     task.eval()
     with torch.no_grad():
         probs = torch.cat([torch.sigmoid(task(b)) for b in test]).numpy()

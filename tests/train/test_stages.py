@@ -32,20 +32,21 @@ def summary(run, folder):
     return json.loads((run / "stages" / folder / "summary.json").read_text())
 
 
+def staged_run(tmp_path_factory, embedding: dict):
+    """A tiny synthetic run of a multi-stage method: its folder and metrics."""
+    tmp = tmp_path_factory.mktemp(embedding["method"])
+    metrics = train(recipe_from_dict(tiny_recipe(tmp, embedding=embedding)), tmp / "run")
+    return tmp / "run", metrics
+
+
 @pytest.fixture(scope="module")
 def optembed_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("optembed")
-    recipe = recipe_from_dict(tiny_recipe(tmp, embedding=OPTEMBED))
-    metrics = train(recipe, tmp / "run")
-    return tmp / "run", metrics
+    return staged_run(tmp_path_factory, OPTEMBED)
 
 
 @pytest.fixture(scope="module")
 def dnis_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("dnis")
-    recipe = recipe_from_dict(tiny_recipe(tmp, embedding=DNIS))
-    metrics = train(recipe, tmp / "run")
-    return tmp / "run", metrics
+    return staged_run(tmp_path_factory, DNIS)
 
 
 def test_optembed_thresholds_move_and_prune_rows(optembed_run):
