@@ -12,8 +12,10 @@ Rows come from ctr's synthetic generator (``PlantedModel``); the vocabularies ar
 generator's full id spaces (every id has a table row, seen or not), ids are encoded as
 ctr's codes (raw + 2), numeric values log1p-transformed. ctr's step is exactly its
 training step (embedding method → model → BCE → backward → Adam on dense parameters and
-the embedding optimizer on the touched rows), with batch assembly (``BatchBuilder``) timed
-inside it; DeepCTR-Torch's is its ``fit`` on the same arrays with Adam on dense parameters and
+the embedding optimizer on the touched rows). Batch assembly (``BatchBuilder`` gathering the
+batch's rows from memory: the data loader's work, which ``ctr train`` does in a prefetch
+thread) is timed apart and in neither side's figure, as the MLP alone is handed its batch's
+input built; DeepCTR-Torch's is its ``fit`` on the same arrays with Adam on dense parameters and
 Adagrad on its (dense-gradient) tables.
 """
 
@@ -68,9 +70,9 @@ def ctr_task(schema: Schema, args: argparse.Namespace) -> CTRTask:
 
 def ctr_and_mlp(schema: Schema, cols: Columns, args: argparse.Namespace, steps: int) -> dict[str, float]:
     """samples/s of ctr's training step and of the DeepFM's MLP trained alone on the same
-    batches, interleaved batch by batch (all see the same machine load). The MLP alone runs
-    twice: with the gradient of its input (which training the embeddings needs, so the
-    model's compute floor) and without it."""
+    batches, interleaved batch by batch (all see the same machine load), plus the batch
+    assembly's (timed apart). The MLP alone runs twice: with the gradient of its input (which
+    training the embeddings needs, so the model's compute floor) and without it."""
     torch.manual_seed(0)
     task = ctr_task(schema, args)
     optimizer = task.configure_optimizers()
@@ -80,13 +82,14 @@ def ctr_and_mlp(schema: Schema, cols: Columns, args: argparse.Namespace, steps: 
         mlp.load_state_dict(task.net.model.dnn.state_dict())
         alone[variant] = (mlp, torch.optim.Adam(mlp.parameters(), lr=0.001))
     builder, order = BatchBuilder(schema), np.random.default_rng(0).permutation(cols.rows)
-    timers, b = {name: Timer() for name in ("ctr", *alone)}, args.batch_size
+    timers, b = {name: Timer() for name in ("assembly", "ctr", *alone)}, args.batch_size
     for step in range(steps + args.warmup):
         start = (step * b) % (cols.rows - b + 1)
         index = order[start : start + b]
         timing = step >= args.warmup
-        with timers["ctr"] if timing else contextlib.nullcontext():
+        with timers["assembly"] if timing else contextlib.nullcontext():
             batch = builder.build(cols, index)
+        with timers["ctr"] if timing else contextlib.nullcontext():
             logits, reg = task.net(batch)
             loss = F.binary_cross_entropy_with_logits(logits, batch.labels) + reg
             optimizer.zero_grad()
@@ -150,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         ctr_speed, floor, no_grad = speed["ctr"], speed["with_input_grad"], speed["no_input_grad"]
         line = (f"{scenario}: {table_rows} table rows | ctr {ctr_speed:.0f} samples/s | MLP alone {floor:.0f} "
                 f"samples/s (with input gradient), {no_grad:.0f} (without) | ctr / MLP alone = "
-                f"{ctr_speed / floor:.3f} (with input gradient), {ctr_speed / no_grad:.3f} (without)")
+                f"{ctr_speed / floor:.3f} (with input gradient), {ctr_speed / no_grad:.3f} (without) | "
+                f"batch assembly {1e3 * args.batch_size / speed['assembly']:.1f} ms/batch (in neither timing)")
         if scenario == "realistic":
             peer = deepctr_speed(schema, cols, args, args.peer_steps)
             line += f" | DeepCTR-Torch {peer:.0f} samples/s | ctr / DeepCTR-Torch = {ctr_speed / peer:.2f}"

@@ -39,6 +39,13 @@ class Bags:
         weights: optional float [N] per-id weights.
         bag_starts: F + 1 bag indices: the bags of feature f are ``bag_starts[f]`` up to
             ``bag_starts[f + 1]`` (bags are grouped by feature, in schema order).
+        groups: with exactly one bag per feature and sample (every feature pooled), the
+            bags form a grid of ``groups`` equal groups: F groups of B (feature-major) or B
+            groups of F (``sample_major``); else 1. A method may then return the bags as
+            [groups, n, D] instead of [F·B, D], and the pooled [B, F, D] is that output or its
+            transposed view, whose gradient reaches the method's backward without a copy.
+        sample_major: bags ordered sample by sample (bag b·F + f), only offered to methods
+            that set ``EmbeddingMethod.sample_major_bags``; ``bag_starts`` is then empty.
     """
 
     feature: Tensor
@@ -46,6 +53,8 @@ class Bags:
     offsets: Tensor
     weights: Tensor | None
     bag_starts: list[int] = field(default_factory=list)
+    groups: int = 1
+    sample_major: bool = False
 
 
 class EmbeddingMethod(nn.Module):
@@ -57,7 +66,15 @@ class EmbeddingMethod(nn.Module):
     Args:
         schema: fitted schema (vocabulary sizes, id counts).
         config: the method's config (a subclass of ``EmbeddingConfig``).
+
+    Attributes:
+        sample_major_bags: the method embeds each bag on its own, whatever the order of the
+            bags: a batch of single ids is then handed over sample by sample, so the pooled
+            [B, F, D] is the lookup's output itself (no transposed copy into the model's
+            field layout).
     """
+
+    sample_major_bags = False
 
     def __init__(self, schema: Schema, config: EmbeddingConfig):
         super().__init__()
@@ -87,10 +104,11 @@ class EmbeddingMethod(nn.Module):
             raise ValueError(f"expected sparse keys {self.feature_names}, got {sparse.keys}")
         bags, pooled_slots, sequence_slots = self._regroup(sparse)
         vectors = self.embed_bags(bags)
-        return self._assemble(sparse, vectors, pooled_slots, sequence_slots)
+        return self._assemble(sparse, bags, vectors, pooled_slots, sequence_slots)
 
     def embed_bags(self, bags: Bags) -> Tensor:
-        """Pools each bag into one vector [num_bags, D]; default: weighted sum of embed_ids."""
+        """Pools each bag into one vector [num_bags, D] (or [F, B, D], see ``Bags.groups``);
+        default: weighted sum of embed_ids."""
         rows = self.embed_ids(bags.feature, bags.ids)
         if bags.weights is not None:
             rows = rows * bags.weights.unsqueeze(1).to(rows.dtype)
@@ -150,6 +168,8 @@ class EmbeddingMethod(nn.Module):
         each sequence feature's (feature, first bag, first id).
         """
         b = sparse.batch_size
+        if sparse.keys and sparse.weights is None and not any(self._keeps_positions) and not any(self._mean_pooled):
+            return self._bags_as_given(sparse)
         lengths = sparse.lengths()
         offsets = sparse.offsets
         pieces, weight_pieces, pooled, sequences, bag_starts = [], [], [], [], []
@@ -176,7 +196,21 @@ class EmbeddingMethod(nn.Module):
             if sparse.weights is not None:
                 weights = weights * sparse.weights
         bag_starts.append(bag_count)
-        return Bags(feature_of_value, sparse.values, bag_offsets, weights, bag_starts), pooled, sequences
+        groups = len(pooled) if pooled and not sequences else 1
+        return Bags(feature_of_value, sparse.values, bag_offsets, weights, bag_starts, groups), pooled, sequences
+
+    def _bags_as_given(self, sparse: JaggedFeatures) -> tuple[Bags, list[tuple[int, int]], list]:
+        """Every feature pooled by sum without weights: the batch's bags are the bags to embed,
+        sample by sample when they are single ids and the method takes that order."""
+        b, num = sparse.batch_size, len(self.feature_names)
+        slots = [(f, f * b) for f in range(num)]
+        values = sparse.values
+        if self.sample_major_bags and b and values.numel() == num * b and bool((sparse.lengths() == 1).all()):
+            feature = torch.arange(num, device=values.device).repeat(b)
+            ids = values.view(num, b).t().reshape(-1)
+            return Bags(feature, ids, sparse.offsets, None, [], groups=b, sample_major=True), slots, []
+        bag_starts = [f * b for f in range(num + 1)]
+        return Bags(sparse.feature_of_value(), values, sparse.offsets, None, bag_starts, groups=num), slots, []
 
     def _id_weights(self, lengths: Tensor, f: int, count: int) -> Tensor:
         if not self._mean_pooled[f]:
@@ -185,10 +219,14 @@ class EmbeddingMethod(nn.Module):
         return torch.repeat_interleave(inverse, lengths, output_size=count)
 
     @staticmethod
-    def _pooled(vectors: Tensor, pooled_slots: list[tuple[int, int]], b: int) -> Tensor:
+    def _pooled(vectors: Tensor, bags: Bags, pooled_slots: list[tuple[int, int]], b: int) -> Tensor:
         """The pooled features' bags as [B, F, D], gathered in one op (one backward scatter,
         not one full-size zero gradient per feature as F slices would cost)."""
-        num, dim = len(pooled_slots), vectors.shape[1]
+        num, dim = len(pooled_slots), vectors.shape[-1]
+        if bags.sample_major:
+            return vectors.view(b, num, dim)
+        if vectors.dim() == 3:  # grouped by the method: [F, B, D]
+            return vectors.transpose(0, 1)
         if num * b == vectors.shape[0]:  # only pooled features: bags are already [F, B] in order
             return vectors.view(num, b, dim).transpose(0, 1)
         starts = torch.tensor([first for _, first in pooled_slots], dtype=torch.int64, device=vectors.device)
@@ -198,12 +236,13 @@ class EmbeddingMethod(nn.Module):
     def _assemble(
         self,
         sparse: JaggedFeatures,
+        bags: Bags,
         vectors: Tensor,
         pooled_slots: list[tuple[int, int]],
         sequence_slots: list[tuple[int, int, int]],
     ) -> FeatureEmbeddings:
         b, lengths = sparse.batch_size, sparse.lengths()
-        pooled = self._pooled(vectors, pooled_slots, b)
+        pooled = self._pooled(vectors, bags, pooled_slots, b)
         sequences, masks = {}, {}
         for f, first_bag, first_id in sequence_slots:
             name = self.feature_names[f]

@@ -28,6 +28,7 @@ class FullEmbedding(TableMethod):
         super().__init__(schema, config, storage_rows=sum(rows.values()))
         starts = torch.tensor([0] + list(rows.values())[:-1], dtype=torch.int64).cumsum(0)
         self.register_buffer("table_start", starts, persistent=False)
+        self.register_buffer("feature_start", starts[self.feature_table], persistent=False)  # one gather per id
 
     def rows_of(self, feature: Tensor, ids: Tensor) -> Tensor:
-        return self.table_start[self.feature_table[feature]] + ids
+        return self.feature_start[feature] + ids

@@ -26,6 +26,8 @@ class TableMethod(EmbeddingMethod):
     place, with the optimizer state kept in buffers ``fused_<name>`` (saved in checkpoints).
     """
 
+    sample_major_bags = True
+
     def __init__(self, schema: Schema, config: EmbeddingConfig, storage_rows: int, dim: int | None = None):
         super().__init__(schema, config)
         self.weight = nn.Parameter(torch.empty(storage_rows, dim or config.dim))
@@ -40,10 +42,11 @@ class TableMethod(EmbeddingMethod):
 
     def embed_bags(self, bags: Bags) -> Tensor:
         rows = self.rows_of(bags.feature, bags.ids)
-        return self.lookup(rows, bags.offsets, bags.weights)
+        return self.lookup(rows, bags.offsets, bags.weights, bags.groups)
 
-    def lookup(self, rows: Tensor, offsets: Tensor, weights: Tensor | None) -> Tensor:
-        """Weighted sum of buffer rows per bag [num_bags, D] via the kernel dispatch.
+    def lookup(self, rows: Tensor, offsets: Tensor, weights: Tensor | None, groups: int = 1) -> Tensor:
+        """Weighted sum of buffer rows per bag [num_bags, D] via the kernel dispatch, or
+        [groups, num_bags / groups, D] for ``groups`` > 1 (see ``Bags.groups``).
 
         In fused mode a training-mode lookup's backward updates the touched rows, so a
         method must look its table up once per training step. Otherwise, when training with
@@ -56,11 +59,12 @@ class TableMethod(EmbeddingMethod):
             if backend is Backend.TORCH and self.weight.requires_grad and torch.is_grad_enabled():
                 unique, inverse = torch.unique(rows, return_inverse=True)
                 block = _DistinctRows.apply(self.weight, unique)  # [U, D]
-                return _BagOfBlock.apply(block, inverse, offsets, weights)
-            return embedding_bag(self.weight, rows, offsets, weights, backend=backend)
+                return _BagOfBlock.apply(block, inverse, offsets, weights, groups)
+            pooled = embedding_bag(self.weight, rows, offsets, weights, backend=backend)
+            return pooled if groups == 1 else pooled.view(groups, pooled.shape[0] // groups, pooled.shape[1])
         state = {name: getattr(self, STATE_PREFIX + name) for name in self._state_names}
         return fused_embedding_bag(
-            self.weight, state, rows, offsets, weights, "sum", self.fused, backend, update=self.training
+            self.weight, state, rows, offsets, weights, "sum", self.fused, backend, update=self.training, groups=groups
         )
 
     def backend(self) -> Backend:
@@ -123,25 +127,28 @@ class _BagOfBlock(torch.autograd.Function):
     gathers each id's output gradient and adds it into its row: two linear passes instead of
     the sort inside torch's dense embedding-bag backward.
 
-    Args: block [U, D]; index [N] rows of block; offsets [num_bags + 1]; weights [N] or None.
-    Returns [num_bags, D].
+    Args: block [U, D]; index [N] rows of block; offsets [num_bags + 1]; weights [N] or None;
+    groups: as in ``TableMethod.lookup``.
+    Returns [num_bags, D], or [groups, num_bags / groups, D].
     """
 
     @staticmethod
-    def forward(ctx, block: Tensor, index: Tensor, offsets: Tensor, weights: Tensor | None) -> Tensor:  # noqa: ANN001
+    def forward(ctx, block: Tensor, index: Tensor, offsets: Tensor, weights: Tensor | None, groups: int) -> Tensor:  # noqa: ANN001
         ctx.save_for_backward(block, index, offsets, weights)
-        return reference.embedding_bag(block.detach(), index, offsets, weights, sparse=False)
+        pooled = reference.embedding_bag(block.detach(), index, offsets, weights, sparse=False)
+        return pooled if groups == 1 else pooled.view(groups, pooled.shape[0] // groups, pooled.shape[1])
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None, Tensor | None]:  # noqa: ANN001
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None, Tensor | None, None]:  # noqa: ANN001
         block, index, offsets, weights = ctx.saved_tensors
         lengths = offsets[1:] - offsets[:-1]
         bag = torch.repeat_interleave(torch.arange(lengths.numel(), device=grad.device), lengths, output_size=index.numel())
-        grad_ids = grad.index_select(0, bag)  # [N, D]
+        table, bag_row = reference.bag_rows(grad, bag)
+        grad_ids = table.index_select(0, bag_row)  # [N, D]
         grad_weights = None
         if weights is not None and ctx.needs_input_grad[3]:
             grad_weights = (grad_ids * block.index_select(0, index)).sum(1).to(weights.dtype)
         if weights is not None:
             grad_ids = grad_ids * weights.unsqueeze(1).to(grad_ids.dtype)
         grad_block = torch.zeros_like(block).index_add_(0, index, grad_ids)
-        return grad_block, None, None, grad_weights
+        return grad_block, None, None, grad_weights, None

@@ -144,6 +144,7 @@ def fused_embedding_bag(
     optimizer: FusedOptimizer,
     backend: Backend = Backend.TORCH,
     update: bool = True,
+    groups: int = 1,
 ) -> Tensor:
     """Pooled lookup whose backward applies ``optimizer`` to the touched rows of ``weight``.
 
@@ -154,16 +155,20 @@ def fused_embedding_bag(
         optimizer: the fused rule and hyper-parameters.
         backend: a resolved ``Backend``.
         update: ``False`` (evaluation) only looks up.
+        groups: return the bags as ``groups`` equal groups, [groups, num_bags / groups, D]
+            (e.g. [F, B, D] for one bag per feature and sample): a transposed or concatenated
+            view of that output then reaches the backward without a copy into bag order.
 
     Returns:
-        [num_bags, D] in ``weight``'s dtype; it requires grad when ``update`` and grad mode
-        are on, so that its backward runs the update.
+        [num_bags, D] (or [groups, num_bags / groups, D]) in ``weight``'s dtype; it requires
+        grad when ``update`` and grad mode are on, so that its backward runs the update.
     """
     from ctr.kernels.embedding_bag.autograd import FusedLookup
 
     check_fused(backend, optimizer)
     impl = _module(backend)
     if not (update and torch.is_grad_enabled()):
-        return impl.forward(weight, indices, offsets, per_sample_weights, mode)
+        pooled = impl.forward(weight, indices, offsets, per_sample_weights, mode)
+        return pooled if groups == 1 else pooled.view(groups, pooled.shape[0] // groups, pooled.shape[1])
     trigger = torch.empty(0, device=weight.device, requires_grad=True)
-    return FusedLookup.apply(trigger, weight, indices, offsets, per_sample_weights, mode, impl, optimizer, state)
+    return FusedLookup.apply(trigger, weight, indices, offsets, per_sample_weights, mode, impl, optimizer, state, groups)

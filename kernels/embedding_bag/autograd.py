@@ -29,7 +29,7 @@ class PooledLookup(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None,
                 mode: str, impl: ModuleType) -> Tensor:
-        ctx.lookup = Lookup(indices, offsets, per_sample_weights, mode)
+        ctx.lookup = Lookup(indices, offsets, per_sample_weights, mode, weight.shape[0])
         ctx.impl = impl
         ctx.save_for_backward(weight)
         return impl.forward(weight, indices, offsets, per_sample_weights, mode)
@@ -52,22 +52,27 @@ class PooledLookup(torch.autograd.Function):
 
 
 class FusedLookup(torch.autograd.Function):
-    """Pooled lookup [num_bags, D] whose backward applies ``opt`` to ``weight`` in place."""
+    """Pooled lookup [num_bags, D] (or viewed as ``groups`` groups of bags: [G, n, D]) whose
+    backward applies ``opt`` to ``weight`` in place. The torch backend reads a grouped output's
+    gradient in place whatever its strides (``reference.bag_rows``)."""
 
     @staticmethod
     def forward(ctx: Any, trigger: Tensor, weight: Tensor, indices: Tensor, offsets: Tensor,
                 per_sample_weights: Tensor | None, mode: str, impl: ModuleType, opt: FusedOptimizer,
-                state: dict[str, Tensor]) -> Tensor:
-        ctx.lookup = Lookup(indices, offsets, per_sample_weights, mode)
+                state: dict[str, Tensor], groups: int) -> Tensor:
+        ctx.lookup = Lookup(indices, offsets, per_sample_weights, mode, weight.shape[0])
         ctx.impl, ctx.opt, ctx.state, ctx.weight = impl, opt, state, weight
-        return impl.forward(weight, indices, offsets, per_sample_weights, mode)
+        pooled = impl.forward(weight, indices, offsets, per_sample_weights, mode)
+        return pooled if groups == 1 else pooled.view(groups, pooled.shape[0] // groups, pooled.shape[1])
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         lookup: Lookup = ctx.lookup
+        flat = grad_out.reshape(-1, grad_out.shape[-1])
         grad_psw = None
         if ctx.needs_input_grad[4]:  # before the update changes the rows
-            grad_psw = reference.per_sample_weight_grad(ctx.weight, lookup.indices, lookup.offsets, grad_out)
+            grad_psw = reference.per_sample_weight_grad(ctx.weight, lookup.indices, lookup.offsets, flat)
             grad_psw = grad_psw.to(lookup.per_sample_weights.dtype)
-        ctx.impl.backward_update(grad_out.contiguous(), ctx.weight, ctx.state, lookup, ctx.opt)
-        return grad_out.new_zeros(0), None, None, None, grad_psw, None, None, None, None
+        grad = grad_out if ctx.impl is reference else flat.contiguous()
+        ctx.impl.backward_update(grad, ctx.weight, ctx.state, lookup, ctx.opt)
+        return grad_out.new_zeros(0), None, None, None, grad_psw, None, None, None, None, None

@@ -57,6 +57,27 @@ def test_fused_reference_equals_unfused_optimizer(rule, mode):
     assert not torch.equal(fused, weight)
 
 
+@pytest.mark.parametrize("rule", list(Rule))
+def test_grouped_output_reads_a_strided_gradient_as_the_flat_output_does(rule):
+    """``groups``: the [F, B, D] output transposed and concatenated downstream updates the
+    table exactly as the flat output whose gradient was copied into bag order."""
+    features, batch, dim, rows = 3, 6, 4, 10
+    weight = torch.randn(rows, dim, generator=torch.Generator().manual_seed(1))
+    indices = torch.randint(0, rows, (features * batch,), generator=torch.Generator().manual_seed(2))
+    offsets = torch.arange(features * batch + 1)
+    upstream = torch.randn(batch, features + 2, dim, generator=torch.Generator().manual_seed(3))
+    other = torch.zeros(batch, 2, dim)
+    opt, tables = FusedOptimizer(rule, lr=LR), []
+    for groups in (1, features):
+        table, state = weight.clone(), opt.init_state(weight)
+        out = fused_embedding_bag(table, state, indices, offsets, None, "sum", opt, groups=groups)
+        pooled = out.view(features, batch, dim).transpose(0, 1)  # a view of a view when grouped
+        (torch.cat([pooled, other], 1) * upstream).sum().backward()
+        tables.append(table)
+    torch.testing.assert_close(tables[1], tables[0])
+    assert not torch.equal(tables[1], weight)
+
+
 def test_every_recipe_fusable_optimizer_has_a_rule():
     assert sorted(FUSABLE_OPTIMIZERS) == sorted(r.value for r in Rule)
 
