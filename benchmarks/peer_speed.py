@@ -35,6 +35,7 @@ from columns import BatchBuilder, Columns
 from ctr.datasets.synthetic import CRITEO_LIKE_VOCABS, NUM_CATEGORICAL, NUM_NUMERIC, PlantedModel, SyntheticConfig
 from ctr.recipe import recipe_from_dict
 from ctr.schema import FeatureInfo, FeatureSpec, Schema
+from ctr.train.optim import build_optimizer
 from ctr.train.task import CTRTask
 from peer_common import Timer, deepctr_columns, deepctr_inputs, split_optimizer
 
@@ -80,7 +81,7 @@ def ctr_and_mlp(schema: Schema, cols: Columns, args: argparse.Namespace, steps: 
     for variant in ("with_input_grad", "no_input_grad"):
         mlp = ctr_task(schema, args).net.model.dnn
         mlp.load_state_dict(task.net.model.dnn.state_dict())
-        alone[variant] = (mlp, torch.optim.Adam(mlp.parameters(), lr=0.001))
+        alone[variant] = (mlp, build_optimizer(task.recipe.train.optimizer, list(mlp.parameters()), "train.optimizer"))
     builder, order = BatchBuilder(schema), np.random.default_rng(0).permutation(cols.rows)
     timers, b = {name: Timer() for name in ("assembly", "ctr", *alone)}, args.batch_size
     for step in range(steps + args.warmup):

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ctr.batch import Batch
 from ctr.embeddings.types import EmbeddingLayout, FeatureEmbeddings
-from ctr.models.base import CTRModel, field_vectors
+from ctr.models.base import CTRModel, pool_sequences
 from ctr.models.layers import MLP, Activation, FactorizationMachine, NumericEmbedding
 from ctr.recipe import ModelConfig
 from ctr.registry import MODELS
@@ -60,6 +60,6 @@ class DeepFM(CTRModel):
         self.dnn = MLP(width, config.hidden, config.activation, 1, config.dropout, config.batch_norm)
 
     def forward(self, batch: Batch, embedded: FeatureEmbeddings) -> Tensor:
-        fields = field_vectors(embedded, self.layout, self.numeric, batch.dense)  # [B, F + Nd, D]
-        fm, shared = self.fm.with_shared_input(fields)
-        return fm + self.dnn(shared.flatten(1)).squeeze(-1)
+        sparse = pool_sequences(embedded, self.layout)  # [B, F, D]
+        fm, fields = self.fm.with_numeric(sparse, batch.dense, self.numeric)  # fields [B, F + Nd, D]
+        return fm + self.dnn(fields.flatten(1)).squeeze(-1)

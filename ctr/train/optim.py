@@ -20,16 +20,27 @@ from ctr.registry import OPTIMIZERS
 ParamList = list[nn.Parameter]
 
 
+FUSED_DEVICES = ("cpu", "cuda")
+
+
+def fused_kernel(params: ParamList) -> bool:
+    """Whether torch's fused (one kernel per tensor) Adam/AdamW can step ``params``: dense
+    floating-point tensors on the CPU or a CUDA device. The fused kernel computes the same
+    update as the per-tensor loop, without its dozen small ops per tensor (a fixed cost of
+    several ms per step on a CPU)."""
+    return all(p.is_floating_point() and not p.is_sparse and p.device.type in FUSED_DEVICES for p in params)
+
+
 @OPTIMIZERS.register("adam")
 def adam(params: ParamList, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """Adam (dense parameters; weight_decay as L2 in the gradient)."""
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    """Adam (dense parameters; weight_decay as L2 in the gradient; fused kernel where torch has one)."""
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused_kernel(params) or None)
 
 
 @OPTIMIZERS.register("adamw")
 def adamw(params: ParamList, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """AdamW (dense parameters; decoupled weight decay)."""
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    """AdamW (dense parameters; decoupled weight decay; fused kernel where torch has one)."""
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused_kernel(params) or None)
 
 
 @OPTIMIZERS.register("sgd")

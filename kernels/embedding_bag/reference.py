@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ctr.kernels import native
 from ctr.kernels.embedding_bag.fused import FusedOptimizer, Rule
 
 MODES = ("sum", "mean")
@@ -245,7 +246,25 @@ def backward_update(
         opt: the fused optimizer.
     """
     lr = opt.begin_step(state)
+    if opt.rule is Rule.ADAGRAD and native.usable(weight, state["sum"], rows=(grad_out,)):
+        _native_adagrad(grad_out, weight, state["sum"], lookup.sorted(), opt, lr)
+        return
     apply_update(weight, state, lookup.sorted().rows, segment_grad(grad_out, lookup), opt, lr)
+
+
+def _native_adagrad(grad_out: Tensor, weight: Tensor, state_sum: Tensor, ids: SortedIds, opt: FusedOptimizer,
+                    lr: float) -> None:
+    """``segment_grad`` and the Adagrad rule of ``apply_update`` in one pass over the touched
+    rows (C kernel ``adagrad_rows``; fp32 CPU tables)."""
+    table, bags = bag_rows(grad_out, ids.bags)
+    table = table.contiguous()
+    scales = None if ids.scales is None else ids.scales.contiguous()
+    status = native.library().adagrad_rows(
+        native.pointer(ids.rows), native.pointer(ids.segments), native.pointer(bags.contiguous()),
+        native.pointer(scales), ids.rows.numel(), native.pointer(table), weight.shape[1], native.pointer(weight),
+        native.pointer(state_sum), lr, opt.eps, torch.get_num_threads(),
+    )
+    native.check(status, "adagrad_rows")
 
 
 def per_sample_weight_grad(weight: Tensor, indices: Tensor, offsets: Tensor, grad_out: Tensor) -> Tensor:

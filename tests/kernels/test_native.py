@@ -1,0 +1,113 @@
+"""The native CPU kernels (C, built on first use) against their torch twins, and the way the
+build falls back to torch ops when it cannot run."""
+
+import logging
+
+import pytest
+import torch
+
+from ctr.kernels import native
+from ctr.kernels.embedding_bag import FusedOptimizer, reference
+from ctr.kernels.embedding_bag.reference import Lookup
+from ctr.models.layers import FactorizationMachine, NumericEmbedding, _FMFunction  # noqa: PLC2701 (ops under test)
+
+needs_native = pytest.mark.skipif(native.library() is None, reason="no C compiler: native kernels are off")
+
+
+@pytest.fixture
+def native_off(monkeypatch):
+    """Runs the test body with the native kernels switched off (``CTR_NATIVE=0``)."""
+    monkeypatch.setenv(native.ENV_SWITCH, "0")
+    native.library.cache_clear()
+    yield
+    monkeypatch.delenv(native.ENV_SWITCH)
+    native.library.cache_clear()
+
+
+def fm_step(fm, numeric, table, dense, upstream):
+    """FM + fields over a strided [B, S, D] view (as a transposed lookup output): outputs and
+    the gradients of the table, the FM vectors and the numeric vectors."""
+    for p in (fm.field_weight, numeric.vectors):
+        p.grad = None
+    leaf = table.clone().requires_grad_(True)
+    out, fields = fm.with_numeric(leaf.transpose(0, 1), dense, numeric)
+    (0.7 * out.sum() + (fields * upstream).sum()).backward()
+    return out.detach(), fields.detach(), leaf.grad, fm.field_weight.grad.clone(), numeric.vectors.grad.clone()
+
+
+@needs_native
+def test_native_fm_with_numeric_fields_matches_torch(native_off, request):
+    torch.manual_seed(0)
+    batch, sparse, num_dense, dim = 9, 4, 3, 5
+    fm, numeric = FactorizationMachine(sparse + num_dense, dim), NumericEmbedding(num_dense, dim, init_std=1.0)
+    torch.nn.init.normal_(fm.field_weight)
+    table, dense = torch.randn(sparse, batch, dim), torch.rand(batch, num_dense)
+    upstream = torch.randn(batch, sparse + num_dense, dim)
+    expected = fm_step(fm, numeric, table, dense, upstream)  # torch ops (native off)
+    request.getfixturevalue("monkeypatch").setenv(native.ENV_SWITCH, "1")
+    native.library.cache_clear()
+    got = fm_step(fm, numeric, table, dense, upstream)
+    for name, g, e in zip(("out", "fields", "sparse grad", "u grad", "vectors grad"), got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5, msg=name)
+
+
+@needs_native
+def test_native_fm_op_matches_the_torch_formula():
+    torch.manual_seed(1)
+    fields = torch.randn(11, 6, 4, requires_grad=True)
+    weight = torch.randn(6, 4, requires_grad=True)
+    out, shared = _FMFunction.apply(fields, weight)
+    upstream = torch.randn(11, 6, 4)
+    (out.sum() + (shared * upstream).sum()).backward()
+    f, w = fields.detach().requires_grad_(True), weight.detach().requires_grad_(True)
+    total = f.sum(1)
+    plain = (f * w).sum((1, 2)) + 0.5 * (total.pow(2).sum(1) - f.pow(2).sum((1, 2)))
+    (plain.sum() + (f * upstream).sum()).backward()
+    torch.testing.assert_close(out, plain.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fields.grad, f.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(weight.grad, w.grad, rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_native_adagrad_rows_match_the_torch_update(mode):
+    gen = torch.Generator().manual_seed(2)
+    rows, dim = 30, 8
+    indices = torch.randint(0, rows, (40,), generator=gen)
+    offsets = torch.tensor([0, 3, 3, 10, 22, 40])
+    grad_out = torch.randn(5, dim, generator=gen)
+    opt = FusedOptimizer("adagrad", lr=0.1)
+    results = []
+    for use_native in (True, False):
+        weight = torch.randn(rows, dim, generator=torch.Generator().manual_seed(3))
+        state = opt.init_state(weight)
+        state["sum"].add_(0.5)
+        lookup = Lookup(indices, offsets, None, mode, rows)
+        if use_native:
+            reference.backward_update(grad_out, weight, state, lookup, opt)
+        else:
+            grad = reference.segment_grad(grad_out, lookup)
+            reference.apply_update(weight, state, lookup.sorted().rows, grad, opt, opt.lr)
+        results.append((weight, state["sum"]))
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected)
+
+
+def test_switched_off_there_is_no_library_and_the_fm_still_runs(native_off):
+    assert native.library() is None
+    fm, numeric = FactorizationMachine(3, 2), NumericEmbedding(1, 2)
+    out, fields = fm.with_numeric(torch.randn(4, 2, 2), torch.rand(4, 1), numeric)
+    assert out.shape == (4,) and fields.shape == (4, 3, 2)
+
+
+def test_a_failed_build_warns_and_falls_back(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    monkeypatch.setenv("CTR_CACHE_DIR", str(tmp_path))
+    native.library.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="ctr.kernels.native"):
+            assert native.library() is None
+        assert "native CPU kernels are off" in caplog.text
+        assert not list(tmp_path.rglob("*.so"))  # nothing half-written left in the cache
+    finally:
+        native.library.cache_clear()
