@@ -61,7 +61,7 @@ class TableMethod(EmbeddingMethod):
                 block = _DistinctRows.apply(self.weight, unique)  # [U, D]
                 return _BagOfBlock.apply(block, inverse, offsets, weights, groups)
             pooled = embedding_bag(self.weight, rows, offsets, weights, backend=backend)
-            return pooled if groups == 1 else pooled.view(groups, pooled.shape[0] // groups, pooled.shape[1])
+            return reference.grouped(pooled, groups)
         state = {name: getattr(self, STATE_PREFIX + name) for name in self._state_names}
         return fused_embedding_bag(
             self.weight, state, rows, offsets, weights, "sum", self.fused, backend, update=self.training, groups=groups
@@ -136,7 +136,7 @@ class _BagOfBlock(torch.autograd.Function):
     def forward(ctx, block: Tensor, index: Tensor, offsets: Tensor, weights: Tensor | None, groups: int) -> Tensor:  # noqa: ANN001
         ctx.save_for_backward(block, index, offsets, weights)
         pooled = reference.embedding_bag(block.detach(), index, offsets, weights, sparse=False)
-        return pooled if groups == 1 else pooled.view(groups, pooled.shape[0] // groups, pooled.shape[1])
+        return reference.grouped(pooled, groups)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None, Tensor | None, None]:  # noqa: ANN001

@@ -169,6 +169,6 @@ def fused_embedding_bag(
     impl = _module(backend)
     if not (update and torch.is_grad_enabled()):
         pooled = impl.forward(weight, indices, offsets, per_sample_weights, mode)
-        return pooled if groups == 1 else pooled.view(groups, pooled.shape[0] // groups, pooled.shape[1])
+        return reference.grouped(pooled, groups)
     trigger = torch.empty(0, device=weight.device, requires_grad=True)
     return FusedLookup.apply(trigger, weight, indices, offsets, per_sample_weights, mode, impl, optimizer, state, groups)

@@ -63,7 +63,7 @@ class FusedLookup(torch.autograd.Function):
         ctx.lookup = Lookup(indices, offsets, per_sample_weights, mode, weight.shape[0])
         ctx.impl, ctx.opt, ctx.state, ctx.weight = impl, opt, state, weight
         pooled = impl.forward(weight, indices, offsets, per_sample_weights, mode)
-        return pooled if groups == 1 else pooled.view(groups, pooled.shape[0] // groups, pooled.shape[1])
+        return reference.grouped(pooled, groups)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:

@@ -76,6 +76,12 @@ def forward(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights
         return embedding_bag(weight.detach(), indices, offsets, psw, mode, sparse=False)
 
 
+def grouped(pooled: Tensor, groups: int) -> Tensor:
+    """Pooled bags [num_bags, D] as ``groups`` equal groups [groups, num_bags / groups, D]
+    (a view; unchanged for one group)."""
+    return pooled if groups == 1 else pooled.view(groups, pooled.shape[0] // groups, pooled.shape[1])
+
+
 @dataclass
 class SortedIds:
     """A batch's ids grouped by row for the backward.
