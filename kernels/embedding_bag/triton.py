@@ -18,6 +18,10 @@ gradient tensor of the table is ever built.
   tensor, 1 = SGD, 2 = Adagrad, 3 = row-wise Adagrad, 4 = lazy Adam). Rows are handled whole
   (``BLOCK_D >= D``) because row-wise Adagrad needs the mean of the row's squared gradient.
 
+Masks: a finished bag's (or row's) 2-D row mask is read off its loaded id (-1 past the end)
+rather than reusing the 1-D step mask in a second layout, which breaks triton's
+layout-conversion pass for sm_90 at some tile shapes (triton 3.6 and 3.7).
+
 Sorting and the unique/segment bookkeeping run as torch ops (``reference.sort_ids``), as
 FBGEMM does with CUB's radix sort.
 
@@ -39,7 +43,11 @@ from ctr.kernels.embedding_bag.reference import Lookup, SortedIds
 
 RULE_CODES = {Rule.SGD: 1, Rule.ADAGRAD: 2, Rule.ROWWISE_ADAGRAD: 3, Rule.ADAM: 4}
 GRAD_ONLY = 0
-TILE = 2048  # elements of the [rows, BLOCK_D] tile a program works on
+# A program works on a [rows, BLOCK_D] tile of about TILE elements with one warp per
+# ELEMENTS_PER_WARP of them: 1,024 and 256 were fastest on average over the DLRM-like grid
+# (D 64/128 x L 1/20) on an H200 (benchmarks/triton_tiles.py, docs/benchmarks/kernels.md).
+TILE = 1024
+ELEMENTS_PER_WARP = 256
 MAX_TILE_ROWS = 128
 
 
@@ -59,10 +67,10 @@ def _pool_kernel(
     for step in range(0, tl.max(lengths, axis=0).to(tl.int32)):
         live = step < lengths
         pos = starts + step
-        rows = tl.load(indices_ptr + pos, mask=live, other=0).to(tl.int64)
+        rows = tl.load(indices_ptr + pos, mask=live, other=-1).to(tl.int64)
         vals = tl.load(
             weight_ptr + rows[:, None] * stride_w + cols[None, :],
-            mask=live[:, None] & col_mask[None, :], other=0.0,
+            mask=(rows >= 0)[:, None] & col_mask[None, :], other=0.0,
         ).to(tl.float32)
         if HAS_SCALES:
             vals = vals * tl.load(scales_ptr + pos, mask=live, other=0.0)[:, None]
@@ -90,10 +98,10 @@ def _sorted_backward_kernel(
     for step in range(0, tl.max(counts, axis=0).to(tl.int32)):  # each row's ids in sorted order: deterministic
         live = step < counts
         pos = starts + step
-        bags = tl.load(bags_ptr + pos, mask=live, other=0).to(tl.int64)
+        bags = tl.load(bags_ptr + pos, mask=live, other=-1).to(tl.int64)
         vals = tl.load(
             grad_ptr + bags[:, None] * stride_g + cols[None, :],
-            mask=live[:, None] & col_mask[None, :], other=0.0,
+            mask=(bags >= 0)[:, None] & col_mask[None, :], other=0.0,
         ).to(tl.float32)
         if HAS_SCALES:
             vals = vals * tl.load(scales_ptr + pos, mask=live, other=0.0)[:, None]
@@ -139,7 +147,7 @@ def _blocks(dim: int) -> tuple[int, int, int]:
     """(rows of a tile, BLOCK_D, num_warps): whole rows, about TILE elements per program."""
     block_d = triton.next_power_of_2(dim)
     block_rows = max(1, min(MAX_TILE_ROWS, TILE // block_d))
-    return block_rows, block_d, max(1, min(8, block_rows * block_d // 512))
+    return block_rows, block_d, max(1, min(8, block_rows * block_d // ELEMENTS_PER_WARP))
 
 
 def forward(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None, mode: str) -> Tensor:

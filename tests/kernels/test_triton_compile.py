@@ -21,21 +21,28 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from ctr.kernels.embedding_bag import triton as k
 
-def compile_(fn, signature, constexprs):
-    source = ASTSource(fn=fn, signature={**signature, **{n: "constexpr" for n in constexprs}}, constexprs=constexprs)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["cubin"]
+def compile_(fn, signature, constexprs, warps):
+    # every argument 16-divisible, as the JIT specializes them for the usual shapes
+    attrs = {(i,): [["tt.divisibility", 16]] for i in range(len(signature))}
+    source = ASTSource(fn=fn, signature={**signature, **{n: "constexpr" for n in constexprs}}, constexprs=constexprs,
+                       attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}).asm["cubin"]
 
 i32, i64, f32 = "i32", "*i64", "*fp32"
 for dtype in ("fp32", "fp16", "bf16"):
     pool = dict(weight_ptr=f"*{dtype}", indices_ptr=i64, offsets_ptr=i64, scales_ptr=f32, out_ptr=f"*{dtype}",
                 num_bags=i32, D=i32, stride_w=i32, stride_out=i32)
-    for has_scales, mean in ((True, False), (False, True)):
-        compile_(k._pool_kernel, pool, dict(HAS_SCALES=has_scales, MEAN=mean, BLOCK_B=32, BLOCK_D=64))
     backward = dict(grad_ptr=f32, bags_ptr=i64, scales_ptr=f32, segments_ptr=i64, rows_ptr=i64,
                     weight_ptr=f"*{dtype}", state1_ptr=f32, state2_ptr=f32, out_ptr=f32, num_unique=i32, D=i32,
                     stride_g=i32, stride_w=i32, lr="fp32", eps="fp32", beta1="fp32", beta2="fp32")
-    for rule in (0, 1, 2, 3, 4) if dtype != "fp16" else (3,):
-        compile_(k._sorted_backward_kernel, backward, dict(HAS_SCALES=True, RULE=rule, BLOCK_U=16, BLOCK_D=128))
+    for dim in (16, 64, 128):
+        rows, block_d, warps = k._blocks(dim)
+        for has_scales, mean in ((True, False), (False, True), (False, False)):
+            compile_(k._pool_kernel, pool, dict(HAS_SCALES=has_scales, MEAN=mean, BLOCK_B=rows, BLOCK_D=block_d), warps)
+        for rule in (0, 1, 2, 3, 4) if dtype != "fp16" else (3,):
+            for has_scales in (True, False):
+                compile_(k._sorted_backward_kernel, backward,
+                         dict(HAS_SCALES=has_scales, RULE=rule, BLOCK_U=rows, BLOCK_D=block_d), warps)
 print("compiled")
 '''
 
