@@ -18,6 +18,9 @@ pytestmark = needs_interpreter
 FEW = settings(max_examples=12, deadline=None)
 
 
+DEFAULT_TILES: dict[str, int] = {}
+
+
 @pytest.fixture(scope="module", autouse=True)
 def small_tiles():
     if not HAS_TRITON:
@@ -25,6 +28,7 @@ def small_tiles():
         return
     from ctr.kernels.embedding_bag import triton as kernels
 
+    DEFAULT_TILES.update(TILE=kernels.TILE, MAX_TILE_ROWS=kernels.MAX_TILE_ROWS)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(kernels, "TILE", 16)
         patch.setattr(kernels, "MAX_TILE_ROWS", 4)
@@ -128,8 +132,8 @@ def test_int32_indices_and_all_empty_bags():
 def test_default_tiles_on_more_bags_and_rows_than_one_block(monkeypatch):
     from ctr.kernels.embedding_bag import triton as kernels
 
-    monkeypatch.setattr(kernels, "TILE", 2048)
-    monkeypatch.setattr(kernels, "MAX_TILE_ROWS", 128)
+    for name, value in DEFAULT_TILES.items():
+        monkeypatch.setattr(kernels, name, value)
     lengths = torch.randint(0, 4, (300,), generator=torch.Generator().manual_seed(0)).tolist()
     indices, offsets = bags(lengths, rows=400, seed=3)
     weight = torch.randn(400, 8)
