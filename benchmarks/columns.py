@@ -81,7 +81,8 @@ class BatchBuilder:
             offsets = np.arange(values.shape[0] + 1, dtype=np.int64)
         else:
             values, offsets = self._jagged(cols, index)
-        sparse = JaggedFeatures(self.keys, torch.from_numpy(values), torch.from_numpy(offsets))
+        sparse = JaggedFeatures(self.keys, torch.from_numpy(values), torch.from_numpy(offsets),
+                                single=not self.has_sequences)
         groups = None if cols.groups is None else torch.from_numpy(cols.groups[index])
         return Batch(
             dense=torch.from_numpy(cols.dense[index]),

@@ -23,6 +23,8 @@ class JaggedFeatures:
         values: int64 ids [N].
         offsets: int64 [F * B + 1], starting at 0 and non-decreasing.
         weights: optional float per-id weights [N].
+        single: every bag holds exactly one id (``offsets`` is ``0, 1, ..., N``), as when all
+            features are single-valued categoricals; consumers then skip checking lengths.
 
     Example:
         >>> jf = JaggedFeatures.from_lengths(["a", "b"], torch.tensor([3, 4, 5]),
@@ -35,12 +37,16 @@ class JaggedFeatures:
     values: Tensor
     offsets: Tensor
     weights: Tensor | None = None
+    single: bool = False
 
     def __post_init__(self) -> None:
         if self.offsets.numel() < 1 or (self.offsets.numel() - 1) % max(len(self.keys), 1):
             raise ValueError(
                 f"offsets has {self.offsets.numel()} entries; expected F * B + 1 with F={len(self.keys)}"
             )
+        if self.single and self.offsets.numel() != self.values.numel() + 1:
+            raise ValueError(f"single=True needs one offset per value plus one, got {self.offsets.numel()} offsets "
+                             f"for {self.values.numel()} values")
 
     @classmethod
     def from_lengths(
@@ -58,7 +64,7 @@ class JaggedFeatures:
         if num != len(keys):
             raise ValueError(f"ids has {num} columns for {len(keys)} keys")
         offsets = torch.arange(batch * num + 1, dtype=torch.int64, device=ids.device)
-        return cls(keys, ids.t().reshape(-1).to(torch.int64), offsets)
+        return cls(keys, ids.t().reshape(-1).to(torch.int64), offsets, single=True)
 
     @property
     def batch_size(self) -> int:

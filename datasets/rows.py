@@ -156,7 +156,8 @@ class BatchBuilder:
             offsets = np.arange(values.shape[0] + 1, dtype=np.int64)
         else:
             values, offsets = self._jagged(data)
-        sparse = JaggedFeatures(list(layout.keys), torch.from_numpy(values), torch.from_numpy(offsets))
+        sparse = JaggedFeatures(list(layout.keys), torch.from_numpy(values), torch.from_numpy(offsets),
+                                single=not layout.sequences)
         return Batch(dense=torch.from_numpy(dense), sparse=sparse, labels=torch.from_numpy(labels), groups=groups)
 
     def _jagged(self, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

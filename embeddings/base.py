@@ -44,8 +44,10 @@ class Bags:
             groups of F (``sample_major``); else 1. A method may then return the bags as
             [groups, n, D] instead of [F·B, D], and the pooled [B, F, D] is that output or its
             transposed view, whose gradient reaches the method's backward without a copy.
-        sample_major: bags ordered sample by sample (bag b·F + f), only offered to methods
-            that set ``EmbeddingMethod.sample_major_bags``; ``bag_starts`` is then empty.
+        sample_major: bags of single ids ordered sample by sample (bag b·F + f), only offered
+            to methods that set ``EmbeddingMethod.sample_major_bags``. ``ids`` is then the
+            [B, F] grid of ids (a view of the batch's feature-major values), ``feature`` the
+            [F] feature of each column (the two broadcast together) and ``bag_starts`` empty.
     """
 
     feature: Tensor
@@ -205,10 +207,11 @@ class EmbeddingMethod(nn.Module):
         b, num = sparse.batch_size, len(self.feature_names)
         slots = [(f, f * b) for f in range(num)]
         values = sparse.values
-        if self.sample_major_bags and b and values.numel() == num * b and bool((sparse.lengths() == 1).all()):
-            feature = torch.arange(num, device=values.device).repeat(b)
-            ids = values.view(num, b).t().reshape(-1)
-            return Bags(feature, ids, sparse.offsets, None, [], groups=b, sample_major=True), slots, []
+        single = sparse.single or (values.numel() == num * b and bool((sparse.lengths() == 1).all()))
+        if self.sample_major_bags and b and single:
+            grid = values.view(num, b).t()
+            feature = torch.arange(num, device=values.device)
+            return Bags(feature, grid, sparse.offsets, None, [], groups=b, sample_major=True), slots, []
         bag_starts = [f * b for f in range(num + 1)]
         return Bags(sparse.feature_of_value(), values, sparse.offsets, None, bag_starts, groups=num), slots, []
 

@@ -31,4 +31,6 @@ class FullEmbedding(TableMethod):
         self.register_buffer("feature_start", starts[self.feature_table], persistent=False)  # one gather per id
 
     def rows_of(self, feature: Tensor, ids: Tensor) -> Tensor:
-        return self.feature_start[feature] + ids
+        start = self.feature_start[feature]
+        shape = torch.broadcast_shapes(start.shape, ids.shape)
+        return torch.add(ids, start, out=ids.new_empty(shape))  # row-major even for a transposed grid

@@ -37,16 +37,20 @@ class TableMethod(EmbeddingMethod):
         self._state_names: tuple[str, ...] = ()
 
     def rows_of(self, feature: Tensor, ids: Tensor) -> Tensor:
-        """Row of the buffer for each id [N] of feature ``feature[i]`` (the id transform)."""
+        """Row of the buffer for each id of feature ``feature`` (the id transform): ids [N]
+        with features [N], or a sample-major grid of ids [B, F] with features [F] (they
+        broadcast); the rows have the ids' shape."""
         raise NotImplementedError
 
     def embed_bags(self, bags: Bags) -> Tensor:
-        rows = self.rows_of(bags.feature, bags.ids)
-        return self.lookup(rows, bags.offsets, bags.weights, bags.groups)
+        rows = self.rows_of(bags.feature, bags.ids).reshape(-1)
+        return self.lookup(rows, bags.offsets, bags.weights, bags.groups, single=bags.sample_major)
 
-    def lookup(self, rows: Tensor, offsets: Tensor, weights: Tensor | None, groups: int = 1) -> Tensor:
+    def lookup(self, rows: Tensor, offsets: Tensor, weights: Tensor | None, groups: int = 1,
+               single: bool = False) -> Tensor:
         """Weighted sum of buffer rows per bag [num_bags, D] via the kernel dispatch, or
-        [groups, num_bags / groups, D] for ``groups`` > 1 (see ``Bags.groups``).
+        [groups, num_bags / groups, D] for ``groups`` > 1 (see ``Bags.groups``); ``single``:
+        every bag holds one id (see ``fused_embedding_bag``).
 
         In fused mode a training-mode lookup's backward updates the touched rows, so a
         method must look its table up once per training step. Otherwise, when training with
@@ -64,7 +68,8 @@ class TableMethod(EmbeddingMethod):
             return reference.grouped(pooled, groups)
         state = {name: getattr(self, STATE_PREFIX + name) for name in self._state_names}
         return fused_embedding_bag(
-            self.weight, state, rows, offsets, weights, "sum", self.fused, backend, update=self.training, groups=groups
+            self.weight, state, rows, offsets, weights, "sum", self.fused, backend, update=self.training, groups=groups,
+            single=single,
         )
 
     def backend(self) -> Backend:

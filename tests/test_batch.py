@@ -43,3 +43,10 @@ def test_to_kjt_round_trip():
     assert kjt.keys() == ["a", "b"]
     assert kjt["b"].to_dense()[1].tolist() == [3, 4, 5]
     assert kjt.lengths().tolist() == [1, 1, 0, 3]
+
+
+def test_single_flag_is_set_for_dense_ids_and_checked():
+    jf = JaggedFeatures.from_dense(["a", "b"], torch.tensor([[1, 2], [3, 4]]))
+    assert jf.single and jf.to("cpu").single
+    with pytest.raises(ValueError, match="single=True"):
+        JaggedFeatures(["a"], torch.tensor([1, 2, 3]), torch.tensor([0, 1, 3]), single=True)

@@ -145,6 +145,7 @@ def fused_embedding_bag(
     backend: Backend = Backend.TORCH,
     update: bool = True,
     groups: int = 1,
+    single: bool = False,
 ) -> Tensor:
     """Pooled lookup whose backward applies ``optimizer`` to the touched rows of ``weight``.
 
@@ -158,6 +159,8 @@ def fused_embedding_bag(
         groups: return the bags as ``groups`` equal groups, [groups, num_bags / groups, D]
             (e.g. [F, B, D] for one bag per feature and sample): a transposed or concatenated
             view of that output then reaches the backward without a copy into bag order.
+        single: every bag holds exactly one id (``offsets`` is ``0, 1, ..., N``): the
+            backward's sort then skips checking the lengths.
 
     Returns:
         [num_bags, D] (or [groups, num_bags / groups, D]) in ``weight``'s dtype; it requires
@@ -171,4 +174,6 @@ def fused_embedding_bag(
         pooled = impl.forward(weight, indices, offsets, per_sample_weights, mode)
         return reference.grouped(pooled, groups)
     trigger = torch.empty(0, device=weight.device, requires_grad=True)
-    return FusedLookup.apply(trigger, weight, indices, offsets, per_sample_weights, mode, impl, optimizer, state, groups)
+    return FusedLookup.apply(
+        trigger, weight, indices, offsets, per_sample_weights, mode, impl, optimizer, state, groups, single
+    )

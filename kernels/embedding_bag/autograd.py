@@ -59,8 +59,8 @@ class FusedLookup(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, trigger: Tensor, weight: Tensor, indices: Tensor, offsets: Tensor,
                 per_sample_weights: Tensor | None, mode: str, impl: ModuleType, opt: FusedOptimizer,
-                state: dict[str, Tensor], groups: int) -> Tensor:
-        ctx.lookup = Lookup(indices, offsets, per_sample_weights, mode, weight.shape[0])
+                state: dict[str, Tensor], groups: int, single: bool) -> Tensor:
+        ctx.lookup = Lookup(indices, offsets, per_sample_weights, mode, weight.shape[0], single)
         ctx.impl, ctx.opt, ctx.state, ctx.weight = impl, opt, state, weight
         pooled = impl.forward(weight, indices, offsets, per_sample_weights, mode)
         return reference.grouped(pooled, groups)
@@ -68,11 +68,12 @@ class FusedLookup(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         lookup: Lookup = ctx.lookup
-        flat = grad_out.reshape(-1, grad_out.shape[-1])
+        dim = grad_out.shape[-1]  # a strided grouped gradient is flattened only where needed (it copies)
         grad_psw = None
         if ctx.needs_input_grad[4]:  # before the update changes the rows
+            flat = grad_out.reshape(-1, dim)
             grad_psw = reference.per_sample_weight_grad(ctx.weight, lookup.indices, lookup.offsets, flat)
             grad_psw = grad_psw.to(lookup.per_sample_weights.dtype)
-        grad = grad_out if ctx.impl is reference else flat.contiguous()
+        grad = grad_out if ctx.impl is reference else grad_out.reshape(-1, dim).contiguous()
         ctx.impl.backward_update(grad, ctx.weight, ctx.state, lookup, ctx.opt)
-        return grad_out.new_zeros(0), None, None, None, grad_psw, None, None, None, None, None
+        return grad_out.new_zeros(0), None, None, None, grad_psw, None, None, None, None, None, None

@@ -23,6 +23,9 @@ from ctr.kernels import native
 from ctr.kernels.embedding_bag.fused import FusedOptimizer, Rule
 
 MODES = ("sum", "mean")
+# The native single-id update groups ids with a counting sort, whose scratch and passes grow
+# with the table's rows: it is used while rows <= this many times the batch's ids.
+COUNTING_SORT_ROWS_PER_ID = 8
 
 
 def check_mode(mode: str, per_sample_weights: Tensor | None) -> None:
@@ -111,6 +114,8 @@ class Lookup:
         mode: ``sum`` or ``mean``.
         num_rows: rows of the table (``None``: unknown); below 2³¹ the sort runs on int32
             keys, about a third faster than on int64.
+        single: every bag holds exactly one id (``offsets`` is ``0, 1, ..., N``), so the sort
+            need not check the lengths.
     """
 
     indices: Tensor
@@ -118,22 +123,27 @@ class Lookup:
     per_sample_weights: Tensor | None
     mode: str
     num_rows: int | None = None
+    single: bool = False
     _sorted: SortedIds | None = None
 
     def sorted(self) -> SortedIds:
         """The ids grouped by row (computed once)."""
         if self._sorted is None:
-            self._sorted = sort_ids(self.indices, self.offsets, self.per_sample_weights, self.mode, self.num_rows)
+            self._sorted = sort_ids(
+                self.indices, self.offsets, self.per_sample_weights, self.mode, self.num_rows, self.single
+            )
         return self._sorted
 
 
 def sort_ids(
-    indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None, mode: str, num_rows: int | None = None
+    indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None, mode: str, num_rows: int | None = None,
+    single: bool = False,
 ) -> SortedIds:
-    """Stable sort of ids by row: the grouping every sorted backward reduces over."""
-    lengths = offsets[1:] - offsets[:-1]
+    """Stable sort of ids by row: the grouping every sorted backward reduces over (``single``:
+    as in ``Lookup``)."""
     count = indices.numel()
-    one_per_bag = count == lengths.numel() and bool((lengths == 1).all())  # id i is in bag i
+    lengths = None if single else offsets[1:] - offsets[:-1]
+    one_per_bag = single or (count == lengths.numel() and bool((lengths == 1).all()))  # id i is in bag i
     bag_of_id = None
     if not one_per_bag:
         bag_of_id = torch.repeat_interleave(
@@ -253,7 +263,11 @@ def backward_update(
     """
     lr = opt.begin_step(state)
     if opt.rule is Rule.ADAGRAD and native.usable(weight, state["sum"], rows=(grad_out,)):
-        _native_adagrad(grad_out, weight, state["sum"], lookup.sorted(), opt, lr)
+        small_table = weight.shape[0] <= COUNTING_SORT_ROWS_PER_ID * lookup.indices.numel()
+        if lookup.single and lookup.per_sample_weights is None and small_table:
+            _native_adagrad_single(grad_out, weight, state["sum"], lookup, opt, lr)
+        else:
+            _native_adagrad(grad_out, weight, state["sum"], lookup.sorted(), opt, lr)
         return
     apply_update(weight, state, lookup.sorted().rows, segment_grad(grad_out, lookup), opt, lr)
 
@@ -271,6 +285,24 @@ def _native_adagrad(grad_out: Tensor, weight: Tensor, state_sum: Tensor, ids: So
         native.pointer(state_sum), lr, opt.eps, torch.get_num_threads(),
     )
     native.check(status, "adagrad_rows")
+
+
+def _native_adagrad_single(grad_out: Tensor, weight: Tensor, state_sum: Tensor, lookup: Lookup, opt: FusedOptimizer,
+                           lr: float) -> None:
+    """The Adagrad update of single-id bags, grouped by row with a counting sort inside the C
+    kernel ``adagrad_single`` (no torch sort); the gradient, [N, D] or [G, n, D] with unit
+    last stride, is read in place."""
+    rows = lookup.indices.long().contiguous()
+    if grad_out.dim() == 2:
+        group, group_stride, item_stride = max(1, grad_out.shape[0]), 0, grad_out.stride(0)
+    else:
+        group, group_stride, item_stride = grad_out.shape[1], grad_out.stride(0), grad_out.stride(1)
+    status = native.library().adagrad_single(
+        native.pointer(rows), rows.numel(), weight.shape[0], native.pointer(grad_out), group, group_stride,
+        item_stride, weight.shape[1], native.pointer(weight), native.pointer(state_sum), lr, opt.eps,
+        torch.get_num_threads(),
+    )
+    native.check(status, "adagrad_single")
 
 
 def per_sample_weight_grad(weight: Tensor, indices: Tensor, offsets: Tensor, grad_out: Tensor) -> Tensor:

@@ -40,6 +40,7 @@ I64, F32P, INT = ctypes.c_int64, ctypes.POINTER(ctypes.c_float), ctypes.c_int
 I64P, F32 = ctypes.POINTER(ctypes.c_int64), ctypes.c_float
 SIGNATURES = {
     "adagrad_rows": (I64P, I64P, I64P, F32P, I64, F32P, I64, F32P, F32P, F32, F32, INT),
+    "adagrad_single": (I64P, I64, I64, F32P, I64, I64, I64, I64, F32P, F32P, F32, F32, INT),
     "fm_forward": (F32P, I64, I64, F32P, F32P, F32P, I64, I64, I64, I64, F32P, F32P, F32P, INT),
     "fm_backward": (F32P, F32P, F32P, F32P, F32P, I64, I64, I64, I64, F32P, F32P, F32P, INT),
 }
@@ -117,6 +118,10 @@ def pointer(tensor: Tensor | None) -> ctypes._Pointer | None:
 
 
 def check(status: int, kernel: str) -> None:
-    """Raises MemoryError when a kernel reports it could not allocate its scratch space."""
-    if status != 0:
+    """Raises for a kernel's non-zero status: 1 = no scratch memory, 2 = a row out of range."""
+    if status == 1:
         raise MemoryError(f"native kernel {kernel} could not allocate its scratch memory")
+    if status == 2:
+        raise IndexError(f"native kernel {kernel}: an id's row is outside the table")
+    if status != 0:
+        raise RuntimeError(f"native kernel {kernel} failed with status {status}")

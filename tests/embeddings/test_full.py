@@ -4,8 +4,10 @@ import torch
 
 from ctr.batch import JaggedFeatures
 from ctr.embeddings.full import FullEmbedding
+from ctr.embeddings.hashing import HashConfig, HashEmbedding
 from ctr.recipe import EmbeddingConfig
 from ctr.schema import FeatureInfo, FeatureSpec, Schema
+from tests.embeddings.schemas import schema as shared_schema
 
 
 def make_schema():
@@ -61,3 +63,26 @@ def test_wrong_keys_rejected():
     jf = JaggedFeatures.from_dense(["user", "item"], torch.tensor([[1, 2]]))
     with pytest.raises(ValueError, match="expected sparse keys"):
         method(jf)
+
+
+@pytest.mark.parametrize("method", [FullEmbedding, HashEmbedding])
+def test_single_id_batches_embed_alike_whether_flagged_or_checked(method):
+    """A batch flagged ``single`` goes sample-major without checking its lengths (rows from the
+    [B, F] grid of ids); vectors and gradients match the same batch built without the flag."""
+    keys = ["item", "user"]
+    full = shared_schema()
+    single = Schema(features=[f for f in full.features if f.spec.name in keys], label="y", counts=full.counts)
+    ids = torch.randint(2, 500, (16, 2), generator=torch.Generator().manual_seed(0))
+    flagged = JaggedFeatures.from_dense(keys, ids)
+    checked = JaggedFeatures(keys, flagged.values, flagged.offsets)
+    assert flagged.single and not checked.single
+    torch.manual_seed(1)
+    embedding = method(single, HashConfig(dim=4, budget=0.5))  # full ignores the budget
+    outputs = []
+    for jf in (flagged, checked):
+        embedding.zero_grad()
+        pooled = embedding(jf).pooled
+        pooled.square().sum().backward()
+        outputs.append((pooled.detach(), embedding.weight.grad.to_dense()))
+    torch.testing.assert_close(outputs[0][0], outputs[1][0])
+    torch.testing.assert_close(outputs[0][1], outputs[1][1])

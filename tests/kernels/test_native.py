@@ -111,3 +111,38 @@ def test_a_failed_build_warns_and_falls_back(monkeypatch, tmp_path, caplog):
         assert not list(tmp_path.rglob("*.so"))  # nothing half-written left in the cache
     finally:
         native.library.cache_clear()
+
+
+@needs_native
+@pytest.mark.parametrize("grouped", [False, True])
+def test_native_single_id_update_equals_the_sorted_one_bit_for_bit(grouped):
+    """The counting-sort kernel (bags of one id) against the comparison-sort path: same rows
+    summed in the same order, so identical tables; the gradient is read in place from a [B, F,
+    D] view of a wider [B, F + 3, D] buffer or from a flat [N, D] one."""
+    gen = torch.Generator().manual_seed(4)
+    rows, dim, samples, fields = 200, 8, 40, 6
+    indices = torch.randint(0, 60, (samples * fields,), generator=gen)  # many repeats; rows 60+ untouched
+    offsets = torch.arange(samples * fields + 1)
+    wide = torch.randn(samples, fields + 3, dim, generator=gen)
+    grad_out = wide[:, :fields] if grouped else wide[:, :fields].reshape(-1, dim)
+    opt = FusedOptimizer("adagrad", lr=0.1)
+    results = []
+    for single in (True, False):
+        weight = torch.randn(rows, dim, generator=torch.Generator().manual_seed(5))
+        state = opt.init_state(weight)
+        reference.backward_update(grad_out, weight, state, Lookup(indices, offsets, None, "sum", rows, single), opt)
+        results.append((weight, state["sum"]))
+    (w_single, s_single), (w_sorted, s_sorted) = results
+    assert torch.equal(w_single, w_sorted) and torch.equal(s_single, s_sorted)
+    untouched = torch.ones(rows, dtype=torch.bool)
+    untouched[indices] = False
+    assert untouched.any() and (s_single[untouched] == 0).all()  # only the batch's rows moved
+
+
+@needs_native
+def test_native_single_id_update_rejects_a_row_outside_the_table():
+    opt = FusedOptimizer("adagrad", lr=0.1)
+    weight = torch.zeros(4, 2)
+    lookup = Lookup(torch.tensor([1, 4]), torch.arange(3), None, "sum", 4, single=True)
+    with pytest.raises(IndexError, match="adagrad_single"):
+        reference.backward_update(torch.ones(2, 2), weight, opt.init_state(weight), lookup, opt)
