@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ctr.embeddings.base import Bags, EmbeddingMethod
+from ctr.kernels import native
 from ctr.kernels.embedding_bag import (
     Backend, FusedOptimizer, check_fused, embedding_bag, fused_embedding_bag, reference, resolve_backend,
 )
@@ -61,6 +62,10 @@ class TableMethod(EmbeddingMethod):
         backend = self.backend()
         if self.fused is None:
             if backend is Backend.TORCH and self.weight.requires_grad and torch.is_grad_enabled():
+                if single and weights is None and native.usable(self.weight) and reference.counting_sort_fits(
+                    self.weight.shape[0], rows.numel()
+                ):
+                    return reference.grouped(_SingleIdRows.apply(self.weight, rows), groups)
                 unique, inverse = torch.unique(rows, return_inverse=True)
                 block = _DistinctRows.apply(self.weight, unique)  # [U, D]
                 return _BagOfBlock.apply(block, inverse, offsets, weights, groups)
@@ -106,6 +111,27 @@ class TableMethod(EmbeddingMethod):
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         return [] if self.fused is not None else [self.weight]
+
+
+class _SingleIdRows(torch.autograd.Function):
+    """``weight[rows]`` [N, D] for bags of one id each, whose sparse gradient has one entry per
+    distinct row, summed by the native counting-sort kernel (no torch sort or scatter).
+
+    Args: weight [R, D] fp32 on the CPU; rows int64 [N]. Returns [N, D].
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, rows: Tensor) -> Tensor:  # noqa: ANN001
+        ctx.save_for_backward(rows)
+        ctx.shape = weight.shape
+        return weight.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
+        (rows,) = ctx.saved_tensors
+        unique, sums = reference.single_id_row_grads(grad if grad.stride(-1) == 1 else grad.contiguous(), rows, ctx.shape[0])
+        sparse = torch.sparse_coo_tensor(unique.unsqueeze(0), sums, ctx.shape, is_coalesced=True, check_invariants=False)
+        return sparse, None
 
 
 class _DistinctRows(torch.autograd.Function):

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from ctr.kernels import native
 from ctr.kernels.embedding_bag import FusedOptimizer
 from ctr.recipe import OptimizerConfig
 from ctr.registry import OPTIMIZERS
@@ -50,9 +51,49 @@ def sgd(params: ParamList, cfg: OptimizerConfig) -> torch.optim.Optimizer:
 
 
 @OPTIMIZERS.register("adagrad")
-def adagrad(params: ParamList, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """Adagrad, one accumulator per weight (sparse gradients update touched rows only)."""
-    return torch.optim.Adagrad(params, lr=cfg.lr)
+class Adagrad(torch.optim.Adagrad):
+    """torch's Adagrad (one accumulator per weight, eps 1e-10; sparse gradients update the
+    touched rows only) whose sparse fp32 CPU gradients are applied in one native pass per
+    table (``ctr.kernels.native``: ``s += g²; w -= lr·g / (√s + eps)`` row by row) instead
+    of torch's chain of sparse ops. Same state and rule; results agree to fp32 rounding.
+    Anything else (dense or GPU gradients, a closure, weight decay) takes torch's step.
+    """
+
+    def __init__(self, params: ParamList, cfg: OptimizerConfig):
+        super().__init__(params, lr=cfg.lr)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        pairs = [(p, group) for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if closure is not None or not all(self._native_fits(p, group) for p, group in pairs):
+            return super().step(closure)
+        for param, group in pairs:
+            self._native_update(param, group)
+        return None
+
+    @staticmethod
+    def _native_fits(param: torch.Tensor, group: dict[str, Any]) -> bool:
+        grad = param.grad
+        plain = group["weight_decay"] == 0 and not group["maximize"] and not group["differentiable"]
+        return plain and grad.is_sparse and param.dim() == 2 and native.usable(param) and grad.dtype == param.dtype
+
+    def _native_update(self, param: torch.Tensor, group: dict[str, Any]) -> None:
+        state = self.state[param]
+        state["step"] += 1
+        lr = group["lr"] / (1 + (float(state["step"]) - 1) * group["lr_decay"])
+        status = _adagrad_sparse(param, param.grad, state["sum"], lr, group["eps"])
+        if status == native.NOT_COALESCED:  # rows out of order or repeated: merge them first
+            status = _adagrad_sparse(param, param.grad.coalesce(), state["sum"], lr, group["eps"])
+        native.check(status, "adagrad_sparse")
+
+
+def _adagrad_sparse(param: torch.Tensor, grad: torch.Tensor, state_sum: torch.Tensor, lr: float, eps: float) -> int:
+    """The native kernel's status for Adagrad on ``param`` [R, D] with sparse ``grad``."""
+    rows, values = grad._indices()[0].contiguous(), grad._values().contiguous()
+    return native.library().adagrad_sparse(
+        native.pointer(rows), native.pointer(values), rows.numel(), param.shape[1], native.pointer(param),
+        native.pointer(state_sum), lr, eps, torch.get_num_threads(),
+    )
 
 
 @OPTIMIZERS.register("sparse_adam")

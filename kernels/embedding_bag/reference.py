@@ -245,6 +245,12 @@ def apply_update(weight: Tensor, state: dict[str, Tensor], rows: Tensor, grad: T
     weight.index_copy_(0, rows, w.to(weight.dtype))
 
 
+def counting_sort_fits(num_rows: int, num_ids: int) -> bool:
+    """Whether the native single-id kernels group ``num_ids`` ids of a ``num_rows``-row table
+    with a counting sort (scratch and passes grow with the rows, so only for small tables)."""
+    return num_rows <= COUNTING_SORT_ROWS_PER_ID * num_ids
+
+
 def backward_update(
     grad_out: Tensor,
     weight: Tensor,
@@ -263,7 +269,7 @@ def backward_update(
     """
     lr = opt.begin_step(state)
     if opt.rule is Rule.ADAGRAD and native.usable(weight, state["sum"], rows=(grad_out,)):
-        small_table = weight.shape[0] <= COUNTING_SORT_ROWS_PER_ID * lookup.indices.numel()
+        small_table = counting_sort_fits(weight.shape[0], lookup.indices.numel())
         if lookup.single and lookup.per_sample_weights is None and small_table:
             _native_adagrad_single(grad_out, weight, state["sum"], lookup, opt, lr)
         else:
@@ -290,19 +296,47 @@ def _native_adagrad(grad_out: Tensor, weight: Tensor, state_sum: Tensor, ids: So
 def _native_adagrad_single(grad_out: Tensor, weight: Tensor, state_sum: Tensor, lookup: Lookup, opt: FusedOptimizer,
                            lr: float) -> None:
     """The Adagrad update of single-id bags, grouped by row with a counting sort inside the C
-    kernel ``adagrad_single`` (no torch sort); the gradient, [N, D] or [G, n, D] with unit
-    last stride, is read in place."""
+    kernel ``adagrad_single`` (no torch sort); the gradient is read in place."""
     rows = lookup.indices.long().contiguous()
-    if grad_out.dim() == 2:
-        group, group_stride, item_stride = max(1, grad_out.shape[0]), 0, grad_out.stride(0)
-    else:
-        group, group_stride, item_stride = grad_out.shape[1], grad_out.stride(0), grad_out.stride(1)
     status = native.library().adagrad_single(
-        native.pointer(rows), rows.numel(), weight.shape[0], native.pointer(grad_out), group, group_stride,
-        item_stride, weight.shape[1], native.pointer(weight), native.pointer(state_sum), lr, opt.eps,
-        torch.get_num_threads(),
+        native.pointer(rows), rows.numel(), weight.shape[0], native.pointer(grad_out), *_bag_layout(grad_out),
+        weight.shape[1], native.pointer(weight), native.pointer(state_sum), lr, opt.eps, torch.get_num_threads(),
     )
     native.check(status, "adagrad_single")
+
+
+def single_id_row_grads(grad_out: Tensor, rows: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:
+    """Each distinct row's gradient for bags of one id each (bag i holds row ``rows[i]``), the
+    ids grouped by a counting sort in the C kernel ``segment_sum_single`` and each row's terms
+    summed in id order.
+
+    Args:
+        grad_out: [N, D] or [G, n, D] fp32 gradient of the pooled bags, unit last stride.
+        rows: int64 [N] row of each bag's id, in [0, num_rows).
+        num_rows: rows of the table.
+
+    Returns:
+        (distinct rows int64 [U], ascending; their gradients fp32 [U, D]).
+    """
+    rows = rows.long().contiguous()
+    unique, sums = rows.new_empty(rows.numel()), grad_out.new_empty(rows.numel(), grad_out.shape[-1])
+    count = torch.zeros(1, dtype=torch.int64)
+    status = native.library().segment_sum_single(
+        native.pointer(rows), rows.numel(), num_rows, native.pointer(grad_out), *_bag_layout(grad_out),
+        grad_out.shape[-1], native.pointer(unique), native.pointer(sums), native.pointer(count),
+        torch.get_num_threads(),
+    )
+    native.check(status, "segment_sum_single")
+    return unique[: int(count)], sums[: int(count)]
+
+
+def _bag_layout(grad_out: Tensor) -> tuple[int, int, int]:
+    """(group, group stride, item stride) in floats: bag ``i`` of ``grad_out`` ([N, D], or
+    [G, n, D] with bag ``i`` at ``[i // n, i % n]``) starts ``(i // group) * group stride +
+    (i % group) * item stride`` floats after its first element."""
+    if grad_out.dim() == 2:
+        return max(1, grad_out.shape[0]), 0, grad_out.stride(0)
+    return grad_out.shape[1], grad_out.stride(0), grad_out.stride(1)
 
 
 def per_sample_weight_grad(weight: Tensor, indices: Tensor, offsets: Tensor, grad_out: Tensor) -> Tensor:

@@ -34,13 +34,16 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 ENV_SWITCH = "CTR_NATIVE"
-SOURCES = ("fm.c", "adagrad.c")
+NOT_COALESCED = 3  # adagrad_sparse's status for rows that are not strictly increasing
+SOURCES = ("fm.c", "rows.c")
 FLAGS = ("-O3", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
 I64, F32P, INT = ctypes.c_int64, ctypes.POINTER(ctypes.c_float), ctypes.c_int
 I64P, F32 = ctypes.POINTER(ctypes.c_int64), ctypes.c_float
 SIGNATURES = {
     "adagrad_rows": (I64P, I64P, I64P, F32P, I64, F32P, I64, F32P, F32P, F32, F32, INT),
     "adagrad_single": (I64P, I64, I64, F32P, I64, I64, I64, I64, F32P, F32P, F32, F32, INT),
+    "segment_sum_single": (I64P, I64, I64, F32P, I64, I64, I64, I64, I64P, F32P, I64P, INT),
+    "adagrad_sparse": (I64P, F32P, I64, I64, F32P, F32P, F32, F32, INT),
     "fm_forward": (F32P, I64, I64, F32P, F32P, F32P, I64, I64, I64, I64, F32P, F32P, F32P, INT),
     "fm_backward": (F32P, F32P, F32P, F32P, F32P, I64, I64, I64, I64, F32P, F32P, F32P, INT),
 }
@@ -118,7 +121,8 @@ def pointer(tensor: Tensor | None) -> ctypes._Pointer | None:
 
 
 def check(status: int, kernel: str) -> None:
-    """Raises for a kernel's non-zero status: 1 = no scratch memory, 2 = a row out of range."""
+    """Raises for a kernel's non-zero status: 1 = no scratch memory, 2 = a row out of range
+    (``NOT_COALESCED`` is for the caller of ``adagrad_sparse`` to handle)."""
     if status == 1:
         raise MemoryError(f"native kernel {kernel} could not allocate its scratch memory")
     if status == 2:

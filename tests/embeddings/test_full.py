@@ -86,3 +86,26 @@ def test_single_id_batches_embed_alike_whether_flagged_or_checked(method):
         outputs.append((pooled.detach(), embedding.weight.grad.to_dense()))
     torch.testing.assert_close(outputs[0][0], outputs[1][0])
     torch.testing.assert_close(outputs[0][1], outputs[1][1])
+
+
+@pytest.mark.parametrize("native_kernels", ["1", "0"])
+def test_single_id_sparse_gradient_is_coalesced_and_matches_the_dense_one(native_kernels, monkeypatch):
+    """The sparse-gradient path of single-id batches (native counting sort, or torch's unique
+    with CTR_NATIVE=0) gives one entry per distinct row, equal to the dense gradient."""
+    from ctr.kernels import native
+
+    monkeypatch.setenv(native.ENV_SWITCH, native_kernels)
+    native.library.cache_clear()
+    keys = ["item", "user"]
+    full = shared_schema()
+    single = Schema(features=[f for f in full.features if f.spec.name in keys], label="y", counts=full.counts)
+    ids = torch.randint(2, 40, (32, 2), generator=torch.Generator().manual_seed(2))  # repeats
+    embedding = FullEmbedding(single, EmbeddingConfig(dim=4))
+    upstream = torch.randn(32, 2, 4)
+    (embedding(JaggedFeatures.from_dense(keys, ids)).pooled * upstream).sum().backward()
+    grad = embedding.weight.grad
+    rows = embedding.rows_of(torch.arange(2), ids).reshape(-1)
+    dense = torch.zeros_like(embedding.weight).index_add_(0, rows, upstream.reshape(-1, 4))
+    assert grad.is_sparse and grad._nnz() == rows.unique().numel()  # one entry per distinct row
+    torch.testing.assert_close(grad.to_dense(), dense)
+    native.library.cache_clear()

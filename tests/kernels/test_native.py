@@ -146,3 +146,18 @@ def test_native_single_id_update_rejects_a_row_outside_the_table():
     lookup = Lookup(torch.tensor([1, 4]), torch.arange(3), None, "sum", 4, single=True)
     with pytest.raises(IndexError, match="adagrad_single"):
         reference.backward_update(torch.ones(2, 2), weight, opt.init_state(weight), lookup, opt)
+
+
+@needs_native
+@pytest.mark.parametrize("grouped", [False, True])
+def test_native_single_id_row_gradients_match_a_torch_scatter(grouped):
+    gen = torch.Generator().manual_seed(6)
+    rows, dim, samples, fields = 200, 8, 40, 6
+    indices = torch.randint(0, 60, (samples * fields,), generator=gen)
+    wide = torch.randn(samples, fields + 3, dim, generator=gen)
+    grad_out = wide[:, :fields] if grouped else wide[:, :fields].reshape(-1, dim)
+    unique, sums = reference.single_id_row_grads(grad_out, indices, rows)
+    expected_rows = torch.unique(indices)
+    dense = torch.zeros(rows, dim).index_add_(0, indices, wide[:, :fields].reshape(-1, dim))
+    assert torch.equal(unique, expected_rows)
+    torch.testing.assert_close(sums, dense[expected_rows])
