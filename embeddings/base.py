@@ -33,8 +33,9 @@ class Bags:
     id. Mean pooling is expressed as per-id weights 1/len, so every bag is a weighted sum.
 
     Args:
-        feature: int64 [N] index (into the schema's sparse features) of each id.
-        ids: int64 [N] ids as encoded (0 = padding, 1 = OOV).
+        feature: int64 [N] index (into the schema's sparse features) of each id ([F] for
+            ``sample_major`` bags).
+        ids: int64 [N] ids as encoded (0 = padding, 1 = OOV) ([B, F] for ``sample_major``).
         offsets: int64 [num_bags + 1].
         weights: optional float [N] per-id weights.
         bag_starts: F + 1 bag indices: the bags of feature f are ``bag_starts[f]`` up to
@@ -73,7 +74,9 @@ class EmbeddingMethod(nn.Module):
         sample_major_bags: the method embeds each bag on its own, whatever the order of the
             bags: a batch of single ids is then handed over sample by sample, so the pooled
             [B, F, D] is the lookup's output itself (no transposed copy into the model's
-            field layout).
+            field layout). Such bags carry a [B, F] grid of ids and the [F] feature of each
+            column (``Bags.sample_major``); ``TableMethod`` handles them, other methods that
+            set this must too.
     """
 
     sample_major_bags = False
@@ -207,13 +210,17 @@ class EmbeddingMethod(nn.Module):
         b, num = sparse.batch_size, len(self.feature_names)
         slots = [(f, f * b) for f in range(num)]
         values = sparse.values
-        single = sparse.single or (values.numel() == num * b and bool((sparse.lengths() == 1).all()))
-        if self.sample_major_bags and b and single:
+        if self.sample_major_bags and b and (sparse.single or self._single_ids(sparse)):
             grid = values.view(num, b).t()
             feature = torch.arange(num, device=values.device)
             return Bags(feature, grid, sparse.offsets, None, [], groups=b, sample_major=True), slots, []
         bag_starts = [f * b for f in range(num + 1)]
         return Bags(sparse.feature_of_value(), values, sparse.offsets, None, bag_starts, groups=num), slots, []
+
+    @staticmethod
+    def _single_ids(sparse: JaggedFeatures) -> bool:
+        """Whether every bag of an unflagged batch holds exactly one id (a pass over the lengths)."""
+        return sparse.values.numel() == sparse.offsets.numel() - 1 and bool((sparse.lengths() == 1).all())
 
     def _id_weights(self, lengths: Tensor, f: int, count: int) -> Tensor:
         if not self._mean_pooled[f]:

@@ -33,4 +33,4 @@ class FullEmbedding(TableMethod):
     def rows_of(self, feature: Tensor, ids: Tensor) -> Tensor:
         start = self.feature_start[feature]
         shape = torch.broadcast_shapes(start.shape, ids.shape)
-        return torch.add(ids, start, out=ids.new_empty(shape))  # row-major even for a transposed grid
+        return torch.add(ids, start, out=start.new_empty(shape))  # int64, row-major even for a transposed grid

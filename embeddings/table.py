@@ -55,9 +55,10 @@ class TableMethod(EmbeddingMethod):
 
         In fused mode a training-mode lookup's backward updates the touched rows, so a
         method must look its table up once per training step. Otherwise, when training with
-        the torch backend, the batch's distinct rows are gathered once and the bags pool that
-        block: the table's gradient then has one entry per distinct row, so the sparse
-        optimizer's coalesce has nothing left to merge.
+        the torch backend, the table's gradient gets one entry per distinct row, so the sparse
+        optimizer has nothing left to merge: single-id bags gather their rows and a native
+        counting sort sums each row's gradient (``reference.single_id_row_grads``); other
+        bags gather the batch's distinct rows once and pool that block.
         """
         backend = self.backend()
         if self.fused is None:

@@ -56,7 +56,8 @@ class Adagrad(torch.optim.Adagrad):
     touched rows only) whose sparse fp32 CPU gradients are applied in one native pass per
     table (``ctr.kernels.native``: ``s += g²; w -= lr·g / (√s + eps)`` row by row) instead
     of torch's chain of sparse ops. Same state and rule; results agree to fp32 rounding.
-    Anything else (dense or GPU gradients, a closure, weight decay) takes torch's step.
+    Anything else (dense or GPU gradients, a closure, weight decay) takes torch's step, through
+    which optimizer step hooks (ctr registers none) would run twice.
     """
 
     def __init__(self, params: ParamList, cfg: OptimizerConfig):
@@ -71,11 +72,11 @@ class Adagrad(torch.optim.Adagrad):
             self._native_update(param, group)
         return None
 
-    @staticmethod
-    def _native_fits(param: torch.Tensor, group: dict[str, Any]) -> bool:
+    def _native_fits(self, param: torch.Tensor, group: dict[str, Any]) -> bool:
         grad = param.grad
         plain = group["weight_decay"] == 0 and not group["maximize"] and not group["differentiable"]
-        return plain and grad.is_sparse and param.dim() == 2 and native.usable(param) and grad.dtype == param.dtype
+        row_sparse = grad.is_sparse and grad.sparse_dim() == 1 and grad.dense_dim() == 1 and param.dim() == 2
+        return plain and row_sparse and grad.dtype == param.dtype and native.usable(param, self.state[param]["sum"])
 
     def _native_update(self, param: torch.Tensor, group: dict[str, Any]) -> None:
         state = self.state[param]
@@ -91,8 +92,8 @@ def _adagrad_sparse(param: torch.Tensor, grad: torch.Tensor, state_sum: torch.Te
     """The native kernel's status for Adagrad on ``param`` [R, D] with sparse ``grad``."""
     rows, values = grad._indices()[0].contiguous(), grad._values().contiguous()
     return native.library().adagrad_sparse(
-        native.pointer(rows), native.pointer(values), rows.numel(), param.shape[1], native.pointer(param),
-        native.pointer(state_sum), lr, eps, torch.get_num_threads(),
+        native.pointer(rows), native.pointer(values), rows.numel(), param.shape[0], param.shape[1],
+        native.pointer(param), native.pointer(state_sum), lr, eps, torch.get_num_threads(),
     )
 
 

@@ -160,7 +160,8 @@ def fused_embedding_bag(
             (e.g. [F, B, D] for one bag per feature and sample): a transposed or concatenated
             view of that output then reaches the backward without a copy into bag order.
         single: every bag holds exactly one id (``offsets`` is ``0, 1, ..., N``): the
-            backward's sort then skips checking the lengths.
+            backward's sort skips checking the lengths, and on CPU the native Adagrad
+            groups the ids with a counting sort (``reference.counting_sort_fits``).
 
     Returns:
         [num_bags, D] (or [groups, num_bags / groups, D]) in ``weight``'s dtype; it requires

@@ -327,7 +327,8 @@ def single_id_row_grads(grad_out: Tensor, rows: Tensor, num_rows: int) -> tuple[
         torch.get_num_threads(),
     )
     native.check(status, "segment_sum_single")
-    return unique[: int(count)], sums[: int(count)]
+    found = int(count)
+    return unique[:found].clone(), sums[:found].clone()  # not views that keep all N rows alive
 
 
 def _bag_layout(grad_out: Tensor) -> tuple[int, int, int]:

@@ -43,7 +43,7 @@ SIGNATURES = {
     "adagrad_rows": (I64P, I64P, I64P, F32P, I64, F32P, I64, F32P, F32P, F32, F32, INT),
     "adagrad_single": (I64P, I64, I64, F32P, I64, I64, I64, I64, F32P, F32P, F32, F32, INT),
     "segment_sum_single": (I64P, I64, I64, F32P, I64, I64, I64, I64, I64P, F32P, I64P, INT),
-    "adagrad_sparse": (I64P, F32P, I64, I64, F32P, F32P, F32, F32, INT),
+    "adagrad_sparse": (I64P, F32P, I64, I64, I64, F32P, F32P, F32, F32, INT),
     "fm_forward": (F32P, I64, I64, F32P, F32P, F32P, I64, I64, I64, I64, F32P, F32P, F32P, INT),
     "fm_backward": (F32P, F32P, F32P, F32P, F32P, I64, I64, I64, I64, F32P, F32P, F32P, INT),
 }

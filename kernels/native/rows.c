@@ -143,12 +143,15 @@ int segment_sum_single(const int64_t *rows, int64_t count, int64_t num_rows, con
 }
 
 /* adagrad_sparse: the Adagrad update of a coalesced sparse gradient, rows[num] strictly
- * increasing with their gradients values[num, dim]: the same per-row rule as adagrad_rows.
- * Status 3 when the rows are not strictly increasing (coalesce the gradient first). */
-int adagrad_sparse(const int64_t *rows, const float *values, int64_t num, int64_t dim, float *weight, float *state,
-                   float lr, float eps, int threads) {
-    for (int64_t i = 1; i < num; ++i)
-        if (rows[i] <= rows[i - 1]) return 3;
+ * increasing with their gradients values[num, dim], of a [num_rows, dim] table: the same
+ * per-row rule as adagrad_rows. Status 2 for a row outside [0, num_rows), 3 when the rows are
+ * not strictly increasing (coalesce the gradient first). */
+int adagrad_sparse(const int64_t *rows, const float *values, int64_t num, int64_t num_rows, int64_t dim,
+                   float *weight, float *state, float lr, float eps, int threads) {
+    for (int64_t i = 0; i < num; ++i) {
+        if (rows[i] < 0 || rows[i] >= num_rows) return 2;
+        if (i > 0 && rows[i] <= rows[i - 1]) return 3;
+    }
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t i = 0; i < num; ++i) {
         const float *g = values + i * dim;

@@ -3,8 +3,11 @@ import pytest
 import torch
 
 from ctr.batch import JaggedFeatures
+from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.full import FullEmbedding
 from ctr.embeddings.hashing import HashConfig, HashEmbedding
+from ctr.kernels import native
+from ctr.kernels.embedding_bag import reference
 from ctr.recipe import EmbeddingConfig
 from ctr.schema import FeatureInfo, FeatureSpec, Schema
 from tests.embeddings.schemas import schema as shared_schema
@@ -65,47 +68,53 @@ def test_wrong_keys_rejected():
         method(jf)
 
 
+def single_id_schema(vocabs: dict[str, int]) -> Schema:
+    full = shared_schema({**vocabs, "tags": 5})
+    return Schema(features=[f for f in full.features if f.spec.name in vocabs], label="y", counts=full.counts)
+
+
 @pytest.mark.parametrize("method", [FullEmbedding, HashEmbedding])
-def test_single_id_batches_embed_alike_whether_flagged_or_checked(method):
-    """A batch flagged ``single`` goes sample-major without checking its lengths (rows from the
-    [B, F] grid of ids); vectors and gradients match the same batch built without the flag."""
+def test_single_id_batches_skip_the_lengths_check_only_when_flagged(method, monkeypatch):
+    """A batch flagged ``single`` goes sample-major without a pass over its lengths; the same
+    batch unflagged is checked first. Both gather the rows ``rows_of`` maps the [B, F] grid to."""
     keys = ["item", "user"]
-    full = shared_schema()
-    single = Schema(features=[f for f in full.features if f.spec.name in keys], label="y", counts=full.counts)
     ids = torch.randint(2, 500, (16, 2), generator=torch.Generator().manual_seed(0))
     flagged = JaggedFeatures.from_dense(keys, ids)
     checked = JaggedFeatures(keys, flagged.values, flagged.offsets)
-    assert flagged.single and not checked.single
     torch.manual_seed(1)
-    embedding = method(single, HashConfig(dim=4, budget=0.5))  # full ignores the budget
-    outputs = []
-    for jf in (flagged, checked):
-        embedding.zero_grad()
-        pooled = embedding(jf).pooled
-        pooled.square().sum().backward()
-        outputs.append((pooled.detach(), embedding.weight.grad.to_dense()))
-    torch.testing.assert_close(outputs[0][0], outputs[1][0])
-    torch.testing.assert_close(outputs[0][1], outputs[1][1])
+    embedding = method(single_id_schema({"item": 1000, "user": 600}), HashConfig(dim=4, budget=0.5))
+    checks = []
+    real_check = EmbeddingMethod._single_ids
+    monkeypatch.setattr(EmbeddingMethod, "_single_ids", staticmethod(lambda jf: checks.append(jf) or real_check(jf)))
+    expected = embedding.weight.detach()[embedding.rows_of(torch.arange(2), ids)]  # [16, 2, 4]
+    for jf, checked_lengths in ((flagged, False), (checked, True)):
+        checks.clear()
+        torch.testing.assert_close(embedding(jf).pooled.detach(), expected)
+        assert bool(checks) == checked_lengths
 
 
 @pytest.mark.parametrize("native_kernels", ["1", "0"])
-def test_single_id_sparse_gradient_is_coalesced_and_matches_the_dense_one(native_kernels, monkeypatch):
-    """The sparse-gradient path of single-id batches (native counting sort, or torch's unique
-    with CTR_NATIVE=0) gives one entry per distinct row, equal to the dense gradient."""
-    from ctr.kernels import native
-
+def test_single_id_sparse_gradient_has_one_entry_per_row_and_matches_the_dense_one(native_kernels, monkeypatch):
+    """The sparse-gradient path of single-id batches: the native counting sort (a small table:
+    at most 8 rows per id) or, with CTR_NATIVE=0, torch's unique; either gives one entry per
+    distinct row, equal to the dense gradient."""
     monkeypatch.setenv(native.ENV_SWITCH, native_kernels)
     native.library.cache_clear()
-    keys = ["item", "user"]
-    full = shared_schema()
-    single = Schema(features=[f for f in full.features if f.spec.name in keys], label="y", counts=full.counts)
-    ids = torch.randint(2, 40, (32, 2), generator=torch.Generator().manual_seed(2))  # repeats
-    embedding = FullEmbedding(single, EmbeddingConfig(dim=4))
-    upstream = torch.randn(32, 2, 4)
-    (embedding(JaggedFeatures.from_dense(keys, ids)).pooled * upstream).sum().backward()
-    grad = embedding.weight.grad
-    rows = embedding.rows_of(torch.arange(2), ids).reshape(-1)
-    dense = torch.zeros_like(embedding.weight).index_add_(0, rows, upstream.reshape(-1, 4))
-    assert grad.is_sparse and grad._nnz() == rows.unique().numel()  # one entry per distinct row
-    torch.testing.assert_close(grad.to_dense(), dense)
-    native.library.cache_clear()
+    calls = []
+    real = reference.single_id_row_grads
+    monkeypatch.setattr(reference, "single_id_row_grads", lambda *args: calls.append(1) or real(*args))
+    try:
+        keys = ["item", "user"]
+        ids = torch.randint(2, 12, (32, 2), generator=torch.Generator().manual_seed(2))  # repeats
+        embedding = FullEmbedding(single_id_schema({"item": 20, "user": 12}), EmbeddingConfig(dim=4))
+        upstream = torch.randn(32, 2, 4)
+        (embedding(JaggedFeatures.from_dense(keys, ids)).pooled * upstream).sum().backward()
+        grad = embedding.weight.grad
+        rows = embedding.rows_of(torch.arange(2), ids).reshape(-1)
+        dense = torch.zeros_like(embedding.weight).index_add_(0, rows, upstream.reshape(-1, 4))
+        assert grad.is_sparse and grad._nnz() == rows.unique().numel()  # one entry per distinct row
+        torch.testing.assert_close(grad.to_dense(), dense)
+        assert bool(calls) == (native_kernels == "1" and native.library() is not None)
+    finally:
+        monkeypatch.undo()
+        native.library.cache_clear()

@@ -47,14 +47,18 @@ def test_combined_optimizer_steps_and_saves_both():
 
 
 @pytest.mark.parametrize("rows", [[3, 7, 9, 20], [9, 3, 9, 20]])  # coalesced, and out of order with a repeat
-def test_adagrad_native_sparse_step_matches_torch_adagrad(rows):
+def test_adagrad_native_sparse_step_matches_torch_adagrad(rows, monkeypatch):
     """ctr's ``adagrad`` applies CPU sparse gradients in one native pass; the weights, the
     accumulator and the step count follow torch's Adagrad (fp32 rounding apart), rows outside
     the gradient untouched."""
     from ctr.kernels import native
+    from ctr.train import optim
 
     if native.library() is None:
         pytest.skip("no C compiler: native kernels are off")
+    calls = []
+    real = optim._adagrad_sparse
+    monkeypatch.setattr(optim, "_adagrad_sparse", lambda *args: calls.append(1) or real(*args))
     gen = torch.Generator().manual_seed(0)
     start = torch.randn(50, 4, generator=gen)
     ours, theirs = nn.Parameter(start.clone()), nn.Parameter(start.clone())
@@ -66,8 +70,30 @@ def test_adagrad_native_sparse_step_matches_torch_adagrad(rows):
             param.grad = torch.sparse_coo_tensor(torch.tensor([rows]), values, (50, 4))
         opt_ours.step()
         opt_theirs.step()
+    assert calls  # the native pass ran
     torch.testing.assert_close(ours.detach(), theirs.detach())
     torch.testing.assert_close(opt_ours.state[ours]["sum"], opt_theirs.state[theirs]["sum"])
     assert float(opt_ours.state[ours]["step"]) == 3
     untouched = [r for r in range(50) if r not in rows]
     assert torch.equal(ours.detach()[untouched], start[untouched])
+
+
+@pytest.mark.parametrize("case", ["dense", "closure", "two_sparse_dims"])
+def test_adagrad_takes_torchs_step_for_what_the_native_pass_does_not_take(case, monkeypatch):
+    from ctr.train import optim
+
+    monkeypatch.setattr(optim, "_adagrad_sparse", lambda *args: pytest.fail("native pass on an unsupported gradient"))
+    gen = torch.Generator().manual_seed(1)
+    start = torch.randn(6, 3, generator=gen)
+    ours, theirs = nn.Parameter(start.clone()), nn.Parameter(start.clone())
+    opt_ours = OPTIMIZERS.get("adagrad", "x").target([ours], OptimizerConfig(name="adagrad", lr=0.1))
+    opt_theirs = torch.optim.Adagrad([theirs], lr=0.1)
+    grad = torch.randn(6, 3, generator=gen)
+    if case == "two_sparse_dims":
+        grad = grad.to_sparse()  # sparse in both dims: not a row-sparse table gradient
+    for param in (ours, theirs):
+        param.grad = grad.clone()
+    closure = (lambda: 0.0) if case == "closure" else None
+    opt_ours.step(closure)
+    opt_theirs.step(closure)
+    torch.testing.assert_close(ours.detach(), theirs.detach())
