@@ -66,9 +66,9 @@ class TableMethod(EmbeddingMethod):
                 if single and weights is None and native.usable(self.weight) and reference.counting_sort_fits(
                     self.weight.shape[0], rows.numel()
                 ):
-                    return reference.grouped(_SingleIdRows.apply(self.weight, rows), groups)
+                    return reference.grouped(_GatheredRows.apply(self.weight, rows, False), groups)
                 unique, inverse = torch.unique(rows, return_inverse=True)
-                block = _DistinctRows.apply(self.weight, unique)  # [U, D]
+                block = _GatheredRows.apply(self.weight, unique, True)  # [U, D]
                 return _BagOfBlock.apply(block, inverse, offsets, weights, groups)
             pooled = embedding_bag(self.weight, rows, offsets, weights, backend=backend)
             return reference.grouped(pooled, groups)
@@ -114,44 +114,29 @@ class TableMethod(EmbeddingMethod):
         return [] if self.fused is not None else [self.weight]
 
 
-class _SingleIdRows(torch.autograd.Function):
-    """``weight[rows]`` [N, D] for bags of one id each, whose sparse gradient has one entry per
-    distinct row, summed by the native counting-sort kernel (no torch sort or scatter).
+class _GatheredRows(torch.autograd.Function):
+    """``weight[rows]`` [N, D] whose gradient is a sparse tensor with one entry per distinct row.
 
-    Args: weight [R, D] fp32 on the CPU; rows int64 [N]. Returns [N, D].
+    ``distinct``: ``rows`` are sorted and distinct, so the output's gradient rows are the
+    entries; else rows repeat (one per single-id bag) and the native counting-sort kernel sums
+    each row's gradient (no torch sort or scatter; fp32 CPU ``weight``).
+
+    Args: weight [R, D]; rows int64 [N]; distinct: as above. Returns [N, D].
     """
 
     @staticmethod
-    def forward(ctx, weight: Tensor, rows: Tensor) -> Tensor:  # noqa: ANN001
+    def forward(ctx, weight: Tensor, rows: Tensor, distinct: bool) -> Tensor:  # noqa: ANN001
         ctx.save_for_backward(rows)
-        ctx.shape = weight.shape
+        ctx.shape, ctx.distinct = weight.shape, distinct
         return weight.index_select(0, rows)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # noqa: ANN001
         (rows,) = ctx.saved_tensors
-        unique, sums = reference.single_id_row_grads(grad if grad.stride(-1) == 1 else grad.contiguous(), rows, ctx.shape[0])
-        sparse = torch.sparse_coo_tensor(unique.unsqueeze(0), sums, ctx.shape, is_coalesced=True, check_invariants=False)
-        return sparse, None
-
-
-class _DistinctRows(torch.autograd.Function):
-    """``weight[unique]`` whose gradient is a sparse tensor with one entry per ``unique`` row.
-
-    Args: weight [R, D]; unique: sorted distinct rows [U]. Returns [U, D].
-    """
-
-    @staticmethod
-    def forward(ctx, weight: Tensor, unique: Tensor) -> Tensor:  # noqa: ANN001
-        ctx.save_for_backward(unique)
-        ctx.shape = weight.shape
-        return weight.index_select(0, unique)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
-        (unique,) = ctx.saved_tensors
-        sparse = torch.sparse_coo_tensor(unique.unsqueeze(0), grad, ctx.shape, is_coalesced=True, check_invariants=False)
-        return sparse, None
+        if not ctx.distinct:
+            rows, grad = reference.single_id_row_grads(grad if grad.stride(-1) == 1 else grad.contiguous(), rows, ctx.shape[0])
+        sparse = torch.sparse_coo_tensor(rows.unsqueeze(0), grad, ctx.shape, is_coalesced=True, check_invariants=False)
+        return sparse, None, None
 
 
 class _BagOfBlock(torch.autograd.Function):
