@@ -66,9 +66,9 @@ class TableMethod(EmbeddingMethod):
                 if single and weights is None and native.usable(self.weight) and reference.counting_sort_fits(
                     self.weight.shape[0], rows.numel()
                 ):
-                    return reference.grouped(_GatheredRows.apply(self.weight, rows, False), groups)
+                    return _GatheredRows.apply(self.weight, rows, False, groups)
                 unique, inverse = torch.unique(rows, return_inverse=True)
-                block = _GatheredRows.apply(self.weight, unique, True)  # [U, D]
+                block = _GatheredRows.apply(self.weight, unique, True, 1)  # [U, D]
                 return _BagOfBlock.apply(block, inverse, offsets, weights, groups)
             pooled = embedding_bag(self.weight, rows, offsets, weights, backend=backend)
             return reference.grouped(pooled, groups)
@@ -119,24 +119,26 @@ class _GatheredRows(torch.autograd.Function):
 
     ``distinct``: ``rows`` are sorted and distinct, so the output's gradient rows are the
     entries; else rows repeat (one per single-id bag) and the native counting-sort kernel sums
-    each row's gradient (no torch sort or scatter; fp32 CPU ``weight``).
+    each row's gradient (no torch sort or scatter; fp32 CPU ``weight``), reading a grouped
+    output's strided gradient in place.
 
-    Args: weight [R, D]; rows int64 [N]; distinct: as above. Returns [N, D].
+    Args: weight [R, D]; rows int64 [N]; distinct: as above; groups: as in
+    ``TableMethod.lookup`` (1 for distinct rows). Returns [N, D] or [groups, N / groups, D].
     """
 
     @staticmethod
-    def forward(ctx, weight: Tensor, rows: Tensor, distinct: bool) -> Tensor:  # noqa: ANN001
+    def forward(ctx, weight: Tensor, rows: Tensor, distinct: bool, groups: int) -> Tensor:  # noqa: ANN001
         ctx.save_for_backward(rows)
         ctx.shape, ctx.distinct = weight.shape, distinct
-        return weight.index_select(0, rows)
+        return reference.grouped(weight.index_select(0, rows), groups)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # noqa: ANN001
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # noqa: ANN001
         (rows,) = ctx.saved_tensors
         if not ctx.distinct:
             rows, grad = reference.single_id_row_grads(grad if grad.stride(-1) == 1 else grad.contiguous(), rows, ctx.shape[0])
         sparse = torch.sparse_coo_tensor(rows.unsqueeze(0), grad, ctx.shape, is_coalesced=True, check_invariants=False)
-        return sparse, None, None
+        return sparse, None, None, None
 
 
 class _BagOfBlock(torch.autograd.Function):

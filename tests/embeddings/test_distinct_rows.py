@@ -18,7 +18,7 @@ def test_distinct_rows_lookup_matches_the_plain_bag_and_its_gradient():
     expected = weight.grad.coalesce()
     weight.grad = None
     unique, inverse = torch.unique(rows, return_inverse=True)
-    pooled = _BagOfBlock.apply(_GatheredRows.apply(weight, unique, True), inverse, offsets, psw, 1)
+    pooled = _BagOfBlock.apply(_GatheredRows.apply(weight, unique, True, 1), inverse, offsets, psw, 1)
     assert torch.allclose(pooled, plain, atol=1e-6)
     pooled.pow(2).sum().backward()
     grad = weight.grad

@@ -107,8 +107,10 @@ def test_single_id_sparse_gradient_has_one_entry_per_row_and_matches_the_dense_o
         keys = ["item", "user"]
         ids = torch.randint(2, 12, (32, 2), generator=torch.Generator().manual_seed(2))  # repeats
         embedding = FullEmbedding(single_id_schema({"item": 20, "user": 12}), EmbeddingConfig(dim=4))
-        upstream = torch.randn(32, 2, 4)
-        (embedding(JaggedFeatures.from_dense(keys, ids)).pooled * upstream).sum().backward()
+        upstream = torch.randn(32, 3, 4)  # the pooled fields' gradient arrives as a strided [32, 2, 4] slice
+        pooled = embedding(JaggedFeatures.from_dense(keys, ids)).pooled
+        (torch.cat([pooled, torch.zeros(32, 1, 4)], 1) * upstream).sum().backward()
+        upstream = upstream[:, :2]
         grad = embedding.weight.grad
         rows = embedding.rows_of(torch.arange(2), ids).reshape(-1)
         dense = torch.zeros_like(embedding.weight).index_add_(0, rows, upstream.reshape(-1, 4))
