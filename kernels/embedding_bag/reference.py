@@ -281,14 +281,12 @@ def backward_update(
 def _native_adagrad(grad_out: Tensor, weight: Tensor, state_sum: Tensor, ids: SortedIds, opt: FusedOptimizer,
                     lr: float) -> None:
     """``segment_grad`` and the Adagrad rule of ``apply_update`` in one pass over the touched
-    rows (C kernel ``adagrad_rows``; fp32 CPU tables)."""
-    table, bags = bag_rows(grad_out, ids.bags)
-    table = table.contiguous()
+    rows (C kernel ``adagrad_rows``; fp32 CPU tables); the gradient is read in place."""
     scales = None if ids.scales is None else ids.scales.contiguous()
     status = native.library().adagrad_rows(
-        native.pointer(ids.rows), native.pointer(ids.segments), native.pointer(bags.contiguous()),
-        native.pointer(scales), ids.rows.numel(), native.pointer(table), weight.shape[1], native.pointer(weight),
-        native.pointer(state_sum), lr, opt.eps, torch.get_num_threads(),
+        native.pointer(ids.rows), native.pointer(ids.segments), native.pointer(ids.bags.contiguous()),
+        native.pointer(scales), ids.rows.numel(), native.pointer(grad_out), *_bag_layout(grad_out),
+        weight.shape[1], native.pointer(weight), native.pointer(state_sum), lr, opt.eps, torch.get_num_threads(),
     )
     native.check(status, "adagrad_rows")
 

@@ -40,7 +40,7 @@ FLAGS = ("-O3", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
 I64, F32P, INT = ctypes.c_int64, ctypes.POINTER(ctypes.c_float), ctypes.c_int
 I64P, F32 = ctypes.POINTER(ctypes.c_int64), ctypes.c_float
 SIGNATURES = {
-    "adagrad_rows": (I64P, I64P, I64P, F32P, I64, F32P, I64, F32P, F32P, F32, F32, INT),
+    "adagrad_rows": (I64P, I64P, I64P, F32P, I64, F32P, I64, I64, I64, I64, F32P, F32P, F32, F32, INT),
     "adagrad_single": (I64P, I64, I64, F32P, I64, I64, I64, I64, F32P, F32P, F32, F32, INT),
     "segment_sum_single": (I64P, I64, I64, F32P, I64, I64, I64, I64, I64P, F32P, I64P, INT),
     "adagrad_sparse": (I64P, F32P, I64, I64, I64, F32P, F32P, F32, F32, INT),

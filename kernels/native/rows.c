@@ -1,11 +1,15 @@
 /* Per-row work of the embedding backward: the fused Adagrad update and the per-row gradient
  * sums of the sparse-gradient path.
  *
+ * The pooled output's gradient is read in place, whatever its layout: bag b's gradient row
+ * starts at grad + (b / group) * group_stride + (b % group) * item_stride (floats), e.g. a
+ * [G, group, D] view, or a [N, D] table with group = N and group_stride = 0.
+ *
  * adagrad_rows: the fused embedding backward for Adagrad, one pass over the touched rows.
  * The batch's ids are grouped by row (sorted): unique row rows[i] has the ids
  * segments[i] .. segments[i+1] - 1, id k belonging to bag bags[k] with factor scales[k] (1 when
- * scales is NULL). grad: the pooled output's gradient as a table, bag b's at row b ([*, D]).
- * Per unique row r, with G = sum_k scales[k] * grad[bags[k]] (in the ids' sorted order):
+ * scales is NULL). Per unique row r, with G = sum_k scales[k] * grad(bags[k]) (in the ids'
+ * sorted order):
  *   state[r] += G * G;  weight[r] -= lr * G / (sqrt(state[r]) + eps)   (element-wise),
  * the update torch.optim.Adagrad makes on a sparse gradient. Rows are split over OpenMP threads;
  * each row is owned by one thread, so the result does not depend on the schedule. */
@@ -15,15 +19,20 @@
 #include <stdlib.h>
 #include <omp.h>
 
+static inline int64_t bag_offset(int64_t bag, int64_t group, int64_t group_stride, int64_t item_stride) {
+    return (bag / group) * group_stride + (bag % group) * item_stride;
+}
+
 int adagrad_rows(const int64_t *rows, const int64_t *segments, const int64_t *bags, const float *scales,
-                 int64_t num_unique, const float *grad, int64_t dim, float *weight, float *state, float lr,
-                 float eps, int threads) {
+                 int64_t num_unique, const float *grad, int64_t group, int64_t group_stride, int64_t item_stride,
+                 int64_t dim, float *weight, float *state, float lr, float eps, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t i = 0; i < num_unique; ++i) {
         float g[dim];
         for (int64_t d = 0; d < dim; ++d) g[d] = 0.0f;
         for (int64_t k = segments[i]; k < segments[i + 1]; ++k) {
-            const float *src = grad + bags[k] * dim, scale = scales == NULL ? 1.0f : scales[k];
+            const float *src = grad + bag_offset(bags[k], group, group_stride, item_stride);
+            const float scale = scales == NULL ? 1.0f : scales[k];
             for (int64_t d = 0; d < dim; ++d) g[d] += scale * src[d];
         }
         float *w = weight + rows[i] * dim, *s = state + rows[i] * dim;
@@ -37,9 +46,8 @@ int adagrad_rows(const int64_t *rows, const int64_t *segments, const int64_t *ba
 
 /* Bags of one id each (id i is bag i, of row rows[i]) are grouped by row with a stable
  * counting sort over the table's rows instead of a comparison sort, so the ids of a row are
- * summed in ascending order, as after a stable sort. Bag i's gradient row starts at
- * grad + (i / group) * group_stride + (i % group) * item_stride (floats), e.g. a [G, group, D]
- * view; the scatter pass stores each id's gradient offset, and the sums prefetch the rows
+ * summed in ascending order, as after a stable sort. The scatter pass stores each id's
+ * gradient offset (walking the layout without a division), and the sums prefetch the rows
  * AHEAD ids ahead (the gradient is read in row order, so at random).
  * Status: 1 when scratch memory cannot be allocated, 2 for a row outside [0, num_rows). */
 
