@@ -55,6 +55,12 @@ class FeatureSpec:
             into bucket tokens.
         fill: value of a missing numeric (after the transform).
         num_buckets: quantiles of the ``quantile`` transform.
+        num_ids: for a categorical feature whose column already holds integer ids in
+            ``[0, num_ids)`` (pre-hashed or pre-indexed data, as DLRM's Criteo Terabyte
+            preprocessing writes): no vocabulary is counted, id ``k`` is row ``k`` after the
+            reserved ids, so the table has a row for every id seen or not; a missing value
+            is padding and any other value is OOV. ``min_count`` and ``max_vocab`` then do
+            not apply.
     """
 
     name: str
@@ -71,8 +77,11 @@ class FeatureSpec:
     transform: Literal["none", "log1p", "log_square", "standardize", "quantile"] = "none"
     fill: float = 0.0
     num_buckets: int = 20
+    num_ids: int | None = None
 
     def __post_init__(self) -> None:
+        if self.num_ids is not None and (self.kind != "categorical" or self.num_ids < 1 or self.transform != "none"):
+            raise ValueError(f"feature {self.name!r}: num_ids needs a categorical feature without a transform and >= 1")
         if self.min_count < 1 or self.oov_buckets < 1 or self.max_len < 1:
             raise ValueError(f"feature {self.name!r}: min_count, oov_buckets and max_len must be >= 1")
         if self.kind == "categorical" and self.pooling == "none":

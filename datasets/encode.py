@@ -17,7 +17,7 @@ from ctr.datasets.transforms import (
     numeric_values,
     sequence_tokens,
 )
-from ctr.datasets.vocab import Vocabulary
+from ctr.datasets.vocab import IdentityVocabulary, Vocabulary
 from ctr.schema import FeatureSpec, NumericStats
 
 LABEL = "__label__"
@@ -46,7 +46,7 @@ class Encoder:
         self,
         features: list[FeatureSpec],
         table_of: dict[str, str],
-        vocabs: dict[str, Vocabulary],
+        vocabs: dict[str, Vocabulary | IdentityVocabulary],
         numeric: dict[str, NumericStats],
         group: str | None,
     ):
@@ -75,7 +75,8 @@ class Encoder:
             return pa.array(finish_numeric(base_numeric(raw, spec.transform), spec, self.numeric[spec.name]))
         vocab = self.vocabs[self.table_of[spec.name]]
         if spec.kind == "categorical":
-            ids, oov = vocab.encode(categorical_tokens(column, spec))
+            identity = isinstance(vocab, IdentityVocabulary)
+            ids, oov = vocab.encode(column if identity else categorical_tokens(column, spec))
             tally.values[spec.name] += ids.size
             tally.oov[spec.name] += oov
             return pa.array(ids)

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 
 from ctr.datasets.transforms import base_numeric, categorical_tokens, numeric_values, sequence_tokens
-from ctr.datasets.vocab import TokenCounter, Vocabulary
+from ctr.datasets.vocab import IdCounter, IdentityVocabulary, TokenCounter, Vocabulary
 from ctr.schema import FeatureSpec, NumericStats
 
 RESERVOIR = 100_000
@@ -60,7 +60,11 @@ class Fitter:
     def __init__(self, features: list[FeatureSpec], table_of: dict[str, str], seed: int):
         self.features = features
         self.table_of = table_of
-        self.counters = {table: TokenCounter() for table in dict.fromkeys(table_of.values())}
+        owners = {spec.name: spec for spec in features if spec.is_sparse and spec.name == table_of[spec.name]}
+        self.owners = owners
+        self.counters = {
+            table: IdCounter(spec.num_ids, table) if spec.num_ids else TokenCounter() for table, spec in owners.items()
+        }
         self.numeric = {f.name: NumericFitter(f, seed) for f in features if f.kind == "numeric"}
 
     def add(self, batch: pa.RecordBatch, where: str) -> None:
@@ -69,17 +73,18 @@ class Fitter:
             if spec.kind == "numeric":
                 self.numeric[spec.name].add(numeric_values(column, spec, where))
             elif spec.kind == "categorical":
-                self.counters[self.table_of[spec.name]].add(categorical_tokens(column, spec))
+                counter = self.counters[self.table_of[spec.name]]
+                counter.add(column if isinstance(counter, IdCounter) else categorical_tokens(column, spec))
             else:
                 self.counters[self.table_of[spec.name]].add(sequence_tokens(column, spec).tokens)
 
-    def vocabularies(self) -> dict[str, Vocabulary]:
+    def vocabularies(self) -> dict[str, Vocabulary | IdentityVocabulary]:
         """One vocabulary per table, fitted with the settings of the table's owner feature."""
-        owners = {}
-        for spec in self.features:
-            if spec.is_sparse and spec.name == self.table_of[spec.name]:
-                owners[spec.name] = spec
-        return {table: Vocabulary.fit(counter.result(), owners[table]) for table, counter in self.counters.items()}
+        return {
+            table: IdentityVocabulary(counter, self.owners[table]) if isinstance(counter, IdCounter)
+            else Vocabulary.fit(counter.result(), self.owners[table])
+            for table, counter in self.counters.items()
+        }
 
     def numeric_stats(self) -> dict[str, NumericStats]:
         return {name: fitter.result() for name, fitter in self.numeric.items()}

@@ -97,6 +97,8 @@ def tables_of(features: list[FeatureSpec]) -> dict[str, str]:
             raise RecipeError(
                 f"data.features[{i}].share_with: {owner!r} is not a categorical or sequence feature that owns a table"
             )
+        if spec.kind == "sequence" and target.num_ids:
+            raise RecipeError(f"data.features[{i}].share_with: sequences cannot share {owner!r}, a num_ids table")
         tables[spec.name] = owner
     return tables
 

@@ -7,6 +7,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ctr.errors import DataError
 from ctr.schema import PAD_ID, FeatureSpec
 
 MERGE_EVERY = 16
@@ -117,3 +118,64 @@ class Vocabulary:
 
     def to_table(self) -> pa.Table:
         return pa.table({"token": self.tokens, "count": pa.array(self.token_counts, pa.int64())})
+
+
+def integer_ids(column: pa.Array, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The int64 ids [n] of an id column and its validity mask [n] (False = missing)."""
+    if not pa.types.is_integer(column.type):
+        try:
+            column = pc.cast(column, pa.int64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise DataError(f"feature {name!r} has num_ids set but its column holds non-integer values") from None
+    present = column.is_valid().to_numpy(zero_copy_only=False)
+    return column.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False), present
+
+
+class IdCounter:
+    """Counts the ids of a ``num_ids`` feature over record batches; memory ∝ ``num_ids``."""
+
+    def __init__(self, num_ids: int, name: str):
+        self.counts = np.zeros(num_ids, dtype=np.int64)
+        self.name = name
+
+    def add(self, column: pa.Array) -> None:
+        ids, present = integer_ids(column, self.name)
+        ids = ids[present & (ids >= 0) & (ids < self.counts.size)]
+        seen = np.bincount(ids)
+        self.counts[: seen.size] += seen
+
+
+class IdentityVocabulary:
+    """The vocabulary of a ``num_ids`` feature: id ``k`` is row ``first_id + k``.
+
+    Same interface as ``Vocabulary``; ids outside ``[0, num_ids)`` are OOV, missing ones
+    padding.
+    """
+
+    def __init__(self, counter: IdCounter, spec: FeatureSpec):
+        self.id_counts = counter.counts
+        self.oov_buckets = spec.oov_buckets
+        self.first_id = 1 + spec.oov_buckets
+        self.name = spec.name
+
+    @property
+    def size(self) -> int:
+        return self.first_id + self.id_counts.size
+
+    def encode(self, column: pa.Array) -> tuple[np.ndarray, int]:
+        """Maps ids to rows int32 [n] (missing → 0, out of range → OOV); returns them and the OOV count."""
+        ids, present = integer_ids(column, self.name)
+        known = present & (ids >= 0) & (ids < self.id_counts.size)
+        rows = np.where(known, ids + self.first_id, PAD_ID).astype(np.int32)
+        unknown = present & ~known
+        if unknown.any():
+            rows[unknown] = 1 + (ids[unknown] % self.oov_buckets)
+        return rows, int(unknown.sum())
+
+    def counts_by_id(self) -> np.ndarray:
+        counts = np.zeros(self.size, dtype=np.int64)
+        counts[self.first_id :] = self.id_counts
+        return counts
+
+    def to_table(self) -> pa.Table:
+        return pa.table({"num_ids": pa.array([self.id_counts.size], pa.int64())})

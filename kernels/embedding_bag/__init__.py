@@ -146,6 +146,7 @@ def fused_embedding_bag(
     update: bool = True,
     groups: int = 1,
     single: bool = False,
+    table_segments: int = 1,
 ) -> Tensor:
     """Pooled lookup whose backward applies ``optimizer`` to the touched rows of ``weight``.
 
@@ -162,12 +163,14 @@ def fused_embedding_bag(
         single: every bag holds exactly one id (``offsets`` is ``0, 1, ..., N``): the
             backward's sort skips checking the lengths, and on CPU the native Adagrad
             groups the ids with a counting sort (``reference.counting_sort_fits``).
+        table_segments: as ``reference.Lookup.table_segments`` (the caller's guarantee).
 
     Returns:
         [num_bags, D] (or [groups, num_bags / groups, D]) in ``weight``'s dtype; it requires
         grad when ``update`` and grad mode are on, so that its backward runs the update.
     """
     from ctr.kernels.embedding_bag.autograd import FusedLookup
+    from ctr.kernels.embedding_bag.reference import Lookup
 
     check_fused(backend, optimizer)
     impl = _module(backend)
@@ -176,5 +179,6 @@ def fused_embedding_bag(
         return reference.grouped(pooled, groups)
     trigger = torch.empty(0, device=weight.device, requires_grad=True)
     return FusedLookup.apply(
-        trigger, weight, indices, offsets, per_sample_weights, mode, impl, optimizer, state, groups, single
+        trigger, weight, indices, offsets, per_sample_weights, mode, impl, optimizer, state, groups,
+        Lookup(indices, offsets, per_sample_weights, mode, weight.shape[0], single, table_segments),
     )

@@ -59,8 +59,8 @@ class FusedLookup(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, trigger: Tensor, weight: Tensor, indices: Tensor, offsets: Tensor,
                 per_sample_weights: Tensor | None, mode: str, impl: ModuleType, opt: FusedOptimizer,
-                state: dict[str, Tensor], groups: int, single: bool) -> Tensor:
-        ctx.lookup = Lookup(indices, offsets, per_sample_weights, mode, weight.shape[0], single)
+                state: dict[str, Tensor], groups: int, lookup: Lookup) -> Tensor:
+        ctx.lookup = lookup
         ctx.impl, ctx.opt, ctx.state, ctx.weight = impl, opt, state, weight
         pooled = impl.forward(weight, indices, offsets, per_sample_weights, mode)
         return reference.grouped(pooled, groups)

@@ -116,6 +116,9 @@ class Lookup:
             keys, about a third faster than on int64.
         single: every bag holds exactly one id (``offsets`` is ``0, 1, ..., N``), so the sort
             need not check the lengths.
+        table_segments: S > 1 declares the ids as S equal segments, one per table, whose rows
+            lie in disjoint ranges ascending from segment to segment; a backend may then sort
+            each segment on its own (the Triton backward does).
     """
 
     indices: Tensor
@@ -124,6 +127,7 @@ class Lookup:
     mode: str
     num_rows: int | None = None
     single: bool = False
+    table_segments: int = 1
     _sorted: SortedIds | None = None
 
     def sorted(self) -> SortedIds:

@@ -22,8 +22,13 @@ Masks: a finished bag's (or row's) 2-D row mask is read off its loaded id (-1 pa
 rather than reusing the 1-D step mask in a second layout, which breaks triton's
 layout-conversion pass for sm_90 at some tile shapes (triton 3.6 and 3.7).
 
-Sorting and the unique/segment bookkeeping run as torch ops (``reference.sort_ids``), as
-FBGEMM does with CUB's radix sort.
+Sorting and the unique/segment bookkeeping run as torch ops, as FBGEMM does with CUB's
+radix sort. The fused backward's bookkeeping (``padded_sort``) never reads a size back to the
+host: arrays are sized by the N ids rather than the U unique rows, the count U stays on the
+device, and the kernel's grid covers N, programs past U returning at once. A training step
+thus queues its whole backward without waiting for the GPU. When the caller declares the ids
+as S equal segments, each holding one table's rows (``Lookup.table_segments``), each segment
+is sorted on its own (a batched sort along the last dim), as FBGEMM sorts per table.
 
 Deviation: a row that occurs very often in one batch (e.g. padding) is reduced serially by
 its program, which then runs as many steps as that row has ids; FBGEMM splits such long
@@ -31,6 +36,9 @@ segments over several warps.
 """
 
 from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -83,12 +91,16 @@ def _pool_kernel(
 
 @triton.jit
 def _sorted_backward_kernel(
-    grad_ptr, bags_ptr, scales_ptr, segments_ptr, rows_ptr,
+    grad_ptr, bags_ptr, scales_ptr, segments_ptr, rows_ptr, count_ptr,
     weight_ptr, state1_ptr, state2_ptr, out_ptr,
-    num_unique, D, stride_g, stride_w, lr, eps, beta1, beta2,
+    D, stride_g, stride_w, lr, eps, beta1, beta2,
     HAS_SCALES: tl.constexpr, RULE: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    units = tl.program_id(0).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U)
+    first = tl.program_id(0).to(tl.int64) * BLOCK_U
+    num_unique = tl.load(count_ptr)
+    if first >= num_unique:  # the grid covers every id; only the first U units are rows
+        return
+    units = first + tl.arange(0, BLOCK_U)
     unit_mask = units < num_unique
     starts = tl.load(segments_ptr + units, mask=unit_mask, other=0)
     counts = tl.load(segments_ptr + units + 1, mask=unit_mask, other=0) - starts
@@ -143,11 +155,79 @@ def _update_rows(grad, rows, cols, unit_mask, tile_mask, weight_ptr, state1_ptr,
     tl.store(w_ptrs, w.to(weight_ptr.dtype.element_ty), mask=tile_mask)
 
 
+@functools.lru_cache(maxsize=None)
 def _blocks(dim: int) -> tuple[int, int, int]:
     """(rows of a tile, BLOCK_D, num_warps): whole rows, about TILE elements per program."""
     block_d = triton.next_power_of_2(dim)
     block_rows = max(1, min(MAX_TILE_ROWS, TILE // block_d))
     return block_rows, block_d, max(1, min(8, block_rows * block_d // ELEMENTS_PER_WARP))
+
+
+@dataclass
+class PaddedIds:
+    """``SortedIds`` sized by the N ids instead of the U unique rows, U kept on the device.
+
+    Args:
+        rows: int64 [N]; the first U are the unique rows, ascending.
+        segments: int64 [N + 1]; ``segments[u]`` is where unit u's ids start in sorted order
+            for u < U, and N from U on.
+        bags, scales: as in ``SortedIds``.
+        count: int64 [1], U.
+    """
+
+    rows: Tensor
+    segments: Tensor
+    bags: Tensor
+    scales: Tensor | None
+    count: Tensor
+
+
+def padded_sort(lookup: Lookup) -> PaddedIds:
+    """Groups ``lookup``'s ids by row without reading anything back to the host.
+
+    With ``lookup.table_segments`` = S > 1 the ids are S equal segments whose rows lie in
+    disjoint ranges, ascending from segment to segment (one table each): each segment is
+    sorted on its own, which orders the whole as one sort would.
+    """
+    indices, count = lookup.indices, lookup.indices.numel()
+    device = indices.device
+    narrow = lookup.num_rows is not None and lookup.num_rows <= torch.iinfo(torch.int32).max
+    keys = indices.int() if narrow else indices.long()
+    segments_in = lookup.table_segments
+    if segments_in > 1 and count % segments_in == 0:
+        sorted_rows, local = torch.sort(keys.view(segments_in, -1), dim=1, stable=True)
+        base = torch.arange(0, count, count // segments_in, device=device).unsqueeze(1)
+        sorted_rows, order = sorted_rows.reshape(-1), (local + base).reshape(-1)
+    else:
+        sorted_rows, order = torch.sort(keys, stable=True)
+    starts = torch.ones(count, dtype=torch.bool, device=device)
+    torch.ne(sorted_rows[1:], sorted_rows[:-1], out=starts[1:])
+    unit = torch.cumsum(starts, 0) - 1
+    segments = torch.full((count + 2,), count, dtype=torch.int64, device=device)
+    positions = torch.arange(count, device=device)
+    segments.scatter_(0, torch.where(starts, unit, count + 1), positions)  # slot N + 1 takes the rest
+    segments = segments[: count + 1]
+    rows = sorted_rows.long().gather(0, segments[:count].clamp(max=max(count - 1, 0)))
+    bags, scales = _bags_and_scales(lookup, order)
+    return PaddedIds(rows, segments, bags, scales, unit[-1:] + 1)
+
+
+def _bags_and_scales(lookup: Lookup, order: Tensor) -> tuple[Tensor, Tensor | None]:
+    """The bag of each id and its factor, both in sorted order (no host reads)."""
+    if lookup.per_sample_weights is not None:
+        scales = lookup.per_sample_weights.detach().float()[order]
+    else:
+        scales = None
+    if lookup.single:
+        return order, scales
+    offsets = lookup.offsets
+    lengths = offsets[1:] - offsets[:-1]
+    bag_of_id = torch.repeat_interleave(
+        torch.arange(lengths.numel(), device=offsets.device), lengths, output_size=lookup.indices.numel()
+    )
+    if scales is None and lookup.mode == "mean":
+        scales = (1.0 / lengths.clamp(min=1).float())[bag_of_id][order]
+    return bag_of_id[order], scales
 
 
 def forward(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None, mode: str) -> Tensor:
@@ -182,12 +262,14 @@ def forward(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights
 
 
 def _launch_backward(
-    grad_out: Tensor, ids: SortedIds, weight: Tensor, rule: int, out: Tensor | None,
+    grad_out: Tensor, ids: SortedIds | PaddedIds, weight: Tensor, rule: int, out: Tensor | None,
     state: dict[str, Tensor] | None = None, opt: FusedOptimizer | None = None, lr: float = 0.0,
 ) -> None:
-    unique = ids.rows.numel()
-    if unique == 0:
+    """One launch over ``ids``; its grid covers ``ids.rows`` (U rows, or N padded ones)."""
+    units = ids.rows.numel()
+    if units == 0:
         return
+    count = ids.count if isinstance(ids, PaddedIds) else ids.segments.new_full((1,), units)
     grad_out = grad_out.contiguous()
     dim = weight.shape[1]
     state = state or {}
@@ -195,10 +277,10 @@ def _launch_backward(
     state2 = state.get("exp_avg_sq", weight)
     beta1, beta2 = opt.betas if opt is not None else (0.0, 0.0)
     block_u, block_d, warps = _blocks(dim)
-    _sorted_backward_kernel[(triton.cdiv(unique, block_u),)](
-        grad_out, ids.bags, ids.scales if ids.scales is not None else grad_out, ids.segments, ids.rows,
+    _sorted_backward_kernel[(triton.cdiv(units, block_u),)](
+        grad_out, ids.bags, ids.scales if ids.scales is not None else grad_out, ids.segments, ids.rows, count,
         weight, state1, state2, out if out is not None else grad_out,
-        unique, dim, grad_out.stride(0), weight.stride(0), lr, opt.eps if opt is not None else 0.0, beta1, beta2,
+        dim, grad_out.stride(0), weight.stride(0), lr, opt.eps if opt is not None else 0.0, beta1, beta2,
         HAS_SCALES=ids.scales is not None, RULE=rule, BLOCK_U=block_u, BLOCK_D=block_d, num_warps=warps,
     )
 
@@ -224,4 +306,4 @@ def backward_update(grad_out: Tensor, weight: Tensor, state: dict[str, Tensor], 
     if weight.stride(1) != 1:
         raise ValueError("the fused Triton backward needs a weight with contiguous rows")
     lr = opt.begin_step(state)
-    _launch_backward(grad_out, lookup.sorted(), weight, RULE_CODES[opt.rule], None, state, opt, lr)
+    _launch_backward(grad_out, padded_sort(lookup), weight, RULE_CODES[opt.rule], None, state, opt, lr)

@@ -32,8 +32,8 @@ i32, i64, f32 = "i32", "*i64", "*fp32"
 for dtype in ("fp32", "fp16", "bf16"):
     pool = dict(weight_ptr=f"*{dtype}", indices_ptr=i64, offsets_ptr=i64, scales_ptr=f32, out_ptr=f"*{dtype}",
                 num_bags=i32, D=i32, stride_w=i32, stride_out=i32)
-    backward = dict(grad_ptr=f32, bags_ptr=i64, scales_ptr=f32, segments_ptr=i64, rows_ptr=i64,
-                    weight_ptr=f"*{dtype}", state1_ptr=f32, state2_ptr=f32, out_ptr=f32, num_unique=i32, D=i32,
+    backward = dict(grad_ptr=f32, bags_ptr=i64, scales_ptr=f32, segments_ptr=i64, rows_ptr=i64, count_ptr=i64,
+                    weight_ptr=f"*{dtype}", state1_ptr=f32, state2_ptr=f32, out_ptr=f32, D=i32,
                     stride_g=i32, stride_w=i32, lr="fp32", eps="fp32", beta1="fp32", beta2="fp32")
     for dim in (16, 64, 128):
         rows, block_d, warps = k._blocks(dim)
