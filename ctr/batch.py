@@ -98,6 +98,14 @@ class JaggedFeatures:
         move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
         return replace(self, values=move(self.values), offsets=move(self.offsets), weights=move(self.weights))
 
+    def pin_memory(self) -> JaggedFeatures:
+        """A copy in page-locked host memory (copies to a GPU can then run asynchronously)."""
+        pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
+        return replace(self, values=pin(self.values), offsets=pin(self.offsets), weights=pin(self.weights))
+
+    def tensors(self) -> list[Tensor]:
+        return [t for t in (self.values, self.offsets, self.weights) if t is not None]
+
     def to_kjt(self):  # -> torchrec.KeyedJaggedTensor
         """Converts to TorchRec's KeyedJaggedTensor (needs torchrec installed)."""
         from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
@@ -126,6 +134,16 @@ class Batch:
     @property
     def size(self) -> int:
         return self.labels.numel()
+
+    def pin_memory(self) -> Batch:
+        """A copy in page-locked host memory."""
+        return Batch(self.dense.pin_memory(), self.sparse.pin_memory(), self.labels.pin_memory(),
+                     None if self.groups is None else self.groups.pin_memory())
+
+    def tensors(self) -> list[Tensor]:
+        """Every tensor of the batch."""
+        rest = [t for t in (self.dense, self.labels, self.groups) if t is not None]
+        return rest + self.sparse.tensors()
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return Batch(

@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
     _bench_kernels_parser(bench)
     _bench_compression_parser(bench)
+    _bench_train_parser(bench)
     return parser
 
 
@@ -99,6 +100,25 @@ def _bench_kernels_parser(bench: argparse._SubParsersAction) -> None:
     kernels.add_argument("--peak-gbps", type=float, help="the device's peak memory bandwidth in GB/s")
     kernels.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     kernels.set_defaults(run=_bench_kernels)
+
+
+def _bench_train_parser(bench: argparse._SubParsersAction) -> None:
+    train = bench.add_parser("train", help="samples/s of a recipe's training loop, GPU busy share, time per phase")
+    train.add_argument("recipe", type=Path)
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--steps", type=int, default=50, help="timed training steps (default 50)")
+    train.add_argument("--warmup", type=int, default=10, help="untimed steps first (default 10)")
+    train.add_argument("--profile-steps", type=int, default=10, help="steps under the profiler on a GPU (default 10)")
+    _overrides(train)
+    train.set_defaults(run=_bench_train)
+
+
+def _bench_train(args: argparse.Namespace) -> int:
+    from ctr.bench.train import TrainBenchConfig, format_result, run_train_bench
+
+    config = TrainBenchConfig(args.recipe, args.override, args.device, args.warmup, args.steps, args.profile_steps)
+    print(format_result(run_train_bench(config), config))
+    return 0
 
 
 def _overrides(parser: argparse.ArgumentParser) -> None:

@@ -20,12 +20,14 @@ from typing import Iterator, TypeVar
 
 import numpy as np
 import pyarrow.parquet as pq
+import torch
 
 from ctr.batch import Batch
 from ctr.datasets.buffer import ShuffleBuffer
 from ctr.datasets.encode import GROUP
 from ctr.datasets.rows import BatchBuilder, RowBlock, RowLayout, pack
 from ctr.datasets.shards import shard_files
+from ctr.datasets.transfer import ahead_on_device, needs_pinning
 from ctr.errors import DataError
 from ctr.schema import Schema
 
@@ -51,6 +53,8 @@ class BatchLoader:
         rank, world_size: this process's share of each epoch (equal row and batch counts).
         prefetch: batches built ahead in a background thread (0 = build inline).
         shuffle_buffer: rows the shuffle buffer holds (memory: about this many encoded rows).
+        device: where the batches are used; for a CUDA device they are built in pinned memory
+            and copied one step ahead (``ctr.datasets.transfer``).
 
     Example:
         >>> loader = BatchLoader(prepared.split_dir("train"), prepared.schema, 4096, shuffle=True)  # doctest: +SKIP
@@ -69,6 +73,7 @@ class BatchLoader:
         world_size: int = 1,
         prefetch: int = 2,
         shuffle_buffer: int = 1_000_000,
+        device: torch.device | str = "cpu",
     ):
         files = shard_files(folder)
         if not files:
@@ -83,6 +88,7 @@ class BatchLoader:
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
         self.prefetch, self.shuffle_buffer = prefetch, shuffle_buffer
+        self.device = torch.device(device)
         self.epoch = 0
         self._open: list[Iterator[Batch]] = []
 
@@ -99,9 +105,11 @@ class BatchLoader:
         epoch = self.epoch
         self.epoch += 1
         batches = (self.builder.build(block) for block in self._batches(epoch))
+        if needs_pinning(self.device):
+            batches = (batch.pin_memory() for batch in batches)
         iterator = _prefetched(batches, self.prefetch) if self.prefetch else batches
         self._open = [it for it in self._open if it.gi_frame is not None] + [iterator]
-        return iterator
+        return ahead_on_device(iterator, self.device)
 
     def close(self) -> None:
         """Stops the epochs still open (a run that ``max_steps`` ended mid-epoch) and joins

@@ -143,22 +143,40 @@ class BatchBuilder:
 
     def __init__(self, layout: RowLayout):
         self.layout = layout
+        self._offsets: dict[tuple[int, torch.device], torch.Tensor] = {}
 
     def build(self, block: RowBlock) -> Batch:
+        if not self.layout.sequences:
+            return self.build_fixed(torch.from_numpy(block.data))
         data, layout = block.data, self.layout
         labels = np.ascontiguousarray(data[:, layout.label]).view(np.float32)
         groups = None
         if layout.group is not None:
             groups = torch.from_numpy(np.ascontiguousarray(data[:, layout.group : layout.group + 2]).view(np.int64).reshape(-1))
         dense = np.ascontiguousarray(data[:, layout.dense[0] : layout.dense[1]]).view(np.float32)
-        if not layout.sequences:
-            values = data[:, layout.categorical[0] : layout.categorical[1]].T.astype(np.int64).reshape(-1)
-            offsets = np.arange(values.shape[0] + 1, dtype=np.int64)
-        else:
-            values, offsets = self._jagged(data)
-        sparse = JaggedFeatures(list(layout.keys), torch.from_numpy(values), torch.from_numpy(offsets),
-                                single=not layout.sequences)
+        values, offsets = self._jagged(data)
+        sparse = JaggedFeatures(list(layout.keys), torch.from_numpy(values), torch.from_numpy(offsets))
         return Batch(dense=torch.from_numpy(dense), sparse=sparse, labels=torch.from_numpy(labels), groups=groups)
+
+    def build_fixed(self, data: torch.Tensor) -> Batch:
+        """A batch of rows without sequences from packed rows ``data`` int32 [n, W] on any
+        device, built there with torch ops (no host round trip for a device tensor)."""
+        layout = self.layout
+        labels = data[:, layout.label].contiguous().view(torch.float32)
+        groups = None
+        if layout.group is not None:
+            groups = data[:, layout.group : layout.group + 2].contiguous().view(torch.int64).reshape(-1)
+        dense = data[:, layout.dense[0] : layout.dense[1]].contiguous().view(torch.float32)
+        values = data[:, layout.categorical[0] : layout.categorical[1]].t().to(torch.int64).reshape(-1)
+        sparse = JaggedFeatures(list(layout.keys), values, self._single_offsets(values.numel(), data.device), single=True)
+        return Batch(dense=dense, sparse=sparse, labels=labels, groups=groups)
+
+    def _single_offsets(self, count: int, device: torch.device) -> torch.Tensor:
+        """``0, 1, ..., count`` (one id per bag), made once per size and device."""
+        key = (count, device)
+        if key not in self._offsets:
+            self._offsets[key] = torch.arange(count + 1, dtype=torch.int64, device=device)
+        return self._offsets[key]
 
     def _jagged(self, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         layout, n = self.layout, data.shape[0]

@@ -134,15 +134,17 @@ def sparse_grad_impl(work: Workload, rule: str, device: torch.device) -> Impl:
     )
 
 
-def fused_impl(work: Workload, rule: str, backend: Backend, device: torch.device) -> Impl:
-    """``ctr``'s fused path on ``backend``: the backward updates the table in place."""
+def fused_impl(work: Workload, rule: str, backend: Backend, device: torch.device, per_table_sort: bool = False) -> Impl:
+    """``ctr``'s fused path on ``backend``: the backward updates the table in place
+    (``per_table_sort``: the ids declared as one segment per table, sorted apart)."""
     weight = _table(work, device)
     opt = FusedOptimizer(rule, lr=LR)
     state = opt.init_state(weight)
     indices, offsets = work.table_batched(device)
 
     def forward() -> Tensor:
-        return fused_embedding_bag(weight, state, indices, offsets, None, "sum", opt, backend)
+        return fused_embedding_bag(weight, state, indices, offsets, None, "sum", opt, backend,
+                                   single=work.pooling == 1 and backend is Backend.TRITON, table_segments=work.tables if per_table_sort else 1)
 
     tables = list(weight.view(work.tables, work.rows, work.dim))
     return Impl(forward, lambda out, grad: out.backward(grad), (work.tables * work.batch, work.dim), _copier(tables))

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from ctr.datasets import BatchLoader, Prepared, prepare
+from ctr.datasets.resident import ResidentLoader
 from ctr.errors import UserError
 from ctr.recipe import Recipe
 from ctr.train.callbacks import Throughput, ValidationSummary
@@ -164,22 +165,17 @@ def evaluate(run_root: Path, split: str = "test") -> dict[str, float]:
 
 def _loaders(recipe: Recipe, prepared: Prepared, trainer: L.Trainer, splits=("train", "valid", "test")):
     data, train = recipe.data, recipe.train
-    rank, world = trainer.global_rank, trainer.world_size
+    rank, world, device = trainer.global_rank, trainer.world_size, trainer.strategy.root_device
     loaders = {}
     for split in splits:
         training = split == "train"
-        loaders[split] = BatchLoader(
-            prepared.split_dir(split),
-            prepared.schema,
-            train.batch_size if training else train.eval_batch_size,
-            shuffle=training,
-            seed=recipe.seed,
-            drop_last=False,
-            rank=rank,
-            world_size=world,
-            prefetch=data.prefetch,
-            shuffle_buffer=data.shuffle_buffer,
-        )
+        size = train.batch_size if training else train.eval_batch_size
+        where = dict(shuffle=training, seed=recipe.seed, drop_last=False, rank=rank, world_size=world)
+        if data.on_device:
+            loaders[split] = ResidentLoader(prepared.split_dir(split), prepared.schema, size, device, **where)
+        else:
+            loaders[split] = BatchLoader(prepared.split_dir(split), prepared.schema, size, prefetch=data.prefetch,
+                                         shuffle_buffer=data.shuffle_buffer, device=device, **where)
     return loaders
 
 

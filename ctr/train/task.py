@@ -13,12 +13,14 @@ from torch import Tensor, nn
 from ctr.batch import Batch
 from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.stages import MultiStageMixin, Stage
+from ctr.embeddings.types import FeatureEmbeddings
 from ctr.metrics import auc, group_auc, logloss
 from ctr.models.base import CTRModel
 from ctr.recipe import Recipe
 from ctr.registry import EMBEDDINGS, MODELS
 from ctr.schema import Schema
 from ctr.train.optim import CombinedOptimizer, build_optimizer, fused_optimizer
+from ctr.train.phases import PhaseClock
 
 
 class CTRNet(nn.Module):
@@ -32,10 +34,15 @@ class CTRNet(nn.Module):
             self.embedding.use_fused_update(fused_optimizer(recipe.train.embedding_optimizer))
         model = MODELS.get(recipe.model.name, "model.name").target
         self.model: CTRModel = model(schema, self.embedding.layout, recipe.model)
+        if recipe.trainer.compile:
+            self.model.compile()  # in place: parameter names and checkpoints stay as without it
 
     def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Logits [B] and the regularization loss (a scalar)."""
-        embedded = self.embedding(batch.sparse)
+        return self.score(batch, self.embedding(batch.sparse))
+
+    def score(self, batch: Batch, embedded: FeatureEmbeddings) -> tuple[Tensor, Tensor]:
+        """The model's part: logits [B] and the regularization loss, given the embeddings."""
         logits = self.model(batch, embedded)
         return logits, self.embedding.regularizer() + self.model.regularizer(batch, embedded)
 
@@ -52,9 +59,10 @@ class CTRTask(L.LightningModule):
     or, in a ``bilevel`` stage, on a batch from ``valid_batches`` after every training step.
     """
 
-    def __init__(self, recipe: Recipe, schema: Schema):
+    def __init__(self, recipe: Recipe, schema: Schema, phases: PhaseClock | None = None):
         super().__init__()
         self.automatic_optimization = False
+        self.phases = phases or PhaseClock()
         self.recipe = recipe
         self.net = CTRNet(recipe, schema)
         self._outputs: list[tuple[Tensor, Tensor, Tensor | None]] = []
@@ -66,16 +74,26 @@ class CTRTask(L.LightningModule):
     def forward(self, batch: Batch) -> Tensor:
         return self.net(batch)[0]
 
+    def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
+        """Asynchronous copies (a batch from pinned memory does not block the host); a batch
+        the loader already put on ``device`` is used as it is."""
+        return batch.to(device, non_blocking=True)
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        logits, reg = self.net(batch)
-        loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
+        with self.phases("embedding"):
+            embedded = self.net.embedding(batch.sparse)
+        with self.phases("dense"):
+            logits, reg = self.net.score(batch, embedded)
+            loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
         optimizers = self.optimizers()
         optimizer = optimizers[0] if isinstance(optimizers, list) else optimizers
         optimizer.zero_grad()
-        self.manual_backward(loss + reg)
-        if self.recipe.train.grad_clip:
-            nn.utils.clip_grad_norm_(self._dense_parameters(), self.recipe.train.grad_clip)
-        optimizer.step()
+        with self.phases("backward"):
+            self.manual_backward(loss + reg)
+        with self.phases("optimizer"):
+            if self.recipe.train.grad_clip:
+                nn.utils.clip_grad_norm_(self._dense_parameters(), self.recipe.train.grad_clip)
+            optimizer.step()
         if self._bilevel():
             self._arch_step(optimizers[1].optimizer)
         self.log("train/loss", loss.detach(), batch_size=batch.size, prog_bar=True)
