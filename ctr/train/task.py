@@ -96,7 +96,8 @@ class CTRTask(L.LightningModule):
             optimizer.step()
         if self._bilevel():
             self._arch_step(optimizers[1].optimizer)
-        self.log("train/loss", loss.detach(), batch_size=batch.size, prog_bar=True)
+        # a progress-bar metric is read back to the host every step: only when a bar shows it
+        self.log("train/loss", loss.detach(), batch_size=batch.size, prog_bar=self.trainer.progress_bar_callback is not None)
         return loss
 
     def _bilevel(self) -> bool:
