@@ -170,7 +170,9 @@ def _loaders(recipe: Recipe, prepared: Prepared, trainer: L.Trainer, splits=("tr
     for split in splits:
         training = split == "train"
         size = train.batch_size if training else train.eval_batch_size
-        where = dict(shuffle=training, seed=recipe.seed, drop_last=False, rank=rank, world_size=world)
+        # a compiled model would recompile for an epoch's smaller last batch: training drops it
+        drop_last = training and recipe.trainer.compile
+        where = dict(shuffle=training, seed=recipe.seed, drop_last=drop_last, rank=rank, world_size=world)
         if data.on_device:
             loaders[split] = ResidentLoader(prepared.split_dir(split), prepared.schema, size, device, **where)
         else:

@@ -1,0 +1,48 @@
+"""``ctr bench train`` on CPU and ``trainer.compile`` on a tiny model."""
+
+import torch
+import yaml
+
+from ctr.bench.train import TrainBenchConfig, run_train_bench
+from ctr.cli import main
+from ctr.recipe import recipe_from_dict
+from ctr.schema import Schema
+from ctr.train.phases import PHASES
+from ctr.train.task import CTRNet
+from tests.conftest import tiny_recipe
+
+
+def test_bench_train_reports_samples_per_second_and_phases(tmp_path, capsys):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    result = run_train_bench(TrainBenchConfig(path, ["data.on_device=true"], "cpu", warmup=1, steps=4))
+    assert result.samples == 4 * 512 and result.samples_per_s > 0 and result.busy is None
+    assert set(result.phases) == set(PHASES) and all(v >= 0 for v in result.phases.values())
+    assert result.phases["backward"] > 0 and result.phases["embedding"] > 0
+    assert main(["bench", "train", str(path), "--device", "cpu", "--steps", "2", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "samples/s:" in out and "| backward |" in out
+
+
+def test_bench_train_refuses_a_missing_gpu(tmp_path, capsys):
+    if torch.cuda.is_available():
+        return
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    assert main(["bench", "train", str(path), "--device", "cuda"]) == 2
+    assert capsys.readouterr().err.strip() == "ctr: error: --device cuda: no CUDA device is available"
+
+
+def test_compiled_dense_part_scores_as_eager(tiny_prepared, tmp_path):
+    schema: Schema = tiny_prepared.schema
+    nets = {}
+    for flag in (False, True):
+        torch.manual_seed(0)
+        nets[flag] = CTRNet(recipe_from_dict(tiny_recipe(tmp_path, trainer={"compile": flag})), schema).eval()
+    assert list(nets[True].state_dict()) == list(nets[False].state_dict())  # checkpoints unchanged
+    from ctr.datasets import BatchLoader
+
+    batch = next(iter(BatchLoader(tiny_prepared.split_dir("test"), schema, 256)))
+    with torch.no_grad():
+        torch.testing.assert_close(nets[True](batch)[0], nets[False](batch)[0], rtol=1e-4, atol=1e-5)
+    assert nets[True].model._compiled_call_impl is not None
