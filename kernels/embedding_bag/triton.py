@@ -57,6 +57,8 @@ GRAD_ONLY = 0
 TILE = 1024
 ELEMENTS_PER_WARP = 256
 MAX_TILE_ROWS = 128
+# Ids one program sums per row before the row is cut into chunks summed by other programs.
+CHUNK = 256
 
 
 @triton.jit
@@ -91,32 +93,46 @@ def _pool_kernel(
 
 @triton.jit
 def _sorted_backward_kernel(
-    grad_ptr, bags_ptr, scales_ptr, segments_ptr, rows_ptr, count_ptr,
+    grad_ptr, bags_ptr, scales_ptr, starts_ptr, ends_ptr, rows_ptr, count_ptr, chunk_first_ptr, partial_ptr,
     weight_ptr, state1_ptr, state2_ptr, out_ptr,
     D, stride_g, stride_w, lr, eps, beta1, beta2,
-    HAS_SCALES: tl.constexpr, RULE: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_SCALES: tl.constexpr, RULE: tl.constexpr, HAS_CHUNKS: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK_U: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     first = tl.program_id(0).to(tl.int64) * BLOCK_U
-    num_unique = tl.load(count_ptr)
-    if first >= num_unique:  # the grid covers every id; only the first U units are rows
+    num_units = tl.load(count_ptr)
+    if first >= num_units:  # the grid covers an upper bound; only the first units are real
         return
     units = first + tl.arange(0, BLOCK_U)
-    unit_mask = units < num_unique
-    starts = tl.load(segments_ptr + units, mask=unit_mask, other=0)
-    counts = tl.load(segments_ptr + units + 1, mask=unit_mask, other=0) - starts
+    unit_mask = units < num_units
+    starts = tl.load(starts_ptr + units, mask=unit_mask, other=0)
+    counts = tl.load(ends_ptr + units, mask=unit_mask, other=0) - starts
     cols = tl.arange(0, BLOCK_D)
     col_mask = cols < D
+    steps = counts
+    if HAS_CHUNKS:  # a long unit sums its chunks' partial sums instead of its ids
+        chunk_first = tl.load(chunk_first_ptr + units, mask=unit_mask, other=-1)
+        steps = tl.where(chunk_first >= 0, (counts + CHUNK - 1) // CHUNK, counts)
     grad = tl.zeros([BLOCK_U, BLOCK_D], dtype=tl.float32)
-    for step in range(0, tl.max(counts, axis=0).to(tl.int32)):  # each row's ids in sorted order: deterministic
-        live = step < counts
+    for step in range(0, tl.max(steps, axis=0).to(tl.int32)):  # in sorted order: deterministic
+        live = step < steps
+        direct = live
+        if HAS_CHUNKS:
+            direct = live & (chunk_first < 0)
         pos = starts + step
-        bags = tl.load(bags_ptr + pos, mask=live, other=-1).to(tl.int64)
+        bags = tl.load(bags_ptr + pos, mask=direct, other=-1).to(tl.int64)
         vals = tl.load(
             grad_ptr + bags[:, None] * stride_g + cols[None, :],
             mask=(bags >= 0)[:, None] & col_mask[None, :], other=0.0,
         ).to(tl.float32)
         if HAS_SCALES:
-            vals = vals * tl.load(scales_ptr + pos, mask=live, other=0.0)[:, None]
+            vals = vals * tl.load(scales_ptr + pos, mask=direct, other=0.0)[:, None]
+        if HAS_CHUNKS:
+            chunk = tl.where(live & (chunk_first >= 0), chunk_first + step, -1)
+            vals += tl.load(
+                partial_ptr + chunk[:, None] * D + cols[None, :],
+                mask=(chunk >= 0)[:, None] & col_mask[None, :], other=0.0,
+            )
         grad += vals
     tile_mask = unit_mask[:, None] & col_mask[None, :]
     if RULE == 0:
@@ -173,12 +189,31 @@ class PaddedIds:
             for u < U, and N from U on.
         bags, scales: as in ``SortedIds``.
         count: int64 [1], U.
+        chunks: the long units' chunks (``Chunks``).
     """
 
     rows: Tensor
     segments: Tensor
     bags: Tensor
     scales: Tensor | None
+    count: Tensor
+    chunks: Chunks
+
+
+@dataclass
+class Chunks:
+    """Units of more than CHUNK ids, cut into chunks of CHUNK consecutive ids (sorted order).
+
+    Args:
+        first: int64 [N]: unit u's first chunk, or -1 for a unit of at most CHUNK ids.
+        starts, ends: int64 [C]: each chunk's positions in sorted order (C = 2N / CHUNK + 1
+            bounds the count: a long unit of n ids has at most 2n / CHUNK chunks).
+        count: int64 [1]: chunks in use.
+    """
+
+    first: Tensor
+    starts: Tensor
+    ends: Tensor
     count: Tensor
 
 
@@ -203,13 +238,35 @@ def padded_sort(lookup: Lookup) -> PaddedIds:
     starts = torch.ones(count, dtype=torch.bool, device=device)
     torch.ne(sorted_rows[1:], sorted_rows[:-1], out=starts[1:])
     unit = torch.cumsum(starts, 0) - 1
-    segments = torch.full((count + 2,), count, dtype=torch.int64, device=device)
     positions = torch.arange(count, device=device)
-    segments.scatter_(0, torch.where(starts, unit, count + 1), positions)  # slot N + 1 takes the rest
-    segments = segments[: count + 1]
+    segments = _scatter_starts(starts, unit, positions, count, count)
+    segments = torch.cat([segments, segments.new_full((1,), count)])
     rows = sorted_rows.long().gather(0, segments[:count].clamp(max=max(count - 1, 0)))
     bags, scales = _bags_and_scales(lookup, order)
-    return PaddedIds(rows, segments, bags, scales, unit[-1:] + 1)
+    return PaddedIds(rows, segments, bags, scales, unit[-1:] + 1, _chunks(segments, unit, positions))
+
+
+def _scatter_starts(flags: Tensor, slot: Tensor, values: Tensor, size: int, fill: int) -> Tensor:
+    """int64 [size]: ``values[i]`` at ``slot[i]`` where ``flags[i]``, ``fill`` elsewhere."""
+    out = torch.full((size + 1,), fill, dtype=torch.int64, device=values.device)
+    return out.scatter_(0, torch.where(flags, slot, size), values)[:size]  # slot ``size`` takes the rest
+
+
+def _chunks(segments: Tensor, unit: Tensor, positions: Tensor) -> Chunks:
+    """The chunks of the units longer than CHUNK ids (device arrays only)."""
+    count = positions.numel()
+    lengths = segments[1:] - segments[:-1]
+    long = lengths > CHUNK
+    per_unit = torch.where(long, (lengths + CHUNK - 1) // CHUNK, 0)
+    upto = torch.cumsum(per_unit, 0)
+    first = torch.where(long, upto - per_unit, -1)
+    offset = positions - segments.gather(0, unit)
+    opens = long.gather(0, unit) & (offset % CHUNK == 0)
+    chunk = first.gather(0, unit) + offset // CHUNK
+    capacity = 2 * count // CHUNK + 1
+    chunk_starts = _scatter_starts(opens, chunk, positions, capacity, 0)
+    ends = torch.minimum(positions + CHUNK, segments.gather(0, unit + 1))
+    return Chunks(first, chunk_starts, _scatter_starts(opens, chunk, ends, capacity, 0), upto[-1:])
 
 
 def _bags_and_scales(lookup: Lookup, order: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -261,40 +318,59 @@ def forward(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights
     return out
 
 
-def _launch_backward(
-    grad_out: Tensor, ids: SortedIds | PaddedIds, weight: Tensor, rule: int, out: Tensor | None,
-    state: dict[str, Tensor] | None = None, opt: FusedOptimizer | None = None, lr: float = 0.0,
-) -> None:
-    """One launch over ``ids``; its grid covers ``ids.rows`` (U rows, or N padded ones)."""
-    units = ids.rows.numel()
-    if units == 0:
-        return
-    count = ids.count if isinstance(ids, PaddedIds) else ids.segments.new_full((1,), units)
-    grad_out = grad_out.contiguous()
+@dataclass
+class _Units:
+    """What one launch reduces: units [starts, ends) of sorted ids, ``count`` of them on the
+    device, a grid over ``capacity``; optionally long units read from chunk partial sums."""
+
+    starts: Tensor
+    ends: Tensor
+    count: Tensor
+    capacity: int
+    chunk_first: Tensor | None = None
+    partial: Tensor | None = None
+
+
+def _launch(grad_out: Tensor, bags: Tensor, scales: Tensor | None, units: _Units, rows: Tensor, weight: Tensor,
+            rule: int, out: Tensor | None, state: dict[str, Tensor] | None = None,
+            opt: FusedOptimizer | None = None, lr: float = 0.0) -> None:
+    """One launch of the sorted backward over ``units``."""
     dim = weight.shape[1]
     state = state or {}
     state1 = state.get("sum", state.get("exp_avg", weight))
     state2 = state.get("exp_avg_sq", weight)
     beta1, beta2 = opt.betas if opt is not None else (0.0, 0.0)
     block_u, block_d, warps = _blocks(dim)
-    _sorted_backward_kernel[(triton.cdiv(units, block_u),)](
-        grad_out, ids.bags, ids.scales if ids.scales is not None else grad_out, ids.segments, ids.rows, count,
+    chunked = units.chunk_first is not None
+    _sorted_backward_kernel[(triton.cdiv(units.capacity, block_u),)](
+        grad_out, bags, scales if scales is not None else grad_out, units.starts, units.ends, rows, units.count,
+        units.chunk_first if chunked else units.starts, units.partial if chunked else grad_out,
         weight, state1, state2, out if out is not None else grad_out,
         dim, grad_out.stride(0), weight.stride(0), lr, opt.eps if opt is not None else 0.0, beta1, beta2,
-        HAS_SCALES=ids.scales is not None, RULE=rule, BLOCK_U=block_u, BLOCK_D=block_d, num_warps=warps,
+        HAS_SCALES=scales is not None, RULE=rule, HAS_CHUNKS=chunked, CHUNK=CHUNK, BLOCK_U=block_u,
+        BLOCK_D=block_d, num_warps=warps,
     )
 
 
 def segment_grad(grad_out: Tensor, lookup: Lookup) -> Tensor:
     """Gradient of each unique row [U, D] fp32 (for a sparse gradient tensor)."""
     ids = lookup.sorted()
-    out = torch.empty(ids.rows.numel(), grad_out.shape[1], dtype=torch.float32, device=grad_out.device)
-    _launch_backward(grad_out, ids, grad_out, GRAD_ONLY, out)
+    unique = ids.rows.numel()
+    out = torch.empty(unique, grad_out.shape[1], dtype=torch.float32, device=grad_out.device)
+    if unique:
+        units = _Units(ids.segments, ids.segments[1:], ids.segments.new_full((1,), unique), unique)
+        _launch(grad_out.contiguous(), ids.bags, ids.scales, units, ids.rows, grad_out, GRAD_ONLY, out)
     return out
 
 
 def backward_update(grad_out: Tensor, weight: Tensor, state: dict[str, Tensor], lookup: Lookup, opt: FusedOptimizer) -> None:
-    """The fused backward: reduce each unique row and apply ``opt`` to it, in one launch.
+    """The fused backward: reduce each unique row and apply ``opt`` to it.
+
+    Two launches: the first sums each chunk of CHUNK ids of the rows that occur more often
+    than that into a partial sum (nothing to do when none does); the second reduces every
+    row, a long row from its chunks' partial sums, and applies the rule. A row's terms are
+    added in sorted order either way (deterministic), and no program walks more than
+    max(CHUNK, ids of the longest row / CHUNK) steps.
 
     Args:
         grad_out: [num_bags, D] gradient of the pooled output.
@@ -306,4 +382,13 @@ def backward_update(grad_out: Tensor, weight: Tensor, state: dict[str, Tensor], 
     if weight.stride(1) != 1:
         raise ValueError("the fused Triton backward needs a weight with contiguous rows")
     lr = opt.begin_step(state)
-    _launch_backward(grad_out, padded_sort(lookup), weight, RULE_CODES[opt.rule], None, state, opt, lr)
+    count = lookup.indices.numel()
+    if count == 0:
+        return
+    ids, grad_out = padded_sort(lookup), grad_out.contiguous()
+    chunks = ids.chunks
+    partial = torch.empty(chunks.starts.numel(), grad_out.shape[1], dtype=torch.float32, device=grad_out.device)
+    chunk_units = _Units(chunks.starts, chunks.ends, chunks.count, chunks.starts.numel())
+    _launch(grad_out, ids.bags, ids.scales, chunk_units, ids.rows, grad_out, GRAD_ONLY, partial)
+    row_units = _Units(ids.segments, ids.segments[1:], ids.count, count, chunks.first, partial)
+    _launch(grad_out, ids.bags, ids.scales, row_units, ids.rows, weight, RULE_CODES[opt.rule], None, state, opt, lr)

@@ -99,3 +99,32 @@ def test_padded_sort_reads_nothing_back(monkeypatch):
     result = _padded_sort()(lookup)
     monkeypatch.undo()
     assert int(result.count) == reference.sort_ids(indices, offsets, None, "mean").rows.numel()
+
+
+@pytest.mark.parametrize("rule", ["sgd", "adagrad", "rowwise_adagrad", "sparse_adam"])
+@pytest.mark.parametrize("mode, weighted", [("sum", False), ("sum", True), ("mean", False)])
+def test_rows_longer_than_a_chunk_update_as_the_reference(monkeypatch, rule, mode, weighted):
+    """Hot rows (far more ids than CHUNK) are summed chunk by chunk by other programs, then
+    combined: the update must equal the reference's, whatever the mix of long and short rows."""
+    from ctr.kernels.embedding_bag import triton as kernels
+
+    monkeypatch.setattr(kernels, "CHUNK", 4)
+    lengths = [int(n) for n in torch.randint(0, 9, (30,), generator=torch.Generator().manual_seed(2))]
+    indices, offsets = bags(lengths, 5, seed=4)  # ~120 ids over 5 rows: every row is long
+    indices = torch.cat([indices, torch.tensor([7, 8, 8])])  # and a few short ones
+    offsets = torch.cat([offsets, offsets[-1:] + torch.tensor([1, 2, 3])])
+    psw = torch.rand(indices.numel(), generator=torch.Generator().manual_seed(6)) if weighted else None
+    grad = torch.randn(offsets.numel() - 1, 6, generator=torch.Generator().manual_seed(8))
+    chunks = _padded_sort()(Lookup(indices, offsets, psw, mode, 10)).chunks
+    counts = torch.bincount(indices, minlength=10)
+    assert int(chunks.count) == int(((counts + 3) // 4 * (counts > 4)).sum())
+    results = {}
+    for backend in (Backend.TORCH, Backend.TRITON):
+        weight = torch.randn(10, 6, generator=torch.Generator().manual_seed(9))
+        opt = FusedOptimizer(rule, lr=0.1)
+        state = opt.init_state(weight)
+        fused_embedding_bag(weight, state, indices, offsets, psw, mode, opt, backend).backward(grad)
+        results[backend] = (weight, state)
+    torch.testing.assert_close(results[Backend.TRITON][0], results[Backend.TORCH][0], rtol=1e-5, atol=1e-6)
+    for name, value in results[Backend.TORCH][1].items():
+        torch.testing.assert_close(results[Backend.TRITON][1][name], value, rtol=1e-5, atol=1e-6)

@@ -32,7 +32,8 @@ i32, i64, f32 = "i32", "*i64", "*fp32"
 for dtype in ("fp32", "fp16", "bf16"):
     pool = dict(weight_ptr=f"*{dtype}", indices_ptr=i64, offsets_ptr=i64, scales_ptr=f32, out_ptr=f"*{dtype}",
                 num_bags=i32, D=i32, stride_w=i32, stride_out=i32)
-    backward = dict(grad_ptr=f32, bags_ptr=i64, scales_ptr=f32, segments_ptr=i64, rows_ptr=i64, count_ptr=i64,
+    backward = dict(grad_ptr=f32, bags_ptr=i64, scales_ptr=f32, starts_ptr=i64, ends_ptr=i64, rows_ptr=i64,
+                    count_ptr=i64, chunk_first_ptr=i64, partial_ptr=f32,
                     weight_ptr=f"*{dtype}", state1_ptr=f32, state2_ptr=f32, out_ptr=f32, D=i32,
                     stride_g=i32, stride_w=i32, lr="fp32", eps="fp32", beta1="fp32", beta2="fp32")
     for dim in (16, 64, 128):
@@ -41,8 +42,10 @@ for dtype in ("fp32", "fp16", "bf16"):
             compile_(k._pool_kernel, pool, dict(HAS_SCALES=has_scales, MEAN=mean, BLOCK_B=rows, BLOCK_D=block_d), warps)
         for rule in (0, 1, 2, 3, 4) if dtype != "fp16" else (3,):
             for has_scales in (True, False):
-                compile_(k._sorted_backward_kernel, backward,
-                         dict(HAS_SCALES=has_scales, RULE=rule, BLOCK_U=rows, BLOCK_D=block_d), warps)
+                for chunks in (True, False):
+                    compile_(k._sorted_backward_kernel, backward, dict(
+                        HAS_SCALES=has_scales, RULE=rule, HAS_CHUNKS=chunks, CHUNK=k.CHUNK, BLOCK_U=rows, BLOCK_D=block_d,
+                    ), warps)
 print("compiled")
 '''
 
