@@ -81,6 +81,8 @@ def _bench_compression_parser(bench: argparse._SubParsersAction) -> None:
 
 
 def _bench_kernels_parser(bench: argparse._SubParsersAction) -> None:
+    from ctr.kernels.optim import FUSABLE
+
     kernels = bench.add_parser(
         "kernels", help="embedding-bag kernels vs a loop of nn.EmbeddingBag and FBGEMM (ms, GB/s, %% of peak)"
     )
@@ -93,8 +95,7 @@ def _bench_kernels_parser(bench: argparse._SubParsersAction) -> None:
     kernels.add_argument("--dims", type=_int_list, help="comma-separated dims (default 64,128; step: 16)")
     kernels.add_argument("--pooling", type=_int_list, help="comma-separated ids per bag (default 1,20; step: 1)")
     kernels.add_argument("--alpha", type=float, default=0.0, help="Zipf exponent of the ids (0 = uniform)")
-    kernels.add_argument("--optimizer", default="rowwise_adagrad",
-                         choices=("sgd", "adagrad", "rowwise_adagrad", "sparse_adam"))
+    kernels.add_argument("--optimizer", default="rowwise_adagrad", choices=FUSABLE)
     kernels.add_argument("--iters", type=int, default=10)
     kernels.add_argument("--warmup", type=int, default=2)
     kernels.add_argument("--peak-gbps", type=float, help="the device's peak memory bandwidth in GB/s")

@@ -111,26 +111,20 @@ class OptimizerConfig:
     weight_decay: float = 0.0
 
 
-FUSABLE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "sparse_adam")
-
-
 @dataclass
 class EmbeddingOptimizerConfig(OptimizerConfig):
     """The embedding tables' optimizer; ``fused: true`` applies it inside the lookup's backward.
 
     Fused, a table method's weight becomes a buffer updated in place by the kernel (no
     gradient of the table is built) and its optimizer state is saved in checkpoints. Only
-    the sparse optimizers in ``FUSABLE_OPTIMIZERS`` have a fused form; it computes the same
-    update on the touched rows as the unfused optimizer of that name.
+    the sparse optimizers with a rule in ``ctr.kernels.optim`` (its ``FUSABLE`` list) have a
+    fused form, checked when training starts; it computes the same update on the touched
+    rows as the unfused optimizer of that name.
     """
 
     fused: bool = False
 
     def __post_init__(self) -> None:
-        if self.fused and self.name not in FUSABLE_OPTIMIZERS:
-            raise ValueError(
-                f"fused: optimizer {self.name!r} has no fused form (choose from {', '.join(FUSABLE_OPTIMIZERS)})"
-            )
         if self.fused and self.weight_decay:
             raise ValueError("fused: weight_decay is not supported by the fused embedding update")
 

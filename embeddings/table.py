@@ -6,9 +6,9 @@ import torch
 from torch import Tensor, nn
 
 from ctr.embeddings.base import Bags, EmbeddingMethod
-from ctr.kernels import native
 from ctr.kernels.embedding_bag import (
-    Backend, FusedOptimizer, check_fused, embedding_bag, fused_embedding_bag, reference, resolve_backend,
+    Backend, FusedOptimizer, bag_rows, check_fused, embedding_bag, fused_embedding_bag, grouped, resolve_backend,
+    single_id_row_grads, single_ids_fit,
 )
 from ctr.recipe import EmbeddingConfig
 from ctr.schema import Schema
@@ -57,21 +57,19 @@ class TableMethod(EmbeddingMethod):
         method must look its table up once per training step. Otherwise, when training with
         the torch backend, the table's gradient gets one entry per distinct row, so the sparse
         optimizer has nothing left to merge: single-id bags gather their rows and a native
-        counting sort sums each row's gradient (``reference.single_id_row_grads``); other
+        counting sort sums each row's gradient (``single_id_row_grads``); other
         bags gather the batch's distinct rows once and pool that block.
         """
         backend = self.backend()
         if self.fused is None:
             if backend is Backend.TORCH and self.weight.requires_grad and torch.is_grad_enabled():
-                if single and weights is None and native.usable(self.weight) and reference.counting_sort_fits(
-                    self.weight.shape[0], rows.numel()
-                ):
+                if single and weights is None and single_ids_fit(self.weight, rows.numel()):
                     return _GatheredRows.apply(self.weight, rows, False, groups)
                 unique, inverse = torch.unique(rows, return_inverse=True)
                 block = _GatheredRows.apply(self.weight, unique, True, 1)  # [U, D]
                 return _BagOfBlock.apply(block, inverse, offsets, weights, groups)
             pooled = embedding_bag(self.weight, rows, offsets, weights, backend=backend)
-            return reference.grouped(pooled, groups)
+            return grouped(pooled, groups)
         state = {name: getattr(self, STATE_PREFIX + name) for name in self._state_names}
         return fused_embedding_bag(
             self.weight, state, rows, offsets, weights, "sum", self.fused, backend, update=self.training, groups=groups,
@@ -130,13 +128,13 @@ class _GatheredRows(torch.autograd.Function):
     def forward(ctx, weight: Tensor, rows: Tensor, distinct: bool, groups: int) -> Tensor:  # noqa: ANN001
         ctx.save_for_backward(rows)
         ctx.shape, ctx.distinct = weight.shape, distinct
-        return reference.grouped(weight.index_select(0, rows), groups)
+        return grouped(weight.index_select(0, rows), groups)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # noqa: ANN001
         (rows,) = ctx.saved_tensors
         if not ctx.distinct:
-            rows, grad = reference.single_id_row_grads(grad if grad.stride(-1) == 1 else grad.contiguous(), rows, ctx.shape[0])
+            rows, grad = single_id_row_grads(grad if grad.stride(-1) == 1 else grad.contiguous(), rows, ctx.shape[0])
         sparse = torch.sparse_coo_tensor(rows.unsqueeze(0), grad, ctx.shape, is_coalesced=True, check_invariants=False)
         return sparse, None, None, None
 
@@ -154,15 +152,15 @@ class _BagOfBlock(torch.autograd.Function):
     @staticmethod
     def forward(ctx, block: Tensor, index: Tensor, offsets: Tensor, weights: Tensor | None, groups: int) -> Tensor:  # noqa: ANN001
         ctx.save_for_backward(block, index, offsets, weights)
-        pooled = reference.embedding_bag(block.detach(), index, offsets, weights, sparse=False)
-        return reference.grouped(pooled, groups)
+        pooled = embedding_bag(block.detach(), index, offsets, weights)
+        return grouped(pooled, groups)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None, Tensor | None, None]:  # noqa: ANN001
         block, index, offsets, weights = ctx.saved_tensors
         lengths = offsets[1:] - offsets[:-1]
         bag = torch.repeat_interleave(torch.arange(lengths.numel(), device=grad.device), lengths, output_size=index.numel())
-        table, bag_row = reference.bag_rows(grad, bag)
+        table, bag_row = bag_rows(grad, bag)
         grad_ids = table.index_select(0, bag_row)  # [N, D]
         grad_weights = None
         if weights is not None and ctx.needs_input_grad[3]:

@@ -10,7 +10,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ctr.kernels import native
+from ctr.kernels.fm import fm, fm_fields
 
 Activation = Literal["relu", "sigmoid", "tanh", "prelu", "dice", "none"]
 
@@ -140,10 +140,10 @@ class FactorizationMachine(nn.Module):
 
     The field vectors are already ``x_i·V_i`` (an id's embedding, or a numeric value times
     its vector), so the first-order weight of field f's id is ⟨u_f, v_f⟩ (see
-    ``FirstOrder``) and, for a numeric field, x·⟨u_f, v_f⟩: linear in the value. On the CPU in
-    fp32 the native kernels (``ctr.kernels.native``) make one pass over the fields each way
+    ``FirstOrder``) and, for a numeric field, x·⟨u_f, v_f⟩: linear in the value. The pairwise
+    term is the ``ctr.kernels.fm`` op: on the CPU in fp32 one C pass over the fields each way
     (assembling them from sparse and numeric features in the same pass, ``with_numeric``);
-    elsewhere torch ops take three passes forward and four backward.
+    elsewhere torch ops, three passes forward and four backward.
 
     Shapes: [B, F, D] → [B].
     """
@@ -160,126 +160,17 @@ class FactorizationMachine(nn.Module):
         """The FM's output [B] and ``fields`` for another block that reads them too (DeepFM's
         DNN): the FM adds its gradient in place into that block's, saving a pass and a
         [B, F, D] temporary."""
-        out, shared = _FMFunction.apply(fields, self.field_weight)
+        out, shared = fm(fields, self.field_weight)
         return out + self.bias, shared
 
     def with_numeric(self, sparse: Tensor, dense: Tensor, numeric: NumericEmbedding | None) -> tuple[Tensor, Tensor]:
         """``with_shared_input`` over the fields [B, S + Nd, D]: the sparse fields [B, S, D],
         then each numeric value of ``dense`` [B, Nd] times its ``numeric`` vector. Returns the
         FM's output [B] and those fields."""
-        if numeric is not None and native.usable(dense, numeric.vectors, self.field_weight, rows=(sparse,)):
-            out, fields = _NativeFMFields.apply(sparse, dense, numeric.vectors, self.field_weight)
-            return out + self.bias, fields
-        return self.with_shared_input(sparse if numeric is None else torch.cat([sparse, numeric(dense)], 1))
-
-
-class _FMFunction(torch.autograd.Function):
-    """Σ_f ⟨u_f, v_f⟩ + ½(‖Σ_f v_f‖² − Σ_f ‖v_f‖²), with the gradient
-    ∂/∂v_f = g·(u_f + Σ_j v_j − v_f), written into the gradient of the passed-through fields
-    (when they are used) in place."""
-
-    @staticmethod
-    def forward(ctx, fields: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:  # noqa: ANN001
-        ctx.set_materialize_grads(False)
-        if native.usable(fields, weight):
-            out, total = _native_forward(fields, None, None, weight, None)
-        else:
-            out, total = _torch_fm_forward(fields, weight)
-        ctx.save_for_backward(fields, weight, total)
-        return out, fields.view_as(fields)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor | None, grad_shared: Tensor | None) -> tuple[Tensor | None, Tensor | None]:  # noqa: ANN001
-        fields, weight, total = ctx.saved_tensors
-        if grad is None:
-            return grad_shared, None
-        grad_fields = torch.zeros_like(fields) if grad_shared is None else grad_shared.contiguous().view_as(fields)
-        grad = grad.contiguous()
-        if native.usable(fields, weight, grad, grad_fields):
-            grad_weight, _ = _native_backward(fields, None, weight, total, grad, grad_fields, fields.shape[1])
-        else:
-            grad_weight = _torch_fm_backward(fields, weight, total, grad, grad_fields)
-        return grad_fields, grad_weight if ctx.needs_input_grad[1] else None
-
-
-class _NativeFMFields(torch.autograd.Function):
-    """The fields [B, S + Nd, D] (sparse fields, then value × vector per numeric feature) and
-    the FM over them, each way in one native pass: ``torch.cat`` + ``NumericEmbedding`` +
-    ``_FMFunction`` fused. The fields' gradient (the DNN's) gets the FM's added in place; the
-    sparse fields' gradient is a view of it and the numeric vectors' is summed in that pass.
-
-    Args: sparse [B, S, D] (unit last stride); dense [B, Nd]; vectors [Nd, D]; weight [S + Nd, D].
-    Returns: FM output [B] (without bias) and the fields [B, S + Nd, D].
-    """
-
-    @staticmethod
-    def forward(ctx, sparse: Tensor, dense: Tensor, vectors: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:  # noqa: ANN001
-        ctx.set_materialize_grads(False)
-        out, total, fields = _native_forward(sparse, dense, vectors, weight, sparse.new_empty(0))
-        ctx.save_for_backward(fields, dense, vectors, weight, total)
-        ctx.num_sparse = sparse.shape[1]
-        return out, fields
-
-    @staticmethod
-    def backward(ctx, grad: Tensor | None, grad_fields: Tensor | None) -> tuple[Tensor | None, ...]:  # noqa: ANN001
-        fields, dense, vectors, weight, total = ctx.saved_tensors
-        grad = fields.new_zeros(fields.shape[0]) if grad is None else grad.contiguous()
-        grad_fields = torch.zeros_like(fields) if grad_fields is None else grad_fields.contiguous()
-        grad_weight, grad_vectors = _native_backward(fields, dense, weight, total, grad, grad_fields, ctx.num_sparse)
-        numeric = grad_fields[:, ctx.num_sparse :]
-        grad_dense = (numeric * vectors).sum(-1) if ctx.needs_input_grad[1] else None
-        return grad_fields[:, : ctx.num_sparse], grad_dense, grad_vectors, grad_weight
-
-
-def _torch_fm_forward(fields: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
-    """FM output [B] and Σ_f v_f [B, D] of fields [B, F, D] with torch ops."""
-    total = fields.sum(1)
-    flat = fields.flatten(1)
-    squares = torch.linalg.vector_norm(flat, dim=1).square()  # Σ_f ‖v_f‖² in one pass, no temporary
-    return flat @ weight.flatten() + 0.5 * (total.pow(2).sum(1) - squares), total
-
-
-def _torch_fm_backward(fields: Tensor, weight: Tensor, total: Tensor, grad: Tensor, grad_fields: Tensor) -> Tensor:
-    """Adds the FM's gradient into ``grad_fields`` [B, F, D]; returns the gradient of ``weight``."""
-    b, f, d = fields.shape
-    grad_fields.addcmul_(fields, grad.view(-1, 1, 1), value=-1.0)
-    grad_fields.add_((grad.unsqueeze(1) * total).unsqueeze(1))
-    grad_fields.view(b, f * d).addr_(grad, weight.flatten())
-    return (grad @ fields.flatten(1)).view_as(weight)
-
-
-def _native_forward(sparse: Tensor, dense: Tensor | None, vectors: Tensor | None, weight: Tensor,
-                    fields: Tensor | None) -> tuple[Tensor, ...]:
-    """C kernel ``fm_forward``: FM output [B] and Σ_f v_f [B, D], plus the assembled fields
-    [B, S + Nd, D] when ``fields`` is given (an empty tensor to resize)."""
-    b, s, d = sparse.shape
-    nd = 0 if vectors is None else vectors.shape[0]
-    out, total = sparse.new_empty(b), sparse.new_empty(b, d)
-    if fields is not None:
-        fields.resize_(b, s + nd, d)
-    status = native.library().fm_forward(
-        native.pointer(sparse), sparse.stride(0), sparse.stride(1), native.pointer(dense), native.pointer(vectors),
-        native.pointer(weight), b, s, nd, d, native.pointer(fields), native.pointer(out), native.pointer(total),
-        torch.get_num_threads(),
-    )
-    native.check(status, "fm_forward")
-    return (out, total) if fields is None else (out, total, fields)
-
-
-def _native_backward(fields: Tensor, dense: Tensor | None, weight: Tensor, total: Tensor, grad: Tensor,
-                     grad_fields: Tensor, num_sparse: int) -> tuple[Tensor, Tensor | None]:
-    """C kernel ``fm_backward``: adds the FM's gradient into ``grad_fields`` [B, F, D] and
-    returns the gradients of ``weight`` [F, D] and of the numeric vectors [Nd, D] (or None)."""
-    b, f, d = fields.shape
-    grad_weight = torch.empty_like(weight)
-    grad_vectors = fields.new_empty(f - num_sparse, d) if f > num_sparse else None
-    status = native.library().fm_backward(
-        native.pointer(fields), native.pointer(dense), native.pointer(weight), native.pointer(total),
-        native.pointer(grad), b, num_sparse, f - num_sparse, d, native.pointer(grad_fields),
-        native.pointer(grad_weight), native.pointer(grad_vectors), torch.get_num_threads(),
-    )
-    native.check(status, "fm_backward")
-    return grad_weight, grad_vectors
+        if numeric is None:
+            return self.with_shared_input(sparse)
+        out, fields = fm_fields(sparse, dense, numeric.vectors, self.field_weight)
+        return out + self.bias, fields
 
 
 class CrossNetwork(nn.Module):

@@ -13,8 +13,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from ctr.kernels import native
-from ctr.kernels.embedding_bag import FusedOptimizer
+from ctr.errors import RecipeError
+from ctr.kernels.optim import FUSABLE, FusedOptimizer, adagrad_sparse, adagrad_sparse_fits, rowwise_adagrad
 from ctr.recipe import OptimizerConfig
 from ctr.registry import OPTIMIZERS
 
@@ -54,7 +54,7 @@ def sgd(params: ParamList, cfg: OptimizerConfig) -> torch.optim.Optimizer:
 class Adagrad(torch.optim.Adagrad):
     """torch's Adagrad (one accumulator per weight, eps 1e-10; sparse gradients update the
     touched rows only) whose sparse fp32 CPU gradients are applied in one native pass per
-    table (``ctr.kernels.native``: ``s += g²; w -= lr·g / (√s + eps)`` row by row) instead
+    table (``ctr.kernels.optim.adagrad_sparse``: ``s += g²; w -= lr·g / (√s + eps)`` row by row) instead
     of torch's chain of sparse ops. Same state and rule; results agree to fp32 rounding.
     Anything else (dense or GPU gradients, a closure, weight decay) takes torch's step, through
     which optimizer step hooks (ctr registers none) would run twice.
@@ -66,35 +66,22 @@ class Adagrad(torch.optim.Adagrad):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         pairs = [(p, group) for group in self.param_groups for p in group["params"] if p.grad is not None]
-        if closure is not None or not all(self._native_fits(p, group) for p, group in pairs):
+        if closure is not None or not all(self._plain_sparse(p, group) for p, group in pairs):
             return super().step(closure)
         for param, group in pairs:
-            self._native_update(param, group)
+            state = self.state[param]
+            state["step"] += 1
+            lr = group["lr"] / (1 + (float(state["step"]) - 1) * group["lr_decay"])
+            adagrad_sparse(param, state["sum"], param.grad, lr, group["eps"])
         return None
 
-    def _native_fits(self, param: torch.Tensor, group: dict[str, Any]) -> bool:
+    def _plain_sparse(self, param: torch.Tensor, group: dict[str, Any]) -> bool:
+        """Whether the native step applies: a row-sparse gradient, no extras, fp32 CPU tensors."""
         grad = param.grad
         plain = group["weight_decay"] == 0 and not group["maximize"] and not group["differentiable"]
         row_sparse = grad.is_sparse and grad.sparse_dim() == 1 and grad.dense_dim() == 1 and param.dim() == 2
-        return plain and row_sparse and grad.dtype == param.dtype and native.usable(param, self.state[param]["sum"])
-
-    def _native_update(self, param: torch.Tensor, group: dict[str, Any]) -> None:
-        state = self.state[param]
-        state["step"] += 1
-        lr = group["lr"] / (1 + (float(state["step"]) - 1) * group["lr_decay"])
-        status = _adagrad_sparse(param, param.grad, state["sum"], lr, group["eps"])
-        if status == native.NOT_COALESCED:  # rows out of order or repeated: merge them first
-            status = _adagrad_sparse(param, param.grad.coalesce(), state["sum"], lr, group["eps"])
-        native.check(status, "adagrad_sparse")
-
-
-def _adagrad_sparse(param: torch.Tensor, grad: torch.Tensor, state_sum: torch.Tensor, lr: float, eps: float) -> int:
-    """The native kernel's status for Adagrad on ``param`` [R, D] with sparse ``grad``."""
-    rows, values = grad._indices()[0].contiguous(), grad._values().contiguous()
-    return native.library().adagrad_sparse(
-        native.pointer(rows), native.pointer(values), rows.numel(), param.shape[0], param.shape[1],
-        native.pointer(param), native.pointer(state_sum), lr, eps, torch.get_num_threads(),
-    )
+        fits = row_sparse and adagrad_sparse_fits(param, self.state[param]["sum"])
+        return plain and fits and grad.dtype == param.dtype
 
 
 @OPTIMIZERS.register("sparse_adam")
@@ -108,7 +95,8 @@ class RowWiseAdagrad(torch.optim.Optimizer):
     """Adagrad with one accumulator per row (the mean of the row's squared gradient).
 
     As in FBGEMM's table-batched embedding: state is [R] instead of [R, D], and with sparse
-    gradients only the touched rows are read and written.
+    gradients only the touched rows are read and written. The rule is
+    ``ctr.kernels.optim``'s (``Rule.ROWWISE_ADAGRAD``), the one the fused backward applies.
     """
 
     def __init__(self, params: Iterable[nn.Parameter], cfg: OptimizerConfig | None = None, lr: float = 0.01, eps: float = 1e-8):
@@ -124,23 +112,8 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                 state = self.state[param]
                 if "sum" not in state:
                     state["sum"] = torch.zeros(param.shape[0], dtype=torch.float32, device=param.device)
-                self._update(param, state["sum"], group["lr"], group["eps"])
+                rowwise_adagrad(param, state["sum"], param.grad, group["lr"], group["eps"])
         return loss
-
-    @staticmethod
-    def _update(param: nn.Parameter, accumulator: torch.Tensor, lr: float, eps: float) -> None:
-        grad = param.grad
-        if grad.is_sparse:
-            grad = grad.coalesce()
-            rows, values = grad.indices()[0], grad.values()
-            accumulator.index_add_(0, rows, values.float().pow(2).mean(1))
-            scale = lr / (accumulator[rows].sqrt() + eps)
-            param.index_add_(0, rows, (-scale.unsqueeze(1) * values).to(param.dtype))
-        else:
-            flat = grad.reshape(grad.shape[0], -1)
-            accumulator.add_(flat.float().pow(2).mean(1))
-            scale = lr / (accumulator.sqrt() + eps)
-            param.add_((-scale.view(-1, *[1] * (grad.dim() - 1)) * grad).to(param.dtype))
 
 
 class CombinedOptimizer(torch.optim.Optimizer):
@@ -186,5 +159,10 @@ def build_optimizer(cfg: OptimizerConfig, params: ParamList, key_path: str) -> t
 
 
 def fused_optimizer(cfg: OptimizerConfig) -> FusedOptimizer:
-    """The fused kernel form of embedding optimizer ``cfg`` (same rule, same defaults)."""
+    """The fused kernel form of embedding optimizer ``cfg`` (same rule, same defaults); a
+    RecipeError naming the key when the kernels have no such rule (``FUSABLE``)."""
+    if cfg.name not in FUSABLE:
+        raise RecipeError(
+            f"train.embedding_optimizer.fused: optimizer {cfg.name!r} has no fused form (choose from {', '.join(FUSABLE)})"
+        )
     return FusedOptimizer(cfg.name, lr=cfg.lr)

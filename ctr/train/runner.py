@@ -20,6 +20,7 @@ from ctr.datasets.resident import ResidentLoader
 from ctr.errors import UserError
 from ctr.recipe import Recipe
 from ctr.train.callbacks import Throughput, ValidationSummary
+from ctr.train.optim import fused_optimizer
 from ctr.train.plots import plot_curves
 from ctr.train.rundir import RunDir
 from ctr.train.stages import restore_stages, train_stages
@@ -64,6 +65,8 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
         raise UserError(f"{run.root}: nothing to resume (no checkpoints/last.ckpt and no finished stage)")
     if not resume and (started or run.metrics.exists()):
         raise UserError(f"{run.root}: already holds a run; continue it with --resume or choose another --out")
+    if recipe.train.embedding_optimizer.fused:
+        fused_optimizer(recipe.train.embedding_optimizer)  # an unknown rule fails here, before any work
     if recipe.trainer.num_threads:
         torch.set_num_threads(recipe.trainer.num_threads)
     L.seed_everything(recipe.seed, workers=True, verbose=False)

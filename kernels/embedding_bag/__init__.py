@@ -22,15 +22,26 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from ctr.kernels.embedding_bag import reference
-from ctr.kernels.embedding_bag.fused import FusedOptimizer, Rule
+from ctr.kernels.embedding_bag import native, reference
+from ctr.kernels.embedding_bag.reference import bag_rows, grouped
+from ctr.kernels.optim import FusedOptimizer, Rule
 
 ENV_VAR = "CTR_KERNEL_BACKEND"
 
 __all__ = [
-    "Backend", "BackendUnavailable", "FusedOptimizer", "Rule", "available", "check_fused", "resolve_backend",
-    "embedding_bag", "fused_embedding_bag",
+    "Backend", "BackendUnavailable", "FusedOptimizer", "Rule", "available", "bag_rows", "check_fused", "embedding_bag",
+    "fused_embedding_bag", "grouped", "resolve_backend", "single_id_row_grads", "single_ids_fit",
 ]
+
+
+def single_ids_fit(weight: Tensor, num_ids: int) -> bool:
+    """Whether ``single_id_row_grads`` runs (natively) for ``num_ids`` single-id bags of ``weight``."""
+    return native.single_ids_fit(weight, num_ids)
+
+
+def single_id_row_grads(grad_out: Tensor, rows: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:
+    """Each distinct row's gradient for bags of one id each (see ``native.single_id_row_grads``)."""
+    return native.single_id_row_grads(grad_out, rows, num_rows)
 
 
 class Backend(str, enum.Enum):
@@ -97,9 +108,10 @@ def check_fused(requested: str | Backend | None, optimizer: FusedOptimizer) -> N
 
 
 def _module(backend: Backend) -> ModuleType:
-    """The module implementing ``backend`` (imports triton / fbgemm only when asked)."""
+    """The module implementing ``backend`` (imports triton / fbgemm only when asked); the
+    torch backend is the reference with the CPU's C kernels where they apply."""
     if backend is Backend.TORCH:
-        return reference
+        return native
     return importlib.import_module(f"ctr.kernels.embedding_bag.{backend.value}")
 
 
@@ -162,7 +174,7 @@ def fused_embedding_bag(
             view of that output then reaches the backward without a copy into bag order.
         single: every bag holds exactly one id (``offsets`` is ``0, 1, ..., N``): the
             backward's sort skips checking the lengths, and on CPU the native Adagrad
-            groups the ids with a counting sort (``reference.counting_sort_fits``).
+            groups the ids with a counting sort (``native.counting_sort_fits``).
         table_segments: as ``reference.Lookup.table_segments`` (the caller's guarantee).
 
     Returns:
@@ -170,15 +182,14 @@ def fused_embedding_bag(
         grad when ``update`` and grad mode are on, so that its backward runs the update.
     """
     from ctr.kernels.embedding_bag.autograd import FusedLookup
-    from ctr.kernels.embedding_bag.reference import Lookup
 
     check_fused(backend, optimizer)
     impl = _module(backend)
     if not (update and torch.is_grad_enabled()):
         pooled = impl.forward(weight, indices, offsets, per_sample_weights, mode)
-        return reference.grouped(pooled, groups)
+        return grouped(pooled, groups)
     trigger = torch.empty(0, device=weight.device, requires_grad=True)
     return FusedLookup.apply(
         trigger, weight, indices, offsets, per_sample_weights, mode, impl, optimizer, state, groups,
-        Lookup(indices, offsets, per_sample_weights, mode, weight.shape[0], single, table_segments),
+        reference.Lookup(indices, offsets, per_sample_weights, mode, weight.shape[0], single, table_segments),
     )

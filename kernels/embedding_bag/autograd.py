@@ -7,7 +7,8 @@ it: the table is then a buffer, and a zero-size ``trigger`` tensor that requires
 autograd call the backward.
 
 A backend is a module with ``forward(weight, indices, offsets, per_sample_weights, mode)``,
-``segment_grad(grad_out, lookup)`` and ``backward_update(grad_out, weight, state, lookup, opt)``.
+``segment_grad(grad_out, lookup)`` and ``backward_update(grad_out, weight, state, lookup, opt)``;
+one that sets ``READS_GROUPED = True`` takes a grouped [G, n, D] gradient as it comes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ctr.kernels.embedding_bag import reference
-from ctr.kernels.embedding_bag.fused import FusedOptimizer
+from ctr.kernels.optim.rules import FusedOptimizer
 from ctr.kernels.embedding_bag.reference import Lookup
 
 
@@ -74,6 +75,6 @@ class FusedLookup(torch.autograd.Function):
             flat = grad_out.reshape(-1, dim)
             grad_psw = reference.per_sample_weight_grad(ctx.weight, lookup.indices, lookup.offsets, flat)
             grad_psw = grad_psw.to(lookup.per_sample_weights.dtype)
-        grad = grad_out if ctx.impl is reference else grad_out.reshape(-1, dim).contiguous()
+        grad = grad_out if getattr(ctx.impl, "READS_GROUPED", False) else grad_out.reshape(-1, dim).contiguous()
         ctx.impl.backward_update(grad, ctx.weight, ctx.state, lookup, ctx.opt)
         return grad_out.new_zeros(0), None, None, None, grad_psw, None, None, None, None, None, None

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ctr.kernels.embedding_bag import BackendUnavailable, reference
-from ctr.kernels.embedding_bag.fused import FusedOptimizer, Rule
+from ctr.kernels.optim.rules import FusedOptimizer, Rule
 from ctr.kernels.embedding_bag.reference import Lookup
 
 POOLING = {"sum": 0, "mean": 1}

@@ -7,8 +7,8 @@ each id into a global row (``table_row_offset + id``). Bags are given by ``offse
 Besides the pooled lookup this module holds the reference of the sorted backward: ids are
 sorted (stably) so that each unique row's contributions are contiguous, each row's gradient
 is one segment reduction in a fixed order (deterministic), and an optimizer rule of
-``fused.py`` is applied to the touched rows only. It runs on any device and is the fused
-path used for CPU training.
+``ctr.kernels.optim`` is applied to the touched rows only. It runs on any device; the CPU
+backend (``native.py``) replaces parts of it with C kernels where they apply.
 """
 
 from __future__ import annotations
@@ -19,13 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ctr.kernels import native
-from ctr.kernels.embedding_bag.fused import FusedOptimizer, Rule
+from ctr.kernels.optim.reference import apply_rows
+from ctr.kernels.optim.rules import FusedOptimizer
 
 MODES = ("sum", "mean")
-# The native single-id update groups ids with a counting sort, whose scratch and passes grow
-# with the table's rows: it is used while rows <= this many times the batch's ids.
-COUNTING_SORT_ROWS_PER_ID = 8
+READS_GROUPED = True  # the backward reads a grouped [G, n, D] gradient in place (``bag_rows``)
 
 
 def check_mode(mode: str, per_sample_weights: Tensor | None) -> None:
@@ -216,45 +214,6 @@ def segment_grad(grad_out: Tensor, lookup: Lookup) -> Tensor:
     )
 
 
-@torch.no_grad()
-def apply_update(weight: Tensor, state: dict[str, Tensor], rows: Tensor, grad: Tensor, opt: FusedOptimizer, lr: float) -> None:
-    """Applies ``opt`` in place to ``weight`` rows ``rows`` [U] given their gradient [U, D].
-
-    Args:
-        weight: [R, D] table (any float dtype; updated in fp32, stored rounded).
-        state: the optimizer state of ``opt.init_state`` (updated in place).
-        rows: int64 [U] unique rows.
-        grad: fp32 [U, D].
-        opt: the rule and its hyper-parameters.
-        lr: this step's learning rate from ``opt.begin_step``.
-    """
-    w = weight.index_select(0, rows).float()
-    if opt.rule is Rule.SGD:
-        w.add_(grad, alpha=-lr)
-    elif opt.rule is Rule.ADAGRAD:
-        acc = state["sum"].index_select(0, rows).addcmul_(grad, grad)
-        state["sum"].index_copy_(0, rows, acc)
-        w.addcdiv_(grad, acc.sqrt_().add_(opt.eps), value=-lr)
-    elif opt.rule is Rule.ROWWISE_ADAGRAD:
-        acc = state["sum"].index_select(0, rows).add_(grad.square().mean(1))
-        state["sum"].index_copy_(0, rows, acc)
-        w.addcmul_(grad, (lr / acc.sqrt_().add_(opt.eps)).unsqueeze(1), value=-1.0)
-    else:
-        beta1, beta2 = opt.betas
-        m = state["exp_avg"].index_select(0, rows).lerp_(grad, 1 - beta1)
-        v = state["exp_avg_sq"].index_select(0, rows).lerp_(grad.square(), 1 - beta2)
-        state["exp_avg"].index_copy_(0, rows, m)
-        state["exp_avg_sq"].index_copy_(0, rows, v)
-        w.addcdiv_(m, v.sqrt_().add_(opt.eps), value=-lr)
-    weight.index_copy_(0, rows, w.to(weight.dtype))
-
-
-def counting_sort_fits(num_rows: int, num_ids: int) -> bool:
-    """Whether the native single-id kernels group ``num_ids`` ids of a ``num_rows``-row table
-    with a counting sort (scratch and passes grow with the rows, so only for small tables)."""
-    return num_rows <= COUNTING_SORT_ROWS_PER_ID * num_ids
-
-
 def backward_update(
     grad_out: Tensor,
     weight: Tensor,
@@ -272,74 +231,7 @@ def backward_update(
         opt: the fused optimizer.
     """
     lr = opt.begin_step(state)
-    if opt.rule is Rule.ADAGRAD and native.usable(weight, state["sum"], rows=(grad_out,)):
-        small_table = counting_sort_fits(weight.shape[0], lookup.indices.numel())
-        if lookup.single and lookup.per_sample_weights is None and small_table:
-            _native_adagrad_single(grad_out, weight, state["sum"], lookup, opt, lr)
-        else:
-            _native_adagrad(grad_out, weight, state["sum"], lookup.sorted(), opt, lr)
-        return
-    apply_update(weight, state, lookup.sorted().rows, segment_grad(grad_out, lookup), opt, lr)
-
-
-def _native_adagrad(grad_out: Tensor, weight: Tensor, state_sum: Tensor, ids: SortedIds, opt: FusedOptimizer,
-                    lr: float) -> None:
-    """``segment_grad`` and the Adagrad rule of ``apply_update`` in one pass over the touched
-    rows (C kernel ``adagrad_rows``; fp32 CPU tables); the gradient is read in place."""
-    scales = None if ids.scales is None else ids.scales.contiguous()
-    status = native.library().adagrad_rows(
-        native.pointer(ids.rows), native.pointer(ids.segments), native.pointer(ids.bags.contiguous()),
-        native.pointer(scales), ids.rows.numel(), native.pointer(grad_out), *_bag_layout(grad_out),
-        weight.shape[1], native.pointer(weight), native.pointer(state_sum), lr, opt.eps, torch.get_num_threads(),
-    )
-    native.check(status, "adagrad_rows")
-
-
-def _native_adagrad_single(grad_out: Tensor, weight: Tensor, state_sum: Tensor, lookup: Lookup, opt: FusedOptimizer,
-                           lr: float) -> None:
-    """The Adagrad update of single-id bags, grouped by row with a counting sort inside the C
-    kernel ``adagrad_single`` (no torch sort); the gradient is read in place."""
-    rows = lookup.indices.long().contiguous()
-    status = native.library().adagrad_single(
-        native.pointer(rows), rows.numel(), weight.shape[0], native.pointer(grad_out), *_bag_layout(grad_out),
-        weight.shape[1], native.pointer(weight), native.pointer(state_sum), lr, opt.eps, torch.get_num_threads(),
-    )
-    native.check(status, "adagrad_single")
-
-
-def single_id_row_grads(grad_out: Tensor, rows: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:
-    """Each distinct row's gradient for bags of one id each (bag i holds row ``rows[i]``), the
-    ids grouped by a counting sort in the C kernel ``segment_sum_single`` and each row's terms
-    summed in id order.
-
-    Args:
-        grad_out: [N, D] or [G, n, D] fp32 gradient of the pooled bags, unit last stride.
-        rows: int64 [N] row of each bag's id, in [0, num_rows).
-        num_rows: rows of the table.
-
-    Returns:
-        (distinct rows int64 [U], ascending; their gradients fp32 [U, D]).
-    """
-    rows = rows.long().contiguous()
-    unique, sums = rows.new_empty(rows.numel()), grad_out.new_empty(rows.numel(), grad_out.shape[-1])
-    count = torch.zeros(1, dtype=torch.int64)
-    status = native.library().segment_sum_single(
-        native.pointer(rows), rows.numel(), num_rows, native.pointer(grad_out), *_bag_layout(grad_out),
-        grad_out.shape[-1], native.pointer(unique), native.pointer(sums), native.pointer(count),
-        torch.get_num_threads(),
-    )
-    native.check(status, "segment_sum_single")
-    found = int(count)
-    return unique[:found].clone(), sums[:found].clone()  # not views that keep all N rows alive
-
-
-def _bag_layout(grad_out: Tensor) -> tuple[int, int, int]:
-    """(group, group stride, item stride) in floats: bag ``i`` of ``grad_out`` ([N, D], or
-    [G, n, D] with bag ``i`` at ``[i // n, i % n]``) starts ``(i // group) * group stride +
-    (i % group) * item stride`` floats after its first element."""
-    if grad_out.dim() == 2:
-        return max(1, grad_out.shape[0]), 0, grad_out.stride(0)
-    return grad_out.shape[1], grad_out.stride(0), grad_out.stride(1)
+    apply_rows(weight, state, lookup.sorted().rows, segment_grad(grad_out, lookup), opt, lr)
 
 
 def per_sample_weight_grad(weight: Tensor, indices: Tensor, offsets: Tensor, grad_out: Tensor) -> Tensor:

@@ -46,7 +46,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ctr.kernels.embedding_bag import reference
-from ctr.kernels.embedding_bag.fused import FusedOptimizer, Rule
+from ctr.kernels.optim.rules import FusedOptimizer, Rule
 from ctr.kernels.embedding_bag.reference import Lookup, SortedIds
 
 RULE_CODES = {Rule.SGD: 1, Rule.ADAGRAD: 2, Rule.ROWWISE_ADAGRAD: 3, Rule.ADAM: 4}

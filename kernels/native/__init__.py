@@ -1,9 +1,12 @@
-"""CPU kernels written in C with OpenMP, built with the system's C compiler on first use.
+"""The build and loading of the ops' CPU kernels (C with OpenMP), shared by every op folder.
 
 Some CPU work of a training step is a chain of memory-bound torch ops, each one a full pass
-over a [B, F, D] tensor; a C loop does the chain in one pass. Each kernel here has a pure-torch
-twin that computes the same thing (the tests hold them equal), and callers use the torch twin
-whenever ``library()`` is ``None``: no C compiler, a failed build, or ``CTR_NATIVE=0``.
+over a [B, F, D] tensor; a C loop does the chain in one pass. Each op keeps its C source and
+its ctypes calls beside its torch reference (``kernels/fm/``, ``kernels/optim/``,
+``kernels/embedding_bag/``); this module compiles every source into one library and decides,
+once per process, whether it is available: no C compiler, a failed build, or
+``CTR_NATIVE=0`` turn it off, and each op then runs its torch reference. The decision is
+logged once.
 
 The shared library is built once per source version into ``$CTR_CACHE_DIR`` (default
 ``~/.cache/ctr``)/native/<hash>/ (compiled to a temporary name, then renamed, so concurrent
@@ -35,7 +38,7 @@ log = logging.getLogger(__name__)
 
 ENV_SWITCH = "CTR_NATIVE"
 NOT_COALESCED = 3  # adagrad_sparse's status for rows that are not strictly increasing
-SOURCES = ("fm.c", "rows.c")
+SOURCES = ("fm/fm.c", "optim/rows.c")  # relative to kernels/
 FLAGS = ("-O3", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared")
 I64, F32P, INT = ctypes.c_int64, ctypes.POINTER(ctypes.c_float), ctypes.c_int
 I64P, F32 = ctypes.POINTER(ctypes.c_int64), ctypes.c_float
@@ -60,6 +63,7 @@ def library() -> ctypes.CDLL | None:
     """The built kernels, or ``None`` (then callers use their torch twins); built at most once
     per process and per source version."""
     if os.environ.get(ENV_SWITCH, "1") == "0":
+        log.info("%s=0: ctr's native CPU kernels are off (torch ops instead)", ENV_SWITCH)
         return None
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
@@ -76,12 +80,13 @@ def library() -> ctypes.CDLL | None:
     for name, argtypes in SIGNATURES.items():
         function = getattr(lib, name)
         function.argtypes, function.restype = argtypes, INT
+    log.debug("ctr's native CPU kernels are on (%s)", lib._name)
     return lib
 
 
 def _build(compiler: Path) -> Path:
     """Compiles the sources into the cache unless the same build is already there."""
-    here = Path(__file__).parent
+    here = Path(__file__).parent.parent
     digest = hashlib.sha256(" ".join((str(compiler), *FLAGS)).encode())
     for name in SOURCES:
         digest.update((here / name).read_bytes())

@@ -7,7 +7,7 @@ from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.full import FullEmbedding
 from ctr.embeddings.hashing import HashConfig, HashEmbedding
 from ctr.kernels import native
-from ctr.kernels.embedding_bag import reference
+from ctr.embeddings import table
 from ctr.recipe import EmbeddingConfig
 from ctr.schema import FeatureInfo, FeatureSpec, Schema
 from tests.embeddings.schemas import schema as shared_schema
@@ -101,8 +101,8 @@ def test_single_id_sparse_gradient_has_one_entry_per_row_and_matches_the_dense_o
     monkeypatch.setenv(native.ENV_SWITCH, native_kernels)
     native.library.cache_clear()
     calls = []
-    real = reference.single_id_row_grads
-    monkeypatch.setattr(reference, "single_id_row_grads", lambda *args: calls.append(1) or real(*args))
+    real = table.single_id_row_grads
+    monkeypatch.setattr(table, "single_id_row_grads", lambda *args: calls.append(1) or real(*args))
     try:
         keys = ["item", "user"]
         ids = torch.randint(2, 12, (32, 2), generator=torch.Generator().manual_seed(2))  # repeats

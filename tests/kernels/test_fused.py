@@ -12,7 +12,9 @@ from ctr.kernels.embedding_bag import (
     Backend, BackendUnavailable, FusedOptimizer, Rule, check_fused, embedding_bag, fused_embedding_bag,
 )
 from ctr.kernels.embedding_bag import reference
-from ctr.recipe import FUSABLE_OPTIMIZERS, OptimizerConfig
+from ctr.kernels.optim import FUSABLE
+from ctr.recipe import OptimizerConfig
+from ctr.registry import OPTIMIZERS
 from ctr.train.optim import RowWiseAdagrad
 from tests.kernels.conftest import bags, needs_fbgemm
 
@@ -78,8 +80,9 @@ def test_grouped_output_reads_a_strided_gradient_as_the_flat_output_does(rule):
     assert not torch.equal(tables[1], weight)
 
 
-def test_every_recipe_fusable_optimizer_has_a_rule():
-    assert sorted(FUSABLE_OPTIMIZERS) == sorted(r.value for r in Rule)
+def test_every_fusable_rule_is_a_registered_sparse_optimizer():
+    assert FUSABLE == tuple(r.value for r in Rule)
+    assert all(name in OPTIMIZERS for name in FUSABLE)
 
 
 def test_rowwise_state_is_one_value_per_row_and_untouched_rows_keep_zero():

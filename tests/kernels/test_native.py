@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from ctr.kernels import native
-from ctr.kernels.embedding_bag import FusedOptimizer, reference
+from ctr.kernels.embedding_bag import FusedOptimizer, reference, single_id_row_grads
+from ctr.kernels.embedding_bag import native as bag_native
 from ctr.kernels.embedding_bag.reference import Lookup
-from ctr.models.layers import FactorizationMachine, NumericEmbedding, _FMFunction  # noqa: PLC2701 (ops under test)
+from ctr.kernels.fm import fm
+from ctr.models.layers import FactorizationMachine, NumericEmbedding
 
 needs_native = pytest.mark.skipif(native.library() is None, reason="no C compiler: native kernels are off")
 
@@ -56,7 +58,7 @@ def test_native_fm_op_matches_the_torch_formula():
     torch.manual_seed(1)
     fields = torch.randn(11, 6, 4, requires_grad=True)
     weight = torch.randn(6, 4, requires_grad=True)
-    out, shared = _FMFunction.apply(fields, weight)
+    out, shared = fm(fields, weight)
     upstream = torch.randn(11, 6, 4)
     (out.sum() + (shared * upstream).sum()).backward()
     f, w = fields.detach().requires_grad_(True), weight.detach().requires_grad_(True)
@@ -83,11 +85,7 @@ def test_native_adagrad_rows_match_the_torch_update(mode):
         state = opt.init_state(weight)
         state["sum"].add_(0.5)
         lookup = Lookup(indices, offsets, None, mode, rows)
-        if use_native:
-            reference.backward_update(grad_out, weight, state, lookup, opt)
-        else:
-            grad = reference.segment_grad(grad_out, lookup)
-            reference.apply_update(weight, state, lookup.sorted().rows, grad, opt, opt.lr)
+        (bag_native if use_native else reference).backward_update(grad_out, weight, state, lookup, opt)
         results.append((weight, state["sum"]))
     for got, expected in zip(*results):
         torch.testing.assert_close(got, expected)
@@ -130,7 +128,7 @@ def test_native_single_id_update_equals_the_sorted_one_bit_for_bit(grouped):
     for single in (True, False):
         weight = torch.randn(rows, dim, generator=torch.Generator().manual_seed(5))
         state = opt.init_state(weight)
-        reference.backward_update(grad_out, weight, state, Lookup(indices, offsets, None, "sum", rows, single), opt)
+        bag_native.backward_update(grad_out, weight, state, Lookup(indices, offsets, None, "sum", rows, single), opt)
         results.append((weight, state["sum"]))
     (w_single, s_single), (w_sorted, s_sorted) = results
     assert torch.equal(w_single, w_sorted) and torch.equal(s_single, s_sorted)
@@ -145,7 +143,7 @@ def test_native_single_id_update_rejects_a_row_outside_the_table():
     weight = torch.zeros(4, 2)
     lookup = Lookup(torch.tensor([1, 4]), torch.arange(3), None, "sum", 4, single=True)
     with pytest.raises(IndexError, match="adagrad_single"):
-        reference.backward_update(torch.ones(2, 2), weight, opt.init_state(weight), lookup, opt)
+        bag_native.backward_update(torch.ones(2, 2), weight, opt.init_state(weight), lookup, opt)
 
 
 @needs_native
@@ -156,7 +154,7 @@ def test_native_single_id_row_gradients_match_a_torch_scatter(grouped):
     indices = torch.randint(0, 60, (samples * fields,), generator=gen)
     wide = torch.randn(samples, fields + 3, dim, generator=gen)
     grad_out = wide[:, :fields] if grouped else wide[:, :fields].reshape(-1, dim)
-    unique, sums = reference.single_id_row_grads(grad_out, indices, rows)
+    unique, sums = single_id_row_grads(grad_out, indices, rows)
     expected_rows = torch.unique(indices)
     dense = torch.zeros(rows, dim).index_add_(0, indices, wide[:, :fields].reshape(-1, dim))
     assert torch.equal(unique, expected_rows)

@@ -3,7 +3,8 @@ planted pairwise interactions of the synthetic data better than LR."""
 
 import torch
 
-from ctr.models.layers import FactorizationMachine, _FMFunction  # noqa: PLC2701 (the op under test)
+from ctr.kernels.fm import fm
+from ctr.models.layers import FactorizationMachine
 from tests.models.helpers import first_batch, fit_batches, make_task, planted_batches, planted_schema, task_for_schema
 
 
@@ -24,7 +25,7 @@ def test_fm_is_first_order_plus_the_sum_of_pairwise_dot_products():
 def test_fm_single_pass_gradient_matches_autograd():
     fields = torch.randn(5, 7, 4, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(_FMFunction.apply, (fields, weight))
+    assert torch.autograd.gradcheck(fm, (fields, weight))
 
 
 def test_without_its_dnn_deepfm_is_an_fm_over_shared_embeddings(tiny_prepared):

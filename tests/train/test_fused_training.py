@@ -21,7 +21,6 @@ def ctr(*args):
 @pytest.mark.parametrize(
     "train, trainer, message",
     [
-        ({"embedding_optimizer": {"name": "adam", "fused": True}}, {}, "optimizer 'adam' has no fused form"),
         ({"embedding_optimizer": {"name": "sgd", "fused": True, "weight_decay": 0.1}}, {}, "weight_decay"),
         (FUSED, {"devices": 2}, "needs trainer.devices 1"),
     ],
@@ -31,6 +30,15 @@ def test_invalid_fused_recipes_name_the_key(tmp_path, train, trainer, message):
     with pytest.raises(RecipeError, match="train.embedding_optimizer") as err:
         recipe_from_dict(raw)
     assert message in str(err.value)
+
+
+def test_a_rule_the_kernels_lack_stops_training_before_any_work(tmp_path):
+    recipe = tmp_path / "adam.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"embedding_optimizer": {"name": "adam", "fused": True}})))
+    result = ctr("train", recipe, "--out", tmp_path / "run")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "train.embedding_optimizer.fused: optimizer 'adam' has no fused form" in result.stderr
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
 
 
 def test_fused_run_trains_checkpoints_state_and_resumes(tmp_path):

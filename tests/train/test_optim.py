@@ -57,8 +57,8 @@ def test_adagrad_native_sparse_step_matches_torch_adagrad(rows, monkeypatch):
     if native.library() is None:
         pytest.skip("no C compiler: native kernels are off")
     calls = []
-    real = optim._adagrad_sparse
-    monkeypatch.setattr(optim, "_adagrad_sparse", lambda *args: calls.append(1) or real(*args))
+    real = optim.adagrad_sparse
+    monkeypatch.setattr(optim, "adagrad_sparse", lambda *args: calls.append(1) or real(*args))
     gen = torch.Generator().manual_seed(0)
     start = torch.randn(50, 4, generator=gen)
     ours, theirs = nn.Parameter(start.clone()), nn.Parameter(start.clone())
@@ -82,7 +82,7 @@ def test_adagrad_native_sparse_step_matches_torch_adagrad(rows, monkeypatch):
 def test_adagrad_takes_torchs_step_for_what_the_native_pass_does_not_take(case, monkeypatch):
     from ctr.train import optim
 
-    monkeypatch.setattr(optim, "_adagrad_sparse", lambda *args: pytest.fail("native pass on an unsupported gradient"))
+    monkeypatch.setattr(optim, "adagrad_sparse", lambda *args: pytest.fail("native pass on an unsupported gradient"))
     gen = torch.Generator().manual_seed(1)
     start = torch.randn(6, 3, generator=gen)
     ours, theirs = nn.Parameter(start.clone()), nn.Parameter(start.clone())

@@ -1,9 +1,10 @@
-"""Optimizer rules fused into the embedding-bag backward, and their state.
+"""The row-update rules: each optimizer rule defined once, with its hyper-parameters and state.
 
-A fused update applies the optimizer to each unique row a batch touched while the
-gradient of that row is computed, so the table never gets a gradient tensor (FBGEMM's
-table-batched embedding does the same). Each rule reproduces, on the touched rows, the
-sparse-gradient optimizer of the same name in ``ctr.train.optim``:
+A rule updates the rows of a table given each row's gradient; the embedding bag's fused
+backward applies it to the rows a batch touched while their gradients are computed (so the
+table never gets a gradient tensor, as FBGEMM's table-batched embedding does), and the
+sparse-gradient optimizers of ``ctr.train.optim`` apply the same rules to a sparse gradient.
+Each rule reproduces, on the touched rows, the torch optimizer named below:
 
 - ``sgd``: ``w -= lr * g`` (``torch.optim.SGD``).
 - ``adagrad``: ``s += g²``; ``w -= lr * g / (√s + eps)`` per element (``torch.optim.Adagrad``,

@@ -1,0 +1,90 @@
+"""The factorization machine's pairwise term as one op, with its gradient added in place.
+
+Public functions:
+- ``fm(fields, weight)``: FM output [B] of fields [B, F, D] (without bias) and the fields
+  passed through for another block that reads them too (DeepFM's DNN): the FM adds its
+  gradient in place into that block's, saving a pass and a [B, F, D] temporary.
+- ``fm_fields(sparse, dense, vectors, weight)``: the same over fields assembled from sparse
+  fields and numeric values × vectors, in one pass each way on the CPU.
+
+Dispatch: the C kernels (``native.py``) for fp32 CPU tensors when ``ctr.kernels.native`` is
+available (decided once per process), else the torch reference (``reference.py``). Both
+compute the same values (tests hold them equal).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ctr.kernels.fm import native, reference
+
+__all__ = ["fm", "fm_fields"]
+
+
+def fm(fields: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """FM output [B] of ``fields`` [B, F, D] with first-order vectors ``weight`` [F, D], and
+    the fields passed through (a view whose gradient the FM's is added into)."""
+    return _FM.apply(fields, weight)
+
+
+def fm_fields(sparse: Tensor, dense: Tensor, vectors: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """FM output [B] over the fields [B, S + Nd, D] (sparse [B, S, D], then each numeric value
+    of ``dense`` [B, Nd] times its vector of ``vectors`` [Nd, D]), and those fields."""
+    if native.fits(dense, vectors, weight, rows=(sparse,)):
+        return _FMFields.apply(sparse, dense, vectors, weight)
+    return fm(reference.numeric_fields(sparse, dense, vectors), weight)
+
+
+class _FM(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, fields: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+        ctx.set_materialize_grads(False)
+        if native.fits(fields, weight):
+            out, total = native.forward(fields, None, None, weight, None)
+        else:
+            out, total = reference.forward(fields, weight)
+        ctx.save_for_backward(fields, weight, total)
+        return out, fields.view_as(fields)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor | None, grad_shared: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        fields, weight, total = ctx.saved_tensors
+        if grad is None:
+            return grad_shared, None
+        grad_fields = torch.zeros_like(fields) if grad_shared is None else grad_shared.contiguous().view_as(fields)
+        grad = grad.contiguous()
+        if native.fits(fields, weight, grad, grad_fields):
+            grad_weight, _ = native.backward(fields, None, weight, total, grad, grad_fields, fields.shape[1])
+        else:
+            grad_weight = reference.backward(fields, weight, total, grad, grad_fields)
+        return grad_fields, grad_weight if ctx.needs_input_grad[1] else None
+
+
+class _FMFields(torch.autograd.Function):
+    """Fields assembly and FM in one C pass each way; the sparse fields' gradient is a view of
+    the fields' and the numeric vectors' is summed in that pass.
+
+    Args: sparse [B, S, D] (unit last stride); dense [B, Nd]; vectors [Nd, D]; weight [S + Nd, D].
+    Returns: FM output [B] and the fields [B, S + Nd, D].
+    """
+
+    @staticmethod
+    def forward(ctx: Any, sparse: Tensor, dense: Tensor, vectors: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+        ctx.set_materialize_grads(False)
+        out, total, fields = native.forward(sparse, dense, vectors, weight, sparse.new_empty(0))
+        ctx.save_for_backward(fields, dense, vectors, weight, total)
+        ctx.num_sparse = sparse.shape[1]
+        return out, fields
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor | None, grad_fields: Tensor | None) -> tuple[Tensor | None, ...]:
+        fields, dense, vectors, weight, total = ctx.saved_tensors
+        grad = fields.new_zeros(fields.shape[0]) if grad is None else grad.contiguous()
+        grad_fields = torch.zeros_like(fields) if grad_fields is None else grad_fields.contiguous()
+        grad_weight, grad_vectors = native.backward(fields, dense, weight, total, grad, grad_fields, ctx.num_sparse)
+        numeric = grad_fields[:, ctx.num_sparse :]
+        grad_dense = (numeric * vectors).sum(-1) if ctx.needs_input_grad[1] else None
+        return grad_fields[:, : ctx.num_sparse], grad_dense, grad_vectors, grad_weight
