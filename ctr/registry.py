@@ -41,18 +41,23 @@ class Entry(Generic[T]):
 class Registry(Generic[T]):
     """Maps names to objects (classes or factories) and their config classes.
 
+    Built-ins are found through a name → module table and imported on the look-up of their
+    name only (validating a recipe that names ``dlrm`` imports the DLRM module, not the zoo);
+    installed plugins through an entry-point group, loaded when a name is not a built-in or
+    when every name is listed.
+
     Args:
         kind: what it holds, for messages ("model", "dataset", ...).
-        builtin_module: module imported on first look-up; it registers the built-ins.
+        builtins: name → module that registers it.
         entry_point_group: installed packages may expose plugins under this group.
     """
 
-    def __init__(self, kind: str, builtin_module: str | None = None, entry_point_group: str | None = None):
+    def __init__(self, kind: str, builtins: dict[str, str] | None = None, entry_point_group: str | None = None):
         self.kind = kind
-        self._builtin_module = builtin_module
+        self._builtins = dict(builtins or {})
         self._group = entry_point_group
         self._entries: dict[str, Entry[T]] = {}
-        self._loaded = False
+        self._plugins_loaded = False
 
     def register(self, name: str, config: type | None = None) -> Callable[[T], T]:
         """Decorator that registers ``target`` under ``name``."""
@@ -68,7 +73,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str, key_path: str = "") -> Entry[T]:
         """The entry for ``name``; a RecipeError naming ``key_path`` if there is none."""
-        self._load()
+        self._find(name)
         if name not in self._entries:
             where = f"{key_path}: " if key_path else ""
             raise RecipeError(
@@ -77,22 +82,32 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def names(self) -> list[str]:
-        self._load()
+        """Every name: all built-ins and plugins are loaded."""
+        for module in dict.fromkeys(self._builtins.values()):
+            importlib.import_module(module)
+        self._load_plugins()
         return sorted(self._entries)
 
     def entries(self) -> list[Entry[T]]:
         return [self._entries[n] for n in self.names()]
 
     def __contains__(self, name: str) -> bool:
-        self._load()
+        self._find(name)
         return name in self._entries
 
-    def _load(self) -> None:
-        if self._loaded:
+    def _find(self, name: str) -> None:
+        """Imports the module of built-in ``name``, or the plugins for any other name."""
+        if name in self._entries:
             return
-        self._loaded = True
-        if self._builtin_module:
-            importlib.import_module(self._builtin_module)
+        if name in self._builtins:
+            importlib.import_module(self._builtins[name])
+        else:
+            self._load_plugins()
+
+    def _load_plugins(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
         if self._group:
             for point in metadata.entry_points(group=self._group):
                 try:
@@ -110,7 +125,22 @@ def import_plugins(modules: list[str], key_path: str = "plugins") -> None:
             raise RecipeError(f"{key_path}[{i}]: cannot import plugin module {name!r}: {err}") from None
 
 
-MODELS: Registry[Any] = Registry("model", "ctr.models", "ctr.models")
-EMBEDDINGS: Registry[Any] = Registry("embedding method", "ctr.embeddings", "ctr.embeddings")
-DATASETS: Registry[Any] = Registry("dataset", "ctr.datasets", "ctr.datasets")
-OPTIMIZERS: Registry[Any] = Registry("optimizer", "ctr.train.optim")
+def _table(package: str, modules: dict[str, list[str]]) -> dict[str, str]:
+    """name → ``package.module`` from module → the names it registers."""
+    return {name: f"{package}.{module}" for module, names in modules.items() for name in names}
+
+
+MODELS: Registry[Any] = Registry("model", _table("ctr.models", {
+    "autoint": ["autoint"], "autoint_plus": ["autoint_plus"], "dcn": ["dcn"], "dcnv2": ["dcnv2"],
+    "deepfm": ["deepfm"], "din": ["din"], "dlrm": ["dlrm"], "lr": ["lr"], "wdl": ["wdl"],
+}), "ctr.models")
+EMBEDDINGS: Registry[Any] = Registry("embedding method", _table("ctr.embeddings", {
+    "dnis": ["dnis"], "full": ["full"], "hashing": ["hash"], "optembed": ["optembed"], "unified": ["unified"],
+}), "ctr.embeddings")
+DATASETS: Registry[Any] = Registry("dataset", _table("ctr.datasets", {
+    "amazon": ["amazon"], "avazu": ["avazu"], "criteo": ["criteo"], "libsvm": ["libsvm", "ipinyou"],
+    "movielens": ["movielens"], "synthetic": ["synthetic"], "tabular": ["csv", "parquet"],
+}), "ctr.datasets")
+OPTIMIZERS: Registry[Any] = Registry("optimizer", _table("ctr.train", {
+    "optim": ["adam", "adamw", "sgd", "adagrad", "sparse_adam", "rowwise_adagrad"],
+}))

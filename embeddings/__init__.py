@@ -1,9 +1,9 @@
-"""ctr.embeddings: the embedding collection and every compression method.
+"""ctr.embeddings: the embedding-method contract and every compression method.
 
-Importing this package registers the built-in methods in ``ctr.registry.EMBEDDINGS``.
+Built-in methods register themselves when ``ctr.registry.EMBEDDINGS`` looks their name up
+(each method is a module of this package).
 """
 
-from ctr.embeddings import dnis, full, hashing, optembed, unified  # noqa: F401  (register the methods)
 from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.types import EmbeddingLayout, FeatureEmbeddings
 

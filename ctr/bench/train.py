@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,7 +112,8 @@ def run_train_bench(config: TrainBenchConfig) -> TrainBenchResult:
     """Trains ``config.recipe`` for the configured steps and returns the measurements."""
     from ctr.datasets import prepare
     from ctr.recipe import load_recipe
-    from ctr.train.runner import _loaders, _quiet_lightning
+    from ctr.train.loop import Session, placement, quiet_lightning
+    from ctr.train.rundir import RunDir
     from ctr.train.task import CTRTask
 
     if min(config.steps, config.warmup + 1, config.profile_steps + 1) < 1:
@@ -121,8 +121,7 @@ def run_train_bench(config: TrainBenchConfig) -> TrainBenchResult:
     device = resolve_device(config.device)
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     recipe = load_recipe(config.recipe, [*config.overrides, f"trainer.accelerator={accelerator}", "trainer.devices=1"])
-    _quiet_lightning()
-    warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
+    quiet_lightning()
     L.seed_everything(recipe.seed, verbose=False)
     prepared = prepare(recipe.data, recipe.seed, sys.stderr.isatty())
     clock = EventClock(device) if device.type == "cuda" else WallClock()
@@ -134,7 +133,8 @@ def run_train_bench(config: TrainBenchConfig) -> TrainBenchResult:
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         callbacks=[window],
     )
-    loader = _loaders(recipe, prepared, trainer, splits=("train",))["train"]
+    session = Session(recipe, RunDir("."), prepared, False, placement(recipe))
+    loader = session.loader("train", training=True)
     try:
         trainer.fit(task, loader)
     finally:

@@ -1,6 +1,6 @@
-"""ctr.models: the model zoo. Importing this package registers the built-in models."""
+"""ctr.models: the model zoo. Built-in models register themselves when ``ctr.registry.MODELS``
+looks their name up (one module each)."""
 
-from ctr.models import autoint, autoint_plus, dcn, dcnv2, deepfm, din, dlrm, lr, wdl  # noqa: F401  (registers them)
 from ctr.models.base import CTRModel
 
 __all__ = ["CTRModel"]

@@ -19,20 +19,17 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
 
 from ctr.batch import Batch
-from ctr.datasets import BatchLoader
 from ctr.embeddings.stages import Stage, StageContext
 from ctr.metrics import auc
+from ctr.train.loop import Fitted, Session, fit
 from ctr.train.rundir import RunDir, atomic_write
-
-if TYPE_CHECKING:
-    from ctr.train.runner import Fitted, Session
-    from ctr.train.task import CTRNet, CTRTask
+from ctr.train.task import CTRNet, CTRTask
 
 log = logging.getLogger("ctr.train")
 
@@ -92,10 +89,8 @@ def restore_stages(net: CTRNet, run: RunDir) -> list[str]:
     return finished
 
 
-def train_stages(task: CTRTask, session: Session, resume: bool, fit: Callable[..., Fitted]) -> Fitted:
+def train_stages(task: CTRTask, session: Session, resume: bool) -> Fitted:
     """Runs every stage of the task's embedding method; skips those a resumed run finished."""
-    from ctr.train.runner import Fitted
-
     files, method = StageFiles(session.run), task.net.embedding
     record = files.read() if resume else {"finished": [], "seconds": {}}
     if not (resume and files.initial.exists()):
@@ -114,7 +109,7 @@ def train_stages(task: CTRTask, session: Session, resume: bool, fit: Callable[..
         if stage.kind == "procedure":
             seconds = _run_procedure(task, session, stage)
         else:
-            fitted = _fit_stage(task, session, stage, folder, index == len(stages) - 1, resume, fit)
+            fitted = _fit_stage(task, session, stage, folder, index == len(stages) - 1, resume)
             task.load_state_dict(load_torch(fitted.best)["state_dict"])
             seconds = fitted.seconds
         _save_stage(task, stage, folder, seconds)
@@ -127,22 +122,19 @@ def train_stages(task: CTRTask, session: Session, resume: bool, fit: Callable[..
     return fitted
 
 
-def _fit_stage(
-    task: CTRTask, session: Session, stage: Stage, folder: Path, last: bool, resume: bool, fit: Callable[..., Fitted]
-) -> Fitted:
-    """Trains one ``train`` stage; the last stage checkpoints where a single-stage run does."""
+def _fit_stage(task: CTRTask, session: Session, stage: Stage, folder: Path, last: bool, resume: bool) -> Fitted:
+    """Trains one ``train`` stage; the last stage checkpoints where a single-stage run does.
+    A bi-level stage's architecture steps read shuffled validation batches of the training
+    batch size (this rank's share)."""
     settings = task.net.embedding.stage_settings(stage.name)
     ckpt_dir = session.run.checkpoints if last else folder / "checkpoints"
     resume_from = ckpt_dir / "last.ckpt" if resume and (ckpt_dir / "last.ckpt").exists() else None
-    task.stage = stage
-    task.valid_batches = _cycle(_valid_stream(session)) if stage.bilevel else None
-    try:
+    valid = _cycle(session.loader("valid", training=True, seed_offset=1)) if stage.bilevel else None
+    with task.in_stage(stage, valid):
         return fit(
             task, session, ckpt_dir, epochs=settings.epochs, max_steps=settings.max_steps,
             resume_from=resume_from, log_root=None if last else folder,
         )
-    finally:
-        task.stage, task.valid_batches = None, None
 
 
 def _run_procedure(task: CTRTask, session: Session, stage: Stage) -> float:
@@ -176,22 +168,13 @@ def _short(summary: dict[str, Any]) -> str:
     return json.dumps(short)
 
 
-def _valid_stream(session: Session) -> BatchLoader:
-    """Shuffled validation batches of the training batch size, for bi-level updates."""
-    train = session.recipe.train
-    prepared = session.prepared
-    return BatchLoader(
-        prepared.split_dir("valid"), prepared.schema, train.batch_size, shuffle=True, seed=session.recipe.seed + 1, prefetch=0
-    )
-
-
-def _cycle(loader: BatchLoader) -> Iterator[Batch]:
+def _cycle(loader: Iterable[Batch]) -> Iterator[Batch]:
     while True:
         yield from loader
 
 
 @torch.no_grad()
-def split_auc(net: CTRNet, loader: BatchLoader) -> float:
+def split_auc(net: CTRNet, loader: Iterable[Batch]) -> float:
     """AUC of ``net`` (in eval mode) over every batch of ``loader``."""
     was_training = net.training
     net.eval()

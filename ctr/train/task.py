@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Iterator
 
 import lightning as L
@@ -70,6 +71,16 @@ class CTRTask(L.LightningModule):
         self.eval_split = "test"
         self.stage: Stage | None = None
         self.valid_batches: Iterator[Batch] | None = None
+
+    @contextmanager
+    def in_stage(self, stage: Stage, valid_batches: Iterator[Batch] | None) -> Iterator[None]:
+        """Trains as stage ``stage`` of a multi-stage method inside the block (its optimizers,
+        and for a bi-level stage the validation batches of its architecture steps)."""
+        self.stage, self.valid_batches = stage, valid_batches
+        try:
+            yield
+        finally:
+            self.stage, self.valid_batches = None, None
 
     def forward(self, batch: Batch) -> Tensor:
         return self.net(batch)[0]
