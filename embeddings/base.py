@@ -9,12 +9,11 @@ method only says how a bag of ids becomes a vector.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import Tensor, nn
 
 from ctr.batch import JaggedFeatures
+from ctr.embeddings.bags import Bags, IdGrid
 from ctr.embeddings.stages import Stage
 from ctr.embeddings.types import EmbeddingLayout, FeatureEmbeddings
 from ctr.errors import RecipeError
@@ -25,61 +24,19 @@ from ctr.schema import Schema
 FP32_BYTES = 4
 
 
-@dataclass
-class Bags:
-    """A batch's ids regrouped into the bags a method must embed.
-
-    Pooled features keep one bag per sample; per-position sequence features get one bag per
-    id. Mean pooling is expressed as per-id weights 1/len, so every bag is a weighted sum.
-
-    Args:
-        feature: int64 [N] index (into the schema's sparse features) of each id ([F] for
-            ``sample_major`` bags).
-        ids: int64 [N] ids as encoded (0 = padding, 1 = OOV) ([B, F] for ``sample_major``).
-        offsets: int64 [num_bags + 1].
-        weights: optional float [N] per-id weights.
-        bag_starts: F + 1 bag indices: the bags of feature f are ``bag_starts[f]`` up to
-            ``bag_starts[f + 1]`` (bags are grouped by feature, in schema order).
-        groups: with exactly one bag per feature and sample (every feature pooled), the
-            bags form a grid of ``groups`` equal groups: F groups of B (feature-major) or B
-            groups of F (``sample_major``); else 1. A method may then return the bags as
-            [groups, n, D] instead of [F·B, D], and the pooled [B, F, D] is that output or its
-            transposed view, whose gradient reaches the method's backward without a copy.
-        sample_major: bags of single ids ordered sample by sample (bag b·F + f), only offered
-            to methods that set ``EmbeddingMethod.sample_major_bags``. ``ids`` is then the
-            [B, F] grid of ids (a view of the batch's feature-major values), ``feature`` the
-            [F] feature of each column (the two broadcast together) and ``bag_starts`` empty.
-    """
-
-    feature: Tensor
-    ids: Tensor
-    offsets: Tensor
-    weights: Tensor | None
-    bag_starts: list[int] = field(default_factory=list)
-    groups: int = 1
-    sample_major: bool = False
-
-
 class EmbeddingMethod(nn.Module):
     """Base class of every embedding method.
 
-    Subclasses implement ``embed_bags`` (or ``embed_ids`` for methods that produce one
-    vector per id) and ``memory_bytes``.
+    A method implements ``embed_ids`` (one vector per id) and ``memory_bytes``; it may also
+    give fast paths: ``embed_bags`` (pooled bags at once, e.g. through the embedding-bag
+    kernel) and ``embed_grid`` (a batch of single ids). The base class hands each batch to
+    ``embed_grid`` (every feature a single id pooled by sum) or ``embed_bags`` (otherwise),
+    whose defaults end in ``embed_ids``, and assembles the result.
 
     Args:
         schema: fitted schema (vocabulary sizes, id counts).
         config: the method's config (a subclass of ``EmbeddingConfig``).
-
-    Attributes:
-        sample_major_bags: the method embeds each bag on its own, whatever the order of the
-            bags: a batch of single ids is then handed over sample by sample, so the pooled
-            [B, F, D] is the lookup's output itself (no transposed copy into the model's
-            field layout). Such bags carry a [B, F] grid of ids and the [F] feature of each
-            column (``Bags.sample_major``); ``TableMethod`` handles them, other methods that
-            set this must too.
     """
-
-    sample_major_bags = False
 
     def __init__(self, schema: Schema, config: EmbeddingConfig):
         super().__init__()
@@ -107,13 +64,26 @@ class EmbeddingMethod(nn.Module):
         """Embeds a batch: pooled [B, F, D] plus per-position sequences [B, L, D]."""
         if list(sparse.keys) != self.feature_names:
             raise ValueError(f"expected sparse keys {self.feature_names}, got {sparse.keys}")
+        grid = self._grid(sparse)
+        if grid is not None:
+            return FeatureEmbeddings(pooled=self.embed_grid(grid), sequences={}, masks={}, rows=self.embed_ids)
         bags, pooled_slots, sequence_slots = self._regroup(sparse)
         vectors = self.embed_bags(bags)
-        return self._assemble(sparse, bags, vectors, pooled_slots, sequence_slots)
+        return self._assemble(sparse, vectors, pooled_slots, sequence_slots)
+
+    def embed_grid(self, grid: IdGrid) -> Tensor:
+        """The vectors [B, F, D] of a grid of single ids. Default: ``embed_ids`` of every id,
+        or, for a method that overrides only ``embed_bags``, its bags of one id each."""
+        b, f = grid.ids.shape
+        if type(self).embed_bags is EmbeddingMethod.embed_bags:
+            flat = self.embed_ids(grid.features.expand(b, f).reshape(-1), grid.ids.reshape(-1))
+            return flat.view(b, f, -1)
+        vectors = self.embed_bags(grid.as_bags())
+        return (vectors if vectors.dim() == 3 else vectors.view(f, b, -1)).transpose(0, 1)
 
     def embed_bags(self, bags: Bags) -> Tensor:
-        """Pools each bag into one vector [num_bags, D] (or [F, B, D], see ``Bags.groups``);
-        default: weighted sum of embed_ids."""
+        """Pools each bag into one vector [num_bags, D] (or [F, n, D] when
+        ``bags.equal_groups()`` is F); default: weighted sum of ``embed_ids``."""
         rows = self.embed_ids(bags.feature, bags.ids)
         if bags.weights is not None:
             rows = rows * bags.weights.unsqueeze(1).to(rows.dtype)
@@ -123,7 +93,7 @@ class EmbeddingMethod(nn.Module):
         return out.index_add_(0, bag_of_id, rows)
 
     def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
-        """One vector [N, D] per id of feature ``feature[i]``; for methods without a bag path."""
+        """One vector [N, D] per id ``ids[i]`` of feature ``feature[i]`` (both int64 [N])."""
         raise NotImplementedError(f"{type(self).__name__} implements neither embed_bags nor embed_ids")
 
     def memory_bytes(self) -> int:
@@ -173,8 +143,10 @@ class EmbeddingMethod(nn.Module):
         each sequence feature's (feature, first bag, first id).
         """
         b = sparse.batch_size
-        if sparse.keys and sparse.weights is None and not any(self._keeps_positions) and not any(self._mean_pooled):
-            return self._bags_as_given(sparse)
+        if self._plain_sums(sparse):
+            slots = [(f, f * b) for f in range(len(self.feature_names))]
+            starts = [f * b for f in range(len(self.feature_names) + 1)]
+            return Bags(sparse.feature_of_value(), sparse.values, sparse.offsets, None, starts, samples=b), slots, []
         lengths = sparse.lengths()
         offsets = sparse.offsets
         pieces, weight_pieces, pooled, sequences, bag_starts = [], [], [], [], []
@@ -201,21 +173,21 @@ class EmbeddingMethod(nn.Module):
             if sparse.weights is not None:
                 weights = weights * sparse.weights
         bag_starts.append(bag_count)
-        groups = len(pooled) if pooled and not sequences else 1
-        return Bags(feature_of_value, sparse.values, bag_offsets, weights, bag_starts, groups), pooled, sequences
+        samples = b if pooled and not sequences else 0
+        return Bags(feature_of_value, sparse.values, bag_offsets, weights, bag_starts, samples), pooled, sequences
 
-    def _bags_as_given(self, sparse: JaggedFeatures) -> tuple[Bags, list[tuple[int, int]], list]:
-        """Every feature pooled by sum without weights: the batch's bags are the bags to embed,
-        sample by sample when they are single ids and the method takes that order."""
+    def _plain_sums(self, sparse: JaggedFeatures) -> bool:
+        """Every feature pooled by sum without weights: the batch's bags are the bags to embed."""
+        return bool(sparse.keys) and sparse.weights is None and not any(self._keeps_positions) and not any(
+            self._mean_pooled
+        )
+
+    def _grid(self, sparse: JaggedFeatures) -> IdGrid | None:
+        """The batch as a grid of single ids [B, F] (a view of its values), if it is one."""
         b, num = sparse.batch_size, len(self.feature_names)
-        slots = [(f, f * b) for f in range(num)]
-        values = sparse.values
-        if self.sample_major_bags and b and (sparse.single or self._single_ids(sparse)):
-            grid = values.view(num, b).t()
-            feature = torch.arange(num, device=values.device)
-            return Bags(feature, grid, sparse.offsets, None, [], groups=b, sample_major=True), slots, []
-        bag_starts = [f * b for f in range(num + 1)]
-        return Bags(sparse.feature_of_value(), values, sparse.offsets, None, bag_starts, groups=num), slots, []
+        if not (b and self._plain_sums(sparse) and (sparse.single or self._single_ids(sparse))):
+            return None
+        return IdGrid(sparse.values.view(num, b).t(), torch.arange(num, device=sparse.values.device))
 
     @staticmethod
     def _single_ids(sparse: JaggedFeatures) -> bool:
@@ -229,12 +201,10 @@ class EmbeddingMethod(nn.Module):
         return torch.repeat_interleave(inverse, lengths, output_size=count)
 
     @staticmethod
-    def _pooled(vectors: Tensor, bags: Bags, pooled_slots: list[tuple[int, int]], b: int) -> Tensor:
+    def _pooled(vectors: Tensor, pooled_slots: list[tuple[int, int]], b: int) -> Tensor:
         """The pooled features' bags as [B, F, D], gathered in one op (one backward scatter,
         not one full-size zero gradient per feature as F slices would cost)."""
         num, dim = len(pooled_slots), vectors.shape[-1]
-        if bags.sample_major:
-            return vectors.view(b, num, dim)
         if vectors.dim() == 3:  # grouped by the method: [F, B, D]
             return vectors.transpose(0, 1)
         if num * b == vectors.shape[0]:  # only pooled features: bags are already [F, B] in order
@@ -246,13 +216,12 @@ class EmbeddingMethod(nn.Module):
     def _assemble(
         self,
         sparse: JaggedFeatures,
-        bags: Bags,
         vectors: Tensor,
         pooled_slots: list[tuple[int, int]],
         sequence_slots: list[tuple[int, int, int]],
     ) -> FeatureEmbeddings:
         b, lengths = sparse.batch_size, sparse.lengths()
-        pooled = self._pooled(vectors, bags, pooled_slots, b)
+        pooled = self._pooled(vectors, pooled_slots, b)
         sequences, masks = {}, {}
         for f, first_bag, first_id in sequence_slots:
             name = self.feature_names[f]

@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctr.batch import JaggedFeatures
-from ctr.embeddings.base import FP32_BYTES, Bags, EmbeddingMethod
+from ctr.embeddings.bags import Bags
+from ctr.embeddings.base import FP32_BYTES, EmbeddingMethod
 from ctr.embeddings.evolution import EvolutionarySearch, EvolutionConfig
 from ctr.embeddings.stages import MultiStageMixin, Stage, StageContext, StagedConfig
-from ctr.embeddings.storage import KernelLookup, feature_slices, pack_bits
+from ctr.embeddings.storage import KernelLookup, pack_bits
 from ctr.embeddings.types import FeatureEmbeddings
 from ctr.errors import UserError
 from ctr.recipe import OptimizerConfig
@@ -177,7 +178,7 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
 
     def _embed_compact(self, bags: Bags) -> Tensor:
         pieces = []
-        for part in feature_slices(bags):
+        for part in bags.per_feature():
             table = int(self.feature_table[part.feature])
             rows = self.compact_index[self.table_start[table] + bags.ids[part.ids]]
             kept = (rows >= 0).to(self.tables[table].dtype)

@@ -1,14 +1,11 @@
-"""Storage helpers shared by the compressing methods: universal hashing, packed bit masks,
-per-feature slices of a batch and pooled lookups of arbitrary tables through the kernels."""
+"""Storage helpers shared by the compressing methods: universal hashing, packed bit masks and
+pooled lookups of arbitrary tables through the kernels."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ctr.embeddings.base import Bags
 from ctr.kernels.embedding_bag import Backend, embedding_bag, resolve_backend
 
 MERSENNE_PRIME = 2**31 - 1
@@ -49,33 +46,6 @@ def unpack_bits(packed: Tensor, n: int) -> Tensor:
     bits = (2 ** torch.arange(8, device=packed.device)).to(torch.uint8)
     flat = (packed.unsqueeze(-1) & bits) != 0
     return flat.flatten(-2)[..., :n]
-
-
-@dataclass
-class FeatureSlice:
-    """The bags and ids of one feature inside a ``Bags`` batch.
-
-    Args:
-        feature: index of the feature in the schema's sparse features.
-        bags: slice of bag indices; ids: slice of id positions.
-        offsets: int64 [bags + 1] offsets local to ``ids``.
-    """
-
-    feature: int
-    bags: slice
-    ids: slice
-    offsets: Tensor
-
-
-def feature_slices(bags: Bags) -> list[FeatureSlice]:
-    """Splits a batch's bags per feature (bags are grouped by feature in schema order)."""
-    slices = []
-    bounds = bags.offsets[bags.bag_starts].tolist()
-    for f in range(len(bags.bag_starts) - 1):
-        first, last = bags.bag_starts[f], bags.bag_starts[f + 1]
-        offsets = bags.offsets[first : last + 1] - bounds[f]
-        slices.append(FeatureSlice(f, slice(first, last), slice(bounds[f], bounds[f + 1]), offsets))
-    return slices
 
 
 class KernelLookup:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ctr.embeddings.base import Bags, EmbeddingMethod
+from ctr.embeddings.bags import Bags, IdGrid
+from ctr.embeddings.base import EmbeddingMethod
 from ctr.kernels.embedding_bag import (
     Backend, FusedOptimizer, bag_rows, check_fused, embedding_bag, fused_embedding_bag, grouped, resolve_backend,
     single_id_row_grads, single_ids_fit,
@@ -27,8 +28,6 @@ class TableMethod(EmbeddingMethod):
     place, with the optimizer state kept in buffers ``fused_<name>`` (saved in checkpoints).
     """
 
-    sample_major_bags = True
-
     def __init__(self, schema: Schema, config: EmbeddingConfig, storage_rows: int, dim: int | None = None):
         super().__init__(schema, config)
         self.weight = nn.Parameter(torch.empty(storage_rows, dim or config.dim))
@@ -36,22 +35,32 @@ class TableMethod(EmbeddingMethod):
         self._backend: tuple[torch.device, Backend] | None = None
         self.fused: FusedOptimizer | None = None
         self._state_names: tuple[str, ...] = ()
+        self._offsets: Tensor | None = None
 
     def rows_of(self, feature: Tensor, ids: Tensor) -> Tensor:
         """Row of the buffer for each id of feature ``feature`` (the id transform): ids [N]
-        with features [N], or a sample-major grid of ids [B, F] with features [F] (they
-        broadcast); the rows have the ids' shape."""
+        with features [N], or a grid of ids [B, F] with features [F] (they broadcast); the
+        rows have the ids' shape."""
         raise NotImplementedError
 
     def embed_bags(self, bags: Bags) -> Tensor:
         rows = self.rows_of(bags.feature, bags.ids).reshape(-1)
-        return self.lookup(rows, bags.offsets, bags.weights, bags.groups, single=bags.sample_major)
+        return self.lookup(rows, bags.offsets, bags.weights, bags.equal_groups())
+
+    def embed_grid(self, grid: IdGrid) -> Tensor:
+        """One table-batched lookup of the [B, F] rows, sample by sample: its output is the
+        pooled [B, F, D] itself (no transposed copy into the model's field layout)."""
+        b, f = grid.ids.shape
+        rows = self.rows_of(grid.features, grid.ids).reshape(-1)
+        offsets = self._single_offsets(rows.numel(), rows.device)
+        return self.lookup(rows, offsets, None, groups=b, single=True).view(b, f, -1)
 
     def lookup(self, rows: Tensor, offsets: Tensor, weights: Tensor | None, groups: int = 1,
                single: bool = False) -> Tensor:
         """Weighted sum of buffer rows per bag [num_bags, D] via the kernel dispatch, or
-        [groups, num_bags / groups, D] for ``groups`` > 1 (see ``Bags.groups``); ``single``:
-        every bag holds one id (see ``fused_embedding_bag``).
+        [groups, num_bags / groups, D] for ``groups`` > 1 (a view whose strided gradient the
+        backward reads in place); ``single``: every bag holds one id (see
+        ``fused_embedding_bag``).
 
         In fused mode a training-mode lookup's backward updates the touched rows, so a
         method must look its table up once per training step. Otherwise, when training with
@@ -86,7 +95,14 @@ class TableMethod(EmbeddingMethod):
     def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
         """One row per id [N, D], as bags of length 1 through ``lookup``."""
         rows = self.rows_of(feature, ids)
-        return self.lookup(rows, torch.arange(rows.numel() + 1, device=rows.device), None)
+        return self.lookup(rows, self._single_offsets(rows.numel(), rows.device), None)
+
+    def _single_offsets(self, count: int, device: torch.device) -> Tensor:
+        """``0, 1, ..., count``: bags of one id each (kept for the last size and device asked,
+        a batch's usual size)."""
+        if self._offsets is None or self._offsets.numel() != count + 1 or self._offsets.device != device:
+            self._offsets = torch.arange(count + 1, device=device)
+        return self._offsets
 
     def use_fused_update(self, optimizer: FusedOptimizer) -> None:
         """Updates the table inside the lookup's backward with ``optimizer`` from now on.

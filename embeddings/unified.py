@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ctr.embeddings.base import Bags, EmbeddingMethod
+from ctr.embeddings.bags import Bags
+from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.hashing import FP32_BYTES, require_budget
-from ctr.embeddings.storage import SEED_BYTES, KernelLookup, draw_hash_seeds, feature_slices, universal_hash
+from ctr.embeddings.storage import SEED_BYTES, KernelLookup, draw_hash_seeds, universal_hash
 from ctr.errors import RecipeError
 from ctr.recipe import EmbeddingConfig
 from ctr.registry import EMBEDDINGS
@@ -114,7 +115,7 @@ class UnifiedEmbedding(EmbeddingMethod):
 
     def embed_bags(self, bags: Bags) -> Tensor:
         pieces = []
-        for part in feature_slices(bags):
+        for part in bags.per_feature():
             table = int(self.feature_table[part.feature])
             k, weight = self.table_probes[table], self.weights[self.table_group[table]]
             ids = bags.ids[part.ids]
