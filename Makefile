@@ -1,10 +1,10 @@
-# ctr: make setup | make demo | make test
+# ctr: make setup | make demo | make test | make test-fast
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-fast clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,9 @@ demo: setup
 
 test: setup
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
+
+test-fast: setup
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -194,9 +194,3 @@ def to_batch(table: pa.Table) -> pa.RecordBatch:
 def strip_types(names: list[str]) -> list[str]:
     """Header names without RecBole-style type suffixes (``user_id:token`` → ``user_id``)."""
     return [name.split(":", 1)[0].strip() for name in names]
-
-
-def blank_to_null(column: pa.Array) -> pa.Array:
-    """Empty or whitespace-only strings → null."""
-    blank = pc.equal(pc.utf8_trim_whitespace(column), "")
-    return pc.if_else(blank, pa.scalar(None, column.type), column)

@@ -10,6 +10,8 @@ from ctr.recipe import load_recipe
 from ctr.train.runner import train
 from tests.conftest import SHARED_DATA
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test` runs them, `make test-fast` does not
+
 ROOT = Path(__file__).resolve().parents[1]
 MOVIELENS = sorted((ROOT / "recipes" / "movielens").glob("*.yaml"))
 TABULAR = {"lr", "wdl", "deepfm", "dcn", "dcnv2", "dlrm", "autoint", "autoint_plus"}

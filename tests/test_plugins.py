@@ -26,6 +26,7 @@ def ctr(args, cwd, pythonpath):
     return subprocess.run([sys.executable, "-m", "ctr.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_docs_plugin_example_trains_as_documented(tmp_path):
     docs = DOCS.read_text()
     (tmp_path / "my_models.py").write_text(code_block(docs, "# my_models.py"))
@@ -87,6 +88,7 @@ def installed_plugin(tmp_path):
     return site
 
 
+@pytest.mark.slow
 def test_entry_point_plugin_is_listed_and_trains(tmp_path, installed_plugin):
     listed = ctr(["models"], tmp_path, installed_plugin)
     assert listed.returncode == 0 and "outside_linear" in listed.stdout

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import lightning as L
 import numpy as np
@@ -91,24 +91,32 @@ class CTRTask(L.LightningModule):
         return batch.to(device, non_blocking=True)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        optimizers = self.optimizers()
+        optimizer = optimizers[0] if isinstance(optimizers, list) else optimizers
+        loss = self.step(batch, optimizer, self.manual_backward)
+        if self._bilevel():
+            self._arch_step(optimizers[1].optimizer)
+        # a progress-bar metric is read back to the host every step: only when a bar shows it
+        self.log("train/loss", loss.detach(), batch_size=batch.size, prog_bar=self.trainer.progress_bar_callback is not None)
+        return loss
+
+    def step(self, batch: Batch, optimizer: torch.optim.Optimizer,
+             backward: Callable[[Tensor], None] = Tensor.backward) -> Tensor:
+        """One training step on ``batch``: BCE plus the regularizers, ``backward``, gradient
+        clipping, ``optimizer``; returns the BCE loss. Lightning passes its ``manual_backward``;
+        outside a Trainer (tests, a plain loop) the tensor's own backward runs."""
         with self.phases("embedding"):
             embedded = self.net.embedding(batch.sparse)
         with self.phases("dense"):
             logits, reg = self.net.score(batch, embedded)
             loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
-        optimizers = self.optimizers()
-        optimizer = optimizers[0] if isinstance(optimizers, list) else optimizers
         optimizer.zero_grad()
         with self.phases("backward"):
-            self.manual_backward(loss + reg)
+            backward(loss + reg)
         with self.phases("optimizer"):
             if self.recipe.train.grad_clip:
                 nn.utils.clip_grad_norm_(self._dense_parameters(), self.recipe.train.grad_clip)
             optimizer.step()
-        if self._bilevel():
-            self._arch_step(optimizers[1].optimizer)
-        # a progress-bar metric is read back to the host every step: only when a bar shows it
-        self.log("train/loss", loss.detach(), batch_size=batch.size, prog_bar=self.trainer.progress_bar_callback is not None)
         return loss
 
     def _bilevel(self) -> bool:

@@ -10,6 +10,8 @@ from ctr.bench.compression import Cell, markdown, mean_std, plan, run_compressio
 from ctr.errors import RecipeError, UserError
 from tests.conftest import tiny_recipe
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test` runs them, `make test-fast` does not
+
 
 def test_plan_runs_full_once_per_seed_and_validates_its_arguments():
     cells = plan(["full", "hash"], [0.5, 0.1], 2)

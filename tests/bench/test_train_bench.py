@@ -1,3 +1,4 @@
+import pytest
 """``ctr bench train`` on CPU and ``trainer.compile`` on a tiny model."""
 
 import torch
@@ -12,6 +13,7 @@ from ctr.train.task import CTRNet
 from tests.conftest import tiny_recipe
 
 
+@pytest.mark.slow
 def test_bench_train_reports_samples_per_second_and_phases(tmp_path, capsys):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))

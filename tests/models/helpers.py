@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ctr.batch import Batch, JaggedFeatures
 from ctr.datasets import BatchLoader, Prepared
@@ -23,15 +22,6 @@ def make_task(prepared: Prepared, model: dict, embedding: dict | None = None, tr
     return CTRTask(recipe_from_dict(raw), prepared.schema)
 
 
-def train_step(task: CTRTask, optimizer, batch: Batch) -> None:
-    """One plain training step: BCE plus the regularizer, backward, both optimizers."""
-    logits, reg = task.net(batch)
-    loss = F.binary_cross_entropy_with_logits(logits, batch.labels) + reg
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-
-
 def fit(task: CTRTask, prepared: Prepared, epochs: int = 2) -> dict[str, float]:
     """Trains ``task`` with a plain loop (no Lightning) and returns its test metrics."""
     optimizer = task.configure_optimizers()
@@ -40,7 +30,7 @@ def fit(task: CTRTask, prepared: Prepared, epochs: int = 2) -> dict[str, float]:
     task.train()
     for _ in range(epochs):
         for batch in loader:
-            train_step(task, optimizer, batch)
+            task.step(batch, optimizer)
     return evaluate(task, prepared, "test")
 
 
@@ -94,7 +84,7 @@ def fit_batches(task: CTRTask, train: list[Batch], test: list[Batch], epochs: in
     task.train()
     for _ in range(epochs):
         for batch in train:
-            train_step(task, optimizer, batch)
+            task.step(batch, optimizer)
     task.eval()
     with torch.no_grad():
         probs = torch.cat([torch.sigmoid(task(b)) for b in test]).numpy()

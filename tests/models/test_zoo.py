@@ -7,6 +7,8 @@ import torch
 from ctr.registry import MODELS
 from tests.models.helpers import first_batch, fit_batches, make_task, planted_batches, planted_schema, task_for_schema
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test` runs them, `make test-fast` does not
+
 SMALL = {
     "lr": {},
     "wdl": {"hidden": [32, 32]},

@@ -10,6 +10,8 @@ import pytest
 from ctr.recipe import load_recipe
 from ctr.train.runner import train
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test` runs them, `make test-fast` does not
+
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "amazon_beauty"
 STAGES = {"optembed": ["supernet", "search", "retrain"], "dnis": ["search", "prune", "retrain"]}
 SMALL_SEARCH = ["embedding.population=4", "embedding.parents=2", "embedding.mutations=2",

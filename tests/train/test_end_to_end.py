@@ -9,6 +9,8 @@ import yaml
 
 from tests.conftest import tiny_recipe
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `make test` runs them, `make test-fast` does not
+
 
 def ctr(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "ctr.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)

@@ -41,6 +41,7 @@ def test_a_rule_the_kernels_lack_stops_training_before_any_work(tmp_path):
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_fused_run_trains_checkpoints_state_and_resumes(tmp_path):
     recipe = tmp_path / "fused.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train=FUSED)))

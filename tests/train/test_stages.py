@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -80,6 +79,7 @@ def test_optembed_retrained_model_stores_kept_rows_times_chosen_dims(optembed_ru
     assert set(metrics["stage_seconds"]) == {"supernet", "search", "retrain"}
 
 
+@pytest.mark.slow
 def test_eval_of_a_staged_run_reproduces_its_test_auc(optembed_run):
     run, metrics = optembed_run
     result = ctr("eval", run)
@@ -99,27 +99,45 @@ def test_dnis_selection_weights_change_and_pruning_hits_the_target(dnis_run):
     assert metrics["embedding_bytes"] == prune["deployed_bytes"] <= 0.3 * metrics["full_embedding_bytes"]
 
 
+KILL_AFTER_SUPERNET = """
+import os, signal
+from ctr.train import stages
+
+record_finished = stages.StageFiles.finish
+
+
+def finish_then_die(self, record, stage, seconds):
+    record_finished(self, record, stage, seconds)
+    if stage.name == "supernet":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+stages.StageFiles.finish = finish_then_die
+"""
+
+
+@pytest.mark.slow
 def test_resume_after_a_kill_between_stages_continues_from_the_last_finished_stage(tmp_path):
+    """A plugin kills the run (SIGKILL) right after it records the first stage as finished:
+    deterministic, no polling."""
+    (tmp_path / "kill_after_supernet.py").write_text(KILL_AFTER_SUPERNET)
     raw = tiny_recipe(tmp_path, embedding={**OPTEMBED, "stages": {"retrain": {"epochs": 4}}})
+    raw["plugins"] = ["kill_after_supernet"]
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(raw))
     run = tmp_path / "run"
     progress = run / "stages" / "progress.json"
-    child = subprocess.Popen([sys.executable, "-m", "ctr.cli", "train", recipe, "--out", run],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while child.poll() is None and time.time() < deadline:
-        if progress.exists() and "supernet" in json.loads(progress.read_text())["finished"]:
-            os.kill(child.pid, signal.SIGKILL)
-            break
-        time.sleep(0.05)
-    child.wait()
-    assert child.returncode == -signal.SIGKILL, "the run ended before it could be killed between stages"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    child = subprocess.run([sys.executable, "-m", "ctr.cli", "train", recipe, "--out", run], env=env,
+                           capture_output=True, timeout=600)
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
+    assert json.loads(progress.read_text())["finished"] == ["supernet"]
     assert not (run / "metrics.json").exists()
     supernet_state = run / "stages" / "0-supernet" / "state.pt"
     before = supernet_state.stat().st_mtime_ns
 
-    result = ctr("train", "--resume", run)
+    result = subprocess.run([sys.executable, "-m", "ctr.cli", "train", "--resume", run], env=env,
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "stage 1/3 supernet: finished earlier, restored" in result.stderr
     assert supernet_state.stat().st_mtime_ns == before
