@@ -1,5 +1,5 @@
 """Encoded splits as numpy columns, for the peer benchmarks (DeepCTR-Torch takes per-feature
-arrays); ``BatchBuilder`` gathers rows of them into ctr's ``Batch``.
+arrays); ``packed_rows`` hands the same rows to ctr's own batch builder.
 """
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
-from ctr.batch import Batch, JaggedFeatures
 from ctr.datasets.encode import GROUP, LABEL
+from ctr.datasets.rows import BatchBuilder, RowBlock, RowLayout, pack
 from ctr.schema import Schema
 
 
@@ -67,46 +66,13 @@ def read_columns(files: list[Path], schema: Schema) -> Columns:
     return columns_from_table(pa.concat_tables(tables) if len(tables) != 1 else tables[0], schema)
 
 
-class BatchBuilder:
-    """Gathers rows ``index`` of a Columns block into a ``Batch`` (numpy fancy indexing)."""
-
-    def __init__(self, schema: Schema):
-        self.keys = [f.spec.name for f in schema.sparse_features]
-        self.kinds = [f.spec.kind for f in schema.sparse_features]
-        self.has_sequences = "sequence" in self.kinds
-
-    def build(self, cols: Columns, index: np.ndarray) -> Batch:
-        if not self.has_sequences:
-            values = cols.categorical[index].T.reshape(-1).astype(np.int64)
-            offsets = np.arange(values.shape[0] + 1, dtype=np.int64)
-        else:
-            values, offsets = self._jagged(cols, index)
-        sparse = JaggedFeatures(self.keys, torch.from_numpy(values), torch.from_numpy(offsets),
-                                single=not self.has_sequences)
-        groups = None if cols.groups is None else torch.from_numpy(cols.groups[index])
-        return Batch(
-            dense=torch.from_numpy(cols.dense[index]),
-            sparse=sparse,
-            labels=torch.from_numpy(cols.labels[index]),
-            groups=groups,
-        )
-
-    def _jagged(self, cols: Columns, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pieces, lengths = [], []
-        cat = 0
-        for key, kind in zip(self.keys, self.kinds):
-            if kind == "categorical":
-                pieces.append(cols.categorical[index, cat].astype(np.int64))
-                lengths.append(np.ones(index.shape[0], dtype=np.int64))
-                cat += 1
-                continue
-            values, offsets = cols.sequences[key]
-            starts, seq_lengths = offsets[index], offsets[index + 1] - offsets[index]
-            total = int(seq_lengths.sum())
-            shift = np.repeat(starts - (np.cumsum(seq_lengths) - seq_lengths), seq_lengths)
-            pieces.append(values[shift + np.arange(total)].astype(np.int64))
-            lengths.append(seq_lengths)
-        all_lengths = np.concatenate(lengths)
-        offsets = np.zeros(all_lengths.shape[0] + 1, dtype=np.int64)
-        np.cumsum(all_lengths, out=offsets[1:])
-        return np.concatenate(pieces), offsets
+def packed_rows(cols: Columns, schema: Schema) -> tuple[RowBlock, BatchBuilder]:
+    """The block's rows packed as ctr's loader packs them, and ctr's builder of batches from
+    them (``builder.build(rows.take(index))``). Single-valued features only."""
+    if cols.sequences or cols.groups is not None:
+        raise ValueError("packed_rows takes blocks without sequences or groups")
+    table = {LABEL: cols.labels}
+    table.update({f.spec.name: cols.dense[:, j] for j, f in enumerate(schema.dense_features)})
+    table.update({f.spec.name: cols.categorical[:, j] for j, f in enumerate(schema.sparse_features)})
+    layout = RowLayout.of(schema, has_group=False)
+    return pack(pa.table(table), layout, schema), BatchBuilder(layout)

@@ -4,7 +4,7 @@ Everything is measured in the same run on the same encoded data (synthetic rows 
 Criteo DAC TSV by ``ctr data synth`` and prepared by the ``criteo`` reader), so the ratios
 are meaningful on a shared, noisy machine. Run it alone:
 
-    flock /tmp/ctr-heavy.lock .venv/bin/python benchmarks/loader.py --rows 1000000
+    flock /tmp/ctr-heavy.lock .venv/bin/python -m benchmarks.loader --rows 1000000
 
 Reports rows/s of ``BatchLoader`` (training order: seeded row-group order and shuffle
 buffer; and evaluation order), of the baseline (the whole split in a pandas DataFrame,
@@ -31,7 +31,7 @@ from ctr.batch import Batch, JaggedFeatures
 from ctr.datasets import BatchLoader, prepare
 from ctr.datasets.encode import LABEL
 from ctr.datasets.shards import shard_files
-from ctr.datasets.synth import write_dac_tsv
+from ctr.datasets.synthetic_tsv import write_dac_tsv
 from ctr.datasets.synthetic import SyntheticConfig
 from ctr.recipe import recipe_from_dict
 from ctr.train.task import CTRTask

@@ -4,7 +4,7 @@ groups) and train samples/s for both, per seed and as mean ± sd.
 
 Setup once: ``bash benchmarks/setup_peer.sh`` (its own virtualenv, torch==2.13.0 CPU).
 
-    flock /tmp/ctr-heavy.lock benchmarks/.venv-peer/bin/python benchmarks/peer.py \\
+    flock /tmp/ctr-heavy.lock benchmarks/.venv-peer/bin/python -m benchmarks.peer \\
         recipes/amazon_beauty/din.yaml --seeds 1 2 3 --out runs/peer/din
 
 Both sides: the recipe's prepared (encoded) shards; its embedding dim and init std; its
@@ -29,12 +29,12 @@ import numpy as np
 import torch
 
 from ctr.datasets import prepare
-from columns import read_columns
+from benchmarks.columns import read_columns
 from ctr.datasets.shards import shard_files
 from ctr.metrics import auc, group_auc, logloss
 from ctr.recipe import Recipe, load_recipe
 from ctr.train.runner import train
-from peer_common import Result, Timer, deepctr_columns, deepctr_inputs, split_optimizer, summary_table, write_json
+from benchmarks.peer_common import Result, Timer, deepctr_columns, deepctr_inputs, split_optimizer, summary_table, write_json
 
 log = logging.getLogger("peer")
 

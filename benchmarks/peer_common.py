@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -20,8 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from columns import Columns
+from benchmarks.columns import Columns
+from ctr.atomic import atomic_write
 from ctr.schema import Schema
+from ctr.train.optim import CombinedOptimizer
 
 log = logging.getLogger("peer")
 
@@ -78,23 +79,8 @@ def split_optimizer(model: nn.Module, dense_lr: float, embedding_lr: float) -> t
     embedding = [p for n, p in model.named_parameters() if "embedding_dict" in n]
     ids = {id(p) for p in embedding}
     dense = [p for p in model.parameters() if id(p) not in ids]
-    return _Both(torch.optim.Adam(dense, lr=dense_lr), torch.optim.Adagrad(embedding, lr=embedding_lr))
-
-
-class _Both(torch.optim.Optimizer):
-    """Two optimizers stepped as one (DeepCTR-Torch's ``compile`` takes one)."""
-
-    def __init__(self, *parts: torch.optim.Optimizer):
-        self.parts = parts
-        super().__init__([p for part in parts for g in part.param_groups for p in g["params"]], {})
-
-    def step(self, closure=None):  # noqa: ANN001
-        for part in self.parts:
-            part.step()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for part in self.parts:
-            part.zero_grad(set_to_none=set_to_none)
+    return CombinedOptimizer({"dense": torch.optim.Adam(dense, lr=dense_lr),
+                              "embedding": torch.optim.Adagrad(embedding, lr=embedding_lr)})
 
 
 @dataclass
@@ -127,11 +113,8 @@ def _mean_sd(values: list[float], digits: int) -> str:
 
 
 def write_json(path: Path, data: object) -> None:
-    """Atomic write (temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    os.replace(tmp, path)
+    """Writes ``data`` as JSON atomically."""
+    atomic_write(path, json.dumps(data, indent=1, default=float))
 
 
 class Timer:

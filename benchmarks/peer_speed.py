@@ -6,13 +6,13 @@ rows, in one run:
 (b) ``small``: at most 100k rows in all: ctr's samples/s against its own MLP trained alone
     on the same batches (the model's compute floor on this CPU).
 
-    flock /tmp/ctr-heavy.lock benchmarks/.venv-peer/bin/python benchmarks/peer_speed.py --threads 2
+    flock /tmp/ctr-heavy.lock benchmarks/.venv-peer/bin/python -m benchmarks.peer_speed --threads 2
 
 Rows come from ctr's synthetic generator (``PlantedModel``); the vocabularies are the
 generator's full id spaces (every id has a table row, seen or not), ids are encoded as
 ctr's codes (raw + 2), numeric values log1p-transformed. ctr's step is exactly its
 training step (embedding method → model → BCE → backward → Adam on dense parameters and
-the embedding optimizer on the touched rows). Batch assembly (``BatchBuilder`` gathering the
+the embedding optimizer on the touched rows). Batch assembly (ctr's ``BatchBuilder`` gathering the
 batch's rows from memory: the data loader's work, which ``ctr train`` does in a prefetch
 thread) is timed apart and in neither side's figure, as the MLP alone is handed its batch's
 input built; DeepCTR-Torch's is its ``fit`` on the same arrays with Adam on dense parameters and
@@ -31,13 +31,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from columns import BatchBuilder, Columns
+from benchmarks.columns import Columns, packed_rows
 from ctr.datasets.synthetic import CRITEO_LIKE_VOCABS, NUM_CATEGORICAL, NUM_NUMERIC, PlantedModel, SyntheticConfig
 from ctr.recipe import recipe_from_dict
 from ctr.schema import FeatureInfo, FeatureSpec, Schema
 from ctr.train.optim import build_optimizer
 from ctr.train.task import CTRTask
-from peer_common import Timer, deepctr_columns, deepctr_inputs, split_optimizer
+from benchmarks.peer_common import Timer, deepctr_columns, deepctr_inputs, split_optimizer
 
 log = logging.getLogger("peer_speed")
 SCENARIOS = {"realistic": 10_000_000, "small": 100_000}
@@ -82,20 +82,16 @@ def ctr_and_mlp(schema: Schema, cols: Columns, args: argparse.Namespace, steps: 
         mlp = ctr_task(schema, args).net.model.dnn
         mlp.load_state_dict(task.net.model.dnn.state_dict())
         alone[variant] = (mlp, build_optimizer(task.recipe.train.optimizer, list(mlp.parameters()), "train.optimizer"))
-    builder, order = BatchBuilder(schema), np.random.default_rng(0).permutation(cols.rows)
+    (rows, builder), order = packed_rows(cols, schema), np.random.default_rng(0).permutation(cols.rows)
     timers, b = {name: Timer() for name in ("assembly", "ctr", *alone)}, args.batch_size
     for step in range(steps + args.warmup):
         start = (step * b) % (cols.rows - b + 1)
         index = order[start : start + b]
         timing = step >= args.warmup
         with timers["assembly"] if timing else contextlib.nullcontext():
-            batch = builder.build(cols, index)
+            batch = builder.build(rows.take(index))
         with timers["ctr"] if timing else contextlib.nullcontext():
-            logits, reg = task.net(batch)
-            loss = F.binary_cross_entropy_with_logits(logits, batch.labels) + reg
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            task.step(batch, optimizer)
         with torch.no_grad():  # the MLP's input for this batch, computed outside its timing
             model = task.net.model
             fields = torch.cat([task.net.embedding(batch.sparse).pooled, model.numeric(batch.dense)], 1).flatten(1)

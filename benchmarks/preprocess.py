@@ -5,7 +5,7 @@ timed), then ``ctr data prepare`` runs in a child process with an empty cache; t
 wall time and peak resident memory (``ru_maxrss``) are reported, and each size's time is
 compared with the smallest size's, scaled by rows (1.0 = exactly linear). Run it alone:
 
-    flock /tmp/ctr-heavy.lock .venv/bin/python benchmarks/preprocess.py --rows 1000000 10000000
+    flock /tmp/ctr-heavy.lock .venv/bin/python -m benchmarks.preprocess --rows 1000000 10000000
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from ctr.datasets.synth import write_dac_tsv
+from ctr.datasets.synthetic_tsv import write_dac_tsv
 from ctr.datasets.synthetic import SyntheticConfig
 
 

@@ -1,7 +1,7 @@
 """Trains recipes over several seeds with ``ctr train`` and prints each test metric as
 mean ± sd, one row per recipe (finished run directories are reused).
 
-    flock /tmp/ctr-heavy.lock .venv/bin/python benchmarks/seeds.py \\
+    flock /tmp/ctr-heavy.lock .venv/bin/python -m benchmarks.seeds \\
         recipes/movielens/autoint.yaml recipes/movielens/autoint_plus.yaml --seeds 1 2 3 --out runs/seeds
 """
 
@@ -18,7 +18,7 @@ import torch
 
 from ctr.recipe import load_recipe
 from ctr.train.runner import train
-from peer_common import Result, summary_table, write_json
+from benchmarks.peer_common import Result, summary_table, write_json
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -192,7 +192,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from ctr.datasets.synth import write_dac_tsv
+    from ctr.datasets.synthetic_tsv import write_dac_tsv
     from ctr.datasets.synthetic import SyntheticConfig
 
     try:

@@ -7,13 +7,13 @@ Reserved ids in every vocabulary: 0 = padding, 1 = out-of-vocabulary; with ``oov
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from ctr.atomic import atomic_path, atomic_write
 from ctr.typed import parse, to_plain
 
 PAD_ID = 0
@@ -171,12 +171,9 @@ class Schema:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         data = {"label": self.label, "group": self.group, "features": to_plain(self.features)}
-        tmp = folder / "schema.json.tmp"
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, folder / "schema.json")
-        tmp_counts = folder / "counts.tmp.npz"
-        np.savez(tmp_counts, **self.counts)
-        os.replace(tmp_counts, folder / "counts.npz")
+        atomic_write(folder / "schema.json", json.dumps(data, indent=1))
+        with atomic_path(folder / "counts.npz") as tmp, tmp.open("wb") as out:
+            np.savez(out, **self.counts)
 
     @classmethod
     def load(cls, folder: str | Path) -> Schema:

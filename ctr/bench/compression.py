@@ -27,7 +27,9 @@ from typing import Any
 from ctr.errors import UserError
 from ctr.recipe import apply_override, read_yaml, recipe_from_dict
 from ctr.registry import EMBEDDINGS
-from ctr.train.rundir import RunDir, atomic_write
+from ctr.atomic import atomic_write
+from ctr.train.plots import save_png
+from ctr.train.rundir import RunDir
 
 log = logging.getLogger("ctr.bench")
 
@@ -236,8 +238,4 @@ def plot(rows: list[dict[str, str]], out: Path) -> None:
     ax.set_ylabel("test AUC")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out)
+    save_png(fig, out)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ctr.atomic import atomic_path
+
 
 def plot_curves(log_csv: Path, out: Path) -> None:
     """Plots train loss per step and validation AUC / logloss per validation into ``out``."""
@@ -24,8 +26,14 @@ def plot_curves(log_csv: Path, out: Path) -> None:
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
+    save_png(fig, out)
+
+
+def save_png(fig, out: Path) -> None:  # noqa: ANN001  (a matplotlib Figure)
+    """Saves ``fig`` as a PNG at ``out`` atomically and closes it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(out)

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ctr.atomic import atomic_path, atomic_write
 from ctr.errors import UserError
 from ctr.recipe import Recipe, load_recipe
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class RunDir:
@@ -49,14 +41,11 @@ class RunDir:
 
     def copy_schema(self, prepared_root: Path) -> None:
         """Copies the fitted schema, vocabularies and data report next to the checkpoints."""
-        tmp = self.root / ".schema.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name in ("schema.json", "counts.npz", "report.json"):
-            shutil.copy2(prepared_root / name, tmp / name)
-        shutil.copytree(prepared_root / "vocab", tmp / "vocab")
-        shutil.rmtree(self.schema, ignore_errors=True)
-        os.replace(tmp, self.schema)
+        with atomic_path(self.schema) as tmp:
+            tmp.mkdir()
+            for name in ("schema.json", "counts.npz", "report.json"):
+                shutil.copy2(prepared_root / name, tmp / name)
+            shutil.copytree(prepared_root / "vocab", tmp / "vocab")
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         atomic_write(self.metrics, json.dumps(metrics, indent=2) + "\n")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -28,7 +27,8 @@ from ctr.batch import Batch
 from ctr.embeddings.stages import Stage, StageContext
 from ctr.metrics import auc
 from ctr.train.loop import Fitted, Session, fit
-from ctr.train.rundir import RunDir, atomic_write
+from ctr.atomic import atomic_path, atomic_write
+from ctr.train.rundir import RunDir
 from ctr.train.task import CTRNet, CTRTask
 
 log = logging.getLogger("ctr.train")
@@ -59,10 +59,8 @@ class StageFiles:
 
 def save_torch(obj: Any, path: Path) -> None:
     """``torch.save`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_torch(path: Path) -> Any:

@@ -8,7 +8,6 @@ name and renamed when complete.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ctr.datasets.criteo import CATEGORICAL, NUMERIC
 from ctr.datasets.synthetic import NUM_CATEGORICAL, NUM_NUMERIC, PlantedModel, SyntheticConfig
+from ctr.atomic import atomic_path
 from ctr.errors import UserError
 
 
@@ -36,19 +36,16 @@ def write_dac_tsv(path: Path, config: SyntheticConfig, progress: bool = False) -
     model = PlantedModel(config)
     tokens = [hex_tokens(j, v) for j, v in enumerate(model.vocabs)]
     options = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     bar = tqdm(total=config.rows, unit=" rows", disable=not progress, leave=False)
     try:
-        with pacsv.CSVWriter(tmp, _schema(), write_options=options) as writer:
+        with atomic_path(path) as tmp, pacsv.CSVWriter(tmp, _schema(), write_options=options) as writer:
             for chunk, start in enumerate(range(0, config.rows, config.chunk_rows)):
                 n = min(config.chunk_rows, config.rows - start)
                 ids, counts, labels = model.sample(np.random.default_rng([config.seed, 1, chunk]), n)
                 writer.write_batch(_batch(ids, counts, labels, tokens))
                 bar.update(n)
-        os.replace(tmp, path)
     finally:
         bar.close()
-        tmp.unlink(missing_ok=True)
     return config.rows
 
 
