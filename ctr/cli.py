@@ -45,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=("test", "valid"), default="test")
     evaluate.set_defaults(run=_eval)
 
+    plan = commands.add_parser("plan", help="how a recipe's tables would shard over N processes (TorchRec's planner)")
+    plan.add_argument("recipe")
+    plan.add_argument("--world-size", type=int, default=2, help="processes (default 2)")
+    plan.add_argument("--memory-per-rank", help="memory of each rank, e.g. 16GB (default: the planner's)")
+    _overrides(plan)
+    plan.set_defaults(run=_plan)
+
     models = commands.add_parser("models", help="list what the registries hold")
     models.set_defaults(run=_models)
 
@@ -188,6 +195,18 @@ def _prepare(args: argparse.Namespace) -> int:
     prepared = prepare(recipe.data, recipe.seed)
     print(format_report(prepared.report))
     print(f"\nencoded data: {prepared.root}")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from ctr.datasets import prepare
+    from ctr.recipe import load_recipe
+    from ctr.train.plan import format_plan, parse_bytes, plan_tables
+
+    memory = parse_bytes(args.memory_per_rank) if args.memory_per_rank else None
+    recipe = load_recipe(args.recipe, args.override)
+    prepared = prepare(recipe.data, recipe.seed)
+    print(format_plan(plan_tables(recipe, prepared.schema, args.world_size, memory), recipe))
     return 0
 
 

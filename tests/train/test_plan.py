@@ -1,0 +1,54 @@
+"""``ctr plan``: TorchRec's planner over a recipe's tables, per-table and per-rank bytes."""
+
+import pytest
+import yaml
+
+from ctr.cli import main
+from ctr.datasets import prepare
+from ctr.recipe import recipe_from_dict
+from ctr.train.plan import STATE_FLOATS, parse_bytes, plan_tables
+from tests.conftest import tiny_recipe
+
+pytest.importorskip("torchrec")
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "rowwise_adagrad"])
+def test_plan_covers_every_table_and_totals_each_rank(tmp_path, optimizer):
+    recipe = recipe_from_dict(tiny_recipe(tmp_path, train={"embedding_optimizer": {"name": optimizer, "lr": 0.05}}))
+    schema = prepare(recipe.data, recipe.seed, progress=False).schema
+    plan = plan_tables(recipe, schema, world_size=2, memory_per_rank=None)
+    assert sorted(t.name for t in plan.tables) == sorted(schema.tables())
+    state = STATE_FLOATS[optimizer]
+    for table in plan.tables:
+        assert table.rows == schema.tables()[table.name] and table.dim == 8
+        covered = sum(rows * cols for _, rows, cols in table.shards)
+        copies = len({rank for rank, _, _ in table.shards}) if table.sharding == "data_parallel" else 1
+        assert covered == copies * table.rows * table.dim
+    for rank in range(2):
+        held = [(r, rows, cols) for t in plan.tables for r, rows, cols in t.shards if r == rank]
+        expected = sum(rows * (cols + state(cols)) * 4 for _, rows, cols in held)
+        assert plan.rank_bytes(rank) == expected
+        assert plan.rank_bytes(rank) <= plan.planner_bytes[rank] <= plan.rank_bytes(rank) + 2**20  # planner's own count
+
+
+def test_cli_prints_tables_and_ranks(tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    assert main(["plan", str(path), "--world-size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| C1 |" in out and "| rank | weights + state MB |" in out and "| 1 |" in out
+
+
+def test_an_impossible_memory_is_the_planners_reason_exit_2(tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    assert main(["plan", str(path), "--world-size", "2", "--memory-per-rank", "1KB"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ctr: error: no sharding plan fits: Unable to find a plan") and "\n" not in err
+    assert "embedding.budget <=" in err
+
+
+def test_sizes_parse_with_units():
+    assert parse_bytes("16GB") == 16 * 10**9 and parse_bytes("512MiB") == 512 * 2**20 and parse_bytes("2e3") == 2000
+    with pytest.raises(Exception, match="--memory-per-rank: expected a size"):
+        parse_bytes("lots")
