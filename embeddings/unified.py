@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ctr.embeddings.base import Bags, EmbeddingMethod
-from ctr.embeddings.hashing import FP32_BYTES, require_budget
+from ctr.embeddings.budget import FP32_BYTES, require_budget
 from ctr.embeddings.storage import SEED_BYTES, KernelLookup, draw_hash_seeds, feature_slices, universal_hash
 from ctr.errors import RecipeError
 from ctr.recipe import EmbeddingConfig
