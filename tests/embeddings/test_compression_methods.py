@@ -96,3 +96,16 @@ def test_ctr_models_lists_the_methods():
     result = subprocess.run([sys.executable, "-m", "ctr.cli", "models"], capture_output=True, text=True)
     for method in METHODS:
         assert f"  {method} " in result.stdout
+
+
+def test_the_criteo_scale_recipe_validates():
+    from pathlib import Path
+
+    from ctr.datasets.synthetic import CRITEO_VOCABS
+    from ctr.recipe import load_recipe
+
+    root = Path(__file__).resolve().parents[2]
+    recipe = load_recipe(root / "recipes" / "criteo_synth" / "dlrm.yaml")
+    assert recipe.data.integer_ids and recipe.data.vocab_sizes == CRITEO_VOCABS  # 33,762,577 ids
+    assert (recipe.model.bottom_mlp, recipe.model.top_mlp, recipe.embedding.dim) == ([512, 256, 64], [512, 256], 16)
+    assert recipe.train.embedding_optimizer.fused and recipe.train.epochs == 1
