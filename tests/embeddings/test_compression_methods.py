@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from ctr.embeddings.budget import BudgetUnreachableError
+from ctr.embeddings.stages import StageContext
 from ctr.errors import RecipeError
 from ctr.recipe import recipe_from_dict
 from ctr.registry import EMBEDDINGS
@@ -19,7 +20,7 @@ from tests.embeddings.schemas import schema
 
 BIG = {"item": 200000, "user": 100000, "tags": 1000}
 METHODS = {  # method → options for the hand-built schema
-    "compo": {}, "robe": {}, "dhe": {}, "ttrec": {"max_rank": 256}, "adaptemb": {}, "mgqe": {},
+    "compo": {}, "robe": {}, "dhe": {}, "ttrec": {"max_rank": 256}, "adaptemb": {}, "mgqe": {}, "dedup": {},
 }
 UNREACHABLE = {("mgqe", 0.01)}  # one byte of code per id and subspace is 1/64 of a D = 16 row
 FREQUENCIES = ("adaptemb", "mgqe")
@@ -29,6 +30,15 @@ def build(method, budget, vocabs=BIG, **options):
     entry = EMBEDDINGS.get(method)
     config = entry.config(dim=16, budget=budget, **{**METHODS[method], **options})
     return entry.target(schema(vocabs), config)
+
+
+def deployed(embedding):
+    """The method after its stages (taken by hand, without training): what it deploys."""
+    for stage in embedding.stages():
+        embedding.begin_stage(stage)
+        if stage.kind == "procedure":
+            embedding.run_procedure(stage, StageContext(score=lambda: 0.5, seed=0))
+    return embedding
 
 
 @pytest.mark.parametrize("budget", [0.5, 0.1, 0.01])
@@ -41,7 +51,7 @@ def test_memory_stays_within_the_budget(method, budget):
         assert build(method, err.value.min_budget * 1.01).memory_bytes() <= err.value.min_budget * 1.01 * build(
             "robe", 0.5).full_bytes()
         return
-    embedding = build(method, budget)
+    embedding = deployed(build(method, budget))
     assert embedding.memory_bytes() <= budget * embedding.full_bytes()
     assert embedding.memory_bytes() > 0
 
@@ -71,7 +81,7 @@ def test_methods_without_their_frequencies_refuse_in_one_line(method):
 SMOKE = {  # tiny data: 1151 ids at D = 8, so DHE and MGQE get smaller encodings and codebooks
     "compo": {"budget": 0.5}, "robe": {"budget": 0.1, "block": 2}, "dhe": {"budget": 0.5, "hashes": 32},
     "ttrec": {"budget": 0.25}, "adaptemb": {"budget": 0.25},
-    "mgqe": {"budget": 0.5, "frequent_centroids": 8, "rare_centroids": 4},
+    "mgqe": {"budget": 0.5, "frequent_centroids": 8, "rare_centroids": 4}, "dedup": {"budget": 0.3, "block_rows": 4},
 }
 
 
@@ -81,6 +91,8 @@ def test_each_method_trains_one_epoch_on_tiny_data(method, tmp_path):
     metrics = train(recipe_from_dict(tiny_recipe(tmp_path, embedding=embedding)), tmp_path / "run")
     assert metrics["embedding_bytes"] <= embedding["budget"] * metrics["full_embedding_bytes"]
     assert metrics["steps"] > 0 and np.isfinite(metrics["test"]["logloss"])
+    if method == "dedup":  # warm-up, deduplication, fine-tuning
+        assert set(metrics["stage_seconds"]) == {"warmup", "dedup", "finetune"}
 
 
 def test_an_unreachable_budget_exits_2_with_one_line(tmp_path):
