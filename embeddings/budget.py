@@ -121,3 +121,24 @@ def table_counts(schema: Schema, method: str) -> dict[str, np.ndarray]:
         known = np.asarray(schema.counts[name])[:size]
         counts[name] = np.concatenate([known, np.zeros(size - known.shape[0], dtype=known.dtype)])
     return counts
+
+
+def capped_knob(
+    method: str, budget: float, full: int, cost: Callable[[int], int], knob: tuple[str, int, int],
+    estimate: Callable[[int], str],
+) -> int:
+    """The largest knob k ≥ 1 whose ``cost(k)`` bytes fit ``budget`` × ``full`` bytes.
+
+    ``knob`` = (name, cap, upper): past ``cap`` (the method's compute limit) the budget is
+    refused with a ``ComputeLimitError`` naming the k it needs (searched up to ``upper``)
+    and ``estimate(k)``; when k = 1 does not fit, a ``BudgetUnreachableError``.
+    """
+    name, cap, upper = knob
+    limit = budget * full
+    k = largest_fitting(1, cap + 1, cost, limit)
+    if k is None:
+        raise BudgetUnreachableError(method, budget, cost(1) / full, f"{name} 1 needs {cost(1)} bytes")
+    if k > cap:
+        wanted = largest_fitting(cap + 1, max(upper, cap + 1), cost, limit)
+        raise ComputeLimitError(method, budget, f"{name} {wanted} > {cap}", estimate(wanted))
+    return k

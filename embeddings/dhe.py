@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ctr.embeddings.base import EmbeddingMethod
-from ctr.embeddings.budget import FP32_BYTES, BudgetUnreachableError, ComputeLimitError, budget_bytes, largest_fitting
+from ctr.embeddings.budget import FP32_BYTES, capped_knob, require_budget
 from ctr.embeddings.storage import SEED_BYTES, draw_hash_seeds, table_starts, universal_hash
 from ctr.recipe import EmbeddingConfig
 from ctr.registry import EMBEDDINGS
@@ -58,21 +58,16 @@ def flops_per_id(config: DHEConfig, width: int) -> int:
 
 def decoder_width(config: DHEConfig, tables: dict[str, int]) -> int:
     """The widest MLP whose bytes plus the hash seeds fit the budget, within ``max_width``."""
-    seeds = SEED_BYTES * config.hashes
-    limit = budget_bytes(config, "dhe", tables) - seeds
     full = sum(tables.values()) * config.dim * FP32_BYTES
-    width = largest_fitting(1, config.max_width + 1, lambda w: mlp_bytes(config, w), limit)
-    if width is None:
-        least = (mlp_bytes(config, 1) + seeds) / full
-        raise BudgetUnreachableError("dhe", config.budget, least, f"a width-1 MLP and {config.hashes} hash seeds need more")
-    if width > config.max_width:
-        wanted = largest_fitting(1, 1 << 24, lambda w: mlp_bytes(config, w), limit)
-        gflops = flops_per_id(config, wanted) * ESTIMATE_IDS / 1e9
-        raise ComputeLimitError(
-            "dhe", config.budget, f"MLP width {wanted} > max_width {config.max_width}",
-            f"{gflops:.3g} GFLOP forward per {ESTIMATE_IDS} ids",
-        )
-    return width
+    require_budget(config, "dhe")
+
+    def estimate(width: int) -> str:
+        return f"{flops_per_id(config, width) * ESTIMATE_IDS / 1e9:.3g} GFLOP forward per {ESTIMATE_IDS} ids"
+
+    return capped_knob(
+        "dhe", config.budget, full, lambda w: mlp_bytes(config, w) + SEED_BYTES * config.hashes,
+        ("MLP width", config.max_width, 1 << 24), estimate,
+    )
 
 
 @EMBEDDINGS.register("dhe", config=DHEConfig)

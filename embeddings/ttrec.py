@@ -10,9 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctr.embeddings.base import EmbeddingMethod
-from ctr.embeddings.budget import (
-    FP32_BYTES, BudgetUnreachableError, ComputeLimitError, budget_bytes, largest_fitting,
-)
+from ctr.embeddings.budget import FP32_BYTES, capped_knob, require_budget
 from ctr.recipe import EmbeddingConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
@@ -66,19 +64,14 @@ def stored_floats(tables: dict[str, int], dim: int, rank: int) -> int:
 
 def tt_rank(config: TTRecConfig, tables: dict[str, int]) -> int:
     """The largest rank whose tables fit the budget; refused past ``max_rank``."""
-    limit = budget_bytes(config, "ttrec", tables) / FP32_BYTES
+    require_budget(config, "ttrec")
     ceiling = math.isqrt(max(tables.values()) * config.dim) + 1  # every table full from here on
-    rank = largest_fitting(1, ceiling, lambda r: stored_floats(tables, config.dim, r), limit)
-    full = sum(tables.values()) * config.dim
-    if rank is None:
-        least = stored_floats(tables, config.dim, 1) / full
-        raise BudgetUnreachableError("ttrec", config.budget, least, "rank-1 cores need more")
-    if rank > config.max_rank:
-        raise ComputeLimitError(
-            "ttrec", config.budget, f"TT rank {rank} > max_rank {config.max_rank}",
-            f"a {rank} x {three_factors(config.dim)[1]} x {rank} core gathered per id",
-        )
-    return rank
+    middle = three_factors(config.dim)[1]
+    return capped_knob(
+        "ttrec", config.budget, sum(tables.values()) * config.dim * FP32_BYTES,
+        lambda r: stored_floats(tables, config.dim, r) * FP32_BYTES, ("TT rank", config.max_rank, ceiling),
+        lambda r: f"a {r} x {middle} x {r} core gathered per id",
+    )
 
 
 @EMBEDDINGS.register("ttrec", config=TTRecConfig)

@@ -43,5 +43,5 @@ def test_rank_is_the_largest_that_fits_and_small_tables_keep_rows():
 
 
 def test_a_rank_past_the_limit_is_refused():
-    with pytest.raises(ComputeLimitError, match=r"TT rank \d+ > max_rank 4"):
+    with pytest.raises(ComputeLimitError, match=r"TT rank \d+ > 4"):
         TTRecEmbedding(schema(), TTRecConfig(dim=16, budget=0.2, max_rank=4))
