@@ -108,7 +108,8 @@ class AdaptEmbedding(EmbeddingMethod):
         bounds = torch.tensor([0] + own, dtype=torch.int64).cumsum(0)
         self.register_buffer("frequent_bounds", bounds, persistent=False)
         table_of = torch.repeat_interleave(torch.arange(len(own)), torch.tensor(own, dtype=torch.int64))
-        self.register_buffer("frequent_keys", table_of * KEY_STRIDE + self.frequent.long(), persistent=False)
+        keys = torch.cat([table_of * KEY_STRIDE + self.frequent.long(), torch.tensor([torch.iinfo(torch.int64).max])])
+        self.register_buffer("frequent_keys", keys, persistent=False)  # ends with a sentinel no id reaches
         self.register_buffer("row_start", torch.cumsum(sizes, 0) - sizes, persistent=False)
         self.register_buffer("own_rows", torch.tensor(own, dtype=torch.int64), persistent=False)
         self.register_buffer("buckets", torch.tensor(buckets, dtype=torch.int64).clamp(min=1), persistent=False)
@@ -120,8 +121,7 @@ class AdaptEmbedding(EmbeddingMethod):
         table = self.feature_table[feature]
         key = table * KEY_STRIDE + ids
         position = torch.searchsorted(self.frequent_keys, key)
-        own = self.frequent_keys[position.clamp(max=max(self.frequent_keys.numel() - 1, 0))] == key
-        own &= position < self.frequent_keys.numel()
+        own = self.frequent_keys[position] == key
         pair = self.seeds[table]
         hashed = universal_hash(ids, pair[:, 0], pair[:, 1], self.buckets[table])
         local = torch.where(own, position - self.frequent_bounds[table], self.own_rows[table] + hashed)

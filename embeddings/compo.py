@@ -90,7 +90,6 @@ class CompoEmbedding(EmbeddingMethod):
         super().__init__(schema, config)
         tables = self.table_rows
         m = remainder_size(tables, config)
-        vocab = np.array(list(tables.values()), dtype=np.float64)
         concat = config.operation == "concat"
         split = np.array([math.ceil(v / m) + m < (2 * v if concat else v) for v in tables.values()])
         quotient = [math.ceil(v / m) if s else v for v, s in zip(tables.values(), split)]

@@ -38,3 +38,11 @@ def test_frequent_rows_shrink_when_the_budget_demands():
     out = method(batch())
     out.pooled.sum().backward()
     assert method.weight.grad.is_sparse
+
+
+def test_without_frequent_ids_every_id_is_hashed():
+    method = AdaptEmbedding(schema(), AdaptEmbConfig(dim=8, budget=0.2, frequent_fraction=0.0))
+    assert method.frequent.numel() == 0 and (method.own_rows == 0).all()
+    ids = torch.arange(2, 1000)
+    rows = method.rows_of(torch.zeros_like(ids), ids)
+    assert (rows < int(method.buckets[0])).all()
