@@ -99,7 +99,7 @@ class DedupEmbedding(MultiStageMixin, EmbeddingMethod):
         self.weight = nn.Parameter(torch.empty(rows, config.dim).normal_(std=config.init_std))
         self.register_buffer("row_start", table_starts(self.table_rows), persistent=False)
         self.phase = "warmup"
-        self.merge_report: dict[str, int] = {}
+        self.merge_report: dict[str, float] = {}
 
     def stages(self) -> list[Stage]:
         return [Stage("warmup"), Stage("dedup", kind="procedure"), Stage("finetune")]
@@ -124,13 +124,15 @@ class DedupEmbedding(MultiStageMixin, EmbeddingMethod):
 
     def run_procedure(self, stage: Stage, context: StageContext) -> None:
         """Merges blocks until ``keep`` unique blocks remain (``block_target``: each block's
-        representative)."""
-        blocks = self.weight.detach().view(self.num_blocks, -1)
+        representative), on the CPU; the merged table's validation AUC goes to the summary."""
+        blocks = self.weight.detach().cpu().view(self.num_blocks, -1)
         generator = torch.Generator().manual_seed(context.seed)
         matcher = BlockMatcher(self.config.lsh_tables, self.config.lsh_width, self.config.tolerance, generator)
         target, report = matcher.merge(blocks, self.num_blocks - self.keep, self.config.similarity)
         self.block_target.copy_(target)
-        self.merge_report = report
+        with torch.no_grad():
+            self.weight.copy_(self.weight.view(self.num_blocks, -1)[self.block_target].view_as(self.weight))
+        self.merge_report = {**report, "valid_auc_merged": context.score()}
         log.info("dedup: %d of %d blocks merged (%d below the similarity)", report["merged"], self.num_blocks, report["forced"])
 
     def _compact(self) -> None:

@@ -121,3 +121,12 @@ def test_the_criteo_scale_recipe_validates():
     assert recipe.data.integer_ids and recipe.data.vocab_sizes == CRITEO_VOCABS  # 33,762,577 ids
     assert (recipe.model.bottom_mlp, recipe.model.top_mlp, recipe.embedding.dim) == ([512, 256, 64], [512, 256], 16)
     assert recipe.train.embedding_optimizer.fused and recipe.train.epochs == 1
+
+
+def test_dedup_replays_its_stages_for_eval(tmp_path):
+    from ctr.train.runner import evaluate
+
+    embedding = {"method": "dedup", "dim": 8, **SMOKE["dedup"]}
+    metrics = train(recipe_from_dict(tiny_recipe(tmp_path, embedding=embedding)), tmp_path / "run")
+    again = evaluate(tmp_path / "run", "test")
+    assert abs(again["auc"] - metrics["test"]["auc"]) < 1e-6

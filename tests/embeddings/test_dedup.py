@@ -42,7 +42,7 @@ def test_identical_blocks_are_merged_and_others_kept():
     target = method.block_target
     for block, source in duplicates.items():
         assert target[block] == target[source]
-    assert method.merge_report == {"merged": 20, "forced": 0, "identical": 20}
+    assert method.merge_report == {"merged": 20, "forced": 0, "identical": 20, "valid_auc_merged": 0.5}
     assert target.unique().numel() == method.keep
 
 
@@ -79,3 +79,10 @@ def test_third_quartile_is_numpys_and_candidates_come_earlier():
     found = candidates >= 0
     assert found.any()
     assert (rank[candidates[found]] < rank.unsqueeze(1).expand_as(candidates)[found]).all()
+
+
+def test_after_merging_every_block_reads_as_its_representative():
+    method, table = deduplicated(0.3)
+    blocks = method.weight.detach().view(method.num_blocks, -1)
+    before = table.view(method.num_blocks, -1)
+    torch.testing.assert_close(blocks, before[method.block_target])
