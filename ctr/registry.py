@@ -135,7 +135,9 @@ MODELS: Registry[Any] = Registry("model", _table("ctr.models", {
     "deepfm": ["deepfm"], "din": ["din"], "dlrm": ["dlrm"], "lr": ["lr"], "wdl": ["wdl"],
 }), "ctr.models")
 EMBEDDINGS: Registry[Any] = Registry("embedding method", _table("ctr.embeddings", {
-    "dnis": ["dnis"], "full": ["full"], "hashing": ["hash"], "optembed": ["optembed"], "unified": ["unified"],
+    "adaptemb": ["adaptemb"], "compo": ["compo"], "dedup": ["dedup"], "dhe": ["dhe"], "dnis": ["dnis"],
+    "full": ["full"], "hashing": ["hash"], "mgqe": ["mgqe"], "optembed": ["optembed"], "robe": ["robe"],
+    "ttrec": ["ttrec"], "unified": ["unified"],
 }), "ctr.embeddings")
 DATASETS: Registry[Any] = Registry("dataset", _table("ctr.datasets", {
     "amazon": ["amazon"], "avazu": ["avazu"], "criteo": ["criteo"], "libsvm": ["libsvm", "ipinyou"],

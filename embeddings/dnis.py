@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctr.embeddings.base import FP32_BYTES, EmbeddingMethod
-from ctr.embeddings.hashing import require_budget
+from ctr.embeddings.budget import require_budget
 from ctr.embeddings.stages import MultiStageMixin, Stage, StageContext, StagedConfig
 from ctr.embeddings.storage import pack_bits, unpack_bits
 from ctr.errors import RecipeError

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ctr.embeddings.storage import SEED_BYTES, draw_hash_seeds, universal_hash
+from ctr.embeddings.budget import hashed_rows, require_budget
+from ctr.embeddings.storage import draw_hash_seeds, universal_hash
 from ctr.embeddings.table import TableMethod
-from ctr.errors import RecipeError
 from ctr.recipe import EmbeddingConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
-
-FP32_BYTES = 4
 
 
 @dataclass
@@ -23,37 +20,6 @@ class HashConfig(EmbeddingConfig):
     """Settings of ``hash``: the common keys; ``budget`` is required."""
 
     method: str = "hash"
-
-
-def require_budget(config: EmbeddingConfig, method: str) -> float:
-    """The budget of a method that sizes itself from it; a RecipeError when it is missing."""
-    if config.budget is None:
-        raise RecipeError(
-            f"embedding.budget: {method} sizes its storage from a budget (a fraction of the full tables' bytes, e.g. 0.1)"
-        )
-    return config.budget
-
-
-def hashed_rows(tables: dict[str, int], dim: int, budget: float) -> dict[str, int]:
-    """Rows of each table's hashed table so that rows × D floats plus seeds fit the budget.
-
-    Every table gets a share of the budget's rows proportional to its vocabulary, at least
-    one row and at most one per id (a table that keeps one row per id needs no seed); rows
-    added by the one-row minimum are taken back from the largest tables.
-    """
-    row_bytes = dim * FP32_BYTES
-    total = sum(tables.values())
-    budget_rows = math.floor((budget * total * row_bytes - SEED_BYTES * len(tables)) / row_bytes)
-    if budget_rows < len(tables):
-        raise RecipeError(
-            f"embedding.budget: {budget} is too small for hash: {len(tables)} tables need at least one row "
-            f"of {row_bytes} bytes each, the budget holds {max(budget_rows, 0)}"
-        )
-    rows = {name: min(vocab, max(1, math.floor(budget_rows * vocab / total))) for name, vocab in tables.items()}
-    while sum(rows.values()) > budget_rows:
-        largest = max(rows, key=rows.__getitem__)
-        rows[largest] -= 1
-    return rows
 
 
 @EMBEDDINGS.register("hash", config=HashConfig)

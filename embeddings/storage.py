@@ -64,3 +64,9 @@ class KernelLookup:
         if self._resolved is None or self._resolved[0] != weight.device:
             self._resolved = (weight.device, resolve_backend(self.requested, weight.device))
         return embedding_bag(weight, rows, offsets, weights, backend=self._resolved[1])
+
+
+def table_starts(tables: dict[str, int]) -> Tensor:
+    """First global row of each table [T] int64 when the tables' rows are laid end to end."""
+    sizes = torch.tensor(list(tables.values()), dtype=torch.int64)
+    return torch.cumsum(sizes, 0) - sizes

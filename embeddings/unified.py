@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ctr.embeddings.bags import Bags
 from ctr.embeddings.base import EmbeddingMethod
-from ctr.embeddings.hashing import FP32_BYTES, require_budget
+from ctr.embeddings.budget import FP32_BYTES, require_budget
 from ctr.embeddings.storage import SEED_BYTES, KernelLookup, draw_hash_seeds, universal_hash
 from ctr.errors import RecipeError
 from ctr.recipe import EmbeddingConfig

@@ -1,0 +1,168 @@
+"""``mgqe``: Multi-Granular Quantized Embeddings — product-quantized rows, finer for frequent ids."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ctr.batch import JaggedFeatures
+from ctr.embeddings.base import EmbeddingMethod
+from ctr.embeddings.budget import FP32_BYTES, BudgetUnreachableError, budget_bytes, table_counts
+from ctr.embeddings.storage import table_starts
+from ctr.embeddings.types import FeatureEmbeddings
+from ctr.recipe import EmbeddingConfig
+from ctr.registry import EMBEDDINGS
+from ctr.schema import Schema
+
+CODE_BYTES = 1  # a code, uint8
+
+
+@dataclass
+class MGQEConfig(EmbeddingConfig):
+    """Settings of ``mgqe``; ``budget`` is required.
+
+    Args:
+        subspaces: S, the parts of D quantized separately (paper: 4); fewer when the
+            budget cannot hold S codes per id.
+        frequent_centroids, rare_centroids: centroids per subspace the frequent and the
+            rare ids choose among (paper: 256 and 64; rare ids use the first ones).
+        frequent_fraction: share of each table's ids, by training frequency, that is frequent.
+        commitment: β of the commitment loss β·‖e − sg(c)‖².
+    """
+
+    method: str = "mgqe"
+    subspaces: int = 4
+    frequent_centroids: int = 256
+    rare_centroids: int = 64
+    frequent_fraction: float = 0.1
+    commitment: float = 0.25
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.subspaces < 1 or self.dim % self.subspaces:
+            raise ValueError(f"subspaces: {self.subspaces} must divide dim {self.dim}")
+        if not 1 <= self.rare_centroids <= self.frequent_centroids <= 256:
+            raise ValueError("need 1 <= rare_centroids <= frequent_centroids <= 256 (codes are uint8)")
+        if not 0 <= self.frequent_fraction <= 1 or self.commitment < 0:
+            raise ValueError("frequent_fraction must be in [0, 1] and commitment >= 0")
+
+
+def deployed_bytes(config: MGQEConfig, tables: dict[str, int], subspaces: int) -> int:
+    """Codes (one byte per id and subspace) + every table's codebooks (K × D floats)."""
+    codes = sum(tables.values()) * subspaces * CODE_BYTES
+    return codes + len(tables) * config.frequent_centroids * config.dim * FP32_BYTES
+
+
+def subspace_count(config: MGQEConfig, tables: dict[str, int]) -> int:
+    """The largest S ≤ ``subspaces`` dividing D whose codes and codebooks fit the budget."""
+    limit = budget_bytes(config, "mgqe", tables)
+    fitting = [s for s in range(config.subspaces, 0, -1) if config.dim % s == 0 and deployed_bytes(config, tables, s) <= limit]
+    if not fitting:
+        least = deployed_bytes(config, tables, 1) / (sum(tables.values()) * config.dim * FP32_BYTES)
+        raise BudgetUnreachableError("mgqe", config.budget, least, "one code per id and the codebooks need more")
+    return fitting[0]
+
+
+def frequent_mask(counts: np.ndarray, fraction: float) -> np.ndarray:
+    """Bool [V]: the ⌈fraction · V⌉ ids seen most often in training (never-seen ids excluded)."""
+    keep = min(math.ceil(fraction * counts.shape[0]), int((counts > 0).sum()))
+    mask = np.zeros(counts.shape[0], dtype=bool)
+    mask[np.argsort(-counts, kind="stable")[:keep]] = True
+    return mask
+
+
+@EMBEDDINGS.register("mgqe", config=MGQEConfig)
+class MGQEmbedding(EmbeddingMethod):
+    """MGQE: Multi-Granular Quantized Embeddings.
+
+    Kang et al., "Learning Multi-granular Quantized Embeddings for Large-Vocab Categorical
+    Features in Recommender Systems", WWW 2020 (product quantization as DPQ, Chen et al.,
+    ICML 2020, ``vq`` mode). Each table has S codebooks of K = ``frequent_centroids``
+    centroids [K, D/S]. During training id x keeps a query row e_x [D]; each part e_x^s
+    picks its nearest centroid — among all K if x is among the table's most frequent
+    ``frequent_fraction`` ids, else among the first ``rare_centroids`` — and the id embeds
+    as the chosen centroids concatenated, with a straight-through gradient to e_x
+    (e + sg(c − e)). The loss adds ‖c − sg(e)‖² (moves the centroids) and
+    β·‖e − sg(c)‖² (commitment), means over ids and dims. The chosen codes are kept
+    (uint8 [R, S]); evaluation embeds from codes and codebooks only, as deployed.
+
+    Sizing: S is the largest divisor of D up to ``subspaces`` whose codes fit ``budget`` ×
+    full bytes; the paper's design has no other budget knob, so above about S / (4·D) of
+    the full bytes it stores less than the budget. ``memory_bytes`` = codes (1 byte per id
+    and subspace) + codebooks (fp32); the query rows are training state, not deployed.
+
+    Deviation: a rare id's code (< 64) is stored in a byte, not packed in 6 bits.
+
+    Shapes: ids [N] of features [N] → [N, D].
+    """
+
+    def __init__(self, schema: Schema, config: MGQEConfig):
+        super().__init__(schema, config)
+        counts = table_counts(schema, "mgqe")
+        self.subspaces = subspace_count(config, self.table_rows)
+        rows = sum(self.table_rows.values())
+        frequent = np.concatenate([frequent_mask(counts[name], config.frequent_fraction) for name in self.table_names])
+        self.register_buffer("frequent", torch.from_numpy(frequent), persistent=False)
+        self.register_buffer("row_start", table_starts(self.table_rows), persistent=False)
+        self.register_buffer("codes", torch.zeros(rows, self.subspaces, dtype=torch.uint8))
+        part = config.dim // self.subspaces
+        self.codebooks = nn.Parameter(torch.empty(len(self.table_names), self.subspaces, config.frequent_centroids, part))
+        nn.init.normal_(self.codebooks, std=config.init_std)
+        self.weight = nn.Parameter(torch.empty(rows, config.dim).normal_(std=config.init_std))
+        self._losses: list[Tensor] = []
+
+    def forward(self, sparse: JaggedFeatures) -> FeatureEmbeddings:
+        self._losses = []
+        return super().forward(sparse)
+
+    def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
+        tables = self.feature_table[feature]
+        rows = self.row_start[tables] + ids
+        if not self.training:
+            return self.decode(tables, self.codes[rows].long())
+        query = F.embedding(rows, self.weight, sparse=True)  # [N, D]
+        codes = self.assign(tables, rows, query.detach())
+        with torch.no_grad():
+            self.codes[rows] = codes.to(torch.uint8)
+        centroids = self.decode(tables, codes)
+        self._losses.append(
+            F.mse_loss(centroids, query.detach()) + self.config.commitment * F.mse_loss(query, centroids.detach())
+        )
+        return query + (centroids - query).detach()
+
+    def assign(self, tables: Tensor, rows: Tensor, query: Tensor) -> Tensor:
+        """Nearest allowed centroid [N, S] of each part of each query [N, D]."""
+        parts = query.view(query.shape[0], self.subspaces, -1)  # [N, S, d]
+        codes = torch.empty(parts.shape[:2], dtype=torch.int64, device=query.device)
+        for table in tables.unique().tolist():
+            chosen = torch.nonzero(tables == table).squeeze(1)
+            book = self.codebooks[table].detach()  # [S, K, d]
+            x = parts[chosen]
+            distance = (book * book).sum(-1).unsqueeze(0) - 2 * torch.einsum("nsd,skd->nsk", x, book)
+            rare = ~self.frequent[rows[chosen]]
+            distance[rare, :, self.config.rare_centroids :] = math.inf
+            codes[chosen] = distance.argmin(-1)
+        return codes
+
+    def decode(self, tables: Tensor, codes: Tensor) -> Tensor:
+        """Rows [N, D] from codes [N, S] of tables [N]: the chosen centroids concatenated."""
+        part = torch.arange(self.subspaces, device=codes.device)
+        return self.codebooks[tables.unsqueeze(1), part, codes].flatten(1)
+
+    def regularizer(self) -> Tensor:
+        if not self._losses:
+            return super().regularizer()
+        loss = torch.stack(self._losses).sum()
+        self._losses = []
+        return loss
+
+    def memory_bytes(self) -> int:
+        return self.codes.numel() * self.codes.element_size() + self.codebooks.numel() * self.codebooks.element_size()
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return [self.weight]

@@ -1,0 +1,132 @@
+"""What every budget-sized method of the compression benchmark shares: it stays within its
+budget or refuses it naming the smallest budget it reaches, bad settings are one-line errors,
+and it trains end to end."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from ctr.embeddings.budget import BudgetUnreachableError
+from ctr.embeddings.stages import StageContext
+from ctr.errors import RecipeError
+from ctr.recipe import recipe_from_dict
+from ctr.registry import EMBEDDINGS
+from ctr.train.runner import train
+from tests.conftest import tiny_recipe
+from tests.embeddings.schemas import schema
+
+BIG = {"item": 200000, "user": 100000, "tags": 1000}
+METHODS = {  # method → options for the hand-built schema
+    "compo": {}, "robe": {}, "dhe": {}, "ttrec": {"max_rank": 256}, "adaptemb": {}, "mgqe": {}, "dedup": {},
+}
+UNREACHABLE = {("mgqe", 0.01)}  # one byte of code per id and subspace is 1/64 of a D = 16 row
+FREQUENCIES = ("adaptemb", "mgqe")
+
+
+def build(method, budget, vocabs=BIG, **options):
+    entry = EMBEDDINGS.get(method)
+    config = entry.config(dim=16, budget=budget, **{**METHODS[method], **options})
+    return entry.target(schema(vocabs), config)
+
+
+def deployed(embedding):
+    """The method after its stages (taken by hand, without training): what it deploys."""
+    for stage in embedding.stages():
+        embedding.begin_stage(stage)
+        if stage.kind == "procedure":
+            embedding.run_procedure(stage, StageContext(score=lambda: 0.5, seed=0))
+    return embedding
+
+
+@pytest.mark.parametrize("budget", [0.5, 0.1, 0.01])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_memory_stays_within_the_budget(method, budget):
+    if (method, budget) in UNREACHABLE:
+        with pytest.raises(BudgetUnreachableError) as err:
+            build(method, budget)
+        assert budget < err.value.min_budget < 1
+        assert build(method, err.value.min_budget * 1.01).memory_bytes() <= err.value.min_budget * 1.01 * build(
+            "robe", 0.5).full_bytes()
+        return
+    embedding = deployed(build(method, budget))
+    assert embedding.memory_bytes() <= budget * embedding.full_bytes()
+    assert embedding.memory_bytes() > 0
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_bad_options_and_budgets_are_one_line_recipe_errors(method):
+    with pytest.raises(RecipeError, match=r"^embedding\.no_such_option: unknown key"):
+        recipe_from_dict({"embedding": {"method": method, "budget": 0.1, "no_such_option": 1}})
+    for budget in (0, 1.5, -0.1):
+        with pytest.raises(RecipeError, match=r"^embedding: budget must be in \(0, 1\]$"):
+            recipe_from_dict({"embedding": {"method": method, "budget": budget}})
+    with pytest.raises(RecipeError, match=rf"^embedding\.budget: {method} sizes its storage from a budget"):
+        build(method, None)
+    with pytest.raises(BudgetUnreachableError, match=rf"^embedding\.budget: 1e-07 is too small for {method}: [^\n]*$"):
+        build(method, 1e-7)
+
+
+@pytest.mark.parametrize("method", FREQUENCIES)
+def test_methods_without_their_frequencies_refuse_in_one_line(method):
+    bare = schema()
+    del bare.counts["user"]
+    entry = EMBEDDINGS.get(method)
+    with pytest.raises(RecipeError, match=rf"^embedding\.method: {method} needs the training frequencies of table 'user'"):
+        entry.target(bare, entry.config(dim=8, budget=0.5))
+
+
+SMOKE = {  # tiny data: 1151 ids at D = 8, so DHE and MGQE get smaller encodings and codebooks
+    "compo": {"budget": 0.5}, "robe": {"budget": 0.1, "block": 2}, "dhe": {"budget": 0.5, "hashes": 32},
+    "ttrec": {"budget": 0.25}, "adaptemb": {"budget": 0.25},
+    "mgqe": {"budget": 0.5, "frequent_centroids": 8, "rare_centroids": 4}, "dedup": {"budget": 0.3, "block_rows": 4},
+}
+
+
+@pytest.mark.parametrize("method", sorted(SMOKE))
+def test_each_method_trains_one_epoch_on_tiny_data(method, tmp_path):
+    embedding = {"method": method, "dim": 8, **SMOKE[method]}
+    metrics = train(recipe_from_dict(tiny_recipe(tmp_path, embedding=embedding)), tmp_path / "run")
+    assert metrics["embedding_bytes"] <= embedding["budget"] * metrics["full_embedding_bytes"]
+    assert metrics["steps"] > 0 and np.isfinite(metrics["test"]["logloss"])
+    if method == "dedup":  # warm-up, deduplication, fine-tuning
+        assert set(metrics["stage_seconds"]) == {"warmup", "dedup", "finetune"}
+
+
+def test_an_unreachable_budget_exits_2_with_one_line(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, embedding={"method": "mgqe", "dim": 8, "budget": 0.1})))
+    result = subprocess.run([sys.executable, "-m", "ctr.cli", "train", str(recipe)], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert "smallest budget it reaches is" in lines[-1] and lines[-1].startswith("ctr: error: embedding.budget")
+
+
+def test_ctr_models_lists_the_methods():
+    result = subprocess.run([sys.executable, "-m", "ctr.cli", "models"], capture_output=True, text=True)
+    for method in METHODS:
+        assert f"  {method} " in result.stdout
+
+
+def test_the_criteo_scale_recipe_validates():
+    from pathlib import Path
+
+    from ctr.datasets.synthetic import CRITEO_VOCABS
+    from ctr.recipe import load_recipe
+
+    root = Path(__file__).resolve().parents[2]
+    recipe = load_recipe(root / "recipes" / "criteo_synth" / "dlrm.yaml")
+    assert recipe.data.integer_ids and recipe.data.vocab_sizes == CRITEO_VOCABS  # 33,762,577 ids
+    assert (recipe.model.bottom_mlp, recipe.model.top_mlp, recipe.embedding.dim) == ([512, 256, 64], [512, 256], 16)
+    assert recipe.train.embedding_optimizer.fused and recipe.train.epochs == 1
+
+
+def test_dedup_replays_its_stages_for_eval(tmp_path):
+    from ctr.train.runner import evaluate
+
+    embedding = {"method": "dedup", "dim": 8, **SMOKE["dedup"]}
+    metrics = train(recipe_from_dict(tiny_recipe(tmp_path, embedding=embedding)), tmp_path / "run")
+    again = evaluate(tmp_path / "run", "test")
+    assert abs(again["auc"] - metrics["test"]["auc"]) < 1e-6

@@ -1,0 +1,88 @@
+import numpy as np
+import torch
+
+from ctr.embeddings.dedup import DedupConfig, DedupEmbedding
+from ctr.embeddings.lsh import BlockMatcher, third_quartile
+from ctr.embeddings.stages import StageContext
+from tests.embeddings.schemas import batch, schema
+
+CONTEXT = StageContext(score=lambda: 0.5, seed=3)
+
+
+def deduplicated(budget, prepare=None):
+    """A dedup method taken through its stages by hand (no training); the table before dedup."""
+    method = DedupEmbedding(schema(), DedupConfig(dim=8, budget=budget, block_rows=4))
+    warmup, dedup, finetune = method.stages()
+    method.begin_stage(warmup)
+    if prepare:
+        prepare(method)
+    table = method.weight.detach().clone()
+    method.begin_stage(dedup)
+    method.run_procedure(dedup, CONTEXT)
+    return method, table
+
+
+def budget_for(unique_blocks, method_blocks=410, rows=1640, dim=8, block_rows=4):
+    """The budget that holds exactly ``unique_blocks`` blocks plus the block index."""
+    return (unique_blocks * block_rows * dim * 4 + 4 * method_blocks) / (rows * dim * 4)
+
+
+def test_identical_blocks_are_merged_and_others_kept():
+    duplicates = {5: 1, 9: 1, 301: 77, **{200 + i: 10 + i for i in range(17)}}  # block → the block it copies
+
+    def plant(method):
+        with torch.no_grad():
+            method.weight.normal_(std=0.1)  # distinct blocks: few elements within 0.01
+            blocks = method.weight.view(method.num_blocks, -1)
+            for block, source in duplicates.items():
+                blocks[block] = blocks[source]
+
+    method, _ = deduplicated(budget_for(410 - len(duplicates)), plant)
+    assert method.num_blocks == 410 and method.keep == 410 - len(duplicates)
+    target = method.block_target
+    for block, source in duplicates.items():
+        assert target[block] == target[source]
+    assert method.merge_report == {"merged": 20, "forced": 0, "identical": 20, "valid_auc_merged": 0.5}
+    assert target.unique().numel() == method.keep
+
+
+def test_bytes_fall_to_the_budget_and_ids_read_their_representative_block():
+    method, table = deduplicated(0.3)
+    target = method.block_target.clone()
+    method.begin_stage(method.stages()[2])
+    limit = 0.3 * method.full_bytes()
+    assert method.memory_bytes() == method.keep * 4 * 8 * 4 + 4 * method.num_blocks <= limit
+    assert method.memory_bytes() > limit - 4 * 8 * 4  # one more block would not fit
+    assert method.weight.shape[0] == method.keep * 4 and method.block_index.dtype == torch.int32
+    ids = torch.arange(2, 1000)
+    got = method.embed_ids(torch.zeros_like(ids), ids)
+    want = table[target[ids // 4] * 4 + ids % 4]
+    torch.testing.assert_close(got, want)
+    out = method(batch())
+    out.pooled.sum().backward()
+    assert method.weight.grad.is_sparse
+
+
+def test_a_short_supply_of_similar_blocks_is_forced_to_the_budget():
+    method, _ = deduplicated(0.05)
+    report = method.merge_report
+    assert report["merged"] == method.num_blocks - method.keep and report["forced"] > 0
+    assert method.block_target.unique().numel() == method.keep
+
+
+def test_third_quartile_is_numpys_and_candidates_come_earlier():
+    blocks = torch.randn(300, 24)
+    np.testing.assert_allclose(third_quartile(blocks).numpy(), np.percentile(blocks.numpy(), 75, axis=1), rtol=1e-5)
+    matcher = BlockMatcher(8, 1.0, 0.01, torch.Generator().manual_seed(0))
+    rank = torch.randperm(300)
+    candidates = matcher.candidates(blocks, rank)
+    found = candidates >= 0
+    assert found.any()
+    assert (rank[candidates[found]] < rank.unsqueeze(1).expand_as(candidates)[found]).all()
+
+
+def test_after_merging_every_block_reads_as_its_representative():
+    method, table = deduplicated(0.3)
+    blocks = method.weight.detach().view(method.num_blocks, -1)
+    before = table.view(method.num_blocks, -1)
+    torch.testing.assert_close(blocks, before[method.block_target])

@@ -1,0 +1,54 @@
+import torch
+
+from ctr.embeddings.mgqe import MGQEConfig, MGQEmbedding
+from tests.embeddings.schemas import schema
+
+BIG = {"item": 20000, "user": 10000, "tags": 1000}
+
+
+def trained_codes(method):
+    """Codes after one training pass over every id of item and user."""
+    method.train()
+    for table in (0, 1):
+        ids = torch.arange(2, method.table_rows[method.table_names[table]])
+        method.embed_ids(torch.full_like(ids, table), ids)
+    return method.codes.long()
+
+
+def test_frequent_ids_choose_among_256_centroids_and_rare_among_64():
+    method = MGQEmbedding(schema(BIG), MGQEConfig(dim=16, budget=0.1))
+    assert method.subspaces == 4
+    codes = trained_codes(method)
+    frequent = method.frequent
+    assert codes[frequent].max() < 256 and codes[frequent].max() >= 64
+    assert codes[~frequent].max() < 64
+    assert frequent[:20000].sum() == 2000  # top 10 % of item's ids
+
+
+def test_stored_bytes_are_codes_plus_codebooks_and_evaluation_reads_only_them():
+    method = MGQEmbedding(schema(BIG), MGQEConfig(dim=16, budget=0.1))
+    assert method.memory_bytes() == method.codes.numel() + method.codebooks.numel() * 4
+    assert method.memory_bytes() <= 0.1 * method.full_bytes()
+    trained_codes(method)
+    method.eval()
+    ids = torch.arange(2, 50)
+    before = method.embed_ids(torch.zeros_like(ids), ids)
+    with torch.no_grad():
+        method.weight.normal_()  # the query rows are training state only
+    torch.testing.assert_close(method.embed_ids(torch.zeros_like(ids), ids), before)
+
+
+def test_straight_through_and_commitment_losses():
+    method = MGQEmbedding(schema(BIG), MGQEConfig(dim=16, budget=0.1))
+    ids = torch.arange(2, 300)
+    out = method.embed_ids(torch.zeros_like(ids), ids)
+    reg = method.regularizer()
+    assert reg > 0
+    (out.sum() + reg).backward()
+    assert method.weight.grad.is_sparse and method.codebooks.grad.abs().sum() > 0
+    assert method.regularizer() == 0  # the losses are taken once
+
+
+def test_subspaces_shrink_to_fit_the_budget():
+    method = MGQEmbedding(schema(BIG), MGQEConfig(dim=16, budget=0.07))
+    assert method.subspaces == 2 and method.memory_bytes() <= 0.07 * method.full_bytes()
