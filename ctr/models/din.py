@@ -24,7 +24,7 @@ Variant = Literal["paper", "authors", "ctr"]
 
 @dataclass
 class DINConfig(MLPConfig, ModelConfig):
-    """DIN settings (defaults: the paper, Fig. 2 and §4–5).
+    """DIN settings (defaults: the paper, Fig. 2).
 
     Args:
         variant: which published form (see ``DIN``): ``paper`` (default), ``authors`` (the
@@ -98,7 +98,7 @@ class DIN(CTRModel):
       the candidate times the attention-pooled interest, q ⊙ Σ_j a_j k_j; unit input
       ``[q, k_j, q − k_j, q ⊙ k_j]``; softmax.
 
-    Mini-batch aware regularization (§4.3.1, Eq. 4–5): with ``l2_reg`` = λ the loss gains
+    Mini-batch aware regularization (the paper's "Mini-batch Aware Regularization", Eq. 4–5): with ``l2_reg`` = λ the loss gains
     ``λ/2 · Σ_j ‖w_j‖² / n_j`` over the distinct embedding rows j present in the batch
     (padding excluded), n_j the row's frequency in the training data (the schema's counts),
     so the gradient of row j is the paper's λ·w_j/n_j and rows absent from the batch are
