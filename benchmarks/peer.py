@@ -64,6 +64,9 @@ def peer_model(recipe: Recipe, schema, seed: int):
         if cfg.heads * cfg.head_dim != dim or cfg.scale:
             raise SystemExit("peer: DeepCTR-Torch's AutoInt uses heads × head_dim = embedding dim and unscaled "
                              f"scores; set model.head_dim={dim // cfg.heads} model.scale=false")
+        if cfg.projection_relu or cfg.layer_norm or cfg.embedding_dropout:
+            raise SystemExit("peer: DeepCTR-Torch's AutoInt has none of the authors' options; set "
+                             "model.projection_relu=false model.layer_norm=false model.embedding_dropout=0")
         hidden = tuple(cfg.hidden) if name == "autoint_plus" else ()
         return models.AutoInt([], cols, att_layer_num=cfg.layers, att_head_num=cfg.heads, att_res=cfg.residual,
                               dnn_hidden_units=hidden, dnn_dropout=getattr(cfg, "dropout", 0.0), **common)
