@@ -48,9 +48,10 @@ def peer_model(recipe: Recipe, schema, seed: int):
     common = dict(l2_reg_embedding=0.0, init_std=std, seed=seed, device="cpu")
     name = cfg.name
     if name == "din":
-        if cfg.l2_reg or cfg.interest_product:
-            raise SystemExit("peer: DeepCTR-Torch's DIN has neither mini-batch aware L2 nor the candidate ⊙ interest "
-                             "input; compare with -o model.l2_reg=0 -o model.interest_product=false")
+        if cfg.l2_reg or cfg.attention_scale or cfg.variant != "paper" or cfg.unit_input != "authors":
+            raise SystemExit("peer: DeepCTR-Torch's DIN is the paper's top input with the authors' activation-unit "
+                             "input [q, k, q - k, q * k] and no mini-batch aware L2; compare with -o model.l2_reg=0 "
+                             "-o model.variant=paper -o model.attention_input=authors")
         if cfg.activation == "dice":
             raise SystemExit("peer: DeepCTR-Torch 0.3.0's DIN fails with a Dice top MLP (its DNN builds a 3-d Dice "
                              "for 2-d inputs); compare with -o model.activation=prelu")
@@ -58,11 +59,14 @@ def peer_model(recipe: Recipe, schema, seed: int):
         att_act = "Dice" if cfg.attention_activation == "dice" else cfg.attention_activation
         return models.DIN(cols, targets, dnn_hidden_units=tuple(cfg.hidden), dnn_activation=cfg.activation,
                           att_hidden_size=tuple(cfg.attention_hidden), att_activation=att_act,
-                          att_weight_normalization=cfg.softmax, dnn_dropout=cfg.dropout, **common)
+                          att_weight_normalization=cfg.normalise, dnn_dropout=cfg.dropout, **common)
     if name in ("autoint", "autoint_plus"):
         if cfg.heads * cfg.head_dim != dim or cfg.scale:
             raise SystemExit("peer: DeepCTR-Torch's AutoInt uses heads × head_dim = embedding dim and unscaled "
                              f"scores; set model.head_dim={dim // cfg.heads} model.scale=false")
+        if cfg.projection_relu or cfg.layer_norm or cfg.embedding_dropout:
+            raise SystemExit("peer: DeepCTR-Torch's AutoInt has none of the authors' options; set "
+                             "model.projection_relu=false model.layer_norm=false model.embedding_dropout=0")
         hidden = tuple(cfg.hidden) if name == "autoint_plus" else ()
         return models.AutoInt([], cols, att_layer_num=cfg.layers, att_head_num=cfg.heads, att_res=cfg.residual,
                               dnn_hidden_units=hidden, dnn_dropout=getattr(cfg, "dropout", 0.0), **common)

@@ -69,7 +69,10 @@ class DNIS(MultiStageMixin, EmbeddingMethod):
     """DNIS: a soft selection layer over embedding dimensions, searched on validation data.
 
     Cheng, Shen, Huang, "Differentiable Neural Input Search for Recommender Systems",
-    arXiv:2006.04466 (2020); details follow the authors' code (AutoSrh, its TKDE extension).
+    arXiv:2006.04466 (2020); details the paper leaves open follow the authors' code of its
+    TKDE extension AutoSrh (github.com/Viperccc/AutoSrh), except the grouping: AutoSrh cuts
+    frequency-sorted ids into blocks of given id counts (``model/nas.py``, ``feature_split``),
+    ``frequency_blocks`` into blocks of equal shares of the occurrences.
 
     1. ``search`` (train, bilevel): ids are grouped by training frequency into K blocks
        (over all tables, each block an equal share of the occurrences); id v of block k

@@ -24,7 +24,14 @@ class AutoIntConfig(ModelConfig):
         heads: attention heads H per layer.
         head_dim: d', the width of each head (a layer outputs H·d' per field).
         residual: add the residual projection W_Res e_m (paper Eq. 8).
-        scale: divide attention scores by √d' (scaled dot-product; the paper's Eq. 5 does not).
+        scale: divide attention scores by √d' (scaled dot-product; the paper's Eq. 5 does not;
+            the authors' code does, shichence/AutoInt ``model.py``, ``multihead_attention``).
+        projection_relu: a bias and a ReLU on the Q, K, V and residual projections (the
+            authors' ``multihead_attention``; not in the paper).
+        layer_norm: layer normalisation after every interacting layer (the authors'
+            ``multihead_attention`` ends with ``normalize``; not in the paper).
+        embedding_dropout: dropout on the field vectors before the interacting layers (the
+            authors' ``_init_graph``, ``dropout_keep_prob[1]``; 0 in their default run).
     """
 
     name: str = "autoint"
@@ -33,10 +40,15 @@ class AutoIntConfig(ModelConfig):
     head_dim: int = 32
     residual: bool = True
     scale: bool = True
+    projection_relu: bool = False
+    layer_norm: bool = False
+    embedding_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if min(self.layers, self.heads, self.head_dim) < 1:
             raise ValueError("layers, heads and head_dim must be >= 1")
+        if not 0 <= self.embedding_dropout < 1:
+            raise ValueError("embedding_dropout must be in [0, 1)")
 
 
 @MODELS.register("autoint", config=AutoIntConfig)
@@ -47,7 +59,9 @@ class AutoInt(CTRModel):
     multi-valued (sequence) features the mean of theirs, and a numeric feature x_m the
     vector x_m·v_m. Interacting layers (``InteractingLayer``) let every field attend to every
     other, so layer l models interactions of order up to l + 1; the output layer is
-    ``σ(wᵀ(e_1^Res ⊕ … ⊕ e_M^Res) + b)`` (Eq. 9).
+    ``σ(wᵀ(e_1^Res ⊕ … ⊕ e_M^Res) + b)`` (Eq. 9). ``projection_relu``, ``layer_norm`` and
+    ``embedding_dropout`` turn on what the authors' code (shichence/AutoInt ``model.py``) adds
+    to the paper; all are off by default (AutoInt+'s DNN reads the same, dropped-out field vectors).
 
     Shapes: pooled [B, F, D], dense [B, Nd] → logits [B].
     """
@@ -57,14 +71,16 @@ class AutoInt(CTRModel):
         self.fields = len(layout.pooled) + len(layout.sequences) + self.num_dense
         self.numeric = NumericEmbedding(self.num_dense, layout.dim) if self.num_dense else None
         width = config.heads * config.head_dim
+        self.embedding_dropout = nn.Dropout(config.embedding_dropout)
         self.interacting = nn.Sequential(
-            *(InteractingLayer(layout.dim if i == 0 else width, config.head_dim, config.heads, config.residual, config.scale)
+            *(InteractingLayer(layout.dim if i == 0 else width, config.head_dim, config.heads, config.residual,
+                               config.scale, config.projection_relu, config.layer_norm)
               for i in range(config.layers))
         )
         self.out = nn.Linear(self.fields * width, 1)
 
     def forward(self, batch: Batch, embedded: FeatureEmbeddings) -> Tensor:
-        fields = field_vectors(embedded, self.layout, self.numeric, batch.dense)  # [B, M, D]
+        fields = self.embedding_dropout(field_vectors(embedded, self.layout, self.numeric, batch.dense))  # [B, M, D]
         return self.attention_logit(fields)
 
     def attention_logit(self, fields: Tensor) -> Tensor:

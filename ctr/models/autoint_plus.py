@@ -10,24 +10,23 @@ from ctr.batch import Batch
 from ctr.embeddings.types import EmbeddingLayout, FeatureEmbeddings
 from ctr.models.autoint import AutoInt, AutoIntConfig
 from ctr.models.base import field_vectors
-from ctr.models.layers import MLP, Activation
+from ctr.models.layers import MLPConfig
 from ctr.registry import MODELS
 from ctr.schema import Schema
 
 
 @dataclass
-class AutoIntPlusConfig(AutoIntConfig):
+class AutoIntPlusConfig(AutoIntConfig, MLPConfig):
     """AutoInt+ settings: AutoInt's, plus the parallel DNN.
 
     Args:
-        hidden: DNN hidden widths; activation, dropout, batch_norm: of the DNN.
+        hidden: DNN hidden widths (default 400-400: the authors' AutoInt+ run,
+            shichence/AutoInt ``test_code.sh``, ``--deep_layers "[400, 400]"``).
+        activation, dropout, batch_norm: of the DNN.
     """
 
     name: str = "autoint_plus"
-    hidden: list[int] = field(default_factory=lambda: [200, 200])
-    activation: Activation = "relu"
-    dropout: float = 0.0
-    batch_norm: bool = False
+    hidden: list[int] = field(default_factory=lambda: [400, 400])
 
 
 @MODELS.register("autoint_plus", config=AutoIntPlusConfig)
@@ -44,8 +43,8 @@ class AutoIntPlus(AutoInt):
     def __init__(self, schema: Schema, layout: EmbeddingLayout, config: AutoIntPlusConfig):
         super().__init__(schema, layout, config)
         width = self.fields * layout.dim
-        self.dnn = MLP(width, config.hidden, config.activation, 1, config.dropout, config.batch_norm)
+        self.dnn = config.mlp(width)
 
     def forward(self, batch: Batch, embedded: FeatureEmbeddings) -> Tensor:
-        fields = field_vectors(embedded, self.layout, self.numeric, batch.dense)  # [B, M, D]
+        fields = self.embedding_dropout(field_vectors(embedded, self.layout, self.numeric, batch.dense))  # [B, M, D]
         return self.attention_logit(fields) + self.dnn(fields.flatten(1)).squeeze(-1)

@@ -10,14 +10,14 @@ from torch import Tensor, nn
 from ctr.batch import Batch
 from ctr.embeddings.types import EmbeddingLayout, FeatureEmbeddings
 from ctr.models.base import CTRModel, pool_sequences
-from ctr.models.layers import MLP, Activation, CrossNetwork
+from ctr.models.layers import CrossNetwork, MLPConfig
 from ctr.recipe import ModelConfig
 from ctr.registry import MODELS
 from ctr.schema import Schema
 
 
 @dataclass
-class DCNConfig(ModelConfig):
+class DCNConfig(MLPConfig, ModelConfig):
     """DCN settings (defaults: the paper's best Criteo setting, §4.2).
 
     Args:
@@ -30,8 +30,6 @@ class DCNConfig(ModelConfig):
     name: str = "dcn"
     cross_layers: int = 6
     hidden: list[int] = field(default_factory=lambda: [1024, 1024])
-    activation: Activation = "relu"
-    dropout: float = 0.0
     batch_norm: bool = True
 
     def __post_init__(self) -> None:
@@ -56,7 +54,7 @@ class DCN(CTRModel):
         super().__init__(schema, layout, config)
         width = (len(layout.pooled) + len(layout.sequences)) * layout.dim + self.num_dense
         self.cross = CrossNetwork(width, config.cross_layers)
-        self.deep = MLP(width, config.hidden, config.activation, None, config.dropout, config.batch_norm)
+        self.deep = config.mlp(width, None)
         self.out = nn.Linear(width + self.deep.out_dim, 1)
 
     def forward(self, batch: Batch, embedded: FeatureEmbeddings) -> Tensor:

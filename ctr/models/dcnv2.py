@@ -11,14 +11,14 @@ from torch import Tensor, nn
 from ctr.batch import Batch
 from ctr.embeddings.types import EmbeddingLayout, FeatureEmbeddings
 from ctr.models.base import CTRModel, pool_sequences
-from ctr.models.layers import MLP, Activation, CrossNetworkV2
+from ctr.models.layers import CrossNetworkV2, MLPConfig
 from ctr.recipe import ModelConfig
 from ctr.registry import MODELS
 from ctr.schema import Schema
 
 
 @dataclass
-class DCNv2Config(ModelConfig):
+class DCNv2Config(MLPConfig, ModelConfig):
     """DCN-V2 settings.
 
     Args:
@@ -36,9 +36,6 @@ class DCNv2Config(ModelConfig):
     low_rank: int | None = None
     experts: int = 1
     hidden: list[int] = field(default_factory=lambda: [1024, 1024])
-    activation: Activation = "relu"
-    dropout: float = 0.0
-    batch_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.cross_layers < 1 or self.experts < 1 or (self.low_rank is not None and self.low_rank < 1):
@@ -64,7 +61,7 @@ class DCNv2(CTRModel):
         super().__init__(schema, layout, config)
         width = (len(layout.pooled) + len(layout.sequences)) * layout.dim + self.num_dense
         self.cross = CrossNetworkV2(width, config.cross_layers, config.low_rank, config.experts)
-        self.deep = MLP(width, config.hidden, config.activation, None, config.dropout, config.batch_norm)
+        self.deep = config.mlp(width, None)
         stacked = config.structure == "stacked"
         self.out = nn.Linear(self.deep.out_dim if stacked else width + self.deep.out_dim, 1)
 

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import Tensor
 
 from ctr.batch import Batch
 from ctr.embeddings.types import EmbeddingLayout, FeatureEmbeddings
 from ctr.models.base import CTRModel, pool_sequences
-from ctr.models.layers import MLP, Activation, FactorizationMachine, NumericEmbedding
+from ctr.models.layers import FactorizationMachine, MLPConfig, NumericEmbedding
 from ctr.recipe import ModelConfig
 from ctr.registry import MODELS
 from ctr.schema import Schema
 
 
 @dataclass
-class DeepFMConfig(ModelConfig):
+class DeepFMConfig(MLPConfig, ModelConfig):
     """DeepFM settings (defaults: the paper's §3.1 settings for all deep models).
 
     Args:
@@ -27,10 +27,7 @@ class DeepFMConfig(ModelConfig):
     """
 
     name: str = "deepfm"
-    hidden: list[int] = field(default_factory=lambda: [400, 400, 400])
-    activation: Activation = "relu"
     dropout: float = 0.5
-    batch_norm: bool = False
 
 
 @MODELS.register("deepfm", config=DeepFMConfig)
@@ -57,7 +54,7 @@ class DeepFM(CTRModel):
         self.numeric = NumericEmbedding(self.num_dense, d) if self.num_dense else None
         self.fm = FactorizationMachine(sparse_fields + self.num_dense, d)
         width = (sparse_fields + self.num_dense) * d
-        self.dnn = MLP(width, config.hidden, config.activation, 1, config.dropout, config.batch_norm)
+        self.dnn = config.mlp(width)
 
     def forward(self, batch: Batch, embedded: FeatureEmbeddings) -> Tensor:
         sparse = pool_sequences(embedded, self.layout)  # [B, F, D]

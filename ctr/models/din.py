@@ -3,58 +3,77 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ctr.batch import Batch
 from ctr.embeddings.types import EmbeddingLayout, FeatureEmbeddings
 from ctr.errors import RecipeError
 from ctr.models.base import CTRModel
-from ctr.models.layers import MLP, Activation, TargetAttention
+from ctr.models.layers import Activation, MLPConfig, TargetAttention, UnitInput
 from ctr.recipe import ModelConfig
 from ctr.registry import MODELS
 from ctr.schema import PAD_ID, Schema
 
 
+Variant = Literal["paper", "authors", "ctr"]
+
+
 @dataclass
-class DINConfig(ModelConfig):
-    """DIN settings (defaults: the paper's Fig. 2 and §5).
+class DINConfig(MLPConfig, ModelConfig):
+    """DIN settings (defaults: the paper, Fig. 2).
 
     Args:
+        variant: which published form (see ``DIN``): ``paper`` (default), ``authors`` (the
+            authors' later code, DIEN's ``Model_DIN``) or ``ctr`` (ctr's own variant).
         target_fields: the candidate's features, e.g. ``[item_id, cat_id]``; their embeddings
             are concatenated into the query.
         sequence_fields: the behaviour sequences aligned with them, e.g.
             ``[hist_item_id, hist_cat_id]`` (per-position features, ``pooling: none``).
             Both default to every per-position sequence whose ``share_with`` names a pooled
             feature, paired with that feature.
-        attention_hidden: hidden widths of the local activation unit (paper: 36).
-        attention_activation: of the activation unit (paper: dice or prelu).
-        softmax: normalise the attention weights (paper: off).
-        hidden: the top MLP's widths (paper: 200-80).
-        activation: of the top MLP (paper: dice).
-        dropout: after each top-MLP layer.
+        attention_hidden: hidden widths of the local activation unit (paper: 36; the
+            authors' code: 80-40).
+        attention_activation: of the activation unit (paper: dice or prelu; the authors'
+            code: sigmoid).
+        attention_input: the activation unit's input, ``paper`` ``[k, q ⊙ k, q]`` or
+            ``authors`` ``[q, k, q − k, q ⊙ k]`` (``None``: the variant's).
+        softmax: normalise the attention weights (``None``: the variant's; paper: off).
+        attention_scale: divide the scores by √E before the softmax (zhougr1993/
+            DeepInterestNetwork ``din/model.py``; off in DIEN's ``din_attention``).
+        hidden, activation, dropout, batch_norm: the top MLP (paper: 200-80, dice).
         l2_reg: λ of the mini-batch aware regularization (0 = off).
-        interest_product: also feed the top MLP the candidate ⊙ interest product, as the
-            authors' later DIN code does (off: the paper's Fig. 2 input).
     """
 
     name: str = "din"
+    variant: Variant = "paper"
     target_fields: list[str] | None = None
     sequence_fields: list[str] | None = None
     attention_hidden: list[int] = field(default_factory=lambda: [36])
     attention_activation: Activation = "dice"
-    softmax: bool = False
+    attention_input: UnitInput | None = None
+    softmax: bool | None = None
+    attention_scale: bool = False
     hidden: list[int] = field(default_factory=lambda: [200, 80])
     activation: Activation = "dice"
-    dropout: float = 0.0
     l2_reg: float = 0.0
-    interest_product: bool = False
 
     def __post_init__(self) -> None:
         if self.l2_reg < 0:
             raise ValueError("l2_reg must be >= 0")
+
+    @property
+    def unit_input(self) -> UnitInput:
+        """The activation unit's input: ``attention_input``, else the variant's."""
+        return self.attention_input or ("paper" if self.variant == "paper" else "authors")
+
+    @property
+    def normalise(self) -> bool:
+        """Whether attention weights are normalised: ``softmax``, else the variant's."""
+        return self.variant != "paper" if self.softmax is None else self.softmax
 
 
 @MODELS.register("din", config=DINConfig)
@@ -62,12 +81,24 @@ class DIN(CTRModel):
     """Deep Interest Network: user interest pooled from behaviours, weighted by the candidate.
 
     The candidate's field embeddings form the query q; each behaviour k_j (the aligned
-    sequence embeddings at position j) gets the weight a_j of the local activation unit over
-    [q, k_j, q − k_j, q ⊙ k_j], and the interest is Σ_j a_j k_j over the valid positions
-    (paper Eq. 3; ``TargetAttention``). The top MLP (Dice) reads every pooled field, the
-    interest and the numeric values. Other per-position sequences are mean-pooled.
+    sequence embeddings at position j) gets the weight a_j of the local activation unit,
+    and the interest is Σ_j a_j k_j over the valid positions (paper Eq. 3;
+    ``TargetAttention``). Other per-position sequences are mean-pooled. The top MLP reads,
+    per ``variant``:
 
-    Mini-batch aware regularization (§4.3.1, Eq. 4–5): with ``l2_reg`` = λ the loss gains
+    - ``paper`` (Fig. 2): every pooled field (the candidate among them), the interest, the
+      numeric values; unit input ``[k_j, q ⊙ k_j, q]``, weights not normalised, Dice.
+    - ``authors``: the authors' later code, mouna99/dien ``script/model.py`` ``Model_DIN``
+      (attention: ``script/utils.py`` ``din_attention``; top MLP: ``Model.build_fcn_net``):
+      the pooled fields, the plain sum of the history Σ_j k_j, the candidate times that sum
+      q ⊙ Σ_j k_j and the interest, batch-normalised before the first layer; unit input
+      ``[q, k_j, q − k_j, q ⊙ k_j]`` and softmax over the valid positions (unscaled, as
+      ``din_attention``). Their 2-way softmax output is one logit here.
+    - ``ctr``: ctr's own variant, in no paper or reference code: the paper's top input plus
+      the candidate times the attention-pooled interest, q ⊙ Σ_j a_j k_j; unit input
+      ``[q, k_j, q − k_j, q ⊙ k_j]``; softmax.
+
+    Mini-batch aware regularization (the paper's "Mini-batch Aware Regularization", Eq. 4–5): with ``l2_reg`` = λ the loss gains
     ``λ/2 · Σ_j ‖w_j‖² / n_j`` over the distinct embedding rows j present in the batch
     (padding excluded), n_j the row's frequency in the training data (the schema's counts),
     so the gradient of row j is the paper's λ·w_j/n_j and rows absent from the batch are
@@ -82,10 +113,12 @@ class DIN(CTRModel):
         self.target_index = [layout.pooled.index(name) for name in self.targets]
         self.others = [name for name in layout.sequences if name not in self.behaviours]
         width = len(self.targets) * layout.dim
-        self.attention = TargetAttention(width, config.attention_hidden, config.attention_activation, config.softmax)
-        products = width if config.interest_product else 0
-        mlp_in = (len(layout.pooled) + len(self.others)) * layout.dim + width + products + self.num_dense
-        self.mlp = MLP(mlp_in, config.hidden, config.activation, 1, config.dropout)
+        self.attention = TargetAttention(width, config.attention_hidden, config.attention_activation,
+                                         config.normalise, config.unit_input, config.attention_scale)
+        extra = {"paper": 0, "authors": 2 * width, "ctr": width}[config.variant]
+        mlp_in = (len(layout.pooled) + len(self.others)) * layout.dim + width + extra + self.num_dense
+        self.input_norm = nn.BatchNorm1d(mlp_in) if config.variant == "authors" else nn.Identity()
+        self.mlp = config.mlp(mlp_in)
         if config.l2_reg:
             self._register_counts(schema)
 
@@ -108,18 +141,28 @@ class DIN(CTRModel):
         return targets, behaviours
 
     def forward(self, batch: Batch, embedded: FeatureEmbeddings) -> Tensor:
+        return self.mlp(self.input_norm(self.mlp_input(batch, embedded))).squeeze(-1)
+
+    def mlp_input(self, batch: Batch, embedded: FeatureEmbeddings) -> Tensor:
+        """The top MLP's input of ``variant`` (before the authors' BatchNorm): [B, W]."""
         pooled = embedded.pooled  # [B, F, D]
         query = pooled[:, self.target_index].flatten(1)  # [B, K·D]
         keys = torch.cat([embedded.sequences[n] for n in self.behaviours], dim=-1)  # [B, L, K·D]
-        interest = self.attention(query, keys, embedded.masks[self.behaviours[0]])
-        parts = [pooled.flatten(1), interest]
-        if self.config.interest_product:
+        mask = embedded.masks[self.behaviours[0]]
+        interest = self.attention(query, keys, mask)
+        parts = [pooled.flatten(1)]
+        if self.config.variant == "authors":
+            history = (keys * mask.unsqueeze(-1).to(keys.dtype)).sum(1)
+            parts += [history, query * history, interest]
+        else:
+            parts.append(interest)
+        if self.config.variant == "ctr":
             parts.append(query * interest)
         for name in self.others:
-            mask = embedded.masks[name].unsqueeze(-1).to(pooled.dtype)
-            parts.append((embedded.sequences[name] * mask).sum(1) / mask.sum(1).clamp(min=1))
+            valid = embedded.masks[name].unsqueeze(-1).to(pooled.dtype)
+            parts.append((embedded.sequences[name] * valid).sum(1) / valid.sum(1).clamp(min=1))
         parts.append(batch.dense)
-        return self.mlp(torch.cat(parts, dim=1)).squeeze(-1)
+        return torch.cat(parts, dim=1)
 
     def _register_counts(self, schema: Schema) -> None:
         """Buffers mapping a row key (table start + id) to its count, table and a feature."""

@@ -59,11 +59,15 @@ class DLRM(CTRModel):
         self.top = MLP(top_in, config.top_mlp, act="relu", out_dim=1)
 
     def forward(self, batch: Batch, embedded: FeatureEmbeddings) -> Tensor:
+        return self.top(self.interaction(batch, embedded)).squeeze(-1)
+
+    def interaction(self, batch: Batch, embedded: FeatureEmbeddings) -> Tensor:
+        """The top MLP's input: x, then ⟨v_i, v_j⟩ for i < j (i ≤ j with ``interaction_self``)
+        over [x, e_1..e_F] in row-major order: [B, D + pairs] (without x when there is no x)."""
         fields = pool_sequences(embedded, self.layout)  # [B, F, D]
         if self.bottom is not None:
             x = self.bottom(batch.dense)  # [B, D]
             fields = torch.cat([x.unsqueeze(1), fields], dim=1)
         dots = torch.bmm(fields, fields.transpose(1, 2))  # [B, V, V]
         pairs = dots.flatten(1).index_select(1, self.pairs)  # [B, V(V-1)/2]
-        top_in = torch.cat([x, pairs], dim=1) if self.bottom is not None else pairs
-        return self.top(top_in).squeeze(-1)
+        return torch.cat([x, pairs], dim=1) if self.bottom is not None else pairs

@@ -5,6 +5,7 @@ target attention (DIN)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -94,6 +95,25 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+@dataclass
+class MLPConfig:
+    """The MLP keys a model config shares (a mixin of the model configs; recipe keys stay flat).
+
+    Args:
+        hidden: widths of the hidden layers; activation: after each of them;
+        dropout: after each activation; batch_norm: BatchNorm1d after each Linear.
+    """
+
+    hidden: list[int] = field(default_factory=lambda: [400, 400, 400])
+    activation: Activation = "relu"
+    dropout: float = 0.0
+    batch_norm: bool = False
+
+    def mlp(self, in_dim: int, out_dim: int | None = 1) -> MLP:
+        """The MLP these settings describe, from ``in_dim`` inputs to ``out_dim`` outputs."""
+        return MLP(in_dim, self.hidden, self.activation, out_dim, self.dropout, self.batch_norm)
 
 
 class NumericEmbedding(nn.Module):
@@ -247,6 +267,11 @@ class InteractingLayer(nn.Module):
     ``scale``), and the heads' outputs are concatenated; a residual projection W_Res e_m is
     added before the ReLU: ``e_m^Res = ReLU(⊕_h ẽ_m^(h) + W_Res e_m)``.
 
+    Options of the authors' code (shichence/AutoInt, ``model.py``, ``multihead_attention``),
+    not in the paper: ``projection_relu`` gives the Q, K, V and residual projections a bias
+    and a ReLU; ``layer_norm`` normalises each field's output over its H·d' units (learned
+    gain and shift, ε = 1e-8) after the final ReLU.
+
     Args:
         in_dim: input width per field; head_dim: d'; heads: H; residual: add W_Res e_m;
         scale: divide the scores by √d' (scaled dot-product; Eq. 5 of the paper has none).
@@ -254,48 +279,79 @@ class InteractingLayer(nn.Module):
     Shapes: [B, F, in_dim] → [B, F, H·d'].
     """
 
-    def __init__(self, in_dim: int, head_dim: int, heads: int, residual: bool = True, scale: bool = True):
+    def __init__(self, in_dim: int, head_dim: int, heads: int, residual: bool = True, scale: bool = True,
+                 projection_relu: bool = False, layer_norm: bool = False):
         super().__init__()
-        self.heads, self.head_dim, self.scale = heads, head_dim, scale
-        self.qkv = nn.Linear(in_dim, 3 * heads * head_dim, bias=False)
-        self.residual = nn.Linear(in_dim, heads * head_dim, bias=False) if residual else None
+        self.heads, self.head_dim, self.scale, self.projection_relu = heads, head_dim, scale, projection_relu
+        width = heads * head_dim
+        self.qkv = nn.Linear(in_dim, 3 * width, bias=projection_relu)
+        self.residual = nn.Linear(in_dim, width, bias=projection_relu) if residual else None
+        self.norm = nn.LayerNorm(width, eps=1e-8) if layer_norm else None
+
+    def _project(self, linear: nn.Linear, fields: Tensor) -> Tensor:
+        out = linear(fields)
+        return torch.relu(out) if self.projection_relu else out
 
     def forward(self, fields: Tensor) -> Tensor:
         b, f, _ = fields.shape
-        q, k, v = self.qkv(fields).view(b, f, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = self._project(self.qkv, fields)
+        q, k, v = qkv.view(b, f, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         scores = q @ k.transpose(-1, -2)  # [B, H, F, F]
         if self.scale:
             scores = scores / math.sqrt(self.head_dim)
         out = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(b, f, -1)
         if self.residual is not None:
-            out = out + self.residual(fields)
-        return torch.relu(out)
+            out = out + self._project(self.residual, fields)
+        out = torch.relu(out)
+        return out if self.norm is None else self.norm(out)
+
+
+UnitInput = Literal["paper", "authors"]
 
 
 class TargetAttention(nn.Module):
     """DIN's local activation unit and weighted-sum pooling (Zhou et al., KDD 2018, §4.3, Eq. 3).
 
-    For the candidate q and each behaviour k_j, an MLP over [q, k_j, q − k_j, q ⊙ k_j] gives
-    the weight a_j; the user interest is Σ_j a_j k_j over the valid positions. The weights
-    are not normalised by default (the paper drops softmax to keep the intensity of
-    interests); ``softmax`` turns normalisation on (padding excluded either way). The MLP runs
+    For the candidate q and each behaviour k_j, an MLP over the unit input gives the weight
+    a_j; the user interest is Σ_j a_j k_j over the valid positions. Unit inputs:
+
+    - ``paper``: ``[k_j, q ⊙ k_j, q]``, Fig. 2's activation unit (inputs from the user, their
+      "out product" with the ad, inputs from the ad). Deviation: the paper does not define
+      the out product; we take the element-wise product (the form the authors' code uses),
+      not the D×D outer product.
+    - ``authors``: ``[q, k_j, q − k_j, q ⊙ k_j]``, the authors' code (mouna99/dien
+      ``script/utils.py`` ``din_attention``; zhougr1993/DeepInterestNetwork ``din/model.py``
+      ``attention``).
+
+    The weights are not normalised by default (the paper drops softmax to keep the intensity
+    of interests, §4.3); ``softmax`` normalises them over the valid positions, and ``scale``
+    first divides the scores by √E (as DeepInterestNetwork's ``din/model.py`` does; the line
+    is commented out in DIEN's ``din_attention``). Padding never counts, and the MLP runs
     only on valid positions, so Dice's statistics ignore padding.
 
     Args:
-        dim: width of q and k; hidden: the unit's hidden widths; act: their activation.
+        dim: width E of q and k; hidden: the unit's hidden widths; act: their activation.
 
     Shapes: q [B, E], keys [B, L, E], mask bool [B, L] → [B, E].
     """
 
-    def __init__(self, dim: int, hidden: list[int], act: Activation = "dice", softmax: bool = False):
+    def __init__(self, dim: int, hidden: list[int], act: Activation = "dice", softmax: bool = False,
+                 unit_input: UnitInput = "paper", scale: bool = False):
         super().__init__()
-        self.unit = MLP(4 * dim, hidden, act=act, out_dim=1)
-        self.softmax = softmax
+        self.unit_input, self.softmax, self.scale = unit_input, softmax, scale
+        self.unit = MLP((3 if unit_input == "paper" else 4) * dim, hidden, act=act, out_dim=1)
+
+    def features(self, q: Tensor, k: Tensor) -> Tensor:
+        """The activation unit's input for candidates q [N, E] and behaviours k [N, E]: [N, 3E or 4E]."""
+        if self.unit_input == "paper":
+            return torch.cat([k, q * k, q], dim=1)
+        return torch.cat([q, k, q - k, q * k], dim=1)
 
     def forward(self, q: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
         sample, position = mask.nonzero(as_tuple=True)
-        qv, kv = q[sample], keys[sample, position]
-        scores = self.unit(torch.cat([qv, kv, qv - kv, qv * kv], dim=1)).squeeze(-1)  # [N]
+        scores = self.unit(self.features(q[sample], keys[sample, position])).squeeze(-1)  # [N]
+        if self.scale:
+            scores = scores / math.sqrt(keys.shape[-1])
         if self.softmax:
             full = scores.new_full(mask.shape, float("-inf")).index_put((sample, position), scores)
             weights = torch.softmax(full, dim=1).nan_to_num(0.0)

@@ -10,14 +10,14 @@ from torch import Tensor
 from ctr.batch import Batch
 from ctr.embeddings.types import EmbeddingLayout, FeatureEmbeddings
 from ctr.models.base import CTRModel, pool_sequences
-from ctr.models.layers import MLP, Activation, FirstOrder
+from ctr.models.layers import FirstOrder, MLPConfig
 from ctr.recipe import ModelConfig
 from ctr.registry import MODELS
 from ctr.schema import Schema
 
 
 @dataclass
-class WDLConfig(ModelConfig):
+class WDLConfig(MLPConfig, ModelConfig):
     """Wide & Deep settings.
 
     Args:
@@ -27,9 +27,6 @@ class WDLConfig(ModelConfig):
 
     name: str = "wdl"
     hidden: list[int] = field(default_factory=lambda: [1024, 512, 256])
-    activation: Activation = "relu"
-    dropout: float = 0.0
-    batch_norm: bool = False
 
 
 @MODELS.register("wdl", config=WDLConfig)
@@ -54,7 +51,7 @@ class WideDeep(CTRModel):
         fields = len(layout.pooled) + len(layout.sequences)
         self.wide = FirstOrder(fields, layout.dim, self.num_dense)
         width = fields * layout.dim + self.num_dense
-        self.deep = MLP(width, config.hidden, config.activation, 1, config.dropout, config.batch_norm)
+        self.deep = config.mlp(width)
 
     def forward(self, batch: Batch, embedded: FeatureEmbeddings) -> Tensor:
         fields = pool_sequences(embedded, self.layout)  # [B, F, D]

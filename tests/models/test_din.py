@@ -1,9 +1,12 @@
 """DIN: behaviour/target pairing, history masking, mini-batch aware regularization, and
 attention over behaviours beating mean pooling on data where one behaviour matters."""
 
+import math
+
 import pytest
 import torch
 
+from ctr.batch import Batch, JaggedFeatures
 from ctr.errors import RecipeError
 from tests.models.helpers import behaviour_batches, behaviour_schema, fit_batches, planted_schema, task_for_schema
 
@@ -78,7 +81,56 @@ def test_attention_finds_the_relevant_behaviour_that_mean_pooling_dilutes():
     assert din > deepfm + 0.05, (din, deepfm)
 
 
-def test_interest_product_feeds_the_candidate_times_interest_to_the_top_mlp(schema):
-    plain = task_for_schema(schema, SMALL).net.model
-    product = task_for_schema(schema, {**SMALL, "interest_product": True}).net.model
-    assert product.mlp.net[0].in_features == plain.mlp.net[0].in_features + 8  # one candidate field of D = 8
+def hand_batch(variant: str, **config):
+    """One sample: candidate id 2, history ids [3, 4]; D = 2 with e(2) = [1, 2], e(3) = [3, -1],
+    e(4) = [0, 1]; an activation unit without hidden layers whose score is ⟨q, k⟩ (its weight
+    reads only the q ⊙ k block of the unit input) and bias 0."""
+    schema = behaviour_schema(5, 3)
+    task = task_for_schema(schema, {"name": "din", "variant": variant, "attention_hidden": [], "hidden": [4], **config},
+                           embedding={"dim": 2})
+    model = task.net.model
+    with torch.no_grad():
+        task.net.embedding.weight[2:5] = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.0, 1.0]])
+        unit = model.attention.unit.net[0]
+        product_block = {"paper": [2, 3], "authors": [6, 7]}[model.config.unit_input]
+        unit.weight.zero_()
+        unit.weight[0, product_block] = 1.0
+        unit.bias.zero_()
+    sparse = JaggedFeatures.from_lengths(["item_id", "hist_item_id"], torch.tensor([2, 3, 4]), torch.tensor([1, 2]))
+    batch = Batch(torch.zeros(1, 0), sparse, torch.ones(1))
+    return model, batch, task.net.embedding(batch.sparse)
+
+
+# scores ⟨q, k_1⟩ = 1·3 + 2·(−1) = 1 and ⟨q, k_2⟩ = 2: softmax weights e/(e + e²), e²/(e + e²)
+SOFT = [math.e / (math.e + math.e**2), math.e**2 / (math.e + math.e**2)]
+SOFT_INTEREST = [SOFT[0] * 3, SOFT[0] * -1 + SOFT[1] * 1]
+
+
+@pytest.mark.parametrize(("variant", "expected"), [
+    # [q, interest = 1·k_1 + 2·k_2 = [3, 1]]
+    ("paper", [1, 2, 3, 1]),
+    # [q, Σk = [3, 0], q ⊙ Σk = [3, 0], softmax interest]
+    ("authors", [1, 2, 3, 0, 3, 0, *SOFT_INTEREST]),
+    # [q, softmax interest, q ⊙ interest]
+    ("ctr", [1, 2, *SOFT_INTEREST, SOFT_INTEREST[0], 2 * SOFT_INTEREST[1]]),
+])
+def test_top_mlp_input_of_each_variant_matches_a_hand_computation(variant, expected):
+    model, batch, embedded = hand_batch(variant)
+    assert model.mlp.net[0].in_features == len(expected)
+    torch.testing.assert_close(model.mlp_input(batch, embedded), torch.tensor([expected], dtype=torch.float32))
+
+
+def test_variant_defaults_and_overrides_of_the_attention():
+    paper, _, _ = hand_batch("paper")
+    assert paper.attention.unit_input == "paper" and not paper.attention.softmax
+    assert isinstance(paper.input_norm, torch.nn.Identity)
+    authors, _, _ = hand_batch("authors")
+    assert authors.attention.unit_input == "authors" and authors.attention.softmax
+    assert isinstance(authors.input_norm, torch.nn.BatchNorm1d)
+    ctr_own, _, _ = hand_batch("ctr")
+    assert ctr_own.attention.unit_input == "authors" and ctr_own.attention.softmax
+    model, batch, embedded = hand_batch("paper", softmax=True, attention_input="authors", attention_scale=True)
+    scaled = [math.exp(1 / math.sqrt(2)), math.exp(2 / math.sqrt(2))]
+    weights = [w / sum(scaled) for w in scaled]
+    interest = [weights[0] * 3, -weights[0] + weights[1]]
+    torch.testing.assert_close(model.mlp_input(batch, embedded), torch.tensor([[1.0, 2.0, *interest]]))

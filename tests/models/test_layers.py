@@ -74,16 +74,30 @@ def test_dcn_mix_gates_are_a_convex_combination_of_experts():
     assert torch.allclose(mix(x0), x0 * mix.bias[0] + x0, atol=1e-6)
 
 
-def test_interacting_layer_matches_multi_head_attention_with_residual():
+@pytest.mark.parametrize("projection_relu", [False, True])
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_interacting_layer_matches_multi_head_attention_with_residual(projection_relu, layer_norm):
+    """Paper Eq. 5–8 written out head by head; with the authors' options (shichence/AutoInt
+    model.py): a bias and a ReLU on every projection, layer normalisation of the output."""
     torch.manual_seed(0)
-    layer = InteractingLayer(4, head_dim=3, heads=2)
+    layer = InteractingLayer(4, head_dim=3, heads=2, projection_relu=projection_relu, layer_norm=layer_norm)
+    if layer_norm:
+        with torch.no_grad():
+            layer.norm.weight.uniform_(0.5, 1.5)
+            layer.norm.bias.uniform_(-0.5, 0.5)
     e = torch.randn(2, 5, 4)
     wq, wk, wv = layer.qkv.weight.view(3, 2, 3, 4)
+    bq, bk, bv = (layer.qkv.bias if projection_relu else torch.zeros(18)).view(3, 2, 3)
+    act = torch.relu if projection_relu else (lambda x: x)
     heads = []
     for h in range(2):
-        scores = (e @ wq[h].t()) @ (e @ wk[h].t()).transpose(1, 2) / math.sqrt(3)
-        heads.append(torch.softmax(scores, -1) @ (e @ wv[h].t()))
-    expected = torch.relu(torch.cat(heads, -1) + e @ layer.residual.weight.t())
+        q, k, v = act(e @ wq[h].t() + bq[h]), act(e @ wk[h].t() + bk[h]), act(e @ wv[h].t() + bv[h])
+        heads.append(torch.softmax(q @ k.transpose(1, 2) / math.sqrt(3), -1) @ v)
+    res_bias = layer.residual.bias if projection_relu else 0.0
+    expected = torch.relu(torch.cat(heads, -1) + act(e @ layer.residual.weight.t() + res_bias))
+    if layer_norm:
+        mean, var = expected.mean(-1, keepdim=True), expected.var(-1, unbiased=False, keepdim=True)
+        expected = (expected - mean) / torch.sqrt(var + 1e-8) * layer.norm.weight + layer.norm.bias
     assert torch.allclose(layer(e), expected, atol=1e-5)
 
 
@@ -122,12 +136,18 @@ def test_target_attention_without_softmax_keeps_the_intensity_of_interest():
     assert torch.allclose(soft(q[:1], twice_keys, twice_mask), soft(q[:1], once_keys, once_mask), atol=1e-6)
 
 
-def test_target_attention_unit_reads_q_k_difference_and_product():
-    q, keys, mask = attention_inputs()
-    att = TargetAttention(4, [8], act="prelu")
-    first = att.unit.net[0]
-    assert first.in_features == 16
-    qk = torch.cat([q[1], keys[1, 0], q[1] - keys[1, 0], q[1] * keys[1, 0]])
-    weight = att.unit(qk.unsqueeze(0)).squeeze()
-    single = att(q[1:2], keys[1:2, :1], mask[1:2, :1])
-    assert torch.allclose(single, weight * keys[1, 0], atol=1e-6)
+@pytest.mark.parametrize(("unit_input", "expected"), [
+    ("paper", [3, 5, 3, 10, 1, 2]),  # DIN Fig. 2: [k, q ⊙ k, q]
+    ("authors", [1, 2, 3, 5, -2, -3, 3, 10]),  # DIEN din_attention: [q, k, q − k, q ⊙ k]
+])
+def test_target_attention_unit_input_matches_a_hand_computation(unit_input, expected):
+    q, k = torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 5.0]])
+    att = TargetAttention(2, [], act="prelu", unit_input=unit_input)
+    assert att.unit.net[0].in_features == len(expected)
+    torch.testing.assert_close(att.features(q, k), torch.tensor([expected], dtype=torch.float32))
+    with torch.no_grad():
+        att.unit.net[0].weight.copy_(torch.arange(1.0, len(expected) + 1).unsqueeze(0))
+        att.unit.net[0].bias.fill_(0.5)
+    weight = sum(i * x for i, x in enumerate(expected, 1)) + 0.5
+    single = att(q, k.unsqueeze(1), torch.ones(1, 1, dtype=torch.bool))
+    torch.testing.assert_close(single, weight * k)

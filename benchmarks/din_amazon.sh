@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# DIN's three forms against DeepFM (history mean-pooled) on two Amazon categories, seeds 1-3
+# each, with the shipped recipes (docs/models/din.md). Each recipe's runs hold
+# /tmp/ctr-heavy.lock; finished runs are reused. Prints one table per dataset and model.
+#   bash benchmarks/din_amazon.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for data in Beauty Toys_and_Games; do
+    for form in din:paper din_authors:authors din:ctr deepfm:deepfm; do
+        recipe=${form%%:*} label=${form##*:}
+        overrides=(-o "data.path=../shared/data/amazon/$data.txt" -o "name=$data-$label")
+        if [ "$label" = ctr ]; then overrides+=(-o model.variant=ctr); fi
+        flock /tmp/ctr-heavy.lock .venv/bin/python -m benchmarks.seeds "recipes/amazon_beauty/$recipe.yaml" \
+            --seeds 1 2 3 --out "runs/din-amazon/$data" --threads 2 "${overrides[@]}"
+    done
+done
