@@ -1,10 +1,15 @@
 """``ctr bench compression``: embedding methods × memory budgets × seeds on one recipe.
 
-Every cell (method, budget, seed) is one ``ctr train`` run in ``OUT/runs/<cell>``; its
-figures become one row of ``OUT/results.csv`` (rewritten atomically after each cell), so a
-rerun skips finished cells and resumes a cell whose run was interrupted. At the end it
-writes ``OUT/results.md`` (methods × budgets: test AUC mean ± std over seeds, bytes, train
-time) and ``OUT/auc_vs_memory.png``.
+Every cell (method, budget, seed) is one ``ctr train`` run in ``OUT/runs/<cell>``, in a
+process of its own (its peak resident memory is the cell's; its log is
+``OUT/logs/<cell>.log``); its figures become one row of ``OUT/results.csv`` (rewritten
+atomically after each cell), so a rerun skips finished cells and resumes a cell whose run was
+interrupted. Before training, the method is built on the prepared schema: a budget it cannot
+reach is recorded as ``cannot reach (min x)`` and one past its compute limit as ``not run:
+compute (estimate)``, and the grid goes on. At the end it writes ``OUT/results.md``
+(methods × budgets: test AUC mean ± std over seeds; then bytes, × full, train seconds, test
+rows/s of the compressed model and peak memory per cell) and ``OUT/auc_vs_memory.png``
+(test AUC against bytes, log scale).
 
 Data, model, training and trainer settings come from the recipe, the same for every cell.
 A method's own settings (e.g. OptEmbed's stages) come from the ``embedding`` block of
@@ -18,16 +23,22 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import json
 import logging
 import math
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctr.errors import UserError
-from ctr.recipe import apply_override, read_yaml, recipe_from_dict
-from ctr.registry import EMBEDDINGS
+import yaml
+
 from ctr.atomic import atomic_write
+from ctr.errors import UserError
+from ctr.recipe import Recipe, apply_override, read_yaml, recipe_from_dict
+from ctr.registry import EMBEDDINGS
 from ctr.train.plots import save_png
 from ctr.train.rundir import RunDir
 
@@ -35,9 +46,11 @@ log = logging.getLogger("ctr.bench")
 
 COLUMNS = [
     "method", "budget", "seed", "status", "test_auc", "test_logloss", "valid_auc", "embedding_bytes",
-    "full_embedding_bytes", "memory_ratio", "train_seconds", "inference_seconds", "run_dir",
+    "full_embedding_bytes", "memory_ratio", "train_seconds", "inference_seconds", "inference_rows_per_s",
+    "peak_rss_mb", "run_dir",
 ]
 UNBUDGETED = ("full",)
+BENCH_FILE = "bench.json"  # what the benchmark measured of a cell beyond metrics.json
 
 
 @dataclass(frozen=True)
@@ -95,8 +108,6 @@ def run_compression(
     recipe_path: Path, methods: list[str], budgets: list[float], seeds: int, out: Path, overrides: list[str]
 ) -> Results:
     """Runs every cell not finished yet, then writes the table and the plot."""
-    from ctr.train.runner import train
-
     base = read_yaml(recipe_path)
     for item in overrides:
         apply_override(base, item)
@@ -107,7 +118,7 @@ def run_compression(
             log.info("bench %d/%d %s: finished earlier, skipped", number, len(cells), cell.key)
             continue
         log.info("bench %d/%d %s: training", number, len(cells), cell.key)
-        results.add(_run_cell(cell, _cell_recipe(base, recipe_path, cell, out), out, train))
+        results.add(_run_cell(cell, _cell_recipe(base, recipe_path, cell, out), out))
     atomic_write(out / "results.md", markdown(results.rows))
     plot(results.rows, out / "auc_vs_memory.png")
     return results
@@ -131,19 +142,23 @@ def _cell_recipe(base: dict[str, Any], recipe_path: Path, cell: Cell, out: Path)
     return raw
 
 
-def _run_cell(cell: Cell, raw: dict[str, Any], out: Path, train: Any) -> dict[str, Any]:
+def _run_cell(cell: Cell, raw: dict[str, Any], out: Path) -> dict[str, Any]:
     run = RunDir(out / "runs" / cell.key)
     row: dict[str, Any] = {"method": cell.method, "budget": cell.budget, "seed": cell.seed, "run_dir": run.root}
     try:
         recipe = recipe_from_dict(raw)
-        if run.metrics.exists():
-            metrics = run.read_metrics()
-        else:
-            started = run.last.exists() or run.stage_progress.exists()
-            metrics = train(recipe, run.root, resume=started)
+        refusal = None if run.metrics.exists() else _refusal(recipe)
     except UserError as err:
         log.warning("bench %s: %s", cell.key, err)
         return {**row, "status": f"error: {err}"}
+    if refusal is not None:
+        log.info("bench %s: %s", cell.key, refusal)
+        return {**row, "status": refusal}
+    status = "ok" if run.metrics.exists() else _train_apart(cell, raw, run, out)
+    if status != "ok":
+        return {**row, "status": status}
+    metrics, bench = run.read_metrics(), json.loads((run.root / BENCH_FILE).read_text())
+    test_rows = json.loads((run.schema / "report.json").read_text())["splits"]["test"]["rows"]
     return {
         **row,
         "status": "ok",
@@ -154,8 +169,46 @@ def _run_cell(cell: Cell, raw: dict[str, Any], out: Path, train: Any) -> dict[st
         "full_embedding_bytes": metrics["full_embedding_bytes"],
         "memory_ratio": metrics["embedding_bytes"] / metrics["full_embedding_bytes"],
         "train_seconds": metrics["train_seconds"],
-        "inference_seconds": metrics.get("inference_seconds"),
+        "inference_seconds": metrics["inference_seconds"],
+        "inference_rows_per_s": test_rows / metrics["inference_seconds"],
+        "peak_rss_mb": bench["peak_rss_mb"],
     }
+
+
+def _refusal(recipe: Recipe) -> str | None:
+    """The cell's table entry when its method refuses the budget (built on the prepared
+    schema, no training), else None."""
+    from ctr.datasets import prepare
+    from ctr.embeddings.budget import BudgetUnreachableError, ComputeLimitError
+
+    schema = prepare(recipe.data, recipe.seed, progress=False).schema
+    try:
+        EMBEDDINGS.get(recipe.embedding.method).target(schema, recipe.embedding)
+    except BudgetUnreachableError as err:
+        return f"cannot reach (min {err.min_budget:.3g})"
+    except ComputeLimitError as err:
+        return f"not run: compute ({err.estimate})"
+    return None
+
+
+def _train_apart(cell: Cell, raw: dict[str, Any], run: RunDir, out: Path) -> str:
+    """Trains the cell with ``ctr train`` in a child process; "ok" or what went wrong. The
+    child's peak resident memory goes to ``BENCH_FILE`` in its run directory."""
+    recipe_file, log_file = out / "recipes" / f"{cell.key}.yaml", out / "logs" / f"{cell.key}.log"
+    atomic_write(recipe_file, yaml.safe_dump(raw, sort_keys=False))
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    resume = ["--resume"] if run.last.exists() or run.stage_progress.exists() else []
+    command = [sys.executable, "-m", "ctr.cli", "train", str(recipe_file), "--out", str(run.root), *resume]
+    with log_file.open("w") as stderr:
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+        _, status, usage = os.wait4(child.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        last = (log_file.read_text().strip().splitlines() or [""])[-1]
+        log.warning("bench %s: exit %d: %s", cell.key, code, last)
+        return f"error: {last.removeprefix('ctr: error: ')}" if code == 2 else f"failed (exit {code}, see {log_file})"
+    atomic_write(run.root / BENCH_FILE, json.dumps({"peak_rss_mb": usage.ru_maxrss / 1024}) + "\n")
+    return "ok"
 
 
 def _groups(rows: list[dict[str, str]]) -> dict[tuple[str, str], list[dict[str, str]]]:
@@ -184,23 +237,26 @@ def markdown(rows: list[dict[str, str]]) -> str:
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "| method | budget | embedding bytes | × full | test AUC | test logloss | train s | test-split s | seeds |",
-        "|---" * 9 + "|",
+        "| method | budget | embedding bytes | × full | test AUC | test logloss | train s | test rows/s "
+        "| peak memory MB | seeds |",
+        "|---" * 10 + "|",
     ]
     for (method, budget), group in groups.items():
         ok = [r for r in group if r["status"] == "ok"]
         if not ok:
-            lines.append(f"| {method} | {budget} | – | – | {group[0]['status']} | – | – | – | 0 |")
+            lines.append(f"| {method} | {budget} | – | – | {group[0]['status']} | – | – | – | – | 0 |")
             continue
         auc_m, auc_s = mean_std([float(r["test_auc"]) for r in ok])
         loss_m, loss_s = mean_std([float(r["test_logloss"]) for r in ok])
         time_m, time_s = mean_std([float(r["train_seconds"]) for r in ok])
-        infer_m, infer_s = mean_std([float(r["inference_seconds"] or "nan") for r in ok])
+        rate_m, rate_s = mean_std([float(r.get("inference_rows_per_s") or "nan") for r in ok])
+        peak = max(float(r.get("peak_rss_mb") or "nan") for r in ok)
         size = int(ok[0]["embedding_bytes"])
         ratio = float(ok[0]["memory_ratio"])
         lines.append(
             f"| {method} | {budget} | {size:,} | {ratio:.4f} | {auc_m:.4f} ± {auc_s:.4f} | "
-            f"{loss_m:.4f} ± {loss_s:.4f} | {time_m:.0f} ± {time_s:.0f} | {infer_m:.2f} ± {infer_s:.2f} | {len(ok)} |"
+            f"{loss_m:.4f} ± {loss_s:.4f} | {time_m:.0f} ± {time_s:.0f} | {rate_m:,.0f} ± {rate_s:,.0f} | {peak:,.0f} "
+            f"| {len(ok)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -210,7 +266,7 @@ def _auc_cell(group: list[dict[str, str]]) -> str:
     if not group:
         return ""
     if not ok:
-        return "cannot reach"
+        return group[0]["status"]
     mean, std = mean_std(ok)
     return f"{mean:.4f} ± {std:.4f}"
 

@@ -26,9 +26,9 @@ def test_table_reports_mean_and_spread_and_unreachable_cells():
     rows = [
         {"method": "hash", "budget": "0.5", "status": "ok", "test_auc": a, "test_logloss": "0.5", "train_seconds": "3",
          "embedding_bytes": "100", "memory_ratio": "0.5", "inference_seconds": "0.5"} for a in ("0.70", "0.72", "0.74")
-    ] + [{"method": "hash", "budget": "0.01", "status": "error: too small", "test_auc": ""}]
+    ] + [{"method": "hash", "budget": "0.01", "status": "cannot reach (min 0.02)", "test_auc": ""}]
     text = markdown(rows)
-    assert "| hash |  | 0.7200 ± 0.0200 | cannot reach |" in text
+    assert "| hash |  | 0.7200 ± 0.0200 | cannot reach (min 0.02) |" in text
     assert mean_std([1.0]) == (1.0, 0.0)
 
 
@@ -49,6 +49,7 @@ def test_one_command_runs_every_cell_and_skips_finished_ones(tmp_path, caplog):
     assert hashed["seed"] == raw.get("seed", 42) + 1
     for row in rows:
         assert 0 < float(row["test_auc"]) <= 1 and float(row["inference_seconds"]) > 0
+        assert float(row["inference_rows_per_s"]) > 0 and 100 < float(row["peak_rss_mb"]) < 20_000  # a child's own
     assert float(rows[2]["memory_ratio"]) <= 0.25
     assert (out / "auc_vs_memory.png").stat().st_size > 0
     assert "| hash | 0.25 |" in (out / "results.md").read_text()
@@ -72,3 +73,15 @@ def test_cli_with_a_relative_out_folder_prints_the_table(tmp_path):
     assert "| hash | 0.5 |" in result.stdout
     metrics = (tmp_path / "bench" / "runs" / "hash-0.5-s0" / "metrics.json").read_text()
     assert '"best_checkpoint": "checkpoints/best.ckpt"' in metrics
+
+
+def test_a_budget_a_method_cannot_reach_is_a_cell_not_a_failure(tmp_path):
+    recipe = tmp_path / "base.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 1})))
+    out = tmp_path / "bench"
+    run_compression(recipe, ["robe"], [0.001], 1, out, [])
+    with (out / "results.csv").open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["status"].startswith("cannot reach (min 0.00") and row["test_auc"] == ""
+    assert not (out / "runs" / "robe-0.001-s0").exists()  # nothing was trained
+    assert "| robe |  | cannot reach (min 0.00" in (out / "results.md").read_text()
