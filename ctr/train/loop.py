@@ -102,12 +102,13 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     recipe = session.recipe
     throughput = Throughput()
     checkpoint = _checkpoint(recipe, ckpt_dir)
-    callbacks = [checkpoint, throughput, ValidationSummary()]
+    callbacks = [checkpoint, _last_checkpoint(ckpt_dir), throughput, ValidationSummary()]
     if recipe.train.early_stop:
         stop = recipe.train.early_stop
         # checked after validation only: a run cut short by max_steps may end before the first one
         callbacks.append(
-            EarlyStopping(monitor=stop.monitor, mode=stop.mode, patience=stop.patience, check_on_train_epoch_end=False)
+            EarlyStopping(monitor=stop.monitor, mode=stop.mode, patience=stop.patience, min_delta=stop.min_delta,
+                          check_on_train_epoch_end=False)
         )
     trainer = trainer_for(recipe, session.run, session.progress, callbacks, epochs=epochs, max_steps=max_steps,
                           log_root=log_root)
@@ -138,10 +139,15 @@ def _checkpoint(recipe: Recipe, dirpath: Path) -> ModelCheckpoint:
         filename="best",
         monitor=stop.monitor if stop else "valid/auc",
         mode=stop.mode if stop else "max",
-        save_last=True,
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
+
+
+def _last_checkpoint(dirpath: Path) -> ModelCheckpoint:
+    """``last.ckpt`` after every validation (what a resume continues from). Lightning's own
+    ``save_last`` rewrites it only when ``best.ckpt`` changes."""
+    return ModelCheckpoint(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
 
 
 def trainer_for(recipe: Recipe, run: RunDir, progress: bool, callbacks: list, logger: bool = True,
