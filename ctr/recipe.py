@@ -19,20 +19,39 @@ import yaml
 
 from ctr.errors import RecipeError
 from ctr.registry import DATASETS, EMBEDDINGS, MODELS, OPTIMIZERS, import_plugins
-from ctr.schema import FeatureSpec
+from ctr.schema import FeatureSpec, Kind
 from ctr.typed import parse, to_plain
 
 
 @dataclass
 class SplitConfig:
-    """Random train/valid/test split of datasets that ship as one stream of rows."""
+    """Random train/valid/test split of datasets that ship as one stream of rows.
+
+    ``seed`` seeds the split (and the sample of numeric values that quantile boundaries are
+    fitted on): part of the encoded data's cache key, unlike the recipe's ``seed``, so that
+    every training seed sees the same split and reuses one encoding.
+    """
 
     valid: float = 0.1
     test: float = 0.1
+    seed: int = 2024
 
     def __post_init__(self) -> None:
         if not (0 <= self.valid < 1 and 0 <= self.test < 1 and self.valid + self.test < 1):
             raise ValueError("split.valid and split.test must be in [0, 1) and sum to less than 1")
+
+
+@dataclass
+class FeatureShorthand:
+    """``data.features`` given by exception: every column of the data (a csv header, a parquet
+    schema) is a feature of kind ``default_kind``, except the label, the group, the columns in
+    ``skip`` and those a spec in ``specs`` reads (that spec is used for them). The run's
+    ``recipe.yaml`` holds the resolved list.
+    """
+
+    default_kind: Kind = "categorical"
+    specs: list[FeatureSpec] = field(default_factory=list)
+    skip: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -42,7 +61,7 @@ class DataConfig:
     Args:
         dataset: registered dataset name (``ctr models`` lists them).
         path: the original files (a file or a folder), for file-based datasets.
-        features: feature specs; built-in datasets supply defaults.
+        features: feature specs (built-in datasets supply defaults), or a ``FeatureShorthand``.
         label: label column; group: group column for group AUC (e.g. the user).
         split: fractions for datasets without their own split.
         cache_dir: where encoded data is cached (default ``$CTR_CACHE`` or ``~/.cache/ctr``).
@@ -57,7 +76,7 @@ class DataConfig:
 
     dataset: str = "synthetic"
     path: str | None = None
-    features: list[FeatureSpec] | None = None
+    features: list[FeatureSpec] | FeatureShorthand | None = None
     label: str | None = None
     group: str | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
