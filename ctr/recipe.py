@@ -297,7 +297,8 @@ class TrainerConfig:
 
     Args:
         accelerator, devices, precision, strategy: Lightning's.
-        num_threads: torch's CPU threads (default: torch's choice).
+        num_threads: torch's CPU threads; ``auto``: the cores this process may run on
+            (``os.sched_getaffinity``); null: torch's own choice.
         progress_bar: show a progress bar (default: when stderr is a terminal).
         compile: ``torch.compile`` the model's dense part (the embedding lookup stays as it is:
             its kernels are already fused).
@@ -307,9 +308,13 @@ class TrainerConfig:
     devices: int = 1
     precision: str = "32-true"
     strategy: str = "auto"
-    num_threads: int | None = None
+    num_threads: int | Literal["auto"] | None = "auto"
     progress_bar: bool | None = None
     compile: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_threads, int) and self.num_threads < 1:
+            raise ValueError("num_threads must be >= 1, auto or null")
 
 
 @dataclass

@@ -28,6 +28,7 @@ from ctr.train.rundir import RunDir
 from ctr.train.task import CTRTask
 
 Loader = BatchLoader | ResidentLoader
+log = logging.getLogger("ctr.train")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,25 @@ def placement(recipe: Recipe) -> Placement:
     wants_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if wants_gpu else torch.device("cpu")
     return Placement(rank, world, device)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity; all cores where there is none)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
+def use_threads(num_threads: int | str | None) -> None:
+    """Sets torch's CPU threads (``trainer.num_threads``: a number, ``auto`` = the usable cores,
+    None = torch's choice) and warns when the machine is already busier than its cores: threads
+    then wait for each other (on a loaded 2-core machine 2 threads ran 10-20x slower than 1)."""
+    cores = usable_cores()
+    if num_threads is not None:
+        torch.set_num_threads(cores if num_threads == "auto" else num_threads)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > cores:
+        log.warning("the machine is oversubscribed: load average %.1f over %d usable cores; training runs %d torch"
+                    " threads (fewer, e.g. trainer.num_threads=1, can be much faster)", load, cores, torch.get_num_threads())
 
 
 @dataclass
