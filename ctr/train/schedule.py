@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from ctr.errors import RecipeError
 from ctr.recipe import (
     CosineSchedule, EarlyStopConfig, LinearWarmupSchedule, PlateauSchedule, SchedulerConfig, StepSchedule, TrainConfig,
 )
@@ -56,7 +57,10 @@ class Schedules:
     def after_validation(self, metrics: dict[str, float]) -> None:
         """Steps the plateau schedules with their monitored metric (``valid/<name>`` → ``metrics[name]``)."""
         for scheduler, monitor in self.plateaus.values():
-            scheduler.step(metrics[monitor.removeprefix("valid/")])
+            name = monitor.removeprefix("valid/")
+            if name not in metrics:
+                raise RecipeError(f"train.scheduler.monitor: this run validates {', '.join(metrics)}, not {monitor!r}")
+            scheduler.step(metrics[name])
 
     def state_dict(self) -> dict[str, Any]:
         return {name: scheduler.state_dict() for name, (scheduler, _) in self.plateaus.items()}

@@ -69,6 +69,12 @@ def test_plateau_divides_by_ten_after_a_validation_without_gain():
     assert [g["embedding"] for g in got] == pytest.approx([0.05, 0.05, 5e-3, 5e-4, 5e-4])
 
 
+def test_a_plateau_monitor_the_run_lacks_is_named():
+    sched, _ = schedules({"name": "plateau", "monitor": "valid/gauc"})
+    with pytest.raises(RecipeError, match=r"^train\.scheduler\.monitor: this run validates auc, logloss, not 'valid/gauc'"):
+        sched.after_validation({"auc": 0.7, "logloss": 0.5})
+
+
 def test_embedding_scheduler_replaces_the_shared_one():
     sched, parts = schedules({"name": "step", "factor": 0.5}, embedding_scheduler={"name": "constant"})
     sched.before_step(epoch=3, step=0)
@@ -116,6 +122,7 @@ def last_lr(run):
         # min_delta 1: AUC never gains that much, so every validation after the first cuts the lr
         ({"name": "plateau", "min_delta": 1.0}, [1e-3, 1e-3, 1e-4, 1e-5]),
         ({"name": "step", "factor": 0.5}, [1e-3, 5e-4, 2.5e-4, 1.25e-4]),
+        ({"name": "cosine"}, [1e-3 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]),
         ({"name": "linear_warmup", "warmup_steps": 25}, [0.04e-3, 0.44e-3, 0.84e-3, 1e-3]),
     ],
 )
