@@ -119,3 +119,15 @@ def test_clean_removes_stale_entries_and_says_why(tmp_path, capsys):
     assert "3 stale entries" in out
     assert sorted(p.name for p in root.iterdir()) == [synthetic.root.name]
     assert os.path.isdir(synthetic.root)
+
+
+def test_a_run_from_before_the_split_seed_keeps_its_split(tmp_path):
+    """Such runs split by the recipe seed: their recipe.yaml (no data.split.seed) loads with it."""
+    from ctr.train.rundir import RunDir
+
+    raw = recipe_from_dict({"seed": 7}).to_dict()
+    del raw["data"]["split"]["seed"]
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))
+    assert RunDir(tmp_path).load_recipe().data.split.seed == 7
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe_from_dict({"seed": 7}).to_dict()))
+    assert RunDir(tmp_path).load_recipe().data.split.seed == 2024
