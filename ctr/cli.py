@@ -53,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("recipe")
     _overrides(prep)
     prep.set_defaults(run=_prepare)
-    clean = data.add_parser("clean", help="remove stale encoded-data cache entries (changed inputs, old versions, killed runs)")
+    clean = data.add_parser(
+        "clean", help="remove stale encoded-data cache entries (changed inputs, old versions, killed runs)"
+    )
     clean.add_argument("--cache-dir", help="the cache (default $CTR_CACHE, else ~/.cache/ctr), as data.cache_dir")
     clean.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     clean.set_defaults(run=_clean)
@@ -200,8 +202,9 @@ def _clean(args: argparse.Namespace) -> int:
 
     root = cache_root(args.cache_dir)
     stale = stale_entries(root)
+    verb = "would remove" if args.dry_run else "removed"
     for entry in stale:
-        print(f"{'would remove' if args.dry_run else 'removed'} {entry.path.name} ({entry.bytes / 1e6:.1f} MB): {entry.reason}")
+        print(f"{verb} {entry.path.name} ({entry.bytes / 1e6:.1f} MB): {entry.reason}")
     if not args.dry_run:
         remove_stale(stale)
     total = sum(entry.bytes for entry in stale) / 1e6

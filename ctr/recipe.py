@@ -457,9 +457,10 @@ def _check_combinations(recipe: Recipe) -> None:
         )
     dense, embedding_optimizer = recipe.embedding.gradients == "dense", recipe.train.embedding_optimizer
     if dense and (embedding_optimizer.fused or embedding_optimizer.name == "sparse_adam"):
+        fused = " (fused)" if embedding_optimizer.fused else ""
         raise RecipeError(
             f"embedding.gradients: dense gradients cannot be stepped by train.embedding_optimizer"
-            f" {embedding_optimizer.name}{' (fused)' if embedding_optimizer.fused else ''}; use adam, adagrad or gradients: sparse"
+            f" {embedding_optimizer.name}{fused}; use adam, adagrad or gradients: sparse"
         )
     if recipe.train.embedding_optimizer.fused and recipe.train.schedule_of("embedding"):
         raise RecipeError(

@@ -74,7 +74,9 @@ def resolve_features(config: DataConfig) -> DataConfig:
     for key, names in (("skip", shorthand.skip), ("specs", [spec.column for spec in shorthand.specs])):
         missing = [name for name in names if name not in columns]
         if missing:
-            raise RecipeError(f"data.features.{key}: no column {missing[0]!r} in the data (columns: {', '.join(columns)})")
+            raise RecipeError(
+                f"data.features.{key}: no column {missing[0]!r} in the data (columns: {', '.join(columns)})"
+            )
     by_column = {spec.column: spec for spec in shorthand.specs}
     left_out = {config.label or source.label, config.group or source.group, *shorthand.skip}
     features = [by_column.get(c) or FeatureSpec(name=c, kind=shorthand.default_kind)

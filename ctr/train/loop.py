@@ -66,7 +66,8 @@ def use_threads(num_threads: int | str | None) -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if load > cores:
         log.warning("the machine is oversubscribed: load average %.1f over %d usable cores; training runs %d torch"
-                    " threads (fewer, e.g. trainer.num_threads=1, can be much faster)", load, cores, torch.get_num_threads())
+                    " threads (fewer, e.g. trainer.num_threads=1, can be much faster)",
+                    load, cores, torch.get_num_threads())
 
 
 @dataclass

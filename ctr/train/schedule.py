@@ -49,7 +49,8 @@ class Schedules:
         return {name: opt.param_groups[0]["lr"] for name, opt in self.parts.items() if opt.param_groups}
 
     def before_step(self, epoch: int, step: int) -> None:
-        """Sets the lr of each closed-form schedule for training step ``step`` (0-based) of ``epoch``."""
+        """Sets the lr of each closed-form schedule for training step ``step`` (0-based, counted
+        over the run) in ``epoch``."""
         for name, (rule, bases) in self.rules.items():
             for group, base in zip(self.parts[name].param_groups, bases):
                 group["lr"] = rule(base, epoch, step)

@@ -71,7 +71,8 @@ def test_plateau_divides_by_ten_after_a_validation_without_gain():
 
 def test_a_plateau_monitor_the_run_lacks_is_named():
     sched, _ = schedules({"name": "plateau", "monitor": "valid/gauc"})
-    with pytest.raises(RecipeError, match=r"^train\.scheduler\.monitor: this run validates auc, logloss, not 'valid/gauc'"):
+    message = r"^train\.scheduler\.monitor: this run validates auc, logloss, not 'valid/gauc'"
+    with pytest.raises(RecipeError, match=message):
         sched.after_validation({"auc": 0.7, "logloss": 0.5})
 
 
@@ -131,7 +132,8 @@ def test_a_resumed_run_continues_the_schedule(tmp_path, scheduler, expected):
     CSV logger starts a new file on resume) and the optimizer's lr at the end (last.ckpt) are
     those of four epochs in one go."""
     def recipe(epochs):
-        return recipe_from_dict(tiny_recipe(tmp_path, train={"epochs": epochs, "early_stop": None, "scheduler": scheduler}))
+        train_block = {"epochs": epochs, "early_stop": None, "scheduler": scheduler}
+        return recipe_from_dict(tiny_recipe(tmp_path, train=train_block))
 
     train(recipe(4), tmp_path / "whole")
     train(recipe(2), tmp_path / "resumed")
