@@ -49,7 +49,7 @@ def main() -> None:
         "model": {"name": "dlrm"},
         "train": {"batch_size": args.batch_size},
     })
-    prepared = prepare(recipe.data, recipe.seed, progress=False)
+    prepared = prepare(recipe.data, progress=False)
     folder, schema, size = prepared.split_dir("train"), prepared.schema, args.batch_size
     results = {
         "ctr BatchLoader, training order": _rate(BatchLoader(folder, schema, size, shuffle=True, seed=1), args.epochs),

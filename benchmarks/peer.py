@@ -93,9 +93,9 @@ def _din_targets(recipe: Recipe, schema) -> list[str]:
 
 def run_peer(recipe: Recipe, seed: int) -> Result:
     """Trains the DeepCTR-Torch counterpart with ctr's early stopping; tests the best epoch.
-    It reads the files ``ctr train`` of the same seed reads (the seed enters the data split)."""
+    It reads the files ``ctr train`` reads (the split is seeded by ``data.split.seed``)."""
     torch.manual_seed(seed)
-    prepared = prepare(recipe.data, seed, progress=False)
+    prepared = prepare(recipe.data, progress=False)
     schema, train_cfg = prepared.schema, recipe.train
     data = {s: read_columns(shard_files(prepared.split_dir(s)), schema) for s in ("train", "valid", "test")}
     inputs = {s: deepctr_inputs(schema, c) for s, c in data.items()}

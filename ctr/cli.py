@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("recipe")
     _overrides(prep)
     prep.set_defaults(run=_prepare)
+    clean = data.add_parser(
+        "clean", help="remove stale encoded-data cache entries (changed inputs, old versions, killed runs)"
+    )
+    clean.add_argument("--cache-dir", help="the cache (default $CTR_CACHE, else ~/.cache/ctr), as data.cache_dir")
+    clean.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    clean.set_defaults(run=_clean)
     synth = data.add_parser("synth", help="write synthetic Criteo-schema rows as raw Criteo DAC TSV")
     synth.add_argument("out", type=Path, help="the TSV file to write")
     synth.add_argument("--rows", type=int, required=True, help="rows to write")
@@ -192,7 +198,7 @@ def _prepare(args: argparse.Namespace) -> int:
     from ctr.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.override)
-    prepared = prepare(recipe.data, recipe.seed)
+    prepared = prepare(recipe.data)
     print(format_report(prepared.report))
     print(f"\nencoded data: {prepared.root}")
     return 0
@@ -205,8 +211,23 @@ def _plan(args: argparse.Namespace) -> int:
 
     memory = parse_bytes(args.memory_per_rank) if args.memory_per_rank else None
     recipe = load_recipe(args.recipe, args.override)
-    prepared = prepare(recipe.data, recipe.seed)
+    prepared = prepare(recipe.data)
     print(format_plan(plan_tables(recipe, prepared.schema, args.world_size, memory), recipe))
+    return 0
+
+
+def _clean(args: argparse.Namespace) -> int:
+    from ctr.datasets.preprocess import cache_root, remove_stale, stale_entries
+
+    root = cache_root(args.cache_dir)
+    stale = stale_entries(root)
+    verb = "would remove" if args.dry_run else "removed"
+    for entry in stale:
+        print(f"{verb} {entry.path.name} ({entry.bytes / 1e6:.1f} MB): {entry.reason}")
+    if not args.dry_run:
+        remove_stale(stale)
+    total = sum(entry.bytes for entry in stale) / 1e6
+    print(f"{len(stale)} stale entries ({total:.1f} MB) in {root}" + (" (dry run)" if args.dry_run else ""))
     return 0
 
 

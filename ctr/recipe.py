@@ -19,20 +19,39 @@ import yaml
 
 from ctr.errors import RecipeError
 from ctr.registry import DATASETS, EMBEDDINGS, MODELS, OPTIMIZERS, import_plugins
-from ctr.schema import FeatureSpec
+from ctr.schema import FeatureSpec, Kind
 from ctr.typed import parse, to_plain
 
 
 @dataclass
 class SplitConfig:
-    """Random train/valid/test split of datasets that ship as one stream of rows."""
+    """Random train/valid/test split of datasets that ship as one stream of rows.
+
+    ``seed`` seeds the split (and the sample of numeric values that quantile boundaries are
+    fitted on): part of the encoded data's cache key, unlike the recipe's ``seed``, so that
+    every training seed sees the same split and reuses one encoding.
+    """
 
     valid: float = 0.1
     test: float = 0.1
+    seed: int = 2024
 
     def __post_init__(self) -> None:
         if not (0 <= self.valid < 1 and 0 <= self.test < 1 and self.valid + self.test < 1):
             raise ValueError("split.valid and split.test must be in [0, 1) and sum to less than 1")
+
+
+@dataclass
+class FeatureShorthand:
+    """``data.features`` given by exception: every column of the data (a csv header, a parquet
+    schema) is a feature of kind ``default_kind``, except the label, the group, the columns in
+    ``skip`` and those a spec in ``specs`` reads (that spec is used for them). The run's
+    ``recipe.yaml`` holds the resolved list.
+    """
+
+    default_kind: Kind = "categorical"
+    specs: list[FeatureSpec] = field(default_factory=list)
+    skip: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -42,7 +61,7 @@ class DataConfig:
     Args:
         dataset: registered dataset name (``ctr models`` lists them).
         path: the original files (a file or a folder), for file-based datasets.
-        features: feature specs; built-in datasets supply defaults.
+        features: feature specs (built-in datasets supply defaults), or a ``FeatureShorthand``.
         label: label column; group: group column for group AUC (e.g. the user).
         split: fractions for datasets without their own split.
         cache_dir: where encoded data is cached (default ``$CTR_CACHE`` or ``~/.cache/ctr``).
@@ -57,7 +76,7 @@ class DataConfig:
 
     dataset: str = "synthetic"
     path: str | None = None
-    features: list[FeatureSpec] | None = None
+    features: list[FeatureSpec] | FeatureShorthand | None = None
     label: str | None = None
     group: str | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -87,6 +106,10 @@ class EmbeddingConfig:
         backend: embedding-bag kernel backend (``torch``, ``triton``, ``fbgemm``);
             ``None`` = ``$CTR_KERNEL_BACKEND`` or automatic.
         init_std: standard deviation of the normal initialisation of table rows.
+        gradients: ``sparse`` (only the rows a batch touched; the embedding optimizer must take
+            sparse gradients) or ``dense`` (a gradient of every row, so any torch optimizer, dense
+            Adam included, can train the tables; each step then reads and writes them whole).
+        dense_max_mb: ``gradients: dense`` is refused for tables above this many MB.
     """
 
     method: str = "full"
@@ -94,6 +117,8 @@ class EmbeddingConfig:
     budget: float | None = None
     backend: str | None = None
     init_std: float = 0.01
+    gradients: Literal["sparse", "dense"] = "sparse"
+    dense_max_mb: float = 64.0
 
     def __post_init__(self) -> None:
         if self.dim < 1:
@@ -131,11 +156,105 @@ class EmbeddingOptimizerConfig(OptimizerConfig):
 
 @dataclass
 class EarlyStopConfig:
-    """Stop when ``monitor`` has not improved for ``patience`` epochs."""
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` validations."""
 
     monitor: str = "valid/auc"
     mode: Literal["max", "min"] = "max"
     patience: int = 2
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.patience < 0 or self.min_delta < 0:
+            raise ValueError("early_stop: patience and min_delta must be >= 0")
+
+
+@dataclass
+class SchedulerConfig:
+    """A learning-rate schedule; ``name`` picks the class of its keys (``SCHEDULERS``)."""
+
+    name: str = "constant"
+
+
+@dataclass
+class ConstantSchedule(SchedulerConfig):
+    """The optimizer's ``lr`` throughout (to keep one optimizer off ``train.scheduler``)."""
+
+
+@dataclass
+class PlateauSchedule(SchedulerConfig):
+    """After each validation: when ``monitor`` has not gained more than ``min_delta`` for more than
+    ``patience`` validations, ``lr *= factor`` (not below ``min_lr``). The defaults are FuxiCTR's
+    ``reduce_lr_on_plateau``: lr ÷ 10 after every validation without a gain, down to 1e-6.
+    ``monitor`` / ``mode`` default to ``train.early_stop``'s (else ``valid/auc``, max)."""
+
+    name: str = "plateau"
+    factor: float = 0.1
+    patience: int = 0
+    min_delta: float = 0.0
+    min_lr: float = 1e-6
+    monitor: str | None = None
+    mode: Literal["max", "min"] | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.factor < 1 or self.patience < 0 or self.min_delta < 0 or self.min_lr < 0:
+            raise ValueError("plateau: factor must be in (0, 1); patience, min_delta and min_lr >= 0")
+        if self.monitor is not None and not self.monitor.startswith("valid/"):
+            raise ValueError(f"plateau: monitor must be a validation metric (valid/...), got {self.monitor!r}")
+
+
+@dataclass
+class CosineSchedule(SchedulerConfig):
+    """Per epoch, ``lr`` falls along a half cosine to ``min_lr`` at epoch ``epochs`` (default
+    ``train.epochs``): ``min_lr + (lr - min_lr)·(1 + cos(π·e / epochs)) / 2`` in epoch ``e``."""
+
+    name: str = "cosine"
+    epochs: int | None = None
+    min_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        if (self.epochs is not None and self.epochs < 1) or self.min_lr < 0:
+            raise ValueError("cosine: epochs must be >= 1 and min_lr >= 0")
+
+
+@dataclass
+class LinearWarmupSchedule(SchedulerConfig):
+    """Per training step: ``lr`` rises linearly from ``lr / warmup_steps`` to ``lr`` over the
+    first ``warmup_steps`` steps, then ``decay`` (``none``: stays; ``linear`` / ``cosine``: falls
+    to ``min_lr`` over ``decay_steps`` steps and stays there)."""
+
+    name: str = "linear_warmup"
+    warmup_steps: int = 1000
+    decay: Literal["none", "linear", "cosine"] = "none"
+    decay_steps: int | None = None
+    min_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 0 or self.min_lr < 0:
+            raise ValueError("linear_warmup: warmup_steps and min_lr must be >= 0")
+        if self.decay != "none" and (self.decay_steps is None or self.decay_steps < 1):
+            raise ValueError(f"linear_warmup: decay {self.decay!r} needs decay_steps >= 1")
+
+
+@dataclass
+class StepSchedule(SchedulerConfig):
+    """``lr *= factor`` after every ``step_epochs`` epochs."""
+
+    name: str = "step"
+    step_epochs: int = 1
+    factor: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.step_epochs < 1 or not 0 < self.factor <= 1:
+            raise ValueError("step: step_epochs must be >= 1 and factor in (0, 1]")
+
+
+SCHEDULERS: dict[str, type[SchedulerConfig]] = {
+    "constant": ConstantSchedule,
+    "plateau": PlateauSchedule,
+    "cosine": CosineSchedule,
+    "linear_warmup": LinearWarmupSchedule,
+    "step": StepSchedule,
+}
 
 
 @dataclass
@@ -144,6 +263,8 @@ class TrainConfig:
 
     ``optimizer`` updates dense parameters; ``embedding_optimizer`` updates embedding tables
     sparsely (only the rows a batch touched), or fused into the backward (``fused: true``).
+    ``scheduler`` schedules the learning rate of both; ``embedding_scheduler``, when given,
+    replaces it for the embedding optimizer (``{name: constant}`` keeps its lr fixed).
     """
 
     batch_size: int = 4096
@@ -155,12 +276,19 @@ class TrainConfig:
         default_factory=lambda: EmbeddingOptimizerConfig(name="adagrad", lr=0.05)
     )
     early_stop: EarlyStopConfig | None = field(default_factory=EarlyStopConfig)
+    scheduler: SchedulerConfig | None = None
+    embedding_scheduler: SchedulerConfig | None = None
     grad_clip: float | None = None
     eval_every_n_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.eval_batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size, eval_batch_size and epochs must be >= 1")
+
+    def schedule_of(self, part: str) -> SchedulerConfig | None:
+        """The schedule of optimizer ``part`` (``dense`` or ``embedding``); None = constant lr."""
+        chosen = self.embedding_scheduler if part == "embedding" and self.embedding_scheduler else self.scheduler
+        return None if chosen is None or chosen.name == "constant" else chosen
 
 
 @dataclass
@@ -169,7 +297,8 @@ class TrainerConfig:
 
     Args:
         accelerator, devices, precision, strategy: Lightning's.
-        num_threads: torch's CPU threads (default: torch's choice).
+        num_threads: torch's CPU threads; ``auto``: the cores this process may run on
+            (``os.sched_getaffinity``); null: torch's own choice.
         progress_bar: show a progress bar (default: when stderr is a terminal).
         compile: ``torch.compile`` the model's dense part (the embedding lookup stays as it is:
             its kernels are already fused).
@@ -179,9 +308,13 @@ class TrainerConfig:
     devices: int = 1
     precision: str = "32-true"
     strategy: str = "auto"
-    num_threads: int | None = None
+    num_threads: int | Literal["auto"] | None = "auto"
     progress_bar: bool | None = None
     compile: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_threads, int) and self.num_threads < 1:
+            raise ValueError("num_threads must be >= 1, auto or null")
 
 
 @dataclass
@@ -278,9 +411,43 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
             raise RecipeError(f"{section}.{key}: expected str, got {name!r}")
         config_class = registry.get(name, f"{section}.{key}").config or base
         sections[section] = parse(config_class, block, section)
+    schedules = _pop_schedules(raw)
     recipe = parse(Recipe, raw, "")
     for section, config in sections.items():
         setattr(recipe, section, config)
+    for key, schedule in schedules.items():
+        setattr(recipe.train, key, schedule)
+    _check_combinations(recipe)
+    return recipe
+
+
+def _pop_schedules(raw: dict[str, Any]) -> dict[str, SchedulerConfig | None]:
+    """Removes ``train.scheduler`` / ``train.embedding_scheduler`` from ``raw`` (copying the
+    ``train`` block) and validates each against the class its ``name`` picks."""
+    train = raw.get("train")
+    if not isinstance(train, dict):
+        return {}
+    train = raw["train"] = dict(train)
+    schedules = {}
+    for key in ("scheduler", "embedding_scheduler"):
+        if key in train:
+            schedules[key] = _schedule(train.pop(key), f"train.{key}")
+    return schedules
+
+
+def _schedule(block: Any, path: str) -> SchedulerConfig | None:
+    if block is None:
+        return None
+    if not isinstance(block, dict):
+        raise RecipeError(f"{path}: expected a mapping with a name ({', '.join(SCHEDULERS)}), got {block!r}")
+    name = block.get("name")
+    if name not in SCHEDULERS:
+        raise RecipeError(f"{path}.name: expected one of {', '.join(SCHEDULERS)}, got {name!r}")
+    return parse(SCHEDULERS[name], block, path)
+
+
+def _check_combinations(recipe: Recipe) -> None:
+    """Registered optimizer names, and keys valid alone that do not go together."""
     OPTIMIZERS.get(recipe.train.optimizer.name, "train.optimizer.name")
     OPTIMIZERS.get(recipe.train.embedding_optimizer.name, "train.embedding_optimizer.name")
     if recipe.train.embedding_optimizer.fused and recipe.trainer.devices > 1:
@@ -288,7 +455,18 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
             "train.embedding_optimizer.fused: needs trainer.devices 1 (data-parallel ranks would each"
             " update their own copy of the tables)"
         )
-    return recipe
+    dense, embedding_optimizer = recipe.embedding.gradients == "dense", recipe.train.embedding_optimizer
+    if dense and (embedding_optimizer.fused or embedding_optimizer.name == "sparse_adam"):
+        fused = " (fused)" if embedding_optimizer.fused else ""
+        raise RecipeError(
+            f"embedding.gradients: dense gradients cannot be stepped by train.embedding_optimizer"
+            f" {embedding_optimizer.name}{fused}; use adam, adagrad or gradients: sparse"
+        )
+    if recipe.train.embedding_optimizer.fused and recipe.train.schedule_of("embedding"):
+        raise RecipeError(
+            "train.embedding_scheduler: the fused embedding update (train.embedding_optimizer.fused) keeps a fixed lr;"
+            " set train.embedding_scheduler: {name: constant} or fused: false"
+        )
 
 
 @dataclass

@@ -82,6 +82,9 @@ def _convert_union(args: tuple, value: Any, path: str) -> Any:
             return None
         raise RecipeError(f"{path}: a value is required, got null")
     candidates = [a for a in args if a is not type(None)]
+    shaped = [c for c in candidates if _same_shape(c, value)]
+    if isinstance(value, (list, dict)) and len(shaped) == 1:
+        return convert(shaped[0], value, path)  # the one candidate of this shape: its errors name the inner key
     errors = []
     for candidate in candidates:
         try:
@@ -92,6 +95,16 @@ def _convert_union(args: tuple, value: Any, path: str) -> Any:
         raise errors[0]
     names = " or ".join(_name(c) for c in candidates)
     raise RecipeError(f"{path}: expected {names}, got {_show(value)}")
+
+
+def _same_shape(hint: Any, value: Any) -> bool:
+    """Whether ``hint`` takes a value of ``value``'s container kind (a list, or a mapping)."""
+    origin = typing.get_origin(hint)
+    if isinstance(value, list):
+        return origin in (list, tuple)
+    if isinstance(value, dict):
+        return origin is dict or dataclasses.is_dataclass(hint)
+    return False
 
 
 def _convert_scalar(hint: Any, value: Any, path: str) -> Any:

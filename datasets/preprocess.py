@@ -18,7 +18,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -28,7 +28,7 @@ from ctr.datasets.encode import Encoder, Tally
 from ctr.datasets.fit import Fitter
 from ctr.datasets.report import build_report
 from ctr.datasets.shards import ShardWriter
-from ctr.datasets.source import SPLITS, DatasetSource
+from ctr.datasets.source import SPLITS, DatasetSource, resolve_features
 from ctr.datasets.validate import check_rows, column_keys, raise_or_count, require_columns
 from ctr.errors import DataError, RecipeError
 from ctr.recipe import DataConfig, SplitConfig
@@ -37,8 +37,10 @@ from ctr.schema import FeatureInfo, FeatureSpec, Schema
 from ctr.typed import to_plain
 
 log = logging.getLogger(__name__)
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 3
 DONE = "DONE"
+KEY_FILE = "key.json"
+TMP_MARK = ".tmp-"
 
 
 @dataclass
@@ -53,21 +55,26 @@ class Prepared:
         return self.root / split
 
 
-def prepare(config: DataConfig, seed: int, progress: bool | None = None) -> Prepared:
-    """Encodes the recipe's data (or finds it in the cache) and returns the cache entry."""
+def prepare(config: DataConfig, progress: bool | None = None) -> Prepared:
+    """Encodes the recipe's data (or finds it in the cache) and returns the cache entry.
+
+    The entry is keyed by what changes the encoding only (``key_inputs``): the training seed
+    is not part of it, so every seed of a multi-seed run reads the same entry."""
+    config = resolve_features(config)
     source = DATASETS.get(config.dataset, "data.dataset").target(config)
     features = config.features or source.default_features()
     label, group = config.label or source.label, config.group or source.group
     table_of = tables_of(features)
-    key = cache_key(source, features, label, group, config.split, seed)
-    root = cache_root(config) / f"{config.dataset}-{key[:16]}"
+    inputs = key_inputs(source, features, label, group, config.split)
+    root = cache_root(config.cache_dir) / f"{config.dataset}-{cache_key(inputs)[:16]}"
     if (root / DONE).exists():
         return load_prepared(root)
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = root.parent / f".{root.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        job = _Job(source, features, table_of, label, group, config, seed, _show_progress(progress))
+        job = _Job(source, features, table_of, label, group, config, _show_progress(progress))
         job.run(tmp)
+        (tmp / KEY_FILE).write_text(_key_blob(inputs) + "\n")
         (tmp / DONE).write_text("ok\n")
         _publish(tmp, root)
     finally:
@@ -103,26 +110,93 @@ def tables_of(features: list[FeatureSpec]) -> dict[str, str]:
     return tables
 
 
-def cache_key(source: DatasetSource, features, label, group, split: SplitConfig, seed: int) -> str:
-    blob = json.dumps(
-        {
-            "version": PIPELINE_VERSION,
-            "source": source.fingerprint(),
-            "features": to_plain(features),
-            "label": label,
-            "group": group,
-            "split": to_plain(split),
-            "seed": seed,
-        },
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()
+def key_inputs(source: DatasetSource, features, label, group, split: SplitConfig) -> dict[str, Any]:
+    """What the encoding depends on: the pipeline version, the source (its options and its files'
+    stamps), the feature specs, label, group and the split (fractions and ``split.seed``)."""
+    return {
+        "version": PIPELINE_VERSION,
+        "source": source.fingerprint(),
+        "features": to_plain(features),
+        "label": label,
+        "group": group,
+        "split": to_plain(split),
+    }
 
 
-def cache_root(config: DataConfig) -> Path:
-    base = config.cache_dir or os.environ.get("CTR_CACHE") or "~/.cache/ctr"
+def cache_key(inputs: dict[str, Any]) -> str:
+    return hashlib.sha256(_key_blob(inputs).encode()).hexdigest()
+
+
+def _key_blob(inputs: dict[str, Any]) -> str:
+    return json.dumps(inputs, sort_keys=True, default=str)
+
+
+def cache_root(cache_dir: str | None) -> Path:
+    """The folder of encoded-data entries: ``<cache_dir>/data``, where ``cache_dir`` defaults to
+    ``$CTR_CACHE``, else ``~/.cache/ctr``."""
+    base = cache_dir or os.environ.get("CTR_CACHE") or "~/.cache/ctr"
     return Path(base).expanduser() / "data"
+
+
+@dataclass
+class Stale:
+    """A cache entry no run will read again, why, and its size."""
+
+    path: Path
+    reason: str
+    bytes: int
+
+
+def stale_entries(root: Path) -> list[Stale]:
+    """The entries of cache folder ``root`` (``cache_root``) that are stale: unfinished
+    preparations whose process is gone, entries of another pipeline version (or written before
+    entries recorded their key), and entries whose input files changed or were deleted."""
+    stale = []
+    for entry in sorted(root.iterdir()) if root.is_dir() else []:
+        reason = _staleness(entry)
+        if reason:
+            stale.append(Stale(entry, reason, _folder_bytes(entry)))
+    return stale
+
+
+def remove_stale(stale: list[Stale]) -> None:
+    for entry in stale:
+        shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _staleness(entry: Path) -> str | None:
+    if TMP_MARK in entry.name:
+        pid = entry.name.split(TMP_MARK, 1)[1].split("-")[0]
+        return None if pid.isdigit() and _alive(int(pid)) else "unfinished (its preparation was stopped)"
+    if not (entry / DONE).exists():
+        return "unfinished (no DONE)"
+    if not (entry / KEY_FILE).exists():
+        return "written by an older ctr (no key.json)"
+    inputs = json.loads((entry / KEY_FILE).read_text())
+    if inputs.get("version") != PIPELINE_VERSION:
+        return f"pipeline version {inputs.get('version')} (now {PIPELINE_VERSION})"
+    for path, size, mtime in inputs["source"].get("files", []):
+        file = Path(path)
+        if not file.exists():
+            return f"input {file} was deleted"
+        stat = file.stat()
+        if (stat.st_size, int(stat.st_mtime)) != (size, mtime):
+            return f"input {file} changed"
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, owned by another user
+    return True
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def _publish(tmp: Path, root: Path) -> None:
@@ -141,9 +215,9 @@ def _show_progress(progress: bool | None) -> bool:
 class _Job:
     """One preprocessing run (fit pass, then encode pass)."""
 
-    def __init__(self, source, features, table_of, label, group, config: DataConfig, seed: int, progress: bool):
+    def __init__(self, source, features, table_of, label, group, config: DataConfig, progress: bool):
         self.source, self.features, self.table_of = source, features, table_of
-        self.label, self.group, self.config, self.seed = label, group, config, seed
+        self.label, self.group, self.config, self.seed = label, group, config, config.split.seed
         self.progress = progress
         self.skipped = {s: 0 for s in SPLITS}
         self.columns = column_keys(features, label, group)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 
-from ctr.errors import DataError
-from ctr.recipe import DataConfig
+from ctr.errors import DataError, RecipeError
+from ctr.recipe import DataConfig, FeatureShorthand
+from ctr.registry import DATASETS
 from ctr.schema import FeatureSpec
 from ctr.typed import to_plain
 
@@ -21,7 +23,7 @@ class DatasetSource(ABC):
     """A registered dataset: its default features and a reader of its raw rows.
 
     A source returns either one stream ``{"all": ...}`` (split at random by
-    ``data.split`` and the recipe seed) or its own ``{"train", "valid", "test"}`` streams.
+    ``data.split``, seeded by ``data.split.seed``) or its own ``{"train", "valid", "test"}`` streams.
     Each record batch has the raw columns the features name, plus the label (and group).
 
     Args:
@@ -45,13 +47,41 @@ class DatasetSource(ABC):
     def fingerprint(self) -> dict[str, Any]:
         """What identifies the raw input (for the cache key): options plus file stamps."""
         options = to_plain(self.config)
-        for key in ("cache_dir", "prefetch", "shuffle_buffer"):
+        for key in ("cache_dir", "prefetch", "shuffle_buffer", "on_device"):
             options.pop(key, None)
         return {"class": type(self).__name__, "options": options, "files": file_stamps(self.files())}
 
     def files(self) -> list[Path]:
         """The raw files this source reads (empty for generated data)."""
         return []
+
+    def columns(self) -> list[str]:
+        """The raw columns of the data, in order (what a ``FeatureShorthand`` resolves against)."""
+        raise RecipeError(
+            f"data.features.default_kind: the {self.config.dataset} dataset cannot list its columns; list every feature"
+        )
+
+
+def resolve_features(config: DataConfig) -> DataConfig:
+    """``config`` with ``features`` an explicit list when the recipe gives a ``FeatureShorthand``:
+    each column of the data, in order, is read by its spec in ``specs`` or becomes a feature of
+    ``default_kind``; the label, the group and ``skip`` are left out."""
+    shorthand = config.features
+    if not isinstance(shorthand, FeatureShorthand):
+        return config
+    source = DATASETS.get(config.dataset, "data.dataset").target(config)
+    columns = source.columns()
+    for key, names in (("skip", shorthand.skip), ("specs", [spec.column for spec in shorthand.specs])):
+        missing = [name for name in names if name not in columns]
+        if missing:
+            raise RecipeError(
+                f"data.features.{key}: no column {missing[0]!r} in the data (columns: {', '.join(columns)})"
+            )
+    by_column = {spec.column: spec for spec in shorthand.specs}
+    left_out = {config.label or source.label, config.group or source.group, *shorthand.skip}
+    features = [by_column.get(c) or FeatureSpec(name=c, kind=shorthand.default_kind)
+                for c in columns if c not in left_out or c in by_column]
+    return dataclasses.replace(config, features=features)
 
 
 def resolve_files(path: str | None, key: str = "data.path", pattern: str = "*") -> list[Path]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NoReturn
+from typing import Iterator, Literal, NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -117,20 +117,25 @@ class CsvConfig(FileConfig):
     Args:
         delimiter: field separator (``"\\t"`` for TSV).
         header: the first line names the columns.
-        columns: column names, for files without a header.
+        columns: column names, for files without a header; ``auto`` (or unset): the header's.
         quoting: fields may be quoted with ``"``.
     """
 
     delimiter: str = ","
     header: bool = True
-    columns: list[str] | None = None
+    columns: list[str] | Literal["auto"] | None = None
     quoting: bool = True
 
     def __post_init__(self) -> None:
         if len(self.delimiter) != 1:
             raise ValueError("delimiter must be one character")
-        if not self.header and not self.columns:
+        if not self.header and not isinstance(self.columns, list):
             raise ValueError("a file without a header needs its column names in columns")
+
+    @property
+    def names(self) -> list[str] | None:
+        """The column names the recipe gives (None: read them from the header)."""
+        return self.columns if isinstance(self.columns, list) else None
 
 
 def _features_required(dataset: str) -> NoReturn:
@@ -144,10 +149,14 @@ class CsvDataset(DelimitedSource):
     def default_features(self) -> list[FeatureSpec]:
         _features_required("csv")
 
+    def columns(self) -> list[str]:
+        config: CsvConfig = self.config  # type: ignore[assignment]
+        return config.names or self.header(self.split_files["train"][0], config.delimiter)
+
     def text_format(self, file: Path) -> TextFormat:
         config: CsvConfig = self.config  # type: ignore[assignment]
-        columns = config.columns or self.header(file, config.delimiter)
-        if config.header and config.columns and len(config.columns) != len(self.header(file, config.delimiter)):
+        columns = config.names or self.header(file, config.delimiter)
+        if config.header and config.names and len(config.names) != len(self.header(file, config.delimiter)):
             raise DataError(f"{file}:1: the header has a different number of fields than data.columns")
         needed = self.needed_columns()
         require_columns(columns, needed, str(file))
@@ -168,11 +177,18 @@ class ParquetDataset(FileSource):
     def default_features(self) -> list[FeatureSpec]:
         _features_required("parquet")
 
-    def read_file(self, file: Path) -> Iterator[pa.RecordBatch]:
+    def columns(self) -> list[str]:
+        return self._open(self.split_files["train"][0]).schema_arrow.names
+
+    @staticmethod
+    def _open(file: Path) -> pq.ParquetFile:
         try:
-            reader = pq.ParquetFile(file)
+            return pq.ParquetFile(file)
         except (pa.ArrowInvalid, OSError) as err:
             raise DataError(f"{file}: not a readable parquet file: {err}") from None
+
+    def read_file(self, file: Path) -> Iterator[pa.RecordBatch]:
+        reader = self._open(file)
         if reader.metadata.num_rows == 0:
             raise EmptyFileError(f"{file}: empty file (no rows)")
         needed = self.needed_columns()

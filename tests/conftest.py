@@ -34,4 +34,4 @@ def tiny_prepared(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("tiny")
     recipe = recipe_from_dict(tiny_recipe(tmp))
-    return prepare(recipe.data, recipe.seed, progress=False)
+    return prepare(recipe.data, progress=False)

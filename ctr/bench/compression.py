@@ -181,7 +181,7 @@ def _refusal(recipe: Recipe) -> str | None:
     from ctr.datasets import prepare
     from ctr.embeddings.budget import BudgetUnreachableError, ComputeLimitError
 
-    schema = prepare(recipe.data, recipe.seed, progress=False).schema
+    schema = prepare(recipe.data, progress=False).schema
     try:
         EMBEDDINGS.get(recipe.embedding.method).target(schema, recipe.embedding)
     except BudgetUnreachableError as err:

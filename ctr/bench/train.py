@@ -123,7 +123,7 @@ def run_train_bench(config: TrainBenchConfig) -> TrainBenchResult:
     recipe = load_recipe(config.recipe, [*config.overrides, f"trainer.accelerator={accelerator}", "trainer.devices=1"])
     quiet_lightning()
     L.seed_everything(recipe.seed, verbose=False)
-    prepared = prepare(recipe.data, recipe.seed, sys.stderr.isatty())
+    prepared = prepare(recipe.data, sys.stderr.isatty())
     clock = EventClock(device) if device.type == "cuda" else WallClock()
     task = CTRTask(recipe, prepared.schema, phases=clock)
     window = _Window(clock, config, device)

@@ -28,6 +28,7 @@ from ctr.train.rundir import RunDir
 from ctr.train.task import CTRTask
 
 Loader = BatchLoader | ResidentLoader
+log = logging.getLogger("ctr.train")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,26 @@ def placement(recipe: Recipe) -> Placement:
     wants_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if wants_gpu else torch.device("cpu")
     return Placement(rank, world, device)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity; all cores where there is none)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
+def use_threads(num_threads: int | str | None) -> None:
+    """Sets torch's CPU threads (``trainer.num_threads``: a number, ``auto`` = the usable cores,
+    None = torch's choice) and warns when the machine is already busier than its cores: threads
+    then wait for each other (on a loaded 2-core machine 2 threads ran 10-20x slower than 1)."""
+    cores = usable_cores()
+    if num_threads is not None:
+        torch.set_num_threads(cores if num_threads == "auto" else num_threads)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > cores:
+        log.warning("the machine is oversubscribed: load average %.1f over %d usable cores; training runs %d torch"
+                    " threads (fewer, e.g. trainer.num_threads=1, can be much faster)",
+                    load, cores, torch.get_num_threads())
 
 
 @dataclass
@@ -102,12 +123,13 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     recipe = session.recipe
     throughput = Throughput()
     checkpoint = _checkpoint(recipe, ckpt_dir)
-    callbacks = [checkpoint, throughput, ValidationSummary()]
+    callbacks = [checkpoint, _last_checkpoint(ckpt_dir), throughput, ValidationSummary()]
     if recipe.train.early_stop:
         stop = recipe.train.early_stop
         # checked after validation only: a run cut short by max_steps may end before the first one
         callbacks.append(
-            EarlyStopping(monitor=stop.monitor, mode=stop.mode, patience=stop.patience, check_on_train_epoch_end=False)
+            EarlyStopping(monitor=stop.monitor, mode=stop.mode, patience=stop.patience, min_delta=stop.min_delta,
+                          check_on_train_epoch_end=False)
         )
     trainer = trainer_for(recipe, session.run, session.progress, callbacks, epochs=epochs, max_steps=max_steps,
                           log_root=log_root)
@@ -138,10 +160,15 @@ def _checkpoint(recipe: Recipe, dirpath: Path) -> ModelCheckpoint:
         filename="best",
         monitor=stop.monitor if stop else "valid/auc",
         mode=stop.mode if stop else "max",
-        save_last=True,
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
+
+
+def _last_checkpoint(dirpath: Path) -> ModelCheckpoint:
+    """``last.ckpt`` after every validation (what a resume continues from). Lightning's own
+    ``save_last`` rewrites it only when ``best.ckpt`` changes."""
+    return ModelCheckpoint(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
 
 
 def trainer_for(recipe: Recipe, run: RunDir, progress: bool, callbacks: list, logger: bool = True,

@@ -11,7 +11,7 @@ import yaml
 
 from ctr.atomic import atomic_path, atomic_write
 from ctr.errors import UserError
-from ctr.recipe import Recipe, load_recipe
+from ctr.recipe import Recipe, read_yaml, recipe_from_dict
 
 
 class RunDir:
@@ -37,7 +37,11 @@ class RunDir:
     def load_recipe(self) -> Recipe:
         if not self.recipe.exists():
             raise UserError(f"{self.root}: not a run directory (no recipe.yaml)")
-        return load_recipe(self.recipe)
+        raw = read_yaml(self.recipe)
+        split = raw.get("data", {}).get("split")
+        if isinstance(split, dict) and "seed" not in split:
+            split["seed"] = raw.get("seed", 42)  # a run from before data.split.seed: its split followed the recipe seed
+        return recipe_from_dict(raw)
 
     def copy_schema(self, prepared_root: Path) -> None:
         """Copies the fitted schema, vocabularies and data report next to the checkpoints."""

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 
 from ctr.datasets import Prepared, prepare
+from ctr.datasets.source import resolve_features
 from ctr.errors import UserError
 from ctr.recipe import Recipe
-from ctr.train.loop import Session, evaluate_checkpoint, fit, placement, quiet_lightning, trainer_for
+from ctr.train.loop import Session, evaluate_checkpoint, fit, placement, quiet_lightning, trainer_for, use_threads
 from ctr.train.optim import fused_optimizer
 from ctr.train.plots import plot_curves
 from ctr.train.rundir import RunDir
@@ -39,11 +39,11 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
         raise UserError(f"{run.root}: already holds a run; continue it with --resume or choose another --out")
     if recipe.train.embedding_optimizer.fused:
         fused_optimizer(recipe.train.embedding_optimizer)  # an unknown rule fails here, before any work
-    if recipe.trainer.num_threads:
-        torch.set_num_threads(recipe.trainer.num_threads)
+    use_threads(recipe.trainer.num_threads)
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     progress = _progress(recipe)
-    prepared = prepare(recipe.data, recipe.seed, progress)
+    recipe.data = resolve_features(recipe.data)  # the run's recipe.yaml lists every feature
+    prepared = prepare(recipe.data, progress)
     run.write_recipe(recipe)
     run.copy_schema(prepared.root)
     task = CTRTask(recipe, prepared.schema)
@@ -86,7 +86,7 @@ def evaluate(run_root: Path, split: str = "test") -> dict[str, float]:
     if not ckpt.exists():
         raise UserError(f"{run.root}: no checkpoint at {ckpt}")
     progress = _progress(recipe)
-    prepared = prepare(recipe.data, recipe.seed, progress)
+    prepared = prepare(recipe.data, progress)
     task = CTRTask(recipe, prepared.schema)
     if task.net.embedding.stages():
         restore_stages(task.net, run)

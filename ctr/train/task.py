@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import lightning as L
 import numpy as np
@@ -15,6 +15,7 @@ from ctr.batch import Batch
 from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.stages import MultiStageMixin, Stage
 from ctr.embeddings.types import FeatureEmbeddings
+from ctr.errors import RecipeError
 from ctr.metrics import auc, group_auc, logloss
 from ctr.models.base import CTRModel
 from ctr.recipe import Recipe
@@ -22,6 +23,7 @@ from ctr.registry import EMBEDDINGS, MODELS
 from ctr.schema import Schema
 from ctr.train.optim import CombinedOptimizer, build_optimizer, fused_optimizer
 from ctr.train.phases import PhaseClock
+from ctr.train.schedule import Schedules
 
 
 class CTRNet(nn.Module):
@@ -33,6 +35,8 @@ class CTRNet(nn.Module):
         self.embedding: EmbeddingMethod = method(schema, recipe.embedding)
         if recipe.train.embedding_optimizer.fused:
             self.embedding.use_fused_update(fused_optimizer(recipe.train.embedding_optimizer))
+        if recipe.embedding.gradients == "dense":
+            check_dense_size(self.embedding.memory_bytes(), recipe.embedding.dense_max_mb)
         model = MODELS.get(recipe.model.name, "model.name").target
         self.model: CTRModel = model(schema, self.embedding.layout, recipe.model)
         if recipe.trainer.compile:
@@ -48,6 +52,23 @@ class CTRNet(nn.Module):
         return logits, self.embedding.regularizer() + self.model.regularizer(batch, embedded)
 
 
+def check_dense_size(table_bytes: int, max_mb: float) -> None:
+    """Refuses dense table gradients for tables above ``embedding.dense_max_mb``."""
+    if table_bytes > max_mb * 1e6:
+        raise RecipeError(
+            f"embedding.gradients: dense gradients need tables of at most embedding.dense_max_mb = {max_mb:g} MB;"
+            f" these hold {table_bytes / 1e6:.1f} MB (use gradients: sparse, or raise embedding.dense_max_mb)"
+        )
+
+
+def densify_gradients(params: list[nn.Parameter]) -> None:
+    """Replaces each sparse gradient of ``params`` by its dense form [R, D] (every row, zeros
+    where the batch touched none), which dense optimizers such as Adam step."""
+    for param in params:
+        if param.grad is not None and param.grad.is_sparse:
+            param.grad = param.grad.to_dense()
+
+
 class CTRTask(L.LightningModule):
     """BCE training with a dense optimizer and a sparse embedding optimizer stepped together.
 
@@ -58,6 +79,10 @@ class CTRTask(L.LightningModule):
     During a stage of a multi-stage method (``stage``), the method's architecture parameters
     get their own optimizer (``embedding.arch_optimizer``): stepped with the training loss,
     or, in a ``bilevel`` stage, on a batch from ``valid_batches`` after every training step.
+
+    The dense and embedding optimizers follow their learning-rate schedules (``schedules``),
+    whose lr is logged per epoch as ``lr/dense`` and ``lr/embedding`` and whose state is saved
+    in checkpoints (key ``lr_schedules``).
     """
 
     def __init__(self, recipe: Recipe, schema: Schema, phases: PhaseClock | None = None):
@@ -71,6 +96,8 @@ class CTRTask(L.LightningModule):
         self.eval_split = "test"
         self.stage: Stage | None = None
         self.valid_batches: Iterator[Batch] | None = None
+        self.schedules: Schedules | None = None
+        self._schedule_state: dict[str, Any] | None = None
 
     @contextmanager
     def in_stage(self, stage: Stage, valid_batches: Iterator[Batch] | None) -> Iterator[None]:
@@ -93,6 +120,7 @@ class CTRTask(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         optimizers = self.optimizers()
         optimizer = optimizers[0] if isinstance(optimizers, list) else optimizers
+        self.schedules.before_step(self.current_epoch, self.global_step)
         loss = self.step(batch, optimizer, self.manual_backward)
         if self._bilevel():
             self._arch_step(optimizers[1].optimizer)
@@ -114,6 +142,8 @@ class CTRTask(L.LightningModule):
         with self.phases("backward"):
             backward(loss + reg)
         with self.phases("optimizer"):
+            if self.recipe.embedding.gradients == "dense":
+                densify_gradients(self.net.embedding.sparse_parameters())
             if self.recipe.train.grad_clip:
                 nn.utils.clip_grad_norm_(self._dense_parameters(), self.recipe.train.grad_clip)
             optimizer.step()
@@ -143,6 +173,27 @@ class CTRTask(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._finish("valid")
+        if self.schedules is not None:
+            self.schedules.after_validation(self.last_metrics["valid"])
+
+    def on_train_start(self) -> None:
+        """Restores the schedules' state of a resumed checkpoint (after Lightning restored the
+        optimizers, whose param groups hold a plateau schedule's lr)."""
+        if self._schedule_state is not None:
+            self.schedules.load_state_dict(self._schedule_state)
+            self._schedule_state = None
+
+    def on_train_epoch_start(self) -> None:
+        self.schedules.before_step(self.current_epoch, self.global_step)
+        for name, lr in self.schedules.lrs().items():
+            self.log(f"lr/{name}", lr, on_step=False, on_epoch=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.schedules is not None:
+            checkpoint["lr_schedules"] = self.schedules.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._schedule_state = checkpoint.get("lr_schedules")
 
     def on_test_epoch_end(self) -> None:
         self._finish(self.eval_split)
@@ -188,6 +239,7 @@ class CTRTask(L.LightningModule):
         sparse = [p for p in self.net.embedding.sparse_parameters() if p.requires_grad]
         if sparse:
             parts["embedding"] = build_optimizer(train.embedding_optimizer, sparse, "train.embedding_optimizer")
+        self.schedules = Schedules(parts, train)
         arch = self._arch_parameters()
         if not arch:
             return CombinedOptimizer(parts)

@@ -68,7 +68,7 @@ def test_default_features_share_tables_and_keep_positions(tmp_path):
 def test_prepared_din_rows_and_group(tmp_path):
     raw = {"data": {"dataset": "amazon", "path": str(write_amazon(tmp_path / "am")), "cache_dir": str(tmp_path / "c")}}
     recipe = recipe_from_dict(raw)
-    prepared = prepare(recipe.data, recipe.seed, progress=False)
+    prepared = prepare(recipe.data, progress=False)
     assert [prepared.report["splits"][s]["rows"] for s in ("train", "valid", "test")] == [2 * (2 + 0 + 0 + 3), 6, 8]
     assert prepared.schema.group == "user_id"
     assert prepared.schema.feature("hist_item_id").table == "item_id"
@@ -79,10 +79,10 @@ def test_user_without_items_names_its_line_or_is_skipped(tmp_path):
     raw = {"data": {"dataset": "amazon", "path": str(path), "cache_dir": str(tmp_path / "c")}}
     recipe = recipe_from_dict(raw)
     with pytest.raises(DataError, match=r"Toy\.txt:5: a user without items"):
-        prepare(recipe.data, recipe.seed, progress=False)
+        prepare(recipe.data, progress=False)
     raw["data"]["on_bad_rows"] = "skip"
     recipe = recipe_from_dict(raw)
-    assert prepare(recipe.data, recipe.seed, progress=False).report["splits"]["train"]["skipped_bad_rows"] == 1
+    assert prepare(recipe.data, progress=False).report["splits"]["train"]["skipped_bad_rows"] == 1
 
 
 def test_ambiguous_folder_and_missing_attributes_are_errors(tmp_path):

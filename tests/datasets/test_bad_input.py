@@ -150,11 +150,11 @@ def test_preparation_killed_midway_leaves_no_entry_for_any_reader(tmp_path, monk
 
     monkeypatch.setattr(ShardWriter, "write", killed)
     with pytest.raises(KeyboardInterrupt):
-        prepare(recipe.data, recipe.seed, progress=False)
+        prepare(recipe.data, progress=False)
     cache = tmp_path / "cache" / "data"
     assert not any((entry / "DONE").exists() for entry in cache.iterdir())
     monkeypatch.setattr(ShardWriter, "write", original)
-    prepared = prepare(recipe.data, recipe.seed, progress=False)
+    prepared = prepare(recipe.data, progress=False)
     assert (prepared.root / "DONE").exists()
     assert sum(s["rows"] for s in prepared.report["splits"].values()) == rows
     assert [p.name for p in cache.iterdir()] == [prepared.root.name]  # no temporary folder left

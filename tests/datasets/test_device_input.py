@@ -61,7 +61,7 @@ def test_ranks_hold_disjoint_equal_shares(tiny_prepared):
 def test_num_ids_features_keep_every_id_as_a_row(tmp_path):
     sizes = [2, 3, 50, 40, 5, 2, 9, 4, 2, 30, 6, 20, 3, 2, 8, 25, 2, 4, 3, 2, 20, 2, 2, 10, 2, 7]
     raw = tiny_recipe(tmp_path, data={"integer_ids": True, "vocab_sizes": sizes, "vocab_scale": 1.0})
-    prepared = prepare(recipe_from_dict(raw).data, 0, progress=False)
+    prepared = prepare(recipe_from_dict(raw).data, progress=False)
     tables = prepared.schema.tables()
     assert [tables[f"C{j + 1}"] for j in range(26)] == [v + 2 for v in sizes]  # padding + OOV + every id
     counts = prepared.schema.counts["C3"]

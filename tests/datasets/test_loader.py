@@ -84,7 +84,7 @@ def test_sequences_and_groups_survive_packing(tmp_path):
                     "split": {"valid": 0.0, "test": 0.0},
                     "features": [{"name": "user"}, {"name": "tags", "kind": "sequence", "max_len": 2}]}}
     recipe = recipe_from_dict(raw)
-    prepared = prepare(recipe.data, recipe.seed, progress=False)
+    prepared = prepare(recipe.data, progress=False)
     batch = next(iter(BatchLoader(prepared.split_dir("train"), prepared.schema, 10)))
     assert batch.sparse.lengths().tolist() == [1, 1, 1, 1, 2, 0, 1, 2]
     groups = batch.groups.tolist()

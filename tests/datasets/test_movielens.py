@@ -54,7 +54,7 @@ def test_unreadable_rating_is_a_row_error_with_its_line(tmp_path):
     raw = {"data": {"dataset": "movielens", "path": str(folder), "cache_dir": str(tmp_path / "c")}}
     recipe = recipe_from_dict(raw)
     with pytest.raises(DataError, match=r"ml\.inter:3: rating 'x' is not a number"):
-        prepare(recipe.data, recipe.seed, progress=False)
+        prepare(recipe.data, progress=False)
 
 
 def test_path_may_name_any_of_the_files_and_a_missing_folder_is_an_error(tmp_path):
@@ -68,7 +68,7 @@ def test_path_may_name_any_of_the_files_and_a_missing_folder_is_an_error(tmp_pat
 def test_movielens_100k_as_ctr(tmp_path):
     raw = {"data": {"dataset": "movielens", "path": str(SHARED_DATA / "movielens"), "cache_dir": str(tmp_path)}}
     recipe = recipe_from_dict(raw)
-    prepared = prepare(recipe.data, recipe.seed, progress=False)
+    prepared = prepare(recipe.data, progress=False)
     splits = prepared.report["splits"]
     total = sum(s["rows"] for s in splits.values())
     positives = sum(s["rows"] * s["positive_rate"] for s in splits.values())

@@ -24,6 +24,6 @@ def test_documented_dataset_plugin_prepares(tmp_path, monkeypatch):
     (tmp_path / "clicks.jsonl").write_text("".join(json.dumps({**r, "clicked": int(r["clicked"])}) + "\n" for r in rows))
     recipe = recipe_from_dict({"plugins": ["my_data"], "data": {
         "dataset": "my_clicks", "path": str(tmp_path / "clicks.jsonl"), "cache_dir": str(tmp_path / "cache")}})
-    prepared = prepare(recipe.data, recipe.seed, progress=False)
+    prepared = prepare(recipe.data, progress=False)
     assert sum(s["rows"] for s in prepared.report["splits"].values()) == 200
     assert prepared.schema.group == "user" and prepared.schema.feature("user").vocab_size == 2 + 9

@@ -30,17 +30,17 @@ def test_vocabulary_ids_ordered_by_training_count(tiny_prepared):
 
 def test_cache_is_reused(tmp_path):
     recipe = recipe_from_dict(tiny_recipe(tmp_path))
-    first = prepare(recipe.data, recipe.seed, progress=False)
+    first = prepare(recipe.data, progress=False)
     stamp = (first.root / "DONE").stat().st_mtime_ns
-    second = prepare(recipe.data, recipe.seed, progress=False)
+    second = prepare(recipe.data, progress=False)
     assert second.root == first.root and (second.root / "DONE").stat().st_mtime_ns == stamp
 
 
 def test_other_features_other_cache_entry(tmp_path):
     raw = tiny_recipe(tmp_path)
-    a = prepare(recipe_from_dict(raw).data, 42, progress=False)
+    a = prepare(recipe_from_dict(raw).data, progress=False)
     raw["data"]["features"] = [{"name": "C1"}, {"name": "I1", "kind": "numeric", "transform": "standardize"}]
-    b = prepare(recipe_from_dict(raw).data, 42, progress=False)
+    b = prepare(recipe_from_dict(raw).data, progress=False)
     assert a.root != b.root
     i1 = b.schema.feature("I1").numeric
     assert i1.std > 0 and i1.mean > 0
@@ -55,11 +55,11 @@ def test_killed_preparation_leaves_no_usable_entry(tmp_path, monkeypatch):
 
     monkeypatch.setattr(_Job, "_schema", crash)
     with pytest.raises(KeyboardInterrupt):
-        prepare(recipe.data, recipe.seed, progress=False)
+        prepare(recipe.data, progress=False)
     cache = tmp_path / "cache" / "data"
     assert not any((p / "DONE").exists() for p in cache.iterdir())
     monkeypatch.setattr(_Job, "_schema", original)
-    prepared = prepare(recipe.data, recipe.seed, progress=False)
+    prepared = prepare(recipe.data, progress=False)
     assert (prepared.root / "DONE").exists()
     assert sum(s["rows"] for s in prepared.report["splits"].values()) == 6000
 

@@ -114,7 +114,7 @@ def test_generic_csv_sequence_column_shared_table(tmp_path):
                     "features": [{"name": "item"}, {"name": "hist", "kind": "sequence", "share_with": "item",
                                                     "max_len": 2, "pooling": "none", "padding": "left"}]}}
     recipe = recipe_from_dict(raw)
-    prepared = prepare(recipe.data, recipe.seed, progress=False)
+    prepared = prepare(recipe.data, progress=False)
     hist = prepared.schema.feature("hist")
     assert hist.table == "item" and hist.vocab_size == prepared.schema.feature("item").vocab_size
     shard = pq.read_table(next((prepared.root / "train").glob("*.parquet")))
@@ -129,7 +129,7 @@ def test_parquet_dataset_reads_typed_and_list_columns(tmp_path):
                     "split": {"valid": 0.0, "test": 0.0},
                     "features": [{"name": "price", "kind": "numeric"}, {"name": "tags", "kind": "sequence"}]}}
     recipe = recipe_from_dict(raw)
-    prepared = prepare(recipe.data, recipe.seed, progress=False)
+    prepared = prepare(recipe.data, progress=False)
     features = {f["name"]: f for f in prepared.report["features"]}
     assert features["price"]["missing_rate"] == pytest.approx(1 / 3)
     assert features["tags"]["values_per_row"] == pytest.approx(1.0)
@@ -141,7 +141,7 @@ def test_valid_and_test_files_give_the_splits(tmp_path):
     raw = {"data": {"dataset": "csv", "path": str(tmp_path / "train.csv"), "test_path": str(tmp_path / "test.csv"),
                     "label": "y", "features": [{"name": "a"}], "cache_dir": str(tmp_path / "c"), "split": {"valid": 0.25}}}
     recipe = recipe_from_dict(raw)
-    splits = prepare(recipe.data, recipe.seed, progress=False).report["splits"]
+    splits = prepare(recipe.data, progress=False).report["splits"]
     assert splits["test"]["rows"] == 7
     assert splits["train"]["rows"] + splits["valid"]["rows"] == 40 and 3 <= splits["valid"]["rows"] <= 18
 

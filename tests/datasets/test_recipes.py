@@ -24,7 +24,7 @@ def test_recipe_validates_and_reads_shared_data(dataset, tmp_path, monkeypatch):
     assert recipe.data.dataset == dataset and recipe.model.name == "dlrm"
     if not (SHARED_DATA / dataset).is_dir():
         pytest.skip(f"needs ../shared/data/{dataset} (real data sample)")
-    splits = prepare(recipe.data, recipe.seed, progress=False).report["splits"]
+    splits = prepare(recipe.data, progress=False).report["splits"]
     rows, low, high = RECIPES[dataset]
     assert sum(s["rows"] for s in splits.values()) == rows
     positives = sum(s["rows"] * s["positive_rate"] for s in splits.values()) / rows

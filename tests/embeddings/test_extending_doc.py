@@ -15,7 +15,7 @@ def test_documented_compression_method_meets_its_budget_and_trains(tmp_path, mon
     raw = yaml.safe_load(documented_block_yaml("# two_probe.yaml"))
     raw["data"].update(rows=4000, cache_dir=str(tmp_path / "cache"))
     recipe = recipe_from_dict(raw)
-    prepared = prepare(recipe.data, recipe.seed, progress=False)
+    prepared = prepare(recipe.data, progress=False)
     method = EMBEDDINGS.get("two_probe").target(prepared.schema, recipe.embedding)
     assert method.memory_bytes() <= 0.1 * method.full_bytes()
     batch = next(iter(BatchLoader(prepared.split_dir("train"), prepared.schema, 64)))

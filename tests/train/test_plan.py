@@ -15,7 +15,7 @@ pytest.importorskip("torchrec")
 @pytest.mark.parametrize("optimizer", ["adagrad", "rowwise_adagrad"])
 def test_plan_covers_every_table_and_totals_each_rank(tmp_path, optimizer):
     recipe = recipe_from_dict(tiny_recipe(tmp_path, train={"embedding_optimizer": {"name": optimizer, "lr": 0.05}}))
-    schema = prepare(recipe.data, recipe.seed, progress=False).schema
+    schema = prepare(recipe.data, progress=False).schema
     plan = plan_tables(recipe, schema, world_size=2, memory_per_rank=None)
     assert sorted(t.name for t in plan.tables) == sorted(schema.tables())
     state = STATE_FLOATS[optimizer]

@@ -1,0 +1,133 @@
+"""Recipe shorthands (``data.features`` by exception, ``data.columns: auto``), the encoded-data
+cache key (independent of the training seed) and ``ctr data clean``."""
+
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+from ctr.cli import main
+from ctr.datasets import prepare
+from ctr.datasets import preprocess
+from ctr.datasets.source import resolve_features
+from ctr.errors import RecipeError
+from ctr.recipe import load_recipe, recipe_from_dict
+from ctr.train.runner import train
+from tests.conftest import tiny_recipe
+
+SHORTHAND = {"default_kind": "categorical", "specs": [{"name": "price", "kind": "numeric", "transform": "log1p"}],
+             "skip": ["row_id"]}
+
+
+def write_csv(path, rows=600):
+    rng = np.random.default_rng(0)
+    lines = ["row_id,a,click,b,price"]
+    for i in range(rows):
+        a, b = rng.integers(0, 20, 2)
+        lines.append(f"{i},a{a},{int((a + b) % 3 == 0)},b{b},{rng.random() * 10:.3f}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def csv_recipe(tmp_path, features=SHORTHAND, **train):
+    path = tmp_path / "rows.csv"
+    if not path.exists():
+        write_csv(path)
+    raw = tiny_recipe(tmp_path, train={"batch_size": 128, **train})
+    raw["data"] = {"dataset": "csv", "path": str(path), "label": "click", "columns": "auto", "features": features,
+                   "cache_dir": str(tmp_path / "cache")}
+    return raw
+
+
+def test_shorthand_resolves_in_column_order_with_its_exceptions(tmp_path):
+    data = resolve_features(recipe_from_dict(csv_recipe(tmp_path)).data)
+    assert [(f.name, f.kind, f.transform) for f in data.features] == [
+        ("a", "categorical", "none"), ("b", "categorical", "none"), ("price", "numeric", "log1p")]
+
+
+def test_shorthand_and_the_explicit_list_share_one_cache_entry(tmp_path):
+    short = prepare(recipe_from_dict(csv_recipe(tmp_path)).data, progress=False)
+    explicit = [{"name": "a"}, {"name": "b"}, {"name": "price", "kind": "numeric", "transform": "log1p"}]
+    assert prepare(recipe_from_dict(csv_recipe(tmp_path, explicit)).data, progress=False).root == short.root
+
+
+def test_the_run_recipe_lists_the_resolved_features(tmp_path):
+    train(recipe_from_dict(csv_recipe(tmp_path)), tmp_path / "run")
+    saved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
+    assert [f["name"] for f in saved["data"]["features"]] == ["a", "b", "price"]
+    assert load_recipe(tmp_path / "run" / "recipe.yaml").data.features[2].kind == "numeric"
+
+
+@pytest.mark.parametrize(
+    "features, message",
+    [
+        ({"default_kind": "dense"}, r"^data\.features\.default_kind: expected one of"),
+        ({"specs": [{"name": "price", "kind": "number"}]}, r"^data\.features\.specs\[0\]\.kind: expected one of"),
+        ({"skip": ["row_id"], "defaults": 1}, r"^data\.features\.defaults: unknown key"),
+        ({"skip": ["rowid"]}, r"^data\.features\.skip: no column 'rowid' in the data \(columns: row_id, a, click"),
+        ({"specs": [{"name": "cost", "kind": "numeric"}]}, r"^data\.features\.specs: no column 'cost'"),
+    ],
+)
+def test_bad_shorthands_name_the_key(tmp_path, features, message):
+    with pytest.raises(RecipeError, match=message):
+        resolve_features(recipe_from_dict(csv_recipe(tmp_path, features)).data)
+
+
+def test_a_dataset_without_columns_refuses_the_shorthand(tmp_path):
+    raw = tiny_recipe(tmp_path, data={"features": {"default_kind": "categorical"}})
+    with pytest.raises(RecipeError, match=r"^data\.features\.default_kind: the synthetic dataset cannot list"):
+        resolve_features(recipe_from_dict(raw).data)
+
+
+def test_a_two_seed_run_encodes_its_data_once(tmp_path, monkeypatch):
+    encodings = []
+    real_run = preprocess._Job.run
+    monkeypatch.setattr(preprocess._Job, "run", lambda job, out: (encodings.append(out), real_run(job, out)))
+    for seed in (1, 2):
+        train(recipe_from_dict({**csv_recipe(tmp_path), "seed": seed}), tmp_path / f"run-{seed}")
+    assert len(encodings) == 1 and len(list((tmp_path / "cache" / "data").iterdir())) == 1
+
+
+def test_the_split_seed_changes_the_entry(tmp_path):
+    raw = csv_recipe(tmp_path)
+    first = prepare(recipe_from_dict(raw).data, progress=False)
+    raw["data"]["split"] = {"seed": 7}
+    second = prepare(recipe_from_dict(raw).data, progress=False)
+    assert first.root != second.root
+    assert first.report["splits"]["valid"]["rows"] != second.report["splits"]["valid"]["rows"] or \
+        first.report["splits"]["test"]["rows"] != second.report["splits"]["test"]["rows"]
+
+
+def test_clean_removes_stale_entries_and_says_why(tmp_path, capsys):
+    raw = csv_recipe(tmp_path)
+    synthetic = prepare(recipe_from_dict(tiny_recipe(tmp_path)).data, progress=False)  # inputs unchanged: kept
+    changed = prepare(recipe_from_dict(raw).data, progress=False)
+    with open(raw["data"]["path"], "a") as f:
+        f.write("600,a1,0,b1,1.0\n")
+    root = changed.root.parent
+    old = root / "csv-0123456789abcdef"
+    old.mkdir()
+    (old / "DONE").write_text("ok\n")
+    killed = root / f".csv-fedcba9876543210{preprocess.TMP_MARK}{2**22 + 12345}-abcd1234"
+    killed.mkdir()
+    assert main(["data", "clean", "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert f"removed {changed.root.name}" in out and "rows.csv changed" in out
+    assert f"removed {old.name}" in out and "older ctr" in out
+    assert f"removed {killed.name}" in out and "unfinished" in out
+    assert "3 stale entries" in out
+    assert sorted(p.name for p in root.iterdir()) == [synthetic.root.name]
+    assert os.path.isdir(synthetic.root)
+
+
+def test_a_run_from_before_the_split_seed_keeps_its_split(tmp_path):
+    """Such runs split by the recipe seed: their recipe.yaml (no data.split.seed) loads with it."""
+    from ctr.train.rundir import RunDir
+
+    raw = recipe_from_dict({"seed": 7}).to_dict()
+    del raw["data"]["split"]["seed"]
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))
+    assert RunDir(tmp_path).load_recipe().data.split.seed == 7
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe_from_dict({"seed": 7}).to_dict()))
+    assert RunDir(tmp_path).load_recipe().data.split.seed == 2024

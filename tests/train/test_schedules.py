@@ -1,0 +1,144 @@
+"""Learning-rate schedules: each changes the optimizers' param groups as specified, the lr is
+logged per epoch, and a resumed run continues the schedule where it stopped."""
+
+import csv
+import math
+
+import pytest
+import torch
+
+from ctr.errors import RecipeError
+from ctr.recipe import recipe_from_dict
+from ctr.train.runner import train
+from ctr.train.schedule import Schedules
+from tests.conftest import tiny_recipe
+
+BASE = {"dense": 1e-3, "embedding": 0.05}
+
+
+def schedules(scheduler, embedding_scheduler=None, epochs=4, early_stop=None):
+    """Schedules over two one-parameter optimizers with the base lrs of ``BASE``."""
+    train = {"epochs": epochs, "scheduler": scheduler, "early_stop": early_stop}
+    if embedding_scheduler:
+        train["embedding_scheduler"] = embedding_scheduler
+    recipe = recipe_from_dict({"train": train})
+    parts = {name: torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=lr) for name, lr in BASE.items()}
+    return Schedules(parts, recipe.train), parts
+
+
+def lrs(parts):
+    return {name: opt.param_groups[0]["lr"] for name, opt in parts.items()}
+
+
+def test_cosine_falls_per_epoch_to_min_lr():
+    sched, parts = schedules({"name": "cosine", "min_lr": 1e-5})
+    for epoch in range(6):
+        sched.before_step(epoch, step=epoch * 10)
+        fraction = (1 + math.cos(math.pi * min(epoch / 4, 1))) / 2
+        for name, base in BASE.items():
+            assert lrs(parts)[name] == pytest.approx(1e-5 + (base - 1e-5) * fraction)
+
+
+def test_step_multiplies_every_step_epochs():
+    sched, parts = schedules({"name": "step", "step_epochs": 2, "factor": 0.5})
+    got = []
+    for epoch in range(5):
+        sched.before_step(epoch, step=0)
+        got.append(lrs(parts)["dense"])
+    assert got == pytest.approx([1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4])
+
+
+def test_linear_warmup_then_linear_decay_per_step():
+    sched, parts = schedules({"name": "linear_warmup", "warmup_steps": 4, "decay": "linear", "decay_steps": 4,
+                              "min_lr": 1e-4})
+    got = []
+    for step in range(10):
+        sched.before_step(epoch=0, step=step)
+        got.append(lrs(parts)["dense"])
+    expected = [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 7.75e-4, 5.5e-4, 3.25e-4, 1e-4, 1e-4]
+    assert got == pytest.approx(expected)
+
+
+def test_plateau_divides_by_ten_after_a_validation_without_gain():
+    sched, parts = schedules({"name": "plateau"}, early_stop={"monitor": "valid/auc", "mode": "max"})
+    got = []
+    for auc in (0.70, 0.72, 0.71, 0.72, 0.73):
+        sched.after_validation({"auc": auc})
+        got.append(lrs(parts))
+    assert [g["dense"] for g in got] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-5, 1e-5])
+    assert [g["embedding"] for g in got] == pytest.approx([0.05, 0.05, 5e-3, 5e-4, 5e-4])
+
+
+def test_a_plateau_monitor_the_run_lacks_is_named():
+    sched, _ = schedules({"name": "plateau", "monitor": "valid/gauc"})
+    message = r"^train\.scheduler\.monitor: this run validates auc, logloss, not 'valid/gauc'"
+    with pytest.raises(RecipeError, match=message):
+        sched.after_validation({"auc": 0.7, "logloss": 0.5})
+
+
+def test_embedding_scheduler_replaces_the_shared_one():
+    sched, parts = schedules({"name": "step", "factor": 0.5}, embedding_scheduler={"name": "constant"})
+    sched.before_step(epoch=3, step=0)
+    assert lrs(parts) == pytest.approx({"dense": 1e-3 * 0.5**3, "embedding": 0.05})
+
+
+@pytest.mark.parametrize(
+    "train, message",
+    [
+        ({"scheduler": {"name": "exponential"}}, r"^train\.scheduler\.name: expected one of constant, plateau"),
+        ({"scheduler": {"name": "cosine", "patience": 2}}, r"^train\.scheduler\.patience: unknown key"),
+        ({"scheduler": {"name": "plateau", "factor": "big"}}, r"^train\.scheduler\.factor: expected float"),
+        ({"scheduler": {"name": "linear_warmup", "decay": "cosine"}}, r"^train\.scheduler: linear_warmup: decay"),
+        ({"scheduler": {"name": "plateau"}, "embedding_optimizer": {"name": "adagrad", "fused": True}},
+         r"^train\.embedding_scheduler: the fused embedding update"),
+        ({"early_stop": {"min_delta": -1}}, r"^train\.early_stop: early_stop: patience and min_delta"),
+    ],
+)
+def test_invalid_schedules_name_the_key(train, message):
+    with pytest.raises(RecipeError, match=message):
+        recipe_from_dict({"train": train})
+
+
+def test_fused_embeddings_may_keep_a_constant_lr_under_a_dense_schedule():
+    recipe = recipe_from_dict({"train": {"scheduler": {"name": "cosine"}, "embedding_scheduler": {"name": "constant"},
+                                         "embedding_optimizer": {"name": "adagrad", "fused": True}}})
+    assert recipe.train.schedule_of("dense").name == "cosine" and recipe.train.schedule_of("embedding") is None
+
+
+def logged_lrs(run):
+    """``lr/dense`` per epoch from the run's metrics.csv."""
+    with open(run / "logs" / "metrics.csv") as f:
+        return {int(row["epoch"]): float(row["lr/dense"]) for row in csv.DictReader(f) if row.get("lr/dense")}
+
+
+def last_lr(run):
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return checkpoint["optimizer_states"][0]["dense"]["param_groups"][0]["lr"]
+
+
+@pytest.mark.slow  # three short runs per schedule
+@pytest.mark.parametrize(
+    "scheduler, expected",
+    [
+        # min_delta 1: AUC never gains that much, so every validation after the first cuts the lr
+        ({"name": "plateau", "min_delta": 1.0}, [1e-3, 1e-3, 1e-4, 1e-5]),
+        ({"name": "step", "factor": 0.5}, [1e-3, 5e-4, 2.5e-4, 1.25e-4]),
+        ({"name": "cosine"}, [1e-3 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]),
+        ({"name": "linear_warmup", "warmup_steps": 25}, [0.04e-3, 0.44e-3, 0.84e-3, 1e-3]),
+    ],
+)
+def test_a_resumed_run_continues_the_schedule(tmp_path, scheduler, expected):
+    """Two epochs, then a resume to four: the lr of the resumed epochs (metrics.csv; Lightning's
+    CSV logger starts a new file on resume) and the optimizer's lr at the end (last.ckpt) are
+    those of four epochs in one go."""
+    def recipe(epochs):
+        train_block = {"epochs": epochs, "early_stop": None, "scheduler": scheduler}
+        return recipe_from_dict(tiny_recipe(tmp_path, train=train_block))
+
+    train(recipe(4), tmp_path / "whole")
+    train(recipe(2), tmp_path / "resumed")
+    train(recipe(4), tmp_path / "resumed", resume=True)
+    whole, resumed = logged_lrs(tmp_path / "whole"), logged_lrs(tmp_path / "resumed")
+    assert [whole[e] for e in range(4)] == pytest.approx(expected, rel=1e-6)
+    assert [resumed[e] for e in (2, 3)] == pytest.approx(expected[2:], rel=1e-6)
+    assert last_lr(tmp_path / "resumed") == pytest.approx(last_lr(tmp_path / "whole"), rel=1e-9)

@@ -1,0 +1,46 @@
+"""``trainer.num_threads``: ``auto`` uses the cores the process may run on; a warning when
+the machine is busier than those cores."""
+
+import logging
+import os
+
+import pytest
+import torch
+
+from ctr.recipe import recipe_from_dict
+from ctr.train import loop
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_auto_is_the_default_and_uses_the_affinity(monkeypatch):
+    assert recipe_from_dict({}).trainer.num_threads == "auto"
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    loop.use_threads("auto")
+    assert torch.get_num_threads() == 3
+    loop.use_threads(1)
+    assert torch.get_num_threads() == 1
+
+
+def test_an_oversubscribed_machine_is_reported(monkeypatch, caplog):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 5.0, 5.0))
+    with caplog.at_level(logging.WARNING, logger="ctr.train"):
+        loop.use_threads("auto")
+    assert "oversubscribed: load average 5.0 over 2 usable cores" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 1.5, 1.5))
+    with caplog.at_level(logging.WARNING, logger="ctr.train"):
+        loop.use_threads("auto")
+    assert "oversubscribed" not in caplog.text
+
+
+def test_num_threads_takes_a_number_auto_or_null():
+    assert recipe_from_dict({"trainer": {"num_threads": 2}}).trainer.num_threads == 2
+    assert recipe_from_dict({"trainer": {"num_threads": None}}).trainer.num_threads is None
