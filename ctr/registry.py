@@ -136,7 +136,7 @@ MODELS: Registry[Any] = Registry("model", _table("ctr.models", {
 }), "ctr.models")
 EMBEDDINGS: Registry[Any] = Registry("embedding method", _table("ctr.embeddings", {
     "adaptemb": ["adaptemb"], "alpt": ["alpt"], "compo": ["compo"], "dedup": ["dedup"], "deeplight": ["deeplight"], "dhe": ["dhe"], "dnis": ["dnis"], "dpq": ["dpq"],
-    "full": ["full"], "hashing": ["hash"], "mde": ["mde"], "mgqe": ["mgqe"], "optembed": ["optembed"], "quantize": ["int8", "int16"], "robe": ["robe"],
+    "full": ["full"], "hashing": ["hash"], "mde": ["mde"], "mgqe": ["mgqe"], "optembed": ["optembed"], "pep": ["pep"], "quantize": ["int8", "int16"], "robe": ["robe"],
     "ttrec": ["ttrec"], "unified": ["unified"],
 }), "ctr.embeddings")
 DATASETS: Registry[Any] = Registry("dataset", _table("ctr.datasets", {
