@@ -6,18 +6,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from ctr.batch import JaggedFeatures
-from ctr.embeddings.base import EmbeddingMethod
-from ctr.embeddings.budget import BudgetUnreachableError, budget_bytes, full_bytes
-from ctr.embeddings.sparse import SparseRows, format_bytes, kept_for_budget
-from ctr.embeddings.stages import MultiStageMixin, Stage, StagedConfig
-from ctr.embeddings.storage import table_starts
-from ctr.embeddings.types import FeatureEmbeddings
+from ctr.embeddings.sparse import PrunedTable
+from ctr.embeddings.stages import Stage, StagedConfig
 from ctr.registry import EMBEDDINGS
-from ctr.schema import Schema
 
 
 @dataclass
@@ -61,7 +54,7 @@ def prune_smallest(weight: Tensor, sparsity: float) -> None:
 
 
 @EMBEDDINGS.register("deeplight", config=DeepLightConfig)
-class DeepLightEmbedding(MultiStageMixin, EmbeddingMethod):
+class DeepLightEmbedding(PrunedTable):
     """DeepLight: structural pruning of the embedding tables during training.
 
     Deng, Pan, Wang, Zhou, Chen, Wang, "DeepLight: Deep Lightweight Feature Interactions for
@@ -81,42 +74,17 @@ class DeepLightEmbedding(MultiStageMixin, EmbeddingMethod):
     Shapes: ids [N] of features [N] → [N, D].
     """
 
-    def __init__(self, schema: Schema, config: DeepLightConfig):
-        super().__init__(schema, config)
-        rows = sum(self.table_rows.values())
-        self.kept = kept_for_budget(rows, config.dim, budget_bytes(config, "deeplight", self.table_rows))
-        if self.kept is None:
-            least = format_bytes(rows, config.dim, 1)[1] / full_bytes(self.table_rows, config.dim)
-            raise BudgetUnreachableError("deeplight", config.budget, least, "the sparse format's index alone needs more")
-        self.target = 1 - self.kept / (rows * config.dim)
-        self.register_buffer("row_start", table_starts(self.table_rows), persistent=False)
-        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
-        self.weight = nn.Parameter(torch.randn(rows, config.dim) * config.init_std)
-        self.sparse: SparseRows | None = None
-
     def stages(self) -> list[Stage]:
         return [Stage("prune"), Stage("finetune")]
 
     def begin_stage(self, stage: Stage) -> None:
         if stage.name == "finetune" and self.sparse is None:
-            with torch.no_grad():
-                magnitude = self.weight.detach().abs().flatten()
-                mask = torch.zeros_like(magnitude, dtype=torch.bool)
-                mask[torch.topk(magnitude, self.kept).indices] = True
-            self.sparse = SparseRows(self.weight.detach(), mask.view_as(self.weight))
-            del self.weight
+            magnitude = self.weight.detach().abs().flatten()
+            mask = torch.zeros_like(magnitude, dtype=torch.bool)
+            mask[torch.topk(magnitude, self.kept).indices] = True
+            self.store(mask.view_as(self.weight))
 
-    def forward(self, sparse: JaggedFeatures) -> FeatureEmbeddings:
-        if self.sparse is None and self.training and torch.is_grad_enabled():
-            self.advance()
-        return super().forward(sparse)
-
-    def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
-        rows = self.row_start[self.feature_table[feature]] + ids
-        if self.sparse is not None:
-            return self.sparse(rows)
-        return F.embedding(rows, self.weight, sparse=True)
-
+    @torch.no_grad()
     def advance(self) -> None:
         """One training step of the schedule: prunes on every ``interval``-th step."""
         self.step += 1
@@ -127,17 +95,8 @@ class DeepLightEmbedding(MultiStageMixin, EmbeddingMethod):
     def sparsity(self) -> float:
         """Fraction of zero entries of the table now."""
         if self.sparse is not None:
-            return self.target
+            return 1 - self.sparse.values.numel() / (self.rows * self.dim)
         return float((self.weight == 0).float().mean())
 
-    def memory_bytes(self) -> int:
-        return format_bytes(self.weight.shape[0] if self.sparse is None else self.sparse.shape[0], self.dim, self.kept)[1]
-
-    def sparse_parameters(self) -> list[nn.Parameter]:
-        return [self.sparse.values] if self.sparse is not None else [self.weight]
-
     def stage_summary(self, stage: Stage) -> dict[str, Any]:
-        summary = {"target_sparsity": round(self.target, 6), "sparsity": round(self.sparsity(), 6), "steps": int(self.step)}
-        if self.sparse is not None:
-            summary.update(format=self.sparse.format, memory_bytes=self.memory_bytes())
-        return summary
+        return {**self.stored_summary(), "sparsity": round(self.sparsity(), 6)}

@@ -10,11 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctr.batch import JaggedFeatures
-from ctr.embeddings.base import EmbeddingMethod
+from ctr.embeddings.base import BatchLosses, EmbeddingMethod
 from ctr.embeddings.budget import FP32_BYTES, BudgetUnreachableError, budget_bytes, full_bytes
 from ctr.embeddings.storage import table_starts
-from ctr.embeddings.types import FeatureEmbeddings
 from ctr.recipe import EmbeddingConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
@@ -70,7 +68,7 @@ def dpq_size(tables: dict[str, int], config: DPQConfig) -> tuple[int, int]:
 
 
 @EMBEDDINGS.register("dpq", config=DPQConfig)
-class DPQEmbedding(EmbeddingMethod):
+class DPQEmbedding(BatchLosses, EmbeddingMethod):
     """Differentiable Product Quantization (DPQ).
 
     Chen, Li, Sun, "Differentiable Product Quantization for End-to-End Embedding
@@ -103,11 +101,6 @@ class DPQEmbedding(EmbeddingMethod):
         if config.mode == "sx":
             self.keys = nn.Parameter(torch.randn_like(self.values) * config.init_std)
         self.norm = nn.BatchNorm1d(self.choices, affine=False)
-        self._losses: list[Tensor] = []
-
-    def forward(self, sparse: JaggedFeatures) -> FeatureEmbeddings:
-        self._losses = []
-        return super().forward(sparse)
 
     def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
         rows = self.row_start[self.feature_table[feature]] + ids
@@ -120,7 +113,7 @@ class DPQEmbedding(EmbeddingMethod):
             self.codes[rows] = codes.to(torch.uint8)
         if self.config.mode == "vq":
             chosen = self.decode(codes).view_as(query)
-            self._losses.append(self.config.commitment * F.mse_loss(chosen, query.detach()))
+            self.add_loss(self.config.commitment * F.mse_loss(chosen, query.detach()))
             return (query + (chosen - query).detach()).flatten(1)
         soft = responses.softmax(-1)
         hard = F.one_hot(codes, self.choices).to(soft.dtype) + soft - soft.detach()
@@ -138,13 +131,6 @@ class DPQEmbedding(EmbeddingMethod):
         """Rows [N, D] from codes [N, P]: each part's chosen value, concatenated."""
         part = torch.arange(self.parts, device=codes.device)
         return self.values[part, codes].flatten(1)
-
-    def regularizer(self) -> Tensor:
-        if not self._losses:
-            return super().regularizer()
-        loss = torch.stack(self._losses).sum()
-        self._losses = []
-        return loss
 
     def memory_bytes(self) -> int:
         return self.codes.numel() * self.codes.element_size() + self.values.numel() * self.values.element_size()

@@ -10,13 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctr.batch import JaggedFeatures
-from ctr.embeddings.base import EmbeddingMethod
-from ctr.embeddings.budget import BudgetUnreachableError, budget_bytes, full_bytes
-from ctr.embeddings.sparse import SparseRows, format_bytes, kept_for_budget
-from ctr.embeddings.stages import MultiStageMixin, Stage, StageContext, StagedConfig
-from ctr.embeddings.storage import table_starts
-from ctr.embeddings.types import FeatureEmbeddings
+from ctr.embeddings.sparse import PrunedTable
+from ctr.embeddings.stages import Stage, StageContext, StagedConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
 
@@ -53,7 +48,7 @@ def soft_threshold(weight: Tensor, s: Tensor, gk: float) -> Tensor:
 
 
 @EMBEDDINGS.register("pep", config=PEPConfig)
-class PEPEmbedding(MultiStageMixin, EmbeddingMethod):
+class PEPEmbedding(PrunedTable):
     """PEP: Plug-in Embedding Pruning with learnable thresholds.
 
     Liu, Chen, Zhao, Xu, "Learnable Embedding Sizes for Recommender Systems", ICLR 2021;
@@ -77,39 +72,28 @@ class PEPEmbedding(MultiStageMixin, EmbeddingMethod):
 
     def __init__(self, schema: Schema, config: PEPConfig):
         super().__init__(schema, config)
-        rows = sum(self.table_rows.values())
-        self.kept = kept_for_budget(rows, config.dim, budget_bytes(config, "pep", self.table_rows))
-        if self.kept is None:
-            least = format_bytes(rows, config.dim, 1)[1] / full_bytes(self.table_rows, config.dim)
-            raise BudgetUnreachableError("pep", config.budget, least, "the sparse format's index alone needs more")
-        self.target = 1 - self.kept / (rows * config.dim)
-        self.register_buffer("row_start", table_starts(self.table_rows), persistent=False)
-        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
-        self.register_buffer("keep", torch.ones(rows, config.dim, dtype=torch.bool))
+        self.register_buffer("keep", torch.ones(self.rows, config.dim, dtype=torch.bool))
         self.register_buffer("reached_at", torch.zeros((), dtype=torch.int64))  # step S was reached, 0: not yet
-        self.weight = nn.Parameter(torch.randn(rows, config.dim) * config.init_std)
-        self.threshold = nn.Parameter(torch.full((rows, config.dim), config.threshold_init))
-        self.sparse: SparseRows | None = None
+        self.threshold = nn.Parameter(torch.full((self.rows, config.dim), config.threshold_init))
 
     def stages(self) -> list[Stage]:
         return [Stage("search"), Stage("mask", kind="procedure"), Stage("retrain", rewind=True)]
 
     def begin_stage(self, stage: Stage) -> None:
         if stage.name == "retrain" and self.sparse is None:
-            self.sparse = SparseRows(self.weight.detach(), self.keep)
-            del self.weight, self.threshold, self.keep
+            self.store(self.keep)
+            del self.threshold, self.keep
 
-    def forward(self, sparse: JaggedFeatures) -> FeatureEmbeddings:
-        if self.sparse is None and self.training and torch.is_grad_enabled():
-            self.advance()
-        return super().forward(sparse)
-
-    def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
-        rows = self.row_start[self.feature_table[feature]] + ids
-        if self.sparse is not None:
-            return self.sparse(rows)
+    def dense_rows(self, rows: Tensor) -> Tensor:
         weight = F.embedding(rows, self.weight, sparse=True)
         return soft_threshold(weight, F.embedding(rows, self.threshold, sparse=True), self.config.gk)
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        return [self.weight, self.threshold]
+
+    def alive(self) -> Tensor:
+        """Entries [R, D] the thresholds have not pruned: |w| > g(s)."""
+        return self.weight.abs() > torch.sigmoid(self.config.gk * self.threshold)
 
     @torch.no_grad()
     def advance(self) -> None:
@@ -117,34 +101,24 @@ class PEPEmbedding(MultiStageMixin, EmbeddingMethod):
         self.step += 1
         if int(self.reached_at) or int(self.step) % self.config.check_every:
             return
-        alive = self.weight.abs() > torch.sigmoid(self.config.gk * self.threshold)
+        alive = self.alive()
         if int(alive.sum()) <= self.kept:
             self.keep.copy_(alive)
             self.reached_at.fill_(int(self.step))
             log.info("pep: sparsity %.4f reached at step %d", self.target, int(self.step))
 
     def run_procedure(self, stage: Stage, context: StageContext) -> None:
-        """Stage ``mask``: without S reached, keeps the largest |w| − g(s), up to the budget."""
+        """Stage ``mask``: without S reached, keeps the largest |w| − g(s) > 0, up to the budget."""
         if int(self.reached_at):
             return
         with torch.no_grad():
             margin = (self.weight.abs() - torch.sigmoid(self.config.gk * self.threshold)).flatten()
             keep = torch.zeros_like(margin, dtype=torch.bool)
             keep[torch.topk(margin, self.kept).indices] = True
-            self.keep.copy_(keep.view_as(self.keep) & (margin > 0).view_as(self.keep))
-
-    def memory_bytes(self) -> int:
-        if self.sparse is not None:
-            return self.sparse.memory_bytes()
-        return format_bytes(self.weight.shape[0], self.dim, self.kept)[1]
-
-    def sparse_parameters(self) -> list[nn.Parameter]:
-        return [self.sparse.values] if self.sparse is not None else [self.weight, self.threshold]
+            self.keep.copy_((keep & (margin > 0)).view_as(self.keep))
 
     def stage_summary(self, stage: Stage) -> dict[str, Any]:
-        summary = {"target_sparsity": round(self.target, 6), "reached_at_step": int(self.reached_at)}
+        summary = {**self.stored_summary(), "reached_at_step": int(self.reached_at)}
         if self.sparse is None:
             summary["kept"] = int(self.keep.sum())
-        else:
-            summary.update(kept=self.sparse.values.numel(), format=self.sparse.format, memory_bytes=self.memory_bytes())
         return summary

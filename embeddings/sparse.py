@@ -13,14 +13,20 @@ format are rebuilt from it at load time and not counted.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctr.embeddings.budget import FP32_BYTES, largest_fitting
-from ctr.embeddings.storage import pack_bits, unpack_bits
+from ctr.batch import JaggedFeatures
+from ctr.embeddings.base import EmbeddingMethod
+from ctr.embeddings.budget import FP32_BYTES, BudgetUnreachableError, budget_bytes, full_bytes, largest_fitting
+from ctr.embeddings.stages import MultiStageMixin, StagedConfig
+from ctr.embeddings.storage import pack_bits, table_starts, unpack_bits
+from ctr.embeddings.types import FeatureEmbeddings
+from ctr.recipe import EmbeddingConfig
+from ctr.schema import Schema
 
 COLUMN_BYTES = 1  # uint8 columns: D ≤ 256
 
@@ -39,6 +45,17 @@ def format_bytes(rows: int, dim: int, nnz: int) -> tuple[Literal["bitmap", "csr"
 def kept_for_budget(rows: int, dim: int, limit: float) -> int | None:
     """The most kept entries whose stored format fits ``limit`` bytes; None when not even one."""
     return largest_fitting(1, rows * dim, lambda nnz: format_bytes(rows, dim, nnz)[1], limit)
+
+
+def pruned_size(method: str, config: EmbeddingConfig, tables: dict[str, int]) -> tuple[int, float]:
+    """(kept entries, target sparsity S = 1 − kept / (R·D)) of a pruning method whose stored
+    format fits the budget; a ``BudgetUnreachableError`` when not even one entry fits."""
+    rows = sum(tables.values())
+    kept = kept_for_budget(rows, config.dim, budget_bytes(config, method, tables))
+    if kept is None:
+        least = format_bytes(rows, config.dim, 1)[1] / full_bytes(tables, config.dim)
+        raise BudgetUnreachableError(method, config.budget, least, "the sparse format's index alone needs more")
+    return kept, 1 - kept / (rows * config.dim)
 
 
 class SparseRows(nn.Module):
@@ -97,3 +114,59 @@ class SparseRows(nn.Module):
 
     def memory_bytes(self) -> int:
         return self.stored_bytes
+
+
+class PrunedTable(MultiStageMixin, EmbeddingMethod):
+    """A table pruned entry by entry: dense ``weight`` [R, D] (all tables end to end) while
+    the method searches its mask, then ``store(mask)`` keeps the masked entries as
+    ``SparseRows``. Sized by ``pruned_size``: ``kept`` entries, target sparsity ``target``.
+    Subclasses give ``stages``, ``advance`` (called before every dense training forward) and
+    may override ``dense_rows``. Shapes: ids [N] of features [N] → [N, D]."""
+
+    def __init__(self, schema: Schema, config: StagedConfig):
+        super().__init__(schema, config)
+        rows = sum(self.table_rows.values())
+        self.kept, self.target = pruned_size(config.method, config, self.table_rows)
+        self.register_buffer("row_start", table_starts(self.table_rows), persistent=False)
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+        self.weight = nn.Parameter(torch.randn(rows, config.dim) * config.init_std)
+        self.sparse: SparseRows | None = None
+        self.rows = rows
+
+    def forward(self, sparse: JaggedFeatures) -> FeatureEmbeddings:
+        if self.sparse is None and self.training and torch.is_grad_enabled():
+            self.advance()
+        return super().forward(sparse)
+
+    def advance(self) -> None:
+        """One training step of the search (dense phase only)."""
+
+    def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
+        rows = self.row_start[self.feature_table[feature]] + ids
+        return self.sparse(rows) if self.sparse is not None else self.dense_rows(rows)
+
+    def dense_rows(self, rows: Tensor) -> Tensor:
+        """Rows [N] of the dense phase → [N, D]."""
+        return F.embedding(rows, self.weight, sparse=True)
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        return [self.weight]
+
+    def store(self, mask: Tensor) -> None:
+        """Keeps the entries of ``weight`` under ``mask`` [R, D] as the stored format."""
+        self.sparse = SparseRows(self.weight.detach(), mask)
+        del self.weight
+
+    def memory_bytes(self) -> int:
+        """The stored format's bytes (before ``store``: the budget's)."""
+        return self.sparse.memory_bytes() if self.sparse is not None else format_bytes(self.rows, self.dim, self.kept)[1]
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return [self.sparse.values] if self.sparse is not None else self.dense_parameters()
+
+    def stored_summary(self) -> dict[str, Any]:
+        """Target sparsity and, once stored, the format and its bytes."""
+        summary: dict[str, Any] = {"target_sparsity": round(self.target, 6), "steps": int(self.step)}
+        if self.sparse is not None:
+            summary.update(kept=self.sparse.values.numel(), format=self.sparse.format, memory_bytes=self.memory_bytes())
+        return summary

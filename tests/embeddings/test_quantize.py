@@ -4,7 +4,7 @@ import torch
 from ctr.embeddings.alpt import ALPTConfig, ALPTEmbedding, lsq_step_gradient
 from ctr.embeddings.budget import BudgetUnreachableError
 from ctr.embeddings.quantize import Int16Config, QuantizeConfig, QuantizedEmbedding, stochastic_round
-from tests.embeddings.schemas import batch, schema
+from tests.embeddings.schemas import schema
 
 
 @pytest.mark.parametrize("config, dtype, ratio", [(QuantizeConfig, torch.int8, 0.25), (Int16Config, torch.int16, 0.5)])
