@@ -66,6 +66,33 @@ def alpha_for_budget(tables: dict[str, int], config: MDEConfig) -> float:
     return low * ALPHA_STEP
 
 
+class ProjectedTables(nn.Module):
+    """One table [n_t, d_t] per vocabulary and, where d_t < D, its projection [d_t, D].
+
+    Args:
+        vocab: ids n_t of every table; dims: d_t of every table; dim: D; init_std: of the rows.
+    """
+
+    def __init__(self, vocab: list[int], dims: list[int], dim: int, init_std: float):
+        super().__init__()
+        self.dim = dim
+        self.tables = nn.ParameterList(nn.Parameter(torch.randn(n, d) * init_std) for n, d in zip(vocab, dims))
+        self.projections = nn.ParameterDict({  # N(0, 1/d_t): projected rows keep the rows' scale
+            str(t): nn.Parameter(torch.randn(d, dim) / d**0.5) for t, d in enumerate(dims) if d < dim
+        })
+
+    def forward(self, tables: Tensor, ids: Tensor) -> Tensor:
+        """Ids [N] of tables [N] → [N, D]."""
+        out = torch.zeros(ids.numel(), self.dim, device=ids.device)
+        for t in tables.unique().tolist():
+            chosen = torch.nonzero(tables == t).squeeze(1)
+            rows = F.embedding(ids[chosen], self.tables[t], sparse=True)  # [n, d_t]
+            if str(t) in self.projections:
+                rows = rows @ self.projections[str(t)]
+            out = out.index_copy(0, chosen, rows)
+        return out
+
+
 @EMBEDDINGS.register("mde", config=MDEConfig)
 class MDEmbedding(EmbeddingMethod):
     """Mixed Dimension Embeddings (MDE).
@@ -92,24 +119,10 @@ class MDEmbedding(EmbeddingMethod):
         vocab = np.array(list(self.table_rows.values()), dtype=np.float64)
         self.alpha = alpha_for_budget(self.table_rows, config)
         self.dims = [int(d) for d in mixed_dims(vocab, config.dim, self.alpha, config.round_dim)]
-        self.tables = nn.ParameterList(
-            nn.Parameter(torch.randn(n, d) * config.init_std) for n, d in zip(self.table_rows.values(), self.dims)
-        )
-        scale = lambda d: (1.0 / d) ** 0.5  # noqa: E731  (a unit-variance map of d inputs)
-        self.projections = nn.ParameterDict({
-            str(t): nn.Parameter(torch.randn(d, config.dim) * scale(d)) for t, d in enumerate(self.dims) if d < config.dim
-        })
+        self.rows = ProjectedTables(list(self.table_rows.values()), self.dims, config.dim, config.init_std)
 
     def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
-        tables = self.feature_table[feature]
-        out = torch.zeros(ids.numel(), self.dim, device=ids.device)
-        for t in tables.unique().tolist():
-            chosen = torch.nonzero(tables == t).squeeze(1)
-            rows = F.embedding(ids[chosen], self.tables[t], sparse=True)  # [n, d_t]
-            if str(t) in self.projections:
-                rows = rows @ self.projections[str(t)]
-            out = out.index_copy(0, chosen, rows)
-        return out
+        return self.rows(self.feature_table[feature], ids)
 
     def sparse_parameters(self) -> list[nn.Parameter]:
-        return list(self.tables)
+        return list(self.rows.tables)

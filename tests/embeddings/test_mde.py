@@ -35,4 +35,4 @@ def test_narrow_rows_are_projected_to_d():
     ids = torch.tensor([2, 3, 4])
     out = method.embed_ids(torch.zeros_like(ids), ids)
     assert out.shape == (3, 16)
-    torch.testing.assert_close(out, method.tables[0][ids] @ method.projections["0"])
+    torch.testing.assert_close(out, method.rows.tables[0][ids] @ method.rows.projections["0"])
