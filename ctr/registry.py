@@ -135,7 +135,7 @@ MODELS: Registry[Any] = Registry("model", _table("ctr.models", {
     "deepfm": ["deepfm"], "din": ["din"], "dlrm": ["dlrm"], "lr": ["lr"], "wdl": ["wdl"],
 }), "ctr.models")
 EMBEDDINGS: Registry[Any] = Registry("embedding method", _table("ctr.embeddings", {
-    "adaptemb": ["adaptemb"], "alpt": ["alpt"], "autodim": ["autodim"], "compo": ["compo"], "dedup": ["dedup"], "deeplight": ["deeplight"], "dhe": ["dhe"], "dnis": ["dnis"], "dpq": ["dpq"],
+    "adaptemb": ["adaptemb"], "alpt": ["alpt"], "autodim": ["autodim"], "autosrh": ["autosrh"], "compo": ["compo"], "dedup": ["dedup"], "deeplight": ["deeplight"], "dhe": ["dhe"], "dnis": ["dnis"], "dpq": ["dpq"],
     "full": ["full"], "hashing": ["hash"], "mde": ["mde"], "mgqe": ["mgqe"], "optembed": ["optembed"], "pep": ["pep"], "quantize": ["int8", "int16"], "robe": ["robe"],
     "ttrec": ["ttrec"], "unified": ["unified"],
 }), "ctr.embeddings")

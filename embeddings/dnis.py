@@ -96,9 +96,9 @@ class DNIS(MultiStageMixin, EmbeddingMethod):
         self.weight = nn.Parameter(torch.empty(sum(rows), config.dim).normal_(std=config.init_std))
         self.alpha = nn.Parameter(torch.ones(config.blocks, config.dim))
         counts = np.concatenate([self._table_counts(name, size) for name, size in self.table_rows.items()])
-        self.register_buffer("block_of_row", torch.from_numpy(frequency_blocks(counts, config.blocks)), persistent=False)
+        self.register_buffer("block_of_row", torch.from_numpy(self.group_rows(counts)), persistent=False)
         self.phase = "search"
-        self.target_params, _ = pruned_size("dnis", config, self.table_rows)
+        self.target_params, _ = pruned_size(config.method, config, self.table_rows)
         self.sparse: SparseRows | None = None
 
     def _table_counts(self, name: str, size: int) -> np.ndarray:
@@ -106,6 +106,10 @@ class DNIS(MultiStageMixin, EmbeddingMethod):
         known = np.asarray(self.schema.counts.get(name, counts))[:size]
         counts[: known.shape[0]] = known
         return counts
+
+    def group_rows(self, counts: np.ndarray) -> np.ndarray:
+        """Block of each row [R] from its training count [R] (``frequency_blocks``)."""
+        return frequency_blocks(counts, self.config.blocks)
 
     def stages(self) -> list[Stage]:
         return [
@@ -129,6 +133,12 @@ class DNIS(MultiStageMixin, EmbeddingMethod):
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.alpha] if self.phase == "search" else []
+
+    def memory_bytes(self) -> int:
+        """The stored format's bytes (before ``retrain``: of the target count, what it stores)."""
+        if self.sparse is not None:
+            return self.sparse.memory_bytes()
+        return format_bytes(self.weight.shape[0], self.dim, self.target_params)[1]
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         return [self.sparse.values] if self.sparse is not None else [self.weight]

@@ -21,12 +21,12 @@ from tests.embeddings.schemas import schema
 BIG = {"item": 200000, "user": 100000, "tags": 1000}
 METHODS = {  # method → options for the hand-built schema
     "compo": {}, "robe": {}, "dhe": {}, "ttrec": {"max_rank": 256}, "adaptemb": {}, "mgqe": {}, "dedup": {},
-    "int8": {}, "int16": {}, "alpt": {}, "mde": {}, "dpq": {}, "deeplight": {}, "pep": {}, "autodim": {},
+    "int8": {}, "int16": {}, "alpt": {}, "mde": {}, "dpq": {}, "deeplight": {}, "pep": {}, "autodim": {}, "autosrh": {},
 }
 UNREACHABLE = {  # one byte of code per id and part is 1/64 of a D = 16 row; integer rows have fixed ratios
     ("mgqe", 0.01), ("dpq", 0.01), ("int8", 0.1), ("int8", 0.01), ("int16", 0.1), ("int16", 0.01),
     ("alpt", 0.1), ("alpt", 0.01), ("mde", 0.01),  # mde: the smallest table keeps D
-    ("deeplight", 0.01), ("pep", 0.01), ("autodim", 0.1), ("autodim", 0.01),  # autodim: every table at dim 2  # a bitmap's bit per entry is 1/32 of a fp32 entry
+    ("deeplight", 0.01), ("pep", 0.01), ("autosrh", 0.01), ("autodim", 0.1), ("autodim", 0.01),  # autodim: every table at dim 2  # a bitmap's bit per entry is 1/32 of a fp32 entry
 }
 FIXED_RATIO = ("int8", "int16", "alpt")  # no budget needed: their ratio is fixed
 FREQUENCIES = ("adaptemb", "mgqe")
@@ -93,7 +93,8 @@ SMOKE = {  # tiny data: 1151 ids at D = 8, so DHE and MGQE get smaller encodings
     "mgqe": {"budget": 0.5, "frequent_centroids": 8, "rare_centroids": 4}, "dedup": {"budget": 0.3, "block_rows": 4},
     "int8": {"budget": 0.25}, "int16": {"budget": 0.5}, "alpt": {"budget": 0.5}, "mde": {"budget": 0.5},
     "dpq": {"budget": 0.5, "choices": 8}, "deeplight": {"budget": 0.3, "interval": 2},
-    "pep": {"budget": 0.3, "threshold_init": -5.0, "check_every": 2}, "autodim": {"budget": 0.5}, "dpq_sx": {"method": "dpq", "budget": 0.5, "choices": 8, "mode": "sx"},
+    "pep": {"budget": 0.3, "threshold_init": -5.0, "check_every": 2}, "autodim": {"budget": 0.5},
+    "autosrh": {"budget": 0.3}, "dpq_sx": {"method": "dpq", "budget": 0.5, "choices": 8, "mode": "sx"},
 }
 
 
@@ -109,6 +110,8 @@ def test_each_method_trains_one_epoch_on_tiny_data(method, tmp_path):
         assert set(metrics["stage_seconds"]) == {"prune", "finetune"}
     if method == "autodim":  # bi-level search, retrain at the chosen dims
         assert set(metrics["stage_seconds"]) == {"search", "retrain"}
+    if method == "autosrh":  # dnis's stages over equal-size groups
+        assert set(metrics["stage_seconds"]) == {"search", "prune", "retrain"}
     if method == "pep":  # search, mask, retrain from the initial values
         assert set(metrics["stage_seconds"]) == {"search", "mask", "retrain"}
 
@@ -141,7 +144,7 @@ def test_the_criteo_scale_recipe_validates():
     assert recipe.train.embedding_optimizer.fused and recipe.train.epochs == 1
 
 
-@pytest.mark.parametrize("method", ["dedup", "int8", "alpt", "dpq", "deeplight", "pep", "autodim"])
+@pytest.mark.parametrize("method", ["dedup", "int8", "alpt", "dpq", "deeplight", "pep", "autodim", "autosrh"])
 def test_eval_of_a_finished_run_gives_its_test_auc(method, tmp_path):
     """Dedup, deeplight and pep replay their stages (the pruned ones end stored sparse); the integer
     rows and the codes are what the checkpoint holds."""
