@@ -135,8 +135,8 @@ MODELS: Registry[Any] = Registry("model", _table("ctr.models", {
     "deepfm": ["deepfm"], "din": ["din"], "dlrm": ["dlrm"], "lr": ["lr"], "wdl": ["wdl"],
 }), "ctr.models")
 EMBEDDINGS: Registry[Any] = Registry("embedding method", _table("ctr.embeddings", {
-    "adaptemb": ["adaptemb"], "compo": ["compo"], "dedup": ["dedup"], "dhe": ["dhe"], "dnis": ["dnis"],
-    "full": ["full"], "hashing": ["hash"], "mgqe": ["mgqe"], "optembed": ["optembed"], "robe": ["robe"],
+    "adaptemb": ["adaptemb"], "alpt": ["alpt"], "autodim": ["autodim"], "autosrh": ["autosrh"], "compo": ["compo"], "dedup": ["dedup"], "deeplight": ["deeplight"], "dhe": ["dhe"], "dnis": ["dnis"], "dpq": ["dpq"],
+    "full": ["full"], "hashing": ["hash"], "mde": ["mde"], "mgqe": ["mgqe"], "optembed": ["optembed"], "pep": ["pep"], "quantize": ["int8", "int16"], "robe": ["robe"],
     "ttrec": ["ttrec"], "unified": ["unified"],
 }), "ctr.embeddings")
 DATASETS: Registry[Any] = Registry("dataset", _table("ctr.datasets", {

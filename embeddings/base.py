@@ -241,3 +241,24 @@ class EmbeddingMethod(nn.Module):
             else:
                 masks[name] = slots < seq_lengths.unsqueeze(1)
         return FeatureEmbeddings(pooled=pooled, sequences=sequences, masks=masks, rows=self.embed_ids)
+
+
+class BatchLosses:
+    """Mixin of a method whose lookups add loss terms (``add_loss``): a forward starts an
+    empty list, ``regularizer`` returns their sum once (zero when there are none)."""
+
+    _losses: list[Tensor]
+
+    def forward(self, sparse: JaggedFeatures) -> FeatureEmbeddings:
+        self._losses = []
+        return super().forward(sparse)  # type: ignore[misc]
+
+    def add_loss(self, loss: Tensor) -> None:
+        self._losses = [*getattr(self, "_losses", []), loss]
+
+    def regularizer(self) -> Tensor:
+        losses = getattr(self, "_losses", [])
+        if not losses:
+            return super().regularizer()  # type: ignore[misc]
+        self._losses = []
+        return torch.stack(losses).sum()

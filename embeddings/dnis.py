@@ -4,7 +4,6 @@ frequency group, learned on validation data, then magnitude pruning and retraini
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -13,11 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctr.embeddings.base import FP32_BYTES, EmbeddingMethod
-from ctr.embeddings.budget import require_budget
+from ctr.embeddings.base import EmbeddingMethod
+from ctr.embeddings.sparse import SparseRows, format_bytes, pruned_size
 from ctr.embeddings.stages import MultiStageMixin, Stage, StageContext, StagedConfig
 from ctr.embeddings.storage import pack_bits, unpack_bits
-from ctr.errors import RecipeError
 from ctr.recipe import OptimizerConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
@@ -86,22 +84,22 @@ class DNIS(MultiStageMixin, EmbeddingMethod):
        Each id keeps its own set of dims (a mixed-dimension table).
     3. ``retrain`` (train): only the kept entries are parameters; the mask is fixed.
 
-    Stored after pruning (``memory_bytes``): the kept entries (4 bytes each) and one bit per
-    entry of the mask, [R, ⌈D/8⌉] bytes; an id's entries are found from the bitmap (the
-    per-row start offsets are rebuilt from it at load time and not counted).
+    Stored after pruning (``memory_bytes``): the kept entries in the shared format of pruned
+    tables (``SparseRows``: a bitmap or CSR, whichever is smaller); the target count is the
+    most entries whose format fits the budget.
     """
 
     def __init__(self, schema: Schema, config: DNISConfig):
         super().__init__(schema, config)
-        require_budget(config, "dnis")
         rows = list(self.table_rows.values())
         self.register_buffer("row_start", torch.tensor([sum(rows[:t]) for t in range(len(rows))]), persistent=False)
         self.weight = nn.Parameter(torch.empty(sum(rows), config.dim).normal_(std=config.init_std))
         self.alpha = nn.Parameter(torch.ones(config.blocks, config.dim))
         counts = np.concatenate([self._table_counts(name, size) for name, size in self.table_rows.items()])
-        self.register_buffer("block_of_row", torch.from_numpy(frequency_blocks(counts, config.blocks)), persistent=False)
+        self.register_buffer("block_of_row", torch.from_numpy(self.group_rows(counts)), persistent=False)
         self.phase = "search"
-        self.target_params = self._target_params()
+        self.target_params, _ = pruned_size(config.method, config, self.table_rows)
+        self.sparse: SparseRows | None = None
 
     def _table_counts(self, name: str, size: int) -> np.ndarray:
         counts = np.zeros(size, dtype=np.int64)
@@ -109,18 +107,9 @@ class DNIS(MultiStageMixin, EmbeddingMethod):
         counts[: known.shape[0]] = known
         return counts
 
-    def _target_params(self) -> int:
-        rows, dim = self.weight.shape
-        target = math.floor((self.config.budget * self.full_bytes() - self.mask_bytes()) / FP32_BYTES)
-        if target < 1:
-            raise RecipeError(
-                f"embedding.budget: {self.config.budget} is too small for dnis: the mask alone takes {self.mask_bytes()} bytes"
-            )
-        return min(target, rows * dim)
-
-    def mask_bytes(self) -> int:
-        """Bytes of the pruned table's bit mask: one bit per entry, rows padded to bytes."""
-        return sum(self.table_rows.values()) * ((self.dim + 7) // 8)
+    def group_rows(self, counts: np.ndarray) -> np.ndarray:
+        """Block of each row [R] from its training count [R] (``frequency_blocks``)."""
+        return frequency_blocks(counts, self.config.blocks)
 
     def stages(self) -> list[Stage]:
         return [
@@ -134,25 +123,25 @@ class DNIS(MultiStageMixin, EmbeddingMethod):
     def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
         rows = self.row_start[self.feature_table[feature]] + ids
         if self.phase == "retrain":
-            return self._embed_compact(rows)
+            return self.sparse(rows)
         vectors = F.embedding(rows, self.weight, sparse=True)  # [N, D]
         if self.phase == "search":
             vectors = vectors * self.alpha[self.block_of_row[rows]]
         return vectors
-
-    def _embed_compact(self, rows: Tensor) -> Tensor:
-        mask = unpack_bits(self.entry_bits[rows], self.dim)  # [N, D]
-        slot = self.row_ptr[rows].unsqueeze(1) + mask.long().cumsum(1) - 1
-        values = F.embedding(slot.clamp(min=0), self.values, sparse=True).squeeze(-1)  # [N, D]
-        return values * mask
 
     # --- parameters and the bi-level step ------------------------------------------------
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.alpha] if self.phase == "search" else []
 
+    def memory_bytes(self) -> int:
+        """The stored format's bytes (before ``retrain``: of the target count, what it stores)."""
+        if self.sparse is not None:
+            return self.sparse.memory_bytes()
+        return format_bytes(self.weight.shape[0], self.dim, self.target_params)[1]
+
     def sparse_parameters(self) -> list[nn.Parameter]:
-        return [self.values] if self.phase == "retrain" else [self.weight]
+        return [self.sparse.values] if self.sparse is not None else [self.weight]
 
     def arch_update(self, valid_loss: Tensor, optimizer: Any) -> None:
         """α ← clip(α − η · g / mean|g|, 0, 1) per block, g = ∂(L_valid + λ‖α‖₁)/∂α."""
@@ -195,12 +184,9 @@ class DNIS(MultiStageMixin, EmbeddingMethod):
         )
 
     def _compact(self) -> None:
-        """Stores only the kept entries ([nnz, 1]) beside the bit mask; drops E and α."""
-        mask = unpack_bits(self.entry_bits, self.dim)
-        counts = mask.sum(1)
-        self.register_buffer("row_ptr", torch.cumsum(counts, 0) - counts, persistent=False)
-        self.values = nn.Parameter(self.weight.detach()[mask].unsqueeze(1).clone())
-        del self.weight, self.alpha
+        """Stores only the kept entries in the shared format; drops E, α and the prune's mask."""
+        self.sparse = SparseRows(self.weight.detach(), unpack_bits(self.entry_bits, self.dim))
+        del self.weight, self.alpha, self.entry_bits
 
     def stage_output(self, stage: Stage) -> dict[str, Tensor]:
         if stage.name == "search":
@@ -216,14 +202,17 @@ class DNIS(MultiStageMixin, EmbeddingMethod):
                 "alpha_mean_per_block": alpha.mean(1).tolist(),
                 "alpha": alpha.tolist(),
             }
-        mask = unpack_bits(self.entry_bits, self.dim)
+        if self.sparse is None:
+            mask = unpack_bits(self.entry_bits, self.dim)
+        else:
+            mask = self.sparse.mask_of(torch.arange(self.sparse.shape[0], device=self.sparse.values.device))
         per_block = torch.zeros(self.config.blocks).index_add_(0, self.block_of_row.cpu(), mask.sum(1).float().cpu())
         rows_per_block = torch.bincount(self.block_of_row.cpu(), minlength=self.config.blocks).clamp(min=1)
         summary: dict[str, Any] = {
             "target_params": self.target_params,
             "kept_params": int(mask.sum()),
             "mean_dims_per_block": (per_block / rows_per_block).tolist(),
-            "deployed_bytes": int(mask.sum()) * FP32_BYTES + self.mask_bytes(),
+            "deployed_bytes": format_bytes(mask.shape[0], self.dim, int(mask.sum()))[1],
         }
         if stage.name == "prune":
             summary.update(threshold=self.prune_threshold, valid_auc_pruned=self.pruned_auc)

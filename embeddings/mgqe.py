@@ -10,11 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctr.batch import JaggedFeatures
-from ctr.embeddings.base import EmbeddingMethod
+from ctr.embeddings.base import BatchLosses, EmbeddingMethod
 from ctr.embeddings.budget import FP32_BYTES, BudgetUnreachableError, budget_bytes, table_counts
 from ctr.embeddings.storage import table_starts
-from ctr.embeddings.types import FeatureEmbeddings
 from ctr.recipe import EmbeddingConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
@@ -77,7 +75,7 @@ def frequent_mask(counts: np.ndarray, fraction: float) -> np.ndarray:
 
 
 @EMBEDDINGS.register("mgqe", config=MGQEConfig)
-class MGQEmbedding(EmbeddingMethod):
+class MGQEmbedding(BatchLosses, EmbeddingMethod):
     """MGQE: Multi-Granular Quantized Embeddings.
 
     Kang et al., "Learning Multi-granular Quantized Embeddings for Large-Vocab Categorical
@@ -114,11 +112,6 @@ class MGQEmbedding(EmbeddingMethod):
         self.codebooks = nn.Parameter(torch.empty(len(self.table_names), self.subspaces, config.frequent_centroids, part))
         nn.init.normal_(self.codebooks, std=config.init_std)
         self.weight = nn.Parameter(torch.empty(rows, config.dim).normal_(std=config.init_std))
-        self._losses: list[Tensor] = []
-
-    def forward(self, sparse: JaggedFeatures) -> FeatureEmbeddings:
-        self._losses = []
-        return super().forward(sparse)
 
     def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
         tables = self.feature_table[feature]
@@ -130,7 +123,7 @@ class MGQEmbedding(EmbeddingMethod):
         with torch.no_grad():
             self.codes[rows] = codes.to(torch.uint8)
         centroids = self.decode(tables, codes)
-        self._losses.append(
+        self.add_loss(
             F.mse_loss(centroids, query.detach()) + self.config.commitment * F.mse_loss(query, centroids.detach())
         )
         return query + (centroids - query).detach()
@@ -153,13 +146,6 @@ class MGQEmbedding(EmbeddingMethod):
         """Rows [N, D] from codes [N, S] of tables [N]: the chosen centroids concatenated."""
         part = torch.arange(self.subspaces, device=codes.device)
         return self.codebooks[tables.unsqueeze(1), part, codes].flatten(1)
-
-    def regularizer(self) -> Tensor:
-        if not self._losses:
-            return super().regularizer()
-        loss = torch.stack(self._losses).sum()
-        self._losses = []
-        return loss
 
     def memory_bytes(self) -> int:
         return self.codes.numel() * self.codes.element_size() + self.codebooks.numel() * self.codebooks.element_size()

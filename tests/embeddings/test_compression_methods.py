@@ -21,8 +21,14 @@ from tests.embeddings.schemas import schema
 BIG = {"item": 200000, "user": 100000, "tags": 1000}
 METHODS = {  # method → options for the hand-built schema
     "compo": {}, "robe": {}, "dhe": {}, "ttrec": {"max_rank": 256}, "adaptemb": {}, "mgqe": {}, "dedup": {},
+    "int8": {}, "int16": {}, "alpt": {}, "mde": {}, "dpq": {}, "deeplight": {}, "pep": {}, "autodim": {}, "autosrh": {},
 }
-UNREACHABLE = {("mgqe", 0.01)}  # one byte of code per id and subspace is 1/64 of a D = 16 row
+UNREACHABLE = {  # one byte of code per id and part is 1/64 of a D = 16 row; integer rows have fixed ratios
+    ("mgqe", 0.01), ("dpq", 0.01), ("int8", 0.1), ("int8", 0.01), ("int16", 0.1), ("int16", 0.01),
+    ("alpt", 0.1), ("alpt", 0.01), ("mde", 0.01),  # mde: the smallest table keeps D
+    ("deeplight", 0.01), ("pep", 0.01), ("autosrh", 0.01), ("autodim", 0.1), ("autodim", 0.01),  # autodim: every table at dim 2  # a bitmap's bit per entry is 1/32 of a fp32 entry
+}
+FIXED_RATIO = ("int8", "int16", "alpt")  # no budget needed: their ratio is fixed
 FREQUENCIES = ("adaptemb", "mgqe")
 
 
@@ -63,8 +69,11 @@ def test_bad_options_and_budgets_are_one_line_recipe_errors(method):
     for budget in (0, 1.5, -0.1):
         with pytest.raises(RecipeError, match=r"^embedding: budget must be in \(0, 1\]$"):
             recipe_from_dict({"embedding": {"method": method, "budget": budget}})
-    with pytest.raises(RecipeError, match=rf"^embedding\.budget: {method} sizes its storage from a budget"):
-        build(method, None)
+    if method in FIXED_RATIO:
+        assert build(method, None).memory_bytes() > 0
+    else:
+        with pytest.raises(RecipeError, match=rf"^embedding\.budget: {method} sizes its storage from a budget"):
+            build(method, None)
     with pytest.raises(BudgetUnreachableError, match=rf"^embedding\.budget: 1e-07 is too small for {method}: [^\n]*$"):
         build(method, 1e-7)
 
@@ -82,6 +91,10 @@ SMOKE = {  # tiny data: 1151 ids at D = 8, so DHE and MGQE get smaller encodings
     "compo": {"budget": 0.5}, "robe": {"budget": 0.1, "block": 2}, "dhe": {"budget": 0.5, "hashes": 32},
     "ttrec": {"budget": 0.25}, "adaptemb": {"budget": 0.25},
     "mgqe": {"budget": 0.5, "frequent_centroids": 8, "rare_centroids": 4}, "dedup": {"budget": 0.3, "block_rows": 4},
+    "int8": {"budget": 0.25}, "int16": {"budget": 0.5}, "alpt": {"budget": 0.5}, "mde": {"budget": 0.5},
+    "dpq": {"budget": 0.5, "choices": 8}, "deeplight": {"budget": 0.3, "interval": 2},
+    "pep": {"budget": 0.3, "threshold_init": -5.0, "check_every": 2}, "autodim": {"budget": 0.5},
+    "autosrh": {"budget": 0.3}, "dpq_sx": {"method": "dpq", "budget": 0.5, "choices": 8, "mode": "sx"},
 }
 
 
@@ -93,6 +106,14 @@ def test_each_method_trains_one_epoch_on_tiny_data(method, tmp_path):
     assert metrics["steps"] > 0 and np.isfinite(metrics["test"]["logloss"])
     if method == "dedup":  # warm-up, deduplication, fine-tuning
         assert set(metrics["stage_seconds"]) == {"warmup", "dedup", "finetune"}
+    if method == "deeplight":  # gradual pruning, then the kept entries stored sparse train on
+        assert set(metrics["stage_seconds"]) == {"prune", "finetune"}
+    if method == "autodim":  # bi-level search, retrain at the chosen dims
+        assert set(metrics["stage_seconds"]) == {"search", "retrain"}
+    if method == "autosrh":  # dnis's stages over equal-size groups
+        assert set(metrics["stage_seconds"]) == {"search", "prune", "retrain"}
+    if method == "pep":  # search, mask, retrain from the initial values
+        assert set(metrics["stage_seconds"]) == {"search", "mask", "retrain"}
 
 
 def test_an_unreachable_budget_exits_2_with_one_line(tmp_path):
@@ -123,10 +144,13 @@ def test_the_criteo_scale_recipe_validates():
     assert recipe.train.embedding_optimizer.fused and recipe.train.epochs == 1
 
 
-def test_dedup_replays_its_stages_for_eval(tmp_path):
+@pytest.mark.parametrize("method", ["dedup", "int8", "alpt", "dpq", "deeplight", "pep", "autodim", "autosrh"])
+def test_eval_of_a_finished_run_gives_its_test_auc(method, tmp_path):
+    """Dedup, deeplight and pep replay their stages (the pruned ones end stored sparse); the integer
+    rows and the codes are what the checkpoint holds."""
     from ctr.train.runner import evaluate
 
-    embedding = {"method": "dedup", "dim": 8, **SMOKE["dedup"]}
+    embedding = {"method": method, "dim": 8, **SMOKE[method]}
     metrics = train(recipe_from_dict(tiny_recipe(tmp_path, embedding=embedding)), tmp_path / "run")
     again = evaluate(tmp_path / "run", "test")
     assert abs(again["auc"] - metrics["test"]["auc"]) < 1e-6

@@ -80,14 +80,14 @@ def test_pruning_hits_the_target_parameter_count_and_retraining_stores_only_it(b
     jf = batch(size=32)
     pruned = method(jf)
     method.begin_stage(RETRAIN)
-    assert method.values.shape == (int(kept.sum()), 1)
+    assert method.sparse.values.shape == (int(kept.sum()), 1) and method.sparse.format == "bitmap"
     assert method.memory_bytes() == 4 * int(kept.sum()) + rows <= budget * method.full_bytes()
-    assert set(method.state_dict()) == {"entry_bits", "values"}
+    assert set(method.state_dict()) == {"sparse.bits", "sparse.values"}
     retrained = method(jf)
     torch.testing.assert_close(retrained.pooled, pruned.pooled)
     torch.testing.assert_close(retrained.sequences["hist"], pruned.sequences["hist"])
     retrained.pooled.sum().backward()
-    assert method.values.grad.is_sparse
+    assert method.sparse.values.grad.is_sparse
 
 
 def test_dnis_needs_a_budget():

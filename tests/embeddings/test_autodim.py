@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ctr.embeddings.autodim import AutoDimConfig, AutoDimEmbedding, fit_dims
+from ctr.embeddings.stages import Stage
+from tests.embeddings.schemas import batch, schema
+
+RETRAIN = Stage("retrain")
+
+
+def test_architecture_weights_move_on_validation_batches_only():
+    torch.manual_seed(0)
+    method = AutoDimEmbedding(schema(), AutoDimConfig(dim=8, budget=0.5))
+    assert method.config.candidates == [2, 4, 8]  # [2, D/4, D/2, D] at D = 8
+    alpha = method.alpha.detach().clone()
+    method.train()
+    method(batch(size=16)).pooled.sum().backward()
+    assert method.arch_parameters() == [method.alpha]  # the trainer steps α with its own optimizer
+    assert all(p is not method.alpha for p in method.sparse_parameters())
+    method.eval()
+    optimizer = torch.optim.Adam(method.arch_parameters(), lr=0.1)
+    out = method(batch(size=16, seed=1)).pooled
+    method.arch_update(F.mse_loss(out, torch.ones_like(out)), optimizer)
+    assert not torch.equal(method.alpha.detach(), alpha)
+
+
+def test_the_retrained_model_has_the_argmax_dims_when_the_budget_allows():
+    method = AutoDimEmbedding(schema(), AutoDimConfig(dim=8, budget=1.0))
+    with torch.no_grad():
+        method.alpha.copy_(torch.tensor([[0.0, 0.0, 5.0], [5.0, 0.0, 0.0], [0.0, 5.0, 0.0]]))
+    method.begin_stage(RETRAIN)
+    assert [t.shape[1] for t in method.retrained.tables] == [8, 2, 4]
+    assert set(method.retrained.projections) == {"1", "2"}
+    assert method.memory_bytes() == 4 * (1000 * 8 + 600 * 2 + 40 * 4 + 2 * 8 + 4 * 8)
+    assert method.embed_ids(torch.tensor([0, 1]), torch.tensor([5, 6])).shape == (2, 8)
+
+
+def test_a_small_budget_lowers_the_dims_of_the_largest_tables_first():
+    method = AutoDimEmbedding(schema(), AutoDimConfig(dim=8, budget=0.5))
+    with torch.no_grad():
+        method.alpha.copy_(torch.tensor([[0.0, 0.0, 5.0]] * 3))  # every table wants D
+    method.begin_stage(RETRAIN)
+    dims = [t.shape[1] for t in method.retrained.tables]
+    assert dims[0] < 8 and dims[2] == 8 and method.memory_bytes() <= 0.5 * method.full_bytes()
+
+
+def test_fit_dims_by_hand():
+    vocab = np.array([100.0, 10.0])
+    # all at 8: 880 floats; limit 600 floats: item drops to 4 (+ a 4 x 8 projection) → 400 + 32 + 80
+    assert fit_dims(vocab, [2, 2], [2, 4, 8], 8, 600 * 4) == [1, 2]
+
+
+def test_temperature_anneals_to_its_floor():
+    method = AutoDimEmbedding(schema(), AutoDimConfig(dim=8, budget=0.5, temperature_decay=0.1))
+    method.step.fill_(5)
+    assert method.temperature() == pytest.approx(0.5)
+    method.step.fill_(100)
+    assert method.temperature() == 0.01

@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from ctr.embeddings.deeplight import DeepLightConfig, DeepLightEmbedding, scheduled_sparsity
+from ctr.embeddings.sparse import SparseRows, format_bytes, kept_for_budget
+from ctr.embeddings.stages import Stage
+from tests.embeddings.schemas import batch, schema
+
+
+def test_the_schedule_by_hand():
+    config = DeepLightConfig(budget=0.5, warmup_steps=20)
+    assert scheduled_sparsity(20, 0.8, config) == 0
+    assert scheduled_sparsity(120, 0.8, config) == pytest.approx(0.8 * (1 - 0.99))
+    assert scheduled_sparsity(10**6, 0.8, config) == pytest.approx(0.8)
+
+
+def test_sparsity_follows_the_schedule_after_a_dense_warm_up():
+    torch.manual_seed(0)
+    method = DeepLightEmbedding(schema(), DeepLightConfig(dim=8, budget=0.3, warmup_steps=30, decay=0.5))
+    method.train()
+    for step in range(1, 301):
+        method(batch(seed=step))  # each training forward is a step of the schedule
+        if step == 30:
+            assert method.sparsity() == 0  # warm-up: dense
+        if step % 10 == 0 and step > 30:
+            expected = int(scheduled_sparsity(step, method.target, method.config) * method.weight.numel())
+            assert int((method.weight == 0).sum()) == expected
+    assert method.sparsity() == pytest.approx(method.target * (1 - 0.5**2.7), abs=1e-4)  # on its way to S
+
+
+def test_finetune_stores_exactly_the_budgets_entries_and_keeps_the_mask():
+    torch.manual_seed(0)
+    method = DeepLightEmbedding(schema(), DeepLightConfig(dim=8, budget=0.3))
+    largest = method.weight.detach().abs().flatten().topk(method.kept).values.min()
+    method.begin_stage(Stage("finetune"))
+    assert method.memory_bytes() <= 0.3 * method.full_bytes() and method.sparse.values.numel() == method.kept
+    assert method.sparse.values.abs().min() >= largest  # the largest magnitudes are kept
+    method.train()
+    ids = torch.arange(2, 200)
+    before = method.embed_ids(torch.zeros_like(ids), ids).detach()
+    method.embed_ids(torch.zeros_like(ids), ids).sum().backward()
+    with torch.no_grad():
+        method.sparse.values.add_(method.sparse.values.grad.to_dense())
+    after = method.embed_ids(torch.zeros_like(ids), ids).detach()
+    assert torch.equal(after == 0, before == 0) and not torch.equal(after, before)
+
+
+@pytest.mark.parametrize("dim, density, expected", [(16, 0.5, "bitmap"), (64, 0.03, "csr")])
+def test_the_stored_format_is_the_smaller_and_loads_to_the_same_rows(dim, density, expected):
+    torch.manual_seed(0)
+    dense, mask = torch.randn(50, dim), torch.rand(50, dim) < density
+    stored = SparseRows(dense, mask)
+    assert stored.format == expected
+    nnz = int(mask.sum())
+    assert stored.memory_bytes() == min(nnz * 4 + 50 * dim // 8, nnz * 5 + 51 * 4)
+    loaded = SparseRows(torch.zeros(50, dim), mask)
+    loaded.load_state_dict(stored.state_dict())
+    rows = torch.tensor([0, 7, 7, 49])
+    torch.testing.assert_close(loaded(rows), (dense * mask)[rows])
+
+
+def test_kept_entries_fill_the_budget():
+    kept = kept_for_budget(1000, 16, 20000.0)
+    assert format_bytes(1000, 16, kept)[1] <= 20000 < format_bytes(1000, 16, kept + 1)[1]
+    assert kept_for_budget(1000, 16, 1000.0) is None

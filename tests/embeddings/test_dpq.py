@@ -1,0 +1,37 @@
+import pytest
+import torch
+
+from ctr.embeddings.dpq import DPQConfig, DPQEmbedding
+from tests.embeddings.schemas import schema
+
+BIG = {"item": 20000, "user": 10000, "tags": 1000}
+
+
+@pytest.mark.parametrize("mode", ["vq", "sx"])
+def test_stored_bytes_are_codes_plus_the_value_codebook(mode):
+    method = DPQEmbedding(schema(BIG), DPQConfig(dim=16, budget=0.5, mode=mode))
+    assert (method.parts, method.choices) == (8, 32)  # the artifact's defaults fit
+    assert method.memory_bytes() == 31000 * 8 + 32 * 16 * 4
+    assert method.codes.dtype == torch.uint8
+
+
+def test_parts_shrink_to_fit_the_budget():
+    method = DPQEmbedding(schema(BIG), DPQConfig(dim=16, budget=0.1))
+    assert method.parts == 4 and method.memory_bytes() <= 0.1 * method.full_bytes()
+
+
+@pytest.mark.parametrize("mode", ["vq", "sx"])
+def test_evaluation_decodes_the_codes_training_wrote(mode):
+    torch.manual_seed(0)
+    method = DPQEmbedding(schema(BIG), DPQConfig(dim=16, budget=0.5, mode=mode))
+    ids = torch.arange(2, 300)
+    trained = method.embed_ids(torch.zeros_like(ids), ids)
+    reg = method.regularizer()
+    (trained.sum() + reg).backward()
+    assert method.query.grad.is_sparse and method.values.grad.abs().sum() > 0
+    method.eval()
+    with torch.no_grad():
+        method.query.normal_()  # the query table is training state only
+    decoded = method.embed_ids(torch.zeros_like(ids), ids)
+    torch.testing.assert_close(decoded, trained.detach())
+    assert len(method.codes[2:300].unique()) > 1

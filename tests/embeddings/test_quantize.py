@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from ctr.embeddings.alpt import ALPTConfig, ALPTEmbedding, lsq_step_gradient
+from ctr.embeddings.budget import BudgetUnreachableError
+from ctr.embeddings.quantize import Int16Config, QuantizeConfig, QuantizedEmbedding, stochastic_round
+from tests.embeddings.schemas import schema
+
+
+@pytest.mark.parametrize("config, dtype, ratio", [(QuantizeConfig, torch.int8, 0.25), (Int16Config, torch.int16, 0.5)])
+def test_tables_are_stored_as_integers_at_a_fixed_ratio(config, dtype, ratio):
+    method = QuantizedEmbedding(schema(), config(dim=8))
+    stored = method.state_dict()
+    assert list(stored) == ["codes"] and stored["codes"].dtype == dtype
+    assert method.memory_bytes() == ratio * method.full_bytes()
+    with pytest.raises(BudgetUnreachableError, match=f"smallest budget it reaches is {ratio:g}"):
+        QuantizedEmbedding(schema(), config(dim=8, budget=ratio * 0.99))
+
+
+def test_stochastic_rounding_is_unbiased_in_expectation():
+    x = torch.full((200000,), 3.3)
+    rounded = stochastic_round(x, torch.Generator().manual_seed(0))
+    assert set(rounded.unique().tolist()) == {3.0, 4.0}
+    assert abs(rounded.mean().item() - 3.3) < 0.01
+
+
+def test_updates_smaller_than_the_step_move_rows_in_expectation():
+    torch.manual_seed(0)
+    method = QuantizedEmbedding(schema({"item": 20000, "user": 10, "tags": 10}), QuantizeConfig(dim=8, lr=1.0))
+    rows = torch.arange(20000)
+    method.codes[rows] = 5  # every value 0.05
+    method.apply_update(rows, torch.full((20000, 8), 0.003))  # 0.3 of a step, down
+    values = method.codes[rows].float() * 0.01
+    assert set(method.codes[rows].unique().tolist()) == {4, 5}
+    assert abs(values.mean().item() - 0.047) < 2e-4  # nearest rounding would leave 0.05
+
+
+def test_a_training_lookup_updates_the_codes_of_the_rows_it_read_only():
+    torch.manual_seed(0)
+    method = QuantizedEmbedding(schema(), QuantizeConfig(dim=8, lr=10.0))
+    method.train()
+    before = method.codes.clone()
+    ids = torch.tensor([5, 9, 9, 30])
+    out = method.embed_ids(torch.ones_like(ids), ids)  # feature user: rows 1000 + id
+    assert out.requires_grad and not method.codes.requires_grad
+    out.sum().backward()
+    changed = (method.codes != before).any(1).nonzero().squeeze(1)
+    assert set(changed.tolist()) == {1005, 1009, 1030}
+    method.eval()
+    assert not method.embed_ids(torch.ones_like(ids), ids).requires_grad
+
+
+def test_lsq_gradient_of_the_step_by_hand():
+    v = torch.tensor([[0.4, -2.6, 200.0]])  # 200 is clamped to the int8 bound 127
+    grad = torch.tensor([[1.0, 2.0, 0.5]])
+    expected = 1.0 * (0.0 - 0.4) + 2.0 * (-3.0 + 2.6) + 0.5 * 127
+    torch.testing.assert_close(lsq_step_gradient(v, grad, 8), torch.tensor([[expected]]))
+
+
+def test_alpt_steps_receive_gradients_on_the_rows_read():
+    torch.manual_seed(0)
+    method = ALPTEmbedding(schema(), ALPTConfig(dim=8, scale_lr=1e-2))
+    method.train()
+    ids = torch.arange(2, 40)
+    out = method.embed_ids(torch.zeros_like(ids), ids)
+    (out * torch.randn_like(out)).sum().backward()
+    moved = method.steps.squeeze(1) != 0.01
+    assert moved[ids].all() and not moved[40:].any()
+    assert method.memory_bytes() == method.codes.numel() + 4 * method.steps.numel()
+    assert {name: t.dtype for name, t in method.state_dict().items()} == {"codes": torch.int8, "steps": torch.float32}
