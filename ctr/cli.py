@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--rows", type=int, required=True, help="rows to write")
     synth.add_argument("--seed", type=int, default=2024, help="seed of the planted model and rows")
     synth.add_argument("--vocab-scale", type=float, default=1.0, help="multiplies the Criteo-like vocabulary sizes")
+    synth.add_argument("--force", action="store_true", help="replace OUT if it exists")
     synth.set_defaults(run=_synth)
 
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
@@ -195,6 +196,9 @@ def _synth(args: argparse.Namespace) -> int:
     from ctr.datasets.synthetic_tsv import write_dac_tsv
     from ctr.datasets.synthetic import SyntheticConfig
 
+    if args.out.exists() and not (args.force and args.out.is_file()):
+        what = "exists (give --force to replace it)" if args.out.is_file() else "exists and is not a file"
+        raise UserError(f"{args.out}: {what}")
     try:
         config = SyntheticConfig(rows=args.rows, seed=args.seed, vocab_scale=args.vocab_scale)
     except ValueError as err:

@@ -22,12 +22,15 @@ from lightning.pytorch.loggers import CSVLogger
 
 from ctr.datasets import BatchLoader, Prepared
 from ctr.datasets.resident import ResidentLoader
+from ctr.errors import RecipeError, UserError
+from ctr.kernels.embedding_bag import BackendUnavailable, resolve_backend
 from ctr.recipe import Recipe
 from ctr.train.callbacks import Throughput, ValidationSummary
 from ctr.train.rundir import RunDir
 from ctr.train.task import CTRTask
 
 Loader = BatchLoader | ResidentLoader
+ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
 
 
 @dataclass(frozen=True)
@@ -41,12 +44,40 @@ class Placement:
 
 def placement(recipe: Recipe) -> Placement:
     """This process's placement, from the recipe's accelerator and the launcher's environment
-    (``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` as torchrun sets them; one process otherwise)."""
+    (``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` as torchrun sets them; one process otherwise).
+    An accelerator or kernel backend this machine lacks is a RecipeError (before any work)."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     accelerator = recipe.trainer.accelerator
+    if accelerator not in ACCELERATORS:
+        raise RecipeError(f"trainer.accelerator: {accelerator!r}: choose from {', '.join(ACCELERATORS)}")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise RecipeError(f"trainer.accelerator: {accelerator!r} but this machine has no CUDA GPU; use cpu or auto")
     wants_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if wants_gpu else torch.device("cpu")
+    try:
+        resolve_backend(recipe.embedding.backend, device)
+    except BackendUnavailable as err:
+        raise RecipeError(f"embedding.backend: {err}") from None
     return Placement(rank, world, device)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A Lightning checkpoint's contents; a missing, empty, truncated or foreign file is a
+    UserError naming it."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such checkpoint") from None
+    except Exception as err:  # torch.load raises whatever its unpickler meets in a broken file
+        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {_first_line(err)})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise UserError(f"{path}: not a ctr checkpoint (no state_dict)")
+    return ckpt
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "empty or truncated"
 
 
 @dataclass
@@ -120,7 +151,10 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
 def evaluate_checkpoint(task: CTRTask, ckpt: Path, loaders: dict[str, Loader], trainer: L.Trainer,
                         splits: tuple[str, ...] = ("valid", "test")) -> dict[str, Any]:
     """Metrics of the weights in ``ckpt`` on each of ``splits``, and the seconds the last took."""
-    task.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
+    try:
+        task.load_state_dict(load_checkpoint(ckpt)["state_dict"])
+    except RuntimeError as err:
+        raise UserError(f"{ckpt}: does not fit this run's model ({_first_line(err)})") from None
     result: dict[str, Any] = {}
     for split in splits:
         task.eval_split = split

@@ -31,6 +31,17 @@ class RunDir:
     curves = property(lambda self: self.root / "curves.png")
     log_csv = property(lambda self: self.root / "logs" / "metrics.csv")
 
+    def check_usable(self) -> None:
+        """Raises a UserError when the run directory's path names something other than a
+        folder (a regular file, say), before anything is written."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"{self.root}: exists and is not a folder; choose another --out")
+        for parent in self.root.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise UserError(f"{self.root}: {parent} is not a folder; choose another --out")
+                break
+
     def write_recipe(self, recipe: Recipe) -> None:
         atomic_write(self.recipe, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
 

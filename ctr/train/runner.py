@@ -14,7 +14,9 @@ import torch
 from ctr.datasets import Prepared, prepare
 from ctr.errors import UserError
 from ctr.recipe import Recipe
-from ctr.train.loop import Session, evaluate_checkpoint, fit, placement, quiet_lightning, trainer_for
+from ctr.train.loop import (
+    Session, evaluate_checkpoint, fit, load_checkpoint, placement, quiet_lightning, trainer_for,
+)
 from ctr.train.optim import fused_optimizer
 from ctr.train.plots import plot_curves
 from ctr.train.rundir import RunDir
@@ -32,6 +34,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
     """Trains ``recipe`` into run directory ``out``; returns (and writes) metrics.json."""
     quiet_lightning()
     run = RunDir(out or default_run_dir(recipe))
+    run.check_usable()
     started = run.last.exists() or run.stage_progress.exists()
     if resume and not started:
         raise UserError(f"{run.root}: nothing to resume (no checkpoints/last.ckpt and no finished stage)")
@@ -39,6 +42,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
         raise UserError(f"{run.root}: already holds a run; continue it with --resume or choose another --out")
     if recipe.train.embedding_optimizer.fused:
         fused_optimizer(recipe.train.embedding_optimizer)  # an unknown rule fails here, before any work
+    place = placement(recipe)
     if recipe.trainer.num_threads:
         torch.set_num_threads(recipe.trainer.num_threads)
     L.seed_everything(recipe.seed, workers=True, verbose=False)
@@ -48,7 +52,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
     run.copy_schema(prepared.root)
     task = CTRTask(recipe, prepared.schema)
     _log_summary(task, prepared)
-    session = Session(recipe, run, prepared, progress, placement(recipe))
+    session = Session(recipe, run, prepared, progress, place)
     session.open_loaders()
     try:
         if task.net.embedding.stages():
@@ -85,6 +89,7 @@ def evaluate(run_root: Path, split: str = "test") -> dict[str, float]:
     ckpt = run.root / metrics.get("best_checkpoint", "checkpoints/best.ckpt")
     if not ckpt.exists():
         raise UserError(f"{run.root}: no checkpoint at {ckpt}")
+    load_checkpoint(ckpt)  # a broken file fails here, before the data is read
     progress = _progress(recipe)
     prepared = prepare(recipe.data, recipe.seed, progress)
     task = CTRTask(recipe, prepared.schema)
