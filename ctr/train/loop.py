@@ -25,12 +25,13 @@ from ctr.datasets.resident import ResidentLoader
 from ctr.errors import RecipeError, UserError
 from ctr.kernels.embedding_bag import BackendUnavailable, resolve_backend
 from ctr.recipe import Recipe
-from ctr.train.callbacks import Throughput, ValidationSummary
+from ctr.train.callbacks import FiniteLoss, Throughput, ValidationSummary
 from ctr.train.rundir import RunDir
 from ctr.train.task import CTRTask
 
 Loader = BatchLoader | ResidentLoader
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
+LOG_EVERY_N_STEPS = 20
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     recipe = session.recipe
     throughput = Throughput()
     checkpoint = _checkpoint(recipe, ckpt_dir)
-    callbacks = [checkpoint, throughput, ValidationSummary()]
+    callbacks = [FiniteLoss(every=LOG_EVERY_N_STEPS), checkpoint, throughput, ValidationSummary()]
     if recipe.train.early_stop:
         stop = recipe.train.early_stop
         # checked after validation only: a run cut short by max_steps may end before the first one
@@ -196,7 +197,7 @@ def trainer_for(recipe: Recipe, run: RunDir, progress: bool, callbacks: list, lo
         enable_progress_bar=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        log_every_n_steps=20,
+        log_every_n_steps=LOG_EVERY_N_STEPS,
         use_distributed_sampler=False,
         default_root_dir=run.root,
     )
