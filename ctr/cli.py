@@ -43,7 +43,14 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="re-evaluate a finished run's best checkpoint")
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--split", choices=("test", "valid"), default="test")
+    evaluate.add_argument("--data", type=Path, help="evaluate every row of this file (the recipe's format) instead")
     evaluate.set_defaults(run=_eval)
+
+    predict = commands.add_parser("predict", help="score raw rows with a finished run (a score column per row)")
+    predict.add_argument("run_dir", type=Path)
+    predict.add_argument("input", type=Path, help="rows in the recipe's format (label optional)")
+    predict.add_argument("--out", type=Path, required=True, help="scores: parquet, or CSV for a .csv/.tsv name")
+    predict.set_defaults(run=_predict)
 
     models = commands.add_parser("models", help="list what the registries hold")
     models.set_defaults(run=_models)
@@ -151,7 +158,18 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from ctr.train.runner import evaluate
 
-    print(json.dumps(evaluate(args.run_dir, args.split), indent=2))
+    if args.data is not None and args.split != "test":
+        raise UserError("eval: --data evaluates a whole file; give no --split with it")
+    print(json.dumps(evaluate(args.run_dir, args.split, args.data), indent=2))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ctr.train.predict import predict
+
+    result = predict(args.run_dir, args.input, args.out, progress=sys.stderr.isatty())
+    print(f"scored {result['rows']:,} rows into {args.out} ({result['rows_per_s']:,.0f} rows/s)", file=sys.stderr)
+    print(json.dumps(result, indent=2))
     return 0
 
 

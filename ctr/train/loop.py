@@ -76,6 +76,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
+def load_weights(task: CTRTask, ckpt: Path) -> None:
+    """Loads the weights of checkpoint ``ckpt`` into ``task``; a UserError when they do not fit."""
+    try:
+        task.load_state_dict(load_checkpoint(ckpt)["state_dict"])
+    except RuntimeError as err:
+        raise UserError(f"{ckpt}: does not fit this run's model ({_first_line(err)})") from None
+
+
 def _first_line(err: Exception) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else "empty or truncated"
@@ -152,10 +160,7 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
 def evaluate_checkpoint(task: CTRTask, ckpt: Path, loaders: dict[str, Loader], trainer: L.Trainer,
                         splits: tuple[str, ...] = ("valid", "test")) -> dict[str, Any]:
     """Metrics of the weights in ``ckpt`` on each of ``splits``, and the seconds the last took."""
-    try:
-        task.load_state_dict(load_checkpoint(ckpt)["state_dict"])
-    except RuntimeError as err:
-        raise UserError(f"{ckpt}: does not fit this run's model ({_first_line(err)})") from None
+    load_weights(task, ckpt)
     result: dict[str, Any] = {}
     for split in splits:
         task.eval_split = split

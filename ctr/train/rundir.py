@@ -14,6 +14,9 @@ from ctr.errors import UserError
 from ctr.recipe import Recipe, load_recipe
 
 
+PATH_KEYS = ("path", "valid_path", "test_path", "cache_dir")
+
+
 class RunDir:
     """Paths inside one run directory."""
 
@@ -43,7 +46,13 @@ class RunDir:
                 break
 
     def write_recipe(self, recipe: Recipe) -> None:
-        atomic_write(self.recipe, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        """The recipe snapshot, its data paths made absolute (the run is then read from any folder)."""
+        raw = recipe.to_dict()
+        for key in PATH_KEYS:
+            value = raw["data"].get(key)
+            if isinstance(value, str) and value:
+                raw["data"][key] = str(Path(value).expanduser().resolve())
+        atomic_write(self.recipe, yaml.safe_dump(raw, sort_keys=False))
 
     def load_recipe(self) -> Recipe:
         if not self.recipe.exists():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,13 @@ from ctr.datasets import Prepared, prepare
 from ctr.errors import UserError
 from ctr.recipe import Recipe
 from ctr.train.loop import (
-    Session, evaluate_checkpoint, fit, load_checkpoint, placement, quiet_lightning, trainer_for,
+    Session, evaluate_checkpoint, fit, placement, quiet_lightning, trainer_for,
 )
 from ctr.train.optim import fused_optimizer
 from ctr.train.plots import plot_curves
 from ctr.train.rundir import RunDir
-from ctr.train.stages import restore_stages, train_stages
+from ctr.train.saved import best_checkpoint, encode_rows, oov_counts, restored_task
+from ctr.train.stages import train_stages
 from ctr.train.task import CTRTask
 
 log = logging.getLogger("ctr.train")
@@ -48,7 +50,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     progress = _progress(recipe)
     prepared = prepare(recipe.data, recipe.seed, progress)
-    run.write_recipe(recipe)
+    run.write_recipe(recipe)  # data paths made absolute: eval and predict work from any folder
     run.copy_schema(prepared.root)
     task = CTRTask(recipe, prepared.schema)
     _log_summary(task, prepared)
@@ -80,28 +82,29 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
     return metrics
 
 
-def evaluate(run_root: Path, split: str = "test") -> dict[str, float]:
-    """Re-evaluates the best checkpoint of a finished run on ``split``."""
+def evaluate(run_root: Path, split: str = "test", data: Path | None = None) -> dict[str, Any]:
+    """Evaluates the best checkpoint of a finished run on ``split`` of its recipe's data, or
+    on every row of ``data`` (a file in the recipe's format; then with the out-of-vocabulary
+    counts per feature), encoded with the run's saved schema and vocabularies."""
     quiet_lightning()
     run = RunDir(run_root)
     recipe = run.load_recipe()
-    metrics = run.read_metrics() if run.metrics.exists() else {}
-    ckpt = run.root / metrics.get("best_checkpoint", "checkpoints/best.ckpt")
-    if not ckpt.exists():
-        raise UserError(f"{run.root}: no checkpoint at {ckpt}")
-    load_checkpoint(ckpt)  # a broken file fails here, before the data is read
+    ckpt = best_checkpoint(run)
     progress = _progress(recipe)
-    prepared = prepare(recipe.data, recipe.seed, progress)
-    task = CTRTask(recipe, prepared.schema)
-    if task.net.embedding.stages():
-        restore_stages(task.net, run)
-    session = Session(recipe, run, prepared, progress, placement(recipe))
-    session.open_loaders(splits=(split,))
-    try:
-        evaluator = trainer_for(recipe, run, progress, [], logger=False)
-        return evaluate_checkpoint(task, ckpt, session.loaders, evaluator, splits=(split,))[split]
-    finally:
-        session.close()
+    with tempfile.TemporaryDirectory(prefix="ctr-eval-") as tmp:
+        encoded = encode_rows(run, recipe, Path(tmp), data, split, progress)
+        target = "test" if data is not None else split
+        task = restored_task(run, recipe, encoded.prepared.schema, ckpt)
+        session = Session(recipe, run, encoded.prepared, progress, placement(recipe))
+        session.open_loaders(splits=(target,))
+        try:
+            evaluator = trainer_for(recipe, run, progress, [], logger=False)
+            metrics: dict[str, Any] = evaluate_checkpoint(task, ckpt, session.loaders, evaluator, splits=(target,))[target]
+        finally:
+            session.close()
+    if data is not None:
+        metrics.update(rows=encoded.tally.rows, oov=oov_counts(encoded))
+    return metrics
 
 
 def _log_summary(task: CTRTask, prepared: Prepared) -> None:
