@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", type=Path, required=True, help="scores: parquet, or CSV for a .csv/.tsv name")
     predict.set_defaults(run=_predict)
 
+    export = commands.add_parser("export", help="a torch.export program of a finished run's inference model")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--out", type=Path, required=True, help="the program file (model.pt2); its schema goes beside it")
+    export.set_defaults(run=_export)
+
     models = commands.add_parser("models", help="list what the registries hold")
     models.set_defaults(run=_models)
 
@@ -170,6 +175,14 @@ def _predict(args: argparse.Namespace) -> int:
     result = predict(args.run_dir, args.input, args.out, progress=sys.stderr.isatty())
     print(f"scored {result['rows']:,} rows into {args.out} ({result['rows_per_s']:,.0f} rows/s)", file=sys.stderr)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ctr.train.export import export_run
+
+    beside = export_run(args.run_dir, args.out)
+    print(f"exported {args.out} (schema and vocabularies in {beside})")
     return 0
 
 

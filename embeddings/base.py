@@ -191,7 +191,10 @@ class EmbeddingMethod(nn.Module):
 
     @staticmethod
     def _single_ids(sparse: JaggedFeatures) -> bool:
-        """Whether every bag of an unflagged batch holds exactly one id (a pass over the lengths)."""
+        """Whether every bag of an unflagged batch holds exactly one id (a pass over the lengths);
+        never while ``torch.export`` traces (a branch on data: the bags path serves every batch)."""
+        if torch.compiler.is_exporting():
+            return False
         return sparse.values.numel() == sparse.offsets.numel() - 1 and bool((sparse.lengths() == 1).all())
 
     def _id_weights(self, lengths: Tensor, f: int, count: int) -> Tensor:
@@ -205,6 +208,8 @@ class EmbeddingMethod(nn.Module):
         """The pooled features' bags as [B, F, D], gathered in one op (one backward scatter,
         not one full-size zero gradient per feature as F slices would cost)."""
         num, dim = len(pooled_slots), vectors.shape[-1]
+        if torch.compiler.is_exporting():
+            return EmbeddingMethod._pooled_batch_major(vectors, pooled_slots, b)
         if vectors.dim() == 3:  # grouped by the method: [F, B, D]
             return vectors.transpose(0, 1)
         if num * b == vectors.shape[0]:  # only pooled features: bags are already [F, B] in order
@@ -212,6 +217,19 @@ class EmbeddingMethod(nn.Module):
         starts = torch.tensor([first for _, first in pooled_slots], dtype=torch.int64, device=vectors.device)
         index = (starts.unsqueeze(1) + torch.arange(b, device=vectors.device)).reshape(-1)
         return vectors.index_select(0, index).view(num, b, dim).transpose(0, 1)
+
+    @staticmethod
+    def _pooled_batch_major(vectors: Tensor, pooled_slots: list[tuple[int, int]], b: int) -> Tensor:
+        """``_pooled``'s [B, F, D] gathered row by row, for ``torch.export``: a transposed
+        [F, B, D] made contiguous would fix the batch size (a guard that B is not 1)."""
+        if vectors.dim() == 3:  # grouped by the method: [F, B, D]
+            starts = [f * b for f in range(vectors.shape[0])]
+            vectors = vectors.reshape(-1, vectors.shape[-1])
+        else:
+            starts = [first for _, first in pooled_slots]
+        first = torch.tensor(starts, dtype=torch.int64, device=vectors.device)
+        index = (torch.arange(b, device=vectors.device).unsqueeze(1) + first.unsqueeze(0)).reshape(-1)
+        return vectors.index_select(0, index).view(b, len(starts), vectors.shape[-1])
 
     def _assemble(
         self,

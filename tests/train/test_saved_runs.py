@@ -4,6 +4,7 @@ and vocabularies (nothing re-fitted), from any working directory, on new files t
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -127,3 +128,22 @@ def test_predict_bad_row_is_the_training_error(csv_run, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"{bad}:3: column 'x': not a finite number: 'inf'" in result.stderr
     assert not (tmp_path / "s.parquet").exists()
+
+
+def test_the_documented_snippet_scores_an_exported_row_like_predict(csv_run, tmp_path):
+    """docs/export.md's snippet, run without ctr, gives predict's score of the same raw row."""
+    home, run = csv_run
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "export.md").read_text()
+    snippet = docs.split("```python\n", 1)[1].split("```", 1)[0]
+    assert ctr("export", run, "--out", tmp_path / "model.pt2", cwd=tmp_path).returncode == 0
+    test_rows = pd.read_csv(home / "data" / "test.csv", dtype=str)
+    result = ctr("predict", run, home / "data" / "test.csv", "--out", tmp_path / "scores.parquet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    scores = pq.read_table(tmp_path / "scores.parquet")["score"].to_numpy()
+    guard = "import sys\nassert not any(m == 'ctr' or m.startswith('ctr.') for m in sys.modules)\n"
+    for i in (0, 1, 7):
+        row = json.dumps({k: test_rows.loc[i, k] for k in ("a", "b", "x")})
+        done = subprocess.run([sys.executable, "-c", snippet + guard, tmp_path / "model.pt2", row],
+                              capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert abs(float(done.stdout.strip()) - scores[i]) < 1e-5
