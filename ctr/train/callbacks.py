@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
+import random
 import time
+from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from ctr.errors import TrainingDiverged
 
@@ -41,6 +46,68 @@ class Throughput(L.Callback):
     @property
     def samples_per_second(self) -> float:
         return self.samples / self.seconds if self.seconds else 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Samples and seconds so far: a resumed run's totals sum over its pieces."""
+        return {"samples": self.samples, "seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.samples, self.seconds = state_dict["samples"], state_dict["seconds"]
+
+
+class LoaderEpoch(L.Callback):
+    """Sets the training loader's epoch to the trainer's before each epoch: a resumed run
+    shuffles its epochs as the uninterrupted run did (the loaders seed each epoch's order
+    by its number)."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        trainer.train_dataloader.epoch = trainer.current_epoch
+
+
+class RandomState(L.Callback):
+    """Saves the random generators (python, numpy, torch, CUDA) in each checkpoint and
+    restores them on resume (dropout and any sampling continue as without the interruption).
+    Stored as tensors and plain values, which checkpoints load without unpickling code."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        kind, keys, position, has_gauss, gauss = np.random.get_state()
+        numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss)]
+        state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["ctr_random_state"] = state
+
+    def on_load_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("ctr_random_state")
+        if state is None:
+            return
+        random.setstate(state["python"])
+        kind, keys, position, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint whose saved paths follow a moved run directory: a
+    checkpoint written under another folder is read with its paths re-rooted at this one,
+    so the best score and files are kept (Lightning would drop them)."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if old and new and old != new:
+            state_dict = {k: _rerooted(v, old, new) for k, v in state_dict.items()}
+        super().load_state_dict(state_dict)
+
+
+def _rerooted(value: Any, old: str, new: str) -> Any:
+    """``value`` (a path, or a mapping keyed by paths) with prefix ``old`` replaced by ``new``."""
+    if isinstance(value, str) and (value == old or value.startswith(old + os.sep)):
+        return new + value[len(old):]
+    if isinstance(value, dict):
+        return {_rerooted(k, old, new): v for k, v in value.items()}
+    return value
 
 
 class ValidationSummary(L.Callback):

@@ -7,6 +7,7 @@ this module; it imports neither. The batch size, rank and world size are read he
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import time
@@ -17,15 +18,16 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
 
+from ctr.atomic import atomic_path
 from ctr.datasets import BatchLoader, Prepared
 from ctr.datasets.resident import ResidentLoader
 from ctr.errors import RecipeError, UserError
 from ctr.kernels.embedding_bag import BackendUnavailable, resolve_backend
 from ctr.recipe import Recipe
-from ctr.train.callbacks import FiniteLoss, Throughput, ValidationSummary
+from ctr.train.callbacks import FiniteLoss, LoaderEpoch, RandomState, RunCheckpoint, Throughput, ValidationSummary
 from ctr.train.rundir import RunDir
 from ctr.train.task import CTRTask
 
@@ -142,7 +144,8 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     recipe = session.recipe
     throughput = Throughput()
     checkpoint = _checkpoint(recipe, ckpt_dir)
-    callbacks = [FiniteLoss(every=LOG_EVERY_N_STEPS), checkpoint, throughput, ValidationSummary()]
+    callbacks = [FiniteLoss(every=LOG_EVERY_N_STEPS), LoaderEpoch(), RandomState(), checkpoint, throughput,
+                 ValidationSummary()]
     if recipe.train.early_stop:
         stop = recipe.train.early_stop
         # checked after validation only: a run cut short by max_steps may end before the first one
@@ -151,6 +154,8 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
         )
     trainer = trainer_for(recipe, session.run, session.progress, callbacks, epochs=epochs, max_steps=max_steps,
                           log_root=log_root)
+    if resume_from is not None:
+        keep_log_rows(trainer, load_checkpoint(resume_from)["epoch"])
     loaders = session.loaders
     trainer.fit(task, loaders["train"], loaders["valid"], ckpt_path=str(resume_from) if resume_from else None)
     best = Path(checkpoint.best_model_path or ckpt_dir / "last.ckpt")
@@ -171,9 +176,29 @@ def evaluate_checkpoint(task: CTRTask, ckpt: Path, loaders: dict[str, Loader], t
     return result
 
 
-def _checkpoint(recipe: Recipe, dirpath: Path) -> ModelCheckpoint:
+def keep_log_rows(trainer: L.Trainer, epoch: int) -> None:
+    """Keeps the CSV log rows of epochs up to ``epoch`` (those of the checkpoint a resumed
+    run starts from); Lightning's CSV logger would delete them, and later rows are redone."""
+    logger = trainer.logger
+    if not isinstance(logger, CSVLogger):
+        return
+    path = Path(logger.log_dir) / "metrics.csv"
+    if not path.is_file():
+        return
+    with path.open(newline="") as file:
+        reader = csv.DictReader(file)
+        header, rows = list(reader.fieldnames or []), [row for row in reader if int(row["epoch"]) <= epoch]
+    writer = logger.experiment  # creating it deletes the file; the kept rows go back in
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as file:
+        out = csv.DictWriter(file, fieldnames=header)
+        out.writeheader()
+        out.writerows(rows)
+    writer.metrics_keys = header
+
+
+def _checkpoint(recipe: Recipe, dirpath: Path) -> RunCheckpoint:
     stop = recipe.train.early_stop
-    return ModelCheckpoint(
+    return RunCheckpoint(
         dirpath=dirpath,
         filename="best",
         monitor=stop.monitor if stop else "valid/auc",

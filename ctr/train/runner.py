@@ -38,6 +38,8 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
     run = RunDir(out or default_run_dir(recipe))
     run.check_usable()
     started = run.last.exists() or run.stage_progress.exists()
+    if resume and run.metrics.exists():
+        raise UserError(f"{run.root}: this run is finished (metrics.json is written); nothing to resume")
     if resume and not started:
         raise UserError(f"{run.root}: nothing to resume (no checkpoints/last.ckpt and no finished stage)")
     if not resume and (started or run.metrics.exists()):
