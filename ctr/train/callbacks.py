@@ -110,6 +110,29 @@ def _rerooted(value: Any, old: str, new: str) -> Any:
     return value
 
 
+class ProgressLines(L.Callback):
+    """Logs ``epoch E step S (k/K of the epoch): loss L, R samples/s`` every ``every`` steps,
+    or 10 times an epoch when that is more often: progress for a log file, where no bar is
+    drawn. Reading the loss is one host sync per line."""
+
+    def __init__(self, every: int):
+        self.every = every
+        self._samples, self._start = 0, 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._samples, self._start = 0, time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self._samples += batch.size
+        per_epoch = trainer.num_training_batches
+        every = max(1, min(self.every, int(per_epoch) // 10)) if per_epoch != float("inf") else self.every
+        if trainer.global_step % every or not trainer.is_global_zero:
+            return
+        rate = self._samples / max(time.perf_counter() - self._start, 1e-9)
+        log.info("epoch %d step %d (%d/%s of the epoch): loss %.5f, %.0f samples/s", trainer.current_epoch,
+                 trainer.global_step, batch_idx + 1, per_epoch, float(outputs["loss"]), rate)
+
+
 class ValidationSummary(L.Callback):
     """Logs ``epoch E step S: valid auc=… logloss=…`` after each validation."""
 

@@ -27,13 +27,16 @@ from ctr.datasets.resident import ResidentLoader
 from ctr.errors import RecipeError, UserError
 from ctr.kernels.embedding_bag import BackendUnavailable, resolve_backend
 from ctr.recipe import Recipe
-from ctr.train.callbacks import FiniteLoss, LoaderEpoch, RandomState, RunCheckpoint, Throughput, ValidationSummary
+from ctr.train.callbacks import (
+    FiniteLoss, LoaderEpoch, ProgressLines, RandomState, RunCheckpoint, Throughput, ValidationSummary,
+)
 from ctr.train.rundir import RunDir
 from ctr.train.task import CTRTask
 
 Loader = BatchLoader | ResidentLoader
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
 LOG_EVERY_N_STEPS = 20
+PROGRESS_EVERY_N_STEPS = 100
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,8 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     checkpoint = _checkpoint(recipe, ckpt_dir)
     callbacks = [FiniteLoss(every=LOG_EVERY_N_STEPS), LoaderEpoch(), RandomState(), checkpoint, throughput,
                  ValidationSummary()]
+    if not session.progress:  # no bar (stderr is not a terminal): progress lines in the log instead
+        callbacks.append(ProgressLines(every=PROGRESS_EVERY_N_STEPS))
     if recipe.train.early_stop:
         stop = recipe.train.early_stop
         # checked after validation only: a run cut short by max_steps may end before the first one
@@ -242,5 +247,12 @@ def quiet_lightning() -> None:
         ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
         ".*Sparse invariant checks are implicitly disabled.*",
         ".*no `val_dataloader`.*",
+        ".*number of training batches .* is smaller than the logging interval.*",
+        ".*could not find the monitored key.*",
+        ".*Experiment logs directory .* exists and is not empty.*",
+        ".*Checkpoint directory .* exists and is not empty.*",
+        ".*The dirpath has changed.*",
+        ".*resuming from a checkpoint that ended before the epoch ended.*",
+        ".*`training_step` returned `None`.*",
     ):
         warnings.filterwarnings("ignore", message=message)

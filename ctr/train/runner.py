@@ -50,6 +50,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
     if recipe.trainer.num_threads:
         torch.set_num_threads(recipe.trainer.num_threads)
     L.seed_everything(recipe.seed, workers=True, verbose=False)
+    log.info("run directory: %s", run.root)
     progress = _progress(recipe)
     prepared = prepare(recipe.data, recipe.seed, progress)
     run.write_recipe(recipe)  # data paths made absolute: eval and predict work from any folder
@@ -81,6 +82,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
     run.write_metrics(metrics)
     if run.log_csv.exists():
         plot_curves(run.log_csv, run.curves)
+    log.info("run directory: %s (metrics.json, checkpoints/, logs/, curves.png)", run.root)
     return metrics
 
 
