@@ -125,7 +125,7 @@ class ProgressLines(L.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         self._samples += batch.size
         per_epoch = trainer.num_training_batches
-        every = max(1, min(self.every, int(per_epoch) // 10)) if per_epoch != float("inf") else self.every
+        every = max(1, min(self.every, -(-int(per_epoch) // 10))) if per_epoch != float("inf") else self.every
         if trainer.global_step % every or not trainer.is_global_zero:
             return
         rate = self._samples / max(time.perf_counter() - self._start, 1e-9)
