@@ -32,9 +32,7 @@ from ctr.batch import Batch, JaggedFeatures
 from ctr.datasets.saved import load_schema
 from ctr.errors import UserError
 from ctr.schema import OOV_ID, Schema
-from ctr.train.loop import quiet_lightning
-from ctr.train.rundir import RunDir
-from ctr.train.saved import best_checkpoint, restored_task
+from ctr.train.saved import finished_run, restored_task
 from ctr.train.task import CTRNet
 
 MAX_BATCH = 1 << 24
@@ -97,12 +95,7 @@ def inputs_description(schema: Schema) -> dict[str, Any]:
 def export_run(run_root: Path, out: Path) -> Path:
     """Exports the best checkpoint of a finished run to ``out`` and its schema beside it
     (``<out>.schema/``); both written atomically. Returns the schema folder."""
-    quiet_lightning()
-    run = RunDir(run_root)
-    recipe = run.load_recipe()
-    if out.exists() and out.is_dir():
-        raise UserError(f"{out}: is a folder; name the .pt2 file to write")
-    ckpt = best_checkpoint(run)
+    run, recipe, ckpt = finished_run(run_root, out)
     schema = load_schema(run.schema)
     sequences = [info.spec.name for info in schema.sparse_features if info.spec.kind == "sequence"]
     if sequences:

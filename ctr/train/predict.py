@@ -24,11 +24,9 @@ import torch
 
 from ctr.atomic import atomic_path
 from ctr.datasets.loader import BatchLoader
-from ctr.errors import UserError
 from ctr.metrics import auc, group_auc, logloss
-from ctr.train.loop import placement, quiet_lightning
-from ctr.train.rundir import RunDir
-from ctr.train.saved import best_checkpoint, encode_rows, oov_counts, restored_task
+from ctr.train.loop import placement
+from ctr.train.saved import encode_rows, finished_run, oov_counts, restored_task
 
 CSV_SUFFIXES = (".csv", ".tsv")
 
@@ -45,12 +43,7 @@ class Scored:
 def predict(run_root: Path, data: Path, out: Path, progress: bool = False) -> dict[str, Any]:
     """Scores every row of ``data`` into ``out``; returns rows, rows/s, the OOV counts and,
     when the rows have labels, AUC, logloss (and group AUC with a group column)."""
-    quiet_lightning()
-    run = RunDir(run_root)
-    recipe = run.load_recipe()
-    if out.exists() and out.is_dir():
-        raise UserError(f"{out}: is a folder; name the file to write")
-    ckpt = best_checkpoint(run)
+    run, recipe, ckpt = finished_run(run_root, out)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ctr-predict-") as tmp:
         encoded = encode_rows(run, recipe, Path(tmp), data, progress=progress)

@@ -21,7 +21,7 @@ from ctr.train.loop import (
 from ctr.train.optim import fused_optimizer
 from ctr.train.plots import plot_curves
 from ctr.train.rundir import RunDir
-from ctr.train.saved import best_checkpoint, encode_rows, oov_counts, restored_task
+from ctr.train.saved import encode_rows, finished_run, oov_counts, restored_task
 from ctr.train.stages import train_stages
 from ctr.train.task import CTRTask
 
@@ -90,10 +90,7 @@ def evaluate(run_root: Path, split: str = "test", data: Path | None = None) -> d
     """Evaluates the best checkpoint of a finished run on ``split`` of its recipe's data, or
     on every row of ``data`` (a file in the recipe's format; then with the out-of-vocabulary
     counts per feature), encoded with the run's saved schema and vocabularies."""
-    quiet_lightning()
-    run = RunDir(run_root)
-    recipe = run.load_recipe()
-    ckpt = best_checkpoint(run)
+    run, recipe, ckpt = finished_run(run_root)
     progress = _progress(recipe)
     with tempfile.TemporaryDirectory(prefix="ctr-eval-") as tmp:
         encoded = encode_rows(run, recipe, Path(tmp), data, split, progress)

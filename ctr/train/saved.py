@@ -11,10 +11,21 @@ from ctr.datasets.preprocess import Encoded, encode_with_schema
 from ctr.errors import UserError
 from ctr.recipe import Recipe
 from ctr.schema import Schema
-from ctr.train.loop import load_checkpoint, load_weights
+from ctr.train.loop import load_checkpoint, load_weights, quiet_lightning
 from ctr.train.rundir import RunDir
 from ctr.train.stages import restore_stages
 from ctr.train.task import CTRTask
+
+
+def finished_run(run_root: Path, out: Path | None = None) -> tuple[RunDir, Recipe, Path]:
+    """A finished run's directory, recipe and best checkpoint (checked readable first), with
+    Lightning's notices quietened; ``out``, a file the caller will write, must not be a folder."""
+    quiet_lightning()
+    run = RunDir(run_root)
+    recipe = run.load_recipe()
+    if out is not None and out.is_dir():
+        raise UserError(f"{out}: is a folder; name the file to write")
+    return run, recipe, best_checkpoint(run)
 
 
 def best_checkpoint(run: RunDir) -> Path:
