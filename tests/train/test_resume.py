@@ -87,3 +87,46 @@ def test_resume_of_a_finished_run_says_so_and_changes_nothing(runs):
     result = ctr("train", "--resume", whole)
     assert result.returncode == 2 and "this run is finished" in result.stderr
     assert {p: p.stat().st_mtime_ns for p in whole.rglob("*") if p.is_file()} == before
+
+
+KILL_IN_STAGE = """
+import os, signal
+from ctr.train.task import CTRTask
+
+training_step = CTRTask.training_step
+
+
+def step_then_die(self, batch, batch_idx):
+    loss = training_step(self, batch, batch_idx)
+    if self.stage is not None and self.stage.name == os.environ["CTR_TEST_KILL_STAGE"] and self.global_step == 15:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return loss
+
+
+CTRTask.training_step = step_then_die
+"""
+
+
+def test_a_multi_stage_run_killed_inside_a_training_stage_resumes_exactly(tmp_path):
+    """OptEmbed killed at step 15 of its retrain stage (after supernet and search finished)."""
+    from tests.train.test_stages import OPTEMBED
+
+    (tmp_path / "kill_in_stage.py").write_text(KILL_IN_STAGE)
+    raw = tiny_recipe(tmp_path, embedding={**OPTEMBED, "stages": {"retrain": {"epochs": 3}}},
+                      train={"early_stop": {"monitor": "valid/auc", "mode": "max", "patience": 5}})
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    whole = ctr("train", tmp_path / "r.yaml", "--out", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    raw["plugins"] = ["kill_in_stage"]
+    (tmp_path / "k.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "CTR_TEST_KILL_STAGE": "retrain"}
+    killed = ctr("train", tmp_path / "k.yaml", "--out", tmp_path / "killed", env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    env["CTR_TEST_KILL_STAGE"] = "none"
+    resumed = ctr("train", "--resume", tmp_path / "killed", env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "stage 2/3 search: finished earlier, restored" in resumed.stderr
+    runs = (tmp_path / "whole", tmp_path / "killed")
+    whole_metrics, resumed_metrics = (json.loads((run / "metrics.json").read_text()) for run in runs)
+    assert {k: whole_metrics[k] for k in SAME} == {k: resumed_metrics[k] for k in SAME}
+    assert log_rows(runs[0]) == log_rows(runs[1])
