@@ -55,6 +55,7 @@ class EmbeddingMethod(nn.Module):
         self._keeps_positions = [f.spec.kind == "sequence" and f.spec.pooling == "none" for f in sparse]
         self._mean_pooled = [f.spec.kind == "sequence" and f.spec.pooling == "mean" for f in sparse]
         self._left_padded = [f.spec.padding == "left" for f in sparse]
+        self._widths = [f.spec.max_len if f.spec.kind == "sequence" else 1 for f in sparse]
 
     @property
     def dim(self) -> int:
@@ -64,6 +65,8 @@ class EmbeddingMethod(nn.Module):
         """Embeds a batch: pooled [B, F, D] plus per-position sequences [B, L, D]."""
         if list(sparse.keys) != self.feature_names:
             raise ValueError(f"expected sparse keys {self.feature_names}, got {sparse.keys}")
+        if torch.compiler.is_exporting() and any(self._widths[f] > 1 for f in range(len(self._widths))):
+            return self._padded(sparse)
         grid = self._grid(sparse)
         if grid is not None:
             return FeatureEmbeddings(pooled=self.embed_grid(grid), sequences={}, masks={}, rows=self.embed_ids)
@@ -217,6 +220,32 @@ class EmbeddingMethod(nn.Module):
         starts = torch.tensor([first for _, first in pooled_slots], dtype=torch.int64, device=vectors.device)
         index = (starts.unsqueeze(1) + torch.arange(b, device=vectors.device)).reshape(-1)
         return vectors.index_select(0, index).view(num, b, dim).transpose(0, 1)
+
+    def _padded(self, sparse: JaggedFeatures) -> FeatureEmbeddings:
+        """The batch embedded as fixed-width grids, for ``torch.export``: each feature's bags as
+        ids [B, W] (W = ``max_len`` for a sequence, 1 otherwise) with a mask, looked up by
+        ``embed_ids``; no shape depends on the ids. Sequences that keep positions are [B, W, D]
+        (the masked tail is zeros, as in a batch whose longest sequence is W long)."""
+        b, count, num = sparse.batch_size, sparse.values.numel(), len(self.feature_names)
+        first, last = sparse.offsets[:-1].view(num, b), sparse.offsets[1:].view(num, b)  # views: shapes export follows
+        pooled, sequences, masks = [], {}, {}
+        for f, name in enumerate(self.feature_names):
+            width, starts = self._widths[f], first[f]
+            lengths = last[f] - starts
+            slots = torch.arange(width, device=starts.device).unsqueeze(0)
+            shift = (width - lengths).unsqueeze(1) if self._left_padded[f] else torch.zeros_like(starts).unsqueeze(1)
+            mask = (slots >= shift) & (slots < shift + lengths.unsqueeze(1))
+            index = (starts.unsqueeze(1) + slots - shift).clamp(0, max(count - 1, 0))
+            feature = torch.full((b * width,), f, dtype=torch.int64, device=starts.device)
+            vectors = self.embed_ids(feature, sparse.values[index].reshape(-1)).view(b, width, -1)
+            vectors = vectors * mask.unsqueeze(-1).to(vectors.dtype)
+            if self._keeps_positions[f]:
+                sequences[name], masks[name] = vectors, mask
+            elif self._mean_pooled[f]:
+                pooled.append(vectors.sum(1) / lengths.clamp(min=1).unsqueeze(1).to(vectors.dtype))
+            else:
+                pooled.append(vectors.sum(1))
+        return FeatureEmbeddings(pooled=torch.stack(pooled, 1), sequences=sequences, masks=masks, rows=self.embed_ids)
 
     @staticmethod
     def _pooled_batch_major(vectors: Tensor, pooled_slots: list[tuple[int, int]], b: int) -> Tensor:

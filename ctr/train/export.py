@@ -7,9 +7,10 @@ The program takes the model's inputs as plain tensors and returns click probabil
     offsets  int64   [F * B + 1] bag boundaries in ``values`` (features in ``sparse`` order)
     →        float32 [B]         probabilities
 
-B is dynamic (down to 1), and so is N. Runs with sequence features (DIN, history bags) are
-refused for now: their bags are cut by data-dependent lengths that ``torch.export`` cannot
-follow yet. Native and Triton kernels are not in the program: while
+B is dynamic (down to 1), and so is N. While exporting, a batch with sequence features is
+embedded as fixed-width grids (``max_len`` ids a sequence, masked) and DIN's attention runs
+on every position, masked after: no shape depends on the ids. The ``unified`` method does
+not export yet (its lookup has data-dependent shapes). Native and Triton kernels are not in the program: while
 ``torch.export`` traces, each kernel op's dispatch takes its plain-torch reference path.
 A compressed method exports what it stores (its compressed form). Beside ``model.pt2`` a
 folder ``model.pt2.schema/`` holds ``schema.json``, ``vocab/<table>.parquet`` and
@@ -30,7 +31,6 @@ from torch import Tensor, nn
 from ctr.atomic import atomic_path
 from ctr.batch import Batch, JaggedFeatures
 from ctr.datasets.saved import load_schema
-from ctr.errors import UserError
 from ctr.schema import OOV_ID, Schema
 from ctr.train.saved import finished_run, restored_task
 from ctr.train.task import CTRNet
@@ -97,10 +97,6 @@ def export_run(run_root: Path, out: Path) -> Path:
     (``<out>.schema/``); both written atomically. Returns the schema folder."""
     run, recipe, ckpt = finished_run(run_root, out)
     schema = load_schema(run.schema)
-    sequences = [info.spec.name for info in schema.sparse_features if info.spec.kind == "sequence"]
-    if sequences:
-        raise UserError(f"export: sequence features ({', '.join(sequences)}) cannot be exported yet (their bags"
-                        " are cut by data-dependent lengths); single-id categorical features only")
     task = restored_task(run, recipe, schema, ckpt)
     program = export_program(task.net, schema)
     beside = out.with_name(out.name + ".schema")

@@ -33,7 +33,7 @@ saved = np.load(sys.argv[2])
 args = [torch.from_numpy(saved[k]) for k in ("dense", "values", "offsets")]
 scores = program(*args)
 assert np.abs(scores.numpy() - saved["expected"]).max() < 1e-5, np.abs(scores.numpy() - saved["expected"]).max()
-one = program(args[0][:1], torch.from_numpy(saved["first_row"]), torch.arange(len(saved["first_row"]) + 1))
+one = program(args[0][:1], torch.from_numpy(saved["first_values"]), torch.from_numpy(saved["first_offsets"]))
 assert abs(float(one[0]) - float(saved["expected"][0])) < 1e-5
 assert not any(name == "ctr" or name.startswith("ctr.") for name in sys.modules), "ctr was imported"
 print("ok")
@@ -51,26 +51,14 @@ def model_recipe(name: str, tmp: Path):
     return recipe_from_dict(raw)
 
 
-def first_row(values: torch.Tensor, offsets: torch.Tensor, features: int, batch: int) -> np.ndarray:
-    """The ids of row 0 of a batch, as a batch of one (its bags, feature by feature)."""
+def first_row(values: torch.Tensor, offsets: torch.Tensor, features: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row 0 of a batch as a batch of one: its values and offsets [F + 1] (its bags, feature by feature)."""
     bags = [values[offsets[f * batch] : offsets[f * batch + 1]] for f in range(features)]
-    assert all(bag.numel() == 1 for bag in bags), "the batch-of-one check assumes one id per bag"
-    return torch.cat(bags).numpy()
+    lengths = torch.tensor([0] + [bag.numel() for bag in bags])
+    return torch.cat(bags).numpy(), torch.cumsum(lengths, 0).numpy()
 
 
-SEQUENCE_MODELS = {"din"}  # sequence features: not exportable yet
-
-
-def test_a_run_with_sequence_features_is_refused_with_one_line(tmp_path, capsys):
-    run = tmp_path / "run"
-    train(model_recipe("din", tmp_path), run)
-    assert main(["export", str(run), "--out", str(tmp_path / "model.pt2")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("ctr: error: export: sequence features (hist_item_id, hist_cat_id) cannot be exported yet")
-    assert not (tmp_path / "model.pt2").exists()
-
-
-@pytest.mark.parametrize("name", [e.name for e in MODELS.entries() if e.name not in SEQUENCE_MODELS])
+@pytest.mark.parametrize("name", [entry.name for entry in MODELS.entries()])
 def test_exported_program_scores_like_ctr_without_ctr(name, tmp_path, capsys):
     recipe = model_recipe(name, tmp_path)
     run = tmp_path / "run"
@@ -84,9 +72,10 @@ def test_exported_program_scores_like_ctr_without_ctr(name, tmp_path, capsys):
     batch = next(iter(BatchLoader(next((tmp_path / "cache" / "data").glob("*/test")), schema, 64, prefetch=0)))
     with torch.no_grad():
         expected = InferenceModel(task.net.eval(), keys)(batch.dense, batch.sparse.values, batch.sparse.offsets)
-    row = first_row(batch.sparse.values, batch.sparse.offsets, len(keys), batch.size)
+    first_values, first_offsets = first_row(batch.sparse.values, batch.sparse.offsets, len(keys), batch.size)
     np.savez(tmp_path / "inputs.npz", dense=batch.dense.numpy(), values=batch.sparse.values.numpy(),
-             offsets=batch.sparse.offsets.numpy(), expected=expected.numpy(), first_row=row)
+             offsets=batch.sparse.offsets.numpy(), expected=expected.numpy(), first_values=first_values,
+             first_offsets=first_offsets)
     result = subprocess.run([sys.executable, "-c", FRESH, tmp_path / "model.pt2", tmp_path / "inputs.npz"],
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
