@@ -117,3 +117,13 @@ def test_a_partial_optimizer_section_keeps_its_defaults(tmp_path):
     assert (recipe.train.embedding_optimizer.name, recipe.train.embedding_optimizer.lr) == ("adagrad", 0.01)
     dnis = recipe_from_dict(tiny_recipe(tmp_path, embedding={"method": "dnis", "arch_optimizer": {"lr": 0.5}}))
     assert (dnis.embedding.arch_optimizer.name, dnis.embedding.arch_optimizer.lr) == ("sgd", 0.5)
+
+
+def test_resume_from_a_broken_last_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "recipe.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    code, err = run_cli(capsys, "train", "--resume", run)
+    assert_one_line(code, err, "last.ckpt: not a readable checkpoint")
+    assert not (run / "metrics.json").exists()
