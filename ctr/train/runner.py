@@ -37,11 +37,11 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
     quiet_lightning()
     run = RunDir(out or default_run_dir(recipe))
     run.check_usable()
-    started = run.last.exists() or run.stage_progress.exists()
+    started = run.last.exists() or run.stages.exists()  # a multi-stage run writes stages/ first
     if resume and run.metrics.exists():
         raise UserError(f"{run.root}: this run is finished (metrics.json is written); nothing to resume")
     if resume and not started:
-        raise UserError(f"{run.root}: nothing to resume (no checkpoints/last.ckpt and no finished stage)")
+        raise UserError(f"{run.root}: nothing to resume (no checkpoints/last.ckpt and no stages/)")
     if not resume and (started or run.metrics.exists()):
         raise UserError(f"{run.root}: already holds a run; continue it with --resume or choose another --out")
     if recipe.train.embedding_optimizer.fused:
