@@ -89,7 +89,10 @@ class JaggedFeatures:
     def feature_of_value(self) -> Tensor:
         """Index of the feature each value belongs to, int64 [N]."""
         b = self.batch_size
-        per_feature = self.offsets[b :: b] - self.offsets[: -1 : b] if b else self.offsets[:0]
+        if not b:
+            return self.values.new_zeros(0)
+        starts = self.offsets[:-1].view(len(self.keys), b)[:, 0]  # (a view: shapes torch.export can follow)
+        per_feature = torch.cat([starts[1:], self.offsets[-1:]]) - starts
         return torch.repeat_interleave(
             torch.arange(len(self.keys), device=self.values.device), per_feature
         )

@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="re-evaluate a finished run's best checkpoint")
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--split", choices=("test", "valid"), default="test")
+    evaluate.add_argument("--data", type=Path, help="evaluate every row of this file (the recipe's format) instead")
     evaluate.set_defaults(run=_eval)
 
     plan = commands.add_parser("plan", help="how a recipe's tables would shard over N processes (TorchRec's planner)")
@@ -51,6 +52,17 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--memory-per-rank", help="memory of each rank, e.g. 16GB (default: the planner's)")
     _overrides(plan)
     plan.set_defaults(run=_plan)
+
+    predict = commands.add_parser("predict", help="score raw rows with a finished run (a score column per row)")
+    predict.add_argument("run_dir", type=Path)
+    predict.add_argument("input", type=Path, help="rows in the recipe's format (label optional)")
+    predict.add_argument("--out", type=Path, required=True, help="scores: parquet, or CSV for a .csv/.tsv name")
+    predict.set_defaults(run=_predict)
+
+    export = commands.add_parser("export", help="a torch.export program of a finished run's inference model")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--out", type=Path, required=True, help="the program file (model.pt2); its schema goes beside it")
+    export.set_defaults(run=_export)
 
     models = commands.add_parser("models", help="list what the registries hold")
     models.set_defaults(run=_models)
@@ -71,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--rows", type=int, required=True, help="rows to write")
     synth.add_argument("--seed", type=int, default=2024, help="seed of the planted model and rows")
     synth.add_argument("--vocab-scale", type=float, default=1.0, help="multiplies the Criteo-like vocabulary sizes")
+    synth.add_argument("--force", action="store_true", help="replace OUT if it exists")
     synth.set_defaults(run=_synth)
 
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
@@ -163,7 +176,26 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from ctr.train.runner import evaluate
 
-    print(json.dumps(evaluate(args.run_dir, args.split), indent=2))
+    if args.data is not None and args.split != "test":
+        raise UserError("eval: --data evaluates a whole file; give no --split with it")
+    print(json.dumps(evaluate(args.run_dir, args.split, args.data), indent=2))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ctr.train.predict import predict
+
+    result = predict(args.run_dir, args.input, args.out, progress=sys.stderr.isatty())
+    print(f"scored {result['rows']:,} rows into {args.out} ({result['rows_per_s']:,.0f} rows/s)", file=sys.stderr)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ctr.train.export import export_run
+
+    beside = export_run(args.run_dir, args.out)
+    print(f"exported {args.out} (schema and vocabularies in {beside})")
     return 0
 
 
@@ -235,6 +267,9 @@ def _synth(args: argparse.Namespace) -> int:
     from ctr.datasets.synthetic_tsv import write_dac_tsv
     from ctr.datasets.synthetic import SyntheticConfig
 
+    if args.out.exists() and not (args.force and args.out.is_file()):
+        what = "exists (give --force to replace it)" if args.out.is_file() else "exists and is not a file"
+        raise UserError(f"{args.out}: {what}")
     try:
         config = SyntheticConfig(rows=args.rows, seed=args.seed, vocab_scale=args.vocab_scale)
     except ValueError as err:

@@ -14,3 +14,7 @@ class RecipeError(UserError):
 
 class DataError(UserError):
     """A data file is malformed (wrong field count, unparsable value, bad label, ...)."""
+
+
+class TrainingDiverged(UserError):
+    """The training loss became non-finite (inf or nan); the last good checkpoint is kept."""

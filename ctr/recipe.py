@@ -135,6 +135,12 @@ class OptimizerConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
 
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
 
 @dataclass
 class EmbeddingOptimizerConfig(OptimizerConfig):
@@ -145,11 +151,17 @@ class EmbeddingOptimizerConfig(OptimizerConfig):
     the sparse optimizers with a rule in ``ctr.kernels.optim`` (its ``FUSABLE`` list) have a
     fused form, checked when training starts; it computes the same update on the touched
     rows as the unfused optimizer of that name.
+
+    Its defaults are its own (``adagrad``, lr 0.05): a recipe that sets only ``lr`` keeps a
+    sparse optimizer.
     """
 
+    name: str = "adagrad"
+    lr: float = 0.05
     fused: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.fused and self.weight_decay:
             raise ValueError("fused: weight_decay is not supported by the fused embedding update")
 
@@ -272,9 +284,7 @@ class TrainConfig:
     epochs: int = 1
     max_steps: int | None = None
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    embedding_optimizer: EmbeddingOptimizerConfig = field(
-        default_factory=lambda: EmbeddingOptimizerConfig(name="adagrad", lr=0.05)
-    )
+    embedding_optimizer: EmbeddingOptimizerConfig = field(default_factory=EmbeddingOptimizerConfig)
     early_stop: EarlyStopConfig | None = field(default_factory=EarlyStopConfig)
     scheduler: SchedulerConfig | None = None
     embedding_scheduler: SchedulerConfig | None = None
@@ -284,6 +294,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.eval_batch_size < 1 or self.epochs < 1:
             raise ValueError("batch_size, eval_batch_size and epochs must be >= 1")
+        for name in ("max_steps", "eval_every_n_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or null (no limit), got {value}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or null, got {self.grad_clip}")
 
     def schedule_of(self, part: str) -> SchedulerConfig | None:
         """The schedule of optimizer ``part`` (``dense`` or ``embedding``); None = constant lr."""
@@ -342,6 +358,8 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
 
+
+SINGLE_DEVICE_STRATEGIES = ("auto", "single_device")
 
 _SECTIONS = {
     "data": (DATASETS, "dataset", DataConfig),
@@ -466,6 +484,22 @@ def _check_combinations(recipe: Recipe) -> None:
         raise RecipeError(
             "train.embedding_scheduler: the fused embedding update (train.embedding_optimizer.fused) keeps a fixed lr;"
             " set train.embedding_scheduler: {name: constant} or fused: false"
+        )
+    check_single_device(recipe.trainer)
+
+
+def check_single_device(trainer: TrainerConfig) -> None:
+    """Refuses a distributed ``trainer`` section (one process, one device until distributed
+    training exists: data-parallel ranks cannot all-reduce sparse embedding gradients)."""
+    if trainer.devices != 1:
+        raise RecipeError(
+            f"trainer.devices: {trainer.devices}: training runs on one device (distributed training"
+            " is not available yet); set trainer.devices: 1"
+        )
+    if trainer.strategy not in SINGLE_DEVICE_STRATEGIES:
+        raise RecipeError(
+            f"trainer.strategy: {trainer.strategy!r}: distributed training is not available yet;"
+            f" use one of {', '.join(SINGLE_DEVICE_STRATEGIES)}"
         )
 
 

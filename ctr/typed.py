@@ -39,13 +39,26 @@ def parse(cls: type[T], data: Any, path: str) -> T:
     for name, field in fields.items():
         key_path = _join(path, name)
         if name in data:
-            values[name] = convert(hints[name], data[name], key_path)
+            values[name] = convert(hints[name], _with_defaults(field, data[name]), key_path)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise RecipeError(f"{key_path}: required key is missing")
     try:
         return cls(**values)
     except (ValueError, TypeError) as err:
         raise RecipeError(f"{path or 'recipe'}: {err}") from None
+
+
+def _with_defaults(field: dataclasses.Field, value: Any) -> Any:
+    """A partial mapping for a field whose default is a config instance, completed with that
+    instance's values: ``arch_optimizer: {lr: 0.05}`` keeps the default's optimizer name
+    instead of taking the class's."""
+    if field.default_factory is dataclasses.MISSING or not isinstance(value, dict):
+        return value
+    default = field.default_factory()
+    if not dataclasses.is_dataclass(default):
+        return value
+    initial = {f.name: to_plain(getattr(default, f.name)) for f in dataclasses.fields(default) if f.init}
+    return {**initial, **value}
 
 
 def convert(hint: Any, value: Any, path: str) -> Any:

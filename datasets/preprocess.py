@@ -82,6 +82,50 @@ def prepare(config: DataConfig, progress: bool | None = None) -> Prepared:
     return load_prepared(root)
 
 
+@dataclass
+class Encoded:
+    """Rows encoded with a saved schema: ``root/test`` holds them; ``tally`` counts rows and
+    out-of-vocabulary ids; ``labelled`` is False when the rows had no label column."""
+
+    prepared: Prepared
+    tally: Tally
+    labelled: bool
+
+
+def encode_with_schema(config: DataConfig, schema_dir: Path, out: Path, split: str | None,
+                       progress: bool | None = None) -> Encoded:
+    """Encodes raw rows with a run's saved schema and vocabularies (nothing is fitted) into
+    ``out/<split>``: the rows preparation assigned to ``split`` (same split seed, same order), or,
+    when ``split`` is None, every row of the source into ``out/test``. A label or group
+    column the rows lack is allowed then (labels read as 0); bad rows are errors (or
+    skipped) as in preparation.
+    """
+    from ctr.datasets.saved import load_schema, saved_encoder
+
+    source = DATASETS.get(config.dataset, "data.dataset").target(config)
+    schema = load_schema(schema_dir)
+    if split is None:
+        source.optional_columns = frozenset(c for c in (schema.label, schema.group) if c)
+    features = [info.spec for info in schema.features]
+    job = _Job(source, features, {}, schema.label, schema.group, config, _show_progress(progress))
+    job.whole = split is None
+    absent = job.absent_columns() if job.whole else set()
+    group = None if schema.group in absent else schema.group
+    encoder = saved_encoder(schema_dir, schema, group)
+    target = split or "test"
+    tally, writer = Tally(), ShardWriter(out / target)
+    try:
+        for name, batch, where in job.rows("encoding", only=target, absent=absent):
+            labels = batch.column(schema.label).to_numpy(zero_copy_only=False)
+            writer.write(encoder.encode(batch, labels, tally, where))
+    finally:
+        writer.close()
+    if tally.rows == 0:
+        raise DataError(f"data: no rows to encode from dataset {config.dataset!r}")
+    schema = Schema(schema.features, schema.label, group, schema.counts)
+    return Encoded(Prepared(out, schema, {}), tally, schema.label not in absent)
+
+
 def load_prepared(root: Path) -> Prepared:
     report = json.loads((root / "report.json").read_text())
     return Prepared(root=root, schema=Schema.load(root), report=report)
@@ -221,17 +265,24 @@ class _Job:
         self.progress = progress
         self.skipped = {s: 0 for s in SPLITS}
         self.columns = column_keys(features, label, group)
+        self.whole = False  # every row is a test row (no split)
+
+    def absent_columns(self) -> set[str]:
+        """The label and group columns the source's first record batch lacks."""
+        first = next(iter(self.source.streams().values()))()
+        names = next(first).schema.names
+        return {c for c in (self.label, self.group) if c is not None and c not in names}
 
     def run(self, out: Path) -> None:
         fitter = Fitter(self.features, self.table_of, self.seed)
-        for split, batch, where in self._rows("fitting vocabularies", only="train"):
+        for split, batch, where in self.rows("fitting vocabularies", only="train"):
             fitter.add(batch, where)
         vocabs, numeric = fitter.vocabularies(), fitter.numeric_stats()
         encoder = Encoder(self.features, self.table_of, vocabs, numeric, self.group)
         self.skipped = {s: 0 for s in SPLITS}
         tallies = {s: Tally() for s in SPLITS}
         writers = {s: ShardWriter(out / s) for s in SPLITS}
-        for split, batch, where in self._rows("encoding"):
+        for split, batch, where in self.rows("encoding"):
             labels = batch.column(self.label).to_numpy(zero_copy_only=False)
             writers[split].write(encoder.encode(batch, labels, tallies[split], where))
         for writer in writers.values():
@@ -256,17 +307,21 @@ class _Job:
         counts = {table: vocab.counts_by_id() for table, vocab in vocabs.items()}
         return Schema(features=infos, label=self.label, group=self.group, counts=counts)
 
-    def _rows(self, what: str, only: str | None = None) -> Iterator[tuple[str, pa.RecordBatch, str]]:
-        """Checked record batches as (split, batch, origin), labels parsed to floats."""
+    def rows(self, what: str, only: str | None = None,
+             absent: set[str] = frozenset()) -> Iterator[tuple[str, pa.RecordBatch, str]]:
+        """Checked record batches as (split, batch, origin), labels parsed to floats; the
+        ``absent`` label or group column is added (label 0, group empty)."""
         bar = tqdm(desc=what, unit=" rows", disable=not self.progress, leave=False)
         skip = self.config.on_bad_rows == "skip"
         streams = self.source.streams()
         carve_valid = "valid" not in streams
         for name, stream in streams.items():
-            if only is not None and name not in ("all", only):
+            if only is not None and not self.whole and name not in ("all", only):
                 continue
             for index, batch in enumerate(stream()):
                 origin = f"{self.config.dataset} ({name} rows, batch {index})"
+                for column in absent:
+                    batch = batch.append_column(column, pa.array(["0" if column == self.label else ""] * batch.num_rows))
                 if index == 0:
                     meta = batch.schema.metadata or {}
                     require_columns(batch.schema.names, self.columns, meta.get(b"file", b"").decode() or origin)
@@ -292,6 +347,8 @@ class _Job:
         of a source without a ``valid`` stream gives ``data.split.valid`` of its rows to
         validation.
         """
+        if self.whole:
+            return np.full(rows, SPLITS.index("test"))
         if name != "all" and not (name == "train" and carve_valid):
             return np.full(rows, SPLITS.index(name))
         u = np.random.default_rng([self.seed, 7, index]).random(rows)

@@ -32,6 +32,7 @@ class DatasetSource(ABC):
 
     label: str = "label"
     group: str | None = None
+    optional_columns: frozenset[str] = frozenset()  # may be absent (the label when scoring new rows)
 
     def __init__(self, config: DataConfig):
         self.config = config

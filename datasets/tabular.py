@@ -74,6 +74,10 @@ class FileSource(DatasetSource):
         features = self.config.features or self.default_features()
         return column_keys(features, self.config.label or self.label, self.config.group or self.group)
 
+    def required(self, needed: dict[str, str]) -> dict[str, str]:
+        """``needed`` without the columns that may be absent (``optional_columns``)."""
+        return {column: key for column, key in needed.items() if column not in self.optional_columns}
+
     def read_file(self, file: Path) -> Iterator[pa.RecordBatch]:
         raise NotImplementedError
 
@@ -159,7 +163,7 @@ class CsvDataset(DelimitedSource):
         if config.header and config.names and len(config.names) != len(self.header(file, config.delimiter)):
             raise DataError(f"{file}:1: the header has a different number of fields than data.columns")
         needed = self.needed_columns()
-        require_columns(columns, needed, str(file))
+        require_columns(columns, self.required(needed), str(file))
         return TextFormat(columns, config.delimiter, config.header, config.quoting, keep=[c for c in columns if c in needed])
 
 
@@ -192,7 +196,7 @@ class ParquetDataset(FileSource):
         if reader.metadata.num_rows == 0:
             raise EmptyFileError(f"{file}: empty file (no rows)")
         needed = self.needed_columns()
-        require_columns(reader.schema_arrow.names, needed, str(file))
+        require_columns(reader.schema_arrow.names, self.required(needed), str(file))
         columns = [c for c in reader.schema_arrow.names if c in needed]
         first = 1
         for batch in reader.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):

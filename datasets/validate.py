@@ -21,6 +21,7 @@ from ctr.schema import FeatureSpec
 LINE_COLUMN = "__line__"
 PROBLEM_COLUMN = "__problem__"
 NUMBER = r"^\s*[-+]?((\d+\.?\d*)|(\.\d+))([eE][-+]?\d+)?\s*$|^\s*[-+]?(inf|nan)\s*$|^\s*$"
+NON_FINITE = r"^\s*[-+]?(inf|infinity|nan)\s*$"
 
 
 @dataclass
@@ -34,7 +35,8 @@ class RowCheck:
 
 
 def check_rows(batch: pa.RecordBatch, features: list[FeatureSpec], label: str) -> RowCheck:
-    """Flags rows with a missing or non-binary label or an unparsable numeric value."""
+    """Flags rows with a missing or non-binary label or an unparsable or non-finite numeric
+    value (``inf``, ``nan``: a missing value is an empty field)."""
     problems = []
     if PROBLEM_COLUMN in batch.schema.names:
         reported = batch.column(PROBLEM_COLUMN)
@@ -51,6 +53,7 @@ def check_rows(batch: pa.RecordBatch, features: list[FeatureSpec], label: str) -
             ok = pc.fill_null(pc.match_substring_regex(column, NUMBER, ignore_case=True), True)
             not_number = ~ok.to_numpy(zero_copy_only=False)
             problems.append((not_number, _not_a_number(spec.column, column)))
+        problems.append((_non_finite(column), _not_finite(spec.column, column)))
     any_bad = np.logical_or.reduce([mask for mask, _ in problems])
     if not any_bad.any():
         return RowCheck(keep=~any_bad, labels=labels, problem=None, first_bad=-1)
@@ -70,6 +73,22 @@ def _casts(column: pa.Array) -> bool:
 
 def _not_a_number(name: str, column: pa.Array):
     return lambda row: f"column {name!r}: not a number: {column[row].as_py()!r}"
+
+
+def _non_finite(column: pa.Array) -> np.ndarray:
+    """Present values that are ``inf``, ``-inf`` or ``nan`` (text or floats), bool [n]."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        found = pc.match_substring_regex(column, NON_FINITE, ignore_case=True)
+        return pc.fill_null(found, False).to_numpy(zero_copy_only=False)
+    if not pa.types.is_floating(column.type):
+        return np.zeros(len(column), dtype=bool)
+    present = column.is_valid().to_numpy(zero_copy_only=False)
+    values = np.asarray(column.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.float64)
+    return present & ~np.isfinite(values)
+
+
+def _not_finite(name: str, column: pa.Array):
+    return lambda row: f"column {name!r}: not a finite number: {column[row].as_py()!r} (leave the field empty for a missing value)"
 
 
 def where(batch: pa.RecordBatch, row: int, fallback: str) -> str:

@@ -55,6 +55,7 @@ class EmbeddingMethod(nn.Module):
         self._keeps_positions = [f.spec.kind == "sequence" and f.spec.pooling == "none" for f in sparse]
         self._mean_pooled = [f.spec.kind == "sequence" and f.spec.pooling == "mean" for f in sparse]
         self._left_padded = [f.spec.padding == "left" for f in sparse]
+        self._widths = [f.spec.max_len if f.spec.kind == "sequence" else 1 for f in sparse]
 
     @property
     def dim(self) -> int:
@@ -64,6 +65,8 @@ class EmbeddingMethod(nn.Module):
         """Embeds a batch: pooled [B, F, D] plus per-position sequences [B, L, D]."""
         if list(sparse.keys) != self.feature_names:
             raise ValueError(f"expected sparse keys {self.feature_names}, got {sparse.keys}")
+        if torch.compiler.is_exporting() and any(self._widths[f] > 1 for f in range(len(self._widths))):
+            return self._padded(sparse)
         grid = self._grid(sparse)
         if grid is not None:
             return FeatureEmbeddings(pooled=self.embed_grid(grid), sequences={}, masks={}, rows=self.embed_ids)
@@ -191,7 +194,10 @@ class EmbeddingMethod(nn.Module):
 
     @staticmethod
     def _single_ids(sparse: JaggedFeatures) -> bool:
-        """Whether every bag of an unflagged batch holds exactly one id (a pass over the lengths)."""
+        """Whether every bag of an unflagged batch holds exactly one id (a pass over the lengths);
+        never while ``torch.export`` traces (a branch on data: the bags path serves every batch)."""
+        if torch.compiler.is_exporting():
+            return False
         return sparse.values.numel() == sparse.offsets.numel() - 1 and bool((sparse.lengths() == 1).all())
 
     def _id_weights(self, lengths: Tensor, f: int, count: int) -> Tensor:
@@ -205,6 +211,8 @@ class EmbeddingMethod(nn.Module):
         """The pooled features' bags as [B, F, D], gathered in one op (one backward scatter,
         not one full-size zero gradient per feature as F slices would cost)."""
         num, dim = len(pooled_slots), vectors.shape[-1]
+        if torch.compiler.is_exporting():
+            return EmbeddingMethod._pooled_batch_major(vectors, pooled_slots, b)
         if vectors.dim() == 3:  # grouped by the method: [F, B, D]
             return vectors.transpose(0, 1)
         if num * b == vectors.shape[0]:  # only pooled features: bags are already [F, B] in order
@@ -212,6 +220,45 @@ class EmbeddingMethod(nn.Module):
         starts = torch.tensor([first for _, first in pooled_slots], dtype=torch.int64, device=vectors.device)
         index = (starts.unsqueeze(1) + torch.arange(b, device=vectors.device)).reshape(-1)
         return vectors.index_select(0, index).view(num, b, dim).transpose(0, 1)
+
+    def _padded(self, sparse: JaggedFeatures) -> FeatureEmbeddings:
+        """The batch embedded as fixed-width grids, for ``torch.export``: each feature's bags as
+        ids [B, W] (W = ``max_len`` for a sequence, 1 otherwise) with a mask, looked up by
+        ``embed_ids``; no shape depends on the ids. Sequences that keep positions are [B, W, D]
+        (the masked tail is zeros, as in a batch whose longest sequence is W long)."""
+        b, count, num = sparse.batch_size, sparse.values.numel(), len(self.feature_names)
+        first, last = sparse.offsets[:-1].view(num, b), sparse.offsets[1:].view(num, b)  # views: shapes export follows
+        pooled, sequences, masks = [], {}, {}
+        for f, name in enumerate(self.feature_names):
+            width, starts = self._widths[f], first[f]
+            lengths = last[f] - starts
+            slots = torch.arange(width, device=starts.device).unsqueeze(0)
+            shift = (width - lengths).unsqueeze(1) if self._left_padded[f] else torch.zeros_like(starts).unsqueeze(1)
+            mask = (slots >= shift) & (slots < shift + lengths.unsqueeze(1))
+            index = (starts.unsqueeze(1) + slots - shift).clamp(0, max(count - 1, 0))
+            feature = torch.full((b * width,), f, dtype=torch.int64, device=starts.device)
+            vectors = self.embed_ids(feature, sparse.values[index].reshape(-1)).view(b, width, -1)
+            vectors = vectors * mask.unsqueeze(-1).to(vectors.dtype)
+            if self._keeps_positions[f]:
+                sequences[name], masks[name] = vectors, mask
+            elif self._mean_pooled[f]:
+                pooled.append(vectors.sum(1) / lengths.clamp(min=1).unsqueeze(1).to(vectors.dtype))
+            else:
+                pooled.append(vectors.sum(1))
+        return FeatureEmbeddings(pooled=torch.stack(pooled, 1), sequences=sequences, masks=masks, rows=self.embed_ids)
+
+    @staticmethod
+    def _pooled_batch_major(vectors: Tensor, pooled_slots: list[tuple[int, int]], b: int) -> Tensor:
+        """``_pooled``'s [B, F, D] gathered row by row, for ``torch.export``: a transposed
+        [F, B, D] made contiguous would fix the batch size (a guard that B is not 1)."""
+        if vectors.dim() == 3:  # grouped by the method: [F, B, D]
+            starts = [f * b for f in range(vectors.shape[0])]
+            vectors = vectors.reshape(-1, vectors.shape[-1])
+        else:
+            starts = [first for _, first in pooled_slots]
+        first = torch.tensor(starts, dtype=torch.int64, device=vectors.device)
+        index = (torch.arange(b, device=vectors.device).unsqueeze(1) + first.unsqueeze(0)).reshape(-1)
+        return vectors.index_select(0, index).view(b, len(starts), vectors.shape[-1])
 
     def _assemble(
         self,

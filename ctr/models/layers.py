@@ -348,6 +348,8 @@ class TargetAttention(nn.Module):
         return torch.cat([q, k, q - k, q * k], dim=1)
 
     def forward(self, q: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        if torch.compiler.is_exporting():
+            return self._every_position(q, keys, mask)
         sample, position = mask.nonzero(as_tuple=True)
         scores = self.unit(self.features(q[sample], keys[sample, position])).squeeze(-1)  # [N]
         if self.scale:
@@ -357,4 +359,18 @@ class TargetAttention(nn.Module):
             weights = torch.softmax(full, dim=1).nan_to_num(0.0)
         else:
             weights = scores.new_zeros(mask.shape).index_put((sample, position), scores)
+        return (weights.unsqueeze(-1) * keys).sum(1)
+
+    def _every_position(self, q: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        """The same in evaluation, for ``torch.export``: the unit runs on every position and
+        padding is masked after (Dice then normalises by its running statistics, unit by
+        unit, so valid positions score as above); no shape depends on the mask."""
+        b, length, dim = keys.shape
+        qv = q.unsqueeze(1).expand(b, length, dim)
+        pairs = torch.cat([qv, keys, qv - keys, qv * keys], dim=-1).reshape(b * length, 4 * dim)
+        scores = self.unit(pairs).view(b, length)
+        if self.softmax:
+            weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1).nan_to_num(0.0)
+        else:
+            weights = scores * mask.to(scores.dtype)
         return (weights.unsqueeze(-1) * keys).sum(1)

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
+import random
 import time
+from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from ctr.errors import TrainingDiverged
 
 log = logging.getLogger("ctr.train")
 
@@ -39,6 +47,91 @@ class Throughput(L.Callback):
     def samples_per_second(self) -> float:
         return self.samples / self.seconds if self.seconds else 0.0
 
+    def state_dict(self) -> dict[str, Any]:
+        """Samples and seconds so far: a resumed run's totals sum over its pieces."""
+        return {"samples": self.samples, "seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.samples, self.seconds = state_dict["samples"], state_dict["seconds"]
+
+
+class LoaderEpoch(L.Callback):
+    """Sets the training loader's epoch to the trainer's before each epoch: a resumed run
+    shuffles its epochs as the uninterrupted run did (the loaders seed each epoch's order
+    by its number)."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        trainer.train_dataloader.epoch = trainer.current_epoch
+
+
+class RandomState(L.Callback):
+    """Saves the random generators (python, numpy, torch, CUDA) in each checkpoint and
+    restores them on resume (dropout and any sampling continue as without the interruption).
+    Stored as tensors and plain values, which checkpoints load without unpickling code."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        kind, keys, position, has_gauss, gauss = np.random.get_state()
+        numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss)]
+        state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["ctr_random_state"] = state
+
+    def on_load_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("ctr_random_state")
+        if state is None:
+            return
+        random.setstate(state["python"])
+        kind, keys, position, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint whose saved paths follow a moved run directory: a
+    checkpoint written under another folder is read with its paths re-rooted at this one,
+    so the best score and files are kept (Lightning would drop them)."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if old and new and old != new:
+            state_dict = {k: _rerooted(v, old, new) for k, v in state_dict.items()}
+        super().load_state_dict(state_dict)
+
+
+def _rerooted(value: Any, old: str, new: str) -> Any:
+    """``value`` (a path, or a mapping keyed by paths) with prefix ``old`` replaced by ``new``."""
+    if isinstance(value, str) and (value == old or value.startswith(old + os.sep)):
+        return new + value[len(old):]
+    if isinstance(value, dict):
+        return {_rerooted(k, old, new): v for k, v in value.items()}
+    return value
+
+
+class ProgressLines(L.Callback):
+    """Logs ``epoch E step S (k/K of the epoch): loss L, R samples/s`` every ``every`` steps,
+    or 10 times an epoch when that is more often: progress for a log file, where no bar is
+    drawn. Reading the loss is one host sync per line."""
+
+    def __init__(self, every: int):
+        self.every = every
+        self._samples, self._start = 0, 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._samples, self._start = 0, time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self._samples += batch.size
+        per_epoch = trainer.num_training_batches
+        every = max(1, min(self.every, -(-int(per_epoch) // 10))) if per_epoch != float("inf") else self.every
+        if trainer.global_step % every or not trainer.is_global_zero:
+            return
+        rate = self._samples / max(time.perf_counter() - self._start, 1e-9)
+        log.info("epoch %d step %d (%d/%s of the epoch): loss %.5f, %.0f samples/s", trainer.current_epoch,
+                 trainer.global_step, batch_idx + 1, per_epoch, float(outputs["loss"]), rate)
+
 
 class ValidationSummary(L.Callback):
     """Logs ``epoch E step S: valid auc=… logloss=…`` after each validation."""
@@ -49,3 +142,41 @@ class ValidationSummary(L.Callback):
         metrics = module.last_metrics.get("valid", {})
         text = " ".join(f"{k}={v:.5f}" for k, v in metrics.items())
         log.info("epoch %d step %d: valid %s", trainer.current_epoch, trainer.global_step, text)
+
+
+class FiniteLoss(L.Callback):
+    """Stops training at a non-finite loss, naming the first step that had one.
+
+    The first bad step is recorded on the loss's device (no host sync); the host reads it
+    every ``every`` steps on a GPU (every step on the CPU, where reading is free), before each
+    validation and at the end of training: the checkpoints a validation writes are never of
+    diverged weights, so the last good one stays in the run directory.
+    """
+
+    def __init__(self, every: int):
+        self.every = every
+        self._first_bad: torch.Tensor | None = None
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        loss = outputs["loss"]
+        if self._first_bad is None:
+            self._first_bad = torch.full((), -1, dtype=torch.int64, device=loss.device)
+        step = trainer.global_step  # this batch's step, counted from 1
+        bad = ~torch.isfinite(loss) & (self._first_bad < 0)
+        self._first_bad = torch.where(bad, torch.full_like(self._first_bad, step), self._first_bad)
+        if loss.device.type == "cpu" or step % self.every == 0:
+            self._check(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._check(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._check(trainer)
+
+    def _check(self, trainer: L.Trainer) -> None:
+        if self._first_bad is None or int(self._first_bad) < 0:
+            return
+        raise TrainingDiverged(
+            f"training: the loss is not finite at step {int(self._first_bad)}; stopped at step {trainer.global_step},"
+            " the last good checkpoint is kept (try a lower learning rate or train.grad_clip)"
+        )

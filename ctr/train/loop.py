@@ -7,6 +7,7 @@ this module; it imports neither. The batch size, rank and world size are read he
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import time
@@ -17,18 +18,26 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
 
+from ctr.atomic import atomic_path
 from ctr.datasets import BatchLoader, Prepared
 from ctr.datasets.resident import ResidentLoader
+from ctr.errors import RecipeError, UserError
+from ctr.kernels.embedding_bag import BackendUnavailable, resolve_backend
 from ctr.recipe import Recipe
-from ctr.train.callbacks import Throughput, ValidationSummary
+from ctr.train.callbacks import (
+    FiniteLoss, LoaderEpoch, ProgressLines, RandomState, RunCheckpoint, Throughput, ValidationSummary,
+)
 from ctr.train.rundir import RunDir
 from ctr.train.task import CTRTask
 
 Loader = BatchLoader | ResidentLoader
 log = logging.getLogger("ctr.train")
+ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
+LOG_EVERY_N_STEPS = 20
+PROGRESS_EVERY_N_STEPS = 100
 
 
 @dataclass(frozen=True)
@@ -42,11 +51,20 @@ class Placement:
 
 def placement(recipe: Recipe) -> Placement:
     """This process's placement, from the recipe's accelerator and the launcher's environment
-    (``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` as torchrun sets them; one process otherwise)."""
+    (``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` as torchrun sets them; one process otherwise).
+    An accelerator or kernel backend this machine lacks is a RecipeError (before any work)."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     accelerator = recipe.trainer.accelerator
+    if accelerator not in ACCELERATORS:
+        raise RecipeError(f"trainer.accelerator: {accelerator!r}: choose from {', '.join(ACCELERATORS)}")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise RecipeError(f"trainer.accelerator: {accelerator!r} but this machine has no CUDA GPU; use cpu or auto")
     wants_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if wants_gpu else torch.device("cpu")
+    try:
+        resolve_backend(recipe.embedding.backend, device)
+    except BackendUnavailable as err:
+        raise RecipeError(f"embedding.backend: {err}") from None
     return Placement(rank, world, device)
 
 
@@ -68,6 +86,33 @@ def use_threads(num_threads: int | str | None) -> None:
         log.warning("the machine is oversubscribed: load average %.1f over %d usable cores; training runs %d torch"
                     " threads (fewer, e.g. trainer.num_threads=1, can be much faster)",
                     load, cores, torch.get_num_threads())
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A Lightning checkpoint's contents; a missing, empty, truncated or foreign file is a
+    UserError naming it."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such checkpoint") from None
+    except Exception as err:  # torch.load raises whatever its unpickler meets in a broken file
+        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {_first_line(err)})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise UserError(f"{path}: not a ctr checkpoint (no state_dict)")
+    return ckpt
+
+
+def load_weights(task: CTRTask, ckpt: Path) -> None:
+    """Loads the weights of checkpoint ``ckpt`` into ``task``; a UserError when they do not fit."""
+    try:
+        task.load_state_dict(load_checkpoint(ckpt)["state_dict"])
+    except RuntimeError as err:
+        raise UserError(f"{ckpt}: does not fit this run's model ({_first_line(err)})") from None
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "empty or truncated"
 
 
 @dataclass
@@ -123,7 +168,10 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     recipe = session.recipe
     throughput = Throughput()
     checkpoint = _checkpoint(recipe, ckpt_dir)
-    callbacks = [checkpoint, _last_checkpoint(ckpt_dir), throughput, ValidationSummary()]
+    callbacks = [FiniteLoss(every=LOG_EVERY_N_STEPS), LoaderEpoch(), RandomState(), checkpoint,
+                 _last_checkpoint(ckpt_dir), throughput, ValidationSummary()]
+    if not session.progress:  # no bar (stderr is not a terminal): progress lines in the log instead
+        callbacks.append(ProgressLines(every=PROGRESS_EVERY_N_STEPS))
     if recipe.train.early_stop:
         stop = recipe.train.early_stop
         # checked after validation only: a run cut short by max_steps may end before the first one
@@ -133,6 +181,8 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
         )
     trainer = trainer_for(recipe, session.run, session.progress, callbacks, epochs=epochs, max_steps=max_steps,
                           log_root=log_root)
+    if resume_from is not None:
+        keep_log_rows(trainer, load_checkpoint(resume_from)["epoch"])
     loaders = session.loaders
     trainer.fit(task, loaders["train"], loaders["valid"], ckpt_path=str(resume_from) if resume_from else None)
     best = Path(checkpoint.best_model_path or ckpt_dir / "last.ckpt")
@@ -142,7 +192,7 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
 def evaluate_checkpoint(task: CTRTask, ckpt: Path, loaders: dict[str, Loader], trainer: L.Trainer,
                         splits: tuple[str, ...] = ("valid", "test")) -> dict[str, Any]:
     """Metrics of the weights in ``ckpt`` on each of ``splits``, and the seconds the last took."""
-    task.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
+    load_weights(task, ckpt)
     result: dict[str, Any] = {}
     for split in splits:
         task.eval_split = split
@@ -153,9 +203,29 @@ def evaluate_checkpoint(task: CTRTask, ckpt: Path, loaders: dict[str, Loader], t
     return result
 
 
-def _checkpoint(recipe: Recipe, dirpath: Path) -> ModelCheckpoint:
+def keep_log_rows(trainer: L.Trainer, epoch: int) -> None:
+    """Keeps the CSV log rows of epochs up to ``epoch`` (those of the checkpoint a resumed
+    run starts from); Lightning's CSV logger would delete them, and later rows are redone."""
+    logger = trainer.logger
+    if not isinstance(logger, CSVLogger):
+        return
+    path = Path(logger.log_dir) / "metrics.csv"
+    if not path.is_file():
+        return
+    with path.open(newline="") as file:
+        reader = csv.DictReader(file)
+        header, rows = list(reader.fieldnames or []), [row for row in reader if int(row["epoch"]) <= epoch]
+    writer = logger.experiment  # creating it deletes the file; the kept rows go back in
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as file:
+        out = csv.DictWriter(file, fieldnames=header)
+        out.writeheader()
+        out.writerows(rows)
+    writer.metrics_keys = header
+
+
+def _checkpoint(recipe: Recipe, dirpath: Path) -> RunCheckpoint:
     stop = recipe.train.early_stop
-    return ModelCheckpoint(
+    return RunCheckpoint(
         dirpath=dirpath,
         filename="best",
         monitor=stop.monitor if stop else "valid/auc",
@@ -165,10 +235,10 @@ def _checkpoint(recipe: Recipe, dirpath: Path) -> ModelCheckpoint:
     )
 
 
-def _last_checkpoint(dirpath: Path) -> ModelCheckpoint:
+def _last_checkpoint(dirpath: Path) -> RunCheckpoint:
     """``last.ckpt`` after every validation (what a resume continues from). Lightning's own
     ``save_last`` rewrites it only when ``best.ckpt`` changes."""
-    return ModelCheckpoint(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+    return RunCheckpoint(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
 
 
 def trainer_for(recipe: Recipe, run: RunDir, progress: bool, callbacks: list, logger: bool = True,
@@ -189,7 +259,7 @@ def trainer_for(recipe: Recipe, run: RunDir, progress: bool, callbacks: list, lo
         enable_progress_bar=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        log_every_n_steps=20,
+        log_every_n_steps=LOG_EVERY_N_STEPS,
         use_distributed_sampler=False,
         default_root_dir=run.root,
     )
@@ -204,5 +274,12 @@ def quiet_lightning() -> None:
         ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
         ".*Sparse invariant checks are implicitly disabled.*",
         ".*no `val_dataloader`.*",
+        ".*number of training batches .* is smaller than the logging interval.*",
+        ".*could not find the monitored key.*",
+        ".*Experiment logs directory .* exists and is not empty.*",
+        ".*Checkpoint directory .* exists and is not empty.*",
+        ".*The dirpath has changed.*",
+        ".*resuming from a checkpoint that ended before the epoch ended.*",
+        ".*`training_step` returned `None`.*",
     ):
         warnings.filterwarnings("ignore", message=message)

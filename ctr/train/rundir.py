@@ -14,6 +14,9 @@ from ctr.errors import UserError
 from ctr.recipe import Recipe, read_yaml, recipe_from_dict
 
 
+PATH_KEYS = ("path", "valid_path", "test_path", "cache_dir")
+
+
 class RunDir:
     """Paths inside one run directory."""
 
@@ -31,8 +34,25 @@ class RunDir:
     curves = property(lambda self: self.root / "curves.png")
     log_csv = property(lambda self: self.root / "logs" / "metrics.csv")
 
+    def check_usable(self) -> None:
+        """Raises a UserError when the run directory's path names something other than a
+        folder (a regular file, say), before anything is written."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"{self.root}: exists and is not a folder; choose another --out")
+        for parent in self.root.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise UserError(f"{self.root}: {parent} is not a folder; choose another --out")
+                break
+
     def write_recipe(self, recipe: Recipe) -> None:
-        atomic_write(self.recipe, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        """The recipe snapshot, its data paths made absolute (the run is then read from any folder)."""
+        raw = recipe.to_dict()
+        for key in PATH_KEYS:
+            value = raw["data"].get(key)
+            if isinstance(value, str) and value:
+                raw["data"][key] = str(Path(value).expanduser().resolve())
+        atomic_write(self.recipe, yaml.safe_dump(raw, sort_keys=False))
 
     def load_recipe(self) -> Recipe:
         if not self.recipe.exists():

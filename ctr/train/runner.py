@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,14 @@ from ctr.datasets import Prepared, prepare
 from ctr.datasets.source import resolve_features
 from ctr.errors import UserError
 from ctr.recipe import Recipe
-from ctr.train.loop import Session, evaluate_checkpoint, fit, placement, quiet_lightning, trainer_for, use_threads
+from ctr.train.loop import (
+    Session, evaluate_checkpoint, fit, placement, quiet_lightning, trainer_for, use_threads,
+)
 from ctr.train.optim import fused_optimizer
 from ctr.train.plots import plot_curves
 from ctr.train.rundir import RunDir
-from ctr.train.stages import restore_stages, train_stages
+from ctr.train.saved import encode_rows, finished_run, oov_counts, restored_task
+from ctr.train.stages import train_stages
 from ctr.train.task import CTRTask
 
 log = logging.getLogger("ctr.train")
@@ -32,23 +36,28 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
     """Trains ``recipe`` into run directory ``out``; returns (and writes) metrics.json."""
     quiet_lightning()
     run = RunDir(out or default_run_dir(recipe))
-    started = run.last.exists() or run.stage_progress.exists()
+    run.check_usable()
+    started = run.last.exists() or run.stages.exists()  # a multi-stage run writes stages/ first
+    if resume and run.metrics.exists():
+        raise UserError(f"{run.root}: this run is finished (metrics.json is written); nothing to resume")
     if resume and not started:
-        raise UserError(f"{run.root}: nothing to resume (no checkpoints/last.ckpt and no finished stage)")
+        raise UserError(f"{run.root}: nothing to resume (no checkpoints/last.ckpt and no stages/)")
     if not resume and (started or run.metrics.exists()):
         raise UserError(f"{run.root}: already holds a run; continue it with --resume or choose another --out")
     if recipe.train.embedding_optimizer.fused:
         fused_optimizer(recipe.train.embedding_optimizer)  # an unknown rule fails here, before any work
+    place = placement(recipe)
     use_threads(recipe.trainer.num_threads)
     L.seed_everything(recipe.seed, workers=True, verbose=False)
+    log.info("run directory: %s", run.root)
     progress = _progress(recipe)
     recipe.data = resolve_features(recipe.data)  # the run's recipe.yaml lists every feature
     prepared = prepare(recipe.data, progress)
-    run.write_recipe(recipe)
+    run.write_recipe(recipe)  # data paths made absolute: eval and predict work from any folder
     run.copy_schema(prepared.root)
     task = CTRTask(recipe, prepared.schema)
     _log_summary(task, prepared)
-    session = Session(recipe, run, prepared, progress, placement(recipe))
+    session = Session(recipe, run, prepared, progress, place)
     session.open_loaders()
     try:
         if task.net.embedding.stages():
@@ -73,30 +82,30 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
     run.write_metrics(metrics)
     if run.log_csv.exists():
         plot_curves(run.log_csv, run.curves)
+    log.info("run directory: %s (metrics.json, checkpoints/, logs/, curves.png)", run.root)
     return metrics
 
 
-def evaluate(run_root: Path, split: str = "test") -> dict[str, float]:
-    """Re-evaluates the best checkpoint of a finished run on ``split``."""
-    quiet_lightning()
-    run = RunDir(run_root)
-    recipe = run.load_recipe()
-    metrics = run.read_metrics() if run.metrics.exists() else {}
-    ckpt = run.root / metrics.get("best_checkpoint", "checkpoints/best.ckpt")
-    if not ckpt.exists():
-        raise UserError(f"{run.root}: no checkpoint at {ckpt}")
+def evaluate(run_root: Path, split: str = "test", data: Path | None = None) -> dict[str, Any]:
+    """Evaluates the best checkpoint of a finished run on ``split`` of its recipe's data, or
+    on every row of ``data`` (a file in the recipe's format; then with the out-of-vocabulary
+    counts per feature), encoded with the run's saved schema and vocabularies."""
+    run, recipe, ckpt = finished_run(run_root)
     progress = _progress(recipe)
-    prepared = prepare(recipe.data, progress)
-    task = CTRTask(recipe, prepared.schema)
-    if task.net.embedding.stages():
-        restore_stages(task.net, run)
-    session = Session(recipe, run, prepared, progress, placement(recipe))
-    session.open_loaders(splits=(split,))
-    try:
-        evaluator = trainer_for(recipe, run, progress, [], logger=False)
-        return evaluate_checkpoint(task, ckpt, session.loaders, evaluator, splits=(split,))[split]
-    finally:
-        session.close()
+    with tempfile.TemporaryDirectory(prefix="ctr-eval-") as tmp:
+        encoded = encode_rows(run, recipe, Path(tmp), data, split, progress)
+        target = "test" if data is not None else split
+        task = restored_task(run, recipe, encoded.prepared.schema, ckpt)
+        session = Session(recipe, run, encoded.prepared, progress, placement(recipe))
+        session.open_loaders(splits=(target,))
+        try:
+            evaluator = trainer_for(recipe, run, progress, [], logger=False)
+            metrics: dict[str, Any] = evaluate_checkpoint(task, ckpt, session.loaders, evaluator, splits=(target,))[target]
+        finally:
+            session.close()
+    if data is not None:
+        metrics.update(rows=encoded.tally.rows, oov=oov_counts(encoded))
+    return metrics
 
 
 def _log_summary(task: CTRTask, prepared: Prepared) -> None:

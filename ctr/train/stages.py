@@ -26,7 +26,7 @@ import torch
 from ctr.batch import Batch
 from ctr.embeddings.stages import Stage, StageContext
 from ctr.metrics import auc
-from ctr.train.loop import Fitted, Session, fit
+from ctr.train.loop import Fitted, Loader, Session, fit, load_checkpoint
 from ctr.atomic import atomic_path, atomic_write
 from ctr.train.rundir import RunDir
 from ctr.train.task import CTRNet, CTRTask
@@ -127,7 +127,8 @@ def _fit_stage(task: CTRTask, session: Session, stage: Stage, folder: Path, last
     settings = task.net.embedding.stage_settings(stage.name)
     ckpt_dir = session.run.checkpoints if last else folder / "checkpoints"
     resume_from = ckpt_dir / "last.ckpt" if resume and (ckpt_dir / "last.ckpt").exists() else None
-    valid = _cycle(session.loader("valid", training=True, seed_offset=1)) if stage.bilevel else None
+    taken = load_checkpoint(resume_from)["global_step"] if resume_from is not None else 0
+    valid = _cycle(session.loader("valid", training=True, seed_offset=1), taken) if stage.bilevel else None
     with task.in_stage(stage, valid):
         return fit(
             task, session, ckpt_dir, epochs=settings.epochs, max_steps=settings.max_steps,
@@ -166,7 +167,15 @@ def _short(summary: dict[str, Any]) -> str:
     return json.dumps(short)
 
 
-def _cycle(loader: Iterable[Batch]) -> Iterator[Batch]:
+def _cycle(loader: Loader, taken: int = 0) -> Iterator[Batch]:
+    """The loader's batches, epoch after epoch, after the first ``taken`` (the architecture
+    steps a resumed stage took before its checkpoint: one per training step)."""
+    loader.epoch, skip = divmod(taken, len(loader))
+    for batch in loader:
+        if skip:
+            skip -= 1
+            continue
+        yield batch
     while True:
         yield from loader
 

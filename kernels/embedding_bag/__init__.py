@@ -134,8 +134,11 @@ def embedding_bag(
 
     Returns:
         [num_bags, D] in ``weight``'s dtype; ``weight`` gets a sparse gradient.
+
+    While ``torch.export`` traces, every backend takes the torch reference (plain torch ops
+    that export; an exported program holds no Triton or FBGEMM kernel).
     """
-    if backend is Backend.TORCH:
+    if backend is Backend.TORCH or torch.compiler.is_exporting():
         return reference.embedding_bag(weight, indices, offsets, per_sample_weights, mode)
     from ctr.kernels.embedding_bag.autograd import PooledLookup
 

@@ -9,7 +9,8 @@ Public functions:
 
 Dispatch: the C kernels (``native.py``) for fp32 CPU tensors when ``ctr.kernels.native`` is
 available (decided once per process), else the torch reference (``reference.py``). Both
-compute the same values (tests hold them equal).
+compute the same values (tests hold them equal). While ``torch.export`` traces, the
+reference's plain torch ops run (an exported program holds no native kernel).
 """
 
 from __future__ import annotations
@@ -27,13 +28,15 @@ __all__ = ["fm", "fm_fields"]
 def fm(fields: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
     """FM output [B] of ``fields`` [B, F, D] with first-order vectors ``weight`` [F, D], and
     the fields passed through (a view whose gradient the FM's is added into)."""
+    if torch.compiler.is_exporting():
+        return reference.forward(fields, weight)[0], fields
     return _FM.apply(fields, weight)
 
 
 def fm_fields(sparse: Tensor, dense: Tensor, vectors: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
     """FM output [B] over the fields [B, S + Nd, D] (sparse [B, S, D], then each numeric value
     of ``dense`` [B, Nd] times its vector of ``vectors`` [Nd, D]), and those fields."""
-    if native.fits(dense, vectors, weight, rows=(sparse,)):
+    if not torch.compiler.is_exporting() and native.fits(dense, vectors, weight, rows=(sparse,)):
         return _FMFields.apply(sparse, dense, vectors, weight)
     return fm(reference.numeric_fields(sparse, dense, vectors), weight)
 

@@ -2,6 +2,7 @@
 traceback; with ``on_bad_rows: skip`` the rows are dropped and counted."""
 
 import json
+import math
 import re
 
 import pyarrow as pa
@@ -46,8 +47,12 @@ def run_prepare(tmp_path, capsys, data):
         (kaggle_row(99, label=""), r"train\.csv:3: label 'label' is missing"),
         (kaggle_row(99, label="2"), r"train\.csv:3: label 'label' is '2', not 0 or 1"),
         ("1,0", r"train\.csv:3: 2 fields, expected 41"),
+        (kaggle_row(99, first="inf"), r"train\.csv:3: column 'I1': not a finite number: 'inf'"),
+        (kaggle_row(99, first="-Infinity"), r"train\.csv:3: column 'I1': not a finite number: '-Infinity'"),
+        (kaggle_row(99, first="nan"), r"train\.csv:3: column 'I1': not a finite number: 'nan'"),
     ],
-    ids=["too-many-fields", "not-a-number", "missing-label", "non-binary-label", "too-few-fields"],
+    ids=["too-many-fields", "not-a-number", "missing-label", "non-binary-label", "too-few-fields", "inf", "-infinity",
+         "nan"],
 )
 def test_bad_row_is_one_line_error_with_file_and_line(tmp_path, capsys, bad, message):
     path = write_kaggle(tmp_path, bad)
@@ -61,14 +66,24 @@ def test_bad_row_is_one_line_error_with_file_and_line(tmp_path, capsys, bad, mes
 def test_skip_drops_and_counts_bad_rows(tmp_path, capsys):
     path = write_kaggle(tmp_path, kaggle_row(99, label="7"))
     with path.open("a") as f:
-        f.write(kaggle_row(100, extra=",x,y") + "\n" + kaggle_row(101, first="?") + "\n")
+        f.write(kaggle_row(100, extra=",x,y") + "\n" + kaggle_row(101, first="?") + "\n" + kaggle_row(102, first="inf") + "\n")
     code, err, out = run_prepare(tmp_path, capsys, {"dataset": "criteo", "path": str(path), "on_bad_rows": "skip"})
     assert code == 0, err
     report = json.loads(next((tmp_path / "cache" / "data").glob("criteo-*/report.json")).read_text())
+    schema = json.loads(next((tmp_path / "cache" / "data").glob("criteo-*/schema.json")).read_text())
+    assert all(math.isfinite(f["numeric"]["mean"]) for f in schema["features"] if f["numeric"])
     splits = report["splits"].values()
-    assert sum(s["skipped_bad_rows"] for s in splits) == 3
+    assert sum(s["skipped_bad_rows"] for s in splits) == 4
     assert sum(s["rows"] for s in splits) == 8
     assert "skipped bad rows" in out
+
+
+def test_non_finite_float_in_parquet_names_its_row(tmp_path, capsys):
+    table = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"label": [1, 0, 1], "a": ["x", "y", "z"], "price": [1.0, float("inf"), 2.0]}), table)
+    features = [{"name": "a"}, {"name": "price", "kind": "numeric"}]
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "parquet", "path": str(table), "features": features})
+    assert code == 2 and f"{table} row 2: column 'price': not a finite number: inf" in err
 
 
 @pytest.mark.parametrize("content, message", [("", "empty file"), (HEADER + "\n", "empty file")])

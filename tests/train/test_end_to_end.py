@@ -95,3 +95,16 @@ def test_max_steps_before_first_validation_with_early_stopping(tmp_path):
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["steps"] == 3 and "auc" in metrics["test"]
+
+
+def test_log_names_the_run_directory_shows_progress_and_no_lightning_warnings(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 2})))
+    result = ctr("train", recipe, "--out", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"run directory: {tmp_path / 'run'}"
+    assert lines[-1].startswith(f"run directory: {tmp_path / 'run'} (metrics.json")
+    progress = [line for line in lines if "of the epoch): loss" in line]
+    assert len(progress) == 20 and progress[0].startswith("epoch 0 step 1 (1/10 of the epoch): loss ")
+    assert not any("Warning" in line or "lightning" in line.lower() for line in lines), result.stderr

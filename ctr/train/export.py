@@ -1,0 +1,110 @@
+"""``ctr export RUN --out model.pt2``: the run's inference model as a ``torch.export`` program.
+
+The program takes the model's inputs as plain tensors and returns click probabilities:
+
+    dense    float32 [B, Nd]     encoded numeric features, in ``inputs.json``'s ``dense`` order
+    values   int64   [N]         ids of every sparse feature's bags, feature-major
+    offsets  int64   [F * B + 1] bag boundaries in ``values`` (features in ``sparse`` order)
+    →        float32 [B]         probabilities
+
+B is dynamic (down to 1), and so is N. While exporting, a batch with sequence features is
+embedded as fixed-width grids (``max_len`` ids a sequence, masked) and DIN's attention runs
+on every position, masked after: no shape depends on the ids. The ``unified`` method does
+not export yet (its lookup has data-dependent shapes). Native and Triton kernels are not in the program: while
+``torch.export`` traces, each kernel op's dispatch takes its plain-torch reference path.
+A compressed method exports what it stores (its compressed form). Beside ``model.pt2`` a
+folder ``model.pt2.schema/`` holds ``schema.json``, ``vocab/<table>.parquet`` and
+``inputs.json`` (everything a client needs to encode a raw row; docs/export.md shows how,
+without ctr installed).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ctr.atomic import atomic_path
+from ctr.batch import Batch, JaggedFeatures
+from ctr.datasets.saved import load_schema
+from ctr.schema import OOV_ID, Schema
+from ctr.train.saved import finished_run, restored_task
+from ctr.train.task import CTRNet
+
+MAX_BATCH = 1 << 24
+MAX_VALUES = 1 << 31
+
+
+class InferenceModel(nn.Module):
+    """A trained net over plain tensors: (dense [B, Nd], values [N], offsets [F*B+1]) →
+    probabilities [B]."""
+
+    def __init__(self, net: CTRNet, keys: list[str]):
+        super().__init__()
+        self.net = net
+        self.keys = keys
+
+    def forward(self, dense: Tensor, values: Tensor, offsets: Tensor) -> Tensor:
+        sparse = JaggedFeatures(self.keys, values, offsets)
+        logits, _ = self.net(Batch(dense, sparse, dense.new_zeros(dense.shape[0])))
+        return torch.sigmoid(logits.float())
+
+
+def example_inputs(schema: Schema, batch: int = 2) -> tuple[Tensor, Tensor, Tensor]:
+    """Inputs of ``batch`` rows: zero numerics and one OOV id per bag."""
+    num_sparse = len(schema.sparse_features)
+    dense = torch.zeros(batch, len(schema.dense_features))
+    values = torch.full((num_sparse * batch,), OOV_ID, dtype=torch.int64)
+    return dense, values, torch.arange(num_sparse * batch + 1, dtype=torch.int64)
+
+
+def export_program(net: CTRNet, schema: Schema) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``net`` (in eval mode) with a dynamic batch and number of ids."""
+    keys = [info.spec.name for info in schema.sparse_features]
+    model = InferenceModel(net.eval(), keys).eval()
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    ids = torch.export.Dim("ids", min=1, max=MAX_VALUES)
+    shapes = ({0: batch}, {0: ids}, {0: len(keys) * batch + 1})
+    # size-oblivious: a batch of one takes the same graph (no guard that B is not 1 from a
+    # contiguity check of a view)
+    with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=True):
+        return torch.export.export(model, example_inputs(schema), dynamic_shapes=shapes)
+
+
+def inputs_description(schema: Schema) -> dict[str, Any]:
+    """What ``inputs.json`` says: the order of the inputs and how a raw row is encoded."""
+    dense = [
+        {"name": i.spec.name, "column": i.spec.column, "transform": i.spec.transform, "fill": i.spec.fill,
+         "mean": i.numeric.mean, "std": i.numeric.std, "boundaries": i.numeric.boundaries}
+        for i in schema.dense_features
+    ]
+    sparse = [
+        {"name": i.spec.name, "column": i.spec.column, "kind": i.spec.kind, "table": i.table,
+         "first_id": 1 + i.spec.oov_buckets, "oov_id": OOV_ID, "num_ids": i.spec.num_ids,
+         "splitter": i.spec.splitter, "max_len": i.spec.max_len}
+        for i in schema.sparse_features
+    ]
+    return {"inputs": ["dense", "values", "offsets"], "output": "probability", "dense": dense, "sparse": sparse,
+            "label": schema.label}
+
+
+def export_run(run_root: Path, out: Path) -> Path:
+    """Exports the best checkpoint of a finished run to ``out`` and its schema beside it
+    (``<out>.schema/``); both written atomically. Returns the schema folder."""
+    run, recipe, ckpt = finished_run(run_root, out)
+    schema = load_schema(run.schema)
+    task = restored_task(run, recipe, schema, ckpt)
+    program = export_program(task.net, schema)
+    beside = out.with_name(out.name + ".schema")
+    with atomic_path(beside) as tmp:
+        tmp.mkdir()
+        shutil.copy2(run.schema / "schema.json", tmp / "schema.json")
+        shutil.copytree(run.schema / "vocab", tmp / "vocab")
+        (tmp / "inputs.json").write_text(json.dumps(inputs_description(schema), indent=1) + "\n")
+    with atomic_path(out) as tmp, tmp.open("wb") as file:
+        torch.export.save(program, file)
+    return beside

@@ -1,0 +1,104 @@
+"""``ctr predict RUN INPUT --out OUT``: scores raw rows with a finished run's best checkpoint.
+
+Rows are encoded with the run's saved schema and vocabularies (unknown ids → OOV ids; bad
+rows are errors, or skipped with ``data.on_bad_rows: skip``, as in training), written as
+encoded shards to a temporary folder and scored batch by batch, so memory does not grow
+with the input. The output (parquet, or CSV for a ``.csv`` / ``.tsv`` name) has a ``score``
+column (the click probability) per kept input row, in input order, and ``label`` when the
+input has labels; it is written atomically.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import torch
+
+from ctr.atomic import atomic_path
+from ctr.datasets.loader import BatchLoader
+from ctr.metrics import auc, group_auc, logloss
+from ctr.train.loop import placement
+from ctr.train.saved import encode_rows, finished_run, oov_counts, restored_task
+
+CSV_SUFFIXES = (".csv", ".tsv")
+
+
+@dataclass
+class Scored:
+    """One batch's probabilities float32 [B], labels [B] and groups [B] (or None)."""
+
+    probs: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray | None
+
+
+def predict(run_root: Path, data: Path, out: Path, progress: bool = False) -> dict[str, Any]:
+    """Scores every row of ``data`` into ``out``; returns rows, rows/s, the OOV counts and,
+    when the rows have labels, AUC, logloss (and group AUC with a group column)."""
+    run, recipe, ckpt = finished_run(run_root, out)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ctr-predict-") as tmp:
+        encoded = encode_rows(run, recipe, Path(tmp), data, progress=progress)
+        schema = encoded.prepared.schema
+        task = restored_task(run, recipe, schema, ckpt)
+        device = placement(recipe).device
+        net = task.net.to(device).eval()
+        loader = BatchLoader(encoded.prepared.split_dir("test"), schema, recipe.train.eval_batch_size,
+                             prefetch=recipe.data.prefetch, device=device)
+        try:
+            parts = _write(_scores(net, loader, device), out, encoded.labelled)
+        finally:
+            loader.close()
+    seconds = time.perf_counter() - start
+    result: dict[str, Any] = {"rows": encoded.tally.rows, "rows_per_s": encoded.tally.rows / seconds}
+    if encoded.labelled:
+        result.update(_metrics(parts))
+    result["oov"] = oov_counts(encoded)
+    return result
+
+
+@torch.inference_mode()
+def _scores(net: torch.nn.Module, loader: BatchLoader, device: torch.device) -> Iterator[Scored]:
+    for batch in loader:
+        batch = batch.to(device)
+        probs = torch.sigmoid(net(batch)[0].float())
+        groups = None if batch.groups is None else batch.groups.cpu().numpy()
+        yield Scored(probs.cpu().numpy(), batch.labels.cpu().numpy(), groups)
+
+
+def _write(scored: Iterator[Scored], out: Path, labelled: bool) -> list[Scored]:
+    """Streams the scores into ``out`` (CSV or parquet by its suffix); returns what the
+    metrics need (labels and scores, a few bytes a row) when ``labelled``."""
+    kept: list[Scored] = []
+    as_csv = out.suffix.lower() in CSV_SUFFIXES
+    with atomic_path(out) as tmp:
+        writer = None
+        for part in scored:
+            columns = {"score": pa.array(part.probs)}
+            if labelled:
+                columns["label"] = pa.array(part.labels.astype(np.int8))
+                kept.append(part)
+            table = pa.table(columns)
+            if writer is None:
+                writer = pcsv.CSVWriter(tmp, table.schema) if as_csv else pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+        if writer is not None:
+            writer.close()
+    return kept
+
+
+def _metrics(parts: list[Scored]) -> dict[str, float]:
+    probs = np.concatenate([p.probs for p in parts])
+    labels = np.concatenate([p.labels for p in parts])
+    metrics = {"auc": auc(labels, probs), "logloss": logloss(labels, probs)}
+    if parts[0].groups is not None:
+        metrics["gauc"] = group_auc(np.concatenate([p.groups for p in parts]), labels, probs)
+    return metrics

@@ -1,0 +1,71 @@
+"""A finished run as ``ctr eval``, ``ctr predict`` and ``ctr export`` read it: its best
+checkpoint, the task rebuilt from its saved schema, and raw rows encoded with its saved
+vocabularies (nothing is re-fitted; paths are relative to the run directory)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ctr.datasets.preprocess import Encoded, encode_with_schema
+from ctr.errors import UserError
+from ctr.recipe import Recipe
+from ctr.schema import Schema
+from ctr.train.loop import load_checkpoint, load_weights, quiet_lightning
+from ctr.train.rundir import RunDir
+from ctr.train.stages import restore_stages
+from ctr.train.task import CTRTask
+
+
+def finished_run(run_root: Path, out: Path | None = None) -> tuple[RunDir, Recipe, Path]:
+    """A finished run's directory, recipe and best checkpoint (checked readable first), with
+    Lightning's notices quietened; ``out``, a file the caller will write, must not be a folder."""
+    quiet_lightning()
+    run = RunDir(run_root)
+    recipe = run.load_recipe()
+    if out is not None and out.is_dir():
+        raise UserError(f"{out}: is a folder; name the file to write")
+    return run, recipe, best_checkpoint(run)
+
+
+def best_checkpoint(run: RunDir) -> Path:
+    """The checkpoint metrics.json names (relative to the run), else ``checkpoints/best.ckpt``;
+    checked readable before any data is read."""
+    metrics = run.read_metrics() if run.metrics.exists() else {}
+    ckpt = run.root / metrics.get("best_checkpoint", "checkpoints/best.ckpt")
+    if not ckpt.exists():
+        raise UserError(f"{run.root}: no checkpoint at {ckpt}")
+    load_checkpoint(ckpt)
+    return ckpt
+
+
+def restored_task(run: RunDir, recipe: Recipe, schema: Schema, ckpt: Path) -> CTRTask:
+    """The run's task with the weights of ``ckpt`` (the stages of a multi-stage method replayed first)."""
+    task = CTRTask(recipe, schema)
+    if task.net.embedding.stages():
+        restore_stages(task.net, run)
+    load_weights(task, ckpt)
+    return task
+
+
+def encode_rows(run: RunDir, recipe: Recipe, out: Path, data: Path | None = None, split: str = "test",
+                progress: bool | None = None) -> Encoded:
+    """Rows encoded with the run's saved schema and vocabularies into ``out/<split>``: the
+    recipe's ``split`` (assigned as in training), or every row of ``data`` (a file or folder
+    in the recipe's format; then in ``out/test``, label and group optional)."""
+    config = recipe.data
+    if data is not None:
+        if not data.exists():
+            raise UserError(f"{data}: no such file or folder")
+        others = {name: None for name in ("valid_path", "test_path") if hasattr(config, name)}
+        config = dataclasses.replace(config, path=str(data), **others)
+    return encode_with_schema(config, run.schema, out, None if data is not None else split, progress)
+
+
+def oov_counts(encoded: Encoded) -> dict[str, dict[str, int]]:
+    """Per sparse feature: ids looked up and how many were out of vocabulary."""
+    tally = encoded.tally
+    return {
+        info.spec.name: {"ids": int(tally.values[info.spec.name]), "oov": int(tally.oov[info.spec.name])}
+        for info in encoded.prepared.schema.sparse_features
+    }

@@ -1,0 +1,48 @@
+"""A run's saved schema and vocabularies as an encoder: raw rows are encoded exactly as the
+run's training data was, without fitting anything (``ctr eval``, ``ctr predict``).
+
+A run directory keeps ``schema/schema.json``, ``schema/counts.npz`` and
+``schema/vocab/<table>.parquet`` (tokens in id order, or ``num_ids`` for identity tables).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from ctr.datasets.encode import Encoder
+from ctr.datasets.vocab import IdCounter, IdentityVocabulary, Vocabulary
+from ctr.errors import UserError
+from ctr.schema import Schema
+
+
+def load_schema(schema_dir: Path) -> Schema:
+    """The saved schema; a UserError when the folder lacks it."""
+    if not (schema_dir / "schema.json").exists():
+        raise UserError(f"{schema_dir}: no saved schema (schema.json)")
+    return Schema.load(schema_dir)
+
+
+def load_vocabularies(schema_dir: Path, schema: Schema) -> dict[str, Vocabulary | IdentityVocabulary]:
+    """Table name → its vocabulary as fitted on the run's training rows."""
+    owners = {info.table: info for info in schema.sparse_features if info.spec.name == info.table}
+    vocabs: dict[str, Vocabulary | IdentityVocabulary] = {}
+    for table, info in owners.items():
+        saved = pq.read_table(schema_dir / "vocab" / f"{table}.parquet")
+        if info.spec.num_ids:
+            counter = IdCounter(info.spec.num_ids, info.spec.name)
+            counter.counts[:] = schema.counts[table][1 + info.spec.oov_buckets :]
+            vocabs[table] = IdentityVocabulary(counter, info.spec)
+        else:
+            tokens = saved["token"].combine_chunks()
+            vocabs[table] = Vocabulary(tokens, saved["count"].to_numpy(), info.spec.oov_buckets)
+    return vocabs
+
+
+def saved_encoder(schema_dir: Path, schema: Schema, group: str | None) -> Encoder:
+    """The encoder of the run's training data (``group``: the group column, or None)."""
+    numeric = {info.spec.name: info.numeric for info in schema.dense_features}
+    table_of = {info.spec.name: info.table for info in schema.sparse_features}
+    return Encoder([info.spec for info in schema.features], table_of, load_vocabularies(schema_dir, schema), numeric,
+                   group)

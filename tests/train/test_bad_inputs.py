@@ -1,0 +1,129 @@
+"""Every bad input of docs/errors.md: one line on stderr, exit code 2, no traceback, nothing
+written (no run directory, no data cache, an existing file left as it was)."""
+
+import pytest
+import torch
+import yaml
+
+from ctr.cli import main
+from ctr.recipe import recipe_from_dict
+from tests.conftest import tiny_recipe
+
+
+def run_cli(capsys, *args):
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def assert_one_line(code, err, message):
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("ctr: error: ") and message in err, err
+
+
+def write_recipe(tmp_path, **sections):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tmp_path, **sections)))
+    return path
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.optimizer.lr=-1", "train.optimizer: lr must be > 0, got -1.0"),
+        ("train.embedding_optimizer.lr=0", "train.embedding_optimizer: lr must be > 0"),
+        ("train.max_steps=0", "train: max_steps must be >= 1 or null"),
+        ("embedding.backend=cuda", "embedding.backend: unknown kernel backend 'cuda'"),
+        ("trainer.devices=2", "trainer.devices: 2: training runs on one device"),
+        ("trainer.strategy=ddp", "trainer.strategy: 'ddp': distributed training is not available yet"),
+        ("trainer.accelerator=tpu", "trainer.accelerator: 'tpu': choose from"),
+    ],
+)
+def test_bad_recipe_value_stops_before_any_work(tmp_path, capsys, override, message):
+    recipe = write_recipe(tmp_path)
+    code, err = run_cli(capsys, "train", recipe, "-o", override, "--out", tmp_path / "run")
+    assert_one_line(code, err, message)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_devices_2_with_ddp_is_refused(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, trainer={"devices": 2, "strategy": "ddp", "progress_bar": False})
+    code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run")
+    assert_one_line(code, err, "trainer.devices: 2")
+
+
+def test_triton_backend_without_a_gpu(tmp_path, capsys, monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    code, err = run_cli(capsys, "train", write_recipe(tmp_path, embedding={"backend": "triton"}), "--out", tmp_path / "run")
+    assert_one_line(code, err, "embedding.backend: kernel backend 'triton' requested but unavailable")
+    assert not (tmp_path / "run").exists()
+
+
+def test_gpu_accelerator_without_a_gpu(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    recipe = write_recipe(tmp_path, trainer={"accelerator": "gpu"})
+    code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run")
+    assert_one_line(code, err, "trainer.accelerator: 'gpu' but this machine has no CUDA GPU")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("target", ["file", "inside-file"])
+def test_out_naming_a_regular_file(tmp_path, capsys, target):
+    taken = tmp_path / "taken.txt"
+    taken.write_text("keep me\n")
+    out = taken if target == "file" else taken / "run"
+    code, err = run_cli(capsys, "train", write_recipe(tmp_path), "--out", out)
+    assert_one_line(code, err, "is not a folder; choose another --out")
+    assert taken.read_text() == "keep me\n" and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"", "not a readable checkpoint"), (b"garbage" * 10, "not a readable checkpoint"), (None, "not a readable checkpoint")],
+    ids=["empty", "garbage", "truncated"],
+)
+def test_eval_on_a_broken_checkpoint(tmp_path, capsys, content, message):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "recipe.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    ckpt = run / "checkpoints" / "best.ckpt"
+    if content is None:  # a real checkpoint cut in half
+        torch.save({"state_dict": {"w": torch.zeros(1000)}}, ckpt)
+        content = ckpt.read_bytes()[: ckpt.stat().st_size // 2]
+    ckpt.write_bytes(content)
+    code, err = run_cli(capsys, "eval", run)
+    assert_one_line(code, err, message)
+    assert str(ckpt) in err
+
+
+def test_synth_refuses_to_overwrite_without_force(tmp_path, capsys):
+    out = tmp_path / "rows.tsv"
+    out.write_text("mine\n")
+    code, err = run_cli(capsys, "data", "synth", out, "--rows", "10")
+    assert_one_line(code, err, "exists (give --force to replace it)")
+    assert out.read_text() == "mine\n"
+    assert main(["data", "synth", str(out), "--rows", "10", "--vocab-scale", "0.01", "--force"]) == 0
+    assert len(out.read_text().splitlines()) == 10
+
+
+def test_a_partial_optimizer_section_keeps_its_defaults(tmp_path):
+    """``embedding_optimizer: {lr: 0.01}`` stays adagrad (not the dense optimizer's adam);
+    an arch optimizer given only ``lr`` keeps its method's optimizer."""
+    recipe = recipe_from_dict(tiny_recipe(tmp_path, train={"embedding_optimizer": {"lr": 0.01}}))
+    assert (recipe.train.embedding_optimizer.name, recipe.train.embedding_optimizer.lr) == ("adagrad", 0.01)
+    dnis = recipe_from_dict(tiny_recipe(tmp_path, embedding={"method": "dnis", "arch_optimizer": {"lr": 0.5}}))
+    assert (dnis.embedding.arch_optimizer.name, dnis.embedding.arch_optimizer.lr) == ("sgd", 0.5)
+
+
+def test_resume_from_a_broken_last_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "recipe.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    code, err = run_cli(capsys, "train", "--resume", run)
+    assert_one_line(code, err, "last.ckpt: not a readable checkpoint")
+    assert not (run / "metrics.json").exists()

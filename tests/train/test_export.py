@@ -1,0 +1,81 @@
+"""``ctr export``: the program of every model in ``ctr models``, loaded in a fresh process
+that never imports ctr, scores like ctr does (1e-5), at any batch size down to 1."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ctr.cli import main
+from ctr.datasets.loader import BatchLoader
+from ctr.datasets.saved import load_schema
+from ctr.recipe import load_recipe, recipe_from_dict
+from ctr.registry import MODELS
+from ctr.train.export import InferenceModel
+from ctr.train.rundir import RunDir
+from ctr.train.runner import train
+from ctr.train.saved import best_checkpoint, restored_task
+from tests.conftest import tiny_recipe
+from tests.train.test_amazon_recipes import RECIPES, write_tiny_amazon
+
+pytestmark = pytest.mark.slow  # one short training run per model
+
+FRESH = """
+import sys
+import numpy as np
+import torch
+torch.set_grad_enabled(False)
+program = torch.export.load(sys.argv[1]).module()
+saved = np.load(sys.argv[2])
+args = [torch.from_numpy(saved[k]) for k in ("dense", "values", "offsets")]
+scores = program(*args)
+assert np.abs(scores.numpy() - saved["expected"]).max() < 1e-5, np.abs(scores.numpy() - saved["expected"]).max()
+one = program(args[0][:1], torch.from_numpy(saved["first_values"]), torch.from_numpy(saved["first_offsets"]))
+assert abs(float(one[0]) - float(saved["expected"][0])) < 1e-5
+assert not any(name == "ctr" or name.startswith("ctr.") for name in sys.modules), "ctr was imported"
+print("ok")
+"""
+
+
+def model_recipe(name: str, tmp: Path):
+    if name == "din":
+        history = write_tiny_amazon(tmp)
+        return load_recipe(RECIPES.parent / "amazon_beauty" / "din.yaml", [
+            f"data.path={history}", f"data.cache_dir={tmp / 'cache'}", "train.max_steps=3",
+            "train.batch_size=256", "trainer.progress_bar=false"])
+    raw = tiny_recipe(tmp, train={"max_steps": 3})
+    raw["model"] = {"name": name}
+    return recipe_from_dict(raw)
+
+
+def first_row(values: torch.Tensor, offsets: torch.Tensor, features: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row 0 of a batch as a batch of one: its values and offsets [F + 1] (its bags, feature by feature)."""
+    bags = [values[offsets[f * batch] : offsets[f * batch + 1]] for f in range(features)]
+    lengths = torch.tensor([0] + [bag.numel() for bag in bags])
+    return torch.cat(bags).numpy(), torch.cumsum(lengths, 0).numpy()
+
+
+@pytest.mark.parametrize("name", [entry.name for entry in MODELS.entries()])
+def test_exported_program_scores_like_ctr_without_ctr(name, tmp_path, capsys):
+    recipe = model_recipe(name, tmp_path)
+    run = tmp_path / "run"
+    train(recipe, run)
+    assert main(["export", str(run), "--out", str(tmp_path / "model.pt2")]) == 0
+    assert (tmp_path / "model.pt2.schema" / "inputs.json").exists()
+
+    schema = load_schema(run / "schema")
+    task = restored_task(RunDir(run), recipe, schema, best_checkpoint(RunDir(run)))
+    keys = [info.spec.name for info in schema.sparse_features]
+    batch = next(iter(BatchLoader(next((tmp_path / "cache" / "data").glob("*/test")), schema, 64, prefetch=0)))
+    with torch.no_grad():
+        expected = InferenceModel(task.net.eval(), keys)(batch.dense, batch.sparse.values, batch.sparse.offsets)
+    first_values, first_offsets = first_row(batch.sparse.values, batch.sparse.offsets, len(keys), batch.size)
+    np.savez(tmp_path / "inputs.npz", dense=batch.dense.numpy(), values=batch.sparse.values.numpy(),
+             offsets=batch.sparse.offsets.numpy(), expected=expected.numpy(), first_values=first_values,
+             first_offsets=first_offsets)
+    result = subprocess.run([sys.executable, "-c", FRESH, tmp_path / "model.pt2", tmp_path / "inputs.npz"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]

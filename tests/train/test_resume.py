@@ -1,0 +1,151 @@
+"""Exact resume: a run killed (SIGKILL) inside its second epoch and resumed ends with the
+same metrics.json and metrics.csv as the uninterrupted run; a moved run dir resumes; a
+finished run is not resumed."""
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import tiny_recipe
+
+pytestmark = pytest.mark.slow  # three 3-epoch runs
+
+KILL_AT_STEP = """
+import os, signal
+from ctr.train.task import CTRTask
+
+KILL_AT = int(os.environ["CTR_TEST_KILL_AT"])
+training_step = CTRTask.training_step
+
+
+def step_then_die(self, batch, batch_idx):
+    loss = training_step(self, batch, batch_idx)
+    if self.global_step == KILL_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return loss
+
+
+CTRTask.training_step = step_then_die
+"""
+SAME = ("valid", "test", "epochs", "steps", "best_checkpoint", "embedding_bytes")
+
+
+def ctr(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "ctr.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def log_rows(run):
+    with (run / "logs" / "metrics.csv").open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The uninterrupted run and one killed at step 15 (of 3 × 10), then moved, then resumed."""
+    tmp = tmp_path_factory.mktemp("resume")
+    (tmp / "kill_at_step.py").write_text(KILL_AT_STEP)
+    raw = tiny_recipe(tmp, train={"epochs": 3, "early_stop": {"monitor": "valid/auc", "mode": "max", "patience": 5}})
+    (tmp / "r.yaml").write_text(yaml.safe_dump(raw))
+    whole = ctr("train", tmp / "r.yaml", "--out", tmp / "whole")
+    assert whole.returncode == 0, whole.stderr
+    raw["plugins"] = ["kill_at_step"]
+    (tmp / "k.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONPATH": str(tmp), "CTR_TEST_KILL_AT": "15"}
+    killed = ctr("train", tmp / "k.yaml", "--out", tmp / "killed", env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (tmp / "killed" / "metrics.json").exists()
+    shutil.move(tmp / "killed", tmp / "moved")
+    env["CTR_TEST_KILL_AT"] = "-1"
+    resumed = ctr("train", "--resume", tmp / "moved", env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return tmp / "whole", tmp / "moved"
+
+
+def test_a_killed_moved_and_resumed_run_ends_with_the_same_metrics(runs):
+    whole, resumed = (json.loads((run / "metrics.json").read_text()) for run in runs)
+    assert {k: whole[k] for k in SAME} == {k: resumed[k] for k in SAME}
+    assert resumed["train_seconds"] > 0
+
+
+def test_the_log_is_appended_not_replaced(runs):
+    whole, resumed = (log_rows(run) for run in runs)
+    assert resumed == whole
+    assert {row["epoch"] for row in resumed} == {"0", "1", "2"}
+
+
+def test_resume_of_a_finished_run_says_so_and_changes_nothing(runs):
+    whole = runs[0]
+    before = {p: p.stat().st_mtime_ns for p in whole.rglob("*") if p.is_file()}
+    result = ctr("train", "--resume", whole)
+    assert result.returncode == 2 and "this run is finished" in result.stderr
+    assert {p: p.stat().st_mtime_ns for p in whole.rglob("*") if p.is_file()} == before
+
+
+KILL_IN_STAGE = """
+import os, signal
+from ctr.train.task import CTRTask
+
+training_step = CTRTask.training_step
+
+
+def step_then_die(self, batch, batch_idx):
+    loss = training_step(self, batch, batch_idx)
+    if self.stage is not None and self.stage.name == os.environ["CTR_TEST_KILL_STAGE"] and self.global_step == 15:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return loss
+
+
+CTRTask.training_step = step_then_die
+"""
+
+
+def close(a, b, tol: float) -> bool:
+    """Nested dicts / lists of numbers (or their text, as CSV holds them) equal within ``tol``."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(close(a[k], b[k], tol) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(close(x, y, tol) for x, y in zip(a, b))
+    try:
+        return abs(float(a) - float(b)) <= tol
+    except (TypeError, ValueError):
+        return a == b
+
+
+@pytest.mark.parametrize("method, stage, restored, tol", [
+    ("optembed", "retrain", "stage 2/3 search: finished earlier, restored", 0.0),
+    ("dnis", "search", "stage 1/3 search: started", 1e-7),  # bi-level: equal to ~1e-9, not bitwise (not found why)
+])
+def test_a_multi_stage_run_killed_inside_a_training_stage_resumes_exactly(tmp_path, method, stage, restored, tol):
+    """Killed at step 15 of a 3-epoch training stage: OptEmbed's retrain (after supernet and
+    search finished), DNIS's bi-level search (its architecture steps' validation batches
+    continue where they were)."""
+    from tests.train.test_stages import DNIS, OPTEMBED
+
+    (tmp_path / "kill_in_stage.py").write_text(KILL_IN_STAGE)
+    embedding = {"optembed": OPTEMBED, "dnis": DNIS}[method]
+    raw = tiny_recipe(tmp_path, embedding={**embedding, "stages": {stage: {"epochs": 3}}},
+                      train={"early_stop": {"monitor": "valid/auc", "mode": "max", "patience": 5}})
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    whole = ctr("train", tmp_path / "r.yaml", "--out", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    raw["plugins"] = ["kill_in_stage"]
+    (tmp_path / "k.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "CTR_TEST_KILL_STAGE": stage}
+    killed = ctr("train", tmp_path / "k.yaml", "--out", tmp_path / "killed", env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    env["CTR_TEST_KILL_STAGE"] = "none"
+    resumed = ctr("train", "--resume", tmp_path / "killed", env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert restored in resumed.stderr
+    runs = (tmp_path / "whole", tmp_path / "killed")
+    whole_metrics, resumed_metrics = (json.loads((run / "metrics.json").read_text()) for run in runs)
+    assert close({k: whole_metrics[k] for k in SAME}, {k: resumed_metrics[k] for k in SAME}, tol)
+    assert close(log_rows(runs[0]), log_rows(runs[1]), tol)

@@ -1,0 +1,149 @@
+"""A run directory is self-contained: ``ctr eval`` and ``ctr predict`` read its saved schema
+and vocabularies (nothing re-fitted), from any working directory, on new files too."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from ctr.metrics import auc
+
+pytestmark = pytest.mark.slow  # end-to-end runs
+
+
+def ctr(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "ctr.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def write_rows(path, rows, seed, tokens=20):
+    """CSV rows with a learnable label: two categoricals, one numeric, a user (group)."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, tokens, rows), rng.integers(0, tokens, rows)
+    x = rng.normal(size=rows)
+    logit = np.sin(a) + np.cos(b) + x
+    label = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(int)
+    frame = pd.DataFrame({"label": label, "user": rng.integers(0, 50, rows), "a": [f"a{v}" for v in a],
+                          "b": [f"b{v}" for v in b], "x": x.round(4)})
+    frame.to_csv(path, index=False)
+    return frame
+
+
+RECIPE = {
+    "name": "csvrun",
+    "data": {"dataset": "csv", "path": "data/train.csv", "valid_path": "data/valid.csv", "test_path": "data/test.csv",
+             "label": "label", "group": "user", "cache_dir": "cache",
+             "features": [{"name": "a"}, {"name": "b"}, {"name": "x", "kind": "numeric", "transform": "standardize"}]},
+    "model": {"name": "dlrm", "bottom_mlp": [8], "top_mlp": [8]},
+    "embedding": {"method": "full", "dim": 4},
+    "train": {"batch_size": 256, "eval_batch_size": 512, "epochs": 1},
+    "trainer": {"progress_bar": False},
+}
+
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory):
+    """A run trained from ``home`` with paths relative to it; tests then work elsewhere."""
+    home = tmp_path_factory.mktemp("home")
+    (home / "data").mkdir()
+    for name, rows, seed in (("train", 4000, 1), ("valid", 1000, 2), ("test", 1000, 3)):
+        write_rows(home / "data" / f"{name}.csv", rows, seed)
+    (home / "r.yaml").write_text(yaml.safe_dump(RECIPE))
+    result = ctr("train", "r.yaml", "--out", "run", cwd=home)
+    assert result.returncode == 0, result.stderr
+    return home, home / "run"
+
+
+def test_eval_from_another_folder_reproduces_the_test_auc(csv_run, tmp_path):
+    home, run = csv_run
+    result = ctr("eval", run, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((run / "metrics.json").read_text())["test"]
+    again = json.loads(result.stdout)
+    assert abs(again["auc"] - saved["auc"]) < 1e-6 and abs(again["logloss"] - saved["logloss"]) < 1e-6
+
+
+def test_eval_never_refits_after_the_training_file_grows(csv_run, tmp_path):
+    home, run = csv_run
+    train = home / "data" / "train.csv"
+    original = train.read_text()
+    try:
+        with train.open("a") as f:  # new tokens: a re-fit would grow the tables
+            f.write("".join(f"1,7,new{i},newb{i},0.5\n" for i in range(300)))
+        result = ctr("eval", run, cwd=tmp_path)
+    finally:
+        train.write_text(original)
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((run / "metrics.json").read_text())["test"]
+    assert abs(json.loads(result.stdout)["auc"] - saved["auc"]) < 1e-6
+
+
+def test_eval_on_a_new_file_reports_out_of_vocabulary_ids(csv_run, tmp_path):
+    _, run = csv_run
+    frame = write_rows(tmp_path / "new.csv", 500, seed=9, tokens=40)  # tokens 20..39 are unseen
+    result = ctr("eval", run, "--data", tmp_path / "new.csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["rows"] == 500 and 0 < metrics["auc"] < 1
+    unseen = int((frame["a"].str[1:].astype(int) >= 20).sum())
+    assert metrics["oov"]["a"] == {"ids": 500, "oov": unseen}
+
+
+def test_predict_on_the_test_split_reproduces_the_test_auc(csv_run, tmp_path):
+    home, run = csv_run
+    out = tmp_path / "scores.parquet"
+    result = ctr("predict", run, home / "data" / "test.csv", "--out", out, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "rows/s" in result.stderr
+    scores = pq.read_table(out).to_pandas()
+    saved = json.loads((run / "metrics.json").read_text())["test"]
+    assert len(scores) == 1000 and scores["score"].between(0, 1).all()
+    assert abs(auc(scores["label"].to_numpy(), scores["score"].to_numpy()) - saved["auc"]) < 1e-6
+    reported = json.loads(result.stdout)
+    assert abs(reported["auc"] - saved["auc"]) < 1e-6 and abs(reported["gauc"] - saved["gauc"]) < 1e-6
+
+
+def test_predict_without_labels_writes_csv_scores(csv_run, tmp_path):
+    home, run = csv_run
+    rows = pd.read_csv(home / "data" / "test.csv").drop(columns=["label", "user"])
+    rows.to_csv(tmp_path / "unlabelled.csv", index=False)
+    out = tmp_path / "scores.csv"
+    result = ctr("predict", run, tmp_path / "unlabelled.csv", "--out", out, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    scores = pd.read_csv(out)
+    assert list(scores.columns) == ["score"] and len(scores) == 1000
+    assert "auc" not in json.loads(result.stdout)
+
+
+def test_predict_bad_row_is_the_training_error(csv_run, tmp_path):
+    _, run = csv_run
+    bad = tmp_path / "bad.csv"
+    bad.write_text("label,user,a,b,x\n1,3,a1,b2,0.1\n0,4,a2,b3,inf\n")
+    result = ctr("predict", run, bad, "--out", tmp_path / "s.parquet", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{bad}:3: column 'x': not a finite number: 'inf'" in result.stderr
+    assert not (tmp_path / "s.parquet").exists()
+
+
+def test_the_documented_snippet_scores_an_exported_row_like_predict(csv_run, tmp_path):
+    """docs/export.md's snippet, run without ctr, gives predict's score of the same raw row."""
+    home, run = csv_run
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "export.md").read_text()
+    snippet = docs.split("```python\n", 1)[1].split("```", 1)[0]
+    assert ctr("export", run, "--out", tmp_path / "model.pt2", cwd=tmp_path).returncode == 0
+    test_rows = pd.read_csv(home / "data" / "test.csv", dtype=str)
+    result = ctr("predict", run, home / "data" / "test.csv", "--out", tmp_path / "scores.parquet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    scores = pq.read_table(tmp_path / "scores.parquet")["score"].to_numpy()
+    guard = "import sys\nassert not any(m == 'ctr' or m.startswith('ctr.') for m in sys.modules)\n"
+    for i in (0, 1, 7):
+        row = json.dumps({k: test_rows.loc[i, k] for k in ("a", "b", "x")})
+        done = subprocess.run([sys.executable, "-c", snippet + guard, tmp_path / "model.pt2", row],
+                              capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert abs(float(done.stdout.strip()) - scores[i]) < 1e-5
