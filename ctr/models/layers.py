@@ -366,9 +366,10 @@ class TargetAttention(nn.Module):
         padding is masked after (Dice then normalises by its running statistics, unit by
         unit, so valid positions score as above); no shape depends on the mask."""
         b, length, dim = keys.shape
-        qv = q.unsqueeze(1).expand(b, length, dim)
-        pairs = torch.cat([qv, keys, qv - keys, qv * keys], dim=-1).reshape(b * length, 4 * dim)
-        scores = self.unit(pairs).view(b, length)
+        qv = q.unsqueeze(1).expand(b, length, dim).reshape(b * length, dim)
+        scores = self.unit(self.features(qv, keys.reshape(b * length, dim))).view(b, length)
+        if self.scale:
+            scores = scores / math.sqrt(dim)
         if self.softmax:
             weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1).nan_to_num(0.0)
         else:

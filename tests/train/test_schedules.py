@@ -137,6 +137,7 @@ def test_a_resumed_run_continues_the_schedule(tmp_path, scheduler, expected):
 
     train(recipe(4), tmp_path / "whole")
     train(recipe(2), tmp_path / "resumed")
+    (tmp_path / "resumed" / "metrics.json").unlink()  # a finished run refuses --resume: continue it as unfinished
     train(recipe(4), tmp_path / "resumed", resume=True)
     whole, resumed = logged_lrs(tmp_path / "whole"), logged_lrs(tmp_path / "resumed")
     assert [whole[e] for e in range(4)] == pytest.approx(expected, rel=1e-6)
