@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctr.embeddings.base import EmbeddingMethod
+from ctr.embeddings.budget import table_counts
 from ctr.embeddings.sparse import SparseRows, format_bytes, pruned_size
 from ctr.embeddings.stages import MultiStageMixin, Stage, StageContext, StagedConfig
 from ctr.embeddings.storage import pack_bits, unpack_bits
@@ -95,17 +96,11 @@ class DNIS(MultiStageMixin, EmbeddingMethod):
         self.register_buffer("row_start", torch.tensor([sum(rows[:t]) for t in range(len(rows))]), persistent=False)
         self.weight = nn.Parameter(torch.empty(sum(rows), config.dim).normal_(std=config.init_std))
         self.alpha = nn.Parameter(torch.ones(config.blocks, config.dim))
-        counts = np.concatenate([self._table_counts(name, size) for name, size in self.table_rows.items()])
+        counts = np.concatenate(list(table_counts(schema, config.method).values()))
         self.register_buffer("block_of_row", torch.from_numpy(self.group_rows(counts)), persistent=False)
         self.phase = "search"
         self.target_params, _ = pruned_size(config.method, config, self.table_rows)
         self.sparse: SparseRows | None = None
-
-    def _table_counts(self, name: str, size: int) -> np.ndarray:
-        counts = np.zeros(size, dtype=np.int64)
-        known = np.asarray(self.schema.counts.get(name, counts))[:size]
-        counts[: known.shape[0]] = known
-        return counts
 
     def group_rows(self, counts: np.ndarray) -> np.ndarray:
         """Block of each row [R] from its training count [R] (``frequency_blocks``)."""

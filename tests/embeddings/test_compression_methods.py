@@ -29,7 +29,7 @@ UNREACHABLE = {  # one byte of code per id and part is 1/64 of a D = 16 row; int
     ("deeplight", 0.01), ("pep", 0.01), ("autosrh", 0.01), ("autodim", 0.1), ("autodim", 0.01),  # autodim: every table at dim 2  # a bitmap's bit per entry is 1/32 of a fp32 entry
 }
 FIXED_RATIO = ("int8", "int16", "alpt")  # no budget needed: their ratio is fixed
-FREQUENCIES = ("adaptemb", "mgqe")
+FREQUENCIES = ("adaptemb", "mgqe", "dnis", "autosrh")
 
 
 def build(method, budget, vocabs=BIG, **options):
