@@ -25,7 +25,8 @@ import torch
 from ctr.errors import UserError
 from ctr.train.phases import PHASES, EventClock, PhaseClock, WallClock
 
-SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy ", "cudaMemcpy\0")
+# Runtime calls that block the host (``cudaMemcpy`` is the synchronous copy; ``cudaMemcpyAsync`` is not).
+SYNC_CALLS = frozenset({"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy"})
 
 
 @dataclass
@@ -152,7 +153,7 @@ def _profile_figures(profiler: torch.profiler.profile, seconds: float, steps: in
     for event in profiler.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
             intervals.append((event.time_range.start, event.time_range.end))
-        elif any((event.name + "\0").startswith(call) for call in SYNC_CALLS):
+        elif event.name in SYNC_CALLS:
             syncs += 1
     busy_us, reach = 0.0, float("-inf")
     for start, end in sorted(intervals):
