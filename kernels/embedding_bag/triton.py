@@ -28,7 +28,7 @@ host: arrays are sized by the N ids rather than the U unique rows, the count U s
 device, and the kernel's grid covers N, programs past U returning at once. A training step
 thus queues its whole backward without waiting for the GPU. When the caller declares the ids
 as S equal segments, each holding one table's rows (``Lookup.table_segments``), each segment
-is sorted on its own (a batched sort along the last dim), as FBGEMM sorts per table.
+is sorted on its own (a batched sort along the last dim).
 
 Deviation: a row that occurs very often in one batch (e.g. padding) is reduced serially by
 its program, which then runs as many steps as that row has ids; FBGEMM splits such long
