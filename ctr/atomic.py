@@ -3,6 +3,8 @@ target, renamed over it once complete (``os.replace`` is atomic on one file syst
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
 from contextlib import contextmanager
@@ -39,3 +41,26 @@ def atomic_write(path: str | Path, text: str) -> None:
     """Writes ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+class CsvRows:
+    """A CSV file of result rows kept whole on disk: each ``add`` rewrites it atomically, so an
+    interrupted job leaves every finished row and a rerun can read them back."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.path, self.columns = path, columns
+        self.rows: list[dict[str, str]] = []
+        if path.exists():
+            with path.open(newline="") as handle:
+                self.rows = list(csv.DictReader(handle))
+
+    def add(self, row: dict[str, object]) -> dict[str, str]:
+        """Appends ``row`` (missing or None columns empty) and rewrites the file; the row as stored."""
+        stored = {k: "" if row.get(k) is None else str(row[k]) for k in self.columns}
+        self.rows.append(stored)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=self.columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write(self.path, text.getvalue())
+        return stored

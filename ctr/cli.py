@@ -64,6 +64,17 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="the program file (model.pt2); its schema goes beside it")
     export.set_defaults(run=_export)
 
+    tune = commands.add_parser("tune", help="a grid of recipe settings chosen on validation, then over seeds")
+    tune.add_argument("recipe", type=Path)
+    tune.add_argument(
+        "--grid", action="append", default=[], metavar="KEY.PATH=V1,V2",
+        help="one axis of the grid (repeatable), e.g. --grid model.dropout=0,0.2",
+    )
+    tune.add_argument("--seeds", type=int, default=3, help="seeds of the chosen point (recipe seed, +1, ...)")
+    tune.add_argument("--out", type=Path, help="output folder (default runs/tune-<recipe file name>)")
+    _overrides(tune)
+    tune.set_defaults(run=_tune)
+
     models = commands.add_parser("models", help="list what the registries hold")
     models.set_defaults(run=_models)
 
@@ -221,6 +232,18 @@ def _bench_compression(args: argparse.Namespace) -> int:
     results = run_compression(args.recipe, methods, budgets, args.seeds, out, args.override)
     print((out / "results.md").read_text(), end="")
     print(f"\n{len(results.rows)} runs in {out / 'results.csv'}; plot {out / 'auc_vs_memory.png'}")
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from ctr.train.runner import train
+    from ctr.train.tune import Tuning, parse_grid
+
+    out = args.out or Path("runs") / f"tune-{args.recipe.stem}"
+    tuning = Tuning(args.recipe, parse_grid(args.grid), args.seeds, out, args.override, train)
+    best = tuning.run()
+    print((out / "results.md").read_text(), end="")
+    print(f"\nchosen: {best.label}; recipe {out / 'best.yaml'}; runs in {out / 'results.csv'}")
     return 0
 
 

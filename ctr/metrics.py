@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 EPS = 1e-7
@@ -55,3 +57,10 @@ def _grouped_auc(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> 
         per_group = (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)
     per_group[(positives == 0) | (negatives == 0)] = np.nan
     return per_group, sizes
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value), e.g. of a metric over seeds."""
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, math.sqrt(var)

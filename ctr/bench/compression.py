@@ -21,11 +21,8 @@ per seed.
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import json
 import logging
-import math
 import os
 import subprocess
 import sys
@@ -35,8 +32,9 @@ from typing import Any
 
 import yaml
 
-from ctr.atomic import atomic_write
+from ctr.atomic import CsvRows, atomic_write
 from ctr.errors import UserError
+from ctr.metrics import mean_std
 from ctr.recipe import Recipe, apply_override, read_yaml, recipe_from_dict
 from ctr.registry import EMBEDDINGS
 from ctr.train.plots import save_png
@@ -82,26 +80,14 @@ def plan(methods: list[str], budgets: list[float], seeds: int) -> list[Cell]:
     return cells
 
 
-class Results:
+class Results(CsvRows):
     """The results file: one row per finished cell."""
 
     def __init__(self, path: Path):
-        self.path = path
-        self.rows: list[dict[str, str]] = []
-        if path.exists():
-            with path.open(newline="") as handle:
-                self.rows = list(csv.DictReader(handle))
+        super().__init__(path, COLUMNS)
 
     def done(self, cell: Cell) -> bool:
         return any(Path(row["run_dir"]).name == cell.key for row in self.rows)
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.rows.append({k: "" if row.get(k) is None else str(row[k]) for k in COLUMNS})
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        atomic_write(self.path, text.getvalue())
 
 
 def run_compression(
@@ -216,13 +202,6 @@ def _groups(rows: list[dict[str, str]]) -> dict[tuple[str, str], list[dict[str, 
     for row in rows:
         groups.setdefault((row["method"], row["budget"] or "full"), []).append(row)
     return groups
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-    return mean, math.sqrt(var)
 
 
 def markdown(rows: list[dict[str, str]]) -> str:

@@ -6,7 +6,8 @@ import logging
 import pytest
 import yaml
 
-from ctr.bench.compression import Cell, markdown, mean_std, plan, run_compression
+from ctr.bench.compression import Cell, markdown, plan, run_compression
+from ctr.metrics import mean_std
 from ctr.errors import RecipeError, UserError
 from tests.conftest import tiny_recipe
 

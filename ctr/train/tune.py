@@ -1,0 +1,204 @@
+"""``ctr tune``: a grid of recipe settings chosen on validation, then the choice over seeds.
+
+Stage 1 trains every point of the grid once, with the recipe's seed, and ranks the points by
+the recipe's early-stopping monitor (``train.early_stop.monitor``, e.g. ``valid/auc``) as
+metrics.json reports it for the run's best checkpoint. Test metrics are recorded, never used
+to choose. Stage 2 trains the chosen point with seeds ``seed + 1 .. seed + n - 1`` (its
+stage-1 run is seed ``seed``) and reports each test metric as mean ± sample sd.
+
+    ctr tune recipes/amazon_beauty/deepfm.yaml --grid train.embedding_optimizer.lr=0.01,0.05 \\
+        --grid model.dropout=0,0.2 --seeds 3 --out runs/tune-deepfm
+
+Writes ``OUT/results.csv`` (one row per run, rewritten atomically after each run, so a rerun
+skips finished runs and resumes an interrupted one), ``OUT/results.md`` (the ranking and the
+chosen point's seeds) and ``OUT/best.yaml`` (the recipe with the chosen settings applied).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from ctr.atomic import CsvRows, atomic_write
+from ctr.errors import UserError
+from ctr.metrics import mean_std
+from ctr.recipe import EarlyStopConfig, Recipe, apply_override, read_yaml, recipe_from_dict
+from ctr.train.rundir import RunDir
+
+log = logging.getLogger("ctr.tune")
+
+COLUMNS = ["point", "settings", "seed", "monitor", "valid", "test_auc", "test_gauc", "test_logloss", "run_dir"]
+TEST_KEYS = ("auc", "gauc", "logloss")
+Trainer = Callable[[Recipe, Path, bool], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point: its number and the overrides (``key.path=value``) that make it."""
+
+    number: int
+    overrides: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return f"p{self.number:02d}"
+
+    @property
+    def label(self) -> str:
+        return " ".join(self.overrides)
+
+
+def parse_grid(items: list[str]) -> list[Point]:
+    """``key.path=v1,v2`` per axis (commas inside [] or {} do not split) → every combination."""
+    if not items:
+        raise UserError("--grid: give at least one axis, e.g. --grid model.dropout=0,0.2")
+    axes = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        values = _split_top_level(text)
+        if not sep or not key or not all(values):
+            raise UserError(f"--grid {item!r}: expected key.path=value1,value2,...")
+        axes.append([f"{key}={value}" for value in values])
+    keys = [axis[0].partition("=")[0] for axis in axes]
+    if len(set(keys)) != len(keys):
+        raise UserError(f"--grid: a key appears twice in {keys}")
+    return [Point(n, combo) for n, combo in enumerate(itertools.product(*axes))]
+
+
+def _split_top_level(text: str) -> list[str]:
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return parts + [current.strip()]
+
+
+class Results(CsvRows):
+    """The results file: one row per finished run."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, COLUMNS)
+
+    def find(self, point: Point, seed: int) -> dict[str, str] | None:
+        return next((r for r in self.rows if r["point"] == point.key and int(r["seed"]) == seed), None)
+
+
+@dataclass
+class Tuning:
+    """A grid search over one recipe file; ``train`` is ``ctr.train.runner.train``'s signature."""
+
+    recipe_path: Path
+    points: list[Point]
+    seeds: int
+    out: Path
+    overrides: list[str]
+    train: Trainer
+
+    def run(self) -> Point:
+        """Stage 1, the choice, stage 2; writes the tables; returns the chosen point."""
+        if self.seeds < 1:
+            raise UserError("--seeds must be >= 1")
+        base = read_yaml(self.recipe_path)
+        for item in self.overrides:
+            apply_override(base, item)
+        recipes = {p.key: self._recipe(base, p) for p in self.points}  # every point validated before any training
+        monitor, mode = criterion(list(recipes.values()))
+        results = Results(self.out / "results.csv")
+        first = [self._run(results, p, recipes[p.key], 0, monitor) for p in self.points]
+        best = self.points[choose(first, mode)]
+        for offset in range(1, self.seeds):
+            self._run(results, best, recipes[best.key], offset, monitor)
+        atomic_write(self.out / "best.yaml", yaml.safe_dump(self._raw(base, best), sort_keys=False))
+        atomic_write(self.out / "results.md", markdown(results.rows, best, monitor, mode))
+        return best
+
+    def _raw(self, base: dict[str, Any], point: Point) -> dict[str, Any]:
+        raw = copy.deepcopy(base)
+        for item in point.overrides:
+            apply_override(raw, item)
+        return raw
+
+    def _recipe(self, base: dict[str, Any], point: Point) -> Recipe:
+        try:
+            return recipe_from_dict(self._raw(base, point))
+        except UserError as err:
+            raise UserError(f"--grid {point.label}: {err}") from None
+
+    def _run(self, results: Results, point: Point, recipe: Recipe, offset: int, monitor: str) -> dict[str, str]:
+        seed = recipe.seed + offset
+        done = results.find(point, seed)
+        if done is not None:
+            log.info("tune %s seed %d (%s): finished earlier, skipped", point.key, seed, point.label)
+            return done
+        log.info("tune %s seed %d (%s): training", point.key, seed, point.label)
+        run = RunDir(self.out / "runs" / f"{point.key}-s{offset}")
+        started = run.last.exists() or run.stages.exists()
+        metrics = run.read_metrics() if run.metrics.exists() else self.train(replace(recipe, seed=seed), run.root, started)
+        name = monitor.removeprefix("valid/")
+        if name not in metrics["valid"]:
+            raise UserError(f"train.early_stop.monitor: {monitor!r}: the run reports no validation {name!r}")
+        test = metrics["test"]
+        return results.add({
+            "point": point.key, "settings": point.label, "seed": seed, "monitor": monitor, "valid": metrics["valid"][name],
+            **{f"test_{k}": test.get(k) for k in TEST_KEYS}, "run_dir": run.root,
+        })
+
+
+def criterion(recipes: list[Recipe]) -> tuple[str, str]:
+    """The validation metric and its direction every point is ranked by: the recipes' early
+    stopping monitor (``valid/auc``, max, without one); the same for every point."""
+    found = {(r.train.early_stop or EarlyStopConfig()).monitor for r in recipes}
+    modes = {(r.train.early_stop or EarlyStopConfig()).mode for r in recipes}
+    if len(found) > 1 or len(modes) > 1:
+        raise UserError(f"--grid: every point must rank by one train.early_stop monitor and mode, got {found} {modes}")
+    monitor = found.pop()
+    if not monitor.startswith("valid/"):
+        raise UserError(f"train.early_stop.monitor: {monitor!r}: tuning ranks by a validation metric (valid/...)")
+    return monitor, modes.pop()
+
+
+def choose(rows: list[dict[str, str]], mode: str) -> int:
+    """Index of the row with the best validation value (first on ties); test values unused."""
+    values = [float(r["valid"]) for r in rows]
+    best = max(values) if mode == "max" else min(values)
+    return values.index(best)
+
+
+def markdown(rows: list[dict[str, str]], best: Point, monitor: str, mode: str) -> str:
+    """Stage 1's points ranked by the monitor, then the chosen point's test metrics over seeds."""
+    first_seed = min(int(r["seed"]) for r in rows)
+    first = sorted((r for r in rows if int(r["seed"]) == first_seed), key=lambda r: float(r["valid"]), reverse=mode == "max")
+    lines = [f"| point | settings | {monitor} | test AUC | test group AUC | test logloss |", "|---" * 6 + "|"]
+    for row in first:
+        mark = " (chosen)" if row["point"] == best.key else ""
+        lines.append(
+            f"| {row['point']}{mark} | {row['settings']} | {float(row['valid']):.4f} | "
+            + " | ".join(_number(row[f"test_{k}"]) for k in TEST_KEYS) + " |"
+        )
+    chosen = [r for r in rows if r["point"] == best.key]
+    lines += ["", f"Chosen: `{best.label}`, {len(chosen)} seeds (mean ± sample sd):", "",
+              f"| {monitor} | test AUC | test group AUC | test logloss |", "|---" * 4 + "|"]
+    cells = [_spread([r["valid"] for r in chosen])] + [_spread([r[f"test_{k}"] for r in chosen]) for k in TEST_KEYS]
+    lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _number(text: str) -> str:
+    return f"{float(text):.4f}" if text else "–"
+
+
+def _spread(values: list[str]) -> str:
+    if not all(values):
+        return "–"
+    mean, std = mean_std([float(v) for v in values])
+    return f"{mean:.4f} ± {std:.4f}"
