@@ -7,6 +7,7 @@ Unknown keys and wrong types fail with the key's full path, e.g.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union
@@ -120,6 +121,9 @@ def _same_shape(hint: Any, value: Any) -> bool:
     return False
 
 
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _convert_scalar(hint: Any, value: Any, path: str) -> Any:
     if hint is bool:
         if isinstance(value, bool):
@@ -130,6 +134,8 @@ def _convert_scalar(hint: Any, value: Any, path: str) -> Any:
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-5 (no dot) as a string
     elif hint is str:
         if isinstance(value, str):
             return value

@@ -57,3 +57,15 @@ def test_recipe_round_trips_through_dict():
     recipe = recipe_from_dict({"model": {"name": "lr"}, "train": {"epochs": 2}})
     again = recipe_from_dict(recipe.to_dict())
     assert again == recipe
+
+
+def test_scientific_floats_without_a_dot_are_floats():
+    raw = {}
+    apply_override(raw, "train.optimizer.weight_decay=1e-5")  # YAML 1.1 reads this as the string '1e-5'
+    apply_override(raw, "train.optimizer.lr=2E-3")
+    recipe = recipe_from_dict(raw)
+    assert recipe.train.optimizer.weight_decay == 1e-5 and recipe.train.optimizer.lr == 2e-3
+    with pytest.raises(RecipeError, match=r"^train\.optimizer\.lr: expected float, got '1e-5x'"):
+        recipe_from_dict({"train": {"optimizer": {"lr": "1e-5x"}}})
+    with pytest.raises(RecipeError, match=r"^train\.batch_size: expected int"):
+        recipe_from_dict({"train": {"batch_size": "1e3"}})
