@@ -158,6 +158,29 @@ def build_optimizer(cfg: OptimizerConfig, params: ParamList, key_path: str) -> t
     return OPTIMIZERS.get(cfg.name, f"{key_path}.name").target(params, cfg)
 
 
+class FusedLR(torch.optim.Optimizer):
+    """The fused embedding update's learning rate as an optimizer part (of ``CombinedOptimizer``).
+
+    The fused update runs inside the lookup's backward, so this part steps nothing: it holds
+    the lr in one parameter group (no parameters) where schedules set it, checkpoints save it
+    (``state_dict``) and the embedding method reads it at every training lookup (``lr``).
+
+    Args:
+        lr: the base learning rate (``train.embedding_optimizer.lr``).
+    """
+
+    def __init__(self, lr: float):
+        super().__init__([{"params": []}], {"lr": lr})
+
+    def lr(self) -> float:
+        """The current learning rate."""
+        return self.param_groups[0]["lr"]
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Nothing to do: the lookup's backward already updated the rows."""
+        return closure() if closure is not None else None
+
+
 def fused_optimizer(cfg: OptimizerConfig) -> FusedOptimizer:
     """The fused kernel form of embedding optimizer ``cfg`` (same rule, same defaults); a
     RecipeError naming the key when the kernels have no such rule (``FUSABLE``)."""
