@@ -149,7 +149,12 @@ class CombinedOptimizer(torch.optim.Optimizer):
         return {name: opt.state_dict() for name, opt in self.parts.items()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads each part's state; a ``FusedLR`` part absent from ``state_dict`` (a checkpoint
+        of a fused run from before its lr was a part, when it was always the base lr) keeps
+        its base lr."""
         for name, opt in self.parts.items():
+            if name not in state_dict and isinstance(opt, FusedLR):
+                continue
             opt.load_state_dict(state_dict[name])
 
 
