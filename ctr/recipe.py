@@ -480,11 +480,6 @@ def _check_combinations(recipe: Recipe) -> None:
             f"embedding.gradients: dense gradients cannot be stepped by train.embedding_optimizer"
             f" {embedding_optimizer.name}{fused}; use adam, adagrad or gradients: sparse"
         )
-    if recipe.train.embedding_optimizer.fused and recipe.train.schedule_of("embedding"):
-        raise RecipeError(
-            "train.embedding_scheduler: the fused embedding update (train.embedding_optimizer.fused) keeps a fixed lr;"
-            " set train.embedding_scheduler: {name: constant} or fused: false"
-        )
     check_single_device(recipe.trainer)
 
 

@@ -9,6 +9,8 @@ method only says how a bag of ids becomes a vector.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -133,6 +135,11 @@ class EmbeddingMethod(nn.Module):
             f"train.embedding_optimizer.fused: embedding method {type(self).__name__} has no kernel table"
             " to update fused; set fused: false"
         )
+
+    def follow_fused_lr(self, lr: Callable[[], float]) -> None:
+        """Reads the fused update's learning rate from ``lr`` at every training lookup (a
+        schedule's current lr); only after ``use_fused_update``."""
+        raise RecipeError(f"embedding method {type(self).__name__} has no fused update whose lr to schedule")
 
     def _device(self) -> torch.device:
         for tensor in self.parameters():

@@ -14,11 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctr.batch import JaggedFeatures
-from ctr.embeddings.bags import Bags
-from ctr.embeddings.base import FP32_BYTES, EmbeddingMethod
+from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.evolution import EvolutionarySearch, EvolutionConfig
+from ctr.embeddings.sparse import SparseRows, format_bytes, kept_for_budget
 from ctr.embeddings.stages import MultiStageMixin, Stage, StageContext, StagedConfig
-from ctr.embeddings.storage import KernelLookup, pack_bits
 from ctr.embeddings.types import FeatureEmbeddings
 from ctr.errors import UserError
 from ctr.recipe import OptimizerConfig
@@ -26,8 +25,6 @@ from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
 
 log = logging.getLogger(__name__)
-
-INDEX_BYTES = 8
 
 
 class BinaryStep(torch.autograd.Function):
@@ -98,11 +95,12 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
     3. ``retrain`` (train): each table keeps only its kept rows, d_f dims wide; the net is
        retrained (from its initial weights by default).
 
-    Stored after retraining (``memory_bytes``): Σ_f kept_f · d_f · 4 bytes of rows, one bit
-    per id of the row mask (the compact row of an id is its rank among the kept ids, an
-    index rebuilt from the bitmap at load time and not counted), and the dims (8 bytes a
-    field). Pruned ids embed to zeros (the paper's ``zero`` OOV mode). Outputs are
-    zero-padded from d_f to D.
+    Stored after retraining (``memory_bytes``): the kept entries — the first d_f dims of
+    every kept row of field f — in the shared format of pruned tables (``SparseRows``: a
+    bitmap or CSR over the [R, D] table, whichever is smaller), counted by the same rule as
+    ``deeplight``, ``pep``, ``dnis`` and ``autosrh``. The row mask and dims are implied by the
+    stored entries and not stored apart. Pruned ids embed to zeros (the paper's ``zero`` OOV
+    mode); dims ≥ d_f are zeros, so outputs are D wide.
     """
 
     def __init__(self, schema: Schema, config: OptEmbedConfig):
@@ -117,7 +115,7 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
         self.register_buffer("row_start", torch.tensor(self.table_start, dtype=torch.int64), persistent=False)
         self.pooled_tables = [self.table_names.index(schema.feature(n).table) for n in self.layout.pooled]
         self.phase = "supernet"
-        self.lookup = KernelLookup(config.backend)
+        self.sparse: SparseRows | None = None
 
     def stages(self) -> list[Stage]:
         return [
@@ -148,47 +146,17 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
             sequences[name] = values * (positions < dims[:, table, None]).unsqueeze(1)
         return FeatureEmbeddings(pooled=pooled, sequences=sequences, masks=out.masks, rows=out.rows)
 
-    def embed_bags(self, bags: Bags) -> Tensor:
-        if self.phase == "retrain":
-            return self._embed_compact(bags)
-        return super().embed_bags(bags)
-
     def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
-        if self.phase == "retrain":
-            return self._ids_compact(feature, ids)
+        """ids [N] of features [N] → [N, D]."""
         rows = self.row_start[self.feature_table[feature]] + ids
+        if self.phase == "retrain":
+            return self.sparse(rows)
         vectors = F.embedding(rows, self.weight, sparse=True)  # [N, D]
         if self.phase == "supernet":
             keep = BinaryStep.apply(vectors.abs().sum(1) - self.threshold[self.table_of_row[rows]])
         else:
             keep = self.row_keep[rows].to(vectors.dtype)
         return vectors * keep.unsqueeze(1)
-
-    def _ids_compact(self, feature: Tensor, ids: Tensor) -> Tensor:
-        """[N, D] from the compact tables: pruned rows are zero, dims ≥ d_f zero-padded."""
-        tables = self.feature_table[feature]
-        out = self.tables[0].new_zeros(ids.shape[0], self.dim)
-        for table in tables.unique().tolist():
-            chosen = tables == table
-            rows = self.compact_index[self.table_start[table] + ids[chosen]]
-            if self.tables[table].shape[0]:
-                vectors = F.embedding(rows.clamp(min=0), self.tables[table], sparse=True) * (rows >= 0).unsqueeze(1)
-                out[chosen] = F.pad(vectors, (0, self.dim - vectors.shape[1]))
-        return out
-
-    def _embed_compact(self, bags: Bags) -> Tensor:
-        pieces = []
-        for part in bags.per_feature():
-            table = int(self.feature_table[part.feature])
-            rows = self.compact_index[self.table_start[table] + bags.ids[part.ids]]
-            kept = (rows >= 0).to(self.tables[table].dtype)
-            weights = kept if bags.weights is None else bags.weights[part.ids] * kept
-            if self.tables[table].shape[0]:
-                pooled = self.lookup(self.tables[table], rows.clamp(min=0), part.offsets, weights)
-            else:
-                pooled = kept.new_zeros(part.offsets.numel() - 1, self.tables[table].shape[1])
-            pieces.append(F.pad(pooled, (0, self.dim - pooled.shape[1])))
-        return torch.cat(pieces)
 
     # --- losses and parameters -----------------------------------------------------------
 
@@ -201,7 +169,11 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
         return [self.threshold] if self.phase == "supernet" else []
 
     def sparse_parameters(self) -> list[nn.Parameter]:
-        return list(self.tables) if self.phase == "retrain" else [self.weight]
+        return [self.sparse.values] if self.sparse is not None else [self.weight]
+
+    def memory_bytes(self) -> int:
+        """After ``retrain``: the stored format's bytes; before it, the method's tensors."""
+        return self.sparse.memory_bytes() if self.sparse is not None else super().memory_bytes()
 
     # --- stages --------------------------------------------------------------------------
 
@@ -218,17 +190,13 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
 
     def kept_rows(self) -> list[int]:
         """Rows each table keeps: by the fixed mask after the supernet, else by the thresholds."""
-        if self.phase == "retrain":
-            return [t.shape[0] for t in self.tables]
         with torch.no_grad():
-            keep = self.row_keep if self.phase == "search" else self.weight.abs().sum(1) > self.threshold[self.table_of_row]
+            keep = self.row_keep if self.phase != "supernet" else self.weight.abs().sum(1) > self.threshold[self.table_of_row]
         return torch.bincount(self.table_of_row[keep], minlength=len(self.table_names)).tolist()
 
     def retrained_bytes(self, dims: tuple[int, ...], kept: list[int]) -> int:
-        """``memory_bytes`` the retrained method will have with these dims."""
-        rows = sum(k * d for k, d in zip(kept, dims)) * FP32_BYTES
-        bitmap = sum((v + 7) // 8 for v in self.table_rows.values())
-        return rows + bitmap + INDEX_BYTES * len(dims)
+        """``memory_bytes`` the retrained method will have with these dims and kept rows per field."""
+        return format_bytes(len(self.table_of_row), self.dim, sum(k * d for k, d in zip(kept, dims)))[1]
 
     def run_procedure(self, stage: Stage, context: StageContext) -> None:
         limit = None if self.config.budget is None else self.config.budget * self.full_bytes()
@@ -252,11 +220,12 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
         """If the kept rows do not fit ``limit`` bytes even at one dim per field, keeps the
         rows with the largest margins ‖e‖₁ − t_f that do (every threshold raised by the same
         amount); the rows cut are counted in ``rows_cut_to_budget``."""
-        fixed = self.retrained_bytes((0,) * len(self.table_names), [0] * len(self.table_names))
-        capacity = math.floor((limit - fixed) / FP32_BYTES)
-        if capacity < 1:
+        capacity = kept_for_budget(len(self.table_of_row), self.dim, limit)  # entries = rows at one dim
+        if capacity is None:
+            least = format_bytes(len(self.table_of_row), self.dim, 1)[1]
             raise UserError(
-                f"embedding.budget: {self.config.budget} is too small for optembed: its row bitmap and dims alone take {fixed} bytes"
+                f"embedding.budget: {self.config.budget} is too small for optembed: one kept entry in the"
+                f" pruned tables' stored format takes {least} bytes"
             )
         self.rows_cut_to_budget = max(int(self.row_keep.sum()) - capacity, 0)
         if not self.rows_cut_to_budget:
@@ -272,26 +241,26 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
             self.config.budget, self.rows_cut_to_budget,
         )
 
+    def entry_mask(self) -> Tensor:
+        """bool [R, D]: the first d_f dims of every kept row of field f (the search's result)."""
+        positions = torch.arange(self.dim, device=self.dims.device)
+        return self.row_keep.unsqueeze(1) & (positions < self.dims[self.table_of_row].unsqueeze(1))
+
     def _compact(self) -> None:
-        """Keeps only the kept rows × chosen dims of each table; drops weights and thresholds."""
-        tables, index = [], torch.full_like(self.table_of_row, -1)
-        for t, start in enumerate(self.table_start):
-            keep = self.row_keep[start : start + self.table_rows[self.table_names[t]]]
-            kept = torch.nonzero(keep).squeeze(1)
-            index[start + kept] = torch.arange(kept.numel(), device=index.device)
-            tables.append(nn.Parameter(self.weight.detach()[start + kept, : int(self.dims[t])].clone()))
-        bits = torch.cat([pack_bits(self.row_keep[s : s + n]) for s, n in zip(self.table_start, self.table_rows.values())])
-        self.tables = nn.ParameterList(tables)
-        self.register_buffer("keep_bits", bits)
-        self.register_buffer("compact_index", index, persistent=False)
-        del self.weight, self.threshold, self.row_keep
+        """Stores the kept rows × chosen dims in the shared pruned format (``SparseRows``);
+        drops the dense table and the thresholds. The row mask and dims stay as buffers the
+        checkpoint leaves out (the stored entries imply them)."""
+        self.sparse = SparseRows(self.weight.detach(), self.entry_mask())
+        self.register_buffer("row_keep", self.row_keep, persistent=False)
+        self.register_buffer("dims", self.dims, persistent=False)
+        del self.weight, self.threshold
 
     def stage_output(self, stage: Stage) -> dict[str, Tensor]:
         if stage.name == "supernet":
             return {"threshold": self.threshold.detach().clone()}
         if stage.name == "search":
             return {"threshold": self.threshold.detach().clone(), "row_keep": self.row_keep.clone(), "dims": self.dims.clone()}
-        return {"keep_bits": self.keep_bits.clone(), "dims": self.dims.clone()}
+        return {"row_keep": self.row_keep.clone(), "dims": self.dims.clone()}
 
     def stage_summary(self, stage: Stage) -> dict[str, Any]:
         rows = dict(zip(self.table_names, self.kept_rows()))
@@ -304,5 +273,5 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
             summary.update(valid_auc=self.search_result.score, candidates_scored=len(self.search_result.history))
             summary["rows_cut_to_budget"] = getattr(self, "rows_cut_to_budget", 0)
         if stage.name == "retrain":
-            summary["memory_bytes"] = self.memory_bytes()
+            summary.update(format=self.sparse.format, memory_bytes=self.memory_bytes())
         return summary

@@ -1,7 +1,7 @@
 """The one stored format of pruned tables: a bitmap or CSR, whichever is smaller.
 
-Every pruning method (``deeplight``, ``pep``) counts and stores its kept entries through
-``SparseRows``, so the same rule sizes them all:
+Every pruning method (``deeplight``, ``pep``, ``dnis``, ``autosrh``, ``optembed``) counts and
+stores its kept entries through ``SparseRows``, so the same rule sizes them all:
 
 - bitmap: the kept values (fp32) + one bit per entry, [R, ⌈D/8⌉] bytes;
 - CSR: the kept values (fp32) + a column per value (uint8, D ≤ 256) + R + 1 row pointers

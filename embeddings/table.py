@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -34,6 +36,7 @@ class TableMethod(EmbeddingMethod):
         nn.init.normal_(self.weight, std=config.init_std)
         self._backend: tuple[torch.device, Backend] | None = None
         self.fused: FusedOptimizer | None = None
+        self._fused_lr: Callable[[], float] | None = None
         self._state_names: tuple[str, ...] = ()
         self._offsets: Tensor | None = None
 
@@ -80,9 +83,10 @@ class TableMethod(EmbeddingMethod):
             pooled = embedding_bag(self.weight, rows, offsets, weights, backend=backend)
             return grouped(pooled, groups)
         state = {name: getattr(self, STATE_PREFIX + name) for name in self._state_names}
+        lr = self._fused_lr() if self._fused_lr is not None else None
         return fused_embedding_bag(
             self.weight, state, rows, offsets, weights, "sum", self.fused, backend, update=self.training, groups=groups,
-            single=single,
+            single=single, lr=lr,
         )
 
     def backend(self) -> Backend:
@@ -109,7 +113,8 @@ class TableMethod(EmbeddingMethod):
 
         ``weight`` becomes a buffer (the dense optimizer never sees it) and the optimizer
         state is registered as buffers ``fused_<name>``, so checkpoints carry it and a
-        resumed run continues the same optimizer trajectory.
+        resumed run continues the same optimizer trajectory. Its lr is ``optimizer.lr`` until
+        ``follow_fused_lr`` gives a schedule's.
         """
         check_fused(self.config.backend, optimizer)
         weight = self.weight.detach()
@@ -120,6 +125,13 @@ class TableMethod(EmbeddingMethod):
             self.register_buffer(STATE_PREFIX + name, tensor)
         self._state_names = tuple(state)
         self.fused = optimizer
+
+    def follow_fused_lr(self, lr: Callable[[], float]) -> None:
+        """Reads the fused update's learning rate from ``lr`` at every training lookup from now
+        on (e.g. ``FusedLR.lr``, which schedules set); until then the update uses ``fused.lr``."""
+        if self.fused is None:
+            raise RuntimeError("follow_fused_lr: call use_fused_update first")
+        self._fused_lr = lr
 
     def memory_bytes(self) -> int:
         return self.weight.numel() * self.weight.element_size()

@@ -149,13 +149,41 @@ class CombinedOptimizer(torch.optim.Optimizer):
         return {name: opt.state_dict() for name, opt in self.parts.items()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads each part's state; a ``FusedLR`` part absent from ``state_dict`` (a checkpoint
+        of a fused run from before its lr was a part, when it was always the base lr) keeps
+        its base lr."""
         for name, opt in self.parts.items():
+            if name not in state_dict and isinstance(opt, FusedLR):
+                continue
             opt.load_state_dict(state_dict[name])
 
 
 def build_optimizer(cfg: OptimizerConfig, params: ParamList, key_path: str) -> torch.optim.Optimizer:
     """Builds the registered optimizer ``cfg.name`` over ``params``."""
     return OPTIMIZERS.get(cfg.name, f"{key_path}.name").target(params, cfg)
+
+
+class FusedLR(torch.optim.Optimizer):
+    """The fused embedding update's learning rate as an optimizer part (of ``CombinedOptimizer``).
+
+    The fused update runs inside the lookup's backward, so this part steps nothing: it holds
+    the lr in one parameter group (no parameters) where schedules set it, checkpoints save it
+    (``state_dict``) and the embedding method reads it at every training lookup (``lr``).
+
+    Args:
+        lr: the base learning rate (``train.embedding_optimizer.lr``).
+    """
+
+    def __init__(self, lr: float):
+        super().__init__([{"params": []}], {"lr": lr})
+
+    def lr(self) -> float:
+        """The current learning rate."""
+        return self.param_groups[0]["lr"]
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Nothing to do: the lookup's backward already updated the rows."""
+        return closure() if closure is not None else None
 
 
 def fused_optimizer(cfg: OptimizerConfig) -> FusedOptimizer:

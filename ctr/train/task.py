@@ -21,7 +21,7 @@ from ctr.models.base import CTRModel
 from ctr.recipe import Recipe
 from ctr.registry import EMBEDDINGS, MODELS
 from ctr.schema import Schema
-from ctr.train.optim import CombinedOptimizer, build_optimizer, fused_optimizer
+from ctr.train.optim import CombinedOptimizer, FusedLR, build_optimizer, fused_optimizer
 from ctr.train.phases import PhaseClock
 from ctr.train.schedule import Schedules
 
@@ -82,7 +82,8 @@ class CTRTask(L.LightningModule):
 
     The dense and embedding optimizers follow their learning-rate schedules (``schedules``),
     whose lr is logged per epoch as ``lr/dense`` and ``lr/embedding`` and whose state is saved
-    in checkpoints (key ``lr_schedules``).
+    in checkpoints (key ``lr_schedules``). A fused embedding update takes its lr from the
+    optimizer part ``embedding`` (``FusedLR``), scheduled and saved like the others.
     """
 
     def __init__(self, recipe: Recipe, schema: Schema, phases: PhaseClock | None = None):
@@ -239,6 +240,9 @@ class CTRTask(L.LightningModule):
         sparse = [p for p in self.net.embedding.sparse_parameters() if p.requires_grad]
         if sparse:
             parts["embedding"] = build_optimizer(train.embedding_optimizer, sparse, "train.embedding_optimizer")
+        elif train.embedding_optimizer.fused:
+            parts["embedding"] = fused_lr = FusedLR(train.embedding_optimizer.lr)
+            self.net.embedding.follow_fused_lr(fused_lr.lr)
         self.schedules = Schedules(parts, train)
         arch = self._arch_parameters()
         if not arch:

@@ -162,6 +162,7 @@ def fused_embedding_bag(
     groups: int = 1,
     single: bool = False,
     table_segments: int = 1,
+    lr: float | None = None,
 ) -> Tensor:
     """Pooled lookup whose backward applies ``optimizer`` to the touched rows of ``weight``.
 
@@ -179,6 +180,8 @@ def fused_embedding_bag(
             backward's sort skips checking the lengths, and on CPU the native Adagrad
             groups the ids with a counting sort (``native.counting_sort_fits``).
         table_segments: as ``reference.Lookup.table_segments`` (the caller's guarantee).
+        lr: the learning rate of this step's update (a schedule's current lr); ``None``:
+            ``optimizer.lr``.
 
     Returns:
         [num_bags, D] (or [groups, num_bags / groups, D]) in ``weight``'s dtype; it requires
@@ -194,5 +197,5 @@ def fused_embedding_bag(
     trigger = torch.empty(0, device=weight.device, requires_grad=True)
     return FusedLookup.apply(
         trigger, weight, indices, offsets, per_sample_weights, mode, impl, optimizer, state, groups,
-        reference.Lookup(indices, offsets, per_sample_weights, mode, weight.shape[0], single, table_segments),
+        reference.Lookup(indices, offsets, per_sample_weights, mode, weight.shape[0], single, table_segments), lr,
     )

@@ -7,7 +7,7 @@ it: the table is then a buffer, and a zero-size ``trigger`` tensor that requires
 autograd call the backward.
 
 A backend is a module with ``forward(weight, indices, offsets, per_sample_weights, mode)``,
-``segment_grad(grad_out, lookup)`` and ``backward_update(grad_out, weight, state, lookup, opt)``;
+``segment_grad(grad_out, lookup)`` and ``backward_update(grad_out, weight, state, lookup, opt, lr)``;
 one that sets ``READS_GROUPED = True`` takes a grouped [G, n, D] gradient as it comes.
 """
 
@@ -60,8 +60,8 @@ class FusedLookup(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, trigger: Tensor, weight: Tensor, indices: Tensor, offsets: Tensor,
                 per_sample_weights: Tensor | None, mode: str, impl: ModuleType, opt: FusedOptimizer,
-                state: dict[str, Tensor], groups: int, lookup: Lookup) -> Tensor:
-        ctx.lookup = lookup
+                state: dict[str, Tensor], groups: int, lookup: Lookup, lr: float | None) -> Tensor:
+        ctx.lookup, ctx.lr = lookup, lr
         ctx.impl, ctx.opt, ctx.state, ctx.weight = impl, opt, state, weight
         pooled = impl.forward(weight, indices, offsets, per_sample_weights, mode)
         return reference.grouped(pooled, groups)
@@ -76,5 +76,5 @@ class FusedLookup(torch.autograd.Function):
             grad_psw = reference.per_sample_weight_grad(ctx.weight, lookup.indices, lookup.offsets, flat)
             grad_psw = grad_psw.to(lookup.per_sample_weights.dtype)
         grad = grad_out if getattr(ctx.impl, "READS_GROUPED", False) else grad_out.reshape(-1, dim).contiguous()
-        ctx.impl.backward_update(grad, ctx.weight, ctx.state, lookup, ctx.opt)
-        return grad_out.new_zeros(0), None, None, None, grad_psw, None, None, None, None, None, None
+        ctx.impl.backward_update(grad, ctx.weight, ctx.state, lookup, ctx.opt, ctx.lr)
+        return grad_out.new_zeros(0), None, None, None, grad_psw, None, None, None, None, None, None, None

@@ -100,6 +100,7 @@ def backward_update(
     state: dict[str, Tensor],
     lookup: Lookup,
     opt: FusedOptimizer,
+    lr: float | None = None,
 ) -> None:
     """FBGEMM's fused backward: gradient and ``opt`` update of the touched rows, in place.
 
@@ -109,13 +110,14 @@ def backward_update(
         state: ``opt.init_state(weight)``, updated in place.
         lookup: the forward's inputs.
         opt: ``sgd``, ``adagrad`` or ``rowwise_adagrad``.
+        lr: this step's learning rate (a schedule's); ``None``: ``opt.lr``.
     """
     if opt.rule is Rule.ADAM:
         raise BackendUnavailable("fbgemm_gpu's CPU build has no fused Adam backward"
                                  " (use the torch or triton backend)")
     _check(weight)
     geo = _geometry(weight)
-    lr = torch.tensor(opt.begin_step(state), dtype=torch.float32)
+    lr = torch.tensor(opt.begin_step(state, lr), dtype=torch.float32)
     psw = lookup.per_sample_weights
     psw = None if psw is None else psw.detach().float().contiguous()
     common = (

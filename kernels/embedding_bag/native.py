@@ -39,12 +39,12 @@ def single_ids_fit(weight: Tensor, num_ids: int) -> bool:
 
 
 def backward_update(grad_out: Tensor, weight: Tensor, state: dict[str, Tensor], lookup: Lookup,
-                    opt: FusedOptimizer) -> None:
+                    opt: FusedOptimizer, lr: float | None = None) -> None:
     """``reference.backward_update``, with fused Adagrad in C on fp32 CPU tables."""
     if not (opt.rule is Rule.ADAGRAD and native.usable(weight, state["sum"], rows=(grad_out,))):
-        reference.backward_update(grad_out, weight, state, lookup, opt)
+        reference.backward_update(grad_out, weight, state, lookup, opt, lr)
         return
-    lr = opt.begin_step(state)
+    lr = opt.begin_step(state, lr)
     small_table = counting_sort_fits(weight.shape[0], lookup.indices.numel())
     if lookup.single and lookup.per_sample_weights is None and small_table:
         _adagrad_single(grad_out, weight, state["sum"], lookup, opt, lr)

@@ -220,6 +220,7 @@ def backward_update(
     state: dict[str, Tensor],
     lookup: Lookup,
     opt: FusedOptimizer,
+    lr: float | None = None,
 ) -> None:
     """The fused backward: one segment reduction per unique row, then ``opt`` on those rows.
 
@@ -229,8 +230,9 @@ def backward_update(
         state: optimizer state, updated in place.
         lookup: the forward's inputs.
         opt: the fused optimizer.
+        lr: this step's learning rate (a schedule's); ``None``: ``opt.lr``.
     """
-    lr = opt.begin_step(state)
+    lr = opt.begin_step(state, lr)
     apply_rows(weight, state, lookup.sorted().rows, segment_grad(grad_out, lookup), opt, lr)
 
 

@@ -363,7 +363,8 @@ def segment_grad(grad_out: Tensor, lookup: Lookup) -> Tensor:
     return out
 
 
-def backward_update(grad_out: Tensor, weight: Tensor, state: dict[str, Tensor], lookup: Lookup, opt: FusedOptimizer) -> None:
+def backward_update(grad_out: Tensor, weight: Tensor, state: dict[str, Tensor], lookup: Lookup, opt: FusedOptimizer,
+                    lr: float | None = None) -> None:
     """The fused backward: reduce each unique row and apply ``opt`` to it.
 
     Two launches: the first sums each chunk of CHUNK ids of the rows that occur more often
@@ -378,10 +379,11 @@ def backward_update(grad_out: Tensor, weight: Tensor, state: dict[str, Tensor], 
         state: ``opt.init_state(weight)``, updated in place.
         lookup: the forward's inputs.
         opt: the fused optimizer.
+        lr: this step's learning rate (a schedule's); ``None``: ``opt.lr``.
     """
     if weight.stride(1) != 1:
         raise ValueError("the fused Triton backward needs a weight with contiguous rows")
-    lr = opt.begin_step(state)
+    lr = opt.begin_step(state, lr)
     count = lookup.indices.numel()
     if count == 0:
         return

@@ -39,12 +39,12 @@ def adagrad_sparse(weight: Tensor, state_sum: Tensor, grad: Tensor, lr: float, e
 @torch.no_grad()
 def rowwise_adagrad(weight: Tensor, state_sum: Tensor, grad: Tensor, lr: float, eps: float) -> None:
     """Row-wise Adagrad (``Rule.ROWWISE_ADAGRAD``) on ``weight`` [R, ...] from a dense or a
-    row-sparse gradient; ``state_sum`` [R] fp32."""
-    opt = FusedOptimizer(Rule.ROWWISE_ADAGRAD, lr=lr, eps=eps)
+    row-sparse gradient; ``state_sum`` [R] fp32; ``lr`` >= 0 (a schedule may reach 0)."""
+    opt = FusedOptimizer(Rule.ROWWISE_ADAGRAD, lr=1.0, eps=eps)  # the rule and eps: this step's lr is passed apart
     if grad.is_sparse:
         grad = grad.coalesce()
         rows, values = grad.indices()[0], grad.values()
     else:
         rows, values = torch.arange(weight.shape[0], device=weight.device), grad
     flat = weight.view(weight.shape[0], -1)
-    apply_rows(flat, {"sum": state_sum}, rows, values.reshape(rows.numel(), -1).float(), opt, lr)
+    apply_rows(flat, {"sum": state_sum}, rows, values.reshape(rows.numel(), -1).float(), opt, opt.begin_step({}, lr))

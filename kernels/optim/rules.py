@@ -47,7 +47,7 @@ class FusedOptimizer:
 
     Args:
         rule: a ``Rule`` or its name (``sgd``, ``adagrad``, ``rowwise_adagrad``, ``sparse_adam``).
-        lr: learning rate.
+        lr: learning rate (the base lr; a step may be given its scheduled lr, ``begin_step``).
         eps: denominator term; ``None`` = the default of the matching torch optimizer.
         betas: Adam's (β1, β2).
 
@@ -85,15 +85,22 @@ class FusedOptimizer:
             return {"sum": zeros(rows)}
         return {"exp_avg": zeros(rows, dim), "exp_avg_sq": zeros(rows, dim), "step": torch.zeros((), dtype=torch.int64)}
 
-    def begin_step(self, state: dict[str, Tensor]) -> float:
-        """Advances the step count (Adam) and returns this step's learning rate.
+    def begin_step(self, state: dict[str, Tensor], lr: float | None = None) -> float:
+        """Advances the step count (Adam) and returns this step's step size.
 
-        For Adam that is the bias-corrected step size ``lr·√(1-β2ᵗ)/(1-β1ᵗ)``; for the other
+        Args:
+            state: ``init_state``'s tensors (Adam's step count is advanced in place).
+            lr: this step's learning rate (a schedule's current lr, ``>= 0``); ``None``: ``self.lr``.
+
+        For Adam the step size is the bias-corrected ``lr·√(1-β2ᵗ)/(1-β1ᵗ)``; for the other
         rules it is ``lr``.
         """
+        lr = self.lr if lr is None else lr
+        if lr < 0:
+            raise ValueError(f"fused optimizer step lr must be >= 0, got {lr}")
         if self.rule is not Rule.ADAM:
-            return self.lr
+            return lr
         state["step"] += 1
         step = int(state["step"])
         beta1, beta2 = self.betas
-        return self.lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+        return lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)

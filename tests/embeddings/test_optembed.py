@@ -60,31 +60,61 @@ def test_supernet_samples_a_dimension_per_sample_and_field():
     assert (method.eval()(jf).pooled != 0).sum(-1).eq(8).all()  # evaluation uses every dimension
 
 
-def test_retrained_table_stores_only_kept_rows_times_chosen_dims_and_embeds_the_same():
-    torch.manual_seed(1)
-    method = OptEmbed(schema(), OptEmbedConfig(dim=8)).eval()
+def searched(dim, thresholds, dims, seed=1):
+    """An OptEmbed after its search: rows pruned by ``thresholds``, ``dims`` per field."""
+    torch.manual_seed(seed)
+    method = OptEmbed(schema(), OptEmbedConfig(dim=dim)).eval()
     with torch.no_grad():
-        method.threshold.copy_(torch.tensor([0.06, 0.05, 0.07]))  # prunes part of every table
+        method.threshold.copy_(torch.tensor(thresholds))
     method.phase = "search"
     method.begin_stage(SEARCH)
-    method.dims.copy_(torch.tensor([5, 2, 7]))
+    method.dims.copy_(torch.tensor(dims))
+    return method
+
+
+def independent_bytes(method, thresholds, dims):
+    """The shared pruned format's bytes counted from the masks: row r of field f is kept iff
+    ‖w_r‖₁ > t_f and keeps its first d_f entries; bitmap = 4·nnz + R·⌈D/8⌉, CSR = 5·nnz +
+    4·(R + 1) (uint8 columns, int32 row pointers), whichever is smaller."""
+    kept = {}
+    for (table, rows), start, t, d in zip(method.table_rows.items(), method.table_start, thresholds, dims):
+        norms = method.weight.detach()[start : start + rows].abs().sum(1)
+        kept[table] = int((norms > t).sum())
+    nnz = sum(k * d for k, d in zip(kept.values(), dims))
+    rows, dim = sum(method.table_rows.values()), method.dim
+    return kept, min(4 * nnz + rows * ((dim + 7) // 8), 5 * nnz + 4 * (rows + 1))
+
+
+@pytest.mark.parametrize("dim, dims, stored", [(8, [5, 2, 7], "bitmap"), (64, [1, 2, 1], "csr")])
+def test_retrained_table_is_stored_in_the_shared_pruned_format_and_embeds_the_same(dim, dims, stored):
+    thresholds = [0.06 * dim / 8, 0.05 * dim / 8, 0.07 * dim / 8]  # prunes part of every table
+    method = searched(dim, thresholds, dims)
+    kept, expected = independent_bytes(method, thresholds, dims)
     jf = batch(size=32)
     before = method(jf)
-    kept = method.kept_rows()
-    assert all(0 < k < n for k, n in zip(kept, method.table_rows.values()))
+    assert method.kept_rows() == list(kept.values()) and all(0 < k < n for k, n in zip(kept.values(), method.table_rows.values()))
     method.begin_stage(RETRAIN)
-    assert [tuple(t.shape) for t in method.tables] == [(kept[0], 5), (kept[1], 2), (kept[2], 7)]
-    bitmap = sum((n + 7) // 8 for n in method.table_rows.values())
-    assert method.memory_bytes() == 4 * (kept[0] * 5 + kept[1] * 2 + kept[2] * 7) + bitmap + 8 * 3
-    assert set(method.state_dict()) == {"dims", "keep_bits", "tables.0", "tables.1", "tables.2"}
+    assert method.sparse.format == stored and method.memory_bytes() == expected
+    state = method.state_dict()  # the checkpoint holds exactly what is counted
+    assert sum(t.numel() * t.element_size() for t in state.values()) == expected
+    assert all(k.startswith("sparse.") for k in state)
+    assert method.sparse.values.numel() == sum(k * d for k, d in zip(kept.values(), dims))
     after = method(jf)
     torch.testing.assert_close(after.pooled, before.pooled)
     torch.testing.assert_close(after.sequences["hist"], before.sequences["hist"])
     (after.pooled.sum()).backward()
-    assert all(t.grad is None or t.grad.is_sparse for t in method.tables)
-    item = method.feature_names.index("item")  # the per-id rows hook (DIN's L2) reads the compact tables
+    assert method.sparse_parameters() == [method.sparse.values] and method.sparse.values.grad.is_sparse
+    item = method.feature_names.index("item")  # the per-id rows hook (DIN's L2) reads the stored table
     ids = torch.tensor([jf.bag("item", b)[0] for b in range(4)])
     torch.testing.assert_close(method.embed_ids(torch.full_like(ids, item), ids), before.pooled[:4, 0])
+
+
+def test_the_search_budget_counts_the_shared_pruned_format():
+    method = searched(8, [0.06, 0.05, 0.07], [5, 2, 7])
+    kept = method.kept_rows()
+    for dims in ((1, 1, 1), (3, 8, 2)):
+        nnz = sum(k * d for k, d in zip(kept, dims))
+        assert method.retrained_bytes(dims, kept) == min(4 * nnz + method.table_of_row.numel(), 5 * nnz + 4 * (method.table_of_row.numel() + 1))
 
 
 def test_search_cuts_the_smallest_margin_rows_when_the_kept_rows_exceed_the_budget():

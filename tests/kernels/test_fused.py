@@ -16,7 +16,7 @@ from ctr.kernels.optim import FUSABLE
 from ctr.recipe import OptimizerConfig
 from ctr.registry import OPTIMIZERS
 from ctr.train.optim import RowWiseAdagrad
-from tests.kernels.conftest import bags, needs_fbgemm
+from tests.kernels.conftest import bags, needs_fbgemm, needs_interpreter
 
 LR = 0.1
 UNFUSED = {
@@ -28,25 +28,31 @@ UNFUSED = {
 STEPS = [([2, 0, 3, 1], 0), ([4, 4], 1), ([1, 0, 0, 6], 2)]  # (bag lengths, seed) per step
 
 
-def run_unfused(rule, weight, mode):
+def run_unfused(rule, weight, mode, lrs=None):
+    """The unfused optimizer over ``STEPS``; ``lrs``: each step's lr set in its param group first."""
     table = torch.nn.Parameter(weight.clone())
     opt = UNFUSED[rule](table)
-    for lengths, seed in STEPS:
+    for step, (lengths, seed) in enumerate(STEPS):
         indices, offsets = bags(lengths, weight.shape[0], seed)
         grad_out = torch.randn(len(lengths), weight.shape[1], generator=torch.Generator().manual_seed(seed))
+        if lrs is not None:
+            opt.param_groups[0]["lr"] = lrs[step]
         opt.zero_grad()
         (reference.embedding_bag(table, indices, offsets, mode=mode) * grad_out).sum().backward()
         opt.step()
     return table.detach()
 
 
-def run_fused(rule, weight, mode, backend=Backend.TORCH):
+def run_fused(rule, weight, mode, backend=Backend.TORCH, lrs=None):
+    """The fused update over ``STEPS``; ``lrs``: each step's lr passed to the lookup."""
     opt = FusedOptimizer(rule, lr=LR)
     table, state = weight.clone(), opt.init_state(weight)
-    for lengths, seed in STEPS:
+    for step, (lengths, seed) in enumerate(STEPS):
         indices, offsets = bags(lengths, weight.shape[0], seed)
         grad_out = torch.randn(len(lengths), weight.shape[1], generator=torch.Generator().manual_seed(seed))
-        (fused_embedding_bag(table, state, indices, offsets, None, mode, opt, backend) * grad_out).sum().backward()
+        lr = None if lrs is None else lrs[step]
+        out = fused_embedding_bag(table, state, indices, offsets, None, mode, opt, backend, lr=lr)
+        (out * grad_out).sum().backward()
     return table, state
 
 
@@ -57,6 +63,27 @@ def test_fused_reference_equals_unfused_optimizer(rule, mode):
     fused, _ = run_fused(rule, weight, mode)
     torch.testing.assert_close(fused, run_unfused(rule, weight, mode))
     assert not torch.equal(fused, weight)
+
+
+SCHEDULED = [0.3, 0.02, 0.0]  # one lr per step of STEPS (a schedule's; it may reach 0)
+
+
+@pytest.mark.parametrize("backend", [
+    Backend.TORCH,
+    pytest.param(Backend.TRITON, marks=needs_interpreter),
+    pytest.param(Backend.FBGEMM, marks=needs_fbgemm),
+])
+@pytest.mark.parametrize("rule", list(Rule))
+def test_fused_update_uses_each_steps_lr(rule, backend):
+    """Per-step lrs given to the lookup (torch reference, native C Adagrad, Triton, fbgemm)
+    move the table as the unfused optimizer whose param group holds the same lrs, and not as
+    the fixed base lr does."""
+    if backend is Backend.FBGEMM and rule is Rule.ADAM:
+        pytest.skip("fbgemm has no fused sparse_adam")
+    weight = torch.randn(7, 4, generator=torch.Generator().manual_seed(9))
+    scheduled, _ = run_fused(rule, weight, "sum", backend, lrs=SCHEDULED)
+    torch.testing.assert_close(scheduled, run_unfused(rule, weight, "sum", lrs=SCHEDULED))
+    assert not torch.allclose(scheduled, run_fused(rule, weight, "sum", backend)[0])
 
 
 @pytest.mark.parametrize("rule", list(Rule))

@@ -56,6 +56,23 @@ def test_fused_update_matches_reference_on_dlrm_shapes(dtype, rule):
     torch.testing.assert_close(tables[0], tables[1], atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("rule", list(Rule))
+def test_compiled_fused_update_uses_each_steps_lr(rule):
+    """Scheduled lrs passed per step (0 included) reach the compiled kernel as the reference's."""
+    indices, offsets = dlrm_batch(batch=128)
+    weight = torch.randn(26 * 1000, 32, device="cuda")
+    opt = FusedOptimizer(rule, lr=0.05)
+    tables = []
+    for backend in (Backend.TRITON, Backend.TORCH):
+        table, state = weight.clone(), opt.init_state(weight)
+        for step, lr in enumerate((0.3, 0.01, 0.0)):
+            grad_out = torch.randn(offsets.numel() - 1, 32, device="cuda", generator=torch.Generator("cuda").manual_seed(step))
+            out = fused_embedding_bag(table, state, indices, offsets, None, "sum", opt, backend, lr=lr)
+            (out * grad_out).sum().backward()
+        tables.append(table)
+    torch.testing.assert_close(tables[0], tables[1], atol=1e-4, rtol=1e-4)
+
+
 def test_fused_backward_is_deterministic_with_hot_rows():
     indices, offsets = dlrm_batch(rows=10, batch=2048)  # every row repeated thousands of times
     weight = torch.randn(26 * 10, 64, device="cuda")

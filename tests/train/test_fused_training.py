@@ -52,7 +52,8 @@ def test_fused_run_trains_checkpoints_state_and_resumes(tmp_path):
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     state = checkpoint["state_dict"]
     assert state["net.embedding.fused_sum"].gt(0).any()  # row-wise Adagrad state was trained and saved
-    assert set(checkpoint["optimizer_states"][0]) == {"dense"}  # the table has no outside optimizer
+    assert set(checkpoint["optimizer_states"][0]) == {"dense", "embedding"}  # "embedding": the fused update's lr only
+    assert checkpoint["optimizer_states"][0]["embedding"]["state"] == {}
     (run / "metrics.json").unlink()  # as if killed after its last checkpoint (a finished run is not resumed)
     resumed = ctr("train", "--resume", run)
     assert resumed.returncode == 0, resumed.stderr

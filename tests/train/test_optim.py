@@ -4,7 +4,7 @@ from torch import nn
 
 from ctr.recipe import OptimizerConfig
 from ctr.registry import OPTIMIZERS
-from ctr.train.optim import CombinedOptimizer, RowWiseAdagrad
+from ctr.train.optim import CombinedOptimizer, FusedLR, RowWiseAdagrad
 
 
 def test_rowwise_adagrad_sparse_equals_dense_on_touched_rows():
@@ -44,6 +44,23 @@ def test_combined_optimizer_steps_and_saves_both():
     combined.load_state_dict(state)
     combined.zero_grad()
     assert a.grad is None and b.grad is None
+
+
+def test_the_fused_lr_part_saves_its_lr_and_steps_nothing():
+    a = torch.nn.Parameter(torch.ones(2))
+    fused = FusedLR(0.05)
+    combined = CombinedOptimizer({"dense": torch.optim.SGD([a], lr=1.0), "embedding": fused})
+    fused.param_groups[0]["lr"] = 0.01  # as a schedule sets it
+    a.grad = torch.ones(2)
+    combined.step()
+    state = combined.state_dict()
+    assert state["embedding"]["param_groups"][0]["lr"] == 0.01 and state["embedding"]["state"] == {}
+    restored = FusedLR(0.05)
+    CombinedOptimizer({"dense": torch.optim.SGD([a], lr=1.0), "embedding": restored}).load_state_dict(state)
+    assert restored.lr() == 0.01
+    older = FusedLR(0.05)  # a fused run's checkpoint from before the lr was a part: the base lr stays
+    CombinedOptimizer({"dense": torch.optim.SGD([a], lr=1.0), "embedding": older}).load_state_dict({"dense": state["dense"]})
+    assert older.lr() == 0.05
 
 
 @pytest.mark.parametrize("rows", [[3, 7, 9, 20], [9, 3, 9, 20]])  # coalesced, and out of order with a repeat

@@ -46,17 +46,31 @@ RECIPE = {
 }
 
 
-@pytest.fixture(scope="module")
-def csv_run(tmp_path_factory):
-    """A run trained from ``home`` with paths relative to it; tests then work elsewhere."""
-    home = tmp_path_factory.mktemp("home")
+# OptEmbed with a small search: its final model is stored in the shared pruned format
+OPTEMBED = {"method": "optembed", "dim": 4, "budget": 0.5, "threshold_reg": 0.003,
+            "arch_optimizer": {"name": "adam", "lr": 0.01}, "stages": {"supernet": {"epochs": 2}},
+            "population": 4, "parents": 2, "mutations": 2, "crossovers": 2, "generations": 1}
+
+
+def trained_csv_run(home, recipe):
+    """A run of ``recipe`` trained from ``home`` with paths relative to it; tests then work elsewhere."""
     (home / "data").mkdir()
     for name, rows, seed in (("train", 4000, 1), ("valid", 1000, 2), ("test", 1000, 3)):
         write_rows(home / "data" / f"{name}.csv", rows, seed)
-    (home / "r.yaml").write_text(yaml.safe_dump(RECIPE))
+    (home / "r.yaml").write_text(yaml.safe_dump(recipe))
     result = ctr("train", "r.yaml", "--out", "run", cwd=home)
     assert result.returncode == 0, result.stderr
     return home, home / "run"
+
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory):
+    return trained_csv_run(tmp_path_factory.mktemp("home"), RECIPE)
+
+
+@pytest.fixture(scope="module")
+def optembed_csv_run(tmp_path_factory):
+    return trained_csv_run(tmp_path_factory.mktemp("optembed"), {**RECIPE, "embedding": OPTEMBED})
 
 
 def test_eval_from_another_folder_reproduces_the_test_auc(csv_run, tmp_path):
@@ -147,3 +161,30 @@ def test_the_documented_snippet_scores_an_exported_row_like_predict(csv_run, tmp
                               capture_output=True, text=True, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-2000:]
         assert abs(float(done.stdout.strip()) - scores[i]) < 1e-5
+
+
+def test_an_optembed_run_evaluates_predicts_and_exports_as_it_was_tested(optembed_csv_run, tmp_path):
+    """The retrained OptEmbed (shared pruned format): ``ctr eval`` and ``ctr predict`` give
+    metrics.json's test AUC and logloss, and its exported program scores rows as predict does."""
+    home, run = optembed_csv_run
+    saved = json.loads((run / "metrics.json").read_text())
+    assert json.loads((run / "stages" / "2-retrain" / "summary.json").read_text())["format"] in ("bitmap", "csr")
+    evaluated = ctr("eval", run, cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    again = json.loads(evaluated.stdout)
+    assert abs(again["auc"] - saved["test"]["auc"]) < 1e-6 and abs(again["logloss"] - saved["test"]["logloss"]) < 1e-6
+    predicted = ctr("predict", run, home / "data" / "test.csv", "--out", tmp_path / "scores.parquet", cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr
+    scores = pq.read_table(tmp_path / "scores.parquet").to_pandas()
+    assert abs(auc(scores["label"].to_numpy(), scores["score"].to_numpy()) - saved["test"]["auc"]) < 1e-6
+    exported = ctr("export", run, "--out", tmp_path / "model.pt2", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "export.md").read_text()
+    snippet = docs.split("```python\n", 1)[1].split("```", 1)[0]
+    test_rows = pd.read_csv(home / "data" / "test.csv", dtype=str)
+    for i in (0, 5):
+        row = json.dumps({k: test_rows.loc[i, k] for k in ("a", "b", "x")})
+        done = subprocess.run([sys.executable, "-c", snippet, tmp_path / "model.pt2", row],
+                              capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert abs(float(done.stdout.strip()) - scores["score"][i]) < 1e-5

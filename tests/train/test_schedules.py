@@ -89,8 +89,6 @@ def test_embedding_scheduler_replaces_the_shared_one():
         ({"scheduler": {"name": "cosine", "patience": 2}}, r"^train\.scheduler\.patience: unknown key"),
         ({"scheduler": {"name": "plateau", "factor": "big"}}, r"^train\.scheduler\.factor: expected float"),
         ({"scheduler": {"name": "linear_warmup", "decay": "cosine"}}, r"^train\.scheduler: linear_warmup: decay"),
-        ({"scheduler": {"name": "plateau"}, "embedding_optimizer": {"name": "adagrad", "fused": True}},
-         r"^train\.embedding_scheduler: the fused embedding update"),
         ({"early_stop": {"min_delta": -1}}, r"^train\.early_stop: early_stop: patience and min_delta"),
     ],
 )

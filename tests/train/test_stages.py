@@ -74,16 +74,17 @@ def test_optembed_search_picks_different_dims_within_the_budget(optembed_run):
     assert metrics["embedding_bytes"] <= 0.5 * metrics["full_embedding_bytes"]
 
 
-def test_optembed_retrained_model_stores_kept_rows_times_chosen_dims(optembed_run):
+def test_optembed_retrained_model_is_stored_in_the_shared_pruned_format(optembed_run):
     run, metrics = optembed_run
     search = summary(run, "1-search")
-    rows = sum(search["kept_rows"][t] * search["dims"][t] for t in search["dims"])
-    bitmap = sum((n + 7) // 8 for n in search["rows"].values())
-    assert metrics["embedding_bytes"] == 4 * rows + bitmap + 8 * len(search["dims"])
-    state = torch.load(run / "stages" / "2-retrain" / "state.pt")
-    tables = {k: v for k, v in state.items() if k.startswith("embedding.tables.")}
-    assert [tuple(v.shape) for v in tables.values()] == [(search["kept_rows"][t], search["dims"][t]) for t in search["dims"]]
-    assert not any(k in state for k in ("embedding.weight", "embedding.threshold"))
+    nnz = sum(search["kept_rows"][t] * search["dims"][t] for t in search["dims"])
+    rows, dim = sum(search["rows"].values()), OPTEMBED["dim"]
+    bitmap, csr = 4 * nnz + rows * ((dim + 7) // 8), 5 * nnz + 4 * (rows + 1)
+    assert metrics["embedding_bytes"] == min(bitmap, csr)
+    assert summary(run, "2-retrain")["format"] == ("bitmap" if bitmap <= csr else "csr")
+    state = {k: v for k, v in torch.load(run / "stages" / "2-retrain" / "state.pt").items() if k.startswith("embedding.")}
+    assert state["embedding.sparse.values"].numel() == nnz
+    assert sum(t.numel() * t.element_size() for t in state.values()) == metrics["embedding_bytes"]
     assert set(metrics["stage_seconds"]) == {"supernet", "search", "retrain"}
 
 
