@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -158,6 +159,7 @@ def _overrides(parser: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace) -> int:
     from ctr.recipe import load_recipe
     from ctr.train.rundir import RunDir
+    from ctr.train.launch import launched
     from ctr.train.runner import train
 
     if args.resume:
@@ -168,9 +170,26 @@ def _train(args: argparse.Namespace) -> int:
         recipe, out = load_recipe(args.recipe, args.override), args.out
     else:
         raise UserError("train: give a recipe file or --resume RUN_DIR")
+    if recipe.trainer.world_size > 1 and not launched():
+        return _spawn_train(args, recipe, out)
     metrics = train(recipe, out, resume=bool(args.resume))
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     print(_metrics_line("test", metrics["test"]) + f"  (embedding {metrics['embedding_bytes'] / 1e6:.2f} MB)")
     return 0
+
+
+def _spawn_train(args: argparse.Namespace, recipe, out: Path | None) -> int:  # noqa: ANN001 (a Recipe)
+    """``ctr train`` in ``trainer.devices`` processes of this machine (one run directory)."""
+    from ctr.train.distributed import check_distributed
+    from ctr.train.launch import spawn
+    from ctr.train.runner import default_run_dir
+
+    check_distributed(recipe)  # before any process starts: one error line, not one per rank
+    if args.resume:
+        return spawn(["train", "--resume", str(args.resume)], recipe)
+    where = ["--out", str(out or default_run_dir(recipe))]
+    return spawn(["train", args.recipe, *where, *(f"-o{item}" for item in args.override)], recipe)
 
 
 def _eval(args: argparse.Namespace) -> int:
