@@ -41,7 +41,7 @@ from ctr.train.loop import LOG_EVERY_N_STEPS, Placement, use_threads
 from ctr.train.optim import build_optimizer
 from ctr.train.plots import plot_curves
 from ctr.train.rundir import RunDir
-from ctr.train.sharded import shard, shardable
+from ctr.train.sharded import check_request, shard, shardable
 from ctr.train.task import CTRNet
 
 log = logging.getLogger("ctr.train")
@@ -50,6 +50,7 @@ log = logging.getLogger("ctr.train")
 def check_distributed(recipe: Recipe) -> None:
     """Refuses, before any work, what a distributed run does not do (one line naming the key)."""
     train, trainer = recipe.train, recipe.trainer
+    check_request(recipe)
     refused = {
         "trainer.compile": trainer.compile, "data.on_device": recipe.data.on_device,
         "train.eval_every_n_steps": train.eval_every_n_steps is not None,
@@ -157,7 +158,7 @@ def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[s
 def _describe(par: Parallel) -> str:
     if not par.sharded:
         return "tables replicated under DDP (data-parallel)"
-    return "tables sharded by TorchRec: " + ", ".join(f"{t} {kind}" for t, kind in par.plan.items())
+    return "tables sharded by TorchRec: " + "; ".join(f"{t} {where}" for t, where in par.plan.items())
 
 
 def _loader(recipe: Recipe, folder: Path, schema, place: Placement, training: bool) -> BatchLoader:  # noqa: ANN001

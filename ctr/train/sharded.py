@@ -17,6 +17,7 @@ method's buffer.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,23 +84,37 @@ class ShardedTables(nn.Module):
         return self._bytes[1]
 
 
-def shardable(recipe: Recipe, net: CTRNet) -> bool:
-    """Whether the run's tables shard through TorchRec (a plain-table method whose features
-    are all pooled by sum); the others run data-parallel, which is refused when the recipe
-    asks for another sharding."""
-    method = net.embedding
-    sums = not any(method._keeps_positions) and not any(method._mean_pooled)  # noqa: SLF001 (the method's pooling)
-    if recipe.embedding.method in SHARDABLE_METHODS and sums:
-        return True
+def check_request(recipe: Recipe) -> None:
+    """What the recipe alone decides about a distributed run's tables (checked before any
+    process starts): a sharding other than auto or data_parallel needs plain tables, a
+    data-parallel method's tables take no fused update, sharded tables a rule FBGEMM fuses."""
+    if recipe.embedding.method in SHARDABLE_METHODS:
+        in_backward_optimizer(recipe.train.embedding_optimizer)
+        return
     asked = {recipe.distributed.sharding, *recipe.distributed.tables.values()} - {"auto", "data_parallel"}
     if asked:
-        why = (f"embedding.method {recipe.embedding.method} has no plain tables" if sums or
-               recipe.embedding.method not in SHARDABLE_METHODS else "features not pooled by sum stay on one table buffer")
-        raise RecipeError(f"distributed.sharding: {', '.join(sorted(asked))} needs plain tables ({why}); "
-                          "use auto or data_parallel (the tables replicated under DDP)")
+        raise RecipeError(f"distributed.sharding: {', '.join(sorted(asked))} needs plain tables (embedding.method "
+                          f"{recipe.embedding.method} runs data-parallel); use auto or data_parallel")
     if recipe.train.embedding_optimizer.fused:
         raise RecipeError("train.embedding_optimizer.fused: a data-parallel run's replicas would each update their own "
                           "tables; set fused: false (DDP then averages the tables' gradients)")
+
+
+def shardable(recipe: Recipe, net: CTRNet) -> bool:
+    """Whether the run's tables shard through TorchRec: a plain-table method whose features
+    are all pooled by sum (sequences kept per position or mean-pooled run data-parallel)."""
+    check_request(recipe)
+    if recipe.embedding.method not in SHARDABLE_METHODS:
+        return False
+    method = net.embedding
+    if not any(method._keeps_positions) and not any(method._mean_pooled):  # noqa: SLF001 (the method's pooling)
+        return True
+    if {recipe.distributed.sharding, *recipe.distributed.tables.values()} - {"auto", "data_parallel"}:
+        raise RecipeError("distributed.sharding: the full method shards tables whose features are pooled by sum; this "
+                          "schema has sequences kept per position or mean-pooled; use auto or data_parallel")
+    if recipe.train.embedding_optimizer.fused:
+        raise RecipeError("train.embedding_optimizer.fused: this run is data-parallel (sequence features); set fused: "
+                          "false")
     return False
 
 
@@ -137,7 +152,7 @@ class Sharded:
     module: nn.Module
     dense: list[nn.Parameter]
     replicated_tables: list[nn.Parameter]
-    plan: dict[str, str]
+    plan: dict[str, str]  # table → "<sharding type> on <ranks>"
 
 
 def shard(net: CTRNet, recipe: Recipe, device: torch.device) -> Sharded:
@@ -155,9 +170,12 @@ def shard(net: CTRNet, recipe: Recipe, device: torch.device) -> Sharded:
     rule, options = in_backward_optimizer(recipe.train.embedding_optimizer)
     apply_optimizer_in_backward(rule, net.embedding.ebc.parameters(), options)
     fixed = table_constraints(recipe, list(net.embedding.table_rows))
-    constraints = {table: ParameterConstraints(sharding_types=[kind]) for table, kind in fixed.items()}
-    topology = Topology(world_size=dist.get_world_size(), compute_device=device.type,
-                        local_world_size=torch.cuda.device_count() if device.type == "cuda" else None)
+    world = dist.get_world_size()
+    # column-wise shards of D / world columns (the planner's default minimum, 32 columns, keeps small tables whole)
+    constraints = {table: ParameterConstraints(sharding_types=[kind], min_partition=max(4, recipe.embedding.dim // world)
+                                               if kind == "column_wise" else None) for table, kind in fixed.items()}
+    topology = Topology(world_size=world, compute_device=device.type,
+                        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
     sharders = [EmbeddingBagCollectionSharder()]
     try:
@@ -172,7 +190,8 @@ def shard(net: CTRNet, recipe: Recipe, device: torch.device) -> Sharded:
     params = [(name, p) for name, p in module.named_parameters() if p.requires_grad and id(p) not in stepped_in_backward]
     dense = [p for name, p in params if not name.startswith("embedding.")]
     replicated = [p for name, p in params if name.startswith("embedding.")]  # data-parallel tables: dense gradients
-    kinds = {table: spec.sharding_type for table, spec in plan.plan["embedding.ebc"].items()}
+    kinds = {table: f"{spec.sharding_type} on {','.join(map(str, sorted(set(spec.ranks))))}"
+             for table, spec in plan.plan["embedding.ebc"].items()}
     return Sharded(module, dense, replicated, kinds)
 
 
