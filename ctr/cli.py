@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except UserError as err:
-        print(f"ctr: error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank of a distributed run meets the same error: one line
+            print(f"ctr: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ctr: interrupted", file=sys.stderr)

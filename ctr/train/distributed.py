@@ -32,17 +32,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctr.datasets import BatchLoader, prepare
+from ctr.embeddings.base import EmbeddingMethod
 from ctr.datasets.source import resolve_features
 from ctr.errors import RecipeError, UserError
 from ctr.metrics import auc, group_auc, logloss
 from ctr.recipe import Recipe
+from ctr.registry import EMBEDDINGS
 from ctr.train.checkpoints import Checkpointer, TrainState
 from ctr.train.loop import LOG_EVERY_N_STEPS, Placement, use_threads
 from ctr.train.optim import build_optimizer
 from ctr.train.plots import plot_curves
 from ctr.train.rundir import RunDir
 from ctr.train.sharded import check_request, shard, shardable
-from ctr.train.task import CTRNet
+from ctr.train.task import CTRNet, densify_gradients
 
 log = logging.getLogger("ctr.train")
 
@@ -51,6 +53,10 @@ def check_distributed(recipe: Recipe) -> None:
     """Refuses, before any work, what a distributed run does not do (one line naming the key)."""
     train, trainer = recipe.train, recipe.trainer
     check_request(recipe)
+    method = EMBEDDINGS.get(recipe.embedding.method, "embedding.method").target
+    if method.stages is not EmbeddingMethod.stages:
+        raise RecipeError(f"embedding.method: {recipe.embedding.method} trains in stages, which a distributed run does"
+                          " not run; train it with trainer.devices 1")
     refused = {
         "trainer.compile": trainer.compile, "data.on_device": recipe.data.on_device,
         "train.eval_every_n_steps": train.eval_every_n_steps is not None,
@@ -75,6 +81,7 @@ class Parallel:
     dense: list[nn.Parameter]
     sharded: bool
     plan: dict[str, str] = field(default_factory=dict)
+    sparse: list[nn.Parameter] = field(default_factory=list)  # replicated tables outside DDP (averaged by ctr)
 
 
 def parallel(net: CTRNet, recipe: Recipe, device: torch.device) -> Parallel:
@@ -87,13 +94,49 @@ def parallel(net: CTRNet, recipe: Recipe, device: torch.device) -> Parallel:
                                tables and build_optimizer(train.embedding_optimizer, tables, "train.embedding_optimizer"))
         return Parallel(sharded.module, optimizer, sharded.dense, True, sharded.plan)
     net.to(device)
-    module = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     tables = [p for p in net.embedding.sparse_parameters() if p.requires_grad]
     others = {id(p) for p in tables}
+    ignored = [name for name, p in net.named_parameters() if id(p) in others]  # DDP buckets dense gradients only
+    nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(net, ignored)
+    module = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     dense = [p for p in net.parameters() if p.requires_grad and id(p) not in others]
     optimizer = Optimizers(build_optimizer(train.optimizer, dense, "train.optimizer"),
                            tables and build_optimizer(train.embedding_optimizer, tables, "train.embedding_optimizer"))
-    return Parallel(module, optimizer, dense, False)
+    return Parallel(module, optimizer, dense, False, sparse=tables)
+
+
+def average_sparse_gradients(params: list[nn.Parameter], world: int) -> None:
+    """Replaces each table's gradient by the mean of all ranks' gradients: a sparse gradient
+    [R, D] (the rows a rank touched; none when it touched none) is gathered from every rank
+    (indices and values) and summed row by row, so it stays sparse; a dense one is all-reduced."""
+    for param in params:
+        grad = param.grad
+        if grad is None:  # the method's tables have sparse gradients (EmbeddingMethod.sparse_parameters)
+            empty = torch.zeros((1, 0), dtype=torch.int64, device=param.device)
+            grad = torch.sparse_coo_tensor(empty, param.new_zeros((0, *param.shape[1:])), param.shape)
+        if not grad.is_sparse:
+            dist.all_reduce(grad)
+            grad.div_(world)
+            continue
+        grad = grad.coalesce()
+        rows = _gather_padded(grad.indices()[0], world)
+        values = _gather_padded(grad.values(), world)
+        summed = torch.sparse_coo_tensor(rows.unsqueeze(0), values / world, grad.shape).coalesce()
+        param.grad = summed
+
+
+def _gather_padded(tensor: torch.Tensor, world: int) -> torch.Tensor:
+    """Every rank's ``tensor`` [n_r, ...] concatenated along dim 0 [Σ n_r, ...] (padded to
+    the longest for the collective, then trimmed)."""
+    count = torch.tensor([tensor.shape[0]], device=tensor.device)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    longest = int(max(c.item() for c in counts))
+    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[: int(c.item())] for part, c in zip(parts, counts)])
 
 
 class Optimizers:
@@ -210,6 +253,9 @@ def _train_epoch(recipe: Recipe, par: Parallel, loader: BatchLoader, state: Trai
         batch_rows = loader.batch_rows(index)
         par.optimizer.zero_grad()
         (loss_sum * (world / batch_rows) + reg).backward()
+        average_sparse_gradients(par.sparse, world)
+        if recipe.embedding.gradients == "dense":
+            densify_gradients(par.sparse)
         if train.grad_clip:
             nn.utils.clip_grad_norm_(par.dense, train.grad_clip)
         par.optimizer.step()
@@ -250,15 +296,7 @@ def evaluate(module: nn.Module, loader: BatchLoader, place: Placement) -> dict[s
 
 def _gather(values: torch.Tensor, place: Placement) -> torch.Tensor:
     """Every rank's ``values`` [n_r], concatenated in rank order on the host [Σ n_r]."""
-    count = torch.tensor([values.numel()], device=place.device)
-    counts = [torch.zeros_like(count) for _ in range(place.world_size)]
-    dist.all_gather(counts, count)
-    longest = int(max(c.item() for c in counts))
-    padded = torch.zeros(longest, dtype=values.dtype, device=place.device)
-    padded[: values.numel()] = values
-    parts = [torch.zeros_like(padded) for _ in range(place.world_size)]
-    dist.all_gather(parts, padded)
-    return torch.cat([part[: int(c.item())] for part, c in zip(parts, counts)]).cpu()
+    return _gather_padded(values, place.world_size).cpu()
 
 
 class CurveLog:

@@ -176,12 +176,15 @@ def shard(net: CTRNet, recipe: Recipe, device: torch.device) -> Sharded:
                                                if kind == "column_wise" else None) for table, kind in fixed.items()}
     topology = Topology(world_size=world, compute_device=device.type,
                         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
-    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
     sharders = [EmbeddingBagCollectionSharder()]
-    try:
-        plan = planner.collective_plan(net, sharders, dist.GroupMember.WORLD)
-    except Exception as err:  # the planner raises its own error types for plans it cannot make
-        raise RecipeError(f"distributed.sharding: TorchRec's planner found no plan ({_first_line(err)})") from None
+    if "row_wise" in fixed.values():  # TorchRec's planner proposes no row-wise shards of CPU tables
+        plan = written_plan(net.embedding.ebc, fixed, world, device.type, sharders[0])
+    else:
+        planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
+        try:
+            plan = planner.collective_plan(net, sharders, dist.GroupMember.WORLD)
+        except Exception as err:  # the planner raises its own error types for plans it cannot make
+            raise RecipeError(f"distributed.sharding: TorchRec's planner found no plan ({_first_line(err)})") from None
     rows = {name: t.detach().clone() for name, t in net.state_dict().items() if name.startswith(TABLE_PREFIX)}
     module = DistributedModelParallel(net, device=device, plan=plan, sharders=sharders)
     _copy_rows(module, rows)
@@ -193,6 +196,25 @@ def shard(net: CTRNet, recipe: Recipe, device: torch.device) -> Sharded:
     kinds = {table: f"{spec.sharding_type} on {','.join(map(str, sorted(set(spec.ranks))))}"
              for table, spec in plan.plan["embedding.ebc"].items()}
     return Sharded(module, dense, replicated, kinds)
+
+
+def written_plan(ebc: nn.Module, fixed: dict[str, str], world: int, device_type: str, sharder):  # noqa: ANN001, ANN201
+    """A plan written without the planner (when a table is row-wise): each table as ``fixed``
+    says, tables left to the planner table-wise; table-wise tables go round the ranks,
+    column-wise tables split into one shard per rank, row-wise tables into equal row blocks."""
+    from torchrec.distributed.sharding_plan import (
+        column_wise, construct_module_sharding_plan, data_parallel, row_wise, table_wise,
+    )
+    from torchrec.distributed.types import ShardingPlan
+
+    kinds = {name: fixed.get(name, "table_wise") for name in ebc.embedding_bags}
+    make = {"row_wise": lambda i: row_wise(), "column_wise": lambda i: column_wise(ranks=list(range(world))),
+            "data_parallel": lambda i: data_parallel(), "table_wise": lambda i: table_wise(rank=i % world)}
+    chosen = {name: make[kind](i) for i, (name, kind) in enumerate(kinds.items())}
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    module_plan = construct_module_sharding_plan(ebc, chosen, sharder=sharder, local_size=local, world_size=world,
+                                                 device_type=device_type)
+    return ShardingPlan({"embedding.ebc": module_plan})
 
 
 def quiet_torchrec() -> None:

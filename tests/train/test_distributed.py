@@ -100,3 +100,22 @@ def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     again = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert again["test"] == two["test"] and again["valid"] == two["valid"] and again["steps"] == two["steps"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "sections",
+    [
+        {"distributed": {"sharding": "row_wise", "tables": {"C2": "column_wise"}}},  # a plan written without the planner
+        {"embedding": {"method": "hash", "dim": 8, "budget": 0.5}},  # data-parallel: sparse gradients averaged by ctr
+    ],
+    ids=["row_wise", "hash_data_parallel"],
+)
+def test_two_processes_match_one_on_other_placements(tmp_path, sections):
+    sections["trainer"] = {"num_threads": 1, "progress_bar": False}
+    one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
+    done = ctr("train", write(tmp_path, "two.yaml", **sections), "--out", tmp_path / "two", "-o", "trainer.devices=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5
+    assert abs(evaluate(tmp_path / "two")["auc"] - one["test"]["auc"]) < 1e-5
