@@ -224,8 +224,10 @@ def _epochs(recipe: Recipe, par: Parallel, loaders: dict[str, BatchLoader], save
         state.samples += samples
         valid = evaluate(par.module, loaders["valid"], place)
         logger.write({"epoch": state.epoch, "step": state.step - 1, **{f"valid/{k}": v for k, v in valid.items()}})
+        log.info("epoch %d step %d: valid %s (%.0f samples/s)", state.epoch, state.step,
+                 " ".join(f"{k}={v:.5f}" for k, v in valid.items()), state.samples / max(state.seconds, 1e-9))
         state.epoch += 1
-        value = valid[monitor.split("/", 1)[1]] if monitor.startswith("valid/") else None
+        value = valid.get(monitor.removeprefix("valid/")) if monitor.startswith("valid/") else None
         if value is None:
             raise RecipeError(f"train.early_stop.monitor: {monitor!r} is not a validation metric")
         improved = state.best is None or (value > state.best if mode == "max" else value < state.best)
