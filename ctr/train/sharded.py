@@ -16,6 +16,7 @@ method's buffer.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import warnings
@@ -102,34 +103,37 @@ def check_request(recipe: Recipe) -> None:
 
 def shardable(recipe: Recipe, net: CTRNet) -> bool:
     """Whether the run's tables shard through TorchRec: a plain-table method whose features
-    are all pooled by sum (sequences kept per position or mean-pooled run data-parallel)."""
+    are all pooled by sum, where TorchRec is installed (else the run is data-parallel)."""
     check_request(recipe)
     if recipe.embedding.method not in SHARDABLE_METHODS:
         return False
     method = net.embedding
-    if not any(method._keeps_positions) and not any(method._mean_pooled):  # noqa: SLF001 (the method's pooling)
+    sums = not any(method._keeps_positions) and not any(method._mean_pooled)  # noqa: SLF001 (the method's pooling)
+    if sums and importlib.util.find_spec("torchrec") is not None:
         return True
+    why = ("this schema has sequences kept per position or mean-pooled" if not sums else
+           "TorchRec is not installed here")
     if {recipe.distributed.sharding, *recipe.distributed.tables.values()} - {"auto", "data_parallel"}:
-        raise RecipeError("distributed.sharding: the full method shards tables whose features are pooled by sum; this "
-                          "schema has sequences kept per position or mean-pooled; use auto or data_parallel")
+        raise RecipeError(f"distributed.sharding: the full method's tables shard with TorchRec when every feature is "
+                          f"pooled by sum; {why}; use auto or data_parallel")
     if recipe.train.embedding_optimizer.fused:
-        raise RecipeError("train.embedding_optimizer.fused: this run is data-parallel (sequence features); set fused: "
-                          "false")
+        raise RecipeError(f"train.embedding_optimizer.fused: this run is data-parallel ({why}); set fused: false")
     return False
 
 
 def in_backward_optimizer(config: EmbeddingOptimizerConfig) -> tuple[type[torch.optim.Optimizer], dict]:
     """The optimizer TorchRec fuses into the sharded tables' backward: the same rule and
     hyper-parameters as ctr's embedding optimizer ``config.name``."""
-    from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
-
-    rules = {"adagrad": (torch.optim.Adagrad, {"lr": config.lr, "eps": ADAGRAD_EPS}),
-             "sgd": (torch.optim.SGD, {"lr": config.lr}),
-             "rowwise_adagrad": (RowWiseAdagrad, {"lr": config.lr, "eps": ROWWISE_EPS})}
+    rules = {"adagrad": ({"lr": config.lr, "eps": ADAGRAD_EPS}), "sgd": {"lr": config.lr},
+             "rowwise_adagrad": {"lr": config.lr, "eps": ROWWISE_EPS}}
     if config.name not in rules:
         raise RecipeError(f"train.embedding_optimizer.name: sharded tables train with {', '.join(rules)}; "
                           f"got {config.name!r}")
-    return rules[config.name]
+    if config.name == "rowwise_adagrad":
+        from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+        return RowWiseAdagrad, rules[config.name]
+    return {"adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}[config.name], rules[config.name]
 
 
 def table_constraints(recipe: Recipe, tables: list[str]) -> dict[str, str]:
