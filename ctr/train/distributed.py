@@ -57,6 +57,9 @@ def check_distributed(recipe: Recipe) -> None:
     if method.stages is not EmbeddingMethod.stages:
         raise RecipeError(f"embedding.method: {recipe.embedding.method} trains in stages, which a distributed run does"
                           " not run; train it with trainer.devices 1")
+    if not method.replicas_stay_equal:
+        raise RecipeError(f"embedding.method: {recipe.embedding.method} writes its stored rows outside the optimizer"
+                          " while training, so data-parallel copies would drift apart; train it with trainer.devices 1")
     refused = {
         "trainer.compile": trainer.compile, "data.on_device": recipe.data.on_device,
         "train.eval_every_n_steps": train.eval_every_n_steps is not None,

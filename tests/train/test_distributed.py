@@ -55,6 +55,9 @@ def test_split_batches_parts_are_the_one_process_batches(tiny_prepared):
         ({"train": {"batch_size": 511}}, "train.batch_size: 511"),
         ({"train": {"eval_every_n_steps": 5}}, "train.eval_every_n_steps: not available in a distributed run"),
         ({"distributed": {"sharding": "diagonal"}}, "distributed.sharding"),
+        ({"embedding": {"method": "int8", "dim": 8}}, "embedding.method: int8 writes its stored rows"),
+        ({"embedding": {"method": "dpq", "dim": 8}}, "embedding.method: dpq writes its stored rows"),
+        ({"embedding": {"method": "optembed", "dim": 8}}, "embedding.method: optembed trains in stages"),
     ],
 )
 def test_a_distributed_recipe_that_cannot_run_is_one_line_before_any_process(tmp_path, capsys, sections, message):
