@@ -89,12 +89,9 @@ class Parallel:
 
 def parallel(net: CTRNet, recipe: Recipe, device: torch.device) -> Parallel:
     """``net`` under DMP (plain tables) or DDP (every other method), with its optimizers."""
-    train = recipe.train
     if shardable(recipe, net):
         sharded = shard(net, recipe, device)
-        tables = sharded.replicated_tables
-        optimizer = Optimizers(build_optimizer(train.optimizer, sharded.dense, "train.optimizer"),
-                               tables and build_optimizer(train.embedding_optimizer, tables, "train.embedding_optimizer"))
+        optimizer = Optimizers.build(recipe, sharded.dense, sharded.replicated_tables)
         return Parallel(sharded.module, optimizer, sharded.dense, True, sharded.plan)
     net.to(device)
     tables = [p for p in net.embedding.sparse_parameters() if p.requires_grad]
@@ -103,9 +100,7 @@ def parallel(net: CTRNet, recipe: Recipe, device: torch.device) -> Parallel:
     nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(net, ignored)
     module = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     dense = [p for p in net.parameters() if p.requires_grad and id(p) not in others]
-    optimizer = Optimizers(build_optimizer(train.optimizer, dense, "train.optimizer"),
-                           tables and build_optimizer(train.embedding_optimizer, tables, "train.embedding_optimizer"))
-    return Parallel(module, optimizer, dense, False, sparse=tables)
+    return Parallel(module, Optimizers.build(recipe, dense, tables), dense, False, sparse=tables)
 
 
 def average_sparse_gradients(params: list[nn.Parameter], world: int) -> None:
@@ -145,8 +140,16 @@ def _gather_padded(tensor: torch.Tensor, world: int) -> torch.Tensor:
 class Optimizers:
     """The dense optimizer and, when there is one, the tables' optimizer, stepped as one."""
 
-    def __init__(self, dense: torch.optim.Optimizer, tables: torch.optim.Optimizer | list):
-        self.parts = [dense] + ([tables] if tables else [])
+    def __init__(self, parts: list[torch.optim.Optimizer]):
+        self.parts = parts
+
+    @classmethod
+    def build(cls, recipe: Recipe, dense: list[nn.Parameter], tables: list[nn.Parameter]) -> Optimizers:
+        """``train.optimizer`` over ``dense``, ``train.embedding_optimizer`` over ``tables`` (if any)."""
+        parts = [build_optimizer(recipe.train.optimizer, dense, "train.optimizer")]
+        if tables:
+            parts.append(build_optimizer(recipe.train.embedding_optimizer, tables, "train.embedding_optimizer"))
+        return cls(parts)
 
     def zero_grad(self) -> None:
         for part in self.parts:
@@ -186,10 +189,14 @@ def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[s
     loaders = {split: _loader(recipe, prepared.split_dir(split), prepared.schema, place, split == "train")
                for split in ("train", "valid", "test")}
     saver = Checkpointer(run.checkpoints, par.module, par.optimizer, par.sharded, place)
-    state = saver.restore() if resume else TrainState()
-    trained = _epochs(recipe, par, loaders, saver, state, run, place)
-    saver.load(saver.best)
-    metrics: dict[str, Any] = {split: evaluate(par.module, loaders[split], place) for split in ("valid", "test")}
+    try:
+        state = saver.restore() if resume else TrainState()
+        trained = _epochs(recipe, par, loaders, saver, state, run, place)
+        saver.load(saver.best)
+        metrics: dict[str, Any] = {split: evaluate(par.module, loaders[split], place) for split in ("valid", "test")}
+    finally:
+        for loader in loaders.values():
+            loader.close()
     metrics.update(embedding_bytes=embedding_bytes, full_embedding_bytes=full_bytes,
                    train_samples_per_s=trained.samples / trained.seconds if trained.seconds else 0.0,
                    train_seconds=trained.seconds, epochs=trained.epoch, steps=trained.step,
