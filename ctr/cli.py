@@ -164,9 +164,10 @@ def _train(args: argparse.Namespace) -> int:
     from ctr.train.runner import train
 
     if args.resume:
-        if args.recipe or args.override:
-            raise UserError("--resume continues a run with its own recipe; give no recipe or -o")
-        recipe, out = RunDir(args.resume).load_recipe(), args.resume
+        if args.recipe or any(item.partition("=")[0] not in RESUME_OVERRIDES for item in args.override):
+            raise UserError(f"--resume continues a run with its own recipe; give no recipe, and -o only for "
+                            f"{' or '.join(RESUME_OVERRIDES)} (a distributed run resumes on another world size)")
+        recipe, out = _resumed_recipe(RunDir(args.resume), args.override), args.resume
     elif args.recipe:
         recipe, out = load_recipe(args.recipe, args.override), args.out
     else:
@@ -180,6 +181,22 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+RESUME_OVERRIDES = ("trainer.devices", "trainer.num_nodes")
+
+
+def _resumed_recipe(run, overrides: list[str]):  # noqa: ANN001, ANN202 (a RunDir, a Recipe)
+    """The run's recipe with the world-size ``overrides`` applied."""
+    from ctr.recipe import apply_override, recipe_from_dict
+
+    recipe = run.load_recipe()
+    if not overrides:
+        return recipe
+    raw = recipe.to_dict()
+    for item in overrides:
+        apply_override(raw, item)
+    return recipe_from_dict(raw)
+
+
 def _spawn_train(args: argparse.Namespace, recipe, out: Path | None) -> int:  # noqa: ANN001 (a Recipe)
     """``ctr train`` in ``trainer.devices`` processes of this machine (one run directory)."""
     from ctr.train.distributed import check_distributed
@@ -188,7 +205,7 @@ def _spawn_train(args: argparse.Namespace, recipe, out: Path | None) -> int:  # 
 
     check_distributed(recipe)  # before any process starts: one error line, not one per rank
     if args.resume:
-        return spawn(["train", "--resume", str(args.resume)], recipe)
+        return spawn(["train", "--resume", str(args.resume), *(f"-o{item}" for item in args.override)], recipe)
     where = ["--out", str(out or default_run_dir(recipe))]
     return spawn(["train", args.recipe, *where, *(f"-o{item}" for item in args.override)], recipe)
 

@@ -90,6 +90,8 @@ def process_group(recipe: Recipe) -> Iterator[Placement]:
         logging.getLogger("ctr").setLevel(logging.WARNING)
     if place.device.type == "cuda":
         torch.cuda.set_device(place.device)
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")  # a group of one process, started without a launcher
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
     dist.init_process_group("nccl" if place.device.type == "cuda" else "gloo", rank=place.rank,
                             world_size=place.world_size)
     try:

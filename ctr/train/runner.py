@@ -16,6 +16,7 @@ from ctr.datasets.source import resolve_features
 from ctr.errors import UserError
 from ctr.recipe import Recipe
 from ctr.train import distributed
+from ctr.train.checkpoints import is_distributed_checkpoint
 from ctr.train.launch import launched, process_group, shared_path
 from ctr.train.loop import (
     Session, evaluate_checkpoint, fit, placement, quiet_lightning, trainer_for, use_threads,
@@ -37,12 +38,13 @@ def default_run_dir(recipe: Recipe) -> Path:
 def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict[str, Any]:
     """Trains ``recipe`` into run directory ``out``; returns (and writes) metrics.json."""
     quiet_lightning()
-    if launched():
-        with process_group(recipe) as place:
-            run = RunDir(shared_path(out or default_run_dir(recipe)))
+    root = out or default_run_dir(recipe)
+    if launched() or (resume and is_distributed_checkpoint(RunDir(root).checkpoints / "last")):
+        with process_group(recipe) as place:  # a distributed run resumed on 1 process: a group of 1
+            run = RunDir(shared_path(root))
             _check_run(run, resume)
             return distributed.train(recipe, run, resume, place)
-    run = RunDir(out or default_run_dir(recipe))
+    run = RunDir(root)
     _check_run(run, resume)
     if recipe.train.embedding_optimizer.fused:
         fused_optimizer(recipe.train.embedding_optimizer)  # an unknown rule fails here, before any work

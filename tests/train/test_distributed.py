@@ -1,6 +1,7 @@
 """Distributed training (docs/distributed.md): 2 CPU processes on gloo against 1 process."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -72,7 +73,8 @@ def test_a_distributed_recipe_that_cannot_run_is_one_line_before_any_process(tmp
 def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path):
     """A mixed plan (table-wise, column-wise over both ranks, data-parallel) on 2 gloo
     processes: the loss curve, validation and test AUC of the 1-process run on the same global
-    batch; a run resumed from its DCP checkpoint ends the same; 1 process evaluates it alike."""
+    batch; a run resumed from its DCP checkpoint ends the same, on 2 processes or on 1; 1
+    process evaluates it alike."""
     sections = {"train": {"epochs": 2, "early_stop": None}, "trainer": {"num_threads": 1, "progress_bar": False}}
     one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
 
@@ -99,10 +101,14 @@ def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path):
     saved["train"]["epochs"] = 2  # as if the 2-epoch run had stopped after its first epoch
     (tmp_path / "cut" / "recipe.yaml").write_text(yaml.safe_dump(saved))
     (tmp_path / "cut" / "metrics.json").unlink()
-    resumed = ctr("train", "--resume", tmp_path / "cut")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    again = json.loads((tmp_path / "cut" / "metrics.json").read_text())
-    assert again["test"] == two["test"] and again["valid"] == two["valid"] and again["steps"] == two["steps"]
+    shutil.copytree(tmp_path / "cut", tmp_path / "cut1")
+    for run, world in (("cut", []), ("cut1", ["-o", "trainer.devices=1"])):  # the same world size, and 1 process
+        resumed = ctr("train", "--resume", tmp_path / run, *world)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        again = json.loads((tmp_path / run / "metrics.json").read_text())
+        assert again["steps"] == two["steps"] and again["world_size"] == (1 if world else 2)
+        for split in ("valid", "test"):
+            assert again[split] == pytest.approx(two[split], abs=1e-6, rel=0)
 
 
 @pytest.mark.slow
@@ -122,3 +128,10 @@ def test_two_processes_match_one_on_other_placements(tmp_path, sections):
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5
     assert abs(evaluate(tmp_path / "two")["auc"] - one["test"]["auc"]) < 1e-5
+
+
+def test_resume_takes_only_the_world_size_as_override(tmp_path, capsys):
+    code = main(["train", "--resume", str(tmp_path / "run"), "-o", "train.epochs=3"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "-o only for trainer.devices or trainer.num_nodes" in err
