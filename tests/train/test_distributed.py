@@ -135,3 +135,26 @@ def test_resume_takes_only_the_world_size_as_override(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "-o only for trainer.devices or trainer.num_nodes" in err
+
+
+@pytest.mark.parametrize("mode, min_delta, patience", [("max", 0.0, 2), ("max", 0.01, 1), ("min", 0.005, 2)])
+def test_early_stopping_follows_lightnings_rule(mode, min_delta, patience):
+    """The distributed loop's early stopping stops at the validation Lightning's would."""
+    import torch
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from ctr.recipe import EarlyStopConfig
+    from ctr.train.checkpoints import TrainState
+
+    values = [0.70, 0.705, 0.72, 0.719, 0.7205, 0.74, 0.74, 0.73, 0.71, 0.75]
+    if mode == "min":
+        values = [1 - v for v in values]
+    lightning = EarlyStopping(monitor="valid/auc", mode=mode, patience=patience, min_delta=min_delta)
+    ours, stop = TrainState(), EarlyStopConfig(mode=mode, patience=patience, min_delta=min_delta)
+    for value in values:
+        should_stop, _ = lightning._evaluate_stopping_criteria(torch.tensor(value))
+        ours.update_patience(value, mode, stop)
+        assert ours.stopped == should_stop
+        if should_stop:
+            break
+    assert ours.stopped  # each case stops before the values run out
