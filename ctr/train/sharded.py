@@ -146,6 +146,17 @@ def table_constraints(recipe: Recipe, tables: list[str]) -> dict[str, str]:
     return {table: kind for table, kind in chosen.items() if kind != "auto"}
 
 
+def planner_constraints(fixed: dict[str, str], dim: int, world: int) -> dict:
+    """TorchRec planner constraints of the tables whose type the recipe fixes (``fixed``,
+    from ``table_constraints``); column-wise tables in shards of D / world columns (at least
+    4; the planner's default minimum, 32 columns, keeps small tables whole)."""
+    from torchrec.distributed.planner.types import ParameterConstraints
+
+    return {table: ParameterConstraints(sharding_types=[kind],
+                                        min_partition=max(4, dim // world) if kind == "column_wise" else None)
+            for table, kind in fixed.items()}
+
+
 @dataclass
 class Sharded:
     """A network under DMP: the module to call, its dense parameters, the weights of its
@@ -166,7 +177,6 @@ def shard(net: CTRNet, recipe: Recipe, device: torch.device) -> Sharded:
     from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
     from torchrec.distributed.model_parallel import DistributedModelParallel
     from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
-    from torchrec.distributed.planner.types import ParameterConstraints
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
     from torchrec.optim.optimizers import in_backward_optimizer_filter
 
@@ -175,9 +185,7 @@ def shard(net: CTRNet, recipe: Recipe, device: torch.device) -> Sharded:
     apply_optimizer_in_backward(rule, net.embedding.ebc.parameters(), options)
     fixed = table_constraints(recipe, list(net.embedding.table_rows))
     world = dist.get_world_size()
-    # column-wise shards of D / world columns (the planner's default minimum, 32 columns, keeps small tables whole)
-    constraints = {table: ParameterConstraints(sharding_types=[kind], min_partition=max(4, recipe.embedding.dim // world)
-                                               if kind == "column_wise" else None) for table, kind in fixed.items()}
+    constraints = planner_constraints(fixed, recipe.embedding.dim, world)
     topology = Topology(world_size=world, compute_device=device.type,
                         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     sharders = [EmbeddingBagCollectionSharder()]

@@ -158,3 +158,15 @@ def test_early_stopping_follows_lightnings_rule(mode, min_delta, patience):
         if should_stop:
             break
     assert ours.stopped  # each case stops before the values run out
+
+
+def test_ctr_plan_follows_the_distributed_section(tmp_path, tiny_prepared):
+    from ctr.recipe import recipe_from_dict
+    from ctr.train.plan import plan_tables
+
+    recipe = recipe_from_dict(tiny_recipe(tmp_path, distributed=MIXED))
+    plan = {t.name: t for t in plan_tables(recipe, tiny_prepared.schema, 2, None).tables}
+    assert plan["C1"].sharding == "data_parallel" and plan["C3"].sharding == "column_wise"
+    assert sorted(rank for rank, _, cols in plan["C3"].shards) == [0, 1]
+    assert sum(cols for _, _, cols in plan["C3"].shards) == 8
+    assert all(t.sharding == "table_wise" for name, t in plan.items() if name not in ("C1", "C3"))
