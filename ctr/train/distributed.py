@@ -39,7 +39,7 @@ from ctr.metrics import auc, group_auc, logloss
 from ctr.recipe import Recipe
 from ctr.registry import EMBEDDINGS
 from ctr.train.checkpoints import Checkpointer, TrainState
-from ctr.train.loop import LOG_EVERY_N_STEPS, Placement, use_threads
+from ctr.train.loop import LOG_EVERY_N_STEPS, PROGRESS_EVERY_N_STEPS, Placement, use_threads
 from ctr.train.optim import build_optimizer
 from ctr.train.plots import plot_curves
 from ctr.train.rundir import RunDir
@@ -277,7 +277,11 @@ def _train_epoch(recipe: Recipe, par: Parallel, loader: BatchLoader, state: Trai
             total = loss_sum.detach().clone()
             dist.all_reduce(total)
             _check_finite(total, state.step)
-            log_rows.write({"epoch": state.epoch, "step": state.step - 1, "train/loss": total.item() / batch_rows})
+            mean = total.item() / batch_rows
+            log_rows.write({"epoch": state.epoch, "step": state.step - 1, "train/loss": mean})
+            if state.step % PROGRESS_EVERY_N_STEPS == 0:
+                log.info("epoch %d step %d (%d/%d of the epoch): loss %.5f", state.epoch, state.step, index + 1,
+                         len(loader), mean)
     return rows
 
 
