@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -22,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except UserError as err:
-        print(f"ctr: error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank of a distributed run meets the same error: one line
+            print(f"ctr: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ctr: interrupted", file=sys.stderr)
@@ -169,19 +171,54 @@ def _overrides(parser: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace) -> int:
     from ctr.recipe import load_recipe
     from ctr.train.rundir import RunDir
+    from ctr.train.launch import launched
     from ctr.train.runner import train
 
     if args.resume:
-        if args.recipe or args.override:
-            raise UserError("--resume continues a run with its own recipe; give no recipe or -o")
-        recipe, out = RunDir(args.resume).load_recipe(), args.resume
+        if args.recipe or any(item.partition("=")[0] not in RESUME_OVERRIDES for item in args.override):
+            raise UserError(f"--resume continues a run with its own recipe; give no recipe, and -o only for "
+                            f"{' or '.join(RESUME_OVERRIDES)} (a distributed run resumes on another world size)")
+        recipe, out = _resumed_recipe(RunDir(args.resume), args.override), args.resume
     elif args.recipe:
         recipe, out = load_recipe(args.recipe, args.override), args.out
     else:
         raise UserError("train: give a recipe file or --resume RUN_DIR")
+    if recipe.trainer.world_size > 1 and not launched():
+        return _spawn_train(args, recipe, out)
     metrics = train(recipe, out, resume=bool(args.resume))
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     print(_metrics_line("test", metrics["test"]) + f"  (embedding {metrics['embedding_bytes'] / 1e6:.2f} MB)")
     return 0
+
+
+RESUME_OVERRIDES = ("trainer.devices", "trainer.num_nodes")
+
+
+def _resumed_recipe(run, overrides: list[str]):  # noqa: ANN001, ANN202 (a RunDir, a Recipe)
+    """The run's recipe with the world-size ``overrides`` applied."""
+    from ctr.recipe import apply_override, recipe_from_dict
+
+    recipe = run.load_recipe()
+    if not overrides:
+        return recipe
+    raw = recipe.to_dict()
+    for item in overrides:
+        apply_override(raw, item)
+    return recipe_from_dict(raw)
+
+
+def _spawn_train(args: argparse.Namespace, recipe, out: Path | None) -> int:  # noqa: ANN001 (a Recipe)
+    """``ctr train`` in ``trainer.devices`` processes of this machine (one run directory)."""
+    from ctr.train.distributed import check_distributed
+    from ctr.train.launch import spawn
+    from ctr.train.runner import default_run_dir
+
+    check_distributed(recipe)  # before any process starts: one error line, not one per rank
+    if args.resume:
+        return spawn(["train", "--resume", str(args.resume), *(f"-o{item}" for item in args.override)], recipe)
+    where = ["--out", str(out or default_run_dir(recipe))]
+    return spawn(["train", args.recipe, *where, *(f"-o{item}" for item in args.override)], recipe)
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -312,7 +312,10 @@ class TrainerConfig:
     """Where and how training runs (passed to Lightning).
 
     Args:
-        accelerator, devices, precision, strategy: Lightning's.
+        accelerator, precision, strategy: Lightning's.
+        devices: processes per machine; above 1 (or with ``num_nodes`` above 1) the run is
+            distributed (``docs/distributed.md``): one process per device, gloo on CPU, nccl on GPUs.
+        num_nodes: machines; each runs ``ctr train`` (or torchrun) with ``devices`` processes.
         num_threads: torch's CPU threads; ``auto``: the cores this process may run on
             (``os.sched_getaffinity``); null: torch's own choice.
         progress_bar: show a progress bar (default: when stderr is a terminal).
@@ -322,6 +325,7 @@ class TrainerConfig:
 
     accelerator: str = "cpu"
     devices: int = 1
+    num_nodes: int = 1
     precision: str = "32-true"
     strategy: str = "auto"
     num_threads: int | Literal["auto"] | None = "auto"
@@ -331,6 +335,31 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if isinstance(self.num_threads, int) and self.num_threads < 1:
             raise ValueError("num_threads must be >= 1, auto or null")
+        if self.devices < 1 or self.num_nodes < 1:
+            raise ValueError("devices and num_nodes must be >= 1")
+
+    @property
+    def world_size(self) -> int:
+        """Processes of the run: ``devices`` × ``num_nodes``."""
+        return self.devices * self.num_nodes
+
+
+Sharding = Literal["auto", "table_wise", "row_wise", "column_wise", "data_parallel"]
+
+
+@dataclass
+class DistributedConfig:
+    """How a distributed run (``trainer.devices`` × ``trainer.num_nodes`` > 1) places tables.
+
+    Args:
+        sharding: TorchRec's sharding type of every table of a plain-table method (``full``):
+            ``auto`` lets TorchRec's planner choose per table; ``table_wise``, ``row_wise``,
+            ``column_wise`` or ``data_parallel`` constrain it. Other methods run data-parallel.
+        tables: per-table overrides, table name → sharding type (``auto`` = the planner's choice).
+    """
+
+    sharding: Sharding = "auto"
+    tables: dict[str, Sharding] = field(default_factory=dict)
 
 
 @dataclass
@@ -353,13 +382,14 @@ class Recipe:
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
 
 
-SINGLE_DEVICE_STRATEGIES = ("auto", "single_device")
+STRATEGIES = ("auto", "single_device")
 
 _SECTIONS = {
     "data": (DATASETS, "dataset", DataConfig),
@@ -468,11 +498,6 @@ def _check_combinations(recipe: Recipe) -> None:
     """Registered optimizer names, and keys valid alone that do not go together."""
     OPTIMIZERS.get(recipe.train.optimizer.name, "train.optimizer.name")
     OPTIMIZERS.get(recipe.train.embedding_optimizer.name, "train.embedding_optimizer.name")
-    if recipe.train.embedding_optimizer.fused and recipe.trainer.devices > 1:
-        raise RecipeError(
-            "train.embedding_optimizer.fused: needs trainer.devices 1 (data-parallel ranks would each"
-            " update their own copy of the tables)"
-        )
     dense, embedding_optimizer = recipe.embedding.gradients == "dense", recipe.train.embedding_optimizer
     if dense and (embedding_optimizer.fused or embedding_optimizer.name == "sparse_adam"):
         fused = " (fused)" if embedding_optimizer.fused else ""
@@ -480,21 +505,10 @@ def _check_combinations(recipe: Recipe) -> None:
             f"embedding.gradients: dense gradients cannot be stepped by train.embedding_optimizer"
             f" {embedding_optimizer.name}{fused}; use adam, adagrad or gradients: sparse"
         )
-    check_single_device(recipe.trainer)
-
-
-def check_single_device(trainer: TrainerConfig) -> None:
-    """Refuses a distributed ``trainer`` section (one process, one device until distributed
-    training exists: data-parallel ranks cannot all-reduce sparse embedding gradients)."""
-    if trainer.devices != 1:
+    if recipe.trainer.strategy not in STRATEGIES:
         raise RecipeError(
-            f"trainer.devices: {trainer.devices}: training runs on one device (distributed training"
-            " is not available yet); set trainer.devices: 1"
-        )
-    if trainer.strategy not in SINGLE_DEVICE_STRATEGIES:
-        raise RecipeError(
-            f"trainer.strategy: {trainer.strategy!r}: distributed training is not available yet;"
-            f" use one of {', '.join(SINGLE_DEVICE_STRATEGIES)}"
+            f"trainer.strategy: {recipe.trainer.strategy!r}: use one of {', '.join(STRATEGIES)} (a distributed run"
+            " is set by trainer.devices and the distributed section)"
         )
 
 

@@ -4,7 +4,9 @@ Memory is bounded by the shuffle buffer, not by the split: the loader reads one 
 group at a time. For training, each epoch reads the row groups in a seeded random order and
 mixes rows through a shuffle buffer of ``shuffle_buffer`` rows (a split that fits in the
 buffer is shuffled uniformly). Evaluation reads in file order, so metrics are reproducible.
-Every data-parallel rank gets an equal, disjoint share of rows, hence equal batch counts.
+Every data-parallel rank gets an equal, disjoint share of rows, hence equal batch counts;
+with ``split_batches`` each rank instead takes its part of every batch of the one-process
+order (a distributed run then steps on exactly the batches of a one-process run).
 All conversions are vectorised numpy (no per-row Python). With ``prefetch`` > 0 two
 background threads work ahead: one reads and decodes row groups, the other shuffles and
 builds batches (numpy and Arrow release the GIL for the copying).
@@ -51,6 +53,9 @@ class BatchLoader:
         batch_size: rows per batch; shuffle: shuffle rows each epoch (seeded by seed, epoch).
         drop_last: drop a last, smaller batch.
         rank, world_size: this process's share of each epoch (equal row and batch counts).
+        split_batches: the share is instead rank's part of every batch of ``batch_size`` rows
+            (rows ``rank·n // world_size`` up to ``(rank + 1)·n // world_size`` of a batch of n):
+            every rank reads the whole split in the one-process order and keeps its part.
         prefetch: batches built ahead in a background thread (0 = build inline).
         shuffle_buffer: rows the shuffle buffer holds (memory: about this many encoded rows).
         device: where the batches are used; for a CUDA device they are built in pinned memory
@@ -71,6 +76,7 @@ class BatchLoader:
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        split_batches: bool = False,
         prefetch: int = 2,
         shuffle_buffer: int = 1_000_000,
         device: torch.device | str = "cpu",
@@ -87,6 +93,7 @@ class BatchLoader:
         self.builder = BatchBuilder(self.layout)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
+        self.split_batches = split_batches
         self.prefetch, self.shuffle_buffer = prefetch, shuffle_buffer
         self.device = torch.device(device)
         self.epoch = 0
@@ -94,22 +101,35 @@ class BatchLoader:
 
     @property
     def rows(self) -> int:
-        """Rows this rank sees per epoch (every rank the same number)."""
-        return self.total_rows // self.world_size
+        """Rows read per epoch: this rank's share (every rank the same number), or the whole
+        split with ``split_batches``."""
+        return self.total_rows if self.split_batches else self.total_rows // self.world_size
 
     def __len__(self) -> int:
         full, rest = divmod(self.rows, self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
+    def batch_rows(self, index: int) -> int:
+        """Rows of batch ``index`` of an epoch over all ranks (with ``split_batches``: the
+        rows of the whole batch whose part this rank holds)."""
+        rows = min(self.batch_size, self.rows - index * self.batch_size)
+        return rows if self.split_batches else rows * self.world_size
+
     def __iter__(self) -> Iterator[Batch]:
+        """An epoch's batches. The epoch number is read (and advanced) at the first batch, as
+        ``ResidentLoader`` does: an iterator made and never read (Lightning makes one to check
+        that the loader is iterable) takes no epoch."""
         epoch = self.epoch
         self.epoch += 1
-        batches = (self.builder.build(block) for block in self._batches(epoch))
+        blocks = self._batches(epoch)
+        if self.split_batches:
+            blocks = (self._part(block) for block in blocks)
+        batches = (self.builder.build(block) for block in blocks)
         if needs_pinning(self.device):
             batches = (batch.pin_memory() for batch in batches)
         iterator = _prefetched(batches, self.prefetch) if self.prefetch else batches
         self._open = [it for it in self._open if it.gi_frame is not None] + [iterator]
-        return ahead_on_device(iterator, self.device)
+        yield from ahead_on_device(iterator, self.device)
 
     def close(self) -> None:
         """Stops the epochs still open (a run that ``max_steps`` ended mid-epoch) and joins
@@ -118,13 +138,18 @@ class BatchLoader:
             iterator.close()
         self._open = []
 
+    def _part(self, block: RowBlock) -> RowBlock:
+        """This rank's rows of a batch of all ranks."""
+        n, world = block.rows, self.world_size
+        return block.take(slice(self.rank * n // world, (self.rank + 1) * n // world))
+
     def _batches(self, epoch: int) -> Iterator[RowBlock]:
         """Blocks of exactly ``batch_size`` rows (the last may be smaller, or dropped)."""
         blocks = self._blocks(epoch)
         if self.prefetch:  # read and decode in a second thread, ahead of the shuffling
             blocks = _prefetched(blocks, 2)
         if self.shuffle:
-            rng = np.random.default_rng([self.seed, epoch, self.rank, 1])
+            rng = np.random.default_rng([self.seed, epoch, 0 if self.split_batches else self.rank, 1])
             blocks = ShuffleBuffer(min(self.shuffle_buffer, max(self.rows, 1)), rng).mix(blocks)
         size, pending = self.batch_size, None
         for block in blocks:
@@ -147,7 +172,8 @@ class BatchLoader:
         order = np.arange(len(self.units))
         if self.shuffle:
             order = np.random.default_rng([self.seed, epoch]).permutation(len(self.units))
-        first, last = self.rank * self.rows, (self.rank + 1) * self.rows
+        share = 0 if self.split_batches else self.rank
+        first, last = share * self.rows, (share + 1) * self.rows
         position = 0
         readers: dict[Path, pq.ParquetFile] = {}
         for k in order:

@@ -40,6 +40,11 @@ class EmbeddingMethod(nn.Module):
         config: the method's config (a subclass of ``EmbeddingConfig``).
     """
 
+    # Whether copies of the method trained data-parallel (DDP: averaged gradients, each copy
+    # stepping its own optimizer) stay equal; False when training writes state that no
+    # gradient carries (quantized rows updated in the backward, codes written in a lookup).
+    replicas_stay_equal = True
+
     def __init__(self, schema: Schema, config: EmbeddingConfig):
         super().__init__()
         self.schema = schema

@@ -90,6 +90,8 @@ class DPQEmbedding(BatchLosses, EmbeddingMethod):
     Shapes: ids [N] of features [N] → [N, D].
     """
 
+    replicas_stay_equal = False  # a training lookup writes the codes of the rows it saw
+
     def __init__(self, schema: Schema, config: DPQConfig):
         super().__init__(schema, config)
         self.parts, self.choices = dpq_size(self.table_rows, config)

@@ -99,6 +99,8 @@ class MGQEmbedding(BatchLosses, EmbeddingMethod):
     Shapes: ids [N] of features [N] → [N, D].
     """
 
+    replicas_stay_equal = False  # a training lookup writes the codes of the rows it saw
+
     def __init__(self, schema: Schema, config: MGQEConfig):
         super().__init__(schema, config)
         counts = table_counts(schema, "mgqe")

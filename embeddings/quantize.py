@@ -81,6 +81,8 @@ class QuantizedRows(EmbeddingMethod):
     training lookup returns the dequantized rows as a leaf whose gradient updates the codes
     in place (``apply_update``), so no fp32 table exists at any time."""
 
+    replicas_stay_equal = False  # the backward writes each replica's codes (stochastic rounding)
+
     def __init__(self, schema: Schema, config: QuantizeConfig):
         super().__init__(schema, config)
         rows = sum(self.table_rows.values())

@@ -103,7 +103,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def load_weights(task: CTRTask, ckpt: Path) -> None:
-    """Loads the weights of checkpoint ``ckpt`` into ``task``; a UserError when they do not fit."""
+    """Loads the weights of checkpoint ``ckpt`` into ``task`` (a Lightning file, or a
+    distributed run's DCP folder); a UserError when they do not fit."""
+    if ckpt.is_dir():
+        from ctr.train.checkpoints import read_state  # they import this module
+        from ctr.train.sharded import load_distributed_weights
+
+        load_distributed_weights(task.net, ckpt, read_state(ckpt)["sharded"])
+        return
     try:
         task.load_state_dict(load_checkpoint(ckpt)["state_dict"])
     except RuntimeError as err:
@@ -243,12 +250,13 @@ def _last_checkpoint(dirpath: Path) -> RunCheckpoint:
 
 def trainer_for(recipe: Recipe, run: RunDir, progress: bool, callbacks: list, logger: bool = True,
                 epochs: int | None = None, max_steps: int | None = None, log_root: Path | None = None) -> L.Trainer:
-    """Lightning's Trainer for ``recipe`` (logs under ``log_root`` or the run directory)."""
+    """Lightning's Trainer for ``recipe`` in this one process (logs under ``log_root`` or the
+    run directory)."""
     cfg, train = recipe.trainer, recipe.train
     loggers = [CSVLogger(log_root or run.root, name="logs", version="")] if logger else False
     return L.Trainer(
         accelerator=cfg.accelerator,
-        devices=cfg.devices,
+        devices=1,  # one process; a distributed run trains in ctr.train.distributed
         strategy=cfg.strategy,
         precision=cfg.precision,
         max_epochs=epochs or train.epochs,

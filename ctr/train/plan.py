@@ -81,7 +81,7 @@ def parse_bytes(text: str, flag: str = "--memory-per-rank") -> int:
 def plan_tables(recipe: Recipe, schema: Schema, world_size: int, memory_per_rank: int | None) -> Plan:
     """Plans the recipe's tables over ``world_size`` ranks (CPU ranks on the recipe's CPU
     accelerator, GPU ranks otherwise), ``memory_per_rank`` bytes each (default: the
-    planner's)."""
+    planner's), under the sharding types the recipe's ``distributed`` section fixes."""
     logging.getLogger().addFilter(_hide_torchrec_notes)  # torchrec and fbgemm also log through the root logger
     from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
     from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
@@ -99,7 +99,14 @@ def plan_tables(recipe: Recipe, schema: Schema, world_size: int, memory_per_rank
     device = "cpu" if recipe.trainer.accelerator == "cpu" else "cuda"
     cap = {"ddr_cap" if device == "cpu" else "hbm_cap": memory_per_rank} if memory_per_rank else {}
     topology = Topology(world_size=world_size, compute_device=device, **cap)
-    planner = EmbeddingShardingPlanner(topology=topology, storage_reservation=FixedPercentageStorageReservation(0.0))
+    from ctr.train.sharded import planner_constraints, table_constraints  # it imports this module
+
+    fixed = table_constraints(recipe, list(schema.tables()))
+    if "row_wise" in fixed.values() and device == "cpu":
+        raise UserError("distributed.sharding: row_wise: TorchRec's planner proposes no row-wise shards of CPU tables; "
+                        "ctr train writes that plan itself (docs/distributed.md), ctr plan cannot show it")
+    planner = EmbeddingShardingPlanner(topology=topology, storage_reservation=FixedPercentageStorageReservation(0.0),
+                                       constraints=planner_constraints(fixed, recipe.embedding.dim, world_size))
     try:
         sharding = planner.plan(collection, [EmbeddingBagCollectionSharder()])
     except PlannerError as err:

@@ -15,6 +15,9 @@ from ctr.datasets import Prepared, prepare
 from ctr.datasets.source import resolve_features
 from ctr.errors import UserError
 from ctr.recipe import Recipe
+from ctr.train import distributed
+from ctr.train.checkpoints import is_distributed_checkpoint
+from ctr.train.launch import launched, process_group, shared_path
 from ctr.train.loop import (
     Session, evaluate_checkpoint, fit, placement, quiet_lightning, trainer_for, use_threads,
 )
@@ -35,15 +38,14 @@ def default_run_dir(recipe: Recipe) -> Path:
 def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict[str, Any]:
     """Trains ``recipe`` into run directory ``out``; returns (and writes) metrics.json."""
     quiet_lightning()
-    run = RunDir(out or default_run_dir(recipe))
-    run.check_usable()
-    started = run.last.exists() or run.stages.exists()  # a multi-stage run writes stages/ first
-    if resume and run.metrics.exists():
-        raise UserError(f"{run.root}: this run is finished (metrics.json is written); nothing to resume")
-    if resume and not started:
-        raise UserError(f"{run.root}: nothing to resume (no checkpoints/last.ckpt and no stages/)")
-    if not resume and (started or run.metrics.exists()):
-        raise UserError(f"{run.root}: already holds a run; continue it with --resume or choose another --out")
+    root = out or default_run_dir(recipe)
+    if launched() or (resume and is_distributed_checkpoint(RunDir(root).checkpoints / "last")):
+        with process_group(recipe) as place:  # a distributed run resumed on 1 process: a group of 1
+            run = RunDir(shared_path(root))
+            _check_run(run, resume)
+            return distributed.train(recipe, run, resume, place)
+    run = RunDir(root)
+    _check_run(run, resume)
     if recipe.train.embedding_optimizer.fused:
         fused_optimizer(recipe.train.embedding_optimizer)  # an unknown rule fails here, before any work
     place = placement(recipe)
@@ -84,6 +86,19 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
         plot_curves(run.log_csv, run.curves)
     log.info("run directory: %s (metrics.json, checkpoints/, logs/, curves.png)", run.root)
     return metrics
+
+
+def _check_run(run: RunDir, resume: bool) -> None:
+    """Refuses a run directory that does not fit ``resume`` (before any work)."""
+    run.check_usable()
+    # a multi-stage run writes stages/ first; a distributed run's checkpoints are folders
+    started = run.last.exists() or run.stages.exists() or (run.checkpoints / "last").exists()
+    if resume and run.metrics.exists():
+        raise UserError(f"{run.root}: this run is finished (metrics.json is written); nothing to resume")
+    if resume and not started:
+        raise UserError(f"{run.root}: nothing to resume (no checkpoints/last.ckpt and no stages/)")
+    if not resume and (started or run.metrics.exists()):
+        raise UserError(f"{run.root}: already holds a run; continue it with --resume or choose another --out")
 
 
 def evaluate(run_root: Path, split: str = "test", data: Path | None = None) -> dict[str, Any]:

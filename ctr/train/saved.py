@@ -11,6 +11,7 @@ from ctr.datasets.preprocess import Encoded, encode_with_schema
 from ctr.errors import UserError
 from ctr.recipe import Recipe
 from ctr.schema import Schema
+from ctr.train.checkpoints import read_state
 from ctr.train.loop import load_checkpoint, load_weights, quiet_lightning
 from ctr.train.rundir import RunDir
 from ctr.train.stages import restore_stages
@@ -35,7 +36,10 @@ def best_checkpoint(run: RunDir) -> Path:
     ckpt = run.root / metrics.get("best_checkpoint", "checkpoints/best.ckpt")
     if not ckpt.exists():
         raise UserError(f"{run.root}: no checkpoint at {ckpt}")
-    load_checkpoint(ckpt)
+    if ckpt.is_dir():
+        read_state(ckpt)  # a distributed run's DCP folder
+    else:
+        load_checkpoint(ckpt)
     return ckpt
 
 

@@ -35,8 +35,8 @@ def write_recipe(tmp_path, **sections):
         ("train.embedding_optimizer.lr=0", "train.embedding_optimizer: lr must be > 0"),
         ("train.max_steps=0", "train: max_steps must be >= 1 or null"),
         ("embedding.backend=cuda", "embedding.backend: unknown kernel backend 'cuda'"),
-        ("trainer.devices=2", "trainer.devices: 2: training runs on one device"),
-        ("trainer.strategy=ddp", "trainer.strategy: 'ddp': distributed training is not available yet"),
+        ("trainer.devices=0", "trainer: devices and num_nodes must be >= 1"),
+        ("trainer.strategy=ddp", "trainer.strategy: 'ddp': use one of auto, single_device"),
         ("trainer.accelerator=tpu", "trainer.accelerator: 'tpu': choose from"),
     ],
 )
@@ -50,7 +50,7 @@ def test_bad_recipe_value_stops_before_any_work(tmp_path, capsys, override, mess
 def test_devices_2_with_ddp_is_refused(tmp_path, capsys):
     recipe = write_recipe(tmp_path, trainer={"devices": 2, "strategy": "ddp", "progress_bar": False})
     code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run")
-    assert_one_line(code, err, "trainer.devices: 2")
+    assert_one_line(code, err, "trainer.strategy: 'ddp'")
 
 
 def test_triton_backend_without_a_gpu(tmp_path, capsys, monkeypatch):

@@ -22,7 +22,6 @@ def ctr(*args):
     "train, trainer, message",
     [
         ({"embedding_optimizer": {"name": "sgd", "fused": True, "weight_decay": 0.1}}, {}, "weight_decay"),
-        (FUSED, {"devices": 2}, "needs trainer.devices 1"),
     ],
 )
 def test_invalid_fused_recipes_name_the_key(tmp_path, train, trainer, message):

@@ -1,0 +1,141 @@
+"""Checkpoints of a distributed run: torch.distributed.checkpoint (DCP) folders.
+
+A checkpoint folder (``checkpoints/last``, ``checkpoints/best``) holds DCP's files of the
+network's weights (a sharded table as its shards, written by the ranks that hold them; a
+replicated tensor once) and of the sharded tables' fused optimizer state, plus, beside
+them, ``ctr.json`` (the training position, early stopping, how the network was placed),
+``optimizers.pt`` (the dense and replicated tables' optimizers: written by rank 0) and ``rng-<rank>.pt`` (each rank's
+random state). DCP reshards on load, so a checkpoint loads into another world size, or into
+one process without a process group (``ctr eval``, ``predict``, ``export``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+
+from ctr.atomic import atomic_write
+from ctr.errors import UserError
+from ctr.recipe import EarlyStopConfig
+from ctr.train.loop import Placement
+
+STATE_FILE = "ctr.json"
+
+
+def is_distributed_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a distributed run's checkpoint folder."""
+    return path.is_dir() and (path / STATE_FILE).is_file() and (path / ".metadata").is_file()
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """``ctr.json`` of a distributed checkpoint (a UserError naming a folder that is not one)."""
+    if not is_distributed_checkpoint(path):
+        raise UserError(f"{path}: not a distributed run's checkpoint (no {STATE_FILE} or DCP .metadata)")
+    return json.loads((path / STATE_FILE).read_text())
+
+
+@dataclass
+class TrainState:
+    """Where training stands: finished epochs, optimizer steps, the best monitored value,
+    early stopping (its own best and the validations without a gain), training rows and seconds."""
+
+    epoch: int = 0
+    step: int = 0
+    best: float | None = None
+    stop_best: float | None = None
+    wait: int = 0
+    stopped: bool = False
+    samples: int = 0
+    seconds: float = 0.0
+
+    def update_patience(self, value: float, mode: str, stop: EarlyStopConfig | None) -> None:
+        """Lightning's EarlyStopping rule: a gain is more than ``min_delta`` past its best;
+        ``patience`` validations without one stop the run."""
+        if stop is None:
+            return
+        gain = value - stop.min_delta if mode == "max" else -(value + stop.min_delta)
+        ref = None if self.stop_best is None else (self.stop_best if mode == "max" else -self.stop_best)
+        if ref is None or gain > ref:
+            self.stop_best, self.wait = value, 0
+        else:
+            self.wait += 1
+            self.stopped = self.wait >= stop.patience
+
+
+class Checkpointer:
+    """Saves and loads one rank's part of the run's checkpoints (collective calls: every rank
+    calls them together).
+
+    Args:
+        folder: the run's ``checkpoints`` folder; module: the DMP or DDP network;
+        optimizer: its optimizers outside the backward (replicated state, ``optimizers.pt``); sharded: DMP (else DDP); place: this rank.
+    """
+
+    def __init__(self, folder: Path, module: nn.Module, optimizer: Any, sharded: bool,
+                 place: Placement):
+        self.folder, self.module, self.optimizer = folder, module, optimizer
+        self.sharded, self.place = sharded, place
+
+    best = property(lambda self: self.folder / "best")
+    last = property(lambda self: self.folder / "last")
+
+    def _state(self) -> dict[str, Any]:
+        if not self.sharded:
+            return {"model": self.module.module.state_dict()}
+        return {"model": self.module.state_dict(), "embedding_optimizer": self.module.fused_optimizer.state_dict()}
+
+    def save(self, path: Path, state: TrainState) -> None:
+        """Writes the checkpoint at ``path`` (beside it first; it replaces ``path`` when whole)."""
+        tmp, rank = path.with_name(f".{path.name}.tmp"), self.place.rank
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        dist.barrier()
+        dcp.save(self._state(), checkpoint_id=str(tmp))
+        torch.save(torch.get_rng_state(), tmp / f"rng-{rank}.pt")
+        if rank == 0:
+            torch.save(self.optimizer.state_dict(), tmp / "optimizers.pt")
+            info = {**asdict(state), "world_size": self.place.world_size, "sharded": self.sharded}
+            atomic_write(tmp / STATE_FILE, json.dumps(info, indent=2) + "\n")
+        dist.barrier()
+        if rank == 0:
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            if path.exists():
+                os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        dist.barrier()
+
+    def load(self, path: Path) -> dict[str, Any]:
+        """Loads the weights and optimizer states at ``path`` (resharded to this run's plan);
+        returns its ``ctr.json``."""
+        info = read_state(path)
+        if info["sharded"] != self.sharded:
+            raise UserError(f"{path}: a {'sharded' if info['sharded'] else 'data-parallel'} run's checkpoint; "
+                            "this run places its tables otherwise")
+        state = self._state()
+        dcp.load(state, checkpoint_id=str(path))
+        if self.sharded:
+            self.module.load_state_dict(state["model"])
+            self.module.fused_optimizer.load_state_dict(state["embedding_optimizer"])
+        else:
+            self.module.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(torch.load(path / "optimizers.pt", weights_only=False))
+        rng = path / f"rng-{self.place.rank}.pt"
+        if info["world_size"] == self.place.world_size and rng.is_file():
+            torch.set_rng_state(torch.load(rng))
+        return info
+
+    def restore(self) -> TrainState:
+        """The training state of ``last`` after loading it (``ctr train --resume``)."""
+        info = self.load(self.last)
+        return TrainState(**{key: info[key] for key in TrainState.__dataclass_fields__})

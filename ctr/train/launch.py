@@ -1,0 +1,107 @@
+"""Starting a distributed run: ``ctr train`` spawning its processes, and each process joining
+the process group.
+
+``ctr train`` with ``trainer.devices`` N > 1 starts N processes (``python -m ctr train ...``)
+with the environment torchrun would give them (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
+``MASTER_ADDR``, ``MASTER_PORT``), so ``torchrun --nproc-per-node N -m ctr train RECIPE`` and
+``ctr train`` run the same code. With ``trainer.num_nodes`` > 1, ``ctr train`` runs on every
+machine with ``MASTER_ADDR``, ``MASTER_PORT`` and ``NODE_RANK`` set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+from ctr.errors import RecipeError, UserError
+from ctr.recipe import Recipe
+from ctr.train.loop import Placement, placement
+
+log = logging.getLogger("ctr.train")
+
+
+def launched() -> bool:
+    """Whether this process is one rank of a launched group (torchrun's or ctr's)."""
+    return int(os.environ.get("WORLD_SIZE", 1)) > 1
+
+
+def spawn(args: list[str], recipe: Recipe) -> int:
+    """Runs ``ctr`` with ``args`` in ``trainer.devices`` processes of this machine (ranks
+    ``NODE_RANK`` × devices + local rank) and waits for them; returns their exit code (the
+    first failure's, after stopping the others)."""
+    devices, nodes = recipe.trainer.devices, recipe.trainer.num_nodes
+    if nodes > 1 and not {"MASTER_ADDR", "MASTER_PORT", "NODE_RANK"} <= set(os.environ):
+        raise UserError("trainer.num_nodes: set MASTER_ADDR, MASTER_PORT and NODE_RANK on every machine "
+                        "(or launch with torchrun)")
+    node = int(os.environ.get("NODE_RANK", 0))
+    common = {"WORLD_SIZE": str(devices * nodes), "LOCAL_WORLD_SIZE": str(devices),
+              "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"),
+              "MASTER_PORT": os.environ.get("MASTER_PORT") or str(_free_port())}
+    processes = []
+    for local in range(devices):
+        env = {**os.environ, **common, "RANK": str(node * devices + local), "LOCAL_RANK": str(local)}
+        processes.append(subprocess.Popen([sys.executable, "-m", "ctr", *args], env=env))
+    return _wait(processes)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait(processes: list[subprocess.Popen]) -> int:
+    """Waits for every process; the first to fail stops the others."""
+    try:
+        while True:
+            codes = [p.poll() for p in processes]
+            failed = [code for code in codes if code not in (None, 0)]
+            if failed or all(code == 0 for code in codes):
+                break
+            time.sleep(0.2)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
+            process.wait()
+    return failed[0] if failed else 0
+
+
+@contextmanager
+def process_group(recipe: Recipe) -> Iterator[Placement]:
+    """This rank's placement inside the joined process group (gloo on CPU, nccl on CUDA)."""
+    place = placement(recipe)
+    wanted = recipe.trainer.world_size
+    if wanted > 1 and wanted != place.world_size:
+        raise RecipeError(f"trainer.devices: the recipe asks for {wanted} processes but {place.world_size} were "
+                          "launched")
+    if place.rank != 0:
+        logging.getLogger("ctr").setLevel(logging.WARNING)
+    if place.device.type == "cuda":
+        torch.cuda.set_device(place.device)
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")  # a group of one process, started without a launcher
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    dist.init_process_group("nccl" if place.device.type == "cuda" else "gloo", rank=place.rank,
+                            world_size=place.world_size)
+    try:
+        yield place
+    finally:
+        dist.destroy_process_group()
+
+
+def shared_path(path: Path) -> Path:
+    """Rank 0's ``path`` on every rank (a default run name holds the time each rank started)."""
+    box = [str(path)]
+    dist.broadcast_object_list(box, src=0)
+    return Path(box[0])

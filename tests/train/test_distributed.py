@@ -1,0 +1,172 @@
+"""Distributed training (docs/distributed.md): 2 CPU processes on gloo against 1 process."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from ctr.cli import main
+from ctr.datasets import BatchLoader
+from ctr.recipe import load_recipe
+from ctr.train.distributed import rows_of
+from ctr.train.runner import evaluate, train
+from tests.conftest import tiny_recipe
+
+MIXED = {"sharding": "table_wise", "tables": {"C3": "column_wise", "C1": "data_parallel"}}
+
+
+def ctr(*args):
+    return subprocess.run([sys.executable, "-m", "ctr", *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def write(tmp_path, name="r.yaml", **sections):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(tiny_recipe(tmp_path, **sections)))
+    return path
+
+
+def test_split_batches_parts_are_the_one_process_batches(tiny_prepared):
+    """Rank r's part of every batch; the parts of all ranks, in rank order, are the batch."""
+    folder, schema = tiny_prepared.split_dir("train"), tiny_prepared.schema
+    whole = BatchLoader(folder, schema, 500, shuffle=True, seed=3, prefetch=0)
+    parts = [BatchLoader(folder, schema, 500, shuffle=True, seed=3, prefetch=0, rank=r, world_size=2,
+                         split_batches=True) for r in range(2)]
+    seen = 0
+    for index, (batch, *pieces) in enumerate(zip(whole, *parts, strict=True)):
+        assert [p.size for p in pieces] == [batch.size // 2, batch.size - batch.size // 2]
+        assert parts[0].batch_rows(index) == batch.size
+        assert np.array_equal(np.concatenate([p.labels.numpy() for p in pieces]), batch.labels.numpy())
+        assert np.array_equal(np.concatenate([p.dense.numpy() for p in pieces]), batch.dense.numpy())
+        seen += batch.size
+    assert seen == whole.total_rows
+
+
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        ({"embedding": {"method": "hash", "dim": 8}, "distributed": {"sharding": "table_wise"}},
+         "distributed.sharding: table_wise needs plain tables"),
+        ({"embedding": {"method": "hash", "dim": 8},
+          "train": {"embedding_optimizer": {"name": "sgd", "fused": True}}}, "train.embedding_optimizer.fused:"),
+        ({"train": {"embedding_optimizer": {"name": "sparse_adam"}}}, "train.embedding_optimizer.name: sharded tables"),
+        ({"train": {"batch_size": 511}}, "train.batch_size: 511"),
+        ({"train": {"eval_every_n_steps": 5}}, "train.eval_every_n_steps: not available in a distributed run"),
+        ({"distributed": {"sharding": "diagonal"}}, "distributed.sharding"),
+        ({"embedding": {"method": "int8", "dim": 8}}, "embedding.method: int8 writes its stored rows"),
+        ({"embedding": {"method": "dpq", "dim": 8}}, "embedding.method: dpq writes its stored rows"),
+        ({"embedding": {"method": "optembed", "dim": 8}}, "embedding.method: optembed trains in stages"),
+    ],
+)
+def test_a_distributed_recipe_that_cannot_run_is_one_line_before_any_process(tmp_path, capsys, sections, message):
+    sections.setdefault("trainer", {})["devices"] = 2
+    code = main(["train", str(write(tmp_path, **sections)), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path):
+    """A mixed plan (table-wise, column-wise over both ranks, data-parallel) on 2 gloo
+    processes: the loss curve, validation and test AUC of the 1-process run on the same global
+    batch; a run resumed from its DCP checkpoint ends the same, on 2 processes or on 1; 1
+    process evaluates it alike."""
+    sections = {"train": {"epochs": 2, "early_stop": None}, "trainer": {"num_threads": 1, "progress_bar": False}}
+    one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
+
+    recipe = write(tmp_path, "two.yaml", distributed=MIXED, **sections)
+    done = ctr("train", recipe, "--out", tmp_path / "two", "-o", "trainer.devices=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two["sharding"]["C3"] == "column_wise on 0,1" and two["sharding"]["C1"] == "data_parallel on 0,1"
+    assert two["sharding"]["C2"].startswith("table_wise on ")
+    assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5
+    assert abs(two["test"]["logloss"] - one["test"]["logloss"]) < 1e-5
+    for column in ("train/loss", "valid/auc"):
+        curve_one, curve_two = (rows_of(tmp_path / run / "logs" / "metrics.csv", column) for run in ("one", "two"))
+        assert [s for s, _ in curve_two] == [s for s, _ in curve_one] and curve_one
+        assert np.allclose([v for _, v in curve_two], [v for _, v in curve_one], atol=1e-5, rtol=0)
+
+    evaluated = evaluate(tmp_path / "two")
+    assert abs(evaluated["auc"] - two["test"]["auc"]) < 1e-6
+
+    cut = write(tmp_path, "cut.yaml", distributed=MIXED, train={"epochs": 1, "early_stop": None},
+                trainer=sections["trainer"])
+    assert ctr("train", cut, "--out", tmp_path / "cut", "-o", "trainer.devices=2").returncode == 0
+    saved = yaml.safe_load((tmp_path / "cut" / "recipe.yaml").read_text())
+    saved["train"]["epochs"] = 2  # as if the 2-epoch run had stopped after its first epoch
+    (tmp_path / "cut" / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    (tmp_path / "cut" / "metrics.json").unlink()
+    shutil.copytree(tmp_path / "cut", tmp_path / "cut1")
+    for run, world in (("cut", []), ("cut1", ["-o", "trainer.devices=1"])):  # the same world size, and 1 process
+        resumed = ctr("train", "--resume", tmp_path / run, *world)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        again = json.loads((tmp_path / run / "metrics.json").read_text())
+        assert again["steps"] == two["steps"] and again["world_size"] == (1 if world else 2)
+        for split in ("valid", "test"):
+            assert again[split] == pytest.approx(two[split], abs=1e-6, rel=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "sections",
+    [
+        {"distributed": {"sharding": "row_wise", "tables": {"C2": "column_wise"}}},  # a plan written without the planner
+        {"embedding": {"method": "hash", "dim": 8, "budget": 0.5}},  # data-parallel: sparse gradients averaged by ctr
+    ],
+    ids=["row_wise", "hash_data_parallel"],
+)
+def test_two_processes_match_one_on_other_placements(tmp_path, sections):
+    sections["trainer"] = {"num_threads": 1, "progress_bar": False}
+    one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
+    done = ctr("train", write(tmp_path, "two.yaml", **sections), "--out", tmp_path / "two", "-o", "trainer.devices=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5
+    assert abs(evaluate(tmp_path / "two")["auc"] - one["test"]["auc"]) < 1e-5
+
+
+def test_resume_takes_only_the_world_size_as_override(tmp_path, capsys):
+    code = main(["train", "--resume", str(tmp_path / "run"), "-o", "train.epochs=3"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "-o only for trainer.devices or trainer.num_nodes" in err
+
+
+@pytest.mark.parametrize("mode, min_delta, patience", [("max", 0.0, 2), ("max", 0.01, 1), ("min", 0.005, 2)])
+def test_early_stopping_follows_lightnings_rule(mode, min_delta, patience):
+    """The distributed loop's early stopping stops at the validation Lightning's would."""
+    import torch
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from ctr.recipe import EarlyStopConfig
+    from ctr.train.checkpoints import TrainState
+
+    values = [0.70, 0.705, 0.72, 0.719, 0.7205, 0.74, 0.74, 0.73, 0.71, 0.75]
+    if mode == "min":
+        values = [1 - v for v in values]
+    lightning = EarlyStopping(monitor="valid/auc", mode=mode, patience=patience, min_delta=min_delta)
+    ours, stop = TrainState(), EarlyStopConfig(mode=mode, patience=patience, min_delta=min_delta)
+    for value in values:
+        should_stop, _ = lightning._evaluate_stopping_criteria(torch.tensor(value))
+        ours.update_patience(value, mode, stop)
+        assert ours.stopped == should_stop
+        if should_stop:
+            break
+    assert ours.stopped  # each case stops before the values run out
+
+
+def test_ctr_plan_follows_the_distributed_section(tmp_path, tiny_prepared):
+    from ctr.recipe import recipe_from_dict
+    from ctr.train.plan import plan_tables
+
+    recipe = recipe_from_dict(tiny_recipe(tmp_path, distributed=MIXED))
+    plan = {t.name: t for t in plan_tables(recipe, tiny_prepared.schema, 2, None).tables}
+    assert plan["C1"].sharding == "data_parallel" and plan["C3"].sharding == "column_wise"
+    assert sorted(rank for rank, _, cols in plan["C3"].shards) == [0, 1]
+    assert sum(cols for _, _, cols in plan["C3"].shards) == 8
+    assert all(t.sharding == "table_wise" for name, t in plan.items() if name not in ("C1", "C3"))
