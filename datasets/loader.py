@@ -12,6 +12,7 @@ builds batches (numpy and Arrow release the GIL for the copying).
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import torch
 from ctr.batch import Batch
 from ctr.datasets.buffer import ShuffleBuffer
 from ctr.datasets.encode import GROUP
+from ctr.datasets.position import Position
 from ctr.datasets.rows import BatchBuilder, RowBlock, RowLayout, pack
 from ctr.datasets.shards import shard_files
 from ctr.datasets.transfer import ahead_on_device, needs_pinning
@@ -43,7 +45,7 @@ class Unit:
     rows: int
 
 
-class BatchLoader:
+class BatchLoader(Position):
     """Iterates batches of one encoded split.
 
     Args:
@@ -55,6 +57,9 @@ class BatchLoader:
         shuffle_buffer: rows the shuffle buffer holds (memory: about this many encoded rows).
         device: where the batches are used; for a CUDA device they are built in pinned memory
             and copied one step ahead (``ctr.datasets.transfer``).
+
+    Its position (epoch, batches handed out; ``ctr.datasets.position``) is saved in
+    checkpoints: a resumed run's first pass starts at the saved batch.
 
     Example:
         >>> loader = BatchLoader(prepared.split_dir("train"), prepared.schema, 4096, shuffle=True)  # doctest: +SKIP
@@ -75,6 +80,7 @@ class BatchLoader:
         shuffle_buffer: int = 1_000_000,
         device: torch.device | str = "cpu",
     ):
+        super().__init__()
         files = shard_files(folder)
         if not files:
             raise DataError(f"{folder}: no encoded rows in this split")
@@ -89,7 +95,6 @@ class BatchLoader:
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
         self.prefetch, self.shuffle_buffer = prefetch, shuffle_buffer
         self.device = torch.device(device)
-        self.epoch = 0
         self._open: list[Iterator[Batch]] = []
 
     @property
@@ -102,14 +107,14 @@ class BatchLoader:
         return full + (1 if rest and not self.drop_last else 0)
 
     def __iter__(self) -> Iterator[Batch]:
-        epoch = self.epoch
-        self.epoch += 1
-        batches = (self.builder.build(block) for block in self._batches(epoch))
+        epoch, skip = self._begin_pass()
+        blocks = itertools.islice(self._batches(epoch), skip, None)
+        batches = (self.builder.build(block) for block in blocks)
         if needs_pinning(self.device):
             batches = (batch.pin_memory() for batch in batches)
         iterator = _prefetched(batches, self.prefetch) if self.prefetch else batches
         self._open = [it for it in self._open if it.gi_frame is not None] + [iterator]
-        return ahead_on_device(iterator, self.device)
+        return self._counted(ahead_on_device(iterator, self.device))
 
     def close(self) -> None:
         """Stops the epochs still open (a run that ``max_steps`` ended mid-epoch) and joins

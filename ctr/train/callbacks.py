@@ -24,9 +24,13 @@ class Throughput(L.Callback):
     def __init__(self) -> None:
         self.samples = 0
         self.seconds = 0.0
-        self._epoch_start = 0.0
+        self._epoch_start: float | None = None
         self._paused = 0.0
         self._validation_start = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        """Starts the clock (a run resumed mid-epoch has no epoch start)."""
+        self._epoch_start, self._paused = time.perf_counter(), 0.0
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._epoch_start, self._paused = time.perf_counter(), 0.0
@@ -41,15 +45,21 @@ class Throughput(L.Callback):
         self._paused += time.perf_counter() - self._validation_start
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.seconds += time.perf_counter() - self._epoch_start - self._paused
+        self.seconds += self._epoch_seconds()
+        self._epoch_start = None
+
+    def _epoch_seconds(self) -> float:
+        """Training seconds of the running epoch so far (0 between epochs)."""
+        return 0.0 if self._epoch_start is None else time.perf_counter() - self._epoch_start - self._paused
 
     @property
     def samples_per_second(self) -> float:
         return self.samples / self.seconds if self.seconds else 0.0
 
     def state_dict(self) -> dict[str, Any]:
-        """Samples and seconds so far: a resumed run's totals sum over its pieces."""
-        return {"samples": self.samples, "seconds": self.seconds}
+        """Samples and seconds so far (a running epoch's included: a checkpoint may be
+        written mid-epoch): a resumed run's totals sum over its pieces."""
+        return {"samples": self.samples, "seconds": self.seconds + self._epoch_seconds()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.samples, self.seconds = state_dict["samples"], state_dict["seconds"]
@@ -58,7 +68,8 @@ class Throughput(L.Callback):
 class LoaderEpoch(L.Callback):
     """Sets the training loader's epoch to the trainer's before each epoch: a resumed run
     shuffles its epochs as the uninterrupted run did (the loaders seed each epoch's order
-    by its number)."""
+    by its number). Within an epoch, the loader's position is in the checkpoint (Lightning
+    saves and restores its ``state_dict``)."""
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         trainer.train_dataloader.epoch = trainer.current_epoch
@@ -118,6 +129,9 @@ class ProgressLines(L.Callback):
     def __init__(self, every: int):
         self.every = every
         self._samples, self._start = 0, 0.0
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._samples, self._start = 0, time.perf_counter()  # a run resumed mid-epoch has no epoch start
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._samples, self._start = 0, time.perf_counter()

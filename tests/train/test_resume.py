@@ -1,6 +1,6 @@
 """Exact resume: a run killed (SIGKILL) inside its second epoch and resumed ends with the
-same metrics.json and metrics.csv as the uninterrupted run; a moved run dir resumes; a
-finished run is not resumed."""
+same metrics.json and metrics.csv as the uninterrupted run (also from a checkpoint written
+mid-epoch); a moved run dir resumes; a finished run is not resumed."""
 
 import csv
 import json
@@ -13,6 +13,7 @@ import sys
 import pytest
 import yaml
 
+from ctr.train.loop import load_checkpoint
 from tests.conftest import tiny_recipe
 
 pytestmark = pytest.mark.slow  # three 3-epoch runs
@@ -87,6 +88,34 @@ def test_resume_of_a_finished_run_says_so_and_changes_nothing(runs):
     result = ctr("train", "--resume", whole)
     assert result.returncode == 2 and "this run is finished" in result.stderr
     assert {p: p.stat().st_mtime_ns for p in whole.rglob("*") if p.is_file()} == before
+
+
+def test_a_run_killed_after_a_mid_epoch_checkpoint_resumes_at_its_batch(tmp_path):
+    """Validated every 4 steps (10 an epoch) and killed at step 15: the last checkpoint is
+    from step 14, 4 batches into epoch 1. The resumed run continues at that epoch's 5th batch
+    with the optimizers, random generators, early stopping and the lr the epoch began with
+    (a warm-up schedule changes it every step)."""
+    (tmp_path / "kill_at_step.py").write_text(KILL_AT_STEP)
+    raw = tiny_recipe(tmp_path, train={
+        "epochs": 3, "eval_every_n_steps": 4, "scheduler": {"name": "linear_warmup", "warmup_steps": 25},
+        "early_stop": {"monitor": "valid/auc", "mode": "max", "patience": 5},
+    })
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    whole = ctr("train", tmp_path / "r.yaml", "--out", tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    raw["plugins"] = ["kill_at_step"]
+    (tmp_path / "k.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "CTR_TEST_KILL_AT": "15"}
+    killed = ctr("train", tmp_path / "k.yaml", "--out", tmp_path / "killed", env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.ckpt")["global_step"] == 14
+    env["CTR_TEST_KILL_AT"] = "-1"
+    resumed = ctr("train", "--resume", tmp_path / "killed", env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    runs = (tmp_path / "whole", tmp_path / "killed")
+    whole_metrics, resumed_metrics = (json.loads((run / "metrics.json").read_text()) for run in runs)
+    assert {k: whole_metrics[k] for k in SAME} == {k: resumed_metrics[k] for k in SAME}
+    assert log_rows(runs[1]) == log_rows(runs[0])
 
 
 KILL_IN_STAGE = """
