@@ -158,16 +158,25 @@ class ValidationSummary(L.Callback):
         log.info("epoch %d step %d: valid %s", trainer.current_epoch, trainer.global_step, text)
 
 
+def loss_check_interval(device: torch.device, deferred: int = 20) -> int:
+    """Steps between the host's reads of ``FiniteLoss``'s flag on ``device``: every step on
+    the CPU (reading is free), every ``deferred`` steps on an accelerator (a read waits for
+    the device to finish its queued work)."""
+    return 1 if device.type == "cpu" else deferred
+
+
 class FiniteLoss(L.Callback):
     """Stops training at a non-finite loss, naming the first step that had one.
 
     The first bad step is recorded on the loss's device (no host sync); the host reads it
-    every ``every`` steps on a GPU (every step on the CPU, where reading is free), before each
-    validation and at the end of training: the checkpoints a validation writes are never of
-    diverged weights, so the last good one stays in the run directory.
+    every ``every`` steps (``loss_check_interval``), before each validation and at the end of
+    training: the checkpoints a validation writes are never of diverged weights, so the last
+    good one stays in the run directory.
     """
 
     def __init__(self, every: int):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
         self.every = every
         self._first_bad: torch.Tensor | None = None
 
@@ -178,7 +187,7 @@ class FiniteLoss(L.Callback):
         step = trainer.global_step  # this batch's step, counted from 1
         bad = ~torch.isfinite(loss) & (self._first_bad < 0)
         self._first_bad = torch.where(bad, torch.full_like(self._first_bad, step), self._first_bad)
-        if loss.device.type == "cpu" or step % self.every == 0:
+        if step % self.every == 0:
             self._check(trainer)
 
     def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:

@@ -29,6 +29,7 @@ from ctr.kernels.embedding_bag import BackendUnavailable, resolve_backend
 from ctr.recipe import Recipe
 from ctr.train.callbacks import (
     FiniteLoss, LoaderEpoch, ProgressLines, RandomState, RunCheckpoint, Throughput, ValidationSummary,
+    loss_check_interval,
 )
 from ctr.train.rundir import RunDir
 from ctr.train.task import CTRTask
@@ -168,7 +169,8 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     recipe = session.recipe
     throughput = Throughput()
     checkpoint = _checkpoint(recipe, ckpt_dir)
-    callbacks = [FiniteLoss(every=LOG_EVERY_N_STEPS), LoaderEpoch(), RandomState(), checkpoint,
+    finite = FiniteLoss(every=loss_check_interval(session.place.device, LOG_EVERY_N_STEPS))
+    callbacks = [finite, LoaderEpoch(), RandomState(), checkpoint,
                  _last_checkpoint(ckpt_dir), throughput, ValidationSummary()]
     if not session.progress:  # no bar (stderr is not a terminal): progress lines in the log instead
         callbacks.append(ProgressLines(every=PROGRESS_EVERY_N_STEPS))
