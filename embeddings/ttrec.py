@@ -132,11 +132,13 @@ class TTRecEmbedding(EmbeddingMethod):
         _, v2, v3 = self.row_factors[table]
         (d1, d2, d3), rank = self.dims, self.rank
         first, middle, last = (self.cores[3 * core + i] for i in range(3))
-        a = first[unique // (v2 * v3)].view(-1, d1, rank)
-        b = middle[(unique // v3) % v2].view(-1, rank, d2 * rank)
-        c = last[unique % v3].view(-1, rank, d3)
+        # index_select, not core[...]: the backward of advanced indexing adds with atomics on
+        # several CPU threads, in no fixed order (gradients would differ from run to run)
+        a = first.index_select(0, unique // (v2 * v3)).view(-1, d1, rank)
+        b = middle.index_select(0, (unique // v3) % v2).view(-1, rank, d2 * rank)
+        c = last.index_select(0, unique % v3).view(-1, rank, d3)
         ab = torch.bmm(a, b).view(-1, d1 * d2, rank)
-        return torch.bmm(ab, c).reshape(-1, self.dim)[inverse]
+        return torch.bmm(ab, c).reshape(-1, self.dim).index_select(0, inverse)
 
     def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
         tables = self.feature_table[feature]
