@@ -149,7 +149,7 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
         return FeatureEmbeddings(pooled=pooled, sequences=sequences, masks=out.masks, rows=out.rows)
 
     def embed_bags(self, bags: Bags) -> Tensor:
-        if self.phase == "retrain":
+        if self.phase == "retrain" and not torch.compiler.is_exporting():  # per_feature reads bounds on the host
             return self._embed_compact(bags)
         return super().embed_bags(bags)
 
@@ -167,6 +167,8 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
     def _ids_compact(self, feature: Tensor, ids: Tensor) -> Tensor:
         """[N, D] from the compact tables: pruned rows are zero, dims ≥ d_f zero-padded."""
         tables = self.feature_table[feature]
+        if torch.compiler.is_exporting():
+            return self._every_compact_table(tables, ids)
         out = self.tables[0].new_zeros(ids.shape[0], self.dim)
         for table in tables.unique().tolist():
             chosen = tables == table
@@ -174,6 +176,21 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
             if self.tables[table].shape[0]:
                 vectors = F.embedding(rows.clamp(min=0), self.tables[table], sparse=True) * (rows >= 0).unsqueeze(1)
                 out[chosen] = F.pad(vectors, (0, self.dim - vectors.shape[1]))
+        return out
+
+    def _every_compact_table(self, tables: Tensor, ids: Tensor) -> Tensor:
+        """``_ids_compact`` with every id looked up in every compact table (its global row
+        clamped) and kept where it is the id's table: no shape depends on the ids (what
+        ``torch.export`` traces)."""
+        out = self.tables[0].new_zeros(ids.shape[0], self.dim)
+        last = self.compact_index.shape[0] - 1
+        for table, weight in enumerate(self.tables):
+            if not weight.shape[0]:
+                continue
+            rows = self.compact_index[(self.table_start[table] + ids).clamp(max=last)]
+            kept = (tables == table) & (rows >= 0)
+            vectors = F.embedding(rows.clamp(0, weight.shape[0] - 1), weight)
+            out = torch.where(kept.unsqueeze(1), F.pad(vectors, (0, self.dim - weight.shape[1])), out)
         return out
 
     def _embed_compact(self, bags: Bags) -> Tensor:
