@@ -42,7 +42,8 @@ def test_nan_loss_stops_training_naming_the_step_and_keeps_the_last_good_checkpo
     nan_from(monkeypatch, bad_from)
     monkeypatch.setattr(loop, "loss_check_interval", lambda device, deferred: every)
     recipe = recipe_from_dict(tiny_recipe(tmp_path, train={"epochs": 3, **extra}))
-    with pytest.raises(TrainingDiverged, match=f"the loss is not finite at step {bad_from}; stopped at step {stopped_at},"):
+    message = f"the loss is not finite at step {bad_from}; stopped at step {stopped_at},"
+    with pytest.raises(TrainingDiverged, match=message):
         train(recipe, tmp_path / "run")
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == last_good

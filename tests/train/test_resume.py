@@ -90,14 +90,16 @@ def test_resume_of_a_finished_run_says_so_and_changes_nothing(runs):
     assert {p: p.stat().st_mtime_ns for p in whole.rglob("*") if p.is_file()} == before
 
 
-def test_a_run_killed_after_a_mid_epoch_checkpoint_resumes_at_its_batch(tmp_path):
+@pytest.mark.parametrize("every, kill_at, checkpoint", [(4, 15, 14), (5, 12, 10)])
+def test_a_run_validated_every_n_steps_resumes_at_its_checkpoints_batch(tmp_path, every, kill_at, checkpoint):
     """Validated every 4 steps (10 an epoch) and killed at step 15: the last checkpoint is
-    from step 14, 4 batches into epoch 1. The resumed run continues at that epoch's 5th batch
+    from step 14, 4 batches into epoch 1; the resumed run continues at that epoch's 5th batch
     with the optimizers, random generators, early stopping and the lr the epoch began with
-    (a warm-up schedule changes it every step)."""
+    (logged again; a warm-up schedule changes it every step). Validated every 5 steps and
+    killed at 12: the checkpoint is the last step of epoch 0, whose lr is not logged twice."""
     (tmp_path / "kill_at_step.py").write_text(KILL_AT_STEP)
     raw = tiny_recipe(tmp_path, train={
-        "epochs": 3, "eval_every_n_steps": 4, "scheduler": {"name": "linear_warmup", "warmup_steps": 25},
+        "epochs": 3, "eval_every_n_steps": every, "scheduler": {"name": "linear_warmup", "warmup_steps": 25},
         "early_stop": {"monitor": "valid/auc", "mode": "max", "patience": 5},
     })
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
@@ -105,10 +107,10 @@ def test_a_run_killed_after_a_mid_epoch_checkpoint_resumes_at_its_batch(tmp_path
     assert whole.returncode == 0, whole.stderr[-2000:]
     raw["plugins"] = ["kill_at_step"]
     (tmp_path / "k.yaml").write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "CTR_TEST_KILL_AT": "15"}
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "CTR_TEST_KILL_AT": str(kill_at)}
     killed = ctr("train", tmp_path / "k.yaml", "--out", tmp_path / "killed", env=env)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.ckpt")["global_step"] == 14
+    assert load_checkpoint(tmp_path / "killed" / "checkpoints" / "last.ckpt")["global_step"] == checkpoint
     env["CTR_TEST_KILL_AT"] = "-1"
     resumed = ctr("train", "--resume", tmp_path / "killed", env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
