@@ -14,6 +14,7 @@ builds batches (numpy and Arrow release the GIL for the copying).
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import torch
 from ctr.batch import Batch
 from ctr.datasets.buffer import ShuffleBuffer
 from ctr.datasets.encode import GROUP
+from ctr.datasets.position import Position
 from ctr.datasets.rows import BatchBuilder, RowBlock, RowLayout, pack
 from ctr.datasets.shards import shard_files
 from ctr.datasets.transfer import ahead_on_device, needs_pinning
@@ -45,7 +47,7 @@ class Unit:
     rows: int
 
 
-class BatchLoader:
+class BatchLoader(Position):
     """Iterates batches of one encoded split.
 
     Args:
@@ -60,6 +62,9 @@ class BatchLoader:
         shuffle_buffer: rows the shuffle buffer holds (memory: about this many encoded rows).
         device: where the batches are used; for a CUDA device they are built in pinned memory
             and copied one step ahead (``ctr.datasets.transfer``).
+
+    Its position (epoch, batches handed out; ``ctr.datasets.position``) is saved in
+    checkpoints: a resumed run's first pass starts at the saved batch.
 
     Example:
         >>> loader = BatchLoader(prepared.split_dir("train"), prepared.schema, 4096, shuffle=True)  # doctest: +SKIP
@@ -81,6 +86,7 @@ class BatchLoader:
         shuffle_buffer: int = 1_000_000,
         device: torch.device | str = "cpu",
     ):
+        super().__init__()
         files = shard_files(folder)
         if not files:
             raise DataError(f"{folder}: no encoded rows in this split")
@@ -96,7 +102,6 @@ class BatchLoader:
         self.split_batches = split_batches
         self.prefetch, self.shuffle_buffer = prefetch, shuffle_buffer
         self.device = torch.device(device)
-        self.epoch = 0
         self._open: list[Iterator[Batch]] = []
 
     @property
@@ -116,12 +121,11 @@ class BatchLoader:
         return rows if self.split_batches else rows * self.world_size
 
     def __iter__(self) -> Iterator[Batch]:
-        """An epoch's batches. The epoch number is read (and advanced) at the first batch, as
-        ``ResidentLoader`` does: an iterator made and never read (Lightning makes one to check
-        that the loader is iterable) takes no epoch."""
-        epoch = self.epoch
-        self.epoch += 1
-        blocks = self._batches(epoch)
+        """An epoch's batches. The pass begins (its epoch and the batches to skip taken) at the
+        first batch: an iterator made and never read (Lightning makes one to check that the
+        loader is iterable) takes no epoch and keeps a restored position."""
+        epoch, skip = self._begin_pass()
+        blocks = itertools.islice(self._batches(epoch), skip, None)
         if self.split_batches:
             blocks = (self._part(block) for block in blocks)
         batches = (self.builder.build(block) for block in blocks)
@@ -129,7 +133,7 @@ class BatchLoader:
             batches = (batch.pin_memory() for batch in batches)
         iterator = _prefetched(batches, self.prefetch) if self.prefetch else batches
         self._open = [it for it in self._open if it.gi_frame is not None] + [iterator]
-        yield from ahead_on_device(iterator, self.device)
+        yield from self._counted(ahead_on_device(iterator, self.device))
 
     def close(self) -> None:
         """Stops the epochs still open (a run that ``max_steps`` ended mid-epoch) and joins

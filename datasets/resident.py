@@ -19,13 +19,14 @@ import torch
 
 from ctr.batch import Batch
 from ctr.datasets.encode import GROUP
+from ctr.datasets.position import Position
 from ctr.datasets.rows import BatchBuilder, RowLayout, pack
 from ctr.datasets.shards import shard_files
 from ctr.errors import DataError, RecipeError
 from ctr.schema import Schema
 
 
-class ResidentLoader:
+class ResidentLoader(Position):
     """Iterates batches of one encoded split kept in ``device`` memory.
 
     Args:
@@ -33,12 +34,15 @@ class ResidentLoader:
             ``BatchLoader`` (this rank's share is a contiguous slice of the split's rows).
         device: where the rows live and the batches are built.
 
+    Its position is saved in checkpoints, as ``BatchLoader``'s.
+
     Example:
         >>> loader = ResidentLoader(prepared.split_dir("train"), prepared.schema, 65536, "cuda", shuffle=True)  # doctest: +SKIP
     """
 
     def __init__(self, folder: Path, schema: Schema, batch_size: int, device: torch.device | str,
                  shuffle: bool = False, seed: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1):
+        super().__init__()
         files = shard_files(folder)
         if not files:
             raise DataError(f"{folder}: no encoded rows in this split")
@@ -51,7 +55,6 @@ class ResidentLoader:
         self.data = torch.from_numpy(rows[rank * share : (rank + 1) * share]).to(self.device)
         self.builder = BatchBuilder(layout)
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
-        self.epoch = 0
 
     @property
     def rows(self) -> int:
@@ -62,12 +65,17 @@ class ResidentLoader:
         return full + (1 if rest and not self.drop_last else 0)
 
     def __iter__(self) -> Iterator[Batch]:
-        epoch, self.epoch = self.epoch, self.epoch + 1
+        """An epoch's batches; the pass begins at the first batch (as ``BatchLoader``'s)."""
+        epoch, skip = self._begin_pass()
+        yield from self._counted(self._pass(epoch, skip))
+
+    def _pass(self, epoch: int, skip: int) -> Iterator[Batch]:
+        """The batches of ``epoch`` after its first ``skip``."""
         order = None
         if self.shuffle:
             generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + epoch)
             order = torch.randperm(self.rows, generator=generator, device=self.device)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        for start in range(skip * self.batch_size, len(self) * self.batch_size, self.batch_size):
             end = min(start + self.batch_size, self.rows)
             block = self.data[start:end] if order is None else self.data.index_select(0, order[start:end])
             yield self.builder.build_fixed(block)

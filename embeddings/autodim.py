@@ -132,11 +132,13 @@ class AutoDimEmbedding(MultiStageMixin, EmbeddingMethod):
         if self.training and torch.is_grad_enabled():
             self.step += 1
         rows = self.row_start[tables] + ids
-        weights = self.mixture()[tables]  # [N, C]
+        # index_select, not x[tables]: the backward of advanced indexing adds with atomics on
+        # several CPU threads, in no fixed order (gradients would differ from run to run)
+        weights = self.mixture().index_select(0, tables)  # [N, C]
         out = 0
         for c, (table, linear) in enumerate(zip(self.candidate_tables, self.maps)):
-            mapped = torch.einsum("nd,nde->ne", F.embedding(rows, table, sparse=True), linear[tables])
-            out = out + weights[:, c : c + 1] * self.norms[c](mapped + self.map_bias[c, tables])
+            mapped = torch.einsum("nd,nde->ne", F.embedding(rows, table, sparse=True), linear.index_select(0, tables))
+            out = out + weights[:, c : c + 1] * self.norms[c](mapped + self.map_bias[c].index_select(0, tables))
         return out
 
     def arch_parameters(self) -> list[nn.Parameter]:

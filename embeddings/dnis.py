@@ -121,7 +121,9 @@ class DNIS(MultiStageMixin, EmbeddingMethod):
             return self.sparse(rows)
         vectors = F.embedding(rows, self.weight, sparse=True)  # [N, D]
         if self.phase == "search":
-            vectors = vectors * self.alpha[self.block_of_row[rows]]
+            # index_select, not alpha[...]: the backward of advanced indexing adds into α with
+            # atomics on several CPU threads, in no fixed order (runs differ by ~1e-9)
+            vectors = vectors * self.alpha.index_select(0, self.block_of_row[rows])
         return vectors
 
     # --- parameters and the bi-level step ------------------------------------------------

@@ -83,6 +83,8 @@ class ProjectedTables(nn.Module):
 
     def forward(self, tables: Tensor, ids: Tensor) -> Tensor:
         """Ids [N] of tables [N] → [N, D]."""
+        if torch.compiler.is_exporting():
+            return self._every_table(tables, ids)
         out = torch.zeros(ids.numel(), self.dim, device=ids.device)
         for t in tables.unique().tolist():
             chosen = torch.nonzero(tables == t).squeeze(1)
@@ -90,6 +92,17 @@ class ProjectedTables(nn.Module):
             if str(t) in self.projections:
                 rows = rows @ self.projections[str(t)]
             out = out.index_copy(0, chosen, rows)
+        return out
+
+    def _every_table(self, tables: Tensor, ids: Tensor) -> Tensor:
+        """``forward`` with every id looked up in every table (clamped to its rows) and kept
+        where it is the id's table: no shape depends on the ids (what ``torch.export`` traces)."""
+        out = torch.zeros(ids.numel(), self.dim, device=ids.device)
+        for t, table in enumerate(self.tables):
+            rows = F.embedding(ids.clamp(max=table.shape[0] - 1), table)
+            if str(t) in self.projections:
+                rows = rows @ self.projections[str(t)]
+            out = torch.where((tables == t).unsqueeze(1), rows, out)
         return out
 
 

@@ -153,7 +153,7 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
             return self.sparse(rows)
         vectors = F.embedding(rows, self.weight, sparse=True)  # [N, D]
         if self.phase == "supernet":
-            keep = BinaryStep.apply(vectors.abs().sum(1) - self.threshold[self.table_of_row[rows]])
+            keep = BinaryStep.apply(vectors.abs().sum(1) - self.threshold.index_select(0, self.table_of_row[rows]))
         else:
             keep = self.row_keep[rows].to(vectors.dtype)
         return vectors * keep.unsqueeze(1)

@@ -128,22 +128,37 @@ class TTRecEmbedding(EmbeddingMethod):
         core = self.core_of_table[table]
         if core < 0:
             return F.embedding(self.full_start[table] + ids, self.weight, sparse=True)
-        unique, inverse = torch.unique(ids, return_inverse=True)
+        exporting = torch.compiler.is_exporting()  # no unique ids: their count depends on the data
+        unique, inverse = (ids, None) if exporting else torch.unique(ids, return_inverse=True)
         _, v2, v3 = self.row_factors[table]
         (d1, d2, d3), rank = self.dims, self.rank
         first, middle, last = (self.cores[3 * core + i] for i in range(3))
-        a = first[unique // (v2 * v3)].view(-1, d1, rank)
-        b = middle[(unique // v3) % v2].view(-1, rank, d2 * rank)
-        c = last[unique % v3].view(-1, rank, d3)
+        # index_select, not core[...]: the backward of advanced indexing adds with atomics on
+        # several CPU threads, in no fixed order (gradients would differ from run to run)
+        a = first.index_select(0, unique // (v2 * v3)).view(-1, d1, rank)
+        b = middle.index_select(0, (unique // v3) % v2).view(-1, rank, d2 * rank)
+        c = last.index_select(0, unique % v3).view(-1, rank, d3)
         ab = torch.bmm(a, b).view(-1, d1 * d2, rank)
-        return torch.bmm(ab, c).reshape(-1, self.dim)[inverse]
+        out = torch.bmm(ab, c).reshape(-1, self.dim)
+        return out if inverse is None else out.index_select(0, inverse)
 
     def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
         tables = self.feature_table[feature]
+        if torch.compiler.is_exporting():
+            return self._every_table(tables, ids)
         out = self.weight.new_empty(ids.shape[0], self.dim)
         for table in tables.unique().tolist():
             chosen = torch.nonzero(tables == table).squeeze(1)
             out = out.index_copy(0, chosen, self.rows(table, ids[chosen]))
+        return out
+
+    def _every_table(self, tables: Tensor, ids: Tensor) -> Tensor:
+        """``embed_ids`` with every id looked up in every table (clamped to its rows) and kept
+        where it is the id's table: no shape depends on the ids (what ``torch.export`` traces)."""
+        out = self.weight.new_zeros(ids.shape[0], self.dim)
+        for table, vocab in enumerate(self.table_rows.values()):
+            rows = self.rows(table, ids.clamp(max=vocab - 1))
+            out = torch.where((tables == table).unsqueeze(1), rows, out)
         return out
 
     def sparse_parameters(self) -> list[nn.Parameter]:

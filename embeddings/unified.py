@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctr.embeddings.bags import Bags
@@ -79,6 +80,8 @@ class UnifiedEmbedding(EmbeddingMethod):
         )
         self.register_buffer("seeds", draw_hash_seeds(sum(probes)))
         self.seed_start = [sum(probes[:t]) for t in range(len(probes))]
+        self.register_buffer("table_seed_start", torch.tensor(self.seed_start), persistent=False)
+        self.register_buffer("table_group_of", torch.tensor(self.table_group), persistent=False)
         self.lookup = KernelLookup(config.backend)
 
     def _probes_per_table(self, config: UnifiedConfig) -> list[int]:
@@ -113,7 +116,30 @@ class UnifiedEmbedding(EmbeddingMethod):
         buckets = self.weights[self.table_group[table]].shape[0]
         return universal_hash(ids.unsqueeze(0), pair[:, :1], pair[:, 1:], buckets)
 
+    def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
+        """One vector [N, D] per id: its k probes' rows concatenated. Every id is looked up in
+        every width's table, zero where its table has another width: no shape depends on the
+        ids (what ``torch.export`` traces; bags take ``embed_bags``'s per-feature lookups)."""
+        tables = self.feature_table[feature]
+        starts = self.table_seed_start[tables]
+        out = 0
+        for group, weight in enumerate(self.weights):
+            probes = [self._probe(starts + j, ids, weight.shape[0]) for j in range(self.dim // weight.shape[1])]
+            vectors = torch.cat([F.embedding(rows, weight, sparse=True) for rows in probes], 1)
+            if len(self.weights) > 1:
+                vectors = vectors * (self.table_group_of[tables] == group).unsqueeze(1).to(vectors.dtype)
+            out = out + vectors
+        return out
+
+    def _probe(self, seed: Tensor, ids: Tensor, buckets: int) -> Tensor:
+        """Rows [N] of ids [N] under hash seeds [N] (clamped: an id of a table with fewer
+        probes reads a valid row, which ``embed_ids`` then zeroes)."""
+        pair = self.seeds[seed.clamp(max=self.seeds.shape[0] - 1)]
+        return universal_hash(ids, pair[:, 0], pair[:, 1], buckets)
+
     def embed_bags(self, bags: Bags) -> Tensor:
+        if torch.compiler.is_exporting():  # per_feature reads bag boundaries on the host
+            return super().embed_bags(bags)
         pieces = []
         for part in bags.per_feature():
             table = int(self.feature_table[part.feature])

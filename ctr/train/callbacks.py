@@ -24,9 +24,13 @@ class Throughput(L.Callback):
     def __init__(self) -> None:
         self.samples = 0
         self.seconds = 0.0
-        self._epoch_start = 0.0
+        self._epoch_start: float | None = None
         self._paused = 0.0
         self._validation_start = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        """Starts the clock (a run resumed mid-epoch has no epoch start)."""
+        self._epoch_start, self._paused = time.perf_counter(), 0.0
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._epoch_start, self._paused = time.perf_counter(), 0.0
@@ -41,15 +45,21 @@ class Throughput(L.Callback):
         self._paused += time.perf_counter() - self._validation_start
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.seconds += time.perf_counter() - self._epoch_start - self._paused
+        self.seconds += self._epoch_seconds()
+        self._epoch_start = None
+
+    def _epoch_seconds(self) -> float:
+        """Training seconds of the running epoch so far (0 between epochs)."""
+        return 0.0 if self._epoch_start is None else time.perf_counter() - self._epoch_start - self._paused
 
     @property
     def samples_per_second(self) -> float:
         return self.samples / self.seconds if self.seconds else 0.0
 
     def state_dict(self) -> dict[str, Any]:
-        """Samples and seconds so far: a resumed run's totals sum over its pieces."""
-        return {"samples": self.samples, "seconds": self.seconds}
+        """Samples and seconds so far (a running epoch's included: a checkpoint may be
+        written mid-epoch): a resumed run's totals sum over its pieces."""
+        return {"samples": self.samples, "seconds": self.seconds + self._epoch_seconds()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.samples, self.seconds = state_dict["samples"], state_dict["seconds"]
@@ -58,7 +68,8 @@ class Throughput(L.Callback):
 class LoaderEpoch(L.Callback):
     """Sets the training loader's epoch to the trainer's before each epoch: a resumed run
     shuffles its epochs as the uninterrupted run did (the loaders seed each epoch's order
-    by its number)."""
+    by its number). Within an epoch, the loader's position is in the checkpoint (Lightning
+    saves and restores its ``state_dict``)."""
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         trainer.train_dataloader.epoch = trainer.current_epoch
@@ -119,6 +130,9 @@ class ProgressLines(L.Callback):
         self.every = every
         self._samples, self._start = 0, 0.0
 
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._samples, self._start = 0, time.perf_counter()  # a run resumed mid-epoch has no epoch start
+
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._samples, self._start = 0, time.perf_counter()
 
@@ -144,16 +158,25 @@ class ValidationSummary(L.Callback):
         log.info("epoch %d step %d: valid %s", trainer.current_epoch, trainer.global_step, text)
 
 
+def loss_check_interval(device: torch.device, deferred: int = 20) -> int:
+    """Steps between the host's reads of ``FiniteLoss``'s flag on ``device``: every step on
+    the CPU (reading is free), every ``deferred`` steps on an accelerator (a read waits for
+    the device to finish its queued work)."""
+    return 1 if device.type == "cpu" else deferred
+
+
 class FiniteLoss(L.Callback):
     """Stops training at a non-finite loss, naming the first step that had one.
 
     The first bad step is recorded on the loss's device (no host sync); the host reads it
-    every ``every`` steps on a GPU (every step on the CPU, where reading is free), before each
-    validation and at the end of training: the checkpoints a validation writes are never of
-    diverged weights, so the last good one stays in the run directory.
+    every ``every`` steps (``loss_check_interval``), before each validation and at the end of
+    training: the checkpoints a validation writes are never of diverged weights, so the last
+    good one stays in the run directory.
     """
 
     def __init__(self, every: int):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
         self.every = every
         self._first_bad: torch.Tensor | None = None
 
@@ -164,7 +187,7 @@ class FiniteLoss(L.Callback):
         step = trainer.global_step  # this batch's step, counted from 1
         bad = ~torch.isfinite(loss) & (self._first_bad < 0)
         self._first_bad = torch.where(bad, torch.full_like(self._first_bad, step), self._first_bad)
-        if loss.device.type == "cpu" or step % self.every == 0:
+        if step % self.every == 0:
             self._check(trainer)
 
     def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:

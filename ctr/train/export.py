@@ -9,9 +9,11 @@ The program takes the model's inputs as plain tensors and returns click probabil
 
 B is dynamic (down to 1), and so is N. While exporting, a batch with sequence features is
 embedded as fixed-width grids (``max_len`` ids a sequence, masked) and DIN's attention runs
-on every position, masked after: no shape depends on the ids. The ``unified`` method does
-not export yet (its lookup has data-dependent shapes). Native and Triton kernels are not in the program: while
-``torch.export`` traces, each kernel op's dispatch takes its plain-torch reference path.
+on every position, masked after: no shape depends on the ids. Methods whose lookups split
+ids by table (``unified``, ``mde``, ``autodim``, ``ttrec``, ``optembed``'s compact tables)
+look every id up in each table while tracing and keep the id's own. Native and Triton
+kernels are not in the program: while ``torch.export`` traces, each kernel op's dispatch
+takes its plain-torch reference path.
 A compressed method exports what it stores (its compressed form). Beside ``model.pt2`` a
 folder ``model.pt2.schema/`` holds ``schema.json``, ``vocab/<table>.parquet`` and
 ``inputs.json`` (everything a client needs to encode a raw row; docs/export.md shows how,

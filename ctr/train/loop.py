@@ -29,6 +29,7 @@ from ctr.kernels.embedding_bag import BackendUnavailable, resolve_backend
 from ctr.recipe import Recipe
 from ctr.train.callbacks import (
     FiniteLoss, LoaderEpoch, ProgressLines, RandomState, RunCheckpoint, Throughput, ValidationSummary,
+    loss_check_interval,
 )
 from ctr.train.rundir import RunDir
 from ctr.train.task import CTRTask
@@ -175,7 +176,8 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     recipe = session.recipe
     throughput = Throughput()
     checkpoint = _checkpoint(recipe, ckpt_dir)
-    callbacks = [FiniteLoss(every=LOG_EVERY_N_STEPS), LoaderEpoch(), RandomState(), checkpoint,
+    finite = FiniteLoss(every=loss_check_interval(session.place.device, LOG_EVERY_N_STEPS))
+    callbacks = [finite, LoaderEpoch(), RandomState(), checkpoint,
                  _last_checkpoint(ckpt_dir), throughput, ValidationSummary()]
     if not session.progress:  # no bar (stderr is not a terminal): progress lines in the log instead
         callbacks.append(ProgressLines(every=PROGRESS_EVERY_N_STEPS))
@@ -189,7 +191,7 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     trainer = trainer_for(recipe, session.run, session.progress, callbacks, epochs=epochs, max_steps=max_steps,
                           log_root=log_root)
     if resume_from is not None:
-        keep_log_rows(trainer, load_checkpoint(resume_from)["epoch"])
+        keep_log_rows(trainer, load_checkpoint(resume_from)["global_step"])
     loaders = session.loaders
     trainer.fit(task, loaders["train"], loaders["valid"], ckpt_path=str(resume_from) if resume_from else None)
     best = Path(checkpoint.best_model_path or ckpt_dir / "last.ckpt")
@@ -210,9 +212,11 @@ def evaluate_checkpoint(task: CTRTask, ckpt: Path, loaders: dict[str, Loader], t
     return result
 
 
-def keep_log_rows(trainer: L.Trainer, epoch: int) -> None:
-    """Keeps the CSV log rows of epochs up to ``epoch`` (those of the checkpoint a resumed
-    run starts from); Lightning's CSV logger would delete them, and later rows are redone."""
+def keep_log_rows(trainer: L.Trainer, global_step: int) -> None:
+    """Keeps the CSV log rows written up to the checkpoint a resumed run starts from, saved
+    at training step ``global_step`` mid-epoch or at an epoch's end (a row's ``step`` is the
+    training step it was logged at, minus one); Lightning's CSV logger would delete them, and
+    later rows are redone."""
     logger = trainer.logger
     if not isinstance(logger, CSVLogger):
         return
@@ -221,7 +225,7 @@ def keep_log_rows(trainer: L.Trainer, epoch: int) -> None:
         return
     with path.open(newline="") as file:
         reader = csv.DictReader(file)
-        header, rows = list(reader.fieldnames or []), [row for row in reader if int(row["epoch"]) <= epoch]
+        header, rows = list(reader.fieldnames or []), [row for row in reader if int(row["step"]) < global_step]
     writer = logger.experiment  # creating it deletes the file; the kept rows go back in
     with atomic_path(path) as tmp, tmp.open("w", newline="") as file:
         out = csv.DictWriter(file, fieldnames=header)

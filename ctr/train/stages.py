@@ -170,12 +170,8 @@ def _short(summary: dict[str, Any]) -> str:
 def _cycle(loader: Loader, taken: int = 0) -> Iterator[Batch]:
     """The loader's batches, epoch after epoch, after the first ``taken`` (the architecture
     steps a resumed stage took before its checkpoint: one per training step)."""
-    loader.epoch, skip = divmod(taken, len(loader))
-    for batch in loader:
-        if skip:
-            skip -= 1
-            continue
-        yield batch
+    epoch, batches = divmod(taken, len(loader))
+    loader.load_state_dict({"epoch": epoch, "batches": batches})
     while True:
         yield from loader
 

@@ -82,8 +82,9 @@ class CTRTask(L.LightningModule):
 
     The dense and embedding optimizers follow their learning-rate schedules (``schedules``),
     whose lr is logged per epoch as ``lr/dense`` and ``lr/embedding`` and whose state is saved
-    in checkpoints (key ``lr_schedules``). A fused embedding update takes its lr from the
-    optimizer part ``embedding`` (``FusedLR``), scheduled and saved like the others.
+    in checkpoints (key ``lr_schedules``; the lrs at the epoch's start under ``epoch_lrs``,
+    logged again by the first step of a run resumed mid-epoch). A fused embedding update takes
+    its lr from the optimizer part ``embedding`` (``FusedLR``), scheduled and saved like the others.
     """
 
     def __init__(self, recipe: Recipe, schema: Schema, phases: PhaseClock | None = None):
@@ -99,6 +100,8 @@ class CTRTask(L.LightningModule):
         self.valid_batches: Iterator[Batch] | None = None
         self.schedules: Schedules | None = None
         self._schedule_state: dict[str, Any] | None = None
+        self._epoch_lrs: dict[str, float] = {}
+        self._relog_epoch_lrs = False
 
     @contextmanager
     def in_stage(self, stage: Stage, valid_batches: Iterator[Batch] | None) -> Iterator[None]:
@@ -123,6 +126,9 @@ class CTRTask(L.LightningModule):
         optimizer = optimizers[0] if isinstance(optimizers, list) else optimizers
         self.schedules.before_step(self.current_epoch, self.global_step)
         loss = self.step(batch, optimizer, self.manual_backward)
+        if self._relog_epoch_lrs:
+            self._relog_epoch_lrs = False
+            self._log_epoch_lrs()
         if self._bilevel():
             self._arch_step(optimizers[1].optimizer)
         # a progress-bar metric is read back to the host every step: only when a bar shows it
@@ -183,18 +189,29 @@ class CTRTask(L.LightningModule):
         if self._schedule_state is not None:
             self.schedules.load_state_dict(self._schedule_state)
             self._schedule_state = None
+        # resumed inside an epoch, whose start (and lr log) came before the checkpoint: the epoch's
+        # next training step logs them (none comes when the checkpoint was the epoch's last step)
+        self._relog_epoch_lrs = self.trainer.fit_loop.restarted_mid_epoch
 
     def on_train_epoch_start(self) -> None:
+        self._relog_epoch_lrs = False
         self.schedules.before_step(self.current_epoch, self.global_step)
-        for name, lr in self.schedules.lrs().items():
+        self._epoch_lrs = self.schedules.lrs()
+        self._log_epoch_lrs()
+
+    def _log_epoch_lrs(self) -> None:
+        """Logs the lr each optimizer had at the start of this epoch."""
+        for name, lr in self._epoch_lrs.items():
             self.log(f"lr/{name}", lr, on_step=False, on_epoch=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.schedules is not None:
             checkpoint["lr_schedules"] = self.schedules.state_dict()
+        checkpoint["epoch_lrs"] = self._epoch_lrs
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._schedule_state = checkpoint.get("lr_schedules")
+        self._epoch_lrs = checkpoint.get("epoch_lrs", {})
 
     def on_test_epoch_end(self) -> None:
         self._finish(self.eval_split)

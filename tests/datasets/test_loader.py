@@ -105,3 +105,26 @@ def test_close_stops_an_epoch_left_mid_way_and_joins_its_threads(tiny_prepared):
     loader.close()
     assert threading.active_count() == before
     assert len(list(loader)) == len(loader)  # the loader still serves whole epochs
+
+
+@pytest.mark.parametrize("kind", ["streaming", "resident"])
+def test_a_loader_restored_from_its_state_continues_mid_epoch(tiny_prepared, kind):
+    """The state after 3 batches of epoch 1, loaded into a new loader: its next pass hands
+    out the rest of epoch 1, and the pass after that epoch 2, as the first loader does."""
+    from ctr.datasets.resident import ResidentLoader
+
+    folder, schema = tiny_prepared.split_dir("train"), tiny_prepared.schema
+    make = {"streaming": lambda: BatchLoader(folder, schema, 512, shuffle=True, seed=3, shuffle_buffer=1_000),
+            "resident": lambda: ResidentLoader(folder, schema, 512, "cpu", shuffle=True, seed=3)}[kind]
+    loader = make()
+    row_ids(loader)  # epoch 0
+    epoch1 = iter(loader)
+    head = [next(epoch1) for _ in range(3)]
+    state = loader.state_dict()
+    assert state == {"epoch": 1, "batches": 3}
+    restored = make()
+    restored.load_state_dict(state)
+    rest = row_ids(epoch1)
+    assert row_ids(restored) == rest
+    assert sorted(row_ids(head) + rest) == sorted(row_ids(make()))  # the whole epoch, each row once
+    assert row_ids(restored) == row_ids(loader)

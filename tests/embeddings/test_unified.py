@@ -75,3 +75,17 @@ def test_bad_probes_name_the_key():
         UnifiedEmbedding(schema(), UnifiedConfig(dim=16, budget=0.1, feature_probes={"nosuch": 2}))
     with pytest.raises(RecipeError, match=r"^embedding\.budget: unified sizes"):
         UnifiedEmbedding(schema(), UnifiedConfig(dim=16))
+
+
+def test_the_traced_lookup_gives_every_id_the_vector_of_its_bag(monkeypatch):
+    """While ``torch.export`` traces, ids are looked up one by one (``embed_ids``: every width's
+    table, zero where the id's table has another width): the same vectors as the bags path."""
+    method = UnifiedEmbedding(schema(), UnifiedConfig(dim=8, budget=0.2, probes=2, feature_probes={"user": 4}))
+    jf = batch(size=32)
+    expected = method(jf)
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    traced = method(jf)
+    torch.testing.assert_close(traced.pooled, expected.pooled)
+    longest = expected.sequences["hist"].shape[1]
+    torch.testing.assert_close(traced.sequences["hist"][:, :longest], expected.sequences["hist"])
+    assert not traced.sequences["hist"][:, longest:].any()

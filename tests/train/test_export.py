@@ -1,5 +1,6 @@
-"""``ctr export``: the program of every model in ``ctr models``, loaded in a fresh process
-that never imports ctr, scores like ctr does (1e-5), at any batch size down to 1."""
+"""``ctr export``: the program of every model and every embedding method in ``ctr models``,
+loaded in a fresh process that never imports ctr, scores like ctr does (1e-5), at any batch
+size down to 1."""
 
 import subprocess
 import sys
@@ -13,15 +14,16 @@ from ctr.cli import main
 from ctr.datasets.loader import BatchLoader
 from ctr.datasets.saved import load_schema
 from ctr.recipe import load_recipe, recipe_from_dict
-from ctr.registry import MODELS
+from ctr.registry import EMBEDDINGS, MODELS
 from ctr.train.export import InferenceModel
 from ctr.train.rundir import RunDir
 from ctr.train.runner import train
 from ctr.train.saved import best_checkpoint, restored_task
 from tests.conftest import tiny_recipe
+from tests.embeddings.test_compression_methods import SMOKE
 from tests.train.test_amazon_recipes import RECIPES, write_tiny_amazon
 
-pytestmark = pytest.mark.slow  # one short training run per model
+pytestmark = pytest.mark.slow  # one short training run per model and per embedding method
 
 FRESH = """
 import sys
@@ -58,9 +60,30 @@ def first_row(values: torch.Tensor, offsets: torch.Tensor, features: int, batch:
     return torch.cat(bags).numpy(), torch.cumsum(lengths, 0).numpy()
 
 
+def method_recipe(name: str, tmp: Path):
+    """DLRM over embedding method ``name`` (every stage of a multi-stage method, 3 steps a
+    training stage)."""
+    from tests.train.test_stages import DNIS, OPTEMBED
+
+    embedding = {"optembed": OPTEMBED, "dnis": DNIS}.get(name, {"method": name, "dim": 8, **SMOKE.get(name, {})})
+    if name in ("hash", "unified"):
+        embedding = {**embedding, "budget": 0.3}
+    return recipe_from_dict(tiny_recipe(tmp, train={"max_steps": 3}, embedding=embedding))
+
+
 @pytest.mark.parametrize("name", [entry.name for entry in MODELS.entries()])
-def test_exported_program_scores_like_ctr_without_ctr(name, tmp_path, capsys):
-    recipe = model_recipe(name, tmp_path)
+def test_exported_program_scores_like_ctr_without_ctr(name, tmp_path):
+    exported_scores_like_ctr(model_recipe(name, tmp_path), tmp_path)
+
+
+@pytest.mark.parametrize("name", [entry.name for entry in EMBEDDINGS.entries()])
+def test_every_embedding_method_exports_and_scores_like_ctr_without_ctr(name, tmp_path):
+    exported_scores_like_ctr(method_recipe(name, tmp_path), tmp_path)
+
+
+def exported_scores_like_ctr(recipe, tmp_path: Path) -> None:
+    """Trains ``recipe``, exports it, and scores a test batch (and its first row alone) in a
+    fresh process without ctr: as ctr scores it, to 1e-5."""
     run = tmp_path / "run"
     train(recipe, run)
     assert main(["export", str(run), "--out", str(tmp_path / "model.pt2")]) == 0
