@@ -37,6 +37,13 @@ class Position:
         """The next pass reads epoch ``state["epoch"]`` after its first ``state["batches"]`` batches."""
         self.epoch, self._skip = int(state["epoch"]), int(state["batches"])
 
+    def follow_epoch(self, epoch: int) -> None:
+        """The next pass reads ``epoch``: from a restored position when it is that epoch's (a
+        run resumed mid-epoch), else whole (e.g. the trainer moved on to the next epoch after a
+        checkpoint written at the previous epoch's last batch)."""
+        if epoch != self.epoch:
+            self.epoch, self._skip = epoch, 0
+
     def _begin_pass(self) -> tuple[int, int]:
         """The epoch and the batches to skip of a new pass; later passes read the next epochs whole."""
         epoch, skip = self.epoch, self._skip

@@ -72,7 +72,7 @@ class LoaderEpoch(L.Callback):
     saves and restores its ``state_dict``)."""
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        trainer.train_dataloader.epoch = trainer.current_epoch
+        trainer.train_dataloader.follow_epoch(trainer.current_epoch)
 
 
 class RandomState(L.Callback):
