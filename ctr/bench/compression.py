@@ -272,5 +272,6 @@ def plot(rows: list[dict[str, str]], out: Path) -> None:
     ax.set_xlabel("embedding bytes")
     ax.set_ylabel("test AUC")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if by_method:
+        ax.legend()
     save_png(fig, out)
