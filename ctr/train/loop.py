@@ -77,13 +77,14 @@ def usable_cores() -> int:
 
 def use_threads(num_threads: int | str | None) -> None:
     """Sets torch's CPU threads (``trainer.num_threads``: a number, ``auto`` = the usable cores,
-    None = torch's choice) and warns when the machine is already busier than its cores: threads
-    then wait for each other (on a loaded 2-core machine 2 threads ran 10-20x slower than 1)."""
+    None = torch's choice) and, with more than one thread, warns when the machine is already
+    busier than its cores: threads then wait for each other (on a loaded 2-core machine 2
+    threads ran 10-20x slower than 1)."""
     cores = usable_cores()
     if num_threads is not None:
         torch.set_num_threads(cores if num_threads == "auto" else num_threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if load > cores:
+    if load > cores and torch.get_num_threads() > 1:
         log.warning("the machine is oversubscribed: load average %.1f over %d usable cores; training runs %d torch"
                     " threads (fewer, e.g. trainer.num_threads=1, can be much faster)",
                     load, cores, torch.get_num_threads())

@@ -39,6 +39,10 @@ def test_an_oversubscribed_machine_is_reported(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="ctr.train"):
         loop.use_threads("auto")
     assert "oversubscribed" not in caplog.text
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 5.0, 5.0))
+    with caplog.at_level(logging.WARNING, logger="ctr.train"):
+        loop.use_threads(1)  # one thread is already the advice
+    assert "oversubscribed" not in caplog.text
 
 
 def test_num_threads_takes_a_number_auto_or_null():
