@@ -81,13 +81,23 @@ def plan(methods: list[str], budgets: list[float], seeds: int) -> list[Cell]:
 
 
 class Results(CsvRows):
-    """The results file: one row per finished cell."""
+    """The results file: one row per cell. A cell whose training failed is tried again by the
+    next run, its new row replacing the failed one."""
 
     def __init__(self, path: Path):
         super().__init__(path, COLUMNS)
 
     def done(self, cell: Cell) -> bool:
-        return any(Path(row["run_dir"]).name == cell.key for row in self.rows)
+        return any(Path(row["run_dir"]).name == cell.key and not _failed(row) for row in self.rows)
+
+    def add(self, row: dict[str, object]) -> dict[str, str]:
+        key = Path(str(row["run_dir"])).name
+        self.rows = [r for r in self.rows if not (Path(r["run_dir"]).name == key and _failed(r))]
+        return super().add(row)
+
+
+def _failed(row: dict[str, str]) -> bool:
+    return row["status"].startswith(("error", "failed"))
 
 
 def run_compression(
@@ -183,8 +193,9 @@ def _train_apart(cell: Cell, raw: dict[str, Any], run: RunDir, out: Path) -> str
     recipe_file, log_file = out / "recipes" / f"{cell.key}.yaml", out / "logs" / f"{cell.key}.log"
     atomic_write(recipe_file, yaml.safe_dump(raw, sort_keys=False))
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    resume = ["--resume"] if run.last.exists() or run.stage_progress.exists() else []
-    command = [sys.executable, "-m", "ctr.cli", "train", str(recipe_file), "--out", str(run.root), *resume]
+    resuming = run.last.exists() or run.stage_progress.exists()
+    what = ["--resume", str(run.root)] if resuming else [str(recipe_file), "--out", str(run.root)]
+    command = [sys.executable, "-m", "ctr.cli", "train", *what]
     with log_file.open("w") as stderr:
         child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
         _, status, usage = os.wait4(child.pid, 0)

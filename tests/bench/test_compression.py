@@ -6,7 +6,7 @@ import logging
 import pytest
 import yaml
 
-from ctr.bench.compression import Cell, markdown, plan, run_compression
+from ctr.bench.compression import Cell, Results, markdown, plan, run_compression
 from ctr.metrics import mean_std
 from ctr.errors import RecipeError, UserError
 from tests.conftest import tiny_recipe
@@ -86,3 +86,20 @@ def test_a_budget_a_method_cannot_reach_is_a_cell_not_a_failure(tmp_path):
     assert row["status"].startswith("cannot reach (min 0.00") and row["test_auc"] == ""
     assert not (out / "runs" / "robe-0.001-s0").exists()  # nothing was trained
     assert "| robe |  | cannot reach (min 0.00" in (out / "results.md").read_text()
+
+
+def test_a_killed_cell_resumes_from_its_checkpoint_on_the_next_run(tmp_path):
+    recipe = tmp_path / "base.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 2})))
+    out = tmp_path / "bench"
+    run_compression(recipe, ["hash"], [0.5], 1, out, [])
+    run = out / "runs" / "hash-0.5-s0"
+    (run / "metrics.json").unlink()  # as if killed after its last checkpoint, before the metrics
+    with (out / "results.csv").open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    results = Results(out / "results.csv")
+    results.rows = []
+    results.add({**row, "status": "failed (exit -9)", "test_auc": ""})
+    rerun = run_compression(recipe, ["hash"], [0.5], 1, out, [])
+    assert [(r["status"], r["test_auc"]) for r in rerun.rows] == [("ok", row["test_auc"])]
+    assert (run / "metrics.json").exists()
