@@ -153,7 +153,9 @@ def _run_cell(cell: Cell, raw: dict[str, Any], out: Path) -> dict[str, Any]:
     status = "ok" if run.metrics.exists() else _train_apart(cell, raw, run, out)
     if status != "ok":
         return {**row, "status": status}
-    metrics, bench = run.read_metrics(), json.loads((run.root / BENCH_FILE).read_text())
+    metrics, measured = run.read_metrics(), run.root / BENCH_FILE
+    # a run finished by a child that outlived its benchmark has no peak memory on record
+    bench = json.loads(measured.read_text()) if measured.exists() else {"peak_rss_mb": None}
     test_rows = json.loads((run.schema / "report.json").read_text())["splits"]["test"]["rows"]
     return {
         **row,
@@ -240,7 +242,8 @@ def markdown(rows: list[dict[str, str]]) -> str:
         loss_m, loss_s = mean_std([float(r["test_logloss"]) for r in ok])
         time_m, time_s = mean_std([float(r["train_seconds"]) for r in ok])
         rate_m, rate_s = mean_std([float(r.get("inference_rows_per_s") or "nan") for r in ok])
-        peak = max(float(r.get("peak_rss_mb") or "nan") for r in ok)
+        peaks = [float(r["peak_rss_mb"]) for r in ok if r.get("peak_rss_mb")]
+        peak = max(peaks) if peaks else float("nan")
         size = int(ok[0]["embedding_bytes"])
         ratio = float(ok[0]["memory_ratio"])
         lines.append(
