@@ -31,14 +31,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ctr.datasets import BatchLoader, prepare
-from ctr.embeddings.base import EmbeddingMethod
+from ctr.datasets import BatchLoader, Prepared, prepare
+from ctr.embeddings.stages import Stage
 from ctr.datasets.source import resolve_features
 from ctr.errors import RecipeError, UserError
 from ctr.metrics import auc, group_auc, logloss
 from ctr.recipe import Recipe
 from ctr.registry import EMBEDDINGS
-from ctr.train.checkpoints import Checkpointer, TrainState
+from ctr.train.checkpoints import Checkpointer, TrainState, is_distributed_checkpoint
+from ctr.train.distributed_stages import ArchSteps, cycle, run_stages
+from ctr.train.stages import StageFiles
 from ctr.train.loop import LOG_EVERY_N_STEPS, PROGRESS_EVERY_N_STEPS, Placement, use_threads
 from ctr.train.optim import build_optimizer
 from ctr.train.plots import plot_curves
@@ -54,9 +56,6 @@ def check_distributed(recipe: Recipe) -> None:
     train, trainer = recipe.train, recipe.trainer
     check_request(recipe)
     method = EMBEDDINGS.get(recipe.embedding.method, "embedding.method").target
-    if method.stages is not EmbeddingMethod.stages:
-        raise RecipeError(f"embedding.method: {recipe.embedding.method} trains in stages, which a distributed run does"
-                          " not run; train it with trainer.devices 1")
     if not method.replicas_stay_equal:
         raise RecipeError(f"embedding.method: {recipe.embedding.method} writes its stored rows outside the optimizer"
                           " while training, so data-parallel copies would drift apart; train it with trainer.devices 1")
@@ -87,20 +86,30 @@ class Parallel:
     sparse: list[nn.Parameter] = field(default_factory=list)  # replicated tables outside DDP (averaged by ctr)
 
 
-def parallel(net: CTRNet, recipe: Recipe, device: torch.device) -> Parallel:
-    """``net`` under DMP (plain tables) or DDP (every other method), with its optimizers."""
+def parallel(net: CTRNet, recipe: Recipe, device: torch.device, stage: Stage | None = None) -> Parallel:
+    """``net`` under DMP (plain tables) or DDP (every other method), with its optimizers. In a
+    stage of a multi-stage method the architecture parameters have their own optimizer
+    (``embedding.arch_optimizer``): stepped with the others on the training loss, or, in a
+    bi-level stage, kept out of DDP and stepped by the architecture steps only."""
     if shardable(recipe, net):
         sharded = shard(net, recipe, device)
         optimizer = Optimizers.build(recipe, sharded.dense, sharded.replicated_tables)
         return Parallel(sharded.module, optimizer, sharded.dense, True, sharded.plan)
     net.to(device)
     tables = [p for p in net.embedding.sparse_parameters() if p.requires_grad]
-    others = {id(p) for p in tables}
-    ignored = [name for name, p in net.named_parameters() if id(p) in others]  # DDP buckets dense gradients only
+    arch = [p for p in net.embedding.arch_parameters() if p.requires_grad] if stage is not None else []
+    others = {id(p) for p in tables + arch}
+    apart = {id(p) for p in tables + (arch if stage is not None and stage.bilevel else [])}
+    ignored = [name for name, p in net.named_parameters() if id(p) in apart]  # DDP buckets dense gradients only
     nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(net, ignored)
-    module = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    module = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                                 find_unused_parameters=False)
     dense = [p for p in net.parameters() if p.requires_grad and id(p) not in others]
-    return Parallel(module, Optimizers.build(recipe, dense, tables), dense, False, sparse=tables)
+    optimizer = Optimizers.build(recipe, dense, tables)
+    if arch:
+        config = net.embedding.config.arch_optimizer
+        optimizer = optimizer.with_arch(build_optimizer(config, arch, "embedding.arch_optimizer"), stage.bilevel)
+    return Parallel(module, optimizer, dense, False, sparse=tables)
 
 
 def average_sparse_gradients(params: list[nn.Parameter], world: int) -> None:
@@ -138,10 +147,11 @@ def _gather_padded(tensor: torch.Tensor, world: int) -> torch.Tensor:
 
 
 class Optimizers:
-    """The dense optimizer and, when there is one, the tables' optimizer, stepped as one."""
+    """The dense optimizer and, when there is one, the tables' optimizer, stepped as one; a
+    bi-level stage's architecture optimizer (``arch``) is stepped apart and saved with them."""
 
-    def __init__(self, parts: list[torch.optim.Optimizer]):
-        self.parts = parts
+    def __init__(self, parts: list[torch.optim.Optimizer], arch: torch.optim.Optimizer | None = None):
+        self.parts, self.arch = parts, arch
 
     @classmethod
     def build(cls, recipe: Recipe, dense: list[nn.Parameter], tables: list[nn.Parameter]) -> Optimizers:
@@ -150,6 +160,10 @@ class Optimizers:
         if tables:
             parts.append(build_optimizer(recipe.train.embedding_optimizer, tables, "train.embedding_optimizer"))
         return cls(parts)
+
+    def with_arch(self, arch: torch.optim.Optimizer, apart: bool) -> Optimizers:
+        """These optimizers and an architecture optimizer: stepped with them, or ``apart``."""
+        return Optimizers(self.parts, arch) if apart else Optimizers([*self.parts, arch])
 
     def zero_grad(self) -> None:
         for part in self.parts:
@@ -160,11 +174,14 @@ class Optimizers:
             part.step()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"parts": [part.state_dict() for part in self.parts]}
+        return {"parts": [part.state_dict() for part in self.parts],
+                "arch": None if self.arch is None else self.arch.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for part, saved in zip(self.parts, state["parts"], strict=True):
             part.load_state_dict(saved)
+        if self.arch is not None:
+            self.arch.load_state_dict(state["arch"])
 
 
 def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[str, Any]:
@@ -182,30 +199,105 @@ def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[s
         run.write_recipe(recipe)
         run.copy_schema(prepared.root)
     net = CTRNet(recipe, prepared.schema)
-    embedding_bytes, full_bytes = net.embedding.memory_bytes(), net.embedding.full_bytes()
-    par = parallel(net, recipe, place.device)
-    if place.rank == 0:
-        log.info("%d processes: %s", place.world_size, _describe(par))
-    loaders = {split: _loader(recipe, prepared.split_dir(split), prepared.schema, place, split == "train")
-               for split in ("train", "valid", "test")}
-    saver = Checkpointer(run.checkpoints, par.module, par.optimizer, par.sharded, place)
+    fitting = Fitting(recipe, net, prepared, run, place, resume)
     try:
-        state = saver.restore() if resume else TrainState()
-        trained = _epochs(recipe, par, loaders, saver, state, run, place)
-        saver.load(saver.best)
-        metrics: dict[str, Any] = {split: evaluate(par.module, loaders[split], place) for split in ("valid", "test")}
+        stage_seconds = {}
+        if net.embedding.stages():
+            stage_seconds = run_stages(net, run, place.rank, resume, fitting.stage, fitting.score, recipe.seed)
+        else:
+            fitting.whole()
+        done = fitting.done
+        metrics: dict[str, Any] = {split: evaluate(done.par.module, fitting.loaders[split], place)
+                                   for split in ("valid", "test")}
     finally:
-        for loader in loaders.values():
-            loader.close()
-    metrics.update(embedding_bytes=embedding_bytes, full_embedding_bytes=full_bytes,
-                   train_samples_per_s=trained.samples / trained.seconds if trained.seconds else 0.0,
-                   train_seconds=trained.seconds, epochs=trained.epoch, steps=trained.step,
-                   best_checkpoint=str(saver.best.relative_to(run.root)), world_size=place.world_size,
-                   sharding=par.plan or "data_parallel (replicated, DDP)")
+        fitting.close()
+    seconds = sum(stage_seconds.values()) if stage_seconds else done.state.seconds
+    metrics.update(embedding_bytes=net.embedding.memory_bytes(), full_embedding_bytes=net.embedding.full_bytes(),
+                   train_samples_per_s=done.state.samples / done.state.seconds if done.state.seconds else 0.0,
+                   train_seconds=seconds, epochs=done.state.epoch, steps=done.state.step,
+                   best_checkpoint=str(done.saver.best.relative_to(run.root)), world_size=place.world_size,
+                   sharding=done.par.plan or "data_parallel (replicated, DDP)")
+    if stage_seconds:
+        metrics["stage_seconds"] = stage_seconds
     if place.rank == 0:
         run.write_metrics(metrics)
         plot_curves(run.log_csv, run.curves)
     return metrics
+
+
+@dataclass
+class Done:
+    """A finished training on this rank: its state, network and checkpoints (its best loaded)."""
+
+    state: TrainState
+    par: Parallel
+    saver: Checkpointer
+
+
+@dataclass(frozen=True)
+class Span:
+    """How long one training runs and where it logs."""
+
+    epochs: int
+    max_steps: int | None
+    log_csv: Path
+
+
+class Fitting:
+    """Trains ``net`` on this rank: the whole run (``whole``), or one ``train`` stage of a
+    multi-stage method (``stage``, with its own checkpoints and log; the last stage's are the
+    run's). ``done`` is the last training finished."""
+
+    def __init__(self, recipe: Recipe, net: CTRNet, prepared: Prepared, run: RunDir, place: Placement, resume: bool):
+        self.recipe, self.net, self.prepared, self.run, self.place, self.resume = recipe, net, prepared, run, place, resume
+        self.loaders = {split: self._loader(split, split == "train") for split in ("train", "valid", "test")}
+        self.done: Done | None = None
+
+    def whole(self) -> float:
+        train = self.recipe.train
+        return self._fit(self.run.checkpoints, Span(train.epochs, train.max_steps, self.run.log_csv), None)
+
+    def stage(self, stage: Stage, index: int, last: bool) -> float:
+        """Trains ``stage`` (the ``index``-th; ``last``: the method's last stage); its seconds."""
+        train, settings = self.recipe.train, self.net.embedding.stage_settings(stage.name)
+        folder = StageFiles(self.run).folder(index, stage)
+        log_csv = self.run.log_csv if last else folder / "logs" / "metrics.csv"
+        span = Span(settings.epochs or train.epochs, settings.max_steps or train.max_steps, log_csv)
+        return self._fit(self.run.checkpoints if last else folder / "checkpoints", span, stage)
+
+    def score(self) -> float:
+        """Validation AUC of the network now, over every rank's rows (a procedure's score)."""
+        return evaluate(self.net, self.loaders["valid"], self.place)["auc"]
+
+    def close(self) -> None:
+        for loader in self.loaders.values():
+            loader.close()
+
+    def _fit(self, folder: Path, span: Span, stage: Stage | None) -> float:
+        par = parallel(self.net, self.recipe, self.place.device, stage)
+        if self.place.rank == 0:
+            log.info("%d processes: %s", self.place.world_size, _describe(par))
+        saver = Checkpointer(folder, par.module, par.optimizer, par.sharded, self.place)
+        state = saver.restore() if self.resume and is_distributed_checkpoint(saver.last) else TrainState()
+        valid = self._loader("valid", True, seed_offset=1) if stage is not None and stage.bilevel else None
+        try:
+            arch = None if valid is None else ArchSteps(self.net, cycle(valid, state.step), par.optimizer.arch,
+                                                        self.place.world_size)
+            trained = _epochs(self.recipe, par, self.loaders, saver, state, span, self.place, arch)
+        finally:
+            if valid is not None:
+                valid.close()
+        saver.load(saver.best)
+        self.done = Done(trained, par, saver)
+        return trained.seconds
+
+    def _loader(self, split: str, training: bool, seed_offset: int = 0) -> BatchLoader:
+        recipe, place = self.recipe, self.place
+        size = recipe.train.batch_size if training else recipe.train.eval_batch_size
+        return BatchLoader(self.prepared.split_dir(split), self.prepared.schema, size, shuffle=training,
+                           seed=recipe.seed + seed_offset, rank=place.rank, world_size=place.world_size,
+                           split_batches=True, prefetch=recipe.data.prefetch,
+                           shuffle_buffer=recipe.data.shuffle_buffer, device=place.device)
 
 
 def _describe(par: Parallel) -> str:
@@ -214,22 +306,16 @@ def _describe(par: Parallel) -> str:
     return "tables sharded by TorchRec: " + "; ".join(f"{t} {where}" for t, where in par.plan.items())
 
 
-def _loader(recipe: Recipe, folder: Path, schema, place: Placement, training: bool) -> BatchLoader:  # noqa: ANN001
-    size = recipe.train.batch_size if training else recipe.train.eval_batch_size
-    return BatchLoader(folder, schema, size, shuffle=training, seed=recipe.seed, rank=place.rank,
-                       world_size=place.world_size, split_batches=True, prefetch=recipe.data.prefetch,
-                       shuffle_buffer=recipe.data.shuffle_buffer, device=place.device)
-
-
 def _epochs(recipe: Recipe, par: Parallel, loaders: dict[str, BatchLoader], saver: Checkpointer, state: TrainState,
-            run: RunDir, place: Placement) -> TrainState:
-    """Epochs from ``state`` on: train, validate, checkpoint, early-stop."""
-    train, logger = recipe.train, CurveLog(run.log_csv, place.rank == 0, keep_epochs=state.epoch)
+            span: Span, place: Placement, arch: ArchSteps | None) -> TrainState:
+    """Epochs from ``state`` on: train (and, in a bi-level stage, ``arch`` steps), validate,
+    checkpoint, early-stop."""
+    train, logger = recipe.train, CurveLog(span.log_csv, place.rank == 0, keep_epochs=state.epoch)
     monitor = train.early_stop.monitor if train.early_stop else "valid/auc"
     mode = train.early_stop.mode if train.early_stop else "max"
-    while state.epoch < train.epochs and not state.stopped:
+    while state.epoch < span.epochs and not state.stopped:
         start = time.perf_counter()
-        samples = _train_epoch(recipe, par, loaders["train"], state, logger)
+        samples = _train_epoch(recipe, par, loaders["train"], state, logger, span.max_steps, arch)
         state.seconds += time.perf_counter() - start
         state.samples += samples
         valid = evaluate(par.module, loaders["valid"], place)
@@ -246,19 +332,21 @@ def _epochs(recipe: Recipe, par: Parallel, loaders: dict[str, BatchLoader], save
             state.best = value
             saver.save(saver.best, state)
         saver.save(saver.last, state)
-        if train.max_steps and state.step >= train.max_steps:
+        if span.max_steps and state.step >= span.max_steps:
             break
     return state
 
 
-def _train_epoch(recipe: Recipe, par: Parallel, loader: BatchLoader, state: TrainState, log_rows: CurveLog) -> int:
-    """One epoch of this rank's parts of the batches; returns the rows trained over all ranks."""
+def _train_epoch(recipe: Recipe, par: Parallel, loader: BatchLoader, state: TrainState, log_rows: CurveLog,
+                 max_steps: int | None, arch: ArchSteps | None) -> int:
+    """One epoch of this rank's parts of the batches (each step followed by an ``arch`` step
+    when given); returns the rows trained over all ranks."""
     train, world = recipe.train, loader.world_size
     loader.epoch = state.epoch
     par.module.train()
     rows = 0
     for index, batch in enumerate(loader):
-        if train.max_steps and state.step >= train.max_steps:
+        if max_steps and state.step >= max_steps:
             break
         logits, reg = par.module(batch)
         loss_sum = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum")
@@ -271,6 +359,8 @@ def _train_epoch(recipe: Recipe, par: Parallel, loader: BatchLoader, state: Trai
         if train.grad_clip:
             nn.utils.clip_grad_norm_(par.dense, train.grad_clip)
         par.optimizer.step()
+        if arch is not None:
+            arch.step()
         state.step += 1
         rows += batch_rows
         if state.step % LOG_EVERY_N_STEPS == 0:

@@ -110,7 +110,7 @@ def train_stages(task: CTRTask, session: Session, resume: bool) -> Fitted:
             fitted = _fit_stage(task, session, stage, folder, index == len(stages) - 1, resume)
             task.load_state_dict(load_torch(fitted.best)["state_dict"])
             seconds = fitted.seconds
-        _save_stage(task, stage, folder, seconds)
+        save_stage(task.net, stage, folder, seconds)
         files.finish(record, stage, seconds)
     if fitted is None:
         best = session.run.best if session.run.best.exists() else session.run.last
@@ -147,9 +147,10 @@ def _run_procedure(task: CTRTask, session: Session, stage: Stage) -> float:
     return time.perf_counter() - start
 
 
-def _save_stage(task: CTRTask, stage: Stage, folder: Path, seconds: float) -> None:
-    method = task.net.embedding
-    save_torch(task.net.state_dict(), folder / "state.pt")
+def save_stage(net: CTRNet, stage: Stage, folder: Path, seconds: float) -> None:
+    """Writes what stage ``stage`` produced: the whole net, the stage's output and summary."""
+    method = net.embedding
+    save_torch(net.state_dict(), folder / "state.pt")
     save_torch(method.stage_output(stage), folder / "output.pt")
     summary = {"stage": stage.name, "seconds": round(seconds, 3), **method.stage_summary(stage)}
     atomic_write(folder / "summary.json", json.dumps(summary, indent=1) + "\n")

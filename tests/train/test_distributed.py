@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from ctr.cli import main
@@ -58,7 +59,6 @@ def test_split_batches_parts_are_the_one_process_batches(tiny_prepared):
         ({"distributed": {"sharding": "diagonal"}}, "distributed.sharding"),
         ({"embedding": {"method": "int8", "dim": 8}}, "embedding.method: int8 writes its stored rows"),
         ({"embedding": {"method": "dpq", "dim": 8}}, "embedding.method: dpq writes its stored rows"),
-        ({"embedding": {"method": "optembed", "dim": 8}}, "embedding.method: optembed trains in stages"),
     ],
 )
 def test_a_distributed_recipe_that_cannot_run_is_one_line_before_any_process(tmp_path, capsys, sections, message):
@@ -170,3 +170,36 @@ def test_ctr_plan_follows_the_distributed_section(tmp_path, tiny_prepared):
     assert sorted(rank for rank, _, cols in plan["C3"].shards) == [0, 1]
     assert sum(cols for _, _, cols in plan["C3"].shards) == 8
     assert all(t.sharding == "table_wise" for name, t in plan.items() if name not in ("C1", "C3"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["autosrh", "dedup", "deeplight"])
+def test_multi_stage_methods_run_their_stages_on_two_processes_as_on_one(tmp_path, method):
+    """autosrh: a bi-level search (architecture gradients averaged over the ranks), a pruning
+    procedure and a rewound retraining; dedup: a procedure scored on validation; deeplight:
+    pruning on a step schedule. Each stage's output, the test AUC and a 1-process evaluation
+    equal the 1-process run's; a run resumed before its last stage ends the same."""
+    sections = {"embedding": {"method": method, "dim": 8, "budget": 0.5}, "train": {"early_stop": None},
+                "trainer": {"num_threads": 1, "progress_bar": False}}
+    one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
+    done = ctr("train", write(tmp_path, "two.yaml", **sections), "--out", tmp_path / "two", "-o", "trainer.devices=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5 and set(two["stage_seconds"]) == set(one["stage_seconds"])
+    for folder in sorted((tmp_path / "one" / "stages").glob("*-*")):
+        ours = torch.load(tmp_path / "two" / "stages" / folder.name / "output.pt")
+        for key, value in torch.load(folder / "output.pt").items():
+            assert torch.allclose(ours[key].float(), value.float(), atol=1e-5), (folder.name, key)
+    assert abs(evaluate(tmp_path / "two")["auc"] - two["test"]["auc"]) < 1e-6
+
+    progress = tmp_path / "two" / "stages" / "progress.json"
+    record = json.loads(progress.read_text())
+    last = record["finished"].pop()
+    del record["seconds"][last]
+    progress.write_text(json.dumps(record))  # as if killed before the last stage's first checkpoint
+    shutil.rmtree(tmp_path / "two" / "checkpoints")
+    (tmp_path / "two" / "metrics.json").unlink()
+    resumed = ctr("train", "--resume", tmp_path / "two")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert again["test"] == pytest.approx(two["test"], abs=1e-6, rel=0)
