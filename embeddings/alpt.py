@@ -68,6 +68,8 @@ class ALPTEmbedding(QuantizedRows):
     Shapes: ids [N] of features [N] → [N, D].
     """
 
+    synced_buffers = ("codes", "steps")
+
     def __init__(self, schema: Schema, config: ALPTConfig):
         fixed_ratio(config, "alpt", schema.tables(), sum(schema.tables().values()) * FP32_BYTES)
         super().__init__(schema, config)

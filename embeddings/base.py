@@ -40,10 +40,11 @@ class EmbeddingMethod(nn.Module):
         config: the method's config (a subclass of ``EmbeddingConfig``).
     """
 
-    # Whether copies of the method trained data-parallel (DDP: averaged gradients, each copy
-    # stepping its own optimizer) stay equal; False when training writes state that no
-    # gradient carries (quantized rows updated in the backward, codes written in a lookup).
-    replicas_stay_equal = True
+    # Whether this copy is one of several trained data-parallel (set by the distributed loop):
+    # writes outside the optimizer are then recorded for ``sync_replicas``.
+    replicated = False
+    # Buffers that ``sync_replicas`` keeps equal on every copy (DDP does not broadcast them).
+    synced_buffers: tuple[str, ...] = ()
 
     def __init__(self, schema: Schema, config: EmbeddingConfig):
         super().__init__()
@@ -126,6 +127,12 @@ class EmbeddingMethod(nn.Module):
     def sparse_parameters(self) -> list[nn.Parameter]:
         """Parameters with sparse gradients; the embedding optimizer updates them row-wise."""
         return []
+
+    def sync_replicas(self) -> None:
+        """Makes every data-parallel copy apply what training wrote outside the optimizer on
+        any copy (rows updated in the backward, codes chosen in a lookup), so the copies stay
+        equal. Called by the distributed loop on every rank after each backward, before the
+        optimizer step (a collective: every rank calls it); nothing by default."""
 
     def stages(self) -> list[Stage]:
         """The stages of a multi-stage method, in order; empty for single-stage methods."""

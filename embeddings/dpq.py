@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ctr.embeddings.base import BatchLosses, EmbeddingMethod
 from ctr.embeddings.budget import FP32_BYTES, BudgetUnreachableError, budget_bytes, full_bytes
+from ctr.embeddings.replicas import WrittenCodes
 from ctr.embeddings.storage import table_starts
 from ctr.recipe import EmbeddingConfig
 from ctr.registry import EMBEDDINGS
@@ -68,7 +69,7 @@ def dpq_size(tables: dict[str, int], config: DPQConfig) -> tuple[int, int]:
 
 
 @EMBEDDINGS.register("dpq", config=DPQConfig)
-class DPQEmbedding(BatchLosses, EmbeddingMethod):
+class DPQEmbedding(WrittenCodes, BatchLosses, EmbeddingMethod):
     """Differentiable Product Quantization (DPQ).
 
     Chen, Li, Sun, "Differentiable Product Quantization for End-to-End Embedding
@@ -90,8 +91,6 @@ class DPQEmbedding(BatchLosses, EmbeddingMethod):
     Shapes: ids [N] of features [N] → [N, D].
     """
 
-    replicas_stay_equal = False  # a training lookup writes the codes of the rows it saw
-
     def __init__(self, schema: Schema, config: DPQConfig):
         super().__init__(schema, config)
         self.parts, self.choices = dpq_size(self.table_rows, config)
@@ -111,8 +110,7 @@ class DPQEmbedding(BatchLosses, EmbeddingMethod):
         query = F.embedding(rows, self.query, sparse=True).view(-1, self.parts, self.dim // self.parts)
         responses = self.responses(query)  # [N, P, K]
         codes = responses.argmax(-1)
-        with torch.no_grad():
-            self.codes[rows] = codes.to(torch.uint8)
+        self.write_codes(rows, codes)
         if self.config.mode == "vq":
             chosen = self.decode(codes).view_as(query)
             self.add_loss(self.config.commitment * F.mse_loss(chosen, query.detach()))

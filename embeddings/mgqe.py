@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ctr.embeddings.base import BatchLosses, EmbeddingMethod
 from ctr.embeddings.budget import FP32_BYTES, BudgetUnreachableError, budget_bytes, table_counts
+from ctr.embeddings.replicas import WrittenCodes
 from ctr.embeddings.storage import table_starts
 from ctr.recipe import EmbeddingConfig
 from ctr.registry import EMBEDDINGS
@@ -75,7 +76,7 @@ def frequent_mask(counts: np.ndarray, fraction: float) -> np.ndarray:
 
 
 @EMBEDDINGS.register("mgqe", config=MGQEConfig)
-class MGQEmbedding(BatchLosses, EmbeddingMethod):
+class MGQEmbedding(WrittenCodes, BatchLosses, EmbeddingMethod):
     """MGQE: Multi-Granular Quantized Embeddings.
 
     Kang et al., "Learning Multi-granular Quantized Embeddings for Large-Vocab Categorical
@@ -99,8 +100,6 @@ class MGQEmbedding(BatchLosses, EmbeddingMethod):
     Shapes: ids [N] of features [N] → [N, D].
     """
 
-    replicas_stay_equal = False  # a training lookup writes the codes of the rows it saw
-
     def __init__(self, schema: Schema, config: MGQEConfig):
         super().__init__(schema, config)
         counts = table_counts(schema, "mgqe")
@@ -122,8 +121,7 @@ class MGQEmbedding(BatchLosses, EmbeddingMethod):
             return self.decode(tables, self.codes[rows].long())
         query = F.embedding(rows, self.weight, sparse=True)  # [N, D]
         codes = self.assign(tables, rows, query.detach())
-        with torch.no_grad():
-            self.codes[rows] = codes.to(torch.uint8)
+        self.write_codes(rows, codes)
         centroids = self.decode(tables, codes)
         self.add_loss(
             F.mse_loss(centroids, query.detach()) + self.config.commitment * F.mse_loss(query, centroids.detach())

@@ -6,10 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.budget import BudgetUnreachableError, full_bytes
+from ctr.embeddings.replicas import broadcast_rows, gather_records
 from ctr.embeddings.storage import table_starts
 from ctr.recipe import EmbeddingConfig
 from ctr.registry import EMBEDDINGS
@@ -79,9 +81,10 @@ def fixed_ratio(config: QuantizeConfig, method: str, tables: dict[str, int], ext
 class QuantizedRows(EmbeddingMethod):
     """Integer rows (``codes`` [R, D], int8/int16) of every table laid end to end; a
     training lookup returns the dequantized rows as a leaf whose gradient updates the codes
-    in place (``apply_update``), so no fp32 table exists at any time."""
+    in place (``apply_update``), so no fp32 table exists at any time. Replicated, the
+    backward only records the rows and gradients, and ``sync_replicas`` applies them."""
 
-    replicas_stay_equal = False  # the backward writes each replica's codes (stochastic rounding)
+    synced_buffers: tuple[str, ...] = ("codes",)  # what ``apply_update`` writes
 
     def __init__(self, schema: Schema, config: QuantizeConfig):
         super().__init__(schema, config)
@@ -89,6 +92,7 @@ class QuantizedRows(EmbeddingMethod):
         self.register_buffer("row_start", table_starts(self.table_rows), persistent=False)
         initial = torch.randn(rows, config.dim) * config.init_std
         self.register_buffer("codes", to_codes(stochastic_round((initial - config.middle) / config.scale), config.digit))
+        self._pending: list[tuple[Tensor, Tensor]] = []  # (rows [N], gradients [N, D]) until sync_replicas
 
     def step_of(self, rows: Tensor) -> Tensor:
         """Quantization step of each row [N, 1]."""
@@ -100,8 +104,28 @@ class QuantizedRows(EmbeddingMethod):
         if not (self.training and torch.is_grad_enabled()):
             return values
         values.requires_grad_()
-        values.register_hook(lambda grad: self.apply_update(rows, grad))
+        update = self._record if self.replicated else self.apply_update
+        values.register_hook(lambda grad: update(rows, grad))
         return values
+
+    def _record(self, rows: Tensor, grad: Tensor) -> None:
+        self._pending.append((rows, grad))
+
+    @torch.no_grad()
+    def sync_replicas(self) -> None:
+        """Applies every rank's recorded gradients (rows [N], gradients [N, D], each rank's
+        scaled by the world size: their mean is the whole batch's) in one update on rank 0,
+        whose updated rows (rounded with its noise) every rank then takes."""
+        if not self.replicated:
+            return
+        empty = (self.row_start.new_zeros(0), torch.zeros(0, self.dim, device=self.codes.device))
+        rows, grad = gather_records(self._pending, empty)
+        self._pending = []
+        if dist.get_rank() == 0:
+            self.apply_update(rows, grad / dist.get_world_size())
+        unique = torch.unique(rows)
+        for name in self.synced_buffers:
+            broadcast_rows(getattr(self, name), unique)
 
     def summed(self, rows: Tensor, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Unique rows [U], their summed gradients [U, D] and current values [U, D]."""

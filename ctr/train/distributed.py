@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctr.datasets import BatchLoader, Prepared, prepare
+from ctr.embeddings.base import EmbeddingMethod
+from ctr.embeddings.replicas import gather_padded
 from ctr.embeddings.stages import Stage
 from ctr.datasets.source import resolve_features
 from ctr.errors import RecipeError, UserError
@@ -56,9 +58,6 @@ def check_distributed(recipe: Recipe) -> None:
     train, trainer = recipe.train, recipe.trainer
     check_request(recipe)
     method = EMBEDDINGS.get(recipe.embedding.method, "embedding.method").target
-    if not method.replicas_stay_equal:
-        raise RecipeError(f"embedding.method: {recipe.embedding.method} writes its stored rows outside the optimizer"
-                          " while training, so data-parallel copies would drift apart; train it with trainer.devices 1")
     refused = {
         "trainer.compile": trainer.compile, "data.on_device": recipe.data.on_device,
         "train.eval_every_n_steps": train.eval_every_n_steps is not None,
@@ -76,7 +75,8 @@ def check_distributed(recipe: Recipe) -> None:
 class Parallel:
     """The network of this rank: the module to call, its optimizers (dense parameters, and
     the tables an optimizer steps outside the backward), its dense parameters (for gradient
-    clipping), whether TorchRec sharded its tables and how."""
+    clipping), whether TorchRec sharded its tables and how; under DDP, the embedding method
+    whose replicas ctr syncs."""
 
     module: nn.Module
     optimizer: Optimizers
@@ -84,6 +84,7 @@ class Parallel:
     sharded: bool
     plan: dict[str, str] = field(default_factory=dict)
     sparse: list[nn.Parameter] = field(default_factory=list)  # replicated tables outside DDP (averaged by ctr)
+    embedding: EmbeddingMethod | None = None
 
 
 def parallel(net: CTRNet, recipe: Recipe, device: torch.device, stage: Stage | None = None) -> Parallel:
@@ -101,6 +102,8 @@ def parallel(net: CTRNet, recipe: Recipe, device: torch.device, stage: Stage | N
     others = {id(p) for p in tables + arch}
     apart = {id(p) for p in tables + (arch if stage is not None and stage.bilevel else [])}
     ignored = [name for name, p in net.named_parameters() if id(p) in apart]  # DDP buckets dense gradients only
+    ignored += [f"embedding.{name}" for name in net.embedding.synced_buffers]  # synced by sync_replicas, not broadcast
+    net.embedding.replicated = True
     nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(net, ignored)
     module = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
                                                  find_unused_parameters=False)
@@ -109,7 +112,7 @@ def parallel(net: CTRNet, recipe: Recipe, device: torch.device, stage: Stage | N
     if arch:
         config = net.embedding.config.arch_optimizer
         optimizer = optimizer.with_arch(build_optimizer(config, arch, "embedding.arch_optimizer"), stage.bilevel)
-    return Parallel(module, optimizer, dense, False, sparse=tables)
+    return Parallel(module, optimizer, dense, False, sparse=tables, embedding=net.embedding)
 
 
 def average_sparse_gradients(params: list[nn.Parameter], world: int) -> None:
@@ -126,24 +129,10 @@ def average_sparse_gradients(params: list[nn.Parameter], world: int) -> None:
             grad.div_(world)
             continue
         grad = grad.coalesce()
-        rows = _gather_padded(grad.indices()[0], world)
-        values = _gather_padded(grad.values(), world)
+        rows = gather_padded(grad.indices()[0], world)
+        values = gather_padded(grad.values(), world)
         summed = torch.sparse_coo_tensor(rows.unsqueeze(0), values / world, grad.shape).coalesce()
         param.grad = summed
-
-
-def _gather_padded(tensor: torch.Tensor, world: int) -> torch.Tensor:
-    """Every rank's ``tensor`` [n_r, ...] concatenated along dim 0 [Σ n_r, ...] (padded to
-    the longest for the collective, then trimmed)."""
-    count = torch.tensor([tensor.shape[0]], device=tensor.device)
-    counts = [torch.zeros_like(count) for _ in range(world)]
-    dist.all_gather(counts, count)
-    longest = int(max(c.item() for c in counts))
-    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
-    padded[: tensor.shape[0]] = tensor
-    parts = [torch.zeros_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    return torch.cat([part[: int(c.item())] for part, c in zip(parts, counts)])
 
 
 class Optimizers:
@@ -354,6 +343,8 @@ def _train_epoch(recipe: Recipe, par: Parallel, loader: BatchLoader, state: Trai
         par.optimizer.zero_grad()
         (loss_sum * (world / batch_rows) + reg).backward()
         average_sparse_gradients(par.sparse, world)
+        if par.embedding is not None:
+            par.embedding.sync_replicas()
         if recipe.embedding.gradients == "dense":
             densify_gradients(par.sparse)
         if train.grad_clip:
@@ -402,7 +393,7 @@ def evaluate(module: nn.Module, loader: BatchLoader, place: Placement) -> dict[s
 
 def _gather(values: torch.Tensor, place: Placement) -> torch.Tensor:
     """Every rank's ``values`` [n_r], concatenated in rank order on the host [Σ n_r]."""
-    return _gather_padded(values, place.world_size).cpu()
+    return gather_padded(values, place.world_size).cpu()
 
 
 class CurveLog:

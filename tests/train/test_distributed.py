@@ -1,9 +1,12 @@
 """Distributed training (docs/distributed.md): 2 CPU processes on gloo against 1 process."""
 
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from ctr.train.runner import evaluate, train
 from tests.conftest import tiny_recipe
 
 MIXED = {"sharding": "table_wise", "tables": {"C3": "column_wise", "C1": "data_parallel"}}
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def ctr(*args):
@@ -57,8 +61,6 @@ def test_split_batches_parts_are_the_one_process_batches(tiny_prepared):
         ({"train": {"batch_size": 511}}, "train.batch_size: 511"),
         ({"train": {"eval_every_n_steps": 5}}, "train.eval_every_n_steps: not available in a distributed run"),
         ({"distributed": {"sharding": "diagonal"}}, "distributed.sharding"),
-        ({"embedding": {"method": "int8", "dim": 8}}, "embedding.method: int8 writes its stored rows"),
-        ({"embedding": {"method": "dpq", "dim": 8}}, "embedding.method: dpq writes its stored rows"),
     ],
 )
 def test_a_distributed_recipe_that_cannot_run_is_one_line_before_any_process(tmp_path, capsys, sections, message):
@@ -128,6 +130,51 @@ def test_two_processes_match_one_on_other_placements(tmp_path, sections):
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5
     assert abs(evaluate(tmp_path / "two")["auc"] - one["test"]["auc"]) < 1e-5
+
+
+# |test AUC of 2 processes − 1 process| allowed: int8, int16, alpt and mgqe measured identical (rank 0 rounds the
+# whole batch's update with the noise one process draws); dpq measured 0.00075 apart (its BatchNorm normalises each
+# rank's responses with that rank's statistics; without it the AUC is identical).
+REPLICATED = {"int8": 1e-6, "int16": 1e-6, "alpt": 1e-6, "dpq": 2e-3, "mgqe": 1e-6}
+SETTINGS = {  # rows that move within one tiny epoch (at lr 0.01 a step rarely changes a code); tables that fit 0.5
+    "int8": {"lr": 1.0}, "int16": {"lr": 1.0, "scale": 0.001}, "alpt": {"lr": 1.0},
+    "mgqe": {"frequent_centroids": 16, "rare_centroids": 4},
+}
+
+
+def two_ranks_saving_replicas(recipe: Path, run: Path, out: Path) -> None:
+    """Runs ``recipe`` on 2 processes of ``tests.train.replica_rank`` (each saves its copy of
+    the method's synced buffers to ``out``/rank-<r>.pt)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    command = [sys.executable, "-m", "tests.train.replica_rank", recipe, run, out]
+    logs = [(out / f"rank-{rank}.log").open("w") for rank in range(2)]
+    ranks = [subprocess.Popen(command, cwd=ROOT, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                              stdout=log, stderr=log) for rank, log in enumerate(logs)]
+    codes = [rank.wait(timeout=600) for rank in ranks]
+    for log in logs:
+        log.close()
+    assert codes == [0, 0], (out / "rank-0.log").read_text()[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", REPLICATED)
+def test_methods_writing_outside_the_optimizer_keep_their_replicas_equal(tmp_path, method):
+    """int8, int16, alpt (rows updated in the backward), dpq, mgqe (codes written by a lookup)
+    on 2 processes: every rank's copy of what they write ends bitwise equal, and the test AUC
+    is the 1-process run's within the measured tolerance."""
+    embedding = {"method": method, "dim": 8, "budget": 0.5, **SETTINGS.get(method, {})}
+    sections = {"embedding": embedding, "trainer": {"num_threads": 1}}
+    one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
+    sections["trainer"]["devices"] = 2
+    two_ranks_saving_replicas(write(tmp_path, "two.yaml", **sections), tmp_path / "two", tmp_path)
+    copies = [torch.load(tmp_path / f"rank-{rank}.pt") for rank in range(2)]
+    assert list(copies[0]) == list(copies[1]) and copies[0]
+    assert all(torch.equal(copies[0][name], copies[1][name]) for name in copies[0])
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert abs(two["test"]["auc"] - one["test"]["auc"]) <= REPLICATED[method]
 
 
 def test_resume_takes_only_the_world_size_as_override(tmp_path, capsys):
