@@ -41,6 +41,7 @@ from ctr.metrics import auc, group_auc, logloss
 from ctr.recipe import Recipe
 from ctr.registry import EMBEDDINGS
 from ctr.train.checkpoints import Checkpointer, TrainState, is_distributed_checkpoint
+from ctr.train.distributed_optim import Optimizers
 from ctr.train.distributed_stages import ArchSteps, cycle, run_stages
 from ctr.train.stages import StageFiles
 from ctr.train.loop import LOG_EVERY_N_STEPS, PROGRESS_EVERY_N_STEPS, Placement, use_threads
@@ -61,7 +62,6 @@ def check_distributed(recipe: Recipe) -> None:
     refused = {
         "trainer.compile": trainer.compile, "data.on_device": recipe.data.on_device,
         "train.eval_every_n_steps": train.eval_every_n_steps is not None,
-        "train.scheduler": train.schedule_of("dense") is not None or train.schedule_of("embedding") is not None,
     }
     for key, on in refused.items():
         if on:
@@ -133,44 +133,6 @@ def average_sparse_gradients(params: list[nn.Parameter], world: int) -> None:
         values = gather_padded(grad.values(), world)
         summed = torch.sparse_coo_tensor(rows.unsqueeze(0), values / world, grad.shape).coalesce()
         param.grad = summed
-
-
-class Optimizers:
-    """The dense optimizer and, when there is one, the tables' optimizer, stepped as one; a
-    bi-level stage's architecture optimizer (``arch``) is stepped apart and saved with them."""
-
-    def __init__(self, parts: list[torch.optim.Optimizer], arch: torch.optim.Optimizer | None = None):
-        self.parts, self.arch = parts, arch
-
-    @classmethod
-    def build(cls, recipe: Recipe, dense: list[nn.Parameter], tables: list[nn.Parameter]) -> Optimizers:
-        """``train.optimizer`` over ``dense``, ``train.embedding_optimizer`` over ``tables`` (if any)."""
-        parts = [build_optimizer(recipe.train.optimizer, dense, "train.optimizer")]
-        if tables:
-            parts.append(build_optimizer(recipe.train.embedding_optimizer, tables, "train.embedding_optimizer"))
-        return cls(parts)
-
-    def with_arch(self, arch: torch.optim.Optimizer, apart: bool) -> Optimizers:
-        """These optimizers and an architecture optimizer: stepped with them, or ``apart``."""
-        return Optimizers(self.parts, arch) if apart else Optimizers([*self.parts, arch])
-
-    def zero_grad(self) -> None:
-        for part in self.parts:
-            part.zero_grad()
-
-    def step(self) -> None:
-        for part in self.parts:
-            part.step()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"parts": [part.state_dict() for part in self.parts],
-                "arch": None if self.arch is None else self.arch.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for part, saved in zip(self.parts, state["parts"], strict=True):
-            part.load_state_dict(saved)
-        if self.arch is not None:
-            self.arch.load_state_dict(state["arch"])
 
 
 def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[str, Any]:
@@ -264,6 +226,7 @@ class Fitting:
 
     def _fit(self, folder: Path, span: Span, stage: Stage | None) -> float:
         par = parallel(self.net, self.recipe, self.place.device, stage)
+        par.optimizer.follow_schedules(self.recipe.train, par.module.fused_optimizer if par.sharded else None)
         if self.place.rank == 0:
             log.info("%d processes: %s", self.place.world_size, _describe(par))
         saver = Checkpointer(folder, par.module, par.optimizer, par.sharded, self.place)
@@ -304,11 +267,15 @@ def _epochs(recipe: Recipe, par: Parallel, loaders: dict[str, BatchLoader], save
     mode = train.early_stop.mode if train.early_stop else "max"
     while state.epoch < span.epochs and not state.stopped:
         start = time.perf_counter()
+        par.optimizer.before_step(state.epoch, state.step)
+        lrs = {f"lr/{name}": lr for name, lr in par.optimizer.lrs().items()}
         samples = _train_epoch(recipe, par, loaders["train"], state, logger, span.max_steps, arch)
         state.seconds += time.perf_counter() - start
         state.samples += samples
         valid = evaluate(par.module, loaders["valid"], place)
+        logger.write({"epoch": state.epoch, "step": state.step - 1, **lrs})
         logger.write({"epoch": state.epoch, "step": state.step - 1, **{f"valid/{k}": v for k, v in valid.items()}})
+        par.optimizer.after_validation(valid)
         log.info("epoch %d step %d: valid %s (%.0f samples/s)", state.epoch, state.step,
                  " ".join(f"{k}={v:.5f}" for k, v in valid.items()), state.samples / max(state.seconds, 1e-9))
         state.epoch += 1
@@ -337,6 +304,7 @@ def _train_epoch(recipe: Recipe, par: Parallel, loader: BatchLoader, state: Trai
     for index, batch in enumerate(loader):
         if max_steps and state.step >= max_steps:
             break
+        par.optimizer.before_step(state.epoch, state.step)
         logits, reg = par.module(batch)
         loss_sum = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum")
         batch_rows = loader.batch_rows(index)
@@ -400,7 +368,7 @@ class CurveLog:
     """``logs/metrics.csv`` as the one-process run writes it (rank 0 only): one row per logged
     step (``train/loss``) and per validation; a resumed run keeps the rows of finished epochs."""
 
-    COLUMNS = ("epoch", "step", "train/loss", "valid/auc", "valid/logloss", "valid/gauc")
+    COLUMNS = ("epoch", "step", "lr/dense", "lr/embedding", "train/loss", "valid/auc", "valid/logloss", "valid/gauc")
 
     def __init__(self, path: Path, writer: bool, keep_epochs: int):
         self.path, self.writer = path, writer

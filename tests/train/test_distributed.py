@@ -220,6 +220,36 @@ def test_ctr_plan_follows_the_distributed_section(tmp_path, tiny_prepared):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "sections",
+    [
+        {"distributed": MIXED, "train": {"scheduler": {"name": "linear_warmup", "warmup_steps": 15},
+                                          "embedding_scheduler": {"name": "cosine", "epochs": 2}}},
+        {"embedding": {"method": "hash", "dim": 8, "budget": 0.5},
+         "train": {"scheduler": {"name": "plateau", "patience": 0, "min_delta": 1.0, "factor": 0.5}}},
+    ],
+    ids=["sharded_warmup_cosine", "hash_plateau"],
+)
+def test_learning_rate_schedules_step_two_processes_as_one(tmp_path, sections):
+    """Per-step warm-up of the dense lr and a cosine over epochs of the sharded tables' fused
+    lr (FBGEMM's), and a plateau schedule of a data-parallel run: every logged lr, the loss
+    curve and the test AUC equal one process's."""
+    sections["train"].update(epochs=3, early_stop=None)
+    sections["trainer"] = {"num_threads": 1, "progress_bar": False}
+    one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
+    done = ctr("train", write(tmp_path, "two.yaml", **sections), "--out", tmp_path / "two", "-o", "trainer.devices=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    for column in ("lr/dense", "lr/embedding", "train/loss"):
+        curve_one, curve_two = (rows_of(tmp_path / run / "logs" / "metrics.csv", column) for run in ("one", "two"))
+        assert [s for s, _ in curve_two] == [s for s, _ in curve_one] and curve_one
+        assert np.allclose([v for _, v in curve_two], [v for _, v in curve_one], atol=1e-5, rtol=0), column
+    lrs = [v for _, v in rows_of(tmp_path / "two" / "logs" / "metrics.csv", "lr/embedding")]
+    assert lrs[-1] < lrs[0]  # the schedule lowered it
+    assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["autosrh", "dedup", "deeplight"])
 def test_multi_stage_methods_run_their_stages_on_two_processes_as_on_one(tmp_path, method):
     """autosrh: a bi-level search (architecture gradients averaged over the ranks), a pruning
