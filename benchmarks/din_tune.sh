@@ -2,7 +2,8 @@
 # Each DIN form and DeepFM (history mean-pooled) on two Amazon categories, each model's
 # settings chosen on validation by the same grid (embedding lr x dropout x dense L2) with
 # `ctr tune`, then the chosen settings over seeds 1-3 (docs/models/din.md). Finished runs are
-# reused; $THREADS torch threads per run (default 2). Prints each chosen point's table.
+# reused; $THREADS torch threads per run (default 2). Prints each form's ranking, then the
+# combined table of docs/models/din.md (benchmarks/din_tune_table.py).
 #   bash benchmarks/din_tune.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,3 +21,4 @@ for data in Beauty Toys_and_Games; do
         cat "$out/results.md"
     done
 done
+.venv/bin/python -m benchmarks.din_tune_table runs/din-tune

@@ -1,0 +1,34 @@
+import csv
+
+import pytest
+
+from benchmarks.din_tune_table import FORMS, table
+
+COLUMNS = ["point", "settings", "seed", "monitor", "valid", "test_auc", "test_gauc", "test_logloss", "run_dir"]
+
+
+def write(folder, rows):
+    folder.mkdir(parents=True)
+    with (folder / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, COLUMNS)
+        writer.writeheader()
+        writer.writerows({**dict.fromkeys(COLUMNS, ""), **row} for row in rows)
+
+
+def test_the_table_reports_each_forms_chosen_point_over_its_seeds(tmp_path):
+    for form in FORMS:
+        write(tmp_path / "Beauty" / form, [
+            {"point": "p00", "settings": "a=1", "seed": "1", "valid": "0.80", "test_auc": "0.70", "test_gauc": "0.60"},
+            {"point": "p01", "settings": "a=2", "seed": "1", "valid": "0.81", "test_auc": "0.72", "test_gauc": "0.62"},
+            {"point": "p01", "settings": "a=2", "seed": "2", "valid": "0.79", "test_auc": "0.74", "test_gauc": "0.64"},
+        ])
+    text = table(tmp_path)
+    assert "| paper | 0.7300 ± 0.0141 | 0.6300 ± 0.0141 |" in text
+    assert "- Beauty, deepfm (2 seeds): `a=2`" in text and "Toys" not in text
+
+
+def test_an_unfinished_tuning_is_named(tmp_path):
+    write(tmp_path / "Beauty" / "paper", [{"point": "p00", "settings": "a=1", "seed": "1", "valid": "0.8",
+                                           "test_auc": "0.7", "test_gauc": "0.6"}])
+    with pytest.raises(SystemExit, match="paper/results.csv: no point trained over several seeds yet"):
+        table(tmp_path)
