@@ -6,10 +6,10 @@ process of its own (its peak resident memory is the cell's; its log is
 atomically after each cell), so a rerun skips finished cells and resumes a cell whose run was
 interrupted. Before training, the method is built on the prepared schema: a budget it cannot
 reach is recorded as ``cannot reach (min x)`` and one past its compute limit as ``not run:
-compute (estimate)``, and the grid goes on. At the end it writes ``OUT/results.md``
+compute (estimate)``, and the grid goes on. After each cell it rewrites ``OUT/results.md``
 (methods × budgets: test AUC mean ± std over seeds; then bytes, × full, train seconds, test
 rows/s of the compressed model and peak memory per cell) and ``OUT/auc_vs_memory.png``
-(test AUC against bytes, log scale).
+(test AUC against bytes, log scale), so a grid of hours shows what it has so far.
 
 Data, model, training and trainer settings come from the recipe, the same for every cell.
 A method's own settings (e.g. OptEmbed's stages) come from the ``embedding`` block of
@@ -103,7 +103,8 @@ def _failed(row: dict[str, str]) -> bool:
 def run_compression(
     recipe_path: Path, methods: list[str], budgets: list[float], seeds: int, out: Path, overrides: list[str]
 ) -> Results:
-    """Runs every cell not finished yet, then writes the table and the plot."""
+    """Runs every cell not finished yet; the table and the plot are rewritten after each cell
+    (a long grid shows what it has so far) and once at the end."""
     base = read_yaml(recipe_path)
     for item in overrides:
         apply_override(base, item)
@@ -115,9 +116,14 @@ def run_compression(
             continue
         log.info("bench %d/%d %s: training", number, len(cells), cell.key)
         results.add(_run_cell(cell, _cell_recipe(base, recipe_path, cell, out), out))
+        _report(results, out)
+    _report(results, out)
+    return results
+
+
+def _report(results: Results, out: Path) -> None:
     atomic_write(out / "results.md", markdown(results.rows))
     plot(results.rows, out / "auc_vs_memory.png")
-    return results
 
 
 def _cell_recipe(base: dict[str, Any], recipe_path: Path, cell: Cell, out: Path) -> dict[str, Any]:
