@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +45,12 @@ def read_state(path: Path) -> dict[str, Any]:
 
 @dataclass
 class TrainState:
-    """Where training stands: finished epochs, optimizer steps, the best monitored value,
-    early stopping (its own best and the validations without a gain), training rows and seconds."""
+    """Where training stands: the epoch (its first ``batches`` trained), optimizer steps, the
+    best monitored value, early stopping (its own best and the validations without a gain),
+    training rows and seconds, the lrs at the epoch's start (logged at its end)."""
 
     epoch: int = 0
+    batches: int = 0
     step: int = 0
     best: float | None = None
     stop_best: float | None = None
@@ -56,6 +58,7 @@ class TrainState:
     stopped: bool = False
     samples: int = 0
     seconds: float = 0.0
+    epoch_lrs: dict[str, float] = field(default_factory=dict)
 
     def update_patience(self, value: float, mode: str, stop: EarlyStopConfig | None) -> None:
         """Lightning's EarlyStopping rule: a gain is more than ``min_delta`` past its best;
@@ -138,4 +141,4 @@ class Checkpointer:
     def restore(self) -> TrainState:
         """The training state of ``last`` after loading it (``ctr train --resume``)."""
         info = self.load(self.last)
-        return TrainState(**{key: info[key] for key in TrainState.__dataclass_fields__})
+        return TrainState(**{key: info[key] for key in TrainState.__dataclass_fields__ if key in info})

@@ -10,20 +10,21 @@ import torch
 import torch.distributed as dist
 
 from ctr.recipe import load_recipe
-from ctr.train import distributed
+from ctr.train.distributed_epochs import EpochLoop
 from ctr.train.runner import train
 
 
 def main(recipe: str, run: str, out: str) -> None:
-    epochs = distributed._epochs
+    run_epochs = EpochLoop.run
 
-    def saving(recipe, par, *args):  # noqa: ANN001, ANN202
-        state = epochs(recipe, par, *args)
-        copy = {name: getattr(par.embedding, name).clone() for name in par.embedding.synced_buffers}
+    def saving(loop, state):  # noqa: ANN001, ANN202
+        state = run_epochs(loop, state)
+        embedding = loop.par.embedding
+        copy = {name: getattr(embedding, name).clone() for name in embedding.synced_buffers}
         torch.save(copy, Path(out) / f"rank-{dist.get_rank()}.pt")
         return state
 
-    distributed._epochs = saving
+    EpochLoop.run = saving
     train(load_recipe(Path(recipe)), Path(run))
 
 

@@ -16,7 +16,7 @@ import yaml
 from ctr.cli import main
 from ctr.datasets import BatchLoader
 from ctr.recipe import load_recipe
-from ctr.train.distributed import rows_of
+from ctr.train.distributed_epochs import rows_of
 from ctr.train.runner import evaluate, train
 from tests.conftest import tiny_recipe
 
@@ -59,8 +59,8 @@ def test_split_batches_parts_are_the_one_process_batches(tiny_prepared):
           "train": {"embedding_optimizer": {"name": "sgd", "fused": True}}}, "train.embedding_optimizer.fused:"),
         ({"train": {"embedding_optimizer": {"name": "sparse_adam"}}}, "train.embedding_optimizer.name: sharded tables"),
         ({"train": {"batch_size": 511}}, "train.batch_size: 511"),
-        ({"train": {"eval_every_n_steps": 5}}, "train.eval_every_n_steps: not available in a distributed run"),
         ({"distributed": {"sharding": "diagonal"}}, "distributed.sharding"),
+        ({"trainer": {"compile": True}}, "trainer.compile: not available in a distributed run"),
     ],
 )
 def test_a_distributed_recipe_that_cannot_run_is_one_line_before_any_process(tmp_path, capsys, sections, message):
@@ -217,6 +217,39 @@ def test_ctr_plan_follows_the_distributed_section(tmp_path, tiny_prepared):
     assert sorted(rank for rank, _, cols in plan["C3"].shards) == [0, 1]
     assert sum(cols for _, _, cols in plan["C3"].shards) == 8
     assert all(t.sharding == "table_wise" for name, t in plan.items() if name not in ("C1", "C3"))
+
+
+@pytest.mark.slow
+def test_validation_every_n_steps_checkpoints_mid_epoch_and_resumes_there(tmp_path):
+    """train.eval_every_n_steps 4 on 10 batches an epoch: validations at the 4th and 8th
+    batch of each epoch, as one process (Lightning) does; a run stopped after its mid-epoch
+    checkpoint at step 8 resumes there and ends as the uninterrupted run."""
+    sections = {"distributed": MIXED, "train": {"epochs": 2, "early_stop": None, "eval_every_n_steps": 4},
+                "trainer": {"num_threads": 1, "progress_bar": False}}
+    one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
+    recipe = write(tmp_path, "two.yaml", **sections)
+    assert ctr("train", recipe, "--out", tmp_path / "two", "-o", "trainer.devices=2").returncode == 0
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5
+    curves = {run: rows_of(tmp_path / run / "logs" / "metrics.csv", "valid/auc") for run in ("one", "two")}
+    assert [s for s, _ in curves["two"]] == [s for s, _ in curves["one"]] == [3, 7, 13, 17]
+    assert np.allclose([v for _, v in curves["two"]], [v for _, v in curves["one"]], atol=1e-5, rtol=0)
+
+    cut = ctr("train", recipe, "--out", tmp_path / "cut", "-o", "trainer.devices=2", "-o", "train.max_steps=8")
+    assert cut.returncode == 0, cut.stderr[-3000:]
+    assert json.loads((tmp_path / "cut" / "checkpoints" / "last" / "ctr.json").read_text())["batches"] == 8
+    saved = yaml.safe_load((tmp_path / "cut" / "recipe.yaml").read_text())
+    saved["train"]["max_steps"] = None  # as if the run had been killed after that checkpoint
+    (tmp_path / "cut" / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    (tmp_path / "cut" / "metrics.json").unlink()
+    resumed = ctr("train", "--resume", tmp_path / "cut")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert again["steps"] == two["steps"] and again["test"] == pytest.approx(two["test"], abs=1e-6, rel=0)
+    for column in ("valid/auc", "train/loss"):
+        resumed_curve, whole = (rows_of(tmp_path / run / "logs" / "metrics.csv", column) for run in ("cut", "two"))
+        assert [s for s, _ in resumed_curve] == [s for s, _ in whole]
+        assert np.allclose([v for _, v in resumed_curve], [v for _, v in whole], atol=1e-6, rtol=0)
 
 
 @pytest.mark.slow

@@ -1,0 +1,242 @@
+"""The epochs of one rank of a distributed run: training steps, validation, checkpoints,
+early stopping, the curve log.
+
+Validation follows Lightning's rule for a one-process run: after every epoch, or, with
+``train.eval_every_n_steps`` N, after every N-th batch of an epoch (counted within the
+epoch). Each validation checkpoints ``last`` (and ``best`` when the monitored metric
+improved) with the training position: the epoch and the batches of it already trained, so a
+resumed run reads the rest of that epoch in the same order (``Position`` of the loader).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ctr.datasets import BatchLoader
+from ctr.embeddings.replicas import gather_padded
+from ctr.errors import RecipeError, UserError
+from ctr.metrics import auc, group_auc, logloss
+from ctr.recipe import Recipe
+from ctr.train.checkpoints import Checkpointer, TrainState
+from ctr.train.distributed_stages import ArchSteps
+from ctr.train.loop import LOG_EVERY_N_STEPS, PROGRESS_EVERY_N_STEPS, Placement
+from ctr.train.task import densify_gradients
+
+if TYPE_CHECKING:
+    from ctr.train.distributed import Parallel
+
+log = logging.getLogger("ctr.train")
+
+
+@dataclass(frozen=True)
+class Span:
+    """How long one training runs and where it logs."""
+
+    epochs: int
+    max_steps: int | None
+    log_csv: Path
+
+
+@dataclass
+class EpochLoop:
+    """Trains ``par`` from a ``TrainState`` on (``run``): epochs of steps on this rank's parts
+    of the batches (each followed by an ``arch`` step in a bi-level stage), validations,
+    checkpoints by ``saver``, early stopping."""
+
+    recipe: Recipe
+    par: Parallel
+    loaders: dict[str, BatchLoader]
+    saver: Checkpointer
+    span: Span
+    place: Placement
+    arch: ArchSteps | None = None
+    logger: CurveLog = field(init=False)
+
+    def run(self, state: TrainState) -> TrainState:
+        """Trains until ``span`` ends, early stopping stops or ``max_steps`` is reached; at
+        least one validation (a run cut short by max_steps may end before its first)."""
+        train, loader = self.recipe.train, self.loaders["train"]
+        every = train.eval_every_n_steps
+        if every and every > len(loader):
+            raise RecipeError(f"train.eval_every_n_steps: {every} is more than the {len(loader)} batches of an epoch")
+        self.logger = CurveLog(self.span.log_csv, self.place.rank == 0, keep_before=state.step)
+        loader.load_state_dict({"epoch": state.epoch, "batches": state.batches})
+        while state.epoch < self.span.epochs and not state.stopped and not self._at_max_steps(state):
+            with closing(self._steps(state)) as steps:  # a pass left early stops its loader now
+                for index in steps:
+                    ends = index + 1 == len(loader) or self._at_max_steps(state)
+                    if ends:
+                        self.logger.write({"epoch": state.epoch, "step": state.step - 1, **state.epoch_lrs})
+                    if every and (index + 1) % every == 0 or (ends and not every):
+                        self._validate(state)
+                    if state.stopped or self._at_max_steps(state):
+                        break
+            if self._at_max_steps(state):
+                break
+            state.epoch, state.batches = state.epoch + 1, 0
+        if state.best is None:
+            self._validate(state)
+        return state
+
+    def _at_max_steps(self, state: TrainState) -> bool:
+        return bool(self.span.max_steps) and state.step >= self.span.max_steps
+
+    def _steps(self, state: TrainState) -> Iterator[int]:
+        """Trains the rest of epoch ``state.epoch``, yielding each batch's index in the epoch
+        after its step (``state`` counts steps, batches, rows and seconds)."""
+        par, loader = self.par, self.loaders["train"]
+        loader.follow_epoch(state.epoch)
+        par.module.train()
+        if not state.batches:
+            par.optimizer.before_step(state.epoch, state.step)
+            state.epoch_lrs = {f"lr/{name}": lr for name, lr in par.optimizer.lrs().items()}
+        start = time.perf_counter()
+        for index, batch in enumerate(loader, start=state.batches):
+            rows = loader.batch_rows(index)
+            loss_sum = self._step(batch, rows, state)
+            state.step, state.batches, state.samples = state.step + 1, index + 1, state.samples + rows
+            state.seconds += time.perf_counter() - start
+            if state.step % LOG_EVERY_N_STEPS == 0:
+                self._log_loss(loss_sum, rows, state, index)
+            yield index
+            start = time.perf_counter()
+
+    def _step(self, batch: Any, rows: int, state: TrainState) -> torch.Tensor:  # noqa: ANN401 (a Batch)
+        """One optimizer step on this rank's part of a batch of ``rows`` rows; its BCE sum."""
+        par, recipe, world = self.par, self.recipe, self.place.world_size
+        par.optimizer.before_step(state.epoch, state.step)
+        logits, reg = par.module(batch)
+        loss_sum = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum")
+        par.optimizer.zero_grad()
+        (loss_sum * (world / rows) + reg).backward()
+        average_sparse_gradients(par.sparse, world)
+        if par.embedding is not None:
+            par.embedding.sync_replicas()
+        if recipe.embedding.gradients == "dense":
+            densify_gradients(par.sparse)
+        if recipe.train.grad_clip:
+            nn.utils.clip_grad_norm_(par.dense, recipe.train.grad_clip)
+        par.optimizer.step()
+        if self.arch is not None:
+            self.arch.step()
+        return loss_sum
+
+    def _log_loss(self, loss_sum: torch.Tensor, rows: int, state: TrainState, index: int) -> None:
+        total = loss_sum.detach().clone()
+        dist.all_reduce(total)
+        if not torch.isfinite(total):
+            raise UserError(f"training diverged: the loss is {total.item()} at step {state.step} (lower the learning rates)")
+        mean = total.item() / rows
+        self.logger.write({"epoch": state.epoch, "step": state.step - 1, "train/loss": mean})
+        if state.step % PROGRESS_EVERY_N_STEPS == 0:
+            log.info("epoch %d step %d (%d/%d of the epoch): loss %.5f", state.epoch, state.step, index + 1,
+                     len(self.loaders["train"]), mean)
+
+    def _validate(self, state: TrainState) -> None:
+        """Validates, steps the plateau schedules, checkpoints and applies early stopping."""
+        train = self.recipe.train
+        monitor = train.early_stop.monitor if train.early_stop else "valid/auc"
+        mode = train.early_stop.mode if train.early_stop else "max"
+        valid = evaluate(self.par.module, self.loaders["valid"], self.place)
+        self.logger.write({"epoch": state.epoch, "step": state.step - 1, **{f"valid/{k}": v for k, v in valid.items()}})
+        self.par.optimizer.after_validation(valid)
+        log.info("epoch %d step %d: valid %s (%.0f samples/s)", state.epoch, state.step,
+                 " ".join(f"{k}={v:.5f}" for k, v in valid.items()), state.samples / max(state.seconds, 1e-9))
+        value = valid.get(monitor.removeprefix("valid/")) if monitor.startswith("valid/") else None
+        if value is None:
+            raise RecipeError(f"train.early_stop.monitor: {monitor!r} is not a validation metric")
+        improved = state.best is None or (value > state.best if mode == "max" else value < state.best)
+        state.update_patience(value, mode, train.early_stop)
+        if improved:
+            state.best = value
+            self.saver.save(self.saver.best, state)
+        self.saver.save(self.saver.last, state)
+
+
+def average_sparse_gradients(params: list[nn.Parameter], world: int) -> None:
+    """Replaces each table's gradient by the mean of all ranks' gradients: a sparse gradient
+    [R, D] (the rows a rank touched; none when it touched none) is gathered from every rank
+    (indices and values) and summed row by row, so it stays sparse; a dense one is all-reduced."""
+    for param in params:
+        grad = param.grad
+        if grad is None:  # the method's tables have sparse gradients (EmbeddingMethod.sparse_parameters)
+            empty = torch.zeros((1, 0), dtype=torch.int64, device=param.device)
+            grad = torch.sparse_coo_tensor(empty, param.new_zeros((0, *param.shape[1:])), param.shape)
+        if not grad.is_sparse:
+            dist.all_reduce(grad)
+            grad.div_(world)
+            continue
+        grad = grad.coalesce()
+        rows = gather_padded(grad.indices()[0], world)
+        values = gather_padded(grad.values(), world)
+        summed = torch.sparse_coo_tensor(rows.unsqueeze(0), values / world, grad.shape).coalesce()
+        param.grad = summed
+
+
+@torch.no_grad()
+def evaluate(module: nn.Module, loader: BatchLoader, place: Placement) -> dict[str, float]:
+    """AUC and logloss (and group AUC when the data has groups) over every row of ``loader``'s
+    split: each rank scores its parts, the predictions and labels are gathered from all."""
+    module.eval()
+    probs, labels, groups = [], [], []
+    for batch in loader:
+        probs.append(torch.sigmoid(module(batch)[0].float()))
+        labels.append(batch.labels.float())
+        if batch.groups is not None:
+            groups.append(batch.groups)
+    module.train()
+    gathered = [_gather(torch.cat(part), place) for part in (probs, labels)]
+    scores, truth = gathered[0].numpy(), gathered[1].numpy()
+    metrics = {"auc": auc(truth, scores), "logloss": logloss(truth, scores)}
+    if groups:
+        metrics["gauc"] = group_auc(_gather(torch.cat(groups), place).numpy(), truth, scores)
+    return metrics
+
+
+def _gather(values: torch.Tensor, place: Placement) -> torch.Tensor:
+    """Every rank's ``values`` [n_r], concatenated in rank order on the host [Σ n_r]."""
+    return gather_padded(values, place.world_size).cpu()
+
+
+class CurveLog:
+    """``logs/metrics.csv`` as the one-process run writes it (rank 0 only): one row per logged
+    step (``train/loss``), per epoch (its lrs) and per validation; a resumed run keeps the
+    rows written before its checkpoint (those of steps before ``keep_before``)."""
+
+    COLUMNS = ("epoch", "step", "lr/dense", "lr/embedding", "train/loss", "valid/auc", "valid/logloss", "valid/gauc")
+
+    def __init__(self, path: Path, writer: bool, keep_before: int):
+        self.path, self.writer = path, writer
+        if not writer:
+            return
+        kept = []
+        if keep_before and path.is_file():
+            with path.open(newline="") as file:
+                kept = [row for row in csv.DictReader(file) if int(row["step"]) < keep_before]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as file:
+            out = csv.DictWriter(file, fieldnames=self.COLUMNS)
+            out.writeheader()
+            out.writerows(kept)
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.writer:
+            with self.path.open("a", newline="") as file:
+                csv.DictWriter(file, fieldnames=self.COLUMNS).writerow(row)
+
+
+def rows_of(metrics_csv: Path, column: str) -> list[tuple[int, float]]:
+    """(step, value) of every row of a run's ``logs/metrics.csv`` with ``column`` set."""
+    with metrics_csv.open(newline="") as file:
+        return [(int(row["step"]), float(row[column])) for row in csv.DictReader(file) if row.get(column)]
