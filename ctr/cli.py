@@ -115,6 +115,9 @@ def _bench_compression_parser(bench: argparse._SubParsersAction) -> None:
     compression.add_argument("--budgets", default="0.5,0.1", help="comma-separated budgets (fractions of the full bytes)")
     compression.add_argument("--seeds", type=int, default=3, help="seeds per cell (recipe seed, +1, ...)")
     compression.add_argument("--out", type=Path, help="output folder (default runs/bench-<recipe name>)")
+    compression.add_argument("--jobs", type=int, default=1,
+                             help="cells trained at once, each in its own process (default 1; their times then share "
+                                  "the machine)")
     _overrides(compression)
     compression.set_defaults(run=_bench_compression)
 
@@ -266,7 +269,7 @@ def _bench_compression(args: argparse.Namespace) -> int:
     except ValueError:
         raise UserError(f"--budgets: expected comma-separated numbers, got {args.budgets!r}") from None
     out = args.out or Path("runs") / f"bench-{args.recipe.stem}"
-    results = run_compression(args.recipe, methods, budgets, args.seeds, out, args.override)
+    results = run_compression(args.recipe, methods, budgets, args.seeds, out, args.override, args.jobs)
     print((out / "results.md").read_text(), end="")
     print(f"\n{len(results.rows)} runs in {out / 'results.csv'}; plot {out / 'auc_vs_memory.png'}")
     return 0

@@ -26,6 +26,8 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,22 +103,32 @@ def _failed(row: dict[str, str]) -> bool:
 
 
 def run_compression(
-    recipe_path: Path, methods: list[str], budgets: list[float], seeds: int, out: Path, overrides: list[str]
+    recipe_path: Path, methods: list[str], budgets: list[float], seeds: int, out: Path, overrides: list[str],
+    jobs: int = 1,
 ) -> Results:
-    """Runs every cell not finished yet; the table and the plot are rewritten after each cell
-    (a long grid shows what it has so far) and once at the end."""
+    """Runs every cell not finished yet, ``jobs`` cells at once (each trains in a process of
+    its own); the table and the plot are rewritten after each cell (a long grid shows what it
+    has so far) and once at the end."""
+    if jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {jobs}")
     base = read_yaml(recipe_path)
     for item in overrides:
         apply_override(base, item)
     results = Results(out / "results.csv")
     cells = plan(methods, budgets, seeds)
+    todo = []
     for number, cell in enumerate(cells, 1):
         if results.done(cell):
             log.info("bench %d/%d %s: finished earlier, skipped", number, len(cells), cell.key)
-            continue
-        log.info("bench %d/%d %s: training", number, len(cells), cell.key)
-        results.add(_run_cell(cell, _cell_recipe(base, recipe_path, cell, out), out))
-        _report(results, out)
+        else:
+            todo.append((f"{number}/{len(cells)}", cell))
+    preparing = threading.Lock()  # cells of one seed share the prepared data: one prepares it
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        running = [pool.submit(_run_cell, cell, _cell_recipe(base, recipe_path, cell, out), out, number, preparing)
+                   for number, cell in todo]
+        for finished in as_completed(running):
+            results.add(finished.result())
+            _report(results, out)
     _report(results, out)
     return results
 
@@ -144,12 +156,14 @@ def _cell_recipe(base: dict[str, Any], recipe_path: Path, cell: Cell, out: Path)
     return raw
 
 
-def _run_cell(cell: Cell, raw: dict[str, Any], out: Path) -> dict[str, Any]:
+def _run_cell(cell: Cell, raw: dict[str, Any], out: Path, number: str, preparing: threading.Lock) -> dict[str, Any]:
+    log.info("bench %s %s: training", number, cell.key)
     run = RunDir(out / "runs" / cell.key)
     row: dict[str, Any] = {"method": cell.method, "budget": cell.budget, "seed": cell.seed, "run_dir": run.root}
     try:
         recipe = recipe_from_dict(raw)
-        refusal = None if run.metrics.exists() else _refusal(recipe)
+        with preparing:
+            refusal = None if run.metrics.exists() else _refusal(recipe)
     except UserError as err:
         log.warning("bench %s: %s", cell.key, err)
         return {**row, "status": f"error: {err}"}

@@ -108,3 +108,17 @@ def test_a_killed_cell_resumes_from_its_checkpoint_on_the_next_run(tmp_path):
     (run / "bench.json").unlink()
     (row,) = run_compression(recipe, ["hash"], [0.5], 1, out, []).rows
     assert row["status"] == "ok" and row["peak_rss_mb"] == "" and row["test_auc"] == rerun.rows[0]["test_auc"]
+
+
+def test_jobs_train_cells_at_once_into_one_results_file(tmp_path):
+    recipe = tmp_path / "base.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 1})))
+    out = tmp_path / "bench"
+    results = run_compression(recipe, ["hash", "robe"], [0.5], 2, out, [], jobs=2)
+    assert sorted((r["method"], r["seed"], r["status"]) for r in results.rows) == [
+        ("hash", "0", "ok"), ("hash", "1", "ok"), ("robe", "0", "ok"), ("robe", "1", "ok")]
+    with (out / "results.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == 4
+    assert "| robe | 0.5 |" in (out / "results.md").read_text()
+    with pytest.raises(UserError, match="--jobs must be >= 1"):
+        run_compression(recipe, ["hash"], [0.5], 1, out, [], jobs=0)
