@@ -25,6 +25,7 @@ from ctr.recipe import Recipe
 from ctr.schema import Schema
 
 FP32_BYTES = 4
+SHARDABLE_METHODS = ("full",)  # methods whose storage is plain tables TorchRec shards
 UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
          "GIB": 2**30, "TIB": 2**40}
 # Optimizer state per row of a shard of ``cols`` columns, in floats (the rules of
@@ -178,8 +179,12 @@ def _no_plan(err: Exception, schema: Schema, recipe: Recipe, world_size: int, me
 def format_plan(plan: Plan, recipe: Recipe) -> str:
     """The per-table and per-rank tables of ``plan``, as markdown."""
     lines = [f"recipe {recipe.name}: {len(plan.tables)} tables, D = {recipe.embedding.dim}, "
-             f"embedding optimizer {plan.optimizer}, {plan.world_size} ranks", "",
-             "| table | rows | dim | weights MB | optimizer state MB | sharding | ranks |",
+             f"embedding optimizer {plan.optimizer}, {plan.world_size} ranks", ""]
+    if recipe.embedding.method not in SHARDABLE_METHODS:
+        lines += [f"embedding.method {recipe.embedding.method} is not sharded: it trains data-parallel, every rank "
+                  "holding its whole storage (docs/distributed.md). The plan below is that of the full tables it "
+                  "compresses (embedding.method full).", ""]
+    lines += ["| table | rows | dim | weights MB | optimizer state MB | sharding | ranks |",
              "|---|---:|---:|---:|---:|---|---|"]
     for table in plan.tables:
         sizes = [table.bytes_on(rank, STATE_FLOATS[plan.optimizer]) for rank in range(plan.world_size)]

@@ -30,10 +30,9 @@ from ctr.batch import JaggedFeatures
 from ctr.embeddings.types import FeatureEmbeddings
 from ctr.errors import RecipeError, UserError
 from ctr.recipe import EmbeddingOptimizerConfig, Recipe
-from ctr.train.plan import _hide_torchrec_notes
+from ctr.train.plan import SHARDABLE_METHODS, _hide_torchrec_notes
 from ctr.train.task import CTRNet
 
-SHARDABLE_METHODS = ("full",)
 TABLE_PREFIX = "embedding.ebc.embedding_bags."
 ADAGRAD_EPS = 1e-10  # ctr's adagrad (torch's default); FBGEMM's default differs
 ROWWISE_EPS = 1e-8  # ctr's rowwise_adagrad

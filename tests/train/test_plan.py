@@ -37,6 +37,9 @@ def test_cli_prints_tables_and_ranks(tmp_path, capsys):
     assert main(["plan", str(path), "--world-size", "2"]) == 0
     out = capsys.readouterr().out
     assert "| C1 |" in out and "| rank | weights + state MB |" in out and "| 1 |" in out
+    assert "is not sharded" not in out
+    assert main(["plan", str(path), "--world-size", "2", "-o", "embedding.method=dnis"]) == 0
+    assert "embedding.method dnis is not sharded: it trains data-parallel" in capsys.readouterr().out
 
 
 def test_an_impossible_memory_is_the_planners_reason_exit_2(tmp_path, capsys):
