@@ -16,10 +16,9 @@ from torch import Tensor, nn
 from ctr.batch import JaggedFeatures
 from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.evolution import EvolutionarySearch, EvolutionConfig
-from ctr.embeddings.sparse import SparseRows, format_bytes, kept_for_budget
+from ctr.embeddings.sparse import SparseRows, format_bytes, kept_for_budget, pruned_size
 from ctr.embeddings.stages import MultiStageMixin, Stage, StageContext, StagedConfig
 from ctr.embeddings.types import FeatureEmbeddings
-from ctr.errors import UserError
 from ctr.recipe import OptimizerConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
@@ -105,6 +104,8 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
 
     def __init__(self, schema: Schema, config: OptEmbedConfig):
         super().__init__(schema, config)
+        if config.budget is not None:
+            pruned_size("optembed", config, self.table_rows)  # a budget no kept entry fits: refused before training
         rows = list(self.table_rows.values())
         self.table_start = [sum(rows[:t]) for t in range(len(rows))]
         self.weight = nn.Parameter(torch.empty(sum(rows), config.dim).normal_(std=config.init_std))
@@ -221,12 +222,6 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
         rows with the largest margins ‖e‖₁ − t_f that do (every threshold raised by the same
         amount); the rows cut are counted in ``rows_cut_to_budget``."""
         capacity = kept_for_budget(len(self.table_of_row), self.dim, limit)  # entries = rows at one dim
-        if capacity is None:
-            least = format_bytes(len(self.table_of_row), self.dim, 1)[1]
-            raise UserError(
-                f"embedding.budget: {self.config.budget} is too small for optembed: one kept entry in the"
-                f" pruned tables' stored format takes {least} bytes"
-            )
         self.rows_cut_to_budget = max(int(self.row_keep.sum()) - capacity, 0)
         if not self.rows_cut_to_budget:
             return

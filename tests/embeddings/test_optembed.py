@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from ctr.embeddings.budget import BudgetUnreachableError
 from ctr.embeddings.evolution import EvolutionarySearch, EvolutionConfig
 from ctr.embeddings.optembed import BinaryStep, OptEmbed, OptEmbedConfig
 from ctr.embeddings.stages import Stage, StageContext
@@ -115,6 +116,13 @@ def test_the_search_budget_counts_the_shared_pruned_format():
     for dims in ((1, 1, 1), (3, 8, 2)):
         nnz = sum(k * d for k, d in zip(kept, dims))
         assert method.retrained_bytes(dims, kept) == min(4 * nnz + method.table_of_row.numel(), 5 * nnz + 4 * (method.table_of_row.numel() + 1))
+
+
+def test_a_budget_no_kept_entry_fits_is_refused_before_training_with_the_smallest_budget():
+    with pytest.raises(BudgetUnreachableError) as err:
+        OptEmbed(schema(), OptEmbedConfig(dim=16, budget=0.01))  # a bitmap's bit per entry: 1/32 of the fp32 bytes
+    assert 1 / 32 < err.value.min_budget < 0.04 and "too small for optembed" in str(err.value)
+    assert OptEmbed(schema(), OptEmbedConfig(dim=16, budget=0.04)).memory_bytes() > 0
 
 
 def test_search_cuts_the_smallest_margin_rows_when_the_kept_rows_exceed_the_budget():

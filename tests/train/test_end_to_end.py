@@ -99,7 +99,8 @@ def test_max_steps_before_first_validation_with_early_stopping(tmp_path):
 
 def test_log_names_the_run_directory_shows_progress_and_no_lightning_warnings(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 2})))
+    # one thread: no oversubscription notice on a machine still busy (e.g. after the 2-process tests)
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 2}, trainer={"num_threads": 1})))
     result = ctr("train", recipe, "--out", tmp_path / "run")
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
