@@ -128,14 +128,17 @@ def run_compression(
                    for number, cell in todo]
         for finished in as_completed(running):
             results.add(finished.result())
-            _report(results, out)
-    _report(results, out)
+            _report(results, cells, out)
+    _report(results, cells, out)
     return results
 
 
-def _report(results: Results, out: Path) -> None:
-    atomic_write(out / "results.md", markdown(results.rows))
-    plot(results.rows, out / "auc_vs_memory.png")
+def _report(results: Results, cells: list[Cell], out: Path) -> None:
+    """The table (rows in the order of the grid, whatever order they finished in) and the plot."""
+    place = {cell.key: index for index, cell in enumerate(cells)}
+    rows = sorted(results.rows, key=lambda row: place.get(Path(row["run_dir"]).name, len(place)))
+    atomic_write(out / "results.md", markdown(rows))
+    plot(rows, out / "auc_vs_memory.png")
 
 
 def _cell_recipe(base: dict[str, Any], recipe_path: Path, cell: Cell, out: Path) -> dict[str, Any]:
