@@ -101,8 +101,7 @@ def parallel(net: CTRNet, recipe: Recipe, device: torch.device, stage: Stage | N
     ignored += [f"embedding.{name}" for name in net.embedding.synced_buffers]  # synced by sync_replicas, not broadcast
     net.embedding.replicated = True
     nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(net, ignored)
-    module = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
-                                                 find_unused_parameters=False)
+    module = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     dense = [p for p in net.parameters() if p.requires_grad and id(p) not in others]
     optimizer = Optimizers.build(recipe, dense, tables)
     if arch:
