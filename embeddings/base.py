@@ -45,6 +45,8 @@ class EmbeddingMethod(nn.Module):
     replicated = False
     # Buffers that ``sync_replicas`` keeps equal on every copy (DDP does not broadcast them).
     synced_buffers: tuple[str, ...] = ()
+    # Whether ``use_fused_update`` works: the method stores its rows in a kernel table.
+    fusable = False
 
     def __init__(self, schema: Schema, config: EmbeddingConfig):
         super().__init__()

@@ -30,6 +30,8 @@ class TableMethod(EmbeddingMethod):
     place, with the optimizer state kept in buffers ``fused_<name>`` (saved in checkpoints).
     """
 
+    fusable = True
+
     def __init__(self, schema: Schema, config: EmbeddingConfig, storage_rows: int, dim: int | None = None):
         super().__init__(schema, config)
         self.weight = nn.Parameter(torch.empty(storage_rows, dim or config.dim))

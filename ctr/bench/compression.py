@@ -15,7 +15,9 @@ Data, model, training and trainer settings come from the recipe, the same for ev
 A method's own settings (e.g. OptEmbed's stages) come from the ``embedding`` block of
 ``<method>.yaml`` beside the recipe when that file exists; ``dim`` and ``init_std`` are
 always the recipe's, and ``budget`` is the cell's. ``full`` ignores budgets and runs once
-per seed.
+per seed. A recipe whose embedding optimizer is fused into the lookup's backward
+(``train.embedding_optimizer.fused``) keeps it for the methods that store a kernel table; the
+others run the same optimizer unfused (the same update, applied after the backward).
 """
 
 from __future__ import annotations
@@ -153,10 +155,20 @@ def _cell_recipe(base: dict[str, Any], recipe_path: Path, cell: Cell, out: Path)
             block[key] = embedding[key]
     block["budget"] = cell.budget
     raw["embedding"] = block
+    _unfuse_unless_fusable(raw, cell)
     raw["seed"] = int(raw.get("seed", 42)) + cell.seed
     raw["name"] = f"{raw.get('name', 'bench')}-{cell.key}"
     raw["output"] = {"dir": str(out / "runs" / cell.key)}
     return raw
+
+
+def _unfuse_unless_fusable(raw: dict[str, Any], cell: Cell) -> None:
+    """Turns off ``train.embedding_optimizer.fused`` in ``raw`` when the cell's method has no
+    kernel table to update fused."""
+    optimizer = (raw.get("train") or {}).get("embedding_optimizer") or {}
+    if optimizer.get("fused") and not EMBEDDINGS.get(cell.method).target.fusable:
+        log.info("bench %s: %s has no kernel table: its embedding optimizer runs unfused", cell.key, cell.method)
+        raw["train"] = {**raw["train"], "embedding_optimizer": {**optimizer, "fused": False}}
 
 
 def _run_cell(cell: Cell, raw: dict[str, Any], out: Path, number: str, preparing: threading.Lock) -> dict[str, Any]:

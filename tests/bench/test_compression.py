@@ -6,7 +6,7 @@ import logging
 import pytest
 import yaml
 
-from ctr.bench.compression import Cell, Results, markdown, plan, run_compression
+from ctr.bench.compression import Cell, Results, _cell_recipe, markdown, plan, run_compression
 from ctr.metrics import mean_std
 from ctr.errors import RecipeError, UserError
 from tests.conftest import tiny_recipe
@@ -61,6 +61,14 @@ def test_one_command_runs_every_cell_and_skips_finished_ones(tmp_path, caplog):
     with (out / "results.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 4
     assert Cell("hash", 0.25, 1).key == "hash-0.25-s1"
+
+
+def test_a_fused_recipe_stays_fused_only_for_methods_with_a_kernel_table(tmp_path):
+    raw = tiny_recipe(tmp_path, train={"embedding_optimizer": {"name": "adagrad", "lr": 0.05, "fused": True}})
+    fused = {m: _cell_recipe(raw, tmp_path / "base.yaml", Cell(m, 0.5, 0), tmp_path)["train"]["embedding_optimizer"]
+             for m in ("full", "hash", "robe", "dhe")}
+    assert {m: o["fused"] for m, o in fused.items()} == {"full": True, "hash": True, "robe": False, "dhe": False}
+    assert fused["robe"]["lr"] == 0.05 and raw["train"]["embedding_optimizer"]["fused"] is True  # the base untouched
 
 
 def test_cli_with_a_relative_out_folder_prints_the_table(tmp_path):
