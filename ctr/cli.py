@@ -118,6 +118,9 @@ def _bench_compression_parser(bench: argparse._SubParsersAction) -> None:
     compression.add_argument("--jobs", type=int, default=1,
                              help="cells trained at once, each in its own process (default 1; their times then share "
                                   "the machine)")
+    compression.add_argument("--drop-checkpoints", action="store_true",
+                             help="delete a finished cell's checkpoints (its metrics, recipe and log stay): for "
+                                  "grids whose tables take gigabytes")
     _overrides(compression)
     compression.set_defaults(run=_bench_compression)
 
@@ -269,7 +272,9 @@ def _bench_compression(args: argparse.Namespace) -> int:
     except ValueError:
         raise UserError(f"--budgets: expected comma-separated numbers, got {args.budgets!r}") from None
     out = args.out or Path("runs") / f"bench-{args.recipe.stem}"
-    results = run_compression(args.recipe, methods, budgets, args.seeds, out, args.override, args.jobs)
+    results = run_compression(
+        args.recipe, methods, budgets, args.seeds, out, args.override, args.jobs, args.drop_checkpoints
+    )
     print((out / "results.md").read_text(), end="")
     print(f"\n{len(results.rows)} runs in {out / 'results.csv'}; plot {out / 'auc_vs_memory.png'}")
     return 0

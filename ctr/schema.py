@@ -173,7 +173,7 @@ class Schema:
         data = {"label": self.label, "group": self.group, "features": to_plain(self.features)}
         atomic_write(folder / "schema.json", json.dumps(data, indent=1))
         with atomic_path(folder / "counts.npz") as tmp, tmp.open("wb") as out:
-            np.savez(out, **self.counts)
+            np.savez_compressed(out, **self.counts)  # a large vocabulary's counts are mostly zeros
 
     @classmethod
     def load(cls, folder: str | Path) -> Schema:

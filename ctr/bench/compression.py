@@ -9,7 +9,10 @@ reach is recorded as ``cannot reach (min x)`` and one past its compute limit as 
 compute (estimate)``, and the grid goes on. After each cell it rewrites ``OUT/results.md``
 (methods × budgets: test AUC mean ± std over seeds; then bytes, × full, train seconds, test
 rows/s of the compressed model and peak memory per cell) and ``OUT/auc_vs_memory.png``
-(test AUC against bytes, log scale), so a grid of hours shows what it has so far.
+(test AUC against bytes, log scale), so a grid of hours shows what it has so far. With
+``drop_checkpoints`` (``--drop-checkpoints``) a finished cell's checkpoints are deleted once
+its row is written (its recipe, log, metrics and stage outputs stay): a grid on 2 GB tables
+would otherwise keep terabytes.
 
 Data, model, training and trainer settings come from the recipe, the same for every cell.
 A method's own settings (e.g. OptEmbed's stages) come from the ``embedding`` block of
@@ -26,6 +29,7 @@ import copy
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -106,7 +110,7 @@ def _failed(row: dict[str, str]) -> bool:
 
 def run_compression(
     recipe_path: Path, methods: list[str], budgets: list[float], seeds: int, out: Path, overrides: list[str],
-    jobs: int = 1,
+    jobs: int = 1, drop_checkpoints: bool = False,
 ) -> Results:
     """Runs every cell not finished yet, ``jobs`` cells at once (each trains in a process of
     its own); the table and the plot are rewritten after each cell (a long grid shows what it
@@ -126,8 +130,8 @@ def run_compression(
             todo.append((f"{number}/{len(cells)}", cell))
     preparing = threading.Lock()  # cells of one seed share the prepared data: one prepares it
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        running = [pool.submit(_run_cell, cell, _cell_recipe(base, recipe_path, cell, out), out, number, preparing)
-                   for number, cell in todo]
+        running = [pool.submit(_run_cell, cell, _cell_recipe(base, recipe_path, cell, out), out, number, preparing,
+                               drop_checkpoints) for number, cell in todo]
         for finished in as_completed(running):
             results.add(finished.result())
             _report(results, cells, out)
@@ -171,7 +175,9 @@ def _unfuse_unless_fusable(raw: dict[str, Any], cell: Cell) -> None:
         raw["train"] = {**raw["train"], "embedding_optimizer": {**optimizer, "fused": False}}
 
 
-def _run_cell(cell: Cell, raw: dict[str, Any], out: Path, number: str, preparing: threading.Lock) -> dict[str, Any]:
+def _run_cell(
+    cell: Cell, raw: dict[str, Any], out: Path, number: str, preparing: threading.Lock, drop_checkpoints: bool,
+) -> dict[str, Any]:
     log.info("bench %s %s: training", number, cell.key)
     run = RunDir(out / "runs" / cell.key)
     row: dict[str, Any] = {"method": cell.method, "budget": cell.budget, "seed": cell.seed, "run_dir": run.root}
@@ -192,6 +198,8 @@ def _run_cell(cell: Cell, raw: dict[str, Any], out: Path, number: str, preparing
     # a run finished by a child that outlived its benchmark has no peak memory on record
     bench = json.loads(measured.read_text()) if measured.exists() else {"peak_rss_mb": None}
     test_rows = json.loads((run.schema / "report.json").read_text())["splits"]["test"]["rows"]
+    if drop_checkpoints:
+        _drop_checkpoints(run)
     return {
         **row,
         "status": "ok",
@@ -206,6 +214,12 @@ def _run_cell(cell: Cell, raw: dict[str, Any], out: Path, number: str, preparing
         "inference_rows_per_s": test_rows / metrics["inference_seconds"],
         "peak_rss_mb": bench["peak_rss_mb"],
     }
+
+
+def _drop_checkpoints(run: RunDir) -> None:
+    """Deletes a finished run's checkpoint folders: the last stage's and every earlier stage's."""
+    for folder in [run.checkpoints, *run.stages.glob("*/checkpoints")]:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _refusal(recipe: Recipe) -> str | None:

@@ -118,6 +118,19 @@ def test_a_killed_cell_resumes_from_its_checkpoint_on_the_next_run(tmp_path):
     assert row["status"] == "ok" and row["peak_rss_mb"] == "" and row["test_auc"] == rerun.rows[0]["test_auc"]
 
 
+def test_dropped_checkpoints_leave_each_cell_its_metrics_and_stage_outputs(tmp_path):
+    recipe = tmp_path / "base.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 1})))
+    out = tmp_path / "bench"
+    results = run_compression(recipe, ["hash", "deeplight"], [0.5], 1, out, [], drop_checkpoints=True)
+    assert [r["status"] for r in results.rows] == ["ok", "ok"]
+    runs = out / "runs"
+    assert list(runs.rglob("*.ckpt")) == [] and list(runs.rglob("checkpoints")) == []
+    assert (runs / "deeplight-0.5-s0" / "stages" / "progress.json").exists()
+    for name in ("hash-0.5-s0", "deeplight-0.5-s0"):
+        assert (runs / name / "metrics.json").exists() and (runs / name / "recipe.yaml").exists()
+
+
 def test_jobs_train_cells_at_once_into_one_results_file(tmp_path):
     recipe = tmp_path / "base.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 1})))
