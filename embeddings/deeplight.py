@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from ctr.embeddings.largest import largest_mask
 from ctr.embeddings.sparse import PrunedTable
 from ctr.embeddings.stages import Stage, StagedConfig
 from ctr.registry import EMBEDDINGS
@@ -49,8 +50,8 @@ def prune_smallest(weight: Tensor, sparsity: float) -> None:
     count = int(sparsity * weight.numel())
     if count < 1:
         return
-    magnitude = weight.detach().abs().flatten()
-    weight.data.view(-1)[torch.topk(magnitude, count, largest=False).indices] = 0
+    magnitude = weight.detach().abs()
+    weight.data.masked_fill_(~largest_mask(magnitude, weight.numel() - count), 0)
 
 
 @EMBEDDINGS.register("deeplight", config=DeepLightConfig)
@@ -79,10 +80,7 @@ class DeepLightEmbedding(PrunedTable):
 
     def begin_stage(self, stage: Stage) -> None:
         if stage.name == "finetune" and self.sparse is None:
-            magnitude = self.weight.detach().abs().flatten()
-            mask = torch.zeros_like(magnitude, dtype=torch.bool)
-            mask[torch.topk(magnitude, self.kept).indices] = True
-            self.store(mask.view_as(self.weight))
+            self.store(largest_mask(self.weight.detach().abs(), self.kept))
 
     @torch.no_grad()
     def advance(self) -> None:

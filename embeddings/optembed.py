@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ctr.batch import JaggedFeatures
 from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.evolution import EvolutionarySearch, EvolutionConfig
+from ctr.embeddings.largest import largest_mask
 from ctr.embeddings.sparse import SparseRows, format_bytes, kept_for_budget, pruned_size
 from ctr.embeddings.stages import MultiStageMixin, Stage, StageContext, StagedConfig
 from ctr.embeddings.types import FeatureEmbeddings
@@ -228,9 +229,7 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
         with torch.no_grad():
             margin = self.weight.abs().sum(1) - self.threshold[self.table_of_row]
             margin[~self.row_keep] = -math.inf
-            keep = torch.zeros_like(self.row_keep)
-            keep[torch.topk(margin, capacity, sorted=False).indices] = True
-        self.row_keep.copy_(keep)
+            self.row_keep.copy_(largest_mask(margin, capacity))
         log.warning(
             "optembed: the supernet kept more rows than budget %s holds at 1 dim per field; cut %d rows of the smallest margins",
             self.config.budget, self.rows_cut_to_budget,

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ctr.embeddings.largest import largest_mask
 from ctr.embeddings.sparse import PrunedTable
 from ctr.embeddings.stages import Stage, StageContext, StagedConfig
 from ctr.registry import EMBEDDINGS
@@ -113,9 +114,7 @@ class PEPEmbedding(PrunedTable):
             return
         with torch.no_grad():
             margin = (self.weight.abs() - torch.sigmoid(self.config.gk * self.threshold)).flatten()
-            keep = torch.zeros_like(margin, dtype=torch.bool)
-            keep[torch.topk(margin, self.kept).indices] = True
-            self.keep.copy_((keep & (margin > 0)).view_as(self.keep))
+            self.keep.copy_((largest_mask(margin, self.kept) & (margin > 0)).view_as(self.keep))
 
     def stage_summary(self, stage: Stage) -> dict[str, Any]:
         summary = {**self.stored_summary(), "reached_at_step": int(self.reached_at)}
