@@ -108,9 +108,16 @@ class DeepHashEmbedding(EmbeddingMethod):
 
     def encode(self, feature: Tensor, ids: Tensor) -> Tensor:
         """The dense hash encoding [N, k] in [−1, 1] (float32)."""
-        rows = (self.row_start[self.feature_table[feature]] + ids).unsqueeze(1)
-        hashed = universal_hash(rows, self.seeds[:, 0], self.seeds[:, 1], self.config.buckets)
+        return self._encode_rows(self.row_start[self.feature_table[feature]] + ids)
+
+    def _encode_rows(self, rows: Tensor) -> Tensor:
+        hashed = universal_hash(rows.unsqueeze(1), self.seeds[:, 0], self.seeds[:, 1], self.config.buckets)
         return hashed.to(torch.float32) * (2.0 / (self.config.buckets - 1)) - 1.0
 
     def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
-        return self.decoder(self.encode(feature, ids))
+        """The decoder on every occurrence (its BatchNorm's statistics are over the batch's
+        ids, repeats included, as the artifact's); the encoding and the first Linear, row by
+        row, are computed once per distinct id and gathered (the widest layer: k × w)."""
+        rows, occurrence = torch.unique(self.row_start[self.feature_table[feature]] + ids, return_inverse=True)
+        first = self.decoder[0](self._encode_rows(rows))
+        return self.decoder[1:](first.index_select(0, occurrence))

@@ -43,6 +43,20 @@ def test_the_decoder_is_the_artifacts_mlp_and_trains():
     assert method.decoder[0].weight.grad.abs().sum() > 0
 
 
+def test_distinct_ids_are_encoded_once_with_the_same_outputs_and_gradients():
+    method = DeepHashEmbedding(schema(BIG), DHEConfig(dim=8, budget=0.01))
+    ids = torch.tensor([5, 7, 5, 5, 9, 7, 1, 5])
+    features = torch.tensor([0, 0, 0, 2, 1, 1, 0, 0])  # feature 2 shares feature 0's table
+    grads = []
+    for embed in (method.embed_ids, lambda f, i: method.decoder(method.encode(f, i))):
+        method.zero_grad()
+        out = embed(features, ids)
+        (out * torch.arange(out.numel()).view_as(out)).sum().backward()
+        grads.append((out.detach(), method.decoder[0].weight.grad.clone(), method.decoder[3].weight.grad.clone()))
+    for once, every in zip(*grads):
+        torch.testing.assert_close(once, every, rtol=1e-4, atol=1e-4)  # only the sums' order differs
+
+
 def test_a_budget_past_the_compute_limit_is_refused_with_an_estimate():
     with pytest.raises(ComputeLimitError, match=r"MLP width \d+ > 64.*GFLOP forward per 4096 ids"):
         DeepHashEmbedding(schema(BIG), DHEConfig(dim=8, budget=0.5, max_width=64))
