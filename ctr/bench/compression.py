@@ -287,30 +287,31 @@ def markdown(rows: list[dict[str, str]]) -> str:
         if not ok:
             lines.append(f"| {method} | {budget} | – | – | {group[0]['status']} | – | – | – | – | 0 |")
             continue
-        auc_m, auc_s = mean_std([float(r["test_auc"]) for r in ok])
-        loss_m, loss_s = mean_std([float(r["test_logloss"]) for r in ok])
-        time_m, time_s = mean_std([float(r["train_seconds"]) for r in ok])
-        rate_m, rate_s = mean_std([float(r.get("inference_rows_per_s") or "nan") for r in ok])
+        auc, loss = _spread([r["test_auc"] for r in ok], ".4f"), _spread([r["test_logloss"] for r in ok], ".4f")
+        seconds = _spread([r["train_seconds"] for r in ok], ".0f")
+        rate = _spread([r.get("inference_rows_per_s") or "nan" for r in ok], ",.0f")
         peaks = [float(r["peak_rss_mb"]) for r in ok if r.get("peak_rss_mb")]
         peak = max(peaks) if peaks else float("nan")
         size = int(ok[0]["embedding_bytes"])
         ratio = float(ok[0]["memory_ratio"])
         lines.append(
-            f"| {method} | {budget} | {size:,} | {ratio:.4f} | {auc_m:.4f} ± {auc_s:.4f} | "
-            f"{loss_m:.4f} ± {loss_s:.4f} | {time_m:.0f} ± {time_s:.0f} | {rate_m:,.0f} ± {rate_s:,.0f} | {peak:,.0f} "
+            f"| {method} | {budget} | {size:,} | {ratio:.4f} | {auc} | {loss} | {seconds} | {rate} | {peak:,.0f} "
             f"| {len(ok)} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def _auc_cell(group: list[dict[str, str]]) -> str:
-    ok = [float(r["test_auc"]) for r in group if r["status"] == "ok"]
+    ok = [r["test_auc"] for r in group if r["status"] == "ok"]
     if not group:
         return ""
-    if not ok:
-        return group[0]["status"]
-    mean, std = mean_std(ok)
-    return f"{mean:.4f} ± {std:.4f}"
+    return _spread(ok, ".4f") if ok else group[0]["status"]
+
+
+def _spread(values: list[str], spec: str) -> str:
+    """Mean ± sample sd of ``values`` in format ``spec``; the value alone for one seed."""
+    mean, std = mean_std([float(v) for v in values])
+    return f"{mean:{spec}} ± {std:{spec}}" if len(values) > 1 else f"{mean:{spec}}"
 
 
 def plot(rows: list[dict[str, str]], out: Path) -> None:

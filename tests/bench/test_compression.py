@@ -30,6 +30,8 @@ def test_table_reports_mean_and_spread_and_unreachable_cells():
     ] + [{"method": "hash", "budget": "0.01", "status": "cannot reach (min 0.02)", "test_auc": ""}]
     text = markdown(rows)
     assert "| hash |  | 0.7200 ± 0.0200 | cannot reach (min 0.02) |" in text
+    single = markdown([{**rows[0], "budget": "0.1", "inference_rows_per_s": "1000"}])
+    assert "| hash |  | 0.7000 |" in single and "| 0.7000 | 0.5000 | 3 | 1,000 |" in single  # no spread of one seed
     assert mean_std([1.0]) == (1.0, 0.0)
 
 
