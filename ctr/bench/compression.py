@@ -314,28 +314,38 @@ def _spread(values: list[str], spec: str) -> str:
     return f"{mean:{spec}} ± {std:{spec}}" if len(values) > 1 else f"{mean:{spec}}"
 
 
+MARKERS = "osD^vPX<>*"
+
+
 def plot(rows: list[dict[str, str]], out: Path) -> None:
-    """Test AUC (mean ± std over seeds) against embedding bytes, one line per method."""
+    """Test AUC (mean ± std over seeds) against embedding bytes, one line per method (20
+    colours × 10 markers tell 21 methods apart); ``full`` is a dashed line across."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
     by_method: dict[str, list[tuple[float, float, float]]] = {}
     for (method, _), group in _groups(rows).items():
         ok = [r for r in group if r["status"] == "ok"]
         if ok:
             mean, std = mean_std([float(r["test_auc"]) for r in ok])
             by_method.setdefault(method, []).append((float(ok[0]["embedding_bytes"]), mean, std))
-    for method, points in by_method.items():
+    tab20 = plt.get_cmap("tab20").colors
+    colours = tab20[0::2] + tab20[1::2]  # the ten dark hues first, then their light pairs
+    for index, (method, points) in enumerate(by_method.items()):
         points.sort()
         xs, ys, es = zip(*points)
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method)
+        if method in UNBUDGETED:
+            ax.axhline(ys[0], color="black", linestyle="--", linewidth=1, label=f"{method} ({xs[0]:,.0f} bytes)")
+            continue
+        ax.errorbar(xs, ys, yerr=es, marker=MARKERS[index % len(MARKERS)], color=colours[index % len(colours)],
+                    capsize=3, label=method)
     ax.set_xscale("log")
     ax.set_xlabel("embedding bytes")
     ax.set_ylabel("test AUC")
     ax.grid(alpha=0.3)
     if by_method:
-        ax.legend()
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", ncol=1 + len(by_method) // 12)
     save_png(fig, out)
