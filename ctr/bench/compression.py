@@ -314,12 +314,14 @@ def _spread(values: list[str], spec: str) -> str:
     return f"{mean:{spec}} ± {std:{spec}}" if len(values) > 1 else f"{mean:{spec}}"
 
 
-MARKERS = "osD^vPX<>*"
+STYLES = (("-", "o"), ("--", "s"), (":", "^"))  # line and marker of the 1st, 2nd, 3rd ten methods
 
 
 def plot(rows: list[dict[str, str]], out: Path) -> None:
-    """Test AUC (mean ± std over seeds) against embedding bytes, one line per method (20
-    colours × 10 markers tell 21 methods apart); ``full`` is a dashed line across."""
+    """Test AUC (mean ± std over seeds) against embedding bytes, one line per method (10
+    colours × 3 line and marker styles tell the methods apart, each method's the same in
+    every plot);
+    ``full`` is a dashed line across."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -332,16 +334,18 @@ def plot(rows: list[dict[str, str]], out: Path) -> None:
         if ok:
             mean, std = mean_std([float(r["test_auc"]) for r in ok])
             by_method.setdefault(method, []).append((float(ok[0]["embedding_bytes"]), mean, std))
-    tab20 = plt.get_cmap("tab20").colors
-    colours = tab20[0::2] + tab20[1::2]  # the ten dark hues first, then their light pairs
-    for index, (method, points) in enumerate(by_method.items()):
+    colours = plt.get_cmap("tab10").colors
+    names = EMBEDDINGS.names()  # a method keeps its colour and marker from one workload's plot to another's
+    for method, points in by_method.items():
         points.sort()
         xs, ys, es = zip(*points)
         if method in UNBUDGETED:
             ax.axhline(ys[0], color="black", linestyle="--", linewidth=1, label=f"{method} ({xs[0]:,.0f} bytes)")
             continue
-        ax.errorbar(xs, ys, yerr=es, marker=MARKERS[index % len(MARKERS)], color=colours[index % len(colours)],
-                    capsize=3, label=method)
+        index = names.index(method) if method in names else len(names)
+        line, marker = STYLES[index // len(colours) % len(STYLES)]
+        ax.errorbar(xs, ys, yerr=es, marker=marker, linestyle=line, color=colours[index % len(colours)], capsize=3,
+                    label=method)
     ax.set_xscale("log")
     ax.set_xlabel("embedding bytes")
     ax.set_ylabel("test AUC")
