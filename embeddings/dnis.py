@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.budget import table_counts
-from ctr.embeddings.largest import kth_largest, largest_mask
+from ctr.embeddings.largest import largest
 from ctr.embeddings.sparse import SparseRows, format_bytes, pruned_size
 from ctr.embeddings.stages import MultiStageMixin, Stage, StageContext, StagedConfig
 from ctr.embeddings.storage import pack_bits, unpack_bits
@@ -168,10 +168,10 @@ class DNIS(MultiStageMixin, EmbeddingMethod):
         with torch.no_grad():
             merged = self.weight * self.alpha[self.block_of_row]
             magnitude = merged.abs().flatten()
-            mask = largest_mask(magnitude, self.target_params).view_as(merged)
+            kept, self.prune_threshold = largest(magnitude, self.target_params)
+            mask = kept.view_as(merged)
             self.weight.copy_(merged * mask)
             self.entry_bits.copy_(pack_bits(mask))
-            self.prune_threshold = kth_largest(magnitude, self.target_params)
         self.pruned_auc = context.score()
         log.info(
             "dnis prune: kept %d of %d entries (|E ⊙ α| >= %.4g); valid auc before retraining %.5f",

@@ -65,13 +65,18 @@ def _bisect(values: Tensor, k: int) -> float:
 def largest_mask(values: Tensor, k: int) -> Tensor:
     """Boolean mask (``values``' shape) of exactly min(k, numel) largest entries of float32
     ``values`` (no NaN); among entries equal to the k-th largest, the first in order are kept."""
+    return largest(values, k)[0]
+
+
+def largest(values: Tensor, k: int) -> tuple[Tensor, float]:
+    """``largest_mask`` and the smallest kept value (+inf when k ≤ 0): one selection for both."""
     flat = values.reshape(-1)
     if k >= flat.numel():
-        return torch.ones_like(values, dtype=torch.bool)
+        return torch.ones_like(values, dtype=torch.bool), float(flat.min())
     if k <= 0:
-        return torch.zeros_like(values, dtype=torch.bool)
+        return torch.zeros_like(values, dtype=torch.bool), math.inf
     kth = kth_largest(flat, k)
     mask = flat > kth
     missing = k - int(torch.count_nonzero(mask))
     mask[torch.nonzero(flat == kth).squeeze(1)[:missing]] = True
-    return mask.view_as(values)
+    return mask.view_as(values), kth

@@ -1,7 +1,9 @@
+import math
+
 import pytest
 import torch
 
-from ctr.embeddings.largest import SMALL, _bisect, kth_largest, largest_mask
+from ctr.embeddings.largest import SMALL, _bisect, kth_largest, largest, largest_mask
 
 
 def topk_mask(values, k):
@@ -31,3 +33,10 @@ def test_negative_and_infinite_values_order_as_floats():
     assert largest_mask(values, 3).tolist() == [[True, False, False], [True, False, True]]
     assert largest_mask(values, 0).sum() == 0 and largest_mask(values, 9).all()
     assert _bisect(values.flatten(), 6) == -float("inf") and _bisect(values.flatten(), 2) == 3.0
+
+
+def test_largest_gives_the_mask_and_the_smallest_kept_value():
+    values = torch.tensor([[3.0, -1.0, 7.0], [0.5, 2.0, -4.0]])
+    mask, threshold = largest(values, 4)
+    assert torch.equal(mask, largest_mask(values, 4)) and threshold == 0.5 == float(values[mask].min())
+    assert largest(values, 6)[1] == -4.0 and largest(values, 0)[1] == math.inf
