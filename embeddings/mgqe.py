@@ -95,7 +95,9 @@ class MGQEmbedding(WrittenCodes, BatchLosses, EmbeddingMethod):
     the full bytes it stores less than the budget. ``memory_bytes`` = codes (1 byte per id
     and subspace) + codebooks (fp32); the query rows are training state, not deployed.
 
-    Deviation: a rare id's code (< 64) is stored in a byte, not packed in 6 bits.
+    Deviations: a rare id's code (< 64) is stored in a byte, not packed in 6 bits; the
+    artifact's MGQE batch-normalises the negative distances before the argmax and has no
+    commitment term (docs/embeddings/mgqe.md compares the two).
 
     Shapes: ids [N] of features [N] → [N, D].
     """
