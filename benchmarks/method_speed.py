@@ -1,6 +1,7 @@
 """Two embedding methods' hot paths against their straightforward form, in the same run:
 the pruning selection (``largest_mask`` vs a ``torch.topk`` mask) in time and peak resident
-memory, and DHE's lookup (first layer once per distinct id vs on every occurrence) in time.
+memory, DHE's lookup (first layer once per distinct id vs on every occurrence) and MGQE's
+nearest-centroid search (once per distinct row vs per occurrence) in time.
 Prints ratios; each selection runs in its own process so that its peak memory is its own.
 
     .venv/bin/python -m benchmarks.method_speed --entries 54000000 --batch 4096
@@ -48,30 +49,52 @@ def selection(entries: int, share: float) -> dict[str, dict[str, float]]:
     return results
 
 
-def dhe_lookup(batch: int, distinct: int, repeats: int) -> dict[str, float]:
-    """Seconds per forward + backward of DHE's lookup on ``batch`` ids drawn from ``distinct``."""
+def one_table_method(name: str, vocab: int = 1_000_000):
+    """``name`` at budget 0.1 and D = 16 on one feature of ``vocab`` ids (Zipf counts)."""
     import numpy as np
 
     from ctr.registry import EMBEDDINGS
     from ctr.schema import FeatureInfo, FeatureSpec, Schema
 
-    vocab = 1_000_000
+    counts = (1e6 / np.arange(1, vocab + 1)).astype(np.int64)
     schema = Schema(features=[FeatureInfo(FeatureSpec(name="item"), vocab_size=vocab, table="item")],
-                    label="y", counts={"item": np.ones(vocab, dtype=np.int64)})
-    entry = EMBEDDINGS.get("dhe")
-    method = entry.target(schema, entry.config(dim=16, budget=0.1))
-    ids = torch.randint(distinct, (batch,), generator=torch.Generator().manual_seed(0))
-    feature = torch.zeros(batch, dtype=torch.long)
-    ways = {"per_occurrence": lambda: method.decoder(method.encode(feature, ids)),
-            "per_distinct_id": lambda: method.embed_ids(feature, ids)}
+                    label="y", counts={"item": counts})
+    entry = EMBEDDINGS.get(name)
+    return entry.target(schema, entry.config(dim=16, budget=0.1))
+
+
+def seconds_per_call(ways: dict[str, object], repeats: int) -> dict[str, float]:
     seconds = {}
-    for name, lookup in ways.items():
-        lookup().sum().backward()
+    for name, call in ways.items():
+        call()
         start = time.perf_counter()
         for _ in range(repeats):
-            lookup().sum().backward()
+            call()
         seconds[name] = (time.perf_counter() - start) / repeats
     return seconds
+
+
+def dhe_lookup(batch: int, distinct: int, repeats: int) -> dict[str, float]:
+    """Seconds per forward + backward of DHE's lookup on ``batch`` ids drawn from ``distinct``."""
+    method = one_table_method("dhe")
+    ids = torch.randint(distinct, (batch,), generator=torch.Generator().manual_seed(0))
+    feature = torch.zeros(batch, dtype=torch.long)
+    return seconds_per_call({
+        "per_occurrence": lambda: method.decoder(method.encode(feature, ids)).sum().backward(),
+        "per_distinct_id": lambda: method.embed_ids(feature, ids).sum().backward(),
+    }, repeats)
+
+
+def mgqe_search(batch: int, distinct: int, repeats: int) -> dict[str, float]:
+    """Seconds per nearest-centroid search of MGQE for ``batch`` rows drawn from ``distinct``."""
+    method = one_table_method("mgqe")
+    rows = torch.randint(distinct, (batch,), generator=torch.Generator().manual_seed(0))
+    tables = torch.zeros(batch, dtype=torch.long)
+    parts = method.weight.detach()[rows].view(batch, method.subspaces, -1).transpose(0, 1)
+    return seconds_per_call({
+        "per_occurrence": lambda: method._nearest(0, parts, method.frequent[rows]),
+        "per_distinct_id": lambda: method.assign(tables, rows),
+    }, repeats)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     dhe = dhe_lookup(args.batch, args.distinct, args.repeats)
     print(f"dhe lookup, {args.batch} ids of {args.distinct} distinct: per occurrence {dhe['per_occurrence'] * 1e3:.0f} ms, "
           f"per distinct id {dhe['per_distinct_id'] * 1e3:.0f} ms; x{dhe['per_occurrence'] / dhe['per_distinct_id']:.2f}")
+    rows = args.batch * 26
+    search = mgqe_search(rows, args.distinct * 26, args.repeats)
+    print(f"mgqe search, {rows} rows of {args.distinct * 26} distinct: per occurrence {search['per_occurrence'] * 1e3:.0f} ms, "
+          f"per distinct row {search['per_distinct_id'] * 1e3:.0f} ms; x{search['per_occurrence'] / search['per_distinct_id']:.2f}")
     return 0
 
 

@@ -122,7 +122,7 @@ class MGQEmbedding(WrittenCodes, BatchLosses, EmbeddingMethod):
         if not self.training:
             return self.decode(tables, self.codes[rows].long())
         query = F.embedding(rows, self.weight, sparse=True)  # [N, D]
-        codes = self.assign(tables, rows, query.detach())
+        codes = self.assign(tables, rows)
         self.write_codes(rows, codes)
         centroids = self.decode(tables, codes)
         self.add_loss(
@@ -130,19 +130,28 @@ class MGQEmbedding(WrittenCodes, BatchLosses, EmbeddingMethod):
         )
         return query + (centroids - query).detach()
 
-    def assign(self, tables: Tensor, rows: Tensor, query: Tensor) -> Tensor:
-        """Nearest allowed centroid [N, S] of each part of each query [N, D]."""
-        parts = query.view(query.shape[0], self.subspaces, -1)  # [N, S, d]
-        codes = torch.empty(parts.shape[:2], dtype=torch.int64, device=query.device)
-        for table in tables.unique().tolist():
-            chosen = torch.nonzero(tables == table).squeeze(1)
-            book = self.codebooks[table].detach()  # [S, K, d]
-            x = parts[chosen]
-            distance = (book * book).sum(-1).unsqueeze(0) - 2 * torch.einsum("nsd,skd->nsk", x, book)
-            rare = ~self.frequent[rows[chosen]]
-            distance[rare, :, self.config.rare_centroids :] = math.inf
-            codes[chosen] = distance.argmin(-1)
-        return codes
+    def assign(self, tables: Tensor, rows: Tensor) -> Tensor:
+        """Nearest allowed centroid [N, S] of each part of the query rows ``weight[rows]``
+        (tables [N]), searched once per distinct row and gathered to its occurrences."""
+        distinct, occurrence = torch.unique(rows, return_inverse=True)
+        table_of = torch.empty_like(distinct).scatter_(0, occurrence, tables)
+        parts = self.weight.detach()[distinct].view(distinct.shape[0], self.subspaces, -1).transpose(0, 1)  # [S, U, d]
+        codes = torch.empty(distinct.shape[0], self.subspaces, dtype=torch.int64, device=rows.device)
+        for table in table_of.unique().tolist():
+            chosen = torch.nonzero(table_of == table).squeeze(1)
+            codes[chosen] = self._nearest(table, parts[:, chosen], self.frequent[distinct[chosen]])
+        return codes[occurrence]
+
+    def _nearest(self, table: int, parts: Tensor, frequent: Tensor) -> Tensor:
+        """Codes [n, S] of parts [S, n, d] of one table: ‖c‖² − 2⟨x, c⟩ minimised over all
+        centroids for frequent rows [n] and over the first ``rare_centroids`` for the rest."""
+        book = self.codebooks[table].detach()  # [S, K, d]
+        squares = (book * book).sum(-1).unsqueeze(1)  # [S, 1, K]
+        distance = torch.baddbmm(squares, parts, book.transpose(1, 2), alpha=-2)  # [S, n, K]
+        codes = distance[..., : self.config.rare_centroids].argmin(-1)  # [S, n]
+        if bool(frequent.any()):
+            codes[:, frequent] = distance[:, frequent].argmin(-1)
+        return codes.T
 
     def decode(self, tables: Tensor, codes: Tensor) -> Tensor:
         """Rows [N, D] from codes [N, S] of tables [N]: the chosen centroids concatenated."""

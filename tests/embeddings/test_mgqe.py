@@ -52,3 +52,21 @@ def test_straight_through_and_commitment_losses():
 def test_subspaces_shrink_to_fit_the_budget():
     method = MGQEmbedding(schema(BIG), MGQEConfig(dim=16, budget=0.07))
     assert method.subspaces == 2 and method.memory_bytes() <= 0.07 * method.full_bytes()
+
+
+def test_each_occurrence_gets_its_nearest_allowed_centroid():
+    """The search, done once per distinct row, equals a brute-force search per occurrence."""
+    method = MGQEmbedding(schema(BIG), MGQEConfig(dim=16, budget=0.1))
+    with torch.no_grad():
+        method.codebooks.normal_()
+        method.weight.normal_()
+    tables = torch.tensor([0, 0, 1, 0, 2, 1, 0])
+    rows = method.row_start[tables] + torch.tensor([2, 5000, 7, 2, 3, 9000, 19999])
+    parts = method.weight[rows].view(len(rows), method.subspaces, -1)
+    codes = method.assign(tables, rows)
+    assert codes.shape == (len(rows), method.subspaces) and method.frequent[rows].tolist().count(True) >= 2
+    for i, (table, row) in enumerate(zip(tables.tolist(), rows.tolist())):
+        allowed = 256 if method.frequent[row] else 64
+        for s in range(method.subspaces):
+            distance = (parts[i, s] - method.codebooks[table, s, :allowed]).pow(2).sum(-1)
+            assert codes[i, s] == distance.argmin()
