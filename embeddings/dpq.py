@@ -121,11 +121,21 @@ class DPQEmbedding(WrittenCodes, BatchLosses, EmbeddingMethod):
 
     def responses(self, query: Tensor) -> Tensor:
         """Batch-normalised responses [N, P, K] of query parts [N, P, d] to every key."""
-        if self.config.mode == "vq":  # the keys are the values
-            raw = -(query.unsqueeze(2) - self.values.unsqueeze(0)).pow(2).sum(-1)
-        else:
-            raw = torch.einsum("npd,pkd->npk", query, self.keys)
-        return self.norm(raw.flatten(0, 1)).view_as(raw)
+        if self.config.mode == "vq":
+            with torch.no_grad():  # only the argmax reads them: no gradient
+                return self._normalised(self.negative_distances(query.detach(), self.values.detach()))
+        return self._normalised(torch.einsum("npd,pkd->npk", query, self.keys))
+
+    @staticmethod
+    def negative_distances(query: Tensor, keys: Tensor) -> Tensor:
+        """−‖q_j − key_jk‖² [N, P, K] of parts [N, P, d] and keys [P, K, d], in one batched
+        product: 2⟨q, key⟩ − (‖q‖² + ‖key‖²)."""
+        parts = query.transpose(0, 1)  # [P, N, d]
+        squares = (parts * parts).sum(-1, keepdim=True) + (keys * keys).sum(-1).unsqueeze(1)  # [P, N, K]
+        return torch.baddbmm(squares, parts, keys.transpose(1, 2), beta=-1, alpha=2).transpose(0, 1)
+
+    def _normalised(self, raw: Tensor) -> Tensor:
+        return self.norm(raw.reshape(-1, self.choices)).view_as(raw)
 
     def decode(self, codes: Tensor) -> Tensor:
         """Rows [N, D] from codes [N, P]: each part's chosen value, concatenated."""

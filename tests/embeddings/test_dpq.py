@@ -35,3 +35,13 @@ def test_evaluation_decodes_the_codes_training_wrote(mode):
     decoded = method.embed_ids(torch.zeros_like(ids), ids)
     torch.testing.assert_close(decoded, trained.detach())
     assert len(method.codes[2:300].unique()) > 1
+
+
+def test_vq_responses_are_negative_squared_distances_without_gradient():
+    """The batched form equals −‖q − key‖² by broadcasting; the argmax needs no graph."""
+    method = DPQEmbedding(schema(BIG), DPQConfig(dim=16, budget=0.5))
+    query = torch.randn(50, method.parts, 16 // method.parts, requires_grad=True)
+    keys = torch.randn(method.parts, method.choices, 16 // method.parts)
+    expected = -(query.unsqueeze(2) - keys.unsqueeze(0)).pow(2).sum(-1)
+    torch.testing.assert_close(DPQEmbedding.negative_distances(query, keys), expected, rtol=1e-5, atol=1e-5)
+    assert not method.responses(query).requires_grad
