@@ -135,9 +135,13 @@ class AutoDimEmbedding(MultiStageMixin, EmbeddingMethod):
         # index_select, not x[tables]: the backward of advanced indexing adds with atomics on
         # several CPU threads, in no fixed order (gradients would differ from run to run)
         weights = self.mixture().index_select(0, tables)  # [N, C]
+        groups = [(t, torch.nonzero(tables == t).squeeze(1)) for t in tables.unique().tolist()]
+        order = torch.cat([at for _, at in groups])
+        restore = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=order.device))
         out = 0
         for c, (table, linear) in enumerate(zip(self.candidate_tables, self.maps)):
-            mapped = torch.einsum("nd,nde->ne", F.embedding(rows, table, sparse=True), linear.index_select(0, tables))
+            looked = F.embedding(rows, table, sparse=True)  # [N, d_c]
+            mapped = torch.cat([looked.index_select(0, at) @ linear[t] for t, at in groups]).index_select(0, restore)
             out = out + weights[:, c : c + 1] * self.norms[c](mapped + self.map_bias[c].index_select(0, tables))
         return out
 

@@ -58,3 +58,19 @@ def test_temperature_anneals_to_its_floor():
     assert method.temperature() == pytest.approx(0.5)
     method.step.fill_(100)
     assert method.temperature() == 0.01
+
+
+def test_each_occurrence_is_mapped_by_its_own_table_s_linear_map():
+    """Grouping the ids by table gives the per-occurrence mixture of the search stage."""
+    torch.manual_seed(0)
+    method = AutoDimEmbedding(schema(), AutoDimConfig(dim=8, budget=0.5)).eval()
+    feature, ids = torch.tensor([0, 1, 3, 0, 2, 1, 3]), torch.tensor([5, 7, 3, 9, 5, 2, 1])
+    tables = method.feature_table[feature]
+    rows = method.row_start[tables] + ids
+    weights = method.mixture()[tables]
+    expected = sum(
+        weights[:, c : c + 1]
+        * method.norms[c](torch.einsum("nd,nde->ne", table[rows], method.maps[c][tables]) + method.map_bias[c][tables])
+        for c, table in enumerate(method.candidate_tables)
+    )
+    torch.testing.assert_close(method.embed_ids(feature, ids), expected)
