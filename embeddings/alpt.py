@@ -23,7 +23,7 @@ class ALPTConfig(QuantizeConfig):
         digit: bits of a stored element, 8 (default, the paper's main setting) or 16.
         scale: the initial step Δ of every row (the artifact's ``init_scale``, 0.01).
         scale_lr: learning rate of the steps (the artifact's 2e-5), SGD on the LSQ gradient.
-        lr: learning rate of the in-lookup SGD step of the rows (see ``int8``).
+        optimizer, lr: the in-lookup update of the rows (see ``int8``).
     """
 
     method: str = "alpt"
@@ -54,7 +54,8 @@ class ALPTEmbedding(QuantizedRows):
     in Click-Through Rate Prediction", AAAI 2023; defaults as the VLDB 2024 benchmark's
     artifact (PKU-DAIR/Hetu, tools/EmbeddingMemoryCompression: ``init_scale`` 0.01,
     ``scale_lr`` 2e-5). Row r stores integers q_r (int8 by default) and a step Δ_r; it reads
-    as Δ_r·q_r. A training step on the rows a batch touched: (1) w' = Δ·q − lr·g;
+    as Δ_r·q_r. A training step on the rows a batch touched: (1) w' = Δ·q − u, u the
+    optimizer's step (``descent``);
     (2) Δ ← Δ − scale_lr · ∂L/∂Δ with the LSQ (learned step size quantization) gradient of
     ŵ = Δ·round(w'/Δ) (``lsq_step_gradient``); (3) q ← SR(w'/Δ), stochastic rounding.
 
@@ -68,7 +69,7 @@ class ALPTEmbedding(QuantizedRows):
     Shapes: ids [N] of features [N] → [N, D].
     """
 
-    synced_buffers = ("codes", "steps")
+    synced_buffers = deployed_buffers = ("codes", "steps")
 
     def __init__(self, schema: Schema, config: ALPTConfig):
         fixed_ratio(config, "alpt", schema.tables(), sum(schema.tables().values()) * FP32_BYTES)
@@ -81,7 +82,7 @@ class ALPTEmbedding(QuantizedRows):
     @torch.no_grad()
     def apply_update(self, rows: Tensor, grad: Tensor) -> None:
         unique, total, values = self.summed(rows, grad)
-        updated = values - self.config.lr * total - self.config.middle
+        updated = values - self.descent(unique, total) - self.config.middle
         step = self.steps[unique]
         step_grad = lsq_step_gradient(updated / step, total, self.config.digit)
         step = (step - self.config.scale_lr * step_grad).clamp(min=MIN_STEP)

@@ -4,6 +4,7 @@ updated in place with stochastic rounding."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -18,6 +19,7 @@ from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
 
 INT_TYPES = {8: torch.int8, 16: torch.int16}
+ADAGRAD_EPS = 1e-10  # as torch's Adagrad
 
 
 @dataclass
@@ -28,16 +30,21 @@ class QuantizeConfig(EmbeddingConfig):
         digit: bits of a stored element, 8 or 16 (``int8``: 8, ``int16``: 16).
         scale: the quantization step s (the artifact's 0.01): element = middle + s·q.
         middle: the zero point (the artifact's 0).
-        lr: learning rate of the in-lookup SGD step w ← SR(w − lr·g); the table has no fp32
-            copy for ``train.embedding_optimizer`` to keep state in, so that optimizer does
-            not apply to it.
+        optimizer: the in-lookup update w ← SR(w − Δ): ``rowwise_adagrad`` (default; Δ =
+            lr·g / (√S_r + eps), S_r += mean_j g_rj², one fp32 state per row, as FBGEMM's
+            row-wise Adagrad) or ``sgd`` (Δ = lr·g, the artifact's rule). The table has no
+            fp32 copy for ``train.embedding_optimizer`` to keep state in, so that optimizer
+            does not apply to it.
+        lr: learning rate of that update (0.05, the recipes' table Adagrad rate; the
+            artifact's SGD used 1e-3).
     """
 
     method: str = "int8"
     digit: int = 8
     scale: float = 0.01
     middle: float = 0.0
-    lr: float = 0.01
+    optimizer: Literal["rowwise_adagrad", "sgd"] = "rowwise_adagrad"
+    lr: float = 0.05
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -85,6 +92,7 @@ class QuantizedRows(EmbeddingMethod):
     backward only records the rows and gradients, and ``sync_replicas`` applies them."""
 
     synced_buffers: tuple[str, ...] = ("codes",)  # what ``apply_update`` writes
+    deployed_buffers: tuple[str, ...] = ("codes",)  # what ``memory_bytes`` counts
 
     def __init__(self, schema: Schema, config: QuantizeConfig):
         super().__init__(schema, config)
@@ -92,11 +100,18 @@ class QuantizedRows(EmbeddingMethod):
         self.register_buffer("row_start", table_starts(self.table_rows), persistent=False)
         initial = torch.randn(rows, config.dim) * config.init_std
         self.register_buffer("codes", to_codes(stochastic_round((initial - config.middle) / config.scale), config.digit))
+        if config.optimizer == "rowwise_adagrad":  # training state: not deployed, not counted
+            self.register_buffer("square_sums", torch.zeros(rows))
+            self.synced_buffers = (*self.synced_buffers, "square_sums")
         self._pending: list[tuple[Tensor, Tensor]] = []  # (rows [N], gradients [N, D]) until sync_replicas
 
     def step_of(self, rows: Tensor) -> Tensor:
         """Quantization step of each row [N, 1]."""
         raise NotImplementedError
+
+    def memory_bytes(self) -> int:
+        """The deployed buffers; the optimizer's state is training-only."""
+        return sum(getattr(self, name).numel() * getattr(self, name).element_size() for name in self.deployed_buffers)
 
     def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
         rows = self.row_start[self.feature_table[feature]] + ids
@@ -133,11 +148,19 @@ class QuantizedRows(EmbeddingMethod):
         total = grad.new_zeros(unique.numel(), grad.shape[1]).index_add_(0, inverse, grad)
         return unique, total, self.config.middle + self.codes[unique].float() * self.step_of(unique)
 
+    def descent(self, unique: Tensor, total: Tensor) -> Tensor:
+        """The optimizer's step Δ [U, D] of rows ``unique`` [U] with summed gradients ``total``
+        [U, D] (``rowwise_adagrad`` first adds their mean squared gradient to its state)."""
+        if self.config.optimizer == "sgd":
+            return self.config.lr * total
+        self.square_sums[unique] += total.pow(2).mean(1)
+        return self.config.lr * total / (self.square_sums[unique].sqrt() + ADAGRAD_EPS).unsqueeze(1)
+
     @torch.no_grad()
     def apply_update(self, rows: Tensor, grad: Tensor) -> None:
-        """w ← middle + s·SR((w − lr·g − middle) / s) on the rows [N] a gradient [N, D] touched."""
+        """w ← middle + s·SR((w − Δ − middle) / s) on the rows [N] a gradient [N, D] touched."""
         unique, total, values = self.summed(rows, grad)
-        updated = values - self.config.lr * total
+        updated = values - self.descent(unique, total)
         step = self.step_of(unique)
         self.codes[unique] = to_codes(stochastic_round((updated - self.config.middle) / step), self.config.digit)
 
@@ -150,8 +173,10 @@ class QuantizedEmbedding(QuantizedRows):
     Compression", VLDB 2024; PKU-DAIR/Hetu tools/EmbeddingMemoryCompression), with the
     stochastic rounding of Gupta et al., "Deep Learning with Limited Numerical Precision",
     ICML 2015. Every element is stored as a signed 8- or 16-bit integer q and read as
-    middle + s·q with one fixed step s; the update rounds w − lr·g stochastically back onto
-    the grid, so small gradients move rows in expectation.
+    middle + s·q with one fixed step s; the update rounds w − u (u: the optimizer's step,
+    ``descent``) stochastically back onto the grid, so small steps move rows in expectation.
+    Deviation: u is row-wise Adagrad by default where the artifact uses SGD (see
+    docs/embeddings/int8.md: ctr's recipes train full tables with Adagrad).
 
     Budget: fixed at digit/32 of the full bytes (int8: 0.25, int16: 0.5); a smaller
     ``embedding.budget`` is refused (``BudgetUnreachableError``), a larger one is met.

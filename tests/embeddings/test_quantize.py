@@ -11,8 +11,9 @@ from tests.embeddings.schemas import schema
 def test_tables_are_stored_as_integers_at_a_fixed_ratio(config, dtype, ratio):
     method = QuantizedEmbedding(schema(), config(dim=8))
     stored = method.state_dict()
-    assert list(stored) == ["codes"] and stored["codes"].dtype == dtype
+    assert list(stored) == ["codes", "square_sums"] and stored["codes"].dtype == dtype  # + the optimizer's state
     assert method.memory_bytes() == ratio * method.full_bytes()
+    assert list(QuantizedEmbedding(schema(), config(dim=8, optimizer="sgd")).state_dict()) == ["codes"]
     with pytest.raises(BudgetUnreachableError, match=f"smallest budget it reaches is {ratio:g}"):
         QuantizedEmbedding(schema(), config(dim=8, budget=ratio * 0.99))
 
@@ -26,13 +27,28 @@ def test_stochastic_rounding_is_unbiased_in_expectation():
 
 def test_updates_smaller_than_the_step_move_rows_in_expectation():
     torch.manual_seed(0)
-    method = QuantizedEmbedding(schema({"item": 20000, "user": 10, "tags": 10}), QuantizeConfig(dim=8, lr=1.0))
+    method = QuantizedEmbedding(schema({"item": 20000, "user": 10, "tags": 10}), QuantizeConfig(dim=8, optimizer="sgd", lr=1.0))
     rows = torch.arange(20000)
     method.codes[rows] = 5  # every value 0.05
     method.apply_update(rows, torch.full((20000, 8), 0.003))  # 0.3 of a step, down
     values = method.codes[rows].float() * 0.01
     assert set(method.codes[rows].unique().tolist()) == {4, 5}
     assert abs(values.mean().item() - 0.047) < 2e-4  # nearest rounding would leave 0.05
+
+
+def test_rowwise_adagrad_steps_by_lr_whatever_the_gradient_scale():
+    """Adagrad's first step is lr·g/|g|: a gradient of 0.003 or of 3 moves rows by lr (here
+    0.3 of the quantization step) in expectation; its state is one mean squared gradient a row."""
+    torch.manual_seed(0)
+    for gradient in (0.003, 3.0):
+        method = QuantizedEmbedding(schema({"item": 20000, "user": 10, "tags": 10}), QuantizeConfig(dim=8, lr=0.003))
+        rows = torch.arange(20000)
+        method.codes[rows] = 5
+        method.apply_update(rows, torch.full((20000, 8), gradient))
+        values = method.codes[rows].float() * 0.01
+        assert abs(values.mean().item() - 0.047) < 2e-4
+        torch.testing.assert_close(method.square_sums[rows], torch.full((20000,), gradient**2))
+        assert not method.square_sums[20000:].any()
 
 
 def test_a_training_lookup_updates_the_codes_of_the_rows_it_read_only():
@@ -67,4 +83,5 @@ def test_alpt_steps_receive_gradients_on_the_rows_read():
     moved = method.steps.squeeze(1) != 0.01
     assert moved[ids].all() and not moved[40:].any()
     assert method.memory_bytes() == method.codes.numel() + 4 * method.steps.numel()
-    assert {name: t.dtype for name, t in method.state_dict().items()} == {"codes": torch.int8, "steps": torch.float32}
+    stored = {name: t.dtype for name, t in method.state_dict().items()}
+    assert stored == {"codes": torch.int8, "steps": torch.float32, "square_sums": torch.float32}
