@@ -115,9 +115,12 @@ class PEPEmbedding(PrunedTable):
         with torch.no_grad():
             margin = (self.weight.abs() - torch.sigmoid(self.config.gk * self.threshold)).flatten()
             self.keep.copy_((largest_mask(margin, self.kept) & (margin > 0)).view_as(self.keep))
+        log.info("pep: the search never reached sparsity %.4f; the mask keeps the %d largest |w| - g(s) > 0",
+                 self.target, int(self.keep.sum()))
 
     def stage_summary(self, stage: Stage) -> dict[str, Any]:
-        summary = {**self.stored_summary(), "reached_at_step": int(self.reached_at)}
+        """The stored format and the search step that reached S (None: never, the mask was cut)."""
+        summary = {**self.stored_summary(), "reached_at_step": int(self.reached_at) or None}
         if self.sparse is None:
             summary["kept"] = int(self.keep.sum())
         return summary

@@ -47,6 +47,7 @@ def test_retraining_rewinds_into_a_fixed_mask_within_the_budget():
     method.run_procedure(Stage("mask", kind="procedure"), StageContext(score=lambda: 0.5, seed=0))
     keep = method.keep.clone()
     assert int(keep.sum()) == method.kept  # never reached: cut to the budget
+    assert method.stage_summary(Stage("mask", kind="procedure"))["reached_at_step"] is None
     with torch.no_grad():
         method.weight.copy_(initial)  # what the trainer's rewind does before the stage
     method.begin_stage(Stage("retrain", rewind=True))
