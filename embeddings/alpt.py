@@ -55,7 +55,7 @@ class ALPTEmbedding(QuantizedRows):
     artifact (PKU-DAIR/Hetu, tools/EmbeddingMemoryCompression: ``init_scale`` 0.01,
     ``scale_lr`` 2e-5). Row r stores integers q_r (int8 by default) and a step Δ_r; it reads
     as Δ_r·q_r. A training step on the rows a batch touched: (1) w' = Δ·q − u, u the
-    optimizer's step (``descent``);
+    optimizer's step (``stepped``);
     (2) Δ ← Δ − scale_lr · ∂L/∂Δ with the LSQ (learned step size quantization) gradient of
     ŵ = Δ·round(w'/Δ) (``lsq_step_gradient``); (3) q ← SR(w'/Δ), stochastic rounding.
 
@@ -82,7 +82,7 @@ class ALPTEmbedding(QuantizedRows):
     @torch.no_grad()
     def apply_update(self, rows: Tensor, grad: Tensor) -> None:
         unique, total, values = self.summed(rows, grad)
-        updated = values - self.descent(unique, total) - self.config.middle
+        updated = self.stepped(unique, total, values) - self.config.middle
         step = self.steps[unique]
         step_grad = lsq_step_gradient(updated / step, total, self.config.digit)
         step = (step - self.config.scale_lr * step_grad).clamp(min=MIN_STEP)

@@ -14,12 +14,12 @@ from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.budget import BudgetUnreachableError, full_bytes
 from ctr.embeddings.replicas import broadcast_rows, gather_records
 from ctr.embeddings.storage import table_starts
+from ctr.kernels.optim import FusedOptimizer, apply_rows
 from ctr.recipe import EmbeddingConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
 
 INT_TYPES = {8: torch.int8, 16: torch.int16}
-ADAGRAD_EPS = 1e-10  # as torch's Adagrad
 
 
 @dataclass
@@ -31,10 +31,10 @@ class QuantizeConfig(EmbeddingConfig):
         scale: the quantization step s (the artifact's 0.01): element = middle + s·q.
         middle: the zero point (the artifact's 0).
         optimizer: the in-lookup update w ← SR(w − Δ): ``rowwise_adagrad`` (default; Δ =
-            lr·g / (√S_r + eps), S_r += mean_j g_rj², one fp32 state per row, as FBGEMM's
-            row-wise Adagrad) or ``sgd`` (Δ = lr·g, the artifact's rule). The table has no
-            fp32 copy for ``train.embedding_optimizer`` to keep state in, so that optimizer
-            does not apply to it.
+            lr·g / (√S_r + eps), S_r += mean_j g_rj², one fp32 state per row: the project's
+            ``rowwise_adagrad`` rule, FBGEMM's, eps 1e-8) or ``sgd`` (Δ = lr·g, the
+            artifact's rule). The table has no fp32 copy for ``train.embedding_optimizer``
+            to keep state in, so that optimizer does not apply to it.
         lr: learning rate of that update (0.05, the recipes' table Adagrad rate; the
             artifact's SGD used 1e-3).
     """
@@ -100,6 +100,7 @@ class QuantizedRows(EmbeddingMethod):
         self.register_buffer("row_start", table_starts(self.table_rows), persistent=False)
         initial = torch.randn(rows, config.dim) * config.init_std
         self.register_buffer("codes", to_codes(stochastic_round((initial - config.middle) / config.scale), config.digit))
+        self.optimizer = FusedOptimizer(config.optimizer, lr=config.lr)
         if config.optimizer == "rowwise_adagrad":  # training state: not deployed, not counted
             self.register_buffer("square_sums", torch.zeros(rows))
             self.synced_buffers = (*self.synced_buffers, "square_sums")
@@ -148,19 +149,22 @@ class QuantizedRows(EmbeddingMethod):
         total = grad.new_zeros(unique.numel(), grad.shape[1]).index_add_(0, inverse, grad)
         return unique, total, self.config.middle + self.codes[unique].float() * self.step_of(unique)
 
-    def descent(self, unique: Tensor, total: Tensor) -> Tensor:
-        """The optimizer's step Δ [U, D] of rows ``unique`` [U] with summed gradients ``total``
-        [U, D] (``rowwise_adagrad`` first adds their mean squared gradient to its state)."""
-        if self.config.optimizer == "sgd":
-            return self.config.lr * total
-        self.square_sums[unique] += total.pow(2).mean(1)
-        return self.config.lr * total / (self.square_sums[unique].sqrt() + ADAGRAD_EPS).unsqueeze(1)
+    def stepped(self, unique: Tensor, total: Tensor, values: Tensor) -> Tensor:
+        """``values`` [U, D] of rows ``unique`` [U] after the optimizer's step (w − Δ) on their
+        summed gradients ``total`` [U, D], in place; ``rowwise_adagrad`` also advances its
+        state of those rows."""
+        local = torch.arange(unique.numel(), device=unique.device)
+        state = {"sum": self.square_sums[unique]} if self.config.optimizer == "rowwise_adagrad" else {}
+        apply_rows(values, state, local, total, self.optimizer, self.config.lr)
+        if state:
+            self.square_sums[unique] = state["sum"]
+        return values
 
     @torch.no_grad()
     def apply_update(self, rows: Tensor, grad: Tensor) -> None:
         """w ← middle + s·SR((w − Δ − middle) / s) on the rows [N] a gradient [N, D] touched."""
         unique, total, values = self.summed(rows, grad)
-        updated = values - self.descent(unique, total)
+        updated = self.stepped(unique, total, values)
         step = self.step_of(unique)
         self.codes[unique] = to_codes(stochastic_round((updated - self.config.middle) / step), self.config.digit)
 
@@ -174,7 +178,7 @@ class QuantizedEmbedding(QuantizedRows):
     stochastic rounding of Gupta et al., "Deep Learning with Limited Numerical Precision",
     ICML 2015. Every element is stored as a signed 8- or 16-bit integer q and read as
     middle + s·q with one fixed step s; the update rounds w − u (u: the optimizer's step,
-    ``descent``) stochastically back onto the grid, so small steps move rows in expectation.
+    ``stepped``) stochastically back onto the grid, so small steps move rows in expectation.
     Deviation: u is row-wise Adagrad by default where the artifact uses SGD (see
     docs/embeddings/int8.md: ctr's recipes train full tables with Adagrad).
 
