@@ -318,27 +318,30 @@ STYLES = (("-", "o"), ("--", "s"), (":", "^"))  # line and marker of the 1st, 2n
 
 
 def plot(rows: list[dict[str, str]], out: Path) -> None:
-    """Test AUC (mean ± std over seeds) against embedding bytes, one line per method (10
-    colours × 3 line and marker styles tell the methods apart, each method's the same in
-    every plot);
-    ``full`` is a dashed line across."""
+    """Test AUC (mean ± std over seeds) against embedding bytes of ``rows`` (``plot_points``)."""
+    points: dict[str, list[tuple[float, float, float]]] = {}
+    for (method, _), group in _groups(rows).items():
+        ok = [r for r in group if r["status"] == "ok"]
+        if ok:
+            mean, std = mean_std([float(r["test_auc"]) for r in ok])
+            points.setdefault(method, []).append((float(ok[0]["embedding_bytes"]), mean, std))
+    plot_points(points, out)
+
+
+def plot_points(points: dict[str, list[tuple[float, float, float]]], out: Path) -> None:
+    """One line per method through its (embedding bytes, test AUC mean, std) points, log-scale
+    bytes (10 colours × 3 line and marker styles tell the methods apart, each method's the
+    same in every plot); ``full`` is a dashed line across."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8.5, 4.8))
-    by_method: dict[str, list[tuple[float, float, float]]] = {}
-    for (method, _), group in _groups(rows).items():
-        ok = [r for r in group if r["status"] == "ok"]
-        if ok:
-            mean, std = mean_std([float(r["test_auc"]) for r in ok])
-            by_method.setdefault(method, []).append((float(ok[0]["embedding_bytes"]), mean, std))
     colours = plt.get_cmap("tab10").colors
     names = EMBEDDINGS.names()  # a method keeps its colour and marker from one workload's plot to another's
-    for method, points in by_method.items():
-        points.sort()
-        xs, ys, es = zip(*points)
+    for method, unsorted in points.items():
+        xs, ys, es = zip(*sorted(unsorted))
         if method in UNBUDGETED:
             ax.axhline(ys[0], color="black", linestyle="--", linewidth=1, label=f"{method} ({xs[0]:,.0f} bytes)")
             continue
@@ -350,6 +353,6 @@ def plot(rows: list[dict[str, str]], out: Path) -> None:
     ax.set_xlabel("embedding bytes")
     ax.set_ylabel("test AUC")
     ax.grid(alpha=0.3)
-    if by_method:
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", ncol=1 + len(by_method) // 12)
+    if points:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", ncol=1 + len(points) // 12)
     save_png(fig, out)

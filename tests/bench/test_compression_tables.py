@@ -1,0 +1,39 @@
+from benchmarks.compression_tables import collect, complete, merge, points
+from ctr.bench.compression import Cell, Results, markdown
+
+
+def row(method, budget, seed, status="ok", auc="0.70", size="100"):
+    return {"method": method, "budget": budget, "seed": str(seed), "status": status, "test_auc": auc,
+            "test_logloss": "0.5", "train_seconds": "3", "embedding_bytes": size, "memory_ratio": "0.5",
+            "inference_rows_per_s": "1000", "peak_rss_mb": "900", "run_dir": f"runs/x/{method}-{budget}-s{seed}"}
+
+
+def test_collect_keeps_one_row_per_cell_the_newest(tmp_path):
+    kept = Results(tmp_path / "kept.csv")
+    kept.add(row("hash", "0.5", 0, status="failed (exit 1)"))
+    grid = Results(tmp_path / "grid.csv")
+    grid.add(row("hash", "0.5", 0, auc="0.71"))
+    grid.add(row("hash", "0.5", 1, auc="0.73"))
+    collect(kept, grid.path)
+    again = Results(tmp_path / "kept.csv")
+    assert [(r["seed"], r["status"], r["test_auc"]) for r in again.rows] == [("0", "ok", "0.71"), ("1", "ok", "0.73")]
+    assert again.done(Cell("hash", 0.5, 1))  # the grid skips a kept cell
+
+
+def test_only_groups_with_every_seed_or_a_refusal_are_complete():
+    rows = [row("robe", "0.1", 0), row("hash", "0.5", 0), row("hash", "0.5", 1),
+            row("hash", "0.001", 0, status="cannot reach (min 0.002)", auc="")]
+    assert [(r["method"], r["budget"]) for r in complete(rows, seeds=2)] == [
+        ("hash", "0.5"), ("hash", "0.5"), ("hash", "0.001")]
+
+
+def test_merge_replaces_measured_groups_keeps_the_others_and_orders_by_method_and_budget():
+    old = markdown([row("full", "", 0, auc="0.78", size="400"), row("robe", "0.5", 0, auc="0.60")])
+    new = markdown([row("hash", "0.01", 0, auc="0.65", size="4"), row("robe", "0.5", 0, auc="0.75", size="200")])
+    block, details = merge(old, new)
+    summary = block.split("\n\n")[0].splitlines()
+    assert summary[2:] == ["| full | 0.7800 |  |  |  |  |", "| hash |  |  |  | 0.6500 |  |",
+                           "| robe |  | 0.7500 |  |  |  |"]
+    assert list(details) == [("full", "full"), ("hash", "0.01"), ("robe", "0.5")]
+    assert points(details) == {"full": [(400.0, 0.78, 0.0)], "hash": [(4.0, 0.65, 0.0)], "robe": [(200.0, 0.75, 0.0)]}
+    assert merge(block, "")[0] == block  # merging nothing changes nothing
