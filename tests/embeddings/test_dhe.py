@@ -44,6 +44,7 @@ def test_the_decoder_is_the_artifacts_mlp_and_trains():
 
 
 def test_distinct_ids_are_encoded_once_with_the_same_outputs_and_gradients():
+    torch.manual_seed(0)
     method = DeepHashEmbedding(schema(BIG), DHEConfig(dim=8, budget=0.01))
     ids = torch.tensor([5, 7, 5, 5, 9, 7, 1, 5])
     features = torch.tensor([0, 0, 0, 2, 1, 1, 0, 0])  # feature 2 shares feature 0's table
@@ -53,8 +54,8 @@ def test_distinct_ids_are_encoded_once_with_the_same_outputs_and_gradients():
         out = embed(features, ids)
         (out * torch.arange(out.numel()).view_as(out)).sum().backward()
         grads.append((out.detach(), method.decoder[0].weight.grad.clone(), method.decoder[3].weight.grad.clone()))
-    for once, every in zip(*grads):
-        torch.testing.assert_close(once, every, rtol=1e-4, atol=1e-4)  # only the sums' order differs
+    for once, every in zip(*grads):  # only the sums' order differs: float32 error scales with the largest entry
+        torch.testing.assert_close(once, every, rtol=1e-4, atol=1e-4 * every.abs().max().item())
 
 
 def test_a_budget_past_the_compute_limit_is_refused_with_an_estimate():
