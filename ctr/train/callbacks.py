@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -110,6 +111,14 @@ class RunCheckpoint(ModelCheckpoint):
         if old and new and old != new:
             state_dict = {k: _rerooted(v, old, new) for k, v in state_dict.items()}
         super().load_state_dict(state_dict)
+
+    def start_from(self, path: Path, score: float) -> None:
+        """Counts the checkpoint ``path``, saved before training with ``score`` on the
+        monitored metric, as the best so far: an epoch replaces it only by beating it."""
+        value = torch.tensor(score)
+        self.best_k_models = {str(path): value}
+        self.kth_best_model_path, self.kth_value = str(path), value
+        self.best_model_path, self.best_model_score = str(path), value
 
 
 def _rerooted(value: Any, old: str, new: str) -> Any:

@@ -47,7 +47,8 @@ def read_state(path: Path) -> dict[str, Any]:
 class TrainState:
     """Where training stands: the epoch (its first ``batches`` trained), optimizer steps, the
     best monitored value, early stopping (its own best and the validations without a gain),
-    training rows and seconds, the lrs at the epoch's start (logged at its end)."""
+    training rows and seconds, the lrs at the epoch's start (logged at its end), the
+    validations after training steps."""
 
     epoch: int = 0
     batches: int = 0
@@ -59,6 +60,7 @@ class TrainState:
     samples: int = 0
     seconds: float = 0.0
     epoch_lrs: dict[str, float] = field(default_factory=dict)
+    validations: int = 0
 
     def update_patience(self, value: float, mode: str, stop: EarlyStopConfig | None) -> None:
         """Lightning's EarlyStopping rule: a gain is more than ``min_delta`` past its best;

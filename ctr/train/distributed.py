@@ -42,7 +42,7 @@ from ctr.train.checkpoints import Checkpointer, TrainState, is_distributed_check
 from ctr.train.distributed_epochs import EpochLoop, Span, evaluate
 from ctr.train.distributed_optim import Optimizers
 from ctr.train.distributed_stages import ArchSteps, cycle, run_stages
-from ctr.train.stages import StageFiles
+from ctr.train.stages import StageFiles, continues_training
 from ctr.train.loop import Placement, use_threads
 from ctr.train.optim import build_optimizer
 from ctr.train.plots import plot_curves
@@ -181,7 +181,8 @@ class Fitting:
         folder = StageFiles(self.run).folder(index, stage)
         log_csv = self.run.log_csv if last else folder / "logs" / "metrics.csv"
         span = Span(settings.epochs or train.epochs, settings.max_steps or train.max_steps, log_csv)
-        return self._fit(self.run.checkpoints if last else folder / "checkpoints", span, stage)
+        continues = continues_training(self.net.embedding.stages(), index)
+        return self._fit(self.run.checkpoints if last else folder / "checkpoints", span, stage, continues)
 
     def score(self) -> float:
         """Validation AUC of the network now, over every rank's rows (a procedure's score)."""
@@ -191,7 +192,7 @@ class Fitting:
         for loader in self.loaders.values():
             loader.close()
 
-    def _fit(self, folder: Path, span: Span, stage: Stage | None) -> float:
+    def _fit(self, folder: Path, span: Span, stage: Stage | None, score_start: bool = False) -> float:
         par = parallel(self.net, self.recipe, self.place.device, stage)
         par.optimizer.follow_schedules(self.recipe.train, par.module.fused_optimizer if par.sharded else None)
         if self.place.rank == 0:
@@ -202,7 +203,8 @@ class Fitting:
         try:
             arch = None if valid is None else ArchSteps(self.net, cycle(valid, state.step), par.optimizer.arch,
                                                         self.place.world_size)
-            trained = EpochLoop(self.recipe, par, self.loaders, saver, span, self.place, arch).run(state)
+            loop = EpochLoop(self.recipe, par, self.loaders, saver, span, self.place, arch, score_start)
+            trained = loop.run(state)
         finally:
             if valid is not None:
                 valid.close()

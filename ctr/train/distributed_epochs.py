@@ -52,7 +52,9 @@ class Span:
 class EpochLoop:
     """Trains ``par`` from a ``TrainState`` on (``run``): epochs of steps on this rank's parts
     of the batches (each followed by an ``arch`` step in a bi-level stage), validations,
-    checkpoints by ``saver``, early stopping."""
+    checkpoints by ``saver``, early stopping. With ``score_start`` (a stage that goes on
+    training weights an earlier stage trained) the weights it starts from are validated first
+    and are its best until a validation beats them."""
 
     recipe: Recipe
     par: Parallel
@@ -61,6 +63,7 @@ class EpochLoop:
     span: Span
     place: Placement
     arch: ArchSteps | None = None
+    score_start: bool = False
     logger: CurveLog = field(init=False)
 
     def run(self, state: TrainState) -> TrainState:
@@ -72,6 +75,8 @@ class EpochLoop:
             raise RecipeError(f"train.eval_every_n_steps: {every} is more than the {len(loader)} batches of an epoch")
         self.logger = CurveLog(self.span.log_csv, self.place.rank == 0, keep_before=state.step)
         loader.load_state_dict({"epoch": state.epoch, "batches": state.batches})
+        if self.score_start and state.step == 0 and state.best is None:
+            self._start_as_best(state)
         while state.epoch < self.span.epochs and not state.stopped and not self._at_max_steps(state):
             with closing(self._steps(state)) as steps:  # a pass left early stops its loader now
                 for index in steps:
@@ -85,7 +90,7 @@ class EpochLoop:
             if self._at_max_steps(state):
                 break
             state.epoch, state.batches = state.epoch + 1, 0
-        if state.best is None:
+        if not state.validations:
             self._validate(state)
         return state
 
@@ -143,19 +148,38 @@ class EpochLoop:
             log.info("epoch %d step %d (%d/%d of the epoch): loss %.5f", state.epoch, state.step, index + 1,
                      len(self.loaders["train"]), mean)
 
+    def _start_as_best(self, state: TrainState) -> None:
+        """Validates the weights before the first step and checkpoints them as ``best``: the
+        best so far, and early stopping's reference."""
+        monitor, _ = self._monitor()
+        value = self._monitored(evaluate(self.par.module, self.loaders["valid"], self.place), monitor)
+        state.best = state.stop_best = value
+        self.saver.save(self.saver.best, state)
+        log.info("stage start: %s %.5f (the stage's best until a validation beats it)", monitor, value)
+
+    def _monitor(self) -> tuple[str, str]:
+        """The monitored metric and its mode (``max`` or ``min``)."""
+        stop = self.recipe.train.early_stop
+        return (stop.monitor, stop.mode) if stop else ("valid/auc", "max")
+
+    @staticmethod
+    def _monitored(valid: dict[str, float], monitor: str) -> float:
+        value = valid.get(monitor.removeprefix("valid/")) if monitor.startswith("valid/") else None
+        if value is None:
+            raise RecipeError(f"train.early_stop.monitor: {monitor!r} is not a validation metric")
+        return value
+
     def _validate(self, state: TrainState) -> None:
         """Validates, steps the plateau schedules, checkpoints and applies early stopping."""
         train = self.recipe.train
-        monitor = train.early_stop.monitor if train.early_stop else "valid/auc"
-        mode = train.early_stop.mode if train.early_stop else "max"
+        monitor, mode = self._monitor()
         valid = evaluate(self.par.module, self.loaders["valid"], self.place)
         self.logger.write({"epoch": state.epoch, "step": state.step - 1, **{f"valid/{k}": v for k, v in valid.items()}})
         self.par.optimizer.after_validation(valid)
         log.info("epoch %d step %d: valid %s (%.0f samples/s)", state.epoch, state.step,
                  " ".join(f"{k}={v:.5f}" for k, v in valid.items()), state.samples / max(state.seconds, 1e-9))
-        value = valid.get(monitor.removeprefix("valid/")) if monitor.startswith("valid/") else None
-        if value is None:
-            raise RecipeError(f"train.early_stop.monitor: {monitor!r} is not a validation metric")
+        value = self._monitored(valid, monitor)
+        state.validations += 1
         improved = state.best is None or (value > state.best if mode == "max" else value < state.best)
         state.update_patience(value, mode, train.early_stop)
         if improved:

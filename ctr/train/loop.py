@@ -171,9 +171,11 @@ class Fitted:
 
 
 def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = None, max_steps: int | None = None,
-        resume_from: Path | None = None, log_root: Path | None = None) -> Fitted:
+        resume_from: Path | None = None, log_root: Path | None = None, score_start: bool = False) -> Fitted:
     """One Lightning fit of ``task``: checkpoints in ``ckpt_dir``, the CSV log in
-    ``<log_root>/logs`` (default: the run directory)."""
+    ``<log_root>/logs`` (default: the run directory). With ``score_start`` (a stage that
+    goes on training weights an earlier stage trained) the weights it starts from are
+    validated first and are its best until an epoch beats them."""
     recipe = session.recipe
     throughput = Throughput()
     checkpoint = _checkpoint(recipe, ckpt_dir)
@@ -182,21 +184,40 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
                  _last_checkpoint(ckpt_dir), throughput, ValidationSummary()]
     if not session.progress:  # no bar (stderr is not a terminal): progress lines in the log instead
         callbacks.append(ProgressLines(every=PROGRESS_EVERY_N_STEPS))
+    stopper = None
     if recipe.train.early_stop:
         stop = recipe.train.early_stop
         # checked after validation only: a run cut short by max_steps may end before the first one
-        callbacks.append(
-            EarlyStopping(monitor=stop.monitor, mode=stop.mode, patience=stop.patience, min_delta=stop.min_delta,
-                          check_on_train_epoch_end=False)
-        )
+        stopper = EarlyStopping(monitor=stop.monitor, mode=stop.mode, patience=stop.patience,
+                                min_delta=stop.min_delta, check_on_train_epoch_end=False)
+        callbacks.append(stopper)
     trainer = trainer_for(recipe, session.run, session.progress, callbacks, epochs=epochs, max_steps=max_steps,
                           log_root=log_root)
     if resume_from is not None:
         keep_log_rows(trainer, load_checkpoint(resume_from)["global_step"])
+    elif score_start:
+        _start_as_best(task, session, checkpoint, stopper)
     loaders = session.loaders
     trainer.fit(task, loaders["train"], loaders["valid"], ckpt_path=str(resume_from) if resume_from else None)
+    if score_start and resume_from is None and checkpoint.monitor not in trainer.callback_metrics:
+        # no validation ran (max_steps ended the stage first): the trained weights, unvalidated, as before
+        Path(checkpoint.best_model_path).unlink()
+        checkpoint.best_model_path = ""
     best = Path(checkpoint.best_model_path or ckpt_dir / "last.ckpt")
     return Fitted(best, throughput.seconds, throughput.samples_per_second, trainer.current_epoch, trainer.global_step)
+
+
+def _start_as_best(task: CTRTask, session: Session, checkpoint: RunCheckpoint, stopper: EarlyStopping | None) -> None:
+    """Validates ``task`` before its fit, saves its weights as ``best.ckpt`` and makes them
+    the best so far of ``checkpoint`` (and of early stopping's patience)."""
+    scorer = trainer_for(session.recipe, session.run, False, [], logger=False)
+    value = scorer.validate(task, session.loaders["valid"], verbose=False)[0][checkpoint.monitor]
+    path = Path(checkpoint.dirpath) / "best.ckpt"
+    scorer.save_checkpoint(path, weights_only=True)
+    checkpoint.start_from(path, value)
+    if stopper is not None:
+        stopper.best_score = torch.tensor(value)
+    log.info("stage start: %s %.5f (the stage's best until an epoch beats it)", checkpoint.monitor, value)
 
 
 def evaluate_checkpoint(task: CTRTask, ckpt: Path, loaders: dict[str, Loader], trainer: L.Trainer,

@@ -107,7 +107,8 @@ def train_stages(task: CTRTask, session: Session, resume: bool) -> Fitted:
         if stage.kind == "procedure":
             seconds = _run_procedure(task, session, stage)
         else:
-            fitted = _fit_stage(task, session, stage, folder, index == len(stages) - 1, resume)
+            fitted = _fit_stage(task, session, stage, folder, index == len(stages) - 1, resume,
+                                continues=continues_training(stages, index))
             task.load_state_dict(load_torch(fitted.best)["state_dict"])
             seconds = fitted.seconds
         save_stage(task.net, stage, folder, seconds)
@@ -120,10 +121,20 @@ def train_stages(task: CTRTask, session: Session, resume: bool) -> Fitted:
     return fitted
 
 
-def _fit_stage(task: CTRTask, session: Session, stage: Stage, folder: Path, last: bool, resume: bool) -> Fitted:
+def continues_training(stages: list[Stage], index: int) -> bool:
+    """Whether stage ``index`` goes on training the weights earlier stages left (a ``train``
+    stage after the first that does not rewind). Such a stage counts its start as a
+    candidate for its best weights: on one-epoch data a second pass over the same rows can
+    overfit, and validation, not the schedule, decides which weights the stage keeps."""
+    stage = stages[index]
+    return index > 0 and stage.kind == "train" and not stage.rewind
+
+
+def _fit_stage(task: CTRTask, session: Session, stage: Stage, folder: Path, last: bool, resume: bool,
+               continues: bool) -> Fitted:
     """Trains one ``train`` stage; the last stage checkpoints where a single-stage run does.
     A bi-level stage's architecture steps read shuffled validation batches of the training
-    batch size (this rank's share)."""
+    batch size (this rank's share). A stage that ``continues`` training scores its start."""
     settings = task.net.embedding.stage_settings(stage.name)
     ckpt_dir = session.run.checkpoints if last else folder / "checkpoints"
     resume_from = ckpt_dir / "last.ckpt" if resume and (ckpt_dir / "last.ckpt").exists() else None
@@ -132,7 +143,7 @@ def _fit_stage(task: CTRTask, session: Session, stage: Stage, folder: Path, last
     with task.in_stage(stage, valid):
         return fit(
             task, session, ckpt_dir, epochs=settings.epochs, max_steps=settings.max_steps,
-            resume_from=resume_from, log_root=None if last else folder,
+            resume_from=resume_from, log_root=None if last else folder, score_start=continues,
         )
 
 

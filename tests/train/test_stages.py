@@ -166,3 +166,50 @@ def test_models_lists_the_embedding_methods():
     methods = result.stdout.split("embedding methods:")[1].split("datasets:")[0]
     for name in ("full", "hash", "unified", "optembed", "dnis"):
         assert f"  {name} " in methods
+
+
+def _spoiling_finetune(step):
+    """``CTRTask.step`` that, in a ``finetune`` stage, scrambles the top MLP after each step:
+    a stage whose epochs only make the model worse on validation."""
+
+    def spoiled(task, batch, optimizer, *args):
+        loss = step(task, batch, optimizer, *args)
+        if task.stage is not None and task.stage.name == "finetune":
+            with torch.no_grad():
+                for param in task.net.model.top.parameters():
+                    param.copy_(torch.randn_like(param) * 3)
+        return loss
+    return spoiled
+
+
+def test_a_stage_that_goes_on_training_keeps_its_start_when_no_epoch_beats_it(tmp_path, monkeypatch):
+    """DeepLight's finetune goes on from the pruned weights: when its epochs only lose on
+    validation, the weights it started from stay its best, and the run reports them."""
+    from ctr.train.task import CTRTask
+
+    monkeypatch.setattr(CTRTask, "step", _spoiling_finetune(CTRTask.step))
+    embedding = {"method": "deeplight", "dim": 8, "budget": 0.5, "stages": {"prune": {"epochs": 6}, "finetune": {"epochs": 2}}}
+    metrics = train(recipe_from_dict(tiny_recipe(tmp_path, embedding=embedding)), tmp_path / "run")
+    run = tmp_path / "run"
+    pruned = torch.load(run / "stages" / "0-prune" / "state.pt")
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    top = [name for name in pruned if name.startswith("model.top.")]
+    assert top and all(torch.equal(best[f"net.{name}"], pruned[name]) for name in top)
+    assert not all(torch.equal(last[f"net.{name}"], pruned[name]) for name in top)
+    assert metrics["valid"]["auc"] > 0.55
+
+
+def test_scoring_a_stages_start_leaves_its_training_unchanged(tmp_path, monkeypatch):
+    """Validating the start draws no randomness and moves no weight: the stage's trained
+    weights are those of the same run without the start scored."""
+    import ctr.train.stages as stages
+
+    embedding = {"method": "deeplight", "dim": 8, "budget": 0.5}
+    lasts = []
+    for scored in (True, False):
+        monkeypatch.setattr(stages, "continues_training", lambda steps, index, scored=scored: scored and index > 0)
+        train(recipe_from_dict(tiny_recipe(tmp_path / str(scored), embedding=embedding)), tmp_path / str(scored) / "run")
+        lasts.append(torch.load(tmp_path / str(scored) / "run" / "checkpoints" / "last.ckpt", weights_only=False))
+    assert lasts[0]["state_dict"].keys() == lasts[1]["state_dict"].keys()
+    assert all(torch.equal(value, lasts[1]["state_dict"][name]) for name, value in lasts[0]["state_dict"].items())
