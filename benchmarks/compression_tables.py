@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctr.atomic import atomic_write
-from ctr.bench.compression import Results, markdown, plot_points
+from ctr.bench.compression import Results, cell_groups, markdown, plot_points
 
 METHODS = ("full,hash,unified,optembed,dnis,compo,robe,dhe,ttrec,adaptemb,mgqe,dedup,mde,autodim,deeplight,pep,"
            "autosrh,int8,int16,alpt,dpq").split(",")
@@ -59,11 +59,8 @@ def collect(kept: Results, grid: Path) -> None:
 def complete(rows: list[dict[str, str]], seeds: int) -> list[dict[str, str]]:
     """Rows of the (method, budget) groups with ``seeds`` finished runs or a refusal, in the
     order of ``METHODS`` and ``BUDGETS``."""
-    groups: dict[tuple[str, str], list[dict[str, str]]] = {}
-    for row in rows:
-        groups.setdefault((row["method"], row["budget"] or "full"), []).append(row)
     done = [
-        group for group in groups.values()
+        group for group in cell_groups(rows).values()
         if sum(r["status"] == "ok" for r in group) >= seeds or all(r["status"].startswith(("cannot", "not run"))
                                                                    for r in group)
     ]

@@ -259,7 +259,8 @@ def _train_apart(cell: Cell, raw: dict[str, Any], run: RunDir, out: Path) -> str
     return "ok"
 
 
-def _groups(rows: list[dict[str, str]]) -> dict[tuple[str, str], list[dict[str, str]]]:
+def cell_groups(rows: list[dict[str, str]]) -> dict[tuple[str, str], list[dict[str, str]]]:
+    """Rows by (method, budget), the budget ``full`` for the full table; first-seen order."""
     groups: dict[tuple[str, str], list[dict[str, str]]] = {}
     for row in rows:
         groups.setdefault((row["method"], row["budget"] or "full"), []).append(row)
@@ -268,7 +269,7 @@ def _groups(rows: list[dict[str, str]]) -> dict[tuple[str, str], list[dict[str, 
 
 def markdown(rows: list[dict[str, str]]) -> str:
     """Methods × budgets table of test AUC, then one line per (method, budget) with details."""
-    groups = _groups(rows)
+    groups = cell_groups(rows)
     methods = list(dict.fromkeys(m for m, _ in groups))
     budgets = sorted({b for _, b in groups if b != "full"}, key=float, reverse=True)
     lines = ["| method | " + " | ".join(["full size"] + [f"budget {b}" for b in budgets]) + " |"]
@@ -320,7 +321,7 @@ STYLES = (("-", "o"), ("--", "s"), (":", "^"))  # line and marker of the 1st, 2n
 def plot(rows: list[dict[str, str]], out: Path) -> None:
     """Test AUC (mean ± std over seeds) against embedding bytes of ``rows`` (``plot_points``)."""
     points: dict[str, list[tuple[float, float, float]]] = {}
-    for (method, _), group in _groups(rows).items():
+    for (method, _), group in cell_groups(rows).items():
         ok = [r for r in group if r["status"] == "ok"]
         if ok:
             mean, std = mean_std([float(r["test_auc"]) for r in ok])
