@@ -115,9 +115,36 @@ class DeepHashEmbedding(EmbeddingMethod):
         return hashed.to(torch.float32) * (2.0 / (self.config.buckets - 1)) - 1.0
 
     def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
-        """The decoder on every occurrence (its BatchNorm's statistics are over the batch's
-        ids, repeats included, as the artifact's); the encoding and the first Linear, row by
-        row, are computed once per distinct id and gathered (the widest layer: k × w)."""
-        rows, occurrence = torch.unique(self.row_start[self.feature_table[feature]] + ids, return_inverse=True)
-        first = self.decoder[0](self._encode_rows(rows))
-        return self.decoder[1:](first.index_select(0, occurrence))
+        """The decoder once per distinct id, gathered to every occurrence. In training its
+        BatchNorm statistics weight each distinct id by its occurrences: the same statistics
+        (and outputs, gradients, running estimates) as the decoder run on every occurrence,
+        as the artifact runs it, in a fraction of the flops on Zipf-like batches."""
+        rows, occurrence, counts = torch.unique(self.row_start[self.feature_table[feature]] + ids,
+                                                return_inverse=True, return_counts=True)
+        hidden = self._encode_rows(rows)
+        layers = list(self.decoder)
+        for linear, norm, activation in zip(layers[:-1:3], layers[1::3], layers[2::3]):
+            hidden = activation(occurrence_norm(norm, linear(hidden), counts))
+        return layers[-1](hidden).index_select(0, occurrence)
+
+
+def occurrence_norm(norm: nn.BatchNorm1d, hidden: Tensor, counts: Tensor) -> Tensor:
+    """``norm`` on rows [U, w] that stand for ``counts`` [U] occurrences each: in training,
+    the batch mean and variance of the occurrences (Σ c·h / n, Σ c·(h − mean)² / n with
+    n = Σ c) normalise the rows and update the running estimates (variance unbiased by
+    n / (n − 1)), as BatchNorm1d on the repeated rows would; in evaluation, ``norm`` itself."""
+    if not norm.training:
+        return norm(hidden)
+    total = counts.sum()
+    if total < 2:
+        raise ValueError("BatchNorm in training needs more than one id occurrence in the batch")
+    weights = counts.to(hidden.dtype).unsqueeze(1) / total
+    mean = (weights * hidden).sum(0)
+    centered = hidden - mean
+    variance = (weights * centered.square()).sum(0)
+    with torch.no_grad():
+        norm.num_batches_tracked += 1
+        momentum = norm.momentum if norm.momentum is not None else 1.0 / float(norm.num_batches_tracked)
+        norm.running_mean.lerp_(mean, momentum)
+        norm.running_var.lerp_(variance * (total / (total - 1)), momentum)
+    return centered * torch.rsqrt(variance + norm.eps) * norm.weight + norm.bias
