@@ -1,6 +1,7 @@
 """Two embedding methods' hot paths against their straightforward form, in the same run:
 the pruning selection (``largest_mask`` vs a ``torch.topk`` mask) in time and peak resident
-memory, DHE's lookup (first layer once per distinct id vs on every occurrence) and MGQE's
+memory, DHE's lookup (the decoder once per distinct id with occurrence-weighted BatchNorm
+statistics vs the decoder on every occurrence) and MGQE's
 nearest-centroid search (once per distinct row vs per occurrence) in time.
 Prints ratios; each selection runs in its own process so that its peak memory is its own.
 
