@@ -132,9 +132,11 @@ def occurrence_norm(norm: nn.BatchNorm1d, hidden: Tensor, counts: Tensor) -> Ten
     """``norm`` on rows [U, w] that stand for ``counts`` [U] occurrences each: in training,
     the batch mean and variance of the occurrences (Σ c·h / n, Σ c·(h − mean)² / n with
     n = Σ c) normalise the rows and update the running estimates (variance unbiased by
-    n / (n − 1)), as BatchNorm1d on the repeated rows would; in evaluation, ``norm`` itself."""
+    n / (n − 1)), as BatchNorm1d on the repeated rows would; in evaluation, its running
+    estimates, written out (``norm`` itself refuses rows whose count depends on the data
+    under ``torch.export``)."""
     if not norm.training:
-        return norm(hidden)
+        return (hidden - norm.running_mean) * torch.rsqrt(norm.running_var + norm.eps) * norm.weight + norm.bias
     total = counts.sum()
     if total < 2:
         raise ValueError("BatchNorm in training needs more than one id occurrence in the batch")
