@@ -244,8 +244,7 @@ def _train_apart(cell: Cell, raw: dict[str, Any], run: RunDir, out: Path) -> str
     recipe_file, log_file = out / "recipes" / f"{cell.key}.yaml", out / "logs" / f"{cell.key}.log"
     atomic_write(recipe_file, yaml.safe_dump(raw, sort_keys=False))
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    resuming = run.last.exists() or run.stage_progress.exists()
-    what = ["--resume", str(run.root)] if resuming else [str(recipe_file), "--out", str(run.root)]
+    what = ["--resume", str(run.root)] if run.started else [str(recipe_file), "--out", str(run.root)]
     command = [sys.executable, "-m", "ctr.cli", "train", *what]
     with log_file.open("w") as stderr:
         child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)

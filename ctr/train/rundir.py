@@ -34,6 +34,12 @@ class RunDir:
     curves = property(lambda self: self.root / "curves.png")
     log_csv = property(lambda self: self.root / "logs" / "metrics.csv")
 
+    @property
+    def started(self) -> bool:
+        """Whether training has left something to resume: a last checkpoint, a multi-stage
+        run's stages/ (written first) or a distributed run's checkpoint folder."""
+        return self.last.exists() or self.stages.exists() or (self.checkpoints / "last").exists()
+
     def check_usable(self) -> None:
         """Raises a UserError when the run directory's path names something other than a
         folder (a regular file, say), before anything is written."""

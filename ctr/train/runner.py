@@ -91,8 +91,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
 def _check_run(run: RunDir, resume: bool) -> None:
     """Refuses a run directory that does not fit ``resume`` (before any work)."""
     run.check_usable()
-    # a multi-stage run writes stages/ first; a distributed run's checkpoints are folders
-    started = run.last.exists() or run.stages.exists() or (run.checkpoints / "last").exists()
+    started = run.started
     if resume and run.metrics.exists():
         raise UserError(f"{run.root}: this run is finished (metrics.json is written); nothing to resume")
     if resume and not started:

@@ -142,8 +142,8 @@ class Tuning:
             return done
         log.info("tune %s seed %d (%s): training", point.key, seed, point.label)
         run = RunDir(self.out / "runs" / f"{point.key}-s{offset}")
-        started = run.last.exists() or run.stages.exists()
-        metrics = run.read_metrics() if run.metrics.exists() else self.train(replace(recipe, seed=seed), run.root, started)
+        metrics = run.read_metrics() if run.metrics.exists() else self.train(replace(recipe, seed=seed), run.root,
+                                                                                run.started)
         name = monitor.removeprefix("valid/")
         if name not in metrics["valid"]:
             raise UserError(f"train.early_stop.monitor: {monitor!r}: the run reports no validation {name!r}")

@@ -1,4 +1,5 @@
 import csv
+import shutil
 import subprocess
 import sys
 import logging
@@ -118,6 +119,21 @@ def test_a_killed_cell_resumes_from_its_checkpoint_on_the_next_run(tmp_path):
     (run / "bench.json").unlink()
     (row,) = run_compression(recipe, ["hash"], [0.5], 1, out, []).rows
     assert row["status"] == "ok" and row["peak_rss_mb"] == "" and row["test_auc"] == rerun.rows[0]["test_auc"]
+
+
+def test_a_cell_killed_in_its_first_stage_resumes_on_the_next_run(tmp_path):
+    recipe = tmp_path / "base.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 1})))
+    out = tmp_path / "bench"
+    (row,) = run_compression(recipe, ["pep"], [0.5], 1, out, []).rows
+    run = out / "runs" / "pep-0.5-s0"
+    # as if killed after the search stage's checkpoint, before the stage ended
+    for path in ["metrics.json", "checkpoints", "stages/progress.json", "stages/1-mask", "stages/2-retrain"]:
+        shutil.rmtree(run / path) if (run / path).is_dir() else (run / path).unlink()
+    assert (run / "stages" / "0-search" / "checkpoints" / "last.ckpt").exists()
+    (out / "results.csv").unlink()
+    (again,) = run_compression(recipe, ["pep"], [0.5], 1, out, []).rows
+    assert again["status"] == "ok" and again["test_auc"] == row["test_auc"]
 
 
 def test_dropped_checkpoints_leave_each_cell_its_metrics_and_stage_outputs(tmp_path):
