@@ -178,8 +178,8 @@ def _unfuse_unless_fusable(raw: dict[str, Any], cell: Cell) -> None:
 def _run_cell(
     cell: Cell, raw: dict[str, Any], out: Path, number: str, preparing: threading.Lock, drop_checkpoints: bool,
 ) -> dict[str, Any]:
-    log.info("bench %s %s: training", number, cell.key)
     run = RunDir(out / "runs" / cell.key)
+    log.info("bench %s %s: %s", number, cell.key, "resuming its interrupted run" if run.started else "training")
     row: dict[str, Any] = {"method": cell.method, "budget": cell.budget, "seed": cell.seed, "run_dir": run.root}
     try:
         recipe = recipe_from_dict(raw)

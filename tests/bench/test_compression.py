@@ -121,7 +121,7 @@ def test_a_killed_cell_resumes_from_its_checkpoint_on_the_next_run(tmp_path):
     assert row["status"] == "ok" and row["peak_rss_mb"] == "" and row["test_auc"] == rerun.rows[0]["test_auc"]
 
 
-def test_a_cell_killed_in_its_first_stage_resumes_on_the_next_run(tmp_path):
+def test_a_cell_killed_in_its_first_stage_resumes_on_the_next_run(tmp_path, caplog):
     recipe = tmp_path / "base.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 1})))
     out = tmp_path / "bench"
@@ -132,7 +132,9 @@ def test_a_cell_killed_in_its_first_stage_resumes_on_the_next_run(tmp_path):
         shutil.rmtree(run / path) if (run / path).is_dir() else (run / path).unlink()
     assert (run / "stages" / "0-search" / "checkpoints" / "last.ckpt").exists()
     (out / "results.csv").unlink()
-    (again,) = run_compression(recipe, ["pep"], [0.5], 1, out, []).rows
+    with caplog.at_level(logging.INFO, logger="ctr.bench"):
+        (again,) = run_compression(recipe, ["pep"], [0.5], 1, out, []).rows
+    assert "pep-0.5-s0: resuming its interrupted run" in caplog.text
     assert again["status"] == "ok" and again["test_auc"] == row["test_auc"]
 
 
