@@ -69,6 +69,21 @@ def test_distinct_ids_decoded_once_match_the_decoder_on_every_occurrence():
                                rtol=1e-4, atol=1e-5)
 
 
+def test_mixed_precision_keeps_the_statistics_in_float32():
+    torch.manual_seed(0)
+    method = DeepHashEmbedding(schema(BIG), DHEConfig(dim=8, budget=0.01))
+    reference = copy.deepcopy(method)
+    ids, features = torch.tensor([5, 7, 5, 5, 9, 7, 1, 5]), torch.zeros(8, dtype=torch.long)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = method.embed_ids(features, ids)
+        expected = reference.decoder(reference.encode(features, ids))
+    assert out.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected.float(), rtol=0.05, atol=0.05 * expected.abs().max().item())
+    for (name, mine), theirs in zip(method.decoder.named_buffers(), reference.decoder.buffers()):
+        assert mine.dtype == theirs.dtype, name
+        torch.testing.assert_close(mine, theirs, rtol=0.05, atol=0.01, msg=name)
+
+
 def test_a_budget_past_the_compute_limit_is_refused_with_an_estimate():
     with pytest.raises(ComputeLimitError, match=r"MLP width \d+ > 64.*GFLOP forward per 4096 ids"):
         DeepHashEmbedding(schema(BIG), DHEConfig(dim=8, budget=0.5, max_width=64))
