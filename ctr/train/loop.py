@@ -193,13 +193,14 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
         callbacks.append(stopper)
     trainer = trainer_for(recipe, session.run, session.progress, callbacks, epochs=epochs, max_steps=max_steps,
                           log_root=log_root)
+    scored = False
     if resume_from is not None:
         keep_log_rows(trainer, load_checkpoint(resume_from)["global_step"])
     elif score_start:
-        _start_as_best(task, session, checkpoint, stopper)
+        scored = _start_as_best(task, session, checkpoint, stopper)
     loaders = session.loaders
     trainer.fit(task, loaders["train"], loaders["valid"], ckpt_path=str(resume_from) if resume_from else None)
-    if score_start and resume_from is None and checkpoint.monitor not in trainer.callback_metrics:
+    if scored and checkpoint.monitor not in trainer.callback_metrics:
         # no validation ran (max_steps ended the stage first): the trained weights, unvalidated, as before
         Path(checkpoint.best_model_path).unlink()
         checkpoint.best_model_path = ""
@@ -207,17 +208,24 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     return Fitted(best, throughput.seconds, throughput.samples_per_second, trainer.current_epoch, trainer.global_step)
 
 
-def _start_as_best(task: CTRTask, session: Session, checkpoint: RunCheckpoint, stopper: EarlyStopping | None) -> None:
+def _start_as_best(task: CTRTask, session: Session, checkpoint: RunCheckpoint, stopper: EarlyStopping | None) -> bool:
     """Validates ``task`` before its fit, saves its weights as ``best.ckpt`` and makes them
-    the best so far of ``checkpoint`` (and of early stopping's patience)."""
+    the best so far of ``checkpoint`` (and of early stopping's patience). False, with
+    nothing saved, when the monitored metric is not a validation one (``train/loss``): the
+    start has no value of it."""
     scorer = trainer_for(session.recipe, session.run, False, [], logger=False)
-    value = scorer.validate(task, session.loaders["valid"], verbose=False)[0][checkpoint.monitor]
+    scores = scorer.validate(task, session.loaders["valid"], verbose=False)[0]
+    if checkpoint.monitor not in scores:
+        log.info("stage start not scored: %s is not a validation metric", checkpoint.monitor)
+        return False
+    value = scores[checkpoint.monitor]
     path = Path(checkpoint.dirpath) / "best.ckpt"
     scorer.save_checkpoint(path, weights_only=True)
     checkpoint.start_from(path, value)
     if stopper is not None:
         stopper.best_score = torch.tensor(value)
     log.info("stage start: %s %.5f (the stage's best until an epoch beats it)", checkpoint.monitor, value)
+    return True
 
 
 def evaluate_checkpoint(task: CTRTask, ckpt: Path, loaders: dict[str, Loader], trainer: L.Trainer,

@@ -213,3 +213,12 @@ def test_scoring_a_stages_start_leaves_its_training_unchanged(tmp_path, monkeypa
         lasts.append(torch.load(tmp_path / str(scored) / "run" / "checkpoints" / "last.ckpt", weights_only=False))
     assert lasts[0]["state_dict"].keys() == lasts[1]["state_dict"].keys()
     assert all(torch.equal(value, lasts[1]["state_dict"][name]) for name, value in lasts[0]["state_dict"].items())
+
+
+def test_a_training_metric_monitored_leaves_the_start_unscored(tmp_path):
+    """Early stopping on ``train/loss``: the start has no training loss to stand on, so a
+    continuing stage trains as before instead of failing."""
+    embedding = {"method": "deeplight", "dim": 8, "budget": 0.5}
+    train_block = {"epochs": 2, "early_stop": {"monitor": "train/loss", "mode": "min", "patience": 2}}
+    metrics = train(recipe_from_dict(tiny_recipe(tmp_path, embedding=embedding, train=train_block)), tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").exists() and metrics["test"]["auc"] > 0.5
