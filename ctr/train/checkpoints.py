@@ -62,6 +62,15 @@ class TrainState:
     epoch_lrs: dict[str, float] = field(default_factory=dict)
     validations: int = 0
 
+    @classmethod
+    def from_saved(cls, info: dict[str, Any]) -> TrainState:
+        """The state a checkpoint's ``ctr.json`` holds. One saved before validations were
+        counted has had one if it holds a best value (else a resume would validate again)."""
+        state = cls(**{key: info[key] for key in cls.__dataclass_fields__ if key in info})
+        if "validations" not in info and state.best is not None:
+            state.validations = 1
+        return state
+
     def update_patience(self, value: float, mode: str, stop: EarlyStopConfig | None) -> None:
         """Lightning's EarlyStopping rule: a gain is more than ``min_delta`` past its best;
         ``patience`` validations without one stop the run."""
@@ -142,5 +151,4 @@ class Checkpointer:
 
     def restore(self) -> TrainState:
         """The training state of ``last`` after loading it (``ctr train --resume``)."""
-        info = self.load(self.last)
-        return TrainState(**{key: info[key] for key in TrainState.__dataclass_fields__ if key in info})
+        return TrainState.from_saved(self.load(self.last))

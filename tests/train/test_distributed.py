@@ -204,6 +204,17 @@ def test_early_stopping_follows_lightnings_rule(mode, min_delta, patience):
     assert ours.stopped  # each case stops before the values run out
 
 
+def test_a_checkpoint_saved_before_validations_were_counted_resumes_without_validating_again():
+    from dataclasses import asdict
+
+    from ctr.train.checkpoints import TrainState
+
+    validated = {k: v for k, v in asdict(TrainState(epoch=1, best=0.71)).items() if k != "validations"}
+    assert TrainState.from_saved(validated).validations == 1
+    assert TrainState.from_saved({"epoch": 0, "best": None}).validations == 0
+    assert TrainState.from_saved(asdict(TrainState(best=0.7, validations=3))).validations == 3
+
+
 def test_ctr_plan_follows_the_distributed_section(tmp_path, tiny_prepared):
     from ctr.recipe import recipe_from_dict
     from ctr.train.plan import plan_tables
