@@ -179,7 +179,8 @@ def _run_cell(
     cell: Cell, raw: dict[str, Any], out: Path, number: str, preparing: threading.Lock, drop_checkpoints: bool,
 ) -> dict[str, Any]:
     run = RunDir(out / "runs" / cell.key)
-    log.info("bench %s %s: %s", number, cell.key, "resuming its interrupted run" if run.started else "training")
+    resuming = run.started and not run.metrics.exists()
+    log.info("bench %s %s: %s", number, cell.key, "resuming its interrupted run" if resuming else "training")
     row: dict[str, Any] = {"method": cell.method, "budget": cell.budget, "seed": cell.seed, "run_dir": run.root}
     try:
         recipe = recipe_from_dict(raw)
