@@ -200,10 +200,8 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
         scored = _start_as_best(task, session, checkpoint, stopper)
     loaders = session.loaders
     trainer.fit(task, loaders["train"], loaders["valid"], ckpt_path=str(resume_from) if resume_from else None)
-    if scored and checkpoint.monitor not in trainer.callback_metrics:
-        # no validation ran (max_steps ended the stage first): the trained weights, unvalidated, as before
-        Path(checkpoint.best_model_path).unlink()
-        checkpoint.best_model_path = ""
+    if scored and checkpoint.monitor not in trainer.callback_metrics:  # max_steps ended it before a validation
+        _keep_the_better(task, session, checkpoint)
     best = Path(checkpoint.best_model_path or ckpt_dir / "last.ckpt")
     return Fitted(best, throughput.seconds, throughput.samples_per_second, trainer.current_epoch, trainer.global_step)
 
@@ -226,6 +224,18 @@ def _start_as_best(task: CTRTask, session: Session, checkpoint: RunCheckpoint, s
         stopper.best_score = torch.tensor(value)
     log.info("stage start: %s %.5f (the stage's best until an epoch beats it)", checkpoint.monitor, value)
     return True
+
+
+def _keep_the_better(task: CTRTask, session: Session, checkpoint: RunCheckpoint) -> None:
+    """Validates the trained weights of a fit that ran no validation and saves them as
+    ``best.ckpt`` when they beat the start it holds (the distributed loop's final validation)."""
+    scorer = trainer_for(session.recipe, session.run, False, [], logger=False)
+    value = scorer.validate(task, session.loaders["valid"], verbose=False)[0][checkpoint.monitor]
+    start = float(checkpoint.best_model_score)
+    if value > start if checkpoint.mode == "max" else value < start:
+        scorer.save_checkpoint(checkpoint.best_model_path, weights_only=True)
+        checkpoint.best_model_score = torch.tensor(value)
+    log.info("stage end, not validated in training: %s %.5f against the start's %.5f", checkpoint.monitor, value, start)
 
 
 def evaluate_checkpoint(task: CTRTask, ckpt: Path, loaders: dict[str, Loader], trainer: L.Trainer,

@@ -200,6 +200,22 @@ def test_a_stage_that_goes_on_training_keeps_its_start_when_no_epoch_beats_it(tm
     assert metrics["valid"]["auc"] > 0.55
 
 
+def test_a_stage_cut_short_before_any_validation_keeps_the_better_of_start_and_end(tmp_path, monkeypatch):
+    """max_steps ends the finetune before its first validation: its trained weights are
+    validated then, and lose to the start they spoiled (as in the distributed loop)."""
+    from ctr.train.task import CTRTask
+
+    monkeypatch.setattr(CTRTask, "step", _spoiling_finetune(CTRTask.step))
+    embedding = {"method": "deeplight", "dim": 8, "budget": 0.5,
+                 "stages": {"prune": {"epochs": 6}, "finetune": {"max_steps": 3}}}
+    train(recipe_from_dict(tiny_recipe(tmp_path, embedding=embedding)), tmp_path / "run")
+    run = tmp_path / "run"
+    pruned = torch.load(run / "stages" / "0-prune" / "state.pt")
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]
+    top = [name for name in pruned if name.startswith("model.top.")]
+    assert top and all(torch.equal(best[f"net.{name}"], pruned[name]) for name in top)
+
+
 def test_scoring_a_stages_start_leaves_its_training_unchanged(tmp_path, monkeypatch):
     """Validating the start draws no randomness and moves no weight: the stage's trained
     weights are those of the same run without the start scored."""
