@@ -103,7 +103,7 @@ class AutoDimEmbedding(MultiStageMixin, EmbeddingMethod):
         self.retrained: ProjectedTables | None = None
 
     def stages(self) -> list[Stage]:
-        return [Stage("search", bilevel=True), Stage("retrain")]
+        return [Stage("search", bilevel=True), Stage("retrain", fresh_tables=True)]
 
     def begin_stage(self, stage: Stage) -> None:
         if stage.name == "retrain" and self.retrained is None:

@@ -30,12 +30,15 @@ class Stage:
             through ``arch_update`` while all other parameters step on training batches.
         rewind: (train) restore the parameters the whole net had before the first stage
             before this stage begins (retraining from the same initialization).
+        fresh_tables: (train) the method builds new, untrained tables as the stage begins
+            (the rest of the net goes on from earlier stages).
     """
 
     name: str
     kind: Literal["train", "procedure"] = "train"
     bilevel: bool = False
     rewind: bool = False
+    fresh_tables: bool = False
 
 
 @dataclass

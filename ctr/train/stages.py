@@ -123,11 +123,12 @@ def train_stages(task: CTRTask, session: Session, resume: bool) -> Fitted:
 
 def continues_training(stages: list[Stage], index: int) -> bool:
     """Whether stage ``index`` goes on training the weights earlier stages left (a ``train``
-    stage after the first that does not rewind). Such a stage counts its start as a
-    candidate for its best weights: on one-epoch data a second pass over the same rows can
-    overfit, and validation, not the schedule, decides which weights the stage keeps."""
+    stage after the first that neither rewinds nor starts new tables). Such a stage counts
+    its start as a candidate for its best weights: on one-epoch data a second pass over the
+    same rows can overfit, and validation, not the schedule, decides which weights the
+    stage keeps."""
     stage = stages[index]
-    return index > 0 and stage.kind == "train" and not stage.rewind
+    return index > 0 and stage.kind == "train" and not stage.rewind and not stage.fresh_tables
 
 
 def _fit_stage(task: CTRTask, session: Session, stage: Stage, folder: Path, last: bool, resume: bool,

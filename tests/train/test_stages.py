@@ -238,3 +238,20 @@ def test_a_training_metric_monitored_leaves_the_start_unscored(tmp_path):
     train_block = {"epochs": 2, "early_stop": {"monitor": "train/loss", "mode": "min", "patience": 2}}
     metrics = train(recipe_from_dict(tiny_recipe(tmp_path, embedding=embedding, train=train_block)), tmp_path / "run")
     assert (tmp_path / "run" / "checkpoints" / "best.ckpt").exists() and metrics["test"]["auc"] > 0.5
+
+
+@pytest.mark.parametrize("method, continuing", [
+    ("deeplight", ["finetune"]), ("dnis", ["retrain"]), ("autosrh", ["retrain"]), ("dedup", ["finetune"]),
+    ("pep", []), ("optembed", []), ("autodim", []),
+])
+def test_only_stages_that_go_on_from_trained_tables_score_their_start(method, continuing):
+    """PEP and OptEmbed rewind to the initial weights; AutoDim retrains new tables at the
+    chosen dims: their starts are not candidates for the best weights."""
+    from ctr.registry import EMBEDDINGS
+    from ctr.train.stages import continues_training
+    from tests.embeddings.schemas import schema
+
+    entry = EMBEDDINGS.get(method)
+    options = {"budget": 0.5} if method != "optembed" else {}
+    steps = entry.target(schema({"item": 2000, "user": 1000, "tags": 100}), entry.config(dim=8, **options)).stages()
+    assert [s.name for i, s in enumerate(steps) if continues_training(steps, i)] == continuing
