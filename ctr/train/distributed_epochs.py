@@ -30,7 +30,7 @@ from ctr.metrics import auc, group_auc, logloss
 from ctr.recipe import Recipe
 from ctr.train.checkpoints import Checkpointer, TrainState
 from ctr.train.distributed_stages import ArchSteps
-from ctr.train.loop import LOG_EVERY_N_STEPS, PROGRESS_EVERY_N_STEPS, Placement
+from ctr.train.loop import LOG_EVERY_N_STEPS, PROGRESS_EVERY_N_STEPS, Placement, check_eval_interval
 from ctr.train.task import densify_gradients
 
 if TYPE_CHECKING:
@@ -69,10 +69,8 @@ class EpochLoop:
     def run(self, state: TrainState) -> TrainState:
         """Trains until ``span`` ends, early stopping stops or ``max_steps`` is reached; at
         least one validation (a run cut short by max_steps may end before its first)."""
-        train, loader = self.recipe.train, self.loaders["train"]
-        every = train.eval_every_n_steps
-        if every and every > len(loader):
-            raise RecipeError(f"train.eval_every_n_steps: {every} is more than the {len(loader)} batches of an epoch")
+        loader, every = self.loaders["train"], self.recipe.train.eval_every_n_steps
+        check_eval_interval(self.recipe, len(loader))
         self.logger = CurveLog(self.span.log_csv, self.place.rank == 0, keep_before=state.step)
         loader.load_state_dict({"epoch": state.epoch, "batches": state.batches})
         if self.score_start and state.step == 0 and state.best is None:

@@ -170,6 +170,13 @@ class Fitted:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
+def check_eval_interval(recipe: Recipe, batches: int) -> None:
+    """Refuses ``train.eval_every_n_steps`` past an epoch's ``batches`` (it counts within the epoch)."""
+    every = recipe.train.eval_every_n_steps
+    if every and every > batches:
+        raise RecipeError(f"train.eval_every_n_steps: {every} is more than the {batches} batches of an epoch")
+
+
 def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = None, max_steps: int | None = None,
         resume_from: Path | None = None, log_root: Path | None = None, score_start: bool = False) -> Fitted:
     """One Lightning fit of ``task``: checkpoints in ``ckpt_dir``, the CSV log in
@@ -177,6 +184,7 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     goes on training weights an earlier stage trained) the weights it starts from are
     validated first and are its best until an epoch beats them."""
     recipe = session.recipe
+    check_eval_interval(recipe, len(session.loaders["train"]))
     throughput = Throughput()
     checkpoint = _checkpoint(recipe, ckpt_dir)
     finite = FiniteLoss(every=loss_check_interval(session.place.device, LOG_EVERY_N_STEPS))
@@ -202,6 +210,9 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     trainer.fit(task, loaders["train"], loaders["valid"], ckpt_path=str(resume_from) if resume_from else None)
     if scored and checkpoint.monitor not in trainer.callback_metrics:  # max_steps ended it before a validation
         _keep_the_better(task, session, checkpoint)
+    if not checkpoint.best_model_path and not (ckpt_dir / "last.ckpt").exists():
+        # max_steps ended it before the first validation of every eval_every_n_steps: the trained weights
+        trainer.save_checkpoint(ckpt_dir / "last.ckpt")
     best = Path(checkpoint.best_model_path or ckpt_dir / "last.ckpt")
     return Fitted(best, throughput.seconds, throughput.samples_per_second, trainer.current_epoch, trainer.global_step)
 

@@ -127,3 +127,19 @@ def test_resume_from_a_broken_last_checkpoint(tmp_path, capsys):
     code, err = run_cli(capsys, "train", "--resume", run)
     assert_one_line(code, err, "last.ckpt: not a readable checkpoint")
     assert not (run / "metrics.json").exists()
+
+
+def test_an_eval_interval_past_the_epoch_is_one_line(tmp_path, capsys):
+    recipe = write_recipe(tmp_path)
+    code, err = run_cli(capsys, "train", recipe, "-o", "train.eval_every_n_steps=100000", "--out", tmp_path / "run")
+    assert_one_line(code, err, "train.eval_every_n_steps: 100000 is more than the")
+
+
+def test_max_steps_before_the_first_validation_keeps_the_trained_weights(tmp_path, capsys):
+    """eval_every_n_steps 6 and max_steps 3: no validation runs in training; the run still
+    ends with a checkpoint of its trained weights, evaluated."""
+    recipe = write_recipe(tmp_path, train={"max_steps": 3, "eval_every_n_steps": 6, "early_stop": None})
+    code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run")
+    assert code == 0, err
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 3 and (tmp_path / "run" / "metrics.json").exists()
