@@ -130,9 +130,13 @@ def test_resume_from_a_broken_last_checkpoint(tmp_path, capsys):
 
 
 def test_an_eval_interval_past_the_epoch_is_one_line(tmp_path, capsys):
-    recipe = write_recipe(tmp_path)
+    """The epoch's batches are known once the data is prepared: the run folder then holds its
+    recipe and schema, and the same command with a fitting interval trains in it."""
+    recipe = write_recipe(tmp_path, train={"epochs": 1})
     code, err = run_cli(capsys, "train", recipe, "-o", "train.eval_every_n_steps=100000", "--out", tmp_path / "run")
     assert_one_line(code, err, "train.eval_every_n_steps: 100000 is more than the")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert run_cli(capsys, "train", recipe, "-o", "train.eval_every_n_steps=2", "--out", tmp_path / "run")[0] == 0
 
 
 def test_max_steps_before_the_first_validation_keeps_the_trained_weights(tmp_path, capsys):
