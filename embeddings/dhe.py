@@ -137,18 +137,17 @@ def occurrence_norm(norm: nn.BatchNorm1d, hidden: Tensor, counts: Tensor) -> Ten
     under ``torch.export``)."""
     rows = hidden.float()  # statistics in fp32 under mixed precision, as BatchNorm keeps them
     if not norm.training:
-        normed = (rows - norm.running_mean) * torch.rsqrt(norm.running_var + norm.eps)
-        return (normed * norm.weight + norm.bias).to(hidden.dtype)
-    total = counts.sum()
-    if total < 2:
-        raise ValueError("BatchNorm in training needs more than one id occurrence in the batch")
-    weights = counts.to(rows.dtype).unsqueeze(1) / total
-    mean = (weights * rows).sum(0)
-    centered = rows - mean
-    variance = (weights * centered.square()).sum(0)
-    with torch.no_grad():
-        norm.num_batches_tracked += 1
-        momentum = norm.momentum if norm.momentum is not None else 1.0 / float(norm.num_batches_tracked)
-        norm.running_mean.lerp_(mean, momentum)
-        norm.running_var.lerp_(variance * (total / (total - 1)), momentum)
-    return (centered * torch.rsqrt(variance + norm.eps) * norm.weight + norm.bias).to(hidden.dtype)
+        mean, variance = norm.running_mean, norm.running_var
+    else:
+        total = counts.sum()
+        if total < 2:
+            raise ValueError("BatchNorm in training needs more than one id occurrence in the batch")
+        weights = counts.to(rows.dtype).unsqueeze(1) / total
+        mean = (weights * rows).sum(0)
+        variance = (weights * (rows - mean).square()).sum(0)
+        with torch.no_grad():
+            norm.num_batches_tracked += 1
+            momentum = norm.momentum if norm.momentum is not None else 1.0 / float(norm.num_batches_tracked)
+            norm.running_mean.lerp_(mean, momentum)
+            norm.running_var.lerp_(variance * (total / (total - 1)), momentum)
+    return ((rows - mean) * torch.rsqrt(variance + norm.eps) * norm.weight + norm.bias).to(hidden.dtype)

@@ -217,13 +217,19 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     return Fitted(best, throughput.seconds, throughput.samples_per_second, trainer.current_epoch, trainer.global_step)
 
 
+def _validated_now(task: CTRTask, session: Session) -> tuple[L.Trainer, dict[str, float]]:
+    """A trainer outside the fit (no callbacks, no log) and its validation of ``task`` now;
+    its ``save_checkpoint`` writes ``task``'s weights."""
+    scorer = trainer_for(session.recipe, session.run, False, [], logger=False)
+    return scorer, scorer.validate(task, session.loaders["valid"], verbose=False)[0]
+
+
 def _start_as_best(task: CTRTask, session: Session, checkpoint: RunCheckpoint, stopper: EarlyStopping | None) -> bool:
     """Validates ``task`` before its fit, saves its weights as ``best.ckpt`` and makes them
     the best so far of ``checkpoint`` (and of early stopping's patience). False, with
     nothing saved, when the monitored metric is not a validation one (``train/loss``): the
     start has no value of it."""
-    scorer = trainer_for(session.recipe, session.run, False, [], logger=False)
-    scores = scorer.validate(task, session.loaders["valid"], verbose=False)[0]
+    scorer, scores = _validated_now(task, session)
     if checkpoint.monitor not in scores:
         log.info("stage start not scored: %s is not a validation metric", checkpoint.monitor)
         return False
@@ -240,9 +246,8 @@ def _start_as_best(task: CTRTask, session: Session, checkpoint: RunCheckpoint, s
 def _keep_the_better(task: CTRTask, session: Session, checkpoint: RunCheckpoint) -> None:
     """Validates the trained weights of a fit that ran no validation and saves them as
     ``best.ckpt`` when they beat the start it holds (the distributed loop's final validation)."""
-    scorer = trainer_for(session.recipe, session.run, False, [], logger=False)
-    value = scorer.validate(task, session.loaders["valid"], verbose=False)[0][checkpoint.monitor]
-    start = float(checkpoint.best_model_score)
+    scorer, scores = _validated_now(task, session)
+    value, start = scores[checkpoint.monitor], float(checkpoint.best_model_score)
     if value > start if checkpoint.mode == "max" else value < start:
         scorer.save_checkpoint(checkpoint.best_model_path, weights_only=True)
         checkpoint.best_model_score = torch.tensor(value)
