@@ -18,9 +18,10 @@ from ctr.schema import Schema
 
 
 def load_schema(schema_dir: Path) -> Schema:
-    """The saved schema; a UserError when the folder lacks it."""
-    if not (schema_dir / "schema.json").exists():
-        raise UserError(f"{schema_dir}: no saved schema (schema.json)")
+    """The saved schema and training frequencies; a UserError naming the file the folder lacks."""
+    for name, what in (("schema.json", "schema"), ("counts.npz", "training frequencies")):
+        if not (schema_dir / name).exists():
+            raise UserError(f"{schema_dir}: no saved {what} ({name})")
     return Schema.load(schema_dir)
 
 

@@ -188,3 +188,17 @@ def test_an_optembed_run_evaluates_predicts_and_exports_as_it_was_tested(optembe
                               capture_output=True, text=True, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-2000:]
         assert abs(float(done.stdout.strip()) - scores["score"][i]) < 1e-5
+
+
+def test_eval_of_a_run_whose_frequencies_are_gone_is_one_line(csv_run, tmp_path):
+    """Frequency-sized methods are rebuilt from schema/counts.npz: a run folder without it
+    names the file instead of a traceback."""
+    import shutil
+
+    _, run = csv_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    (copy / "schema" / "counts.npz").unlink()
+    result = ctr("eval", copy, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"ctr: error: {copy / 'schema'}: no saved training frequencies (counts.npz)"
