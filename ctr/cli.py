@@ -16,6 +16,27 @@ from pathlib import Path
 from ctr.errors import UserError
 
 
+def entry() -> None:
+    """The ``ctr`` command (the console script and ``python -m ctr``): exits with ``main``'s code.
+
+    A rank of a distributed run exits without the interpreter's finalization once its output
+    is flushed, as multiprocessing's child processes do. DDP and torch.distributed.checkpoint
+    keep the gloo process group alive past ``destroy_process_group``, so its worker threads
+    outlive ``main``; one still releasing the tensors of a last collective when finalization
+    begins takes the GIL and aborts the process ("terminate called without an active
+    exception"), turning a finished run into a failed one.
+    """
+    from ctr.train.launch import launched
+
+    code = main()
+    if launched():
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
