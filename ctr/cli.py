@@ -396,4 +396,4 @@ def _metrics_line(split: str, metrics: dict[str, float]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
