@@ -19,17 +19,17 @@ from ctr.errors import UserError
 def entry() -> None:
     """The ``ctr`` command (the console script and ``python -m ctr``): exits with ``main``'s code.
 
-    A rank of a distributed run exits without the interpreter's finalization once its output
-    is flushed, as multiprocessing's child processes do. DDP and torch.distributed.checkpoint
+    A process that joined a process group (a rank of a distributed run, or a distributed run
+    resumed on one process) exits without the interpreter's finalization once its output is
+    flushed, as multiprocessing's child processes do. DDP and torch.distributed.checkpoint
     keep the gloo process group alive past ``destroy_process_group``, so its worker threads
     outlive ``main``; one still releasing the tensors of a last collective when finalization
     begins takes the GIL and aborts the process ("terminate called without an active
     exception"), turning a finished run into a failed one.
     """
-    from ctr.train.launch import launched
-
     code = main()
-    if launched():
+    launch = sys.modules.get("ctr.train.launch")
+    if launch is not None and launch.joined_a_group():
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -94,10 +94,21 @@ def process_group(recipe: Recipe) -> Iterator[Placement]:
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
     dist.init_process_group("nccl" if place.device.type == "cuda" else "gloo", rank=place.rank,
                             world_size=place.world_size)
+    _JOINED.append(place.rank)
     try:
         yield place
     finally:
         dist.destroy_process_group()
+
+
+_JOINED: list[int] = []  # the ranks this process joined a group as
+
+
+def joined_a_group() -> bool:
+    """Whether this process joined a process group: its backend's threads (DDP and
+    torch.distributed.checkpoint keep gloo's alive past ``destroy_process_group``) may still
+    be running when ``main`` returns."""
+    return bool(_JOINED)
 
 
 def shared_path(path: Path) -> Path:
