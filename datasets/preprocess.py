@@ -103,6 +103,9 @@ def encode_with_schema(config: DataConfig, schema_dir: Path, out: Path, split: s
     from ctr.datasets.saved import load_schema, saved_encoder
 
     source = DATASETS.get(config.dataset, "data.dataset").target(config)
+    if split is None and source.generated:
+        raise DataError(f"{config.path}: a {config.dataset} run's rows are generated, not read from a file; score "
+                        "files with a run of a dataset read from files (criteo, avazu, csv, parquet, ...)")
     schema = load_schema(schema_dir)
     if split is None:
         source.optional_columns = frozenset(c for c in (schema.label, schema.group) if c)

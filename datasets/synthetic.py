@@ -164,6 +164,7 @@ class SyntheticDataset(DatasetSource):
     """Synthetic Criteo-schema data with planted pairwise interactions (no download)."""
 
     label = "label"
+    generated = True
     generator_version = 4
 
     def fingerprint(self) -> dict:

@@ -202,3 +202,23 @@ def test_eval_of_a_run_whose_frequencies_are_gone_is_one_line(csv_run, tmp_path)
     result = ctr("eval", copy, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"ctr: error: {copy / 'schema'}: no saved training frequencies (counts.npz)"
+
+
+def test_scoring_a_file_with_a_run_of_generated_rows_is_one_line(tmp_path):
+    """A synthetic run's rows come from its generator: ``ctr predict`` and ``ctr eval --data``
+    cannot read a file with it, and say so instead of scoring regenerated rows."""
+    from ctr.recipe import load_recipe
+    from ctr.train.runner import train
+    from tests.conftest import tiny_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 1}, trainer={"progress_bar": False})))
+    train(load_recipe(recipe), tmp_path / "run")
+    rows = tmp_path / "rows.tsv"
+    rows.write_text("garbage\n")
+    for command in (("predict", tmp_path / "run", rows, "--out", tmp_path / "scores.parquet"),
+                    ("eval", tmp_path / "run", "--data", rows)):
+        result = ctr(*command)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stderr.startswith(f"ctr: error: {rows}: a synthetic run's rows are generated"), result.stderr
+    assert not (tmp_path / "scores.parquet").exists()
