@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -136,6 +137,7 @@ def _parse_block(block: bytes, first: int, lines: int, fmt: TextFormat, file: Pa
     """``lines`` lines from line ``first`` → a batch with ``__line__`` and ``__problem__``."""
     invalid: list[tuple[int, str]] = []
     last = first + lines - 1
+    _refuse_lone_carriage_return(block, first, file)
     try:
         table = _parse(block, fmt, lambda row: invalid.append((0, "")) or "skip", threads=True)
         if invalid:  # only the single-threaded parser reports line numbers of bad rows
@@ -151,6 +153,18 @@ def _parse_block(block: bytes, first: int, lines: int, fmt: TextFormat, file: Pa
         fixed = _invalid_rows(invalid, bad_lines, fmt, file)
         table = pa.concat_tables([table, fixed]).sort_by(LINE_COLUMN)
     return to_batch(table).replace_schema_metadata({"file": str(file)})
+
+
+LONE_CARRIAGE_RETURN = re.compile(rb"\r(?!\n)")
+
+
+def _refuse_lone_carriage_return(block: bytes, first: int, file: Path) -> None:
+    """A ``\\r`` not followed by ``\\n`` inside a line: the parser would end a row there,
+    and every line number after it would be off by one."""
+    found = LONE_CARRIAGE_RETURN.search(block)
+    if found is not None:
+        line = first + block.count(b"\n", 0, found.start())
+        raise DataError(f"{file}:{line}: a carriage return (\\r) inside the line; lines end with \\n or \\r\\n")
 
 
 def _invalid_rows(invalid: list[tuple[int, str]], lines: np.ndarray, fmt: TextFormat, file: Path) -> pa.Table:

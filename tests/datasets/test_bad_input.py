@@ -50,9 +50,10 @@ def run_prepare(tmp_path, capsys, data):
         (kaggle_row(99, first="inf"), r"train\.csv:3: column 'I1': not a finite number: 'inf'"),
         (kaggle_row(99, first="-Infinity"), r"train\.csv:3: column 'I1': not a finite number: '-Infinity'"),
         (kaggle_row(99, first="nan"), r"train\.csv:3: column 'I1': not a finite number: 'nan'"),
+        (kaggle_row(99) + "\r,x", r"train\.csv:3: a carriage return \(\\r\) inside the line"),
     ],
     ids=["too-many-fields", "not-a-number", "missing-label", "non-binary-label", "too-few-fields", "inf", "-infinity",
-         "nan"],
+         "nan", "lone-carriage-return"],
 )
 def test_bad_row_is_one_line_error_with_file_and_line(tmp_path, capsys, bad, message):
     path = write_kaggle(tmp_path, bad)
