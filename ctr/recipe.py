@@ -494,6 +494,9 @@ def _schedule(block: Any, path: str) -> SchedulerConfig | None:
     return parse(SCHEDULERS[name], block, path)
 
 
+DENSE_ONLY_OPTIMIZERS = ("adam", "adamw")  # torch's Adam and AdamW refuse sparse gradients
+
+
 def _check_combinations(recipe: Recipe) -> None:
     """Registered optimizer names, and keys valid alone that do not go together."""
     OPTIMIZERS.get(recipe.train.optimizer.name, "train.optimizer.name")
@@ -504,6 +507,11 @@ def _check_combinations(recipe: Recipe) -> None:
         raise RecipeError(
             f"embedding.gradients: dense gradients cannot be stepped by train.embedding_optimizer"
             f" {embedding_optimizer.name}{fused}; use adam, adagrad or gradients: sparse"
+        )
+    if not dense and not embedding_optimizer.fused and embedding_optimizer.name in DENSE_ONLY_OPTIMIZERS:
+        raise RecipeError(
+            f"train.embedding_optimizer.name: {embedding_optimizer.name} cannot step sparse table gradients"
+            " (embedding.gradients: sparse); use adagrad, sgd, sparse_adam or rowwise_adagrad, or gradients: dense"
         )
     if recipe.trainer.strategy not in STRATEGIES:
         raise RecipeError(

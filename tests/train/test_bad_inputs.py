@@ -38,6 +38,8 @@ def write_recipe(tmp_path, **sections):
         ("trainer.devices=0", "trainer: devices and num_nodes must be >= 1"),
         ("trainer.strategy=ddp", "trainer.strategy: 'ddp': use one of auto, single_device"),
         ("trainer.accelerator=tpu", "trainer.accelerator: 'tpu': choose from"),
+        ("train.embedding_optimizer.name=adam",
+         "train.embedding_optimizer.name: adam cannot step sparse table gradients (embedding.gradients: sparse)"),
     ],
 )
 def test_bad_recipe_value_stops_before_any_work(tmp_path, capsys, override, message):
