@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -51,7 +52,7 @@ def spawn(args: list[str], recipe: Recipe) -> int:
     for local in range(devices):
         env = {**os.environ, **common, "RANK": str(node * devices + local), "LOCAL_RANK": str(local)}
         processes.append(subprocess.Popen([sys.executable, "-m", "ctr", *args], env=env))
-    return _wait(processes)
+    return wait_all(processes)
 
 
 def _free_port() -> int:
@@ -60,12 +61,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait(processes: list[subprocess.Popen]) -> int:
-    """Waits for every process; the first to fail stops the others."""
+def wait_all(processes: list[subprocess.Popen]) -> int:
+    """Waits for every process; the first to fail stops the others. Returns 0, the failed
+    process's exit code, or 128 + the signal that killed it (the shell's convention), which
+    is logged with the process's rank."""
     try:
         while True:
             codes = [p.poll() for p in processes]
-            failed = [code for code in codes if code not in (None, 0)]
+            failed = [(rank, code) for rank, code in enumerate(codes) if code not in (None, 0)]
             if failed or all(code == 0 for code in codes):
                 break
             time.sleep(0.2)
@@ -75,7 +78,13 @@ def _wait(processes: list[subprocess.Popen]) -> int:
                 process.terminate()
         for process in processes:
             process.wait()
-    return failed[0] if failed else 0
+    if not failed:
+        return 0
+    rank, code = failed[0]
+    if code > 0:
+        return code
+    log.error("local rank %d of %d was killed by %s", rank, len(processes), signal.Signals(-code).name)
+    return 128 - code
 
 
 @contextmanager

@@ -1,8 +1,10 @@
 """Distributed training (docs/distributed.md): 2 CPU processes on gloo against 1 process."""
 
 import json
+import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from ctr.cli import main
 from ctr.datasets import BatchLoader
 from ctr.recipe import load_recipe
 from ctr.train.distributed_epochs import rows_of
+from ctr.train.launch import wait_all
 from ctr.train.runner import evaluate, train
 from tests.conftest import tiny_recipe
 
@@ -87,6 +90,18 @@ def test_a_process_that_joined_a_group_exits_with_its_code_and_output_while_nati
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "optembed" in done.stdout and done.stdout.endswith("\n")
+
+
+def test_a_process_killed_by_a_signal_stops_the_others_and_is_named(caplog):
+    """``ctr train``'s launcher: a rank killed by a signal stops the other ranks, is logged
+    with its signal, and gives the shell's exit code (128 + the signal), not a negative one
+    that the shell would show as 250."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    aborted = subprocess.Popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGABRT)"])
+    with caplog.at_level(logging.ERROR, logger="ctr.train"):
+        assert wait_all([sleeper, aborted]) == 128 + signal.SIGABRT
+    assert sleeper.returncode == -signal.SIGTERM
+    assert "local rank 1 of 2 was killed by SIGABRT" in caplog.text
 
 
 @pytest.mark.slow
