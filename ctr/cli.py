@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from ctr.errors import UserError
@@ -25,9 +26,14 @@ def entry() -> None:
     keep the gloo process group alive past ``destroy_process_group``, so its worker threads
     outlive ``main``; one still releasing the tensors of a last collective when finalization
     begins takes the GIL and aborts the process ("terminate called without an active
-    exception"), turning a finished run into a failed one.
+    exception"), turning a finished run into a failed one. An unexpected exception prints
+    its traceback and exits with 1 on either path.
     """
-    code = main()
+    try:
+        code = main()
+    except Exception:  # a bug: its traceback, then the same exit as any other end
+        traceback.print_exc()
+        code = 1
     launch = sys.modules.get("ctr.train.launch")
     if launch is not None and launch.joined_a_group():
         logging.shutdown()

@@ -74,22 +74,29 @@ def test_a_distributed_recipe_that_cannot_run_is_one_line_before_any_process(tmp
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
 
 
-def test_a_process_that_joined_a_group_exits_with_its_code_and_output_while_native_threads_run(tmp_path):
+@pytest.mark.parametrize("fails", [False, True], ids=["finishes", "raises"])
+def test_a_process_that_joined_a_group_exits_with_its_code_and_output_while_native_threads_run(tmp_path, fails):
     """A ``ctr`` process that joined a process group ends with main's exit code and its whole
-    output even though a thread is still inside torch when main returns, as the worker
-    threads of the gloo group that DDP keeps alive can be: the interpreter's finalization
-    would abort it ("terminate called without an active exception")."""
+    output (or, when main raises, the traceback and exit code 1) even though a thread is
+    still inside torch when main returns, as the worker threads of the gloo group that DDP
+    keeps alive can be: the interpreter's finalization would abort it ("terminate called
+    without an active exception")."""
     recipe = write(tmp_path)
     script = ("import sys, threading, torch\n"
-              "from ctr.cli import entry\nfrom ctr.recipe import load_recipe\n"
+              "import ctr.cli\nfrom ctr.recipe import load_recipe\n"
               "from ctr.train.launch import process_group\n"
               f"with process_group(load_recipe({str(recipe)!r})):\n    pass\n"
               "def busy():\n    x = torch.randn(300, 300)\n    while True:\n        x @ x\n"
               "threading.Thread(target=busy, daemon=True).start()\n"
-              "sys.argv = ['ctr', 'models']\nentry()\n")
+              "sys.argv = ['ctr', 'models']\n"
+              + ("ctr.cli.main = lambda: 1 / 0\n" if fails else "")
+              + "ctr.cli.entry()\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "optembed" in done.stdout and done.stdout.endswith("\n")
+    if fails:
+        assert done.returncode == 1 and done.stderr.rstrip().endswith("ZeroDivisionError: division by zero"), done.stderr
+    else:
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "optembed" in done.stdout and done.stdout.endswith("\n")
 
 
 def test_a_process_killed_by_a_signal_stops_the_others_and_is_named(caplog):
