@@ -137,7 +137,6 @@ def _parse_block(block: bytes, first: int, lines: int, fmt: TextFormat, file: Pa
     """``lines`` lines from line ``first`` → a batch with ``__line__`` and ``__problem__``."""
     invalid: list[tuple[int, str]] = []
     last = first + lines - 1
-    _refuse_lone_carriage_return(block, first, file)
     try:
         table = _parse(block, fmt, lambda row: invalid.append((0, "")) or "skip", threads=True)
         if invalid:  # only the single-threaded parser reports line numbers of bad rows
@@ -147,6 +146,8 @@ def _parse_block(block: bytes, first: int, lines: int, fmt: TextFormat, file: Pa
         raise DataError(f"{file}:{first}-{last}: cannot parse: {str(err).splitlines()[0]}") from None
     bad_lines = np.array([first + number - 1 for number, _ in invalid], dtype=np.int64)
     good_lines = np.setdiff1d(np.arange(first, last + 1, dtype=np.int64), bad_lines, assume_unique=True)
+    if len(good_lines) != table.num_rows:
+        _refuse_line_breaks(block, first, last, file)
     table = table.append_column(LINE_COLUMN, pa.array(good_lines))
     table = table.append_column(PROBLEM_COLUMN, pa.nulls(table.num_rows, pa.string()))
     if invalid:
@@ -158,13 +159,15 @@ def _parse_block(block: bytes, first: int, lines: int, fmt: TextFormat, file: Pa
 LONE_CARRIAGE_RETURN = re.compile(rb"\r(?!\n)")
 
 
-def _refuse_lone_carriage_return(block: bytes, first: int, file: Path) -> None:
-    """A ``\\r`` not followed by ``\\n`` inside a line: the parser would end a row there,
-    and every line number after it would be off by one."""
+def _refuse_line_breaks(block: bytes, first: int, last: int, file: Path) -> None:
+    """Raises where the parser's rows and the block's lines (``\\n``-ended) disagree: a
+    ``\\r`` not followed by ``\\n`` ends a row inside a line, a quoted ``\\n`` joins two lines
+    into one row; either would shift every later line number."""
     found = LONE_CARRIAGE_RETURN.search(block)
     if found is not None:
         line = first + block.count(b"\n", 0, found.start())
         raise DataError(f"{file}:{line}: a carriage return (\\r) inside the line; lines end with \\n or \\r\\n")
+    raise DataError(f"{file}:{first}-{last}: rows and lines do not match (a line break inside a quoted field?)")
 
 
 def _invalid_rows(invalid: list[tuple[int, str]], lines: np.ndarray, fmt: TextFormat, file: Path) -> pa.Table:

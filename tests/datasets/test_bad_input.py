@@ -105,6 +105,26 @@ def test_empty_file_among_others_is_skipped_in_skip_mode(tmp_path, capsys, caplo
     assert "b.csv: empty file" in caplog.text  # a logged warning
 
 
+def test_carriage_returns_the_parser_keeps_in_their_row_are_read(tmp_path, capsys):
+    """A quoted ``\\r`` and a last line ended by ``\\r`` alone keep rows and lines aligned:
+    they are read, not refused (only a ``\\r`` that splits a line is an error)."""
+    path = tmp_path / "rows.csv"
+    path.write_bytes(b'label,a\r\n1,"x\ry"\r\n0,b\r\n1,c\r')
+    code, err, out = run_prepare(tmp_path, capsys, {"dataset": "csv", "path": str(path), "features": [{"name": "a"}],
+                                                    "split": {"valid": 0.0, "test": 0.0}})
+    assert code == 0, err
+    assert re.search(r"train\s+rows\s+3\b", out), out
+
+
+def test_a_line_break_inside_a_quoted_field_is_one_line(tmp_path, capsys):
+    """A quoted ``\\n`` makes one row of two lines: rows could no longer be named by line."""
+    path = tmp_path / "rows.csv"
+    path.write_text('label,a\n1,"x\ny"\n0,b\n')
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "csv", "path": str(path), "features": [{"name": "a"}]})
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.endswith("rows.csv:2-4: rows and lines do not match (a line break inside a quoted field?)"), err
+
+
 def test_column_named_in_recipe_but_absent(tmp_path, capsys):
     path = tmp_path / "rows.csv"
     path.write_text("label,a,b\n1,x,y\n")
