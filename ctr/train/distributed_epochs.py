@@ -30,7 +30,7 @@ from ctr.metrics import auc, group_auc, logloss
 from ctr.recipe import Recipe
 from ctr.train.checkpoints import Checkpointer, TrainState
 from ctr.train.distributed_stages import ArchSteps
-from ctr.train.loop import LOG_EVERY_N_STEPS, PROGRESS_EVERY_N_STEPS, Placement, check_eval_interval
+from ctr.train.loop import LOG_EVERY_N_STEPS, PROGRESS_EVERY_N_STEPS, Placement
 from ctr.train.task import densify_gradients
 
 if TYPE_CHECKING:
@@ -70,7 +70,6 @@ class EpochLoop:
         """Trains until ``span`` ends, early stopping stops or ``max_steps`` is reached; at
         least one validation (a run cut short by max_steps may end before its first)."""
         loader, every = self.loaders["train"], self.recipe.train.eval_every_n_steps
-        check_eval_interval(self.recipe, len(loader))
         self.logger = CurveLog(self.span.log_csv, self.place.rank == 0, keep_before=state.step)
         loader.load_state_dict({"epoch": state.epoch, "batches": state.batches})
         if self.score_start and state.step == 0 and state.best is None:

@@ -184,7 +184,6 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     goes on training weights an earlier stage trained) the weights it starts from are
     validated first and are its best until an epoch beats them."""
     recipe = session.recipe
-    check_eval_interval(recipe, len(session.loaders["train"]))
     throughput = Throughput()
     checkpoint = _checkpoint(recipe, ckpt_dir)
     finite = FiniteLoss(every=loss_check_interval(session.place.device, LOG_EVERY_N_STEPS))

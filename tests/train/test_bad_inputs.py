@@ -131,13 +131,16 @@ def test_resume_from_a_broken_last_checkpoint(tmp_path, capsys):
     assert not (run / "metrics.json").exists()
 
 
-def test_an_eval_interval_past_the_epoch_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("embedding", [{"method": "full", "dim": 8}, {"method": "dnis", "dim": 8, "budget": 0.5}],
+                         ids=["full", "multi-stage"])
+def test_an_eval_interval_past_the_epoch_is_one_line(tmp_path, capsys, embedding):
     """The epoch's batches are known once the data is prepared: the run folder then holds its
-    recipe and schema, and the same command with a fitting interval trains in it."""
-    recipe = write_recipe(tmp_path, train={"epochs": 1})
+    recipe and schema only (a multi-stage method has saved no stage yet), and the same
+    command with a fitting interval trains in it."""
+    recipe = write_recipe(tmp_path, train={"epochs": 1}, embedding=embedding)
     code, err = run_cli(capsys, "train", recipe, "-o", "train.eval_every_n_steps=100000", "--out", tmp_path / "run")
     assert_one_line(code, err, "train.eval_every_n_steps: 100000 is more than the")
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["recipe.yaml", "schema"]
     assert run_cli(capsys, "train", recipe, "-o", "train.eval_every_n_steps=2", "--out", tmp_path / "run")[0] == 0
 
 
