@@ -80,11 +80,29 @@ def wait_all(processes: list[subprocess.Popen]) -> int:
             process.wait()
     if not failed:
         return 0
-    rank, code = failed[0]
+    killed = [(rank, code) for rank, code in failed if code < 0]
+    rank, code = (killed or failed)[0]  # a rank's death, not the others' reaction to it
     if code > 0:
         return code
-    log.error("local rank %d of %d was killed by %s", rank, len(processes), signal.Signals(-code).name)
+    log.error("local rank %d of %d was killed by %s", rank, len(processes), _signal_name(-code))
     return 128 - code
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal has no name
+        return f"signal {number}"
+
+
+_joined = False  # set once this process joins a process group
+
+
+def joined_a_group() -> bool:
+    """Whether this process joined a process group: its backend's threads (DDP and
+    torch.distributed.checkpoint keep gloo's alive past ``destroy_process_group``) may still
+    be running when ``main`` returns."""
+    return _joined
 
 
 @contextmanager
@@ -103,21 +121,12 @@ def process_group(recipe: Recipe) -> Iterator[Placement]:
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
     dist.init_process_group("nccl" if place.device.type == "cuda" else "gloo", rank=place.rank,
                             world_size=place.world_size)
-    _JOINED.append(place.rank)
+    global _joined
+    _joined = True
     try:
         yield place
     finally:
         dist.destroy_process_group()
-
-
-_JOINED: list[int] = []  # the ranks this process joined a group as
-
-
-def joined_a_group() -> bool:
-    """Whether this process joined a process group: its backend's threads (DDP and
-    torch.distributed.checkpoint keep gloo's alive past ``destroy_process_group``) may still
-    be running when ``main`` returns."""
-    return bool(_JOINED)
 
 
 def shared_path(path: Path) -> Path:

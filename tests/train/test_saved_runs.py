@@ -212,7 +212,7 @@ def test_scoring_a_file_with_a_run_of_generated_rows_is_one_line(tmp_path):
     from tests.conftest import tiny_recipe
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 1}, trainer={"progress_bar": False})))
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
     train(load_recipe(recipe), tmp_path / "run")
     rows = tmp_path / "rows.tsv"
     rows.write_text("garbage\n")
