@@ -197,7 +197,10 @@ def sample_negatives(touched: np.ndarray, num_items: int, user: np.ndarray, rng:
 
 def read_histories(file: Path, attributes: Path) -> Histories:
     """Parses the history file (vectorised) and the item categories."""
-    lines = file.read_bytes().decode("utf-8", errors="replace").splitlines()
+    lines = file.read_bytes().decode("utf-8", errors="replace").split("\n")  # numbered as an editor does
+    split = next((i for i, line in enumerate(lines) if "\r" in line.rstrip("\r")), None)
+    if split is not None:
+        raise DataError(f"{file}:{split + 1}: a carriage return (\\r) inside the line; lines end with \\n or \\r\\n")
     number = np.flatnonzero(np.array([bool(line.strip()) for line in lines])) + 1
     if number.size == 0:
         raise DataError(f"{file}: empty file (no users)")

@@ -85,6 +85,20 @@ def test_user_without_items_names_its_line_or_is_skipped(tmp_path):
     assert prepare(recipe.data, progress=False).report["splits"]["train"]["skipped_bad_rows"] == 1
 
 
+def test_a_carriage_return_inside_a_line_names_it_and_crlf_files_read(tmp_path):
+    """Lines are numbered by ``\\n`` as an editor shows them: ``\\r\\n`` files read alike, and
+    a ``\\r`` inside a line (which would split it) is an error naming that line."""
+    crlf = write_amazon(tmp_path / "crlf", HISTORIES.replace("\n", "\r\n"))
+    plain = write_amazon(tmp_path / "plain")
+    assert read_histories(crlf, crlf.parent / "Toy_item2attributes.json").users.to_pylist() == \
+        read_histories(plain, plain.parent / "Toy_item2attributes.json").users.to_pylist()
+    lines = HISTORIES.splitlines()
+    lines[1] = lines[1].replace(" ", "\r", 1)
+    bad = write_amazon(tmp_path / "bad", "\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"Toy\.txt:2: a carriage return"):
+        read_histories(bad, bad.parent / "Toy_item2attributes.json")
+
+
 def test_ambiguous_folder_and_missing_attributes_are_errors(tmp_path):
     folder = write_amazon(tmp_path / "am").parent
     (folder / "Other.txt").write_text(HISTORIES)
