@@ -30,7 +30,7 @@ from ctr.metrics import auc, group_auc, logloss
 from ctr.recipe import Recipe
 from ctr.train.checkpoints import Checkpointer, TrainState
 from ctr.train.distributed_stages import ArchSteps
-from ctr.train.loop import LOG_EVERY_N_STEPS, PROGRESS_EVERY_N_STEPS, Placement
+from ctr.train.loop import LOG_EVERY_N_STEPS, PROGRESS_EVERY_N_STEPS, Placement, beats
 from ctr.train.task import densify_gradients
 
 if TYPE_CHECKING:
@@ -177,7 +177,7 @@ class EpochLoop:
                  " ".join(f"{k}={v:.5f}" for k, v in valid.items()), state.samples / max(state.seconds, 1e-9))
         value = self._monitored(valid, monitor)
         state.validations += 1
-        improved = state.best is None or (value > state.best if mode == "max" else value < state.best)
+        improved = state.best is None or beats(value, state.best, mode)
         state.update_patience(value, mode, train.early_stop)
         if improved:
             state.best = value

@@ -170,6 +170,11 @@ class Fitted:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
+def beats(value: float, best: float, mode: str) -> bool:
+    """Whether a monitored ``value`` is better than ``best`` (``mode``: max or min)."""
+    return value > best if mode == "max" else value < best
+
+
 def check_eval_interval(recipe: Recipe, batches: int) -> None:
     """Refuses ``train.eval_every_n_steps`` past an epoch's ``batches`` (it counts within the epoch)."""
     every = recipe.train.eval_every_n_steps
@@ -247,7 +252,7 @@ def _keep_the_better(task: CTRTask, session: Session, checkpoint: RunCheckpoint)
     ``best.ckpt`` when they beat the start it holds (the distributed loop's final validation)."""
     scorer, scores = _validated_now(task, session)
     value, start = scores[checkpoint.monitor], float(checkpoint.best_model_score)
-    if value > start if checkpoint.mode == "max" else value < start:
+    if beats(value, start, checkpoint.mode):
         scorer.save_checkpoint(checkpoint.best_model_path, weights_only=True)
         checkpoint.best_model_score = torch.tensor(value)
     log.info("stage end, not validated in training: %s %.5f against the start's %.5f", checkpoint.monitor, value, start)
