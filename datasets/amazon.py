@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ctr.datasets.source import SPLITS, DatasetSource, RowStream, resolve_files
-from ctr.datasets.validate import LINE_COLUMN, PROBLEM_COLUMN
+from ctr.datasets.validate import LINE_COLUMN, PROBLEM_COLUMN, carriage_return_inside
 from ctr.errors import DataError
 from ctr.recipe import DataConfig
 from ctr.registry import DATASETS
@@ -200,7 +200,7 @@ def read_histories(file: Path, attributes: Path) -> Histories:
     lines = file.read_bytes().decode("utf-8", errors="replace").split("\n")  # numbered as an editor does
     split = next((i for i, line in enumerate(lines) if "\r" in line.rstrip("\r")), None)
     if split is not None:
-        raise DataError(f"{file}:{split + 1}: a carriage return (\\r) inside the line; lines end with \\n or \\r\\n")
+        raise carriage_return_inside(file, split + 1)
     number = np.flatnonzero(np.array([bool(line.strip()) for line in lines])) + 1
     if number.size == 0:
         raise DataError(f"{file}: empty file (no users)")

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from ctr.datasets.validate import LINE_COLUMN, PROBLEM_COLUMN
+from ctr.datasets.validate import LINE_COLUMN, PROBLEM_COLUMN, carriage_return_inside
 from ctr.errors import DataError
 
 BLOCK_BYTES = 1 << 24
@@ -166,7 +166,7 @@ def _refuse_line_breaks(block: bytes, first: int, last: int, file: Path) -> None
     found = LONE_CARRIAGE_RETURN.search(block)
     if found is not None:
         line = first + block.count(b"\n", 0, found.start())
-        raise DataError(f"{file}:{line}: a carriage return (\\r) inside the line; lines end with \\n or \\r\\n")
+        raise carriage_return_inside(file, line)
     raise DataError(f"{file}:{first}-{last}: rows and lines do not match (a line break inside a quoted field?)")
 
 

@@ -10,6 +10,7 @@ reported or skipped like any other bad row.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +33,12 @@ class RowCheck:
     labels: np.ndarray
     problem: str | None
     first_bad: int
+
+
+def carriage_return_inside(file: Path, line: int) -> DataError:
+    """The error for a ``\\r`` that splits line ``line`` of ``file`` (it would shift every
+    later line number)."""
+    return DataError(f"{file}:{line}: a carriage return (\\r) inside the line; lines end with \\n or \\r\\n")
 
 
 def check_rows(batch: pa.RecordBatch, features: list[FeatureSpec], label: str) -> RowCheck:
