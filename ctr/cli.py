@@ -34,7 +34,7 @@ def entry() -> None:
     except Exception:  # a bug: its traceback, then the same exit as any other end
         traceback.print_exc()
         code = 1
-    launch = sys.modules.get("ctr.train.launch")
+    launch = sys.modules.get("ctr.train.launch")  # never imported: no group was joined (and no torch to load)
     if launch is not None and launch.joined_a_group():
         logging.shutdown()
         sys.stdout.flush()
