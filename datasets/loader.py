@@ -54,6 +54,8 @@ class BatchLoader(Position):
         folder: the split's shard folder; schema: its fitted schema.
         batch_size: rows per batch; shuffle: shuffle rows each epoch (seeded by seed, epoch).
         drop_last: drop a last, smaller batch.
+        min_rows: the fewest rows a last batch may give each process, else it is dropped
+            (training uses 2: BatchNorm and Dice need two rows for batch statistics).
         rank, world_size: this process's share of each epoch (equal row and batch counts).
         split_batches: the share is instead rank's part of every batch of ``batch_size`` rows
             (rows ``rank·n // world_size`` up to ``(rank + 1)·n // world_size`` of a batch of n):
@@ -79,6 +81,7 @@ class BatchLoader(Position):
         shuffle: bool = False,
         seed: int = 0,
         drop_last: bool = False,
+        min_rows: int = 1,
         rank: int = 0,
         world_size: int = 1,
         split_batches: bool = False,
@@ -98,7 +101,7 @@ class BatchLoader(Position):
         self.layout = RowLayout.of(schema, GROUP in pq.ParquetFile(files[0]).schema_arrow.names)
         self.builder = BatchBuilder(self.layout)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
+        self.drop_last, self.min_rows, self.rank, self.world_size = drop_last, min_rows, rank, world_size
         self.split_batches = split_batches
         self.prefetch, self.shuffle_buffer = prefetch, shuffle_buffer
         self.device = torch.device(device)
@@ -112,7 +115,13 @@ class BatchLoader(Position):
 
     def __len__(self) -> int:
         full, rest = divmod(self.rows, self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
+        return full + (1 if rest and self._keeps_last(rest) else 0)
+
+    def _keeps_last(self, rows: int) -> bool:
+        """Whether a last batch of ``rows`` (< batch_size) rows is handed out: not with
+        ``drop_last``, nor when a process's part of it would hold fewer than ``min_rows``."""
+        smallest_part = rows // self.world_size if self.split_batches else rows
+        return not self.drop_last and smallest_part >= self.min_rows
 
     def batch_rows(self, index: int) -> int:
         """Rows of batch ``index`` of an epoch over all ranks (with ``split_batches``: the
@@ -168,7 +177,7 @@ class BatchLoader(Position):
             for first in range(start, full, size):
                 yield block.take(slice(first, first + size))
             pending = block.take(slice(full, block.rows)) if full < block.rows else None
-        if pending is not None and not self.drop_last:
+        if pending is not None and self._keeps_last(pending.rows):
             yield pending
 
     def _blocks(self, epoch: int) -> Iterator[RowBlock]:

@@ -30,7 +30,7 @@ class ResidentLoader(Position):
     """Iterates batches of one encoded split kept in ``device`` memory.
 
     Args:
-        folder, schema, batch_size, shuffle, seed, drop_last, rank, world_size: as
+        folder, schema, batch_size, shuffle, seed, drop_last, min_rows, rank, world_size: as
             ``BatchLoader`` (this rank's share is a contiguous slice of the split's rows).
         device: where the rows live and the batches are built.
 
@@ -41,7 +41,8 @@ class ResidentLoader(Position):
     """
 
     def __init__(self, folder: Path, schema: Schema, batch_size: int, device: torch.device | str,
-                 shuffle: bool = False, seed: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1):
+                 shuffle: bool = False, seed: int = 0, drop_last: bool = False, min_rows: int = 1, rank: int = 0,
+                 world_size: int = 1):
         super().__init__()
         files = shard_files(folder)
         if not files:
@@ -54,7 +55,8 @@ class ResidentLoader(Position):
         self.device = torch.device(device)
         self.data = torch.from_numpy(rows[rank * share : (rank + 1) * share]).to(self.device)
         self.builder = BatchBuilder(layout)
-        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.drop_last, self.min_rows = drop_last, min_rows
 
     @property
     def rows(self) -> int:
@@ -62,7 +64,7 @@ class ResidentLoader(Position):
 
     def __len__(self) -> int:
         full, rest = divmod(self.rows, self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
+        return full + (1 if rest and not self.drop_last and rest >= self.min_rows else 0)
 
     def __iter__(self) -> Iterator[Batch]:
         """An epoch's batches; the pass begins at the first batch (as ``BatchLoader``'s)."""

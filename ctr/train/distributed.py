@@ -43,7 +43,7 @@ from ctr.train.distributed_epochs import EpochLoop, Span, evaluate
 from ctr.train.distributed_optim import Optimizers
 from ctr.train.distributed_stages import ArchSteps, cycle, run_stages
 from ctr.train.stages import StageFiles, continues_training
-from ctr.train.loop import Placement, check_eval_interval, use_threads
+from ctr.train.loop import TRAINING_MIN_ROWS, Placement, check_eval_interval, use_threads
 from ctr.train.optim import build_optimizer
 from ctr.train.plots import plot_curves
 from ctr.train.rundir import RunDir
@@ -217,7 +217,8 @@ class Fitting:
         recipe, place = self.recipe, self.place
         size = recipe.train.batch_size if training else recipe.train.eval_batch_size
         return BatchLoader(self.prepared.split_dir(split), self.prepared.schema, size, shuffle=training,
-                           seed=recipe.seed + seed_offset, rank=place.rank, world_size=place.world_size,
+                           seed=recipe.seed + seed_offset, min_rows=TRAINING_MIN_ROWS if training else 1,
+                           rank=place.rank, world_size=place.world_size,
                            split_batches=True, prefetch=recipe.data.prefetch,
                            shuffle_buffer=recipe.data.shuffle_buffer, device=place.device)
 

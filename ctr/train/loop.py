@@ -39,6 +39,7 @@ log = logging.getLogger("ctr.train")
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
 LOG_EVERY_N_STEPS = 20
 PROGRESS_EVERY_N_STEPS = 100
+TRAINING_MIN_ROWS = 2  # a last training batch of one row per process is dropped: BatchNorm and Dice need two
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,8 @@ class Session:
         size = recipe.train.batch_size if training else recipe.train.eval_batch_size
         drop_last = training and recipe.trainer.compile  # a compiled model would recompile for a smaller last batch
         where = dict(shuffle=training, seed=recipe.seed + seed_offset, drop_last=drop_last,
-                     rank=self.place.rank, world_size=self.place.world_size)
+                     min_rows=TRAINING_MIN_ROWS if training else 1, rank=self.place.rank,
+                     world_size=self.place.world_size)
         folder, schema = self.prepared.split_dir(split), self.prepared.schema
         if data.on_device:
             return ResidentLoader(folder, schema, size, self.place.device, **where)
