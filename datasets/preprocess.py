@@ -37,7 +37,7 @@ from ctr.schema import FeatureInfo, FeatureSpec, Schema
 from ctr.typed import to_plain
 
 log = logging.getLogger(__name__)
-PIPELINE_VERSION = 3
+PIPELINE_VERSION = 4  # 4: a train stream without a test file gives data.split.test of its rows to test
 DONE = "DONE"
 KEY_FILE = "key.json"
 TMP_MARK = ".tmp-"
@@ -317,7 +317,7 @@ class _Job:
         bar = tqdm(desc=what, unit=" rows", disable=not self.progress, leave=False)
         skip = self.config.on_bad_rows == "skip"
         streams = self.source.streams()
-        carve_valid = "valid" not in streams
+        carved = {split for split in ("valid", "test") if split not in streams}
         for name, stream in streams.items():
             if only is not None and not self.whole and name not in ("all", only):
                 continue
@@ -333,7 +333,7 @@ class _Job:
                 batch = batch.set_column(
                     batch.schema.get_field_index(self.label), self.label, pa.array(check.labels)
                 )
-                codes = self._assign(name, index, batch.num_rows, carve_valid)
+                codes = self._assign(name, index, batch.num_rows, carved)
                 bar.update(batch.num_rows)
                 for code, split in enumerate(SPLITS):
                     in_split = codes == code
@@ -343,21 +343,20 @@ class _Job:
                         yield split, batch.filter(pa.array(in_split & check.keep)), origin
         bar.close()
 
-    def _assign(self, name: str, index: int, rows: int, carve_valid: bool) -> np.ndarray:
+    def _assign(self, name: str, index: int, rows: int, carved: set[str]) -> np.ndarray:
         """Split code (index into SPLITS) of each row.
 
         An ``all`` stream is split at random (seeded) by ``data.split``; a ``train`` stream
-        of a source without a ``valid`` stream gives ``data.split.valid`` of its rows to
-        validation.
+        gives the ``carved`` splits (those without a stream of their own: no ``valid_path``
+        or no ``test_path``) their ``data.split`` fraction of its rows.
         """
         if self.whole:
             return np.full(rows, SPLITS.index("test"))
-        if name != "all" and not (name == "train" and carve_valid):
+        if name != "all" and not (name == "train" and carved):
             return np.full(rows, SPLITS.index(name))
         u = np.random.default_rng([self.seed, 7, index]).random(rows)
-        valid, test = self.config.split.valid, self.config.split.test
-        if name == "train":
-            return np.where(u < valid, 1, 0)
+        valid = self.config.split.valid if "valid" in carved else 0.0
+        test = self.config.split.test if "test" in carved else 0.0
         return np.where(u < valid, 1, np.where(u < valid + test, 2, 0))
 
 

@@ -135,15 +135,17 @@ def test_parquet_dataset_reads_typed_and_list_columns(tmp_path):
     assert features["tags"]["values_per_row"] == pytest.approx(1.0)
 
 
-def test_valid_and_test_files_give_the_splits(tmp_path):
-    for name, rows in (("train", 40), ("test", 7)):
+@pytest.mark.parametrize("given, carved", [("test", "valid"), ("valid", "test")])
+def test_a_split_file_gives_its_split_and_the_other_is_carved_from_training(tmp_path, given, carved):
+    for name, rows in (("train", 40), (given, 7)):
         (tmp_path / f"{name}.csv").write_text("y,a\n" + "".join(f"{i % 2},v{i}\n" for i in range(rows)))
-    raw = {"data": {"dataset": "csv", "path": str(tmp_path / "train.csv"), "test_path": str(tmp_path / "test.csv"),
-                    "label": "y", "features": [{"name": "a"}], "cache_dir": str(tmp_path / "c"), "split": {"valid": 0.25}}}
+    raw = {"data": {"dataset": "csv", "path": str(tmp_path / "train.csv"), f"{given}_path": str(tmp_path / f"{given}.csv"),
+                    "label": "y", "features": [{"name": "a"}], "cache_dir": str(tmp_path / "c"),
+                    "split": {"valid": 0.25, "test": 0.25}}}
     recipe = recipe_from_dict(raw)
     splits = prepare(recipe.data, progress=False).report["splits"]
-    assert splits["test"]["rows"] == 7
-    assert splits["train"]["rows"] + splits["valid"]["rows"] == 40 and 3 <= splits["valid"]["rows"] <= 18
+    assert splits[given]["rows"] == 7
+    assert splits["train"]["rows"] + splits[carved]["rows"] == 40 and 3 <= splits[carved]["rows"] <= 18
 
 
 needs_criteo = pytest.mark.skipif(not (SHARED_DATA / "criteo").is_dir(), reason="needs ../shared/data/criteo (real Criteo samples)")
