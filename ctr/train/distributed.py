@@ -43,7 +43,7 @@ from ctr.train.distributed_epochs import EpochLoop, Span, evaluate
 from ctr.train.distributed_optim import Optimizers
 from ctr.train.distributed_stages import ArchSteps, cycle, run_stages
 from ctr.train.stages import StageFiles, continues_training
-from ctr.train.loop import TRAINING_MIN_ROWS, Placement, check_eval_interval, use_threads
+from ctr.train.loop import TRAINING_MIN_ROWS, Placement, check_before_fit, use_threads
 from ctr.train.optim import build_optimizer
 from ctr.train.plots import plot_curves
 from ctr.train.rundir import RunDir
@@ -127,7 +127,7 @@ def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[s
     net = CTRNet(recipe, prepared.schema)
     fitting = Fitting(recipe, net, prepared, run, place, resume)
     try:
-        check_eval_interval(recipe, len(fitting.loaders["train"]))  # before any stage writes its files
+        check_before_fit(recipe, prepared.report, len(fitting.loaders["train"]))
         stage_seconds = {}
         if net.embedding.stages():
             stage_seconds = run_stages(net, run, place.rank, resume, fitting.stage, fitting.score, recipe.seed)

@@ -24,7 +24,7 @@ from lightning.pytorch.loggers import CSVLogger
 from ctr.atomic import atomic_path
 from ctr.datasets import BatchLoader, Prepared
 from ctr.datasets.resident import ResidentLoader
-from ctr.errors import RecipeError, UserError
+from ctr.errors import DataError, RecipeError, UserError
 from ctr.kernels.embedding_bag import BackendUnavailable, resolve_backend
 from ctr.recipe import Recipe
 from ctr.train.callbacks import (
@@ -39,6 +39,7 @@ log = logging.getLogger("ctr.train")
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
 LOG_EVERY_N_STEPS = 20
 PROGRESS_EVERY_N_STEPS = 100
+ONE_CLASS_UNDEFINED = ("valid/auc", "valid/gauc")  # metrics that need both labels in the split
 TRAINING_MIN_ROWS = 2  # a last training batch of one row per process is dropped: BatchNorm and Dice need two
 
 
@@ -177,11 +178,25 @@ def beats(value: float, best: float, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
-def check_eval_interval(recipe: Recipe, batches: int) -> None:
-    """Refuses ``train.eval_every_n_steps`` past an epoch's ``batches`` (it counts within the epoch)."""
+def check_before_fit(recipe: Recipe, report: dict[str, Any], batches: int) -> None:
+    """Refuses what only the prepared data (its ``report``, an epoch's ``batches``) shows to be
+    wrong, before anything trains or a stage writes its files."""
     every = recipe.train.eval_every_n_steps
-    if every and every > batches:
+    if every and every > batches:  # it counts within the epoch
         raise RecipeError(f"train.eval_every_n_steps: {every} is more than the {batches} batches of an epoch")
+    _check_monitor_defined(recipe, report["splits"]["valid"])
+
+
+def _check_monitor_defined(recipe: Recipe, valid: dict[str, Any]) -> None:
+    """Refuses an AUC as the monitored metric on a validation split of one class: it is
+    undefined (nan) there, so early stopping would end the run at its first validation and
+    the best checkpoint would be arbitrary."""
+    monitor = recipe.train.early_stop.monitor if recipe.train.early_stop else "valid/auc"
+    if monitor in ONE_CLASS_UNDEFINED and valid["positive_rate"] in (0.0, 1.0):
+        labels = "clicks (label 1)" if valid["positive_rate"] else "non-clicks (label 0)"
+        raise DataError(f"data: the valid split's {valid['rows']} rows are all {labels}, so {monitor} is undefined; "
+                        f"give validation more rows (data.split.valid) or set train.early_stop.monitor: "
+                        f"valid/logloss with mode: min")
 
 
 def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = None, max_steps: int | None = None,

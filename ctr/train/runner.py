@@ -19,7 +19,7 @@ from ctr.train import distributed
 from ctr.train.checkpoints import is_distributed_checkpoint
 from ctr.train.launch import launched, process_group, shared_path
 from ctr.train.loop import (
-    Session, check_eval_interval, evaluate_checkpoint, fit, placement, quiet_lightning, trainer_for, use_threads,
+    Session, check_before_fit, evaluate_checkpoint, fit, placement, quiet_lightning, trainer_for, use_threads,
 )
 from ctr.train.optim import fused_optimizer
 from ctr.train.plots import plot_curves
@@ -62,7 +62,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
     session = Session(recipe, run, prepared, progress, place)
     session.open_loaders()
     try:
-        check_eval_interval(recipe, len(session.loaders["train"]))  # before any stage writes its files
+        check_before_fit(recipe, prepared.report, len(session.loaders["train"]))
         if task.net.embedding.stages():
             fitted = train_stages(task, session, resume)
         else:

@@ -17,7 +17,7 @@ DIN_FORMAT = SHARED_DATA / "amazon" / "din_format_sample.txt"
 
 def _taobao(tmp_path) -> dict:
     return {"seed": 1, "trainer": {"progress_bar": False, "num_threads": 1},
-            "train": {"epochs": 1, "batch_size": 16},
+            "train": {"epochs": 1, "batch_size": 16, "early_stop": {"monitor": "valid/logloss", "mode": "min"}},
             "model": {"name": "din"},
             "data": {"dataset": "csv", "path": str(TAOBAO), "label": "clk", "group": "userid",
                      "cache_dir": str(tmp_path / "cache"), "split": {"valid": 0.2, "test": 0.2},

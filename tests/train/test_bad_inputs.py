@@ -144,6 +144,26 @@ def test_an_eval_interval_past_the_epoch_is_one_line(tmp_path, capsys, embedding
     assert run_cli(capsys, "train", recipe, "-o", "train.eval_every_n_steps=2", "--out", tmp_path / "run")[0] == 0
 
 
+@pytest.mark.parametrize("early_stop", [{"monitor": "valid/auc"}, {"monitor": "valid/gauc"}, None])
+def test_an_auc_monitored_on_a_one_class_valid_split_is_one_line(tmp_path, capsys, early_stop):
+    """AUC is undefined on one class: early stopping (Lightning's, at a non-finite value) ended
+    such a run at its first validation without a word. Monitoring the logloss trains."""
+    (tmp_path / "train.csv").write_text("label,user,ad\n" + "".join(f"{i % 2},u{i % 5},a{i % 3}\n" for i in range(40)))
+    (tmp_path / "valid.csv").write_text("label,user,ad\n" + "".join(f"0,u{i},a{i}\n" for i in range(6)))
+    data = {"dataset": "csv", "path": str(tmp_path / "train.csv"), "valid_path": str(tmp_path / "valid.csv"),
+            "group": "user", "split": {"test": 0.25}, "features": [{"name": "user"}, {"name": "ad"}]}
+    recipe = tmp_path / "r.yaml"
+    raw = tiny_recipe(tmp_path, train={"batch_size": 8, "epochs": 2, "early_stop": early_stop})
+    recipe.write_text(yaml.safe_dump({**raw, "data": {**data, "cache_dir": raw["data"]["cache_dir"]}}))
+    code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run")
+    monitor = early_stop["monitor"] if early_stop else "valid/auc"
+    assert_one_line(code, err, f"data: the valid split's 6 rows are all non-clicks (label 0), so {monitor} is undefined")
+    code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run",
+                        "-o", "train.early_stop={monitor: valid/logloss, mode: min}")
+    assert code == 0, err
+    assert yaml.safe_load((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 2
+
+
 def test_max_steps_before_the_first_validation_keeps_the_trained_weights(tmp_path, capsys):
     """eval_every_n_steps 6 and max_steps 3: no validation runs in training; the run still
     ends with a checkpoint of its trained weights, evaluated."""
