@@ -157,7 +157,12 @@ class ProgressLines(L.Callback):
 
 
 class ValidationSummary(L.Callback):
-    """Logs ``epoch E step S: valid auc=… logloss=…`` after each validation."""
+    """Logs ``epoch E step S: valid auc=… logloss=…`` after each validation, and a warning
+    when ``stop_monitor`` (early stopping's metric) is not finite: early stopping then ends
+    the run (a gauc is nan when no validation group holds both labels)."""
+
+    def __init__(self, stop_monitor: str | None = None):
+        self.stop_monitor = stop_monitor
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -165,6 +170,16 @@ class ValidationSummary(L.Callback):
         metrics = module.last_metrics.get("valid", {})
         text = " ".join(f"{k}={v:.5f}" for k, v in metrics.items())
         log.info("epoch %d step %d: valid %s", trainer.current_epoch, trainer.global_step, text)
+        value = metrics.get(self.stop_monitor.removeprefix("valid/")) if self.stop_monitor else None
+        if value is not None:
+            warn_if_not_finite(self.stop_monitor, value)
+
+
+def warn_if_not_finite(stop_monitor: str, value: float) -> None:
+    """Early stopping ends a run at a monitored value that is not finite: say so."""
+    if not np.isfinite(value):
+        log.warning("%s is %s: early stopping ends the run here (monitor a metric defined on this "
+                    "validation split, e.g. train.early_stop.monitor: valid/logloss)", stop_monitor, value)
 
 
 def loss_check_interval(device: torch.device, deferred: int = 20) -> int:

@@ -12,6 +12,7 @@ one process without a process group (``ctr eval``, ``predict``, ``export``).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -73,8 +74,11 @@ class TrainState:
 
     def update_patience(self, value: float, mode: str, stop: EarlyStopConfig | None) -> None:
         """Lightning's EarlyStopping rule: a gain is more than ``min_delta`` past its best;
-        ``patience`` validations without one stop the run."""
+        ``patience`` validations without one stop the run, and so does a value that is not finite."""
         if stop is None:
+            return
+        if not math.isfinite(value):
+            self.stopped = True
             return
         gain = value - stop.min_delta if mode == "max" else -(value + stop.min_delta)
         ref = None if self.stop_best is None else (self.stop_best if mode == "max" else -self.stop_best)

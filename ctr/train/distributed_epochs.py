@@ -28,6 +28,7 @@ from ctr.embeddings.replicas import gather_padded
 from ctr.errors import RecipeError, UserError
 from ctr.metrics import auc, group_auc, logloss
 from ctr.recipe import Recipe
+from ctr.train.callbacks import warn_if_not_finite
 from ctr.train.checkpoints import Checkpointer, TrainState
 from ctr.train.distributed_stages import ArchSteps
 from ctr.train.loop import LOG_EVERY_N_STEPS, PROGRESS_EVERY_N_STEPS, Placement, beats
@@ -179,6 +180,8 @@ class EpochLoop:
         state.validations += 1
         improved = state.best is None or beats(value, state.best, mode)
         state.update_patience(value, mode, train.early_stop)
+        if train.early_stop:
+            warn_if_not_finite(monitor, value)
         if improved:
             state.best = value
             self.saver.save(self.saver.best, state)

@@ -210,7 +210,8 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     checkpoint = _checkpoint(recipe, ckpt_dir)
     finite = FiniteLoss(every=loss_check_interval(session.place.device, LOG_EVERY_N_STEPS))
     callbacks = [finite, LoaderEpoch(), RandomState(), checkpoint,
-                 _last_checkpoint(ckpt_dir), throughput, ValidationSummary()]
+                 _last_checkpoint(ckpt_dir), throughput,
+                 ValidationSummary(recipe.train.early_stop.monitor if recipe.train.early_stop else None)]
     if not session.progress:  # no bar (stderr is not a terminal): progress lines in the log instead
         callbacks.append(ProgressLines(every=PROGRESS_EVERY_N_STEPS))
     stopper = None
