@@ -37,7 +37,10 @@ class Dice(nn.Module):
     ``f(s) = p(s)·s + (1 − p(s))·α·s`` with ``p(s) = sigmoid((s − E[s]) / sqrt(Var[s] + ε))``:
     a PReLU whose rectification point follows the data. E and Var are the mini-batch
     statistics while training and moving averages at inference (a BatchNorm without affine
-    parameters); α is learned per unit.
+    parameters); α is learned per unit. A training batch of one row (DIN's attention unit
+    sees one row when a batch holds one behaviour in all) has E[s] = s and Var[s] = 0, so
+    p(s) = sigmoid(0) = 1/2; the moving averages skip it (an unbiased one-row variance is
+    undefined), where BatchNorm would raise.
 
     Args:
         width: units H; eps: ε (the paper's 1e-8); momentum: of the moving averages.
@@ -51,7 +54,8 @@ class Dice(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(width))
 
     def forward(self, x: Tensor) -> Tensor:
-        p = torch.sigmoid(self.norm(x))
+        one_row = self.training and x.shape[0] == 1
+        p = torch.full_like(x, 0.5) if one_row else torch.sigmoid(self.norm(x))
         return p * x + (1 - p) * self.alpha * x
 
 

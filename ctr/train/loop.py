@@ -18,6 +18,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch import nn
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
 
@@ -26,6 +27,7 @@ from ctr.datasets import BatchLoader, Prepared
 from ctr.datasets.resident import ResidentLoader
 from ctr.errors import DataError, RecipeError, UserError
 from ctr.kernels.embedding_bag import BackendUnavailable, resolve_backend
+from ctr.models.layers import Dice
 from ctr.recipe import Recipe
 from ctr.train.callbacks import (
     FiniteLoss, LoaderEpoch, ProgressLines, RandomState, RunCheckpoint, Throughput, ValidationSummary,
@@ -178,13 +180,25 @@ def beats(value: float, best: float, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
-def check_before_fit(recipe: Recipe, report: dict[str, Any], batches: int) -> None:
-    """Refuses what only the prepared data (its ``report``, an epoch's ``batches``) shows to be
-    wrong, before anything trains or a stage writes its files."""
+def check_before_fit(recipe: Recipe, report: dict[str, Any], batches: int, net: nn.Module, world_size: int) -> None:
+    """Refuses what only the prepared data (its ``report``, an epoch's ``batches``) or the built
+    ``net`` shows to be wrong, before anything trains or a stage writes its files."""
     every = recipe.train.eval_every_n_steps
     if every and every > batches:  # it counts within the epoch
         raise RecipeError(f"train.eval_every_n_steps: {every} is more than the {batches} batches of an epoch")
     _check_monitor_defined(recipe, report["splits"]["valid"])
+    size = recipe.train.batch_size
+    if size // world_size < TRAINING_MIN_ROWS and _has_batch_norm(net):
+        shared = f" over {world_size} processes gives each {size // world_size} rows" if world_size > 1 else ""
+        raise RecipeError(f"train.batch_size: {size}{shared}; the model's BatchNorm needs at least "
+                          f"{TRAINING_MIN_ROWS} rows a batch in each process (a larger batch, or "
+                          "model.batch_norm: false where the model has it)")
+
+
+def _has_batch_norm(net: nn.Module) -> bool:
+    """Whether ``net`` holds a BatchNorm that raises on one training row (Dice's handles one)."""
+    in_dice = {id(m.norm) for m in net.modules() if isinstance(m, Dice)}
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in in_dice for m in net.modules())
 
 
 def _check_monitor_defined(recipe: Recipe, valid: dict[str, Any]) -> None:

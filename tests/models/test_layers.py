@@ -22,6 +22,16 @@ def test_dice_uses_batch_statistics_in_training_and_moving_averages_at_inference
     assert torch.allclose(dice(x), p * x + (1 - p) * dice.alpha * x, atol=1e-5)
 
 
+def test_dice_on_one_training_row_is_the_formula_with_zero_variance_and_keeps_its_averages():
+    """E[s] = s and Var[s] = 0 for one row: p = sigmoid(0) = 1/2 (BatchNorm raises there)."""
+    dice = Dice(3)
+    with torch.no_grad():
+        dice.alpha.copy_(torch.tensor([0.1, 0.5, -0.2]))
+    x = torch.tensor([[2.0, -1.0, 3.0]])
+    assert torch.allclose(dice(x), 0.5 * x + 0.5 * dice.alpha * x)
+    assert torch.equal(dice.norm.running_mean, torch.zeros(3)) and torch.equal(dice.norm.running_var, torch.ones(3))
+
+
 def finite_difference(values, order):
     for _ in range(order):
         values = [b - a for a, b in zip(values, values[1:])]
