@@ -166,9 +166,13 @@ class EmbeddingOptimizerConfig(OptimizerConfig):
             raise ValueError("fused: weight_decay is not supported by the fused embedding update")
 
 
+VALID_METRICS = ("valid/auc", "valid/logloss", "valid/gauc")  # gauc: with a data.group column
+
+
 @dataclass
 class EarlyStopConfig:
-    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` validations."""
+    """Stop when ``monitor`` (``VALID_METRICS`` or ``train/loss``) has not improved by more
+    than ``min_delta`` for ``patience`` validations."""
 
     monitor: str = "valid/auc"
     mode: Literal["max", "min"] = "max"
@@ -177,7 +181,9 @@ class EarlyStopConfig:
 
     def __post_init__(self) -> None:
         if self.patience < 0 or self.min_delta < 0:
-            raise ValueError("early_stop: patience and min_delta must be >= 0")
+            raise ValueError("patience and min_delta must be >= 0")
+        if self.monitor not in (*VALID_METRICS, "train/loss"):
+            raise ValueError(f"monitor: {self.monitor!r} is not logged; choose from {', '.join(VALID_METRICS)}, train/loss")
 
 
 @dataclass
@@ -210,8 +216,9 @@ class PlateauSchedule(SchedulerConfig):
     def __post_init__(self) -> None:
         if not 0 < self.factor < 1 or self.patience < 0 or self.min_delta < 0 or self.min_lr < 0:
             raise ValueError("plateau: factor must be in (0, 1); patience, min_delta and min_lr >= 0")
-        if self.monitor is not None and not self.monitor.startswith("valid/"):
-            raise ValueError(f"plateau: monitor must be a validation metric (valid/...), got {self.monitor!r}")
+        if self.monitor is not None and self.monitor not in VALID_METRICS:
+            raise ValueError(f"plateau: monitor must be a validation metric ({', '.join(VALID_METRICS)}), "
+                             f"got {self.monitor!r}")
 
 
 @dataclass

@@ -127,7 +127,7 @@ def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[s
     net = CTRNet(recipe, prepared.schema)
     fitting = Fitting(recipe, net, prepared, run, place, resume)
     try:
-        check_before_fit(recipe, prepared.report, len(fitting.loaders["train"]), net, place.world_size)
+        check_before_fit(recipe, prepared, len(fitting.loaders["train"]), net, place.world_size)
         stage_seconds = {}
         if net.embedding.stages():
             stage_seconds = run_stages(net, run, place.rank, resume, fitting.stage, fitting.score, recipe.seed)

@@ -62,7 +62,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
     session = Session(recipe, run, prepared, progress, place)
     session.open_loaders()
     try:
-        check_before_fit(recipe, prepared.report, len(session.loaders["train"]), task.net, place.world_size)
+        check_before_fit(recipe, prepared, len(session.loaders["train"]), task.net, place.world_size)
         if task.net.embedding.stages():
             fitted = train_stages(task, session, resume)
         else:

@@ -157,11 +157,25 @@ def test_an_auc_monitored_on_a_one_class_valid_split_is_one_line(tmp_path, capsy
     recipe.write_text(yaml.safe_dump({**raw, "data": {**data, "cache_dir": raw["data"]["cache_dir"]}}))
     code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run")
     monitor = early_stop["monitor"] if early_stop else "valid/auc"
-    assert_one_line(code, err, f"data: the valid split's 6 rows are all non-clicks (label 0), so {monitor} is undefined")
+    assert_one_line(code, err, f"data: the valid split's 6 rows are all non-clicks (label 0), so {monitor} "
+                               "(train.early_stop.monitor) is undefined")
     code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run",
                         "-o", "train.early_stop={monitor: valid/logloss, mode: min}")
     assert code == 0, err
     assert yaml.safe_load((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 2
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.early_stop.monitor=valid/gauc"], "train.early_stop.monitor: valid/gauc needs groups; name their column"),
+    (["train.early_stop.monitor=train/loss", "train.early_stop.mode=min", "train.scheduler={name: plateau}"],
+     "train.scheduler.monitor: a plateau schedule watches a validation metric, not early stopping's train/loss"),
+])
+def test_a_monitor_the_run_never_logs_is_one_line_before_training(tmp_path, capsys, overrides, message):
+    """The tiny data has no group column; a plateau schedule steps on validation metrics."""
+    recipe = write_recipe(tmp_path)
+    code, err = run_cli(capsys, "train", recipe, *[a for o in overrides for a in ("-o", o)], "--out", tmp_path / "run")
+    assert_one_line(code, err, message)
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_max_steps_before_the_first_validation_keeps_the_trained_weights(tmp_path, capsys):

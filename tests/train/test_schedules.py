@@ -89,7 +89,9 @@ def test_embedding_scheduler_replaces_the_shared_one():
         ({"scheduler": {"name": "cosine", "patience": 2}}, r"^train\.scheduler\.patience: unknown key"),
         ({"scheduler": {"name": "plateau", "factor": "big"}}, r"^train\.scheduler\.factor: expected float"),
         ({"scheduler": {"name": "linear_warmup", "decay": "cosine"}}, r"^train\.scheduler: linear_warmup: decay"),
-        ({"early_stop": {"min_delta": -1}}, r"^train\.early_stop: early_stop: patience and min_delta"),
+        ({"early_stop": {"min_delta": -1}}, r"^train\.early_stop: patience and min_delta"),
+        ({"early_stop": {"monitor": "valid/foo"}}, r"^train\.early_stop: monitor: 'valid/foo' is not logged; choose"),
+        ({"scheduler": {"name": "plateau", "monitor": "valid/accuracy"}}, r"^train\.scheduler: plateau: monitor must be"),
     ],
 )
 def test_invalid_schedules_name_the_key(train, message):
