@@ -5,11 +5,13 @@ every column read as a string (an empty field is null), so a bad value becomes a
 reports (or skips) instead of a parser exception. Every batch carries the file name (batch
 metadata ``file``), the line number of each row (``__line__``) and a ``__problem__`` column:
 null for a good row, else what is wrong with it (e.g. a wrong field count); the other
-columns of such a row are null.
+columns of such a row are null. Blank lines are skipped (the line numbers of the rows stay
+the file's), and so is a UTF-8 byte order mark at the start of the file.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import re
@@ -60,9 +62,10 @@ class TextFormat:
 
 
 def first_line(file: Path) -> str | None:
-    """The first line of ``file`` without its newline; ``None`` for an empty file."""
+    """The first line of ``file`` without its newline (and without a UTF-8 byte order mark,
+    which spreadsheet programs write); ``None`` for an empty file."""
     with open(file, "rb") as handle:
-        line = handle.readline()
+        line = handle.readline().removeprefix(codecs.BOM_UTF8)
     if not line.strip():
         return None
     return line.rstrip(b"\r\n").decode("utf-8", errors="replace")
@@ -78,6 +81,8 @@ def read_delimited(file: Path, fmt: TextFormat, block_bytes: int = BLOCK_BYTES) 
     rows = 0
     with open(file, "rb") as handle:
         line = 1
+        if handle.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
+            handle.seek(0)
         if fmt.header:
             handle.readline()
             line = 2
@@ -120,7 +125,7 @@ def _parse(block: bytes, fmt: TextFormat, handler, threads: bool) -> pa.Table:
         parse_options=pacsv.ParseOptions(
             delimiter=fmt.delimiter,
             quote_char='"' if fmt.quoting else False,
-            ignore_empty_lines=False,
+            ignore_empty_lines=True,
             invalid_row_handler=handler,
         ),
         convert_options=pacsv.ConvertOptions(
@@ -145,7 +150,8 @@ def _parse_block(block: bytes, first: int, lines: int, fmt: TextFormat, file: Pa
     except (pa.ArrowInvalid, UnicodeDecodeError) as err:
         raise DataError(f"{file}:{first}-{last}: cannot parse: {str(err).splitlines()[0]}") from None
     bad_lines = np.array([first + number - 1 for number, _ in invalid], dtype=np.int64)
-    good_lines = np.setdiff1d(np.arange(first, last + 1, dtype=np.int64), bad_lines, assume_unique=True)
+    skipped = np.union1d(bad_lines, first + _blank_lines(block))
+    good_lines = np.setdiff1d(np.arange(first, last + 1, dtype=np.int64), skipped, assume_unique=True)
     if len(good_lines) != table.num_rows:
         _refuse_line_breaks(block, first, last, file)
     table = table.append_column(LINE_COLUMN, pa.array(good_lines))
@@ -154,6 +160,16 @@ def _parse_block(block: bytes, first: int, lines: int, fmt: TextFormat, file: Pa
         fixed = _invalid_rows(invalid, bad_lines, fmt, file)
         table = pa.concat_tables([table, fixed]).sort_by(LINE_COLUMN)
     return to_batch(table).replace_schema_metadata({"file": str(file)})
+
+
+def _blank_lines(block: bytes) -> np.ndarray:
+    """Indices of the block's empty lines (``\n`` or ``\r\n`` alone), which the parser skips."""
+    data = np.frombuffer(block, dtype=np.uint8)
+    ends = np.flatnonzero(data == ord("\n"))
+    starts = np.concatenate([[0], ends[:-1] + 1]) if len(ends) else ends
+    length = ends - starts
+    blank = (length == 0) | ((length == 1) & (data[np.minimum(starts, len(data) - 1)] == ord("\r")))
+    return np.flatnonzero(blank)
 
 
 LONE_CARRIAGE_RETURN = re.compile(rb"\r(?!\n)")

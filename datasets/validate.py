@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ctr.errors import DataError
+from ctr.errors import DataError, RecipeError
 from ctr.schema import FeatureSpec
 
 LINE_COLUMN = "__line__"
@@ -83,15 +83,24 @@ def _not_a_number(name: str, column: pa.Array):
 
 
 def _non_finite(column: pa.Array) -> np.ndarray:
-    """Present values that are ``inf``, ``-inf`` or ``nan`` (text or floats), bool [n]."""
+    """Present values that are ``inf``, ``-inf`` or ``nan`` (text or floats; text past the
+    float range, ``1e400``, too), bool [n]."""
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        found = pc.match_substring_regex(column, NON_FINITE, ignore_case=True)
-        return pc.fill_null(found, False).to_numpy(zero_copy_only=False)
+        named = pc.fill_null(pc.match_substring_regex(column, NON_FINITE, ignore_case=True), False)
+        return named.to_numpy(zero_copy_only=False) | _non_finite(_as_numbers(column))
     if not pa.types.is_floating(column.type):
         return np.zeros(len(column), dtype=bool)
     present = column.is_valid().to_numpy(zero_copy_only=False)
     values = np.asarray(column.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.float64)
     return present & ~np.isfinite(values)
+
+
+def _as_numbers(column: pa.Array) -> pa.Array:
+    """Text as float64, surrounding blanks ignored; empty or unparsable text is null."""
+    trimmed = pc.utf8_trim_whitespace(column)
+    parsable = pc.and_(pc.fill_null(pc.match_substring_regex(trimmed, NUMBER, ignore_case=True), False),
+                       pc.fill_null(pc.not_equal(trimmed, ""), False))
+    return pc.cast(pc.if_else(parsable, trimmed, pa.scalar(None, trimmed.type)), pa.float64())
 
 
 def _not_finite(name: str, column: pa.Array):
@@ -112,9 +121,7 @@ def _label_values(column: pa.Array, name: str):
     """Labels float64 [n] (bad rows → 0), the bad-row mask, and a describer of a bad row."""
     text = column
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        parsable = pc.fill_null(pc.match_substring_regex(column, NUMBER), False).to_numpy(zero_copy_only=False)
-        blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(column), ""), True).to_numpy(zero_copy_only=False)
-        column = pc.if_else(pa.array(parsable & ~blank), column, pa.scalar(None, column.type))
+        column = _as_numbers(column)
     values = np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
     missing = np.isnan(values)
     bad = missing | ((values != 0) & (values != 1))
@@ -129,8 +136,11 @@ def _label_values(column: pa.Array, name: str):
 
 
 def column_keys(features: list[FeatureSpec], label: str, group: str | None) -> dict[str, str]:
-    """Raw column → the recipe key that names it (for messages about absent columns)."""
+    """Raw column → the recipe key that names it (for messages about absent columns). A
+    feature reading the label column is refused: the model would see the answer."""
     keys = {spec.column: f"data.features ({spec.name})" for spec in features}
+    if label in keys:
+        raise RecipeError(f"{keys[label]}: reads the label column {label!r}; a feature must not see the label")
     keys[label] = "data.label"
     if group:
         keys[group] = "data.group"

@@ -51,9 +51,10 @@ def run_prepare(tmp_path, capsys, data):
         (kaggle_row(99, first="-Infinity"), r"train\.csv:3: column 'I1': not a finite number: '-Infinity'"),
         (kaggle_row(99, first="nan"), r"train\.csv:3: column 'I1': not a finite number: 'nan'"),
         (kaggle_row(99) + "\r,x", r"train\.csv:3: a carriage return \(\\r\) inside the line"),
+        (kaggle_row(99, first="1e400"), r"train\.csv:3: column 'I1': not a finite number: '1e400'"),
     ],
     ids=["too-many-fields", "not-a-number", "missing-label", "non-binary-label", "too-few-fields", "inf", "-infinity",
-         "nan", "lone-carriage-return"],
+         "nan", "lone-carriage-return", "past-the-float-range"],
 )
 def test_bad_row_is_one_line_error_with_file_and_line(tmp_path, capsys, bad, message):
     path = write_kaggle(tmp_path, bad)
@@ -123,6 +124,30 @@ def test_a_line_break_inside_a_quoted_field_is_one_line(tmp_path, capsys):
     code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "csv", "path": str(path), "features": [{"name": "a"}]})
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.endswith("rows.csv:2-4: rows and lines do not match (a line break inside a quoted field?)"), err
+
+
+def test_blank_lines_a_byte_order_mark_and_padded_labels_are_read(tmp_path, capsys):
+    """Blank lines (trailing or inside) are skipped and later line numbers stay right; a UTF-8
+    byte order mark (as spreadsheet programs write) is not part of the first column's name;
+    a label with blanks around it is a label."""
+    path = tmp_path / "rows.csv"
+    path.write_bytes(b"\xef\xbb\xbflabel,a\n 1,x\n\n0 ,y\r\n\r\n1,z\n\n\n")
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "csv", "path": str(path), "features": [{"name": "a"}],
+                                                  "split": {"valid": 0.0, "test": 0.0}})
+    assert code == 0, err
+    report = json.loads(next((tmp_path / "cache").rglob("report.json")).read_text())
+    assert report["splits"]["train"]["rows"] == 3 and report["splits"]["train"]["positive_rate"] == 2 / 3
+    path.write_bytes(b"label,a\n1,x\n\n0,y\n\n2,z\n")
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "csv", "path": str(path), "features": [{"name": "a"}]})
+    assert code == 2 and err == f"ctr: error: {path}:6: label 'label' is '2', not 0 or 1", err
+
+
+def test_a_feature_reading_the_label_column_is_one_line(tmp_path, capsys):
+    path = tmp_path / "rows.csv"
+    path.write_text("click,a\n1,x\n0,y\n")
+    features = [{"name": "a"}, {"name": "leak", "source": "click"}]
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "csv", "path": str(path), "label": "click", "features": features})
+    assert code == 2 and err == "ctr: error: data.features (leak): reads the label column 'click'; a feature must not see the label"
 
 
 def test_column_named_in_recipe_but_absent(tmp_path, capsys):
