@@ -74,7 +74,8 @@ def categorical_tokens(column: pa.Array, spec: FeatureSpec) -> pa.Array:
 def sequence_tokens(column: pa.Array, spec: FeatureSpec) -> TokenLists:
     """Token lists of a sequence feature, each cut to its last ``max_len`` items.
 
-    The column is either text split by ``spec.splitter`` or already a list column.
+    The column is either text split by ``spec.splitter`` or already a list column; empty
+    items (``a^^b``) and null items of a list are dropped.
     """
     if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
         lists = column
@@ -84,7 +85,7 @@ def sequence_tokens(column: pa.Array, spec: FeatureSpec) -> TokenLists:
     lists = lists.fill_null([]) if lists.null_count else lists
     flat = pc.cast(pc.list_flatten(lists), pa.string())
     lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
-    keep = pc.not_equal(flat, "").to_numpy(zero_copy_only=False)
+    keep = pc.fill_null(pc.not_equal(flat, ""), False).to_numpy(zero_copy_only=False)  # empty and null items go
     row = np.repeat(np.arange(len(lengths)), lengths)
     lengths = np.bincount(row[keep], minlength=len(lengths)).astype(np.int64)
     flat = flat.filter(pa.array(keep))

@@ -124,7 +124,8 @@ def test_generic_csv_sequence_column_shared_table(tmp_path):
 
 def test_parquet_dataset_reads_typed_and_list_columns(tmp_path):
     path = tmp_path / "rows.parquet"
-    pq.write_table(pa.table({"y": [1, 0, 1], "price": [1.5, None, 3.0], "tags": [["a"], [], ["a", "b"]], "unused": [0, 0, 0]}), path)
+    pq.write_table(pa.table({"y": [1, 0, 1], "price": [1.5, None, 3.0], "tags": [["a"], [None], ["a", None, "b"]],
+                             "unused": [0, 0, 0]}), path)
     raw = {"data": {"dataset": "parquet", "path": str(path), "label": "y", "cache_dir": str(tmp_path / "c"),
                     "split": {"valid": 0.0, "test": 0.0},
                     "features": [{"name": "price", "kind": "numeric"}, {"name": "tags", "kind": "sequence"}]}}
