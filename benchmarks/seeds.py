@@ -8,7 +8,6 @@ mean ± sd, one row per recipe (finished run directories are reused).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from dataclasses import replace
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ctr.metrics import metrics_from_json
 from ctr.recipe import load_recipe
 from ctr.train.runner import train
 from benchmarks.peer_common import Result, summary_table, write_json
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             run = args.out / recipe.name / f"seed{seed}"
             done = run / "metrics.json"
-            metrics = json.loads(done.read_text()) if done.exists() else train(replace(recipe, seed=seed), run)
+            metrics = metrics_from_json(done.read_text()) if done.exists() else train(replace(recipe, seed=seed), run)
             results.append(Result(recipe.name, seed, metrics["test"], metrics["train_samples_per_s"]))
     keys = tuple(k for k in ("auc", "gauc", "logloss") if k in results[0].test)
     table = summary_table(results, keys)

@@ -7,7 +7,6 @@ with code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -255,20 +254,22 @@ def _spawn_train(args: argparse.Namespace, recipe, out: Path | None) -> int:  # 
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from ctr.metrics import metrics_json
     from ctr.train.runner import evaluate
 
     if args.data is not None and args.split != "test":
         raise UserError("eval: --data evaluates a whole file; give no --split with it")
-    print(json.dumps(evaluate(args.run_dir, args.split, args.data), indent=2))
+    print(metrics_json(evaluate(args.run_dir, args.split, args.data)))
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from ctr.metrics import metrics_json
     from ctr.train.predict import predict
 
     result = predict(args.run_dir, args.input, args.out, progress=sys.stderr.isatty())
     print(f"scored {result['rows']:,} rows into {args.out} ({result['rows_per_s']:,.0f} rows/s)", file=sys.stderr)
-    print(json.dumps(result, indent=2))
+    print(metrics_json(result))
     return 0
 
 

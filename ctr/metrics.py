@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from typing import Any
 
 import numpy as np
 
@@ -64,3 +66,28 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     mean = sum(values) / len(values)
     var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
     return mean, math.sqrt(var)
+
+
+def metrics_json(report: dict[str, Any]) -> str:
+    """``report`` as strict JSON (jq and other strict parsers read it): a metric that is
+    undefined (nan: an AUC on one class) is written as null."""
+    return json.dumps(_nulls_for_nan(report), indent=2, allow_nan=False)
+
+
+def metrics_from_json(text: str) -> dict[str, Any]:
+    """A report ``metrics_json`` wrote, with its undefined metrics nan again."""
+    report = json.loads(text)
+    for split in ("valid", "test"):
+        if isinstance(report.get(split), dict):
+            report[split] = {k: math.nan if v is None else v for k, v in report[split].items()}
+    return report
+
+
+def _nulls_for_nan(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _nulls_for_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nulls_for_nan(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

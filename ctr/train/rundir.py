@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import yaml
 
 from ctr.atomic import atomic_path, atomic_write
 from ctr.errors import UserError
+from ctr.metrics import metrics_from_json, metrics_json
 from ctr.recipe import Recipe, read_yaml, recipe_from_dict
 
 
@@ -78,7 +78,7 @@ class RunDir:
             shutil.copytree(prepared_root / "vocab", tmp / "vocab")
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
-        atomic_write(self.metrics, json.dumps(metrics, indent=2) + "\n")
+        atomic_write(self.metrics, metrics_json(metrics) + "\n")
 
     def read_metrics(self) -> dict[str, Any]:
-        return json.loads(self.metrics.read_text())
+        return metrics_from_json(self.metrics.read_text())

@@ -2,7 +2,9 @@
 holds both labels): early stopping ends the run there and says so, on one process and in the
 distributed loop's own rule alike."""
 
+import json
 import logging
+import math
 
 import pytest
 import yaml
@@ -10,6 +12,7 @@ import yaml
 from ctr.cli import main
 from ctr.recipe import EarlyStopConfig
 from ctr.train.checkpoints import TrainState
+from ctr.train.rundir import RunDir
 from tests.conftest import tiny_recipe
 
 
@@ -24,7 +27,10 @@ def test_a_nan_gauc_ends_the_run_with_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="ctr.train"):
         assert main(["train", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run")]) == 0
     assert "valid/gauc is nan: early stopping ends the run here" in caplog.text
-    assert yaml.safe_load((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 1  # of 3
+    text = (tmp_path / "run" / "metrics.json").read_text()
+    metrics = json.loads(text, parse_constant=lambda name: pytest.fail(f"metrics.json holds {name}"))
+    assert metrics["epochs"] == 1 and metrics["valid"]["gauc"] is None  # 1 epoch of 3; strict JSON
+    assert math.isnan(RunDir(tmp_path / "run").read_metrics()["valid"]["gauc"])
 
 
 @pytest.mark.parametrize("mode", ["max", "min"])
