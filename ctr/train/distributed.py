@@ -34,7 +34,7 @@ from torch import nn
 from ctr.datasets import BatchLoader, Prepared, prepare
 from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.stages import Stage
-from ctr.datasets.source import resolve_features
+from ctr.datasets.source import SPLITS, resolve_features
 from ctr.errors import RecipeError
 from ctr.recipe import Recipe
 from ctr.registry import EMBEDDINGS
@@ -43,7 +43,7 @@ from ctr.train.distributed_epochs import EpochLoop, Span, evaluate
 from ctr.train.distributed_optim import Optimizers
 from ctr.train.distributed_stages import ArchSteps, cycle, run_stages
 from ctr.train.stages import StageFiles, continues_training
-from ctr.train.loop import TRAINING_MIN_ROWS, Placement, check_before_fit, use_threads
+from ctr.train.loop import TRAINING_MIN_ROWS, Placement, check_before_fit, require_rows, use_threads
 from ctr.train.optim import build_optimizer
 from ctr.train.plots import plot_curves
 from ctr.train.rundir import RunDir
@@ -169,7 +169,8 @@ class Fitting:
 
     def __init__(self, recipe: Recipe, net: CTRNet, prepared: Prepared, run: RunDir, place: Placement, resume: bool):
         self.recipe, self.net, self.prepared, self.run, self.place, self.resume = recipe, net, prepared, run, place, resume
-        self.loaders = {split: self._loader(split, split == "train") for split in ("train", "valid", "test")}
+        require_rows(prepared, SPLITS)
+        self.loaders = {split: self._loader(split, split == "train") for split in SPLITS}
         self.done: Done | None = None
 
     def whole(self) -> float:

@@ -156,6 +156,7 @@ class Session:
 
     def open_loaders(self, splits: tuple[str, ...] = ("train", "valid", "test")) -> None:
         """The run's loaders: ``train`` for training, the others for evaluation."""
+        require_rows(self.prepared, splits)
         self.loaders = {split: self.loader(split, training=split == "train") for split in splits}
 
     def close(self) -> None:
@@ -178,6 +179,15 @@ class Fitted:
 def beats(value: float, best: float, mode: str) -> bool:
     """Whether a monitored ``value`` is better than ``best`` (``mode``: max or min)."""
     return value > best if mode == "max" else value < best
+
+
+def require_rows(prepared: Prepared, splits: tuple[str, ...]) -> None:
+    """Refuses a split without rows, naming the recipe key that gives it rows."""
+    for split in splits:
+        if prepared.report["splits"][split]["rows"] == 0:
+            hint = "every row went to validation or test" if split == "train" else \
+                f"data.split.{split} above 0, or data.{split}_path"
+            raise DataError(f"data: the {split} split holds no rows ({hint})")
 
 
 def check_before_fit(recipe: Recipe, prepared: Prepared, batches: int, net: nn.Module, world_size: int) -> None:

@@ -178,6 +178,13 @@ def test_a_monitor_the_run_never_logs_is_one_line_before_training(tmp_path, caps
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_a_split_without_rows_is_one_line_naming_its_key(tmp_path, capsys, split):
+    recipe = write_recipe(tmp_path)
+    code, err = run_cli(capsys, "train", recipe, "-o", f"data.split.{split}=0.0", "--out", tmp_path / "run")
+    assert_one_line(code, err, f"data: the {split} split holds no rows (data.split.{split} above 0, or data.{split}_path)")
+
+
 def test_max_steps_before_the_first_validation_keeps_the_trained_weights(tmp_path, capsys):
     """eval_every_n_steps 6 and max_steps 3: no validation runs in training; the run still
     ends with a checkpoint of its trained weights, evaluated."""
