@@ -162,9 +162,23 @@ class CsvDataset(DelimitedSource):
         columns = config.names or self.header(file, config.delimiter)
         if config.header and config.names and len(config.names) != len(self.header(file, config.delimiter)):
             raise DataError(f"{file}:1: the header has a different number of fields than data.columns")
+        if not config.header and self.optional_columns:
+            columns = self._scored_columns(file, columns)
         needed = self.needed_columns()
         require_columns(columns, self.required(needed), str(file))
         return TextFormat(columns, config.delimiter, config.header, config.quoting, keep=[c for c in columns if c in needed])
+
+    def _scored_columns(self, file: Path, columns: list[str]) -> list[str]:
+        """``data.columns`` of a headerless file to score, less the label (and the group) its
+        rows lack, as the first line's field count tells."""
+        line = first_line(file) or ""
+        fields = len(line.split(self.config.delimiter))  # type: ignore[attr-defined]
+        label, group = self.config.label or self.label, self.config.group or self.group
+        for absent in ({label}, {label, group}):
+            kept = [c for c in columns if c not in absent]
+            if fields == len(kept) < len(columns):
+                return kept
+        return columns
 
 
 @dataclass

@@ -222,3 +222,26 @@ def test_scoring_a_file_with_a_run_of_generated_rows_is_one_line(tmp_path):
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert result.stderr.startswith(f"ctr: error: {rows}: a synthetic run's rows are generated"), result.stderr
     assert not (tmp_path / "scores.parquet").exists()
+
+
+def test_predict_on_a_headerless_run_reads_rows_without_the_label(tmp_path):
+    """Without a header, the rows to score may lack the label column of data.columns (and
+    the group's): the first line's field count tells; the scores are those of labelled rows."""
+    from ctr.cli import main
+
+    frame = write_rows(tmp_path / "with_header.csv", 600, 1)[["a", "label", "user", "b", "x"]]
+    frame.to_csv(tmp_path / "rows.csv", index=False, header=False)
+    recipe = {**RECIPE, "data": {**RECIPE["data"], "path": str(tmp_path / "rows.csv"), "header": False,
+                                 "columns": list(frame.columns), "valid_path": None, "test_path": None,
+                                 "cache_dir": str(tmp_path / "cache")}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["train", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run")]) == 0
+    scores = {}
+    for name, columns in (("labelled", list(frame.columns)), ("no_label", ["a", "user", "b", "x"]),
+                          ("neither", ["a", "b", "x"])):
+        frame[columns].head(50).to_csv(tmp_path / f"{name}.csv", index=False, header=False)
+        assert main(["predict", str(tmp_path / "run"), str(tmp_path / f"{name}.csv"),
+                     "--out", str(tmp_path / f"{name}_scores.csv")]) == 0
+        scores[name] = pd.read_csv(tmp_path / f"{name}_scores.csv")["score"].to_numpy()
+    assert len(scores["labelled"]) == 50
+    assert np.array_equal(scores["labelled"], scores["no_label"]) and np.array_equal(scores["labelled"], scores["neither"])
