@@ -156,6 +156,9 @@ def to_plain(obj: Any) -> Any:
 
 
 def _name(hint: Any) -> str:
+    """How a message names a type: ``int``, or a Literal's values (``'auto'``)."""
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(map(repr, typing.get_args(hint)))
     return getattr(hint, "__name__", str(hint))
 
 

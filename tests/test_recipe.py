@@ -17,6 +17,7 @@ def test_defaults_and_typed_sections():
         ({"trian": {}}, r"^trian: unknown key"),
         ({"train": {"batch_sise": 3}}, r"^train\.batch_sise: unknown key"),
         ({"train": {"batch_size": "abc"}}, r"^train\.batch_size: expected int, got 'abc'"),
+        ({"trainer": {"num_threads": "abc"}}, r"^trainer\.num_threads: expected int or 'auto', got 'abc'$"),
         ({"train": {"optimizer": {"lr": "fast"}}}, r"^train\.optimizer\.lr: expected float"),
         ({"model": {"name": "nosuchmodel"}}, r"^model\.name: unknown model 'nosuchmodel'"),
         ({"embedding": {"method": "zip"}}, r"^embedding\.method: unknown embedding method 'zip'"),
