@@ -180,3 +180,19 @@ def test_real_ipinyou_splits_and_fields():
     assert test.num_rows == 21_150 and sum(int(v) for v in test.column("label").to_pylist()) == 50
     assert test.column("__problem__").null_count == test.num_rows
     assert test.column("weekday").null_count == 0
+
+
+def test_a_gzip_file_reads_as_its_plain_copy(tmp_path):
+    import gzip
+
+    text = "y,a,n\n" + "".join(f"{i % 2},v{i % 7},{i * 0.5}\n" for i in range(300))
+    (tmp_path / "rows.csv").write_text(text)
+    (tmp_path / "rows.csv.gz").write_bytes(gzip.compress(text.encode()))
+    tables = []
+    for name in ("rows.csv", "rows.csv.gz"):
+        raw = {"data": {"dataset": "csv", "path": str(tmp_path / name), "label": "y", "cache_dir": str(tmp_path / name[:-4]),
+                        "features": [{"name": "a"}, {"name": "n", "kind": "numeric"}]}}
+        prepared = prepare(recipe_from_dict(raw).data, progress=False)
+        tables.append([pq.read_table(f) for split in ("train", "valid", "test")
+                       for f in sorted(prepared.split_dir(split).glob("*.parquet"))])
+    assert len(tables[0]) >= 3 and all(a.equals(b) for a, b in zip(*tables, strict=True))
