@@ -156,7 +156,6 @@ class Session:
 
     def open_loaders(self, splits: tuple[str, ...] = ("train", "valid", "test")) -> None:
         """The run's loaders: ``train`` for training, the others for evaluation."""
-        require_rows(self.prepared, splits)
         self.loaders = {split: self.loader(split, training=split == "train") for split in splits}
 
     def close(self) -> None:

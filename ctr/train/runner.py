@@ -12,14 +12,15 @@ from typing import Any
 import lightning as L
 
 from ctr.datasets import Prepared, prepare
-from ctr.datasets.source import resolve_features
+from ctr.datasets.source import SPLITS, resolve_features
 from ctr.errors import UserError
 from ctr.recipe import Recipe
 from ctr.train import distributed
 from ctr.train.checkpoints import is_distributed_checkpoint
 from ctr.train.launch import launched, process_group, shared_path
 from ctr.train.loop import (
-    Session, check_before_fit, evaluate_checkpoint, fit, placement, quiet_lightning, trainer_for, use_threads,
+    Session, check_before_fit, evaluate_checkpoint, fit, placement, quiet_lightning, require_rows, trainer_for,
+    use_threads,
 )
 from ctr.train.optim import fused_optimizer
 from ctr.train.plots import plot_curves
@@ -60,6 +61,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
     task = CTRTask(recipe, prepared.schema)
     _log_summary(task, prepared)
     session = Session(recipe, run, prepared, progress, place)
+    require_rows(prepared, SPLITS)
     session.open_loaders()
     try:
         check_before_fit(recipe, prepared, len(session.loaders["train"]), task.net, place.world_size)
