@@ -63,7 +63,8 @@ def adapt_sizes(config: AdaptEmbConfig, counts: dict[str, np.ndarray]) -> tuple[
     tables = {name: c.shape[0] for name, c in counts.items()}
     limit = budget_bytes(config, "adaptemb", tables) - SEED_BYTES * len(tables)
     row_bytes = config.dim * FP32_BYTES
-    frequent_cap = math.floor(config.frequent_budget_share * limit / (row_bytes + ID_BYTES))
+    for_frequent = min(config.frequent_budget_share * limit, limit - row_bytes * len(tables))  # a rare row per table
+    frequent_cap = math.floor(max(for_frequent, 0) / (row_bytes + ID_BYTES))
     frequent = frequent_ids(counts, min(math.ceil(config.frequent_fraction * sum(tables.values())), frequent_cap))
     rare = {name: tables[name] - ids.shape[0] for name, ids in frequent.items()}
     used = sum(ids.shape[0] for ids in frequent.values()) * (row_bytes + ID_BYTES)

@@ -25,10 +25,19 @@ class BudgetUnreachableError(RecipeError):
     """
 
     def __init__(self, method: str, budget: float, min_budget: float, why: str):
-        super().__init__(
-            f"embedding.budget: {budget:g} is too small for {method}: {why}; the smallest budget it reaches is {min_budget:.3g}"
-        )
+        shown = f"{rounded_up(min_budget):.3g}"  # the shown minimum is itself reachable
+        least = f"the smallest budget it reaches is {shown}" if min_budget <= 1 else \
+            f"on this schema it needs more bytes than the full tables ({shown} of them)"
+        super().__init__(f"embedding.budget: {budget:g} is too small for {method}: {why}; {least}")
         self.min_budget = min_budget
+
+
+def rounded_up(value: float, digits: int = 3) -> float:
+    """``value`` rounded up to ``digits`` significant digits."""
+    if value <= 0:
+        return value
+    step = 10.0 ** (math.floor(math.log10(value)) - digits + 1)
+    return math.ceil(round(value / step, 9)) * step
 
 
 class ComputeLimitError(RecipeError):
@@ -61,8 +70,10 @@ def full_bytes(tables: dict[str, int], dim: int) -> int:
 
 
 def budget_bytes(config: EmbeddingConfig, method: str, tables: dict[str, int]) -> float:
-    """The bytes ``embedding.budget`` allows (budget × full bytes)."""
-    return require_budget(config, method) * full_bytes(tables, config.dim)
+    """The bytes ``embedding.budget`` allows (budget × full bytes), widened by 1e-12 of itself
+    (far below a byte) so that a budget typed as exactly the minimum a method names is not
+    refused for a rounding error of the product."""
+    return require_budget(config, method) * full_bytes(tables, config.dim) * (1 + 1e-12)
 
 
 def largest_fitting(low: int, high: int, cost: Callable[[int], int], limit: float) -> int | None:

@@ -227,13 +227,13 @@ def _refusal(recipe: Recipe) -> str | None:
     """The cell's table entry when its method refuses the budget (built on the prepared
     schema, no training), else None."""
     from ctr.datasets import prepare
-    from ctr.embeddings.budget import BudgetUnreachableError, ComputeLimitError
+    from ctr.embeddings.budget import BudgetUnreachableError, ComputeLimitError, rounded_up
 
     schema = prepare(recipe.data, progress=False).schema
     try:
         EMBEDDINGS.get(recipe.embedding.method).target(schema, recipe.embedding)
     except BudgetUnreachableError as err:
-        return f"cannot reach (min {err.min_budget:.3g})"
+        return f"cannot reach (min {rounded_up(err.min_budget):.3g})"
     except ComputeLimitError as err:
         return f"not run: compute ({err.estimate})"
     return None

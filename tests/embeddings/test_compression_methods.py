@@ -78,6 +78,23 @@ def test_bad_options_and_budgets_are_one_line_recipe_errors(method):
         build(method, 1e-7)
 
 
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_the_smallest_budget_a_refusal_names_is_reached(method):
+    """The named minimum is rounded up, never down: typing it back is accepted."""
+    with pytest.raises(BudgetUnreachableError) as err:
+        build(method, 1e-7)
+    shown = float(str(err.value).rsplit("reaches is ", 1)[1])
+    assert shown >= err.value.min_budget
+    embedding = deployed(build(method, shown))
+    assert embedding.memory_bytes() <= shown * embedding.full_bytes()
+
+
+def test_a_method_that_needs_more_than_the_full_tables_says_so():
+    err = BudgetUnreachableError("mgqe", 0.5, 1.4321, "its codebooks alone exceed it")
+    assert str(err) == ("embedding.budget: 0.5 is too small for mgqe: its codebooks alone exceed it; on this schema "
+                        "it needs more bytes than the full tables (1.44 of them)")
+
+
 @pytest.mark.parametrize("method", FREQUENCIES)
 def test_methods_without_their_frequencies_refuse_in_one_line(method):
     bare = schema()

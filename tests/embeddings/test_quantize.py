@@ -16,6 +16,7 @@ def test_tables_are_stored_as_integers_at_a_fixed_ratio(config, dtype, ratio):
     assert list(QuantizedEmbedding(schema(), config(dim=8, optimizer="sgd")).state_dict()) == ["codes"]
     with pytest.raises(BudgetUnreachableError, match=f"smallest budget it reaches is {ratio:g}"):
         QuantizedEmbedding(schema(), config(dim=8, budget=ratio * 0.99))
+    QuantizedEmbedding(schema(), config(dim=8, budget=ratio))  # the minimum it names is reached
 
 
 def test_stochastic_rounding_is_unbiased_in_expectation():
