@@ -46,6 +46,7 @@ from ctr.metrics import mean_std
 from ctr.recipe import Recipe, apply_override, read_yaml, recipe_from_dict
 from ctr.registry import EMBEDDINGS
 from ctr.train.plots import save_png
+from ctr.train.refusal import budget_refusal
 from ctr.train.rundir import RunDir
 
 log = logging.getLogger("ctr.bench")
@@ -185,7 +186,7 @@ def _run_cell(
     try:
         recipe = recipe_from_dict(raw)
         with preparing:
-            refusal = None if run.metrics.exists() else _refusal(recipe)
+            refusal = None if run.metrics.exists() else budget_refusal(recipe)
     except UserError as err:
         log.warning("bench %s: %s", cell.key, err)
         return {**row, "status": f"error: {err}"}
@@ -221,22 +222,6 @@ def _drop_checkpoints(run: RunDir) -> None:
     """Deletes a finished run's checkpoint folders: the last stage's and every earlier stage's."""
     for folder in [run.checkpoints, *run.stages.glob("*/checkpoints")]:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _refusal(recipe: Recipe) -> str | None:
-    """The cell's table entry when its method refuses the budget (built on the prepared
-    schema, no training), else None."""
-    from ctr.datasets import prepare
-    from ctr.embeddings.budget import BudgetUnreachableError, ComputeLimitError, rounded_up
-
-    schema = prepare(recipe.data, progress=False).schema
-    try:
-        EMBEDDINGS.get(recipe.embedding.method).target(schema, recipe.embedding)
-    except BudgetUnreachableError as err:
-        return f"cannot reach (min {rounded_up(err.min_budget):.3g})"
-    except ComputeLimitError as err:
-        return f"not run: compute ({err.estimate})"
-    return None
 
 
 def _train_apart(cell: Cell, raw: dict[str, Any], run: RunDir, out: Path) -> str:

@@ -29,6 +29,7 @@ from ctr.atomic import CsvRows, atomic_write
 from ctr.errors import UserError
 from ctr.metrics import mean_std
 from ctr.recipe import EarlyStopConfig, Recipe, apply_override, read_yaml, recipe_from_dict
+from ctr.train.refusal import budget_refusal
 from ctr.train.rundir import RunDir
 
 log = logging.getLogger("ctr.tune")
@@ -113,14 +114,31 @@ class Tuning:
             apply_override(base, item)
         recipes = {p.key: self._recipe(base, p) for p in self.points}  # every point validated before any training
         monitor, mode = criterion(list(recipes.values()))
+        refused = self._refused(recipes)
+        runnable = [p for p in self.points if p.key not in refused]
         results = Results(self.out / "results.csv")
-        first = [self._run(results, p, recipes[p.key], 0, monitor) for p in self.points]
-        best = self.points[choose(first, mode)]
+        first = [self._run(results, p, recipes[p.key], 0, monitor) for p in runnable]
+        best = runnable[choose(first, mode)]
         for offset in range(1, self.seeds):
             self._run(results, best, recipes[best.key], offset, monitor)
         atomic_write(self.out / "best.yaml", yaml.safe_dump(self._raw(base, best), sort_keys=False))
-        atomic_write(self.out / "results.md", markdown(results.rows, best, monitor, mode))
+        not_run = {p.label: refused[p.key] for p in self.points if p.key in refused}
+        atomic_write(self.out / "results.md", markdown(results.rows, best, monitor, mode, not_run))
         return best
+
+    def _refused(self, recipes: dict[str, Recipe]) -> dict[str, str]:
+        """Point key → why its embedding method refuses its budget (a method × budget grid
+        may pair a method with a budget it cannot reach): those points are not trained."""
+        refused = {}
+        for point in self.points:
+            why = budget_refusal(recipes[point.key])
+            if why is not None:
+                log.warning("tune %s (%s): not trained: %s", point.key, point.label, why)
+                refused[point.key] = why
+        if len(refused) == len(self.points):
+            raise UserError("--grid: no point can be trained (every method refuses its budget: "
+                            + "; ".join(f"{p.label}: {refused[p.key]}" for p in self.points) + ")")
+        return refused
 
     def _raw(self, base: dict[str, Any], point: Point) -> dict[str, Any]:
         raw = copy.deepcopy(base)
@@ -174,8 +192,10 @@ def choose(rows: list[dict[str, str]], mode: str) -> int:
     return values.index(best)
 
 
-def markdown(rows: list[dict[str, str]], best: Point, monitor: str, mode: str) -> str:
-    """Stage 1's points ranked by the monitor, then the chosen point's test metrics over seeds."""
+def markdown(rows: list[dict[str, str]], best: Point, monitor: str, mode: str,
+             not_run: dict[str, str] | None = None) -> str:
+    """Stage 1's points ranked by the monitor, the points ``not_run`` (settings → why), then
+    the chosen point's test metrics over seeds."""
     first_seed = min(int(r["seed"]) for r in rows)
     first = sorted((r for r in rows if int(r["seed"]) == first_seed), key=lambda r: float(r["valid"]), reverse=mode == "max")
     lines = [f"| point | settings | {monitor} | test AUC | test group AUC | test logloss |", "|---" * 6 + "|"]
@@ -185,6 +205,9 @@ def markdown(rows: list[dict[str, str]], best: Point, monitor: str, mode: str) -
             f"| {row['point']}{mark} | {row['settings']} | {float(row['valid']):.4f} | "
             + " | ".join(_number(row[f"test_{k}"]) for k in TEST_KEYS) + " |"
         )
+    if not_run:
+        lines += ["", "Not trained (the method refuses the budget):", ""]
+        lines += [f"- `{label}`: {why}" for label, why in not_run.items()]
     chosen = [r for r in rows if r["point"] == best.key]
     lines += ["", f"Chosen: `{best.label}`, {len(chosen)} seeds (mean ± sample sd):", "",
               f"| {monitor} | test AUC | test group AUC | test logloss |", "|---" * 4 + "|"]

@@ -73,6 +73,21 @@ def test_a_bad_point_is_refused_before_any_training(tmp_path):
     assert trainer.calls == []
 
 
+def test_points_whose_method_refuses_the_budget_are_listed_not_trained(tmp_path):
+    """A method × budget grid pairs mgqe with a budget it cannot reach on the tiny schema:
+    the other points train and are ranked; that one is named with its minimum."""
+    trainer = FakeTrainer()
+    recipe = _recipe_file(tmp_path, embedding={"method": "hash", "dim": 8})
+    grid = parse_grid(["embedding.method=hash,mgqe", "embedding.budget=0.1,0.5"])
+    best = Tuning(recipe, grid, 1, tmp_path / "t", [], trainer).run()
+    assert len(trainer.calls) == 2 and best.overrides[0] == "embedding.method=hash"
+    table = (tmp_path / "t" / "results.md").read_text()
+    assert "- `embedding.method=mgqe embedding.budget=0.1`: cannot reach (min " in table
+    everything_refused = parse_grid(["embedding.method=mgqe", "embedding.budget=0.1"])
+    with pytest.raises(UserError, match=r"^--grid: no point can be trained"):
+        Tuning(recipe, everything_refused, 1, tmp_path / "t2", [], trainer).run()
+
+
 def test_cli_tunes_a_tiny_recipe_end_to_end(tmp_path):
     recipe = _recipe_file(tmp_path)
     out = tmp_path / "tune"
