@@ -144,23 +144,48 @@ def test_predict_bad_row_is_the_training_error(csv_run, tmp_path):
     assert not (tmp_path / "s.parquet").exists()
 
 
-def test_the_documented_snippet_scores_an_exported_row_like_predict(csv_run, tmp_path):
-    """docs/export.md's snippet, run without ctr, gives predict's score of the same raw row."""
-    home, run = csv_run
+def snippet_scores_like_predict(run, test_file, columns, rows, tmp_path):
+    """docs/export.md's snippet, run without ctr on raw ``rows`` of ``test_file``, gives
+    predict's scores of them."""
     docs = (Path(__file__).resolve().parents[2] / "docs" / "export.md").read_text()
     snippet = docs.split("```python\n", 1)[1].split("```", 1)[0]
     assert ctr("export", run, "--out", tmp_path / "model.pt2", cwd=tmp_path).returncode == 0
-    test_rows = pd.read_csv(home / "data" / "test.csv", dtype=str)
-    result = ctr("predict", run, home / "data" / "test.csv", "--out", tmp_path / "scores.parquet", cwd=tmp_path)
+    test_rows = pd.read_csv(test_file, dtype=str, keep_default_na=False)
+    result = ctr("predict", run, test_file, "--out", tmp_path / "scores.parquet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     scores = pq.read_table(tmp_path / "scores.parquet")["score"].to_numpy()
     guard = "import sys\nassert not any(m == 'ctr' or m.startswith('ctr.') for m in sys.modules)\n"
-    for i in (0, 1, 7):
-        row = json.dumps({k: test_rows.loc[i, k] for k in ("a", "b", "x")})
+    for i in rows:
+        row = json.dumps({k: test_rows.loc[i, k] for k in columns})
         done = subprocess.run([sys.executable, "-c", snippet + guard, tmp_path / "model.pt2", row],
                               capture_output=True, text=True, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-2000:]
         assert abs(float(done.stdout.strip()) - scores[i]) < 1e-5
+
+
+def test_the_documented_snippet_scores_an_exported_row_like_predict(csv_run, tmp_path):
+    home, run = csv_run
+    snippet_scores_like_predict(run, home / "data" / "test.csv", ("a", "b", "x"), (0, 1, 7), tmp_path)
+
+
+def test_the_documented_snippet_scores_sequence_features_like_predict(tmp_path):
+    """A sum-pooled sequence (``^``-separated, last 3 items kept): rows with no items, with
+    an empty item, and with more items than max_len score as predict scores them."""
+    from ctr.cli import main
+
+    rng = np.random.default_rng(4)
+    tags = ["^".join(f"t{v}" for v in rng.integers(0, 9, rng.integers(0, 6))) for _ in range(800)]
+    tags[:3] = ["", "t1^^t2", "t1^t2^t3^t4^t5"]
+    frame = pd.DataFrame({"label": rng.integers(0, 2, 800), "a": [f"a{v}" for v in rng.integers(0, 5, 800)], "tags": tags})
+    frame.iloc[:700].to_csv(tmp_path / "train.csv", index=False)
+    frame.iloc[700:].to_csv(tmp_path / "test.csv", index=False)
+    frame.iloc[:3].to_csv(tmp_path / "probe.csv", index=False)
+    recipe = {**RECIPE, "data": {"dataset": "csv", "path": str(tmp_path / "train.csv"), "label": "label",
+                                 "test_path": str(tmp_path / "test.csv"), "cache_dir": str(tmp_path / "cache"),
+                                 "features": [{"name": "a"}, {"name": "tags", "kind": "sequence", "max_len": 3}]}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["train", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run")]) == 0
+    snippet_scores_like_predict(tmp_path / "run", tmp_path / "probe.csv", ("a", "tags"), (0, 1, 2), tmp_path)
 
 
 def test_an_optembed_run_evaluates_predicts_and_exports_as_it_was_tested(optembed_csv_run, tmp_path):
