@@ -134,10 +134,14 @@ class DIN(CTRModel):
                 f"model.target_fields; got targets {targets} and sequences {behaviours} "
                 f"(per-position sequences in the data: {list(layout.sequences)})"
             )
-        for key, names, allowed in (("target_fields", targets, layout.pooled), ("sequence_fields", behaviours, layout.sequences)):
+        for key, names, allowed, kind in (("target_fields", targets, layout.pooled, "pooled features"),
+                                          ("sequence_fields", behaviours, layout.sequences,
+                                           "per-position sequences (pooling: none)")):
             missing = [n for n in names if n not in allowed]
             if missing:
-                raise RecipeError(f"model.{key}: {missing} not among the data's features {list(allowed)}")
+                pooled_sequence = key == "sequence_fields" and all(n in layout.pooled for n in missing)
+                hint = "; they are pooled: give them pooling: none" if pooled_sequence else ""
+                raise RecipeError(f"model.{key}: {missing} not among the data's {kind} {list(allowed)}{hint}")
         return targets, behaviours
 
     def forward(self, batch: Batch, embedded: FeatureEmbeddings) -> Tensor:

@@ -28,6 +28,8 @@ def test_without_behaviour_sequences_the_error_names_the_key():
         task_for_schema(planted_schema(3, 5), SMALL)
     with pytest.raises(RecipeError, match="model.target_fields: \\['nope'\\]"):
         task_for_schema(behaviour_schema(5, 4), {**SMALL, "target_fields": ["nope"], "sequence_fields": ["hist_item_id"]})
+    with pytest.raises(RecipeError, match="\\['item_id'\\] not among .*; they are pooled: give them pooling: none$"):
+        task_for_schema(behaviour_schema(5, 4), {**SMALL, "target_fields": ["item_id"], "sequence_fields": ["item_id"]})
 
 
 def test_history_beyond_its_length_does_not_change_the_prediction(schema):
