@@ -62,6 +62,9 @@ def check_distributed(recipe: Recipe) -> None:
     for key, on in refused.items():
         if on:
             raise RecipeError(f"{key}: not available in a distributed run (trainer.devices × num_nodes > 1)")
+    if train.early_stop and not train.early_stop.monitor.startswith("valid/"):
+        raise RecipeError(f"train.early_stop.monitor: a distributed run monitors a validation metric, "
+                          f"not {train.early_stop.monitor}")
     if train.batch_size % trainer.world_size or train.eval_batch_size % trainer.world_size:
         raise RecipeError(f"train.batch_size: {train.batch_size} and eval_batch_size {train.eval_batch_size} must be"
                           f" multiples of the {trainer.world_size} processes")

@@ -25,7 +25,7 @@ from torch import nn
 
 from ctr.datasets import BatchLoader
 from ctr.embeddings.replicas import gather_padded
-from ctr.errors import RecipeError, UserError
+from ctr.errors import UserError
 from ctr.metrics import auc, group_auc, logloss
 from ctr.recipe import Recipe
 from ctr.train.callbacks import warn_if_not_finite
@@ -162,10 +162,8 @@ class EpochLoop:
 
     @staticmethod
     def _monitored(valid: dict[str, float], monitor: str) -> float:
-        value = valid.get(monitor.removeprefix("valid/")) if monitor.startswith("valid/") else None
-        if value is None:
-            raise RecipeError(f"train.early_stop.monitor: {monitor!r} is not a validation metric")
-        return value
+        """The value of ``monitor`` (a validation metric the run logs: checked before training)."""
+        return valid[monitor.removeprefix("valid/")]
 
     def _validate(self, state: TrainState) -> None:
         """Validates, steps the plateau schedules, checkpoints and applies early stopping."""

@@ -64,6 +64,8 @@ def test_split_batches_parts_are_the_one_process_batches(tiny_prepared):
         ({"train": {"batch_size": 511}}, "train.batch_size: 511"),
         ({"distributed": {"sharding": "diagonal"}}, "distributed.sharding"),
         ({"trainer": {"compile": True}}, "trainer.compile: not available in a distributed run"),
+        ({"train": {"early_stop": {"monitor": "train/loss", "mode": "min"}}},
+         "train.early_stop.monitor: a distributed run monitors a validation metric, not train/loss"),
     ],
 )
 def test_a_distributed_recipe_that_cannot_run_is_one_line_before_any_process(tmp_path, capsys, sections, message):
