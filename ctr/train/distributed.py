@@ -39,11 +39,12 @@ from ctr.errors import RecipeError
 from ctr.recipe import Recipe
 from ctr.registry import EMBEDDINGS
 from ctr.train.checkpoints import Checkpointer, TrainState, is_distributed_checkpoint
+from ctr.train.checks import TRAINING_MIN_ROWS, check_before_fit, require_rows
 from ctr.train.distributed_epochs import EpochLoop, Span, evaluate
 from ctr.train.distributed_optim import Optimizers
 from ctr.train.distributed_stages import ArchSteps, cycle, run_stages
 from ctr.train.stages import StageFiles, continues_training
-from ctr.train.loop import TRAINING_MIN_ROWS, Placement, check_before_fit, require_rows, use_threads
+from ctr.train.loop import Placement, use_threads
 from ctr.train.optim import build_optimizer
 from ctr.train.plots import plot_curves
 from ctr.train.rundir import RunDir

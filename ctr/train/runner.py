@@ -18,9 +18,9 @@ from ctr.recipe import Recipe
 from ctr.train import distributed
 from ctr.train.checkpoints import is_distributed_checkpoint
 from ctr.train.launch import launched, process_group, shared_path
+from ctr.train.checks import check_before_fit, require_rows
 from ctr.train.loop import (
-    Session, check_before_fit, evaluate_checkpoint, fit, placement, quiet_lightning, require_rows, trainer_for,
-    use_threads,
+    Session, evaluate_checkpoint, fit, placement, quiet_lightning, trainer_for, use_threads,
 )
 from ctr.train.optim import fused_optimizer
 from ctr.train.plots import plot_curves

@@ -1,0 +1,74 @@
+"""Checks that refuse a run before it trains, from what only the prepared data or the built
+network shows (the recipe's own checks run when it is read): every one is a one-line error,
+and nothing trains or writes a stage before them."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ctr.datasets import Prepared
+from ctr.errors import DataError, RecipeError
+from ctr.models.layers import Dice
+from ctr.recipe import PlateauSchedule, Recipe
+
+ONE_CLASS_UNDEFINED = ("valid/auc", "valid/gauc")  # metrics that need both labels in the split
+TRAINING_MIN_ROWS = 2  # a last training batch of one row per process is dropped: BatchNorm and Dice need two
+
+
+def require_rows(prepared: Prepared, splits: tuple[str, ...]) -> None:
+    """Refuses a split without rows, naming the recipe key that gives it rows."""
+    for split in splits:
+        if prepared.report["splits"][split]["rows"] == 0:
+            hint = "every row went to validation or test" if split == "train" else \
+                f"data.split.{split} above 0, or data.{split}_path"
+            raise DataError(f"data: the {split} split holds no rows ({hint})")
+
+
+def check_before_fit(recipe: Recipe, prepared: Prepared, batches: int, net: nn.Module, world_size: int) -> None:
+    """Refuses what only the ``prepared`` data (an epoch's ``batches``) or the built ``net`` shows
+    to be wrong, before anything trains or a stage writes its files."""
+    every = recipe.train.eval_every_n_steps
+    if every and every > batches:  # it counts within the epoch
+        raise RecipeError(f"train.eval_every_n_steps: {every} is more than the {batches} batches of an epoch")
+    _check_monitor_defined(recipe, prepared)
+    size = recipe.train.batch_size
+    if size // world_size < TRAINING_MIN_ROWS and _has_batch_norm(net):
+        shared = f" over {world_size} processes gives each {size // world_size} rows" if world_size > 1 else ""
+        raise RecipeError(f"train.batch_size: {size}{shared}; the model's BatchNorm needs at least "
+                          f"{TRAINING_MIN_ROWS} rows a batch in each process (a larger batch, or "
+                          "model.batch_norm: false where the model has it)")
+
+
+def _has_batch_norm(net: nn.Module) -> bool:
+    """Whether ``net`` holds a BatchNorm that raises on one training row (Dice's handles one)."""
+    in_dice = {id(m.norm) for m in net.modules() if isinstance(m, Dice)}
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in in_dice for m in net.modules())
+
+
+def _check_monitor_defined(recipe: Recipe, prepared: Prepared) -> None:
+    """Refuses a monitored metric the run never logs (a group AUC without groups, a plateau on
+    the training loss), and an AUC on a validation split of one class: it is undefined (nan)
+    there, so early stopping would end the run at its first validation and the best
+    checkpoint would be arbitrary."""
+    valid = prepared.report["splits"]["valid"]
+    for key, monitor in _monitors(recipe).items():
+        if monitor == "valid/gauc" and not prepared.schema.group:
+            raise RecipeError(f"{key}: valid/gauc needs groups; name their column in data.group")
+        if "scheduler" in key and not monitor.startswith("valid/"):
+            raise RecipeError(f"{key}: a plateau schedule watches a validation metric, not early stopping's {monitor}")
+        if monitor in ONE_CLASS_UNDEFINED and valid["positive_rate"] in (0.0, 1.0):
+            labels = "clicks (label 1)" if valid["positive_rate"] else "non-clicks (label 0)"
+            raise DataError(f"data: the valid split's {valid['rows']} rows are all {labels}, so {monitor} ({key}) is "
+                            "undefined; give validation more rows (data.split.valid) or monitor valid/logloss (mode: min)")
+
+
+def _monitors(recipe: Recipe) -> dict[str, str]:
+    """Recipe key → the metric it monitors: early stopping's (without it, the best
+    checkpoint's ``valid/auc``) and each plateau schedule's (by default early stopping's)."""
+    stop = recipe.train.early_stop
+    found = {"train.early_stop.monitor": stop.monitor if stop else "valid/auc"}
+    for key in ("scheduler", "embedding_scheduler"):
+        config = getattr(recipe.train, key)
+        if isinstance(config, PlateauSchedule):
+            found[f"train.{key}.monitor"] = config.monitor or found["train.early_stop.monitor"]
+    return found
