@@ -160,8 +160,10 @@ def _parse_block(block: bytes, first: int, lines: int, fmt: TextFormat, file: Pa
             table = _parse(block, fmt, lambda row: invalid.append((row.number, row.text)) or "skip", False)
     except (pa.ArrowInvalid, UnicodeDecodeError) as err:
         raise DataError(f"{file}:{first}-{last}: cannot parse: {str(err).splitlines()[0]}") from None
-    bad_lines = np.array([first + number - 1 for number, _ in invalid], dtype=np.int64)
-    skipped = np.union1d(bad_lines, first + _blank_lines(block))
+    blank = _blank_lines(block)
+    read = np.setdiff1d(np.arange(lines, dtype=np.int64), blank, assume_unique=True)  # the parser counts these only
+    bad_lines = first + read[np.array([number - 1 for number, _ in invalid], dtype=np.int64)]
+    skipped = np.union1d(bad_lines, first + blank)
     good_lines = np.setdiff1d(np.arange(first, last + 1, dtype=np.int64), skipped, assume_unique=True)
     if len(good_lines) != table.num_rows:
         _refuse_line_breaks(block, first, last, file)

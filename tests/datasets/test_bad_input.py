@@ -140,6 +140,9 @@ def test_blank_lines_a_byte_order_mark_and_padded_labels_are_read(tmp_path, caps
     path.write_bytes(b"label,a\n1,x\n\n0,y\n\n2,z\n")
     code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "csv", "path": str(path), "features": [{"name": "a"}]})
     assert code == 2 and err == f"ctr: error: {path}:6: label 'label' is '2', not 0 or 1", err
+    path.write_bytes(b"label,a\n1,x\n\n\n0,y\n1\n1,z\n")  # the parser's own row count skips blank lines
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "csv", "path": str(path), "features": [{"name": "a"}]})
+    assert code == 2 and err == f"ctr: error: {path}:6: 1 fields, expected 2", err
 
 
 def test_a_feature_reading_the_label_column_is_one_line(tmp_path, capsys):
