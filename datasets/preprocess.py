@@ -319,7 +319,8 @@ class _Job:
         streams = self.source.streams()
         carved = {split for split in ("valid", "test") if split not in streams}
         for name, stream in streams.items():
-            if only is not None and not self.whole and name not in ("all", only):
+            feeds_only = name in ("all", only) or (name == "train" and only in carved)  # carved from training rows
+            if only is not None and not self.whole and not feeds_only:
                 continue
             for index, batch in enumerate(stream()):
                 origin = f"{self.config.dataset} ({name} rows, batch {index})"

@@ -270,3 +270,24 @@ def test_predict_on_a_headerless_run_reads_rows_without_the_label(tmp_path):
         scores[name] = pd.read_csv(tmp_path / f"{name}_scores.csv")["score"].to_numpy()
     assert len(scores["labelled"]) == 50
     assert np.array_equal(scores["labelled"], scores["no_label"]) and np.array_equal(scores["labelled"], scores["neither"])
+
+
+@pytest.mark.parametrize("given", ["valid", "test"])
+def test_eval_reproduces_a_split_carved_from_the_training_file(tmp_path, given):
+    """With one split file (valid_path or test_path) the other split is carved from the
+    training rows: ``ctr eval`` re-reads it from there and gives metrics.json's figures."""
+    from ctr.cli import main
+
+    home = tmp_path / "home"
+    (home / "data").mkdir(parents=True)
+    for name, rows, seed in (("train", 3000, 1), (given, 600, 2)):
+        write_rows(home / "data" / f"{name}.csv", rows, seed)
+    data = {key: value for key, value in RECIPE["data"].items() if key not in ("valid_path", "test_path")}
+    recipe = {**RECIPE, "data": {**data, f"{given}_path": f"data/{given}.csv", "split": {"valid": 0.2, "test": 0.2}}}
+    (home / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert ctr("train", "r.yaml", "--out", "run", cwd=home).returncode == 0
+    saved = json.loads((home / "run" / "metrics.json").read_text())
+    for split in ("valid", "test"):
+        result = ctr("eval", home / "run", "--split", split, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert abs(json.loads(result.stdout)["auc"] - saved[split]["auc"]) < 1e-6
