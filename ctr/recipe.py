@@ -308,6 +308,13 @@ class TrainConfig:
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or null, got {self.grad_clip}")
 
+    @property
+    def best_by(self) -> tuple[str, str]:
+        """The metric and mode that pick the best checkpoint (and rank ``ctr tune``'s points):
+        early stopping's, else ``valid/auc``, max."""
+        stop = self.early_stop or EarlyStopConfig()
+        return stop.monitor, stop.mode
+
     def schedule_of(self, part: str) -> SchedulerConfig | None:
         """The schedule of optimizer ``part`` (``dense`` or ``embedding``); None = constant lr."""
         chosen = self.embedding_scheduler if part == "embedding" and self.embedding_scheduler else self.scheduler

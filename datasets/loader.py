@@ -55,7 +55,8 @@ class BatchLoader(Position):
         batch_size: rows per batch; shuffle: shuffle rows each epoch (seeded by seed, epoch).
         drop_last: drop a last, smaller batch.
         min_rows: the fewest rows a last batch may give each process, else it is dropped
-            (training uses 2: BatchNorm and Dice need two rows for batch statistics).
+            (training uses 2: BatchNorm and Dice need two rows for batch statistics; 0, the
+            default, keeps every last batch, even one that leaves a rank's part empty).
         rank, world_size: this process's share of each epoch (equal row and batch counts).
         split_batches: the share is instead rank's part of every batch of ``batch_size`` rows
             (rows ``rank·n // world_size`` up to ``(rank + 1)·n // world_size`` of a batch of n):
@@ -81,7 +82,7 @@ class BatchLoader(Position):
         shuffle: bool = False,
         seed: int = 0,
         drop_last: bool = False,
-        min_rows: int = 1,
+        min_rows: int = 0,
         rank: int = 0,
         world_size: int = 1,
         split_batches: bool = False,

@@ -41,7 +41,7 @@ class ResidentLoader(Position):
     """
 
     def __init__(self, folder: Path, schema: Schema, batch_size: int, device: torch.device | str,
-                 shuffle: bool = False, seed: int = 0, drop_last: bool = False, min_rows: int = 1, rank: int = 0,
+                 shuffle: bool = False, seed: int = 0, drop_last: bool = False, min_rows: int = 0, rank: int = 0,
                  world_size: int = 1):
         super().__init__()
         files = shard_files(folder)

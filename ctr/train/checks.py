@@ -65,8 +65,7 @@ def _check_monitor_defined(recipe: Recipe, prepared: Prepared) -> None:
 def _monitors(recipe: Recipe) -> dict[str, str]:
     """Recipe key → the metric it monitors: early stopping's (without it, the best
     checkpoint's ``valid/auc``) and each plateau schedule's (by default early stopping's)."""
-    stop = recipe.train.early_stop
-    found = {"train.early_stop.monitor": stop.monitor if stop else "valid/auc"}
+    found = {"train.early_stop.monitor": recipe.train.best_by[0]}
     for key in ("scheduler", "embedding_scheduler"):
         config = getattr(recipe.train, key)
         if isinstance(config, PlateauSchedule):

@@ -222,7 +222,7 @@ class Fitting:
         recipe, place = self.recipe, self.place
         size = recipe.train.batch_size if training else recipe.train.eval_batch_size
         return BatchLoader(self.prepared.split_dir(split), self.prepared.schema, size, shuffle=training,
-                           seed=recipe.seed + seed_offset, min_rows=TRAINING_MIN_ROWS if training else 1,
+                           seed=recipe.seed + seed_offset, min_rows=TRAINING_MIN_ROWS if training else 0,
                            rank=place.rank, world_size=place.world_size,
                            split_batches=True, prefetch=recipe.data.prefetch,
                            shuffle_buffer=recipe.data.shuffle_buffer, device=place.device)

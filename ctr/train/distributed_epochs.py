@@ -149,16 +149,11 @@ class EpochLoop:
     def _start_as_best(self, state: TrainState) -> None:
         """Validates the weights before the first step and checkpoints them as ``best``: the
         best so far, and early stopping's reference."""
-        monitor, _ = self._monitor()
+        monitor, _ = self.recipe.train.best_by
         value = self._monitored(evaluate(self.par.module, self.loaders["valid"], self.place), monitor)
         state.best = state.stop_best = value
         self.saver.save(self.saver.best, state)
         log.info("stage start: %s %.5f (the stage's best until a validation beats it)", monitor, value)
-
-    def _monitor(self) -> tuple[str, str]:
-        """The monitored metric and its mode (``max`` or ``min``)."""
-        stop = self.recipe.train.early_stop
-        return (stop.monitor, stop.mode) if stop else ("valid/auc", "max")
 
     @staticmethod
     def _monitored(valid: dict[str, float], monitor: str) -> float:
@@ -168,7 +163,7 @@ class EpochLoop:
     def _validate(self, state: TrainState) -> None:
         """Validates, steps the plateau schedules, checkpoints and applies early stopping."""
         train = self.recipe.train
-        monitor, mode = self._monitor()
+        monitor, mode = self.recipe.train.best_by
         valid = evaluate(self.par.module, self.loaders["valid"], self.place)
         self.logger.write({"epoch": state.epoch, "step": state.step - 1, **{f"valid/{k}": v for k, v in valid.items()}})
         self.par.optimizer.after_validation(valid)
@@ -178,7 +173,7 @@ class EpochLoop:
         state.validations += 1
         improved = state.best is None or beats(value, state.best, mode)
         state.update_patience(value, mode, train.early_stop)
-        if train.early_stop:
+        if train.early_stop and self.place.rank == 0:
             warn_if_not_finite(monitor, value)
         if improved:
             state.best = value

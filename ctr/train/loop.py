@@ -143,7 +143,7 @@ class Session:
         size = recipe.train.batch_size if training else recipe.train.eval_batch_size
         drop_last = training and recipe.trainer.compile  # a compiled model would recompile for a smaller last batch
         where = dict(shuffle=training, seed=recipe.seed + seed_offset, drop_last=drop_last,
-                     min_rows=TRAINING_MIN_ROWS if training else 1, rank=self.place.rank,
+                     min_rows=TRAINING_MIN_ROWS if training else 0, rank=self.place.rank,
                      world_size=self.place.world_size)
         folder, schema = self.prepared.split_dir(split), self.prepared.schema
         if data.on_device:
@@ -189,7 +189,7 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     finite = FiniteLoss(every=loss_check_interval(session.place.device, LOG_EVERY_N_STEPS))
     callbacks = [finite, LoaderEpoch(), RandomState(), checkpoint,
                  _last_checkpoint(ckpt_dir), throughput,
-                 ValidationSummary(recipe.train.early_stop.monitor if recipe.train.early_stop else None)]
+                 ValidationSummary(recipe.train.best_by[0] if recipe.train.early_stop else None)]
     if not session.progress:  # no bar (stderr is not a terminal): progress lines in the log instead
         callbacks.append(ProgressLines(every=PROGRESS_EVERY_N_STEPS))
     stopper = None
@@ -291,12 +291,12 @@ def keep_log_rows(trainer: L.Trainer, global_step: int) -> None:
 
 
 def _checkpoint(recipe: Recipe, dirpath: Path) -> RunCheckpoint:
-    stop = recipe.train.early_stop
+    monitor, mode = recipe.train.best_by
     return RunCheckpoint(
         dirpath=dirpath,
         filename="best",
-        monitor=stop.monitor if stop else "valid/auc",
-        mode=stop.mode if stop else "max",
+        monitor=monitor,
+        mode=mode,
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )

@@ -16,9 +16,8 @@ from typing import Any, Callable
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from ctr.errors import RecipeError
 from ctr.recipe import (
-    CosineSchedule, EarlyStopConfig, LinearWarmupSchedule, PlateauSchedule, SchedulerConfig, StepSchedule, TrainConfig,
+    CosineSchedule, LinearWarmupSchedule, PlateauSchedule, SchedulerConfig, StepSchedule, TrainConfig,
 )
 
 Rule = Callable[[float, int, int], float]  # (base lr, epoch, step) → lr
@@ -40,7 +39,7 @@ class Schedules:
         for name, optimizer in parts.items():
             config = train.schedule_of(name)
             if isinstance(config, PlateauSchedule):
-                self.plateaus[name] = plateau(config, optimizer, train.early_stop)
+                self.plateaus[name] = plateau(config, optimizer, train.best_by)
             elif config is not None:
                 self.rules[name] = (lr_rule(config, train.epochs), [g["lr"] for g in optimizer.param_groups])
 
@@ -57,11 +56,8 @@ class Schedules:
 
     def after_validation(self, metrics: dict[str, float]) -> None:
         """Steps the plateau schedules with their monitored metric (``valid/<name>`` → ``metrics[name]``)."""
-        for scheduler, monitor in self.plateaus.values():
-            name = monitor.removeprefix("valid/")
-            if name not in metrics:
-                raise RecipeError(f"train.scheduler.monitor: this run validates {', '.join(metrics)}, not {monitor!r}")
-            scheduler.step(metrics[name])
+        for scheduler, monitor in self.plateaus.values():  # a metric the run logs: checked before training
+            scheduler.step(metrics[monitor.removeprefix("valid/")])
 
     def state_dict(self) -> dict[str, Any]:
         return {name: scheduler.state_dict() for name, (scheduler, _) in self.plateaus.items()}
@@ -73,11 +69,11 @@ class Schedules:
 
 
 def plateau(config: PlateauSchedule, optimizer: torch.optim.Optimizer,
-            stop: EarlyStopConfig | None) -> tuple[ReduceLROnPlateau, str]:
-    """torch's ReduceLROnPlateau for ``config`` and the metric it watches: its own monitor and
-    mode, else early stopping's, else ``valid/auc`` (max)."""
-    monitor = config.monitor or (stop.monitor if stop else "valid/auc")
-    mode = config.mode or (stop.mode if stop and not config.monitor else "max")
+            best_by: tuple[str, str]) -> tuple[ReduceLROnPlateau, str]:
+    """torch's ReduceLROnPlateau for ``config`` and the metric it watches: its own monitor
+    (mode max unless given), else the run's (``TrainConfig.best_by``) and its mode."""
+    monitor = config.monitor or best_by[0]
+    mode = config.mode or (best_by[1] if not config.monitor else "max")
     scheduler = ReduceLROnPlateau(optimizer, mode=mode, factor=config.factor, patience=config.patience,
                                   threshold=config.min_delta, threshold_mode="abs", min_lr=config.min_lr)
     return scheduler, monitor

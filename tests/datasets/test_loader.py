@@ -82,7 +82,7 @@ def test_a_last_batch_below_min_rows_is_dropped(tiny_prepared, kind):
     folder, schema = tiny_prepared.split_dir("train"), tiny_prepared.schema
     rows = tiny_prepared.report["splits"]["train"]["rows"]
     make = BatchLoader if kind == "streaming" else lambda *a, **k: ResidentLoader(*a, device="cpu", **k)
-    for size, min_rows, sizes in ((rows - 1, 2, [rows - 1]), (rows - 1, 1, [rows - 1, 1]),
+    for size, min_rows, sizes in ((rows - 1, 2, [rows - 1]), (rows - 1, 0, [rows - 1, 1]),
                                   (rows - 2, 2, [rows - 2, 2])):
         loader = make(folder, schema, size, shuffle=True, min_rows=min_rows)
         assert [b.size for b in loader] == sizes and len(loader) == len(sizes)
@@ -91,12 +91,12 @@ def test_a_last_batch_below_min_rows_is_dropped(tiny_prepared, kind):
 def test_split_batches_drop_a_last_batch_whose_smallest_part_is_below_min_rows(tiny_prepared):
     folder, schema = tiny_prepared.split_dir("train"), tiny_prepared.schema
     rows = tiny_prepared.report["splits"]["train"]["rows"]
-    for rest, kept in ((3, False), (4, True)):  # parts of 3 rows: 1 and 2; of 4 rows: 2 and 2
-        parts = [BatchLoader(folder, schema, rows - rest, min_rows=2, rank=r, world_size=2, split_batches=True)
+    for rest, min_rows, kept in ((3, 2, False), (4, 2, True), (1, 0, True)):  # parts of 3 rows: 1 and 2; ...
+        parts = [BatchLoader(folder, schema, rows - rest, min_rows=min_rows, rank=r, world_size=2, split_batches=True)
                  for r in range(2)]
         assert [[b.size for b in part] for part in parts] == [
             [(rows - rest) // 2] + [rest // 2] * kept, [rows - rest - (rows - rest) // 2] + [rest - rest // 2] * kept]
-        assert len(parts[0]) == 1 + kept
+        assert len(parts[0]) == 1 + kept  # evaluation (min_rows 0) keeps a last batch of 1 row: parts 0 and 1
 
 
 def test_sequences_and_groups_survive_packing(tmp_path):

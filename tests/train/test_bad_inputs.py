@@ -167,6 +167,7 @@ def test_an_auc_monitored_on_a_one_class_valid_split_is_one_line(tmp_path, capsy
 
 @pytest.mark.parametrize("overrides, message", [
     (["train.early_stop.monitor=valid/gauc"], "train.early_stop.monitor: valid/gauc needs groups; name their column"),
+    (["train.scheduler={name: plateau, monitor: valid/gauc}"], "train.scheduler.monitor: valid/gauc needs groups"),
     (["train.early_stop.monitor=train/loss", "train.early_stop.mode=min", "train.scheduler={name: plateau}"],
      "train.scheduler.monitor: a plateau schedule watches a validation metric, not early stopping's train/loss"),
 ])

@@ -276,8 +276,6 @@ def test_predict_on_a_headerless_run_reads_rows_without_the_label(tmp_path):
 def test_eval_reproduces_a_split_carved_from_the_training_file(tmp_path, given):
     """With one split file (valid_path or test_path) the other split is carved from the
     training rows: ``ctr eval`` re-reads it from there and gives metrics.json's figures."""
-    from ctr.cli import main
-
     home = tmp_path / "home"
     (home / "data").mkdir(parents=True)
     for name, rows, seed in (("train", 3000, 1), (given, 600, 2)):

@@ -69,13 +69,6 @@ def test_plateau_divides_by_ten_after_a_validation_without_gain():
     assert [g["embedding"] for g in got] == pytest.approx([0.05, 0.05, 5e-3, 5e-4, 5e-4])
 
 
-def test_a_plateau_monitor_the_run_lacks_is_named():
-    sched, _ = schedules({"name": "plateau", "monitor": "valid/gauc"})
-    message = r"^train\.scheduler\.monitor: this run validates auc, logloss, not 'valid/gauc'"
-    with pytest.raises(RecipeError, match=message):
-        sched.after_validation({"auc": 0.7, "logloss": 0.5})
-
-
 def test_embedding_scheduler_replaces_the_shared_one():
     sched, parts = schedules({"name": "step", "factor": 0.5}, embedding_scheduler={"name": "constant"})
     sched.before_step(epoch=3, step=0)
