@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import copy
 import io
-import json
 import logging
 import sys
 from dataclasses import replace
@@ -31,7 +30,7 @@ import torch
 from ctr.datasets import prepare
 from benchmarks.columns import read_columns
 from ctr.datasets.shards import shard_files
-from ctr.metrics import auc, group_auc, logloss
+from ctr.metrics import auc, group_auc, logloss, metrics_from_json
 from ctr.recipe import Recipe, load_recipe
 from ctr.train.runner import train
 from benchmarks.peer_common import Result, Timer, deepctr_columns, deepctr_inputs, split_optimizer, summary_table, write_json
@@ -133,7 +132,7 @@ def run_ctr(recipe: Recipe, out: Path, seed: int) -> Result:
     run = out / f"ctr-seed{seed}"
     metrics_file = run / "metrics.json"
     if metrics_file.exists():
-        metrics = json.loads(metrics_file.read_text())
+        metrics = metrics_from_json(metrics_file.read_text())
     else:
         metrics = train(replace(recipe, seed=seed), run)
     return Result("ctr", seed, metrics["test"], metrics["train_samples_per_s"], {"epochs": metrics["epochs"]})

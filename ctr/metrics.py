@@ -84,6 +84,7 @@ def metrics_from_json(text: str) -> dict[str, Any]:
 
 
 def _nulls_for_nan(value: Any) -> Any:
+    """``value`` with every float that is not finite, at any depth, replaced by None."""
     if isinstance(value, dict):
         return {k: _nulls_for_nan(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

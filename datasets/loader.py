@@ -119,10 +119,7 @@ class BatchLoader(Position):
         return full + (1 if rest and self._keeps_last(rest) else 0)
 
     def _keeps_last(self, rows: int) -> bool:
-        """Whether a last batch of ``rows`` (< batch_size) rows is handed out: not with
-        ``drop_last``, nor when a process's part of it would hold fewer than ``min_rows``."""
-        smallest_part = rows // self.world_size if self.split_batches else rows
-        return not self.drop_last and smallest_part >= self.min_rows
+        return keeps_last(rows, self.drop_last, self.min_rows, self.world_size if self.split_batches else 1)
 
     def batch_rows(self, index: int) -> int:
         """Rows of batch ``index`` of an epoch over all ranks (with ``split_batches``: the
@@ -199,6 +196,13 @@ class BatchLoader(Position):
             reader = readers.setdefault(unit.file, pq.ParquetFile(unit.file))
             table = reader.read_row_group(unit.group).slice(begin - (position - unit.rows), end - begin)
             yield pack(table, self.layout, self.schema)
+
+
+def keeps_last(rows: int, drop_last: bool, min_rows: int, parts: int = 1) -> bool:
+    """Whether a last batch of ``rows`` (< batch_size) rows is handed out: not with
+    ``drop_last``, nor when the smallest of its ``parts`` (the processes' parts of it) would
+    hold fewer than ``min_rows``."""
+    return not drop_last and rows // parts >= min_rows
 
 
 def _row_groups(file: Path) -> list[Unit]:

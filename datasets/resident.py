@@ -19,6 +19,7 @@ import torch
 
 from ctr.batch import Batch
 from ctr.datasets.encode import GROUP
+from ctr.datasets.loader import keeps_last
 from ctr.datasets.position import Position
 from ctr.datasets.rows import BatchBuilder, RowLayout, pack
 from ctr.datasets.shards import shard_files
@@ -64,7 +65,7 @@ class ResidentLoader(Position):
 
     def __len__(self) -> int:
         full, rest = divmod(self.rows, self.batch_size)
-        return full + (1 if rest and not self.drop_last and rest >= self.min_rows else 0)
+        return full + (1 if rest and keeps_last(rest, self.drop_last, self.min_rows) else 0)
 
     def __iter__(self) -> Iterator[Batch]:
         """An epoch's batches; the pass begins at the first batch (as ``BatchLoader``'s)."""

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ctr.datasets.source import DatasetSource, RowStream, resolve_files
-from ctr.datasets.text import EmptyFileError, TextFormat, first_line, read_delimited, strip_types
+from ctr.datasets.text import EmptyFileError, TextFormat, field_count, first_line, read_delimited, strip_types
 from ctr.datasets.validate import LINE_COLUMN, column_keys, require_columns
 from ctr.errors import DataError, RecipeError
 from ctr.recipe import DataConfig
@@ -171,8 +171,8 @@ class CsvDataset(DelimitedSource):
     def _scored_columns(self, file: Path, columns: list[str]) -> list[str]:
         """``data.columns`` of a headerless file to score, less the label (and the group) its
         rows lack, as the first line's field count tells."""
-        line = first_line(file) or ""
-        fields = len(line.split(self.config.delimiter))  # type: ignore[attr-defined]
+        config: CsvConfig = self.config  # type: ignore[assignment]
+        fields = field_count(first_line(file) or "", config.delimiter, config.quoting)
         label, group = self.config.label or self.label, self.config.group or self.group
         for absent in ({label}, {label, group}):
             kept = [c for c in columns if c not in absent]

@@ -176,7 +176,8 @@ def _parse_block(block: bytes, first: int, lines: int, fmt: TextFormat, file: Pa
 
 
 def _blank_lines(block: bytes) -> np.ndarray:
-    """Indices of the block's empty lines (``\n`` or ``\r\n`` alone), which the parser skips."""
+    """Indices [k] (0-based, int64) of the block's empty lines (``\n`` or ``\r\n`` alone),
+    which the parser skips."""
     data = np.frombuffer(block, dtype=np.uint8)
     ends = np.flatnonzero(data == ord("\n"))
     starts = np.concatenate([[0], ends[:-1] + 1]) if len(ends) else ends
@@ -204,7 +205,7 @@ def _invalid_rows(invalid: list[tuple[int, str]], lines: np.ndarray, fmt: TextFo
     want = len(fmt.columns)
     padded, padded_lines, problems, problem_lines = [], [], [], []
     for (_, text), line in zip(invalid, lines):
-        fields = _field_count(text, fmt)
+        fields = field_count(text, fmt.delimiter, fmt.quoting)
         if fmt.min_fields is not None and fmt.min_fields <= fields < want:
             padded.append(text + fmt.delimiter * (want - fields))
             padded_lines.append(line)
@@ -224,11 +225,11 @@ def _invalid_rows(invalid: list[tuple[int, str]], lines: np.ndarray, fmt: TextFo
     return pa.concat_tables(parts)
 
 
-def _field_count(text: str, fmt: TextFormat) -> int:
-    """Fields of one rejected line (delimiters inside quotes do not count)."""
-    if not fmt.quoting or '"' not in text:
-        return text.count(fmt.delimiter) + 1
-    return len(next(csv.reader([text], delimiter=fmt.delimiter)))
+def field_count(text: str, delimiter: str, quoting: bool) -> int:
+    """Fields of one line (with ``quoting``, delimiters inside quotes do not count)."""
+    if not quoting or '"' not in text:
+        return text.count(delimiter) + 1
+    return len(next(csv.reader([text], delimiter=delimiter)))
 
 
 def to_batch(table: pa.Table) -> pa.RecordBatch:

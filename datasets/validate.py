@@ -86,8 +86,11 @@ def _non_finite(column: pa.Array) -> np.ndarray:
     """Present values that are ``inf``, ``-inf`` or ``nan`` (text or floats; text past the
     float range, ``1e400``, too), bool [n]."""
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        named = pc.fill_null(pc.match_substring_regex(column, NON_FINITE, ignore_case=True), False)
-        return named.to_numpy(zero_copy_only=False) | _non_finite(_as_numbers(column))
+        try:  # the fast path: every value parses (inf, nan and 1e400 too)
+            return _non_finite(pc.cast(column, pa.float64()))
+        except pa.ArrowInvalid:
+            named = pc.fill_null(pc.match_substring_regex(column, NON_FINITE, ignore_case=True), False)
+            return named.to_numpy(zero_copy_only=False) | _non_finite(_as_numbers(column))
     if not pa.types.is_floating(column.type):
         return np.zeros(len(column), dtype=bool)
     present = column.is_valid().to_numpy(zero_copy_only=False)

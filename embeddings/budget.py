@@ -21,15 +21,16 @@ class BudgetUnreachableError(RecipeError):
     """The method cannot store its embeddings in ``budget`` × full bytes.
 
     Attributes:
-        min_budget: the smallest budget the method can reach (for "cannot reach (min x)").
+        min_budget: the smallest budget the method can reach; shown_min: it rounded up to 3
+            significant digits, as messages and "cannot reach (min x)" show it.
     """
 
     def __init__(self, method: str, budget: float, min_budget: float, why: str):
-        shown = f"{rounded_up(min_budget):.3g}"  # the shown minimum is itself reachable
-        least = f"the smallest budget it reaches is {shown}" if min_budget <= 1 else \
-            f"on this schema it needs more bytes than the full tables ({shown} of them)"
-        super().__init__(f"embedding.budget: {budget:g} is too small for {method}: {why}; {least}")
         self.min_budget = min_budget
+        self.shown_min = f"{rounded_up(min_budget):.3g}"  # rounded up: the minimum shown is reached
+        least = f"the smallest budget it reaches is {self.shown_min}" if min_budget <= 1 else \
+            f"on this schema it needs more bytes than the full tables ({self.shown_min} of them)"
+        super().__init__(f"embedding.budget: {budget:g} is too small for {method}: {why}; {least}")
 
 
 def rounded_up(value: float, digits: int = 3) -> float:

@@ -43,7 +43,7 @@ import yaml
 from ctr.atomic import CsvRows, atomic_write
 from ctr.errors import UserError
 from ctr.metrics import mean_std
-from ctr.recipe import Recipe, apply_override, read_yaml, recipe_from_dict
+from ctr.recipe import apply_override, read_yaml, recipe_from_dict
 from ctr.registry import EMBEDDINGS
 from ctr.train.plots import save_png
 from ctr.train.refusal import budget_refusal

@@ -161,7 +161,7 @@ class ValidationSummary(L.Callback):
     when ``stop_monitor`` (early stopping's metric) is not finite: early stopping then ends
     the run (a gauc is nan when no validation group holds both labels)."""
 
-    def __init__(self, stop_monitor: str | None = None):
+    def __init__(self, stop_monitor: str | None = None) -> None:
         self.stop_monitor = stop_monitor
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:

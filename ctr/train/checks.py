@@ -10,27 +10,35 @@ from ctr.datasets import Prepared
 from ctr.errors import DataError, RecipeError
 from ctr.models.layers import Dice
 from ctr.recipe import PlateauSchedule, Recipe
+from ctr.train.task import CTRNet
 
 ONE_CLASS_UNDEFINED = ("valid/auc", "valid/gauc")  # metrics that need both labels in the split
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 TRAINING_MIN_ROWS = 2  # a last training batch of one row per process is dropped: BatchNorm and Dice need two
 
 
-def require_rows(prepared: Prepared, splits: tuple[str, ...]) -> None:
-    """Refuses a split without rows, naming the recipe key that gives it rows."""
+def require_rows(recipe: Recipe, prepared: Prepared, splits: tuple[str, ...]) -> None:
+    """Refuses a split without rows, naming the recipe keys that give it rows."""
     for split in splits:
         if prepared.report["splits"][split]["rows"] == 0:
-            hint = "every row went to validation or test" if split == "train" else \
-                f"data.split.{split} above 0, or data.{split}_path"
+            hint = f"data.split.{split} above 0" + (f", or data.{split}_path" if hasattr(recipe.data, f"{split}_path") else "")
+            hint = "every row went to validation or test" if split == "train" else hint
             raise DataError(f"data: the {split} split holds no rows ({hint})")
 
 
-def check_before_fit(recipe: Recipe, prepared: Prepared, batches: int, net: nn.Module, world_size: int) -> None:
+def check_before_fit(recipe: Recipe, prepared: Prepared, batches: int, net: CTRNet, world_size: int) -> None:
     """Refuses what only the ``prepared`` data (an epoch's ``batches``) or the built ``net`` shows
     to be wrong, before anything trains or a stage writes its files."""
     every = recipe.train.eval_every_n_steps
     if every and every > batches:  # it counts within the epoch
         raise RecipeError(f"train.eval_every_n_steps: {every} is more than the {batches} batches of an epoch")
-    _check_monitor_defined(recipe, prepared)
+    stages = net.embedding.stages()
+    _check_monitor_defined(recipe, prepared, searches=any(stage.kind == "procedure" for stage in stages))
+    valid_rows = prepared.report["splits"]["valid"]["rows"]
+    if any(stage.bilevel for stage in stages) and valid_rows // world_size < TRAINING_MIN_ROWS:
+        rows = f"{valid_rows} row" + ("s are" if valid_rows != 1 else " is")
+        raise DataError(f"data: the valid split's {rows} too few for {recipe.embedding.method}'s search, "
+                        f"which trains on validation batches of at least {TRAINING_MIN_ROWS} rows a process")
     size = recipe.train.batch_size
     if size // world_size < TRAINING_MIN_ROWS and _has_batch_norm(net):
         shared = f" over {world_size} processes gives each {size // world_size} rows" if world_size > 1 else ""
@@ -42,16 +50,20 @@ def check_before_fit(recipe: Recipe, prepared: Prepared, batches: int, net: nn.M
 def _has_batch_norm(net: nn.Module) -> bool:
     """Whether ``net`` holds a BatchNorm that raises on one training row (Dice's handles one)."""
     in_dice = {id(m.norm) for m in net.modules() if isinstance(m, Dice)}
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in in_dice for m in net.modules())
+    return any(isinstance(m, BATCH_NORMS) and id(m) not in in_dice for m in net.modules())
 
 
-def _check_monitor_defined(recipe: Recipe, prepared: Prepared) -> None:
+def _check_monitor_defined(recipe: Recipe, prepared: Prepared, searches: bool) -> None:
     """Refuses a monitored metric the run never logs (a group AUC without groups, a plateau on
     the training loss), and an AUC on a validation split of one class: it is undefined (nan)
-    there, so early stopping would end the run at its first validation and the best
-    checkpoint would be arbitrary."""
+    there, so early stopping would end the run at its first validation, the best checkpoint
+    would be arbitrary, and a method that ``searches`` (a procedure stage, scored by AUC)
+    would rank every candidate by nan."""
     valid = prepared.report["splits"]["valid"]
-    for key, monitor in _monitors(recipe).items():
+    monitors = _monitors(recipe)
+    if searches:
+        monitors[f"embedding.method: {recipe.embedding.method}'s search"] = "valid/auc"
+    for key, monitor in monitors.items():
         if monitor == "valid/gauc" and not prepared.schema.group:
             raise RecipeError(f"{key}: valid/gauc needs groups; name their column in data.group")
         if "scheduler" in key and not monitor.startswith("valid/"):

@@ -173,7 +173,7 @@ class Fitting:
 
     def __init__(self, recipe: Recipe, net: CTRNet, prepared: Prepared, run: RunDir, place: Placement, resume: bool):
         self.recipe, self.net, self.prepared, self.run, self.place, self.resume = recipe, net, prepared, run, place, resume
-        require_rows(prepared, SPLITS)
+        require_rows(recipe, prepared, SPLITS)
         self.loaders = {split: self._loader(split, split == "train") for split in SPLITS}
         self.done: Done | None = None
 

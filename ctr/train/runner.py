@@ -61,7 +61,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
     task = CTRTask(recipe, prepared.schema)
     _log_summary(task, prepared)
     session = Session(recipe, run, prepared, progress, place)
-    require_rows(prepared, SPLITS)
+    require_rows(recipe, prepared, SPLITS)
     session.open_loaders()
     try:
         check_before_fit(recipe, prepared, len(session.loaders["train"]), task.net, place.world_size)

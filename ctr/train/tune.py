@@ -114,9 +114,9 @@ class Tuning:
             apply_override(base, item)
         recipes = {p.key: self._recipe(base, p) for p in self.points}  # every point validated before any training
         monitor, mode = criterion(list(recipes.values()))
-        refused = self._refused(recipes)
-        runnable = [p for p in self.points if p.key not in refused]
         results = Results(self.out / "results.csv")
+        refused = self._refused(recipes, results)
+        runnable = [p for p in self.points if p.key not in refused]
         first = [self._run(results, p, recipes[p.key], 0, monitor) for p in runnable]
         best = runnable[choose(first, mode)]
         for offset in range(1, self.seeds):
@@ -126,12 +126,14 @@ class Tuning:
         atomic_write(self.out / "results.md", markdown(results.rows, best, monitor, mode, not_run))
         return best
 
-    def _refused(self, recipes: dict[str, Recipe]) -> dict[str, str]:
+    def _refused(self, recipes: dict[str, Recipe], results: Results) -> dict[str, str]:
         """Point key → why its embedding method refuses its budget (a method × budget grid
-        may pair a method with a budget it cannot reach): those points are not trained."""
+        may pair a method with a budget it cannot reach): those points are not trained.
+        A point finished earlier is not asked again."""
         refused = {}
         for point in self.points:
-            why = budget_refusal(recipes[point.key])
+            recipe = recipes[point.key]
+            why = None if results.find(point, recipe.seed) else budget_refusal(recipe)
             if why is not None:
                 log.warning("tune %s (%s): not trained: %s", point.key, point.label, why)
                 refused[point.key] = why

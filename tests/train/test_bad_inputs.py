@@ -159,10 +159,26 @@ def test_an_auc_monitored_on_a_one_class_valid_split_is_one_line(tmp_path, capsy
     monitor = early_stop["monitor"] if early_stop else "valid/auc"
     assert_one_line(code, err, f"data: the valid split's 6 rows are all non-clicks (label 0), so {monitor} "
                                "(train.early_stop.monitor) is undefined")
-    code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run",
-                        "-o", "train.early_stop={monitor: valid/logloss, mode: min}")
+    logloss = ["-o", "train.early_stop={monitor: valid/logloss, mode: min}"]
+    code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run", *logloss,
+                        "-o", "embedding={method: optembed, dim: 8, budget: 0.5}")
+    assert_one_line(code, err, "so valid/auc (embedding.method: optembed's search) is undefined")  # scores by AUC
+    code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run", *logloss)
     assert code == 0, err
     assert yaml.safe_load((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_a_bilevel_search_on_a_validation_split_too_small_for_a_batch_is_one_line(tmp_path, capsys):
+    (tmp_path / "train.csv").write_text("label,user,ad\n" + "".join(f"{i % 2},u{i % 5},a{i % 3}\n" for i in range(40)))
+    (tmp_path / "valid.csv").write_text("label,user,ad\n1,u1,a1\n")
+    raw = tiny_recipe(tmp_path, train={"batch_size": 8, "early_stop": {"monitor": "valid/logloss", "mode": "min"}},
+                      embedding={"method": "autodim", "dim": 8, "budget": 0.9})
+    raw["data"] = {"dataset": "csv", "path": str(tmp_path / "train.csv"), "valid_path": str(tmp_path / "valid.csv"),
+                   "cache_dir": raw["data"]["cache_dir"], "features": [{"name": "user"}, {"name": "ad"}]}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    code, err = run_cli(capsys, "train", tmp_path / "r.yaml", "--out", tmp_path / "run")
+    assert_one_line(code, err, "data: the valid split's 1 row is too few for autodim's search, which trains on "
+                               "validation batches of at least 2 rows a process")
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -183,7 +199,7 @@ def test_a_monitor_the_run_never_logs_is_one_line_before_training(tmp_path, caps
 def test_a_split_without_rows_is_one_line_naming_its_key(tmp_path, capsys, split):
     recipe = write_recipe(tmp_path)
     code, err = run_cli(capsys, "train", recipe, "-o", f"data.split.{split}=0.0", "--out", tmp_path / "run")
-    assert_one_line(code, err, f"data: the {split} split holds no rows (data.split.{split} above 0, or data.{split}_path)")
+    assert_one_line(code, err, f"data: the {split} split holds no rows (data.split.{split} above 0)")  # synthetic: no files
 
 
 def test_max_steps_before_the_first_validation_keeps_the_trained_weights(tmp_path, capsys):

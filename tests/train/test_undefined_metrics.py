@@ -16,7 +16,7 @@ from ctr.train.rundir import RunDir
 from tests.conftest import tiny_recipe
 
 
-def test_a_nan_gauc_ends_the_run_with_a_warning(tmp_path, caplog):
+def test_a_nan_gauc_ends_the_run_with_a_warning(tmp_path, caplog, capsys):
     (tmp_path / "train.csv").write_text("label,user,ad\n" + "".join(f"{i % 2},u{i % 5},a{i % 3}\n" for i in range(40)))
     (tmp_path / "valid.csv").write_text("label,user,ad\n" + "".join(f"{i % 2},u{i},a{i}\n" for i in range(6)))
     raw = tiny_recipe(tmp_path, train={"batch_size": 8, "epochs": 3, "early_stop": {"monitor": "valid/gauc"}})
@@ -31,6 +31,10 @@ def test_a_nan_gauc_ends_the_run_with_a_warning(tmp_path, caplog):
     metrics = json.loads(text, parse_constant=lambda name: pytest.fail(f"metrics.json holds {name}"))
     assert metrics["epochs"] == 1 and metrics["valid"]["gauc"] is None  # 1 epoch of 3; strict JSON
     assert math.isnan(RunDir(tmp_path / "run").read_metrics()["valid"]["gauc"])
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--split", "valid"]) == 0
+    printed = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"ctr eval printed {name}"))
+    assert printed["gauc"] is None
 
 
 @pytest.mark.parametrize("mode", ["max", "min"])
