@@ -55,6 +55,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ctr: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as stop:
+        ended = _signal_end(stop)
+        if ended is None:
+            raise
+        print(f"ctr: {ended[0]}; `ctr train --resume RUN_DIR` continues from the last checkpoint", file=sys.stderr)
+        return ended[1]
+
+
+def _signal_end(stop: SystemExit) -> tuple[str, int] | None:
+    """What a signal made of a Lightning fit: it ends the fit with ``SystemExit(1)`` on
+    SIGINT (raised while handling the KeyboardInterrupt) and with its ``SIGTERMException``
+    (a ``SystemExit(0)``) on SIGTERM; both would pass for a finished or a failed run. The
+    message and the shell's exit code (128 + the signal), or None for any other exit."""
+    if type(stop).__name__ == "SIGTERMException":
+        return "terminated (SIGTERM)", 143
+    if isinstance(stop.__context__, KeyboardInterrupt):
+        return "interrupted", 130
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:
