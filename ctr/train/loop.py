@@ -188,7 +188,7 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     checkpoint = _checkpoint(recipe, ckpt_dir)
     finite = FiniteLoss(every=loss_check_interval(session.place.device, LOG_EVERY_N_STEPS))
     callbacks = [finite, LoaderEpoch(), RandomState(), checkpoint,
-                 _last_checkpoint(ckpt_dir), throughput,
+                 _last_checkpoint(recipe, ckpt_dir), throughput,
                  ValidationSummary(recipe.train.best_by[0] if recipe.train.early_stop else None)]
     if not session.progress:  # no bar (stderr is not a terminal): progress lines in the log instead
         callbacks.append(ProgressLines(every=PROGRESS_EVERY_N_STEPS))
@@ -299,13 +299,22 @@ def _checkpoint(recipe: Recipe, dirpath: Path) -> RunCheckpoint:
         mode=mode,
         auto_insert_metric_name=False,
         enable_version_counter=False,
+        save_on_train_epoch_end=_at_epoch_end(recipe),
     )
 
 
-def _last_checkpoint(dirpath: Path) -> RunCheckpoint:
+def _last_checkpoint(recipe: Recipe, dirpath: Path) -> RunCheckpoint:
     """``last.ckpt`` after every validation (what a resume continues from). Lightning's own
     ``save_last`` rewrites it only when ``best.ckpt`` changes."""
-    return RunCheckpoint(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+    return RunCheckpoint(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, enable_version_counter=False,
+                         save_on_train_epoch_end=_at_epoch_end(recipe))
+
+
+def _at_epoch_end(recipe: Recipe) -> bool | None:
+    """False (after each validation) with ``train.eval_every_n_steps``: Lightning would read
+    its ``val_check_interval`` of 1 step as 1.0 epoch and save at epoch ends only; else its
+    own choice (after the epoch's validation)."""
+    return False if recipe.train.eval_every_n_steps else None
 
 
 def trainer_for(recipe: Recipe, run: RunDir, progress: bool, callbacks: list, logger: bool = True,

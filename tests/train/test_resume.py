@@ -90,7 +90,7 @@ def test_resume_of_a_finished_run_says_so_and_changes_nothing(runs):
     assert {p: p.stat().st_mtime_ns for p in whole.rglob("*") if p.is_file()} == before
 
 
-@pytest.mark.parametrize("every, kill_at, checkpoint", [(4, 15, 14), (5, 12, 10)])
+@pytest.mark.parametrize("every, kill_at, checkpoint", [(4, 15, 14), (5, 12, 10), (1, 4, 3)])
 def test_a_run_validated_every_n_steps_resumes_at_its_checkpoints_batch(tmp_path, every, kill_at, checkpoint):
     """Validated every 4 steps (10 an epoch) and killed at step 15: the last checkpoint is
     from step 14, 4 batches into epoch 1; the resumed run continues at that epoch's 5th batch
@@ -118,6 +118,19 @@ def test_a_run_validated_every_n_steps_resumes_at_its_checkpoints_batch(tmp_path
     whole_metrics, resumed_metrics = (json.loads((run / "metrics.json").read_text()) for run in runs)
     assert {k: whole_metrics[k] for k in SAME} == {k: resumed_metrics[k] for k in SAME}
     assert log_rows(runs[1]) == log_rows(runs[0])
+
+
+def test_validated_every_step_the_best_checkpoint_is_the_best_validation(tmp_path):
+    """``eval_every_n_steps: 1``: Lightning read the 1-step interval as 1.0 epoch and saved
+    only at the epoch's end, so the best checkpoint was the last validation's."""
+    raw = tiny_recipe(tmp_path, train={"eval_every_n_steps": 1, "early_stop": None, "epochs": 1})
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    assert ctr("train", tmp_path / "r.yaml", "--out", tmp_path / "run").returncode == 0
+    with (tmp_path / "run" / "logs" / "metrics.csv").open() as handle:
+        aucs = [float(row["valid/auc"]) for row in csv.DictReader(handle) if row.get("valid/auc")]
+    chosen = json.loads((tmp_path / "run" / "metrics.json").read_text())["valid"]["auc"]
+    assert len(aucs) > 2 and max(aucs) != aucs[-1]  # else the test could not tell
+    assert chosen == pytest.approx(max(aucs), abs=1e-6)
 
 
 KILL_IN_STAGE = """
