@@ -55,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ctr: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output left (`ctr models | head -1`): end quietly, as on SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as err:
+        if err.filename is None:  # not about a path the user gave: a bug, with its traceback
+            raise
+        print(f"ctr: error: {err.filename}: {err.strerror.lower() if err.strerror else err}", file=sys.stderr)
+        return 2
     except SystemExit as stop:
         ended = _signal_end(stop)
         if ended is None:

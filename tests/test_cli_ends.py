@@ -1,0 +1,74 @@
+"""How ``ctr`` ends on what is not its own error: a signal during a fit (Lightning ends it
+with ``SystemExit`` on SIGINT and SIGTERM, code 1 and 0, which would pass for a failed or a
+finished run), a path the system refuses, a closed output pipe."""
+
+import errno
+
+import pytest
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from ctr import cli
+
+
+def _sigterm_in_fit(args):
+    raise SIGTERMException()  # what Lightning's fit raises on SIGTERM
+
+
+def _sigint_in_fit(args):
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        raise SystemExit(1)  # what Lightning's fit does on Ctrl+C
+
+
+@pytest.mark.parametrize("fit, code, said", [
+    (_sigterm_in_fit, 143, "ctr: terminated (SIGTERM); `ctr train --resume RUN_DIR` continues from the last checkpoint"),
+    (_sigint_in_fit, 130, "ctr: interrupted; `ctr train --resume RUN_DIR` continues from the last checkpoint"),
+])
+def test_a_signal_during_a_fit_exits_with_the_shells_code_and_says_how_to_resume(monkeypatch, capsys, fit, code, said):
+    monkeypatch.setattr(cli, "_train", fit)
+    assert cli.main(["train", "recipe.yaml"]) == code
+    assert capsys.readouterr().err.strip() == said
+
+
+def test_another_system_exit_passes_through(monkeypatch):
+    def leave(args):
+        raise SystemExit(3)
+
+    monkeypatch.setattr(cli, "_train", leave)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train", "recipe.yaml"])
+    assert stop.value.code == 3
+
+
+@pytest.mark.parametrize("error, said", [
+    (PermissionError(errno.EACCES, "Permission denied", "/runs/ro/.recipe.yaml.tmp-1"),
+     "ctr: error: /runs/ro/.recipe.yaml.tmp-1: permission denied"),
+    (FileExistsError(errno.EEXIST, "File exists", "afile"), "ctr: error: afile: file exists"),
+])
+def test_a_path_the_system_refuses_is_one_line(monkeypatch, capsys, error, said):
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(cli, "_train", fail)
+    assert cli.main(["train", "recipe.yaml"]) == 2
+    assert capsys.readouterr().err.strip() == said
+
+
+def test_an_os_error_without_a_path_is_a_bug_with_its_traceback(monkeypatch):
+    def fail(args):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(cli, "_train", fail)
+    with pytest.raises(OSError):
+        cli.main(["train", "recipe.yaml"])
+
+
+def test_a_closed_pipe_ends_quietly_with_sigpipes_code(monkeypatch, capfd):
+    """``ctr models | head -1``: the reader left; no traceback, SIGPIPE's shell code."""
+    def write_to_a_closed_pipe(args):
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    monkeypatch.setattr(cli, "_train", write_to_a_closed_pipe)
+    assert cli.main(["train", "recipe.yaml"]) == 141
+    assert capfd.readouterr().err == ""
