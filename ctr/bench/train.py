@@ -113,7 +113,7 @@ def run_train_bench(config: TrainBenchConfig) -> TrainBenchResult:
     """Trains ``config.recipe`` for the configured steps and returns the measurements."""
     from ctr.datasets import prepare
     from ctr.recipe import load_recipe
-    from ctr.train.loop import Session, placement, quiet_lightning
+    from ctr.train.loop import Session, placement, quiet_lightning, use_threads
     from ctr.train.rundir import RunDir
     from ctr.train.task import CTRTask
 
@@ -123,6 +123,7 @@ def run_train_bench(config: TrainBenchConfig) -> TrainBenchResult:
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     recipe = load_recipe(config.recipe, [*config.overrides, f"trainer.accelerator={accelerator}", "trainer.devices=1"])
     quiet_lightning()
+    use_threads(recipe.trainer.num_threads)  # as ctr train does: the figures are of the same loop
     L.seed_everything(recipe.seed, verbose=False)
     prepared = prepare(recipe.data, sys.stderr.isatty())
     clock = EventClock(device) if device.type == "cuda" else WallClock()

@@ -21,9 +21,15 @@ def test_bench_train_reports_samples_per_second_and_phases(tmp_path, capsys):
     assert result.samples == 4 * 512 and result.samples_per_s > 0 and result.busy is None
     assert set(result.phases) == set(PHASES) and all(v >= 0 for v in result.phases.values())
     assert result.phases["backward"] > 0 and result.phases["embedding"] > 0
-    assert main(["bench", "train", str(path), "--device", "cpu", "--steps", "2", "--warmup", "0"]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main(["bench", "train", str(path), "--device", "cpu", "--steps", "2", "--warmup", "0",
+                     "-o", "trainer.num_threads=1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert "samples/s:" in out and "| backward |" in out
+    assert "device: CPU (1 threads)" in out  # the recipe's threads, as ctr train runs them
 
 
 def test_bench_train_refuses_a_missing_gpu(tmp_path, capsys):
