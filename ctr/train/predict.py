@@ -24,6 +24,7 @@ import torch
 
 from ctr.atomic import atomic_path
 from ctr.datasets.loader import BatchLoader
+from ctr.errors import UserError
 from ctr.metrics import auc, group_auc, logloss
 from ctr.train.loop import placement
 from ctr.train.saved import encode_rows, finished_run, oov_counts, restored_task
@@ -43,6 +44,8 @@ class Scored:
 def predict(run_root: Path, data: Path, out: Path, progress: bool = False) -> dict[str, Any]:
     """Scores every row of ``data`` into ``out``; returns rows, rows/s, the OOV counts and,
     when the rows have labels, AUC, logloss (and group AUC with a group column)."""
+    if out.resolve() == data.resolve():
+        raise UserError(f"{out}: is the input; write the scores to another file")
     run, recipe, ckpt = finished_run(run_root, out)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ctr-predict-") as tmp:

@@ -20,12 +20,15 @@ from ctr.train.task import CTRTask
 
 def finished_run(run_root: Path, out: Path | None = None) -> tuple[RunDir, Recipe, Path]:
     """A finished run's directory, recipe and best checkpoint (checked readable first), with
-    Lightning's notices quietened; ``out``, a file the caller will write, must not be a folder."""
+    Lightning's notices quietened; ``out``, a file the caller will write, must not be a folder
+    nor lie inside the run (it would replace the run's own files)."""
     quiet_lightning()
     run = RunDir(run_root)
     recipe = run.load_recipe()
     if out is not None and out.is_dir():
         raise UserError(f"{out}: is a folder; name the file to write")
+    if out is not None and out.resolve().is_relative_to(run.root.resolve()):
+        raise UserError(f"{out}: inside the run directory {run.root}; write it elsewhere")
     return run, recipe, best_checkpoint(run)
 
 

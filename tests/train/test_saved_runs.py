@@ -289,3 +289,16 @@ def test_eval_reproduces_a_split_carved_from_the_training_file(tmp_path, given):
         result = ctr("eval", home / "run", "--split", split, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert abs(json.loads(result.stdout)["auc"] - saved[split]["auc"]) < 1e-6
+
+
+def test_predict_and_export_refuse_to_overwrite_their_input_or_the_run(csv_run, tmp_path):
+    home, run = csv_run
+    source = tmp_path / "rows.csv"
+    source.write_bytes((home / "data" / "test.csv").read_bytes())
+    done = ctr("predict", run, source, "--out", source, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.strip() == f"ctr: error: {source}: is the input; write the scores to another file"
+    assert source.read_bytes() == (home / "data" / "test.csv").read_bytes()
+    best = run / "checkpoints" / "best.ckpt"
+    before = best.read_bytes()
+    done = ctr("export", run, "--out", best, cwd=tmp_path)
+    assert done.returncode == 2 and "inside the run directory" in done.stderr and best.read_bytes() == before
