@@ -10,6 +10,7 @@ machine with ``MASTER_ADDR``, ``MASTER_PORT`` and ``NODE_RANK`` set.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -27,6 +28,9 @@ import torch.distributed as dist
 from ctr.errors import RecipeError, UserError
 from ctr.recipe import Recipe
 from ctr.train.loop import Placement, placement
+
+LAUNCHER = "CTR_LAUNCHER_PID"  # set in the ranks ctr's launcher starts
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal a child gets when its parent dies
 
 log = logging.getLogger("ctr.train")
 
@@ -50,9 +54,36 @@ def spawn(args: list[str], recipe: Recipe) -> int:
               "MASTER_PORT": os.environ.get("MASTER_PORT") or str(_free_port())}
     processes = []
     for local in range(devices):
-        env = {**os.environ, **common, "RANK": str(node * devices + local), "LOCAL_RANK": str(local)}
+        env = {**os.environ, **common, "RANK": str(node * devices + local), "LOCAL_RANK": str(local),
+               LAUNCHER: str(os.getpid())}
         processes.append(subprocess.Popen([sys.executable, "-m", "ctr", *args], env=env))
-    return wait_all(processes)
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return wait_all(processes)  # stops the ranks on any way out
+    except Terminated:
+        log.error("terminated (SIGTERM): the %d ranks were stopped; `ctr train --resume RUN_DIR` continues", devices)
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(Exception):
+    """The launcher received SIGTERM."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def die_with_launcher() -> None:
+    """Makes this rank end (SIGTERM) when the ``ctr`` launcher that started it dies, even by
+    SIGKILL, rather than train on unseen (Linux; a rank of torchrun is left to torchrun)."""
+    launcher = os.environ.get(LAUNCHER)
+    if launcher is None or sys.platform != "linux":
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(launcher):  # it died before the call
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _free_port() -> int:
@@ -108,6 +139,7 @@ def joined_a_group() -> bool:
 @contextmanager
 def process_group(recipe: Recipe) -> Iterator[Placement]:
     """This rank's placement inside the joined process group (gloo on CPU, nccl on CUDA)."""
+    die_with_launcher()
     place = placement(recipe)
     wanted = recipe.trainer.world_size
     if wanted > 1 and wanted != place.world_size:

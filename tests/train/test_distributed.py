@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,70 @@ def test_a_process_killed_by_a_signal_stops_the_others_and_is_named(caplog):
         assert wait_all([sleeper, aborted]) == 128 + signal.SIGABRT
     assert sleeper.returncode == -signal.SIGTERM
     assert "local rank 1 of 2 was killed by SIGABRT" in caplog.text
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie no longer does)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _processes_running(text: str) -> list[int]:
+    """Pids of the processes whose command line holds ``text``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in stat.read_bytes().decode(errors="replace") and _alive(int(stat.parent.name)):
+                found.append(int(stat.parent.name))
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_rank_ends_when_its_launcher_is_killed(tmp_path):
+    """A rank of ``ctr train``'s launcher ends (SIGTERM) when the launcher dies, even by
+    SIGKILL, instead of training on unseen."""
+    ready = tmp_path / "ready"
+    rank = ("import pathlib, time; from ctr.train.launch import die_with_launcher; die_with_launcher(); "
+            f"pathlib.Path({str(ready)!r}).touch(); time.sleep(120)")
+    launcher = subprocess.Popen([sys.executable, "-c",
+                                 "import os, subprocess, sys, time\n"
+                                 f"child = subprocess.Popen([sys.executable, '-c', {rank!r}], "
+                                 "env={**os.environ, 'CTR_LAUNCHER_PID': str(os.getpid())})\n"
+                                 "print(child.pid, flush=True)\ntime.sleep(120)\n"], stdout=subprocess.PIPE, text=True)
+    child = int(launcher.stdout.readline())
+    deadline = time.monotonic() + 60
+    while not ready.exists() and time.monotonic() < deadline:  # the rank has made its call
+        time.sleep(0.2)
+    assert ready.exists() and _alive(child)
+    launcher.kill()
+    launcher.wait()
+    deadline = time.monotonic() + 20
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(child)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_stops_its_ranks(tmp_path):
+    """A scheduler's SIGTERM to ``ctr train -o trainer.devices=2``: the ranks are stopped, not
+    left training, and the launcher exits with 143, naming --resume."""
+    recipe = write(tmp_path, train={"epochs": 500, "early_stop": None}, trainer={"num_threads": 1, "devices": 2})
+    run = tmp_path / "run"
+    launcher = subprocess.Popen([sys.executable, "-m", "ctr", "train", str(recipe), "--out", str(run)],
+                                stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "logs").exists() and time.monotonic() < deadline:  # the ranks train
+        time.sleep(0.5)
+    assert len(_processes_running(str(run))) == 3
+    launcher.terminate()
+    _, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "terminated (SIGTERM): the 2 ranks were stopped" in err
+    assert _processes_running(str(run)) == []
 
 
 @pytest.mark.slow
