@@ -270,13 +270,15 @@ def _spawn_train(args: argparse.Namespace, recipe, out: Path | None) -> int:  # 
     """``ctr train`` in ``trainer.devices`` processes of this machine (one run directory)."""
     from ctr.train.distributed import check_distributed
     from ctr.train.launch import spawn
+    from ctr.train.rundir import RunDir
     from ctr.train.runner import default_run_dir
 
     check_distributed(recipe)  # before any process starts: one error line, not one per rank
-    if args.resume:
-        return spawn(["train", "--resume", str(args.resume), *(f"-o{item}" for item in args.override)], recipe)
-    where = ["--out", str(out or default_run_dir(recipe))]
-    return spawn(["train", args.recipe, *where, *(f"-o{item}" for item in args.override)], recipe)
+    overrides = [f"-o{item}" for item in args.override]
+    root = args.resume or out or default_run_dir(recipe)
+    command = ["train", "--resume", str(root)] if args.resume else ["train", args.recipe, "--out", str(root)]
+    with RunDir(root).exclusive():  # the ranks train in it: the launcher holds it for them
+        return spawn(command + overrides, recipe)
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -10,13 +10,13 @@ machine with ``MASTER_ADDR``, ``MASTER_PORT`` and ``NODE_RANK`` set.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +30,6 @@ from ctr.recipe import Recipe
 from ctr.train.loop import Placement, placement
 
 LAUNCHER = "CTR_LAUNCHER_PID"  # set in the ranks ctr's launcher starts
-PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal a child gets when its parent dies
 
 log = logging.getLogger("ctr.train")
 
@@ -77,13 +76,18 @@ def _terminated(signum: int, frame: object) -> None:
 
 def die_with_launcher() -> None:
     """Makes this rank end (SIGTERM) when the ``ctr`` launcher that started it dies, even by
-    SIGKILL, rather than train on unseen (Linux; a rank of torchrun is left to torchrun)."""
+    SIGKILL, rather than train on unseen: a daemon thread checks every second that the
+    launcher is still its parent (a rank of torchrun is left to torchrun)."""
     launcher = os.environ.get(LAUNCHER)
-    if launcher is None or sys.platform != "linux":
+    if launcher is None:
         return
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != int(launcher):  # it died before the call
+
+    def watch() -> None:
+        while os.getppid() == int(launcher):
+            time.sleep(1.0)
         os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="ctr-launcher-watch", daemon=True).start()
 
 
 def _free_port() -> int:

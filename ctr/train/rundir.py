@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -76,6 +78,23 @@ class RunDir:
             for name in ("schema.json", "counts.npz", "report.json"):
                 shutil.copy2(prepared_root / name, tmp / name)
             shutil.copytree(prepared_root / "vocab", tmp / "vocab")
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Holds the run directory for this process while it trains: another ``ctr`` process
+        asking for it meanwhile is refused (two trainings in one folder interleave their logs
+        and checkpoints). The lock is ``.<name>.lock`` beside the folder, removed after."""
+        lock = self.root.parent / f".{self.root.name}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with lock.open("w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(f"{self.root}: another ctr process is training in this run directory") from None
+            try:
+                yield
+            finally:
+                lock.unlink(missing_ok=True)
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         atomic_write(self.metrics, metrics_json(metrics) + "\n")

@@ -6,6 +6,7 @@ import logging
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,16 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
         with process_group(recipe) as place:  # a distributed run resumed on 1 process: a group of 1
             run = RunDir(shared_path(root))
             _check_run(run, resume)
-            return distributed.train(recipe, run, resume, place)
+            with nullcontext() if launched() else run.exclusive():  # the launcher holds a launched run
+                return distributed.train(recipe, run, resume, place)
     run = RunDir(root)
     _check_run(run, resume)
+    with run.exclusive():
+        return _train_here(recipe, run, resume)
+
+
+def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:
+    """Trains ``recipe`` in this one process into ``run``; returns (and writes) metrics.json."""
     if recipe.train.embedding_optimizer.fused:
         fused_optimizer(recipe.train.embedding_optimizer)  # an unknown rule fails here, before any work
     place = placement(recipe)

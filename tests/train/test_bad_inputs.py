@@ -210,3 +210,18 @@ def test_max_steps_before_the_first_validation_keeps_the_trained_weights(tmp_pat
     assert code == 0, err
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     assert saved["global_step"] == 3 and (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_a_run_directory_another_process_trains_in_is_refused(tmp_path, capsys, devices):
+    """Two ``ctr train`` (or two ``--resume``) on one run directory at once interleaved their
+    logs and checkpoints; the second is refused while the first holds it (the launcher holds
+    it for its ranks). The lock goes with its holder."""
+    from ctr.train.rundir import RunDir
+
+    recipe = write_recipe(tmp_path, trainer={"devices": devices})
+    with RunDir(tmp_path / "run").exclusive():
+        code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run")
+        assert_one_line(code, err, f"{tmp_path / 'run'}: another ctr process is training in this run directory")
+        assert not (tmp_path / "run").exists()
+    assert not (tmp_path / ".run.lock").exists()
