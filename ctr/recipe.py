@@ -433,8 +433,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise RecipeError(f"{where}: invalid YAML: {getattr(err, 'problem', err)}") from None
-    if data is None:
-        return {}
+    if data is None:  # a mistake (a truncated file, the wrong path), not a wish for every default
+        raise RecipeError(f"{path}: an empty recipe; name at least its data or model (e.g. model: {{name: dlrm}})")
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of sections")
     return data

@@ -47,6 +47,14 @@ def test_override_needs_equals():
         apply_override({}, "train.batch_size")
 
 
+@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+def test_an_empty_recipe_is_refused_not_read_as_every_default(tmp_path, text):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError, match=r"empty\.yaml: an empty recipe; name at least its data or model"):
+        load_recipe(path)
+
+
 def test_yaml_error_names_file_and_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("name: x\ntrain:\n  batch_size: [1, 2\n")

@@ -151,8 +151,8 @@ def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[s
     if stage_seconds:
         metrics["stage_seconds"] = stage_seconds
     if place.rank == 0:
-        run.write_metrics(metrics)
         plot_curves(run.log_csv, run.curves)
+        run.write_metrics(metrics)  # last: metrics.json marks the run finished
     dist.barrier()  # every rank leaves the process group together
     return metrics
 

@@ -92,9 +92,9 @@ def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:
     )
     if fitted.stage_seconds:
         metrics["stage_seconds"] = fitted.stage_seconds
-    run.write_metrics(metrics)
     if run.log_csv.exists():
         plot_curves(run.log_csv, run.curves)
+    run.write_metrics(metrics)  # last: metrics.json marks the run finished
     log.info("run directory: %s (metrics.json, checkpoints/, logs/, curves.png)", run.root)
     return metrics
 
