@@ -5,6 +5,7 @@ vocabularies (nothing is re-fitted; paths are relative to the run directory)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 from ctr.datasets.preprocess import Encoded, encode_with_schema
@@ -16,6 +17,8 @@ from ctr.train.loop import load_checkpoint, load_weights, quiet_lightning
 from ctr.train.rundir import RunDir
 from ctr.train.stages import restore_stages
 from ctr.train.task import CTRTask
+
+log = logging.getLogger("ctr.train")
 
 
 def finished_run(run_root: Path, out: Path | None = None) -> tuple[RunDir, Recipe, Path]:
@@ -29,7 +32,11 @@ def finished_run(run_root: Path, out: Path | None = None) -> tuple[RunDir, Recip
         raise UserError(f"{out}: is a folder; name the file to write")
     if out is not None and out.resolve().is_relative_to(run.root.resolve()):
         raise UserError(f"{out}: inside the run directory {run.root}; write it elsewhere")
-    return run, recipe, best_checkpoint(run)
+    best = best_checkpoint(run)
+    if not run.metrics.exists():
+        log.warning("%s: the run is not finished (no metrics.json); using %s as it stands "
+                    "(`ctr train --resume` finishes it)", run.root, best.relative_to(run.root))
+    return run, recipe, best
 
 
 def best_checkpoint(run: RunDir) -> Path:

@@ -302,3 +302,17 @@ def test_predict_and_export_refuse_to_overwrite_their_input_or_the_run(csv_run, 
     before = best.read_bytes()
     done = ctr("export", run, "--out", best, cwd=tmp_path)
     assert done.returncode == 2 and "inside the run directory" in done.stderr and best.read_bytes() == before
+
+
+def test_eval_of_a_run_that_is_not_finished_warns_and_uses_its_best_checkpoint(csv_run, tmp_path):
+    import shutil
+
+    _, run = csv_run
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run, unfinished)
+    (unfinished / "metrics.json").unlink()
+    result = ctr("eval", unfinished, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "the run is not finished (no metrics.json); using checkpoints/best.ckpt as it stands" in result.stderr
+    saved = json.loads((run / "metrics.json").read_text())["test"]
+    assert abs(json.loads(result.stdout)["auc"] - saved["auc"]) < 1e-6
