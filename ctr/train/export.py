@@ -96,17 +96,21 @@ def inputs_description(schema: Schema) -> dict[str, Any]:
 
 def export_run(run_root: Path, out: Path) -> Path:
     """Exports the best checkpoint of a finished run to ``out`` and its schema beside it
-    (``<out>.schema/``); both written atomically. Returns the schema folder."""
+    (``<out>.schema/``); both written atomically, the schema first and an earlier program
+    removed before it: a kill part-way leaves an export without its program, never one
+    program beside another run's schema. Returns the schema folder."""
     run, recipe, ckpt = finished_run(run_root, out)
     schema = load_schema(run.schema)
     task = restored_task(run, recipe, schema, ckpt)
     program = export_program(task.net, schema)
     beside = out.with_name(out.name + ".schema")
-    with atomic_path(beside) as tmp:
-        tmp.mkdir()
-        shutil.copy2(run.schema / "schema.json", tmp / "schema.json")
-        shutil.copytree(run.schema / "vocab", tmp / "vocab")
-        (tmp / "inputs.json").write_text(json.dumps(inputs_description(schema), indent=1) + "\n")
-    with atomic_path(out) as tmp, tmp.open("wb") as file:
-        torch.export.save(program, file)
+    with atomic_path(out) as program_file:
+        with program_file.open("wb") as file:
+            torch.export.save(program, file)
+        with atomic_path(beside) as tmp:
+            tmp.mkdir()
+            shutil.copy2(run.schema / "schema.json", tmp / "schema.json")
+            shutil.copytree(run.schema / "vocab", tmp / "vocab")
+            (tmp / "inputs.json").write_text(json.dumps(inputs_description(schema), indent=1) + "\n")
+            out.unlink(missing_ok=True)  # an earlier export's program never stands beside this schema
     return beside

@@ -102,3 +102,25 @@ def exported_scores_like_ctr(recipe, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", FRESH, tmp_path / "model.pt2", tmp_path / "inputs.npz"],
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+def test_an_export_stopped_part_way_never_leaves_a_program_beside_another_runs_schema(tmp_path, monkeypatch):
+    """Re-exporting over an earlier export: stopped as the new schema is put in place, the
+    earlier program is gone (an incomplete export), not left beside the new schema."""
+    import os
+
+    run = tmp_path / "run"
+    train(recipe_from_dict(tiny_recipe(tmp_path, train={"max_steps": 2})), run)
+    out = tmp_path / "export" / "model.pt2"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    replace = os.replace
+
+    def stop_at_the_schema(source, target):
+        if str(target).endswith(".schema"):
+            raise KeyboardInterrupt
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", stop_at_the_schema)
+    assert main(["export", str(run), "--out", str(out)]) == 130
+    assert not out.exists()
+    assert not [p.name for p in (tmp_path / "export").iterdir() if ".tmp-" in p.name]  # no temporary left
