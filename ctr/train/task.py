@@ -201,8 +201,8 @@ class CTRTask(L.LightningModule):
 
     def _log_epoch_lrs(self) -> None:
         """Logs the lr each optimizer had at the start of this epoch."""
-        for name, lr in self._epoch_lrs.items():
-            self.log(f"lr/{name}", lr, on_step=False, on_epoch=True)
+        for name, lr in self._epoch_lrs.items():  # one value an epoch (batch_size: Lightning infers none then)
+            self.log(f"lr/{name}", lr, on_step=False, on_epoch=True, batch_size=1)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.schedules is not None:

@@ -114,6 +114,7 @@ def test_a_run_validated_every_n_steps_resumes_at_its_checkpoints_batch(tmp_path
     env["CTR_TEST_KILL_AT"] = "-1"
     resumed = ctr("train", "--resume", tmp_path / "killed", env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "infer the `batch_size`" not in resumed.stderr  # the epoch's lrs, logged again, name theirs
     runs = (tmp_path / "whole", tmp_path / "killed")
     whole_metrics, resumed_metrics = (json.loads((run / "metrics.json").read_text()) for run in runs)
     assert {k: whole_metrics[k] for k in SAME} == {k: resumed_metrics[k] for k in SAME}
