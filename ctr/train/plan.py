@@ -74,9 +74,13 @@ def parse_bytes(text: str, flag: str = "--memory-per-rank") -> int:
     """``16GB``, ``512MiB``, ``2e9`` → bytes; a UserError naming ``flag`` otherwise."""
     match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", text)
     unit = match.group(2).upper() if match else None
-    if match is None or unit not in UNITS:
+    try:
+        size = int(float(match.group(1)) * UNITS[unit]) if match and unit in UNITS else 0
+    except ValueError:  # "1.2.3"
+        size = 0
+    if size <= 0:  # also 0, which the planner would read as "its default"
         raise UserError(f"{flag}: expected a size such as 16GB or 512MiB, got {text!r}")
-    return int(float(match.group(1)) * UNITS[unit])
+    return size
 
 
 def plan_tables(recipe: Recipe, schema: Schema, world_size: int, memory_per_rank: int | None) -> Plan:

@@ -5,6 +5,7 @@ import yaml
 
 from ctr.cli import main
 from ctr.datasets import prepare
+from ctr.errors import UserError
 from ctr.recipe import recipe_from_dict
 from ctr.train.plan import STATE_FLOATS, parse_bytes, plan_tables
 from tests.conftest import tiny_recipe
@@ -53,5 +54,6 @@ def test_an_impossible_memory_is_the_planners_reason_exit_2(tmp_path, capsys):
 
 def test_sizes_parse_with_units():
     assert parse_bytes("16GB") == 16 * 10**9 and parse_bytes("512MiB") == 512 * 2**20 and parse_bytes("2e3") == 2000
-    with pytest.raises(Exception, match="--memory-per-rank: expected a size"):
-        parse_bytes("lots")
+    for bad in ("lots", "0", "0GB", "1.2.3GB"):  # 0 would be read as the planner's default
+        with pytest.raises(UserError, match=f"^--memory-per-rank: expected a size such as 16GB or 512MiB, got '{bad}'$"):
+            parse_bytes(bad)
