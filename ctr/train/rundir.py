@@ -17,6 +17,7 @@ from ctr.recipe import Recipe, read_yaml, recipe_from_dict
 
 
 PATH_KEYS = ("path", "valid_path", "test_path", "cache_dir")
+RUN_ENTRIES = frozenset({"recipe.yaml", "schema", "checkpoints", "logs", "stages", "metrics.json", "curves.png"})
 
 
 class RunDir:
@@ -52,6 +53,14 @@ class RunDir:
                 if not parent.is_dir():
                     raise UserError(f"{self.root}: {parent} is not a folder; choose another --out")
                 break
+
+    def foreign_entries(self) -> list[str]:
+        """What the folder holds that no run writes (sorted), leaving out the temporary names
+        an interrupted atomic write can leave (``.<name>.tmp-<pid>``)."""
+        if not self.root.is_dir():
+            return []
+        names = (entry.name for entry in self.root.iterdir())
+        return sorted(n for n in names if n not in RUN_ENTRIES and not (n.startswith(".") and ".tmp-" in n))
 
     def write_recipe(self, recipe: Recipe) -> None:
         """The recipe snapshot, its data paths made absolute (the run is then read from any folder)."""

@@ -83,6 +83,19 @@ def test_out_naming_a_regular_file(tmp_path, capsys, target):
     assert taken.read_text() == "keep me\n" and not (tmp_path / "cache").exists()
 
 
+def test_out_naming_a_folder_that_is_not_a_run(tmp_path, capsys):
+    """A folder of other files (a home folder, `--out .`) is not trained into: a run would
+    put its recipe.yaml, schema/ and logs/ among them and overwrite any of the same name."""
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "recipe.yaml").write_text("mine\n")
+    (out / "todo.txt").write_text("keep me\n")
+    code, err = run_cli(capsys, "train", write_recipe(tmp_path), "--out", out)
+    assert_one_line(code, err, "notes: a folder that is not a run directory (it holds todo.txt); choose another --out")
+    assert sorted(p.name for p in out.iterdir()) == ["recipe.yaml", "todo.txt"]
+    assert (out / "recipe.yaml").read_text() == "mine\n" and not (tmp_path / "cache").exists()
+
+
 @pytest.mark.parametrize(
     "content, message",
     [(b"", "not a readable checkpoint"), (b"garbage" * 10, "not a readable checkpoint"), (None, "not a readable checkpoint")],
