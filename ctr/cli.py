@@ -363,10 +363,11 @@ def _prepare(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from ctr.datasets import prepare
     from ctr.recipe import load_recipe
-    from ctr.train.plan import format_plan, parse_bytes, plan_tables
+    from ctr.train.plan import check_plan_request, format_plan, parse_bytes, plan_tables
 
     memory = parse_bytes(args.memory_per_rank) if args.memory_per_rank else None
     recipe = load_recipe(args.recipe, args.override)
+    check_plan_request(recipe, args.world_size)
     prepared = prepare(recipe.data)
     print(format_plan(plan_tables(recipe, prepared.schema, args.world_size, memory), recipe))
     return 0

@@ -17,12 +17,22 @@ BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 TRAINING_MIN_ROWS = 2  # a last training batch of one row per process is dropped: BatchNorm and Dice need two
 
 
+def check_batch_split(recipe: Recipe, world_size: int) -> None:
+    """Refuses batches that ``world_size`` processes cannot share equally (each takes its slice)."""
+    train = recipe.train
+    if train.batch_size % world_size or train.eval_batch_size % world_size:
+        raise RecipeError(f"train.batch_size: {train.batch_size} and eval_batch_size {train.eval_batch_size} must be"
+                          f" multiples of the {world_size} processes")
+
+
 def require_rows(recipe: Recipe, prepared: Prepared, splits: tuple[str, ...]) -> None:
     """Refuses a split without rows, naming the recipe keys that give it rows."""
     for split in splits:
         if prepared.report["splits"][split]["rows"] == 0:
-            hint = f"data.split.{split} above 0" + (f", or data.{split}_path" if hasattr(recipe.data, f"{split}_path") else "")
-            hint = "every row went to validation or test" if split == "train" else hint
+            if split == "train":
+                hint = "every row went to validation or test"
+            else:
+                hint = f"data.split.{split} above 0" + (f", or data.{split}_path" if hasattr(recipe.data, f"{split}_path") else "")
             raise DataError(f"data: the {split} split holds no rows ({hint})")
 
 

@@ -39,7 +39,7 @@ from ctr.errors import RecipeError
 from ctr.recipe import Recipe
 from ctr.registry import EMBEDDINGS
 from ctr.train.checkpoints import Checkpointer, TrainState, is_distributed_checkpoint
-from ctr.train.checks import TRAINING_MIN_ROWS, check_before_fit, require_rows
+from ctr.train.checks import TRAINING_MIN_ROWS, check_batch_split, check_before_fit, require_rows
 from ctr.train.distributed_epochs import EpochLoop, Span, evaluate
 from ctr.train.distributed_optim import Optimizers
 from ctr.train.distributed_stages import ArchSteps, cycle, run_stages
@@ -66,9 +66,7 @@ def check_distributed(recipe: Recipe) -> None:
     if train.early_stop and not train.early_stop.monitor.startswith("valid/"):
         raise RecipeError(f"train.early_stop.monitor: a distributed run monitors a validation metric, "
                           f"not {train.early_stop.monitor}")
-    if train.batch_size % trainer.world_size or train.eval_batch_size % trainer.world_size:
-        raise RecipeError(f"train.batch_size: {train.batch_size} and eval_batch_size {train.eval_batch_size} must be"
-                          f" multiples of the {trainer.world_size} processes")
+    check_batch_split(recipe, trainer.world_size)
 
 
 @dataclass

@@ -23,6 +23,7 @@ import torch
 from ctr.errors import RecipeError, UserError
 from ctr.recipe import Recipe
 from ctr.schema import Schema
+from ctr.train.checks import check_batch_split
 
 FP32_BYTES = 4
 SHARDABLE_METHODS = ("full",)  # methods whose storage is plain tables TorchRec shards
@@ -83,6 +84,18 @@ def parse_bytes(text: str, flag: str = "--memory-per-rank") -> int:
     return size
 
 
+def check_plan_request(recipe: Recipe, world_size: int) -> None:
+    """Refuses, before the data is read, a plan that ``ctr plan`` cannot make or that no
+    training of ``recipe`` over ``world_size`` processes would run."""
+    optimizer = recipe.train.embedding_optimizer.name
+    if optimizer not in STATE_FLOATS:
+        raise RecipeError(f"train.embedding_optimizer.name: ctr plan counts the state of {', '.join(STATE_FLOATS)}; "
+                          f"got {optimizer!r}")
+    if world_size < 1:
+        raise UserError("--world-size: must be >= 1")
+    check_batch_split(recipe, world_size)
+
+
 def plan_tables(recipe: Recipe, schema: Schema, world_size: int, memory_per_rank: int | None) -> Plan:
     """Plans the recipe's tables over ``world_size`` ranks (CPU ranks on the recipe's CPU
     accelerator, GPU ranks otherwise), ``memory_per_rank`` bytes each (default: the
@@ -94,12 +107,8 @@ def plan_tables(recipe: Recipe, schema: Schema, world_size: int, memory_per_rank
     from torchrec.distributed.planner.types import PlannerError
 
     logging.getLogger("torchrec").setLevel(logging.ERROR)
+    check_plan_request(recipe, world_size)
     optimizer = recipe.train.embedding_optimizer.name
-    if optimizer not in STATE_FLOATS:
-        raise RecipeError(f"train.embedding_optimizer.name: ctr plan counts the state of {', '.join(STATE_FLOATS)}; "
-                          f"got {optimizer!r}")
-    if world_size < 1:
-        raise UserError("--world-size: must be >= 1")
     collection = _meta_collection(schema, recipe)
     device = "cpu" if recipe.trainer.accelerator == "cpu" else "cuda"
     cap = {"ddr_cap" if device == "cpu" else "hbm_cap": memory_per_rank} if memory_per_rank else {}
