@@ -24,7 +24,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _remove_orphans(path)
+    tmp = path.with_name(f"{_tmp_prefix(path)}{os.getpid()}")
     try:
         yield tmp
         if path.is_dir() and tmp.is_dir():
@@ -35,6 +36,34 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (whoever owns it)."""
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, owned by another user
+    return True
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.tmp-"
+
+
+def _remove_orphans(path: Path) -> None:
+    """Removes the temporaries of ``path`` that a killed writer left (its process is gone):
+    a process stopped by SIGKILL runs no cleanup."""
+    prefix = _tmp_prefix(path)
+    for entry in path.parent.iterdir():
+        pid = entry.name[len(prefix):]
+        if entry.name.startswith(prefix) and pid.isdigit() and not process_alive(int(pid)):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
 
 def atomic_write(path: str | Path, text: str) -> None:

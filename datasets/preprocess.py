@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from ctr.atomic import process_alive
 from ctr.datasets.encode import Encoder, Tally
 from ctr.datasets.fit import Fitter
 from ctr.datasets.report import build_report
@@ -214,7 +215,7 @@ def remove_stale(stale: list[Stale]) -> None:
 def _staleness(entry: Path) -> str | None:
     if TMP_MARK in entry.name:
         pid = entry.name.split(TMP_MARK, 1)[1].split("-")[0]
-        return None if pid.isdigit() and _alive(int(pid)) else "unfinished (its preparation was stopped)"
+        return None if pid.isdigit() and process_alive(int(pid)) else "unfinished (its preparation was stopped)"
     if not (entry / DONE).exists():
         return "unfinished (no DONE)"
     if not (entry / KEY_FILE).exists():
@@ -230,16 +231,6 @@ def _staleness(entry: Path) -> str | None:
         if (stat.st_size, int(stat.st_mtime)) != (size, mtime):
             return f"input {file} changed"
     return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, owned by another user
-    return True
 
 
 def _folder_bytes(folder: Path) -> int:
