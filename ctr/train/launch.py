@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -28,6 +28,7 @@ import torch.distributed as dist
 from ctr.errors import RecipeError, UserError
 from ctr.recipe import Recipe
 from ctr.train.loop import Placement, placement
+from ctr.train.rundir import RunDir
 
 LAUNCHER = "CTR_LAUNCHER_PID"  # set in the ranks ctr's launcher starts
 
@@ -163,6 +164,27 @@ def process_group(recipe: Recipe) -> Iterator[Placement]:
         yield place
     finally:
         dist.destroy_process_group()
+
+
+@contextmanager
+def group_holds(run: RunDir) -> Iterator[None]:
+    """Holds ``run`` while the group trains in it. ctr's launcher holds it for the ranks it
+    started; otherwise (torchrun, or a distributed run resumed in one process) rank 0 takes
+    the lock, and when another process holds it every rank raises the same refusal."""
+    if os.environ.get(LAUNCHER):
+        yield
+        return
+    with ExitStack() as held:
+        refusal = [""]
+        if dist.get_rank() == 0:
+            try:
+                held.enter_context(run.exclusive())
+            except UserError as err:
+                refusal = [str(err)]
+        dist.broadcast_object_list(refusal, src=0)
+        if refusal[0]:
+            raise UserError(refusal[0])
+        yield
 
 
 def shared_path(path: Path) -> Path:

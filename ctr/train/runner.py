@@ -6,7 +6,6 @@ import logging
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from ctr.errors import UserError
 from ctr.recipe import Recipe
 from ctr.train import distributed
 from ctr.train.checkpoints import is_distributed_checkpoint
-from ctr.train.launch import launched, process_group, shared_path
+from ctr.train.launch import group_holds, launched, process_group, shared_path
 from ctr.train.checks import check_before_fit, require_rows
 from ctr.train.loop import (
     Session, evaluate_checkpoint, fit, placement, quiet_lightning, trainer_for, use_threads,
@@ -45,7 +44,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
         with process_group(recipe) as place:  # a distributed run resumed on 1 process: a group of 1
             run = RunDir(shared_path(root))
             _check_run(run, resume)
-            with nullcontext() if launched() else run.exclusive():  # the launcher holds a launched run
+            with group_holds(run):
                 return distributed.train(recipe, run, resume, place)
     run = RunDir(root)
     _check_run(run, resume)

@@ -20,8 +20,9 @@ from ctr.cli import main
 from ctr.datasets import BatchLoader
 from ctr.recipe import load_recipe
 from ctr.train.distributed_epochs import rows_of
-from ctr.train.launch import wait_all
+from ctr.train.launch import LAUNCHER, wait_all
 from ctr.train.runner import evaluate, train
+from ctr.train.rundir import RunDir
 from tests.conftest import tiny_recipe
 
 MIXED = {"sharding": "table_wise", "tables": {"C3": "column_wise", "C1": "data_parallel"}}
@@ -428,3 +429,24 @@ def test_multi_stage_methods_run_their_stages_on_two_processes_as_on_one(tmp_pat
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     again = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert again["test"] == pytest.approx(two["test"], abs=1e-6, rel=0)
+
+
+def test_ranks_started_by_torchrun_are_refused_a_run_directory_another_process_holds(tmp_path):
+    """torchrun's ranks have no ctr launcher to hold the run directory: rank 0 takes the
+    lock, and every rank stops with its refusal (none waits on the others)."""
+    recipe = write(tmp_path, trainer={"devices": 2})
+    run = tmp_path / "run"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != LAUNCHER}
+    env.update(WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    command = [sys.executable, "-m", "ctr", "train", str(recipe), "--out", str(run)]
+    with RunDir(run).exclusive():
+        ranks = [subprocess.Popen(command, cwd=ROOT, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                                  stderr=subprocess.PIPE, text=True) for r in range(2)]
+        ends = [(rank.wait(timeout=300), rank.stderr.read()) for rank in ranks]
+    assert [code for code, _ in ends] == [2, 2], ends
+    assert f"{run}: another ctr process is training in this run directory" in ends[0][1], ends[0][1]
+    assert "Traceback" not in ends[1][1], ends[1][1]  # rank 1 meets the same error and leaves the line to rank 0
+    assert not run.exists()
