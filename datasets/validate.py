@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -56,11 +57,7 @@ def check_rows(batch: pa.RecordBatch, features: list[FeatureSpec], label: str) -
         if spec.kind != "numeric" and spec.transform != "log_square":
             continue
         column = batch.column(spec.column)
-        if (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)) and not _casts(column):
-            ok = pc.fill_null(pc.match_substring_regex(column, NUMBER, ignore_case=True), True)
-            not_number = ~ok.to_numpy(zero_copy_only=False)
-            problems.append((not_number, _not_a_number(spec.column, column)))
-        problems.append((_non_finite(column), _not_finite(spec.column, column)))
+        problems.extend(_numeric_problems(spec.column, column))
     any_bad = np.logical_or.reduce([mask for mask, _ in problems])
     if not any_bad.any():
         return RowCheck(keep=~any_bad, labels=labels, problem=None, first_bad=-1)
@@ -69,13 +66,21 @@ def check_rows(batch: pa.RecordBatch, features: list[FeatureSpec], label: str) -
     return RowCheck(keep=~any_bad, labels=labels, problem=describe_first(first), first_bad=first)
 
 
-def _casts(column: pa.Array) -> bool:
-    """Whether every value parses as a number (the fast path; the regex finds the bad ones)."""
-    try:
-        pc.cast(column, pa.float64())
+def _numeric_problems(name: str, column: pa.Array) -> list[tuple[np.ndarray, Callable[[int], str]]]:
+    """(rows flagged, description) of a numeric column: values that are not numbers (text
+    only) and values that are not finite. Text is cast once; the regexes run only when a
+    value does not parse."""
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return [(_non_finite(column), _not_finite(name, column))]
+    try:  # the fast path: every value parses (inf, nan and 1e400 too)
+        return [(_non_finite(pc.cast(column, pa.float64())), _not_finite(name, column))]
     except pa.ArrowInvalid:
-        return False
-    return True
+        pass
+    ok = pc.fill_null(pc.match_substring_regex(column, NUMBER, ignore_case=True), True)
+    named = pc.fill_null(pc.match_substring_regex(column, NON_FINITE, ignore_case=True), False)
+    non_finite = named.to_numpy(zero_copy_only=False) | _non_finite(_as_numbers(column))
+    return [(~ok.to_numpy(zero_copy_only=False), _not_a_number(name, column)),
+            (non_finite, _not_finite(name, column))]
 
 
 def _not_a_number(name: str, column: pa.Array):
@@ -83,14 +88,7 @@ def _not_a_number(name: str, column: pa.Array):
 
 
 def _non_finite(column: pa.Array) -> np.ndarray:
-    """Present values that are ``inf``, ``-inf`` or ``nan`` (text or floats; text past the
-    float range, ``1e400``, too), bool [n]."""
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        try:  # the fast path: every value parses (inf, nan and 1e400 too)
-            return _non_finite(pc.cast(column, pa.float64()))
-        except pa.ArrowInvalid:
-            named = pc.fill_null(pc.match_substring_regex(column, NON_FINITE, ignore_case=True), False)
-            return named.to_numpy(zero_copy_only=False) | _non_finite(_as_numbers(column))
+    """Present values of a number column that are ``inf``, ``-inf`` or ``nan``, bool [n]."""
     if not pa.types.is_floating(column.type):
         return np.zeros(len(column), dtype=bool)
     present = column.is_valid().to_numpy(zero_copy_only=False)
