@@ -165,7 +165,8 @@ class BatchBuilder:
         labels = data[:, layout.label].contiguous().view(torch.float32)
         groups = None
         if layout.group is not None:
-            groups = data[:, layout.group : layout.group + 2].contiguous().view(torch.int64).reshape(-1)
+            pair = data[:, layout.group : layout.group + 2]  # a one-row slice is contiguous at an odd offset
+            groups = pair.clone(memory_format=torch.contiguous_format).view(torch.int64).reshape(-1)
         dense = data[:, layout.dense[0] : layout.dense[1]].contiguous().view(torch.float32)
         values = data[:, layout.categorical[0] : layout.categorical[1]].t().to(torch.int64).reshape(-1)
         sparse = JaggedFeatures(list(layout.keys), values, self._single_offsets(values.numel(), data.device), single=True)

@@ -121,6 +121,24 @@ def test_sequences_and_groups_survive_packing(tmp_path):
     assert batch.sparse.values[start:end].tolist() == [id_of["b"], id_of["c"], id_of["c"], id_of["b"], id_of["a"]]
 
 
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_groups_of_single_row_batches(tmp_path, batch_size):
+    """A one-row batch (a last batch, or eval_batch_size 1) reads its int64 group from an odd
+    int32 column: the slice must be copied before it is viewed as int64."""
+    from ctr.datasets import prepare
+    from ctr.recipe import recipe_from_dict
+
+    path = tmp_path / "rows.csv"
+    path.write_text("label,user,item\n1,u1,a\n0,u2,b\n1,u1,c\n")
+    raw = {"data": {"dataset": "csv", "path": str(path), "cache_dir": str(tmp_path / "c"), "group": "user",
+                    "split": {"valid": 0.0, "test": 0.0}, "features": [{"name": "item"}]}}
+    prepared = prepare(recipe_from_dict(raw).data, progress=False)
+    batches = list(BatchLoader(prepared.split_dir("train"), prepared.schema, batch_size))
+    groups = [g for batch in batches for g in batch.groups.tolist()]
+    assert [b.size for b in batches] == ([1, 1, 1] if batch_size == 1 else [2, 1])
+    assert groups[0] == groups[2] != groups[1]
+
+
 def test_close_stops_an_epoch_left_mid_way_and_joins_its_threads(tiny_prepared):
     before = threading.active_count()
     loader = BatchLoader(tiny_prepared.split_dir("train"), tiny_prepared.schema, 64, shuffle=True, prefetch=2)
