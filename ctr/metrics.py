@@ -12,16 +12,22 @@ EPS = 1e-7
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (ties count one half); NaN when only one class is present."""
+    """Area under the ROC curve (ties count one half); NaN when only one class is present or
+    a score is NaN (a diverged model: ranking NaN as any value would make up an AUC)."""
+    if np.isnan(scores).any():
+        return float("nan")
     return _grouped_auc(np.zeros(labels.shape[0], dtype=np.int64), labels, scores)[0][0]
 
 
 def group_auc(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
-    """Impression-weighted mean of per-group AUC; groups with a single class are skipped.
+    """Impression-weighted mean of per-group AUC; groups with a single class are skipped;
+    NaN when a score is NaN.
 
     As in DIN (Zhou et al., 2018, Eq. 6): GAUC = Σ_g n_g · AUC_g / Σ_g n_g over groups g with
     both classes, n_g the group's impressions.
     """
+    if np.isnan(scores).any():
+        return float("nan")
     per_group, sizes = _grouped_auc(groups, labels, scores)
     valid = ~np.isnan(per_group)
     if not valid.any():

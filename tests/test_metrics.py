@@ -38,3 +38,24 @@ def test_group_auc_weights_by_impressions_and_skips_single_class():
 def test_logloss():
     assert logloss(np.array([1, 0]), np.array([0.5, 0.5])) == pytest.approx(np.log(2))
     assert np.isfinite(logloss(np.array([1]), np.array([0.0])))
+
+
+def test_a_nan_score_makes_the_ranking_metrics_nan():
+    """A diverged model scores NaN: no AUC is made up by where the sort puts NaN."""
+    labels, scores = np.array([1, 0, 1, 0]), np.array([np.nan, 0.1, 0.2, 0.3])
+    assert np.isnan(auc(labels, scores))
+    assert np.isnan(group_auc(np.array([1, 1, 2, 2]), labels, scores))
+    assert np.isnan(logloss(labels, scores))
+
+
+def test_confident_scores_are_ranked_from_float64_probabilities():
+    """Training, eval and predict take the sigmoid in float64: in float32 every logit above
+    16.6 is 1.0, and those rows would tie."""
+    import torch
+
+    from ctr.train.task import probabilities
+
+    logits = torch.tensor([17.0, 18.0, 20.0, 25.0, 30.0, 16.5])
+    labels = np.array([0, 1, 1, 1, 1, 0])
+    assert auc(labels, probabilities(logits).numpy()) == 1.0
+    assert auc(labels, torch.sigmoid(logits).numpy()) == 0.75  # what float32 gave

@@ -32,7 +32,7 @@ from ctr.train.callbacks import warn_if_not_finite
 from ctr.train.checkpoints import Checkpointer, TrainState
 from ctr.train.distributed_stages import ArchSteps
 from ctr.train.loop import LOG_EVERY_N_STEPS, PROGRESS_EVERY_N_STEPS, Placement, beats
-from ctr.train.task import densify_gradients
+from ctr.train.task import densify_gradients, probabilities
 
 if TYPE_CHECKING:
     from ctr.train.distributed import Parallel
@@ -208,7 +208,7 @@ def evaluate(module: nn.Module, loader: BatchLoader, place: Placement) -> dict[s
     module.eval()
     probs, labels, groups = [], [], []
     for batch in loader:
-        probs.append(torch.sigmoid(module(batch)[0].float()))
+        probs.append(probabilities(module(batch)[0]))
         labels.append(batch.labels.float())
         if batch.groups is not None:
             groups.append(batch.groups)

@@ -28,6 +28,7 @@ from ctr.errors import UserError
 from ctr.metrics import auc, group_auc, logloss
 from ctr.train.loop import placement
 from ctr.train.saved import encode_rows, finished_run, oov_counts, restored_task
+from ctr.train.task import probabilities
 
 CSV_SUFFIXES = (".csv", ".tsv")
 
@@ -72,7 +73,7 @@ def predict(run_root: Path, data: Path, out: Path, progress: bool = False) -> di
 def _scores(net: torch.nn.Module, loader: BatchLoader, device: torch.device) -> Iterator[Scored]:
     for batch in loader:
         batch = batch.to(device)
-        probs = torch.sigmoid(net(batch)[0].float())
+        probs = probabilities(net(batch)[0])
         groups = None if batch.groups is None else batch.groups.cpu().numpy()
         yield Scored(probs.cpu().numpy(), batch.labels.cpu().numpy(), groups)
 

@@ -29,7 +29,7 @@ from ctr.metrics import auc
 from ctr.train.loop import Fitted, Loader, Session, fit, load_checkpoint
 from ctr.atomic import atomic_path, atomic_write
 from ctr.train.rundir import RunDir
-from ctr.train.task import CTRNet, CTRTask
+from ctr.train.task import CTRNet, CTRTask, probabilities
 
 log = logging.getLogger("ctr.train")
 
@@ -198,7 +198,7 @@ def split_auc(net: CTRNet, loader: Iterable[Batch]) -> float:
     probs, labels = [], []
     for batch in loader:
         batch = batch.to(device)
-        probs.append(torch.sigmoid(net(batch)[0].float()).cpu().numpy())
+        probs.append(probabilities(net(batch)[0]).cpu().numpy())
         labels.append(batch.labels.cpu().numpy())
     net.train(was_training)
     return auc(np.concatenate(labels), np.concatenate(probs))

@@ -52,6 +52,12 @@ class CTRNet(nn.Module):
         return logits, self.embedding.regularizer() + self.model.regularizer(batch, embedded)
 
 
+def probabilities(logits: Tensor) -> Tensor:
+    """Click probabilities of ``logits`` [B], in float64 [B]: float32 rounds the sigmoid of
+    every logit above 16.6 to 1.0, and the metrics would rank such rows as ties."""
+    return torch.sigmoid(logits.double())
+
+
 def check_dense_size(table_bytes: int, max_mb: float) -> None:
     """Refuses dense table gradients for tables above ``embedding.dense_max_mb``."""
     if table_bytes > max_mb * 1e6:
@@ -217,7 +223,7 @@ class CTRTask(L.LightningModule):
         self._finish(self.eval_split)
 
     def _collect(self, batch: Batch) -> None:
-        probs = torch.sigmoid(self(batch).float())
+        probs = probabilities(self(batch))
         self._outputs.append((probs.detach(), batch.labels, batch.groups))
 
     def _finish(self, split: str) -> None:
