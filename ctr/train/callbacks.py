@@ -189,6 +189,12 @@ def loss_check_interval(device: torch.device, deferred: int = 20) -> int:
     return 1 if device.type == "cpu" else deferred
 
 
+def diverged(first_bad: int, step: int) -> TrainingDiverged:
+    """The error of a run whose loss was first not finite at step ``first_bad``, stopped at ``step``."""
+    return TrainingDiverged(f"training: the loss is not finite at step {first_bad}; stopped at step {step}, the last"
+                            " good checkpoint is kept (try a lower learning rate or train.grad_clip)")
+
+
 class FiniteLoss(L.Callback):
     """Stops training at a non-finite loss, naming the first step that had one.
 
@@ -223,7 +229,4 @@ class FiniteLoss(L.Callback):
     def _check(self, trainer: L.Trainer) -> None:
         if self._first_bad is None or int(self._first_bad) < 0:
             return
-        raise TrainingDiverged(
-            f"training: the loss is not finite at step {int(self._first_bad)}; stopped at step {trainer.global_step},"
-            " the last good checkpoint is kept (try a lower learning rate or train.grad_clip)"
-        )
+        raise diverged(int(self._first_bad), trainer.global_step)

@@ -63,6 +63,12 @@ class TrainState:
     epoch_lrs: dict[str, float] = field(default_factory=dict)
     validations: int = 0
 
+    @property
+    def epochs_begun(self) -> int:
+        """Epochs trained, whole or in part (Lightning's ``current_epoch`` after a fit: an
+        epoch max_steps cut counts)."""
+        return self.epoch + (1 if self.batches else 0)
+
     @classmethod
     def from_saved(cls, info: dict[str, Any]) -> TrainState:
         """The state a checkpoint's ``ctr.json`` holds. One saved before validations were

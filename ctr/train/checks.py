@@ -39,6 +39,12 @@ def require_rows(recipe: Recipe, prepared: Prepared, splits: tuple[str, ...]) ->
 def check_before_fit(recipe: Recipe, prepared: Prepared, batches: int, net: CTRNet, world_size: int) -> None:
     """Refuses what only the ``prepared`` data (an epoch's ``batches``) or the built ``net`` shows
     to be wrong, before anything trains or a stage writes its files."""
+    if batches == 0:
+        rows = prepared.report["splits"]["train"]["rows"]
+        shared = f" over {world_size} processes" if world_size > 1 else ""
+        counted = f"{rows} row{shared} makes" if rows == 1 else f"{rows} rows{shared} make"
+        raise DataError(f"data: the train split's {counted} no training batch (a last batch of fewer than "
+                        f"{TRAINING_MIN_ROWS} rows a process is dropped)")
     every = recipe.train.eval_every_n_steps
     if every and every > batches:  # it counts within the epoch
         raise RecipeError(f"train.eval_every_n_steps: {every} is more than the {batches} batches of an epoch")

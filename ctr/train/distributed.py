@@ -22,6 +22,7 @@ and test.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,14 +137,16 @@ def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[s
         else:
             fitting.whole()
         done = fitting.done
-        metrics: dict[str, Any] = {split: evaluate(done.par.module, fitting.loaders[split], place)
-                                   for split in ("valid", "test")}
+        metrics: dict[str, Any] = {"valid": evaluate(done.par.module, fitting.loaders["valid"], place)}
+        start = time.perf_counter()
+        metrics["test"] = evaluate(done.par.module, fitting.loaders["test"], place)
+        metrics["inference_seconds"] = time.perf_counter() - start
     finally:
         fitting.close()
     seconds = sum(stage_seconds.values()) if stage_seconds else done.state.seconds
     metrics.update(embedding_bytes=net.embedding.memory_bytes(), full_embedding_bytes=net.embedding.full_bytes(),
                    train_samples_per_s=done.state.samples / done.state.seconds if done.state.seconds else 0.0,
-                   train_seconds=seconds, epochs=done.state.epoch, steps=done.state.step,
+                   train_seconds=seconds, epochs=done.state.epochs_begun, steps=done.state.step,
                    best_checkpoint=str(done.saver.best.relative_to(run.root)), world_size=place.world_size,
                    sharding=done.par.plan or "data_parallel (replicated, DDP)")
     if stage_seconds:

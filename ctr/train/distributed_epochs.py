@@ -25,10 +25,9 @@ from torch import nn
 
 from ctr.datasets import BatchLoader
 from ctr.embeddings.replicas import gather_padded
-from ctr.errors import UserError
 from ctr.metrics import auc, group_auc, logloss
 from ctr.recipe import Recipe
-from ctr.train.callbacks import warn_if_not_finite
+from ctr.train.callbacks import diverged, loss_check_interval, warn_if_not_finite
 from ctr.train.checkpoints import Checkpointer, TrainState
 from ctr.train.distributed_stages import ArchSteps
 from ctr.train.loop import LOG_EVERY_N_STEPS, PROGRESS_EVERY_N_STEPS, Placement, beats
@@ -66,20 +65,22 @@ class EpochLoop:
     arch: ArchSteps | None = None
     score_start: bool = False
     logger: CurveLog = field(init=False)
+    losses: GroupFiniteLoss = field(init=False)
 
     def run(self, state: TrainState) -> TrainState:
         """Trains until ``span`` ends, early stopping stops or ``max_steps`` is reached; at
         least one validation (a run cut short by max_steps may end before its first)."""
         loader, every = self.loaders["train"], self.recipe.train.eval_every_n_steps
         self.logger = CurveLog(self.span.log_csv, self.place.rank == 0, keep_before=state.step)
+        self.losses = GroupFiniteLoss(self.place.device)
         loader.load_state_dict({"epoch": state.epoch, "batches": state.batches})
         if self.score_start and state.step == 0 and state.best is None:
             self._start_as_best(state)
         while state.epoch < self.span.epochs and not state.stopped and not self._at_max_steps(state):
             with closing(self._steps(state)) as steps:  # a pass left early stops its loader now
                 for index in steps:
-                    ends = index + 1 == len(loader) or self._at_max_steps(state)
-                    if ends:
+                    ends = index + 1 == len(loader)  # Lightning does not validate where max_steps cuts an epoch
+                    if ends or self._at_max_steps(state):
                         self.logger.write({"epoch": state.epoch, "step": state.step - 1, **state.epoch_lrs})
                     if every and (index + 1) % every == 0 or (ends and not every):
                         self._validate(state)
@@ -90,6 +91,7 @@ class EpochLoop:
             state.epoch, state.batches = state.epoch + 1, 0
         if not state.validations:
             self._validate(state)
+        self.losses.check(state.step)
         return state
 
     def _at_max_steps(self, state: TrainState) -> bool:
@@ -110,6 +112,7 @@ class EpochLoop:
             loss_sum = self._step(batch, rows, state)
             state.step, state.batches, state.samples = state.step + 1, index + 1, state.samples + rows
             state.seconds += time.perf_counter() - start
+            self.losses.record(loss_sum, state.step)
             if state.step % LOG_EVERY_N_STEPS == 0:
                 self._log_loss(loss_sum, rows, state, index)
             yield index
@@ -138,8 +141,6 @@ class EpochLoop:
     def _log_loss(self, loss_sum: torch.Tensor, rows: int, state: TrainState, index: int) -> None:
         total = loss_sum.detach().clone()
         dist.all_reduce(total)
-        if not torch.isfinite(total):
-            raise UserError(f"training diverged: the loss is {total.item()} at step {state.step} (lower the learning rates)")
         mean = total.item() / rows
         self.logger.write({"epoch": state.epoch, "step": state.step - 1, "train/loss": mean})
         if state.step % PROGRESS_EVERY_N_STEPS == 0:
@@ -164,6 +165,7 @@ class EpochLoop:
         """Validates, steps the plateau schedules, checkpoints and applies early stopping."""
         train = self.recipe.train
         monitor, mode = self.recipe.train.best_by
+        self.losses.check(state.step)  # a validation's checkpoints are never of diverged weights
         valid = evaluate(self.par.module, self.loaders["valid"], self.place)
         self.logger.write({"epoch": state.epoch, "step": state.step - 1, **{f"valid/{k}": v for k, v in valid.items()}})
         self.par.optimizer.after_validation(valid)
@@ -179,6 +181,32 @@ class EpochLoop:
             state.best = value
             self.saver.save(self.saver.best, state)
         self.saver.save(self.saver.last, state)
+
+
+class GroupFiniteLoss:
+    """``FiniteLoss`` for the ranks of a distributed run: each rank records on its device the
+    first step whose loss part was not finite (no host sync); every ``loss_check_interval``
+    steps, before each validation and at the end, the ranks take the earliest over all of
+    them, and every rank raises the same ``TrainingDiverged``."""
+
+    NONE = 2**62  # no bad step yet
+
+    def __init__(self, device: torch.device):
+        self.every = loss_check_interval(device)
+        self.first_bad = torch.full((), self.NONE, dtype=torch.int64, device=device)
+
+    def record(self, loss: torch.Tensor, step: int) -> None:
+        """Notes ``loss`` (this rank's, of step ``step``); reads it back every ``every`` steps."""
+        bad = ~torch.isfinite(loss.detach())
+        self.first_bad = torch.where(bad, self.first_bad.clamp(max=step), self.first_bad)
+        if step % self.every == 0:
+            self.check(step)
+
+    def check(self, step: int) -> None:
+        earliest = self.first_bad.clone()
+        dist.all_reduce(earliest, op=dist.ReduceOp.MIN)
+        if int(earliest) < self.NONE:
+            raise diverged(int(earliest), step)
 
 
 def average_sparse_gradients(params: list[nn.Parameter], world: int) -> None:

@@ -450,3 +450,31 @@ def test_ranks_started_by_torchrun_are_refused_a_run_directory_another_process_h
     assert f"{run}: another ctr process is training in this run directory" in ends[0][1], ends[0][1]
     assert "Traceback" not in ends[1][1], ends[1][1]  # rank 1 meets the same error and leaves the line to rank 0
     assert not run.exists()
+
+
+def test_a_loss_that_is_not_finite_stops_every_rank_naming_the_step(tmp_path):
+    """As one process does: the ranks read their loss checks together (every step on the
+    CPU), stop at the first non-finite one and write no checkpoint of diverged weights (a
+    2-process run used to train on, validate NaN scores and finish)."""
+    recipe = write(tmp_path, embedding={"init_std": 1e30}, trainer={"devices": 2, "progress_bar": False})
+    done = ctr("train", recipe, "--out", tmp_path / "run")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "ctr: error: training: the loss is not finite at step 1; stopped at step 1, the last good" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "checkpoints" / "best").exists()
+
+
+@pytest.mark.slow
+def test_max_steps_ends_two_processes_as_it_ends_one(tmp_path):
+    """max_steps cutting an epoch: no validation at the cut (Lightning's rule), the same
+    best checkpoint and test metrics, the cut epoch counted in ``epochs``."""
+    sections = {"train": {"epochs": 3, "max_steps": 15}, "trainer": {"num_threads": 1, "progress_bar": False}}
+    one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
+    done = ctr("train", write(tmp_path, "two.yaml", **sections), "--out", tmp_path / "two", "-o", "trainer.devices=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    validated = [[s for s, _ in rows_of(tmp_path / run / "logs" / "metrics.csv", "valid/auc")] for run in ("one", "two")]
+    assert validated[0] == validated[1] == [9]
+    assert (two["steps"], two["epochs"]) == (one["steps"], one["epochs"]) == (15, 2)
+    assert two["test"]["auc"] == pytest.approx(one["test"]["auc"], abs=1e-5)
+    assert two["inference_seconds"] > 0  # ctr bench compression reads it

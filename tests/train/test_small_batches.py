@@ -23,6 +23,22 @@ def test_a_one_row_last_training_batch_is_dropped(tmp_path):
     assert metrics["steps"] == 1 and "auc" in metrics["test"]
 
 
+def test_a_training_split_that_makes_no_batch_is_one_line(tmp_path, capsys):
+    """One training row is a batch of one, dropped: the run would train no step and finish."""
+    for name, rows in (("train", 1), ("valid", 6), ("test", 6)):
+        lines = "".join(f"{i % 2},u{i}\n" for i in range(rows))
+        (tmp_path / f"{name}.csv").write_text("label,user\n" + lines)
+    raw = tiny_recipe(tmp_path)
+    raw["data"] = {"dataset": "csv", "path": str(tmp_path / "train.csv"), "valid_path": str(tmp_path / "valid.csv"),
+                   "test_path": str(tmp_path / "test.csv"), "cache_dir": str(tmp_path / "cache"), "features": [{"name": "user"}]}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("ctr: error: data: the train split's 1 row makes no training batch (a last batch of fewer than 2 "
+                   "rows a process is dropped)")
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
 def test_one_row_batches_with_batch_norm_are_one_line(tmp_path, capsys):
     raw = tiny_recipe(tmp_path, train={"batch_size": 1, "max_steps": 2})
     raw["model"] = DCN
