@@ -12,7 +12,8 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 from ctr.errors import TrainingDiverged
 
@@ -76,29 +77,48 @@ class LoaderEpoch(L.Callback):
         trainer.train_dataloader.follow_epoch(trainer.current_epoch)
 
 
+def random_state() -> dict[str, Any]:
+    """The random generators' state (python, numpy, torch, CUDA), as tensors and plain values
+    that checkpoints load without unpickling code."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss)]
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_random_state(state: dict[str, Any]) -> None:
+    """Puts the random generators back to ``state`` (``random_state``'s)."""
+    random.setstate(state["python"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 class RandomState(L.Callback):
-    """Saves the random generators (python, numpy, torch, CUDA) in each checkpoint and
-    restores them on resume (dropout and any sampling continue as without the interruption).
-    Stored as tensors and plain values, which checkpoints load without unpickling code."""
+    """Saves the random generators in each checkpoint and restores them on resume (dropout
+    and any sampling continue as without the interruption)."""
 
     def on_save_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        kind, keys, position, has_gauss, gauss = np.random.get_state()
-        numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss)]
-        state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        checkpoint["ctr_random_state"] = state
+        checkpoint["ctr_random_state"] = random_state()
 
     def on_load_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("ctr_random_state")
-        if state is None:
-            return
-        random.setstate(state["python"])
-        kind, keys, position, has_gauss, gauss = state["numpy"]
-        np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
-        torch.set_rng_state(state["torch"])
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        if state is not None:
+            set_random_state(state)
+
+
+class ResumableEarlyStopping(EarlyStopping):
+    """Lightning's EarlyStopping that stays stopped across a resume: its checkpoint keeps why
+    it stopped, but not the trainer's ``should_stop``, so a run killed after early stopping
+    ended its training (during the final evaluation, say) trained on when resumed."""
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.stopping_reason != EarlyStoppingReason.NOT_STOPPED:
+            trainer.should_stop = True
 
 
 class RunCheckpoint(ModelCheckpoint):

@@ -33,7 +33,7 @@ from ctr.batch import Batch
 from ctr.datasets import BatchLoader
 from ctr.embeddings.stages import Stage, StageContext
 from ctr.train.rundir import RunDir
-from ctr.train.stages import StageFiles, load_torch, rewind, save_stage, save_torch
+from ctr.train.stages import StageFiles, load_torch, restore_random, rewind, save_random, save_stage, save_torch
 from ctr.train.task import CTRNet
 
 log = logging.getLogger("ctr.train")
@@ -121,6 +121,7 @@ def run_stages(net: CTRNet, run: RunDir, rank: int, resume: bool, fit_stage: Fit
         method.begin_stage(stage)
         if stage.name in record["finished"]:
             net.load_state_dict(load_torch(folder / "state.pt"))
+            restore_random(folder, rank)
             log.info("stage %d/%d %s: finished earlier, restored", index + 1, len(stages), stage.name)
             continue
         log.info("stage %d/%d %s: started", index + 1, len(stages), stage.name)
@@ -128,6 +129,8 @@ def run_stages(net: CTRNet, run: RunDir, rank: int, resume: bool, fit_stage: Fit
             seconds = _procedure(method, stage, StageContext(score=score, seed=seed))
         else:
             seconds = fit_stage(stage, index, index == len(stages) - 1)
+        save_random(folder, rank)
+        dist.barrier()  # every rank's generators are saved before rank 0 marks the stage finished
         if rank == 0:
             save_stage(net, stage, folder, seconds)
             files.finish(record, stage, seconds)

@@ -18,7 +18,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import CSVLogger
 
 from ctr.atomic import atomic_path
@@ -28,8 +27,8 @@ from ctr.errors import RecipeError, UserError
 from ctr.kernels.embedding_bag import BackendUnavailable, resolve_backend
 from ctr.recipe import Recipe
 from ctr.train.callbacks import (
-    FiniteLoss, LoaderEpoch, ProgressLines, RandomState, RunCheckpoint, Throughput, ValidationSummary,
-    loss_check_interval,
+    FiniteLoss, LoaderEpoch, ProgressLines, RandomState, ResumableEarlyStopping, RunCheckpoint, Throughput,
+    ValidationSummary, loss_check_interval,
 )
 from ctr.train.checks import TRAINING_MIN_ROWS
 from ctr.train.rundir import RunDir
@@ -196,7 +195,7 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     if recipe.train.early_stop:
         stop = recipe.train.early_stop
         # checked after validation only: a run cut short by max_steps may end before the first one
-        stopper = EarlyStopping(monitor=stop.monitor, mode=stop.mode, patience=stop.patience,
+        stopper = ResumableEarlyStopping(monitor=stop.monitor, mode=stop.mode, patience=stop.patience,
                                 min_delta=stop.min_delta, check_on_train_epoch_end=False)
         callbacks.append(stopper)
     trainer = trainer_for(recipe, session.run, session.progress, callbacks, epochs=epochs, max_steps=max_steps,
@@ -224,7 +223,7 @@ def _validated_now(task: CTRTask, session: Session) -> tuple[L.Trainer, dict[str
     return scorer, scorer.validate(task, session.loaders["valid"], verbose=False)[0]
 
 
-def _start_as_best(task: CTRTask, session: Session, checkpoint: RunCheckpoint, stopper: EarlyStopping | None) -> bool:
+def _start_as_best(task: CTRTask, session: Session, checkpoint: RunCheckpoint, stopper: ResumableEarlyStopping | None) -> bool:
     """Validates ``task`` before its fit, saves its weights as ``best.ckpt`` and makes them
     the best so far of ``checkpoint`` (and of early stopping's patience). False, with
     nothing saved, when the monitored metric is not a validation one (``train/loss``): the

@@ -3,7 +3,7 @@ produced in the run directory, and resumes from the last finished stage.
 
 Run directory layout of a multi-stage run::
 
-    stages/progress.json          finished stages and their seconds (rewritten atomically)
+    stages/progress.json          finished stages, their seconds, the last fit's figures (rewritten atomically)
     stages/initial.pt             the net's state before the first stage (for rewinds)
     stages/<i>-<name>/state.pt    the whole net after stage i (what a resume restores)
     stages/<i>-<name>/output.pt   the stage's result: masks, dims, thresholds, selection weights
@@ -26,6 +26,7 @@ import torch
 from ctr.batch import Batch
 from ctr.embeddings.stages import Stage, StageContext
 from ctr.metrics import auc
+from ctr.train.callbacks import random_state, set_random_state
 from ctr.train.loop import Fitted, Loader, Session, fit, load_checkpoint
 from ctr.atomic import atomic_path, atomic_write
 from ctr.train.rundir import RunDir
@@ -67,6 +68,20 @@ def load_torch(path: Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def save_random(folder: Path, rank: int) -> None:
+    """This rank's random generators as a stage leaves them (``random-<rank>.pt``)."""
+    save_torch(random_state(), folder / f"random-{rank}.pt")
+
+
+def restore_random(folder: Path, rank: int) -> None:
+    """Puts this rank's random generators where the finished stage of ``folder`` left them:
+    the next stage's fresh tables and dropout masks are those of the uninterrupted run
+    (a stage saved before ctr kept them is left as the restore finds it)."""
+    path = folder / f"random-{rank}.pt"
+    if path.exists():
+        set_random_state(load_torch(path))
+
+
 def rewind(net: CTRNet, initial: dict[str, torch.Tensor]) -> None:
     """Restores every parameter of ``net`` to its value in ``initial`` (buffers are kept)."""
     with torch.no_grad():
@@ -101,6 +116,7 @@ def train_stages(task: CTRTask, session: Session, resume: bool) -> Fitted:
         method.begin_stage(stage)
         if stage.name in record["finished"]:
             task.net.load_state_dict(load_torch(folder / "state.pt"))
+            restore_random(folder, 0)
             log.info("stage %d/%d %s: finished earlier, restored", index + 1, len(stages), stage.name)
             continue
         log.info("stage %d/%d %s: started", index + 1, len(stages), stage.name)
@@ -111,11 +127,14 @@ def train_stages(task: CTRTask, session: Session, resume: bool) -> Fitted:
                                 continues=continues_training(stages, index))
             task.load_state_dict(load_torch(fitted.best)["state_dict"])
             seconds = fitted.seconds
+            record["fit"] = {"samples_per_s": fitted.samples_per_s, "epochs": fitted.epochs, "steps": fitted.steps}
+        save_random(folder, 0)
         save_stage(task.net, stage, folder, seconds)
         files.finish(record, stage, seconds)
-    if fitted is None:
+    if fitted is None:  # every stage finished before a resume: the figures of the last fit
         best = session.run.best if session.run.best.exists() else session.run.last
-        fitted = Fitted(best, 0.0, 0.0, 0, 0)
+        last_fit = record.get("fit", {"samples_per_s": 0.0, "epochs": 0, "steps": 0})
+        fitted = Fitted(best, 0.0, last_fit["samples_per_s"], last_fit["epochs"], last_fit["steps"])
     fitted.seconds = float(sum(record["seconds"].values()))
     fitted.stage_seconds = dict(record["seconds"])
     return fitted

@@ -185,3 +185,71 @@ def test_a_multi_stage_run_killed_inside_a_training_stage_resumes_exactly(tmp_pa
     whole_metrics, resumed_metrics = (json.loads((run / "metrics.json").read_text()) for run in runs)
     assert {k: whole_metrics[k] for k in SAME} == {k: resumed_metrics[k] for k in SAME}
     assert log_rows(runs[1]) == log_rows(runs[0])
+
+
+def same_run(whole, resumed):
+    whole_metrics, resumed_metrics = (json.loads((run / "metrics.json").read_text()) for run in (whole, resumed))
+    assert {k: whole_metrics[k] for k in SAME} == {k: resumed_metrics[k] for k in SAME}
+    assert log_rows(resumed) == log_rows(whole)
+
+
+def cut_after_training(whole, cut):
+    """``whole`` as a kill during its final evaluation leaves it: trained, no metrics.json."""
+    shutil.copytree(whole, cut)
+    (cut / "metrics.json").unlink()
+
+
+def test_a_run_killed_after_early_stopping_ended_it_resumes_to_the_same_end(tmp_path):
+    """Early stopping fired, then the run was killed before metrics.json: the resume
+    evaluates, it does not train on (Lightning's checkpoint keeps why it stopped, not that
+    the trainer should stop)."""
+    stop = {"monitor": "valid/auc", "mode": "max", "patience": 1, "min_delta": 0.5}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 10, "early_stop": stop})))
+    assert ctr("train", tmp_path / "r.yaml", "--out", tmp_path / "whole").returncode == 0
+    cut_after_training(tmp_path / "whole", tmp_path / "cut")
+    resumed = ctr("train", "--resume", tmp_path / "cut")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    same_run(tmp_path / "whole", tmp_path / "cut")
+    assert json.loads((tmp_path / "cut" / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_a_multi_stage_run_killed_after_its_last_stage_reports_its_training(tmp_path):
+    """Every stage finished before the kill: metrics.json still gives the last stage's
+    epochs, steps and samples/s (they were 0)."""
+    from tests.train.test_stages import OPTEMBED
+
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp_path, embedding=OPTEMBED)))
+    assert ctr("train", tmp_path / "r.yaml", "--out", tmp_path / "whole").returncode == 0
+    cut_after_training(tmp_path / "whole", tmp_path / "cut")
+    resumed = ctr("train", "--resume", tmp_path / "cut")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    same_run(tmp_path / "whole", tmp_path / "cut")
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    cut = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert cut["steps"] > 0 and cut["train_samples_per_s"] == whole["train_samples_per_s"]
+
+
+@pytest.mark.parametrize("model", [{}, {"name": "deepfm", "hidden": [16], "dropout": 0.3}], ids=["dlrm", "dropout"])
+def test_a_multi_stage_run_killed_as_a_stage_began_draws_as_the_whole_run(tmp_path, model):
+    """Killed as AutoDim's retrain began (the search finished): the retrain's fresh tables,
+    and with dropout its masks, come from the random state the search left, as without the
+    kill (a resume drew them from the state after seeding)."""
+    embedding = {"method": "autodim", "dim": 8, "budget": 0.5, "stages": {"search": {"epochs": 2}}}
+    raw = tiny_recipe(tmp_path, embedding=embedding, train={"epochs": 2})
+    if model:
+        raw["model"] = model
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    assert ctr("train", tmp_path / "r.yaml", "--out", tmp_path / "whole").returncode == 0
+    cut = tmp_path / "cut"
+    cut_after_training(tmp_path / "whole", cut)
+    for left in ("checkpoints", "logs", "curves.png"):  # what the retrain (the last stage) writes
+        shutil.rmtree(cut / left) if (cut / left).is_dir() else (cut / left).unlink()
+    progress = json.loads((cut / "stages" / "progress.json").read_text())
+    progress["finished"] = ["search"]
+    progress["seconds"].pop("retrain")
+    progress.pop("fit")
+    (cut / "stages" / "progress.json").write_text(json.dumps(progress))
+    resumed = ctr("train", "--resume", cut)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "stage 1/2 search: finished earlier, restored" in resumed.stderr
+    same_run(tmp_path / "whole", cut)
