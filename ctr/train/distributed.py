@@ -136,7 +136,7 @@ def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[s
             stage_seconds = run_stages(net, run, place.rank, resume, fitting.stage, fitting.score, recipe.seed)
         else:
             fitting.whole()
-        done = fitting.done
+        done = fitting.done or fitting.finished()
         metrics: dict[str, Any] = {"valid": evaluate(done.par.module, fitting.loaders["valid"], place)}
         start = time.perf_counter()
         metrics["test"] = evaluate(done.par.module, fitting.loaders["test"], place)
@@ -191,6 +191,14 @@ class Fitting:
         continues = continues_training(self.net.embedding.stages(), index)
         return self._fit(self.run.checkpoints if last else folder / "checkpoints", span, stage, continues)
 
+    def finished(self) -> Done:
+        """The last stage's training as a resume finds it when every stage had finished
+        before: its network on this rank, its state from ``last``, its best weights loaded."""
+        par, saver = self._placed(self.run.checkpoints, self.net.embedding.stages()[-1])
+        state = saver.restore()
+        saver.load(saver.best)
+        return Done(state, par, saver)
+
     def score(self) -> float:
         """Validation AUC of the network now, over every rank's rows (a procedure's score)."""
         return evaluate(self.net, self.loaders["valid"], self.place)["auc"]
@@ -200,11 +208,7 @@ class Fitting:
             loader.close()
 
     def _fit(self, folder: Path, span: Span, stage: Stage | None, score_start: bool = False) -> float:
-        par = parallel(self.net, self.recipe, self.place.device, stage)
-        par.optimizer.follow_schedules(self.recipe.train, par.module.fused_optimizer if par.sharded else None)
-        if self.place.rank == 0:
-            log.info("%d processes: %s", self.place.world_size, _describe(par))
-        saver = Checkpointer(folder, par.module, par.optimizer, par.sharded, self.place)
+        par, saver = self._placed(folder, stage)
         state = saver.restore() if self.resume and is_distributed_checkpoint(saver.last) else TrainState()
         valid = self._loader("valid", True, seed_offset=1) if stage is not None and stage.bilevel else None
         try:
@@ -218,6 +222,15 @@ class Fitting:
         saver.load(saver.best)
         self.done = Done(trained, par, saver)
         return trained.seconds
+
+    def _placed(self, folder: Path, stage: Stage | None) -> tuple[Parallel, Checkpointer]:
+        """The network placed on this rank for ``stage`` (DMP or DDP) with its optimizers and
+        schedules, and the checkpointer of ``folder``."""
+        par = parallel(self.net, self.recipe, self.place.device, stage)
+        par.optimizer.follow_schedules(self.recipe.train, par.module.fused_optimizer if par.sharded else None)
+        if self.place.rank == 0:
+            log.info("%d processes: %s", self.place.world_size, _describe(par))
+        return par, Checkpointer(folder, par.module, par.optimizer, par.sharded, self.place)
 
     def _loader(self, split: str, training: bool, seed_offset: int = 0) -> BatchLoader:
         recipe, place = self.recipe, self.place

@@ -478,3 +478,24 @@ def test_max_steps_ends_two_processes_as_it_ends_one(tmp_path):
     assert (two["steps"], two["epochs"]) == (one["steps"], one["epochs"]) == (15, 2)
     assert two["test"]["auc"] == pytest.approx(one["test"]["auc"], abs=1e-5)
     assert two["inference_seconds"] > 0  # ctr bench compression reads it
+
+
+@pytest.mark.slow
+def test_a_two_process_multi_stage_run_killed_after_its_stages_resumes_to_the_same_end(tmp_path):
+    """Every stage finished before the kill (in the final evaluation): the resume restores
+    them all, places the last stage's network from its checkpoints and ends as the whole
+    run did (it failed: no stage had trained in this process), its early-stopped epoch counted."""
+    from tests.train.test_stages import OPTEMBED
+
+    stop = {"monitor": "valid/auc", "mode": "max", "patience": 1, "min_delta": 0.5}  # the retrain stops early
+    recipe = write(tmp_path, embedding={**OPTEMBED, "stages": {"supernet": {"epochs": 1}}},
+                   train={"epochs": 4, "early_stop": stop}, trainer={"devices": 2, "progress_bar": False})
+    assert ctr("train", recipe, "--out", tmp_path / "whole").returncode == 0
+    shutil.copytree(tmp_path / "whole", tmp_path / "cut")
+    (tmp_path / "cut" / "metrics.json").unlink()
+    resumed = ctr("train", "--resume", tmp_path / "cut")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    whole, cut = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("whole", "cut"))
+    timing = ("inference_seconds",)
+    assert {k: v for k, v in cut.items() if k not in timing} == {k: v for k, v in whole.items() if k not in timing}
+    assert whole["epochs"] == 2
