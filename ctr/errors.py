@@ -18,3 +18,13 @@ class DataError(UserError):
 
 class TrainingDiverged(UserError):
     """The training loss became non-finite (inf or nan); the last good checkpoint is kept."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message, the reason a one-line error quotes (of a
+    torch.distributed.checkpoint failure, the first failed rank's own exception)."""
+    failures = getattr(err, "failures", None)  # CheckpointException: {rank: (exception, traceback)}
+    if isinstance(failures, dict) and failures:
+        err = next(iter(failures.values()))[0]
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "empty or truncated"

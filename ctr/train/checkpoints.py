@@ -22,10 +22,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
 
 from ctr.atomic import atomic_write
-from ctr.errors import UserError
+from ctr.errors import UserError, first_line
 from ctr.recipe import EarlyStopConfig
 from ctr.train.loop import Placement
 
@@ -147,7 +148,10 @@ class Checkpointer:
             raise UserError(f"{path}: a {'sharded' if info['sharded'] else 'data-parallel'} run's checkpoint; "
                             "this run places its tables otherwise")
         state = self._state()
-        dcp.load(state, checkpoint_id=str(path))
+        try:
+            dcp.load(state, checkpoint_id=str(path))
+        except CheckpointException as err:  # a BaseException: each rank's failure, wrapped
+            raise UserError(f"{path}: does not fit this run's model ({first_line(err)})") from None
         if self.sharded:
             self.module.load_state_dict(state["model"])
             self.module.fused_optimizer.load_state_dict(state["embedding_optimizer"])

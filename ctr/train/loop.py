@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import CSVLogger
 from ctr.atomic import atomic_path
 from ctr.datasets import BatchLoader, Prepared
 from ctr.datasets.resident import ResidentLoader
-from ctr.errors import RecipeError, UserError
+from ctr.errors import RecipeError, UserError, first_line
 from ctr.kernels.embedding_bag import BackendUnavailable, resolve_backend
 from ctr.recipe import Recipe
 from ctr.train.callbacks import (
@@ -98,7 +98,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise UserError(f"{path}: no such checkpoint") from None
     except Exception as err:  # torch.load raises whatever its unpickler meets in a broken file
-        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {_first_line(err)})") from None
+        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {first_line(err)})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{path}: not a ctr checkpoint (no state_dict)")
     return ckpt
@@ -113,15 +113,16 @@ def load_weights(task: CTRTask, ckpt: Path) -> None:
 
         load_distributed_weights(task.net, ckpt, read_state(ckpt)["sharded"])
         return
+    load_saved(task, load_checkpoint(ckpt), ckpt)
+
+
+def load_saved(task: CTRTask, saved: dict[str, Any], path: Path) -> None:
+    """Loads checkpoint ``saved`` (read from ``path``) into ``task``; a UserError naming
+    ``path`` when its weights do not fit the model (a recipe edited since, say)."""
     try:
-        task.load_state_dict(load_checkpoint(ckpt)["state_dict"])
+        task.load_state_dict(saved["state_dict"])
     except RuntimeError as err:
-        raise UserError(f"{ckpt}: does not fit this run's model ({_first_line(err)})") from None
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else "empty or truncated"
+        raise UserError(f"{path}: does not fit this run's model ({first_line(err)})") from None
 
 
 @dataclass
@@ -202,7 +203,9 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
                           log_root=log_root)
     scored = False
     if resume_from is not None:
-        keep_log_rows(trainer, load_checkpoint(resume_from)["global_step"])
+        saved = load_checkpoint(resume_from)
+        load_saved(task, saved, resume_from)  # Lightning's own load would raise a traceback
+        keep_log_rows(trainer, saved["global_step"])
     elif score_start:
         scored = _start_as_best(task, session, checkpoint, stopper)
     loaders = session.loaders

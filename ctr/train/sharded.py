@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ctr.batch import JaggedFeatures
 from ctr.embeddings.types import FeatureEmbeddings
-from ctr.errors import RecipeError, UserError
+from ctr.errors import RecipeError, UserError, first_line
 from ctr.recipe import EmbeddingOptimizerConfig, Recipe
 from ctr.train.plan import SHARDABLE_METHODS, _hide_torchrec_notes
 from ctr.train.task import CTRNet
@@ -195,7 +195,7 @@ def shard(net: CTRNet, recipe: Recipe, device: torch.device) -> Sharded:
         try:
             plan = planner.collective_plan(net, sharders, dist.GroupMember.WORLD)
         except Exception as err:  # the planner raises its own error types for plans it cannot make
-            raise RecipeError(f"distributed.sharding: TorchRec's planner found no plan ({_first_line(err)})") from None
+            raise RecipeError(f"distributed.sharding: TorchRec's planner found no plan ({first_line(err)})") from None
     rows = {name: t.detach().clone() for name, t in net.state_dict().items() if name.startswith(TABLE_PREFIX)}
     module = DistributedModelParallel(net, device=device, plan=plan, sharders=sharders)
     _copy_rows(module, rows)
@@ -254,11 +254,6 @@ def _copy_rows(module: nn.Module, rows: dict[str, Tensor]) -> None:
     module.load_state_dict(state)
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def load_distributed_weights(net: CTRNet, path: Path, sharded: bool) -> None:
     """Loads the weights of a distributed run's checkpoint (a DCP folder) into ``net`` in
     this process, without a process group: a sharded run's tables [rows, D] are read whole
@@ -283,5 +278,5 @@ def _dcp_load(dcp, state: dict, path: Path) -> None:  # noqa: ANN001 (the module
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DCP says it assumes one process: it does
             dcp.load(state, checkpoint_id=str(path), no_dist=True)
-    except Exception as err:  # DCP raises CheckpointException and others for missing or foreign keys
-        raise UserError(f"{path}: does not fit this run's model ({_first_line(err)})") from None
+    except (Exception, dcp.api.CheckpointException) as err:  # DCP raises CheckpointException (a BaseException) and others
+        raise UserError(f"{path}: does not fit this run's model ({first_line(err)})") from None

@@ -1,6 +1,9 @@
 """Every bad input of docs/errors.md: one line on stderr, exit code 2, no traceback, nothing
 written (no run directory, no data cache, an existing file left as it was)."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import yaml
@@ -141,6 +144,29 @@ def test_resume_from_a_broken_last_checkpoint(tmp_path, capsys):
     (run / "checkpoints" / "last.ckpt").write_bytes(b"")
     code, err = run_cli(capsys, "train", "--resume", run)
     assert_one_line(code, err, "last.ckpt: not a readable checkpoint")
+    assert not (run / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_resume_after_an_edit_that_changes_the_model(tmp_path, capsys, devices):
+    """recipe.yaml edited between the kill and the resume so that the checkpoint's weights
+    no longer fit (a wider layer): one line naming the checkpoint, nothing written."""
+    recipe = write_recipe(tmp_path, trainer={"devices": devices, "progress_bar": False})
+    assert run_cli(capsys, "train", recipe, "--out", tmp_path / "run")[0] == 0
+    run = tmp_path / "run"
+    (run / "metrics.json").unlink()  # as a kill in the final evaluation leaves it
+    saved = yaml.safe_load((run / "recipe.yaml").read_text())
+    saved["model"]["bottom_mlp"] = [32]
+    (run / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    if devices == 1:
+        code, err = run_cli(capsys, "train", "--resume", run)
+    else:  # the ranks are processes of their own: their stderr is not captured here
+        done = subprocess.run([sys.executable, "-m", "ctr", "train", "--resume", str(run)], capture_output=True,
+                              text=True, timeout=600)
+        assert "Traceback" not in done.stderr, done.stderr
+        code, err = done.returncode, done.stderr.strip().splitlines()[-1]  # after the log lines of the ranks
+    last = "last.ckpt" if devices == 1 else "last"
+    assert_one_line(code, err, f"{run / 'checkpoints' / last}: does not fit this run's model (")
     assert not (run / "metrics.json").exists()
 
 
