@@ -33,7 +33,9 @@ from ctr.batch import Batch
 from ctr.datasets import BatchLoader
 from ctr.embeddings.stages import Stage, StageContext
 from ctr.train.rundir import RunDir
-from ctr.train.stages import StageFiles, load_torch, restore_random, rewind, save_random, save_stage, save_torch
+from ctr.train.stages import (
+    StageFiles, load_stage_state, load_torch, restore_random, rewind, save_random, save_stage, save_torch,
+)
 from ctr.train.task import CTRNet
 
 log = logging.getLogger("ctr.train")
@@ -120,7 +122,7 @@ def run_stages(net: CTRNet, run: RunDir, rank: int, resume: bool, fit_stage: Fit
             rewind(net, initial)
         method.begin_stage(stage)
         if stage.name in record["finished"]:
-            net.load_state_dict(load_torch(folder / "state.pt"))
+            load_stage_state(net, folder / "state.pt")
             restore_random(folder, rank)
             log.info("stage %d/%d %s: finished earlier, restored", index + 1, len(stages), stage.name)
             continue

@@ -25,6 +25,7 @@ import torch
 
 from ctr.batch import Batch
 from ctr.embeddings.stages import Stage, StageContext
+from ctr.errors import UserError, first_line
 from ctr.metrics import auc
 from ctr.train.callbacks import random_state, set_random_state
 from ctr.train.loop import Fitted, Loader, Session, fit, load_checkpoint
@@ -50,7 +51,14 @@ class StageFiles:
     def read(self) -> dict[str, Any]:
         if not self.progress.exists():
             return {"finished": [], "seconds": {}}
-        return json.loads(self.progress.read_text())
+        try:
+            record = json.loads(self.progress.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UserError(f"{self.progress}: not readable ({first_line(err)})") from None
+        if not (isinstance(record, dict) and isinstance(record.get("finished"), list)
+                and isinstance(record.get("seconds"), dict)):
+            raise UserError(f"{self.progress}: not a record of finished stages (no 'finished' list and 'seconds')")
+        return record
 
     def finish(self, record: dict[str, Any], stage: Stage, seconds: float) -> None:
         record["finished"].append(stage.name)
@@ -65,7 +73,22 @@ def save_torch(obj: Any, path: Path) -> None:
 
 
 def load_torch(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """What ``save_torch`` wrote at ``path``; a UserError naming it when it is cut short or
+    not a torch file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing (the stage's files are incomplete)") from None
+    except Exception as err:  # torch.load raises whatever its unpickler meets in a broken file
+        raise UserError(f"{path}: not a readable stage file ({type(err).__name__}: {first_line(err)})") from None
+
+
+def load_stage_state(net: CTRNet, path: Path) -> None:
+    """Loads the whole net a finished stage saved at ``path`` (``state.pt``) into ``net``."""
+    try:
+        net.load_state_dict(load_torch(path))
+    except RuntimeError as err:
+        raise UserError(f"{path}: does not fit this run's model ({first_line(err)})") from None
 
 
 def save_random(folder: Path, rank: int) -> None:
@@ -98,7 +121,7 @@ def restore_stages(net: CTRNet, run: RunDir) -> list[str]:
         if stage.name not in finished:
             break
         method.begin_stage(stage)
-        net.load_state_dict(load_torch(files.folder(index, stage) / "state.pt"))
+        load_stage_state(net, files.folder(index, stage) / "state.pt")
     return finished
 
 
@@ -115,7 +138,7 @@ def train_stages(task: CTRTask, session: Session, resume: bool) -> Fitted:
             rewind(task.net, load_torch(files.initial))
         method.begin_stage(stage)
         if stage.name in record["finished"]:
-            task.net.load_state_dict(load_torch(folder / "state.pt"))
+            load_stage_state(task.net, folder / "state.pt")
             restore_random(folder, 0)
             log.info("stage %d/%d %s: finished earlier, restored", index + 1, len(stages), stage.name)
             continue

@@ -4,6 +4,7 @@ what the final model stores, resume after a kill between stages, and ``ctr eval`
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -255,3 +256,34 @@ def test_only_stages_that_go_on_from_trained_tables_score_their_start(method, co
     options = {"budget": 0.5} if method != "optembed" else {}
     steps = entry.target(schema({"item": 2000, "user": 1000, "tags": 100}), entry.config(dim=8, **options)).stages()
     assert [s.name for i, s in enumerate(steps) if continues_training(steps, i)] == continuing
+
+
+@pytest.fixture(scope="module")
+def optembed_trained(tmp_path_factory):
+    """A finished OptEmbed run, as a kill in its final evaluation leaves it (no metrics.json)."""
+    tmp = tmp_path_factory.mktemp("optembed")
+    raw = tiny_recipe(tmp, embedding={**OPTEMBED, "stages": {"supernet": {"epochs": 1}}})
+    (tmp / "r.yaml").write_text(yaml.safe_dump(raw))
+    assert ctr("train", tmp / "r.yaml", "--out", tmp / "run").returncode == 0
+    (tmp / "run" / "metrics.json").unlink()
+    return tmp / "run"
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (("progress.json", b"{\"finished\": [\"sup"), "progress.json: not readable ("),
+    (("progress.json", b"[]"), "progress.json: not a record of finished stages"),
+    (("0-supernet/state.pt", None), "0-supernet/state.pt: not a readable stage file ("),
+    (("initial.pt", b""), "initial.pt: not a readable stage file ("),
+])
+def test_a_broken_stage_file_is_one_line_on_resume(optembed_trained, tmp_path, spoil, message):
+    """A cut-short or foreign file under stages/ (a disk that filled, a hand edit): the
+    resume names it on one line instead of a JSON or unpickler traceback."""
+    run = tmp_path / "run"
+    shutil.copytree(optembed_trained, run)
+    name, content = spoil
+    path = run / "stages" / name
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2] if content is None else content)
+    result = ctr("train", "--resume", run)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"ctr: error: {path.parent}"), result.stderr[-500:]
+    assert message in result.stderr
