@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctr.embeddings.largest import largest_mask
+from ctr.errors import RecipeError
 from ctr.embeddings.sparse import PrunedTable
 from ctr.embeddings.stages import Stage, StageContext, StagedConfig
 from ctr.registry import EMBEDDINGS
@@ -103,6 +104,11 @@ class PEPEmbedding(PrunedTable):
         if int(self.reached_at) or int(self.step) % self.config.check_every:
             return
         alive = self.alive()
+        if not bool(alive.any()):  # nothing left to retrain: the thresholds overshot the target
+            raise RecipeError(
+                f"embedding.threshold_init: pep's thresholds pruned every entry by step {int(self.step)} "
+                "(g(s) passed every |w|); start them lower (the artifact's -150) or check the sparsity more often "
+                "(embedding.check_every)")
         if int(alive.sum()) <= self.kept:
             self.keep.copy_(alive)
             self.reached_at.fill_(int(self.step))

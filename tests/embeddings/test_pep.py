@@ -58,3 +58,18 @@ def test_retraining_rewinds_into_a_fixed_mask_within_the_budget():
     with torch.no_grad():
         method.sparse.values.add_(method.sparse.values.grad.to_dense())
     assert torch.equal(method.sparse(rows) != 0, keep)
+
+
+def test_thresholds_that_prune_every_entry_at_a_check_are_one_line():
+    """Thresholds started so high that g(s) passes every |w| before the first check: the mask
+    would keep nothing and the retrain would have no table (it failed in index_select)."""
+    import pytest
+
+    from ctr.errors import RecipeError
+
+    method = PEPEmbedding(schema(), PEPConfig(dim=8, budget=0.3, threshold_init=-3.0, check_every=5, init_std=0.01))
+    method.train()
+    for _ in range(4):
+        method.advance()
+    with pytest.raises(RecipeError, match=r"^embedding.threshold_init: pep's thresholds pruned every entry by step 5 "):
+        method.advance()
