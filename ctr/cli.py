@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         ended = _signal_end(stop)
         if ended is None:
             raise
-        print(f"ctr: {ended[0]}; `ctr train --resume RUN_DIR` continues from the last checkpoint", file=sys.stderr)
+        hint = "; `ctr train --resume RUN_DIR` continues from its last checkpoint, if one was written"
+        print(f"ctr: {ended[0]}{hint if args.command == 'train' else ''}", file=sys.stderr)
         return ended[1]
 
 

@@ -22,13 +22,22 @@ def _sigint_in_fit(args):
 
 
 @pytest.mark.parametrize("fit, code, said", [
-    (_sigterm_in_fit, 143, "ctr: terminated (SIGTERM); `ctr train --resume RUN_DIR` continues from the last checkpoint"),
-    (_sigint_in_fit, 130, "ctr: interrupted; `ctr train --resume RUN_DIR` continues from the last checkpoint"),
+    (_sigterm_in_fit, 143, "ctr: terminated (SIGTERM); `ctr train --resume RUN_DIR` continues from its last checkpoint,"
+                           " if one was written"),
+    (_sigint_in_fit, 130, "ctr: interrupted; `ctr train --resume RUN_DIR` continues from its last checkpoint, if one"
+                          " was written"),
 ])
 def test_a_signal_during_a_fit_exits_with_the_shells_code_and_says_how_to_resume(monkeypatch, capsys, fit, code, said):
     monkeypatch.setattr(cli, "_train", fit)
     assert cli.main(["train", "recipe.yaml"]) == code
     assert capsys.readouterr().err.strip() == said
+
+
+def test_a_signal_during_an_evaluation_says_no_resume(monkeypatch, capsys):
+    """ctr eval (a Lightning test loop) stopped by SIGTERM has nothing to resume."""
+    monkeypatch.setattr(cli, "_eval", _sigterm_in_fit)
+    assert cli.main(["eval", "run"]) == 143
+    assert capsys.readouterr().err.strip() == "ctr: terminated (SIGTERM)"
 
 
 def test_another_system_exit_passes_through(monkeypatch):
