@@ -96,6 +96,15 @@ class TrainState:
             self.stopped = self.wait >= stop.patience
 
 
+def _holds_values(state: Any) -> bool:  # noqa: ANN401 (a nested state dict)
+    """Whether nested dicts and lists ``state`` hold any value (DCP saves only those)."""
+    if isinstance(state, dict):
+        return any(_holds_values(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return any(_holds_values(v) for v in state)
+    return True
+
+
 class Checkpointer:
     """Saves and loads one rank's part of the run's checkpoints (collective calls: every rank
     calls them together).
@@ -116,7 +125,11 @@ class Checkpointer:
     def _state(self) -> dict[str, Any]:
         if not self.sharded:
             return {"model": self.module.module.state_dict()}
-        return {"model": self.module.state_dict(), "embedding_optimizer": self.module.fused_optimizer.state_dict()}
+        state = {"model": self.module.state_dict()}
+        fused = self.module.fused_optimizer.state_dict()
+        if _holds_values(fused):  # SGD's is empty dicts: DCP would save no key, and its load would miss it
+            state["embedding_optimizer"] = fused
+        return state
 
     def save(self, path: Path, state: TrainState) -> None:
         """Writes the checkpoint at ``path`` (beside it first; it replaces ``path`` when whole)."""
@@ -154,7 +167,8 @@ class Checkpointer:
             raise UserError(f"{path}: does not fit this run's model ({first_line(err)})") from None
         if self.sharded:
             self.module.load_state_dict(state["model"])
-            self.module.fused_optimizer.load_state_dict(state["embedding_optimizer"])
+            if "embedding_optimizer" in state:
+                self.module.fused_optimizer.load_state_dict(state["embedding_optimizer"])
         else:
             self.module.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(torch.load(path / "optimizers.pt", weights_only=False))
