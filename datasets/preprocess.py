@@ -108,9 +108,10 @@ def encode_with_schema(config: DataConfig, schema_dir: Path, out: Path, split: s
         raise DataError(f"{config.path}: a {config.dataset} run's rows are generated, not read from a file; score "
                         "files with a run of a dataset read from files (criteo, avazu, csv, parquet, ...)")
     schema = load_schema(schema_dir)
-    if split is None:
-        source.optional_columns = frozenset(c for c in (schema.label, schema.group) if c)
     features = [info.spec for info in schema.features]
+    if split is None:  # a group column that a feature reads is that feature's input: never optional
+        read = {spec.column for spec in features}
+        source.optional_columns = frozenset(c for c in (schema.label, schema.group) if c and c not in read)
     job = _Job(source, features, {}, schema.label, schema.group, config, _show_progress(progress))
     job.whole = split is None
     absent = job.absent_columns() if job.whole else set()
@@ -262,10 +263,10 @@ class _Job:
         self.whole = False  # every row is a test row (no split)
 
     def absent_columns(self) -> set[str]:
-        """The label and group columns the source's first record batch lacks."""
+        """The optional columns (label, group) the source's first record batch lacks."""
         first = next(iter(self.source.streams().values()))()
         names = next(first).schema.names
-        return {c for c in (self.label, self.group) if c is not None and c not in names}
+        return {c for c in self.source.optional_columns if c not in names}
 
     def run(self, out: Path) -> None:
         fitter = Fitter(self.features, self.table_of, self.seed)

@@ -174,9 +174,11 @@ class CsvDataset(DelimitedSource):
         config: CsvConfig = self.config  # type: ignore[assignment]
         fields = field_count(first_line(file) or "", config.delimiter, config.quoting)
         label, group = self.config.label or self.label, self.config.group or self.group
-        for absent in ({label}, {label, group}):
+        for absent in ({label}, {label, group} if group in self.optional_columns else {label}):
             kept = [c for c in columns if c not in absent]
             if fields == len(kept) < len(columns):
+                log.warning("%s: %d fields a line where data.columns names %d: read as rows without %s, columns %s",
+                            file, fields, len(columns), " and ".join(sorted(absent)), ", ".join(kept))
                 return kept
         return columns
 

@@ -316,3 +316,31 @@ def test_eval_of_a_run_that_is_not_finished_warns_and_uses_its_best_checkpoint(c
     assert "the run is not finished (no metrics.json); using checkpoints/best.ckpt as it stands" in result.stderr
     saved = json.loads((run / "metrics.json").read_text())["test"]
     assert abs(json.loads(result.stdout)["auc"] - saved["auc"]) < 1e-6
+
+
+def test_predict_needs_a_group_column_that_a_feature_reads(tmp_path, capsys):
+    """The group is optional in rows to score, but not when a feature reads that column too:
+    it scored every row with the feature out of vocabulary (header or not)."""
+    from ctr.cli import main
+
+    frame = write_rows(tmp_path / "rows.csv", 600, 1)
+    features = RECIPE["data"]["features"] + [{"name": "user"}]
+    for header in (True, False):
+        if not header:
+            frame.to_csv(tmp_path / "rows.csv", index=False, header=False)
+        data = {**RECIPE["data"], "path": str(tmp_path / "rows.csv"), "valid_path": None, "test_path": None,
+                "features": features, "cache_dir": str(tmp_path / "cache"), "header": header,
+                "columns": None if header else list(frame.columns)}
+        (tmp_path / "r.yaml").write_text(yaml.safe_dump({**RECIPE, "data": data}))
+        run = tmp_path / f"run-{header}"
+        assert main(["train", str(tmp_path / "r.yaml"), "--out", str(run)]) == 0
+        dropped = ["user"] if header else ["label", "user"]  # headerless: the field count tells what is left out
+        frame.drop(columns=dropped).head(20).to_csv(tmp_path / "no_user.csv", index=False, header=header)
+        capsys.readouterr()
+        assert main(["predict", str(run), str(tmp_path / "no_user.csv"), "--out", str(tmp_path / "s.csv")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        if header:
+            assert err.startswith("ctr: error: data.group: column 'user' is absent from ") and "no_user.csv" in err, err
+        else:
+            assert err.startswith("ctr: error: ") and "no_user.csv:1" in err and "field" in err, err
+        assert not (tmp_path / "s.csv").exists()
