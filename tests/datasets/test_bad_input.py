@@ -164,6 +164,13 @@ def test_column_named_in_recipe_but_absent(tmp_path, capsys):
     assert code == 2 and "data.label: column 'click' is absent" in err
 
 
+def test_a_column_named_twice_in_the_header_is_one_line(tmp_path, capsys):
+    path = tmp_path / "rows.csv"
+    path.write_text("label,a,b,a\n1,x,y,z\n")
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "csv", "path": str(path), "features": [{"name": "b"}]})
+    assert code == 2 and err == f"ctr: error: {path}:1: column 'a' appears twice in the header", err
+
+
 def test_bad_libsvm_token_and_parquet_label_name_their_row(tmp_path, capsys):
     path = tmp_path / "rows.txt"
     path.write_text("1 3:1\n0 4:1 junk\n")
