@@ -238,6 +238,16 @@ def _folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
+def _require_same_optional(batch: pa.RecordBatch, optional: frozenset[str], absent: set[str], file: str) -> None:
+    """Refuses rows to score that hold an optional column (label, group) the first file
+    lacks, or lack one it holds: the files of one input agree on them."""
+    for column in sorted(optional):
+        held = column in batch.schema.names
+        if held == (column in absent):
+            raise DataError(f"{file}: {'holds' if held else 'lacks'} column {column!r}, unlike the input's first file "
+                            "(score files that agree on the label and group columns)")
+
+
 def _publish(tmp: Path, root: Path) -> None:
     try:
         os.rename(tmp, root)
@@ -316,11 +326,12 @@ class _Job:
                 continue
             for index, batch in enumerate(stream()):
                 origin = f"{self.config.dataset} ({name} rows, batch {index})"
+                file = (batch.schema.metadata or {}).get(b"file", b"").decode() or origin
+                _require_same_optional(batch, self.source.optional_columns, absent, file)
                 for column in absent:
                     batch = batch.append_column(column, pa.array(["0" if column == self.label else ""] * batch.num_rows))
                 if index == 0:
-                    meta = batch.schema.metadata or {}
-                    require_columns(batch.schema.names, self.columns, meta.get(b"file", b"").decode() or origin)
+                    require_columns(batch.schema.names, self.columns, file)
                 check = check_rows(batch, self.features, self.label)
                 dropped = raise_or_count(check, batch, origin, skip)
                 batch = batch.set_column(

@@ -134,6 +134,25 @@ def test_predict_without_labels_writes_csv_scores(csv_run, tmp_path):
     assert "auc" not in json.loads(result.stdout)
 
 
+@pytest.mark.parametrize("second_unlabelled", [False, True])
+def test_predict_on_a_folder_whose_files_disagree_on_the_label_is_one_line(csv_run, tmp_path, second_unlabelled):
+    """A folder of one labelled and one unlabelled file: the first file decides whether the
+    label is read, so the other is refused by name (a KeyError traceback before)."""
+    home, run = csv_run
+    rows = pd.read_csv(home / "data" / "test.csv").head(30)
+    (tmp_path / "in").mkdir()
+    names = ("0.csv", "1.csv") if second_unlabelled else ("1.csv", "0.csv")  # (labelled, unlabelled)
+    rows.to_csv(tmp_path / "in" / names[0], index=False)
+    rows.drop(columns=["label"]).to_csv(tmp_path / "in" / names[1], index=False)
+    result = ctr("predict", run, tmp_path / "in", "--out", tmp_path / "s.csv", cwd=tmp_path)
+    said = "lacks" if second_unlabelled else "holds"
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"ctr: error: {tmp_path / 'in' / '1.csv'}: {said} column 'label', unlike the input's first file (score files "
+        "that agree on the label and group columns)")
+    assert not (tmp_path / "s.csv").exists()
+
+
 def test_predict_bad_row_is_the_training_error(csv_run, tmp_path):
     _, run = csv_run
     bad = tmp_path / "bad.csv"
