@@ -273,10 +273,13 @@ class _Job:
         self.whole = False  # every row is a test row (no split)
 
     def absent_columns(self) -> set[str]:
-        """The optional columns (label, group) the source's first record batch lacks."""
-        first = next(iter(self.source.streams().values()))()
-        names = next(first).schema.names
-        return {c for c in self.source.optional_columns if c not in names}
+        """The optional columns (label, group) the source's first record batch lacks (none
+        when no stream holds a row: an Amazon history file whose users are too short to
+        train on has test rows only)."""
+        for stream in self.source.streams().values():
+            for batch in stream():
+                return {c for c in self.source.optional_columns if c not in batch.schema.names}
+        return set()
 
     def run(self, out: Path) -> None:
         fitter = Fitter(self.features, self.table_of, self.seed)

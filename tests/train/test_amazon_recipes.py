@@ -2,6 +2,7 @@
 history file in the Amazon (S3-Rec) format; the real Beauty data is not needed."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +58,19 @@ def test_recipe_runs_end_to_end_with_all_its_stages(method, tiny_amazon, tmp_pat
         finished = json.loads((tmp_path / "run" / "stages" / "progress.json").read_text())["finished"]
         assert finished == stages and set(metrics["stage_seconds"]) == set(stages)
 
+
+
+def test_predict_scores_histories_too_short_to_train_on(tiny_amazon, tmp_path):
+    """Users of three items give valid and test rows only (no training row): predict scores
+    all of them, each prefix with its next item and a sampled negative (it failed with
+    StopIteration looking for the label in the empty training rows)."""
+    from ctr.train.predict import predict
+
+    history, cache = tiny_amazon
+    overrides = [f"data.path={history}", f"data.cache_dir={cache}", "train.batch_size=512", "train.epochs=1",
+                 "trainer.progress_bar=false"]
+    train(load_recipe(RECIPES / "full.yaml", overrides), tmp_path / "run")
+    (tmp_path / "Short.txt").write_text("1 3 5 7\n2 4 6 8\n")
+    shutil.copy(history.parent / "Tiny_item2attributes.json", tmp_path / "Short_item2attributes.json")
+    result = predict(tmp_path / "run", tmp_path / "Short.txt", tmp_path / "scores.csv", progress=False)
+    assert result["rows"] == 8  # 2 users × 2 prefixes × (next item, a negative)
