@@ -24,6 +24,7 @@ LINE_COLUMN = "__line__"
 PROBLEM_COLUMN = "__problem__"
 NUMBER = r"^\s*[-+]?((\d+\.?\d*)|(\.\d+))([eE][-+]?\d+)?\s*$|^\s*[-+]?(inf|nan)\s*$|^\s*$"
 NON_FINITE = r"^\s*[-+]?(inf|infinity|nan)\s*$"
+INTEGER = r"^\s*[-+]?\d+(\.0*)?\s*$|^\s*$"  # an id of a num_ids column (or a missing one)
 
 
 @dataclass
@@ -54,10 +55,10 @@ def check_rows(batch: pa.RecordBatch, features: list[FeatureSpec], label: str) -
     labels, bad, describe = _label_values(batch.column(label), label)
     problems.append((bad, describe))
     for spec in features:
-        if spec.kind != "numeric" and spec.transform != "log_square":
-            continue
-        column = batch.column(spec.column)
-        problems.extend(_numeric_problems(spec.column, column))
+        if spec.num_ids:
+            problems.extend(_id_problems(spec.column, batch.column(spec.column)))
+        elif spec.kind == "numeric" or spec.transform == "log_square":
+            problems.extend(_numeric_problems(spec.column, batch.column(spec.column)))
     any_bad = np.logical_or.reduce([mask for mask, _ in problems])
     if not any_bad.any():
         return RowCheck(keep=~any_bad, labels=labels, problem=None, first_bad=-1)
@@ -81,6 +82,21 @@ def _numeric_problems(name: str, column: pa.Array) -> list[tuple[np.ndarray, Cal
     non_finite = named.to_numpy(zero_copy_only=False) | _non_finite(_as_numbers(column))
     return [(~ok.to_numpy(zero_copy_only=False), _not_a_number(name, column)),
             (non_finite, _not_finite(name, column))]
+
+
+def _id_problems(name: str, column: pa.Array) -> list[tuple[np.ndarray, Callable[[int], str]]]:
+    """(rows flagged, description) of a ``num_ids`` column: present values that are not
+    whole numbers (text may have blanks around it and a zero fraction, ``3.0``)."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        ok = pc.fill_null(pc.match_substring_regex(column, INTEGER), True)
+        bad = ~ok.to_numpy(zero_copy_only=False)
+    elif pa.types.is_floating(column.type):
+        values = np.asarray(column.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            bad = column.is_valid().to_numpy(zero_copy_only=False) & ~(np.floor(values) == values)
+    else:
+        return []
+    return [(bad, lambda row: f"column {name!r}: not an integer id: {column[row].as_py()!r}")]
 
 
 def _not_a_number(name: str, column: pa.Array):

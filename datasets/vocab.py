@@ -121,14 +121,28 @@ class Vocabulary:
 
 
 def integer_ids(column: pa.Array, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """The int64 ids [n] of an id column and its validity mask [n] (False = missing)."""
-    if not pa.types.is_integer(column.type):
-        try:
-            column = pc.cast(column, pa.int64())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise DataError(f"feature {name!r} has num_ids set but its column holds non-integer values") from None
+    """The int64 ids [n] of an id column and its validity mask [n] (False = missing); text
+    may have blanks around an id and a zero fraction (``" 3 "``, ``"3.0"``), as ``check_rows``
+    lets through."""
+    try:
+        column = _as_int64(column)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise DataError(f"feature {name!r} has num_ids set but its column holds non-integer values") from None
     present = column.is_valid().to_numpy(zero_copy_only=False)
     return column.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False), present
+
+
+def _as_int64(column: pa.Array) -> pa.Array:
+    if pa.types.is_integer(column.type):
+        return column
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        trimmed = pc.utf8_trim_whitespace(column)
+        column = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, trimmed.type), trimmed)
+        try:
+            return pc.cast(column, pa.int64())
+        except pa.ArrowInvalid:  # a zero fraction, "3.0"
+            column = pc.cast(column, pa.float64())
+    return pc.cast(column, pa.int64())
 
 
 class IdCounter:

@@ -5,6 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+import yaml
 
 from ctr.batch import Batch
 from ctr.datasets import BatchLoader, prepare
@@ -88,3 +89,22 @@ def test_num_ids_is_only_for_plain_categoricals():
     with pytest.raises(ValueError, match="num_ids"):
         FeatureSpec(name="c", num_ids=0)
     assert np.int64(FeatureSpec(name="c", num_ids=7).num_ids) == 7
+
+
+def test_num_ids_values_are_checked_row_by_row(tmp_path, capsys):
+    """A value that is not an integer id is a row error naming file and line (skipped with
+    on_bad_rows: skip); blanks around an id and a zero fraction are read (the whole column
+    failed with one message naming no row, and skip did not skip)."""
+    from ctr.cli import main
+
+    path = tmp_path / "rows.csv"
+    path.write_text("label,c\n1,3\n0, 2 \n1,1.0\n0,x\n1,\n")
+    data = {"dataset": "csv", "path": str(path), "cache_dir": str(tmp_path / "cache"),
+            "features": [{"name": "c", "num_ids": 5}], "split": {"valid": 0.0, "test": 0.0}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"data": data}))
+    assert main(["data", "prepare", str(tmp_path / "r.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == f"ctr: error: {path}:5: column 'c': not an integer id: 'x'"
+    prepared = prepare(recipe_from_dict({"data": {**data, "on_bad_rows": "skip"}}).data, progress=False)
+    assert prepared.report["splits"]["train"]["rows"] == 4
+    batch = next(iter(BatchLoader(prepared.split_dir("train"), prepared.schema, 10)))
+    assert batch.sparse.values.tolist() == [3 + 2, 2 + 2, 1 + 2, 0]  # ids after padding and OOV; missing → padding
