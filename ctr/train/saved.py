@@ -5,6 +5,7 @@ vocabularies (nothing is re-fitted; paths are relative to the run directory)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -73,7 +74,20 @@ def encode_rows(run: RunDir, recipe: Recipe, out: Path, data: Path | None = None
             raise UserError(f"{data}: no such file or folder")
         others = {name: None for name in ("valid_path", "test_path") if hasattr(config, name)}
         config = dataclasses.replace(config, path=str(data), **others)
-    return encode_with_schema(config, run.schema, out, None if data is not None else split, progress)
+    encoded = encode_with_schema(config, run.schema, out, None if data is not None else split, progress)
+    if data is None:
+        _warn_if_changed(run, split, encoded.tally.rows)
+    return encoded
+
+
+def _warn_if_changed(run: RunDir, split: str, rows: int) -> None:
+    """Warns when ``split`` no longer has the rows it had in training (the data files were
+    changed or replaced since: its metrics are not the run's)."""
+    report = run.schema / "report.json"
+    trained = json.loads(report.read_text())["splits"][split]["rows"] if report.exists() else rows
+    if trained != rows:
+        log.warning("%s: the %s split now has %d rows, %d in training: its data changed since the run, so these "
+                    "metrics are not the run's", run.root, split, rows, trained)
 
 
 def oov_counts(encoded: Encoded) -> dict[str, dict[str, int]]:

@@ -54,7 +54,7 @@ OPTEMBED = {"method": "optembed", "dim": 4, "budget": 0.5, "threshold_reg": 0.00
 
 def trained_csv_run(home, recipe):
     """A run of ``recipe`` trained from ``home`` with paths relative to it; tests then work elsewhere."""
-    (home / "data").mkdir()
+    (home / "data").mkdir(parents=True)
     for name, rows, seed in (("train", 4000, 1), ("valid", 1000, 2), ("test", 1000, 3)):
         write_rows(home / "data" / f"{name}.csv", rows, seed)
     (home / "r.yaml").write_text(yaml.safe_dump(recipe))
@@ -363,3 +363,15 @@ def test_predict_needs_a_group_column_that_a_feature_reads(tmp_path, capsys):
         else:
             assert err.startswith("ctr: error: ") and "no_user.csv:1" in err and "field" in err, err
         assert not (tmp_path / "s.csv").exists()
+
+
+def test_eval_warns_when_a_split_no_longer_has_its_training_rows(tmp_path):
+    """The test file changed after training: ctr eval still evaluates, and says that these
+    metrics are not the run's (it printed them as if they were)."""
+    home, run = trained_csv_run(tmp_path / "home", RECIPE)
+    test = home / "data" / "test.csv"
+    test.write_text("".join(test.read_text().splitlines(keepends=True)[:-10]))
+    result = ctr("eval", run, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"{run}: the test split now has 990 rows, 1000 in training: its data changed since the run" in result.stderr
+    assert "changed since" not in ctr("eval", run, "--split", "valid", cwd=tmp_path).stderr
