@@ -86,8 +86,9 @@ def inputs_description(schema: Schema) -> dict[str, Any]:
     ]
     sparse = [
         {"name": i.spec.name, "column": i.spec.column, "kind": i.spec.kind, "table": i.table,
-         "first_id": 1 + i.spec.oov_buckets, "oov_id": OOV_ID, "num_ids": i.spec.num_ids,
-         "splitter": i.spec.splitter, "max_len": i.spec.max_len}
+         "transform": i.spec.transform, "first_id": 1 + i.spec.oov_buckets, "oov_id": OOV_ID,
+         "oov_buckets": i.spec.oov_buckets, "num_ids": i.spec.num_ids, "splitter": i.spec.splitter,
+         "max_len": i.spec.max_len}
         for i in schema.sparse_features
     ]
     return {"inputs": ["dense", "values", "offsets"], "output": "probability", "dense": dense, "sparse": sparse,
