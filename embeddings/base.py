@@ -249,6 +249,7 @@ class EmbeddingMethod(nn.Module):
         (the masked tail is zeros, as in a batch whose longest sequence is W long)."""
         b, count, num = sparse.batch_size, sparse.values.numel(), len(self.feature_names)
         first, last = sparse.offsets[:-1].view(num, b), sparse.offsets[1:].view(num, b)  # views: shapes export follows
+        values = torch.cat([sparse.values, sparse.values.new_zeros(1)])  # a padding id past the end: a batch of empty bags
         pooled, sequences, masks = [], {}, {}
         for f, name in enumerate(self.feature_names):
             width, starts = self._widths[f], first[f]
@@ -256,9 +257,9 @@ class EmbeddingMethod(nn.Module):
             slots = torch.arange(width, device=starts.device).unsqueeze(0)
             shift = (width - lengths).unsqueeze(1) if self._left_padded[f] else torch.zeros_like(starts).unsqueeze(1)
             mask = (slots >= shift) & (slots < shift + lengths.unsqueeze(1))
-            index = (starts.unsqueeze(1) + slots - shift).clamp(0, max(count - 1, 0))
+            index = (starts.unsqueeze(1) + slots - shift).clamp(0, count)  # a masked slot reads the padding id
             feature = torch.full((b * width,), f, dtype=torch.int64, device=starts.device)
-            vectors = self.embed_ids(feature, sparse.values[index].reshape(-1)).view(b, width, -1)
+            vectors = self.embed_ids(feature, values[index].reshape(-1)).view(b, width, -1)
             vectors = vectors * mask.unsqueeze(-1).to(vectors.dtype)
             if self._keeps_positions[f]:
                 sequences[name], masks[name] = vectors, mask

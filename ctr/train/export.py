@@ -7,7 +7,7 @@ The program takes the model's inputs as plain tensors and returns click probabil
     offsets  int64   [F * B + 1] bag boundaries in ``values`` (features in ``sparse`` order)
     →        float32 [B]         probabilities
 
-B is dynamic (down to 1), and so is N. While exporting, a batch with sequence features is
+B is dynamic (down to 1), and so is N (down to 0: every bag empty). While exporting, a batch with sequence features is
 embedded as fixed-width grids (``max_len`` ids a sequence, masked) and DIN's attention runs
 on every position, masked after: no shape depends on the ids. Methods whose lookups split
 ids by table (``unified``, ``mde``, ``autodim``, ``ttrec``, ``optembed``'s compact tables)
@@ -69,7 +69,7 @@ def export_program(net: CTRNet, schema: Schema) -> torch.export.ExportedProgram:
     keys = [info.spec.name for info in schema.sparse_features]
     model = InferenceModel(net.eval(), keys).eval()
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    ids = torch.export.Dim("ids", min=1, max=MAX_VALUES)
+    ids = torch.export.Dim("ids", min=0, max=MAX_VALUES)  # every bag of a batch may be empty
     shapes = ({0: batch}, {0: ids}, {0: len(keys) * batch + 1})
     # size-oblivious: a batch of one takes the same graph (no guard that B is not 1 from a
     # contiguity check of a view)

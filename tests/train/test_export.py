@@ -1,6 +1,6 @@
 """``ctr export``: the program of every model and every embedding method in ``ctr models``,
 loaded in a fresh process that never imports ctr, scores like ctr does (1e-5), at any batch
-size down to 1."""
+size down to 1, and a batch whose bags are all empty."""
 
 import subprocess
 import sys
@@ -37,6 +37,8 @@ scores = program(*args)
 assert np.abs(scores.numpy() - saved["expected"]).max() < 1e-5, np.abs(scores.numpy() - saved["expected"]).max()
 one = program(args[0][:1], torch.from_numpy(saved["first_values"]), torch.from_numpy(saved["first_offsets"]))
 assert abs(float(one[0]) - float(saved["expected"][0])) < 1e-5
+empty = program(args[0][:2], torch.from_numpy(saved["empty_values"]), torch.from_numpy(saved["empty_offsets"]))
+assert np.abs(empty.numpy() - saved["expected_empty"]).max() < 1e-5  # every bag empty: no id at all
 assert not any(name == "ctr" or name.startswith("ctr.") for name in sys.modules), "ctr was imported"
 print("ok")
 """
@@ -96,9 +98,13 @@ def exported_scores_like_ctr(recipe, tmp_path: Path) -> None:
     with torch.no_grad():
         expected = InferenceModel(task.net.eval(), keys)(batch.dense, batch.sparse.values, batch.sparse.offsets)
     first_values, first_offsets = first_row(batch.sparse.values, batch.sparse.offsets, len(keys), batch.size)
+    empty_values, empty_offsets = torch.zeros(0, dtype=torch.int64), torch.zeros(len(keys) * 2 + 1, dtype=torch.int64)
+    with torch.no_grad():
+        expected_empty = InferenceModel(task.net.eval(), keys)(batch.dense[:2], empty_values, empty_offsets)
     np.savez(tmp_path / "inputs.npz", dense=batch.dense.numpy(), values=batch.sparse.values.numpy(),
              offsets=batch.sparse.offsets.numpy(), expected=expected.numpy(), first_values=first_values,
-             first_offsets=first_offsets)
+             first_offsets=first_offsets, empty_values=empty_values.numpy(), empty_offsets=empty_offsets.numpy(),
+             expected_empty=expected_empty.numpy())
     result = subprocess.run([sys.executable, "-c", FRESH, tmp_path / "model.pt2", tmp_path / "inputs.npz"],
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
