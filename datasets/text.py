@@ -72,6 +72,9 @@ def open_rows(file: Path) -> BinaryIO:
     return gzip.open(file, "rb") if compressed else open(file, "rb")  # type: ignore[return-value]
 
 
+PARQUET_MAGIC = b"PAR1"  # the first bytes of a parquet file
+
+
 def first_line(file: Path) -> str | None:
     """The first line of ``file`` without its newline (and without a UTF-8 byte order mark,
     which spreadsheet programs write); ``None`` for an empty file."""
@@ -79,6 +82,10 @@ def first_line(file: Path) -> str | None:
         line = handle.readline().removeprefix(codecs.BOM_UTF8)
     if not line.strip():
         return None
+    if line.startswith(PARQUET_MAGIC):
+        raise DataError(f"{file}: a parquet file, not text (data.dataset: parquet reads it)")
+    if b"\x00" in line:
+        raise DataError(f"{file}: not a text file (its first line holds NUL bytes)")
     return line.rstrip(b"\r\n").decode("utf-8", errors="replace")
 
 

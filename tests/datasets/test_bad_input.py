@@ -171,6 +171,18 @@ def test_a_column_named_twice_in_the_header_is_one_line(tmp_path, capsys):
     assert code == 2 and err == f"ctr: error: {path}:1: column 'a' appears twice in the header", err
 
 
+def test_a_binary_file_read_as_text_is_one_line(tmp_path, capsys):
+    """A parquet file given to the csv dataset (or any file with NUL bytes): named, not its
+    bytes pasted into an 'absent column' message."""
+    pq.write_table(pa.table({"label": [1, 0], "a": ["x", "y"]}), tmp_path / "rows.parquet")
+    (tmp_path / "blob.csv").write_bytes(b"label,a\x00\x01\n1,x\n")
+    for name, said in (("rows.parquet", "a parquet file, not text (data.dataset: parquet reads it)"),
+                       ("blob.csv", "not a text file (its first line holds NUL bytes)")):
+        data = {"dataset": "csv", "path": str(tmp_path / name), "features": [{"name": "a"}]}
+        code, err, _ = run_prepare(tmp_path, capsys, data)
+        assert code == 2 and err == f"ctr: error: {tmp_path / name}: {said}", err
+
+
 def test_bad_libsvm_token_and_parquet_label_name_their_row(tmp_path, capsys):
     path = tmp_path / "rows.txt"
     path.write_text("1 3:1\n0 4:1 junk\n")
