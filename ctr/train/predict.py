@@ -78,6 +78,12 @@ def _scores(net: torch.nn.Module, loader: BatchLoader, device: torch.device) -> 
         yield Scored(probs.cpu().numpy(), batch.labels.cpu().numpy(), groups)
 
 
+def _writer(path: Path, schema: pa.Schema, suffix: str) -> pcsv.CSVWriter:
+    """A CSV writer, tab-separated for a ``.tsv`` name."""
+    options = pcsv.WriteOptions(delimiter="\t" if suffix == ".tsv" else ",")
+    return pcsv.CSVWriter(path, schema, write_options=options)
+
+
 def _write(scored: Iterator[Scored], out: Path, labelled: bool) -> list[Scored]:
     """Streams the scores into ``out`` (CSV or parquet by its suffix); returns what the
     metrics need (labels and scores, a few bytes a row) when ``labelled``."""
@@ -92,7 +98,7 @@ def _write(scored: Iterator[Scored], out: Path, labelled: bool) -> list[Scored]:
                 kept.append(part)
             table = pa.table(columns)
             if writer is None:
-                writer = pcsv.CSVWriter(tmp, table.schema) if as_csv else pq.ParquetWriter(tmp, table.schema)
+                writer = _writer(tmp, table.schema, out.suffix.lower()) if as_csv else pq.ParquetWriter(tmp, table.schema)
             writer.write_table(table)
         if writer is not None:
             writer.close()
