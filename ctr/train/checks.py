@@ -32,7 +32,8 @@ def require_rows(recipe: Recipe, prepared: Prepared, splits: tuple[str, ...]) ->
             if split == "train":
                 hint = "every row went to validation or test"
             else:
-                hint = f"data.split.{split} above 0" + (f", or data.{split}_path" if hasattr(recipe.data, f"{split}_path") else "")
+                path_key = f", or data.{split}_path" if hasattr(recipe.data, f"{split}_path") else ""
+                hint = f"data.split.{split} above 0{path_key}"
             raise DataError(f"data: the {split} split holds no rows ({hint})")
 
 

@@ -226,7 +226,8 @@ def _validated_now(task: CTRTask, session: Session) -> tuple[L.Trainer, dict[str
     return scorer, scorer.validate(task, session.loaders["valid"], verbose=False)[0]
 
 
-def _start_as_best(task: CTRTask, session: Session, checkpoint: RunCheckpoint, stopper: ResumableEarlyStopping | None) -> bool:
+def _start_as_best(task: CTRTask, session: Session, checkpoint: RunCheckpoint,
+                   stopper: ResumableEarlyStopping | None) -> bool:
     """Validates ``task`` before its fit, saves its weights as ``best.ckpt`` and makes them
     the best so far of ``checkpoint`` (and of early stopping's patience). False, with
     nothing saved, when the monitored metric is not a validation one (``train/loss``): the

@@ -98,7 +98,8 @@ def _write(scored: Iterator[Scored], out: Path, labelled: bool) -> list[Scored]:
                 kept.append(part)
             table = pa.table(columns)
             if writer is None:
-                writer = _writer(tmp, table.schema, out.suffix.lower()) if as_csv else pq.ParquetWriter(tmp, table.schema)
+                suffix = out.suffix.lower()
+                writer = _writer(tmp, table.schema, suffix) if as_csv else pq.ParquetWriter(tmp, table.schema)
             writer.write_table(table)
         if writer is not None:
             writer.close()

@@ -278,5 +278,5 @@ def _dcp_load(dcp, state: dict, path: Path) -> None:  # noqa: ANN001 (the module
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DCP says it assumes one process: it does
             dcp.load(state, checkpoint_id=str(path), no_dist=True)
-    except (Exception, dcp.api.CheckpointException) as err:  # DCP raises CheckpointException (a BaseException) and others
+    except (Exception, dcp.api.CheckpointException) as err:  # CheckpointException is a BaseException
         raise UserError(f"{path}: does not fit this run's model ({first_line(err)})") from None
