@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from ctr.atomic import atomic_path
 from ctr.batch import Batch, JaggedFeatures
 from ctr.datasets.saved import load_schema
+from ctr.errors import UserError
 from ctr.schema import OOV_ID, Schema
 from ctr.train.saved import finished_run, restored_task
 from ctr.train.task import CTRNet
@@ -101,10 +102,12 @@ def export_run(run_root: Path, out: Path) -> Path:
     removed before it: a kill part-way leaves an export without its program, never one
     program beside another run's schema. Returns the schema folder."""
     run, recipe, ckpt = finished_run(run_root, out)
+    beside = out.with_name(out.name + ".schema")
+    if beside.exists() and not beside.is_dir():
+        raise UserError(f"{beside}: exists and is not a folder (the export's schema goes there); choose another --out")
     schema = load_schema(run.schema)
     task = restored_task(run, recipe, schema, ckpt)
     program = export_program(task.net, schema)
-    beside = out.with_name(out.name + ".schema")
     with atomic_path(out) as program_file:
         with program_file.open("wb") as file:
             torch.export.save(program, file)

@@ -346,6 +346,12 @@ def test_predict_and_export_refuse_to_overwrite_their_input_or_the_run(csv_run, 
     before = best.read_bytes()
     done = ctr("export", run, "--out", best, cwd=tmp_path)
     assert done.returncode == 2 and "inside the run directory" in done.stderr and best.read_bytes() == before
+    (tmp_path / "model.pt2.schema").write_text("mine\n")
+    done = ctr("export", run, "--out", tmp_path / "model.pt2", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"ctr: error: {tmp_path / 'model.pt2.schema'}: exists and is not a folder (the export's schema goes there); "
+        "choose another --out")
+    assert (tmp_path / "model.pt2.schema").read_text() == "mine\n" and not (tmp_path / "model.pt2").exists()
 
 
 def test_eval_of_a_run_that_is_not_finished_warns_and_uses_its_best_checkpoint(csv_run, tmp_path):
