@@ -111,13 +111,7 @@ class DelimitedSource(FileSource):
         line = first_line(file)
         if line is None:
             raise EmptyFileError(f"{file}: empty file (no header)")
-        names = strip_types([name.strip().strip('"') for name in line.split(delimiter)])
-        seen: set[str] = set()
-        for name in names:
-            if name in seen:
-                raise DataError(f"{file}:1: column {name!r} appears twice in the header")
-            seen.add(name)
-        return names
+        return strip_types([name.strip().strip('"') for name in line.split(delimiter)])
 
 
 @dataclass

@@ -165,7 +165,8 @@ def column_keys(features: list[FeatureSpec], label: str, group: str | None) -> d
 
 
 def require_columns(names: list[str], columns: dict[str, str], origin: str) -> None:
-    """Raises a DataError naming the recipe key of the first of ``columns`` not in ``names``.
+    """Raises a DataError naming the recipe key of the first of ``columns`` not in ``names``
+    (or in it more than once: which one would be read is ambiguous).
 
     Args:
         names: the columns the input has; columns: raw column → recipe key (``column_keys``).
@@ -175,6 +176,8 @@ def require_columns(names: list[str], columns: dict[str, str], origin: str) -> N
         if column not in names:
             shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
             raise DataError(f"{key}: column {column!r} is absent from {origin} (it has: {shown})")
+        if names.count(column) > 1:
+            raise DataError(f"{key}: column {column!r} appears {names.count(column)} times in {origin}; name it once")
 
 
 def raise_or_count(check: RowCheck, batch: pa.RecordBatch, fallback: str, skip: bool) -> int:
