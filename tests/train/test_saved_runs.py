@@ -212,24 +212,27 @@ def test_the_documented_snippet_scores_sequence_features_like_predict(tmp_path):
 
 
 def test_the_documented_snippet_scores_hashed_oov_buckets_and_log_square_tokens_like_predict(tmp_path):
-    """Unseen tokens of a feature with oov_buckets: 4 land in predict's bucket, and counts read
-    as log_square categories get predict's tokens (inputs.json said neither before)."""
+    """Unseen tokens of a feature with oov_buckets: 4 land in predict's bucket (ids past a
+    num_ids feature's range too), and counts read as log_square categories get predict's
+    tokens (inputs.json said neither before)."""
     from ctr.cli import main
 
     rng = np.random.default_rng(5)
     frame = pd.DataFrame({"label": rng.integers(0, 2, 800), "a": [f"a{v}" for v in rng.integers(0, 6, 800)],
-                          "n": rng.poisson(12, 800)})
+                          "n": rng.poisson(12, 800), "k": rng.integers(0, 5, 800)})
     frame.iloc[:700].to_csv(tmp_path / "train.csv", index=False)
     probe = frame.iloc[:4].copy()
     probe["a"] = ["zz1", "zz2", "a1", "zz3"]  # unseen tokens hash into the 4 buckets
     probe["n"] = [0, 2, 3, 40]
+    probe["k"] = [1, 9, 6, -3]  # ids past num_ids 5 hash by id mod 4
     probe.to_csv(tmp_path / "probe.csv", index=False)
-    features = [{"name": "a", "oov_buckets": 4}, {"name": "n", "transform": "log_square"}]
+    features = [{"name": "a", "oov_buckets": 4}, {"name": "n", "transform": "log_square"},
+                {"name": "k", "num_ids": 5, "oov_buckets": 4}]
     recipe = {**RECIPE, "data": {"dataset": "csv", "path": str(tmp_path / "train.csv"), "label": "label",
                                  "cache_dir": str(tmp_path / "cache"), "features": features}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     assert main(["train", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run")]) == 0
-    snippet_scores_like_predict(tmp_path / "run", tmp_path / "probe.csv", ("a", "n"), (0, 1, 2, 3), tmp_path)
+    snippet_scores_like_predict(tmp_path / "run", tmp_path / "probe.csv", ("a", "n", "k"), (0, 1, 2, 3), tmp_path)
 
 
 def test_an_optembed_run_evaluates_predicts_and_exports_as_it_was_tested(optembed_csv_run, tmp_path):
