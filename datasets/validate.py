@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ctr.datasets.vocab import integer_ids
 from ctr.errors import DataError, RecipeError
 from ctr.schema import FeatureSpec
 
@@ -86,17 +87,30 @@ def _numeric_problems(name: str, column: pa.Array) -> list[tuple[np.ndarray, Cal
 
 def _id_problems(name: str, column: pa.Array) -> list[tuple[np.ndarray, Callable[[int], str]]]:
     """(rows flagged, description) of a ``num_ids`` column: present values that are not
-    whole numbers (text may have blanks around it and a zero fraction, ``3.0``)."""
+    whole numbers in the int64 range (text may have blanks around it and a zero fraction,
+    ``3.0``). Text is cast once; the regex runs only when a value does not cast."""
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        ok = pc.fill_null(pc.match_substring_regex(column, INTEGER), True)
-        bad = ~ok.to_numpy(zero_copy_only=False)
+        try:
+            integer_ids(column, name)
+            return []
+        except DataError:
+            pass
+        whole = pc.fill_null(pc.match_substring_regex(column, INTEGER), True).to_numpy(zero_copy_only=False)
+        bad = ~whole | _past_int64(_as_numbers(column))
     elif pa.types.is_floating(column.type):
         values = np.asarray(column.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.float64)
         with np.errstate(invalid="ignore"):
             bad = column.is_valid().to_numpy(zero_copy_only=False) & ~(np.floor(values) == values)
+        bad |= _past_int64(column)
     else:
         return []
     return [(bad, lambda row: f"column {name!r}: not an integer id: {column[row].as_py()!r}")]
+
+
+def _past_int64(numbers: pa.Array) -> np.ndarray:
+    """Present values [n] (float64 or float32) that no int64 holds, bool [n]."""
+    values = np.asarray(numbers.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.float64)
+    return np.abs(values) >= 2.0**63
 
 
 def _not_a_number(name: str, column: pa.Array):

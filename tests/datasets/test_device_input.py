@@ -104,6 +104,11 @@ def test_num_ids_values_are_checked_row_by_row(tmp_path, capsys):
     (tmp_path / "r.yaml").write_text(yaml.safe_dump({"data": data}))
     assert main(["data", "prepare", str(tmp_path / "r.yaml")]) == 2
     assert capsys.readouterr().err.strip() == f"ctr: error: {path}:5: column 'c': not an integer id: 'x'"
+    path.write_text("label,c\n1,3\n0,9223372036854775808\n")  # past int64
+    assert main(["data", "prepare", str(tmp_path / "r.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"ctr: error: {path}:3: column 'c': not an integer id: '9223372036854775808'")
+    path.write_text("label,c\n1,3\n0, 2 \n1,1.0\n0,x\n1,\n")
     prepared = prepare(recipe_from_dict({"data": {**data, "on_bad_rows": "skip"}}).data, progress=False)
     assert prepared.report["splits"]["train"]["rows"] == 4
     batch = next(iter(BatchLoader(prepared.split_dir("train"), prepared.schema, 10)))
