@@ -123,7 +123,7 @@ def run_stages(net: CTRNet, run: RunDir, rank: int, resume: bool, fit_stage: Fit
         method.begin_stage(stage)
         if stage.name in record["finished"]:
             load_stage_state(net, folder / "state.pt")
-            restore_random(folder, rank)
+            restore_random(folder, rank, dist.get_world_size())
             log.info("stage %d/%d %s: finished earlier, restored", index + 1, len(stages), stage.name)
             continue
         log.info("stage %d/%d %s: started", index + 1, len(stages), stage.name)
@@ -131,7 +131,7 @@ def run_stages(net: CTRNet, run: RunDir, rank: int, resume: bool, fit_stage: Fit
             seconds = _procedure(method, stage, StageContext(score=score, seed=seed))
         else:
             seconds = fit_stage(stage, index, index == len(stages) - 1)
-        save_random(folder, rank)
+        save_random(folder, rank, dist.get_world_size())
         dist.barrier()  # every rank's generators are saved before rank 0 marks the stage finished
         if rank == 0:
             save_stage(net, stage, folder, seconds)

@@ -3,11 +3,12 @@ produced in the run directory, and resumes from the last finished stage.
 
 Run directory layout of a multi-stage run::
 
-    stages/progress.json          finished stages, their seconds, the last fit's figures (rewritten atomically)
+    stages/progress.json          finished stages, their seconds (one process: the last fit's figures too)
     stages/initial.pt             the net's state before the first stage (for rewinds)
     stages/<i>-<name>/state.pt    the whole net after stage i (what a resume restores)
     stages/<i>-<name>/output.pt   the stage's result: masks, dims, thresholds, selection weights
     stages/<i>-<name>/summary.json  the same, summarised for people
+    stages/<i>-<name>/random-<r>.pt  rank r's random generators as the stage left them (restored on resume)
     stages/<i>-<name>/checkpoints/, logs/  checkpoints and log of a training stage (not the last)
     checkpoints/, logs/           the last stage's checkpoints and log, as a single-stage run
 """
@@ -91,18 +92,21 @@ def load_stage_state(net: CTRNet, path: Path) -> None:
         raise UserError(f"{path}: does not fit this run's model ({first_line(err)})") from None
 
 
-def save_random(folder: Path, rank: int) -> None:
+def save_random(folder: Path, rank: int, world_size: int = 1) -> None:
     """This rank's random generators as a stage leaves them (``random-<rank>.pt``)."""
-    save_torch(random_state(), folder / f"random-{rank}.pt")
+    save_torch({"world_size": world_size, **random_state()}, folder / f"random-{rank}.pt")
 
 
-def restore_random(folder: Path, rank: int) -> None:
+def restore_random(folder: Path, rank: int, world_size: int = 1) -> None:
     """Puts this rank's random generators where the finished stage of ``folder`` left them:
-    the next stage's fresh tables and dropout masks are those of the uninterrupted run
-    (a stage saved before ctr kept them is left as the restore finds it)."""
+    the next stage's fresh tables and dropout masks are those of the uninterrupted run. Left
+    as the restore finds them when the stage was saved on another world size (its ranks'
+    states are not this run's) or before ctr kept them."""
     path = folder / f"random-{rank}.pt"
     if path.exists():
-        set_random_state(load_torch(path))
+        saved = load_torch(path)
+        if saved.get("world_size", 1) == world_size:
+            set_random_state(saved)
 
 
 def rewind(net: CTRNet, initial: dict[str, torch.Tensor]) -> None:

@@ -287,3 +287,18 @@ def test_a_broken_stage_file_is_one_line_on_resume(optembed_trained, tmp_path, s
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith(f"ctr: error: {path.parent}"), result.stderr[-500:]
     assert message in result.stderr
+
+
+def test_a_stages_random_state_is_restored_only_on_its_world_size(tmp_path):
+    """Each rank's generators are its own: a resume on another world size leaves them as
+    seeding made them rather than give rank 0 its old state and others none."""
+    from ctr.train.stages import restore_random, save_random
+
+    torch.manual_seed(3)
+    save_random(tmp_path, rank=0, world_size=2)
+    after_stage = torch.rand(3)
+    torch.manual_seed(4)
+    restore_random(tmp_path, rank=0, world_size=1)
+    assert not torch.equal(torch.rand(3), after_stage)
+    restore_random(tmp_path, rank=0, world_size=2)
+    assert torch.equal(torch.rand(3), after_stage)
