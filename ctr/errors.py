@@ -20,11 +20,14 @@ class TrainingDiverged(UserError):
     """The training loss became non-finite (inf or nan); the last good checkpoint is kept."""
 
 
-def first_line(err: BaseException) -> str:
-    """The first line of ``err``'s message, the reason a one-line error quotes (of a
-    torch.distributed.checkpoint failure, the first failed rank's own exception)."""
+def reason(err: BaseException, typed: bool = False) -> str:
+    """What a one-line error quotes of ``err``: its message's first line, or its type's name
+    when it has none; ``typed`` puts the type's name first (``EOFError: Ran out of input``).
+    Of a torch.distributed.checkpoint failure, the first failed rank's own exception."""
     failures = getattr(err, "failures", None)  # CheckpointException: {rank: (exception, traceback)}
     if isinstance(failures, dict) and failures:
         err = next(iter(failures.values()))[0]
-    text = str(err).strip()
-    return text.splitlines()[0] if text else "empty or truncated"
+    text, name = str(err).strip(), type(err).__name__
+    if not text:
+        return name
+    return f"{name}: {text.splitlines()[0]}" if typed else text.splitlines()[0]

@@ -249,7 +249,7 @@ class EmbeddingMethod(nn.Module):
         (the masked tail is zeros, as in a batch whose longest sequence is W long)."""
         b, count, num = sparse.batch_size, sparse.values.numel(), len(self.feature_names)
         first, last = sparse.offsets[:-1].view(num, b), sparse.offsets[1:].view(num, b)  # views: shapes export follows
-        values = torch.cat([sparse.values, sparse.values.new_zeros(1)])  # a padding id past the end: a batch of empty bags
+        values = torch.cat([sparse.values, sparse.values.new_zeros(1)])  # padding past the end: bags may all be empty
         pooled, sequences, masks = [], {}, {}
         for f, name in enumerate(self.feature_names):
             width, starts = self._widths[f], first[f]

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctr.embeddings.largest import largest_mask
-from ctr.errors import RecipeError
 from ctr.embeddings.sparse import PrunedTable
 from ctr.embeddings.stages import Stage, StageContext, StagedConfig
+from ctr.errors import RecipeError
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
 

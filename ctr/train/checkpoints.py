@@ -26,7 +26,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
 
 from ctr.atomic import atomic_write
-from ctr.errors import UserError, first_line
+from ctr.errors import UserError, reason
 from ctr.recipe import EarlyStopConfig
 from ctr.train.loop import Placement
 
@@ -164,7 +164,7 @@ class Checkpointer:
         try:
             dcp.load(state, checkpoint_id=str(path))
         except CheckpointException as err:  # a BaseException: each rank's failure, wrapped
-            raise UserError(f"{path}: does not fit this run's model ({first_line(err)})") from None
+            raise UserError(f"{path}: does not fit this run's model ({reason(err)})") from None
         if self.sharded:
             self.module.load_state_dict(state["model"])
             if "embedding_optimizer" in state:

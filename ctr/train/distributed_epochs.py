@@ -203,6 +203,7 @@ class GroupFiniteLoss:
             self.check(step)
 
     def check(self, step: int) -> None:
+        """Raises ``TrainingDiverged`` on every rank when any rank noted a bad step (a collective)."""
         earliest = self.first_bad.clone()
         dist.all_reduce(earliest, op=dist.ReduceOp.MIN)
         if int(earliest) < self.NONE:

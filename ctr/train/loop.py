@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import CSVLogger
 from ctr.atomic import atomic_path
 from ctr.datasets import BatchLoader, Prepared
 from ctr.datasets.resident import ResidentLoader
-from ctr.errors import RecipeError, UserError, first_line
+from ctr.errors import RecipeError, UserError, reason
 from ctr.kernels.embedding_bag import BackendUnavailable, resolve_backend
 from ctr.recipe import Recipe
 from ctr.train.callbacks import (
@@ -98,7 +98,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise UserError(f"{path}: no such checkpoint") from None
     except Exception as err:  # torch.load raises whatever its unpickler meets in a broken file
-        raise UserError(f"{path}: not a readable checkpoint ({type(err).__name__}: {first_line(err)})") from None
+        raise UserError(f"{path}: not a readable checkpoint ({reason(err, typed=True)})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{path}: not a ctr checkpoint (no state_dict)")
     return ckpt
@@ -122,7 +122,7 @@ def load_saved(task: CTRTask, saved: dict[str, Any], path: Path) -> None:
     try:
         task.load_state_dict(saved["state_dict"])
     except RuntimeError as err:
-        raise UserError(f"{path}: does not fit this run's model ({first_line(err)})") from None
+        raise UserError(f"{path}: does not fit this run's model ({reason(err)})") from None
 
 
 @dataclass
@@ -197,7 +197,7 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
         stop = recipe.train.early_stop
         # checked after validation only: a run cut short by max_steps may end before the first one
         stopper = ResumableEarlyStopping(monitor=stop.monitor, mode=stop.mode, patience=stop.patience,
-                                min_delta=stop.min_delta, check_on_train_epoch_end=False)
+                                         min_delta=stop.min_delta, check_on_train_epoch_end=False)
         callbacks.append(stopper)
     trainer = trainer_for(recipe, session.run, session.progress, callbacks, epochs=epochs, max_steps=max_steps,
                           log_root=log_root)

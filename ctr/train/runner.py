@@ -108,8 +108,8 @@ def _check_run(run: RunDir, resume: bool) -> None:
         raise UserError(f"{run.root}: nothing to resume (no checkpoints/last.ckpt and no stages/)")
     if not resume and (started or run.metrics.exists()):
         raise UserError(f"{run.root}: already holds a run; continue it with --resume or choose another --out")
-    foreign = run.foreign_entries()
-    if not resume and foreign:
+    foreign = [] if resume else run.foreign_entries()
+    if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise UserError(f"{run.root}: a folder that is not a run directory (it holds {shown}); choose another --out")
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ctr.batch import JaggedFeatures
 from ctr.embeddings.types import FeatureEmbeddings
-from ctr.errors import RecipeError, UserError, first_line
+from ctr.errors import RecipeError, UserError, reason
 from ctr.recipe import EmbeddingOptimizerConfig, Recipe
 from ctr.train.plan import SHARDABLE_METHODS, _hide_torchrec_notes
 from ctr.train.task import CTRNet
@@ -195,7 +195,7 @@ def shard(net: CTRNet, recipe: Recipe, device: torch.device) -> Sharded:
         try:
             plan = planner.collective_plan(net, sharders, dist.GroupMember.WORLD)
         except Exception as err:  # the planner raises its own error types for plans it cannot make
-            raise RecipeError(f"distributed.sharding: TorchRec's planner found no plan ({first_line(err)})") from None
+            raise RecipeError(f"distributed.sharding: TorchRec's planner found no plan ({reason(err)})") from None
     rows = {name: t.detach().clone() for name, t in net.state_dict().items() if name.startswith(TABLE_PREFIX)}
     module = DistributedModelParallel(net, device=device, plan=plan, sharders=sharders)
     _copy_rows(module, rows)
@@ -279,4 +279,4 @@ def _dcp_load(dcp, state: dict, path: Path) -> None:  # noqa: ANN001 (the module
             warnings.simplefilter("ignore")  # DCP says it assumes one process: it does
             dcp.load(state, checkpoint_id=str(path), no_dist=True)
     except (Exception, dcp.api.CheckpointException) as err:  # CheckpointException is a BaseException
-        raise UserError(f"{path}: does not fit this run's model ({first_line(err)})") from None
+        raise UserError(f"{path}: does not fit this run's model ({reason(err)})") from None

@@ -26,7 +26,7 @@ import torch
 
 from ctr.batch import Batch
 from ctr.embeddings.stages import Stage, StageContext
-from ctr.errors import UserError, first_line
+from ctr.errors import UserError, reason
 from ctr.metrics import auc
 from ctr.train.callbacks import random_state, set_random_state
 from ctr.train.loop import Fitted, Loader, Session, fit, load_checkpoint
@@ -55,7 +55,7 @@ class StageFiles:
         try:
             record = json.loads(self.progress.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise UserError(f"{self.progress}: not readable ({first_line(err)})") from None
+            raise UserError(f"{self.progress}: not readable ({reason(err)})") from None
         if not (isinstance(record, dict) and isinstance(record.get("finished"), list)
                 and isinstance(record.get("seconds"), dict)):
             raise UserError(f"{self.progress}: not a record of finished stages (no 'finished' list and 'seconds')")
@@ -81,7 +81,7 @@ def load_torch(path: Path) -> Any:
     except FileNotFoundError:
         raise UserError(f"{path}: missing (the stage's files are incomplete)") from None
     except Exception as err:  # torch.load raises whatever its unpickler meets in a broken file
-        raise UserError(f"{path}: not a readable stage file ({type(err).__name__}: {first_line(err)})") from None
+        raise UserError(f"{path}: not a readable stage file ({reason(err, typed=True)})") from None
 
 
 def load_stage_state(net: CTRNet, path: Path) -> None:
@@ -89,7 +89,7 @@ def load_stage_state(net: CTRNet, path: Path) -> None:
     try:
         net.load_state_dict(load_torch(path))
     except RuntimeError as err:
-        raise UserError(f"{path}: does not fit this run's model ({first_line(err)})") from None
+        raise UserError(f"{path}: does not fit this run's model ({reason(err)})") from None
 
 
 def save_random(folder: Path, rank: int, world_size: int = 1) -> None:

@@ -445,7 +445,8 @@ def test_ranks_started_by_torchrun_are_refused_a_run_directory_another_process_h
     with RunDir(run).exclusive():
         ranks = [subprocess.Popen(command, cwd=ROOT, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                                   stderr=subprocess.PIPE, text=True) for r in range(2)]
-        ends = [(rank.wait(timeout=300), rank.stderr.read()) for rank in ranks]
+        said = [rank.communicate(timeout=300)[1] for rank in ranks]  # read while they run: no full pipe blocks one
+        ends = [(rank.returncode, err) for rank, err in zip(ranks, said)]
     assert [code for code, _ in ends] == [2, 2], ends
     assert f"{run}: another ctr process is training in this run directory" in ends[0][1], ends[0][1]
     assert "Traceback" not in ends[1][1], ends[1][1]  # rank 1 meets the same error and leaves the line to rank 0
@@ -473,7 +474,8 @@ def test_max_steps_ends_two_processes_as_it_ends_one(tmp_path):
     done = ctr("train", write(tmp_path, "two.yaml", **sections), "--out", tmp_path / "two", "-o", "trainer.devices=2")
     assert done.returncode == 0, done.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    validated = [[s for s, _ in rows_of(tmp_path / run / "logs" / "metrics.csv", "valid/auc")] for run in ("one", "two")]
+    logs = [tmp_path / run / "logs" / "metrics.csv" for run in ("one", "two")]
+    validated = [[s for s, _ in rows_of(log, "valid/auc")] for log in logs]
     assert validated[0] == validated[1] == [9]
     assert (two["steps"], two["epochs"]) == (one["steps"], one["epochs"]) == (15, 2)
     assert two["test"]["auc"] == pytest.approx(one["test"]["auc"], abs=1e-5)

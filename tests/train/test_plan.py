@@ -62,7 +62,8 @@ def test_sizes_parse_with_units():
 def test_a_world_size_that_training_refuses_is_refused_before_the_data_is_read(tmp_path, capsys):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
-    assert main(["plan", str(path), "--world-size", "3", "-o", "train.batch_size=64", "-o", "train.eval_batch_size=63"]) == 2
+    overrides = ["-o", "train.batch_size=64", "-o", "train.eval_batch_size=63"]
+    assert main(["plan", str(path), "--world-size", "3", *overrides]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "ctr: error: train.batch_size: 64 and eval_batch_size 63 must be multiples of the 3 processes", err
     assert not (tmp_path / "cache").exists()

@@ -135,7 +135,8 @@ def test_predict_without_labels_writes_csv_scores(csv_run, tmp_path):
     tsv = ctr("predict", run, home / "data" / "test.csv", "--out", tmp_path / "scores.tsv", cwd=tmp_path)
     assert tsv.returncode == 0, tsv.stderr
     tab_separated = pd.read_csv(tmp_path / "scores.tsv", sep="\t")
-    assert list(tab_separated.columns) == ["score", "label"] and tab_separated["score"].tolist() == scores["score"].tolist()
+    assert list(tab_separated.columns) == ["score", "label"]
+    assert tab_separated["score"].tolist() == scores["score"].tolist()
 
 
 @pytest.mark.parametrize("second_unlabelled", [False, True])

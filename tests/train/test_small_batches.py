@@ -30,7 +30,8 @@ def test_a_training_split_that_makes_no_batch_is_one_line(tmp_path, capsys):
         (tmp_path / f"{name}.csv").write_text("label,user\n" + lines)
     raw = tiny_recipe(tmp_path)
     raw["data"] = {"dataset": "csv", "path": str(tmp_path / "train.csv"), "valid_path": str(tmp_path / "valid.csv"),
-                   "test_path": str(tmp_path / "test.csv"), "cache_dir": str(tmp_path / "cache"), "features": [{"name": "user"}]}
+                   "test_path": str(tmp_path / "test.csv"), "cache_dir": str(tmp_path / "cache"),
+                   "features": [{"name": "user"}]}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
     assert main(["train", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
