@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from ctr.errors import UserError
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -81,7 +83,12 @@ class CsvRows:
         self.rows: list[dict[str, str]] = []
         if path.exists():
             with path.open(newline="") as handle:
-                self.rows = list(csv.DictReader(handle))
+                reader = csv.DictReader(handle)
+                self.rows = list(reader)
+            if reader.fieldnames != columns:  # another command's results, an older ctr's, or a cut header
+                shown = ", ".join(reader.fieldnames or ["none"])
+                raise UserError(f"{path}: not a results file of this command (its columns: {shown}); choose "
+                                "another --out")
 
     def add(self, row: dict[str, object]) -> dict[str, str]:
         """Appends ``row`` (missing or None columns empty) and rewrites the file; the row as stored."""

@@ -17,7 +17,9 @@ chosen point's seeds) and ``OUT/best.yaml`` (the recipe with the chosen settings
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
+import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import Any, Callable
 import yaml
 
 from ctr.atomic import CsvRows, atomic_write
-from ctr.errors import UserError
+from ctr.errors import TrainingDiverged, UserError
 from ctr.metrics import mean_std
 from ctr.recipe import Recipe, apply_override, read_yaml, recipe_from_dict
 from ctr.train.refusal import budget_refusal
@@ -34,7 +36,8 @@ from ctr.train.rundir import RunDir
 
 log = logging.getLogger("ctr.tune")
 
-COLUMNS = ["point", "settings", "seed", "monitor", "valid", "test_auc", "test_gauc", "test_logloss", "run_dir"]
+COLUMNS = ["point", "settings", "seed", "offset", "recipe", "monitor", "valid", "failed", "test_auc", "test_gauc",
+           "test_logloss", "run_dir"]
 TEST_KEYS = ("auc", "gauc", "logloss")
 Trainer = Callable[[Recipe, Path, bool], dict[str, Any]]
 
@@ -84,14 +87,29 @@ def _split_top_level(text: str) -> list[str]:
     return parts + [current.strip()]
 
 
+def fingerprint(recipe: Recipe) -> str:
+    """A short hash of the whole resolved recipe (its seed included): which run a row is of."""
+    return hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 class Results(CsvRows):
-    """The results file: one row per finished run."""
+    """The results file: one row per finished (or diverged) run, with the fingerprint of the
+    recipe it trained."""
 
     def __init__(self, path: Path):
         super().__init__(path, COLUMNS)
 
-    def find(self, point: Point, seed: int) -> dict[str, str] | None:
-        return next((r for r in self.rows if r["point"] == point.key and int(r["seed"]) == seed), None)
+    def find(self, point: Point, offset: int) -> dict[str, str] | None:
+        return next((r for r in self.rows if r["point"] == point.key and int(r["offset"]) == offset), None)
+
+    def check_same_grid(self, recipes: dict[str, Recipe]) -> None:
+        """Refuses rows of another grid, base recipe or seed (a rerun with other settings
+        into the same --out would take their results for its own points)."""
+        for row in self.rows:
+            recipe = recipes.get(row["point"])
+            if recipe is None or row["recipe"] != fingerprint(replace(recipe, seed=recipe.seed + int(row["offset"]))):
+                raise UserError(f"{self.path}: holds runs of other settings ({row['point']} seed {row['seed']}: "
+                                f"{row['settings']}); choose another --out")
 
 
 @dataclass
@@ -115,6 +133,7 @@ class Tuning:
         recipes = {p.key: self._recipe(base, p) for p in self.points}  # every point validated before any training
         monitor, mode = criterion(list(recipes.values()))
         results = Results(self.out / "results.csv")
+        results.check_same_grid(recipes)
         refused = self._refused(recipes, results)
         runnable = [p for p in self.points if p.key not in refused]
         first = [self._run(results, p, recipes[p.key], 0, monitor) for p in runnable]
@@ -133,7 +152,7 @@ class Tuning:
         refused = {}
         for point in self.points:
             recipe = recipes[point.key]
-            why = None if results.find(point, recipe.seed) else budget_refusal(recipe)
+            why = None if results.find(point, 0) else budget_refusal(recipe)
             if why is not None:
                 log.warning("tune %s (%s): not trained: %s", point.key, point.label, why)
                 refused[point.key] = why
@@ -155,21 +174,25 @@ class Tuning:
             raise UserError(f"--grid {point.label}: {err}") from None
 
     def _run(self, results: Results, point: Point, recipe: Recipe, offset: int, monitor: str) -> dict[str, str]:
-        seed = recipe.seed + offset
-        done = results.find(point, seed)
+        """Trains ``point`` with seed ``recipe.seed + offset`` (or finds it done); its row. A
+        run whose loss diverges is a row marked failed: the grid goes on without it."""
+        recipe = replace(recipe, seed=recipe.seed + offset)
+        done = results.find(point, offset)
         if done is not None:
-            log.info("tune %s seed %d (%s): finished earlier, skipped", point.key, seed, point.label)
+            log.info("tune %s seed %d (%s): finished earlier, skipped", point.key, recipe.seed, point.label)
             return done
-        log.info("tune %s seed %d (%s): training", point.key, seed, point.label)
+        log.info("tune %s seed %d (%s): training", point.key, recipe.seed, point.label)
         run = RunDir(self.out / "runs" / f"{point.key}-s{offset}")
-        metrics = run.read_metrics() if run.metrics.exists() else self.train(replace(recipe, seed=seed), run.root,
-                                                                                run.started)
+        row = {"point": point.key, "settings": point.label, "seed": recipe.seed, "offset": offset,
+               "recipe": fingerprint(recipe), "monitor": monitor, "run_dir": run.root}
+        try:
+            metrics = run.read_metrics() if run.metrics.exists() else self.train(recipe, run.root, run.started)
+        except TrainingDiverged as err:
+            log.warning("tune %s seed %d (%s): failed: %s", point.key, recipe.seed, point.label, err)
+            return results.add({**row, "failed": str(err)})
         name = monitor.removeprefix("valid/")  # a metric every run logs: checked before training
         test = metrics["test"]
-        return results.add({
-            "point": point.key, "settings": point.label, "seed": seed, "monitor": monitor, "valid": metrics["valid"][name],
-            **{f"test_{k}": test.get(k) for k in TEST_KEYS}, "run_dir": run.root,
-        })
+        return results.add({**row, "valid": metrics["valid"][name], **{f"test_{k}": test.get(k) for k in TEST_KEYS}})
 
 
 def criterion(recipes: list[Recipe]) -> tuple[str, str]:
@@ -186,30 +209,34 @@ def criterion(recipes: list[Recipe]) -> tuple[str, str]:
 
 
 def choose(rows: list[dict[str, str]], mode: str) -> int:
-    """Index of the row with the best validation value (first on ties); test values unused."""
-    values = [float(r["valid"]) for r in rows]
-    best = max(values) if mode == "max" else min(values)
-    return values.index(best)
+    """Index of the row with the best validation value (first on ties; failed rows never);
+    test values unused."""
+    trained = [(float(r["valid"]), i) for i, r in enumerate(rows) if not r["failed"]]
+    if not trained:
+        raise UserError("--grid: every point failed (" + "; ".join(f"{r['settings']}: {r['failed']}" for r in rows) + ")")
+    best = max(v for v, _ in trained) if mode == "max" else min(v for v, _ in trained)
+    return next(i for v, i in trained if v == best)
 
 
 def markdown(rows: list[dict[str, str]], best: Point, monitor: str, mode: str,
              not_run: dict[str, str] | None = None) -> str:
     """Stage 1's points ranked by the monitor, the points ``not_run`` (settings → why), then
     the chosen point's test metrics over seeds."""
-    first_seed = min(int(r["seed"]) for r in rows)
-    first = sorted((r for r in rows if int(r["seed"]) == first_seed), key=lambda r: float(r["valid"]), reverse=mode == "max")
+    first = [r for r in rows if r["offset"] == "0"]  # stage 1: each point with the recipe's seed
+    worst = float("-inf") if mode == "max" else float("inf")
+    first.sort(key=lambda r: worst if r["failed"] else float(r["valid"]), reverse=mode == "max")
     lines = [f"| point | settings | {monitor} | test AUC | test group AUC | test logloss |", "|---" * 6 + "|"]
     for row in first:
         mark = " (chosen)" if row["point"] == best.key else ""
-        lines.append(
-            f"| {row['point']}{mark} | {row['settings']} | {float(row['valid']):.4f} | "
-            + " | ".join(_number(row[f"test_{k}"]) for k in TEST_KEYS) + " |"
-        )
+        scores = f"failed: {row['failed']} | – | – | –" if row["failed"] else (
+            f"{float(row['valid']):.4f} | " + " | ".join(_number(row[f"test_{k}"]) for k in TEST_KEYS))
+        lines.append(f"| {row['point']}{mark} | {row['settings']} | {scores} |")
     if not_run:
         lines += ["", "Not trained (the method refuses the budget):", ""]
         lines += [f"- `{label}`: {why}" for label, why in not_run.items()]
-    chosen = [r for r in rows if r["point"] == best.key]
-    lines += ["", f"Chosen: `{best.label}`, {len(chosen)} seeds (mean ± sample sd):", "",
+    chosen = [r for r in rows if r["point"] == best.key and not r["failed"]]
+    seeds = f"{len(chosen)} seed" + ("s (mean ± sample sd)" if len(chosen) > 1 else "")
+    lines += ["", f"Chosen: `{best.label}`, {seeds}:", "",
               f"| {monitor} | test AUC | test group AUC | test logloss |", "|---" * 4 + "|"]
     cells = [_spread([r["valid"] for r in chosen])] + [_spread([r[f"test_{k}"] for r in chosen]) for k in TEST_KEYS]
     lines.append("| " + " | ".join(cells) + " |")
@@ -221,7 +248,7 @@ def _number(text: str) -> str:
 
 
 def _spread(values: list[str]) -> str:
-    if not all(values):
+    if not values or not all(values):
         return "–"
     mean, std = mean_std([float(v) for v in values])
-    return f"{mean:.4f} ± {std:.4f}"
+    return f"{mean:.4f} ± {std:.4f}" if len(values) > 1 else f"{mean:.4f}"

@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from ctr.errors import UserError
+from ctr.errors import TrainingDiverged, UserError
 from ctr.recipe import load_recipe
 from ctr.train.tune import Tuning, parse_grid
 from tests.conftest import tiny_recipe
@@ -103,3 +103,59 @@ def test_cli_tunes_a_tiny_recipe_end_to_end(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "ctr.cli", "tune", str(recipe), "--grid", "model.hiden=1,2"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "model.hiden" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_rerun_with_other_settings_into_the_same_out_is_refused(tmp_path):
+    """Rows were matched by point number and seed only: another grid (or base seed) into the
+    same --out took the old runs' results for its own points, and best.yaml named settings
+    that never trained."""
+    out = tmp_path / "t"
+    Tuning(_recipe_file(tmp_path), parse_grid(["train.embedding_optimizer.lr=0.01,0.1"]), 2, out, [], FakeTrainer()).run()
+    for grid, overrides in ((["train.embedding_optimizer.lr=0.02,0.2"], []),
+                            (["train.embedding_optimizer.lr=0.01,0.1"], ["seed=7"])):
+        trainer = FakeTrainer()
+        with pytest.raises(UserError, match=r"results.csv: holds runs of other settings \(p00 seed 42: "):
+            Tuning(_recipe_file(tmp_path), parse_grid(grid), 2, out, overrides, trainer).run()
+        assert trainer.calls == []
+
+
+def test_points_of_different_seeds_are_all_ranked(tmp_path):
+    """A grid over the seed: stage 1 is each point's first run, whatever its seed (the table
+    kept only the rows of the smallest seed and left the chosen point out)."""
+    out = tmp_path / "t"
+    Tuning(_recipe_file(tmp_path), parse_grid(["seed=1,5"]), 2, out, [], FakeTrainer()).run()
+    table = (out / "results.md").read_text()
+    assert "| p00 " in table and "| p01 " in table and "(chosen)" in table
+
+
+class DivergingTrainer(FakeTrainer):
+    """Diverges at an embedding lr of 1.0 or more."""
+
+    def __call__(self, recipe, out, resume):
+        if recipe.train.embedding_optimizer.lr >= 1.0:
+            self.calls.append((recipe.train.embedding_optimizer.lr, recipe.seed))
+            raise TrainingDiverged("training: the loss is not finite at step 3; stopped at step 3")
+        return super().__call__(recipe, out, resume)
+
+
+def test_a_point_that_diverges_is_listed_failed_and_the_grid_goes_on(tmp_path):
+    """One learning rate too high stopped the whole tune, and every rerun stopped at it again."""
+    out, trainer = tmp_path / "t", DivergingTrainer()
+    grid = parse_grid(["train.embedding_optimizer.lr=0.05,5.0"])
+    best = Tuning(_recipe_file(tmp_path), grid, 2, out, [], trainer).run()
+    assert best.overrides == ("train.embedding_optimizer.lr=0.05",) and len(trainer.calls) == 3
+    assert "| p01 | train.embedding_optimizer.lr=5.0 | failed: training: the loss is not finite" in (
+        out / "results.md").read_text()
+    rerun = DivergingTrainer()
+    Tuning(_recipe_file(tmp_path), grid, 2, out, [], rerun).run()
+    assert rerun.calls == []
+    with pytest.raises(UserError, match=r"^--grid: every point failed"):
+        Tuning(_recipe_file(tmp_path), parse_grid(["train.embedding_optimizer.lr=5.0"]), 1, tmp_path / "t2", [],
+               DivergingTrainer()).run()
+
+
+def test_an_out_holding_another_commands_results_is_refused(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "results.csv").write_text("method,budget,seed\nfull,,0\n")
+    with pytest.raises(UserError, match=r"results.csv: not a results file of this command \(its columns: method, bud"):
+        Tuning(_recipe_file(tmp_path), parse_grid(["seed=1"]), 1, tmp_path / "t", [], FakeTrainer()).run()
