@@ -96,6 +96,8 @@ class _Window(L.Callback):
 
     def on_train_end(self, trainer, module) -> None:  # noqa: ANN001
         self._sync()
+        if self.clock.enabled:  # no step after the timed ones (--profile-steps 0): the window ends here
+            self.seconds, self.clock.enabled = time.perf_counter() - self._start, False
         if self.profiler is not None:
             self.profiled_seconds = time.perf_counter() - self._start
             self.profiler.stop()

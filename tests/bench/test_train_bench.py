@@ -1,6 +1,6 @@
-import pytest
 """``ctr bench train`` on CPU and ``trainer.compile`` on a tiny model."""
 
+import pytest
 import torch
 import yaml
 
@@ -30,6 +30,15 @@ def test_bench_train_reports_samples_per_second_and_phases(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "samples/s:" in out and "| backward |" in out
     assert "device: CPU (1 threads)" in out  # the recipe's threads, as ctr train runs them
+
+
+def test_bench_train_without_profiled_steps_ends_its_window_at_the_last_step(tmp_path):
+    """--profile-steps 0: no step follows the timed ones to close the window (it divided by
+    zero seconds)."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    result = run_train_bench(TrainBenchConfig(path, [], "cpu", warmup=1, steps=2, profile_steps=0))
+    assert result.samples == 2 * 512 and result.seconds > 0 and result.samples_per_s > 0
 
 
 def test_bench_train_refuses_a_missing_gpu(tmp_path, capsys):
