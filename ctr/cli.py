@@ -322,6 +322,8 @@ def _models(args: argparse.Namespace) -> int:
 
 def _bench_compression(args: argparse.Namespace) -> int:
     from ctr.bench.compression import run_compression
+    from ctr.train.launch import Terminated
+    from ctr.train.rundir import held
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
@@ -329,21 +331,29 @@ def _bench_compression(args: argparse.Namespace) -> int:
     except ValueError:
         raise UserError(f"--budgets: expected comma-separated numbers, got {args.budgets!r}") from None
     out = args.out or Path("runs") / f"bench-{args.recipe.stem}"
-    results = run_compression(
-        args.recipe, methods, budgets, args.seeds, out, args.override, args.jobs, args.drop_checkpoints
-    )
+    with held(out, "is writing results in this folder"):
+        try:
+            results = run_compression(
+                args.recipe, methods, budgets, args.seeds, out, args.override, args.jobs, args.drop_checkpoints
+            )
+        except Terminated:
+            print("ctr: terminated (SIGTERM); the same command continues: finished cells are kept, the stopped ones "
+                  "resume", file=sys.stderr)
+            return 143
     print((out / "results.md").read_text(), end="")
     print(f"\n{len(results.rows)} runs in {out / 'results.csv'}; plot {out / 'auc_vs_memory.png'}")
     return 0
 
 
 def _tune(args: argparse.Namespace) -> int:
+    from ctr.train.rundir import held
     from ctr.train.runner import train
     from ctr.train.tune import Tuning, parse_grid
 
     out = args.out or Path("runs") / f"tune-{args.recipe.stem}"
     tuning = Tuning(args.recipe, parse_grid(args.grid), args.seeds, out, args.override, train)
-    best = tuning.run()
+    with held(out, "is writing results in this folder"):
+        best = tuning.run()
     print((out / "results.md").read_text(), end="")
     print(f"\nchosen: {best.label}; recipe {out / 'best.yaml'}; runs in {out / 'results.csv'}")
     return 0

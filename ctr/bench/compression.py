@@ -30,13 +30,14 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
@@ -45,6 +46,7 @@ from ctr.errors import UserError
 from ctr.metrics import mean_std
 from ctr.recipe import apply_override, read_yaml, recipe_from_dict
 from ctr.registry import EMBEDDINGS
+from ctr.train.launch import raise_terminated
 from ctr.train.plots import save_png
 from ctr.train.refusal import budget_refusal
 from ctr.train.rundir import RunDir
@@ -75,11 +77,19 @@ class Cell:
 
 def plan(methods: list[str], budgets: list[float], seeds: int) -> list[Cell]:
     """Every cell, method by method; ``full`` gets one cell per seed."""
+    if not methods:
+        raise UserError("--methods: give at least one embedding method, e.g. --methods full,hash")
     for name in methods:
         EMBEDDINGS.get(name, "--methods")
     for budget in budgets:
         if not 0 < budget <= 1:
             raise UserError(f"--budgets: {budget} is not in (0, 1]")
+    for flag, values in (("--methods", methods), ("--budgets", budgets)):
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise UserError(f"{flag}: {', '.join(repeated)} given twice (a cell would train twice into one run)")
+    if not budgets and any(name not in UNBUDGETED for name in methods):
+        raise UserError("--budgets: give at least one budget for the methods that take one, e.g. --budgets 0.5,0.1")
     if seeds < 1:
         raise UserError("--seeds must be >= 1")
     cells = []
@@ -130,14 +140,51 @@ def run_compression(
         else:
             todo.append((f"{number}/{len(cells)}", cell))
     preparing = threading.Lock()  # cells of one seed share the prepared data: one prepares it
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    pool, children = ThreadPoolExecutor(max_workers=jobs), Children()
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
         running = [pool.submit(_run_cell, cell, _cell_recipe(base, recipe_path, cell, out), out, number, preparing,
-                               drop_checkpoints) for number, cell in todo]
+                               children, drop_checkpoints) for number, cell in todo]
         for finished in as_completed(running):
             results.add(finished.result())
             _report(results, cells, out)
+    except BaseException:  # Ctrl-C, SIGTERM or a bug: no cell starts after it, the training ones stop
+        pool.shutdown(wait=False, cancel_futures=True)
+        children.stop()
+        raise
+    finally:
+        pool.shutdown()
+        signal.signal(signal.SIGTERM, previous)
     _report(results, cells, out)
     return results
+
+
+class Children:
+    """The ``ctr train`` processes the cells run; ``stop`` sends each SIGTERM (it keeps its
+    last checkpoint: a rerun resumes it) and refuses new ones."""
+
+    def __init__(self) -> None:
+        self._lock, self._running, self._stopping = threading.Lock(), set(), False
+
+    def start(self, command: list[str], stderr: IO[str]) -> subprocess.Popen | None:
+        """The child running ``command``, or None once ``stop`` was called."""
+        with self._lock:
+            if self._stopping:
+                return None
+            child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+            self._running.add(child)
+            return child
+
+    def ended(self, child: subprocess.Popen) -> None:
+        with self._lock:
+            self._running.discard(child)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            for child in self._running:
+                child.send_signal(signal.SIGTERM)
+
 
 
 def _report(results: Results, cells: list[Cell], out: Path) -> None:
@@ -177,7 +224,8 @@ def _unfuse_unless_fusable(raw: dict[str, Any], cell: Cell) -> None:
 
 
 def _run_cell(
-    cell: Cell, raw: dict[str, Any], out: Path, number: str, preparing: threading.Lock, drop_checkpoints: bool,
+    cell: Cell, raw: dict[str, Any], out: Path, number: str, preparing: threading.Lock, children: Children,
+    drop_checkpoints: bool,
 ) -> dict[str, Any]:
     run = RunDir(out / "runs" / cell.key)
     resuming = run.started and not run.metrics.exists()
@@ -193,7 +241,7 @@ def _run_cell(
     if refusal is not None:
         log.info("bench %s: %s", cell.key, refusal)
         return {**row, "status": refusal}
-    status = "ok" if run.metrics.exists() else _train_apart(cell, raw, run, out)
+    status = "ok" if run.metrics.exists() else _train_apart(cell, raw, run, out, children)
     if status != "ok":
         return {**row, "status": status}
     metrics, measured = run.read_metrics(), run.root / BENCH_FILE
@@ -224,7 +272,7 @@ def _drop_checkpoints(run: RunDir) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _train_apart(cell: Cell, raw: dict[str, Any], run: RunDir, out: Path) -> str:
+def _train_apart(cell: Cell, raw: dict[str, Any], run: RunDir, out: Path, children: Children) -> str:
     """Trains the cell with ``ctr train`` in a child process; "ok" or what went wrong. The
     child's peak resident memory goes to ``BENCH_FILE`` in its run directory."""
     recipe_file, log_file = out / "recipes" / f"{cell.key}.yaml", out / "logs" / f"{cell.key}.log"
@@ -233,8 +281,13 @@ def _train_apart(cell: Cell, raw: dict[str, Any], run: RunDir, out: Path) -> str
     what = ["--resume", str(run.root)] if run.started else [str(recipe_file), "--out", str(run.root)]
     command = [sys.executable, "-m", "ctr.cli", "train", *what]
     with log_file.open("w") as stderr:
-        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
-        _, status, usage = os.wait4(child.pid, 0)
+        child = children.start(command, stderr)
+        if child is None:
+            return "failed (the benchmark was stopped)"
+        try:
+            _, status, usage = os.wait4(child.pid, 0)
+        finally:
+            children.ended(child)
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         last = (log_file.read_text().strip().splitlines() or [""])[-1]

@@ -57,7 +57,7 @@ def spawn(args: list[str], recipe: Recipe) -> int:
         env = {**os.environ, **common, "RANK": str(node * devices + local), "LOCAL_RANK": str(local),
                LAUNCHER: str(os.getpid())}
         processes.append(subprocess.Popen([sys.executable, "-m", "ctr", *args], env=env))
-    previous = signal.signal(signal.SIGTERM, _terminated)
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return wait_all(processes)  # stops the ranks on any way out
     except Terminated:
@@ -71,7 +71,8 @@ class Terminated(Exception):
     """The launcher received SIGTERM."""
 
 
-def _terminated(signum: int, frame: object) -> None:
+def raise_terminated(signum: int, frame: object) -> None:
+    """A SIGTERM handler: the main thread raises ``Terminated`` where it is."""
     raise Terminated
 
 

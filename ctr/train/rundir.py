@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import shutil
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,6 +18,24 @@ from ctr.recipe import Recipe, read_yaml, recipe_from_dict
 
 PATH_KEYS = ("path", "valid_path", "test_path", "cache_dir")
 RUN_ENTRIES = frozenset({"recipe.yaml", "schema", "checkpoints", "logs", "stages", "metrics.json", "curves.png"})
+
+
+@contextmanager
+def held(folder: Path, doing: str) -> Iterator[None]:
+    """Holds ``folder`` for this process: another ``ctr`` process asking for it meanwhile is
+    refused with "another ctr process <doing>". The lock is ``.<name>.lock`` beside the
+    folder, removed after."""
+    lock = folder.parent / f".{folder.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{folder}: another ctr process {doing}") from None
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
 
 
 class RunDir:
@@ -88,22 +106,11 @@ class RunDir:
                 shutil.copy2(prepared_root / name, tmp / name)
             shutil.copytree(prepared_root / "vocab", tmp / "vocab")
 
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
+    def exclusive(self) -> AbstractContextManager[None]:
         """Holds the run directory for this process while it trains: another ``ctr`` process
         asking for it meanwhile is refused (two trainings in one folder interleave their logs
-        and checkpoints). The lock is ``.<name>.lock`` beside the folder, removed after."""
-        lock = self.root.parent / f".{self.root.name}.lock"
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with lock.open("w") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise UserError(f"{self.root}: another ctr process is training in this run directory") from None
-            try:
-                yield
-            finally:
-                lock.unlink(missing_ok=True)
+        and checkpoints)."""
+        return held(self.root, "is training in this run directory")
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         atomic_write(self.metrics, metrics_json(metrics) + "\n")

@@ -22,6 +22,15 @@ def test_plan_runs_full_once_per_seed_and_validates_its_arguments():
         plan(["zip"], [0.5], 1)
     with pytest.raises(UserError, match=r"--budgets: 2.0 is not in \(0, 1\]"):
         plan(["hash"], [2.0], 1)
+    with pytest.raises(UserError, match=r"^--methods: hash given twice"):
+        plan(["hash", "hash"], [0.5], 1)
+    with pytest.raises(UserError, match=r"^--budgets: 0.5 given twice"):
+        plan(["hash"], [0.5, 0.50], 1)  # one cell, one run directory: two jobs wrote it at once
+    with pytest.raises(UserError, match=r"^--methods: give at least one"):
+        plan([], [0.5], 1)
+    with pytest.raises(UserError, match=r"^--budgets: give at least one budget"):
+        plan(["hash"], [], 1)
+    assert [c.key for c in plan(["full"], [], 1)] == ["full-full-s0"]
 
 
 def test_table_reports_mean_and_spread_and_unreachable_cells():
@@ -169,3 +178,28 @@ def test_jobs_train_cells_at_once_into_one_results_file(tmp_path):
     assert table.index("| robe | 0.5 |") < table.index("| hash | 0.5 |")  # the grid's order, not the finishing one
     with pytest.raises(UserError, match="--jobs must be >= 1"):
         run_compression(recipe, ["hash"], [0.5], 1, out, [], jobs=0)
+
+
+def test_sigterm_stops_the_benchmark_and_its_training_child_and_the_rerun_resumes(tmp_path):
+    """The benchmark's SIGTERM reaches the cell training in a child (it went on alone) and no
+    cell starts after it; the command exits 143 (a rerun resumes the cell: the test above)."""
+    import os
+    import signal
+    import time
+
+    raw = tiny_recipe(tmp_path, data={"rows": 30000}, train={"epochs": 20, "early_stop": None})
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(raw))
+    out = tmp_path / "bench"
+    command = [sys.executable, "-m", "ctr", "bench", "compression", str(tmp_path / "base.yaml"), "--methods", "hash",
+               "--budgets", "0.5,0.1", "--seeds", "1", "--out", str(out)]
+    bench = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not list((out / "runs").glob("*/checkpoints/last.ckpt")) and time.monotonic() < deadline:
+        time.sleep(0.5)  # the first cell has checkpointed: it trains in its child
+    os.kill(bench.pid, signal.SIGTERM)
+    _, err = bench.communicate(timeout=120)
+    assert bench.returncode == 143, err[-2000:]
+    assert "ctr: terminated (SIGTERM); the same command continues" in err
+    assert not (out / "runs" / "hash-0.1-s0").exists()  # no cell started after the signal
+    assert not (out / "runs" / "hash-0.5-s0" / "metrics.json").exists()  # the child stopped, not finished
+    assert "ctr: terminated (SIGTERM)" in (out / "logs" / "hash-0.5-s0.log").read_text()

@@ -159,3 +159,18 @@ def test_an_out_holding_another_commands_results_is_refused(tmp_path):
     (tmp_path / "t" / "results.csv").write_text("method,budget,seed\nfull,,0\n")
     with pytest.raises(UserError, match=r"results.csv: not a results file of this command \(its columns: method, bud"):
         Tuning(_recipe_file(tmp_path), parse_grid(["seed=1"]), 1, tmp_path / "t", [], FakeTrainer()).run()
+
+
+@pytest.mark.parametrize("command", [["tune", "RECIPE", "--grid", "seed=1"],
+                                     ["bench", "compression", "RECIPE", "--methods", "full"]])
+def test_a_second_command_writing_results_into_the_same_out_is_refused(tmp_path, capsys, command):
+    """Two tunes (or benchmarks) into one --out rewrote each other's results.csv from their
+    own rows: the second is refused while the first runs."""
+    from ctr.cli import main
+    from ctr.train.rundir import held
+
+    out, recipe = tmp_path / "out", str(_recipe_file(tmp_path))
+    with held(out, "is writing results in this folder"):
+        assert main([recipe if arg == "RECIPE" else arg for arg in command] + ["--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"ctr: error: {out}: another ctr process is writing results in this folder"
+    assert not (out / "results.csv").exists()
