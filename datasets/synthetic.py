@@ -11,6 +11,7 @@ deterministic by ``data.seed``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
@@ -77,8 +78,20 @@ class SyntheticConfig(DataConfig):
     def __post_init__(self) -> None:
         if len(self.vocab_sizes) != NUM_CATEGORICAL:
             raise ValueError(f"vocab_sizes needs {NUM_CATEGORICAL} values, got {len(self.vocab_sizes)}")
-        if self.rows < 1 or self.chunk_rows < 1 or self.vocab_scale <= 0 or self.zipf <= 0:
-            raise ValueError("rows, chunk_rows, vocab_scale and zipf must be positive")
+        positive = {"rows": self.rows, "chunk_rows": self.chunk_rows, "vocab_scale": self.vocab_scale,
+                    "zipf": self.zipf, "latent_dim": self.latent_dim}
+        for name, value in positive.items():
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        for name, value in {"seed": self.seed, "interacting_pairs": self.interacting_pairs}.items():
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if not 0 < self.positive_rate < 1 or not 0 <= self.missing_rate <= 1:
+            raise ValueError(f"positive_rate must be in (0, 1) and missing_rate in [0, 1], got {self.positive_rate} "
+                             f"and {self.missing_rate}")
+        scales = (self.linear_scale, self.pairwise_scale, self.numeric_scale)
+        if not all(math.isfinite(v) and v >= 0 for v in scales):
+            raise ValueError(f"linear_scale, pairwise_scale and numeric_scale must be finite and >= 0, got {scales}")
 
     def scaled_vocabs(self) -> list[int]:
         return [max(2, int(round(v * self.vocab_scale))) for v in self.vocab_sizes]

@@ -1,7 +1,10 @@
 import numpy as np
 import pyarrow as pa
+import pytest
+import yaml
 
 from ctr.datasets.synthetic import PlantedModel, SyntheticConfig, SyntheticDataset
+from tests.conftest import tiny_recipe
 
 
 def rows(**options):
@@ -56,3 +59,24 @@ def test_pairwise_term_has_no_first_order_part():
     head = np.bincount(ids[:, column]).argmax()  # the most frequent id of an interacting column
     conditional_mean = pairwise[ids[:, column] == head].mean()
     assert abs(conditional_mean) < 0.1 * pairwise.std()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.vocab_scale=.nan", "vocab_scale must be a finite number > 0, got nan"),
+    ("data.seed=-1", "seed must be >= 0, got -1"),
+    ("data.interacting_pairs=-1", "interacting_pairs must be >= 0, got -1"),
+    ("data.positive_rate=1.5", "positive_rate must be in (0, 1) and missing_rate in [0, 1], got 1.5 and 0.1"),
+    ("data.missing_rate=2", "positive_rate must be in (0, 1) and missing_rate in [0, 1], got 0.25 and 2.0"),
+    ("data.latent_dim=0", "latent_dim must be a finite number > 0, got 0"),
+])
+def test_a_bad_generator_setting_is_one_line_naming_it(tmp_path, capsys, override, message):
+    """Tracebacks from numpy (a NaN scale, a negative seed) or a silently odd dataset (a
+    positive rate of 1.5) before."""
+    from ctr.cli import main
+
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    assert main(["data", "prepare", str(tmp_path / "r.yaml"), "-o", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ctr: error: data") and message in err and "\n" not in err, err
+    assert main(["data", "synth", str(tmp_path / "s.tsv"), "--rows", "10", "--seed", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "ctr: error: data synth: seed must be >= 0, got -1"
