@@ -427,6 +427,8 @@ def _bench_kernels(args: argparse.Namespace) -> int:
 
     from ctr.bench.kernels import KernelBenchConfig, run
 
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads: must be >= 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     config = KernelBenchConfig(

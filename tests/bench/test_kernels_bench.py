@@ -45,9 +45,18 @@ def test_step_suite_compares_with_sparse_gradient_adagrad(capsys):
     assert "DeepFM MLP" in out
 
 
-def test_bad_flag_is_one_line_exit_2(capsys):
-    assert main(["bench", "kernels", "--batch", "0"]) == 2
-    assert capsys.readouterr().err.strip() == "ctr: error: --batch: must be >= 1"
+@pytest.mark.parametrize("flags, said", [
+    (["--batch", "0"], "--batch: must be >= 1"),
+    (["--alpha", "nan"], "--dims and --pooling must be >= 1, --alpha (a number) and --warmup >= 0"),
+    (["--threads", "-1"], "--threads: must be >= 1, got -1"),
+    (["--dims", "7"], "--dims: [7]: the FBGEMM tables compared take dims that are multiples of 4"),
+    (["--peak-gbps", "-5"], "--peak-gbps: must be > 0, got -5.0"),
+])
+def test_bad_flag_is_one_line_exit_2(capsys, flags, said):
+    """Each was a traceback (multinomial on NaN, set_num_threads, FBGEMM's assertion after
+    other rows ran) or a negative "% of peak" before."""
+    assert main(["bench", "kernels", *flags]) == 2
+    assert capsys.readouterr().err.strip() == f"ctr: error: {said}"
 
 
 def test_implementations_compute_the_same_pooling():
