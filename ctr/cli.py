@@ -388,6 +388,8 @@ def _clean(args: argparse.Namespace) -> int:
     from ctr.datasets.preprocess import cache_root, remove_stale, stale_entries
 
     root = cache_root(args.cache_dir)
+    if args.cache_dir and not Path(args.cache_dir).expanduser().is_dir():
+        raise UserError(f"--cache-dir: {args.cache_dir}: no such folder")
     stale = stale_entries(root)
     verb = "would remove" if args.dry_run else "removed"
     for entry in stale:

@@ -65,8 +65,7 @@ class Registry(Generic[T]):
         def add(target: T) -> T:
             if name in self._entries and self._entries[name].target is not target:
                 raise ValueError(f"{self.kind}: {name!r} is already registered")
-            doc = (getattr(target, "__doc__", None) or "").strip().splitlines()
-            self._entries[name] = Entry(name, target, config, doc[0] if doc else "")
+            self._entries[name] = Entry(name, target, config, _summary(getattr(target, "__doc__", None) or ""))
             return target
 
         return add
@@ -146,3 +145,16 @@ DATASETS: Registry[Any] = Registry("dataset", _table("ctr.datasets", {
 OPTIMIZERS: Registry[Any] = Registry("optimizer", _table("ctr.train", {
     "optim": ["adam", "adamw", "sgd", "adagrad", "sparse_adam", "rowwise_adagrad"],
 }))
+
+
+def _summary(doc: str, width: int = 110) -> str:
+    """A docstring's first sentence, its lines joined up to the first that ends one (a
+    summary cut at the first line break read "... as the VLDB 2024 benchmark's"), shortened
+    to ``width`` characters at a word."""
+    words = []
+    for line in doc.strip().split("\n\n")[0].splitlines():
+        words += line.split()
+        if line.rstrip().endswith("."):
+            break
+    summary = " ".join(words)
+    return summary if len(summary) <= width else summary[: width - 1].rsplit(" ", 1)[0] + " …"

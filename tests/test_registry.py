@@ -43,3 +43,14 @@ def test_builtins_load_lazily():
 def test_bad_plugin_module_is_a_recipe_error():
     with pytest.raises(RecipeError, match=r"plugins\[0\]: cannot import plugin module 'no_such_mod'"):
         import_plugins(["no_such_mod"])
+
+
+def test_a_summary_is_the_docstrings_first_sentence_across_lines():
+    """`ctr models` showed each docstring's first line, cut mid-sentence."""
+    from ctr.registry import _summary
+
+    assert _summary("Low-precision training of full tables, as the\n    benchmark's quantize.\n\n    More.") == (
+        "Low-precision training of full tables, as the benchmark's quantize.")
+    assert _summary("Wide & Deep: logits summed (Eq. 3).") == "Wide & Deep: logits summed (Eq. 3)."
+    long = _summary("word " * 40)
+    assert len(long) <= 110 and long.endswith(" …")

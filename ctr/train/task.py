@@ -63,7 +63,7 @@ def check_dense_size(table_bytes: int, max_mb: float) -> None:
     if table_bytes > max_mb * 1e6:
         raise RecipeError(
             f"embedding.gradients: dense gradients need tables of at most embedding.dense_max_mb = {max_mb:g} MB;"
-            f" these hold {table_bytes / 1e6:.1f} MB (use gradients: sparse, or raise embedding.dense_max_mb)"
+            f" these hold {table_bytes / 1e6:.3g} MB (use gradients: sparse, or raise embedding.dense_max_mb)"
         )
 
 

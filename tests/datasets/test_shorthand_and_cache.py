@@ -119,6 +119,8 @@ def test_clean_removes_stale_entries_and_says_why(tmp_path, capsys):
     assert "3 stale entries" in out
     assert sorted(p.name for p in root.iterdir()) == [synthetic.root.name]
     assert os.path.isdir(synthetic.root)
+    assert main(["data", "clean", "--dry-run", "--cache-dir", str(tmp_path / "typo")]) == 2  # it said "0 stale"
+    assert capsys.readouterr().err.strip() == f"ctr: error: --cache-dir: {tmp_path / 'typo'}: no such folder"
 
 
 def test_a_run_from_before_the_split_seed_keeps_its_split(tmp_path):
