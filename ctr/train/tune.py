@@ -168,9 +168,16 @@ class Tuning:
         return raw
 
     def _recipe(self, base: dict[str, Any], point: Point) -> Recipe:
+        """The point's recipe; an error names the point, or the recipe and its -o when the
+        point's settings are not what is wrong (the same error without them)."""
         try:
             return recipe_from_dict(self._raw(base, point))
         except UserError as err:
+            try:
+                recipe_from_dict(base)
+            except UserError as without:
+                if str(without) == str(err):
+                    raise UserError(f"{self.recipe_path} (with its -o): {err}") from None
             raise UserError(f"--grid {point.label}: {err}") from None
 
     def _run(self, results: Results, point: Point, recipe: Recipe, offset: int, monitor: str) -> dict[str, str]:

@@ -71,6 +71,9 @@ def test_a_bad_point_is_refused_before_any_training(tmp_path):
     with pytest.raises(UserError, match=r"--grid train.embedding_optimizer.lr=-1: .*lr must be > 0"):
         Tuning(_recipe_file(tmp_path), grid, 1, tmp_path / "t", [], trainer).run()
     assert trainer.calls == []
+    recipe = _recipe_file(tmp_path)
+    with pytest.raises(UserError, match=r"^\S+base.yaml \(with its -o\): model.x: unknown key"):  # not the grid's fault
+        Tuning(recipe, parse_grid(["train.embedding_optimizer.lr=0.1"]), 1, tmp_path / "t", ["model.x=1"], trainer).run()
 
 
 def test_points_whose_method_refuses_the_budget_are_listed_not_trained(tmp_path):
