@@ -228,8 +228,6 @@ def _run_cell(
     drop_checkpoints: bool,
 ) -> dict[str, Any]:
     run = RunDir(out / "runs" / cell.key)
-    resuming = run.started and not run.metrics.exists()
-    log.info("bench %s %s: %s", number, cell.key, "resuming its interrupted run" if resuming else "training")
     row: dict[str, Any] = {"method": cell.method, "budget": cell.budget, "seed": cell.seed, "run_dir": run.root}
     try:
         recipe = recipe_from_dict(raw)
@@ -241,6 +239,9 @@ def _run_cell(
     if refusal is not None:
         log.info("bench %s: %s", cell.key, refusal)
         return {**row, "status": refusal}
+    doing = ("reading its finished run" if run.metrics.exists() else
+             "resuming its interrupted run" if run.started else "training")
+    log.info("bench %s %s: %s", number, cell.key, doing)
     status = "ok" if run.metrics.exists() else _train_apart(cell, raw, run, out, children)
     if status != "ok":
         return {**row, "status": status}
