@@ -96,11 +96,13 @@ def test_cli_with_a_relative_out_folder_prints_the_table(tmp_path):
     assert '"best_checkpoint": "checkpoints/best.ckpt"' in metrics
 
 
-def test_a_budget_a_method_cannot_reach_is_a_cell_not_a_failure(tmp_path):
+def test_a_budget_a_method_cannot_reach_is_a_cell_not_a_failure(tmp_path, caplog):
     recipe = tmp_path / "base.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 1})))
     out = tmp_path / "bench"
-    run_compression(recipe, ["robe"], [0.001], 1, out, [])
+    with caplog.at_level(logging.INFO, logger="ctr.bench"):
+        run_compression(recipe, ["robe"], [0.001], 1, out, [])
+    assert "robe-0.001-s0: training" not in caplog.text  # it said so, then refused the cell
     with (out / "results.csv").open() as handle:
         (row,) = list(csv.DictReader(handle))
     assert row["status"].startswith("cannot reach (min 0.00") and row["test_auc"] == ""
