@@ -22,7 +22,7 @@ def test_defaults_and_typed_sections():
         ({"model": {"name": "nosuchmodel"}}, r"^model\.name: unknown model 'nosuchmodel'"),
         ({"embedding": {"method": "zip"}}, r"^embedding\.method: unknown embedding method 'zip'"),
         ({"model": {"name": "dlrm", "top_mlp": [1, "x"]}}, r"^model\.top_mlp\[1\]: expected int"),
-        ({"data": {"rows": -1}}, r"^data: rows, chunk_rows"),
+        ({"data": {"rows": -1}}, r"^data: rows must be a finite number > 0, got -1$"),
         ({"train": {"optimizer": {"name": "adamx"}}}, r"^train\.optimizer\.name: unknown optimizer"),
         ({"data": {"features": [{"name": "a", "kind": "dense"}]}}, r"^data\.features\[0\]\.kind: expected one of"),
     ],
