@@ -9,7 +9,7 @@ import torch
 from ctr.datasets import BatchLoader
 from ctr.errors import RecipeError
 from ctr.recipe import recipe_from_dict
-from ctr.train.task import CTRTask
+from ctr.train.task import CTRTask, check_dense_size
 from tests.conftest import tiny_recipe
 
 DENSE_ADAM = {"embedding_optimizer": {"name": "adam", "lr": 0.01}}
@@ -54,6 +54,9 @@ def test_tables_above_the_limit_are_refused_with_one_line_naming_the_key(tmp_pat
                                           r"embedding\.dense_max_mb = 0\.001 MB") as err:
         task_for(tmp_path, tiny_prepared, {"gradients": "dense", "dense_max_mb": 0.001})
     assert "\n" not in str(err.value)
+    assert "these hold 0.0 MB" not in str(err.value)  # a table of a few kB was shown as 0.0 MB
+    with pytest.raises(RecipeError, match=r"these hold 0\.0015 MB \("):
+        check_dense_size(1500, 0.001)
 
 
 @pytest.mark.parametrize("optimizer", [{"name": "sparse_adam"}, {"name": "adagrad", "fused": True}])
