@@ -13,7 +13,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from ctr.errors import UserError
+from ctr.errors import Terminated, UserError
 
 
 def entry() -> None:
@@ -63,13 +63,20 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ctr: error: {err.filename}: {err.strerror.lower() if err.strerror else err}", file=sys.stderr)
         return 2
+    except Terminated:  # SIGTERM where ctr, not Lightning, handles it (a procedure stage)
+        return _say_signal_end(args, ("terminated (SIGTERM)", 143))
     except SystemExit as stop:
         ended = _signal_end(stop)
         if ended is None:
             raise
-        hint = "; `ctr train --resume RUN_DIR` continues from its last checkpoint, if one was written"
-        print(f"ctr: {ended[0]}{hint if args.command == 'train' else ''}", file=sys.stderr)
-        return ended[1]
+        return _say_signal_end(args, ended)
+
+
+def _say_signal_end(args: argparse.Namespace, ended: tuple[str, int]) -> int:
+    """Prints how a signal ended the command (with how to resume a training run); its code."""
+    hint = "; `ctr train --resume RUN_DIR` continues from its last checkpoint, if one was written"
+    print(f"ctr: {ended[0]}{hint if args.command == 'train' else ''}", file=sys.stderr)
+    return ended[1]
 
 
 def _signal_end(stop: SystemExit) -> tuple[str, int] | None:
@@ -322,7 +329,6 @@ def _models(args: argparse.Namespace) -> int:
 
 def _bench_compression(args: argparse.Namespace) -> int:
     from ctr.bench.compression import run_compression
-    from ctr.train.launch import Terminated
     from ctr.train.rundir import held
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -1,4 +1,9 @@
-"""Errors a user can fix; the CLI prints them on one line and exits with code 2."""
+"""Errors a user can fix; the CLI prints them on one line and exits with code 2. Also
+``Terminated``, how a SIGTERM ends work that has no handler of its own."""
+
+import signal
+from contextlib import contextmanager
+from typing import Iterator
 
 
 class UserError(Exception):
@@ -31,3 +36,25 @@ def reason(err: BaseException, typed: bool = False) -> str:
     if not text:
         return name
     return f"{name}: {text.splitlines()[0]}" if typed else text.splitlines()[0]
+
+
+class Terminated(Exception):
+    """The process received SIGTERM inside ``sigterm_raises``."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """A SIGTERM handler: the main thread raises ``Terminated`` where it is."""
+    raise Terminated
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Inside, SIGTERM raises ``Terminated`` in the main thread (the CLI says so on one line
+    and exits 143) instead of ending the process without a word; the previous handler is
+    back on the way out. Not for a Lightning fit, which ends itself at a step's end, nor a
+    rank of a process group, which SIGTERM must end even inside a blocking collective."""
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -42,11 +42,10 @@ from typing import IO, Any
 import yaml
 
 from ctr.atomic import CsvRows, atomic_write
-from ctr.errors import UserError
+from ctr.errors import UserError, sigterm_raises
 from ctr.metrics import mean_std
 from ctr.recipe import apply_override, read_yaml, recipe_from_dict
 from ctr.registry import EMBEDDINGS
-from ctr.train.launch import raise_terminated
 from ctr.train.plots import save_png
 from ctr.train.refusal import budget_refusal
 from ctr.train.rundir import RunDir
@@ -141,20 +140,19 @@ def run_compression(
             todo.append((f"{number}/{len(cells)}", cell))
     preparing = threading.Lock()  # cells of one seed share the prepared data: one prepares it
     pool, children = ThreadPoolExecutor(max_workers=jobs), Children()
-    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
-        running = [pool.submit(_run_cell, cell, _cell_recipe(base, recipe_path, cell, out), out, number, preparing,
-                               children, drop_checkpoints) for number, cell in todo]
-        for finished in as_completed(running):
-            results.add(finished.result())
-            _report(results, cells, out)
+        with sigterm_raises():
+            running = [pool.submit(_run_cell, cell, _cell_recipe(base, recipe_path, cell, out), out, number,
+                                   preparing, children, drop_checkpoints) for number, cell in todo]
+            for finished in as_completed(running):
+                results.add(finished.result())
+                _report(results, cells, out)
     except BaseException:  # Ctrl-C, SIGTERM or a bug: no cell starts after it, the training ones stop
         pool.shutdown(wait=False, cancel_futures=True)
         children.stop()
         raise
     finally:
         pool.shutdown()
-        signal.signal(signal.SIGTERM, previous)
     _report(results, cells, out)
     return results
 

@@ -25,7 +25,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from ctr.errors import RecipeError, UserError
+from ctr.errors import RecipeError, Terminated, UserError, sigterm_raises
 from ctr.recipe import Recipe
 from ctr.train.loop import Placement, placement
 from ctr.train.rundir import RunDir
@@ -57,23 +57,12 @@ def spawn(args: list[str], recipe: Recipe) -> int:
         env = {**os.environ, **common, "RANK": str(node * devices + local), "LOCAL_RANK": str(local),
                LAUNCHER: str(os.getpid())}
         processes.append(subprocess.Popen([sys.executable, "-m", "ctr", *args], env=env))
-    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
-        return wait_all(processes)  # stops the ranks on any way out
+        with sigterm_raises():
+            return wait_all(processes)  # stops the ranks on any way out
     except Terminated:
         log.error("terminated (SIGTERM): the %d ranks were stopped; `ctr train --resume RUN_DIR` continues", devices)
         return 128 + signal.SIGTERM
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-class Terminated(Exception):
-    """The launcher received SIGTERM."""
-
-
-def raise_terminated(signum: int, frame: object) -> None:
-    """A SIGTERM handler: the main thread raises ``Terminated`` where it is."""
-    raise Terminated
 
 
 def die_with_launcher() -> None:

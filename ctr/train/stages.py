@@ -26,7 +26,7 @@ import torch
 
 from ctr.batch import Batch
 from ctr.embeddings.stages import Stage, StageContext
-from ctr.errors import UserError, reason
+from ctr.errors import UserError, reason, sigterm_raises
 from ctr.metrics import auc
 from ctr.train.callbacks import random_state, set_random_state
 from ctr.train.loop import Fitted, Loader, Session, fit, load_checkpoint
@@ -201,7 +201,8 @@ def _run_procedure(task: CTRTask, session: Session, stage: Stage) -> float:
         seed=session.recipe.seed,
         progress=session.progress,
     )
-    task.net.embedding.run_procedure(stage, context)
+    with sigterm_raises():  # outside a fit, SIGTERM would end the process without a word
+        task.net.embedding.run_procedure(stage, context)
     return time.perf_counter() - start
 
 

@@ -161,6 +161,38 @@ def test_resume_after_a_kill_between_stages_continues_from_the_last_finished_sta
     assert metrics["embedding_bytes"] <= 0.5 * metrics["full_embedding_bytes"]
 
 
+TERM_IN_SEARCH = """
+import os, signal
+from embeddings.optembed import OptEmbed
+
+
+def search_then_term(self, stage, context):
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+OptEmbed.run_procedure = search_then_term
+"""
+
+
+def test_sigterm_during_a_procedure_stage_says_so_and_how_to_resume(tmp_path):
+    """A procedure stage (OptEmbed's search) runs outside Lightning's fit and its SIGTERM
+    handling: the run ends with the shell's code, one line and no traceback, and what the
+    finished stages wrote is kept for ``--resume``."""
+    (tmp_path / "term_in_search.py").write_text(TERM_IN_SEARCH)
+    raw = tiny_recipe(tmp_path, embedding={**OPTEMBED, "stages": {"supernet": {"epochs": 1}}})
+    raw["plugins"] = ["term_in_search"]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    child = subprocess.run([sys.executable, "-m", "ctr.cli", "train", recipe, "--out", run], capture_output=True,
+                           text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=600)
+    assert child.returncode == 143, child.stderr[-2000:]
+    assert child.stderr.splitlines()[-1] == ("ctr: terminated (SIGTERM); `ctr train --resume RUN_DIR` continues from "
+                                             "its last checkpoint, if one was written")
+    assert "Traceback" not in child.stderr
+    assert json.loads((run / "stages" / "progress.json").read_text())["finished"] == ["supernet"]
+
+
 def test_models_lists_the_embedding_methods():
     result = ctr("models")
     assert result.returncode == 0
