@@ -86,11 +86,21 @@ def prepare(config: DataConfig, progress: bool | None = None) -> Prepared:
 @dataclass
 class Encoded:
     """Rows encoded with a saved schema: ``root/test`` holds them; ``tally`` counts rows and
-    out-of-vocabulary ids; ``labelled`` is False when the rows had no label column."""
+    out-of-vocabulary ids; ``labelled`` is False when the rows had no label column;
+    ``skipped_rows`` (int64, ascending) are the input rows ``on_bad_rows: skip`` dropped,
+    numbered from 0 over the source's rows in read order (encoding every row only)."""
 
     prepared: Prepared
     tally: Tally
     labelled: bool
+    skipped_rows: np.ndarray
+
+    def input_rows(self, first: int, count: int) -> np.ndarray:
+        """The input row numbers of encoded rows ``first .. first + count - 1`` (int64 [count]):
+        the k-th kept row is row k + (skipped rows before it)."""
+        kept = np.arange(first, first + count, dtype=np.int64)
+        kept_before_skip = self.skipped_rows - np.arange(len(self.skipped_rows), dtype=np.int64)
+        return kept + np.searchsorted(kept_before_skip, kept, side="right")
 
 
 def encode_with_schema(config: DataConfig, schema_dir: Path, out: Path, split: str | None,
@@ -128,7 +138,8 @@ def encode_with_schema(config: DataConfig, schema_dir: Path, out: Path, split: s
     if tally.rows == 0:
         raise DataError(f"data: no rows to encode from dataset {config.dataset!r}")
     schema = Schema(schema.features, schema.label, group, schema.counts)
-    return Encoded(Prepared(out, schema, {}), tally, schema.label not in absent)
+    skipped_rows = np.concatenate(job.skipped_rows) if job.skipped_rows else np.zeros(0, dtype=np.int64)
+    return Encoded(Prepared(out, schema, {}), tally, schema.label not in absent, skipped_rows)
 
 
 def load_prepared(root: Path) -> Prepared:
@@ -271,6 +282,7 @@ class _Job:
         self.skipped = {s: 0 for s in SPLITS}
         self.columns = column_keys(features, label, group)
         self.whole = False  # every row is a test row (no split)
+        self.skipped_rows: list[np.ndarray] = []  # of every row (whole): the numbers of those skipped
 
     def absent_columns(self) -> set[str]:
         """The optional columns (label, group) the source's first record batch lacks (none
@@ -323,6 +335,7 @@ class _Job:
         skip = self.config.on_bad_rows == "skip"
         streams = self.source.streams()
         carved = {split for split in ("valid", "test") if split not in streams}
+        read = 0
         for name, stream in streams.items():
             feeds_only = name in ("all", only) or (name == "train" and only in carved)  # carved from training rows
             if only is not None and not self.whole and not feeds_only:
@@ -340,6 +353,9 @@ class _Job:
                 batch = batch.set_column(
                     batch.schema.get_field_index(self.label), self.label, pa.array(check.labels)
                 )
+                if self.whole and dropped:
+                    self.skipped_rows.append(read + np.flatnonzero(~check.keep))
+                read += batch.num_rows
                 codes = self._assign(name, index, batch.num_rows, carved)
                 bar.update(batch.num_rows)
                 for code, split in enumerate(SPLITS):

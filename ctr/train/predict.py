@@ -5,7 +5,9 @@ rows are errors, or skipped with ``data.on_bad_rows: skip``, as in training), wr
 encoded shards to a temporary folder and scored batch by batch, so memory does not grow
 with the input. The output (parquet, or CSV for a ``.csv`` / ``.tsv`` name) has a ``score``
 column (the click probability) per kept input row, in input order, and ``label`` when the
-input has labels; it is written atomically.
+input has labels; with ``data.on_bad_rows: skip`` a ``row`` column gives each score's input
+row (numbered from 0 over the input's rows in read order), so scores join back to the
+input though rows were left out. It is written atomically.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 
 from ctr.atomic import atomic_path
 from ctr.datasets.loader import BatchLoader
+from ctr.datasets.preprocess import Encoded
 from ctr.errors import UserError
 from ctr.metrics import auc, group_auc, logloss
 from ctr.train.loop import placement
@@ -35,7 +38,7 @@ CSV_SUFFIXES = (".csv", ".tsv")
 
 @dataclass
 class Scored:
-    """One batch's probabilities float32 [B], labels [B] and groups [B] (or None)."""
+    """One batch's probabilities float64 [B], labels [B] and groups [B] (or None)."""
 
     probs: np.ndarray
     labels: np.ndarray
@@ -58,7 +61,8 @@ def predict(run_root: Path, data: Path, out: Path, progress: bool = False) -> di
         loader = BatchLoader(encoded.prepared.split_dir("test"), schema, recipe.train.eval_batch_size,
                              prefetch=recipe.data.prefetch, device=device)
         try:
-            parts = _write(_scores(net, loader, device), out, encoded.labelled)
+            numbered = encoded if recipe.data.on_bad_rows == "skip" else None
+            parts = _write(_scores(net, loader, device), out, encoded.labelled, numbered)
         finally:
             loader.close()
     seconds = time.perf_counter() - start
@@ -84,15 +88,19 @@ def _writer(path: Path, schema: pa.Schema, suffix: str) -> pcsv.CSVWriter:
     return pcsv.CSVWriter(path, schema, write_options=options)
 
 
-def _write(scored: Iterator[Scored], out: Path, labelled: bool) -> list[Scored]:
-    """Streams the scores into ``out`` (CSV or parquet by its suffix); returns what the
-    metrics need (labels and scores, a few bytes a row) when ``labelled``."""
+def _write(scored: Iterator[Scored], out: Path, labelled: bool, numbered: Encoded | None) -> list[Scored]:
+    """Streams the scores into ``out`` (CSV or parquet by its suffix), with their input rows'
+    numbers when ``numbered``; returns what the metrics need (labels and scores, a few bytes
+    a row) when ``labelled``."""
     kept: list[Scored] = []
     as_csv = out.suffix.lower() in CSV_SUFFIXES
+    written = 0
     with atomic_path(out) as tmp:
         writer = None
         for part in scored:
-            columns = {"score": pa.array(part.probs)}
+            columns = {} if numbered is None else {"row": pa.array(numbered.input_rows(written, len(part.probs)))}
+            written += len(part.probs)
+            columns["score"] = pa.array(part.probs)
             if labelled:
                 columns["label"] = pa.array(part.labels.astype(np.int8))
                 kept.append(part)

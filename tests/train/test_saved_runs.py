@@ -2,6 +2,7 @@
 and vocabularies (nothing re-fitted), from any working directory, on new files too."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -166,6 +167,32 @@ def test_predict_bad_row_is_the_training_error(csv_run, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"{bad}:3: column 'x': not a finite number: 'inf'" in result.stderr
     assert not (tmp_path / "s.parquet").exists()
+
+
+def test_predict_skipping_bad_rows_numbers_the_scored_input_rows(csv_run, tmp_path):
+    """With ``on_bad_rows: skip`` the scores leave rows out: a ``row`` column joins each back
+    to its input row (numbered from 0 over the folder's files in read order)."""
+    home, trained = csv_run
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    recipe["data"]["on_bad_rows"] = "skip"
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    rows = pd.read_csv(home / "data" / "test.csv").head(40).astype({"x": object})
+    for bad in (0, 7, 8, 21, 39):
+        rows.loc[bad, "x"] = "inf"
+    (tmp_path / "in").mkdir()
+    rows.head(25).to_csv(tmp_path / "in" / "0.csv", index=False)
+    rows.tail(15).to_csv(tmp_path / "in" / "1.csv", index=False)
+    result = ctr("predict", run, tmp_path / "in", "--out", tmp_path / "s.csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    scores = pd.read_csv(tmp_path / "s.csv")
+    assert list(scores.columns) == ["row", "score", "label"]
+    assert scores["row"].tolist() == [r for r in range(40) if r not in (0, 7, 8, 21, 39)]
+    whole = ctr("predict", run, home / "data" / "test.csv", "--out", tmp_path / "all.csv", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    alone = pd.read_csv(tmp_path / "all.csv").set_index("row")["score"]
+    assert np.allclose(scores["score"], alone.loc[scores["row"]].to_numpy(), atol=1e-6)
 
 
 def snippet_scores_like_predict(run, test_file, columns, rows, tmp_path):
