@@ -434,23 +434,44 @@ def test_multi_stage_methods_run_their_stages_on_two_processes_as_on_one(tmp_pat
 def test_ranks_started_by_torchrun_are_refused_a_run_directory_another_process_holds(tmp_path):
     """torchrun's ranks have no ctr launcher to hold the run directory: rank 0 takes the
     lock, and every rank stops with its refusal (none waits on the others)."""
-    recipe = write(tmp_path, trainer={"devices": 2})
     run = tmp_path / "run"
+    command, env = _torchrun_command(write(tmp_path, trainer={"devices": 2}), run)
+    with RunDir(run).exclusive():
+        ends = _torchrun_ranks(command, env)
+    assert [code for code, _ in ends] == [2, 2], ends
+    assert f"{run}: another ctr process is training in this run directory" in ends[0][1], ends[0][1]
+    assert "Traceback" not in ends[1][1], ends[1][1]  # rank 1 meets the same error and leaves the line to rank 0
+    assert not run.exists()
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs sysfs, where no process can make a file")
+def test_ranks_started_by_torchrun_stop_together_when_the_lock_cannot_be_made(tmp_path):
+    """Rank 0 cannot make the lock file (sysfs refuses even root): every rank stops with
+    the one line, none waits for the others."""
+    lock = f"/sys/.ctr-run-{os.getpid()}.lock"
+    command, env = _torchrun_command(write(tmp_path, trainer={"devices": 2}), Path(f"/sys/ctr-run-{os.getpid()}"))
+    ends = _torchrun_ranks(command, env)
+    assert [code for code, _ in ends] == [2, 2], ends
+    assert ends[0][1].strip().splitlines()[-1] == f"ctr: error: {lock}: permission denied", ends[0][1]
+    assert "Traceback" not in ends[1][1], ends[1][1]
+
+
+def _torchrun_command(recipe: Path, run: Path) -> tuple[list[str], dict[str, str]]:
+    """``ctr train recipe --out run`` and the environment torchrun gives ranks (no ctr launcher)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k != LAUNCHER}
     env.update(WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    command = [sys.executable, "-m", "ctr", "train", str(recipe), "--out", str(run)]
-    with RunDir(run).exclusive():
-        ranks = [subprocess.Popen(command, cwd=ROOT, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-                                  stderr=subprocess.PIPE, text=True) for r in range(2)]
-        said = [rank.communicate(timeout=300)[1] for rank in ranks]  # read while they run: no full pipe blocks one
-        ends = [(rank.returncode, err) for rank, err in zip(ranks, said)]
-    assert [code for code, _ in ends] == [2, 2], ends
-    assert f"{run}: another ctr process is training in this run directory" in ends[0][1], ends[0][1]
-    assert "Traceback" not in ends[1][1], ends[1][1]  # rank 1 meets the same error and leaves the line to rank 0
-    assert not run.exists()
+    return [sys.executable, "-m", "ctr", "train", str(recipe), "--out", str(run)], env
+
+
+def _torchrun_ranks(command: list[str], env: dict[str, str]) -> list[tuple[int, str]]:
+    """Runs ``command`` as ranks 0 and 1 of a group, as torchrun starts them: (code, stderr) of each."""
+    ranks = [subprocess.Popen(command, cwd=ROOT, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    said = [rank.communicate(timeout=300)[1] for rank in ranks]  # read while they run: no full pipe blocks one
+    return [(rank.returncode, err) for rank, err in zip(ranks, said)]
 
 
 def test_a_loss_that_is_not_finite_stops_every_rank_naming_the_step(tmp_path):
