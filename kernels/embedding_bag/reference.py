@@ -34,6 +34,23 @@ def check_mode(mode: str, per_sample_weights: Tensor | None) -> None:
         raise ValueError("per_sample_weights need mode='sum'")
 
 
+def check_bounds(indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None, num_rows: int) -> None:
+    """Checks what a kernel without bounds checks (Triton) would otherwise read or write past
+    its buffers with: ids in [0, ``num_rows``), ``offsets`` [num_bags + 1] from 0, never
+    decreasing, up to N, and one per-sample weight per id. Shapes raise ValueError; values
+    are asserted on their device without waiting for it (a RuntimeError on the CPU, a
+    device-side assert on a GPU)."""
+    if offsets.dim() != 1 or offsets.numel() == 0:
+        raise ValueError(f"offsets must be 1-D [num_bags + 1], got shape {tuple(offsets.shape)}")
+    if per_sample_weights is not None and per_sample_weights.shape != indices.shape:
+        raise ValueError(f"per_sample_weights: {tuple(per_sample_weights.shape)} for ids {tuple(indices.shape)}")
+    if indices.numel():
+        low, high = torch.aminmax(indices)
+        torch._assert_async((low >= 0) & (high < num_rows), f"embedding_bag: ids must lie in [0, {num_rows})")
+    ends = (offsets[0] == 0) & (offsets[-1] == indices.numel()) & (offsets.diff() >= 0).all()
+    torch._assert_async(ends, f"embedding_bag: offsets must start at 0, never decrease and end at {indices.numel()}")
+
+
 def embedding_bag(
     weight: Tensor,
     indices: Tensor,

@@ -299,8 +299,12 @@ def forward(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights
 
     Returns:
         [num_bags, D] in ``weight``'s dtype (accumulated in fp32).
+
+    The kernels do not bound their loads and stores, so ids and offsets are checked here
+    (``reference.check_bounds``); the backward reads the ids this forward checked.
     """
     reference.check_mode(mode, per_sample_weights)
+    reference.check_bounds(indices, offsets, per_sample_weights, weight.shape[0])
     weight = weight.detach()
     if weight.stride(1) != 1:
         weight = weight.contiguous()

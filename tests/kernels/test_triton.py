@@ -147,3 +147,26 @@ def test_default_tiles_on_more_bags_and_rows_than_one_block(monkeypatch):
         (fused_embedding_bag(table, opt.init_state(table), indices, offsets, None, "sum", opt, backend) * grad_out).sum().backward()
     assert torch.unique(indices).numel() > 128  # several blocks of unique rows
     torch.testing.assert_close(tables[0], tables[1])
+
+
+@pytest.mark.parametrize("indices, offsets, psw, said", [
+    ([4], [0, 1], None, r"ids must lie in \[0, 4\)"),  # one past the last row: it read the memory after the table
+    ([-1], [0, 1], None, r"ids must lie in \[0, 4\)"),  # it pooled to zeros
+    ([0, 1], [0, 3], None, "offsets must start at 0, never decrease and end at 2"),  # it read past the ids
+    ([0, 1], [1, 2], None, "offsets must start at 0"),
+    ([0, 1, 2], [0, 2, 1, 3], None, "never decrease"),
+    ([0, 1, 2], [0, 3], [1.0, 1.0], r"per_sample_weights: \(2,\) for ids \(3,\)"),
+])
+def test_ids_and_offsets_outside_the_buffers_are_refused(indices, offsets, psw, said):
+    """The kernels do not bound their loads and stores: a bad id or offset read (or, in the
+    fused backward, wrote) memory outside the table; the forward refuses it first."""
+    guard = torch.full((5, 4), 7.0)
+    table = guard[:4]  # the row after the table holds 7s: a write to it would show
+    ids, bounds = torch.tensor(indices), torch.tensor(offsets)
+    weights = None if psw is None else torch.tensor(psw)
+    with pytest.raises((RuntimeError, ValueError), match=said):
+        embedding_bag(table, ids, bounds, weights, backend=Backend.TRITON)
+    opt = FusedOptimizer("sgd", lr=1.0)
+    with pytest.raises((RuntimeError, ValueError), match=said):
+        fused_embedding_bag(table, opt.init_state(table), ids, bounds, weights, "sum", opt, Backend.TRITON)
+    assert torch.equal(guard[4], torch.full((4,), 7.0))
