@@ -136,9 +136,12 @@ def embedding_bag(
         [num_bags, D] in ``weight``'s dtype; ``weight`` gets a sparse gradient.
 
     While ``torch.export`` traces, every backend takes the torch reference (plain torch ops
-    that export; an exported program holds no Triton or FBGEMM kernel).
+    that export; an exported program holds no Triton or FBGEMM kernel). The torch backend
+    pools an fp16/bf16 table that needs a gradient in fp32 and builds the table's sparse
+    gradient itself (torch's sparse gradient cannot flow back through the cast).
     """
-    if backend is Backend.TORCH or torch.compiler.is_exporting():
+    plain = weight.dtype == torch.float32 or not weight.requires_grad
+    if (backend is Backend.TORCH and plain) or torch.compiler.is_exporting():
         return reference.embedding_bag(weight, indices, offsets, per_sample_weights, mode)
     from ctr.kernels.embedding_bag.autograd import PooledLookup
 

@@ -66,3 +66,19 @@ def test_dispatch_torch_backend():
     weight = torch.randn(5, 2)
     out = embedding_bag(weight, torch.tensor([0, 1]), torch.tensor([0, 2]), backend=Backend.TORCH)
     torch.testing.assert_close(out, (weight[0] + weight[1]).unsqueeze(0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_torch_backend_gives_a_half_table_its_sparse_gradient(dtype):
+    """An fp16/bf16 table is pooled in fp32; its sparse gradient reaches it in its dtype (the
+    cast's backward refused a sparse gradient before)."""
+    master = torch.randn(10, 4)
+    weight = master.to(dtype).requires_grad_()
+    indices, offsets, psw = torch.tensor([1, 2, 2, 7]), torch.tensor([0, 1, 3, 4]), torch.tensor([0.5, 1.0, 2.0, 3.0])
+    out = embedding_bag(weight, indices, offsets, psw, backend=Backend.TORCH)
+    assert out.dtype == dtype
+    (out.float() * torch.arange(12.0).view(3, 4)).sum().backward()
+    exact = master.to(dtype).float().requires_grad_()
+    (reference(exact, indices, offsets, psw) * torch.arange(12.0).view(3, 4)).sum().backward()
+    assert weight.grad.is_sparse and weight.grad.dtype == dtype
+    torch.testing.assert_close(weight.grad.to_dense().float(), exact.grad.to_dense(), rtol=1e-2, atol=1e-2)
