@@ -131,6 +131,8 @@ class AutoDimEmbedding(MultiStageMixin, EmbeddingMethod):
             return self.retrained(tables, ids)
         if self.training and torch.is_grad_enabled():
             self.step += 1
+        if ids.numel() == 0:  # no sample of the batch holds an id (sequence features only)
+            return self.alpha.new_zeros(0, self.dim)
         rows = self.row_start[tables] + ids
         # index_select, not x[tables]: the backward of advanced indexing adds with atomics on
         # several CPU threads, in no fixed order (gradients would differ from run to run)

@@ -119,6 +119,8 @@ class DeepHashEmbedding(EmbeddingMethod):
         BatchNorm statistics weight each distinct id by its occurrences: the same statistics
         (and outputs, gradients, running estimates) as the decoder run on every occurrence,
         as the artifact runs it, in a fraction of the flops on Zipf-like batches."""
+        if ids.numel() == 0:  # nothing to decode, nor to take statistics of
+            return self.decoder[-1].weight.new_zeros(0, self.dim)
         rows, occurrence, counts = torch.unique(self.row_start[self.feature_table[feature]] + ids,
                                                 return_inverse=True, return_counts=True)
         hidden = self._encode_rows(rows)

@@ -107,6 +107,8 @@ class DPQEmbedding(WrittenCodes, BatchLosses, EmbeddingMethod):
         rows = self.row_start[self.feature_table[feature]] + ids
         if not self.training:
             return self.decode(self.codes[rows].long())
+        if ids.numel() == 0:  # no id to quantize: no commitment loss (a mean over none is nan)
+            return self.query.new_zeros(0, self.dim)
         query = F.embedding(rows, self.query, sparse=True).view(-1, self.parts, self.dim // self.parts)
         responses = self.responses(query)  # [N, P, K]
         codes = responses.argmax(-1)

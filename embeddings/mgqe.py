@@ -121,6 +121,8 @@ class MGQEmbedding(WrittenCodes, BatchLosses, EmbeddingMethod):
         rows = self.row_start[tables] + ids
         if not self.training:
             return self.decode(tables, self.codes[rows].long())
+        if ids.numel() == 0:  # no id to quantize: no commitment loss (a mean over none is nan)
+            return self.weight.new_zeros(0, self.dim)
         query = F.embedding(rows, self.weight, sparse=True)  # [N, D]
         codes = self.assign(tables, rows)
         self.write_codes(rows, codes)

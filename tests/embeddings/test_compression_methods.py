@@ -7,13 +7,16 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from ctr.embeddings.budget import BudgetUnreachableError
 from ctr.embeddings.stages import StageContext
 from ctr.errors import RecipeError
 from ctr.recipe import recipe_from_dict
+from ctr.batch import JaggedFeatures
 from ctr.registry import EMBEDDINGS
+from ctr.schema import FeatureInfo, FeatureSpec, Schema
 from ctr.train.runner import train
 from tests.conftest import tiny_recipe
 from tests.embeddings.schemas import schema
@@ -172,3 +175,21 @@ def test_eval_of_a_finished_run_gives_its_test_auc(method, tmp_path):
     metrics = train(recipe_from_dict(tiny_recipe(tmp_path, embedding=embedding)), tmp_path / "run")
     again = evaluate(tmp_path / "run", "test")
     assert abs(again["auc"] - metrics["test"]["auc"]) < 1e-6
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_a_batch_without_ids_embeds_to_zeros_with_a_finite_loss(method):
+    """Sequence features only, and no sample holds an id: autodim and mgqe raised, and dpq's
+    commitment loss (a mean over no ids) was nan, which ends training as diverged."""
+    sizes = {"hist": BIG["item"], "tags": BIG["tags"]}
+    names = tuple(sizes)
+    features = [FeatureInfo(FeatureSpec(name=name, kind="sequence", pooling="sum"), vocab_size=size, table=name)
+                for name, size in sizes.items()]
+    counts = {name: (1e5 / np.arange(1, size + 1) ** 1.1).astype(np.int64) for name, size in sizes.items()}
+    entry = EMBEDDINGS.get(method)
+    embedding = entry.target(Schema(features, "y", counts=counts), entry.config(dim=16, budget=0.5, **METHODS[method]))
+    empty = JaggedFeatures.from_lengths(list(names), torch.zeros(0, dtype=torch.int64), torch.zeros(8, dtype=torch.int64))
+    for training in (True, False):
+        embedding.train(training)
+        assert torch.equal(embedding(empty).pooled, torch.zeros(4, 2, 16))
+        assert torch.isfinite(embedding.regularizer())
