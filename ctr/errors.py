@@ -26,16 +26,19 @@ class TrainingDiverged(UserError):
 
 
 def reason(err: BaseException, typed: bool = False) -> str:
-    """What a one-line error quotes of ``err``: its message's first line, or its type's name
-    when it has none; ``typed`` puts the type's name first (``EOFError: Ran out of input``).
-    Of a torch.distributed.checkpoint failure, the first failed rank's own exception."""
+    """What a one-line error quotes of ``err``: its message's first line (its first detail
+    when that line only introduces the details, as torch's ``load_state_dict`` does: "Error(s)
+    in loading state_dict for Net:" then "size mismatch for ..."), or its type's name when
+    it has none; ``typed`` puts the type's name first (``EOFError: Ran out of input``). Of a
+    torch.distributed.checkpoint failure, the first failed rank's own exception."""
     failures = getattr(err, "failures", None)  # CheckpointException: {rank: (exception, traceback)}
     if isinstance(failures, dict) and failures:
         err = next(iter(failures.values()))[0]
-    text, name = str(err).strip(), type(err).__name__
-    if not text:
+    lines, name = [line.strip() for line in str(err).splitlines() if line.strip()], type(err).__name__
+    if not lines:
         return name
-    return f"{name}: {text.splitlines()[0]}" if typed else text.splitlines()[0]
+    said = lines[1] if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return f"{name}: {said}" if typed else said
 
 
 class Terminated(Exception):

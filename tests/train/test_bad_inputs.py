@@ -167,6 +167,7 @@ def test_resume_after_an_edit_that_changes_the_model(tmp_path, capsys, devices):
         code, err = done.returncode, done.stderr.strip().splitlines()[-1]  # after the log lines of the ranks
     last = "last.ckpt" if devices == 1 else "last"
     assert_one_line(code, err, f"{run / 'checkpoints' / last}: does not fit this run's model (")
+    assert "bottom" in err and "mismatch" in err.lower(), err  # the first mismatch, not torch's heading
     assert not (run / "metrics.json").exists()
 
 
