@@ -22,7 +22,7 @@ demo: setup
 	$(BIN)/ctr train recipes/quickstart.yaml
 
 test: setup
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q --durations=25
 
 test-fast: setup
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "not slow"

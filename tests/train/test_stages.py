@@ -136,7 +136,7 @@ def test_resume_after_a_kill_between_stages_continues_from_the_last_finished_sta
     """A plugin kills the run (SIGKILL) right after it records the first stage as finished:
     deterministic, no polling."""
     (tmp_path / "kill_after_supernet.py").write_text(KILL_AFTER_SUPERNET)
-    raw = tiny_recipe(tmp_path, embedding={**OPTEMBED, "stages": {"retrain": {"epochs": 4}}})
+    raw = tiny_recipe(tmp_path, embedding={**OPTEMBED, "stages": {"supernet": {"epochs": 1}, "retrain": {"epochs": 1}}})
     raw["plugins"] = ["kill_after_supernet"]
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(raw))
