@@ -285,6 +285,7 @@ def _spawn_train(args: argparse.Namespace, recipe, out: Path | None) -> int:  # 
     overrides = [f"-o{item}" for item in args.override]
     root = args.resume or out or default_run_dir(recipe)
     command = ["train", "--resume", str(root)] if args.resume else ["train", args.recipe, "--out", str(root)]
+    RunDir(root).check_usable()
     with RunDir(root).exclusive():  # the ranks train in it: the launcher holds it for them
         return spawn(command + overrides, recipe)
 

@@ -43,12 +43,14 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
     if launched() or (resume and is_distributed_checkpoint(RunDir(root).checkpoints / "last")):
         with process_group(recipe) as place:  # a distributed run resumed on 1 process: a group of 1
             run = RunDir(shared_path(root))
-            _check_run(run, resume)
+            run.check_usable()
             with group_holds(run):
+                _check_run(run, resume)
                 return distributed.train(recipe, run, resume, place)
     run = RunDir(root)
-    _check_run(run, resume)
-    with run.exclusive():
+    run.check_usable()
+    with run.exclusive():  # before the checks: a run another process trains is refused as such
+        _check_run(run, resume)
         return _train_here(recipe, run, resume)
 
 
@@ -100,7 +102,6 @@ def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:
 
 def _check_run(run: RunDir, resume: bool) -> None:
     """Refuses a run directory that does not fit ``resume`` (before any work)."""
-    run.check_usable()
     started = run.started
     if resume and run.metrics.exists():
         raise UserError(f"{run.root}: this run is finished (metrics.json is written); nothing to resume")

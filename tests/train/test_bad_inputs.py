@@ -264,4 +264,8 @@ def test_a_run_directory_another_process_trains_in_is_refused(tmp_path, capsys, 
         code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run")
         assert_one_line(code, err, f"{tmp_path / 'run'}: another ctr process is training in this run directory")
         assert not (tmp_path / "run").exists()
+        (tmp_path / "run" / "checkpoints").mkdir(parents=True)  # the first run's checkpoint is written
+        (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"")
+        code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run")  # not: "already holds a run; --resume"
+        assert_one_line(code, err, f"{tmp_path / 'run'}: another ctr process is training in this run directory")
     assert not (tmp_path / ".run.lock").exists()
