@@ -29,7 +29,7 @@ from ctr.datasets.loader import BatchLoader
 from ctr.datasets.preprocess import Encoded
 from ctr.errors import UserError
 from ctr.metrics import auc, group_auc, logloss
-from ctr.train.loop import placement
+from ctr.train.loop import placement, use_threads
 from ctr.train.saved import encode_rows, finished_run, oov_counts, restored_task
 from ctr.train.task import probabilities
 
@@ -51,6 +51,7 @@ def predict(run_root: Path, data: Path, out: Path, progress: bool = False) -> di
     if out.resolve() == data.resolve():
         raise UserError(f"{out}: is the input; write the scores to another file")
     run, recipe, ckpt = finished_run(run_root, out)
+    use_threads(recipe.trainer.num_threads)  # as in training: another thread count sums in another order
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ctr-predict-") as tmp:
         encoded = encode_rows(run, recipe, Path(tmp), data, progress=progress)

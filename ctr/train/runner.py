@@ -120,6 +120,7 @@ def evaluate(run_root: Path, split: str = "test", data: Path | None = None) -> d
     on every row of ``data`` (a file in the recipe's format; then with the out-of-vocabulary
     counts per feature), encoded with the run's saved schema and vocabularies."""
     run, recipe, ckpt = finished_run(run_root)
+    use_threads(recipe.trainer.num_threads)  # as in training: another thread count sums in another order
     progress = _progress(recipe)
     with tempfile.TemporaryDirectory(prefix="ctr-eval-") as tmp:
         encoded = encode_rows(run, recipe, Path(tmp), data, split, progress)

@@ -109,3 +109,18 @@ def test_log_names_the_run_directory_shows_progress_and_no_lightning_warnings(tm
     progress = [line for line in lines if "of the epoch): loss" in line]
     assert len(progress) == 20 and progress[0].startswith("epoch 0 step 1 (1/10 of the epoch): loss ")
     assert not any("Warning" in line or "lightning" in line.lower() for line in lines), result.stderr
+
+
+def test_eval_uses_the_runs_threads_and_reproduces_its_metrics_exactly(tmp_path):
+    """A run trained on one thread (``trainer.num_threads: 1``): ``ctr eval`` summed on the
+    machine's default threads, in another order, and its logloss differed in the 10th digit
+    (``ctr predict`` takes the run's threads too)."""
+    recipe = tmp_path / "r.yaml"
+    raw = tiny_recipe(tmp_path, trainer={"num_threads": 1})
+    raw["model"] = {"name": "lr"}  # a sum over every feature's weight: its order shows
+    recipe.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    assert ctr("train", recipe, "--out", run).returncode == 0
+    evaluated = ctr("eval", run)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout) == json.loads((run / "metrics.json").read_text())["test"]
