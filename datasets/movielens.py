@@ -8,8 +8,8 @@ code, the movie's release year and its genres (a multi-valued feature).
 Reads the RecBole atomic files (``<name>.inter``, ``<name>.user``, ``<name>.item``:
 tab-separated with typed headers such as ``user_id:token``), as shipped for MovieLens-100K
 and MovieLens-1M; ``data.path`` is the folder or any one of the files. The split is random
-with a fixed seed (``data.seed``, independent of the recipe's seed) in the proportions of
-``data.split`` (8:1:1 by default).
+with a fixed seed (``data.split.seed``, independent of the recipe's seed) in the proportions
+of ``data.split`` (8:1:1 by default).
 """
 
 from __future__ import annotations
@@ -37,13 +37,7 @@ CHUNK_ROWS = 65_536
 
 @dataclass
 class MovieLensConfig(DataConfig):
-    """Options of the MovieLens dataset.
-
-    Args:
-        seed: seed of the random split (fixed, so every model sees the same split).
-    """
-
-    seed: int = 2024
+    """Options of the MovieLens dataset: the common ones (``split`` seeds and sizes its split)."""
 
 
 @DATASETS.register("movielens", config=MovieLensConfig)
@@ -92,7 +86,7 @@ class MovieLensDataset(DatasetSource):
     def _build(self) -> dict[str, pa.Table]:
         config: MovieLensConfig = self.config  # type: ignore[assignment]
         ratings = _read(self.inter, ["user_id", "item_id", "rating"])
-        u = np.random.default_rng(config.seed).random(ratings.num_rows)
+        u = np.random.default_rng(config.split.seed).random(ratings.num_rows)
         ratings = _with_labels(ratings)
         keep = pc.or_(pc.is_valid(ratings.column(PROBLEM_COLUMN)), pc.is_valid(ratings.column("label")))
         ratings = ratings.filter(keep)

@@ -39,10 +39,10 @@ def test_ratings_become_labels_three_dropped_side_files_joined(tmp_path):
     assert genres.kind == "sequence" and genres.splitter == " " and genres.source == "class"
 
 
-def test_split_is_fixed_by_data_seed_not_recipe_seed(tmp_path):
+def test_split_is_fixed_by_the_split_seed_not_recipe_seed(tmp_path):
     ratings = [(1 + k % 2, 10 + 10 * (k % 2), 5) for k in range(400)]
     folder = write_movielens(tmp_path / "ml", ratings)
-    lines = lambda seed: {s: t.column("__line__").to_pylist() for s, t in all_rows(MovieLensDataset(MovieLensConfig(path=str(folder), seed=seed))).items()}  # noqa: E731
+    lines = lambda seed: {s: t.column("__line__").to_pylist() for s, t in all_rows(MovieLensDataset(MovieLensConfig(path=str(folder), split=SplitConfig(seed=seed)))).items()}  # noqa: E731
     first, again, other = lines(1), lines(1), lines(2)
     assert first == again and first != other
     assert sorted(sum(first.values(), [])) == list(range(2, 402))
