@@ -102,9 +102,9 @@ def hashed_rows(tables: dict[str, int], dim: int, budget: float) -> dict[str, in
     total = sum(tables.values())
     budget_rows = math.floor((budget * total * row_bytes - SEED_BYTES * len(tables)) / row_bytes)
     if budget_rows < len(tables):
-        raise RecipeError(
-            f"embedding.budget: {budget} is too small for hash: {len(tables)} tables need at least one row "
-            f"of {row_bytes} bytes each, the budget holds {max(budget_rows, 0)}"
+        least = len(tables) * (row_bytes + SEED_BYTES) / (total * row_bytes)
+        raise BudgetUnreachableError(
+            "hash", budget, least, f"{len(tables)} tables need at least one row of {row_bytes} bytes (and a seed) each"
         )
     return share_rows(tables, budget_rows)
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ctr.embeddings.bags import Bags
 from ctr.embeddings.base import EmbeddingMethod
-from ctr.embeddings.budget import FP32_BYTES, require_budget
+from ctr.embeddings.budget import FP32_BYTES, BudgetUnreachableError, require_budget
 from ctr.embeddings.storage import SEED_BYTES, KernelLookup, draw_hash_seeds, universal_hash
 from ctr.errors import RecipeError
 from ctr.recipe import EmbeddingConfig
@@ -99,7 +99,9 @@ class UnifiedEmbedding(EmbeddingMethod):
         vocab = list(self.table_rows.values())
         floats = math.floor((budget * self.full_bytes() - SEED_BYTES * sum(probes)) / FP32_BYTES)
         if floats < sum(widths):
-            raise RecipeError(f"embedding.budget: {budget} is too small for unified: it holds {max(floats, 0)} floats")
+            least = (FP32_BYTES * sum(widths) + SEED_BYTES * sum(probes)) / self.full_bytes()
+            why = f"one row of each width ({sum(widths)} floats) and {sum(probes)} hash seeds do not fit"
+            raise BudgetUnreachableError("unified", budget, least, why)
         rows = []
         for width in widths:
             served = sum(v for v, k in zip(vocab, probes) if self.dim // k == width)

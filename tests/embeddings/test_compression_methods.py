@@ -92,6 +92,17 @@ def test_the_smallest_budget_a_refusal_names_is_reached(method):
     assert embedding.memory_bytes() <= shown * embedding.full_bytes()
 
 
+@pytest.mark.parametrize("method", ["hash", "unified"])
+def test_the_hashed_baselines_name_the_smallest_budget_they_reach_too(method):
+    """hash and unified said only what the budget held ("it holds 0 floats")."""
+    entry = EMBEDDINGS.get(method)
+    with pytest.raises(BudgetUnreachableError) as err:
+        entry.target(schema(), entry.config(dim=16, budget=1e-7))
+    shown = float(str(err.value).rsplit("reaches is ", 1)[1])
+    embedding = entry.target(schema(), entry.config(dim=16, budget=shown))
+    assert embedding.memory_bytes() <= shown * embedding.full_bytes()
+
+
 def test_a_method_that_needs_more_than_the_full_tables_says_so():
     err = BudgetUnreachableError("mgqe", 0.5, 1.4321, "its codebooks alone exceed it")
     assert str(err) == ("embedding.budget: 0.5 is too small for mgqe: its codebooks alone exceed it; on this schema "
