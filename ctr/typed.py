@@ -145,9 +145,10 @@ def _convert_scalar(hint: Any, value: Any, path: str) -> Any:
 
 
 def to_plain(obj: Any) -> Any:
-    """Turns a config dataclass (recursively) into plain YAML-able data."""
+    """Turns a config dataclass (recursively) into plain YAML-able data: the keys a recipe
+    may set (a field a config fixes, ``init=False``, is not one)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
     if isinstance(obj, (list, tuple)):
         return [to_plain(v) for v in obj]
     if isinstance(obj, dict):

@@ -3,7 +3,7 @@ updated in place with stochastic rounding."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -27,7 +27,8 @@ class QuantizeConfig(EmbeddingConfig):
     """Settings of ``int8`` / ``int16``; ``budget`` is optional (the ratio is fixed).
 
     Args:
-        digit: bits of a stored element, 8 or 16 (``int8``: 8, ``int16``: 16).
+        digit: bits of a stored element, fixed by the method (``int8``: 8, ``int16``: 16;
+            not a recipe key).
         scale: the quantization step s (the artifact's 0.01): element = middle + s·q.
         middle: the zero point (the artifact's 0).
         optimizer: the in-lookup update w ← SR(w − Δ): ``rowwise_adagrad`` (default; Δ =
@@ -40,7 +41,7 @@ class QuantizeConfig(EmbeddingConfig):
     """
 
     method: str = "int8"
-    digit: int = 8
+    digit: int = field(default=8, init=False)
     scale: float = 0.01
     middle: float = 0.0
     optimizer: Literal["rowwise_adagrad", "sgd"] = "rowwise_adagrad"
@@ -48,8 +49,6 @@ class QuantizeConfig(EmbeddingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.digit not in INT_TYPES:
-            raise ValueError(f"digit: {self.digit} must be 8 or 16")
         if self.scale <= 0 or self.lr <= 0:
             raise ValueError("scale and lr must be > 0")
 
@@ -59,7 +58,7 @@ class Int16Config(QuantizeConfig):
     """Settings of ``int16`` (as ``int8``'s, 16-bit elements)."""
 
     method: str = "int16"
-    digit: int = 16
+    digit: int = field(default=16, init=False)
 
 
 def stochastic_round(x: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -4,6 +4,9 @@ import torch
 from ctr.embeddings.alpt import ALPTConfig, ALPTEmbedding, lsq_step_gradient
 from ctr.embeddings.budget import BudgetUnreachableError
 from ctr.embeddings.quantize import Int16Config, QuantizeConfig, QuantizedEmbedding, stochastic_round
+from ctr.errors import RecipeError
+from ctr.recipe import recipe_from_dict
+from ctr.typed import to_plain
 from tests.embeddings.schemas import schema
 
 
@@ -86,3 +89,13 @@ def test_alpt_steps_receive_gradients_on_the_rows_read():
     assert method.memory_bytes() == method.codes.numel() + 4 * method.steps.numel()
     stored = {name: t.dtype for name, t in method.state_dict().items()}
     assert stored == {"codes": torch.int8, "steps": torch.float32, "square_sums": torch.float32}
+
+
+@pytest.mark.parametrize("method, bits", [("int8", 8), ("int16", 16)])
+def test_the_methods_name_fixes_its_bits_and_no_recipe_key_changes_them(method, bits):
+    """``int8`` took ``digit: 16`` and trained a 16-bit table under its name."""
+    assert recipe_from_dict({"embedding": {"method": method}}).embedding.digit == bits
+    with pytest.raises(RecipeError, match=r"^embedding\.digit: unknown key"):
+        recipe_from_dict({"embedding": {"method": method, "digit": 24 - bits}})
+    saved = to_plain(recipe_from_dict({"embedding": {"method": method}}))
+    assert "digit" not in saved["embedding"] and recipe_from_dict(saved).embedding.digit == bits  # recipe.yaml reloads
