@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.budget import BudgetUnreachableError, budget_bytes, full_bytes
 from ctr.embeddings.mde import ProjectedTables, mde_bytes
-from ctr.embeddings.stages import MultiStageMixin, Stage, StagedConfig
+from ctr.embeddings.stages import MultiStageMixin, SearchConfig, Stage
 from ctr.embeddings.storage import table_starts
 from ctr.recipe import OptimizerConfig
 from ctr.registry import EMBEDDINGS
@@ -23,7 +23,7 @@ MIN_TEMPERATURE = 0.01
 
 
 @dataclass
-class AutoDimConfig(StagedConfig):
+class AutoDimConfig(SearchConfig):
     """Settings of ``autodim``; ``budget`` is required (it caps the chosen dims).
 
     Args:

@@ -16,7 +16,7 @@ from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.budget import table_counts
 from ctr.embeddings.largest import largest
 from ctr.embeddings.sparse import SparseRows, format_bytes, pruned_size
-from ctr.embeddings.stages import MultiStageMixin, Stage, StageContext, StagedConfig
+from ctr.embeddings.stages import MultiStageMixin, SearchConfig, Stage, StageContext
 from ctr.embeddings.storage import pack_bits, unpack_bits
 from ctr.recipe import OptimizerConfig
 from ctr.registry import EMBEDDINGS
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class DNISConfig(StagedConfig):
+class DNISConfig(SearchConfig):
     """Settings of ``dnis`` (and ``stages.{search,prune,retrain}``); ``budget`` is required.
 
     Args:

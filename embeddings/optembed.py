@@ -18,7 +18,7 @@ from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.evolution import EvolutionarySearch, EvolutionConfig
 from ctr.embeddings.largest import largest_mask
 from ctr.embeddings.sparse import SparseRows, format_bytes, kept_for_budget, pruned_size
-from ctr.embeddings.stages import MultiStageMixin, Stage, StageContext, StagedConfig
+from ctr.embeddings.stages import MultiStageMixin, SearchConfig, Stage, StageContext
 from ctr.embeddings.types import FeatureEmbeddings
 from ctr.recipe import OptimizerConfig
 from ctr.registry import EMBEDDINGS
@@ -48,7 +48,7 @@ class BinaryStep(torch.autograd.Function):
 
 
 @dataclass
-class OptEmbedConfig(StagedConfig, EvolutionConfig):
+class OptEmbedConfig(SearchConfig, EvolutionConfig):
     """Settings of ``optembed`` (plus the search's: population, parents, mutations,
     crossovers, mutation_prob, generations; and ``stages.{supernet,search,retrain}``).
 

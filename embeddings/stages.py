@@ -66,19 +66,28 @@ class StagedConfig(EmbeddingConfig):
 
     Args:
         stages: stage name → ``{epochs, max_steps}``; stages not named use ``train.epochs``.
-        arch_optimizer: optimizer of the method's architecture parameters (thresholds,
-            selection weights); a dense optimizer from the optimizers registry.
     """
 
     stage_names: ClassVar[tuple[str, ...]] = ()
     stages: dict[str, StageConfig] = field(default_factory=dict)
-    arch_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adam", lr=1e-3))
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in self.stages:
             if name not in self.stage_names:
                 raise ValueError(f"stages.{name}: unknown stage (this method has: {', '.join(self.stage_names)})")
+
+
+@dataclass
+class SearchConfig(StagedConfig):
+    """Settings of a multi-stage method with architecture parameters (``arch_parameters``).
+
+    Args:
+        arch_optimizer: optimizer of the method's architecture parameters (thresholds,
+            selection weights); a dense optimizer from the optimizers registry.
+    """
+
+    arch_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(name="adam", lr=1e-3))
 
 
 @dataclass

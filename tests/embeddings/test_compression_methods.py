@@ -2,6 +2,7 @@
 budget or refuses it naming the smallest budget it reaches, bad settings are one-line errors,
 and it trains end to end."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -90,6 +91,19 @@ def test_the_smallest_budget_a_refusal_names_is_reached(method):
     assert shown >= err.value.min_budget
     embedding = deployed(build(method, shown))
     assert embedding.memory_bytes() <= shown * embedding.full_bytes()
+
+
+@pytest.mark.parametrize("method", ["dedup", "deeplight", "pep", "optembed", "dnis", "autosrh", "autodim"])
+def test_only_methods_with_architecture_parameters_take_an_arch_optimizer(method):
+    """dedup, deeplight and pep took ``arch_optimizer`` and used it for nothing."""
+    raw = {"embedding": {"method": method, "budget": 0.1, "arch_optimizer": {"name": "sgd", "lr": 0.1}}}
+    searches = "arch_optimizer" in {field.name for field in dataclasses.fields(EMBEDDINGS.get(method).config)}
+    assert searches == (method in ("optembed", "dnis", "autosrh", "autodim"))
+    if searches:
+        assert recipe_from_dict(raw).embedding.arch_optimizer.name == "sgd"
+    else:
+        with pytest.raises(RecipeError, match=r"^embedding\.arch_optimizer: unknown key"):
+            recipe_from_dict(raw)
 
 
 @pytest.mark.parametrize("method", ["hash", "unified"])
