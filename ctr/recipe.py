@@ -169,13 +169,24 @@ class EmbeddingOptimizerConfig(OptimizerConfig):
 VALID_METRICS = ("valid/auc", "valid/logloss", "valid/gauc")  # gauc: with a data.group column
 
 
+def metric_mode(monitor: str, mode: str | None) -> str:
+    """The direction in which ``monitor`` improves: ``min`` for a loss, ``max`` for an AUC.
+    ``mode`` may only repeat it (the other way would keep the worst checkpoint)."""
+    best = "min" if monitor.endswith("loss") else "max"
+    if mode not in (None, best):
+        raise ValueError(f"mode: {monitor} improves as it {'falls' if best == 'min' else 'rises'}, so mode must be "
+                         f"{best} (leave mode out to follow the monitor)")
+    return best
+
+
 @dataclass
 class EarlyStopConfig:
     """Stop when ``monitor`` (``VALID_METRICS`` or ``train/loss``) has not improved by more
-    than ``min_delta`` for ``patience`` validations."""
+    than ``min_delta`` for ``patience`` validations. ``mode`` follows the monitor (``min`` for
+    a loss, ``max`` for an AUC)."""
 
     monitor: str = "valid/auc"
-    mode: Literal["max", "min"] = "max"
+    mode: Literal["max", "min"] | None = None
     patience: int = 2
     min_delta: float = 0.0
 
@@ -184,6 +195,12 @@ class EarlyStopConfig:
             raise ValueError("patience and min_delta must be >= 0")
         if self.monitor not in (*VALID_METRICS, "train/loss"):
             raise ValueError(f"monitor: {self.monitor!r} is not logged; choose from {', '.join(VALID_METRICS)}, train/loss")
+        metric_mode(self.monitor, self.mode)
+
+    @property
+    def direction(self) -> str:
+        """``mode``, or the monitor's own when not given."""
+        return metric_mode(self.monitor, self.mode)
 
 
 @dataclass
@@ -203,7 +220,8 @@ class PlateauSchedule(SchedulerConfig):
     """After each validation: when ``monitor`` has not gained more than ``min_delta`` for more than
     ``patience`` validations, ``lr *= factor`` (not below ``min_lr``). The defaults are FuxiCTR's
     ``reduce_lr_on_plateau``: lr ÷ 10 after every validation without a gain, down to 1e-6.
-    ``monitor`` / ``mode`` default to ``train.early_stop``'s (else ``valid/auc``, max)."""
+    ``monitor`` defaults to ``train.early_stop``'s (else ``valid/auc``); ``mode`` follows the
+    monitor."""
 
     name: str = "plateau"
     factor: float = 0.1
@@ -219,6 +237,8 @@ class PlateauSchedule(SchedulerConfig):
         if self.monitor is not None and self.monitor not in VALID_METRICS:
             raise ValueError(f"plateau: monitor must be a validation metric ({', '.join(VALID_METRICS)}), "
                              f"got {self.monitor!r}")
+        if self.monitor is not None:
+            metric_mode(self.monitor, self.mode)
 
 
 @dataclass
@@ -313,7 +333,7 @@ class TrainConfig:
         """The metric and mode that pick the best checkpoint (and rank ``ctr tune``'s points):
         early stopping's, else ``valid/auc``, max."""
         stop = self.early_stop or EarlyStopConfig()
-        return stop.monitor, stop.mode
+        return stop.monitor, stop.direction
 
     def schedule_of(self, part: str) -> SchedulerConfig | None:
         """The schedule of optimizer ``part`` (``dense`` or ``embedding``); None = constant lr."""
@@ -511,6 +531,18 @@ def _schedule(block: Any, path: str) -> SchedulerConfig | None:
 DENSE_ONLY_OPTIMIZERS = ("adam", "adamw")  # torch's Adam and AdamW refuse sparse gradients
 
 
+def _check_plateau_modes(train: TrainConfig) -> None:
+    """A plateau schedule on the run's monitor (no ``monitor`` of its own): a ``mode`` given
+    must be the direction in which that monitor improves."""
+    for name in ("scheduler", "embedding_scheduler"):
+        schedule = getattr(train, name)
+        if isinstance(schedule, PlateauSchedule) and schedule.monitor is None and schedule.mode is not None:
+            try:
+                metric_mode(train.best_by[0], schedule.mode)
+            except ValueError as err:
+                raise RecipeError(f"train.{name}.{err}") from None
+
+
 def _check_combinations(recipe: Recipe) -> None:
     """Registered optimizer names, and keys valid alone that do not go together."""
     OPTIMIZERS.get(recipe.train.optimizer.name, "train.optimizer.name")
@@ -527,6 +559,7 @@ def _check_combinations(recipe: Recipe) -> None:
             f"train.embedding_optimizer.name: {embedding_optimizer.name} cannot step sparse table gradients"
             " (embedding.gradients: sparse); use adagrad, sgd, sparse_adam or rowwise_adagrad, or gradients: dense"
         )
+    _check_plateau_modes(recipe.train)
     if recipe.trainer.strategy not in STRATEGIES:
         raise RecipeError(
             f"trainer.strategy: {recipe.trainer.strategy!r}: use one of {', '.join(STRATEGIES)} (a distributed run"

@@ -196,7 +196,7 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     if recipe.train.early_stop:
         stop = recipe.train.early_stop
         # checked after validation only: a run cut short by max_steps may end before the first one
-        stopper = ResumableEarlyStopping(monitor=stop.monitor, mode=stop.mode, patience=stop.patience,
+        stopper = ResumableEarlyStopping(monitor=stop.monitor, mode=stop.direction, patience=stop.patience,
                                          min_delta=stop.min_delta, check_on_train_epoch_end=False)
         callbacks.append(stopper)
     trainer = trainer_for(recipe, session.run, session.progress, callbacks, epochs=epochs, max_steps=max_steps,

@@ -17,7 +17,7 @@ import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from ctr.recipe import (
-    CosineSchedule, LinearWarmupSchedule, PlateauSchedule, SchedulerConfig, StepSchedule, TrainConfig,
+    CosineSchedule, LinearWarmupSchedule, PlateauSchedule, SchedulerConfig, StepSchedule, TrainConfig, metric_mode,
 )
 
 Rule = Callable[[float, int, int], float]  # (base lr, epoch, step) → lr
@@ -70,10 +70,10 @@ class Schedules:
 
 def plateau(config: PlateauSchedule, optimizer: torch.optim.Optimizer,
             best_by: tuple[str, str]) -> tuple[ReduceLROnPlateau, str]:
-    """torch's ReduceLROnPlateau for ``config`` and the metric it watches: its own monitor
-    (mode max unless given), else the run's (``TrainConfig.best_by``) and its mode."""
+    """torch's ReduceLROnPlateau for ``config`` and the metric it watches: its own monitor,
+    else the run's (``TrainConfig.best_by``), in the direction that metric improves."""
     monitor = config.monitor or best_by[0]
-    mode = config.mode or (best_by[1] if not config.monitor else "max")
+    mode = metric_mode(monitor, config.mode)
     scheduler = ReduceLROnPlateau(optimizer, mode=mode, factor=config.factor, patience=config.patience,
                                   threshold=config.min_delta, threshold_mode="abs", min_lr=config.min_lr)
     return scheduler, monitor

@@ -69,6 +69,38 @@ def test_plateau_divides_by_ten_after_a_validation_without_gain():
     assert [g["embedding"] for g in got] == pytest.approx([0.05, 0.05, 5e-3, 5e-4, 5e-4])
 
 
+@pytest.mark.parametrize("scheduler, early_stop", [
+    ({"name": "plateau", "monitor": "valid/logloss"}, None),  # its own monitor, no mode: it ran in mode max
+    ({"name": "plateau"}, {"monitor": "valid/logloss"}),  # the run's monitor, no mode
+])
+def test_a_plateau_on_logloss_cuts_the_lr_only_when_logloss_stops_falling(scheduler, early_stop):
+    sched, parts = schedules(scheduler, early_stop=early_stop)
+    got = []
+    for logloss in (0.50, 0.49, 0.495, 0.48):
+        sched.after_validation({"logloss": logloss})
+        got.append(lrs(parts)["dense"])
+    assert got == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4])
+
+
+@pytest.mark.parametrize("train, message", [
+    ({"early_stop": {"monitor": "valid/logloss", "mode": "max"}},
+     r"^train\.early_stop: mode: valid/logloss improves as it falls, so mode must be min"),
+    ({"early_stop": {"monitor": "valid/auc", "mode": "min"}}, r"^train\.early_stop: mode: valid/auc improves as it rises"),
+    ({"scheduler": {"name": "plateau", "monitor": "valid/gauc", "mode": "min"}}, r"^train\.scheduler: mode: valid/gauc"),
+    ({"scheduler": {"name": "plateau", "mode": "min"}}, r"^train\.scheduler\.mode: valid/auc improves as it rises"),
+])
+def test_a_mode_against_its_monitors_direction_is_refused(train, message):
+    """mode max on a logloss kept the worst checkpoint and cut the lr as the loss fell."""
+    with pytest.raises(RecipeError, match=message):
+        recipe_from_dict({"train": train})
+
+
+def test_early_stopping_on_a_loss_follows_it_down_without_a_mode():
+    assert recipe_from_dict({"train": {"early_stop": {"monitor": "valid/logloss"}}}).train.best_by == (
+        "valid/logloss", "min")
+    assert recipe_from_dict({}).train.best_by == ("valid/auc", "max")
+
+
 def test_embedding_scheduler_replaces_the_shared_one():
     sched, parts = schedules({"name": "step", "factor": 0.5}, embedding_scheduler={"name": "constant"})
     sched.before_step(epoch=3, step=0)

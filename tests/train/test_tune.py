@@ -34,7 +34,8 @@ class FakeTrainer:
     def __call__(self, recipe, out, resume):
         lr = recipe.train.embedding_optimizer.lr
         self.calls.append((lr, recipe.seed))
-        return {"valid": {"auc": 0.6 + lr}, "test": {"auc": 0.8 - lr + recipe.seed * 1e-3, "logloss": 0.5}}
+        return {"valid": {"auc": 0.6 + lr, "logloss": 0.5 - lr}, "test": {"auc": 0.8 - lr + recipe.seed * 1e-3,
+                                                                         "logloss": 0.5}}
 
 
 def _recipe_file(tmp_path, **sections):
@@ -60,9 +61,9 @@ def test_chooses_on_validation_then_runs_seeds_of_the_choice_only(tmp_path):
 
 def test_a_minimised_monitor_chooses_the_lowest(tmp_path):
     trainer = FakeTrainer()
-    recipe = _recipe_file(tmp_path, train={"early_stop": {"monitor": "valid/auc", "mode": "min"}})
-    best = Tuning(recipe, parse_grid(["train.embedding_optimizer.lr=0.1,0.01"]), 1, tmp_path / "t", [], trainer).run()
-    assert best.overrides == ("train.embedding_optimizer.lr=0.01",)
+    recipe = _recipe_file(tmp_path, train={"early_stop": {"monitor": "valid/logloss"}})  # its mode: min
+    best = Tuning(recipe, parse_grid(["train.embedding_optimizer.lr=0.01,0.1"]), 1, tmp_path / "t", [], trainer).run()
+    assert best.overrides == ("train.embedding_optimizer.lr=0.1",)
 
 
 def test_a_bad_point_is_refused_before_any_training(tmp_path):
