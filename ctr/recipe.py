@@ -529,6 +529,26 @@ def _schedule(block: Any, path: str) -> SchedulerConfig | None:
 
 
 DENSE_ONLY_OPTIMIZERS = ("adam", "adamw")  # torch's Adam and AdamW refuse sparse gradients
+DECAYING_OPTIMIZERS = ("adam", "adamw", "adagrad", "sgd")  # weight_decay as L2 in dense gradients
+
+
+def _check_weight_decay(recipe: Recipe) -> None:
+    """The dense part's optimizer steps dense gradients (sparse_adam cannot); weight_decay is
+    applied as L2 in dense gradients by ``DECAYING_OPTIMIZERS`` only, so it is refused where
+    it would be ignored: sparse table gradients, sparse_adam and rowwise_adagrad."""
+    dense, tables = recipe.train.optimizer, recipe.train.embedding_optimizer
+    if dense.name == "sparse_adam":
+        raise RecipeError("train.optimizer.name: sparse_adam steps sparse gradients only, and the dense part's are "
+                          "dense; use adam, adamw, adagrad or sgd")
+    if dense.weight_decay and dense.name not in DECAYING_OPTIMIZERS:
+        raise RecipeError(f"train.optimizer.weight_decay: {dense.name} applies no weight decay; use "
+                          f"{', '.join(DECAYING_OPTIMIZERS)}, or 0")
+    if not tables.weight_decay or tables.fused:  # fused: refused by its config
+        return
+    where = "" if tables.name not in DECAYING_OPTIMIZERS else " on sparse table gradients"
+    if where == "" or recipe.embedding.gradients == "sparse":
+        raise RecipeError(f"train.embedding_optimizer.weight_decay: {tables.name}{where} applies no weight decay; use "
+                          "embedding.gradients: dense with adam, adagrad or sgd, or 0")
 
 
 def _check_plateau_modes(train: TrainConfig) -> None:
@@ -560,6 +580,7 @@ def _check_combinations(recipe: Recipe) -> None:
             " (embedding.gradients: sparse); use adagrad, sgd, sparse_adam or rowwise_adagrad, or gradients: dense"
         )
     _check_plateau_modes(recipe.train)
+    _check_weight_decay(recipe)
     if recipe.trainer.strategy not in STRATEGIES:
         raise RecipeError(
             f"trainer.strategy: {recipe.trainer.strategy!r}: use one of {', '.join(STRATEGIES)} (a distributed run"

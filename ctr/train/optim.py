@@ -46,8 +46,9 @@ def adamw(params: ParamList, cfg: OptimizerConfig) -> torch.optim.Optimizer:
 
 @OPTIMIZERS.register("sgd")
 def sgd(params: ParamList, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """Plain SGD (dense or sparse gradients: only touched rows move)."""
-    return torch.optim.SGD(params, lr=cfg.lr)
+    """Plain SGD (dense or sparse gradients: only touched rows move); weight_decay as L2 in
+    dense gradients."""
+    return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 @OPTIMIZERS.register("adagrad")
@@ -61,7 +62,7 @@ class Adagrad(torch.optim.Adagrad):
     """
 
     def __init__(self, params: ParamList, cfg: OptimizerConfig):
-        super().__init__(params, lr=cfg.lr)
+        super().__init__(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

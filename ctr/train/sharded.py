@@ -128,6 +128,9 @@ def in_backward_optimizer(config: EmbeddingOptimizerConfig) -> tuple[type[torch.
     if config.name not in rules:
         raise RecipeError(f"train.embedding_optimizer.name: sharded tables train with {', '.join(rules)}; "
                           f"got {config.name!r}")
+    if config.weight_decay:
+        raise RecipeError("train.embedding_optimizer.weight_decay: sharded tables are stepped without weight decay; "
+                          "use 0")
     if config.name == "rowwise_adagrad":
         from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 

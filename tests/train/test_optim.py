@@ -114,3 +114,44 @@ def test_adagrad_takes_torchs_step_for_what_the_native_pass_does_not_take(case, 
     opt_ours.step(closure)
     opt_theirs.step(closure)
     torch.testing.assert_close(ours.detach(), theirs.detach())
+
+
+@pytest.mark.parametrize("name", ["sgd", "adagrad"])
+def test_weight_decay_reaches_sgd_and_adagrad(name):
+    """Both ignored ``weight_decay``: a weight with a zero loss gradient never moved."""
+    weight = nn.Parameter(torch.ones(3))
+    optimizer = OPTIMIZERS.get(name).target([weight], OptimizerConfig(name=name, lr=0.1, weight_decay=0.5))
+    weight.grad = torch.zeros(3)
+    optimizer.step()
+    assert torch.all(weight < 1)  # the L2 term's gradient, 0.5 · w, moved it
+    if name == "sgd":
+        torch.testing.assert_close(weight.detach(), torch.full((3,), 1 - 0.1 * 0.5))
+
+
+@pytest.mark.parametrize("train, embedding, message", [
+    ({"embedding_optimizer": {"name": "adagrad", "weight_decay": 0.1}}, {},
+     r"^train\.embedding_optimizer\.weight_decay: adagrad on sparse table gradients applies no weight decay"),
+    ({"embedding_optimizer": {"name": "rowwise_adagrad", "weight_decay": 0.1}}, {"gradients": "dense"},
+     r"^train\.embedding_optimizer\.weight_decay: rowwise_adagrad applies no weight decay"),
+    ({"optimizer": {"name": "rowwise_adagrad", "weight_decay": 0.1}}, {},
+     r"^train\.optimizer\.weight_decay: rowwise_adagrad applies no weight decay"),
+    ({"optimizer": {"name": "sparse_adam"}}, {}, r"^train\.optimizer\.name: sparse_adam steps sparse gradients only"),
+])
+def test_a_weight_decay_or_optimizer_that_would_be_ignored_or_crash_is_refused(train, embedding, message):
+    from ctr.errors import RecipeError
+    from ctr.recipe import recipe_from_dict
+
+    with pytest.raises(RecipeError, match=message):
+        recipe_from_dict({"train": train, "embedding": {"method": "full", **embedding}})
+    decayed = {"embedding_optimizer": {"name": "adagrad", "weight_decay": 0.1}, "optimizer": {"name": "sgd",
+                                                                                               "weight_decay": 0.1}}
+    recipe_from_dict({"train": decayed, "embedding": {"method": "full", "gradients": "dense"}})  # applied: accepted
+
+
+def test_sharded_tables_refuse_a_weight_decay_they_would_not_apply():
+    from ctr.errors import RecipeError
+    from ctr.recipe import EmbeddingOptimizerConfig
+    from ctr.train.sharded import in_backward_optimizer
+
+    with pytest.raises(RecipeError, match=r"^train\.embedding_optimizer\.weight_decay: sharded tables"):
+        in_backward_optimizer(EmbeddingOptimizerConfig(name="adagrad", weight_decay=0.1))
