@@ -76,9 +76,12 @@ class Optimizers:
             part.step()
 
     def state_dict(self) -> dict[str, Any]:
+        """The parts' states, the schedules' counters and the sharded tables' lrs (a plateau's
+        cuts live only there: the tables' own checkpoint holds their moments, not their lr)."""
         return {"parts": [part.state_dict() for part in self.parts],
                 "arch": None if self.arch is None else self.arch.state_dict(),
-                "schedules": [schedules.state_dict() for schedules in self.schedules]}
+                "schedules": [schedules.state_dict() for schedules in self.schedules],
+                "fused_lrs": None if self.fused is None else [group["lr"] for group in self.fused.param_groups]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for part, saved in zip(self.parts, state["parts"], strict=True):
@@ -87,3 +90,6 @@ class Optimizers:
             self.arch.load_state_dict(state["arch"])
         for schedules, saved in zip(self.schedules, state["schedules"], strict=True):
             schedules.load_state_dict(saved)
+        if self.fused is not None and state.get("fused_lrs") is not None:  # reaches FBGEMM at the next zero_grad
+            for group, lr in zip(self.fused.param_groups, state["fused_lrs"], strict=True):
+                group["lr"] = lr

@@ -155,3 +155,28 @@ def test_sharded_tables_refuse_a_weight_decay_they_would_not_apply():
 
     with pytest.raises(RecipeError, match=r"^train\.embedding_optimizer\.weight_decay: sharded tables"):
         in_backward_optimizer(EmbeddingOptimizerConfig(name="adagrad", weight_decay=0.1))
+
+
+def test_a_plateau_cut_of_the_sharded_tables_lr_is_saved_and_restored():
+    """TorchRec's fused optimizer of sharded tables keeps its lr in its param groups, which
+    its checkpoint leaves out: a resumed run put the tables back at the base lr."""
+    from ctr.recipe import recipe_from_dict
+    from ctr.train.distributed_optim import Optimizers
+
+    train = recipe_from_dict({"train": {"scheduler": {"name": "plateau", "factor": 0.5}}}).train
+
+    def placed():
+        dense = torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=1e-3)
+        tables = torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=0.05)  # stands for the fused optimizer
+        optimizers = Optimizers([dense], named={"dense": dense})
+        optimizers.follow_schedules(train, tables)
+        return optimizers, tables
+
+    first, tables = placed()
+    for auc in (0.70, 0.69):
+        first.after_validation({"auc": auc})
+    assert tables.param_groups[0]["lr"] == pytest.approx(0.025)
+    resumed, tables_again = placed()
+    resumed.load_state_dict(first.state_dict())
+    assert tables_again.param_groups[0]["lr"] == pytest.approx(0.025)
+    assert resumed.lrs() == pytest.approx(first.lrs())
