@@ -341,6 +341,9 @@ class TrainConfig:
         return None if chosen is None or chosen.name == "constant" else chosen
 
 
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")  # Lightning's, those whose training ctr checks
+
+
 @dataclass
 class TrainerConfig:
     """Where and how training runs (passed to Lightning).
@@ -371,6 +374,9 @@ class TrainerConfig:
             raise ValueError("num_threads must be >= 1, auto or null")
         if self.devices < 1 or self.num_nodes < 1:
             raise ValueError("devices and num_nodes must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: {self.precision!r}: use {', '.join(PRECISIONS)} (weights stay fp32; "
+                             "the mixed ones compute in half precision)")
 
     @property
     def world_size(self) -> int:
@@ -551,6 +557,20 @@ def _check_weight_decay(recipe: Recipe) -> None:
                           "embedding.gradients: dense with adam, adagrad or sgd, or 0")
 
 
+def _check_loss_scaling(recipe: Recipe) -> None:
+    """``16-mixed`` scales the loss, and Lightning takes the scale out of the gradients only
+    inside the optimizer's step: a fused table update (in the backward) and ``grad_clip``
+    (before the step) would see scaled gradients."""
+    if recipe.trainer.precision != "16-mixed":
+        return
+    if recipe.train.embedding_optimizer.fused:
+        raise RecipeError("trainer.precision: 16-mixed scales the gradients that the fused table update applies in "
+                          "the backward; use bf16-mixed (no loss scale) or train.embedding_optimizer.fused: false")
+    if recipe.train.grad_clip:
+        raise RecipeError("trainer.precision: 16-mixed would clip loss-scaled gradients (train.grad_clip); use "
+                          "bf16-mixed (no loss scale) or no grad_clip")
+
+
 def _check_plateau_modes(train: TrainConfig) -> None:
     """A plateau schedule on the run's monitor (no ``monitor`` of its own): a ``mode`` given
     must be the direction in which that monitor improves."""
@@ -581,6 +601,7 @@ def _check_combinations(recipe: Recipe) -> None:
         )
     _check_plateau_modes(recipe.train)
     _check_weight_decay(recipe)
+    _check_loss_scaling(recipe)
     if recipe.trainer.strategy not in STRATEGIES:
         raise RecipeError(
             f"trainer.strategy: {recipe.trainer.strategy!r}: use one of {', '.join(STRATEGIES)} (a distributed run"

@@ -78,3 +78,17 @@ def test_scientific_floats_without_a_dot_are_floats():
         recipe_from_dict({"train": {"optimizer": {"lr": "1e-5x"}}})
     with pytest.raises(RecipeError, match=r"^train\.batch_size: expected int"):
         recipe_from_dict({"train": {"batch_size": "1e3"}})
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"trainer": {"precision": "foo"}}, r"^trainer: precision: 'foo': use 32-true, bf16-mixed, 16-mixed"),
+    ({"trainer": {"precision": "bf16-true"}}, r"^trainer: precision: 'bf16-true'"),  # it crashed at the first validation
+    ({"trainer": {"precision": "16-mixed"}, "train": {"grad_clip": 1.0}},
+     r"^trainer\.precision: 16-mixed would clip loss-scaled gradients"),
+    ({"trainer": {"precision": "16-mixed"}, "train": {"embedding_optimizer": {"fused": True}}},
+     r"^trainer\.precision: 16-mixed scales the gradients that the fused table update applies"),
+])
+def test_a_precision_ctr_would_train_wrongly_is_refused_before_any_work(raw, message):
+    with pytest.raises(RecipeError, match=message):
+        recipe_from_dict(raw)
+    assert recipe_from_dict({"trainer": {"precision": "bf16-mixed"}, "train": {"grad_clip": 1.0}})

@@ -60,7 +60,8 @@ def check_distributed(recipe: Recipe) -> None:
     train, trainer = recipe.train, recipe.trainer
     check_request(recipe)
     EMBEDDINGS.get(recipe.embedding.method, "embedding.method")
-    refused = {"trainer.compile": trainer.compile, "data.on_device": recipe.data.on_device}
+    refused = {"trainer.compile": trainer.compile, "data.on_device": recipe.data.on_device,
+               "trainer.precision": trainer.precision != "32-true"}  # its loop computes in fp32
     for key, on in refused.items():
         if on:
             raise RecipeError(f"{key}: not available in a distributed run (trainer.devices × num_nodes > 1)")

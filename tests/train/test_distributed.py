@@ -66,6 +66,7 @@ def test_split_batches_parts_are_the_one_process_batches(tiny_prepared):
         ({"train": {"batch_size": 511}}, "train.batch_size: 511"),
         ({"distributed": {"sharding": "diagonal"}}, "distributed.sharding"),
         ({"trainer": {"compile": True}}, "trainer.compile: not available in a distributed run"),
+        ({"trainer": {"precision": "bf16-mixed"}}, "trainer.precision: not available in a distributed run"),  # ignored
         ({"train": {"early_stop": {"monitor": "train/loss", "mode": "min"}}},
          "train.early_stop.monitor: a distributed run monitors a validation metric, not train/loss"),
     ],
