@@ -7,6 +7,7 @@ Unknown keys and wrong types fail with the key's full path, e.g.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -132,10 +133,15 @@ def _convert_scalar(hint: Any, value: Any, path: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif hint is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads 1e-5 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            number = float(value)  # YAML 1.1 reads 1e-5 (no dot) as a string
+        if number is not None:
+            if not math.isfinite(number):  # .nan passes every `x < 0` check; no setting means infinity
+                raise RecipeError(f"{path}: expected a finite number, got {_show(value)}")
+            return number
     elif hint is str:
         if isinstance(value, str):
             return value

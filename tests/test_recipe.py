@@ -92,3 +92,13 @@ def test_a_precision_ctr_would_train_wrongly_is_refused_before_any_work(raw, mes
     with pytest.raises(RecipeError, match=message):
         recipe_from_dict(raw)
     assert recipe_from_dict({"trainer": {"precision": "bf16-mixed"}, "train": {"grad_clip": 1.0}})
+
+
+@pytest.mark.parametrize("key, value", [("train.optimizer.weight_decay", ".nan"), ("train.optimizer.lr", ".inf"),
+                                        ("train.early_stop.min_delta", ".nan")])
+def test_a_float_setting_takes_finite_numbers_only(key, value):
+    """nan passed every ``x < 0`` check (a torch traceback later), inf trained to a divergence."""
+    raw = {}
+    apply_override(raw, f"{key}={value}")
+    with pytest.raises(RecipeError, match=rf"^{key.replace('.', chr(92) + '.')}: expected a finite number, got "):
+        recipe_from_dict(raw)
