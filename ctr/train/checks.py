@@ -86,9 +86,12 @@ def _check_monitor_defined(recipe: Recipe, prepared: Prepared, searches: bool) -
         if "scheduler" in key and not monitor.startswith("valid/"):
             raise RecipeError(f"{key}: a plateau schedule watches a validation metric, not early stopping's {monitor}")
         if monitor in ONE_CLASS_UNDEFINED and valid["positive_rate"] in (0.0, 1.0):
-            labels = "clicks (label 1)" if valid["positive_rate"] else "non-clicks (label 0)"
-            raise DataError(f"data: the valid split's {valid['rows']} rows are all {labels}, so {monitor} ({key}) is "
-                            "undefined; give validation more rows (data.split.valid) or monitor valid/logloss (mode: min)")
+            label = "click (label 1)" if valid["positive_rate"] else "non-click (label 0)"
+            rows = "has 1 row, a" if valid["rows"] == 1 else f"has {valid['rows']} rows, all"
+            labels = label if valid["rows"] == 1 else label.replace("click ", "clicks ")
+            source = "data.valid_path" if getattr(recipe.data, "valid_path", None) else "data.split.valid"
+            raise DataError(f"data: the valid split {rows} {labels}, so {monitor} ({key}) is undefined; give "
+                            f"validation more rows ({source}) or monitor valid/logloss")
 
 
 def _monitors(recipe: Recipe) -> dict[str, str]:

@@ -197,8 +197,9 @@ def test_an_auc_monitored_on_a_one_class_valid_split_is_one_line(tmp_path, capsy
     recipe.write_text(yaml.safe_dump({**raw, "data": {**data, "cache_dir": raw["data"]["cache_dir"]}}))
     code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run")
     monitor = early_stop["monitor"] if early_stop else "valid/auc"
-    assert_one_line(code, err, f"data: the valid split's 6 rows are all non-clicks (label 0), so {monitor} "
-                               "(train.early_stop.monitor) is undefined")
+    assert_one_line(code, err, f"data: the valid split has 6 rows, all non-clicks (label 0), so {monitor} "
+                               "(train.early_stop.monitor) is undefined; give validation more rows (data.valid_path) "
+                               "or monitor valid/logloss")
     logloss = ["-o", "train.early_stop={monitor: valid/logloss, mode: min}"]
     code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run", *logloss,
                         "-o", "embedding={method: optembed, dim: 8, budget: 0.5}")
