@@ -62,7 +62,7 @@ def test_pairwise_term_has_no_first_order_part():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("data.vocab_scale=.nan", "vocab_scale must be a finite number > 0, got nan"),
+    ("data.vocab_scale=.nan", "data.vocab_scale: expected a finite number, got nan"),
     ("data.seed=-1", "seed must be >= 0, got -1"),
     ("data.interacting_pairs=-1", "interacting_pairs must be >= 0, got -1"),
     ("data.positive_rate=1.5", "positive_rate must be in (0, 1) and missing_rate in [0, 1], got 1.5 and 0.1"),
