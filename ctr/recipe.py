@@ -342,6 +342,7 @@ class TrainConfig:
 
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")  # Lightning's, those whose training ctr checks
+PRECISION_ALIASES = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}  # Lightning's short names
 
 
 @dataclass
@@ -363,7 +364,7 @@ class TrainerConfig:
     accelerator: str = "cpu"
     devices: int = 1
     num_nodes: int = 1
-    precision: str = "32-true"
+    precision: str | int = "32-true"
     strategy: str = "auto"
     num_threads: int | Literal["auto"] | None = "auto"
     progress_bar: bool | None = None
@@ -374,6 +375,7 @@ class TrainerConfig:
             raise ValueError("num_threads must be >= 1, auto or null")
         if self.devices < 1 or self.num_nodes < 1:
             raise ValueError("devices and num_nodes must be >= 1")
+        self.precision = PRECISION_ALIASES.get(str(self.precision), self.precision)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: {self.precision!r}: use {', '.join(PRECISIONS)} (weights stay fp32; "
                              "the mixed ones compute in half precision)")

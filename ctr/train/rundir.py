@@ -14,6 +14,7 @@ from ctr.atomic import atomic_path, atomic_write
 from ctr.errors import UserError
 from ctr.metrics import metrics_from_json, metrics_json
 from ctr.recipe import Recipe, read_yaml, recipe_from_dict
+from ctr.train.old_recipes import upgraded
 
 
 PATH_KEYS = ("path", "valid_path", "test_path", "cache_dir")
@@ -92,11 +93,7 @@ class RunDir:
     def load_recipe(self) -> Recipe:
         if not self.recipe.exists():
             raise UserError(f"{self.root}: not a run directory (no recipe.yaml)")
-        raw = read_yaml(self.recipe)
-        split = raw.get("data", {}).get("split")
-        if isinstance(split, dict) and "seed" not in split:
-            split["seed"] = raw.get("seed", 42)  # a run from before data.split.seed: its split followed the recipe seed
-        return recipe_from_dict(raw)
+        return recipe_from_dict(upgraded(read_yaml(self.recipe)))  # a run of an earlier ctr: its keys brought up
 
     def copy_schema(self, prepared_root: Path) -> None:
         """Copies the fitted schema, vocabularies and data report next to the checkpoints."""

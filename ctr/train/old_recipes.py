@@ -1,0 +1,55 @@
+"""The ``recipe.yaml`` of runs saved by earlier versions of ctr, brought to the current keys
+so that ``ctr eval``, ``predict``, ``export`` and ``--resume`` still read them. Each rule
+says what changed; the values a saved run trained with are kept where they still mean it."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ctr.registry import EMBEDDINGS
+
+LOSS_MONITORS = ("valid/logloss", "train/loss")
+
+
+def upgraded(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` (a saved recipe, changed in place) in the current keys."""
+    _split_seed(raw)
+    _embedding_keys(raw.get("embedding") or {})
+    _monitor_modes(raw.get("train") or {})
+    return raw
+
+
+def _split_seed(raw: dict[str, Any]) -> None:
+    """``data.split.seed`` is new: before it, the split followed the recipe's seed, and a
+    ``movielens`` split followed a ``data.seed`` of its own."""
+    data = raw.get("data") or {}
+    split = data.get("split")
+    if data.get("dataset") == "movielens" and "seed" in data:
+        data["split"] = {**(split if isinstance(split, dict) else {}), "seed": data.pop("seed")}
+    elif isinstance(split, dict) and "seed" not in split:
+        split["seed"] = raw.get("seed", 42)
+
+
+def _embedding_keys(embedding: dict[str, Any]) -> None:
+    """``int8`` / ``int16`` fix their bits (``digit`` was a key: ``int8`` with 16 trained
+    16-bit rows, an ``int16`` table); ``arch_optimizer`` is a key of methods with
+    architecture parameters only (the others saved the default, unused)."""
+    method = embedding.get("method")
+    if method in ("int8", "int16") and "digit" in embedding:
+        embedding["method"] = "int16" if embedding.pop("digit") == 16 else "int8"
+    if "arch_optimizer" in embedding and method in EMBEDDINGS:
+        keys = {field.name for field in dataclasses.fields(EMBEDDINGS.get(method).config)}
+        if "arch_optimizer" not in keys:
+            del embedding["arch_optimizer"]
+
+
+def _monitor_modes(train: dict[str, Any]) -> None:
+    """A mode follows its monitor now; runs saved the default ``max`` for a loss too."""
+    stop = train.get("early_stop")
+    if isinstance(stop, dict) and stop.get("monitor") in LOSS_MONITORS and stop.get("mode") == "max":
+        del stop["mode"]
+    for key in ("scheduler", "embedding_scheduler"):
+        schedule = train.get(key)
+        if isinstance(schedule, dict) and schedule.get("monitor") == "valid/logloss" and schedule.get("mode") == "max":
+            del schedule["mode"]

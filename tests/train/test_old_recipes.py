@@ -1,0 +1,38 @@
+"""A run saved by an earlier ctr still loads: its recipe.yaml's old keys are brought up."""
+
+import yaml
+
+from ctr.train.rundir import RunDir
+
+
+def saved(tmp_path, raw):
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))
+    return RunDir(tmp_path).load_recipe()
+
+
+def test_a_movielens_run_keeps_the_split_its_data_seed_made(tmp_path):
+    recipe = saved(tmp_path, {"data": {"dataset": "movielens", "path": "ml", "seed": 7,
+                                       "split": {"valid": 0.1, "test": 0.1, "seed": 2024}}})
+    assert recipe.data.split.seed == 7
+
+
+def test_a_run_from_before_the_split_seed_keeps_the_recipe_seed(tmp_path):
+    assert saved(tmp_path, {"seed": 5, "data": {"split": {"valid": 0.1, "test": 0.1}}}).data.split.seed == 5
+
+
+def test_quantized_tables_keep_their_bits_and_unused_arch_optimizers_are_dropped(tmp_path):
+    default = {"name": "adam", "lr": 0.001, "weight_decay": 0.0}
+    assert saved(tmp_path, {"embedding": {"method": "int8", "digit": 8}}).embedding.method == "int8"
+    assert saved(tmp_path, {"embedding": {"method": "int8", "digit": 16}}).embedding.digit == 16  # an int16 table
+    for method in ("pep", "dedup", "deeplight"):
+        assert saved(tmp_path, {"embedding": {"method": method, "budget": 0.5, "arch_optimizer": default}})
+    kept = saved(tmp_path, {"embedding": {"method": "dnis", "budget": 0.5, "arch_optimizer": {**default, "lr": 0.5}}})
+    assert kept.embedding.arch_optimizer.lr == 0.5
+
+
+def test_a_loss_monitor_saved_with_the_old_default_mode_follows_the_loss(tmp_path):
+    train = {"early_stop": {"monitor": "valid/logloss", "mode": "max", "patience": 2, "min_delta": 0.0},
+             "scheduler": {"name": "plateau", "monitor": "valid/logloss", "mode": "max"}}
+    recipe = saved(tmp_path, {"train": train, "trainer": {"precision": "16"}})
+    assert recipe.train.best_by == ("valid/logloss", "min") and recipe.train.scheduler.mode is None
+    assert recipe.trainer.precision == "16-mixed"
