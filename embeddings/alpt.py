@@ -32,6 +32,8 @@ class ALPTConfig(QuantizeConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.digit not in INT_TYPES:
+            raise ValueError(f"digit: {self.digit} must be 8 or 16")
         if self.scale_lr < 0:
             raise ValueError("scale_lr must be >= 0")
 

@@ -100,11 +100,12 @@ def hashed_rows(tables: dict[str, int], dim: int, budget: float) -> dict[str, in
     """
     row_bytes = dim * FP32_BYTES
     total = sum(tables.values())
-    budget_rows = math.floor((budget * total * row_bytes - SEED_BYTES * len(tables)) / row_bytes)
+    allowed = budget * total * row_bytes * (1 + 1e-12)  # as budget_bytes: the minimum a refusal names is reached
+    budget_rows = math.floor((allowed - SEED_BYTES * len(tables)) / row_bytes)
     if budget_rows < len(tables):
         least = len(tables) * (row_bytes + SEED_BYTES) / (total * row_bytes)
         raise BudgetUnreachableError(
-            "hash", budget, least, f"{len(tables)} tables need at least one row of {row_bytes} bytes (and a seed) each"
+            "hash", budget, least, f"each of its {len(tables)} tables needs a row of {row_bytes} bytes and a seed"
         )
     return share_rows(tables, budget_rows)
 

@@ -59,3 +59,12 @@ def test_hash_recipe_block_is_validated():
     assert type(recipe.embedding) is HashConfig and recipe.embedding.budget == 0.25
     with pytest.raises(RecipeError, match=r"^embedding\.probes: unknown key"):
         recipe_from_dict({"embedding": {"method": "hash", "probes": 2}})
+
+
+def test_the_smallest_budget_named_for_one_table_is_reached():
+    """A rounding error of budget × bytes refused the minimum it had just named."""
+    from ctr.embeddings.budget import BudgetUnreachableError, hashed_rows
+
+    with pytest.raises(BudgetUnreachableError) as refused:
+        hashed_rows({"t": 625}, 8, 1e-6)
+    assert hashed_rows({"t": 625}, 8, float(refused.value.shown_min)) == {"t": 1}

@@ -99,3 +99,11 @@ def test_the_methods_name_fixes_its_bits_and_no_recipe_key_changes_them(method, 
         recipe_from_dict({"embedding": {"method": method, "digit": 24 - bits}})
     saved = to_plain(recipe_from_dict({"embedding": {"method": method}}))
     assert "digit" not in saved["embedding"] and recipe_from_dict(saved).embedding.digit == bits  # recipe.yaml reloads
+
+
+def test_alpt_takes_8_or_16_bits_only():
+    """The bits check moved off the shared config; alpt kept the key and lost the check (a
+    KeyError traceback at the first lookup)."""
+    assert recipe_from_dict({"embedding": {"method": "alpt", "digit": 16}}).embedding.digit == 16
+    with pytest.raises(RecipeError, match=r"^embedding: digit: 4 must be 8 or 16$"):
+        recipe_from_dict({"embedding": {"method": "alpt", "digit": 4}})
