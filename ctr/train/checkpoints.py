@@ -139,8 +139,9 @@ class Checkpointer:
         dist.barrier()
         dcp.save(self._state(), checkpoint_id=str(tmp))
         torch.save(torch.get_rng_state(), tmp / f"rng-{rank}.pt")
+        fused_lr = self._fused_lr()
         if rank == 0:
-            torch.save(self.optimizer.state_dict(), tmp / "optimizers.pt")
+            torch.save(self.optimizer.state_dict(fused_lr), tmp / "optimizers.pt")
             info = {**asdict(state), "world_size": self.place.world_size, "sharded": self.sharded}
             atomic_write(tmp / STATE_FILE, json.dumps(info, indent=2) + "\n")
         dist.barrier()
@@ -152,6 +153,15 @@ class Checkpointer:
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
+
+    def _fused_lr(self) -> float | None:
+        """The sharded tables' lr, from whichever ranks hold one (every rank calls this)."""
+        if not self.sharded:
+            return None
+        mine = self.optimizer.fused_lr()
+        held = torch.tensor([-1.0 if mine is None else mine], dtype=torch.float64, device=self.place.device)
+        dist.all_reduce(held, op=dist.ReduceOp.MAX)
+        return None if held.item() < 0 else held.item()
 
     def load(self, path: Path) -> dict[str, Any]:
         """Loads the weights and optimizer states at ``path`` (resharded to this run's plan);

@@ -75,13 +75,20 @@ class Optimizers:
         for part in self.parts:
             part.step()
 
-    def state_dict(self) -> dict[str, Any]:
-        """The parts' states, the schedules' counters and the sharded tables' lrs (a plateau's
-        cuts live only there: the tables' own checkpoint holds their moments, not their lr)."""
+    def fused_lr(self) -> float | None:
+        """The sharded tables' lr now (one schedule moves all their groups alike), or None on a
+        rank that holds no sharded table."""
+        groups = [] if self.fused is None else self.fused.param_groups
+        return groups[0]["lr"] if groups else None
+
+    def state_dict(self, fused_lr: float | None = None) -> dict[str, Any]:
+        """The parts' states, the schedules' counters and ``fused_lr``, the sharded tables' lr
+        (a plateau's cuts live only in their param groups, which their checkpoint leaves out;
+        the caller gathers it: the rank that saves may hold no sharded table)."""
         return {"parts": [part.state_dict() for part in self.parts],
                 "arch": None if self.arch is None else self.arch.state_dict(),
                 "schedules": [schedules.state_dict() for schedules in self.schedules],
-                "fused_lrs": None if self.fused is None else [group["lr"] for group in self.fused.param_groups]}
+                "fused_lr": fused_lr}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for part, saved in zip(self.parts, state["parts"], strict=True):
@@ -90,6 +97,6 @@ class Optimizers:
             self.arch.load_state_dict(state["arch"])
         for schedules, saved in zip(self.schedules, state["schedules"], strict=True):
             schedules.load_state_dict(saved)
-        if self.fused is not None and state.get("fused_lrs") is not None:  # reaches FBGEMM at the next zero_grad
-            for group, lr in zip(self.fused.param_groups, state["fused_lrs"], strict=True):
-                group["lr"] = lr
+        if self.fused is not None and state.get("fused_lr") is not None:  # reaches FBGEMM at the next zero_grad
+            for group in self.fused.param_groups:
+                group["lr"] = state["fused_lr"]

@@ -228,8 +228,9 @@ def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path):
     [
         {"distributed": {"sharding": "row_wise", "tables": {"C2": "column_wise"}}},  # a plan written without the planner
         {"embedding": {"method": "hash", "dim": 8, "budget": 0.5}},  # data-parallel: sparse gradients averaged by ctr
+        {"distributed": {"sharding": "data_parallel", "tables": {"C1": "table_wise"}}},  # rank 1 holds no sharded table
     ],
-    ids=["row_wise", "hash_data_parallel"],
+    ids=["row_wise", "hash_data_parallel", "one_table_wise"],
 )
 def test_two_processes_match_one_on_other_placements(tmp_path, sections):
     sections["trainer"] = {"num_threads": 1, "progress_bar": False}

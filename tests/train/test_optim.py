@@ -177,6 +177,6 @@ def test_a_plateau_cut_of_the_sharded_tables_lr_is_saved_and_restored():
         first.after_validation({"auc": auc})
     assert tables.param_groups[0]["lr"] == pytest.approx(0.025)
     resumed, tables_again = placed()
-    resumed.load_state_dict(first.state_dict())
+    resumed.load_state_dict(first.state_dict(first.fused_lr()))
     assert tables_again.param_groups[0]["lr"] == pytest.approx(0.025)
     assert resumed.lrs() == pytest.approx(first.lrs())
