@@ -304,7 +304,8 @@ def test_early_stopping_follows_lightnings_rule(mode, min_delta, patience):
     if mode == "min":
         values = [1 - v for v in values]
     lightning = EarlyStopping(monitor="valid/auc", mode=mode, patience=patience, min_delta=min_delta)
-    ours, stop = TrainState(), EarlyStopConfig(mode=mode, patience=patience, min_delta=min_delta)
+    monitor = "valid/logloss" if mode == "min" else "valid/auc"
+    ours, stop = TrainState(), EarlyStopConfig(monitor=monitor, mode=mode, patience=patience, min_delta=min_delta)
     for value in values:
         should_stop, _ = lightning._evaluate_stopping_criteria(torch.tensor(value))
         ours.update_patience(value, mode, stop)
