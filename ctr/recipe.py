@@ -538,19 +538,25 @@ def _schedule(block: Any, path: str) -> SchedulerConfig | None:
 
 DENSE_ONLY_OPTIMIZERS = ("adam", "adamw")  # torch's Adam and AdamW refuse sparse gradients
 DECAYING_OPTIMIZERS = ("adam", "adamw", "adagrad", "sgd")  # weight_decay as L2 in dense gradients
+UPDATES_IN_BACKWARD = ("int8", "int16", "alpt")  # methods that update their rows inside the backward
 
 
 def _check_weight_decay(recipe: Recipe) -> None:
     """The dense part's optimizer steps dense gradients (sparse_adam cannot); weight_decay is
     applied as L2 in dense gradients by ``DECAYING_OPTIMIZERS`` only, so it is refused where
     it would be ignored: sparse table gradients, sparse_adam and rowwise_adagrad."""
-    dense, tables = recipe.train.optimizer, recipe.train.embedding_optimizer
-    if dense.name == "sparse_adam":
-        raise RecipeError("train.optimizer.name: sparse_adam steps sparse gradients only, and the dense part's are "
-                          "dense; use adam, adamw, adagrad or sgd")
-    if dense.weight_decay and dense.name not in DECAYING_OPTIMIZERS:
-        raise RecipeError(f"train.optimizer.weight_decay: {dense.name} applies no weight decay; use "
-                          f"{', '.join(DECAYING_OPTIMIZERS)}, or 0")
+    dense_ones = {"train.optimizer": recipe.train.optimizer}
+    arch = getattr(recipe.embedding, "arch_optimizer", None)  # a method's architecture parameters: dense too
+    if arch is not None:
+        dense_ones["embedding.arch_optimizer"] = arch
+    for key, dense in dense_ones.items():
+        if dense.name == "sparse_adam":
+            raise RecipeError(f"{key}.name: sparse_adam steps sparse gradients only, and these are dense; use adam, "
+                              "adamw, adagrad or sgd")
+        if dense.weight_decay and dense.name not in DECAYING_OPTIMIZERS:
+            raise RecipeError(f"{key}.weight_decay: {dense.name} applies no weight decay; use "
+                              f"{', '.join(DECAYING_OPTIMIZERS)}, or 0")
+    tables = recipe.train.embedding_optimizer
     if not tables.weight_decay or tables.fused:  # fused: refused by its config
         return
     where = "" if tables.name not in DECAYING_OPTIMIZERS else " on sparse table gradients"
@@ -571,6 +577,9 @@ def _check_loss_scaling(recipe: Recipe) -> None:
     if recipe.train.grad_clip:
         raise RecipeError("trainer.precision: 16-mixed would clip loss-scaled gradients (train.grad_clip); use "
                           "bf16-mixed (no loss scale) or no grad_clip")
+    if recipe.embedding.method in UPDATES_IN_BACKWARD:
+        raise RecipeError(f"trainer.precision: 16-mixed scales the gradients that {recipe.embedding.method} applies to "
+                          "its rows in the backward; use bf16-mixed (no loss scale)")
 
 
 def _check_plateau_modes(train: TrainConfig) -> None:

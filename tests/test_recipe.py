@@ -87,6 +87,12 @@ def test_scientific_floats_without_a_dot_are_floats():
      r"^trainer\.precision: 16-mixed would clip loss-scaled gradients"),
     ({"trainer": {"precision": "16-mixed"}, "train": {"embedding_optimizer": {"fused": True}}},
      r"^trainer\.precision: 16-mixed scales the gradients that the fused table update applies"),
+    ({"trainer": {"precision": "16-mixed"}, "embedding": {"method": "alpt"}},
+     r"^trainer\.precision: 16-mixed scales the gradients that alpt applies to its rows in the backward"),
+    ({"embedding": {"method": "dnis", "budget": 0.5, "arch_optimizer": {"name": "sparse_adam"}}},
+     r"^embedding\.arch_optimizer\.name: sparse_adam steps sparse gradients only"),  # a crash at step 1
+    ({"embedding": {"method": "dnis", "budget": 0.5, "arch_optimizer": {"name": "rowwise_adagrad", "weight_decay": 1}}},
+     r"^embedding\.arch_optimizer\.weight_decay: rowwise_adagrad applies no weight decay"),  # ignored
 ])
 def test_a_precision_ctr_would_train_wrongly_is_refused_before_any_work(raw, message):
     with pytest.raises(RecipeError, match=message):
