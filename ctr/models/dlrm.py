@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ctr.batch import Batch
 from ctr.embeddings.types import EmbeddingLayout, FeatureEmbeddings
+from ctr.errors import RecipeError
 from ctr.models.base import CTRModel, pool_sequences
 from ctr.models.layers import MLP
 from ctr.recipe import ModelConfig
@@ -56,6 +57,9 @@ class DLRM(CTRModel):
         rows, cols = torch.triu_indices(vectors, vectors, offset=offset)
         self.register_buffer("pairs", rows * vectors + cols, persistent=False)
         top_in = rows.numel() + (d if self.bottom else 0)
+        if top_in == 0:  # one vector has no pair: the top MLP would read nothing, a constant
+            raise RecipeError("model: dlrm on one sparse feature and no numeric one has nothing to interact; set "
+                              "model.interaction_self: true (⟨e, e⟩) or add features")
         self.top = MLP(top_in, config.top_mlp, act="relu", out_dim=1)
 
     def forward(self, batch: Batch, embedded: FeatureEmbeddings) -> Tensor:

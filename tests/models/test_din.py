@@ -136,3 +136,14 @@ def test_variant_defaults_and_overrides_of_the_attention():
     weights = [w / sum(scaled) for w in scaled]
     interest = [weights[0] * 3, -weights[0] + weights[1]]
     torch.testing.assert_close(model.mlp_input(batch, embedded), torch.tensor([[1.0, 2.0, *interest]]))
+
+
+def test_mini_batch_aware_l2_refuses_a_fused_table_update():
+    """The regularizer's second lookup took an Adagrad step of its own under a fused update:
+    a λ of 1e-5 shrank the tables as much as 1e-4."""
+    from ctr.recipe import recipe_from_dict
+
+    fused = {"embedding_optimizer": {"name": "adagrad", "fused": True}}
+    with pytest.raises(RecipeError, match=r"^model\.l2_reg: the regularizer looks the batch's rows up again"):
+        recipe_from_dict({"model": {"name": "din", "l2_reg": 1e-5}, "train": fused})
+    assert recipe_from_dict({"model": {"name": "din", "l2_reg": 0.0}, "train": fused})

@@ -35,3 +35,14 @@ def test_interaction_of_a_hand_built_batch(interaction_self, expected):
     assert model.top.net[0].in_features == len(expected)
     torch.testing.assert_close(model.interaction(batch, embedded), torch.tensor([expected]))
     torch.testing.assert_close(model(batch, embedded), model.top(torch.tensor([expected])).squeeze(-1))
+
+
+def test_one_sparse_feature_without_numeric_ones_is_refused_unless_it_interacts_with_itself():
+    """No pair to take a dot product of: the top MLP read an empty input and scored every
+    row alike."""
+    from ctr.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=r"^model: dlrm on one sparse feature and no numeric one"):
+        task_for_schema(planted_schema(1, 5), {"name": "dlrm", "bottom_mlp": [], "top_mlp": [4]})
+    alone = task_for_schema(planted_schema(1, 5), {"name": "dlrm", "top_mlp": [4], "interaction_self": True})
+    assert alone.net.model.top.net[0].in_features == 1
