@@ -270,3 +270,22 @@ def test_a_run_directory_another_process_trains_in_is_refused(tmp_path, capsys, 
         code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run")  # not: "already holds a run; --resume"
         assert_one_line(code, err, f"{tmp_path / 'run'}: another ctr process is training in this run directory")
     assert not (tmp_path / ".run.lock").exists()
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_data_with_numeric_features_only_is_one_line(tmp_path, capsys, devices):
+    """Every model embeds ids: numeric-only data failed copying a vocabulary folder that
+    preparation (rightly) never wrote."""
+    (tmp_path / "train.csv").write_text("label,a,b\n" + "".join(f"{i % 2},{i / 7:.3f},{i % 5}\n" for i in range(64)))
+    raw = tiny_recipe(tmp_path, trainer={"devices": devices, "progress_bar": False}, train={"batch_size": 8})
+    raw["data"] = {"dataset": "csv", "path": str(tmp_path / "train.csv"), "cache_dir": raw["data"]["cache_dir"],
+                   "features": [{"name": "a", "kind": "numeric"}, {"name": "b", "kind": "numeric"}]}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    if devices == 1:
+        code, err = run_cli(capsys, "train", tmp_path / "r.yaml", "--out", tmp_path / "run")
+    else:  # the ranks are processes of their own: their stderr is not captured here
+        done = subprocess.run([sys.executable, "-m", "ctr", "train", str(tmp_path / "r.yaml"), "--out",
+                               str(tmp_path / "run")], capture_output=True, text=True, timeout=600)
+        assert "Traceback" not in done.stderr, done.stderr
+        code, err = done.returncode, done.stderr.strip().splitlines()[-1]
+    assert_one_line(code, err, "data.features: every feature is numeric; the models embed ids")
