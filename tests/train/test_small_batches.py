@@ -26,12 +26,12 @@ def test_a_one_row_last_training_batch_is_dropped(tmp_path):
 def test_a_training_split_that_makes_no_batch_is_one_line(tmp_path, capsys):
     """One training row is a batch of one, dropped: the run would train no step and finish."""
     for name, rows in (("train", 1), ("valid", 6), ("test", 6)):
-        lines = "".join(f"{i % 2},u{i}\n" for i in range(rows))
-        (tmp_path / f"{name}.csv").write_text("label,user\n" + lines)
+        lines = "".join(f"{i % 2},u{i},a{i % 3}\n" for i in range(rows))
+        (tmp_path / f"{name}.csv").write_text("label,user,ad\n" + lines)
     raw = tiny_recipe(tmp_path)
     raw["data"] = {"dataset": "csv", "path": str(tmp_path / "train.csv"), "valid_path": str(tmp_path / "valid.csv"),
                    "test_path": str(tmp_path / "test.csv"), "cache_dir": str(tmp_path / "cache"),
-                   "features": [{"name": "user"}]}
+                   "features": [{"name": "user"}, {"name": "ad"}]}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
     assert main(["train", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
