@@ -387,6 +387,7 @@ def _plan(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.override)
     check_plan_request(recipe, args.world_size)
     prepared = prepare(recipe.data)
+    prepared.schema.require_sparse()
     print(format_plan(plan_tables(recipe, prepared.schema, args.world_size, memory), recipe))
     return 0
 

@@ -613,10 +613,13 @@ def _check_combinations(recipe: Recipe) -> None:
     _check_plateau_modes(recipe.train)
     _check_weight_decay(recipe)
     _check_loss_scaling(recipe)
-    if getattr(recipe.model, "l2_reg", 0) and recipe.train.embedding_optimizer.fused:
-        raise RecipeError("model.l2_reg: the regularizer looks the batch's rows up again, and a fused table update "
-                          "would step that lookup on its own (not with the loss's gradient); use "
-                          "train.embedding_optimizer.fused: false")
+    if getattr(recipe.model, "l2_reg", 0):
+        updater = ("a fused table update" if recipe.train.embedding_optimizer.fused else
+                   recipe.embedding.method if recipe.embedding.method in UPDATES_IN_BACKWARD else None)
+        if updater:
+            raise RecipeError(f"model.l2_reg: the regularizer looks the batch's rows up again, and {updater} would "
+                              "step that lookup on its own (not with the loss's gradient); use "
+                              "train.embedding_optimizer.fused: false and a method updated by the optimizer")
     if recipe.trainer.strategy not in STRATEGIES:
         raise RecipeError(
             f"trainer.strategy: {recipe.trainer.strategy!r}: use one of {', '.join(STRATEGIES)} (a distributed run"

@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 
 from ctr.atomic import atomic_path, atomic_write
+from ctr.errors import RecipeError
 from ctr.typed import parse, to_plain
 
 PAD_ID = 0
@@ -138,6 +139,12 @@ class Schema:
             if info.spec.name == name:
                 return info
         raise KeyError(f"no feature named {name!r}")
+
+    def require_sparse(self) -> None:
+        """Refuses a schema without a categorical or sequence feature: every model embeds ids."""
+        if not self.sparse_features:
+            raise RecipeError("data.features: every feature is numeric; the models embed ids, so give at least one "
+                              "categorical or sequence feature")
 
     @property
     def sparse_features(self) -> list[FeatureInfo]:

@@ -52,6 +52,7 @@ class EmbeddingMethod(nn.Module):
         super().__init__()
         self.schema = schema
         self.config = config
+        schema.require_sparse()  # a method of no table (tune and bench build one before training)
         self.layout = EmbeddingLayout.from_schema(schema, config.dim)
         sparse = schema.sparse_features
         self.feature_names = [f.spec.name for f in sparse]

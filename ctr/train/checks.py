@@ -25,13 +25,6 @@ def check_batch_split(recipe: Recipe, world_size: int) -> None:
                           f" multiples of the {world_size} processes")
 
 
-def require_sparse(prepared: Prepared) -> None:
-    """Refuses data without a categorical or sequence feature: every model embeds ids."""
-    if not prepared.schema.sparse_features:
-        raise RecipeError("data.features: every feature is numeric; the models embed ids, so give at least one "
-                          "categorical or sequence feature")
-
-
 def require_rows(recipe: Recipe, prepared: Prepared, splits: tuple[str, ...]) -> None:
     """Refuses a split without rows, naming the recipe keys that give it rows."""
     for split in splits:

@@ -40,9 +40,7 @@ from ctr.errors import RecipeError
 from ctr.recipe import Recipe
 from ctr.registry import EMBEDDINGS
 from ctr.train.checkpoints import Checkpointer, TrainState, is_distributed_checkpoint
-from ctr.train.checks import (
-    TRAINING_MIN_ROWS, check_batch_split, check_before_fit, require_rows, require_sparse,
-)
+from ctr.train.checks import TRAINING_MIN_ROWS, check_batch_split, check_before_fit, require_rows
 from ctr.train.distributed_epochs import EpochLoop, Span, evaluate
 from ctr.train.distributed_optim import Optimizers
 from ctr.train.distributed_stages import ArchSteps, cycle, run_stages
@@ -127,7 +125,7 @@ def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[s
     dist.barrier()
     if place.rank != 0:
         prepared = prepare(recipe.data, False)
-    require_sparse(prepared)  # every rank: the same refusal
+    prepared.schema.require_sparse()  # every rank: the same refusal
     if place.rank == 0:
         run.write_recipe(recipe)
         run.copy_schema(prepared.root)

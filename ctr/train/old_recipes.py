@@ -10,6 +10,7 @@ from typing import Any
 from ctr.registry import EMBEDDINGS
 
 LOSS_MONITORS = ("valid/logloss", "train/loss")
+FULL_PRECISIONS = ("64", "64-true", "16-true", "bf16-true")  # whole-model precisions no longer taken
 
 
 def upgraded(raw: dict[str, Any]) -> dict[str, Any]:
@@ -17,6 +18,9 @@ def upgraded(raw: dict[str, Any]) -> dict[str, Any]:
     _split_seed(raw)
     _embedding_keys(raw.get("embedding") or {})
     _monitor_modes(raw.get("train") or {})
+    trainer = raw.get("trainer") or {}
+    if str(trainer.get("precision")) in FULL_PRECISIONS:  # its weights load into fp32 (a dtype copy)
+        trainer["precision"] = "32-true"
     return raw
 
 

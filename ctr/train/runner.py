@@ -18,7 +18,7 @@ from ctr.recipe import Recipe
 from ctr.train import distributed
 from ctr.train.checkpoints import is_distributed_checkpoint
 from ctr.train.launch import group_holds, launched, process_group, shared_path
-from ctr.train.checks import check_before_fit, require_rows, require_sparse
+from ctr.train.checks import check_before_fit, require_rows
 from ctr.train.loop import (
     Session, evaluate_checkpoint, fit, placement, quiet_lightning, trainer_for, use_threads,
 )
@@ -65,7 +65,7 @@ def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:
     progress = _progress(recipe)
     recipe.data = resolve_features(recipe.data)  # the run's recipe.yaml lists every feature
     prepared = prepare(recipe.data, progress)
-    require_sparse(prepared)
+    prepared.schema.require_sparse()
     run.write_recipe(recipe)  # data paths made absolute: eval and predict work from any folder
     run.copy_schema(prepared.root)
     task = CTRTask(recipe, prepared.schema)

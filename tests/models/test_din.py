@@ -147,3 +147,5 @@ def test_mini_batch_aware_l2_refuses_a_fused_table_update():
     with pytest.raises(RecipeError, match=r"^model\.l2_reg: the regularizer looks the batch's rows up again"):
         recipe_from_dict({"model": {"name": "din", "l2_reg": 1e-5}, "train": fused})
     assert recipe_from_dict({"model": {"name": "din", "l2_reg": 0.0}, "train": fused})
+    with pytest.raises(RecipeError, match=r"^model\.l2_reg: .* and int8 would step that lookup on its own"):
+        recipe_from_dict({"model": {"name": "din", "l2_reg": 1e-5}, "embedding": {"method": "int8"}})

@@ -289,3 +289,8 @@ def test_data_with_numeric_features_only_is_one_line(tmp_path, capsys, devices):
         assert "Traceback" not in done.stderr, done.stderr
         code, err = done.returncode, done.stderr.strip().splitlines()[-1]
     assert_one_line(code, err, "data.features: every feature is numeric; the models embed ids")
+    if devices == 1:  # the commands that build a model without training one (a traceback each before)
+        recipe = tmp_path / "r.yaml"
+        for command in (["plan", recipe, "--world-size", "2"], ["bench", "train", recipe, "--steps", "2"]):
+            code, err = run_cli(capsys, *command)
+            assert_one_line(code, err, "data.features: every feature is numeric; the models embed ids")

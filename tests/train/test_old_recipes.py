@@ -36,3 +36,8 @@ def test_a_loss_monitor_saved_with_the_old_default_mode_follows_the_loss(tmp_pat
     recipe = saved(tmp_path, {"train": train, "trainer": {"precision": "16"}})
     assert recipe.train.best_by == ("valid/logloss", "min") and recipe.train.scheduler.mode is None
     assert recipe.trainer.precision == "16-mixed"
+
+
+def test_a_run_of_a_whole_model_precision_no_longer_taken_loads_in_fp32(tmp_path):
+    for precision in ("64-true", "bf16-true", 64):
+        assert saved(tmp_path, {"trainer": {"precision": precision}}).trainer.precision == "32-true"
