@@ -537,14 +537,15 @@ def _schedule(block: Any, path: str) -> SchedulerConfig | None:
 
 
 DENSE_ONLY_OPTIMIZERS = ("adam", "adamw")  # torch's Adam and AdamW refuse sparse gradients
-DECAYING_OPTIMIZERS = ("adam", "adamw", "adagrad", "sgd")  # weight_decay as L2 in dense gradients
+DECAYING_OPTIMIZERS = ("adam", "adamw", "adagrad", "sgd")  # weight_decay as L2 in the gradient
 UPDATES_IN_BACKWARD = ("int8", "int16", "alpt")  # methods that update their rows inside the backward
 
 
 def _check_weight_decay(recipe: Recipe) -> None:
     """The dense part's optimizer steps dense gradients (sparse_adam cannot); weight_decay is
-    applied as L2 in dense gradients by ``DECAYING_OPTIMIZERS`` only, so it is refused where
-    it would be ignored: sparse table gradients, sparse_adam and rowwise_adagrad."""
+    applied as L2 in the gradient by ``DECAYING_OPTIMIZERS`` only (adagrad and sgd decay a
+    sparse gradient's rows), so it is refused where it would be ignored: sparse_adam and
+    rowwise_adagrad (fused and sharded table updates refuse it on their own)."""
     dense_ones = {"train.optimizer": recipe.train.optimizer}
     arch = getattr(recipe.embedding, "arch_optimizer", None)  # a method's architecture parameters: dense too
     if arch is not None:
@@ -557,12 +558,9 @@ def _check_weight_decay(recipe: Recipe) -> None:
             raise RecipeError(f"{key}.weight_decay: {dense.name} applies no weight decay; use "
                               f"{', '.join(DECAYING_OPTIMIZERS)}, or 0")
     tables = recipe.train.embedding_optimizer
-    if not tables.weight_decay or tables.fused:  # fused: refused by its config
-        return
-    where = "" if tables.name not in DECAYING_OPTIMIZERS else " on sparse table gradients"
-    if where == "" or recipe.embedding.gradients == "sparse":
-        raise RecipeError(f"train.embedding_optimizer.weight_decay: {tables.name}{where} applies no weight decay; use "
-                          "embedding.gradients: dense with adam, adagrad or sgd, or 0")
+    if tables.weight_decay and not tables.fused and tables.name not in DECAYING_OPTIMIZERS:  # fused: its config
+        raise RecipeError(f"train.embedding_optimizer.weight_decay: {tables.name} applies no weight decay; use "
+                          "adagrad or sgd (or adam with embedding.gradients: dense), or 0")
 
 
 def _check_loss_scaling(recipe: Recipe) -> None:

@@ -44,11 +44,46 @@ def adamw(params: ParamList, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused_kernel(params) or None)
 
 
+def decay_gradients(params: Iterable[nn.Parameter], weight_decay: float) -> None:
+    """Adds the L2 term ``weight_decay · w`` to each gradient: to every weight of a dense
+    gradient, to the rows a sparse one holds (the rows a batch touched: a lazy L2, as the
+    sparse update itself is), so untouched rows keep their values."""
+    for param in params:
+        grad = param.grad
+        if grad is None or not weight_decay:
+            continue
+        if not grad.is_sparse:
+            param.grad = grad.add(param.detach(), alpha=weight_decay)
+            continue
+        grad = grad.coalesce()
+        rows = grad.indices()[0]
+        values = grad.values().add(param.detach().index_select(0, rows), alpha=weight_decay)
+        param.grad = torch.sparse_coo_tensor(grad.indices(), values, grad.shape, is_coalesced=True)
+
+
+def _closure_loss(closure: Callable[[], Any] | None) -> Any:
+    """The closure's loss (its gradients computed first), or None."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 @OPTIMIZERS.register("sgd")
-def sgd(params: ParamList, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """Plain SGD (dense or sparse gradients: only touched rows move); weight_decay as L2 in
-    dense gradients."""
-    return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+class SGD(torch.optim.SGD):
+    """Plain SGD (dense or sparse gradients: only touched rows move); ``weight_decay`` as L2
+    in the gradient (``decay_gradients``: of a sparse gradient, its rows only)."""
+
+    def __init__(self, params: ParamList, cfg: OptimizerConfig):
+        super().__init__(params, lr=cfg.lr)
+        self.decay = cfg.weight_decay
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = _closure_loss(closure)
+        decay_gradients((p for group in self.param_groups for p in group["params"]), self.decay)
+        super().step()
+        return loss
 
 
 @OPTIMIZERS.register("adagrad")
@@ -57,24 +92,29 @@ class Adagrad(torch.optim.Adagrad):
     touched rows only) whose sparse fp32 CPU gradients are applied in one native pass per
     table (``ctr.kernels.optim.adagrad_sparse``: ``s += g²; w -= lr·g / (√s + eps)`` row by row) instead
     of torch's chain of sparse ops. Same state and rule; results agree to fp32 rounding.
-    Anything else (dense or GPU gradients, a closure, weight decay) takes torch's step, through
-    which optimizer step hooks (ctr registers none) would run twice.
+    Anything else (dense or GPU gradients) takes torch's step, through which optimizer step
+    hooks (ctr registers none) would run twice. ``weight_decay`` is L2 in the gradient
+    (``decay_gradients``: of a sparse gradient, its rows only; torch's Adagrad refuses it there).
     """
 
     def __init__(self, params: ParamList, cfg: OptimizerConfig):
-        super().__init__(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        super().__init__(params, lr=cfg.lr)
+        self.decay = cfg.weight_decay
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = _closure_loss(closure)
         pairs = [(p, group) for group in self.param_groups for p in group["params"] if p.grad is not None]
-        if closure is not None or not all(self._plain_sparse(p, group) for p, group in pairs):
-            return super().step(closure)
+        decay_gradients((p for p, _ in pairs), self.decay)
+        if not all(self._plain_sparse(p, group) for p, group in pairs):
+            super().step()
+            return loss
         for param, group in pairs:
             state = self.state[param]
             state["step"] += 1
             lr = group["lr"] / (1 + (float(state["step"]) - 1) * group["lr_decay"])
             adagrad_sparse(param, state["sum"], param.grad, lr, group["eps"])
-        return None
+        return loss
 
     def _plain_sparse(self, param: torch.Tensor, group: dict[str, Any]) -> bool:
         """Whether the native step applies: a row-sparse gradient, no extras, fp32 CPU tensors."""

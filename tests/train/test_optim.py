@@ -128,9 +128,28 @@ def test_weight_decay_reaches_sgd_and_adagrad(name):
         torch.testing.assert_close(weight.detach(), torch.full((3,), 1 - 0.1 * 0.5))
 
 
+@pytest.mark.parametrize("name", ["sgd", "adagrad"])
+def test_weight_decay_of_a_sparse_gradient_decays_the_touched_rows_only(name):
+    """A lazy L2: the rows a batch looked up take the L2 term, the others keep their values
+    (torch's Adagrad refuses weight decay on sparse gradients; its SGD would decay every row)."""
+    table = nn.Parameter(torch.ones(4, 2))
+    optimizer = OPTIMIZERS.get(name).target([table], OptimizerConfig(name=name, lr=0.1, weight_decay=0.5))
+    table.grad = torch.sparse_coo_tensor(torch.tensor([[1, 3]]), torch.zeros(2, 2), (4, 2))
+    optimizer.step()
+    assert torch.equal(table[[0, 2]].detach(), torch.ones(2, 2))
+    assert torch.all(table[[1, 3]] < 1)
+    if name == "sgd":
+        torch.testing.assert_close(table[[1, 3]].detach(), torch.full((2, 2), 1 - 0.1 * 0.5))
+    dense = nn.Parameter(torch.ones(4, 2))
+    reference = OPTIMIZERS.get(name).target([dense], OptimizerConfig(name=name, lr=0.1, weight_decay=0.5))
+    dense.grad = torch.zeros(4, 2)
+    reference.step()
+    torch.testing.assert_close(table[[1, 3]].detach(), dense[[1, 3]].detach())  # the same rule on the rows it decays
+
+
 @pytest.mark.parametrize("train, embedding, message", [
-    ({"embedding_optimizer": {"name": "adagrad", "weight_decay": 0.1}}, {},
-     r"^train\.embedding_optimizer\.weight_decay: adagrad on sparse table gradients applies no weight decay"),
+    ({"embedding_optimizer": {"name": "rowwise_adagrad", "weight_decay": 0.1}}, {},
+     r"^train\.embedding_optimizer\.weight_decay: rowwise_adagrad applies no weight decay"),
     ({"embedding_optimizer": {"name": "rowwise_adagrad", "weight_decay": 0.1}}, {"gradients": "dense"},
      r"^train\.embedding_optimizer\.weight_decay: rowwise_adagrad applies no weight decay"),
     ({"optimizer": {"name": "rowwise_adagrad", "weight_decay": 0.1}}, {},
@@ -145,7 +164,8 @@ def test_a_weight_decay_or_optimizer_that_would_be_ignored_or_crash_is_refused(t
         recipe_from_dict({"train": train, "embedding": {"method": "full", **embedding}})
     decayed = {"embedding_optimizer": {"name": "adagrad", "weight_decay": 0.1}, "optimizer": {"name": "sgd",
                                                                                                "weight_decay": 0.1}}
-    recipe_from_dict({"train": decayed, "embedding": {"method": "full", "gradients": "dense"}})  # applied: accepted
+    for gradients in ("dense", "sparse"):  # applied: accepted
+        recipe_from_dict({"train": decayed, "embedding": {"method": "full", "gradients": gradients}})
 
 
 def test_sharded_tables_refuse_a_weight_decay_they_would_not_apply():
