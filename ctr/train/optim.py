@@ -61,33 +61,38 @@ def decay_gradients(params: Iterable[nn.Parameter], weight_decay: float) -> None
         param.grad = torch.sparse_coo_tensor(grad.indices(), values, grad.shape, is_coalesced=True)
 
 
-def _closure_loss(closure: Callable[[], Any] | None) -> Any:
-    """The closure's loss (its gradients computed first), or None."""
-    if closure is None:
-        return None
-    with torch.enable_grad():
-        return closure()
+class DecayInGradient(torch.optim.Optimizer):
+    """An optimizer built with lr only, whose ``weight_decay`` ctr adds to the gradients
+    (``decay_gradients``) before the rule reads them."""
+
+    def __init__(self, params: ParamList, cfg: OptimizerConfig):
+        super().__init__(params, lr=cfg.lr)  # the next class in the MRO: torch's optimizer
+        self.decay = cfg.weight_decay
+
+    def _decayed(self, closure: Callable[[], Any] | None) -> Any:
+        """Runs the closure (its gradients first), decays the gradients; the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        decay_gradients((p for group in self.param_groups for p in group["params"]), self.decay)
+        return loss
 
 
 @OPTIMIZERS.register("sgd")
-class SGD(torch.optim.SGD):
+class SGD(DecayInGradient, torch.optim.SGD):
     """Plain SGD (dense or sparse gradients: only touched rows move); ``weight_decay`` as L2
     in the gradient (``decay_gradients``: of a sparse gradient, its rows only)."""
 
-    def __init__(self, params: ParamList, cfg: OptimizerConfig):
-        super().__init__(params, lr=cfg.lr)
-        self.decay = cfg.weight_decay
-
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = _closure_loss(closure)
-        decay_gradients((p for group in self.param_groups for p in group["params"]), self.decay)
+        loss = self._decayed(closure)
         super().step()
         return loss
 
 
 @OPTIMIZERS.register("adagrad")
-class Adagrad(torch.optim.Adagrad):
+class Adagrad(DecayInGradient, torch.optim.Adagrad):
     """torch's Adagrad (one accumulator per weight, eps 1e-10; sparse gradients update the
     touched rows only) whose sparse fp32 CPU gradients are applied in one native pass per
     table (``ctr.kernels.optim.adagrad_sparse``: ``s += g²; w -= lr·g / (√s + eps)`` row by row) instead
@@ -97,15 +102,10 @@ class Adagrad(torch.optim.Adagrad):
     (``decay_gradients``: of a sparse gradient, its rows only; torch's Adagrad refuses it there).
     """
 
-    def __init__(self, params: ParamList, cfg: OptimizerConfig):
-        super().__init__(params, lr=cfg.lr)
-        self.decay = cfg.weight_decay
-
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = _closure_loss(closure)
+        loss = self._decayed(closure)
         pairs = [(p, group) for group in self.param_groups for p in group["params"] if p.grad is not None]
-        decay_gradients((p for p, _ in pairs), self.decay)
         if not all(self._plain_sparse(p, group) for p, group in pairs):
             super().step()
             return loss
