@@ -538,7 +538,6 @@ def _schedule(block: Any, path: str) -> SchedulerConfig | None:
 
 DENSE_ONLY_OPTIMIZERS = ("adam", "adamw")  # torch's Adam and AdamW refuse sparse gradients
 DECAYING_OPTIMIZERS = ("adam", "adamw", "adagrad", "sgd")  # weight_decay as L2 in the gradient
-UPDATES_IN_BACKWARD = ("int8", "int16", "alpt")  # methods that update their rows inside the backward
 
 
 def _check_weight_decay(recipe: Recipe) -> None:
@@ -563,6 +562,11 @@ def _check_weight_decay(recipe: Recipe) -> None:
                           "adagrad or sgd (or adam with embedding.gradients: dense), or 0")
 
 
+def _updates_in_backward(recipe: Recipe) -> bool:
+    """Whether the recipe's embedding method updates its rows inside the backward."""
+    return getattr(EMBEDDINGS.get(recipe.embedding.method).target, "updates_in_backward", False)
+
+
 def _check_loss_scaling(recipe: Recipe) -> None:
     """``16-mixed`` scales the loss, and Lightning takes the scale out of the gradients only
     inside the optimizer's step: a fused table update (in the backward) and ``grad_clip``
@@ -575,7 +579,7 @@ def _check_loss_scaling(recipe: Recipe) -> None:
     if recipe.train.grad_clip:
         raise RecipeError("trainer.precision: 16-mixed would clip loss-scaled gradients (train.grad_clip); use "
                           "bf16-mixed (no loss scale) or no grad_clip")
-    if recipe.embedding.method in UPDATES_IN_BACKWARD:
+    if _updates_in_backward(recipe):
         raise RecipeError(f"trainer.precision: 16-mixed scales the gradients that {recipe.embedding.method} applies to "
                           "its rows in the backward; use bf16-mixed (no loss scale)")
 
@@ -613,7 +617,7 @@ def _check_combinations(recipe: Recipe) -> None:
     _check_loss_scaling(recipe)
     if getattr(recipe.model, "l2_reg", 0):
         updater = ("a fused table update" if recipe.train.embedding_optimizer.fused else
-                   recipe.embedding.method if recipe.embedding.method in UPDATES_IN_BACKWARD else None)
+                   recipe.embedding.method if _updates_in_backward(recipe) else None)
         if updater:
             raise RecipeError(f"model.l2_reg: the regularizer looks the batch's rows up again, and {updater} would "
                               "step that lookup on its own (not with the loss's gradient); use "

@@ -47,6 +47,9 @@ class EmbeddingMethod(nn.Module):
     synced_buffers: tuple[str, ...] = ()
     # Whether ``use_fused_update`` works: the method stores its rows in a kernel table.
     fusable = False
+    # Whether the method updates its rows inside the backward, from the gradient as it comes
+    # (no optimizer step between: a loss scale or a second lookup would reach the rows).
+    updates_in_backward = False
 
     def __init__(self, schema: Schema, config: EmbeddingConfig):
         super().__init__()

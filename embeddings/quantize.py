@@ -90,6 +90,7 @@ class QuantizedRows(EmbeddingMethod):
     in place (``apply_update``), so no fp32 table exists at any time. Replicated, the
     backward only records the rows and gradients, and ``sync_replicas`` applies them."""
 
+    updates_in_backward = True
     synced_buffers: tuple[str, ...] = ("codes",)  # what ``apply_update`` writes
     deployed_buffers: tuple[str, ...] = ("codes",)  # what ``memory_bytes`` counts
 
