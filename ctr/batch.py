@@ -94,7 +94,7 @@ class JaggedFeatures:
         starts = self.offsets[:-1].view(len(self.keys), b)[:, 0]  # (a view: shapes torch.export can follow)
         per_feature = torch.cat([starts[1:], self.offsets[-1:]]) - starts
         return torch.repeat_interleave(
-            torch.arange(len(self.keys), device=self.values.device), per_feature
+            torch.arange(len(self.keys), device=self.values.device), per_feature, output_size=self.values.numel()
         )
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> JaggedFeatures:

@@ -24,6 +24,8 @@ from ctr.recipe import EmbeddingConfig
 from ctr.schema import Schema
 
 FP32_BYTES = 4
+OUTSIDE_VOCABULARY_HINT = "encode raw values with the run's schema (docs/export.md shows how)"
+OUTSIDE_VOCABULARY = f"an id is outside its feature's vocabulary (inputs.json: vocab_size); {OUTSIDE_VOCABULARY_HINT}"
 
 
 class EmbeddingMethod(nn.Module):
@@ -66,6 +68,8 @@ class EmbeddingMethod(nn.Module):
             torch.tensor([self.table_names.index(f.table) for f in sparse], dtype=torch.int64),
             persistent=False,
         )
+        rows = [self.table_rows[f.table] for f in sparse]
+        self.register_buffer("feature_rows", torch.tensor(rows, dtype=torch.int64), persistent=False)
         self._keeps_positions = [f.spec.kind == "sequence" and f.spec.pooling == "none" for f in sparse]
         self._mean_pooled = [f.spec.kind == "sequence" and f.spec.pooling == "mean" for f in sparse]
         self._left_padded = [f.spec.padding == "left" for f in sparse]
@@ -79,6 +83,7 @@ class EmbeddingMethod(nn.Module):
         """Embeds a batch: pooled [B, F, D] plus per-position sequences [B, L, D]."""
         if list(sparse.keys) != self.feature_names:
             raise ValueError(f"expected sparse keys {self.feature_names}, got {sparse.keys}")
+        self._check_ids(sparse)
         if torch.compiler.is_exporting() and any(self._widths[f] > 1 for f in range(len(self._widths))):
             return self._padded(sparse)
         grid = self._grid(sparse)
@@ -87,6 +92,29 @@ class EmbeddingMethod(nn.Module):
         bags, pooled_slots, sequence_slots = self._regroup(sparse)
         vectors = self.embed_bags(bags)
         return self._assemble(sparse, vectors, pooled_slots, sequence_slots)
+
+    def _check_ids(self, sparse: JaggedFeatures) -> None:
+        """Refuses an id outside its feature's vocabulary, [0, rows of its table): methods
+        would read another table's row (``full``) or hash it silently. The data pipeline never
+        makes one; ids given through the Python API or to an exported program may. On a GPU,
+        and in a traced program, the check runs on the device without a host sync."""
+        values, feature = sparse.values, self.feature_rows.new_zeros(0)
+        if sparse.single and sparse.keys:  # one id a bag: ids [F, B] against each feature's rows, no gather
+            grid = values.view(len(sparse.keys), sparse.batch_size)
+            outside = (grid < 0) | (grid >= self.feature_rows.unsqueeze(1))
+        else:
+            feature = sparse.feature_of_value()
+            outside = (values < 0) | (values >= self.feature_rows[feature])
+        if values.is_cuda or torch.compiler.is_compiling():
+            torch._assert_async(~outside.any(), OUTSIDE_VOCABULARY)
+            return
+        if bool(outside.any()):
+            at = int(outside.reshape(-1).nonzero()[0, 0])
+            f = at // sparse.batch_size if sparse.single else int(feature[at])
+            raise ValueError(
+                f"feature {self.feature_names[f]!r}: id {int(values[at])} is outside its vocabulary of "
+                f"{int(self.feature_rows[f])} ids (0 is padding, 1 the OOV id); {OUTSIDE_VOCABULARY_HINT}"
+            )
 
     def embed_grid(self, grid: IdGrid) -> Tensor:
         """The vectors [B, F, D] of a grid of single ids. Default: ``embed_ids`` of every id,

@@ -85,8 +85,9 @@ def inputs_description(schema: Schema) -> dict[str, Any]:
          "mean": i.numeric.mean, "std": i.numeric.std, "boundaries": i.numeric.boundaries}
         for i in schema.dense_features
     ]
+    rows = schema.tables()
     sparse = [
-        {"name": i.spec.name, "column": i.spec.column, "kind": i.spec.kind, "table": i.table,
+        {"name": i.spec.name, "column": i.spec.column, "kind": i.spec.kind, "table": i.table, "vocab_size": rows[i.table],
          "transform": i.spec.transform, "first_id": 1 + i.spec.oov_buckets, "oov_id": OOV_ID,
          "oov_buckets": i.spec.oov_buckets, "num_ids": i.spec.num_ids, "splitter": i.spec.splitter,
          "max_len": i.spec.max_len}

@@ -26,6 +26,7 @@ from tests.train.test_amazon_recipes import RECIPES, write_tiny_amazon
 pytestmark = pytest.mark.slow  # one short training run per model and per embedding method
 
 FRESH = """
+import json
 import sys
 import numpy as np
 import torch
@@ -39,6 +40,17 @@ one = program(args[0][:1], torch.from_numpy(saved["first_values"]), torch.from_n
 assert abs(float(one[0]) - float(saved["expected"][0])) < 1e-5
 empty = program(args[0][:2], torch.from_numpy(saved["empty_values"]), torch.from_numpy(saved["empty_offsets"]))
 assert np.abs(empty.numpy() - saved["expected_empty"]).max() < 1e-5  # every bag empty: no id at all
+sparse = json.load(open(sys.argv[1] + ".schema/inputs.json"))["sparse"]
+batch = (len(args[2]) - 1) // len(sparse)
+feature = next(f for f in range(len(sparse)) if args[2][(f + 1) * batch] > 0)  # the feature of values[0]
+for bad in (sparse[feature]["vocab_size"], -1):
+    values = args[1].clone()
+    values[0] = bad
+    try:
+        program(args[0], values, args[2])
+        raise SystemExit(f"id {bad} of {sparse[feature]['name']} was scored")
+    except RuntimeError as error:
+        assert "outside its feature's vocabulary" in str(error), error
 assert not any(name == "ctr" or name.startswith("ctr.") for name in sys.modules), "ctr was imported"
 print("ok")
 """
