@@ -20,6 +20,8 @@ from ctr.schema import PAD_ID, Schema
 
 
 Variant = Literal["paper", "authors", "ctr"]
+InputNorm = Literal["none", "batch", "inference"]
+TF_BN_EPSILON = 1e-3  # tf.layers.batch_normalization's default epsilon
 
 
 @dataclass
@@ -45,6 +47,9 @@ class DINConfig(MLPConfig, ModelConfig):
         attention_scale: divide the scores by √E before the softmax (zhougr1993/
             DeepInterestNetwork ``din/model.py``; off in DIEN's ``din_attention``).
         hidden, activation, dropout, batch_norm: the top MLP (paper: 200-80, dice).
+        input_norm: of the top MLP's input (``None``: the variant's): ``none``, ``batch``
+            (BatchNorm) or ``inference`` (the authors' code: TF's batch normalization in
+            inference mode, ``InferenceBatchNorm``; the ``authors`` default).
         l2_reg: λ of the mini-batch aware regularization (0 = off).
     """
 
@@ -59,6 +64,7 @@ class DINConfig(MLPConfig, ModelConfig):
     attention_scale: bool = False
     hidden: list[int] = field(default_factory=lambda: [200, 80])
     activation: Activation = "dice"
+    input_norm: InputNorm | None = None
     l2_reg: float = 0.0
 
     def __post_init__(self) -> None:
@@ -69,6 +75,11 @@ class DINConfig(MLPConfig, ModelConfig):
     def unit_input(self) -> UnitInput:
         """The activation unit's input: ``attention_input``, else the variant's."""
         return self.attention_input or ("paper" if self.variant == "paper" else "authors")
+
+    @property
+    def top_input_norm(self) -> InputNorm:
+        """The top MLP's input normalisation: ``input_norm``, else the variant's."""
+        return self.input_norm or ("inference" if self.variant == "authors" else "none")
 
     @property
     def normalise(self) -> bool:
@@ -91,7 +102,8 @@ class DIN(CTRModel):
     - ``authors``: the authors' later code, mouna99/dien ``script/model.py`` ``Model_DIN``
       (attention: ``script/utils.py`` ``din_attention``; top MLP: ``Model.build_fcn_net``):
       the pooled fields, the plain sum of the history Σ_j k_j, the candidate times that sum
-      q ⊙ Σ_j k_j and the interest, batch-normalised before the first layer; unit input
+      q ⊙ Σ_j k_j and the interest, through the authors' normalisation (``InferenceBatchNorm``)
+      before the first layer; unit input
       ``[q, k_j, q − k_j, q ⊙ k_j]`` and softmax over the valid positions (unscaled, as
       ``din_attention``). Their 2-way softmax output is one logit here.
     - ``ctr``: ctr's own variant, in no paper or reference code: the paper's top input plus
@@ -117,7 +129,8 @@ class DIN(CTRModel):
                                          config.normalise, config.unit_input, config.attention_scale)
         extra = {"paper": 0, "authors": 2 * width, "ctr": width}[config.variant]
         mlp_in = (len(layout.pooled) + len(self.others)) * layout.dim + width + extra + self.num_dense
-        self.input_norm = nn.BatchNorm1d(mlp_in) if config.variant == "authors" else nn.Identity()
+        self.input_norm = {"none": nn.Identity, "batch": nn.BatchNorm1d, "inference": InferenceBatchNorm}[
+            config.top_input_norm](mlp_in)
         self.mlp = config.mlp(mlp_in)
         if config.l2_reg:
             self._register_counts(schema)
@@ -148,7 +161,7 @@ class DIN(CTRModel):
         return self.mlp(self.input_norm(self.mlp_input(batch, embedded))).squeeze(-1)
 
     def mlp_input(self, batch: Batch, embedded: FeatureEmbeddings) -> Tensor:
-        """The top MLP's input of ``variant`` (before the authors' BatchNorm): [B, W]."""
+        """The top MLP's input of ``variant`` (before ``input_norm``): [B, W]."""
         pooled = embedded.pooled  # [B, F, D]
         query = pooled[:, self.target_index].flatten(1)  # [B, K·D]
         keys = torch.cat([embedded.sequences[n] for n in self.behaviours], dim=-1)  # [B, L, K·D]
@@ -198,3 +211,24 @@ class DIN(CTRModel):
         except NotImplementedError:
             raise RecipeError("model.l2_reg: the embedding method gives no per-id vectors to regularize") from None
         return 0.5 * self.config.l2_reg * (rows.pow(2).sum(1) / self.counts[keys]).sum()
+
+
+class InferenceBatchNorm(nn.Module):
+    """The normalisation of the authors' top MLP: DIEN's ``Model.build_fcn_net`` (mouna99/dien
+    ``script/model.py``) calls ``tf.layers.batch_normalization(inputs=inp, name='bn1')``
+    without ``training``, so TF normalises by the moving statistics in training too, and
+    never updates them (nothing runs the update ops): they stay at their initial mean 0 and
+    variance 1. What remains is a learned per-unit scale γ and shift β:
+
+        y = γ ⊙ x / sqrt(1 + ε) + β,   ε = 1e-3 (TF's default), γ = 1, β = 0 at the start
+
+    Shapes: [B, W] → [B, W].
+    """
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(width))
+        self.bias = nn.Parameter(torch.zeros(width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * (self.weight / (1.0 + TF_BN_EPSILON) ** 0.5) + self.bias

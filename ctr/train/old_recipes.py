@@ -18,6 +18,7 @@ def upgraded(raw: dict[str, Any]) -> dict[str, Any]:
     _split_seed(raw)
     _embedding_keys(raw.get("embedding") or {})
     _monitor_modes(raw.get("train") or {})
+    _din_input_norm(raw.get("model") or {})
     trainer = raw.get("trainer") or {}
     if str(trainer.get("precision")) in FULL_PRECISIONS:  # its weights load into fp32 (a dtype copy)
         trainer["precision"] = "32-true"
@@ -57,3 +58,10 @@ def _monitor_modes(train: dict[str, Any]) -> None:
         schedule = train.get(key)
         if isinstance(schedule, dict) and schedule.get("monitor") == "valid/logloss" and schedule.get("mode") == "max":
             del schedule["mode"]
+
+
+def _din_input_norm(model: dict[str, Any]) -> None:
+    """DIN's ``input_norm`` is new: the ``authors`` form batch-normalised its top input
+    before (its default now is the authors' inference-mode normalisation)."""
+    if model.get("name") == "din" and model.get("variant") == "authors" and "input_norm" not in model:
+        model["input_norm"] = "batch"

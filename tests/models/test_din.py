@@ -8,6 +8,7 @@ import torch
 
 from ctr.batch import Batch, JaggedFeatures
 from ctr.errors import RecipeError
+from ctr.models.din import InferenceBatchNorm
 from tests.models.helpers import behaviour_batches, behaviour_schema, fit_batches, planted_schema, task_for_schema
 
 SMALL = {"name": "din", "hidden": [32], "attention_hidden": [16]}
@@ -128,7 +129,9 @@ def test_variant_defaults_and_overrides_of_the_attention():
     assert isinstance(paper.input_norm, torch.nn.Identity)
     authors, _, _ = hand_batch("authors")
     assert authors.attention.unit_input == "authors" and authors.attention.softmax
-    assert isinstance(authors.input_norm, torch.nn.BatchNorm1d)
+    assert isinstance(authors.input_norm, InferenceBatchNorm)
+    assert isinstance(hand_batch("authors", input_norm="batch")[0].input_norm, torch.nn.BatchNorm1d)
+    assert isinstance(hand_batch("ctr", input_norm="inference")[0].input_norm, InferenceBatchNorm)
     ctr_own, _, _ = hand_batch("ctr")
     assert ctr_own.attention.unit_input == "authors" and ctr_own.attention.softmax
     model, batch, embedded = hand_batch("paper", softmax=True, attention_input="authors", attention_scale=True)
@@ -136,6 +139,24 @@ def test_variant_defaults_and_overrides_of_the_attention():
     weights = [w / sum(scaled) for w in scaled]
     interest = [weights[0] * 3, -weights[0] + weights[1]]
     torch.testing.assert_close(model.mlp_input(batch, embedded), torch.tensor([[1.0, 2.0, *interest]]))
+
+
+def test_the_authors_normalisation_is_tfs_batch_norm_in_inference_mode():
+    """DIEN's build_fcn_net runs tf.layers.batch_normalization without training: moving
+    statistics 0 and 1, never updated, so a learned scale and shift, the same in training
+    and in eval, that reads no batch statistics (one row's output does not depend on the
+    rest of its batch)."""
+    norm = InferenceBatchNorm(3)
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([1.0, 2.0, -1.0]))
+        norm.bias.copy_(torch.tensor([0.0, 0.5, 1.0]))
+    x = torch.tensor([[1.0, 2.0, 3.0], [10.0, -4.0, 0.0]])
+    expected = x * torch.tensor([1.0, 2.0, -1.0]) / math.sqrt(1.001) + torch.tensor([0.0, 0.5, 1.0])
+    for training in (True, False):
+        norm.train(training)
+        torch.testing.assert_close(norm(x), expected)
+        torch.testing.assert_close(norm(x[:1]), expected[:1])
+    assert {name for name, _ in norm.named_buffers()} == set()  # no statistics to keep
 
 
 def test_mini_batch_aware_l2_refuses_a_fused_table_update():

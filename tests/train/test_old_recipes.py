@@ -41,3 +41,12 @@ def test_a_loss_monitor_saved_with_the_old_default_mode_follows_the_loss(tmp_pat
 def test_a_run_of_a_whole_model_precision_no_longer_taken_loads_in_fp32(tmp_path):
     for precision in ("64-true", "bf16-true", 64):
         assert saved(tmp_path, {"trainer": {"precision": precision}}).trainer.precision == "32-true"
+
+
+def test_a_din_authors_run_keeps_the_batch_norm_it_trained_with(tmp_path):
+    """``input_norm`` is new; the ``authors`` form's default became the authors' inference-mode
+    normalisation, so an ``authors`` run saved before it loads with its BatchNorm."""
+    old = {"model": {"name": "din", "variant": "authors", "hidden": [200, 80]}}
+    assert saved(tmp_path, old).model.top_input_norm == "batch"
+    assert saved(tmp_path, {"model": {"name": "din", "variant": "authors", "input_norm": None}}).model.top_input_norm == "inference"
+    assert saved(tmp_path, {"model": {"name": "din", "variant": "ctr"}}).model.top_input_norm == "none"
