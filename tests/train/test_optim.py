@@ -147,6 +147,28 @@ def test_weight_decay_of_a_sparse_gradient_decays_the_touched_rows_only(name):
     torch.testing.assert_close(table[[1, 3]].detach(), dense[[1, 3]].detach())  # the same rule on the rows it decays
 
 
+def test_adam_weight_decay_on_dense_table_gradients_is_fuxictrs_embedding_regularizer():
+    """FuxiCTR adds (λ/2)·||W||² of every table to the loss and steps torch's Adam
+    (fuxictr/pytorch/models/rank_model.py, regularization_loss); docs/training.md maps its
+    embedding_regularizer λ to weight_decay λ on adam with embedding.gradients: dense. The
+    two move every row alike, the rows no batch touched included."""
+    gen = torch.Generator().manual_seed(3)
+    start, lam = torch.randn(6, 4, generator=gen), 0.01
+    ours, theirs = nn.Parameter(start.clone()), nn.Parameter(start.clone())
+    opt_ours = OPTIMIZERS.get("adam").target([ours], OptimizerConfig(name="adam", lr=0.01, weight_decay=lam))
+    opt_theirs = torch.optim.Adam([theirs], lr=0.01)
+    rows = torch.tensor([0, 2, 2])  # rows 1, 3, 4, 5 never looked up
+    for _ in range(5):
+        target = torch.randn(3, 4, generator=gen)
+        for param, optimizer, penalty in ((ours, opt_ours, 0.0), (theirs, opt_theirs, lam / 2)):
+            optimizer.zero_grad()
+            loss = ((param[rows] - target) ** 2).mean() + penalty * param.pow(2).sum()
+            loss.backward()
+            optimizer.step()
+    torch.testing.assert_close(ours.detach(), theirs.detach())
+    assert torch.all(ours[[1, 3, 4, 5]].abs() < start[[1, 3, 4, 5]].abs())  # untouched rows decayed
+
+
 @pytest.mark.parametrize("train, embedding, message", [
     ({"embedding_optimizer": {"name": "rowwise_adagrad", "weight_decay": 0.1}}, {},
      r"^train\.embedding_optimizer\.weight_decay: rowwise_adagrad applies no weight decay"),
