@@ -29,7 +29,7 @@ from ctr.datasets.encode import Encoder, Tally
 from ctr.datasets.fit import Fitter
 from ctr.datasets.report import build_report
 from ctr.datasets.shards import ShardWriter
-from ctr.datasets.source import SPLITS, DatasetSource, resolve_features
+from ctr.datasets.source import SPLITS, DatasetSource, file_stamp, resolve_features
 from ctr.datasets.validate import check_rows, column_keys, raise_or_count, require_columns
 from ctr.errors import DataError, RecipeError
 from ctr.recipe import DataConfig, SplitConfig
@@ -239,8 +239,7 @@ def _staleness(entry: Path) -> str | None:
         file = Path(path)
         if not file.exists():
             return f"input {file} was deleted"
-        stat = file.stat()
-        if (stat.st_size, int(stat.st_mtime)) != (size, mtime):
+        if file_stamp(file) != (size, mtime):
             return f"input {file} changed"
     return None
 

@@ -102,8 +102,12 @@ def resolve_files(path: str | None, key: str = "data.path", pattern: str = "*") 
 
 
 def file_stamps(files: list[Path]) -> list[list[Any]]:
-    stamps = []
-    for file in files:
-        stat = file.stat()
-        stamps.append([str(file.resolve()), stat.st_size, int(stat.st_mtime)])
-    return stamps
+    """Each file's path, size and modification time: a file rewritten since gets a new cache key."""
+    return [[str(file.resolve()), *file_stamp(file)] for file in files]
+
+
+def file_stamp(file: Path) -> tuple[int, int]:
+    """Size and modification time in nanoseconds (in whole seconds, a file rewritten at the
+    same size within the second kept its stale encoding)."""
+    stat = file.stat()
+    return stat.st_size, stat.st_mtime_ns

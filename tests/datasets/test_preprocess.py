@@ -82,3 +82,23 @@ def test_loader_splits_rows_across_ranks(tiny_prepared):
     dense = [np.concatenate([b.dense.numpy() for b in loader]) for loader in ranks]
     rows_a = {r.tobytes() for r in dense[0]}
     assert not rows_a & {r.tobytes() for r in dense[1]}
+
+
+def test_a_file_rewritten_at_the_same_size_within_the_second_is_encoded_again(tmp_path):
+    """The cache key held the modification time in whole seconds: a file rewritten at the
+    same size in the same second kept its stale encoding (and `ctr data clean` agreed)."""
+    import os
+
+    from ctr.datasets.preprocess import stale_entries
+
+    data = tmp_path / "clicks.csv"
+    raw = {"data": {"dataset": "csv", "path": str(data), "label": "label", "features": [{"name": "a"}],
+                    "cache_dir": str(tmp_path / "cache"), "split": {"valid": 0.0, "test": 0.0}}}
+    data.write_text("label,a\n1,x\n0,y\n")
+    os.utime(data, ns=(1_700_000_000_100_000_000,) * 2)
+    first = prepare(recipe_from_dict(raw).data, progress=False)
+    data.write_text("label,a\n0,q\n0,r\n")
+    os.utime(data, ns=(1_700_000_000_600_000_000,) * 2)
+    assert [entry.reason for entry in stale_entries(tmp_path / "cache" / "data")] == [f"input {data.resolve()} changed"]
+    second = prepare(recipe_from_dict(raw).data, progress=False)
+    assert second.root != first.root and second.report["splits"]["train"]["positive_rate"] == 0.0
