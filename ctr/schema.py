@@ -19,6 +19,9 @@ from ctr.typed import parse, to_plain
 
 PAD_ID = 0
 OOV_ID = 1
+LABEL_COLUMN = "__label__"  # the label's and the group's columns in encoded shards
+GROUP_COLUMN = "__group__"
+RESERVED_NAMES = (LABEL_COLUMN, GROUP_COLUMN)
 
 Kind = Literal["categorical", "numeric", "sequence"]
 _TRANSFORMS = {
@@ -81,6 +84,10 @@ class FeatureSpec:
     num_ids: int | None = None
 
     def __post_init__(self) -> None:
+        if self.name in RESERVED_NAMES:
+            raise ValueError(f"feature {self.name!r}: the name is reserved for the encoded data's own column; rename it")
+        if not self.splitter:
+            raise ValueError(f"feature {self.name!r}: splitter must not be empty")
         if self.num_ids is not None and (self.kind != "categorical" or self.num_ids < 1 or self.transform != "none"):
             raise ValueError(f"feature {self.name!r}: num_ids needs a categorical feature without a transform and >= 1")
         if self.min_count < 1 or self.oov_buckets < 1 or self.max_len < 1:

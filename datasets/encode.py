@@ -18,10 +18,9 @@ from ctr.datasets.transforms import (
     sequence_tokens,
 )
 from ctr.datasets.vocab import IdentityVocabulary, Vocabulary
+from ctr.schema import GROUP_COLUMN as GROUP
+from ctr.schema import LABEL_COLUMN as LABEL
 from ctr.schema import FeatureSpec, NumericStats
-
-LABEL = "__label__"
-GROUP = "__group__"
 
 
 @dataclass

@@ -81,9 +81,22 @@ def resolve_features(config: DataConfig) -> DataConfig:
             )
     by_column = {spec.column: spec for spec in shorthand.specs}
     left_out = {config.label or source.label, config.group or source.group, *shorthand.skip}
-    features = [by_column.get(c) or FeatureSpec(name=c, kind=shorthand.default_kind)
-                for c in columns if c not in left_out or c in by_column]
+    read = [c for c in columns if c not in left_out or c in by_column]
+    _refuse_unnamed_or_repeated(read, columns, config.path)
+    features = [by_column.get(c) or FeatureSpec(name=c, kind=shorthand.default_kind) for c in read]
     return dataclasses.replace(config, features=features)
+
+
+def _refuse_unnamed_or_repeated(read: list[str], columns: list[str], path: str | None) -> None:
+    """A column the shorthand would read that has no name (a header's trailing delimiter) or
+    a name another column has (which one a feature reads would be ambiguous)."""
+    for column in read:
+        if not column:
+            raise DataError(f"data.features: a column of {path}'s header has no name (column {columns.index(column) + 1});"
+                            " add '' to data.features.skip, or name it")
+        if columns.count(column) > 1:
+            raise DataError(f"data.features: column {column!r} appears {columns.count(column)} times in {path}'s header;"
+                            " name it once")
 
 
 def resolve_files(path: str | None, key: str = "data.path", pattern: str = "*") -> list[Path]:
