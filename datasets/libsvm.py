@@ -5,7 +5,8 @@ tokens themselves (libFM: ``field:idx:value``) or from a ``featindex`` file (lin
 ``field:value<TAB>idx``, as in the iPinYou release of Zhang et al.); each field becomes a
 column, its token the feature value (``featindex``) or the index. Without fields, all
 indices of a row form one sequence column ``features``. Categorical and sequence features
-take value 1 (one-hot data); a field read as a ``numeric`` feature takes its value.
+hold value 1 (one-hot data; another value is a bad row); a field read as a ``numeric`` feature
+takes its value.
 Parsing is vectorised over blocks of lines (no per-row Python).
 """
 
@@ -121,7 +122,7 @@ class LibSVMDataset(FileSource):
 def sniff_fields(file: Path) -> list[str]:
     """libFM field ids in the first block of ``file`` (empty for libSVM), in numeric order."""
     block = next(read_delimited(file, TextFormat(["line"], NO_DELIMITER, quoting=False), block_bytes=1 << 20))
-    tokens = pc.list_flatten(pc.list_slice(pc.utf8_split_whitespace(block.column("line")), 1))
+    tokens = pc.list_flatten(pc.list_slice(_words(block.column("line")), 1))
     return _field_order(pc.unique(_split(tokens).field(0)).to_pylist())
 
 
@@ -132,7 +133,7 @@ def parse_rows(block: pa.RecordBatch, index: FieldIndex | None, kinds: dict[str,
         block: a batch of raw lines (``line``, ``__line__``, ``__problem__``).
         kinds: feature kind by column, so fields read as sequences or numbers are built so.
     """
-    words = pc.utf8_split_whitespace(pc.fill_null(block.column("line"), ""))
+    words = _words(pc.fill_null(block.column("line"), ""))
     rows = len(words)
     counts = pc.list_value_length(words).to_numpy(zero_copy_only=False).astype(np.int64)
     row_of = np.repeat(np.arange(rows), np.maximum(counts - 1, 0))
@@ -149,6 +150,11 @@ def parse_rows(block: pa.RecordBatch, index: FieldIndex | None, kinds: dict[str,
     columns[LINE_COLUMN] = block.column(LINE_COLUMN)
     columns[PROBLEM_COLUMN] = problems.column()
     return pa.RecordBatch.from_pydict(columns)
+
+
+def _words(lines: pa.Array) -> pa.ListArray:
+    """Each line's words; blanks at either end make no empty word."""
+    return pc.utf8_split_whitespace(pc.utf8_trim_whitespace(lines))
 
 
 @dataclass
@@ -236,18 +242,23 @@ def _field_column(name, kind, rows, parsed: _Tokens, in_field, n, problems: _Pro
             of those tokens among all tokens.
     """
     tokens = parsed.token.filter(pa.array(in_field))
+    values = parsed.value[in_field]
     if kind == "sequence":
+        problems.flag(rows[values != 1.0], f"{_named(name)} has a value other than 1 (a sequence reads its indices only)")
         offsets = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))]).astype(np.int32)
         return pa.ListArray.from_arrays(pa.array(offsets), tokens)
     unique, first, seen = np.unique(rows, return_index=True, return_counts=True)
     problems.flag(unique[seen > 1], f"field {name!r} appears more than once")
     where = np.full(n, -1, dtype=np.int64)
     where[unique] = first
-    values = parsed.value[in_field]
     if kind == "numeric":
         return pa.array(np.where(where >= 0, values[np.maximum(where, 0)], np.nan), from_pandas=True)
     problems.flag(unique[values[first] != 1.0], f"field {name!r} has a value other than 1 (declare it numeric)")
     return tokens.take(pa.array(where, mask=where < 0))
+
+
+def _named(name: str) -> str:
+    return "a feature" if name == ALL_FEATURES else f"field {name!r}"
 
 
 @dataclass

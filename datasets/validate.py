@@ -9,6 +9,7 @@ reported or skipped like any other bad row.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,6 +26,7 @@ LINE_COLUMN = "__line__"
 PROBLEM_COLUMN = "__problem__"
 NUMBER = r"^\s*[-+]?((\d+\.?\d*)|(\.\d+))([eE][-+]?\d+)?\s*$|^\s*[-+]?(inf|nan)\s*$|^\s*$"
 NON_FINITE = r"^\s*[-+]?(inf|infinity|nan)\s*$"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 INTEGER = r"^\s*[-+]?\d+(\.0*)?\s*$|^\s*$"  # an id of a num_ids column (or a missing one)
 
 
@@ -118,12 +120,14 @@ def _not_a_number(name: str, column: pa.Array):
 
 
 def _non_finite(column: pa.Array) -> np.ndarray:
-    """Present values of a number column that are ``inf``, ``-inf`` or ``nan``, bool [n]."""
+    """Present values of a number column that are ``inf``, ``-inf`` or ``nan``, or past the
+    float32 range the encoded data holds (``1e39`` would be stored as ``inf``), bool [n]."""
     if not pa.types.is_floating(column.type):
         return np.zeros(len(column), dtype=bool)
     present = column.is_valid().to_numpy(zero_copy_only=False)
     values = np.asarray(column.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.float64)
-    return present & ~np.isfinite(values)
+    with np.errstate(invalid="ignore"):
+        return present & ~(np.abs(values) <= FLOAT32_MAX)  # nan compares false
 
 
 def _as_numbers(column: pa.Array) -> pa.Array:
@@ -135,7 +139,17 @@ def _as_numbers(column: pa.Array) -> pa.Array:
 
 
 def _not_finite(name: str, column: pa.Array):
-    return lambda row: f"column {name!r}: not a finite number: {column[row].as_py()!r} (leave the field empty for a missing value)"
+    def describe(row: int) -> str:
+        value = column[row].as_py()
+        try:
+            finite = math.isfinite(float(value))
+        except ValueError:
+            finite = False
+        if finite:
+            return f"column {name!r}: {value!r} is past the float32 range (±{FLOAT32_MAX:.4g}) of the encoded data"
+        return f"column {name!r}: not a finite number: {value!r} (leave the field empty for a missing value)"
+
+    return describe
 
 
 def where(batch: pa.RecordBatch, row: int, fallback: str) -> str:

@@ -1,0 +1,78 @@
+"""Recipes and files whose columns ctr cannot read as asked: one line naming the key or the
+file and line, exit code 2; before, each of these was silent or a traceback."""
+
+import re
+
+import pytest
+import yaml
+
+from ctr.cli import main
+
+
+def prepare(tmp_path, capsys, data, text, name="rows.csv"):
+    (tmp_path / name).write_text(text)
+    recipe = tmp_path / "recipe.yaml"
+    base = {"path": str(tmp_path / name), "cache_dir": str(tmp_path / "cache"), "split": {"valid": 0.0, "test": 0.0}}
+    recipe.write_text(yaml.safe_dump({"data": {**base, **data}}))
+    code = main(["data", "prepare", str(recipe)])
+    return code, capsys.readouterr().err.strip()
+
+
+def test_a_feature_named_as_the_encoded_label_is_refused(tmp_path, capsys):
+    """It overwrote the label column of the encoded shards: training read ids as labels."""
+    data = {"dataset": "csv", "features": [{"name": "__label__", "source": "a"}, {"name": "b"}]}
+    code, err = prepare(tmp_path, capsys, data, "label,a,b\n1,x,u\n0,y,v\n")
+    assert code == 2 and err == ("ctr: error: data.features[0]: feature '__label__': the name is reserved for the "
+                                 "encoded data's own column; rename it")
+
+
+def test_an_empty_splitter_is_refused(tmp_path, capsys):
+    data = {"dataset": "csv", "features": [{"name": "a", "kind": "sequence", "splitter": ""}]}
+    code, err = prepare(tmp_path, capsys, data, "label,a\n1,x^y\n")
+    assert code == 2 and err == "ctr: error: data.features[0]: feature 'a': splitter must not be empty"
+
+
+@pytest.mark.parametrize("header, message", [
+    ("label,a,b,", r"a column of .*rows\.csv's header has no name \(column 4\); add '' to data\.features\.skip"),
+    ("label,a,b,a", r"column 'a' appears 2 times in .*rows\.csv's header; name it once"),
+])
+def test_the_shorthand_refuses_an_unnamed_or_repeated_header_column(tmp_path, capsys, header, message):
+    """A trailing delimiter made a feature named '' (its vocabulary the hidden file
+    vocab/.parquet); a repeated name was reported at an index the recipe does not have."""
+    rows = "".join(f"{i % 2},x{i},y{i},z{i}\n" for i in range(6))
+    code, err = prepare(tmp_path, capsys, {"dataset": "csv", "features": {"default_kind": "categorical"}}, f"{header}\n{rows}")
+    assert code == 2 and err.count("\n") == 0
+    assert re.search(r"^ctr: error: data\.features: " + message, err), err
+
+
+def test_the_shorthand_reads_an_unnamed_column_it_is_told_to_skip(tmp_path, capsys):
+    data = {"dataset": "csv", "features": {"default_kind": "categorical", "skip": [""]}}
+    assert prepare(tmp_path, capsys, data, "label,a,\n1,x,\n0,y,\n")[0] == 0
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_number_past_the_float32_range_is_a_bad_row(tmp_path, capsys, skip):
+    """1e39 was stored as inf in the encoded data (float32), with only a numpy warning."""
+    data = {"dataset": "csv", "features": [{"name": "a"}, {"name": "x", "kind": "numeric"}],
+            **({"on_bad_rows": "skip"} if skip else {})}
+    code, err = prepare(tmp_path, capsys, data, "label,a,x\n1,u,0.5\n0,v,1e39\n1,w,-3.4e38\n")
+    if skip:
+        assert code == 0
+        report = yaml.safe_load(next((tmp_path / "cache" / "data").glob("*/report.json")).read_text())
+        assert report["splits"]["train"]["rows"] == 2
+    else:
+        assert code == 2 and err == ("ctr: error: " + str(tmp_path / "rows.csv")
+                                     + ":3: column 'x': '1e39' is past the float32 range (±3.403e+38) of the encoded data")
+
+
+def test_libsvm_lines_with_blanks_at_either_end_are_read(tmp_path, capsys):
+    """A trailing blank made an empty token, refused as 'not index:value'."""
+    code, err = prepare(tmp_path, capsys, {"dataset": "libsvm"}, "1 3:1 5:1 \n 0 4:1\n", name="rows.svm")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("line", ["1 3:0.5 5:2.7", "1 3:1 4:0"])
+def test_a_libsvm_sequence_value_other_than_1_is_a_bad_row(tmp_path, capsys, line):
+    """The values of a sequence's indices were dropped silently (a categorical field refused them)."""
+    code, err = prepare(tmp_path, capsys, {"dataset": "libsvm"}, f"0 4:1\n{line}\n", name="rows.svm")
+    assert code == 2 and err.endswith("rows.svm:2: a feature has a value other than 1 (a sequence reads its indices only)")
