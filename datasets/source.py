@@ -100,14 +100,16 @@ def _refuse_unnamed_or_repeated(read: list[str], columns: list[str], path: str |
 
 
 def resolve_files(path: str | None, key: str = "data.path", pattern: str = "*") -> list[Path]:
-    """The files at ``path``: the file itself, or a folder's files matching ``pattern``."""
+    """The files at ``path``: the file itself, or a folder's files matching ``pattern`` but
+    those named ``.*`` or ``_*`` (hidden files, and the markers and checksums that Spark
+    and Hadoop write beside their parts: ``_SUCCESS``, ``.part-0.csv.crc``)."""
     if not path:
         raise DataError(f"{key}: this dataset needs the path of its files")
     target = Path(path).expanduser()
     if target.is_file():
         return [target]
     if target.is_dir():
-        found = sorted(p for p in target.glob(pattern) if p.is_file())
+        found = sorted(p for p in target.glob(pattern) if p.is_file() and not p.name.startswith((".", "_")))
         if found:
             return found
         raise DataError(f"{key}: folder {target} holds no files matching {pattern!r}")

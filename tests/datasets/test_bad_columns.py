@@ -76,3 +76,17 @@ def test_a_libsvm_sequence_value_other_than_1_is_a_bad_row(tmp_path, capsys, lin
     """The values of a sequence's indices were dropped silently (a categorical field refused them)."""
     code, err = prepare(tmp_path, capsys, {"dataset": "libsvm"}, f"0 4:1\n{line}\n", name="rows.svm")
     assert code == 2 and err.endswith("rows.svm:2: a feature has a value other than 1 (a sequence reads its indices only)")
+
+
+def test_a_folder_leaves_out_hidden_files_and_spark_markers(tmp_path, capsys):
+    """Spark writes _SUCCESS and .part-*.crc beside its parts: they were read as rows."""
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    (folder / "part-0.csv").write_text("label,a\n1,x\n0,y\n")
+    (folder / "_SUCCESS").write_text("")
+    (folder / ".part-0.csv.crc").write_bytes(b"crc\x00\x01")
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"data": {"dataset": "csv", "path": str(folder), "features": [{"name": "a"}],
+                                               "cache_dir": str(tmp_path / "cache"), "split": {"valid": 0.0, "test": 0.0}}}))
+    assert main(["data", "prepare", str(recipe)]) == 0, capsys.readouterr().err
