@@ -29,7 +29,7 @@ from ctr.datasets.encode import Encoder, Tally
 from ctr.datasets.fit import Fitter
 from ctr.datasets.report import build_report
 from ctr.datasets.shards import ShardWriter
-from ctr.datasets.source import SPLITS, DatasetSource, file_stamp, resolve_features
+from ctr.datasets.source import SPLITS, DatasetSource, code_digest, file_stamp, resolve_features
 from ctr.datasets.validate import check_rows, column_keys, raise_or_count, require_columns
 from ctr.errors import DataError, RecipeError
 from ctr.recipe import DataConfig, SplitConfig
@@ -241,6 +241,10 @@ def _staleness(entry: Path) -> str | None:
             return f"input {file} was deleted"
         if file_stamp(file) != (size, mtime):
             return f"input {file} changed"
+    if "code" in inputs["source"]:
+        module, digest = inputs["source"]["code"]
+        if not Path(module).is_file() or code_digest(Path(module)) != digest:
+            return f"the code of dataset plugin {module} changed"
     return None
 
 

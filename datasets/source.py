@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -51,7 +53,9 @@ class DatasetSource(ABC):
         options = to_plain(self.config)
         for key in ("cache_dir", "prefetch", "shuffle_buffer", "on_device"):
             options.pop(key, None)
-        return {"class": type(self).__name__, "options": options, "files": file_stamps(self.files())}
+        key = {"class": type(self).__name__, "options": options, "files": file_stamps(self.files())}
+        code = plugin_code(type(self))
+        return {**key, "code": code} if code else key
 
     def files(self) -> list[Path]:
         """The raw files this source reads (empty for generated data)."""
@@ -114,6 +118,19 @@ def resolve_files(path: str | None, key: str = "data.path", pattern: str = "*") 
             return found
         raise DataError(f"{key}: folder {target} holds no files matching {pattern!r}")
     raise DataError(f"{key}: {target} does not exist")
+
+
+def plugin_code(source: type) -> list[str] | None:
+    """A dataset plugin's module file and the SHA-256 of its text (``None`` for ctr's own
+    datasets, which ``PIPELINE_VERSION`` covers): a plugin whose code changed encodes anew."""
+    if source.__module__.startswith("ctr."):
+        return None
+    file = getattr(sys.modules.get(source.__module__), "__file__", None)
+    return [str(Path(file).resolve()), code_digest(Path(file))] if file else None
+
+
+def code_digest(file: Path) -> str:
+    return hashlib.sha256(file.read_bytes()).hexdigest()
 
 
 def file_stamps(files: list[Path]) -> list[list[Any]]:

@@ -27,3 +27,23 @@ def test_documented_dataset_plugin_prepares(tmp_path, monkeypatch):
     prepared = prepare(recipe.data, progress=False)
     assert sum(s["rows"] for s in prepared.report["splits"].values()) == 200
     assert prepared.schema.group == "user" and prepared.schema.feature("user").vocab_size == 2 + 9
+
+
+def test_a_dataset_plugin_whose_code_changed_encodes_anew(tmp_path, monkeypatch):
+    """The cache key held the plugin's class name, options and files, not its code: an edited
+    plugin (another label rule, fewer rows) kept the encoding of the code before."""
+    from ctr.datasets.preprocess import stale_entries
+
+    plugin = tmp_path / "my_data_edited.py"  # its own module and dataset name: the test above imports my_data
+    plugin.write_text(documented_block("# my_data.py").replace('"my_clicks"', '"my_clicks_edited"'))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "clicks.jsonl").write_text("".join(
+        json.dumps({"clicked": i % 2, "user": f"u{i % 5}", "ad": f"a{i % 3}", "price": i / 10}) + "\n" for i in range(40)))
+    recipe = recipe_from_dict({"plugins": ["my_data_edited"], "data": {
+        "dataset": "my_clicks_edited", "path": str(tmp_path / "clicks.jsonl"), "cache_dir": str(tmp_path / "cache")}})
+    first = prepare(recipe.data, progress=False)
+    assert prepare(recipe.data, progress=False).root == first.root  # unchanged code: reused
+    plugin.write_text(plugin.read_text().replace("to_batches(65_536)", "to_batches(1_000)"))
+    assert [entry.reason for entry in stale_entries(tmp_path / "cache" / "data")] == [
+        f"the code of dataset plugin {plugin.resolve()} changed"]
+    assert prepare(recipe.data, progress=False).root != first.root
