@@ -200,7 +200,12 @@ class CombinedOptimizer(torch.optim.Optimizer):
 
 
 def build_optimizer(cfg: OptimizerConfig, params: ParamList, key_path: str) -> torch.optim.Optimizer:
-    """Builds the registered optimizer ``cfg.name`` over ``params``."""
+    """Builds the registered optimizer ``cfg.name`` over ``params``; refuses an empty list
+    (torch's "optimizer got an empty parameter list" from a model without parameters)."""
+    params = list(params)
+    if not params:
+        raise RecipeError(f"{key_path}: nothing to optimize: neither the model nor the embedding method holds a trainable"
+                          " parameter outside the tables (give the model one, e.g. a bias)")
     return OPTIMIZERS.get(cfg.name, f"{key_path}.name").target(params, cfg)
 
 

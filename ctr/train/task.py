@@ -49,7 +49,18 @@ class CTRNet(nn.Module):
     def score(self, batch: Batch, embedded: FeatureEmbeddings) -> tuple[Tensor, Tensor]:
         """The model's part: logits [B] and the regularization loss, given the embeddings."""
         logits = self.model(batch, embedded)
+        if not torch.compiler.is_exporting():
+            self._check_logits(logits, batch.size)
         return logits, self.embedding.regularizer() + self.model.regularizer(batch, embedded)
+
+    def _check_logits(self, logits: Any, rows: int) -> None:
+        """Refuses a model's output other than floating logits [B] (a plugin's [B, 1], or a
+        ``squeeze()`` that leaves a batch of one row a scalar)."""
+        if isinstance(logits, Tensor) and logits.is_floating_point() and tuple(logits.shape) == (rows,):
+            return
+        got = f"{logits.dtype} logits {list(logits.shape)}" if isinstance(logits, Tensor) else type(logits).__name__
+        raise RecipeError(f"model.name: {type(self.model).__name__} returned {got} for {rows} row"
+                          f"{'s' if rows != 1 else ''}; a model returns float logits [B] (squeeze(-1), not squeeze())")
 
 
 def probabilities(logits: Tensor) -> Tensor:

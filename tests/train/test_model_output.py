@@ -1,0 +1,98 @@
+"""A model's output is checked where it is used: float logits [B]. A plugin's [B, 1] or
+[B, 2] ended in a Lightning traceback about target sizes, a ``squeeze()`` that leaves a
+batch of one row a scalar crashed validation after a whole epoch, and ``ctr predict`` of
+one row."""
+
+import re
+
+import pytest
+import yaml
+
+from ctr.cli import main
+from ctr.recipe import recipe_from_dict
+from tests.conftest import tiny_recipe
+
+PLUGIN = '''
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ctr.models.base import CTRModel
+from ctr.recipe import ModelConfig
+from ctr.registry import MODELS
+
+
+@dataclass
+class OddConfig(ModelConfig):
+    name: str = "odd_output"
+    output: str = "column"
+
+
+@MODELS.register("odd_output", config=OddConfig)
+class OddOutput(CTRModel):
+    def __init__(self, schema, layout, config):
+        super().__init__(schema, layout, config)
+        if config.output != "no_parameters":
+            self.linear = nn.Linear(len(layout.pooled) * layout.dim, 1)
+
+    def forward(self, batch, embedded):
+        if self.config.output == "no_parameters":
+            return embedded.pooled.sum((1, 2))
+        logits = self.linear(embedded.pooled.flatten(1))  # [B, 1]
+        return {"column": logits, "pair": logits.expand(-1, 2), "int": logits.long().squeeze(-1),
+                "scalar": logits.squeeze()}[self.config.output]
+'''
+
+
+@pytest.mark.parametrize("output, got", [
+    ("column", r"torch\.float32 logits \[512, 1\] for 512 rows"),
+    ("pair", r"torch\.float32 logits \[512, 2\] for 512 rows"),
+    ("int", r"torch\.int64 logits \[512\] for 512 rows"),
+])
+def test_a_model_returning_other_than_float_logits_b_is_one_line(tmp_path, capsys, monkeypatch, output, got):
+    (tmp_path / "odd_output_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    raw = tiny_recipe(tmp_path, plugins=["odd_output_plugin"], train={"max_steps": 2})
+    raw["model"] = {"name": "odd_output", "output": output}
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and re.search(
+        r"^ctr: error: model\.name: OddOutput returned " + got + r"; a model returns float logits \[B\]", err), err
+
+
+def test_a_scalar_for_one_row_is_refused_naming_the_squeeze(tmp_path, monkeypatch):
+    import torch
+
+    from ctr.datasets import prepare
+    from ctr.datasets.loader import BatchLoader
+    from ctr.errors import RecipeError
+    from ctr.train.task import CTRNet
+
+    (tmp_path / "odd_output_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    raw = tiny_recipe(tmp_path, plugins=["odd_output_plugin"])
+    raw["model"] = {"name": "odd_output", "output": "scalar"}
+    recipe = recipe_from_dict(raw)
+    prepared = prepare(recipe.data, progress=False)
+    net = CTRNet(recipe, prepared.schema)
+    batch = next(iter(BatchLoader(prepared.root / "train", prepared.schema, 1, prefetch=0)))
+    with torch.no_grad(), pytest.raises(RecipeError, match=r"returned torch\.float32 logits \[\] for 1 row; .*squeeze\(-1\), not squeeze\(\)"):
+        net(batch)
+
+
+def test_a_model_without_parameters_is_one_line(tmp_path, capsys, monkeypatch):
+    """An FM-like plugin whose only weights are the tables: torch's "optimizer got an empty
+    parameter list" traceback."""
+    (tmp_path / "odd_output_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    raw = tiny_recipe(tmp_path, plugins=["odd_output_plugin"], train={"max_steps": 2})
+    raw["model"] = {"name": "odd_output", "output": "no_parameters"}
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "ctr: error: train.optimizer: nothing to optimize: neither the model nor the embedding method holds a trainable"
+        " parameter outside the tables (give the model one, e.g. a bias)")
