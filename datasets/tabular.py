@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from ctr.datasets.source import DatasetSource, RowStream, resolve_files
 from ctr.datasets.text import EmptyFileError, TextFormat, field_count, first_line, read_delimited, strip_types
+from ctr.datasets.transforms import reads, unreadable_type
 from ctr.datasets.validate import LINE_COLUMN, column_keys, require_columns
 from ctr.errors import DataError, RecipeError
 from ctr.recipe import DataConfig
@@ -214,9 +215,84 @@ class ParquetDataset(FileSource):
         needed = self.needed_columns()
         require_columns(reader.schema_arrow.names, self.required(needed), str(file))
         columns = [c for c in reader.schema_arrow.names if c in needed]
+        readers = self._readers(reader.schema_arrow, file)
+        binary = [c for c in columns if _holds_bytes(reader.schema_arrow.field(c).type)]
         first = 1
         for batch in reader.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+            if binary:
+                batch = _as_text(batch, binary, readers, file, first)
             rows = np.arange(first, first + batch.num_rows, dtype=np.int64)
             batch = batch.append_column(LINE_COLUMN, pa.array(rows))
             first += batch.num_rows
             yield batch.replace_schema_metadata({"file": str(file), "unit": "row"})
+
+    def _readers(self, schema: pa.Schema, file: Path) -> dict[str, str]:
+        """Column → who reads it (``data.features (a), kind categorical``), for the columns of
+        ``schema`` that the features, the label and the group read. A column whose Arrow
+        type its reader cannot convert (a list read as one value, a struct, a map, a list of
+        lists read as a sequence) is a DataError naming its type and what to declare instead."""
+        features = self.config.features or self.default_features()
+        uses = [(spec.column, spec, reads(spec), f"data.features ({spec.name}), {_declared(spec)}") for spec in features]
+        uses += [(self.config.label or self.label, None, pa.float64(), "data.label"),
+                 (self.config.group or self.group, None, pa.string(), "data.group")]
+        readers = {}
+        for column, spec, target, who in uses:
+            if column not in schema.names:
+                continue  # no group, or an optional column a file to score lacks
+            arrow_type = schema.field(column).type
+            hint = unreadable_type(arrow_type, spec, target)
+            if hint:
+                raise DataError(f"{file}: column {column!r} ({arrow_type}) cannot be read by {who}; {hint}")
+            readers.setdefault(column, who)
+        return readers
+
+
+def _declared(spec: FeatureSpec) -> str:
+    """A feature's kind as the recipe declares it (``kind categorical with num_ids``)."""
+    extra = " with num_ids" if spec.num_ids else " with transform log_square" if spec.transform == "log_square" else ""
+    return f"kind {spec.kind}{extra}"
+
+
+def _holds_bytes(arrow_type: pa.DataType) -> bool:
+    """A binary column (or a list of binary items): read as UTF-8 text."""
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        arrow_type = arrow_type.value_type
+    return pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type) or pa.types.is_fixed_size_binary(arrow_type)
+
+
+def _text_type(arrow_type: pa.DataType) -> pa.DataType:
+    """The text type of a ``_holds_bytes`` type (``list<binary>`` → ``list<string>``)."""
+    if pa.types.is_list(arrow_type):
+        return pa.list_(_text_type(arrow_type.value_type))
+    if pa.types.is_large_list(arrow_type):
+        return pa.large_list(_text_type(arrow_type.value_type))
+    return pa.large_string() if pa.types.is_large_binary(arrow_type) else pa.string()
+
+
+def _as_text(batch: pa.RecordBatch, columns: list[str], readers: dict[str, str], file: Path,
+             first: int) -> pa.RecordBatch:
+    """``batch`` (rows ``first``, ... of ``file``) with its binary ``columns`` as UTF-8 text;
+    bytes that are not UTF-8 are a DataError naming their row."""
+    for name in columns:
+        index = batch.schema.get_field_index(name)
+        column = batch.column(index)
+        try:
+            text = column.cast(_text_type(column.type))
+        except pa.ArrowInvalid:
+            row = first + _first_not_utf8(column.to_pylist())
+            raise DataError(f"{file} row {row}: column {name!r} ({column.type}) is not UTF-8 text, which "
+                            f"{readers[name]} reads; store it as UTF-8 strings (binary ids hex-encoded)") from None
+        batch = batch.set_column(index, name, text)
+    return batch
+
+
+def _first_not_utf8(values: list) -> int:
+    """Index of the first value (bytes, or a list of bytes) that is not UTF-8."""
+    for i, value in enumerate(values):
+        try:
+            for item in value if isinstance(value, list) else [value]:
+                if item is not None:
+                    item.decode("utf-8")
+        except UnicodeDecodeError:
+            return i
+    return 0

@@ -34,8 +34,46 @@ def numeric_values(column: pa.Array, spec: FeatureSpec, where: str) -> np.ndarra
             column = pc.cast(column, pa.float64())
         except pa.ArrowInvalid as err:
             raise DataError(f"{where}: column {spec.column!r}: not a number: {_first_bad(column)}") from err
-    values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+    # safe=False: an int64 past 2**53 (a nanosecond time) becomes its nearest float, not an error
+    values = pc.cast(column, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
     return np.asarray(values, dtype=np.float64)
+
+
+def reads(spec: FeatureSpec | None) -> pa.DataType:
+    """The type a raw column is converted to: float64 for a numeric feature (and a
+    ``log_square`` categorical) or the label (``spec`` None), int64 for ``num_ids``, else
+    string (the tokens of a categorical feature, the items of a sequence)."""
+    if spec is None or spec.kind == "numeric" or spec.transform == "log_square":
+        return pa.float64()
+    return pa.int64() if spec.num_ids else pa.string()
+
+
+def unreadable_type(arrow_type: pa.DataType, spec: FeatureSpec | None, target: pa.DataType) -> str | None:
+    """What to declare or store instead when a raw column of ``arrow_type`` cannot feed
+    feature ``spec`` (None: the label or the group) as ``target`` (``reads``); None when it
+    can. Arrow refuses a conversion it lacks whatever the values, so an empty array tells
+    (a list, struct or map column read as one value, a list of lists read as a sequence)."""
+    if spec is not None and spec.kind == "sequence" and _is_list(arrow_type):
+        return None if _casts(arrow_type.value_type, pa.string()) else "store it as a list of strings or numbers"
+    if _casts(arrow_type, target):
+        return None
+    if spec is not None and _is_list(arrow_type) and _casts(arrow_type.value_type, pa.string()):
+        return "declare kind: sequence"
+    if spec is not None and spec.kind == "numeric" and _casts(arrow_type, pa.string()):
+        return "declare kind: categorical, or store it as numbers"
+    return "store it as strings or numbers" if target == pa.string() else "store it as numbers"
+
+
+def _is_list(arrow_type: pa.DataType) -> bool:
+    return pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type)
+
+
+def _casts(arrow_type: pa.DataType, target: pa.DataType) -> bool:
+    try:
+        pc.cast(pa.array([], arrow_type), target)
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+        return False
+    return True
 
 
 def base_numeric(values: np.ndarray, transform: str) -> np.ndarray:
@@ -77,6 +115,8 @@ def sequence_tokens(column: pa.Array, spec: FeatureSpec) -> TokenLists:
     The column is either text split by ``spec.splitter`` or already a list column; empty
     items (``a^^b``) and null items of a list are dropped.
     """
+    if pa.types.is_fixed_size_list(column.type):
+        column = column.cast(pa.list_(column.type.value_type))
     if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
         lists = column
     else:

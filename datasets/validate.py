@@ -167,7 +167,7 @@ def _label_values(column: pa.Array, name: str):
     text = column
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         column = _as_numbers(column)
-    values = np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    values = np.asarray(pc.cast(column, pa.float64(), safe=False).to_numpy(zero_copy_only=False), dtype=np.float64)
     missing = np.isnan(values)
     bad = missing | ((values != 0) & (values != 1))
 

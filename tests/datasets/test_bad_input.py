@@ -245,3 +245,82 @@ def test_preparation_killed_midway_leaves_no_entry_for_any_reader(tmp_path, monk
     assert (prepared.root / "DONE").exists()
     assert sum(s["rows"] for s in prepared.report["splits"].values()) == rows
     assert [p.name for p in cache.iterdir()] == [prepared.root.name]  # no temporary folder left
+
+
+def parquet_of(tmp_path, **columns):
+    """A three-row parquet file with a ``label`` column and ``columns``."""
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"label": [1, 0, 1], "a": ["x", "y", "z"], **columns}), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "column, feature, message",
+    [
+        (pa.array([["p"], ["q", "r"], []]), {"name": "c"},
+         "column 'c' (list<element: string>) cannot be read by data.features (c), kind categorical; declare kind: sequence"),
+        (pa.array([[1], [2], []]), {"name": "n", "source": "c", "kind": "numeric"},
+         "column 'c' (list<element: int64>) cannot be read by data.features (n), kind numeric; declare kind: sequence"),
+        (pa.array([{"u": 1}, {"u": 2}, {"u": 3}]), {"name": "c"},
+         "column 'c' (struct<u: int64>) cannot be read by data.features (c), kind categorical; store it as strings or numbers"),
+        (pa.array([[("k", 1)], [], [("k", 2)]], pa.map_(pa.string(), pa.int64())), {"name": "c", "kind": "numeric"},
+         "column 'c' (map<string, int64 ('c')>) cannot be read by data.features (c), kind numeric; store it as numbers"),
+        (pa.array([[["p"]], [], [["q"]]]), {"name": "c", "kind": "sequence"},
+         "column 'c' (list<element: list<element: string>>) cannot be read by data.features (c), kind sequence; "
+         "store it as a list of strings or numbers"),
+        (pa.array([1, 2, 3], pa.timestamp("s")), {"name": "c", "kind": "numeric"},
+         "column 'c' (timestamp[ms]) cannot be read by data.features (c), kind numeric; "
+         "declare kind: categorical, or store it as numbers"),
+        (pa.array([["p"], [], ["q"]]), {"name": "c", "num_ids": 10},
+         "column 'c' (list<element: string>) cannot be read by data.features (c), kind categorical with num_ids; "
+         "declare kind: sequence"),
+    ],
+    ids=["list-as-categorical", "list-as-numeric", "struct", "map", "list-of-lists-as-sequence", "timestamp-as-numeric",
+         "list-as-num-ids"],
+)
+def test_a_parquet_column_of_a_type_its_feature_cannot_read_is_one_line(tmp_path, capsys, column, feature, message):
+    """A column whose Arrow type the declared kind cannot convert: the file, the column, its
+    type, who reads it and what to declare instead, not pyarrow's cast error."""
+    path = parquet_of(tmp_path, c=column)
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "parquet", "path": str(path), "features": [{"name": "a"}, feature]})
+    assert code == 2 and err == f"ctr: error: {path}: {message}", err
+
+
+def test_a_parquet_label_of_lists_or_past_2_53_is_one_line(tmp_path, capsys):
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"label": [[1], [0], [1]], "a": ["x", "y", "z"]}), path)
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "parquet", "path": str(path), "features": [{"name": "a"}]})
+    assert code == 2 and err == (f"ctr: error: {path}: column 'label' (list<element: int64>) cannot be read by data.label; "
+                                 "store it as numbers"), err
+    pq.write_table(pa.table({"label": [1, 0, 1700000000123456789], "a": ["x", "y", "z"]}), path)
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "parquet", "path": str(path), "features": [{"name": "a"}]})
+    assert code == 2 and err == f"ctr: error: {path} row 3: label 'label' is 1700000000123456789, not 0 or 1", err
+
+
+def test_parquet_bytes_that_are_not_utf8_name_their_row(tmp_path, capsys):
+    path = parquet_of(tmp_path, b=pa.array([b"ok", b"caf\xe9", b"x"], pa.binary()))
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "parquet", "path": str(path), "features": [{"name": "b"}]})
+    assert code == 2 and err == (f"ctr: error: {path} row 2: column 'b' (binary) is not UTF-8 text, which data.features (b), "
+                                 "kind categorical reads; store it as UTF-8 strings (binary ids hex-encoded)"), err
+    path = parquet_of(tmp_path, b=pa.array([[b"ok"], [], [b"x", b"\xff"]], pa.list_(pa.binary())))
+    features = [{"name": "b", "kind": "sequence"}]
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "parquet", "path": str(path), "features": features})
+    assert code == 2 and f"{path} row 3: column 'b' (list<element: binary>) is not UTF-8 text" in err, err
+
+
+def test_parquet_bytes_fixed_size_lists_and_int64_past_2_53_are_read(tmp_path, capsys):
+    """UTF-8 bytes read as text, a fixed-size list as a sequence, and an int64 that no
+    float64 holds exactly (a nanosecond time) as its nearest float32, not refused."""
+    path = parquet_of(tmp_path, b=pa.array([b"p", b"q", b"p"], pa.binary()),
+                      s=pa.array([[b"u", b"v"], [b"v", b"w"], [b"u", b"u"]], pa.list_(pa.binary())),
+                      f=pa.array([["u", "v"], ["v", "w"], None], pa.list_(pa.string(), 2)),
+                      ns=pa.array([1700000000123456789, 1700000001000000001, 3], pa.int64()))
+    features = [{"name": "b"}, {"name": "s", "kind": "sequence"}, {"name": "f", "kind": "sequence"}, {"name": "ns", "kind": "numeric"}]
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "parquet", "path": str(path), "features": features,
+                                                  "split": {"valid": 0.0, "test": 0.0}})
+    assert code == 0, err
+    train = pq.read_table(next((tmp_path / "cache" / "data").glob("parquet-*/train")))
+    assert train.column("ns").to_pylist() == pytest.approx([1.7000000001234568e18, 1.700000001e18, 3.0])
+    assert [len(s) for s in train.column("f").to_pylist()] == [2, 2, 0]
+    vocab = pq.read_table(next((tmp_path / "cache" / "data").glob("parquet-*/vocab/s.parquet"))).column("token").to_pylist()
+    assert {"u", "v", "w"} <= set(vocab)
