@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ctr.datasets.source import SPLITS, DatasetSource, RowStream, resolve_files
-from ctr.datasets.text import open_rows
+from ctr.datasets.text import read_all
 from ctr.datasets.validate import LINE_COLUMN, PROBLEM_COLUMN, carriage_return_inside
 from ctr.errors import DataError
 from ctr.recipe import DataConfig
@@ -198,8 +198,7 @@ def sample_negatives(touched: np.ndarray, num_items: int, user: np.ndarray, rng:
 
 def read_histories(file: Path, attributes: Path) -> Histories:
     """Parses the history file (vectorised) and the item categories."""
-    with open_rows(file) as handle:  # plain or gzip
-        lines = handle.read().decode("utf-8", errors="replace").split("\n")  # numbered as an editor does
+    lines = read_all(file).decode("utf-8", errors="replace").split("\n")  # plain or gzip; numbered as an editor does
     split = next((i for i, line in enumerate(lines) if "\r" in line.rstrip("\r")), None)
     if split is not None:
         raise carriage_return_inside(file, split + 1)

@@ -22,7 +22,7 @@ from ctr.datasets.source import DatasetSource, RowStream, resolve_files
 from ctr.datasets.text import EmptyFileError, TextFormat, field_count, first_line, read_delimited, strip_types
 from ctr.datasets.transforms import reads, unreadable_type
 from ctr.datasets.validate import LINE_COLUMN, column_keys, require_columns
-from ctr.errors import DataError, RecipeError
+from ctr.errors import DataError, RecipeError, reason
 from ctr.recipe import DataConfig
 from ctr.registry import DATASETS
 from ctr.schema import FeatureSpec
@@ -218,7 +218,7 @@ class ParquetDataset(FileSource):
         readers = self._readers(reader.schema_arrow, file)
         binary = [c for c in columns if _holds_bytes(reader.schema_arrow.field(c).type)]
         first = 1
-        for batch in reader.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+        for batch in _batches(reader, columns, file):
             if binary:
                 batch = _as_text(batch, binary, readers, file, first)
             rows = np.arange(first, first + batch.num_rows, dtype=np.int64)
@@ -245,6 +245,29 @@ class ParquetDataset(FileSource):
                 raise DataError(f"{file}: column {column!r} ({arrow_type}) cannot be read by {who}; {hint}")
             readers.setdefault(column, who)
         return readers
+
+
+def _batches(reader: pq.ParquetFile, columns: list[str], file: Path) -> Iterator[pa.RecordBatch]:
+    """The record batches of ``columns``; a damaged page is a DataError naming its row group."""
+    try:
+        yield from reader.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns)
+    except (OSError, pa.ArrowException) as err:
+        where = _bad_row_group(reader, columns)
+        raise DataError(f"{file}: corrupt parquet data in {where} ({reason(err, typed=True)})") from None
+
+
+def _bad_row_group(reader: pq.ParquetFile, columns: list[str]) -> str:
+    """``row group k of n, rows a-b`` of the first row group of ``reader`` that does not
+    read (each read again, on the error path only)."""
+    first, groups = 1, reader.metadata.num_row_groups
+    for k in range(groups):
+        rows = reader.metadata.row_group(k).num_rows
+        try:
+            reader.read_row_group(k, columns=columns)
+        except (OSError, pa.ArrowException):
+            return f"row group {k + 1} of {groups}, rows {first}-{first + rows - 1}"
+        first += rows
+    return "a row group"
 
 
 def _declared(spec: FeatureSpec) -> str:

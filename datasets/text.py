@@ -7,7 +7,8 @@ metadata ``file``), the line number of each row (``__line__``) and a ``__problem
 null for a good row, else what is wrong with it (e.g. a wrong field count); the other
 columns of such a row are null. Blank lines are skipped (the line numbers of the rows stay
 the file's), and so is a UTF-8 byte order mark at the start of the file. A gzip file is
-read decompressed.
+read decompressed; gzip data that ends early or does not inflate is a DataError naming the
+last line read whole.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import csv
 import gzip
 import io
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -27,10 +29,11 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from ctr.datasets.validate import LINE_COLUMN, PROBLEM_COLUMN, carriage_return_inside
-from ctr.errors import DataError
+from ctr.errors import DataError, reason
 
 BLOCK_BYTES = 1 << 24
 GZIP_MAGIC = b"\x1f\x8b"
+GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)  # a truncated or corrupt gzip stream
 
 
 class EmptyFileError(DataError):
@@ -79,7 +82,10 @@ def first_line(file: Path) -> str | None:
     """The first line of ``file`` without its newline (and without a UTF-8 byte order mark,
     which spreadsheet programs write); ``None`` for an empty file."""
     with open_rows(file) as handle:
-        line = handle.readline().removeprefix(codecs.BOM_UTF8)
+        try:
+            line = handle.readline().removeprefix(codecs.BOM_UTF8)
+        except GZIP_ERRORS as err:
+            raise corrupt_gzip(file, 0, err) from None
     if not line.strip():
         return None
     if line.startswith(PARQUET_MAGIC):
@@ -99,26 +105,81 @@ def read_delimited(file: Path, fmt: TextFormat, block_bytes: int = BLOCK_BYTES) 
     rows = 0
     with open_rows(file) as handle:
         line = 1
-        if handle.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
-            handle.seek(0)
-        if fmt.header:
-            handle.readline()
-            line = 2
-        for block in _blocks(handle, block_bytes):
-            lines = _line_count(block)
-            batch = _parse_block(block, line, lines, fmt, file)
-            rows += batch.num_rows
-            line += lines
-            yield batch
+        try:
+            if handle.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
+                handle.seek(0)
+            if fmt.header:
+                handle.readline()
+                line = 2
+            for block in _blocks(handle, block_bytes):
+                lines = _line_count(block)
+                batch = _parse_block(block, line, lines, fmt, file)
+                rows += batch.num_rows
+                line += lines
+                yield batch
+        except _Truncated as err:
+            raise corrupt_gzip(file, line - 1 + err.data.count(b"\n"), err.cause) from None
+        except GZIP_ERRORS as err:  # in the byte order mark or the header
+            raise corrupt_gzip(file, line - 1, err) from None
     if rows == 0:
         raise EmptyFileError(f"{file}: empty file (no data rows)")
 
 
+def read_all(file: Path) -> bytes:
+    """Every byte of ``file`` (decompressed when gzip); gzip data that ends early or does
+    not inflate is a DataError naming the last line read whole."""
+    pieces = []
+    with open_rows(file) as handle:
+        try:
+            while piece := _read(handle, BLOCK_BYTES):
+                pieces.append(piece)
+        except _Truncated as err:
+            raise corrupt_gzip(file, sum(p.count(b"\n") for p in pieces) + err.data.count(b"\n"), err.cause) from None
+    return b"".join(pieces)
+
+
+def corrupt_gzip(file: Path, lines: int, cause: BaseException) -> DataError:
+    """The error for gzip data that ends early or does not inflate after ``lines`` whole lines."""
+    return DataError(f"{file}: truncated or corrupt gzip data after line {lines} ({reason(cause)})")
+
+
+class _Truncated(Exception):
+    """A read that met a truncated or corrupt gzip stream (``cause``); ``data``: the bytes
+    it gave before."""
+
+    def __init__(self, data: bytes, cause: BaseException):
+        super().__init__(str(cause))
+        self.data, self.cause = data, cause
+
+
+def _read(handle: BinaryIO, size: int) -> bytes:
+    """Up to ``size`` bytes (fewer only at the end of the file). Read in pieces (one for a
+    plain file, one per inflated chunk for gzip), so that a gzip stream that fails keeps
+    what it gave before (``_Truncated``)."""
+    pieces: list[bytes] = []
+    got = 0
+    try:
+        while got < size:
+            piece = handle.read1(size - got)
+            if not piece:
+                break
+            pieces.append(piece)
+            got += len(piece)
+    except GZIP_ERRORS as err:
+        raise _Truncated(b"".join(pieces), err) from None
+    return b"".join(pieces)
+
+
 def _blocks(handle: BinaryIO, block_bytes: int) -> Iterator[bytes]:
-    """Chunks of whole lines (the last may lack its newline)."""
+    """Chunks of whole lines (the last may lack its newline); a ``_Truncated`` read carries
+    the bytes read since the last chunk."""
     carry = b""
     while True:
-        chunk = handle.read(block_bytes)
+        try:
+            chunk = _read(handle, block_bytes)
+        except _Truncated as err:
+            err.data = carry + err.data
+            raise
         if not chunk:
             break
         data = carry + chunk

@@ -1,9 +1,11 @@
 """Every bad-input case: an error naming file and line (or column), exit code 2, no
 traceback; with ``on_bad_rows: skip`` the rows are dropped and counted."""
 
+import gzip
 import json
 import math
 import re
+import zlib
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -324,3 +326,54 @@ def test_parquet_bytes_fixed_size_lists_and_int64_past_2_53_are_read(tmp_path, c
     assert [len(s) for s in train.column("f").to_pylist()] == [2, 2, 0]
     vocab = pq.read_table(next((tmp_path / "cache" / "data").glob("parquet-*/vocab/s.parquet"))).column("token").to_pylist()
     assert {"u", "v", "w"} <= set(vocab)
+
+
+def gzip_rows(rows: int) -> bytes:
+    return gzip.compress(b"label,a\n" + b"".join(b"%d,t%d\n" % (i % 2, i) for i in range(rows)), mtime=0)
+
+
+def test_a_truncated_or_corrupt_gzip_file_names_the_last_whole_line(tmp_path, capsys):
+    """Gzip data that ends early or does not inflate: the file and the last line read
+    whole, not EOFError / zlib.error; the whole lines before are exactly those."""
+    path = tmp_path / "day.csv.gz"
+    data = {"dataset": "csv", "path": str(path), "features": [{"name": "a"}]}
+    whole = gzip_rows(5000)
+    path.write_bytes(whole[:-100])
+    inflater = zlib.decompressobj(wbits=47)
+    lines = inflater.decompress(whole[:-100]).count(b"\n")
+    code, err, _ = run_prepare(tmp_path, capsys, data)
+    assert code == 2 and err == (f"ctr: error: {path}: truncated or corrupt gzip data after line {lines} "
+                                 "(Compressed file ended before the end-of-stream marker was reached)"), err
+    path.write_bytes(whole[:15])  # not even the header inflates
+    code, err, _ = run_prepare(tmp_path, capsys, data)
+    assert code == 2 and err.startswith(f"ctr: error: {path}: truncated or corrupt gzip data after line 0 ("), err
+    damaged = bytearray(whole)
+    for i in range(len(whole) // 2, len(whole) // 2 + 50):
+        damaged[i] ^= 0x5A
+    path.write_bytes(bytes(damaged))
+    code, err, _ = run_prepare(tmp_path, capsys, data)
+    assert code == 2 and re.fullmatch(rf"ctr: error: {re.escape(str(path))}: truncated or corrupt gzip data after line \d+ "
+                                      r"\(Error -3 while decompressing data: .*\)", err), err
+
+
+def test_a_truncated_gzip_history_file_is_one_line(tmp_path, capsys):
+    from tests.datasets.test_amazon import write_amazon
+
+    history = write_amazon(tmp_path / "am")
+    history.write_bytes(gzip.compress(history.read_bytes())[:-12])
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "amazon", "path": str(history)})
+    assert code == 2 and f"{history}: truncated or corrupt gzip data after line " in err and len(err.splitlines()) == 1, err
+
+
+def test_a_damaged_parquet_page_names_its_row_group(tmp_path, capsys):
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"label": [1, 0, 1] * 1000, "a": ["x", "y", "z"] * 1000}), path, row_group_size=1000)
+    second = pq.ParquetFile(path).metadata.row_group(1)
+    start = min(second.column(i).data_page_offset for i in range(second.num_columns))
+    damaged = bytearray(path.read_bytes())
+    for i in range(start, start + 40):
+        damaged[i] ^= 0x5A
+    path.write_bytes(bytes(damaged))
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "parquet", "path": str(path), "features": [{"name": "a"}]})
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"ctr: error: {path}: corrupt parquet data in row group 2 of 3, rows 1001-2000 ("), err
