@@ -4,11 +4,11 @@ The file is cut into blocks of whole lines; each block is parsed by ``pyarrow.cs
 every column read as a string (an empty field is null), so a bad value becomes a row problem that preprocessing
 reports (or skips) instead of a parser exception. Every batch carries the file name (batch
 metadata ``file``), the line number of each row (``__line__``) and a ``__problem__`` column:
-null for a good row, else what is wrong with it (e.g. a wrong field count); the other
-columns of such a row are null. Blank lines are skipped (the line numbers of the rows stay
-the file's), and so is a UTF-8 byte order mark at the start of the file. A gzip file is
-read decompressed; gzip data that ends early or does not inflate is a DataError naming the
-last line read whole.
+null for a good row, else what is wrong with it (e.g. a wrong field count, a line that is
+not UTF-8 text); the other columns of such a row are null. Blank lines are skipped (the
+line numbers of the rows stay the file's), and so is a UTF-8 byte order mark at the start
+of the file. A gzip file is read decompressed; gzip data that ends early or does not
+inflate is a DataError naming the last line read whole.
 """
 
 from __future__ import annotations
@@ -222,10 +222,7 @@ def _parse_block(block: bytes, first: int, lines: int, fmt: TextFormat, file: Pa
     invalid: list[tuple[int, str]] = []
     last = first + lines - 1
     try:
-        table = _parse(block, fmt, lambda row: invalid.append((0, "")) or "skip", threads=True)
-        if invalid:  # only the single-threaded parser reports line numbers of bad rows
-            invalid.clear()
-            table = _parse(block, fmt, lambda row: invalid.append((row.number, row.text)) or "skip", False)
+        table, not_utf8 = _parse_text(block, first, fmt, invalid)
     except (pa.ArrowInvalid, UnicodeDecodeError) as err:
         raise DataError(f"{file}:{first}-{last}: cannot parse: {str(err).splitlines()[0]}") from None
     blank = _blank_lines(block)
@@ -240,7 +237,93 @@ def _parse_block(block: bytes, first: int, lines: int, fmt: TextFormat, file: Pa
     if invalid:
         fixed = _invalid_rows(invalid, bad_lines, fmt, file)
         table = pa.concat_tables([table, fixed]).sort_by(LINE_COLUMN)
+    if not_utf8:
+        table = _flag_lines(table, not_utf8, fmt)
     return to_batch(table).replace_schema_metadata({"file": str(file)})
+
+
+def _parse_text(block: bytes, first: int, fmt: TextFormat, invalid: list[tuple[int, str]]) -> tuple[pa.Table, dict]:
+    """The rows of a block (from line ``first``), and line number → problem of its lines
+    that are not UTF-8 text (None where only a column no one reads is not): the parser
+    refuses the whole block for one such byte, so they are found and read as ASCII again."""
+    try:
+        return _parse_rows(block, fmt, invalid), {}
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        not_utf8 = _not_utf8(block, first, fmt)
+        if not not_utf8:
+            raise
+    return _parse_rows(_ascii_lines(block, np.array(list(not_utf8)) - first), fmt, invalid), not_utf8
+
+
+def _parse_rows(block: bytes, fmt: TextFormat, invalid: list[tuple[int, str]]) -> pa.Table:
+    """The block's rows; ``invalid`` is set to the rows the parser rejects, as (row number
+    among the rows read, text)."""
+    invalid.clear()
+    table = _parse(block, fmt, lambda row: invalid.append((0, "")) or "skip", threads=True)
+    if invalid:  # only the single-threaded parser reports line numbers of bad rows
+        invalid.clear()
+        table = _parse(block, fmt, lambda row: invalid.append((row.number, row.text)) or "skip", False)
+    return table
+
+
+def _not_utf8(block: bytes, first: int, fmt: TextFormat) -> dict[int, str | None]:
+    """Line number → its problem, of the lines of a block (from line ``first``) that are
+    not UTF-8 text; None where only columns no one reads are not (on the error path only: a
+    vectorised search for lines with bytes past ASCII, then each such line decoded)."""
+    data = np.frombuffer(block, dtype=np.uint8)
+    ends = np.flatnonzero(data == ord("\n"))
+    candidates = np.unique(np.searchsorted(ends, np.flatnonzero(data >= 0x80)))
+    starts = np.concatenate([[0], ends + 1])
+    found: dict[int, str | None] = {}
+    kept = set(fmt.kept)
+    for k in candidates.tolist():
+        columns = _not_utf8_columns(block[starts[k] : ends[k] if k < len(ends) else len(block)], fmt)
+        read = [c for c in columns if c in kept]
+        if read:
+            found[first + k] = "not UTF-8 text" if len(fmt.columns) == 1 else f"column {read[0]!r}: not UTF-8 text"
+        elif columns:
+            found[first + k] = None
+    return found
+
+
+def _not_utf8_columns(line: bytes, fmt: TextFormat) -> list[str | None]:
+    """The columns of ``line`` that hold bytes that are not UTF-8, in order (None: past the
+    last column)."""
+    columns, start = [], 0
+    while True:
+        try:
+            line[start:].decode("utf-8")
+            return columns
+        except UnicodeDecodeError as err:
+            at = start + err.start
+        field = field_count(line[:at].decode("utf-8", errors="replace"), fmt.delimiter, fmt.quoting) - 1
+        columns.append(fmt.columns[field] if field < len(fmt.columns) else None)
+        start = at + 1
+
+
+def _ascii_lines(block: bytes, lines: np.ndarray) -> bytes:
+    """``block`` with every byte past ASCII of lines [k] (0-based) replaced by ``?``: the
+    parser then reads those lines (as many fields, same line breaks) and ``_flag_lines``
+    makes them problem rows."""
+    data = np.frombuffer(block, dtype=np.uint8).copy()
+    ends = np.flatnonzero(data == ord("\n"))
+    high = np.flatnonzero(data >= 0x80)
+    hit = high[np.isin(np.searchsorted(ends, high), lines)]
+    data[hit] = ord("?")
+    return data.tobytes()
+
+
+def _flag_lines(table: pa.Table, problems: dict[int, str], fmt: TextFormat) -> pa.Table:
+    """``table`` with the rows of the lines of ``problems`` made problem rows (their values
+    null; a row that already has a problem keeps it)."""
+    lines = table.column(LINE_COLUMN).to_pylist()
+    found = pa.array([problems.get(line) for line in lines], pa.string())
+    hit = found.is_valid()
+    for name in fmt.kept:
+        index = table.schema.get_field_index(name)
+        table = table.set_column(index, name, pc.if_else(hit, pa.scalar(None, pa.string()), table.column(index)))
+    problem = pc.coalesce(table.column(PROBLEM_COLUMN), found)
+    return table.set_column(table.schema.get_field_index(PROBLEM_COLUMN), PROBLEM_COLUMN, problem)
 
 
 def _blank_lines(block: bytes) -> np.ndarray:

@@ -377,3 +377,29 @@ def test_a_damaged_parquet_page_names_its_row_group(tmp_path, capsys):
     code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "parquet", "path": str(path), "features": [{"name": "a"}]})
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"ctr: error: {path}: corrupt parquet data in row group 2 of 3, rows 1001-2000 ("), err
+
+
+def test_a_line_that_is_not_utf8_is_a_bad_row_naming_its_line_and_column(tmp_path, capsys):
+    """One Latin-1 byte: its line and its column's name, not the whole block refused; with
+    ``on_bad_rows: skip`` that row is skipped like any bad row. A byte in a column no one
+    reads is no problem."""
+    path = tmp_path / "rows.csv"
+    lines = [b"label,a,b,note"] + [b"%d,t%d,u,n" % (i % 2, i) for i in range(50)]
+    lines[4] = b"1,caf\xe9,u,n"
+    lines[9] = b"0,t9,\xff\xfe,n"
+    lines[20] = b"0,t20,u,fa\xe7ade"  # column 'note' is not read
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    data = {"dataset": "csv", "path": str(path), "features": [{"name": "a"}, {"name": "b"}], "split": {"valid": 0.0, "test": 0.0}}
+    code, err, _ = run_prepare(tmp_path, capsys, data)
+    assert code == 2 and err == f"ctr: error: {path}:5: column 'a': not UTF-8 text", err
+    code, err, _ = run_prepare(tmp_path, capsys, {**data, "on_bad_rows": "skip"})
+    assert code == 0, err
+    report = json.loads(next((tmp_path / "cache").rglob("report.json")).read_text())
+    assert report["splits"]["train"]["skipped_bad_rows"] == 2 and report["splits"]["train"]["rows"] == 48
+
+
+def test_a_libsvm_line_that_is_not_utf8_names_its_line(tmp_path, capsys):
+    path = tmp_path / "rows.svm"
+    path.write_bytes(b"1 3:1\n0 4:1 5\xe9:1\n1 3:1\n")
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "libsvm", "path": str(path)})
+    assert code == 2 and err == f"ctr: error: {path}:2: not UTF-8 text", err
