@@ -9,6 +9,7 @@ the validation rows are carved from the training files).
 
 from __future__ import annotations
 
+import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,12 +108,18 @@ class DelimitedSource(FileSource):
         for batch in read_delimited(file, fmt):
             yield self.finish(batch)
 
-    def header(self, file: Path, delimiter: str) -> list[str]:
-        """Column names from the first line (RecBole type suffixes dropped)."""
+    def header(self, file: Path, delimiter: str, quoting: bool = True) -> list[str]:
+        """Column names from the first line (RecBole type suffixes dropped); with ``quoting``
+        a quoted name may hold the delimiter or a doubled quote (``"city, state"``), as pandas
+        writes them."""
         line = first_line(file)
         if line is None:
             raise EmptyFileError(f"{file}: empty file (no header)")
-        return strip_types([name.strip().strip('"') for name in line.split(delimiter)])
+        if quoting and '"' in line:
+            names = [name.strip() for name in next(csv.reader([line], delimiter=delimiter, skipinitialspace=True))]
+        else:
+            names = [name.strip().strip('"') for name in line.split(delimiter)]
+        return strip_types(names)
 
 
 @dataclass
@@ -156,12 +163,12 @@ class CsvDataset(DelimitedSource):
 
     def columns(self) -> list[str]:
         config: CsvConfig = self.config  # type: ignore[assignment]
-        return config.names or self.header(self.split_files["train"][0], config.delimiter)
+        return config.names or self.header(self.split_files["train"][0], config.delimiter, config.quoting)
 
     def text_format(self, file: Path) -> TextFormat:
         config: CsvConfig = self.config  # type: ignore[assignment]
-        columns = config.names or self.header(file, config.delimiter)
-        if config.header and config.names and len(config.names) != len(self.header(file, config.delimiter)):
+        columns = config.names or self.header(file, config.delimiter, config.quoting)
+        if config.header and config.names and len(config.names) != len(self.header(file, config.delimiter, config.quoting)):
             raise DataError(f"{file}:1: the header has a different number of fields than data.columns")
         if not config.header and self.optional_columns:
             columns = self._scored_columns(file, columns)

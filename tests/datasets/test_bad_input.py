@@ -403,3 +403,16 @@ def test_a_libsvm_line_that_is_not_utf8_names_its_line(tmp_path, capsys):
     path.write_bytes(b"1 3:1\n0 4:1 5\xe9:1\n1 3:1\n")
     code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "libsvm", "path": str(path)})
     assert code == 2 and err == f"ctr: error: {path}:2: not UTF-8 text", err
+
+
+def test_a_quoted_header_name_may_hold_the_delimiter_or_a_quote(tmp_path, capsys):
+    """pandas quotes a column name holding the delimiter (``"city, state"``) or a quote
+    (doubled): the header has as many names as the rows have fields."""
+    path = tmp_path / "rows.csv"
+    path.write_text('label,"city, state","say ""hi""",zip\n1,"a, b",p,1\n0,c,q,2\n')
+    features = [{"name": "city", "source": "city, state"}, {"name": "hi", "source": 'say "hi"'}, {"name": "zip"}]
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "csv", "path": str(path), "features": features,
+                                                  "split": {"valid": 0.0, "test": 0.0}})
+    assert code == 0, err
+    vocab = pq.read_table(next((tmp_path / "cache").rglob("vocab/city.parquet"))).column("token").to_pylist()
+    assert {"a, b", "c"} <= set(vocab)
