@@ -231,7 +231,7 @@ def _parse_block(block: bytes, first: int, lines: int, fmt: TextFormat, file: Pa
     skipped = np.union1d(bad_lines, first + blank)
     good_lines = np.setdiff1d(np.arange(first, last + 1, dtype=np.int64), skipped, assume_unique=True)
     if len(good_lines) != table.num_rows:
-        _refuse_line_breaks(block, first, last, file)
+        _refuse_line_breaks(block, first, last, fmt, file)
     table = table.append_column(LINE_COLUMN, pa.array(good_lines))
     table = table.append_column(PROBLEM_COLUMN, pa.nulls(table.num_rows, pa.string()))
     if invalid:
@@ -340,15 +340,39 @@ def _blank_lines(block: bytes) -> np.ndarray:
 LONE_CARRIAGE_RETURN = re.compile(rb"\r(?!\n)")
 
 
-def _refuse_line_breaks(block: bytes, first: int, last: int, file: Path) -> None:
+def _refuse_line_breaks(block: bytes, first: int, last: int, fmt: TextFormat, file: Path) -> None:
     """Raises where the parser's rows and the block's lines (``\\n``-ended) disagree: a
     ``\\r`` not followed by ``\\n`` ends a row inside a line, a quoted ``\\n`` joins two lines
-    into one row; either would shift every later line number."""
+    into one row (named by the line whose quote it is); either would shift every later line
+    number."""
     found = LONE_CARRIAGE_RETURN.search(block)
     if found is not None:
         line = first + block.count(b"\n", 0, found.start())
         raise carriage_return_inside(file, line)
-    raise DataError(f"{file}:{first}-{last}: rows and lines do not match (a line break inside a quoted field?)")
+    opened = _first_open_quote(block, fmt.delimiter) if fmt.quoting else None
+    where = f"{first}-{last}" if opened is None else str(first + opened)
+    raise DataError(f"{file}:{where}: rows and lines do not match (a line break inside a quoted field?)")
+
+
+def _first_open_quote(block: bytes, delimiter: str) -> int | None:
+    """Index (0-based) of the first line of ``block`` whose quoted field runs past its end
+    (None: none does). The lines before it are read as the parser reads them, each on its
+    own, so this is where its rows and the lines part. On the error path only."""
+    data = np.frombuffer(block, dtype=np.uint8)
+    ends = np.flatnonzero(data == ord("\n"))
+    starts = np.concatenate([[0], ends + 1])
+    for k in np.unique(np.searchsorted(ends, np.flatnonzero(data == ord('"')))).tolist():
+        if _open_quote(block[starts[k] : ends[k] if k < len(ends) else len(block)], delimiter):
+            return k
+    return None
+
+
+def _open_quote(line: bytes, delimiter: str) -> bool:
+    """Whether ``line`` (without its ``\\n``) ends inside a quoted field, read as the parser
+    reads it (a ``"`` opens a quoted field at the start of a field only): the csv module then
+    runs the field on past the line's end."""
+    text = line.decode("utf-8", errors="replace")
+    return '"' in text and any("\n" in field for field in next(csv.reader([text + "\n"], delimiter=delimiter)))
 
 
 def _invalid_rows(invalid: list[tuple[int, str]], lines: np.ndarray, fmt: TextFormat, file: Path) -> pa.Table:

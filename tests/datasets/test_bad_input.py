@@ -125,7 +125,22 @@ def test_a_line_break_inside_a_quoted_field_is_one_line(tmp_path, capsys):
     path.write_text('label,a\n1,"x\ny"\n0,b\n')
     code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "csv", "path": str(path), "features": [{"name": "a"}]})
     assert code == 2 and len(err.splitlines()) == 1, err
-    assert err.endswith("rows.csv:2-4: rows and lines do not match (a line break inside a quoted field?)"), err
+    assert err.endswith("rows.csv:2: rows and lines do not match (a line break inside a quoted field?)"), err
+
+
+def test_a_line_break_inside_a_quoted_field_names_the_line_of_its_quote(tmp_path, capsys):
+    """The line whose quoted field runs on, not the whole block: quoted fields on one line,
+    a quote inside a field (``5" screen``, read as text) and a doubled quote before it do
+    not count."""
+    path = tmp_path / "rows.csv"
+    lines = ["label,a"] + [f'{i % 2},"t{i}"' for i in range(2000)]
+    lines[300] = '1,5" screen'
+    lines[400] = '0,"say ""hi"""'
+    lines[1500] = '1,"multi'
+    lines[1501] = 'line"'
+    path.write_text("\n".join(lines) + "\n")
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "csv", "path": str(path), "features": [{"name": "a"}]})
+    assert code == 2 and err == f"ctr: error: {path}:1501: rows and lines do not match (a line break inside a quoted field?)", err
 
 
 def test_blank_lines_a_byte_order_mark_and_padded_labels_are_read(tmp_path, capsys):
