@@ -232,6 +232,8 @@ def _parse_block(block: bytes, first: int, lines: int, fmt: TextFormat, file: Pa
     good_lines = np.setdiff1d(np.arange(first, last + 1, dtype=np.int64), skipped, assume_unique=True)
     if len(good_lines) != table.num_rows:
         _refuse_line_breaks(block, first, last, fmt, file)
+    if fmt.quoting:
+        _refuse_open_quote_at_end(block, first, fmt.delimiter, file)
     table = table.append_column(LINE_COLUMN, pa.array(good_lines))
     table = table.append_column(PROBLEM_COLUMN, pa.nulls(table.num_rows, pa.string()))
     if invalid:
@@ -373,6 +375,19 @@ def _open_quote(line: bytes, delimiter: str) -> bool:
     runs the field on past the line's end."""
     text = line.decode("utf-8", errors="replace")
     return '"' in text and any("\n" in field for field in next(csv.reader([text + "\n"], delimiter=delimiter)))
+
+
+def _refuse_open_quote_at_end(block: bytes, first: int, delimiter: str, file: Path) -> None:
+    """Raises when the block's last line (its last that is not blank) opens a quoted field
+    that nothing closes: the parser would read the field to the end of the block, its line
+    break included (a quote opened on an earlier line joins lines: ``_refuse_line_breaks``)."""
+    end = len(block)
+    while end and block[end - 1] in b"\r\n":
+        end -= 1
+    start = block.rfind(b"\n", 0, end) + 1
+    if b'"' in block[start:end] and _open_quote(block[start:end], delimiter):
+        line = first + block.count(b"\n", 0, start)
+        raise DataError(f"{file}:{line}: a quoted field is not closed before the line ends")
 
 
 def _invalid_rows(invalid: list[tuple[int, str]], lines: np.ndarray, fmt: TextFormat, file: Path) -> pa.Table:

@@ -431,3 +431,26 @@ def test_a_quoted_header_name_may_hold_the_delimiter_or_a_quote(tmp_path, capsys
     assert code == 0, err
     vocab = pq.read_table(next((tmp_path / "cache").rglob("vocab/city.parquet"))).column("token").to_pylist()
     assert {"a, b", "c"} <= set(vocab)
+
+
+@pytest.mark.parametrize("content", [b'label,a\n1,x\n0,"z\n', b'label,a\n1,x\n0,"z', b'label,a\n1,x\n0,"z\r\n\n\n'],
+                         ids=["last-line", "no-final-newline", "blank-lines-after"])
+def test_an_unclosed_quote_on_the_last_line_is_refused(tmp_path, capsys, content):
+    """``0,"z`` as the last line: the parser would read the token ``z`` and its line break;
+    refused naming the line."""
+    path = tmp_path / "rows.csv"
+    path.write_bytes(content)
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "csv", "path": str(path), "features": [{"name": "a"}]})
+    assert code == 2 and err == f"ctr: error: {path}:3: a quoted field is not closed before the line ends", err
+
+
+@pytest.mark.parametrize("block_bytes", [1 << 20, 9, 12])
+def test_an_unclosed_quote_names_its_line_wherever_the_blocks_end(tmp_path, block_bytes):
+    """A quote opened on line 3 and never closed, at the end of a block or inside one: line 3."""
+    from ctr.datasets.text import TextFormat, read_delimited
+    from ctr.errors import DataError
+
+    path = tmp_path / "rows.csv"
+    path.write_bytes(b'label,a\n1,x\n0,"y\n1,z\n0,w\n')
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:3: "):
+        list(read_delimited(path, TextFormat(["label", "a"], header=True), block_bytes=block_bytes))
