@@ -14,6 +14,7 @@ for data in Beauty Toys_and_Games; do
         overrides=(-o "data.path=../shared/data/amazon/$data.txt" -o "name=$data-$label" -o seed=1
                    -o "trainer.num_threads=${THREADS:-2}" -o trainer.progress_bar=false)
         if [ "$label" = ctr ]; then overrides+=(-o model.variant=ctr); fi
+        if [ "$label" = authors ]; then overrides+=(-o model.input_norm=batch); fi  # the form the table tuned
         out="runs/din-tune/$data/$label"
         .venv/bin/ctr tune "recipes/amazon_beauty/$recipe.yaml" "${grid[@]}" --seeds 3 --out "$out" "${overrides[@]}" \
             > /dev/null
