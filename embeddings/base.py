@@ -84,14 +84,28 @@ class EmbeddingMethod(nn.Module):
         if list(sparse.keys) != self.feature_names:
             raise ValueError(f"expected sparse keys {self.feature_names}, got {sparse.keys}")
         self._check_ids(sparse)
-        if torch.compiler.is_exporting() and any(self._widths[f] > 1 for f in range(len(self._widths))):
-            return self._padded(sparse)
+        if torch.compiler.is_exporting():
+            return self._padded(sparse) if any(width > 1 for width in self._widths) else self._embedded(sparse)
+        embedded = self._embedded(sparse)
+        self._check_vectors(embedded.pooled, sparse.batch_size, sum(not keeps for keeps in self._keeps_positions))
+        return embedded
+
+    def _embedded(self, sparse: JaggedFeatures) -> FeatureEmbeddings:
         grid = self._grid(sparse)
         if grid is not None:
             return FeatureEmbeddings(pooled=self.embed_grid(grid), sequences={}, masks={}, rows=self.embed_ids)
         bags, pooled_slots, sequence_slots = self._regroup(sparse)
         vectors = self.embed_bags(bags)
         return self._assemble(sparse, vectors, pooled_slots, sequence_slots)
+
+    def _check_vectors(self, pooled: Tensor, rows: int, features: int) -> None:
+        """Refuses a method's vectors other than float32-or-narrower [B, F, D], D =
+        ``embedding.dim`` (a plugin's narrower rows or [N] vectors were read as other shapes)."""
+        want = (rows, features, self.dim)
+        if tuple(pooled.shape) == want and pooled.is_floating_point() and pooled.dtype != torch.float64:
+            return
+        raise RecipeError(f"embedding.method: {type(self).__name__} embedded the batch as {pooled.dtype} "
+                          f"{list(pooled.shape)}; a method gives float32 vectors {list(want)} ([B, F, D], D = embedding.dim)")
 
     def _check_ids(self, sparse: JaggedFeatures) -> None:
         """Refuses an id outside its feature's vocabulary, [0, rows of its table): methods
