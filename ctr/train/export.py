@@ -22,10 +22,15 @@ without ctr installed).
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import shutil
+import sys
+import traceback
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +38,7 @@ from torch import Tensor, nn
 from ctr.atomic import atomic_path
 from ctr.batch import Batch, JaggedFeatures
 from ctr.datasets.saved import load_schema
-from ctr.errors import UserError
+from ctr.errors import UserError, reason
 from ctr.schema import OOV_ID, Schema
 from ctr.train.saved import finished_run, restored_task
 from ctr.train.task import CTRNet
@@ -74,8 +79,37 @@ def export_program(net: CTRNet, schema: Schema) -> torch.export.ExportedProgram:
     shapes = ({0: batch}, {0: ids}, {0: len(keys) * batch + 1})
     # size-oblivious: a batch of one takes the same graph (no guard that B is not 1 from a
     # contiguity check of a view)
-    with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=True):
-        return torch.export.export(model, example_inputs(schema), dynamic_shapes=shapes)
+    with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=True), _tracer_logs_quiet():
+        try:
+            return torch.export.export(model, example_inputs(schema), dynamic_shapes=shapes)
+        except Exception as err:  # torch's tracing errors are many pages long: the first line and where
+            raise UserError(f"torch.export cannot trace {type(net.model).__name__} over {type(net.embedding).__name__}"
+                            f"{_traced_at(err)}: {reason(err)}") from err
+
+
+@contextmanager
+def _tracer_logs_quiet() -> Iterator[None]:
+    """Before torch.export raises on a line it cannot trace, its shape tracer logs a warning
+    and it prints the partial graph to stderr (pages); the one-line error says what matters.
+    What a successful export prints is passed on."""
+    logger = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    printed = io.StringIO()
+    try:
+        with redirect_stderr(printed):
+            yield
+        sys.stderr.write(printed.getvalue())
+    finally:
+        logger.setLevel(level)
+
+
+def _traced_at(err: BaseException) -> str:
+    """`` at FILE:LINE``: the last frame of ``err``'s traceback outside torch (the model's or
+    the method's line that could not be traced), or nothing."""
+    torch_dir = str(Path(torch.__file__).parent)
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not f.filename.startswith(torch_dir)]
+    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
 def inputs_description(schema: Schema) -> dict[str, Any]:

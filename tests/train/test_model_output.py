@@ -40,6 +40,8 @@ class OddOutput(CTRModel):
         if self.config.output == "no_parameters":
             return embedded.pooled.sum((1, 2))
         logits = self.linear(embedded.pooled.flatten(1))  # [B, 1]
+        if self.config.output == "branch_on_data":
+            return logits.squeeze(-1) if logits.sum() > 0 else -logits.squeeze(-1)  # torch.export cannot trace it
         return {"column": logits, "pair": logits.expand(-1, 2), "int": logits.long().squeeze(-1),
                 "scalar": logits.squeeze()}[self.config.output]
 '''
@@ -96,3 +98,21 @@ def test_a_model_without_parameters_is_one_line(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err.strip() == (
         "ctr: error: train.optimizer: nothing to optimize: neither the model nor the embedding method holds a trainable"
         " parameter outside the tables (give the model one, e.g. a bias)")
+
+
+def test_a_model_torch_export_cannot_trace_is_one_line_naming_its_line(tmp_path, capsys, monkeypatch):
+    """A branch on the data: a 677-line dump of torch's tracer ended ``ctr export``."""
+    (tmp_path / "odd_output_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    raw = tiny_recipe(tmp_path, plugins=["odd_output_plugin"], train={"max_steps": 2})
+    raw["model"] = {"name": "odd_output", "output": "branch_on_data"}
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "model.pt2")]) == 2
+    err = capsys.readouterr().err.strip()
+    line = PLUGIN.splitlines().index(next(x for x in PLUGIN.splitlines() if "cannot trace it" in x)) + 1
+    assert err.count("\n") == 0 and re.match(  # the plugin's file: this test's, or an earlier test's import of it
+        rf"^ctr: error: torch\.export cannot trace OddOutput over FullEmbedding at \S+odd_output_plugin\.py:{line}: ", err), err
+    assert not (tmp_path / "model.pt2").exists()
