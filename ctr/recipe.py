@@ -490,7 +490,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     """Validates a raw recipe mapping: plugins first, then each section against its class."""
     raw = dict(raw)
-    import_plugins(parse(_PluginList, {"plugins": raw.get("plugins", [])}, "").plugins)
+    import_recipe_plugins(raw)
     sections = {}
     for section, (registry, key, base) in _SECTIONS.items():
         block = raw.pop(section, None) or {}
@@ -509,6 +509,11 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
         setattr(recipe.train, key, schedule)
     _check_combinations(recipe)
     return recipe
+
+
+def import_recipe_plugins(raw: dict[str, Any]) -> None:
+    """Imports the modules a raw recipe's ``plugins:`` lists (registering their entries)."""
+    import_plugins(parse(_PluginList, {"plugins": raw.get("plugins", [])}, "").plugins)
 
 
 def _pop_schedules(raw: dict[str, Any]) -> dict[str, SchedulerConfig | None]:

@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+
+from ctr.registry import DATASETS, EMBEDDINGS, MODELS
+from tests.conftest import tiny_recipe
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 
@@ -106,3 +110,51 @@ def test_entry_point_plugin_is_listed_and_trains(tmp_path, installed_plugin):
     saved = (tmp_path / "run" / "recipe.yaml").read_text()
     assert "outside_linear" in saved and "scale: 2.0" in saved
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["auc"] > 0
+
+
+@pytest.fixture
+def plugin_dir(tmp_path, monkeypatch):
+    """A folder on ``sys.path`` for plugin modules; afterwards the registries and
+    ``sys.modules`` forget what they registered and imported."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    saved = {registry: dict(registry._entries) for registry in (MODELS, EMBEDDINGS, DATASETS)}
+    yield tmp_path
+    for registry, entries in saved.items():
+        for name in [n for n in registry._entries if n not in entries and n not in registry._builtins]:
+            del registry._entries[name]
+        registry._entries.update(entries)
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(str(tmp_path)):
+            del sys.modules[name]
+
+
+BENCH_METHOD = '''
+from dataclasses import dataclass
+
+from ctr.recipe import EmbeddingConfig
+from ctr.registry import EMBEDDINGS
+
+
+@dataclass
+class BenchProbeConfig(EmbeddingConfig):
+    method: str = "bench_probe"
+
+
+@EMBEDDINGS.register("bench_probe", config=BenchProbeConfig)
+class BenchProbe:
+    """A method only a recipe's plugins: list registers."""
+'''
+
+
+def test_bench_compression_accepts_a_method_of_the_recipes_plugins(plugin_dir, monkeypatch):
+    """--methods was checked before the recipe's plugins were imported: "unknown embedding method"."""
+    from ctr.bench import compression
+
+    (plugin_dir / "bench_methods.py").write_text(BENCH_METHOD)
+    recipe = plugin_dir / "base.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(plugin_dir)))
+    ran = []
+    monkeypatch.setattr(compression, "_run_cell", lambda cell, raw, out, *rest: ran.append((cell, raw)) or {
+        "method": cell.method, "budget": cell.budget, "seed": cell.seed, "run_dir": out / cell.key, "status": "error: -"})
+    compression.run_compression(recipe, ["full", "bench_probe"], [0.5], 1, plugin_dir / "out", ["plugins=[bench_methods]"])
+    assert [(cell.method, raw["plugins"]) for cell, raw in ran] == [("full", ["bench_methods"]), ("bench_probe", ["bench_methods"])]

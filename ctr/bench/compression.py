@@ -44,7 +44,7 @@ import yaml
 from ctr.atomic import CsvRows, atomic_write
 from ctr.errors import UserError, sigterm_raises
 from ctr.metrics import mean_std
-from ctr.recipe import apply_override, read_yaml, recipe_from_dict
+from ctr.recipe import apply_override, import_recipe_plugins, read_yaml, recipe_from_dict
 from ctr.registry import EMBEDDINGS
 from ctr.train.plots import save_png
 from ctr.train.refusal import budget_refusal
@@ -130,6 +130,7 @@ def run_compression(
     base = read_yaml(recipe_path)
     for item in overrides:
         apply_override(base, item)
+    import_recipe_plugins(base)  # before --methods is checked: it may name a plugin's method
     results = Results(out / "results.csv")
     cells = plan(methods, budgets, seeds)
     todo = []
