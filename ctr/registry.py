@@ -18,14 +18,19 @@ from __future__ import annotations
 
 import importlib
 import logging
+import traceback
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Callable, Generic, TypeVar
 
-from ctr.errors import RecipeError
+from ctr.errors import RecipeError, reason
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class RegistrationError(ValueError):
+    """A name or config class that a registry refuses (raised while a plugin module is imported)."""
 
 
 @dataclass(frozen=True)
@@ -60,15 +65,20 @@ class Registry(Generic[T]):
         self._plugins_loaded = False
 
     def register(self, name: str, config: type | None = None) -> Callable[[T], T]:
-        """Decorator that registers ``target`` under ``name``."""
+        """Decorator that registers ``target`` under ``name``; a RegistrationError if it cannot be."""
 
         def add(target: T) -> T:
-            if name in self._entries and self._entries[name].target is not target:
-                raise ValueError(f"{self.kind}: {name!r} is already registered")
+            self._check_name(name, target)
             self._entries[name] = Entry(name, target, config, _summary(getattr(target, "__doc__", None) or ""))
             return target
 
         return add
+
+    def _check_name(self, name: str, target: T) -> None:
+        """Refuses ``name`` when another object holds it, naming that object's module."""
+        held = self._entries.get(name)
+        if held is not None and held.target is not target:
+            raise RegistrationError(f"{self.kind} {name!r} is already registered by {_where(held.target)}")
 
     def get(self, name: str, key_path: str = "") -> Entry[T]:
         """The entry for ``name``; a RecipeError naming ``key_path`` if there is none."""
@@ -116,12 +126,30 @@ class Registry(Generic[T]):
 
 
 def import_plugins(modules: list[str], key_path: str = "plugins") -> None:
-    """Imports plugin modules named in a recipe; importing them registers their entries."""
+    """Imports plugin modules named in a recipe; importing them registers their entries. Any
+    failure of an import (a missing module, a syntax error, a refused registration, an
+    exception of the module's code) is a RecipeError naming ``key_path[i]`` and where it failed."""
     for i, name in enumerate(modules):
         try:
             importlib.import_module(name)
-        except ImportError as err:
-            raise RecipeError(f"{key_path}[{i}]: cannot import plugin module {name!r}: {err}") from None
+        except Exception as err:
+            raise RecipeError(f"{key_path}[{i}]: cannot import plugin module {name!r}: {_failure(err)}") from None
+
+
+def _failure(err: Exception) -> str:
+    """Why a module's import failed, after the ``file:line`` of the statement that failed
+    (the innermost module-level one: a decorator, a class, an import)."""
+    if isinstance(err, SyntaxError):
+        return f"{err.filename}:{err.lineno}: SyntaxError: {err.msg}"
+    frames = traceback.extract_tb(err.__traceback__)
+    lines = [f for f in frames if f.name == "<module>" and not f.filename.startswith("<")]
+    where = f"{lines[-1].filename}:{lines[-1].lineno}: " if lines else ""
+    return where + reason(err, typed=not isinstance(err, (ImportError, RegistrationError)))
+
+
+def _where(target: object) -> str:
+    """``module.QualifiedName`` of a registered object, for messages."""
+    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(target).__qualname__)}"
 
 
 def _table(package: str, modules: dict[str, list[str]]) -> dict[str, str]:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ctr.registry import DATASETS, EMBEDDINGS, MODELS
+from ctr.errors import RecipeError
+from ctr.registry import DATASETS, EMBEDDINGS, MODELS, import_plugins
 from tests.conftest import tiny_recipe
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
@@ -158,3 +159,45 @@ def test_bench_compression_accepts_a_method_of_the_recipes_plugins(plugin_dir, m
         "method": cell.method, "budget": cell.budget, "seed": cell.seed, "run_dir": out / cell.key, "status": "error: -"})
     compression.run_compression(recipe, ["full", "bench_probe"], [0.5], 1, plugin_dir / "out", ["plugins=[bench_methods]"])
     assert [(cell.method, raw["plugins"]) for cell, raw in ran] == [("full", ["bench_methods"]), ("bench_probe", ["bench_methods"])]
+
+
+def model_plugin(name: str, config_body: str = "") -> str:
+    """A plugin module registering model ``name`` (``config_body``: extra lines of its config)."""
+    return f'''from dataclasses import dataclass
+
+from ctr.recipe import ModelConfig
+from ctr.registry import MODELS
+
+
+@dataclass
+class PluginConfig(ModelConfig):
+    name: str = "{name}"
+{config_body}
+
+@MODELS.register("{name}", config=PluginConfig)
+class PluginModel:
+    """A model of a test."""
+'''
+
+
+@pytest.mark.parametrize("source, said", [
+    ("x = 1\ndef f(:\n    pass\n", r"plug\.py:2: SyntaxError: "),
+    ("from dataclasses import dataclass\n\n@dataclass\nclass C:\n    a: int = 1\n    b: int\n",
+     r"plug\.py:3: TypeError: non-default argument 'b' follows default argument"),
+    ("raise RuntimeError('boom at import')\n", r"plug\.py:1: RuntimeError: boom at import"),
+    ("import not_a_real_dependency_xyz\n", r"plug\.py:1: No module named 'not_a_real_dependency_xyz'"),
+])
+def test_a_plugin_that_fails_to_import_is_one_recipe_error(plugin_dir, source, said):
+    """Only an ImportError was a RecipeError; a syntax error or an exception was a traceback."""
+    (plugin_dir / "plug.py").write_text(source)
+    with pytest.raises(RecipeError, match=r"^plugins\[1\]: cannot import plugin module 'plug': .*" + said):
+        import_plugins(["json", "plug"])
+
+
+def test_a_name_registered_twice_names_the_module_that_has_it(plugin_dir):
+    """Two copies of a plugin module: a ValueError traceback, "'twice' is already registered"."""
+    (plugin_dir / "copy_a.py").write_text(model_plugin("twice"))
+    (plugin_dir / "copy_b.py").write_text(model_plugin("twice"))
+    with pytest.raises(RecipeError, match=r"^plugins\[1\]: cannot import plugin module 'copy_b': \S*copy_b\.py:\d+: "
+                       r"model 'twice' is already registered by copy_a\.PluginModel$"):
+        import_plugins(["copy_a", "copy_b"])
