@@ -75,9 +75,10 @@ class Registry(Generic[T]):
         return add
 
     def _check_name(self, name: str, target: T) -> None:
-        """Refuses ``name`` when another object holds it, naming that object's module."""
+        """Refuses ``name`` when another object holds it, naming that object's module. The same
+        class defined again (a reloaded module, a notebook cell run twice) replaces its entry."""
         held = self._entries.get(name)
-        if held is not None and held.target is not target:
+        if held is not None and held.target is not target and _where(held.target) != _where(target):
             raise RegistrationError(f"{self.kind} {name!r} is already registered by {_where(held.target)}")
 
     def get(self, name: str, key_path: str = "") -> Entry[T]:

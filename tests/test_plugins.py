@@ -201,3 +201,14 @@ def test_a_name_registered_twice_names_the_module_that_has_it(plugin_dir):
     with pytest.raises(RecipeError, match=r"^plugins\[1\]: cannot import plugin module 'copy_b': \S*copy_b\.py:\d+: "
                        r"model 'twice' is already registered by copy_a\.PluginModel$"):
         import_plugins(["copy_a", "copy_b"])
+
+
+def test_a_reloaded_plugin_replaces_its_entries(plugin_dir):
+    """importlib.reload of a plugin module was refused: "'reloaded' is already registered"."""
+    import importlib
+
+    (plugin_dir / "reloaded.py").write_text(model_plugin("reloaded"))
+    import_plugins(["reloaded"])
+    (plugin_dir / "reloaded.py").write_text(model_plugin("reloaded", "    width: int = 3"))
+    module = importlib.reload(sys.modules["reloaded"])
+    assert MODELS.get("reloaded").target is module.PluginModel and MODELS.get("reloaded").config().width == 3

@@ -36,6 +36,26 @@ def test_duplicate_registration_rejected():
         things.register("a")(float)
 
 
+def test_the_same_class_defined_again_replaces_its_entry():
+    """A reloaded plugin module (or a notebook cell run twice) was refused: "already registered"."""
+    things = Registry("thing")
+
+    def define(default):
+        @dataclass
+        class Cfg:
+            size: int = default
+
+        @things.register("widget", config=Cfg)
+        class Widget:
+            """A widget."""
+
+        return Widget
+
+    define(1)
+    again = define(2)
+    assert things.get("widget").target is again and things.get("widget").config().size == 2
+
+
 def test_builtins_load_lazily():
     assert {"dlrm", "lr"} <= set(MODELS.names())
 
