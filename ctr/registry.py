@@ -75,8 +75,11 @@ class Registry(Generic[T]):
         return add
 
     def _check_name(self, name: str, target: T) -> None:
-        """Refuses ``name`` when another object holds it, naming that object's module. The same
-        class defined again (a reloaded module, a notebook cell run twice) replaces its entry."""
+        """Refuses ``name`` when another object holds it, naming that object's module, and a
+        built-in's name outside its module. The same class defined again (a reloaded module, a
+        notebook cell run twice) replaces its entry."""
+        if name in self._builtins and getattr(target, "__module__", None) != self._builtins[name]:
+            raise RegistrationError(f"{self.kind} {name!r} is a built-in; register yours under another name")
         held = self._entries.get(name)
         if held is not None and held.target is not target and _where(held.target) != _where(target):
             raise RegistrationError(f"{self.kind} {name!r} is already registered by {_where(held.target)}")

@@ -121,8 +121,9 @@ def plugin_dir(tmp_path, monkeypatch):
     saved = {registry: dict(registry._entries) for registry in (MODELS, EMBEDDINGS, DATASETS)}
     yield tmp_path
     for registry, entries in saved.items():
-        for name in [n for n in registry._entries if n not in entries and n not in registry._builtins]:
-            del registry._entries[name]
+        for name, entry in list(registry._entries.items()):
+            if name not in entries and registry._builtins.get(name) != entry.target.__module__:  # a built-in stays
+                del registry._entries[name]
         registry._entries.update(entries)
     for name, module in list(sys.modules.items()):
         if str(getattr(module, "__file__", None) or "").startswith(str(tmp_path)):
@@ -212,3 +213,14 @@ def test_a_reloaded_plugin_replaces_its_entries(plugin_dir):
     (plugin_dir / "reloaded.py").write_text(model_plugin("reloaded", "    width: int = 3"))
     module = importlib.reload(sys.modules["reloaded"])
     assert MODELS.get("reloaded").target is module.PluginModel and MODELS.get("reloaded").config().width == 3
+
+
+def test_a_plugin_cannot_take_a_builtins_name(plugin_dir):
+    """A plugin registering "deepfm" silently replaced the built-in for `model: deepfm`."""
+    from ctr.recipe import recipe_from_dict
+
+    (plugin_dir / "clash.py").write_text(model_plugin("deepfm"))
+    with pytest.raises(RecipeError, match=r"^plugins\[0\]: cannot import plugin module 'clash': \S*clash\.py:\d+: "
+                       r"model 'deepfm' is a built-in; register yours under another name$"):
+        recipe_from_dict({"plugins": ["clash"], "model": {"name": "deepfm"}})
+    assert MODELS.get("deepfm").target.__module__ == "ctr.models.deepfm"
