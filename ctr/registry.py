@@ -55,12 +55,16 @@ class Registry(Generic[T]):
         kind: what it holds, for messages ("model", "dataset", ...).
         builtins: name → module that registers it.
         entry_point_group: installed packages may expose plugins under this group.
+        config_base: ``module.Class`` that every config class must subclass (imported when a
+            config is registered: ``ctr.recipe`` imports this module).
     """
 
-    def __init__(self, kind: str, builtins: dict[str, str] | None = None, entry_point_group: str | None = None):
+    def __init__(self, kind: str, builtins: dict[str, str] | None = None, entry_point_group: str | None = None,
+                 config_base: str | None = None):
         self.kind = kind
         self._builtins = dict(builtins or {})
         self._group = entry_point_group
+        self._config_base = config_base
         self._entries: dict[str, Entry[T]] = {}
         self._plugins_loaded = False
 
@@ -69,6 +73,8 @@ class Registry(Generic[T]):
 
         def add(target: T) -> T:
             self._check_name(name, target)
+            if config is not None:
+                self._check_config(name, config)
             self._entries[name] = Entry(name, target, config, _summary(getattr(target, "__doc__", None) or ""))
             return target
 
@@ -83,6 +89,15 @@ class Registry(Generic[T]):
         held = self._entries.get(name)
         if held is not None and held.target is not target and _where(held.target) != _where(target):
             raise RegistrationError(f"{self.kind} {name!r} is already registered by {_where(held.target)}")
+
+    def _check_config(self, name: str, config: type) -> None:
+        """Refuses a config class that is not a subclass of the registry's base config (a
+        recipe's block would be checked against the wrong keys and lack the common ones)."""
+        if self._config_base is None:
+            return
+        module, _, base = self._config_base.rpartition(".")
+        if not (isinstance(config, type) and issubclass(config, getattr(importlib.import_module(module), base))):
+            raise RegistrationError(f"{self.kind} {name!r}: its config must subclass {self._config_base}")
 
     def get(self, name: str, key_path: str = "") -> Entry[T]:
         """The entry for ``name``; a RecipeError naming ``key_path`` if there is none."""
@@ -164,16 +179,16 @@ def _table(package: str, modules: dict[str, list[str]]) -> dict[str, str]:
 MODELS: Registry[Any] = Registry("model", _table("ctr.models", {
     "autoint": ["autoint"], "autoint_plus": ["autoint_plus"], "dcn": ["dcn"], "dcnv2": ["dcnv2"],
     "deepfm": ["deepfm"], "din": ["din"], "dlrm": ["dlrm"], "lr": ["lr"], "wdl": ["wdl"],
-}), "ctr.models")
+}), "ctr.models", "ctr.recipe.ModelConfig")
 EMBEDDINGS: Registry[Any] = Registry("embedding method", _table("ctr.embeddings", {
     "adaptemb": ["adaptemb"], "alpt": ["alpt"], "autodim": ["autodim"], "autosrh": ["autosrh"], "compo": ["compo"], "dedup": ["dedup"], "deeplight": ["deeplight"], "dhe": ["dhe"], "dnis": ["dnis"], "dpq": ["dpq"],
     "full": ["full"], "hashing": ["hash"], "mde": ["mde"], "mgqe": ["mgqe"], "optembed": ["optembed"], "pep": ["pep"], "quantize": ["int8", "int16"], "robe": ["robe"],
     "ttrec": ["ttrec"], "unified": ["unified"],
-}), "ctr.embeddings")
+}), "ctr.embeddings", "ctr.recipe.EmbeddingConfig")
 DATASETS: Registry[Any] = Registry("dataset", _table("ctr.datasets", {
     "amazon": ["amazon"], "avazu": ["avazu"], "criteo": ["criteo"], "libsvm": ["libsvm", "ipinyou"],
     "movielens": ["movielens"], "synthetic": ["synthetic"], "tabular": ["csv", "parquet"],
-}), "ctr.datasets")
+}), "ctr.datasets", "ctr.recipe.DataConfig")
 OPTIMIZERS: Registry[Any] = Registry("optimizer", _table("ctr.train", {
     "optim": ["adam", "adamw", "sgd", "adagrad", "sparse_adam", "rowwise_adagrad"],
 }))

@@ -224,3 +224,20 @@ def test_a_plugin_cannot_take_a_builtins_name(plugin_dir):
                        r"model 'deepfm' is a built-in; register yours under another name$"):
         recipe_from_dict({"plugins": ["clash"], "model": {"name": "deepfm"}})
     assert MODELS.get("deepfm").target.__module__ == "ctr.models.deepfm"
+
+
+@pytest.mark.parametrize("registry, kind, base", [
+    ("MODELS", "model", "ModelConfig"), ("EMBEDDINGS", "embedding method", "EmbeddingConfig"),
+    ("DATASETS", "dataset", "DataConfig"),
+])
+def test_a_config_must_subclass_its_registrys_base_config(plugin_dir, registry, kind, base):
+    """A plain dataclass was accepted, then failed later: "model.name: unknown key (allowed: hidden)"."""
+    (plugin_dir / "plain.py").write_text(
+        "from dataclasses import dataclass\n"
+        f"from ctr.registry import {registry}\n\n\n"
+        "@dataclass\nclass PlainConfig:\n    hidden: int = 1\n\n\n"
+        f"{registry}.register('plain_thing', config=PlainConfig)(dict)\n"
+    )
+    with pytest.raises(RecipeError, match=rf"plain\.py:10: {kind} 'plain_thing': its config must subclass "
+                                          rf"ctr\.recipe\.{base}$"):
+        import_plugins(["plain"])
