@@ -19,11 +19,12 @@ from __future__ import annotations
 import importlib
 import logging
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from importlib import metadata
 from typing import Any, Callable, Generic, TypeVar
 
 from ctr.errors import RecipeError, reason
+from ctr.typed import SUPPORTED, unsupported_field
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,12 +93,19 @@ class Registry(Generic[T]):
 
     def _check_config(self, name: str, config: type) -> None:
         """Refuses a config class that is not a subclass of the registry's base config (a
-        recipe's block would be checked against the wrong keys and lack the common ones)."""
-        if self._config_base is None:
-            return
-        module, _, base = self._config_base.rpartition(".")
-        if not (isinstance(config, type) and issubclass(config, getattr(importlib.import_module(module), base))):
-            raise RegistrationError(f"{self.kind} {name!r}: its config must subclass {self._config_base}")
+        recipe's block would be checked against the wrong keys and lack the common ones), and
+        one with a key of a type a recipe cannot hold (``ctr.typed.SUPPORTED``)."""
+        if self._config_base is not None:
+            module, _, base = self._config_base.rpartition(".")
+            if not (isinstance(config, type) and issubclass(config, getattr(importlib.import_module(module), base))):
+                raise RegistrationError(f"{self.kind} {name!r}: its config must subclass {self._config_base}")
+        if not (isinstance(config, type) and is_dataclass(config)):
+            raise RegistrationError(f"{self.kind} {name!r}: its config must be a dataclass")
+        found = unsupported_field(config)
+        if found:
+            key, hint = found
+            raise RegistrationError(f"{self.kind} {name!r}: config key {key!r} has type {_type_name(hint)}, which a "
+                                    f"recipe cannot hold; use {SUPPORTED}")
 
     def get(self, name: str, key_path: str = "") -> Entry[T]:
         """The entry for ``name``; a RecipeError naming ``key_path`` if there is none."""
@@ -169,6 +177,11 @@ def _failure(err: Exception) -> str:
 def _where(target: object) -> str:
     """``module.QualifiedName`` of a registered object, for messages."""
     return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(target).__qualname__)}"
+
+
+def _type_name(hint: object) -> str:
+    """``Path`` for a class, ``Literal[...]`` as typing writes it."""
+    return hint.__qualname__ if isinstance(hint, type) else str(hint).removeprefix("typing.")
 
 
 def _table(package: str, modules: dict[str, list[str]]) -> dict[str, str]:

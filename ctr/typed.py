@@ -65,7 +65,7 @@ def _with_defaults(field: dataclasses.Field, value: Any) -> Any:
 
 def convert(hint: Any, value: Any, path: str) -> Any:
     """Checks ``value`` against type ``hint`` and converts it (e.g. int → float)."""
-    origin = typing.get_origin(hint)
+    origin = _origin(hint)
     args = typing.get_args(hint)
     if hint is Any:
         return value
@@ -91,6 +91,47 @@ def convert(hint: Any, value: Any, path: str) -> Any:
     return _convert_scalar(hint, value, path)
 
 
+def _origin(hint: Any) -> Any:
+    """``typing.get_origin``, with a bare ``list``, ``tuple`` or ``dict`` its own origin."""
+    return typing.get_origin(hint) or (hint if hint in (list, tuple, dict) else None)
+
+
+SUPPORTED = ("bool, int, float, str, Any, Literal of such values, list, tuple and dict (str keys) of these, "
+             "unions of these (X | None), config dataclasses")
+
+
+def unsupported_field(cls: type, path: str = "", seen: frozenset = frozenset()) -> tuple[str, Any] | None:
+    """The first key of config dataclass ``cls`` (nested configs' keys included) whose type
+    ``parse`` cannot read or ``to_plain`` cannot write (a ``Path``, an ``Enum``), with the
+    type at fault; None when every key's type is one of ``SUPPORTED``."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        found = _unsupported(hints[field.name], _join(path, field.name), seen | {cls}) if field.init else None
+        if found:
+            return found
+    return None
+
+
+def _unsupported(hint: Any, path: str, seen: frozenset) -> tuple[str, Any] | None:
+    """``(path, the part of hint at fault)`` if ``convert`` cannot take ``hint``, else None."""
+    origin, args = _origin(hint), typing.get_args(hint)
+    if hint is Any or hint in (bool, int, float, str) or hint in seen:
+        return None
+    if origin is Literal:
+        return None if all(type(v) in (bool, int, float, str, type(None)) for v in args) else (path, hint)
+    if dataclasses.is_dataclass(hint):
+        return unsupported_field(hint, path, seen) if isinstance(hint, type) else (path, hint)
+    if origin in (Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+    elif origin in (list, tuple):
+        inner = [a for a in args if a is not Ellipsis]
+    elif origin is dict and (not args or args[0] in (str, Any)):
+        inner = list(args[1:])
+    else:
+        return path, hint
+    return next(filter(None, (_unsupported(a, path, seen) for a in inner)), None)
+
+
 def _convert_union(args: tuple, value: Any, path: str) -> Any:
     if value is None:
         if type(None) in args:
@@ -114,7 +155,7 @@ def _convert_union(args: tuple, value: Any, path: str) -> Any:
 
 def _same_shape(hint: Any, value: Any) -> bool:
     """Whether ``hint`` takes a value of ``value``'s container kind (a list, or a mapping)."""
-    origin = typing.get_origin(hint)
+    origin = _origin(hint)
     if isinstance(value, list):
         return origin in (list, tuple)
     if isinstance(value, dict):

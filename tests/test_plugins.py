@@ -162,13 +162,16 @@ def test_bench_compression_accepts_a_method_of_the_recipes_plugins(plugin_dir, m
     assert [(cell.method, raw["plugins"]) for cell, raw in ran] == [("full", ["bench_methods"]), ("bench_probe", ["bench_methods"])]
 
 
-def model_plugin(name: str, config_body: str = "") -> str:
-    """A plugin module registering model ``name`` (``config_body``: extra lines of its config)."""
-    return f'''from dataclasses import dataclass
+def model_plugin(name: str, config_body: str = "", header: str = "") -> str:
+    """A plugin module registering model ``name`` (``config_body``: extra lines of its config,
+    ``header``: code before it)."""
+    return f'''from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
 
 from ctr.recipe import ModelConfig
 from ctr.registry import MODELS
-
+{header}
 
 @dataclass
 class PluginConfig(ModelConfig):
@@ -241,3 +244,36 @@ def test_a_config_must_subclass_its_registrys_base_config(plugin_dir, registry, 
     with pytest.raises(RecipeError, match=rf"plain\.py:10: {kind} 'plain_thing': its config must subclass "
                                           rf"ctr\.recipe\.{base}$"):
         import_plugins(["plain"])
+
+
+KEY_TYPES = '''
+class Act(str, Enum):
+    relu = "relu"
+
+
+@dataclass
+class Inner:
+    root: Path = Path(".")
+'''
+
+
+@pytest.mark.parametrize("key, said", [
+    ("init_from: Path | None = None", "'init_from' has type Path"), ("act: Act = Act.relu", "'act' has type Act"),
+    ("ids: dict[int, int] = None", r"'ids' has type dict\[int, int\]"),
+    ("inner: Inner = field(default_factory=Inner)", "'inner.root' has type Path"),
+], ids=["path", "enum", "int_keys", "nested"])
+def test_a_config_key_of_a_type_a_recipe_cannot_hold_is_refused(plugin_dir, key, said):
+    """A Path or Enum key registered, then failed with a traceback when set or when recipe.yaml was written."""
+    (plugin_dir / "typed_keys.py").write_text(model_plugin("typed_keys", f"    {key}", KEY_TYPES))
+    with pytest.raises(RecipeError, match=rf"model 'typed_keys': config key {said}, which a recipe cannot hold; "
+                                          r"use bool, int, float, str, .* config dataclasses$"):
+        import_plugins(["typed_keys"])
+
+
+def test_a_bare_list_key_is_read_and_written(plugin_dir):
+    """``hidden: list`` was a TypeError traceback ("unsupported config type") when set."""
+    from ctr.recipe import recipe_from_dict
+
+    (plugin_dir / "bare.py").write_text(model_plugin("bare_list", "    hidden: list = None"))
+    recipe = recipe_from_dict({"plugins": ["bare"], "model": {"name": "bare_list", "hidden": [8, 4]}})
+    assert recipe.model.hidden == [8, 4] and recipe.to_dict()["model"]["hidden"] == [8, 4]
