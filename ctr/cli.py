@@ -138,6 +138,8 @@ def _parser() -> argparse.ArgumentParser:
     tune.set_defaults(run=_tune)
 
     models = commands.add_parser("models", help="list what the registries hold")
+    models.add_argument("--plugins", default="", metavar="MOD[,MOD]",
+                        help="comma-separated plugin modules to import first, as a recipe's plugins: list")
     models.set_defaults(run=_models)
 
     data = commands.add_parser("data", help="data commands").add_subparsers(dest="data_command", required=True)
@@ -319,8 +321,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from ctr.registry import DATASETS, EMBEDDINGS, MODELS, OPTIMIZERS
+    from ctr.registry import DATASETS, EMBEDDINGS, MODELS, OPTIMIZERS, import_plugins
 
+    import_plugins([m.strip() for m in args.plugins.split(",") if m.strip()], "--plugins")
     for registry in (MODELS, EMBEDDINGS, DATASETS, OPTIMIZERS):
         print(f"{registry.kind}s:")
         for entry in registry.entries():

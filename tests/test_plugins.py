@@ -277,3 +277,14 @@ def test_a_bare_list_key_is_read_and_written(plugin_dir):
     (plugin_dir / "bare.py").write_text(model_plugin("bare_list", "    hidden: list = None"))
     recipe = recipe_from_dict({"plugins": ["bare"], "model": {"name": "bare_list", "hidden": [8, 4]}})
     assert recipe.model.hidden == [8, 4] and recipe.to_dict()["model"]["hidden"] == [8, 4]
+
+
+def test_ctr_models_lists_the_plugins_it_is_given(plugin_dir, capsys):
+    """`ctr models` could not import a plugins: module, so it never listed one."""
+    from ctr.cli import main
+
+    (plugin_dir / "listed.py").write_text(model_plugin("listed_model"))
+    assert main(["models", "--plugins", "json, listed"]) == 0
+    assert re.search(r"^  listed_model +A model of a test\.$", capsys.readouterr().out, flags=re.M)
+    assert main(["models", "--plugins", "json,no_such_plugin_xyz"]) == 2
+    assert "--plugins[1]: cannot import plugin module 'no_such_plugin_xyz'" in capsys.readouterr().err
