@@ -88,8 +88,11 @@ class Registry(Generic[T]):
         if name in self._builtins and getattr(target, "__module__", None) != self._builtins[name]:
             raise RegistrationError(f"{self.kind} {name!r} is a built-in; register yours under another name")
         held = self._entries.get(name)
-        if held is not None and held.target is not target and _where(held.target) != _where(target):
-            raise RegistrationError(f"{self.kind} {name!r} is already registered by {_where(held.target)}")
+        if held is None or held.target is target:
+            return
+        if hasattr(target, "__qualname__") and _where(held.target) == _where(target):
+            return  # a class (or function) defined again: its entry is replaced
+        raise RegistrationError(f"{self.kind} {name!r} is already registered by {_where(held.target)}")
 
     def _check_config(self, name: str, config: type) -> None:
         """Refuses a config class that is not a subclass of the registry's base config (a

@@ -54,6 +54,9 @@ def test_the_same_class_defined_again_replaces_its_entry():
     define(1)
     again = define(2)
     assert things.get("widget").target is again and things.get("widget").config().size == 2
+    things.register("tool")(Exception("a"))
+    with pytest.raises(ValueError, match="already registered"):  # another object, not a class defined again
+        things.register("tool")(Exception("b"))
 
 
 def test_builtins_load_lazily():
