@@ -18,7 +18,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -291,10 +291,19 @@ class _Job:
         """The optional columns (label, group) the source's first record batch lacks (none
         when no stream holds a row: an Amazon history file whose users are too short to
         train on has test rows only)."""
-        for stream in self.source.streams().values():
-            for batch in stream():
+        for name, stream in self.source.streams().items():
+            for batch in self._batches(name, stream):
                 return {c for c in self.source.optional_columns if c not in batch.schema.names}
         return set()
+
+    def _batches(self, name: str, stream: Callable[[], Iterable[Any]]) -> Iterator[pa.RecordBatch | pa.Table]:
+        """The record batches (or tables) of stream ``name``; anything else is a DataError
+        (a plugin's stream yielding a pandas DataFrame failed deep in the checks)."""
+        for batch in stream():
+            if not isinstance(batch, (pa.RecordBatch, pa.Table)):
+                raise DataError(f"data.dataset: {self.config.dataset}'s {name!r} stream yielded a {type(batch).__name__};"
+                                " a stream yields pyarrow record batches (pa.RecordBatch.from_pandas converts a DataFrame)")
+            yield batch
 
     def run(self, out: Path) -> None:
         fitter = Fitter(self.features, self.table_of, self.seed)
@@ -343,7 +352,7 @@ class _Job:
             feeds_only = name in ("all", only) or (name == "train" and only in carved)  # carved from training rows
             if only is not None and not self.whole and not feeds_only:
                 continue
-            for index, batch in enumerate(stream()):
+            for index, batch in enumerate(self._batches(name, stream)):
                 origin = f"{self.config.dataset} ({name} rows, batch {index})"
                 file = (batch.schema.metadata or {}).get(b"file", b"").decode() or origin
                 _require_same_optional(batch, self.source.optional_columns, absent, file)

@@ -47,3 +47,22 @@ def test_a_dataset_plugin_whose_code_changed_encodes_anew(tmp_path, monkeypatch)
     assert [entry.reason for entry in stale_entries(tmp_path / "cache" / "data")] == [
         f"the code of dataset plugin {plugin.resolve()} changed"]
     assert prepare(recipe.data, progress=False).root != first.root
+
+
+def test_a_stream_yielding_a_dataframe_is_one_line(tmp_path, monkeypatch):
+    """The docs ask for Arrow record batches; a DataFrame failed deep in the checks
+    ("'DataFrame' object has no attribute 'schema'")."""
+    import pytest
+
+    from ctr.errors import DataError
+
+    plugin = tmp_path / "my_frames.py"
+    plugin.write_text(documented_block("# my_data.py").replace('"my_clicks"', '"my_frames"').replace(
+        'yield batch.replace_schema_metadata({"file": str(file)})', "yield batch.to_pandas()"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "clicks.jsonl").write_text(json.dumps({"clicked": 1, "user": "u", "ad": "a", "price": 1.0}) + "\n")
+    recipe = recipe_from_dict({"plugins": ["my_frames"], "data": {
+        "dataset": "my_frames", "path": str(tmp_path / "clicks.jsonl"), "cache_dir": str(tmp_path / "cache")}})
+    with pytest.raises(DataError, match=r"^data\.dataset: my_frames's 'all' stream yielded a DataFrame; a stream yields"
+                                        r" pyarrow record batches"):
+        prepare(recipe.data, progress=False)
