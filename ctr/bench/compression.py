@@ -250,20 +250,29 @@ def _run_cell(
     test_rows = json.loads((run.schema / "report.json").read_text())["splits"]["test"]["rows"]
     if drop_checkpoints:
         _drop_checkpoints(run)
+    ratio = metrics["embedding_bytes"] / metrics["full_embedding_bytes"]
     return {
         **row,
-        "status": "ok",
+        "status": _budget_status(cell, ratio),
         "test_auc": metrics["test"]["auc"],
         "test_logloss": metrics["test"]["logloss"],
         "valid_auc": metrics["valid"]["auc"],
         "embedding_bytes": metrics["embedding_bytes"],
         "full_embedding_bytes": metrics["full_embedding_bytes"],
-        "memory_ratio": metrics["embedding_bytes"] / metrics["full_embedding_bytes"],
+        "memory_ratio": ratio,
         "train_seconds": metrics["train_seconds"],
         "inference_seconds": metrics["inference_seconds"],
         "inference_rows_per_s": test_rows / metrics["inference_seconds"],
         "peak_rss_mb": bench["peak_rss_mb"],
     }
+
+
+def _budget_status(cell: Cell, ratio: float) -> str:
+    """``ok``, or ``over budget (r × full)`` for a run whose deployed bytes exceed its budget
+    (a plugin method that ignores its budget is not credited under it)."""
+    if cell.budget is not None and ratio > cell.budget * (1 + 1e-9):
+        return f"over budget ({ratio:.4f} × full)"
+    return "ok"
 
 
 def _drop_checkpoints(run: RunDir) -> None:

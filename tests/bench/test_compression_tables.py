@@ -37,3 +37,14 @@ def test_merge_replaces_measured_groups_keeps_the_others_and_orders_by_method_an
     assert list(details) == [("full", "full"), ("hash", "0.01"), ("robe", "0.5")]
     assert points(details) == {"full": [(400.0, 0.78, 0.0)], "hash": [(4.0, 0.65, 0.0)], "robe": [(200.0, 0.75, 0.0)]}
     assert merge(block, "")[0] == block  # merging nothing changes nothing
+
+
+def test_a_run_over_its_budget_is_not_credited_under_it():
+    """A plugin method that ignores its budget was shown under "budget 0.1" at full size."""
+    from ctr.bench.compression import _budget_status
+
+    assert _budget_status(Cell("mine", 0.1, 0), 1.0) == "over budget (1.0000 × full)"
+    assert _budget_status(Cell("mine", 0.1, 0), 0.1) == "ok"
+    assert _budget_status(Cell("full", None, 0), 1.0) == "ok"
+    table = markdown([row("mine", "0.1", 0, status="over budget (1.0000 × full)")])
+    assert "| mine | 0.1 | – | – | over budget (1.0000 × full) |" in table
