@@ -163,7 +163,7 @@ def test_resume_after_a_kill_between_stages_continues_from_the_last_finished_sta
 
 TERM_IN_SEARCH = """
 import os, signal
-from embeddings.optembed import OptEmbed
+from ctr.embeddings.optembed import OptEmbed
 
 
 def search_then_term(self, stage, context):
