@@ -26,6 +26,7 @@ from torch import nn
 from ctr.datasets import BatchLoader
 from ctr.embeddings.replicas import gather_padded
 from ctr.metrics import auc, group_auc, logloss
+from ctr.errors import RecipeError
 from ctr.recipe import Recipe
 from ctr.train.callbacks import diverged, loss_check_interval, warn_if_not_finite
 from ctr.train.checkpoints import Checkpointer, TrainState
@@ -126,6 +127,8 @@ class EpochLoop:
         loss_sum = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum")
         par.optimizer.zero_grad()
         (loss_sum * (world / rows) + reg).backward()
+        if not par.sharded:
+            refuse_unused_parameters(par.module, par.dense)
         average_sparse_gradients(par.sparse, world)
         if par.embedding is not None:
             par.embedding.sync_replicas()
@@ -208,6 +211,18 @@ class GroupFiniteLoss:
         dist.all_reduce(earliest, op=dist.ReduceOp.MIN)
         if int(earliest) < self.NONE:
             raise diverged(int(earliest), step)
+
+
+def refuse_unused_parameters(module: nn.Module, dense: list[nn.Parameter]) -> None:
+    """Refuses, after a backward, trainable parameters that got no gradient: DDP reduces
+    every one each step and would stop the run at the next step with torch's "Expected to
+    have finished reduction" naming them by index only."""
+    unused = {id(p) for p in dense if p.grad is None}
+    if unused:
+        names = [name.removeprefix("module.") for name, p in module.named_parameters() if id(p) in unused]
+        raise RecipeError(f"trainer.devices: parameters {', '.join(names)} got no gradient in this step; a run over "
+                          "several processes needs a gradient for every trainable parameter at every step (set "
+                          "requires_grad=False on one the forward does not use)")
 
 
 def average_sparse_gradients(params: list[nn.Parameter], world: int) -> None:

@@ -544,3 +544,49 @@ def test_sharded_tables_stepped_by_sgd_checkpoint_and_resume(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     again = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert again["test"] == whole["test"]
+
+
+SPARE_PARAMETER = '''
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ctr.models.base import CTRModel
+from ctr.recipe import ModelConfig
+from ctr.registry import MODELS
+
+
+@dataclass
+class SpareConfig(ModelConfig):
+    name: str = "with_spare"
+
+
+@MODELS.register("with_spare", config=SpareConfig)
+class WithSpare(CTRModel):
+    def __init__(self, schema, layout, config):
+        super().__init__(schema, layout, config)
+        self.linear = nn.Linear(len(layout.pooled) * layout.dim, 1)
+        self.spare = nn.Parameter(torch.zeros(3))  # never used by forward
+
+    def forward(self, batch, embedded):
+        return self.linear(embedded.pooled.flatten(1)).squeeze(-1)
+'''
+
+
+@pytest.mark.slow
+def test_a_parameter_without_a_gradient_under_ddp_is_one_line_naming_it(tmp_path):
+    """DDP stopped the run at the second step ("Expected to have finished reduction ...
+    parameter indices 2") with a traceback from every rank."""
+    (tmp_path / "spare_plugin.py").write_text(SPARE_PARAMETER)
+    recipe = write(tmp_path, model={"name": "with_spare"}, plugins=["spare_plugin"],
+                   embedding={"method": "hash", "dim": 8, "budget": 0.5}, train={"max_steps": 3},
+                   trainer={"devices": 2, "progress_bar": False, "num_threads": 1})
+    raw = yaml.safe_load(recipe.read_text())
+    raw["model"] = {"name": "with_spare"}
+    recipe.write_text(yaml.safe_dump(raw))
+    done = subprocess.run([sys.executable, "-m", "ctr", "train", str(recipe), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "ctr: error: trainer.devices: parameters model.spare got no gradient in this step" in done.stderr
+    assert "Traceback" not in done.stderr
