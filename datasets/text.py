@@ -34,6 +34,9 @@ from ctr.errors import DataError, reason
 BLOCK_BYTES = 1 << 24
 GZIP_MAGIC = b"\x1f\x8b"
 GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)  # a truncated or corrupt gzip stream
+# The csv module that reads single lines here refuses fields over 128 KiB by default; a line
+# of a block is bounded by the block, which pyarrow's parser reads whatever its fields' size.
+csv.field_size_limit(2**31 - 1)
 
 
 class EmptyFileError(DataError):

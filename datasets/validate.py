@@ -27,6 +27,7 @@ PROBLEM_COLUMN = "__problem__"
 NUMBER = r"^\s*[-+]?((\d+\.?\d*)|(\.\d+))([eE][-+]?\d+)?\s*$|^\s*[-+]?(inf|nan)\s*$|^\s*$"
 NON_FINITE = r"^\s*[-+]?(inf|infinity|nan)\s*$"
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+STORED_AS_READ = ("none", "standardize")  # numeric transforms whose encoded value grows with the raw one
 INTEGER = r"^\s*[-+]?\d+(\.0*)?\s*$|^\s*$"  # an id of a num_ids column (or a missing one)
 
 
@@ -61,7 +62,8 @@ def check_rows(batch: pa.RecordBatch, features: list[FeatureSpec], label: str) -
         if spec.num_ids:
             problems.extend(_id_problems(spec.column, batch.column(spec.column)))
         elif spec.kind == "numeric" or spec.transform == "log_square":
-            problems.extend(_numeric_problems(spec.column, batch.column(spec.column)))
+            limit = FLOAT32_MAX if spec.transform in STORED_AS_READ else math.inf
+            problems.extend(_numeric_problems(spec.column, batch.column(spec.column), limit))
     any_bad = np.logical_or.reduce([mask for mask, _ in problems])
     if not any_bad.any():
         return RowCheck(keep=~any_bad, labels=labels, problem=None, first_bad=-1)
@@ -70,19 +72,19 @@ def check_rows(batch: pa.RecordBatch, features: list[FeatureSpec], label: str) -
     return RowCheck(keep=~any_bad, labels=labels, problem=describe_first(first), first_bad=first)
 
 
-def _numeric_problems(name: str, column: pa.Array) -> list[tuple[np.ndarray, Callable[[int], str]]]:
+def _numeric_problems(name: str, column: pa.Array, limit: float) -> list[tuple[np.ndarray, Callable[[int], str]]]:
     """(rows flagged, description) of a numeric column: values that are not numbers (text
-    only) and values that are not finite. Text is cast once; the regexes run only when a
-    value does not parse."""
+    only) and values that are not finite or past ``limit`` in size. Text is cast once; the
+    regexes run only when a value does not parse."""
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        return [(_non_finite(column), _not_finite(name, column))]
+        return [(_non_finite(column, limit), _not_finite(name, column))]
     try:  # the fast path: every value parses (inf, nan and 1e400 too)
-        return [(_non_finite(pc.cast(column, pa.float64())), _not_finite(name, column))]
+        return [(_non_finite(pc.cast(column, pa.float64()), limit), _not_finite(name, column))]
     except pa.ArrowInvalid:
         pass
     ok = pc.fill_null(pc.match_substring_regex(column, NUMBER, ignore_case=True), True)
     named = pc.fill_null(pc.match_substring_regex(column, NON_FINITE, ignore_case=True), False)
-    non_finite = named.to_numpy(zero_copy_only=False) | _non_finite(_as_numbers(column))
+    non_finite = named.to_numpy(zero_copy_only=False) | _non_finite(_as_numbers(column), limit)
     return [(~ok.to_numpy(zero_copy_only=False), _not_a_number(name, column)),
             (non_finite, _not_finite(name, column))]
 
@@ -119,15 +121,16 @@ def _not_a_number(name: str, column: pa.Array):
     return lambda row: f"column {name!r}: not a number: {column[row].as_py()!r}"
 
 
-def _non_finite(column: pa.Array) -> np.ndarray:
-    """Present values of a number column that are ``inf``, ``-inf`` or ``nan``, or past the
-    float32 range the encoded data holds (``1e39`` would be stored as ``inf``), bool [n]."""
+def _non_finite(column: pa.Array, limit: float) -> np.ndarray:
+    """Present values of a number column that are ``inf``, ``-inf`` or ``nan``, or past
+    ``limit`` in size (``FLOAT32_MAX`` where the encoded data stores the value as read or
+    standardized: ``1e39`` would be stored as ``inf``), bool [n]."""
     if not pa.types.is_floating(column.type):
         return np.zeros(len(column), dtype=bool)
     present = column.is_valid().to_numpy(zero_copy_only=False)
     values = np.asarray(column.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.float64)
     with np.errstate(invalid="ignore"):
-        return present & ~(np.abs(values) <= FLOAT32_MAX)  # nan compares false
+        return present & (~np.isfinite(values) | (np.abs(values) > limit))
 
 
 def _as_numbers(column: pa.Array) -> pa.Array:

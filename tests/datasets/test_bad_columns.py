@@ -90,3 +90,21 @@ def test_a_folder_leaves_out_hidden_files_and_spark_markers(tmp_path, capsys):
     recipe.write_text(yaml.safe_dump({"data": {"dataset": "csv", "path": str(folder), "features": [{"name": "a"}],
                                                "cache_dir": str(tmp_path / "cache"), "split": {"valid": 0.0, "test": 0.0}}}))
     assert main(["data", "prepare", str(recipe)]) == 0, capsys.readouterr().err
+
+
+def test_a_field_longer_than_the_csv_modules_limit_is_read(tmp_path, capsys):
+    """The last line's quote check read it with the csv module, whose 128 KiB field limit
+    raised a traceback on a valid file (the long field in a column nothing reads)."""
+    text = 'label,a,b\n0,x,"short"\n1,y,"' + "w" * 200_000 + '"\n'
+    code, err = prepare(tmp_path, capsys, {"dataset": "csv", "features": [{"name": "a"}]}, text)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("feature", [{"name": "x", "kind": "numeric", "transform": "log1p"},
+                                     {"name": "x", "kind": "numeric", "transform": "quantile"},
+                                     {"name": "x", "transform": "log_square"}])
+def test_a_number_past_the_float32_range_is_read_where_its_transform_brings_it_in(tmp_path, capsys, feature):
+    """log1p(1e39) is 89.8: only a value stored as read (or standardized) must fit float32."""
+    text = "label,a,x\n1,u,0.5\n0,v,1e39\n1,w,3\n"
+    code, err = prepare(tmp_path, capsys, {"dataset": "csv", "features": [{"name": "a"}, feature]}, text)
+    assert code == 0, err
