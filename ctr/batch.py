@@ -88,14 +88,16 @@ class JaggedFeatures:
 
     def feature_of_value(self) -> Tensor:
         """Index of the feature each value belongs to, int64 [N]."""
+        return self.per_value(torch.arange(len(self.keys), device=self.values.device))
+
+    def per_value(self, per_feature: Tensor) -> Tensor:
+        """``per_feature`` [F] repeated for each value of its feature: [N]."""
         b = self.batch_size
         if not b:
-            return self.values.new_zeros(0)
+            return per_feature.new_zeros(0)
         starts = self.offsets[:-1].view(len(self.keys), b)[:, 0]  # (a view: shapes torch.export can follow)
-        per_feature = torch.cat([starts[1:], self.offsets[-1:]]) - starts
-        return torch.repeat_interleave(
-            torch.arange(len(self.keys), device=self.values.device), per_feature, output_size=self.values.numel()
-        )
+        counts = torch.cat([starts[1:], self.offsets[-1:]]) - starts
+        return torch.repeat_interleave(per_feature, counts, output_size=self.values.numel())
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> JaggedFeatures:
         move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731

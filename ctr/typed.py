@@ -96,7 +96,7 @@ def _origin(hint: Any) -> Any:
     return typing.get_origin(hint) or (hint if hint in (list, tuple, dict) else None)
 
 
-SUPPORTED = ("bool, int, float, str, Any, Literal of such values, list, tuple and dict (str keys) of these, "
+SUPPORTED = ("bool, int, float, str, Any, Literal of such values, list, tuple[X, ...] and dict (str keys) of these, "
              "unions of these (X | None), config dataclasses")
 
 
@@ -123,8 +123,8 @@ def _unsupported(hint: Any, path: str, seen: frozenset) -> tuple[str, Any] | Non
         return unsupported_field(hint, path, seen) if isinstance(hint, type) else (path, hint)
     if origin in (Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
-    elif origin in (list, tuple):
-        inner = [a for a in args if a is not Ellipsis]
+    elif origin is list or (origin is tuple and (len(args) < 2 or args[1:] == (Ellipsis,))):
+        inner = list(args[:1])  # convert reads every item as the first argument: tuple[X] or tuple[X, ...]
     elif origin is dict and (not args or args[0] in (str, Any)):
         inner = list(args[1:])
     else:

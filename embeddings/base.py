@@ -71,6 +71,7 @@ class EmbeddingMethod(nn.Module):
         rows = [self.table_rows[f.table] for f in sparse]
         self.register_buffer("feature_rows", torch.tensor(rows, dtype=torch.int64), persistent=False)
         self._keeps_positions = [f.spec.kind == "sequence" and f.spec.pooling == "none" for f in sparse]
+        self._pooled_count = self._keeps_positions.count(False)
         self._mean_pooled = [f.spec.kind == "sequence" and f.spec.pooling == "mean" for f in sparse]
         self._left_padded = [f.spec.padding == "left" for f in sparse]
         self._widths = [f.spec.max_len if f.spec.kind == "sequence" else 1 for f in sparse]
@@ -87,7 +88,7 @@ class EmbeddingMethod(nn.Module):
         if torch.compiler.is_exporting():
             return self._padded(sparse) if any(width > 1 for width in self._widths) else self._embedded(sparse)
         embedded = self._embedded(sparse)
-        self._check_vectors(embedded.pooled, sparse.batch_size, sum(not keeps for keeps in self._keeps_positions))
+        self._check_vectors(embedded.pooled, sparse.batch_size)
         return embedded
 
     def _embedded(self, sparse: JaggedFeatures) -> FeatureEmbeddings:
@@ -98,33 +99,34 @@ class EmbeddingMethod(nn.Module):
         vectors = self.embed_bags(bags)
         return self._assemble(sparse, vectors, pooled_slots, sequence_slots)
 
-    def _check_vectors(self, pooled: Tensor, rows: int, features: int) -> None:
-        """Refuses a method's vectors other than float32-or-narrower [B, F, D], D =
-        ``embedding.dim`` (a plugin's narrower rows or [N] vectors were read as other shapes)."""
-        want = (rows, features, self.dim)
+    def _check_vectors(self, pooled: Tensor, rows: int) -> None:
+        """Refuses a method's vectors other than float (float32 or narrower) [B, F, D], F the
+        pooled features, D = ``embedding.dim`` (a plugin's narrower rows or [N] vectors were
+        read as other shapes)."""
+        want = (rows, self._pooled_count, self.dim)
         if tuple(pooled.shape) == want and pooled.is_floating_point() and pooled.dtype != torch.float64:
             return
         raise RecipeError(f"embedding.method: {type(self).__name__} embedded the batch as {pooled.dtype} "
-                          f"{list(pooled.shape)}; a method gives float32 vectors {list(want)} ([B, F, D], D = embedding.dim)")
+                          f"{list(pooled.shape)}; a method gives float32 (or narrower) vectors {list(want)} ([B, F, D], "
+                          "D = embedding.dim)")
 
     def _check_ids(self, sparse: JaggedFeatures) -> None:
         """Refuses an id outside its feature's vocabulary, [0, rows of its table): methods
         would read another table's row (``full``) or hash it silently. The data pipeline never
         makes one; ids given through the Python API or to an exported program may. On a GPU,
         and in a traced program, the check runs on the device without a host sync."""
-        values, feature = sparse.values, self.feature_rows.new_zeros(0)
-        if sparse.single and sparse.keys:  # one id a bag: ids [F, B] against each feature's rows, no gather
+        values = sparse.values
+        if sparse.single and sparse.keys:  # one id a bag: ids [F, B] against each feature's rows
             grid = values.view(len(sparse.keys), sparse.batch_size)
             outside = (grid < 0) | (grid >= self.feature_rows.unsqueeze(1))
         else:
-            feature = sparse.feature_of_value()
-            outside = (values < 0) | (values >= self.feature_rows[feature])
+            outside = (values < 0) | (values >= sparse.per_value(self.feature_rows))
         if values.is_cuda or torch.compiler.is_compiling():
             torch._assert_async(~outside.any(), OUTSIDE_VOCABULARY)
             return
         if bool(outside.any()):
             at = int(outside.reshape(-1).nonzero()[0, 0])
-            f = at // sparse.batch_size if sparse.single else int(feature[at])
+            f = at // sparse.batch_size if sparse.single else int(sparse.feature_of_value()[at])
             raise ValueError(
                 f"feature {self.feature_names[f]!r}: id {int(values[at])} is outside its vocabulary of "
                 f"{int(self.feature_rows[f])} ids (0 is padding, 1 the OOV id); {OUTSIDE_VOCABULARY_HINT}"

@@ -261,7 +261,8 @@ class Inner:
     ("init_from: Path | None = None", "'init_from' has type Path"), ("act: Act = Act.relu", "'act' has type Act"),
     ("ids: dict[int, int] = None", r"'ids' has type dict\[int, int\]"),
     ("inner: Inner = field(default_factory=Inner)", "'inner.root' has type Path"),
-], ids=["path", "enum", "int_keys", "nested"])
+    ("pair: tuple[int, str] = (1, 'a')", r"'pair' has type tuple\[int, str\]"),  # read as tuple[int, ...]
+], ids=["path", "enum", "int_keys", "nested", "fixed_tuple"])
 def test_a_config_key_of_a_type_a_recipe_cannot_hold_is_refused(plugin_dir, key, said):
     """A Path or Enum key registered, then failed with a traceback when set or when recipe.yaml was written."""
     (plugin_dir / "typed_keys.py").write_text(model_plugin("typed_keys", f"    {key}", KEY_TYPES))

@@ -34,7 +34,7 @@ class Shaped(EmbeddingMethod):
 ])
 def test_vectors_other_than_float_b_f_d_are_refused_naming_the_method(shape_of, dtype, got):
     with pytest.raises(RecipeError, match=r"^embedding\.method: Shaped embedded the batch as " + got
-                       + r"; a method gives float32 vectors \[8, 3, 16\]"):
+                       + r"; a method gives float32 \(or narrower\) vectors \[8, 3, 16\]"):
         Shaped(shape_of, dtype)(batch())
 
 
