@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import sys
 from abc import ABC, abstractmethod
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -94,12 +95,13 @@ def resolve_features(config: DataConfig) -> DataConfig:
 def _refuse_unnamed_or_repeated(read: list[str], columns: list[str], path: str | None) -> None:
     """A column the shorthand would read that has no name (a header's trailing delimiter) or
     a name another column has (which one a feature reads would be ambiguous)."""
+    times = Counter(columns)
     for column in read:
         if not column:
             raise DataError(f"data.features: a column of {path}'s header has no name (column {columns.index(column) + 1});"
                             " add '' to data.features.skip, or name it")
-        if columns.count(column) > 1:
-            raise DataError(f"data.features: column {column!r} appears {columns.count(column)} times in {path}'s header;"
+        if times[column] > 1:
+            raise DataError(f"data.features: column {column!r} appears {times[column]} times in {path}'s header;"
                             " name it once")
 
 

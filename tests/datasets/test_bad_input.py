@@ -327,7 +327,7 @@ def test_parquet_bytes_that_are_not_utf8_name_their_row(tmp_path, capsys):
 
 def test_parquet_bytes_fixed_size_lists_and_int64_past_2_53_are_read(tmp_path, capsys):
     """UTF-8 bytes read as text, a fixed-size list as a sequence, and an int64 that no
-    float64 holds exactly (a nanosecond time) as its nearest float32, not refused."""
+    float64 holds exactly (a nanosecond time) as its nearest float, not refused."""
     path = parquet_of(tmp_path, b=pa.array([b"p", b"q", b"p"], pa.binary()),
                       s=pa.array([[b"u", b"v"], [b"v", b"w"], [b"u", b"u"]], pa.list_(pa.binary())),
                       f=pa.array([["u", "v"], ["v", "w"], None], pa.list_(pa.string(), 2)),
