@@ -399,14 +399,15 @@ def _clean(args: argparse.Namespace) -> int:
     from ctr.datasets.preprocess import cache_root, remove_stale, stale_entries
 
     root = cache_root(args.cache_dir)
-    if args.cache_dir and not Path(args.cache_dir).expanduser().is_dir():
-        raise UserError(f"--cache-dir: {args.cache_dir}: no such folder")
+    given = Path(args.cache_dir).expanduser() if args.cache_dir else None
+    if given is not None and not given.is_dir():
+        raise UserError(f"--cache-dir: {args.cache_dir}: " + ("not a folder" if given.exists() else "no such folder"))
     stale = stale_entries(root)
     verb = "would remove" if args.dry_run else "removed"
     for entry in stale:
+        if not args.dry_run:
+            remove_stale([entry])  # said once done: an entry that cannot be removed stops here, named
         print(f"{verb} {entry.path.name} ({entry.bytes / 1e6:.1f} MB): {entry.reason}")
-    if not args.dry_run:
-        remove_stale(stale)
     total = sum(entry.bytes for entry in stale) / 1e6
     print(f"{len(stale)} stale entries ({total:.1f} MB) in {root}" + (" (dry run)" if args.dry_run else ""))
     return 0

@@ -222,11 +222,18 @@ def stale_entries(root: Path) -> list[Stale]:
 
 
 def remove_stale(stale: list[Stale]) -> None:
+    """Removes each stale entry (a file in the cache folder too); what cannot be removed
+    raises (an OSError naming it), nothing is reported removed that is not."""
     for entry in stale:
-        shutil.rmtree(entry.path, ignore_errors=True)
+        if entry.path.is_dir() and not entry.path.is_symlink():
+            shutil.rmtree(entry.path)
+        else:
+            entry.path.unlink(missing_ok=True)
 
 
 def _staleness(entry: Path) -> str | None:
+    if not entry.is_dir():
+        return "not an entry (a file in the cache folder)"
     if TMP_MARK in entry.name:
         pid = entry.name.split(TMP_MARK, 1)[1].split("-")[0]
         return None if pid.isdigit() and process_alive(int(pid)) else "unfinished (its preparation was stopped)"
@@ -251,6 +258,8 @@ def _staleness(entry: Path) -> str | None:
 
 
 def _folder_bytes(folder: Path) -> int:
+    if not folder.is_dir():
+        return folder.lstat().st_size
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 

@@ -68,11 +68,31 @@ def parse_grid(items: list[str]) -> list[Point]:
         values = _split_top_level(text)
         if not sep or not key or not all(values):
             raise UserError(f"--grid {item!r}: expected key.path=value1,value2,...")
+        repeated = next((v for i, v in enumerate(values) if _same_value(v, values[:i])), None)
+        if repeated is not None:
+            raise UserError(f"--grid {item!r}: value {repeated!r} given twice (a point would train twice)")
         axes.append([f"{key}={value}" for value in values])
     keys = [axis[0].partition("=")[0] for axis in axes]
     if len(set(keys)) != len(keys):
         raise UserError(f"--grid: a key appears twice in {keys}")
     return [Point(n, combo) for n, combo in enumerate(itertools.product(*axes))]
+
+
+def _same_value(value: str, earlier: list[str]) -> bool:
+    """Whether ``value`` reads as one of ``earlier`` (``0.1`` and ``1e-1``, ``256`` and
+    ``256.0`` alike; ``true`` and ``1`` not)."""
+    return _read_value(value) in [_read_value(other) for other in earlier]
+
+
+def _read_value(text: str) -> tuple[bool, Any]:
+    """A grid value as the recipe reads it (YAML; a number YAML leaves as text, ``1e-1``, as one)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return isinstance(value, bool), value
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -142,7 +162,8 @@ class Tuning:
             self._run(results, best, recipes[best.key], offset, monitor)
         atomic_write(self.out / "best.yaml", yaml.safe_dump(self._raw(base, best), sort_keys=False))
         not_run = {p.label: refused[p.key] for p in self.points if p.key in refused}
-        atomic_write(self.out / "results.md", markdown(results.rows, best, monitor, mode, not_run))
+        asked = [r for r in results.rows if int(r["offset"]) < self.seeds]  # a rerun with fewer seeds: not the rest
+        atomic_write(self.out / "results.md", markdown(asked, best, monitor, mode, not_run))
         return best
 
     def _refused(self, recipes: dict[str, Recipe], results: Results) -> dict[str, str]:

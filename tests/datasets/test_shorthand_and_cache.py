@@ -123,6 +123,21 @@ def test_clean_removes_stale_entries_and_says_why(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"ctr: error: --cache-dir: {tmp_path / 'typo'}: no such folder"
 
 
+def test_clean_removes_a_file_in_the_cache_folder_and_says_what_it_is(tmp_path, capsys):
+    """It said "removed stray.txt ... unfinished (no DONE)" and left the file (rmtree of a
+    file, its error ignored), every run again."""
+    prepare(recipe_from_dict(tiny_recipe(tmp_path)).data, progress=False)
+    stray = tmp_path / "cache" / "data" / "stray.txt"
+    stray.write_text("hi\n")
+    assert main(["data", "clean", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "removed stray.txt (0.0 MB): not an entry (a file in the cache folder)" in capsys.readouterr().out
+    assert not stray.exists()
+    assert main(["data", "clean", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "0 stale entries" in capsys.readouterr().out
+    assert main(["data", "clean", "--cache-dir", str(next((tmp_path / "cache" / "data").iterdir()) / "DONE")]) == 2
+    assert capsys.readouterr().err.strip().endswith("/DONE: not a folder")
+
+
 def test_a_run_from_before_the_split_seed_keeps_its_split(tmp_path):
     """Such runs split by the recipe seed: their recipe.yaml (no data.split.seed) loads with it."""
     from ctr.train.rundir import RunDir

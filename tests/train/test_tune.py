@@ -1,6 +1,7 @@
 """``ctr tune``: the grid, the choice on validation only, seeds of the choice, reruns."""
 
 import csv
+import re
 import subprocess
 import sys
 
@@ -57,6 +58,25 @@ def test_chooses_on_validation_then_runs_seeds_of_the_choice_only(tmp_path):
     rerun = FakeTrainer()
     Tuning(_recipe_file(tmp_path, seed=7), grid, 3, out, [], rerun).run()
     assert rerun.calls == []
+
+
+def test_a_value_given_twice_in_an_axis_is_refused():
+    """It trained the same point twice (and a rerun without the copy was refused)."""
+    for axis, value in (("train.batch_size=256,256", "256"), ("train.optimizer.lr=0.1,1e-1", "1e-1"),
+                        ("model.hidden=[8,8],[8, 8]", "[8, 8]")):
+        with pytest.raises(UserError, match=re.escape(f"value '{value}' given twice")):
+            parse_grid([axis])
+    assert len(parse_grid(["model.batch_norm=true,1"])) == 2  # a bool is not a number
+
+
+def test_a_rerun_with_fewer_seeds_reports_those_seeds_only(tmp_path):
+    """results.md kept counting the earlier run's extra seed ("2 seeds") after --seeds 1."""
+    out, grid = tmp_path / "tune", parse_grid(["train.embedding_optimizer.lr=0.01,0.1"])
+    Tuning(_recipe_file(tmp_path, seed=7), grid, 2, out, [], FakeTrainer()).run()
+    assert "2 seeds (mean ± sample sd)" in (out / "results.md").read_text()
+    Tuning(_recipe_file(tmp_path, seed=7), grid, 1, out, [], FakeTrainer()).run()
+    table = (out / "results.md").read_text()
+    assert "Chosen: `train.embedding_optimizer.lr=0.1`, 1 seed:" in table and "0.7070 " in table
 
 
 def test_a_minimised_monitor_chooses_the_lowest(tmp_path):
