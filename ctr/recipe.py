@@ -567,6 +567,12 @@ def _check_weight_decay(recipe: Recipe) -> None:
                           "adagrad or sgd (or adam with embedding.gradients: dense), or 0")
 
 
+def budget_needed(method: str) -> str:
+    """The error of a method that sizes its storage from a budget, given none."""
+    return (f"embedding.budget: {method} sizes its storage from a budget (a fraction of the full tables' bytes,"
+            " e.g. 0.1)")
+
+
 def _updates_in_backward(recipe: Recipe) -> bool:
     """Whether the recipe's embedding method updates its rows inside the backward."""
     return getattr(EMBEDDINGS.get(recipe.embedding.method).target, "updates_in_backward", False)
@@ -617,6 +623,9 @@ def _check_combinations(recipe: Recipe) -> None:
             f"train.embedding_optimizer.name: {embedding_optimizer.name} cannot step sparse table gradients"
             " (embedding.gradients: sparse); use adagrad, sgd, sparse_adam or rowwise_adagrad, or gradients: dense"
         )
+    method = EMBEDDINGS.get(recipe.embedding.method, "embedding.method").target
+    if recipe.embedding.budget is None and getattr(method, "needs_budget", False):
+        raise RecipeError(budget_needed(recipe.embedding.method))
     _check_plateau_modes(recipe.train)
     _check_weight_decay(recipe)
     _check_loss_scaling(recipe)

@@ -99,6 +99,8 @@ class AdaptEmbedding(EmbeddingMethod):
     Shapes: ids [N] of features [N] → [N, D].
     """
 
+    needs_budget = True
+
     def __init__(self, schema: Schema, config: AdaptEmbConfig):
         super().__init__(schema, config)
         frequent, hashed = adapt_sizes(config, table_counts(schema, "adaptemb"))

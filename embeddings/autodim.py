@@ -83,6 +83,8 @@ class AutoDimEmbedding(MultiStageMixin, EmbeddingMethod):
     Shapes: ids [N] of features [N] → [N, D].
     """
 
+    needs_budget = True
+
     def __init__(self, schema: Schema, config: AutoDimConfig):
         super().__init__(schema, config)
         self.vocab = np.array(list(self.table_rows.values()), dtype=np.float64)

@@ -52,6 +52,9 @@ class EmbeddingMethod(nn.Module):
     # Whether the method updates its rows inside the backward, from the gradient as it comes
     # (no optimizer step between: a loss scale or a second lookup would reach the rows).
     updates_in_backward = False
+    # Whether the method sizes its storage from ``embedding.budget`` (the recipe refuses it
+    # without one, before any data is read).
+    needs_budget = False
 
     def __init__(self, schema: Schema, config: EmbeddingConfig):
         super().__init__()

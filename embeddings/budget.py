@@ -11,7 +11,7 @@ import numpy as np
 
 from ctr.embeddings.storage import SEED_BYTES
 from ctr.errors import RecipeError
-from ctr.recipe import EmbeddingConfig
+from ctr.recipe import EmbeddingConfig, budget_needed
 from ctr.schema import Schema
 
 FP32_BYTES = 4
@@ -59,9 +59,7 @@ class ComputeLimitError(RecipeError):
 def require_budget(config: EmbeddingConfig, method: str) -> float:
     """The budget of a method that sizes itself from it; a RecipeError when it is missing."""
     if config.budget is None:
-        raise RecipeError(
-            f"embedding.budget: {method} sizes its storage from a budget (a fraction of the full tables' bytes, e.g. 0.1)"
-        )
+        raise RecipeError(budget_needed(method))
     return config.budget
 
 

@@ -86,6 +86,8 @@ class CompoEmbedding(EmbeddingMethod):
     Shapes: ids [N] of features [N] → [N, D].
     """
 
+    needs_budget = True
+
     def __init__(self, schema: Schema, config: CompoConfig):
         super().__init__(schema, config)
         tables = self.table_rows

@@ -92,6 +92,8 @@ class DedupEmbedding(MultiStageMixin, EmbeddingMethod):
     Shapes: ids [N] of features [N] → [N, D].
     """
 
+    needs_budget = True
+
     def __init__(self, schema: Schema, config: DedupConfig):
         super().__init__(schema, config)
         self.num_blocks, self.keep = blocks_to_keep(config, self.table_rows)

@@ -75,6 +75,8 @@ class DeepLightEmbedding(PrunedTable):
     Shapes: ids [N] of features [N] → [N, D].
     """
 
+    needs_budget = True
+
     def stages(self) -> list[Stage]:
         return [Stage("prune"), Stage("finetune")]
 

@@ -95,6 +95,8 @@ class DeepHashEmbedding(EmbeddingMethod):
     Shapes: ids [N] of features [N] → codes [N, k] → [N, D].
     """
 
+    needs_budget = True
+
     def __init__(self, schema: Schema, config: DHEConfig):
         super().__init__(schema, config)
         width = decoder_width(config, self.table_rows)

@@ -91,6 +91,8 @@ class DNIS(MultiStageMixin, EmbeddingMethod):
     most entries whose format fits the budget.
     """
 
+    needs_budget = True
+
     def __init__(self, schema: Schema, config: DNISConfig):
         super().__init__(schema, config)
         rows = list(self.table_rows.values())

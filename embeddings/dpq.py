@@ -91,6 +91,8 @@ class DPQEmbedding(WrittenCodes, BatchLosses, EmbeddingMethod):
     Shapes: ids [N] of features [N] → [N, D].
     """
 
+    needs_budget = True
+
     def __init__(self, schema: Schema, config: DPQConfig):
         super().__init__(schema, config)
         self.parts, self.choices = dpq_size(self.table_rows, config)

@@ -39,6 +39,8 @@ class HashEmbedding(TableMethod):
         >>> method = HashEmbedding(schema, HashConfig(dim=16, budget=0.1))  # doctest: +SKIP
     """
 
+    needs_budget = True
+
     def __init__(self, schema: Schema, config: HashConfig):
         tables = schema.tables()
         rows = hashed_rows(tables, config.dim, require_budget(config, "hash"))

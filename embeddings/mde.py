@@ -127,6 +127,8 @@ class MDEmbedding(EmbeddingMethod):
     Shapes: ids [N] of features [N] → [N, D].
     """
 
+    needs_budget = True
+
     def __init__(self, schema: Schema, config: MDEConfig):
         super().__init__(schema, config)
         vocab = np.array(list(self.table_rows.values()), dtype=np.float64)

@@ -102,6 +102,8 @@ class MGQEmbedding(WrittenCodes, BatchLosses, EmbeddingMethod):
     Shapes: ids [N] of features [N] → [N, D].
     """
 
+    needs_budget = True
+
     def __init__(self, schema: Schema, config: MGQEConfig):
         super().__init__(schema, config)
         counts = table_counts(schema, "mgqe")

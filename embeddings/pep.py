@@ -72,6 +72,8 @@ class PEPEmbedding(PrunedTable):
     Shapes: ids [N] of features [N] → [N, D].
     """
 
+    needs_budget = True
+
     def __init__(self, schema: Schema, config: PEPConfig):
         super().__init__(schema, config)
         self.register_buffer("keep", torch.ones(self.rows, config.dim, dtype=torch.bool))

@@ -58,6 +58,8 @@ class RobeEmbedding(EmbeddingMethod):
     Shapes: ids [N] of features [N] → [N, D].
     """
 
+    needs_budget = True
+
     def __init__(self, schema: Schema, config: RobeConfig):
         super().__init__(schema, config)
         blocks = config.dim // config.block

@@ -98,6 +98,8 @@ class TTRecEmbedding(EmbeddingMethod):
     Shapes: ids [N] of features [N] → [N, D].
     """
 
+    needs_budget = True
+
     def __init__(self, schema: Schema, config: TTRecConfig):
         super().__init__(schema, config)
         rank = tt_rank(config, self.table_rows)

@@ -67,6 +67,8 @@ class UnifiedEmbedding(EmbeddingMethod):
     Shapes: a bag of n ids of feature f → k_f pooled lookups [k_f, D / k_f] → [D].
     """
 
+    needs_budget = True
+
     def __init__(self, schema: Schema, config: UnifiedConfig):
         super().__init__(schema, config)
         budget = require_budget(config, "unified")

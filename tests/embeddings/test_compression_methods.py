@@ -218,3 +218,23 @@ def test_a_batch_without_ids_embeds_to_zeros_with_a_finite_loss(method):
         embedding.train(training)
         assert torch.equal(embedding(empty).pooled, torch.zeros(4, 2, 16))
         assert torch.isfinite(embedding.regularizer())
+
+
+@pytest.mark.parametrize("method", [entry.name for entry in EMBEDDINGS.entries()])
+def test_a_method_that_sizes_itself_from_a_budget_says_so_and_the_recipe_refuses_none(method):
+    """``needs_budget`` agrees with the method (built without a budget it refuses exactly
+    then), and a recipe without a budget is refused when read: ``ctr train`` prepared the data
+    first, ``ctr tune`` trained earlier points of a grid before the one without."""
+    entry = EMBEDDINGS.get(method)
+    tiny = schema({"item": 50, "user": 40, "tags": 30})
+    try:
+        entry.target(tiny, entry.config(dim=8))
+        refused = False
+    except RecipeError as err:
+        refused = str(err).startswith("embedding.budget:")
+    assert entry.target.needs_budget == refused
+    if refused:
+        with pytest.raises(RecipeError, match=rf"^embedding\.budget: {method} sizes its storage from a budget"):
+            recipe_from_dict({"embedding": {"method": method}})
+    else:
+        recipe_from_dict({"embedding": {"method": method}})
