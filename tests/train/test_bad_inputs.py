@@ -133,7 +133,7 @@ def test_a_partial_optimizer_section_keeps_its_defaults(tmp_path):
     an arch optimizer given only ``lr`` keeps its method's optimizer."""
     recipe = recipe_from_dict(tiny_recipe(tmp_path, train={"embedding_optimizer": {"lr": 0.01}}))
     assert (recipe.train.embedding_optimizer.name, recipe.train.embedding_optimizer.lr) == ("adagrad", 0.01)
-    dnis = recipe_from_dict(tiny_recipe(tmp_path, embedding={"method": "dnis", "arch_optimizer": {"lr": 0.5}}))
+    dnis = recipe_from_dict(tiny_recipe(tmp_path, embedding={"method": "dnis", "budget": 0.5, "arch_optimizer": {"lr": 0.5}}))
     assert (dnis.embedding.arch_optimizer.name, dnis.embedding.arch_optimizer.lr) == ("sgd", 0.5)
 
 

@@ -58,9 +58,9 @@ def test_split_batches_parts_are_the_one_process_batches(tiny_prepared):
 @pytest.mark.parametrize(
     "sections, message",
     [
-        ({"embedding": {"method": "hash", "dim": 8}, "distributed": {"sharding": "table_wise"}},
+        ({"embedding": {"method": "hash", "dim": 8, "budget": 0.5}, "distributed": {"sharding": "table_wise"}},
          "distributed.sharding: table_wise needs plain tables"),
-        ({"embedding": {"method": "hash", "dim": 8},
+        ({"embedding": {"method": "hash", "dim": 8, "budget": 0.5},
           "train": {"embedding_optimizer": {"name": "sgd", "fused": True}}}, "train.embedding_optimizer.fused:"),
         ({"train": {"embedding_optimizer": {"name": "sparse_adam"}}}, "train.embedding_optimizer.name: sharded tables"),
         ({"train": {"batch_size": 511}}, "train.batch_size: 511"),
