@@ -47,19 +47,24 @@ class OddOutput(CTRModel):
 '''
 
 
-@pytest.mark.parametrize("output, got", [
-    ("column", r"torch\.float32 logits \[512, 1\] for 512 rows"),
-    ("pair", r"torch\.float32 logits \[512, 2\] for 512 rows"),
-    ("int", r"torch\.int64 logits \[512\] for 512 rows"),
-])
-def test_a_model_returning_other_than_float_logits_b_is_one_line(tmp_path, capsys, monkeypatch, output, got):
+def train_plugin_model(tmp_path, monkeypatch, output: str) -> int:
+    """``ctr train`` of a tiny recipe over ``OddOutput`` with ``output``; its exit code."""
     (tmp_path / "odd_output_plugin.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))
     raw = tiny_recipe(tmp_path, plugins=["odd_output_plugin"], train={"max_steps": 2})
     raw["model"] = {"name": "odd_output", "output": output}
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(raw))
-    assert main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    return main(["train", str(recipe), "--out", str(tmp_path / "run")])
+
+
+@pytest.mark.parametrize("output, got", [
+    ("column", r"torch\.float32 logits \[512, 1\] for 512 rows"),
+    ("pair", r"torch\.float32 logits \[512, 2\] for 512 rows"),
+    ("int", r"torch\.int64 logits \[512\] for 512 rows"),
+])
+def test_a_model_returning_other_than_float_logits_b_is_one_line(tmp_path, capsys, monkeypatch, output, got):
+    assert train_plugin_model(tmp_path, monkeypatch, output) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and re.search(
         r"^ctr: error: model\.name: OddOutput returned " + got + r"; a model returns float logits \[B\]", err), err
@@ -88,13 +93,7 @@ def test_a_scalar_for_one_row_is_refused_naming_the_squeeze(tmp_path, monkeypatc
 def test_a_model_without_parameters_is_one_line(tmp_path, capsys, monkeypatch):
     """An FM-like plugin whose only weights are the tables: torch's "optimizer got an empty
     parameter list" traceback."""
-    (tmp_path / "odd_output_plugin.py").write_text(PLUGIN)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    raw = tiny_recipe(tmp_path, plugins=["odd_output_plugin"], train={"max_steps": 2})
-    raw["model"] = {"name": "odd_output", "output": "no_parameters"}
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(raw))
-    assert main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    assert train_plugin_model(tmp_path, monkeypatch, "no_parameters") == 2
     assert capsys.readouterr().err.strip() == (
         "ctr: error: train.optimizer: nothing to optimize: neither the model nor the embedding method holds a trainable"
         " parameter outside the tables (give the model one, e.g. a bias)")
@@ -102,13 +101,7 @@ def test_a_model_without_parameters_is_one_line(tmp_path, capsys, monkeypatch):
 
 def test_a_model_torch_export_cannot_trace_is_one_line_naming_its_line(tmp_path, capsys, monkeypatch):
     """A branch on the data: a 677-line dump of torch's tracer ended ``ctr export``."""
-    (tmp_path / "odd_output_plugin.py").write_text(PLUGIN)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    raw = tiny_recipe(tmp_path, plugins=["odd_output_plugin"], train={"max_steps": 2})
-    raw["model"] = {"name": "odd_output", "output": "branch_on_data"}
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(raw))
-    assert main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 0
+    assert train_plugin_model(tmp_path, monkeypatch, "branch_on_data") == 0
     capsys.readouterr()
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "model.pt2")]) == 2
     err = capsys.readouterr().err.strip()
