@@ -220,21 +220,46 @@ def _parse(block: bytes, fmt: TextFormat, handler, threads: bool) -> pa.Table:
     )
 
 
+class _BlockLines:
+    """The lines of a block, found once: ``data`` its bytes [N] (uint8), ``ends`` the offset
+    of each ``\\n`` [E], ``starts`` the offset where each line starts [E + 1] (the last line
+    is the text after the last ``\\n``, maybe empty)."""
+
+    def __init__(self, block: bytes):
+        self.block = block
+        self.data = np.frombuffer(block, dtype=np.uint8)
+        self.ends = np.flatnonzero(self.data == ord("\n"))
+        self.starts = np.concatenate([[0], self.ends + 1])
+
+    def line_of(self, offsets: np.ndarray) -> np.ndarray:
+        """The line index [k] (0-based) of each byte offset."""
+        return np.searchsorted(self.ends, offsets)
+
+    def holding(self, byte_mask: np.ndarray) -> np.ndarray:
+        """Indices (sorted, unique) of the lines holding a byte where ``byte_mask`` [N] is true."""
+        return np.unique(self.line_of(np.flatnonzero(byte_mask)))
+
+    def line(self, k: int) -> bytes:
+        """Line ``k`` without its ``\\n``."""
+        return self.block[self.starts[k] : self.ends[k] if k < len(self.ends) else len(self.block)]
+
+
 def _parse_block(block: bytes, first: int, lines: int, fmt: TextFormat, file: Path) -> pa.RecordBatch:
     """``lines`` lines from line ``first`` → a batch with ``__line__`` and ``__problem__``."""
     invalid: list[tuple[int, str]] = []
     last = first + lines - 1
+    view = _BlockLines(block)
     try:
-        table, not_utf8 = _parse_text(block, first, fmt, invalid)
+        table, not_utf8 = _parse_text(view, first, fmt, invalid)
     except (pa.ArrowInvalid, UnicodeDecodeError) as err:
         raise DataError(f"{file}:{first}-{last}: cannot parse: {str(err).splitlines()[0]}") from None
-    blank = _blank_lines(block)
+    blank = _blank_lines(view)
     read = np.setdiff1d(np.arange(lines, dtype=np.int64), blank, assume_unique=True)  # the parser counts these only
     bad_lines = first + read[np.array([number - 1 for number, _ in invalid], dtype=np.int64)]
     skipped = np.union1d(bad_lines, first + blank)
     good_lines = np.setdiff1d(np.arange(first, last + 1, dtype=np.int64), skipped, assume_unique=True)
     if len(good_lines) != table.num_rows:
-        _refuse_line_breaks(block, first, last, fmt, file)
+        _refuse_line_breaks(view, first, last, fmt, file)
     if fmt.quoting:
         _refuse_open_quote_at_end(block, first, fmt.delimiter, file)
     table = table.append_column(LINE_COLUMN, pa.array(good_lines))
@@ -247,17 +272,17 @@ def _parse_block(block: bytes, first: int, lines: int, fmt: TextFormat, file: Pa
     return to_batch(table).replace_schema_metadata({"file": str(file)})
 
 
-def _parse_text(block: bytes, first: int, fmt: TextFormat, invalid: list[tuple[int, str]]) -> tuple[pa.Table, dict]:
+def _parse_text(lines: _BlockLines, first: int, fmt: TextFormat, invalid: list[tuple[int, str]]) -> tuple[pa.Table, dict]:
     """The rows of a block (from line ``first``), and line number → problem of its lines
     that are not UTF-8 text (None where only a column no one reads is not): the parser
     refuses the whole block for one such byte, so they are found and read as ASCII again."""
     try:
-        return _parse_rows(block, fmt, invalid), {}
+        return _parse_rows(lines.block, fmt, invalid), {}
     except (pa.ArrowInvalid, UnicodeDecodeError):
-        not_utf8 = _not_utf8(block, first, fmt)
+        not_utf8 = _not_utf8(lines, first, fmt)
         if not not_utf8:
             raise
-    return _parse_rows(_ascii_lines(block, np.array(list(not_utf8)) - first), fmt, invalid), not_utf8
+    return _parse_rows(_ascii_lines(lines, np.array(list(not_utf8)) - first), fmt, invalid), not_utf8
 
 
 def _parse_rows(block: bytes, fmt: TextFormat, invalid: list[tuple[int, str]]) -> pa.Table:
@@ -271,18 +296,14 @@ def _parse_rows(block: bytes, fmt: TextFormat, invalid: list[tuple[int, str]]) -
     return table
 
 
-def _not_utf8(block: bytes, first: int, fmt: TextFormat) -> dict[int, str | None]:
+def _not_utf8(lines: _BlockLines, first: int, fmt: TextFormat) -> dict[int, str | None]:
     """Line number → its problem, of the lines of a block (from line ``first``) that are
     not UTF-8 text; None where only columns no one reads are not (on the error path only: a
     vectorised search for lines with bytes past ASCII, then each such line decoded)."""
-    data = np.frombuffer(block, dtype=np.uint8)
-    ends = np.flatnonzero(data == ord("\n"))
-    candidates = np.unique(np.searchsorted(ends, np.flatnonzero(data >= 0x80)))
-    starts = np.concatenate([[0], ends + 1])
     found: dict[int, str | None] = {}
     kept = set(fmt.kept)
-    for k in candidates.tolist():
-        columns = _not_utf8_columns(block[starts[k] : ends[k] if k < len(ends) else len(block)], fmt)
+    for k in lines.holding(lines.data >= 0x80).tolist():
+        columns = _not_utf8_columns(lines.line(k), fmt)
         read = [c for c in columns if c in kept]
         if read:
             found[first + k] = "not UTF-8 text" if len(fmt.columns) == 1 else f"column {read[0]!r}: not UTF-8 text"
@@ -306,15 +327,13 @@ def _not_utf8_columns(line: bytes, fmt: TextFormat) -> list[str | None]:
         start = at + 1
 
 
-def _ascii_lines(block: bytes, lines: np.ndarray) -> bytes:
-    """``block`` with every byte past ASCII of lines [k] (0-based) replaced by ``?``: the
+def _ascii_lines(view: _BlockLines, lines: np.ndarray) -> bytes:
+    """The block with every byte past ASCII of lines [k] (0-based) replaced by ``?``: the
     parser then reads those lines (as many fields, same line breaks) and ``_flag_lines``
     makes them problem rows."""
-    data = np.frombuffer(block, dtype=np.uint8).copy()
-    ends = np.flatnonzero(data == ord("\n"))
-    high = np.flatnonzero(data >= 0x80)
-    hit = high[np.isin(np.searchsorted(ends, high), lines)]
-    data[hit] = ord("?")
+    high = np.flatnonzero(view.data >= 0x80)
+    data = view.data.copy()
+    data[high[np.isin(view.line_of(high), lines)]] = ord("?")
     return data.tobytes()
 
 
@@ -331,43 +350,37 @@ def _flag_lines(table: pa.Table, problems: dict[int, str], fmt: TextFormat) -> p
     return table.set_column(table.schema.get_field_index(PROBLEM_COLUMN), PROBLEM_COLUMN, problem)
 
 
-def _blank_lines(block: bytes) -> np.ndarray:
+def _blank_lines(lines: _BlockLines) -> np.ndarray:
     """Indices [k] (0-based, int64) of the block's empty lines (``\n`` or ``\r\n`` alone),
     which the parser skips."""
-    data = np.frombuffer(block, dtype=np.uint8)
-    ends = np.flatnonzero(data == ord("\n"))
-    starts = np.concatenate([[0], ends[:-1] + 1]) if len(ends) else ends
+    starts, ends = lines.starts[: len(lines.ends)], lines.ends
     length = ends - starts
-    blank = (length == 0) | ((length == 1) & (data[np.minimum(starts, len(data) - 1)] == ord("\r")))
+    blank = (length == 0) | ((length == 1) & (lines.data[np.minimum(starts, len(lines.data) - 1)] == ord("\r")))
     return np.flatnonzero(blank)
 
 
 LONE_CARRIAGE_RETURN = re.compile(rb"\r(?!\n)")
 
 
-def _refuse_line_breaks(block: bytes, first: int, last: int, fmt: TextFormat, file: Path) -> None:
+def _refuse_line_breaks(lines: _BlockLines, first: int, last: int, fmt: TextFormat, file: Path) -> None:
     """Raises where the parser's rows and the block's lines (``\\n``-ended) disagree: a
     ``\\r`` not followed by ``\\n`` ends a row inside a line, a quoted ``\\n`` joins two lines
     into one row (named by the line whose quote it is); either would shift every later line
     number."""
-    found = LONE_CARRIAGE_RETURN.search(block)
+    found = LONE_CARRIAGE_RETURN.search(lines.block)
     if found is not None:
-        line = first + block.count(b"\n", 0, found.start())
-        raise carriage_return_inside(file, line)
-    opened = _first_open_quote(block, fmt.delimiter) if fmt.quoting else None
+        raise carriage_return_inside(file, first + int(lines.line_of(found.start())))
+    opened = _first_open_quote(lines, fmt.delimiter) if fmt.quoting else None
     where = f"{first}-{last}" if opened is None else str(first + opened)
     raise DataError(f"{file}:{where}: rows and lines do not match (a line break inside a quoted field?)")
 
 
-def _first_open_quote(block: bytes, delimiter: str) -> int | None:
-    """Index (0-based) of the first line of ``block`` whose quoted field runs past its end
+def _first_open_quote(lines: _BlockLines, delimiter: str) -> int | None:
+    """Index (0-based) of the first line of a block whose quoted field runs past its end
     (None: none does). The lines before it are read as the parser reads them, each on its
     own, so this is where its rows and the lines part. On the error path only."""
-    data = np.frombuffer(block, dtype=np.uint8)
-    ends = np.flatnonzero(data == ord("\n"))
-    starts = np.concatenate([[0], ends + 1])
-    for k in np.unique(np.searchsorted(ends, np.flatnonzero(data == ord('"')))).tolist():
-        if _open_quote(block[starts[k] : ends[k] if k < len(ends) else len(block)], delimiter):
+    for k in lines.holding(lines.data == ord('"')).tolist():
+        if _open_quote(lines.line(k), delimiter):
             return k
     return None
 
