@@ -8,7 +8,7 @@ of length 1; a behaviour sequence is a bag of length <= max_len.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -38,6 +38,7 @@ class JaggedFeatures:
     offsets: Tensor
     weights: Tensor | None = None
     single: bool = False
+    _feature_of_value: Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.offsets.numel() < 1 or (self.offsets.numel() - 1) % max(len(self.keys), 1):
@@ -87,8 +88,11 @@ class JaggedFeatures:
         return self.values[self.offsets[f * b + sample] : self.offsets[f * b + sample + 1]]
 
     def feature_of_value(self) -> Tensor:
-        """Index of the feature each value belongs to, int64 [N]."""
-        return self.per_value(torch.arange(len(self.keys), device=self.values.device))
+        """Index of the feature each value belongs to, int64 [N] (found once per batch: the
+        vocabulary check and the embedding's regrouping both read it)."""
+        if self._feature_of_value is None:
+            self._feature_of_value = self.per_value(torch.arange(len(self.keys), device=self.values.device))
+        return self._feature_of_value
 
     def per_value(self, per_feature: Tensor) -> Tensor:
         """``per_feature`` [F] repeated for each value of its feature: [N]."""

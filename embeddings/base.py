@@ -123,7 +123,7 @@ class EmbeddingMethod(nn.Module):
             grid = values.view(len(sparse.keys), sparse.batch_size)
             outside = (grid < 0) | (grid >= self.feature_rows.unsqueeze(1))
         else:
-            outside = (values < 0) | (values >= sparse.per_value(self.feature_rows))
+            outside = (values < 0) | (values >= self.feature_rows[sparse.feature_of_value()])
         if values.is_cuda or torch.compiler.is_compiling():
             torch._assert_async(~outside.any(), OUTSIDE_VOCABULARY)
             return
