@@ -9,6 +9,7 @@ method only says how a bag of ids becomes a vector.
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable
 
 import torch
@@ -172,6 +173,15 @@ class EmbeddingMethod(nn.Module):
     def full_bytes(self) -> int:
         """Bytes of the uncompressed baseline: every table at full rows × D in fp32."""
         return sum(self.table_rows.values()) * self.dim * FP32_BYTES
+
+    def stored_bytes(self) -> int:
+        """``memory_bytes()``, checked: a positive int (a plugin's tensor, float or negative
+        count reached ``metrics.json`` and the compression benchmark's budget check)."""
+        stored = self.memory_bytes()
+        if isinstance(stored, numbers.Integral) and not isinstance(stored, bool) and stored > 0:
+            return int(stored)
+        raise RecipeError(f"embedding.method: {type(self).__name__}.memory_bytes() returned {stored!r}; a method "
+                          "returns the bytes its deployed embeddings keep, an int > 0")
 
     def regularizer(self) -> Tensor:
         """Extra loss terms of the method (zero by default)."""

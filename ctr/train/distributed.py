@@ -146,7 +146,7 @@ def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[s
     finally:
         fitting.close()
     seconds = sum(stage_seconds.values()) if stage_seconds else done.state.seconds
-    metrics.update(embedding_bytes=net.embedding.memory_bytes(), full_embedding_bytes=net.embedding.full_bytes(),
+    metrics.update(embedding_bytes=net.embedding.stored_bytes(), full_embedding_bytes=net.embedding.full_bytes(),
                    train_samples_per_s=done.state.samples / done.state.seconds if done.state.seconds else 0.0,
                    train_seconds=seconds, epochs=done.state.epochs_begun, steps=done.state.step,
                    best_checkpoint=str(done.saver.best.relative_to(run.root)), world_size=place.world_size,

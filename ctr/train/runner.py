@@ -84,7 +84,7 @@ def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:
     finally:
         session.close()
     metrics.update(
-        embedding_bytes=task.net.embedding.memory_bytes(),
+        embedding_bytes=task.net.embedding.stored_bytes(),
         full_embedding_bytes=task.net.embedding.full_bytes(),
         train_samples_per_s=fitted.samples_per_s,
         train_seconds=fitted.seconds,
@@ -146,7 +146,7 @@ def _log_summary(task: CTRTask, prepared: Prepared) -> None:
     log.info(
         "data %s: train %d, valid %d, test %d rows | embedding %s: %.2f MB (full %.2f MB) | model %s: %d dense params",
         prepared.root.name, splits["train"]["rows"], splits["valid"]["rows"], splits["test"]["rows"],
-        task.recipe.embedding.method, embedding.memory_bytes() / 1e6, embedding.full_bytes() / 1e6,
+        task.recipe.embedding.method, embedding.stored_bytes() / 1e6, embedding.full_bytes() / 1e6,
         task.recipe.model.name, dense,
     )
 

@@ -56,7 +56,7 @@ class ShardedTables(nn.Module):
 
         schema, self.dim = method.schema, method.dim
         self.feature_names, self.layout = method.feature_names, method.layout
-        self.table_rows, self._bytes = method.table_rows, (method.memory_bytes(), method.full_bytes())
+        self.table_rows, self._bytes = method.table_rows, (method.stored_bytes(), method.full_bytes())
         features = {table: [f.spec.name for f in schema.sparse_features if f.table == table] for table in self.table_rows}
         configs = [EmbeddingBagConfig(name=table, embedding_dim=self.dim, num_embeddings=rows, feature_names=features[table],
                                       pooling=PoolingType.SUM) for table, rows in self.table_rows.items()]

@@ -35,8 +35,9 @@ class CTRNet(nn.Module):
         self.embedding: EmbeddingMethod = method(schema, recipe.embedding)
         if recipe.train.embedding_optimizer.fused:
             self.embedding.use_fused_update(fused_optimizer(recipe.train.embedding_optimizer))
+        stored = self.embedding.stored_bytes()  # a plugin's wrong count fails here, not after training
         if recipe.embedding.gradients == "dense":
-            check_dense_size(self.embedding.memory_bytes(), recipe.embedding.dense_max_mb)
+            check_dense_size(stored, recipe.embedding.dense_max_mb)
         model = MODELS.get(recipe.model.name, "model.name").target
         self.model: CTRModel = model(schema, self.embedding.layout, recipe.model)
         if recipe.trainer.compile:

@@ -40,3 +40,57 @@ def test_vectors_other_than_float_b_f_d_are_refused_naming_the_method(shape_of, 
 
 def test_vectors_of_the_contract_pass():
     assert Shaped(lambda n: (n, 16))(batch()).pooled.shape == (8, 3, 16)
+
+
+class Counted(Shaped):
+    """A plugin-like method whose ``memory_bytes`` returns ``stored``."""
+
+    def __init__(self, stored):
+        super().__init__(lambda n: (n, 16))
+        self.stored = stored
+
+    def memory_bytes(self):
+        return self.stored
+
+
+@pytest.mark.parametrize("stored, shown", [
+    (torch.tensor(4096), r"tensor\(4096\)"), (-4096, "-4096"), (0, "0"), (4096 / 3, r"1365\.33+"), (True, "True"),
+])
+def test_a_count_of_bytes_other_than_a_positive_int_is_refused_naming_the_method(stored, shown):
+    """A tensor ended a finished run in a JSON traceback without metrics.json; a negative or
+    fractional count was written there and credited under a benchmark's budget."""
+    with pytest.raises(RecipeError, match=r"^embedding\.method: Counted\.memory_bytes\(\) returned " + shown
+                       + r"; a method returns the bytes its deployed embeddings keep, an int > 0$"):
+        Counted(stored).stored_bytes()
+
+
+def test_a_positive_integral_count_is_read_as_an_int():
+    import numpy as np
+
+    stored = Counted(np.int64(4096)).stored_bytes()
+    assert stored == 4096 and type(stored) is int
+
+
+def test_a_plugin_count_is_checked_before_training(tmp_path, monkeypatch, capsys):
+    """The check runs when the network is built, not after the run."""
+    import yaml
+
+    from ctr.cli import main
+    from tests.conftest import tiny_recipe
+
+    (tmp_path / "tensor_bytes_plugin.py").write_text(
+        "import torch\n"
+        "from ctr.embeddings.full import FullEmbedding\n"
+        "from ctr.recipe import EmbeddingConfig\n"
+        "from ctr.registry import EMBEDDINGS\n\n\n"
+        "@EMBEDDINGS.register('tensor_bytes', config=EmbeddingConfig)\n"
+        "class TensorBytes(FullEmbedding):\n"
+        "    def memory_bytes(self):\n"
+        "        return torch.tensor(super().memory_bytes())\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    raw = tiny_recipe(tmp_path, plugins=["tensor_bytes_plugin"])
+    raw["embedding"] = {**raw.get("embedding", {}), "method": "tensor_bytes"}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "run")]) == 2
+    assert "ctr: error: embedding.method: TensorBytes.memory_bytes() returned tensor(" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
