@@ -16,7 +16,7 @@ from pathlib import Path
 from ctr.metrics import mean_std
 
 DATASETS = ("Beauty", "Toys_and_Games")
-FORMS = ("paper", "authors", "ctr", "deepfm")
+FORMS = ("paper", "authors_inference", "authors", "ctr", "deepfm")
 
 
 def chosen_rows(results: Path) -> list[dict[str, str]]:
@@ -42,7 +42,7 @@ def table(root: Path) -> str:
     datasets = [d for d in DATASETS if (root / d).is_dir()]
     head = "| model | " + " | ".join(f"{d} test AUC | {d} test group AUC" for d in datasets) + " |"
     lines, settings = [head, "|---" * (1 + 2 * len(datasets)) + "|"], []
-    for form in FORMS:
+    for form in [f for f in FORMS if all((root / d / f / "results.csv").is_file() for d in datasets)]:
         cells = []
         for dataset in datasets:
             rows = chosen_rows(root / dataset / form / "results.csv")

@@ -32,3 +32,13 @@ def test_an_unfinished_tuning_is_named(tmp_path):
                                            "test_auc": "0.7", "test_gauc": "0.6"}])
     with pytest.raises(SystemExit, match="paper/results.csv: no point trained over several seeds yet"):
         table(tmp_path)
+
+
+def test_a_form_not_tuned_is_left_out(tmp_path):
+    """``FORMS=din_authors:authors_inference bash benchmarks/din_tune.sh`` tunes one form."""
+    write(tmp_path / "Beauty" / "authors_inference", [
+        {"point": "p00", "settings": "a=1", "seed": "1", "valid": "0.80", "test_auc": "0.70", "test_gauc": "0.60"},
+        {"point": "p00", "settings": "a=1", "seed": "2", "valid": "0.80", "test_auc": "0.72", "test_gauc": "0.62"},
+    ])
+    rows = [line for line in table(tmp_path).splitlines() if line.startswith("| ") and "test AUC" not in line]
+    assert rows == ["| authors_inference | 0.7100 ± 0.0141 | 0.6100 ± 0.0141 |"]
