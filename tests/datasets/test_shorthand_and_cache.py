@@ -148,3 +148,13 @@ def test_a_run_from_before_the_split_seed_keeps_its_split(tmp_path):
     assert RunDir(tmp_path).load_recipe().data.split.seed == 7
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe_from_dict({"seed": 7}).to_dict()))
     assert RunDir(tmp_path).load_recipe().data.split.seed == 2024
+
+
+def test_the_same_file_named_from_another_folder_shares_the_entry(tmp_path, monkeypatch):
+    """A run's recipe.yaml holds absolute paths: its resume encoded the data again when the
+    run began with a relative one."""
+    raw = csv_recipe(tmp_path)
+    absolute = prepare(recipe_from_dict(raw).data, progress=False)
+    monkeypatch.chdir(tmp_path)
+    raw["data"]["path"] = "rows.csv"
+    assert prepare(recipe_from_dict(raw).data, progress=False).root == absolute.root
