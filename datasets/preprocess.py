@@ -194,6 +194,24 @@ def _key_blob(inputs: dict[str, Any]) -> str:
     return json.dumps(inputs, sort_keys=True, default=str)
 
 
+def input_change(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """What differs between two sources' fingerprints (``DatasetSource.fingerprint``): an
+    input file changed (size or modification time), added or removed, or a dataset plugin's
+    code changed; None when neither did."""
+    old = {path: (size, mtime) for path, size, mtime in saved.get("files", [])}
+    new = {path: (size, mtime) for path, size, mtime in current.get("files", [])}
+    for path in sorted(old.keys() | new.keys()):
+        if path not in new:
+            return f"input {path} is gone"
+        if path not in old:
+            return f"input {path} is new"
+        if old[path] != new[path]:
+            return f"input {path} changed (its size or modification time)"
+    if saved.get("code") != current.get("code"):
+        return f"the code of dataset plugin {(current.get('code') or saved.get('code'))[0]} changed"
+    return None
+
+
 def cache_root(cache_dir: str | None) -> Path:
     """The folder of encoded-data entries: ``<cache_dir>/data``, where ``cache_dir`` defaults to
     ``$CTR_CACHE``, else ``~/.cache/ctr``."""

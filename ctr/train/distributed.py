@@ -126,9 +126,10 @@ def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[s
     if place.rank != 0:
         prepared = prepare(recipe.data, False)
     prepared.schema.require_sparse()  # every rank: the same refusal
+    if resume:
+        run.check_resumed_data(prepared.root)  # every rank: the same refusal
     if place.rank == 0:
-        run.write_recipe(recipe)
-        run.copy_schema(prepared.root)
+        run.keep_data(recipe, prepared.root, resume)
     net = CTRNet(recipe, prepared.schema)
     fitting = Fitting(recipe, net, prepared, run, place, resume)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import shutil
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any, Iterator
 import yaml
 
 from ctr.atomic import atomic_path, atomic_write
+from ctr.datasets.preprocess import KEY_FILE, input_change
 from ctr.errors import UserError
 from ctr.metrics import metrics_from_json, metrics_json
 from ctr.recipe import Recipe, read_yaml, recipe_from_dict
@@ -96,12 +98,40 @@ class RunDir:
         return recipe_from_dict(upgraded(read_yaml(self.recipe)))  # a run of an earlier ctr: its keys brought up
 
     def copy_schema(self, prepared_root: Path) -> None:
-        """Copies the fitted schema, vocabularies and data report next to the checkpoints."""
+        """Copies the fitted schema, vocabularies, data report and the encoding's key (the
+        input files' stamps, which ``check_resumed_data`` compares) next to the checkpoints."""
         with atomic_path(self.schema) as tmp:
             tmp.mkdir()
-            for name in ("schema.json", "counts.npz", "report.json"):
-                shutil.copy2(prepared_root / name, tmp / name)
+            for name in ("schema.json", "counts.npz", "report.json", KEY_FILE):
+                if name != KEY_FILE or (prepared_root / name).exists():
+                    shutil.copy2(prepared_root / name, tmp / name)
             shutil.copytree(prepared_root / "vocab", tmp / "vocab")
+
+    def keep_data(self, recipe: Recipe, prepared_root: Path, resume: bool) -> None:
+        """Writes the recipe and copies the schema of the data at ``prepared_root``; a resumed
+        run is first checked to read the data it began with, and keeps its schema."""
+        if resume:
+            self.check_resumed_data(prepared_root)
+        self.write_recipe(recipe)
+        if not (resume and self.schema.is_dir()):
+            self.copy_schema(prepared_root)
+
+    def check_resumed_data(self, prepared_root: Path) -> None:
+        """Refuses to resume on other data than the run began with (nothing is written): an
+        input file changed, added or removed since (the saved key's stamps), or a fitted
+        schema or data report that differs from the run's (a run saved without a key)."""
+        if not self.schema.is_dir():
+            return
+        saved, current = self.schema / KEY_FILE, prepared_root / KEY_FILE
+        if saved.exists() and current.exists():
+            change = input_change(json.loads(saved.read_text())["source"], json.loads(current.read_text())["source"])
+            if change:
+                raise UserError(f"{self.root}: {change} since the run began; a resumed run trains on the data it "
+                                "began with: restore it, or train a new run")
+        for name in ("schema.json", "report.json"):
+            if json.loads((self.schema / name).read_text()) != json.loads((prepared_root / name).read_text()):
+                raise UserError(f"{self.root}: its data now encodes differently than when the run began (schema/{name} "
+                                "differs); a resumed run trains on the data it began with: restore it, or train a new run")
 
     def exclusive(self) -> AbstractContextManager[None]:
         """Holds the run directory for this process while it trains: another ``ctr`` process

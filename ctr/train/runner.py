@@ -66,8 +66,7 @@ def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:
     recipe.data = resolve_features(recipe.data)  # the run's recipe.yaml lists every feature
     prepared = prepare(recipe.data, progress)
     prepared.schema.require_sparse()
-    run.write_recipe(recipe)  # data paths made absolute: eval and predict work from any folder
-    run.copy_schema(prepared.root)
+    run.keep_data(recipe, prepared.root, resume)
     task = CTRTask(recipe, prepared.schema)
     _log_summary(task, prepared)
     session = Session(recipe, run, prepared, progress, place)

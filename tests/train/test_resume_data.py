@@ -1,0 +1,60 @@
+"""A resumed run trains on the data it began with: an input file changed since is refused
+before anything in the run is written (it was trained on silently, and the run's schema/
+replaced by the new encoding's), and the same files named by the run's absolute paths are
+not encoded again."""
+
+import hashlib
+
+import pytest
+
+from ctr.datasets import preprocess
+from ctr.errors import UserError
+from ctr.recipe import recipe_from_dict
+from ctr.train.rundir import RunDir
+from ctr.train.runner import train
+from tests.datasets.test_shorthand_and_cache import csv_recipe
+
+
+def interrupted_run(tmp_path, raw):
+    """A run of ``raw`` trained, then made unfinished (its metrics.json removed): resumable."""
+    train(recipe_from_dict(raw), tmp_path / "run")
+    (tmp_path / "run" / "metrics.json").unlink()
+    return RunDir(tmp_path / "run")
+
+
+def digest(folder):
+    return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_an_input_changed_since_the_run_began_is_refused_and_the_run_kept(tmp_path):
+    run = interrupted_run(tmp_path, csv_recipe(tmp_path, epochs=1))
+    before = digest(run.root)
+    rows = tmp_path / "rows.csv"
+    lines = rows.read_text().splitlines()
+    rows.write_text("\n".join(lines[:1] + [line.replace(",1,", ",0,") for line in lines[1:]]) + "\n")  # labels only
+    with pytest.raises(UserError, match=rf"^{run.root}: input {rows} changed \(its size or modification time\) "
+                                        r"since the run began; a resumed run trains on the data it began with"):
+        train(run.load_recipe(), run.root, resume=True)
+    assert digest(run.root) == before
+
+
+def test_a_run_saved_without_a_key_compares_its_schema_and_report(tmp_path):
+    run = interrupted_run(tmp_path, csv_recipe(tmp_path, epochs=1))
+    (run.schema / preprocess.KEY_FILE).unlink()  # a run of an earlier ctr
+    rows = tmp_path / "rows.csv"
+    rows.write_text(rows.read_text() + "9999,a1,1,b1,1.0\n")
+    with pytest.raises(UserError, match=r"its data now encodes differently than when the run began "
+                                        r"\(schema/(schema|report)\.json differs\)"):
+        train(run.load_recipe(), run.root, resume=True)
+
+
+def test_a_run_begun_with_a_relative_path_resumes_without_encoding_again(tmp_path, monkeypatch):
+    raw = csv_recipe(tmp_path, epochs=1)
+    raw["data"]["path"] = "rows.csv"
+    monkeypatch.chdir(tmp_path)
+    run = interrupted_run(tmp_path, raw)
+    encodings = []
+    real_run = preprocess._Job.run
+    monkeypatch.setattr(preprocess._Job, "run", lambda job, out: (encodings.append(out), real_run(job, out)))
+    metrics = train(run.load_recipe(), run.root, resume=True)
+    assert encodings == [] and metrics["test"]["auc"] > 0
