@@ -9,9 +9,10 @@ import json
 import logging
 from pathlib import Path
 
-from ctr.datasets.preprocess import Encoded, encode_with_schema
+from ctr.datasets.preprocess import KEY_FILE, Encoded, encode_with_schema, input_change
 from ctr.errors import UserError
-from ctr.recipe import Recipe
+from ctr.recipe import DataConfig, Recipe
+from ctr.registry import DATASETS
 from ctr.schema import Schema
 from ctr.train.checkpoints import read_state
 from ctr.train.loop import load_checkpoint, load_weights, quiet_lightning
@@ -76,18 +77,27 @@ def encode_rows(run: RunDir, recipe: Recipe, out: Path, data: Path | None = None
         config = dataclasses.replace(config, path=str(data), **others)
     encoded = encode_with_schema(config, run.schema, out, None if data is not None else split, progress)
     if data is None:
-        _warn_if_changed(run, split, encoded.tally.rows)
+        _warn_if_changed(run, config, split, encoded.tally.rows)
     return encoded
 
 
-def _warn_if_changed(run: RunDir, split: str, rows: int) -> None:
-    """Warns when ``split`` no longer has the rows it had in training (the data files were
-    changed or replaced since: its metrics are not the run's)."""
+def _warn_if_changed(run: RunDir, config: DataConfig, split: str, rows: int) -> None:
+    """Warns when ``split`` no longer has the rows it had in training, or else when an input
+    file changed since (the stamps of the run's saved key): its metrics are not, or may not
+    be, the run's."""
     report = run.schema / "report.json"
     trained = json.loads(report.read_text())["splits"][split]["rows"] if report.exists() else rows
     if trained != rows:
         log.warning("%s: the %s split now has %d rows, %d in training: its data changed since the run, so these "
                     "metrics are not the run's", run.root, split, rows, trained)
+        return
+    key = run.schema / KEY_FILE
+    if key.exists():
+        source = DATASETS.get(config.dataset, "data.dataset").target(config).fingerprint()
+        change = input_change(json.loads(key.read_text())["source"], source)
+        if change:
+            log.warning("%s: %s after the run trained; the %s split has as many rows, but these metrics may not be "
+                        "the run's", run.root, change, split)
 
 
 def oov_counts(encoded: Encoded) -> dict[str, dict[str, int]]:

@@ -437,3 +437,16 @@ def test_eval_warns_when_a_split_no_longer_has_its_training_rows(tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"{run}: the test split now has 990 rows, 1000 in training: its data changed since the run" in result.stderr
     assert "changed since" not in ctr("eval", run, "--split", "valid", cwd=tmp_path).stderr
+
+
+def test_eval_warns_when_an_input_changed_with_as_many_rows(tmp_path):
+    """Labels flipped in place: the split has its rows, and ctr eval printed metrics far from
+    the run's without a word."""
+    home, run = trained_csv_run(tmp_path / "home", RECIPE)
+    test = home / "data" / "test.csv"
+    lines = test.read_text().splitlines(keepends=True)
+    test.write_text("".join(lines[:1] + ["0" + line[1:] for line in lines[1:]]))  # every label 0, same size
+    result = ctr("eval", run, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"{run}: input {test.resolve()} changed (its size or modification time) after the run trained; the test " \
+           "split has as many rows, but these metrics may not be the run's" in result.stderr
