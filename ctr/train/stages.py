@@ -118,11 +118,15 @@ def rewind(net: CTRNet, initial: dict[str, torch.Tensor]) -> None:
 
 
 def restore_stages(net: CTRNet, run: RunDir) -> list[str]:
-    """Replays the finished stages of ``run`` on a freshly built ``net``; returns their names."""
+    """Replays the finished stages of ``run`` on a freshly built ``net``; returns their names.
+    An unfinished last stage is begun too: the run's ``checkpoints/`` are its own (an
+    unfinished run is evaluated from them as they stand)."""
     files, method = StageFiles(run), net.embedding
-    finished = files.read()["finished"]
-    for index, stage in enumerate(method.stages()):
+    finished, stages = files.read()["finished"], method.stages()
+    for index, stage in enumerate(stages):
         if stage.name not in finished:
+            if index == len(stages) - 1:
+                method.begin_stage(stage)
             break
         method.begin_stage(stage)
         load_stage_state(net, files.folder(index, stage) / "state.pt")

@@ -450,3 +450,26 @@ def test_eval_warns_when_an_input_changed_with_as_many_rows(tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"{run}: input {test.resolve()} changed (its size or modification time) after the run trained; the test " \
            "split has as many rows, but these metrics may not be the run's" in result.stderr
+
+
+def test_an_optembed_run_killed_in_its_last_stage_evaluates_and_exports_as_it_stands(optembed_csv_run, tmp_path):
+    """Killed in its retrain stage (that stage unfinished, its checkpoints the run's): eval and
+    export refused its best.ckpt as "does not fit this run's model" (the retrain's structure
+    was not begun)."""
+    import shutil
+
+    _, run = optembed_csv_run
+    killed = tmp_path / "killed"
+    shutil.copytree(run, killed)
+    (killed / "metrics.json").unlink()
+    progress = killed / "stages" / "progress.json"
+    record = json.loads(progress.read_text())
+    record["finished"].remove("retrain")
+    progress.write_text(json.dumps(record))
+    shutil.rmtree(killed / "stages" / "2-retrain")
+    evaluated = ctr("eval", killed, cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    saved = json.loads((run / "metrics.json").read_text())["test"]
+    assert abs(json.loads(evaluated.stdout)["auc"] - saved["auc"]) < 1e-6
+    exported = ctr("export", killed, "--out", tmp_path / "model.pt2", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
