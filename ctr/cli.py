@@ -246,6 +246,9 @@ def _train(args: argparse.Namespace) -> int:
         if args.recipe or any(item.partition("=")[0] not in RESUME_OVERRIDES for item in args.override):
             raise UserError(f"--resume continues a run with its own recipe; give no recipe, and -o only for "
                             f"{' or '.join(RESUME_OVERRIDES)} (a distributed run resumes on another world size)")
+        if args.out is not None:
+            raise UserError(f"--resume continues the run in {args.resume}; give no --out (copy the run directory "
+                            "first to keep the interrupted one)")
         recipe, out = _resumed_recipe(RunDir(args.resume), args.override), args.resume
     elif args.recipe:
         recipe, out = load_recipe(args.recipe, args.override), args.out
@@ -281,9 +284,11 @@ def _spawn_train(args: argparse.Namespace, recipe, out: Path | None) -> int:  # 
     from ctr.train.distributed import check_distributed
     from ctr.train.launch import spawn
     from ctr.train.rundir import RunDir
-    from ctr.train.runner import default_run_dir
+    from ctr.train.runner import check_resume_world, default_run_dir
 
     check_distributed(recipe)  # before any process starts: one error line, not one per rank
+    if args.resume:
+        check_resume_world(RunDir(args.resume), recipe.trainer.world_size)
     overrides = [f"-o{item}" for item in args.override]
     root = args.resume or out or default_run_dir(recipe)
     command = ["train", "--resume", str(root)] if args.resume else ["train", args.recipe, "--out", str(root)]

@@ -64,6 +64,10 @@ class RunDir:
         run's stages/ (written first) or a distributed run's checkpoint folder."""
         return self.last.exists() or self.stages.exists() or (self.checkpoints / "last").exists()
 
+    def lightning_checkpoints(self) -> list[Path]:
+        """The checkpoints a one-process run writes (Lightning's ``*.ckpt``), its stages' too."""
+        return sorted([*self.checkpoints.glob("*.ckpt"), *self.root.glob("stages/*/checkpoints/*.ckpt")])
+
     def check_usable(self) -> None:
         """Raises a UserError when the run directory's path names something other than a
         folder (a regular file, say), before anything is written."""

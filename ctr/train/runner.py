@@ -40,6 +40,8 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
     """Trains ``recipe`` into run directory ``out``; returns (and writes) metrics.json."""
     quiet_lightning()
     root = out or default_run_dir(recipe)
+    if resume:
+        check_resume_world(RunDir(root), recipe.trainer.world_size)
     if launched() or (resume and is_distributed_checkpoint(RunDir(root).checkpoints / "last")):
         with process_group(recipe) as place:  # a distributed run resumed on 1 process: a group of 1
             run = RunDir(shared_path(root))
@@ -98,6 +100,14 @@ def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:
     run.write_metrics(metrics)  # last: metrics.json marks the run finished
     log.info("run directory: %s (metrics.json, checkpoints/, logs/, curves.png)", run.root)
     return metrics
+
+
+def check_resume_world(run: RunDir, world_size: int) -> None:
+    """Refuses to resume a run trained in one process (Lightning's ``.ckpt`` checkpoints) in
+    several: the distributed loop reads only its own (DCP) checkpoints and began it again."""
+    if world_size > 1 and run.lightning_checkpoints():
+        raise UserError(f"{run.root}: trained in one process (checkpoints/*.ckpt); it resumes in one process only: "
+                        "give no -o trainer.devices / trainer.num_nodes")
 
 
 def _check_run(run: RunDir, resume: bool) -> None:

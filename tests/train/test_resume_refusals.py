@@ -1,0 +1,42 @@
+"""``ctr train --resume`` refuses what it cannot honour, in one line, before any work: a
+one-process run resumed in several processes (the distributed loop began it again from step
+0 beside its Lightning checkpoints) and an ``--out`` (ignored: the run trained into its own
+directory)."""
+
+import yaml
+
+from ctr.cli import main
+from tests.conftest import tiny_recipe
+
+
+def interrupted_one_process_run(tmp_path, checkpoint="checkpoints/last.ckpt"):
+    """A run directory as a one-process run leaves it when killed: its recipe and a checkpoint."""
+    run = tmp_path / "run"
+    (run / checkpoint).parent.mkdir(parents=True)
+    (run / checkpoint).write_bytes(b"")
+    (run / "recipe.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    return run
+
+
+def test_a_one_process_run_is_not_resumed_in_two(tmp_path, capsys):
+    run = interrupted_one_process_run(tmp_path)
+    assert main(["train", "--resume", str(run), "-o", "trainer.devices=2"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"ctr: error: {run}: trained in one process (checkpoints/*.ckpt); it resumes in one process only: "
+        "give no -o trainer.devices / trainer.num_nodes")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
+
+
+def test_a_stage_of_a_one_process_run_counts_too(tmp_path, capsys):
+    run = interrupted_one_process_run(tmp_path, "stages/0-supernet/checkpoints/last.ckpt")
+    assert main(["train", "--resume", str(run), "-o", "trainer.devices=2"]) == 2
+    assert "trained in one process (checkpoints/*.ckpt)" in capsys.readouterr().err
+
+
+def test_resume_with_an_out_is_refused(tmp_path, capsys):
+    run = interrupted_one_process_run(tmp_path)
+    assert main(["train", "--resume", str(run), "--out", str(tmp_path / "other")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"ctr: error: --resume continues the run in {run}; give no --out (copy the run directory first to keep "
+        "the interrupted one)")
+    assert not (tmp_path / "other").exists()
