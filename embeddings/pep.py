@@ -107,10 +107,8 @@ class PEPEmbedding(PrunedTable):
             return
         alive = self.alive()
         if not bool(alive.any()):  # nothing left to retrain: the thresholds overshot the target
-            raise RecipeError(
-                f"embedding.threshold_init: pep's thresholds pruned every entry by step {int(self.step)} "
-                "(g(s) passed every |w|); start them lower (the artifact's -150) or check the sparsity more often "
-                "(embedding.check_every)")
+            raise self._pruned_everything(f"by step {int(self.step)}", "or check the sparsity more often "
+                                          "(embedding.check_every)")
         if int(alive.sum()) <= self.kept:
             self.keep.copy_(alive)
             self.reached_at.fill_(int(self.step))
@@ -123,8 +121,14 @@ class PEPEmbedding(PrunedTable):
         with torch.no_grad():
             margin = (self.weight.abs() - torch.sigmoid(self.config.gk * self.threshold)).flatten()
             self.keep.copy_((largest_mask(margin, self.kept) & (margin > 0)).view_as(self.keep))
+        if not bool(self.keep.any()):  # a search shorter than check_every steps was never checked
+            raise self._pruned_everything(f"by the end of the search (step {int(self.step)})", "or search longer")
         log.info("pep: the search never reached sparsity %.4f; the mask keeps the %d largest |w| - g(s) > 0",
                  self.target, int(self.keep.sum()))
+
+    def _pruned_everything(self, when: str, advice: str) -> RecipeError:
+        return RecipeError(f"embedding.threshold_init: pep's thresholds pruned every entry {when} (g(s) passed every "
+                           f"|w|): nothing is left to retrain; start them lower (the artifact's -150) {advice}")
 
     def stage_summary(self, stage: Stage) -> dict[str, Any]:
         """The stored format and the search step that reached S (None: never, the mask was cut)."""

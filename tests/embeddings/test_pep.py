@@ -73,3 +73,18 @@ def test_thresholds_that_prune_every_entry_at_a_check_are_one_line():
         method.advance()
     with pytest.raises(RecipeError, match=r"^embedding.threshold_init: pep's thresholds pruned every entry by step 5 "):
         method.advance()
+
+
+def test_a_search_that_ends_before_its_first_check_with_every_entry_pruned_is_one_line():
+    """A search shorter than ``check_every`` steps never checked: the mask stage kept nothing
+    and the retrain failed in index_select."""
+    import pytest
+
+    from ctr.errors import RecipeError
+
+    method = PEPEmbedding(schema(), PEPConfig(dim=8, budget=0.3, threshold_init=-3.0, check_every=100, init_std=0.01))
+    method.train()
+    method.advance()
+    with pytest.raises(RecipeError, match=r"^embedding.threshold_init: pep's thresholds pruned every entry by the end "
+                                          r"of the search \(step 1\) \(g\(s\) passed every \|w\|\): nothing is left"):
+        method.run_procedure(Stage("mask", kind="procedure"), StageContext(score=lambda: 0.5, seed=0))
