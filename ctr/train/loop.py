@@ -24,13 +24,14 @@ from ctr.atomic import atomic_path
 from ctr.datasets import BatchLoader, Prepared
 from ctr.datasets.resident import ResidentLoader
 from ctr.errors import RecipeError, UserError, reason
-from ctr.kernels.embedding_bag import BackendUnavailable, resolve_backend
+from ctr.kernels.embedding_bag import BackendUnavailable, check_fused, resolve_backend
 from ctr.recipe import Recipe
 from ctr.train.callbacks import (
     FiniteLoss, LoaderEpoch, ProgressLines, RandomState, ResumableEarlyStopping, RunCheckpoint, Throughput,
     ValidationSummary, loss_check_interval,
 )
 from ctr.train.checks import TRAINING_MIN_ROWS
+from ctr.train.optim import fused_optimizer
 from ctr.train.rundir import RunDir
 from ctr.train.task import CTRTask
 
@@ -64,6 +65,8 @@ def placement(recipe: Recipe) -> Placement:
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if wants_gpu else torch.device("cpu")
     try:
         resolve_backend(recipe.embedding.backend, device)
+        if recipe.train.embedding_optimizer.fused:
+            check_fused(recipe.embedding.backend, fused_optimizer(recipe.train.embedding_optimizer))
     except BackendUnavailable as err:
         raise RecipeError(f"embedding.backend: {err}") from None
     return Placement(rank, world, device)

@@ -294,3 +294,13 @@ def test_data_with_numeric_features_only_is_one_line(tmp_path, capsys, devices):
         for command in (["plan", recipe, "--world-size", "2"], ["bench", "train", recipe, "--steps", "2"]):
             code, err = run_cli(capsys, *command)
             assert_one_line(code, err, "data.features: every feature is numeric; the models embed ids")
+
+
+def test_fbgemm_without_the_fused_rule_is_refused_before_any_work(tmp_path, capsys):
+    """fbgemm's CPU build has no fused Adam: a traceback after the data was prepared."""
+    pytest.importorskip("fbgemm_gpu")
+    recipe = write_recipe(tmp_path, embedding={"backend": "fbgemm"},
+                          train={"embedding_optimizer": {"name": "sparse_adam", "lr": 0.001, "fused": True}})
+    code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run")
+    assert_one_line(code, err, "embedding.backend: kernel backend 'fbgemm' has no fused sparse_adam")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
