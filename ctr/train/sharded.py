@@ -77,7 +77,8 @@ class ShardedTables(nn.Module):
     def regularizer(self) -> Tensor:
         return torch.zeros(())
 
-    def memory_bytes(self) -> int:
+    def stored_bytes(self) -> int:
+        """The method's ``stored_bytes()`` (checked when it was read)."""
         return self._bytes[0]
 
     def full_bytes(self) -> int:
