@@ -596,13 +596,20 @@ def _check_loss_scaling(recipe: Recipe) -> None:
 
 
 def _check_plateau_modes(train: TrainConfig) -> None:
-    """A plateau schedule on the run's monitor (no ``monitor`` of its own): a ``mode`` given
-    must be the direction in which that monitor improves."""
+    """A plateau schedule on the run's monitor (no ``monitor`` of its own): that monitor must
+    be a validation metric (the schedule steps after validations), and a ``mode`` given must
+    be the direction in which it improves."""
+    monitor = train.best_by[0]
     for name in ("scheduler", "embedding_scheduler"):
         schedule = getattr(train, name)
-        if isinstance(schedule, PlateauSchedule) and schedule.monitor is None and schedule.mode is not None:
+        if not (isinstance(schedule, PlateauSchedule) and schedule.monitor is None):
+            continue
+        if not monitor.startswith("valid/"):
+            raise RecipeError(f"train.{name}.monitor: a plateau schedule watches a validation metric, not early "
+                              f"stopping's {monitor}")
+        if schedule.mode is not None:
             try:
-                metric_mode(train.best_by[0], schedule.mode)
+                metric_mode(monitor, schedule.mode)
             except ValueError as err:
                 raise RecipeError(f"train.{name}.{err}") from None
 

@@ -71,8 +71,8 @@ def _has_batch_norm(net: nn.Module) -> bool:
 
 
 def _check_monitor_defined(recipe: Recipe, prepared: Prepared, searches: bool) -> None:
-    """Refuses a monitored metric the run never logs (a group AUC without groups, a plateau on
-    the training loss), and an AUC on a validation split of one class: it is undefined (nan)
+    """Refuses a monitored metric the run never logs (a group AUC without groups), and an AUC
+    on a validation split of one class: it is undefined (nan)
     there, so early stopping would end the run at its first validation, the best checkpoint
     would be arbitrary, and a method that ``searches`` (a procedure stage, scored by AUC)
     would rank every candidate by nan."""
@@ -83,8 +83,6 @@ def _check_monitor_defined(recipe: Recipe, prepared: Prepared, searches: bool) -
     for key, monitor in monitors.items():
         if monitor == "valid/gauc" and not prepared.schema.group:
             raise RecipeError(f"{key}: valid/gauc needs groups; name their column in data.group")
-        if "scheduler" in key and not monitor.startswith("valid/"):
-            raise RecipeError(f"{key}: a plateau schedule watches a validation metric, not early stopping's {monitor}")
         if monitor in ONE_CLASS_UNDEFINED and valid["positive_rate"] in (0.0, 1.0):
             label = "click (label 1)" if valid["positive_rate"] else "non-click (label 0)"
             rows = "has 1 row, a" if valid["rows"] == 1 else f"has {valid['rows']} rows, all"
@@ -97,9 +95,10 @@ def _check_monitor_defined(recipe: Recipe, prepared: Prepared, searches: bool) -
 def _monitors(recipe: Recipe) -> dict[str, str]:
     """Recipe key → the metric it monitors: early stopping's (without it, the best
     checkpoint's ``valid/auc``) and each plateau schedule's (by default early stopping's)."""
-    found = {"train.early_stop.monitor": recipe.train.best_by[0]}
+    best = "train.early_stop.monitor" if recipe.train.early_stop else "the best checkpoint's monitor"
+    found = {best: recipe.train.best_by[0]}
     for key in ("scheduler", "embedding_scheduler"):
         config = getattr(recipe.train, key)
         if isinstance(config, PlateauSchedule):
-            found[f"train.{key}.monitor"] = config.monitor or found["train.early_stop.monitor"]
+            found[f"train.{key}.monitor"] = config.monitor or found[best]
     return found

@@ -197,8 +197,9 @@ def test_an_auc_monitored_on_a_one_class_valid_split_is_one_line(tmp_path, capsy
     recipe.write_text(yaml.safe_dump({**raw, "data": {**data, "cache_dir": raw["data"]["cache_dir"]}}))
     code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run")
     monitor = early_stop["monitor"] if early_stop else "valid/auc"
+    key = "train.early_stop.monitor" if early_stop else "the best checkpoint's monitor"  # not a key the recipe nulled
     assert_one_line(code, err, f"data: the valid split has 6 rows, all non-clicks (label 0), so {monitor} "
-                               "(train.early_stop.monitor) is undefined; give validation more rows (data.valid_path) "
+                               f"({key}) is undefined; give validation more rows (data.valid_path) "
                                "or monitor valid/logloss")
     logloss = ["-o", "train.early_stop={monitor: valid/logloss, mode: min}"]
     code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run", *logloss,
@@ -225,8 +226,6 @@ def test_a_bilevel_search_on_a_validation_split_too_small_for_a_batch_is_one_lin
 @pytest.mark.parametrize("overrides, message", [
     (["train.early_stop.monitor=valid/gauc"], "train.early_stop.monitor: valid/gauc needs groups; name their column"),
     (["train.scheduler={name: plateau, monitor: valid/gauc}"], "train.scheduler.monitor: valid/gauc needs groups"),
-    (["train.early_stop.monitor=train/loss", "train.early_stop.mode=min", "train.scheduler={name: plateau}"],
-     "train.scheduler.monitor: a plateau schedule watches a validation metric, not early stopping's train/loss"),
 ])
 def test_a_monitor_the_run_never_logs_is_one_line_before_training(tmp_path, capsys, overrides, message):
     """The tiny data has no group column; a plateau schedule steps on validation metrics."""
@@ -234,6 +233,16 @@ def test_a_monitor_the_run_never_logs_is_one_line_before_training(tmp_path, caps
     code, err = run_cli(capsys, "train", recipe, *[a for o in overrides for a in ("-o", o)], "--out", tmp_path / "run")
     assert_one_line(code, err, message)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_plateau_under_early_stopping_on_the_training_loss_is_refused_before_any_work(tmp_path, capsys):
+    """A recipe check: it ran after the data was prepared, leaving a run directory and a cache entry."""
+    overrides = ["train.early_stop.monitor=train/loss", "train.early_stop.mode=min", "train.scheduler={name: plateau}"]
+    code, err = run_cli(capsys, "train", write_recipe(tmp_path), *[a for o in overrides for a in ("-o", o)],
+                        "--out", tmp_path / "run")
+    assert_one_line(code, err, "train.scheduler.monitor: a plateau schedule watches a validation metric, not early "
+                               "stopping's train/loss")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
 
 
 @pytest.mark.parametrize("split", ["valid", "test"])
