@@ -207,14 +207,14 @@ class EmbeddingMethod(nn.Module):
         Methods whose storage is a kernel table (``TableMethod``) support it; others raise.
         """
         raise RecipeError(
-            f"train.embedding_optimizer.fused: embedding method {type(self).__name__} has no kernel table"
+            f"train.embedding_optimizer.fused: embedding method {self.config.method} has no kernel table"
             " to update fused; set fused: false"
         )
 
     def follow_fused_lr(self, lr: Callable[[], float]) -> None:
         """Reads the fused update's learning rate from ``lr`` at every training lookup (a
         schedule's current lr); only after ``use_fused_update``."""
-        raise RecipeError(f"embedding method {type(self).__name__} has no fused update whose lr to schedule")
+        raise RecipeError(f"embedding method {self.config.method} has no fused update whose lr to schedule")
 
     def _device(self) -> torch.device:
         for tensor in self.parameters():

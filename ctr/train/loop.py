@@ -88,7 +88,7 @@ def use_threads(num_threads: int | str | None) -> None:
         torch.set_num_threads(cores if num_threads == "auto" else num_threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if load > cores and torch.get_num_threads() > 1:
-        log.warning("the machine is oversubscribed: load average %.1f over %d usable cores; training runs %d torch"
+        log.warning("the machine is oversubscribed: load average %.1f over %d usable cores; ctr runs %d torch"
                     " threads (fewer, e.g. trainer.num_threads=1, can be much faster)",
                     load, cores, torch.get_num_threads())
 

@@ -313,3 +313,12 @@ def test_fbgemm_without_the_fused_rule_is_refused_before_any_work(tmp_path, caps
     code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run")
     assert_one_line(code, err, "embedding.backend: kernel backend 'fbgemm' has no fused sparse_adam")
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_fused_update_of_a_method_without_a_kernel_table_names_the_method(tmp_path, capsys):
+    """It named the class (QuantizedEmbedding), not the recipe's method."""
+    recipe = write_recipe(tmp_path, embedding={"method": "int8", "budget": 0.5},
+                          train={"embedding_optimizer": {"name": "rowwise_adagrad", "lr": 0.05, "fused": True}})
+    code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run")
+    assert_one_line(code, err, "train.embedding_optimizer.fused: embedding method int8 has no kernel table to update "
+                               "fused; set fused: false")
