@@ -11,9 +11,10 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -85,6 +86,13 @@ class DataConfig:
     prefetch: int = 2
     shuffle_buffer: int = 1_000_000
     on_device: bool = False
+    path_keys: ClassVar[tuple[str, ...]] = ("path", "valid_path", "test_path", "cache_dir")  # made absolute in a run
+
+    def reading(self, path: Path) -> DataConfig:
+        """This config reading every row of ``path`` instead of its files (``ctr predict``,
+        ``ctr eval --data``): a separate valid or test file is dropped."""
+        others = {name: None for name in ("valid_path", "test_path") if hasattr(self, name)}
+        return dataclasses.replace(self, path=str(path), **others)
 
 
 @dataclass

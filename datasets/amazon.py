@@ -18,10 +18,11 @@ positions (``pooling: none``) for target attention; ``data.pooling`` changes tha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -56,10 +57,18 @@ class AmazonConfig(DataConfig):
     max_len: int = 50
     pooling: Pooling = "none"
     seed: int = 2024
+    path_keys: ClassVar[tuple[str, ...]] = (*DataConfig.path_keys, "attributes")
 
     def __post_init__(self) -> None:
         if self.max_len < 1:
             raise ValueError("max_len must be >= 1")
+
+    def reading(self, path: Path) -> AmazonConfig:
+        """Histories of ``path`` with the attributes file beside it when there is one (new items'
+        categories), else the one training read."""
+        beside = default_attributes(_history_file(str(path)))
+        trained = Path(self.attributes) if self.attributes else default_attributes(_history_file(self.path))
+        return dataclasses.replace(super().reading(path), attributes=str(beside if beside.is_file() else trained))
 
 
 @dataclass
@@ -91,7 +100,7 @@ class AmazonDataset(DatasetSource):
     def __init__(self, config: AmazonConfig):
         super().__init__(config)
         self.history = _history_file(config.path)
-        default = self.history.with_name(self.history.stem + ATTRIBUTES_SUFFIX)
+        default = default_attributes(self.history)
         self.attributes = Path(config.attributes).expanduser() if config.attributes else default
         if not self.attributes.is_file():
             key = "data.attributes" if config.attributes else "data.path"
@@ -249,10 +258,15 @@ def _problem_rows(problems: list[tuple[int, str]]) -> pa.RecordBatch:
     return pa.RecordBatch.from_pydict(columns)
 
 
+def default_attributes(history: Path) -> Path:
+    """The attributes file beside ``history``: ``<history name>_item2attributes.json``."""
+    return history.with_name(history.stem + ATTRIBUTES_SUFFIX)
+
+
 def _history_file(path: str | None) -> Path:
     """The history file: ``data.path`` itself, or the one history file of a folder."""
     files = resolve_files(path, pattern="*.txt")
-    candidates = [f for f in files if f.with_name(f.stem + ATTRIBUTES_SUFFIX).is_file()] or files
+    candidates = [f for f in files if default_attributes(f).is_file()] or files
     if len(candidates) > 1 and not Path(path).expanduser().is_file():
         names = ", ".join(f.name for f in candidates)
         raise DataError(f"data.path: {path} holds several history files ({names}); name one, e.g. {candidates[0]}")

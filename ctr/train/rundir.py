@@ -19,7 +19,6 @@ from ctr.recipe import Recipe, read_yaml, recipe_from_dict
 from ctr.train.old_recipes import upgraded
 
 
-PATH_KEYS = ("path", "valid_path", "test_path", "cache_dir")
 RUN_ENTRIES = frozenset({"recipe.yaml", "schema", "checkpoints", "logs", "stages", "metrics.json", "curves.png"})
 
 
@@ -90,7 +89,7 @@ class RunDir:
     def write_recipe(self, recipe: Recipe) -> None:
         """The recipe snapshot, its data paths made absolute (the run is then read from any folder)."""
         raw = recipe.to_dict()
-        for key in PATH_KEYS:
+        for key in recipe.data.path_keys:
             value = raw["data"].get(key)
             if isinstance(value, str) and value:
                 raw["data"][key] = str(Path(value).expanduser().resolve())

@@ -4,7 +4,6 @@ vocabularies (nothing is re-fitted; paths are relative to the run directory)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -73,8 +72,7 @@ def encode_rows(run: RunDir, recipe: Recipe, out: Path, data: Path | None = None
     if data is not None:
         if not data.exists():
             raise UserError(f"{data}: no such file or folder")
-        others = {name: None for name in ("valid_path", "test_path") if hasattr(config, name)}
-        config = dataclasses.replace(config, path=str(data), **others)
+        config = config.reading(data)
     encoded = encode_with_schema(config, run.schema, out, None if data is not None else split, progress)
     if data is None:
         _warn_if_changed(run, config, split, encoded.tally.rows)

@@ -2,12 +2,12 @@
 history file in the Amazon (S3-Rec) format; the real Beauty data is not needed."""
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ctr.errors import DataError
 from ctr.recipe import load_recipe
 from ctr.train.runner import train
 
@@ -71,6 +71,22 @@ def test_predict_scores_histories_too_short_to_train_on(tiny_amazon, tmp_path):
                  "trainer.progress_bar=false"]
     train(load_recipe(RECIPES / "full.yaml", overrides), tmp_path / "run")
     (tmp_path / "Short.txt").write_text("1 3 5 7\n2 4 6 8\n")
-    shutil.copy(history.parent / "Tiny_item2attributes.json", tmp_path / "Short_item2attributes.json")
     result = predict(tmp_path / "run", tmp_path / "Short.txt", tmp_path / "scores.csv", progress=False)
     assert result["rows"] == 8  # 2 users × 2 prefixes × (next item, a negative)
+
+
+def test_predict_reads_the_attributes_beside_its_input_else_the_trained_ones(tiny_amazon, tmp_path):
+    """Without a ``<input>_item2attributes.json`` beside the input, predict failed naming
+    data.path; the run's own attributes file serves. One beside the input (new items'
+    categories) is read instead."""
+    from ctr.train.predict import predict
+
+    history, cache = tiny_amazon
+    overrides = [f"data.path={history}", f"data.cache_dir={cache}", "train.batch_size=512", "train.epochs=1",
+                 "trainer.progress_bar=false"]
+    train(load_recipe(RECIPES / "full.yaml", overrides), tmp_path / "run")
+    (tmp_path / "Other.txt").write_text("1 3 5 7\n2 4 6 8\n")
+    assert predict(tmp_path / "run", tmp_path / "Other.txt", tmp_path / "a.csv", progress=False)["rows"] == 8
+    (tmp_path / "Other_item2attributes.json").write_text("[")  # beside the input: read first
+    with pytest.raises(DataError, match=r"Other_item2attributes\.json:1: invalid JSON"):
+        predict(tmp_path / "run", tmp_path / "Other.txt", tmp_path / "b.csv", progress=False)
