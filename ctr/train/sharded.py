@@ -34,6 +34,9 @@ from ctr.train.plan import SHARDABLE_METHODS, _hide_torchrec_notes
 from ctr.train.task import CTRNet
 
 TABLE_PREFIX = "embedding.ebc.embedding_bags."
+# sharding types whose pooled output is reduce-scattered over the ranks: the backward's
+# all-gather needs every rank's part of a batch to have the same number of rows on gloo
+REDUCE_SCATTERED = frozenset({"row_wise", "table_row_wise", "grid_shard"})
 ADAGRAD_EPS = 1e-10  # ctr's adagrad (torch's default); FBGEMM's default differs
 ROWWISE_EPS = 1e-8  # ctr's rowwise_adagrad
 
@@ -44,6 +47,12 @@ class ShardedTables(nn.Module):
 
     Args:
         method: the run's ``full`` method (its ``weight`` [R, D] holds every table's rows).
+
+    ``equal_parts`` (set by ``shard`` when a table's pooled output is reduce-scattered, as a
+    row-wise table's is) pads this rank's part of a batch, up to TorchRec only, to the
+    largest part of any rank with rows of empty bags (no id: they look nothing up and no
+    table row gets a gradient from them), and cuts them from the pooled output: the
+    network, the loss and the metrics see this rank's rows only.
 
     Example:
         >>> net.embedding = ShardedTables(net.embedding)  # doctest: +SKIP
@@ -66,12 +75,15 @@ class ShardedTables(nn.Module):
             for table, rows in self.table_rows.items():
                 self.ebc.embedding_bags[table].weight.copy_(method.weight[start : start + rows])
                 start += rows
+        self.equal_parts = False
 
     def forward(self, sparse: JaggedFeatures) -> FeatureEmbeddings:
         """Pooled [B, F, D] in the method's feature order (read by key: a sharded output
         comes in shard order)."""
-        by_key = self.ebc(sparse.to_kjt()).to_dict()
-        pooled = torch.stack([by_key[name] for name in self.feature_names], 1)
+        rows = sparse.batch_size
+        kjt = padded_kjt(sparse, largest_part(rows, sparse.values.device)) if self.equal_parts else sparse.to_kjt()
+        by_key = self.ebc(kjt).to_dict()
+        pooled = torch.stack([by_key[name][:rows] for name in self.feature_names], 1)
         return FeatureEmbeddings(pooled=pooled, sequences={}, masks={})
 
     def regularizer(self) -> Tensor:
@@ -83,6 +95,26 @@ class ShardedTables(nn.Module):
 
     def full_bytes(self) -> int:
         return self._bytes[1]
+
+
+def largest_part(rows: int, device: torch.device) -> int:
+    """The most rows any rank's part of this batch holds (``rows`` on this rank; a collective)."""
+    import torch.distributed as dist
+
+    most = torch.tensor([rows], dtype=torch.int64, device=device)
+    dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    return int(most.item())
+
+
+def padded_kjt(sparse: JaggedFeatures, rows: int):  # noqa: ANN201 (a torchrec KeyedJaggedTensor)
+    """``sparse`` [B samples] as a ``KeyedJaggedTensor`` of ``rows`` >= B samples: samples B
+    to ``rows`` hold an empty bag of every feature (the same ids and weights)."""
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    features, batch = len(sparse.keys), sparse.batch_size
+    lengths = sparse.lengths().view(features, batch)
+    lengths = torch.cat([lengths, lengths.new_zeros(features, rows - batch)], 1).reshape(-1)
+    return KeyedJaggedTensor(keys=list(sparse.keys), values=sparse.values, weights=sparse.weights, lengths=lengths)
 
 
 def check_request(recipe: Recipe) -> None:
@@ -200,6 +232,8 @@ def shard(net: CTRNet, recipe: Recipe, device: torch.device) -> Sharded:
             plan = planner.collective_plan(net, sharders, dist.GroupMember.WORLD)
         except Exception as err:  # the planner raises its own error types for plans it cannot make
             raise RecipeError(f"distributed.sharding: TorchRec's planner found no plan ({reason(err)})") from None
+    types = {spec.sharding_type for spec in plan.plan["embedding.ebc"].values()}
+    net.embedding.equal_parts = bool(types & REDUCE_SCATTERED)  # TorchRec needs equal parts there (its class doc)
     rows = {name: t.detach().clone() for name, t in net.state_dict().items() if name.startswith(TABLE_PREFIX)}
     module = DistributedModelParallel(net, device=device, plan=plan, sharders=sharders)
     _copy_rows(module, rows)
