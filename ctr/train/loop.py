@@ -33,7 +33,7 @@ from ctr.train.callbacks import (
 from ctr.train.checks import TRAINING_MIN_ROWS
 from ctr.train.optim import fused_optimizer
 from ctr.train.rundir import RunDir
-from ctr.train.task import CTRTask
+from ctr.train.task import CTRTask, unfinished_epoch
 
 Loader = BatchLoader | ResidentLoader
 log = logging.getLogger("ctr.train")
@@ -204,22 +204,34 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
         callbacks.append(stopper)
     trainer = trainer_for(recipe, session.run, session.progress, callbacks, epochs=epochs, max_steps=max_steps,
                           log_root=log_root)
-    scored = False
+    scored, begun = False, 0
     if resume_from is not None:
         saved = load_checkpoint(resume_from)
         load_saved(task, saved, resume_from)  # Lightning's own load would raise a traceback
-        keep_log_rows(trainer, saved["global_step"])
+        begun = _resume_log(task, trainer, saved)
     elif score_start:
         scored = _start_as_best(task, session, checkpoint, stopper)
     loaders = session.loaders
     trainer.fit(task, loaders["train"], loaders["valid"], ckpt_path=str(resume_from) if resume_from else None)
+    task.write_open_epoch()  # a resumed fit may end in its checkpoint's epoch without running the epoch's end
     if scored and checkpoint.monitor not in trainer.callback_metrics:  # max_steps ended it before a validation
         _keep_the_better(task, session, checkpoint)
     if not checkpoint.best_model_path and not (ckpt_dir / "last.ckpt").exists():
         # max_steps ended it before the first validation of every eval_every_n_steps: the trained weights
         trainer.save_checkpoint(ckpt_dir / "last.ckpt")
     best = Path(checkpoint.best_model_path or ckpt_dir / "last.ckpt")
-    return Fitted(best, throughput.seconds, throughput.samples_per_second, trainer.current_epoch, trainer.global_step)
+    return Fitted(best, throughput.seconds, throughput.samples_per_second, max(trainer.current_epoch, begun),
+                  trainer.global_step)
+
+
+def _resume_log(task: CTRTask, trainer: L.Trainer, saved: dict[str, Any]) -> int:
+    """Keeps the log rows written up to checkpoint ``saved`` and, when it was written inside an
+    epoch whose lr row they lack, has ``task`` log that row (``open_epoch``); the epochs begun
+    by then (a fit that ends at the checkpoint, early stopped there, counts that epoch)."""
+    kept = keep_log_rows(trainer, saved["global_step"])
+    epoch = unfinished_epoch(saved)
+    task.open_epoch = None if epoch is None or epoch in lr_epochs(kept) else epoch
+    return 0 if epoch is None else epoch + 1
 
 
 def _validated_now(task: CTRTask, session: Session) -> tuple[L.Trainer, dict[str, float]]:
@@ -274,17 +286,17 @@ def evaluate_checkpoint(task: CTRTask, ckpt: Path, loaders: dict[str, Loader], t
     return result
 
 
-def keep_log_rows(trainer: L.Trainer, global_step: int) -> None:
+def keep_log_rows(trainer: L.Trainer, global_step: int) -> list[dict[str, str]]:
     """Keeps the CSV log rows written up to the checkpoint a resumed run starts from, saved
     at training step ``global_step`` mid-epoch or at an epoch's end (a row's ``step`` is the
     training step it was logged at, minus one); Lightning's CSV logger would delete them, and
-    later rows are redone."""
+    later rows are redone. Returns the rows kept."""
     logger = trainer.logger
     if not isinstance(logger, CSVLogger):
-        return
+        return []
     path = Path(logger.log_dir) / "metrics.csv"
     if not path.is_file():
-        return
+        return []
     with path.open(newline="") as file:
         reader = csv.DictReader(file)
         header, rows = list(reader.fieldnames or []), [row for row in reader if int(row["step"]) < global_step]
@@ -294,6 +306,12 @@ def keep_log_rows(trainer: L.Trainer, global_step: int) -> None:
         out.writeheader()
         out.writerows(rows)
     writer.metrics_keys = header
+    return rows
+
+
+def lr_epochs(rows: list[dict[str, str]]) -> set[int]:
+    """The epochs whose lr row (``lr/...``, logged at an epoch's end) is among log ``rows``."""
+    return {int(row["epoch"]) for row in rows if any(value and key.startswith("lr/") for key, value in row.items())}
 
 
 def _checkpoint(recipe: Recipe, dirpath: Path) -> RunCheckpoint:

@@ -87,6 +87,15 @@ def densify_gradients(params: list[nn.Parameter]) -> None:
             param.grad = param.grad.to_dense()
 
 
+def unfinished_epoch(checkpoint: dict[str, Any]) -> int | None:
+    """The epoch a Lightning checkpoint was written in before that epoch's end (a validation's
+    checkpoint, or the epoch end's, written before the epoch's log row); None for one written
+    between epochs or without the loops' state."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    started, completed = progress.get("started", 0), progress.get("completed", 0)
+    return completed if started > completed else None
+
+
 class CTRTask(L.LightningModule):
     """BCE training with a dense optimizer and a sparse embedding optimizer stepped together.
 
@@ -99,10 +108,12 @@ class CTRTask(L.LightningModule):
     or, in a ``bilevel`` stage, on a batch from ``valid_batches`` after every training step.
 
     The dense and embedding optimizers follow their learning-rate schedules (``schedules``),
-    whose lr is logged per epoch as ``lr/dense`` and ``lr/embedding`` and whose state is saved
-    in checkpoints (key ``lr_schedules``; the lrs at the epoch's start under ``epoch_lrs``,
-    logged again by the first step of a run resumed mid-epoch). A fused embedding update takes
-    its lr from the optimizer part ``embedding`` (``FusedLR``), scheduled and saved like the others.
+    whose lr is logged per epoch as ``lr/dense`` and ``lr/embedding`` (the lrs at the epoch's
+    start, logged at its end) and whose state is saved in checkpoints (key ``lr_schedules``;
+    the epoch's lrs under ``epoch_lrs``). A run resumed from a checkpoint written before its
+    epoch's end logs that epoch's lrs where the uninterrupted run did (``open_epoch``). A fused
+    embedding update takes its lr from the optimizer part ``embedding`` (``FusedLR``),
+    scheduled and saved like the others.
     """
 
     def __init__(self, recipe: Recipe, schema: Schema, phases: PhaseClock | None = None):
@@ -119,7 +130,7 @@ class CTRTask(L.LightningModule):
         self.schedules: Schedules | None = None
         self._schedule_state: dict[str, Any] | None = None
         self._epoch_lrs: dict[str, float] = {}
-        self._relog_epoch_lrs = False
+        self.open_epoch: int | None = None  # the epoch begun whose lrs are not logged yet (a resume sets it)
 
     @contextmanager
     def in_stage(self, stage: Stage, valid_batches: Iterator[Batch] | None) -> Iterator[None]:
@@ -144,9 +155,6 @@ class CTRTask(L.LightningModule):
         optimizer = optimizers[0] if isinstance(optimizers, list) else optimizers
         self.schedules.before_step(self.current_epoch, self.global_step)
         loss = self.step(batch, optimizer, self.manual_backward)
-        if self._relog_epoch_lrs:
-            self._relog_epoch_lrs = False
-            self._log_epoch_lrs()
         if self._bilevel():
             self._arch_step(optimizers[1].optimizer)
         # a progress-bar metric is read back to the host every step: only when a bar shows it
@@ -207,20 +215,34 @@ class CTRTask(L.LightningModule):
         if self._schedule_state is not None:
             self.schedules.load_state_dict(self._schedule_state)
             self._schedule_state = None
-        # resumed inside an epoch, whose start (and lr log) came before the checkpoint: the epoch's
-        # next training step logs them (none comes when the checkpoint was the epoch's last step)
-        self._relog_epoch_lrs = self.trainer.fit_loop.restarted_mid_epoch
 
     def on_train_epoch_start(self) -> None:
-        self._relog_epoch_lrs = False
+        self.write_open_epoch()  # resumed after the last step of an epoch whose end it skipped
         self.schedules.before_step(self.current_epoch, self.global_step)
         self._epoch_lrs = self.schedules.lrs()
-        self._log_epoch_lrs()
+        self.open_epoch = self.current_epoch
 
-    def _log_epoch_lrs(self) -> None:
-        """Logs the lr each optimizer had at the start of this epoch."""
+    def on_train_epoch_end(self) -> None:
+        """Logs the lr each optimizer had at the start of this epoch (also in a run resumed
+        inside it, from the checkpoint's lrs, unless the kept log holds them)."""
+        if self.open_epoch is None:
+            return
         for name, lr in self._epoch_lrs.items():  # one value an epoch (batch_size: Lightning infers none then)
             self.log(f"lr/{name}", lr, on_step=False, on_epoch=True, batch_size=1)
+        self.open_epoch = None
+
+    def write_open_epoch(self) -> None:
+        """Writes the lr row of ``open_epoch``, if any: an epoch whose end this resumed fit did
+        not run (its checkpoint was written after the epoch's last step, or early stopping or
+        ``max_steps`` ended training there). To the loggers as Lightning's epoch end would:
+        float32 values at the epoch's last step."""
+        if self.open_epoch is None:
+            return
+        row = {f"lr/{name}": torch.tensor(lr, dtype=torch.float32).item() for name, lr in self._epoch_lrs.items()}
+        for logger in self.loggers:
+            logger.log_metrics({**row, "epoch": self.open_epoch}, step=self.global_step - 1)
+            logger.save()
+        self.open_epoch = None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.schedules is not None:
