@@ -31,7 +31,7 @@ from ctr.recipe import Recipe
 from ctr.train.callbacks import diverged, loss_check_interval, warn_if_not_finite
 from ctr.train.checkpoints import Checkpointer, TrainState
 from ctr.train.distributed_stages import ArchSteps
-from ctr.train.loop import LOG_EVERY_N_STEPS, PROGRESS_EVERY_N_STEPS, Placement, beats
+from ctr.train.loop import LOG_EVERY_N_STEPS, PROGRESS_EVERY_N_STEPS, Placement, beats, read_log_rows
 from ctr.train.task import densify_gradients, probabilities
 
 if TYPE_CHECKING:
@@ -273,7 +273,7 @@ def _gather(values: torch.Tensor, place: Placement) -> torch.Tensor:
 class CurveLog:
     """``logs/metrics.csv`` as the one-process run writes it (rank 0 only): one row per logged
     step (``train/loss``), per epoch (its lrs) and per validation; a resumed run keeps the
-    rows written before its checkpoint (those of steps before ``keep_before``)."""
+    rows written before its checkpoint (those of steps before ``keep_before``; ``read_log_rows``)."""
 
     COLUMNS = ("epoch", "step", "lr/dense", "lr/embedding", "train/loss", "valid/auc", "valid/logloss", "valid/gauc")
 
@@ -281,10 +281,7 @@ class CurveLog:
         self.path, self.writer = path, writer
         if not writer:
             return
-        kept = []
-        if keep_before and path.is_file():
-            with path.open(newline="") as file:
-                kept = [row for row in csv.DictReader(file) if int(row["step"]) < keep_before]
+        kept = read_log_rows(path, keep_before, self.COLUMNS)[1] if keep_before and path.is_file() else []
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as file:
             out = csv.DictWriter(file, fieldnames=self.COLUMNS)

@@ -290,23 +290,53 @@ def keep_log_rows(trainer: L.Trainer, global_step: int) -> list[dict[str, str]]:
     """Keeps the CSV log rows written up to the checkpoint a resumed run starts from, saved
     at training step ``global_step`` mid-epoch or at an epoch's end (a row's ``step`` is the
     training step it was logged at, minus one); Lightning's CSV logger would delete them, and
-    later rows are redone. Returns the rows kept."""
+    later rows are redone. Returns the rows kept (``read_log_rows``)."""
     logger = trainer.logger
     if not isinstance(logger, CSVLogger):
         return []
     path = Path(logger.log_dir) / "metrics.csv"
     if not path.is_file():
         return []
-    with path.open(newline="") as file:
-        reader = csv.DictReader(file)
-        header, rows = list(reader.fieldnames or []), [row for row in reader if int(row["step"]) < global_step]
+    header, rows = read_log_rows(path, global_step)
     writer = logger.experiment  # creating it deletes the file; the kept rows go back in
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as file:
-        out = csv.DictWriter(file, fieldnames=header)
-        out.writeheader()
-        out.writerows(rows)
-    writer.metrics_keys = header
+    if header:
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as file:
+            out = csv.DictWriter(file, fieldnames=header)
+            out.writeheader()
+            out.writerows(rows)
+        writer.metrics_keys = header
     return rows
+
+
+def read_log_rows(path: Path, before: int,
+                  columns: tuple[str, ...] | None = None) -> tuple[list[str], list[dict[str, str]]]:
+    """The header of CSV log ``path`` and its rows logged before training step ``before``. A
+    kill can cut the log's last line short (rows are appended, no line end after it): that
+    line is left out, and so are rows whose ``epoch`` or ``step`` is not an integer or whose
+    fields do not fit the header, with a warning; a header without ``epoch`` and ``step``, or
+    with a column not among ``columns`` (when given), keeps nothing."""
+    with path.open(newline="", errors="replace") as file:  # line ends as written: a cut "\r\n" keeps its "\r"
+        lines = file.read().splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        log.warning("%s: its last line is cut short (a write was killed); it is left out", path)
+        lines.pop()
+    reader = csv.DictReader(lines)
+    header = list(reader.fieldnames or [])
+    if header and not ({"epoch", "step"} <= set(header) <= set(columns or header)):
+        log.warning("%s: not a training log (its columns: %s); its rows are left out", path, ", ".join(header))
+        return [], []
+    read = list(reader)
+    rows = [row for row in read if _whole_log_row(row)]
+    if len(read) > len(rows):
+        log.warning("%s: %d row(s) without an epoch and step number or with another number of columns than its"
+                    " header left out", path, len(read) - len(rows))
+    return header, [row for row in rows if int(row["step"]) < before]
+
+
+def _whole_log_row(row: dict[str | None, str | None]) -> bool:
+    """Whether a CSV log row fits its header (``csv.DictReader`` puts a row's missing fields
+    at None, its extra ones under the key None) and has an integer epoch and step."""
+    return None not in row and None not in row.values() and row["epoch"].isdigit() and row["step"].isdigit()
 
 
 def lr_epochs(rows: list[dict[str, str]]) -> set[int]:

@@ -1,0 +1,89 @@
+"""The CSV log a resumed run keeps: the rows logged before its checkpoint, read from a log
+that a kill may have cut short (its last line, or its header) or that is not a training log;
+what cannot be read is left out with a warning, in the one-process and the distributed log."""
+
+import logging
+
+import lightning as L
+import pytest
+from lightning.pytorch.loggers import CSVLogger
+
+from ctr.train.distributed_epochs import CurveLog
+from ctr.train.loop import keep_log_rows
+
+LIGHTNING = ("epoch,lr/dense,lr/embedding,step,train/loss,valid/auc,valid/logloss\r\n"
+             "0,,,9,,0.47,0.50\r\n"
+             "0,0.001,0.05,9,,,\r\n"
+             "1,,,19,0.59,,\r\n"
+             "1,,,19,,0.53,0.50\r\n")
+DISTRIBUTED = ("epoch,step,lr/dense,lr/embedding,train/loss,valid/auc,valid/logloss,valid/gauc\r\n"
+               "0,9,0.001,0.05,,,,\r\n"
+               "0,9,,,,0.47,0.50,\r\n"
+               "1,19,,,0.59,,,\r\n")
+
+
+def kept_by_lightning(tmp_path, text, step=20):
+    """The log ``keep_log_rows`` leaves of ``text`` for a resume at ``step``, and its rows."""
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "metrics.csv").write_bytes(text.encode())
+    trainer = L.Trainer(logger=CSVLogger(tmp_path, name="logs", version=""), enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    rows = keep_log_rows(trainer, step)
+    trainer.logger.experiment.save()
+    path = tmp_path / "logs" / "metrics.csv"
+    return (path.read_bytes().decode() if path.exists() else ""), rows
+
+
+def test_a_complete_log_keeps_the_rows_before_the_checkpoint(tmp_path, caplog):
+    text, rows = kept_by_lightning(tmp_path, LIGHTNING, step=10)
+    assert text == "".join(LIGHTNING.splitlines(keepends=True)[:3]) and len(rows) == 2
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("cut", [10, 3, 1])
+def test_a_last_row_cut_short_is_left_out_with_a_warning(tmp_path, caplog, cut):
+    text, rows = kept_by_lightning(tmp_path, LIGHTNING[:-cut])
+    assert text == "".join(LIGHTNING.splitlines(keepends=True)[:-1]) and len(rows) == 3
+    assert "metrics.csv" in caplog.text and "cut short" in caplog.text
+
+
+def test_a_row_whose_step_is_not_a_number_is_left_out_with_a_warning(tmp_path, caplog):
+    lines = LIGHTNING.splitlines(keepends=True)
+    text, rows = kept_by_lightning(tmp_path, "".join(lines[:2] + ["0,,,x9,,0.47,0.50\r\n"] + lines[2:]))
+    assert text == LIGHTNING and len(rows) == 4
+    assert "metrics.csv" in caplog.text and "1 row(s)" in caplog.text
+
+
+@pytest.mark.parametrize("cut", [LIGHTNING.index("\r\n") - 5, 4])
+def test_a_header_cut_short_keeps_no_row_and_no_bogus_column(tmp_path, caplog, cut):
+    text, rows = kept_by_lightning(tmp_path, LIGHTNING[:cut])
+    assert text == "" and rows == []
+    assert "cut short" in caplog.text
+
+
+def test_a_log_without_a_step_column_keeps_no_row(tmp_path, caplog):
+    text, rows = kept_by_lightning(tmp_path, "a,b\r\n1,2\r\n")
+    assert text == "" and rows == []
+    assert "not a training log" in caplog.text
+
+
+def test_the_distributed_log_keeps_no_row_of_a_foreign_column(tmp_path, caplog):
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,other\n0,9,1\n")
+    CurveLog(path, True, keep_before=20)
+    assert path.read_text().splitlines() == [",".join(CurveLog.COLUMNS)]
+    assert "not a training log" in caplog.text
+
+
+@pytest.mark.parametrize("cut", [0, 10, len(DISTRIBUTED) - 30])
+def test_the_distributed_log_keeps_its_complete_rows(tmp_path, caplog, cut):
+    caplog.set_level(logging.WARNING)
+    path = tmp_path / "logs" / "metrics.csv"
+    path.parent.mkdir()
+    path.write_bytes(DISTRIBUTED[:len(DISTRIBUTED) - cut].encode())
+    CurveLog(path, True, keep_before=20)
+    lines = DISTRIBUTED.splitlines(keepends=True)
+    kept = {0: lines, 10: lines[:-1], len(DISTRIBUTED) - 30: []}[cut]
+    header = "".join(CurveLog.COLUMNS[:1]) + "," + ",".join(CurveLog.COLUMNS[1:]) + "\r\n"
+    assert path.read_bytes().decode() == header + "".join(kept[1:])
+    assert ("cut short" in caplog.text) == (cut > 0)
