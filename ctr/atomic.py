@@ -40,6 +40,48 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
 
 
+def staging_folder(path: Path) -> Path:
+    """Where a folder that is to replace folder ``path`` is written (``.<name>.tmp`` beside
+    it) before ``replace_folder`` puts it in place."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+def replace_folder(path: Path) -> None:
+    """Puts the whole folder ``staging_folder(path)`` at ``path`` in place of the folder there.
+    A folder cannot be renamed over another, so the old one goes aside first (``.<name>.old``)
+    and a kill between the two renames leaves no ``path``: ``replaced_folder`` finds its folder
+    then, and ``finish_replace`` completes the replace."""
+    old = _aside(path)
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(staging_folder(path), path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def replaced_folder(path: Path) -> Path:
+    """The folder at ``path``; where a ``replace_folder`` into it was stopped between its
+    renames (``path`` missing, its old folder aside), the whole new folder that was to replace
+    it, else the old one."""
+    if path.exists() or not _aside(path).exists():
+        return path
+    staged = staging_folder(path)
+    return staged if staged.is_dir() else _aside(path)
+
+
+def finish_replace(path: Path) -> None:
+    """Completes a ``replace_folder`` into ``path`` that a kill stopped between its renames
+    (``replaced_folder`` goes to ``path``) and removes an old folder it left aside."""
+    found = replaced_folder(path)
+    if found != path:
+        os.replace(found, path)
+    shutil.rmtree(_aside(path), ignore_errors=True)
+
+
+def _aside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
 def process_alive(pid: int) -> bool:
     """Whether process ``pid`` exists on this machine (whoever owns it)."""
     try:

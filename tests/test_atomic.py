@@ -1,11 +1,14 @@
 """Atomic writes: a reader sees the old file or the new one, and a killed writer's temporary
-does not outlive the next write of the same file."""
+does not outlive the next write of the same file; a folder replace that a kill stopped
+between its renames is found and finished."""
 
 import os
 import subprocess
 import sys
 
-from ctr.atomic import atomic_path, atomic_write
+import pytest
+
+from ctr.atomic import atomic_path, atomic_write, finish_replace, replace_folder, replaced_folder, staging_folder
 
 KILLED_WRITER = """
 import os, signal, sys
@@ -36,3 +39,56 @@ def test_a_live_writers_temporary_and_other_names_are_kept(tmp_path):
     with atomic_path(target) as tmp:
         tmp.write_text("program")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["model.pt2"])
+
+
+def folder(path, text):
+    """A folder ``path`` holding one file with ``text``."""
+    path.mkdir()
+    (path / "part").write_text(text)
+    return path
+
+
+class Killed(Exception):
+    """Stands for a SIGKILL."""
+
+
+def test_a_folder_replace_leaves_the_new_folder_only(tmp_path):
+    target = folder(tmp_path / "last", "old")
+    folder(staging_folder(target), "new")
+    replace_folder(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["last"] and (target / "part").read_text() == "new"
+
+
+def test_a_folder_replace_killed_between_its_renames_is_finished_with_the_new_folder(tmp_path, monkeypatch):
+    target = folder(tmp_path / "last", "old")
+    folder(staging_folder(target), "new")
+    rename = os.replace
+
+    def rename_then_die(src, dst):
+        rename(src, dst)
+        if str(dst).endswith(".old"):
+            raise Killed
+
+    monkeypatch.setattr(os, "replace", rename_then_die)
+    with pytest.raises(Killed):
+        replace_folder(target)
+    monkeypatch.undo()
+    assert not target.exists() and replaced_folder(target) == staging_folder(target)
+    finish_replace(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["last"] and (target / "part").read_text() == "new"
+
+
+def test_a_stopped_replace_without_its_new_folder_gets_the_old_one_back(tmp_path):
+    target = tmp_path / "last"
+    folder(tmp_path / ".last.old", "old")
+    assert replaced_folder(target) == tmp_path / ".last.old"
+    finish_replace(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["last"] and (target / "part").read_text() == "old"
+
+
+def test_a_folder_being_written_for_the_first_time_is_not_taken_for_a_stopped_replace(tmp_path):
+    target = tmp_path / "last"
+    folder(staging_folder(target), "half")  # no old folder aside: the staging may be half written
+    assert replaced_folder(target) == target
+    finish_replace(target)
+    assert not target.exists() and staging_folder(target).exists()

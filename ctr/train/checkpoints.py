@@ -6,14 +6,15 @@ replicated tensor once) and of the sharded tables' fused optimizer state, plus, 
 them, ``ctr.json`` (the training position, early stopping, how the network was placed),
 ``optimizers.pt`` (the dense and replicated tables' optimizers: written by rank 0) and ``rng-<rank>.pt`` (each rank's
 random state). DCP reshards on load, so a checkpoint loads into another world size, or into
-one process without a process group (``ctr eval``, ``predict``, ``export``).
+one process without a process group (``ctr eval``, ``predict``, ``export``). A save writes
+``.<name>.tmp`` and then swaps it in (``replace_folder``); one that a kill stopped between
+the swap's renames is finished when the run's checkpointer is next made (``--resume``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
 
-from ctr.atomic import atomic_write
+from ctr.atomic import atomic_write, finish_replace, replace_folder, replaced_folder, staging_folder
 from ctr.errors import UserError, reason
 from ctr.recipe import EarlyStopConfig
 from ctr.train.loop import Placement
@@ -34,7 +35,9 @@ STATE_FILE = "ctr.json"
 
 
 def is_distributed_checkpoint(path: Path) -> bool:
-    """Whether ``path`` is a distributed run's checkpoint folder."""
+    """Whether ``path`` is a distributed run's checkpoint folder (or will be once a save that
+    a kill stopped between its renames is finished: ``replaced_folder``)."""
+    path = replaced_folder(path)
     return path.is_dir() and (path / STATE_FILE).is_file() and (path / ".metadata").is_file()
 
 
@@ -42,7 +45,7 @@ def read_state(path: Path) -> dict[str, Any]:
     """``ctr.json`` of a distributed checkpoint (a UserError naming a folder that is not one)."""
     if not is_distributed_checkpoint(path):
         raise UserError(f"{path}: not a distributed run's checkpoint (no {STATE_FILE} or DCP .metadata)")
-    return json.loads((path / STATE_FILE).read_text())
+    return json.loads((replaced_folder(path) / STATE_FILE).read_text())
 
 
 @dataclass
@@ -118,6 +121,10 @@ class Checkpointer:
                  place: Placement):
         self.folder, self.module, self.optimizer = folder, module, optimizer
         self.sharded, self.place = sharded, place
+        if place.rank == 0:  # a save a kill stopped between its renames: finished before any load or save
+            for path in (self.best, self.last):
+                finish_replace(path)
+        dist.barrier()
 
     best = property(lambda self: self.folder / "best")
     last = property(lambda self: self.folder / "last")
@@ -133,7 +140,7 @@ class Checkpointer:
 
     def save(self, path: Path, state: TrainState) -> None:
         """Writes the checkpoint at ``path`` (beside it first; it replaces ``path`` when whole)."""
-        tmp, rank = path.with_name(f".{path.name}.tmp"), self.place.rank
+        tmp, rank = staging_folder(path), self.place.rank
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         dist.barrier()
@@ -146,12 +153,7 @@ class Checkpointer:
             atomic_write(tmp / STATE_FILE, json.dumps(info, indent=2) + "\n")
         dist.barrier()
         if rank == 0:
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            if path.exists():
-                os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            replace_folder(path)
         dist.barrier()
 
     def _fused_lr(self) -> float | None:

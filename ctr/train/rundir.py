@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from ctr.atomic import atomic_path, atomic_write
+from ctr.atomic import atomic_path, atomic_write, replaced_folder
 from ctr.datasets.preprocess import KEY_FILE, input_change
 from ctr.errors import UserError
 from ctr.metrics import metrics_from_json, metrics_json
@@ -60,8 +60,9 @@ class RunDir:
     @property
     def started(self) -> bool:
         """Whether training has left something to resume: a last checkpoint, a multi-stage
-        run's stages/ (written first) or a distributed run's checkpoint folder."""
-        return self.last.exists() or self.stages.exists() or (self.checkpoints / "last").exists()
+        run's stages/ (written first) or a distributed run's checkpoint folder (also while a
+        save that a kill stopped between its renames left it beside its place)."""
+        return self.last.exists() or self.stages.exists() or replaced_folder(self.checkpoints / "last").exists()
 
     def lightning_checkpoints(self) -> list[Path]:
         """The checkpoints a one-process run writes (Lightning's ``*.ckpt``), its stages' too."""
