@@ -52,9 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":  # every rank of a distributed run meets the same error: one line
             print(f"ctr: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("ctr: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # Ctrl+C where ctr, not Lightning, handles it (a procedure stage)
+        return _say_signal_end(args, ("interrupted", 130))
     except BrokenPipeError:  # the reader of our output left (`ctr models | head -1`): end quietly, as on SIGPIPE
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141

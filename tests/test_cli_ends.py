@@ -1,6 +1,7 @@
 """How ``ctr`` ends on what is not its own error: a signal during a fit (Lightning ends it
 with ``SystemExit`` on SIGINT and SIGTERM, code 1 and 0, which would pass for a failed or a
-finished run), a path the system refuses, a closed output pipe."""
+finished run) or during a procedure stage (ctr's own ``KeyboardInterrupt`` and ``Terminated``),
+a path the system refuses, a closed output pipe."""
 
 import errno
 
@@ -8,10 +9,19 @@ import pytest
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ctr import cli
+from ctr.errors import Terminated
 
 
 def _sigterm_in_fit(args):
     raise SIGTERMException()  # what Lightning's fit raises on SIGTERM
+
+
+def _sigint_in_procedure(args):
+    raise KeyboardInterrupt  # SIGINT outside a Lightning fit (OptEmbed's search, Dedup's dedup stage)
+
+
+def _sigterm_in_procedure(args):
+    raise Terminated  # SIGTERM outside a Lightning fit, under sigterm_raises
 
 
 def _sigint_in_fit(args):
@@ -26,6 +36,10 @@ def _sigint_in_fit(args):
                            " if one was written"),
     (_sigint_in_fit, 130, "ctr: interrupted; `ctr train --resume RUN_DIR` continues from its last checkpoint, if one"
                           " was written"),
+    (_sigterm_in_procedure, 143, "ctr: terminated (SIGTERM); `ctr train --resume RUN_DIR` continues from its last"
+                                 " checkpoint, if one was written"),
+    (_sigint_in_procedure, 130, "ctr: interrupted; `ctr train --resume RUN_DIR` continues from its last checkpoint, if"
+                                " one was written"),
 ])
 def test_a_signal_during_a_fit_exits_with_the_shells_code_and_says_how_to_resume(monkeypatch, capsys, fit, code, said):
     monkeypatch.setattr(cli, "_train", fit)
@@ -33,11 +47,14 @@ def test_a_signal_during_a_fit_exits_with_the_shells_code_and_says_how_to_resume
     assert capsys.readouterr().err.strip() == said
 
 
-def test_a_signal_during_an_evaluation_says_no_resume(monkeypatch, capsys):
-    """ctr eval (a Lightning test loop) stopped by SIGTERM has nothing to resume."""
-    monkeypatch.setattr(cli, "_eval", _sigterm_in_fit)
-    assert cli.main(["eval", "run"]) == 143
-    assert capsys.readouterr().err.strip() == "ctr: terminated (SIGTERM)"
+@pytest.mark.parametrize("stop, code, said", [
+    (_sigterm_in_fit, 143, "ctr: terminated (SIGTERM)"), (_sigint_in_procedure, 130, "ctr: interrupted"),
+])
+def test_a_signal_during_an_evaluation_says_no_resume(monkeypatch, capsys, stop, code, said):
+    """ctr eval (a Lightning test loop) stopped by SIGTERM or Ctrl+C has nothing to resume."""
+    monkeypatch.setattr(cli, "_eval", stop)
+    assert cli.main(["eval", "run"]) == code
+    assert capsys.readouterr().err.strip() == said
 
 
 def test_another_system_exit_passes_through(monkeypatch):
