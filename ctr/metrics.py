@@ -81,8 +81,11 @@ def metrics_json(report: dict[str, Any]) -> str:
 
 
 def metrics_from_json(text: str) -> dict[str, Any]:
-    """A report ``metrics_json`` wrote, with its undefined metrics nan again."""
+    """A report ``metrics_json`` wrote, with its undefined metrics nan again; a ValueError
+    for text that is not a JSON object."""
     report = json.loads(text)
+    if not isinstance(report, dict):
+        raise ValueError(f"a JSON {type(report).__name__}, not an object")
     for split in ("valid", "test"):
         if isinstance(report.get(split), dict):
             report[split] = {k: math.nan if v is None else v for k, v in report[split].items()}

@@ -13,7 +13,7 @@ import yaml
 
 from ctr.atomic import atomic_path, atomic_write, replaced_folder
 from ctr.datasets.preprocess import KEY_FILE, input_change
-from ctr.errors import UserError
+from ctr.errors import UserError, reason
 from ctr.metrics import metrics_from_json, metrics_json
 from ctr.recipe import Recipe, read_yaml, recipe_from_dict
 from ctr.train.old_recipes import upgraded
@@ -147,4 +147,9 @@ class RunDir:
         atomic_write(self.metrics, metrics_json(metrics) + "\n")
 
     def read_metrics(self) -> dict[str, Any]:
-        return metrics_from_json(self.metrics.read_text())
+        """The run's metrics.json; a UserError naming it when it is not a whole report (cut
+        short, not JSON, not an object)."""
+        try:
+            return metrics_from_json(self.metrics.read_text())
+        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, not an object
+            raise UserError(f"{self.metrics}: not a readable metrics.json ({reason(err, typed=True)})") from None
