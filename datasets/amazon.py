@@ -66,9 +66,10 @@ class AmazonConfig(DataConfig):
     def reading(self, path: Path) -> AmazonConfig:
         """Histories of ``path`` with the attributes file beside it when there is one (new items'
         categories), else the one training read."""
-        beside = default_attributes(_history_file(str(path)))
-        trained = Path(self.attributes) if self.attributes else default_attributes(_history_file(self.path))
-        return dataclasses.replace(super().reading(path), attributes=str(beside if beside.is_file() else trained))
+        attributes = default_attributes(_history_file(str(path)))
+        if not attributes.is_file():  # training's files are read only then: they may be gone
+            attributes = Path(self.attributes) if self.attributes else default_attributes(_history_file(self.path))
+        return dataclasses.replace(super().reading(path), attributes=str(attributes))
 
 
 @dataclass

@@ -38,10 +38,9 @@ from ctr.schema import FeatureInfo, FeatureSpec, Schema
 from ctr.typed import to_plain
 
 log = logging.getLogger(__name__)
-# 6: input paths resolved in the key (a run resumed with its recipe's absolute paths encoded its data again);
 # 5: file stamps hold the modification time in ns (an entry of 4 names the version, not a changed input);
 # 4: a train stream without a test file gives data.split.test of its rows to test
-PIPELINE_VERSION = 6
+PIPELINE_VERSION = 5
 DONE = "DONE"
 KEY_FILE = "key.json"
 TMP_MARK = ".tmp-"

@@ -22,9 +22,6 @@ SPLITS = ("train", "valid", "test")
 RowStream = Callable[[], Iterator[pa.RecordBatch]]
 
 
-INPUT_PATH_KEYS = ("path", "valid_path", "test_path")  # data options naming input files or folders
-
-
 class DatasetSource(ABC):
     """A registered dataset: its default features and a reader of its raw rows.
 
@@ -57,7 +54,7 @@ class DatasetSource(ABC):
         options = to_plain(self.config)
         for key in ("cache_dir", "prefetch", "shuffle_buffer", "on_device"):
             options.pop(key, None)
-        for key in INPUT_PATH_KEYS:  # the same files named from another folder: the same key
+        for key in type(self.config).path_keys:  # the same files named from another folder: the same key
             if isinstance(options.get(key), str) and options[key]:
                 options[key] = str(Path(options[key]).expanduser().resolve())
         key = {"class": type(self).__name__, "options": options, "files": file_stamps(self.files())}

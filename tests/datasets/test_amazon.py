@@ -118,3 +118,19 @@ def test_amazon_beauty_row_counts():
     assert counts == {"train": 262_826, "valid": 44_726, "test": 44_726}
     assert pa.compute.count_distinct(hist.categories).as_py() > 100
     assert np.all(hist.lengths >= 5)
+
+
+def test_rows_to_score_read_the_attributes_beside_them_with_the_training_files_gone(tmp_path):
+    """Predict reads training's attributes only when none lie beside its input: it raised on
+    training's history file, gone, though the input's own attributes were there."""
+    new = write_amazon(tmp_path / "new")
+    config = AmazonConfig(dataset="amazon", path=str(tmp_path / "gone" / "Beauty.txt")).reading(new)
+    assert config.path == str(new) and config.attributes == str(new.with_name("Toy_item2attributes.json"))
+
+
+def test_an_attributes_file_named_from_another_folder_keys_the_same_entry(tmp_path, monkeypatch):
+    path = write_amazon(tmp_path / "am")
+    absolute = AmazonDataset(AmazonConfig(path=str(path), attributes=str(path.with_name("Toy_item2attributes.json"))))
+    monkeypatch.chdir(tmp_path)
+    relative = AmazonDataset(AmazonConfig(path="am/Toy.txt", attributes="am/Toy_item2attributes.json"))
+    assert relative.fingerprint() == absolute.fingerprint()
