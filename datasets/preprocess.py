@@ -204,11 +204,21 @@ def input_change(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
             return f"input {path} is gone"
         if path not in old:
             return f"input {path} is new"
+        if old[path][0] != new[path][0]:
+            return f"input {path} changed (its size)"
         if old[path] != new[path]:
-            return f"input {path} changed (its size or modification time)"
+            seconds, nanoseconds = divmod(old[path][1], 10**9)
+            return (f"input {path} changed (its modification time; if its content is as it was, "
+                    f"`touch -d @{seconds}.{nanoseconds:09d} {path}` gives it back its stamp)")
     if saved.get("code") != current.get("code"):
         return f"the code of dataset plugin {(current.get('code') or saved.get('code'))[0]} changed"
     return None
+
+
+def source_fingerprint(config: DataConfig) -> dict[str, Any]:
+    """What identifies ``config``'s raw input now (its source's ``fingerprint``): read without
+    encoding anything."""
+    return DATASETS.get(config.dataset, "data.dataset").target(config).fingerprint()
 
 
 def cache_root(cache_dir: str | None) -> Path:

@@ -120,6 +120,8 @@ def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[s
     use_threads(recipe.trainer.num_threads)
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     recipe.data = resolve_features(recipe.data)
+    if resume:
+        run.check_resumed_inputs(recipe.data)  # every rank: the same refusal, before any encoding
     if place.rank == 0:
         prepared = prepare(recipe.data, False)  # the cache is filled once, then read by every rank
     dist.barrier()
@@ -127,7 +129,7 @@ def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[s
         prepared = prepare(recipe.data, False)
     prepared.schema.require_sparse()  # every rank: the same refusal
     if resume:
-        run.check_resumed_data(prepared.root)  # every rank: the same refusal
+        run.check_resumed_encoding(prepared.root)  # every rank: the same refusal
     if place.rank == 0:
         run.keep_data(recipe, prepared.root, resume)
     net = CTRNet(recipe, prepared.schema)

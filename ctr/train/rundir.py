@@ -12,10 +12,10 @@ from typing import Any, Iterator
 import yaml
 
 from ctr.atomic import atomic_path, atomic_write, replaced_folder
-from ctr.datasets.preprocess import KEY_FILE, input_change
+from ctr.datasets.preprocess import KEY_FILE, input_change, source_fingerprint
 from ctr.errors import UserError, reason
 from ctr.metrics import metrics_from_json, metrics_json
-from ctr.recipe import Recipe, read_yaml, recipe_from_dict
+from ctr.recipe import DataConfig, Recipe, read_yaml, recipe_from_dict
 from ctr.train.old_recipes import upgraded
 
 
@@ -112,26 +112,27 @@ class RunDir:
             shutil.copytree(prepared_root / "vocab", tmp / "vocab")
 
     def keep_data(self, recipe: Recipe, prepared_root: Path, resume: bool) -> None:
-        """Writes the recipe and copies the schema of the data at ``prepared_root``; a resumed
-        run is first checked to read the data it began with, and keeps its schema."""
-        if resume:
-            self.check_resumed_data(prepared_root)
+        """Writes the recipe and copies the schema of the data at ``prepared_root`` (a resumed
+        run keeps its schema)."""
         self.write_recipe(recipe)
         if not (resume and self.schema.is_dir()):
             self.copy_schema(prepared_root)
 
-    def check_resumed_data(self, prepared_root: Path) -> None:
-        """Refuses to resume on other data than the run began with (nothing is written): an
-        input file changed, added or removed since (the saved key's stamps), or a fitted
-        schema or data report that differs from the run's (a run saved without a key)."""
-        if not self.schema.is_dir():
-            return
-        saved, current = self.schema / KEY_FILE, prepared_root / KEY_FILE
-        if saved.exists() and current.exists():
-            change = input_change(json.loads(saved.read_text())["source"], json.loads(current.read_text())["source"])
+    def check_resumed_inputs(self, data: DataConfig) -> None:
+        """Refuses, before any data is read, to resume on input files changed, added or removed
+        since the run began (the stamps of its saved key)."""
+        saved = self.schema / KEY_FILE
+        if saved.exists():
+            change = input_change(json.loads(saved.read_text())["source"], source_fingerprint(data))
             if change:
                 raise UserError(f"{self.root}: {change} since the run began; a resumed run trains on the data it "
                                 "began with: restore it, or train a new run")
+
+    def check_resumed_encoding(self, prepared_root: Path) -> None:
+        """Refuses to resume a run saved without a key (an earlier ctr) whose fitted schema or
+        data report differs from the data's encoding now."""
+        if not self.schema.is_dir() or (self.schema / KEY_FILE).exists():
+            return
         for name in ("schema.json", "report.json"):
             if json.loads((self.schema / name).read_text()) != json.loads((prepared_root / name).read_text()):
                 raise UserError(f"{self.root}: its data now encodes differently than when the run began (schema/{name} "

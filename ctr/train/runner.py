@@ -66,8 +66,12 @@ def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:
     log.info("run directory: %s", run.root)
     progress = _progress(recipe)
     recipe.data = resolve_features(recipe.data)  # the run's recipe.yaml lists every feature
+    if resume:
+        run.check_resumed_inputs(recipe.data)
     prepared = prepare(recipe.data, progress)
     prepared.schema.require_sparse()
+    if resume:
+        run.check_resumed_encoding(prepared.root)
     run.keep_data(recipe, prepared.root, resume)
     task = CTRTask(recipe, prepared.schema)
     _log_summary(task, prepared)

@@ -8,10 +8,9 @@ import json
 import logging
 from pathlib import Path
 
-from ctr.datasets.preprocess import KEY_FILE, Encoded, encode_with_schema, input_change
+from ctr.datasets.preprocess import KEY_FILE, Encoded, encode_with_schema, input_change, source_fingerprint
 from ctr.errors import UserError
 from ctr.recipe import DataConfig, Recipe
-from ctr.registry import DATASETS
 from ctr.schema import Schema
 from ctr.train.checkpoints import read_state
 from ctr.train.loop import load_checkpoint, load_weights, quiet_lightning
@@ -91,8 +90,7 @@ def _warn_if_changed(run: RunDir, config: DataConfig, split: str, rows: int) -> 
         return
     key = run.schema / KEY_FILE
     if key.exists():
-        source = DATASETS.get(config.dataset, "data.dataset").target(config).fingerprint()
-        change = input_change(json.loads(key.read_text())["source"], source)
+        change = input_change(json.loads(key.read_text())["source"], source_fingerprint(config))
         if change:
             log.warning("%s: %s after the run trained; the %s split has as many rows, but these metrics may not be "
                         "the run's", run.root, change, split)

@@ -1,9 +1,12 @@
 """A resumed run trains on the data it began with: an input file changed since is refused
-before anything in the run is written (it was trained on silently, and the run's schema/
-replaced by the new encoding's), and the same files named by the run's absolute paths are
-not encoded again."""
+before any data is encoded and anything in the run is written (it was trained on silently,
+and the run's schema/ replaced by the new encoding's), and the same files named by the run's
+absolute paths are not encoded again."""
 
 import hashlib
+import os
+import re
+import subprocess
 
 import pytest
 
@@ -26,16 +29,40 @@ def digest(folder):
     return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
 
 
-def test_an_input_changed_since_the_run_began_is_refused_and_the_run_kept(tmp_path):
+def encodings_counted(monkeypatch) -> list:
+    """The encodings the data pipeline runs from now on (one entry each)."""
+    encodings = []
+    real_run = preprocess._Job.run
+    monkeypatch.setattr(preprocess._Job, "run", lambda job, out: (encodings.append(out), real_run(job, out)))
+    return encodings
+
+
+@pytest.mark.parametrize("change, said", [
+    (lambda text: text.replace(",1,", ",0,"), r"changed \(its modification time; if its content is as it was"),
+    (lambda text: text + "9999,a1,1,b1,1.0\n", r"changed \(its size\)"),
+], ids=["labels", "rows"])
+def test_an_input_changed_since_the_run_began_is_refused_before_encoding_and_the_run_kept(
+        tmp_path, monkeypatch, change, said):
     run = interrupted_run(tmp_path, csv_recipe(tmp_path, epochs=1))
     before = digest(run.root)
     rows = tmp_path / "rows.csv"
-    lines = rows.read_text().splitlines()
-    rows.write_text("\n".join(lines[:1] + [line.replace(",1,", ",0,") for line in lines[1:]]) + "\n")  # labels only
-    with pytest.raises(UserError, match=rf"^{run.root}: input {rows} changed \(its size or modification time\) "
-                                        r"since the run began; a resumed run trains on the data it began with"):
+    rows.write_text(change(rows.read_text()))
+    encodings = encodings_counted(monkeypatch)
+    with pytest.raises(UserError, match=rf"^{run.root}: input {rows} {said}.* since the run began; a resumed run "
+                                        r"trains on the data it began with"):
         train(run.load_recipe(), run.root, resume=True)
-    assert digest(run.root) == before
+    assert digest(run.root) == before and encodings == []
+
+
+def test_a_touched_input_resumes_once_the_said_command_gives_back_its_stamp(tmp_path):
+    run = interrupted_run(tmp_path, csv_recipe(tmp_path, epochs=1))
+    rows = tmp_path / "rows.csv"
+    os.utime(rows, ns=(rows.stat().st_atime_ns, rows.stat().st_mtime_ns + 10**9))  # a copy without -p, say
+    with pytest.raises(UserError) as refused:
+        train(run.load_recipe(), run.root, resume=True)
+    command = re.search(r"`(touch -d @\d+\.\d{9} \S+)`", str(refused.value)).group(1)
+    subprocess.run(command.split(), check=True)
+    assert train(run.load_recipe(), run.root, resume=True)["test"]["auc"] > 0
 
 
 def test_a_run_saved_without_a_key_compares_its_schema_and_report(tmp_path):
@@ -53,8 +80,6 @@ def test_a_run_begun_with_a_relative_path_resumes_without_encoding_again(tmp_pat
     raw["data"]["path"] = "rows.csv"
     monkeypatch.chdir(tmp_path)
     run = interrupted_run(tmp_path, raw)
-    encodings = []
-    real_run = preprocess._Job.run
-    monkeypatch.setattr(preprocess._Job, "run", lambda job, out: (encodings.append(out), real_run(job, out)))
+    encodings = encodings_counted(monkeypatch)
     metrics = train(run.load_recipe(), run.root, resume=True)
     assert encodings == [] and metrics["test"]["auc"] > 0
