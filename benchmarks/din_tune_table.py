@@ -42,7 +42,7 @@ def table(root: Path) -> str:
     datasets = [d for d in DATASETS if (root / d).is_dir()]
     head = "| model | " + " | ".join(f"{d} test AUC | {d} test group AUC" for d in datasets) + " |"
     lines, settings = [head, "|---" * (1 + 2 * len(datasets)) + "|"], []
-    for form in [f for f in FORMS if all((root / d / f / "results.csv").is_file() for d in datasets)]:
+    for form in tuned_forms(root, datasets):
         cells = []
         for dataset in datasets:
             rows = chosen_rows(root / dataset / form / "results.csv")
@@ -50,6 +50,16 @@ def table(root: Path) -> str:
             settings.append(f"- {dataset}, {form} ({len(rows)} seeds): `{rows[0]['settings']}`")
         lines.append(f"| {form} | " + " | ".join(cells) + " |")
     return "\n".join(lines + ["", "Chosen on validation AUC:", *settings]) + "\n"
+
+
+def tuned_forms(root: Path, datasets: list[str]) -> list[str]:
+    """The forms tuned on every dataset (``FORMS=`` tunes some); one tuned on some only is an
+    unfinished run of the script, named."""
+    tuned = {form: [d for d in datasets if (root / d / form / "results.csv").is_file()] for form in FORMS}
+    partial = [form for form, found in tuned.items() if 0 < len(found) < len(datasets)]
+    if partial:
+        raise SystemExit(f"{root}: {partial[0]} is tuned on {', '.join(tuned[partial[0]])} only (is the tuning finished?)")
+    return [form for form, found in tuned.items() if found]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,14 +121,16 @@ class PEPEmbedding(PrunedTable):
         with torch.no_grad():
             margin = (self.weight.abs() - torch.sigmoid(self.config.gk * self.threshold)).flatten()
             self.keep.copy_((largest_mask(margin, self.kept) & (margin > 0)).view_as(self.keep))
-        if not bool(self.keep.any()):  # a search shorter than check_every steps was never checked
-            raise self._pruned_everything(f"by the end of the search (step {int(self.step)})", "or search longer")
+        if not bool(self.keep.any()):
+            never_checked = int(self.step) < self.config.check_every
+            raise self._pruned_everything(f"by the end of the search (step {int(self.step)})",
+                                          "or search at least embedding.check_every steps" if never_checked else "")
         log.info("pep: the search never reached sparsity %.4f; the mask keeps the %d largest |w| - g(s) > 0",
                  self.target, int(self.keep.sum()))
 
     def _pruned_everything(self, when: str, advice: str) -> RecipeError:
         return RecipeError(f"embedding.threshold_init: pep's thresholds pruned every entry {when} (g(s) passed every "
-                           f"|w|): nothing is left to retrain; start them lower (the artifact's -150) {advice}")
+                           f"|w|): nothing is left to retrain; start them lower (the artifact's -150) {advice}".rstrip())
 
     def stage_summary(self, stage: Stage) -> dict[str, Any]:
         """The stored format and the search step that reached S (None: never, the mask was cut)."""

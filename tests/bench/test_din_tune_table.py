@@ -42,3 +42,13 @@ def test_a_form_not_tuned_is_left_out(tmp_path):
     ])
     rows = [line for line in table(tmp_path).splitlines() if line.startswith("| ") and "test AUC" not in line]
     assert rows == ["| authors_inference | 0.7100 ± 0.0141 | 0.6100 ± 0.0141 |"]
+
+
+def test_a_form_tuned_on_some_datasets_only_is_named(tmp_path):
+    rows = [{"point": "p00", "settings": "a=1", "seed": s, "valid": "0.8", "test_auc": "0.7", "test_gauc": "0.6"}
+            for s in ("1", "2")]
+    write(tmp_path / "Beauty" / "paper", rows)
+    write(tmp_path / "Toys_and_Games" / "ctr", rows)
+    write(tmp_path / "Toys_and_Games" / "paper", rows)
+    with pytest.raises(SystemExit, match="ctr is tuned on Toys_and_Games only"):
+        table(tmp_path)

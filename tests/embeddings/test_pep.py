@@ -86,5 +86,7 @@ def test_a_search_that_ends_before_its_first_check_with_every_entry_pruned_is_on
     method.train()
     method.advance()
     with pytest.raises(RecipeError, match=r"^embedding.threshold_init: pep's thresholds pruned every entry by the end "
-                                          r"of the search \(step 1\) \(g\(s\) passed every \|w\|\): nothing is left"):
+                                          r"of the search \(step 1\) \(g\(s\) passed every \|w\|\): nothing is left to "
+                                          r"retrain; start them lower \(the artifact's -150\) or search at least "
+                                          r"embedding\.check_every steps$"):
         method.run_procedure(Stage("mask", kind="procedure"), StageContext(score=lambda: 0.5, seed=0))
