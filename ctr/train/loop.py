@@ -19,6 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loops.fit_loop import _FitLoop
 
 from ctr.atomic import atomic_path
 from ctr.datasets import BatchLoader, Prepared
@@ -377,7 +378,7 @@ def trainer_for(recipe: Recipe, run: RunDir, progress: bool, callbacks: list, lo
     run directory)."""
     cfg, train = recipe.trainer, recipe.train
     loggers = [CSVLogger(log_root or run.root, name="logs", version="")] if logger else False
-    return L.Trainer(
+    trainer = L.Trainer(
         accelerator=cfg.accelerator,
         devices=1,  # one process; a distributed run trains in ctr.train.distributed
         strategy=cfg.strategy,
@@ -394,6 +395,32 @@ def trainer_for(recipe: Recipe, run: RunDir, progress: bool, callbacks: list, lo
         use_distributed_sampler=False,
         default_root_dir=run.root,
     )
+    _restore_as_epoch_based(trainer)
+    return trainer
+
+
+class _ResumingFitLoop(_FitLoop):
+    """Lightning's fit loop, restored from a checkpoint the same way with or without
+    ``max_steps``. With ``max_steps`` Lightning counts training as "iteration-based" and then,
+    on a resume, always restarts the checkpoint's epoch (even one whose end was done: its
+    end ran again, the next epoch was counted as done untrained, and a run resumed from an
+    epoch's end trained an epoch less and logged its steps one later) and does not set the
+    epoch counter to the epochs done. Only those two restore steps read it: training still
+    stops at ``max_steps`` (the loops compare the global step with it themselves)."""
+
+    def _iteration_based_training(self) -> bool:
+        return False
+
+
+def _restore_as_epoch_based(trainer: L.Trainer) -> None:
+    """Gives ``trainer`` a ``_ResumingFitLoop`` in place of its fit loop (same epoch limits,
+    same epoch loop)."""
+    loop = trainer.fit_loop
+    if type(loop) is not _FitLoop:  # a Lightning whose fit loop differs: its own restore
+        return
+    resuming = _ResumingFitLoop(trainer, min_epochs=loop.min_epochs, max_epochs=loop.max_epochs)
+    resuming.epoch_loop = loop.epoch_loop
+    trainer.fit_loop = resuming
 
 
 def quiet_lightning() -> None:

@@ -2,8 +2,10 @@
 logged at the end) resumes with the uninterrupted run's log and epoch count: killed right
 after the checkpoint of an epoch's end, of the last epoch, of an epoch's last step validated
 every n steps, or of the validation at which early stopping ended the run mid-epoch; or
-later, once the epoch's lr row was written (it is not written twice). The kill is an
-exception raised in-process (the CSV log is on disk as a SIGKILL would leave it)."""
+later, once the epoch's lr row was written (it is not written twice); the same with
+``train.max_steps`` ending the run mid-epoch (Lightning restores its loops otherwise then).
+The kill is an exception raised in-process (the CSV log is on disk as a SIGKILL would
+leave it)."""
 
 import csv
 import json
@@ -21,6 +23,7 @@ SECTIONS = {
     "every_5": {"epochs": 2, "eval_every_n_steps": 5, "early_stop": None},  # 10 batches an epoch
     "early_stop": {"epochs": 3, "eval_every_n_steps": 4,  # stops at step 8's validation
                    "early_stop": {"monitor": "valid/auc", "mode": "max", "patience": 1, "min_delta": 0.5}},
+    "max_steps": {"epochs": 3, "max_steps": 25, "early_stop": None},  # ends 5 steps into the last epoch
 }
 
 
@@ -79,9 +82,10 @@ def whole_runs(tmp_path_factory):
 @pytest.mark.parametrize("name, kill, step", [
     ("epoch_end", kill_after_checkpoint, 10), ("epoch_end", kill_after_checkpoint, 20),
     ("epoch_end", kill_after_step, 15), ("every_5", kill_after_checkpoint, 10), ("every_5", kill_after_step, 13),
-    ("early_stop", kill_after_checkpoint, 8),
+    ("early_stop", kill_after_checkpoint, 8), ("max_steps", kill_after_checkpoint, 10),
+    ("max_steps", kill_after_step, 22),
 ], ids=["first_epoch_end", "last_epoch_end", "after_the_lr_row", "last_step_validated", "after_its_lr_row",
-        "early_stopped_mid_epoch"])
+        "early_stopped_mid_epoch", "max_steps_epoch_end", "max_steps_in_the_cut_epoch"])
 def test_a_run_resumed_from_before_its_epochs_end_logs_the_epoch_once(tmp_path, monkeypatch, whole_runs,
                                                                        name, kill, step):
     whole = whole_runs(name)
