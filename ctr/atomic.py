@@ -31,8 +31,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         if path.is_dir() and tmp.is_dir():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+            _swap_in(tmp, path)
+        else:
+            os.replace(tmp, path)
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -51,12 +52,7 @@ def replace_folder(path: Path) -> None:
     A folder cannot be renamed over another, so the old one goes aside first (``.<name>.old``)
     and a kill between the two renames leaves no ``path``: ``replaced_folder`` finds its folder
     then, and ``finish_replace`` completes the replace."""
-    old = _aside(path)
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        os.replace(path, old)
-    os.replace(staging_folder(path), path)
-    shutil.rmtree(old, ignore_errors=True)
+    _swap_in(staging_folder(path), path)
 
 
 def replaced_folder(path: Path) -> Path:
@@ -76,6 +72,17 @@ def finish_replace(path: Path) -> None:
     if found != path:
         os.replace(found, path)
     shutil.rmtree(_aside(path), ignore_errors=True)
+
+
+def _swap_in(new: Path, path: Path) -> None:
+    """Puts folder ``new`` at ``path``: the folder there goes aside first (``.<name>.old``), so
+    a kill leaves no half-deleted folder, only a moment between two renames without one."""
+    old = _aside(path)
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(new, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _aside(path: Path) -> Path:

@@ -92,3 +92,23 @@ def test_a_folder_being_written_for_the_first_time_is_not_taken_for_a_stopped_re
     assert replaced_folder(target) == target
     finish_replace(target)
     assert not target.exists() and staging_folder(target).exists()
+
+
+def test_a_folder_replaced_by_atomic_path_is_set_aside_not_deleted_before_the_new_one_lands(tmp_path, monkeypatch):
+    """The old folder was removed before the rename: a writer stopped between the two (here the
+    rename fails) lost it; now it is aside (``.<name>.old``), whole."""
+    folder = tmp_path / "schema"
+    folder.mkdir()
+    (folder / "schema.json").write_text("old")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if os.path.basename(dst) == "schema":
+            raise OSError("stopped")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="stopped"), atomic_path(folder) as tmp:
+        tmp.mkdir()
+        (tmp / "schema.json").write_text("new")
+    assert (tmp_path / ".schema.old" / "schema.json").read_text() == "old"
