@@ -4,8 +4,8 @@ A checkpoint folder (``checkpoints/last``, ``checkpoints/best``) holds DCP's fil
 network's weights (a sharded table as its shards, written by the ranks that hold them; a
 replicated tensor once) and of the sharded tables' fused optimizer state, plus, beside
 them, ``ctr.json`` (the training position, early stopping, how the network was placed),
-``optimizers.pt`` (the dense and replicated tables' optimizers: written by rank 0) and ``rng-<rank>.pt`` (each rank's
-random state). DCP reshards on load, so a checkpoint loads into another world size, or into
+``optimizers.pt`` (the dense and replicated tables' optimizers: written by rank 0) and ``random-<rank>.pt``
+(each rank's python, numpy, torch and CUDA generators). DCP reshards on load, so a checkpoint loads into another world size, or into
 one process without a process group (``ctr eval``, ``predict``, ``export``). A save writes
 ``.<name>.tmp`` and then swaps it in (``replace_folder``); one that a kill stopped between
 the swap's renames is finished when the run's checkpointer is next made (``--resume``).
@@ -30,8 +30,20 @@ from ctr.atomic import atomic_write, finish_replace, replace_folder, replaced_fo
 from ctr.errors import UserError, reason
 from ctr.recipe import EarlyStopConfig
 from ctr.train.loop import Placement
+from ctr.train.stages import restore_random, save_random
 
 STATE_FILE = "ctr.json"
+
+
+def restore_checkpoint_random(path: Path, place: Placement, saved_world_size: int) -> None:
+    """Puts this rank's generators where the checkpoint at ``path`` saved them, when it was
+    saved on this world size (``restore_random``). A checkpoint of an earlier ctr kept only
+    torch's CPU generator (``rng-<rank>.pt``)."""
+    cpu_only = path / f"rng-{place.rank}.pt"
+    if not cpu_only.is_file():
+        restore_random(path, place.rank, place.world_size)
+    elif saved_world_size == place.world_size:
+        torch.set_rng_state(torch.load(cpu_only))
 
 
 def is_distributed_checkpoint(path: Path) -> bool:
@@ -145,7 +157,7 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
         dist.barrier()
         dcp.save(self._state(), checkpoint_id=str(tmp))
-        torch.save(torch.get_rng_state(), tmp / f"rng-{rank}.pt")
+        save_random(tmp, rank, self.place.world_size)
         fused_lr = self._fused_lr()
         if rank == 0:
             torch.save(self.optimizer.state_dict(fused_lr), tmp / "optimizers.pt")
@@ -184,9 +196,7 @@ class Checkpointer:
         else:
             self.module.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(torch.load(path / "optimizers.pt", weights_only=False))
-        rng = path / f"rng-{self.place.rank}.pt"
-        if info["world_size"] == self.place.world_size and rng.is_file():
-            torch.set_rng_state(torch.load(rng))
+        restore_checkpoint_random(path, self.place, info["world_size"])
         return info
 
     def restore(self) -> TrainState:

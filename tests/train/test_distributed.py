@@ -208,6 +208,9 @@ def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path):
     cut = write(tmp_path, "cut.yaml", distributed=MIXED, train={"epochs": 1, "early_stop": None},
                 trainer=sections["trainer"])
     assert ctr("train", cut, "--out", tmp_path / "cut", "-o", "trainer.devices=2").returncode == 0
+    for rank in (0, 1):
+        assert {"python", "numpy", "torch"} <= torch.load(tmp_path / "cut" / "checkpoints" / "last" / f"random-{rank}.pt",
+                                                          weights_only=False).keys()
     saved = yaml.safe_load((tmp_path / "cut" / "recipe.yaml").read_text())
     saved["train"]["epochs"] = 2  # as if the 2-epoch run had stopped after its first epoch
     (tmp_path / "cut" / "recipe.yaml").write_text(yaml.safe_dump(saved))
@@ -344,6 +347,35 @@ def test_methods_writing_outside_the_optimizer_keep_their_replicas_equal(tmp_pat
     assert all(torch.equal(copies[0][name], copies[1][name]) for name in copies[0])
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert abs(two["test"]["auc"] - one["test"]["auc"]) <= REPLICATED[method]
+
+
+def test_a_checkpoint_restores_every_generator_of_its_world_size_and_an_earlier_ctrs_torch_one(tmp_path):
+    """Dropout on a GPU draws from the CUDA generator, sampling in python or numpy from theirs:
+    a checkpoint keeps each rank's every generator (``random-<rank>.pt``), restored on its own
+    world size only; one of an earlier ctr (``rng-<rank>.pt``: torch's CPU one) still resumes."""
+    import random
+
+    from ctr.train.checkpoints import restore_checkpoint_random
+    from ctr.train.loop import Placement
+    from ctr.train.stages import save_random
+
+    rank0_of = lambda world: Placement(rank=0, world_size=world, device=torch.device("cpu"))
+    draws = lambda: (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    save_random(tmp_path, rank=0, world_size=2)
+    saved_draws = draws()
+    restore_checkpoint_random(tmp_path, rank0_of(1), saved_world_size=2)
+    assert draws() != saved_draws
+    restore_checkpoint_random(tmp_path, rank0_of(2), saved_world_size=2)
+    assert draws() == saved_draws
+
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    torch.manual_seed(2)
+    torch.save(torch.get_rng_state(), earlier / "rng-0.pt")
+    after = torch.rand(1)
+    restore_checkpoint_random(earlier, rank0_of(2), saved_world_size=2)
+    assert torch.equal(torch.rand(1), after)
 
 
 def test_resume_takes_only_the_world_size_as_override(tmp_path, capsys):
