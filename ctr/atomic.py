@@ -18,7 +18,8 @@ from ctr.errors import UserError
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside ``path`` to write a file or a folder at; it replaces ``path``
     when the block ends without an error and is removed otherwise (``path``'s parent folder
-    is created).
+    is created). A folder replace of ``path`` that a kill stopped between its renames gives
+    the old folder back first (its new one, a dead writer's temporary, is removed).
 
     Example:
         >>> with atomic_path(folder / "data.csv") as tmp:  # doctest: +SKIP
@@ -27,6 +28,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_orphans(path)
+    if _aside(path).is_dir():
+        finish_replace(path)
     tmp = path.with_name(f"{_tmp_prefix(path)}{os.getpid()}")
     try:
         yield tmp

@@ -112,3 +112,26 @@ def test_a_folder_replaced_by_atomic_path_is_set_aside_not_deleted_before_the_ne
         tmp.mkdir()
         (tmp / "schema.json").write_text("new")
     assert (tmp_path / ".schema.old" / "schema.json").read_text() == "old"
+
+
+def test_a_folder_replace_stopped_between_its_renames_gets_its_old_folder_back_on_the_next_write(tmp_path, monkeypatch):
+    """The stopped writer's new folder is a dead process's temporary: the replace did not
+    happen, so the next write of the folder starts from the old one, and nothing is left aside."""
+    folder(tmp_path / "schema", "old")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if os.path.basename(dst) == "schema":
+            raise Killed
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(Killed), atomic_path(tmp_path / "schema") as tmp:
+        folder(tmp, "new")
+    monkeypatch.undo()
+    assert not (tmp_path / "schema").exists()
+    with atomic_path(tmp_path / "schema") as tmp:
+        assert (tmp_path / "schema" / "part").read_text() == "old"
+        assert [p.name for p in tmp_path.iterdir()] == ["schema"]
+        folder(tmp, "newer")
+    assert [p.name for p in tmp_path.iterdir()] == ["schema"] and (tmp_path / "schema" / "part").read_text() == "newer"

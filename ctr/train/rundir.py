@@ -22,6 +22,11 @@ from ctr.train.old_recipes import upgraded
 RUN_ENTRIES = frozenset({"recipe.yaml", "schema", "checkpoints", "logs", "stages", "metrics.json", "curves.png"})
 
 
+def _left_by_a_write(name: str) -> bool:
+    """Whether ``name`` is what an interrupted ``atomic_path`` leaves in a run folder."""
+    return name.startswith(".") and (".tmp-" in name or name.endswith(".old") and name[1:-4] in RUN_ENTRIES)
+
+
 @contextmanager
 def held(folder: Path, doing: str) -> Iterator[None]:
     """Holds ``folder`` for this process: another ``ctr`` process asking for it meanwhile is
@@ -80,12 +85,12 @@ class RunDir:
                 break
 
     def foreign_entries(self) -> list[str]:
-        """What the folder holds that no run writes (sorted), leaving out the temporary names
-        an interrupted atomic write can leave (``.<name>.tmp-<pid>``)."""
+        """What the folder holds that no run writes (sorted), leaving out the names an
+        interrupted atomic write can leave (``.<name>.tmp-<pid>``, a run folder's ``.<name>.old``)."""
         if not self.root.is_dir():
             return []
         names = (entry.name for entry in self.root.iterdir())
-        return sorted(n for n in names if n not in RUN_ENTRIES and not (n.startswith(".") and ".tmp-" in n))
+        return sorted(n for n in names if n not in RUN_ENTRIES and not _left_by_a_write(n))
 
     def write_recipe(self, recipe: Recipe) -> None:
         """The recipe snapshot, its data paths made absolute (the run is then read from any folder)."""

@@ -99,6 +99,16 @@ def test_out_naming_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert (out / "recipe.yaml").read_text() == "mine\n" and not (tmp_path / "cache").exists()
 
 
+def test_a_run_folder_left_by_a_schema_replace_killed_between_its_renames_is_trained_into(tmp_path, capsys):
+    """A run killed before training, between the renames that put its schema/ in place, leaves
+    ``.schema.old``: a run folder's own leftover, not a stranger's file that refuses --out."""
+    out = tmp_path / "run"
+    (out / ".schema.old").mkdir(parents=True)
+    (out / ".schema.old" / "schema.json").write_text("{}")
+    assert main(["train", str(write_recipe(tmp_path)), "--out", str(out)]) == 0, capsys.readouterr().err[-2000:]
+    assert (out / "metrics.json").exists() and not (out / ".schema.old").exists()
+
+
 @pytest.mark.parametrize(
     "content, message",
     [(b"", "not a readable checkpoint"), (b"garbage" * 10, "not a readable checkpoint"), (None, "not a readable checkpoint")],
