@@ -495,6 +495,20 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
+def first_difference(before: dict[str, Any], now: dict[str, Any], prefix: str = "") -> str | None:
+    """The first key (dotted) whose value differs between two raw recipe mappings, with both
+    values (``train.epochs: 6 before, 1 now``); None when they are equal."""
+    for key in dict.fromkeys([*before, *now]):
+        old, new = before.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            found = first_difference(old, new, f"{prefix}{key}.")
+            if found:
+                return found
+        elif old != new:
+            return f"{prefix}{key}: {old!r} before, {new!r} now"
+    return None
+
+
 def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     """Validates a raw recipe mapping: plugins first, then each section against its class."""
     raw = dict(raw)

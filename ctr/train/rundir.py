@@ -15,11 +15,21 @@ from ctr.atomic import atomic_path, atomic_write, replaced_folder
 from ctr.datasets.preprocess import KEY_FILE, input_change, source_fingerprint
 from ctr.errors import UserError, reason
 from ctr.metrics import metrics_from_json, metrics_json
-from ctr.recipe import DataConfig, Recipe, read_yaml, recipe_from_dict
+from ctr.recipe import DataConfig, Recipe, first_difference, read_yaml, recipe_from_dict
 from ctr.train.old_recipes import upgraded
 
 
 RUN_ENTRIES = frozenset({"recipe.yaml", "schema", "checkpoints", "logs", "stages", "metrics.json", "curves.png"})
+
+
+def _as_kept(recipe: Recipe) -> dict[str, Any]:
+    """``recipe`` as a run keeps it: its data paths absolute."""
+    raw = recipe.to_dict()
+    for key in recipe.data.path_keys:
+        value = raw["data"].get(key)
+        if isinstance(value, str) and value:
+            raw["data"][key] = str(Path(value).expanduser().resolve())
+    return raw
 
 
 def _left_by_a_write(name: str) -> bool:
@@ -94,12 +104,18 @@ class RunDir:
 
     def write_recipe(self, recipe: Recipe) -> None:
         """The recipe snapshot, its data paths made absolute (the run is then read from any folder)."""
-        raw = recipe.to_dict()
-        for key in recipe.data.path_keys:
-            value = raw["data"].get(key)
-            if isinstance(value, str) and value:
-                raw["data"][key] = str(Path(value).expanduser().resolve())
-        atomic_write(self.recipe, yaml.safe_dump(raw, sort_keys=False))
+        atomic_write(self.recipe, yaml.safe_dump(_as_kept(recipe), sort_keys=False))
+
+    def settings_change(self, recipe: Recipe) -> str | None:
+        """How ``recipe`` differs from the one this run was begun with (``first_difference``;
+        where its output goes aside): None when it is the same or the run has none yet. A run
+        driver that trains many runs (tune, bench) resumes or reads one only when it is None."""
+        if not self.recipe.exists():
+            return None
+        before, now = _as_kept(self.load_recipe()), _as_kept(recipe)
+        for raw in (before, now):
+            del raw["output"]
+        return first_difference(before, now)
 
     def load_recipe(self) -> Recipe:
         if not self.recipe.exists():

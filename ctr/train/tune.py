@@ -154,6 +154,7 @@ class Tuning:
         monitor, mode = criterion(list(recipes.values()))
         results = Results(self.out / "results.csv")
         results.check_same_grid(recipes)
+        self._check_started_runs(recipes)
         refused = self._refused(recipes, results)
         runnable = [p for p in self.points if p.key not in refused]
         first = [self._run(results, p, recipes[p.key], 0, monitor) for p in runnable]
@@ -165,6 +166,21 @@ class Tuning:
         asked = [r for r in results.rows if int(r["offset"]) < self.seeds]  # a rerun with fewer seeds: not the rest
         atomic_write(self.out / "results.md", markdown(asked, best, monitor, mode, not_run))
         return best
+
+    def _check_started_runs(self, recipes: dict[str, Recipe]) -> None:
+        """Refuses run folders of other settings (a run interrupted before its row was written:
+        resuming it, or reading its metrics, would record the old settings' result as the new's)."""
+        for point in self.points:
+            recipe = recipes[point.key]
+            for offset in range(self.seeds):
+                run = self._run_dir(point, offset)
+                change = run.settings_change(replace(recipe, seed=recipe.seed + offset))
+                if change:
+                    raise UserError(f"{self.out}: holds runs of other settings ({run.root.name}: {change}); "
+                                    "choose another --out")
+
+    def _run_dir(self, point: Point, offset: int) -> RunDir:
+        return RunDir(self.out / "runs" / f"{point.key}-s{offset}")
 
     def _refused(self, recipes: dict[str, Recipe], results: Results) -> dict[str, str]:
         """Point key → why its embedding method refuses its budget (a method × budget grid
@@ -210,7 +226,7 @@ class Tuning:
             log.info("tune %s seed %d (%s): finished earlier, skipped", point.key, recipe.seed, point.label)
             return done
         log.info("tune %s seed %d (%s): training", point.key, recipe.seed, point.label)
-        run = RunDir(self.out / "runs" / f"{point.key}-s{offset}")
+        run = self._run_dir(point, offset)
         row = {"point": point.key, "settings": point.label, "seed": recipe.seed, "offset": offset,
                "recipe": fingerprint(recipe), "monitor": monitor, "run_dir": run.root}
         try:

@@ -143,6 +143,24 @@ def test_a_rerun_with_other_settings_into_the_same_out_is_refused(tmp_path):
         assert trainer.calls == []
 
 
+def test_a_run_interrupted_before_its_row_is_refused_under_other_settings_and_resumed_under_its_own(tmp_path):
+    """A killed tune leaves a run folder and no row: a rerun with another -o resumed that run
+    (trained with the old settings) and recorded its result under the new settings."""
+    from dataclasses import replace
+
+    from ctr.train.rundir import RunDir
+
+    out, grid = tmp_path / "t", parse_grid(["train.embedding_optimizer.lr=0.01,0.1"])
+    interrupted = load_recipe(_recipe_file(tmp_path), ["train.embedding_optimizer.lr=0.01", "train.epochs=3"])
+    RunDir(out / "runs" / "p00-s0").write_recipe(interrupted)
+    trainer = FakeTrainer()
+    with pytest.raises(UserError, match=r"t: holds runs of other settings \(p00-s0: train.epochs: 3 before, 1 now\)"):
+        Tuning(_recipe_file(tmp_path), grid, 1, out, [], trainer).run()
+    assert trainer.calls == []
+    Tuning(_recipe_file(tmp_path), grid, 1, out, ["train.epochs=3"], trainer).run()
+    assert trainer.calls == [(0.01, 42), (0.1, 42)]
+
+
 def test_points_of_different_seeds_are_all_ranked(tmp_path):
     """A grid over the seed: stage 1 is each point's first run, whatever its seed (the table
     kept only the rows of the smallest seed and left the chosen point out)."""
