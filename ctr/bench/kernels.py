@@ -135,10 +135,10 @@ def _sync(device: torch.device) -> None:
 
 
 def time_impl(impl: Impl, grad: Tensor, iters: int, warmup: int, device: torch.device) -> tuple[float, float]:
-    """(forward ms, backward+update ms) per call, end to end: ``iters`` calls issued back to
-    back with the device synchronized only before and after, as a training loop queues work
-    (the host's time counts only where the device would wait for it). The backward's figure is
-    the forward+backward loop's time less the forward's."""
+    """(forward ms, forward+backward+update ms) per call, end to end: ``iters`` calls issued
+    back to back with the device synchronized only before and after, as a training loop queues
+    work (the host's time counts only where the device would wait for it). The backward's
+    figure is their difference (``backward_ms``)."""
 
     def loop(count: int, with_backward: bool) -> float:
         _sync(device)
@@ -153,12 +153,22 @@ def time_impl(impl: Impl, grad: Tensor, iters: int, warmup: int, device: torch.d
     loop(warmup, True)
     forward_s = loop(iters, False)
     both_s = loop(iters, True)
-    return 1e3 * forward_s / iters, 1e3 * max(both_s - forward_s, 1e-9) / iters  # noise can make it <= 0
+    return 1e3 * forward_s / iters, 1e3 * both_s / iters
+
+
+def backward_ms(forward: float, both: float) -> float | None:
+    """The backward+update's ms: the whole call's less the forward's; None when noise made the
+    forward loop as slow as the whole one (no figure, rather than an absurd bandwidth)."""
+    return both - forward if both > forward else None
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def _measure(builders: list[tuple[str, Callable[[], Impl]]], work: Workload, config: KernelBenchConfig,
              device: torch.device) -> list[tuple[str, float, float]]:
-    """Builds, times and frees each implementation in turn: [(name, fwd ms, bwd ms)]."""
+    """Builds, times and frees each implementation in turn: [(name, fwd ms, fwd+bwd ms)]."""
     results = []
     grad = torch.randn(work.tables * work.batch, work.dim, device=device)
     tty = sys.stderr.isatty()
@@ -166,8 +176,7 @@ def _measure(builders: list[tuple[str, Callable[[], Impl]]], work: Workload, con
         impl = build()
         if not tty:
             log.info("timing %s (D=%d, L=%d)", name, work.dim, work.pooling)
-        fwd, bwd = time_impl(impl, grad.view(impl.grad_shape), config.iters, config.warmup, device)
-        results.append((name, fwd, bwd))
+        results.append((name, *time_impl(impl, grad.view(impl.grad_shape), config.iters, config.warmup, device)))
         del impl
         gc.collect()
     return results
@@ -227,18 +236,19 @@ def run_lookup(config: KernelBenchConfig, device: torch.device) -> str:
 
 def _lookup_table(results: list[tuple[str, float, float]], work: Workload, peak: float | None) -> list[str]:
     fwd_bytes = forward_bytes(work)
-    loop_total = results[0][1] + results[0][2]
-    pct = lambda gbps: f"{100 * gbps / peak:.1f}%" if peak else "n/a"  # noqa: E731
+    loop_total = results[0][2]
+    pct = lambda gbps: f"{100 * gbps / peak:.1f}%" if peak and gbps else "n/a"  # noqa: E731
     rows = [
         "| implementation | fwd ms | fwd GB/s | fwd % peak | bwd+upd ms | bwd+upd GB/s | bwd+upd % peak "
         "| fwd+bwd+upd ms | vs loop |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, fwd, bwd in results:
-        fwd_gbps, bwd_gbps = fwd_bytes / fwd / 1e6, 2 * fwd_bytes / bwd / 1e6
+    for name, fwd, both in results:
+        bwd = backward_ms(fwd, both)
+        fwd_gbps, bwd_gbps = fwd_bytes / fwd / 1e6, None if bwd is None else 2 * fwd_bytes / bwd / 1e6
         rows.append(
-            f"| {name} | {fwd:.2f} | {fwd_gbps:.1f} | {pct(fwd_gbps)} | {bwd:.2f} | {bwd_gbps:.1f} | {pct(bwd_gbps)} "
-            f"| {fwd + bwd:.2f} | {loop_total / (fwd + bwd):.2f}x |"
+            f"| {name} | {fwd:.2f} | {fwd_gbps:.1f} | {pct(fwd_gbps)} | {_ms(bwd)} | "
+            f"{'n/a' if bwd_gbps is None else f'{bwd_gbps:.1f}'} | {pct(bwd_gbps)} | {both:.2f} | {loop_total / both:.2f}x |"
         )
     return rows
 
@@ -282,13 +292,12 @@ def run_step(config: KernelBenchConfig, device: torch.device) -> str:
             work = Workload(config.tables, config.rows, config.batch, dim, pooling, config.alpha, config.seed)
             results = _measure(_step_builders(work, device), work, config, device)
             mlp = _mlp_step_ms(work, config, device)
-            base = results[0][1] + results[0][2]
+            base = results[0][2]
             lines += ["", f"D={dim}, L={pooling}: embedding forward + backward + update per step",
                       "| update | fwd ms | bwd+upd ms | step ms | speed-up vs default | share of step with MLP |",
                       "|---|---:|---:|---:|---:|---:|"]
-            for name, fwd, bwd in results:
-                total = fwd + bwd
-                lines.append(f"| {name} | {fwd:.2f} | {bwd:.2f} | {total:.2f} | {base / total:.2f}x "
+            for name, fwd, total in results:
+                lines.append(f"| {name} | {fwd:.2f} | {_ms(backward_ms(fwd, total))} | {total:.2f} | {base / total:.2f}x "
                              f"| {100 * total / (total + mlp):.0f}% |")
             lines.append(f"DeepFM MLP (3x400, Adam) step alone: {mlp:.2f} ms")
     return "\n".join(lines)
