@@ -72,10 +72,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _say_signal_end(args: argparse.Namespace, ended: tuple[str, int]) -> int:
-    """Prints how a signal ended the command (with how to resume a training run); its code."""
-    hint = "; `ctr train --resume RUN_DIR` continues from its last checkpoint, if one was written"
-    print(f"ctr: {ended[0]}{hint if args.command == 'train' else ''}", file=sys.stderr)
+    """Prints how a signal ended the command (with how to go on, for a command that resumes); its code."""
+    command = " ".join(filter(None, [args.command, getattr(args, "bench_command", None)]))
+    hint = CONTINUING.get(command)
+    print(f"ctr: {ended[0]}{f'; {hint}' if hint else ''}", file=sys.stderr)
     return ended[1]
+
+
+CONTINUING = {  # how each command that can be stopped and resumed goes on
+    "train": "`ctr train --resume RUN_DIR` continues from its last checkpoint, if one was written",
+    "bench compression": "the same command continues: finished cells are kept, the stopped ones resume",
+    "tune": "the same command continues: finished runs are kept, the stopped one resumes",
+}
 
 
 def _signal_end(stop: SystemExit) -> tuple[str, int] | None:
@@ -238,8 +246,10 @@ def _overrides(parser: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace) -> int:
     from ctr.recipe import load_recipe
     from ctr.train.rundir import RunDir
-    from ctr.train.launch import launched
+    from ctr.train.launch import die_with_starter, launched
     from ctr.train.runner import train
+
+    die_with_starter()
 
     if args.resume:
         if args.recipe or any(item.partition("=")[0] not in RESUME_OVERRIDES for item in args.override):
@@ -336,7 +346,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _bench_compression(args: argparse.Namespace) -> int:
-    from ctr.bench.compression import run_compression
+    from ctr.bench.compression import plan, run_compression
     from ctr.train.rundir import held
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -346,16 +356,16 @@ def _bench_compression(args: argparse.Namespace) -> int:
         raise UserError(f"--budgets: expected comma-separated numbers, got {args.budgets!r}") from None
     out = args.out or Path("runs") / f"bench-{args.recipe.stem}"
     with held(out, "is writing results in this folder"):
-        try:
-            results = run_compression(
-                args.recipe, methods, budgets, args.seeds, out, args.override, args.jobs, args.drop_checkpoints
-            )
-        except Terminated:
-            print("ctr: terminated (SIGTERM); the same command continues: finished cells are kept, the stopped ones "
-                  "resume", file=sys.stderr)
-            return 143
+        results = run_compression(
+            args.recipe, methods, budgets, args.seeds, out, args.override, args.jobs, args.drop_checkpoints
+        )
     print((out / "results.md").read_text(), end="")
-    print(f"\n{len(results.rows)} runs in {out / 'results.csv'}; plot {out / 'auc_vs_memory.png'}")
+    print(f"\n{len(results.shown(args.seeds))} runs in {out / 'results.csv'}; plot {out / 'auc_vs_memory.png'}")
+    unfinished = results.unfinished(plan(methods, budgets, args.seeds))
+    if unfinished:
+        print(f"ctr: {len(unfinished)} cells failed ({', '.join(unfinished[:3])}{' ...' if len(unfinished) > 3 else ''}; "
+              "see their status above and OUT/logs/); the same command trains them again", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -57,6 +57,18 @@ def test_a_signal_during_an_evaluation_says_no_resume(monkeypatch, capsys, stop,
     assert capsys.readouterr().err.strip() == said
 
 
+@pytest.mark.parametrize("command, handler, said", [
+    (["bench", "compression", "r.yaml"], "_bench_compression",
+     "the same command continues: finished cells are kept, the stopped ones resume"),
+    (["tune", "r.yaml", "--grid", "seed=1,2"], "_tune", "the same command continues: finished runs are kept, the stopped one resumes"),
+])
+def test_ctrl_c_during_a_command_that_resumes_says_how_to_go_on(monkeypatch, capsys, command, handler, said):
+    """Ctrl+C on a benchmark said only ``ctr: interrupted`` (its SIGTERM said how to go on)."""
+    monkeypatch.setattr(cli, handler, _sigint_in_procedure)
+    assert cli.main(command) == 130
+    assert capsys.readouterr().err.strip() == f"ctr: interrupted; {said}"
+
+
 def test_another_system_exit_passes_through(monkeypatch):
     def leave(args):
         raise SystemExit(3)

@@ -16,8 +16,10 @@ would otherwise keep terabytes.
 
 Data, model, training and trainer settings come from the recipe, the same for every cell.
 A method's own settings (e.g. OptEmbed's stages) come from the ``embedding`` block of
-``<method>.yaml`` beside the recipe when that file exists; ``dim`` and ``init_std`` are
-always the recipe's, and ``budget`` is the cell's. ``full`` ignores budgets and runs once
+``<method>.yaml`` beside the recipe when that file exists, then ``-o embedding.<option>``;
+``dim``, ``init_std`` and ``backend`` are always the recipe's, and ``budget`` is the cell's.
+An ``OUT`` holds the cells of one base recipe with its ``-o`` (``OUT/base.yaml``): a rerun of
+other settings is refused (``check_settings``). ``full`` ignores budgets and runs once
 per seed. A recipe whose embedding optimizer is fused into the lookup's backward
 (``train.embedding_optimizer.fused``) keeps it for the methods that store a kernel table; the
 others run the same optimizer unfused (the same update, applied after the backward).
@@ -44,9 +46,11 @@ import yaml
 from ctr.atomic import CsvRows, atomic_write
 from ctr.errors import UserError, sigterm_raises
 from ctr.metrics import mean_std
-from ctr.recipe import apply_override, import_recipe_plugins, read_yaml, recipe_from_dict
+from ctr.datasets import prepare
+from ctr.recipe import Recipe, apply_override, first_difference, import_recipe_plugins, read_yaml, recipe_from_dict
 from ctr.registry import EMBEDDINGS
 from ctr.train.plots import save_png
+from ctr.train.launch import STARTER
 from ctr.train.refusal import budget_refusal
 from ctr.train.rundir import RunDir
 
@@ -71,7 +75,12 @@ class Cell:
 
     @property
     def key(self) -> str:
-        return f"{self.method}-{'full' if self.budget is None else format(self.budget, 'g')}-s{self.seed}"
+        return f"{self.method}-{'full' if self.budget is None else _budget_text(self.budget)}-s{self.seed}"
+
+
+def _budget_text(budget: float) -> str:
+    """A budget as a cell's key shows it (budgets that show alike are one cell)."""
+    return format(budget, "g")
 
 
 def plan(methods: list[str], budgets: list[float], seeds: int) -> list[Cell]:
@@ -83,8 +92,8 @@ def plan(methods: list[str], budgets: list[float], seeds: int) -> list[Cell]:
     for budget in budgets:
         if not 0 < budget <= 1:
             raise UserError(f"--budgets: {budget} is not in (0, 1]")
-    for flag, values in (("--methods", methods), ("--budgets", budgets)):
-        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    for flag, values in (("--methods", methods), ("--budgets", [_budget_text(b) for b in budgets])):
+        repeated = sorted({v for v in values if values.count(v) > 1})
         if repeated:
             raise UserError(f"{flag}: {', '.join(repeated)} given twice (a cell would train twice into one run)")
     if not budgets and any(name not in UNBUDGETED for name in methods):
@@ -105,6 +114,15 @@ class Results(CsvRows):
     def __init__(self, path: Path):
         super().__init__(path, COLUMNS)
 
+    def shown(self, seeds: int) -> list[dict[str, str]]:
+        """The rows of the first ``seeds`` seeds (a rerun with fewer seeds reports those only)."""
+        return [row for row in self.rows if int(row["seed"]) < seeds]
+
+    def unfinished(self, cells: list[Cell]) -> list[str]:
+        """The keys of ``cells`` whose row says their training failed or erred."""
+        keys = {cell.key for cell in cells}
+        return [Path(row["run_dir"]).name for row in self.rows if Path(row["run_dir"]).name in keys and _failed(row)]
+
     def done(self, cell: Cell) -> bool:
         return any(Path(row["run_dir"]).name == cell.key and not _failed(row) for row in self.rows)
 
@@ -124,38 +142,112 @@ def run_compression(
 ) -> Results:
     """Runs every cell not finished yet, ``jobs`` cells at once (each trains in a process of
     its own); the table and the plot are rewritten after each cell (a long grid shows what it
-    has so far) and once at the end."""
+    has so far) and once at the end. Before any cell: every cell's recipe is built, an error
+    they share with the base recipe ends the command, and an ``out`` of other settings is
+    refused (``check_settings``); the data is prepared once."""
     if jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; choose another --out")
     base = read_yaml(recipe_path)
     for item in overrides:
         apply_override(base, item)
     import_recipe_plugins(base)  # before --methods is checked: it may name a plugin's method
-    results = Results(out / "results.csv")
     cells = plan(methods, budgets, seeds)
+    options = _method_options(overrides)
+    raws = {cell.key: _cell_recipe(base, options, recipe_path, cell, out) for cell in cells}
+    recipes = _cell_recipes(raws, base, recipe_path)
+    results = Results(out / "results.csv")
+    check_settings(out, base, recipes)
     todo = []
     for number, cell in enumerate(cells, 1):
         if results.done(cell):
             log.info("bench %d/%d %s: finished earlier, skipped", number, len(cells), cell.key)
         else:
             todo.append((f"{number}/{len(cells)}", cell))
+    if todo and recipes:
+        _prepare_once(next(iter(recipes.values())), recipe_path)
     preparing = threading.Lock()  # cells of one seed share the prepared data: one prepares it
     pool, children = ThreadPoolExecutor(max_workers=jobs), Children()
     try:
         with sigterm_raises():
-            running = [pool.submit(_run_cell, cell, _cell_recipe(base, recipe_path, cell, out), out, number,
-                                   preparing, children, drop_checkpoints) for number, cell in todo]
+            running = [pool.submit(_run_cell, cell, raws[cell.key], out, number, preparing, children,
+                                   drop_checkpoints) for number, cell in todo]
             for finished in as_completed(running):
                 results.add(finished.result())
-                _report(results, cells, out)
+                _report(results, cells, out, seeds)
     except BaseException:  # Ctrl-C, SIGTERM or a bug: no cell starts after it, the training ones stop
         pool.shutdown(wait=False, cancel_futures=True)
         children.stop()
         raise
     finally:
         pool.shutdown()
-    _report(results, cells, out)
+    _report(results, cells, out, seeds)
     return results
+
+
+SETTINGS_FILE = "base.yaml"  # the recipe with its -o that every cell of an out folder is built from
+
+
+def check_settings(out: Path, base: dict[str, Any], recipes: dict[str, Recipe]) -> None:
+    """Refuses an ``out`` whose cells were built from another recipe or -o (``base.yaml``), or
+    whose run of a cell was begun with other settings (a method's ``<method>.yaml`` changed):
+    their rows would share a table, and an interrupted run would resume with its old settings.
+    Writes ``base.yaml`` for a new ``out`` (or one of an earlier ctr)."""
+    kept = out / SETTINGS_FILE
+    changes = [first_difference(read_yaml(kept), base)] if kept.exists() else []
+    for key, recipe in recipes.items():
+        run_change = RunDir(out / "runs" / key).settings_change(recipe)
+        changes.append(run_change and f"{key}: {run_change}")
+    change = next(filter(None, changes), None)
+    if change:
+        raise UserError(f"{out}: holds runs of other settings ({change}); choose another --out")
+    atomic_write(kept, yaml.safe_dump(base, sort_keys=False))
+
+
+def _method_options(overrides: list[str]) -> list[str]:
+    """The ``-o embedding.*`` items that set a method's own options: applied to every cell's
+    method block (``dim``, ``init_std`` and ``backend`` are the base's; a cell's method and
+    budget are its own)."""
+    options = []
+    for item in overrides:
+        key = item.partition("=")[0]
+        if key in ("embedding.method", "embedding.budget"):
+            raise UserError(f"-o {key}: each cell's method and budget come from --methods and --budgets")
+        if key.startswith("embedding.") and key.removeprefix("embedding.") not in BASE_EMBEDDING_KEYS:
+            options.append(item)
+    return options
+
+
+BASE_EMBEDDING_KEYS = ("dim", "init_std", "backend")
+
+
+def _cell_recipes(raws: dict[str, dict[str, Any]], base: dict[str, Any], recipe_path: Path) -> dict[str, Recipe]:
+    """Each cell's recipe (a cell whose recipe is refused is left out: its row records why);
+    an error a cell shares with the base recipe (a key of the data, model or -o) is the
+    command's, before any cell."""
+    try:
+        recipe_from_dict(base)
+        shared = None
+    except UserError as err:
+        shared = str(err)
+    recipes = {}
+    for key, raw in raws.items():
+        try:
+            recipes[key] = recipe_from_dict(raw)
+        except UserError as err:
+            if str(err) == shared:
+                raise UserError(f"{recipe_path} (with its -o): {err}") from None
+    return recipes
+
+
+def _prepare_once(recipe: Recipe, recipe_path: Path) -> None:
+    """Prepares the cells' data (shared by every cell) before any cell: a data error ends the
+    command at once instead of failing each cell."""
+    try:
+        prepare(recipe.data)
+    except UserError as err:
+        raise UserError(f"{recipe_path} (with its -o): {err}") from None
 
 
 class Children:
@@ -170,7 +262,8 @@ class Children:
         with self._lock:
             if self._stopping:
                 return None
-            child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+            env = {**os.environ, STARTER: str(os.getpid())}  # the child ends if this process is killed
+            child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
             self._running.add(child)
             return child
 
@@ -186,24 +279,30 @@ class Children:
 
 
 
-def _report(results: Results, cells: list[Cell], out: Path) -> None:
-    """The table (rows in the order of the grid, whatever order they finished in) and the plot."""
+def _report(results: Results, cells: list[Cell], out: Path, seeds: int) -> None:
+    """The table and the plot of the first ``seeds`` seeds' rows: the grid's in its order
+    (whatever order they finished in), then those of cells run into ``out`` by other commands."""
     place = {cell.key: index for index, cell in enumerate(cells)}
-    rows = sorted(results.rows, key=lambda row: place.get(Path(row["run_dir"]).name, len(place)))
+    rows = sorted(results.shown(seeds), key=lambda row: place.get(Path(row["run_dir"]).name, len(place)))
     atomic_write(out / "results.md", markdown(rows))
     plot(rows, out / "auc_vs_memory.png")
 
 
-def _cell_recipe(base: dict[str, Any], recipe_path: Path, cell: Cell, out: Path) -> dict[str, Any]:
+def _cell_recipe(base: dict[str, Any], options: list[str], recipe_path: Path, cell: Cell, out: Path) -> dict[str, Any]:
+    """The cell's raw recipe: the base's, its embedding block the method's (``<method>.yaml``
+    beside the recipe, then ``options``) with the base's dim, init_std and backend."""
     raw = copy.deepcopy(base)
     embedding = dict(raw.get("embedding") or {})
     sibling = recipe_path.parent / f"{cell.method}.yaml"
     block = {"method": cell.method}
     if sibling.exists() and sibling.resolve() != recipe_path.resolve():
         block = dict(read_yaml(sibling).get("embedding") or block)
-    for key in ("dim", "init_std", "backend"):
+    for key in BASE_EMBEDDING_KEYS:
         if key in embedding:
             block[key] = embedding[key]
+    holder = {"embedding": block}
+    for item in options:
+        apply_override(holder, item)
     block["budget"] = cell.budget
     raw["embedding"] = block
     _unfuse_unless_fusable(raw, cell)
@@ -289,7 +388,9 @@ def _train_apart(cell: Cell, raw: dict[str, Any], run: RunDir, out: Path, childr
     log_file.parent.mkdir(parents=True, exist_ok=True)
     what = ["--resume", str(run.root)] if run.started else [str(recipe_file), "--out", str(run.root)]
     command = [sys.executable, "-m", "ctr.cli", "train", *what]
-    with log_file.open("w") as stderr:
+    with log_file.open("a") as stderr:  # a resumed cell's log keeps its earlier attempts
+        stderr.write(f"--- ctr bench: {' '.join(['ctr train', *what])}\n")
+        stderr.flush()
         child = children.start(command, stderr)
         if child is None:
             return "failed (the benchmark was stopped)"
@@ -299,9 +400,12 @@ def _train_apart(cell: Cell, raw: dict[str, Any], run: RunDir, out: Path, childr
             children.ended(child)
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
-        last = (log_file.read_text().strip().splitlines() or [""])[-1]
-        log.warning("bench %s: exit %d: %s", cell.key, code, last)
-        return f"error: {last.removeprefix('ctr: error: ')}" if code == 2 else f"failed (exit {code}, see {log_file})"
+        lines = log_file.read_text(errors="replace").splitlines()
+        error = next((line for line in reversed(lines) if line.startswith("ctr: error: ")), None)
+        log.warning("bench %s: exit %d: %s", cell.key, code, error or f"see {log_file}")
+        if code == 2 and error:
+            return f"error: {error.removeprefix('ctr: error: ')}"
+        return f"failed (exit {code}, see {log_file})"
     atomic_write(run.root / BENCH_FILE, json.dumps({"peak_rss_mb": usage.ru_maxrss / 1024}) + "\n")
     return "ok"
 

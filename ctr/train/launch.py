@@ -31,6 +31,7 @@ from ctr.train.loop import Placement, placement
 from ctr.train.rundir import RunDir
 
 LAUNCHER = "CTR_LAUNCHER_PID"  # set in the ranks ctr's launcher starts
+STARTER = "CTR_STARTER_PID"  # set in the ``ctr train`` processes another ctr command (a benchmark) starts
 
 log = logging.getLogger("ctr.train")
 
@@ -65,20 +66,21 @@ def spawn(args: list[str], recipe: Recipe) -> int:
         return 128 + signal.SIGTERM
 
 
-def die_with_launcher() -> None:
-    """Makes this rank end (SIGTERM) when the ``ctr`` launcher that started it dies, even by
-    SIGKILL, rather than train on unseen: a daemon thread checks every second that the
-    launcher is still its parent (a rank of torchrun is left to torchrun)."""
-    launcher = os.environ.get(LAUNCHER)
-    if launcher is None:
+def die_with_starter() -> None:
+    """Makes this process end (SIGTERM) when the ``ctr`` process that started it dies, even by
+    SIGKILL, rather than train on unseen: a rank of ctr's launcher, or a benchmark's run. A
+    daemon thread checks every second that the starter is still its parent (a rank of torchrun
+    is left to torchrun; a ``ctr train`` started otherwise is its user's)."""
+    starter = os.environ.get(LAUNCHER) or os.environ.get(STARTER)
+    if starter is None:
         return
 
     def watch() -> None:
-        while os.getppid() == int(launcher):
+        while os.getppid() == int(starter):
             time.sleep(1.0)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    threading.Thread(target=watch, name="ctr-launcher-watch", daemon=True).start()
+    threading.Thread(target=watch, name="ctr-starter-watch", daemon=True).start()
 
 
 def _free_port() -> int:
@@ -134,7 +136,6 @@ def joined_a_group() -> bool:
 @contextmanager
 def process_group(recipe: Recipe) -> Iterator[Placement]:
     """This rank's placement inside the joined process group (gloo on CPU, nccl on CUDA)."""
-    die_with_launcher()
     place = placement(recipe)
     wanted = recipe.trainer.world_size
     if wanted > 1 and wanted != place.world_size:

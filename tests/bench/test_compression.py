@@ -7,7 +7,7 @@ import logging
 import pytest
 import yaml
 
-from ctr.bench.compression import Cell, Results, _cell_recipe, markdown, plan, run_compression
+from ctr.bench.compression import Cell, Results, _cell_recipe, _method_options, markdown, plan, run_compression
 from ctr.metrics import mean_std
 from ctr.errors import RecipeError, UserError
 from tests.conftest import tiny_recipe
@@ -26,6 +26,8 @@ def test_plan_runs_full_once_per_seed_and_validates_its_arguments():
         plan(["hash", "hash"], [0.5], 1)
     with pytest.raises(UserError, match=r"^--budgets: 0.5 given twice"):
         plan(["hash"], [0.5, 0.50], 1)  # one cell, one run directory: two jobs wrote it at once
+    with pytest.raises(UserError, match=r"^--budgets: 0.1 given twice"):
+        plan(["hash"], [0.1, 0.1000001], 1)  # two budgets, one key: the second re-read the first's run
     with pytest.raises(UserError, match=r"^--methods: give at least one"):
         plan([], [0.5], 1)
     with pytest.raises(UserError, match=r"^--budgets: give at least one budget"):
@@ -77,7 +79,7 @@ def test_one_command_runs_every_cell_and_skips_finished_ones(tmp_path, caplog):
 
 def test_a_fused_recipe_stays_fused_only_for_methods_with_a_kernel_table(tmp_path):
     raw = tiny_recipe(tmp_path, train={"embedding_optimizer": {"name": "adagrad", "lr": 0.05, "fused": True}})
-    fused = {m: _cell_recipe(raw, tmp_path / "base.yaml", Cell(m, 0.5, 0), tmp_path)["train"]["embedding_optimizer"]
+    fused = {m: _cell_recipe(raw, [], tmp_path / "base.yaml", Cell(m, 0.5, 0), tmp_path)["train"]["embedding_optimizer"]
              for m in ("full", "hash", "robe", "dhe")}
     assert {m: o["fused"] for m, o in fused.items()} == {"full": True, "hash": True, "robe": False, "dhe": False}
     assert fused["robe"]["lr"] == 0.05 and raw["train"]["embedding_optimizer"]["fused"] is True  # the base untouched
@@ -205,3 +207,82 @@ def test_sigterm_stops_the_benchmark_and_its_training_child_and_the_rerun_resume
     assert not (out / "runs" / "hash-0.1-s0").exists()  # no cell started after the signal
     assert not (out / "runs" / "hash-0.5-s0" / "metrics.json").exists()  # the child stopped, not finished
     assert "ctr: terminated (SIGTERM)" in (out / "logs" / "hash-0.5-s0.log").read_text()
+
+
+def test_a_rerun_of_other_settings_into_the_same_out_is_refused_before_any_training(tmp_path):
+    """Cells were matched by method, budget and seed only: another -o (or a changed
+    ``<method>.yaml``) into the same --out skipped finished cells, trained new ones into the same
+    table with other settings, and resumed an interrupted cell with its old settings."""
+    recipe = tmp_path / "base.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 1})))
+    (tmp_path / "robe.yaml").write_text(yaml.safe_dump({"embedding": {"method": "robe", "block": 1}}))
+    out = tmp_path / "bench"
+    (row,) = run_compression(recipe, ["robe"], [0.5], 1, out, []).rows
+    with pytest.raises(UserError, match=r"bench: holds runs of other settings \(embedding.dim: 8 before, 4 now\); "
+                                        r"choose another --out"):
+        run_compression(recipe, ["hash"], [0.5], 1, out, ["embedding.dim=4"])
+    (out / "base.yaml").unlink()  # an out of an earlier ctr: its runs' recipes still tell
+    (tmp_path / "robe.yaml").write_text(yaml.safe_dump({"embedding": {"method": "robe", "block": 2}}))
+    with pytest.raises(UserError, match=r"holds runs of other settings \(robe-0.5-s0: embedding.block: 1 before, 2 now\)"):
+        run_compression(recipe, ["robe"], [0.5], 1, out, [])
+    assert not (out / "runs" / "hash-0.5-s0").exists()
+    (tmp_path / "robe.yaml").write_text(yaml.safe_dump({"embedding": {"method": "robe", "block": 1}}))
+    assert run_compression(recipe, ["robe"], [0.5], 1, out, []).rows == [row]
+
+
+def test_method_options_given_with_o_reach_every_cells_method_and_its_method_and_budget_are_refused(tmp_path):
+    """``-o embedding.block=2`` was dropped (the cell's block kept dim, init_std and backend only)."""
+    options = _method_options(["embedding.block=2", "embedding.dim=16", "train.epochs=2"])
+    assert options == ["embedding.block=2"]
+    raw = _cell_recipe(tiny_recipe(tmp_path), options, tmp_path / "base.yaml", Cell("robe", 0.5, 0), tmp_path)
+    assert raw["embedding"] == {"method": "robe", "dim": 8, "block": 2, "budget": 0.5}
+    for key in ("method", "budget"):
+        with pytest.raises(UserError, match=f"^-o embedding.{key}: each cell's method and budget come from --methods"):
+            _method_options([f"embedding.{key}=robe"])
+
+
+@pytest.mark.parametrize("data, overrides, message", [
+    ({}, ["model.hiden=[4]"], "model.hiden: unknown key"),
+    ({"dataset": "criteo", "path": "/nonexistent/train.txt"}, [], "/nonexistent/train.txt does not exist"),
+])
+def test_an_error_every_cell_shares_ends_the_command_before_any_cell(tmp_path, data, overrides, message):
+    """A bad -o or data path was one error row per cell, and the command exited 0."""
+    raw = tiny_recipe(tmp_path)
+    raw["data"] = {**raw["data"], **data} if not data else {**data, "cache_dir": str(tmp_path / "cache")}
+    recipe = tmp_path / "base.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match=f"^{recipe} \\(with its -o\\): .*{message}"):
+        run_compression(recipe, ["full", "hash"], [0.5], 2, tmp_path / "bench", overrides)
+    assert not (tmp_path / "bench" / "results.csv").exists()
+
+
+def test_cells_that_fail_make_the_command_fail_and_the_table_shows_the_asked_seeds(tmp_path):
+    """A cell's own error (ROBE's block must divide dim) is its row; the command exits 1
+    naming it. A rerun asking fewer seeds reports those seeds only."""
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 1})))
+    (tmp_path / "robe.yaml").write_text(yaml.safe_dump({"embedding": {"method": "robe", "block": 3}}))
+    command = [sys.executable, "-m", "ctr", "bench", "compression", "base.yaml", "--budgets", "0.5", "--out", "bench"]
+    done = subprocess.run([*command, "--methods", "hash,robe", "--seeds", "2"], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "ctr: 2 cells failed (robe-0.5-s0, robe-0.5-s1; " in done.stderr
+    assert "block: 3 must divide dim 8" in (tmp_path / "bench" / "results.md").read_text()
+    fewer = subprocess.run([*command, "--methods", "hash", "--seeds", "1"], capture_output=True, text=True, cwd=tmp_path)
+    assert fewer.returncode == 0, fewer.stderr[-2000:]
+    assert "| hash | 0.5 |" in fewer.stdout and "\n2 runs in " in fewer.stdout  # hash's seed 0 and robe's
+    detail = next(line for line in fewer.stdout.splitlines() if line.startswith("| hash | 0.5 |"))
+    assert detail.endswith("| 1 |") and " ± " not in detail
+
+
+def test_a_cells_training_process_is_told_to_end_with_the_benchmark(tmp_path):
+    """Its ``ctr train`` watches the benchmark's pid (``die_with_starter``): a benchmark killed
+    by SIGKILL left it training, and the rerun's child was refused the run directory."""
+    import os
+
+    from ctr.bench.compression import Children
+
+    with (tmp_path / "err").open("w") as stderr:
+        child = Children().start([sys.executable, "-c", "import os, sys; sys.stderr.write(os.environ['CTR_STARTER_PID'])"],
+                                 stderr)
+        assert child.wait() == 0
+    assert (tmp_path / "err").read_text() == str(os.getpid())

@@ -137,16 +137,18 @@ def _processes_running(text: str) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
-def test_a_rank_ends_when_its_launcher_is_killed(tmp_path):
-    """A rank of ``ctr train``'s launcher ends (SIGTERM) when the launcher dies, even by
-    SIGKILL, instead of training on unseen."""
+@pytest.mark.parametrize("variable", ["CTR_LAUNCHER_PID", "CTR_STARTER_PID"])
+def test_a_rank_ends_when_its_launcher_is_killed(tmp_path, variable):
+    """A rank of ``ctr train``'s launcher, or a benchmark's ``ctr train``, ends (SIGTERM) when
+    the process that started it dies, even by SIGKILL, instead of training on unseen (a rerun
+    of the benchmark found it holding the cell's run directory)."""
     ready = tmp_path / "ready"
-    rank = ("import pathlib, time; from ctr.train.launch import die_with_launcher; die_with_launcher(); "
+    rank = ("import pathlib, time; from ctr.train.launch import die_with_starter; die_with_starter(); "
             f"pathlib.Path({str(ready)!r}).touch(); time.sleep(120)")
     launcher = subprocess.Popen([sys.executable, "-c",
                                  "import os, subprocess, sys, time\n"
                                  f"child = subprocess.Popen([sys.executable, '-c', {rank!r}], "
-                                 "env={**os.environ, 'CTR_LAUNCHER_PID': str(os.getpid())})\n"
+                                 f"env={{**os.environ, {variable!r}: str(os.getpid())}})\n"
                                  "print(child.pid, flush=True)\ntime.sleep(120)\n"], stdout=subprocess.PIPE, text=True)
     child = int(launcher.stdout.readline())
     deadline = time.monotonic() + 60
