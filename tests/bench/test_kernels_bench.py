@@ -95,3 +95,12 @@ def test_a_whole_call_timed_no_slower_than_its_forward_has_no_backward_figure():
     fused = [cell.strip() for cell in rows[-1].split("|")[1:-1]]
     assert fused[4:7] == ["n/a", "n/a", "n/a"]  # bwd+upd ms, GB/s, % of peak
     assert fused[7:] == ["0.80", "3.75x"]  # the whole call as timed, against the loop's whole call
+
+
+@pytest.mark.parametrize("given", [",", "", "4,x"])
+def test_a_size_list_without_integers_is_refused_not_taken_for_the_default(capsys, given):
+    """``--dims ,`` ran the default (full-size) dims."""
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", "kernels", "--device", "cpu", "--dims", given, *TINY])
+    assert stop.value.code == 2
+    assert f"--dims: expected comma-separated integers, got {given!r}" in capsys.readouterr().err
