@@ -13,7 +13,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from ctr.errors import Terminated, UserError
+from ctr.errors import Terminated, UserError, sigterm_raises
 
 
 def entry() -> None:
@@ -312,7 +312,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.data is not None and args.split != "test":
         raise UserError("eval: --data evaluates a whole file; give no --split with it")
-    print(metrics_json(evaluate(args.run_dir, args.split, args.data)))
+    with sigterm_raises():  # the encoded copy and a half-written file are removed on the way out
+        print(metrics_json(evaluate(args.run_dir, args.split, args.data)))
     return 0
 
 
@@ -320,7 +321,8 @@ def _predict(args: argparse.Namespace) -> int:
     from ctr.metrics import metrics_json
     from ctr.train.predict import predict
 
-    result = predict(args.run_dir, args.input, args.out, progress=sys.stderr.isatty())
+    with sigterm_raises():
+        result = predict(args.run_dir, args.input, args.out, progress=sys.stderr.isatty())
     print(f"scored {result['rows']:,} rows into {args.out} ({result['rows_per_s']:,.0f} rows/s)", file=sys.stderr)
     print(metrics_json(result))
     return 0
@@ -329,7 +331,8 @@ def _predict(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from ctr.train.export import export_run
 
-    beside = export_run(args.run_dir, args.out)
+    with sigterm_raises():
+        beside = export_run(args.run_dir, args.out)
     print(f"exported {args.out} (schema and vocabularies in {beside})")
     return 0
 

@@ -138,6 +138,9 @@ def evaluate(run_root: Path, split: str = "test", data: Path | None = None) -> d
     progress = _progress(recipe)
     with tempfile.TemporaryDirectory(prefix="ctr-eval-") as tmp:
         encoded = encode_rows(run, recipe, Path(tmp), data, split, progress)
+        if data is not None and not encoded.labelled:
+            raise UserError(f"{data}: its rows have no labels, and ctr eval scores against them (`ctr predict` "
+                            "scores unlabelled rows)")
         target = "test" if data is not None else split
         task = restored_task(run, recipe, encoded.prepared.schema, ckpt)
         session = Session(recipe, run, encoded.prepared, progress, placement(recipe))

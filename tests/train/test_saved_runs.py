@@ -2,6 +2,7 @@
 and vocabularies (nothing re-fitted), from any working directory, on new files too."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -121,6 +122,47 @@ def test_predict_on_the_test_split_reproduces_the_test_auc(csv_run, tmp_path):
     assert abs(auc(scores["label"].to_numpy(), scores["score"].to_numpy()) - saved["auc"]) < 1e-6
     reported = json.loads(result.stdout)
     assert abs(reported["auc"] - saved["auc"]) < 1e-6 and abs(reported["gauc"] - saved["gauc"]) < 1e-6
+
+
+def test_eval_of_a_file_without_labels_is_one_line_not_a_loss_against_zeros(csv_run, tmp_path):
+    home, run = csv_run
+    pd.read_csv(home / "data" / "test.csv").drop(columns=["label"]).to_csv(tmp_path / "unlabelled.csv", index=False)
+    result = ctr("eval", run, "--data", tmp_path / "unlabelled.csv")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip() == (f"ctr: error: {tmp_path / 'unlabelled.csv'}: its rows have no labels, and ctr eval "
+                                     "scores against them (`ctr predict` scores unlabelled rows)")
+
+
+TERMINATED_WHILE_SCORING = """
+import os, signal, sys
+import ctr.train.saved as saved
+from ctr.cli import main
+
+encode = saved.encode_rows
+def encode_then_sigterm(*args, **kwargs):
+    encoded = encode(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return encoded
+for module in ("ctr.train.predict", "ctr.train.runner"):
+    __import__(module)
+    sys.modules[module].encode_rows = encode_then_sigterm
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("command", ["predict", "eval"])
+def test_sigterm_while_scoring_removes_the_encoded_copy_and_the_half_written_output(csv_run, tmp_path, command):
+    """SIGTERM ended ``ctr predict`` (and ``eval``'s encoding) without a word, leaving the
+    encoded copy of the input in the temporary folder and a partial output beside --out."""
+    home, run = csv_run
+    (tmp_path / "tmp").mkdir()
+    given = home / "data" / "test.csv"
+    args = [run, given, "--out", tmp_path / "scores.csv"] if command == "predict" else [run, "--data", given]
+    ended = subprocess.run([sys.executable, "-c", TERMINATED_WHILE_SCORING, command, *map(str, args)],
+                           capture_output=True, text=True, env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
+    assert ended.returncode == 143 and ended.stderr.strip().endswith("ctr: terminated (SIGTERM)"), ended.stderr[-2000:]
+    assert [p.name for p in (tmp_path / "tmp").iterdir() if p.name.startswith("ctr-")] == []  # not torch's caches
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".scores")]
 
 
 def test_predict_without_labels_writes_csv_scores(csv_run, tmp_path):
