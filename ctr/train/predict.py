@@ -7,13 +7,15 @@ with the input. The output (parquet, or CSV for a ``.csv`` / ``.tsv`` name) has 
 column (the click probability) per kept input row, in input order, and ``label`` when the
 input has labels; with ``data.on_bad_rows: skip`` a ``row`` column gives each score's input
 row (numbered from 0 over the input's rows in read order), so scores join back to the
-input though rows were left out. It is written atomically.
+input though rows were left out. It is written atomically. A mixed-precision run scores
+under its training's autocast, as its evaluation does.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -63,7 +65,8 @@ def predict(run_root: Path, data: Path, out: Path, progress: bool = False) -> di
                              prefetch=recipe.data.prefetch, device=device)
         try:
             numbered = encoded if recipe.data.on_bad_rows == "skip" else None
-            parts = _write(_scores(net, loader, device), out, encoded.labelled, numbered)
+            scored = _scores(net, loader, device, recipe.trainer.precision)
+            parts = _write(scored, out, encoded.labelled, numbered)
         finally:
             loader.close()
     seconds = time.perf_counter() - start
@@ -75,12 +78,22 @@ def predict(run_root: Path, data: Path, out: Path, progress: bool = False) -> di
 
 
 @torch.inference_mode()
-def _scores(net: torch.nn.Module, loader: BatchLoader, device: torch.device) -> Iterator[Scored]:
+def _scores(net: torch.nn.Module, loader: BatchLoader, device: torch.device, precision: str) -> Iterator[Scored]:
     for batch in loader:
         batch = batch.to(device)
-        probs = probabilities(net(batch)[0])
+        with autocast(precision, device):
+            probs = probabilities(net(batch)[0])
         groups = None if batch.groups is None else batch.groups.cpu().numpy()
         yield Scored(probs.cpu().numpy(), batch.labels.cpu().numpy(), groups)
+
+
+def autocast(precision: str, device: torch.device) -> AbstractContextManager[Any]:
+    """What a step of a run of ``precision`` computes under, as Lightning's mixed precision
+    sets it (bf16 or fp16 autocast; nothing for ``32-true``): its scores are its evaluation's."""
+    if precision == "32-true":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16-mixed" else torch.half,
+                          cache_enabled=False)
 
 
 def _writer(path: Path, schema: pa.Schema, suffix: str) -> pcsv.CSVWriter:

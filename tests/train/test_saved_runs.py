@@ -124,6 +124,16 @@ def test_predict_on_the_test_split_reproduces_the_test_auc(csv_run, tmp_path):
     assert abs(reported["auc"] - saved["auc"]) < 1e-6 and abs(reported["gauc"] - saved["gauc"]) < 1e-6
 
 
+def test_predict_of_a_bf16_run_reproduces_its_test_metrics(tmp_path):
+    """Predict scored in fp32 a run that Lightning evaluated under bf16 autocast: its AUC and
+    group AUC were not the run's."""
+    home, run = trained_csv_run(tmp_path / "home", {**RECIPE, "trainer": {**RECIPE["trainer"], "precision": "bf16-mixed"}})
+    result = ctr("predict", run, home / "data" / "test.csv", "--out", tmp_path / "scores.csv")
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved, reported = json.loads((run / "metrics.json").read_text())["test"], json.loads(result.stdout)
+    assert abs(reported["auc"] - saved["auc"]) < 1e-9 and abs(reported["gauc"] - saved["gauc"]) < 1e-9
+
+
 def test_eval_of_a_file_without_labels_is_one_line_not_a_loss_against_zeros(csv_run, tmp_path):
     home, run = csv_run
     pd.read_csv(home / "data" / "test.csv").drop(columns=["label"]).to_csv(tmp_path / "unlabelled.csv", index=False)
