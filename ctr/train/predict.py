@@ -89,11 +89,12 @@ def _scores(net: torch.nn.Module, loader: BatchLoader, device: torch.device, pre
 
 def autocast(precision: str, device: torch.device) -> AbstractContextManager[Any]:
     """What a step of a run of ``precision`` computes under, as Lightning's mixed precision
-    sets it (bf16 or fp16 autocast; nothing for ``32-true``): its scores are its evaluation's."""
+    sets it (bf16 autocast, fp16 on a GPU: Lightning takes ``16-mixed`` for bf16 on a CPU;
+    nothing for ``32-true``): its scores are its evaluation's."""
     if precision == "32-true":
         return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16-mixed" else torch.half,
-                          cache_enabled=False)
+    half = precision == "16-mixed" and device.type == "cuda"
+    return torch.autocast(device.type, dtype=torch.half if half else torch.bfloat16, cache_enabled=False)
 
 
 def _writer(path: Path, schema: pa.Schema, suffix: str) -> pcsv.CSVWriter:

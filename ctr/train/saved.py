@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from ctr.datasets.preprocess import KEY_FILE, Encoded, encode_with_schema, input_change, source_fingerprint
 from ctr.errors import UserError
@@ -27,7 +30,7 @@ def finished_run(run_root: Path, out: Path | None = None) -> tuple[RunDir, Recip
     nor lie inside the run (it would replace the run's own files)."""
     quiet_lightning()
     run = RunDir(run_root)
-    recipe = run.load_recipe()
+    recipe = on_this_machine(run.load_recipe(), run)
     if out is not None and out.is_dir():
         raise UserError(f"{out}: is a folder; name the file to write")
     if out is not None and out.resolve().is_relative_to(run.root.resolve()):
@@ -37,6 +40,18 @@ def finished_run(run_root: Path, out: Path | None = None) -> tuple[RunDir, Recip
         log.warning("%s: the run is not finished (no metrics.json); using %s as it stands "
                     "(`ctr train --resume` finishes it)", run.root, best.relative_to(run.root))
     return run, recipe, best
+
+
+def on_this_machine(recipe: Recipe, run: RunDir) -> Recipe:
+    """``recipe`` as this machine scores it: a run trained on a GPU is scored on the CPU of a
+    machine without one, with the CPU's kernels (the same weights and values; float sums in
+    another order), and a warning says so."""
+    if recipe.trainer.accelerator not in ("gpu", "cuda") or torch.cuda.is_available():
+        return recipe
+    log.warning("%s: trained on a GPU (trainer.accelerator: %s); this machine has none: scoring on the CPU",
+                run.root, recipe.trainer.accelerator)
+    return replace(recipe, trainer=replace(recipe.trainer, accelerator="cpu"),
+                   embedding=replace(recipe.embedding, backend=None))
 
 
 def best_checkpoint(run: RunDir) -> Path:

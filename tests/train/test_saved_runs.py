@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 
 from ctr.metrics import auc
@@ -132,6 +133,24 @@ def test_predict_of_a_bf16_run_reproduces_its_test_metrics(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     saved, reported = json.loads((run / "metrics.json").read_text())["test"], json.loads(result.stdout)
     assert abs(reported["auc"] - saved["auc"]) < 1e-9 and abs(reported["gauc"] - saved["gauc"]) < 1e-9
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without a GPU scores the GPU run")
+def test_a_run_trained_on_a_gpu_evaluates_and_predicts_on_a_machine_without_one(csv_run, tmp_path):
+    """Its recipe names the GPU (and fp16 autocast, a GPU kernel): eval and predict refused to
+    run, and neither takes -o; they score on the CPU, saying so, and agree with each other."""
+    home, run = csv_run
+    shutil.copytree(run, tmp_path / "gpu_run")
+    kept = yaml.safe_load((tmp_path / "gpu_run" / "recipe.yaml").read_text())
+    kept["trainer"].update(accelerator="gpu", precision="16-mixed")
+    kept["embedding"]["backend"] = "fbgemm"
+    (tmp_path / "gpu_run" / "recipe.yaml").write_text(yaml.safe_dump(kept))
+    evaluated = ctr("eval", tmp_path / "gpu_run")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert "trained on a GPU (trainer.accelerator: gpu); this machine has none: scoring on the CPU" in evaluated.stderr
+    scored = ctr("predict", tmp_path / "gpu_run", home / "data" / "test.csv", "--out", tmp_path / "scores.csv")
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    assert abs(json.loads(scored.stdout)["auc"] - json.loads(evaluated.stdout)["auc"]) < 1e-9
 
 
 def test_eval_of_a_file_without_labels_is_one_line_not_a_loss_against_zeros(csv_run, tmp_path):
