@@ -209,7 +209,7 @@ def _bench_kernels_parser(bench: argparse._SubParsersAction) -> None:
     kernels.add_argument("--dims", type=_int_list, help="comma-separated dims (default 64,128; step: 16)")
     kernels.add_argument("--pooling", type=_int_list, help="comma-separated ids per bag (default 1,20; step: 1)")
     kernels.add_argument("--alpha", type=float, default=0.0, help="Zipf exponent of the ids (0 = uniform)")
-    kernels.add_argument("--optimizer", default="rowwise_adagrad", choices=FUSABLE)
+    kernels.add_argument("--optimizer", choices=FUSABLE, help="the lookup suite's update (default rowwise_adagrad)")
     kernels.add_argument("--iters", type=int, default=10)
     kernels.add_argument("--warmup", type=int, default=2)
     kernels.add_argument("--peak-gbps", type=float, help="the device's peak memory bandwidth in GB/s")
@@ -463,12 +463,17 @@ def _bench_kernels(args: argparse.Namespace) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads: must be >= 1, got {args.threads}")
+    lookup_only = [flag for flag, value in (("--optimizer", args.optimizer), ("--peak-gbps", args.peak_gbps))
+                   if value is not None]
+    if args.suite == "step" and lookup_only:
+        raise UserError(f"{' and '.join(lookup_only)}: the lookup suite's; --suite step compares its own updates "
+                        "(adagrad, rowwise_adagrad) and reports no bandwidth")
     if args.threads:
         torch.set_num_threads(args.threads)
     config = KernelBenchConfig(
         suite=args.suite, device=args.device, batch=args.batch, tables=args.tables, rows=args.rows, dims=args.dims,
-        poolings=args.pooling, alpha=args.alpha, optimizer=args.optimizer, iters=args.iters, warmup=args.warmup,
-        peak_gbps=args.peak_gbps,
+        poolings=args.pooling, alpha=args.alpha, optimizer=args.optimizer or "rowwise_adagrad", iters=args.iters,
+        warmup=args.warmup, peak_gbps=args.peak_gbps,
     )
     print(run(config))
     return 0

@@ -104,3 +104,14 @@ def test_a_size_list_without_integers_is_refused_not_taken_for_the_default(capsy
         main(["bench", "kernels", "--device", "cpu", "--dims", given, *TINY])
     assert stop.value.code == 2
     assert f"--dims: expected comma-separated integers, got {given!r}" in capsys.readouterr().err
+
+
+def test_options_of_the_lookup_suite_are_refused_by_the_step_suite(capsys):
+    """``--suite step`` ran its own updates and no bandwidth while --optimizer and --peak-gbps
+    were silently ignored."""
+    code = main(["bench", "kernels", "--suite", "step", "--device", "cpu", "--optimizer", "adagrad", "--peak-gbps", "50",
+                 *TINY])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == ("ctr: error: --optimizer and --peak-gbps: the lookup suite's; --suite "
+                                               "step compares its own updates (adagrad, rowwise_adagrad) and reports "
+                                               "no bandwidth")
