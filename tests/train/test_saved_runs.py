@@ -45,7 +45,7 @@ RECIPE = {
     "model": {"name": "dlrm", "bottom_mlp": [8], "top_mlp": [8]},
     "embedding": {"method": "full", "dim": 4},
     "train": {"batch_size": 256, "eval_batch_size": 512, "epochs": 1},
-    "trainer": {"progress_bar": False},
+    "trainer": {"progress_bar": False, "num_threads": 1},  # one thread: no oversubscription warning on a busy machine
 }
 
 
@@ -383,7 +383,7 @@ def test_scoring_a_file_with_a_run_of_generated_rows_is_one_line(tmp_path):
     from tests.conftest import tiny_recipe
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, trainer={"progress_bar": False, "num_threads": 1})))
     train(load_recipe(recipe), tmp_path / "run")
     rows = tmp_path / "rows.tsv"
     rows.write_text("garbage\n")
