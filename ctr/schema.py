@@ -52,7 +52,7 @@ class FeatureSpec:
             sequence goes in [B, L, D]: ``right`` (items first) or ``left`` (items last, so
             the most recent item is always at position L - 1).
         transform: for numeric features: ``none``, ``log1p`` (log(1 + max(x, 0)), as DLRM),
-            ``log_square`` (floor(ln(x)^2) for x > 2, the Criteo winners' convention),
+            ``log_square`` (floor(ln(x)^2) for x > 2, else round(x), the Criteo winners' convention),
             ``standardize`` ((x - mean) / std of the training data), ``quantile`` (the
             training data's empirical CDF at ``num_buckets`` quantiles, in [0, 1]). For a
             categorical feature read from a numeric column, ``log_square`` turns the numbers

@@ -12,6 +12,7 @@ from ctr.errors import DataError
 from ctr.schema import FeatureSpec, NumericStats
 
 MISSING_TOKEN = ""
+LOG_SQUARE_ABOVE = 2.0  # log_square is floor(ln(x)^2) of x above it, round(x) of the others
 
 
 @dataclass
@@ -81,8 +82,8 @@ def base_numeric(values: np.ndarray, transform: str) -> np.ndarray:
     if transform == "log1p":
         return np.log1p(np.maximum(values, 0.0))
     if transform == "log_square":
-        safe = np.where(values > 2, values, 2.0)
-        return np.where(values > 2, np.floor(np.log(safe) ** 2), np.round(values))
+        safe = np.where(values > LOG_SQUARE_ABOVE, values, LOG_SQUARE_ABOVE)
+        return np.where(values > LOG_SQUARE_ABOVE, np.floor(np.log(safe) ** 2), np.round(values))
     return values
 
 
@@ -99,7 +100,9 @@ def finish_numeric(values: np.ndarray, spec: FeatureSpec, stats: NumericStats) -
 def categorical_tokens(column: pa.Array, spec: FeatureSpec) -> pa.Array:
     """String tokens [n] of a single-valued feature; a missing value is its own token.
 
-    With ``transform: log_square`` a numeric column becomes bucket tokens floor(ln(x)^2).
+    With ``transform: log_square`` a numeric column becomes bucket tokens floor(ln(x)^2)
+    (round(x) for x <= 2). Its rows come checked by ``check_rows``, which refuses a round(x)
+    past int64 (a row error naming file and line, or a skipped row): the cast cannot fail.
     """
     if spec.transform == "log_square":
         values = numeric_values(column, spec, f"feature {spec.name}")

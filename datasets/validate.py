@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ctr.datasets.transforms import LOG_SQUARE_ABOVE
 from ctr.datasets.vocab import integer_ids
 from ctr.errors import DataError, RecipeError
 from ctr.schema import FeatureSpec
@@ -29,6 +30,32 @@ NON_FINITE = r"^\s*[-+]?(inf|infinity|nan)\s*$"
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 STORED_AS_READ = ("none", "standardize")  # numeric transforms whose encoded value grows with the raw one
 INTEGER = r"^\s*[-+]?\d+(\.0*)?\s*$|^\s*$"  # an id of a num_ids column (or a missing one)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The size of a number a feature's encoded data holds: |x| <= ``size`` for x <= ``upto``
+    (larger x are brought in range by the transform); ``what`` names the range in messages."""
+
+    size: float
+    upto: float
+    what: str
+
+
+NO_LIMIT = Limit(math.inf, math.inf, "")
+FLOAT32_RANGE = f"the float32 range (±{FLOAT32_MAX:.4g}) of the encoded data"
+
+
+def _number_limit(spec: FeatureSpec) -> Limit:
+    """The limit of a numeric (or ``log_square`` categorical) feature's raw values: float32
+    where the encoded data stores x as read or standardized, or log_square's round(x) of
+    x <= 2; int64 for a log_square categorical's token round(x) (|x| <= 2**63 is exactly
+    that range for x <= 2: -2**63 is a float64)."""
+    if spec.transform == "log_square" and spec.kind != "numeric":
+        return Limit(2.0**63, LOG_SQUARE_ABOVE, f"the int64 range (±{2.0**63:.4g}) of a log_square token")
+    if spec.transform == "log_square":
+        return Limit(FLOAT32_MAX, LOG_SQUARE_ABOVE, FLOAT32_RANGE)
+    return Limit(FLOAT32_MAX, math.inf, FLOAT32_RANGE) if spec.transform in STORED_AS_READ else NO_LIMIT
 
 
 @dataclass
@@ -62,8 +89,7 @@ def check_rows(batch: pa.RecordBatch, features: list[FeatureSpec], label: str) -
         if spec.num_ids:
             problems.extend(_id_problems(spec.column, batch.column(spec.column)))
         elif spec.kind == "numeric" or spec.transform == "log_square":
-            limit = FLOAT32_MAX if spec.transform in STORED_AS_READ else math.inf
-            problems.extend(_numeric_problems(spec.column, batch.column(spec.column), limit))
+            problems.extend(_numeric_problems(spec.column, batch.column(spec.column), _number_limit(spec)))
     any_bad = np.logical_or.reduce([mask for mask, _ in problems])
     if not any_bad.any():
         return RowCheck(keep=~any_bad, labels=labels, problem=None, first_bad=-1)
@@ -72,21 +98,21 @@ def check_rows(batch: pa.RecordBatch, features: list[FeatureSpec], label: str) -
     return RowCheck(keep=~any_bad, labels=labels, problem=describe_first(first), first_bad=first)
 
 
-def _numeric_problems(name: str, column: pa.Array, limit: float) -> list[tuple[np.ndarray, Callable[[int], str]]]:
+def _numeric_problems(name: str, column: pa.Array, limit: Limit) -> list[tuple[np.ndarray, Callable[[int], str]]]:
     """(rows flagged, description) of a numeric column: values that are not numbers (text
-    only) and values that are not finite or past ``limit`` in size. Text is cast once; the
-    regexes run only when a value does not parse."""
+    only) and values that are not finite or past ``limit``. Text is cast once; the regexes
+    run only when a value does not parse."""
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        return [(_non_finite(column, limit), _not_finite(name, column))]
+        return [(_non_finite(column, limit), _not_finite(name, column, limit))]
     try:  # the fast path: every value parses (inf, nan and 1e400 too)
-        return [(_non_finite(pc.cast(column, pa.float64()), limit), _not_finite(name, column))]
+        return [(_non_finite(pc.cast(column, pa.float64()), limit), _not_finite(name, column, limit))]
     except pa.ArrowInvalid:
         pass
     ok = pc.fill_null(pc.match_substring_regex(column, NUMBER, ignore_case=True), True)
     named = pc.fill_null(pc.match_substring_regex(column, NON_FINITE, ignore_case=True), False)
     non_finite = named.to_numpy(zero_copy_only=False) | _non_finite(_as_numbers(column), limit)
     return [(~ok.to_numpy(zero_copy_only=False), _not_a_number(name, column)),
-            (non_finite, _not_finite(name, column))]
+            (non_finite, _not_finite(name, column, limit))]
 
 
 def _id_problems(name: str, column: pa.Array) -> list[tuple[np.ndarray, Callable[[int], str]]]:
@@ -121,16 +147,16 @@ def _not_a_number(name: str, column: pa.Array):
     return lambda row: f"column {name!r}: not a number: {column[row].as_py()!r}"
 
 
-def _non_finite(column: pa.Array, limit: float) -> np.ndarray:
+def _non_finite(column: pa.Array, limit: Limit) -> np.ndarray:
     """Present values of a number column that are ``inf``, ``-inf`` or ``nan``, or past
-    ``limit`` in size (``FLOAT32_MAX`` where the encoded data stores the value as read or
-    standardized: ``1e39`` would be stored as ``inf``), bool [n]."""
+    ``limit`` (``1e39`` stored as read would be ``inf`` in float32), bool [n]."""
     if not pa.types.is_floating(column.type):
         return np.zeros(len(column), dtype=bool)
     present = column.is_valid().to_numpy(zero_copy_only=False)
     values = np.asarray(column.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.float64)
     with np.errstate(invalid="ignore"):
-        return present & (~np.isfinite(values) | (np.abs(values) > limit))
+        past = (np.abs(values) > limit.size) & (values <= limit.upto)
+        return present & (~np.isfinite(values) | past)
 
 
 def _as_numbers(column: pa.Array) -> pa.Array:
@@ -141,7 +167,7 @@ def _as_numbers(column: pa.Array) -> pa.Array:
     return pc.cast(pc.if_else(parsable, trimmed, pa.scalar(None, trimmed.type)), pa.float64())
 
 
-def _not_finite(name: str, column: pa.Array):
+def _not_finite(name: str, column: pa.Array, limit: Limit):
     def describe(row: int) -> str:
         value = column[row].as_py()
         try:
@@ -149,7 +175,7 @@ def _not_finite(name: str, column: pa.Array):
         except ValueError:
             finite = False
         if finite:
-            return f"column {name!r}: {value!r} is past the float32 range (±{FLOAT32_MAX:.4g}) of the encoded data"
+            return f"column {name!r}: {value!r} is past {limit.what}"
         return f"column {name!r}: not a finite number: {value!r} (leave the field empty for a missing value)"
 
     return describe

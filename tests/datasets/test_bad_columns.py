@@ -3,6 +3,8 @@ file and line, exit code 2; before, each of these was silent or a traceback."""
 
 import re
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -108,3 +110,30 @@ def test_a_number_past_the_float32_range_is_read_where_its_transform_brings_it_i
     text = "label,a,x\n1,u,0.5\n0,v,1e39\n1,w,3\n"
     code, err = prepare(tmp_path, capsys, {"dataset": "csv", "features": [{"name": "a"}, feature]}, text)
     assert code == 0, err
+
+
+@pytest.mark.parametrize("kind, kept, refused, message", [
+    ("numeric", "-3.4e38", "-1e39", "'-1e39' is past the float32 range (±3.403e+38) of the encoded data"),
+    ("categorical", "-9223372036854775808", "-1e19",
+     "'-1e19' is past the int64 range (±9.223e+18) of a log_square token"),
+], ids=["numeric", "categorical"])
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_log_square_value_kept_as_read_past_its_range_is_a_bad_row(tmp_path, capsys, kind, kept, refused, message,
+                                                                      skip):
+    """log_square keeps round(x) of x <= 2: -1e39 was stored as -inf (NaN scores, a numpy
+    warning) and -1e19 stopped a categorical's int64 cast with a traceback. x > 2 is
+    brought in range (1e39 is read)."""
+    data = {"dataset": "csv", "features": [{"name": "a"}, {"name": "x", "kind": kind, "transform": "log_square"}],
+            **({"on_bad_rows": "skip"} if skip else {})}
+    text = f"label,a,x\n1,u,1e39\n0,v,{refused}\n1,w,{kept}\n0,u,-1e300\n1,v,1.6\n"
+    code, err = prepare(tmp_path, capsys, data, text)
+    if not skip:
+        assert code == 2 and err == f"ctr: error: {tmp_path / 'rows.csv'}:3: column 'x': {message}"
+        return
+    assert code == 0, err
+    entry = next((tmp_path / "cache" / "data").glob("*/report.json")).parent
+    assert yaml.safe_load((entry / "report.json").read_text())["splits"]["train"]["rows"] == 3
+    if kind == "numeric":  # floor(ln(1e39)^2) = 8064, round(1.6) = 2
+        assert sorted(pq.read_table(entry / "train").column("x").to_pylist()) == [np.float32(-3.4e38), 2.0, 8064.0]
+    else:
+        assert sorted(pq.read_table(entry / "vocab" / "x.parquet").column("token").to_pylist()) == [kept, "2", "8064"]

@@ -2,6 +2,7 @@
 and vocabularies (nothing re-fitted), from any working directory, on new files too."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -264,6 +265,47 @@ def test_predict_skipping_bad_rows_numbers_the_scored_input_rows(csv_run, tmp_pa
     assert whole.returncode == 0, whole.stderr
     alone = pd.read_csv(tmp_path / "all.csv").set_index("row")["score"]
     assert np.allclose(scores["score"], alone.loc[scores["row"]].to_numpy(), atol=1e-6)
+
+
+def test_a_log_square_value_past_its_range_is_a_bad_row_in_predict_and_eval(tmp_path, capsys):
+    """log_square keeps round(x) of x <= 2: -1e39 was scored nan (auc and logloss null for
+    the whole file) and -1e19 stopped a categorical's predict with a traceback. Both are bad
+    rows, as in training, left out under on_bad_rows: skip."""
+    from ctr.cli import main
+
+    rng = np.random.default_rng(3)
+    label, m, c = rng.integers(0, 2, 400), rng.integers(0, 50, 400), rng.integers(0, 50, 400)
+    pd.DataFrame({"label": label, "m": m, "c": c}).to_csv(tmp_path / "train.csv", index=False)
+    features = [{"name": "m", "kind": "numeric", "transform": "log_square"}, {"name": "c", "transform": "log_square"}]
+    recipe = {**RECIPE, "data": {"dataset": "csv", "path": str(tmp_path / "train.csv"), "label": "label",
+                                 "cache_dir": str(tmp_path / "cache"), "features": features}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "r.yaml"), "--out", str(run)]) == 0
+    bad = tmp_path / "bad.csv"
+    scores = tmp_path / "s.csv"
+    commands = (["predict", str(run), str(bad), "--out", str(scores)], ["eval", str(run), "--data", str(bad)])
+    refused = {"0,-1e39,5": "column 'm': '-1e39' is past the float32 range (±3.403e+38) of the encoded data",
+               "0,4,-1e19": "column 'c': '-1e19' is past the int64 range (±9.223e+18) of a log_square token"}
+    for rows, message in refused.items():
+        bad.write_text(f"label,m,c\n1,3,4\n{rows}\n1,5,7\n")
+        for command in commands:
+            capsys.readouterr()
+            assert main(command) == 2
+            assert capsys.readouterr().err.strip().splitlines()[-1] == f"ctr: error: {bad}:3: {message}"
+    assert not scores.exists()
+    skipping = yaml.safe_load((run / "recipe.yaml").read_text())
+    skipping["data"]["on_bad_rows"] = "skip"
+    (run / "recipe.yaml").write_text(yaml.safe_dump(skipping))
+    bad.write_text("label,m,c\n1,3,4\n0,-1e39,5\n1,4,-1e19\n0,-1e300,6\n1,5,-7\n0,2,3\n")
+    capsys.readouterr()
+    assert main(commands[0]) == 0
+    scored = pd.read_csv(scores)
+    assert scored["row"].tolist() == [0, 4, 5] and np.isfinite(scored["score"]).all()
+    capsys.readouterr()
+    assert main(commands[1]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["rows"] == 3 and 0 <= metrics["auc"] <= 1 and math.isfinite(metrics["logloss"])
 
 
 def snippet_scores_like_predict(run, test_file, columns, rows, tmp_path):
