@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Callable
 
@@ -126,7 +127,7 @@ def _id_problems(name: str, column: pa.Array) -> list[tuple[np.ndarray, Callable
         except DataError:
             pass
         whole = pc.fill_null(pc.match_substring_regex(column, INTEGER), True).to_numpy(zero_copy_only=False)
-        bad = ~whole | _past_int64(_as_numbers(column))
+        bad = ~whole | _text_past_int64(column, whole)
     elif pa.types.is_floating(column.type):
         values = np.asarray(column.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.float64)
         with np.errstate(invalid="ignore"):
@@ -135,6 +136,15 @@ def _id_problems(name: str, column: pa.Array) -> list[tuple[np.ndarray, Callable
     else:
         return []
     return [(bad, lambda row: f"column {name!r}: not an integer id: {column[row].as_py()!r}")]
+
+
+def _text_past_int64(column: pa.Array, whole: np.ndarray) -> np.ndarray:
+    """The ``whole`` numbers of a text column [n] that no int64 holds, exactly, bool [n]:
+    float64 finds the few candidates (it reads 2**63 - 1 as 2**63), Python's int decides."""
+    past = whole & _past_int64(_as_numbers(column))
+    for row in np.flatnonzero(past):
+        past[row] = not -(2**63) <= int(Decimal(column[row].as_py())) < 2**63
+    return past
 
 
 def _past_int64(numbers: pa.Array) -> np.ndarray:

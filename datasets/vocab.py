@@ -122,8 +122,8 @@ class Vocabulary:
 
 def integer_ids(column: pa.Array, name: str) -> tuple[np.ndarray, np.ndarray]:
     """The int64 ids [n] of an id column and its validity mask [n] (False = missing); text
-    may have blanks around an id and a zero fraction (``" 3 "``, ``"3.0"``), as ``check_rows``
-    lets through."""
+    may have blanks around an id, a plus sign and a zero fraction (``" 3 "``, ``"+3"``,
+    ``"3.0"``), as ``check_rows`` lets through, and is read exactly (2**63 - 1 too)."""
     try:
         column = _as_int64(column)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -140,8 +140,8 @@ def _as_int64(column: pa.Array) -> pa.Array:
         column = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, trimmed.type), trimmed)
         try:
             return pc.cast(column, pa.int64())
-        except pa.ArrowInvalid:  # a zero fraction, "3.0"
-            column = pc.cast(column, pa.float64())
+        except pa.ArrowInvalid:  # "+3", "3.0": cut as text (float64 would round 2**63 - 1 up)
+            column = pc.replace_substring_regex(column, pattern=r"^\+|\.0*$", replacement="")
     return pc.cast(column, pa.int64())
 
 

@@ -113,3 +113,24 @@ def test_num_ids_values_are_checked_row_by_row(tmp_path, capsys):
     assert prepared.report["splits"]["train"]["rows"] == 4
     batch = next(iter(BatchLoader(prepared.split_dir("train"), prepared.schema, 10)))
     assert batch.sparse.values.tolist() == [3 + 2, 2 + 2, 1 + 2, 0]  # ids after padding and OOV; missing → padding
+
+
+def test_num_ids_at_either_end_of_int64_are_read_exactly(tmp_path, capsys):
+    """2**63 - 1 was refused as 'not an integer id' (checked through float64, which reads it
+    as 2**63) whenever its batch held a value the int64 cast refuses (3.0, or a bad row),
+    and a zero fraction was read through float64 (9007199254740993.0 became ...992)."""
+    from ctr.cli import main
+
+    path = tmp_path / "rows.csv"
+    path.write_text("label,c\n1,9223372036854775807\n0,-9223372036854775808.0\n1,+2\n0,9007199254740993.0\n"
+                    "1,x\n0,9223372036854775808\n1,-9223372036854775809\n")
+    data = {"dataset": "csv", "path": str(path), "cache_dir": str(tmp_path / "cache"),
+            "features": [{"name": "c", "num_ids": 5, "oov_buckets": 4}], "split": {"valid": 0.0, "test": 0.0}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"data": data}))
+    assert main(["data", "prepare", str(tmp_path / "r.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == f"ctr: error: {path}:6: column 'c': not an integer id: 'x'"
+    prepared = prepare(recipe_from_dict({"data": {**data, "on_bad_rows": "skip"}}).data, progress=False)
+    assert prepared.report["splits"]["train"]["rows"] == 4
+    batch = next(iter(BatchLoader(prepared.split_dir("train"), prepared.schema, 10)))
+    # ids past num_ids land in bucket 1 + id mod 4; known ids follow padding and the 4 buckets
+    assert batch.sparse.values.tolist() == [1 + 3, 1 + 0, 2 + 5, 1 + 1]
