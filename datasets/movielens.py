@@ -10,6 +10,10 @@ tab-separated with typed headers such as ``user_id:token``), as shipped for Movi
 and MovieLens-1M; ``data.path`` is the folder or any one of the files. The split is random
 with a fixed seed (``data.split.seed``, independent of the recipe's seed) in the proportions
 of ``data.split`` (8:1:1 by default).
+
+Rows to score (``ctr predict``, ``ctr eval --data``) are every row of the ``.inter`` file, in
+file order, as one stream; its ``rating`` column is optional then (without it every pair is
+scored, unlabelled).
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ class MovieLensDataset(DatasetSource):
     def __init__(self, config: MovieLensConfig):
         super().__init__(config)
         self.inter, self.user, self.item = _locate(config.path)
-        self._splits: dict[str, pa.Table] | None = None
+        self._streams: dict[str, pa.Table] | None = None
 
     def files(self) -> list[Path]:
         return [f for f in (self.inter, self.user, self.item) if f is not None]
@@ -74,29 +78,45 @@ class MovieLensDataset(DatasetSource):
         return features
 
     def streams(self) -> dict[str, RowStream]:
-        return {split: (lambda split=split: self._rows(split)) for split in SPLITS}
+        names = ("all",) if self._whole() else SPLITS
+        return {name: (lambda name=name: self._rows(name)) for name in names}
 
-    def _rows(self, split: str) -> Iterator[pa.RecordBatch]:
-        if self._splits is None:
-            self._splits = self._build()
-        table = self._splits[split]
+    def _whole(self) -> bool:
+        """Rows to score (their label is optional): every row, in file order, one stream."""
+        return self.label in self.optional_columns
+
+    def _rows(self, name: str) -> Iterator[pa.RecordBatch]:
+        if self._streams is None:
+            self._streams = self._build()
+        table = self._streams[name]
         for start in range(0, table.num_rows, CHUNK_ROWS):
             yield to_batch(table.slice(start, CHUNK_ROWS)).replace_schema_metadata({"file": str(self.inter)})
 
     def _build(self) -> dict[str, pa.Table]:
+        """Each stream's rows, in file order: labelled ones (a rating of 3 left out), or every
+        row when rows to score have no rating; the side files' columns joined."""
         config: MovieLensConfig = self.config  # type: ignore[assignment]
-        ratings = _read(self.inter, ["user_id", "item_id", "rating"])
+        rated = not self._whole() or "rating" in _header(self.inter)
+        ratings = _read(self.inter, ["user_id", "item_id", "rating"] if rated else ["user_id", "item_id"])
+        keep = np.ones(ratings.num_rows, dtype=bool)
+        if rated:
+            ratings = _with_labels(ratings)
+            keep = pc.or_(pc.is_valid(ratings.column(PROBLEM_COLUMN)), pc.is_valid(ratings.column("label")))
+            keep = keep.to_numpy(zero_copy_only=False)
+        rows = self._joined(ratings.filter(pa.array(keep)))
+        if self._whole():
+            return {"all": rows}
         u = np.random.default_rng(config.split.seed).random(ratings.num_rows)
-        ratings = _with_labels(ratings)
-        keep = pc.or_(pc.is_valid(ratings.column(PROBLEM_COLUMN)), pc.is_valid(ratings.column("label")))
-        ratings = ratings.filter(keep)
+        valid, test = config.split.valid, config.split.test
+        code = np.where(u < valid, 1, np.where(u < valid + test, 2, 0))[keep]
+        return {split: rows.filter(pa.array(code == i)) for i, split in enumerate(SPLITS)}
+
+    def _joined(self, ratings: pa.Table) -> pa.Table:
+        """``ratings`` with the columns of the side files (by user and item), in file order."""
         for side, key in ((self.user, "user_id"), (self.item, "item_id")):
             if side is not None:
                 ratings = ratings.join(_read(side, None, drop=(LINE_COLUMN, PROBLEM_COLUMN)), key, join_type="left outer")
-        ratings = ratings.sort_by(LINE_COLUMN)
-        valid, test = config.split.valid, config.split.test
-        code = np.where(u < valid, 1, np.where(u < valid + test, 2, 0))[keep.to_numpy(zero_copy_only=False)]
-        return {split: ratings.filter(pa.array(code == i)) for i, split in enumerate(SPLITS)}
+        return ratings.sort_by(LINE_COLUMN)
 
 
 def _locate(path: str | None) -> tuple[Path, Path | None, Path | None]:

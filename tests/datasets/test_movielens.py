@@ -77,3 +77,35 @@ def test_movielens_100k_as_ctr(tmp_path):
     features = {f["name"]: f for f in prepared.report["features"]}
     assert features["gender"]["vocab_size"] == 2 + 2 and features["occupation"]["vocab_size"] == 2 + 21
     assert 1.5 < features["genres"]["values_per_row"] < 3
+
+
+def write_pairs(path, ratings, rated=True):
+    """An ``.inter`` file of (user, item, rating) rows, its rating column left out unless ``rated``."""
+    path.parent.mkdir(exist_ok=True)
+    header = INTER if rated else INTER.replace("rating:float\t", "")
+    rows = [f"{u}\t{i}\t{r}\t88{k}\n" if rated else f"{u}\t{i}\t88{k}\n" for k, (u, i, r) in enumerate(ratings)]
+    path.write_text(header + "".join(rows))
+    return path
+
+
+def scoring(config):
+    """The source of ``config`` reading rows to score (as ``encode_with_schema`` sets it)."""
+    source = MovieLensDataset(config)
+    source.optional_columns = frozenset({"label"})
+    return source
+
+
+def test_rows_to_score_are_every_row_in_file_order_as_one_stream(tmp_path):
+    """Rows to score came out in the order of the split's streams (train, valid, test), and
+    without a rating column they were refused: every row is one stream, in file order."""
+    ratings = [(1 + k % 2, 10 * (1 + k % 2), (5, 1, 3)[k % 3]) for k in range(40)]
+    folder = write_movielens(tmp_path / "ml", ratings)
+    source = scoring(MovieLensConfig(path=str(folder)))
+    rated = all_rows(source)
+    assert list(rated) == ["all"]
+    threes = [k for k in range(40) if k % 3 == 2]
+    assert rated["all"].column("__line__").to_pylist() == [k + 2 for k in range(40) if k not in threes]
+    assert rated["all"].column("label").to_pylist()[:2] == ["1", "0"]
+    source = scoring(MovieLensConfig(path=str(write_pairs(tmp_path / "new" / "ml.inter", ratings, rated=False))))
+    unrated = all_rows(source)["all"]
+    assert unrated.column("__line__").to_pylist() == list(range(2, 42)) and "label" not in unrated.column_names
