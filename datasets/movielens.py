@@ -13,12 +13,12 @@ of ``data.split`` (8:1:1 by default).
 
 Rows to score (``ctr predict``, ``ctr eval --data``) are every row of the ``.inter`` file, in
 file order, as one stream; its ``rating`` column is optional then (without it every pair is
-scored, unlabelled).
+scored, unlabelled), and the ``.user`` / ``.item`` files it lacks are the training's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -41,7 +41,21 @@ CHUNK_ROWS = 65_536
 
 @dataclass
 class MovieLensConfig(DataConfig):
-    """Options of the MovieLens dataset: the common ones (``split`` seeds and sizes its split)."""
+    """Options of the MovieLens dataset: the common ones (``split`` seeds and sizes its split).
+
+    ``side_files`` is no recipe key: the ``.user`` and ``.item`` files read when none is beside
+    the ratings file (``reading`` sets the training's, for rows to score).
+    """
+
+    side_files: tuple[str | None, str | None] = field(default=(None, None), init=False, repr=False)
+
+    def reading(self, path: Path) -> MovieLensConfig:
+        """Ratings of ``path`` with the ``.user`` / ``.item`` files beside them, else the
+        training's (none when the training's files are gone)."""
+        config = super().reading(path)
+        if None in _locate(str(path))[1:]:  # training's files are looked up only then: they may be gone
+            config.side_files = _side_files(self.path)
+        return config
 
 
 @DATASETS.register("movielens", config=MovieLensConfig)
@@ -53,7 +67,9 @@ class MovieLensDataset(DatasetSource):
 
     def __init__(self, config: MovieLensConfig):
         super().__init__(config)
-        self.inter, self.user, self.item = _locate(config.path)
+        self.inter, user, item = _locate(config.path)
+        trained_user, trained_item = (Path(f) if f else None for f in config.side_files)
+        self.user, self.item = user or trained_user, item or trained_item
         self._streams: dict[str, pa.Table] | None = None
 
     def files(self) -> list[Path]:
@@ -133,6 +149,16 @@ def _locate(path: str | None) -> tuple[Path, Path | None, Path | None]:
         inter = files[0]
     sides = [inter.with_suffix(s) for s in (".user", ".item")]
     return inter, *(s if s.is_file() else None for s in sides)
+
+
+def _side_files(path: str | None) -> tuple[str | None, str | None]:
+    """The ``.user`` and ``.item`` files of ratings ``path`` (None where absent; both when
+    ``path`` is gone)."""
+    try:
+        _, user, item = _locate(path)
+    except DataError:
+        return None, None
+    return str(user) if user else None, str(item) if item else None
 
 
 def _header(file: Path) -> list[str]:

@@ -109,3 +109,21 @@ def test_rows_to_score_are_every_row_in_file_order_as_one_stream(tmp_path):
     source = scoring(MovieLensConfig(path=str(write_pairs(tmp_path / "new" / "ml.inter", ratings, rated=False))))
     unrated = all_rows(source)["all"]
     assert unrated.column("__line__").to_pylist() == list(range(2, 42)) and "label" not in unrated.column_names
+
+
+def test_rows_to_score_without_side_files_read_the_trainings(tmp_path):
+    """A new .inter without .user / .item beside it failed on the first absent attribute."""
+    folder = write_movielens(tmp_path / "ml", [(1, 10, 5)])
+    trained = MovieLensConfig(path=str(folder))
+    pairs = write_pairs(tmp_path / "new" / "pairs.inter", [(2, 20, 5), (1, 10, 1)])
+    source = scoring(trained.reading(pairs))
+    assert (source.user, source.item) == (folder / "ml.user", folder / "ml.item")
+    rows = all_rows(source)["all"]
+    assert rows.column("gender").to_pylist() == ["F", "M"] and rows.column("release_year").to_pylist() == ["1995"] * 2
+    (tmp_path / "new" / "pairs.user").write_text(USER + "1\t30\tX\twriter\t1\n2\t40\tY\tartist\t2\n")
+    rows = all_rows(scoring(trained.reading(pairs)))["all"]
+    assert rows.column("gender").to_pylist() == ["Y", "X"] and rows.column("class").to_pylist()[0] == "Action"
+    gone = MovieLensConfig(path=str(tmp_path / "gone"))
+    assert "gender" in all_rows(scoring(gone.reading(pairs)))["all"].column_names  # the .user beside is read
+    (tmp_path / "new" / "pairs.user").unlink()
+    assert scoring(gone.reading(pairs)).user is None  # a run without side files scores bare pairs
