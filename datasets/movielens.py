@@ -71,6 +71,7 @@ class MovieLensDataset(DatasetSource):
         trained_user, trained_item = (Path(f) if f else None for f in config.side_files)
         self.user, self.item = user or trained_user, item or trained_item
         self._streams: dict[str, pa.Table] | None = None
+        self._left_out: np.ndarray | None = None
 
     def files(self) -> list[Path]:
         return [f for f in (self.inter, self.user, self.item) if f is not None]
@@ -97,6 +98,10 @@ class MovieLensDataset(DatasetSource):
         names = ("all",) if self._whole() else SPLITS
         return {name: (lambda name=name: self._rows(name)) for name in names}
 
+    def left_out_rows(self) -> np.ndarray | None:
+        """Rows to score with ratings: those rated 3 (no label), once the stream is read."""
+        return self._left_out
+
     def _whole(self) -> bool:
         """Rows to score (their label is optional): every row, in file order, one stream."""
         return self.label in self.optional_columns
@@ -121,6 +126,7 @@ class MovieLensDataset(DatasetSource):
             keep = keep.to_numpy(zero_copy_only=False)
         rows = self._joined(ratings.filter(pa.array(keep)))
         if self._whole():
+            self._left_out = np.flatnonzero(~keep) if rated else None
             return {"all": rows}
         u = np.random.default_rng(config.split.seed).random(ratings.num_rows)
         valid, test = config.split.valid, config.split.test

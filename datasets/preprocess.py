@@ -89,20 +89,27 @@ def prepare(config: DataConfig, progress: bool | None = None) -> Prepared:
 class Encoded:
     """Rows encoded with a saved schema: ``root/test`` holds them; ``tally`` counts rows and
     out-of-vocabulary ids; ``labelled`` is False when the rows had no label column;
-    ``skipped_rows`` (int64, ascending) are the input rows ``on_bad_rows: skip`` dropped,
-    numbered from 0 over the source's rows in read order (encoding every row only)."""
+    ``skipped_rows`` (int64, ascending) are the input rows left out, numbered from 0 over the
+    source's rows in read order (encoding every row only): those ``on_bad_rows: skip`` dropped
+    and those the source has no label for (``DatasetSource.left_out_rows``); ``numbered`` is
+    True when rows may be left out so (the scores then give their input rows)."""
 
     prepared: Prepared
     tally: Tally
     labelled: bool
     skipped_rows: np.ndarray
+    numbered: bool
 
     def input_rows(self, first: int, count: int) -> np.ndarray:
-        """The input row numbers of encoded rows ``first .. first + count - 1`` (int64 [count]):
-        the k-th kept row is row k + (skipped rows before it)."""
-        kept = np.arange(first, first + count, dtype=np.int64)
-        kept_before_skip = self.skipped_rows - np.arange(len(self.skipped_rows), dtype=np.int64)
-        return kept + np.searchsorted(kept_before_skip, kept, side="right")
+        """The input row numbers of encoded rows ``first .. first + count - 1`` (int64 [count])."""
+        return kept_rows(np.arange(first, first + count, dtype=np.int64), self.skipped_rows)
+
+
+def kept_rows(kept: np.ndarray, skipped: np.ndarray) -> np.ndarray:
+    """The row numbers of the ``kept``-th rows (int64 [K]) left once rows ``skipped`` (int64,
+    ascending) are left out: the k-th kept row is row k + (skipped rows before it)."""
+    kept_before_skip = skipped - np.arange(len(skipped), dtype=np.int64)
+    return kept + np.searchsorted(kept_before_skip, kept, side="right")
 
 
 def encode_with_schema(config: DataConfig, schema_dir: Path, out: Path, split: str | None,
@@ -141,7 +148,11 @@ def encode_with_schema(config: DataConfig, schema_dir: Path, out: Path, split: s
         raise DataError(f"data: no rows to encode from dataset {config.dataset!r}")
     schema = Schema(schema.features, schema.label, group, schema.counts)
     skipped_rows = np.concatenate(job.skipped_rows) if job.skipped_rows else np.zeros(0, dtype=np.int64)
-    return Encoded(Prepared(out, schema, {}), tally, schema.label not in absent, skipped_rows)
+    left_out = source.left_out_rows() if job.whole else None
+    if left_out is not None:  # the job numbered the rows the source kept
+        skipped_rows = np.union1d(left_out, kept_rows(skipped_rows, left_out)).astype(np.int64)
+    numbered = job.whole and (config.on_bad_rows == "skip" or left_out is not None)
+    return Encoded(Prepared(out, schema, {}), tally, schema.label not in absent, skipped_rows, numbered)
 
 
 def load_prepared(root: Path) -> Prepared:

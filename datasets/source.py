@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import pyarrow as pa
 
 from ctr.errors import DataError, RecipeError
@@ -64,6 +65,12 @@ class DatasetSource(ABC):
     def files(self) -> list[Path]:
         """The raw files this source reads (empty for generated data)."""
         return []
+
+    def left_out_rows(self) -> np.ndarray | None:
+        """Of rows to score (``optional_columns`` holds the label): the input rows, numbered from
+        0 in read order, that the streams left out as having no label (int64 [K], ascending),
+        once they are read; None for a source that yields every row."""
+        return None
 
     def columns(self) -> list[str]:
         """The raw columns of the data, in order (what a ``FeatureShorthand`` resolves against)."""

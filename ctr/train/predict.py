@@ -5,9 +5,10 @@ rows are errors, or skipped with ``data.on_bad_rows: skip``, as in training), wr
 encoded shards to a temporary folder and scored batch by batch, so memory does not grow
 with the input. The output (parquet, or CSV for a ``.csv`` / ``.tsv`` name) has a ``score``
 column (the click probability) per kept input row, in input order, and ``label`` when the
-input has labels; with ``data.on_bad_rows: skip`` a ``row`` column gives each score's input
-row (numbered from 0 over the input's rows in read order), so scores join back to the
-input though rows were left out. It is written atomically. A mixed-precision run scores
+input has labels; with ``data.on_bad_rows: skip`` (and for a ``movielens`` input with
+ratings, whose ratings of 3 have no label) a ``row`` column gives each score's input row
+(numbered from 0 over the input's rows in read order), so scores join back to the input
+though rows were left out. It is written atomically. A mixed-precision run scores
 under its training's autocast, as its evaluation does.
 """
 
@@ -64,9 +65,8 @@ def predict(run_root: Path, data: Path, out: Path, progress: bool = False) -> di
         loader = BatchLoader(encoded.prepared.split_dir("test"), schema, recipe.train.eval_batch_size,
                              prefetch=recipe.data.prefetch, device=device)
         try:
-            numbered = encoded if recipe.data.on_bad_rows == "skip" else None
             scored = _scores(net, loader, device, recipe.trainer.precision)
-            parts = _write(scored, out, encoded.labelled, numbered)
+            parts = _write(scored, out, encoded.labelled, encoded if encoded.numbered else None)
         finally:
             loader.close()
     seconds = time.perf_counter() - start

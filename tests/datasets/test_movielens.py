@@ -105,10 +105,11 @@ def test_rows_to_score_are_every_row_in_file_order_as_one_stream(tmp_path):
     assert list(rated) == ["all"]
     threes = [k for k in range(40) if k % 3 == 2]
     assert rated["all"].column("__line__").to_pylist() == [k + 2 for k in range(40) if k not in threes]
-    assert rated["all"].column("label").to_pylist()[:2] == ["1", "0"]
+    assert rated["all"].column("label").to_pylist()[:2] == ["1", "0"] and source.left_out_rows().tolist() == threes
     source = scoring(MovieLensConfig(path=str(write_pairs(tmp_path / "new" / "ml.inter", ratings, rated=False))))
     unrated = all_rows(source)["all"]
     assert unrated.column("__line__").to_pylist() == list(range(2, 42)) and "label" not in unrated.column_names
+    assert source.left_out_rows() is None
 
 
 def test_rows_to_score_without_side_files_read_the_trainings(tmp_path):
@@ -127,3 +128,19 @@ def test_rows_to_score_without_side_files_read_the_trainings(tmp_path):
     assert "gender" in all_rows(scoring(gone.reading(pairs)))["all"].column_names  # the .user beside is read
     (tmp_path / "new" / "pairs.user").unlink()
     assert scoring(gone.reading(pairs)).user is None  # a run without side files scores bare pairs
+
+
+def test_scored_rows_leave_out_ratings_of_3_and_skipped_rows_by_input_row(tmp_path):
+    """The input rows that scores come from: ratings of 3 (no label) and bad rows that
+    ``on_bad_rows: skip`` drops are both left out, numbered over the file's rows."""
+    from ctr.datasets.preprocess import encode_with_schema
+
+    folder = write_movielens(tmp_path / "ml", [(1, 10, 5), (2, 20, 1), (1, 20, 4), (2, 10, 2)])
+    raw = {"data": {"dataset": "movielens", "path": str(folder), "cache_dir": str(tmp_path / "c"),
+                    "on_bad_rows": "skip", "split": {"valid": 0.0, "test": 0.0}}}
+    config = recipe_from_dict(raw).data
+    prepared = prepare(config, progress=False)
+    new = write_movielens(tmp_path / "new", [(1, 10, 3), (2, 20, 5), (1, 10, "x"), (1, 20, 3), (2, 10, 1)])
+    encoded = encode_with_schema(config.reading(new), prepared.root, tmp_path / "out", None, progress=False)
+    assert encoded.numbered and encoded.labelled and encoded.tally.rows == 2
+    assert encoded.skipped_rows.tolist() == [0, 2, 3] and encoded.input_rows(0, 2).tolist() == [1, 4]

@@ -587,3 +587,86 @@ def test_an_optembed_run_killed_in_its_last_stage_evaluates_and_exports_as_it_st
     assert abs(json.loads(evaluated.stdout)["auc"] - saved["auc"]) < 1e-6
     exported = ctr("export", killed, "--out", tmp_path / "model.pt2", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
+
+
+MOVIELENS_INTER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+
+
+def write_inter(path, pairs, ratings=None):
+    """A MovieLens ``.inter`` file of (user, item) ``pairs``; without ``ratings``, no rating column."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = MOVIELENS_INTER if ratings is not None else MOVIELENS_INTER.replace("rating:float\t", "")
+    rated = [f"\t{r}" for r in ratings] if ratings is not None else [""] * len(pairs)
+    path.write_text(header + "".join(f"{u}\t{i}{r}\t88{k}\n" for k, ((u, i), r) in enumerate(zip(pairs, rated))))
+    return path
+
+
+@pytest.fixture(scope="module")
+def movielens_run(tmp_path_factory):
+    """A run trained on 600 ratings of 8 users and 10 movies, with their .user and .item files."""
+    from ctr.cli import main
+
+    home = tmp_path_factory.mktemp("movielens")
+    rng = np.random.default_rng(4)
+    pairs = rng.integers(1, [9, 11], size=(600, 2)).tolist()
+    write_inter(home / "ml" / "ml.inter", pairs, rng.integers(1, 6, 600).tolist())
+    users = "".join(f"{u}\t{20 + u}\t{'MF'[u % 2]}\tjob{u % 3}\t{u}0\n" for u in range(1, 9))
+    (home / "ml" / "ml.user").write_text("user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n"
+                                         + users)
+    movies = "".join(f"{i}\tT{i}\t{1990 + i}\tG{i} G{i % 3}\n" for i in range(1, 11))
+    (home / "ml" / "ml.item").write_text("item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+                                         + movies)
+    recipe = {**RECIPE, "data": {"dataset": "movielens", "path": str(home / "ml"), "cache_dir": str(home / "cache")}}
+    (home / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["train", str(home / "r.yaml"), "--out", str(home / "run")]) == 0
+    return home, home / "run"
+
+
+def predicted(run, given, out):
+    from ctr.cli import main
+
+    assert main(["predict", str(run), str(given), "--out", str(out)]) == 0
+    return pd.read_csv(out)
+
+
+NEW_PAIRS = [(u, i) for u in (3, 1, 9, 7, 2) for i in (2, 11, 5, 1, 8, 10, 4)][:29]  # user 9, item 11: new
+
+
+def test_predict_of_a_movielens_run_scores_every_pair_of_a_file_without_ratings_or_side_files(movielens_run, tmp_path,
+                                                                                              capsys):
+    """A new .inter without ratings was refused (``column 'rating' is absent``), and without
+    .user / .item beside it failed on the first attribute: every pair is scored, in input
+    order, with the training's side files, as the same pairs rated (1 or 5) beside copies of them."""
+    from ctr.cli import main
+
+    home, run = movielens_run
+    scores = predicted(run, write_inter(tmp_path / "new" / "pairs.inter", NEW_PAIRS), tmp_path / "new.csv")
+    assert list(scores.columns) == ["score"] and len(scores) == 29 and scores["score"].nunique() > 20
+    beside = write_inter(tmp_path / "beside" / "pairs.inter", NEW_PAIRS[::-1], [1, 5] * 14 + [1])
+    for side in ("user", "item"):
+        shutil.copy(home / "ml" / f"ml.{side}", tmp_path / "beside" / f"pairs.{side}")
+    reversed_scores = predicted(run, beside, tmp_path / "beside.csv")
+    assert list(reversed_scores.columns) == ["row", "score", "label"]
+    assert reversed_scores["row"].tolist() == list(range(29))
+    assert np.allclose(scores["score"], reversed_scores["score"][::-1], rtol=0, atol=1e-12)  # float sums in batches
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", str(beside)]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["rows"] == 29
+    assert abs(evaluated["auc"] - auc(reversed_scores["label"].to_numpy(), reversed_scores["score"].to_numpy())) < 1e-9
+
+
+def test_predict_of_a_movielens_run_leaves_out_ratings_of_3_and_numbers_the_scored_rows(movielens_run, tmp_path):
+    """Scored ratings came out in the order of the split's streams, ratings of 3 left out,
+    so no score could be joined back to its row: a ``row`` column numbers them."""
+    home, run = movielens_run
+    ratings = [3, 5, 1, 4, 3, 3, 2] * 4 + [3]
+    rated = write_inter(tmp_path / "rated" / "ml.inter", NEW_PAIRS, ratings)
+    for side in ("user", "item"):
+        shutil.copy(home / "ml" / f"ml.{side}", tmp_path / "rated")
+    scores = predicted(run, rated, tmp_path / "rated.csv")
+    kept = [k for k, r in enumerate(ratings) if r != 3]
+    assert list(scores.columns) == ["row", "score", "label"] and scores["row"].tolist() == kept
+    assert scores["label"].tolist() == [int(ratings[k] >= 4) for k in kept]
+    every = predicted(run, write_inter(tmp_path / "pairs.inter", NEW_PAIRS), tmp_path / "every.csv")["score"]
+    assert np.allclose(scores["score"], every[kept], rtol=0, atol=1e-12)
