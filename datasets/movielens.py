@@ -137,7 +137,7 @@ class MovieLensDataset(DatasetSource):
         """``ratings`` with the columns of the side files (by user and item), in file order."""
         for side, key in ((self.user, "user_id"), (self.item, "item_id")):
             if side is not None:
-                ratings = ratings.join(_read(side, None, drop=(LINE_COLUMN, PROBLEM_COLUMN)), key, join_type="left outer")
+                ratings = ratings.join(_attributes(side, key), key, join_type="left outer")
         return ratings.sort_by(LINE_COLUMN)
 
 
@@ -174,15 +174,29 @@ def _header(file: Path) -> list[str]:
     return strip_types(line.split("\t"))
 
 
-def _read(file: Path, need: list[str] | None, drop: tuple[str, ...] = ()) -> pa.Table:
-    """A whole atomic file as strings; ``need`` columns must be present."""
+def _read(file: Path, need: list[str], every: bool = False) -> pa.Table:
+    """A whole atomic file as strings: its ``need`` columns (which must be present), or
+    ``every`` column."""
     columns = _header(file)
-    for name in need or []:
+    for name in need:
         if name not in columns:
             raise DataError(f"{file}:1: column {name!r} is absent (it has: {', '.join(columns)})")
-    fmt = TextFormat(columns=columns, delimiter="\t", header=True, quoting=False, keep=need)
-    table = pa.Table.from_batches(list(read_delimited(file, fmt)))
-    return table.drop_columns([c for c in drop if c in table.column_names])
+    fmt = TextFormat(columns=columns, delimiter="\t", header=True, quoting=False, keep=None if every else need)
+    return pa.Table.from_batches(list(read_delimited(file, fmt)))
+
+
+def _attributes(file: Path, key: str) -> pa.Table:
+    """The columns of side file ``file``, one line per ``key`` (a key on two lines would
+    repeat each of its ratings)."""
+    table = _read(file, [key], every=True)
+    keys = table.column(key)
+    counts = pc.value_counts(keys.drop_null())
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        value = repeated.field("values")[0]
+        lines = table.filter(pc.equal(keys, value)).column(LINE_COLUMN).to_pylist()
+        raise DataError(f"{file}:{lines[1]}: {key} {value.as_py()!r} is on line {lines[0]} too; name each once")
+    return table.drop_columns([c for c in (LINE_COLUMN, PROBLEM_COLUMN) if c in table.column_names])
 
 
 def _with_labels(ratings: pa.Table) -> pa.Table:

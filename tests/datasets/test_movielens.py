@@ -144,3 +144,16 @@ def test_scored_rows_leave_out_ratings_of_3_and_skipped_rows_by_input_row(tmp_pa
     encoded = encode_with_schema(config.reading(new), prepared.root, tmp_path / "out", None, progress=False)
     assert encoded.numbered and encoded.labelled and encoded.tally.rows == 2
     assert encoded.skipped_rows.tolist() == [0, 2, 3] and encoded.input_rows(0, 2).tolist() == [1, 4]
+
+
+def test_a_side_file_naming_a_user_twice_or_no_user_is_one_line(tmp_path):
+    """A user on two lines of the .user file repeated each of that user's ratings (more rows
+    than the file's: scores no longer lined up with it); a .user without ``user_id`` failed in
+    the join with an Arrow traceback."""
+    folder = write_movielens(tmp_path / "ml", [(1, 10, 5), (2, 20, 1)])
+    (folder / "ml.user").write_text(USER + "1\t24\tM\ttechnician\t85711\n2\t53\tF\tother\t94043\n1\t25\tM\twriter\t1\n")
+    with pytest.raises(DataError, match=r"ml\.user:4: user_id '1' is on line 2 too; name each once$"):
+        all_rows(MovieLensDataset(MovieLensConfig(path=str(folder))))
+    (folder / "ml.user").write_text("id:token\tage:token\n1\t24\n")
+    with pytest.raises(DataError, match=r"ml\.user:1: column 'user_id' is absent \(it has: id, age\)"):
+        all_rows(MovieLensDataset(MovieLensConfig(path=str(folder))))
