@@ -22,11 +22,11 @@ from ctr.embeddings.types import EmbeddingLayout, FeatureEmbeddings
 from ctr.errors import RecipeError
 from ctr.kernels.embedding_bag import FusedOptimizer
 from ctr.recipe import EmbeddingConfig
-from ctr.schema import Schema
+from ctr.schema import FeatureSpec, Schema
 
 FP32_BYTES = 4
-OUTSIDE_VOCABULARY_HINT = "encode raw values with the run's schema (docs/export.md shows how)"
-OUTSIDE_VOCABULARY = f"an id is outside its feature's vocabulary (inputs.json: vocab_size); {OUTSIDE_VOCABULARY_HINT}"
+ENCODING_HINT = "encode raw values with the run's schema (docs/export.md shows how)"
+OUTSIDE_VOCABULARY = f"an id is outside its feature's vocabulary (inputs.json: vocab_size); {ENCODING_HINT}"
 
 
 class EmbeddingMethod(nn.Module):
@@ -79,6 +79,7 @@ class EmbeddingMethod(nn.Module):
         self._mean_pooled = [f.spec.kind == "sequence" and f.spec.pooling == "mean" for f in sparse]
         self._left_padded = [f.spec.padding == "left" for f in sparse]
         self._widths = [f.spec.max_len if f.spec.kind == "sequence" else 1 for f in sparse]
+        self._too_long = [_too_long(f.spec) for f in sparse]
 
     @property
     def dim(self) -> int:
@@ -90,6 +91,7 @@ class EmbeddingMethod(nn.Module):
             raise ValueError(f"expected sparse keys {self.feature_names}, got {sparse.keys}")
         self._check_ids(sparse)
         if torch.compiler.is_exporting():
+            self._check_lengths(sparse)
             return self._padded(sparse) if any(width > 1 for width in self._widths) else self._embedded(sparse)
         embedded = self._embedded(sparse)
         self._check_vectors(embedded.pooled, sparse.batch_size)
@@ -133,8 +135,17 @@ class EmbeddingMethod(nn.Module):
             f = at // sparse.batch_size if sparse.single else int(sparse.feature_of_value()[at])
             raise ValueError(
                 f"feature {self.feature_names[f]!r}: id {int(values[at])} is outside its vocabulary of "
-                f"{int(self.feature_rows[f])} ids (0 is padding, 1 the OOV id); {OUTSIDE_VOCABULARY_HINT}"
+                f"{int(self.feature_rows[f])} ids (0 is padding, 1 the OOV id); {ENCODING_HINT}"
             )
+
+    def _check_lengths(self, sparse: JaggedFeatures) -> None:
+        """Refuses, in a traced program, a bag of more ids than ctr's encoder puts in one: a
+        categorical's one id, a sequence's last ``max_len``. The fixed-width grids of
+        ``_padded`` would keep a longer bag's first ids, and a pooled categorical would sum
+        them all. One device-side assertion a feature, naming it."""
+        lengths = sparse.lengths().view(len(self.feature_names), sparse.batch_size)  # [F, B]
+        for f in range(len(self.feature_names)):
+            torch._assert_async((lengths[f] <= self._widths[f]).all(), self._too_long[f])
 
     def embed_grid(self, grid: IdGrid) -> Tensor:
         """The vectors [B, F, D] of a grid of single ids. Default: ``embed_ids`` of every id,
@@ -371,6 +382,15 @@ class EmbeddingMethod(nn.Module):
             else:
                 masks[name] = slots < seq_lengths.unsqueeze(1)
         return FeatureEmbeddings(pooled=pooled, sequences=sequences, masks=masks, rows=self.embed_ids)
+
+
+def _too_long(spec: FeatureSpec) -> str:
+    """What a traced program says of a bag of ``spec``'s feature holding more ids than its
+    encoding gives (``EmbeddingMethod._check_lengths``)."""
+    if spec.kind == "sequence":
+        return (f"feature {spec.name!r}: a bag holds more than its max_len {spec.max_len} ids (a sequence keeps its "
+                f"last max_len items; inputs.json: max_len); {ENCODING_HINT}")
+    return f"feature {spec.name!r}: a bag holds more than one id (a categorical is one id a row); {ENCODING_HINT}"
 
 
 class BatchLosses:

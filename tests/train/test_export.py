@@ -1,12 +1,14 @@
 """``ctr export``: the program of every model and every embedding method in ``ctr models``,
 loaded in a fresh process that never imports ctr, scores like ctr does (1e-5), at any batch
-size down to 1, and a batch whose bags are all empty."""
+size down to 1, and a batch whose bags are all empty; it refuses an id outside its feature's
+vocabulary and a bag of more ids than ctr's encoder makes."""
 
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -51,6 +53,17 @@ for bad in (sparse[feature]["vocab_size"], -1):
         raise SystemExit(f"id {bad} of {sparse[feature]['name']} was scored")
     except RuntimeError as error:
         assert "outside its feature's vocabulary" in str(error), error
+first = np.split(saved["first_values"], saved["first_offsets"][1:-1])  # row 0's bags, feature by feature
+for f, spec in enumerate(sparse):
+    width = spec["max_len"] if spec["kind"] == "sequence" else 1
+    for count in (width, width + 1):  # as many ids as ctr's encoder puts in a bag, and one more
+        bags = [*first[:f], np.ones(count, dtype=np.int64), *first[f + 1:]]
+        offsets = torch.tensor(np.cumsum([0] + [len(bag) for bag in bags]))
+        try:
+            program(args[0][:1], torch.from_numpy(np.concatenate(bags)), offsets)
+            assert count == width, f"a bag of {count} ids of {spec['name']} was scored"
+        except RuntimeError as error:
+            assert count > width and f"feature {spec['name']!r}: a bag holds more than" in str(error), error
 assert not any(name == "ctr" or name.startswith("ctr.") for name in sys.modules), "ctr was imported"
 print("ok")
 """
@@ -93,6 +106,28 @@ def test_exported_program_scores_like_ctr_without_ctr(name, tmp_path):
 @pytest.mark.parametrize("name", [entry.name for entry in EMBEDDINGS.entries()])
 def test_every_embedding_method_exports_and_scores_like_ctr_without_ctr(name, tmp_path):
     exported_scores_like_ctr(method_recipe(name, tmp_path), tmp_path)
+
+
+def sequence_recipe(tmp: Path, pooling: str):
+    """DLRM over a categorical ``a`` and a sequence ``tags`` (max_len 3, ``pooling``) read
+    from a CSV of 800 rows in ``tmp``."""
+    rng = np.random.default_rng(4)
+    tags = ["^".join(f"t{v}" for v in rng.integers(0, 9, rng.integers(0, 6))) for _ in range(800)]
+    frame = pd.DataFrame({"label": rng.integers(0, 2, 800), "a": [f"a{v}" for v in rng.integers(0, 5, 800)],
+                          "tags": tags})
+    frame.to_csv(tmp / "rows.csv", index=False)
+    features = [{"name": "a"}, {"name": "tags", "kind": "sequence", "max_len": 3, "pooling": pooling}]
+    raw = tiny_recipe(tmp, train={"max_steps": 3})
+    raw["data"] = {"dataset": "csv", "path": str(tmp / "rows.csv"), "label": "label", "features": features,
+                   "cache_dir": str(tmp / "cache")}
+    return recipe_from_dict(raw)
+
+
+@pytest.mark.parametrize("pooling", ["sum", "mean"])
+def test_a_pooled_sequence_exports_and_scores_like_ctr_without_ctr(pooling, tmp_path):
+    """A pooled sequence (max_len 3) beside a categorical: the program scores like ctr, and
+    refuses a bag of 4 items (it pooled its first 3) or a categorical's bag of 2 ids (summed)."""
+    exported_scores_like_ctr(sequence_recipe(tmp_path, pooling), tmp_path)
 
 
 def exported_scores_like_ctr(recipe, tmp_path: Path) -> None:
