@@ -376,6 +376,31 @@ def test_the_documented_snippet_scores_hashed_oov_buckets_and_log_square_tokens_
     snippet_scores_like_predict(tmp_path / "run", tmp_path / "probe.csv", ("a", "n", "k"), (0, 1, 2, 3), tmp_path)
 
 
+def test_the_documented_snippet_scores_log_square_and_quantile_numbers_like_predict(tmp_path):
+    """Numeric features with ``transform: log_square`` (missing, rounded halves, past 2) and
+    ``quantile`` (at a boundary, missing, below the first, between two, past the last): the
+    snippet's numbers are predict's (it passed the raw number on for both)."""
+    from ctr.cli import main
+
+    rng = np.random.default_rng(6)
+    frame = pd.DataFrame({"label": rng.integers(0, 2, 800), "a": [f"a{v}" for v in rng.integers(0, 6, 800)],
+                          "n": rng.poisson(12, 800).astype(float), "q": rng.integers(0, 50, 800)})
+    frame.iloc[:700].to_csv(tmp_path / "train.csv", index=False)
+    features = [{"name": "a"}, {"name": "n", "kind": "numeric", "transform": "log_square"},
+                {"name": "q", "kind": "numeric", "transform": "quantile", "num_buckets": 10, "fill": 0.5}]
+    recipe = {**RECIPE, "data": {"dataset": "csv", "path": str(tmp_path / "train.csv"), "label": "label",
+                                 "cache_dir": str(tmp_path / "cache"), "features": features}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["train", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run")]) == 0
+    schema = json.loads((tmp_path / "run" / "schema" / "schema.json").read_text())
+    boundaries = next(f["numeric"]["boundaries"] for f in schema["features"] if f["spec"]["name"] == "q")
+    probe = pd.DataFrame({"label": [0, 1, 0, 1, 0], "a": ["a1", "a2", "a3", "a4", "a5"],
+                          "n": ["", "1.5", "2.5", "3", "40"],
+                          "q": [boundaries[2], "", -3, (boundaries[4] + boundaries[5]) / 2, 99]})
+    probe.to_csv(tmp_path / "probe.csv", index=False)
+    snippet_scores_like_predict(tmp_path / "run", tmp_path / "probe.csv", ("a", "n", "q"), range(5), tmp_path)
+
+
 def test_an_optembed_run_evaluates_predicts_and_exports_as_it_was_tested(optembed_csv_run, tmp_path):
     """The retrained OptEmbed (shared pruned format): ``ctr eval`` and ``ctr predict`` give
     metrics.json's test AUC and logloss, and its exported program scores rows as predict does."""
