@@ -88,6 +88,11 @@ class DataConfig:
     on_device: bool = False
     path_keys: ClassVar[tuple[str, ...]] = ("path", "valid_path", "test_path", "cache_dir")  # made absolute in a run
 
+    def input_paths(self) -> dict[str, Path]:
+        """The files and folders the recipe reads rows from, by key (``data.path``, ...)."""
+        given = {key: getattr(self, key, None) for key in self.path_keys if key != "cache_dir"}
+        return {f"data.{key}": Path(value).expanduser() for key, value in given.items() if value}
+
     def reading(self, path: Path) -> DataConfig:
         """This config reading every row of ``path`` instead of its files (``ctr predict``,
         ``ctr eval --data``): a separate valid or test file is dropped."""

@@ -26,15 +26,13 @@ log = logging.getLogger("ctr.train")
 
 def finished_run(run_root: Path, out: Path | None = None) -> tuple[RunDir, Recipe, Path]:
     """A finished run's directory, recipe and best checkpoint (checked readable first), with
-    Lightning's notices quietened; ``out``, a file the caller will write, must not be a folder
-    nor lie inside the run (it would replace the run's own files)."""
+    Lightning's notices quietened; ``out``, a file the caller will write, is checked first
+    (``_check_out``)."""
     quiet_lightning()
     run = RunDir(run_root)
     recipe = on_this_machine(run.load_recipe(), run)
-    if out is not None and out.is_dir():
-        raise UserError(f"{out}: is a folder; name the file to write")
-    if out is not None and out.resolve().is_relative_to(run.root.resolve()):
-        raise UserError(f"{out}: inside the run directory {run.root}; write it elsewhere")
+    if out is not None:
+        _check_out(out, run, recipe)
     best = best_checkpoint(run)
     if not run.metrics.exists():
         log.warning("%s: the run is not finished (no metrics.json); using %s as it stands "
@@ -52,6 +50,23 @@ def on_this_machine(recipe: Recipe, run: RunDir) -> Recipe:
                 run.root, recipe.trainer.accelerator)
     return replace(recipe, trainer=replace(recipe.trainer, accelerator="cpu"),
                    embedding=replace(recipe.embedding, backend=None))
+
+
+def _check_out(out: Path, run: RunDir, recipe: Recipe) -> None:
+    """Refuses an ``out`` (the file ``--out`` names) that is a folder, lies inside the run (it
+    would replace the run's own files), is one of the recipe's input files (it would replace
+    the rows) or lies inside an input folder (later reads of that folder would take it for
+    rows)."""
+    if out.is_dir():
+        raise UserError(f"{out}: is a folder; name the file to write")
+    written = out.resolve()
+    if written.is_relative_to(run.root.resolve()):
+        raise UserError(f"{out}: inside the run directory {run.root}; write it elsewhere")
+    for key, given in recipe.data.input_paths().items():
+        if written == given.resolve():
+            raise UserError(f"{out}: is the run's input ({key}); choose another --out")
+        if written.is_relative_to(given.resolve()):
+            raise UserError(f"{out}: inside the run's input folder {given} ({key}); choose another --out")
 
 
 def best_checkpoint(run: RunDir) -> Path:

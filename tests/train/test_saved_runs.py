@@ -523,6 +523,37 @@ def test_predict_and_export_refuse_to_overwrite_their_input_or_the_run(csv_run, 
     assert (tmp_path / "model.pt2.schema").read_text() == "mine\n" and not (tmp_path / "model.pt2").exists()
 
 
+def test_predict_and_export_refuse_an_out_among_the_inputs(csv_run, tmp_path):
+    """An --out that is one of the run's input files (export replaced data/test.csv), or lies
+    inside the input folder or one of the recipe's (predict wrote its scores there once, and
+    every later read of the folder failed on them): one line, nothing written."""
+    home, trained = csv_run
+    test, valid = home / "data" / "test.csv", home / "data" / "valid.csv"
+    before = test.read_bytes(), valid.read_bytes()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "rows.csv").write_bytes(before[0])
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    recipe["data"]["path"] = str(home / "data")  # a folder of input files
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    refused = {
+        ("export", trained, "--out", test): f"{test}: is the run's input (data.test_path); choose another --out",
+        ("predict", trained, test, "--out", valid): f"{valid}: is the run's input (data.valid_path); choose another --out",
+        ("predict", trained, tmp_path / "in", "--out", tmp_path / "in" / "scores.csv"):
+            f"{tmp_path / 'in' / 'scores.csv'}: inside the input folder {tmp_path / 'in'} (a later read of it would take "
+            "the scores for rows); choose another --out",
+        ("export", run, "--out", home / "data" / "model.pt2"):
+            f"{home / 'data' / 'model.pt2'}: inside the run's input folder {home / 'data'} (data.path); choose another --out",
+    }
+    for command, message in refused.items():
+        done = ctr(*command, cwd=tmp_path)
+        assert done.returncode == 2 and done.stderr.strip() == f"ctr: error: {message}", done.stderr[-2000:]
+    assert (test.read_bytes(), valid.read_bytes()) == before
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["rows.csv"]
+    assert not (home / "data" / "model.pt2").exists()
+
+
 def test_eval_of_a_run_that_is_not_finished_warns_and_uses_its_best_checkpoint(csv_run, tmp_path):
     import shutil
 
