@@ -105,7 +105,10 @@ class TableMethod(EmbeddingMethod):
 
     def _single_offsets(self, count: int, device: torch.device) -> Tensor:
         """``0, 1, ..., count``: bags of one id each (kept for the last size and device asked,
-        a batch's usual size)."""
+        a batch's usual size; made anew while ``torch.export`` traces, which warns of a tensor
+        attribute assigned in the trace, and whose ``count`` is symbolic)."""
+        if torch.compiler.is_exporting():
+            return torch.arange(count + 1, device=device)
         if self._offsets is None or self._offsets.numel() != count + 1 or self._offsets.device != device:
             self._offsets = torch.arange(count + 1, device=device)
         return self._offsets

@@ -5,6 +5,7 @@ vocabulary and a bag of more ids than ctr's encoder makes."""
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +14,16 @@ import pytest
 import torch
 
 from ctr.cli import main
+from ctr.datasets import prepare
 from ctr.datasets.loader import BatchLoader
 from ctr.datasets.saved import load_schema
 from ctr.recipe import load_recipe, recipe_from_dict
 from ctr.registry import EMBEDDINGS, MODELS
-from ctr.train.export import InferenceModel
+from ctr.train.export import InferenceModel, export_program
 from ctr.train.rundir import RunDir
 from ctr.train.runner import train
 from ctr.train.saved import best_checkpoint, restored_task
+from ctr.train.task import CTRTask
 from tests.conftest import tiny_recipe
 from tests.embeddings.test_compression_methods import SMOKE
 from tests.train.test_amazon_recipes import RECIPES, write_tiny_amazon
@@ -128,6 +131,19 @@ def test_a_pooled_sequence_exports_and_scores_like_ctr_without_ctr(pooling, tmp_
     """A pooled sequence (max_len 3) beside a categorical: the program scores like ctr, and
     refuses a bag of 4 items (it pooled its first 3) or a categorical's bag of 2 ids (summed)."""
     exported_scores_like_ctr(sequence_recipe(tmp_path, pooling), tmp_path)
+
+
+@pytest.mark.parametrize("pooling", ["sum", "none"])
+def test_exporting_sequences_warns_of_nothing(pooling, tmp_path):
+    """A sequence's lookups, one id a bag, kept their offsets in an attribute: torch.export
+    warned that a tensor attribute was assigned during export."""
+    recipe = sequence_recipe(tmp_path, pooling)
+    schema = prepare(recipe.data, progress=False).schema
+    net = CTRTask(recipe, schema).net
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_program(net, schema)
+    assert [str(warning.message) for warning in caught] == []
 
 
 def exported_scores_like_ctr(recipe, tmp_path: Path) -> None:
