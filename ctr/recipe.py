@@ -510,8 +510,14 @@ def first_difference(before: dict[str, Any], now: dict[str, Any], prefix: str = 
             if found:
                 return found
         elif old != new:
-            return f"{prefix}{key}: {old!r} before, {new!r} now"
+            return f"{prefix}{key}: {_shown(old)} before, {_shown(new)} now"
     return None
+
+
+def _shown(value: Any, width: int = 60) -> str:
+    """``value``'s repr, cut to ``width`` characters (a feature list can be long)."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def recipe_from_dict(raw: dict[str, Any]) -> Recipe:

@@ -6,6 +6,7 @@ import fcntl
 import json
 import shutil
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -13,6 +14,7 @@ import yaml
 
 from ctr.atomic import atomic_path, atomic_write, replaced_folder
 from ctr.datasets.preprocess import KEY_FILE, input_change, source_fingerprint
+from ctr.datasets.source import resolve_features
 from ctr.errors import UserError, reason
 from ctr.metrics import metrics_from_json, metrics_json
 from ctr.recipe import DataConfig, Recipe, first_difference, read_yaml, recipe_from_dict
@@ -112,7 +114,8 @@ class RunDir:
         driver that trains many runs (tune, bench) resumes or reads one only when it is None."""
         if not self.recipe.exists():
             return None
-        before, now = _as_kept(self.load_recipe()), _as_kept(recipe)
+        resolved = replace(recipe, data=resolve_features(recipe.data))  # as training keeps it
+        before, now = _as_kept(self.load_recipe()), _as_kept(resolved)
         for raw in (before, now):
             del raw["output"]
         return first_difference(before, now)

@@ -161,6 +161,29 @@ def test_a_run_interrupted_before_its_row_is_refused_under_other_settings_and_re
     assert trainer.calls == [(0.01, 42), (0.1, 42)]
 
 
+def test_a_run_of_a_recipe_whose_features_are_the_shorthand_has_the_same_settings(tmp_path):
+    """Training keeps the resolved feature list; the point's recipe holds the shorthand: every
+    rerun of such a tune (or bench) was refused as other settings."""
+    from dataclasses import replace
+
+    from ctr.datasets.source import resolve_features
+    from ctr.recipe import recipe_from_dict
+    from ctr.train.rundir import RunDir
+
+    (tmp_path / "rows.csv").write_text("label,a,b,x\n1,u,v,0.5\n0,w,v,1.5\n")
+    raw = {"data": {"dataset": "csv", "path": str(tmp_path / "rows.csv"), "label": "label",
+                    "features": {"default_kind": "categorical", "specs": [{"name": "x", "kind": "numeric"}]}}}
+    recipe = recipe_from_dict(raw)
+    run = RunDir(tmp_path / "run")
+    run.write_recipe(replace(recipe, data=resolve_features(recipe.data)))  # as training writes it
+    assert run.settings_change(recipe) is None
+    other = recipe_from_dict({**raw, "seed": 7})
+    assert run.settings_change(other) == "seed: 42 before, 7 now"
+    wide = recipe_from_dict({"data": {**raw["data"], "features": [{"name": f"column_{i}"} for i in range(20)]}})
+    change = run.settings_change(wide)
+    assert change.startswith("data.features: [{") and len(change) < 160  # long values cut
+
+
 def test_points_of_different_seeds_are_all_ranked(tmp_path):
     """A grid over the seed: stage 1 is each point's first run, whatever its seed (the table
     kept only the rows of the smallest seed and left the chosen point out)."""
