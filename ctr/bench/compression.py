@@ -14,20 +14,15 @@ rows/s of the compressed model and peak memory per cell) and ``OUT/auc_vs_memory
 its row is written (its recipe, log, metrics and stage outputs stay): a grid on 2 GB tables
 would otherwise keep terabytes.
 
-Data, model, training and trainer settings come from the recipe, the same for every cell.
-A method's own settings (e.g. OptEmbed's stages) come from the ``embedding`` block of
-``<method>.yaml`` beside the recipe when that file exists, then ``-o embedding.<option>``;
-``dim``, ``init_std`` and ``backend`` are always the recipe's, and ``budget`` is the cell's.
-An ``OUT`` holds the cells of one base recipe with its ``-o`` (``OUT/base.yaml``): a rerun of
-other settings is refused (``check_settings``). ``full`` ignores budgets and runs once
-per seed. A recipe whose embedding optimizer is fused into the lookup's backward
+Data, model, training and trainer settings come from the recipe, the same for every cell;
+a method's own settings and the settings an out folder holds: ``ctr.bench.grid``. ``full``
+ignores budgets and runs once per seed. A recipe whose embedding optimizer is fused into the lookup's backward
 (``train.embedding_optimizer.fused``) keeps it for the methods that store a kernel table; the
 others run the same optimizer unfused (the same update, applied after the backward).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -37,17 +32,18 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import yaml
 
 from ctr.atomic import CsvRows, atomic_write
+from ctr.bench.grid import (
+    UNBUDGETED, Cell, cell_recipe, cell_recipes, check_settings, keep_settings, method_options, plan, prepare_once,
+)
 from ctr.errors import UserError, sigterm_raises
 from ctr.metrics import mean_std
-from ctr.datasets import prepare
-from ctr.recipe import Recipe, apply_override, first_difference, import_recipe_plugins, read_yaml, recipe_from_dict
+from ctr.recipe import apply_override, import_recipe_plugins, read_yaml, recipe_from_dict
 from ctr.registry import EMBEDDINGS
 from ctr.train.plots import save_png
 from ctr.train.launch import STARTER
@@ -61,50 +57,8 @@ COLUMNS = [
     "full_embedding_bytes", "memory_ratio", "train_seconds", "inference_seconds", "inference_rows_per_s",
     "peak_rss_mb", "run_dir",
 ]
-UNBUDGETED = ("full",)
 BENCH_FILE = "bench.json"  # what the benchmark measured of a cell beyond metrics.json
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One run of the benchmark: a method at a budget (None: the method has none) with a seed."""
-
-    method: str
-    budget: float | None
-    seed: int
-
-    @property
-    def key(self) -> str:
-        return f"{self.method}-{'full' if self.budget is None else _budget_text(self.budget)}-s{self.seed}"
-
-
-def _budget_text(budget: float) -> str:
-    """A budget as a cell's key shows it (budgets that show alike are one cell)."""
-    return format(budget, "g")
-
-
-def plan(methods: list[str], budgets: list[float], seeds: int) -> list[Cell]:
-    """Every cell, method by method; ``full`` gets one cell per seed."""
-    if not methods:
-        raise UserError("--methods: give at least one embedding method, e.g. --methods full,hash")
-    for name in methods:
-        EMBEDDINGS.get(name, "--methods")
-    for budget in budgets:
-        if not 0 < budget <= 1:
-            raise UserError(f"--budgets: {budget} is not in (0, 1]")
-    for flag, values in (("--methods", methods), ("--budgets", [_budget_text(b) for b in budgets])):
-        repeated = sorted({v for v in values if values.count(v) > 1})
-        if repeated:
-            raise UserError(f"{flag}: {', '.join(repeated)} given twice (a cell would train twice into one run)")
-    if not budgets and any(name not in UNBUDGETED for name in methods):
-        raise UserError("--budgets: give at least one budget for the methods that take one, e.g. --budgets 0.5,0.1")
-    if seeds < 1:
-        raise UserError("--seeds must be >= 1")
-    cells = []
-    for name in methods:
-        for budget in [None] if name in UNBUDGETED else budgets:
-            cells += [Cell(name, budget, seed) for seed in range(seeds)]
-    return cells
+ATTEMPT = "--- ctr bench: "  # begins each attempt's lines in a cell's log
 
 
 class Results(CsvRows):
@@ -154,9 +108,9 @@ def run_compression(
         apply_override(base, item)
     import_recipe_plugins(base)  # before --methods is checked: it may name a plugin's method
     cells = plan(methods, budgets, seeds)
-    options = _method_options(overrides)
-    raws = {cell.key: _cell_recipe(base, options, recipe_path, cell, out) for cell in cells}
-    recipes = _cell_recipes(raws, base, recipe_path)
+    options = method_options(overrides)
+    raws = {cell.key: cell_recipe(base, options, recipe_path, cell, out) for cell in cells}
+    recipes = cell_recipes(raws, base, recipe_path)
     results = Results(out / "results.csv")
     check_settings(out, base, recipes)
     todo = []
@@ -166,7 +120,9 @@ def run_compression(
         else:
             todo.append((f"{number}/{len(cells)}", cell))
     if todo and recipes:
-        _prepare_once(next(iter(recipes.values())), recipe_path)
+        prepare_once(next(iter(recipes.values())), recipe_path)
+    if todo:
+        keep_settings(out, base)
     preparing = threading.Lock()  # cells of one seed share the prepared data: one prepares it
     pool, children = ThreadPoolExecutor(max_workers=jobs), Children()
     try:
@@ -184,70 +140,6 @@ def run_compression(
         pool.shutdown()
     _report(results, cells, out, seeds)
     return results
-
-
-SETTINGS_FILE = "base.yaml"  # the recipe with its -o that every cell of an out folder is built from
-
-
-def check_settings(out: Path, base: dict[str, Any], recipes: dict[str, Recipe]) -> None:
-    """Refuses an ``out`` whose cells were built from another recipe or -o (``base.yaml``), or
-    whose run of a cell was begun with other settings (a method's ``<method>.yaml`` changed):
-    their rows would share a table, and an interrupted run would resume with its old settings.
-    Writes ``base.yaml`` for a new ``out`` (or one of an earlier ctr)."""
-    kept = out / SETTINGS_FILE
-    changes = [first_difference(read_yaml(kept), base)] if kept.exists() else []
-    for key, recipe in recipes.items():
-        run_change = RunDir(out / "runs" / key).settings_change(recipe)
-        changes.append(run_change and f"{key}: {run_change}")
-    change = next(filter(None, changes), None)
-    if change:
-        raise UserError(f"{out}: holds runs of other settings ({change}); choose another --out")
-    atomic_write(kept, yaml.safe_dump(base, sort_keys=False))
-
-
-def _method_options(overrides: list[str]) -> list[str]:
-    """The ``-o embedding.*`` items that set a method's own options: applied to every cell's
-    method block (``dim``, ``init_std`` and ``backend`` are the base's; a cell's method and
-    budget are its own)."""
-    options = []
-    for item in overrides:
-        key = item.partition("=")[0]
-        if key in ("embedding.method", "embedding.budget"):
-            raise UserError(f"-o {key}: each cell's method and budget come from --methods and --budgets")
-        if key.startswith("embedding.") and key.removeprefix("embedding.") not in BASE_EMBEDDING_KEYS:
-            options.append(item)
-    return options
-
-
-BASE_EMBEDDING_KEYS = ("dim", "init_std", "backend")
-
-
-def _cell_recipes(raws: dict[str, dict[str, Any]], base: dict[str, Any], recipe_path: Path) -> dict[str, Recipe]:
-    """Each cell's recipe (a cell whose recipe is refused is left out: its row records why);
-    an error a cell shares with the base recipe (a key of the data, model or -o) is the
-    command's, before any cell."""
-    try:
-        recipe_from_dict(base)
-        shared = None
-    except UserError as err:
-        shared = str(err)
-    recipes = {}
-    for key, raw in raws.items():
-        try:
-            recipes[key] = recipe_from_dict(raw)
-        except UserError as err:
-            if str(err) == shared:
-                raise UserError(f"{recipe_path} (with its -o): {err}") from None
-    return recipes
-
-
-def _prepare_once(recipe: Recipe, recipe_path: Path) -> None:
-    """Prepares the cells' data (shared by every cell) before any cell: a data error ends the
-    command at once instead of failing each cell."""
-    try:
-        prepare(recipe.data)
-    except UserError as err:
-        raise UserError(f"{recipe_path} (with its -o): {err}") from None
 
 
 class Children:
@@ -286,39 +178,6 @@ def _report(results: Results, cells: list[Cell], out: Path, seeds: int) -> None:
     rows = sorted(results.shown(seeds), key=lambda row: place.get(Path(row["run_dir"]).name, len(place)))
     atomic_write(out / "results.md", markdown(rows))
     plot(rows, out / "auc_vs_memory.png")
-
-
-def _cell_recipe(base: dict[str, Any], options: list[str], recipe_path: Path, cell: Cell, out: Path) -> dict[str, Any]:
-    """The cell's raw recipe: the base's, its embedding block the method's (``<method>.yaml``
-    beside the recipe, then ``options``) with the base's dim, init_std and backend."""
-    raw = copy.deepcopy(base)
-    embedding = dict(raw.get("embedding") or {})
-    sibling = recipe_path.parent / f"{cell.method}.yaml"
-    block = {"method": cell.method}
-    if sibling.exists() and sibling.resolve() != recipe_path.resolve():
-        block = dict(read_yaml(sibling).get("embedding") or block)
-    for key in BASE_EMBEDDING_KEYS:
-        if key in embedding:
-            block[key] = embedding[key]
-    holder = {"embedding": block}
-    for item in options:
-        apply_override(holder, item)
-    block["budget"] = cell.budget
-    raw["embedding"] = block
-    _unfuse_unless_fusable(raw, cell)
-    raw["seed"] = int(raw.get("seed", 42)) + cell.seed
-    raw["name"] = f"{raw.get('name', 'bench')}-{cell.key}"
-    raw["output"] = {"dir": str(out / "runs" / cell.key)}
-    return raw
-
-
-def _unfuse_unless_fusable(raw: dict[str, Any], cell: Cell) -> None:
-    """Turns off ``train.embedding_optimizer.fused`` in ``raw`` when the cell's method has no
-    kernel table to update fused."""
-    optimizer = (raw.get("train") or {}).get("embedding_optimizer") or {}
-    if optimizer.get("fused") and not EMBEDDINGS.get(cell.method).target.fusable:
-        log.info("bench %s: %s has no kernel table: its embedding optimizer runs unfused", cell.key, cell.method)
-        raw["train"] = {**raw["train"], "embedding_optimizer": {**optimizer, "fused": False}}
 
 
 def _run_cell(
@@ -389,7 +248,7 @@ def _train_apart(cell: Cell, raw: dict[str, Any], run: RunDir, out: Path, childr
     what = ["--resume", str(run.root)] if run.started else [str(recipe_file), "--out", str(run.root)]
     command = [sys.executable, "-m", "ctr.cli", "train", *what]
     with log_file.open("a") as stderr:  # a resumed cell's log keeps its earlier attempts
-        stderr.write(f"--- ctr bench: {' '.join(['ctr train', *what])}\n")
+        stderr.write(f"{ATTEMPT}{' '.join(['ctr train', *what])}\n")
         stderr.flush()
         child = children.start(command, stderr)
         if child is None:
@@ -401,7 +260,8 @@ def _train_apart(cell: Cell, raw: dict[str, Any], run: RunDir, out: Path, childr
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         lines = log_file.read_text(errors="replace").splitlines()
-        error = next((line for line in reversed(lines) if line.startswith("ctr: error: ")), None)
+        begun = max((i for i, line in enumerate(lines) if line.startswith(ATTEMPT)), default=0)
+        error = next((line for line in reversed(lines[begun:]) if line.startswith("ctr: error: ")), None)
         log.warning("bench %s: exit %d: %s", cell.key, code, error or f"see {log_file}")
         if code == 2 and error:
             return f"error: {error.removeprefix('ctr: error: ')}"

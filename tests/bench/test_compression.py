@@ -7,7 +7,8 @@ import logging
 import pytest
 import yaml
 
-from ctr.bench.compression import Cell, Results, _cell_recipe, _method_options, markdown, plan, run_compression
+from ctr.bench.compression import Results, markdown, run_compression
+from ctr.bench.grid import Cell, cell_recipe, method_options, plan
 from ctr.metrics import mean_std
 from ctr.errors import RecipeError, UserError
 from tests.conftest import tiny_recipe
@@ -79,7 +80,7 @@ def test_one_command_runs_every_cell_and_skips_finished_ones(tmp_path, caplog):
 
 def test_a_fused_recipe_stays_fused_only_for_methods_with_a_kernel_table(tmp_path):
     raw = tiny_recipe(tmp_path, train={"embedding_optimizer": {"name": "adagrad", "lr": 0.05, "fused": True}})
-    fused = {m: _cell_recipe(raw, [], tmp_path / "base.yaml", Cell(m, 0.5, 0), tmp_path)["train"]["embedding_optimizer"]
+    fused = {m: cell_recipe(raw, [], tmp_path / "base.yaml", Cell(m, 0.5, 0), tmp_path)["train"]["embedding_optimizer"]
              for m in ("full", "hash", "robe", "dhe")}
     assert {m: o["fused"] for m, o in fused.items()} == {"full": True, "hash": True, "robe": False, "dhe": False}
     assert fused["robe"]["lr"] == 0.05 and raw["train"]["embedding_optimizer"]["fused"] is True  # the base untouched
@@ -232,13 +233,13 @@ def test_a_rerun_of_other_settings_into_the_same_out_is_refused_before_any_train
 
 def test_method_options_given_with_o_reach_every_cells_method_and_its_method_and_budget_are_refused(tmp_path):
     """``-o embedding.block=2`` was dropped (the cell's block kept dim, init_std and backend only)."""
-    options = _method_options(["embedding.block=2", "embedding.dim=16", "train.epochs=2"])
+    options = method_options(["embedding.block=2", "embedding.dim=16", "train.epochs=2"])
     assert options == ["embedding.block=2"]
-    raw = _cell_recipe(tiny_recipe(tmp_path), options, tmp_path / "base.yaml", Cell("robe", 0.5, 0), tmp_path)
+    raw = cell_recipe(tiny_recipe(tmp_path), options, tmp_path / "base.yaml", Cell("robe", 0.5, 0), tmp_path)
     assert raw["embedding"] == {"method": "robe", "dim": 8, "block": 2, "budget": 0.5}
     for key in ("method", "budget"):
         with pytest.raises(UserError, match=f"^-o embedding.{key}: each cell's method and budget come from --methods"):
-            _method_options([f"embedding.{key}=robe"])
+            method_options([f"embedding.{key}=robe"])
 
 
 @pytest.mark.parametrize("data, overrides, message", [
@@ -254,6 +255,7 @@ def test_an_error_every_cell_shares_ends_the_command_before_any_cell(tmp_path, d
     with pytest.raises(UserError, match=f"^{recipe} \\(with its -o\\): .*{message}"):
         run_compression(recipe, ["full", "hash"], [0.5], 2, tmp_path / "bench", overrides)
     assert not (tmp_path / "bench" / "results.csv").exists()
+    assert not (tmp_path / "bench" / "base.yaml").exists()  # its rerun with the recipe fixed is not another setting's
 
 
 def test_cells_that_fail_make_the_command_fail_and_the_table_shows_the_asked_seeds(tmp_path):
@@ -265,7 +267,7 @@ def test_cells_that_fail_make_the_command_fail_and_the_table_shows_the_asked_see
     done = subprocess.run([*command, "--methods", "hash,robe", "--seeds", "2"], capture_output=True, text=True,
                           cwd=tmp_path)
     assert done.returncode == 1, done.stderr[-2000:]
-    assert "ctr: 2 cells failed (robe-0.5-s0, robe-0.5-s1; " in done.stderr
+    assert "ctr: 2 cells failed (robe-0.5-s0, robe-0.5-s1): their status is in the table above" in done.stderr
     assert "block: 3 must divide dim 8" in (tmp_path / "bench" / "results.md").read_text()
     fewer = subprocess.run([*command, "--methods", "hash", "--seeds", "1"], capture_output=True, text=True, cwd=tmp_path)
     assert fewer.returncode == 0, fewer.stderr[-2000:]

@@ -1,5 +1,6 @@
 from benchmarks.compression_tables import collect, complete, merge, points
-from ctr.bench.compression import Cell, Results, markdown
+from ctr.bench.compression import Results, markdown
+from ctr.bench.grid import Cell
 
 
 def row(method, budget, seed, status="ok", auc="0.70", size="100"):

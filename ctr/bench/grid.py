@@ -1,0 +1,175 @@
+"""The compression benchmark's grid: its cells (method, budget, seed), each cell's recipe,
+and the settings an out folder holds.
+
+A cell's recipe is the base recipe (the recipe file with its ``-o``) with its embedding block
+the method's: the ``embedding`` block of ``<method>.yaml`` beside the recipe when that file
+exists, then ``-o embedding.<option>``; ``dim``, ``init_std`` and ``backend`` are always the
+base's, and ``budget`` is the cell's. An out folder holds the cells of one base recipe
+(``OUT/base.yaml``): ``check_settings`` refuses a rerun of other settings.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ctr.atomic import atomic_write
+from ctr.datasets import prepare
+from ctr.errors import UserError
+from ctr.recipe import Recipe, apply_override, first_difference, read_yaml, recipe_from_dict
+from ctr.registry import EMBEDDINGS
+from ctr.train.rundir import RunDir
+
+log = logging.getLogger("ctr.bench")
+
+UNBUDGETED = ("full",)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the benchmark: a method at a budget (None: the method has none) with a seed."""
+
+    method: str
+    budget: float | None
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}-{'full' if self.budget is None else _budget_text(self.budget)}-s{self.seed}"
+
+
+def _budget_text(budget: float) -> str:
+    """A budget as a cell's key shows it (budgets that show alike are one cell)."""
+    return format(budget, "g")
+
+
+def plan(methods: list[str], budgets: list[float], seeds: int) -> list[Cell]:
+    """Every cell, method by method; ``full`` gets one cell per seed."""
+    if not methods:
+        raise UserError("--methods: give at least one embedding method, e.g. --methods full,hash")
+    for name in methods:
+        EMBEDDINGS.get(name, "--methods")
+    for budget in budgets:
+        if not 0 < budget <= 1:
+            raise UserError(f"--budgets: {budget} is not in (0, 1]")
+    for flag, values in (("--methods", methods), ("--budgets", [_budget_text(b) for b in budgets])):
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise UserError(f"{flag}: {', '.join(repeated)} given twice (a cell would train twice into one run)")
+    if not budgets and any(name not in UNBUDGETED for name in methods):
+        raise UserError("--budgets: give at least one budget for the methods that take one, e.g. --budgets 0.5,0.1")
+    if seeds < 1:
+        raise UserError("--seeds must be >= 1")
+    cells = []
+    for name in methods:
+        for budget in [None] if name in UNBUDGETED else budgets:
+            cells += [Cell(name, budget, seed) for seed in range(seeds)]
+    return cells
+
+
+SETTINGS_FILE = "base.yaml"  # the recipe with its -o that every cell of an out folder is built from
+
+
+def check_settings(out: Path, base: dict[str, Any], recipes: dict[str, Recipe]) -> None:
+    """Refuses an ``out`` whose cells were built from another recipe or -o (``base.yaml``), or
+    whose run of a cell was begun with other settings (a method's ``<method>.yaml`` changed):
+    their rows would share a table, and an interrupted run would resume with its old settings."""
+    kept = out / SETTINGS_FILE
+    changes = [first_difference(read_yaml(kept), base)] if kept.exists() else []
+    for key, recipe in recipes.items():
+        run_change = RunDir(out / "runs" / key).settings_change(recipe)
+        changes.append(run_change and f"{key}: {run_change}")
+    change = next(filter(None, changes), None)
+    if change:
+        raise UserError(f"{out}: holds runs of other settings ({change}); choose another --out")
+
+
+def keep_settings(out: Path, base: dict[str, Any]) -> None:
+    """Writes ``base.yaml`` once a cell is about to train (a command that ended on an error
+    before any cell leaves none: its rerun with the recipe fixed is not another setting's)."""
+    atomic_write(out / SETTINGS_FILE, yaml.safe_dump(base, sort_keys=False))
+
+
+def method_options(overrides: list[str]) -> list[str]:
+    """The ``-o embedding.*`` items that set a method's own options: applied to every cell's
+    method block (``dim``, ``init_std`` and ``backend`` are the base's; a cell's method and
+    budget are its own)."""
+    options = []
+    for item in overrides:
+        key = item.partition("=")[0]
+        if key in ("embedding.method", "embedding.budget"):
+            raise UserError(f"-o {key}: each cell's method and budget come from --methods and --budgets")
+        if key.startswith("embedding.") and key.removeprefix("embedding.") not in BASE_EMBEDDING_KEYS:
+            options.append(item)
+    return options
+
+
+BASE_EMBEDDING_KEYS = ("dim", "init_std", "backend")
+
+
+def cell_recipes(raws: dict[str, dict[str, Any]], base: dict[str, Any], recipe_path: Path) -> dict[str, Recipe]:
+    """Each cell's recipe (a cell whose recipe is refused is left out: its row records why);
+    an error a cell shares with the base recipe (a key of the data, model or -o) is the
+    command's, before any cell."""
+    try:
+        recipe_from_dict(base)
+        shared = None
+    except UserError as err:
+        shared = str(err)
+    recipes = {}
+    for key, raw in raws.items():
+        try:
+            recipes[key] = recipe_from_dict(raw)
+        except UserError as err:
+            if str(err) == shared:
+                raise UserError(f"{recipe_path} (with its -o): {err}") from None
+    return recipes
+
+
+def prepare_once(recipe: Recipe, recipe_path: Path) -> None:
+    """Prepares the cells' data (shared by every cell) before any cell: a data error ends the
+    command at once instead of failing each cell."""
+    try:
+        prepare(recipe.data)
+    except UserError as err:
+        raise UserError(f"{recipe_path} (with its -o): {err}") from None
+
+
+def cell_recipe(base: dict[str, Any], options: list[str], recipe_path: Path, cell: Cell, out: Path) -> dict[str, Any]:
+    """The cell's raw recipe: the base's, its embedding block the method's (``<method>.yaml``
+    beside the recipe, then ``options``) with the base's dim, init_std and backend."""
+    raw = copy.deepcopy(base)
+    embedding = dict(raw.get("embedding") or {})
+    sibling = recipe_path.parent / f"{cell.method}.yaml"
+    block = {"method": cell.method}
+    if sibling.exists() and sibling.resolve() != recipe_path.resolve():
+        block = dict(read_yaml(sibling).get("embedding") or block)
+    for key in BASE_EMBEDDING_KEYS:
+        if key in embedding:
+            block[key] = embedding[key]
+    holder = {"embedding": block}
+    for item in options:
+        apply_override(holder, item)
+    block["budget"] = cell.budget
+    raw["embedding"] = block
+    _unfuse_unless_fusable(raw, cell)
+    raw["seed"] = int(raw.get("seed", 42)) + cell.seed
+    raw["name"] = f"{raw.get('name', 'bench')}-{cell.key}"
+    raw["output"] = {"dir": str(out / "runs" / cell.key)}
+    return raw
+
+
+def _unfuse_unless_fusable(raw: dict[str, Any], cell: Cell) -> None:
+    """Turns off ``train.embedding_optimizer.fused`` in ``raw`` when the cell's method has no
+    kernel table to update fused."""
+    optimizer = (raw.get("train") or {}).get("embedding_optimizer") or {}
+    if optimizer.get("fused") and not EMBEDDINGS.get(cell.method).target.fusable:
+        log.info("bench %s: %s has no kernel table: its embedding optimizer runs unfused", cell.key, cell.method)
+        raw["train"] = {**raw["train"], "embedding_optimizer": {**optimizer, "fused": False}}
+
+
