@@ -38,9 +38,11 @@ from ctr.schema import FeatureInfo, FeatureSpec, Schema
 from ctr.typed import to_plain
 
 log = logging.getLogger(__name__)
+# 6: a num_ids id read exactly as an int64, a log_square value past its range a bad row, a movielens
+#    side file naming a key twice refused (entries of 5 may hold the old encodings);
 # 5: file stamps hold the modification time in ns (an entry of 4 names the version, not a changed input);
 # 4: a train stream without a test file gives data.split.test of its rows to test
-PIPELINE_VERSION = 5
+PIPELINE_VERSION = 6
 DONE = "DONE"
 KEY_FILE = "key.json"
 TMP_MARK = ".tmp-"
