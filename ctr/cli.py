@@ -245,7 +245,7 @@ def _overrides(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from ctr.recipe import load_recipe
-    from ctr.train.rundir import RunDir
+    from ctr.train.rundir import RESUME_OVERRIDES, RunDir
     from ctr.train.launch import die_with_starter, launched
     from ctr.train.runner import train
 
@@ -270,9 +270,6 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     print(_metrics_line("test", metrics["test"]) + f"  (embedding {metrics['embedding_bytes'] / 1e6:.2f} MB)")
     return 0
-
-
-RESUME_OVERRIDES = ("trainer.devices", "trainer.num_nodes")
 
 
 def _resumed_recipe(run, overrides: list[str]):  # noqa: ANN001, ANN202 (a RunDir, a Recipe)

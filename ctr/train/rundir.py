@@ -24,6 +24,9 @@ from ctr.train.old_recipes import upgraded
 RUN_ENTRIES = frozenset({"recipe.yaml", "schema", "checkpoints", "logs", "stages", "metrics.json", "curves.png"})
 
 
+RESUME_OVERRIDES = ("trainer.devices", "trainer.num_nodes")  # what a resume may change: the world size
+
+
 def _as_kept(recipe: Recipe) -> dict[str, Any]:
     """``recipe`` as a run keeps it: its data paths absolute."""
     raw = recipe.to_dict()
@@ -108,16 +111,20 @@ class RunDir:
         """The recipe snapshot, its data paths made absolute (the run is then read from any folder)."""
         atomic_write(self.recipe, yaml.safe_dump(_as_kept(recipe), sort_keys=False))
 
-    def settings_change(self, recipe: Recipe) -> str | None:
+    def settings_change(self, recipe: Recipe, ignoring: tuple[str, ...] = ()) -> str | None:
         """How ``recipe`` differs from the one this run was begun with (``first_difference``;
-        where its output goes aside): None when it is the same or the run has none yet. A run
-        driver that trains many runs (tune, bench) resumes or reads one only when it is None."""
+        where its output goes aside, and the dotted keys ``ignoring``): None when it is the same
+        or the run has none yet. A resume, and a run driver that trains many runs (tune, bench),
+        goes on with a run only when it is None."""
         if not self.recipe.exists():
             return None
         resolved = replace(recipe, data=resolve_features(recipe.data))  # as training keeps it
         before, now = _as_kept(self.load_recipe()), _as_kept(resolved)
         for raw in (before, now):
             del raw["output"]
+            for key in ignoring:
+                section, _, name = key.partition(".")
+                raw.get(section, {}).pop(name, None)
         return first_difference(before, now)
 
     def load_recipe(self) -> Recipe:

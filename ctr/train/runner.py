@@ -24,7 +24,7 @@ from ctr.train.loop import (
 )
 from ctr.train.optim import fused_optimizer
 from ctr.train.plots import plot_curves
-from ctr.train.rundir import RunDir
+from ctr.train.rundir import RESUME_OVERRIDES, RunDir
 from ctr.train.saved import encode_rows, finished_run, oov_counts, restored_task
 from ctr.train.stages import train_stages
 from ctr.train.task import CTRTask
@@ -47,12 +47,12 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
             run = RunDir(shared_path(root))
             run.check_usable()
             with group_holds(run):
-                _check_run(run, resume)
+                _check_run(run, recipe, resume)
                 return distributed.train(recipe, run, resume, place)
     run = RunDir(root)
     run.check_usable()
     with run.exclusive():  # before the checks: a run another process trains is refused as such
-        _check_run(run, resume)
+        _check_run(run, recipe, resume)
         return _train_here(recipe, run, resume)
 
 
@@ -114,13 +114,18 @@ def check_resume_world(run: RunDir, world_size: int) -> None:
                         "give no -o trainer.devices / trainer.num_nodes")
 
 
-def _check_run(run: RunDir, resume: bool) -> None:
-    """Refuses a run directory that does not fit ``resume`` (before any work)."""
+def _check_run(run: RunDir, recipe: Recipe, resume: bool) -> None:
+    """Refuses a run directory that does not fit ``resume`` (before any work); a resume of
+    another recipe than the run's (its world size aside)."""
     started = run.started
     if resume and run.metrics.exists():
         raise UserError(f"{run.root}: this run is finished (metrics.json is written); nothing to resume")
     if resume and not started:
         raise UserError(f"{run.root}: nothing to resume (no checkpoints/last.ckpt and no stages/)")
+    change = run.settings_change(recipe, ignoring=RESUME_OVERRIDES) if resume else None
+    if change:
+        raise UserError(f"{run.root}: begun with another recipe ({change}); a resume goes on with the run's "
+                        "own recipe.yaml (RunDir(run).load_recipe(), as ctr train --resume does)")
     if not resume and (started or run.metrics.exists()):
         raise UserError(f"{run.root}: already holds a run; continue it with --resume or choose another --out")
     foreign = [] if resume else run.foreign_entries()

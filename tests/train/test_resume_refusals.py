@@ -1,11 +1,15 @@
 """``ctr train --resume`` refuses what it cannot honour, in one line, before any work: a
 one-process run resumed in several processes (the distributed loop began it again from step
-0 beside its Lightning checkpoints) and an ``--out`` (ignored: the run trained into its own
-directory)."""
+0 beside its Lightning checkpoints), an ``--out`` (ignored: the run trained into its own
+directory), and, in the Python API, a recipe other than the run's own."""
 
+import pytest
 import yaml
 
 from ctr.cli import main
+from ctr.errors import UserError
+from ctr.recipe import recipe_from_dict
+from ctr.train.runner import train
 from tests.conftest import tiny_recipe
 
 
@@ -40,3 +44,17 @@ def test_resume_with_an_out_is_refused(tmp_path, capsys):
         f"ctr: error: --resume continues the run in {run}; give no --out (copy the run directory first to keep "
         "the interrupted one)")
     assert not (tmp_path / "other").exists()
+
+
+def test_the_api_resumes_a_run_with_its_own_recipe_only(tmp_path):
+    """``train(recipe, run, resume=True)`` with another model than the run began with is one
+    line naming the difference, before any work (the checkpoint did not fit it, or fit a model
+    the run's recipe.yaml does not describe); its world size may change, as on the command line."""
+    run = interrupted_one_process_run(tmp_path)
+    wider = recipe_from_dict(tiny_recipe(tmp_path, model={"bottom_mlp": [32]}))
+    with pytest.raises(UserError) as refused:
+        train(wider, run, resume=True)
+    assert str(refused.value) == (
+        f"{run}: begun with another recipe (model.bottom_mlp: [16] before, [32] now); a resume goes on with the "
+        "run's own recipe.yaml (RunDir(run).load_recipe(), as ctr train --resume does)")
+    assert sorted(p.name for p in run.rglob("*")) == ["checkpoints", "last.ckpt", "recipe.yaml"]
