@@ -48,8 +48,12 @@ def held(folder: Path, doing: str) -> Iterator[None]:
     refused with "another ctr process <doing>". The lock is ``.<name>.lock`` beside the
     folder, removed after."""
     lock = folder.parent / f".{folder.name}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("w") as handle:
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        handle = lock.open("w")
+    except OSError as err:  # the lock is ctr's own file: the folder asked for is what cannot be written
+        raise UserError(f"{folder}: cannot be written ({(err.strerror or str(err)).lower()})") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

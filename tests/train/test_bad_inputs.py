@@ -86,6 +86,13 @@ def test_out_naming_a_regular_file(tmp_path, capsys, target):
     assert taken.read_text() == "keep me\n" and not (tmp_path / "cache").exists()
 
 
+def test_out_where_no_folder_can_be_made(tmp_path, capsys):
+    """An --out in /proc (no folder can be made there) names that --out, not ctr's lock file."""
+    code, err = run_cli(capsys, "train", write_recipe(tmp_path), "--out", "/proc/ctr-no-run")
+    assert_one_line(code, err, "/proc/ctr-no-run: cannot be written (no such file or directory)")
+    assert not (tmp_path / "cache").exists()
+
+
 def test_out_naming_a_folder_that_is_not_a_run(tmp_path, capsys):
     """A folder of other files (a home folder, `--out .`) is not trained into: a run would
     put its recipe.yaml, schema/ and logs/ among them and overwrite any of the same name."""
