@@ -126,7 +126,7 @@ def inputs_description(schema: Schema) -> dict[str, Any]:
         {"name": i.spec.name, "column": i.spec.column, "kind": i.spec.kind, "table": i.table, "vocab_size": rows[i.table],
          "transform": i.spec.transform, "first_id": 1 + i.spec.oov_buckets, "oov_id": OOV_ID,
          "oov_buckets": i.spec.oov_buckets, "num_ids": i.spec.num_ids, "splitter": i.spec.splitter,
-         "max_len": i.spec.max_len}
+         "max_len": i.spec.max_len if i.spec.kind == "sequence" else 1}  # the most ids the program takes in a bag
         for i in schema.sparse_features
     ]
     return {"inputs": ["dense", "values", "offsets"], "output": "probability", "dense": dense, "sparse": sparse,

@@ -58,7 +58,8 @@ for bad in (sparse[feature]["vocab_size"], -1):
         assert "outside its feature's vocabulary" in str(error), error
 first = np.split(saved["first_values"], saved["first_offsets"][1:-1])  # row 0's bags, feature by feature
 for f, spec in enumerate(sparse):
-    width = spec["max_len"] if spec["kind"] == "sequence" else 1
+    width = spec["max_len"]  # a categorical's is 1
+    assert spec["kind"] == "sequence" or width == 1, spec
     for count in (width, width + 1):  # as many ids as ctr's encoder puts in a bag, and one more
         bags = [*first[:f], np.ones(count, dtype=np.int64), *first[f + 1:]]
         offsets = torch.tensor(np.cumsum([0] + [len(bag) for bag in bags]))
