@@ -56,7 +56,8 @@ class OptEmbedConfig(SearchConfig, EvolutionConfig):
         threshold_init: initial pruning threshold t of every field.
         threshold_reg: weight α of the threshold regularizer α · Σ_f exp(−t_f).
         retrain_from: ``initial`` retrains from the weights the net had before the supernet
-            (as the authors' code, lottery-ticket style); ``supernet`` from the supernet's.
+            (lottery-ticket style; the authors' retrain.py with ``--init_name``); ``supernet``
+            from the supernet's.
         arch_optimizer: optimizer of the thresholds.
     """
 
