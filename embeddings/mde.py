@@ -121,8 +121,8 @@ class MDEmbedding(EmbeddingMethod):
     d_t < D) floats. Below the bytes of the smallest table at D plus one dimension for every
     other table the budget is refused.
 
-    Deviation: the artifact takes α as a fixed knob (0.3); here the budget sets it, so the
-    method can stand in a table of budgets.
+    As in the artifact's MDE trainer (``get_dims_from_compress_rate``), the budget sets α, so
+    the method can stand in a table of budgets.
 
     Shapes: ids [N] of features [N] → [N, D].
     """
