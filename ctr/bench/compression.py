@@ -119,9 +119,9 @@ def run_compression(
             log.info("bench %d/%d %s: finished earlier, skipped", number, len(cells), cell.key)
         else:
             todo.append((f"{number}/{len(cells)}", cell))
-    if todo and recipes:
-        prepare_once(next(iter(recipes.values())), recipe_path)
-    if todo:
+    trainable = [recipes[cell.key] for _, cell in todo if cell.key in recipes]  # a refused recipe's cell trains not
+    if trainable:
+        prepare_once(trainable[0], recipe_path)
         keep_settings(out, base)
     preparing = threading.Lock()  # cells of one seed share the prepared data: one prepares it
     pool, children = ThreadPoolExecutor(max_workers=jobs), Children()

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from ctr.bench.compression import Results, markdown, run_compression
-from ctr.bench.grid import Cell, cell_recipe, method_options, plan
+from ctr.bench.grid import Cell, cell_recipe, check_settings, method_options, plan
 from ctr.metrics import mean_std
 from ctr.errors import RecipeError, UserError
 from tests.conftest import tiny_recipe
@@ -256,6 +256,19 @@ def test_an_error_every_cell_shares_ends_the_command_before_any_cell(tmp_path, d
         run_compression(recipe, ["full", "hash"], [0.5], 2, tmp_path / "bench", overrides)
     assert not (tmp_path / "bench" / "results.csv").exists()
     assert not (tmp_path / "bench" / "base.yaml").exists()  # its rerun with the recipe fixed is not another setting's
+
+
+def test_a_command_whose_every_cell_recipe_is_refused_leaves_no_base_yaml(tmp_path):
+    """No cell trained (each refused the -o its method lacks), yet base.yaml was written: the
+    rerun with that -o dropped was refused as another setting's."""
+    recipe = tmp_path / "base.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, embedding={"method": "robe", "budget": 0.5})))
+    out = tmp_path / "bench"
+    results = run_compression(recipe, ["hash"], [0.5], 1, out, ["embedding.block=4"])
+    assert results.unfinished(plan(["hash"], [0.5], 1)) == ["hash-0.5-s0"]
+    assert results.rows[0]["status"].startswith("error: embedding.block: unknown key")
+    assert not (out / "base.yaml").exists()
+    check_settings(out, yaml.safe_load(recipe.read_text()), {})  # the rerun without the -o goes on
 
 
 def test_cells_that_fail_make_the_command_fail_and_the_table_shows_the_asked_seeds(tmp_path):
