@@ -144,11 +144,11 @@ def cell_recipe(base: dict[str, Any], options: list[str], recipe_path: Path, cel
     """The cell's raw recipe: the base's, its embedding block the method's (``<method>.yaml``
     beside the recipe, then ``options``) with the base's dim, init_std and backend."""
     raw = copy.deepcopy(base)
-    embedding = dict(raw.get("embedding") or {})
+    embedding = _block(raw.get("embedding"), f"{recipe_path} (with its -o)")
     sibling = recipe_path.parent / f"{cell.method}.yaml"
     block = {"method": cell.method}
     if sibling.exists() and sibling.resolve() != recipe_path.resolve():
-        block = dict(read_yaml(sibling).get("embedding") or block)
+        block = dict(_block(read_yaml(sibling).get("embedding"), str(sibling)) or block)
     for key in BASE_EMBEDDING_KEYS:
         if key in embedding:
             block[key] = embedding[key]
@@ -158,17 +158,28 @@ def cell_recipe(base: dict[str, Any], options: list[str], recipe_path: Path, cel
     block["budget"] = cell.budget
     raw["embedding"] = block
     _unfuse_unless_fusable(raw, cell)
-    raw["seed"] = int(raw.get("seed", 42)) + cell.seed
+    seed = raw.get("seed", 42)
+    if isinstance(seed, int) and not isinstance(seed, bool):  # else the recipe's own error, before any cell
+        raw["seed"] = seed + cell.seed
     raw["name"] = f"{raw.get('name', 'bench')}-{cell.key}"
     raw["output"] = {"dir": str(out / "runs" / cell.key)}
     return raw
 
 
+def _block(value: Any, source: str) -> dict[str, Any]:  # noqa: ANN401 (a raw recipe's value)
+    """A raw recipe's ``embedding`` block read from ``source`` (None: an empty one); a
+    UserError, as the recipe gives, when it is not a mapping."""
+    if value is not None and not isinstance(value, dict):
+        raise UserError(f"{source}: embedding: expected a mapping, got {value!r}")
+    return value or {}
+
+
 def _unfuse_unless_fusable(raw: dict[str, Any], cell: Cell) -> None:
     """Turns off ``train.embedding_optimizer.fused`` in ``raw`` when the cell's method has no
-    kernel table to update fused."""
-    optimizer = (raw.get("train") or {}).get("embedding_optimizer") or {}
-    if optimizer.get("fused") and not EMBEDDINGS.get(cell.method).target.fusable:
+    kernel table to update fused (a block that is not a mapping is left to the recipe's error)."""
+    train = raw.get("train")
+    optimizer = train.get("embedding_optimizer") if isinstance(train, dict) else None
+    if isinstance(optimizer, dict) and optimizer.get("fused") and not EMBEDDINGS.get(cell.method).target.fusable:
         log.info("bench %s: %s has no kernel table: its embedding optimizer runs unfused", cell.key, cell.method)
         raw["train"] = {**raw["train"], "embedding_optimizer": {**optimizer, "fused": False}}
 

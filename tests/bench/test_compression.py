@@ -245,6 +245,11 @@ def test_method_options_given_with_o_reach_every_cells_method_and_its_method_and
 @pytest.mark.parametrize("data, overrides, message", [
     ({}, ["model.hiden=[4]"], "model.hiden: unknown key"),
     ({"dataset": "criteo", "path": "/nonexistent/train.txt"}, [], "/nonexistent/train.txt does not exist"),
+    ({}, ["seed=abc"], "seed: expected int, got 'abc'"),  # these four were tracebacks building the cells
+    ({}, ["seed=null"], "seed: expected int, got None"),
+    ({}, ["embedding=full"], "embedding: expected a mapping, got 'full'"),
+    ({}, ["train=5"], "train: expected a mapping, got 5"),
+    ({}, ["seed=1.5"], "seed: expected int, got 1.5"),  # it trained seed 1
 ])
 def test_an_error_every_cell_shares_ends_the_command_before_any_cell(tmp_path, data, overrides, message):
     """A bad -o or data path was one error row per cell, and the command exited 0."""
@@ -256,6 +261,12 @@ def test_an_error_every_cell_shares_ends_the_command_before_any_cell(tmp_path, d
         run_compression(recipe, ["full", "hash"], [0.5], 2, tmp_path / "bench", overrides)
     assert not (tmp_path / "bench" / "results.csv").exists()
     assert not (tmp_path / "bench" / "base.yaml").exists()  # its rerun with the recipe fixed is not another setting's
+
+
+def test_a_method_yaml_whose_embedding_is_not_a_mapping_is_one_line_naming_it(tmp_path):
+    (tmp_path / "hash.yaml").write_text("embedding: hash\n")
+    with pytest.raises(UserError, match=f"^{tmp_path / 'hash.yaml'}: embedding: expected a mapping, got 'hash'$"):
+        cell_recipe(tiny_recipe(tmp_path), [], tmp_path / "base.yaml", Cell("hash", 0.5, 0), tmp_path)
 
 
 def test_a_command_whose_every_cell_recipe_is_refused_leaves_no_base_yaml(tmp_path):
