@@ -15,7 +15,7 @@ from ctr.datasets.preprocess import KEY_FILE, Encoded, encode_with_schema, input
 from ctr.errors import UserError
 from ctr.recipe import DataConfig, Recipe
 from ctr.schema import Schema
-from ctr.train.checkpoints import read_state
+from ctr.train.checkpoints import is_distributed_checkpoint, read_state
 from ctr.train.loop import load_checkpoint, load_weights, quiet_lightning
 from ctr.train.rundir import RunDir
 from ctr.train.stages import restore_stages
@@ -70,10 +70,11 @@ def _check_out(out: Path, run: RunDir, recipe: Recipe) -> None:
 
 
 def best_checkpoint(run: RunDir) -> Path:
-    """The checkpoint metrics.json names (relative to the run), else ``checkpoints/best.ckpt``;
-    checked readable before any data is read."""
+    """The checkpoint metrics.json names (relative to the run), else ``checkpoints/best.ckpt``
+    (a distributed run's ``checkpoints/best`` folder); checked readable before any data is read."""
     metrics = run.read_metrics() if run.metrics.exists() else {}
-    ckpt = run.root / metrics.get("best_checkpoint", "checkpoints/best.ckpt")
+    unfinished = run.checkpoints / "best" if is_distributed_checkpoint(run.checkpoints / "best") else run.best
+    ckpt = run.root / metrics["best_checkpoint"] if "best_checkpoint" in metrics else unfinished
     if not ckpt.exists():
         raise UserError(f"{run.root}: no checkpoint at {ckpt}")
     if ckpt.is_dir():

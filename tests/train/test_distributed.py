@@ -686,3 +686,17 @@ def test_a_parameter_without_a_gradient_under_ddp_is_one_line_naming_it(tmp_path
     assert done.returncode == 2, done.stderr[-3000:]
     assert "ctr: error: trainer.devices: parameters model.spare got no gradient in this step" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_a_distributed_run_that_is_not_finished_evaluates_from_its_best_checkpoint(tmp_path, caplog):
+    """Without metrics.json, eval, predict and export looked for ``checkpoints/best.ckpt``,
+    which a distributed run never writes: its ``checkpoints/best`` folder was not found."""
+    recipe = write(tmp_path, train={"epochs": 1, "early_stop": None},
+                   trainer={"devices": 2, "num_threads": 1, "progress_bar": False})
+    assert ctr("train", recipe, "--out", tmp_path / "run").returncode == 0
+    finished = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    (tmp_path / "run" / "metrics.json").unlink()
+    caplog.set_level(logging.WARNING, logger="ctr.train")
+    assert evaluate(tmp_path / "run")["auc"] == pytest.approx(finished["test"]["auc"], abs=1e-6)
+    assert any("not finished" in m and "checkpoints/best" in m for m in caplog.messages)
