@@ -49,6 +49,15 @@ class MovieLensConfig(DataConfig):
 
     side_files: tuple[str | None, str | None] = field(default=(None, None), init=False, repr=False)
 
+    def input_paths(self) -> dict[str, Path]:
+        """The recipe's paths and the ratings, ``.user`` and ``.item`` files that ``data.path``
+        names together (it may name any one of them)."""
+        try:
+            files = _locate(self.path) if self.path else ()
+        except DataError:  # gone or ambiguous: reading it says so
+            files = ()
+        return super().input_paths() | {f"data.path's {f.suffix} file": f for f in files if f is not None}
+
     def reading(self, path: Path) -> MovieLensConfig:
         """Ratings of ``path`` with the ``.user`` / ``.item`` files beside them, else the
         training's (none when the training's files are gone)."""

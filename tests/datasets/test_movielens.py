@@ -64,6 +64,15 @@ def test_path_may_name_any_of_the_files_and_a_missing_folder_is_an_error(tmp_pat
         MovieLensDataset(MovieLensConfig(path=str(tmp_path / "nowhere")))
 
 
+def test_the_input_paths_of_one_named_file_are_all_three(tmp_path):
+    """data.path naming the .item file reads the .inter and .user beside it too: all three are
+    inputs (an --out of predict or export naming one of them would replace training rows)."""
+    folder = write_movielens(tmp_path / "ml", [(1, 10, 5)])
+    paths = MovieLensConfig(path=str(folder / "ml.item")).input_paths()
+    assert set(paths.values()) == {folder / "ml.inter", folder / "ml.item", folder / "ml.user"}
+    assert paths["data.path's .user file"] == folder / "ml.user"
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "movielens").is_dir(), reason="needs ../shared/data/movielens (real MovieLens-100K)")
 def test_movielens_100k_as_ctr(tmp_path):
     raw = {"data": {"dataset": "movielens", "path": str(SHARED_DATA / "movielens"), "cache_dir": str(tmp_path)}}
