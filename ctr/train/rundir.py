@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import shutil
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 import yaml
 
@@ -48,20 +49,31 @@ def held(folder: Path, doing: str) -> Iterator[None]:
     refused with "another ctr process <doing>". The lock is ``.<name>.lock`` beside the
     folder, removed after."""
     lock = folder.parent / f".{folder.name}.lock"
-    try:
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        handle = lock.open("w")
-    except OSError as err:  # the lock is ctr's own file: the folder asked for is what cannot be written
-        raise UserError(f"{folder}: cannot be written ({(err.strerror or str(err)).lower()})") from None
+    handle = _locked(lock, folder, doing)
     with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"{folder}: another ctr process {doing}") from None
         try:
             yield
         finally:
-            lock.unlink(missing_ok=True)
+            lock.unlink(missing_ok=True)  # while still locked: a process that opened it meanwhile retries
+
+
+def _locked(lock: Path, folder: Path, doing: str) -> IO[str]:
+    """``lock`` opened and locked by this process; retried when the file locked is no longer
+    the one at ``lock`` (its holder removed it between this open and this lock)."""
+    while True:
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            handle = lock.open("w")
+        except OSError as err:  # the lock is ctr's own file: the folder asked for is what cannot be written
+            raise UserError(f"{folder}: cannot be written ({(err.strerror or str(err)).lower()})") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise UserError(f"{folder}: another ctr process {doing}") from None
+        if lock.exists() and os.fstat(handle.fileno()).st_ino == lock.stat().st_ino:
+            return handle
+        handle.close()
 
 
 class RunDir:
