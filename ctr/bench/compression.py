@@ -62,8 +62,9 @@ ATTEMPT = "--- ctr bench: "  # begins each attempt's lines in a cell's log
 
 
 class Results(CsvRows):
-    """The results file: one row per cell. A cell whose training failed is tried again by the
-    next run, its new row replacing the failed one."""
+    """The results file: one row per cell. A cell whose training failed, or that its budget
+    refused (its method's settings may have changed since), is tried again by the next run,
+    its new row replacing the old one."""
 
     def __init__(self, path: Path):
         super().__init__(path, COLUMNS)
@@ -78,16 +79,23 @@ class Results(CsvRows):
         return [Path(row["run_dir"]).name for row in self.rows if Path(row["run_dir"]).name in keys and _failed(row)]
 
     def done(self, cell: Cell) -> bool:
-        return any(Path(row["run_dir"]).name == cell.key and not _failed(row) for row in self.rows)
+        return any(Path(row["run_dir"]).name == cell.key and not _tried_again(row) for row in self.rows)
 
     def add(self, row: dict[str, object]) -> dict[str, str]:
         key = Path(str(row["run_dir"])).name
-        self.rows = [r for r in self.rows if not (Path(r["run_dir"]).name == key and _failed(r))]
+        self.rows = [r for r in self.rows if not (Path(r["run_dir"]).name == key and _tried_again(r))]
         return super().add(row)
 
 
 def _failed(row: dict[str, str]) -> bool:
     return row["status"].startswith(("error", "failed"))
+
+
+def _tried_again(row: dict[str, str]) -> bool:
+    """Whether a rerun tries the row's cell again: its training failed, or its budget was
+    refused (``budget_refusal``: cheap to ask again, and a changed ``<method>.yaml`` has no
+    run folder that ``check_settings`` could compare)."""
+    return _failed(row) or row["status"].startswith(("cannot reach", "not run"))
 
 
 def run_compression(

@@ -113,6 +113,23 @@ def test_a_budget_a_method_cannot_reach_is_a_cell_not_a_failure(tmp_path, caplog
     assert "| robe |  | cannot reach (min 0.00" in (out / "results.md").read_text()
 
 
+def test_a_refused_budget_is_asked_again_by_the_rerun(tmp_path):
+    """A cell its method's settings could not fit has no run folder: once ``robe.yaml`` is
+    changed so that the budget fits, the rerun trains the cell (the old refusal row was kept
+    as if finished, with no run whose settings could be compared)."""
+    recipe = tmp_path / "base.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 1})))
+    (tmp_path / "robe.yaml").write_text(yaml.safe_dump({"embedding": {"method": "robe", "block": 1}}))
+    out = tmp_path / "bench"
+    (row,) = run_compression(recipe, ["robe"], [0.006], 1, out, []).rows
+    assert row["status"].startswith("cannot reach (min 0.007")
+    assert run_compression(recipe, ["robe"], [0.006], 1, out, []).rows == [row]  # still refused: one row
+    (tmp_path / "robe.yaml").write_text(yaml.safe_dump({"embedding": {"method": "robe", "block": 2}}))
+    (row,) = run_compression(recipe, ["robe"], [0.006], 1, out, []).rows
+    assert row["status"] == "ok" and float(row["memory_ratio"]) <= 0.006
+    assert (out / "runs" / "robe-0.006-s0" / "metrics.json").exists()
+
+
 def test_a_killed_cell_resumes_from_its_checkpoint_on_the_next_run(tmp_path):
     recipe = tmp_path / "base.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 2})))
