@@ -84,7 +84,12 @@ def _swap_in(new: Path, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
     if path.exists():
         os.replace(path, old)
-    os.replace(new, path)
+    try:
+        os.replace(new, path)
+    except OSError:  # the new folder did not land: the old one goes back (a kill leaves it aside)
+        if old.is_dir() and not path.exists():
+            os.replace(old, path)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -94,16 +94,17 @@ def test_a_folder_being_written_for_the_first_time_is_not_taken_for_a_stopped_re
     assert not target.exists() and staging_folder(target).exists()
 
 
-def test_a_folder_replaced_by_atomic_path_is_set_aside_not_deleted_before_the_new_one_lands(tmp_path, monkeypatch):
+def test_a_folder_whose_replace_fails_is_the_old_folder_again(tmp_path, monkeypatch):
     """The old folder was removed before the rename: a writer stopped between the two (here the
-    rename fails) lost it; now it is aside (``.<name>.old``), whole."""
+    rename fails) lost it; then it stayed aside (``.<name>.old``) with no folder at its path
+    until the next write; now the failed rename puts it back."""
     folder = tmp_path / "schema"
     folder.mkdir()
     (folder / "schema.json").write_text("old")
     real_replace = os.replace
 
     def replace(src, dst):
-        if os.path.basename(dst) == "schema":
+        if os.path.basename(dst) == "schema" and ".tmp-" in os.path.basename(src):  # the new folder only
             raise OSError("stopped")
         real_replace(src, dst)
 
@@ -111,7 +112,7 @@ def test_a_folder_replaced_by_atomic_path_is_set_aside_not_deleted_before_the_ne
     with pytest.raises(OSError, match="stopped"), atomic_path(folder) as tmp:
         tmp.mkdir()
         (tmp / "schema.json").write_text("new")
-    assert (tmp_path / ".schema.old" / "schema.json").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["schema"] and (folder / "schema.json").read_text() == "old"
 
 
 def test_a_folder_replace_stopped_between_its_renames_gets_its_old_folder_back_on_the_next_write(tmp_path, monkeypatch):
