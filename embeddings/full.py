@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ctr.embeddings.budget import BudgetUnreachableError
 from ctr.embeddings.table import TableMethod
 from ctr.recipe import EmbeddingConfig
 from ctr.registry import EMBEDDINGS
@@ -16,7 +17,9 @@ class FullEmbedding(TableMethod):
     """Full embedding tables (no compression): the baseline of every benchmark.
 
     Each vocabulary gets its own block of rows in one buffer; features that ``share_with``
-    another use its block. Ignores ``embedding.budget`` (it is the budget's reference).
+    another use its block. It is the reference of ``embedding.budget``: a budget below 1 is
+    refused (``BudgetUnreachableError``, the smallest budget it reaches being 1) rather than
+    ignored, so a recipe that asks for compression without a compressing method says so.
 
     Example:
         >>> method = FullEmbedding(schema, EmbeddingConfig(dim=16))  # doctest: +SKIP
@@ -24,6 +27,10 @@ class FullEmbedding(TableMethod):
     """
 
     def __init__(self, schema: Schema, config: EmbeddingConfig):
+        if config.budget is not None and config.budget < 1:
+            why = "it keeps every table whole (the budget's reference; a compressing method such as hash or unified" \
+                  " sizes itself from a budget)"
+            raise BudgetUnreachableError("full", config.budget, 1.0, why)
         rows = schema.tables()
         super().__init__(schema, config, storage_rows=sum(rows.values()))
         starts = torch.tensor([0] + list(rows.values())[:-1], dtype=torch.int64).cumsum(0)

@@ -4,6 +4,7 @@ import torch
 
 from ctr.batch import JaggedFeatures
 from ctr.embeddings.base import EmbeddingMethod
+from ctr.embeddings.budget import BudgetUnreachableError
 from ctr.embeddings.full import FullEmbedding
 from ctr.embeddings.hashing import HashConfig, HashEmbedding
 from ctr.kernels import native
@@ -68,6 +69,16 @@ def test_wrong_keys_rejected():
         method(jf)
 
 
+def test_a_budget_below_one_is_refused_not_ignored():
+    """``-o embedding.budget=0.1`` on ``full`` trained the whole tables (1.0 × full) without a
+    word; it is refused like int8's budget below its fixed ratio, naming the smallest budget."""
+    with pytest.raises(BudgetUnreachableError, match=r"^embedding\.budget: 0\.1 is too small for full: it keeps every "
+                                                      r"table whole .*; the smallest budget it reaches is 1$") as err:
+        FullEmbedding(make_schema(), EmbeddingConfig(dim=4, budget=0.1))
+    assert err.value.min_budget == 1.0
+    assert FullEmbedding(make_schema(), EmbeddingConfig(dim=4, budget=1.0)).memory_bytes() == (6 + 4 + 5) * 4 * 4
+
+
 def single_id_schema(vocabs: dict[str, int]) -> Schema:
     full = shared_schema({**vocabs, "tags": 5})
     return Schema(features=[f for f in full.features if f.spec.name in vocabs], label="y", counts=full.counts)
@@ -82,7 +93,8 @@ def test_single_id_batches_skip_the_lengths_check_only_when_flagged(method, monk
     flagged = JaggedFeatures.from_dense(keys, ids)
     checked = JaggedFeatures(keys, flagged.values, flagged.offsets)
     torch.manual_seed(1)
-    embedding = method(single_id_schema({"item": 1000, "user": 600}), HashConfig(dim=4, budget=0.5))
+    config = HashConfig(dim=4, budget=0.5) if method is HashEmbedding else EmbeddingConfig(dim=4)
+    embedding = method(single_id_schema({"item": 1000, "user": 600}), config)
     checks = []
     real_check = EmbeddingMethod._single_ids
     monkeypatch.setattr(EmbeddingMethod, "_single_ids", staticmethod(lambda jf: checks.append(jf) or real_check(jf)))
