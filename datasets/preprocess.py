@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from ctr.schema import FeatureInfo, FeatureSpec, Schema
 from ctr.typed import to_plain
 
 log = logging.getLogger(__name__)
+PROGRESS_LOG_SECONDS = 30.0  # without a progress bar (stderr not a terminal), a line this often
 # 6: a num_ids id read exactly as an int64, a log_square value past its range a bad row, a movielens
 #    side file naming a key twice refused (entries of 5 may hold the old encodings);
 # 5: file stamps hold the modification time in ns (an entry of 4 names the version, not a changed input);
@@ -395,7 +397,7 @@ class _Job:
              absent: set[str] = frozenset()) -> Iterator[tuple[str, pa.RecordBatch, str]]:
         """Checked record batches as (split, batch, origin), labels parsed to floats; the
         ``absent`` label or group column is added (label 0, group empty)."""
-        bar = tqdm(desc=what, unit=" rows", disable=not self.progress, leave=False)
+        bar = _RowProgress(what, self.progress)
         skip = self.config.on_bad_rows == "skip"
         streams = self.source.streams()
         carved = {split for split in ("valid", "test") if split not in streams}
@@ -445,6 +447,28 @@ class _Job:
         valid = self.config.split.valid if "valid" in carved else 0.0
         test = self.config.split.test if "test" in carved else 0.0
         return np.where(u < valid, 1, np.where(u < valid + test, 2, 0))
+
+
+class _RowProgress:
+    """The rows a pass has read: a tqdm bar on a terminal; elsewhere (a log file, a pipe) a
+    line every ``PROGRESS_LOG_SECONDS``, so a long pass is not silent there."""
+
+    def __init__(self, what: str, bar: bool):
+        self.what, self.logs, self.rows = what, not bar, 0
+        self.bar = tqdm(desc=what, unit=" rows", disable=not bar, leave=False)
+        self.start = self.logged = time.monotonic()
+
+    def update(self, rows: int) -> None:
+        self.bar.update(rows)
+        self.rows += rows
+        now = time.monotonic()
+        if self.logs and now - self.logged >= PROGRESS_LOG_SECONDS:
+            self.logged = now
+            rate = self.rows / max(now - self.start, 1e-9)
+            log.info("data: %s: %s rows read (%s rows/s)", self.what, f"{self.rows:,}", f"{rate:,.0f}")
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:

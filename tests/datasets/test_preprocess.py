@@ -1,9 +1,12 @@
 import json
+import logging
+import re
 
 import numpy as np
 import pytest
 
 from ctr.datasets import BatchLoader, prepare
+from ctr.datasets import preprocess
 from ctr.datasets.preprocess import _Job
 from ctr.recipe import recipe_from_dict
 from ctr.schema import Schema
@@ -44,6 +47,22 @@ def test_other_features_other_cache_entry(tmp_path):
     assert a.root != b.root
     i1 = b.schema.feature("I1").numeric
     assert i1.std > 0 and i1.mean > 0
+
+
+def test_preparation_without_a_bar_logs_the_rows_read(tmp_path, monkeypatch, caplog):
+    """With stderr not a terminal (a log file, a pipe) preparing 2M Criteo rows printed
+    nothing for 23 s (the bar is off there): each pass now logs the rows it has read every
+    PROGRESS_LOG_SECONDS (here 0: every batch); with the bar on, it logs none."""
+    monkeypatch.setattr(preprocess, "PROGRESS_LOG_SECONDS", 0.0, raising=False)
+    caplog.set_level(logging.INFO)
+    prepare(recipe_from_dict(tiny_recipe(tmp_path)).data, progress=False)
+    line = r"data: (fitting vocabularies|encoding): [\d,]+ rows read \([\d,]+ rows/s\)"
+    read = [m for m in caplog.messages if re.fullmatch(line, m)]
+    assert any(m.startswith("data: fitting vocabularies: ") for m in read)
+    assert read[-1].startswith("data: encoding: 6,000 rows read")
+    caplog.clear()
+    prepare(recipe_from_dict(tiny_recipe(tmp_path / "bar")).data, progress=True)
+    assert not [m for m in caplog.messages if "rows read" in m]
 
 
 def test_killed_preparation_leaves_no_usable_entry(tmp_path, monkeypatch):
