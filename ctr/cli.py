@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -72,9 +73,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _say_signal_end(args: argparse.Namespace, ended: tuple[str, int]) -> int:
-    """Prints how a signal ended the command (with how to go on, for a command that resumes); its code."""
+    """Prints how a signal ended the command (with how to go on, for a command that resumes,
+    naming its run directory once known); its code."""
     command = " ".join(filter(None, [args.command, getattr(args, "bench_command", None)]))
     hint = CONTINUING.get(command)
+    if hint and getattr(args, "run_dir", None):
+        hint = hint.replace("RUN_DIR", shlex.quote(str(args.run_dir)))
     print(f"ctr: {ended[0]}{f'; {hint}' if hint else ''}", file=sys.stderr)
     return ended[1]
 
@@ -247,7 +251,7 @@ def _train(args: argparse.Namespace) -> int:
     from ctr.recipe import load_recipe
     from ctr.train.rundir import RESUME_OVERRIDES, RunDir
     from ctr.train.launch import die_with_starter, launched
-    from ctr.train.runner import train
+    from ctr.train.runner import default_run_dir, train
 
     die_with_starter()
 
@@ -263,6 +267,7 @@ def _train(args: argparse.Namespace) -> int:
         recipe, out = load_recipe(args.recipe, args.override), args.out
     else:
         raise UserError("train: give a recipe file or --resume RUN_DIR")
+    out = args.run_dir = out or default_run_dir(recipe)  # named by the hint a signal's end prints
     if recipe.trainer.world_size > 1 and not launched():
         return _spawn_train(args, recipe, out)
     metrics = train(recipe, out, resume=bool(args.resume))
@@ -285,18 +290,17 @@ def _resumed_recipe(run, overrides: list[str]):  # noqa: ANN001, ANN202 (a RunDi
     return recipe_from_dict(raw)
 
 
-def _spawn_train(args: argparse.Namespace, recipe, out: Path | None) -> int:  # noqa: ANN001 (a Recipe)
+def _spawn_train(args: argparse.Namespace, recipe, root: Path) -> int:  # noqa: ANN001 (a Recipe)
     """``ctr train`` in ``trainer.devices`` processes of this machine (one run directory)."""
     from ctr.train.distributed import check_distributed
     from ctr.train.launch import spawn
     from ctr.train.rundir import RunDir
-    from ctr.train.runner import check_resume_world, default_run_dir
+    from ctr.train.runner import check_resume_world
 
     check_distributed(recipe)  # before any process starts: one error line, not one per rank
     if args.resume:
         check_resume_world(RunDir(args.resume), recipe.trainer.world_size)
     overrides = [f"-o{item}" for item in args.override]
-    root = args.resume or out or default_run_dir(recipe)
     command = ["train", "--resume", str(root)] if args.resume else ["train", args.recipe, "--out", str(root)]
     RunDir(root).check_usable()
     with RunDir(root).exclusive():  # the ranks train in it: the launcher holds it for them

@@ -187,7 +187,7 @@ def test_sigterm_during_a_procedure_stage_says_so_and_how_to_resume(tmp_path):
     child = subprocess.run([sys.executable, "-m", "ctr.cli", "train", recipe, "--out", run], capture_output=True,
                            text=True, env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=600)
     assert child.returncode == 143, child.stderr[-2000:]
-    assert child.stderr.splitlines()[-1] == ("ctr: terminated (SIGTERM); `ctr train --resume RUN_DIR` continues from "
+    assert child.stderr.splitlines()[-1] == (f"ctr: terminated (SIGTERM); `ctr train --resume {run}` continues from "
                                              "its last checkpoint, if one was written")
     assert "Traceback" not in child.stderr
     assert json.loads((run / "stages" / "progress.json").read_text())["finished"] == ["supernet"]
