@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -158,7 +159,7 @@ class Tuning:
         refused = self._refused(recipes, results)
         runnable = [p for p in self.points if p.key not in refused]
         first = [self._run(results, p, recipes[p.key], 0, monitor) for p in runnable]
-        best = runnable[choose(first, mode)]
+        best = runnable[choose(first, monitor, mode)]
         for offset in range(1, self.seeds):
             self._run(results, best, recipes[best.key], offset, monitor)
         atomic_write(self.out / "best.yaml", yaml.safe_dump(self._raw(base, best), sort_keys=False))
@@ -252,14 +253,24 @@ def criterion(recipes: list[Recipe]) -> tuple[str, str]:
     return monitor, modes.pop()
 
 
-def choose(rows: list[dict[str, str]], mode: str) -> int:
-    """Index of the row with the best validation value (first on ties; failed rows never);
-    test values unused."""
+def choose(rows: list[dict[str, str]], monitor: str, mode: str) -> int:
+    """Index of the row with the best validation value (first on ties; failed rows never, nor
+    rows whose value is nan: ``monitor`` undefined on the validation split); test values unused."""
     trained = [(float(r["valid"]), i) for i, r in enumerate(rows) if not r["failed"]]
     if not trained:
         raise UserError("--grid: every point failed (" + "; ".join(f"{r['settings']}: {r['failed']}" for r in rows) + ")")
-    best = max(v for v, _ in trained) if mode == "max" else min(v for v, _ in trained)
-    return next(i for v, i in trained if v == best)
+    defined = [(v, i) for v, i in trained if not math.isnan(v)]
+    if not defined:
+        raise UserError(f"--grid: {monitor} is nan on every point (undefined on the validation split, e.g. a gauc "
+                        "when no validation group holds both labels); rank by another train.early_stop.monitor")
+    best = max(v for v, _ in defined) if mode == "max" else min(v for v, _ in defined)
+    return next(i for v, i in defined if v == best)
+
+
+def _ranked_value(row: dict[str, str], worst: float) -> float:
+    """A row's validation value for the ranking: ``worst`` for a failed row or a nan value."""
+    value = worst if row["failed"] else float(row["valid"])
+    return worst if math.isnan(value) else value
 
 
 def markdown(rows: list[dict[str, str]], best: Point, monitor: str, mode: str,
@@ -268,7 +279,7 @@ def markdown(rows: list[dict[str, str]], best: Point, monitor: str, mode: str,
     the chosen point's test metrics over seeds."""
     first = [r for r in rows if r["offset"] == "0"]  # stage 1: each point with the recipe's seed
     worst = float("-inf") if mode == "max" else float("inf")
-    first.sort(key=lambda r: worst if r["failed"] else float(r["valid"]), reverse=mode == "max")
+    first.sort(key=lambda r: _ranked_value(r, worst), reverse=mode == "max")
     lines = [f"| point | settings | {monitor} | test AUC | test group AUC | test logloss |", "|---" * 6 + "|"]
     for row in first:
         mark = " (chosen)" if row["point"] == best.key else ""

@@ -239,3 +239,26 @@ def test_a_second_command_writing_results_into_the_same_out_is_refused(tmp_path,
         assert main([recipe if arg == "RECIPE" else arg for arg in command] + ["--out", str(out)]) == 2
     assert capsys.readouterr().err.strip() == f"ctr: error: {out}: another ctr process is writing results in this folder"
     assert not (out / "results.csv").exists()
+
+
+class UndefinedMetricTrainer(FakeTrainer):
+    """A validation AUC that is nan (undefined: one label in the split) for an lr of 0.01."""
+
+    def __call__(self, recipe, out, resume):
+        metrics = super().__call__(recipe, out, resume)
+        if recipe.train.embedding_optimizer.lr == 0.01:
+            metrics["valid"]["auc"] = float("nan")
+        return metrics
+
+
+def test_a_point_whose_monitored_metric_is_nan_is_ranked_last_not_a_traceback(tmp_path):
+    """A nan first in the grid ended ``ctr tune`` with a bare StopIteration (nan == nan is false),
+    and a nan later sorted results.md at random."""
+    grid = parse_grid(["train.embedding_optimizer.lr=0.01,0.05,0.1"])
+    best = Tuning(_recipe_file(tmp_path), grid, 1, tmp_path / "t", [], UndefinedMetricTrainer()).run()
+    assert best.overrides == ("train.embedding_optimizer.lr=0.1",)
+    table = (tmp_path / "t" / "results.md").read_text()
+    assert table.index("lr=0.1 |") < table.index("lr=0.05 |") < table.index("lr=0.01 |")
+    with pytest.raises(UserError, match=r"^--grid: valid/auc is nan on every point"):
+        Tuning(_recipe_file(tmp_path), parse_grid(["train.embedding_optimizer.lr=0.01"]), 1, tmp_path / "t2", [],
+               UndefinedMetricTrainer()).run()
