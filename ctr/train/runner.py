@@ -6,6 +6,7 @@ import logging
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from ctr.train.checkpoints import is_distributed_checkpoint
 from ctr.train.launch import group_holds, launched, process_group, shared_path
 from ctr.train.checks import check_before_fit, require_rows
 from ctr.train.loop import (
-    Session, evaluate_checkpoint, fit, placement, quiet_lightning, trainer_for, use_threads,
+    Placement, Session, evaluate_checkpoint, fit, placement, quiet_lightning, trainer_for, use_threads,
 )
 from ctr.train.optim import fused_optimizer
 from ctr.train.plots import plot_curves
@@ -148,7 +149,7 @@ def evaluate(run_root: Path, split: str = "test", data: Path | None = None) -> d
                             "scores unlabelled rows)")
         target = "test" if data is not None else split
         task = restored_task(run, recipe, encoded.prepared.schema, ckpt)
-        session = Session(recipe, run, encoded.prepared, progress, placement(recipe))
+        session = Session(recipe, run, encoded.prepared, progress, _one_process(placement(recipe)))
         session.open_loaders(splits=(target,))
         try:
             evaluator = trainer_for(recipe, run, progress, [], logger=False)
@@ -158,6 +159,12 @@ def evaluate(run_root: Path, split: str = "test", data: Path | None = None) -> d
     if data is not None:
         metrics.update(rows=encoded.tally.rows, oov=oov_counts(encoded))
     return metrics
+
+
+def _one_process(place: Placement) -> Placement:
+    """``place`` as the only process: its loaders read every row. A launcher's environment
+    (``WORLD_SIZE`` > 1) would give each process a share, scored by nobody else."""
+    return replace(place, rank=0, world_size=1)
 
 
 def _log_summary(task: CTRTask, prepared: Prepared) -> None:

@@ -86,6 +86,19 @@ def test_eval_from_another_folder_reproduces_the_test_auc(csv_run, tmp_path):
     assert abs(again["auc"] - saved["auc"]) < 1e-6 and abs(again["logloss"] - saved["logloss"]) < 1e-6
 
 
+def test_eval_scores_every_row_in_an_environment_of_a_launched_group(csv_run, monkeypatch):
+    """Under a launcher's environment (WORLD_SIZE=2, RANK=1: a torchrun or cluster job) ctr eval
+    scored rank 1's half of the split, alone, and printed its AUC as the split's."""
+    from ctr.train.runner import evaluate
+
+    home, run = csv_run
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    saved = json.loads((run / "metrics.json").read_text())["test"]
+    again = evaluate(run)
+    assert abs(again["auc"] - saved["auc"]) < 1e-6 and abs(again["logloss"] - saved["logloss"]) < 1e-6
+
+
 def test_eval_never_refits_after_the_training_file_grows(csv_run, tmp_path):
     home, run = csv_run
     train = home / "data" / "train.csv"
