@@ -271,13 +271,12 @@ class CTRTask(L.LightningModule):
             self.log(f"{split}/{name}", value, sync_dist=False, rank_zero_only=False)
 
     def _gathered(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The epoch's probabilities, labels and groups (None without a group column): the
+        Trainer runs one process (a distributed run evaluates in ``distributed_epochs``)."""
         probs = torch.cat([p for p, _, _ in self._outputs])
         labels = torch.cat([y for _, y, _ in self._outputs])
         has_groups = self._outputs[0][2] is not None
         groups = torch.cat([g for _, _, g in self._outputs]) if has_groups else None
-        if self.trainer.world_size > 1:
-            probs, labels = self.all_gather(probs).flatten(), self.all_gather(labels).flatten()
-            groups = self.all_gather(groups).flatten() if has_groups else None
         to_np = lambda t: t.cpu().numpy()  # noqa: E731
         return to_np(probs), to_np(labels), None if groups is None else to_np(groups)
 
