@@ -121,3 +121,19 @@ def test_a_file_rewritten_at_the_same_size_within_the_second_is_encoded_again(tm
     assert [entry.reason for entry in stale_entries(tmp_path / "cache" / "data")] == [f"input {data.resolve()} changed"]
     second = prepare(recipe_from_dict(raw).data, progress=False)
     assert second.root != first.root and second.report["splits"]["train"]["positive_rate"] == 0.0
+
+
+def test_standardize_keeps_the_std_of_values_far_from_zero(tmp_path):
+    """Millisecond times within one second (std 291): E[x^2] - E[x]^2 cancelled to a
+    negative variance, so the std became 1 and standardized values spread over ±500."""
+    times = 1.7e12 + np.random.default_rng(0).integers(0, 1000, 2000).astype(float)
+    path = tmp_path / "rows.csv"
+    path.write_text("t,label\n" + "".join(f"{t:.0f},{i % 2}\n" for i, t in enumerate(times)))
+    raw = {"data": {"dataset": "csv", "path": str(path), "cache_dir": str(tmp_path / "cache"),
+                    "split": {"valid": 0.0, "test": 0.0},
+                    "features": [{"name": "t", "kind": "numeric", "transform": "standardize"}]}}
+    prepared = prepare(recipe_from_dict(raw).data, progress=False)
+    stats = prepared.schema.feature("t").numeric
+    assert stats.mean == pytest.approx(times.mean()) and stats.std == pytest.approx(times.std(), rel=1e-9)
+    loader = BatchLoader(prepared.split_dir("train"), prepared.schema, 4096)
+    assert next(iter(loader)).dense[:, 0].std().item() == pytest.approx(1.0, rel=1e-3)
