@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from ctr.datasets.source import resolve_files
 from ctr.datasets.tabular import FileConfig, FileSource
 from ctr.datasets.text import TextFormat, read_delimited
-from ctr.datasets.validate import LINE_COLUMN, PROBLEM_COLUMN
+from ctr.datasets.validate import LINE_COLUMN, PROBLEM_COLUMN, column_keys, require_columns
 from ctr.errors import DataError
 from ctr.registry import DATASETS
 from ctr.schema import FeatureSpec
@@ -89,6 +89,7 @@ class LibSVMDataset(FileSource):
             raise DataError(f"data.featindex: {self.featindex} does not exist")
         self._index: FieldIndex | None = None
         self._defaults: list[FeatureSpec] | None = None
+        self._read_kinds: dict[str, str] | None = None
 
     def files(self) -> list[Path]:
         return super().files() + ([self.featindex] if self.featindex else [])
@@ -113,10 +114,27 @@ class LibSVMDataset(FileSource):
         return [FeatureSpec(name=ALL_FEATURES, kind="sequence", pooling="sum", max_len=1_000)]
 
     def read_file(self, file: Path) -> Iterator[pa.RecordBatch]:
-        features = self.config.features or self.default_features()
-        kinds = {spec.column: spec.kind for spec in features}
+        kinds = self._kinds()
         for block in read_delimited(file, TextFormat(["line"], NO_DELIMITER, quoting=False)):
             yield parse_rows(block, self.index, kinds).replace_schema_metadata(block.schema.metadata)
+
+
+    def _kinds(self) -> dict[str, str]:
+        """Kind by column of the fields read (the features' and the group's, less an optional
+        group that rows to score lack). A field read that is no field of the data
+        (featindex's fields, else those of the first rows of the first file) is a DataError
+        naming its recipe key."""
+        if self._read_kinds is None:
+            features = self.config.features or self.default_features()
+            group = self.config.group or self.group
+            kinds = {**({group: "categorical"} if group else {}), **{spec.column: spec.kind for spec in features}}
+            keys = column_keys(features, self.config.label or self.label, group)
+            first = self.split_files["train"][0]
+            fields = self.index.fields if self.index is not None else sniff_fields(first) or [ALL_FEATURES]
+            origin = str(self.featindex) if self.index is not None else f"the first rows of {first}"
+            require_columns(fields, self.required({column: keys[column] for column in kinds}), origin)
+            self._read_kinds = {c: kind for c, kind in kinds.items() if c in fields or c not in self.optional_columns}
+        return self._read_kinds
 
 
 def sniff_fields(file: Path) -> list[str]:
@@ -129,9 +147,15 @@ def sniff_fields(file: Path) -> list[str]:
 def parse_rows(block: pa.RecordBatch, index: FieldIndex | None, kinds: dict[str, str]) -> pa.RecordBatch:
     """Lines → ``label``, one column per field (or ``features``), ``__line__``, ``__problem__``.
 
+    Only the fields of ``kinds`` become columns: the values of a field no one reads are not
+    checked (a numeric field beside one-hot ones is no bad row), and a field read that a
+    block's rows lack (a sparse field, absent from a whole 16 MiB block or test file) is a
+    column of missing values.
+
     Args:
         block: a batch of raw lines (``line``, ``__line__``, ``__problem__``).
-        kinds: feature kind by column, so fields read as sequences or numbers are built so.
+        kinds: feature kind by column read (the features' and the group's), so fields read as
+            sequences or numbers are built so.
     """
     words = _words(pc.fill_null(block.column("line"), ""))
     rows = len(words)
@@ -143,9 +167,9 @@ def parse_rows(block: pa.RecordBatch, index: FieldIndex | None, kinds: dict[str,
     problems.flag(row_of[parsed.unknown], "an index is not in featindex")
     columns = {"label": pc.list_element(pc.list_slice(words, 0, 1), 0) if rows else pa.array([], pa.string())}
     ok = ~(parsed.bad | parsed.unknown)
-    for code, name in enumerate(parsed.field_names):
-        in_field = ok & (parsed.field == code)
-        kind = kinds.get(name, "categorical")
+    code_of = {name: code for code, name in enumerate(parsed.field_names)}
+    for name, kind in kinds.items():  # a field no row of the block holds is missing in each
+        in_field = ok & (parsed.field == code_of.get(name, -1))
         columns[name] = _field_column(name, kind, row_of[in_field], parsed, in_field, rows, problems)
     columns[LINE_COLUMN] = block.column(LINE_COLUMN)
     columns[PROBLEM_COLUMN] = problems.column()
@@ -252,7 +276,9 @@ def _field_column(name, kind, rows, parsed: _Tokens, in_field, n, problems: _Pro
     where = np.full(n, -1, dtype=np.int64)
     where[unique] = first
     if kind == "numeric":
-        return pa.array(np.where(where >= 0, values[np.maximum(where, 0)], np.nan), from_pandas=True)
+        numbers = np.full(n, np.nan)
+        numbers[unique] = values[first]
+        return pa.array(numbers, from_pandas=True)
     problems.flag(unique[values[first] != 1.0], f"field {name!r} has a value other than 1 (declare it numeric)")
     return tokens.take(pa.array(where, mask=where < 0))
 

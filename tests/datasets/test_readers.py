@@ -5,8 +5,9 @@ import pytest
 from ctr.datasets import prepare
 from ctr.datasets.avazu import AvazuDataset, AvazuConfig
 from ctr.datasets.criteo import CriteoConfig, CriteoDataset
-from ctr.datasets.libsvm import IPinYouConfig, IPinYouDataset, LibSVMConfig, LibSVMDataset
+from ctr.datasets.libsvm import NO_DELIMITER, IPinYouConfig, IPinYouDataset, LibSVMConfig, LibSVMDataset, parse_rows
 from ctr.datasets.text import TextFormat, read_delimited
+from ctr.errors import DataError
 from ctr.recipe import recipe_from_dict
 from ctr.schema import FeatureSpec
 from tests.conftest import SHARED_DATA
@@ -196,3 +197,31 @@ def test_a_gzip_file_reads_as_its_plain_copy(tmp_path):
         tables.append([pq.read_table(f) for split in ("train", "valid", "test")
                        for f in sorted(prepared.split_dir(split).glob("*.parquet"))])
     assert len(tables[0]) >= 3 and all(a.equals(b) for a, b in zip(*tables, strict=True))
+
+
+def test_libfm_field_absent_from_a_file_or_block_is_missing_there(tmp_path):
+    """A sparse field that no row of a test file (or of a 16 MiB block) holds was refused as
+    an absent column (past the first block, it escaped as a KeyError); it is missing there."""
+    train, test = tmp_path / "train.txt", tmp_path / "test.txt"
+    train.write_text("1 0:1:1 1:5:1\n0 0:2:1 1:6:1\n1 0:1:1\n")
+    test.write_text("1 0:1:1\n0 0:2:1\n")
+    source = LibSVMDataset(LibSVMConfig(path=str(train), test_path=str(test)))
+    rows = table(source.streams()["test"]())
+    assert rows.column("1").to_pylist() == [None, None] and rows.column("__problem__").null_count == 2
+    block = next(read_delimited(test, TextFormat(["line"], NO_DELIMITER, quoting=False)))
+    parsed = parse_rows(block, None, {"0": "categorical", "1": "sequence", "2": "numeric"})
+    assert parsed.column("1").to_pylist() == [[], []] and parsed.column("2").to_pylist() == [None, None]
+
+
+def test_libfm_fields_no_feature_reads_are_not_checked(tmp_path):
+    """A numeric field beside the one-hot ones made every row bad ('has a value other than
+    1') although no feature read it; a field read that the data lacks is still refused."""
+    path = tmp_path / "fm.txt"
+    path.write_text("1 0:1:1 1:5:0.5\n0 0:2:1 1:6:3\n")
+    source = LibSVMDataset(LibSVMConfig(path=str(path), features=[FeatureSpec(name="a", source="0")]))
+    rows = table(source.streams()["all"]())
+    assert rows.column("0").to_pylist() == ["1", "2"] and rows.column("__problem__").null_count == 2
+    assert "1" not in rows.column_names
+    typo = LibSVMDataset(LibSVMConfig(path=str(path), features=[FeatureSpec(name="a", source="9")]))
+    with pytest.raises(DataError, match=r"data.features \(a\): column '9' is absent from the first rows of .*fm.txt"):
+        table(typo.streams()["all"]())
