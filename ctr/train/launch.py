@@ -170,10 +170,8 @@ def group_holds(run: RunDir) -> Iterator[None]:
         if dist.get_rank() == 0:
             try:
                 held.enter_context(run.exclusive())
-            except UserError as err:
+            except UserError as err:  # held elsewhere, or the lock cannot be made: every rank stops, none waits
                 refusal = [str(err)]
-            except OSError as err:  # the lock cannot be made (a read-only folder): every rank stops, none waits
-                refusal = [f"{err.filename or run.root}: {(err.strerror or str(err)).lower()}"]
         dist.broadcast_object_list(refusal, src=0)
         if refusal[0]:
             raise UserError(refusal[0])

@@ -71,6 +71,9 @@ def _locked(lock: Path, folder: Path, doing: str) -> IO[str]:
         except BlockingIOError:
             handle.close()
             raise UserError(f"{folder}: another ctr process {doing}") from None
+        except OSError as err:  # a file system without locks
+            handle.close()
+            raise UserError(f"{folder}: cannot be locked ({(err.strerror or str(err)).lower()})") from None
         if lock.exists() and os.fstat(handle.fileno()).st_ino == lock.stat().st_ino:
             return handle
         handle.close()

@@ -547,11 +547,11 @@ def test_ranks_started_by_torchrun_are_refused_a_run_directory_another_process_h
 def test_ranks_started_by_torchrun_stop_together_when_the_lock_cannot_be_made(tmp_path):
     """Rank 0 cannot make the lock file (sysfs refuses even root): every rank stops with
     the one line, none waits for the others."""
-    lock = f"/sys/.ctr-run-{os.getpid()}.lock"
-    command, env = _torchrun_command(write(tmp_path, trainer={"devices": 2}), Path(f"/sys/ctr-run-{os.getpid()}"))
+    run = Path(f"/sys/ctr-run-{os.getpid()}")
+    command, env = _torchrun_command(write(tmp_path, trainer={"devices": 2}), run)
     ends = _torchrun_ranks(command, env)
     assert [code for code, _ in ends] == [2, 2], ends
-    assert ends[0][1].strip().splitlines()[-1] == f"ctr: error: {lock}: permission denied", ends[0][1]
+    assert ends[0][1].strip().splitlines()[-1] == f"ctr: error: {run}: cannot be written (permission denied)", ends[0][1]
     assert "Traceback" not in ends[1][1], ends[1][1]
 
 
