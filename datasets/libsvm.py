@@ -118,7 +118,6 @@ class LibSVMDataset(FileSource):
         for block in read_delimited(file, TextFormat(["line"], NO_DELIMITER, quoting=False)):
             yield parse_rows(block, self.index, kinds).replace_schema_metadata(block.schema.metadata)
 
-
     def _kinds(self) -> dict[str, str]:
         """Kind by column of the fields read (the features' and the group's, less an optional
         group that rows to score lack). A field read that is no field of the data
