@@ -7,6 +7,7 @@ from __future__ import annotations
 from torch import nn
 
 from ctr.datasets import Prepared
+from ctr.embeddings.stages import Stage
 from ctr.errors import DataError, RecipeError
 from ctr.models.layers import Dice
 from ctr.recipe import PlateauSchedule, Recipe
@@ -50,6 +51,7 @@ def check_before_fit(recipe: Recipe, prepared: Prepared, batches: int, net: CTRN
     if every and every > batches:  # it counts within the epoch
         raise RecipeError(f"train.eval_every_n_steps: {every} is more than the {batches} batches of an epoch")
     stages = net.embedding.stages()
+    _check_stage_settings(recipe, net, stages)
     _check_monitor_defined(recipe, prepared, searches=any(stage.kind == "procedure" for stage in stages))
     valid_rows = prepared.report["splits"]["valid"]["rows"]
     if any(stage.bilevel for stage in stages) and valid_rows // world_size < TRAINING_MIN_ROWS:
@@ -62,6 +64,18 @@ def check_before_fit(recipe: Recipe, prepared: Prepared, batches: int, net: CTRN
         raise RecipeError(f"train.batch_size: {size}{shared}; the model's BatchNorm needs at least "
                           f"{TRAINING_MIN_ROWS} rows a batch in each process (a larger batch, or "
                           "model.batch_norm: false where the model has it)")
+
+
+def _check_stage_settings(recipe: Recipe, net: CTRNet, stages: list[Stage]) -> None:
+    """Refuses ``embedding.stages`` settings of a procedure stage: it takes no gradient steps,
+    so its epochs and max_steps would be ignored."""
+    named = getattr(recipe.embedding, "stages", {})
+    training = ", ".join(stage.name for stage in stages if stage.kind == "train")
+    for stage in stages:
+        if stage.kind == "procedure" and stage.name in named:
+            raise RecipeError(f"embedding.stages.{stage.name}: {recipe.embedding.method}'s {stage.name} stage is a "
+                              f"procedure without gradient steps, so it takes no epochs or max_steps "
+                              f"(its training stages: {training})")
 
 
 def _has_batch_norm(net: nn.Module) -> bool:

@@ -334,3 +334,18 @@ def test_a_stages_random_state_is_restored_only_on_its_world_size(tmp_path):
     assert not torch.equal(torch.rand(3), after_stage)
     restore_random(tmp_path, rank=0, world_size=2)
     assert torch.equal(torch.rand(3), after_stage)
+
+
+@pytest.mark.parametrize("method, stage, train_stages", [
+    ("dedup", "dedup", "warmup, finetune"), ("pep", "mask", "search, retrain"), ("autosrh", "prune", "search, retrain"),
+])
+def test_settings_of_a_procedure_stage_are_refused_before_training(method, stage, train_stages, tmp_path):
+    """``stages.<procedure>.epochs`` was accepted and ignored: a procedure takes no gradient steps."""
+    from ctr.errors import RecipeError
+
+    embedding = {"method": method, "dim": 8, "budget": 0.6, "stages": {stage: {"epochs": 2}}}
+    with pytest.raises(RecipeError) as err:
+        train(recipe_from_dict(tiny_recipe(tmp_path, embedding=embedding)), tmp_path / "run")
+    assert str(err.value) == (f"embedding.stages.{stage}: {method}'s {stage} stage is a procedure without gradient "
+                              f"steps, so it takes no epochs or max_steps (its training stages: {train_stages})")
+    assert not (tmp_path / "run" / "stages").exists()
