@@ -47,6 +47,8 @@ class DPQConfig(EmbeddingConfig):
             raise ValueError(f"parts: {self.parts} must divide dim {self.dim}")
         if not 2 <= self.choices <= 256:
             raise ValueError(f"choices: {self.choices} must be in [2, 256] (codes are uint8)")
+        if not self.commitment >= 0:
+            raise ValueError(f"commitment must be >= 0, got {self.commitment}")
 
 
 def dpq_bytes(ids: int, dim: int, parts: int, choices: int) -> int:

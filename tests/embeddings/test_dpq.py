@@ -45,3 +45,12 @@ def test_vq_responses_are_negative_squared_distances_without_gradient():
     expected = -(query.unsqueeze(2) - keys.unsqueeze(0)).pow(2).sum(-1)
     torch.testing.assert_close(DPQEmbedding.negative_distances(query, keys), expected, rtol=1e-5, atol=1e-5)
     assert not method.responses(query).requires_grad
+
+
+def test_a_negative_commitment_is_a_one_line_recipe_error():
+    """It was accepted, and trained the codebook away from the queries (mgqe refuses one)."""
+    from ctr.errors import RecipeError
+    from ctr.recipe import recipe_from_dict
+
+    with pytest.raises(RecipeError, match=r"^embedding: commitment must be >= 0, got -1\.0$"):
+        recipe_from_dict({"embedding": {"method": "dpq", "budget": 0.5, "commitment": -1.0}})
