@@ -26,6 +26,7 @@ from ctr.schema import Schema
 from ctr.train.checks import check_batch_split
 
 FP32_BYTES = 4
+SHARD_COLUMNS = 4  # FBGEMM's kernels of a sharded table take shards of a multiple of 4 columns
 SHARDABLE_METHODS = ("full",)  # methods whose storage is plain tables TorchRec shards
 UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
          "GIB": 2**30, "TIB": 2**40}
@@ -84,6 +85,28 @@ def parse_bytes(text: str, flag: str = "--memory-per-rank") -> int:
     return size
 
 
+def check_shard_columns(recipe: Recipe) -> None:
+    """Refuses a sharding type that splits or moves tables when ``embedding.dim`` is not a
+    multiple of 4: FBGEMM's kernels refuse such shards (TorchRec asserts it while sharding, on
+    every rank). Data-parallel tables are plain replicas, which any dim allows; ``auto``
+    tables are then left data-parallel (``replicated_when_unshardable``)."""
+    dim = recipe.embedding.dim
+    asked = {recipe.distributed.sharding, *recipe.distributed.tables.values()} - {"auto", "data_parallel"}
+    if dim % SHARD_COLUMNS and asked:
+        raise RecipeError(f"embedding.dim: {dim} is not a multiple of {SHARD_COLUMNS}, which TorchRec's "
+                          f"{', '.join(sorted(asked))} tables need (FBGEMM); use such a dim, or distributed.sharding "
+                          "auto or data_parallel")
+
+
+def replicated_when_unshardable(chosen: dict[str, str], dim: int) -> dict[str, str]:
+    """``chosen`` (table → sharding type) with the ``auto`` tables data-parallel when ``dim``
+    cannot shard (not a multiple of 4 columns): the planner would otherwise pick table-wise
+    shards that FBGEMM refuses."""
+    if dim % SHARD_COLUMNS == 0:
+        return chosen
+    return {table: "data_parallel" if kind == "auto" else kind for table, kind in chosen.items()}
+
+
 def check_plan_request(recipe: Recipe, world_size: int) -> None:
     """Refuses, before the data is read, a plan that ``ctr plan`` cannot make or that no
     training of ``recipe`` over ``world_size`` processes would run."""
@@ -94,6 +117,7 @@ def check_plan_request(recipe: Recipe, world_size: int) -> None:
     if world_size < 1:
         raise UserError("--world-size: must be >= 1")
     check_batch_split(recipe, world_size)
+    check_shard_columns(recipe)
 
 
 def plan_tables(recipe: Recipe, schema: Schema, world_size: int, memory_per_rank: int | None) -> Plan:

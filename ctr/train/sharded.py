@@ -30,7 +30,7 @@ from ctr.batch import JaggedFeatures
 from ctr.embeddings.types import FeatureEmbeddings
 from ctr.errors import RecipeError, UserError, reason
 from ctr.recipe import EmbeddingOptimizerConfig, Recipe
-from ctr.train.plan import SHARDABLE_METHODS, _hide_torchrec_notes
+from ctr.train.plan import SHARDABLE_METHODS, _hide_torchrec_notes, check_shard_columns, replicated_when_unshardable
 from ctr.train.task import CTRNet
 
 TABLE_PREFIX = "embedding.ebc.embedding_bags."
@@ -123,6 +123,7 @@ def check_request(recipe: Recipe) -> None:
     data-parallel method's tables take no fused update, sharded tables a rule FBGEMM fuses."""
     if recipe.embedding.method in SHARDABLE_METHODS:
         in_backward_optimizer(recipe.train.embedding_optimizer)
+        check_shard_columns(recipe)
         return
     asked = {recipe.distributed.sharding, *recipe.distributed.tables.values()} - {"auto", "data_parallel"}
     if asked:
@@ -173,11 +174,13 @@ def in_backward_optimizer(config: EmbeddingOptimizerConfig) -> tuple[type[torch.
 
 def table_constraints(recipe: Recipe, tables: list[str]) -> dict[str, str]:
     """Each table's sharding type the recipe fixes (``distributed.tables`` over
-    ``distributed.sharding``); tables left to the planner are absent."""
+    ``distributed.sharding``); tables left to the planner are absent (data-parallel when
+    ``embedding.dim`` is not a multiple of 4, which sharded tables need)."""
     unknown = sorted(set(recipe.distributed.tables) - set(tables))
     if unknown:
         raise RecipeError(f"distributed.tables.{unknown[0]}: no such table (tables: {', '.join(tables)})")
     chosen = {table: recipe.distributed.tables.get(table, recipe.distributed.sharding) for table in tables}
+    chosen = replicated_when_unshardable(chosen, recipe.embedding.dim)
     return {table: kind for table, kind in chosen.items() if kind != "auto"}
 
 

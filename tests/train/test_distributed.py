@@ -64,6 +64,8 @@ def test_split_batches_parts_are_the_one_process_batches(tiny_prepared):
           "train": {"embedding_optimizer": {"name": "sgd", "fused": True}}}, "train.embedding_optimizer.fused:"),
         ({"train": {"embedding_optimizer": {"name": "sparse_adam"}}}, "train.embedding_optimizer.name: sharded tables"),
         ({"train": {"batch_size": 511}}, "train.batch_size: 511"),
+        ({"embedding": {"dim": 6}, "distributed": {"tables": {"C3": "column_wise"}}},  # FBGEMM's assertion, per rank
+         "embedding.dim: 6 is not a multiple of 4, which TorchRec's column_wise tables need"),
         ({"distributed": {"sharding": "diagonal"}}, "distributed.sharding"),
         ({"trainer": {"compile": True}}, "trainer.compile: not available in a distributed run"),
         ({"trainer": {"precision": "bf16-mixed"}}, "trainer.precision: not available in a distributed run"),  # ignored

@@ -32,6 +32,14 @@ def test_plan_covers_every_table_and_totals_each_rank(tmp_path, optimizer):
         assert plan.rank_bytes(rank) <= plan.planner_bytes[rank] <= plan.rank_bytes(rank) + 2**20  # planner's own count
 
 
+def test_auto_tables_of_a_dim_that_cannot_shard_stay_data_parallel(tmp_path):
+    """FBGEMM refuses a sharded table of 6 columns (TorchRec's assertion on every rank): under
+    auto the planner would make 15 of these tables table-wise; they stay replicas."""
+    recipe = recipe_from_dict(tiny_recipe(tmp_path, data={"vocab_scale": 1.0}, embedding={"dim": 6}))
+    plan = plan_tables(recipe, prepare(recipe.data, progress=False).schema, world_size=2, memory_per_rank=None)
+    assert {table.sharding for table in plan.tables} == {"data_parallel"}
+
+
 def test_cli_prints_tables_and_ranks(tmp_path, capsys):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
