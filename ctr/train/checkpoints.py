@@ -195,9 +195,19 @@ class Checkpointer:
                 self.module.fused_optimizer.load_state_dict(state["embedding_optimizer"])
         else:
             self.module.module.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(torch.load(path / "optimizers.pt", weights_only=False))
+        self._load_optimizers(path)
         restore_checkpoint_random(path, self.place, info["world_size"])
         return info
+
+    def _load_optimizers(self, path: Path) -> None:
+        """Loads ``optimizers.pt``: it holds the data-parallel tables' optimizer, which fits
+        only the tables that were data-parallel when it was written."""
+        try:
+            self.optimizer.load_state_dict(torch.load(path / "optimizers.pt", weights_only=False))
+        except (ValueError, KeyError):
+            raise UserError(f"{path}: its optimizers do not fit this run's: a table is data-parallel "
+                            "here and sharded there, or the reverse; fix distributed.sharding / distributed.tables "
+                            "to the checkpoint's plan (docs/distributed.md)") from None
 
     def restore(self) -> TrainState:
         """The training state of ``last`` after loading it (``ctr train --resume``)."""

@@ -389,6 +389,25 @@ def test_resume_takes_only_the_world_size_as_override(tmp_path, capsys):
     assert "-o only for trainer.devices or trainer.num_nodes" in err
 
 
+@pytest.mark.slow
+def test_a_resume_that_makes_a_sharded_table_data_parallel_is_one_line(tmp_path):
+    """A table-wise table data-parallel on resume (``auto`` may plan so on another world
+    size): the checkpoint's optimizers.pt holds no state for it, which torch's
+    ``load_state_dict`` met with a ValueError traceback on every rank."""
+    sections = {"distributed": {"sharding": "table_wise"}, "train": {"early_stop": None},
+                "trainer": {"num_threads": 1, "progress_bar": False}}
+    assert ctr("train", write(tmp_path, **sections), "--out", tmp_path / "run", "-o", "trainer.devices=2").returncode == 0
+    saved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
+    saved["train"]["epochs"] = 2
+    saved["distributed"]["tables"] = {"C1": "data_parallel"}
+    (tmp_path / "run" / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    (tmp_path / "run" / "metrics.json").unlink()
+    resumed = ctr("train", "--resume", tmp_path / "run", "-o", "trainer.devices=1")
+    assert resumed.returncode == 2 and "Traceback" not in resumed.stderr, resumed.stderr[-3000:]
+    assert "checkpoints/last: its optimizers do not fit this run's: a table is data-parallel here and sharded " \
+        "there" in resumed.stderr.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize("mode, min_delta, patience", [("max", 0.0, 2), ("max", 0.01, 1), ("min", 0.005, 2)])
 def test_early_stopping_follows_lightnings_rule(mode, min_delta, patience):
     """The distributed loop's early stopping stops at the validation Lightning's would."""
