@@ -30,7 +30,9 @@ from ctr.batch import JaggedFeatures
 from ctr.embeddings.types import FeatureEmbeddings
 from ctr.errors import RecipeError, UserError, reason
 from ctr.recipe import EmbeddingOptimizerConfig, Recipe
-from ctr.train.plan import SHARDABLE_METHODS, _hide_torchrec_notes, check_shard_columns, replicated_when_unshardable
+from ctr.train.plan import (
+    SHARD_COLUMNS, SHARDABLE_METHODS, _hide_torchrec_notes, check_shard_columns, replicated_when_unshardable,
+)
 from ctr.train.task import CTRNet
 
 TABLE_PREFIX = "embedding.ebc.embedding_bags."
@@ -186,13 +188,22 @@ def table_constraints(recipe: Recipe, tables: list[str]) -> dict[str, str]:
 
 def planner_constraints(fixed: dict[str, str], dim: int, world: int) -> dict:
     """TorchRec planner constraints of the tables whose type the recipe fixes (``fixed``,
-    from ``table_constraints``); column-wise tables in shards of D / world columns (at least
-    4; the planner's default minimum, 32 columns, keeps small tables whole)."""
+    from ``table_constraints``); column-wise tables in shards of about D / world columns
+    (``column_shard``; the planner's default minimum, 32 columns, keeps small tables whole)."""
     from torchrec.distributed.planner.types import ParameterConstraints
 
     return {table: ParameterConstraints(sharding_types=[kind],
-                                        min_partition=max(4, dim // world) if kind == "column_wise" else None)
+                                        min_partition=column_shard(dim, world) if kind == "column_wise" else None)
             for table, kind in fixed.items()}
+
+
+def column_shard(dim: int, world: int) -> int:
+    """The planner's least column-wise shard width: the widest that splits D into at least
+    ``world`` shards among the widths it takes (a multiple of 4 dividing D), else 4. The
+    planner searches widths from there up to D, so a width that is not one of them (D / world
+    = 6 of D = 12) left it a single shard of the whole table."""
+    widths = [width for width in range(SHARD_COLUMNS, dim // world + 1, SHARD_COLUMNS) if dim % width == 0]
+    return max(widths, default=SHARD_COLUMNS)
 
 
 @dataclass

@@ -40,6 +40,17 @@ def test_auto_tables_of_a_dim_that_cannot_shard_stay_data_parallel(tmp_path):
     assert {table.sharding for table in plan.tables} == {"data_parallel"}
 
 
+@pytest.mark.parametrize("dim, world, widths", [(12, 2, {4}), (20, 2, {4}), (24, 4, {4}), (16, 2, {8}), (4, 2, {4})])
+def test_column_wise_tables_split_over_the_ranks(tmp_path, dim, world, widths):
+    """Shards of D / world columns where the planner takes that width, else the widest it takes
+    below it: a least width of 6 of D = 12 made the planner keep each table whole on one rank."""
+    recipe = recipe_from_dict(tiny_recipe(tmp_path, embedding={"dim": dim}, distributed={"sharding": "column_wise"}))
+    plan = plan_tables(recipe, prepare(recipe.data, progress=False).schema, world_size=world, memory_per_rank=None)
+    for table in plan.tables:
+        assert {cols for _, _, cols in table.shards} == widths and sum(c for _, _, c in table.shards) == dim
+        assert len({rank for rank, _, _ in table.shards}) == min(world, dim // 4)
+
+
 def test_cli_prints_tables_and_ranks(tmp_path, capsys):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
