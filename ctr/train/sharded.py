@@ -264,14 +264,17 @@ def shard(net: CTRNet, recipe: Recipe, device: torch.device) -> Sharded:
 def written_plan(ebc: nn.Module, fixed: dict[str, str], world: int, device_type: str, sharder):  # noqa: ANN001, ANN201
     """A plan written without the planner (when a table is row-wise): each table as ``fixed``
     says, tables left to the planner table-wise; table-wise tables go round the ranks,
-    column-wise tables split into one shard per rank, row-wise tables into equal row blocks."""
+    column-wise tables split into shards of ``column_shard`` columns dealt round the ranks (one
+    per rank where D / world is such a width), row-wise tables into equal row blocks."""
     from torchrec.distributed.sharding_plan import (
         column_wise, construct_module_sharding_plan, data_parallel, row_wise, table_wise,
     )
     from torchrec.distributed.types import ShardingPlan
 
     kinds = {name: fixed.get(name, "table_wise") for name in ebc.embedding_bags}
-    make = {"row_wise": lambda i: row_wise(), "column_wise": lambda i: column_wise(ranks=list(range(world))),
+    dim = ebc.embedding_bag_configs()[0].embedding_dim  # every table has the method's dim
+    column_ranks = [shard % world for shard in range(dim // column_shard(dim, world))]
+    make = {"row_wise": lambda i: row_wise(), "column_wise": lambda i: column_wise(ranks=column_ranks),
             "data_parallel": lambda i: data_parallel(), "table_wise": lambda i: table_wise(rank=i % world)}
     chosen = {name: make[kind](i) for i, (name, kind) in enumerate(kinds.items())}
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world))

@@ -86,3 +86,24 @@ def test_a_world_size_that_training_refuses_is_refused_before_the_data_is_read(t
     err = capsys.readouterr().err.strip()
     assert err == "ctr: error: train.batch_size: 64 and eval_batch_size 63 must be multiples of the 3 processes", err
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("dim, world, ranks", [(8, 3, [0, 1]), (12, 2, [0, 1, 0]), (8, 2, [0, 1])])
+def test_a_written_plan_splits_column_wise_tables_in_widths_fbgemm_takes(dim, world, ranks):
+    """The plan ctr writes when a table is row-wise: a column-wise table in shards of 4 columns
+    dealt round the ranks where D / world is no multiple of 4 dividing D (D = 8 on 3 ranks was
+    torchrec's ValueError "cannot be evenly divided", D = 12 on 2 ranks one shard on rank 0)."""
+    import torch
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+    from ctr.train.sharded import written_plan
+
+    ebc = EmbeddingBagCollection(tables=[EmbeddingBagConfig(name=name, embedding_dim=dim, num_embeddings=10,
+                                                            feature_names=[name]) for name in ("a", "b")],
+                                 device=torch.device("meta"))
+    plan = written_plan(ebc, {"a": "column_wise", "b": "row_wise"}, world, "cpu", EmbeddingBagCollectionSharder())
+    shards = plan.plan["embedding.ebc"]["a"].sharding_spec.shards
+    assert [shard.placement.rank() for shard in shards] == ranks
+    assert [shard.shard_sizes[1] for shard in shards] == [dim // len(ranks)] * len(ranks)
