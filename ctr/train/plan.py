@@ -117,7 +117,10 @@ def check_plan_request(recipe: Recipe, world_size: int) -> None:
     if world_size < 1:
         raise UserError("--world-size: must be >= 1")
     check_batch_split(recipe, world_size)
-    check_shard_columns(recipe)
+    if world_size > 1:
+        from ctr.train.sharded import check_request  # it imports this module
+
+        check_request(recipe)  # the tables' sharding types and their optimizer
 
 
 def plan_tables(recipe: Recipe, schema: Schema, world_size: int, memory_per_rank: int | None) -> Plan:

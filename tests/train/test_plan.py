@@ -78,6 +78,21 @@ def test_sizes_parse_with_units():
             parse_bytes(bad)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["train.embedding_optimizer.name=sparse_adam"], "train.embedding_optimizer.name: sharded tables train with"),
+    (["embedding.method=hash", "embedding.budget=0.5", "distributed.sharding=table_wise"],
+     "distributed.sharding: table_wise needs plain tables"),
+    (["embedding.dim=6", "distributed.tables.C3=row_wise"], "embedding.dim: 6 is not a multiple of 4"),
+])
+def test_tables_that_training_refuses_are_refused_before_the_data_is_read(tmp_path, capsys, overrides, message):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    assert main(["plan", str(path), "--world-size", "2", *[arg for o in overrides for arg in ("-o", o)]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
+    assert not (tmp_path / "cache").exists()
+
+
 def test_a_world_size_that_training_refuses_is_refused_before_the_data_is_read(tmp_path, capsys):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
