@@ -211,8 +211,11 @@ def _no_plan(err: Exception, schema: Schema, recipe: Recipe, world_size: int, me
         dim = recipe.embedding.dim
         state = 1 + STATE_FLOATS[recipe.train.embedding_optimizer.name](dim) / dim
         budget = world_size * memory / (full * state)
-        text += (f" (the tables with their optimizer state need {full * state / 2**30:.2f} GiB; with embedding.method hash"
-                 f" or unified, embedding.budget <= {budget:.3g} would fit)")
+        need = f"the tables with their optimizer state need {full * state / 2**30:.3g} GiB"
+        if budget >= 1:  # the tables fit: what does not is the planner's own storage beside them
+            text += f" ({need}, which the ranks hold; the rest is the planner's own storage per rank)"
+        else:
+            text += f" ({need}; with embedding.method hash or unified, embedding.budget <= {budget:.3g} would fit)"
     return text
 
 

@@ -71,6 +71,17 @@ def test_an_impossible_memory_is_the_planners_reason_exit_2(tmp_path, capsys):
     assert "embedding.budget <=" in err
 
 
+def test_a_memory_that_holds_the_tables_but_not_the_planners_storage_suggests_no_budget(tmp_path, capsys):
+    """300KB a rank holds the tiny tables (75 KB with Adagrad's state) but not the planner's
+    own storage: no budget above 1 ("embedding.budget <= 8.14 would fit") is suggested."""
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    assert main(["plan", str(path), "--world-size", "2", "--memory-per-rank", "300KB"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ctr: error: no sharding plan fits") and "embedding.budget" not in err, err
+    assert err.endswith("which the ranks hold; the rest is the planner's own storage per rank)"), err
+
+
 def test_sizes_parse_with_units():
     assert parse_bytes("16GB") == 16 * 10**9 and parse_bytes("512MiB") == 512 * 2**20 and parse_bytes("2e3") == 2000
     for bad in ("lots", "0", "0GB", "1.2.3GB"):  # 0 would be read as the planner's default
