@@ -85,13 +85,18 @@ def parse_bytes(text: str, flag: str = "--memory-per-rank") -> int:
     return size
 
 
+def sharded_types(recipe: Recipe) -> set[str]:
+    """The sharding types the recipe asks for that split or move tables (neither ``auto`` nor
+    ``data_parallel``): ``distributed.sharding`` and each of ``distributed.tables``."""
+    return {recipe.distributed.sharding, *recipe.distributed.tables.values()} - {"auto", "data_parallel"}
+
+
 def check_shard_columns(recipe: Recipe) -> None:
     """Refuses a sharding type that splits or moves tables when ``embedding.dim`` is not a
     multiple of 4: FBGEMM's kernels refuse such shards (TorchRec asserts it while sharding, on
     every rank). Data-parallel tables are plain replicas, which any dim allows; ``auto``
     tables are then left data-parallel (``replicated_when_unshardable``)."""
-    dim = recipe.embedding.dim
-    asked = {recipe.distributed.sharding, *recipe.distributed.tables.values()} - {"auto", "data_parallel"}
+    dim, asked = recipe.embedding.dim, sharded_types(recipe)
     if dim % SHARD_COLUMNS and asked:
         raise RecipeError(f"embedding.dim: {dim} is not a multiple of {SHARD_COLUMNS}, which TorchRec's "
                           f"{', '.join(sorted(asked))} tables need (FBGEMM); use such a dim, or distributed.sharding "

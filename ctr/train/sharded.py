@@ -32,6 +32,7 @@ from ctr.errors import RecipeError, UserError, reason
 from ctr.recipe import EmbeddingOptimizerConfig, Recipe
 from ctr.train.plan import (
     SHARD_COLUMNS, SHARDABLE_METHODS, _hide_torchrec_notes, check_shard_columns, replicated_when_unshardable,
+    sharded_types,
 )
 from ctr.train.task import CTRNet
 
@@ -127,7 +128,7 @@ def check_request(recipe: Recipe) -> None:
         in_backward_optimizer(recipe.train.embedding_optimizer)
         check_shard_columns(recipe)
         return
-    asked = {recipe.distributed.sharding, *recipe.distributed.tables.values()} - {"auto", "data_parallel"}
+    asked = sharded_types(recipe)
     if asked:
         raise RecipeError(f"distributed.sharding: {', '.join(sorted(asked))} needs plain tables (embedding.method "
                           f"{recipe.embedding.method} runs data-parallel); use auto or data_parallel")
