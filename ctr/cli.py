@@ -314,7 +314,10 @@ def _eval(args: argparse.Namespace) -> int:
     if args.data is not None and args.split != "test":
         raise UserError("eval: --data evaluates a whole file; give no --split with it")
     with sigterm_raises():  # the encoded copy and a half-written file are removed on the way out
-        print(metrics_json(evaluate(args.run_dir, args.split, args.data)))
+        metrics = evaluate(args.run_dir, args.split, args.data)
+    scored = args.data if args.data is not None else f"its {args.split} split"
+    print(f"{args.run_dir}: best checkpoint scored on {scored}", file=sys.stderr)
+    print(metrics_json(metrics))
     return 0
 
 

@@ -33,7 +33,9 @@ def test_a_nan_gauc_ends_the_run_with_a_warning(tmp_path, caplog, capsys):
     assert math.isnan(RunDir(tmp_path / "run").read_metrics()["valid"]["gauc"])
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "run"), "--split", "valid"]) == 0
-    printed = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"ctr eval printed {name}"))
+    out, err = capsys.readouterr()
+    printed = json.loads(out, parse_constant=lambda name: pytest.fail(f"ctr eval printed {name}"))
+    assert f"{tmp_path / 'run'}: best checkpoint scored on its valid split" in err
     assert printed["gauc"] is None
 
 
