@@ -130,9 +130,9 @@ def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[s
     prepared.schema.require_sparse()  # every rank: the same refusal
     if resume:
         run.check_resumed_encoding(prepared.root)  # every rank: the same refusal
+    net = CTRNet(recipe, prepared.schema)  # a method refused (its budget) leaves nothing in the run directory
     if place.rank == 0:
         run.keep_data(recipe, prepared.root, resume)
-    net = CTRNet(recipe, prepared.schema)
     fitting = Fitting(recipe, net, prepared, run, place, resume)
     try:
         check_before_fit(recipe, prepared, len(fitting.loaders["train"]), net, place.world_size)

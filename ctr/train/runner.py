@@ -64,7 +64,6 @@ def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:
     place = placement(recipe)
     use_threads(recipe.trainer.num_threads)
     L.seed_everything(recipe.seed, workers=True, verbose=False)
-    log.info("run directory: %s", run.root)
     progress = _progress(recipe)
     recipe.data = resolve_features(recipe.data)  # the run's recipe.yaml lists every feature
     if resume:
@@ -73,8 +72,9 @@ def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:
     prepared.schema.require_sparse()
     if resume:
         run.check_resumed_encoding(prepared.root)
+    task = CTRTask(recipe, prepared.schema)  # a method refused (its budget) leaves nothing in the run directory
     run.keep_data(recipe, prepared.root, resume)
-    task = CTRTask(recipe, prepared.schema)
+    log.info("run directory: %s", run.root)
     _log_summary(task, prepared)
     session = Session(recipe, run, prepared, progress, place)
     require_rows(recipe, prepared, SPLITS)

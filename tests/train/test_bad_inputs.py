@@ -339,3 +339,19 @@ def test_a_fused_update_of_a_method_without_a_kernel_table_names_the_method(tmp_
     code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run")
     assert_one_line(code, err, "train.embedding_optimizer.fused: embedding method int8 has no kernel table to update "
                                "fused; set fused: false")
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_a_budget_the_method_cannot_reach_leaves_no_run_directory(tmp_path, capsys, devices):
+    """The method is built before the run directory is written: a refused budget left
+    recipe.yaml and schema/ in --out (an empty-looking run a rerun then trained into)."""
+    recipe = write_recipe(tmp_path, embedding={"method": "hash", "budget": 0.0001},
+                          trainer={"devices": devices, "progress_bar": False})
+    if devices == 1:
+        code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run")
+    else:
+        done = subprocess.run([sys.executable, "-m", "ctr", "train", str(recipe), "--out", str(tmp_path / "run")],
+                              capture_output=True, text=True, timeout=600)
+        code, err = done.returncode, done.stderr.strip().splitlines()[-1]
+    assert_one_line(code, err, "embedding.budget")
+    assert not (tmp_path / "run").exists()
