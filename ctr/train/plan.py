@@ -66,6 +66,7 @@ class Plan:
     world_size: int
     optimizer: str
     planner_bytes: tuple[int, ...]
+    method_bytes: int  # the recipe's embedding method's own storage (a data-parallel method's per rank)
 
     def rank_bytes(self, rank: int) -> int:
         """Weights and optimizer state held by ``rank``."""
@@ -140,6 +141,7 @@ def plan_tables(recipe: Recipe, schema: Schema, world_size: int, memory_per_rank
 
     logging.getLogger("torchrec").setLevel(logging.ERROR)
     check_plan_request(recipe, world_size)
+    method_bytes = _method_bytes(recipe, schema)
     optimizer = recipe.train.embedding_optimizer.name
     collection = _meta_collection(schema, recipe)
     device = "cpu" if recipe.trainer.accelerator == "cpu" else "cuda"
@@ -158,7 +160,20 @@ def plan_tables(recipe: Recipe, schema: Schema, world_size: int, memory_per_rank
     except PlannerError as err:
         raise UserError(_no_plan(err, schema, recipe, world_size, memory_per_rank)) from None
     tables = tuple(_table_plan(name, spec, schema, recipe.embedding.dim) for name, spec in sharding.plan[""].items())
-    return Plan(tables, world_size, optimizer, _planner_bytes(planner, world_size, device))
+    return Plan(tables, world_size, optimizer, _planner_bytes(planner, world_size, device), method_bytes)
+
+
+def _method_bytes(recipe: Recipe, schema: Schema) -> int:
+    """The stored bytes of the recipe's embedding method built on ``schema``: what training
+    refuses at build time (a budget the method cannot reach, none given) is refused here too.
+    A plain-table method is built on the meta device (the plan sizes its tables; none is
+    allocated), a compressing one on the CPU (its storage is what each rank holds)."""
+    from ctr.registry import EMBEDDINGS
+
+    device = "meta" if recipe.embedding.method in SHARDABLE_METHODS else "cpu"
+    with torch.device(device):
+        method = EMBEDDINGS.get(recipe.embedding.method, "embedding.method").target(schema, recipe.embedding)
+    return method.stored_bytes()
 
 
 def _hide_torchrec_notes(record: logging.LogRecord) -> bool:
@@ -230,8 +245,8 @@ def format_plan(plan: Plan, recipe: Recipe) -> str:
              f"embedding optimizer {plan.optimizer}, {plan.world_size} ranks", ""]
     if recipe.embedding.method not in SHARDABLE_METHODS:
         lines += [f"embedding.method {recipe.embedding.method} is not sharded: it trains data-parallel, every rank "
-                  "holding its whole storage (docs/distributed.md). The plan below is that of the full tables it "
-                  "compresses (embedding.method full).", ""]
+                  f"holding its whole storage ({plan.method_bytes / 1e6:,.2f} MB of weights; docs/distributed.md). "
+                  "The plan below is that of the full tables it compresses (embedding.method full).", ""]
     lines += ["| table | rows | dim | weights MB | optimizer state MB | sharding | ranks |",
              "|---|---:|---:|---:|---:|---|---|"]
     for table in plan.tables:

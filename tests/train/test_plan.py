@@ -62,6 +62,31 @@ def test_cli_prints_tables_and_ranks(tmp_path, capsys):
     assert "embedding.method dnis is not sharded: it trains data-parallel" in capsys.readouterr().out
 
 
+def test_a_compressing_method_says_what_each_rank_holds(tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tmp_path, embedding={"method": "hash", "budget": 0.5})))
+    assert main(["plan", str(path), "--world-size", "2"]) == 0
+    recipe = recipe_from_dict(tiny_recipe(tmp_path, embedding={"method": "hash", "budget": 0.5}))
+    full = plan_tables(recipe, prepare(recipe.data, progress=False).schema, 2, None)
+    assert 0 < full.method_bytes <= 0.5 * sum(t.rows * t.dim * 4 for t in full.tables)
+    assert f"holding its whole storage ({full.method_bytes / 1e6:,.2f} MB of weights" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("embedding, message", [
+    ({"method": "full", "budget": 0.5}, "embedding.budget: 0.5 is too small for full"),
+    ({"method": "hash", "budget": None}, "embedding.budget: hash sizes its storage from a budget"),
+    ({"method": "mgqe", "budget": 0.01}, "embedding.budget: 0.01 is too small for mgqe"),
+])
+def test_a_method_training_refuses_to_build_is_refused(tmp_path, capsys, embedding, message):
+    """The plan builds the method as training does (a full recipe with a budget below 1
+    planned without a word; training refuses it)."""
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tmp_path, embedding=embedding)))
+    assert main(["plan", str(path), "--world-size", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
 def test_an_impossible_memory_is_the_planners_reason_exit_2(tmp_path, capsys):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
