@@ -10,6 +10,8 @@ from ctr.datasets.vocab import IdCounter, IdentityVocabulary, TokenCounter, Voca
 from ctr.schema import FeatureSpec, NumericStats
 
 RESERVOIR = 100_000
+# A spread below this many float64 epsilons of the mean's size is the mean's rounding, not data
+ROUNDING_SPREAD = 64 * float(np.finfo(np.float64).eps)
 
 
 class NumericFitter:
@@ -17,7 +19,10 @@ class NumericFitter:
 
     The variance is merged batch by batch from each batch's mean and sum of squared
     deviations (Chan et al.), not taken as E[x^2] - E[x]^2, which cancels to noise for values
-    far from zero (millisecond times within a second: a std of 291 came out as 0, then 1)."""
+    far from zero (millisecond times within a second: a std of 291 came out as 0, then 1).
+    A column constant up to that rounding (a std below ``ROUNDING_SPREAD`` of its mean's
+    size) gets std 1, as a constant column does: its std was the rounding noise (a column of
+    0.1 had std 1.4e-17, and a valid value of 0.2 standardized to 7e15)."""
 
     def __init__(self, spec: FeatureSpec, seed: int):
         self.spec = spec
@@ -59,7 +64,9 @@ class NumericFitter:
         if self.spec.transform == "quantile" and self.sample.size:
             quantiles = np.linspace(0, 1, self.spec.num_buckets + 1)[1:-1]
             boundaries = sorted(set(np.quantile(self.sample, quantiles).tolist()))
-        return NumericStats(mean=self.mean, std=float(np.sqrt(var)) or 1.0, boundaries=boundaries)
+        std = float(np.sqrt(var))
+        constant = std <= ROUNDING_SPREAD * abs(self.mean)
+        return NumericStats(mean=self.mean, std=1.0 if constant or std == 0 else std, boundaries=boundaries)
 
 
 class Fitter:

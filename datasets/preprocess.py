@@ -40,13 +40,15 @@ from ctr.typed import to_plain
 
 log = logging.getLogger(__name__)
 PROGRESS_LOG_SECONDS = 30.0  # without a progress bar (stderr not a terminal), a line this often
+# 8: standardize's std of a column constant up to rounding is 1 (it was the rounding noise: a valid value
+#    a little off standardized to ~1e16), standardized values kept inside the float32 range;
 # 7: standardize's std merged per batch (entries of 6 may hold a std cancelled to noise, or 1);
 #    libsvm fields no feature reads not checked (with on_bad_rows: skip, entries of 6 dropped rows for them);
 # 6: a num_ids id read exactly as an int64, a log_square value past its range a bad row, a movielens
 #    side file naming a key twice refused (entries of 5 may hold the old encodings);
 # 5: file stamps hold the modification time in ns (an entry of 4 names the version, not a changed input);
 # 4: a train stream without a test file gives data.split.test of its rows to test
-PIPELINE_VERSION = 7
+PIPELINE_VERSION = 8
 DONE = "DONE"
 KEY_FILE = "key.json"
 TMP_MARK = ".tmp-"

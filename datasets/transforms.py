@@ -88,9 +88,12 @@ def base_numeric(values: np.ndarray, transform: str) -> np.ndarray:
 
 
 def finish_numeric(values: np.ndarray, spec: FeatureSpec, stats: NumericStats) -> np.ndarray:
-    """Applies the fitted part (standardize, quantile) and fills missing values; float32 [n]."""
+    """Applies the fitted part (standardize, quantile) and fills missing values; float32 [n].
+    A standardized value past the float32 range (a value far outside the training spread)
+    is kept at its bound, as a value read as is must lie inside it."""
     if spec.transform == "standardize":
-        values = (values - stats.mean) / (stats.std or 1.0)
+        bound = float(np.finfo(np.float32).max)
+        values = np.clip((values - stats.mean) / (stats.std or 1.0), -bound, bound)
     elif spec.transform == "quantile":
         buckets = np.searchsorted(np.asarray(stats.boundaries), values, side="right")
         values = np.where(np.isnan(values), np.nan, buckets / max(len(stats.boundaries), 1))

@@ -137,3 +137,31 @@ def test_standardize_keeps_the_std_of_values_far_from_zero(tmp_path):
     assert stats.mean == pytest.approx(times.mean()) and stats.std == pytest.approx(times.std(), rel=1e-9)
     loader = BatchLoader(prepared.split_dir("train"), prepared.schema, 4096)
     assert next(iter(loader)).dense[:, 0].std().item() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_standardize_takes_a_column_constant_up_to_rounding_as_constant():
+    """A column of 0.1: its mean rounds to 0.10000000000000002 and its std was that rounding
+    (1.4e-17), so training rows became ±1 noise and a valid value of 0.2 became 7e15."""
+    from ctr.datasets.fit import NumericFitter
+    from ctr.datasets.transforms import finish_numeric
+    from ctr.schema import FeatureSpec
+
+    spec = FeatureSpec(name="c", kind="numeric", transform="standardize")
+    fitter = NumericFitter(spec, seed=0)
+    for _ in range(3):
+        fitter.add(np.full(1000, 0.1))
+    stats = fitter.result()
+    assert stats.std == 1.0
+    assert finish_numeric(np.array([0.1, 0.2]), spec, stats) == pytest.approx([0.0, 0.1], abs=1e-6)
+
+
+def test_a_standardized_value_far_outside_the_training_spread_stays_finite():
+    from ctr.datasets.fit import NumericFitter
+    from ctr.datasets.transforms import finish_numeric
+    from ctr.schema import FeatureSpec
+
+    spec = FeatureSpec(name="c", kind="numeric", transform="standardize")
+    fitter = NumericFitter(spec, seed=0)
+    fitter.add(np.linspace(0.0, 1e-3, 1000))
+    encoded = finish_numeric(np.array([3e38, -3e38]), spec, fitter.result())
+    assert np.isfinite(encoded).all() and encoded[0] > 1e38 and encoded[1] < -1e38
