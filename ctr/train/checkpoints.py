@@ -96,16 +96,17 @@ class TrainState:
 
     def update_patience(self, value: float, mode: str, stop: EarlyStopConfig | None) -> None:
         """Lightning's EarlyStopping rule: a gain is more than ``min_delta`` past its best;
-        ``patience`` validations without one stop the run, and so does a value that is not finite."""
+        ``patience`` validations without one stop the run, and so does a value that is not finite.
+        Compared in float32, as Lightning compares the logged metric."""
         if stop is None:
             return
         if not math.isfinite(value):
             self.stopped = True
             return
-        gain = value - stop.min_delta if mode == "max" else -(value + stop.min_delta)
-        ref = None if self.stop_best is None else (self.stop_best if mode == "max" else -self.stop_best)
-        if ref is None or gain > ref:
-            self.stop_best, self.wait = value, 0
+        current = torch.tensor(value, dtype=torch.float32)
+        better, shift = (torch.gt, stop.min_delta) if mode == "max" else (torch.lt, -stop.min_delta)
+        if self.stop_best is None or better(current - shift, torch.tensor(self.stop_best, dtype=torch.float32)):
+            self.stop_best, self.wait = current.item(), 0
         else:
             self.wait += 1
             self.stopped = self.wait >= stop.patience

@@ -177,8 +177,10 @@ class Fitted:
 
 
 def beats(value: float, best: float, mode: str) -> bool:
-    """Whether a monitored ``value`` is better than ``best`` (``mode``: max or min)."""
-    return value > best if mode == "max" else value < best
+    """Whether a monitored ``value`` is better than ``best`` (``mode``: max or min), compared
+    in float32 as Lightning's checkpoint and early stopping compare the logged metric."""
+    value32, best32 = torch.tensor(value, dtype=torch.float32), torch.tensor(best, dtype=torch.float32)
+    return bool(value32 > best32 if mode == "max" else value32 < best32)
 
 
 def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = None, max_steps: int | None = None,

@@ -408,8 +408,15 @@ def test_a_resume_that_makes_a_sharded_table_data_parallel_is_one_line(tmp_path)
         "there" in resumed.stderr.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("mode, min_delta, patience", [("max", 0.0, 2), ("max", 0.01, 1), ("min", 0.005, 2)])
-def test_early_stopping_follows_lightnings_rule(mode, min_delta, patience):
+CLIMB = [0.70, 0.705, 0.72, 0.719, 0.7205, 0.74, 0.74, 0.73, 0.71, 0.75]
+FLOAT32_TIE = [0.70, 0.70 + 1e-9, 0.70 + 2e-9]  # better in float64 only: Lightning compares float32
+
+
+@pytest.mark.parametrize("mode, min_delta, patience, values", [
+    ("max", 0.0, 2, CLIMB), ("max", 0.01, 1, CLIMB), ("min", 0.005, 2, CLIMB), ("max", 0.0, 1, FLOAT32_TIE),
+    ("min", 0.0, 2, FLOAT32_TIE),
+])
+def test_early_stopping_follows_lightnings_rule(mode, min_delta, patience, values):
     """The distributed loop's early stopping stops at the validation Lightning's would."""
     import torch
     from lightning.pytorch.callbacks import EarlyStopping
@@ -417,7 +424,6 @@ def test_early_stopping_follows_lightnings_rule(mode, min_delta, patience):
     from ctr.recipe import EarlyStopConfig
     from ctr.train.checkpoints import TrainState
 
-    values = [0.70, 0.705, 0.72, 0.719, 0.7205, 0.74, 0.74, 0.73, 0.71, 0.75]
     if mode == "min":
         values = [1 - v for v in values]
     lightning = EarlyStopping(monitor="valid/auc", mode=mode, patience=patience, min_delta=min_delta)
@@ -430,6 +436,16 @@ def test_early_stopping_follows_lightnings_rule(mode, min_delta, patience):
         if should_stop:
             break
     assert ours.stopped  # each case stops before the values run out
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_the_best_checkpoint_follows_lightnings_float32_compare(mode):
+    """A value better than the best in float64 only is no gain for Lightning's checkpoint:
+    the distributed loop's best is chosen by the same compare."""
+    from ctr.train.loop import beats
+
+    step = 1e-9 if mode == "max" else -1e-9
+    assert not beats(0.7 + step, 0.7, mode) and beats(0.7 + 1e6 * step, 0.7, mode)
 
 
 def test_a_checkpoint_saved_before_validations_were_counted_resumes_without_validating_again():
