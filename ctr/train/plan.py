@@ -247,7 +247,7 @@ def format_plan(plan: Plan, recipe: Recipe) -> str:
         lines += [f"embedding.method {recipe.embedding.method} is not sharded: it trains data-parallel, every rank "
                   f"holding its whole storage ({plan.method_bytes / 1e6:,.2f} MB of weights; docs/distributed.md). "
                   "The plan below is that of the full tables it compresses (embedding.method full).", ""]
-    lines += ["| table | rows | dim | weights MB | optimizer state MB | sharding | ranks |",
+    lines += ["| table | rows | dim | weights MB (all ranks) | optimizer state MB (all ranks) | sharding | ranks |",
              "|---|---:|---:|---:|---:|---|---|"]
     for table in plan.tables:
         sizes = [table.bytes_on(rank, STATE_FLOATS[plan.optimizer]) for rank in range(plan.world_size)]

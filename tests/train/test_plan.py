@@ -57,6 +57,7 @@ def test_cli_prints_tables_and_ranks(tmp_path, capsys):
     assert main(["plan", str(path), "--world-size", "2"]) == 0
     out = capsys.readouterr().out
     assert "| C1 |" in out and "| rank | weights + state MB |" in out and "| 1 |" in out
+    assert "| weights MB (all ranks) | optimizer state MB (all ranks) |" in out  # a replica counts on each rank
     assert "is not sharded" not in out
     assert main(["plan", str(path), "--world-size", "2", "-o", "embedding.method=dnis", "-o", "embedding.budget=0.5"]) == 0
     assert "embedding.method dnis is not sharded: it trains data-parallel" in capsys.readouterr().out
