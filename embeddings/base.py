@@ -122,21 +122,27 @@ class EmbeddingMethod(nn.Module):
         makes one; ids given through the Python API or to an exported program may. On a GPU,
         and in a traced program, the check runs on the device without a host sync."""
         values = sparse.values
-        if sparse.single and sparse.keys:  # one id a bag: ids [F, B] against each feature's rows
+        if sparse.single and sparse.keys and sparse.batch_size:  # one id a bag: each feature's least and
             grid = values.view(len(sparse.keys), sparse.batch_size)
-            outside = (grid < 0) | (grid >= self.feature_rows.unsqueeze(1))
+            outside = (grid.amax(1) >= self.feature_rows) | (grid.amin(1) < 0)  # largest id [F] (one pass each)
         else:
             outside = (values < 0) | (values >= self.feature_rows[sparse.feature_of_value()])
         if values.is_cuda or torch.compiler.is_compiling():
             torch._assert_async(~outside.any(), OUTSIDE_VOCABULARY)
             return
         if bool(outside.any()):
-            at = int(outside.reshape(-1).nonzero()[0, 0])
-            f = at // sparse.batch_size if sparse.single else int(sparse.feature_of_value()[at])
-            raise ValueError(
-                f"feature {self.feature_names[f]!r}: id {int(values[at])} is outside its vocabulary of "
-                f"{int(self.feature_rows[f])} ids (0 is padding, 1 the OOV id); {ENCODING_HINT}"
-            )
+            self._refuse_outside(sparse)
+
+    def _refuse_outside(self, sparse: JaggedFeatures) -> None:
+        """The ValueError naming the first id outside its feature's vocabulary (one there is)."""
+        values = sparse.values
+        outside = (values < 0) | (values >= self.feature_rows[sparse.feature_of_value()])
+        at = int(outside.nonzero()[0, 0])
+        f = int(sparse.feature_of_value()[at])
+        raise ValueError(
+            f"feature {self.feature_names[f]!r}: id {int(values[at])} is outside its vocabulary of "
+            f"{int(self.feature_rows[f])} ids (0 is padding, 1 the OOV id); {ENCODING_HINT}"
+        )
 
     def _check_lengths(self, sparse: JaggedFeatures) -> None:
         """Refuses, in a traced program, a bag of more ids than ctr's encoder puts in one: a
