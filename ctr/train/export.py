@@ -83,10 +83,19 @@ def export_program(net: CTRNet, schema: Schema) -> torch.export.ExportedProgram:
     # contiguity check of a view)
     with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=True), _tracer_logs_quiet():
         try:
-            return torch.export.export(model, example_inputs(schema), dynamic_shapes=shapes)
+            program = torch.export.export(model, example_inputs(schema), dynamic_shapes=shapes)
         except Exception as err:  # torch's tracing errors are many pages long: the first line and where
             raise UserError(f"torch.export cannot trace {type(net.model).__name__} over {type(net.embedding).__name__}"
                             f"{_traced_at(err)}: {reason(err)}") from err
+    _check_one_row(program, net, schema)
+    return program
+
+
+def _check_one_row(program: torch.export.ExportedProgram, net: CTRNet, schema: Schema) -> None:
+    """Refuses a program that scores a batch of one row other than as [1]: traced at a batch
+    of two, a model's ``squeeze()`` leaves one row a scalar, which ``ctr predict`` refuses."""
+    with torch.no_grad():
+        net.check_logits(program.module()(*example_inputs(schema, batch=1)), 1)
 
 
 @contextmanager

@@ -51,10 +51,10 @@ class CTRNet(nn.Module):
         """The model's part: logits [B] and the regularization loss, given the embeddings."""
         logits = self.model(batch, embedded)
         if not torch.compiler.is_exporting():
-            self._check_logits(logits, batch.size)
+            self.check_logits(logits, batch.size)
         return logits, self.embedding.regularizer() + self.model.regularizer(batch, embedded)
 
-    def _check_logits(self, logits: Any, rows: int) -> None:
+    def check_logits(self, logits: Any, rows: int) -> None:
         """Refuses a model's output other than floating logits [B] (a plugin's [B, 1], or a
         ``squeeze()`` that leaves a batch of one row a scalar)."""
         if isinstance(logits, Tensor) and logits.is_floating_point() and tuple(logits.shape) == (rows,):

@@ -109,3 +109,15 @@ def test_a_model_torch_export_cannot_trace_is_one_line_naming_its_line(tmp_path,
     assert err.count("\n") == 0 and re.match(  # the plugin's file: this test's, or an earlier test's import of it
         rf"^ctr: error: torch\.export cannot trace OddOutput over FullEmbedding at \S+odd_output_plugin\.py:{line}: ", err), err
     assert not (tmp_path / "model.pt2").exists()
+
+
+def test_an_export_whose_batch_of_one_is_a_scalar_is_refused(tmp_path, capsys, monkeypatch):
+    """A ``squeeze()`` traced at a batch of two: the program scored a batch of one row as a
+    scalar [] (the docs promise [B] down to 1), while ``ctr predict`` of that row refuses it."""
+    assert train_plugin_model(tmp_path, monkeypatch, "scalar") == 0
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "model.pt2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and re.match(
+        r"^ctr: error: model\.name: OddOutput returned torch\.float32 logits \[\] for 1 row; .*not squeeze\(\)", err), err
+    assert not list(tmp_path.glob("model.pt2*"))
