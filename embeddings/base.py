@@ -158,7 +158,7 @@ class EmbeddingMethod(nn.Module):
         or, for a method that overrides only ``embed_bags``, its bags of one id each."""
         b, f = grid.ids.shape
         if type(self).embed_bags is EmbeddingMethod.embed_bags:
-            flat = self.embed_ids(grid.features.expand(b, f).reshape(-1), grid.ids.reshape(-1))
+            flat = self._vectors_of_ids(grid.features.expand(b, f).reshape(-1), grid.ids.reshape(-1))
             return flat.view(b, f, -1)
         vectors = self.embed_bags(grid.as_bags())
         return (vectors if vectors.dim() == 3 else vectors.view(f, b, -1)).transpose(0, 1)
@@ -166,13 +166,23 @@ class EmbeddingMethod(nn.Module):
     def embed_bags(self, bags: Bags) -> Tensor:
         """Pools each bag into one vector [num_bags, D] (or [F, n, D] when
         ``bags.equal_groups()`` is F); default: weighted sum of ``embed_ids``."""
-        rows = self.embed_ids(bags.feature, bags.ids)
+        rows = self._vectors_of_ids(bags.feature, bags.ids)
         if bags.weights is not None:
             rows = rows * bags.weights.unsqueeze(1).to(rows.dtype)
         lengths = bags.offsets[1:] - bags.offsets[:-1]
         bag_of_id = torch.repeat_interleave(torch.arange(lengths.numel(), device=rows.device), lengths)
         out = rows.new_zeros(lengths.numel(), rows.shape[1])
         return out.index_add_(0, bag_of_id, rows)
+
+    def _vectors_of_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
+        """``embed_ids``, refusing a result other than one vector an id (a plugin's [N - 1, D]
+        ended in a traceback about tensor sizes); dtype and D are checked on the batch's vectors."""
+        rows = self.embed_ids(feature, ids)
+        if torch.compiler.is_compiling() or (isinstance(rows, Tensor) and rows.shape[:1] == ids.shape):
+            return rows
+        got = f"{rows.dtype} {list(rows.shape)}" if isinstance(rows, Tensor) else type(rows).__name__
+        raise RecipeError(f"embedding.method: {type(self).__name__}.embed_ids() returned {got} for {ids.numel()} ids; "
+                          "a method gives one vector an id ([N, D])")
 
     def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
         """One vector [N, D] per id ``ids[i]`` of feature ``feature[i]`` (both int64 [N])."""

@@ -94,3 +94,16 @@ def test_a_plugin_count_is_checked_before_training(tmp_path, monkeypatch, capsys
     assert main(["train", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "run")]) == 2
     assert "ctr: error: embedding.method: TensorBytes.memory_bytes() returned tensor(" in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.parametrize("grid", [False, True])
+def test_vectors_of_other_than_one_an_id_are_refused_naming_the_method(grid):
+    """``embed_ids`` of one vector too few: a traceback about tensor sizes ("The size of
+    tensor a (322) must match the size of tensor b (323)") ended ``ctr train``."""
+    method = Shaped(lambda n: (n - 1, 16))
+    ids = batch()
+    if grid:  # single ids only: the [B, F] grid path
+        ids = type(ids).from_lengths(ids.keys, torch.full((32,), 2), torch.ones(32, dtype=torch.int64))
+    with pytest.raises(RecipeError, match=r"^embedding\.method: Shaped\.embed_ids\(\) returned torch\.float32 \[\d+, 16\]"
+                       r" for \d+ ids; a method gives one vector an id \(\[N, D\]\)$"):
+        method(ids)
