@@ -321,6 +321,18 @@ def test_a_log_square_value_past_its_range_is_a_bad_row_in_predict_and_eval(tmp_
     assert metrics["rows"] == 3 and 0 <= metrics["auc"] <= 1 and math.isfinite(metrics["logloss"])
 
 
+# score_row.py as documented (``python score_row.py MODEL ROW``), run for each row in one
+# process (one torch import), and never with ctr imported
+SNIPPET_PER_ROW = """
+import runpy, sys
+model, rows = sys.argv[1], sys.argv[2:]
+for row in rows:
+    sys.argv = ["score_row.py", model, row]
+    runpy.run_path("score_row.py", run_name="__main__")
+assert not any(m == "ctr" or m.startswith("ctr.") for m in sys.modules)
+"""
+
+
 def snippet_scores_like_predict(run, test_file, columns, rows, tmp_path):
     """docs/export.md's snippet, run without ctr on raw ``rows`` of ``test_file``, gives
     predict's scores of them."""
@@ -331,13 +343,13 @@ def snippet_scores_like_predict(run, test_file, columns, rows, tmp_path):
     result = ctr("predict", run, test_file, "--out", tmp_path / "scores.parquet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     scores = pq.read_table(tmp_path / "scores.parquet")["score"].to_numpy()
-    guard = "import sys\nassert not any(m == 'ctr' or m.startswith('ctr.') for m in sys.modules)\n"
-    for i in rows:
-        row = json.dumps({k: test_rows.loc[i, k] for k in columns})
-        done = subprocess.run([sys.executable, "-c", snippet + guard, tmp_path / "model.pt2", row],
-                              capture_output=True, text=True, cwd=tmp_path)
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert abs(float(done.stdout.strip()) - scores[i]) < 1e-5
+    (tmp_path / "score_row.py").write_text(snippet)
+    raw_rows = [json.dumps({k: test_rows.loc[i, k] for k in columns}) for i in rows]
+    done = subprocess.run([sys.executable, "-c", SNIPPET_PER_ROW, tmp_path / "model.pt2", *raw_rows],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = [float(line) for line in done.stdout.split()]
+    assert printed == pytest.approx([scores[i] for i in rows], abs=1e-5)
 
 
 def test_the_documented_snippet_scores_an_exported_row_like_predict(csv_run, tmp_path):
