@@ -77,7 +77,9 @@ class DedupEmbedding(MultiStageMixin, EmbeddingMethod):
        visited in ascending order of their 3rd quartile; each is compared with the blocks
        visited before it that share an L2-LSH bucket, and merged into the most similar one
        (share of elements within ``tolerance``) if that share is at least ``similarity``,
-       until the unique blocks fit the budget. See ``BlockMatcher`` for the candidates.
+       until the unique blocks fit the budget. See ``BlockMatcher`` for the candidates. A
+       last block the rows do not fill is zero-padded, compared on its real rows and merged
+       into by no block (the artifact's ``DedupTrainer.deduplicate``).
     3. ``finetune`` (train): the unique blocks are trained; each block of ids reads its
        unique block through an index.
 
@@ -127,10 +129,12 @@ class DedupEmbedding(MultiStageMixin, EmbeddingMethod):
     def run_procedure(self, stage: Stage, context: StageContext) -> None:
         """Merges blocks until ``keep`` unique blocks remain (``block_target``: each block's
         representative), on the CPU; the merged table's validation AUC goes to the summary."""
-        blocks = self.weight.detach().cpu().view(self.num_blocks, -1)
+        blocks = self.weight.detach().cpu().view(self.num_blocks, -1).clone()
+        valid = (sum(self.table_rows.values()) - (self.num_blocks - 1) * self.config.block_rows) * self.dim
+        blocks[-1, valid:] = 0  # the rows past the tables pad the last block with zeros, as the artifact's
         generator = torch.Generator().manual_seed(context.seed)
         matcher = BlockMatcher(self.config.lsh_tables, self.config.lsh_width, self.config.tolerance, generator)
-        target, report = matcher.merge(blocks, self.num_blocks - self.keep, self.config.similarity)
+        target, report = matcher.merge(blocks, self.num_blocks - self.keep, self.config.similarity, valid)
         self.block_target.copy_(target)
         with torch.no_grad():
             self.weight.copy_(self.weight.view(self.num_blocks, -1)[self.block_target].view_as(self.weight))

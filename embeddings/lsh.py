@@ -30,7 +30,8 @@ class BlockMatcher:
     latest block visited before it in the same bucket (at most L candidates: a bounded
     version of the artifact's query of every earlier block sharing a bucket, which is
     quadratic on Criteo-sized tables). Similarity of two blocks is the share of their
-    elements within ``tolerance`` of each other.
+    elements within ``tolerance`` of each other. A last block padded past the table's rows
+    is, as in the artifact, compared on its real elements only and merged into no block.
 
     Args:
         tables: L; width: r; tolerance: as above; generator: the hashes' random numbers.
@@ -39,8 +40,9 @@ class BlockMatcher:
     def __init__(self, tables: int, width: float, tolerance: float, generator: torch.Generator):
         self.tables, self.width, self.tolerance, self.generator = tables, width, tolerance, generator
 
-    def candidates(self, blocks: Tensor, rank: Tensor) -> Tensor:
-        """[n, L] index of each block's latest earlier block in its bucket of table l, or −1."""
+    def candidates(self, blocks: Tensor, rank: Tensor, skip: int | None = None) -> Tensor:
+        """[n, L] index of each block's latest earlier block in its bucket of table l, or −1;
+        block ``skip`` is no block's candidate (its follower takes the block before it)."""
         n, size = blocks.shape
         order = torch.argsort(rank)
         out = torch.full((n, self.tables), -1, dtype=torch.int64)
@@ -51,10 +53,13 @@ class BlockMatcher:
             visit = order[torch.sort(bucket[order], stable=True).indices]  # by bucket, then by rank
             same = bucket[visit[1:]] == bucket[visit[:-1]]
             out[visit[1:][same], table] = visit[:-1][same]
+            if skip is not None:
+                out[out[:, table] == skip, table] = out[skip, table]
         return out
 
-    def similarity(self, blocks: Tensor, candidates: Tensor) -> Tensor:
-        """[n, L] share of elements within ``tolerance`` of each candidate (−1: none)."""
+    def similarity(self, blocks: Tensor, candidates: Tensor, valid: int | None = None) -> Tensor:
+        """[n, L] share of elements within ``tolerance`` of each candidate (−1: none); the
+        last block's over its first ``valid`` elements when given."""
         n, size = blocks.shape
         out = torch.full(candidates.shape, -1.0)
         step = max(1, CHUNK_ELEMENTS // (size * self.tables))
@@ -63,24 +68,31 @@ class BlockMatcher:
             other = blocks[part.clamp(min=0)]  # [chunk, L, size]
             close = ((other - blocks[start : start + step, None]).abs() <= self.tolerance).float().mean(-1)
             out[start : start + step] = torch.where(part >= 0, close, out[start : start + step])
+        if valid is not None:
+            last = candidates[-1]
+            close = ((blocks[last.clamp(min=0), :valid] - blocks[-1, :valid]).abs() <= self.tolerance).float().mean(-1)
+            out[-1] = torch.where(last >= 0, close, -1.0)
         return out
 
-    def merge(self, blocks: Tensor, needed: int, threshold: float) -> tuple[Tensor, dict[str, int]]:
+    def merge(
+        self, blocks: Tensor, needed: int, threshold: float, valid: int | None = None,
+    ) -> tuple[Tensor, dict[str, int]]:
         """Each block's representative [n] after merging ``needed`` blocks, and a report.
 
         Blocks whose best candidate reaches ``threshold`` are merged first, in quartile
         order; when they are too few, the next blocks go to their best candidate whatever
-        its similarity, then to their predecessor in quartile order.
+        its similarity, then to their predecessor in quartile order. ``valid``: the real
+        elements of the last block when it is padded (no block merges into it).
         """
         n = blocks.shape[0]
         rank = torch.empty(n, dtype=torch.int64)
         order = torch.argsort(third_quartile(blocks), stable=True)
         rank[order] = torch.arange(n)
-        candidates = self.candidates(blocks, rank)
-        best_sim, best = self.similarity(blocks, candidates).max(dim=1)
+        padded = n - 1 if valid is not None and valid < blocks.shape[1] else None
+        candidates = self.candidates(blocks, rank, padded)
+        best_sim, best = self.similarity(blocks, candidates, valid if padded is not None else None).max(dim=1)
         partner = candidates.gather(1, best.unsqueeze(1)).squeeze(1)
-        predecessor = torch.full((n,), -1, dtype=torch.int64)
-        predecessor[order[1:]] = order[:-1]
+        predecessor = self.predecessors(order, padded)
         chosen = torch.zeros(n, dtype=torch.bool)
         for pool in (best_sim >= threshold, partner >= 0, predecessor >= 0):
             left = needed - int(chosen.sum())
@@ -93,6 +105,18 @@ class BlockMatcher:
         report = {"merged": int(chosen.sum()), "forced": int((chosen & (best_sim < threshold)).sum()),
                   "identical": int((chosen & (best_sim == 1)).sum())}
         return self.roots(target), report
+
+    @staticmethod
+    def predecessors(order: Tensor, skip: int | None) -> Tensor:
+        """[n] each block's predecessor in quartile ``order`` (−1: the first), passing over
+        block ``skip``; ``skip`` itself takes the block before it (or the first other)."""
+        predecessor = torch.full((order.numel(),), -1, dtype=torch.int64)
+        kept = order if skip is None else order[order != skip]
+        predecessor[kept[1:]] = kept[:-1]
+        if skip is not None and kept.numel():
+            position = int((order == skip).nonzero())
+            predecessor[skip] = kept[max(position - 1, 0)]
+        return predecessor
 
     @staticmethod
     def roots(target: Tensor) -> Tensor:

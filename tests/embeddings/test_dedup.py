@@ -86,3 +86,32 @@ def test_after_merging_every_block_reads_as_its_representative():
     blocks = method.weight.detach().view(method.num_blocks, -1)
     before = table.view(method.num_blocks, -1)
     torch.testing.assert_close(blocks, before[method.block_target])
+
+
+def test_the_padded_last_block_is_no_merge_target_and_compares_its_real_rows():
+    """As the artifact (``DedupTrainer.deduplicate``): the last block, zero-padded past the
+    table's rows, is never inserted into the LSH index (no block merges into it) and is
+    compared on its real elements only."""
+    vocabs = {"item": 1000, "user": 600, "tags": 42}  # 1642 rows: the last block of 4 has 2
+    method = DedupEmbedding(schema(vocabs), DedupConfig(dim=8, budget=0.9, block_rows=4, lsh_width=1e9))
+    warmup, dedup, _ = method.stages()
+    method.begin_stage(warmup)
+    with torch.no_grad():
+        method.weight.normal_(std=0.1)
+        blocks = method.weight.view(method.num_blocks, -1)
+        last = method.num_blocks - 1
+        blocks[last, 16:] = 0.5  # the padding rows, never trained
+        blocks[5] = blocks[last] + 1e-3  # a copy of the whole padded block, visited after it
+    method.begin_stage(dedup)
+    method.run_procedure(dedup, CONTEXT)
+    target = method.block_target
+    assert (target[:last] != last).all()
+
+
+def test_a_padded_block_is_compared_on_its_real_elements():
+    matcher = BlockMatcher(4, 1e9, 0.01, torch.Generator().manual_seed(0))  # one bucket: each block's
+    blocks = torch.arange(40, dtype=torch.float32).view(5, 8) / 10  # candidate is the block before it
+    blocks[4, :4] = blocks[3, :4]  # the last block's 4 real elements copy block 3's
+    blocks[4, 4:] = 9.0  # padding
+    target, report = matcher.merge(blocks, 1, 0.7, valid=4)
+    assert target.tolist() == [0, 1, 2, 3, 3] and report["forced"] == 0
