@@ -63,7 +63,10 @@ class DeepLightEmbedding(PrunedTable):
     benchmark's artifact (PKU-DAIR/Hetu, tools/EmbeddingMemoryCompression). Stage
     ``prune``: every ``interval`` training steps after ``warmup_steps``, the entries of
     smallest magnitude over all tables are zeroed until a fraction s(t) = S·(1 − 0.99^(t/100))
-    is zero (pruned entries may grow back until the next pruning, as the artifact's).
+    is zero (pruned entries may grow back until the next pruning, as the artifact's; the
+    artifact also prunes on each epoch's last step, which an embedding cannot see). Only
+    the tables are pruned, as in the artifact; the paper also prunes the DNN and the
+    field-pair weights.
     Stage ``finetune``: the S·R·D smallest entries are pruned for good and the kept ones,
     stored in the shared sparse format (``SparseRows``), train on.
 
