@@ -48,9 +48,12 @@ class AutoSrh(DNIS):
     grouping: the ids of all tables, sorted by training frequency, are cut into ``blocks``
     groups of equal id counts (the artifact's ``get_whole_frequency_grouping``).
 
-    Deviation: ids of equal count are split by row where a cut falls among them; the
+    Deviations: ids of equal count are split by row where a cut falls among them; the
     artifact moves the cut to the nearest change of count, so its groups are only about
-    equal.
+    equal. The artifact (``methods/scheduler/autosrh.py``) also warms up a full table,
+    steps only the table (not the net) on training batches during the search, and retrains
+    the dense table under fixed α before it prunes; ctr prunes, then retrains the kept
+    entries, as the paper.
 
     Shapes: ids [N] of features [N] → [N, D].
     """
