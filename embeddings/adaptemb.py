@@ -96,6 +96,10 @@ class AdaptEmbedding(EmbeddingMethod):
     search, the artifact's remap array of one int per id costs more and it leaves it
     uncounted) + hashed rows + 16 bytes of seeds per table.
 
+    Deviations from the artifact: it ranks each table's ids apart (``use_multi``), sizes by
+    rows only with 10 % frequent rows and the rest of ⌈budget · rows⌉ rare, and sends the
+    k-th rare id to row k mod m instead of hashing it.
+
     Shapes: ids [N] of features [N] → [N, D].
     """
 
