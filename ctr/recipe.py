@@ -526,8 +526,10 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     import_recipe_plugins(raw)
     sections = {}
     for section, (registry, key, base) in _SECTIONS.items():
-        block = raw.pop(section, None) or {}
-        if not isinstance(block, dict):
+        block = raw.pop(section, None)
+        if block is None:  # an empty section: its defaults
+            block = {}
+        if not isinstance(block, dict):  # `data: false`, `model: []` are no settings to default
             raise RecipeError(f"{section}: expected a mapping, got {block!r}")
         name = block.get(key, getattr(base(), key))
         if not isinstance(name, str):

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from ctr.errors import RecipeError
@@ -108,3 +110,12 @@ def test_a_float_setting_takes_finite_numbers_only(key, value):
     apply_override(raw, f"{key}={value}")
     with pytest.raises(RecipeError, match=rf"^{key.replace('.', chr(92) + '.')}: expected a finite number, got "):
         recipe_from_dict(raw)
+
+
+@pytest.mark.parametrize("section, value", [("model", []), ("data", False), ("embedding", ""), ("model", 0)])
+def test_a_section_that_is_not_a_mapping_is_refused_not_read_as_its_defaults(section, value):
+    """``data: false`` trained on the default synthetic data, ``model: []`` the default DLRM."""
+    with pytest.raises(RecipeError, match=rf"^{section}: expected a mapping, got {re.escape(repr(value))}$"):
+        recipe_from_dict({section: value})
+    assert recipe_from_dict({section: None})  # null (an empty section) is the defaults
+
