@@ -40,6 +40,8 @@ class SplitConfig:
     def __post_init__(self) -> None:
         if not (0 <= self.valid < 1 and 0 <= self.test < 1 and self.valid + self.test < 1):
             raise ValueError("split.valid and split.test must be in [0, 1) and sum to less than 1")
+        if self.seed < 0:  # numpy's generators take non-negative seeds only
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
 
 
 @dataclass
@@ -138,6 +140,9 @@ class EmbeddingConfig:
             raise ValueError("dim must be >= 1")
         if self.budget is not None and not 0 < self.budget <= 1:
             raise ValueError("budget must be in (0, 1]")
+        for name in ("init_std", "dense_max_mb"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -445,6 +450,7 @@ class Recipe:
 
 
 STRATEGIES = ("auto", "single_device")
+SEED_MAX = 2**32 - 1  # numpy's largest seed, and so Lightning's seed_everything's
 
 _SECTIONS = {
     "data": (DATASETS, "dataset", DataConfig),
@@ -649,6 +655,17 @@ def _check_plateau_modes(train: TrainConfig) -> None:
                 raise RecipeError(f"train.{name}.{err}") from None
 
 
+def _check_ranges(recipe: Recipe) -> None:
+    """The run's seed and the data keys every dataset shares: checked here, not in
+    ``DataConfig``, so that a dataset's config class (a plugin's too) need not call a base check."""
+    if not 0 <= recipe.seed <= SEED_MAX:
+        raise RecipeError(f"seed: must be in [0, {SEED_MAX}] (numpy's seeds), got {recipe.seed}")
+    if recipe.data.shuffle_buffer < 1:
+        raise RecipeError(f"data.shuffle_buffer: must be >= 1 (rows), got {recipe.data.shuffle_buffer}")
+    if recipe.data.prefetch < 0:  # a queue of maxsize -1 has no bound
+        raise RecipeError(f"data.prefetch: must be >= 0 (0: batches built inline), got {recipe.data.prefetch}")
+
+
 def _check_combinations(recipe: Recipe) -> None:
     """Registered optimizer names, and keys valid alone that do not go together."""
     OPTIMIZERS.get(recipe.train.optimizer.name, "train.optimizer.name")
@@ -668,6 +685,7 @@ def _check_combinations(recipe: Recipe) -> None:
     method = EMBEDDINGS.get(recipe.embedding.method, "embedding.method").target
     if recipe.embedding.budget is None and getattr(method, "needs_budget", False):
         raise RecipeError(budget_needed(recipe.embedding.method))
+    _check_ranges(recipe)
     _check_plateau_modes(recipe.train)
     _check_weight_decay(recipe)
     _check_loss_scaling(recipe)

@@ -119,3 +119,19 @@ def test_a_section_that_is_not_a_mapping_is_refused_not_read_as_its_defaults(sec
         recipe_from_dict({section: value})
     assert recipe_from_dict({section: None})  # null (an empty section) is the defaults
 
+
+@pytest.mark.parametrize("raw, message", [
+    ({"seed": -1}, r"^seed: must be in \[0, 4294967295\] \(numpy's seeds\), got -1$"),
+    ({"seed": 2**32}, r"^seed: must be in \[0, 4294967295\]"),
+    ({"data": {"split": {"seed": -5}}}, r"^data\.split: seed must be >= 0, got -5$"),
+    ({"data": {"shuffle_buffer": 0}}, r"^data\.shuffle_buffer: must be >= 1 \(rows\), got 0$"),
+    ({"data": {"prefetch": -1}}, r"^data\.prefetch: must be >= 0 \(0: batches built inline\), got -1$"),
+    ({"embedding": {"init_std": -1}}, r"^embedding: init_std must be >= 0, got -1\.0$"),
+    ({"embedding": {"dense_max_mb": -1}}, r"^embedding: dense_max_mb must be >= 0, got -1\.0$"),
+])
+def test_a_value_out_of_range_is_refused_when_read_not_by_a_traceback_later(raw, message):
+    """Each trained into a traceback (numpy's seed bounds, torch's normal_, the loader's
+    check), or, for ``prefetch: -1``, built batches ahead without a bound (a queue of maxsize -1)."""
+    with pytest.raises(RecipeError, match=message):
+        recipe_from_dict(raw)
+    assert recipe_from_dict({"seed": 0, "data": {"prefetch": 0, "split": {"seed": 0}}, "embedding": {"init_std": 0}})
