@@ -235,6 +235,8 @@ class Tuning:
         except TrainingDiverged as err:
             log.warning("tune %s seed %d (%s): failed: %s", point.key, recipe.seed, point.label, err)
             return results.add({**row, "failed": str(err)})
+        except UserError as err:  # found once the data is prepared (eval_every_n_steps against an epoch, ...)
+            raise UserError(f"tune {point.key} ({point.label}) seed {recipe.seed}: {err}") from None
         name = monitor.removeprefix("valid/")  # a metric every run logs: checked before training
         test = metrics["test"]
         return results.add({**row, "valid": metrics["valid"][name], **{f"test_{k}": test.get(k) for k in TEST_KEYS}})

@@ -262,3 +262,22 @@ def test_a_point_whose_monitored_metric_is_nan_is_ranked_last_not_a_traceback(tm
     with pytest.raises(UserError, match=r"^--grid: valid/auc is nan on every point"):
         Tuning(_recipe_file(tmp_path), parse_grid(["train.embedding_optimizer.lr=0.01"]), 1, tmp_path / "t2", [],
                UndefinedMetricTrainer()).run()
+
+
+class DataRefusingTrainer(FakeTrainer):
+    """Refuses, as training does once the data is prepared, the points whose setting does not fit it."""
+
+    def __call__(self, recipe, out, resume):
+        if recipe.train.embedding_optimizer.lr >= 0.1:
+            raise UserError("train.eval_every_n_steps: 1000 is more than the 10 batches of an epoch")
+        return super().__call__(recipe, out, resume)
+
+
+def test_an_error_found_once_a_point_trains_names_the_point(tmp_path):
+    """It said `ctr: error: train.eval_every_n_steps: ...` alone: which point (and seed) of the
+    grid it was, the user had to find in the log above it."""
+    grid = parse_grid(["train.embedding_optimizer.lr=0.01,0.1"])
+    with pytest.raises(UserError, match=r"^tune p01 \(train\.embedding_optimizer\.lr=0\.1\) seed 42: "
+                                        r"train\.eval_every_n_steps: 1000 is more than"):
+        Tuning(_recipe_file(tmp_path), grid, 1, tmp_path / "t", [], DataRefusingTrainer()).run()
+    assert list(csv.DictReader((tmp_path / "t" / "results.csv").open()))[0]["point"] == "p00"  # the row before it stays
