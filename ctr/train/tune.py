@@ -170,11 +170,15 @@ class Tuning:
 
     def _check_started_runs(self, recipes: dict[str, Recipe]) -> None:
         """Refuses run folders of other settings (a run interrupted before its row was written:
-        resuming it, or reading its metrics, would record the old settings' result as the new's)."""
+        resuming it, or reading its metrics, would record the old settings' result as the new's).
+        A folder with nothing to resume or read (a point its data refused before training: its
+        recipe and schema only) is trained afresh, as ``ctr train`` does."""
         for point in self.points:
             recipe = recipes[point.key]
             for offset in range(self.seeds):
                 run = self._run_dir(point, offset)
+                if not (run.started or run.metrics.exists()):
+                    continue
                 change = run.settings_change(replace(recipe, seed=recipe.seed + offset))
                 if change:
                     raise UserError(f"{self.out}: holds runs of other settings ({run.root.name}: {change}); "

@@ -152,7 +152,10 @@ def test_a_run_interrupted_before_its_row_is_refused_under_other_settings_and_re
 
     out, grid = tmp_path / "t", parse_grid(["train.embedding_optimizer.lr=0.01,0.1"])
     interrupted = load_recipe(_recipe_file(tmp_path), ["train.embedding_optimizer.lr=0.01", "train.epochs=3"])
-    RunDir(out / "runs" / "p00-s0").write_recipe(interrupted)
+    run = RunDir(out / "runs" / "p00-s0")
+    run.write_recipe(interrupted)
+    run.last.parent.mkdir(parents=True)
+    run.last.write_bytes(b"")  # killed after its first checkpoint: a rerun would resume it
     trainer = FakeTrainer()
     with pytest.raises(UserError, match=r"t: holds runs of other settings \(p00-s0: train.epochs: 3 before, 1 now\)"):
         Tuning(_recipe_file(tmp_path), grid, 1, out, [], trainer).run()
@@ -281,3 +284,19 @@ def test_an_error_found_once_a_point_trains_names_the_point(tmp_path):
                                         r"train\.eval_every_n_steps: 1000 is more than"):
         Tuning(_recipe_file(tmp_path), grid, 1, tmp_path / "t", [], DataRefusingTrainer()).run()
     assert list(csv.DictReader((tmp_path / "t" / "results.csv").open()))[0]["point"] == "p00"  # the row before it stays
+
+
+def test_a_point_refused_by_its_data_before_training_is_trained_with_its_fixed_setting_into_the_same_out(tmp_path):
+    """A point stopped by what the prepared data refuses leaves a run folder of its recipe and
+    schema only (nothing to resume, as `ctr train` reuses it); the rerun with the setting fixed
+    was refused as "holds runs of other settings" until that folder was deleted by hand."""
+    from ctr.train.rundir import RunDir
+
+    out = tmp_path / "t"
+    with pytest.raises(UserError, match="^tune p01"):
+        Tuning(_recipe_file(tmp_path), parse_grid(["train.embedding_optimizer.lr=0.01,0.1"]), 1, out, [],
+               DataRefusingTrainer()).run()
+    RunDir(out / "runs" / "p01-s0").write_recipe(load_recipe(_recipe_file(tmp_path), ["train.embedding_optimizer.lr=0.1"]))
+    trainer = FakeTrainer()
+    Tuning(_recipe_file(tmp_path), parse_grid(["train.embedding_optimizer.lr=0.01,0.05"]), 1, out, [], trainer).run()
+    assert trainer.calls == [(0.05, 42)]  # p00 finished earlier
