@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -475,7 +476,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except OSError as err:
         raise RecipeError(f"{path}: cannot read recipe: {err.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as err:
+        raise RecipeError(f"{path}:{err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -485,6 +488,28 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of sections")
     return data
+
+
+class _DuplicateKey(Exception):
+    """A mapping of a recipe file names a key twice; the message starts with its line."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load``, refusing a key given twice in one mapping (YAML keeps the last one
+    silently: a second ``train:`` section would drop every key of the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Hashable, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be given again
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            if not isinstance(key, Hashable):  # a list as a key: the base class's error
+                break
+            if key in first:
+                raise _DuplicateKey(f"{line}: duplicate key {key!r} (first at line {first[key]})")
+            first[key] = line
+        return super().construct_mapping(node, deep)
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

@@ -135,3 +135,17 @@ def test_a_value_out_of_range_is_refused_when_read_not_by_a_traceback_later(raw,
     with pytest.raises(RecipeError, match=message):
         recipe_from_dict(raw)
     assert recipe_from_dict({"seed": 0, "data": {"prefetch": 0, "split": {"seed": 0}}, "embedding": {"init_std": 0}})
+
+
+@pytest.mark.parametrize("text, where", [
+    ("name: x\ntrain:\n  batch_size: 256\nmodel: {name: lr}\ntrain:\n  epochs: 1\n", r"dup\.yaml:5: duplicate key 'train' \(first at line 2\)"),
+    ("train:\n  batch_size: 256\n  epochs: 2\n  batch_size: 512\n", r"dup\.yaml:4: duplicate key 'batch_size' \(first at line 2\)"),
+    ("model: {name: lr, name: dlrm}\n", r"dup\.yaml:1: duplicate key 'name' \(first at line 1\)"),
+])
+def test_a_key_given_twice_in_a_recipe_file_is_refused_naming_its_line(tmp_path, text, where):
+    """YAML kept the last of the two silently: a second ``train:`` section dropped the first's
+    batch_size, which trained at the default 4096."""
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError, match=rf"{where}$"):
+        load_recipe(path)
