@@ -86,8 +86,12 @@ def _same_value(value: str, earlier: list[str]) -> bool:
 
 
 def _read_value(text: str) -> tuple[bool, Any]:
-    """A grid value as the recipe reads it (YAML; a number YAML leaves as text, ``1e-1``, as one)."""
-    value = yaml.safe_load(text)
+    """A grid value as the recipe reads it (YAML, or the text itself where it is no YAML, as
+    ``apply_override`` reads it; a number YAML leaves as text, ``1e-1``, as one)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
     if isinstance(value, str):
         try:
             value = float(value)

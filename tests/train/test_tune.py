@@ -300,3 +300,14 @@ def test_a_point_refused_by_its_data_before_training_is_trained_with_its_fixed_s
     trainer = FakeTrainer()
     Tuning(_recipe_file(tmp_path), parse_grid(["train.embedding_optimizer.lr=0.01,0.05"]), 1, out, [], trainer).run()
     assert trainer.calls == [(0.05, 42)]  # p00 finished earlier
+
+
+def test_a_grid_value_that_is_not_yaml_is_read_as_text_as_an_override_is(tmp_path):
+    """``--grid model.top_mlp=[8,16`` (a bracket left open) was a YAML traceback; ``-o`` reads
+    such a value as text, and the point's recipe then names the key."""
+    (point,) = parse_grid(["model.top_mlp=[8,16"])
+    assert point.overrides == ("model.top_mlp=[8,16",)
+    with pytest.raises(UserError, match=re.escape("value '\"a' given twice")):
+        parse_grid(['name="a,"a'])
+    with pytest.raises(UserError, match=r"^--grid model\.top_mlp=\[8,16: model\.top_mlp: expected a list, got '\[8,16'"):
+        Tuning(_recipe_file(tmp_path), [point], 1, tmp_path / "t", [], FakeTrainer()).run()
