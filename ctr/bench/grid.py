@@ -78,15 +78,24 @@ SETTINGS_FILE = "base.yaml"  # the recipe with its -o that every cell of an out 
 def check_settings(out: Path, base: dict[str, Any], recipes: dict[str, Recipe]) -> None:
     """Refuses an ``out`` whose cells were built from another recipe or -o (``base.yaml``), or
     whose run of a cell was begun with other settings (a method's ``<method>.yaml`` changed):
-    their rows would share a table, and an interrupted run would resume with its old settings."""
+    their rows would share a table, and an interrupted run would resume with its old settings.
+    An ``out`` none of whose runs began (every cell stopped before training, on what the data
+    refuses: their rows are tried again) holds nothing of its settings to keep."""
+    runs = sorted((out / "runs").iterdir()) if (out / "runs").is_dir() else []
+    begun = {path.name for path in runs if _begun(RunDir(path))}
     kept = out / SETTINGS_FILE
-    changes = [first_difference(read_yaml(kept), base)] if kept.exists() else []
+    changes = [first_difference(read_yaml(kept), base)] if kept.exists() and begun else []
     for key, recipe in recipes.items():
-        run_change = RunDir(out / "runs" / key).settings_change(recipe)
+        run_change = RunDir(out / "runs" / key).settings_change(recipe) if key in begun else None
         changes.append(run_change and f"{key}: {run_change}")
     change = next(filter(None, changes), None)
     if change:
         raise UserError(f"{out}: holds runs of other settings ({change}); choose another --out")
+
+
+def _begun(run: RunDir) -> bool:
+    """Whether a cell's run folder holds a run to resume or read (not its recipe and schema only)."""
+    return run.started or run.metrics.exists()
 
 
 def keep_settings(out: Path, base: dict[str, Any]) -> None:

@@ -329,3 +329,18 @@ def test_a_cells_training_process_is_told_to_end_with_the_benchmark(tmp_path):
                                  stderr)
         assert child.wait() == 0
     assert (tmp_path / "err").read_text() == str(os.getpid())
+
+
+def test_a_grid_whose_cells_all_failed_before_training_takes_the_fixed_setting_into_the_same_out(tmp_path):
+    """Every cell stopped on what the prepared data refuses (no run began); the command says
+    "fix what it says, or run the same command again", yet the rerun with the fixed -o was
+    refused as "holds runs of other settings" (base.yaml and the cells' recipe-only folders)."""
+    recipe = tmp_path / "base.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    out = tmp_path / "bench"
+    failed = run_compression(recipe, ["full"], [], 1, out, ["train.eval_every_n_steps=1000"])
+    assert failed.rows[0]["status"].startswith("error: train.eval_every_n_steps: 1000 is more than")
+    (row,) = run_compression(recipe, ["full"], [], 1, out, ["train.eval_every_n_steps=5"]).rows
+    assert row["status"] == "ok"
+    with pytest.raises(UserError, match=r"holds runs of other settings \(train.eval_every_n_steps: 5 before, 4 now\)"):
+        run_compression(recipe, ["full"], [], 1, out, ["train.eval_every_n_steps=4"])  # a finished cell: refused
