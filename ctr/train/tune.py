@@ -152,6 +152,8 @@ class Tuning:
         """Stage 1, the choice, stage 2; writes the tables; returns the chosen point."""
         if self.seeds < 1:
             raise UserError("--seeds must be >= 1")
+        if self.out.exists() and not self.out.is_dir():
+            raise UserError(f"{self.out}: exists and is not a folder; choose another --out")
         base = read_yaml(self.recipe_path)
         for item in self.overrides:
             apply_override(base, item)

@@ -311,3 +311,13 @@ def test_a_grid_value_that_is_not_yaml_is_read_as_text_as_an_override_is(tmp_pat
         parse_grid(['name="a,"a'])
     with pytest.raises(UserError, match=r"^--grid model\.top_mlp=\[8,16: model\.top_mlp: expected a list, got '\[8,16'"):
         Tuning(_recipe_file(tmp_path), [point], 1, tmp_path / "t", [], FakeTrainer()).run()
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_point(tmp_path):
+    """It surfaced as the first point's error (`tune p00 (...) seed 42: afile/runs/p00-s0: afile is not a folder`)."""
+    out = tmp_path / "afile"
+    out.write_text("notes\n")
+    trainer = FakeTrainer()
+    with pytest.raises(UserError, match=rf"^{re.escape(str(out))}: exists and is not a folder; choose another --out$"):
+        Tuning(_recipe_file(tmp_path), parse_grid(["train.embedding_optimizer.lr=0.01"]), 1, out, [], trainer).run()
+    assert trainer.calls == []
