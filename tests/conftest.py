@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from ctr.recipe import recipe_from_dict
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs one worker a core), each worker and the
+    processes it starts keep to a core of their own: ``trainer.num_threads: auto`` then
+    takes one thread, and two workers' threads never wait on each other's."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker is None or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) >= count:
+        mine = cores[int(worker.removeprefix("gw")) :: count]
+        os.sched_setaffinity(0, mine)
+        os.environ["OMP_NUM_THREADS"] = str(len(mine))  # the processes tests start read it at torch's import
+        torch.set_num_threads(len(mine))
 
 
 def tiny_recipe(tmp: Path, **sections) -> dict:
