@@ -31,7 +31,7 @@ import yaml
 from ctr.atomic import CsvRows, atomic_write
 from ctr.errors import TrainingDiverged, UserError
 from ctr.metrics import mean_std
-from ctr.recipe import Recipe, apply_override, read_yaml, recipe_from_dict
+from ctr.recipe import SEED_MAX, Recipe, apply_override, read_yaml, recipe_from_dict
 from ctr.train.refusal import budget_refusal
 from ctr.train.rundir import RunDir
 
@@ -158,6 +158,7 @@ class Tuning:
         for item in self.overrides:
             apply_override(base, item)
         recipes = {p.key: self._recipe(base, p) for p in self.points}  # every point validated before any training
+        self._check_seeds(recipes)
         monitor, mode = criterion(list(recipes.values()))
         results = Results(self.out / "results.csv")
         results.check_same_grid(recipes)
@@ -173,6 +174,14 @@ class Tuning:
         asked = [r for r in results.rows if int(r["offset"]) < self.seeds]  # a rerun with fewer seeds: not the rest
         atomic_write(self.out / "results.md", markdown(asked, best, monitor, mode, not_run))
         return best
+
+    def _check_seeds(self, recipes: dict[str, Recipe]) -> None:
+        """Refuses, before any point trains, seeds ``seed + 1 ..`` of stage 2 past numpy's
+        largest (Lightning's ``seed_everything`` raises on them)."""
+        first = max(recipe.seed for recipe in recipes.values())
+        if first + self.seeds - 1 > SEED_MAX:
+            raise UserError(f"--seeds: {self.seeds} seeds from seed {first} pass {SEED_MAX}, numpy's largest; "
+                            "give fewer seeds or a lower seed")
 
     def _check_started_runs(self, recipes: dict[str, Recipe]) -> None:
         """Refuses run folders of other settings (a run interrupted before its row was written:

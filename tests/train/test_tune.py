@@ -321,3 +321,13 @@ def test_an_out_that_is_a_file_is_refused_before_any_point(tmp_path):
     with pytest.raises(UserError, match=rf"^{re.escape(str(out))}: exists and is not a folder; choose another --out$"):
         Tuning(_recipe_file(tmp_path), parse_grid(["train.embedding_optimizer.lr=0.01"]), 1, out, [], trainer).run()
     assert trainer.calls == []
+
+
+def test_seeds_past_numpys_largest_are_refused_before_any_point(tmp_path):
+    """``seed: 4294967294`` with ``--seeds 3``: stage 2's seed 4294967296 was a ValueError
+    traceback from Lightning's seed_everything, after every point of stage 1 had trained."""
+    trainer = FakeTrainer()
+    with pytest.raises(UserError, match=r"^--seeds: 3 seeds from seed 4294967294 pass 4294967295, numpy's largest; "):
+        Tuning(_recipe_file(tmp_path, seed=2**32 - 2), parse_grid(["train.embedding_optimizer.lr=0.01"]), 3,
+               tmp_path / "t", [], trainer).run()
+    assert trainer.calls == []
