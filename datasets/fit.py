@@ -65,8 +65,8 @@ class NumericFitter:
             quantiles = np.linspace(0, 1, self.spec.num_buckets + 1)[1:-1]
             boundaries = sorted(set(np.quantile(self.sample, quantiles).tolist()))
         std = float(np.sqrt(var))
-        constant = std <= ROUNDING_SPREAD * abs(self.mean)
-        return NumericStats(mean=self.mean, std=1.0 if constant or std == 0 else std, boundaries=boundaries)
+        constant = std <= ROUNDING_SPREAD * abs(self.mean)  # a std of 0 too
+        return NumericStats(mean=self.mean, std=1.0 if constant else std, boundaries=boundaries)
 
 
 class Fitter:
