@@ -165,15 +165,20 @@ def plan_tables(recipe: Recipe, schema: Schema, world_size: int, memory_per_rank
 
 def _method_bytes(recipe: Recipe, schema: Schema) -> int:
     """The stored bytes of the recipe's embedding method built on ``schema``: what training
-    refuses at build time (a budget the method cannot reach, none given) is refused here too.
-    A plain-table method is built on the meta device (the plan sizes its tables; none is
-    allocated), a compressing one on the CPU (its storage is what each rank holds)."""
+    refuses at build time (a budget the method cannot reach, none given, dense gradients of
+    tables past ``dense_max_mb``) is refused here too. A plain-table method is built on the
+    meta device (the plan sizes its tables; none is allocated), a compressing one on the CPU
+    (its storage is what each rank holds; some methods compute it from their buffers)."""
     from ctr.registry import EMBEDDINGS
+    from ctr.train.task import check_dense_size
 
     device = "meta" if recipe.embedding.method in SHARDABLE_METHODS else "cpu"
     with torch.device(device):
         method = EMBEDDINGS.get(recipe.embedding.method, "embedding.method").target(schema, recipe.embedding)
-    return method.stored_bytes()
+    stored = method.stored_bytes()
+    if recipe.embedding.gradients == "dense":
+        check_dense_size(stored, recipe.embedding.dense_max_mb)
+    return stored
 
 
 def _hide_torchrec_notes(record: logging.LogRecord) -> bool:

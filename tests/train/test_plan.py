@@ -77,6 +77,7 @@ def test_a_compressing_method_says_what_each_rank_holds(tmp_path, capsys):
     ({"method": "full", "budget": 0.5}, "embedding.budget: 0.5 is too small for full"),
     ({"method": "hash", "budget": None}, "embedding.budget: hash sizes its storage from a budget"),
     ({"method": "mgqe", "budget": 0.01}, "embedding.budget: 0.01 is too small for mgqe"),
+    ({"gradients": "dense", "dense_max_mb": 0.001}, "embedding.gradients: dense gradients need tables of at most"),
 ])
 def test_a_method_training_refuses_to_build_is_refused(tmp_path, capsys, embedding, message):
     """The plan builds the method as training does (a full recipe with a budget below 1
