@@ -82,7 +82,7 @@ def check_settings(out: Path, base: dict[str, Any], recipes: dict[str, Recipe]) 
     An ``out`` none of whose runs began (every cell stopped before training, on what the data
     refuses: their rows are tried again) holds nothing of its settings to keep."""
     runs = sorted((out / "runs").iterdir()) if (out / "runs").is_dir() else []
-    begun = {path.name for path in runs if _begun(RunDir(path))}
+    begun = {path.name for path in runs if RunDir(path).holds_run}
     kept = out / SETTINGS_FILE
     changes = [first_difference(read_yaml(kept), base)] if kept.exists() and begun else []
     for key, recipe in recipes.items():
@@ -91,11 +91,6 @@ def check_settings(out: Path, base: dict[str, Any], recipes: dict[str, Recipe]) 
     change = next(filter(None, changes), None)
     if change:
         raise UserError(f"{out}: holds runs of other settings ({change}); choose another --out")
-
-
-def _begun(run: RunDir) -> bool:
-    """Whether a cell's run folder holds a run to resume or read (not its recipe and schema only)."""
-    return run.started or run.metrics.exists()
 
 
 def keep_settings(out: Path, base: dict[str, Any]) -> None:

@@ -103,6 +103,12 @@ class RunDir:
         save that a kill stopped between its renames left it beside its place)."""
         return self.last.exists() or self.stages.exists() or replaced_folder(self.checkpoints / "last").exists()
 
+    @property
+    def holds_run(self) -> bool:
+        """Whether the folder holds a run to resume or read: started or finished (not the
+        recipe and schema a run refused before training left, nor nothing)."""
+        return self.started or self.metrics.exists()
+
     def lightning_checkpoints(self) -> list[Path]:
         """The checkpoints a one-process run writes (Lightning's ``*.ckpt``), its stages' too."""
         return sorted([*self.checkpoints.glob("*.ckpt"), *self.root.glob("stages/*/checkpoints/*.ckpt")])

@@ -118,16 +118,15 @@ def check_resume_world(run: RunDir, world_size: int) -> None:
 def _check_run(run: RunDir, recipe: Recipe, resume: bool) -> None:
     """Refuses a run directory that does not fit ``resume`` (before any work); a resume of
     another recipe than the run's (its world size aside)."""
-    started = run.started
     if resume and run.metrics.exists():
         raise UserError(f"{run.root}: this run is finished (metrics.json is written); nothing to resume")
-    if resume and not started:
+    if resume and not run.started:
         raise UserError(f"{run.root}: nothing to resume (no checkpoints/last.ckpt and no stages/)")
     change = run.settings_change(recipe, ignoring=RESUME_OVERRIDES) if resume else None
     if change:
         raise UserError(f"{run.root}: begun with another recipe ({change}); a resume goes on with the run's "
                         "own recipe.yaml (RunDir(run).load_recipe(), as ctr train --resume does)")
-    if not resume and (started or run.metrics.exists()):
+    if not resume and run.holds_run:
         raise UserError(f"{run.root}: already holds a run; continue it with --resume or choose another --out")
     foreign = [] if resume else run.foreign_entries()
     if foreign:

@@ -192,7 +192,7 @@ class Tuning:
             recipe = recipes[point.key]
             for offset in range(self.seeds):
                 run = self._run_dir(point, offset)
-                if not (run.started or run.metrics.exists()):
+                if not run.holds_run:
                     continue
                 change = run.settings_change(replace(recipe, seed=recipe.seed + offset))
                 if change:
