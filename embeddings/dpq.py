@@ -76,10 +76,12 @@ class DPQEmbedding(WrittenCodes, BatchLosses, EmbeddingMethod):
 
     Chen, Li, Sun, "Differentiable Product Quantization for End-to-End Embedding
     Compression", ICML 2020; as the VLDB 2024 benchmark's artifact (PKU-DAIR/Hetu,
-    tools/EmbeddingMemoryCompression: one key/value codebook for every table, P = 8 parts of
-    K = 32 keys each, not shared across parts, responses batch-normalised before the argmax).
+    tools/EmbeddingMemoryCompression, methods/layers/dpq.py: one key/value codebook for every
+    table, P = 8 parts of K = 32 keys each, not shared across parts, responses [N, P, K]
+    batch-normalised per part before the argmax, cuDNN's spatial mode over the batch and the
+    keys; the argmax is that of the raw responses, only ``sx``'s softmax feels the scale).
     A query row q (trained, full size) is split into P parts; part j picks code
-    c_j = argmax_k BN(r_jk) with r_jk = −‖q_j − key_jk‖² (``vq``) or ⟨q_j, key_jk⟩ (``sx``).
+    c_j = argmax_k BN_j(r_jk) = argmax_k r_jk with r_jk = −‖q_j − key_jk‖² (``vq``) or ⟨q_j, key_jk⟩ (``sx``).
     ``vq`` returns q + sg(key_jc − q) and adds the loss ‖key_jc − sg(q_j)‖²; ``sx`` returns
     one-hot(c) + (softmax(r) − sg(softmax(r))) times the values. Codes are written as rows
     are trained; evaluation decodes the stored codes.
@@ -105,7 +107,7 @@ class DPQEmbedding(WrittenCodes, BatchLosses, EmbeddingMethod):
         self.values = nn.Parameter(torch.randn(self.parts, self.choices, part_dim) * config.init_std)
         if config.mode == "sx":
             self.keys = nn.Parameter(torch.randn_like(self.values) * config.init_std)
-        self.norm = nn.BatchNorm1d(self.choices, affine=False)
+        self.norm = nn.BatchNorm1d(self.parts, affine=False)  # one mean and std per part
 
     def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
         rows = self.row_start[self.feature_table[feature]] + ids
@@ -126,7 +128,7 @@ class DPQEmbedding(WrittenCodes, BatchLosses, EmbeddingMethod):
         return torch.einsum("npk,pkd->npd", hard, self.values).flatten(1)
 
     def responses(self, query: Tensor) -> Tensor:
-        """Batch-normalised responses [N, P, K] of query parts [N, P, d] to every key."""
+        """Responses [N, P, K] of query parts [N, P, d] to every key, normalised per part."""
         if self.config.mode == "vq":
             with torch.no_grad():  # only the argmax reads them: no gradient
                 return self._normalised(self.negative_distances(query.detach(), self.values.detach()))
@@ -141,7 +143,8 @@ class DPQEmbedding(WrittenCodes, BatchLosses, EmbeddingMethod):
         return torch.baddbmm(squares, parts, keys.transpose(1, 2), beta=-1, alpha=2).transpose(0, 1)
 
     def _normalised(self, raw: Tensor) -> Tensor:
-        return self.norm(raw.reshape(-1, self.choices)).view_as(raw)
+        """Raw responses [N, P, K] standardised by each part's mean and std over N and K."""
+        return self.norm(raw)
 
     def decode(self, codes: Tensor) -> Tensor:
         """Rows [N, D] from codes [N, P]: each part's chosen value, concatenated."""

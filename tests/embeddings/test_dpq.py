@@ -54,3 +54,26 @@ def test_a_negative_commitment_is_a_one_line_recipe_error():
 
     with pytest.raises(RecipeError, match=r"^embedding: commitment must be >= 0, got -1\.0$"):
         recipe_from_dict({"embedding": {"method": "dpq", "budget": 0.5, "commitment": -1.0}})
+
+
+@pytest.mark.parametrize("mode", ["vq", "sx"])
+def test_codes_are_the_best_raw_response_as_the_artifacts_per_part_normalisation_keeps_it(mode):
+    """The artifact (Hetu, methods/layers/dpq.py) batch-normalises the [N, P, K] responses with
+    cuDNN's spatial mode: one mean and std per part (axis 1) over the batch and the keys, a
+    map that keeps every part's argmax. A per-key normalisation moved codes off the nearest key."""
+    torch.manual_seed(0)
+    method = DPQEmbedding(schema(BIG), DPQConfig(dim=16, budget=0.5, mode=mode))
+    with torch.no_grad():
+        method.query.normal_()
+        scale = torch.linspace(0.1, 3.0, method.choices).view(1, -1, 1)  # keys of unequal norms
+        method.values.normal_().mul_(scale)
+        if mode == "sx":
+            method.keys.normal_().mul_(scale)
+    ids = torch.arange(0, 2000)
+    method.embed_ids(torch.zeros_like(ids), ids)
+    query = method.query.detach()[ids].view(-1, method.parts, 16 // method.parts)
+    if mode == "vq":
+        raw = DPQEmbedding.negative_distances(query, method.values.detach())
+    else:
+        raw = torch.einsum("npd,pkd->npk", query, method.keys.detach())
+    assert torch.equal(method.codes[ids].long(), raw.argmax(-1))
