@@ -25,8 +25,9 @@ class PEPConfig(StagedConfig):
     """Settings of ``pep``; ``budget`` is required (it sets the target sparsity).
 
     Args:
-        threshold_init: initial s of every threshold g(s) = sigmoid(gk·s) (the artifact's −150).
-        gk: the slope of g (the paper's and the artifact's 1).
+        threshold_init: initial s of every threshold g(s) = gk·sigmoid(s) (the artifact's −150).
+        gk: the scale of g, as the authors' code's ``gk`` (their default 1; the artifact has
+            none, i.e. 1).
         check_every: training steps between checks of the sparsity against the target.
         stages: ``search`` (weights and thresholds train), ``mask`` (a procedure: the mask
             is fixed) and ``retrain`` (the kept entries retrain from their initial values).
@@ -44,9 +45,14 @@ class PEPConfig(StagedConfig):
             raise ValueError("need gk > 0 and check_every >= 1")
 
 
+def pruning_threshold(s: Tensor, gk: float) -> Tensor:
+    """The pruning threshold g(s) = gk·sigmoid(s), elementwise."""
+    return gk * torch.sigmoid(s)
+
+
 def soft_threshold(weight: Tensor, s: Tensor, gk: float) -> Tensor:
-    """PEP's re-parameterisation sign(w)·ReLU(|w| − sigmoid(gk·s)), elementwise."""
-    return torch.sign(weight) * F.relu(weight.abs() - torch.sigmoid(gk * s))
+    """PEP's re-parameterisation sign(w)·ReLU(|w| − gk·sigmoid(s)), elementwise."""
+    return torch.sign(weight) * F.relu(weight.abs() - pruning_threshold(s, gk))
 
 
 @EMBEDDINGS.register("pep", config=PEPConfig)
@@ -57,11 +63,11 @@ class PEPEmbedding(PrunedTable):
     thresholds as the VLDB 2024 benchmark's artifact (PKU-DAIR/Hetu,
     tools/EmbeddingMemoryCompression: ``feature_dimension``, one threshold per id and
     dimension, initialised at −150). Stage ``search``: an entry embeds as
-    sign(w)·ReLU(|w| − sigmoid(s)); weights and thresholds train together (the sparse
+    sign(w)·ReLU(|w| − gk·sigmoid(s)); weights and thresholds train together (the sparse
     embedding optimizer). Every ``check_every`` steps the zero entries are counted; the
     first time they reach the target sparsity S the mask is taken (the paper's stopping
     point). Stage ``mask``: if S was never reached, the entries with the largest
-    |w| − sigmoid(s) are kept up to the budget. Stage ``retrain``: every parameter is
+    |w| − g(s) are kept up to the budget. Stage ``retrain``: every parameter is
     rewound to its initial value (the lottery ticket), and the kept entries, stored in the
     shared sparse format (``SparseRows``), retrain with the mask fixed.
 
@@ -97,7 +103,7 @@ class PEPEmbedding(PrunedTable):
 
     def alive(self) -> Tensor:
         """Entries [R, D] the thresholds have not pruned: |w| > g(s)."""
-        return self.weight.abs() > torch.sigmoid(self.config.gk * self.threshold)
+        return self.weight.abs() > pruning_threshold(self.threshold, self.config.gk)
 
     @torch.no_grad()
     def advance(self) -> None:
@@ -119,7 +125,7 @@ class PEPEmbedding(PrunedTable):
         if int(self.reached_at):
             return
         with torch.no_grad():
-            margin = (self.weight.abs() - torch.sigmoid(self.config.gk * self.threshold)).flatten()
+            margin = (self.weight.abs() - pruning_threshold(self.threshold, self.config.gk)).flatten()
             self.keep.copy_((largest_mask(margin, self.kept) & (margin > 0)).view_as(self.keep))
         if not bool(self.keep.any()):
             never_checked = int(self.step) < self.config.check_every

@@ -11,6 +11,18 @@ def test_soft_threshold_by_hand():
     torch.testing.assert_close(soft_threshold(w, s, 1.0), torch.tensor([0.4, -0.2, 0.0]))
 
 
+
+def test_gk_scales_the_threshold_as_in_the_authors_code():
+    """The authors' PEP (ssui-liu/learnable-embed-sizes-for-RecSys, models/pep_embedding.py,
+    ``soft_threshold``) subtracts g(s)·gk; gk was read as a slope, sigmoid(gk·s)."""
+    w = torch.tensor([1.5, -1.2, 0.9])
+    s = torch.zeros(3)  # g = sigmoid(0) = 0.5, times gk = 2: threshold 1
+    torch.testing.assert_close(soft_threshold(w, s, 2.0), torch.tensor([0.5, -0.2, 0.0]))
+    method = PEPEmbedding(schema(), PEPConfig(dim=8, budget=0.3, threshold_init=0.0, gk=2.0))
+    with torch.no_grad():
+        method.weight.fill_(0.9)
+    assert not method.alive().any()
+
 def test_thresholds_move_and_the_mask_is_taken_when_the_target_is_reached():
     torch.manual_seed(0)
     method = PEPEmbedding(schema(), PEPConfig(dim=8, budget=0.3, threshold_init=-3.0, check_every=1, init_std=0.1))
