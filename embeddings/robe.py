@@ -23,7 +23,9 @@ class RobeConfig(EmbeddingConfig):
 
     Args:
         block: Z, the consecutive elements of a row read from one hashed offset (ROBE-Z);
-            must divide ``dim``. 1 = every element hashed on its own (the artifact's default).
+            must divide ``dim``. 1 = every element hashed on its own. The artifact's
+            default ``Z`` = 1 counts blocks per row, not elements: one hashed offset per
+            row, all D elements consecutive (ctr's ``block`` = ``dim``).
     """
 
     method: str = "robe"
