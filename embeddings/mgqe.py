@@ -96,8 +96,8 @@ class MGQEmbedding(WrittenCodes, BatchLosses, EmbeddingMethod):
     and subspace) + codebooks (fp32); the query rows are training state, not deployed.
 
     Deviations: a rare id's code (< 64) is stored in a byte, not packed in 6 bits; the
-    artifact's MGQE batch-normalises the negative distances before the argmax and has no
-    commitment term (docs/embeddings/mgqe.md compares the two).
+    artifact's MGQE has no commitment term, and by default one codebook set for all tables
+    (docs/embeddings/mgqe.md compares the two).
 
     Shapes: ids [N] of features [N] → [N, D].
     """
