@@ -35,11 +35,13 @@ class TTRecConfig(EmbeddingConfig):
 
 
 def three_factors(n: int) -> tuple[int, int, int]:
-    """D split into three factors d₁·d₂·d₃ = n near its cube root (16 → 2, 2, 4)."""
+    """D split into three factors d₁·d₂·d₃ = n near its cube root, ascending as the
+    artifact's ``_get_decomp_dim`` sorts them (16 → 2, 2, 4; 32 → 2, 4, 4)."""
     first = max(d for d in range(1, math.ceil(round(n ** (1 / 3), 9)) + 1) if n % d == 0)
     rest = n // first
     second = max(d for d in range(1, math.ceil(math.sqrt(rest)) + 1) if rest % d == 0)
-    return first, second, rest // second
+    low, middle, high = sorted((first, second, rest // second))
+    return low, middle, high
 
 
 def row_factors(vocab: int) -> tuple[int, int, int]:
@@ -82,9 +84,10 @@ class TTRecEmbedding(EmbeddingMethod):
     Embeddings", MLSys 2021; factorisation as in the VLDB 2024 benchmark's artifact
     (PKU-DAIR/Hetu, tools/EmbeddingMemoryCompression). A table of V rows is viewed as a
     (v₁v₂v₃) × (d₁d₂d₃) matrix with v₁ = ⌈V^⅓⌉, v₂ = ⌈√(V/v₁)⌉, v₃ = ⌈V/(v₁v₂)⌉ and D split
-    near its cube root (16 → 2·2·4), stored as three cores G₁ [v₁, d₁, R], G₂ [v₂, R, d₂, R],
-    G₃ [v₃, R, d₃]. Id x = (i₁, i₂, i₃) in mixed radix embeds as G₁[i₁] · G₂[i₂] · G₃[i₃]
-    reshaped to D. Tables whose cores would not store less than V·D floats keep full rows.
+    near its cube root, ascending (16 → 2·2·4, 32 → 2·4·4), stored as three cores
+    G₁ [v₁, d₁, R], G₂ [v₂, R, d₂, R], G₃ [v₃, R, d₃]. Id x = (i₁, i₂, i₃) in mixed radix
+    embeds as G₁[i₁] · G₂[i₂] · G₃[i₃] reshaped to D. Tables whose cores would not store
+    less than V·D floats keep full rows.
 
     Sizing: R is the largest rank, the same for every table, whose floats fit ``budget`` ×
     full bytes; past ``max_rank`` the budget is refused (``ComputeLimitError``).

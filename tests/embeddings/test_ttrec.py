@@ -13,6 +13,14 @@ def test_factorisations():
         assert v1 * v2 * v3 >= vocab and v1 * v2 * (v3 - 1) < vocab
 
 
+def test_dim_factors_are_the_artifacts_in_ascending_order():
+    """The artifact's ``_get_decomp_dim`` (methods/scheduler/tensortrain.py) sorts the
+    factors, so the middle core gets the middle factor: 32 → 2·4·4, not 4·2·4."""
+    assert three_factors(32) == (2, 4, 4) and three_factors(24) == (2, 3, 4)
+    assert three_factors(64) == (4, 4, 4) and three_factors(128) == (4, 4, 8)
+    assert three_factors(12) == (2, 2, 3)
+
+
 def test_rows_are_the_tensor_train_product():
     method = TTRecEmbedding(schema(), TTRecConfig(dim=16, budget=0.2))
     core = method.core_of_table[0]
