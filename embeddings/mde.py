@@ -34,11 +34,12 @@ class MDEConfig(EmbeddingConfig):
 
 def mixed_dims(vocab: np.ndarray, dim: int, alpha: float, round_dim: bool) -> np.ndarray:
     """The power rule d_t = D · (n_min / n_t)^α [T], the smallest vocabulary at D, each
-    in [1, D] and, with ``round_dim``, 2^round(log2 d_t)."""
-    dims = dim * (vocab.min() / vocab) ** alpha
+    rounded to an integer in [1, D] and then, with ``round_dim``, to 2^round(log2 d_t) ≤ D
+    (in that order, as the paper's ``md_solver`` and the artifact's: 2.7 → 3 → 4)."""
+    dims = np.clip(np.round(dim * (vocab.min() / vocab) ** alpha), 1, dim)
     if round_dim:
         dims = 2.0 ** np.round(np.log2(dims))
-    return np.clip(np.round(dims), 1, dim).astype(np.int64)
+    return np.minimum(dims, dim).astype(np.int64)
 
 
 def mde_bytes(vocab: np.ndarray, dims: np.ndarray, dim: int) -> int:

@@ -30,6 +30,13 @@ def test_power_rule_by_hand():
     assert mixed_dims(vocab, 16, 0.4, round_dim=True).tolist() == [16, 4]  # 5.28 → 2^round(2.40)
 
 
+def test_power_of_two_rounding_starts_from_the_integer_dimension():
+    """As the paper's code (DLRM md_solver) and the artifact's ``_md_solver``: d_t is first
+    rounded to an integer, then to a power of two: 2.7 → 3 → 4 and 1.45 → 1 → 1."""
+    vocab = np.array([1.0, 16 / 2.7, 16 / 1.45])
+    assert mixed_dims(vocab, 16, 1.0, round_dim=True).tolist() == [16, 4, 1]
+
+
 def test_narrow_rows_are_projected_to_d():
     method = MDEmbedding(schema(BIG), MDEConfig(dim=16, budget=0.1))
     ids = torch.tensor([2, 3, 4])
