@@ -76,7 +76,7 @@ class DeepHashEmbedding(EmbeddingMethod):
 
     Kang et al., "Learning to Embed Categorical Features without Embedding Tables for
     Recommendation", KDD 2021; the layers follow the VLDB 2024 benchmark's artifact
-    (PKU-DAIR/Hetu, tools/EmbeddingMemoryCompression, layers/deephash.py). Id x of table t
+    (PKU-DAIR/Hetu, tools/EmbeddingMemoryCompression, methods/layers/dhe.py). Id x of table t
     (global row g = start_t + x) is encoded by k universal hashes
     h_i(g) = ((a_i·g + b_i) mod p) mod m mapped to the uniform distribution on [−1, 1],
     u_i = 2·h_i / (m − 1) − 1, and decoded by an MLP: ``hidden_layers`` × (Linear, BatchNorm,
@@ -89,8 +89,9 @@ class DeepHashEmbedding(EmbeddingMethod):
     ``memory_bytes`` = MLP parameters and BatchNorm statistics + 16·k bytes of seeds.
 
     Deviations: int64 hashing of global rows with p = 2³¹ − 1 (the artifact's int32 hashing
-    overflows on Criteo-sized ids; it draws a prime per hash instead); Xavier-normal
-    initialisation is torch's default Linear initialisation here.
+    overflows on Criteo-sized ids; it draws a prime per hash instead); torch's default Linear
+    initialisation (the artifact's trainer draws weights uniform in ±√(1 / max_t V_t));
+    one decoder shared by every table (the artifact gives each large table its own).
 
     Shapes: ids [N] of features [N] → codes [N, k] → [N, D].
     """
