@@ -220,8 +220,8 @@ class CrossNetworkV2(nn.Module):
     """DCN-V2's cross layers (Wang et al., WWW 2021, Eq. 1): ``x_{l+1} = x_0 ⊙ (W_l x_l + b_l) + x_l``.
 
     With ``low_rank`` r, W_l = U_l V_lᵀ; with ``experts`` K > 1 as well, each layer is the
-    mixture of K low-rank experts gated by softmax(G x_l), with a tanh between Vᵀ and a
-    r×r matrix C (Eq. 3, DCN-Mix).
+    mixture of K low-rank experts gated by softmax(G x_l), each ``x_0 ⊙ (U tanh(C tanh(Vᵀ x_l)) + b_l)``
+    with an r×r matrix C and the bias shared by the experts (Eq. 3, DCN-Mix).
 
     Shapes: [B, W] → [B, W].
     """
