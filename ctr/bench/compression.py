@@ -308,7 +308,8 @@ def markdown(rows: list[dict[str, str]]) -> str:
             lines.append(f"| {method} | {budget} | – | – | {group[0]['status']} | – | – | – | – | 0 |")
             continue
         auc, loss = _spread([r["test_auc"] for r in ok], ".4f"), _spread([r["test_logloss"] for r in ok], ".4f")
-        seconds = _spread([r["train_seconds"] for r in ok], ".0f")
+        times = [r["train_seconds"] for r in ok]
+        seconds = _spread(times, ".0f" if min(map(float, times)) >= 10 else ".1f")  # short runs: tenths
         rate = _spread([r.get("inference_rows_per_s") or "nan" for r in ok], ",.0f")
         peaks = [float(r["peak_rss_mb"]) for r in ok if r.get("peak_rss_mb")]
         peak = max(peaks) if peaks else float("nan")

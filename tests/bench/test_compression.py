@@ -44,7 +44,10 @@ def test_table_reports_mean_and_spread_and_unreachable_cells():
     text = markdown(rows)
     assert "| hash |  | 0.7200 ± 0.0200 | cannot reach (min 0.02) |" in text
     single = markdown([{**rows[0], "budget": "0.1", "inference_rows_per_s": "1000"}])
-    assert "| hash |  | 0.7000 |" in single and "| 0.7000 | 0.5000 | 3 | 1,000 |" in single  # no spread of one seed
+    assert "| hash |  | 0.7000 |" in single and "| 0.7000 | 0.5000 | 3.0 | 1,000 |" in single  # no spread of one seed
+    assert "| 0.5000 ± 0.0000 | 3.0 ± 0.0 |" in text  # runs under 10 s in tenths (whole seconds read 3 ± 0, or 0 ± 0)
+    slow = markdown([{**row, "train_seconds": str(s)} for row, s in zip(rows[:3], (91.4, 92.6, 93.1))])
+    assert "| 92 ± 1 |" in slow
     assert mean_std([1.0]) == (1.0, 0.0)
 
 
