@@ -60,7 +60,7 @@ class Point:
 
 
 def parse_grid(items: list[str]) -> list[Point]:
-    """``key.path=v1,v2`` per axis (commas inside [] or {} do not split) → every combination."""
+    """``key.path=v1,v2`` per axis (commas inside [], {} or quotes do not split) → every combination."""
     if not items:
         raise UserError("--grid: give at least one axis, e.g. --grid model.dropout=0,0.2")
     axes = []
@@ -101,10 +101,17 @@ def _read_value(text: str) -> tuple[bool, Any]:
 
 
 def _split_top_level(text: str) -> list[str]:
-    parts, depth, current = [], 0, ""
+    """``text`` split at its commas outside brackets, braces and quotes (YAML's flow values
+    and quoted strings keep theirs: ``"a,b",c`` is two values)."""
+    parts, depth, current, quote = [], 0, "", ""
     for char in text:
-        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(char, 0)
-        if char == "," and depth == 0:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        else:
+            depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(char, 0)
+        if char == "," and depth == 0 and not quote:
             parts.append(current.strip())
             current = ""
         else:

@@ -25,6 +25,15 @@ def test_grid_is_every_combination_and_lists_stay_whole():
             parse_grid(bad)
 
 
+def test_commas_inside_quotes_do_not_split_a_grid_value():
+    """``name="a,b",c`` is two values (it split into three, ``"a`` and ``b"`` among them)."""
+    points = parse_grid(['name="a,b",c', "data.path='x,y.csv',z.csv"])
+    assert [p.overrides for p in points] == [
+        ('name="a,b"', "data.path='x,y.csv'"), ('name="a,b"', "data.path=z.csv"),
+        ("name=c", "data.path='x,y.csv'"), ("name=c", "data.path=z.csv"),
+    ]
+
+
 class FakeTrainer:
     """Stands in for ``runner.train``: validation AUC rises with the embedding lr, test AUC
     falls with it, so a choice made on test data would pick the other end of the grid."""
@@ -307,8 +316,8 @@ def test_a_grid_value_that_is_not_yaml_is_read_as_text_as_an_override_is(tmp_pat
     such a value as text, and the point's recipe then names the key."""
     (point,) = parse_grid(["model.top_mlp=[8,16"])
     assert point.overrides == ("model.top_mlp=[8,16",)
-    with pytest.raises(UserError, match=re.escape("value '\"a' given twice")):
-        parse_grid(['name="a,"a'])
+    with pytest.raises(UserError, match=re.escape("value '@x' given twice")):  # @ begins no YAML value
+        parse_grid(["name=@x,@x"])
     with pytest.raises(UserError, match=r"^--grid model\.top_mlp=\[8,16: model\.top_mlp: expected a list, got '\[8,16'"):
         Tuning(_recipe_file(tmp_path), [point], 1, tmp_path / "t", [], FakeTrainer()).run()
 
