@@ -83,6 +83,9 @@ def die_with_starter() -> None:
     threading.Thread(target=watch, name="ctr-starter-watch", daemon=True).start()
 
 
+ERROR_GRACE_SECONDS = 10.0  # how long a rank's error leaves the others to end by themselves
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -92,7 +95,9 @@ def _free_port() -> int:
 def wait_all(processes: list[subprocess.Popen]) -> int:
     """Waits for every process; the first to fail stops the others. Returns 0, the failed
     process's exit code, or 128 + the signal that killed it (the shell's convention), which
-    is logged with the process's rank."""
+    is logged with the process's rank. A rank that exits with an error leaves the others
+    ``ERROR_GRACE_SECONDS`` to end on their own: they meet the same error, and rank 0 is
+    the one that says it (stopped at once, its line was lost)."""
     try:
         while True:
             codes = [p.poll() for p in processes]
@@ -100,6 +105,8 @@ def wait_all(processes: list[subprocess.Popen]) -> int:
             if failed or all(code == 0 for code in codes):
                 break
             time.sleep(0.2)
+        if any(code > 0 for _, code in failed):
+            _wait_until(processes, time.monotonic() + ERROR_GRACE_SECONDS)
     finally:
         for process in processes:
             if process.poll() is None:
@@ -114,6 +121,12 @@ def wait_all(processes: list[subprocess.Popen]) -> int:
         return code
     log.error("local rank %d of %d was killed by %s", rank, len(processes), _signal_name(-code))
     return 128 - code
+
+
+def _wait_until(processes: list[subprocess.Popen], deadline: float) -> None:
+    """Waits until every process has ended or ``deadline`` (``time.monotonic``) passes."""
+    while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _signal_name(number: int) -> str:

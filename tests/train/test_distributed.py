@@ -106,6 +106,16 @@ def test_a_process_that_joined_a_group_exits_with_its_code_and_output_while_nati
         assert "optembed" in done.stdout and done.stdout.endswith("\n")
 
 
+def test_a_rank_that_errs_first_leaves_rank_0_to_say_the_error():
+    """Every rank meets a recipe's error and only rank 0 prints it: when another rank exited
+    first, the launcher stopped rank 0 before its line (the run ended with code 2, silent)."""
+    says = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.0); print('ctr: error: said'); exit(2)"],
+                            stdout=subprocess.PIPE, text=True)
+    quiet = subprocess.Popen([sys.executable, "-c", "exit(2)"])
+    assert wait_all([says, quiet]) == 2
+    assert says.returncode == 2 and says.stdout.read() == "ctr: error: said\n"
+
+
 def test_a_process_killed_by_a_signal_stops_the_others_and_is_named(caplog):
     """``ctr train``'s launcher: a rank killed by a signal stops the other ranks, is logged
     with its signal, and gives the shell's exit code (128 + the signal), not a negative one
