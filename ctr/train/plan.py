@@ -169,16 +169,11 @@ def _method_bytes(recipe: Recipe, schema: Schema) -> int:
     tables past ``dense_max_mb``) is refused here too. A plain-table method is built on the
     meta device (the plan sizes its tables; none is allocated), a compressing one on the CPU
     (its storage is what each rank holds; some methods compute it from their buffers)."""
-    from ctr.registry import EMBEDDINGS
-    from ctr.train.task import check_dense_size
+    from ctr.train.task import build_embedding
 
     device = "meta" if recipe.embedding.method in SHARDABLE_METHODS else "cpu"
     with torch.device(device):
-        method = EMBEDDINGS.get(recipe.embedding.method, "embedding.method").target(schema, recipe.embedding)
-    stored = method.stored_bytes()
-    if recipe.embedding.gradients == "dense":
-        check_dense_size(stored, recipe.embedding.dense_max_mb)
-    return stored
+        return build_embedding(recipe, schema).stored_bytes()
 
 
 def _hide_torchrec_notes(record: logging.LogRecord) -> bool:

@@ -31,13 +31,9 @@ class CTRNet(nn.Module):
 
     def __init__(self, recipe: Recipe, schema: Schema):
         super().__init__()
-        method = EMBEDDINGS.get(recipe.embedding.method, "embedding.method").target
-        self.embedding: EmbeddingMethod = method(schema, recipe.embedding)
+        self.embedding: EmbeddingMethod = build_embedding(recipe, schema)
         if recipe.train.embedding_optimizer.fused:
             self.embedding.use_fused_update(fused_optimizer(recipe.train.embedding_optimizer))
-        stored = self.embedding.stored_bytes()  # a plugin's wrong count fails here, not after training
-        if recipe.embedding.gradients == "dense":
-            check_dense_size(stored, recipe.embedding.dense_max_mb)
         model = MODELS.get(recipe.model.name, "model.name").target
         self.model: CTRModel = model(schema, self.embedding.layout, recipe.model)
         if recipe.trainer.compile:
@@ -68,6 +64,17 @@ def probabilities(logits: Tensor) -> Tensor:
     """Click probabilities of ``logits`` [B], in float64 [B]: float32 rounds the sigmoid of
     every logit above 16.6 to 1.0, and the metrics would rank such rows as ties."""
     return torch.sigmoid(logits.double())
+
+
+def build_embedding(recipe: Recipe, schema: Schema) -> EmbeddingMethod:
+    """The recipe's embedding method on ``schema``, refused where training refuses it: a
+    budget the method cannot reach, a plugin's wrong ``memory_bytes()`` (here, not after
+    training), dense gradients of tables past ``embedding.dense_max_mb``."""
+    method = EMBEDDINGS.get(recipe.embedding.method, "embedding.method").target(schema, recipe.embedding)
+    stored = method.stored_bytes()
+    if recipe.embedding.gradients == "dense":
+        check_dense_size(stored, recipe.embedding.dense_max_mb)
+    return method
 
 
 def check_dense_size(table_bytes: int, max_mb: float) -> None:
