@@ -14,6 +14,7 @@ import sys
 import traceback
 from pathlib import Path
 
+import ctr
 from ctr.errors import Terminated, UserError, sigterm_raises
 
 
@@ -104,6 +105,7 @@ def _signal_end(stop: SystemExit) -> tuple[str, int] | None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctr", description="Train and compare CTR models.")
+    parser.add_argument("--version", action="version", version=f"ctr {ctr.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a recipe; writes a run directory")
