@@ -55,10 +55,11 @@ class AutoIntConfig(ModelConfig):
 class AutoInt(CTRModel):
     """AutoInt: stacked multi-head self-attention over the fields, then a linear logit.
 
-    Every feature becomes one field vector (paper §4.2): categorical ids their embedding,
-    multi-valued (sequence) features the mean of theirs, and a numeric feature x_m the
-    vector x_m·v_m. Interacting layers (``InteractingLayer``) let every field attend to every
-    other, so layer l models interactions of order up to l + 1; the output layer is
+    Every feature becomes one field vector (paper §4.3, Eq. 2–4): categorical ids their
+    embedding, multi-valued (sequence) features the mean of theirs, and a numeric feature
+    x_m the vector x_m·v_m. Interacting layers (``InteractingLayer``) let every field attend to every
+    other; by the paper's analysis (§4.7) the highest order of the combinations grows
+    exponentially with the number of layers. The output layer is
     ``σ(wᵀ(e_1^Res ⊕ … ⊕ e_M^Res) + b)`` (Eq. 9). ``projection_relu``, ``layer_norm`` and
     ``embedding_dropout`` turn on what the authors' code (shichence/AutoInt ``model.py``) adds
     to the paper; all are off by default (AutoInt+'s DNN reads the same, dropped-out field vectors).

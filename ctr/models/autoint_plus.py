@@ -1,4 +1,4 @@
-"""``autoint_plus``: AutoInt+ (Song et al., CIKM 2019, arXiv:1810.11921, §5.4)."""
+"""``autoint_plus``: AutoInt+ (Song et al., CIKM 2019, arXiv:1810.11921, §5.5)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class AutoIntPlus(AutoInt):
 
     The DNN reads the concatenated field vectors (the same embeddings the interacting layers
     read) and its logit is added to AutoInt's, so implicit interactions complement the
-    explicit ones (paper §5.4, "integrating implicit interactions").
+    explicit ones (paper §5.5, "Integrating Implicit Interactions").
 
     Shapes: pooled [B, F, D], dense [B, Nd] → logits [B].
     """

@@ -121,8 +121,8 @@ class MLPConfig:
 
 
 class NumericEmbedding(nn.Module):
-    """Numeric features as fields: value × a learned vector per feature (AutoInt §4.2, and
-    the way FM-family models treat a real-valued x_i: x_i·v_i).
+    """Numeric features as fields: value × a learned vector per feature (AutoInt §4.3,
+    Eq. 4, and the way FM-family models treat a real-valued x_i: x_i·v_i).
 
     Shapes: [B, Nd] → [B, Nd, D].
     """
