@@ -18,13 +18,13 @@ from ctr.schema import Schema
 
 @dataclass
 class DCNConfig(MLPConfig, ModelConfig):
-    """DCN settings (defaults: the paper's best Criteo setting, §4.2).
+    """DCN settings (defaults: the paper's best Criteo setting, §4.4).
 
     Args:
         cross_layers: number of cross layers (paper: 6).
         hidden: deep network widths (paper: 2 layers of 1024).
         activation, dropout: of the deep network.
-        batch_norm: BatchNorm in the deep network (the paper applies it).
+        batch_norm: BatchNorm in the deep network (the paper applies it, §4.2).
     """
 
     name: str = "dcn"

@@ -221,7 +221,8 @@ class CrossNetworkV2(nn.Module):
 
     With ``low_rank`` r, W_l = U_l V_lᵀ; with ``experts`` K > 1 as well, each layer is the
     mixture of K low-rank experts gated by softmax(G x_l), each ``x_0 ⊙ (U tanh(C tanh(Vᵀ x_l)) + b_l)``
-    with an r×r matrix C and the bias shared by the experts (Eq. 3, DCN-Mix).
+    with an r×r matrix C and the bias shared by the experts (DCN-Mix: the mixture of Eq. 3
+    with the experts of Eq. 4, g = tanh).
 
     Shapes: [B, W] → [B, W].
     """

@@ -42,7 +42,7 @@ def finite_difference(values, order):
 @pytest.mark.parametrize("make", [CrossNetwork, CrossNetworkV2])
 def test_cross_layers_build_polynomials_of_degree_layers_plus_one(make, layers):
     """With zero biases, l cross layers are a polynomial of degree l + 1 in the input scale
-    (DCN §2.2, DCN-V2 §3.1): its (l+2)-th finite difference in t vanishes, its (l+1)-th does not."""
+    (DCN §2.2, DCN-V2 §3.2): its (l+2)-th finite difference in t vanishes, its (l+1)-th does not."""
     torch.manual_seed(0)
     net = make(5, layers).double()
     for name, param in net.named_parameters():
