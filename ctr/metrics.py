@@ -23,8 +23,8 @@ def group_auc(groups: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> flo
     """Impression-weighted mean of per-group AUC; groups with a single class are skipped;
     NaN when a score is NaN.
 
-    As in DIN (Zhou et al., 2018, Eq. 6): GAUC = Σ_g n_g · AUC_g / Σ_g n_g over groups g with
-    both classes, n_g the group's impressions.
+    As in DIN (Zhou et al., 2018, §6.3, Eq. 10): GAUC = Σ_g n_g · AUC_g / Σ_g n_g over
+    groups g with both classes, n_g the group's impressions.
     """
     if np.isnan(scores).any():
         return float("nan")

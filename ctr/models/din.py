@@ -110,7 +110,7 @@ class DIN(CTRModel):
       the candidate times the attention-pooled interest, q ⊙ Σ_j a_j k_j; unit input
       ``[q, k_j, q − k_j, q ⊙ k_j]``; softmax.
 
-    Mini-batch aware regularization (the paper's "Mini-batch Aware Regularization", Eq. 4–5): with ``l2_reg`` = λ the loss gains
+    Mini-batch aware regularization (the paper's "Mini-batch Aware Regularization", §5.1, Eq. 6–7): with ``l2_reg`` = λ the loss gains
     ``λ/2 · Σ_j ‖w_j‖² / n_j`` over the distinct embedding rows j present in the batch
     (padding excluded), n_j the row's frequency in the training data (the schema's counts),
     so the gradient of row j is the paper's λ·w_j/n_j and rows absent from the batch are
