@@ -41,7 +41,7 @@ class DLRM(CTRModel):
 
     The dense features go through the bottom MLP to a D-dim vector x; with the F feature
     embeddings e_1..e_F, the interaction is every dot product <v_i, v_j> (i < j) of
-    [x, e_1..e_F], concatenated with x and fed to the top MLP (paper §3, "dot" interaction).
+    [x, e_1..e_F], concatenated with x and fed to the top MLP (paper §2.2, "dot" interaction).
     Sequence features are mean-pooled into one vector each. Without numeric features the
     bottom MLP is dropped and only the embeddings interact.
 

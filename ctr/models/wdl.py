@@ -21,7 +21,7 @@ class WDLConfig(MLPConfig, ModelConfig):
     """Wide & Deep settings.
 
     Args:
-        hidden: deep part's hidden widths (paper §4: 1024-512-256, ReLU).
+        hidden: deep part's hidden widths (three ReLU layers, as the paper's §4.2).
         activation, dropout, batch_norm: of the deep part.
     """
 

@@ -1,5 +1,5 @@
 """DLRM's interaction layer on a hand-built batch: x from the bottom MLP, then every pairwise
-dot product of [x, e_1, e_2] (Naumov et al. 2019, §3, "dot" interaction)."""
+dot product of [x, e_1, e_2] (Naumov et al. 2019, §2.2, "dot" interaction)."""
 
 import pytest
 import torch
