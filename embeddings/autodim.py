@@ -27,8 +27,8 @@ class AutoDimConfig(SearchConfig):
     """Settings of ``autodim``; ``budget`` is required (it caps the chosen dims).
 
     Args:
-        candidates: the dims each table chooses among (the artifact's [2, D/4, D/2, D];
-            empty = those).
+        candidates: the dims each table chooses among (empty = the artifact's: 2, 4, 8, ...
+            doubling up to D, the last set to D; ``doubling_candidates``).
         temperature_decay: τ = max(0.01, 1 − decay · step) of the Gumbel-softmax (the
             artifact's 5e-5 / 2000 · batch size, at batch size 2048: 5.12e-5).
         arch_optimizer: optimizer of the architecture weights α (the artifact's lr 0.001).
@@ -43,9 +43,20 @@ class AutoDimConfig(SearchConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.candidates = sorted(set(self.candidates or [2, max(self.dim // 4, 1), max(self.dim // 2, 1), self.dim]))
+        self.candidates = sorted(set(self.candidates or doubling_candidates(self.dim)))
         if self.candidates[0] < 1 or self.candidates[-1] > self.dim or self.temperature_decay < 0:
             raise ValueError(f"candidates must lie in [1, dim {self.dim}] and temperature_decay >= 0")
+
+
+def doubling_candidates(dim: int) -> list[int]:
+    """The artifact's candidates (``get_dim_candidates`` in its ``methods/scheduler/autodim.py``):
+    2, 4, 8, ... doubling until D is reached, the last replaced by D (D = 16: [2, 4, 8, 16];
+    D = 64: [2, 4, 8, 16, 32, 64]; D = 24: [2, 4, 8, 16, 24])."""
+    dims = [2]
+    while dims[-1] < dim:
+        dims.append(2 * dims[-1])
+    dims[-1] = dim
+    return dims
 
 
 def fit_dims(vocab: np.ndarray, chosen: list[int], candidates: list[int], dim: int, limit: float) -> list[int]:

@@ -13,7 +13,7 @@ RETRAIN = Stage("retrain")
 def test_architecture_weights_move_on_validation_batches_only():
     torch.manual_seed(0)
     method = AutoDimEmbedding(schema(), AutoDimConfig(dim=8, budget=0.5))
-    assert method.config.candidates == [2, 4, 8]  # [2, D/4, D/2, D] at D = 8
+    assert method.config.candidates == [2, 4, 8]  # the artifact's doubling candidates at D = 8
     alpha = method.alpha.detach().clone()
     method.train()
     method(batch(size=16)).pooled.sum().backward()
@@ -44,6 +44,15 @@ def test_a_small_budget_lowers_the_dims_of_the_largest_tables_first():
     method.begin_stage(RETRAIN)
     dims = [t.shape[1] for t in method.retrained.tables]
     assert dims[0] < 8 and dims[2] == 8 and method.memory_bytes() <= 0.5 * method.full_bytes()
+
+
+@pytest.mark.parametrize(
+    ("dim", "expected"),
+    [(16, [2, 4, 8, 16]), (64, [2, 4, 8, 16, 32, 64]), (24, [2, 4, 8, 16, 24]), (2, [2])],
+)
+def test_default_candidates_double_from_two_up_to_the_dim(dim, expected):
+    """The artifact's ``get_dim_candidates``: 2, 4, 8, ... doubling, the last replaced by D."""
+    assert AutoDimConfig(dim=dim, budget=0.5).candidates == expected
 
 
 def test_fit_dims_by_hand():
