@@ -66,7 +66,8 @@ class ALPTEmbedding(QuantizedRows):
     codes + steps, every byte a deployed model keeps (the artifact leaves the steps out).
 
     Deviations: ∂L/∂ŵ in (2) is this batch's gradient at w, not a second forward pass at
-    w'; LSQ's gradient scale 1/√(D·Q_p) is not applied (scale_lr is taken as given).
+    w'; the steps' gradient is not scaled (the artifact multiplies it by 1/√(B·D·Q_p), B its
+    batch size, Q_p = 2^(digit−1) − 1, before its step at scale_lr).
 
     Shapes: ids [N] of features [N] → [N, D].
     """
