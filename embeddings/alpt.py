@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from ctr.batch import JaggedFeatures
 from ctr.embeddings.base import FP32_BYTES
 from ctr.embeddings.quantize import INT_TYPES, QuantizeConfig, QuantizedRows, fixed_ratio, stochastic_round, to_codes
+from ctr.embeddings.types import FeatureEmbeddings
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
 
@@ -22,7 +25,8 @@ class ALPTConfig(QuantizeConfig):
     Args:
         digit: bits of a stored element, 8 (default, the paper's main setting) or 16.
         scale: the initial step Δ of every row (the artifact's ``init_scale``, 0.01).
-        scale_lr: learning rate of the steps (the artifact's 2e-5), SGD on the LSQ gradient.
+        scale_lr: learning rate of the steps (the artifact's 2e-5), SGD on the LSQ gradient
+            scaled by 1/√(B·D·Q_p).
         optimizer, lr: the in-lookup update of the rows (see ``int8``).
     """
 
@@ -58,16 +62,16 @@ class ALPTEmbedding(QuantizedRows):
     ``scale_lr`` 2e-5). Row r stores integers q_r (int8 by default) and a step Δ_r; it reads
     as Δ_r·q_r. A training step on the rows a batch touched: (1) w' = Δ·q − u, u the
     optimizer's step (``stepped``);
-    (2) Δ ← Δ − scale_lr · ∂L/∂Δ with the LSQ (learned step size quantization) gradient of
-    ŵ = Δ·round(w'/Δ) (``lsq_step_gradient``); (3) q ← SR(w'/Δ), stochastic rounding.
+    (2) Δ ← Δ − scale_lr · g · ∂L/∂Δ with the LSQ (learned step size quantization) gradient
+    of ŵ = Δ·round(w'/Δ) (``lsq_step_gradient``) and LSQ's gradient scale g = 1/√(B·D·Q_p),
+    B the training batch's rows, Q_p = 2^(digit−1) − 1 the largest code (as the artifact's
+    ``scheduler/alpt.py``); (3) q ← SR(w'/Δ), stochastic rounding.
 
     Budget: fixed at digit/32 of the full bytes plus one fp32 step per row (4/(4·D) more;
     at D = 16, 8-bit rows: 0.3125); a smaller budget is refused. ``memory_bytes`` =
     codes + steps, every byte a deployed model keeps (the artifact leaves the steps out).
 
-    Deviations: ∂L/∂ŵ in (2) is this batch's gradient at w, not a second forward pass at
-    w'; the steps' gradient is not scaled (the artifact multiplies it by 1/√(B·D·Q_p), B its
-    batch size, Q_p = 2^(digit−1) − 1, before its step at scale_lr).
+    Deviation: ∂L/∂ŵ in (2) is this batch's gradient at w, not a second forward pass at w'.
 
     Shapes: ids [N] of features [N] → [N, D].
     """
@@ -78,6 +82,16 @@ class ALPTEmbedding(QuantizedRows):
         fixed_ratio(config, "alpt", schema.tables(), sum(schema.tables().values()) * FP32_BYTES)
         super().__init__(schema, config)
         self.register_buffer("steps", torch.full((self.codes.shape[0], 1), config.scale))
+        self.batch_rows = 1  # B of the gradient scale: the rows of the last training batch
+
+    def forward(self, sparse: JaggedFeatures) -> FeatureEmbeddings:
+        if self.training:
+            self.batch_rows = max(sparse.batch_size, 1)
+        return super().forward(sparse)
+
+    def step_gradient_scale(self) -> float:
+        """LSQ's g = 1/√(B·D·Q_p) of the steps' gradient."""
+        return 1.0 / math.sqrt(self.batch_rows * self.dim * torch.iinfo(INT_TYPES[self.config.digit]).max)
 
     def step_of(self, rows: Tensor) -> Tensor:
         return self.steps[rows]
@@ -88,6 +102,6 @@ class ALPTEmbedding(QuantizedRows):
         updated = self.stepped(unique, total, values) - self.config.middle
         step = self.steps[unique]
         step_grad = lsq_step_gradient(updated / step, total, self.config.digit)
-        step = (step - self.config.scale_lr * step_grad).clamp(min=MIN_STEP)
+        step = (step - self.config.scale_lr * self.step_gradient_scale() * step_grad).clamp(min=MIN_STEP)
         self.steps[unique] = step
         self.codes[unique] = to_codes(stochastic_round(updated / step), self.config.digit)

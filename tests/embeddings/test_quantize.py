@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -7,7 +9,7 @@ from ctr.embeddings.quantize import Int16Config, QuantizeConfig, QuantizedEmbedd
 from ctr.errors import RecipeError
 from ctr.recipe import recipe_from_dict
 from ctr.typed import to_plain
-from tests.embeddings.schemas import schema
+from tests.embeddings.schemas import batch, schema
 
 
 @pytest.mark.parametrize("config, dtype, ratio", [(QuantizeConfig, torch.int8, 0.25), (Int16Config, torch.int16, 0.5)])
@@ -107,3 +109,24 @@ def test_alpt_takes_8_or_16_bits_only():
     assert recipe_from_dict({"embedding": {"method": "alpt", "digit": 16}}).embedding.digit == 16
     with pytest.raises(RecipeError, match=r"^embedding: digit: 4 must be 8 or 16$"):
         recipe_from_dict({"embedding": {"method": "alpt", "digit": 4}})
+
+
+def test_alpt_scales_the_steps_gradient_by_lsq_g_of_the_batch():
+    """The artifact's ``scheduler/alpt.py`` multiplies the steps' gradient by
+    1/√(B·D·Q_p) before its step at scale_lr; without it the steps moved ~2,000× as far."""
+    torch.manual_seed(0)
+    method = ALPTEmbedding(schema(), ALPTConfig(dim=8, scale_lr=1e-2, optimizer="sgd", lr=1e-3))
+    method.train()
+    sparse = batch(size=32)
+    rows = method.row_start[method.feature_table[torch.zeros(1, dtype=torch.long)]] + sparse.values[:32]
+    before = method.steps.clone()
+    values = method.config.middle + method.codes.float() * method.steps
+    pooled = method(sparse).pooled
+    weights = torch.randn_like(pooled)
+    (pooled * weights).sum().backward()
+    item_rows, inverse = torch.unique(rows, return_inverse=True)
+    grad = torch.zeros(item_rows.numel(), 8).index_add_(0, inverse, weights[:, 0])
+    v = (values[item_rows] - 1e-3 * grad - method.config.middle) / before[item_rows]  # after the rows' SGD step
+    expected = before[item_rows] - 1e-2 / math.sqrt(32 * 8 * 127) * lsq_step_gradient(v, grad, 8)
+    torch.testing.assert_close(method.steps[item_rows], expected)
+    assert method.batch_rows == 32
