@@ -219,5 +219,5 @@ def _summary(doc: str, width: int = 110) -> str:
         words += line.split()
         if line.rstrip().endswith("."):
             break
-    summary = " ".join(words)
+    summary = " ".join(words).replace("``", "")  # reST literals read as plain words in `ctr models`
     return summary if len(summary) <= width else summary[: width - 1].rsplit(" ", 1)[0] + " …"

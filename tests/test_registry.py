@@ -3,7 +3,7 @@ from dataclasses import dataclass
 import pytest
 
 from ctr.errors import RecipeError
-from ctr.registry import MODELS, Registry, import_plugins
+from ctr.registry import MODELS, OPTIMIZERS, Registry, import_plugins
 
 
 def test_register_and_get():
@@ -77,3 +77,14 @@ def test_a_summary_is_the_docstrings_first_sentence_across_lines():
     assert _summary("Wide & Deep: logits summed (Eq. 3).") == "Wide & Deep: logits summed (Eq. 3)."
     long = _summary("word " * 40)
     assert len(long) <= 110 and long.endswith(" …")
+
+
+def test_every_builtin_summary_is_whole_and_plain():
+    """`ctr models` showed int8 and int16 as one line cut at "(Zhang et al., …" (so the two
+    read alike), and reST's double backticks as they are."""
+    from ctr.registry import DATASETS, EMBEDDINGS
+
+    for registry in (MODELS, EMBEDDINGS, DATASETS, OPTIMIZERS):
+        for name in registry.names():
+            summary = registry.get(name).summary
+            assert not summary.endswith("…") and "``" not in summary, (name, summary)

@@ -81,8 +81,10 @@ class DecayInGradient(torch.optim.Optimizer):
 
 @OPTIMIZERS.register("sgd")
 class SGD(DecayInGradient, torch.optim.SGD):
-    """Plain SGD (dense or sparse gradients: only touched rows move); ``weight_decay`` as L2
-    in the gradient (``decay_gradients``: of a sparse gradient, its rows only)."""
+    """Plain SGD on dense or sparse gradients (only touched rows move), weight decay as L2 in the
+    gradient.
+
+    ``weight_decay`` is decayed by ``decay_gradients``: of a sparse gradient, its rows only."""
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -93,10 +95,11 @@ class SGD(DecayInGradient, torch.optim.SGD):
 
 @OPTIMIZERS.register("adagrad")
 class Adagrad(DecayInGradient, torch.optim.Adagrad):
-    """torch's Adagrad (one accumulator per weight, eps 1e-10; sparse gradients update the
-    touched rows only) whose sparse fp32 CPU gradients are applied in one native pass per
-    table (``ctr.kernels.optim.adagrad_sparse``: ``s += g²; w -= lr·g / (√s + eps)`` row by row) instead
-    of torch's chain of sparse ops. Same state and rule; results agree to fp32 rounding.
+    """torch's Adagrad; one native pass per table applies its sparse fp32 CPU gradients.
+
+    One accumulator per weight, eps 1e-10; sparse gradients update the touched rows only. The
+    native pass (``ctr.kernels.optim.adagrad_sparse``: ``s += g²; w -= lr·g / (√s + eps)`` row
+    by row) replaces torch's chain of sparse ops. Same state and rule; results agree to fp32 rounding.
     Anything else (dense or GPU gradients) takes torch's step, through which optimizer step
     hooks (ctr registers none) would run twice. ``weight_decay`` is L2 in the gradient
     (``decay_gradients``: of a sparse gradient, its rows only; torch's Adagrad refuses it there).
