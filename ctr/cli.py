@@ -116,36 +116,38 @@ def _parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser("eval", help="re-evaluate a finished run's best checkpoint")
-    evaluate.add_argument("run_dir", type=Path)
-    evaluate.add_argument("--split", choices=("test", "valid"), default="test")
+    evaluate.add_argument("run_dir", type=Path, help="a run directory (ctr train --out)")
+    evaluate.add_argument("--split", choices=("test", "valid"), default="test",
+                          help="the split of the recipe's data to score (default test)")
     evaluate.add_argument("--data", type=Path, help="evaluate every row of this file (the recipe's format) instead")
     evaluate.set_defaults(run=_eval)
 
     plan = commands.add_parser("plan", help="how a recipe's tables would shard over N processes (TorchRec's planner)")
-    plan.add_argument("recipe")
+    plan.add_argument("recipe", help="recipe YAML")
     plan.add_argument("--world-size", type=int, default=2, help="processes (default 2)")
     plan.add_argument("--memory-per-rank", help="memory of each rank, e.g. 16GB (default: the planner's)")
     _overrides(plan)
     plan.set_defaults(run=_plan)
 
     predict = commands.add_parser("predict", help="score raw rows with a finished run (a score column per row)")
-    predict.add_argument("run_dir", type=Path)
+    predict.add_argument("run_dir", type=Path, help="a finished run directory")
     predict.add_argument("input", type=Path, help="rows in the recipe's format (label optional)")
     predict.add_argument("--out", type=Path, required=True, help="scores: parquet, or CSV for a .csv/.tsv name")
     predict.set_defaults(run=_predict)
 
     export = commands.add_parser("export", help="a torch.export program of a finished run's inference model")
-    export.add_argument("run_dir", type=Path)
+    export.add_argument("run_dir", type=Path, help="a finished run directory")
     export.add_argument("--out", type=Path, required=True, help="the program file (model.pt2); its schema goes beside it")
     export.set_defaults(run=_export)
 
     tune = commands.add_parser("tune", help="a grid of recipe settings chosen on validation, then over seeds")
-    tune.add_argument("recipe", type=Path)
+    tune.add_argument("recipe", type=Path, help="base recipe YAML")
     tune.add_argument(
         "--grid", action="append", default=[], metavar="KEY.PATH=V1,V2",
         help="one axis of the grid (repeatable), e.g. --grid model.dropout=0,0.2",
     )
-    tune.add_argument("--seeds", type=int, default=3, help="seeds of the chosen point (recipe seed, +1, ...)")
+    tune.add_argument("--seeds", type=int, default=3,
+                      help="seeds of the chosen point (recipe seed, +1, ...; default 3)")
     tune.add_argument("--out", type=Path, help="output folder (default runs/tune-<recipe file name>)")
     _overrides(tune)
     tune.set_defaults(run=_tune)
@@ -157,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="data commands").add_subparsers(dest="data_command", required=True)
     prep = data.add_parser("prepare", help="encode a recipe's data and print its statistics")
-    prep.add_argument("recipe")
+    prep.add_argument("recipe", help="recipe YAML")
     _overrides(prep)
     prep.set_defaults(run=_prepare)
     clean = data.add_parser(
@@ -169,8 +171,9 @@ def _parser() -> argparse.ArgumentParser:
     synth = data.add_parser("synth", help="write synthetic Criteo-schema rows as raw Criteo DAC TSV")
     synth.add_argument("out", type=Path, help="the TSV file to write")
     synth.add_argument("--rows", type=int, required=True, help="rows to write")
-    synth.add_argument("--seed", type=int, default=2024, help="seed of the planted model and rows")
-    synth.add_argument("--vocab-scale", type=float, default=1.0, help="multiplies the Criteo-like vocabulary sizes")
+    synth.add_argument("--seed", type=int, default=2024, help="seed of the planted model and rows (default 2024)")
+    synth.add_argument("--vocab-scale", type=float, default=1.0,
+                       help="multiplies the Criteo-like vocabulary sizes (default 1.0)")
     synth.add_argument("--force", action="store_true", help="replace OUT if it exists")
     synth.set_defaults(run=_synth)
 
@@ -186,9 +189,11 @@ def _bench_compression_parser(bench: argparse._SubParsersAction) -> None:
         "compression", help="embedding methods x memory budgets x seeds on one recipe (table, plot, results file)"
     )
     compression.add_argument("recipe", type=Path, help="base recipe (data, model, train)")
-    compression.add_argument("--methods", default="full,hash", help="comma-separated embedding methods")
-    compression.add_argument("--budgets", default="0.5,0.1", help="comma-separated budgets (fractions of the full bytes)")
-    compression.add_argument("--seeds", type=int, default=3, help="seeds per cell (recipe seed, +1, ...)")
+    compression.add_argument("--methods", default="full,hash",
+                             help="comma-separated embedding methods (default full,hash)")
+    compression.add_argument("--budgets", default="0.5,0.1",
+                             help="comma-separated budgets, fractions of the full bytes (default 0.5,0.1)")
+    compression.add_argument("--seeds", type=int, default=3, help="seeds per cell (recipe seed, +1, ...; default 3)")
     compression.add_argument("--out", type=Path, help="output folder (default runs/bench-<recipe name>)")
     compression.add_argument("--jobs", type=int, default=1,
                              help="cells trained at once, each in its own process (default 1; their times then share "
@@ -208,16 +213,17 @@ def _bench_kernels_parser(bench: argparse._SubParsersAction) -> None:
     )
     kernels.add_argument("--suite", choices=("lookup", "step"), default="lookup",
                          help="lookup: DLRM-like TBE workload; step: DeepFM-sized training step (default lookup)")
-    kernels.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    kernels.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                         help="auto: cuda when there is a GPU, else cpu (default auto)")
     kernels.add_argument("--batch", type=int, help="batch size (default 65536 on GPU, 4096 on CPU and for --suite step)")
-    kernels.add_argument("--tables", type=int, default=26)
-    kernels.add_argument("--rows", type=int, default=100_000, help="rows per table")
+    kernels.add_argument("--tables", type=int, default=26, help="number of tables (default 26)")
+    kernels.add_argument("--rows", type=int, default=100_000, help="rows per table (default 100000)")
     kernels.add_argument("--dims", type=_int_list, help="comma-separated dims (default 64,128; step: 16)")
     kernels.add_argument("--pooling", type=_int_list, help="comma-separated ids per bag (default 1,20; step: 1)")
-    kernels.add_argument("--alpha", type=float, default=0.0, help="Zipf exponent of the ids (0 = uniform)")
+    kernels.add_argument("--alpha", type=float, default=0.0, help="Zipf exponent of the ids (0 = uniform; default 0)")
     kernels.add_argument("--optimizer", choices=FUSABLE, help="the lookup suite's update (default rowwise_adagrad)")
-    kernels.add_argument("--iters", type=int, default=10)
-    kernels.add_argument("--warmup", type=int, default=2)
+    kernels.add_argument("--iters", type=int, default=10, help="timed iterations per measurement (default 10)")
+    kernels.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
     kernels.add_argument("--peak-gbps", type=float, help="the device's peak memory bandwidth in GB/s")
     kernels.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's)")
     kernels.set_defaults(run=_bench_kernels)
@@ -225,8 +231,9 @@ def _bench_kernels_parser(bench: argparse._SubParsersAction) -> None:
 
 def _bench_train_parser(bench: argparse._SubParsersAction) -> None:
     train = bench.add_parser("train", help="samples/s of a recipe's training loop, GPU busy share, time per phase")
-    train.add_argument("recipe", type=Path)
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("recipe", type=Path, help="recipe YAML")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="auto: cuda when there is a GPU, else cpu (default auto)")
     train.add_argument("--steps", type=int, default=50, help="timed training steps (default 50)")
     train.add_argument("--warmup", type=int, default=10, help="untimed steps first (default 10)")
     train.add_argument("--profile-steps", type=int, default=10, help="steps under the profiler on a GPU (default 10)")
