@@ -7,6 +7,7 @@ Unknown keys and wrong types fail with the key's full path, e.g.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import types
@@ -34,8 +35,10 @@ def parse(cls: type[T], data: Any, path: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), fields, n=1)
+        hint = f", did you mean {close[0]}?" if close else ""
         raise RecipeError(
-            f"{_join(path, str(unknown[0]))}: unknown key (allowed: {', '.join(sorted(fields))})"
+            f"{_join(path, str(unknown[0]))}: unknown key{hint} (allowed: {', '.join(sorted(fields))})"
         )
     values = {}
     for name, field in fields.items():

@@ -16,8 +16,9 @@ def test_defaults_and_typed_sections():
 @pytest.mark.parametrize(
     "raw, message",
     [
-        ({"trian": {}}, r"^trian: unknown key"),
-        ({"train": {"batch_sise": 3}}, r"^train\.batch_sise: unknown key"),
+        ({"trian": {}}, r"^trian: unknown key, did you mean train\?"),
+        ({"train": {"batch_sise": 3}}, r"^train\.batch_sise: unknown key, did you mean batch_size\? \(allowed: batch_size"),
+        ({"train": {"zzz": 3}}, r"^train\.zzz: unknown key \(allowed: batch_size"),
         ({"train": {"batch_size": "abc"}}, r"^train\.batch_size: expected int, got 'abc'"),
         ({"trainer": {"num_threads": "abc"}}, r"^trainer\.num_threads: expected int or 'auto', got 'abc'$"),
         ({"train": {"optimizer": {"lr": "fast"}}}, r"^train\.optimizer\.lr: expected float"),
