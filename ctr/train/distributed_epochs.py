@@ -75,6 +75,8 @@ class EpochLoop:
         self.logger = CurveLog(self.span.log_csv, self.place.rank == 0, keep_before=state.step)
         self.losses = GroupFiniteLoss(self.place.device)
         loader.load_state_dict({"epoch": state.epoch, "batches": state.batches})
+        if state.step and self.place.rank == 0:
+            log.info("resuming from %s, written at step %d", self.saver.last, state.step)
         if self.score_start and state.step == 0 and state.best is None:
             self._start_as_best(state)
         while state.epoch < self.span.epochs and not state.stopped and not self._at_max_steps(state):

@@ -211,6 +211,7 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     if resume_from is not None:
         saved = load_checkpoint(resume_from)
         load_saved(task, saved, resume_from)  # Lightning's own load would raise a traceback
+        log.info("resuming from %s, written at step %d", resume_from, saved["global_step"])
         begun = _resume_log(task, trainer, saved)
     elif score_start:
         scored = _start_as_best(task, session, checkpoint, stopper)

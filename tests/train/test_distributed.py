@@ -506,6 +506,7 @@ def test_validation_every_n_steps_checkpoints_mid_epoch_and_resumes_there(tmp_pa
     (tmp_path / "cut" / "metrics.json").unlink()
     resumed = ctr("train", "--resume", tmp_path / "cut")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {tmp_path / 'cut' / 'checkpoints' / 'last'}, written at step 8" in resumed.stderr
     again = json.loads((tmp_path / "cut" / "metrics.json").read_text())
     assert again["steps"] == two["steps"] and again["test"] == pytest.approx(two["test"], abs=1e-6, rel=0)
     for column in ("valid/auc", "train/loss"):

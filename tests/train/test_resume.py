@@ -67,6 +67,7 @@ def runs(tmp_path_factory):
     env["CTR_TEST_KILL_AT"] = "-1"
     resumed = ctr("train", "--resume", tmp / "moved", env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (tmp / "resumed.log").write_text(resumed.stderr)
     return tmp / "whole", tmp / "moved"
 
 
@@ -74,6 +75,11 @@ def test_a_killed_moved_and_resumed_run_ends_with_the_same_metrics(runs):
     whole, resumed = (json.loads((run / "metrics.json").read_text()) for run in runs)
     assert {k: whole[k] for k in SAME} == {k: resumed[k] for k in SAME}
     assert resumed["train_seconds"] > 0
+
+
+def test_a_resume_says_which_checkpoint_it_goes_on_from(runs):
+    said = (runs[1].parent / "resumed.log").read_text()
+    assert f"resuming from {runs[1] / 'checkpoints' / 'last.ckpt'}, written at step 10" in said
 
 
 def test_the_log_is_appended_not_replaced(runs):
