@@ -153,6 +153,8 @@ class RunDir:
         return first_difference(before, now)
 
     def load_recipe(self) -> Recipe:
+        if not self.root.exists():
+            raise UserError(f"{self.root}: no such run directory")
         if not self.recipe.exists():
             raise UserError(f"{self.root}: not a run directory (no recipe.yaml)")
         return recipe_from_dict(upgraded(read_yaml(self.recipe)))  # a run of an earlier ctr: its keys brought up

@@ -355,3 +355,17 @@ def test_a_budget_the_method_cannot_reach_leaves_no_run_directory(tmp_path, caps
         code, err = done.returncode, done.stderr.strip().splitlines()[-1]
     assert_one_line(code, err, "embedding.budget")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "{missing}"], "{missing}: no such run directory"),
+    (["train", "--resume", "{missing}"], "{missing}: no such run directory"),
+    (["eval", "{empty}"], "{empty}: not a run directory (no recipe.yaml)"),
+])
+def test_a_run_directory_that_is_missing_or_not_a_run_is_one_line_saying_which(tmp_path, capsys, args, message):
+    """A mistyped path read "not a run directory (no recipe.yaml)", as if the folder existed."""
+    (tmp_path / "empty").mkdir()
+    paths = {"missing": tmp_path / "missing", "empty": tmp_path / "empty"}
+    code, err = run_cli(capsys, *(a.format(**paths) for a in args))
+    assert_one_line(code, err, message.format(**paths))
+    assert not paths["missing"].exists()
