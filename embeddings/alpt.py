@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from ctr.batch import JaggedFeatures
@@ -64,8 +65,9 @@ class ALPTEmbedding(QuantizedRows):
     optimizer's step (``stepped``);
     (2) Δ ← Δ − scale_lr · g · ∂L/∂Δ with the LSQ (learned step size quantization) gradient
     of ŵ = Δ·round(w'/Δ) (``lsq_step_gradient``) and LSQ's gradient scale g = 1/√(B·D·Q_p),
-    B the training batch's rows, Q_p = 2^(digit−1) − 1 the largest code (as the artifact's
-    ``scheduler/alpt.py``); (3) q ← SR(w'/Δ), stochastic rounding.
+    B the training batch's rows (replicated: every rank's part summed), Q_p = 2^(digit−1) − 1
+    the largest code (as the artifact's ``scheduler/alpt.py``); (3) q ← SR(w'/Δ), stochastic
+    rounding.
 
     Budget: fixed at digit/32 of the full bytes plus one fp32 step per row (4/(4·D) more;
     at D = 16, 8-bit rows: 0.3125); a smaller budget is refused. ``memory_bytes`` =
@@ -82,16 +84,26 @@ class ALPTEmbedding(QuantizedRows):
         fixed_ratio(config, "alpt", schema.tables(), sum(schema.tables().values()) * FP32_BYTES)
         super().__init__(schema, config)
         self.register_buffer("steps", torch.full((self.codes.shape[0], 1), config.scale))
-        self.batch_rows = 1  # B of the gradient scale: the rows of the last training batch
+        self.batch_rows = 1  # B of the gradient scale: the last training batch's rows (sync_replicas sums the ranks')
 
     def forward(self, sparse: JaggedFeatures) -> FeatureEmbeddings:
         if self.training:
-            self.batch_rows = max(sparse.batch_size, 1)
+            self.batch_rows = sparse.batch_size
         return super().forward(sparse)
 
     def step_gradient_scale(self) -> float:
         """LSQ's g = 1/√(B·D·Q_p) of the steps' gradient."""
-        return 1.0 / math.sqrt(self.batch_rows * self.dim * torch.iinfo(INT_TYPES[self.config.digit]).max)
+        return 1.0 / math.sqrt(max(self.batch_rows, 1) * self.dim * torch.iinfo(INT_TYPES[self.config.digit]).max)
+
+    @torch.no_grad()
+    def sync_replicas(self) -> None:
+        """As ``QuantizedRows.sync_replicas``; B is the whole batch's rows (every rank's part
+        summed), the batch whose mean gradient rank 0 applies."""
+        if self.replicated:
+            rows = torch.tensor([self.batch_rows], dtype=torch.int64, device=self.codes.device)
+            dist.all_reduce(rows)
+            self.batch_rows = int(rows.item())
+        super().sync_replicas()
 
     def step_of(self, rows: Tensor) -> Tensor:
         return self.steps[rows]

@@ -1,5 +1,7 @@
 """Replicated methods (embeddings/replicas.py): writes outside the optimizer, recorded and synced."""
 
+import math
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -10,7 +12,7 @@ from ctr.embeddings.dpq import DPQConfig, DPQEmbedding
 from ctr.embeddings.mgqe import MGQEConfig, MGQEmbedding
 from ctr.embeddings.quantize import Int16Config, QuantizeConfig, QuantizedEmbedding
 from ctr.embeddings.replicas import last_occurrences
-from tests.embeddings.schemas import schema
+from tests.embeddings.schemas import batch, schema
 
 BIG = {"item": 2000, "user": 1000, "tags": 100}
 METHODS = {
@@ -102,3 +104,23 @@ def test_two_replicas_end_bitwise_equal_after_a_step_on_different_rows_and_noise
         assert all(torch.equal(first[k], second[k]) for k in first), name
         changed = {k for k in first if not torch.equal(first[k], initial[k])}
         assert changed == set(initial), name
+
+
+def alpt_scale_of_parts(rank: int, store: str, out: str) -> None:
+    """Rank ``rank`` of 2 trains ``alpt`` on its part of an 8-row batch (3 rows, 5 rows), its
+    loss scaled as a distributed step's (× world / 8), syncs, and saves its gradient scale."""
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    method = built("alpt", replicated=True)
+    part = batch(size=3 if rank == 0 else 5, seed=rank)
+    (method(part).pooled.sum() * 2 / 8).backward()
+    method.sync_replicas()
+    torch.save(method.step_gradient_scale(), f"{out}/alpt-scale-{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_replicated_alpt_scales_the_steps_gradient_by_the_whole_batch(tmp_path):
+    """Each rank's forward sees its part of the batch; rank 0 updates the steps with the
+    whole batch's mean gradient, so LSQ's B is every part's rows (8), not rank 0's (3)."""
+    mp.spawn(alpt_scale_of_parts, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    for rank in range(2):
+        assert torch.load(tmp_path / f"alpt-scale-{rank}.pt") == pytest.approx(1 / math.sqrt(8 * 8 * 127), rel=1e-12)
