@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ctr.embeddings.bags import Bags
 from ctr.embeddings.base import EmbeddingMethod
-from ctr.embeddings.budget import FP32_BYTES, BudgetUnreachableError, require_budget
+from ctr.embeddings.budget import FP32_BYTES, BudgetUnreachableError, budget_bytes, require_budget
 from ctr.embeddings.storage import SEED_BYTES, KernelLookup, draw_hash_seeds, universal_hash
 from ctr.errors import RecipeError
 from ctr.recipe import EmbeddingConfig
@@ -72,13 +72,14 @@ class UnifiedEmbedding(EmbeddingMethod):
     def __init__(self, schema: Schema, config: UnifiedConfig):
         super().__init__(schema, config)
         budget = require_budget(config, "unified")
+        allowed = budget_bytes(config, "unified", self.table_rows)
         probes = self._probes_per_table(config)
         widths = sorted({config.dim // k for k in probes}, reverse=True)
         self.table_probes = probes
         self.table_group = [widths.index(config.dim // k) for k in probes]
         self.weights = nn.ParameterList(
             nn.Parameter(torch.empty(rows, width).normal_(std=config.init_std))
-            for rows, width in zip(self._group_rows(budget, probes, widths), widths)
+            for rows, width in zip(self._group_rows(budget, allowed, probes, widths), widths)
         )
         self.register_buffer("seeds", draw_hash_seeds(sum(probes)))
         self.seed_start = [sum(probes[:t]) for t in range(len(probes))]
@@ -94,12 +95,12 @@ class UnifiedEmbedding(EmbeddingMethod):
                 )
         return [config.feature_probes.get(name, config.probes) for name in self.table_names]
 
-    def _group_rows(self, budget: float, probes: list[int], widths: list[int]) -> list[int]:
-        """Rows of each width's table: its share of the budget's floats (the share of the
-        vocabularies it serves), at least one row; rows added by that minimum are taken back
-        from the largest table."""
+    def _group_rows(self, budget: float, allowed: float, probes: list[int], widths: list[int]) -> list[int]:
+        """Rows of each width's table: its share of the floats ``allowed`` bytes hold after the
+        seeds (the share of the vocabularies it serves), at least one row; rows added by that
+        minimum are taken back from the largest table."""
         vocab = list(self.table_rows.values())
-        floats = math.floor((budget * self.full_bytes() - SEED_BYTES * sum(probes)) / FP32_BYTES)
+        floats = math.floor((allowed - SEED_BYTES * sum(probes)) / FP32_BYTES)
         if floats < sum(widths):
             least = (FP32_BYTES * sum(widths) + SEED_BYTES * sum(probes)) / self.full_bytes()
             why = f"one row of each width ({sum(widths)} floats) and {sum(probes)} hash seeds do not fit"

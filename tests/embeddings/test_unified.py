@@ -89,3 +89,16 @@ def test_the_traced_lookup_gives_every_id_the_vector_of_its_bag(monkeypatch):
     longest = expected.sequences["hist"].shape[1]
     torch.testing.assert_close(traced.sequences["hist"][:, :longest], expected.sequences["hist"])
     assert not traced.sequences["hist"][:, longest:].any()
+
+
+def test_the_smallest_budget_it_names_is_reached():
+    """budget × full bytes computed in floating point fell a hair short of the one row per
+    width and the seeds that the refusal's minimum was computed from."""
+    from ctr.embeddings.budget import BudgetUnreachableError
+
+    tight = schema({"item": 149, "user": 600, "tags": 40})
+    with pytest.raises(BudgetUnreachableError) as refused:
+        UnifiedEmbedding(tight, UnifiedConfig(dim=16, budget=1e-7, probes=2))
+    method = UnifiedEmbedding(tight, UnifiedConfig(dim=16, budget=refused.value.min_budget, probes=2))
+    assert [w.shape[0] for w in method.weights] == [1]
+    assert method.memory_bytes() <= refused.value.min_budget * method.full_bytes() * (1 + 1e-12)
