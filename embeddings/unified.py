@@ -54,10 +54,10 @@ class UnifiedEmbedding(EmbeddingMethod):
     and the model can tell features apart in the shared space (the paper's Feature
     Multiplexing analysis).
 
-    Multi-size: each feature may use its own k (``feature_probes``). The paper concatenates
-    k_f lookups of a fixed width into a k_f·w-dim embedding; our contract gives every feature
-    D dims, so a feature with k probes uses chunks of D / k dims, and features with the same
-    chunk width share one table. With a single k (the default) there is exactly one unified
+    Multi-size: each feature may use its own k (``feature_probes``). TensorFlow Recommenders'
+    layer concatenates k_f lookups of a fixed width w into a k_f·w-dim embedding; our
+    contract gives every feature D dims, so a feature with k probes uses chunks of D / k
+    dims, and features with the same chunk width share one table. With a single k (the default) there is exactly one unified
     table for everything.
 
     Sizing: the budget's bytes, less the hash seeds, are split between the tables of each
