@@ -44,7 +44,7 @@ class DINConfig(MLPConfig, ModelConfig):
         attention_input: the activation unit's input, ``paper`` ``[k, q ⊙ k, q]`` or
             ``authors`` ``[q, k, q − k, q ⊙ k]`` (``None``: the variant's).
         softmax: normalise the attention weights (``None``: the variant's; paper: off).
-        attention_scale: divide the scores by √E before the softmax (zhougr1993/
+        attention_scale: divide the scores by √E (before the softmax, when on) (zhougr1993/
             DeepInterestNetwork ``din/model.py``; off in DIEN's ``din_attention``).
         hidden, activation, dropout, batch_norm: the top MLP (paper: 200-80, dice).
         input_norm: of the top MLP's input (``None``: the variant's): ``none``, ``batch``
