@@ -1,9 +1,10 @@
 """Errors a user can fix; the CLI prints them on one line and exits with code 2. Also
 ``Terminated``, how a SIGTERM ends work that has no handler of its own."""
 
+import difflib
 import signal
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterable, Iterator
 
 
 class UserError(Exception):
@@ -23,6 +24,13 @@ class DataError(UserError):
 
 class TrainingDiverged(UserError):
     """The training loss became non-finite (inf or nan); the last good checkpoint is kept."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """``, did you mean X?`` naming the choice closest to a mistyped ``name``; empty when
+    none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f", did you mean {close[0]}?" if close else ""
 
 
 def reason(err: BaseException, typed: bool = False) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, is_dataclass
 from importlib import metadata
 from typing import Any, Callable, Generic, TypeVar
 
-from ctr.errors import RecipeError, reason
+from ctr.errors import RecipeError, did_you_mean, reason
 from ctr.typed import SUPPORTED, unsupported_field
 
 log = logging.getLogger(__name__)
@@ -115,9 +115,8 @@ class Registry(Generic[T]):
         self._find(name)
         if name not in self._entries:
             where = f"{key_path}: " if key_path else ""
-            raise RecipeError(
-                f"{where}unknown {self.kind} {name!r} (registered: {', '.join(self.names())})"
-            )
+            raise RecipeError(f"{where}unknown {self.kind} {name!r}{did_you_mean(name, self.names())}"
+                              f" (registered: {', '.join(self.names())})")
         return self._entries[name]
 
     def names(self) -> list[str]:

@@ -7,14 +7,13 @@ Unknown keys and wrong types fail with the key's full path, e.g.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union
 
-from ctr.errors import RecipeError
+from ctr.errors import RecipeError, did_you_mean
 
 T = TypeVar("T")
 
@@ -35,10 +34,9 @@ def parse(cls: type[T], data: Any, path: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:
-        close = difflib.get_close_matches(str(unknown[0]), fields, n=1)
-        hint = f", did you mean {close[0]}?" if close else ""
         raise RecipeError(
-            f"{_join(path, str(unknown[0]))}: unknown key{hint} (allowed: {', '.join(sorted(fields))})"
+            f"{_join(path, str(unknown[0]))}: unknown key{did_you_mean(str(unknown[0]), fields)}"
+            f" (allowed: {', '.join(sorted(fields))})"
         )
     values = {}
     for name, field in fields.items():

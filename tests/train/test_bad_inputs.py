@@ -38,6 +38,8 @@ def write_recipe(tmp_path, **sections):
         ("train.embedding_optimizer.lr=0", "train.embedding_optimizer: lr must be > 0"),
         ("train.max_steps=0", "train: max_steps must be >= 1 or null"),
         ("embedding.backend=cuda", "embedding.backend: unknown kernel backend 'cuda'"),
+        ("train.batch_sise=8", "train.batch_sise: unknown key, did you mean batch_size? (allowed: "),
+        ("embedding.method=hsah", "embedding.method: unknown embedding method 'hsah', did you mean hash? (registered: "),
         ("trainer.devices=0", "trainer: devices and num_nodes must be >= 1"),
         ("trainer.strategy=ddp", "trainer.strategy: 'ddp': use one of auto, single_device"),
         ("trainer.accelerator=tpu", "trainer.accelerator: 'tpu': choose from"),
