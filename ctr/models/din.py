@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ctr.batch import Batch
+from ctr.embeddings.replicas import gather_padded
 from ctr.embeddings.types import EmbeddingLayout, FeatureEmbeddings
 from ctr.errors import RecipeError
 from ctr.models.base import CTRModel
@@ -114,7 +115,8 @@ class DIN(CTRModel):
     ``λ/2 · Σ_j ‖w_j‖² / n_j`` over the distinct embedding rows j present in the batch
     (padding excluded), n_j the row's frequency in the training data (the schema's counts),
     so the gradient of row j is the paper's λ·w_j/n_j and rows absent from the batch are
-    not touched.
+    not touched. Data-parallel, each rank weighs its rows by W/k_j (``ranks_share``), so the
+    averaged gradient is the whole batch's λ·w_j/n_j for a row on any k_j of the W ranks.
 
     Shapes: pooled [B, F, D], sequences [B, L, D], masks [B, L] → logits [B].
     """
@@ -210,7 +212,20 @@ class DIN(CTRModel):
             rows = embedded.rows(self.table_feature[table], keys - self.starts[table])  # [U, D]
         except NotImplementedError:
             raise RecipeError("model.l2_reg: the embedding method gives no per-id vectors to regularize") from None
-        return 0.5 * self.config.l2_reg * (rows.pow(2).sum(1) / self.counts[keys]).sum()
+        return 0.5 * self.config.l2_reg * (rows.pow(2).sum(1) * ranks_share(keys) / self.counts[keys]).sum()
+
+
+def ranks_share(keys: Tensor) -> Tensor:
+    """W / k_j for each of this rank's distinct ``keys`` [U], k_j the ranks whose part of the
+    batch holds key j (a collective: every rank calls it; 1 outside a group of several). The
+    ranks' gradients are averaged, so row j then gets the whole λ·w_j/n_j of the batch."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return torch.ones(keys.shape, device=keys.device)
+    world = dist.get_world_size()
+    seen, ranks = torch.unique(gather_padded(keys, world), return_counts=True)  # each rank's keys are distinct
+    return world / ranks[torch.searchsorted(seen, keys)].to(torch.float32)
 
 
 class InferenceBatchNorm(nn.Module):

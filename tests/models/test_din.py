@@ -5,6 +5,8 @@ import math
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from ctr.batch import Batch, JaggedFeatures
 from ctr.errors import RecipeError
@@ -63,6 +65,35 @@ def test_mini_batch_aware_l2_covers_each_present_row_once_scaled_by_its_frequenc
     assert grad.is_sparse and set(touched.tolist()) == set(rows.tolist())
     dense = grad.to_dense()
     assert torch.allclose(dense[rows], lam * weight[rows] / counts[rows].unsqueeze(1), atol=1e-7)
+
+
+def averaged_regularizer_gradient(rank: int, store: str, out: str) -> None:
+    """Rank ``rank`` of 2: the regularizer's gradient of its own batch, averaged over the
+    ranks as data-parallel training averages them (rank 0 saves it)."""
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    schema = behaviour_schema(200, 30)
+    task = task_for_schema(schema, {**SMALL, "l2_reg": 0.5})
+    part = behaviour_batches(schema, 16, 16, seed=4 + rank)[0]
+    task.net.model.regularizer(part, task.net.embedding(part.sparse)).backward()
+    grad = task.net.embedding.weight.grad.to_dense()
+    dist.all_reduce(grad)
+    if rank == 0:
+        torch.save(grad / 2, f"{out}/averaged.pt")
+    dist.destroy_process_group()
+
+
+def test_data_parallel_l2_steps_each_row_of_the_whole_batch_once(schema, tmp_path):
+    """Two ranks' shares of a batch holding a row each used to give it half of λ·w_j/n_j."""
+    mp.spawn(averaged_regularizer_gradient, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    averaged = torch.load(tmp_path / "averaged.pt")
+    task = task_for_schema(schema, {**SMALL, "l2_reg": 0.5})
+    parts = [behaviour_batches(schema, 16, 16, seed=4 + rank)[0] for rank in range(2)]
+    rows = torch.unique(torch.cat([part.sparse.values for part in parts]))
+    assert len(rows) < sum(len(torch.unique(part.sparse.values)) for part in parts)  # some rows on both ranks
+    weight, counts = task.net.embedding.weight, torch.as_tensor(schema.counts["item_id"], dtype=torch.float32)
+    expected = torch.zeros_like(weight)
+    expected[rows] = 0.5 * weight[rows].detach() / counts[rows].unsqueeze(1)
+    torch.testing.assert_close(averaged, expected)
 
 
 def test_regularizer_is_off_at_evaluation_and_by_default(schema):
