@@ -27,10 +27,11 @@ class TrainingDiverged(UserError):
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """``, did you mean X?`` naming the choice closest to a mistyped ``name``; empty when
-    none is close."""
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f", did you mean {close[0]}?" if close else ""
+    """``, did you mean X?`` naming the choice closest to a mistyped ``name``, compared
+    without case (``DeepFM`` → ``deepfm``); empty when none is close."""
+    by_folded = {choice.casefold(): choice for choice in choices}
+    close = difflib.get_close_matches(str(name).casefold(), list(by_folded), n=1)
+    return f", did you mean {by_folded[close[0]]}?" if close else ""
 
 
 def reason(err: BaseException, typed: bool = False) -> str:

@@ -25,6 +25,8 @@ def test_defaults_and_typed_sections():
         ({"model": {"name": "nosuchmodel"}}, r"^model\.name: unknown model 'nosuchmodel'"),
         ({"embedding": {"method": "zip"}}, r"^embedding\.method: unknown embedding method 'zip' \(registered: "),
         ({"embedding": {"method": "hsah"}}, r"^embedding\.method: unknown embedding method 'hsah', did you mean hash\?"),
+        ({"model": {"name": "DeepFM"}}, r"^model\.name: unknown model 'DeepFM', did you mean deepfm\?"),
+        ({"train": {"BATCH_SIZE": 3}}, r"^train\.BATCH_SIZE: unknown key, did you mean batch_size\?"),
         ({"model": {"name": "dlrm", "top_mlp": [1, "x"]}}, r"^model\.top_mlp\[1\]: expected int"),
         ({"data": {"rows": -1}}, r"^data: rows must be a finite number > 0, got -1$"),
         ({"train": {"optimizer": {"name": "adamx"}}}, r"^train\.optimizer\.name: unknown optimizer"),
