@@ -172,6 +172,14 @@ def test_variant_defaults_and_overrides_of_the_attention():
     torch.testing.assert_close(model.mlp_input(batch, embedded), torch.tensor([[1.0, 2.0, *interest]]))
 
 
+def test_attention_scale_divides_the_scores_without_a_softmax_too():
+    """The paper's unnormalised weights ⟨q, k⟩ / √E: interest [3, 1] / √2."""
+    model, batch, embedded = hand_batch("paper", attention_scale=True)
+    assert not model.attention.softmax
+    torch.testing.assert_close(model.mlp_input(batch, embedded),
+                               torch.tensor([[1.0, 2.0, 3 / math.sqrt(2), 1 / math.sqrt(2)]]))
+
+
 def test_the_authors_normalisation_is_tfs_batch_norm_in_inference_mode():
     """DIEN's build_fcn_net runs tf.layers.batch_normalization without training: moving
     statistics 0 and 1, never updated, so a learned scale and shift, the same in training
