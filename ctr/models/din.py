@@ -7,6 +7,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from ctr.batch import Batch
@@ -111,7 +112,8 @@ class DIN(CTRModel):
       the candidate times the attention-pooled interest, q ⊙ Σ_j a_j k_j; unit input
       ``[q, k_j, q − k_j, q ⊙ k_j]``; softmax.
 
-    Mini-batch aware regularization (the paper's "Mini-batch Aware Regularization", §5.1, Eq. 6–7): with ``l2_reg`` = λ the loss gains
+    Mini-batch aware regularization (the paper's "Mini-batch Aware Regularization", §5.1,
+    Eq. 6–7): with ``l2_reg`` = λ the loss gains
     ``λ/2 · Σ_j ‖w_j‖² / n_j`` over the distinct embedding rows j present in the batch
     (padding excluded), n_j the row's frequency in the training data (the schema's counts),
     so the gradient of row j is the paper's λ·w_j/n_j and rows absent from the batch are
@@ -219,8 +221,6 @@ def ranks_share(keys: Tensor) -> Tensor:
     """W / k_j for each of this rank's distinct ``keys`` [U], k_j the ranks whose part of the
     batch holds key j (a collective: every rank calls it; 1 outside a group of several). The
     ranks' gradients are averaged, so row j then gets the whole λ·w_j/n_j of the batch."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return torch.ones(keys.shape, device=keys.device)
     world = dist.get_world_size()
