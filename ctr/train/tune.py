@@ -134,12 +134,19 @@ class Results(CsvRows):
     def find(self, point: Point, offset: int) -> dict[str, str] | None:
         return next((r for r in self.rows if r["point"] == point.key and int(r["offset"]) == offset), None)
 
-    def check_same_grid(self, recipes: dict[str, Recipe]) -> None:
+    def check_same_grid(self, recipes: dict[str, Recipe], in_run_folder: Callable[[dict[str, str]], bool]) -> None:
         """Refuses rows of another grid, base recipe or seed (a rerun with other settings
-        into the same --out would take their results for its own points)."""
+        into the same --out would take their results for its own points). A row whose
+        fingerprint differs but whose run folder holds its run (``in_run_folder``) is left to
+        that folder's recipe, compared key by key (``Tuning._check_started_runs``): a run of
+        an earlier ctr, whose recipe lacked a key added since, hashes otherwise."""
         for row in self.rows:
             recipe = recipes.get(row["point"])
-            if recipe is None or row["recipe"] != fingerprint(replace(recipe, seed=recipe.seed + int(row["offset"]))):
+            if recipe is None:
+                raise UserError(f"{self.path}: holds runs of other settings ({row['point']} seed {row['seed']}: "
+                                f"{row['settings']}); choose another --out")
+            if row["recipe"] != fingerprint(replace(recipe, seed=recipe.seed + int(row["offset"]))) \
+                    and not in_run_folder(row):
                 raise UserError(f"{self.path}: holds runs of other settings ({row['point']} seed {row['seed']}: "
                                 f"{row['settings']}); choose another --out")
 
@@ -168,7 +175,7 @@ class Tuning:
         self._check_seeds(recipes)
         monitor, mode = criterion(list(recipes.values()))
         results = Results(self.out / "results.csv")
-        results.check_same_grid(recipes)
+        results.check_same_grid(recipes, lambda row: self._run_dir(row["point"], int(row["offset"])).holds_run)
         self._check_started_runs(recipes)
         refused = self._refused(recipes, results)
         runnable = [p for p in self.points if p.key not in refused]
@@ -198,7 +205,7 @@ class Tuning:
         for point in self.points:
             recipe = recipes[point.key]
             for offset in range(self.seeds):
-                run = self._run_dir(point, offset)
+                run = self._run_dir(point.key, offset)
                 if not run.holds_run:
                     continue
                 change = run.settings_change(replace(recipe, seed=recipe.seed + offset))
@@ -206,8 +213,8 @@ class Tuning:
                     raise UserError(f"{self.out}: holds runs of other settings ({run.root.name}: {change}); "
                                     "choose another --out")
 
-    def _run_dir(self, point: Point, offset: int) -> RunDir:
-        return RunDir(self.out / "runs" / f"{point.key}-s{offset}")
+    def _run_dir(self, point_key: str, offset: int) -> RunDir:
+        return RunDir(self.out / "runs" / f"{point_key}-s{offset}")
 
     def _refused(self, recipes: dict[str, Recipe], results: Results) -> dict[str, str]:
         """Point key → why its embedding method refuses its budget (a method × budget grid
@@ -253,7 +260,7 @@ class Tuning:
             log.info("tune %s seed %d (%s): finished earlier, skipped", point.key, recipe.seed, point.label)
             return done
         log.info("tune %s seed %d (%s): training", point.key, recipe.seed, point.label)
-        run = self._run_dir(point, offset)
+        run = self._run_dir(point.key, offset)
         row = {"point": point.key, "settings": point.label, "seed": recipe.seed, "offset": offset,
                "recipe": fingerprint(recipe), "monitor": monitor, "run_dir": run.root}
         try:

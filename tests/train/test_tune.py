@@ -2,6 +2,7 @@
 
 import csv
 import re
+import shutil
 import subprocess
 import sys
 
@@ -150,6 +151,27 @@ def test_a_rerun_with_other_settings_into_the_same_out_is_refused(tmp_path):
         with pytest.raises(UserError, match=r"results.csv: holds runs of other settings \(p00 seed 42: "):
             Tuning(_recipe_file(tmp_path), parse_grid(grid), 2, out, overrides, trainer).run()
         assert trainer.calls == []
+
+
+def test_a_row_of_an_earlier_ctr_is_judged_by_its_run_folders_recipe(tmp_path):
+    """A ctr whose Recipe gained a key hashes every recipe otherwise: the rows an earlier ctr
+    wrote were refused as other settings though their run folders hold the same settings."""
+    from ctr.train.rundir import RunDir
+
+    out, grid = tmp_path / "t", parse_grid(["train.embedding_optimizer.lr=0.01,0.1"])
+    Tuning(_recipe_file(tmp_path), grid, 1, out, [], FakeTrainer()).run()
+    run = RunDir(out / "runs" / "p00-s0")  # what a real run leaves (FakeTrainer writes nothing)
+    run.write_recipe(load_recipe(_recipe_file(tmp_path), ["train.embedding_optimizer.lr=0.01"]))
+    run.metrics.write_text("{}")
+    table = out / "results.csv"
+    rows = list(csv.DictReader(table.open()))
+    table.write_text(table.read_text().replace(rows[0]["recipe"], "0" * 16))  # p00's row, as an earlier ctr hashed it
+    trainer = FakeTrainer()
+    Tuning(_recipe_file(tmp_path), grid, 1, out, [], trainer).run()
+    assert trainer.calls == []  # both rows kept: p00's folder holds the same settings
+    shutil.rmtree(out / "runs" / "p00-s0")
+    with pytest.raises(UserError, match=r"results.csv: holds runs of other settings \(p00 seed 42: "):
+        Tuning(_recipe_file(tmp_path), grid, 1, out, [], trainer).run()
 
 
 def test_a_run_interrupted_before_its_row_is_refused_under_other_settings_and_resumed_under_its_own(tmp_path):
