@@ -134,19 +134,18 @@ class Results(CsvRows):
     def find(self, point: Point, offset: int) -> dict[str, str] | None:
         return next((r for r in self.rows if r["point"] == point.key and int(r["offset"]) == offset), None)
 
-    def check_same_grid(self, recipes: dict[str, Recipe], in_run_folder: Callable[[dict[str, str]], bool]) -> None:
+    def check_same_grid(self, recipes: dict[str, Recipe],
+                        same_in_run_folder: Callable[[dict[str, str], Recipe], bool]) -> None:
         """Refuses rows of another grid, base recipe or seed (a rerun with other settings
         into the same --out would take their results for its own points). A row whose
-        fingerprint differs but whose run folder holds its run (``in_run_folder``) is left to
-        that folder's recipe, compared key by key (``Tuning._check_started_runs``): a run of
-        an earlier ctr, whose recipe lacked a key added since, hashes otherwise."""
+        fingerprint differs is kept when its run folder holds a run begun with the same
+        settings (``same_in_run_folder``: its recipe.yaml compared key by key): a run of an
+        earlier ctr, whose recipe lacked a key added since, hashes otherwise."""
         for row in self.rows:
             recipe = recipes.get(row["point"])
-            if recipe is None:
-                raise UserError(f"{self.path}: holds runs of other settings ({row['point']} seed {row['seed']}: "
-                                f"{row['settings']}); choose another --out")
-            if row["recipe"] != fingerprint(replace(recipe, seed=recipe.seed + int(row["offset"]))) \
-                    and not in_run_folder(row):
+            if recipe is not None:
+                recipe = replace(recipe, seed=recipe.seed + int(row["offset"]))
+            if recipe is None or (row["recipe"] != fingerprint(recipe) and not same_in_run_folder(row, recipe)):
                 raise UserError(f"{self.path}: holds runs of other settings ({row['point']} seed {row['seed']}: "
                                 f"{row['settings']}); choose another --out")
 
@@ -175,7 +174,7 @@ class Tuning:
         self._check_seeds(recipes)
         monitor, mode = criterion(list(recipes.values()))
         results = Results(self.out / "results.csv")
-        results.check_same_grid(recipes, lambda row: self._run_dir(row["point"], int(row["offset"])).holds_run)
+        results.check_same_grid(recipes, self._same_in_run_folder)
         self._check_started_runs(recipes)
         refused = self._refused(recipes, results)
         runnable = [p for p in self.points if p.key not in refused]
@@ -212,6 +211,12 @@ class Tuning:
                 if change:
                     raise UserError(f"{self.out}: holds runs of other settings ({run.root.name}: {change}); "
                                     "choose another --out")
+
+    def _same_in_run_folder(self, row: dict[str, str], recipe: Recipe) -> bool:
+        """Whether ``row``'s run folder holds a run begun with ``recipe`` (its recipe.yaml
+        compared key by key), whatever ``--seeds`` asks now: a row past them is kept too."""
+        run = self._run_dir(row["point"], int(row["offset"]))
+        return run.holds_run and run.recipe.exists() and run.settings_change(recipe) is None
 
     def _run_dir(self, point_key: str, offset: int) -> RunDir:
         return RunDir(self.out / "runs" / f"{point_key}-s{offset}")

@@ -174,6 +174,32 @@ def test_a_row_of_an_earlier_ctr_is_judged_by_its_run_folders_recipe(tmp_path):
         Tuning(_recipe_file(tmp_path), grid, 1, out, [], trainer).run()
 
 
+def test_a_row_whose_fingerprint_differs_is_kept_only_on_its_run_folders_recipe(tmp_path):
+    """Such a row passed whenever its run folder held a run, left to the check of started
+    runs: a row past this run's --seeds (not checked there) or a folder without its
+    recipe.yaml (nothing to compare) passed with other settings."""
+    from ctr.train.rundir import RunDir
+
+    out, grid = tmp_path / "t", parse_grid(["train.embedding_optimizer.lr=0.01,0.1"])
+    Tuning(_recipe_file(tmp_path), grid, 2, out, [], FakeTrainer()).run()  # rows p00-s0, p01-s0, p01-s1
+    table = out / "results.csv"
+    row = next(r for r in csv.DictReader(table.open()) if r["point"] == "p01" and r["offset"] == "1")
+    table.write_text(table.read_text().replace(row["recipe"], "0" * 16))
+    run = RunDir(out / "runs" / "p01-s1")
+    run.write_recipe(load_recipe(_recipe_file(tmp_path), ["train.embedding_optimizer.lr=0.05", "seed=43"]))
+    run.metrics.write_text("{}")
+    refused = r"results.csv: holds runs of other settings \(p01 seed 43: "
+    with pytest.raises(UserError, match=refused):
+        Tuning(_recipe_file(tmp_path), grid, 1, out, [], FakeTrainer()).run()
+    run.write_recipe(load_recipe(_recipe_file(tmp_path), ["train.embedding_optimizer.lr=0.1", "seed=43"]))
+    trainer = FakeTrainer()
+    Tuning(_recipe_file(tmp_path), grid, 1, out, [], trainer).run()
+    assert trainer.calls == []  # the same settings: kept
+    run.recipe.unlink()
+    with pytest.raises(UserError, match=refused):
+        Tuning(_recipe_file(tmp_path), grid, 2, out, [], FakeTrainer()).run()
+
+
 def test_a_run_interrupted_before_its_row_is_refused_under_other_settings_and_resumed_under_its_own(tmp_path):
     """A killed tune leaves a run folder and no row: a rerun with another -o resumed that run
     (trained with the old settings) and recorded its result under the new settings."""
