@@ -57,8 +57,8 @@ class UnifiedEmbedding(EmbeddingMethod):
     Multi-size: each feature may use its own k (``feature_probes``). TensorFlow Recommenders'
     layer concatenates k_f lookups of a fixed width w into a k_f·w-dim embedding; our
     contract gives every feature D dims, so a feature with k probes uses chunks of D / k
-    dims, and features with the same chunk width share one table. With a single k (the default) there is exactly one unified
-    table for everything.
+    dims, and features with the same chunk width share one table. With a single k (the
+    default) there is exactly one unified table for everything.
 
     Sizing: the budget's bytes, less the hash seeds, are split between the tables of each
     chunk width in proportion to the vocabularies they serve. ``memory_bytes`` = Σ rows ·
