@@ -175,9 +175,9 @@ class QuantizedEmbedding(QuantizedRows):
     """Low-precision training (LPT) of full tables: signed 8-bit (int8) or 16-bit (int16) elements.
 
     As the VLDB 2024 benchmark's ``quantize`` (Zhang et al., "Experimental Analysis of
-    Large-scale Learnable Vector Storage Compression", VLDB 2024; PKU-DAIR/Hetu tools/EmbeddingMemoryCompression), with the
-    stochastic rounding of Gupta et al., "Deep Learning with Limited Numerical Precision",
-    ICML 2015. Every element is stored as a signed 8- or 16-bit integer q and read as
+    Large-scale Learnable Vector Storage Compression", VLDB 2024; PKU-DAIR/Hetu
+    tools/EmbeddingMemoryCompression), with the stochastic rounding of Gupta et al., "Deep
+    Learning with Limited Numerical Precision", ICML 2015. Every element is stored as a signed 8- or 16-bit integer q and read as
     middle + s·q with one fixed step s; the update rounds w − u (u: the optimizer's step,
     ``stepped``) stochastically back onto the grid, so small steps move rows in expectation.
     Deviation: u is row-wise Adagrad by default where the artifact uses SGD (see
