@@ -22,7 +22,7 @@ import yaml
 from ctr.errors import RecipeError
 from ctr.registry import DATASETS, EMBEDDINGS, MODELS, OPTIMIZERS, import_plugins
 from ctr.schema import FeatureSpec, Kind
-from ctr.typed import parse, to_plain
+from ctr.typed import parse, require_at_least, to_plain
 
 
 @dataclass
@@ -210,8 +210,7 @@ class EarlyStopConfig:
     min_delta: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.patience < 0 or self.min_delta < 0:
-            raise ValueError("patience and min_delta must be >= 0")
+        require_at_least(self, 0, "patience", "min_delta")
         if self.monitor not in (*VALID_METRICS, "train/loss"):
             raise ValueError(f"monitor: {self.monitor!r} is not logged; choose from {', '.join(VALID_METRICS)}, train/loss")
         metric_mode(self.monitor, self.mode)
@@ -338,8 +337,7 @@ class TrainConfig:
     eval_every_n_steps: int | None = None
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.eval_batch_size < 1 or self.epochs < 1:
-            raise ValueError("batch_size, eval_batch_size and epochs must be >= 1")
+        require_at_least(self, 1, "batch_size", "eval_batch_size", "epochs")
         for name in ("max_steps", "eval_every_n_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -392,8 +390,7 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if isinstance(self.num_threads, int) and self.num_threads < 1:
             raise ValueError("num_threads must be >= 1, auto or null")
-        if self.devices < 1 or self.num_nodes < 1:
-            raise ValueError("devices and num_nodes must be >= 1")
+        require_at_least(self, 1, "devices", "num_nodes")
         self.precision = PRECISION_ALIASES.get(str(self.precision), self.precision)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision: {self.precision!r}: use {', '.join(PRECISIONS)} (weights stay fp32; "

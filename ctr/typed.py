@@ -48,7 +48,25 @@ def parse(cls: type[T], data: Any, path: str) -> T:
     try:
         return cls(**values)
     except (ValueError, TypeError) as err:
-        raise RecipeError(f"{path or 'recipe'}: {err}") from None
+        raise RecipeError(_located(path, fields, str(err))) from None
+
+
+def _located(path: str, fields: dict, message: str) -> str:
+    """A config's own check message with the key it names joined to the path: ``rows must be
+    > 0`` under ``data`` reads ``data.rows: must be > 0``; other messages keep the path alone."""
+    named = re.match(r"(\w+)(?:: | (?=must ))(.*)", message, re.DOTALL)
+    if named and named.group(1) in fields:
+        return f"{_join(path, named.group(1))}: {named.group(2)}"
+    return f"{path or 'recipe'}: {message}"
+
+
+def require_at_least(config: Any, minimum: int, *names: str) -> None:
+    """Raises ``ValueError("<name> must be >= <minimum>, got <value>")`` for the first of
+    ``names`` below ``minimum``: the recipe reader joins the name to the key's path."""
+    for name in names:
+        value = getattr(config, name)
+        if value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
 def _with_defaults(field: dataclasses.Field, value: Any) -> Any:

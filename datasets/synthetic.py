@@ -86,9 +86,10 @@ class SyntheticConfig(DataConfig):
         for name, value in {"seed": self.seed, "interacting_pairs": self.interacting_pairs}.items():
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
-        if not 0 < self.positive_rate < 1 or not 0 <= self.missing_rate <= 1:
-            raise ValueError(f"positive_rate must be in (0, 1) and missing_rate in [0, 1], got {self.positive_rate} "
-                             f"and {self.missing_rate}")
+        if not 0 < self.positive_rate < 1:
+            raise ValueError(f"positive_rate must be in (0, 1), got {self.positive_rate}")
+        if not 0 <= self.missing_rate <= 1:
+            raise ValueError(f"missing_rate must be in [0, 1], got {self.missing_rate}")
         scales = (self.linear_scale, self.pairwise_scale, self.numeric_scale)
         if not all(math.isfinite(v) and v >= 0 for v in scales):
             raise ValueError(f"linear_scale, pairwise_scale and numeric_scale must be finite and >= 0, got {scales}")

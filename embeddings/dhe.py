@@ -13,6 +13,7 @@ from ctr.embeddings.storage import SEED_BYTES, draw_hash_seeds, table_starts, un
 from ctr.recipe import EmbeddingConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
+from ctr.typed import require_at_least
 
 INT64_BYTES = 8
 ESTIMATE_IDS = 4096
@@ -38,8 +39,8 @@ class DHEConfig(EmbeddingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.hashes < 1 or self.buckets < 2 or self.hidden_layers < 1 or self.max_width < 1:
-            raise ValueError("hashes, hidden_layers and max_width must be >= 1 and buckets >= 2")
+        require_at_least(self, 1, "hashes", "hidden_layers", "max_width")
+        require_at_least(self, 2, "buckets")
 
 
 def mlp_bytes(config: DHEConfig, width: int) -> int:

@@ -28,7 +28,7 @@ def test_defaults_and_typed_sections():
         ({"model": {"name": "DeepFM"}}, r"^model\.name: unknown model 'DeepFM', did you mean deepfm\?"),
         ({"train": {"BATCH_SIZE": 3}}, r"^train\.BATCH_SIZE: unknown key, did you mean batch_size\?"),
         ({"model": {"name": "dlrm", "top_mlp": [1, "x"]}}, r"^model\.top_mlp\[1\]: expected int"),
-        ({"data": {"rows": -1}}, r"^data: rows must be a finite number > 0, got -1$"),
+        ({"data": {"rows": -1}}, r"^data\.rows: must be a finite number > 0, got -1$"),
         ({"train": {"optimizer": {"name": "adamx"}}}, r"^train\.optimizer\.name: unknown optimizer"),
         ({"data": {"features": [{"name": "a", "kind": "dense"}]}}, r"^data\.features\[0\]\.kind: expected one of"),
     ],
@@ -87,8 +87,8 @@ def test_scientific_floats_without_a_dot_are_floats():
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({"trainer": {"precision": "foo"}}, r"^trainer: precision: 'foo': use 32-true, bf16-mixed, 16-mixed"),
-    ({"trainer": {"precision": "bf16-true"}}, r"^trainer: precision: 'bf16-true'"),  # it crashed at the first validation
+    ({"trainer": {"precision": "foo"}}, r"^trainer\.precision: 'foo': use 32-true, bf16-mixed, 16-mixed"),
+    ({"trainer": {"precision": "bf16-true"}}, r"^trainer\.precision: 'bf16-true'"),  # it crashed at the first validation
     ({"trainer": {"precision": "16-mixed"}, "train": {"grad_clip": 1.0}},
      r"^trainer\.precision: 16-mixed would clip loss-scaled gradients"),
     ({"trainer": {"precision": "16-mixed"}, "train": {"embedding_optimizer": {"fused": True}}},
@@ -127,11 +127,16 @@ def test_a_section_that_is_not_a_mapping_is_refused_not_read_as_its_defaults(sec
 @pytest.mark.parametrize("raw, message", [
     ({"seed": -1}, r"^seed: must be in \[0, 4294967295\] \(numpy's seeds\), got -1$"),
     ({"seed": 2**32}, r"^seed: must be in \[0, 4294967295\]"),
-    ({"data": {"split": {"seed": -5}}}, r"^data\.split: seed must be >= 0, got -5$"),
+    ({"data": {"split": {"seed": -5}}}, r"^data\.split\.seed: must be >= 0, got -5$"),
     ({"data": {"shuffle_buffer": 0}}, r"^data\.shuffle_buffer: must be >= 1 \(rows\), got 0$"),
     ({"data": {"prefetch": -1}}, r"^data\.prefetch: must be >= 0 \(0: batches built inline\), got -1$"),
-    ({"embedding": {"init_std": -1}}, r"^embedding: init_std must be >= 0, got -1\.0$"),
-    ({"embedding": {"dense_max_mb": -1}}, r"^embedding: dense_max_mb must be >= 0, got -1\.0$"),
+    ({"embedding": {"init_std": -1}}, r"^embedding\.init_std: must be >= 0, got -1\.0$"),
+    ({"embedding": {"dense_max_mb": -1}}, r"^embedding\.dense_max_mb: must be >= 0, got -1\.0$"),
+    ({"train": {"eval_batch_size": 0}}, r"^train\.eval_batch_size: must be >= 1, got 0$"),
+    ({"trainer": {"num_nodes": 0}}, r"^trainer\.num_nodes: must be >= 1, got 0$"),
+    ({"model": {"name": "autoint", "heads": 0}}, r"^model\.heads: must be >= 1, got 0$"),
+    ({"model": {"name": "dcnv2", "low_rank": 0}}, r"^model\.low_rank: must be >= 1, got 0$"),
+    ({"embedding": {"method": "dhe", "budget": 0.5, "buckets": 1}}, r"^embedding\.buckets: must be >= 2, got 1$"),
 ])
 def test_a_value_out_of_range_is_refused_when_read_not_by_a_traceback_later(raw, message):
     """Each trained into a traceback (numpy's seed bounds, torch's normal_, the loader's

@@ -13,6 +13,7 @@ from ctr.models.layers import InteractingLayer, NumericEmbedding
 from ctr.recipe import ModelConfig
 from ctr.registry import MODELS
 from ctr.schema import Schema
+from ctr.typed import require_at_least
 
 
 @dataclass
@@ -45,8 +46,7 @@ class AutoIntConfig(ModelConfig):
     embedding_dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if min(self.layers, self.heads, self.head_dim) < 1:
-            raise ValueError("layers, heads and head_dim must be >= 1")
+        require_at_least(self, 1, "layers", "heads", "head_dim")
         if not 0 <= self.embedding_dropout < 1:
             raise ValueError("embedding_dropout must be in [0, 1)")
 

@@ -15,6 +15,7 @@ from ctr.models.layers import CrossNetworkV2, MLPConfig
 from ctr.recipe import ModelConfig
 from ctr.registry import MODELS
 from ctr.schema import Schema
+from ctr.typed import require_at_least
 
 
 @dataclass
@@ -38,8 +39,9 @@ class DCNv2Config(MLPConfig, ModelConfig):
     hidden: list[int] = field(default_factory=lambda: [1024, 1024])
 
     def __post_init__(self) -> None:
-        if self.cross_layers < 1 or self.experts < 1 or (self.low_rank is not None and self.low_rank < 1):
-            raise ValueError("cross_layers, experts and low_rank must be >= 1")
+        require_at_least(self, 1, "cross_layers", "experts")
+        if self.low_rank is not None:
+            require_at_least(self, 1, "low_rank")
         if self.experts > 1 and self.low_rank is None:
             raise ValueError("experts > 1 (DCN-Mix) needs low_rank")
 

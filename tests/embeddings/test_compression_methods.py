@@ -71,7 +71,7 @@ def test_bad_options_and_budgets_are_one_line_recipe_errors(method):
     with pytest.raises(RecipeError, match=r"^embedding\.no_such_option: unknown key"):
         recipe_from_dict({"embedding": {"method": method, "budget": 0.1, "no_such_option": 1}})
     for budget in (0, 1.5, -0.1):
-        with pytest.raises(RecipeError, match=r"^embedding: budget must be in \(0, 1\]$"):
+        with pytest.raises(RecipeError, match=r"^embedding\.budget: must be in \(0, 1\]$"):
             recipe_from_dict({"embedding": {"method": method, "budget": budget}})
     if method in FIXED_RATIO:
         assert build(method, None).memory_bytes() > 0

@@ -52,7 +52,7 @@ def test_a_negative_commitment_is_a_one_line_recipe_error():
     from ctr.errors import RecipeError
     from ctr.recipe import recipe_from_dict
 
-    with pytest.raises(RecipeError, match=r"^embedding: commitment must be >= 0, got -1\.0$"):
+    with pytest.raises(RecipeError, match=r"^embedding\.commitment: must be >= 0, got -1\.0$"):
         recipe_from_dict({"embedding": {"method": "dpq", "budget": 0.5, "commitment": -1.0}})
 
 

@@ -107,7 +107,7 @@ def test_alpt_takes_8_or_16_bits_only():
     """The bits check moved off the shared config; alpt kept the key and lost the check (a
     KeyError traceback at the first lookup)."""
     assert recipe_from_dict({"embedding": {"method": "alpt", "digit": 16}}).embedding.digit == 16
-    with pytest.raises(RecipeError, match=r"^embedding: digit: 4 must be 8 or 16$"):
+    with pytest.raises(RecipeError, match=r"^embedding\.digit: 4 must be 8 or 16$"):
         recipe_from_dict({"embedding": {"method": "alpt", "digit": 4}})
 
 

@@ -50,5 +50,5 @@ def test_elements_are_signed_reads_of_hashed_blocks():
 
 
 def test_bad_block_is_a_recipe_error():
-    with pytest.raises(RecipeError, match=r"^embedding: block: 3 must divide dim 16"):
+    with pytest.raises(RecipeError, match=r"^embedding\.block: 3 must divide dim 16"):
         recipe_from_dict({"embedding": {"method": "robe", "budget": 0.1, "block": 3}})

@@ -69,7 +69,7 @@ def test_unified_gradients_are_sparse_and_reach_every_probe():
 
 
 def test_bad_probes_name_the_key():
-    with pytest.raises(RecipeError, match=r"^embedding: probes: 3 probes must divide dim 16"):
+    with pytest.raises(RecipeError, match=r"^embedding\.probes: 3 probes must divide dim 16"):
         recipe_from_dict({"embedding": {"method": "unified", "dim": 16, "budget": 0.1, "probes": 3}})
     with pytest.raises(RecipeError, match=r"^embedding\.feature_probes\.nosuch: no such table"):
         UnifiedEmbedding(schema(), UnifiedConfig(dim=16, budget=0.1, feature_probes={"nosuch": 2}))

@@ -34,13 +34,13 @@ def write_recipe(tmp_path, **sections):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("train.optimizer.lr=-1", "train.optimizer: lr must be > 0, got -1.0"),
-        ("train.embedding_optimizer.lr=0", "train.embedding_optimizer: lr must be > 0"),
-        ("train.max_steps=0", "train: max_steps must be >= 1 or null"),
+        ("train.optimizer.lr=-1", "train.optimizer.lr: must be > 0, got -1.0"),
+        ("train.embedding_optimizer.lr=0", "train.embedding_optimizer.lr: must be > 0"),
+        ("train.max_steps=0", "train.max_steps: must be >= 1 or null"),
         ("embedding.backend=cuda", "embedding.backend: unknown kernel backend 'cuda'"),
         ("train.batch_sise=8", "train.batch_sise: unknown key, did you mean batch_size? (allowed: "),
         ("embedding.method=hsah", "embedding.method: unknown embedding method 'hsah', did you mean hash? (registered: "),
-        ("trainer.devices=0", "trainer: devices and num_nodes must be >= 1"),
+        ("trainer.devices=0", "trainer.devices: must be >= 1, got 0"),
         ("trainer.strategy=ddp", "trainer.strategy: 'ddp': use one of auto, single_device"),
         ("trainer.accelerator=tpu", "trainer.accelerator: 'tpu': choose from"),
         ("train.embedding_optimizer.name=adam",

@@ -85,9 +85,9 @@ def test_a_plateau_on_logloss_cuts_the_lr_only_when_logloss_stops_falling(schedu
 
 @pytest.mark.parametrize("train, message", [
     ({"early_stop": {"monitor": "valid/logloss", "mode": "max"}},
-     r"^train\.early_stop: mode: valid/logloss improves as it falls, so mode must be min"),
-    ({"early_stop": {"monitor": "valid/auc", "mode": "min"}}, r"^train\.early_stop: mode: valid/auc improves as it rises"),
-    ({"scheduler": {"name": "plateau", "monitor": "valid/gauc", "mode": "min"}}, r"^train\.scheduler: mode: valid/gauc"),
+     r"^train\.early_stop\.mode: valid/logloss improves as it falls, so mode must be min"),
+    ({"early_stop": {"monitor": "valid/auc", "mode": "min"}}, r"^train\.early_stop\.mode: valid/auc improves as it rises"),
+    ({"scheduler": {"name": "plateau", "monitor": "valid/gauc", "mode": "min"}}, r"^train\.scheduler\.mode: valid/gauc"),
     ({"scheduler": {"name": "plateau", "mode": "min"}}, r"^train\.scheduler\.mode: valid/auc improves as it rises"),
 ])
 def test_a_mode_against_its_monitors_direction_is_refused(train, message):
@@ -115,8 +115,8 @@ def test_embedding_scheduler_replaces_the_shared_one():
         ({"scheduler": {"name": "cosine", "patience": 2}}, r"^train\.scheduler\.patience: unknown key"),
         ({"scheduler": {"name": "plateau", "factor": "big"}}, r"^train\.scheduler\.factor: expected float"),
         ({"scheduler": {"name": "linear_warmup", "decay": "cosine"}}, r"^train\.scheduler: linear_warmup: decay"),
-        ({"early_stop": {"min_delta": -1}}, r"^train\.early_stop: patience and min_delta"),
-        ({"early_stop": {"monitor": "valid/foo"}}, r"^train\.early_stop: monitor: 'valid/foo' is not logged; choose"),
+        ({"early_stop": {"min_delta": -1}}, r"^train\.early_stop\.min_delta: must be >= 0, got -1\.0$"),
+        ({"early_stop": {"monitor": "valid/foo"}}, r"^train\.early_stop\.monitor: 'valid/foo' is not logged; choose"),
         ({"scheduler": {"name": "plateau", "monitor": "valid/accuracy"}}, r"^train\.scheduler: plateau: monitor must be"),
     ],
 )
