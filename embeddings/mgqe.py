@@ -96,7 +96,7 @@ class MGQEmbedding(WrittenCodes, BatchLosses, EmbeddingMethod):
     and subspace) + codebooks (fp32); the query rows are training state, not deployed.
 
     Deviations: a rare id's code (< 64) is stored in a byte, not packed in 6 bits; the
-    artifact's MGQE has no commitment term, and by default one codebook set for all tables
+    artifact's MGQE has no commitment term and keeps small tables as full rows
     (docs/embeddings/mgqe.md compares the two).
 
     Shapes: ids [N] of features [N] → [N, D].
