@@ -89,11 +89,11 @@ class DeepLightEmbedding(PrunedTable):
 
     @torch.no_grad()
     def advance(self) -> None:
-        """One training step of the schedule: prunes on every ``interval``-th step."""
+        """One training step of the schedule: prunes every ``interval`` steps after the warm-up."""
         self.step += 1
-        step = int(self.step)
-        if step > self.config.warmup_steps and step % self.config.interval == 0:
-            prune_smallest(self.weight, scheduled_sparsity(step, self.target, self.config))
+        since = int(self.step) - self.config.warmup_steps
+        if since > 0 and since % self.config.interval == 0:
+            prune_smallest(self.weight, scheduled_sparsity(int(self.step), self.target, self.config))
 
     def sparsity(self) -> float:
         """Fraction of zero entries of the table now."""

@@ -63,3 +63,18 @@ def test_kept_entries_fill_the_budget():
     kept = kept_for_budget(1000, 16, 20000.0)
     assert format_bytes(1000, 16, kept)[1] <= 20000 < format_bytes(1000, 16, kept + 1)[1]
     assert kept_for_budget(1000, 16, 1000.0) is None
+
+
+def test_prunings_count_their_interval_from_the_end_of_the_warm_up():
+    """The artifact's ``make_adaptive_rate`` (methods/layers/deeplight.py) prunes when the
+    steps since the warm-up are a multiple of 10; counting from step 1 pruned at step 30
+    after a warm-up of 25 steps, 5 steps in."""
+    torch.manual_seed(0)
+    method = DeepLightEmbedding(schema(), DeepLightConfig(dim=8, budget=0.3, warmup_steps=25, decay=0.5))
+    method.train()
+    pruned_at = []
+    for step in range(1, 56):
+        method(batch(seed=step))
+        if method.sparsity() > 0 and not pruned_at:
+            pruned_at.append(step)
+    assert pruned_at == [35]
