@@ -47,8 +47,9 @@ def _left_by_a_write(name: str) -> bool:
 def held(folder: Path, doing: str) -> Iterator[None]:
     """Holds ``folder`` for this process: another ``ctr`` process asking for it meanwhile is
     refused with "another ctr process <doing>". The lock is ``.<name>.lock`` beside the
-    folder, removed after."""
-    lock = folder.parent / f".{folder.name}.lock"
+    folder (of its absolute path: ``.`` and another name of the folder share it), removed after."""
+    place = folder.resolve()
+    lock = place.parent / f".{place.name}.lock"
     handle = _locked(lock, folder, doing)
     with handle:
         try:

@@ -37,3 +37,22 @@ def test_the_lock_is_taken_again_after_its_holder_is_done(tmp_path):
     with held(tmp_path / "run", "is training"):
         pass
     assert not (tmp_path / ".run.lock").exists()
+
+
+def test_a_folder_named_dot_is_locked_beside_it_not_inside(tmp_path, monkeypatch):
+    """``--out .``: the lock goes beside the folder as for any other name, so an empty folder
+    stays empty (a lock inside it would be a file no run writes, and the folder refused)."""
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    with held(Path("."), "is training"):
+        assert (tmp_path / ".run.lock").exists()
+        assert list((tmp_path / "run").iterdir()) == []
+
+
+def test_two_names_of_one_folder_share_its_lock(tmp_path, monkeypatch):
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    with held(tmp_path / "run", "is training"):
+        with pytest.raises(UserError, match="another ctr process is training"):
+            with held(Path("."), "is training"):
+                pass
