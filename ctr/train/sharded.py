@@ -169,6 +169,7 @@ def in_backward_optimizer(config: EmbeddingOptimizerConfig) -> tuple[type[torch.
         raise RecipeError("train.embedding_optimizer.weight_decay: sharded tables are stepped without weight decay; "
                           "use 0")
     if config.name == "rowwise_adagrad":
+        quiet_torchrec()  # before the import: it loads FBGEMM, which notes each library to the root logger
         from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
         return RowWiseAdagrad, rules[config.name]

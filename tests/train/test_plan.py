@@ -1,5 +1,9 @@
 """``ctr plan``: TorchRec's planner over a recipe's tables, per-table and per-rank bytes."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -11,6 +15,7 @@ from ctr.train.plan import STATE_FLOATS, parse_bytes, plan_tables
 from tests.conftest import tiny_recipe
 
 pytest.importorskip("torchrec")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("optimizer", ["adagrad", "rowwise_adagrad"])
@@ -61,6 +66,19 @@ def test_cli_prints_tables_and_ranks(tmp_path, capsys):
     assert "is not sharded" not in out
     assert main(["plan", str(path), "--world-size", "2", "-o", "embedding.method=dnis", "-o", "embedding.budget=0.5"]) == 0
     assert "embedding.method dnis is not sharded: it trains data-parallel" in capsys.readouterr().out
+
+
+def test_fbgemms_notes_of_the_libraries_it_loads_are_not_shown(tmp_path):
+    """Row-wise Adagrad's check imports TorchRec, which loads FBGEMM: its "Successfully
+    loaded" notes to the root logger were printed, 14 lines before the plan (a fresh process:
+    this one has loaded them already)."""
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    done = subprocess.run([sys.executable, "-m", "ctr", "plan", str(path), "--world-size", "2", "-o",
+                           "train.embedding_optimizer.name=rowwise_adagrad"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fbgemm" not in done.stderr, done.stderr
 
 
 def test_a_compressing_method_says_what_each_rank_holds(tmp_path, capsys):
