@@ -8,7 +8,7 @@ once per process, whether it is available: no C compiler, a failed build, or
 ``CTR_NATIVE=0`` turn it off, and each op then runs its torch reference. The decision is
 logged once.
 
-The shared library is built once per source version into ``$CTR_CACHE_DIR`` (default
+The shared library is built once per source version into ``$CTR_CACHE`` (default
 ``~/.cache/ctr``)/native/<hash>/ (compiled to a temporary name, then renamed, so concurrent
 first uses never load a half-written file). Built with ``-O3`` and no ``-march`` flag, so the
 cache stays valid on any CPU of the same architecture.
@@ -53,8 +53,8 @@ SIGNATURES = {
 
 
 def cache_dir() -> Path:
-    """Where built libraries live: ``$CTR_CACHE_DIR`` or ``~/.cache/ctr``, then ``native/``."""
-    root = os.environ.get("CTR_CACHE_DIR") or Path.home() / ".cache" / "ctr"
+    """Where built libraries live: ``$CTR_CACHE`` or ``~/.cache/ctr``, then ``native/``."""
+    root = os.environ.get("CTR_CACHE") or Path.home() / ".cache" / "ctr"
     return Path(root) / "native"
 
 
