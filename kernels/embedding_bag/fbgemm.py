@@ -77,8 +77,14 @@ def _check(weight: Tensor) -> None:
 
 
 def forward(weight: Tensor, indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None, mode: str) -> Tensor:
-    """Pooled lookup by FBGEMM's TBE forward: [num_bags, D] in ``weight``'s dtype."""
+    """Pooled lookup by FBGEMM's TBE forward: [num_bags, D] in ``weight``'s dtype.
+
+    FBGEMM's CPU forward checks the ids' range but reads the ids and per-sample weights
+    wherever the offsets point, so the bags are checked first (``reference.check_bags``);
+    the fused backward reads the inputs this forward checked.
+    """
     reference.check_mode(mode, per_sample_weights)
+    reference.check_bags(indices, offsets, per_sample_weights)
     weight = weight.detach()
     _check(weight)
     geo = _geometry(weight)

@@ -36,9 +36,18 @@ def check_mode(mode: str, per_sample_weights: Tensor | None) -> None:
 
 def check_bounds(indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None, num_rows: int) -> None:
     """Checks what a kernel without bounds checks (Triton) would otherwise read or write past
-    its buffers with: integer ids in [0, ``num_rows``), integer ``offsets`` [num_bags + 1]
-    from 0, never decreasing, up to N, and one per-sample weight per id. Dtypes and shapes
-    raise ValueError; values are asserted on their device without waiting for it (a
+    its buffers with: the bags (``check_bags``) and ids in [0, ``num_rows``), asserted on
+    their device as ``check_bags`` asserts the offsets."""
+    check_bags(indices, offsets, per_sample_weights)
+    if indices.numel():
+        low, high = torch.aminmax(indices)
+        torch._assert_async((low >= 0) & (high < num_rows), f"embedding_bag: ids must lie in [0, {num_rows})")
+
+
+def check_bags(indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None) -> None:
+    """Checks the bags' layout: integer ids and ``offsets`` [num_bags + 1] from 0, never
+    decreasing, up to N, and one per-sample weight per id. Dtypes and shapes raise
+    ValueError; the offsets' values are asserted on their device without waiting for it (a
     RuntimeError on the CPU, a device-side assert on a GPU)."""
     if not (_integral(indices) and _integral(offsets)):
         raise ValueError(f"ids and offsets must be integer tensors, got {indices.dtype} and {offsets.dtype}")
@@ -46,9 +55,6 @@ def check_bounds(indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | 
         raise ValueError(f"offsets must be 1-D [num_bags + 1], got shape {tuple(offsets.shape)}")
     if per_sample_weights is not None and per_sample_weights.shape != indices.shape:
         raise ValueError(f"per_sample_weights: {tuple(per_sample_weights.shape)} for ids {tuple(indices.shape)}")
-    if indices.numel():
-        low, high = torch.aminmax(indices)
-        torch._assert_async((low >= 0) & (high < num_rows), f"embedding_bag: ids must lie in [0, {num_rows})")
     ends = (offsets[0] == 0) & (offsets[-1] == indices.numel()) & (offsets.diff() >= 0).all()
     torch._assert_async(ends, f"embedding_bag: offsets must start at 0, never decrease and end at {indices.numel()}")
 

@@ -184,3 +184,17 @@ def test_fbgemm_refuses_what_it_cannot_do():
         check_fused("fbgemm", FusedOptimizer("sparse_adam", lr=LR))
     with pytest.raises(BackendUnavailable, match="bfloat16"):
         embedding_bag(torch.randn(4, 2).bfloat16(), torch.tensor([1]), torch.tensor([0, 1]), backend=Backend.FBGEMM)
+
+
+@needs_fbgemm
+@pytest.mark.parametrize("indices, offsets, psw, said", [
+    ([0, 1], [0, 3], None, "end at 2"),  # FBGEMM read an id past the ids' buffer
+    ([0, 1, 2], [0, 2, 1, 3], None, "never decrease"),  # it pooled uninitialised memory
+    ([0, 1, 2], [0, 3], [1.0, 1.0], r"per_sample_weights: \(2,\) for ids \(3,\)"),  # it read past the weights
+    ([0.0, 1.7], [0, 2], None, "must be integer tensors"),  # it truncated 1.7 to row 1
+])
+def test_fbgemm_refuses_ids_and_offsets_outside_the_buffers(indices, offsets, psw, said):
+    weight = torch.randn(4, 4)
+    weights = None if psw is None else torch.tensor(psw)
+    with pytest.raises((RuntimeError, ValueError), match=said):
+        embedding_bag(weight, torch.tensor(indices), torch.tensor(offsets), weights, backend=Backend.FBGEMM)
