@@ -114,3 +114,28 @@ def test_fused_update_without_host_sync_matches_reference(per_table_sort):
             torch.cuda.set_sync_debug_mode("default")
         weights[backend] = weight
     torch.testing.assert_close(weights[Backend.TRITON], weights[Backend.TORCH], rtol=1e-5, atol=1e-6)
+
+
+def criteo_scale_check(device: str, rows: int, dim: int) -> None:
+    """Rows far into a [rows, dim] table are read and updated where they are: int32 ids
+    pooled in two bags, then one row-wise Adagrad step with a gradient of ones."""
+    weight = torch.zeros(rows, dim, device=device)
+    far, near = rows - 1, rows // 2 + 3
+    weight[far], weight[near], weight[1] = 7.0, 5.0, 1.0
+    ids = torch.tensor([far, near, 1, far], dtype=torch.int32, device=device)
+    offsets = torch.tensor([0, 2, 4], device=device)
+    assert embedding_bag(weight, ids, offsets, backend=Backend.TRITON).tolist() == [[12.0] * dim, [8.0] * dim]
+    opt = FusedOptimizer(Rule.ROWWISE_ADAGRAD, lr=1.0)
+    state = opt.init_state(weight)
+    fused_embedding_bag(weight, state, ids, offsets, None, "sum", opt, Backend.TRITON).sum().backward()
+    # far: g = 2, state 4, 7 - 2/2; near: g = 1, state 1, 5 - 1/1; row 1: 1 - 1/1
+    torch.testing.assert_close(weight[[far, near]], torch.tensor([[6.0] * dim, [4.0] * dim], device=device))
+    assert state["sum"][[far, near, 1]].tolist() == [4.0, 1.0, 1.0]
+    assert int(weight.count_nonzero()) == 2 * dim and int(state["sum"].count_nonzero()) == 3
+
+
+def test_rows_past_two_to_the_31_elements():
+    """A Criteo-sized table of 33.5M rows × 64 (8.6 GB): its last rows lie past 2³¹ elements,
+    where an int32 row × stride would wrap (the kernels compute offsets in int64)."""
+    dim = 64
+    criteo_scale_check("cuda", 2**31 // dim + 16, dim)
