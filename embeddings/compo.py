@@ -51,8 +51,8 @@ def compo_floats(vocab: np.ndarray, m: np.ndarray, dim: int, concat: bool) -> np
 
 
 def remainder_size(tables: dict[str, int], config: CompoConfig) -> int:
-    """The smallest remainder size m whose tables fit the budget (the artifact solves
-    V/m + T·m = budget · V for its smaller root: the same point of the same curve)."""
+    """The smallest remainder size m whose tables fit the budget (the artifact bisects the
+    same curve but rounds to the last m over the budget, often one smaller)."""
     limit = budget_bytes(config, "compo", tables) - INDEX_BYTES * len(tables)
     vocab = np.array(list(tables.values()), dtype=np.float64)
     candidates = np.arange(2, math.isqrt(int(vocab.max())) + 3)
