@@ -81,6 +81,8 @@ def test_dcn_mix_gates_are_a_convex_combination_of_experts():
     x0 = torch.randn(4, 6)
     with torch.no_grad():
         mix.c.zero_()  # tanh(0) = 0: every expert outputs x0 ⊙ b, so the mixture must too
+        mix.bias.normal_()  # b = 0 (its initial value) would hide gates that do not sum to 1
+        mix.gate.weight.normal_()
     assert torch.allclose(mix(x0), x0 * mix.bias[0] + x0, atol=1e-6)
 
 
