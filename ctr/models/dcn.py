@@ -22,7 +22,7 @@ class DCNConfig(MLPConfig, ModelConfig):
 
     Args:
         cross_layers: number of cross layers (paper: 6).
-        hidden: deep network widths (paper: 2 layers of 1024).
+        hidden: deep network widths (paper: 2 layers of 1024; ``[]``: no deep network).
         activation, dropout: of the deep network.
         batch_norm: BatchNorm in the deep network (the paper applies it, §4.2).
     """
@@ -54,9 +54,10 @@ class DCN(CTRModel):
         super().__init__(schema, layout, config)
         width = (len(layout.pooled) + len(layout.sequences)) * layout.dim + self.num_dense
         self.cross = CrossNetwork(width, config.cross_layers)
-        self.deep = config.mlp(width, None)
-        self.out = nn.Linear(width + self.deep.out_dim, 1)
+        self.deep = config.mlp(width, None) if config.hidden else None  # none: the cross network alone
+        self.out = nn.Linear(width + (self.deep.out_dim if self.deep is not None else 0), 1)
 
     def forward(self, batch: Batch, embedded: FeatureEmbeddings) -> Tensor:
         x0 = torch.cat([pool_sequences(embedded, self.layout).flatten(1), batch.dense], dim=1)
-        return self.out(torch.cat([self.cross(x0), self.deep(x0)], dim=1)).squeeze(-1)
+        parts = [self.cross(x0)] if self.deep is None else [self.cross(x0), self.deep(x0)]
+        return self.out(torch.cat(parts, dim=1)).squeeze(-1)

@@ -28,7 +28,8 @@ class DCNv2Config(MLPConfig, ModelConfig):
         cross_layers: number of cross layers.
         low_rank: rank r of W = U Vᵀ (``None``: full-rank W, the paper's DCN-V2).
         experts: low-rank experts per layer (> 1: the mixture DCN-Mix, needs low_rank).
-        hidden, activation, dropout, batch_norm: the deep network.
+        hidden, activation, dropout, batch_norm: the deep network (``hidden: []``: none, the
+            cross network alone under either structure).
     """
 
     name: str = "dcnv2"
@@ -63,13 +64,18 @@ class DCNv2(CTRModel):
         super().__init__(schema, layout, config)
         width = (len(layout.pooled) + len(layout.sequences)) * layout.dim + self.num_dense
         self.cross = CrossNetworkV2(width, config.cross_layers, config.low_rank, config.experts)
-        self.deep = config.mlp(width, None)
-        stacked = config.structure == "stacked"
-        self.out = nn.Linear(self.deep.out_dim if stacked else width + self.deep.out_dim, 1)
+        self.deep = config.mlp(width, None) if config.hidden else None  # none: the cross network alone
+        if self.deep is None:
+            self.out = nn.Linear(width, 1)
+        else:
+            stacked = config.structure == "stacked"
+            self.out = nn.Linear(self.deep.out_dim if stacked else width + self.deep.out_dim, 1)
 
     def forward(self, batch: Batch, embedded: FeatureEmbeddings) -> Tensor:
         x0 = torch.cat([pool_sequences(embedded, self.layout).flatten(1), batch.dense], dim=1)
         crossed = self.cross(x0)
+        if self.deep is None:
+            return self.out(crossed).squeeze(-1)
         if self.config.structure == "stacked":
             return self.out(self.deep(crossed)).squeeze(-1)
         return self.out(torch.cat([crossed, self.deep(x0)], dim=1)).squeeze(-1)
