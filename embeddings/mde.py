@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,6 @@ from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
 
 ALPHA_STEP = 1e-3  # resolution of the α search
-ALPHA_MAX = 8.0  # past it every table but the smallest has dimension 1
 
 
 @dataclass
@@ -48,16 +48,27 @@ def mde_bytes(vocab: np.ndarray, dims: np.ndarray, dim: int) -> int:
     return int((vocab * dims + projections).sum()) * FP32_BYTES
 
 
+def alpha_ceiling(vocab: np.ndarray, dim: int) -> float:
+    """The grid α from which no dimension changes: every table larger than the smallest has
+    d_t = 1 (D · (n_min / n_t)^α < 1.5 rounds to 1); 0 when no table is larger."""
+    larger = vocab[vocab > vocab.min()]
+    if larger.size == 0 or dim < 2:
+        return 0.0
+    bound = math.log(dim / 1.5) / math.log(larger.min() / vocab.min())
+    return (math.floor(bound / ALPHA_STEP) + 1) * ALPHA_STEP
+
+
 def alpha_for_budget(tables: dict[str, int], config: MDEConfig) -> float:
     """The smallest α (on a 1e-3 grid) whose tables fit the budget: the widest rows that fit."""
     vocab = np.array(list(tables.values()), dtype=np.float64)
     limit = budget_bytes(config, "mde", tables)
     cost = lambda a: mde_bytes(vocab, mixed_dims(vocab, config.dim, a, config.round_dim), config.dim)  # noqa: E731
-    if cost(ALPHA_MAX) > limit:
+    top = alpha_ceiling(vocab, config.dim)
+    if cost(top) > limit:
         full = full_bytes(tables, config.dim)
         why = "the smallest table keeps D and every other table at least one dimension"
-        raise BudgetUnreachableError("mde", config.budget, cost(ALPHA_MAX) / full, why)
-    low, high = 0, int(ALPHA_MAX / ALPHA_STEP)
+        raise BudgetUnreachableError("mde", config.budget, cost(top) / full, why)
+    low, high = 0, round(top / ALPHA_STEP)
     while low < high:  # cost falls as α grows: the first grid point that fits
         middle = (low + high) // 2
         if cost(middle * ALPHA_STEP) <= limit:

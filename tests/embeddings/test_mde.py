@@ -1,6 +1,8 @@
 import numpy as np
+import pytest
 import torch
 
+from ctr.embeddings.budget import BudgetUnreachableError
 from ctr.embeddings.mde import MDEConfig, MDEmbedding, mixed_dims
 from tests.embeddings.schemas import schema
 
@@ -43,3 +45,15 @@ def test_narrow_rows_are_projected_to_d():
     out = method.embed_ids(torch.zeros_like(ids), ids)
     assert out.shape == (3, 16)
     torch.testing.assert_close(out, method.rows.tables[0][ids] @ method.rows.projections["0"])
+
+
+def test_tables_close_in_size_reach_one_dimension_when_the_budget_asks():
+    """Tables 1.1× and 1.2× the smallest still had 8 and 4 dimensions at the old α ceiling
+    of 8: a budget their one-dimension rows fit was refused with a minimum of 0.561."""
+    vocabs = {"item": 120000, "user": 110000, "tags": 100000}
+    method = MDEmbedding(schema(vocabs), MDEConfig(dim=16, budget=0.4))
+    assert method.memory_bytes() <= 0.4 * method.full_bytes()
+    one = (100000 * 16 + 230000 + 2 * 16) / (330000 * 16)  # the rows at 16, 1 and 1 dims + projections
+    with pytest.raises(BudgetUnreachableError) as refused:
+        MDEmbedding(schema(vocabs), MDEConfig(dim=16, budget=0.3))
+    assert refused.value.min_budget == pytest.approx(one)
