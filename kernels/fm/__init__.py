@@ -1,9 +1,11 @@
-"""The factorization machine's pairwise term as one op, with its gradient added in place.
+"""The factorization machine's pairwise term as one op, its gradient summed with another block's.
 
 Public functions:
 - ``fm(fields, weight)``: FM output [B] of fields [B, F, D] (without bias) and the fields
-  passed through for another block that reads them too (DeepFM's DNN): the FM adds its
-  gradient in place into that block's, saving a pass and a [B, F, D] temporary.
+  passed through for another block that reads them too (DeepFM's DNN): the FM adds that
+  block's gradient to its own in the pass that computes it, saving a pass. The sum goes to a
+  new tensor: the incoming gradient may be another branch's too (an addition hands both
+  inputs one tensor), so it is never written.
 - ``fm_fields(sparse, dense, vectors, weight)``: the same over fields assembled from sparse
   fields and numeric values × vectors, in one pass each way on the CPU.
 
@@ -57,12 +59,12 @@ class _FM(torch.autograd.Function):
         fields, weight, total = ctx.saved_tensors
         if grad is None:
             return grad_shared, None
-        grad_fields = torch.zeros_like(fields) if grad_shared is None else grad_shared.contiguous().view_as(fields)
+        grad_in = None if grad_shared is None else grad_shared.contiguous().view_as(fields)
         grad = grad.contiguous()
-        if native.fits(fields, weight, grad, grad_fields):
-            grad_weight, _ = native.backward(fields, None, weight, total, grad, grad_fields, fields.shape[1])
+        if native.fits(fields, weight, grad, *([] if grad_in is None else [grad_in])):
+            grad_fields, grad_weight, _ = native.backward(fields, None, weight, total, grad, grad_in, fields.shape[1])
         else:
-            grad_weight = reference.backward(fields, weight, total, grad, grad_fields)
+            grad_fields, grad_weight = reference.backward(fields, weight, total, grad, grad_in)
         return grad_fields, grad_weight if ctx.needs_input_grad[1] else None
 
 
@@ -86,8 +88,9 @@ class _FMFields(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor | None, grad_fields: Tensor | None) -> tuple[Tensor | None, ...]:
         fields, dense, vectors, weight, total = ctx.saved_tensors
         grad = fields.new_zeros(fields.shape[0]) if grad is None else grad.contiguous()
-        grad_fields = torch.zeros_like(fields) if grad_fields is None else grad_fields.contiguous()
-        grad_weight, grad_vectors = native.backward(fields, dense, weight, total, grad, grad_fields, ctx.num_sparse)
+        grad_in = None if grad_fields is None else grad_fields.contiguous()
+        grad_fields, grad_weight, grad_vectors = native.backward(fields, dense, weight, total, grad, grad_in,
+                                                                 ctx.num_sparse)
         numeric = grad_fields[:, ctx.num_sparse :]
         grad_dense = (numeric * vectors).sum(-1) if ctx.needs_input_grad[1] else None
         return grad_fields[:, : ctx.num_sparse], grad_dense, grad_vectors, grad_weight

@@ -55,8 +55,8 @@ int fm_forward(const float *sparse, int64_t sb, int64_t sf, const float *dense, 
 }
 
 int fm_backward(const float *fields, const float *dense, const float *u, const float *total, const float *g,
-                int64_t batch, int64_t num_sparse, int64_t num_dense, int64_t dim, float *grad_fields,
-                float *grad_u, float *grad_w, int threads) {
+                int64_t batch, int64_t num_sparse, int64_t num_dense, int64_t dim, const float *grad_in,
+                float *grad_fields, float *grad_u, float *grad_w, int threads) {
     const int64_t num_fields = num_sparse + num_dense, width = num_fields * dim, wide = width + num_dense * dim;
     float *partial = calloc((size_t)threads * (size_t)wide, sizeof(float));
     if (partial == NULL) return -1;
@@ -70,9 +70,10 @@ int fm_backward(const float *fields, const float *dense, const float *u, const f
             const float gb = g[b];
             for (int64_t f = 0; f < num_fields; ++f) {
                 const float *vf = v + f * dim, *uf = u + f * dim;
+                const float *inf = grad_in == NULL ? NULL : grad_in + b * width + f * dim;
                 float *gf = gv + f * dim, *mf = mine_u + f * dim;
                 for (int64_t d = 0; d < dim; ++d) {
-                    gf[d] += gb * (uf[d] + s[d] - vf[d]);
+                    gf[d] = (inf == NULL ? 0.0f : inf[d]) + gb * (uf[d] + s[d] - vf[d]);
                     mf[d] += gb * vf[d];
                 }
             }

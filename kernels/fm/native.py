@@ -33,16 +33,18 @@ def forward(sparse: Tensor, dense: Tensor | None, vectors: Tensor | None, weight
 
 
 def backward(fields: Tensor, dense: Tensor | None, weight: Tensor, total: Tensor, grad: Tensor,
-             grad_fields: Tensor, num_sparse: int) -> tuple[Tensor, Tensor | None]:
-    """``fm_backward``: adds the FM's gradient into ``grad_fields`` [B, F, D] and returns the
-    gradients of ``weight`` [F, D] and of the numeric vectors [Nd, D] (or None)."""
+             grad_in: Tensor | None, num_sparse: int) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``fm_backward``: the fields' gradient [B, F, D] (``grad_in``, another block's gradient
+    of the fields or None for zero, plus the FM's, written to a new tensor), and the gradients
+    of ``weight`` [F, D] and of the numeric vectors [Nd, D] (or None)."""
     b, f, d = fields.shape
+    grad_fields = torch.empty_like(fields)
     grad_weight = torch.empty_like(weight)
     grad_vectors = fields.new_empty(f - num_sparse, d) if f > num_sparse else None
     status = native.library().fm_backward(
         native.pointer(fields), native.pointer(dense), native.pointer(weight), native.pointer(total),
-        native.pointer(grad), b, num_sparse, f - num_sparse, d, native.pointer(grad_fields),
+        native.pointer(grad), b, num_sparse, f - num_sparse, d, native.pointer(grad_in), native.pointer(grad_fields),
         native.pointer(grad_weight), native.pointer(grad_vectors), torch.get_num_threads(),
     )
     native.check(status, "fm_backward")
-    return grad_weight, grad_vectors
+    return grad_fields, grad_weight, grad_vectors

@@ -19,14 +19,17 @@ def forward(fields: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
     return flat @ weight.flatten() + 0.5 * (total.pow(2).sum(1) - squares), total
 
 
-def backward(fields: Tensor, weight: Tensor, total: Tensor, grad: Tensor, grad_fields: Tensor) -> Tensor:
-    """Adds the FM's gradient into ``grad_fields`` [B, F, D] (in place); returns the gradient of
-    ``weight`` [F, D]. ``grad`` [B] is the output's gradient, ``total`` the forward's Σ_f v_f."""
+def backward(fields: Tensor, weight: Tensor, total: Tensor, grad: Tensor,
+             grad_in: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The fields' gradient [B, F, D] (``grad_in`` or zero, plus the FM's, in a new tensor) and
+    the gradient of ``weight`` [F, D]. ``grad`` [B] is the output's gradient, ``total`` the
+    forward's Σ_f v_f."""
     b, f, d = fields.shape
+    grad_fields = torch.zeros_like(fields) if grad_in is None else grad_in.clone()
     grad_fields.addcmul_(fields, grad.view(-1, 1, 1), value=-1.0)
     grad_fields.add_((grad.unsqueeze(1) * total).unsqueeze(1))
     grad_fields.view(b, f * d).addr_(grad, weight.flatten())
-    return (grad @ fields.flatten(1)).view_as(weight)
+    return grad_fields, (grad @ fields.flatten(1)).view_as(weight)
 
 
 def numeric_fields(sparse: Tensor, dense: Tensor, vectors: Tensor) -> Tensor:

@@ -48,7 +48,7 @@ SIGNATURES = {
     "segment_sum_single": (I64P, I64, I64, F32P, I64, I64, I64, I64, I64P, F32P, I64P, INT),
     "adagrad_sparse": (I64P, F32P, I64, I64, I64, F32P, F32P, F32, F32, INT),
     "fm_forward": (F32P, I64, I64, F32P, F32P, F32P, I64, I64, I64, I64, F32P, F32P, F32P, INT),
-    "fm_backward": (F32P, F32P, F32P, F32P, F32P, I64, I64, I64, I64, F32P, F32P, F32P, INT),
+    "fm_backward": (F32P, F32P, F32P, F32P, F32P, I64, I64, I64, I64, F32P, F32P, F32P, F32P, INT),
 }
 
 

@@ -10,7 +10,7 @@ from ctr.kernels import native
 from ctr.kernels.embedding_bag import FusedOptimizer, reference, single_id_row_grads
 from ctr.kernels.embedding_bag import native as bag_native
 from ctr.kernels.embedding_bag.reference import Lookup
-from ctr.kernels.fm import fm
+from ctr.kernels.fm import fm, fm_fields
 from ctr.models.layers import FactorizationMachine, NumericEmbedding
 
 needs_native = pytest.mark.skipif(native.library() is None, reason="no C compiler: native kernels are off")
@@ -68,6 +68,40 @@ def test_native_fm_op_matches_the_torch_formula():
     torch.testing.assert_close(out, plain.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fields.grad, f.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(weight.grad, w.grad, rtol=1e-5, atol=1e-5)
+
+
+def fm_beside_an_added_branch(op):
+    """An FM whose passed-through fields are added to another branch's tensor: the addition
+    hands one gradient tensor to both inputs, and the branch's backward (made before the FM,
+    so run after it) reads that tensor once the FM's backward has. Returns the sparse
+    fields' gradient, the branch's and the upstream gradient of the sum."""
+    torch.manual_seed(2)
+    sparse, dense = torch.randn(5, 3, 4, requires_grad=True), torch.rand(5, 2)
+    vectors, weight = torch.randn(2, 4), torch.randn(5, 4)
+    branch_leaf = torch.randn(5, 5, 4, requires_grad=True)
+    branch = branch_leaf * 2.0
+    if op == "fm":
+        out, shared = fm(torch.cat([sparse, dense.unsqueeze(-1) * vectors], 1), weight)
+    else:
+        out, shared = fm_fields(sparse, dense, vectors, weight)
+    upstream = torch.randn(5, 5, 4)
+    (out.sum() + ((shared + branch) * upstream).sum()).backward()
+    return sparse.grad, branch_leaf.grad, upstream
+
+
+@pytest.mark.parametrize("op", ["fm", "fm_fields"])
+@pytest.mark.parametrize("switch", ["0", "1"])
+def test_the_fm_never_writes_a_gradient_another_branch_reads(op, switch, monkeypatch):
+    """The FM added its gradient into the incoming one in place: a branch handed the same
+    tensor got the FM's gradient too."""
+    monkeypatch.setenv(native.ENV_SWITCH, switch)
+    native.library.cache_clear()
+    if switch == "1" and native.library() is None:
+        pytest.skip("no C compiler: native kernels are off")
+    sparse_grad, branch_grad, upstream = fm_beside_an_added_branch(op)
+    native.library.cache_clear()
+    torch.testing.assert_close(branch_grad, 2.0 * upstream)
+    assert sparse_grad.abs().sum() > 0
 
 
 @needs_native
