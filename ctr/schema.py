@@ -7,14 +7,17 @@ Reserved ids in every vocabulary: 0 = padding, 1 = out-of-vocabulary; with ``oov
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import numpy as np
 
 from ctr.atomic import atomic_path, atomic_write
-from ctr.errors import RecipeError
+from ctr.errors import RecipeError, UserError, reason
 from ctr.typed import parse, to_plain
 
 PAD_ID = 0
@@ -191,9 +194,23 @@ class Schema:
 
     @classmethod
     def load(cls, folder: str | Path) -> Schema:
+        """The schema ``save`` wrote into ``folder``; a UserError naming a file of it that is
+        not whole (cut short, or not what ``save`` writes)."""
         folder = Path(folder)
-        data = json.loads((folder / "schema.json").read_text())
-        features = [parse(FeatureInfo, f, f"schema.features[{i}]") for i, f in enumerate(data["features"])]
-        with np.load(folder / "counts.npz") as counts:
+        with _saved_file(folder / "schema.json"):
+            data = json.loads((folder / "schema.json").read_text())
+            features = [parse(FeatureInfo, f, f"schema.features[{i}]") for i, f in enumerate(data["features"])]
+            label, group = data["label"], data["group"]
+        with _saved_file(folder / "counts.npz"), np.load(folder / "counts.npz") as counts:
             table_counts = {k: counts[k] for k in counts.files}
-        return cls(features=features, label=data["label"], group=data["group"], counts=table_counts)
+        return cls(features=features, label=label, group=group, counts=table_counts)
+
+
+@contextmanager
+def _saved_file(path: Path) -> Iterator[None]:
+    """Inside, an error of reading a damaged ``path`` (not JSON, not a mapping, a key or an
+    array missing, a cut zip) is a UserError naming it."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error, RecipeError) as err:
+        raise UserError(f"{path}: not a readable saved schema file ({reason(err, typed=True)})") from None

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ctr.datasets.encode import Encoder
 from ctr.datasets.vocab import IdCounter, IdentityVocabulary, Vocabulary
-from ctr.errors import UserError
+from ctr.errors import UserError, reason
 from ctr.schema import Schema
 
 
@@ -30,7 +31,8 @@ def load_vocabularies(schema_dir: Path, schema: Schema) -> dict[str, Vocabulary 
     owners = {info.table: info for info in schema.sparse_features if info.spec.name == info.table}
     vocabs: dict[str, Vocabulary | IdentityVocabulary] = {}
     for table, info in owners.items():
-        saved = pq.read_table(schema_dir / "vocab" / f"{table}.parquet")
+        columns = ("num_ids",) if info.spec.num_ids else ("token", "count")
+        saved = _vocabulary_table(schema_dir / "vocab" / f"{table}.parquet", columns)
         if info.spec.num_ids:
             counter = IdCounter(info.spec.num_ids, info.spec.name)
             counter.counts[:] = schema.counts[table][1 + info.spec.oov_buckets :]
@@ -39,6 +41,21 @@ def load_vocabularies(schema_dir: Path, schema: Schema) -> dict[str, Vocabulary 
             tokens = saved["token"].combine_chunks()
             vocabs[table] = Vocabulary(tokens, saved["count"].to_numpy(), info.spec.oov_buckets)
     return vocabs
+
+
+def _vocabulary_table(path: Path, columns: tuple[str, ...]) -> pa.Table:
+    """A saved vocabulary (``columns``: ``token`` and ``count``, or an identity table's
+    ``num_ids``); a UserError naming it when it is gone or not whole."""
+    if not path.exists():
+        raise UserError(f"{path}: no saved vocabulary")
+    try:
+        saved = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise UserError(f"{path}: not a readable saved vocabulary ({reason(err, typed=True)})") from None
+    missing = [name for name in columns if name not in saved.column_names]
+    if missing:
+        raise UserError(f"{path}: not a saved vocabulary (no {' or '.join(missing)} column)")
+    return saved
 
 
 def saved_encoder(schema_dir: Path, schema: Schema, group: str | None) -> Encoder:
