@@ -30,7 +30,7 @@ import torch
 from ctr.atomic import atomic_path
 from ctr.datasets.loader import BatchLoader
 from ctr.datasets.preprocess import Encoded
-from ctr.errors import UserError
+from ctr.errors import UserError, reason
 from ctr.metrics import auc, group_auc, logloss
 from ctr.train.loop import placement, use_threads
 from ctr.train.saved import encode_rows, finished_run, oov_counts, restored_task
@@ -100,10 +100,17 @@ def autocast(precision: str, device: torch.device) -> AbstractContextManager[Any
     return torch.autocast(device.type, dtype=torch.half if half else torch.bfloat16, cache_enabled=False)
 
 
-def _writer(path: Path, schema: pa.Schema, suffix: str) -> pcsv.CSVWriter:
-    """A CSV writer, tab-separated for a ``.tsv`` name."""
-    options = pcsv.WriteOptions(delimiter="\t" if suffix == ".tsv" else ",")
-    return pcsv.CSVWriter(path, schema, write_options=options)
+def _writer(path: Path, schema: pa.Schema, out: Path) -> pcsv.CSVWriter | pq.ParquetWriter:
+    """A writer at ``path`` of ``out``'s format: CSV (tab-separated for a ``.tsv`` name) or
+    parquet; a UserError naming ``out`` when no file can be created there."""
+    suffix = out.suffix.lower()
+    try:
+        if suffix not in CSV_SUFFIXES:
+            return pq.ParquetWriter(path, schema)
+        options = pcsv.WriteOptions(delimiter="\t" if suffix == ".tsv" else ",")
+        return pcsv.CSVWriter(path, schema, write_options=options)
+    except OSError as err:  # pyarrow's, which names no file
+        raise UserError(f"{out}: cannot be written ({reason(err)})") from None
 
 
 def _write(scored: Iterator[Scored], out: Path, labelled: bool, numbered: Encoded | None) -> list[Scored]:
@@ -111,7 +118,6 @@ def _write(scored: Iterator[Scored], out: Path, labelled: bool, numbered: Encode
     numbers when ``numbered``; returns what the metrics need (labels and scores, a few bytes
     a row) when ``labelled``."""
     kept: list[Scored] = []
-    as_csv = out.suffix.lower() in CSV_SUFFIXES
     written = 0
     with atomic_path(out) as tmp:
         writer = None
@@ -124,8 +130,7 @@ def _write(scored: Iterator[Scored], out: Path, labelled: bool, numbered: Encode
                 kept.append(part)
             table = pa.table(columns)
             if writer is None:
-                suffix = out.suffix.lower()
-                writer = _writer(tmp, table.schema, suffix) if as_csv else pq.ParquetWriter(tmp, table.schema)
+                writer = _writer(tmp, table.schema, out)
             writer.write_table(table)
         if writer is not None:
             writer.close()

@@ -573,6 +573,17 @@ def test_predict_and_export_refuse_to_overwrite_their_input_or_the_run(csv_run, 
     assert (tmp_path / "model.pt2.schema").read_text() == "mine\n" and not (tmp_path / "model.pt2").exists()
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, a folder no one can create files in")
+@pytest.mark.parametrize("name", ["scores.csv", "scores.parquet"])
+def test_predict_to_a_folder_that_takes_no_files_is_one_line(csv_run, tmp_path, name):
+    """An --out where no file can be created: one line naming it, not the writer's traceback."""
+    home, run = csv_run
+    out = Path("/proc") / name
+    done = ctr("predict", run, home / "data" / "test.csv", "--out", out, cwd=tmp_path)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr[-2000:]
+    assert done.stderr.startswith(f"ctr: error: {out}: cannot be written ("), done.stderr
+
+
 def test_predict_and_export_refuse_an_out_among_the_inputs(csv_run, tmp_path):
     """An --out that is one of the run's input files (export replaced data/test.csv), or lies
     inside the input folder or one of the recipe's (predict wrote its scores there once, and
