@@ -101,8 +101,13 @@ def resolve(config: KernelBenchConfig) -> tuple[KernelBenchConfig, torch.device]
     for name in ("batch", "tables", "rows", "iters"):
         if getattr(config, name) < 1:
             raise UserError(f"--{name}: must be >= 1")
-    if min(config.dims) < 1 or min(config.poolings) < 1 or not config.alpha >= 0 or config.warmup < 0:
-        raise UserError("--dims and --pooling must be >= 1, --alpha (a number) and --warmup >= 0")
+    for flag, sizes in (("--dims", config.dims), ("--pooling", config.poolings)):
+        if min(sizes) < 1:
+            raise UserError(f"{flag}: each must be >= 1, got {','.join(map(str, sizes))}")
+    if not config.alpha >= 0:
+        raise UserError(f"--alpha: must be a number >= 0, got {config.alpha}")
+    if config.warmup < 0:
+        raise UserError(f"--warmup: must be >= 0, got {config.warmup}")
     if any(dim % 4 for dim in config.dims):
         raise UserError(f"--dims: {config.dims}: the FBGEMM tables compared take dims that are multiples of 4")
     if config.peak_gbps is not None and not config.peak_gbps > 0:

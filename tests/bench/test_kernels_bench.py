@@ -47,14 +47,17 @@ def test_step_suite_compares_with_sparse_gradient_adagrad(capsys):
 
 @pytest.mark.parametrize("flags, said", [
     (["--batch", "0"], "--batch: must be >= 1"),
-    (["--alpha", "nan"], "--dims and --pooling must be >= 1, --alpha (a number) and --warmup >= 0"),
+    (["--alpha", "nan"], "--alpha: must be a number >= 0, got nan"),
+    (["--dims", "8,0"], "--dims: each must be >= 1, got 8,0"),
+    (["--pooling", "-1"], "--pooling: each must be >= 1, got -1"),
+    (["--warmup", "-1"], "--warmup: must be >= 0, got -1"),
     (["--threads", "-1"], "--threads: must be >= 1, got -1"),
     (["--dims", "7"], "--dims: [7]: the FBGEMM tables compared take dims that are multiples of 4"),
     (["--peak-gbps", "-5"], "--peak-gbps: must be > 0, got -5.0"),
 ])
 def test_bad_flag_is_one_line_exit_2(capsys, flags, said):
     """Each was a traceback (multinomial on NaN, set_num_threads, FBGEMM's assertion after
-    other rows ran) or a negative "% of peak" before."""
+    other rows ran) or a negative "% of peak" before; the line names the flag at fault."""
     assert main(["bench", "kernels", *flags]) == 2
     assert capsys.readouterr().err.strip() == f"ctr: error: {said}"
 
