@@ -119,8 +119,10 @@ def run_train_bench(config: TrainBenchConfig) -> TrainBenchResult:
     from ctr.train.rundir import RunDir
     from ctr.train.task import CTRTask
 
-    if min(config.steps, config.warmup + 1, config.profile_steps + 1) < 1:
-        raise UserError("--steps must be >= 1, --warmup and --profile-steps >= 0")
+    for flag, count, least in (("--steps", config.steps, 1), ("--warmup", config.warmup, 0),
+                               ("--profile-steps", config.profile_steps, 0)):
+        if count < least:
+            raise UserError(f"{flag}: must be >= {least}, got {count}")
     device = resolve_device(config.device)
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     recipe = load_recipe(config.recipe, [*config.overrides, f"trainer.accelerator={accelerator}", "trainer.devices=1"])

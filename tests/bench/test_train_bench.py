@@ -50,6 +50,18 @@ def test_bench_train_refuses_a_missing_gpu(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "ctr: error: --device cuda: no CUDA device is available"
 
 
+@pytest.mark.parametrize("flags, said", [
+    (["--steps", "0"], "--steps: must be >= 1, got 0"),
+    (["--warmup", "-1"], "--warmup: must be >= 0, got -1"),
+    (["--profile-steps", "-2"], "--profile-steps: must be >= 0, got -2"),
+])
+def test_bench_train_bad_count_names_its_flag(tmp_path, capsys, flags, said):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    assert main(["bench", "train", str(path), "--device", "cpu", *flags]) == 2
+    assert capsys.readouterr().err.strip() == f"ctr: error: {said}"
+
+
 def test_compiled_dense_part_scores_as_eager(tiny_prepared, tmp_path):
     schema: Schema = tiny_prepared.schema
     nets = {}
