@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ctr.datasets.criteo import CATEGORICAL, NUMERIC
 from ctr.datasets.synthetic import NUM_CATEGORICAL, NUM_NUMERIC, PlantedModel, SyntheticConfig
 from ctr.atomic import atomic_path
-from ctr.errors import UserError
+from ctr.errors import UserError, reason
 
 
 def hex_tokens(column: int, vocab: int) -> pa.Array:
@@ -32,13 +32,12 @@ def write_dac_tsv(path: Path, config: SyntheticConfig, progress: bool = False) -
     """Writes ``config.rows`` rows to ``path`` as DAC TSV; returns the rows written."""
     path = Path(path)
     if path.parent and not path.parent.is_dir():
-        raise UserError(f"{path.parent}: no such folder")
+        raise UserError(f"{path.parent}: {'not a folder' if path.parent.exists() else 'no such folder'}")
     model = PlantedModel(config)
     tokens = [hex_tokens(j, v) for j, v in enumerate(model.vocabs)]
-    options = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
     bar = tqdm(total=config.rows, unit=" rows", disable=not progress, leave=False)
     try:
-        with atomic_path(path) as tmp, pacsv.CSVWriter(tmp, _schema(), write_options=options) as writer:
+        with atomic_path(path) as tmp, _writer(tmp, path) as writer:
             for chunk, start in enumerate(range(0, config.rows, config.chunk_rows)):
                 n = min(config.chunk_rows, config.rows - start)
                 ids, counts, labels = model.sample(np.random.default_rng([config.seed, 1, chunk]), n)
@@ -47,6 +46,15 @@ def write_dac_tsv(path: Path, config: SyntheticConfig, progress: bool = False) -
     finally:
         bar.close()
     return config.rows
+
+
+def _writer(tmp: Path, path: Path) -> pacsv.CSVWriter:
+    """A DAC TSV writer at ``tmp``; a UserError naming ``path`` when no file can be created there."""
+    options = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
+    try:
+        return pacsv.CSVWriter(tmp, _schema(), write_options=options)
+    except OSError as err:  # pyarrow's, which names no file
+        raise UserError(f"{path}: cannot be written ({reason(err)})") from None
 
 
 def _schema() -> pa.Schema:

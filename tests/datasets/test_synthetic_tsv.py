@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pyarrow as pa
 
 from ctr.cli import main
@@ -25,3 +27,15 @@ def test_synth_bad_arguments_are_user_errors(tmp_path, capsys):
     assert main(["data", "synth", str(tmp_path / "x.tsv"), "--rows", "0"]) == 2
     assert "data synth:" in capsys.readouterr().err
     assert main(["data", "synth", str(tmp_path / "no" / "x.tsv"), "--rows", "5"]) == 2
+
+
+def test_synth_to_a_place_that_takes_no_file_names_it(tmp_path, capsys):
+    """OUT under a file, or in a folder where no file can be created (/proc): one line naming
+    it, not a traceback of pyarrow's writer."""
+    (tmp_path / "rows.tsv").write_text("x\n")
+    under_file = tmp_path / "rows.tsv" / "x.tsv"
+    assert main(["data", "synth", str(under_file), "--rows", "5"]) == 2
+    assert capsys.readouterr().err.strip() == f"ctr: error: {tmp_path / 'rows.tsv'}: not a folder"
+    if Path("/proc/self").is_dir():
+        assert main(["data", "synth", "/proc/x.tsv", "--rows", "5"]) == 2
+        assert capsys.readouterr().err.startswith("ctr: error: /proc/x.tsv: cannot be written (")
