@@ -80,6 +80,19 @@ def _locked(lock: Path, folder: Path, doing: str) -> IO[str]:
         handle.close()
 
 
+def saved_value(path: Path, *keys: str) -> Any:
+    """The value at ``keys`` of a JSON file a run saved (``schema/key.json``,
+    ``schema/report.json``); a UserError naming the file when it is not whole (cut short, not
+    JSON, a key missing)."""
+    try:
+        value = json.loads(path.read_text())
+        for key in keys:
+            value = value[key]
+    except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError, UnicodeDecodeError, not a mapping
+        raise UserError(f"{path}: not a readable saved {path.name} ({reason(err, typed=True)})") from None
+    return value
+
+
 class RunDir:
     """Paths inside one run directory."""
 
@@ -182,7 +195,7 @@ class RunDir:
         since the run began (the stamps of its saved key)."""
         saved = self.schema / KEY_FILE
         if saved.exists():
-            change = input_change(json.loads(saved.read_text())["source"], source_fingerprint(data))
+            change = input_change(saved_value(saved, "source"), source_fingerprint(data))
             if change:
                 raise UserError(f"{self.root}: {change} since the run began; a resumed run trains on the data it "
                                 "began with: restore it, or train a new run")
@@ -193,7 +206,7 @@ class RunDir:
         if not self.schema.is_dir() or (self.schema / KEY_FILE).exists():
             return
         for name in ("schema.json", "report.json"):
-            if json.loads((self.schema / name).read_text()) != json.loads((prepared_root / name).read_text()):
+            if saved_value(self.schema / name) != json.loads((prepared_root / name).read_text()):
                 raise UserError(f"{self.root}: its data now encodes differently than when the run began (schema/{name} "
                                 "differs); a resumed run trains on the data it began with: restore it, or train a new run")
 

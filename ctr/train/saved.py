@@ -4,7 +4,6 @@ vocabularies (nothing is re-fitted; paths are relative to the run directory)."""
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +16,7 @@ from ctr.recipe import DataConfig, Recipe
 from ctr.schema import Schema
 from ctr.train.checkpoints import is_distributed_checkpoint, read_state
 from ctr.train.loop import load_checkpoint, load_weights, quiet_lightning
-from ctr.train.rundir import RunDir
+from ctr.train.rundir import RunDir, saved_value
 from ctr.train.stages import restore_stages
 from ctr.train.task import CTRTask
 
@@ -114,14 +113,14 @@ def _warn_if_changed(run: RunDir, config: DataConfig, split: str, rows: int) -> 
     file changed since (the stamps of the run's saved key): its metrics are not, or may not
     be, the run's."""
     report = run.schema / "report.json"
-    trained = json.loads(report.read_text())["splits"][split]["rows"] if report.exists() else rows
+    trained = saved_value(report, "splits", split, "rows") if report.exists() else rows
     if trained != rows:
         log.warning("%s: the %s split now has %d rows, %d in training: its data changed since the run, so these "
                     "metrics are not the run's", run.root, split, rows, trained)
         return
     key = run.schema / KEY_FILE
     if key.exists():
-        change = input_change(json.loads(key.read_text())["source"], source_fingerprint(config))
+        change = input_change(saved_value(key, "source"), source_fingerprint(config))
         if change:
             log.warning("%s: %s after the run trained; the %s split has as many rows, but these metrics may not be "
                         "the run's", run.root, change, split)

@@ -573,6 +573,25 @@ def test_predict_and_export_refuse_to_overwrite_their_input_or_the_run(csv_run, 
     assert (tmp_path / "model.pt2.schema").read_text() == "mine\n" and not (tmp_path / "model.pt2").exists()
 
 
+@pytest.mark.parametrize("name, text", [("key.json", "{"), ("key.json", "[]"), ("report.json", '{"splits": {}}')])
+def test_a_damaged_saved_key_or_report_is_one_line_naming_it(csv_run, tmp_path, name, text):
+    """schema/key.json (the input files' stamps) and schema/report.json cut short or not of
+    their form: ``ctr eval`` and ``ctr train --resume`` of the run name the file, no traceback."""
+    home, run = csv_run
+    copy = home / f"damaged-{tmp_path.name}"
+    shutil.copytree(run, copy)
+    (copy / "schema" / name).write_text(text)
+    result = ctr("eval", copy, cwd=home)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
+    assert result.stderr.startswith(f"ctr: error: {copy / 'schema' / name}: "), result.stderr
+    if name == "key.json":
+        (copy / "metrics.json").unlink()  # an unfinished run, as --resume takes one
+        result = ctr("train", "--resume", copy, cwd=home)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
+        assert result.stderr.startswith(f"ctr: error: {copy / 'schema' / name}: "), result.stderr
+    shutil.rmtree(copy)
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, a folder no one can create files in")
 @pytest.mark.parametrize("name", ["scores.csv", "scores.parquet"])
 def test_predict_to_a_folder_that_takes_no_files_is_one_line(csv_run, tmp_path, name):
