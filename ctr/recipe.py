@@ -514,12 +514,14 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise RecipeError(f"override {item!r}: expected key.path=value")
+    parts = key.split(".")
+    if not all(parts):  # a stray dot: "data..rows", "seed."
+        raise RecipeError(f"override {item!r}: an empty key between dots; expected key.path=value")
     try:
         value = yaml.safe_load(text) if text else ""
     except yaml.YAMLError:
         value = text
     node = raw
-    parts = key.split(".")
     for depth, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):

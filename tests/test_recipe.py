@@ -53,6 +53,17 @@ def test_override_needs_equals():
         apply_override({}, "train.batch_size")
 
 
+@pytest.mark.parametrize("item", ["data..rows=5", ".seed=1", "seed.=1", "data.split.=0.5", "data.split.valid.=0.5"])
+def test_override_with_an_empty_key_part_names_the_override(item):
+    """A stray dot left an empty key: it was set (``data.split.valid: {'': 0.5}``) and the
+    error named an empty or half key (``: unknown key``, ``data.: unknown key``)."""
+    raw = {"seed": 1, "data": {"split": {"valid": 0.1}}}
+    with pytest.raises(RecipeError) as caught:
+        apply_override(raw, item)
+    assert str(caught.value) == f"override {item!r}: an empty key between dots; expected key.path=value"
+    assert raw == {"seed": 1, "data": {"split": {"valid": 0.1}}}
+
+
 @pytest.mark.parametrize("text", ["", "# only a comment\n"])
 def test_an_empty_recipe_is_refused_not_read_as_every_default(tmp_path, text):
     path = tmp_path / "empty.yaml"
