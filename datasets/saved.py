@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from ctr.datasets.encode import Encoder
 from ctr.datasets.vocab import IdCounter, IdentityVocabulary, Vocabulary
 from ctr.errors import UserError, reason
-from ctr.schema import Schema
+from ctr.schema import FeatureInfo, Schema
 
 
 def load_schema(schema_dir: Path) -> Schema:
@@ -28,11 +28,9 @@ def load_schema(schema_dir: Path) -> Schema:
 
 def load_vocabularies(schema_dir: Path, schema: Schema) -> dict[str, Vocabulary | IdentityVocabulary]:
     """Table name → its vocabulary as fitted on the run's training rows."""
-    owners = {info.table: info for info in schema.sparse_features if info.spec.name == info.table}
     vocabs: dict[str, Vocabulary | IdentityVocabulary] = {}
-    for table, info in owners.items():
-        columns = ("num_ids",) if info.spec.num_ids else ("token", "count")
-        saved = _vocabulary_table(schema_dir / "vocab" / f"{table}.parquet", columns)
+    for table, info in _owners(schema).items():
+        saved = pq.read_table(_vocabulary_file(schema_dir, info))
         if info.spec.num_ids:
             counter = IdCounter(info.spec.num_ids, info.spec.name)
             counter.counts[:] = schema.counts[table][1 + info.spec.oov_buckets :]
@@ -43,19 +41,33 @@ def load_vocabularies(schema_dir: Path, schema: Schema) -> dict[str, Vocabulary 
     return vocabs
 
 
-def _vocabulary_table(path: Path, columns: tuple[str, ...]) -> pa.Table:
-    """A saved vocabulary (``columns``: ``token`` and ``count``, or an identity table's
-    ``num_ids``); a UserError naming it when it is gone or not whole."""
+def check_vocabularies(schema_dir: Path, schema: Schema) -> None:
+    """Checks that every table's saved vocabulary is there and whole (its footer and columns,
+    not its tokens): a UserError names the first that is not."""
+    for info in _owners(schema).values():
+        _vocabulary_file(schema_dir, info)
+
+
+def _owners(schema: Schema) -> dict[str, FeatureInfo]:
+    """Table name → the feature that owns it (features sharing a table share its vocabulary)."""
+    return {info.table: info for info in schema.sparse_features if info.spec.name == info.table}
+
+
+def _vocabulary_file(schema_dir: Path, info: FeatureInfo) -> Path:
+    """The saved vocabulary file of the table ``info`` owns (``token`` and ``count`` columns;
+    ``num_ids`` for an identity table), checked by its footer; a UserError naming it when it is
+    gone or not whole."""
+    path = schema_dir / "vocab" / f"{info.table}.parquet"
     if not path.exists():
         raise UserError(f"{path}: no saved vocabulary")
     try:
-        saved = pq.read_table(path)
+        names = pq.read_schema(path).names
     except (pa.ArrowException, OSError) as err:
         raise UserError(f"{path}: not a readable saved vocabulary ({reason(err, typed=True)})") from None
-    missing = [name for name in columns if name not in saved.column_names]
+    missing = [name for name in (("num_ids",) if info.spec.num_ids else ("token", "count")) if name not in names]
     if missing:
         raise UserError(f"{path}: not a saved vocabulary (no {' or '.join(missing)} column)")
-    return saved
+    return path
 
 
 def saved_encoder(schema_dir: Path, schema: Schema, group: str | None) -> Encoder:

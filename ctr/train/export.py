@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ctr.atomic import atomic_path
 from ctr.batch import Batch, JaggedFeatures
-from ctr.datasets.saved import load_schema
+from ctr.datasets.saved import check_vocabularies, load_schema
 from ctr.errors import UserError, reason
 from ctr.schema import OOV_ID, Schema
 from ctr.train.saved import finished_run, restored_task
@@ -152,6 +152,7 @@ def export_run(run_root: Path, out: Path) -> Path:
     if beside.exists() and not beside.is_dir():
         raise UserError(f"{beside}: exists and is not a folder (the export's schema goes there); choose another --out")
     schema = load_schema(run.schema)
+    check_vocabularies(run.schema, schema)  # copied beside the program: an export without them scores nothing
     task = restored_task(run, recipe, schema, ckpt)
     program = export_program(task.net, schema)
     with atomic_path(out) as program_file:

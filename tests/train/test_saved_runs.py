@@ -475,17 +475,18 @@ def test_eval_of_a_run_whose_frequencies_are_gone_is_one_line(csv_run, tmp_path)
     ("counts.npz", lambda path: path.write_bytes(path.read_bytes()[:40])),
     ("vocab/a.parquet", lambda path: path.write_text("xx")),
     ("vocab/a.parquet", lambda path: path.unlink()),
+    ("vocab/a.parquet", lambda path: pq.write_table(pq.read_table(path).drop_columns(["count"]), path)),
 ])
 def test_a_damaged_saved_schema_is_one_line_naming_its_file(csv_run, tmp_path, name, damage):
     """A run folder whose saved schema, frequencies or a vocabulary is cut short, not of its
-    format, or gone: ``ctr eval`` and ``ctr predict`` (and ``ctr export``, which reads the
-    schema) name the file, no traceback."""
+    format, or gone: ``ctr eval``, ``ctr predict`` and ``ctr export`` (which copied a damaged
+    vocabulary beside its program, or exported without one) name the file, no traceback."""
     home, run = csv_run
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
     damage(copy / "schema" / name)
-    commands = [("eval", copy), ("predict", copy, home / "data" / "test.csv", "--out", tmp_path / "s.csv")]
-    for command in commands + ([] if name.startswith("vocab") else [("export", copy, "--out", tmp_path / "m.pt2")]):
+    for command in (("eval", copy), ("predict", copy, home / "data" / "test.csv", "--out", tmp_path / "s.csv"),
+                    ("export", copy, "--out", tmp_path / "m.pt2")):
         result = ctr(*command, cwd=tmp_path)
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
         assert result.stderr.startswith(f"ctr: error: {copy / 'schema' / name}: "), result.stderr
