@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ctr.errors import UserError
+from ctr.errors import UserError, reason
 
 
 @contextmanager
@@ -133,15 +133,21 @@ def atomic_write(path: str | Path, text: str) -> None:
 
 class CsvRows:
     """A CSV file of result rows kept whole on disk: each ``add`` rewrites it atomically, so an
-    interrupted job leaves every finished row and a rerun can read them back."""
+    interrupted job leaves every finished row and a rerun can read them back. ``numbers``:
+    column → ``int`` or ``float``, what a non-empty value of that column must parse as."""
 
-    def __init__(self, path: Path, columns: list[str]):
+    def __init__(self, path: Path, columns: list[str], numbers: dict[str, type] | None = None):
         self.path, self.columns = path, columns
         self.rows: list[dict[str, str]] = []
         if path.exists():
-            with path.open(newline="") as handle:
-                reader = csv.DictReader(handle)
-                self.rows = list(reader)
+            try:
+                with path.open(newline="") as handle:
+                    reader = csv.DictReader(handle)
+                    for row in reader:
+                        self.rows.append(_checked_row(row, reader.line_num, path, numbers or {}))
+            except (UnicodeDecodeError, csv.Error) as err:
+                raise UserError(f"{path}: not a readable results file ({reason(err, typed=True)}); choose another "
+                                "--out") from None
             if reader.fieldnames != columns:  # another command's results, an older ctr's, or a cut header
                 shown = ", ".join(reader.fieldnames or ["none"])
                 raise UserError(f"{path}: not a results file of this command (its columns: {shown}); choose "
@@ -157,3 +163,22 @@ class CsvRows:
         writer.writerows(self.rows)
         atomic_write(self.path, text.getvalue())
         return stored
+
+
+def _checked_row(row: dict[str, str], line: int, path: Path, numbers: dict[str, type]) -> dict[str, str]:
+    """``row`` (line ``line`` of ``path``); a UserError when it was cut short or runs long, or a
+    column of ``numbers`` holds no number of its type (a damaged file: callers parse them)."""
+    values = [v for k, v in row.items() if k is not None and v is not None] + (row.get(None) or [])  # None: csv's
+    expected = len(row) - (None in row)  # a short row's missing values and a long row's extra ones
+    if len(values) != expected:
+        raise UserError(f"{path}:{line}: {len(values)} fields, expected {expected} (a damaged results file); choose "
+                        "another --out")
+    for column, kind in numbers.items():
+        try:
+            if row.get(column):
+                kind(row[column])
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise UserError(f"{path}:{line}: column {column}: not {what}: {row[column]!r} (a damaged results file); "
+                            "choose another --out") from None
+    return row

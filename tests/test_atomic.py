@@ -8,7 +8,10 @@ import sys
 
 import pytest
 
-from ctr.atomic import atomic_path, atomic_write, finish_replace, replace_folder, replaced_folder, staging_folder
+from ctr.atomic import (
+    CsvRows, atomic_path, atomic_write, finish_replace, replace_folder, replaced_folder, staging_folder,
+)
+from ctr.errors import UserError
 
 KILLED_WRITER = """
 import os, signal, sys
@@ -136,3 +139,28 @@ def test_a_folder_replace_stopped_between_its_renames_gets_its_old_folder_back_o
         assert [p.name for p in tmp_path.iterdir()] == ["schema"]
         folder(tmp, "newer")
     assert [p.name for p in tmp_path.iterdir()] == ["schema"] and (tmp_path / "schema" / "part").read_text() == "newer"
+
+
+@pytest.mark.parametrize("text, said", [
+    ("a,n\nx,1\ny\n", "results.csv:3: 1 fields, expected 2 (a damaged results file); choose another --out"),
+    ("a,n\nx,1,2\n", "results.csv:2: 3 fields, expected 2 (a damaged results file); choose another --out"),
+    ("a,n\nx,1.5\n", "results.csv:2: column n: not an integer: '1.5' (a damaged results file); choose another --out"),
+    ("a,n\nx,\xff\n", "results.csv: not a readable results file (UnicodeDecodeError: "),
+])
+def test_a_damaged_results_file_is_refused_naming_its_line(tmp_path, text, said):
+    """A row cut short or run long, a number column that holds no number, bytes that are not
+    text: a UserError naming the file (and line), not a traceback where a caller reads it."""
+    path = tmp_path / "results.csv"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(UserError) as caught:
+        CsvRows(path, ["a", "n"], {"n": int})
+    assert str(caught.value).startswith(f"{path}{said[len('results.csv'):]}")
+
+
+def test_a_results_file_keeps_its_empty_numbers(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text("a,n,v\nx,,\ny,2,0.5\n")
+    assert CsvRows(path, ["a", "n", "v"], {"n": int, "v": float}).rows[1] == {"a": "y", "n": "2", "v": "0.5"}
+    path.write_text("a,n,v\nx,2,abc\n")
+    with pytest.raises(UserError, match=r"results\.csv:2: column v: not a number: 'abc' \(a damaged results file\)"):
+        CsvRows(path, ["a", "n", "v"], {"n": int, "v": float})

@@ -57,6 +57,11 @@ COLUMNS = [
     "full_embedding_bytes", "memory_ratio", "train_seconds", "inference_seconds", "inference_rows_per_s",
     "peak_rss_mb", "run_dir",
 ]
+NUMBERS = {  # what a non-empty value of these columns must parse as (the table and plot parse them)
+    "seed": int, "embedding_bytes": int, "full_embedding_bytes": int,
+    **{name: float for name in ("budget", "test_auc", "test_logloss", "valid_auc", "memory_ratio", "train_seconds",
+                                "inference_seconds", "inference_rows_per_s", "peak_rss_mb")},
+}
 BENCH_FILE = "bench.json"  # what the benchmark measured of a cell beyond metrics.json
 ATTEMPT = "--- ctr bench: "  # begins each attempt's lines in a cell's log
 
@@ -67,7 +72,7 @@ class Results(CsvRows):
     its new row replacing the old one."""
 
     def __init__(self, path: Path):
-        super().__init__(path, COLUMNS)
+        super().__init__(path, COLUMNS, NUMBERS)
 
     def shown(self, seeds: int) -> list[dict[str, str]]:
         """The rows of the first ``seeds`` seeds (a rerun with fewer seeds reports those only)."""

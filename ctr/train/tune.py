@@ -40,6 +40,7 @@ log = logging.getLogger("ctr.tune")
 COLUMNS = ["point", "settings", "seed", "offset", "recipe", "monitor", "valid", "failed", "test_auc", "test_gauc",
            "test_logloss", "run_dir"]
 TEST_KEYS = ("auc", "gauc", "logloss")
+NUMBERS = {"seed": int, "offset": int, "valid": float, **{f"test_{key}": float for key in TEST_KEYS}}
 Trainer = Callable[[Recipe, Path, bool], dict[str, Any]]
 
 
@@ -129,7 +130,7 @@ class Results(CsvRows):
     recipe it trained."""
 
     def __init__(self, path: Path):
-        super().__init__(path, COLUMNS)
+        super().__init__(path, COLUMNS, NUMBERS)
 
     def find(self, point: Point, offset: int) -> dict[str, str] | None:
         return next((r for r in self.rows if r["point"] == point.key and int(r["offset"]) == offset), None)

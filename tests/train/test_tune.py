@@ -286,6 +286,17 @@ def test_an_out_holding_another_commands_results_is_refused(tmp_path):
         Tuning(_recipe_file(tmp_path), parse_grid(["seed=1"]), 1, tmp_path / "t", [], FakeTrainer()).run()
 
 
+def test_an_out_whose_results_were_damaged_is_refused_naming_the_line(tmp_path):
+    """A row whose offset is no integer (a hand edit, a cut copy) was a traceback of int()."""
+    from ctr.train.tune import COLUMNS
+
+    (tmp_path / "t").mkdir()
+    row = ["p00", "seed=1", "1", "zero", "f", "valid/auc", "0.5", "", "0.5", "", "0.6", "runs/p00-s0"]
+    (tmp_path / "t" / "results.csv").write_text(",".join(COLUMNS) + "\n" + ",".join(row) + "\n")
+    with pytest.raises(UserError, match=r"results.csv:2: column offset: not an integer: 'zero' \(a damaged results"):
+        Tuning(_recipe_file(tmp_path), parse_grid(["seed=1"]), 1, tmp_path / "t", [], FakeTrainer()).run()
+
+
 @pytest.mark.parametrize("command", [["tune", "RECIPE", "--grid", "seed=1"],
                                      ["bench", "compression", "RECIPE", "--methods", "full"]])
 def test_a_second_command_writing_results_into_the_same_out_is_refused(tmp_path, capsys, command):
