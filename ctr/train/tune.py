@@ -68,8 +68,8 @@ def parse_grid(items: list[str]) -> list[Point]:
     for item in items:
         key, sep, text = item.partition("=")
         values = _split_top_level(text)
-        if not sep or not key or not all(values):
-            raise UserError(f"--grid {item!r}: expected key.path=value1,value2,...")
+        if not sep or not all(key.split(".")) or not all(values):
+            raise UserError(f"--grid {item!r}: expected key.path=value1,value2,... (no empty key between dots)")
         repeated = next((v for i, v in enumerate(values) if _same_value(v, values[:i])), None)
         if repeated is not None:
             raise UserError(f"--grid {item!r}: value {repeated!r} given twice (a point would train twice)")

@@ -70,6 +70,15 @@ def test_chooses_on_validation_then_runs_seeds_of_the_choice_only(tmp_path):
     assert rerun.calls == []
 
 
+@pytest.mark.parametrize("axis", ["model.dropout.=0,1", ".seed=1,2", "data..rows=1,2", "=1,2", "seed=1,"])
+def test_a_malformed_axis_is_one_error_naming_it_once(axis):
+    """A stray dot was refused when a point was built, the item named twice
+    (``--grid model.dropout.=1: override 'model.dropout.=1': ...``)."""
+    with pytest.raises(UserError) as err:
+        parse_grid([axis])
+    assert str(err.value) == f"--grid {axis!r}: expected key.path=value1,value2,... (no empty key between dots)"
+
+
 def test_a_value_given_twice_in_an_axis_is_refused():
     """It trained the same point twice (and a rerun without the copy was refused)."""
     for axis, value in (("train.batch_size=256,256", "256"), ("train.optimizer.lr=0.1,1e-1", "1e-1"),
