@@ -102,7 +102,12 @@ def encode_rows(run: RunDir, recipe: Recipe, out: Path, data: Path | None = None
         if not data.exists():
             raise UserError(f"{data}: no such file or folder")
         config = config.reading(data)
-    encoded = encode_with_schema(config, run.schema, out, None if data is not None else split, progress)
+    try:
+        encoded = encode_with_schema(config, run.schema, out, None if data is not None else split, progress)
+    except UserError as err:
+        if data is None or not str(err).startswith("data.path: "):
+            raise
+        raise UserError(str(err).removeprefix("data.path: ")) from None  # the command line named it, not data.path
     if data is None:
         _warn_if_changed(run, config, split, encoded.tally.rows)
     return encoded

@@ -244,6 +244,15 @@ def test_predict_on_a_folder_whose_files_disagree_on_the_label_is_one_line(csv_r
     assert not (tmp_path / "s.csv").exists()
 
 
+def test_predict_on_a_folder_without_files_names_the_folder_not_a_recipe_key(csv_run, tmp_path):
+    """It read ``data.path: folder ... holds no files``: the folder came from the command line."""
+    _, run = csv_run
+    (tmp_path / "empty").mkdir()
+    result = ctr("predict", run, tmp_path / "empty", "--out", tmp_path / "s.csv", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"ctr: error: folder {tmp_path / 'empty'} holds no files matching '*'"
+
+
 def test_predict_bad_row_is_the_training_error(csv_run, tmp_path):
     _, run = csv_run
     bad = tmp_path / "bad.csv"
