@@ -60,7 +60,7 @@ class AvazuDataset(DelimitedSource):
         derived = {name: needed.pop(name) for name in DERIVED if name in needed}
         if derived:
             needed.setdefault("hour", f"{next(iter(derived.values()))}, read from 'hour'")
-        require_columns(columns, needed, str(file))
+        require_columns(columns, self.required(needed), str(file))
         return TextFormat(columns, ",", header=True, quoting=True, keep=[c for c in columns if c in needed])
 
     def finish(self, batch: pa.RecordBatch) -> pa.RecordBatch:

@@ -73,6 +73,26 @@ def test_avazu_derives_hour_of_day_and_weekday(tmp_path):
     assert rows.column("__problem__").to_pylist()[2] == "hour '1410' is not YYMMDDHH"
 
 
+def test_avazu_rows_to_score_may_lack_the_click_column(tmp_path):
+    """The Avazu release's test.csv has no ``click`` column: its rows are scored unlabelled,
+    encoded with the ids training gave them (the reader demanded the column)."""
+    from ctr.datasets.preprocess import encode_with_schema
+
+    columns = "id,click,hour,C1,banner_pos,site_id,site_domain,site_category,app_id,app_domain,app_category,device_id,device_ip,device_model,device_type,device_conn_type,C14,C15,C16,C17,C18,C19,C20,C21"
+    rows = [(i, i % 2, f"141021{10 + i}", ",".join([f"v{i % 3}"] * 21)) for i in range(6)]
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    train.write_text(columns + "\n" + "".join(f"{i},{c},{h},{v}\n" for i, c, h, v in rows))
+    test.write_text(columns.replace("click,", "") + "\n" + "".join(f"{i},{h},{v}\n" for i, _, h, v in rows))
+    raw = {"data": {"dataset": "avazu", "path": str(train), "cache_dir": str(tmp_path / "c"),
+                    "split": {"valid": 0.0, "test": 0.0}}}
+    config = recipe_from_dict(raw).data
+    prepared = prepare(config, progress=False)
+    encoded = encode_with_schema(config.reading(test), prepared.root, tmp_path / "out", None, progress=False)
+    assert not encoded.labelled and encoded.tally.rows == 6
+    scored = pq.read_table(tmp_path / "out" / "test").drop_columns(["__label__"])
+    assert scored.equals(pq.read_table(prepared.split_dir("train")).drop_columns(["__label__"]))
+
+
 def write_featindex(folder):
     folder.mkdir(exist_ok=True)
     (folder / "featindex.txt").write_text("weekday:0\t0\nweekday:1\t1\ncity:9\t2\ncity:10\t3\nprice\t4\n")
