@@ -82,18 +82,19 @@ class EpochLoop:
         while state.epoch < self.span.epochs and not state.stopped and not self._at_max_steps(state):
             with closing(self._steps(state)) as steps:  # a pass left early stops its loader now
                 for index in steps:
-                    ends = index + 1 == len(loader)  # Lightning does not validate where max_steps cuts an epoch
-                    if ends or self._at_max_steps(state):
-                        self.logger.write({"epoch": state.epoch, "step": state.step - 1, **state.epoch_lrs})
-                    if every and (index + 1) % every == 0 or (ends and not every):
-                        self._validate(state)
+                    last = index + 1 == len(loader)  # Lightning does not validate where max_steps cuts an epoch
+                    ends = last or self._at_max_steps(state)
+                    if every and (index + 1) % every == 0 or (last and not every):
+                        self._validate(state, ends)
+                    elif ends:
+                        self._log_lrs(state)
                     if state.stopped or self._at_max_steps(state):
                         break
             if self._at_max_steps(state):
                 break
             state.epoch, state.batches = state.epoch + 1, 0
         if not state.validations:
-            self._validate(state)
+            self._validate(state, ends_epoch=False)
         self.losses.check(state.step)
         return state
 
@@ -166,8 +167,14 @@ class EpochLoop:
         """The value of ``monitor`` (a validation metric the run logs: checked before training)."""
         return valid[monitor.removeprefix("valid/")]
 
-    def _validate(self, state: TrainState) -> None:
-        """Validates, steps the plateau schedules, checkpoints and applies early stopping."""
+    def _log_lrs(self, state: TrainState) -> None:
+        """The lr row of the epoch, logged at its last step (its end, or where training stops)."""
+        self.logger.write({"epoch": state.epoch, "step": state.step - 1, **state.epoch_lrs})
+
+    def _validate(self, state: TrainState, ends_epoch: bool) -> None:
+        """Validates, steps the plateau schedules, applies early stopping and checkpoints;
+        logs the epoch's lr row (before the checkpoints) when ``ends_epoch`` or early stopping
+        ends it here, after the validation's row as one process logs them."""
         train = self.recipe.train
         monitor, mode = self.recipe.train.best_by
         self.losses.check(state.step)  # a validation's checkpoints are never of diverged weights
@@ -182,6 +189,8 @@ class EpochLoop:
         state.update_patience(value, mode, train.early_stop)
         if train.early_stop and self.place.rank == 0:
             warn_if_not_finite(monitor, value)
+        if ends_epoch or (state.stopped and not self._at_max_steps(state)):
+            self._log_lrs(state)
         if improved:
             state.best = value
             self.saver.save(self.saver.best, state)

@@ -748,3 +748,21 @@ def test_a_distributed_run_that_is_not_finished_evaluates_from_its_best_checkpoi
     caplog.set_level(logging.WARNING, logger="ctr.train")
     assert evaluate(tmp_path / "run")["auc"] == pytest.approx(finished["test"]["auc"], abs=1e-6)
     assert any("not finished" in m and "checkpoints/best" in m for m in caplog.messages)
+
+
+@pytest.mark.slow
+def test_early_stopping_inside_an_epoch_logs_its_lrs_as_one_process_does(tmp_path):
+    """Early stopping at the mid-epoch validation of step 8 (of 10 batches): the cut epoch's
+    lr row is logged at its last step, as one process logs it (and counted in ``epochs``)."""
+    sections = {"train": {"epochs": 2, "eval_every_n_steps": 4,
+                          "early_stop": {"monitor": "valid/auc", "patience": 1, "min_delta": 1.0}},
+                "trainer": {"num_threads": 1, "progress_bar": False}}
+    one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
+    done = ctr("train", write(tmp_path, "two.yaml", **sections), "--out", tmp_path / "two", "-o", "trainer.devices=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    logs = [tmp_path / run / "logs" / "metrics.csv" for run in ("one", "two")]
+    lrs = [rows_of(log, "lr/dense") for log in logs]
+    assert [s for s, _ in lrs[0]] == [s for s, _ in lrs[1]] == [7]
+    assert lrs[1][0][1] == pytest.approx(lrs[0][0][1])
+    assert (two["steps"], two["epochs"]) == (one["steps"], one["epochs"]) == (8, 1)
