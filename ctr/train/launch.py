@@ -44,7 +44,7 @@ def launched() -> bool:
 def spawn(args: list[str], recipe: Recipe) -> int:
     """Runs ``ctr`` with ``args`` in ``trainer.devices`` processes of this machine (ranks
     ``NODE_RANK`` × devices + local rank) and waits for them; returns their exit code (the
-    first failure's, after stopping the others)."""
+    first failure's, after stopping the others). SIGTERM stops them and raises ``Terminated``."""
     devices, nodes = recipe.trainer.devices, recipe.trainer.num_nodes
     if nodes > 1 and not {"MASTER_ADDR", "MASTER_PORT", "NODE_RANK"} <= set(os.environ):
         raise UserError("trainer.num_nodes: set MASTER_ADDR, MASTER_PORT and NODE_RANK on every machine "
@@ -61,9 +61,9 @@ def spawn(args: list[str], recipe: Recipe) -> int:
     try:
         with sigterm_raises():
             return wait_all(processes)  # stops the ranks on any way out
-    except Terminated:
-        log.error("terminated (SIGTERM): the %d ranks were stopped; `ctr train --resume RUN_DIR` continues", devices)
-        return 128 + signal.SIGTERM
+    except Terminated:  # the CLI ends with the line of a one-process run, naming --resume of the run
+        log.error("the %d ranks were stopped", devices)
+        raise
 
 
 def die_with_starter() -> None:

@@ -178,7 +178,8 @@ def test_a_rank_ends_when_its_launcher_is_killed(tmp_path, variable):
 @pytest.mark.slow
 def test_sigterm_to_the_launcher_stops_its_ranks(tmp_path):
     """A scheduler's SIGTERM to ``ctr train -o trainer.devices=2``: the ranks are stopped, not
-    left training, and the launcher exits with 143, naming --resume."""
+    left training, and the launcher exits with 143 and the line of a one-process run, naming
+    --resume of its run directory."""
     recipe = write(tmp_path, train={"epochs": 500, "early_stop": None}, trainer={"num_threads": 1, "devices": 2})
     run = tmp_path / "run"
     launcher = subprocess.Popen([sys.executable, "-m", "ctr", "train", str(recipe), "--out", str(run)],
@@ -190,7 +191,9 @@ def test_sigterm_to_the_launcher_stops_its_ranks(tmp_path):
     launcher.terminate()
     _, err = launcher.communicate(timeout=60)
     assert launcher.returncode == 128 + signal.SIGTERM, err[-2000:]
-    assert "terminated (SIGTERM): the 2 ranks were stopped" in err
+    assert "the 2 ranks were stopped" in err
+    assert err.splitlines()[-1] == (f"ctr: terminated (SIGTERM); `ctr train --resume {run}` continues from its last "
+                                    "checkpoint, if one was written")
     assert _processes_running(str(run)) == []
 
 
