@@ -38,6 +38,18 @@ def _as_kept(recipe: Recipe) -> dict[str, Any]:
     return raw
 
 
+def _difference(before: Recipe, now: Recipe, ignoring: tuple[str, ...]) -> str | None:
+    """``first_difference`` of two recipes as runs keep them, where their output goes and the
+    dotted keys ``ignoring`` aside."""
+    raws = (_as_kept(before), _as_kept(now))
+    for raw in raws:
+        del raw["output"]
+        for key in ignoring:
+            section, _, name = key.partition(".")
+            raw.get(section, {}).pop(name, None)
+    return first_difference(*raws)
+
+
 def _left_by_a_write(name: str) -> bool:
     """Whether ``name`` is what an interrupted ``atomic_path`` leaves in a run folder."""
     return name.startswith(".") and (".tmp-" in name or name.endswith(".old") and name[1:-4] in RUN_ENTRIES)
@@ -158,13 +170,16 @@ class RunDir:
         if not self.recipe.exists():
             return None
         resolved = replace(recipe, data=resolve_features(recipe.data))  # as training keeps it
-        before, now = _as_kept(self.load_recipe()), _as_kept(resolved)
-        for raw in (before, now):
-            del raw["output"]
-            for key in ignoring:
-                section, _, name = key.partition(".")
-                raw.get(section, {}).pop(name, None)
-        return first_difference(before, now)
+        return _difference(self.load_recipe(), resolved, ignoring)
+
+    def edit_since_start(self) -> str | None:
+        """How ``recipe.yaml`` differs from the recipe the run began with (its copy in
+        ``schema/``, written once at the start; the world size aside): None when the same, or
+        for a run of an earlier ctr, which kept no copy."""
+        first = self.schema / "recipe.yaml"
+        if not first.exists():
+            return None
+        return _difference(recipe_from_dict(upgraded(read_yaml(first))), self.load_recipe(), RESUME_OVERRIDES)
 
     def load_recipe(self) -> Recipe:
         if not self.root.exists():
@@ -173,11 +188,13 @@ class RunDir:
             raise UserError(f"{self.root}: not a run directory (no recipe.yaml)")
         return recipe_from_dict(upgraded(read_yaml(self.recipe)))  # a run of an earlier ctr: its keys brought up
 
-    def copy_schema(self, prepared_root: Path) -> None:
+    def copy_schema(self, prepared_root: Path, recipe: Recipe) -> None:
         """Copies the fitted schema, vocabularies, data report and the encoding's key (the
-        input files' stamps, which ``check_resumed_data`` compares) next to the checkpoints."""
+        input files' stamps, which ``check_resumed_data`` compares) next to the checkpoints,
+        with a copy of the recipe the run begins with (``edit_since_start`` compares it)."""
         with atomic_path(self.schema) as tmp:
             tmp.mkdir()
+            (tmp / "recipe.yaml").write_text(yaml.safe_dump(_as_kept(recipe), sort_keys=False))
             for name in ("schema.json", "counts.npz", "report.json", KEY_FILE):
                 if name != KEY_FILE or (prepared_root / name).exists():
                     shutil.copy2(prepared_root / name, tmp / name)
@@ -188,7 +205,7 @@ class RunDir:
         run keeps its schema)."""
         self.write_recipe(recipe)
         if not (resume and self.schema.is_dir()):
-            self.copy_schema(prepared_root)
+            self.copy_schema(prepared_root, recipe)
 
     def check_resumed_inputs(self, data: DataConfig) -> None:
         """Refuses, before any data is read, to resume on input files changed, added or removed

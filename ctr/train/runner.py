@@ -122,6 +122,10 @@ def _check_run(run: RunDir, recipe: Recipe, resume: bool) -> None:
         raise UserError(f"{run.root}: this run is finished (metrics.json is written); nothing to resume")
     if resume and not run.started:
         raise UserError(f"{run.root}: nothing to resume (no checkpoints/last.ckpt and no stages/)")
+    edit = run.edit_since_start() if resume else None
+    if edit:
+        raise UserError(f"{run.recipe}: edited since the run began ({edit}); a resume trains the settings the run "
+                        "began with: undo the edit, or train the new settings as a new run")
     change = run.settings_change(recipe, ignoring=RESUME_OVERRIDES) if resume else None
     if change:
         raise UserError(f"{run.root}: begun with another recipe ({change}); a resume goes on with the run's "

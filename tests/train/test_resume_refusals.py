@@ -58,3 +58,30 @@ def test_the_api_resumes_a_run_with_its_own_recipe_only(tmp_path):
         f"{run}: begun with another recipe (model.bottom_mlp: [16] before, [32] now); a resume goes on with the "
         "run's own recipe.yaml (RunDir(run).load_recipe(), as ctr train --resume does)")
     assert sorted(p.name for p in run.rglob("*")) == ["checkpoints", "last.ckpt", "recipe.yaml"]
+
+
+def test_a_recipe_edited_since_the_run_began_is_not_resumed(tmp_path, capsys):
+    """An edited recipe.yaml was resumed without a word: its batch_size took effect (a
+    mid-epoch checkpoint went on at other rows), its lr did not (the restored optimizer's)."""
+    run = interrupted_one_process_run(tmp_path)
+    (run / "schema").mkdir()
+    (run / "schema" / "recipe.yaml").write_text((run / "recipe.yaml").read_text())
+    raw = yaml.safe_load((run / "recipe.yaml").read_text())
+    raw["train"]["batch_size"] = 999
+    (run / "recipe.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", "--resume", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"ctr: error: {run / 'recipe.yaml'}: edited since the run began (train.batch_size: 512 before, 999 now); "
+        "a resume trains the settings the run began with: undo the edit, or train the new settings as a new run")
+
+
+def test_a_run_keeps_the_recipe_it_began_with_beside_its_schema(tmp_path):
+    """What the check above compares with: written once, when the run begins."""
+    from ctr.recipe import read_yaml
+    from ctr.train.rundir import RunDir
+
+    recipe = recipe_from_dict(tiny_recipe(tmp_path, train={"epochs": 1}))
+    train(recipe, tmp_path / "run")
+    run = RunDir(tmp_path / "run")
+    assert read_yaml(run.schema / "recipe.yaml") == read_yaml(run.recipe)
+    assert run.edit_since_start() is None
