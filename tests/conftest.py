@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from ctr.recipe import recipe_from_dict
 
@@ -26,6 +27,13 @@ def pytest_configure(config: pytest.Config) -> None:
         os.sched_setaffinity(0, mine)
         os.environ["OMP_NUM_THREADS"] = str(len(mine))  # the processes tests start read it at torch's import
         torch.set_num_threads(len(mine))
+
+
+def begun_with(run: Path, raw: dict) -> None:
+    """Rewrites ``run``'s recipe as if the run had begun with ``raw``: its recipe.yaml and the
+    copy it keeps of the recipe it began with (a resume refuses a recipe.yaml edited since)."""
+    for name in ("recipe.yaml", "schema/recipe.yaml"):
+        (run / name).write_text(yaml.safe_dump(raw))
 
 
 def tiny_recipe(tmp: Path, **sections) -> dict:

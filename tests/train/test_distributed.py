@@ -23,7 +23,7 @@ from ctr.train.distributed_epochs import rows_of
 from ctr.train.launch import LAUNCHER, wait_all
 from ctr.train.runner import evaluate, train
 from ctr.train.rundir import RunDir
-from tests.conftest import tiny_recipe
+from tests.conftest import begun_with, tiny_recipe
 
 MIXED = {"sharding": "table_wise", "tables": {"C3": "column_wise", "C1": "data_parallel"}}
 ROOT = Path(__file__).resolve().parents[2]
@@ -230,7 +230,7 @@ def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path):
                                                           weights_only=False).keys()
     saved = yaml.safe_load((tmp_path / "cut" / "recipe.yaml").read_text())
     saved["train"]["epochs"] = 2  # as if the 2-epoch run had stopped after its first epoch
-    (tmp_path / "cut" / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    begun_with(tmp_path / "cut", saved)
     (tmp_path / "cut" / "metrics.json").unlink()
     shutil.copytree(tmp_path / "cut", tmp_path / "cut1")
     for run, world in (("cut", []), ("cut1", ["-o", "trainer.devices=1"])):  # the same world size, and 1 process
@@ -413,7 +413,7 @@ def test_a_resume_that_makes_a_sharded_table_data_parallel_is_one_line(tmp_path)
     saved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
     saved["train"]["epochs"] = 2
     saved["distributed"]["tables"] = {"C1": "data_parallel"}
-    (tmp_path / "run" / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    begun_with(tmp_path / "run", saved)
     (tmp_path / "run" / "metrics.json").unlink()
     resumed = ctr("train", "--resume", tmp_path / "run", "-o", "trainer.devices=1")
     assert resumed.returncode == 2 and "Traceback" not in resumed.stderr, resumed.stderr[-3000:]
@@ -505,7 +505,7 @@ def test_validation_every_n_steps_checkpoints_mid_epoch_and_resumes_there(tmp_pa
     assert json.loads((tmp_path / "cut" / "checkpoints" / "last" / "ctr.json").read_text())["batches"] == 8
     saved = yaml.safe_load((tmp_path / "cut" / "recipe.yaml").read_text())
     saved["train"]["max_steps"] = None  # as if the run had been killed after that checkpoint
-    (tmp_path / "cut" / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    begun_with(tmp_path / "cut", saved)
     (tmp_path / "cut" / "metrics.json").unlink()
     resumed = ctr("train", "--resume", tmp_path / "cut")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

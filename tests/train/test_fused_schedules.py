@@ -12,10 +12,9 @@ import torch
 from ctr.datasets import BatchLoader
 from ctr.recipe import recipe_from_dict
 from ctr.train.optim import FusedLR
-from ctr.train.rundir import RunDir
 from ctr.train.runner import train
 from ctr.train.task import CTRTask
-from tests.conftest import tiny_recipe
+from tests.conftest import begun_with, tiny_recipe
 
 EPOCHS, STEPS_PER_EPOCH = 4, 2
 SCHEDULES = {
@@ -105,7 +104,7 @@ def test_a_resumed_fused_run_continues_the_schedule(tmp_path, scheduler, expecte
     train(recipe(2), tmp_path / "resumed")
     halfway = last_checkpoint(tmp_path / "resumed")["state_dict"]["net.embedding.fused_sum"]
     (tmp_path / "resumed" / "metrics.json").unlink()  # a finished run refuses --resume: continue it as unfinished
-    RunDir(tmp_path / "resumed").write_recipe(recipe(4))  # its recipe.yaml edited to four epochs
+    begun_with(tmp_path / "resumed", recipe(4).to_dict())  # as if begun for four epochs
     train(recipe(4), tmp_path / "resumed", resume=True)
     whole, resumed = logged_lrs(tmp_path / "whole"), logged_lrs(tmp_path / "resumed")
     assert [whole[e] for e in range(4)] == pytest.approx(expected, rel=1e-6)

@@ -9,10 +9,9 @@ import torch
 
 from ctr.errors import RecipeError
 from ctr.recipe import recipe_from_dict
-from ctr.train.rundir import RunDir
 from ctr.train.runner import train
 from ctr.train.schedule import Schedules
-from tests.conftest import tiny_recipe
+from tests.conftest import begun_with, tiny_recipe
 
 BASE = {"dense": 1e-3, "embedding": 0.05}
 
@@ -164,7 +163,7 @@ def test_a_resumed_run_continues_the_schedule(tmp_path, scheduler, expected):
     train(recipe(4), tmp_path / "whole")
     train(recipe(2), tmp_path / "resumed")
     (tmp_path / "resumed" / "metrics.json").unlink()  # a finished run refuses --resume: continue it as unfinished
-    RunDir(tmp_path / "resumed").write_recipe(recipe(4))  # its recipe.yaml edited to four epochs
+    begun_with(tmp_path / "resumed", recipe(4).to_dict())  # as if begun for four epochs
     train(recipe(4), tmp_path / "resumed", resume=True)
     whole, resumed = logged_lrs(tmp_path / "whole"), logged_lrs(tmp_path / "resumed")
     assert [whole[e] for e in range(4)] == pytest.approx(expected, rel=1e-6)
