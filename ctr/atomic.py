@@ -19,7 +19,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside ``path`` to write a file or a folder at; it replaces ``path``
     when the block ends without an error and is removed otherwise (``path``'s parent folder
     is created). A folder replace of ``path`` that a kill stopped between its renames gives
-    the old folder back first (its new one, a dead writer's temporary, is removed).
+    the old folder back first (its new one, a dead writer's temporary, is removed). An
+    OSError naming the temporary is raised naming ``path``.
 
     Example:
         >>> with atomic_path(folder / "data.csv") as tmp:  # doctest: +SKIP
@@ -37,6 +38,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             _swap_in(tmp, path)
         else:
             os.replace(tmp, path)
+    except OSError as err:
+        if err.filename is None or Path(err.filename) != tmp:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from None  # the user named path, not its temporary
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

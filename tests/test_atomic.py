@@ -2,6 +2,7 @@
 does not outlive the next write of the same file; a folder replace that a kill stopped
 between its renames is found and finished."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -164,3 +165,18 @@ def test_a_results_file_keeps_its_empty_numbers(tmp_path):
     path.write_text("a,n,v\nx,2,abc\n")
     with pytest.raises(UserError, match=r"results\.csv:2: column v: not a number: 'abc' \(a damaged results file\)"):
         CsvRows(path, ["a", "n", "v"], {"n": int, "v": float})
+
+
+def test_an_error_writing_the_temporary_names_the_path_asked_for(tmp_path):
+    """``ctr export --out /proc/m.pt2`` said ``/proc/.m.pt2.tmp-<pid>: no such file or
+    directory``: a name the user never gave."""
+    target = tmp_path / "m.pt2"
+    with pytest.raises(PermissionError) as err:
+        with atomic_path(target) as tmp:
+            raise PermissionError(errno.EACCES, "Permission denied", str(tmp))
+    assert err.value.filename == str(target) and err.value.errno == errno.EACCES
+    with pytest.raises(FileNotFoundError) as other:
+        with atomic_path(target):
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(tmp_path / "input.csv"))
+    assert other.value.filename == str(tmp_path / "input.csv")  # another file's error is its own
+    assert not list(tmp_path.iterdir())
