@@ -153,7 +153,8 @@ def encode_with_schema(config: DataConfig, schema_dir: Path, out: Path, split: s
     finally:
         writer.close()
     if tally.rows == 0:
-        raise DataError(f"data: no rows to encode from dataset {config.dataset!r}")
+        raise DataError(f"{config.path}: no rows to encode (it holds none, or every one was skipped as bad)"
+                        if job.whole else f"data: no rows to encode from dataset {config.dataset!r}")
     schema = Schema(schema.features, schema.label, group, schema.counts)
     skipped_rows = np.concatenate(job.skipped_rows) if job.skipped_rows else np.zeros(0, dtype=np.int64)
     left_out = source.left_out_rows() if job.whole else None

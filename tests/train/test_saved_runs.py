@@ -289,6 +289,24 @@ def test_predict_skipping_bad_rows_numbers_the_scored_input_rows(csv_run, tmp_pa
     assert np.allclose(scores["score"], alone.loc[scores["row"]].to_numpy(), atol=1e-6)
 
 
+def test_predict_whose_every_row_is_skipped_names_its_input(csv_run, tmp_path):
+    """It said ``data: no rows to encode from dataset 'csv'``, naming neither the input nor why."""
+    home, trained = csv_run
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    recipe["data"]["on_bad_rows"] = "skip"
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    rows = pd.read_csv(home / "data" / "test.csv").head(5).astype({"x": object})
+    rows["x"] = "inf"
+    rows.to_csv(tmp_path / "bad.csv", index=False)
+    result = ctr("predict", run, tmp_path / "bad.csv", "--out", tmp_path / "s.csv", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"ctr: error: {tmp_path / 'bad.csv'}: no rows to encode (it holds none, or every one was skipped as bad)")
+    assert not (tmp_path / "s.csv").exists()
+
+
 def test_a_log_square_value_past_its_range_is_a_bad_row_in_predict_and_eval(tmp_path, capsys):
     """log_square keeps round(x) of x <= 2: -1e39 was scored nan (auc and logloss null for
     the whole file) and -1e19 stopped a categorical's predict with a traceback. Both are bad
