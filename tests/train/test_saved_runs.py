@@ -263,15 +263,21 @@ def test_predict_bad_row_is_the_training_error(csv_run, tmp_path):
     assert not (tmp_path / "s.parquet").exists()
 
 
-def test_predict_skipping_bad_rows_numbers_the_scored_input_rows(csv_run, tmp_path):
-    """With ``on_bad_rows: skip`` the scores leave rows out: a ``row`` column joins each back
-    to its input row (numbered from 0 over the folder's files in read order)."""
+def skipping_copy(csv_run, tmp_path):
+    """The csv run's home and a copy of the run whose recipe skips bad rows."""
     home, trained = csv_run
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     recipe = yaml.safe_load((run / "recipe.yaml").read_text())
     recipe["data"]["on_bad_rows"] = "skip"
     (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    return home, run
+
+
+def test_predict_skipping_bad_rows_numbers_the_scored_input_rows(csv_run, tmp_path):
+    """With ``on_bad_rows: skip`` the scores leave rows out: a ``row`` column joins each back
+    to its input row (numbered from 0 over the folder's files in read order)."""
+    home, run = skipping_copy(csv_run, tmp_path)
     rows = pd.read_csv(home / "data" / "test.csv").head(40).astype({"x": object})
     for bad in (0, 7, 8, 21, 39):
         rows.loc[bad, "x"] = "inf"
@@ -291,12 +297,7 @@ def test_predict_skipping_bad_rows_numbers_the_scored_input_rows(csv_run, tmp_pa
 
 def test_predict_whose_every_row_is_skipped_names_its_input(csv_run, tmp_path):
     """It said ``data: no rows to encode from dataset 'csv'``, naming neither the input nor why."""
-    home, trained = csv_run
-    run = tmp_path / "run"
-    shutil.copytree(trained, run)
-    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
-    recipe["data"]["on_bad_rows"] = "skip"
-    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    home, run = skipping_copy(csv_run, tmp_path)
     rows = pd.read_csv(home / "data" / "test.csv").head(5).astype({"x": object})
     rows["x"] = "inf"
     rows.to_csv(tmp_path / "bad.csv", index=False)
