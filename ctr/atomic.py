@@ -7,6 +7,7 @@ import csv
 import io
 import os
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -47,6 +48,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+
+
+def check_writable(path: Path) -> None:
+    """Fails where ``atomic_path(path)`` would fail only at its end, before the work that
+    makes the file: a UserError naming ``path`` when no file can be created beside it (its
+    parent folder is created, as ``atomic_path`` does)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=_tmp_prefix(path), dir=path.parent)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:  # it names the probe or a parent, not the path asked for
+        raise UserError(f"{path}: cannot be written ({(err.strerror or reason(err)).lower()})") from None
 
 
 def staging_folder(path: Path) -> Path:

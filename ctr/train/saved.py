@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ctr.atomic import check_writable
 from ctr.datasets.preprocess import KEY_FILE, Encoded, encode_with_schema, input_change, source_fingerprint
 from ctr.errors import UserError
 from ctr.recipe import DataConfig, Recipe
@@ -55,7 +56,7 @@ def _check_out(out: Path, run: RunDir, recipe: Recipe) -> None:
     """Refuses an ``out`` (the file ``--out`` names) that is a folder, lies inside the run (it
     would replace the run's own files), is one of the recipe's input files (it would replace
     the rows) or lies inside an input folder (later reads of that folder would take it for
-    rows)."""
+    rows) or where no file can be created (checked before the work that writes it)."""
     if out.is_dir():
         raise UserError(f"{out}: is a folder; name the file to write")
     written = out.resolve()
@@ -66,6 +67,7 @@ def _check_out(out: Path, run: RunDir, recipe: Recipe) -> None:
             raise UserError(f"{out}: is the run's input ({key}); choose another --out")
         if written.is_relative_to(given.resolve()):
             raise UserError(f"{out}: inside the run's input folder {given} ({key}); choose another --out")
+    check_writable(out)
 
 
 def best_checkpoint(run: RunDir) -> Path:

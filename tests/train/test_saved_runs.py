@@ -632,6 +632,24 @@ def test_predict_to_a_folder_that_takes_no_files_is_one_line(csv_run, tmp_path, 
     assert done.stderr.startswith(f"ctr: error: {out}: cannot be written ("), done.stderr
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, a folder no one can create files in")
+def test_predict_checks_its_out_before_encoding(csv_run, tmp_path, monkeypatch):
+    """An --out that is a folder, or where no file can be created, is refused before the input
+    is encoded and scored (the scores of a large input were lost at the very end)."""
+    import ctr.train.predict as scoring
+    from ctr.errors import UserError
+
+    home, run = csv_run
+    monkeypatch.setattr(scoring, "encode_rows", lambda *args, **kwargs: pytest.fail("encoded before --out was checked"))
+    refused = {tmp_path: f"{tmp_path}: is a folder; name the file to write",
+               Path("/proc/scores.csv"): "/proc/scores.csv: cannot be written ("}
+    for out, message in refused.items():
+        with pytest.raises(UserError) as caught:
+            scoring.predict(run, home / "data" / "test.csv", out)
+        assert str(caught.value).startswith(message), caught.value
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_predict_and_export_refuse_an_out_among_the_inputs(csv_run, tmp_path):
     """An --out that is one of the run's input files (export replaced data/test.csv), or lies
     inside the input folder or one of the recipe's (predict wrote its scores there once, and
