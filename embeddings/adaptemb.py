@@ -40,8 +40,10 @@ class AdaptEmbConfig(EmbeddingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0 <= self.frequent_fraction <= 1 or not 0 <= self.frequent_budget_share < 1:
-            raise ValueError("frequent_fraction must be in [0, 1] and frequent_budget_share in [0, 1)")
+        if not 0 <= self.frequent_fraction <= 1:
+            raise ValueError(f"frequent_fraction must be in [0, 1], got {self.frequent_fraction}")
+        if not 0 <= self.frequent_budget_share < 1:
+            raise ValueError(f"frequent_budget_share must be in [0, 1), got {self.frequent_budget_share}")
 
 
 def frequent_ids(counts: dict[str, np.ndarray], keep: int) -> dict[str, np.ndarray]:

@@ -18,6 +18,7 @@ from ctr.embeddings.storage import table_starts
 from ctr.recipe import OptimizerConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
+from ctr.typed import require_at_least
 
 MIN_TEMPERATURE = 0.01
 
@@ -44,8 +45,9 @@ class AutoDimConfig(SearchConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.candidates = sorted(set(self.candidates or doubling_candidates(self.dim)))
-        if self.candidates[0] < 1 or self.candidates[-1] > self.dim or self.temperature_decay < 0:
-            raise ValueError(f"candidates must lie in [1, dim {self.dim}] and temperature_decay >= 0")
+        if self.candidates[0] < 1 or self.candidates[-1] > self.dim:
+            raise ValueError(f"candidates must lie in [1, dim {self.dim}], got {self.candidates}")
+        require_at_least(self, 0, "temperature_decay")
 
 
 def doubling_candidates(dim: int) -> list[int]:

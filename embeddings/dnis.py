@@ -21,6 +21,7 @@ from ctr.embeddings.storage import pack_bits, unpack_bits
 from ctr.recipe import OptimizerConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
+from ctr.typed import require_at_least
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ class DNISConfig(SearchConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.blocks < 1 or self.alpha_l1 < 0:
-            raise ValueError("blocks must be >= 1 and alpha_l1 >= 0")
+        require_at_least(self, 1, "blocks")
+        require_at_least(self, 0, "alpha_l1")
 
 
 def frequency_blocks(counts: np.ndarray, blocks: int) -> np.ndarray:

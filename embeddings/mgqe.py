@@ -17,6 +17,7 @@ from ctr.embeddings.storage import table_starts
 from ctr.recipe import EmbeddingConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
+from ctr.typed import require_at_least
 
 CODE_BYTES = 1  # a code, uint8
 
@@ -47,8 +48,9 @@ class MGQEConfig(EmbeddingConfig):
             raise ValueError(f"subspaces: {self.subspaces} must divide dim {self.dim}")
         if not 1 <= self.rare_centroids <= self.frequent_centroids <= 256:
             raise ValueError("need 1 <= rare_centroids <= frequent_centroids <= 256 (codes are uint8)")
-        if not 0 <= self.frequent_fraction <= 1 or self.commitment < 0:
-            raise ValueError("frequent_fraction must be in [0, 1] and commitment >= 0")
+        if not 0 <= self.frequent_fraction <= 1:
+            raise ValueError(f"frequent_fraction must be in [0, 1], got {self.frequent_fraction}")
+        require_at_least(self, 0, "commitment")
 
 
 def deployed_bytes(config: MGQEConfig, tables: dict[str, int], subspaces: int) -> int:

@@ -23,6 +23,7 @@ from ctr.embeddings.types import FeatureEmbeddings
 from ctr.recipe import OptimizerConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
+from ctr.typed import require_at_least
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,9 @@ class OptEmbedConfig(SearchConfig, EvolutionConfig):
         super().__post_init__()
         if not 1 <= self.parents <= self.population or self.generations < 0:
             raise ValueError("need 1 <= parents <= population and generations >= 0")
-        if not 0 < self.mutation_prob <= 1 or self.mutations < 0 or self.crossovers < 0:
-            raise ValueError("mutation_prob must be in (0, 1]; mutations and crossovers >= 0")
+        if not 0 < self.mutation_prob <= 1:
+            raise ValueError(f"mutation_prob must be in (0, 1], got {self.mutation_prob}")
+        require_at_least(self, 0, "mutations", "crossovers")
 
 
 @EMBEDDINGS.register("optembed", config=OptEmbedConfig)

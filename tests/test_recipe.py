@@ -148,6 +148,13 @@ def test_a_section_that_is_not_a_mapping_is_refused_not_read_as_its_defaults(sec
     ({"model": {"name": "autoint", "heads": 0}}, r"^model\.heads: must be >= 1, got 0$"),
     ({"model": {"name": "dcnv2", "low_rank": 0}}, r"^model\.low_rank: must be >= 1, got 0$"),
     ({"embedding": {"method": "dhe", "budget": 0.5, "buckets": 1}}, r"^embedding\.buckets: must be >= 2, got 1$"),
+    ({"embedding": {"method": "adaptemb", "budget": 0.5, "frequent_budget_share": 1.5}},
+     r"^embedding\.frequent_budget_share: must be in \[0, 1\), got 1\.5$"),
+    ({"embedding": {"method": "mgqe", "budget": 0.5, "commitment": -1}}, r"^embedding\.commitment: must be >= 0, got -1\.0$"),
+    ({"embedding": {"method": "dnis", "budget": 0.5, "alpha_l1": -1}}, r"^embedding\.alpha_l1: must be >= 0, got -1\.0$"),
+    ({"embedding": {"method": "autodim", "budget": 0.5, "temperature_decay": -1}},
+     r"^embedding\.temperature_decay: must be >= 0, got -1\.0$"),
+    ({"embedding": {"method": "optembed", "budget": 0.5, "mutations": -1}}, r"^embedding\.mutations: must be >= 0, got -1$"),
 ])
 def test_a_value_out_of_range_is_refused_when_read_not_by_a_traceback_later(raw, message):
     """Each trained into a traceback (numpy's seed bounds, torch's normal_, the loader's
