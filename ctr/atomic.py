@@ -153,24 +153,26 @@ def atomic_write(path: str | Path, text: str) -> None:
 class CsvRows:
     """A CSV file of result rows kept whole on disk: each ``add`` rewrites it atomically, so an
     interrupted job leaves every finished row and a rerun can read them back. ``numbers``:
-    column → ``int`` or ``float``, what a non-empty value of that column must parse as."""
+    column → ``int`` or ``float``, what a non-empty value of that column must parse as;
+    ``filled``: the columns of ``numbers`` that every row holds a value in."""
 
-    def __init__(self, path: Path, columns: list[str], numbers: dict[str, type] | None = None):
+    def __init__(self, path: Path, columns: list[str], numbers: dict[str, type] | None = None,
+                 filled: tuple[str, ...] = ()):
         self.path, self.columns = path, columns
         self.rows: list[dict[str, str]] = []
         if path.exists():
             try:
                 with path.open(newline="") as handle:
                     reader = csv.DictReader(handle)
+                    if reader.fieldnames != columns:  # another command's results, an older ctr's, or a cut header
+                        shown = ", ".join(reader.fieldnames or ["none"])
+                        raise UserError(f"{path}: not a results file of this command (its columns: {shown}); "
+                                        "choose another --out")
                     for row in reader:
-                        self.rows.append(_checked_row(row, reader.line_num, path, numbers or {}))
+                        self.rows.append(_checked_row(row, reader.line_num, path, numbers or {}, filled))
             except (UnicodeDecodeError, csv.Error) as err:
                 raise UserError(f"{path}: not a readable results file ({reason(err, typed=True)}); choose another "
                                 "--out") from None
-            if reader.fieldnames != columns:  # another command's results, an older ctr's, or a cut header
-                shown = ", ".join(reader.fieldnames or ["none"])
-                raise UserError(f"{path}: not a results file of this command (its columns: {shown}); choose "
-                                "another --out")
 
     def add(self, row: dict[str, object]) -> dict[str, str]:
         """Appends ``row`` (missing or None columns empty) and rewrites the file; the row as stored."""
@@ -184,9 +186,11 @@ class CsvRows:
         return stored
 
 
-def _checked_row(row: dict[str, str], line: int, path: Path, numbers: dict[str, type]) -> dict[str, str]:
+def _checked_row(row: dict[str, str], line: int, path: Path, numbers: dict[str, type],
+                 filled: tuple[str, ...]) -> dict[str, str]:
     """``row`` (line ``line`` of ``path``); a UserError when it was cut short or runs long, or a
-    column of ``numbers`` holds no number of its type (a damaged file: callers parse them)."""
+    column of ``numbers`` holds no number of its type, or is empty and in ``filled`` (a
+    damaged file: callers parse them)."""
     values = [v for k, v in row.items() if k is not None and v is not None] + (row.get(None) or [])  # None: csv's
     expected = len(row) - (None in row)  # a short row's missing values and a long row's extra ones
     if len(values) != expected:
@@ -194,7 +198,7 @@ def _checked_row(row: dict[str, str], line: int, path: Path, numbers: dict[str, 
                         "another --out")
     for column, kind in numbers.items():
         try:
-            if row.get(column):
+            if row.get(column) or column in filled:
                 kind(row[column])
         except ValueError:
             what = "an integer" if kind is int else "a number"

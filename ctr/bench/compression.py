@@ -72,7 +72,7 @@ class Results(CsvRows):
     its new row replacing the old one."""
 
     def __init__(self, path: Path):
-        super().__init__(path, COLUMNS, NUMBERS)
+        super().__init__(path, COLUMNS, NUMBERS, filled=("seed",))
 
     def shown(self, seeds: int) -> list[dict[str, str]]:
         """The rows of the first ``seeds`` seeds (a rerun with fewer seeds reports those only)."""

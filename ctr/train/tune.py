@@ -130,7 +130,7 @@ class Results(CsvRows):
     recipe it trained."""
 
     def __init__(self, path: Path):
-        super().__init__(path, COLUMNS, NUMBERS)
+        super().__init__(path, COLUMNS, NUMBERS, filled=("seed", "offset"))
 
     def find(self, point: Point, offset: int) -> dict[str, str] | None:
         return next((r for r in self.rows if r["point"] == point.key and int(r["offset"]) == offset), None)
