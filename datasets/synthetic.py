@@ -90,9 +90,9 @@ class SyntheticConfig(DataConfig):
             raise ValueError(f"positive_rate must be in (0, 1), got {self.positive_rate}")
         if not 0 <= self.missing_rate <= 1:
             raise ValueError(f"missing_rate must be in [0, 1], got {self.missing_rate}")
-        scales = (self.linear_scale, self.pairwise_scale, self.numeric_scale)
-        if not all(math.isfinite(v) and v >= 0 for v in scales):
-            raise ValueError(f"linear_scale, pairwise_scale and numeric_scale must be finite and >= 0, got {scales}")
+        for name in ("linear_scale", "pairwise_scale", "numeric_scale"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
 
     def scaled_vocabs(self) -> list[int]:
         return [max(2, int(round(v * self.vocab_scale))) for v in self.vocab_sizes]

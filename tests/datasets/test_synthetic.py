@@ -68,6 +68,7 @@ def test_pairwise_term_has_no_first_order_part():
     ("data.positive_rate=1.5", "data.positive_rate: must be in (0, 1), got 1.5"),
     ("data.missing_rate=2", "data.missing_rate: must be in [0, 1], got 2.0"),
     ("data.latent_dim=0", "data.latent_dim: must be a finite number > 0, got 0"),
+    ("data.pairwise_scale=-1", "data.pairwise_scale: must be a finite number >= 0, got -1.0"),
 ])
 def test_a_bad_generator_setting_is_one_line_naming_it(tmp_path, capsys, override, message):
     """Tracebacks from numpy (a NaN scale, a negative seed) or a silently odd dataset (a
