@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ctr.errors import UserError, reason
 
@@ -154,10 +154,11 @@ class CsvRows:
     """A CSV file of result rows kept whole on disk: each ``add`` rewrites it atomically, so an
     interrupted job leaves every finished row and a rerun can read them back. ``numbers``:
     column → ``int`` or ``float``, what a non-empty value of that column must parse as;
-    ``filled``: the columns of ``numbers`` that every row holds a value in."""
+    ``filled``: row → the columns of ``numbers`` that such a row holds a value in (a row's
+    seed always, its metrics when it finished)."""
 
     def __init__(self, path: Path, columns: list[str], numbers: dict[str, type] | None = None,
-                 filled: tuple[str, ...] = ()):
+                 filled: Callable[[dict[str, str]], tuple[str, ...]] = lambda row: ()):
         self.path, self.columns = path, columns
         self.rows: list[dict[str, str]] = []
         if path.exists():
@@ -187,18 +188,19 @@ class CsvRows:
 
 
 def _checked_row(row: dict[str, str], line: int, path: Path, numbers: dict[str, type],
-                 filled: tuple[str, ...]) -> dict[str, str]:
+                 filled: Callable[[dict[str, str]], tuple[str, ...]]) -> dict[str, str]:
     """``row`` (line ``line`` of ``path``); a UserError when it was cut short or runs long, or a
-    column of ``numbers`` holds no number of its type, or is empty and in ``filled`` (a
+    column of ``numbers`` holds no number of its type, or is empty and in ``filled(row)`` (a
     damaged file: callers parse them)."""
     values = [v for k, v in row.items() if k is not None and v is not None] + (row.get(None) or [])  # None: csv's
     expected = len(row) - (None in row)  # a short row's missing values and a long row's extra ones
     if len(values) != expected:
         raise UserError(f"{path}:{line}: {len(values)} fields, expected {expected} (a damaged results file); choose "
                         "another --out")
+    required = filled(row)
     for column, kind in numbers.items():
         try:
-            if row.get(column) or column in filled:
+            if row.get(column) or column in required:
                 kind(row[column])
         except ValueError:
             what = "an integer" if kind is int else "a number"

@@ -167,6 +167,15 @@ def test_a_results_file_keeps_its_empty_numbers(tmp_path):
         CsvRows(path, ["a", "n", "v"], {"n": int, "v": float})
 
 
+def test_a_row_lacking_a_number_its_kind_of_row_holds_is_refused(tmp_path):
+    """``filled`` names the columns a row must hold by what the row is (a finished row its
+    metrics): one left empty was a traceback of float('') where the table was built."""
+    path = tmp_path / "results.csv"
+    path.write_text("status,v\nfailed,\nok,0.5\nok,\n")
+    with pytest.raises(UserError, match=r"results\.csv:4: column v: not a number: '' \(a damaged results file\)"):
+        CsvRows(path, ["status", "v"], {"v": float}, filled=lambda row: ("v",) if row["status"] == "ok" else ())
+
+
 def test_an_error_writing_the_temporary_names_the_path_asked_for(tmp_path):
     """``ctr export --out /proc/m.pt2`` said ``/proc/.m.pt2.tmp-<pid>: no such file or
     directory``: a name the user never gave."""

@@ -62,6 +62,7 @@ NUMBERS = {  # what a non-empty value of these columns must parse as (the table 
     **{name: float for name in ("budget", "test_auc", "test_logloss", "valid_auc", "memory_ratio", "train_seconds",
                                 "inference_seconds", "inference_rows_per_s", "peak_rss_mb")},
 }
+FINISHED = ("test_auc", "test_logloss", "embedding_bytes", "memory_ratio", "train_seconds")  # what an ok row holds
 BENCH_FILE = "bench.json"  # what the benchmark measured of a cell beyond metrics.json
 ATTEMPT = "--- ctr bench: "  # begins each attempt's lines in a cell's log
 
@@ -72,7 +73,7 @@ class Results(CsvRows):
     its new row replacing the old one."""
 
     def __init__(self, path: Path):
-        super().__init__(path, COLUMNS, NUMBERS, filled=("seed",))
+        super().__init__(path, COLUMNS, NUMBERS, filled=_filled)
 
     def shown(self, seeds: int) -> list[dict[str, str]]:
         """The rows of the first ``seeds`` seeds (a rerun with fewer seeds reports those only)."""
@@ -90,6 +91,12 @@ class Results(CsvRows):
         key = Path(str(row["run_dir"])).name
         self.rows = [r for r in self.rows if not (Path(r["run_dir"]).name == key and _tried_again(r))]
         return super().add(row)
+
+
+def _filled(row: dict[str, str]) -> tuple[str, ...]:
+    """The number columns that ``row`` holds values in: its seed, and what the table and plot
+    read of a finished cell."""
+    return ("seed",) + (FINISHED if row["status"] == "ok" else ())
 
 
 def _failed(row: dict[str, str]) -> bool:

@@ -125,12 +125,18 @@ def fingerprint(recipe: Recipe) -> str:
     return hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _filled(row: dict[str, str]) -> tuple[str, ...]:
+    """The number columns that ``row`` holds values in: its seed and offset, and its
+    validation value unless its training failed."""
+    return ("seed", "offset") + (() if row["failed"] else ("valid",))
+
+
 class Results(CsvRows):
     """The results file: one row per finished (or diverged) run, with the fingerprint of the
     recipe it trained."""
 
     def __init__(self, path: Path):
-        super().__init__(path, COLUMNS, NUMBERS, filled=("seed", "offset"))
+        super().__init__(path, COLUMNS, NUMBERS, filled=_filled)
 
     def find(self, point: Point, offset: int) -> dict[str, str] | None:
         return next((r for r in self.rows if r["point"] == point.key and int(r["offset"]) == offset), None)

@@ -1,6 +1,9 @@
+import pytest
+
 from benchmarks.compression_tables import collect, complete, merge, points
 from ctr.bench.compression import Results, markdown
 from ctr.bench.grid import Cell
+from ctr.errors import UserError
 
 
 def row(method, budget, seed, status="ok", auc="0.70", size="100"):
@@ -49,3 +52,13 @@ def test_a_run_over_its_budget_is_not_credited_under_it():
     assert _budget_status(Cell("full", None, 0), 1.0) == "ok"
     table = markdown([row("mine", "0.1", 0, status="over budget (1.0000 × full)")])
     assert "| mine | 0.1 | – | – | over budget (1.0000 × full) |" in table
+
+
+def test_a_finished_row_without_its_auc_is_a_damaged_file(tmp_path):
+    """An ok row whose test AUC was emptied (a hand edit) was a traceback of float('') when
+    the table was built; a failed row has none to hold."""
+    kept = Results(tmp_path / "results.csv")
+    kept.add(row("hash", "0.5", 0, status="failed (exit 1)", auc=""))
+    kept.add(row("hash", "0.5", 1, auc=""))
+    with pytest.raises(UserError, match=r"results\.csv:3: column test_auc: not a number: '' \(a damaged results file"):
+        Results(tmp_path / "results.csv")

@@ -295,16 +295,18 @@ def test_an_out_holding_another_commands_results_is_refused(tmp_path):
         Tuning(_recipe_file(tmp_path), parse_grid(["seed=1"]), 1, tmp_path / "t", [], FakeTrainer()).run()
 
 
-@pytest.mark.parametrize("seed, offset, said", [("1", "zero", "offset: not an integer: 'zero'"),
-                                               ("1", "", "offset: not an integer: ''"),
-                                               ("", "0", "seed: not an integer: ''")])
-def test_an_out_whose_results_were_damaged_is_refused_naming_the_line(tmp_path, seed, offset, said):
+@pytest.mark.parametrize("seed, offset, valid, said", [("1", "zero", "0.5", "offset: not an integer: 'zero'"),
+                                                      ("1", "", "0.5", "offset: not an integer: ''"),
+                                                      ("", "0", "0.5", "seed: not an integer: ''"),
+                                                      ("1", "0", "", "valid: not a number: ''")])
+def test_an_out_whose_results_were_damaged_is_refused_naming_the_line(tmp_path, seed, offset, valid, said):
     """A row whose offset is no integer (a hand edit, a cut copy) was a traceback of int(), an
-    empty one too (a number column may be empty, but a row always has its seed and offset)."""
+    empty one too (a number column may be empty, but a row always has its seed and offset, and
+    one that did not fail its validation value)."""
     from ctr.train.tune import COLUMNS
 
     (tmp_path / "t").mkdir()
-    row = ["p00", "seed=1", seed, offset, "f", "valid/auc", "0.5", "", "0.5", "", "0.6", "runs/p00-s0"]
+    row = ["p00", "seed=1", seed, offset, "f", "valid/auc", valid, "", "0.5", "", "0.6", "runs/p00-s0"]
     (tmp_path / "t" / "results.csv").write_text(",".join(COLUMNS) + "\n" + ",".join(row) + "\n")
     with pytest.raises(UserError, match=rf"results.csv:2: column {re.escape(said)} \(a damaged results"):
         Tuning(_recipe_file(tmp_path), parse_grid(["seed=1"]), 1, tmp_path / "t", [], FakeTrainer()).run()
