@@ -136,10 +136,21 @@ class AmazonDataset(DatasetSource):
         user, target = targets(hist.lengths, split)
         rng = np.random.default_rng([config.seed, SPLITS.index(split)])
         touched = hist.touched()
+        self._check_untouched(hist, touched, user)
         for start in range(0, user.size, CHUNK_TARGETS):
             chunk = slice(start, start + CHUNK_TARGETS)
             negative = sample_negatives(touched, len(hist.item_names), user[chunk], rng)
             yield build_rows(hist, user[chunk], target[chunk], negative, config.max_len).replace_schema_metadata(meta)
+
+    def _check_untouched(self, hist: Histories, touched: np.ndarray, user: np.ndarray) -> None:
+        """A DataError naming the line of the first of ``user`` who touched every item (no
+        negative can be sampled for them)."""
+        num_items = len(hist.item_names)
+        full = np.bincount(touched // num_items, minlength=hist.lengths.size) >= num_items
+        if (found := user[full[user]]).size:
+            line, name = hist.lines[found.min()], hist.users[int(found.min())].as_py()
+            raise DataError(f"data.path: {self.history}:{line}: user {name} has touched every item; no negative can "
+                            "be sampled")
 
 
 def targets(lengths: np.ndarray, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -188,14 +199,13 @@ def build_rows(hist: Histories, user: np.ndarray, target: np.ndarray, negative: 
 
 
 def sample_negatives(touched: np.ndarray, num_items: int, user: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One item per target, uniform over the items its user never touched (rejection sampling).
+    """One item per target, uniform over the items its user never touched (rejection sampling;
+    each user has one: ``check_untouched``).
 
     Args:
         touched: sorted keys ``user * num_items + item`` (``Histories.touched``).
         user: int64 [T] user of each target.
     """
-    if (np.bincount(touched // num_items, minlength=int(user.max(initial=0)) + 1)[user] >= num_items).any():
-        raise DataError("data.path: a user has touched every item; no negative can be sampled")
     sample = rng.integers(0, num_items, size=user.size)
     while True:
         keys = user * num_items + sample

@@ -85,6 +85,14 @@ def test_user_without_items_names_its_line_or_is_skipped(tmp_path):
     assert prepare(recipe.data, progress=False).report["splits"]["train"]["skipped_bad_rows"] == 1
 
 
+def test_a_user_who_touched_every_item_is_named_by_line(tmp_path):
+    """No negative can be sampled for them: the error named neither the file nor the user
+    (``ctr predict`` dropped its ``data.path`` key, leaving no name at all)."""
+    path = write_amazon(tmp_path / "am", "u1 a b c\nu2 a b c d\nu3 b d\n")
+    with pytest.raises(DataError, match=rf"^data.path: {path}:2: user u2 has touched every item; no negative can be "):
+        rows(path, "train")
+
+
 def test_a_carriage_return_inside_a_line_names_it_and_crlf_files_read(tmp_path):
     """Lines are numbered by ``\\n`` as an editor shows them: ``\\r\\n`` files read alike, and
     a ``\\r`` inside a line (which would split it) is an error naming that line."""
