@@ -62,10 +62,20 @@ def test_k_probes_are_concatenated_and_features_pick_their_own_k():
 
 def test_unified_gradients_are_sparse_and_reach_every_probe():
     method = UnifiedEmbedding(schema(), UnifiedConfig(dim=8, budget=0.2, probes=2, feature_probes={"user": 4}))
-    out = method(batch())
+    jf = batch()
+    out = method(jf)
     (out.pooled.sum() + out.sequences["hist"].sum()).backward()
     assert all(w.grad.is_sparse for w in method.weights)
     assert method.sparse_parameters() == list(method.weights)
+    # by hand: every probe's row of every id gets the id's weight in its bag (1, or 1 / n for tags' mean)
+    expected = [torch.zeros(w.shape[0]) for w in method.weights]
+    for name, table in (("item", ITEM), ("user", USER), ("hist", ITEM), ("tags", TAGS)):
+        for b in range(jf.batch_size):
+            rows = method.rows_of(table, jf.bag(name, b)).reshape(-1)  # every probe's
+            share = 1 / max(rows.numel() // method.table_probes[table], 1) if name == "tags" else 1.0
+            expected[method.table_group[table]].index_add_(0, rows, torch.full(rows.shape, share))
+    for weight, want in zip(method.weights, expected):
+        torch.testing.assert_close(weight.grad.to_dense(), want.unsqueeze(1).expand_as(weight).contiguous())
 
 
 def test_bad_probes_name_the_key():
