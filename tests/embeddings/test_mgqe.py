@@ -40,12 +40,18 @@ def test_stored_bytes_are_codes_plus_codebooks_and_evaluation_reads_only_them():
 
 def test_straight_through_and_commitment_losses():
     method = MGQEmbedding(schema(BIG), MGQEConfig(dim=16, budget=0.1))
-    ids = torch.arange(2, 300)
+    ids = torch.arange(2, 300)  # item's rows: row = id
     out = method.embed_ids(torch.zeros_like(ids), ids)
+    # forward: the chosen centroids; backward: the output's gradient passes straight to the query rows
+    torch.testing.assert_close(out, method.decode(torch.zeros_like(ids), method.codes[ids].long()))
     reg = method.regularizer()
     assert reg > 0
-    (out.sum() + reg).backward()
-    assert method.weight.grad.is_sparse and method.codebooks.grad.abs().sum() > 0
+    upstream = torch.randn_like(out)
+    (out * upstream).sum().backward(retain_graph=True)
+    assert method.weight.grad.is_sparse and method.codebooks.grad is None
+    torch.testing.assert_close(method.weight.grad.to_dense()[ids], upstream)
+    reg.backward()
+    assert method.codebooks.grad.abs().sum() > 0
     assert method.regularizer() == 0  # the losses are taken once
 
 
