@@ -115,3 +115,14 @@ def test_a_padded_block_is_compared_on_its_real_elements():
     blocks[4, 4:] = 9.0  # padding
     target, report = matcher.merge(blocks, 1, 0.7, valid=4)
     assert target.tolist() == [0, 1, 2, 3, 3] and report["forced"] == 0
+
+
+def test_a_padded_block_first_in_quartile_order_takes_no_forced_merge():
+    """Blocks without LSH candidates are forced into their predecessor in quartile order; the
+    padded last block, first in that order, is no block's predecessor and merges into the
+    first other block."""
+    matcher = BlockMatcher(4, 1e-6, 0.01, torch.Generator().manual_seed(0))  # narrow buckets: no candidates
+    blocks = torch.arange(40, dtype=torch.float32).view(5, 8)  # quartile order 4, 0, 1, 2, 3
+    blocks[4] = -10.0 - torch.arange(8.0)
+    target, report = matcher.merge(blocks, 2, 0.7, valid=4)
+    assert target.tolist() == [0, 0, 2, 3, 0] and report == {"merged": 2, "forced": 2, "identical": 0}
