@@ -19,12 +19,15 @@ def test_sparsity_follows_the_schedule_after_a_dense_warm_up():
     method = DeepLightEmbedding(schema(), DeepLightConfig(dim=8, budget=0.3, warmup_steps=30, decay=0.5))
     method.train()
     for step in range(1, 301):
+        before = method.weight.detach().abs().clone()
         method(batch(seed=step))  # each training forward is a step of the schedule
         if step == 30:
             assert method.sparsity() == 0  # warm-up: dense
         if step % 10 == 0 and step > 30:
             expected = int(scheduled_sparsity(step, method.target, method.config) * method.weight.numel())
-            assert int((method.weight == 0).sum()) == expected
+            kept = method.weight != 0
+            assert int((~kept).sum()) == expected
+            assert before[kept].min() >= before[~kept].max()  # the smallest magnitudes are pruned
     assert method.sparsity() == pytest.approx(method.target * (1 - 0.5**2.7), abs=1e-4)  # on its way to S
 
 
