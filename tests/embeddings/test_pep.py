@@ -1,6 +1,6 @@
 import torch
 
-from ctr.embeddings.pep import PEPConfig, PEPEmbedding, soft_threshold
+from ctr.embeddings.pep import PEPConfig, PEPEmbedding, pruning_threshold, soft_threshold
 from ctr.embeddings.stages import Stage, StageContext
 from tests.embeddings.schemas import batch, schema
 
@@ -56,9 +56,11 @@ def test_retraining_rewinds_into_a_fixed_mask_within_the_budget():
     initial = method.weight.detach().clone()
     with torch.no_grad():
         method.weight.normal_()  # search moved the weights
+        margin = method.weight.abs() - pruning_threshold(method.threshold, method.config.gk)
     method.run_procedure(Stage("mask", kind="procedure"), StageContext(score=lambda: 0.5, seed=0))
     keep = method.keep.clone()
     assert int(keep.sum()) == method.kept  # never reached: cut to the budget
+    assert margin[keep].min() >= margin[~keep].max()  # the largest |w| - g(s) are kept
     assert method.stage_summary(Stage("mask", kind="procedure"))["reached_at_step"] is None
     with torch.no_grad():
         method.weight.copy_(initial)  # what the trainer's rewind does before the stage
