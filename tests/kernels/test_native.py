@@ -11,6 +11,7 @@ from ctr.kernels.embedding_bag import FusedOptimizer, reference, single_id_row_g
 from ctr.kernels.embedding_bag import native as bag_native
 from ctr.kernels.embedding_bag.reference import Lookup
 from ctr.kernels.fm import fm, fm_fields
+from ctr.kernels.fm import native as fm_native
 from ctr.models.layers import FactorizationMachine, NumericEmbedding
 
 needs_native = pytest.mark.skipif(native.library() is None, reason="no C compiler: native kernels are off")
@@ -24,6 +25,15 @@ def native_off(monkeypatch):
     yield
     monkeypatch.delenv(native.ENV_SWITCH)
     native.library.cache_clear()
+
+
+def native_fm_calls(monkeypatch) -> list[str]:
+    """The names of the FM's C kernels called from now on (``forward``, ``backward``)."""
+    calls = []
+    for name in ("forward", "backward"):
+        real = getattr(fm_native, name)
+        monkeypatch.setattr(fm_native, name, lambda *args, _name=name, _real=real: calls.append(_name) or _real(*args))
+    return calls
 
 
 def fm_step(fm, numeric, table, dense, upstream):
@@ -45,22 +55,28 @@ def test_native_fm_with_numeric_fields_matches_torch(native_off, request):
     torch.nn.init.normal_(fm.field_weight)
     table, dense = torch.randn(sparse, batch, dim), torch.rand(batch, num_dense)
     upstream = torch.randn(batch, sparse + num_dense, dim)
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    calls = native_fm_calls(monkeypatch)
     expected = fm_step(fm, numeric, table, dense, upstream)  # torch ops (native off)
-    request.getfixturevalue("monkeypatch").setenv(native.ENV_SWITCH, "1")
+    assert calls == []
+    monkeypatch.setenv(native.ENV_SWITCH, "1")
     native.library.cache_clear()
     got = fm_step(fm, numeric, table, dense, upstream)
+    assert calls == ["forward", "backward"]  # the C kernels ran
     for name, g, e in zip(("out", "fields", "sparse grad", "u grad", "vectors grad"), got, expected):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5, msg=name)
 
 
 @needs_native
-def test_native_fm_op_matches_the_torch_formula():
+def test_native_fm_op_matches_the_torch_formula(monkeypatch):
     torch.manual_seed(1)
     fields = torch.randn(11, 6, 4, requires_grad=True)
     weight = torch.randn(6, 4, requires_grad=True)
+    calls = native_fm_calls(monkeypatch)
     out, shared = fm(fields, weight)
     upstream = torch.randn(11, 6, 4)
     (out.sum() + (shared * upstream).sum()).backward()
+    assert calls == ["forward", "backward"]  # the C kernels ran
     f, w = fields.detach().requires_grad_(True), weight.detach().requires_grad_(True)
     total = f.sum(1)
     plain = (f * w).sum((1, 2)) + 0.5 * (total.pow(2).sum(1) - f.pow(2).sum((1, 2)))
