@@ -36,6 +36,16 @@ def native_fm_calls(monkeypatch) -> list[str]:
     return calls
 
 
+def native_adagrad_calls(monkeypatch) -> list[str]:
+    """The C Adagrad updates of the bag backend run from now on (``rows``, ``single``)."""
+    calls = []
+    for name in ("rows", "single"):
+        real = getattr(bag_native, f"_adagrad_{name}")
+        monkeypatch.setattr(bag_native, f"_adagrad_{name}",
+                            lambda *args, _name=name, _real=real: calls.append(_name) or _real(*args))
+    return calls
+
+
 def fm_step(fm, numeric, table, dense, upstream):
     """FM + fields over a strided [B, S, D] view (as a transposed lookup output): outputs and
     the gradients of the table, the FM vectors and the numeric vectors."""
@@ -122,7 +132,7 @@ def test_the_fm_never_writes_a_gradient_another_branch_reads(op, switch, monkeyp
 
 @needs_native
 @pytest.mark.parametrize("mode", ["sum", "mean"])
-def test_native_adagrad_rows_match_the_torch_update(mode):
+def test_native_adagrad_rows_match_the_torch_update(mode, monkeypatch):
     gen = torch.Generator().manual_seed(2)
     rows, dim = 30, 8
     indices = torch.randint(0, rows, (40,), generator=gen)
@@ -130,6 +140,7 @@ def test_native_adagrad_rows_match_the_torch_update(mode):
     grad_out = torch.randn(5, dim, generator=gen)
     opt = FusedOptimizer("adagrad", lr=0.1)
     results = []
+    calls = native_adagrad_calls(monkeypatch)
     for use_native in (True, False):
         weight = torch.randn(rows, dim, generator=torch.Generator().manual_seed(3))
         state = opt.init_state(weight)
@@ -137,6 +148,7 @@ def test_native_adagrad_rows_match_the_torch_update(mode):
         lookup = Lookup(indices, offsets, None, mode, rows)
         (bag_native if use_native else reference).backward_update(grad_out, weight, state, lookup, opt)
         results.append((weight, state["sum"]))
+    assert calls == ["rows"]  # the C kernel ran
     for got, expected in zip(*results):
         torch.testing.assert_close(got, expected)
 
@@ -163,7 +175,7 @@ def test_a_failed_build_warns_and_falls_back(monkeypatch, tmp_path, caplog):
 
 @needs_native
 @pytest.mark.parametrize("grouped", [False, True])
-def test_native_single_id_update_equals_the_sorted_one_bit_for_bit(grouped):
+def test_native_single_id_update_equals_the_sorted_one_bit_for_bit(grouped, monkeypatch):
     """The counting-sort kernel (bags of one id) against the comparison-sort path: same rows
     summed in the same order, so identical tables; the gradient is read in place from a [B, F,
     D] view of a wider [B, F + 3, D] buffer or from a flat [N, D] one."""
@@ -175,11 +187,13 @@ def test_native_single_id_update_equals_the_sorted_one_bit_for_bit(grouped):
     grad_out = wide[:, :fields] if grouped else wide[:, :fields].reshape(-1, dim)
     opt = FusedOptimizer("adagrad", lr=0.1)
     results = []
+    calls = native_adagrad_calls(monkeypatch)
     for single in (True, False):
         weight = torch.randn(rows, dim, generator=torch.Generator().manual_seed(5))
         state = opt.init_state(weight)
         bag_native.backward_update(grad_out, weight, state, Lookup(indices, offsets, None, "sum", rows, single), opt)
         results.append((weight, state["sum"]))
+    assert calls == ["single", "rows"]  # the counting-sort kernel, then the sorted one
     (w_single, s_single), (w_sorted, s_sorted) = results
     assert torch.equal(w_single, w_sorted) and torch.equal(s_single, s_sorted)
     untouched = torch.ones(rows, dtype=torch.bool)
