@@ -83,3 +83,20 @@ def test_each_occurrence_is_mapped_by_its_own_table_s_linear_map():
         for c, table in enumerate(method.candidate_tables)
     )
     torch.testing.assert_close(method.embed_ids(feature, ids), expected)
+
+
+def test_the_mixture_is_a_gumbel_softmax_at_the_annealed_temperature():
+    """softmax((log softmax(α) + g) / τ) with Gumbel noise g = −log(−log U) drawn afresh on each
+    training call; evaluation draws none."""
+    method = AutoDimEmbedding(schema(), AutoDimConfig(dim=8, budget=0.5, temperature_decay=0.05))
+    with torch.no_grad():
+        method.alpha.normal_(generator=torch.Generator().manual_seed(0))
+    method.step.fill_(10)
+    tau = 0.5
+    torch.manual_seed(3)
+    gumbel = -torch.log(-torch.log(torch.rand_like(method.alpha)))
+    torch.manual_seed(3)
+    noisy = method.train().mixture()
+    torch.testing.assert_close(noisy, torch.softmax((torch.log_softmax(method.alpha, 1) + gumbel) / tau, 1))
+    assert not torch.allclose(method.mixture(), noisy)  # fresh noise
+    torch.testing.assert_close(method.eval().mixture(), torch.softmax(torch.log_softmax(method.alpha, 1) / tau, 1))
