@@ -139,6 +139,23 @@ def test_search_cuts_the_smallest_margin_rows_when_the_kept_rows_exceed_the_budg
     assert margins[method.row_keep].min() >= margins[~method.row_keep].max()  # the largest rows stay
 
 
+def test_the_search_leaves_the_best_scored_dims_for_the_retrain():
+    torch.manual_seed(0)
+    method = OptEmbed(schema(), OptEmbedConfig(dim=8, budget=0.5, population=6, parents=2, mutations=4, crossovers=2,
+                                               generations=3))
+    method.phase = "search"
+    method.begin_stage(SEARCH)
+    target = torch.tensor([5, 2, 7])
+
+    def score():  # the validation AUC of the dims the search set: here, their distance to target
+        return -float((method.dims - target).abs().sum())
+
+    method.run_procedure(SEARCH, StageContext(score=score, seed=0))
+    result = method.search_result
+    assert result.score == max(s for _, s in result.history) == score()
+    assert tuple(method.dims.tolist()) == tuple(result.best)
+
+
 def test_search_children_are_new_candidates():
     def cost(dims):
         return sum(dims)
