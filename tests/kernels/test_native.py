@@ -161,6 +161,7 @@ def test_switched_off_there_is_no_library_and_the_fm_still_runs(native_off):
 
 
 def test_a_failed_build_warns_and_falls_back(monkeypatch, tmp_path, caplog):
+    monkeypatch.delenv(native.ENV_SWITCH, raising=False)  # switched on, as by default
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
     monkeypatch.setenv("CTR_CACHE", str(tmp_path))
     native.library.cache_clear()
