@@ -122,6 +122,21 @@ def test_rowwise_state_is_one_value_per_row_and_untouched_rows_keep_zero():
     assert (state["sum"][touched] > 0).all() and (state["sum"][~touched] == 0).all()
 
 
+def test_rowwise_adagrad_is_fbgemms_rule_by_hand():
+    """s_r += mean_d g_rd², w_r -= lr·g_r / (√s_r + eps), worked out by hand on two steps: the
+    fused reference and the unfused RowWiseAdagrad share this code, so comparing them cannot
+    catch an error in the rule itself (a dropped root, a sum for the mean)."""
+    opt = FusedOptimizer("rowwise_adagrad", lr=0.5, eps=0.0)
+    weight = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    state = opt.init_state(weight)
+    reference.apply_rows(weight, state, torch.tensor([2, 0]), torch.tensor([[3.0, 4.0], [1.0, 1.0]]), opt, opt.lr)
+    assert state["sum"].tolist() == [1.0, 0.0, 12.5]  # (1 + 1) / 2, untouched, (9 + 16) / 2
+    step = 0.5 / 12.5 ** 0.5
+    assert torch.allclose(weight, torch.tensor([[0.5, 1.5], [3.0, 4.0], [5.0 - 3 * step, 6.0 - 4 * step]]))
+    reference.apply_rows(weight, state, torch.tensor([0]), torch.tensor([[2.0, 0.0]]), opt, opt.lr)
+    assert state["sum"][0] == 3.0 and torch.allclose(weight[0], torch.tensor([0.5 - 1.0 / 3.0 ** 0.5, 1.5]))
+
+
 def test_adam_counts_steps_and_fused_buffer_gets_no_gradient():
     weight = torch.randn(7, 4)
     table, state = run_fused(Rule.ADAM, weight, "sum")
