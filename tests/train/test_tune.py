@@ -98,11 +98,23 @@ def test_a_rerun_with_fewer_seeds_reports_those_seeds_only(tmp_path):
     assert "Chosen: `train.embedding_optimizer.lr=0.1`, 1 seed:" in table and "0.7070 " in table
 
 
+class LossRisingTrainer(FakeTrainer):
+    """Validation logloss rises with the embedding lr while AUC rises too: the lowest logloss
+    and the highest AUC are at opposite ends of the grid."""
+
+    def __call__(self, recipe, out, resume):
+        metrics = super().__call__(recipe, out, resume)
+        metrics["valid"]["logloss"] = 0.4 + recipe.train.embedding_optimizer.lr
+        return metrics
+
+
 def test_a_minimised_monitor_chooses_the_lowest(tmp_path):
-    trainer = FakeTrainer()
+    trainer = LossRisingTrainer()
     recipe = _recipe_file(tmp_path, train={"early_stop": {"monitor": "valid/logloss"}})  # its mode: min
     best = Tuning(recipe, parse_grid(["train.embedding_optimizer.lr=0.01,0.1"]), 1, tmp_path / "t", [], trainer).run()
-    assert best.overrides == ("train.embedding_optimizer.lr=0.1",)
+    assert best.overrides == ("train.embedding_optimizer.lr=0.01",)  # the highest AUC is lr 0.1
+    table = (tmp_path / "t" / "results.md").read_text()
+    assert "| p00 (chosen) | train.embedding_optimizer.lr=0.01 | 0.4100 |" in table
 
 
 def test_a_bad_point_is_refused_before_any_training(tmp_path):
