@@ -134,9 +134,11 @@ stages.StageFiles.finish = finish_then_die
 @pytest.mark.slow
 def test_resume_after_a_kill_between_stages_continues_from_the_last_finished_stage(tmp_path):
     """A plugin kills the run (SIGKILL) right after it records the first stage as finished:
-    deterministic, no polling."""
+    deterministic, no polling. The resume searches from the restored supernet and ends as the
+    run without the kill."""
     (tmp_path / "kill_after_supernet.py").write_text(KILL_AFTER_SUPERNET)
     raw = tiny_recipe(tmp_path, embedding={**OPTEMBED, "stages": {"supernet": {"epochs": 1}, "retrain": {"epochs": 1}}})
+    whole = train(recipe_from_dict(raw), tmp_path / "whole")
     raw["plugins"] = ["kill_after_supernet"]
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(raw))
@@ -159,6 +161,8 @@ def test_resume_after_a_kill_between_stages_continues_from_the_last_finished_sta
     assert json.loads(progress.read_text())["finished"] == ["supernet", "search", "retrain"]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["embedding_bytes"] <= 0.5 * metrics["full_embedding_bytes"]
+    same = ("valid", "test", "epochs", "steps", "embedding_bytes")
+    assert {k: metrics[k] for k in same} == {k: whole[k] for k in same}
 
 
 TERM_IN_SEARCH = """
