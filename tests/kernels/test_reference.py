@@ -18,16 +18,23 @@ def naive(weight, indices, offsets, psw, mode):
 @pytest.mark.parametrize("mode", ["sum", "mean"])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_reference_matches_naive_loop_with_empty_bags(mode, weighted):
-    if weighted and mode == "mean":
-        pytest.skip("weights need sum mode")
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(30, 4, generator=gen)
     lengths = torch.tensor([2, 0, 3, 1, 0, 5])
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
     indices = torch.randint(0, 30, (int(lengths.sum()),), generator=gen)
     psw = torch.rand(indices.numel(), generator=gen) if weighted else None
+    if weighted and mode == "mean":  # a weighted mean has no one meaning (torch refuses it too)
+        with pytest.raises(ValueError, match=r"^per_sample_weights need mode='sum'$"):
+            reference(weight, indices, offsets, psw, mode)
+        return
     got = reference(weight, indices, offsets, psw, mode)
     torch.testing.assert_close(got, naive(weight, indices, offsets, psw, mode))
+
+
+def test_an_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match=r"^mode must be 'sum' or 'mean', got 'max'$"):
+        reference(torch.zeros(3, 2), torch.tensor([0]), torch.tensor([0]), None, "max")
 
 
 def test_sparse_gradient_touches_only_looked_up_rows():
