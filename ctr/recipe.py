@@ -119,8 +119,9 @@ class EmbeddingConfig:
         dim: output dimension D of every feature's embedding.
         budget: memory budget as a fraction of the full table's bytes (methods that
             compress size themselves from it; ``None`` = the method's own default).
-        backend: embedding-bag kernel backend (``torch``, ``triton``, ``fbgemm``);
-            ``None`` = ``$CTR_KERNEL_BACKEND`` or automatic.
+        backend: embedding-bag kernel backend (``torch``, ``triton``, ``fbgemm``) of the
+            methods that look up through the kernels (``reads_backend``; refused for the
+            others); ``None`` = ``$CTR_KERNEL_BACKEND`` or automatic.
         init_std: standard deviation of the normal initialisation of table rows.
         gradients: ``sparse`` (only the rows a batch touched; the embedding optimizer must take
             sparse gradients) or ``dense`` (a gradient of every row, so any torch optimizer, dense
@@ -638,6 +639,12 @@ def budget_needed(method: str) -> str:
             " e.g. 0.1)")
 
 
+def reads_backend(method: str) -> bool:
+    """Whether the registered embedding ``method`` looks its rows up through the kernels with
+    ``embedding.backend`` (``reads_backend``; the others do their own lookups)."""
+    return getattr(EMBEDDINGS.get(method).target, "reads_backend", False)
+
+
 def _updates_in_backward(recipe: Recipe) -> bool:
     """Whether the recipe's embedding method updates its rows inside the backward."""
     return getattr(EMBEDDINGS.get(recipe.embedding.method).target, "updates_in_backward", False)
@@ -709,6 +716,9 @@ def _check_combinations(recipe: Recipe) -> None:
     method = EMBEDDINGS.get(recipe.embedding.method, "embedding.method").target
     if recipe.embedding.budget is None and getattr(method, "needs_budget", False):
         raise RecipeError(budget_needed(recipe.embedding.method))
+    if recipe.embedding.backend is not None and not reads_backend(recipe.embedding.method):
+        raise RecipeError(f"embedding.backend: method {recipe.embedding.method!r} does its own lookups and does not "
+                          "read the kernel backend (leave it out)")
     _check_ranges(recipe)
     _check_plateau_modes(recipe.train)
     _check_weight_decay(recipe)

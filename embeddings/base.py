@@ -56,6 +56,9 @@ class EmbeddingMethod(nn.Module):
     # Whether the method sizes its storage from ``embedding.budget`` (the recipe refuses it
     # without one, before any data is read).
     needs_budget = False
+    # Whether the method looks its rows up through ``ctr.kernels`` with ``embedding.backend``
+    # (the recipe refuses the key for a method that does its own lookups: it would be ignored).
+    reads_backend = False
 
     def __init__(self, schema: Schema, config: EmbeddingConfig):
         super().__init__()

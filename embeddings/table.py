@@ -31,6 +31,7 @@ class TableMethod(EmbeddingMethod):
     """
 
     fusable = True
+    reads_backend = True
 
     def __init__(self, schema: Schema, config: EmbeddingConfig, storage_rows: int, dim: int | None = None):
         super().__init__(schema, config)

@@ -68,6 +68,7 @@ class UnifiedEmbedding(EmbeddingMethod):
     """
 
     needs_budget = True
+    reads_backend = True
 
     def __init__(self, schema: Schema, config: UnifiedConfig):
         super().__init__(schema, config)

@@ -176,3 +176,21 @@ def test_a_key_given_twice_in_a_recipe_file_is_refused_naming_its_line(tmp_path,
     path.write_text(text)
     with pytest.raises(RecipeError, match=rf"{where}$"):
         load_recipe(path)
+
+
+def test_a_backend_for_a_method_that_does_not_read_it_is_refused_naming_the_key():
+    """pep, robe, dhe, ... look their rows up themselves: ``embedding.backend: triton`` on one
+    was accepted and ignored, and its run read as a Triton benchmark."""
+    with pytest.raises(RecipeError, match=r"^embedding\.backend: method 'pep' does its own lookups and does not read "
+                                          r"the kernel backend \(leave it out\)$"):
+        recipe_from_dict({"embedding": {"method": "pep", "budget": 0.5, "backend": "torch"}})
+    for method, budget in (("full", None), ("hash", 0.5), ("unified", 0.5)):
+        embedding = {"method": method, "budget": budget, "backend": "torch"}
+        assert recipe_from_dict({"embedding": embedding}).embedding.backend == "torch"
+
+
+def test_the_environments_backend_is_taken_for_every_method(monkeypatch):
+    """``$CTR_KERNEL_BACKEND`` is the machine's preference, not the recipe's: a method that
+    does not read it is not refused for it."""
+    monkeypatch.setenv("CTR_KERNEL_BACKEND", "triton")
+    assert recipe_from_dict({"embedding": {"method": "pep", "budget": 0.5}}).embedding.backend is None

@@ -3,9 +3,10 @@ and the settings an out folder holds.
 
 A cell's recipe is the base recipe (the recipe file with its ``-o``) with its embedding block
 the method's: the ``embedding`` block of ``<method>.yaml`` beside the recipe when that file
-exists, then ``-o embedding.<option>``; ``dim``, ``init_std`` and ``backend`` are always the
-base's, and ``budget`` is the cell's. An out folder holds the cells of one base recipe
-(``OUT/base.yaml``): ``check_settings`` refuses a rerun of other settings.
+exists, then ``-o embedding.<option>``; ``dim`` and ``init_std`` are always the base's, as
+is ``backend`` for a method that reads it (the others refuse it), and ``budget`` is the
+cell's. An out folder holds the cells of one base recipe (``OUT/base.yaml``):
+``check_settings`` refuses a rerun of other settings.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import yaml
 from ctr.atomic import atomic_write
 from ctr.datasets import prepare
 from ctr.errors import UserError
-from ctr.recipe import Recipe, apply_override, first_difference, read_yaml, recipe_from_dict
+from ctr.recipe import Recipe, apply_override, first_difference, read_yaml, reads_backend, recipe_from_dict
 from ctr.registry import EMBEDDINGS
 from ctr.train.rundir import RunDir
 
@@ -101,8 +102,8 @@ def keep_settings(out: Path, base: dict[str, Any]) -> None:
 
 def method_options(overrides: list[str]) -> list[str]:
     """The ``-o embedding.*`` items that set a method's own options: applied to every cell's
-    method block (``dim``, ``init_std`` and ``backend`` are the base's; a cell's method and
-    budget are its own)."""
+    method block (``dim``, ``init_std`` and ``backend`` come from the base: ``cell_recipe``;
+    a cell's method and budget are its own)."""
     options = []
     for item in overrides:
         key = item.partition("=")[0]
@@ -146,7 +147,8 @@ def prepare_once(recipe: Recipe, recipe_path: Path) -> None:
 
 def cell_recipe(base: dict[str, Any], options: list[str], recipe_path: Path, cell: Cell, out: Path) -> dict[str, Any]:
     """The cell's raw recipe: the base's, its embedding block the method's (``<method>.yaml``
-    beside the recipe, then ``options``) with the base's dim, init_std and backend."""
+    beside the recipe, then ``options``) with the base's dim, init_std and backend (this one
+    for a method that reads it only)."""
     raw = copy.deepcopy(base)
     embedding = _block(raw.get("embedding"), f"{recipe_path} (with its -o)")
     sibling = recipe_path.parent / f"{cell.method}.yaml"
@@ -156,6 +158,7 @@ def cell_recipe(base: dict[str, Any], options: list[str], recipe_path: Path, cel
     for key in BASE_EMBEDDING_KEYS:
         if key in embedding:
             block[key] = embedding[key]
+    _drop_unread_backend(embedding, block, cell)
     holder = {"embedding": block}
     for item in options:
         apply_override(holder, item)
@@ -176,6 +179,14 @@ def _block(value: Any, source: str) -> dict[str, Any]:  # noqa: ANN401 (a raw re
     if value is not None and not isinstance(value, dict):
         raise UserError(f"{source}: embedding: expected a mapping, got {value!r}")
     return value or {}
+
+
+def _drop_unread_backend(base: dict[str, Any], block: dict[str, Any], cell: Cell) -> None:
+    """Leaves the base's ``embedding.backend`` out of the cell's ``block`` when the cell's
+    method does its own lookups (the recipe refuses the key there)."""
+    if base.get("backend") is not None and not reads_backend(cell.method):
+        log.info("bench %s: %s does its own lookups: the recipe's embedding.backend is left out", cell.key, cell.method)
+        del block["backend"]
 
 
 def _unfuse_unless_fusable(raw: dict[str, Any], cell: Cell) -> None:

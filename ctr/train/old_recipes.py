@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ctr.recipe import import_recipe_plugins, reads_backend
 from ctr.registry import EMBEDDINGS
 
 LOSS_MONITORS = ("valid/logloss", "train/loss")
@@ -16,6 +17,7 @@ FULL_PRECISIONS = ("64", "64-true", "16-true", "bf16-true")  # whole-model preci
 def upgraded(raw: dict[str, Any]) -> dict[str, Any]:
     """``raw`` (a saved recipe, changed in place) in the current keys."""
     _split_seed(raw)
+    import_recipe_plugins(raw)  # a plugin's method is then known to the embedding rules
     _embedding_keys(raw.get("embedding") or {})
     _monitor_modes(raw.get("train") or {})
     _din_input_norm(raw.get("model") or {})
@@ -39,7 +41,8 @@ def _split_seed(raw: dict[str, Any]) -> None:
 def _embedding_keys(embedding: dict[str, Any]) -> None:
     """``int8`` / ``int16`` fix their bits (``digit`` was a key: ``int8`` with 16 trained
     16-bit rows, an ``int16`` table); ``arch_optimizer`` is a key of methods with
-    architecture parameters only (the others saved the default, unused)."""
+    architecture parameters only (the others saved the default, unused); ``backend`` is a
+    key of methods that look up through the kernels only (the others saved it, unread)."""
     method = embedding.get("method")
     if method in ("int8", "int16") and "digit" in embedding:
         embedding["method"] = "int16" if embedding.pop("digit") == 16 else "int8"
@@ -47,6 +50,9 @@ def _embedding_keys(embedding: dict[str, Any]) -> None:
         keys = {field.name for field in dataclasses.fields(EMBEDDINGS.get(method).config)}
         if "arch_optimizer" not in keys:
             del embedding["arch_optimizer"]
+    unread = isinstance(method, str) and method in EMBEDDINGS and not reads_backend(method)
+    if unread and embedding.get("backend") is not None:
+        del embedding["backend"]
 
 
 def _monitor_modes(train: dict[str, Any]) -> None:

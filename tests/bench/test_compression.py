@@ -89,6 +89,30 @@ def test_a_fused_recipe_stays_fused_only_for_methods_with_a_kernel_table(tmp_pat
     assert fused["robe"]["lr"] == 0.05 and raw["train"]["embedding_optimizer"]["fused"] is True  # the base untouched
 
 
+def test_the_recipes_backend_reaches_the_cells_of_methods_that_read_it_only(tmp_path, caplog):
+    """A recipe's ``embedding.backend`` is refused for a method that does its own lookups:
+    a grid of both kinds runs, the backend in the cells that read it; a cell run by an
+    earlier ctr (which kept the backend in every cell) is read as finished, not refused."""
+    raw = tiny_recipe(tmp_path, embedding={"method": "full", "dim": 8, "backend": "torch"})
+    recipe = tmp_path / "base.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "bench"
+    with caplog.at_level(logging.INFO, logger="ctr.bench"):
+        run_compression(recipe, ["hash", "robe"], [0.5], 1, out, [])
+    assert "bench robe-0.5-s0: robe does its own lookups: the recipe's embedding.backend is left out" in caplog.messages
+    with (out / "results.csv").open() as handle:
+        assert [(r["method"], r["status"]) for r in csv.DictReader(handle)] == [("hash", "ok"), ("robe", "ok")]
+    backends = {m: yaml.safe_load((out / "runs" / f"{m}-0.5-s0" / "recipe.yaml").read_text())["embedding"].get("backend")
+                for m in ("hash", "robe")}
+    assert backends == {"hash": "torch", "robe": None}
+    for older in (out / "runs" / "robe-0.5-s0" / "recipe.yaml", out / "runs" / "robe-0.5-s0" / "schema" / "recipe.yaml"):
+        older.write_text(older.read_text().replace("backend: null", "backend: torch"))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ctr.bench"):
+        run_compression(recipe, ["hash", "robe"], [0.5], 1, out, [])
+    assert sum("finished earlier, skipped" in m for m in caplog.messages) == 2
+
+
 def test_cli_with_a_relative_out_folder_prints_the_table(tmp_path):
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 1})))
     result = subprocess.run(

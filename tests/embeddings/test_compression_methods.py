@@ -14,13 +14,14 @@ import yaml
 from ctr.embeddings.budget import BudgetUnreachableError
 from ctr.embeddings.stages import StageContext
 from ctr.errors import RecipeError
+from ctr.kernels.embedding_bag import BackendUnavailable
 from ctr.recipe import recipe_from_dict
 from ctr.batch import JaggedFeatures
 from ctr.registry import EMBEDDINGS
 from ctr.schema import FeatureInfo, FeatureSpec, Schema
 from ctr.train.runner import train
 from tests.conftest import tiny_recipe
-from tests.embeddings.schemas import schema
+from tests.embeddings.schemas import batch, schema
 
 BIG = {"item": 200000, "user": 100000, "tags": 1000}
 METHODS = {  # method → options for the hand-built schema
@@ -238,3 +239,19 @@ def test_a_method_that_sizes_itself_from_a_budget_says_so_and_the_recipe_refuses
             recipe_from_dict({"embedding": {"method": method}})
     else:
         recipe_from_dict({"embedding": {"method": method}})
+
+
+@pytest.mark.parametrize("method", [entry.name for entry in EMBEDDINGS.entries()])
+def test_a_method_that_reads_the_kernel_backend_says_so(method):
+    """``reads_backend`` agrees with the method: a lookup with a backend no machine has fails
+    exactly when the method looks its rows up through the kernels (the recipe refuses
+    ``embedding.backend`` for the others)."""
+    entry = EMBEDDINGS.get(method)
+    budget = 0.5 if entry.target.needs_budget else None
+    embedding = entry.target(schema(), entry.config(dim=8, budget=budget, backend="no_such_backend"))
+    try:
+        embedding(batch())
+        read = False
+    except BackendUnavailable:
+        read = True
+    assert entry.target.reads_backend == read

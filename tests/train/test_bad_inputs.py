@@ -69,6 +69,14 @@ def test_triton_backend_without_a_gpu(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_backend_for_a_method_that_does_its_own_lookups_stops_before_any_work(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, embedding={"method": "robe", "budget": 0.5, "backend": "torch"})
+    code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run")
+    assert_one_line(code, err, "embedding.backend: method 'robe' does its own lookups and does not read the kernel "
+                               "backend (leave it out)")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
 def test_gpu_accelerator_without_a_gpu(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

@@ -50,3 +50,11 @@ def test_a_din_authors_run_keeps_the_batch_norm_it_trained_with(tmp_path):
     assert saved(tmp_path, old).model.top_input_norm == "batch"
     assert saved(tmp_path, {"model": {"name": "din", "variant": "authors", "input_norm": None}}).model.top_input_norm == "inference"
     assert saved(tmp_path, {"model": {"name": "din", "variant": "ctr"}}).model.top_input_norm == "none"
+
+
+def test_a_backend_saved_for_a_method_that_never_read_it_is_dropped(tmp_path):
+    """Earlier runs kept ``embedding.backend`` for every method (unread by pep): it is refused
+    now, and their recipe loads without it."""
+    assert saved(tmp_path, {"embedding": {"method": "pep", "budget": 0.5, "backend": "triton"}}).embedding.backend is None
+    kept = saved(tmp_path, {"embedding": {"method": "hash", "budget": 0.5, "backend": "triton"}})
+    assert kept.embedding.backend == "triton"

@@ -481,6 +481,26 @@ def test_an_optembed_run_evaluates_predicts_and_exports_as_it_was_tested(optembe
         assert abs(float(done.stdout.strip()) - scores["score"][i]) < 1e-5
 
 
+def test_a_run_whose_method_never_read_its_saved_backend_evaluates_predicts_and_exports(optembed_csv_run, tmp_path):
+    """An earlier ctr kept ``embedding.backend`` for OptEmbed (which does its own lookups, and
+    now refuses the key): the run still loads, as it was trained."""
+    home, run = optembed_csv_run
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    for kept in (old / "recipe.yaml", old / "schema" / "recipe.yaml"):
+        raw = yaml.safe_load(kept.read_text())
+        raw["embedding"]["backend"] = "triton"
+        kept.write_text(yaml.safe_dump(raw))
+    saved = json.loads((run / "metrics.json").read_text())
+    evaluated = ctr("eval", old, cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert abs(json.loads(evaluated.stdout)["auc"] - saved["test"]["auc"]) < 1e-6
+    predicted = ctr("predict", old, home / "data" / "test.csv", "--out", tmp_path / "scores.csv", cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    exported = ctr("export", old, "--out", tmp_path / "model.pt2", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+
+
 def test_eval_of_a_run_whose_frequencies_are_gone_is_one_line(csv_run, tmp_path):
     """Frequency-sized methods are rebuilt from schema/counts.npz: a run folder without it
     names the file instead of a traceback."""
