@@ -26,7 +26,7 @@ from ctr.datasets import BatchLoader, Prepared
 from ctr.datasets.resident import ResidentLoader
 from ctr.errors import RecipeError, UserError, reason
 from ctr.kernels.embedding_bag import BackendUnavailable, check_fused, resolve_backend
-from ctr.recipe import Recipe
+from ctr.recipe import Recipe, reads_backend
 from ctr.train.callbacks import (
     FiniteLoss, LoaderEpoch, ProgressLines, RandomState, ResumableEarlyStopping, RunCheckpoint, Throughput,
     ValidationSummary, loss_check_interval,
@@ -55,7 +55,8 @@ class Placement:
 def placement(recipe: Recipe) -> Placement:
     """This process's placement, from the recipe's accelerator and the launcher's environment
     (``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` as torchrun sets them; one process otherwise).
-    An accelerator or kernel backend this machine lacks is a RecipeError (before any work)."""
+    An accelerator, or a kernel backend of a method that reads one, that this machine lacks
+    is a RecipeError (before any work)."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     accelerator = recipe.trainer.accelerator
     if accelerator not in ACCELERATORS:
@@ -64,13 +65,20 @@ def placement(recipe: Recipe) -> Placement:
         raise RecipeError(f"trainer.accelerator: {accelerator!r} but this machine has no CUDA GPU; use cpu or auto")
     wants_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if wants_gpu else torch.device("cpu")
+    if reads_backend(recipe.embedding.method):  # else $CTR_KERNEL_BACKEND names kernels the method never runs
+        _check_backend(recipe, device)
+    return Placement(rank, world, device)
+
+
+def _check_backend(recipe: Recipe, device: torch.device) -> None:
+    """Refuses a kernel backend (the recipe's, else the environment's) that cannot run on
+    ``device``, or cannot apply the recipe's fused table update."""
     try:
         resolve_backend(recipe.embedding.backend, device)
         if recipe.train.embedding_optimizer.fused:
             check_fused(recipe.embedding.backend, fused_optimizer(recipe.train.embedding_optimizer))
     except BackendUnavailable as err:
         raise RecipeError(f"embedding.backend: {err}") from None
-    return Placement(rank, world, device)
 
 
 def usable_cores() -> int:

@@ -9,7 +9,9 @@ import torch
 import yaml
 
 from ctr.cli import main
+from ctr.errors import RecipeError
 from ctr.recipe import recipe_from_dict
+from ctr.train.loop import placement
 from tests.conftest import tiny_recipe
 
 
@@ -75,6 +77,18 @@ def test_a_backend_for_a_method_that_does_its_own_lookups_stops_before_any_work(
     assert_one_line(code, err, "embedding.backend: method 'robe' does its own lookups and does not read the kernel "
                                "backend (leave it out)")
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_the_environments_backend_is_checked_only_for_the_methods_that_read_it(monkeypatch):
+    """``$CTR_KERNEL_BACKEND`` is the machine's preference: a method that does its own lookups
+    trains where it names a backend the machine lacks (it was refused as embedding.backend)."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("CTR_KERNEL_BACKEND", "triton")
+    assert placement(recipe_from_dict({"embedding": {"method": "pep", "budget": 0.5}})).device.type == "cpu"
+    with pytest.raises(RecipeError, match="^embedding.backend: kernel backend 'triton' requested but unavailable"):
+        placement(recipe_from_dict({"embedding": {"method": "full"}}))
 
 
 def test_gpu_accelerator_without_a_gpu(tmp_path, capsys):
