@@ -1,6 +1,7 @@
 """``ctr <command> --help`` explains every argument, and the default of each that has one."""
 
 import argparse
+import re
 
 from ctr import cli
 
@@ -28,3 +29,17 @@ def test_every_argument_has_help_naming_its_default():
                   and action.default != "" and "default" not in action.help):
                 missing.append(f"{label}: default {action.default!r} not in its help")
     assert not missing, "\n".join(missing)
+
+
+def test_the_default_a_help_names_is_argparses():
+    """A help's ``default X`` (``--seeds``: 3, ``--budgets``: 0.5,0.1) is the value argparse gives."""
+    wrong = []
+    for name, parser in _commands(cli._parser()):
+        for action in parser._actions:
+            written = re.search(r"\bdefault:? ([^\s;)]+)", action.help or "")
+            if written is None or action.default in (None, "", []) or isinstance(action.default, bool):
+                continue
+            text, default = written.group(1), action.default
+            if text not in (str(default), f"{default:g}" if isinstance(default, (int, float)) else None):
+                wrong.append(f"{name} {action.option_strings[-1]}: help says default {text}, argparse gives {default!r}")
+    assert not wrong, "\n".join(wrong)
