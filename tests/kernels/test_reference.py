@@ -37,6 +37,13 @@ def test_an_unknown_mode_is_refused():
         reference(torch.zeros(3, 2), torch.tensor([0]), torch.tensor([0]), None, "max")
 
 
+def test_offsets_ending_short_of_the_ids_are_refused():
+    """torch's embedding_bag refuses offsets that start past 0 or end past the ids, but drops
+    the ids past an end short of them (the Triton and FBGEMM backends refuse that too)."""
+    with pytest.raises(RuntimeError, match=r"^embedding_bag: offsets must end at 4$"):
+        reference(torch.zeros(10, 2), torch.tensor([1, 2, 3, 4]), torch.tensor([0, 2, 3]))
+
+
 def test_sparse_gradient_touches_only_looked_up_rows():
     weight = torch.randn(10, 3, requires_grad=True)
     out = reference(weight, torch.tensor([1, 4, 4]), torch.tensor([0, 2, 3]))
