@@ -150,6 +150,14 @@ def _rerooted(value: Any, old: str, new: str) -> Any:
     return value
 
 
+def progress_every(batches_per_epoch: float, every: int) -> int:
+    """Steps between two progress lines: ``every``, or a tenth of an epoch of
+    ``batches_per_epoch`` when that is fewer (``inf``: an epoch of unknown length)."""
+    if batches_per_epoch == float("inf"):
+        return every
+    return max(1, min(every, -(-int(batches_per_epoch) // 10)))
+
+
 class ProgressLines(L.Callback):
     """Logs ``epoch E step S (k/K of the epoch): loss L, R samples/s`` every ``every`` steps,
     or 10 times an epoch when that is more often: progress for a log file, where no bar is
@@ -168,8 +176,7 @@ class ProgressLines(L.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         self._samples += batch.size
         per_epoch = trainer.num_training_batches
-        every = max(1, min(self.every, -(-int(per_epoch) // 10))) if per_epoch != float("inf") else self.every
-        if trainer.global_step % every or not trainer.is_global_zero:
+        if trainer.global_step % progress_every(per_epoch, self.every) or not trainer.is_global_zero:
             return
         rate = self._samples / max(time.perf_counter() - self._start, 1e-9)
         log.info("epoch %d step %d (%d/%s of the epoch): loss %.5f, %.0f samples/s", trainer.current_epoch,

@@ -50,7 +50,7 @@ from ctr.train.optim import build_optimizer
 from ctr.train.plots import plot_curves
 from ctr.train.rundir import RunDir
 from ctr.train.sharded import check_request, shard, shardable
-from ctr.train.task import CTRNet
+from ctr.train.task import CTRNet, summary
 
 log = logging.getLogger("ctr.train")
 
@@ -133,6 +133,8 @@ def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[s
     net = CTRNet(recipe, prepared.schema)  # a method refused (its budget) leaves nothing in the run directory
     if place.rank == 0:
         run.keep_data(recipe, prepared.root, resume)
+        log.info("run directory: %s", run.root)
+        log.info("%s", summary(recipe, net, prepared))
     fitting = Fitting(recipe, net, prepared, run, place, resume)
     try:
         check_before_fit(recipe, prepared, len(fitting.loaders["train"]), net, place.world_size)
@@ -159,6 +161,7 @@ def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[s
     if place.rank == 0:
         plot_curves(run.log_csv, run.curves)
         run.write_metrics(metrics)  # last: metrics.json marks the run finished
+        log.info("run directory: %s (metrics.json, checkpoints/, logs/, curves.png)", run.root)
     dist.barrier()  # every rank leaves the process group together
     return metrics
 

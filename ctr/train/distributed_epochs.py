@@ -28,7 +28,7 @@ from ctr.embeddings.replicas import gather_padded
 from ctr.metrics import auc, group_auc, logloss
 from ctr.errors import RecipeError
 from ctr.recipe import Recipe
-from ctr.train.callbacks import diverged, loss_check_interval, warn_if_not_finite
+from ctr.train.callbacks import diverged, loss_check_interval, progress_every, warn_if_not_finite
 from ctr.train.checkpoints import Checkpointer, TrainState
 from ctr.train.distributed_stages import ArchSteps
 from ctr.train.loop import LOG_EVERY_N_STEPS, PROGRESS_EVERY_N_STEPS, Placement, beats, read_log_rows
@@ -110,6 +110,7 @@ class EpochLoop:
         if not state.batches:
             par.optimizer.before_step(state.epoch, state.step)
             state.epoch_lrs = {f"lr/{name}": lr for name, lr in par.optimizer.lrs().items()}
+        begun = (state.samples, state.seconds)  # the epoch's part this pass trains (all of it unless resumed)
         start = time.perf_counter()
         for index, batch in enumerate(loader, start=state.batches):
             rows = loader.batch_rows(index)
@@ -117,8 +118,7 @@ class EpochLoop:
             state.step, state.batches, state.samples = state.step + 1, index + 1, state.samples + rows
             state.seconds += time.perf_counter() - start
             self.losses.record(loss_sum, state.step)
-            if state.step % LOG_EVERY_N_STEPS == 0:
-                self._log_loss(loss_sum, rows, state, index)
+            self._log_loss(loss_sum, rows, state, index, begun)
             yield index
             start = time.perf_counter()
 
@@ -144,14 +144,25 @@ class EpochLoop:
             self.arch.step()
         return loss_sum
 
-    def _log_loss(self, loss_sum: torch.Tensor, rows: int, state: TrainState, index: int) -> None:
+    def _log_loss(self, loss_sum: torch.Tensor, rows: int, state: TrainState, index: int,
+                  begun: tuple[int, float]) -> None:
+        """The step's mean loss over every rank: a curve row every ``LOG_EVERY_N_STEPS`` steps, and
+        a progress line (with the samples/s of the epoch's pass) as often as one process logs
+        them (``progress_every``). Every rank reaches the same steps, so each all-reduce pairs."""
+        per_epoch = len(self.loaders["train"])
+        curve = state.step % LOG_EVERY_N_STEPS == 0
+        progress = state.step % progress_every(per_epoch, PROGRESS_EVERY_N_STEPS) == 0
+        if not (curve or progress):
+            return
         total = loss_sum.detach().clone()
         dist.all_reduce(total)
         mean = total.item() / rows
-        self.logger.write({"epoch": state.epoch, "step": state.step - 1, "train/loss": mean})
-        if state.step % PROGRESS_EVERY_N_STEPS == 0:
-            log.info("epoch %d step %d (%d/%d of the epoch): loss %.5f", state.epoch, state.step, index + 1,
-                     len(self.loaders["train"]), mean)
+        if curve:
+            self.logger.write({"epoch": state.epoch, "step": state.step - 1, "train/loss": mean})
+        if progress:
+            rate = (state.samples - begun[0]) / max(state.seconds - begun[1], 1e-9)
+            log.info("epoch %d step %d (%d/%d of the epoch): loss %.5f, %.0f samples/s", state.epoch, state.step,
+                     index + 1, per_epoch, mean, rate)
 
     def _start_as_best(self, state: TrainState) -> None:
         """Validates the weights before the first step and checkpoints them as ``best``: the

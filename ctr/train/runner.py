@@ -28,7 +28,7 @@ from ctr.train.plots import plot_curves
 from ctr.train.rundir import RESUME_OVERRIDES, RunDir
 from ctr.train.saved import encode_rows, finished_run, oov_counts, restored_task
 from ctr.train.stages import train_stages
-from ctr.train.task import CTRTask
+from ctr.train.task import CTRTask, summary
 
 log = logging.getLogger("ctr.train")
 
@@ -75,7 +75,7 @@ def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:
     task = CTRTask(recipe, prepared.schema)  # a method refused (its budget) leaves nothing in the run directory
     run.keep_data(recipe, prepared.root, resume)
     log.info("run directory: %s", run.root)
-    _log_summary(task, prepared)
+    log.info("%s", summary(recipe, task.net, prepared))
     session = Session(recipe, run, prepared, progress, place)
     require_rows(recipe, prepared, SPLITS)
     session.open_loaders()
@@ -168,18 +168,6 @@ def _one_process(place: Placement) -> Placement:
     """``place`` as the only process: its loaders read every row. A launcher's environment
     (``WORLD_SIZE`` > 1) would give each process a share, scored by nobody else."""
     return replace(place, rank=0, world_size=1)
-
-
-def _log_summary(task: CTRTask, prepared: Prepared) -> None:
-    embedding = task.net.embedding
-    dense = sum(p.numel() for p in task.net.model.parameters())
-    splits = prepared.report["splits"]
-    log.info(
-        "data %s: train %d, valid %d, test %d rows | embedding %s: %.2f MB (full %.2f MB) | model %s: %d dense params",
-        prepared.root.name, splits["train"]["rows"], splits["valid"]["rows"], splits["test"]["rows"],
-        task.recipe.embedding.method, embedding.stored_bytes() / 1e6, embedding.full_bytes() / 1e6,
-        task.recipe.model.name, dense,
-    )
 
 
 def _progress(recipe: Recipe) -> bool:

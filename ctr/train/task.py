@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import lightning as L
 import numpy as np
@@ -24,6 +24,9 @@ from ctr.schema import Schema
 from ctr.train.optim import CombinedOptimizer, FusedLR, build_optimizer, fused_optimizer
 from ctr.train.phases import PhaseClock
 from ctr.train.schedule import Schedules
+
+if TYPE_CHECKING:
+    from ctr.datasets import Prepared
 
 
 class CTRNet(nn.Module):
@@ -58,6 +61,16 @@ class CTRNet(nn.Module):
         got = f"{logits.dtype} logits {list(logits.shape)}" if isinstance(logits, Tensor) else type(logits).__name__
         raise RecipeError(f"model.name: {type(self.model).__name__} returned {got} for {rows} row"
                           f"{'s' if rows != 1 else ''}; a model returns float logits [B] (squeeze(-1), not squeeze())")
+
+
+def summary(recipe: Recipe, net: CTRNet, prepared: Prepared) -> str:
+    """The line a run's log begins with: its data's rows, its embedding's bytes, its model's size."""
+    splits, embedding = prepared.report["splits"], net.embedding
+    dense = sum(p.numel() for p in net.model.parameters())
+    rows = ", ".join(f"{split} {splits[split]['rows']}" for split in ("train", "valid", "test"))
+    return (f"data {prepared.root.name}: {rows} rows | embedding {recipe.embedding.method}: "
+            f"{embedding.stored_bytes() / 1e6:.2f} MB (full {embedding.full_bytes() / 1e6:.2f} MB) | model "
+            f"{recipe.model.name}: {dense} dense params")
 
 
 def probabilities(logits: Tensor) -> Tensor:

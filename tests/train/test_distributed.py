@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -198,13 +199,15 @@ def test_sigterm_to_the_launcher_stops_its_ranks(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path):
+def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog):
     """A mixed plan (table-wise, column-wise over both ranks, data-parallel) on 2 gloo
     processes: the loss curve, validation and test AUC of the 1-process run on the same global
-    batch; a run resumed from its DCP checkpoint ends the same, on 2 processes or on 1; 1
-    process evaluates it alike."""
+    batch, and its log's progress lines (the distributed loop printed one per 100 steps only,
+    and no run directory); a run resumed from its DCP checkpoint ends the same, on 2 processes
+    or on 1; 1 process evaluates it alike."""
     sections = {"train": {"epochs": 2, "early_stop": None}, "trainer": {"num_threads": 1, "progress_bar": False}}
-    one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
+    with caplog.at_level(logging.INFO, logger="ctr"):
+        one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
 
     recipe = write(tmp_path, "two.yaml", distributed=MIXED, **sections)
     done = ctr("train", recipe, "--out", tmp_path / "two", "-o", "trainer.devices=2")
@@ -214,6 +217,10 @@ def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path):
     assert two["sharding"]["C2"].startswith("table_wise on ")
     assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5
     assert abs(two["test"]["logloss"] - one["test"]["logloss"]) < 1e-5
+    progress_one, progress_two = _progress_lines(caplog.text), _progress_lines(done.stderr)
+    assert [line[:4] for line in progress_two] == [line[:4] for line in progress_one] and progress_one
+    assert np.allclose([line[4] for line in progress_two], [line[4] for line in progress_one], atol=2e-5, rtol=0)
+    assert f"run directory: {tmp_path / 'two'} (metrics.json, " in done.stderr
     for column in ("train/loss", "valid/auc"):
         curve_one, curve_two = (rows_of(tmp_path / run / "logs" / "metrics.csv", column) for run in ("one", "two"))
         assert [s for s, _ in curve_two] == [s for s, _ in curve_one] and curve_one
@@ -240,6 +247,12 @@ def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path):
         assert again["steps"] == two["steps"] and again["world_size"] == (1 if world else 2)
         for split in ("valid", "test"):
             assert again[split] == pytest.approx(two[split], abs=1e-6, rel=0)
+
+
+def _progress_lines(log_text: str) -> list[tuple[int, int, int, int, float]]:
+    """(epoch, step, batch, batches per epoch, loss) of each progress line of a run's log."""
+    found = re.findall(r"epoch (\d+) step (\d+) \((\d+)/(\d+) of the epoch\): loss ([\d.]+), \d+ samples/s", log_text)
+    return [(*map(int, groups[:4]), float(groups[4])) for groups in found]
 
 
 @pytest.mark.slow
