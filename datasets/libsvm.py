@@ -203,9 +203,10 @@ def _parse_tokens(tokens: pa.Array, index: FieldIndex | None) -> _Tokens:
     shaped = parts.is_valid().to_numpy(zero_copy_only=False)
     parts = parts.fill_null({"field": "", "idx": "", "value": ""}) if not shaped.all() else parts
     field_text, idx = parts.field(0), parts.field(1)
-    idx_number = _as_number(idx, r"^\d+$", pa.int64())
+    digits = pc.match_substring_regex(idx, r"^\d+$").to_numpy(zero_copy_only=False)
+    idx_number = _as_number(idx, r"^\d{1,18}$", pa.int64())  # longer: past any featindex (-1), a token still
     value = _as_number(parts.field(2), r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$", pa.float64())
-    bad = ~shaped | np.isnan(value) | (idx_number < 0)
+    bad = ~shaped | np.isnan(value) | ~digits
     unknown = np.zeros(len(tokens), dtype=bool)
     if index is not None:
         inside = (idx_number >= 0) & (idx_number < index.field_of.size)

@@ -137,3 +137,15 @@ def test_a_log_square_value_kept_as_read_past_its_range_is_a_bad_row(tmp_path, c
         assert sorted(pq.read_table(entry / "train").column("x").to_pylist()) == [np.float32(-3.4e38), 2.0, 8064.0]
     else:
         assert sorted(pq.read_table(entry / "vocab" / "x.parquet").column("token").to_pylist()) == [kept, "2", "8064"]
+
+
+def test_a_libsvm_index_past_int64_is_read_as_its_token_or_unknown_to_featindex(tmp_path, capsys):
+    """An index of 20 digits was a traceback (pyarrow's int64 cast); it is a token of plain
+    libSVM, and an index featindex lacks."""
+    line = "0 4:1\n1 99999999999999999999:1\n"
+    code, err = prepare(tmp_path, capsys, {"dataset": "libsvm"}, line, name="rows.svm")
+    assert code == 0, err
+    (tmp_path / "featindex.txt").write_text("f:a\t4\n")
+    data = {"dataset": "libsvm", "featindex": str(tmp_path / "featindex.txt"), "cache_dir": str(tmp_path / "cache2")}
+    code, err = prepare(tmp_path, capsys, data, line, name="rows.svm")
+    assert code == 2 and err.endswith("rows.svm:2: an index is not in featindex"), err
