@@ -211,11 +211,13 @@ def _attributes(file: Path, key: str) -> pa.Table:
 def _with_labels(ratings: pa.Table) -> pa.Table:
     """Adds ``label`` ("1", "0", or null for a rating of 3 or a row with a problem)."""
     text = ratings.column("rating")
-    rating = pc.cast(pc.if_else(pc.match_substring_regex(text, r"^\s*-?\d+(\.\d*)?\s*$"), text, None), pa.float64())
+    number = pc.utf8_trim_whitespace(text)
+    rating = pc.cast(pc.if_else(pc.match_substring_regex(number, r"^-?\d+(\.\d*)?$"), number, None), pa.float64())
     problem = ratings.column(PROBLEM_COLUMN)
     unreadable = pc.and_(pc.is_null(rating), pc.is_null(problem))
     if pc.any(unreadable).as_py():
-        messages = pc.binary_join_element_wise("rating '", pc.utf8_slice_codeunits(text, 0, 20), "' is not a number", "")
+        quoted = pc.binary_join_element_wise("rating '", pc.utf8_slice_codeunits(text, 0, 20), "' is not a number", "")
+        messages = pc.coalesce(quoted, "rating is missing")  # an empty field is read as null
         problem = pc.if_else(unreadable, messages, problem)
     label = pc.if_else(pc.greater_equal(rating, POSITIVE_FROM), "1", pc.if_else(pc.less_equal(rating, NEGATIVE_UP_TO), "0", None))
     ratings = ratings.set_column(ratings.schema.get_field_index(PROBLEM_COLUMN), PROBLEM_COLUMN, problem)

@@ -57,6 +57,18 @@ def test_unreadable_rating_is_a_row_error_with_its_line(tmp_path):
         prepare(recipe.data, progress=False)
 
 
+@pytest.mark.parametrize("rating, problem", [(" 4 ", None), ("", "rating is missing")])
+def test_a_rating_with_blanks_is_read_and_an_empty_one_is_a_row_error(tmp_path, rating, problem):
+    """A rating with blanks around it was a traceback (pyarrow's cast of ' 4 '), an empty
+    one left its row out silently, as a rating of 3."""
+    folder = write_movielens(tmp_path / "ml", [(1, 10, 5), (2, 20, rating), (1, 20, 1)])
+    source = MovieLensDataset(MovieLensConfig(path=str(folder), split=SplitConfig(valid=0.0, test=0.0)))
+    rows = pa.Table.from_batches(list(source.streams()["train"]()))
+    assert rows.column("__line__").to_pylist() == [2, 3, 4]
+    assert rows.column("__problem__").to_pylist()[1] == problem
+    assert rows.column("label").to_pylist()[1] == (None if problem else "1")
+
+
 def test_path_may_name_any_of_the_files_and_a_missing_folder_is_an_error(tmp_path):
     folder = write_movielens(tmp_path / "ml", [(1, 10, 5)])
     assert MovieLensDataset(MovieLensConfig(path=str(folder / "ml.item"))).inter == folder / "ml.inter"
