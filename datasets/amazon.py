@@ -225,7 +225,7 @@ def read_histories(file: Path, attributes: Path) -> Histories:
     number = np.flatnonzero(np.array([bool(line.strip()) for line in lines])) + 1
     if number.size == 0:
         raise DataError(f"{file}: empty file (no users)")
-    fields = pc.utf8_split_whitespace(pa.array([lines[i - 1] for i in number]))
+    fields = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(pa.array([lines[i - 1] for i in number])))  # no empty last item
     counts = pc.list_value_length(fields).to_numpy(zero_copy_only=False)
     problems = [(int(n), "a user without items") for n in number[counts < 2]]
     fields, number, counts = fields.filter(pa.array(counts >= 2)), number[counts >= 2], counts[counts >= 2]

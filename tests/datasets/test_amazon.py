@@ -94,12 +94,15 @@ def test_a_user_who_touched_every_item_is_named_by_line(tmp_path):
 
 
 def test_a_carriage_return_inside_a_line_names_it_and_crlf_files_read(tmp_path):
-    """Lines are numbered by ``\\n`` as an editor shows them: ``\\r\\n`` files read alike, and
-    a ``\\r`` inside a line (which would split it) is an error naming that line."""
-    crlf = write_amazon(tmp_path / "crlf", HISTORIES.replace("\n", "\r\n"))
-    plain = write_amazon(tmp_path / "plain")
-    assert read_histories(crlf, crlf.parent / "Toy_item2attributes.json").users.to_pylist() == \
-        read_histories(plain, plain.parent / "Toy_item2attributes.json").users.to_pylist()
+    """Lines are numbered by ``\\n`` as an editor shows them: ``\\r\\n`` files (and blanks at a
+    line's end) read alike, and a ``\\r`` inside a line (which would split it) is an error
+    naming that line. (The ``\\r`` of ``\\r\\n`` was read as a last item, an empty one.)"""
+    plain = read_histories(write_amazon(tmp_path / "plain"), tmp_path / "plain" / "Toy_item2attributes.json")
+    for name, text in (("crlf", HISTORIES.replace("\n", "\r\n")), ("blanks", HISTORIES.replace("\n", " \t\n"))):
+        read = read_histories(write_amazon(tmp_path / name, text), tmp_path / name / "Toy_item2attributes.json")
+        assert read.users.to_pylist() == plain.users.to_pylist()
+        assert read.item_names.take(pa.array(read.items)).to_pylist() == plain.item_names.take(pa.array(plain.items)).to_pylist()
+        assert read.lengths.tolist() == plain.lengths.tolist()
     lines = HISTORIES.splitlines()
     lines[1] = lines[1].replace(" ", "\r", 1)
     bad = write_amazon(tmp_path / "bad", "\n".join(lines) + "\n")
