@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ctr.datasets.source import SPLITS, DatasetSource, RowStream, resolve_files
-from ctr.datasets.text import TextFormat, first_line, read_delimited, strip_types, to_batch
+from ctr.datasets.text import TextFormat, header_line, read_delimited, strip_types, to_batch
 from ctr.datasets.validate import LINE_COLUMN, PROBLEM_COLUMN
 from ctr.errors import DataError
 from ctr.recipe import DataConfig
@@ -177,7 +177,7 @@ def _side_files(path: str | None) -> tuple[str | None, str | None]:
 
 
 def _header(file: Path) -> list[str]:
-    line = first_line(file)
+    line = header_line(file)
     if line is None:
         raise DataError(f"{file}: empty file (no header)")
     return strip_types(line.split("\t"))

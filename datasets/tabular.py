@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ctr.datasets.source import DatasetSource, RowStream, resolve_files
-from ctr.datasets.text import EmptyFileError, TextFormat, field_count, first_line, read_delimited, strip_types
+from ctr.datasets.text import EmptyFileError, TextFormat, field_count, first_line, header_line, read_delimited, strip_types
 from ctr.datasets.transforms import reads, unreadable_type
 from ctr.datasets.validate import LINE_COLUMN, column_keys, require_columns
 from ctr.errors import DataError, RecipeError, reason
@@ -112,7 +112,7 @@ class DelimitedSource(FileSource):
         """Column names from the first line (RecBole type suffixes dropped); with ``quoting``
         a quoted name may hold the delimiter or a doubled quote (``"city, state"``), as pandas
         writes them."""
-        line = first_line(file)
+        line = header_line(file)
         if line is None:
             raise EmptyFileError(f"{file}: empty file (no header)")
         if quoting and '"' in line:

@@ -98,6 +98,15 @@ def first_line(file: Path) -> str | None:
     return line.rstrip(b"\r\n").decode("utf-8", errors="replace")
 
 
+def header_line(file: Path) -> str | None:
+    """``first_line`` of a file that starts with a header; a ``\\r`` left inside it (a file of
+    old Mac line ends, ``\\r`` alone, is one line) is the error of any line it splits."""
+    line = first_line(file)
+    if line is not None and "\r" in line:
+        raise carriage_return_inside(file, 1)
+    return line
+
+
 def read_delimited(file: Path, fmt: TextFormat, block_bytes: int = BLOCK_BYTES) -> Iterator[pa.RecordBatch]:
     """Record batches of ``file`` (one per block of about ``block_bytes``), as described above.
 

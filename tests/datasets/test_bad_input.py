@@ -454,3 +454,18 @@ def test_an_unclosed_quote_names_its_line_wherever_the_blocks_end(tmp_path, bloc
     path.write_bytes(b'label,a\n1,x\n0,"y\n1,z\n0,w\n')
     with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:3: "):
         list(read_delimited(path, TextFormat(["label", "a"], header=True), block_bytes=block_bytes))
+
+
+@pytest.mark.parametrize("reader", ["csv", "movielens"])
+def test_a_header_split_by_carriage_returns_names_line_1(tmp_path, capsys, reader):
+    """A file of old Mac line ends (``\\r`` alone) is one header line: it was read as the
+    header, a csv's error listing the rows as column names (with their ``\\r``), a MovieLens
+    file 'empty (no data rows)'."""
+    if reader == "csv":
+        path, data = tmp_path / "rows.csv", {"dataset": "csv", "features": [{"name": "a"}]}
+        path.write_bytes(b"label,a\r1,x\r0,y\r")
+    else:
+        path, data = tmp_path / "ml.inter", {"dataset": "movielens"}
+        path.write_bytes(b"user_id:token\titem_id:token\trating:float\r1\t10\t5\r2\t20\t1\r")
+    code, err, _ = run_prepare(tmp_path, capsys, {**data, "path": str(path)})
+    assert code == 2 and err == f"ctr: error: {path}:1: a carriage return (\\r) inside the line; lines end with \\n or \\r\\n"
