@@ -218,7 +218,7 @@ def sample_negatives(touched: np.ndarray, num_items: int, user: np.ndarray, rng:
 
 def read_histories(file: Path, attributes: Path) -> Histories:
     """Parses the history file (vectorised) and the item categories."""
-    lines = read_all(file).decode("utf-8", errors="replace").split("\n")  # plain or gzip; numbered as an editor does
+    lines, undecoded = _text_lines(file)
     split = next((i for i, line in enumerate(lines) if "\r" in line.rstrip("\r")), None)
     if split is not None:
         raise carriage_return_inside(file, split + 1)
@@ -227,7 +227,7 @@ def read_histories(file: Path, attributes: Path) -> Histories:
         raise DataError(f"{file}: empty file (no users)")
     fields = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(pa.array([lines[i - 1] for i in number])))  # no empty last item
     counts = pc.list_value_length(fields).to_numpy(zero_copy_only=False)
-    problems = [(int(n), "a user without items") for n in number[counts < 2]]
+    problems = sorted(undecoded + [(int(n), "a user without items") for n in number[counts < 2]])
     fields, number, counts = fields.filter(pa.array(counts >= 2)), number[counts >= 2], counts[counts >= 2]
     users = pc.list_element(fields, 0)
     flat = pc.list_flatten(pc.list_slice(fields, 1))
@@ -245,6 +245,23 @@ def read_histories(file: Path, attributes: Path) -> Histories:
         categories=_categories(attributes, item_names),
         problems=problems,
     )
+
+
+def _text_lines(file: Path) -> tuple[list[str], list[tuple[int, str]]]:
+    """The lines of ``file`` (plain or gzip; numbered as an editor does; a byte order mark at
+    its start dropped), a line that is not UTF-8 left empty and named as a problem (line, why)."""
+    data = read_all(file)
+    try:
+        return data.decode("utf-8-sig").split("\n"), []
+    except UnicodeDecodeError:
+        lines, problems = [], []
+        for number, raw in enumerate(data.split(b"\n"), start=1):
+            try:
+                lines.append(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+            except UnicodeDecodeError:
+                lines.append("")
+                problems.append((number, "not UTF-8 text"))
+        return lines, problems
 
 
 def _categories(attributes: Path, item_names: pa.Array) -> pa.Array:

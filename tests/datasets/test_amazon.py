@@ -85,6 +85,19 @@ def test_user_without_items_names_its_line_or_is_skipped(tmp_path):
     assert prepare(recipe.data, progress=False).report["splits"]["train"]["skipped_bad_rows"] == 1
 
 
+def test_a_line_that_is_not_utf8_is_a_bad_row_and_a_byte_order_mark_is_dropped(tmp_path):
+    """A Latin-1 ``é`` was read as U+FFFD, silently one id with every other undecodable one;
+    a byte order mark was part of the first user's name."""
+    path = write_amazon(tmp_path / "am")
+    path.write_bytes(b"\xef\xbb\xbf" + HISTORIES.replace("u2 f g h", "u2 f caf\xe9 h").encode("latin-1"))
+    raw = {"data": {"dataset": "amazon", "path": str(path), "cache_dir": str(tmp_path / "c")}}
+    with pytest.raises(DataError, match=r"Toy\.txt:2: not UTF-8 text"):
+        prepare(recipe_from_dict(raw).data, progress=False)
+    raw["data"]["on_bad_rows"] = "skip"
+    assert prepare(recipe_from_dict(raw).data, progress=False).report["splits"]["train"]["skipped_bad_rows"] == 1
+    assert "u2" not in rows(path, "test")["user_id"] and rows(path, "test")["user_id"][0] == "u1"
+
+
 def test_a_user_who_touched_every_item_is_named_by_line(tmp_path):
     """No negative can be sampled for them: the error named neither the file nor the user
     (``ctr predict`` dropped its ``data.path`` key, leaving no name at all)."""
