@@ -164,6 +164,27 @@ def test_a_value_out_of_range_is_refused_when_read_not_by_a_traceback_later(raw,
     assert recipe_from_dict({"seed": 0, "data": {"prefetch": 0, "split": {"seed": 0}}, "embedding": {"init_std": 0}})
 
 
+@pytest.mark.parametrize("model, message", [
+    ({"name": "dlrm", "top_mlp": [16, -1]}, r"^model\.top_mlp: layer widths must be >= 1, got \[16, -1\]$"),
+    ({"name": "dlrm", "bottom_mlp": [0]}, r"^model\.bottom_mlp: layer widths must be >= 1, got \[0\]$"),
+    ({"name": "dcn", "hidden": [0]}, r"^model\.hidden: layer widths must be >= 1, got \[0\]$"),
+    ({"name": "autoint_plus", "hidden": [-1]}, r"^model\.hidden: layer widths must be >= 1, got \[-1\]$"),
+    ({"name": "din", "attention_hidden": [0]}, r"^model\.attention_hidden: layer widths must be >= 1, got \[0\]$"),
+    ({"name": "deepfm", "dropout": -0.5}, r"^model\.dropout: must be in \[0, 1\), got -0\.5$"),
+    ({"name": "wdl", "dropout": 1}, r"^model\.dropout: must be in \[0, 1\), got 1\.0$"),
+    ({"name": "autoint_plus", "dropout": 2}, r"^model\.dropout: must be in \[0, 1\), got 2\.0$"),
+    ({"name": "dcnv2", "dropout": 1.5}, r"^model\.dropout: must be in \[0, 1\), got 1\.5$"),
+])
+def test_a_layer_width_below_1_or_a_dropout_outside_0_1_is_refused_when_read(model, message):
+    """Each was a torch traceback once the model was built (a negative width, a dropout
+    above 1 or below 0), or a layer of no units (width 0: DCN's IndexError, elsewhere a logit
+    that reads nothing; dropout 1: a layer that outputs zeros)."""
+    with pytest.raises(RecipeError, match=message):
+        recipe_from_dict({"model": model})
+    key = next(k for k in model if k != "name")
+    assert recipe_from_dict({"model": {"name": model["name"], key: 0.0 if key == "dropout" else []}})
+
+
 @pytest.mark.parametrize("text, where", [
     ("name: x\ntrain:\n  batch_size: 256\nmodel: {name: lr}\ntrain:\n  epochs: 1\n", r"dup\.yaml:5: duplicate key 'train' \(first at line 2\)"),
     ("train:\n  batch_size: 256\n  epochs: 2\n  batch_size: 512\n", r"dup\.yaml:4: duplicate key 'batch_size' \(first at line 2\)"),

@@ -28,6 +28,10 @@ class AutoIntPlusConfig(AutoIntConfig, MLPConfig):
     name: str = "autoint_plus"
     hidden: list[int] = field(default_factory=lambda: [400, 400])
 
+    def __post_init__(self) -> None:  # AutoIntConfig's comes first in the bases: both checks
+        AutoIntConfig.__post_init__(self)
+        MLPConfig.__post_init__(self)
+
 
 @MODELS.register("autoint_plus", config=AutoIntPlusConfig)
 class AutoIntPlus(AutoInt):

@@ -33,6 +33,7 @@ class DCNConfig(MLPConfig, ModelConfig):
     batch_norm: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.cross_layers < 1:
             raise ValueError("cross_layers must be >= 1")
 

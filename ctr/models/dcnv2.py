@@ -40,6 +40,7 @@ class DCNv2Config(MLPConfig, ModelConfig):
     hidden: list[int] = field(default_factory=lambda: [1024, 1024])
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require_at_least(self, 1, "cross_layers", "experts")
         if self.low_rank is not None:
             require_at_least(self, 1, "low_rank")

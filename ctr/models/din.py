@@ -15,7 +15,7 @@ from ctr.embeddings.replicas import gather_padded
 from ctr.embeddings.types import EmbeddingLayout, FeatureEmbeddings
 from ctr.errors import RecipeError
 from ctr.models.base import CTRModel
-from ctr.models.layers import Activation, MLPConfig, TargetAttention, UnitInput
+from ctr.models.layers import Activation, MLPConfig, TargetAttention, UnitInput, check_widths
 from ctr.recipe import ModelConfig
 from ctr.registry import MODELS
 from ctr.schema import PAD_ID, Schema
@@ -70,6 +70,8 @@ class DINConfig(MLPConfig, ModelConfig):
     l2_reg: float = 0.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        check_widths(self, "attention_hidden")
         if self.l2_reg < 0:
             raise ValueError("l2_reg must be >= 0")
 

@@ -11,7 +11,7 @@ from ctr.batch import Batch
 from ctr.embeddings.types import EmbeddingLayout, FeatureEmbeddings
 from ctr.errors import RecipeError
 from ctr.models.base import CTRModel, pool_sequences
-from ctr.models.layers import MLP
+from ctr.models.layers import MLP, check_widths
 from ctr.recipe import ModelConfig
 from ctr.registry import MODELS
 from ctr.schema import Schema
@@ -33,6 +33,9 @@ class DLRMConfig(ModelConfig):
     bottom_mlp: list[int] = field(default_factory=lambda: [512, 256, 64])
     top_mlp: list[int] = field(default_factory=lambda: [512, 256])
     interaction_self: bool = False
+
+    def __post_init__(self) -> None:
+        check_widths(self, "bottom_mlp", "top_mlp")
 
 
 @MODELS.register("dlrm", config=DLRMConfig)

@@ -101,6 +101,16 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+def check_widths(config: object, *names: str) -> None:
+    """Raises ``ValueError("<name>: layer widths must be >= 1, ...")`` for the first of ``names``
+    (lists of layer widths) holding a width below 1: the recipe reader joins the name to the
+    key's path."""
+    for name in names:
+        widths = getattr(config, name)
+        if any(width < 1 for width in widths):
+            raise ValueError(f"{name}: layer widths must be >= 1, got {widths}")
+
+
 @dataclass
 class MLPConfig:
     """The MLP keys a model config shares (a mixin of the model configs; recipe keys stay flat).
@@ -114,6 +124,11 @@ class MLPConfig:
     activation: Activation = "relu"
     dropout: float = 0.0
     batch_norm: bool = False
+
+    def __post_init__(self) -> None:
+        check_widths(self, "hidden")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     def mlp(self, in_dim: int, out_dim: int | None = 1) -> MLP:
         """The MLP these settings describe, from ``in_dim`` inputs to ``out_dim`` outputs."""

@@ -47,6 +47,7 @@ def write_recipe(tmp_path, **sections):
         ("trainer.accelerator=tpu", "trainer.accelerator: 'tpu': choose from"),
         ("train.embedding_optimizer.name=adam",
          "train.embedding_optimizer.name: adam cannot step sparse table gradients (embedding.gradients: sparse)"),
+        ("model.top_mlp=[16,0]", "model.top_mlp: layer widths must be >= 1, got [16, 0]"),
     ],
 )
 def test_bad_recipe_value_stops_before_any_work(tmp_path, capsys, override, message):
