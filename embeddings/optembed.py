@@ -20,6 +20,7 @@ from ctr.embeddings.largest import largest_mask
 from ctr.embeddings.sparse import SparseRows, format_bytes, kept_for_budget, pruned_size
 from ctr.embeddings.stages import MultiStageMixin, SearchConfig, Stage, StageContext
 from ctr.embeddings.types import FeatureEmbeddings
+from ctr.errors import RecipeError
 from ctr.recipe import OptimizerConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
@@ -188,6 +189,11 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
             self.threshold.requires_grad_(False)
             with torch.no_grad():
                 keep = self.weight.abs().sum(1) > self.threshold[self.table_of_row]
+            if not bool(keep.any()):  # nothing left to search or retrain (the retrain's lookup would fail)
+                raise RecipeError(
+                    f"embedding.threshold_init: optembed's supernet pruned every row (no row's L1 norm passed its "
+                    f"field's threshold, which began at {self.config.threshold_init}): nothing is left to search or "
+                    "retrain; start the thresholds lower or the rows larger (embedding.init_std)")
             self.register_buffer("row_keep", keep)
         elif stage.name == "retrain":
             self._compact()

@@ -185,6 +185,20 @@ def test_evolutionary_search_finds_different_dims_per_field_within_the_budget():
     assert result.score == max(s for _, s in result.history)
 
 
+@pytest.mark.parametrize("config", [{"threshold_init": 2.0}, {"init_std": 0.0}])
+def test_a_supernet_that_pruned_every_row_is_refused_naming_threshold_init(config):
+    """No row's L1 norm above its field's threshold (a threshold_init above every row's, or rows of
+    init_std 0 under the default threshold 0): the search scored an empty table and the retrain
+    ended in index_select's traceback."""
+    method = OptEmbed(schema(), OptEmbedConfig(dim=8, **config))
+    threshold = config.get("threshold_init", 0.0)
+    with pytest.raises(RecipeError, match=rf"^embedding\.threshold_init: optembed's supernet pruned every row \(no "
+                                          rf"row's L1 norm passed its field's threshold, which began at {threshold}\): "
+                                          r"nothing is left to search or retrain; start the thresholds lower or the "
+                                          r"rows larger \(embedding\.init_std\)$"):
+        method.begin_stage(SEARCH)
+
+
 def test_optembed_settings_are_validated():
     with pytest.raises(RecipeError, match=r"^embedding: need 1 <= parents <= population"):
         recipe_from_dict({"embedding": {"method": "optembed", "population": 4, "parents": 6}})
