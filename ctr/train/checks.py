@@ -43,6 +43,8 @@ def check_before_fit(recipe: Recipe, prepared: Prepared, batches: int, net: CTRN
     to be wrong, before anything trains or a stage writes its files."""
     if batches == 0:
         rows = prepared.report["splits"]["train"]["rows"]
+        if recipe.trainer.compile:
+            raise _compile_refusal(recipe, "train", rows, "training")
         shared = f" over {world_size} processes" if world_size > 1 else ""
         counted = f"{rows} row{shared} makes" if rows == 1 else f"{rows} rows{shared} make"
         raise DataError(f"data: the train split's {counted} no training batch (a last batch of fewer than "
@@ -54,7 +56,11 @@ def check_before_fit(recipe: Recipe, prepared: Prepared, batches: int, net: CTRN
     _check_stage_settings(recipe, net, stages)
     _check_monitor_defined(recipe, prepared, searches=any(stage.kind == "procedure" for stage in stages))
     valid_rows = prepared.report["splits"]["valid"]["rows"]
-    if any(stage.bilevel for stage in stages) and valid_rows // world_size < TRAINING_MIN_ROWS:
+    bilevel = any(stage.bilevel for stage in stages)
+    if bilevel and recipe.trainer.compile and valid_rows < recipe.train.batch_size:
+        search = f"{recipe.embedding.method}'s search, which trains on validation batches,"
+        raise _compile_refusal(recipe, "valid", valid_rows, search)
+    if bilevel and valid_rows // world_size < TRAINING_MIN_ROWS:
         rows = f"{valid_rows} row" + ("s are" if valid_rows != 1 else " is")
         raise DataError(f"data: the valid split's {rows} too few for {recipe.embedding.method}'s search, "
                         f"which trains on validation batches of at least {TRAINING_MIN_ROWS} rows a process")
@@ -64,6 +70,15 @@ def check_before_fit(recipe: Recipe, prepared: Prepared, batches: int, net: CTRN
         raise RecipeError(f"train.batch_size: {size}{shared}; the model's BatchNorm needs at least "
                           f"{TRAINING_MIN_ROWS} rows a batch in each process (a larger batch, or "
                           "model.batch_norm: false where the model has it)")
+
+
+def _compile_refusal(recipe: Recipe, split: str, rows: int, use: str) -> RecipeError:
+    """``train.batch_size`` above the ``rows`` of ``split`` under ``trainer.compile`` (one
+    process only), whose training loaders drop an epoch's smaller last batch: ``use`` (the
+    training, a bilevel search) would get no batch of that split."""
+    return RecipeError(f"train.batch_size: {recipe.train.batch_size} is more than the {split} split's {rows} rows, and "
+                       f"trainer.compile drops an epoch's smaller last batch: {use} gets no batch; use a smaller "
+                       "batch_size or trainer.compile: false")
 
 
 def _check_stage_settings(recipe: Recipe, net: CTRNet, stages: list[Stage]) -> None:

@@ -40,6 +40,26 @@ def test_a_training_split_that_makes_no_batch_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+@pytest.mark.parametrize("embedding, split, use", [
+    ({"method": "full", "dim": 8}, "train", "training"),
+    ({"method": "autodim", "dim": 8, "budget": 0.9}, "valid", "autodim's search, which trains on validation batches,"),
+])
+def test_a_batch_above_a_splits_rows_under_compile_is_one_line_naming_batch_size(tmp_path, capsys, embedding, split,
+                                                                                 use):
+    """trainer.compile drops an epoch's smaller last batch: a batch_size above the training rows
+    was blamed on a last batch of fewer than 2 rows, and one above the validation rows of a
+    bilevel search ended in a ZeroDivisionError."""
+    raw = tiny_recipe(tmp_path, embedding=embedding, trainer={"compile": True})
+    rows = prepare(recipe_from_dict(raw).data, progress=False).report["splits"][split]["rows"]
+    raw["train"] = {**raw["train"], "batch_size": rows + 1}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"ctr: error: train.batch_size: {rows + 1} is more than the {split} split's {rows} rows, and "
+                   f"trainer.compile drops an epoch's smaller last batch: {use} gets no batch; use a smaller "
+                   "batch_size or trainer.compile: false")
+
+
 def test_one_row_batches_with_batch_norm_are_one_line(tmp_path, capsys):
     raw = tiny_recipe(tmp_path, train={"batch_size": 1, "max_steps": 2})
     raw["model"] = DCN
