@@ -41,6 +41,16 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", 1)) > 1
 
 
+def require_one_process(recipe: Recipe) -> None:
+    """Refuses a recipe of several processes (``trainer.devices`` × ``num_nodes`` > 1) outside a
+    launched group, where the caller (``runner.train``, ``ctr tune``) would train it on this one
+    process; ``ctr train`` starts the processes of a distributed run."""
+    if recipe.trainer.world_size > 1 and not launched():
+        raise RecipeError(f"trainer.devices: {recipe.trainer.devices} × num_nodes {recipe.trainer.num_nodes} processes, "
+                          "but this command trains in its one process (ctr train starts a distributed run's); set both "
+                          "to 1")
+
+
 def spawn(args: list[str], recipe: Recipe) -> int:
     """Runs ``ctr`` with ``args`` in ``trainer.devices`` processes of this machine (ranks
     ``NODE_RANK`` × devices + local rank) and waits for them; returns their exit code (the

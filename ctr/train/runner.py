@@ -18,7 +18,7 @@ from ctr.errors import UserError
 from ctr.recipe import Recipe
 from ctr.train import distributed
 from ctr.train.checkpoints import is_distributed_checkpoint
-from ctr.train.launch import group_holds, launched, process_group, shared_path
+from ctr.train.launch import group_holds, launched, process_group, require_one_process, shared_path
 from ctr.train.checks import check_before_fit, require_rows
 from ctr.train.loop import (
     Placement, Session, evaluate_checkpoint, fit, placement, quiet_lightning, trainer_for, use_threads,
@@ -39,6 +39,7 @@ def default_run_dir(recipe: Recipe) -> Path:
 
 def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict[str, Any]:
     """Trains ``recipe`` into run directory ``out``; returns (and writes) metrics.json."""
+    require_one_process(recipe)
     quiet_lightning()
     root = out or default_run_dir(recipe)
     if resume:

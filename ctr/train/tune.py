@@ -32,6 +32,7 @@ from ctr.atomic import CsvRows, atomic_write
 from ctr.errors import TrainingDiverged, UserError
 from ctr.metrics import mean_std
 from ctr.recipe import SEED_MAX, Recipe, apply_override, read_yaml, recipe_from_dict
+from ctr.train.launch import require_one_process
 from ctr.train.refusal import budget_refusal
 from ctr.train.rundir import RunDir
 
@@ -254,10 +255,10 @@ class Tuning:
         """The point's recipe; an error names the point, or the recipe and its -o when the
         point's settings are not what is wrong (the same error without them)."""
         try:
-            return recipe_from_dict(self._raw(base, point))
+            return _in_one_process(recipe_from_dict(self._raw(base, point)))
         except UserError as err:
             try:
-                recipe_from_dict(base)
+                _in_one_process(recipe_from_dict(base))
             except UserError as without:
                 if str(without) == str(err):
                     raise UserError(f"{self.recipe_path} (with its -o): {err}") from None
@@ -285,6 +286,12 @@ class Tuning:
         name = monitor.removeprefix("valid/")  # a metric every run logs: checked before training
         test = metrics["test"]
         return results.add({**row, "valid": metrics["valid"][name], **{f"test_{k}": test.get(k) for k in TEST_KEYS}})
+
+
+def _in_one_process(recipe: Recipe) -> Recipe:
+    """``recipe``, refused if it asks for several processes: every run trains in this one."""
+    require_one_process(recipe)
+    return recipe
 
 
 def criterion(recipes: list[Recipe]) -> tuple[str, str]:

@@ -426,3 +426,21 @@ def test_seeds_past_numpys_largest_are_refused_before_any_point(tmp_path):
         Tuning(_recipe_file(tmp_path, seed=2**32 - 2), parse_grid(["train.embedding_optimizer.lr=0.01"]), 3,
                tmp_path / "t", [], trainer).run()
     assert trainer.calls == []
+
+
+def test_a_recipe_of_several_processes_is_refused_not_trained_on_one(tmp_path):
+    """A point trains in ctr tune's own process (``runner.train``), which trained ``trainer.devices:
+    2`` on that one process, its run's recipe.yaml saying 2: refused before any point trains,
+    and by ``runner.train`` itself (the Python API) before it writes anything."""
+    from ctr.recipe import recipe_from_dict
+    from ctr.train.runner import train
+
+    refusal = r"trainer\.devices: 2 × num_nodes 1 processes, but this command trains in its one process \(ctr train " \
+              r"starts a distributed run's\); set both to 1$"
+    trainer = FakeTrainer()
+    with pytest.raises(UserError, match=rf"^--grid trainer\.devices=2: {refusal}"):
+        Tuning(_recipe_file(tmp_path), parse_grid(["trainer.devices=1,2"]), 1, tmp_path / "t", [], trainer).run()
+    assert trainer.calls == []
+    with pytest.raises(UserError, match=rf"^{refusal}"):
+        train(recipe_from_dict(tiny_recipe(tmp_path, trainer={"devices": 2})), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
