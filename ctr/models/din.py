@@ -161,6 +161,11 @@ class DIN(CTRModel):
                 pooled_sequence = key == "sequence_fields" and all(n in layout.pooled for n in missing)
                 hint = "; they are pooled: give them pooling: none" if pooled_sequence else ""
                 raise RecipeError(f"model.{key}: {missing} not among the data's {kind} {list(allowed)}{hint}")
+        shapes = {name: (schema.feature(name).spec.max_len, schema.feature(name).spec.padding) for name in behaviours}
+        if len(set(shapes.values())) > 1:  # concatenated position by position (mlp_input)
+            got = "; ".join(f"{name}: max_len {length}, padding {side}" for name, (length, side) in shapes.items())
+            raise RecipeError(f"model.sequence_fields: DIN reads {behaviours} position by position, so they need one "
+                              f"max_len and padding (data.features); got {got}")
         return targets, behaviours
 
     def forward(self, batch: Batch, embedded: FeatureEmbeddings) -> Tensor:

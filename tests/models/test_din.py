@@ -35,6 +35,25 @@ def test_without_behaviour_sequences_the_error_names_the_key():
         task_for_schema(behaviour_schema(5, 4), {**SMALL, "target_fields": ["item_id"], "sequence_fields": ["item_id"]})
 
 
+@pytest.mark.parametrize("cat, got", [({"max_len": 3}, "max_len 4, padding right; hist_cat_id: max_len 3, padding right"),
+                                      ({"padding": "left"}, "max_len 4, padding right; hist_cat_id: max_len 4, padding left")])
+def test_behaviour_sequences_of_another_length_or_padding_are_refused_naming_them(cat, got):
+    """DIN reads its behaviour sequences position by position: a hist_cat_id of another max_len
+    was a torch.cat traceback at the first batch, of another padding a model pairing one
+    position's item with another position's category, silently."""
+    from ctr.schema import FeatureInfo, FeatureSpec, Schema
+
+    item = behaviour_schema(5, 4).features
+    cat_id = FeatureInfo(FeatureSpec(name="cat_id"), vocab_size=5, table="cat_id")
+    hist_cat = FeatureInfo(FeatureSpec(name="hist_cat_id", kind="sequence", share_with="cat_id", pooling="none",
+                                       **{"max_len": 4, **cat}), vocab_size=5, table="cat_id")
+    schema = Schema(features=[*item, cat_id, hist_cat], label="label")
+    with pytest.raises(RecipeError, match=r"^model\.sequence_fields: DIN reads \['hist_item_id', 'hist_cat_id'\] "
+                                          r"position by position, so they need one max_len and padding \(data\."
+                                          rf"features\); got hist_item_id: {got}$"):
+        task_for_schema(schema, SMALL)
+
+
 def test_history_beyond_its_length_does_not_change_the_prediction(schema):
     task = task_for_schema(schema, SMALL)
     task.eval()
