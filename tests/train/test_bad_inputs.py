@@ -48,6 +48,8 @@ def write_recipe(tmp_path, **sections):
         ("train.embedding_optimizer.name=adam",
          "train.embedding_optimizer.name: adam cannot step sparse table gradients (embedding.gradients: sparse)"),
         ("model.top_mlp=[16,0]", "model.top_mlp: layer widths must be >= 1, got [16, 0]"),
+        ("train.embedding_optimizer.weight_decay=1e300",
+         "train.embedding_optimizer.weight_decay: expected a number within float32's range (±3.4e+38), got 1e+300"),
     ],
 )
 def test_bad_recipe_value_stops_before_any_work(tmp_path, capsys, override, message):
