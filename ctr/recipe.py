@@ -687,14 +687,18 @@ def _check_plateau_modes(train: TrainConfig) -> None:
 
 
 def _check_ranges(recipe: Recipe) -> None:
-    """The run's seed and the data keys every dataset shares: checked here, not in
-    ``DataConfig``, so that a dataset's config class (a plugin's too) need not call a base check."""
+    """The run's seed and the data keys every dataset shares (a ``path`` only for a dataset that
+    reads files): checked here, not in ``DataConfig``, so that a dataset's config class (a
+    plugin's too) need not call a base check."""
     if not 0 <= recipe.seed <= SEED_MAX:
         raise RecipeError(f"seed: must be in [0, {SEED_MAX}] (numpy's seeds), got {recipe.seed}")
     if recipe.data.shuffle_buffer < 1:
         raise RecipeError(f"data.shuffle_buffer: must be >= 1 (rows), got {recipe.data.shuffle_buffer}")
     if recipe.data.prefetch < 0:  # a queue of maxsize -1 has no bound
         raise RecipeError(f"data.prefetch: must be >= 0 (0: batches built inline), got {recipe.data.prefetch}")
+    if recipe.data.path is not None and getattr(DATASETS.get(recipe.data.dataset).target, "generated", False):
+        raise RecipeError(f"data.path: the {recipe.data.dataset} dataset generates its rows and reads no file; name the "
+                          f"dataset that reads {recipe.data.path!r} in data.dataset (csv, parquet, criteo, ...)")
 
 
 def _check_combinations(recipe: Recipe) -> None:

@@ -180,6 +180,15 @@ def test_a_value_out_of_range_is_refused_when_read_not_by_a_traceback_later(raw,
     assert recipe_from_dict({"seed": 0, "data": {"prefetch": 0, "split": {"seed": 0}}, "embedding": {"init_std": 0}})
 
 
+def test_a_path_given_to_a_dataset_that_generates_its_rows_is_refused():
+    """``data: {path: rows.csv}`` without a ``dataset`` (synthetic, the default) trained on
+    generated rows, the file never read."""
+    with pytest.raises(RecipeError, match=r"^data\.path: the synthetic dataset generates its rows and reads no file; "
+                                          r"name the dataset that reads 'rows\.csv' in data\.dataset \(csv, parquet, "
+                                          r"criteo, \.\.\.\)$"):
+        recipe_from_dict({"data": {"path": "rows.csv"}})
+
+
 @pytest.mark.parametrize("model, message", [
     ({"name": "dlrm", "top_mlp": [16, -1]}, r"^model\.top_mlp: layer widths must be >= 1, got \[16, -1\]$"),
     ({"name": "dlrm", "bottom_mlp": [0]}, r"^model\.bottom_mlp: layer widths must be >= 1, got \[0\]$"),
