@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ctr.recipe import import_recipe_plugins, reads_backend
-from ctr.registry import EMBEDDINGS
+from ctr.recipe import DataConfig, import_recipe_plugins, reads_backend
+from ctr.registry import DATASETS, EMBEDDINGS
 
 LOSS_MONITORS = ("valid/logloss", "train/loss")
 FULL_PRECISIONS = ("64", "64-true", "16-true", "bf16-true")  # whole-model precisions no longer taken
@@ -17,8 +17,9 @@ FULL_PRECISIONS = ("64", "64-true", "16-true", "bf16-true")  # whole-model preci
 def upgraded(raw: dict[str, Any]) -> dict[str, Any]:
     """``raw`` (a saved recipe, changed in place) in the current keys."""
     _split_seed(raw)
-    import_recipe_plugins(raw)  # a plugin's method is then known to the embedding rules
+    import_recipe_plugins(raw)  # a plugin's method or dataset is then known to the rules below
     _embedding_keys(raw.get("embedding") or {})
+    _generated_path(raw.get("data") or {})
     _monitor_modes(raw.get("train") or {})
     _din_input_norm(raw.get("model") or {})
     trainer = raw.get("trainer") or {}
@@ -53,6 +54,15 @@ def _embedding_keys(embedding: dict[str, Any]) -> None:
     unread = isinstance(method, str) and method in EMBEDDINGS and not reads_backend(method)
     if unread and embedding.get("backend") is not None:
         del embedding["backend"]
+
+
+def _generated_path(data: dict[str, Any]) -> None:
+    """``data.path`` is a key of datasets that read files only: runs of a dataset that
+    generates its rows (``synthetic``, the default) saved it, unread."""
+    dataset = data.get("dataset", DataConfig.dataset)
+    known = isinstance(dataset, str) and dataset in DATASETS
+    if known and getattr(DATASETS.get(dataset).target, "generated", False) and data.get("path") is not None:
+        del data["path"]
 
 
 def _monitor_modes(train: dict[str, Any]) -> None:

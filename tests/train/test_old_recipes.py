@@ -58,3 +58,12 @@ def test_a_backend_saved_for_a_method_that_never_read_it_is_dropped(tmp_path):
     assert saved(tmp_path, {"embedding": {"method": "pep", "budget": 0.5, "backend": "triton"}}).embedding.backend is None
     kept = saved(tmp_path, {"embedding": {"method": "hash", "budget": 0.5, "backend": "triton"}})
     assert kept.embedding.backend == "triton"
+
+
+def test_a_path_saved_for_a_generated_dataset_is_dropped(tmp_path):
+    """Earlier runs took ``data.path`` for ``synthetic`` (the default dataset) and ignored it: it
+    is refused now, and their recipe loads without it (a dataset that reads files keeps it)."""
+    assert saved(tmp_path, {"data": {"dataset": "synthetic", "rows": 1000, "path": "/d/rows.csv"}}).data.path is None
+    assert saved(tmp_path, {"data": {"rows": 1000, "path": "/d/rows.csv"}}).data.path is None  # synthetic by default
+    kept = saved(tmp_path, {"data": {"dataset": "csv", "path": "/d/rows.csv", "label": "y"}})
+    assert kept.data.path == "/d/rows.csv"
