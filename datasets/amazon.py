@@ -149,8 +149,7 @@ class AmazonDataset(DatasetSource):
         full = np.bincount(touched // num_items, minlength=hist.lengths.size) >= num_items
         if (found := user[full[user]]).size:
             line, name = hist.lines[found.min()], hist.users[int(found.min())].as_py()
-            raise DataError(f"data.path: {self.history}:{line}: user {name} has touched every item; no negative can "
-                            "be sampled")
+            raise DataError(f"{self.history}:{line}: user {name} has touched every item; no negative can be sampled")
 
 
 def targets(lengths: np.ndarray, split: str) -> tuple[np.ndarray, np.ndarray]:
