@@ -52,11 +52,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 def check_writable(path: Path) -> None:
     """Fails where ``atomic_path(path)`` would fail only at its end, before the work that
-    makes the file: a UserError naming ``path`` when no file can be created beside it (its
-    parent folder is created, as ``atomic_path`` does)."""
+    makes the file: a UserError naming ``path`` when no file can be created beside it, or in
+    the nearest folder above it that exists (``atomic_path`` creates the rest; this creates
+    nothing)."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(prefix=_tmp_prefix(path), dir=path.parent)
+        handle, probe = tempfile.mkstemp(prefix=_tmp_prefix(path), dir=folder)
         os.close(handle)
         os.unlink(probe)
     except OSError as err:  # it names the probe or a parent, not the path asked for

@@ -4,13 +4,14 @@ between its renames is found and finished."""
 
 import errno
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 from ctr.atomic import (
-    CsvRows, atomic_path, atomic_write, finish_replace, replace_folder, replaced_folder, staging_folder,
+    CsvRows, atomic_path, atomic_write, check_writable, finish_replace, replace_folder, replaced_folder, staging_folder,
 )
 from ctr.errors import UserError
 
@@ -174,6 +175,17 @@ def test_a_row_lacking_a_number_its_kind_of_row_holds_is_refused(tmp_path):
     path.write_text("status,v\nfailed,\nok,0.5\nok,\n")
     with pytest.raises(UserError, match=r"results\.csv:4: column v: not a number: '' \(a damaged results file\)"):
         CsvRows(path, ["status", "v"], {"v": float}, filled=lambda row: ("v",) if row["status"] == "ok" else ())
+
+
+def test_check_writable_creates_nothing_and_names_the_path(tmp_path):
+    """A refused command leaves no folder behind (the check made --out's parent first), and a
+    file where a folder should be is named by the path asked for."""
+    check_writable(tmp_path / "new" / "deeper" / "scores.csv")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match=rf"^{re.escape(str(tmp_path / 'file' / 'a.csv'))}: cannot be written \(not a "):
+        check_writable(tmp_path / "file" / "a.csv")
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
 
 
 def test_an_error_writing_the_temporary_names_the_path_asked_for(tmp_path):
