@@ -110,16 +110,16 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a recipe; writes a run directory")
     train.add_argument("recipe", nargs="?", help="recipe YAML (omit with --resume)")
-    train.add_argument("--out", type=Path, help="run directory (default runs/<name>-<time>)")
-    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    train.add_argument("--out", type=_path, help="run directory (default runs/<name>-<time>)")
+    train.add_argument("--resume", type=_path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
     _overrides(train)
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser("eval", help="re-evaluate a finished run's best checkpoint")
-    evaluate.add_argument("run_dir", type=Path, help="a run directory (ctr train --out)")
+    evaluate.add_argument("run_dir", type=_path, help="a run directory (ctr train --out)")
     evaluate.add_argument("--split", choices=("test", "valid"), default="test",
                           help="the split of the recipe's data to score (default test)")
-    evaluate.add_argument("--data", type=Path, help="evaluate every row of this file (the recipe's format) instead")
+    evaluate.add_argument("--data", type=_path, help="evaluate every row of this file (the recipe's format) instead")
     evaluate.set_defaults(run=_eval)
 
     plan = commands.add_parser("plan", help="how a recipe's tables would shard over N processes (TorchRec's planner)")
@@ -130,25 +130,25 @@ def _parser() -> argparse.ArgumentParser:
     plan.set_defaults(run=_plan)
 
     predict = commands.add_parser("predict", help="score raw rows with a finished run (a score column per row)")
-    predict.add_argument("run_dir", type=Path, help="a finished run directory")
-    predict.add_argument("input", type=Path, help="rows in the recipe's format (label optional)")
-    predict.add_argument("--out", type=Path, required=True, help="scores: parquet, or CSV for a .csv/.tsv name")
+    predict.add_argument("run_dir", type=_path, help="a finished run directory")
+    predict.add_argument("input", type=_path, help="rows in the recipe's format (label optional)")
+    predict.add_argument("--out", type=_path, required=True, help="scores: parquet, or CSV for a .csv/.tsv name")
     predict.set_defaults(run=_predict)
 
     export = commands.add_parser("export", help="a torch.export program of a finished run's inference model")
-    export.add_argument("run_dir", type=Path, help="a finished run directory")
-    export.add_argument("--out", type=Path, required=True, help="the program file (model.pt2); its schema goes beside it")
+    export.add_argument("run_dir", type=_path, help="a finished run directory")
+    export.add_argument("--out", type=_path, required=True, help="the program file (model.pt2); its schema goes beside it")
     export.set_defaults(run=_export)
 
     tune = commands.add_parser("tune", help="a grid of recipe settings chosen on validation, then over seeds")
-    tune.add_argument("recipe", type=Path, help="base recipe YAML")
+    tune.add_argument("recipe", type=_path, help="base recipe YAML")
     tune.add_argument(
         "--grid", action="append", default=[], metavar="KEY.PATH=V1,V2",
         help="one axis of the grid (repeatable), e.g. --grid model.dropout=0,0.2",
     )
     tune.add_argument("--seeds", type=int, default=3,
                       help="seeds of the chosen point (recipe seed, +1, ...; default 3)")
-    tune.add_argument("--out", type=Path, help="output folder (default runs/tune-<recipe file name>)")
+    tune.add_argument("--out", type=_path, help="output folder (default runs/tune-<recipe file name>)")
     _overrides(tune)
     tune.set_defaults(run=_tune)
 
@@ -169,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
     clean.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     clean.set_defaults(run=_clean)
     synth = data.add_parser("synth", help="write synthetic Criteo-schema rows as raw Criteo DAC TSV")
-    synth.add_argument("out", type=Path, help="the TSV file to write")
+    synth.add_argument("out", type=_path, help="the TSV file to write")
     synth.add_argument("--rows", type=int, required=True, help="rows to write")
     synth.add_argument("--seed", type=int, default=2024, help="seed of the planted model and rows (default 2024)")
     synth.add_argument("--vocab-scale", type=float, default=1.0,
@@ -188,13 +188,13 @@ def _bench_compression_parser(bench: argparse._SubParsersAction) -> None:
     compression = bench.add_parser(
         "compression", help="embedding methods x memory budgets x seeds on one recipe (table, plot, results file)"
     )
-    compression.add_argument("recipe", type=Path, help="base recipe (data, model, train)")
+    compression.add_argument("recipe", type=_path, help="base recipe (data, model, train)")
     compression.add_argument("--methods", default="full,hash",
                              help="comma-separated embedding methods (default full,hash)")
     compression.add_argument("--budgets", default="0.5,0.1",
                              help="comma-separated budgets, fractions of the full bytes (default 0.5,0.1)")
     compression.add_argument("--seeds", type=int, default=3, help="seeds per cell (recipe seed, +1, ...; default 3)")
-    compression.add_argument("--out", type=Path, help="output folder (default runs/bench-<recipe name>)")
+    compression.add_argument("--out", type=_path, help="output folder (default runs/bench-<recipe name>)")
     compression.add_argument("--jobs", type=int, default=1,
                              help="cells trained at once, each in its own process (default 1; their times then share "
                                   "the machine)")
@@ -231,7 +231,7 @@ def _bench_kernels_parser(bench: argparse._SubParsersAction) -> None:
 
 def _bench_train_parser(bench: argparse._SubParsersAction) -> None:
     train = bench.add_parser("train", help="samples/s of a recipe's training loop, GPU busy share, time per phase")
-    train.add_argument("recipe", type=Path, help="recipe YAML")
+    train.add_argument("recipe", type=_path, help="recipe YAML")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                        help="auto: cuda when there is a GPU, else cpu (default auto)")
     train.add_argument("--steps", type=int, default=50, help="timed training steps (default 50)")
@@ -458,6 +458,17 @@ def _synth(args: argparse.Namespace) -> int:
     rows = write_dac_tsv(args.out, config, progress=sys.stderr.isatty())
     print(f"wrote {rows:,} rows to {args.out}")
     return 0
+
+
+def _path(text: str) -> Path:
+    """A path argument; one in a symlink loop is refused here (``Path.resolve`` raises a
+    RuntimeError on it wherever the command resolves it)."""
+    path = Path(text)
+    try:
+        path.resolve()
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text}: a symlink loop") from None
+    return path
 
 
 def _int_list(text: str) -> list[int]:

@@ -110,3 +110,22 @@ def test_a_closed_pipe_ends_quietly_with_sigpipes_code(monkeypatch, capfd):
     monkeypatch.setattr(cli, "_train", write_to_a_closed_pipe)
     assert cli.main(["train", "recipe.yaml"]) == 141
     assert capfd.readouterr().err == ""
+
+
+
+@pytest.mark.parametrize("argv, argument", [
+    (["predict", "run", "LOOP", "--out", "scores.parquet"], "input"),
+    (["predict", "run", "rows.csv", "--out", "LOOP/scores.parquet"], "--out"),
+    (["export", "run", "--out", "LOOP"], "--out"), (["train", "recipe.yaml", "--out", "LOOP/run"], "--out"),
+    (["eval", "LOOP"], "run_dir"),
+])
+def test_a_path_in_a_symlink_loop_is_refused_naming_the_argument(tmp_path, capsys, argv, argument):
+    """Path.resolve raises RuntimeError on a symlink loop (Python 3.11): it ended in a traceback."""
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    argv = [arg.replace("LOOP", str(tmp_path / "a")) for arg in argv]
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    looped = next(arg for arg in argv if str(tmp_path) in arg)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(f"error: argument {argument}: {looped}: a symlink loop")
