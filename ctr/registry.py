@@ -104,6 +104,10 @@ class Registry(Generic[T]):
                 raise RegistrationError(f"{self.kind} {name!r}: its config must subclass {self._config_base}")
         if not (isinstance(config, type) and is_dataclass(config)):
             raise RegistrationError(f"{self.kind} {name!r}: its config must be a dataclass")
+        unread = _undecorated_key(config)
+        if unread:
+            raise RegistrationError(f"{self.kind} {name!r}: its config {unread[0].__name__} is not a dataclass "
+                                    f"(decorate it with @dataclass): key {unread[1]!r} would not be read")
         found = unsupported_field(config)
         if found:
             key, hint = found
@@ -174,6 +178,17 @@ def _failure(err: Exception) -> str:
     lines = [f for f in frames if f.name == "<module>" and not f.filename.startswith("<")]
     where = f"{lines[-1].filename}:{lines[-1].lineno}: " if lines else ""
     return where + reason(err, typed=not isinstance(err, (ImportError, RegistrationError)))
+
+
+def _undecorated_key(config: type) -> tuple[type, str] | None:
+    """A class of ``config``'s bases without its own ``@dataclass`` that declares a key, and
+    that key: ``is_dataclass`` holds through a decorated base, but the key is a plain class
+    attribute that a recipe's block cannot set."""
+    for klass in config.__mro__:
+        keys = vars(klass).get("__annotations__", {})
+        if keys and "__dataclass_fields__" not in vars(klass):
+            return klass, next(iter(keys))
+    return None
 
 
 def _where(target: object) -> str:

@@ -88,3 +88,17 @@ def test_every_builtin_summary_is_whole_and_plain():
         for name in registry.names():
             summary = registry.get(name).summary
             assert not summary.endswith("…") and "``" not in summary, (name, summary)
+
+
+def test_a_config_subclass_without_its_own_dataclass_decorator_is_refused():
+    """Its keys are plain class attributes (is_dataclass holds through the base): a recipe's
+    ``model.width`` was refused as an unknown key."""
+    from ctr.recipe import ModelConfig
+    things = Registry("model", config_base="ctr.recipe.ModelConfig")
+
+    class Undecorated(ModelConfig):
+        width: int = 3
+
+    with pytest.raises(ValueError, match=r"model 'wide': its config Undecorated is not a dataclass \(decorate it with "
+                                         r"@dataclass\): key 'width' would not be read"):
+        things.register("wide", config=Undecorated)(object)
