@@ -62,6 +62,9 @@ class EmbeddingMethod(nn.Module):
 
     def __init__(self, schema: Schema, config: EmbeddingConfig):
         super().__init__()
+        if type(self).embed_ids is EmbeddingMethod.embed_ids and type(self).embed_bags is EmbeddingMethod.embed_bags:
+            raise RecipeError(f"embedding.method: {type(self).__name__} implements neither embed_ids(feature, ids) nor "
+                              "embed_bags(bags); a method gives the vector of each id (docs/extending.md)")
         self.schema = schema
         self.config = config
         schema.require_sparse()  # a method of no table (tune and bench build one before training)

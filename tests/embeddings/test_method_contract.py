@@ -107,3 +107,16 @@ def test_vectors_of_other_than_one_an_id_are_refused_naming_the_method(grid):
     with pytest.raises(RecipeError, match=r"^embedding\.method: Shaped\.embed_ids\(\) returned torch\.float32 \[\d+, 16\]"
                        r" for \d+ ids; a method gives one vector an id \(\[N, D\]\)$"):
         method(ids)
+
+
+def test_a_method_implementing_neither_lookup_is_refused_when_built():
+    """``embed_ids`` is the contract's required method: without it (or ``embed_bags``) the
+    first batch ended in a NotImplementedError traceback."""
+    class Lookupless(EmbeddingMethod):
+        def __init__(self):
+            super().__init__(schema(), EmbeddingConfig(method="lookupless", dim=16))
+
+    with pytest.raises(RecipeError, match=r"^embedding\.method: Lookupless implements neither embed_ids\(feature, ids\) "
+                                          r"nor embed_bags\(bags\); a method gives the vector of each id"):
+        Lookupless()
+
