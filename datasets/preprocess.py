@@ -352,10 +352,23 @@ class _Job:
         """The optional columns (label, group) the source's first record batch lacks (none
         when no stream holds a row: an Amazon history file whose users are too short to
         train on has test rows only)."""
-        for name, stream in self.source.streams().items():
+        for name, stream in self._streams().items():
             for batch in self._batches(name, stream):
                 return {c for c in self.source.optional_columns if c not in batch.schema.names}
         return set()
+
+    def _streams(self) -> dict[str, Callable[[], Iterable[Any]]]:
+        """The source's streams, checked: ``{"all": ...}`` or some of ``train``, ``valid``,
+        ``test``, each a function (a plugin's other split name failed in the split
+        assignment, a bare function where the names are read)."""
+        streams = self.source.streams()
+        names = list(streams) if isinstance(streams, dict) else None
+        if names and (names == ["all"] or set(names) <= set(SPLITS)) and all(map(callable, streams.values())):
+            return streams
+        got = type(streams).__name__ if names is None else f"keys {', '.join(map(repr, names))}" if names else "{}"
+        raise DataError(f"data.dataset: {self.config.dataset}'s streams() returned {got}; a source returns "
+                        "{'all': stream} or {'train': stream, 'valid': ..., 'test': ...} (a stream: a function "
+                        "yielding record batches)")
 
     def _batches(self, name: str, stream: Callable[[], Iterable[Any]]) -> Iterator[pa.RecordBatch | pa.Table]:
         """The record batches (or tables) of stream ``name``; anything else is a DataError
@@ -406,7 +419,7 @@ class _Job:
         ``absent`` label or group column is added (label 0, group empty)."""
         bar = _RowProgress(what, self.progress)
         skip = self.config.on_bad_rows == "skip"
-        streams = self.source.streams()
+        streams = self._streams()
         carved = {split for split in ("valid", "test") if split not in streams}
         read = 0
         for name, stream in streams.items():

@@ -66,3 +66,22 @@ def test_a_stream_yielding_a_dataframe_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"^data\.dataset: my_frames's 'all' stream yielded a DataFrame; a stream yields"
                                         r" pyarrow record batches"):
         prepare(recipe.data, progress=False)
+
+
+def test_streams_other_than_the_documented_dict_are_one_line(tmp_path, monkeypatch):
+    """A split named other than all/train/valid/test failed in the split assignment ("x not in
+    tuple"), a bare function at ``split not in streams``, both in tracebacks."""
+    import pytest
+
+    from ctr.errors import DataError
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "clicks.jsonl").write_text(json.dumps({"clicked": 1, "user": "u", "ad": "a", "price": 1.0}) + "\n")
+    for name, returned, got in [("my_training", '{"training": rows}', "keys 'training'"), ("my_bare", "rows", "function")]:
+        (tmp_path / f"{name}.py").write_text(documented_block("# my_data.py").replace('"my_clicks"', f'"{name}"').replace(
+            'return {"all": rows}', f"return {returned}"))
+        recipe = recipe_from_dict({"plugins": [name], "data": {
+            "dataset": name, "path": str(tmp_path / "clicks.jsonl"), "cache_dir": str(tmp_path / "cache")}})
+        with pytest.raises(DataError, match=rf"^data\.dataset: {name}'s streams\(\) returned {got}; a source returns "
+                                            r"\{'all': stream\} or \{'train': stream, 'valid': \.\.\., 'test': \.\.\.\}"):
+            prepare(recipe.data, progress=False)
