@@ -125,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="how a recipe's tables would shard over N processes (TorchRec's planner)")
     plan.add_argument("recipe", help="recipe YAML")
     plan.add_argument("--world-size", type=int, default=2, help="processes (default 2)")
-    plan.add_argument("--memory-per-rank", help="memory of each rank, e.g. 16GB (default: the planner's)")
+    plan.add_argument("--memory-per-rank", type=_given, help="memory of each rank, e.g. 16GB (default: the planner's)")
     _overrides(plan)
     plan.set_defaults(run=_plan)
 
@@ -165,7 +165,8 @@ def _parser() -> argparse.ArgumentParser:
     clean = data.add_parser(
         "clean", help="remove stale encoded-data cache entries (changed inputs, old versions, killed runs)"
     )
-    clean.add_argument("--cache-dir", help="the cache (default $CTR_CACHE, else ~/.cache/ctr), as data.cache_dir")
+    clean.add_argument("--cache-dir", type=_given,
+                       help="the cache (default $CTR_CACHE, else ~/.cache/ctr), as data.cache_dir")
     clean.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     clean.set_defaults(run=_clean)
     synth = data.add_parser("synth", help="write synthetic Criteo-schema rows as raw Criteo DAC TSV")
@@ -458,6 +459,13 @@ def _synth(args: argparse.Namespace) -> int:
     rows = write_dac_tsv(args.out, config, progress=sys.stderr.isatty())
     print(f"wrote {rows:,} rows to {args.out}")
     return 0
+
+
+def _given(text: str) -> str:
+    """A value that an empty string would leave as not given (the default)."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty; leave the flag out for its default")
+    return text
 
 
 def _path(text: str) -> Path:

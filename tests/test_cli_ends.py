@@ -129,3 +129,15 @@ def test_a_path_in_a_symlink_loop_is_refused_naming_the_argument(tmp_path, capsy
     looped = next(arg for arg in argv if str(tmp_path) in arg)
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().endswith(f"error: argument {argument}: {looped}: a symlink loop")
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["data", "clean", "--cache-dir", ""], "--cache-dir"), (["plan", "recipe.yaml", "--memory-per-rank", ""], "--memory-per-rank"),
+])
+def test_an_empty_value_is_refused_not_read_as_the_default(tmp_path, monkeypatch, capsys, argv, flag):
+    """``--cache-dir "$UNSET"`` cleaned the default cache, ~/.cache/ctr; an empty size planned with the planner's."""
+    monkeypatch.setenv("CTR_CACHE", str(tmp_path))  # the default cache a failing run would clean
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(f"error: argument {flag}: empty; leave the flag out for its default")
