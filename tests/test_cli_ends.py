@@ -4,6 +4,7 @@ finished run) or during a procedure stage (ctr's own ``KeyboardInterrupt`` and `
 a path the system refuses, a closed output pipe."""
 
 import errno
+import sys
 
 import pytest
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -107,8 +108,11 @@ def test_a_closed_pipe_ends_quietly_with_sigpipes_code(monkeypatch, capfd):
     def write_to_a_closed_pipe(args):
         raise BrokenPipeError(errno.EPIPE, "Broken pipe")
 
+    silenced = []  # the real dup2 onto this process's fd 1 broke the output capture of later tests in an xdist worker
+    monkeypatch.setattr(cli.os, "dup2", lambda source, target: silenced.append(target))
     monkeypatch.setattr(cli, "_train", write_to_a_closed_pipe)
     assert cli.main(["train", "recipe.yaml"]) == 141
+    assert silenced == [sys.stdout.fileno()]
     assert capfd.readouterr().err == ""
 
 
