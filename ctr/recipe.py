@@ -645,6 +645,11 @@ def reads_backend(method: str) -> bool:
     return getattr(EMBEDDINGS.get(method).target, "reads_backend", False)
 
 
+def generates_rows(dataset: str) -> bool:
+    """Whether the registered ``dataset`` makes its rows itself (``synthetic``) and reads no file."""
+    return getattr(DATASETS.get(dataset).target, "generated", False)
+
+
 def _updates_in_backward(recipe: Recipe) -> bool:
     """Whether the recipe's embedding method updates its rows inside the backward."""
     return getattr(EMBEDDINGS.get(recipe.embedding.method).target, "updates_in_backward", False)
@@ -696,7 +701,7 @@ def _check_ranges(recipe: Recipe) -> None:
         raise RecipeError(f"data.shuffle_buffer: must be >= 1 (rows), got {recipe.data.shuffle_buffer}")
     if recipe.data.prefetch < 0:  # a queue of maxsize -1 has no bound
         raise RecipeError(f"data.prefetch: must be >= 0 (0: batches built inline), got {recipe.data.prefetch}")
-    if recipe.data.path is not None and getattr(DATASETS.get(recipe.data.dataset).target, "generated", False):
+    if recipe.data.path is not None and generates_rows(recipe.data.dataset):
         raise RecipeError(f"data.path: the {recipe.data.dataset} dataset generates its rows and reads no file; name the "
                           f"dataset that reads {recipe.data.path!r} in data.dataset (csv, parquet, criteo, ...)")
 

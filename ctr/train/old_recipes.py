@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ctr.recipe import DataConfig, import_recipe_plugins, reads_backend
+from ctr.recipe import DataConfig, generates_rows, import_recipe_plugins, reads_backend
 from ctr.registry import DATASETS, EMBEDDINGS
 
 LOSS_MONITORS = ("valid/logloss", "train/loss")
@@ -61,7 +61,7 @@ def _generated_path(data: dict[str, Any]) -> None:
     generates its rows (``synthetic``, the default) saved it, unread."""
     dataset = data.get("dataset", DataConfig.dataset)
     known = isinstance(dataset, str) and dataset in DATASETS
-    if known and getattr(DATASETS.get(dataset).target, "generated", False) and data.get("path") is not None:
+    if known and generates_rows(dataset) and data.get("path") is not None:
         del data["path"]
 
 
