@@ -12,6 +12,7 @@ deterministic by ``data.seed``.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
@@ -20,6 +21,7 @@ import pyarrow as pa
 
 from ctr.datasets.criteo import criteo_features
 from ctr.datasets.source import DatasetSource, RowStream
+from ctr.errors import UserError
 from ctr.recipe import DataConfig
 from ctr.registry import DATASETS
 from ctr.schema import FeatureSpec
@@ -102,6 +104,7 @@ class PlantedModel:
     """The hidden parameters that turn a row into a click probability."""
 
     def __init__(self, config: SyntheticConfig):
+        _check_fits_in_memory(config)
         rng = np.random.default_rng([config.seed, 0])
         self.config = config
         self.vocabs = config.scaled_vocabs()
@@ -171,6 +174,20 @@ class PlantedModel:
             "pairwise": cfg.pairwise_scale * pairwise,
             "numeric": cfg.numeric_scale * numeric,
         }
+
+
+def _check_fits_in_memory(config: SyntheticConfig) -> None:
+    """Refuses vocabularies whose planted parameters (a CDF, a weight and a latent vector
+    per id, with their float64 intermediates) need more than this machine's memory."""
+    ids = sum(config.vocab_sizes) * config.vocab_scale
+    needed = ids * (28 + 12 * config.latent_dim)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > memory:
+        raise UserError(
+            f"synthetic data: vocab_scale {config.vocab_scale:g} gives {ids:.3g} ids in all, whose planted "
+            f"model needs ~{needed / 2**30:.3g} GiB, more than this machine's {memory / 2**30:.1f} GiB; "
+            "lower vocab_scale"
+        )
 
 
 @DATASETS.register("synthetic", config=SyntheticConfig)

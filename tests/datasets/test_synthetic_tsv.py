@@ -39,3 +39,14 @@ def test_synth_to_a_place_that_takes_no_file_names_it(tmp_path, capsys):
     if Path("/proc/self").is_dir():
         assert main(["data", "synth", "/proc/x.tsv", "--rows", "5"]) == 2
         assert capsys.readouterr().err.startswith("ctr: error: /proc/x.tsv: cannot be written (")
+
+
+def test_synth_vocabularies_past_memory_are_refused_on_one_line(tmp_path, capsys):
+    """A vocab_scale whose planted model cannot fit in memory (numpy's 'Maximum allowed size
+    exceeded' or a 10 PiB allocation before), or whose sizes overflow a float, is one line."""
+    for scale in ("1e12", "1e30", "1e306"):
+        assert main(["data", "synth", str(tmp_path / "x.tsv"), "--rows", "5", "--vocab-scale", scale]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"ctr: error: synthetic data: vocab_scale {float(scale):g} gives ") and "GiB" in err
+        assert "\n" not in err and "lower vocab_scale" in err
+    assert not list(tmp_path.iterdir())
