@@ -90,6 +90,7 @@ class LibSVMDataset(FileSource):
         self._index: FieldIndex | None = None
         self._defaults: list[FeatureSpec] | None = None
         self._read_kinds: dict[str, str] | None = None
+        self._sniffed_fields: list[str] | None = None
 
     def files(self) -> list[Path]:
         return super().files() + ([self.featindex] if self.featindex else [])
@@ -108,15 +109,31 @@ class LibSVMDataset(FileSource):
     def _default_features(self) -> list[FeatureSpec]:
         if self.index is not None:
             return [FeatureSpec(name=name) for name in self.index.fields]
-        fields = sniff_fields(self.split_files["train"][0])
+        fields = self._sniffed()
         if fields:
             return [FeatureSpec(name=f"field_{f}", source=f) for f in fields]
         return [FeatureSpec(name=ALL_FEATURES, kind="sequence", pooling="sum", max_len=1_000)]
 
     def read_file(self, file: Path) -> Iterator[pa.RecordBatch]:
-        kinds = self._kinds()
+        kinds, layout = self._kinds(), self._layout(file)
         for block in read_delimited(file, TextFormat(["line"], NO_DELIMITER, quoting=False)):
-            yield parse_rows(block, self.index, kinds).replace_schema_metadata(block.schema.metadata)
+            yield parse_rows(block, layout, kinds).replace_schema_metadata(block.schema.metadata)
+
+    def _layout(self, file: Path) -> Layout:
+        """The layout of ``file``'s tokens: that of the first rows of the first training file.
+        Default features there are the fields sniffed there; a training row holding another
+        field is a bad row (elsewhere its field is read by no one)."""
+        if self.index is not None:
+            return Layout(index=self.index)
+        fields, defaults_read = self._sniffed(), not self.config.features and file in self.split_files["train"]
+        return Layout(libfm=bool(fields), known_fields=frozenset(fields) if defaults_read and fields else None,
+                      origin=f"the first rows of {self.split_files['train'][0]}")
+
+    def _sniffed(self) -> list[str]:
+        """The libFM fields of the first rows of the first training file (empty: libSVM)."""
+        if self._sniffed_fields is None:
+            self._sniffed_fields = sniff_fields(self.split_files["train"][0])
+        return self._sniffed_fields
 
     def _kinds(self) -> dict[str, str]:
         """Kind by column of the fields read (the features' and the group's, less an optional
@@ -129,7 +146,7 @@ class LibSVMDataset(FileSource):
             kinds = {**({group: "categorical"} if group else {}), **{spec.column: spec.kind for spec in features}}
             keys = column_keys(features, self.config.label or self.label, group)
             first = self.split_files["train"][0]
-            fields = self.index.fields if self.index is not None else sniff_fields(first) or [ALL_FEATURES]
+            fields = self.index.fields if self.index is not None else self._sniffed() or [ALL_FEATURES]
             origin = str(self.featindex) if self.index is not None else f"the first rows of {first}"
             require_columns(fields, self.required({column: keys[column] for column in kinds}), origin)
             self._read_kinds = {c: kind for c, kind in kinds.items() if c in fields or c not in self.optional_columns}
@@ -143,7 +160,33 @@ def sniff_fields(file: Path) -> list[str]:
     return _field_order(pc.unique(_split(tokens).field(0)).to_pylist())
 
 
-def parse_rows(block: pa.RecordBatch, index: FieldIndex | None, kinds: dict[str, str]) -> pa.RecordBatch:
+@dataclass(frozen=True)
+class Layout:
+    """How the tokens of a file name their field.
+
+    Args:
+        index: the featindex table (tokens ``idx:value``; an index names its field).
+        libfm: tokens are ``field:idx:value`` (else, without ``index``, libSVM's ``idx:value``);
+            a token of the other form is a bad row.
+        known_fields: libFM fields outside these make a row bad (the default features of a
+            training file: they were sniffed from ``origin``); None: any field may appear.
+        origin: where the layout was read, for messages.
+    """
+
+    index: FieldIndex | None = None
+    libfm: bool = False
+    known_fields: frozenset[str] | None = None
+    origin: str = ""
+
+    def malformed(self) -> str:
+        """The problem of a row holding a token of another form."""
+        if self.index is not None:
+            return "a feature is not 'index:value' or 'field:index:value'"
+        form = "'field:index:value' (a libFM file" if self.libfm else "'index:value' (a libSVM file"
+        return f"a feature is not {form}, as {self.origin} are)"
+
+
+def parse_rows(block: pa.RecordBatch, layout: Layout, kinds: dict[str, str]) -> pa.RecordBatch:
     """Lines → ``label``, one column per field (or ``features``), ``__line__``, ``__problem__``.
 
     Only the fields of ``kinds`` become columns: the values of a field no one reads are not
@@ -153,6 +196,7 @@ def parse_rows(block: pa.RecordBatch, index: FieldIndex | None, kinds: dict[str,
 
     Args:
         block: a batch of raw lines (``line``, ``__line__``, ``__problem__``).
+        layout: how the tokens name their field.
         kinds: feature kind by column read (the features' and the group's), so fields read as
             sequences or numbers are built so.
     """
@@ -160,10 +204,11 @@ def parse_rows(block: pa.RecordBatch, index: FieldIndex | None, kinds: dict[str,
     rows = len(words)
     counts = pc.list_value_length(words).to_numpy(zero_copy_only=False).astype(np.int64)
     row_of = np.repeat(np.arange(rows), np.maximum(counts - 1, 0))
-    parsed = _parse_tokens(pc.list_flatten(pc.list_slice(words, 1)), index)
+    parsed = _parse_tokens(pc.list_flatten(pc.list_slice(words, 1)), layout)
     problems = _Problems(block.column(PROBLEM_COLUMN))
-    problems.flag(row_of[parsed.bad], "a feature is not 'index:value' or 'field:index:value'")
+    problems.flag(row_of[parsed.bad], layout.malformed())
     problems.flag(row_of[parsed.unknown], "an index is not in featindex")
+    _flag_unknown_fields(layout, parsed, row_of, problems)
     columns = {"label": pc.list_element(pc.list_slice(words, 0, 1), 0) if rows else pa.array([], pa.string())}
     ok = ~(parsed.bad | parsed.unknown)
     code_of = {name: code for code, name in enumerate(parsed.field_names)}
@@ -197,8 +242,10 @@ def _split(tokens: pa.Array) -> pa.StructArray:
     return pc.extract_regex(tokens, r"^(?:(?P<field>[^:]*):)?(?P<idx>[^:]*):(?P<value>[^:]*)$")
 
 
-def _parse_tokens(tokens: pa.Array, index: FieldIndex | None) -> _Tokens:
-    """Splits the tokens and assigns each a field (featindex, libFM field, or ``features``)."""
+def _parse_tokens(tokens: pa.Array, layout: Layout) -> _Tokens:
+    """Splits the tokens and assigns each a field (featindex, libFM field, or ``features``);
+    a token of the other form than the layout's is bad."""
+    index = layout.index
     parts = _split(tokens)
     shaped = parts.is_valid().to_numpy(zero_copy_only=False)
     parts = parts.fill_null({"field": "", "idx": "", "value": ""}) if not shaped.all() else parts
@@ -215,11 +262,22 @@ def _parse_tokens(tokens: pa.Array, index: FieldIndex | None) -> _Tokens:
         token = index.token_of.take(pa.array(np.where(field >= 0, idx_number, 0)))
         return _Tokens(field, index.fields, token, value, bad, unknown)
     libfm = pc.not_equal(field_text, "").to_numpy(zero_copy_only=False)
-    if libfm.any():
+    if layout.libfm:
         names = _field_order(pc.unique(field_text).to_pylist())
         field = pc.index_in(field_text, value_set=pa.array(names, pa.string())).fill_null(-1).to_numpy(zero_copy_only=False)
         return _Tokens(field, names, idx, value, bad | ~libfm, unknown)
-    return _Tokens(np.zeros(len(tokens), dtype=np.int64), [ALL_FEATURES], idx, value, bad, unknown)
+    return _Tokens(np.zeros(len(tokens), dtype=np.int64), [ALL_FEATURES], idx, value, bad | libfm, unknown)
+
+
+def _flag_unknown_fields(layout: Layout, parsed: _Tokens, row_of: np.ndarray, problems: _Problems) -> None:
+    """Marks the rows holding a libFM field outside ``layout.known_fields``."""
+    if layout.known_fields is None:
+        return
+    for code, name in enumerate(parsed.field_names):
+        if name not in layout.known_fields:
+            rows = row_of[~parsed.bad & (parsed.field == code)]
+            problems.flag(rows, f"field {name!r} is absent from {layout.origin}, where the default features "
+                                "were read; list the features under data.features")
 
 
 def _field_order(fields: list[str | None]) -> list[str]:

@@ -50,7 +50,7 @@ PROGRESS_LOG_SECONDS = 30.0  # without a progress bar (stderr not a terminal), a
 #    side file naming a key twice refused (entries of 5 may hold the old encodings);
 # 5: file stamps hold the modification time in ns (an entry of 4 names the version, not a changed input);
 # 4: a train stream without a test file gives data.split.test of its rows to test
-PIPELINE_VERSION = 9
+PIPELINE_VERSION = 10
 DONE = "DONE"
 KEY_FILE = "key.json"
 TMP_MARK = ".tmp-"

@@ -5,7 +5,7 @@ import pytest
 from ctr.datasets import prepare
 from ctr.datasets.avazu import AvazuDataset, AvazuConfig
 from ctr.datasets.criteo import CriteoConfig, CriteoDataset
-from ctr.datasets.libsvm import NO_DELIMITER, IPinYouConfig, IPinYouDataset, LibSVMConfig, LibSVMDataset, parse_rows
+from ctr.datasets.libsvm import NO_DELIMITER, IPinYouConfig, IPinYouDataset, Layout, LibSVMConfig, LibSVMDataset, parse_rows
 from ctr.datasets.text import TextFormat, read_delimited
 from ctr.errors import DataError
 from ctr.recipe import recipe_from_dict
@@ -229,7 +229,7 @@ def test_libfm_field_absent_from_a_file_or_block_is_missing_there(tmp_path):
     rows = table(source.streams()["test"]())
     assert rows.column("1").to_pylist() == [None, None] and rows.column("__problem__").null_count == 2
     block = next(read_delimited(test, TextFormat(["line"], NO_DELIMITER, quoting=False)))
-    parsed = parse_rows(block, None, {"0": "categorical", "1": "sequence", "2": "numeric"})
+    parsed = parse_rows(block, Layout(libfm=True), {"0": "categorical", "1": "sequence", "2": "numeric"})
     assert parsed.column("1").to_pylist() == [[], []] and parsed.column("2").to_pylist() == [None, None]
 
 
@@ -245,3 +245,43 @@ def test_libfm_fields_no_feature_reads_are_not_checked(tmp_path):
     typo = LibSVMDataset(LibSVMConfig(path=str(path), features=[FeatureSpec(name="a", source="9")]))
     with pytest.raises(DataError, match=r"data.features \(a\): column '9' is absent from the first rows of .*fm.txt"):
         table(typo.streams()["all"]())
+
+
+def _past_first_mib(head: str, tail: str) -> str:
+    """Text whose first MiB (where a libsvm file's form and default fields are read) repeats
+    ``head`` and whose last line is ``tail``."""
+    return head * ((1 << 20) // len(head) + 1) + tail
+
+
+def _problems(rows: pa.Table) -> dict[int, str]:
+    """Line → problem of the rows that have one."""
+    return {line: problem for line, problem in zip(rows.column("__line__").to_pylist(),
+                                                   rows.column("__problem__").to_pylist()) if problem}
+
+
+def test_a_row_of_the_other_form_past_the_first_rows_is_bad(tmp_path):
+    """A libSVM row in a libFM file (or the reverse) past the first MiB was read with each
+    field missing (or without features), silently; it is a bad row naming its line."""
+    for head, tail, form in [("1 0:1:1 1:5:1\n", "0 7:1\n", "'field:index:value' (a libFM file"),
+                             ("1 3:1 9:1\n", "0 0:7:1\n", "'index:value' (a libSVM file")]:
+        path = tmp_path / "rows.txt"
+        path.write_text(_past_first_mib(head, tail))
+        rows = table(LibSVMDataset(LibSVMConfig(path=str(path))).streams()["all"]())
+        assert _problems(rows) == {rows.num_rows: f"a feature is not {form}, as the first rows of {path} are)"}
+
+
+def test_a_libfm_field_first_seen_past_the_first_rows_of_training_is_named(tmp_path):
+    """Default libFM features are the fields of the first MiB of training rows: a training row
+    holding another field lost it silently; it is a bad row telling to list the features. In a
+    test file, or with the features listed, such a field is read by no one (no bad row)."""
+    train, test = tmp_path / "train.txt", tmp_path / "test.txt"
+    train.write_text(_past_first_mib("1 0:1:1 1:5:1\n", "0 0:1:1 2:8:1\n"))
+    test.write_text("1 0:1:1 2:8:1\n")
+    rows = table(LibSVMDataset(LibSVMConfig(path=str(train), test_path=str(test))).streams()["train"]())
+    assert _problems(rows) == {rows.num_rows: f"field '2' is absent from the first rows of {train}, where the "
+                                              "default features were read; list the features under data.features"}
+    tested = table(LibSVMDataset(LibSVMConfig(path=str(train), test_path=str(test))).streams()["test"]())
+    assert tested.column("0").to_pylist() == ["1"] and not _problems(tested)
+    listed = [FeatureSpec(name="a", source="0"), FeatureSpec(name="b", source="1")]
+    rows = table(LibSVMDataset(LibSVMConfig(path=str(train), features=listed)).streams()["all"]())
+    assert not _problems(rows) and rows.column("1")[-1].as_py() is None
