@@ -40,6 +40,8 @@ from ctr.typed import to_plain
 
 log = logging.getLogger(__name__)
 PROGRESS_LOG_SECONDS = 30.0  # without a progress bar (stderr not a terminal), a line this often
+# 10: a libsvm file's form and default fields are read once from the first MiB of training rows (a block of
+#     the other form, or a training row with a field unseen there, is a bad row; entries of 9 read them silently);
 # 9: amazon lines trimmed (a \r\n file's \r was an empty last item), not UTF-8 a bad row, a byte order
 #    mark dropped; a movielens empty rating a bad row (it was left out as a 3); entries of 8 may hold those;
 # 8: standardize's std of a column constant up to rounding is 1 (it was the rounding noise: a valid value
