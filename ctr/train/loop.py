@@ -29,7 +29,7 @@ from ctr.kernels.embedding_bag import BackendUnavailable, check_fused, resolve_b
 from ctr.recipe import Recipe, reads_backend
 from ctr.train.callbacks import (
     FiniteLoss, LoaderEpoch, ProgressLines, RandomState, ResumableEarlyStopping, RunCheckpoint, Throughput,
-    ValidationSummary, loss_check_interval,
+    ValidateAtMaxSteps, ValidationSummary, loss_check_interval,
 )
 from ctr.train.checks import TRAINING_MIN_ROWS
 from ctr.train.optim import fused_optimizer
@@ -202,7 +202,7 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     checkpoint = _checkpoint(recipe, ckpt_dir)
     finite = FiniteLoss(every=loss_check_interval(session.place.device, LOG_EVERY_N_STEPS))
     callbacks = [finite, LoaderEpoch(), RandomState(), checkpoint,
-                 _last_checkpoint(recipe, ckpt_dir), throughput,
+                 _last_checkpoint(recipe, ckpt_dir), throughput, ValidateAtMaxSteps(),
                  ValidationSummary(recipe.train.best_by[0] if recipe.train.early_stop else None)]
     if not session.progress:  # no bar (stderr is not a terminal): progress lines in the log instead
         callbacks.append(ProgressLines(every=PROGRESS_EVERY_N_STEPS))
@@ -215,19 +215,17 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
         callbacks.append(stopper)
     trainer = trainer_for(recipe, session.run, session.progress, callbacks, epochs=epochs, max_steps=max_steps,
                           log_root=log_root)
-    scored, begun = False, 0
+    begun = 0
     if resume_from is not None:
         saved = load_checkpoint(resume_from)
         load_saved(task, saved, resume_from)  # Lightning's own load would raise a traceback
         log.info("resuming from %s, written at step %d", resume_from, saved["global_step"])
         begun = _resume_log(task, trainer, saved)
     elif score_start:
-        scored = _start_as_best(task, session, checkpoint, stopper)
+        _start_as_best(task, session, checkpoint, stopper)
     loaders = session.loaders
     trainer.fit(task, loaders["train"], loaders["valid"], ckpt_path=str(resume_from) if resume_from else None)
     task.write_open_epoch()  # a resumed fit may end in its checkpoint's epoch without running the epoch's end
-    if scored and checkpoint.monitor not in trainer.callback_metrics:  # max_steps ended it before a validation
-        _keep_the_better(task, session, checkpoint)
     if not checkpoint.best_model_path and not (ckpt_dir / "last.ckpt").exists():
         # max_steps ended it before the first validation of every eval_every_n_steps: the trained weights
         trainer.save_checkpoint(ckpt_dir / "last.ckpt")
@@ -254,15 +252,15 @@ def _validated_now(task: CTRTask, session: Session) -> tuple[L.Trainer, dict[str
 
 
 def _start_as_best(task: CTRTask, session: Session, checkpoint: RunCheckpoint,
-                   stopper: ResumableEarlyStopping | None) -> bool:
+                   stopper: ResumableEarlyStopping | None) -> None:
     """Validates ``task`` before its fit, saves its weights as ``best.ckpt`` and makes them
-    the best so far of ``checkpoint`` (and of early stopping's patience). False, with
-    nothing saved, when the monitored metric is not a validation one (``train/loss``): the
-    start has no value of it."""
+    the best so far of ``checkpoint`` (and of early stopping's patience). Nothing is saved
+    when the monitored metric is not a validation one (``train/loss``): the start has no
+    value of it."""
     scorer, scores = _validated_now(task, session)
     if checkpoint.monitor not in scores:
         log.info("stage start not scored: %s is not a validation metric", checkpoint.monitor)
-        return False
+        return
     value = scores[checkpoint.monitor]
     path = Path(checkpoint.dirpath) / "best.ckpt"
     scorer.save_checkpoint(path, weights_only=True)
@@ -270,18 +268,6 @@ def _start_as_best(task: CTRTask, session: Session, checkpoint: RunCheckpoint,
     if stopper is not None:
         stopper.best_score = torch.tensor(value)
     log.info("stage start: %s %.5f (the stage's best until an epoch beats it)", checkpoint.monitor, value)
-    return True
-
-
-def _keep_the_better(task: CTRTask, session: Session, checkpoint: RunCheckpoint) -> None:
-    """Validates the trained weights of a fit that ran no validation and saves them as
-    ``best.ckpt`` when they beat the start it holds (the distributed loop's final validation)."""
-    scorer, scores = _validated_now(task, session)
-    value, start = scores[checkpoint.monitor], float(checkpoint.best_model_score)
-    if beats(value, start, checkpoint.mode):
-        scorer.save_checkpoint(checkpoint.best_model_path, weights_only=True)
-        checkpoint.best_model_score = torch.tensor(value)
-    log.info("stage end, not validated in training: %s %.5f against the start's %.5f", checkpoint.monitor, value, start)
 
 
 def evaluate_checkpoint(task: CTRTask, ckpt: Path, loaders: dict[str, Loader], trainer: L.Trainer,

@@ -650,18 +650,22 @@ def test_a_loss_that_is_not_finite_stops_every_rank_naming_the_step(tmp_path):
 
 
 @pytest.mark.slow
-def test_max_steps_ends_two_processes_as_it_ends_one(tmp_path):
-    """max_steps cutting an epoch: no validation at the cut (Lightning's rule), the same
-    best checkpoint and test metrics, the cut epoch counted in ``epochs``."""
-    sections = {"train": {"epochs": 3, "max_steps": 15}, "trainer": {"num_threads": 1, "progress_bar": False}}
+@pytest.mark.parametrize("max_steps, validated_at, epochs", [(15, [9], 2), (5, [4], 1)])
+def test_max_steps_ends_two_processes_as_it_ends_one(tmp_path, max_steps, validated_at, epochs):
+    """max_steps cutting an epoch: no validation at the cut after one at the first epoch's end
+    (Lightning's rule), a validation there, logged, when none ran before (one process logged
+    none: its log and curves had no validation row), the same best checkpoint and test
+    metrics, the cut epoch counted in ``epochs``."""
+    sections = {"train": {"epochs": 3, "max_steps": max_steps}, "trainer": {"num_threads": 1, "progress_bar": False}}
     one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
     done = ctr("train", write(tmp_path, "two.yaml", **sections), "--out", tmp_path / "two", "-o", "trainer.devices=2")
     assert done.returncode == 0, done.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     logs = [tmp_path / run / "logs" / "metrics.csv" for run in ("one", "two")]
-    validated = [[s for s, _ in rows_of(log, "valid/auc")] for log in logs]
-    assert validated[0] == validated[1] == [9]
-    assert (two["steps"], two["epochs"]) == (one["steps"], one["epochs"]) == (15, 2)
+    validated = [rows_of(log, "valid/auc") for log in logs]
+    assert [s for s, _ in validated[0]] == [s for s, _ in validated[1]] == validated_at
+    assert validated[1][0][1] == pytest.approx(validated[0][0][1], abs=1e-5)
+    assert (two["steps"], two["epochs"]) == (one["steps"], one["epochs"]) == (max_steps, epochs)
     assert two["test"]["auc"] == pytest.approx(one["test"]["auc"], abs=1e-5)
     assert two["inference_seconds"] > 0  # ctr bench compression reads it
 
