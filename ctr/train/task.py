@@ -49,9 +49,11 @@ class CTRNet(nn.Module):
     def score(self, batch: Batch, embedded: FeatureEmbeddings) -> tuple[Tensor, Tensor]:
         """The model's part: logits [B] and the regularization loss, given the embeddings."""
         logits = self.model(batch, embedded)
+        terms = {"embedding.method": self.embedding.regularizer(), "model.name": self.model.regularizer(batch, embedded)}
         if not torch.compiler.is_exporting():
             self.check_logits(logits, batch.size)
-        return logits, self.embedding.regularizer() + self.model.regularizer(batch, embedded)
+            self.check_regularizers(terms)
+        return logits, terms["embedding.method"] + terms["model.name"]
 
     def check_logits(self, logits: Any, rows: int) -> None:
         """Refuses a model's output other than floating logits [B] (a plugin's [B, 1], or a
@@ -61,6 +63,24 @@ class CTRNet(nn.Module):
         got = f"{logits.dtype} logits {list(logits.shape)}" if isinstance(logits, Tensor) else type(logits).__name__
         raise RecipeError(f"model.name: {type(self.model).__name__} returned {got} for {rows} row"
                           f"{'s' if rows != 1 else ''}; a model returns float logits [B] (squeeze(-1), not squeeze())")
+
+    def check_regularizers(self, terms: dict[str, Any]) -> None:
+        """Refuses a regularizer other than a float scalar tensor [] (a plugin's [3] ended in
+        autograd's "grad can be implicitly created only for scalar outputs", None in a
+        TypeError, a Python float trained without a word and without a gradient)."""
+        for key, term in terms.items():
+            if isinstance(term, Tensor) and term.is_floating_point() and term.dim() == 0:
+                continue
+            owner = type(self.embedding if key == "embedding.method" else self.model).__name__
+            raise RecipeError(f"{key}: {owner}.regularizer() returned {_shown(term)}; a regularizer returns a float scalar "
+                              "tensor [] (torch.zeros(()) for none)")
+
+
+def _shown(value: Any) -> str:
+    """A returned value as a message names it: ``torch.float32 [3]``, ``None``, ``a float``."""
+    if isinstance(value, Tensor):
+        return f"{value.dtype} {list(value.shape)}"
+    return "None" if value is None else f"a {type(value).__name__}"
 
 
 def summary(recipe: Recipe, net: CTRNet, prepared: Prepared) -> str:

@@ -27,6 +27,7 @@ from ctr.registry import MODELS
 class OddConfig(ModelConfig):
     name: str = "odd_output"
     output: str = "column"
+    regularizer: str = "scalar"
 
 
 @MODELS.register("odd_output", config=OddConfig)
@@ -42,17 +43,22 @@ class OddOutput(CTRModel):
         logits = self.linear(embedded.pooled.flatten(1))  # [B, 1]
         if self.config.output == "branch_on_data":
             return logits.squeeze(-1) if logits.sum() > 0 else -logits.squeeze(-1)  # torch.export cannot trace it
-        return {"column": logits, "pair": logits.expand(-1, 2), "int": logits.long().squeeze(-1),
+        return {"row": logits.squeeze(-1), "column": logits, "pair": logits.expand(-1, 2),
+                "doubled": torch.cat([logits, logits]).squeeze(-1), "int": logits.long().squeeze(-1),
                 "scalar": logits.squeeze()}[self.config.output]
+
+    def regularizer(self, batch, embedded):
+        square = embedded.pooled.pow(2).mean()
+        return {"scalar": square, "vector": square.expand(3), "float": 0.5, "none": None}[self.config.regularizer]
 '''
 
 
-def train_plugin_model(tmp_path, monkeypatch, output: str) -> int:
-    """``ctr train`` of a tiny recipe over ``OddOutput`` with ``output``; its exit code."""
+def train_plugin_model(tmp_path, monkeypatch, output: str, regularizer: str = "scalar") -> int:
+    """``ctr train`` of a tiny recipe over ``OddOutput`` with ``output`` and ``regularizer``; its exit code."""
     (tmp_path / "odd_output_plugin.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))
     raw = tiny_recipe(tmp_path, plugins=["odd_output_plugin"], train={"max_steps": 2})
-    raw["model"] = {"name": "odd_output", "output": output}
+    raw["model"] = {"name": "odd_output", "output": output, "regularizer": regularizer}
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(raw))
     return main(["train", str(recipe), "--out", str(tmp_path / "run")])
@@ -61,6 +67,7 @@ def train_plugin_model(tmp_path, monkeypatch, output: str) -> int:
 @pytest.mark.parametrize("output, got", [
     ("column", r"torch\.float32 logits \[512, 1\] for 512 rows"),
     ("pair", r"torch\.float32 logits \[512, 2\] for 512 rows"),
+    ("doubled", r"torch\.float32 logits \[1024\] for 512 rows"),
     ("int", r"torch\.int64 logits \[512\] for 512 rows"),
 ])
 def test_a_model_returning_other_than_float_logits_b_is_one_line(tmp_path, capsys, monkeypatch, output, got):
@@ -68,6 +75,23 @@ def test_a_model_returning_other_than_float_logits_b_is_one_line(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and re.search(
         r"^ctr: error: model\.name: OddOutput returned " + got + r"; a model returns float logits \[B\]", err), err
+
+
+@pytest.mark.parametrize("regularizer, got", [
+    ("vector", r"torch\.float32 \[3\]"), ("float", "a float"), ("none", "None"),
+])
+def test_a_regularizer_other_than_a_scalar_tensor_is_one_line(tmp_path, capsys, monkeypatch, regularizer, got):
+    """A [3] term ended in autograd's "grad can be implicitly created only for scalar outputs",
+    None in a TypeError traceback, and a float trained without a word (no gradient reaches it)."""
+    assert train_plugin_model(tmp_path, monkeypatch, "row", regularizer) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and re.search(
+        r"^ctr: error: model\.name: OddOutput\.regularizer\(\) returned " + got + r"; a regularizer returns a float "
+        r"scalar tensor \[\]", err), err
+
+
+def test_a_scalar_regularizer_trains(tmp_path, monkeypatch):
+    assert train_plugin_model(tmp_path, monkeypatch, "row", "scalar") == 0
 
 
 def test_a_scalar_for_one_row_is_refused_naming_the_squeeze(tmp_path, monkeypatch):
