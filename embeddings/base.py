@@ -108,7 +108,7 @@ class EmbeddingMethod(nn.Module):
         if grid is not None:
             return FeatureEmbeddings(pooled=self.embed_grid(grid), sequences={}, masks={}, rows=self.embed_ids)
         bags, pooled_slots, sequence_slots = self._regroup(sparse)
-        vectors = self.embed_bags(bags)
+        vectors = self._vectors_of_bags(bags)
         return self._assemble(sparse, vectors, pooled_slots, sequence_slots)
 
     def _check_vectors(self, pooled: Tensor, rows: int) -> None:
@@ -166,7 +166,7 @@ class EmbeddingMethod(nn.Module):
         if type(self).embed_bags is EmbeddingMethod.embed_bags:
             flat = self._vectors_of_ids(grid.features.expand(b, f).reshape(-1), grid.ids.reshape(-1))
             return flat.view(b, f, -1)
-        vectors = self.embed_bags(grid.as_bags())
+        vectors = self._vectors_of_bags(grid.as_bags())
         return (vectors if vectors.dim() == 3 else vectors.view(f, b, -1)).transpose(0, 1)
 
     def embed_bags(self, bags: Bags) -> Tensor:
@@ -179,6 +179,19 @@ class EmbeddingMethod(nn.Module):
         bag_of_id = torch.repeat_interleave(torch.arange(lengths.numel(), device=rows.device), lengths)
         out = rows.new_zeros(lengths.numel(), rows.shape[1])
         return out.index_add_(0, bag_of_id, rows)
+
+    def _vectors_of_bags(self, bags: Bags) -> Tensor:
+        """``embed_bags``, refusing a result other than one vector a bag: [num_bags, D], or
+        [F, B, D] of ``bags.equal_groups()`` F (a plugin's extra bags were read as others, too
+        few ended in an IndexError); dtype and D are checked on the batch's vectors."""
+        vectors, count = self.embed_bags(bags), bags.offsets.numel() - 1
+        grouped = (bags.equal_groups(), bags.samples) if bags.samples else None
+        if torch.compiler.is_compiling() or isinstance(vectors, Tensor) and (
+                vectors.dim() == 2 and vectors.shape[0] == count or vectors.dim() == 3 and vectors.shape[:2] == grouped):
+            return vectors
+        got = f"{vectors.dtype} {list(vectors.shape)}" if isinstance(vectors, Tensor) else f"a {type(vectors).__name__}"
+        raise RecipeError(f"embedding.method: {type(self).__name__}.embed_bags() returned {got} for {count} bags; a "
+                          "method gives one vector a bag ([num_bags, D], or [F, B, D] when bags.equal_groups() is F)")
 
     def _vectors_of_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
         """``embed_ids``, refusing a result other than one vector an id (a plugin's [N - 1, D]

@@ -120,3 +120,36 @@ def test_a_method_implementing_neither_lookup_is_refused_when_built():
                                           r"nor embed_bags\(bags\); a method gives the vector of each id"):
         Lookupless()
 
+
+
+class Bagged(Shaped):
+    """A plugin-like method whose ``embed_bags`` returns ``shape_of(bags)`` vectors (or a list)."""
+
+    def embed_bags(self, bags):
+        shape = self.shape_of(bags.offsets.numel() - 1)
+        return [[0.0] * 16] * shape[0] if self.dtype is list else self.scale * torch.ones(shape, dtype=self.dtype)
+
+
+def single_ids():
+    """``batch()``'s features with one id a bag: the [B, F] grid path."""
+    ids = batch()
+    return type(ids).from_lengths(ids.keys, torch.full((32,), 2), torch.ones(32, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("grid", [False, True])
+@pytest.mark.parametrize("shape_of, dtype, got", [
+    (lambda n: (n - 1, 16), torch.float32, r"torch\.float32 \[\d+, 16\]"),  # an IndexError traceback
+    (lambda n: (n + 1, 16), torch.float32, r"torch\.float32 \[\d+, 16\]"),  # read silently, the last bag dropped
+    (lambda n: (2 * n, 16), torch.float32, r"torch\.float32 \[\d+, 16\]"),  # read silently as other bags
+    (lambda n: (n,), torch.float32, r"torch\.float32 \[\d+\]"),  # "shape '[3, 8, 47]' is invalid"
+    (lambda n: (n,), list, "a list"),  # "'list' object has no attribute 'shape'"
+], ids=["fewer", "one_more", "twice", "flat", "list"])
+def test_bags_other_than_one_vector_a_bag_are_refused_naming_the_method(shape_of, dtype, got, grid):
+    with pytest.raises(RecipeError, match=r"^embedding\.method: Bagged\.embed_bags\(\) returned " + got
+                       + r" for \d+ bags; a method gives one vector a bag \(\[num_bags, D\]"):
+        Bagged(shape_of, dtype)(single_ids() if grid else batch())
+
+
+def test_bags_of_the_contract_pass():
+    assert Bagged(lambda n: (n, 16))(batch()).pooled.shape == (8, 3, 16)
+    assert Bagged(lambda n: (n, 16))(single_ids()).pooled.shape == (8, 3, 16)
