@@ -30,7 +30,7 @@ from ctr.datasets.encode import Encoder, Tally
 from ctr.datasets.fit import Fitter
 from ctr.datasets.report import build_report
 from ctr.datasets.shards import ShardWriter
-from ctr.datasets.source import SPLITS, DatasetSource, code_digest, file_stamp, resolve_features
+from ctr.datasets.source import SPLITS, DatasetSource, code_digest, default_features, file_stamp, resolve_features
 from ctr.datasets.validate import check_rows, column_keys, raise_or_count, require_columns
 from ctr.errors import DataError, RecipeError
 from ctr.recipe import DataConfig, SplitConfig
@@ -77,7 +77,7 @@ def prepare(config: DataConfig, progress: bool | None = None) -> Prepared:
     is not part of it, so every seed of a multi-seed run reads the same entry."""
     config = resolve_features(config)
     source = DATASETS.get(config.dataset, "data.dataset").target(config)
-    features = config.features or source.default_features()
+    features = config.features or default_features(source)
     label, group = config.label or source.label, config.group or source.group
     table_of = tables_of(features)
     inputs = key_inputs(source, features, label, group, config.split)

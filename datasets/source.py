@@ -79,6 +79,21 @@ class DatasetSource(ABC):
         )
 
 
+def default_features(source: DatasetSource) -> list[FeatureSpec]:
+    """``source.default_features()``, refusing anything but a list of FeatureSpec (a plugin's
+    names or dicts failed later in an AttributeError traceback)."""
+    features = source.default_features()
+    if isinstance(features, (list, tuple)):
+        wrong = next(((i, f) for i, f in enumerate(features) if not isinstance(f, FeatureSpec)), None)
+        if wrong is None:
+            return list(features)
+        got = f"{wrong[1]!r} (a {type(wrong[1]).__name__}) at [{wrong[0]}]"
+    else:
+        got = f"a {type(features).__name__}"
+    raise DataError(f"data.dataset: {source.config.dataset}'s default_features() returned {got}; a source returns a "
+                    "list of FeatureSpec (ctr.schema)")
+
+
 def resolve_features(config: DataConfig) -> DataConfig:
     """``config`` with ``features`` an explicit list when the recipe gives a ``FeatureShorthand``:
     each column of the data, in order, is read by its spec in ``specs`` or becomes a feature of

@@ -85,3 +85,26 @@ def test_streams_other_than_the_documented_dict_are_one_line(tmp_path, monkeypat
         with pytest.raises(DataError, match=rf"^data\.dataset: {name}'s streams\(\) returned {got}; a source returns "
                                             r"\{'all': stream\} or \{'train': stream, 'valid': \.\.\., 'test': \.\.\.\}"):
             prepare(recipe.data, progress=False)
+
+
+def test_default_features_other_than_feature_specs_are_one_line(tmp_path, monkeypatch):
+    """Names or dicts for FeatureSpecs failed in an AttributeError traceback ("'str' object
+    has no attribute 'name'")."""
+    import pytest
+
+    from ctr.errors import DataError
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "clicks.jsonl").write_text(json.dumps({"clicked": 1, "user": "u", "ad": "a", "price": 1.0}) + "\n")
+    for name, returned, got in [("my_names", '["user", "ad"]', r"'user' \(a str\) at \[0\]"),
+                                ("my_dicts", '[FeatureSpec(name="user"), {"name": "ad"}]', r"\{'name': 'ad'\} \(a dict\) at \[1\]"),
+                                ("my_spec", 'FeatureSpec(name="user")', r"a FeatureSpec")]:
+        block = documented_block("# my_data.py").replace('"my_clicks"', f'"{name}"')
+        start = block.index("        return [FeatureSpec(name=\"user\")")
+        end = block.index("\n\n", start)
+        (tmp_path / f"{name}.py").write_text(block[:start] + f"        return {returned}" + block[end:])
+        recipe = recipe_from_dict({"plugins": [name], "data": {
+            "dataset": name, "path": str(tmp_path / "clicks.jsonl"), "cache_dir": str(tmp_path / "cache")}})
+        with pytest.raises(DataError, match=rf"^data\.dataset: {name}'s default_features\(\) returned {got}; a source "
+                                            r"returns a list of FeatureSpec \(ctr\.schema\)"):
+            prepare(recipe.data, progress=False)
