@@ -31,7 +31,7 @@ from ctr.datasets.fit import Fitter
 from ctr.datasets.report import build_report
 from ctr.datasets.shards import ShardWriter
 from ctr.datasets.source import SPLITS, DatasetSource, code_digest, default_features, file_stamp, resolve_features
-from ctr.datasets.validate import check_rows, column_keys, raise_or_count, require_columns
+from ctr.datasets.validate import check_rows, column_keys, raise_or_count, readable_columns, require_columns
 from ctr.errors import DataError, RecipeError
 from ctr.recipe import DataConfig, SplitConfig
 from ctr.registry import DATASETS
@@ -423,7 +423,7 @@ class _Job:
         skip = self.config.on_bad_rows == "skip"
         streams = self._streams()
         carved = {split for split in ("valid", "test") if split not in streams}
-        read = 0
+        read, checked = 0, None
         for name, stream in streams.items():
             feeds_only = name in ("all", only) or (name == "train" and only in carved)  # carved from training rows
             if only is not None and not self.whole and not feeds_only:
@@ -434,8 +434,9 @@ class _Job:
                 _require_same_optional(batch, self.source.optional_columns, absent, file)
                 for column in absent:
                     batch = batch.append_column(column, pa.array(["0" if column == self.label else ""] * batch.num_rows))
-                if index == 0:
-                    require_columns(batch.schema.names, self.columns, file)
+                if checked is None or not batch.schema.equals(checked):  # the first batch, and one of other columns
+                    self._check_columns(batch.schema, name, file, origin)
+                    checked = batch.schema
                 check = check_rows(batch, self.features, self.label)
                 dropped = raise_or_count(check, batch, origin, skip)
                 batch = batch.set_column(
@@ -453,6 +454,14 @@ class _Job:
                     if only in (None, split) and in_split.any():
                         yield split, batch.filter(pa.array(in_split & check.keep)), origin
         bar.close()
+
+    def _check_columns(self, schema: pa.Schema, name: str, file: str, origin: str) -> None:
+        """Refuses a batch of stream ``name`` that lacks a column the features, the label or the
+        group read, or holds one of a type its reader cannot convert (a list or struct column
+        of a plugin failed in pyarrow's cast)."""
+        require_columns(schema.names, self.columns, file)
+        stream = f"{self.config.dataset}'s {name!r} stream" + (f" ({file})" if file != origin else "")
+        readable_columns(schema, self.features, self.label, self.group, f"data.dataset: {stream}")
 
     def _assign(self, name: str, index: int, rows: int, carved: set[str]) -> np.ndarray:
         """Split code (index into SPLITS) of each row.

@@ -21,8 +21,7 @@ import pyarrow.parquet as pq
 
 from ctr.datasets.source import DatasetSource, RowStream, resolve_files
 from ctr.datasets.text import EmptyFileError, TextFormat, field_count, first_line, header_line, read_delimited, strip_types
-from ctr.datasets.transforms import reads, unreadable_type
-from ctr.datasets.validate import LINE_COLUMN, column_keys, require_columns
+from ctr.datasets.validate import LINE_COLUMN, column_keys, readable_columns, require_columns
 from ctr.errors import DataError, RecipeError, reason
 from ctr.recipe import DataConfig
 from ctr.registry import DATASETS
@@ -234,24 +233,11 @@ class ParquetDataset(FileSource):
             yield batch.replace_schema_metadata({"file": str(file), "unit": "row"})
 
     def _readers(self, schema: pa.Schema, file: Path) -> dict[str, str]:
-        """Column → who reads it (``data.features (a), kind categorical``), for the columns of
-        ``schema`` that the features, the label and the group read. A column whose Arrow
-        type its reader cannot convert (a list read as one value, a struct, a map, a list of
-        lists read as a sequence) is a DataError naming its type and what to declare instead."""
+        """Column → who reads it, for the columns of ``schema`` that the features, the label and
+        the group read (``readable_columns``: a type its reader cannot convert is a DataError)."""
         features = self.config.features or self.default_features()
-        uses = [(spec.column, spec, reads(spec), f"data.features ({spec.name}), {_declared(spec)}") for spec in features]
-        uses += [(self.config.label or self.label, None, pa.float64(), "data.label"),
-                 (self.config.group or self.group, None, pa.string(), "data.group")]
-        readers = {}
-        for column, spec, target, who in uses:
-            if column not in schema.names:
-                continue  # no group, or an optional column a file to score lacks
-            arrow_type = schema.field(column).type
-            hint = unreadable_type(arrow_type, spec, target)
-            if hint:
-                raise DataError(f"{file}: column {column!r} ({arrow_type}) cannot be read by {who}; {hint}")
-            readers.setdefault(column, who)
-        return readers
+        return readable_columns(schema, features, self.config.label or self.label, self.config.group or self.group,
+                                str(file))
 
 
 def _batches(reader: pq.ParquetFile, columns: list[str], file: Path) -> Iterator[pa.RecordBatch]:
@@ -275,12 +261,6 @@ def _bad_row_group(reader: pq.ParquetFile, columns: list[str]) -> str:
             return f"row group {k + 1} of {groups}, rows {first}-{first + rows - 1}"
         first += rows
     return "a row group"
-
-
-def _declared(spec: FeatureSpec) -> str:
-    """A feature's kind as the recipe declares it (``kind categorical with num_ids``)."""
-    extra = " with num_ids" if spec.num_ids else " with transform log_square" if spec.transform == "log_square" else ""
-    return f"kind {spec.kind}{extra}"
 
 
 def _holds_bytes(arrow_type: pa.DataType) -> bool:

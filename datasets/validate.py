@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ctr.datasets.transforms import LOG_SQUARE_ABOVE
+from ctr.datasets.transforms import LOG_SQUARE_ABOVE, reads, unreadable_type
 from ctr.datasets.vocab import integer_ids
 from ctr.errors import DataError, RecipeError
 from ctr.schema import FeatureSpec
@@ -245,6 +245,32 @@ def require_columns(names: list[str], columns: dict[str, str], origin: str) -> N
             raise DataError(f"{key}: column {column!r} is absent from {origin} (it has: {shown})")
         if names.count(column) > 1:
             raise DataError(f"{key}: column {column!r} appears {names.count(column)} times in {origin}; name it once")
+
+
+def readable_columns(schema: pa.Schema, features: list[FeatureSpec], label: str, group: str | None,
+                     origin: str) -> dict[str, str]:
+    """Column → who reads it (``data.features (a), kind categorical``), for the columns of
+    ``schema`` that the features, the label and the group read. A column whose Arrow type its
+    reader cannot convert (a list read as one value, a struct, a map, a list of lists read as
+    a sequence) is a DataError naming ``origin``, its type and what to declare instead."""
+    uses = [(spec.column, spec, reads(spec), f"data.features ({spec.name}), {_declared(spec)}") for spec in features]
+    uses += [(label, None, pa.float64(), "data.label"), (group, None, pa.string(), "data.group")]
+    readers = {}
+    for column, spec, target, who in uses:
+        if column not in schema.names:
+            continue  # no group, or an optional column a file to score lacks
+        arrow_type = schema.field(column).type
+        hint = unreadable_type(arrow_type, spec, target)
+        if hint:
+            raise DataError(f"{origin}: column {column!r} ({arrow_type}) cannot be read by {who}; {hint}")
+        readers.setdefault(column, who)
+    return readers
+
+
+def _declared(spec: FeatureSpec) -> str:
+    """A feature's kind as the recipe declares it (``kind categorical with num_ids``)."""
+    extra = " with num_ids" if spec.num_ids else " with transform log_square" if spec.transform == "log_square" else ""
+    return f"kind {spec.kind}{extra}"
 
 
 def raise_or_count(check: RowCheck, batch: pa.RecordBatch, fallback: str, skip: bool) -> int:

@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from ctr.datasets import prepare
 from ctr.recipe import recipe_from_dict
 
@@ -108,3 +110,36 @@ def test_default_features_other_than_feature_specs_are_one_line(tmp_path, monkey
         with pytest.raises(DataError, match=rf"^data\.dataset: {name}'s default_features\(\) returned {got}; a source "
                                             r"returns a list of FeatureSpec \(ctr\.schema\)"):
             prepare(recipe.data, progress=False)
+
+
+@pytest.mark.parametrize("column, value, said", [
+    ("user", '["u", "v"]', r"'all' stream \(\S+part-\d\.jsonl\): column 'user' \(list<item: string>\) cannot be read by "
+                           r"data\.features \(user\), kind categorical; declare kind: sequence"),
+    ("user", '{"id": 1}', r"'all' stream \(\S+part-\d\.jsonl\): column 'user' \(struct<id: int64>\) cannot be read by "
+                          r"data\.features \(user\), kind categorical; store it as strings or numbers"),
+    ("price", '{"cents": 1}', r"'all' stream \(\S+part-\d\.jsonl\): column 'price' \(struct<cents: int64>\) cannot be "
+                              r"read by data\.features \(price\), kind numeric; store it as numbers"),
+    ("clicked", None, r"data\.label: column 'clicked' is absent from \S+part-\d\.jsonl \(it has: user, ad, price\)"),
+], ids=["list-as-categorical", "struct-as-categorical", "struct-as-numeric", "no-label"])
+@pytest.mark.parametrize("batch", [0, 1])
+def test_a_stream_column_its_feature_cannot_read_is_one_line(tmp_path, monkeypatch, column, value, said, batch):
+    """A list or struct column of a plugin's stream failed in pyarrow's cast ("Unsupported
+    cast from list<item: string> to utf8"); a column of a later batch (the stream's next file)
+    too, and a label absent from it in a KeyError."""
+    import pytest
+
+    from ctr.errors import DataError
+
+    name = f"my_typed_{abs(hash((column, value, batch)))}"
+    (tmp_path / f"{name}.py").write_text(documented_block("# my_data.py").replace('"my_clicks"', f'"{name}"'))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rows = [{"clicked": i % 2, "user": f"u{i}", "ad": "a", "price": 1.0} for i in range(4)]
+    for row in rows[2 * batch:]:  # in the first file's batch or the second's
+        row.pop(column) if value is None else row.update({column: json.loads(value)})
+    (tmp_path / "logs").mkdir()
+    for part in (0, 1):
+        (tmp_path / "logs" / f"part-{part}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[2 * part:][:2]))
+    recipe = recipe_from_dict({"plugins": [name], "data": {
+        "dataset": name, "path": str(tmp_path / "logs"), "cache_dir": str(tmp_path / "cache")}})
+    with pytest.raises(DataError, match=rf"^(data\.dataset: {name}'s )?" + said + "$"):
+        prepare(recipe.data, progress=False)
