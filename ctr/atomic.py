@@ -7,6 +7,7 @@ import csv
 import io
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         ...     frame.to_csv(tmp)
     """
     path = Path(path)
+    check_not_special(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_orphans(path)
     if _aside(path).is_dir():
@@ -50,11 +52,29 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
 
 
+SPECIAL_FILES = ((stat.S_ISFIFO, "a fifo"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                 (stat.S_ISSOCK, "a socket"))
+
+
+def check_not_special(path: Path) -> None:
+    """Refuses a ``path`` that is (or links to) a fifo, a device or a socket: the rename that
+    completes a write would put a regular file in its place (as root, ``--out /dev/null``
+    replaced the system's /dev/null)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # nothing there (or nothing that can be looked at): the write says what fails
+        return
+    for is_kind, kind in SPECIAL_FILES:
+        if is_kind(mode):
+            raise UserError(f"{path}: not a regular file ({kind}); name a file to write")
+
+
 def check_writable(path: Path) -> None:
     """Fails where ``atomic_path(path)`` would fail only at its end, before the work that
     makes the file: a UserError naming ``path`` when no file can be created beside it, or in
     the nearest folder above it that exists (``atomic_path`` creates the rest; this creates
-    nothing)."""
+    nothing); a fifo, device or socket at ``path`` is refused (``check_not_special``)."""
+    check_not_special(path)
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent

@@ -5,8 +5,10 @@ between its renames is found and finished."""
 import errno
 import os
 import re
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -201,3 +203,15 @@ def test_an_error_writing_the_temporary_names_the_path_asked_for(tmp_path):
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(tmp_path / "input.csv"))
     assert other.value.filename == str(tmp_path / "input.csv")  # another file's error is its own
     assert not list(tmp_path.iterdir())
+
+
+def test_a_fifo_is_never_replaced_by_a_write(tmp_path):
+    """Every atomic write refuses a path that is a fifo or a device (it put a regular file in
+    place of ``/dev/null``), naming it, and writes nothing."""
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match=rf"^{re.escape(str(fifo))}: not a regular file \(a fifo\); name a file"):
+        atomic_write(fifo, "text")
+    with pytest.raises(UserError, match=r"not a regular file \(a character device\)"):
+        check_writable(Path(os.devnull))
+    assert [p.name for p in tmp_path.iterdir()] == ["out.fifo"] and stat.S_ISFIFO(fifo.lstat().st_mode)

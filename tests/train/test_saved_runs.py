@@ -670,6 +670,22 @@ def test_predict_checks_its_out_before_encoding(csv_run, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_predict_and_export_refuse_an_out_that_is_not_a_regular_file(csv_run, tmp_path):
+    """An --out that is a fifo (or a device: ``ctr export --out /dev/null`` as root replaced
+    /dev/null with the program and wrote ``/dev/null.schema/`` beside it) is refused on one
+    line before anything is written; the fifo stays a fifo."""
+    import stat
+
+    home, run = csv_run
+    fifo = tmp_path / "scores.fifo"
+    os.mkfifo(fifo)
+    for command in (("export", run, "--out", fifo), ("predict", run, home / "data" / "test.csv", "--out", fifo)):
+        done = ctr(*command, cwd=tmp_path)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert done.stderr.strip() == f"ctr: error: {fifo}: not a regular file (a fifo); name a file to write"
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and [p.name for p in tmp_path.iterdir()] == ["scores.fifo"]
+
+
 def test_predict_and_export_refuse_an_out_among_the_inputs(csv_run, tmp_path):
     """An --out that is one of the run's input files (export replaced data/test.csv), or lies
     inside the input folder or one of the recipe's (predict wrote its scores there once, and
