@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import re
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -38,7 +41,8 @@ class CTRNet(nn.Module):
         if recipe.train.embedding_optimizer.fused:
             self.embedding.use_fused_update(fused_optimizer(recipe.train.embedding_optimizer))
         model = MODELS.get(recipe.model.name, "model.name").target
-        self.model: CTRModel = model(schema, self.embedding.layout, recipe.model)
+        with allocating("model", recipe.model):
+            self.model: CTRModel = model(schema, self.embedding.layout, recipe.model)
         if recipe.trainer.compile:
             self.model.compile()  # in place: parameter names and checkpoints stay as without it
 
@@ -103,11 +107,57 @@ def build_embedding(recipe: Recipe, schema: Schema) -> EmbeddingMethod:
     """The recipe's embedding method on ``schema``, refused where training refuses it: a
     budget the method cannot reach, a plugin's wrong ``memory_bytes()`` (here, not after
     training), dense gradients of tables past ``embedding.dense_max_mb``."""
-    method = EMBEDDINGS.get(recipe.embedding.method, "embedding.method").target(schema, recipe.embedding)
+    target = EMBEDDINGS.get(recipe.embedding.method, "embedding.method").target
+    with allocating("embedding", recipe.embedding):
+        method = target(schema, recipe.embedding)
     stored = method.stored_bytes()
     if recipe.embedding.gradients == "dense":
         check_dense_size(stored, recipe.embedding.dense_max_mb)
     return method
+
+
+ALLOCATION_FAILURES = ("can't allocate memory", "out of memory", "Overflow when unpacking",
+                       "Maximum allowed size exceeded")
+
+
+@contextmanager
+def allocating(section: str, config: Any) -> Iterator[None]:
+    """Builds the recipe's ``section`` (``embedding`` or ``model``, of settings ``config``)
+    inside: an allocation that fails (torch's or numpy's, or a size past int64) is a one-line
+    RecipeError naming the section's largest size, not the allocator's traceback."""
+    try:
+        yield
+    except (RuntimeError, MemoryError, TypeError, ValueError) as err:
+        if not isinstance(err, MemoryError) and not any(text in str(err) for text in ALLOCATION_FAILURES):
+            raise
+        name = getattr(config, "method", None) or getattr(config, "name", section)
+        raise RecipeError(f"{section}: the parameters of {name} cannot be allocated ({_asked(err)}); lower its "
+                          f"sizes (the largest: {largest_size(section, config)})") from None
+
+
+def _asked(err: BaseException) -> str:
+    """What a failed allocation asked for, against this machine's memory."""
+    if "Overflow" in str(err):
+        return "a size past int64"
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    asked = re.search(r"allocate (\d+) bytes", str(err))
+    said = f"{int(asked.group(1)) / 2**30:.3g} GiB asked" if asked else "more than there is"
+    return f"{said}; this machine has {memory / 2**30:.1f} GiB"
+
+
+def largest_size(section: str, config: Any) -> str:
+    """``<section>.<key> = <value>``: the key of ``config`` holding the largest integer (or
+    list of integers: layer widths); the section alone when none does."""
+    sizes = {}
+    for field in dataclasses.fields(config) if dataclasses.is_dataclass(config) else ():
+        value = getattr(config, field.name)
+        values = value if isinstance(value, list) else [value]
+        if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            sizes[field.name] = (max(values), value)
+    if not sizes:
+        return section
+    key = max(sizes, key=lambda name: sizes[name][0])
+    return f"{section}.{key} = {sizes[key][1]}"
 
 
 def check_dense_size(table_bytes: int, max_mb: float) -> None:

@@ -59,6 +59,22 @@ def test_bad_recipe_value_stops_before_any_work(tmp_path, capsys, override, mess
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.parametrize("override, largest", [
+    ("embedding.dim=1000000000000", "embedding.dim = 1000000000000"),
+    ("embedding.dim=100000000000000000000", "embedding.dim = 100000000000000000000"),  # past int64
+    ("model.bottom_mlp=[1000000000000]", "model.bottom_mlp = [1000000000000]"),
+    ("model.top_mlp=[16,1000000000000]", "model.top_mlp = [16, 1000000000000]"),
+])
+def test_sizes_past_the_machines_memory_are_one_line_naming_the_key(tmp_path, capsys, override, largest):
+    """Tables or layers that cannot be allocated ended in torch's allocator traceback (or its
+    C++ overflow error past int64): one line naming the part and its largest size."""
+    recipe = write_recipe(tmp_path)
+    code, err = run_cli(capsys, "train", recipe, "-o", override, "--out", tmp_path / "run")
+    assert_one_line(code, err, "cannot be allocated")
+    assert f"(the largest: {largest})" in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_devices_2_with_ddp_is_refused(tmp_path, capsys):
     recipe = write_recipe(tmp_path, trainer={"devices": 2, "strategy": "ddp", "progress_bar": False})
     code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run")
