@@ -31,7 +31,8 @@ import yaml
 from ctr.atomic import CsvRows, atomic_write
 from ctr.errors import TrainingDiverged, UserError
 from ctr.metrics import mean_std
-from ctr.recipe import SEED_MAX, Recipe, apply_override, read_yaml, recipe_from_dict
+from ctr.recipe import SEED_MAX, Recipe, apply_override, read_yaml, reads_backend, recipe_from_dict
+from ctr.registry import EMBEDDINGS
 from ctr.train.launch import require_one_process
 from ctr.train.refusal import budget_refusal
 from ctr.train.rundir import RunDir
@@ -249,13 +250,15 @@ class Tuning:
         raw = copy.deepcopy(base)
         for item in point.overrides:
             apply_override(raw, item)
+        _drop_unread_backend(raw, point)
         return raw
 
     def _recipe(self, base: dict[str, Any], point: Point) -> Recipe:
         """The point's recipe; an error names the point, or the recipe and its -o when the
         point's settings are not what is wrong (the same error without them)."""
+        raw = self._raw(base, point)
         try:
-            return _in_one_process(recipe_from_dict(self._raw(base, point)))
+            recipe = _in_one_process(recipe_from_dict(raw))
         except UserError as err:
             try:
                 _in_one_process(recipe_from_dict(base))
@@ -263,6 +266,10 @@ class Tuning:
                 if str(without) == str(err):
                     raise UserError(f"{self.recipe_path} (with its -o): {err}") from None
             raise UserError(f"--grid {point.label}: {err}") from None
+        if _base_backend(base) is not None and "backend" not in raw["embedding"]:
+            log.info("tune %s (%s): %s does its own lookups: the recipe's embedding.backend is left out",
+                     point.key, point.label, recipe.embedding.method)
+        return recipe
 
     def _run(self, results: Results, point: Point, recipe: Recipe, offset: int, monitor: str) -> dict[str, str]:
         """Trains ``point`` with seed ``recipe.seed + offset`` (or finds it done); its row. A
@@ -286,6 +293,26 @@ class Tuning:
         name = monitor.removeprefix("valid/")  # a metric every run logs: checked before training
         test = metrics["test"]
         return results.add({**row, "valid": metrics["valid"][name], **{f"test_{k}": test.get(k) for k in TEST_KEYS}})
+
+
+def _base_backend(raw: dict[str, Any]) -> Any:
+    """The ``embedding.backend`` of a raw recipe (None where it has none)."""
+    embedding = raw.get("embedding")
+    return embedding.get("backend") if isinstance(embedding, dict) else None
+
+
+def _drop_unread_backend(raw: dict[str, Any], point: Point) -> None:
+    """Leaves the base recipe's ``embedding.backend`` out of ``raw``, the recipe of ``point``,
+    when the method the point gives does its own lookups: the recipe refuses the key there, and a
+    kernel backend changes no result (``ctr bench compression`` leaves it out of such cells
+    too). A backend the point itself gives, or a base recipe's own method that refuses its
+    backend, stays for the recipe to refuse."""
+    keys = {item.partition("=")[0] for item in point.overrides}
+    if _base_backend(raw) is None or "embedding.method" not in keys or "embedding.backend" in keys:
+        return
+    method = raw["embedding"].get("method", "full")
+    if isinstance(method, str) and method in EMBEDDINGS and not reads_backend(method):
+        del raw["embedding"]["backend"]
 
 
 def _in_one_process(recipe: Recipe) -> Recipe:

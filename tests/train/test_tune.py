@@ -143,6 +143,31 @@ def test_points_whose_method_refuses_the_budget_are_listed_not_trained(tmp_path)
         Tuning(recipe, everything_refused, 1, tmp_path / "t2", [], trainer).run()
 
 
+def test_the_base_recipes_backend_is_left_out_of_the_points_whose_method_does_its_own_lookups(tmp_path):
+    """A grid over methods of a base recipe that sets ``embedding.backend`` was refused whole
+    (compo refuses the key), though the backend is a kernel choice that changes no result:
+    the points of such methods train without it, as ``ctr bench compression``'s cells do,
+    and best.yaml is a recipe ``ctr train`` takes. A backend the grid itself gives such a
+    method is still refused, naming the point."""
+    backends = {}
+
+    def trainer(recipe, out, resume):
+        backends[recipe.embedding.method] = recipe.embedding.backend
+        auc = 0.7 if recipe.embedding.method == "compo" else 0.6
+        return {"valid": {"auc": auc, "logloss": 0.5}, "test": {"auc": auc, "logloss": 0.5}}
+
+    recipe = _recipe_file(tmp_path, embedding={"method": "hash", "dim": 8, "budget": 0.5, "backend": "torch"})
+    best = Tuning(recipe, parse_grid(["embedding.method=hash,compo"]), 1, tmp_path / "t", [], trainer).run()
+    assert backends == {"hash": "torch", "compo": None} and best.overrides == ("embedding.method=compo",)
+    assert load_recipe(tmp_path / "t" / "best.yaml").embedding.backend is None
+    grid = parse_grid(["embedding.method=compo", "embedding.backend=torch,triton"])
+    with pytest.raises(UserError, match=r"^--grid embedding\.method=compo embedding\.backend=torch: embedding\.backend: "
+                                        r"method 'compo' does its own lookups"):
+        Tuning(recipe, grid, 1, tmp_path / "t2", [], trainer).run()
+    with pytest.raises(UserError, match=r"^\S+base\.yaml \(with its -o\): embedding\.backend: method 'compo'"):
+        Tuning(recipe, parse_grid(["embedding.dim=4,8"]), 1, tmp_path / "t3", ["embedding.method=compo"], trainer).run()
+
+
 def test_cli_tunes_a_tiny_recipe_end_to_end(tmp_path):
     recipe = _recipe_file(tmp_path)
     out = tmp_path / "tune"
