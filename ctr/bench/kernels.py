@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import sys
 import time
 import warnings
@@ -112,7 +113,23 @@ def resolve(config: KernelBenchConfig) -> tuple[KernelBenchConfig, torch.device]
         raise UserError(f"--dims: {config.dims}: the FBGEMM tables compared take dims that are multiples of 4")
     if config.peak_gbps is not None and not config.peak_gbps > 0:
         raise UserError(f"--peak-gbps: must be > 0, got {config.peak_gbps}")
+    _check_fits(config, device)
     return config, device
+
+
+def _check_fits(config: KernelBenchConfig, device: torch.device) -> None:
+    """Refuses a workload whose tables (weights and an optimizer state of their size), ids
+    and pooled outputs (with their gradients) need more than the device's memory."""
+    dim, pooling = max(config.dims), max(config.poolings)
+    needed = 8 * config.tables * (config.rows * dim + config.batch * (pooling + dim))
+    if device.type == "cuda":
+        memory = torch.cuda.get_device_properties(device).total_memory
+    else:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > memory:
+        raise UserError(f"the largest workload (--tables {config.tables} --rows {config.rows} --dims {dim} --batch "
+                        f"{config.batch} --pooling {pooling}) needs ~{needed / 2**30:.3g} GiB, more than this device's "
+                        f"{memory / 2**30:.1f} GiB; lower the sizes")
 
 
 def peak_bandwidth(device: torch.device, override: float | None) -> tuple[float | None, str]:

@@ -62,6 +62,16 @@ def test_bad_flag_is_one_line_exit_2(capsys, flags, said):
     assert capsys.readouterr().err.strip() == f"ctr: error: {said}"
 
 
+@pytest.mark.parametrize("flags", [["--rows", "100000000000000"], ["--dims", "1000000000000"],
+                                   ["--batch", "100000000000000"], ["--tables", "1000000000000", "--rows", "1000"]])
+def test_a_workload_past_the_devices_memory_is_one_line_naming_its_sizes(capsys, flags):
+    """Each ended in torch's allocator traceback once the tables or ids were made."""
+    assert main(["bench", "kernels", "--device", "cpu", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ctr: error: the largest workload (--tables ") and len(err.splitlines()) == 1, err
+    assert " ".join(flags) in err and "GiB, more than this device's " in err, err
+
+
 def test_implementations_compute_the_same_pooling():
     work = Workload(tables=2, rows=7, batch=3, dim=4, pooling=2, alpha=1.2, seed=1)
     cpu = torch.device("cpu")
