@@ -56,17 +56,23 @@ SPECIAL_FILES = ((stat.S_ISFIFO, "a fifo"), (stat.S_ISCHR, "a character device")
                  (stat.S_ISSOCK, "a socket"))
 
 
+def special_kind(path: Path) -> str | None:
+    """``a fifo``, ``a character device``, ... where ``path`` is (or links to) a file that is
+    neither a regular file nor a folder; None otherwise (nothing there included)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # nothing there (or nothing that can be looked at): what reads or writes it says what fails
+        return None
+    return next((kind for is_kind, kind in SPECIAL_FILES if is_kind(mode)), None)
+
+
 def check_not_special(path: Path) -> None:
     """Refuses a ``path`` that is (or links to) a fifo, a device or a socket: the rename that
     completes a write would put a regular file in its place (as root, ``--out /dev/null``
     replaced the system's /dev/null)."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:  # nothing there (or nothing that can be looked at): the write says what fails
-        return
-    for is_kind, kind in SPECIAL_FILES:
-        if is_kind(mode):
-            raise UserError(f"{path}: not a regular file ({kind}); name a file to write")
+    kind = special_kind(path)
+    if kind is not None:
+        raise UserError(f"{path}: not a regular file ({kind}); name a file to write")
 
 
 def check_writable(path: Path) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
+from ctr.atomic import special_kind
 from ctr.errors import DataError, RecipeError
 from ctr.recipe import DataConfig, FeatureShorthand
 from ctr.registry import DATASETS
@@ -144,6 +145,9 @@ def resolve_files(path: str | None, key: str = "data.path", pattern: str = "*") 
         if found:
             return found
         raise DataError(f"{key}: folder {target} holds no files matching {pattern!r}")
+    kind = special_kind(target)
+    if kind is not None:
+        raise DataError(f"{key}: {target}: not a regular file or folder ({kind})")
     raise DataError(f"{key}: {target} does not exist")
 
 

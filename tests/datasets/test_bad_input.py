@@ -98,6 +98,16 @@ def test_empty_file(tmp_path, capsys, content, message):
     assert code == 2 and f"{path}: {message}" in err
 
 
+def test_a_path_that_is_a_fifo_is_named_as_one_not_as_missing(tmp_path, capsys):
+    """A fifo (or a device: ``ctr predict RUN /dev/null``) read "data.path: ... does not exist"."""
+    import os
+
+    fifo = tmp_path / "rows.fifo"
+    os.mkfifo(fifo)
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "criteo", "path": str(fifo)})
+    assert code == 2 and err == f"ctr: error: data.path: {fifo}: not a regular file or folder (a fifo)", err
+
+
 def test_empty_file_among_others_is_skipped_in_skip_mode(tmp_path, capsys, caplog):
     folder = tmp_path / "parts"
     folder.mkdir()
