@@ -178,16 +178,19 @@ class PlantedModel:
 
 def _check_fits_in_memory(config: SyntheticConfig) -> None:
     """Refuses vocabularies whose planted parameters (a CDF, a weight and a latent vector
-    per id, with their float64 intermediates) need more than this machine's memory."""
+    per id, with their float64 intermediates) need more than this machine's memory, naming
+    latent_dim where the vocabularies would fit with the default one."""
     ids = sum(config.vocab_sizes) * config.vocab_scale
     needed = ids * (28 + 12 * config.latent_dim)
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if needed > memory:
-        raise UserError(
-            f"synthetic data: vocab_scale {config.vocab_scale:g} gives {ids:.3g} ids in all, whose planted "
-            f"model needs ~{needed / 2**30:.3g} GiB, more than this machine's {memory / 2**30:.1f} GiB; "
-            "lower vocab_scale"
-        )
+    if needed <= memory:
+        return
+    machine = f"~{needed / 2**30:.3g} GiB, more than this machine's {memory / 2**30:.1f} GiB"
+    if ids * (28 + 12 * SyntheticConfig.latent_dim) <= memory:  # the vocabularies fit with the default vectors
+        raise UserError(f"synthetic data: latent_dim {config.latent_dim} over {ids:.3g} ids needs {machine}; "
+                        "lower latent_dim")
+    raise UserError(f"synthetic data: vocab_scale {config.vocab_scale:g} gives {ids:.3g} ids in all, whose planted "
+                    f"model needs {machine}; lower vocab_scale")
 
 
 @DATASETS.register("synthetic", config=SyntheticConfig)

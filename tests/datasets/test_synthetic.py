@@ -81,3 +81,11 @@ def test_a_bad_generator_setting_is_one_line_naming_it(tmp_path, capsys, overrid
     assert err == f"ctr: error: {message}", err
     assert main(["data", "synth", str(tmp_path / "s.tsv"), "--rows", "10", "--seed", "-1"]) == 2
     assert capsys.readouterr().err.strip() == "ctr: error: data synth: seed must be >= 0, got -1"
+
+
+def test_a_latent_dim_past_memory_is_named_not_vocab_scale():
+    """data.latent_dim: 1e9 on tiny vocabularies said "lower vocab_scale", a value that was not at fault."""
+    from ctr.errors import UserError
+
+    with pytest.raises(UserError, match=r"latent_dim 1000000000 .*; lower latent_dim$"):
+        PlantedModel(SyntheticConfig(vocab_scale=0.001, latent_dim=1_000_000_000))
