@@ -25,6 +25,8 @@ OOV_ID = 1
 LABEL_COLUMN = "__label__"  # the label's and the group's columns in encoded shards
 GROUP_COLUMN = "__group__"
 RESERVED_NAMES = (LABEL_COLUMN, GROUP_COLUMN)
+ID_MAX = 2**31 - 1  # encoded ids are int32
+QUANTILES_MAX = 2**24  # a float32 in [0, 1] tells no more quantiles apart
 
 Kind = Literal["categorical", "numeric", "sequence"]
 _TRANSFORMS = {
@@ -102,6 +104,21 @@ class FeatureSpec:
         allowed = _TRANSFORMS[self.kind]
         if self.transform not in allowed:
             raise ValueError(f"feature {self.name!r}: transform {self.transform!r} needs one of {allowed}")
+        if self.transform == "quantile" and not 1 <= self.num_buckets <= QUANTILES_MAX:
+            raise ValueError(f"feature {self.name!r}: num_buckets must be in [1, {QUANTILES_MAX}] (a float32 quantile "
+                             f"tells no more apart), got {self.num_buckets}")
+        self._check_id_range()
+
+    def _check_id_range(self) -> None:
+        """Refuses OOV buckets and integer ids whose rows pass int32, the encoded ids' type
+        (numpy's overflow or a table-sized allocation once the data was read)."""
+        if self.oov_buckets + (self.num_ids or 0) <= ID_MAX:
+            return
+        given = [f"num_ids {self.num_ids}"] if self.num_ids else []
+        if self.oov_buckets > 1 or not given:
+            given.append(f"oov_buckets {self.oov_buckets}")
+        verb = "give" if len(given) > 1 else "gives"
+        raise ValueError(f"feature {self.name!r}: {' and '.join(given)} {verb} ids past int32's {ID_MAX}")
 
     @property
     def column(self) -> str:

@@ -34,6 +34,22 @@ def test_an_empty_splitter_is_refused(tmp_path, capsys):
     assert code == 2 and err == "ctr: error: data.features[0]: feature 'a': splitter must not be empty"
 
 
+@pytest.mark.parametrize("feature, message", [
+    ({"name": "a", "oov_buckets": 10**20}, "oov_buckets 100000000000000000000 gives ids past int32's 2147483647"),
+    ({"name": "a", "oov_buckets": 10**12}, "oov_buckets 1000000000000 gives ids past int32's 2147483647"),
+    ({"name": "a", "num_ids": 10**12}, "num_ids 1000000000000 gives ids past int32's 2147483647"),
+    ({"name": "a", "num_ids": 2**31 - 2, "oov_buckets": 2}, "num_ids 2147483646 and oov_buckets 2 give ids past"),
+    ({"name": "x", "kind": "numeric", "transform": "quantile", "num_buckets": 10**12},
+     "num_buckets must be in [1, 16777216] (a float32 quantile tells no more apart), got 1000000000000"),
+])
+def test_id_and_bucket_counts_past_their_range_are_refused(tmp_path, capsys, feature, message):
+    """Each was a traceback (numpy's int32 overflow, a 7 TiB allocation, 'Maximum allowed
+    dimension exceeded') once the data was read."""
+    code, err = prepare(tmp_path, capsys, {"dataset": "csv", "features": [feature]}, "label,a,x\n1,1,0.5\n0,2,1.5\n")
+    assert code == 2 and err.startswith(f"ctr: error: data.features[0]: feature '{feature['name']}': "), err
+    assert message in err and "\n" not in err, err
+
+
 @pytest.mark.parametrize("header, message", [
     ("label,a,b,", r"a column of .*rows\.csv's header has no name \(column 4\); add '' to data\.features\.skip"),
     ("label,a,b,a", r"column 'a' appears 2 times in .*rows\.csv's header; name it once"),
