@@ -89,10 +89,15 @@ def usable_cores() -> int:
 
 def use_threads(num_threads: int | str | None) -> None:
     """Sets torch's CPU threads (``trainer.num_threads``: a number, ``auto`` = the usable cores,
-    None = torch's choice) and, with more than one thread, warns when the machine is already
-    busier than its cores: threads then wait for each other (on a loaded 2-core machine 2
-    threads ran 10-20x slower than 1)."""
+    None = torch's choice; a number above the usable cores is those cores, with a warning) and,
+    with more than one thread, warns when the machine is already busier than its cores:
+    threads then wait for each other (on a loaded 2-core machine 2 threads ran 10-20x slower
+    than 1)."""
     cores = usable_cores()
+    if isinstance(num_threads, int) and num_threads > cores:  # libgomp aborts on absurd counts
+        log.warning("trainer.num_threads: %d is more than the %d cores this process may run on; using %d (more "
+                    "threads only wait for each other)", num_threads, cores, cores)
+        num_threads = cores
     if num_threads is not None:
         torch.set_num_threads(cores if num_threads == "auto" else num_threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0

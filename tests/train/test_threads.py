@@ -48,3 +48,14 @@ def test_an_oversubscribed_machine_is_reported(monkeypatch, caplog):
 def test_num_threads_takes_a_number_auto_or_null():
     assert recipe_from_dict({"trainer": {"num_threads": 2}}).trainer.num_threads == 2
     assert recipe_from_dict({"trainer": {"num_threads": None}}).trainer.num_threads is None
+
+
+def test_more_threads_than_cores_use_the_cores_with_a_warning(monkeypatch, caplog):
+    """trainer.num_threads: 1000000000 aborted the process in libgomp ("Out of memory
+    allocating 216000001344 bytes"); a saved run's count stays usable on a smaller machine."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    with caplog.at_level(logging.WARNING, logger="ctr.train"):
+        loop.use_threads(1_000_000_000)
+    assert torch.get_num_threads() == 2
+    assert "trainer.num_threads: 1000000000 is more than the 2 cores this process may run on; using 2" in caplog.text
