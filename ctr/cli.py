@@ -496,6 +496,8 @@ def _bench_kernels(args: argparse.Namespace) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads: must be >= 1, got {args.threads}")
+    if args.threads is not None and args.threads > (os.cpu_count() or 1):  # libgomp aborts on absurd counts
+        raise UserError(f"--threads: {args.threads} is more than this machine's {os.cpu_count() or 1} CPUs")
     lookup_only = [flag for flag, value in (("--optimizer", args.optimizer), ("--peak-gbps", args.peak_gbps))
                    if value is not None]
     if args.suite == "step" and lookup_only:

@@ -72,6 +72,15 @@ def test_a_workload_past_the_devices_memory_is_one_line_naming_its_sizes(capsys,
     assert " ".join(flags) in err and "GiB, more than this device's " in err, err
 
 
+def test_more_threads_than_the_machines_cpus_are_refused(capsys, monkeypatch):
+    """--threads 1000000000 aborted the process in libgomp ("Out of memory allocating ...")."""
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert main(["bench", "kernels", "--threads", "5"]) == 2
+    assert capsys.readouterr().err.strip() == "ctr: error: --threads: 5 is more than this machine's 4 CPUs"
+
+
 def test_implementations_compute_the_same_pooling():
     work = Workload(tables=2, rows=7, batch=3, dim=4, pooling=2, alpha=1.2, seed=1)
     cpu = torch.device("cpu")
