@@ -469,8 +469,11 @@ def _given(text: str) -> str:
 
 
 def _path(text: str) -> Path:
-    """A path argument; one in a symlink loop is refused here (``Path.resolve`` raises a
-    RuntimeError on it wherever the command resolves it)."""
+    """A path argument; an empty one (an unset shell variable) is refused, not read as the
+    current folder (``Path("")`` is ``.``), and so is one in a symlink loop (``Path.resolve``
+    raises a RuntimeError on it wherever the command resolves it)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path")
     path = Path(text)
     try:
         path.resolve()

@@ -145,3 +145,19 @@ def test_an_empty_value_is_refused_not_read_as_the_default(tmp_path, monkeypatch
         cli.main(argv)
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().endswith(f"error: argument {flag}: empty; leave the flag out for its default")
+
+
+@pytest.mark.parametrize("argv, argument", [
+    (["train", "recipe.yaml", "--out", ""], "--out"), (["tune", "recipe.yaml", "--grid", "a=1", "--out", ""], "--out"),
+    (["bench", "compression", "recipe.yaml", "--out", ""], "--out"), (["export", "run", "--out", ""], "--out"),
+    (["predict", "run", "", "--out", "s.csv"], "input"), (["eval", ""], "run_dir"),
+])
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch, capsys, argv, argument):
+    """``ctr train r.yaml --out "$UNSET"`` wrote the run (recipe.yaml, checkpoints/, ...) into the
+    current folder, and ``ctr tune`` its results.csv and runs/: Path("") is ".". """
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(f"error: argument {argument}: an empty path")
+    assert list(tmp_path.iterdir()) == []
