@@ -12,7 +12,6 @@ deterministic by ``data.seed``.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
@@ -22,6 +21,7 @@ import pyarrow as pa
 from ctr.datasets.criteo import criteo_features
 from ctr.datasets.source import DatasetSource, RowStream
 from ctr.errors import UserError
+from ctr.host import memory_bytes
 from ctr.recipe import DataConfig
 from ctr.registry import DATASETS
 from ctr.schema import FeatureSpec
@@ -182,7 +182,7 @@ def _check_fits_in_memory(config: SyntheticConfig) -> None:
     latent_dim where the vocabularies would fit with the default one."""
     ids = sum(config.vocab_sizes) * config.vocab_scale
     needed = ids * (28 + 12 * config.latent_dim)
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    memory = memory_bytes()
     if needed <= memory:
         return
     machine = f"~{needed / 2**30:.3g} GiB, more than this machine's {memory / 2**30:.1f} GiB"

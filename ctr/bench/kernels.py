@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import sys
 import time
 import warnings
@@ -33,6 +32,7 @@ from tqdm import tqdm
 
 from ctr.bench.kernel_impls import LR, Impl, Workload, fused_impl, loop_impl, sparse_grad_impl, tbe_impl, tbe_unavailable
 from ctr.errors import UserError
+from ctr.host import memory_bytes
 from ctr.kernels.embedding_bag import Backend, BackendUnavailable, FusedOptimizer, available, check_fused
 
 log = logging.getLogger("ctr.bench")
@@ -125,7 +125,7 @@ def _check_fits(config: KernelBenchConfig, device: torch.device) -> None:
     if device.type == "cuda":
         memory = torch.cuda.get_device_properties(device).total_memory
     else:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        memory = memory_bytes()
     if needed > memory:
         raise UserError(f"the largest workload (--tables {config.tables} --rows {config.rows} --dims {dim} --batch "
                         f"{config.batch} --pooling {pooling}) needs ~{needed / 2**30:.3g} GiB, more than this device's "

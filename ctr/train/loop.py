@@ -24,6 +24,7 @@ from lightning.pytorch.loops.fit_loop import _FitLoop
 from ctr.atomic import atomic_path
 from ctr.datasets import BatchLoader, Prepared
 from ctr.datasets.resident import ResidentLoader
+from ctr.host import usable_cores
 from ctr.errors import RecipeError, UserError, reason
 from ctr.kernels.embedding_bag import BackendUnavailable, check_fused, resolve_backend
 from ctr.recipe import Recipe, reads_backend
@@ -79,12 +80,6 @@ def _check_backend(recipe: Recipe, device: torch.device) -> None:
             check_fused(recipe.embedding.backend, fused_optimizer(recipe.train.embedding_optimizer))
     except BackendUnavailable as err:
         raise RecipeError(f"embedding.backend: {err}") from None
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity; all cores where there is none)."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
 def use_threads(num_threads: int | str | None) -> None:

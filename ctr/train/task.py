@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -17,6 +16,7 @@ from torch import Tensor, nn
 from ctr.batch import Batch
 from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.stages import MultiStageMixin, Stage
+from ctr.host import memory_bytes
 from ctr.embeddings.types import FeatureEmbeddings
 from ctr.errors import RecipeError
 from ctr.metrics import auc, group_auc, logloss
@@ -139,7 +139,7 @@ def _asked(err: BaseException) -> str:
     """What a failed allocation asked for, against this machine's memory."""
     if "Overflow" in str(err):
         return "a size past int64"
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    memory = memory_bytes()
     asked = re.search(r"allocate (\d+) bytes", str(err))
     said = f"{int(asked.group(1)) / 2**30:.3g} GiB asked" if asked else "more than there is"
     return f"{said}; this machine has {memory / 2**30:.1f} GiB"
