@@ -29,7 +29,7 @@ from ctr.batch import Batch
 from ctr.datasets.buffer import ShuffleBuffer
 from ctr.datasets.encode import GROUP
 from ctr.datasets.position import Position
-from ctr.datasets.rows import BatchBuilder, RowBlock, RowLayout, pack
+from ctr.datasets.rows import BatchBuilder, RowBlock, RowLayout, check_rows_fit, pack
 from ctr.datasets.shards import shard_files
 from ctr.datasets.transfer import ahead_on_device, needs_pinning
 from ctr.errors import DataError
@@ -100,6 +100,8 @@ class BatchLoader(Position):
         self.units = [unit for file in files for unit in _row_groups(file)]
         self.total_rows = sum(u.rows for u in self.units)
         self.layout = RowLayout.of(schema, GROUP in pq.ParquetFile(files[0]).schema_arrow.names)
+        held = min(shuffle_buffer, self.total_rows) if shuffle else max(u.rows for u in self.units)
+        check_rows_fit(self.layout, max(held, min(batch_size, self.total_rows)), "the shuffle buffer" if shuffle else "a row group")
         self.builder = BatchBuilder(self.layout)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.drop_last, self.min_rows, self.rank, self.world_size = drop_last, min_rows, rank, world_size

@@ -17,6 +17,8 @@ import torch
 
 from ctr.batch import Batch, JaggedFeatures
 from ctr.datasets.encode import GROUP, LABEL
+from ctr.errors import DataError
+from ctr.host import memory_bytes
 from ctr.schema import Schema
 
 PACK_ROWS = 4096
@@ -63,6 +65,19 @@ class RowLayout:
         keys = tuple(f.spec.name for f in schema.sparse_features)
         kinds = tuple(f.spec.kind for f in schema.sparse_features)
         return cls(words, 0, group, dense, categorical, sequences, keys, kinds)
+
+
+def check_rows_fit(layout: RowLayout, rows: int, holder: str) -> None:
+    """Refuses ``rows`` packed rows of ``layout`` (what ``holder`` keeps in memory) that need
+    more than this machine's memory, naming the widest sequence (a max_len in the billions
+    ended in numpy's allocation error)."""
+    needed, memory = 4 * rows * layout.width, memory_bytes()
+    if needed <= memory:
+        return
+    widest = max(layout.sequences.items(), key=lambda item: item[1][2], default=None)
+    cause = f" (the widest slot: sequence {widest[0]!r}, max_len {widest[1][2]})" if widest else ""
+    raise DataError(f"{rows:,} packed rows of {layout.width:,} int32 words{cause}, what {holder} holds, need "
+                    f"{needed / 2**30:.3g} GiB, more than this machine's {memory / 2**30:.1f} GiB")
 
 
 @dataclass

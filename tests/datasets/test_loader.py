@@ -121,6 +121,25 @@ def test_sequences_and_groups_survive_packing(tmp_path):
     assert batch.sparse.values[start:end].tolist() == [id_of["b"], id_of["c"], id_of["c"], id_of["b"], id_of["a"]]
 
 
+def test_packed_rows_past_the_machines_memory_name_the_widest_sequence(tmp_path):
+    """A sequence's max_len in the trillions ended in numpy's 'Unable to allocate 14.6 TiB'
+    once the loader packed its first row group: one line naming the sequence, before any."""
+    from ctr.datasets import prepare
+    from ctr.errors import DataError
+    from ctr.recipe import recipe_from_dict
+
+    path = tmp_path / "rows.csv"
+    path.write_text("label,user,tags\n1,u1,a^b^c\n0,u2,\n")
+    raw = {"data": {"dataset": "csv", "path": str(path), "cache_dir": str(tmp_path / "c"),
+                    "split": {"valid": 0.0, "test": 0.0},
+                    "features": [{"name": "user"}, {"name": "tags", "kind": "sequence", "max_len": 10**12}]}}
+    prepared = prepare(recipe_from_dict(raw).data, progress=False)
+    for shuffle, holder in ((True, "the shuffle buffer"), (False, "a row group")):
+        with pytest.raises(DataError, match=rf"^2 packed rows of 1,000,000,000,00\d int32 words \(the widest slot: "
+                                            rf"sequence 'tags', max_len 1000000000000\), what {holder} holds, need "):
+            BatchLoader(prepared.split_dir("train"), prepared.schema, 10, shuffle=shuffle)
+
+
 @pytest.mark.parametrize("batch_size", [1, 2])
 def test_groups_of_single_row_batches(tmp_path, batch_size):
     """A one-row batch (a last batch, or eval_batch_size 1) reads its int64 group from an odd
