@@ -77,6 +77,16 @@ def optembed_csv_run(tmp_path_factory):
     return trained_csv_run(tmp_path_factory.mktemp("optembed"), {**RECIPE, "embedding": OPTEMBED})
 
 
+def test_the_readme_names_every_key_of_metrics_json(csv_run):
+    """README.md's excerpt of ``metrics.json`` names each key a one-process run writes."""
+    _, run = csv_run
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    excerpt = readme[readme.index('{"valid": {"auc"'):]
+    excerpt = excerpt[:excerpt.index("```")]
+    written = json.loads((run / "metrics.json").read_text())
+    assert [key for key in written if f'"{key}"' not in excerpt] == []
+
+
 def test_eval_from_another_folder_reproduces_the_test_auc(csv_run, tmp_path):
     home, run = csv_run
     result = ctr("eval", run, cwd=tmp_path)
