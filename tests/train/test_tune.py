@@ -5,13 +5,14 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from ctr.errors import TrainingDiverged, UserError
 from ctr.recipe import load_recipe
-from ctr.train.tune import Tuning, parse_grid
+from ctr.train.tune import COLUMNS, Tuning, parse_grid
 from tests.conftest import tiny_recipe
 
 
@@ -469,3 +470,11 @@ def test_a_recipe_of_several_processes_is_refused_not_trained_on_one(tmp_path):
     with pytest.raises(UserError, match=rf"^{refusal}"):
         train(recipe_from_dict(tiny_recipe(tmp_path, trainer={"devices": 2})), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_user_guide_names_every_column_of_results_csv():
+    """docs/training.md's description of ``OUT/results.csv`` names each of its columns."""
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
+    start = guide.index("It writes `OUT/results.csv`")
+    described = guide[start:guide.index("`OUT/results.md`", start)]
+    assert [column for column in COLUMNS if f"`{column}`" not in described] == []
