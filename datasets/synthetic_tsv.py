@@ -8,6 +8,7 @@ name and renamed when complete.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ from ctr.datasets.criteo import CATEGORICAL, NUMERIC
 from ctr.datasets.synthetic import NUM_CATEGORICAL, NUM_NUMERIC, PlantedModel, SyntheticConfig
 from ctr.atomic import atomic_path
 from ctr.errors import UserError, reason
+
+MIN_ROW_BYTES = NUM_CATEGORICAL * 8 + NUM_CATEGORICAL + NUM_NUMERIC + 1
 
 
 def hex_tokens(column: int, vocab: int) -> pa.Array:
@@ -33,6 +36,7 @@ def write_dac_tsv(path: Path, config: SyntheticConfig, progress: bool = False) -
     path = Path(path)
     if path.parent and not path.parent.is_dir():
         raise UserError(f"{path.parent}: {'not a folder' if path.parent.exists() else 'no such folder'}")
+    _check_disk(path, config.rows)
     model = PlantedModel(config)
     tokens = [hex_tokens(j, v) for j, v in enumerate(model.vocabs)]
     bar = tqdm(total=config.rows, unit=" rows", disable=not progress, leave=False)
@@ -46,6 +50,16 @@ def write_dac_tsv(path: Path, config: SyntheticConfig, progress: bool = False) -
     finally:
         bar.close()
     return config.rows
+
+
+def _check_disk(path: Path, rows: int) -> None:
+    """Refuses rows whose TSV cannot fit in the free space of ``path``'s folder (a row takes
+    at least ``MIN_ROW_BYTES``: 26 tokens of 8 hex digits and 39 tabs); a file system that
+    tells no size (``/proc``) is left to refuse the write itself."""
+    usage, needed = shutil.disk_usage(path.parent), rows * MIN_ROW_BYTES
+    if usage.total and needed > usage.free:
+        raise UserError(f"data synth: {rows:,} rows take at least {needed / 1e9:.3g} GB, more than the "
+                        f"{usage.free / 1e9:.3g} GB free in {path.parent}")
 
 
 def _writer(tmp: Path, path: Path) -> pacsv.CSVWriter:

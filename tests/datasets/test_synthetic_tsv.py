@@ -50,3 +50,11 @@ def test_synth_vocabularies_past_memory_are_refused_on_one_line(tmp_path, capsys
         assert err.startswith(f"ctr: error: synthetic data: vocab_scale {float(scale):g} gives ") and "GiB" in err
         assert "\n" not in err and "lower vocab_scale" in err
     assert not list(tmp_path.iterdir())
+
+
+def test_synth_rows_past_the_free_disk_are_refused_before_writing(tmp_path, capsys):
+    """--rows 1e15 wrote for years until the disk was full: one line naming the folder."""
+    assert main(["data", "synth", str(tmp_path / "x.tsv"), "--rows", str(10**15)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ctr: error: data synth: 1,000,000,000,000,000 rows take at least 2.48e+08 GB, more than the ")
+    assert err.endswith(f" GB free in {tmp_path}") and not list(tmp_path.iterdir())
