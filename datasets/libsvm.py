@@ -122,10 +122,13 @@ class LibSVMDataset(FileSource):
     def _layout(self, file: Path) -> Layout:
         """The layout of ``file``'s tokens: that of the first rows of the first training file.
         Default features there are the fields sniffed there; a training row holding another
-        field is a bad row (elsewhere its field is read by no one)."""
+        field is a bad row (elsewhere, and in rows scored with a run's saved features, which
+        ``optional_columns`` holding the label tells, its field is read by no one)."""
         if self.index is not None:
             return Layout(index=self.index)
-        fields, defaults_read = self._sniffed(), not self.config.features and file in self.split_files["train"]
+        scored = (self.config.label or self.label) in self.optional_columns
+        fields = self._sniffed()
+        defaults_read = not self.config.features and not scored and file in self.split_files["train"]
         return Layout(libfm=bool(fields), known_fields=frozenset(fields) if defaults_read and fields else None,
                       origin=f"the first rows of {self.split_files['train'][0]}")
 

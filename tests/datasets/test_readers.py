@@ -285,3 +285,24 @@ def test_a_libfm_field_first_seen_past_the_first_rows_of_training_is_named(tmp_p
     listed = [FeatureSpec(name="a", source="0"), FeatureSpec(name="b", source="1")]
     rows = table(LibSVMDataset(LibSVMConfig(path=str(train), features=listed)).streams()["all"]())
     assert not _problems(rows) and rows.column("1")[-1].as_py() is None
+
+
+def test_rows_to_score_may_hold_a_libfm_field_the_run_does_not_read(tmp_path):
+    """Scoring (``ctr predict``, ``ctr eval --data``) encodes with the run's saved features: a
+    row holding a libFM field none of them reads is read without it, as in a test file, even
+    past the first rows of the file scored and with the run's features its defaults (such a row
+    was a bad row telling to list the features, which scoring has no recipe key for)."""
+    from ctr.datasets.preprocess import encode_with_schema
+
+    train, score = tmp_path / "train.txt", tmp_path / "score.txt"
+    train.write_text("1 0:1:1 1:5:1\n0 0:2:1 1:6:1\n" * 4)
+    score.write_text(_past_first_mib("1 0:1:1 1:5:1\n", "0 0:2:1 1:6:1 2:8:1\n"))
+    raw = {"data": {"dataset": "libsvm", "path": str(train), "cache_dir": str(tmp_path / "c"),
+                    "split": {"valid": 0.0, "test": 0.0}}}
+    config = recipe_from_dict(raw).data
+    prepared = prepare(config, progress=False)
+    encoded = encode_with_schema(config.reading(score), prepared.root, tmp_path / "out", None, progress=False)
+    assert encoded.tally.rows == len(score.read_text().splitlines())
+    last = pq.read_table(tmp_path / "out" / "test").slice(encoded.tally.rows - 1)
+    first_train = pq.read_table(prepared.split_dir("train")).slice(1, 1)
+    assert last.drop_columns(["__label__"]).equals(first_train.drop_columns(["__label__"]))
