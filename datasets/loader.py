@@ -100,8 +100,10 @@ class BatchLoader(Position):
         self.units = [unit for file in files for unit in _row_groups(file)]
         self.total_rows = sum(u.rows for u in self.units)
         self.layout = RowLayout.of(schema, GROUP in pq.ParquetFile(files[0]).schema_arrow.names)
+        batch = min(batch_size, self.total_rows)
         held = min(shuffle_buffer, self.total_rows) if shuffle else max(u.rows for u in self.units)
-        check_rows_fit(self.layout, max(held, min(batch_size, self.total_rows)), "the shuffle buffer" if shuffle else "a row group")
+        holder = f"the shuffle buffer (data.shuffle_buffer {shuffle_buffer})" if shuffle else "a row group"
+        check_rows_fit(self.layout, max(held, batch), holder, batch, "data.shuffle_buffer" if shuffle else None)
         self.builder = BatchBuilder(self.layout)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.drop_last, self.min_rows, self.rank, self.world_size = drop_last, min_rows, rank, world_size

@@ -67,17 +67,19 @@ class RowLayout:
         return cls(words, 0, group, dense, categorical, sequences, keys, kinds)
 
 
-def check_rows_fit(layout: RowLayout, rows: int, holder: str) -> None:
+def check_rows_fit(layout: RowLayout, rows: int, holder: str, batch: int = 1, key: str | None = None) -> None:
     """Refuses ``rows`` packed rows of ``layout`` (what ``holder`` keeps in memory) that need
     more than this machine's memory, naming the widest sequence (a max_len in the billions
-    ended in numpy's allocation error)."""
+    ended in numpy's allocation error), and ``key``, the setting that sizes ``holder``, where
+    a ``batch`` of rows would fit."""
     needed, memory = 4 * rows * layout.width, memory_bytes()
     if needed <= memory:
         return
     widest = max(layout.sequences.items(), key=lambda item: item[1][2], default=None)
     cause = f" (the widest slot: sequence {widest[0]!r}, max_len {widest[1][2]})" if widest else ""
+    fix = f"; lower {key}" if key and 4 * batch * layout.width <= memory else ""
     raise DataError(f"{rows:,} packed rows of {layout.width:,} int32 words{cause}, what {holder} holds, need "
-                    f"{needed / 2**30:.3g} GiB, more than this machine's {memory / 2**30:.1f} GiB")
+                    f"{needed / 2**30:.3g} GiB, more than this machine's {memory / 2**30:.1f} GiB{fix}")
 
 
 @dataclass

@@ -134,10 +134,24 @@ def test_packed_rows_past_the_machines_memory_name_the_widest_sequence(tmp_path)
                     "split": {"valid": 0.0, "test": 0.0},
                     "features": [{"name": "user"}, {"name": "tags", "kind": "sequence", "max_len": 10**12}]}}
     prepared = prepare(recipe_from_dict(raw).data, progress=False)
-    for shuffle, holder in ((True, "the shuffle buffer"), (False, "a row group")):
+    for shuffle, holder in ((True, r"the shuffle buffer \(data\.shuffle_buffer 1000000\)"), (False, "a row group")):
         with pytest.raises(DataError, match=rf"^2 packed rows of 1,000,000,000,00\d int32 words \(the widest slot: "
-                                            rf"sequence 'tags', max_len 1000000000000\), what {holder} holds, need "):
+                                            rf"sequence 'tags', max_len 1000000000000\), what {holder} holds, need [^;]*$"):
             BatchLoader(prepared.split_dir("train"), prepared.schema, 10, shuffle=shuffle)
+
+
+def test_a_shuffle_buffer_past_the_machines_memory_names_its_key(tiny_prepared, monkeypatch):
+    """Rows of no wide sequence that a large data.shuffle_buffer holds past the machine's
+    memory: the message names the key to lower (it named only "the shuffle buffer")."""
+    from ctr.datasets import rows
+    from ctr.errors import DataError
+
+    monkeypatch.setattr(rows, "memory_bytes", lambda: 4000)  # a batch of 10 rows fits
+    with pytest.raises(DataError, match=r"what the shuffle buffer \(data\.shuffle_buffer 100000\) holds, need .*; "
+                                        r"lower data\.shuffle_buffer$"):
+        BatchLoader(tiny_prepared.split_dir("train"), tiny_prepared.schema, 10, shuffle=True, shuffle_buffer=100_000)
+    with pytest.raises(DataError, match=r"what a row group holds, need [^;]*$"):
+        BatchLoader(tiny_prepared.split_dir("train"), tiny_prepared.schema, 10)
 
 
 @pytest.mark.parametrize("batch_size", [1, 2])
