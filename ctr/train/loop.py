@@ -24,8 +24,8 @@ from lightning.pytorch.loops.fit_loop import _FitLoop
 from ctr.atomic import atomic_path
 from ctr.datasets import BatchLoader, Prepared
 from ctr.datasets.resident import ResidentLoader
-from ctr.host import usable_cores
 from ctr.errors import RecipeError, UserError, reason
+from ctr.host import usable_cores
 from ctr.kernels.embedding_bag import BackendUnavailable, check_fused, resolve_backend
 from ctr.recipe import Recipe, reads_backend
 from ctr.train.callbacks import (

@@ -16,9 +16,9 @@ from torch import Tensor, nn
 from ctr.batch import Batch
 from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.stages import MultiStageMixin, Stage
-from ctr.host import memory_bytes
 from ctr.embeddings.types import FeatureEmbeddings
 from ctr.errors import RecipeError
+from ctr.host import memory_bytes
 from ctr.metrics import auc, group_auc, logloss
 from ctr.models.base import CTRModel
 from ctr.recipe import Recipe

@@ -54,8 +54,6 @@ def test_a_dataset_plugin_whose_code_changed_encodes_anew(tmp_path, monkeypatch)
 def test_a_stream_yielding_a_dataframe_is_one_line(tmp_path, monkeypatch):
     """The docs ask for Arrow record batches; a DataFrame failed deep in the checks
     ("'DataFrame' object has no attribute 'schema'")."""
-    import pytest
-
     from ctr.errors import DataError
 
     plugin = tmp_path / "my_frames.py"
@@ -73,8 +71,6 @@ def test_a_stream_yielding_a_dataframe_is_one_line(tmp_path, monkeypatch):
 def test_streams_other_than_the_documented_dict_are_one_line(tmp_path, monkeypatch):
     """A split named other than all/train/valid/test failed in the split assignment ("x not in
     tuple"), a bare function at ``split not in streams``, both in tracebacks."""
-    import pytest
-
     from ctr.errors import DataError
 
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -92,8 +88,6 @@ def test_streams_other_than_the_documented_dict_are_one_line(tmp_path, monkeypat
 def test_default_features_other_than_feature_specs_are_one_line(tmp_path, monkeypatch):
     """Names or dicts for FeatureSpecs failed in an AttributeError traceback ("'str' object
     has no attribute 'name'")."""
-    import pytest
-
     from ctr.errors import DataError
 
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -126,8 +120,6 @@ def test_a_stream_column_its_feature_cannot_read_is_one_line(tmp_path, monkeypat
     """A list or struct column of a plugin's stream failed in pyarrow's cast ("Unsupported
     cast from list<item: string> to utf8"); a column of a later batch (the stream's next file)
     too, and a label absent from it in a KeyError."""
-    import pytest
-
     from ctr.errors import DataError
 
     name = f"my_typed_{abs(hash((column, value, batch)))}"
