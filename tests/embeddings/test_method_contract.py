@@ -121,7 +121,6 @@ def test_a_method_implementing_neither_lookup_is_refused_when_built():
         Lookupless()
 
 
-
 class Bagged(Shaped):
     """A plugin-like method whose ``embed_bags`` returns ``shape_of(bags)`` vectors (or a list)."""
 
