@@ -256,8 +256,8 @@ class Tuning:
     def _recipe(self, base: dict[str, Any], point: Point) -> Recipe:
         """The point's recipe; an error names the point, or the recipe and its -o when the
         point's settings are not what is wrong (the same error without them)."""
-        raw = self._raw(base, point)
         try:
+            raw = self._raw(base, point)
             recipe = _in_one_process(recipe_from_dict(raw))
         except UserError as err:
             try:

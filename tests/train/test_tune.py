@@ -478,3 +478,11 @@ def test_the_user_guide_names_every_column_of_results_csv():
     start = guide.index("It writes `OUT/results.csv`")
     described = guide[start:guide.index("`OUT/results.md`", start)]
     assert [column for column in COLUMNS if f"`{column}`" not in described] == []
+
+
+def test_a_grid_key_below_a_value_names_the_point(tmp_path):
+    """An axis that sets a key below a value of the recipe (``seed.x``) is refused naming the
+    point, as every other error of its settings is (it said only 'seed: is not a section')."""
+    with pytest.raises(UserError, match=r"^--grid seed\.x=1: seed: is not a section, cannot set seed\.x$"):
+        Tuning(_recipe_file(tmp_path, seed=7), parse_grid(["seed.x=1,2"]), 1, tmp_path / "t", [], FakeTrainer()).run()
+    assert not (tmp_path / "t").exists()
