@@ -24,7 +24,7 @@ from ctr.errors import UserError
 from ctr.host import memory_bytes
 from ctr.recipe import DataConfig
 from ctr.registry import DATASETS
-from ctr.schema import FeatureSpec
+from ctr.schema import ID_MAX, FeatureSpec
 
 NUM_NUMERIC = 13
 NUM_CATEGORICAL = 26
@@ -95,6 +95,19 @@ class SyntheticConfig(DataConfig):
         for name in ("linear_scale", "pairwise_scale", "numeric_scale"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        self._check_integer_ids()
+
+    def _check_integer_ids(self) -> None:
+        """With ``integer_ids`` a column's scaled vocabulary is its feature's num_ids: refused
+        where its ids (after the OOV id) pass int32, naming the key at fault."""
+        widest = max(range(NUM_CATEGORICAL), key=lambda j: self.vocab_sizes[j])
+        ids = self.vocab_sizes[widest] * self.vocab_scale
+        if not self.integer_ids or ids < ID_MAX - 0.5:  # scaled_vocabs() rounds
+            return
+        past = f"past the {ID_MAX - 1} ids of int32 with integer_ids (one id is OOV's)"
+        if self.vocab_scale == 1:
+            raise ValueError(f"vocab_sizes: column C{widest + 1}'s {ids:.3g} ids are {past}")
+        raise ValueError(f"vocab_scale: {self.vocab_scale:g} gives column C{widest + 1} {ids:.3g} ids, {past}")
 
     def scaled_vocabs(self) -> list[int]:
         return [max(2, int(round(v * self.vocab_scale))) for v in self.vocab_sizes]

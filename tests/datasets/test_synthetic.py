@@ -89,3 +89,19 @@ def test_a_latent_dim_past_memory_is_named_not_vocab_scale():
 
     with pytest.raises(UserError, match=r"latent_dim 1000000000 .*; lower latent_dim$"):
         PlantedModel(SyntheticConfig(vocab_scale=0.001, latent_dim=1_000_000_000))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.vocab_scale=1000000"], "data.vocab_scale: 1e+06 gives column C3 1e+11 ids, past"),
+    (["data.vocab_scale=1", f"data.vocab_sizes=[3000000000{',2' * 25}]"], "data.vocab_sizes: column C1's 3e+09 ids are past"),
+])
+def test_integer_ids_past_int32_are_one_line_naming_the_size(tmp_path, capsys, overrides, message):
+    """With integer_ids each column's vocabulary is a feature's num_ids: one past int32's ids
+    was the traceback of FeatureSpec's ValueError from default_features()."""
+    from ctr.cli import main
+
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp_path, data={"integer_ids": True})))
+    assert main(["data", "prepare", str(tmp_path / "r.yaml"), *[a for o in overrides for a in ("-o", o)]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"ctr: error: {message} the 2147483646 ids of int32 with integer_ids"), err
+    assert "\n" not in err and not (tmp_path / "cache").exists()
