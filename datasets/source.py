@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from ctr.atomic import special_kind
-from ctr.errors import DataError, RecipeError
+from ctr.errors import DataError, RecipeError, reason
 from ctr.recipe import DataConfig, FeatureShorthand
 from ctr.registry import DATASETS
 from ctr.schema import FeatureSpec
@@ -82,8 +82,12 @@ class DatasetSource(ABC):
 
 def default_features(source: DatasetSource) -> list[FeatureSpec]:
     """``source.default_features()``, refusing anything but a list of FeatureSpec (a plugin's
-    names or dicts failed later in an AttributeError traceback)."""
-    features = source.default_features()
+    names or dicts failed later in an AttributeError traceback), and naming the source in the
+    ValueError of a FeatureSpec it builds (a traceback before)."""
+    try:
+        features = source.default_features()
+    except ValueError as err:
+        raise DataError(f"data.dataset: {source.config.dataset}'s default_features(): {reason(err)}") from None
     if isinstance(features, (list, tuple)):
         wrong = next(((i, f) for i, f in enumerate(features) if not isinstance(f, FeatureSpec)), None)
         if wrong is None:

@@ -87,22 +87,24 @@ def test_streams_other_than_the_documented_dict_are_one_line(tmp_path, monkeypat
 
 def test_default_features_other_than_feature_specs_are_one_line(tmp_path, monkeypatch):
     """Names or dicts for FeatureSpecs failed in an AttributeError traceback ("'str' object
-    has no attribute 'name'")."""
+    has no attribute 'name'"), a FeatureSpec the source builds wrong in its ValueError's."""
     from ctr.errors import DataError
 
     monkeypatch.syspath_prepend(str(tmp_path))
     (tmp_path / "clicks.jsonl").write_text(json.dumps({"clicked": 1, "user": "u", "ad": "a", "price": 1.0}) + "\n")
     for name, returned, got in [("my_names", '["user", "ad"]', r"'user' \(a str\) at \[0\]"),
                                 ("my_dicts", '[FeatureSpec(name="user"), {"name": "ad"}]', r"\{'name': 'ad'\} \(a dict\) at \[1\]"),
-                                ("my_spec", 'FeatureSpec(name="user")', r"a FeatureSpec")]:
+                                ("my_spec", 'FeatureSpec(name="user")', r"a FeatureSpec"),
+                                ("my_bad_spec", '[FeatureSpec(name="user", max_len=0)]', None)]:
         block = documented_block("# my_data.py").replace('"my_clicks"', f'"{name}"')
         start = block.index("        return [FeatureSpec(name=\"user\")")
         end = block.index("\n\n", start)
         (tmp_path / f"{name}.py").write_text(block[:start] + f"        return {returned}" + block[end:])
         recipe = recipe_from_dict({"plugins": [name], "data": {
             "dataset": name, "path": str(tmp_path / "clicks.jsonl"), "cache_dir": str(tmp_path / "cache")}})
-        with pytest.raises(DataError, match=rf"^data\.dataset: {name}'s default_features\(\) returned {got}; a source "
-                                            r"returns a list of FeatureSpec \(ctr\.schema\)"):
+        said = (rf" returned {got}; a source returns a list of FeatureSpec \(ctr\.schema\)" if got else
+                r": feature 'user': min_count, oov_buckets and max_len must be >= 1$")  # a spec's ValueError: a traceback
+        with pytest.raises(DataError, match=rf"^data\.dataset: {name}'s default_features\(\){said}"):
             prepare(recipe.data, progress=False)
 
 
