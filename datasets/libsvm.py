@@ -120,15 +120,18 @@ class LibSVMDataset(FileSource):
             yield parse_rows(block, layout, kinds).replace_schema_metadata(block.schema.metadata)
 
     def _layout(self, file: Path) -> Layout:
-        """The layout of ``file``'s tokens: that of the first rows of the first training file.
-        Default features there are the fields sniffed there; a training row holding another
-        field is a bad row (elsewhere, and in rows scored with a run's saved features, which
-        ``optional_columns`` holding the label tells, its field is read by no one)."""
+        """The layout of ``file``'s tokens. Rows scored with a run's saved features take the
+        run's form (fields: libFM; the one ``features`` sequence: libSVM), and a field no
+        feature reads is read by no one. Otherwise the form is that of the first rows of the
+        first training file; default features are the fields sniffed there, and a training row
+        holding another field is a bad row (elsewhere its field is read by no one)."""
         if self.index is not None:
             return Layout(index=self.index)
-        scored = (self.config.label or self.label) in self.optional_columns
+        if self.scored_features is not None:
+            libfm = all(spec.column != ALL_FEATURES for spec in self.scored_features)
+            return Layout(libfm=libfm, origin="the rows of the run's training")
         fields = self._sniffed()
-        defaults_read = not self.config.features and not scored and file in self.split_files["train"]
+        defaults_read = not self.config.features and file in self.split_files["train"]
         return Layout(libfm=bool(fields), known_fields=frozenset(fields) if defaults_read and fields else None,
                       origin=f"the first rows of {self.split_files['train'][0]}")
 
@@ -144,14 +147,15 @@ class LibSVMDataset(FileSource):
         (featindex's fields, else those of the first rows of the first file) is a DataError
         naming its recipe key."""
         if self._read_kinds is None:
-            features = self.config.features or self.default_features()
+            features = self.config.features or self.scored_features or self.default_features()
             group = self.config.group or self.group
             kinds = {**({group: "categorical"} if group else {}), **{spec.column: spec.kind for spec in features}}
             keys = column_keys(features, self.config.label or self.label, group)
             first = self.split_files["train"][0]
             fields = self.index.fields if self.index is not None else self._sniffed() or [ALL_FEATURES]
             origin = str(self.featindex) if self.index is not None else f"the first rows of {first}"
-            require_columns(fields, self.required({column: keys[column] for column in kinds}), origin)
+            if self.scored_features is None:  # rows scored may lack any field (each is then missing)
+                require_columns(fields, self.required({column: keys[column] for column in kinds}), origin)
             self._read_kinds = {c: kind for c, kind in kinds.items() if c in fields or c not in self.optional_columns}
         return self._read_kinds
 

@@ -143,6 +143,7 @@ def encode_with_schema(config: DataConfig, schema_dir: Path, out: Path, split: s
     if split is None:  # a group column that a feature reads is that feature's input: never optional
         read = {spec.column for spec in features}
         source.optional_columns = frozenset(c for c in (schema.label, schema.group) if c and c not in read)
+        source.scored_features = features
     job = _Job(source, features, {}, schema.label, schema.group, config, _show_progress(progress))
     job.whole = split is None
     absent = job.absent_columns() if job.whole else set()

@@ -38,6 +38,7 @@ class DatasetSource(ABC):
     label: str = "label"
     group: str | None = None
     optional_columns: frozenset[str] = frozenset()  # may be absent (the label when scoring new rows)
+    scored_features: list[FeatureSpec] | None = None  # those of the run whose saved schema scores the rows
     generated: bool = False  # rows made by the source itself: no file of them can be scored
 
     def __init__(self, config: DataConfig):

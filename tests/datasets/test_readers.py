@@ -306,3 +306,28 @@ def test_rows_to_score_may_hold_a_libfm_field_the_run_does_not_read(tmp_path):
     last = pq.read_table(tmp_path / "out" / "test").slice(encoded.tally.rows - 1)
     first_train = pq.read_table(prepared.split_dir("train")).slice(1, 1)
     assert last.drop_columns(["__label__"]).equals(first_train.drop_columns(["__label__"]))
+
+
+def test_rows_to_score_take_the_runs_fields_and_form(tmp_path):
+    """Scoring a file that lacks one of the run's libFM fields (in its first rows or at all)
+    was refused (``column '2' is absent from score.txt``) as its fields were sniffed from it:
+    the run's fields are read, each missing where absent; a libSVM file scored by a libFM
+    run is bad rows naming the run's form (its rows were read with every field missing)."""
+    from ctr.datasets.preprocess import encode_with_schema
+
+    train, score, svm = tmp_path / "train.txt", tmp_path / "score.txt", tmp_path / "svm.txt"
+    train.write_text("1 0:1:1 1:5:1 2:8:1\n0 0:2:1 1:6:1 2:9:1\n" * 4)
+    score.write_text("1 0:1:1 1:5:1\n0 0:2:1 1:6:1\n")
+    svm.write_text("1 3:1 4:1\n")
+    raw = {"data": {"dataset": "libsvm", "path": str(train), "cache_dir": str(tmp_path / "c"),
+                    "split": {"valid": 0.0, "test": 0.0}}}
+    config = recipe_from_dict(raw).data
+    prepared = prepare(config, progress=False)
+    encoded = encode_with_schema(config.reading(score), prepared.root, tmp_path / "out", None, progress=False)
+    scored, trained = (pq.read_table(folder).drop_columns(["__label__"])
+                       for folder in (tmp_path / "out" / "test", prepared.split_dir("train")))
+    assert encoded.tally.rows == 2 and scored.column("field_0").equals(trained.column("field_0").slice(0, 2))
+    assert scored.column("field_2").to_pylist() == [1, 1]  # missing: the out-of-vocabulary id
+    with pytest.raises(DataError, match=r"svm.txt:1: a feature is not 'field:index:value' \(a libFM file, as the rows "
+                                        r"of the run's training are\)"):
+        encode_with_schema(config.reading(svm), prepared.root, tmp_path / "out2", None, progress=False)
