@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+from lightning.pytorch.plugins import TorchCheckpointIO
 
+from ctr.atomic import atomic_path
 from ctr.errors import TrainingDiverged
 
 log = logging.getLogger("ctr.train")
@@ -119,6 +121,17 @@ class ResumableEarlyStopping(EarlyStopping):
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self.stopping_reason != EarlyStoppingReason.NOT_STOPPED:
             trainer.should_stop = True
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing beside the checkpoint and renaming it in place
+    (``atomic_path``). Lightning's own writes into ``$TMPDIR`` and moves the file: a copy when
+    the run is on another file system, so a kill inside it left a cut ``last.ckpt`` that no
+    resume could read, and its temporary in ``$TMPDIR``."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
 
 
 class RunCheckpoint(ModelCheckpoint):

@@ -29,8 +29,8 @@ from ctr.host import usable_cores
 from ctr.kernels.embedding_bag import BackendUnavailable, check_fused, resolve_backend
 from ctr.recipe import Recipe, reads_backend
 from ctr.train.callbacks import (
-    FiniteLoss, LoaderEpoch, ProgressLines, RandomState, ResumableEarlyStopping, RunCheckpoint, Throughput,
-    ValidateAtMaxSteps, ValidationSummary, loss_check_interval,
+    AtomicCheckpointIO, FiniteLoss, LoaderEpoch, ProgressLines, RandomState, ResumableEarlyStopping, RunCheckpoint,
+    Throughput, ValidateAtMaxSteps, ValidationSummary, loss_check_interval,
 )
 from ctr.train.checks import TRAINING_MIN_ROWS
 from ctr.train.optim import fused_optimizer
@@ -391,6 +391,7 @@ def trainer_for(recipe: Recipe, run: RunDir, progress: bool, callbacks: list, lo
         log_every_n_steps=LOG_EVERY_N_STEPS,
         use_distributed_sampler=False,
         default_root_dir=run.root,
+        plugins=[AtomicCheckpointIO()],
     )
     _restore_as_epoch_based(trainer)
     return trainer

@@ -259,3 +259,53 @@ def test_a_multi_stage_run_killed_as_a_stage_began_draws_as_the_whole_run(tmp_pa
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "stage 1/2 search: finished earlier, restored" in resumed.stderr
     same_run(tmp_path / "whole", cut)
+
+
+KILL_IN_CHECKPOINT_COPY = """
+import errno, os, shutil, signal, tempfile
+
+rename, copyfile, copies = os.rename, shutil.copyfile, []
+
+
+def rename_within_one_file_system(src, dst, *args, **kwargs):
+    if str(src).startswith(tempfile.gettempdir()) != str(dst).startswith(tempfile.gettempdir()):
+        raise OSError(errno.EXDEV, "Invalid cross-device link", str(src), None, str(dst))
+    return rename(src, dst, *args, **kwargs)
+
+
+def copy_then_die_in_the_second_last_ckpt(src, dst, *args, **kwargs):
+    if str(dst).endswith("last.ckpt"):
+        copies.append(dst)
+        if len(copies) == 2:
+            with open(src, "rb") as whole, open(dst, "wb") as cut:
+                cut.write(whole.read(1000))
+            os.kill(os.getpid(), signal.SIGKILL)
+    return copyfile(src, dst, *args, **kwargs)
+
+
+os.rename, shutil.copyfile = rename_within_one_file_system, copy_then_die_in_the_second_last_ckpt
+"""
+
+
+def test_a_run_on_another_file_system_than_tmpdir_killed_while_checkpointing_resumes(tmp_path):
+    """$TMPDIR on another file system than the run (here os.rename refuses between them, as
+    it does with EXDEV): Lightning wrote a checkpoint into $TMPDIR and moved it, a copy, so a
+    kill inside the copy of the second ``last.ckpt`` left 1000 bytes of it, and the resume
+    failed on them (and the temporary stayed in $TMPDIR)."""
+    (tmp_path / "kill_in_checkpoint_copy.py").write_text(KILL_IN_CHECKPOINT_COPY)
+    stop = {"monitor": "valid/auc", "mode": "max", "patience": 5}
+    raw = tiny_recipe(tmp_path, train={"epochs": 3, "early_stop": stop})
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    assert ctr("train", tmp_path / "r.yaml", "--out", tmp_path / "whole").returncode == 0
+    raw["plugins"] = ["kill_in_checkpoint_copy"]
+    (tmp_path / "k.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "systmp").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "TMPDIR": str(tmp_path / "systmp")}
+    killed = ctr("train", tmp_path / "k.yaml", "--out", tmp_path / "killed", env=env)
+    if killed.returncode == -signal.SIGKILL:
+        resumed = ctr("train", "--resume", tmp_path / "killed", env=env)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+    else:
+        assert killed.returncode == 0, killed.stderr[-3000:]
+    same_run(tmp_path / "whole", tmp_path / "killed")
+    assert list((tmp_path / "systmp").iterdir()) == []
