@@ -24,7 +24,7 @@ from lightning.pytorch.loops.fit_loop import _FitLoop
 from ctr.atomic import atomic_path
 from ctr.datasets import BatchLoader, Prepared
 from ctr.datasets.resident import ResidentLoader
-from ctr.errors import RecipeError, UserError, reason
+from ctr.errors import RecipeError, UserError, reason, sigterm_to_lightning
 from ctr.host import usable_cores
 from ctr.kernels.embedding_bag import BackendUnavailable, check_fused, resolve_backend
 from ctr.recipe import Recipe, reads_backend
@@ -224,7 +224,8 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     elif score_start:
         _start_as_best(task, session, checkpoint, stopper)
     loaders = session.loaders
-    trainer.fit(task, loaders["train"], loaders["valid"], ckpt_path=str(resume_from) if resume_from else None)
+    with sigterm_to_lightning():
+        trainer.fit(task, loaders["train"], loaders["valid"], ckpt_path=str(resume_from) if resume_from else None)
     task.write_open_epoch()  # a resumed fit may end in its checkpoint's epoch without running the epoch's end
     if not checkpoint.best_model_path and not (ckpt_dir / "last.ckpt").exists():
         # max_steps ended it before the first validation of every eval_every_n_steps: the trained weights

@@ -14,7 +14,7 @@ import lightning as L
 
 from ctr.datasets import Prepared, prepare
 from ctr.datasets.source import SPLITS, resolve_features
-from ctr.errors import UserError
+from ctr.errors import UserError, sigterm_raises
 from ctr.recipe import Recipe
 from ctr.train import distributed
 from ctr.train.checkpoints import is_distributed_checkpoint
@@ -53,7 +53,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
                 return distributed.train(recipe, run, resume, place)
     run = RunDir(root)
     run.check_usable()
-    with run.exclusive():  # before the checks: a run another process trains is refused as such
+    with run.exclusive(), sigterm_raises():  # outside its fits (Lightning's), SIGTERM would end it without a word
         _check_run(run, recipe, resume)
         return _train_here(recipe, run, resume)
 

@@ -309,3 +309,47 @@ def test_a_run_on_another_file_system_than_tmpdir_killed_while_checkpointing_res
         assert killed.returncode == 0, killed.stderr[-3000:]
     same_run(tmp_path / "whole", tmp_path / "killed")
     assert list((tmp_path / "systmp").iterdir()) == []
+
+
+TERM_BEFORE = """
+import os, signal
+from ctr.train import runner
+
+CALLED = os.environ["CTR_TEST_TERM_BEFORE"]
+
+
+def wrapped(work):
+    def term_then_work(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return work(*args, **kwargs)
+    return term_then_work
+
+
+if CALLED != "none":
+    setattr(runner, CALLED, wrapped(getattr(runner, CALLED)))
+"""
+
+
+@pytest.mark.parametrize("called", ["prepare", "evaluate_checkpoint"])
+def test_sigterm_outside_the_fit_ends_the_run_saying_how_to_resume(tmp_path, called):
+    """SIGTERM as the data is prepared, or as the trained run's best checkpoint is evaluated
+    (a fit's and a procedure's SIGTERM were handled, these ended the process without a word,
+    killed by the signal); the resume ends as the uninterrupted run."""
+    (tmp_path / "term_before.py").write_text(TERM_BEFORE)
+    raw = tiny_recipe(tmp_path, train={"epochs": 2})
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    assert ctr("train", tmp_path / "r.yaml", "--out", tmp_path / "whole").returncode == 0
+    raw["plugins"] = ["term_before"]
+    (tmp_path / "k.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "CTR_TEST_TERM_BEFORE": called}
+    stopped = ctr("train", tmp_path / "k.yaml", "--out", tmp_path / "stopped", env=env)
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert stopped.stderr.splitlines()[-1] == (f"ctr: terminated (SIGTERM); `ctr train --resume {tmp_path / 'stopped'}`"
+                                               " continues from its last checkpoint, if one was written")
+    assert not (tmp_path / "stopped" / "metrics.json").exists()
+    env["CTR_TEST_TERM_BEFORE"] = "none"
+    again = ("train", "--resume", tmp_path / "stopped") if called == "evaluate_checkpoint" else (
+        "train", tmp_path / "k.yaml", "--out", tmp_path / "stopped")
+    resumed = ctr(*again, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    same_run(tmp_path / "whole", tmp_path / "stopped")
