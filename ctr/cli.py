@@ -77,9 +77,11 @@ def _say_signal_end(args: argparse.Namespace, ended: tuple[str, int]) -> int:
     """Prints how a signal ended the command (with how to go on, for a command that resumes,
     naming its run directory once known); its code."""
     command = " ".join(filter(None, [args.command, getattr(args, "bench_command", None)]))
-    hint = CONTINUING.get(command)
-    if hint and getattr(args, "run_dir", None):
-        hint = hint.replace("RUN_DIR", shlex.quote(str(args.run_dir)))
+    hint, run_dir = CONTINUING.get(command), getattr(args, "run_dir", None)
+    if hint and run_dir:
+        hint = hint.replace("RUN_DIR", shlex.quote(str(run_dir)))
+    if command == "train" and run_dir and (Path(run_dir) / "metrics.json").exists():
+        hint = f"the run had finished: {Path(run_dir) / 'metrics.json'} holds its results"
     print(f"ctr: {ended[0]}{f'; {hint}' if hint else ''}", file=sys.stderr)
     return ended[1]
 

@@ -48,6 +48,20 @@ def test_a_signal_during_a_fit_exits_with_the_shells_code_and_says_how_to_resume
     assert capsys.readouterr().err.strip() == said
 
 
+def test_a_signal_after_the_run_finished_says_so_not_to_resume(tmp_path, monkeypatch, capsys):
+    """SIGTERM once metrics.json was written (as the run's last lines are logged) said to
+    resume a run that ``--resume`` then calls finished."""
+    def finished_then_terminated(args):
+        args.run_dir = tmp_path
+        (tmp_path / "metrics.json").write_text("{}\n")
+        raise Terminated
+
+    monkeypatch.setattr(cli, "_train", finished_then_terminated)
+    assert cli.main(["train", "recipe.yaml"]) == 143
+    assert capsys.readouterr().err.strip() == (f"ctr: terminated (SIGTERM); the run had finished: "
+                                               f"{tmp_path / 'metrics.json'} holds its results")
+
+
 @pytest.mark.parametrize("stop, code, said", [
     (_sigterm_in_fit, 143, "ctr: terminated (SIGTERM)"), (_sigint_in_procedure, 130, "ctr: interrupted"),
 ])
