@@ -194,16 +194,21 @@ def _check_fits_in_memory(config: SyntheticConfig) -> None:
     per id, with their float64 intermediates) need more than this machine's memory, naming
     latent_dim where the vocabularies would fit with the default one."""
     ids = sum(config.vocab_sizes) * config.vocab_scale
-    needed = ids * (28 + 12 * config.latent_dim)
-    memory = memory_bytes()
+    needed, memory = _planted_bytes(ids, config.latent_dim), memory_bytes()
     if needed <= memory:
         return
     machine = f"~{needed / 2**30:.3g} GiB, more than this machine's {memory / 2**30:.1f} GiB"
-    if ids * (28 + 12 * SyntheticConfig.latent_dim) <= memory:  # the vocabularies fit with the default vectors
+    if _planted_bytes(ids, SyntheticConfig.latent_dim) <= memory:  # the vocabularies fit with the default vectors
         raise UserError(f"synthetic data: latent_dim {config.latent_dim} over {ids:.3g} ids needs {machine}; "
                         "lower latent_dim")
     raise UserError(f"synthetic data: vocab_scale {config.vocab_scale:g} gives {ids:.3g} ids in all, whose planted "
                     f"model needs {machine}; lower vocab_scale")
+
+
+def _planted_bytes(ids: float, latent_dim: int) -> float:
+    """Peak bytes of the planted parameters of ``ids`` ids: a float64 CDF and its weights, a
+    float32 weight, a latent vector drawn in float64 and kept in float32."""
+    return ids * (28 + 12 * latent_dim)
 
 
 @DATASETS.register("synthetic", config=SyntheticConfig)

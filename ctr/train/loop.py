@@ -228,7 +228,7 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
         trainer.fit(task, loaders["train"], loaders["valid"], ckpt_path=str(resume_from) if resume_from else None)
     task.write_open_epoch()  # a resumed fit may end in its checkpoint's epoch without running the epoch's end
     if not checkpoint.best_model_path and not (ckpt_dir / "last.ckpt").exists():
-        # max_steps ended it before the first validation of every eval_every_n_steps: the trained weights
+        # a fit that wrote no checkpoint (ValidateAtMaxSteps validates a cut one): its trained weights
         trainer.save_checkpoint(ckpt_dir / "last.ckpt")
     best = Path(checkpoint.best_model_path or ckpt_dir / "last.ckpt")
     return Fitted(best, throughput.seconds, throughput.samples_per_second, max(trainer.current_epoch, begun),
