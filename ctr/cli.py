@@ -291,7 +291,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _resumed_recipe(run, overrides: list[str]):  # noqa: ANN001, ANN202 (a RunDir, a Recipe)
     """The run's recipe with the world-size ``overrides`` applied."""
-    from ctr.recipe import apply_override, recipe_from_dict
+    from ctr.recipe import recipe_from_dict
+    from ctr.recipe.files import apply_override
 
     recipe = run.load_recipe()
     if not overrides:

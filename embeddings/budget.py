@@ -11,7 +11,8 @@ import numpy as np
 
 from ctr.embeddings.storage import SEED_BYTES
 from ctr.errors import RecipeError
-from ctr.recipe import EmbeddingConfig, budget_needed
+from ctr.recipe import EmbeddingConfig
+from ctr.recipe.checks import budget_needed
 from ctr.schema import Schema
 
 FP32_BYTES = 4

@@ -3,7 +3,8 @@ import re
 import pytest
 
 from ctr.errors import RecipeError
-from ctr.recipe import apply_override, load_recipe, recipe_from_dict
+from ctr.recipe import load_recipe, recipe_from_dict
+from ctr.recipe.files import apply_override
 
 
 def test_defaults_and_typed_sections():

@@ -43,7 +43,8 @@ from ctr.bench.grid import (
 )
 from ctr.errors import UserError, sigterm_raises
 from ctr.metrics import mean_std
-from ctr.recipe import apply_override, import_recipe_plugins, read_yaml, recipe_from_dict
+from ctr.recipe import import_recipe_plugins, recipe_from_dict
+from ctr.recipe.files import apply_override, read_yaml
 from ctr.registry import EMBEDDINGS
 from ctr.train.plots import save_png
 from ctr.train.launch import STARTER

@@ -22,7 +22,9 @@ import yaml
 from ctr.atomic import atomic_write
 from ctr.datasets import prepare
 from ctr.errors import UserError
-from ctr.recipe import Recipe, apply_override, first_difference, read_yaml, reads_backend, recipe_from_dict
+from ctr.recipe import Recipe, recipe_from_dict
+from ctr.recipe.checks import reads_backend
+from ctr.recipe.files import apply_override, first_difference, read_yaml
 from ctr.registry import EMBEDDINGS
 from ctr.train.rundir import RunDir
 

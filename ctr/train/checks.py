@@ -10,7 +10,8 @@ from ctr.datasets import Prepared
 from ctr.embeddings.stages import Stage
 from ctr.errors import DataError, RecipeError
 from ctr.models.layers import Dice
-from ctr.recipe import PlateauSchedule, Recipe
+from ctr.recipe import Recipe
+from ctr.recipe.schedules import PlateauSchedule
 from ctr.train.task import CTRNet
 
 ONE_CLASS_UNDEFINED = ("valid/auc", "valid/gauc")  # metrics that need both labels in the split

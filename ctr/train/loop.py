@@ -27,7 +27,8 @@ from ctr.datasets.resident import ResidentLoader
 from ctr.errors import RecipeError, UserError, reason, sigterm_to_lightning
 from ctr.host import usable_cores
 from ctr.kernels.embedding_bag import BackendUnavailable, check_fused, resolve_backend
-from ctr.recipe import Recipe, reads_backend
+from ctr.recipe import Recipe
+from ctr.recipe.checks import reads_backend
 from ctr.train.callbacks import (
     AtomicCheckpointIO, FiniteLoss, LoaderEpoch, ProgressLines, RandomState, ResumableEarlyStopping, RunCheckpoint,
     Throughput, ValidateAtMaxSteps, ValidationSummary, loss_check_interval,

@@ -7,7 +7,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ctr.recipe import DataConfig, generates_rows, import_recipe_plugins, reads_backend
+from ctr.recipe import DataConfig, import_recipe_plugins
+from ctr.recipe.checks import generates_rows, reads_backend
 from ctr.registry import DATASETS, EMBEDDINGS
 
 LOSS_MONITORS = ("valid/logloss", "train/loss")

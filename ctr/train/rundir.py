@@ -18,7 +18,8 @@ from ctr.datasets.preprocess import KEY_FILE, input_change, source_fingerprint
 from ctr.datasets.source import resolve_features
 from ctr.errors import UserError, reason
 from ctr.metrics import metrics_from_json, metrics_json
-from ctr.recipe import DataConfig, Recipe, first_difference, read_yaml, recipe_from_dict
+from ctr.recipe import DataConfig, Recipe, recipe_from_dict
+from ctr.recipe.files import first_difference, read_yaml
 from ctr.train.old_recipes import upgraded
 
 

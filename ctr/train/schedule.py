@@ -16,9 +16,8 @@ from typing import Any, Callable
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from ctr.recipe import (
-    CosineSchedule, LinearWarmupSchedule, PlateauSchedule, SchedulerConfig, StepSchedule, TrainConfig, metric_mode,
-)
+from ctr.recipe import TrainConfig
+from ctr.recipe.schedules import CosineSchedule, LinearWarmupSchedule, PlateauSchedule, SchedulerConfig, StepSchedule, metric_mode
 
 Rule = Callable[[float, int, int], float]  # (base lr, epoch, step) → lr
 

@@ -31,7 +31,9 @@ import yaml
 from ctr.atomic import CsvRows, atomic_write
 from ctr.errors import TrainingDiverged, UserError
 from ctr.metrics import mean_std
-from ctr.recipe import SEED_MAX, Recipe, apply_override, read_yaml, reads_backend, recipe_from_dict
+from ctr.recipe import Recipe, recipe_from_dict
+from ctr.recipe.checks import SEED_MAX, reads_backend
+from ctr.recipe.files import apply_override, read_yaml
 from ctr.registry import EMBEDDINGS
 from ctr.train.launch import require_one_process
 from ctr.train.refusal import budget_refusal

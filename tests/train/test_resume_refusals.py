@@ -77,7 +77,7 @@ def test_a_recipe_edited_since_the_run_began_is_not_resumed(tmp_path, capsys):
 
 def test_a_run_keeps_the_recipe_it_began_with_beside_its_schema(tmp_path):
     """What the check above compares with: written once, when the run begins."""
-    from ctr.recipe import read_yaml
+    from ctr.recipe.files import read_yaml
     from ctr.train.rundir import RunDir
 
     recipe = recipe_from_dict(tiny_recipe(tmp_path, train={"epochs": 1}))

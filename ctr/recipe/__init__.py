@@ -12,15 +12,15 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import yaml
-
 from ctr.errors import RecipeError
-from ctr.registry import DATASETS, EMBEDDINGS, MODELS, OPTIMIZERS, import_plugins
+from ctr.recipe.checks import check_combinations
+from ctr.recipe.files import apply_override, read_yaml
+from ctr.recipe.schedules import SCHEDULERS, VALID_METRICS, SchedulerConfig, metric_mode
+from ctr.registry import DATASETS, EMBEDDINGS, MODELS, import_plugins
 from ctr.schema import FeatureSpec, Kind
 from ctr.typed import parse, require_at_least, to_plain
 
@@ -186,19 +186,6 @@ class EmbeddingOptimizerConfig(OptimizerConfig):
             raise ValueError("fused: weight_decay is not supported by the fused embedding update")
 
 
-VALID_METRICS = ("valid/auc", "valid/logloss", "valid/gauc")  # gauc: with a data.group column
-
-
-def metric_mode(monitor: str, mode: str | None) -> str:
-    """The direction in which ``monitor`` improves: ``min`` for a loss, ``max`` for an AUC.
-    ``mode`` may only repeat it (the other way would keep the worst checkpoint)."""
-    best = "min" if monitor.endswith("loss") else "max"
-    if mode not in (None, best):
-        raise ValueError(f"mode: {monitor} improves as it {'falls' if best == 'min' else 'rises'}, so mode must be "
-                         f"{best} (leave mode out to follow the monitor)")
-    return best
-
-
 @dataclass
 class EarlyStopConfig:
     """Stop when ``monitor`` (``VALID_METRICS`` or ``train/loss``) has not improved by more
@@ -220,99 +207,6 @@ class EarlyStopConfig:
     def direction(self) -> str:
         """``mode``, or the monitor's own when not given."""
         return metric_mode(self.monitor, self.mode)
-
-
-@dataclass
-class SchedulerConfig:
-    """A learning-rate schedule; ``name`` picks the class of its keys (``SCHEDULERS``)."""
-
-    name: str = "constant"
-
-
-@dataclass
-class ConstantSchedule(SchedulerConfig):
-    """The optimizer's ``lr`` throughout (to keep one optimizer off ``train.scheduler``)."""
-
-
-@dataclass
-class PlateauSchedule(SchedulerConfig):
-    """After each validation: when ``monitor`` has not gained more than ``min_delta`` for more than
-    ``patience`` validations, ``lr *= factor`` (not below ``min_lr``). The defaults are FuxiCTR's
-    ``reduce_lr_on_plateau``: lr ÷ 10 after every validation without a gain, down to 1e-6.
-    ``monitor`` defaults to ``train.early_stop``'s (else ``valid/auc``); ``mode`` follows the
-    monitor."""
-
-    name: str = "plateau"
-    factor: float = 0.1
-    patience: int = 0
-    min_delta: float = 0.0
-    min_lr: float = 1e-6
-    monitor: str | None = None
-    mode: Literal["max", "min"] | None = None
-
-    def __post_init__(self) -> None:
-        if not 0 < self.factor < 1 or self.patience < 0 or self.min_delta < 0 or self.min_lr < 0:
-            raise ValueError("plateau: factor must be in (0, 1); patience, min_delta and min_lr >= 0")
-        if self.monitor is not None and self.monitor not in VALID_METRICS:
-            raise ValueError(f"plateau: monitor must be a validation metric ({', '.join(VALID_METRICS)}), "
-                             f"got {self.monitor!r}")
-        if self.monitor is not None:
-            metric_mode(self.monitor, self.mode)
-
-
-@dataclass
-class CosineSchedule(SchedulerConfig):
-    """Per epoch, ``lr`` falls along a half cosine to ``min_lr`` at epoch ``epochs`` (default
-    ``train.epochs``): ``min_lr + (lr - min_lr)·(1 + cos(π·e / epochs)) / 2`` in epoch ``e``."""
-
-    name: str = "cosine"
-    epochs: int | None = None
-    min_lr: float = 0.0
-
-    def __post_init__(self) -> None:
-        if (self.epochs is not None and self.epochs < 1) or self.min_lr < 0:
-            raise ValueError("cosine: epochs must be >= 1 and min_lr >= 0")
-
-
-@dataclass
-class LinearWarmupSchedule(SchedulerConfig):
-    """Per training step: ``lr`` rises linearly from ``lr / warmup_steps`` to ``lr`` over the
-    first ``warmup_steps`` steps, then ``decay`` (``none``: stays; ``linear`` / ``cosine``: falls
-    to ``min_lr`` over ``decay_steps`` steps and stays there)."""
-
-    name: str = "linear_warmup"
-    warmup_steps: int = 1000
-    decay: Literal["none", "linear", "cosine"] = "none"
-    decay_steps: int | None = None
-    min_lr: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.warmup_steps < 0 or self.min_lr < 0:
-            raise ValueError("linear_warmup: warmup_steps and min_lr must be >= 0")
-        if self.decay != "none" and (self.decay_steps is None or self.decay_steps < 1):
-            raise ValueError(f"linear_warmup: decay {self.decay!r} needs decay_steps >= 1")
-
-
-@dataclass
-class StepSchedule(SchedulerConfig):
-    """``lr *= factor`` after every ``step_epochs`` epochs."""
-
-    name: str = "step"
-    step_epochs: int = 1
-    factor: float = 0.1
-
-    def __post_init__(self) -> None:
-        if self.step_epochs < 1 or not 0 < self.factor <= 1:
-            raise ValueError("step: step_epochs must be >= 1 and factor in (0, 1]")
-
-
-SCHEDULERS: dict[str, type[SchedulerConfig]] = {
-    "constant": ConstantSchedule,
-    "plateau": PlateauSchedule,
-    "cosine": CosineSchedule,
-    "linear_warmup": LinearWarmupSchedule,
-    "step": StepSchedule,
-}
 
 
 @dataclass
@@ -448,9 +342,6 @@ class Recipe:
         return to_plain(self)
 
 
-STRATEGIES = ("auto", "single_device")
-SEED_MAX = 2**32 - 1  # numpy's largest seed, and so Lightning's seed_everything's
-
 _SECTIONS = {
     "data": (DATASETS, "dataset", DataConfig),
     "model": (MODELS, "name", ModelConfig),
@@ -465,90 +356,6 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     for item in overrides or []:
         apply_override(raw, item)
     return recipe_from_dict(raw)
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Loads a YAML mapping; errors name the file and line."""
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise RecipeError(f"{path}: cannot read recipe: {err.strerror}") from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
-    except _DuplicateKey as err:
-        raise RecipeError(f"{path}:{err}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise RecipeError(f"{where}: invalid YAML: {getattr(err, 'problem', err)}") from None
-    if data is None:  # a mistake (a truncated file, the wrong path), not a wish for every default
-        raise RecipeError(f"{path}: an empty recipe; name at least its data or model (e.g. model: {{name: dlrm}})")
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe must be a mapping of sections")
-    return data
-
-
-class _DuplicateKey(Exception):
-    """A mapping of a recipe file names a key twice; the message starts with its line."""
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.safe_load``, refusing a key given twice in one mapping (YAML keeps the last one
-    silently: a second ``train:`` section would drop every key of the first)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        first: dict[Hashable, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be given again
-                continue
-            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
-            if not isinstance(key, Hashable):  # a list as a key: the base class's error
-                break
-            if key in first:
-                raise _DuplicateKey(f"{line}: duplicate key {key!r} (first at line {first[key]})")
-            first[key] = line
-        return super().construct_mapping(node, deep)
-
-
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Applies ``key.path=value`` (value parsed as YAML) to the raw recipe mapping."""
-    key, sep, text = item.partition("=")
-    if not sep or not key:
-        raise RecipeError(f"override {item!r}: expected key.path=value")
-    parts = key.split(".")
-    if not all(parts):  # a stray dot: "data..rows", "seed."
-        raise RecipeError(f"override {item!r}: an empty key between dots; expected key.path=value")
-    try:
-        value = yaml.safe_load(text) if text else ""
-    except yaml.YAMLError:
-        value = text
-    node = raw
-    for depth, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise RecipeError(f"{'.'.join(parts[: depth + 1])}: is not a section, cannot set {key}")
-        node = child
-    node[parts[-1]] = value
-
-
-def first_difference(before: dict[str, Any], now: dict[str, Any], prefix: str = "") -> str | None:
-    """The first key (dotted) whose value differs between two raw recipe mappings, with both
-    values (``train.epochs: 6 before, 1 now``); None when they are equal."""
-    for key in dict.fromkeys([*before, *now]):
-        old, new = before.get(key), now.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            found = first_difference(old, new, f"{prefix}{key}.")
-            if found:
-                return found
-        elif old != new:
-            return f"{prefix}{key}: {_shown(old)} before, {_shown(new)} now"
-    return None
-
-
-def _shown(value: Any, width: int = 60) -> str:
-    """``value``'s repr, cut to ``width`` characters (a feature list can be long)."""
-    text = repr(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
@@ -573,7 +380,7 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
         setattr(recipe, section, config)
     for key, schedule in schedules.items():
         setattr(recipe.train, key, schedule)
-    _check_combinations(recipe)
+    check_combinations(recipe)
     return recipe
 
 
@@ -605,145 +412,6 @@ def _schedule(block: Any, path: str) -> SchedulerConfig | None:
     if name not in SCHEDULERS:
         raise RecipeError(f"{path}.name: expected one of {', '.join(SCHEDULERS)}, got {name!r}")
     return parse(SCHEDULERS[name], block, path)
-
-
-DENSE_ONLY_OPTIMIZERS = ("adam", "adamw")  # torch's Adam and AdamW refuse sparse gradients
-DECAYING_OPTIMIZERS = ("adam", "adamw", "adagrad", "sgd")  # weight_decay as L2 in the gradient
-
-
-def _check_weight_decay(recipe: Recipe) -> None:
-    """The dense part's optimizer steps dense gradients (sparse_adam cannot); weight_decay is
-    applied as L2 in the gradient by ``DECAYING_OPTIMIZERS`` only (adagrad and sgd decay a
-    sparse gradient's rows), so it is refused where it would be ignored: sparse_adam and
-    rowwise_adagrad (fused and sharded table updates refuse it on their own)."""
-    dense_ones = {"train.optimizer": recipe.train.optimizer}
-    arch = getattr(recipe.embedding, "arch_optimizer", None)  # a method's architecture parameters: dense too
-    if arch is not None:
-        dense_ones["embedding.arch_optimizer"] = arch
-    for key, dense in dense_ones.items():
-        if dense.name == "sparse_adam":
-            raise RecipeError(f"{key}.name: sparse_adam steps sparse gradients only, and these are dense; use adam, "
-                              "adamw, adagrad or sgd")
-        if dense.weight_decay and dense.name not in DECAYING_OPTIMIZERS:
-            raise RecipeError(f"{key}.weight_decay: {dense.name} applies no weight decay; use "
-                              f"{', '.join(DECAYING_OPTIMIZERS)}, or 0")
-    tables = recipe.train.embedding_optimizer
-    if tables.weight_decay and not tables.fused and tables.name not in DECAYING_OPTIMIZERS:  # fused: its config
-        raise RecipeError(f"train.embedding_optimizer.weight_decay: {tables.name} applies no weight decay; use "
-                          "adagrad or sgd (or adam with embedding.gradients: dense), or 0")
-
-
-def budget_needed(method: str) -> str:
-    """The error of a method that sizes its storage from a budget, given none."""
-    return (f"embedding.budget: {method} sizes its storage from a budget (a fraction of the full tables' bytes,"
-            " e.g. 0.1)")
-
-
-def reads_backend(method: str) -> bool:
-    """Whether the registered embedding ``method`` looks its rows up through the kernels with
-    ``embedding.backend`` (``reads_backend``; the others do their own lookups)."""
-    return getattr(EMBEDDINGS.get(method).target, "reads_backend", False)
-
-
-def generates_rows(dataset: str) -> bool:
-    """Whether the registered ``dataset`` makes its rows itself (``synthetic``) and reads no file."""
-    return getattr(DATASETS.get(dataset).target, "generated", False)
-
-
-def _updates_in_backward(recipe: Recipe) -> bool:
-    """Whether the recipe's embedding method updates its rows inside the backward."""
-    return getattr(EMBEDDINGS.get(recipe.embedding.method).target, "updates_in_backward", False)
-
-
-def _check_loss_scaling(recipe: Recipe) -> None:
-    """``16-mixed`` scales the loss, and Lightning takes the scale out of the gradients only
-    inside the optimizer's step: a fused table update (in the backward) and ``grad_clip``
-    (before the step) would see scaled gradients."""
-    if recipe.trainer.precision != "16-mixed":
-        return
-    if recipe.train.embedding_optimizer.fused:
-        raise RecipeError("trainer.precision: 16-mixed scales the gradients that the fused table update applies in "
-                          "the backward; use bf16-mixed (no loss scale) or train.embedding_optimizer.fused: false")
-    if recipe.train.grad_clip:
-        raise RecipeError("trainer.precision: 16-mixed would clip loss-scaled gradients (train.grad_clip); use "
-                          "bf16-mixed (no loss scale) or no grad_clip")
-    if _updates_in_backward(recipe):
-        raise RecipeError(f"trainer.precision: 16-mixed scales the gradients that {recipe.embedding.method} applies to "
-                          "its rows in the backward; use bf16-mixed (no loss scale)")
-
-
-def _check_plateau_modes(train: TrainConfig) -> None:
-    """A plateau schedule on the run's monitor (no ``monitor`` of its own): that monitor must
-    be a validation metric (the schedule steps after validations), and a ``mode`` given must
-    be the direction in which it improves."""
-    monitor = train.best_by[0]
-    for name in ("scheduler", "embedding_scheduler"):
-        schedule = getattr(train, name)
-        if not (isinstance(schedule, PlateauSchedule) and schedule.monitor is None):
-            continue
-        if not monitor.startswith("valid/"):
-            raise RecipeError(f"train.{name}.monitor: a plateau schedule watches a validation metric, not early "
-                              f"stopping's {monitor}")
-        if schedule.mode is not None:
-            try:
-                metric_mode(monitor, schedule.mode)
-            except ValueError as err:
-                raise RecipeError(f"train.{name}.{err}") from None
-
-
-def _check_ranges(recipe: Recipe) -> None:
-    """The run's seed and the data keys every dataset shares (a ``path`` only for a dataset that
-    reads files): checked here, not in ``DataConfig``, so that a dataset's config class (a
-    plugin's too) need not call a base check."""
-    if not 0 <= recipe.seed <= SEED_MAX:
-        raise RecipeError(f"seed: must be in [0, {SEED_MAX}] (numpy's seeds), got {recipe.seed}")
-    if recipe.data.shuffle_buffer < 1:
-        raise RecipeError(f"data.shuffle_buffer: must be >= 1 (rows), got {recipe.data.shuffle_buffer}")
-    if recipe.data.prefetch < 0:  # a queue of maxsize -1 has no bound
-        raise RecipeError(f"data.prefetch: must be >= 0 (0: batches built inline), got {recipe.data.prefetch}")
-    if recipe.data.path is not None and generates_rows(recipe.data.dataset):
-        raise RecipeError(f"data.path: the {recipe.data.dataset} dataset generates its rows and reads no file; name the "
-                          f"dataset that reads {recipe.data.path!r} in data.dataset (csv, parquet, criteo, ...)")
-
-
-def _check_combinations(recipe: Recipe) -> None:
-    """Registered optimizer names, and keys valid alone that do not go together."""
-    OPTIMIZERS.get(recipe.train.optimizer.name, "train.optimizer.name")
-    OPTIMIZERS.get(recipe.train.embedding_optimizer.name, "train.embedding_optimizer.name")
-    dense, embedding_optimizer = recipe.embedding.gradients == "dense", recipe.train.embedding_optimizer
-    if dense and (embedding_optimizer.fused or embedding_optimizer.name == "sparse_adam"):
-        fused = " (fused)" if embedding_optimizer.fused else ""
-        raise RecipeError(
-            f"embedding.gradients: dense gradients cannot be stepped by train.embedding_optimizer"
-            f" {embedding_optimizer.name}{fused}; use adam, adagrad or gradients: sparse"
-        )
-    if not dense and not embedding_optimizer.fused and embedding_optimizer.name in DENSE_ONLY_OPTIMIZERS:
-        raise RecipeError(
-            f"train.embedding_optimizer.name: {embedding_optimizer.name} cannot step sparse table gradients"
-            " (embedding.gradients: sparse); use adagrad, sgd, sparse_adam or rowwise_adagrad, or gradients: dense"
-        )
-    method = EMBEDDINGS.get(recipe.embedding.method, "embedding.method").target
-    if recipe.embedding.budget is None and getattr(method, "needs_budget", False):
-        raise RecipeError(budget_needed(recipe.embedding.method))
-    if recipe.embedding.backend is not None and not reads_backend(recipe.embedding.method):
-        raise RecipeError(f"embedding.backend: method {recipe.embedding.method!r} does its own lookups and does not "
-                          "read the kernel backend (leave it out)")
-    _check_ranges(recipe)
-    _check_plateau_modes(recipe.train)
-    _check_weight_decay(recipe)
-    _check_loss_scaling(recipe)
-    if getattr(recipe.model, "l2_reg", 0):
-        updater = ("a fused table update" if recipe.train.embedding_optimizer.fused else
-                   recipe.embedding.method if _updates_in_backward(recipe) else None)
-        if updater:
-            raise RecipeError(f"model.l2_reg: the regularizer looks the batch's rows up again, and {updater} would "
-                              "step that lookup on its own (not with the loss's gradient); use "
-                              "train.embedding_optimizer.fused: false and a method updated by the optimizer")
-    if recipe.trainer.strategy not in STRATEGIES:
-        raise RecipeError(
-            f"trainer.strategy: {recipe.trainer.strategy!r}: use one of {', '.join(STRATEGIES)} (a distributed run"
-            " is set by trainer.devices and the distributed section)"
-        )
 
 
 @dataclass

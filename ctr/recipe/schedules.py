@@ -1,0 +1,115 @@
+"""Learning-rate schedule configs (``train.scheduler`` / ``train.embedding_scheduler``) and the
+validation metrics a run can monitor. The schedules themselves run in ``ctr.train.schedule``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+VALID_METRICS = ("valid/auc", "valid/logloss", "valid/gauc")  # gauc: with a data.group column
+
+
+def metric_mode(monitor: str, mode: str | None) -> str:
+    """The direction in which ``monitor`` improves: ``min`` for a loss, ``max`` for an AUC.
+    ``mode`` may only repeat it (the other way would keep the worst checkpoint)."""
+    best = "min" if monitor.endswith("loss") else "max"
+    if mode not in (None, best):
+        raise ValueError(f"mode: {monitor} improves as it {'falls' if best == 'min' else 'rises'}, so mode must be "
+                         f"{best} (leave mode out to follow the monitor)")
+    return best
+
+
+@dataclass
+class SchedulerConfig:
+    """A learning-rate schedule; ``name`` picks the class of its keys (``SCHEDULERS``)."""
+
+    name: str = "constant"
+
+
+@dataclass
+class ConstantSchedule(SchedulerConfig):
+    """The optimizer's ``lr`` throughout (to keep one optimizer off ``train.scheduler``)."""
+
+
+@dataclass
+class PlateauSchedule(SchedulerConfig):
+    """After each validation: when ``monitor`` has not gained more than ``min_delta`` for more than
+    ``patience`` validations, ``lr *= factor`` (not below ``min_lr``). The defaults are FuxiCTR's
+    ``reduce_lr_on_plateau``: lr ÷ 10 after every validation without a gain, down to 1e-6.
+    ``monitor`` defaults to ``train.early_stop``'s (else ``valid/auc``); ``mode`` follows the
+    monitor."""
+
+    name: str = "plateau"
+    factor: float = 0.1
+    patience: int = 0
+    min_delta: float = 0.0
+    min_lr: float = 1e-6
+    monitor: str | None = None
+    mode: Literal["max", "min"] | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.factor < 1 or self.patience < 0 or self.min_delta < 0 or self.min_lr < 0:
+            raise ValueError("plateau: factor must be in (0, 1); patience, min_delta and min_lr >= 0")
+        if self.monitor is not None and self.monitor not in VALID_METRICS:
+            raise ValueError(f"plateau: monitor must be a validation metric ({', '.join(VALID_METRICS)}), "
+                             f"got {self.monitor!r}")
+        if self.monitor is not None:
+            metric_mode(self.monitor, self.mode)
+
+
+@dataclass
+class CosineSchedule(SchedulerConfig):
+    """Per epoch, ``lr`` falls along a half cosine to ``min_lr`` at epoch ``epochs`` (default
+    ``train.epochs``): ``min_lr + (lr - min_lr)·(1 + cos(π·e / epochs)) / 2`` in epoch ``e``."""
+
+    name: str = "cosine"
+    epochs: int | None = None
+    min_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        if (self.epochs is not None and self.epochs < 1) or self.min_lr < 0:
+            raise ValueError("cosine: epochs must be >= 1 and min_lr >= 0")
+
+
+@dataclass
+class LinearWarmupSchedule(SchedulerConfig):
+    """Per training step: ``lr`` rises linearly from ``lr / warmup_steps`` to ``lr`` over the
+    first ``warmup_steps`` steps, then ``decay`` (``none``: stays; ``linear`` / ``cosine``: falls
+    to ``min_lr`` over ``decay_steps`` steps and stays there)."""
+
+    name: str = "linear_warmup"
+    warmup_steps: int = 1000
+    decay: Literal["none", "linear", "cosine"] = "none"
+    decay_steps: int | None = None
+    min_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 0 or self.min_lr < 0:
+            raise ValueError("linear_warmup: warmup_steps and min_lr must be >= 0")
+        if self.decay != "none" and (self.decay_steps is None or self.decay_steps < 1):
+            raise ValueError(f"linear_warmup: decay {self.decay!r} needs decay_steps >= 1")
+
+
+@dataclass
+class StepSchedule(SchedulerConfig):
+    """``lr *= factor`` after every ``step_epochs`` epochs."""
+
+    name: str = "step"
+    step_epochs: int = 1
+    factor: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.step_epochs < 1 or not 0 < self.factor <= 1:
+            raise ValueError("step: step_epochs must be >= 1 and factor in (0, 1]")
+
+
+SCHEDULERS: dict[str, type[SchedulerConfig]] = {
+    "constant": ConstantSchedule,
+    "plateau": PlateauSchedule,
+    "cosine": CosineSchedule,
+    "linear_warmup": LinearWarmupSchedule,
+    "step": StepSchedule,
+}
+
+
