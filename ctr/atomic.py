@@ -4,6 +4,7 @@ target, renamed over it once complete (``os.replace`` is atomic on one file syst
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import os
 import shutil
@@ -22,7 +23,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     when the block ends without an error and is removed otherwise (``path``'s parent folder
     is created). A folder replace of ``path`` that a kill stopped between its renames gives
     the old folder back first (its new one, a dead writer's temporary, is removed). An
-    OSError naming the temporary is raised naming ``path``.
+    OSError naming the temporary, or a full disk named by no file (a library's writer), is
+    raised naming ``path``.
 
     Example:
         >>> with atomic_path(folder / "data.csv") as tmp:  # doctest: +SKIP
@@ -42,6 +44,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         else:
             os.replace(tmp, path)
     except OSError as err:
+        if err.filename is None and err.errno in DISK_FULL:  # pyarrow's, torch's: a long text, no file
+            raise OSError(err.errno, os.strerror(err.errno), str(path)) from None
         if err.filename is None or Path(err.filename) != tmp:
             raise
         raise OSError(err.errno, err.strerror, str(path)) from None  # the user named path, not its temporary
@@ -50,6 +54,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left on the device, the disk quota exceeded
 
 
 SPECIAL_FILES = ((stat.S_ISFIFO, "a fifo"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),

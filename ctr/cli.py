@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 
 import ctr
+from ctr.atomic import DISK_FULL
 from ctr.errors import Terminated, UserError, sigterm_raises
 
 
@@ -60,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as err:
+        if err.filename is None and err.errno in DISK_FULL:  # a write no ctr code named (a logger's)
+            print(f"ctr: error: {os.strerror(err.errno).lower()} on a disk this command writes to (its output "
+                  "folder, data.cache_dir)", file=sys.stderr)
+            return 2
         if err.filename is None:  # not about a path the user gave: a bug, with its traceback
             raise
         print(f"ctr: error: {err.filename}: {err.strerror.lower() if err.strerror else err}", file=sys.stderr)

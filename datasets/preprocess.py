@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from ctr.atomic import process_alive
+from ctr.atomic import DISK_FULL, process_alive
 from ctr.datasets.encode import Encoder, Tally
 from ctr.datasets.fit import Fitter
 from ctr.datasets.report import build_report
@@ -92,6 +92,11 @@ def prepare(config: DataConfig, progress: bool | None = None) -> Prepared:
         (tmp / KEY_FILE).write_text(_key_blob(inputs) + "\n")
         (tmp / DONE).write_text("ok\n")
         _publish(tmp, root)
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        raise DataError(f"data.cache_dir: {root.parent}: {os.strerror(err.errno).lower()} for the encoded data; free "
+                        "space there or set data.cache_dir to a folder on a larger disk") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return load_prepared(root)
@@ -391,11 +396,16 @@ class _Job:
         self.skipped = {s: 0 for s in SPLITS}
         tallies = {s: Tally() for s in SPLITS}
         writers = {s: ShardWriter(out / s) for s in SPLITS}
-        for split, batch, where in self.rows("encoding"):
-            labels = batch.column(self.label).to_numpy(zero_copy_only=False)
-            writers[split].write(encoder.encode(batch, labels, tallies[split], where))
-        for writer in writers.values():
-            writer.close()
+        try:
+            for split, batch, where in self.rows("encoding"):
+                labels = batch.column(self.label).to_numpy(zero_copy_only=False)
+                writers[split].write(encoder.encode(batch, labels, tallies[split], where))
+            for writer in writers.values():
+                writer.close()
+        except OSError:  # a full disk: each writer's file is cut, and the folder is removed
+            for writer in writers.values():
+                writer.abandon()
+            raise
         if tallies["train"].rows == 0:
             raise DataError(f"data: no training rows were read from dataset {self.config.dataset!r}")
         schema = self._schema(vocabs, numeric)

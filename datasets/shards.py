@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pyarrow as pa
@@ -42,6 +43,16 @@ class ShardWriter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+    def abandon(self) -> None:
+        """Drops the open shard after a failed write (a full disk), whose close fails too: its
+        error is dropped, and not raised again when the writer is collected."""
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        with contextlib.suppress(OSError):
+            writer.close()
+        writer.is_open = False
 
 
 def shard_files(folder: Path) -> list[Path]:

@@ -205,6 +205,18 @@ def test_an_error_writing_the_temporary_names_the_path_asked_for(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_full_disk_named_by_no_file_names_the_path_asked_for(tmp_path):
+    """pyarrow's and torch's writers report a full disk with a long text and no file name."""
+    target = tmp_path / "scores.parquet"
+    with pytest.raises(OSError) as err:
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+    assert (err.value.filename, err.value.errno, err.value.strerror) == (str(target), errno.ENOSPC,
+                                                                          "No space left on device")
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_fifo_is_never_replaced_by_a_write(tmp_path):
     """Every atomic write refuses a path that is a fifo or a device (it put a regular file in
     place of ``/dev/null``), naming it, and writes nothing."""

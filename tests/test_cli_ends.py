@@ -117,6 +117,17 @@ def test_an_os_error_without_a_path_is_a_bug_with_its_traceback(monkeypatch):
         cli.main(["train", "recipe.yaml"])
 
 
+def test_a_full_disk_without_a_path_is_one_line(monkeypatch, capsys):
+    """A write no ctr code names (a logger's, a library's) on a full disk was a traceback."""
+    def fail(args):
+        raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+
+    monkeypatch.setattr(cli, "_train", fail)
+    assert cli.main(["train", "recipe.yaml"]) == 2
+    assert capsys.readouterr().err.strip() == ("ctr: error: no space left on device on a disk this command writes to "
+                                               "(its output folder, data.cache_dir)")
+
+
 def test_a_closed_pipe_ends_quietly_with_sigpipes_code(monkeypatch, capfd):
     """``ctr models | head -1``: the reader left; no traceback, SIGPIPE's shell code."""
     def write_to_a_closed_pipe(args):

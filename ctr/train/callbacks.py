@@ -130,8 +130,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     resume could read, and its temporary in ``$TMPDIR``."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+        with atomic_path(path) as tmp, open(tmp, "wb") as file:
+            writes = _RecordedWrites(file)
+            try:
+                torch.save(checkpoint, writes)
+            except RuntimeError:  # torch's writer reports a failed write as a cut file ("unexpected pos")
+                if writes.error is None:
+                    raise
+                raise writes.error from None
+
+
+class _RecordedWrites:
+    """A binary file whose first failed write is kept in ``error`` (torch.save's writer drops it)."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 class RunCheckpoint(ModelCheckpoint):

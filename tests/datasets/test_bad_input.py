@@ -1,6 +1,7 @@
 """Every bad-input case: an error naming file and line (or column), exit code 2, no
 traceback; with ``on_bad_rows: skip`` the rows are dropped and counted."""
 
+import errno
 import gzip
 import json
 import math
@@ -15,6 +16,7 @@ import yaml
 from ctr.cli import main
 from ctr.datasets import prepare
 from ctr.datasets.shards import ShardWriter
+from ctr.errors import DataError
 from ctr.recipe import recipe_from_dict
 
 HEADER = "Id,Label," + ",".join(f"I{i}" for i in range(1, 14)) + "," + ",".join(f"C{i}" for i in range(1, 27))
@@ -274,6 +276,21 @@ def test_preparation_killed_midway_leaves_no_entry_for_any_reader(tmp_path, monk
     assert [p.name for p in cache.iterdir()] == [prepared.root.name]  # no temporary folder left
 
 
+def test_a_full_cache_disk_names_data_cache_dir_and_leaves_no_entry(tmp_path, monkeypatch):
+    """pyarrow's write on a full disk (an OSError with no file) was a traceback."""
+    data, _ = make_sources(tmp_path)["csv"]
+    recipe = recipe_from_dict({"data": {**data, "cache_dir": str(tmp_path / "cache")}})
+
+    def full(self, batch):
+        raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+
+    monkeypatch.setattr(ShardWriter, "write", full)
+    with pytest.raises(DataError, match=re.escape(f"data.cache_dir: {tmp_path / 'cache' / 'data'}: no space left on "
+                                                  "device for the encoded data")):
+        prepare(recipe.data, progress=False)
+    assert not list((tmp_path / "cache" / "data").iterdir())
+
+
 def parquet_of(tmp_path, **columns):
     """A three-row parquet file with a ``label`` column and ``columns``."""
     path = tmp_path / "rows.parquet"
@@ -458,7 +475,6 @@ def test_an_unclosed_quote_on_the_last_line_is_refused(tmp_path, capsys, content
 def test_an_unclosed_quote_names_its_line_wherever_the_blocks_end(tmp_path, block_bytes):
     """A quote opened on line 3 and never closed, at the end of a block or inside one: line 3."""
     from ctr.datasets.text import TextFormat, read_delimited
-    from ctr.errors import DataError
 
     path = tmp_path / "rows.csv"
     path.write_bytes(b'label,a\n1,x\n0,"y\n1,z\n0,w\n')
