@@ -142,6 +142,21 @@ def inputs_description(schema: Schema) -> dict[str, Any]:
             "label": schema.label}
 
 
+ARCHIVE_SLACK_BYTES = 1 << 20  # the archive's graph, signatures and zip records beside the tensors
+
+
+def _check_room(program: torch.export.ExportedProgram, out: Path) -> None:
+    """Refuses a program whose tensors do not fit in the free space of ``out``'s disk: torch's
+    archive writer aborts the process on a full disk (its error is raised again while it is
+    destroyed). A file system that reports no size (total 0) is not checked."""
+    tensors = [*program.state_dict.values(), *program.constants.values()]
+    needed = sum(t.nbytes for t in tensors if isinstance(t, Tensor)) + ARCHIVE_SLACK_BYTES
+    usage = shutil.disk_usage(out.parent)
+    if usage.total and needed > usage.free:
+        raise UserError(f"{out}: the program needs ~{needed / 1e6:.3g} MB, {usage.free / 1e6:.3g} MB free on its disk; "
+                        "free space there or choose another --out")
+
+
 def export_run(run_root: Path, out: Path) -> Path:
     """Exports the best checkpoint of a finished run to ``out`` and its schema beside it
     (``<out>.schema/``); both written atomically, the schema first and an earlier program
@@ -156,6 +171,7 @@ def export_run(run_root: Path, out: Path) -> Path:
     task = restored_task(run, recipe, schema, ckpt)
     program = export_program(task.net, schema)
     with atomic_path(out) as program_file:
+        _check_room(program, out)
         with program_file.open("wb") as file:
             torch.export.save(program, file)
         with atomic_path(beside) as tmp:

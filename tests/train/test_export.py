@@ -3,6 +3,7 @@ loaded in a fresh process that never imports ctr, scores like ctr does (1e-5), a
 size down to 1, and a batch whose bags are all empty; it refuses an id outside its feature's
 vocabulary and a bag of more ids than ctr's encoder makes."""
 
+import re
 import subprocess
 import sys
 import warnings
@@ -194,3 +195,20 @@ def test_an_export_stopped_part_way_never_leaves_a_program_beside_another_runs_s
     assert main(["export", str(run), "--out", str(out)]) == 130
     assert not out.exists()
     assert not [p.name for p in (tmp_path / "export").iterdir() if ".tmp-" in p.name]  # no temporary left
+
+
+def test_an_export_past_the_free_disk_is_refused_naming_out_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """torch's archive writer aborted the process on a full disk ("terminate called after
+    throwing an instance of 'c10::Error'"): no message, no exit code of ctr's."""
+    import shutil
+
+    from ctr.train import export
+
+    run = tmp_path / "run"
+    train(recipe_from_dict(tiny_recipe(tmp_path, train={"max_steps": 2})), run)
+    out = tmp_path / "export" / "model.pt2"
+    monkeypatch.setattr(export.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1 << 40, 1 << 40, 1000))
+    assert main(["export", str(run), "--out", str(out)]) == 2
+    assert re.fullmatch(rf"ctr: error: {re.escape(str(out))}: the program needs ~[\d.]+ MB, 0.001 MB free on its "
+                        r"disk; free space there or choose another --out\n", capsys.readouterr().err)
+    assert not list((tmp_path / "export").iterdir())
