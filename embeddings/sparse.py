@@ -4,8 +4,8 @@ Every pruning method (``deeplight``, ``pep``, ``dnis``, ``autosrh``, ``optembed`
 stores its kept entries through ``SparseRows``, so the same rule sizes them all:
 
 - bitmap: the kept values (fp32) + one bit per entry, [R, ⌈D/8⌉] bytes;
-- CSR: the kept values (fp32) + a column per value (uint8, D ≤ 256) + R + 1 row pointers
-  (int32, int64 past 2³¹ values).
+- CSR: the kept values (fp32) + a column per value (uint8; int16 past D = 256) + R + 1 row
+  pointers (int32, int64 past 2³¹ values).
 
 An id's entries are found from the stored structure; the per-row offsets of the bitmap
 format are rebuilt from it at load time and not counted.
@@ -28,17 +28,23 @@ from ctr.embeddings.types import FeatureEmbeddings
 from ctr.recipe import EmbeddingConfig
 from ctr.schema import Schema
 
-COLUMN_BYTES = 1  # uint8 columns: D ≤ 256
+COLUMN_TYPES = {1: torch.uint8, 2: torch.int16, 4: torch.int32}  # a CSR column's bytes → its dtype
 
 
 def pointer_bytes(nnz: int) -> int:
     return 4 if nnz < 2**31 else 8
 
 
+def column_bytes(dim: int) -> int:
+    """Bytes of a CSR column index of an [R, dim] table: uint8 up to D = 256, int16 up to
+    2¹⁵, else int32."""
+    return 1 if dim <= 256 else 2 if dim <= 2**15 else 4
+
+
 def format_bytes(rows: int, dim: int, nnz: int) -> tuple[Literal["bitmap", "csr"], int]:
     """The smaller stored format of ``nnz`` kept entries of an [rows, dim] table, and its bytes."""
     bitmap = nnz * FP32_BYTES + rows * ((dim + 7) // 8)
-    csr = nnz * (FP32_BYTES + COLUMN_BYTES) + (rows + 1) * pointer_bytes(nnz)
+    csr = nnz * (FP32_BYTES + column_bytes(dim)) + (rows + 1) * pointer_bytes(nnz)
     return ("bitmap", bitmap) if bitmap <= csr else ("csr", csr)
 
 
@@ -81,7 +87,7 @@ class SparseRows(nn.Module):
             self.register_buffer("row_ptr", pointers, persistent=False)
         else:
             dtype = torch.int32 if pointer_bytes(nnz) == 4 else torch.int64
-            self.register_buffer("columns", mask.nonzero()[:, 1].to(torch.uint8))
+            self.register_buffer("columns", mask.nonzero()[:, 1].to(COLUMN_TYPES[column_bytes(dim)]))
             self.register_buffer("row_ptr", pointers.to(dtype))
         self._register_load_state_dict_pre_hook(self._rebuild_pointers)
 

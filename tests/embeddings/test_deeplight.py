@@ -62,6 +62,17 @@ def test_the_stored_format_is_the_smaller_and_loads_to_the_same_rows(dim, densit
     torch.testing.assert_close(loaded(rows), (dense * mask)[rows])
 
 
+def test_csr_columns_past_256_read_their_own_entries():
+    """Columns were stored as uint8 at any D: at D = 512 an entry of column 300 was read
+    back at column 44 (300 mod 256), and the budget counted one byte a column."""
+    torch.manual_seed(0)
+    dense, mask = torch.randn(50, 512), torch.rand(50, 512) < 0.03
+    stored = SparseRows(dense, mask)
+    assert stored.format == "csr"
+    torch.testing.assert_close(stored(torch.arange(50)), dense * mask)
+    assert stored.memory_bytes() == sum(t.numel() * t.element_size() for t in stored.state_dict().values())
+
+
 def test_kept_entries_fill_the_budget():
     kept = kept_for_budget(1000, 16, 20000.0)
     assert format_bytes(1000, 16, kept)[1] <= 20000 < format_bytes(1000, 16, kept + 1)[1]
