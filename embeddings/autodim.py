@@ -10,11 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ctr.batch import JaggedFeatures
 from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.budget import BudgetUnreachableError, budget_bytes, full_bytes
 from ctr.embeddings.mde import ProjectedTables, mde_bytes
 from ctr.embeddings.stages import MultiStageMixin, SearchConfig, Stage
 from ctr.embeddings.storage import table_starts
+from ctr.embeddings.types import FeatureEmbeddings
 from ctr.recipe import OptimizerConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
@@ -129,6 +131,13 @@ class AutoDimEmbedding(MultiStageMixin, EmbeddingMethod):
             self.retrained.to(self.alpha.device)
             del self.candidate_tables, self.maps, self.map_bias, self.norms, self.alpha
 
+    def forward(self, sparse: JaggedFeatures) -> FeatureEmbeddings:
+        """Advances τ's schedule once per training step of the search: a second lookup of the
+        step's rows (``FeatureEmbeddings.rows``, DIN's ``l2_reg``) is no other step."""
+        if self.retrained is None and self.training and torch.is_grad_enabled():
+            self.step += 1
+        return super().forward(sparse)
+
     def temperature(self) -> float:
         return max(MIN_TEMPERATURE, 1 - self.config.temperature_decay * int(self.step))
 
@@ -144,8 +153,6 @@ class AutoDimEmbedding(MultiStageMixin, EmbeddingMethod):
         tables = self.feature_table[feature]
         if self.retrained is not None:
             return self.retrained(tables, ids)
-        if self.training and torch.is_grad_enabled():
-            self.step += 1
         if ids.numel() == 0:  # no sample of the batch holds an id (sequence features only)
             return self.alpha.new_zeros(0, self.dim)
         rows = self.row_start[tables] + ids

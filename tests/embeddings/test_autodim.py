@@ -69,6 +69,15 @@ def test_temperature_anneals_to_its_floor():
     assert method.temperature() == 0.01
 
 
+def test_the_annealing_step_counts_training_steps_not_lookups():
+    """DIN's ``l2_reg`` looks the step's rows up again (``FeatureEmbeddings.rows``) after the
+    forward: each training step advanced τ's schedule by two."""
+    method = AutoDimEmbedding(schema(), AutoDimConfig(dim=8, budget=0.5)).train()
+    out = method(batch(size=16))
+    out.rows(torch.tensor([0, 1]), torch.tensor([5, 6]))
+    assert int(method.step) == 1
+
+
 def test_each_occurrence_is_mapped_by_its_own_table_s_linear_map():
     """Grouping the ids by table gives the per-occurrence mixture of the search stage."""
     torch.manual_seed(0)
