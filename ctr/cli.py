@@ -436,7 +436,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _clean(args: argparse.Namespace) -> int:
-    from ctr.datasets.preprocess import cache_root, remove_stale, stale_entries
+    from ctr.datasets.cache import cache_root, remove_stale, stale_entries
 
     root = cache_root(args.cache_dir)
     given = Path(args.cache_dir).expanduser() if args.cache_dir else None

@@ -9,7 +9,6 @@ later run would use.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,37 +24,21 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from ctr.atomic import DISK_FULL, process_alive
+from ctr.atomic import DISK_FULL
+from ctr.datasets.cache import DONE, KEY_FILE, TMP_MARK, cache_key, cache_root, key_blob, key_inputs
 from ctr.datasets.encode import Encoder, Tally
 from ctr.datasets.fit import Fitter
 from ctr.datasets.report import build_report
 from ctr.datasets.shards import ShardWriter
-from ctr.datasets.source import SPLITS, DatasetSource, code_digest, default_features, file_stamp, resolve_features
+from ctr.datasets.source import SPLITS, DatasetSource, default_features, resolve_features
 from ctr.datasets.validate import check_rows, column_keys, raise_or_count, readable_columns, require_columns
 from ctr.errors import DataError, RecipeError
-from ctr.recipe import DataConfig, SplitConfig
+from ctr.recipe import DataConfig
 from ctr.registry import DATASETS
 from ctr.schema import FeatureInfo, FeatureSpec, Schema
-from ctr.typed import to_plain
 
 log = logging.getLogger(__name__)
 PROGRESS_LOG_SECONDS = 30.0  # without a progress bar (stderr not a terminal), a line this often
-# 10: a libsvm file's form and default fields are read once from the first MiB of training rows (a block of
-#     the other form, or a training row with a field unseen there, is a bad row; entries of 9 read them silently);
-# 9: amazon lines trimmed (a \r\n file's \r was an empty last item), not UTF-8 a bad row, a byte order
-#    mark dropped; a movielens empty rating a bad row (it was left out as a 3); entries of 8 may hold those;
-# 8: standardize's std of a column constant up to rounding is 1 (it was the rounding noise: a valid value
-#    a little off standardized to ~1e16), standardized values kept inside the float32 range;
-# 7: standardize's std merged per batch (entries of 6 may hold a std cancelled to noise, or 1);
-#    libsvm fields no feature reads not checked (with on_bad_rows: skip, entries of 6 dropped rows for them);
-# 6: a num_ids id read exactly as an int64, a log_square value past its range a bad row, a movielens
-#    side file naming a key twice refused (entries of 5 may hold the old encodings);
-# 5: file stamps hold the modification time in ns (an entry of 4 names the version, not a changed input);
-# 4: a train stream without a test file gives data.split.test of its rows to test
-PIPELINE_VERSION = 10
-DONE = "DONE"
-KEY_FILE = "key.json"
-TMP_MARK = ".tmp-"
 
 
 @dataclass
@@ -89,7 +72,7 @@ def prepare(config: DataConfig, progress: bool | None = None) -> Prepared:
     try:
         job = _Job(source, features, table_of, label, group, config, _show_progress(progress))
         job.run(tmp)
-        (tmp / KEY_FILE).write_text(_key_blob(inputs) + "\n")
+        (tmp / KEY_FILE).write_text(key_blob(inputs) + "\n")
         (tmp / DONE).write_text("ok\n")
         _publish(tmp, root)
     except OSError as err:
@@ -200,125 +183,6 @@ def tables_of(features: list[FeatureSpec]) -> dict[str, str]:
             raise RecipeError(f"data.features[{i}].share_with: sequences cannot share {owner!r}, a num_ids table")
         tables[spec.name] = owner
     return tables
-
-
-def key_inputs(source: DatasetSource, features, label, group, split: SplitConfig) -> dict[str, Any]:
-    """What the encoding depends on: the pipeline version, the source (its options and its files'
-    stamps), the feature specs, label, group and the split (fractions and ``split.seed``)."""
-    return {
-        "version": PIPELINE_VERSION,
-        "source": source.fingerprint(),
-        "features": to_plain(features),
-        "label": label,
-        "group": group,
-        "split": to_plain(split),
-    }
-
-
-def cache_key(inputs: dict[str, Any]) -> str:
-    return hashlib.sha256(_key_blob(inputs).encode()).hexdigest()
-
-
-def _key_blob(inputs: dict[str, Any]) -> str:
-    return json.dumps(inputs, sort_keys=True, default=str)
-
-
-def input_change(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
-    """What differs between two sources' fingerprints (``DatasetSource.fingerprint``): an
-    input file changed (size or modification time), added or removed, or a dataset plugin's
-    code changed; None when neither did."""
-    old = {path: (size, mtime) for path, size, mtime in saved.get("files", [])}
-    new = {path: (size, mtime) for path, size, mtime in current.get("files", [])}
-    for path in sorted(old.keys() | new.keys()):
-        if path not in new:
-            return f"input {path} is gone"
-        if path not in old:
-            return f"input {path} is new"
-        if old[path][0] != new[path][0]:
-            return f"input {path} changed (its size)"
-        if old[path] != new[path]:
-            seconds, nanoseconds = divmod(old[path][1], 10**9)
-            return (f"input {path} changed (its modification time; if its content is as it was, "
-                    f"`touch -d @{seconds}.{nanoseconds:09d} {path}` gives it back its stamp)")
-    if saved.get("code") != current.get("code"):
-        return f"the code of dataset plugin {(current.get('code') or saved.get('code'))[0]} changed"
-    return None
-
-
-def source_fingerprint(config: DataConfig) -> dict[str, Any]:
-    """What identifies ``config``'s raw input now (its source's ``fingerprint``): read without
-    encoding anything."""
-    return DATASETS.get(config.dataset, "data.dataset").target(config).fingerprint()
-
-
-def cache_root(cache_dir: str | None) -> Path:
-    """The folder of encoded-data entries: ``<cache_dir>/data``, where ``cache_dir`` defaults to
-    ``$CTR_CACHE``, else ``~/.cache/ctr``."""
-    base = cache_dir or os.environ.get("CTR_CACHE") or "~/.cache/ctr"
-    return Path(base).expanduser() / "data"
-
-
-@dataclass
-class Stale:
-    """A cache entry no run will read again, why, and its size."""
-
-    path: Path
-    reason: str
-    bytes: int
-
-
-def stale_entries(root: Path) -> list[Stale]:
-    """The entries of cache folder ``root`` (``cache_root``) that are stale: unfinished
-    preparations whose process is gone, entries of another pipeline version (or written before
-    entries recorded their key), and entries whose input files changed or were deleted."""
-    stale = []
-    for entry in sorted(root.iterdir()) if root.is_dir() else []:
-        reason = _staleness(entry)
-        if reason:
-            stale.append(Stale(entry, reason, _folder_bytes(entry)))
-    return stale
-
-
-def remove_stale(stale: list[Stale]) -> None:
-    """Removes each stale entry (a file in the cache folder too); what cannot be removed
-    raises (an OSError naming it), nothing is reported removed that is not."""
-    for entry in stale:
-        if entry.path.is_dir() and not entry.path.is_symlink():
-            shutil.rmtree(entry.path)
-        else:
-            entry.path.unlink(missing_ok=True)
-
-
-def _staleness(entry: Path) -> str | None:
-    if not entry.is_dir():
-        return "not an entry (a file in the cache folder)"
-    if TMP_MARK in entry.name:
-        pid = entry.name.split(TMP_MARK, 1)[1].split("-")[0]
-        return None if pid.isdigit() and process_alive(int(pid)) else "unfinished (its preparation was stopped)"
-    if not (entry / DONE).exists():
-        return "unfinished (no DONE)"
-    if not (entry / KEY_FILE).exists():
-        return "written by an older ctr (no key.json)"
-    inputs = json.loads((entry / KEY_FILE).read_text())
-    if inputs.get("version") != PIPELINE_VERSION:
-        return f"pipeline version {inputs.get('version')} (now {PIPELINE_VERSION})"
-    for path, size, mtime in inputs["source"].get("files", []):
-        file = Path(path)
-        if not file.exists():
-            return f"input {file} was deleted"
-        if file_stamp(file) != (size, mtime):
-            return f"input {file} changed"
-    if "code" in inputs["source"]:
-        module, digest = inputs["source"]["code"]
-        if not Path(module).is_file() or code_digest(Path(module)) != digest:
-            return f"the code of dataset plugin {module} changed"
-    return None
-
-
-def _folder_bytes(folder: Path) -> int:
-    if not folder.is_dir():
-        return folder.lstat().st_size
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def _require_same_optional(batch: pa.RecordBatch, optional: frozenset[str], absent: set[str], file: str) -> None:

@@ -14,7 +14,7 @@ from typing import IO, Any, Iterator
 import yaml
 
 from ctr.atomic import atomic_path, atomic_write, replaced_folder
-from ctr.datasets.preprocess import KEY_FILE, input_change, source_fingerprint
+from ctr.datasets.cache import KEY_FILE, input_change, source_fingerprint
 from ctr.datasets.source import resolve_features
 from ctr.errors import UserError, reason
 from ctr.metrics import metrics_from_json, metrics_json

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from ctr.atomic import check_writable
-from ctr.datasets.preprocess import KEY_FILE, Encoded, encode_with_schema, input_change, source_fingerprint
+from ctr.datasets.cache import KEY_FILE, input_change, source_fingerprint
+from ctr.datasets.preprocess import Encoded, encode_with_schema
 from ctr.errors import UserError
 from ctr.recipe import DataConfig, Recipe
 from ctr.schema import Schema

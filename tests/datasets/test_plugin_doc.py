@@ -34,7 +34,7 @@ def test_documented_dataset_plugin_prepares(tmp_path, monkeypatch):
 def test_a_dataset_plugin_whose_code_changed_encodes_anew(tmp_path, monkeypatch):
     """The cache key held the plugin's class name, options and files, not its code: an edited
     plugin (another label rule, fewer rows) kept the encoding of the code before."""
-    from ctr.datasets.preprocess import stale_entries
+    from ctr.datasets.cache import stale_entries
 
     plugin = tmp_path / "my_data_edited.py"  # its own module and dataset name: the test above imports my_data
     plugin.write_text(documented_block("# my_data.py").replace('"my_clicks"', '"my_clicks_edited"'))

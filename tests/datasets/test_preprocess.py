@@ -108,7 +108,7 @@ def test_a_file_rewritten_at_the_same_size_within_the_second_is_encoded_again(tm
     same size in the same second kept its stale encoding (and `ctr data clean` agreed)."""
     import os
 
-    from ctr.datasets.preprocess import stale_entries
+    from ctr.datasets.cache import stale_entries
 
     data = tmp_path / "clicks.csv"
     raw = {"data": {"dataset": "csv", "path": str(data), "label": "label", "features": [{"name": "a"}],

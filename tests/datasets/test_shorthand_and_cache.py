@@ -9,7 +9,7 @@ import yaml
 
 from ctr.cli import main
 from ctr.datasets import prepare
-from ctr.datasets import preprocess
+from ctr.datasets import cache, preprocess
 from ctr.datasets.source import resolve_features
 from ctr.errors import RecipeError
 from ctr.recipe import load_recipe, recipe_from_dict
@@ -109,7 +109,7 @@ def test_clean_removes_stale_entries_and_says_why(tmp_path, capsys):
     old = root / "csv-0123456789abcdef"
     old.mkdir()
     (old / "DONE").write_text("ok\n")
-    killed = root / f".csv-fedcba9876543210{preprocess.TMP_MARK}{2**22 + 12345}-abcd1234"
+    killed = root / f".csv-fedcba9876543210{cache.TMP_MARK}{2**22 + 12345}-abcd1234"
     killed.mkdir()
     assert main(["data", "clean", "--cache-dir", str(tmp_path / "cache")]) == 0
     out = capsys.readouterr().out

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from ctr.datasets import preprocess
+from ctr.datasets import cache, preprocess
 from ctr.errors import UserError
 from ctr.recipe import recipe_from_dict
 from ctr.train.rundir import RunDir
@@ -67,7 +67,7 @@ def test_a_touched_input_resumes_once_the_said_command_gives_back_its_stamp(tmp_
 
 def test_a_run_saved_without_a_key_compares_its_schema_and_report(tmp_path):
     run = interrupted_run(tmp_path, csv_recipe(tmp_path, epochs=1))
-    (run.schema / preprocess.KEY_FILE).unlink()  # a run of an earlier ctr
+    (run.schema / cache.KEY_FILE).unlink()  # a run of an earlier ctr
     rows = tmp_path / "rows.csv"
     rows.write_text(rows.read_text() + "9999,a1,1,b1,1.0\n")
     with pytest.raises(UserError, match=r"its data now encodes differently than when the run began "
