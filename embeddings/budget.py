@@ -143,13 +143,16 @@ def capped_knob(
 
     ``knob`` = (name, cap, upper): past ``cap`` (the method's compute limit) the budget is
     refused with a ``ComputeLimitError`` naming the k it needs (searched up to ``upper``)
-    and ``estimate(k)``; when k = 1 does not fit, a ``BudgetUnreachableError``.
+    and ``estimate(k)``, unless ``cost`` gains nothing past ``cap`` (``cost(cap)`` is already
+    ``cost(upper)``): then ``cap``. When k = 1 does not fit, a ``BudgetUnreachableError``.
     """
     name, cap, upper = knob
     limit = budget * full
     k = largest_fitting(1, cap + 1, cost, limit)
     if k is None:
         raise BudgetUnreachableError(method, budget, cost(1) / full, f"{name} 1 needs {cost(1)} bytes")
+    if k > cap and cost(cap) >= cost(upper):  # past the cap nothing more is stored (ttrec: every table full rows)
+        return cap
     if k > cap:
         wanted = largest_fitting(cap + 1, max(upper, cap + 1), cost, limit)
         raise ComputeLimitError(method, budget, f"{name} {wanted} > {cap}", estimate(wanted))

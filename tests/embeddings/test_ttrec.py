@@ -53,3 +53,13 @@ def test_rank_is_the_largest_that_fits_and_small_tables_keep_rows():
 def test_a_rank_past_the_limit_is_refused():
     with pytest.raises(ComputeLimitError, match=r"TT rank \d+ > 4"):
         TTRecEmbedding(schema(), TTRecConfig(dim=16, budget=0.2, max_rank=4))
+
+
+def test_a_budget_every_table_fills_at_a_rank_within_the_limit_is_met():
+    """budget 1 on small tables: every table keeps full rows from a low rank on, so a rank
+    past max_rank stores nothing more; it was refused as past the compute limit."""
+    vocabs = {"item": 2, "user": 3, "tags": 2}
+    method = TTRecEmbedding(schema(vocabs), TTRecConfig(dim=8, budget=1.0))
+    assert method.rank <= TTRecConfig.max_rank and method.memory_bytes() == method.full_bytes()
+    with pytest.raises(ComputeLimitError, match=r"TT rank \d+ > 2"):  # ranks past 2 still store more here
+        TTRecEmbedding(schema({"item": 1000, "user": 600, "tags": 40}), TTRecConfig(dim=16, budget=1.0, max_rank=2))
