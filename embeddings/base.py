@@ -106,7 +106,7 @@ class EmbeddingMethod(nn.Module):
     def _embedded(self, sparse: JaggedFeatures) -> FeatureEmbeddings:
         grid = self._grid(sparse)
         if grid is not None:
-            return FeatureEmbeddings(pooled=self.embed_grid(grid), sequences={}, masks={}, rows=self.embed_ids)
+            return FeatureEmbeddings(pooled=self.embed_grid(grid), sequences={}, masks={}, rows=self.rows_again)
         bags, pooled_slots, sequence_slots = self._regroup(sparse)
         vectors = self._vectors_of_bags(bags)
         return self._assemble(sparse, vectors, pooled_slots, sequence_slots)
@@ -206,6 +206,20 @@ class EmbeddingMethod(nn.Module):
     def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
         """One vector [N, D] per id ``ids[i]`` of feature ``feature[i]`` (both int64 [N])."""
         raise NotImplementedError(f"{type(self).__name__} implements neither embed_bags nor embed_ids")
+
+    def rows_again(self, feature: Tensor, ids: Tensor) -> Tensor:
+        """``embed_ids`` for a second lookup of a step's rows (``FeatureEmbeddings.rows``, DIN's
+        ``l2_reg``): BatchNorm layers normalise with this lookup's statistics but keep their
+        running ones, which evaluation reads and which the step's forward alone updates."""
+        norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        kept = [{name: buffer.clone() for name, buffer in m.named_buffers(recurse=False)} for m in norms]
+        try:
+            return self.embed_ids(feature, ids)
+        finally:
+            with torch.no_grad():
+                for norm, buffers in zip(norms, kept):
+                    for name, value in buffers.items():
+                        getattr(norm, name).copy_(value)
 
     def memory_bytes(self) -> int:
         """Bytes a deployed model keeps for embeddings (parameters, codebooks, seeds, scales).
@@ -374,7 +388,7 @@ class EmbeddingMethod(nn.Module):
                 pooled.append(vectors.sum(1) / lengths.clamp(min=1).unsqueeze(1).to(vectors.dtype))
             else:
                 pooled.append(vectors.sum(1))
-        return FeatureEmbeddings(pooled=torch.stack(pooled, 1), sequences=sequences, masks=masks, rows=self.embed_ids)
+        return FeatureEmbeddings(pooled=torch.stack(pooled, 1), sequences=sequences, masks=masks, rows=self.rows_again)
 
     @staticmethod
     def _pooled_batch_major(vectors: Tensor, pooled_slots: list[tuple[int, int]], b: int) -> Tensor:
@@ -416,7 +430,7 @@ class EmbeddingMethod(nn.Module):
                 masks[name] = slots >= (width - seq_lengths).unsqueeze(1)
             else:
                 masks[name] = slots < seq_lengths.unsqueeze(1)
-        return FeatureEmbeddings(pooled=pooled, sequences=sequences, masks=masks, rows=self.embed_ids)
+        return FeatureEmbeddings(pooled=pooled, sequences=sequences, masks=masks, rows=self.rows_again)
 
 
 def _too_long(spec: FeatureSpec) -> str:

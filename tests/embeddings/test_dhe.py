@@ -86,3 +86,19 @@ def test_mixed_precision_keeps_the_statistics_in_float32():
 def test_a_budget_past_the_compute_limit_is_refused_with_an_estimate():
     with pytest.raises(ComputeLimitError, match=r"MLP width \d+ > 64.*GFLOP forward per 4096 ids"):
         DeepHashEmbedding(schema(BIG), DHEConfig(dim=8, budget=0.5, max_width=64))
+
+
+def test_a_second_lookup_of_the_rows_keeps_the_running_statistics():
+    """DIN's l2_reg looks the step's distinct rows up again (``FeatureEmbeddings.rows``): that
+    lookup updated the decoder's BatchNorm running statistics, which evaluation reads, with
+    the distinct rows' distribution."""
+    method = DeepHashEmbedding(schema(), DHEConfig(dim=8, budget=0.5, hashes=32)).train()
+    out = method(batch(16))
+    norms = [m for m in method.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    before = [copy.deepcopy(dict(m.named_buffers())) for m in norms]
+    rows = out.rows(torch.tensor([0, 1, 0]), torch.tensor([5, 6, 7]))
+    rows.pow(2).sum().backward()
+    for norm, buffers in zip(norms, before):
+        for name, value in buffers.items():
+            assert torch.equal(getattr(norm, name), value), name
+    assert all(p.grad is not None for p in method.decoder.parameters() if p.requires_grad)
