@@ -504,11 +504,13 @@ def _bench_kernels(args: argparse.Namespace) -> int:
     import torch
 
     from ctr.bench.kernels import KernelBenchConfig, run
+    from ctr.host import usable_cores
 
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads: must be >= 1, got {args.threads}")
-    if args.threads is not None and args.threads > (os.cpu_count() or 1):  # libgomp aborts on absurd counts
-        raise UserError(f"--threads: {args.threads} is more than this machine's {os.cpu_count() or 1} CPUs")
+    if args.threads is not None and args.threads > usable_cores():  # libgomp aborts on absurd counts
+        raise UserError(f"--threads: {args.threads} is more than the {usable_cores()} cores this process may run on "
+                        "(a benchmark of waiting threads measures nothing)")
     lookup_only = [flag for flag, value in (("--optimizer", args.optimizer), ("--peak-gbps", args.peak_gbps))
                    if value is not None]
     if args.suite == "step" and lookup_only:

@@ -72,13 +72,16 @@ def test_a_workload_past_the_devices_memory_is_one_line_naming_its_sizes(capsys,
     assert " ".join(flags) in err and "GiB, more than this device's " in err, err
 
 
-def test_more_threads_than_the_machines_cpus_are_refused(capsys, monkeypatch):
-    """--threads 1000000000 aborted the process in libgomp ("Out of memory allocating ...")."""
-    import os
+def test_more_threads_than_the_usable_cores_are_refused(capsys, monkeypatch):
+    """--threads 1000000000 aborted the process in libgomp ("Out of memory allocating ...");
+    the cores counted are the affinity's, as trainer.num_threads counts them (a process kept
+    to 4 of 64 CPUs was let run 64 threads)."""
+    from ctr import host
 
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(host, "usable_cores", lambda: 4)
     assert main(["bench", "kernels", "--threads", "5"]) == 2
-    assert capsys.readouterr().err.strip() == "ctr: error: --threads: 5 is more than this machine's 4 CPUs"
+    assert capsys.readouterr().err.strip() == ("ctr: error: --threads: 5 is more than the 4 cores this process may run "
+                                               "on (a benchmark of waiting threads measures nothing)")
 
 
 def test_implementations_compute_the_same_pooling():
