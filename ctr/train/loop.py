@@ -20,6 +20,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loops.fit_loop import _FitLoop
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ctr.atomic import atomic_path
 from ctr.datasets import BatchLoader, Prepared
@@ -227,6 +228,8 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     loaders = session.loaders
     with sigterm_to_lightning():
         trainer.fit(task, loaders["train"], loaders["valid"], ckpt_path=str(resume_from) if resume_from else None)
+    if trainer.received_sigterm:  # after the fit's last check (its last validation): Lightning let the fit end
+        raise SIGTERMException
     task.write_open_epoch()  # a resumed fit may end in its checkpoint's epoch without running the epoch's end
     if not checkpoint.best_model_path and not (ckpt_dir / "last.ckpt").exists():
         # a fit that wrote no checkpoint (ValidateAtMaxSteps validates a cut one): its trained weights

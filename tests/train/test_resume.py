@@ -315,6 +315,8 @@ TERM_BEFORE = """
 import os, signal
 from ctr.train import runner
 
+from ctr.train.task import CTRTask
+
 CALLED = os.environ["CTR_TEST_TERM_BEFORE"]
 
 
@@ -325,16 +327,19 @@ def wrapped(work):
     return term_then_work
 
 
-if CALLED != "none":
+if CALLED == "on_train_end":
+    CTRTask.on_train_end = wrapped(CTRTask.on_train_end)
+elif CALLED != "none":
     setattr(runner, CALLED, wrapped(getattr(runner, CALLED)))
 """
 
 
-@pytest.mark.parametrize("called", ["prepare", "evaluate_checkpoint"])
+@pytest.mark.parametrize("called", ["prepare", "on_train_end", "evaluate_checkpoint"])
 def test_sigterm_outside_the_fit_ends_the_run_saying_how_to_resume(tmp_path, called):
-    """SIGTERM as the data is prepared, or as the trained run's best checkpoint is evaluated
-    (a fit's and a procedure's SIGTERM were handled, these ended the process without a word,
-    killed by the signal); the resume ends as the uninterrupted run."""
+    """SIGTERM as the data is prepared, as the fit ends (after its last validation, where
+    Lightning checks for it no more: the run went on to its end), or as the trained run's
+    best checkpoint is evaluated (a fit's and a procedure's SIGTERM were handled, these ended
+    the process without a word, killed by the signal); the resume ends as the uninterrupted run."""
     (tmp_path / "term_before.py").write_text(TERM_BEFORE)
     raw = tiny_recipe(tmp_path, train={"epochs": 2})
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
@@ -348,7 +353,7 @@ def test_sigterm_outside_the_fit_ends_the_run_saying_how_to_resume(tmp_path, cal
                                                " continues from its last checkpoint, if one was written")
     assert not (tmp_path / "stopped" / "metrics.json").exists()
     env["CTR_TEST_TERM_BEFORE"] = "none"
-    again = ("train", "--resume", tmp_path / "stopped") if called == "evaluate_checkpoint" else (
+    again = ("train", "--resume", tmp_path / "stopped") if called != "prepare" else (
         "train", tmp_path / "k.yaml", "--out", tmp_path / "stopped")
     resumed = ctr(*again, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
