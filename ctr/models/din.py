@@ -38,7 +38,7 @@ class DINConfig(MLPConfig, ModelConfig):
         sequence_fields: the behaviour sequences aligned with them, e.g.
             ``[hist_item_id, hist_cat_id]`` (per-position features, ``pooling: none``).
             Both default to every per-position sequence whose ``share_with`` names a pooled
-            feature, paired with that feature.
+            feature, paired with that feature; one given alone, the other follows ``share_with``.
         attention_hidden: hidden widths of the local activation unit (paper: 36; the
             authors' code: 80-40).
         attention_activation: of the activation unit (paper: dice or prelu; the authors'
@@ -143,10 +143,14 @@ class DIN(CTRModel):
 
     @staticmethod
     def _pairs(schema: Schema, layout: EmbeddingLayout, config: DINConfig) -> tuple[list[str], list[str]]:
+        shares = [(schema.feature(s).spec.share_with, s) for s in layout.sequences]
+        pairs = [(target, sequence) for target, sequence in shares if target in layout.pooled]
         targets, behaviours = config.target_fields, config.sequence_fields
-        if targets is None and behaviours is None:
-            behaviours = [s for s in layout.sequences if schema.feature(s).spec.share_with in layout.pooled]
-            targets = [schema.feature(s).spec.share_with for s in behaviours]
+        if behaviours is None:  # a key left out follows share_with from the other
+            behaviours = ([s for _, s in pairs] if targets is None else
+                          [s for t in targets for target, s in pairs if target == t])
+        if targets is None:
+            targets = [target for s in behaviours for target, sequence in pairs if sequence == s]
         if not targets or not behaviours or len(targets) != len(behaviours):
             raise RecipeError(
                 "model.sequence_fields: DIN needs behaviour sequences (pooling: none) aligned with "

@@ -35,19 +35,32 @@ def test_without_behaviour_sequences_the_error_names_the_key():
         task_for_schema(behaviour_schema(5, 4), {**SMALL, "target_fields": ["item_id"], "sequence_fields": ["item_id"]})
 
 
-@pytest.mark.parametrize("cat, got", [({"max_len": 3}, "max_len 4, padding right; hist_cat_id: max_len 3, padding right"),
-                                      ({"padding": "left"}, "max_len 4, padding right; hist_cat_id: max_len 4, padding left")])
-def test_behaviour_sequences_of_another_length_or_padding_are_refused_naming_them(cat, got):
-    """DIN reads its behaviour sequences position by position: a hist_cat_id of another max_len
-    was a torch.cat traceback at the first batch, of another padding a model pairing one
-    position's item with another position's category, silently."""
+def item_and_category_schema(**cat):
+    """Candidate item_id and cat_id with their histories hist_item_id and hist_cat_id."""
     from ctr.schema import FeatureInfo, FeatureSpec, Schema
 
     item = behaviour_schema(5, 4).features
     cat_id = FeatureInfo(FeatureSpec(name="cat_id"), vocab_size=5, table="cat_id")
     hist_cat = FeatureInfo(FeatureSpec(name="hist_cat_id", kind="sequence", share_with="cat_id", pooling="none",
                                        **{"max_len": 4, **cat}), vocab_size=5, table="cat_id")
-    schema = Schema(features=[*item, cat_id, hist_cat], label="label")
+    return Schema(features=[*item, cat_id, hist_cat], label="label")
+
+
+@pytest.mark.parametrize("given", [{"target_fields": ["cat_id"]}, {"sequence_fields": ["hist_cat_id"]}])
+def test_the_pairing_key_left_out_follows_share_with_from_the_one_given(given):
+    """Each key defaults from share_with (docs/models/din.md); giving one alone was refused."""
+    model = task_for_schema(item_and_category_schema(), {**SMALL, **given}).net.model
+    assert model.targets == ["cat_id"] and model.behaviours == ["hist_cat_id"]
+    assert model.others == ["hist_item_id"]
+
+
+@pytest.mark.parametrize("cat, got", [({"max_len": 3}, "max_len 4, padding right; hist_cat_id: max_len 3, padding right"),
+                                      ({"padding": "left"}, "max_len 4, padding right; hist_cat_id: max_len 4, padding left")])
+def test_behaviour_sequences_of_another_length_or_padding_are_refused_naming_them(cat, got):
+    """DIN reads its behaviour sequences position by position: a hist_cat_id of another max_len
+    was a torch.cat traceback at the first batch, of another padding a model pairing one
+    position's item with another position's category, silently."""
+    schema = item_and_category_schema(**cat)
     with pytest.raises(RecipeError, match=r"^model\.sequence_fields: DIN reads \['hist_item_id', 'hist_cat_id'\] "
                                           r"position by position, so they need one max_len and padding \(data\."
                                           rf"features\); got hist_item_id: {got}$"):
