@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ctr.batch import Batch
 from ctr.embeddings.replicas import gather_padded
 from ctr.embeddings.types import EmbeddingLayout, FeatureEmbeddings
-from ctr.errors import RecipeError
+from ctr.errors import DataError, RecipeError
 from ctr.models.base import CTRModel
 from ctr.models.layers import Activation, MLPConfig, TargetAttention, UnitInput, check_widths
 from ctr.recipe import ModelConfig
@@ -24,6 +24,8 @@ from ctr.schema import PAD_ID, Schema
 Variant = Literal["paper", "authors", "ctr"]
 InputNorm = Literal["none", "batch", "inference"]
 TF_BN_EPSILON = 1e-3  # tf.layers.batch_normalization's default epsilon
+UNALIGNED_BEHAVIOURS = ("DIN's behaviour sequences need the same number of items in a row (an empty item, a^^b, "
+                        "is dropped from a sequence)")
 
 
 @dataclass
@@ -179,8 +181,8 @@ class DIN(CTRModel):
         """The top MLP's input of ``variant`` (before ``input_norm``): [B, W]."""
         pooled = embedded.pooled  # [B, F, D]
         query = pooled[:, self.target_index].flatten(1)  # [B, K·D]
+        mask = self.behaviour_mask(embedded)
         keys = torch.cat([embedded.sequences[n] for n in self.behaviours], dim=-1)  # [B, L, K·D]
-        mask = embedded.masks[self.behaviours[0]]
         interest = self.attention(query, keys, mask)
         parts = [pooled.flatten(1)]
         if self.config.variant == "authors":
@@ -195,6 +197,29 @@ class DIN(CTRModel):
             parts.append((embedded.sequences[name] * valid).sum(1) / valid.sum(1).clamp(min=1))
         parts.append(batch.dense)
         return torch.cat(parts, dim=1)
+
+    def behaviour_mask(self, embedded: FeatureEmbeddings) -> Tensor:
+        """The valid positions [B, L] of the behaviour sequences, refusing a row whose sequences
+        hold different numbers of items: position j would pair one's item with another's
+        category (the data pipeline drops an empty item, ``a^^b``, from one sequence alone). On
+        a GPU, and compiled, the check runs on the device without a host sync; an exported
+        program does not check (it reads the first sequence's positions)."""
+        first, mask = self.behaviours[0], embedded.masks[self.behaviours[0]]
+        if torch.compiler.is_exporting():
+            return mask
+        counts = mask.sum(1)
+        for name in self.behaviours[1:]:
+            other = embedded.masks[name].sum(1)
+            differ = other != counts
+            same_width = embedded.masks[name].shape == mask.shape  # the batch's longest differ: refused on the host
+            if same_width and (mask.is_cuda or torch.compiler.is_compiling()):
+                torch._assert_async(~differ.any(), UNALIGNED_BEHAVIOURS)
+            elif not same_width or bool(differ.any()):
+                row = int(differ.nonzero()[0, 0])
+                raise DataError(f"model.sequence_fields: DIN reads {self.behaviours} position by position, and a row "
+                                f"has {first} of length {int(counts[row])} but {name} of length {int(other[row])}; "
+                                f"{UNALIGNED_BEHAVIOURS}")
+        return mask
 
     def _register_counts(self, schema: Schema) -> None:
         """Buffers mapping a row key (table start + id) to its count, table and a feature."""

@@ -67,6 +67,23 @@ def test_behaviour_sequences_of_another_length_or_padding_are_refused_naming_the
         task_for_schema(schema, SMALL)
 
 
+@pytest.mark.parametrize(("cat_lengths", "got"), [([2, 1], "of length 3 but hist_cat_id of length 2"),
+                                                  ([3, 0], "of length 1 but hist_cat_id of length 0")])
+def test_behaviour_sequences_of_other_lengths_in_a_row_are_refused_naming_them(cat_lengths, got):
+    """An empty item (a^^b) is dropped from one history and not the other: the histories of
+    a row then differ in length, and DIN paired one position's item with another position's
+    category (silently, or a torch.cat traceback when the batch's longest differ too)."""
+    from ctr.errors import DataError
+
+    model = task_for_schema(item_and_category_schema(), SMALL).net
+    lengths = [1, 1, 3, 1, 1, 1, *cat_lengths]  # item_id, hist_item_id [3, 1], cat_id, hist_cat_id
+    sparse = JaggedFeatures.from_lengths(["item_id", "hist_item_id", "cat_id", "hist_cat_id"],
+                                         torch.full((sum(lengths),), 2), torch.tensor(lengths))
+    with pytest.raises(DataError, match=r"^model\.sequence_fields: DIN reads \['hist_item_id', 'hist_cat_id'\] "
+                                        rf"position by position, and a row has hist_item_id {got}; "):
+        model(Batch(torch.zeros(2, 0), sparse, torch.ones(2)))
+
+
 def test_history_beyond_its_length_does_not_change_the_prediction(schema):
     task = task_for_schema(schema, SMALL)
     task.eval()
