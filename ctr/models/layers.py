@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctr.kernels.fm import fm, fm_fields
@@ -275,7 +276,8 @@ class CrossNetworkV2(nn.Module):
         if self.gate is None:
             return out.squeeze(1) + x
         k = self.experts
-        weights = torch.softmax(self.gate(x)[:, layer * k : (layer + 1) * k], dim=1)  # [B, K]
+        gates = F.linear(x, self.gate.weight[layer * k : (layer + 1) * k])  # this layer's rows of G only
+        weights = torch.softmax(gates, dim=1)  # [B, K]
         return (weights.unsqueeze(-1) * out).sum(1) + x
 
 
