@@ -154,7 +154,7 @@ def test_regularizer_is_off_at_evaluation_and_by_default(schema):
 
 
 def test_attention_finds_the_relevant_behaviour_that_mean_pooling_dilutes():
-    """Label depends on whether the candidate is among up to 30 behaviours: DIN's local
+    """Label depends on whether the candidate is among up to 20 behaviours: DIN's local
     activation unit weighs the matching behaviour; DeepFM over the mean-pooled history
     (DIN's baseline in its paper) sees it diluted."""
     schema = behaviour_schema(100, 20)

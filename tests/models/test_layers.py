@@ -127,10 +127,12 @@ def attention_inputs():
     return q, keys * mask.unsqueeze(-1), mask
 
 
+@pytest.mark.parametrize("act", ["prelu", "dice"])
 @pytest.mark.parametrize("softmax", [False, True])
-def test_target_attention_ignores_padded_positions(softmax):
+def test_target_attention_ignores_padded_positions(softmax, act):
+    """Padding's keys change nothing, also through Dice's batch statistics (in training)."""
     q, keys, mask = attention_inputs()
-    att = TargetAttention(4, [8], act="prelu", softmax=softmax)
+    att = TargetAttention(4, [8], act=act, softmax=softmax).train()
     noisy = keys + torch.randn_like(keys) * (~mask).unsqueeze(-1)
     assert torch.allclose(att(q, keys, mask), att(q, noisy, mask), atol=1e-6)
 
