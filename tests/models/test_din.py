@@ -84,8 +84,10 @@ def test_behaviour_sequences_of_other_lengths_in_a_row_are_refused_naming_them(c
         model(Batch(torch.zeros(2, 0), sparse, torch.ones(2)))
 
 
-def test_history_beyond_its_length_does_not_change_the_prediction(schema):
-    task = task_for_schema(schema, SMALL)
+@pytest.mark.parametrize("variant", ["paper", "authors", "ctr"])
+def test_history_beyond_its_length_does_not_change_the_prediction(schema, variant):
+    """Padding is left out of the attention and of the variants' history sums."""
+    task = task_for_schema(schema, {**SMALL, "variant": variant})
     task.eval()
     batch = behaviour_batches(schema, 8, 8, seed=3)[0]
     embedded = task.net.embedding(batch.sparse)
