@@ -39,7 +39,8 @@ import yaml
 
 from ctr.atomic import CsvRows, atomic_write
 from ctr.bench.grid import (
-    UNBUDGETED, Cell, cell_recipe, cell_recipes, check_settings, keep_settings, method_options, plan, prepare_once,
+    UNBUDGETED, Cell, cell_recipe, cell_recipes, check_seeds, check_settings, keep_settings, method_options, plan,
+    prepare_once,
 )
 from ctr.errors import UserError, sigterm_raises
 from ctr.metrics import mean_std
@@ -128,6 +129,7 @@ def run_compression(
     for item in overrides:
         apply_override(base, item)
     import_recipe_plugins(base)  # before --methods is checked: it may name a plugin's method
+    check_seeds(base, seeds)
     cells = plan(methods, budgets, seeds)
     options = method_options(overrides)
     raws = {cell.key: cell_recipe(base, options, recipe_path, cell, out) for cell in cells}

@@ -36,6 +36,18 @@ def test_plan_runs_full_once_per_seed_and_validates_its_arguments():
     assert [c.key for c in plan(["full"], [], 1)] == ["full-full-s0"]
 
 
+@pytest.mark.parametrize("seed, seeds", [(42, 2**70), (4294967294, 3)])
+def test_seeds_past_numpys_largest_are_refused_before_any_cell(tmp_path, seed, seeds):
+    """``--seeds 2**70`` built that many cells (the command hung); ``seed: 4294967294`` with
+    ``--seeds 3`` trained the first two and recorded the third's seed error as its row."""
+    recipe = tmp_path / "base.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, seed=seed)))
+    message = f"^--seeds: {seeds} seeds from seed {seed} pass 4294967295, numpy's largest; give fewer seeds or a lower seed$"
+    with pytest.raises(UserError, match=message):
+        run_compression(recipe, ["full"], [], seeds, tmp_path / "bench", [])
+    assert not (tmp_path / "bench").exists()
+
+
 def test_table_reports_mean_and_spread_and_unreachable_cells():
     rows = [
         {"method": "hash", "budget": "0.5", "status": "ok", "test_auc": a, "test_logloss": "0.5", "train_seconds": "3",
