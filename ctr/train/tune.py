@@ -178,6 +178,7 @@ class Tuning:
             raise UserError("--seeds must be >= 1")
         if self.out.exists() and not self.out.is_dir():
             raise UserError(f"{self.out}: exists and is not a folder; choose another --out")
+        _check_overrides(self.points, self.overrides)
         base = read_yaml(self.recipe_path)
         for item in self.overrides:
             apply_override(base, item)
@@ -295,6 +296,18 @@ class Tuning:
         name = monitor.removeprefix("valid/")  # a metric every run logs: checked before training
         test = metrics["test"]
         return results.add({**row, "valid": metrics["valid"][name], **{f"test_{k}": test.get(k) for k in TEST_KEYS}})
+
+
+def _check_overrides(points: list[Point], overrides: list[str]) -> None:
+    """Refuses an ``-o`` of a key a ``--grid`` axis sets, or of a key below one: every point
+    replaces its value, so it would train nowhere."""
+    axes = {item.partition("=")[0] for point in points for item in point.overrides}
+    for item in overrides:
+        key = item.partition("=")[0]
+        axis = next((axis for axis in sorted(axes) if key == axis or key.startswith(f"{axis}.")), None)
+        if axis is not None:
+            raise UserError(f"-o {key}: --grid {axis} sets it at every point (the -o value would be ignored); "
+                            "give it in one of them")
 
 
 def _base_backend(raw: dict[str, Any]) -> Any:

@@ -486,3 +486,17 @@ def test_a_grid_key_below_a_value_names_the_point(tmp_path):
     with pytest.raises(UserError, match=r"^--grid seed\.x=1: seed: is not a section, cannot set seed\.x$"):
         Tuning(_recipe_file(tmp_path, seed=7), parse_grid(["seed.x=1,2"]), 1, tmp_path / "t", [], FakeTrainer()).run()
     assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("override, axis", [("train.embedding_optimizer.lr=0.5", "train.embedding_optimizer.lr"),
+                                            ("train.early_stop.patience=5", "train.early_stop")])
+def test_an_override_that_a_grid_axis_replaces_is_refused(tmp_path, override, axis):
+    """``-o`` of the key an axis sets (or of one below it) trained every point without it, silently."""
+    grid = parse_grid(["train.embedding_optimizer.lr=0.01,0.1", "train.early_stop=null,{monitor: valid/auc}"])
+    key = override.partition("=")[0]
+    with pytest.raises(UserError, match=rf"^-o {re.escape(key)}: --grid {re.escape(axis)} sets it at every point"):
+        Tuning(_recipe_file(tmp_path), grid, 1, tmp_path / "t", [override], FakeTrainer()).run()
+    assert not (tmp_path / "t").exists()
+    trainer = FakeTrainer()
+    Tuning(_recipe_file(tmp_path), grid, 1, tmp_path / "t", ["train.embedding_optimizer={name: sgd}"], trainer).run()
+    assert len(trainer.calls) == 4  # an -o above an axis is not replaced: the axis sets a key inside it
