@@ -179,8 +179,9 @@ class PlantedModel:
         cfg = self.config
         linear = sum(w[ids[:, j]] for j, w in enumerate(self.first_order)) / np.sqrt(NUM_CATEGORICAL)
         pairwise = sum(
-            (self.latent[i][ids[:, i]] * self.latent[j][ids[:, j]]).sum(axis=1) for i, j in self.pairs
-        ) / np.sqrt(len(self.pairs) * cfg.latent_dim)
+            ((self.latent[i][ids[:, i]] * self.latent[j][ids[:, j]]).sum(axis=1) for i, j in self.pairs),
+            np.zeros(len(ids), np.float32),
+        ) / np.sqrt(max(len(self.pairs), 1) * cfg.latent_dim)  # no pairs: a zero term
         numeric = (np.log1p(counts) - self.numeric_mu) @ self.numeric_weight / np.sqrt(NUM_NUMERIC)
         return {
             "linear": cfg.linear_scale * linear,

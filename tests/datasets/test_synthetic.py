@@ -38,6 +38,13 @@ def test_positive_rate_is_calibrated():
     assert abs(table.column("label").to_numpy().mean() - 0.3) < 0.04
 
 
+def test_no_interacting_pairs_is_a_first_order_dataset_of_the_positive_rate():
+    """``interacting_pairs: 0`` divided an empty pairwise sum by 0: every logit was nan and
+    every label 0 (the run then refused its all-non-click validation split)."""
+    table = rows(interacting_pairs=0, positive_rate=0.3)
+    assert abs(table.column("label").to_numpy().mean() - 0.3) < 0.04
+
+
 def test_planted_interactions_beat_first_order_terms():
     from ctr.metrics import auc
 
