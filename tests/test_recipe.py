@@ -80,6 +80,14 @@ def test_yaml_error_names_file_and_line(tmp_path):
         load_recipe(path)
 
 
+def test_a_recipe_file_that_is_not_text_is_refused_naming_it(tmp_path):
+    """A binary file (or one in another encoding) given as the recipe was a UnicodeDecodeError traceback."""
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"PK\x03\x04\xff\xfe binary")
+    with pytest.raises(RecipeError, match=r"^.*model\.pt: cannot read recipe: not UTF-8 text \(byte 0xff at offset 4\)$"):
+        load_recipe(path)
+
+
 def test_recipe_round_trips_through_dict():
     recipe = recipe_from_dict({"model": {"name": "lr"}, "train": {"epochs": 2}})
     again = recipe_from_dict(recipe.to_dict())

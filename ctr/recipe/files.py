@@ -18,6 +18,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as err:
         raise RecipeError(f"{path}: cannot read recipe: {err.strerror}") from None
+    except UnicodeDecodeError as err:  # a binary file, or text in another encoding
+        byte = f"byte 0x{err.object[err.start]:02x} at offset {err.start}"
+        raise RecipeError(f"{path}: cannot read recipe: not {err.encoding.upper()} text ({byte})") from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)
     except _DuplicateKey as err:
