@@ -117,6 +117,13 @@ def test_embedding_scheduler_replaces_the_shared_one():
         ({"early_stop": {"min_delta": -1}}, r"^train\.early_stop\.min_delta: must be >= 0, got -1\.0$"),
         ({"early_stop": {"monitor": "valid/foo"}}, r"^train\.early_stop\.monitor: 'valid/foo' is not logged; choose"),
         ({"scheduler": {"name": "plateau", "monitor": "valid/accuracy"}}, r"^train\.scheduler: plateau: monitor must be"),
+        ({"scheduler": {"name": "cosine", "min_lr": 1}}, r"^train\.scheduler\.min_lr: 1 is above train\.optimizer\.lr "
+                                                          r"0\.001, the lr it falls from"),  # it raised the lr to 1
+        ({"embedding_optimizer": {"lr": 0.01}, "embedding_scheduler": {"name": "plateau", "min_lr": 0.1}},
+         r"^train\.embedding_scheduler\.min_lr: 0\.1 is above train\.embedding_optimizer\.lr 0\.01"),
+        ({"embedding_optimizer": {"lr": 0.01}, "optimizer": {"lr": 0.1},
+          "scheduler": {"name": "linear_warmup", "decay": "cosine", "decay_steps": 5, "min_lr": 0.05}},
+         r"^train\.scheduler\.min_lr: 0\.05 is above train\.embedding_optimizer\.lr 0\.01"),
     ],
 )
 def test_invalid_schedules_name_the_key(train, message):
