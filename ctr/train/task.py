@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -21,7 +22,7 @@ from ctr.errors import RecipeError
 from ctr.host import memory_bytes
 from ctr.metrics import auc, group_auc, logloss
 from ctr.models.base import CTRModel
-from ctr.recipe import Recipe
+from ctr.recipe import EmbeddingOptimizerConfig, Recipe
 from ctr.registry import EMBEDDINGS, MODELS
 from ctr.schema import Schema
 from ctr.train.optim import CombinedOptimizer, FusedLR, build_optimizer, fused_optimizer
@@ -30,6 +31,8 @@ from ctr.train.schedule import Schedules
 
 if TYPE_CHECKING:
     from ctr.datasets import Prepared
+
+log = logging.getLogger(__name__)
 
 
 class CTRNet(nn.Module):
@@ -380,6 +383,17 @@ class CTRTask(L.LightningModule):
         other = {id(p) for p in self.net.embedding.sparse_parameters() + self._arch_parameters()}
         return [p for p in self.parameters() if p.requires_grad and id(p) not in other]
 
+    def _say_embedding_optimizer_unused(self) -> None:
+        """Warns that the recipe's ``train.embedding_optimizer`` (or ``embedding_scheduler``)
+        steps nothing: the method has no embedding rows for it (DHE's MLP, the quantized tables)."""
+        method = self.recipe.embedding.method
+        if getattr(EMBEDDINGS.get(method).target, "updates_in_backward", False):
+            how = "it updates its rows itself in the backward, with embedding.optimizer"
+        else:
+            how = "its parameters are dense: train.optimizer trains them"
+        log.warning("train.embedding_optimizer: %s has no embedding rows for it to step (%s), so its settings are "
+                    "unused", method, how)
+
     def configure_optimizers(self) -> CombinedOptimizer | list[torch.optim.Optimizer]:
         train = self.recipe.train
         parts = {"dense": build_optimizer(train.optimizer, self._dense_parameters(), "train.optimizer")}
@@ -389,6 +403,8 @@ class CTRTask(L.LightningModule):
         elif train.embedding_optimizer.fused:
             parts["embedding"] = fused_lr = FusedLR(train.embedding_optimizer.lr)
             self.net.embedding.follow_fused_lr(fused_lr.lr)
+        elif train.embedding_optimizer != EmbeddingOptimizerConfig() or train.embedding_scheduler is not None:
+            self._say_embedding_optimizer_unused()
         self.schedules = Schedules(parts, train)
         arch = self._arch_parameters()
         if not arch:

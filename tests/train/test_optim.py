@@ -222,3 +222,29 @@ def test_a_plateau_cut_of_the_sharded_tables_lr_is_saved_and_restored():
     resumed.load_state_dict(first.state_dict(first.fused_lr()))
     assert tables_again.param_groups[0]["lr"] == pytest.approx(0.025)
     assert resumed.lrs() == pytest.approx(first.lrs())
+
+
+DENSE_ONLY = "its parameters are dense: train.optimizer trains them"
+IN_BACKWARD = "it updates its rows itself in the backward, with embedding.optimizer"
+
+
+@pytest.mark.parametrize("method, train, said", [
+    ({"method": "dhe", "budget": 0.5}, {"embedding_optimizer": {"lr": 0.5}}, DENSE_ONLY),
+    ({"method": "dhe", "budget": 0.5}, {"embedding_scheduler": {"name": "constant"}}, DENSE_ONLY),
+    ({"method": "int8"}, {"embedding_optimizer": {"name": "sgd"}}, IN_BACKWARD),
+    ({"method": "dhe", "budget": 0.5}, {}, None),
+    ({"method": "full"}, {"embedding_optimizer": {"lr": 0.5}}, None),
+])
+def test_an_embedding_optimizer_a_method_gives_nothing_to_step_is_said_unused(method, train, said, caplog):
+    """DHE has no embedding rows (an MLP of dense parameters, trained by train.optimizer),
+    int8 updates its own: their train.embedding_optimizer was ignored without a word."""
+    from ctr.recipe import recipe_from_dict
+    from ctr.train.task import CTRTask
+    from tests.embeddings.schemas import schema
+
+    recipe = recipe_from_dict({"model": {"name": "lr"}, "embedding": {"dim": 8, **method}, "train": train})
+    with caplog.at_level("WARNING", logger="ctr.train.task"):
+        CTRTask(recipe, schema()).configure_optimizers()
+    lines = [r.getMessage() for r in caplog.records if "train.embedding_optimizer" in r.getMessage()]
+    assert lines == ([f"train.embedding_optimizer: {method['method']} has no embedding rows for it to step ({said}), "
+                      "so its settings are unused"] if said else [])
