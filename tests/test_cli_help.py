@@ -18,7 +18,7 @@ def test_every_argument_has_help_naming_its_default():
     """`ctr eval --help` listed run_dir and --split bare, `ctr tune --help` its --seeds without
     the 3 a user gets."""
     missing = []
-    for name, parser in _commands(cli._parser()):
+    for name, parser in _commands(cli.build_parser(cli._handlers())):
         for action in parser._actions:
             if isinstance(action, (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)):
                 continue
@@ -34,7 +34,7 @@ def test_every_argument_has_help_naming_its_default():
 def test_the_default_a_help_names_is_argparses():
     """A help's ``default X`` (``--seeds``: 3, ``--budgets``: 0.5,0.1) is the value argparse gives."""
     wrong = []
-    for name, parser in _commands(cli._parser()):
+    for name, parser in _commands(cli.build_parser(cli._handlers())):
         for action in parser._actions:
             written = re.search(r"\bdefault:? ([^\s;)]+)", action.help or "")
             if written is None or action.default in (None, "", []) or isinstance(action.default, bool):
