@@ -280,9 +280,16 @@ def loss_check_interval(device: torch.device, deferred: int = 20) -> int:
 
 
 def diverged(first_bad: int, step: int) -> TrainingDiverged:
-    """The error of a run whose loss was first not finite at step ``first_bad``, stopped at ``step``."""
+    """The error of a run whose loss was first not finite at step ``first_bad`` (counted from
+    1), stopped at ``step``. Step 1's loss comes before the fit's first update, so no learning
+    rate made it: the inputs or the initial weights did."""
+    if first_bad == 1:
+        hint = ("at step 1 the loss is of the weights before any update: not the learning rate, but the initial "
+                "weights (embedding.init_std) or the inputs (numeric values past float32)")
+    else:
+        hint = "try a lower learning rate or train.grad_clip"
     return TrainingDiverged(f"training: the loss is not finite at step {first_bad}; stopped at step {step}, the last"
-                            " good checkpoint is kept (try a lower learning rate or train.grad_clip)")
+                            f" good checkpoint is kept ({hint})")
 
 
 class FiniteLoss(L.Callback):

@@ -49,3 +49,12 @@ def test_nan_loss_stops_training_naming_the_step_and_keeps_the_last_good_checkpo
     assert last["global_step"] == last_good
     assert all(torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point())
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_a_loss_not_finite_at_the_first_step_points_at_the_initial_weights_not_the_lr(tmp_path):
+    """embedding.init_std: 1e30 made the first loss inf, and the message said to lower the
+    learning rate, which had not been used yet."""
+    recipe = recipe_from_dict(tiny_recipe(tmp_path, embedding={"init_std": 1e30}))
+    with pytest.raises(TrainingDiverged, match=r"at step 1; .*\(at step 1 the loss is of the weights before any update: "
+                                               r"not the learning rate, but the initial weights \(embedding\.init_std\)"):
+        train(recipe, tmp_path / "run")
