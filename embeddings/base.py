@@ -378,7 +378,8 @@ class EmbeddingMethod(nn.Module):
             slots = torch.arange(width, device=starts.device).unsqueeze(0)
             shift = (width - lengths).unsqueeze(1) if self._left_padded[f] else torch.zeros_like(starts).unsqueeze(1)
             mask = (slots >= shift) & (slots < shift + lengths.unsqueeze(1))
-            index = (starts.unsqueeze(1) + slots - shift).clamp(0, count)  # a masked slot reads the padding id
+            index = (starts.unsqueeze(1) + slots - shift).clamp(0, count)
+            index = index.masked_fill(~mask, count)  # a masked slot reads the padding id, not a bag beside its own
             feature = torch.full((b * width,), f, dtype=torch.int64, device=starts.device)
             vectors = self.embed_ids(feature, values[index].reshape(-1)).view(b, width, -1)
             vectors = vectors * mask.unsqueeze(-1).to(vectors.dtype)

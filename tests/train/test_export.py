@@ -149,6 +149,31 @@ def test_exporting_sequences_warns_of_nothing(pooling, tmp_path):
     assert [str(warning.message) for warning in caught] == []
 
 
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_a_short_sequence_beside_a_larger_vocabulary_is_scored(padding, tmp_path):
+    """A sequence's masked slots read padding: they read the ids of the bags beside its own
+    (here ``a``'s, past the sequence's table), and the program's lookup failed on them."""
+    rng = np.random.default_rng(5)
+    tags = ["^".join(f"t{v}" for v in rng.integers(0, 3, rng.integers(0, 4))) for _ in range(300)]
+    frame = pd.DataFrame({"label": rng.integers(0, 2, 300), "a": [f"a{v}" for v in range(300)], "tags": tags})
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    features = [{"name": "a"}, {"name": "tags", "kind": "sequence", "max_len": 3, "pooling": "sum", "padding": padding},
+                {"name": "b", "source": "a", "share_with": "a"}]
+    raw = tiny_recipe(tmp_path)
+    raw["data"] = {"dataset": "csv", "path": str(tmp_path / "rows.csv"), "label": "label", "features": features,
+                   "cache_dir": str(tmp_path / "cache")}
+    schema = prepare(recipe_from_dict(raw).data, progress=False).schema
+    net = CTRTask(recipe_from_dict(raw), schema).net.eval()
+    program = export_program(net, schema).module()
+    keys = [info.spec.name for info in schema.sparse_features]
+    last = schema.sparse_features[0].vocab_size - 1  # a's (and b's) last id: past tags' table, the last one
+    sparse = JaggedFeatures(keys, torch.tensor([last, 2, last]), torch.tensor([0, 1, 2, 3]))
+    dense = torch.zeros(1, len(schema.dense_features))
+    with torch.no_grad():
+        expected = probabilities(net(Batch(dense, sparse, torch.zeros(1)))[0]).float()
+        assert torch.allclose(program(dense, sparse.values, sparse.offsets), expected, atol=1e-6)
+
+
 def exported_scores_like_ctr(recipe, tmp_path: Path) -> None:
     """Trains ``recipe``, exports it, and scores a test batch (and its first row alone) in a
     fresh process without ctr: as ctr scores it, to 1e-5."""
