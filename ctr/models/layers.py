@@ -314,14 +314,21 @@ class InteractingLayer(nn.Module):
         out = linear(fields)
         return torch.relu(out) if self.projection_relu else out
 
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Every field's softmax-weighted sum of the values: q, k, v [B, H, F, d'] → [B, H, F, d'].
+        One field's scores are a product summed, not a matmul: ``torch.export`` would guard the
+        batched matmul of [B, H, 1, d'] on B != 1 (the same values; its softmax weight is 1)."""
+        scores = (q * k).sum(-1, keepdim=True) if q.shape[-2] == 1 else q @ k.transpose(-1, -2)  # [B, H, F, F]
+        if self.scale:
+            scores = scores / math.sqrt(self.head_dim)
+        weights = torch.softmax(scores, dim=-1)
+        return weights * v if q.shape[-2] == 1 else weights @ v
+
     def forward(self, fields: Tensor) -> Tensor:
         b, f, _ = fields.shape
         qkv = self._project(self.qkv, fields)
         q, k, v = qkv.view(b, f, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        scores = q @ k.transpose(-1, -2)  # [B, H, F, F]
-        if self.scale:
-            scores = scores / math.sqrt(self.head_dim)
-        out = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(b, f, -1)
+        out = self._attend(q, k, v).transpose(1, 2).reshape(b, f, -1)
         if self.residual is not None:
             out = out + self._project(self.residual, fields)
         out = torch.relu(out)

@@ -120,6 +120,24 @@ def test_interacting_layer_is_equivariant_to_field_order():
     assert torch.allclose(layer(e)[:, perm], layer(e[:, perm]), atol=1e-6)
 
 
+@pytest.mark.parametrize("fields", [1, 3])
+def test_interacting_layer_exports_with_a_dynamic_batch(fields):
+    """As ``ctr export`` traces it: over one field, the batched matmuls guarded that the batch
+    is not 1 (AutoInt over a single feature, a libSVM run's, did not export)."""
+    torch.manual_seed(0)
+    layer = InteractingLayer(4, head_dim=3, heads=2).eval()
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=True):
+        program = torch.export.export(layer, (torch.randn(2, fields, 4),), dynamic_shapes=({0: batch},)).module()
+        for rows in (1, 3):
+            e = torch.randn(rows, fields, 4)
+            assert torch.allclose(program(e), layer(e), atol=1e-6)
+    if fields == 1:  # one field attends to itself alone (weight 1): ReLU(W_V e + W_Res e)
+        e = torch.randn(3, 1, 4)
+        values = e @ layer.qkv.weight[12:].t()
+        assert torch.allclose(layer(e), torch.relu(values + e @ layer.residual.weight.t()), atol=1e-6)
+
+
 def attention_inputs():
     torch.manual_seed(0)
     q, keys = torch.randn(3, 4), torch.randn(3, 5, 4)
