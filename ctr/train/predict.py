@@ -53,7 +53,7 @@ def predict(run_root: Path, data: Path, out: Path, progress: bool = False) -> di
     when the rows have labels, AUC, logloss (and group AUC with a group column)."""
     if out.resolve() == data.resolve():
         raise UserError(f"{out}: is the input; write the scores to another file")
-    if out.resolve().is_relative_to(data.resolve()):
+    if not data.is_file() and out.resolve().is_relative_to(data.resolve()):
         raise UserError(f"{out}: inside the input folder {data} (a later read of it would take the scores for rows); "
                         "choose another --out")
     run, recipe, ckpt = finished_run(run_root, out)

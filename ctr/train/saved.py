@@ -66,7 +66,7 @@ def _check_out(out: Path, run: RunDir, recipe: Recipe) -> None:
     for key, given in recipe.data.input_paths().items():
         if written == given.resolve():
             raise UserError(f"{out}: is the run's input ({key}); choose another --out")
-        if written.is_relative_to(given.resolve()):
+        if not given.is_file() and written.is_relative_to(given.resolve()):  # no folder is under a file
             raise UserError(f"{out}: inside the run's input folder {given} ({key}); choose another --out")
     check_writable(out)
 

@@ -716,6 +716,8 @@ def test_predict_and_export_refuse_an_out_among_the_inputs(csv_run, tmp_path):
         ("predict", trained, tmp_path / "in", "--out", tmp_path / "in" / "scores.csv"):
             f"{tmp_path / 'in' / 'scores.csv'}: inside the input folder {tmp_path / 'in'} (a later read of it would take "
             "the scores for rows); choose another --out",
+        ("predict", trained, test, "--out", test / "scores.csv"):  # under the input file: no folder is there
+            f"{test / 'scores.csv'}: cannot be written (not a directory)",
         ("export", run, "--out", home / "data" / "model.pt2"):
             f"{home / 'data' / 'model.pt2'}: inside the run's input folder {home / 'data'} (data.path); choose another --out",
     }
