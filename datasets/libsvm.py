@@ -12,7 +12,7 @@ Parsing is vectorised over blocks of lines (no per-row Python).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -354,7 +354,20 @@ def _named(name: str) -> str:
 
 @dataclass
 class IPinYouConfig(LibSVMConfig):
-    """Options of the ``ipinyou`` dataset (``path``: the folder of the release)."""
+    """Options of the ``ipinyou`` dataset (``path``: the folder of the release).
+
+    ``scored`` is no recipe key: ``reading`` sets it for rows to score, which are read alone
+    (no test file of their folder joins them) with the training's featindex.
+    """
+
+    scored: bool = field(default=False, init=False, repr=False)
+
+    def reading(self, path: Path) -> IPinYouConfig:
+        """Every row of ``path``, fields named by the featindex training read."""
+        config = super().reading(path)
+        config.featindex = self.featindex or str(_ipinyou_folder(self.path) / "featindex.fm.txt")
+        config.scored = True
+        return config
 
 
 @DATASETS.register("ipinyou", config=IPinYouConfig)
@@ -362,6 +375,9 @@ class IPinYouDataset(LibSVMDataset):
     """iPinYou RTB display-ad clicks in libFM form: train.fm.txt, test.fm.txt, featindex.fm.txt."""
 
     def __init__(self, config: IPinYouConfig):
+        if config.scored:
+            super().__init__(config)
+            return
         folder = _ipinyou_folder(config.path)
         train = folder / "train.fm.txt" if Path(config.path).expanduser().is_dir() else Path(config.path)
         resolved = replace(

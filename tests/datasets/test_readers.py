@@ -203,6 +203,22 @@ def test_real_ipinyou_splits_and_fields():
     assert test.column("weekday").null_count == 0
 
 
+def test_ipinyou_rows_to_score_are_read_alone_with_the_training_featindex(tmp_path):
+    """``ctr predict`` of an iPinYou run reads INPUT alone: the release's test file scored its
+    rows twice (the folder's test file was added as a test split), and a file in another
+    folder was refused (no train.fm.txt beside it)."""
+    release, elsewhere = tmp_path / "release", tmp_path / "elsewhere"
+    release.mkdir(), elsewhere.mkdir()
+    (release / "featindex.fm.txt").write_text("weekday:1\t0\nweekday:2\t1\nhour:5\t2\nhour:6\t3\n")
+    (release / "train.fm.txt").write_text("".join(f"{i % 2} {i % 2}:1 {2 + i % 2}:1\n" for i in range(6)))
+    (release / "test.fm.txt").write_text("1 0:1 3:1\n0 1:1 2:1\n0 1:1 3:1\n")
+    (elsewhere / "rows.fm.txt").write_text("1 0:1 3:1\n")
+    trained = IPinYouConfig(path=str(release))
+    for scored, rows in ((release / "test.fm.txt", 3), (release / "train.fm.txt", 6), (elsewhere / "rows.fm.txt", 1)):
+        streams = IPinYouDataset(trained.reading(scored)).streams()
+        assert sum(table(stream()).num_rows for stream in streams.values()) == rows, scored
+
+
 def test_a_gzip_file_reads_as_its_plain_copy(tmp_path):
     import gzip
 
