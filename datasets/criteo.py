@@ -8,12 +8,16 @@ categoricals ``C1..C26``):
   the label and the 13 integers must be there);
 - Kaggle CSV (``Id,Label,I1,...,C26``, the 2014 Kaggle competition's train.csv).
 
+Rows without a label (DAC's ``test.txt``: 39 fields; Kaggle's ``test.csv``: no ``Label`` in
+its header) are read as rows to score (``ctr predict``) and refused for training.
+
 ``data.format: auto`` tells them apart per file from the first line. Both yield the columns
 ``label, I1..I13, C1..C26``; rows are split at random by ``data.split`` (8:1:1).
 """
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,7 +33,18 @@ NUMERIC = [f"I{i}" for i in range(1, 14)]
 CATEGORICAL = [f"C{i}" for i in range(1, 27)]
 DAC_COLUMNS = ["label"] + NUMERIC + CATEGORICAL
 KAGGLE_HEADER = ["Id", "Label"] + NUMERIC + CATEGORICAL
-DAC_MIN_FIELDS = 1 + len(NUMERIC)
+KAGGLE_TEST_HEADER = ["Id"] + NUMERIC + CATEGORICAL  # the competition's test.csv: no Label
+
+
+def _dac_labelled(line: str) -> bool:
+    """Whether a DAC line leads with its label: a line of Criteo's test.txt has 39 fields, the
+    14th a hashed categorical (C1: 8 hex digits) where a labelled line has the count I13 (a
+    number far below 10⁷, or empty), or a first field (I1) other than a label 0 or 1."""
+    fields = line.split("\t")
+    if len(fields) != len(DAC_COLUMNS) - 1:
+        return True
+    hashed = len(fields[13]) == 8 and all(c in string.hexdigits for c in fields[13])
+    return not hashed and fields[0] in ("0", "1")
 
 
 @dataclass
@@ -80,17 +95,29 @@ class CriteoDataset(DelimitedSource):
         layout = config.format if config.format != "auto" else _detect(file, line)
         needed = self.needed_columns()
         require_columns(DAC_COLUMNS, needed, str(file))
-        keep = [c for c in DAC_COLUMNS if c in needed]
         if layout == "dac":
-            return TextFormat(DAC_COLUMNS, "\t", header=False, quoting=False, min_fields=DAC_MIN_FIELDS, keep=keep)
+            columns = DAC_COLUMNS if _dac_labelled(line) else self._unlabelled(file, "Criteo's test.txt")
+            return TextFormat(columns, "\t", header=False, quoting=False, min_fields=len(columns) - len(CATEGORICAL),
+                              keep=[c for c in columns if c in needed])
         header = [name.strip() for name in line.split(",")]
-        if header != KAGGLE_HEADER:
+        if header == KAGGLE_TEST_HEADER:
+            columns = ["Id"] + self._unlabelled(file, "Kaggle's test.csv")
+        elif header == KAGGLE_HEADER:
+            columns = ["Id"] + DAC_COLUMNS
+        else:
             raise DataError(f"{file}:1: expected the Criteo Kaggle header Id,Label,I1..I13,C1..C26, got {line[:60]!r}")
-        return TextFormat(["Id"] + DAC_COLUMNS, ",", header=True, quoting=True, keep=keep)
+        return TextFormat(columns, ",", header=True, quoting=True, keep=[c for c in columns if c in needed])
+
+    def _unlabelled(self, file: Path, known_as: str) -> list[str]:
+        """The columns of rows without a label (``known_as``): rows to score; refused to train on."""
+        if self.label not in self.optional_columns:
+            raise DataError(f"{file}:1: rows without a label ({known_as}): they can be scored (ctr predict), not "
+                            "trained or evaluated on")
+        return DAC_COLUMNS[1:]
 
 
 def _detect(file: Path, line: str) -> str:
-    if line.startswith("Id,Label"):
+    if line.startswith(("Id,Label,", "Id,I1,")):
         return "kaggle"
     if "\t" in line:
         return "dac"

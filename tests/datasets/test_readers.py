@@ -93,6 +93,34 @@ def test_avazu_rows_to_score_may_lack_the_click_column(tmp_path):
     assert scored.equals(pq.read_table(prepared.split_dir("train")).drop_columns(["__label__"]))
 
 
+def test_criteo_rows_without_a_label_are_scored_and_refused_for_training(tmp_path):
+    """DAC's test.txt (39 fields: no label) and Kaggle's test.csv (header Id,I1,..): scoring
+    them read the 14th field, C1, as the count I13 ("not a number") or refused the header."""
+    from ctr.datasets.preprocess import encode_with_schema
+
+    rows = ["\t".join([str(i % 2), *(str(i + j) for j in range(13)), *(f"{i % 3:08x}" for _ in range(26))])
+            for i in range(6)]
+    train, dac_test, kaggle_test = tmp_path / "train.txt", tmp_path / "test.txt", tmp_path / "test.csv"
+    train.write_text("".join(f"{row}\n" for row in rows))
+    dac_test.write_text("".join(row.split("\t", 1)[1] + "\n" for row in rows))
+    header = "Id," + ",".join(f"I{i}" for i in range(1, 14)) + "," + ",".join(f"C{i}" for i in range(1, 27))
+    kaggle_test.write_text(header + "\n" + "".join(f"{60000000 + i}," + row.split("\t", 1)[1].replace("\t", ",") + "\n"
+                                                   for i, row in enumerate(rows)))
+    raw = {"data": {"dataset": "criteo", "path": str(train), "cache_dir": str(tmp_path / "c"),
+                    "split": {"valid": 0.0, "test": 0.0}}}
+    config = recipe_from_dict(raw).data
+    prepared = prepare(config, progress=False)
+    trained = pq.read_table(prepared.split_dir("train")).drop_columns(["__label__"])
+    for test in (dac_test, kaggle_test):
+        encoded = encode_with_schema(config.reading(test), prepared.root, tmp_path / test.suffix, None, progress=False)
+        assert not encoded.labelled and encoded.tally.rows == 6
+        assert pq.read_table(tmp_path / test.suffix / "test").drop_columns(["__label__"]).equals(trained)
+    for test, known_as in ((dac_test, "Criteo's test.txt"), (kaggle_test, "Kaggle's test.csv")):
+        raw["data"]["path"] = str(test)
+        with pytest.raises(DataError, match=rf"^{test}:1: rows without a label \({known_as}\): they can be scored"):
+            prepare(recipe_from_dict(raw).data, progress=False)
+
+
 def write_featindex(folder):
     folder.mkdir(exist_ok=True)
     (folder / "featindex.txt").write_text("weekday:0\t0\nweekday:1\t1\ncity:9\t2\ncity:10\t3\nprice\t4\n")
