@@ -86,7 +86,7 @@ def parse(block: str) -> tuple[dict[str, dict[str, str]], dict[tuple[str, str], 
     for line in lines[2:]:
         method, *values = _cells(line)
         summary[method] = {budget: value for budget, value in zip(columns, values) if value}
-    details = {tuple(_cells(line)[:2]): line for line in detail_part.splitlines()[2:]}
+    details = {tuple(_cells(line)[:2]): line for line in detail_part.partition("\n\n")[0].splitlines()[2:]}
     return summary, details
 
 

@@ -8,7 +8,8 @@ interrupted. Before training, the method is built on the prepared schema: a budg
 reach is recorded as ``cannot reach (min x)`` and one past its compute limit as ``not run:
 compute (estimate)``, and the grid goes on. After each cell it rewrites ``OUT/results.md``
 (methods × budgets: test AUC mean ± std over seeds; then bytes, × full, train seconds, test
-rows/s of the compressed model and peak memory per cell) and ``OUT/auc_vs_memory.png``
+rows/s of the compressed model and peak memory per cell; then each cell that failed, erred or
+went over its budget, with its status) and ``OUT/auc_vs_memory.png``
 (test AUC against bytes, log scale), so a grid of hours shows what it has so far. With
 ``drop_checkpoints`` (``--drop-checkpoints``) a finished cell's checkpoints are deleted once
 its row is written (its recipe, log, metrics and stage outputs stay): a grid on 2 GB tables
@@ -105,11 +106,15 @@ def _failed(row: dict[str, str]) -> bool:
     return row["status"].startswith(("error", "failed"))
 
 
+def _refused(row: dict[str, str]) -> bool:
+    return row["status"].startswith(("cannot reach", "not run"))
+
+
 def _tried_again(row: dict[str, str]) -> bool:
     """Whether a rerun tries the row's cell again: its training failed, or its budget was
     refused (``budget_refusal``: cheap to ask again, and a changed ``<method>.yaml`` has no
     run folder that ``check_settings`` could compare)."""
-    return _failed(row) or row["status"].startswith(("cannot reach", "not run"))
+    return _failed(row) or _refused(row)
 
 
 def run_compression(
@@ -334,7 +339,17 @@ def markdown(rows: list[dict[str, str]]) -> str:
             f"| {method} | {budget} | {size:,} | {ratio:.4f} | {auc} | {loss} | {seconds} | {rate} | {peak:,.0f} "
             f"| {len(ok)} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _unfigured(rows)) + "\n"
+
+
+def _unfigured(rows: list[dict[str, str]]) -> list[str]:
+    """Lines naming each cell that failed, erred or went over its budget, with its status: the
+    figures above leave it out, even where other seeds of its group finished (a refusal is its
+    table entry)."""
+    left = [row for row in rows if row["status"] != "ok" and not _refused(row)]
+    if not left:
+        return []
+    return ["", "Not in the figures above:", ""] + [f"- `{Path(r['run_dir']).name}`: {r['status']}" for r in left]
 
 
 def _auc_cell(group: list[dict[str, str]]) -> str:

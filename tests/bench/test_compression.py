@@ -383,3 +383,17 @@ def test_a_grid_whose_cells_all_failed_before_training_takes_the_fixed_setting_i
     assert row["status"] == "ok"
     with pytest.raises(UserError, match=r"holds runs of other settings \(train.eval_every_n_steps: 5 before, 4 now\)"):
         run_compression(recipe, ["full"], [], 1, out, ["train.eval_every_n_steps=4"])  # a finished cell: refused
+
+
+def test_a_cell_that_failed_beside_finished_seeds_is_named_below_the_tables():
+    """A failed seed of a group whose other seeds finished is listed with its status (the tables
+    showed the finished seeds' figures alone, and the command said its status was there)."""
+    ok = {"method": "full", "budget": "", "seed": "1", "status": "ok", "test_auc": "0.6", "test_logloss": "0.5",
+          "train_seconds": "3", "embedding_bytes": "100", "memory_ratio": "1.0", "run_dir": "b/runs/full-full-s1"}
+    failed = {"method": "full", "budget": "", "seed": "0", "status": "failed (exit -9, see b/logs/full-full-s0.log)",
+              "test_auc": "", "run_dir": "b/runs/full-full-s0"}
+    refused = {"method": "hash", "budget": "0.01", "seed": "0", "status": "cannot reach (min 0.02)", "test_auc": "",
+               "run_dir": "b/runs/hash-0.01-s0"}
+    text = markdown([failed, ok, refused])
+    assert "| full | 0.6000 |" in text and text.count("cannot reach") == 2  # a refusal is its table entry only
+    assert text.endswith("\n\nNot in the figures above:\n\n- `full-full-s0`: failed (exit -9, see b/logs/full-full-s0.log)\n")

@@ -62,3 +62,9 @@ def test_a_finished_row_without_its_auc_is_a_damaged_file(tmp_path):
     kept.add(row("hash", "0.5", 1, auc=""))
     with pytest.raises(UserError, match=r"results\.csv:3: column test_auc: not a number: '' \(a damaged results file"):
         Results(tmp_path / "results.csv")
+
+
+def test_merge_reads_the_detail_lines_only_of_a_table_that_names_unfigured_cells():
+    new = markdown([row("hash", "0.5", 0), row("hash", "0.5", 1, status="failed (exit 1)", auc="")])
+    assert "Not in the figures above:" in new
+    assert list(merge("", new)[1]) == [("hash", "0.5")]
