@@ -372,7 +372,7 @@ def _ranked_value(row: dict[str, str], worst: float) -> float:
 def markdown(rows: list[dict[str, str]], best: Point, monitor: str, mode: str,
              not_run: dict[str, str] | None = None) -> str:
     """Stage 1's points ranked by the monitor, the points ``not_run`` (settings → why), then
-    the chosen point's test metrics over seeds."""
+    the chosen point's test metrics over the seeds that trained (a diverged one named)."""
     first = [r for r in rows if r["offset"] == "0"]  # stage 1: each point with the recipe's seed
     worst = float("-inf") if mode == "max" else float("inf")
     first.sort(key=lambda r: _ranked_value(r, worst), reverse=mode == "max")
@@ -385,8 +385,12 @@ def markdown(rows: list[dict[str, str]], best: Point, monitor: str, mode: str,
     if not_run:
         lines += ["", "Not trained (the method refuses the budget):", ""]
         lines += [f"- `{label}`: {why}" for label, why in not_run.items()]
-    chosen = [r for r in rows if r["point"] == best.key and not r["failed"]]
-    seeds = f"{len(chosen)} seed" + ("s (mean ± sample sd)" if len(chosen) > 1 else "")
+    runs = [r for r in rows if r["point"] == best.key]
+    chosen = [r for r in runs if not r["failed"]]
+    count = f"{len(chosen)} of {len(runs)}" if len(chosen) < len(runs) else f"{len(chosen)}"
+    notes = (["mean ± sample sd"] if len(chosen) > 1 else []) + [
+        f"seed {r['seed']} failed: {r['failed']}" for r in runs if r["failed"]]
+    seeds = f"{count} seed" + ("s" if len(runs) > 1 else "") + (f" ({'; '.join(notes)})" if notes else "")
     lines += ["", f"Chosen: `{best.label}`, {seeds}:", "",
               f"| {monitor} | test AUC | test group AUC | test logloss |", "|---" * 4 + "|"]
     cells = [_spread([r["valid"] for r in chosen])] + [_spread([r[f"test_{k}"] for r in chosen]) for k in TEST_KEYS]

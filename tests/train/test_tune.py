@@ -500,3 +500,23 @@ def test_an_override_that_a_grid_axis_replaces_is_refused(tmp_path, override, ax
     trainer = FakeTrainer()
     Tuning(_recipe_file(tmp_path), grid, 1, tmp_path / "t", ["train.embedding_optimizer={name: sgd}"], trainer).run()
     assert len(trainer.calls) == 4  # an -o above an axis is not replaced: the axis sets a key inside it
+
+
+class SeedDivergingTrainer(FakeTrainer):
+    """Diverges on seed 43 only."""
+
+    def __call__(self, recipe, out, resume):
+        if recipe.seed == 43:
+            raise TrainingDiverged("training: the loss is not finite at step 3; stopped at step 3")
+        return super().__call__(recipe, out, resume)
+
+
+def test_a_seed_of_the_chosen_point_that_diverges_is_named_beside_its_mean(tmp_path):
+    """The chosen point's table gave the mean of the seeds that trained as if no other was
+    asked: a diverged seed was in no line of results.md."""
+    out = tmp_path / "t"
+    Tuning(_recipe_file(tmp_path, seed=42), parse_grid(["train.embedding_optimizer.lr=0.01,0.05"]), 3, out, [],
+           SeedDivergingTrainer()).run()
+    table = (out / "results.md").read_text()
+    assert "Chosen: `train.embedding_optimizer.lr=0.05`, 2 of 3 seeds (mean ± sample sd; seed 43 failed: training: " \
+           "the loss is not finite at step 3; stopped at step 3):" in table
