@@ -87,6 +87,10 @@ class Results(CsvRows):
         keys = {cell.key for cell in cells}
         return [Path(row["run_dir"]).name for row in self.rows if Path(row["run_dir"]).name in keys and _failed(row)]
 
+    def holds_finished(self) -> bool:
+        """Whether a row is of a cell that trained (one a rerun does not try again)."""
+        return any(not _tried_again(row) for row in self.rows)
+
     def done(self, cell: Cell) -> bool:
         return any(Path(row["run_dir"]).name == cell.key and not _tried_again(row) for row in self.rows)
 
@@ -140,7 +144,7 @@ def run_compression(
     raws = {cell.key: cell_recipe(base, options, recipe_path, cell, out) for cell in cells}
     recipes = cell_recipes(raws, base, recipe_path)
     results = Results(out / "results.csv")
-    check_settings(out, base, recipes)
+    check_settings(out, base, recipes, results.holds_finished())
     todo = []
     for number, cell in enumerate(cells, 1):
         if results.done(cell):

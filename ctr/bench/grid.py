@@ -87,16 +87,17 @@ def check_seeds(base: dict[str, Any], seeds: int) -> None:
 SETTINGS_FILE = "base.yaml"  # the recipe with its -o that every cell of an out folder is built from
 
 
-def check_settings(out: Path, base: dict[str, Any], recipes: dict[str, Recipe]) -> None:
+def check_settings(out: Path, base: dict[str, Any], recipes: dict[str, Recipe], finished: bool) -> None:
     """Refuses an ``out`` whose cells were built from another recipe or -o (``base.yaml``), or
     whose run of a cell was begun with other settings (a method's ``<method>.yaml`` changed):
     their rows would share a table, and an interrupted run would resume with its old settings.
-    An ``out`` none of whose runs began (every cell stopped before training, on what the data
-    refuses: their rows are tried again) holds nothing of its settings to keep."""
+    An ``out`` none of whose runs began and whose results file holds no ``finished`` cell
+    (every cell stopped before training, on what the data refuses: their rows are tried again)
+    holds nothing of its settings to keep; a finished cell's row keeps them without its run folder."""
     runs = sorted((out / "runs").iterdir()) if (out / "runs").is_dir() else []
     begun = {path.name for path in runs if RunDir(path).holds_run}
     kept = out / SETTINGS_FILE
-    changes = [first_difference(read_yaml(kept), base)] if kept.exists() and begun else []
+    changes = [first_difference(read_yaml(kept), base)] if kept.exists() and (begun or finished) else []
     for key, recipe in recipes.items():
         run_change = RunDir(out / "runs" / key).settings_change(recipe) if key in begun else None
         changes.append(run_change and f"{key}: {run_change}")

@@ -335,7 +335,7 @@ def test_a_command_whose_every_cell_recipe_is_refused_leaves_no_base_yaml(tmp_pa
     assert results.unfinished(plan(["hash"], [0.5], 1)) == ["hash-0.5-s0"]
     assert results.rows[0]["status"].startswith("error: embedding.block: unknown key")
     assert not (out / "base.yaml").exists()
-    check_settings(out, yaml.safe_load(recipe.read_text()), {})  # the rerun without the -o goes on
+    check_settings(out, yaml.safe_load(recipe.read_text()), {}, results.holds_finished())  # the rerun without -o goes on
 
 
 def test_cells_that_fail_make_the_command_fail_and_the_table_shows_the_asked_seeds(tmp_path):
@@ -397,3 +397,16 @@ def test_a_cell_that_failed_beside_finished_seeds_is_named_below_the_tables():
     text = markdown([failed, ok, refused])
     assert "| full | 0.6000 |" in text and text.count("cannot reach") == 2  # a refusal is its table entry only
     assert text.endswith("\n\nNot in the figures above:\n\n- `full-full-s0`: failed (exit -9, see b/logs/full-full-s0.log)\n")
+
+
+def test_other_settings_are_refused_where_finished_rows_outlived_their_run_folders(tmp_path):
+    """With the finished cells' run folders deleted (their rows kept), a rerun of another -o
+    skipped those rows, trained the new cells with the new settings into the same table and
+    rewrote base.yaml."""
+    out, base = tmp_path / "bench", tiny_recipe(tmp_path, seed=3)
+    out.mkdir()
+    (out / "base.yaml").write_text(yaml.safe_dump(base))
+    changed = {**base, "seed": 7}
+    check_settings(out, changed, {}, finished=False)  # rows a rerun tries again hold no settings
+    with pytest.raises(UserError, match=r"bench: holds runs of other settings \(seed: 3 before, 7 now\); choose"):
+        check_settings(out, changed, {}, finished=True)
