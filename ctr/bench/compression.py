@@ -336,11 +336,11 @@ def markdown(rows: list[dict[str, str]]) -> str:
         seconds = _spread(times, ".0f" if min(map(float, times)) >= 10 else ".1f")  # short runs: tenths
         rate = _spread([r.get("inference_rows_per_s") or "nan" for r in ok], ",.0f")
         peaks = [float(r["peak_rss_mb"]) for r in ok if r.get("peak_rss_mb")]
-        peak = max(peaks) if peaks else float("nan")
+        peak = f"{max(peaks):,.0f}" if peaks else "–"
         size = int(ok[0]["embedding_bytes"])
         ratio = float(ok[0]["memory_ratio"])
         lines.append(
-            f"| {method} | {budget} | {size:,} | {ratio:.4f} | {auc} | {loss} | {seconds} | {rate} | {peak:,.0f} "
+            f"| {method} | {budget} | {size:,} | {ratio:.4f} | {auc} | {loss} | {seconds} | {rate} | {peak} "
             f"| {len(ok)} |"
         )
     return "\n".join(lines + _unfigured(rows)) + "\n"

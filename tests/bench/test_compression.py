@@ -410,3 +410,12 @@ def test_other_settings_are_refused_where_finished_rows_outlived_their_run_folde
     check_settings(out, changed, {}, finished=False)  # rows a rerun tries again hold no settings
     with pytest.raises(UserError, match=r"bench: holds runs of other settings \(seed: 3 before, 7 now\); choose"):
         check_settings(out, changed, {}, finished=True)
+
+
+def test_a_cell_without_its_peak_memory_on_record_shows_a_dash_not_nan():
+    """A cell read from a run its child finished as the benchmark stopped has no peak memory:
+    the table read ``nan``."""
+    row = {"method": "full", "budget": "", "seed": "0", "status": "ok", "test_auc": "0.6", "test_logloss": "0.5",
+           "train_seconds": "3", "embedding_bytes": "100", "memory_ratio": "1.0", "inference_rows_per_s": "1000",
+           "peak_rss_mb": "", "run_dir": "b/runs/full-full-s0"}
+    assert "| 3.0 | 1,000 | – | 1 |" in markdown([row])
