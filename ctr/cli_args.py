@@ -104,7 +104,7 @@ def _bench_compression_parser(bench: argparse._SubParsersAction, handlers: Mappi
     compression.add_argument("--budgets", default="0.5,0.1",
                              help="comma-separated budgets, fractions of the full bytes (default 0.5,0.1)")
     compression.add_argument("--seeds", type=int, default=3, help="seeds per cell (recipe seed, +1, ...; default 3)")
-    compression.add_argument("--out", type=a_path, help="output folder (default runs/bench-<recipe name>)")
+    compression.add_argument("--out", type=a_path, help="output folder (default runs/bench-<recipe file name>)")
     compression.add_argument("--jobs", type=int, default=1,
                              help="cells trained at once, each in its own process (default 1; their times then share "
                                   "the machine)")

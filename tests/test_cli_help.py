@@ -43,3 +43,12 @@ def test_the_default_a_help_names_is_argparses():
             if text not in (str(default), f"{default:g}" if isinstance(default, (int, float)) else None):
                 wrong.append(f"{name} {action.option_strings[-1]}: help says default {text}, argparse gives {default!r}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_default_out_folder_a_help_names_is_from_the_recipe_files_name():
+    """`ctr bench compression --help` said runs/bench-<recipe name> (the recipe's ``name:``),
+    while the command names the folder after the recipe file, as `ctr tune --help` says."""
+    helps = {name: action.help for name, parser in _commands(cli.build_parser(cli._handlers())) for action in parser._actions
+             if "--out" in action.option_strings}
+    assert "(default runs/bench-<recipe file name>)" in helps["ctr bench compression"]
+    assert "(default runs/tune-<recipe file name>)" in helps["ctr tune"]
