@@ -222,7 +222,8 @@ def _planner_bytes(planner, world_size: int, device: str) -> tuple[int, ...]:  #
 
 
 def _no_plan(err: Exception, schema: Schema, recipe: Recipe, world_size: int, memory: int | None) -> str:
-    """The planner's reason, and the embedding budget at which a compressing method fits."""
+    """The planner's reason, and the embedding budget at which a compressing method fits (it
+    trains data-parallel: each rank holds its whole storage, so one rank's memory bounds it)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     kept = [lines[0].rstrip(".")] + [line.rstrip(",)") + ")" for line in lines if "for model parallel" in line]
     text = "no sharding plan fits: " + "; ".join(kept)
@@ -230,9 +231,9 @@ def _no_plan(err: Exception, schema: Schema, recipe: Recipe, world_size: int, me
         full = sum(schema.tables().values()) * recipe.embedding.dim * FP32_BYTES
         dim = recipe.embedding.dim
         state = 1 + STATE_FLOATS[recipe.train.embedding_optimizer.name](dim) / dim
-        budget = world_size * memory / (full * state)
+        budget = memory / (full * state)
         need = f"the tables with their optimizer state need {full * state / 2**30:.3g} GiB"
-        if budget >= 1:  # the tables fit: what does not is the planner's own storage beside them
+        if world_size * budget >= 1:  # the tables fit: what does not is the planner's own storage beside them
             text += f" ({need}, which the ranks hold; the rest is the planner's own storage per rank)"
         else:
             text += f" ({need}; with embedding.method hash or unified, embedding.budget <= {budget:.3g} would fit)"

@@ -178,3 +178,16 @@ def test_a_written_plan_splits_column_wise_tables_in_widths_fbgemm_takes(dim, wo
     shards = plan.plan["embedding.ebc"]["a"].sharding_spec.shards
     assert [shard.placement.rank() for shard in shards] == ranks
     assert [shard.shard_sizes[1] for shard in shards] == [dim // len(ranks)] * len(ranks)
+
+
+def test_the_budget_suggested_for_a_replicated_method_is_what_one_rank_holds(tmp_path, capsys):
+    """``hash`` and ``unified`` train data-parallel, every rank holding their whole storage: the
+    budget that fits does not grow with the ranks (it was the ranks' memory summed, 2x too
+    much on 2 ranks)."""
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    suggested = []
+    for ranks in ("1", "2"):
+        assert main(["plan", str(path), "--world-size", ranks, "--memory-per-rank", "1KB"]) == 2
+        suggested.append(capsys.readouterr().err.strip().rpartition("embedding.budget <= ")[2])
+    assert suggested[0] == suggested[1] and suggested[0].endswith(" would fit)"), suggested
