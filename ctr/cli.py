@@ -242,7 +242,7 @@ def _bench_compression(args: argparse.Namespace) -> int:
     except ValueError:
         raise UserError(f"--budgets: expected comma-separated numbers, got {args.budgets!r}") from None
     out = args.out or Path("runs") / f"bench-{args.recipe.stem}"
-    with held(out, "is writing results in this folder"):
+    with held(out, "is writing results in this folder"), sigterm_raises():  # outside a cell's training too
         results = run_compression(
             args.recipe, methods, budgets, args.seeds, out, args.override, args.jobs, args.drop_checkpoints
         )
@@ -264,7 +264,7 @@ def _tune(args: argparse.Namespace) -> int:
 
     out = args.out or Path("runs") / f"tune-{args.recipe.stem}"
     tuning = Tuning(args.recipe, parse_grid(args.grid), args.seeds, out, args.override, train)
-    with held(out, "is writing results in this folder"):
+    with held(out, "is writing results in this folder"), sigterm_raises():  # outside a run's training too
         best = tuning.run()
     print((out / "results.md").read_text(), end="")
     print(f"\nchosen: {best.label}; recipe {out / 'best.yaml'}; runs in {out / 'results.csv'}")
@@ -277,7 +277,8 @@ def _prepare(args: argparse.Namespace) -> int:
     from ctr.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.override)
-    prepared = prepare(recipe.data)
+    with sigterm_raises():  # the encoded copy is removed on the way out
+        prepared = prepare(recipe.data)
     print(format_report(prepared.report))
     print(f"\nencoded data: {prepared.root}")
     return 0
@@ -291,9 +292,11 @@ def _plan(args: argparse.Namespace) -> int:
     memory = parse_bytes(args.memory_per_rank) if args.memory_per_rank else None
     recipe = load_recipe(args.recipe, args.override)
     check_plan_request(recipe, args.world_size)
-    prepared = prepare(recipe.data)
-    prepared.schema.require_sparse()
-    print(format_plan(plan_tables(recipe, prepared.schema, args.world_size, memory), recipe))
+    with sigterm_raises():  # outside a fit: SIGTERM would end it without a word
+        prepared = prepare(recipe.data)
+        prepared.schema.require_sparse()
+        plan = plan_tables(recipe, prepared.schema, args.world_size, memory)
+    print(format_plan(plan, recipe))
     return 0
 
 

@@ -186,3 +186,41 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, monke
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().endswith(f"error: argument {argument}: an empty path")
     assert list(tmp_path.iterdir()) == []
+
+
+STOPPED_IN = """
+import os, signal, sys
+import {module} as place
+
+def stop(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+
+place.{name} = stop
+from ctr.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("module, name, argv, said", [
+    ("ctr.train.tune", "budget_refusal", ["tune", "r.yaml", "--grid", "seed=1,2", "-o", "embedding.method=hash",
+                                          "-o", "embedding.budget=0.5", "--out", "t"],
+     "ctr: terminated (SIGTERM); the same command continues: finished runs are kept, the stopped one resumes"),
+    ("ctr.bench.compression", "prepare_once", ["bench", "compression", "r.yaml", "--out", "b"],
+     "ctr: terminated (SIGTERM); the same command continues: finished cells are kept, the stopped ones resume"),
+    ("ctr.datasets", "prepare", ["plan", "r.yaml"], "ctr: terminated (SIGTERM)"),
+    ("ctr.datasets", "prepare", ["data", "prepare", "r.yaml"], "ctr: terminated (SIGTERM)"),
+])
+def test_sigterm_while_a_command_prepares_its_data_is_one_line_and_143(tmp_path, module, name, argv, said):
+    """Outside a training run (tune and bench compression ask each budget's refusal and prepare
+    the data themselves; plan and data prepare prepare it), SIGTERM ended the process without
+    a word, leaving its encoded copy half-written."""
+    import subprocess
+
+    import yaml
+
+    from tests.conftest import tiny_recipe
+
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    done = subprocess.run([sys.executable, "-c", STOPPED_IN.format(module=module, name=name), *argv],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert (done.returncode, done.stderr.strip().splitlines()[-1:]) == (143, [said]), done.stderr[-2000:]
