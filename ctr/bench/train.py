@@ -111,6 +111,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
 
 
+def _refuse_processes(overrides: list[str]) -> None:
+    """Refuses an ``-o`` of more than one process: the benchmark measures one process's loop
+    (a recipe's own ``trainer.devices`` is set to 1; an override said otherwise, and was not)."""
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.strip() in ("trainer.devices", "trainer.num_nodes") and value.strip() not in ("1", ""):
+            raise UserError(f"-o {item}: ctr bench train measures one process's training loop (it runs with "
+                            "trainer.devices and num_nodes 1); time a distributed run with ctr train")
+
+
 def run_train_bench(config: TrainBenchConfig) -> TrainBenchResult:
     """Trains ``config.recipe`` for the configured steps and returns the measurements."""
     from ctr.datasets import prepare
@@ -123,6 +133,7 @@ def run_train_bench(config: TrainBenchConfig) -> TrainBenchResult:
                                ("--profile-steps", config.profile_steps, 0)):
         if count < least:
             raise UserError(f"{flag}: must be >= {least}, got {count}")
+    _refuse_processes(config.overrides)
     device = resolve_device(config.device)
     accelerator = "gpu" if device.type == "cuda" else "cpu"
     recipe = load_recipe(config.recipe, [*config.overrides, f"trainer.accelerator={accelerator}", "trainer.devices=1"])
