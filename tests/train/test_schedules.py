@@ -131,6 +131,14 @@ def test_invalid_schedules_name_the_key(train, message):
         recipe_from_dict({"train": train})
 
 
+def test_a_floor_above_an_unused_embedding_optimizer_lr_is_kept():
+    """int8 updates its rows itself (embedding.optimizer): train.embedding_optimizer's lr,
+    which the shared schedule's min_lr was compared with, schedules nothing there."""
+    recipe = recipe_from_dict({"embedding": {"method": "int8"}, "train": {
+        "optimizer": {"lr": 0.1}, "scheduler": {"name": "cosine", "min_lr": 0.06}}})
+    assert recipe.train.schedule_of("dense").min_lr == 0.06
+
+
 def test_fused_embeddings_may_keep_a_constant_lr_under_a_dense_schedule():
     recipe = recipe_from_dict({"train": {"scheduler": {"name": "cosine"}, "embedding_scheduler": {"name": "constant"},
                                          "embedding_optimizer": {"name": "adagrad", "fused": True}}})
