@@ -99,23 +99,6 @@ def _check_plateau_modes(train: TrainConfig) -> None:
                 raise RecipeError(f"train.{name}.{err}") from None
 
 
-def _check_floors(recipe: Recipe) -> None:
-    """A schedule's ``min_lr`` (the lr it falls to) above the lr of the optimizer it schedules
-    would raise that lr (cosine, linear_warmup) or never lower it (plateau). A method that
-    updates its rows itself (``embedding.optimizer``) leaves ``train.embedding_optimizer`` unused."""
-    train = recipe.train
-    optimizers = {"dense": ("optimizer", train.optimizer), "embedding": ("embedding_optimizer", train.embedding_optimizer)}
-    if _updates_in_backward(recipe):
-        del optimizers["embedding"]
-    for part, (name, optimizer) in optimizers.items():
-        schedule = train.schedule_of(part)
-        floor = getattr(schedule, "min_lr", 0.0)
-        if floor > optimizer.lr:
-            key = "embedding_scheduler" if part == "embedding" and train.embedding_scheduler else "scheduler"
-            raise RecipeError(f"train.{key}.min_lr: {floor:g} is above train.{name}.lr {optimizer.lr:g}, the lr it "
-                              "falls from; use a min_lr below it")
-
-
 def _check_ranges(recipe: Recipe) -> None:
     """The run's seed and the data keys every dataset shares (a ``path`` only for a dataset that
     reads files): checked here, not in ``DataConfig``, so that a dataset's config class (a
@@ -155,7 +138,6 @@ def check_combinations(recipe: Recipe) -> None:
                           "read the kernel backend (leave it out)")
     _check_ranges(recipe)
     _check_plateau_modes(recipe.train)
-    _check_floors(recipe)
     _check_weight_decay(recipe)
     _check_loss_scaling(recipe)
     if getattr(recipe.model, "l2_reg", 0):

@@ -22,7 +22,7 @@ from ctr.errors import RecipeError
 from ctr.host import memory_bytes
 from ctr.metrics import auc, group_auc, logloss
 from ctr.models.base import CTRModel
-from ctr.recipe import EmbeddingOptimizerConfig, Recipe
+from ctr.recipe import EmbeddingOptimizerConfig, Recipe, TrainConfig
 from ctr.registry import EMBEDDINGS, MODELS
 from ctr.schema import Schema
 from ctr.train.optim import CombinedOptimizer, FusedLR, build_optimizer, fused_optimizer
@@ -187,6 +187,18 @@ def unfinished_epoch(checkpoint: dict[str, Any]) -> int | None:
     progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
     started, completed = progress.get("started", 0), progress.get("completed", 0)
     return completed if started > completed else None
+
+
+def _check_floors(train: TrainConfig, parts: dict[str, Any]) -> None:
+    """Refuses a schedule whose ``min_lr`` (the lr it falls to) is above the lr of an optimizer
+    part it schedules: it would raise that lr (cosine, linear_warmup) or never lower it
+    (plateau). Only the parts built count (a method without embedding rows has none there)."""
+    for part, name in (("dense", "optimizer"), ("embedding", "embedding_optimizer")):
+        floor, lr = getattr(train.schedule_of(part), "min_lr", 0.0), getattr(train, name).lr
+        if part in parts and floor > lr:
+            key = "embedding_scheduler" if part == "embedding" and train.embedding_scheduler else "scheduler"
+            raise RecipeError(f"train.{key}.min_lr: {floor:g} is above train.{name}.lr {lr:g}, the lr it falls from; "
+                              "use a min_lr below it")
 
 
 class CTRTask(L.LightningModule):
@@ -405,6 +417,7 @@ class CTRTask(L.LightningModule):
             self.net.embedding.follow_fused_lr(fused_lr.lr)
         elif train.embedding_optimizer != EmbeddingOptimizerConfig() or train.embedding_scheduler is not None:
             self._say_embedding_optimizer_unused()
+        _check_floors(train, parts)
         self.schedules = Schedules(parts, train)
         arch = self._arch_parameters()
         if not arch:

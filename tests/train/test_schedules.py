@@ -117,13 +117,6 @@ def test_embedding_scheduler_replaces_the_shared_one():
         ({"early_stop": {"min_delta": -1}}, r"^train\.early_stop\.min_delta: must be >= 0, got -1\.0$"),
         ({"early_stop": {"monitor": "valid/foo"}}, r"^train\.early_stop\.monitor: 'valid/foo' is not logged; choose"),
         ({"scheduler": {"name": "plateau", "monitor": "valid/accuracy"}}, r"^train\.scheduler: plateau: monitor must be"),
-        ({"scheduler": {"name": "cosine", "min_lr": 1}}, r"^train\.scheduler\.min_lr: 1 is above train\.optimizer\.lr "
-                                                          r"0\.001, the lr it falls from"),  # it raised the lr to 1
-        ({"embedding_optimizer": {"lr": 0.01}, "embedding_scheduler": {"name": "plateau", "min_lr": 0.1}},
-         r"^train\.embedding_scheduler\.min_lr: 0\.1 is above train\.embedding_optimizer\.lr 0\.01"),
-        ({"embedding_optimizer": {"lr": 0.01}, "optimizer": {"lr": 0.1},
-          "scheduler": {"name": "linear_warmup", "decay": "cosine", "decay_steps": 5, "min_lr": 0.05}},
-         r"^train\.scheduler\.min_lr: 0\.05 is above train\.embedding_optimizer\.lr 0\.01"),
     ],
 )
 def test_invalid_schedules_name_the_key(train, message):
@@ -131,12 +124,38 @@ def test_invalid_schedules_name_the_key(train, message):
         recipe_from_dict({"train": train})
 
 
-def test_a_floor_above_an_unused_embedding_optimizer_lr_is_kept():
-    """int8 updates its rows itself (embedding.optimizer): train.embedding_optimizer's lr,
-    which the shared schedule's min_lr was compared with, schedules nothing there."""
-    recipe = recipe_from_dict({"embedding": {"method": "int8"}, "train": {
+def optimizers_of(raw: dict) -> None:
+    """Builds the optimizers (and their schedules) of a recipe over a small schema."""
+    from ctr.train.task import CTRTask
+    from tests.embeddings.schemas import schema
+
+    CTRTask(recipe_from_dict({"model": {"name": "lr"}, **raw}), schema()).configure_optimizers()
+
+
+@pytest.mark.parametrize("train, message", [
+    ({"scheduler": {"name": "cosine", "min_lr": 1}}, r"^train\.scheduler\.min_lr: 1 is above train\.optimizer\.lr "
+                                                      r"0\.001, the lr it falls from"),  # it raised the lr to 1
+    ({"embedding_optimizer": {"lr": 0.01}, "embedding_scheduler": {"name": "plateau", "min_lr": 0.1}},
+     r"^train\.embedding_scheduler\.min_lr: 0\.1 is above train\.embedding_optimizer\.lr 0\.01"),
+    ({"embedding_optimizer": {"lr": 0.01}, "optimizer": {"lr": 0.1},
+      "scheduler": {"name": "linear_warmup", "decay": "cosine", "decay_steps": 5, "min_lr": 0.05}},
+     r"^train\.scheduler\.min_lr: 0\.05 is above train\.embedding_optimizer\.lr 0\.01"),
+    ({"embedding_optimizer": {"lr": 0.01, "name": "adagrad", "fused": True}, "optimizer": {"lr": 0.1},
+      "scheduler": {"name": "cosine", "min_lr": 0.05}},
+     r"^train\.scheduler\.min_lr: 0\.05 is above train\.embedding_optimizer\.lr 0\.01"),
+])
+def test_a_floor_above_the_lr_it_schedules_is_refused(train, message):
+    with pytest.raises(RecipeError, match=message):
+        optimizers_of({"train": train})
+
+
+@pytest.mark.parametrize("embedding", [{"method": "int8"}, {"method": "dhe", "budget": 0.5}])
+def test_a_floor_above_an_unused_embedding_optimizer_lr_is_kept(embedding):
+    """int8 updates its rows itself (embedding.optimizer), dhe has none (its MLP is dense):
+    train.embedding_optimizer's lr, which the shared schedule's min_lr was compared with,
+    schedules nothing there."""
+    optimizers_of({"embedding": {"dim": 8, **embedding}, "train": {
         "optimizer": {"lr": 0.1}, "scheduler": {"name": "cosine", "min_lr": 0.06}}})
-    assert recipe.train.schedule_of("dense").min_lr == 0.06
 
 
 def test_fused_embeddings_may_keep_a_constant_lr_under_a_dense_schedule():
