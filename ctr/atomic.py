@@ -183,7 +183,7 @@ def _remove_orphans(path: Path) -> None:
 def atomic_write(path: str | Path, text: str) -> None:
     """Writes ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 class CsvRows:

@@ -15,7 +15,7 @@ from ctr.errors import RecipeError
 def read_yaml(path: Path) -> dict[str, Any]:
     """Loads a YAML mapping; errors name the file and line."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise RecipeError(f"{path}: cannot read recipe: {err.strerror}") from None
     except UnicodeDecodeError as err:  # a binary file, or text in another encoding
