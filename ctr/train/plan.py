@@ -243,7 +243,7 @@ def _no_plan(err: Exception, schema: Schema, recipe: Recipe, world_size: int, me
 def format_plan(plan: Plan, recipe: Recipe) -> str:
     """The per-table and per-rank tables of ``plan``, as markdown."""
     lines = [f"recipe {recipe.name}: {len(plan.tables)} tables, D = {recipe.embedding.dim}, "
-             f"embedding optimizer {plan.optimizer}, {plan.world_size} ranks", ""]
+             f"embedding optimizer {plan.optimizer}, {plan.world_size} rank{'s' if plan.world_size != 1 else ''}", ""]
     if recipe.embedding.method not in SHARDABLE_METHODS:
         lines += [f"embedding.method {recipe.embedding.method} is not sharded: it trains data-parallel, every rank "
                   f"holding its whole storage ({plan.method_bytes / 1e6:,.2f} MB of weights; docs/distributed.md). "
