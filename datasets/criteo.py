@@ -8,8 +8,8 @@ categoricals ``C1..C26``):
   the label and the 13 integers must be there);
 - Kaggle CSV (``Id,Label,I1,...,C26``, the 2014 Kaggle competition's train.csv).
 
-Rows without a label (DAC's ``test.txt``: 39 fields; Kaggle's ``test.csv``: no ``Label`` in
-its header) are read as rows to score (``ctr predict``) and refused for training.
+Rows without a label (DAC's ``test.txt``: 39 fields, or fewer without trailing empty ones;
+Kaggle's ``test.csv``: no ``Label`` in its header) are read as rows to score (``ctr predict``) and refused for training.
 
 ``data.format: auto`` tells them apart per file from the first line. Both yield the columns
 ``label, I1..I13, C1..C26``; rows are split at random by ``data.split`` (8:1:1).
@@ -37,11 +37,12 @@ KAGGLE_TEST_HEADER = ["Id"] + NUMERIC + CATEGORICAL  # the competition's test.cs
 
 
 def _dac_labelled(line: str) -> bool:
-    """Whether a DAC line leads with its label: a line of Criteo's test.txt has 39 fields, the
-    14th a hashed categorical (C1: 8 hex digits) where a labelled line has the count I13 (a
-    number far below 10⁷, or empty), or a first field (I1) other than a label 0 or 1."""
+    """Whether a DAC line leads with its label: a line of Criteo's test.txt has 39 fields (14 to
+    38 when it lacks trailing empty ones), the 14th a hashed categorical (C1: 8 hex digits)
+    where a labelled line has the count I13 (a number far below 10⁷, or empty), or a first
+    field (I1) other than a label 0 or 1."""
     fields = line.split("\t")
-    if len(fields) != len(DAC_COLUMNS) - 1:
+    if not len(NUMERIC) < len(fields) < len(DAC_COLUMNS):  # fields[13] is there; 40 is a labelled line
         return True
     hashed = len(fields[13]) == 8 and all(c in string.hexdigits for c in fields[13])
     return not hashed and fields[0] in ("0", "1")

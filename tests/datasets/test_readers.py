@@ -121,6 +121,26 @@ def test_criteo_rows_without_a_label_are_scored_and_refused_for_training(tmp_pat
             prepare(recipe_from_dict(raw).data, progress=False)
 
 
+def test_criteo_dac_rows_without_a_label_may_lack_trailing_fields(tmp_path):
+    """A test.txt whose first line lacks its trailing empty fields (as a labelled day file may,
+    38 fields here) is rows without a label: it was read as labelled, C1 as the count I13."""
+    from ctr.datasets.preprocess import encode_with_schema
+
+    rows = ["\t".join([str(i % 2), *(str(i + j) for j in range(13)), *(f"{i % 3:08x}" for _ in range(24)), "", ""])
+            for i in range(6)]
+    train, test = tmp_path / "train.txt", tmp_path / "test.txt"
+    train.write_text("".join(f"{row}\n" for row in rows))
+    test.write_text("".join(row.split("\t", 1)[1].rstrip("\t") + "\n" for row in rows))
+    raw = {"data": {"dataset": "criteo", "path": str(train), "cache_dir": str(tmp_path / "c"),
+                    "split": {"valid": 0.0, "test": 0.0}}}
+    config = recipe_from_dict(raw).data
+    prepared = prepare(config, progress=False)
+    encoded = encode_with_schema(config.reading(test), prepared.root, tmp_path / "out", None, progress=False)
+    assert not encoded.labelled and encoded.tally.rows == 6
+    trained = pq.read_table(prepared.split_dir("train")).drop_columns(["__label__"])
+    assert pq.read_table(tmp_path / "out" / "test").drop_columns(["__label__"]).equals(trained)
+
+
 def write_featindex(folder):
     folder.mkdir(exist_ok=True)
     (folder / "featindex.txt").write_text("weekday:0\t0\nweekday:1\t1\ncity:9\t2\ncity:10\t3\nprice\t4\n")
