@@ -101,11 +101,11 @@ def encode_rows(run: RunDir, recipe: Recipe, out: Path, data: Path | None = None
     recipe's ``split`` (assigned as in training), or every row of ``data`` (a file or folder
     in the recipe's format; then in ``out/test``, label and group optional)."""
     config = recipe.data
-    if data is not None:
-        if not data.exists():
-            raise UserError(f"{data}: no such file or folder")
-        config = config.reading(data)
+    if data is not None and not data.exists():
+        raise UserError(f"{data}: no such file or folder")
     try:
+        if data is not None:
+            config = config.reading(data)  # a dataset may look for its files here (movielens, amazon)
         encoded = encode_with_schema(config, run.schema, out, None if data is not None else split, progress)
     except UserError as err:
         if data is None or not str(err).startswith("data.path: "):

@@ -178,3 +178,17 @@ def test_a_side_file_naming_a_user_twice_or_no_user_is_one_line(tmp_path):
     (folder / "ml.user").write_text("id:token\tage:token\n1\t24\n")
     with pytest.raises(DataError, match=r"ml\.user:1: column 'user_id' is absent \(it has: id, age\)"):
         all_rows(MovieLensDataset(MovieLensConfig(path=str(folder))))
+
+
+def test_rows_to_score_that_are_no_ratings_file_name_the_input_not_data_path(tmp_path):
+    """``ctr predict RUN new.tsv`` of a movielens run said ``data.path: no ratings file ...``:
+    the file came from the command line, not from data.path."""
+    from ctr.errors import UserError
+    from ctr.train.saved import encode_rows
+
+    recipe = recipe_from_dict({"data": {"dataset": "movielens", "path": str(write_movielens(tmp_path / "ml", []))}})
+    rows = tmp_path / "new.tsv"
+    rows.write_text(INTER)
+    with pytest.raises(UserError) as err:
+        encode_rows(None, recipe, tmp_path / "out", rows)
+    assert str(err.value) == f"no ratings file new.inter beside {rows}"
