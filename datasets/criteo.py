@@ -9,7 +9,8 @@ categoricals ``C1..C26``):
 - Kaggle CSV (``Id,Label,I1,...,C26``, the 2014 Kaggle competition's train.csv).
 
 Rows without a label (DAC's ``test.txt``: 39 fields, or fewer without trailing empty ones;
-Kaggle's ``test.csv``: no ``Label`` in its header) are read as rows to score (``ctr predict``) and refused for training.
+Kaggle's ``test.csv``: no ``Label`` in its header) are read as rows to score (``ctr predict``)
+and refused for training.
 
 ``data.format: auto`` tells them apart per file from the first line. Both yield the columns
 ``label, I1..I13, C1..C26``; rows are split at random by ``data.split`` (8:1:1).
