@@ -120,10 +120,12 @@ def check_combinations(recipe: Recipe) -> None:
     OPTIMIZERS.get(recipe.train.embedding_optimizer.name, "train.embedding_optimizer.name")
     dense, embedding_optimizer = recipe.embedding.gradients == "dense", recipe.train.embedding_optimizer
     if dense and (embedding_optimizer.fused or embedding_optimizer.name == "sparse_adam"):
-        fused = " (fused)" if embedding_optimizer.fused else ""
+        instead = ("fused: false (a fused update steps the touched rows in the backward)" if embedding_optimizer.fused
+                   else "a torch optimizer of dense gradients (adam, adamw, adagrad, sgd)")
         raise RecipeError(
             f"embedding.gradients: dense gradients cannot be stepped by train.embedding_optimizer"
-            f" {embedding_optimizer.name}{fused}; use adam, adagrad or gradients: sparse"
+            f" {embedding_optimizer.name}{' (fused)' if embedding_optimizer.fused else ''}; use {instead}, or "
+            "gradients: sparse"
         )
     if not dense and not embedding_optimizer.fused and embedding_optimizer.name in DENSE_ONLY_OPTIMIZERS:
         raise RecipeError(

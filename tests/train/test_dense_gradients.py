@@ -59,8 +59,13 @@ def test_tables_above_the_limit_are_refused_with_one_line_naming_the_key(tmp_pat
         check_dense_size(1500, 0.001)
 
 
-@pytest.mark.parametrize("optimizer", [{"name": "sparse_adam"}, {"name": "adagrad", "fused": True}])
-def test_dense_gradients_refuse_sparse_only_optimizers(tmp_path, optimizer):
+@pytest.mark.parametrize("optimizer, instead", [
+    ({"name": "sparse_adam"}, "use a torch optimizer of dense gradients (adam, adamw, adagrad, sgd), or gradients: sparse"),
+    ({"name": "adagrad", "fused": True}, "use fused: false (a fused update steps the touched rows in the backward), or "
+                                         "gradients: sparse"),  # it said to use adagrad, the one refused
+])
+def test_dense_gradients_refuse_sparse_only_optimizers(tmp_path, optimizer, instead):
     raw = tiny_recipe(tmp_path, embedding={"gradients": "dense"}, train={"embedding_optimizer": optimizer})
-    with pytest.raises(RecipeError, match=r"^embedding\.gradients: dense gradients cannot be stepped"):
+    with pytest.raises(RecipeError, match=r"^embedding\.gradients: dense gradients cannot be stepped") as err:
         recipe_from_dict(raw)
+    assert str(err.value).endswith(instead)
