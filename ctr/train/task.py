@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import re
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator
 
 import lightning as L
 import numpy as np
@@ -189,7 +189,7 @@ def unfinished_epoch(checkpoint: dict[str, Any]) -> int | None:
     return completed if started > completed else None
 
 
-def _check_floors(train: TrainConfig, parts: dict[str, Any]) -> None:
+def _check_floors(train: TrainConfig, parts: Collection[str]) -> None:
     """Refuses a schedule whose ``min_lr`` (the lr it falls to) is above the lr of an optimizer
     part it schedules: it would raise that lr (cosine, linear_warmup) or never lower it
     (plateau). Only the parts built count (a method without embedding rows has none there)."""
@@ -227,6 +227,7 @@ class CTRTask(L.LightningModule):
         self.phases = phases or PhaseClock()
         self.recipe = recipe
         self.net = CTRNet(recipe, schema)
+        _check_floors(recipe.train, self._optimizer_parts())  # before a fit writes its log folder
         self._outputs: list[tuple[Tensor, Tensor, Tensor | None]] = []
         self.last_metrics: dict[str, dict[str, float]] = {}
         self.eval_split = "test"
@@ -394,6 +395,12 @@ class CTRTask(L.LightningModule):
     def _dense_parameters(self) -> list[nn.Parameter]:
         other = {id(p) for p in self.net.embedding.sparse_parameters() + self._arch_parameters()}
         return [p for p in self.parameters() if p.requires_grad and id(p) not in other]
+
+    def _optimizer_parts(self) -> set[str]:
+        """The optimizer parts a fit builds now: ``dense``, and ``embedding`` where the method has
+        rows for ``train.embedding_optimizer`` to step (or the update is fused)."""
+        rows = any(p.requires_grad for p in self.net.embedding.sparse_parameters())
+        return {"dense", "embedding"} if rows or self.recipe.train.embedding_optimizer.fused else {"dense"}
 
     def _say_embedding_optimizer_unused(self) -> None:
         """Warns that the recipe's ``train.embedding_optimizer`` (or ``embedding_scheduler``)
