@@ -213,10 +213,13 @@ def parse_rows(block: pa.RecordBatch, layout: Layout, kinds: dict[str, str]) -> 
     row_of = np.repeat(np.arange(rows), np.maximum(counts - 1, 0))
     parsed = _parse_tokens(pc.list_flatten(pc.list_slice(words, 1)), layout)
     problems = _Problems(block.column(PROBLEM_COLUMN))
+    label = pc.list_element(pc.list_slice(words, 0, 1), 0) if rows else pa.array([], pa.string())
+    problems.flag(np.flatnonzero(pc.fill_null(pc.match_substring(label, ":"), False).to_numpy(zero_copy_only=False)),
+                  "the line starts with a feature, not its label (rows to score need one too: 0 where it is unknown)")
     problems.flag(row_of[parsed.bad], layout.malformed())
     problems.flag(row_of[parsed.unknown], "an index is not in featindex")
     _flag_unknown_fields(layout, parsed, row_of, problems)
-    columns = {"label": pc.list_element(pc.list_slice(words, 0, 1), 0) if rows else pa.array([], pa.string())}
+    columns = {"label": label}
     ok = ~(parsed.bad | parsed.unknown)
     code_of = {name: code for code, name in enumerate(parsed.field_names)}
     for name, kind in kinds.items():  # a field no row of the block holds is missing in each

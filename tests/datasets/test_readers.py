@@ -175,6 +175,16 @@ def test_libfm_fields_numeric_values_and_plain_libsvm(tmp_path):
     assert table(source.streams()["all"]()).column("features").to_pylist() == [["3", "8", "9"], ["4"]]
 
 
+def test_a_libsvm_line_without_its_label_says_so(tmp_path):
+    """A line that starts with a feature (a label dropped from rows to score) read its first
+    token as the label: "label 'label' is '3:1', not 0 or 1"."""
+    plain = tmp_path / "svm.txt"
+    plain.write_text("1 3:1 8:1\n3:1 9:1\n")
+    rows = table(LibSVMDataset(LibSVMConfig(path=str(plain))).streams()["all"]())
+    assert rows.column("__problem__").to_pylist() == [
+        None, "the line starts with a feature, not its label (rows to score need one too: 0 where it is unknown)"]
+
+
 def test_generic_csv_sequence_column_shared_table(tmp_path):
     path = tmp_path / "taobao.csv"
     path.write_text("clk,item,hist\n1,i1,i2^i3^i1\n0,i2,i1\n1,i3,\n")
