@@ -73,31 +73,40 @@ def test_avazu_derives_hour_of_day_and_weekday(tmp_path):
     assert rows.column("__problem__").to_pylist()[2] == "hour '1410' is not YYMMDDHH"
 
 
+def prepared_from(tmp_path, dataset: str, train):
+    """``train`` prepared as dataset ``dataset``, every row a training row: (data config, entry)."""
+    raw = {"data": {"dataset": dataset, "path": str(train), "cache_dir": str(tmp_path / "c"),
+                    "split": {"valid": 0.0, "test": 0.0}}}
+    config = recipe_from_dict(raw).data
+    return config, prepare(config, progress=False)
+
+
+def assert_scored_as_trained(tmp_path, config, prepared, test, rows: int) -> None:
+    """``test``, rows without a label, encodes as the training rows it repeats."""
+    from ctr.datasets.preprocess import encode_with_schema
+
+    out = tmp_path / f"scored-{test.name}"
+    encoded = encode_with_schema(config.reading(test), prepared.root, out, None, progress=False)
+    assert not encoded.labelled and encoded.tally.rows == rows
+    scored, trained = (pq.read_table(folder).drop_columns(["__label__"])
+                       for folder in (out / "test", prepared.split_dir("train")))
+    assert scored.equals(trained)
+
+
 def test_avazu_rows_to_score_may_lack_the_click_column(tmp_path):
     """The Avazu release's test.csv has no ``click`` column: its rows are scored unlabelled,
     encoded with the ids training gave them (the reader demanded the column)."""
-    from ctr.datasets.preprocess import encode_with_schema
-
     columns = "id,click,hour,C1,banner_pos,site_id,site_domain,site_category,app_id,app_domain,app_category,device_id,device_ip,device_model,device_type,device_conn_type,C14,C15,C16,C17,C18,C19,C20,C21"
     rows = [(i, i % 2, f"141021{10 + i}", ",".join([f"v{i % 3}"] * 21)) for i in range(6)]
     train, test = tmp_path / "train.csv", tmp_path / "test.csv"
     train.write_text(columns + "\n" + "".join(f"{i},{c},{h},{v}\n" for i, c, h, v in rows))
     test.write_text(columns.replace("click,", "") + "\n" + "".join(f"{i},{h},{v}\n" for i, _, h, v in rows))
-    raw = {"data": {"dataset": "avazu", "path": str(train), "cache_dir": str(tmp_path / "c"),
-                    "split": {"valid": 0.0, "test": 0.0}}}
-    config = recipe_from_dict(raw).data
-    prepared = prepare(config, progress=False)
-    encoded = encode_with_schema(config.reading(test), prepared.root, tmp_path / "out", None, progress=False)
-    assert not encoded.labelled and encoded.tally.rows == 6
-    scored = pq.read_table(tmp_path / "out" / "test").drop_columns(["__label__"])
-    assert scored.equals(pq.read_table(prepared.split_dir("train")).drop_columns(["__label__"]))
+    assert_scored_as_trained(tmp_path, *prepared_from(tmp_path, "avazu", train), test, 6)
 
 
 def test_criteo_rows_without_a_label_are_scored_and_refused_for_training(tmp_path):
     """DAC's test.txt (39 fields: no label) and Kaggle's test.csv (header Id,I1,..): scoring
     them read the 14th field, C1, as the count I13 ("not a number") or refused the header."""
-    from ctr.datasets.preprocess import encode_with_schema
-
     rows = ["\t".join([str(i % 2), *(str(i + j) for j in range(13)), *(f"{i % 3:08x}" for _ in range(26))])
             for i in range(6)]
     train, dac_test, kaggle_test = tmp_path / "train.txt", tmp_path / "test.txt", tmp_path / "test.csv"
@@ -106,39 +115,23 @@ def test_criteo_rows_without_a_label_are_scored_and_refused_for_training(tmp_pat
     header = "Id," + ",".join(f"I{i}" for i in range(1, 14)) + "," + ",".join(f"C{i}" for i in range(1, 27))
     kaggle_test.write_text(header + "\n" + "".join(f"{60000000 + i}," + row.split("\t", 1)[1].replace("\t", ",") + "\n"
                                                    for i, row in enumerate(rows)))
-    raw = {"data": {"dataset": "criteo", "path": str(train), "cache_dir": str(tmp_path / "c"),
-                    "split": {"valid": 0.0, "test": 0.0}}}
-    config = recipe_from_dict(raw).data
-    prepared = prepare(config, progress=False)
-    trained = pq.read_table(prepared.split_dir("train")).drop_columns(["__label__"])
+    config, prepared = prepared_from(tmp_path, "criteo", train)
     for test in (dac_test, kaggle_test):
-        encoded = encode_with_schema(config.reading(test), prepared.root, tmp_path / test.suffix, None, progress=False)
-        assert not encoded.labelled and encoded.tally.rows == 6
-        assert pq.read_table(tmp_path / test.suffix / "test").drop_columns(["__label__"]).equals(trained)
+        assert_scored_as_trained(tmp_path, config, prepared, test, 6)
     for test, known_as in ((dac_test, "Criteo's test.txt"), (kaggle_test, "Kaggle's test.csv")):
-        raw["data"]["path"] = str(test)
         with pytest.raises(DataError, match=rf"^{test}:1: rows without a label \({known_as}\): they can be scored"):
-            prepare(recipe_from_dict(raw).data, progress=False)
+            prepared_from(tmp_path, "criteo", test)
 
 
 def test_criteo_dac_rows_without_a_label_may_lack_trailing_fields(tmp_path):
     """A test.txt whose first line lacks its trailing empty fields (as a labelled day file may,
     38 fields here) is rows without a label: it was read as labelled, C1 as the count I13."""
-    from ctr.datasets.preprocess import encode_with_schema
-
     rows = ["\t".join([str(i % 2), *(str(i + j) for j in range(13)), *(f"{i % 3:08x}" for _ in range(24)), "", ""])
             for i in range(6)]
     train, test = tmp_path / "train.txt", tmp_path / "test.txt"
     train.write_text("".join(f"{row}\n" for row in rows))
     test.write_text("".join(row.split("\t", 1)[1].rstrip("\t") + "\n" for row in rows))
-    raw = {"data": {"dataset": "criteo", "path": str(train), "cache_dir": str(tmp_path / "c"),
-                    "split": {"valid": 0.0, "test": 0.0}}}
-    config = recipe_from_dict(raw).data
-    prepared = prepare(config, progress=False)
-    encoded = encode_with_schema(config.reading(test), prepared.root, tmp_path / "out", None, progress=False)
-    assert not encoded.labelled and encoded.tally.rows == 6
-    trained = pq.read_table(prepared.split_dir("train")).drop_columns(["__label__"])
-    assert pq.read_table(tmp_path / "out" / "test").drop_columns(["__label__"]).equals(trained)
+    assert_scored_as_trained(tmp_path, *prepared_from(tmp_path, "criteo", train), test, 6)
 
 
 def write_featindex(folder):
@@ -371,10 +364,7 @@ def test_rows_to_score_may_hold_a_libfm_field_the_run_does_not_read(tmp_path):
     train, score = tmp_path / "train.txt", tmp_path / "score.txt"
     train.write_text("1 0:1:1 1:5:1\n0 0:2:1 1:6:1\n" * 4)
     score.write_text(_past_first_mib("1 0:1:1 1:5:1\n", "0 0:2:1 1:6:1 2:8:1\n"))
-    raw = {"data": {"dataset": "libsvm", "path": str(train), "cache_dir": str(tmp_path / "c"),
-                    "split": {"valid": 0.0, "test": 0.0}}}
-    config = recipe_from_dict(raw).data
-    prepared = prepare(config, progress=False)
+    config, prepared = prepared_from(tmp_path, "libsvm", train)
     encoded = encode_with_schema(config.reading(score), prepared.root, tmp_path / "out", None, progress=False)
     assert encoded.tally.rows == len(score.read_text().splitlines())
     last = pq.read_table(tmp_path / "out" / "test").slice(encoded.tally.rows - 1)
@@ -393,10 +383,7 @@ def test_rows_to_score_take_the_runs_fields_and_form(tmp_path):
     train.write_text("1 0:1:1 1:5:1 2:8:1\n0 0:2:1 1:6:1 2:9:1\n" * 4)
     score.write_text("1 0:1:1 1:5:1\n0 0:2:1 1:6:1\n")
     svm.write_text("1 3:1 4:1\n")
-    raw = {"data": {"dataset": "libsvm", "path": str(train), "cache_dir": str(tmp_path / "c"),
-                    "split": {"valid": 0.0, "test": 0.0}}}
-    config = recipe_from_dict(raw).data
-    prepared = prepare(config, progress=False)
+    config, prepared = prepared_from(tmp_path, "libsvm", train)
     encoded = encode_with_schema(config.reading(score), prepared.root, tmp_path / "out", None, progress=False)
     scored, trained = (pq.read_table(folder).drop_columns(["__label__"])
                        for folder in (tmp_path / "out" / "test", prepared.split_dir("train")))
