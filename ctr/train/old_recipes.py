@@ -7,12 +7,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ctr.errors import RecipeError
-from ctr.recipe import DataConfig, EmbeddingOptimizerConfig, OptimizerConfig, import_recipe_plugins
+from ctr.recipe import DataConfig, import_recipe_plugins
 from ctr.recipe.checks import generates_rows, reads_backend
-from ctr.recipe.schedules import SCHEDULERS
 from ctr.registry import DATASETS, EMBEDDINGS
-from ctr.typed import convert
 
 LOSS_MONITORS = ("valid/logloss", "train/loss")
 FULL_PRECISIONS = ("64", "64-true", "16-true", "bf16-true")  # whole-model precisions no longer taken
@@ -25,7 +22,6 @@ def upgraded(raw: dict[str, Any]) -> dict[str, Any]:
     _embedding_keys(raw.get("embedding") or {})
     _generated_path(raw.get("data") or {})
     _monitor_modes(raw.get("train") or {})
-    _floors(raw.get("train") or {}, (raw.get("embedding") or {}).get("method"))
     _din_input_norm(raw.get("model") or {})
     trainer = raw.get("trainer") or {}
     if str(trainer.get("precision")) in FULL_PRECISIONS:  # its weights load into fp32 (a dtype copy)
@@ -79,35 +75,6 @@ def _monitor_modes(train: dict[str, Any]) -> None:
         schedule = train.get(key)
         if isinstance(schedule, dict) and schedule.get("monitor") == "valid/logloss" and schedule.get("mode") == "max":
             del schedule["mode"]
-
-
-def _floors(train: dict[str, Any], method: Any) -> None:
-    """A schedule's ``min_lr`` above the lr of an optimizer it schedules is refused now; runs
-    saved one (plateau's default 1e-6 under a smaller lr). It becomes the lowest such lr: a
-    plateau never lowered that lr and does not now; cosine and linear_warmup, which raised it
-    toward ``min_lr``, hold it. Values that do not parse are left to the recipe's own error."""
-    own_updates = isinstance(method, str) and method in EMBEDDINGS and getattr(
-        EMBEDDINGS.get(method).target, "updates_in_backward", False)  # train.embedding_optimizer unused
-    lrs = {"optimizer": OptimizerConfig.lr, "embedding_optimizer": EmbeddingOptimizerConfig.lr}
-    for key in lrs:
-        block = train.get(key)
-        if isinstance(block, dict) and "lr" in block:
-            lrs[key] = block["lr"]
-    embedding_own = isinstance(train.get("embedding_scheduler"), dict)
-    schedules = {"scheduler": ["optimizer"] + ([] if embedding_own or own_updates else ["embedding_optimizer"]),
-                 "embedding_scheduler": [] if own_updates else ["embedding_optimizer"]}
-    for key, optimizers in schedules.items():
-        schedule = train.get(key)
-        kind = SCHEDULERS.get(schedule.get("name")) if isinstance(schedule, dict) else None
-        if kind is None or not hasattr(kind, "min_lr") or not optimizers:
-            continue
-        try:
-            floor = convert(float, schedule.get("min_lr", kind.min_lr), f"train.{key}.min_lr")
-            lowest = min(convert(float, lrs[name], f"train.{name}.lr") for name in optimizers)
-        except RecipeError:
-            continue
-        if floor > lowest:
-            schedule["min_lr"] = lowest
 
 
 def _din_input_norm(model: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import lightning as L
 
-from ctr.datasets import Prepared, prepare
+from ctr.datasets import prepare
 from ctr.datasets.source import SPLITS, resolve_features
 from ctr.errors import UserError, sigterm_raises
 from ctr.recipe import Recipe
@@ -74,6 +74,8 @@ def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:
     if resume:
         run.check_resumed_encoding(prepared.root)
     task = CTRTask(recipe, prepared.schema)  # a method refused (its budget) leaves nothing in the run directory
+    if not resume:
+        task.check_schedule_floors()
     run.keep_data(recipe, prepared.root, resume)
     log.info("run directory: %s", run.root)
     log.info("%s", summary(recipe, task.net, prepared))

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import re
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import lightning as L
 import numpy as np
@@ -22,7 +22,7 @@ from ctr.errors import RecipeError
 from ctr.host import memory_bytes
 from ctr.metrics import auc, group_auc, logloss
 from ctr.models.base import CTRModel
-from ctr.recipe import EmbeddingOptimizerConfig, Recipe, TrainConfig
+from ctr.recipe import EmbeddingOptimizerConfig, Recipe
 from ctr.registry import EMBEDDINGS, MODELS
 from ctr.schema import Schema
 from ctr.train.optim import CombinedOptimizer, FusedLR, build_optimizer, fused_optimizer
@@ -189,18 +189,6 @@ def unfinished_epoch(checkpoint: dict[str, Any]) -> int | None:
     return completed if started > completed else None
 
 
-def _check_floors(train: TrainConfig, parts: Collection[str]) -> None:
-    """Refuses a schedule whose ``min_lr`` (the lr it falls to) is above the lr of an optimizer
-    part it schedules: it would raise that lr (cosine, linear_warmup) or never lower it
-    (plateau). Only the parts built count (a method without embedding rows has none there)."""
-    for part, name in (("dense", "optimizer"), ("embedding", "embedding_optimizer")):
-        floor, lr = getattr(train.schedule_of(part), "min_lr", 0.0), getattr(train, name).lr
-        if part in parts and floor > lr:
-            key = "embedding_scheduler" if part == "embedding" and train.embedding_scheduler else "scheduler"
-            raise RecipeError(f"train.{key}.min_lr: {floor:g} is above train.{name}.lr {lr:g}, the lr it falls from; "
-                              "use a min_lr below it")
-
-
 class CTRTask(L.LightningModule):
     """BCE training with a dense optimizer and a sparse embedding optimizer stepped together.
 
@@ -227,7 +215,6 @@ class CTRTask(L.LightningModule):
         self.phases = phases or PhaseClock()
         self.recipe = recipe
         self.net = CTRNet(recipe, schema)
-        _check_floors(recipe.train, self._optimizer_parts())  # before a fit writes its log folder
         self._outputs: list[tuple[Tensor, Tensor, Tensor | None]] = []
         self.last_metrics: dict[str, dict[str, float]] = {}
         self.eval_split = "test"
@@ -396,11 +383,21 @@ class CTRTask(L.LightningModule):
         other = {id(p) for p in self.net.embedding.sparse_parameters() + self._arch_parameters()}
         return [p for p in self.parameters() if p.requires_grad and id(p) not in other]
 
-    def _optimizer_parts(self) -> set[str]:
-        """The optimizer parts a fit builds now: ``dense``, and ``embedding`` where the method has
-        rows for ``train.embedding_optimizer`` to step (or the update is fused)."""
+    def check_schedule_floors(self) -> None:
+        """Refuses a schedule whose ``min_lr`` (the lr it falls to) is above the lr of an
+        optimizer it schedules: it would raise that lr (cosine, linear_warmup) or never lower it
+        (plateau). The embedding optimizer counts where the method has rows for it to step (or
+        the update is fused). For a new run: a resumed one goes on with the schedule it had."""
+        train = self.recipe.train
         rows = any(p.requires_grad for p in self.net.embedding.sparse_parameters())
-        return {"dense", "embedding"} if rows or self.recipe.train.embedding_optimizer.fused else {"dense"}
+        parts = {"dense": "optimizer", **({"embedding": "embedding_optimizer"} if rows or
+                                          train.embedding_optimizer.fused else {})}
+        for part, name in parts.items():
+            floor, lr = getattr(train.schedule_of(part), "min_lr", 0.0), getattr(train, name).lr
+            if floor > lr:
+                key = "embedding_scheduler" if part == "embedding" and train.embedding_scheduler else "scheduler"
+                raise RecipeError(f"train.{key}.min_lr: {floor:g} is above train.{name}.lr {lr:g}, the lr it falls "
+                                  "from; use a min_lr below it")
 
     def _say_embedding_optimizer_unused(self) -> None:
         """Warns that the recipe's ``train.embedding_optimizer`` (or ``embedding_scheduler``)
@@ -424,7 +421,6 @@ class CTRTask(L.LightningModule):
             self.net.embedding.follow_fused_lr(fused_lr.lr)
         elif train.embedding_optimizer != EmbeddingOptimizerConfig() or train.embedding_scheduler is not None:
             self._say_embedding_optimizer_unused()
-        _check_floors(train, parts)
         self.schedules = Schedules(parts, train)
         arch = self._arch_parameters()
         if not arch:

@@ -125,11 +125,13 @@ def test_invalid_schedules_name_the_key(train, message):
 
 
 def optimizers_of(raw: dict) -> None:
-    """Builds the optimizers (and their schedules) of a recipe over a small schema."""
+    """Checks a new run's schedule floors and builds its optimizers, over a small schema."""
     from ctr.train.task import CTRTask
     from tests.embeddings.schemas import schema
 
-    CTRTask(recipe_from_dict({"model": {"name": "lr"}, **raw}), schema()).configure_optimizers()
+    task = CTRTask(recipe_from_dict({"model": {"name": "lr"}, **raw}), schema())
+    task.check_schedule_floors()
+    task.configure_optimizers()
 
 
 @pytest.mark.parametrize("train, message", [
@@ -203,3 +205,10 @@ def test_a_resumed_run_continues_the_schedule(tmp_path, scheduler, expected):
     assert [whole[e] for e in range(4)] == pytest.approx(expected, rel=1e-6)
     assert [resumed[e] for e in (2, 3)] == pytest.approx(expected[2:], rel=1e-6)
     assert last_lr(tmp_path / "resumed") == pytest.approx(last_lr(tmp_path / "whole"), rel=1e-9)
+
+
+def test_a_new_run_with_a_floor_above_its_lr_is_refused_before_anything_is_written(tmp_path):
+    recipe = recipe_from_dict(tiny_recipe(tmp_path, train={"scheduler": {"name": "cosine", "min_lr": 1}}))
+    with pytest.raises(RecipeError, match=r"^train\.scheduler\.min_lr: 1 is above train\.optimizer\.lr"):
+        train(recipe, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
