@@ -23,7 +23,7 @@ from ctr.atomic import atomic_write
 from ctr.datasets import prepare
 from ctr.errors import UserError
 from ctr.recipe import Recipe, recipe_from_dict
-from ctr.recipe.checks import SEED_MAX, reads_backend
+from ctr.recipe.checks import SEED_MAX, check_seeds_from, reads_backend
 from ctr.recipe.files import apply_override, first_difference, read_yaml
 from ctr.registry import EMBEDDINGS
 from ctr.train.rundir import RunDir
@@ -79,9 +79,8 @@ def check_seeds(base: dict[str, Any], seeds: int) -> None:
     """Refuses, before any cell is built, seeds ``seed + 1 ..`` past numpy's largest (a seed
     the base recipe refuses itself is left to its error)."""
     seed = base.get("seed", 42)
-    if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= SEED_MAX < seed + seeds - 1:
-        raise UserError(f"--seeds: {seeds} seeds from seed {seed} pass {SEED_MAX}, numpy's largest; "
-                        "give fewer seeds or a lower seed")
+    if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= SEED_MAX:
+        check_seeds_from(seed, seeds)
 
 
 SETTINGS_FILE = "base.yaml"  # the recipe with its -o that every cell of an out folder is built from

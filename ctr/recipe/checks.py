@@ -41,6 +41,14 @@ def _check_weight_decay(recipe: Recipe) -> None:
                           "adagrad or sgd (or adam with embedding.gradients: dense), or 0")
 
 
+def check_seeds_from(seed: int, seeds: int) -> None:
+    """Refuses ``seeds`` seeds ``seed, seed + 1, ..`` that pass numpy's largest (``--seeds`` of
+    ``ctr tune`` and ``ctr bench compression``; Lightning's ``seed_everything`` raises on them)."""
+    if seed + seeds - 1 > SEED_MAX:
+        raise RecipeError(f"--seeds: {seeds} seeds from seed {seed} pass {SEED_MAX}, numpy's largest; give fewer seeds "
+                          "or a lower seed")
+
+
 def budget_needed(method: str) -> str:
     """The error of a method that sizes its storage from a budget, given none."""
     return (f"embedding.budget: {method} sizes its storage from a budget (a fraction of the full tables' bytes,"

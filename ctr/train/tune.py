@@ -32,7 +32,7 @@ from ctr.atomic import CsvRows, atomic_write
 from ctr.errors import TrainingDiverged, UserError
 from ctr.metrics import mean_std
 from ctr.recipe import Recipe, recipe_from_dict
-from ctr.recipe.checks import SEED_MAX, reads_backend
+from ctr.recipe.checks import check_seeds_from, reads_backend
 from ctr.recipe.files import apply_override, read_yaml
 from ctr.registry import EMBEDDINGS
 from ctr.train.launch import require_one_process
@@ -203,10 +203,7 @@ class Tuning:
     def _check_seeds(self, recipes: dict[str, Recipe]) -> None:
         """Refuses, before any point trains, seeds ``seed + 1 ..`` of stage 2 past numpy's
         largest (Lightning's ``seed_everything`` raises on them)."""
-        first = max(recipe.seed for recipe in recipes.values())
-        if first + self.seeds - 1 > SEED_MAX:
-            raise UserError(f"--seeds: {self.seeds} seeds from seed {first} pass {SEED_MAX}, numpy's largest; "
-                            "give fewer seeds or a lower seed")
+        check_seeds_from(max(recipe.seed for recipe in recipes.values()), self.seeds)
 
     def _check_started_runs(self, recipes: dict[str, Recipe]) -> None:
         """Refuses run folders of other settings (a run interrupted before its row was written:
