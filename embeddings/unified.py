@@ -123,23 +123,40 @@ class UnifiedEmbedding(EmbeddingMethod):
         return universal_hash(ids.unsqueeze(0), pair[:, :1], pair[:, 1:], buckets)
 
     def embed_ids(self, feature: Tensor, ids: Tensor) -> Tensor:
-        """One vector [N, D] per id: its k probes' rows concatenated. Every id is looked up in
-        every width's table, zero where its table has another width: no shape depends on the
-        ids (what ``torch.export`` traces; bags take ``embed_bags``'s per-feature lookups)."""
+        """One vector [N, D] per id: its k probes' rows concatenated, looked up in its own
+        width's table only (a lookup in another width's table would put that table's rows, with
+        zero gradients, in the sparse gradient, for weight decay and Adam's moments to move)."""
         tables = self.feature_table[feature]
-        starts = self.table_seed_start[tables]
-        out = 0
-        for group, weight in enumerate(self.weights):
-            probes = [self._probe(starts + j, ids, weight.shape[0]) for j in range(self.dim // weight.shape[1])]
-            vectors = torch.cat([F.embedding(rows, weight, sparse=True) for rows in probes], 1)
-            if len(self.weights) > 1:
-                vectors = vectors * (self.table_group_of[tables] == group).unsqueeze(1).to(vectors.dtype)
-            out = out + vectors
+        if len(self.weights) == 1:
+            return self._vectors(0, tables, ids)
+        if torch.compiler.is_exporting():
+            return self._every_width(tables, ids)
+        groups = self.table_group_of[tables]
+        out = self.weights[0].new_empty(ids.shape[0], self.dim)
+        for group in groups.unique().tolist():
+            chosen = torch.nonzero(groups == group).squeeze(1)
+            out = out.index_copy(0, chosen, self._vectors(group, tables[chosen], ids[chosen]))
         return out
+
+    def _every_width(self, tables: Tensor, ids: Tensor) -> Tensor:
+        """``embed_ids`` with every id looked up in every width's table, zero where its table
+        has another width: no shape depends on the ids (what ``torch.export`` traces)."""
+        out = 0
+        for group in range(len(self.weights)):
+            keep = (self.table_group_of[tables] == group).unsqueeze(1)
+            out = out + self._vectors(group, tables, ids) * keep.to(self.weights[group].dtype)
+        return out
+
+    def _vectors(self, group: int, tables: Tensor, ids: Tensor) -> Tensor:
+        """Vectors [N, D] of ids [N] of tables [N] in width group ``group``'s table."""
+        weight = self.weights[group]
+        starts = self.table_seed_start[tables]
+        probes = [self._probe(starts + j, ids, weight.shape[0]) for j in range(self.dim // weight.shape[1])]
+        return torch.cat([F.embedding(rows, weight, sparse=True) for rows in probes], 1)
 
     def _probe(self, seed: Tensor, ids: Tensor, buckets: int) -> Tensor:
         """Rows [N] of ids [N] under hash seeds [N] (clamped: an id of a table with fewer
-        probes reads a valid row, which ``embed_ids`` then zeroes)."""
+        probes reads a valid row, which ``_every_width`` then zeroes)."""
         pair = self.seeds[seed.clamp(max=self.seeds.shape[0] - 1)]
         return universal_hash(ids, pair[:, 0], pair[:, 1], buckets)
 

@@ -112,3 +112,19 @@ def test_the_smallest_budget_it_names_is_reached():
     method = UnifiedEmbedding(tight, UnifiedConfig(dim=16, budget=refused.value.min_budget, probes=2))
     assert [w.shape[0] for w in method.weights] == [1]
     assert method.memory_bytes() <= refused.value.min_budget * method.full_bytes() * (1 + 1e-12)
+
+
+def test_a_lookup_of_single_ids_touches_only_the_rows_of_their_own_width():
+    """``embed_ids`` (DIN's second lookup of a step's rows) also read every id in the tables of
+    the other widths and zeroed those vectors: their rows came back in the sparse gradient with
+    zeros, which weight decay and sparse Adam's moments then moved, though no id had read them."""
+    method = UnifiedEmbedding(schema(), UnifiedConfig(dim=8, budget=0.2, probes=2, feature_probes={"user": 4}))
+    feature, ids = torch.tensor([0, 0, 1, 1, 3]), torch.tensor([5, 6, 7, 8, 9])  # item, item, user, user, tags
+    method.embed_ids(feature, ids).sum().backward()
+    for group, weight in enumerate(method.weights):
+        touched = [method.rows_of(t, ids[feature == f]).reshape(-1) for f, t in ((0, ITEM), (1, USER), (3, TAGS))
+                   if method.table_group[t] == group]
+        want = torch.zeros(weight.shape[0]).index_add_(0, torch.cat(touched), torch.ones(torch.cat(touched).numel()))
+        grad = weight.grad.coalesce()
+        assert grad.indices()[0].tolist() == torch.cat(touched).unique().tolist()
+        torch.testing.assert_close(grad.to_dense(), want.unsqueeze(1).expand_as(weight).contiguous())
