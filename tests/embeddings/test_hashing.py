@@ -37,6 +37,12 @@ def test_universal_hash_is_the_carter_wegman_formula():
     got = universal_hash(ids, torch.tensor(7), torch.tensor(11), 13)
     want = [((7 * (x % (2**31 - 1)) + 11) % (2**31 - 1)) % 13 for x in ids.tolist()]
     assert got.tolist() == want
+    # every int64 id, with the largest seeds: exact, as Python's unbounded integers compute it
+    p, a, b = 2**31 - 1, 2**31 - 2, 2**31 - 2
+    large = [p - 1, p, 2**32 + 7, 2**40 + 1, 2**62 + 3, 2**63 - 2, 2**63 - 1]
+    for buckets in (2, 10**6, p):
+        got = universal_hash(torch.tensor(large), torch.tensor(a), torch.tensor(b), buckets)
+        assert got.tolist() == [((a * x + b) % p) % buckets for x in large]
 
 
 def test_hash_forward_and_sparse_gradient():
