@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.budget import FP32_BYTES, capped_knob, require_budget
-from ctr.embeddings.storage import SEED_BYTES, draw_hash_seeds, table_starts, universal_hash
+from ctr.embeddings.storage import MERSENNE_PRIME, SEED_BYTES, draw_hash_seeds, table_starts, universal_hash
 from ctr.recipe import EmbeddingConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
@@ -25,7 +25,8 @@ class DHEConfig(EmbeddingConfig):
 
     Args:
         hashes: k, the hash functions of the dense encoding (paper and artifact: 1024).
-        buckets: m, each hash's range before the map to [−1, 1] (paper: 10⁶).
+        buckets: m, each hash's range before the map to [−1, 1] (paper: 10⁶); at most the
+            hashes' prime p = 2³¹ − 1 (a hash is below p, so it never reaches a larger m's top).
         hidden_layers: Linear + BatchNorm + Mish layers of width w (artifact: 5).
         max_width: the compute limit: a budget that needs a wider MLP is refused (each id
             costs about 2·(k·w + (L−1)·w² + w·D) flops forward).
@@ -41,6 +42,9 @@ class DHEConfig(EmbeddingConfig):
         super().__post_init__()
         require_at_least(self, 1, "hashes", "hidden_layers", "max_width")
         require_at_least(self, 2, "buckets")
+        if self.buckets > MERSENNE_PRIME:
+            raise ValueError(f"buckets: must be <= {MERSENNE_PRIME}, the hashes' prime p = 2^31 - 1 (a hash is below "
+                             f"p: a larger m would put every code near -1), got {self.buckets}")
 
 
 def mlp_bytes(config: DHEConfig, width: int) -> int:

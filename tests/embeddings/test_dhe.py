@@ -102,3 +102,16 @@ def test_a_second_lookup_of_the_rows_keeps_the_running_statistics():
         for name, value in buffers.items():
             assert torch.equal(getattr(norm, name), value), name
     assert all(p.grad is not None for p in method.decoder.parameters() if p.requires_grad)
+
+
+def test_buckets_past_the_hash_prime_are_refused_naming_the_key():
+    """Each hash is below p = 2³¹ − 1, so m > p mapped every code near −1 (m = 2⁴⁰: all in
+    [−1, −0.996]) and the decoder saw nearly the same input for every id."""
+    from ctr.errors import RecipeError
+    from ctr.recipe import recipe_from_dict
+
+    with pytest.raises(RecipeError, match=r"^embedding\.buckets: must be <= 2147483647, .*got 1099511627776$"):
+        recipe_from_dict({"embedding": {"method": "dhe", "budget": 0.1, "buckets": 2**40}})
+    method = DeepHashEmbedding(schema(BIG), DHEConfig(dim=8, budget=0.01, hashes=64, buckets=2**31 - 1))  # m = p
+    codes = method.encode(torch.zeros(998, dtype=torch.long), torch.arange(2, 1000))
+    assert codes.min() < -0.99 and codes.max() > 0.99
