@@ -99,7 +99,7 @@ class UnifiedEmbedding(EmbeddingMethod):
     def _group_rows(self, budget: float, allowed: float, probes: list[int], widths: list[int]) -> list[int]:
         """Rows of each width's table: its share of the floats ``allowed`` bytes hold after the
         seeds (the share of the vocabularies it serves), at least one row; rows added by that
-        minimum are taken back from the largest table."""
+        minimum are taken back from the largest table that keeps one."""
         vocab = list(self.table_rows.values())
         floats = math.floor((allowed - SEED_BYTES * sum(probes)) / FP32_BYTES)
         if floats < sum(widths):
@@ -111,7 +111,7 @@ class UnifiedEmbedding(EmbeddingMethod):
             served = sum(v for v, k in zip(vocab, probes) if self.dim // k == width)
             rows.append(max(1, math.floor(floats * served / sum(vocab) / width)))
         while sum(r * w for r, w in zip(rows, widths)) > floats:
-            largest = max(range(len(rows)), key=lambda g: rows[g] * widths[g])
+            largest = max((g for g in range(len(rows)) if rows[g] > 1), key=lambda g: rows[g] * widths[g])
             rows[largest] -= 1
         return rows
 

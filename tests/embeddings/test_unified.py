@@ -128,3 +128,17 @@ def test_a_lookup_of_single_ids_touches_only_the_rows_of_their_own_width():
         grad = weight.grad.coalesce()
         assert grad.indices()[0].tolist() == torch.cat(touched).unique().tolist()
         torch.testing.assert_close(grad.to_dense(), want.unsqueeze(1).expand_as(weight).contiguous())
+
+
+def test_a_tight_budget_leaves_every_width_at_least_one_row():
+    """Rows added by the one-row minimum were taken back from the table of the most floats,
+    even when that was a wide table of one row: it was left with none, and the first lookup
+    of its features divided by zero. Here the budget holds 20 floats: one 16-dim row and
+    two 2-dim ones."""
+    vocabs = {"item": 100000, "user": 600, "tags": 40}
+    seeds = SEED_BYTES * (8 + 1 + 1)
+    full = sum(vocabs.values()) * 16 * 4
+    method = UnifiedEmbedding(schema(vocabs), UnifiedConfig(dim=16, budget=(20 * 4 + seeds) / full, probes=1,
+                                                            feature_probes={"item": 8}))
+    assert [tuple(w.shape) for w in method.weights] == [(1, 16), (2, 2)]
+    assert method(batch(vocabs=vocabs)).pooled.shape == (8, 3, 16)
