@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.budget import FP32_BYTES, capped_knob, require_budget
-from ctr.embeddings.storage import MERSENNE_PRIME, SEED_BYTES, draw_hash_seeds, table_starts, universal_hash
+from ctr.embeddings.storage import MERSENNE_PRIME, SEED_BYTES, draw_hash_seeds, hashed_table_starts, universal_hash
 from ctr.recipe import EmbeddingConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
@@ -93,8 +93,9 @@ class DeepHashEmbedding(EmbeddingMethod):
     forward GFLOP per 4096 ids it would cost) instead of running for days.
     ``memory_bytes`` = MLP parameters and BatchNorm statistics + 16·k bytes of seeds.
 
-    Deviations: int64 hashing of global rows with p = 2³¹ − 1 (the artifact's int32 hashing
-    overflows on Criteo-sized ids; it draws a prime per hash instead); torch's default Linear
+    Deviations: int64 hashing of global rows with p = 2³¹ − 1, so the tables together hold
+    at most p rows (refused past it) (the artifact's int32 hashing overflows on Criteo-sized
+    ids; it draws a prime per hash instead); torch's default Linear
     initialisation (the artifact's trainer draws weights uniform in ±√(1 / max_t V_t));
     one decoder shared by every table (the artifact gives each large table its own).
 
@@ -105,9 +106,9 @@ class DeepHashEmbedding(EmbeddingMethod):
 
     def __init__(self, schema: Schema, config: DHEConfig):
         super().__init__(schema, config)
+        self.register_buffer("row_start", hashed_table_starts("dhe", self.table_rows), persistent=False)
         width = decoder_width(config, self.table_rows)
         self.register_buffer("seeds", draw_hash_seeds(config.hashes))
-        self.register_buffer("row_start", table_starts(self.table_rows), persistent=False)
         layers: list[nn.Module] = []
         for i in range(config.hidden_layers):
             layers += [nn.Linear(config.hashes if i == 0 else width, width), nn.BatchNorm1d(width), nn.Mish()]

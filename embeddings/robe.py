@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.budget import FP32_BYTES, BudgetUnreachableError, budget_bytes
-from ctr.embeddings.storage import SEED_BYTES, draw_hash_seeds, table_starts, universal_hash
+from ctr.embeddings.storage import SEED_BYTES, draw_hash_seeds, hashed_table_starts, universal_hash
 from ctr.recipe import EmbeddingConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
@@ -54,8 +54,8 @@ class RobeEmbedding(EmbeddingMethod):
 
     Deviation: the paper hashes (table, id, block) with one universal hash; here each block
     and each sign has its own 2-universal hash of the global row (ids are global rows, so
-    two tables' ids never share a key). Rows beyond p = 2³¹ − 1 would wrap; no vocabulary
-    is that large.
+    two tables' ids never share a key). The tables together may hold at most p = 2³¹ − 1 rows
+    (past it rows g and g + p would hash alike; refused).
 
     Shapes: ids [N] of features [N] → [N, D].
     """
@@ -64,6 +64,7 @@ class RobeEmbedding(EmbeddingMethod):
 
     def __init__(self, schema: Schema, config: RobeConfig):
         super().__init__(schema, config)
+        self.register_buffer("row_start", hashed_table_starts("robe", self.table_rows), persistent=False)
         blocks = config.dim // config.block
         seed_bytes = SEED_BYTES * (blocks + config.dim)
         size = math.floor((budget_bytes(config, "robe", self.table_rows) - seed_bytes) / FP32_BYTES)
@@ -73,7 +74,6 @@ class RobeEmbedding(EmbeddingMethod):
         self.array = nn.Parameter(torch.empty(size, 1).normal_(std=config.init_std))
         self.register_buffer("offset_seeds", draw_hash_seeds(blocks))
         self.register_buffer("sign_seeds", draw_hash_seeds(config.dim))
-        self.register_buffer("row_start", table_starts(self.table_rows), persistent=False)
         self.register_buffer("within", torch.arange(config.block).repeat(blocks), persistent=False)
 
     def positions(self, feature: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ctr.errors import RecipeError
 from ctr.kernels.embedding_bag import Backend, embedding_bag, resolve_backend
 
 MERSENNE_PRIME = 2**31 - 1
@@ -70,3 +71,17 @@ def table_starts(tables: dict[str, int]) -> Tensor:
     """First global row of each table [T] int64 when the tables' rows are laid end to end."""
     sizes = torch.tensor(list(tables.values()), dtype=torch.int64)
     return torch.cumsum(sizes, 0) - sizes
+
+
+def hashed_table_starts(method: str, tables: dict[str, int]) -> Tensor:
+    """``table_starts`` for a method that hashes global rows mod p = 2^31 − 1.
+
+    Rows g and g + p would hash alike in every hash, so two ids would share every element;
+    the tables together may hold at most p rows.
+    """
+    total = sum(tables.values())
+    if total > MERSENNE_PRIME:
+        raise RecipeError(f"embedding.method: {method} hashes global rows mod p = 2^31 - 1, but the tables hold "
+                          f"{total:,} rows together; rows g and g + p would share every element (use a method "
+                          "that hashes per table, such as hash or unified, or cap the vocabularies)")
+    return table_starts(tables)

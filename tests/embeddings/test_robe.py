@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ctr.embeddings.robe import RobeConfig, RobeEmbedding
-from ctr.embeddings.storage import SEED_BYTES
+from ctr.embeddings.storage import SEED_BYTES, hashed_table_starts
 from ctr.errors import RecipeError
 from ctr.recipe import recipe_from_dict
 from tests.embeddings.schemas import batch, schema
@@ -52,3 +52,9 @@ def test_elements_are_signed_reads_of_hashed_blocks():
 def test_bad_block_is_a_recipe_error():
     with pytest.raises(RecipeError, match=r"^embedding\.block: 3 must divide dim 16"):
         recipe_from_dict({"embedding": {"method": "robe", "budget": 0.1, "block": 3}})
+
+
+def test_tables_past_the_hashes_prime_are_refused():
+    assert hashed_table_starts("robe", {"a": 5, "b": 7}).tolist() == [0, 5]
+    with pytest.raises(RecipeError, match=r"robe hashes global rows mod p = 2\^31 - 1.*2,147,483,648 rows"):
+        hashed_table_starts("robe", {"a": 2**30, "b": 2**30})
