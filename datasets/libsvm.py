@@ -30,6 +30,7 @@ from ctr.schema import FeatureSpec
 
 ALL_FEATURES = "features"
 NO_DELIMITER = "\x01"
+FEATINDEX = "featindex.fm.txt"  # the iPinYou release's
 
 
 @dataclass
@@ -87,6 +88,8 @@ class LibSVMDataset(FileSource):
         self.featindex = Path(config.featindex).expanduser() if config.featindex else None
         if self.featindex is not None and not self.featindex.is_file():
             raise DataError(f"data.featindex: {self.featindex} does not exist")
+        if self.featindex is not None:
+            self.split_files = {split: _rows_files(files, self.featindex, split) for split, files in self.split_files.items()}
         self._index: FieldIndex | None = None
         self._defaults: list[FeatureSpec] | None = None
         self._read_kinds: dict[str, str] | None = None
@@ -158,6 +161,16 @@ class LibSVMDataset(FileSource):
                 require_columns(fields, self.required({column: keys[column] for column in kinds}), origin)
             self._read_kinds = {c: kind for c, kind in kinds.items() if c in fields or c not in self.optional_columns}
         return self._read_kinds
+
+
+def _rows_files(files: list[Path], featindex: Path, split: str) -> list[Path]:
+    """``files`` of ``split`` less the featindex file (a folder may hold it beside the rows);
+    a DataError when no file of rows is left."""
+    rows = [file for file in files if file.resolve() != featindex.resolve()]
+    if not rows:
+        key = "data.path" if split == "train" else f"data.{split}_path"
+        raise DataError(f"{key}: {files[0].parent} holds no file of rows besides the featindex {featindex.name}")
+    return rows
 
 
 def sniff_fields(file: Path) -> list[str]:
@@ -366,9 +379,13 @@ class IPinYouConfig(LibSVMConfig):
     scored: bool = field(default=False, init=False, repr=False)
 
     def reading(self, path: Path) -> IPinYouConfig:
-        """Every row of ``path``, fields named by the featindex training read."""
+        """Every row of ``path``, fields named by the featindex training read; a release
+        folder (it holds a featindex, and train and test files) is refused, naming its test file."""
+        if path.is_dir() and (path / FEATINDEX).is_file():
+            raise DataError(f"{path}: an iPinYou release folder (train, test and {FEATINDEX}); give the file to "
+                            f"score, e.g. {path / 'test.fm.txt'}")
         config = super().reading(path)
-        config.featindex = self.featindex or str(_ipinyou_folder(self.path) / "featindex.fm.txt")
+        config.featindex = self.featindex or str(_ipinyou_folder(self.path) / FEATINDEX)
         config.scored = True
         return config
 
@@ -386,7 +403,7 @@ class IPinYouDataset(LibSVMDataset):
         resolved = replace(
             config,
             path=str(train),
-            featindex=config.featindex or str(folder / "featindex.fm.txt"),
+            featindex=config.featindex or str(folder / FEATINDEX),
             test_path=config.test_path or str(folder / "test.fm.txt"),
         )
         super().__init__(resolved)
@@ -395,7 +412,7 @@ class IPinYouDataset(LibSVMDataset):
 def _ipinyou_folder(path: str | None) -> Path:
     files = resolve_files(path, "data.path", "*.fm.txt")
     folder = files[0].parent
-    for name in ("train.fm.txt", "test.fm.txt", "featindex.fm.txt"):
+    for name in ("train.fm.txt", "test.fm.txt", FEATINDEX):
         if not (folder / name).is_file():
             raise DataError(f"data.path: {folder} lacks {name} (the iPinYou release has train, test and featindex)")
     return folder

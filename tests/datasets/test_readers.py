@@ -270,6 +270,30 @@ def test_ipinyou_rows_to_score_are_read_alone_with_the_training_featindex(tmp_pa
         assert sum(table(stream()).num_rows for stream in streams.values()) == rows, scored
 
 
+def test_ipinyou_release_folder_to_score_is_refused_naming_its_test_file(tmp_path):
+    """``ctr predict RUN RELEASE``: the folder's files were all read as rows, featindex.fm.txt
+    first ("the line starts with a feature" at its line 1; skipped, train and test scored
+    together). A release folder is refused, naming the file to give."""
+    release = tmp_path / "release"
+    release.mkdir()
+    (release / "featindex.fm.txt").write_text("weekday:1\t0\nweekday:2\t1\n")
+    (release / "train.fm.txt").write_text("".join(f"{i % 2} {i % 2}:1\n" for i in range(4)))
+    (release / "test.fm.txt").write_text("1 0:1\n")
+    with pytest.raises(DataError, match=f"^{release}: an iPinYou release folder .*; give the file to score, "
+                                        f"e.g. {release / 'test.fm.txt'}$"):
+        IPinYouConfig(path=str(release)).reading(release)
+
+
+def test_libsvm_folder_holding_its_featindex_reads_the_rows_only(tmp_path):
+    """``data.featindex`` inside the ``data.path`` folder was read as rows too (every line a
+    bad row: "the line starts with a feature")."""
+    (tmp_path / "featindex.txt").write_text("a:x\t0\na:y\t1\n")
+    (tmp_path / "rows.txt").write_text("1 0:1\n0 1:1\n")
+    source = LibSVMDataset(LibSVMConfig(path=str(tmp_path), featindex=str(tmp_path / "featindex.txt")))
+    rows = table(source.streams()["all"]())
+    assert rows.column("a").to_pylist() == ["x", "y"] and rows.column("__problem__").null_count == 2
+
+
 def test_a_gzip_file_reads_as_its_plain_copy(tmp_path):
     import gzip
 
