@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ctr.datasets.source import SPLITS, DatasetSource, RowStream, resolve_files
+from ctr.datasets.source import SPLITS, DatasetSource, RowStream, beside, gzip_too, plain_name, resolve_files
 from ctr.datasets.text import read_all
 from ctr.datasets.validate import LINE_COLUMN, PROBLEM_COLUMN, carriage_return_inside
 from ctr.errors import DataError
@@ -266,9 +266,11 @@ def _text_lines(file: Path) -> tuple[list[str], list[tuple[int, str]]]:
 def _categories(attributes: Path, item_names: pa.Array) -> pa.Array:
     """The first attribute of each item (``<none>`` when it has none), aligned with the items."""
     try:
-        table = json.loads(attributes.read_text())
+        table = json.loads(read_all(attributes))
     except json.JSONDecodeError as err:
         raise DataError(f"{attributes}:{err.lineno}: invalid JSON: {err.msg}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{attributes}: not UTF-8 text (an item → attributes JSON object)") from None
     if not isinstance(table, dict):
         raise DataError(f"{attributes}: expected a JSON object mapping items to attribute lists")
     first = {str(k): str(v[0]) for k, v in table.items() if isinstance(v, list) and v}
@@ -286,13 +288,15 @@ def _problem_rows(problems: list[tuple[int, str]]) -> pa.RecordBatch:
 
 
 def default_attributes(history: Path) -> Path:
-    """The attributes file beside ``history``: ``<history name>_item2attributes.json``."""
-    return history.with_name(history.stem + ATTRIBUTES_SUFFIX)
+    """The attributes file beside ``history``: ``<history name>_item2attributes.json`` (or its
+    ``.gz``), the history's name taken without ``.gz`` (``Beauty.txt.gz``: ``Beauty_...``)."""
+    return beside(history, plain_name(history).stem + ATTRIBUTES_SUFFIX)
 
 
 def _history_file(path: str | None) -> Path:
-    """The history file: ``data.path`` itself, or the one history file of a folder."""
-    files = resolve_files(path, pattern="*.txt")
+    """The history file: ``data.path`` itself, or the one history file (``*.txt``, or
+    ``*.txt.gz``) of a folder."""
+    files = resolve_files(path, pattern=gzip_too("*.txt"))
     candidates = [f for f in files if default_attributes(f).is_file()] or files
     if len(candidates) > 1 and not Path(path).expanduser().is_file():
         names = ", ".join(f.name for f in candidates)

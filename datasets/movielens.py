@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ctr.datasets.source import SPLITS, DatasetSource, RowStream, resolve_files
+from ctr.datasets.source import SPLITS, DatasetSource, RowStream, beside, gzip_too, plain_name, resolve_files
 from ctr.datasets.text import TextFormat, header_line, read_delimited, strip_types, to_batch
 from ctr.datasets.validate import LINE_COLUMN, PROBLEM_COLUMN
 from ctr.errors import DataError
@@ -151,18 +151,20 @@ class MovieLensDataset(DatasetSource):
 
 
 def _locate(path: str | None) -> tuple[Path, Path | None, Path | None]:
-    """The .inter file and the .user / .item files beside it (absent ones are None)."""
-    files = resolve_files(path, pattern="*.inter")
+    """The .inter file and the .user / .item files beside it (absent ones are None); each
+    may be gzip-compressed under its name with ``.gz`` (``ml-1m.inter.gz``)."""
+    files = resolve_files(path, pattern=gzip_too("*.inter"))
     target = Path(path).expanduser()
     if target.is_file():
-        inter = target.with_suffix(".inter")
+        name = plain_name(target).with_suffix(".inter").name
+        inter = beside(target, name)
         if not inter.is_file():
-            raise DataError(f"data.path: no ratings file {inter.name} beside {target}")
+            raise DataError(f"data.path: no ratings file {name} beside {target}")
     elif len(files) > 1:
         raise DataError(f"data.path: {target} holds several ratings files ({', '.join(f.name for f in files)}); name one")
     else:
         inter = files[0]
-    sides = [inter.with_suffix(s) for s in (".user", ".item")]
+    sides = [beside(inter, plain_name(inter).with_suffix(s).name) for s in (".user", ".item")]
     return inter, *(s if s.is_file() else None for s in sides)
 
 

@@ -22,6 +22,7 @@ from ctr.typed import to_plain
 
 SPLITS = ("train", "valid", "test")
 RowStream = Callable[[], Iterator[pa.RecordBatch]]
+GZ = ".gz"  # the suffix of a gzip-compressed text file (its contents, not its name, tell how it reads)
 
 
 class DatasetSource(ABC):
@@ -136,24 +137,44 @@ def _refuse_unnamed_or_repeated(read: list[str], columns: list[str], path: str |
                             " name it once")
 
 
-def resolve_files(path: str | None, key: str = "data.path", pattern: str = "*") -> list[Path]:
-    """The files at ``path``: the file itself, or a folder's files matching ``pattern`` but
-    those named ``.*`` or ``_*`` (hidden files, and the markers and checksums that Spark
-    and Hadoop write beside their parts: ``_SUCCESS``, ``.part-0.csv.crc``)."""
+def resolve_files(path: str | None, key: str = "data.path", pattern: str | tuple[str, ...] = "*") -> list[Path]:
+    """The files at ``path``: the file itself, or a folder's files matching ``pattern`` (one
+    glob or several) but those named ``.*`` or ``_*`` (hidden files, and the markers and
+    checksums that Spark and Hadoop write beside their parts: ``_SUCCESS``, ``.part-0.csv.crc``)."""
     if not path:
         raise DataError(f"{key}: this dataset needs the path of its files")
     target = Path(path).expanduser()
     if target.is_file():
         return [target]
     if target.is_dir():
-        found = sorted(p for p in target.glob(pattern) if p.is_file() and not p.name.startswith((".", "_")))
+        patterns = (pattern,) if isinstance(pattern, str) else pattern
+        found = sorted({p for glob in patterns for p in target.glob(glob)
+                        if p.is_file() and not p.name.startswith((".", "_"))})
         if found:
             return found
-        raise DataError(f"{key}: folder {target} holds no files matching {pattern!r}")
+        raise DataError(f"{key}: folder {target} holds no files matching {' or '.join(map(repr, patterns))}")
     kind = special_kind(target)
     if kind is not None:
         raise DataError(f"{key}: {target}: not a regular file or folder ({kind})")
     raise DataError(f"{key}: {target} does not exist")
+
+
+def gzip_too(pattern: str) -> tuple[str, str]:
+    """``pattern`` and its gzip form (``*.txt``: ``*.txt``, ``*.txt.gz``)."""
+    return pattern, f"{pattern}{GZ}"
+
+
+def plain_name(file: Path) -> Path:
+    """``file`` less a ``.gz`` suffix (``Beauty.txt.gz`` → ``Beauty.txt``): the name the
+    files beside it are named after."""
+    return file.with_suffix("") if file.suffix == GZ else file
+
+
+def beside(file: Path, name: str) -> Path:
+    """The file ``name`` in ``file``'s folder, or its gzip form ``name.gz`` when only that is
+    there (the plain name when neither is)."""
+    plain, packed = file.with_name(name), file.with_name(name + GZ)
+    return packed if not plain.is_file() and packed.is_file() else plain
 
 
 def plugin_code(source: type) -> list[str] | None:

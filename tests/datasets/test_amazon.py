@@ -158,3 +158,21 @@ def test_an_attributes_file_named_from_another_folder_keys_the_same_entry(tmp_pa
     monkeypatch.chdir(tmp_path)
     relative = AmazonDataset(AmazonConfig(path="am/Toy.txt", attributes="am/Toy_item2attributes.json"))
     assert relative.fingerprint() == absolute.fingerprint()
+
+
+def test_gzip_histories_and_attributes_read_as_their_plain_copies(tmp_path):
+    """``Beauty.txt.gz`` looked for ``Beauty.txt_item2attributes.json`` (a file) or was not
+    found (a folder: no ``*.txt``), and a gzip attributes file failed to decode."""
+    import gzip
+
+    plain = write_amazon(tmp_path / "plain")
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    (packed / "Toy.txt.gz").write_bytes(gzip.compress(HISTORIES.encode()))
+    (packed / "Toy_item2attributes.json.gz").write_bytes(gzip.compress(json.dumps(ATTRIBUTES).encode()))
+    expected = rows(plain, "train")
+    assert rows(packed / "Toy.txt.gz", "train") == expected and rows(packed, "train") == expected
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "Toy.txt.bz2").write_bytes(b"BZh9")
+    with pytest.raises(DataError, match=r"data.path: folder .* holds no files matching '\*.txt' or '\*.txt.gz'"):
+        AmazonDataset(AmazonConfig(path=str(tmp_path / "other")))

@@ -192,3 +192,25 @@ def test_rows_to_score_that_are_no_ratings_file_name_the_input_not_data_path(tmp
     with pytest.raises(UserError) as err:
         encode_rows(None, recipe, tmp_path / "out", rows)
     assert str(err.value) == f"no ratings file new.inter beside {rows}"
+
+
+def test_gzip_ratings_and_side_files_read_as_their_plain_copies(tmp_path):
+    """``ml.inter.gz`` named ``ml.inter.inter`` as its ratings file (and was not found in a
+    folder), and its ``.user.gz`` / ``.item.gz`` were not read."""
+    import gzip
+
+    plain = write_movielens(tmp_path / "plain", [(1, 10, 5), (2, 20, 1), (1, 20, 4)])
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    for name in ("ml.inter", "ml.user", "ml.item"):
+        (packed / f"{name}.gz").write_bytes(gzip.compress((plain / name).read_bytes()))
+    expected = _train_rows(MovieLensDataset(MovieLensConfig(path=str(plain), split=SplitConfig(valid=0.0, test=0.0))))
+    assert expected.num_rows == 3 and expected.column("gender").to_pylist() == ["M", "F", "M"]
+    for path in (packed, packed / "ml.inter.gz", packed / "ml.item.gz"):
+        source = MovieLensDataset(MovieLensConfig(path=str(path), split=SplitConfig(valid=0.0, test=0.0)))
+        assert (source.inter, source.user, source.item) == tuple(packed / f"ml.{s}.gz" for s in ("inter", "user", "item"))
+        assert _train_rows(source).equals(expected)
+
+
+def _train_rows(source):
+    return pa.Table.from_batches(list(source.streams()["train"]()))
