@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ctr.datasets.source import SPLITS, DatasetSource, RowStream, beside, gzip_too, plain_name, resolve_files
-from ctr.datasets.text import read_all
+from ctr.datasets.text import read_all, refuse_other_compression
 from ctr.datasets.validate import LINE_COLUMN, PROBLEM_COLUMN, carriage_return_inside
 from ctr.errors import DataError
 from ctr.recipe import DataConfig
@@ -301,4 +301,5 @@ def _history_file(path: str | None) -> Path:
     if len(candidates) > 1 and not Path(path).expanduser().is_file():
         names = ", ".join(f.name for f in candidates)
         raise DataError(f"data.path: {path} holds several history files ({names}); name one, e.g. {candidates[0]}")
+    refuse_other_compression(candidates[0], key="data.path")
     return candidates[0]

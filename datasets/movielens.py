@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ctr.datasets.source import SPLITS, DatasetSource, RowStream, beside, gzip_too, plain_name, resolve_files
-from ctr.datasets.text import TextFormat, header_line, read_delimited, strip_types, to_batch
+from ctr.datasets.text import TextFormat, header_line, read_delimited, refuse_other_compression, strip_types, to_batch
 from ctr.datasets.validate import LINE_COLUMN, PROBLEM_COLUMN
 from ctr.errors import DataError
 from ctr.recipe import DataConfig
@@ -156,6 +156,7 @@ def _locate(path: str | None) -> tuple[Path, Path | None, Path | None]:
     files = resolve_files(path, pattern=gzip_too("*.inter"))
     target = Path(path).expanduser()
     if target.is_file():
+        refuse_other_compression(target, key="data.path")
         name = plain_name(target).with_suffix(".inter").name
         inter = beside(target, name)
         if not inter.is_file():

@@ -34,6 +34,10 @@ from ctr.errors import DataError, reason
 BLOCK_BYTES = 1 << 24
 GZIP_MAGIC = b"\x1f\x8b"
 GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)  # a truncated or corrupt gzip stream
+# the first bytes of other compressed data (bzip2: "BZh", a level digit, then a block's or the end's magic)
+OTHER_COMPRESSION = {"bzip2": rb"BZh[1-9](1AY&SY|\x17rE8P\x90)", "xz": rb"\xfd7zXZ\x00", "zip": rb"PK\x03\x04",
+                     "zstd": rb"\x28\xb5\x2f\xfd"}
+MAGIC_BYTES = 10
 # The csv module that reads single lines here refuses fields over 128 KiB by default; a line
 # of a block is bounded by the block, which pyarrow's parser reads whatever its fields' size.
 csv.field_size_limit(2**31 - 1)
@@ -72,10 +76,26 @@ class TextFormat:
 
 def open_rows(file: Path) -> BinaryIO:
     """``file`` opened for reading bytes; a gzip file (told by its first two bytes, as the
-    Criteo Terabyte release's ``day_0.gz``) is decompressed as it is read."""
+    Criteo Terabyte release's ``day_0.gz``) is decompressed as it is read; data of another
+    compression is a DataError naming it."""
     with open(file, "rb") as probe:
-        compressed = probe.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+        start = probe.read(MAGIC_BYTES)
+    refuse_other_compression(file, start)
+    compressed = start.startswith(GZIP_MAGIC)
     return gzip.open(file, "rb") if compressed else open(file, "rb")  # type: ignore[return-value]
+
+
+def refuse_other_compression(file: Path, start: bytes | None = None, key: str = "") -> None:
+    """A DataError (its message led by ``key``) when ``file``, whose first bytes are ``start``
+    (read when None), holds bzip2, xz, zip or zstd data: text is read plain or gzip-compressed."""
+    if start is None:
+        with open(file, "rb") as probe:
+            start = probe.read(MAGIC_BYTES)
+    kind = next((name for name, magic in OTHER_COMPRESSION.items() if re.match(magic, start)), None)
+    if kind is not None:
+        lead = f"{key}: " if key else ""
+        raise DataError(f"{lead}{file}: {kind} data; text files are read plain or gzip-compressed (recompress it "
+                        "with gzip)")
 
 
 PARQUET_MAGIC = b"PAR1"  # the first bytes of a parquet file

@@ -163,6 +163,7 @@ def test_an_attributes_file_named_from_another_folder_keys_the_same_entry(tmp_pa
 def test_gzip_histories_and_attributes_read_as_their_plain_copies(tmp_path):
     """``Beauty.txt.gz`` looked for ``Beauty.txt_item2attributes.json`` (a file) or was not
     found (a folder: no ``*.txt``), and a gzip attributes file failed to decode."""
+    import bz2
     import gzip
 
     plain = write_amazon(tmp_path / "plain")
@@ -173,6 +174,8 @@ def test_gzip_histories_and_attributes_read_as_their_plain_copies(tmp_path):
     expected = rows(plain, "train")
     assert rows(packed / "Toy.txt.gz", "train") == expected and rows(packed, "train") == expected
     (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "Toy.txt.bz2").write_bytes(b"BZh9")
+    (tmp_path / "other" / "Toy.txt.bz2").write_bytes(bz2.compress(HISTORIES.encode()))
     with pytest.raises(DataError, match=r"data.path: folder .* holds no files matching '\*.txt' or '\*.txt.gz'"):
         AmazonDataset(AmazonConfig(path=str(tmp_path / "other")))
+    with pytest.raises(DataError, match=r"data.path: .*Toy.txt.bz2: bzip2 data; text files are read plain or gzip"):
+        AmazonDataset(AmazonConfig(path=str(tmp_path / "other" / "Toy.txt.bz2")))

@@ -5,6 +5,7 @@ import pytest
 from ctr.datasets import prepare
 from ctr.datasets.avazu import AvazuDataset, AvazuConfig
 from ctr.datasets.criteo import CriteoConfig, CriteoDataset
+from ctr.datasets.tabular import CsvConfig, CsvDataset
 from ctr.datasets.libsvm import NO_DELIMITER, IPinYouConfig, IPinYouDataset, Layout, LibSVMConfig, LibSVMDataset, parse_rows
 from ctr.datasets.text import TextFormat, read_delimited
 from ctr.errors import DataError
@@ -308,6 +309,23 @@ def test_a_gzip_file_reads_as_its_plain_copy(tmp_path):
         tables.append([pq.read_table(f) for split in ("train", "valid", "test")
                        for f in sorted(prepared.split_dir(split).glob("*.parquet"))])
     assert len(tables[0]) >= 3 and all(a.equals(b) for a, b in zip(*tables, strict=True))
+
+
+def test_text_of_another_compression_is_refused_naming_it(tmp_path):
+    """A bzip2 or xz file read as text was "not a text file (its first line holds NUL bytes)"
+    or a row per line that is not UTF-8."""
+    import bz2
+    import lzma
+
+    for name, pack in (("rows.csv.bz2", bz2.compress), ("rows.csv.xz", lzma.compress)):
+        (tmp_path / name).write_bytes(pack(b"y,a\n1,x\n0,y\n"))
+        source = CsvDataset(CsvConfig(path=str(tmp_path / name), label="y", features=[FeatureSpec(name="a")]))
+        kind = "bzip2" if name.endswith("bz2") else "xz"
+        with pytest.raises(DataError, match=f"^{tmp_path / name}: {kind} data; text files are read plain or gzip"):
+            table(source.streams()["all"]())
+    (tmp_path / "plain.csv").write_text("y,a\n1,BZh91AY&SY\n")  # the bytes, inside text
+    plain = CsvDataset(CsvConfig(path=str(tmp_path / "plain.csv"), label="y", features=[FeatureSpec(name="a")]))
+    assert table(plain.streams()["all"]()).column("a").to_pylist() == ["BZh91AY&SY"]
 
 
 def test_libfm_field_absent_from_a_file_or_block_is_missing_there(tmp_path):
