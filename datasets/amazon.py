@@ -39,6 +39,7 @@ from ctr.schema import FeatureSpec, Pooling
 ATTRIBUTES_SUFFIX = "_item2attributes.json"
 NO_CATEGORY = "<none>"
 CHUNK_TARGETS = 32_768
+TARGET = "target"  # i of a row predicting b(i), the i-th item of its user's line, from b1..b(i-1)
 
 
 @dataclass
@@ -97,6 +98,7 @@ class AmazonDataset(DatasetSource):
 
     label = "label"
     group = "user_id"
+    score_keys = {"line": LINE_COLUMN, "user_id": "user_id", "target": TARGET, "item_id": "item_id"}
 
     def __init__(self, config: AmazonConfig):
         super().__init__(config)
@@ -169,7 +171,8 @@ def targets(lengths: np.ndarray, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_rows(hist: Histories, user: np.ndarray, target: np.ndarray, negative: np.ndarray, max_len: int) -> pa.RecordBatch:
-    """Two rows per target: the next item (label 1) and the ``negative`` item (label 0).
+    """Two rows per target: the next item (label 1) and the ``negative`` item (label 0), with
+    the target's number among its user's items (``TARGET``, from 1) and its user's line.
 
     Args:
         user, target, negative: int64 [T] user index, target position, negative item code.
@@ -192,6 +195,7 @@ def build_rows(hist: Histories, user: np.ndarray, target: np.ndarray, negative: 
         "cat_id": hist.categories.take(pa.array(item)),
         "hist_item_id": pa.ListArray.from_arrays(pa.array(offsets), hist.item_names.take(pa.array(hist_items))),
         "hist_cat_id": pa.ListArray.from_arrays(pa.array(offsets), hist.categories.take(pa.array(hist_items))),
+        TARGET: pa.array(target[row_target] + 1),
         LINE_COLUMN: pa.array(hist.lines[user[row_target]]),
     }
     return pa.RecordBatch.from_pydict(columns)
@@ -282,6 +286,7 @@ def _problem_rows(problems: list[tuple[int, str]]) -> pa.RecordBatch:
     columns = {name: pa.nulls(len(problems), pa.string()) for name in names}
     for name in ("hist_item_id", "hist_cat_id"):
         columns[name] = pa.nulls(len(problems), pa.list_(pa.string()))
+    columns[TARGET] = pa.nulls(len(problems), pa.int64())
     columns[LINE_COLUMN] = pa.array([line for line, _ in problems], pa.int64())
     columns[PROBLEM_COLUMN] = pa.array([text for _, text in problems], pa.string())
     return pa.RecordBatch.from_pydict(columns)

@@ -38,6 +38,7 @@ from ctr.registry import DATASETS
 from ctr.schema import FeatureInfo, FeatureSpec, Schema
 
 log = logging.getLogger(__name__)
+KEYS = "keys"  # the folder, beside the encoded rows to score, of the keys of rows a source builds
 PROGRESS_LOG_SECONDS = 30.0  # without a progress bar (stderr not a terminal), a line this often
 
 
@@ -92,13 +93,16 @@ class Encoded:
     ``skipped_rows`` (int64, ascending) are the input rows left out, numbered from 0 over the
     source's rows in read order (encoding every row only): those ``on_bad_rows: skip`` dropped
     and those the source has no label for (``DatasetSource.left_out_rows``); ``numbered`` is
-    True when rows may be left out so (the scores then give their input rows)."""
+    True when rows may be left out so (the scores then give their input rows); ``keys``, when
+    the source builds its rows (``DatasetSource.score_keys``), is the folder of their keys:
+    shards of one row per encoded row, in the same order."""
 
     prepared: Prepared
     tally: Tally
     labelled: bool
     skipped_rows: np.ndarray
     numbered: bool
+    keys: Path | None = None
 
     def input_rows(self, first: int, count: int) -> np.ndarray:
         """The input row numbers of encoded rows ``first .. first + count - 1`` (int64 [count])."""
@@ -138,13 +142,18 @@ def encode_with_schema(config: DataConfig, schema_dir: Path, out: Path, split: s
     group = None if schema.group in absent else schema.group
     encoder = saved_encoder(schema_dir, schema, group)
     target = split or "test"
-    tally, writer = Tally(), ShardWriter(out / target)
+    keys = source.score_keys if job.whole else {}
+    tally, writer, key_writer = Tally(), ShardWriter(out / target), ShardWriter(out / KEYS) if keys else None
     try:
         for name, batch, where in job.rows("encoding", only=target, absent=absent):
             labels = batch.column(schema.label).to_numpy(zero_copy_only=False)
             writer.write(encoder.encode(batch, labels, tally, where))
+            if key_writer is not None:
+                key_writer.write(pa.RecordBatch.from_arrays([batch.column(c) for c in keys.values()], list(keys)))
     finally:
         writer.close()
+        if key_writer is not None:
+            key_writer.close()
     if tally.rows == 0:
         raise DataError(f"{config.path}: no rows to encode (it holds none, or every one was skipped as bad)"
                         if job.whole else f"data: no rows to encode from dataset {config.dataset!r}")
@@ -154,7 +163,8 @@ def encode_with_schema(config: DataConfig, schema_dir: Path, out: Path, split: s
     if left_out is not None:  # the job numbered the rows the source kept
         skipped_rows = np.union1d(left_out, kept_rows(skipped_rows, left_out)).astype(np.int64)
     numbered = job.whole and (config.on_bad_rows == "skip" or left_out is not None)
-    return Encoded(Prepared(out, schema, {}), tally, schema.label not in absent, skipped_rows, numbered)
+    return Encoded(Prepared(out, schema, {}), tally, schema.label not in absent, skipped_rows, numbered,
+                   out / KEYS if keys else None)
 
 
 def load_prepared(root: Path) -> Prepared:

@@ -41,6 +41,9 @@ class DatasetSource(ABC):
     optional_columns: frozenset[str] = frozenset()  # may be absent (the label when scoring new rows)
     scored_features: list[FeatureSpec] | None = None  # those of the run whose saved schema scores the rows
     generated: bool = False  # rows made by the source itself: no file of them can be scored
+    # rows built from the input (not read one to one): output name → raw column of the keys
+    # that ``ctr predict`` writes beside each score, so scores join back to what they score
+    score_keys: dict[str, str] = {}
 
     def __init__(self, config: DataConfig):
         self.config = config

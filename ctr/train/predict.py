@@ -8,7 +8,9 @@ column (the click probability) per kept input row, in input order, and ``label``
 input has labels; with ``data.on_bad_rows: skip`` (and for a ``movielens`` input with
 ratings, whose ratings of 3 have no label) a ``row`` column gives each score's input row
 (numbered from 0 over the input's rows in read order), so scores join back to the input
-though rows were left out. It is written atomically. A mixed-precision run scores
+though rows were left out; for rows a dataset builds from the input (``amazon``: targets and
+sampled negatives of each history) its key columns (``score_keys``) come before ``score``. It
+is written atomically. A mixed-precision run scores
 under its training's autocast, as its evaluation does.
 """
 
@@ -30,6 +32,7 @@ import torch
 from ctr.atomic import atomic_path
 from ctr.datasets.loader import BatchLoader
 from ctr.datasets.preprocess import Encoded
+from ctr.datasets.shards import shard_files
 from ctr.errors import UserError, reason
 from ctr.metrics import auc, group_auc, logloss
 from ctr.train.loop import placement, use_threads
@@ -69,7 +72,7 @@ def predict(run_root: Path, data: Path, out: Path, progress: bool = False) -> di
                              prefetch=recipe.data.prefetch, device=device)
         try:
             scored = _scores(net, loader, device, recipe.trainer.precision)
-            parts = _write(scored, out, encoded.labelled, encoded if encoded.numbered else None)
+            parts = _write(scored, out, encoded.labelled, encoded if encoded.numbered else None, encoded.keys)
         finally:
             loader.close()
     seconds = time.perf_counter() - start
@@ -113,16 +116,21 @@ def _writer(path: Path, schema: pa.Schema, out: Path) -> pcsv.CSVWriter | pq.Par
         raise UserError(f"{out}: cannot be written ({reason(err)})") from None
 
 
-def _write(scored: Iterator[Scored], out: Path, labelled: bool, numbered: Encoded | None) -> list[Scored]:
-    """Streams the scores into ``out`` (CSV or parquet by its suffix), with their input rows'
-    numbers when ``numbered``; returns what the metrics need (labels and scores, a few bytes
+def _write(scored: Iterator[Scored], out: Path, labelled: bool, numbered: Encoded | None,
+           keys: Path | None = None) -> list[Scored]:
+    """Streams the scores into ``out`` (CSV or parquet by its suffix), after their input rows'
+    numbers when ``numbered`` and the key columns of the rows a source built (the shards in
+    ``keys``, a row per score); returns what the metrics need (labels and scores, a few bytes
     a row) when ``labelled``."""
     kept: list[Scored] = []
     written = 0
+    built = None if keys is None else _KeyRows(keys)
     with atomic_path(out) as tmp:
         writer = None
         for part in scored:
             columns = {} if numbered is None else {"row": pa.array(numbered.input_rows(written, len(part.probs)))}
+            if built is not None:
+                columns.update(zip(built.schema.names, built.take(len(part.probs)).columns))
             written += len(part.probs)
             columns["score"] = pa.array(part.probs)
             if labelled:
@@ -135,6 +143,29 @@ def _write(scored: Iterator[Scored], out: Path, labelled: bool, numbered: Encode
         if writer is not None:
             writer.close()
     return kept
+
+
+class _KeyRows:
+    """The rows of the key shards in ``folder``, handed out in order, ``count`` at a time
+    (one row group read ahead at most)."""
+
+    def __init__(self, folder: Path):
+        files = shard_files(folder)
+        self.schema = pq.read_schema(files[0])
+        self._groups = (batch for file in files for batch in pq.ParquetFile(file).iter_batches())
+        self._held = self.schema.empty_table()
+
+    def take(self, count: int) -> pa.Table:
+        """The next ``count`` rows."""
+        parts = [self._held]
+        held = self._held.num_rows
+        while held < count:
+            batch = next(self._groups)
+            parts.append(pa.Table.from_batches([batch]))
+            held += batch.num_rows
+        rows = pa.concat_tables(parts)
+        self._held = rows.slice(count)
+        return rows.slice(0, count).combine_chunks()
 
 
 def _metrics(parts: list[Scored]) -> dict[str, float]:

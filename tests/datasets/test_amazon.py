@@ -179,3 +179,36 @@ def test_gzip_histories_and_attributes_read_as_their_plain_copies(tmp_path):
         AmazonDataset(AmazonConfig(path=str(tmp_path / "other")))
     with pytest.raises(DataError, match=r"data.path: .*Toy.txt.bz2: bzip2 data; text files are read plain or gzip"):
         AmazonDataset(AmazonConfig(path=str(tmp_path / "other" / "Toy.txt.bz2")))
+
+
+def test_scored_rows_carry_keys_that_join_each_score_to_its_user_target_and_item(tmp_path):
+    """Rows to score are built from the histories (each target with a sampled negative), and
+    predict's output held only ``score`` and ``label``: nothing told which user, target or
+    negative item a score was for. Each score now comes with its history line, user, target
+    (i of b(i)) and item, in the order of the encoded rows, whatever the batches' sizes."""
+    import pandas as pd
+
+    from ctr.datasets.preprocess import encode_with_schema
+    from ctr.train.predict import Scored, _write
+
+    path = write_amazon(tmp_path / "am")
+    config = recipe_from_dict({"data": {"dataset": "amazon", "path": str(path), "cache_dir": str(tmp_path / "c")}}).data
+    prepared = prepare(config, progress=False)
+    (tmp_path / "new").mkdir()
+    new = tmp_path / "new" / "New.txt"
+    new.write_text("u2 f g h\nu9 a b c d\n")
+    encoded = encode_with_schema(config.reading(new), prepared.root, tmp_path / "out", None, progress=False)
+    assert encoded.tally.rows == 10  # u2: targets g, h; u9: b, c, d; each with a negative
+    probs = np.linspace(0.05, 0.95, 10)
+    parts = (Scored(probs[a:b], np.tile([1, 0], 5)[a:b], None) for a, b in ((0, 3), (3, 4), (4, 10)))
+    _write(parts, tmp_path / "scores.csv", True, None, encoded.keys)
+    scores = pd.read_csv(tmp_path / "scores.csv", dtype={"user_id": str, "item_id": str})
+    assert list(scores.columns) == ["line", "user_id", "target", "item_id", "score", "label"]
+    streams = AmazonDataset(config.reading(new)).streams()
+    built = pa.Table.from_batches([batch for split in ("train", "valid", "test") for batch in streams[split]()])
+    assert scores["item_id"].tolist() == built.column("item_id").to_pylist()  # the sampled negatives too
+    assert scores["item_id"].tolist()[::2] == ["b", "g", "c", "h", "d"]  # training targets first, then valid, test
+    assert scores["line"].tolist() == [2, 2, 1, 1, 2, 2, 1, 1, 2, 2]
+    assert scores["user_id"].tolist() == ["u9", "u9", "u2", "u2", "u9", "u9", "u2", "u2", "u9", "u9"]
+    assert scores["target"].tolist() == [2, 2, 2, 2, 3, 3, 3, 3, 4, 4]
+    assert np.allclose(scores["score"], probs) and scores["label"].tolist() == [1, 0] * 5

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from ctr.errors import DataError
@@ -73,6 +74,10 @@ def test_predict_scores_histories_too_short_to_train_on(tiny_amazon, tmp_path):
     (tmp_path / "Short.txt").write_text("1 3 5 7\n2 4 6 8\n")
     result = predict(tmp_path / "run", tmp_path / "Short.txt", tmp_path / "scores.csv", progress=False)
     assert result["rows"] == 8  # 2 users × 2 prefixes × (next item, a negative)
+    scores = pd.read_csv(tmp_path / "scores.csv")  # each score joins to its user, target and item
+    assert list(scores.columns) == ["line", "user_id", "target", "item_id", "score", "label"]
+    assert scores[["line", "user_id", "target"]].values.tolist()[::2] == [[1, 1, 2], [2, 2, 2], [1, 1, 3], [2, 2, 3]]
+    assert scores["item_id"].tolist()[::2] == [5, 6, 7, 8] and scores["label"].tolist() == [1, 0] * 4
 
 
 def test_predict_reads_the_attributes_beside_its_input_else_the_trained_ones(tiny_amazon, tmp_path):
