@@ -169,7 +169,7 @@ def _rows_files(files: list[Path], featindex: Path, split: str) -> list[Path]:
     rows = [file for file in files if file.resolve() != featindex.resolve()]
     if not rows:
         key = "data.path" if split == "train" else f"data.{split}_path"
-        raise DataError(f"{key}: {files[0].parent} holds no file of rows besides the featindex {featindex.name}")
+        raise DataError(f"{key}: {featindex} is the featindex (field:value<TAB>index lines), not a file of rows")
     return rows
 
 

@@ -293,6 +293,12 @@ def test_libsvm_folder_holding_its_featindex_reads_the_rows_only(tmp_path):
     source = LibSVMDataset(LibSVMConfig(path=str(tmp_path), featindex=str(tmp_path / "featindex.txt")))
     rows = table(source.streams()["all"]())
     assert rows.column("a").to_pylist() == ["x", "y"] and rows.column("__problem__").null_count == 2
+    release = tmp_path / "release"
+    release.mkdir()
+    for name, text in (("featindex.fm.txt", "a:x\t0\n"), ("train.fm.txt", "1 0:1\n"), ("test.fm.txt", "0 0:1\n")):
+        (release / name).write_text(text)
+    with pytest.raises(DataError, match=f"^data.path: {release / 'featindex.fm.txt'} is the featindex .*, not a file of rows$"):
+        IPinYouDataset(IPinYouConfig(path=str(release)).reading(release / "featindex.fm.txt"))
 
 
 def test_a_gzip_file_reads_as_its_plain_copy(tmp_path):
