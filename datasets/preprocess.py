@@ -162,7 +162,7 @@ def encode_with_schema(config: DataConfig, schema_dir: Path, out: Path, split: s
     left_out = source.left_out_rows() if job.whole else None
     if left_out is not None:  # the job numbered the rows the source kept
         skipped_rows = np.union1d(left_out, kept_rows(skipped_rows, left_out)).astype(np.int64)
-    numbered = job.whole and (config.on_bad_rows == "skip" or left_out is not None)
+    numbered = job.whole and not keys and (config.on_bad_rows == "skip" or left_out is not None)  # keys name rows
     return Encoded(Prepared(out, schema, {}), tally, schema.label not in absent, skipped_rows, numbered,
                    out / KEYS if keys else None)
 

@@ -1,7 +1,9 @@
+import dataclasses
 import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from ctr.datasets import prepare
@@ -212,3 +214,7 @@ def test_scored_rows_carry_keys_that_join_each_score_to_its_user_target_and_item
     assert scores["user_id"].tolist() == ["u9", "u9", "u2", "u2", "u9", "u9", "u2", "u2", "u9", "u9"]
     assert scores["target"].tolist() == [2, 2, 2, 2, 3, 3, 3, 3, 4, 4]
     assert np.allclose(scores["score"], probs) and scores["label"].tolist() == [1, 0] * 5
+    new.write_text("u0\nu2 f g h\nu9 a b c d\n")  # a user without items, skipped: the keys still name the rows
+    skipping = dataclasses.replace(config.reading(new), on_bad_rows="skip")
+    encoded = encode_with_schema(skipping, prepared.root, tmp_path / "skipped", None, progress=False)
+    assert not encoded.numbered and pa.compute.min(pq.read_table(encoded.keys).column("line")).as_py() == 2
