@@ -385,9 +385,18 @@ class IPinYouConfig(LibSVMConfig):
             raise DataError(f"{path}: an iPinYou release folder (train, test and {FEATINDEX}); give the file to "
                             f"score, e.g. {path / 'test.fm.txt'}")
         config = super().reading(path)
-        config.featindex = self.featindex or str(_ipinyou_folder(self.path) / FEATINDEX)
+        config.featindex = self.featindex or self._trained_featindex(path)
         config.scored = True
         return config
+
+    def _trained_featindex(self, path: Path) -> str:
+        """The featindex of the release training read; a DataError naming ``path`` (the rows
+        to score) and what is missing when it is gone."""
+        try:
+            return str(_ipinyou_folder(self.path) / FEATINDEX)
+        except DataError as err:
+            raise DataError(f"{path}: its indices are named by the featindex of the run's release, not found "
+                            f"({err})") from None
 
 
 @DATASETS.register("ipinyou", config=IPinYouConfig)

@@ -283,6 +283,10 @@ def test_ipinyou_release_folder_to_score_is_refused_naming_its_test_file(tmp_pat
     with pytest.raises(DataError, match=f"^{release}: an iPinYou release folder .*; give the file to score, "
                                         f"e.g. {release / 'test.fm.txt'}$"):
         IPinYouConfig(path=str(release)).reading(release)
+    rows = release / "test.fm.txt"  # with the training's release gone, it named that folder alone, as if INPUT
+    with pytest.raises(DataError, match=f"^{rows}: its indices are named by the featindex of the run's release, not "
+                                        f"found \\(data.path: {tmp_path / 'gone'} does not exist\\)$"):
+        IPinYouConfig(path=str(tmp_path / "gone")).reading(rows)
 
 
 def test_libsvm_folder_holding_its_featindex_reads_the_rows_only(tmp_path):
