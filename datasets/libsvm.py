@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +42,7 @@ class LibSVMConfig(FileConfig):
     """
 
     featindex: str | None = None
+    path_keys: ClassVar[tuple[str, ...]] = (*FileConfig.path_keys, "featindex")
 
 
 @dataclass

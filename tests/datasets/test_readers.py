@@ -444,3 +444,21 @@ def test_rows_to_score_take_the_runs_fields_and_form(tmp_path):
     with pytest.raises(DataError, match=r"svm.txt:1: a feature is not 'field:index:value' \(a libFM file, as the rows "
                                         r"of the run's training are\)"):
         encode_with_schema(config.reading(svm), prepared.root, tmp_path / "out2", None, progress=False)
+
+
+def test_a_featindex_is_a_path_of_the_recipe_made_absolute_in_a_run(tmp_path, monkeypatch):
+    """``data.featindex`` was kept as given: a relative one made the run's predict fail from
+    another folder ("data.featindex: ... does not exist"), keyed another cache entry than the
+    same file named absolutely, and predict's --out could name it (and replace it)."""
+    from ctr.train.rundir import _as_kept
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "featindex.txt").write_text("a:x\t0\na:y\t1\n")
+    (tmp_path / "d" / "rows.txt").write_text("1 0:1\n0 1:1\n")
+    absolute = LibSVMConfig(path=str(tmp_path / "d" / "rows.txt"), featindex=str(tmp_path / "d" / "featindex.txt"))
+    monkeypatch.chdir(tmp_path)
+    relative = LibSVMConfig(path="d/rows.txt", featindex="d/featindex.txt")
+    assert LibSVMDataset(relative).fingerprint() == LibSVMDataset(absolute).fingerprint()
+    assert relative.input_paths()["data.featindex"].resolve() == tmp_path / "d" / "featindex.txt"
+    kept = _as_kept(recipe_from_dict({"data": {"dataset": "libsvm", "path": "d/rows.txt", "featindex": "d/featindex.txt"}}))
+    assert kept["data"]["featindex"] == str(tmp_path / "d" / "featindex.txt")
