@@ -64,6 +64,16 @@ class AmazonConfig(DataConfig):
         if self.max_len < 1:
             raise ValueError("max_len must be >= 1")
 
+    def input_paths(self) -> dict[str, Path]:
+        """The recipe's paths and the history and attributes files ``data.path`` names (a
+        folder's history file, the attributes file beside it)."""
+        try:
+            history = _history_file(self.path)
+        except DataError:  # gone or ambiguous: reading it says so
+            return super().input_paths()
+        beside_it = {} if self.attributes else {"data.path's attributes file": default_attributes(history)}
+        return super().input_paths() | {"data.path's history file": history} | beside_it
+
     def reading(self, path: Path) -> AmazonConfig:
         """Histories of ``path`` with the attributes file beside it when there is one (new items'
         categories), else the one training read."""

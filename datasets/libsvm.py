@@ -31,6 +31,7 @@ from ctr.schema import FeatureSpec
 ALL_FEATURES = "features"
 NO_DELIMITER = "\x01"
 FEATINDEX = "featindex.fm.txt"  # the iPinYou release's
+RELEASE = ("train.fm.txt", "test.fm.txt", FEATINDEX)
 
 
 @dataclass
@@ -379,6 +380,14 @@ class IPinYouConfig(LibSVMConfig):
 
     scored: bool = field(default=False, init=False, repr=False)
 
+    def input_paths(self) -> dict[str, Path]:
+        """The recipe's paths and the release's files (``data.path`` may name its train file)."""
+        try:
+            folder = _ipinyou_folder(self.path)
+        except DataError:  # gone or incomplete: reading it says so
+            return super().input_paths()
+        return super().input_paths() | {f"data.path's {name}": folder / name for name in RELEASE}
+
     def reading(self, path: Path) -> IPinYouConfig:
         """Every row of ``path``, fields named by the featindex training read; a release
         folder (it holds a featindex, and train and test files) is refused, naming its test file."""
@@ -422,7 +431,7 @@ class IPinYouDataset(LibSVMDataset):
 def _ipinyou_folder(path: str | None) -> Path:
     files = resolve_files(path, "data.path", "*.fm.txt")
     folder = files[0].parent
-    for name in ("train.fm.txt", "test.fm.txt", FEATINDEX):
+    for name in RELEASE:
         if not (folder / name).is_file():
             raise DataError(f"data.path: {folder} lacks {name} (the iPinYou release has train, test and featindex)")
     return folder

@@ -56,7 +56,7 @@ class MovieLensConfig(DataConfig):
             files = _locate(self.path) if self.path else ()
         except DataError:  # gone or ambiguous: reading it says so
             files = ()
-        return super().input_paths() | {f"data.path's {f.suffix} file": f for f in files if f is not None}
+        return super().input_paths() | {f"data.path's {plain_name(f).suffix} file": f for f in files if f is not None}
 
     def reading(self, path: Path) -> MovieLensConfig:
         """Ratings of ``path`` with the ``.user`` / ``.item`` files beside them, else the

@@ -218,3 +218,13 @@ def test_scored_rows_carry_keys_that_join_each_score_to_its_user_target_and_item
     skipping = dataclasses.replace(config.reading(new), on_bad_rows="skip")
     encoded = encode_with_schema(skipping, prepared.root, tmp_path / "skipped", None, progress=False)
     assert not encoded.numbered and pa.compute.min(pq.read_table(encoded.keys).column("line")).as_py() == 2
+
+
+def test_the_input_paths_are_the_history_and_the_attributes_beside_it(tmp_path):
+    """With data.path a folder or the history file, the attributes file beside it was no input:
+    predict's --out could name it (and replace it)."""
+    path = write_amazon(tmp_path / "am")
+    for given in (path, path.parent):
+        paths = AmazonConfig(path=str(given)).input_paths()
+        assert paths["data.path's history file"] == path
+        assert paths["data.path's attributes file"] == path.with_name("Toy_item2attributes.json")

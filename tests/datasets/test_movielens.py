@@ -210,6 +210,8 @@ def test_gzip_ratings_and_side_files_read_as_their_plain_copies(tmp_path):
         source = MovieLensDataset(MovieLensConfig(path=str(path), split=SplitConfig(valid=0.0, test=0.0)))
         assert (source.inter, source.user, source.item) == tuple(packed / f"ml.{s}.gz" for s in ("inter", "user", "item"))
         assert _train_rows(source).equals(expected)
+    paths = MovieLensConfig(path=str(packed / "ml.item.gz")).input_paths()  # all three, each by its own key
+    assert {paths[f"data.path's .{s} file"] for s in ("inter", "user", "item")} == {packed / f"ml.{s}.gz" for s in ("inter", "user", "item")}
 
 
 def _train_rows(source):

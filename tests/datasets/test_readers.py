@@ -266,6 +266,8 @@ def test_ipinyou_rows_to_score_are_read_alone_with_the_training_featindex(tmp_pa
     (release / "test.fm.txt").write_text("1 0:1 3:1\n0 1:1 2:1\n0 1:1 3:1\n")
     (elsewhere / "rows.fm.txt").write_text("1 0:1 3:1\n")
     trained = IPinYouConfig(path=str(release))
+    named = IPinYouConfig(path=str(release / "train.fm.txt")).input_paths()  # the test file and featindex are inputs too
+    assert set(named.values()) >= {release / "test.fm.txt", release / "featindex.fm.txt"}
     for scored, rows in ((release / "test.fm.txt", 3), (release / "train.fm.txt", 6), (elsewhere / "rows.fm.txt", 1)):
         streams = IPinYouDataset(trained.reading(scored)).streams()
         assert sum(table(stream()).num_rows for stream in streams.values()) == rows, scored
