@@ -419,6 +419,9 @@ class IPinYouDataset(LibSVMDataset):
             return
         folder = _ipinyou_folder(config.path)
         train = folder / "train.fm.txt" if Path(config.path).expanduser().is_dir() else Path(config.path)
+        if train.resolve() == (folder / "test.fm.txt").resolve() and not config.test_path:
+            raise DataError(f"data.path: {train} is the release's test file (its rows would be trained on and "
+                            f"tested on); give the folder {folder} or its train.fm.txt")
         resolved = replace(
             config,
             path=str(train),

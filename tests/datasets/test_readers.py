@@ -464,3 +464,25 @@ def test_a_featindex_is_a_path_of_the_recipe_made_absolute_in_a_run(tmp_path, mo
     assert relative.input_paths()["data.featindex"].resolve() == tmp_path / "d" / "featindex.txt"
     kept = _as_kept(recipe_from_dict({"data": {"dataset": "libsvm", "path": "d/rows.txt", "featindex": "d/featindex.txt"}}))
     assert kept["data"]["featindex"] == str(tmp_path / "d" / "featindex.txt")
+
+
+def test_a_held_out_file_that_data_path_also_reads_is_refused(tmp_path):
+    """``test_path`` inside the ``data.path`` folder (or the same file), and an ``ipinyou``
+    data.path naming the release's test file: its rows were trained on and tested on, silently."""
+    (tmp_path / "d").mkdir()
+    for name in ("train.csv", "test.csv"):
+        (tmp_path / "d" / name).write_text("label,a\n1,x\n0,y\n")
+    features = [FeatureSpec(name="a")]
+    for path, key in ((tmp_path / "d", "test"), (tmp_path / "d" / "train.csv", "valid")):
+        paths = {f"{key}_path": str(tmp_path / "d" / ("test.csv" if key == "test" else "train.csv"))}
+        with pytest.raises(DataError, match=f"^data.{key}_path: .* is read by data.path too"):
+            CsvDataset(CsvConfig(path=str(path), features=features, **paths))
+    shared = CsvDataset(CsvConfig(path=str(tmp_path / "d" / "train.csv"), features=features,
+                                  valid_path=str(tmp_path / "d" / "test.csv"), test_path=str(tmp_path / "d" / "test.csv")))
+    assert shared.split_files["valid"] == shared.split_files["test"]  # validation and test may share a file
+    release = tmp_path / "release"
+    release.mkdir()
+    for name, text in (("featindex.fm.txt", "a:x\t0\n"), ("train.fm.txt", "1 0:1\n"), ("test.fm.txt", "0 0:1\n")):
+        (release / name).write_text(text)
+    with pytest.raises(DataError, match=f"^data.path: {release / 'test.fm.txt'} is the release's test file"):
+        IPinYouDataset(IPinYouConfig(path=str(release / "test.fm.txt")))
