@@ -22,7 +22,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Iterator
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -122,6 +122,13 @@ class AmazonDataset(DatasetSource):
 
     def files(self) -> list[Path]:
         return [self.history, self.attributes]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The source's key with the attributes file it reads, whether the recipe names it or it
+        is found beside the history (the same files: the same key)."""
+        key = super().fingerprint()
+        key["options"]["attributes"] = str(self.attributes.resolve())
+        return key
 
     def default_features(self) -> list[FeatureSpec]:
         config: AmazonConfig = self.config  # type: ignore[assignment]

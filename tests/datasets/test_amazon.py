@@ -160,6 +160,8 @@ def test_an_attributes_file_named_from_another_folder_keys_the_same_entry(tmp_pa
     monkeypatch.chdir(tmp_path)
     relative = AmazonDataset(AmazonConfig(path="am/Toy.txt", attributes="am/Toy_item2attributes.json"))
     assert relative.fingerprint() == absolute.fingerprint()
+    beside = AmazonDataset(AmazonConfig(path="am/Toy.txt"))  # the same file, found beside the history
+    assert beside.fingerprint() == absolute.fingerprint()
 
 
 def test_gzip_histories_and_attributes_read_as_their_plain_copies(tmp_path):
