@@ -91,7 +91,8 @@ class LibSVMDataset(FileSource):
         if self.featindex is not None and not self.featindex.is_file():
             raise DataError(f"data.featindex: {self.featindex} does not exist")
         if self.featindex is not None:
-            self.split_files = {split: _rows_files(files, self.featindex, split) for split, files in self.split_files.items()}
+            self.split_files = {split: _rows_files(files, self.featindex, split)
+                                for split, files in self.split_files.items()}
         self._index: FieldIndex | None = None
         self._defaults: list[FeatureSpec] | None = None
         self._read_kinds: dict[str, str] | None = None

@@ -211,7 +211,8 @@ def test_gzip_ratings_and_side_files_read_as_their_plain_copies(tmp_path):
         assert (source.inter, source.user, source.item) == tuple(packed / f"ml.{s}.gz" for s in ("inter", "user", "item"))
         assert _train_rows(source).equals(expected)
     paths = MovieLensConfig(path=str(packed / "ml.item.gz")).input_paths()  # all three, each by its own key
-    assert {paths[f"data.path's .{s} file"] for s in ("inter", "user", "item")} == {packed / f"ml.{s}.gz" for s in ("inter", "user", "item")}
+    kinds = ("inter", "user", "item")
+    assert [paths[f"data.path's .{kind} file"] for kind in kinds] == [packed / f"ml.{kind}.gz" for kind in kinds]
 
 
 def _train_rows(source):
