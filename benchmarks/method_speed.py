@@ -37,7 +37,7 @@ def select_once(way: str, entries: int, share: float) -> dict[str, float]:
     mask = (largest_mask if way == "largest" else topk_mask)(values, int(share * entries))
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"seconds": seconds, "extra_mb": (peak - before) / 1024, "kept": int(mask.sum())}
+    return {"seconds": seconds, "extra_mib": (peak - before) / 1024, "kept": int(mask.sum())}
 
 
 def selection(entries: int, share: float) -> dict[str, dict[str, float]]:
@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     chosen = selection(args.entries, args.share)
     top, ours = chosen["topk"], chosen["largest"]
     print(f"selection of {args.share:g} of {args.entries:,} entries: topk {top['seconds']:.2f} s, "
-          f"+{top['extra_mb']:.0f} MB; largest_mask {ours['seconds']:.2f} s, +{ours['extra_mb']:.0f} MB; "
-          f"time x{top['seconds'] / ours['seconds']:.2f}, memory x{top['extra_mb'] / max(ours['extra_mb'], 1):.1f}")
+          f"+{top['extra_mib']:.0f} MiB; largest_mask {ours['seconds']:.2f} s, +{ours['extra_mib']:.0f} MiB; "
+          f"time x{top['seconds'] / ours['seconds']:.2f}, memory x{top['extra_mib'] / max(ours['extra_mib'], 1):.1f}")
     dhe = dhe_lookup(args.batch, args.distinct, args.repeats)
     print(f"dhe lookup, {args.batch} ids of {args.distinct} distinct: per occurrence {dhe['per_occurrence'] * 1e3:.0f} ms, "
           f"per distinct id {dhe['per_distinct_id'] * 1e3:.0f} ms; x{dhe['per_occurrence'] / dhe['per_distinct_id']:.2f}")

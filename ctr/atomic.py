@@ -191,20 +191,23 @@ class CsvRows:
     interrupted job leaves every finished row and a rerun can read them back. ``numbers``:
     column → ``int`` or ``float``, what a non-empty value of that column must parse as;
     ``filled``: row → the columns of ``numbers`` that such a row holds a value in (a row's
-    seed always, its metrics when it finished)."""
+    seed always, its metrics when it finished); ``renamed``: a column's earlier name → its
+    name now (a file written before is read under the new names, and rewritten with them)."""
 
     def __init__(self, path: Path, columns: list[str], numbers: dict[str, type] | None = None,
-                 filled: Callable[[dict[str, str]], tuple[str, ...]] = lambda row: ()):
+                 filled: Callable[[dict[str, str]], tuple[str, ...]] = lambda row: (),
+                 renamed: dict[str, str] | None = None):
         self.path, self.columns = path, columns
         self.rows: list[dict[str, str]] = []
         if path.exists():
             try:
                 with path.open(newline="") as handle:
                     reader = csv.DictReader(handle)
-                    if reader.fieldnames != columns:  # another command's results, an older ctr's, or a cut header
-                        shown = ", ".join(reader.fieldnames or ["none"])
-                        raise UserError(f"{path}: not a results file of this command (its columns: {shown}); "
-                                        "choose another --out")
+                    found = reader.fieldnames or []
+                    if [(renamed or {}).get(name, name) for name in found] != columns:  # another command's, or cut
+                        raise UserError(f"{path}: not a results file of this command (its columns: "
+                                        f"{', '.join(found or ['none'])}); choose another --out")
+                    reader.fieldnames = columns
                     for row in reader:
                         self.rows.append(_checked_row(row, reader.line_num, path, numbers or {}, filled))
             except (UnicodeDecodeError, csv.Error) as err:

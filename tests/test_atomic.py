@@ -227,3 +227,18 @@ def test_a_fifo_is_never_replaced_by_a_write(tmp_path):
     with pytest.raises(UserError, match=r"not a regular file \(a character device\)"):
         check_writable(Path(os.devnull))
     assert [p.name for p in tmp_path.iterdir()] == ["out.fifo"] and stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+def test_a_results_file_of_a_renamed_column_is_read_under_its_new_name(tmp_path):
+    """A column renamed since (``renamed``: old name → new) is read from a file written
+    before, and the next ``add`` writes the new name: the older file was refused as another
+    command's."""
+    path = tmp_path / "results.csv"
+    path.write_text("a,old\nx,1\n")
+    rows = CsvRows(path, ["a", "new"], {"new": int}, renamed={"old": "new"})
+    assert rows.rows == [{"a": "x", "new": "1"}]
+    rows.add({"a": "y", "new": 2})
+    assert path.read_text() == "a,new\nx,1\ny,2\n"
+    path.write_text("a,other\nx,1\n")
+    with pytest.raises(UserError, match=r"not a results file of this command \(its columns: a, other\)"):
+        CsvRows(path, ["a", "new"], renamed={"old": "new"})

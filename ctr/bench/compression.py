@@ -8,8 +8,8 @@ interrupted. Before training, the method is built on the prepared schema: a budg
 reach is recorded as ``cannot reach (min x)`` and one past its compute limit as ``not run:
 compute (estimate)``, and the grid goes on. After each cell it rewrites ``OUT/results.md``
 (methods × budgets: test AUC mean ± std over seeds; then bytes, × full, train seconds, test
-rows/s of the compressed model and peak memory per cell; then each cell that failed, erred or
-went over its budget, with its status) and ``OUT/auc_vs_memory.png``
+rows/s of the compressed model and peak resident memory (MiB) per cell; then each cell that
+failed, erred or went over its budget, with its status) and ``OUT/auc_vs_memory.png``
 (test AUC against bytes, log scale), so a grid of hours shows what it has so far. With
 ``drop_checkpoints`` (``--drop-checkpoints``) a finished cell's checkpoints are deleted once
 its row is written (its recipe, log, metrics and stage outputs stay): a grid on 2 GB tables
@@ -58,12 +58,13 @@ log = logging.getLogger("ctr.bench")
 COLUMNS = [
     "method", "budget", "seed", "status", "test_auc", "test_logloss", "valid_auc", "embedding_bytes",
     "full_embedding_bytes", "memory_ratio", "train_seconds", "inference_seconds", "inference_rows_per_s",
-    "peak_rss_mb", "run_dir",
+    "peak_rss_mib", "run_dir",
 ]
+RENAMED = {"peak_rss_mb": "peak_rss_mib"}  # an older ctr's name of a column (its values were MiB too)
 NUMBERS = {  # what a non-empty value of these columns must parse as (the table and plot parse them)
     "seed": int, "embedding_bytes": int, "full_embedding_bytes": int,
     **{name: float for name in ("budget", "test_auc", "test_logloss", "valid_auc", "memory_ratio", "train_seconds",
-                                "inference_seconds", "inference_rows_per_s", "peak_rss_mb")},
+                                "inference_seconds", "inference_rows_per_s", "peak_rss_mib")},
 }
 FINISHED = ("test_auc", "test_logloss", "embedding_bytes", "memory_ratio", "train_seconds")  # what an ok row holds
 BENCH_FILE = "bench.json"  # what the benchmark measured of a cell beyond metrics.json
@@ -76,7 +77,7 @@ class Results(CsvRows):
     its new row replacing the old one."""
 
     def __init__(self, path: Path):
-        super().__init__(path, COLUMNS, NUMBERS, filled=_filled)
+        super().__init__(path, COLUMNS, NUMBERS, filled=_filled, renamed=RENAMED)
 
     def shown(self, seeds: int) -> list[dict[str, str]]:
         """The rows of the first ``seeds`` seeds (a rerun with fewer seeds reports those only)."""
@@ -234,9 +235,7 @@ def _run_cell(
     status = "ok" if run.metrics.exists() else _train_apart(cell, raw, run, out, children)
     if status != "ok":
         return {**row, "status": status}
-    metrics, measured = run.read_metrics(), run.root / BENCH_FILE
-    # a run finished by a child that outlived its benchmark has no peak memory on record
-    bench = json.loads(measured.read_text()) if measured.exists() else {"peak_rss_mb": None}
+    metrics = run.read_metrics()
     test_rows = json.loads((run.schema / "report.json").read_text())["splits"]["test"]["rows"]
     if drop_checkpoints:
         _drop_checkpoints(run)
@@ -253,7 +252,7 @@ def _run_cell(
         "train_seconds": metrics["train_seconds"],
         "inference_seconds": metrics["inference_seconds"],
         "inference_rows_per_s": test_rows / metrics["inference_seconds"],
-        "peak_rss_mb": bench["peak_rss_mb"],
+        "peak_rss_mib": peak_mib(run.root),
     }
 
 
@@ -298,8 +297,19 @@ def _train_apart(cell: Cell, raw: dict[str, Any], run: RunDir, out: Path, childr
         if code == 2 and error:
             return f"error: {error.removeprefix('ctr: error: ')}"
         return f"failed (exit {code}, see {log_file})"
-    atomic_write(run.root / BENCH_FILE, json.dumps({"peak_rss_mb": usage.ru_maxrss / 1024}) + "\n")
+    atomic_write(run.root / BENCH_FILE, json.dumps({"peak_rss_mib": usage.ru_maxrss / 1024}) + "\n")  # KiB on Linux
     return "ok"
+
+
+def peak_mib(run_root: Path) -> float | None:
+    """The peak resident memory in MiB (2**20 bytes) of the child that trained the run in
+    ``run_root`` (``BENCH_FILE``; an older ctr's ``peak_rss_mb``, MiB too); None for a run
+    finished by a child that outlived its benchmark (no peak memory on record)."""
+    measured = run_root / BENCH_FILE
+    if not measured.exists():
+        return None
+    bench = json.loads(measured.read_text())
+    return bench.get("peak_rss_mib", bench.get("peak_rss_mb"))
 
 
 def cell_groups(rows: list[dict[str, str]]) -> dict[tuple[str, str], list[dict[str, str]]]:
@@ -323,7 +333,7 @@ def markdown(rows: list[dict[str, str]]) -> str:
     lines += [
         "",
         "| method | budget | embedding bytes | × full | test AUC | test logloss | train s | test rows/s "
-        "| peak memory MB | seeds |",
+        "| peak memory MiB | seeds |",
         "|---" * 10 + "|",
     ]
     for (method, budget), group in groups.items():
@@ -335,7 +345,7 @@ def markdown(rows: list[dict[str, str]]) -> str:
         times = [r["train_seconds"] for r in ok]
         seconds = _spread(times, ".0f" if min(map(float, times)) >= 10 else ".1f")  # short runs: tenths
         rate = _spread([r.get("inference_rows_per_s") or "nan" for r in ok], ",.0f")
-        peaks = [float(r["peak_rss_mb"]) for r in ok if r.get("peak_rss_mb")]
+        peaks = [float(r["peak_rss_mib"]) for r in ok if r.get("peak_rss_mib")]
         peak = f"{max(peaks):,.0f}" if peaks else "–"
         size = int(ok[0]["embedding_bytes"])
         ratio = float(ok[0]["memory_ratio"])

@@ -80,7 +80,7 @@ def test_one_command_runs_every_cell_and_skips_finished_ones(tmp_path, caplog):
     assert hashed["seed"] == raw.get("seed", 42) + 1
     for row in rows:
         assert 0 < float(row["test_auc"]) <= 1 and float(row["inference_seconds"]) > 0
-        assert float(row["inference_rows_per_s"]) > 0 and 100 < float(row["peak_rss_mb"]) < 20_000  # a child's own
+        assert float(row["inference_rows_per_s"]) > 0 and 100 < float(row["peak_rss_mib"]) < 20_000  # a child's own
     assert float(rows[2]["memory_ratio"]) <= 0.25
     assert (out / "auc_vs_memory.png").stat().st_size > 0
     assert "| hash | 0.25 |" in (out / "results.md").read_text()
@@ -188,7 +188,7 @@ def test_a_killed_cell_resumes_from_its_checkpoint_on_the_next_run(tmp_path):
     (out / "results.csv").unlink()  # the benchmark killed, its child finishing the cell alone
     (run / "bench.json").unlink()
     (row,) = run_compression(recipe, ["hash"], [0.5], 1, out, []).rows
-    assert row["status"] == "ok" and row["peak_rss_mb"] == "" and row["test_auc"] == rerun.rows[0]["test_auc"]
+    assert row["status"] == "ok" and row["peak_rss_mib"] == "" and row["test_auc"] == rerun.rows[0]["test_auc"]
 
 
 def test_a_cell_killed_in_its_first_stage_resumes_on_the_next_run(tmp_path, caplog):
@@ -417,5 +417,5 @@ def test_a_cell_without_its_peak_memory_on_record_shows_a_dash_not_nan():
     the table read ``nan``."""
     row = {"method": "full", "budget": "", "seed": "0", "status": "ok", "test_auc": "0.6", "test_logloss": "0.5",
            "train_seconds": "3", "embedding_bytes": "100", "memory_ratio": "1.0", "inference_rows_per_s": "1000",
-           "peak_rss_mb": "", "run_dir": "b/runs/full-full-s0"}
+           "peak_rss_mib": "", "run_dir": "b/runs/full-full-s0"}
     assert "| 3.0 | 1,000 | – | 1 |" in markdown([row])

@@ -9,7 +9,7 @@ from ctr.errors import UserError
 def row(method, budget, seed, status="ok", auc="0.70", size="100"):
     return {"method": method, "budget": budget, "seed": str(seed), "status": status, "test_auc": auc,
             "test_logloss": "0.5", "train_seconds": "3", "embedding_bytes": size, "memory_ratio": "0.5",
-            "inference_rows_per_s": "1000", "peak_rss_mb": "900", "run_dir": f"runs/x/{method}-{budget}-s{seed}"}
+            "inference_rows_per_s": "1000", "peak_rss_mib": "900", "run_dir": f"runs/x/{method}-{budget}-s{seed}"}
 
 
 def test_collect_keeps_one_row_per_cell_the_newest(tmp_path):
@@ -68,3 +68,24 @@ def test_merge_reads_the_detail_lines_only_of_a_table_that_names_unfigured_cells
     new = markdown([row("hash", "0.5", 0), row("hash", "0.5", 1, status="failed (exit 1)", auc="")])
     assert "Not in the figures above:" in new
     assert list(merge("", new)[1]) == [("hash", "0.5")]
+
+
+def test_peak_memory_is_labelled_mib_and_an_older_results_file_reads(tmp_path):
+    """The peak resident memory is ``ru_maxrss`` KiB / 1024: MiB, which the table called MB
+    (and results.csv ``peak_rss_mb``); a results.csv or bench.json written under the old name
+    is read as before."""
+    from ctr.bench.compression import COLUMNS, peak_mib
+
+    assert "| test rows/s | peak memory MiB | seeds |" in markdown([row("hash", "0.5", 0)])
+    assert "| 1,000 | 900 | 1 |" in markdown([row("hash", "0.5", 0)])
+    older = tmp_path / "results.csv"
+    header = ",".join("peak_rss_mb" if c == "peak_rss_mib" else c for c in COLUMNS)
+    older.write_text(f"{header}\nhash,0.5,0,ok,0.7,0.5,0.6,100,200,0.5,3,0.5,1000,900.5,runs/x/hash-0.5-s0\n")
+    (kept,) = Results(older).rows
+    assert kept["peak_rss_mib"] == "900.5"
+    (tmp_path / "bench.json").write_text('{"peak_rss_mb": 512.25}\n')
+    assert peak_mib(tmp_path) == 512.25
+    (tmp_path / "bench.json").write_text('{"peak_rss_mib": 600.0}\n')
+    assert peak_mib(tmp_path) == 600.0
+    (tmp_path / "bench.json").unlink()
+    assert peak_mib(tmp_path) is None
