@@ -233,7 +233,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _bench_compression(args: argparse.Namespace) -> int:
-    from ctr.bench.compression import plan, run_compression
+    from ctr.bench.compression import plan, run_compression, tally
     from ctr.train.rundir import held
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -247,7 +247,7 @@ def _bench_compression(args: argparse.Namespace) -> int:
             args.recipe, methods, budgets, args.seeds, out, args.override, args.jobs, args.drop_checkpoints
         )
     print((out / "results.md").read_text(), end="")
-    print(f"\n{len(results.shown(args.seeds))} runs in {out / 'results.csv'}; plot {out / 'auc_vs_memory.png'}")
+    print(f"\n{tally(results.shown(args.seeds))} in {out / 'results.csv'}; plot {out / 'auc_vs_memory.png'}")
     unfinished = results.unfinished(plan(methods, budgets, args.seeds))
     if unfinished:
         print(f"ctr: {len(unfinished)} cells failed ({', '.join(unfinished[:3])}{' ...' if len(unfinished) > 3 else ''}): "

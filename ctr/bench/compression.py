@@ -366,6 +366,19 @@ def _unfigured(rows: list[dict[str, str]]) -> list[str]:
     return ["", "Not in the figures above:", ""] + [f"- `{Path(r['run_dir']).name}`: {r['status']}" for r in left]
 
 
+def tally(rows: list[dict[str, str]]) -> str:
+    """How many of ``rows``' cells finished, went over their budget, failed, or were refused
+    by their method: ``6 cells (2 finished, 1 failed, 3 not run: refused by their method)``."""
+    kinds = {
+        "finished": sum(r["status"] == "ok" for r in rows),
+        "over its budget": sum(r["status"].startswith("over budget") for r in rows),
+        "failed": sum(_failed(r) for r in rows),
+        "not run: refused by their method": sum(_refused(r) for r in rows),
+    }
+    counts = ", ".join(f"{count} {kind}" for kind, count in kinds.items() if count)
+    return f"{len(rows)} cell{'s' if len(rows) != 1 else ''} ({counts})"
+
+
 def _auc_cell(group: list[dict[str, str]]) -> str:
     ok = [r["test_auc"] for r in group if r["status"] == "ok"]
     if not group:

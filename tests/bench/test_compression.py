@@ -351,7 +351,7 @@ def test_cells_that_fail_make_the_command_fail_and_the_table_shows_the_asked_see
     assert "block: 3 must divide dim 8" in (tmp_path / "bench" / "results.md").read_text()
     fewer = subprocess.run([*command, "--methods", "hash", "--seeds", "1"], capture_output=True, text=True, cwd=tmp_path)
     assert fewer.returncode == 0, fewer.stderr[-2000:]
-    assert "| hash | 0.5 |" in fewer.stdout and "\n2 runs in " in fewer.stdout  # hash's seed 0 and robe's
+    assert "| hash | 0.5 |" in fewer.stdout and "\n2 cells (1 finished, 1 failed) in " in fewer.stdout  # hash's seed 0, robe's
     detail = next(line for line in fewer.stdout.splitlines() if line.startswith("| hash | 0.5 |"))
     assert detail.endswith("| 1 |") and " ± " not in detail
 

@@ -89,3 +89,16 @@ def test_peak_memory_is_labelled_mib_and_an_older_results_file_reads(tmp_path):
     assert peak_mib(tmp_path) == 600.0
     (tmp_path / "bench.json").unlink()
     assert peak_mib(tmp_path) is None
+
+
+def test_the_count_of_cells_says_how_many_finished_failed_and_were_refused():
+    """"5 runs in results.csv" counted the cells a method refused (never run) and those that
+    failed as runs."""
+    from ctr.bench.compression import tally
+
+    rows = [row("full", "", 0), row("hash", "0.5", 0), row("hash", "0.001", 0, status="cannot reach (min 0.006)"),
+            row("robe", "0.001", 0, status="not run: compute (9 GFLOP forward per 4096 ids)"),
+            row("robe", "0.5", 0, status="error: embedding.block: 3 must divide dim 8"),
+            row("mine", "0.5", 0, status="over budget (1.0000 × full)")]
+    assert tally(rows) == "6 cells (2 finished, 1 over its budget, 1 failed, 2 not run: refused by their method)"
+    assert tally(rows[:1]) == "1 cell (1 finished)"
