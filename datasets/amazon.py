@@ -59,6 +59,7 @@ class AmazonConfig(DataConfig):
     pooling: Pooling = "none"
     seed: int = 2024
     path_keys: ClassVar[tuple[str, ...]] = (*DataConfig.path_keys, "attributes")
+    encoding_keys: ClassVar[tuple[str, ...]] = (*DataConfig.encoding_keys, "max_len", "pooling")
 
     def __post_init__(self) -> None:
         if self.max_len < 1:

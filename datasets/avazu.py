@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -38,6 +39,7 @@ class AvazuConfig(FileConfig):
     """
 
     min_count: int = 1
+    encoding_keys: ClassVar[tuple[str, ...]] = (*FileConfig.encoding_keys, "min_count")
 
     def __post_init__(self) -> None:
         if self.min_count < 1:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from ctr.datasets.tabular import DelimitedSource, FileConfig
 from ctr.datasets.text import EmptyFileError, TextFormat, first_line
@@ -64,6 +64,7 @@ class CriteoConfig(FileConfig):
     format: Literal["auto", "dac", "kaggle"] = "auto"
     numeric_transform: Literal["log1p", "standardize", "quantile", "log_square"] = "log1p"
     min_count: int = 1
+    encoding_keys: ClassVar[tuple[str, ...]] = (*FileConfig.encoding_keys, "numeric_transform", "min_count")
 
     def __post_init__(self) -> None:
         if self.min_count < 1:

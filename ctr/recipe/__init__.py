@@ -90,6 +90,9 @@ class DataConfig:
     shuffle_buffer: int = 1_000_000
     on_device: bool = False
     path_keys: ClassVar[tuple[str, ...]] = ("path", "valid_path", "test_path", "cache_dir")  # made absolute in a run
+    # keys that change how rows are encoded or fed, never which rows are validated nor their
+    # labels: ``ctr tune`` ranks points that differ in these (a grid of other data keys is refused)
+    encoding_keys: ClassVar[tuple[str, ...]] = ("features", "cache_dir", "prefetch", "shuffle_buffer", "on_device")
 
     def input_paths(self) -> dict[str, Path]:
         """The files and folders the recipe reads rows from, by key (``data.path``, ...)."""

@@ -3,8 +3,11 @@
 Stage 1 trains every point of the grid once, with the recipe's seed, and ranks the points by
 the recipe's early-stopping monitor (``train.early_stop.monitor``, e.g. ``valid/auc``) as
 metrics.json reports it for the run's best checkpoint. Test metrics are recorded, never used
-to choose. Stage 2 trains the chosen point with seeds ``seed + 1 .. seed + n - 1`` (its
-stage-1 run is seed ``seed``) and reports each test metric as mean ± sample sd.
+to choose. Every point is validated on the same rows: an axis of a data key that changes them
+(``data.split``, ``data.path``, ...) is refused, one of how rows are encoded or fed
+(``DataConfig.encoding_keys``) is not. Stage 2 trains the chosen point with seeds
+``seed + 1 .. seed + n - 1`` (its stage-1 run is seed ``seed``) and reports each test metric
+as mean ± sample sd.
 
     ctr tune recipes/amazon_beauty/deepfm.yaml --grid train.embedding_optimizer.lr=0.01,0.05 \\
         --grid model.dropout=0,0.2 --seeds 3 --out runs/tune-deepfm
@@ -183,6 +186,7 @@ class Tuning:
         for item in self.overrides:
             apply_override(base, item)
         recipes = {p.key: self._recipe(base, p) for p in self.points}  # every point validated before any training
+        _check_data_axes(self.points, recipes[self.points[0].key])
         self._check_seeds(recipes)
         monitor, mode = criterion(list(recipes.values()))
         results = Results(self.out / "results.csv")
@@ -305,6 +309,21 @@ def _check_overrides(points: list[Point], overrides: list[str]) -> None:
         if axis is not None:
             raise UserError(f"-o {key}: --grid {axis} sets it at every point (the -o value would be ignored); "
                             "give it in one of them")
+
+
+def _check_data_axes(points: list[Point], first: Recipe) -> None:
+    """Refuses a ``--grid`` axis of a data key that changes which rows (or labels) a point is
+    validated on (``data.split``, ``data.path``, ``data.rows``, ...): a ranking compares
+    points on one validation set, as an Optuna or Ray Tune objective does. The data keys
+    that change only how rows are encoded or fed (``DataConfig.encoding_keys`` of the
+    dataset of ``first``, the first point's recipe: ``features``, ``min_count``, ...) may vary."""
+    allowed = type(first.data).encoding_keys  # every point's dataset is the first's (data.dataset is refused)
+    for key in (item.partition("=")[0] for item in points[0].overrides):
+        path = key.split(".")
+        if path[0] == "data" and (len(path) == 1 or path[1] not in allowed):
+            raise UserError(f"--grid {key}: changes the validation data (its points would be ranked on different "
+                            f"validation rows or labels); a grid's data keys are {', '.join(allowed)} here (run "
+                            "ctr tune once per setting of the others)")
 
 
 def _base_backend(raw: dict[str, Any]) -> Any:

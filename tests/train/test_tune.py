@@ -520,3 +520,29 @@ def test_a_seed_of_the_chosen_point_that_diverges_is_named_beside_its_mean(tmp_p
     table = (out / "results.md").read_text()
     assert "Chosen: `train.embedding_optimizer.lr=0.05`, 2 of 3 seeds (mean ± sample sd; seed 43 failed: training: " \
            "the loss is not finite at step 3; stopped at step 3):" in table
+
+
+@pytest.mark.parametrize("axis, key", [
+    ("data.split.seed=1,2", "data.split.seed"), ("data.split={valid: 0.2},{valid: 0.3}", "data.split"),
+    ("data.rows=4000,5000", "data.rows"), ("data.seed=1,2", "data.seed"),
+    ("data={dataset: synthetic, rows: 4000},{dataset: synthetic, rows: 5000}", "data"),
+])
+def test_a_grid_axis_that_changes_the_validation_rows_is_refused_naming_it(tmp_path, axis, key):
+    """Each value of such an axis was validated on other rows, and the points were ranked
+    together (``data.split.seed=1,2``: the choice went to the easier split)."""
+    trainer = FakeTrainer()
+    with pytest.raises(UserError) as err:
+        Tuning(_recipe_file(tmp_path), parse_grid([axis, "train.embedding_optimizer.lr=0.01,0.1"]), 1,
+               tmp_path / "t", [], trainer).run()
+    assert str(err.value) == (f"--grid {key}: changes the validation data (its points would be ranked on different "
+                              "validation rows or labels); a grid's data keys are features, cache_dir, prefetch, "
+                              "shuffle_buffer, on_device here (run ctr tune once per setting of the others)")
+    assert trainer.calls == [] and not (tmp_path / "t").exists()
+
+
+def test_a_data_axis_that_leaves_the_validation_rows_alone_is_tuned(tmp_path):
+    """Settings of how rows are encoded or fed (not which rows are validated) rank together."""
+    trainer = FakeTrainer()
+    grid = parse_grid(["data.shuffle_buffer=100,1000", "train.embedding_optimizer.lr=0.01,0.1"])
+    best = Tuning(_recipe_file(tmp_path), grid, 1, tmp_path / "t", [], trainer).run()
+    assert best.overrides == ("data.shuffle_buffer=100", "train.embedding_optimizer.lr=0.1") and len(trainer.calls) == 4
