@@ -8,8 +8,9 @@ interrupted. Before training, the method is built on the prepared schema: a budg
 reach is recorded as ``cannot reach (min x)`` and one past its compute limit as ``not run:
 compute (estimate)``, and the grid goes on. After each cell it rewrites ``OUT/results.md``
 (methods × budgets: test AUC mean ± std over seeds; then bytes, × full, train seconds, test
-rows/s of the compressed model and peak resident memory (MiB) per cell; then each cell that
-failed, erred or went over its budget, with its status) and ``OUT/auc_vs_memory.png``
+rows/s of the compressed model and peak resident memory (MiB, the largest of the seeds')
+per method and budget; then each cell that failed, erred or went over its budget, with its
+status) and ``OUT/auc_vs_memory.png``
 (test AUC against bytes, log scale), so a grid of hours shows what it has so far. With
 ``drop_checkpoints`` (``--drop-checkpoints``) a finished cell's checkpoints are deleted once
 its row is written (its recipe, log, metrics and stage outputs stay): a grid on 2 GB tables
