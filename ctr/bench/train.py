@@ -2,7 +2,7 @@
 
 The recipe trains in the same loop as ``ctr train`` (Lightning fit of ``CTRTask``, the
 recipe's loaders and optimizers; no validation, no checkpoints) for ``warmup`` untimed steps,
-then ``steps`` timed steps, then ``profile_steps`` steps under the profiler:
+then ``steps`` timed steps, then, on a GPU, ``profile_steps`` steps under the profiler:
 
 - samples/s: the timed steps' samples over their wall time (the device synchronized at both
   ends only, so the host runs ahead as in training);
@@ -142,11 +142,12 @@ def run_train_bench(config: TrainBenchConfig) -> TrainBenchResult:
     L.seed_everything(recipe.seed, verbose=False)
     prepared = prepare(recipe.data, sys.stderr.isatty())
     clock = EventClock(device) if device.type == "cuda" else WallClock()
+    profiled = config.profile_steps if device.type == "cuda" else 0  # the profiler's figures are a GPU's only
     task = CTRTask(recipe, prepared.schema, phases=clock)
     window = _Window(clock, config, device)
     trainer = L.Trainer(
         accelerator=accelerator, devices=1, precision=recipe.trainer.precision, max_epochs=-1,
-        max_steps=config.warmup + config.steps + config.profile_steps, limit_val_batches=0, logger=False,
+        max_steps=config.warmup + config.steps + profiled, limit_val_batches=0, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         callbacks=[window],
     )

@@ -41,6 +41,19 @@ def test_bench_train_without_profiled_steps_ends_its_window_at_the_last_step(tmp
     assert result.samples == 2 * 512 and result.seconds > 0 and result.samples_per_s > 0
 
 
+def test_bench_train_on_a_cpu_trains_no_profiled_steps(tmp_path, monkeypatch):
+    """The profiler runs on a GPU only: on a CPU the ``--profile-steps`` steps after the timed
+    ones trained with nothing measured (10 more steps by default)."""
+    from ctr.bench import train as bench
+
+    steps = []
+    monkeypatch.setattr(bench._Window, "on_train_batch_end", lambda self, *args: steps.append(self.step), raising=False)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    result = run_train_bench(TrainBenchConfig(path, [], "cpu", warmup=1, steps=2, profile_steps=3))
+    assert steps == [1, 2, 3] and result.samples == 2 * 512 and result.seconds > 0
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA device")
 def test_bench_train_refuses_a_missing_gpu(tmp_path, capsys):
     path = tmp_path / "tiny.yaml"
