@@ -399,7 +399,7 @@ def markdown(rows: list[dict[str, str]], best: Point, monitor: str, mode: str,
             f"{float(row['valid']):.4f} | " + " | ".join(_number(row[f"test_{k}"]) for k in TEST_KEYS))
         lines.append(f"| {row['point']}{mark} | {row['settings']} | {scores} |")
     if not_run:
-        lines += ["", "Not trained (the method refuses the budget):", ""]
+        lines += ["", "Not trained (refused before training):", ""]
         lines += [f"- `{label}`: {why}" for label, why in not_run.items()]
     runs = [r for r in rows if r["point"] == best.key]
     chosen = [r for r in runs if not r["failed"]]
