@@ -39,6 +39,24 @@ def require_rows(recipe: Recipe, prepared: Prepared, splits: tuple[str, ...]) ->
             raise DataError(f"data: the {split} split holds no rows ({hint})")
 
 
+def check_schedule_floors(recipe: Recipe, net: CTRNet) -> None:
+    """Refuses a schedule whose ``min_lr`` (the lr it falls to) is above the lr of an
+    optimizer it schedules: it would raise that lr (cosine, linear_warmup) or never lower it
+    (plateau). The embedding optimizer counts where ``net``'s method has rows for it to step
+    (or the update is fused). For a new run, one process or several: a resumed one goes on
+    with the schedule it had."""
+    train = recipe.train
+    rows = any(p.requires_grad for p in net.embedding.sparse_parameters())
+    parts = {"dense": "optimizer", **({"embedding": "embedding_optimizer"} if rows or
+                                      train.embedding_optimizer.fused else {})}
+    for part, name in parts.items():
+        floor, lr = getattr(train.schedule_of(part), "min_lr", 0.0), getattr(train, name).lr
+        if floor > lr:
+            key = "embedding_scheduler" if part == "embedding" and train.embedding_scheduler else "scheduler"
+            raise RecipeError(f"train.{key}.min_lr: {floor:g} is above train.{name}.lr {lr:g}, the lr it falls "
+                              "from; use a min_lr below it")
+
+
 def check_before_fit(recipe: Recipe, prepared: Prepared, batches: int, net: CTRNet, world_size: int) -> None:
     """Refuses what only the ``prepared`` data (an epoch's ``batches``) or the built ``net`` shows
     to be wrong, before anything trains or a stage writes its files."""

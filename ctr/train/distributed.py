@@ -40,7 +40,9 @@ from ctr.errors import RecipeError
 from ctr.recipe import Recipe
 from ctr.registry import EMBEDDINGS
 from ctr.train.checkpoints import Checkpointer, TrainState, is_distributed_checkpoint
-from ctr.train.checks import TRAINING_MIN_ROWS, check_batch_split, check_before_fit, require_rows
+from ctr.train.checks import (
+    TRAINING_MIN_ROWS, check_batch_split, check_before_fit, check_schedule_floors, require_rows,
+)
 from ctr.train.distributed_epochs import EpochLoop, Span, evaluate
 from ctr.train.distributed_optim import Optimizers
 from ctr.train.distributed_stages import ArchSteps, cycle, run_stages
@@ -131,6 +133,8 @@ def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[s
     if resume:
         run.check_resumed_encoding(prepared.root)  # every rank: the same refusal
     net = CTRNet(recipe, prepared.schema)  # a method refused (its budget) leaves nothing in the run directory
+    if not resume:
+        check_schedule_floors(recipe, net)  # every rank: the same refusal, before the run directory is written
     if place.rank == 0:
         run.keep_data(recipe, prepared.root, resume)
         log.info("run directory: %s", run.root)

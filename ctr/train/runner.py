@@ -19,7 +19,7 @@ from ctr.recipe import Recipe
 from ctr.train import distributed
 from ctr.train.checkpoints import is_distributed_checkpoint
 from ctr.train.launch import group_holds, launched, process_group, require_one_process, shared_path
-from ctr.train.checks import check_before_fit, require_rows
+from ctr.train.checks import check_before_fit, check_schedule_floors, require_rows
 from ctr.train.loop import (
     Placement, Session, evaluate_checkpoint, fit, placement, quiet_lightning, trainer_for, use_threads,
 )
@@ -75,7 +75,7 @@ def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:
         run.check_resumed_encoding(prepared.root)
     task = CTRTask(recipe, prepared.schema)  # a method refused (its budget) leaves nothing in the run directory
     if not resume:
-        task.check_schedule_floors()
+        check_schedule_floors(recipe, task.net)
     run.keep_data(recipe, prepared.root, resume)
     log.info("run directory: %s", run.root)
     log.info("%s", summary(recipe, task.net, prepared))

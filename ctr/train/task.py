@@ -383,22 +383,6 @@ class CTRTask(L.LightningModule):
         other = {id(p) for p in self.net.embedding.sparse_parameters() + self._arch_parameters()}
         return [p for p in self.parameters() if p.requires_grad and id(p) not in other]
 
-    def check_schedule_floors(self) -> None:
-        """Refuses a schedule whose ``min_lr`` (the lr it falls to) is above the lr of an
-        optimizer it schedules: it would raise that lr (cosine, linear_warmup) or never lower it
-        (plateau). The embedding optimizer counts where the method has rows for it to step (or
-        the update is fused). For a new run: a resumed one goes on with the schedule it had."""
-        train = self.recipe.train
-        rows = any(p.requires_grad for p in self.net.embedding.sparse_parameters())
-        parts = {"dense": "optimizer", **({"embedding": "embedding_optimizer"} if rows or
-                                          train.embedding_optimizer.fused else {})}
-        for part, name in parts.items():
-            floor, lr = getattr(train.schedule_of(part), "min_lr", 0.0), getattr(train, name).lr
-            if floor > lr:
-                key = "embedding_scheduler" if part == "embedding" and train.embedding_scheduler else "scheduler"
-                raise RecipeError(f"train.{key}.min_lr: {floor:g} is above train.{name}.lr {lr:g}, the lr it falls "
-                                  "from; use a min_lr below it")
-
     def _say_embedding_optimizer_unused(self) -> None:
         """Warns that the recipe's ``train.embedding_optimizer`` (or ``embedding_scheduler``)
         steps nothing: the method has no embedding rows for it (DHE's MLP, the quantized tables)."""

@@ -126,11 +126,12 @@ def test_invalid_schedules_name_the_key(train, message):
 
 def optimizers_of(raw: dict) -> None:
     """Checks a new run's schedule floors and builds its optimizers, over a small schema."""
+    from ctr.train.checks import check_schedule_floors
     from ctr.train.task import CTRTask
     from tests.embeddings.schemas import schema
 
     task = CTRTask(recipe_from_dict({"model": {"name": "lr"}, **raw}), schema())
-    task.check_schedule_floors()
+    check_schedule_floors(task.recipe, task.net)
     task.configure_optimizers()
 
 
@@ -212,3 +213,26 @@ def test_a_new_run_with_a_floor_above_its_lr_is_refused_before_anything_is_writt
     with pytest.raises(RecipeError, match=r"^train\.scheduler\.min_lr: 1 is above train\.optimizer\.lr"):
         train(recipe, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_new_distributed_run_with_a_floor_above_its_lr_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """The distributed loop (here a group of one gloo process) trained such a run: only the
+    one-process runner checked the floor."""
+    from ctr.train import distributed
+    from ctr.train.launch import process_group
+    from ctr.train.rundir import RunDir
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    recipe = recipe_from_dict(tiny_recipe(tmp_path, train={"scheduler": {"name": "cosine", "min_lr": 1}}))
+    with process_group(recipe) as place, pytest.raises(RecipeError, match=r"^train\.scheduler\.min_lr: 1 is above"):
+        distributed.train(recipe, RunDir(tmp_path / "run"), False, place)
+    assert not (tmp_path / "run").exists()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
