@@ -109,7 +109,8 @@ class Stale:
 def stale_entries(root: Path) -> list[Stale]:
     """The entries of cache folder ``root`` (``cache_root``) that are stale: unfinished
     preparations whose process is gone, entries of another pipeline version (or written before
-    entries recorded their key), and entries whose input files changed or were deleted."""
+    entries recorded their key), entries of another version of a generated dataset's
+    generator, and entries whose input files changed or were deleted."""
     stale = []
     for entry in sorted(root.iterdir()) if root.is_dir() else []:
         reason = _staleness(entry)
@@ -141,6 +142,9 @@ def _staleness(entry: Path) -> str | None:
     inputs = json.loads((entry / KEY_FILE).read_text())
     if inputs.get("version") != PIPELINE_VERSION:
         return f"pipeline version {inputs.get('version')} (now {PIPELINE_VERSION})"
+    generator = _generator_change(entry.name, inputs["source"])
+    if generator:
+        return generator
     for path, size, mtime in inputs["source"].get("files", []):
         file = Path(path)
         if not file.exists():
@@ -152,6 +156,21 @@ def _staleness(entry: Path) -> str | None:
         if not Path(module).is_file() or code_digest(Path(module)) != digest:
             return f"the code of dataset plugin {module} changed"
     return None
+
+
+def _generator_change(name: str, source: dict[str, Any]) -> str | None:
+    """How the generator of a generated dataset's entry ``name`` (``<dataset>-<key>``) differs
+    from the registered one's now (its ``generator_version``, in ``source``, its saved
+    fingerprint); None when it is the same, or for data read from files."""
+    if "generator" not in source:
+        return None
+    dataset = name.rsplit("-", 1)[0]
+    if dataset not in DATASETS:  # a plugin no longer installed: its files' stamps say the rest
+        return None
+    now = getattr(DATASETS.get(dataset).target, "generator_version", None)
+    if source["generator"] == now:
+        return None
+    return f"{dataset} generator version {source['generator']} (now {now})"
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -158,3 +158,20 @@ def test_the_same_file_named_from_another_folder_shares_the_entry(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     raw["data"]["path"] = "rows.csv"
     assert prepare(recipe_from_dict(raw).data, progress=False).root == absolute.root
+
+
+def test_an_entry_of_an_earlier_synthetic_generator_is_not_reused_and_is_stale(tmp_path, capsys, monkeypatch):
+    """Generator 4 drew every label 0 with ``interacting_pairs: 0`` (its logits were nan); its
+    fixed successor kept the version, and so the key: runs read the all-zero entry again."""
+    from ctr.datasets.synthetic import SyntheticDataset
+
+    data = recipe_from_dict(tiny_recipe(tmp_path, data={"interacting_pairs": 0})).data
+    monkeypatch.setattr(SyntheticDataset, "generator_version", 4)
+    old = prepare(data, progress=False)
+    monkeypatch.undo()
+    new = prepare(data, progress=False)
+    assert new.root != old.root and 0 < new.report["splits"]["train"]["positive_rate"] < 1
+    assert main(["data", "clean", "--dry-run", "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert f"would remove {old.root.name}" in out and "synthetic generator version 4 (now 5)" in out, out
+    assert new.root.name not in out and "1 stale entries" in out
