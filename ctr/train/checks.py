@@ -68,6 +68,7 @@ def check_before_fit(recipe: Recipe, prepared: Prepared, batches: int, net: CTRN
         counted = f"{rows} row{shared} makes" if rows == 1 else f"{rows} rows{shared} make"
         raise DataError(f"data: the train split's {counted} no training batch (a last batch of fewer than "
                         f"{TRAINING_MIN_ROWS} rows a process is dropped)")
+    _check_two_classes(prepared)
     every = recipe.train.eval_every_n_steps
     if every and every > batches:  # it counts within the epoch
         raise RecipeError(f"train.eval_every_n_steps: {every} is more than the {batches} batches of an epoch")
@@ -89,6 +90,18 @@ def check_before_fit(recipe: Recipe, prepared: Prepared, batches: int, net: CTRN
         raise RecipeError(f"train.batch_size: {size}{shared}; the model's BatchNorm needs at least "
                           f"{TRAINING_MIN_ROWS} rows a batch in each process (a larger batch, or "
                           "model.batch_norm: false where the model has it)")
+
+
+def _check_two_classes(prepared: Prepared) -> None:
+    """Refuses a train split whose labels are all one class, naming its cache entry: a model
+    learns nothing from it (a wrong ``data.label``, or an entry encoded from such rows)."""
+    train = prepared.report["splits"]["train"]
+    if train["positive_rate"] not in (0.0, 1.0):
+        return
+    labels = "clicks (label 1)" if train["positive_rate"] else "non-clicks (label 0)"
+    raise DataError(f"data: the train split's {train['rows']} rows are all {labels} (encoded in {prepared.root}); a "
+                    f"model learns nothing from one class: check data.label ({prepared.schema.label!r}) and the "
+                    "input rows")
 
 
 def _compile_refusal(recipe: Recipe, split: str, rows: int, use: str) -> RecipeError:

@@ -414,3 +414,20 @@ def test_a_run_directory_that_is_missing_or_not_a_run_is_one_line_saying_which(t
     code, err = run_cli(capsys, *(a.format(**paths) for a in args))
     assert_one_line(code, err, message.format(**paths))
     assert not paths["missing"].exists()
+
+
+def test_a_train_split_of_one_class_is_one_line_naming_its_cache_entry(tmp_path, capsys):
+    """A model learns nothing from one label: such a split (an encoding of all-zero labels, a
+    wrong data.label) trained to the end and reported a meaningless run."""
+    rows = "".join(f"0,u{i % 5},a{i % 3}\n" for i in range(40))
+    (tmp_path / "train.csv").write_text("label,user,ad\n" + rows)
+    (tmp_path / "valid.csv").write_text("label,user,ad\n" + "".join(f"{i % 2},u{i},a{i}\n" for i in range(6)))
+    raw = tiny_recipe(tmp_path, train={"batch_size": 8, "early_stop": {"monitor": "valid/logloss", "mode": "min"}})
+    raw["data"] = {"dataset": "csv", "path": str(tmp_path / "train.csv"), "valid_path": str(tmp_path / "valid.csv"),
+                   "cache_dir": raw["data"]["cache_dir"], "features": [{"name": "user"}, {"name": "ad"}]}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    code, err = run_cli(capsys, "train", tmp_path / "r.yaml", "--out", tmp_path / "run")
+    entry = next((tmp_path / "cache" / "data").iterdir())
+    assert_one_line(code, err, f"data: the train split's 39 rows are all non-clicks (label 0) (encoded in {entry}); a "
+                               "model learns nothing from one class: check data.label ('label') and the input rows")
+    assert not (tmp_path / "run" / "checkpoints").exists()
