@@ -10,40 +10,62 @@ import argparse
 import logging
 import os
 import shlex
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Callable
 
 from ctr.atomic import DISK_FULL
 from ctr.cli_args import build_parser
-from ctr.errors import Terminated, UserError, sigterm_raises
+from ctr.errors import Terminated, UserError, raise_terminated, sigterm_raises
+from ctr.host import launched
 
 
 def entry() -> None:
     """The ``ctr`` command (the console script and ``python -m ctr``): exits with ``main``'s code.
 
-    A process that joined a process group (a rank of a distributed run, or a distributed run
-    resumed on one process) exits without the interpreter's finalization once its output is
-    flushed, as multiprocessing's child processes do. DDP and torch.distributed.checkpoint
-    keep the gloo process group alive past ``destroy_process_group``, so its worker threads
-    outlive ``main``; one still releasing the tensors of a last collective when finalization
-    begins takes the GIL and aborts the process ("terminate called without an active
-    exception"), turning a finished run into a failed one. An unexpected exception prints
-    its traceback and exits with 1 on either path.
+    SIGTERM raises ``Terminated`` from the start (the CLI says so on one line and exits 143;
+    a command's own parts hand it to Lightning inside a fit), not only once a command took it
+    over: before, the seconds of importing torch and Lightning ended ``ctr train`` without a
+    word. A rank of a launched group keeps the default, which ends it even inside a blocking
+    collective; its launcher says why it ended. Once ``main`` returned, its output is written
+    and SIGTERM is ignored while the process ends with its code.
+
+    A process that imported torch exits without the interpreter's finalization once its
+    output is flushed (and no thread of its own runs), as multiprocessing's child processes
+    do: torch's teardown takes seconds, after a run's last line, in which a SIGTERM ended
+    the process without a word. In a process that joined a process group it is needed too:
+    DDP and torch.distributed.checkpoint keep the gloo process group alive past
+    ``destroy_process_group``, so its worker threads outlive ``main``; one still releasing
+    the tensors of a last collective when finalization begins takes the GIL and aborts the
+    process ("terminate called without an active exception"), turning a finished run into
+    a failed one. An unexpected exception prints its traceback and exits with 1 on either path.
     """
+    if not launched():
+        signal.signal(signal.SIGTERM, raise_terminated)
     try:
         code = main()
+    except Terminated:  # before main could say it (while the command line is read)
+        print("ctr: terminated (SIGTERM)", file=sys.stderr)
+        code = 143
     except Exception:  # a bug: its traceback, then the same exit as any other end
         traceback.print_exc()
         code = 1
-    launch = sys.modules.get("ctr.train.launch")  # never imported: no group was joined (and no torch to load)
-    if launch is not None and launch.joined_a_group():
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    launch = sys.modules.get("ctr.train.launch")  # never imported: no group was joined
+    if launch is not None and launch.joined_a_group() or "torch" in sys.modules and not _own_threads():
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def _own_threads() -> bool:
+    """Whether a Python thread that the interpreter's finalization would wait for still runs."""
+    return any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +151,7 @@ def _bench_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from ctr.recipe import load_recipe
     from ctr.train.rundir import RESUME_OVERRIDES, RunDir
-    from ctr.train.launch import die_with_starter, launched
+    from ctr.train.launch import die_with_starter
     from ctr.train.runner import default_run_dir, train
 
     die_with_starter()

@@ -72,11 +72,20 @@ def sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def raise_until_lightning(signum: int, frame: object) -> None:
+    """A SIGTERM handler for a Lightning fit: raises ``Terminated`` while it is the handler
+    installed (the fit's setup, a checkpoint's restore, its teardown), and leaves SIGTERM to
+    Lightning once the Trainer installed its own, which calls the handler it found too."""
+    if signal.getsignal(signal.SIGTERM) is raise_until_lightning:
+        raise Terminated
+
+
 @contextmanager
 def sigterm_to_lightning() -> Iterator[None]:
-    """Inside (a Lightning fit), SIGTERM is Lightning's alone: it ends the fit at a step's end.
-    Lightning calls the handler it found too, and ``sigterm_raises``' would raise mid-step."""
-    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    """Inside (a Lightning fit), SIGTERM is Lightning's alone once its Trainer handles it: it
+    ends the fit at a step's end (``sigterm_raises``' handler, which Lightning calls too, would
+    raise mid-step). Before that, and after, it raises ``Terminated``."""
+    previous = signal.signal(signal.SIGTERM, raise_until_lightning)
     try:
         yield
     finally:

@@ -12,3 +12,8 @@ def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity; all cores where there is none)."""
     affinity = getattr(os, "sched_getaffinity", None)
     return len(affinity(0)) if affinity else os.cpu_count() or 1
+
+
+def launched() -> bool:
+    """Whether this process is one rank of a launched group (torchrun's or ctr's)."""
+    return int(os.environ.get("WORLD_SIZE", 1)) > 1

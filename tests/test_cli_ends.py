@@ -224,3 +224,84 @@ def test_sigterm_while_a_command_prepares_its_data_is_one_line_and_143(tmp_path,
     done = subprocess.run([sys.executable, "-c", STOPPED_IN.format(module=module, name=name), *argv],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert (done.returncode, done.stderr.strip().splitlines()[-1:]) == (143, [said]), done.stderr[-2000:]
+
+
+FIRST = """
+import os, signal, sys
+import ctr.cli as cli
+
+handlers = cli._handlers
+
+def stopped_first():
+    found = handlers()
+    command = found[sys.argv[1]]
+    def stop_then_run(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return command(args)
+    found[sys.argv[1]] = stop_then_run
+    return found
+
+cli._handlers = stopped_first
+cli.entry()
+"""
+
+
+def test_sigterm_as_ctr_train_starts_is_one_line_and_143(tmp_path):
+    """Before the training took SIGTERM over (the seconds of importing torch and Lightning),
+    a SIGTERM ended ``ctr train`` without a word (exit -15)."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", FIRST, "train", "r.yaml", "--out", "run"], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 143 and done.stderr.startswith("ctr: terminated (SIGTERM); `ctr train --resume")
+    assert len(done.stderr.splitlines()) == 1 and list(tmp_path.iterdir()) == [], done.stderr
+
+
+ENDED = """
+import atexit, sys, time
+import ctr.cli as cli
+
+def said(args):
+    print("done", flush=True)
+    return 0
+
+handlers = cli._handlers
+cli._handlers = lambda: {**handlers(), "models": said}
+atexit.register(time.sleep, 1.0)  # a teardown that takes its time, as torch's does (seconds)
+cli.entry()
+"""
+
+
+def test_sigterm_once_a_command_said_its_result_ends_it_with_its_code(tmp_path):
+    """After ``ctr train``'s test line, the interpreter's teardown of torch took seconds, in
+    which a SIGTERM ended the process without a word (exit -15)."""
+    import signal
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", ENDED, "models"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    assert child.stdout.readline() == "done\n"
+    child.send_signal(signal.SIGTERM)
+    err = child.communicate(timeout=60)[1]
+    assert (child.returncode, err) in [(0, ""), (143, "ctr: terminated (SIGTERM)\n")], (child.returncode, err)
+
+
+def test_sigterm_in_a_fit_before_lightning_takes_it_raises_and_is_lightnings_after():
+    """Inside ``sigterm_to_lightning`` SIGTERM was the default until the Trainer installed its
+    handler (its setup, a checkpoint's restore): it ended the process without a word."""
+    import os
+    import signal
+
+    from lightning.pytorch.trainer.connectors.signal_connector import _HandlersCompose
+
+    from ctr.errors import sigterm_to_lightning
+
+    noted = []
+    with sigterm_to_lightning():
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)  # else the kill below ends pytest
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+        # as the Trainer composes its handler with the one it finds
+        signal.signal(signal.SIGTERM, _HandlersCompose([lambda *_: noted.append(1), signal.getsignal(signal.SIGTERM)]))
+        os.kill(os.getpid(), signal.SIGTERM)  # Lightning's: noted, the fit ends at a step's end, nothing raised
+    assert noted == [1]

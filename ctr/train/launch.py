@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from ctr.errors import RecipeError, Terminated, UserError, sigterm_raises
+from ctr.host import launched
 from ctr.recipe import Recipe
 from ctr.train.loop import Placement, placement
 from ctr.train.rundir import RunDir
@@ -34,11 +35,6 @@ LAUNCHER = "CTR_LAUNCHER_PID"  # set in the ranks ctr's launcher starts
 STARTER = "CTR_STARTER_PID"  # set in the ``ctr train`` processes another ctr command (a benchmark) starts
 
 log = logging.getLogger("ctr.train")
-
-
-def launched() -> bool:
-    """Whether this process is one rank of a launched group (torchrun's or ctr's)."""
-    return int(os.environ.get("WORLD_SIZE", 1)) > 1
 
 
 def require_one_process(recipe: Recipe) -> None:
