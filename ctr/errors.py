@@ -50,8 +50,10 @@ def reason(err: BaseException, typed: bool = False) -> str:
     return f"{name}: {said}" if typed else said
 
 
-class Terminated(Exception):
-    """The process received SIGTERM inside ``sigterm_raises``."""
+class Terminated(BaseException):
+    """The process received SIGTERM (where ctr, not Lightning, handles it). A BaseException,
+    as KeyboardInterrupt is: an ``except Exception`` that reads a failure as a broken file or
+    an unusable plugin does not take a SIGTERM for one."""
 
 
 def raise_terminated(signum: int, frame: object) -> None:

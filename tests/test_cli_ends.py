@@ -305,3 +305,18 @@ def test_sigterm_in_a_fit_before_lightning_takes_it_raises_and_is_lightnings_aft
         signal.signal(signal.SIGTERM, _HandlersCompose([lambda *_: noted.append(1), signal.getsignal(signal.SIGTERM)]))
         os.kill(os.getpid(), signal.SIGTERM)  # Lightning's: noted, the fit ends at a step's end, nothing raised
     assert noted == [1]
+
+
+def test_sigterm_while_a_checkpoint_loads_is_not_a_broken_checkpoint(tmp_path, monkeypatch):
+    """``except Exception`` around torch.load (a broken file is one line naming it) took the
+    Terminated of a SIGTERM for the file's fault: "last.ckpt: not a readable checkpoint"."""
+    import torch
+
+    from ctr.train.loop import load_checkpoint
+
+    def stopped(*args, **kwargs):
+        raise Terminated
+
+    monkeypatch.setattr(torch, "load", stopped)
+    with pytest.raises(Terminated):
+        load_checkpoint(tmp_path / "last.ckpt")
