@@ -219,7 +219,8 @@ class SyntheticDataset(DatasetSource):
     label = "label"
     generated = True
     # 5: interacting_pairs: 0 has no pairwise term (4 divided its empty sum by 0: every label 0); the
-    #    version is in the cache key (``fingerprint``), so no entry of 4 is read again
+    #    version is in the cache key (``fingerprint``), so no entry of 4 is read again. Rows drawn otherwise
+    #    need a new version: tests/datasets/test_synthetic.py pins each version's rows
     generator_version = 5
 
     def fingerprint(self) -> dict:

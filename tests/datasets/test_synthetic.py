@@ -112,3 +112,21 @@ def test_integer_ids_past_int32_are_one_line_naming_the_size(tmp_path, capsys, o
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"ctr: error: {message} the 2147483646 ids of int32 with integer_ids"), err
     assert "\n" not in err and not (tmp_path / "cache").exists()
+
+
+# What the generator draws, per generator_version (the cache key holds the version, not the rows):
+# a change of these rows needs a new version, or runs read the entries the earlier one wrote.
+DRAWN = {5: "6d0427423aa53910"}
+
+
+def test_the_rows_a_generator_version_draws_are_its_own():
+    """Fixing ``interacting_pairs: 0`` (every label 0) changed the rows but kept version 4, so
+    runs read their all-zero cache entries again."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for pairs in (0, 12):
+        table = rows(interacting_pairs=pairs)
+        for name in ["label"] + [f"C{i}" for i in range(1, 27)]:
+            digest.update(table.column(name).to_numpy().astype(np.int64).tobytes())
+    assert DRAWN.get(SyntheticDataset.generator_version) == digest.hexdigest()[:16]
