@@ -130,6 +130,8 @@ class DIN(CTRModel):
     def __init__(self, schema: Schema, layout: EmbeddingLayout, config: DINConfig):
         super().__init__(schema, layout, config)
         self.targets, self.behaviours = self._pairs(schema, layout, config)
+        self._unaligned = (f"model.sequence_fields: DIN reads {self.behaviours} position by position, and a row's "
+                           f"sequences differ in length; {UNALIGNED_BEHAVIOURS}")
         self.target_index = [layout.pooled.index(name) for name in self.targets]
         self.others = [name for name in layout.sequences if name not in self.behaviours]
         width = len(self.targets) * layout.dim
@@ -202,18 +204,16 @@ class DIN(CTRModel):
         """The valid positions [B, L] of the behaviour sequences, refusing a row whose sequences
         hold different numbers of items: position j would pair one's item with another's
         category (the data pipeline drops an empty item, ``a^^b``, from one sequence alone). On
-        a GPU, and compiled, the check runs on the device without a host sync; an exported
-        program does not check (it reads the first sequence's positions)."""
+        a GPU, compiled and in an exported program (whose grids are all ``max_len`` wide), the
+        check runs on the device without a host sync."""
         first, mask = self.behaviours[0], embedded.masks[self.behaviours[0]]
-        if torch.compiler.is_exporting():
-            return mask
         counts = mask.sum(1)
         for name in self.behaviours[1:]:
             other = embedded.masks[name].sum(1)
             differ = other != counts
             same_width = embedded.masks[name].shape == mask.shape  # the batch's longest differ: refused on the host
-            if same_width and (mask.is_cuda or torch.compiler.is_compiling()):
-                torch._assert_async(~differ.any(), UNALIGNED_BEHAVIOURS)
+            if same_width and (mask.is_cuda or torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+                torch._assert_async(~differ.any(), self._unaligned)
             elif not same_width or bool(differ.any()):
                 row = int(differ.nonzero()[0, 0])
                 raise DataError(f"model.sequence_fields: DIN reads {self.behaviours} position by position, and a row "

@@ -9,7 +9,8 @@ The program takes the model's inputs as plain tensors and returns click probabil
 
 B is dynamic (down to 1), and so is N (down to 0: every bag empty). The program refuses an id
 outside its feature's vocabulary and a bag of more ids than ctr's encoder makes (a
-categorical's one, a sequence's ``max_len``). While exporting, a batch with sequence features is
+categorical's one, a sequence's ``max_len``); a DIN program, a row whose behaviour sequences
+hold different numbers of ids. While exporting, a batch with sequence features is
 embedded as fixed-width grids (``max_len`` ids a sequence, masked) and DIN's attention runs
 on every position, masked after: no shape depends on the ids. Methods whose lookups split
 ids by table (``unified``, ``mde``, ``autodim``, ``ttrec``, ``optembed``'s compact tables)

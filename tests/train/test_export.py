@@ -1,8 +1,10 @@
 """``ctr export``: the program of every model and every embedding method in ``ctr models``,
 loaded in a fresh process that never imports ctr, scores like ctr does (1e-5), at any batch
 size down to 1, and a batch whose bags are all empty; it refuses an id outside its feature's
-vocabulary and a bag of more ids than ctr's encoder makes."""
+vocabulary, a bag of more ids than ctr's encoder makes, and (DIN) behaviour sequences of other
+lengths in a row."""
 
+import json
 import re
 import subprocess
 import sys
@@ -63,7 +65,10 @@ for f, spec in enumerate(sparse):
     width = spec["max_len"]  # a categorical's is 1
     assert spec["kind"] == "sequence" or width == 1, spec
     for count in (width, width + 1):  # as many ids as ctr's encoder puts in a bag, and one more
-        bags = [*first[:f], np.ones(count, dtype=np.int64), *first[f + 1:]]
+        # the other sequences of its max_len hold max_len ids: DIN refuses behaviours of other lengths in a row
+        bags = [np.ones(count if g == f else width, dtype=np.int64)
+                if g == f or (other["kind"] == "sequence" and other["max_len"] == width) else bag
+                for g, (other, bag) in enumerate(zip(sparse, first))]
         offsets = torch.tensor(np.cumsum([0] + [len(bag) for bag in bags]))
         try:
             program(args[0][:1], torch.from_numpy(np.concatenate(bags)), offsets)
@@ -107,6 +112,23 @@ def method_recipe(name: str, tmp: Path):
 @pytest.mark.parametrize("name", [entry.name for entry in MODELS.entries()])
 def test_exported_program_scores_like_ctr_without_ctr(name, tmp_path):
     exported_scores_like_ctr(model_recipe(name, tmp_path), tmp_path)
+    if name == "din":
+        refuses_behaviours_of_other_lengths(tmp_path / "model.pt2")
+
+
+def refuses_behaviours_of_other_lengths(model: Path) -> None:
+    """DIN's program refuses a row whose behaviour sequences (hist_item_id, hist_cat_id) differ
+    in length: it paired one position's item with another position's category, silently."""
+    program = torch.export.load(model).module()
+    lengths = {"hist_item_id": 2, "hist_cat_id": 1}
+    inputs = json.loads(model.with_name(model.name + ".schema").joinpath("inputs.json").read_text())
+    keys = [spec["name"] for spec in inputs["sparse"]]
+    sparse = JaggedFeatures.from_lengths(keys, torch.ones(len(keys) + 1, dtype=torch.int64),
+                                         torch.tensor([lengths.get(key, 1) for key in keys]))
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"^model\.sequence_fields: DIN reads \['hist_item_id', "
+                                                            r"'hist_cat_id'\] position by position, and a row's "
+                                                            r"sequences differ in length; "):
+        program(torch.zeros(1, len(inputs["dense"])), sparse.values, sparse.offsets)
 
 
 @pytest.mark.parametrize("name", [entry.name for entry in EMBEDDINGS.entries()])
