@@ -336,7 +336,8 @@ def _clean(args: argparse.Namespace) -> int:
             remove_stale([entry])  # said once done: an entry that cannot be removed stops here, named
         print(f"{verb} {entry.path.name} ({entry.bytes / 1e6:.1f} MB): {entry.reason}")
     total = sum(entry.bytes for entry in stale) / 1e6
-    print(f"{len(stale)} stale entries ({total:.1f} MB) in {root}" + (" (dry run)" if args.dry_run else ""))
+    entries = "entry" if len(stale) == 1 else "entries"
+    print(f"{len(stale)} stale {entries} ({total:.1f} MB) in {root}" + (" (dry run)" if args.dry_run else ""))
     return 0
 
 

@@ -130,7 +130,9 @@ def test_clean_removes_a_file_in_the_cache_folder_and_says_what_it_is(tmp_path, 
     stray = tmp_path / "cache" / "data" / "stray.txt"
     stray.write_text("hi\n")
     assert main(["data", "clean", "--cache-dir", str(tmp_path / "cache")]) == 0
-    assert "removed stray.txt (0.0 MB): not an entry (a file in the cache folder)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "removed stray.txt (0.0 MB): not an entry (a file in the cache folder)" in out
+    assert "\n1 stale entry (0.0 MB) in " in out  # it said "1 stale entries"
     assert not stray.exists()
     assert main(["data", "clean", "--cache-dir", str(tmp_path / "cache")]) == 0
     assert "0 stale entries" in capsys.readouterr().out
