@@ -33,6 +33,7 @@ from ctr.train.loop import Placement
 from ctr.train.stages import restore_random, save_random
 
 STATE_FILE = "ctr.json"
+OPTIMIZERS_FILE = "optimizers.pt"
 
 
 def restore_checkpoint_random(path: Path, place: Placement, saved_world_size: int) -> None:
@@ -46,18 +47,43 @@ def restore_checkpoint_random(path: Path, place: Placement, saved_world_size: in
         torch.set_rng_state(torch.load(cpu_only))
 
 
-def is_distributed_checkpoint(path: Path) -> bool:
-    """Whether ``path`` is a distributed run's checkpoint folder (or will be once a save that
-    a kill stopped between its renames is finished: ``replaced_folder``)."""
-    path = replaced_folder(path)
-    return path.is_dir() and (path / STATE_FILE).is_file() and (path / ".metadata").is_file()
+def holds_distributed_checkpoints(run_root: Path) -> bool:
+    """Whether the run at ``run_root`` wrote distributed checkpoint folders (whole or not):
+    its ``checkpoints/last`` or a stage's. Such a run resumes in the distributed loop, on any
+    number of processes, which reads them or says what they lack."""
+    lasts = [run_root / "checkpoints" / "last", *(run_root / "stages").glob("*/checkpoints/last")]
+    lasts += [path.parent / "last" for path in (run_root / "stages").glob("*/checkpoints/.last.old")]
+    return any(replaced_folder(path).is_dir() for path in lasts)
+
+
+INCOMPLETE = ("; ctr writes a checkpoint folder whole: restore its missing files (on several machines, --out must be "
+              "on a file system every machine sees), or train a new run")
 
 
 def read_state(path: Path) -> dict[str, Any]:
-    """``ctr.json`` of a distributed checkpoint (a UserError naming a folder that is not one)."""
-    if not is_distributed_checkpoint(path):
-        raise UserError(f"{path}: not a distributed run's checkpoint (no {STATE_FILE} or DCP .metadata)")
-    return json.loads((replaced_folder(path) / STATE_FILE).read_text())
+    """``ctr.json`` of a distributed checkpoint (a UserError naming a folder that is not
+    one, or the file it lacks)."""
+    folder = replaced_folder(path)
+    if not folder.is_dir():
+        raise UserError(f"{path}: no such checkpoint folder")
+    missing = [name for name in (STATE_FILE, ".metadata") if not (folder / name).is_file()]
+    if missing:
+        raise UserError(f"{path}: not a whole distributed checkpoint (no {', '.join(missing)}){INCOMPLETE}")
+    return json.loads((folder / STATE_FILE).read_text())
+
+
+def check_whole(path: Path, optimizers: bool) -> None:
+    """Raises a UserError naming the files that checkpoint folder ``path`` lacks: the data
+    files DCP's ``.metadata`` lists (the shards one rank wrote), and ``optimizers.pt`` where
+    ``optimizers`` (a resume needs it, an evaluation does not)."""
+    try:
+        listed = {info.relative_path for info in dcp.FileSystemReader(str(path)).read_metadata().storage_data.values()}
+    except Exception as err:  # DCP unpickles .metadata: whatever a broken file raises
+        raise UserError(f"{path}/.metadata: not a readable DCP checkpoint index ({reason(err, typed=True)})") from None
+    wanted = listed | ({OPTIMIZERS_FILE} if optimizers else set())
+    missing = sorted(name for name in wanted if not (path / name).is_file())
+    if missing:
+        raise UserError(f"{path}: not a whole distributed checkpoint (no {', '.join(missing)}){INCOMPLETE}")
 
 
 @dataclass
@@ -161,7 +187,7 @@ class Checkpointer:
         save_random(tmp, rank, self.place.world_size)
         fused_lr = self._fused_lr()
         if rank == 0:
-            torch.save(self.optimizer.state_dict(fused_lr), tmp / "optimizers.pt")
+            torch.save(self.optimizer.state_dict(fused_lr), tmp / OPTIMIZERS_FILE)
             info = {**asdict(state), "world_size": self.place.world_size, "sharded": self.sharded}
             atomic_write(tmp / STATE_FILE, json.dumps(info, indent=2) + "\n")
         dist.barrier()
@@ -182,6 +208,7 @@ class Checkpointer:
         """Loads the weights and optimizer states at ``path`` (resharded to this run's plan);
         returns its ``ctr.json``."""
         info = read_state(path)
+        check_whole(path, optimizers=True)
         if info["sharded"] != self.sharded:
             raise UserError(f"{path}: a {'sharded' if info['sharded'] else 'data-parallel'} run's checkpoint; "
                             "this run places its tables otherwise")
@@ -204,7 +231,7 @@ class Checkpointer:
         """Loads ``optimizers.pt``: it holds the data-parallel tables' optimizer, which fits
         only the tables that were data-parallel when it was written."""
         try:
-            self.optimizer.load_state_dict(torch.load(path / "optimizers.pt", weights_only=False))
+            self.optimizer.load_state_dict(torch.load(path / OPTIMIZERS_FILE, weights_only=False))
         except (ValueError, KeyError):
             raise UserError(f"{path}: its optimizers do not fit this run's: a table is data-parallel "
                             "here and sharded there, or the reverse; fix distributed.sharding / distributed.tables "

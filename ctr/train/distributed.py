@@ -39,7 +39,7 @@ from ctr.datasets.source import SPLITS, resolve_features
 from ctr.errors import RecipeError
 from ctr.recipe import Recipe
 from ctr.registry import EMBEDDINGS
-from ctr.train.checkpoints import Checkpointer, TrainState, is_distributed_checkpoint
+from ctr.train.checkpoints import Checkpointer, TrainState
 from ctr.train.checks import (
     TRAINING_MIN_ROWS, check_batch_split, check_before_fit, check_schedule_floors, require_rows,
 )
@@ -221,7 +221,7 @@ class Fitting:
 
     def _fit(self, folder: Path, span: Span, stage: Stage | None, score_start: bool = False) -> float:
         par, saver = self._placed(folder, stage)
-        state = saver.restore() if self.resume and is_distributed_checkpoint(saver.last) else TrainState()
+        state = saver.restore() if self.resume and saver.last.exists() else TrainState()  # a folder not whole: refused
         valid = self._loader("valid", True, seed_offset=1) if stage is not None and stage.bilevel else None
         try:
             arch = None if valid is None else ArchSteps(self.net, cycle(valid, state.step), par.optimizer.arch,

@@ -17,7 +17,7 @@ from ctr.datasets.source import SPLITS, resolve_features
 from ctr.errors import UserError, sigterm_raises
 from ctr.recipe import Recipe
 from ctr.train import distributed
-from ctr.train.checkpoints import is_distributed_checkpoint
+from ctr.train.checkpoints import holds_distributed_checkpoints
 from ctr.train.launch import group_holds, launched, process_group, require_one_process, shared_path
 from ctr.train.checks import check_before_fit, check_schedule_floors, require_rows
 from ctr.train.loop import (
@@ -44,7 +44,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
     root = out or default_run_dir(recipe)
     if resume:
         check_resume_world(RunDir(root), recipe.trainer.world_size)
-    if launched() or (resume and is_distributed_checkpoint(RunDir(root).checkpoints / "last")):
+    if launched() or (resume and holds_distributed_checkpoints(root)):
         with process_group(recipe) as place:  # a distributed run resumed on 1 process: a group of 1
             run = RunDir(shared_path(root))
             run.check_usable()

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import torch
 
-from ctr.atomic import check_writable
+from ctr.atomic import check_writable, replaced_folder
 from ctr.datasets.cache import KEY_FILE, input_change, source_fingerprint
 from ctr.datasets.preprocess import Encoded, encode_with_schema
 from ctr.errors import UserError
 from ctr.recipe import DataConfig, Recipe
 from ctr.schema import Schema
-from ctr.train.checkpoints import is_distributed_checkpoint, read_state
+from ctr.train.checkpoints import check_whole, read_state
 from ctr.train.loop import load_checkpoint, load_weights, quiet_lightning
 from ctr.train.rundir import RunDir, saved_value
 from ctr.train.stages import restore_stages
@@ -75,12 +75,13 @@ def best_checkpoint(run: RunDir) -> Path:
     """The checkpoint metrics.json names (relative to the run), else ``checkpoints/best.ckpt``
     (a distributed run's ``checkpoints/best`` folder); checked readable before any data is read."""
     metrics = run.read_metrics() if run.metrics.exists() else {}
-    unfinished = run.checkpoints / "best" if is_distributed_checkpoint(run.checkpoints / "best") else run.best
+    unfinished = run.checkpoints / "best" if replaced_folder(run.checkpoints / "best").is_dir() else run.best
     ckpt = run.root / metrics["best_checkpoint"] if "best_checkpoint" in metrics else unfinished
     if not ckpt.exists():
         raise UserError(f"{run.root}: no checkpoint at {ckpt}")
     if ckpt.is_dir():
         read_state(ckpt)  # a distributed run's DCP folder
+        check_whole(ckpt, optimizers=False)
     else:
         load_checkpoint(ckpt)
     return ckpt

@@ -1,10 +1,16 @@
 """A distributed checkpoint whose save a kill stopped between its two renames (``last``
 moved aside to ``.last.old``, the whole new ``.last.tmp`` not yet in its place) is still the
-run's checkpoint: ``--resume`` finds something to resume and reads the new one's state."""
+run's checkpoint: ``--resume`` finds something to resume and reads the new one's state. A
+checkpoint folder that lacks a file is refused naming it."""
 
 import json
 
-from ctr.train.checkpoints import STATE_FILE, is_distributed_checkpoint, read_state
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+
+from ctr.errors import UserError
+from ctr.train.checkpoints import OPTIMIZERS_FILE, STATE_FILE, check_whole, holds_distributed_checkpoints, read_state
 from ctr.train.rundir import RunDir
 
 
@@ -20,11 +26,53 @@ def test_a_save_stopped_between_its_renames_leaves_a_run_to_resume_from_the_new_
     checkpoint(run.checkpoints / ".last.old", 10)
     checkpoint(run.checkpoints / ".last.tmp", 20)
     assert run.started
-    assert is_distributed_checkpoint(run.checkpoints / "last")
+    assert holds_distributed_checkpoints(run.root)
     assert read_state(run.checkpoints / "last")["step"] == 20
 
 
 def test_a_first_save_killed_before_its_rename_leaves_nothing_to_resume(tmp_path):
     run = RunDir(tmp_path / "run")
     checkpoint(run.checkpoints / ".last.tmp", 10)  # its ranks' files may be half written
-    assert not run.started and not is_distributed_checkpoint(run.checkpoints / "last")
+    assert not run.started and not holds_distributed_checkpoints(run.root)
+
+
+def saved_checkpoint(path):
+    """A distributed checkpoint folder at ``path`` as ctr writes it: DCP's index and data
+    file of a small state, ctr.json and optimizers.pt."""
+    dcp.save({"model": {"w": torch.ones(2, 3)}}, checkpoint_id=str(path), no_dist=True)
+    (path / STATE_FILE).write_text(json.dumps({"step": 4, "world_size": 2, "sharded": True}))
+    torch.save({}, path / OPTIMIZERS_FILE)
+    return sorted(p.name for p in path.glob("*.distcp"))
+
+
+def test_a_checkpoint_lacking_a_file_is_refused_naming_it(tmp_path):
+    """A checkpoint folder missing a rank's shards (a file .metadata lists) or optimizers.pt
+    was "does not fit this run's model ([Errno 2] ...)" or a bare missing file; one without
+    .metadata or ctr.json was no distributed checkpoint at all: --resume on 1 process looked
+    for checkpoints/last.ckpt, and on 2 began training again from step 0."""
+    path = tmp_path / "run" / "checkpoints" / "last"
+    shards = saved_checkpoint(path)
+    check_whole(path, optimizers=True)
+    (path / OPTIMIZERS_FILE).unlink()
+    check_whole(path, optimizers=False)  # an evaluation reads no optimizers
+    with pytest.raises(UserError, match=r"last: not a whole distributed checkpoint \(no optimizers.pt\); ctr writes"):
+        check_whole(path, optimizers=True)
+    (path / shards[0]).unlink()
+    with pytest.raises(UserError, match=rf"not a whole distributed checkpoint \(no {shards[0]}\)"):
+        check_whole(path, optimizers=False)
+    for name in (".metadata", STATE_FILE):
+        (path / name).unlink()
+        assert holds_distributed_checkpoints(tmp_path / "run")  # --resume takes the distributed loop, which refuses it
+        with pytest.raises(UserError, match=rf"last: not a whole distributed checkpoint \(no [^)]*{name}"):
+            read_state(path)
+
+
+def test_a_stage_checkpoint_makes_a_run_distributed(tmp_path):
+    run = tmp_path / "run"
+    assert not holds_distributed_checkpoints(run)
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")  # a one-process run's
+    assert not holds_distributed_checkpoints(run)
+    (run / "stages" / "0-search" / "checkpoints" / "last").mkdir(parents=True)
+    assert holds_distributed_checkpoints(run)
+

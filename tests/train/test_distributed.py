@@ -695,7 +695,8 @@ def test_a_two_process_multi_stage_run_killed_after_its_stages_resumes_to_the_sa
 def test_sharded_tables_stepped_by_sgd_checkpoint_and_resume(tmp_path):
     """SGD keeps no optimizer state for its sharded tables: the checkpoint has no
     embedding_optimizer entry, and loading best (or resuming last) must not ask for one
-    (the criteo recipe on 2 processes failed after training)."""
+    (the criteo recipe on 2 processes failed after training). A last checkpoint without its
+    .metadata is refused naming it, not trained over."""
     sections = {"distributed": {"sharding": "table_wise"}, "train": {"embedding_optimizer": {"name": "sgd", "lr": 0.1}},
                 "trainer": {"devices": 2, "progress_bar": False}}
     recipe = write(tmp_path, **sections)
@@ -704,6 +705,12 @@ def test_sharded_tables_stepped_by_sgd_checkpoint_and_resume(tmp_path):
     whole = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert all(how.startswith("table_wise") for how in whole["sharding"].values())
     (tmp_path / "run" / "metrics.json").unlink()
+    shutil.copytree(tmp_path / "run", tmp_path / "cut")
+    (tmp_path / "cut" / "checkpoints" / "last" / ".metadata").unlink()  # resumed from step 0 on 2 processes
+    broken = ctr("train", "--resume", tmp_path / "cut", "-o", "trainer.devices=1")  # looked for last.ckpt
+    assert broken.returncode == 2 and "Traceback" not in broken.stderr, broken.stderr[-3000:]
+    assert broken.stderr.strip().splitlines()[-1].startswith(
+        f"ctr: error: {tmp_path / 'cut' / 'checkpoints' / 'last'}: not a whole distributed checkpoint (no .metadata)")
     resumed = ctr("train", "--resume", tmp_path / "run")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     again = json.loads((tmp_path / "run" / "metrics.json").read_text())
