@@ -147,6 +147,17 @@ def _holds_values(state: Any) -> bool:  # noqa: ANN401 (a nested state dict)
     return True
 
 
+def optimizers_misfit(path: Path, saved_world_size: int, world_size: int) -> str:
+    """The error of a checkpoint whose ``optimizers.pt`` does not fit this run's optimizers
+    (a table's sharding family changed): how to resume it."""
+    where = (f"the checkpoint was written on {saved_world_size} processes, this run has {world_size}: resume it on "
+             f"{saved_world_size} (trainer.devices × trainer.num_nodes), where it was planned so; "
+             if saved_world_size != world_size else "")
+    return (f"{path}: its optimizers do not fit this run's: a table is data-parallel here and sharded there, or the "
+            f"reverse ({where}a recipe that fixes each table's type in distributed.sharding / distributed.tables keeps "
+            "it on any number of processes: docs/distributed.md)")
+
+
 class Checkpointer:
     """Saves and loads one rank's part of the run's checkpoints (collective calls: every rank
     calls them together).
@@ -223,19 +234,18 @@ class Checkpointer:
                 self.module.fused_optimizer.load_state_dict(state["embedding_optimizer"])
         else:
             self.module.module.load_state_dict(state["model"])
-        self._load_optimizers(path)
+        self._load_optimizers(path, info["world_size"])
         restore_checkpoint_random(path, self.place, info["world_size"])
         return info
 
-    def _load_optimizers(self, path: Path) -> None:
+    def _load_optimizers(self, path: Path, saved_world_size: int) -> None:
         """Loads ``optimizers.pt``: it holds the data-parallel tables' optimizer, which fits
-        only the tables that were data-parallel when it was written."""
+        only the tables that were data-parallel when it was written (on ``saved_world_size``
+        processes: ``auto`` may plan otherwise on another number)."""
         try:
             self.optimizer.load_state_dict(torch.load(path / OPTIMIZERS_FILE, weights_only=False))
         except (ValueError, KeyError):
-            raise UserError(f"{path}: its optimizers do not fit this run's: a table is data-parallel "
-                            "here and sharded there, or the reverse; fix distributed.sharding / distributed.tables "
-                            "to the checkpoint's plan (docs/distributed.md)") from None
+            raise UserError(optimizers_misfit(path, saved_world_size, self.place.world_size)) from None
 
     def restore(self) -> TrainState:
         """The training state of ``last`` after loading it (``ctr train --resume``)."""

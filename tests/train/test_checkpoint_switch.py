@@ -4,13 +4,16 @@ run's checkpoint: ``--resume`` finds something to resume and reads the new one's
 checkpoint folder that lacks a file is refused naming it."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
 from ctr.errors import UserError
-from ctr.train.checkpoints import OPTIMIZERS_FILE, STATE_FILE, check_whole, holds_distributed_checkpoints, read_state
+from ctr.train.checkpoints import (
+    OPTIMIZERS_FILE, STATE_FILE, check_whole, holds_distributed_checkpoints, optimizers_misfit, read_state,
+)
 from ctr.train.rundir import RunDir
 
 
@@ -76,3 +79,11 @@ def test_a_stage_checkpoint_makes_a_run_distributed(tmp_path):
     (run / "stages" / "0-search" / "checkpoints" / "last").mkdir(parents=True)
     assert holds_distributed_checkpoints(run)
 
+
+
+def test_optimizers_of_another_plan_say_how_to_resume():
+    """The advice was to fix distributed.sharding / tables, which --resume does not take."""
+    moved = optimizers_misfit(Path("run/checkpoints/last"), saved_world_size=2, world_size=4)
+    assert "written on 2 processes, this run has 4: resume it on 2 (trainer.devices × trainer.num_nodes)" in moved
+    same = optimizers_misfit(Path("run/checkpoints/last"), saved_world_size=2, world_size=2)
+    assert "resume it on" not in same and "distributed.sharding / distributed.tables" in same
