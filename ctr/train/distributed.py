@@ -47,7 +47,7 @@ from ctr.train.distributed_epochs import EpochLoop, Span, evaluate
 from ctr.train.distributed_optim import Optimizers
 from ctr.train.distributed_stages import ArchSteps, cycle, run_stages
 from ctr.train.stages import StageFiles, continues_training
-from ctr.train.loop import Placement, use_threads
+from ctr.train.loop import Placement, use_threads, wants_gpu
 from ctr.train.optim import build_optimizer
 from ctr.train.plots import plot_curves
 from ctr.train.rundir import RunDir
@@ -71,6 +71,10 @@ def check_distributed(recipe: Recipe) -> None:
         raise RecipeError(f"train.early_stop.monitor: a distributed run monitors a validation metric, "
                           f"not {train.early_stop.monitor}")
     check_batch_split(recipe, trainer.world_size)
+    gpus = torch.cuda.device_count() if wants_gpu(trainer.accelerator) and torch.cuda.is_available() else None
+    if gpus is not None and trainer.devices > gpus:  # process LOCAL_RANK takes GPU LOCAL_RANK
+        raise RecipeError(f"trainer.devices: {trainer.devices} processes on this machine, one GPU each, but it has "
+                          f"{gpus} CUDA GPU{'s' if gpus != 1 else ''}; set trainer.devices to at most {gpus}")
 
 
 @dataclass

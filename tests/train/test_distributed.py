@@ -82,6 +82,20 @@ def test_a_distributed_recipe_that_cannot_run_is_one_line_before_any_process(tmp
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
 
 
+def test_more_processes_than_gpus_is_one_line_before_any_process(tmp_path, capsys, monkeypatch):
+    """Process ``LOCAL_RANK`` takes GPU ``LOCAL_RANK``: on a machine of one GPU, rank 1 of
+    ``trainer.devices: 2`` died on torch's "invalid device ordinal" traceback while rank 0
+    waited for it in the process group."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    recipe = write(tmp_path, trainer={"devices": 2, "accelerator": "gpu"})
+    code = main(["train", str(recipe), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == ("ctr: error: trainer.devices: 2 processes on this machine, one GPU each, but it has "
+                                 "1 CUDA GPU; set trainer.devices to at most 1"), err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("fails", [False, True], ids=["finishes", "raises"])
 def test_a_process_that_joined_a_group_exits_with_its_code_and_output_while_native_threads_run(tmp_path, fails):
     """A ``ctr`` process that joined a process group ends with main's exit code and its whole
