@@ -124,7 +124,8 @@ def _check_run(run: RunDir, recipe: Recipe, resume: bool) -> None:
     if resume and run.metrics.exists():
         raise UserError(f"{run.root}: this run is finished (metrics.json is written); nothing to resume")
     if resume and not run.started:
-        raise UserError(f"{run.root}: nothing to resume (no checkpoints/last.ckpt and no stages/)")
+        raise UserError(f"{run.root}: nothing to resume (no checkpoint written yet: no checkpoints/last.ckpt, "
+                        "checkpoints/last (a distributed run's) or stages/)")
     edit = run.edit_since_start() if resume else None
     if edit:
         raise UserError(f"{run.recipe}: edited since the run began ({edit}); a resume trains the settings the run "

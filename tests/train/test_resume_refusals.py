@@ -85,3 +85,12 @@ def test_a_run_keeps_the_recipe_it_began_with_beside_its_schema(tmp_path):
     run = RunDir(tmp_path / "run")
     assert read_yaml(run.schema / "recipe.yaml") == read_yaml(run.recipe)
     assert run.edit_since_start() is None
+
+
+def test_a_run_stopped_before_its_first_checkpoint_names_both_kinds(tmp_path, capsys):
+    """The refusal named checkpoints/last.ckpt only, which a distributed run never writes."""
+    run = interrupted_one_process_run(tmp_path, "logs/metrics.csv")
+    assert main(["train", "--resume", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"ctr: error: {run}: nothing to resume (no checkpoint written yet: no checkpoints/last.ckpt, "
+        "checkpoints/last (a distributed run's) or stages/)")
