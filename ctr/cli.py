@@ -194,6 +194,7 @@ def _resumed_recipe(run, overrides: list[str]):  # noqa: ANN001, ANN202 (a RunDi
 
 def _spawn_train(args: argparse.Namespace, recipe, root: Path) -> int:  # noqa: ANN001 (a Recipe)
     """``ctr train`` in ``trainer.devices`` processes of this machine (one run directory)."""
+    from ctr.train.checkpoints import check_resumable
     from ctr.train.distributed import check_distributed
     from ctr.train.launch import spawn
     from ctr.train.rundir import RunDir
@@ -202,6 +203,7 @@ def _spawn_train(args: argparse.Namespace, recipe, root: Path) -> int:  # noqa: 
     check_distributed(recipe)  # before any process starts: one error line, not one per rank
     if args.resume:
         check_resume_world(RunDir(args.resume), recipe.trainer.world_size)
+        check_resumable(Path(args.resume))
     overrides = [f"-o{item}" for item in args.override]
     command = ["train", "--resume", str(root)] if args.resume else ["train", args.recipe, "--out", str(root)]
     RunDir(root).check_usable()

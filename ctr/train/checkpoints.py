@@ -60,6 +60,15 @@ INCOMPLETE = ("; ctr writes a checkpoint folder whole: restore its missing files
               "on a file system every machine sees), or train a new run")
 
 
+def check_resumable(run_root: Path) -> None:
+    """Refuses, before any work, to resume the run at ``run_root`` from a ``checkpoints/last``
+    folder that lacks a file (``read_state``, ``check_whole``); a multi-stage run may have none yet."""
+    last = replaced_folder(run_root / "checkpoints" / "last")
+    if last.is_dir():
+        read_state(last)
+        check_whole(last, optimizers=True)
+
+
 def read_state(path: Path) -> dict[str, Any]:
     """``ctr.json`` of a distributed checkpoint (a UserError naming a folder that is not
     one, or the file it lacks)."""

@@ -17,7 +17,7 @@ from ctr.datasets.source import SPLITS, resolve_features
 from ctr.errors import UserError, sigterm_raises
 from ctr.recipe import Recipe
 from ctr.train import distributed
-from ctr.train.checkpoints import holds_distributed_checkpoints
+from ctr.train.checkpoints import check_resumable, holds_distributed_checkpoints
 from ctr.train.launch import group_holds, launched, process_group, require_one_process, shared_path
 from ctr.train.checks import check_before_fit, check_schedule_floors, require_rows
 from ctr.train.loop import (
@@ -50,6 +50,8 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
             run.check_usable()
             with group_holds(run):
                 _check_run(run, recipe, resume)
+                if resume:
+                    check_resumable(run.root)  # before the data and the run's recipe.yaml are touched
                 return distributed.train(recipe, run, resume, place)
     run = RunDir(root)
     run.check_usable()

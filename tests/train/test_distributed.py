@@ -725,6 +725,8 @@ def test_sharded_tables_stepped_by_sgd_checkpoint_and_resume(tmp_path):
     assert broken.returncode == 2 and "Traceback" not in broken.stderr, broken.stderr[-3000:]
     assert broken.stderr.strip().splitlines()[-1].startswith(
         f"ctr: error: {tmp_path / 'cut' / 'checkpoints' / 'last'}: not a whole distributed checkpoint (no .metadata)")
+    assert "run directory:" not in broken.stderr  # refused before any work: its recipe.yaml still says 2 devices
+    assert yaml.safe_load((tmp_path / "cut" / "recipe.yaml").read_text())["trainer"]["devices"] == 2
     resumed = ctr("train", "--resume", tmp_path / "run")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     again = json.loads((tmp_path / "run" / "metrics.json").read_text())

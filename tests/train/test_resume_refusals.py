@@ -94,3 +94,15 @@ def test_a_run_stopped_before_its_first_checkpoint_names_both_kinds(tmp_path, ca
     assert capsys.readouterr().err.strip() == (
         f"ctr: error: {run}: nothing to resume (no checkpoint written yet: no checkpoints/last.ckpt, "
         "checkpoints/last (a distributed run's) or stages/)")
+
+
+def test_a_distributed_checkpoint_lacking_a_file_is_refused_before_any_process(tmp_path, capsys):
+    """The ranks began training again from step 0 over a checkpoints/last without DCP's .metadata."""
+    run = tmp_path / "run"
+    (run / "checkpoints" / "last").mkdir(parents=True)
+    (run / "checkpoints" / "last" / "ctr.json").write_text("{}")
+    (run / "recipe.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp_path, trainer={"devices": 2})))
+    assert main(["train", "--resume", str(run)]) == 2
+    assert capsys.readouterr().err.strip().startswith(
+        f"ctr: error: {run / 'checkpoints' / 'last'}: not a whole distributed checkpoint (no .metadata); ")
+    assert not (tmp_path / "cache").exists()
