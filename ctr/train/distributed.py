@@ -245,7 +245,8 @@ class Fitting:
         par = parallel(self.net, self.recipe, self.place.device, stage)
         par.optimizer.follow_schedules(self.recipe.train, par.module.fused_optimizer if par.sharded else None)
         if self.place.rank == 0:
-            log.info("%d processes: %s", self.place.world_size, _describe(par))
+            count = self.place.world_size
+            log.info("%d process%s: %s", count, "" if count == 1 else "es", _describe(par))
         return par, Checkpointer(folder, par.module, par.optimizer, par.sharded, self.place)
 
     def _loader(self, split: str, training: bool, seed_offset: int = 0) -> BatchLoader:
