@@ -382,7 +382,10 @@ class IPinYouConfig(LibSVMConfig):
     scored: bool = field(default=False, init=False, repr=False)
 
     def input_paths(self) -> dict[str, Path]:
-        """The recipe's paths and the release's files (``data.path`` may name its train file)."""
+        """The recipe's paths and the release's files (``data.path`` may name its train file);
+        rows to score (``scored``) are read alone, with the featindex training read."""
+        if self.scored:
+            return super().input_paths()
         try:
             folder = _ipinyou_folder(self.path)
         except DataError:  # gone or incomplete: reading it says so

@@ -35,6 +35,7 @@ from ctr.datasets.preprocess import Encoded
 from ctr.datasets.shards import shard_files
 from ctr.errors import UserError, reason
 from ctr.metrics import auc, group_auc, logloss
+from ctr.recipe import DataConfig
 from ctr.train.loop import placement, use_threads
 from ctr.train.saved import encode_rows, finished_run, oov_counts, restored_task
 from ctr.train.task import probabilities
@@ -60,6 +61,7 @@ def predict(run_root: Path, data: Path, out: Path, progress: bool = False) -> di
         raise UserError(f"{out}: inside the input folder {data} (a later read of it would take the scores for rows); "
                         "choose another --out")
     run, recipe, ckpt = finished_run(run_root, out)
+    _refuse_read_input(out, data, recipe.data)
     use_threads(recipe.trainer.num_threads)  # as in training: another thread count sums in another order
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ctr-predict-") as tmp:
@@ -81,6 +83,18 @@ def predict(run_root: Path, data: Path, out: Path, progress: bool = False) -> di
         result.update(_metrics(parts))
     result["oov"] = oov_counts(encoded)
     return result
+
+
+def _refuse_read_input(out: Path, data: Path, config: DataConfig) -> None:
+    """Refuses an ``out`` that is one of the files read with the input ``data`` (an ``amazon``
+    INPUT's attributes file beside it, a ``movielens`` INPUT's ``.user`` and ``.item`` files):
+    the scores would replace it. An input that cannot be read is left to its encoding to name."""
+    try:
+        read = config.reading(data).input_paths()
+    except UserError:
+        return
+    if any(path.resolve() == out.resolve() for path in read.values()):
+        raise UserError(f"{out}: is read with the input {data}; choose another --out")
 
 
 @torch.inference_mode()

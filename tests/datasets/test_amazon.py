@@ -230,3 +230,25 @@ def test_the_input_paths_are_the_history_and_the_attributes_beside_it(tmp_path):
         paths = AmazonConfig(path=str(given)).input_paths()
         assert paths["data.path's history file"] == path
         assert paths["data.path's attributes file"] == path.with_name("Toy_item2attributes.json")
+
+
+def test_predict_refuses_an_out_that_is_read_with_its_input(tmp_path):
+    """``ctr predict RUN new/New.txt --out new/New_item2attributes.json`` replaced the attributes
+    file read beside INPUT with the scores (only INPUT itself and the training's files were
+    refused); a movielens INPUT's ``.user`` file likewise."""
+    from ctr.datasets.movielens import MovieLensConfig
+    from ctr.errors import UserError
+    from ctr.train.predict import _refuse_read_input
+
+    trained = AmazonConfig(path=str(write_amazon(tmp_path / "am")))
+    new = write_amazon(tmp_path / "new")
+    attributes = new.with_name("Toy_item2attributes.json")
+    with pytest.raises(UserError, match=f"^{attributes}: is read with the input {new}; choose another --out$"):
+        _refuse_read_input(attributes, new, trained)
+    _refuse_read_input(tmp_path / "new" / "scores.csv", new, trained)
+    _refuse_read_input(tmp_path / "scores.csv", tmp_path / "absent.txt", trained)  # encoding names a bad input
+    (tmp_path / "ml").mkdir()
+    for name in ("ml.inter", "ml.user"):
+        (tmp_path / "ml" / name).write_text("user_id:token\n1\n")
+    with pytest.raises(UserError, match=r"ml\.user: is read with the input .*ml\.inter; choose another --out$"):
+        _refuse_read_input(tmp_path / "ml" / "ml.user", tmp_path / "ml" / "ml.inter", MovieLensConfig(path=str(new)))

@@ -486,3 +486,19 @@ def test_a_held_out_file_that_data_path_also_reads_is_refused(tmp_path):
         (release / name).write_text(text)
     with pytest.raises(DataError, match=f"^data.path: {release / 'test.fm.txt'} is the release's test file"):
         IPinYouDataset(IPinYouConfig(path=str(release / "test.fm.txt")))
+
+
+def test_ipinyou_rows_to_score_are_read_alone_not_with_their_release(tmp_path):
+    """Rows to score inside a release are read alone (with the featindex training read): the
+    release's train file is no input of theirs, so predict's --out may name it."""
+    from ctr.train.predict import _refuse_read_input
+
+    for name in ("trained", "other"):
+        (tmp_path / name).mkdir()
+        for file, text in (("featindex.fm.txt", "a:x\t0\n"), ("train.fm.txt", "1 0:1\n"), ("test.fm.txt", "0 0:1\n")):
+            (tmp_path / name / file).write_text(text)
+    scored = IPinYouConfig(path=str(tmp_path / "trained")).reading(tmp_path / "other" / "test.fm.txt")
+    assert set(scored.input_paths().values()) == {tmp_path / "other" / "test.fm.txt",
+                                                   tmp_path / "trained" / "featindex.fm.txt"}
+    _refuse_read_input(tmp_path / "other" / "train.fm.txt", tmp_path / "other" / "test.fm.txt",
+                       IPinYouConfig(path=str(tmp_path / "trained")))

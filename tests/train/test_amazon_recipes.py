@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ctr.errors import DataError
+from ctr.errors import DataError, UserError
 from ctr.recipe import load_recipe
 from ctr.train.runner import train
 
@@ -95,3 +95,7 @@ def test_predict_reads_the_attributes_beside_its_input_else_the_trained_ones(tin
     (tmp_path / "Other_item2attributes.json").write_text("[")  # beside the input: read first
     with pytest.raises(DataError, match=r"Other_item2attributes\.json:1: invalid JSON"):
         predict(tmp_path / "run", tmp_path / "Other.txt", tmp_path / "b.csv", progress=False)
+    beside = tmp_path / "Other_item2attributes.json"  # read with the input: the scores would replace it
+    with pytest.raises(UserError, match=f"^{beside}: is read with the input {tmp_path / 'Other.txt'}; choose another"):
+        predict(tmp_path / "run", tmp_path / "Other.txt", beside, progress=False)
+    assert beside.read_text() == "["
