@@ -61,7 +61,7 @@ class FileSource(DatasetSource):
             path = getattr(config, f"{split}_path")
             if path:
                 self.split_files[split] = resolve_files(path, f"data.{split}_path", self.pattern)
-                _refuse_trained_on(self.split_files["train"], self.split_files[split], split)
+                _refuse_trained_on(config.path, self.split_files["train"], self.split_files[split], split)
 
     def files(self) -> list[Path]:
         return [f for files in self.split_files.values() for f in files]
@@ -93,14 +93,18 @@ class FileSource(DatasetSource):
                 log.warning("skipping %s", err)
 
 
-def _refuse_trained_on(train: list[Path], held_out: list[Path], split: str) -> None:
+def _refuse_trained_on(path: str | None, train: list[Path], held_out: list[Path], split: str) -> None:
     """A DataError when a file of the ``split`` rows (``valid`` or ``test``) is among the
-    training files: its rows would be trained on and then scored as held out."""
+    training files (those of ``data.path``, ``path``): its rows would be trained on and then
+    scored as held out."""
     trained = {file.resolve() for file in train}
     both = next((file for file in held_out if file.resolve() in trained), None)
     if both is not None:
+        folder = Path(str(path)).expanduser()
+        advice = (f"move it out of the data.path folder {folder}" if folder.is_dir() else
+                  f"name another file, or leave data.{split}_path out to split data.path's rows")
         raise DataError(f"data.{split}_path: {both} is read by data.path too (its rows would be trained on and "
-                        f"{'validated' if split == 'valid' else 'tested'} on); give data.path the other files")
+                        f"{'validated' if split == 'valid' else 'tested'} on); {advice}")
 
 
 class DelimitedSource(FileSource):

@@ -473,10 +473,15 @@ def test_a_held_out_file_that_data_path_also_reads_is_refused(tmp_path):
     for name in ("train.csv", "test.csv"):
         (tmp_path / "d" / name).write_text("label,a\n1,x\n0,y\n")
     features = [FeatureSpec(name="a")]
+    advice = {"test": f"move it out of the data.path folder {tmp_path / 'd'}",  # data.path names no single files
+              "valid": "name another file, or leave data.valid_path out to split data.path's rows"}
     for path, key in ((tmp_path / "d", "test"), (tmp_path / "d" / "train.csv", "valid")):
-        paths = {f"{key}_path": str(tmp_path / "d" / ("test.csv" if key == "test" else "train.csv"))}
-        with pytest.raises(DataError, match=f"^data.{key}_path: .* is read by data.path too"):
-            CsvDataset(CsvConfig(path=str(path), features=features, **paths))
+        held_out = tmp_path / "d" / ("test.csv" if key == "test" else "train.csv")
+        with pytest.raises(DataError) as err:
+            CsvDataset(CsvConfig(path=str(path), features=features, **{f"{key}_path": str(held_out)}))
+        what = "tested" if key == "test" else "validated"
+        assert str(err.value) == (f"data.{key}_path: {held_out} is read by data.path too (its rows would be trained "
+                                  f"on and {what} on); {advice[key]}")
     shared = CsvDataset(CsvConfig(path=str(tmp_path / "d" / "train.csv"), features=features,
                                   valid_path=str(tmp_path / "d" / "test.csv"), test_path=str(tmp_path / "d" / "test.csv")))
     assert shared.split_files["valid"] == shared.split_files["test"]  # validation and test may share a file
