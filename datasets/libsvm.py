@@ -393,11 +393,10 @@ class IPinYouConfig(LibSVMConfig):
         return super().input_paths() | {f"data.path's {name}": folder / name for name in RELEASE}
 
     def reading(self, path: Path) -> IPinYouConfig:
-        """Every row of ``path``, fields named by the featindex training read; a release
-        folder (it holds a featindex, and train and test files) is refused, naming its test file."""
+        """Every row of ``path``, fields named by the featindex training read; a folder holding a
+        featindex (a release: with train and test files) is refused, naming a file to give."""
         if path.is_dir() and (path / FEATINDEX).is_file():
-            raise DataError(f"{path}: an iPinYou release folder (train, test and {FEATINDEX}); give the file to "
-                            f"score, e.g. {path / 'test.fm.txt'}")
+            _refuse_featindex_folder(path)
         config = super().reading(path)
         config.featindex = self.featindex or self._trained_featindex(path)
         config.scored = True
@@ -433,6 +432,17 @@ class IPinYouDataset(LibSVMDataset):
             test_path=config.test_path or str(folder / "test.fm.txt"),
         )
         super().__init__(resolved)
+
+
+def _refuse_featindex_folder(folder: Path) -> None:
+    """A DataError for rows to score given as ``folder``, which holds a featindex: a release
+    folder names its test file, another folder one of its other files."""
+    if all((folder / name).is_file() for name in RELEASE):
+        raise DataError(f"{folder}: an iPinYou release folder (train, test and {FEATINDEX}); give the file to "
+                        f"score, e.g. {folder / 'test.fm.txt'}")
+    others = [file for file in resolve_files(str(folder)) if file.name != FEATINDEX]
+    example = f", e.g. {others[0]}" if others else ""
+    raise DataError(f"{folder}: holds {FEATINDEX}, whose lines are no rows; give the file to score{example}")
 
 
 def _ipinyou_folder(path: str | None) -> Path:

@@ -285,6 +285,14 @@ def test_ipinyou_release_folder_to_score_is_refused_naming_its_test_file(tmp_pat
     with pytest.raises(DataError, match=f"^{release}: an iPinYou release folder .*; give the file to score, "
                                         f"e.g. {release / 'test.fm.txt'}$"):
         IPinYouConfig(path=str(release)).reading(release)
+    copied = tmp_path / "copied"  # the featindex beside new rows, no release: no test.fm.txt to name
+    copied.mkdir()
+    (copied / "featindex.fm.txt").write_bytes((release / "featindex.fm.txt").read_bytes())
+    (copied / "new.fm.txt").write_text("1 0:1\n")
+    with pytest.raises(DataError) as err:
+        IPinYouConfig(path=str(release)).reading(copied)
+    assert str(err.value) == (f"{copied}: holds featindex.fm.txt, whose lines are no rows; give the file to score, "
+                              f"e.g. {copied / 'new.fm.txt'}")
     rows = release / "test.fm.txt"  # with the training's release gone, it named that folder alone, as if INPUT
     with pytest.raises(DataError, match=f"^{rows}: its indices are named by the featindex of the run's release, not "
                                         f"found \\(data.path: {tmp_path / 'gone'} does not exist\\)$"):
