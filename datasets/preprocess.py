@@ -39,6 +39,7 @@ from ctr.schema import FeatureInfo, FeatureSpec, Schema
 
 log = logging.getLogger(__name__)
 KEYS = "keys"  # the folder, beside the encoded rows to score, of the keys of rows a source builds
+PREDICT_COLUMNS = ("row", "score", "label")  # what ctr predict writes of its own beside those keys
 PROGRESS_LOG_SECONDS = 30.0  # without a progress bar (stderr not a terminal), a line this often
 
 
@@ -142,14 +143,14 @@ def encode_with_schema(config: DataConfig, schema_dir: Path, out: Path, split: s
     group = None if schema.group in absent else schema.group
     encoder = saved_encoder(schema_dir, schema, group)
     target = split or "test"
-    keys = source.score_keys if job.whole else {}
+    keys = _checked_keys(source.score_keys, config.dataset) if job.whole else {}
     tally, writer, key_writer = Tally(), ShardWriter(out / target), ShardWriter(out / KEYS) if keys else None
     try:
         for name, batch, where in job.rows("encoding", only=target, absent=absent):
             labels = batch.column(schema.label).to_numpy(zero_copy_only=False)
             writer.write(encoder.encode(batch, labels, tally, where))
             if key_writer is not None:
-                key_writer.write(pa.RecordBatch.from_arrays([batch.column(c) for c in keys.values()], list(keys)))
+                key_writer.write(_key_batch(batch, keys, config.dataset))
     finally:
         writer.close()
         if key_writer is not None:
@@ -165,6 +166,25 @@ def encode_with_schema(config: DataConfig, schema_dir: Path, out: Path, split: s
     numbered = job.whole and not keys and (config.on_bad_rows == "skip" or left_out is not None)  # keys name rows
     return Encoded(Prepared(out, schema, {}), tally, schema.label not in absent, skipped_rows, numbered,
                    out / KEYS if keys else None)
+
+
+def _checked_keys(keys: dict[str, str], dataset: str) -> dict[str, str]:
+    """A source's ``score_keys``; a DataError for an output name predict writes itself."""
+    clash = next((name for name in keys if name in PREDICT_COLUMNS), None)
+    if clash is not None:
+        raise DataError(f"data.dataset: {dataset}'s score_keys names an output column {clash!r}, which predict "
+                        f"writes itself ({', '.join(PREDICT_COLUMNS)}); name it otherwise")
+    return keys
+
+
+def _key_batch(batch: pa.RecordBatch, keys: dict[str, str], dataset: str) -> pa.RecordBatch:
+    """The ``keys`` columns of ``batch`` [B rows] under their output names [B rows]; a
+    DataError naming a column the rows lack."""
+    absent = next(((name, column) for name, column in keys.items() if column not in batch.schema.names), None)
+    if absent is not None:
+        raise DataError(f"data.dataset: {dataset}'s score_keys names column {absent[1]!r} (output {absent[0]}), "
+                        f"which its rows lack (they have: {', '.join(batch.schema.names)})")
+    return pa.RecordBatch.from_arrays([batch.column(column) for column in keys.values()], list(keys))
 
 
 def load_prepared(root: Path) -> Prepared:

@@ -252,3 +252,21 @@ def test_predict_refuses_an_out_that_is_read_with_its_input(tmp_path):
         (tmp_path / "ml" / name).write_text("user_id:token\n1\n")
     with pytest.raises(UserError, match=r"ml\.user: is read with the input .*ml\.inter; choose another --out$"):
         _refuse_read_input(tmp_path / "ml" / "ml.user", tmp_path / "ml" / "ml.inter", MovieLensConfig(path=str(new)))
+
+
+@pytest.mark.parametrize("keys, problem", [
+    ({"user": "absent"}, "names column 'absent' (output user), which its rows lack (they have: "),
+    ({"score": "item_id"}, "names an output column 'score', which predict writes itself (row, score, label)"),
+])
+def test_score_keys_of_a_plugin_that_its_rows_cannot_give_are_one_line(tmp_path, monkeypatch, keys, problem):
+    """A ``score_keys`` column the built rows lack failed with pyarrow's KeyError traceback; an
+    output name ``score`` (or ``row``, ``label``) was silently replaced by predict's own column."""
+    from ctr.datasets.preprocess import encode_with_schema
+
+    path = write_amazon(tmp_path / "am")
+    config = recipe_from_dict({"data": {"dataset": "amazon", "path": str(path), "cache_dir": str(tmp_path / "c")}}).data
+    prepared = prepare(config, progress=False)
+    monkeypatch.setattr(AmazonDataset, "score_keys", keys)
+    with pytest.raises(DataError) as err:
+        encode_with_schema(config.reading(path), prepared.root, tmp_path / "out", None, progress=False)
+    assert str(err.value).startswith(f"data.dataset: amazon's score_keys {problem}"), err.value
