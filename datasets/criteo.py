@@ -65,6 +65,7 @@ class CriteoConfig(FileConfig):
     numeric_transform: Literal["log1p", "standardize", "quantile", "log_square"] = "log1p"
     min_count: int = 1
     encoding_keys: ClassVar[tuple[str, ...]] = (*FileConfig.encoding_keys, "numeric_transform", "min_count")
+    row_check_keys: ClassVar[tuple[str, ...]] = (*FileConfig.row_check_keys, "numeric_transform")
 
     def __post_init__(self) -> None:
         if self.min_count < 1:

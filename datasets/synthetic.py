@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -76,6 +76,7 @@ class SyntheticConfig(DataConfig):
     seed: int = 2024
     chunk_rows: int = 65_536
     integer_ids: bool = False
+    encoding_keys: ClassVar[tuple[str, ...]] = (*DataConfig.encoding_keys, "integer_ids")
 
     def __post_init__(self) -> None:
         if len(self.vocab_sizes) != NUM_CATEGORICAL:

@@ -93,6 +93,15 @@ class DataConfig:
     # keys that change how rows are encoded or fed, never which rows are validated nor their
     # labels: ``ctr tune`` ranks points that differ in these (a grid of other data keys is refused)
     encoding_keys: ClassVar[tuple[str, ...]] = ("features", "cache_dir", "prefetch", "shuffle_buffer", "on_device")
+    # encoding keys that also decide which rows are bad: with ``on_bad_rows: skip``, which are dropped
+    row_check_keys: ClassVar[tuple[str, ...]] = ("features",)
+
+    def tunable_keys(self) -> tuple[str, ...]:
+        """The data keys a ``ctr tune`` grid may vary: ``encoding_keys``, less ``row_check_keys``
+        when bad rows are skipped (each point would drop, and so validate on, other rows)."""
+        if self.on_bad_rows != "skip":
+            return self.encoding_keys
+        return tuple(key for key in self.encoding_keys if key not in self.row_check_keys)
 
     def input_paths(self) -> dict[str, Path]:
         """The files and folders the recipe reads rows from, by key (``data.path``, ...)."""

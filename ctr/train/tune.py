@@ -315,15 +315,17 @@ def _check_data_axes(points: list[Point], first: Recipe) -> None:
     """Refuses a ``--grid`` axis of a data key that changes which rows (or labels) a point is
     validated on (``data.split``, ``data.path``, ``data.rows``, ...): a ranking compares
     points on one validation set, as an Optuna or Ray Tune objective does. The data keys
-    that change only how rows are encoded or fed (``DataConfig.encoding_keys`` of the
-    dataset of ``first``, the first point's recipe: ``features``, ``min_count``, ...) may vary."""
-    allowed = type(first.data).encoding_keys  # every point's dataset is the first's (data.dataset is refused)
+    that change only how rows are encoded or fed (``DataConfig.tunable_keys`` of the first
+    point's recipe ``first``: ``features``, ``min_count``, ...) may vary."""
+    allowed = first.data.tunable_keys()  # every point's dataset is the first's (data.dataset is refused)
+    skipped = "; with data.on_bad_rows: skip, the keys that decide which rows are bad are not" \
+        if first.data.on_bad_rows == "skip" else ""
     for key in (item.partition("=")[0] for item in points[0].overrides):
         path = key.split(".")
         if path[0] == "data" and (len(path) == 1 or path[1] not in allowed):
             raise UserError(f"--grid {key}: changes the validation data (its points would be ranked on different "
                             f"validation rows or labels); a grid's data keys are {', '.join(allowed)} here (run "
-                            "ctr tune once per setting of the others)")
+                            "ctr tune once per setting of the others" + skipped + ")")
 
 
 def _base_backend(raw: dict[str, Any]) -> Any:

@@ -536,7 +536,7 @@ def test_a_grid_axis_that_changes_the_validation_rows_is_refused_naming_it(tmp_p
                tmp_path / "t", [], trainer).run()
     assert str(err.value) == (f"--grid {key}: changes the validation data (its points would be ranked on different "
                               "validation rows or labels); a grid's data keys are features, cache_dir, prefetch, "
-                              "shuffle_buffer, on_device here (run ctr tune once per setting of the others)")
+                              "shuffle_buffer, on_device, integer_ids here (run ctr tune once per setting of the others)")
     assert trainer.calls == [] and not (tmp_path / "t").exists()
 
 
@@ -546,3 +546,17 @@ def test_a_data_axis_that_leaves_the_validation_rows_alone_is_tuned(tmp_path):
     grid = parse_grid(["data.shuffle_buffer=100,1000", "train.embedding_optimizer.lr=0.01,0.1"])
     best = Tuning(_recipe_file(tmp_path), grid, 1, tmp_path / "t", [], trainer).run()
     assert best.overrides == ("data.shuffle_buffer=100", "train.embedding_optimizer.lr=0.1") and len(trainer.calls) == 4
+
+
+def test_with_bad_rows_skipped_a_features_axis_is_refused_and_integer_ids_tuned(tmp_path):
+    """With ``on_bad_rows: skip`` the features decide which rows are dropped, so each point
+    would be validated on other rows; synthetic's ``integer_ids`` only encodes the same rows."""
+    trainer = FakeTrainer()
+    skipping = _recipe_file(tmp_path, data={"on_bad_rows": "skip"})
+    with pytest.raises(UserError, match=r"^--grid data.features: .* data keys are cache_dir, prefetch, shuffle_buffer, "
+                                        r"on_device, integer_ids here .*; with data.on_bad_rows: skip, the keys that "
+                                        r"decide which rows are bad are not\)$"):
+        Tuning(skipping, parse_grid(["data.features={skip: [C1]},{skip: [C2]}"]), 1, tmp_path / "t", [], trainer).run()
+    grid = parse_grid(["data.integer_ids=false,true"])
+    Tuning(_recipe_file(tmp_path), grid, 1, tmp_path / "u", [], trainer).run()
+    assert len(trainer.calls) == 2
