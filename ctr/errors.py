@@ -56,6 +56,15 @@ class Terminated(BaseException):
     an unusable plugin does not take a SIGTERM for one."""
 
 
+def raise_wrapped_signal(err: BaseException) -> None:
+    """Raises the ``KeyboardInterrupt`` or ``Terminated`` that a torch.distributed.checkpoint
+    failure wraps (its ``CheckpointException`` holds whatever a rank raised, a signal's too):
+    a save or load that a signal stopped ends as the signal, not as a broken checkpoint."""
+    for failure in (getattr(err, "failures", None) or {}).values():
+        if isinstance(failure[0], (KeyboardInterrupt, Terminated)):
+            raise failure[0] from None
+
+
 def raise_terminated(signum: int, frame: object) -> None:
     """A SIGTERM handler: the main thread raises ``Terminated`` where it is."""
     raise Terminated

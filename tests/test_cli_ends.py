@@ -320,3 +320,37 @@ def test_sigterm_while_a_checkpoint_loads_is_not_a_broken_checkpoint(tmp_path, m
     monkeypatch.setattr(torch, "load", stopped)
     with pytest.raises(Terminated):
         load_checkpoint(tmp_path / "last.ckpt")
+
+
+@pytest.mark.parametrize("stop", [Terminated, KeyboardInterrupt])
+def test_a_signal_while_a_distributed_checkpoint_loads_is_not_a_misfit(tmp_path, monkeypatch, stop):
+    """torch.distributed.checkpoint wraps whatever a rank raises, a SIGTERM's Terminated and a
+    Ctrl+C's KeyboardInterrupt too, in its CheckpointException: ``ctr eval`` of a distributed
+    run stopped while it read the checkpoint said "best: does not fit this run's model
+    (Terminated)", exit 2."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from ctr.train.sharded import _dcp_load
+
+    dcp.save({"model": {"w": torch.ones(2, 3)}}, checkpoint_id=str(tmp_path / "best"), no_dist=True)
+
+    def stopped(*args, **kwargs):
+        raise stop
+
+    monkeypatch.setattr(dcp.FileSystemReader, "read_data", stopped)
+    with pytest.raises(stop):
+        _dcp_load(dcp, {"model": {"w": torch.zeros(2, 3)}}, tmp_path / "best")
+
+
+def test_a_signal_a_checkpoint_failure_wraps_is_raised_as_itself():
+    """A distributed run's save and load (every rank's failure in one CheckpointException)
+    ended on that exception's traceback, or as a checkpoint that does not fit, on a SIGTERM."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from ctr.errors import raise_wrapped_signal
+
+    with pytest.raises(Terminated):
+        raise_wrapped_signal(CheckpointException("read_data", {0: (Terminated(), None)}))
+    raise_wrapped_signal(CheckpointException("read_data", {0: (ValueError("size mismatch"), None)}))
+    raise_wrapped_signal(ValueError("size mismatch"))

@@ -27,7 +27,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
 
 from ctr.atomic import atomic_write, finish_replace, replace_folder, replaced_folder, staging_folder
-from ctr.errors import UserError, reason
+from ctr.errors import UserError, raise_wrapped_signal, reason
 from ctr.recipe import EarlyStopConfig
 from ctr.train.loop import Placement
 from ctr.train.stages import restore_random, save_random
@@ -203,7 +203,11 @@ class Checkpointer:
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         dist.barrier()
-        dcp.save(self._state(), checkpoint_id=str(tmp))
+        try:
+            dcp.save(self._state(), checkpoint_id=str(tmp))
+        except CheckpointException as err:
+            raise_wrapped_signal(err)
+            raise
         save_random(tmp, rank, self.place.world_size)
         fused_lr = self._fused_lr()
         if rank == 0:
@@ -236,6 +240,7 @@ class Checkpointer:
         try:
             dcp.load(state, checkpoint_id=str(path))
         except CheckpointException as err:  # a BaseException: each rank's failure, wrapped
+            raise_wrapped_signal(err)
             raise UserError(f"{path}: does not fit this run's model ({reason(err)})") from None
         if self.sharded:
             self.module.load_state_dict(state["model"])

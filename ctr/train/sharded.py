@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ctr.batch import JaggedFeatures
 from ctr.embeddings.types import FeatureEmbeddings
-from ctr.errors import RecipeError, UserError, reason
+from ctr.errors import RecipeError, UserError, raise_wrapped_signal, reason
 from ctr.recipe import EmbeddingOptimizerConfig, Recipe
 from ctr.train.plan import (
     SHARD_COLUMNS, SHARDABLE_METHODS, _hide_torchrec_notes, check_shard_columns, replicated_when_unshardable,
@@ -336,4 +336,5 @@ def _dcp_load(dcp, state: dict, path: Path) -> None:  # noqa: ANN001 (the module
             warnings.simplefilter("ignore")  # DCP says it assumes one process: it does
             dcp.load(state, checkpoint_id=str(path), no_dist=True)
     except (Exception, dcp.api.CheckpointException) as err:  # CheckpointException is a BaseException
+        raise_wrapped_signal(err)
         raise UserError(f"{path}: does not fit this run's model ({reason(err)})") from None
