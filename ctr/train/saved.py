@@ -77,6 +77,7 @@ def best_checkpoint(run: RunDir) -> Path:
     metrics = run.read_metrics() if run.metrics.exists() else {}
     unfinished = run.checkpoints / "best" if replaced_folder(run.checkpoints / "best").is_dir() else run.best
     ckpt = run.root / metrics["best_checkpoint"] if "best_checkpoint" in metrics else unfinished
+    ckpt = replaced_folder(ckpt)  # a swap of the best folder stopped between its renames: the whole copy
     if not ckpt.exists():
         raise UserError(f"{run.root}: no checkpoint at {ckpt}")
     if ckpt.is_dir():

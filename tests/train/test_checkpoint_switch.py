@@ -15,6 +15,7 @@ from ctr.train.checkpoints import (
     OPTIMIZERS_FILE, STATE_FILE, check_whole, holds_distributed_checkpoints, optimizers_misfit, read_state,
 )
 from ctr.train.rundir import RunDir
+from ctr.train.saved import best_checkpoint
 
 
 def checkpoint(path, step):
@@ -87,3 +88,12 @@ def test_optimizers_of_another_plan_say_how_to_resume():
     assert "written on 2 processes, this run has 4: resume it on 2 (trainer.devices × trainer.num_nodes)" in moved
     same = optimizers_misfit(Path("run/checkpoints/last"), saved_world_size=2, world_size=2)
     assert "resume it on" not in same and "distributed.sharding / distributed.tables" in same
+
+
+def test_a_best_folder_whose_swap_was_stopped_is_read_from_its_whole_copy(tmp_path):
+    """Saving a new best folder stopped between its renames (``best`` aside, the new one staged)
+    left ``ctr eval`` of the run saying "no checkpoint at .../best"."""
+    run = RunDir(tmp_path / "run")
+    saved_checkpoint(run.checkpoints / ".best.old")
+    saved_checkpoint(run.checkpoints / ".best.tmp")
+    assert best_checkpoint(run) == run.checkpoints / ".best.tmp"
