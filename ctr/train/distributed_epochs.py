@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ctr.atomic import atomic_path
 from ctr.datasets import BatchLoader
 from ctr.embeddings.replicas import gather_padded
 from ctr.metrics import auc, group_auc, logloss
@@ -294,26 +296,50 @@ def _gather(values: torch.Tensor, place: Placement) -> torch.Tensor:
 
 class CurveLog:
     """``logs/metrics.csv`` as the one-process run writes it (rank 0 only): one row per logged
-    step (``train/loss``), per epoch (its lrs) and per validation; a resumed run keeps the
-    rows written before its checkpoint (those of steps before ``keep_before``; ``read_log_rows``)."""
+    step (``train/loss``), per epoch (its lrs) and per validation, as Lightning's CSV logger
+    writes them: the header holds the columns logged so far, sorted (the file is rewritten
+    when a row brings a new one), and metric values are float32 (Lightning logs tensors of
+    its default dtype). A resumed run keeps the rows written before its checkpoint (those of
+    steps before ``keep_before``; ``read_log_rows``) under their header, as ``keep_log_rows``
+    does in one process."""
 
-    COLUMNS = ("epoch", "step", "lr/dense", "lr/embedding", "train/loss", "valid/auc", "valid/logloss", "valid/gauc")
+    COLUMNS = ("epoch", "lr/dense", "lr/embedding", "step", "train/loss", "valid/auc", "valid/gauc", "valid/logloss")
 
     def __init__(self, path: Path, writer: bool, keep_before: int):
-        self.path, self.writer = path, writer
+        self.path, self.writer, self.keys = path, writer, []
         if not writer:
             return
-        kept = read_log_rows(path, keep_before, self.COLUMNS)[1] if keep_before and path.is_file() else []
+        header, kept = read_log_rows(path, keep_before, self.COLUMNS) if keep_before and path.is_file() else ([], [])
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as file:
-            out = csv.DictWriter(file, fieldnames=self.COLUMNS)
-            out.writeheader()
-            out.writerows(kept)
+        self.keys = header
+        if header:
+            self._rewrite(kept)
+        else:
+            path.unlink(missing_ok=True)
 
     def write(self, row: dict[str, Any]) -> None:
-        if self.writer:
-            with self.path.open("a", newline="") as file:
-                csv.DictWriter(file, fieldnames=self.COLUMNS).writerow(row)
+        """Appends ``row`` (``epoch`` and ``step`` integers, the rest metric values)."""
+        if not self.writer:
+            return
+        row = {key: value if key in ("epoch", "step") else float(np.float32(value)) for key, value in row.items()}
+        if set(row) - set(self.keys):
+            self.keys = sorted({*self.keys, *row})
+            self._rewrite([*self._rows(), row])
+            return
+        with self.path.open("a", newline="") as file:
+            csv.DictWriter(file, fieldnames=self.keys).writerow(row)
+
+    def _rows(self) -> list[dict[str, str]]:
+        if not self.path.is_file():
+            return []
+        with self.path.open(newline="") as file:
+            return list(csv.DictReader(file))
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        with atomic_path(self.path) as tmp, tmp.open("w", newline="") as file:
+            out = csv.DictWriter(file, fieldnames=self.keys)
+            out.writeheader()
+            out.writerows(rows)
 
 
 def rows_of(metrics_csv: Path, column: str) -> list[tuple[int, float]]:

@@ -216,9 +216,10 @@ def test_sigterm_to_the_launcher_stops_its_ranks(tmp_path):
 def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog):
     """A mixed plan (table-wise, column-wise over both ranks, data-parallel) on 2 gloo
     processes: the loss curve, validation and test AUC of the 1-process run on the same global
-    batch, and its log's progress lines (the distributed loop printed one per 100 steps only,
-    and no run directory); a run resumed from its DCP checkpoint ends the same, on 2 processes
-    or on 1; 1 process evaluates it alike."""
+    batch, its CSV log's header and float32 values, and its log's progress lines (the
+    distributed loop printed one per 100 steps only, and no run directory); a run resumed
+    from its DCP checkpoint ends the same, on 2 processes or on 1; 1 process evaluates it
+    alike."""
     sections = {"train": {"epochs": 2, "early_stop": None}, "trainer": {"num_threads": 1, "progress_bar": False}}
     with caplog.at_level(logging.INFO, logger="ctr"):
         one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
@@ -239,6 +240,10 @@ def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog):
         curve_one, curve_two = (rows_of(tmp_path / run / "logs" / "metrics.csv", column) for run in ("one", "two"))
         assert [s for s, _ in curve_two] == [s for s, _ in curve_one] and curve_one
         assert np.allclose([v for _, v in curve_two], [v for _, v in curve_one], atol=1e-5, rtol=0)
+    logs = [(tmp_path / run / "logs" / "metrics.csv").read_text().splitlines() for run in ("one", "two")]
+    assert logs[1][0] == logs[0][0] and len(logs[1]) == len(logs[0])
+    values = [float(v) for line in logs[1][1:] for v in line.split(",")[1:] if v and "." in v]
+    assert values and [float(np.float32(v)) for v in values] == values  # float32 values, as Lightning logs them
 
     evaluated = evaluate(tmp_path / "two")
     assert abs(evaluated["auc"] - two["test"]["auc"]) < 1e-6
