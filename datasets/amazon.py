@@ -125,9 +125,11 @@ class AmazonDataset(DatasetSource):
         return [self.history, self.attributes]
 
     def fingerprint(self) -> dict[str, Any]:
-        """The source's key with the attributes file it reads, whether the recipe names it or it
-        is found beside the history (the same files: the same key)."""
+        """The source's key with the history and attributes files it reads, whether the recipe
+        names them or they are found in ``data.path``'s folder or beside the history (the same
+        files: the same key)."""
         key = super().fingerprint()
+        key["options"]["path"] = str(self.history.resolve())
         key["options"]["attributes"] = str(self.attributes.resolve())
         return key
 

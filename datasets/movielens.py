@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -84,6 +84,13 @@ class MovieLensDataset(DatasetSource):
 
     def files(self) -> list[Path]:
         return [f for f in (self.inter, self.user, self.item) if f is not None]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The source's key with the ratings file it reads, whether ``data.path`` names the
+        folder or one of its files (the same files: the same key)."""
+        key = super().fingerprint()
+        key["options"]["path"] = str(self.inter.resolve())
+        return key
 
     def default_features(self) -> list[FeatureSpec]:
         features = [FeatureSpec(name="user_id"), FeatureSpec(name="item_id")]

@@ -154,7 +154,7 @@ def test_rows_to_score_read_the_attributes_beside_them_with_the_training_files_g
     assert config.path == str(new) and config.attributes == str(new.with_name("Toy_item2attributes.json"))
 
 
-def test_an_attributes_file_named_from_another_folder_keys_the_same_entry(tmp_path, monkeypatch):
+def test_the_same_files_named_from_another_folder_or_as_their_folder_key_the_same_entry(tmp_path, monkeypatch):
     path = write_amazon(tmp_path / "am")
     absolute = AmazonDataset(AmazonConfig(path=str(path), attributes=str(path.with_name("Toy_item2attributes.json"))))
     monkeypatch.chdir(tmp_path)
@@ -162,6 +162,8 @@ def test_an_attributes_file_named_from_another_folder_keys_the_same_entry(tmp_pa
     assert relative.fingerprint() == absolute.fingerprint()
     beside = AmazonDataset(AmazonConfig(path="am/Toy.txt"))  # the same file, found beside the history
     assert beside.fingerprint() == absolute.fingerprint()
+    folder = AmazonDataset(AmazonConfig(path="am"))  # the folder holding the history: the same files
+    assert folder.fingerprint() == absolute.fingerprint()
 
 
 def test_gzip_histories_and_attributes_read_as_their_plain_copies(tmp_path):

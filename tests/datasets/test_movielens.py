@@ -76,6 +76,13 @@ def test_path_may_name_any_of_the_files_and_a_missing_folder_is_an_error(tmp_pat
         MovieLensDataset(MovieLensConfig(path=str(tmp_path / "nowhere")))
 
 
+def test_the_folder_or_any_one_of_its_files_keys_the_same_entry(tmp_path):
+    folder = write_movielens(tmp_path / "ml", [(1, 10, 5)])
+    keys = [MovieLensDataset(MovieLensConfig(path=str(path))).fingerprint() for path in
+            (folder, folder / "ml.inter", folder / "ml.item")]
+    assert keys[1] == keys[0] and keys[2] == keys[0]
+
+
 def test_the_input_paths_of_one_named_file_are_all_three(tmp_path):
     """data.path naming the .item file reads the .inter and .user beside it too: all three are
     inputs (an --out of predict or export naming one of them would replace training rows)."""
