@@ -41,6 +41,7 @@ class DatasetSource(ABC):
     optional_columns: frozenset[str] = frozenset()  # may be absent (the label when scoring new rows)
     scored_features: list[FeatureSpec] | None = None  # those of the run whose saved schema scores the rows
     generated: bool = False  # rows made by the source itself: no file of them can be scored
+    own_split: bool = False  # splits its rows itself: reads neither data.split.valid nor data.split.test
     # rows built from the input (not read one to one): output name → raw column of the keys
     # that ``ctr predict`` writes beside each score, so scores join back to what they score
     score_keys: dict[str, str] = {}

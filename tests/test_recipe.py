@@ -182,6 +182,17 @@ def test_a_path_given_to_a_dataset_that_generates_its_rows_is_refused():
         recipe_from_dict({"data": {"path": "rows.csv"}})
 
 
+def test_split_fractions_given_to_a_dataset_that_splits_its_rows_itself_are_refused():
+    """``amazon`` puts each user's last item in test and the one before in validation: a
+    ``data.split`` fraction was silently unused. Its seed (the quantile sample's) and
+    movielens's fractions (its random split) are taken."""
+    with pytest.raises(RecipeError, match=r"^data\.split: the amazon dataset splits its rows itself and reads neither "
+                                          r"data\.split\.valid nor data\.split\.test; leave them out$"):
+        recipe_from_dict({"data": {"dataset": "amazon", "path": "am", "split": {"valid": 0.2}}})
+    assert recipe_from_dict({"data": {"dataset": "amazon", "path": "am", "split": {"seed": 7}}})
+    assert recipe_from_dict({"data": {"dataset": "movielens", "path": "ml", "split": {"valid": 0.2, "test": 0.05}}})
+
+
 @pytest.mark.parametrize("model, message", [
     ({"name": "dlrm", "top_mlp": [16, -1]}, r"^model\.top_mlp: layer widths must be >= 1, got \[16, -1\]$"),
     ({"name": "dlrm", "bottom_mlp": [0]}, r"^model\.bottom_mlp: layer widths must be >= 1, got \[0\]$"),

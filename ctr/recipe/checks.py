@@ -66,6 +66,12 @@ def generates_rows(dataset: str) -> bool:
     return getattr(DATASETS.get(dataset).target, "generated", False)
 
 
+def splits_itself(dataset: str) -> bool:
+    """Whether the registered ``dataset`` splits its rows itself (``amazon``), reading no
+    ``data.split`` fraction."""
+    return getattr(DATASETS.get(dataset).target, "own_split", False)
+
+
 def _updates_in_backward(recipe: Recipe) -> bool:
     """Whether the recipe's embedding method updates its rows inside the backward."""
     return getattr(EMBEDDINGS.get(recipe.embedding.method).target, "updates_in_backward", False)
@@ -109,8 +115,9 @@ def _check_plateau_modes(train: TrainConfig) -> None:
 
 def _check_ranges(recipe: Recipe) -> None:
     """The run's seed and the data keys every dataset shares (a ``path`` only for a dataset that
-    reads files): checked here, not in ``DataConfig``, so that a dataset's config class (a
-    plugin's too) need not call a base check."""
+    reads files, ``split`` fractions only for one that does not split its rows itself): checked
+    here, not in ``DataConfig``, so that a dataset's config class (a plugin's too) need not call
+    a base check."""
     if not 0 <= recipe.seed <= SEED_MAX:
         raise RecipeError(f"seed: must be in [0, {SEED_MAX}] (numpy's seeds), got {recipe.seed}")
     if recipe.data.shuffle_buffer < 1:
@@ -120,6 +127,10 @@ def _check_ranges(recipe: Recipe) -> None:
     if recipe.data.path is not None and generates_rows(recipe.data.dataset):
         raise RecipeError(f"data.path: the {recipe.data.dataset} dataset generates its rows and reads no file; name the "
                           f"dataset that reads {recipe.data.path!r} in data.dataset (csv, parquet, criteo, ...)")
+    split, default = recipe.data.split, type(recipe.data.split)()
+    if (split.valid, split.test) != (default.valid, default.test) and splits_itself(recipe.data.dataset):
+        raise RecipeError(f"data.split: the {recipe.data.dataset} dataset splits its rows itself and reads neither "
+                          "data.split.valid nor data.split.test; leave them out")
 
 
 def check_combinations(recipe: Recipe) -> None:

@@ -8,7 +8,7 @@ import dataclasses
 from typing import Any
 
 from ctr.recipe import DataConfig, import_recipe_plugins
-from ctr.recipe.checks import generates_rows, reads_backend
+from ctr.recipe.checks import generates_rows, reads_backend, splits_itself
 from ctr.registry import DATASETS, EMBEDDINGS
 
 LOSS_MONITORS = ("valid/logloss", "train/loss")
@@ -21,6 +21,7 @@ def upgraded(raw: dict[str, Any]) -> dict[str, Any]:
     import_recipe_plugins(raw)  # a plugin's method or dataset is then known to the rules below
     _embedding_keys(raw.get("embedding") or {})
     _generated_path(raw.get("data") or {})
+    _own_split(raw.get("data") or {})
     _monitor_modes(raw.get("train") or {})
     _din_input_norm(raw.get("model") or {})
     trainer = raw.get("trainer") or {}
@@ -64,6 +65,15 @@ def _generated_path(data: dict[str, Any]) -> None:
     known = isinstance(dataset, str) and dataset in DATASETS
     if known and generates_rows(dataset) and data.get("path") is not None:
         del data["path"]
+
+
+def _own_split(data: dict[str, Any]) -> None:
+    """``data.split.valid`` and ``test`` are keys of datasets that do not split their rows
+    themselves: runs of one that does (``amazon``) saved them, unread (its seed is kept)."""
+    dataset, split = data.get("dataset", DataConfig.dataset), data.get("split")
+    if isinstance(dataset, str) and dataset in DATASETS and splits_itself(dataset) and isinstance(split, dict):
+        for key in ("valid", "test"):
+            split.pop(key, None)
 
 
 def _monitor_modes(train: dict[str, Any]) -> None:

@@ -79,3 +79,11 @@ def test_a_schedule_floor_above_its_lr_is_read_as_saved(tmp_path):
                                         "scheduler": {"name": "cosine", "min_lr": 0.05},
                                         "embedding_scheduler": {"name": "plateau", "min_lr": 0.1}}})
     assert (cosine.train.scheduler.min_lr, cosine.train.embedding_scheduler.min_lr) == (0.05, 0.1)
+
+
+def test_split_fractions_saved_for_a_dataset_that_splits_its_rows_itself_are_dropped(tmp_path):
+    """Earlier ``amazon`` runs took ``data.split.valid`` and ``test`` and ignored them: they are
+    refused now, and their recipe loads with the defaults (its seed kept)."""
+    data = {"dataset": "amazon", "path": "am", "split": {"valid": 0.3, "test": 0.2, "seed": 7}}
+    split = saved(tmp_path, {"data": data}).data.split
+    assert (split.valid, split.test, split.seed) == (0.1, 0.1, 7)
