@@ -74,7 +74,8 @@ def check_distributed(recipe: Recipe) -> None:
     gpus = torch.cuda.device_count() if wants_gpu(trainer.accelerator) and torch.cuda.is_available() else None
     if gpus is not None and trainer.devices > gpus:  # process LOCAL_RANK takes GPU LOCAL_RANK
         raise RecipeError(f"trainer.devices: {trainer.devices} processes on this machine, one GPU each, but it has "
-                          f"{gpus} CUDA GPU{'s' if gpus != 1 else ''}; set trainer.devices to at most {gpus}")
+                          f"{gpus} CUDA GPU{'s' if gpus != 1 else ''}; set trainer.devices to at most {gpus}"
+                          + (", or trainer.accelerator: cpu" if trainer.accelerator == "auto" else ""))
 
 
 @dataclass

@@ -94,6 +94,9 @@ def test_more_processes_than_gpus_is_one_line_before_any_process(tmp_path, capsy
     assert code == 2 and err == ("ctr: error: trainer.devices: 2 processes on this machine, one GPU each, but it has "
                                  "1 CUDA GPU; set trainer.devices to at most 1"), err
     assert not (tmp_path / "run").exists()
+    code = main(["train", str(write(tmp_path, trainer={"devices": 2, "accelerator": "auto"})), "--out",
+                 str(tmp_path / "run")])
+    assert code == 2 and capsys.readouterr().err.strip().endswith("at most 1, or trainer.accelerator: cpu")
 
 
 @pytest.mark.parametrize("fails", [False, True], ids=["finishes", "raises"])
