@@ -40,7 +40,6 @@ KEY_FILE = "key.json"
 TMP_MARK = ".tmp-"
 
 
-
 def key_inputs(source: DatasetSource, features, label, group, split: SplitConfig) -> dict[str, Any]:
     """What the encoding depends on: the pipeline version, the source (its options and its files'
     stamps), the feature specs, label, group and the split (fractions and ``split.seed``)."""
