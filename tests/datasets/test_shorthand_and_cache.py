@@ -176,4 +176,4 @@ def test_an_entry_of_an_earlier_synthetic_generator_is_not_reused_and_is_stale(t
     assert main(["data", "clean", "--dry-run", "--cache-dir", str(tmp_path / "cache")]) == 0
     out = capsys.readouterr().out
     assert f"would remove {old.root.name}" in out and "synthetic generator version 4 (now 5)" in out, out
-    assert new.root.name not in out and "1 stale entries" in out
+    assert new.root.name not in out and "\n1 stale entry (" in out
