@@ -5,7 +5,7 @@ the recipe's early-stopping monitor (``train.early_stop.monitor``, e.g. ``valid/
 metrics.json reports it for the run's best checkpoint. Test metrics are recorded, never used
 to choose. Every point is validated on the same rows: an axis of a data key that changes them
 (``data.split``, ``data.path``, ...) is refused, one of how rows are encoded or fed
-(``DataConfig.encoding_keys``) is not. Stage 2 trains the chosen point with seeds
+(``DataConfig.tunable_keys()``) is not. Stage 2 trains the chosen point with seeds
 ``seed + 1 .. seed + n - 1`` (its stage-1 run is seed ``seed``) and reports each test metric
 as mean ± sample sd.
 
