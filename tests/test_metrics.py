@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from ctr.metrics import auc, group_auc, logloss
+from ctr.metrics import EPS, auc, group_auc, logloss, split_metrics
 
 
 def brute_auc(labels, scores):
@@ -35,9 +35,17 @@ def test_group_auc_weights_by_impressions_and_skips_single_class():
     assert group_auc(groups, labels, scores) == pytest.approx((4 * 1.0 + 2 * 0.0) / 6)
 
 
-def test_logloss():
-    assert logloss(np.array([1, 0]), np.array([0.5, 0.5])) == pytest.approx(np.log(2))
-    assert np.isfinite(logloss(np.array([1]), np.array([0.0])))
+def test_logloss_of_logits_clips_the_probabilities():
+    assert logloss(np.array([1, 0]), np.array([0.0, 0.0])) == pytest.approx(np.log(2))
+    assert logloss(np.array([1]), np.array([-1000.0])) == pytest.approx(-np.log(EPS))  # p clipped to EPS
+    assert logloss(np.array([1, 0]), np.array([1000.0, -1000.0])) == pytest.approx(-np.log1p(-EPS))
+
+
+@pytest.mark.parametrize("logit", [-12.0, -2.5, 0.3, 4.0, 12.0])
+def test_logloss_of_logits_is_the_clipped_probabilities_cross_entropy(logit):
+    p = 1 / (1 + np.exp(-logit))
+    for label, expected in ((1, -np.log(p)), (0, -np.log1p(-p))):
+        assert logloss(np.array([label]), np.array([logit])) == pytest.approx(expected, rel=1e-12)
 
 
 def test_a_nan_score_makes_the_ranking_metrics_nan():
@@ -48,14 +56,12 @@ def test_a_nan_score_makes_the_ranking_metrics_nan():
     assert np.isnan(logloss(labels, scores))
 
 
-def test_confident_scores_are_ranked_from_float64_probabilities():
-    """Training, eval and predict take the sigmoid in float64: in float32 every logit above
-    16.6 is 1.0, and those rows would tie."""
-    import torch
-
-    from ctr.train.task import probabilities
-
-    logits = torch.tensor([17.0, 18.0, 20.0, 25.0, 30.0, 16.5])
-    labels = np.array([0, 1, 1, 1, 1, 0])
-    assert auc(labels, probabilities(logits).numpy()) == 1.0
-    assert auc(labels, torch.sigmoid(logits).numpy()) == 0.75  # what float32 gave
+def test_split_metrics_rank_logits_whose_probabilities_tie():
+    """In float64 the sigmoid of every logit above 36.7 is 1.0 (in float32 above 16.6): ranked
+    as probabilities, the rows at 40, 45 and 50 tied."""
+    logits, labels, groups = np.array([40.0, 45.0, 50.0, -3.0]), np.array([0, 1, 1, 0]), np.array([1, 1, 1, 2])
+    assert auc(labels, 1 / (1 + np.exp(-logits))) == 0.75
+    metrics = split_metrics(labels, logits, groups)
+    assert metrics["auc"] == 1.0 and metrics["gauc"] == 1.0
+    assert metrics["logloss"] == pytest.approx((-np.log(EPS) - 2 * np.log1p(-EPS) + np.log1p(np.exp(-3.0))) / 4)
+    assert "gauc" not in split_metrics(labels, logits)

@@ -27,14 +27,14 @@ from torch import nn
 from ctr.atomic import atomic_path
 from ctr.datasets import BatchLoader
 from ctr.embeddings.replicas import gather_padded
-from ctr.metrics import auc, group_auc, logloss
+from ctr.metrics import split_metrics
 from ctr.errors import RecipeError
 from ctr.recipe import Recipe
 from ctr.train.callbacks import diverged, loss_check_interval, progress_every, warn_if_not_finite
 from ctr.train.checkpoints import Checkpointer, TrainState
 from ctr.train.distributed_stages import ArchSteps
 from ctr.train.loop import LOG_EVERY_N_STEPS, PROGRESS_EVERY_N_STEPS, Placement, beats, read_log_rows
-from ctr.train.task import densify_gradients, probabilities
+from ctr.train.task import densify_gradients
 
 if TYPE_CHECKING:
     from ctr.train.distributed import Parallel
@@ -272,21 +272,17 @@ def average_sparse_gradients(params: list[nn.Parameter], world: int) -> None:
 @torch.no_grad()
 def evaluate(module: nn.Module, loader: BatchLoader, place: Placement) -> dict[str, float]:
     """AUC and logloss (and group AUC when the data has groups) over every row of ``loader``'s
-    split: each rank scores its parts, the predictions and labels are gathered from all."""
+    split: each rank scores its parts, the logits (float64) and labels are gathered from all."""
     module.eval()
-    probs, labels, groups = [], [], []
+    logits, labels, groups = [], [], []
     for batch in loader:
-        probs.append(probabilities(module(batch)[0]))
+        logits.append(module(batch)[0].double())
         labels.append(batch.labels.float())
         if batch.groups is not None:
             groups.append(batch.groups)
     module.train()
-    gathered = [_gather(torch.cat(part), place) for part in (probs, labels)]
-    scores, truth = gathered[0].numpy(), gathered[1].numpy()
-    metrics = {"auc": auc(truth, scores), "logloss": logloss(truth, scores)}
-    if groups:
-        metrics["gauc"] = group_auc(_gather(torch.cat(groups), place).numpy(), truth, scores)
-    return metrics
+    scores, truth = (_gather(torch.cat(part), place).numpy() for part in (logits, labels))
+    return split_metrics(truth, scores, _gather(torch.cat(groups), place).numpy() if groups else None)
 
 
 def _gather(values: torch.Tensor, place: Placement) -> torch.Tensor:

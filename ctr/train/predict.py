@@ -34,7 +34,7 @@ from ctr.datasets.loader import BatchLoader
 from ctr.datasets.preprocess import Encoded
 from ctr.datasets.shards import shard_files
 from ctr.errors import UserError, reason
-from ctr.metrics import auc, group_auc, logloss
+from ctr.metrics import split_metrics
 from ctr.recipe import DataConfig
 from ctr.train.loop import placement, use_threads
 from ctr.train.saved import encode_rows, finished_run, oov_counts, restored_task
@@ -45,9 +45,9 @@ CSV_SUFFIXES = (".csv", ".tsv")
 
 @dataclass
 class Scored:
-    """One batch's probabilities float64 [B], labels [B] and groups [B] (or None)."""
+    """One batch's logits float64 [B], labels [B] and groups [B] (or None)."""
 
-    probs: np.ndarray
+    logits: np.ndarray
     labels: np.ndarray
     groups: np.ndarray | None
 
@@ -102,9 +102,9 @@ def _scores(net: torch.nn.Module, loader: BatchLoader, device: torch.device, pre
     for batch in loader:
         batch = batch.to(device)
         with autocast(precision, device):
-            probs = probabilities(net(batch)[0])
+            logits = net(batch)[0].double()
         groups = None if batch.groups is None else batch.groups.cpu().numpy()
-        yield Scored(probs.cpu().numpy(), batch.labels.cpu().numpy(), groups)
+        yield Scored(logits.cpu().numpy(), batch.labels.cpu().numpy(), groups)
 
 
 def autocast(precision: str, device: torch.device) -> AbstractContextManager[Any]:
@@ -134,19 +134,20 @@ def _write(scored: Iterator[Scored], out: Path, labelled: bool, numbered: Encode
            keys: Path | None = None) -> list[Scored]:
     """Streams the scores into ``out`` (CSV or parquet by its suffix), after their input rows'
     numbers when ``numbered`` and the key columns of the rows a source built (the shards in
-    ``keys``, a row per score); returns what the metrics need (labels and scores, a few bytes
-    a row) when ``labelled``."""
+    ``keys``, a row per score): the click probabilities of the logits, float64; returns what
+    the metrics need (labels and logits, a few bytes a row) when ``labelled``."""
     kept: list[Scored] = []
     written = 0
     built = None if keys is None else _KeyRows(keys)
     with atomic_path(out) as tmp:
         writer = None
         for part in scored:
-            columns = {} if numbered is None else {"row": pa.array(numbered.input_rows(written, len(part.probs)))}
+            rows = len(part.logits)
+            columns = {} if numbered is None else {"row": pa.array(numbered.input_rows(written, rows))}
             if built is not None:
-                columns.update(zip(built.schema.names, built.take(len(part.probs)).columns))
-            written += len(part.probs)
-            columns["score"] = pa.array(part.probs)
+                columns.update(zip(built.schema.names, built.take(rows).columns))
+            written += rows
+            columns["score"] = pa.array(probabilities(torch.from_numpy(part.logits)).numpy())
             if labelled:
                 columns["label"] = pa.array(part.labels.astype(np.int8))
                 kept.append(part)
@@ -183,9 +184,7 @@ class _KeyRows:
 
 
 def _metrics(parts: list[Scored]) -> dict[str, float]:
-    probs = np.concatenate([p.probs for p in parts])
+    logits = np.concatenate([p.logits for p in parts])
     labels = np.concatenate([p.labels for p in parts])
-    metrics = {"auc": auc(labels, probs), "logloss": logloss(labels, probs)}
-    if parts[0].groups is not None:
-        metrics["gauc"] = group_auc(np.concatenate([p.groups for p in parts]), labels, probs)
-    return metrics
+    groups = None if parts[0].groups is None else np.concatenate([p.groups for p in parts])
+    return split_metrics(labels, logits, groups)

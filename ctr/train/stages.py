@@ -32,7 +32,7 @@ from ctr.train.callbacks import random_state, set_random_state
 from ctr.train.loop import Fitted, Loader, Session, fit, load_checkpoint
 from ctr.atomic import atomic_path, atomic_write
 from ctr.train.rundir import RunDir
-from ctr.train.task import CTRNet, CTRTask, probabilities
+from ctr.train.task import CTRNet, CTRTask
 
 log = logging.getLogger("ctr.train")
 
@@ -242,14 +242,14 @@ def _cycle(loader: Loader, taken: int = 0) -> Iterator[Batch]:
 
 @torch.no_grad()
 def split_auc(net: CTRNet, loader: Iterable[Batch]) -> float:
-    """AUC of ``net`` (in eval mode) over every batch of ``loader``."""
+    """AUC of ``net``'s logits (in eval mode) over every batch of ``loader``."""
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device
-    probs, labels = [], []
+    logits, labels = [], []
     for batch in loader:
         batch = batch.to(device)
-        probs.append(probabilities(net(batch)[0]).cpu().numpy())
+        logits.append(net(batch)[0].double().cpu().numpy())
         labels.append(batch.labels.cpu().numpy())
     net.train(was_training)
-    return auc(np.concatenate(labels), np.concatenate(probs))
+    return auc(np.concatenate(labels), np.concatenate(logits))

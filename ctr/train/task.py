@@ -20,7 +20,7 @@ from ctr.embeddings.stages import MultiStageMixin, Stage
 from ctr.embeddings.types import FeatureEmbeddings
 from ctr.errors import RecipeError
 from ctr.host import memory_bytes
-from ctr.metrics import auc, group_auc, logloss
+from ctr.metrics import split_metrics
 from ctr.models.base import CTRModel
 from ctr.recipe import EmbeddingOptimizerConfig, Recipe
 from ctr.registry import EMBEDDINGS, MODELS
@@ -101,8 +101,9 @@ def summary(recipe: Recipe, net: CTRNet, prepared: Prepared) -> str:
 
 
 def probabilities(logits: Tensor) -> Tensor:
-    """Click probabilities of ``logits`` [B], in float64 [B]: float32 rounds the sigmoid of
-    every logit above 16.6 to 1.0, and the metrics would rank such rows as ties."""
+    """Click probabilities of ``logits`` [B], in float64 [B] (the scores ``ctr predict``
+    writes): float32 rounds the sigmoid of every logit above 16.6 to 1.0, float64 only above
+    36.7. The metrics rank the logits themselves (``ctr.metrics``)."""
     return torch.sigmoid(logits.double())
 
 
@@ -350,28 +351,26 @@ class CTRTask(L.LightningModule):
         self._finish(self.eval_split)
 
     def _collect(self, batch: Batch) -> None:
-        probs = probabilities(self(batch))
-        self._outputs.append((probs.detach(), batch.labels, batch.groups))
+        logits = self(batch).detach().double()  # a mixed-precision run's bf16 has no numpy type
+        self._outputs.append((logits, batch.labels, batch.groups))
 
     def _finish(self, split: str) -> None:
-        probs, labels, groups = self._gathered()
+        logits, labels, groups = self._gathered()
         self._outputs = []
-        metrics = {"auc": auc(labels, probs), "logloss": logloss(labels, probs)}
-        if groups is not None:
-            metrics["gauc"] = group_auc(groups, labels, probs)
+        metrics = split_metrics(labels, logits, groups)
         self.last_metrics[split] = metrics
         for name, value in metrics.items():
             self.log(f"{split}/{name}", value, sync_dist=False, rank_zero_only=False)
 
     def _gathered(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """The epoch's probabilities, labels and groups (None without a group column): the
+        """The epoch's logits (float64), labels and groups (None without a group column): the
         Trainer runs one process (a distributed run evaluates in ``distributed_epochs``)."""
-        probs = torch.cat([p for p, _, _ in self._outputs])
+        logits = torch.cat([z for z, _, _ in self._outputs])
         labels = torch.cat([y for _, y, _ in self._outputs])
         has_groups = self._outputs[0][2] is not None
         groups = torch.cat([g for _, _, g in self._outputs]) if has_groups else None
         to_np = lambda t: t.cpu().numpy()  # noqa: E731
-        return to_np(probs), to_np(labels), None if groups is None else to_np(groups)
+        return to_np(logits), to_np(labels), None if groups is None else to_np(groups)
 
     def _arch_parameters(self) -> list[nn.Parameter]:
         embedding = self.net.embedding

@@ -205,8 +205,8 @@ def test_scored_rows_carry_keys_that_join_each_score_to_its_user_target_and_item
     new.write_text("u2 f g h\nu9 a b c d\n")
     encoded = encode_with_schema(config.reading(new), prepared.root, tmp_path / "out", None, progress=False)
     assert encoded.tally.rows == 10  # u2: targets g, h; u9: b, c, d; each with a negative
-    probs = np.linspace(0.05, 0.95, 10)
-    parts = (Scored(probs[a:b], np.tile([1, 0], 5)[a:b], None) for a, b in ((0, 3), (3, 4), (4, 10)))
+    logits = np.linspace(-3.0, 3.0, 10)
+    parts = (Scored(logits[a:b], np.tile([1, 0], 5)[a:b], None) for a, b in ((0, 3), (3, 4), (4, 10)))
     _write(parts, tmp_path / "scores.csv", True, None, encoded.keys)
     scores = pd.read_csv(tmp_path / "scores.csv", dtype={"user_id": str, "item_id": str})
     assert list(scores.columns) == ["line", "user_id", "target", "item_id", "score", "label"]
@@ -217,7 +217,7 @@ def test_scored_rows_carry_keys_that_join_each_score_to_its_user_target_and_item
     assert scores["line"].tolist() == [2, 2, 1, 1, 2, 2, 1, 1, 2, 2]
     assert scores["user_id"].tolist() == ["u9", "u9", "u2", "u2", "u9", "u9", "u2", "u2", "u9", "u9"]
     assert scores["target"].tolist() == [2, 2, 2, 2, 3, 3, 3, 3, 4, 4]
-    assert np.allclose(scores["score"], probs) and scores["label"].tolist() == [1, 0] * 5
+    assert np.allclose(scores["score"], 1 / (1 + np.exp(-logits))) and scores["label"].tolist() == [1, 0] * 5
     new.write_text("u0\nu2 f g h\nu9 a b c d\n")  # a user without items, skipped: the keys still name the rows
     skipping = dataclasses.replace(config.reading(new), on_bad_rows="skip")
     encoded = encode_with_schema(skipping, prepared.root, tmp_path / "skipped", None, progress=False)

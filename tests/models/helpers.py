@@ -43,16 +43,16 @@ def first_batch(prepared: Prepared, split: str = "train", size: int = 64):
 def evaluate(task: CTRTask, prepared: Prepared, split: str) -> dict[str, float]:
     task.eval()
     loader = BatchLoader(prepared.split_dir(split), prepared.schema, 4096, prefetch=0)
-    probs, labels, groups = [], [], []
+    logits, labels, groups = [], [], []
     for batch in loader:
-        probs.append(torch.sigmoid(task(batch)).numpy())
+        logits.append(task(batch).double().numpy())  # ranked by logits, as every evaluation ranks
         labels.append(batch.labels.numpy())
         if batch.groups is not None:
             groups.append(batch.groups.numpy())
-    p, y = np.concatenate(probs), np.concatenate(labels)
-    out = {"auc": auc(y, p)}
+    z, y = np.concatenate(logits), np.concatenate(labels)
+    out = {"auc": auc(y, z)}
     if groups:
-        out["gauc"] = group_auc(np.concatenate(groups), y, p)
+        out["gauc"] = group_auc(np.concatenate(groups), y, z)
     return out
 
 
@@ -87,8 +87,8 @@ def fit_batches(task: CTRTask, train: list[Batch], test: list[Batch], epochs: in
             task.step(batch, optimizer)
     task.eval()
     with torch.no_grad():
-        probs = torch.cat([torch.sigmoid(task(b)) for b in test]).numpy()
-    return auc(torch.cat([b.labels for b in test]).numpy(), probs)
+        logits = torch.cat([task(b).double() for b in test]).numpy()
+    return auc(torch.cat([b.labels for b in test]).numpy(), logits)
 
 
 def task_for_schema(schema: Schema, model: dict, seed: int = 0, **blocks) -> CTRTask:
