@@ -134,6 +134,11 @@ class AmazonDataset(DatasetSource):
         key["options"]["attributes"] = str(self.attributes.resolve())
         return key
 
+    def split_keys(self) -> tuple[str, ...]:
+        """None: each user's items are split by their place (last to test), and ``data.seed``
+        samples the negatives."""
+        return ()
+
     def default_features(self) -> list[FeatureSpec]:
         config: AmazonConfig = self.config  # type: ignore[assignment]
         history = dict(kind="sequence", max_len=config.max_len, pooling=config.pooling)

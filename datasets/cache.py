@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ctr.atomic import process_alive
-from ctr.datasets.source import DatasetSource, code_digest, file_stamp
+from ctr.datasets.source import DatasetSource, code_digest, file_stamp, keyed_split
 from ctr.recipe import DataConfig, SplitConfig
 from ctr.registry import DATASETS
+from ctr.schema import FeatureSpec
 from ctr.typed import to_plain
 
 # 10: a libsvm file's form and default fields are read once from the first MiB of training rows (a block of
@@ -42,15 +43,23 @@ TMP_MARK = ".tmp-"
 
 def key_inputs(source: DatasetSource, features, label, group, split: SplitConfig) -> dict[str, Any]:
     """What the encoding depends on: the pipeline version, the source (its options and its files'
-    stamps), the feature specs, label, group and the split (fractions and ``split.seed``)."""
+    stamps: ``DatasetSource.fingerprint``), the feature specs, label, group and the ``split`` keys
+    the rows depend on (``split_keys_read``; the others at their defaults)."""
     return {
         "version": PIPELINE_VERSION,
         "source": source.fingerprint(),
         "features": to_plain(features),
         "label": label,
         "group": group,
-        "split": to_plain(split),
+        "split": keyed_split(split, split_keys_read(source, features)),
     }
+
+
+def split_keys_read(source: DatasetSource, features: list[FeatureSpec]) -> tuple[str, ...]:
+    """The ``data.split`` keys the encoded rows depend on: the source's ``split_keys``, and the
+    seed where a quantile transform's boundaries are fitted on a sample it draws (``Fitter``)."""
+    quantile = any(spec.kind == "numeric" and spec.transform == "quantile" for spec in features)
+    return (*source.split_keys(), "seed") if quantile else source.split_keys()
 
 
 def cache_key(inputs: dict[str, Any]) -> str:

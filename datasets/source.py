@@ -8,19 +8,20 @@ import sys
 from abc import ABC, abstractmethod
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
 from ctr.atomic import special_kind
 from ctr.errors import DataError, RecipeError, reason
-from ctr.recipe import DataConfig, FeatureShorthand
+from ctr.recipe import DataConfig, FeatureShorthand, SplitConfig
 from ctr.registry import DATASETS
 from ctr.schema import FeatureSpec
 from ctr.typed import to_plain
 
 SPLITS = ("train", "valid", "test")
+SPLIT_KEYS = ("valid", "test", "seed")  # of data.split
 RowStream = Callable[[], Iterator[pa.RecordBatch]]
 GZ = ".gz"  # the suffix of a gzip-compressed text file (its contents, not its name, tell how it reads)
 
@@ -57,11 +58,20 @@ class DatasetSource(ABC):
     def streams(self) -> dict[str, RowStream]:
         """``{"all": stream}`` or ``{"train": ..., "valid": ..., "test": ...}``."""
 
+    def split_keys(self) -> tuple[str, ...]:
+        """The ``data.split`` keys that decide which split each row is in: all of them for rows
+        preprocessing splits (an ``all`` stream) or that a source splits by ``data.split``
+        itself; a source that reads fewer names those (the cache key holds no other)."""
+        return SPLIT_KEYS
+
     def fingerprint(self) -> dict[str, Any]:
-        """What identifies the raw input (for the cache key): options plus file stamps."""
+        """What identifies the raw input (for the cache key): options plus file stamps. A
+        ``data.split`` key not in ``split_keys`` is there at its default (the rows do not depend
+        on it: recipes that differ only there share an entry)."""
         options = to_plain(self.config)
         for key in ("cache_dir", "prefetch", "shuffle_buffer", "on_device"):
             options.pop(key, None)
+        options["split"] = keyed_split(self.config.split, self.split_keys())
         for key in type(self.config).path_keys:  # the same files named from another folder: the same key
             if isinstance(options.get(key), str) and options[key]:
                 options[key] = str(Path(options[key]).expanduser().resolve())
@@ -84,6 +94,13 @@ class DatasetSource(ABC):
         raise RecipeError(
             f"data.features.default_kind: the {self.config.dataset} dataset cannot list its columns; list every feature"
         )
+
+
+def keyed_split(split: SplitConfig, read: Iterable[str]) -> dict[str, Any]:
+    """``split`` as the cache key holds it: the keys in ``read`` as given, the others at their
+    defaults (a key no row depends on keys no other entry)."""
+    given, defaults = to_plain(split), to_plain(SplitConfig())
+    return {key: value if key in read else defaults[key] for key, value in given.items()}
 
 
 def default_features(source: DatasetSource) -> list[FeatureSpec]:

@@ -66,6 +66,13 @@ class FileSource(DatasetSource):
     def files(self) -> list[Path]:
         return [f for files in self.split_files.values() for f in files]
 
+    def split_keys(self) -> tuple[str, ...]:
+        """The fractions of the splits carved from the training rows (those without a file of
+        their own), and the seed when one of them is above 0: none with both held-out files."""
+        carved = tuple(split for split in ("valid", "test") if split not in self.split_files)
+        drawn = any(getattr(self.config.split, split) > 0 for split in carved)
+        return (*carved, "seed") if drawn else carved
+
     def streams(self) -> dict[str, RowStream]:
         if len(self.split_files) == 1:
             return {"all": lambda: self._read(self.split_files["train"])}

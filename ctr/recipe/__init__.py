@@ -30,8 +30,8 @@ class SplitConfig:
     """Random train/valid/test split of datasets that ship as one stream of rows.
 
     ``seed`` seeds the split (and the sample of numeric values that quantile boundaries are
-    fitted on): part of the encoded data's cache key, unlike the recipe's ``seed``, so that
-    every training seed sees the same split and reuses one encoding.
+    fitted on): part of the encoded data's cache key where it draws either, unlike the
+    recipe's ``seed``, so that every training seed sees the same split and reuses one encoding.
     """
 
     valid: float = 0.1

@@ -1,0 +1,135 @@
+"""What the encoded-data cache key holds: every recipe key the encoded rows depend on, and no
+key they do not depend on in that recipe (two recipes differing only there share an entry)."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ctr.datasets import fit, prepare, preprocess
+from ctr.datasets.source import resolve_features
+from ctr.recipe import recipe_from_dict
+from ctr.typed import to_plain
+from tests.datasets.test_amazon import write_amazon
+
+OTHER_SPLIT = {"valid": 0.3, "test": 0.2, "seed": 7}
+
+
+@pytest.fixture
+def encodings(monkeypatch):
+    """The folders each preparation encoded into (one per encode, none for an entry found)."""
+    done = []
+    real_run = preprocess._Job.run
+    monkeypatch.setattr(preprocess._Job, "run", lambda job, out: (done.append(out), real_run(job, out)))
+    return done
+
+
+def write_rows(path, form: str, rows: int):
+    """``rows`` rows of a label ``y``, a categorical ``a`` and a number ``n`` in ``form`` (the
+    file as it is when written before: its stamp is in the key)."""
+    if path.exists():
+        return path
+    labels, tokens, numbers = [i % 2 for i in range(rows)], [f"v{i % 5}" for i in range(rows)], list(range(rows))
+    if form == "parquet":
+        pq.write_table(pa.table({"y": labels, "a": tokens, "n": numbers}), path)
+    elif form == "libsvm":
+        path.write_text("".join(f"{y} 1:{i % 5}:1 2:0:{n}\n" for i, (y, n) in enumerate(zip(labels, numbers))))
+    else:
+        path.write_text("y,a,n\n" + "".join(f"{y},{a},{n}\n" for y, a, n in zip(labels, tokens, numbers)))
+    return path
+
+
+def file_data(tmp_path, form: str, held_out=("valid", "test"), split=None, numeric="log1p"):
+    """A ``data`` block of dataset ``form`` (csv, parquet, libsvm) reading 40 training rows,
+    with a file of its own for each split of ``held_out``."""
+    suffix = {"libsvm": "txt"}.get(form, form)
+    data = {"dataset": form, "path": str(write_rows(tmp_path / f"train.{suffix}", form, 40)),
+            "cache_dir": str(tmp_path / "cache"), "split": split or {}}
+    for split_name in held_out:
+        data[f"{split_name}_path"] = str(write_rows(tmp_path / f"{split_name}.{suffix}", form, 7))
+    if form == "libsvm":
+        data["features"] = [{"name": "a", "source": "1"}, {"name": "n", "source": "2", "kind": "numeric",
+                                                             "transform": numeric}]
+    else:
+        data.update(label="y", features=[{"name": "a"}, {"name": "n", "kind": "numeric", "transform": numeric}])
+    return data
+
+
+def entry(data: dict):
+    return prepare(recipe_from_dict({"data": data}).data, progress=False)
+
+
+@pytest.mark.parametrize("form", ["csv", "parquet", "libsvm"])
+def test_split_keys_of_a_dataset_given_both_held_out_files_key_no_other_entry(tmp_path, form, encodings):
+    """With ``valid_path`` and ``test_path`` no row is split off: ``data.split`` was in the key all
+    the same, and a recipe differing only there encoded the same rows again."""
+    first = entry(file_data(tmp_path, form))
+    second = entry(file_data(tmp_path, form, split=OTHER_SPLIT))
+    assert second.root == first.root and len(encodings) == 1
+    assert [first.report["splits"][s]["rows"] for s in ("train", "valid", "test")] == [40, 7, 7]
+
+
+@pytest.mark.parametrize("given, carved", [("test", "valid"), ("valid", "test")])
+def test_a_carved_split_keys_its_fraction_and_the_seed_and_not_the_other_fraction(tmp_path, given, carved, encodings):
+    first = entry(file_data(tmp_path, "csv", held_out=[given]))
+    assert entry(file_data(tmp_path, "csv", held_out=[given], split={given: 0.3})).root == first.root
+    assert len(encodings) == 1
+    for changed in ({carved: 0.3}, {"seed": 7}):
+        other = entry(file_data(tmp_path, "csv", held_out=[given], split=changed))
+        assert other.root != first.root, changed
+    assert len(encodings) == 3
+
+
+def test_the_seed_of_a_split_of_no_rows_keys_no_other_entry(tmp_path, encodings):
+    first = entry(file_data(tmp_path, "csv", held_out=["valid"], split={"test": 0.0}))
+    assert entry(file_data(tmp_path, "csv", held_out=["valid"], split={"test": 0.0, "seed": 7})).root == first.root
+    assert len(encodings) == 1 and first.report["splits"]["test"]["rows"] == 0
+
+
+def test_the_split_seed_stays_in_the_key_where_quantile_boundaries_are_fitted_on_a_sample(tmp_path, monkeypatch):
+    """No row is split off, but the seed draws the sample a quantile transform's boundaries
+    are fitted on: two seeds encode other values."""
+    monkeypatch.setattr(fit, "RESERVOIR", 10)
+    first = entry(file_data(tmp_path, "csv", numeric="quantile"))
+    second = entry(file_data(tmp_path, "csv", numeric="quantile", split={"seed": 7}))
+    assert second.root != first.root
+    assert first.schema.feature("n").numeric.boundaries != second.schema.feature("n").numeric.boundaries
+
+
+def write_ipinyou(folder):
+    folder.mkdir()
+    (folder / "featindex.fm.txt").write_text("weekday:1\t0\nweekday:2\t1\nhour:5\t2\nhour:6\t3\n")
+    (folder / "train.fm.txt").write_text("".join(f"{i % 2} {i % 2}:1 {2 + i % 3 // 2}:1\n" for i in range(40)))
+    (folder / "test.fm.txt").write_text("1 0:1 3:1\n0 1:1 2:1\n0 1:1 3:1\n")
+    return folder
+
+
+def test_ipinyou_keys_the_validation_fraction_and_seed_and_not_the_test_fraction(tmp_path, encodings):
+    """The release's test file is the test split: ``data.split.test`` splits nothing off."""
+    data = {"dataset": "ipinyou", "path": str(write_ipinyou(tmp_path / "release")), "cache_dir": str(tmp_path / "c")}
+    first = entry(data)
+    assert entry({**data, "split": {"test": 0.3}}).root == first.root
+    assert len(encodings) == 1 and first.report["splits"]["test"]["rows"] == 3
+    assert entry({**data, "split": {"valid": 0.3}}).root != first.root
+    assert entry({**data, "split": {"seed": 7}}).root != first.root
+
+
+def test_amazon_keys_its_own_seed_and_not_the_split_seed(tmp_path, encodings):
+    """Amazon splits each user's items itself and samples negatives by ``data.seed``:
+    ``data.split.seed`` chose no row."""
+    data = {"dataset": "amazon", "path": str(write_amazon(tmp_path / "am")), "cache_dir": str(tmp_path / "c")}
+    first = entry(data)
+    assert entry({**data, "split": {"seed": 7}}).root == first.root
+    assert len(encodings) == 1
+    assert entry({**data, "seed": 7}).root != first.root
+
+
+def test_a_recipe_whose_every_split_key_is_read_keys_the_entry_it_keyed_before(tmp_path):
+    """Entries written before unread keys left the key keep theirs: the whole ``data.split`` in
+    the key and in the source's options."""
+    data = file_data(tmp_path, "csv", held_out=[], split=OTHER_SPLIT)
+    prepared = entry(data)
+    inputs = json.loads((prepared.root / "key.json").read_text())
+    split = to_plain(resolve_features(recipe_from_dict({"data": data}).data).split)
+    assert inputs["split"] == split == inputs["source"]["options"]["split"] == OTHER_SPLIT
