@@ -60,6 +60,7 @@ class AmazonConfig(DataConfig):
     seed: int = 2024
     path_keys: ClassVar[tuple[str, ...]] = (*DataConfig.path_keys, "attributes")
     encoding_keys: ClassVar[tuple[str, ...]] = (*DataConfig.encoding_keys, "max_len", "pooling")
+    default_feature_keys: ClassVar[tuple[str, ...]] = ("pooling",)  # max_len cuts the rows' histories too
 
     def __post_init__(self) -> None:
         if self.max_len < 1:

@@ -40,6 +40,7 @@ class AvazuConfig(FileConfig):
 
     min_count: int = 1
     encoding_keys: ClassVar[tuple[str, ...]] = (*FileConfig.encoding_keys, "min_count")
+    default_feature_keys: ClassVar[tuple[str, ...]] = ("min_count",)
 
     def __post_init__(self) -> None:
         if self.min_count < 1:

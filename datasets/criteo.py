@@ -66,6 +66,7 @@ class CriteoConfig(FileConfig):
     min_count: int = 1
     encoding_keys: ClassVar[tuple[str, ...]] = (*FileConfig.encoding_keys, "numeric_transform", "min_count")
     row_check_keys: ClassVar[tuple[str, ...]] = (*FileConfig.row_check_keys, "numeric_transform")
+    default_feature_keys: ClassVar[tuple[str, ...]] = ("numeric_transform", "min_count")
 
     def __post_init__(self) -> None:
         if self.min_count < 1:

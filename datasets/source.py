@@ -65,13 +65,16 @@ class DatasetSource(ABC):
         return SPLIT_KEYS
 
     def fingerprint(self) -> dict[str, Any]:
-        """What identifies the raw input (for the cache key): options plus file stamps. A
-        ``data.split`` key not in ``split_keys`` is there at its default (the rows do not depend
-        on it: recipes that differ only there share an entry)."""
+        """What identifies the raw input (for the cache key): options plus file stamps. An
+        option the rows do not depend on is there at its default (recipes that differ only
+        there share an entry): a ``data.split`` key not in ``split_keys``, and where the recipe
+        lists its features, a key that only builds the default ones (``default_feature_keys``)."""
         options = to_plain(self.config)
         for key in ("cache_dir", "prefetch", "shuffle_buffer", "on_device"):
             options.pop(key, None)
         options["split"] = keyed_split(self.config.split, self.split_keys())
+        if self.config.features:
+            options.update(_defaults(type(self.config), type(self.config).default_feature_keys))
         for key in type(self.config).path_keys:  # the same files named from another folder: the same key
             if isinstance(options.get(key), str) and options[key]:
                 options[key] = str(Path(options[key]).expanduser().resolve())
@@ -101,6 +104,13 @@ def keyed_split(split: SplitConfig, read: Iterable[str]) -> dict[str, Any]:
     defaults (a key no row depends on keys no other entry)."""
     given, defaults = to_plain(split), to_plain(SplitConfig())
     return {key: value if key in read else defaults[key] for key, value in given.items()}
+
+
+def _defaults(config: type, keys: Iterable[str]) -> dict[str, Any]:
+    """The default values of config class ``config``'s ``keys``, as ``to_plain`` writes them."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    return {key: to_plain(fields[key].default_factory() if fields[key].default is dataclasses.MISSING
+                          else fields[key].default) for key in keys}
 
 
 def default_features(source: DatasetSource) -> list[FeatureSpec]:

@@ -77,6 +77,7 @@ class SyntheticConfig(DataConfig):
     chunk_rows: int = 65_536
     integer_ids: bool = False
     encoding_keys: ClassVar[tuple[str, ...]] = (*DataConfig.encoding_keys, "integer_ids")
+    default_feature_keys: ClassVar[tuple[str, ...]] = ("integer_ids",)
 
     def __post_init__(self) -> None:
         if len(self.vocab_sizes) != NUM_CATEGORICAL:

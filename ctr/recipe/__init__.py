@@ -95,6 +95,9 @@ class DataConfig:
     encoding_keys: ClassVar[tuple[str, ...]] = ("features", "cache_dir", "prefetch", "shuffle_buffer", "on_device")
     # encoding keys that also decide which rows are bad: with ``on_bad_rows: skip``, which are dropped
     row_check_keys: ClassVar[tuple[str, ...]] = ("features",)
+    # keys read only to build the dataset's default features: unread (and left out of the
+    # cache key) where the recipe lists its features
+    default_feature_keys: ClassVar[tuple[str, ...]] = ()
 
     def tunable_keys(self) -> tuple[str, ...]:
         """The data keys a ``ctr tune`` grid may vary: ``encoding_keys``, less ``row_check_keys``

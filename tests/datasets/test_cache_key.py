@@ -8,9 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from ctr.datasets import fit, prepare, preprocess
+from ctr.datasets.avazu import CATEGORICAL
 from ctr.datasets.source import resolve_features
 from ctr.recipe import recipe_from_dict
 from ctr.typed import to_plain
+from tests.conftest import tiny_recipe
 from tests.datasets.test_amazon import write_amazon
 
 OTHER_SPLIT = {"valid": 0.3, "test": 0.2, "seed": 7}
@@ -133,3 +135,34 @@ def test_a_recipe_whose_every_split_key_is_read_keys_the_entry_it_keyed_before(t
     inputs = json.loads((prepared.root / "key.json").read_text())
     split = to_plain(resolve_features(recipe_from_dict({"data": data}).data).split)
     assert inputs["split"] == split == inputs["source"]["options"]["split"] == OTHER_SPLIT
+
+
+@pytest.mark.parametrize("dataset, key, value", [
+    ("criteo", "numeric_transform", "standardize"), ("criteo", "min_count", 2), ("avazu", "min_count", 2),
+    ("amazon", "pooling", "mean"), ("synthetic", "integer_ids", True),
+])
+def test_an_option_of_the_default_features_keys_no_other_entry_when_the_recipe_lists_its_own(
+        tmp_path, dataset, key, value, encodings):
+    data = {**_listed_features(tmp_path, dataset), "cache_dir": str(tmp_path / "c")}
+    first = entry(data)
+    assert entry({**data, key: value}).root == first.root
+    assert len(encodings) == 1
+    defaults = {name: value for name, value in data.items() if name != "features"}
+    assert entry({**defaults, key: value}).root != entry(defaults).root
+
+
+def _listed_features(tmp_path, dataset: str) -> dict:
+    """A ``data`` block of ``dataset`` over a few rows, listing its features."""
+    if dataset == "amazon":
+        return {"dataset": "amazon", "path": str(write_amazon(tmp_path / "am")),
+                "features": [{"name": "user_id"}, {"name": "item_id"}]}
+    if dataset == "synthetic":
+        return {**tiny_recipe(tmp_path)["data"], "features": [{"name": "C1"}, {"name": "I1", "kind": "numeric"}]}
+    path = tmp_path / "rows"
+    if dataset == "criteo":
+        path.write_text("".join(f"{i % 2}\t{i}" + "\t" * 12 + f"\t{i % 3:08x}" + "\t" * 25 + "\n" for i in range(30)))
+        return {"dataset": "criteo", "path": str(path), "features": [{"name": "C1"}]}
+    hours = "".join(f"{i},{i % 2},141021{i % 24:02d}," + ",".join([f"x{i % 3}"] * len(CATEGORICAL)) + "\n"
+                    for i in range(30))
+    path.write_text(",".join(["id", "click", "hour", *CATEGORICAL]) + "\n" + hours)
+    return {"dataset": "avazu", "path": str(path), "features": [{"name": "C1"}]}
