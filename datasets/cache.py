@@ -21,7 +21,7 @@ from ctr.datasets.source import DatasetSource, code_digest, file_stamp, keyed_sp
 from ctr.recipe import DataConfig, SplitConfig
 from ctr.registry import DATASETS
 from ctr.schema import FeatureSpec
-from ctr.typed import to_plain
+from ctr.typed import parse, to_plain
 
 # 10: a libsvm file's form and default fields are read once from the first MiB of training rows (a block of
 #     the other form, or a training row with a field unseen there, is a bad row; entries of 9 read them silently);
@@ -118,7 +118,8 @@ def stale_entries(root: Path) -> list[Stale]:
     """The entries of cache folder ``root`` (``cache_root``) that are stale: unfinished
     preparations whose process is gone, entries of another pipeline version (or written before
     entries recorded their key), entries of another version of a generated dataset's
-    generator, and entries whose input files changed or were deleted."""
+    generator, entries whose input files changed or were deleted, and entries an older ctr keyed
+    otherwise (by a recipe key their rows do not depend on: their recipe keys another entry now)."""
     stale = []
     for entry in sorted(root.iterdir()) if root.is_dir() else []:
         reason = _staleness(entry)
@@ -163,7 +164,27 @@ def _staleness(entry: Path) -> str | None:
         module, digest = inputs["source"]["code"]
         if not Path(module).is_file() or code_digest(Path(module)) != digest:
             return f"the code of dataset plugin {module} changed"
-    return None
+    return _rekeyed(entry.name, inputs)
+
+
+def _rekeyed(name: str, inputs: dict[str, Any]) -> str | None:
+    """Where the recipe whose ``inputs`` (``key_inputs``) keyed entry ``name`` keys another
+    entry now (an older ctr keyed it, by a key its rows do not depend on, say); None when it
+    keys this one, or its recipe cannot be built again (a plugin no longer installed)."""
+    dataset, key = name.rsplit("-", 1)
+    if dataset not in DATASETS:
+        return None
+    registered = DATASETS.get(dataset)
+    try:
+        config = parse(registered.config or DataConfig, inputs["source"]["options"], "data")
+        features = [parse(FeatureSpec, spec, "data.features") for spec in inputs["features"]]
+        now = cache_key(key_inputs(registered.target(config), features, inputs["label"], inputs["group"],
+                                   config.split))[:16]
+    except Exception:  # a source (a plugin's) that no longer builds from its saved options cannot tell
+        return None
+    if now == key:
+        return None
+    return f"keyed by an older ctr: its recipe keys {dataset}-{now} now"
 
 
 def _generator_change(name: str, source: dict[str, Any]) -> str | None:

@@ -2,12 +2,14 @@
 key they do not depend on in that recipe (two recipes differing only there share an entry)."""
 
 import json
+import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ctr.datasets import fit, prepare, preprocess
+from ctr.cli import main
+from ctr.datasets import cache, fit, prepare, preprocess
 from ctr.datasets.avazu import CATEGORICAL
 from ctr.datasets.source import resolve_features
 from ctr.recipe import recipe_from_dict
@@ -166,3 +168,19 @@ def _listed_features(tmp_path, dataset: str) -> dict:
                     for i in range(30))
     path.write_text(",".join(["id", "click", "hour", *CATEGORICAL]) + "\n" + hours)
     return {"dataset": "avazu", "path": str(path), "features": [{"name": "C1"}]}
+
+
+def test_clean_removes_an_entry_keyed_by_a_key_its_rows_do_not_depend_on_and_keeps_the_one_read_now(
+        tmp_path, capsys):
+    """An older ctr keyed such an entry by the whole ``data.split``: no recipe reads it again."""
+    prepared = entry(file_data(tmp_path, "csv", split=OTHER_SPLIT))
+    inputs = json.loads((prepared.root / "key.json").read_text())
+    assert inputs["split"] != OTHER_SPLIT  # keyed at the defaults
+    inputs["split"] = inputs["source"]["options"]["split"] = OTHER_SPLIT
+    old = prepared.root.with_name(f"csv-{cache.cache_key(inputs)[:16]}")
+    shutil.copytree(prepared.root, old)
+    (old / "key.json").write_text(cache.key_blob(inputs) + "\n")
+    assert main(["data", "clean", "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert f"removed {old.name}" in out and f"keyed by an older ctr: its recipe keys {prepared.root.name} now" in out
+    assert "1 stale entry" in out and sorted(p.name for p in old.parent.iterdir()) == [prepared.root.name]
