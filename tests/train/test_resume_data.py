@@ -4,6 +4,7 @@ and the run's schema/ replaced by the new encoding's), and the same files named 
 absolute paths are not encoded again."""
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -15,7 +16,7 @@ from ctr.errors import UserError
 from ctr.recipe import recipe_from_dict
 from ctr.train.rundir import RunDir
 from ctr.train.runner import train
-from tests.datasets.test_shorthand_and_cache import csv_recipe
+from tests.datasets.test_shorthand_and_cache import csv_recipe, write_csv
 
 
 def interrupted_run(tmp_path, raw):
@@ -83,3 +84,24 @@ def test_a_run_begun_with_a_relative_path_resumes_without_encoding_again(tmp_pat
     encodings = encodings_counted(monkeypatch)
     metrics = train(run.load_recipe(), run.root, resume=True)
     assert encodings == [] and metrics["test"]["auc"] > 0
+
+
+def test_a_run_an_older_ctr_keyed_by_an_unread_split_key_resumes_on_the_rows_it_began_with(tmp_path, monkeypatch):
+    """With both held-out files ``data.split`` splits nothing, and no longer keys the entry: the
+    resume of a run whose key held it encodes again, the same rows, and goes on."""
+    raw = csv_recipe(tmp_path, epochs=1)
+    for split in ("valid", "test"):
+        raw["data"][f"{split}_path"] = str(write_csv(tmp_path / f"{split}.csv", rows=100))
+    raw["data"]["split"] = {"valid": 0.3, "test": 0.2, "seed": 7}
+    run = interrupted_run(tmp_path, raw)
+    root = next((tmp_path / "cache" / "data").iterdir())
+    inputs = json.loads((root / cache.KEY_FILE).read_text())
+    inputs["split"] = inputs["source"]["options"]["split"] = raw["data"]["split"]  # as an older ctr keyed it
+    old = root.rename(root.with_name(f"csv-{cache.cache_key(inputs)[:16]}"))
+    for key in (old / cache.KEY_FILE, run.schema / cache.KEY_FILE):
+        key.write_text(cache.key_blob(inputs) + "\n")
+    encodings = encodings_counted(monkeypatch)
+    assert train(run.load_recipe(), run.root, resume=True)["test"]["auc"] > 0
+    assert len(encodings) == 1
+    shards = {split: digest(old / split) for split in ("train", "valid", "test", "vocab")}
+    assert {split: digest(root / split) for split in shards} == shards
