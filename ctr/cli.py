@@ -102,20 +102,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _say_signal_end(args: argparse.Namespace, ended: tuple[str, int]) -> int:
-    """Prints how a signal ended the command (with how to go on, for a command that resumes,
-    naming its run directory once known); its code."""
+    """Prints how a signal ended the command (with how to go on, for a command that resumes);
+    its code."""
     command = " ".join(filter(None, [args.command, getattr(args, "bench_command", None)]))
-    hint, run_dir = CONTINUING.get(command), getattr(args, "run_dir", None)
-    if hint and run_dir:
-        hint = hint.replace("RUN_DIR", shlex.quote(str(run_dir)))
-    if command == "train" and run_dir and (Path(run_dir) / "metrics.json").exists():
-        hint = f"the run had finished: {Path(run_dir) / 'metrics.json'} holds its results"
+    hint = _train_hint(args) if command == "train" else CONTINUING.get(command)
     print(f"ctr: {ended[0]}{f'; {hint}' if hint else ''}", file=sys.stderr)
     return ended[1]
 
 
-CONTINUING = {  # how each command that can be stopped and resumed goes on
-    "train": "`ctr train --resume RUN_DIR` continues from its last checkpoint, if one was written",
+def _train_hint(args: argparse.Namespace) -> str | None:
+    """How a stopped ``ctr train`` goes on: the ``--resume`` of its run directory once that
+    exists (before, the run left nothing to resume), or where a finished run's results are."""
+    run_dir = getattr(args, "run_dir", None) or args.resume  # a resume's is known from the start
+    if run_dir is None or not Path(run_dir).is_dir():
+        return None
+    if (Path(run_dir) / "metrics.json").exists():
+        return f"the run had finished: {Path(run_dir) / 'metrics.json'} holds its results"
+    return f"`ctr train --resume {shlex.quote(str(run_dir))}` continues from its last checkpoint, if one was written"
+
+
+CONTINUING = {  # how each command other than train that can be stopped and resumed goes on
     "bench compression": "the same command continues: finished cells are kept, the stopped ones resume",
     "tune": "the same command continues: finished runs are kept, the stopped one resumes",
 }

@@ -4,6 +4,7 @@ finished run) or during a procedure stage (ctr's own ``KeyboardInterrupt`` and `
 a path the system refuses, a closed output pipe."""
 
 import errno
+import shlex
 import sys
 
 import pytest
@@ -32,20 +33,53 @@ def _sigint_in_fit(args):
         raise SystemExit(1)  # what Lightning's fit does on Ctrl+C
 
 
+def _in_run(stop, tmp_path):
+    """``stop`` once the command made its run directory (``a run``, a name to quote)."""
+    def stopped(args):
+        args.run_dir = tmp_path / "a run"
+        args.run_dir.mkdir()
+        stop(args)
+    return stopped
+
+
+HINT = "`ctr train --resume {run}` continues from its last checkpoint, if one was written"
+
+
 @pytest.mark.parametrize("fit, code, said", [
-    (_sigterm_in_fit, 143, "ctr: terminated (SIGTERM); `ctr train --resume RUN_DIR` continues from its last checkpoint,"
-                           " if one was written"),
-    (_sigint_in_fit, 130, "ctr: interrupted; `ctr train --resume RUN_DIR` continues from its last checkpoint, if one"
-                          " was written"),
-    (_sigterm_in_procedure, 143, "ctr: terminated (SIGTERM); `ctr train --resume RUN_DIR` continues from its last"
-                                 " checkpoint, if one was written"),
-    (_sigint_in_procedure, 130, "ctr: interrupted; `ctr train --resume RUN_DIR` continues from its last checkpoint, if"
-                                " one was written"),
+    (_sigterm_in_fit, 143, "ctr: terminated (SIGTERM); " + HINT),
+    (_sigint_in_fit, 130, "ctr: interrupted; " + HINT),
+    (_sigterm_in_procedure, 143, "ctr: terminated (SIGTERM); " + HINT),
+    (_sigint_in_procedure, 130, "ctr: interrupted; " + HINT),
 ])
-def test_a_signal_during_a_fit_exits_with_the_shells_code_and_says_how_to_resume(monkeypatch, capsys, fit, code, said):
-    monkeypatch.setattr(cli, "_train", fit)
+def test_a_signal_during_a_fit_exits_with_the_shells_code_and_says_how_to_resume(tmp_path, monkeypatch, capsys, fit,
+                                                                                  code, said):
+    monkeypatch.setattr(cli, "_train", _in_run(fit, tmp_path))
     assert cli.main(["train", "recipe.yaml"]) == code
-    assert capsys.readouterr().err.strip() == said
+    assert capsys.readouterr().err.strip() == said.format(run=shlex.quote(str(tmp_path / "a run")))
+
+
+@pytest.mark.parametrize("argv, made", [(["train", "recipe.yaml"], False), (["train", "r.yaml", "--out", "run"], False),
+                                        (["train", "r.yaml", "--out", "run"], True)])
+def test_a_signal_before_the_run_directory_is_made_says_nothing_to_resume(tmp_path, monkeypatch, capsys, argv, made):
+    """SIGTERM as the recipe is read (no run directory named yet), or before the named one
+    was made, said `ctr train --resume RUN_DIR`, the placeholder itself, or a folder that
+    --resume then called no run directory."""
+    def stopped(args):
+        if made:
+            args.run_dir = args.out
+        raise Terminated
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "_train", stopped)
+    assert cli.main(argv) == 143
+    assert capsys.readouterr().err.strip() == "ctr: terminated (SIGTERM)"
+
+
+def test_a_signal_as_a_resume_reads_its_recipe_names_the_run(tmp_path, monkeypatch, capsys):
+    """The run to resume is known from the command line, before its recipe is read."""
+    monkeypatch.setattr(cli, "_train", _sigterm_in_procedure)
+    assert cli.main(["train", "--resume", str(tmp_path)]) == 143
+    assert capsys.readouterr().err.strip() == "ctr: terminated (SIGTERM); " + HINT.format(run=shlex.quote(str(tmp_path)))
 
 
 def test_a_signal_after_the_run_finished_says_so_not_to_resume(tmp_path, monkeypatch, capsys):
@@ -253,8 +287,8 @@ def test_sigterm_as_ctr_train_starts_is_one_line_and_143(tmp_path):
 
     done = subprocess.run([sys.executable, "-c", FIRST, "train", "r.yaml", "--out", "run"], capture_output=True,
                           text=True, cwd=tmp_path, timeout=120)
-    assert done.returncode == 143 and done.stderr.startswith("ctr: terminated (SIGTERM); `ctr train --resume")
-    assert len(done.stderr.splitlines()) == 1 and list(tmp_path.iterdir()) == [], done.stderr
+    assert done.returncode == 143 and done.stderr == "ctr: terminated (SIGTERM)\n"  # no run directory to resume
+    assert list(tmp_path.iterdir()) == []
 
 
 ENDED = """

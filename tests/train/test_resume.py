@@ -339,7 +339,8 @@ def test_sigterm_outside_the_fit_ends_the_run_saying_how_to_resume(tmp_path, cal
     """SIGTERM as the data is prepared, as the fit ends (after its last validation, where
     Lightning checks for it no more: the run went on to its end), or as the trained run's
     best checkpoint is evaluated (a fit's and a procedure's SIGTERM were handled, these ended
-    the process without a word, killed by the signal); the resume ends as the uninterrupted run."""
+    the process without a word, killed by the signal); the resume (or, stopped before the run
+    directory was made, the same command) ends as the uninterrupted run."""
     (tmp_path / "term_before.py").write_text(TERM_BEFORE)
     raw = tiny_recipe(tmp_path, train={"epochs": 2})
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
@@ -349,8 +350,9 @@ def test_sigterm_outside_the_fit_ends_the_run_saying_how_to_resume(tmp_path, cal
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "CTR_TEST_TERM_BEFORE": called}
     stopped = ctr("train", tmp_path / "k.yaml", "--out", tmp_path / "stopped", env=env)
     assert stopped.returncode == 143, stopped.stderr[-2000:]
-    assert stopped.stderr.splitlines()[-1] == (f"ctr: terminated (SIGTERM); `ctr train --resume {tmp_path / 'stopped'}`"
-                                               " continues from its last checkpoint, if one was written")
+    hint = f"; `ctr train --resume {tmp_path / 'stopped'}` continues from its last checkpoint, if one was written"
+    said = "ctr: terminated (SIGTERM)" + ("" if called == "prepare" else hint)  # before the run directory is made
+    assert stopped.stderr.splitlines()[-1] == said
     assert not (tmp_path / "stopped" / "metrics.json").exists()
     env["CTR_TEST_TERM_BEFORE"] = "none"
     again = ("train", "--resume", tmp_path / "stopped") if called != "prepare" else (
