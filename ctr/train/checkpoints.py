@@ -30,7 +30,8 @@ from ctr.atomic import atomic_write, finish_replace, replace_folder, replaced_fo
 from ctr.errors import UserError, raise_wrapped_signal, reason
 from ctr.recipe import EarlyStopConfig
 from ctr.train.loop import Placement
-from ctr.train.stages import restore_random, save_random
+from ctr.train.rundir import RunDir
+from ctr.train.stages import StageFiles, restore_random, save_random
 
 STATE_FILE = "ctr.json"
 OPTIMIZERS_FILE = "optimizers.pt"
@@ -61,12 +62,24 @@ INCOMPLETE = ("; ctr writes a checkpoint folder whole: restore its missing files
 
 
 def check_resumable(run_root: Path) -> None:
-    """Refuses, before any work, to resume the run at ``run_root`` from a ``checkpoints/last``
-    folder that lacks a file (``read_state``, ``check_whole``); a multi-stage run may have none yet."""
-    last = replaced_folder(run_root / "checkpoints" / "last")
-    if last.is_dir():
-        read_state(last)
-        check_whole(last, optimizers=True)
+    """Refuses, before any work, to resume the run at ``run_root`` when a checkpoint folder the
+    resume reads lacks a file (``read_state``, ``check_whole``): the ``last`` of each training
+    it goes on with (the run's, an unfinished stage's) and the ``best`` beside it, which that
+    training loads at its end. A multi-stage run may have none yet."""
+    for folder in _resumed_trainings(run_root):
+        if replaced_folder(folder / "last").is_dir():
+            for name in ("last", "best"):
+                path = replaced_folder(folder / name)
+                read_state(path)
+                check_whole(path, optimizers=True)
+
+
+def _resumed_trainings(run_root: Path) -> list[Path]:
+    """The ``checkpoints`` folders of the trainings a resume of ``run_root`` goes on with: the
+    run's (its last stage's) and those of the stages (``stages/<i>-<name>``) not finished."""
+    finished = StageFiles(RunDir(run_root)).read()["finished"]
+    stages = (run_root / "stages").glob("*-*/checkpoints")
+    return [run_root / "checkpoints", *(path for path in stages if path.parent.name.partition("-")[2] not in finished)]
 
 
 def read_state(path: Path) -> dict[str, Any]:

@@ -4,6 +4,8 @@ run's checkpoint: ``--resume`` finds something to resume and reads the new one's
 checkpoint folder that lacks a file is refused naming it."""
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import torch.distributed.checkpoint as dcp
 
 from ctr.errors import UserError
 from ctr.train.checkpoints import (
-    OPTIMIZERS_FILE, STATE_FILE, check_whole, holds_distributed_checkpoints, optimizers_misfit, read_state,
+    OPTIMIZERS_FILE, STATE_FILE, check_resumable, check_whole, holds_distributed_checkpoints, optimizers_misfit, read_state,
 )
 from ctr.train.rundir import RunDir
 from ctr.train.saved import best_checkpoint
@@ -97,3 +99,54 @@ def test_a_best_folder_whose_swap_was_stopped_is_read_from_its_whole_copy(tmp_pa
     saved_checkpoint(run.checkpoints / ".best.old")
     saved_checkpoint(run.checkpoints / ".best.tmp")
     assert best_checkpoint(run) == run.checkpoints / ".best.tmp"
+
+
+def stage_run(tmp_path, finished=("supernet",)):
+    """A three-stage distributed run killed in its second stage (``finished``: the stages
+    progress.json lists): the first two stages' checkpoint folders whole (the last stage's
+    would be the run's ``checkpoints``)."""
+    run = RunDir(tmp_path / "run")
+    for folder in ("0-supernet", "1-search"):
+        for name in ("best", "last"):
+            saved_checkpoint(run.stages / folder / "checkpoints" / name)
+    run.stage_progress.write_text(json.dumps({"finished": list(finished), "seconds": {}}))
+    return run
+
+
+def one_stage_run(tmp_path):
+    """A distributed run of one training killed in it: its last and best folders whole."""
+    run = RunDir(tmp_path / "run")
+    for name in ("best", "last"):
+        saved_checkpoint(run.checkpoints / name)
+    return run
+
+
+@pytest.mark.parametrize("made, lacking, said", [
+    (one_stage_run, "checkpoints/best/optimizers.pt", "checkpoints/best: not a whole distributed checkpoint (no "
+                                                      "optimizers.pt); ctr writes"),
+    (one_stage_run, "checkpoints/best/.metadata", "checkpoints/best: not a whole distributed checkpoint (no .metadata)"),
+    (one_stage_run, "checkpoints/best", "checkpoints/best: no such checkpoint folder"),
+    (stage_run, "stages/1-search/checkpoints/last/.metadata",
+     "stages/1-search/checkpoints/last: not a whole distributed checkpoint (no .metadata)"),
+    (stage_run, "stages/1-search/checkpoints/best/optimizers.pt",
+     "stages/1-search/checkpoints/best: not a whole distributed checkpoint (no optimizers.pt)"),
+], ids=["best-optimizers", "best-metadata", "best", "stage-last", "stage-best"])
+def test_every_checkpoint_folder_a_resume_reads_is_checked_before_any_work(tmp_path, made, lacking, said):
+    """Only checkpoints/last was checked up front: an unfinished stage's last, and the best
+    folder the training loads at its end, were refused inside the ranks, or after training."""
+    run = made(tmp_path)
+    check_resumable(run.root)
+    gone = run.root / lacking
+    shutil.rmtree(gone) if gone.is_dir() else gone.unlink()
+    with pytest.raises(UserError, match=rf"^{re.escape(str(run.root / said))}"):
+        check_resumable(run.root)
+
+
+def test_a_finished_stages_checkpoints_are_not_read_by_a_resume(tmp_path):
+    """A finished stage is restored from its state.pt: its checkpoint folders are not read."""
+    run = stage_run(tmp_path)
+    (run.stages / "0-supernet" / "checkpoints" / "last" / ".metadata").unlink()
+    check_resumable(run.root)
+    run.stage_progress.write_text(json.dumps({"finished": [], "seconds": {}}))
+    with pytest.raises(UserError, match=r"0-supernet/checkpoints/last: not a whole distributed checkpoint"):
+        check_resumable(run.root)

@@ -106,3 +106,18 @@ def test_a_distributed_checkpoint_lacking_a_file_is_refused_before_any_process(t
     assert capsys.readouterr().err.strip().startswith(
         f"ctr: error: {run / 'checkpoints' / 'last'}: not a whole distributed checkpoint (no .metadata); ")
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_best_folder_lacking_a_file_is_refused_before_any_process(tmp_path, capsys):
+    """The ranks trained a whole resume and failed loading checkpoints/best at its end."""
+    from tests.train.test_checkpoint_switch import saved_checkpoint
+
+    run = tmp_path / "run"
+    for name in ("last", "best"):
+        saved_checkpoint(run / "checkpoints" / name)
+    (run / "checkpoints" / "best" / "optimizers.pt").unlink()
+    (run / "recipe.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp_path, trainer={"devices": 2})))
+    assert main(["train", "--resume", str(run)]) == 2
+    assert capsys.readouterr().err.strip().startswith(
+        f"ctr: error: {run / 'checkpoints' / 'best'}: not a whole distributed checkpoint (no optimizers.pt); ")
+    assert not (tmp_path / "cache").exists()
