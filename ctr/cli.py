@@ -210,6 +210,7 @@ def _spawn_train(args: argparse.Namespace, recipe, root: Path) -> int:  # noqa: 
     if args.resume:
         check_resume_world(RunDir(args.resume), recipe.trainer.world_size)
         check_resumable(Path(args.resume))
+        RunDir(args.resume).check_resumed_inputs(recipe.data)
     overrides = [f"-o{item}" for item in args.override]
     command = ["train", "--resume", str(root)] if args.resume else ["train", args.recipe, "--out", str(root)]
     RunDir(root).check_usable()

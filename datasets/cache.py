@@ -92,6 +92,20 @@ def input_change(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
     return None
 
 
+def generator_change(saved: dict[str, Any], config: DataConfig) -> str | None:
+    """How the rows the generator of ``config``'s generated dataset draws now differ from those
+    the generator of ``saved`` (a source's ``fingerprint``, of rows drawn before) drew: its
+    version then and now; None when it draws the same rows (``draws_as``), or for data read
+    from files."""
+    if "generator" not in saved:
+        return None
+    source = DATASETS.get(config.dataset, "data.dataset").target(config)
+    if source.draws_as(saved["generator"]):
+        return None
+    return (f"{config.dataset} generator version {saved['generator']} drew its rows, and this ctr's version "
+            f"{getattr(source, 'generator_version', None)} draws others for its recipe")
+
+
 def source_fingerprint(config: DataConfig) -> dict[str, Any]:
     """What identifies ``config``'s raw input now (its source's ``fingerprint``): read without
     encoding anything."""

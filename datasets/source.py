@@ -86,6 +86,11 @@ class DatasetSource(ABC):
         """The raw files this source reads (empty for generated data)."""
         return []
 
+    def draws_as(self, generator: int) -> bool:
+        """Whether a generated source draws for its config the rows that version ``generator``
+        of its generator drew (the ``generator`` of its fingerprint): the same version does."""
+        return generator == getattr(self, "generator_version", None)
+
     def left_out_rows(self) -> np.ndarray | None:
         """Of rows to score (``optional_columns`` holds the label): the input rows, numbered from
         0 in read order, that the streams left out as having no label (int64 [K], ascending),

@@ -222,11 +222,17 @@ class SyntheticDataset(DatasetSource):
     generated = True
     # 5: interacting_pairs: 0 has no pairwise term (4 divided its empty sum by 0: every label 0); the
     #    version is in the cache key (``fingerprint``), so no entry of 4 is read again. Rows drawn otherwise
-    #    need a new version: tests/datasets/test_synthetic.py pins each version's rows
+    #    need a new version: tests/datasets/test_synthetic.py pins each version's rows; ``draws_as`` names the
+    #    earlier versions whose rows it draws for a config (a run begun on them resumes; others are refused)
     generator_version = 5
 
     def fingerprint(self) -> dict:
         return {**super().fingerprint(), "generator": self.generator_version}
+
+    def draws_as(self, generator: int) -> bool:
+        """Version 4 drew this version's rows, but with ``interacting_pairs: 0``."""
+        config: SyntheticConfig = self.config  # type: ignore[assignment]
+        return super().draws_as(generator) or generator == 4 and config.interacting_pairs > 0
 
     def default_features(self) -> list[FeatureSpec]:
         config: SyntheticConfig = self.config  # type: ignore[assignment]

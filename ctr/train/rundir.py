@@ -14,7 +14,7 @@ from typing import IO, Any, Iterator
 import yaml
 
 from ctr.atomic import atomic_path, atomic_write, replaced_folder
-from ctr.datasets.cache import KEY_FILE, input_change, source_fingerprint
+from ctr.datasets.cache import KEY_FILE, generator_change, input_change, source_fingerprint
 from ctr.datasets.source import resolve_features
 from ctr.errors import UserError, reason
 from ctr.metrics import metrics_from_json, metrics_json
@@ -209,10 +209,15 @@ class RunDir:
             self.copy_schema(prepared_root, recipe)
 
     def check_resumed_inputs(self, data: DataConfig) -> None:
-        """Refuses, before any data is read, to resume on input files changed, added or removed
-        since the run began (the stamps of its saved key)."""
+        """Refuses, before any data is read, to resume on other rows than the run began with
+        (its saved key): drawn otherwise by a generated dataset's generator now, or read from
+        input files changed, added or removed since."""
         saved = self.schema / KEY_FILE
         if saved.exists():
+            generator = generator_change(saved_value(saved, "source"), data)
+            if generator:
+                raise UserError(f"{self.root}: {generator}; a resumed run trains on the data it began with: train a "
+                                "new run")
             change = input_change(saved_value(saved, "source"), source_fingerprint(data))
             if change:
                 raise UserError(f"{self.root}: {change} since the run began; a resumed run trains on the data it "

@@ -10,12 +10,15 @@ import re
 import subprocess
 
 import pytest
+import yaml
 
+from ctr.cli import main
 from ctr.datasets import cache, preprocess
 from ctr.errors import UserError
 from ctr.recipe import recipe_from_dict
 from ctr.train.rundir import RunDir
 from ctr.train.runner import train
+from tests.conftest import tiny_recipe
 from tests.datasets.test_shorthand_and_cache import csv_recipe, write_csv
 
 
@@ -105,3 +108,51 @@ def test_a_run_an_older_ctr_keyed_by_an_unread_split_key_resumes_on_the_rows_it_
     assert len(encodings) == 1
     shards = {split: digest(old / split) for split in ("train", "valid", "test", "vocab")}
     assert {split: digest(root / split) for split in shards} == shards
+
+
+def generator_4_run(tmp_path, monkeypatch, pairs):
+    """An interrupted synthetic run begun under generator version 4 (its ``schema/key.json``
+    names it), ``interacting_pairs: pairs``; this ctr's generator (5) draws from now on."""
+    from ctr.datasets.synthetic import SyntheticDataset
+
+    monkeypatch.setattr(SyntheticDataset, "generator_version", 4)
+    run = interrupted_run(tmp_path, tiny_recipe(tmp_path, data={"interacting_pairs": pairs}))
+    monkeypatch.undo()
+    return run
+
+
+REDRAWN = ("{run}: synthetic generator version 4 drew its rows, and this ctr's version 5 draws others for its recipe; "
+           "a resumed run trains on the data it began with: train a new run")
+
+
+def test_a_run_whose_generator_now_draws_other_rows_is_refused_before_encoding(tmp_path, monkeypatch):
+    """Version 4 drew every label 0 with interacting_pairs: 0; the run resumed on version 5's
+    labels (a new cache entry) without a word."""
+    run = generator_4_run(tmp_path, monkeypatch, pairs=0)
+    before = digest(run.root)
+    encodings = encodings_counted(monkeypatch)
+    with pytest.raises(UserError) as refused:
+        train(run.load_recipe(), run.root, resume=True)
+    assert str(refused.value) == REDRAWN.format(run=run.root)
+    assert digest(run.root) == before and encodings == []
+
+
+def test_a_distributed_run_whose_generator_now_draws_other_rows_is_refused_before_any_process(tmp_path, capsys):
+    from tests.train.test_checkpoint_switch import saved_checkpoint
+
+    run = tmp_path / "run"
+    for name in ("last", "best"):
+        saved_checkpoint(run / "checkpoints" / name)
+    (run / "recipe.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp_path, data={"interacting_pairs": 0},
+                                                                trainer={"devices": 2})))
+    (run / "schema").mkdir()
+    (run / "schema" / cache.KEY_FILE).write_text(json.dumps({"source": {"files": [], "generator": 4}}))
+    assert main(["train", "--resume", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == "ctr: error: " + REDRAWN.format(run=run)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_run_whose_rows_the_new_generator_draws_alike_resumes(tmp_path, monkeypatch):
+    """Version 5 changed only interacting_pairs: 0: a run of version 4 with pairs resumes."""
+    run = generator_4_run(tmp_path, monkeypatch, pairs=12)
+    assert train(run.load_recipe(), run.root, resume=True)["test"]["auc"] > 0
