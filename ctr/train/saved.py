@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ctr.atomic import check_writable, replaced_folder
-from ctr.datasets.cache import KEY_FILE, input_change, source_fingerprint
+from ctr.datasets.cache import KEY_FILE, generator_change, input_change, source_fingerprint
 from ctr.datasets.preprocess import Encoded, encode_with_schema
 from ctr.errors import UserError
 from ctr.recipe import DataConfig, Recipe
@@ -119,9 +119,9 @@ def encode_rows(run: RunDir, recipe: Recipe, out: Path, data: Path | None = None
 
 
 def _warn_if_changed(run: RunDir, config: DataConfig, split: str, rows: int) -> None:
-    """Warns when ``split`` no longer has the rows it had in training, or else when an input
-    file changed since (the stamps of the run's saved key): its metrics are not, or may not
-    be, the run's."""
+    """Warns when ``split`` no longer has the rows it had in training, or else when a generated
+    dataset's generator now draws other rows, or an input file changed since (the run's saved
+    key): its metrics are not, or may not be, the run's."""
     report = run.schema / "report.json"
     trained = saved_value(report, "splits", split, "rows") if report.exists() else rows
     if trained != rows:
@@ -130,6 +130,10 @@ def _warn_if_changed(run: RunDir, config: DataConfig, split: str, rows: int) -> 
         return
     key = run.schema / KEY_FILE
     if key.exists():
+        drawn = generator_change(saved_value(key, "source"), config)
+        if drawn:
+            log.warning("%s: %s: these metrics are not the run's", run.root, drawn)
+            return
         change = input_change(saved_value(key, "source"), source_fingerprint(config))
         if change:
             log.warning("%s: %s after the run trained; the %s split has as many rows, but these metrics may not be "

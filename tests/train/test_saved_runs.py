@@ -2,6 +2,7 @@
 and vocabularies (nothing re-fitted), from any working directory, on new files too."""
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -796,6 +797,23 @@ def test_eval_warns_when_an_input_changed_with_as_many_rows(tmp_path):
         in result.stderr and "after the run trained; the test split has as many rows, but these metrics may not be " \
         "the run's" in result.stderr
 
+
+
+def test_eval_warns_when_the_generator_now_draws_other_rows(tmp_path, monkeypatch, caplog):
+    """A synthetic run of generator 4 with interacting_pairs: 0 (every label 0) was scored on
+    version 5's rows, as many, without a word."""
+    from ctr.datasets.synthetic import SyntheticDataset
+    from ctr.recipe import recipe_from_dict
+    from ctr.train.runner import evaluate, train
+    from tests.conftest import tiny_recipe
+
+    monkeypatch.setattr(SyntheticDataset, "generator_version", 4)
+    train(recipe_from_dict(tiny_recipe(tmp_path, data={"interacting_pairs": 0})), tmp_path / "run")
+    monkeypatch.undo()
+    with caplog.at_level(logging.WARNING, logger="ctr.train"):
+        evaluate(tmp_path / "run")
+    assert (f"{tmp_path / 'run'}: synthetic generator version 4 drew its rows, and this ctr's version 5 draws others "
+            "for its recipe: these metrics are not the run's") in caplog.text
 
 def test_an_optembed_run_killed_in_its_last_stage_evaluates_and_exports_as_it_stands(optembed_csv_run, tmp_path):
     """Killed in its retrain stage (that stage unfinished, its checkpoints the run's): eval and
