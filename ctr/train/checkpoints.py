@@ -69,9 +69,7 @@ def check_resumable(run_root: Path) -> None:
     for folder in _resumed_trainings(run_root):
         if replaced_folder(folder / "last").is_dir():
             for name in ("last", "best"):
-                path = replaced_folder(folder / name)
-                read_state(path)
-                check_whole(path, optimizers=True)
+                read_resumable(replaced_folder(folder / name))
 
 
 def _resumed_trainings(run_root: Path) -> list[Path]:
@@ -92,6 +90,19 @@ def read_state(path: Path) -> dict[str, Any]:
     if missing:
         raise UserError(f"{path}: not a whole distributed checkpoint (no {', '.join(missing)}){INCOMPLETE}")
     return json.loads((folder / STATE_FILE).read_text())
+
+
+def read_resumable(path: Path) -> dict[str, Any]:
+    """``ctr.json`` of the checkpoint at ``path`` once it holds every file a resume reads:
+    those of ``check_whole`` with ``optimizers.pt``, and each rank's generators
+    (``random-<rank>.pt``; an earlier ctr's ``rng-<rank>.pt``), else a UserError naming them."""
+    info = read_state(path)
+    check_whole(path, optimizers=True)
+    ranks = range(info.get("world_size", 1))
+    missing = [f"random-{r}.pt" for r in ranks if not any((path / f"{k}-{r}.pt").is_file() for k in ("random", "rng"))]
+    if missing:
+        raise UserError(f"{path}: not a whole distributed checkpoint (no {', '.join(missing)}){INCOMPLETE}")
+    return info
 
 
 def check_whole(path: Path, optimizers: bool) -> None:
@@ -244,8 +255,7 @@ class Checkpointer:
     def load(self, path: Path) -> dict[str, Any]:
         """Loads the weights and optimizer states at ``path`` (resharded to this run's plan);
         returns its ``ctr.json``."""
-        info = read_state(path)
-        check_whole(path, optimizers=True)
+        info = read_resumable(path)
         if info["sharded"] != self.sharded:
             raise UserError(f"{path}: a {'sharded' if info['sharded'] else 'data-parallel'} run's checkpoint; "
                             "this run places its tables otherwise")

@@ -43,11 +43,13 @@ def test_a_first_save_killed_before_its_rename_leaves_nothing_to_resume(tmp_path
 
 
 def saved_checkpoint(path):
-    """A distributed checkpoint folder at ``path`` as ctr writes it: DCP's index and data
-    file of a small state, ctr.json and optimizers.pt."""
+    """A distributed checkpoint folder at ``path`` as 2 processes write it: DCP's index and
+    data file of a small state, ctr.json, optimizers.pt and each rank's random-<rank>.pt."""
     dcp.save({"model": {"w": torch.ones(2, 3)}}, checkpoint_id=str(path), no_dist=True)
     (path / STATE_FILE).write_text(json.dumps({"step": 4, "world_size": 2, "sharded": True}))
     torch.save({}, path / OPTIMIZERS_FILE)
+    for rank in range(2):
+        torch.save({}, path / f"random-{rank}.pt")
     return sorted(p.name for p in path.glob("*.distcp"))
 
 
@@ -150,3 +152,16 @@ def test_a_finished_stages_checkpoints_are_not_read_by_a_resume(tmp_path):
     run.stage_progress.write_text(json.dumps({"finished": [], "seconds": {}}))
     with pytest.raises(UserError, match=r"0-supernet/checkpoints/last: not a whole distributed checkpoint"):
         check_resumable(run.root)
+
+
+def test_a_checkpoint_lacking_a_ranks_generators_is_not_resumed(tmp_path):
+    """A rank's random-<rank>.pt missing (written on a disk the resuming machine does not see)
+    was skipped without a word: the resumed run drew other dropout masks and shuffles."""
+    run = one_stage_run(tmp_path)
+    (run.checkpoints / "last" / "random-1.pt").unlink()
+    with pytest.raises(UserError, match=r"last: not a whole distributed checkpoint \(no random-1.pt\); ctr writes"):
+        check_resumable(run.root)
+    for rank in range(2):  # an earlier ctr kept torch's generator only, as rng-<rank>.pt
+        (run.checkpoints / "last" / f"random-{rank}.pt").unlink(missing_ok=True)
+        torch.save(torch.get_rng_state(), run.checkpoints / "last" / f"rng-{rank}.pt")
+    check_resumable(run.root)
