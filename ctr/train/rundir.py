@@ -14,7 +14,7 @@ from typing import IO, Any, Iterator
 import yaml
 
 from ctr.atomic import atomic_path, atomic_write, replaced_folder
-from ctr.datasets.cache import KEY_FILE, generator_change, input_change, source_fingerprint
+from ctr.datasets.cache import KEY_FILE, PIPELINE_VERSION, generator_change, input_change, source_fingerprint
 from ctr.datasets.source import resolve_features
 from ctr.errors import UserError, reason
 from ctr.metrics import metrics_from_json, metrics_json
@@ -224,9 +224,11 @@ class RunDir:
                                 "began with: restore it, or train a new run")
 
     def check_resumed_encoding(self, prepared_root: Path) -> None:
-        """Refuses to resume a run saved without a key (an earlier ctr) whose fitted schema or
+        """Refuses to resume a run whose data another pipeline version encoded (its key's
+        ``version``; a run saved without a key, by an earlier ctr) when its fitted schema or
         data report differs from the data's encoding now."""
-        if not self.schema.is_dir() or (self.schema / KEY_FILE).exists():
+        key = self.schema / KEY_FILE
+        if not self.schema.is_dir() or key.exists() and saved_value(key, "version") == PIPELINE_VERSION:
             return
         for name in ("schema.json", "report.json"):
             if saved_value(self.schema / name) != json.loads((prepared_root / name).read_text()):

@@ -156,3 +156,21 @@ def test_a_run_whose_rows_the_new_generator_draws_alike_resumes(tmp_path, monkey
     """Version 5 changed only interacting_pairs: 0: a run of version 4 with pairs resumes."""
     run = generator_4_run(tmp_path, monkeypatch, pairs=12)
     assert train(run.load_recipe(), run.root, resume=True)["test"]["auc"] > 0
+
+
+def test_a_run_of_another_pipeline_version_resumes_only_on_data_encoded_alike(tmp_path):
+    """A run begun under an earlier pipeline version (its key's ``version``) trained on the new
+    version's encoding without a word: a report that differs now (a row a bad row, say) is refused."""
+    from ctr.datasets import prepare
+
+    run = interrupted_run(tmp_path, csv_recipe(tmp_path, epochs=1))
+    key = json.loads((run.schema / cache.KEY_FILE).read_text())
+    (run.schema / cache.KEY_FILE).write_text(json.dumps({**key, "version": cache.PIPELINE_VERSION - 1}))
+    now = prepare(run.load_recipe().data, progress=False).root
+    run.check_resumed_encoding(now)  # encoded alike: resumed
+    report = json.loads((run.schema / "report.json").read_text())
+    report["splits"]["train"]["rows"] += 1
+    (run.schema / "report.json").write_text(json.dumps(report))
+    with pytest.raises(UserError, match=rf"^{run.root}: its data now encodes differently than when the run began "
+                                        r"\(schema/report\.json differs\)"):
+        train(run.load_recipe(), run.root, resume=True)
