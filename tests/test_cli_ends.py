@@ -79,7 +79,8 @@ def test_a_signal_as_a_resume_reads_its_recipe_names_the_run(tmp_path, monkeypat
     """The run to resume is known from the command line, before its recipe is read."""
     monkeypatch.setattr(cli, "_train", _sigterm_in_procedure)
     assert cli.main(["train", "--resume", str(tmp_path)]) == 143
-    assert capsys.readouterr().err.strip() == "ctr: terminated (SIGTERM); " + HINT.format(run=shlex.quote(str(tmp_path)))
+    said = "ctr: terminated (SIGTERM); " + HINT.format(run=shlex.quote(str(tmp_path)))
+    assert capsys.readouterr().err.strip() == said
 
 
 def test_a_signal_after_the_run_finished_says_so_not_to_resume(tmp_path, monkeypatch, capsys):

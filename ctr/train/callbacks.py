@@ -166,7 +166,7 @@ class RunCheckpoint(ModelCheckpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old, new = state_dict.get("dirpath"), self.dirpath
         if old and new and old != new:
-            state_dict = {k: _rerooted(v, old, new) for k, v in state_dict.items()}
+            state_dict = {k: rerooted(v, old, new) for k, v in state_dict.items()}
         super().load_state_dict(state_dict)
 
     def start_from(self, path: Path, score: float) -> None:
@@ -178,12 +178,12 @@ class RunCheckpoint(ModelCheckpoint):
         self.best_model_path, self.best_model_score = str(path), value
 
 
-def _rerooted(value: Any, old: str, new: str) -> Any:
+def rerooted(value: Any, old: str, new: str) -> Any:
     """``value`` (a path, or a mapping keyed by paths) with prefix ``old`` replaced by ``new``."""
     if isinstance(value, str) and (value == old or value.startswith(old + os.sep)):
         return new + value[len(old):]
     if isinstance(value, dict):
-        return {_rerooted(k, old, new): v for k, v in value.items()}
+        return {rerooted(k, old, new): v for k, v in value.items()}
     return value
 
 

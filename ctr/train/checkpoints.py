@@ -66,13 +66,13 @@ def check_resumable(run_root: Path) -> None:
     resume reads lacks a file (``read_state``, ``check_whole``): the ``last`` of each training
     it goes on with (the run's, an unfinished stage's) and the ``best`` beside it, which that
     training loads at its end. A multi-stage run may have none yet."""
-    for folder in _resumed_trainings(run_root):
+    for folder in resumed_trainings(run_root):
         if replaced_folder(folder / "last").is_dir():
             for name in ("last", "best"):
                 read_resumable(replaced_folder(folder / name))
 
 
-def _resumed_trainings(run_root: Path) -> list[Path]:
+def resumed_trainings(run_root: Path) -> list[Path]:
     """The ``checkpoints`` folders of the trainings a resume of ``run_root`` goes on with: the
     run's (its last stage's) and those of the stages (``stages/<i>-<name>``) not finished."""
     finished = StageFiles(RunDir(run_root)).read()["finished"]

@@ -32,7 +32,7 @@ from ctr.recipe import Recipe
 from ctr.recipe.checks import reads_backend
 from ctr.train.callbacks import (
     AtomicCheckpointIO, FiniteLoss, LoaderEpoch, ProgressLines, RandomState, ResumableEarlyStopping, RunCheckpoint,
-    Throughput, ValidateAtMaxSteps, ValidationSummary, loss_check_interval,
+    Throughput, ValidateAtMaxSteps, ValidationSummary, loss_check_interval, rerooted,
 )
 from ctr.train.checks import TRAINING_MIN_ROWS
 from ctr.train.optim import fused_optimizer
@@ -109,11 +109,11 @@ def use_threads(num_threads: int | str | None) -> None:
                     load, cores, torch.get_num_threads())
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A Lightning checkpoint's contents; a missing, empty, truncated or foreign file is a
-    UserError naming it."""
+def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """A Lightning checkpoint's contents (with ``mmap``, its tensors mapped from the file, not
+    read); a missing, empty, truncated or foreign file is a UserError naming it."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except FileNotFoundError:
         raise UserError(f"{path}: no such checkpoint") from None
     except Exception as err:  # torch.load raises whatever its unpickler meets in a broken file
@@ -121,6 +121,20 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UserError(f"{path}: not a ctr checkpoint (no state_dict)")
     return ckpt
+
+
+def check_best_kept(last: Path) -> None:
+    """Refuses a resume from Lightning checkpoint ``last`` whose best checkpoint (as the state of
+    its checkpoint callbacks names it, re-rooted at ``last``'s folder as a resume reads it) is
+    gone: the resumed training ends by reading it."""
+    folder = os.path.realpath(last.parent)
+    for state in load_checkpoint(last, mmap=True).get("callbacks", {}).values():
+        best, saved_in = state.get("best_model_path"), state.get("dirpath")
+        if best and saved_in:
+            best = rerooted(best, saved_in, folder)
+        if best and not os.path.exists(best):
+            raise UserError(f"{last}: names {best} as its best checkpoint, which is gone; the resume ends by reading "
+                            "it: restore it, or train a new run")
 
 
 def load_weights(task: CTRTask, ckpt: Path) -> None:

@@ -17,11 +17,11 @@ from ctr.datasets.source import SPLITS, resolve_features
 from ctr.errors import UserError, sigterm_raises
 from ctr.recipe import Recipe
 from ctr.train import distributed
-from ctr.train.checkpoints import check_resumable, holds_distributed_checkpoints
+from ctr.train.checkpoints import check_resumable, holds_distributed_checkpoints, resumed_trainings
 from ctr.train.launch import group_holds, launched, process_group, require_one_process, shared_path
 from ctr.train.checks import check_before_fit, check_schedule_floors, require_rows
 from ctr.train.loop import (
-    Placement, Session, evaluate_checkpoint, fit, placement, quiet_lightning, trainer_for, use_threads,
+    Placement, Session, check_best_kept, evaluate_checkpoint, fit, placement, quiet_lightning, trainer_for, use_threads,
 )
 from ctr.train.optim import fused_optimizer
 from ctr.train.plots import plot_curves
@@ -71,6 +71,9 @@ def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:
     recipe.data = resolve_features(recipe.data)  # the run's recipe.yaml lists every feature
     if resume:
         run.check_resumed_inputs(recipe.data)
+        for folder in resumed_trainings(run.root):
+            if (folder / "last.ckpt").is_file():
+                check_best_kept(folder / "last.ckpt")
     prepared = prepare(recipe.data, progress)
     prepared.schema.require_sparse()
     if resume:

@@ -14,7 +14,8 @@ import torch.distributed.checkpoint as dcp
 
 from ctr.errors import UserError
 from ctr.train.checkpoints import (
-    OPTIMIZERS_FILE, STATE_FILE, check_resumable, check_whole, holds_distributed_checkpoints, optimizers_misfit, read_state,
+    OPTIMIZERS_FILE, STATE_FILE, check_resumable, check_whole, holds_distributed_checkpoints, optimizers_misfit,
+    read_state,
 )
 from ctr.train.rundir import RunDir
 from ctr.train.saved import best_checkpoint
@@ -126,7 +127,8 @@ def one_stage_run(tmp_path):
 @pytest.mark.parametrize("made, lacking, said", [
     (one_stage_run, "checkpoints/best/optimizers.pt", "checkpoints/best: not a whole distributed checkpoint (no "
                                                       "optimizers.pt); ctr writes"),
-    (one_stage_run, "checkpoints/best/.metadata", "checkpoints/best: not a whole distributed checkpoint (no .metadata)"),
+    (one_stage_run, "checkpoints/best/.metadata",
+     "checkpoints/best: not a whole distributed checkpoint (no .metadata)"),
     (one_stage_run, "checkpoints/best", "checkpoints/best: no such checkpoint folder"),
     (stage_run, "stages/1-search/checkpoints/last/.metadata",
      "stages/1-search/checkpoints/last: not a whole distributed checkpoint (no .metadata)"),

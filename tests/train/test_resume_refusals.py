@@ -121,3 +121,19 @@ def test_a_best_folder_lacking_a_file_is_refused_before_any_process(tmp_path, ca
     assert capsys.readouterr().err.strip().startswith(
         f"ctr: error: {run / 'checkpoints' / 'best'}: not a whole distributed checkpoint (no optimizers.pt); ")
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_one_process_run_whose_best_checkpoint_is_gone_is_refused_before_any_work(tmp_path):
+    """The resume trained on and failed at its end, reading the best.ckpt its last.ckpt names
+    ("no such checkpoint"); a run whose fit wrote no best.ckpt (its last is its best) resumes."""
+    run = tmp_path / "run"
+    train(recipe_from_dict(tiny_recipe(tmp_path, train={"epochs": 2})), run)
+    (run / "metrics.json").unlink()
+    (run / "checkpoints" / "best.ckpt").unlink()
+    kept = sorted(p.name for p in run.rglob("*"))
+    with pytest.raises(UserError) as refused:
+        train(recipe_from_dict(tiny_recipe(tmp_path, train={"epochs": 2})), run, resume=True)
+    assert str(refused.value) == (f"{run / 'checkpoints' / 'last.ckpt'}: names {run / 'checkpoints' / 'best.ckpt'} "
+                                  "as its best checkpoint, which is gone; the resume ends by reading it: restore it, "
+                                  "or train a new run")
+    assert sorted(p.name for p in run.rglob("*")) == kept
