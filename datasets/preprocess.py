@@ -14,7 +14,6 @@ import logging
 import os
 import shutil
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +21,12 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
-from tqdm.auto import tqdm
 
 from ctr.atomic import DISK_FULL
 from ctr.datasets.cache import DONE, KEY_FILE, TMP_MARK, cache_key, cache_root, key_blob, key_inputs
 from ctr.datasets.encode import Encoder, Tally
 from ctr.datasets.fit import Fitter
+from ctr.datasets.progress import RowProgress
 from ctr.datasets.report import build_report
 from ctr.datasets.shards import ShardWriter
 from ctr.datasets.source import SPLITS, DatasetSource, default_features, resolve_features
@@ -40,7 +39,6 @@ from ctr.schema import FeatureInfo, FeatureSpec, Schema
 log = logging.getLogger(__name__)
 KEYS = "keys"  # the folder, beside the encoded rows to score, of the keys of rows a source builds
 PREDICT_COLUMNS = ("row", "score", "label")  # what ctr predict writes of its own beside those keys
-PROGRESS_LOG_SECONDS = 30.0  # without a progress bar (stderr not a terminal), a line this often
 
 
 @dataclass
@@ -324,7 +322,7 @@ class _Job:
              absent: set[str] = frozenset()) -> Iterator[tuple[str, pa.RecordBatch, str]]:
         """Checked record batches as (split, batch, origin), labels parsed to floats; the
         ``absent`` label or group column is added (label 0, group empty)."""
-        bar = _RowProgress(what, self.progress)
+        bar = RowProgress(f"data: {what}", self.progress)
         skip = self.config.on_bad_rows == "skip"
         streams = self._streams()
         carved = {split for split in ("valid", "test") if split not in streams}
@@ -383,28 +381,6 @@ class _Job:
         valid = self.config.split.valid if "valid" in carved else 0.0
         test = self.config.split.test if "test" in carved else 0.0
         return np.where(u < valid, 1, np.where(u < valid + test, 2, 0))
-
-
-class _RowProgress:
-    """The rows a pass has read: a tqdm bar on a terminal; elsewhere (a log file, a pipe) a
-    line every ``PROGRESS_LOG_SECONDS``, so a long pass is not silent there."""
-
-    def __init__(self, what: str, bar: bool):
-        self.what, self.logs, self.rows = what, not bar, 0
-        self.bar = tqdm(desc=what, unit=" rows", disable=not bar, leave=False)
-        self.start = self.logged = time.monotonic()
-
-    def update(self, rows: int) -> None:
-        self.bar.update(rows)
-        self.rows += rows
-        now = time.monotonic()
-        if self.logs and now - self.logged >= PROGRESS_LOG_SECONDS:
-            self.logged = now
-            rate = self.rows / max(now - self.start, 1e-9)
-            log.info("data: %s: %s rows read (%s rows/s)", self.what, f"{self.rows:,}", f"{rate:,.0f}")
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from tqdm.auto import tqdm
 
 from ctr.datasets.criteo import CATEGORICAL, NUMERIC
+from ctr.datasets.progress import RowProgress
 from ctr.datasets.synthetic import NUM_CATEGORICAL, NUM_NUMERIC, PlantedModel, SyntheticConfig
 from ctr.atomic import atomic_path
 from ctr.errors import UserError, reason
@@ -32,14 +32,15 @@ def hex_tokens(column: int, vocab: int) -> pa.Array:
 
 
 def write_dac_tsv(path: Path, config: SyntheticConfig, progress: bool = False) -> int:
-    """Writes ``config.rows`` rows to ``path`` as DAC TSV; returns the rows written."""
+    """Writes ``config.rows`` rows to ``path`` as DAC TSV; returns the rows written. Progress:
+    a bar when ``progress``, else a line every ``PROGRESS_LOG_SECONDS``."""
     path = Path(path)
     if path.parent and not path.parent.is_dir():
         raise UserError(f"{path.parent}: {'not a folder' if path.parent.exists() else 'no such folder'}")
     _check_disk(path, config.rows)
     model = PlantedModel(config)
     tokens = [hex_tokens(j, v) for j, v in enumerate(model.vocabs)]
-    bar = tqdm(total=config.rows, unit=" rows", disable=not progress, leave=False)
+    bar = RowProgress("data synth", progress, verb="written")
     try:
         with atomic_path(path) as tmp, _writer(tmp, path) as writer:
             for chunk, start in enumerate(range(0, config.rows, config.chunk_rows)):

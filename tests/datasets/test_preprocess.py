@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ctr.datasets import BatchLoader, prepare
-from ctr.datasets import preprocess
+from ctr.datasets import progress
 from ctr.datasets.preprocess import _Job
 from ctr.recipe import recipe_from_dict
 from ctr.schema import Schema
@@ -53,7 +53,7 @@ def test_preparation_without_a_bar_logs_the_rows_read(tmp_path, monkeypatch, cap
     """With stderr not a terminal (a log file, a pipe) preparing 2M Criteo rows printed
     nothing for 23 s (the bar is off there): each pass now logs the rows it has read every
     PROGRESS_LOG_SECONDS (here 0: every batch); with the bar on, it logs none."""
-    monkeypatch.setattr(preprocess, "PROGRESS_LOG_SECONDS", 0.0, raising=False)
+    monkeypatch.setattr(progress, "PROGRESS_LOG_SECONDS", 0.0)
     caplog.set_level(logging.INFO)
     prepare(recipe_from_dict(tiny_recipe(tmp_path)).data, progress=False)
     line = r"data: (fitting vocabularies|encoding): [\d,]+ rows read \([\d,]+ rows/s\)"
