@@ -32,6 +32,7 @@ import torch
 from ctr.atomic import atomic_path
 from ctr.datasets.loader import BatchLoader
 from ctr.datasets.preprocess import Encoded
+from ctr.datasets.progress import RowProgress
 from ctr.datasets.shards import shard_files
 from ctr.errors import UserError, reason
 from ctr.metrics import split_metrics
@@ -72,10 +73,12 @@ def predict(run_root: Path, data: Path, out: Path, progress: bool = False) -> di
         net = task.net.to(device).eval()
         loader = BatchLoader(encoded.prepared.split_dir("test"), schema, recipe.train.eval_batch_size,
                              prefetch=recipe.data.prefetch, device=device)
+        bar = RowProgress("predict: scoring", progress, verb="scored")
         try:
-            scored = _scores(net, loader, device, recipe.trainer.precision)
+            scored = _scores(net, loader, device, recipe.trainer.precision, bar)
             parts = _write(scored, out, encoded.labelled, encoded if encoded.numbered else None, encoded.keys)
         finally:
+            bar.close()
             loader.close()
     seconds = time.perf_counter() - start
     result: dict[str, Any] = {"rows": encoded.tally.rows, "rows_per_s": encoded.tally.rows / seconds}
@@ -98,12 +101,15 @@ def _refuse_read_input(out: Path, data: Path, config: DataConfig) -> None:
 
 
 @torch.inference_mode()
-def _scores(net: torch.nn.Module, loader: BatchLoader, device: torch.device, precision: str) -> Iterator[Scored]:
+def _scores(net: torch.nn.Module, loader: BatchLoader, device: torch.device, precision: str,
+            bar: RowProgress) -> Iterator[Scored]:
+    """The logits [B] of each batch of ``loader``, counted on ``bar``."""
     for batch in loader:
         batch = batch.to(device)
         with autocast(precision, device):
             logits = net(batch)[0].double()
         groups = None if batch.groups is None else batch.groups.cpu().numpy()
+        bar.update(len(logits))
         yield Scored(logits.cpu().numpy(), batch.labels.cpu().numpy(), groups)
 
 

@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -661,6 +662,22 @@ def test_predict_to_a_folder_that_takes_no_files_is_one_line(csv_run, tmp_path, 
     done = ctr("predict", run, home / "data" / "test.csv", "--out", out, cwd=tmp_path)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr[-2000:]
     assert done.stderr.startswith(f"ctr: error: {out}: cannot be written ("), done.stderr
+
+
+def test_predict_without_a_bar_logs_the_rows_scored(csv_run, tmp_path, monkeypatch, caplog):
+    """Scoring showed neither a bar nor a line (1M Criteo rows: 30 s of silence after their
+    encoding, a Criteo day many minutes): it logs the rows scored every PROGRESS_LOG_SECONDS
+    (here 0: every batch of 512), as encoding logs the rows read; a terminal gets a bar."""
+    import ctr.train.predict as scoring
+    from ctr.datasets import progress
+
+    home, run = csv_run
+    monkeypatch.setattr(progress, "PROGRESS_LOG_SECONDS", 0.0)
+    caplog.set_level(logging.INFO)
+    scoring.predict(run, home / "data" / "test.csv", tmp_path / "scores.parquet")
+    scored = [m for m in caplog.messages if "rows scored" in m]
+    assert [m.split(" rows scored")[0] for m in scored] == ["predict: scoring: 512", "predict: scoring: 1,000"]
+    assert re.fullmatch(r"predict: scoring: 1,000 rows scored \([\d,]+ rows/s\)", scored[-1])
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, a folder no one can create files in")
