@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.plugins import TorchCheckpointIO
 
 from ctr.atomic import atomic_path
+from ctr.datasets.progress import RowProgress
 from ctr.errors import TrainingDiverged
 
 log = logging.getLogger("ctr.train")
@@ -218,6 +219,29 @@ class ProgressLines(L.Callback):
         rate = self._samples / max(time.perf_counter() - self._start, 1e-9)
         log.info("epoch %d step %d (%d/%s of the epoch): loss %.5f, %.0f samples/s", trainer.current_epoch,
                  trainer.global_step, batch_idx + 1, per_epoch, float(outputs["loss"]), rate)
+
+
+class EvalProgressLines(L.Callback):
+    """Logs ``valid: scoring: N rows scored (R rows/s)`` (``test: ...`` for the split a test
+    pass scores) every ``PROGRESS_LOG_SECONDS`` while a split is scored: progress for a log
+    file, where no bar is drawn."""
+
+    def __init__(self) -> None:
+        self._rows = RowProgress("valid: scoring", bar=False, verb="scored")
+
+    def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._rows = RowProgress("valid: scoring", bar=False, verb="scored")
+
+    def on_test_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._rows = RowProgress(f"{module.eval_split}: scoring", bar=False, verb="scored")
+
+    def on_validation_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._rows.update(batch.size)
+
+    def on_test_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._rows.update(batch.size)
 
 
 class ValidationSummary(L.Callback):

@@ -31,8 +31,8 @@ from ctr.kernels.embedding_bag import BackendUnavailable, check_fused, resolve_b
 from ctr.recipe import Recipe
 from ctr.recipe.checks import reads_backend
 from ctr.train.callbacks import (
-    AtomicCheckpointIO, FiniteLoss, LoaderEpoch, ProgressLines, RandomState, ResumableEarlyStopping, RunCheckpoint,
-    Throughput, ValidateAtMaxSteps, ValidationSummary, loss_check_interval, rerooted,
+    AtomicCheckpointIO, EvalProgressLines, FiniteLoss, LoaderEpoch, ProgressLines, RandomState, ResumableEarlyStopping,
+    RunCheckpoint, Throughput, ValidateAtMaxSteps, ValidationSummary, loss_check_interval, rerooted,
 )
 from ctr.train.checks import TRAINING_MIN_ROWS
 from ctr.train.optim import fused_optimizer
@@ -407,7 +407,7 @@ def trainer_for(recipe: Recipe, run: RunDir, progress: bool, callbacks: list, lo
         max_epochs=epochs or train.epochs,
         max_steps=max_steps or train.max_steps or -1,
         val_check_interval=train.eval_every_n_steps or 1.0,
-        callbacks=callbacks,
+        callbacks=callbacks if progress else [*callbacks, EvalProgressLines()],  # no bar: lines while scoring
         logger=loggers,
         enable_progress_bar=progress,
         enable_model_summary=False,

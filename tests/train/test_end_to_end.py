@@ -1,6 +1,7 @@
 """One tiny training run through the CLI, then ``ctr eval`` on its run directory."""
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -124,3 +125,24 @@ def test_eval_uses_the_runs_threads_and_reproduces_its_metrics_exactly(tmp_path)
     evaluated = ctr("eval", run)
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout) == json.loads((run / "metrics.json").read_text())["test"]
+
+
+def test_scoring_a_split_without_a_bar_logs_the_rows_scored(tmp_path, monkeypatch, caplog):
+    """Off a terminal, validation and the best checkpoint's evaluations (in ctr train and ctr
+    eval) showed no line while they scored: a Criteo-size split on a CPU scored for minutes
+    in silence. Each logs the rows scored every PROGRESS_LOG_SECONDS (here 0: every batch of
+    256), as training logs its steps."""
+    from ctr.datasets import progress
+    from ctr.recipe import recipe_from_dict
+    from ctr.train.runner import evaluate, train
+
+    monkeypatch.setattr(progress, "PROGRESS_LOG_SECONDS", 0.0)
+    caplog.set_level(logging.INFO)
+    raw = tiny_recipe(tmp_path, train={"eval_batch_size": 256}, trainer={"num_threads": 1})
+    train(recipe_from_dict(raw), tmp_path / "run")
+    scored = [m.split(" rows scored")[0] for m in caplog.messages if " rows scored (" in m]
+    assert {"valid: scoring: 256", "valid: scoring: 512", "test: scoring: 256", "test: scoring: 512"} <= set(scored)
+    caplog.clear()
+    evaluate(tmp_path / "run")
+    assert [m.split(" rows scored")[0] for m in caplog.messages if " rows scored (" in m][:2] == [
+        "test: scoring: 256", "test: scoring: 512"]
