@@ -121,6 +121,7 @@ def _train_hint(args: argparse.Namespace) -> str | None:
     return f"`ctr train --resume {shlex.quote(str(run_dir))}` continues from its last checkpoint, if one was written"
 
 
+SYNTH_FLAGS = {"rows": "--rows", "seed": "--seed", "vocab_scale": "--vocab-scale"}  # ctr data synth's, by config key
 CONTINUING = {  # how each command other than train that can be stopped and resumed goes on
     "bench compression": "the same command continues: finished cells are kept, the stopped ones resume",
     "tune": "the same command continues: finished runs are kept, the stopped one resumes",
@@ -359,8 +360,10 @@ def _synth(args: argparse.Namespace) -> int:
         raise UserError(f"{args.out}: {what}")
     try:
         config = SyntheticConfig(rows=args.rows, seed=args.seed, vocab_scale=args.vocab_scale)
-    except ValueError as err:
-        raise UserError(f"data synth: {err}") from None
+    except ValueError as err:  # "vocab_scale must be ...": named as the flag that set it
+        key, _, rest = str(err).partition(" ")
+        flag = SYNTH_FLAGS.get(key.rstrip(":"))
+        raise UserError(f"{flag}: {rest}" if flag else f"data synth: {err}") from None
     rows = write_dac_tsv(args.out, config, progress=sys.stderr.isatty())
     print(f"wrote {rows:,} rows to {args.out}")
     return 0

@@ -87,7 +87,7 @@ def test_a_bad_generator_setting_is_one_line_naming_it(tmp_path, capsys, overrid
     err = capsys.readouterr().err.strip()
     assert err == f"ctr: error: {message}", err
     assert main(["data", "synth", str(tmp_path / "s.tsv"), "--rows", "10", "--seed", "-1"]) == 2
-    assert capsys.readouterr().err.strip() == "ctr: error: data synth: seed must be >= 0, got -1"
+    assert capsys.readouterr().err.strip() == "ctr: error: --seed: must be >= 0, got -1"
 
 
 def test_a_latent_dim_past_memory_is_named_not_vocab_scale():

@@ -3,6 +3,7 @@ import re
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 
 from ctr.cli import main
 from ctr.datasets.criteo import CriteoConfig, CriteoDataset
@@ -40,8 +41,21 @@ def test_synth_without_a_bar_logs_the_rows_written(tmp_path, monkeypatch, caplog
 
 def test_synth_bad_arguments_are_user_errors(tmp_path, capsys):
     assert main(["data", "synth", str(tmp_path / "x.tsv"), "--rows", "0"]) == 2
-    assert "data synth:" in capsys.readouterr().err
+    assert "ctr: error: --rows: " in capsys.readouterr().err
     assert main(["data", "synth", str(tmp_path / "no" / "x.tsv"), "--rows", "5"]) == 2
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--rows", "-5", "--rows: must be a finite number > 0, got -5"),
+    ("--seed", "-1", "--seed: must be >= 0, got -1"),
+    ("--vocab-scale", "-1", "--vocab-scale: must be a finite number > 0, got -1.0"),
+])
+def test_a_bad_flag_is_named_as_typed(tmp_path, capsys, flag, value, message):
+    """`--vocab-scale -1` said `data synth: vocab_scale must be ...`, naming a recipe key the
+    command has not: the error names the flag."""
+    args = {"--rows": "10", flag: value}
+    assert main(["data", "synth", str(tmp_path / "x.tsv"), *[a for pair in args.items() for a in pair]]) == 2
+    assert capsys.readouterr().err.startswith(f"ctr: error: {message}")
 
 
 def test_synth_to_a_place_that_takes_no_file_names_it(tmp_path, capsys):
