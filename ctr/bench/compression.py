@@ -133,7 +133,7 @@ def run_compression(
     they share with the base recipe ends the command, and an ``out`` of other settings is
     refused (``check_settings``); the data is prepared once."""
     if jobs < 1:
-        raise UserError(f"--jobs must be >= 1, got {jobs}")
+        raise UserError(f"--jobs: must be >= 1, got {jobs}")
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder; choose another --out")
     base = read_yaml(recipe_path)

@@ -67,7 +67,7 @@ def plan(methods: list[str], budgets: list[float], seeds: int) -> list[Cell]:
     if not budgets and any(name not in UNBUDGETED for name in methods):
         raise UserError("--budgets: give at least one budget for the methods that take one, e.g. --budgets 0.5,0.1")
     if seeds < 1:
-        raise UserError("--seeds must be >= 1")
+        raise UserError(f"--seeds: must be >= 1, got {seeds}")
     cells = []
     for name in methods:
         for budget in [None] if name in UNBUDGETED else budgets:

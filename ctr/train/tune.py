@@ -178,7 +178,7 @@ class Tuning:
     def run(self) -> Point:
         """Stage 1, the choice, stage 2; writes the tables; returns the chosen point."""
         if self.seeds < 1:
-            raise UserError("--seeds must be >= 1")
+            raise UserError(f"--seeds: must be >= 1, got {self.seeds}")
         if self.out.exists() and not self.out.is_dir():
             raise UserError(f"{self.out}: exists and is not a folder; choose another --out")
         _check_overrides(self.points, self.overrides)

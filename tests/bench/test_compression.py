@@ -237,7 +237,7 @@ def test_jobs_train_cells_at_once_into_one_results_file(tmp_path):
     run_compression(recipe, ["robe", "hash"], [0.5], 2, out, [], jobs=2)
     table = (out / "results.md").read_text()
     assert table.index("| robe | 0.5 |") < table.index("| hash | 0.5 |")  # the grid's order, not the finishing one
-    with pytest.raises(UserError, match="--jobs must be >= 1"):
+    with pytest.raises(UserError, match="--jobs: must be >= 1, got 0"):
         run_compression(recipe, ["hash"], [0.5], 1, out, [], jobs=0)
 
 

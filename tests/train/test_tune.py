@@ -560,3 +560,18 @@ def test_with_bad_rows_skipped_a_features_axis_is_refused_and_integer_ids_tuned(
     grid = parse_grid(["data.integer_ids=false,true"])
     Tuning(_recipe_file(tmp_path), grid, 1, tmp_path / "u", [], trainer).run()
     assert len(trainer.calls) == 2
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["tune", "--grid", "model.dropout=0,0.2", "--seeds", "0"], "--seeds: must be >= 1, got 0"),
+    (["bench", "compression", "--seeds", "0"], "--seeds: must be >= 1, got 0"),
+    (["bench", "compression", "--jobs", "0"], "--jobs: must be >= 1, got 0"),
+])
+def test_a_count_flag_below_one_is_named_with_its_value(tmp_path, capsys, argv, said):
+    """`--seeds 0` said `--seeds must be >= 1` (no value), unlike `ctr bench train --steps 0`'s
+    `--steps: must be >= 1, got 0`."""
+    from ctr.cli import main
+
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    assert main([*argv[:-2], str(tmp_path / "r.yaml"), *argv[-2:], "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == f"ctr: error: {said}"
