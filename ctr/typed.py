@@ -18,13 +18,15 @@ from ctr.errors import RecipeError, did_you_mean
 T = TypeVar("T")
 
 
-def parse(cls: type[T], data: Any, path: str) -> T:
+def parse(cls: type[T], data: Any, path: str, owner: str = "") -> T:
     """Builds dataclass ``cls`` from ``data`` (a mapping), checking every key and type.
 
     Args:
         cls: a dataclass type whose fields carry type hints.
         data: the mapping read from YAML (``None`` means all defaults).
         path: dotted key path of ``data`` in the recipe, used in error messages.
+        owner: what chose ``cls`` (``model deepfm``), named with an unknown key: the keys
+            allowed are that one's, not the section's in general.
     """
     if data is None:
         data = {}
@@ -35,7 +37,8 @@ def parse(cls: type[T], data: Any, path: str) -> T:
     unknown = [k for k in data if k not in fields]
     if unknown:
         raise RecipeError(
-            f"{_join(path, str(unknown[0]))}: unknown key{did_you_mean(str(unknown[0]), fields)}"
+            f"{_join(path, str(unknown[0]))}: unknown key{f' for {owner}' if owner else ''}"
+            f"{did_you_mean(str(unknown[0]), fields)}"
             f" (allowed: {', '.join(sorted(fields))})"
         )
     values = {}

@@ -27,6 +27,10 @@ def test_defaults_and_typed_sections():
         ({"embedding": {"method": "zip"}}, r"^embedding\.method: unknown embedding method 'zip' \(registered: "),
         ({"embedding": {"method": "hsah"}}, r"^embedding\.method: unknown embedding method 'hsah', did you mean hash\?"),
         ({"model": {"name": "DeepFM"}}, r"^model\.name: unknown model 'DeepFM', did you mean deepfm\?"),
+        ({"model": {"name": "deepfm", "bottom_mlp": [8]}},
+         r"^model\.bottom_mlp: unknown key for model deepfm \(allowed: "),  # keys of another model's, say
+        ({"embedding": {"method": "hash", "block": 4}}, r"^embedding\.block: unknown key for embedding method hash "),
+        ({"data": {"dataset": "criteo", "vocab_sizes": [3]}}, r"^data\.vocab_sizes: unknown key for dataset criteo "),
         ({"train": {"BATCH_SIZE": 3}}, r"^train\.BATCH_SIZE: unknown key, did you mean batch_size\?"),
         ({"model": {"name": "dlrm", "top_mlp": [1, "x"]}}, r"^model\.top_mlp\[1\]: expected int"),
         ({"data": {"rows": -1}}, r"^data\.rows: must be a finite number > 0, got -1$"),

@@ -388,7 +388,7 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
         if not isinstance(name, str):
             raise RecipeError(f"{section}.{key}: expected str, got {name!r}")
         config_class = registry.get(name, f"{section}.{key}").config or base
-        sections[section] = parse(config_class, block, section)
+        sections[section] = parse(config_class, block, section, owner=f"{registry.kind} {name}")
     schedules = _pop_schedules(raw)
     recipe = parse(Recipe, raw, "")
     for section, config in sections.items():
