@@ -364,7 +364,12 @@ def _synth(args: argparse.Namespace) -> int:
         key, _, rest = str(err).partition(" ")
         flag = SYNTH_FLAGS.get(key.rstrip(":"))
         raise UserError(f"{flag}: {rest}" if flag else f"data synth: {err}") from None
-    rows = write_dac_tsv(args.out, config, progress=sys.stderr.isatty())
+    try:
+        rows = write_dac_tsv(args.out, config, progress=sys.stderr.isatty())
+    except UserError as err:  # "data.vocab_scale: ...": a recipe's key, here the flag that set it
+        key, _, rest = str(err).partition(": ")
+        flag = SYNTH_FLAGS.get(key.removeprefix("data."))
+        raise UserError(f"{flag}: {rest}" if flag and key.startswith("data.") else str(err)) from None
     print(f"wrote {rows:,} rows to {args.out}")
     return 0
 

@@ -202,10 +202,10 @@ def _check_fits_in_memory(config: SyntheticConfig) -> None:
         return
     machine = f"~{needed / 2**30:.3g} GiB, more than this machine's {memory / 2**30:.1f} GiB"
     if _planted_bytes(ids, SyntheticConfig.latent_dim) <= memory:  # the vocabularies fit with the default vectors
-        raise UserError(f"synthetic data: latent_dim {config.latent_dim} over {ids:.3g} ids needs {machine}; "
-                        "lower latent_dim")
-    raise UserError(f"synthetic data: vocab_scale {config.vocab_scale:g} gives {ids:.3g} ids in all, whose planted "
-                    f"model needs {machine}; lower vocab_scale")
+        raise UserError(f"data.latent_dim: {config.latent_dim} over {ids:.3g} synthetic ids needs {machine}; "
+                        "lower it")
+    raise UserError(f"data.vocab_scale: {config.vocab_scale:g} gives {ids:.3g} synthetic ids in all, whose planted "
+                    f"model needs {machine}; lower it")
 
 
 def _planted_bytes(ids: float, latent_dim: int) -> float:

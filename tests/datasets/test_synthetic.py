@@ -94,8 +94,19 @@ def test_a_latent_dim_past_memory_is_named_not_vocab_scale():
     """data.latent_dim: 1e9 on tiny vocabularies said "lower vocab_scale", a value that was not at fault."""
     from ctr.errors import UserError
 
-    with pytest.raises(UserError, match=r"latent_dim 1000000000 .*; lower latent_dim$"):
+    with pytest.raises(UserError, match=r"^data\.latent_dim: 1000000000 over .*; lower it$"):
         PlantedModel(SyntheticConfig(vocab_scale=0.001, latent_dim=1_000_000_000))
+
+
+def test_vocabularies_past_memory_name_the_recipe_key(tmp_path, capsys):
+    """From a recipe the refusal names data.vocab_scale (it said 'synthetic data: vocab_scale',
+    the words of neither the recipe nor ``ctr data synth``'s --vocab-scale)."""
+    from ctr.cli import main
+
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    assert main(["train", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run"), "-o", "data.vocab_scale=1e12"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ctr: error: data.vocab_scale: 1e+12 gives ") and err.endswith("GiB; lower it"), err
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -76,8 +76,8 @@ def test_synth_vocabularies_past_memory_are_refused_on_one_line(tmp_path, capsys
     for scale in ("1e12", "1e30", "1e306"):
         assert main(["data", "synth", str(tmp_path / "x.tsv"), "--rows", "5", "--vocab-scale", scale]) == 2
         err = capsys.readouterr().err.strip()
-        assert err.startswith(f"ctr: error: synthetic data: vocab_scale {float(scale):g} gives ") and "GiB" in err
-        assert "\n" not in err and "lower vocab_scale" in err
+        assert err.startswith(f"ctr: error: --vocab-scale: {float(scale):g} gives ") and "GiB" in err  # the flag
+        assert "\n" not in err and err.endswith("; lower it")
     assert not list(tmp_path.iterdir())
 
 
