@@ -153,9 +153,9 @@ def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[s
         else:
             fitting.whole()
         done = fitting.done or fitting.finished()
-        metrics: dict[str, Any] = {"valid": evaluate(done.par.module, fitting.loaders["valid"], place)}
+        metrics: dict[str, Any] = {"valid": evaluate(done.par.module, fitting.loaders["valid"], place, "valid")}
         start = time.perf_counter()
-        metrics["test"] = evaluate(done.par.module, fitting.loaders["test"], place)
+        metrics["test"] = evaluate(done.par.module, fitting.loaders["test"], place, "test")
         metrics["inference_seconds"] = time.perf_counter() - start
     finally:
         fitting.close()
@@ -218,7 +218,7 @@ class Fitting:
 
     def score(self) -> float:
         """Validation AUC of the network now, over every rank's rows (a procedure's score)."""
-        return evaluate(self.net, self.loaders["valid"], self.place)["auc"]
+        return evaluate(self.net, self.loaders["valid"], self.place, "valid")["auc"]
 
     def close(self) -> None:
         for loader in self.loaders.values():

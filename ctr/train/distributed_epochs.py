@@ -26,6 +26,7 @@ from torch import nn
 
 from ctr.atomic import atomic_path
 from ctr.datasets import BatchLoader
+from ctr.datasets.progress import RowProgress
 from ctr.embeddings.replicas import gather_padded
 from ctr.metrics import split_metrics
 from ctr.errors import RecipeError
@@ -170,7 +171,7 @@ class EpochLoop:
         """Validates the weights before the first step and checkpoints them as ``best``: the
         best so far, and early stopping's reference."""
         monitor, _ = self.recipe.train.best_by
-        value = self._monitored(evaluate(self.par.module, self.loaders["valid"], self.place), monitor)
+        value = self._monitored(evaluate(self.par.module, self.loaders["valid"], self.place, "valid"), monitor)
         state.best = state.stop_best = value
         self.saver.save(self.saver.best, state)
         log.info("stage start: %s %.5f (the stage's best until a validation beats it)", monitor, value)
@@ -191,7 +192,7 @@ class EpochLoop:
         train = self.recipe.train
         monitor, mode = self.recipe.train.best_by
         self.losses.check(state.step)  # a validation's checkpoints are never of diverged weights
-        valid = evaluate(self.par.module, self.loaders["valid"], self.place)
+        valid = evaluate(self.par.module, self.loaders["valid"], self.place, "valid")
         self.logger.write({"epoch": state.epoch, "step": state.step - 1, **{f"valid/{k}": v for k, v in valid.items()}})
         self.par.optimizer.after_validation(valid)
         log.info("epoch %d step %d: valid %s (%.0f samples/s)", state.epoch, state.step,
@@ -270,13 +271,18 @@ def average_sparse_gradients(params: list[nn.Parameter], world: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(module: nn.Module, loader: BatchLoader, place: Placement) -> dict[str, float]:
+def evaluate(module: nn.Module, loader: BatchLoader, place: Placement, split: str) -> dict[str, float]:
     """AUC and logloss (and group AUC when the data has groups) over every row of ``loader``'s
-    split: each rank scores its parts, the logits (float64) and labels are gathered from all."""
+    split (named ``split``): each rank scores its parts, the logits (float64) and labels are
+    gathered from all. Rank 0 logs the rows scored (of every rank) every ``PROGRESS_LOG_SECONDS``,
+    as one process does without a bar."""
     module.eval()
     logits, labels, groups = [], [], []
-    for batch in loader:
+    scored = RowProgress(f"{split}: scoring", bar=False, verb="scored") if place.rank == 0 else None
+    for index, batch in enumerate(loader):
         logits.append(module(batch)[0].double())
+        if scored is not None:
+            scored.update(loader.batch_rows(index))
         labels.append(batch.labels.float())
         if batch.groups is not None:
             groups.append(batch.groups)

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ctr.batch import Batch, JaggedFeatures
+from ctr.datasets.progress import RowProgress
 from ctr.metrics import EPS
 from ctr.recipe import recipe_from_dict
 from ctr.train.distributed_epochs import evaluate
@@ -42,6 +43,13 @@ class FixedLogits(nn.Module):
         return batch.dense[:, 0] * self.scale, torch.zeros(())
 
 
+class Loader(list):
+    """``batches()`` with ``BatchLoader.batch_rows`` (rows of batch ``index`` over every rank: one here)."""
+
+    def batch_rows(self, index: int) -> int:
+        return self[index].size
+
+
 def batches() -> list[Batch]:
     """The rows in two batches of three, with their groups."""
     dense, labels, groups = torch.tensor(LOGITS).unsqueeze(1), torch.tensor(LABELS), torch.tensor(GROUPS)
@@ -62,7 +70,8 @@ def validated() -> dict[str, float]:
 
 def predicted(tmp_path) -> dict[str, float]:
     """The metrics ``ctr predict`` prints, after it wrote the scores."""
-    scored = _scores(FixedLogits().eval(), batches(), torch.device("cpu"), "32-true")
+    bar = RowProgress("scoring", bar=False, verb="scored")
+    scored = _scores(FixedLogits().eval(), batches(), torch.device("cpu"), "32-true", bar)
     return _metrics(_write(scored, tmp_path / "scores.csv", True, None))
 
 
@@ -70,7 +79,8 @@ def distributed(tmp_path) -> dict[str, float]:
     """The metrics of a distributed run's evaluation, in a process group of one."""
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        return evaluate(FixedLogits(), batches(), Placement(rank=0, world_size=1, device=torch.device("cpu")))
+        place = Placement(rank=0, world_size=1, device=torch.device("cpu"))
+        return evaluate(FixedLogits(), Loader(batches()), place, "valid")
     finally:
         dist.destroy_process_group()
 
@@ -101,3 +111,17 @@ def test_predict_writes_probabilities(tmp_path):
     written = pd.read_csv(tmp_path / "scores.csv")
     assert written["score"].tolist() == torch.sigmoid(torch.tensor(LOGITS, dtype=torch.float64)).tolist()
     assert written["label"].tolist() == [int(y) for y in LABELS]
+
+
+def test_a_distributed_evaluation_logs_the_rows_scored(tmp_path, monkeypatch, caplog):
+    """Rank 0 logs the rows every rank scored every PROGRESS_LOG_SECONDS (here 0: each batch),
+    as one process does without a bar (the distributed loop scored its splits in silence)."""
+    import logging
+
+    from ctr.datasets import progress
+
+    monkeypatch.setattr(progress, "PROGRESS_LOG_SECONDS", 0.0)
+    caplog.set_level(logging.INFO)
+    distributed(tmp_path)
+    assert [m.split(" (")[0] for m in caplog.messages if "rows scored" in m] == [
+        "valid: scoring: 3 rows scored", "valid: scoring: 6 rows scored"]
