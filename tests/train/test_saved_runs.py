@@ -1,6 +1,8 @@
 """A run directory is self-contained: ``ctr eval`` and ``ctr predict`` read its saved schema
 and vocabularies (nothing re-fitted), from any working directory, on new files too."""
 
+import contextlib
+import io
 import json
 import logging
 import math
@@ -9,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +21,34 @@ import pytest
 import torch
 import yaml
 
+from ctr.cli import main
 from ctr.metrics import auc
 
 pytestmark = pytest.mark.slow  # end-to-end runs
 
 
 def ctr(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "ctr.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    """``ctr ARGS`` run in this process from ``cwd``, as a subprocess would run it: its exit
+    code, stdout and stderr (its log lines and warnings included: pytest's handlers on the
+    root logger make ``ctr``'s ``logging.basicConfig`` a no-op here)."""
+    out, err, here, threads = io.StringIO(), io.StringIO(), os.getcwd(), torch.get_num_threads()
+    handler, root = logging.StreamHandler(err), logging.getLogger()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        os.chdir(cwd or here)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            with warnings.catch_warnings(record=True) as caught:
+                code = main([str(arg) for arg in args])
+        err.writelines(warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught)
+    finally:
+        os.chdir(here)
+        root.removeHandler(handler)
+        root.setLevel(level)
+        torch.set_num_threads(threads)  # a recipe's trainer.num_threads: 1 would stay for the tests after
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def write_rows(path, rows, seed, tokens=20):
@@ -111,16 +135,25 @@ def test_eval_scores_every_row_in_an_environment_of_a_launched_group(csv_run, mo
     assert abs(again["auc"] - saved["auc"]) < 1e-6 and abs(again["logloss"] - saved["logloss"]) < 1e-6
 
 
+@contextlib.contextmanager
+def rewritten(path: Path, text: str):
+    """``path`` (an input of the shared csv run) holding ``text`` for a while: then its content
+    and modification time as they were (the run's saved key stamps both)."""
+    original, stamp = path.read_bytes(), path.stat()
+    path.write_text(text)
+    try:
+        yield
+    finally:
+        path.write_bytes(original)
+        os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+
+
 def test_eval_never_refits_after_the_training_file_grows(csv_run, tmp_path):
     home, run = csv_run
     train = home / "data" / "train.csv"
-    original = train.read_text()
-    try:
-        with train.open("a") as f:  # new tokens: a re-fit would grow the tables
-            f.write("".join(f"1,7,new{i},newb{i},0.5\n" for i in range(300)))
+    grown = train.read_text() + "".join(f"1,7,new{i},newb{i},0.5\n" for i in range(300))  # new tokens: a re-fit grows
+    with rewritten(train, grown):
         result = ctr("eval", run, cwd=tmp_path)
-    finally:
-        train.write_text(original)
     assert result.returncode == 0, result.stderr
     saved = json.loads((run / "metrics.json").read_text())["test"]
     assert abs(json.loads(result.stdout)["auc"] - saved["auc"]) < 1e-6
@@ -324,8 +357,6 @@ def test_a_log_square_value_past_its_range_is_a_bad_row_in_predict_and_eval(tmp_
     """log_square keeps round(x) of x <= 2: -1e39 was scored nan (auc and logloss null for
     the whole file) and -1e19 stopped a categorical's predict with a traceback. Both are bad
     rows, as in training, left out under on_bad_rows: skip."""
-    from ctr.cli import main
-
     rng = np.random.default_rng(3)
     label, m, c = rng.integers(0, 2, 400), rng.integers(0, 50, 400), rng.integers(0, 50, 400)
     pd.DataFrame({"label": label, "m": m, "c": c}).to_csv(tmp_path / "train.csv", index=False)
@@ -400,8 +431,6 @@ def test_the_documented_snippet_scores_an_exported_row_like_predict(csv_run, tmp
 def test_the_documented_snippet_scores_sequence_features_like_predict(tmp_path):
     """A sum-pooled sequence (``^``-separated, last 3 items kept): rows with no items, with
     an empty item, and with more items than max_len score as predict scores them."""
-    from ctr.cli import main
-
     rng = np.random.default_rng(4)
     tags = ["^".join(f"t{v}" for v in rng.integers(0, 9, rng.integers(0, 6))) for _ in range(800)]
     tags[:3] = ["", "t1^^t2", "t1^t2^t3^t4^t5"]
@@ -421,8 +450,6 @@ def test_the_documented_snippet_scores_hashed_oov_buckets_and_log_square_tokens_
     """Unseen tokens of a feature with oov_buckets: 4 land in predict's bucket (ids past a
     num_ids feature's range too), and counts read as log_square categories get predict's
     tokens (inputs.json said neither before)."""
-    from ctr.cli import main
-
     rng = np.random.default_rng(5)
     frame = pd.DataFrame({"label": rng.integers(0, 2, 800), "a": [f"a{v}" for v in rng.integers(0, 6, 800)],
                           "n": rng.poisson(12, 800), "k": rng.integers(0, 5, 800)})
@@ -445,8 +472,6 @@ def test_the_documented_snippet_scores_log_square_and_quantile_numbers_like_pred
     """Numeric features with ``transform: log_square`` (missing, rounded halves, past 2) and
     ``quantile`` (at a boundary, missing, below the first, between two, past the last): the
     snippet's numbers are predict's (it passed the raw number on for both)."""
-    from ctr.cli import main
-
     rng = np.random.default_rng(6)
     frame = pd.DataFrame({"label": rng.integers(0, 2, 800), "a": [f"a{v}" for v in rng.integers(0, 6, 800)],
                           "n": rng.poisson(12, 800).astype(float), "q": rng.integers(0, 50, 800)})
@@ -483,14 +508,14 @@ def test_an_optembed_run_evaluates_predicts_and_exports_as_it_was_tested(optembe
     exported = ctr("export", run, "--out", tmp_path / "model.pt2", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
     docs = (Path(__file__).resolve().parents[2] / "docs" / "export.md").read_text()
-    snippet = docs.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "score_row.py").write_text(docs.split("```python\n", 1)[1].split("```", 1)[0])
     test_rows = pd.read_csv(home / "data" / "test.csv", dtype=str)
-    for i in (0, 5):
-        row = json.dumps({k: test_rows.loc[i, k] for k in ("a", "b", "x")})
-        done = subprocess.run([sys.executable, "-c", snippet, tmp_path / "model.pt2", row],
-                              capture_output=True, text=True, cwd=tmp_path)
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert abs(float(done.stdout.strip()) - scores["score"][i]) < 1e-5
+    rows = [json.dumps({k: test_rows.loc[i, k] for k in ("a", "b", "x")}) for i in (0, 5)]
+    done = subprocess.run([sys.executable, "-c", SNIPPET_PER_ROW, tmp_path / "model.pt2", *rows],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = [float(line) for line in done.stdout.split()]
+    assert len(printed) == 2 and all(abs(p - scores["score"][i]) < 1e-5 for p, i in zip(printed, (0, 5))), printed
 
 
 def test_a_run_whose_method_never_read_its_saved_backend_evaluates_predicts_and_exports(optembed_csv_run, tmp_path):
@@ -576,8 +601,6 @@ def test_scoring_a_file_with_a_run_of_generated_rows_is_one_line(tmp_path):
 def test_predict_on_a_headerless_run_reads_rows_without_the_label(tmp_path):
     """Without a header, the rows to score may lack the label column of data.columns (and
     the group's): the first line's field count tells; the scores are those of labelled rows."""
-    from ctr.cli import main
-
     frame = write_rows(tmp_path / "with_header.csv", 600, 1)[["a", "label", "user", "b", "x"]]
     frame.to_csv(tmp_path / "rows.csv", index=False, header=False)
     recipe = {**RECIPE, "data": {**RECIPE["data"], "path": str(tmp_path / "rows.csv"), "header": False,
@@ -764,8 +787,6 @@ def test_eval_of_a_run_that_is_not_finished_warns_and_uses_its_best_checkpoint(c
 def test_predict_needs_a_group_column_that_a_feature_reads(tmp_path, capsys):
     """The group is optional in rows to score, but not when a feature reads that column too:
     it scored every row with the feature out of vocabulary (header or not)."""
-    from ctr.cli import main
-
     frame = write_rows(tmp_path / "rows.csv", 600, 1)
     features = RECIPE["data"]["features"] + [{"name": "user"}]
     for header in (True, False):
@@ -789,31 +810,31 @@ def test_predict_needs_a_group_column_that_a_feature_reads(tmp_path, capsys):
         assert not (tmp_path / "s.csv").exists()
 
 
-def test_eval_warns_when_a_split_no_longer_has_its_training_rows(tmp_path):
+def test_eval_warns_when_a_split_no_longer_has_its_training_rows(csv_run, tmp_path):
     """The test file changed after training: ctr eval still evaluates, and says that these
     metrics are not the run's (it printed them as if they were)."""
-    home, run = trained_csv_run(tmp_path / "home", RECIPE)
+    home, run = csv_run
     test = home / "data" / "test.csv"
-    test.write_text("".join(test.read_text().splitlines(keepends=True)[:-10]))
-    result = ctr("eval", run, cwd=tmp_path)
+    with rewritten(test, "".join(test.read_text().splitlines(keepends=True)[:-10])):
+        result = ctr("eval", run, cwd=tmp_path)
+        valid = ctr("eval", run, "--split", "valid", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"{run}: the test split now has 990 rows, 1000 in training: its data changed since the run" in result.stderr
-    assert "changed since" not in ctr("eval", run, "--split", "valid", cwd=tmp_path).stderr
+    assert valid.returncode == 0 and "changed since" not in valid.stderr, valid.stderr
 
 
-def test_eval_warns_when_an_input_changed_with_as_many_rows(tmp_path):
+def test_eval_warns_when_an_input_changed_with_as_many_rows(csv_run, tmp_path):
     """Labels flipped in place: the split has its rows, and ctr eval printed metrics far from
     the run's without a word."""
-    home, run = trained_csv_run(tmp_path / "home", RECIPE)
+    home, run = csv_run
     test = home / "data" / "test.csv"
     lines = test.read_text().splitlines(keepends=True)
-    test.write_text("".join(lines[:1] + ["0" + line[1:] for line in lines[1:]]))  # every label 0, same size
-    result = ctr("eval", run, cwd=tmp_path)
+    with rewritten(test, "".join(lines[:1] + ["0" + line[1:] for line in lines[1:]])):  # every label 0, same size
+        result = ctr("eval", run, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"{run}: input {test.resolve()} changed (its modification time; if its content is as it was, `touch -d @" \
         in result.stderr and "after the run trained; the test split has as many rows, but these metrics may not be " \
         "the run's" in result.stderr
-
 
 
 def test_eval_warns_when_the_generator_now_draws_other_rows(tmp_path, monkeypatch, caplog):
@@ -870,8 +891,6 @@ def write_inter(path, pairs, ratings=None):
 @pytest.fixture(scope="module")
 def movielens_run(tmp_path_factory):
     """A run trained on 600 ratings of 8 users and 10 movies, with their .user and .item files."""
-    from ctr.cli import main
-
     home = tmp_path_factory.mktemp("movielens")
     rng = np.random.default_rng(4)
     pairs = rng.integers(1, [9, 11], size=(600, 2)).tolist()
@@ -889,8 +908,6 @@ def movielens_run(tmp_path_factory):
 
 
 def predicted(run, given, out):
-    from ctr.cli import main
-
     assert main(["predict", str(run), str(given), "--out", str(out)]) == 0
     return pd.read_csv(out)
 
@@ -903,8 +920,6 @@ def test_predict_of_a_movielens_run_scores_every_pair_of_a_file_without_ratings_
     """A new .inter without ratings was refused (``column 'rating' is absent``), and without
     .user / .item beside it failed on the first attribute: every pair is scored, in input
     order, with the training's side files, as the same pairs rated (1 or 5) beside copies of them."""
-    from ctr.cli import main
-
     home, run = movielens_run
     scores = predicted(run, write_inter(tmp_path / "new" / "pairs.inter", NEW_PAIRS), tmp_path / "new.csv")
     assert list(scores.columns) == ["score"] and len(scores) == 29 and scores["score"].nunique() > 20
