@@ -392,43 +392,67 @@ def test_a_log_square_value_past_its_range_is_a_bad_row_in_predict_and_eval(tmp_
     assert metrics["rows"] == 3 and 0 <= metrics["auc"] <= 1 and math.isfinite(metrics["logloss"])
 
 
-# score_row.py as documented (``python score_row.py MODEL ROW``), run for each row in one
-# process (one torch import), and never with ctr imported
-SNIPPET_PER_ROW = """
-import runpy, sys
-model, rows = sys.argv[1], sys.argv[2:]
-for row in rows:
-    sys.argv = ["score_row.py", model, row]
-    runpy.run_path("score_row.py", run_name="__main__")
-assert not any(m == "ctr" or m.startswith("ctr.") for m in sys.modules)
+# score_row.py as documented (``python score_row.py MODEL ROW``): one process for a module's
+# requests (one torch import), never with ctr imported; a request (a line of JSON: its folder,
+# model and rows) gets a line of JSON: what the snippet printed for each row, or its traceback
+SNIPPET_SERVER = """
+import contextlib, io, json, os, runpy, sys, traceback
+for line in sys.stdin:
+    request, printed, error = json.loads(line), io.StringIO(), None
+    os.chdir(request["cwd"])
+    try:
+        with contextlib.redirect_stdout(printed):
+            for row in request["rows"]:
+                sys.argv = ["score_row.py", request["model"], row]
+                runpy.run_path("score_row.py", run_name="__main__")
+    except BaseException:
+        error = traceback.format_exc()
+    ctr = [m for m in sys.modules if m == "ctr" or m.startswith("ctr.")]
+    print(json.dumps({"printed": printed.getvalue(), "error": error, "ctr": ctr}), flush=True)
 """
 
 
-def snippet_scores_like_predict(run, test_file, columns, rows, tmp_path):
-    """docs/export.md's snippet, run without ctr on raw ``rows`` of ``test_file``, gives
-    predict's scores of them."""
+@pytest.fixture(scope="module")
+def score_rows():
+    """Runs docs/export.md's snippet on raw rows (JSON objects) with an exported model, in a
+    process without ctr: the scores it printed."""
     docs = (Path(__file__).resolve().parents[2] / "docs" / "export.md").read_text()
     snippet = docs.split("```python\n", 1)[1].split("```", 1)[0]
+    server = subprocess.Popen([sys.executable, "-c", SNIPPET_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+
+    def scores(model: Path, rows: list[str]) -> list[float]:
+        (model.parent / "score_row.py").write_text(snippet)
+        server.stdin.write(json.dumps({"cwd": str(model.parent), "model": str(model), "rows": rows}) + "\n")
+        server.stdin.flush()
+        answer = json.loads(server.stdout.readline())
+        assert answer["error"] is None, answer["error"][-2000:]
+        assert answer["ctr"] == [], answer["ctr"]
+        return [float(line) for line in answer["printed"].split()]
+
+    yield scores
+    server.stdin.close()
+    server.wait()
+
+
+def snippet_scores_like_predict(run, test_file, columns, rows, tmp_path, score_rows):
+    """docs/export.md's snippet, run without ctr on raw ``rows`` of ``test_file``, gives
+    predict's scores of them."""
     assert ctr("export", run, "--out", tmp_path / "model.pt2", cwd=tmp_path).returncode == 0
     test_rows = pd.read_csv(test_file, dtype=str, keep_default_na=False)
     result = ctr("predict", run, test_file, "--out", tmp_path / "scores.parquet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     scores = pq.read_table(tmp_path / "scores.parquet")["score"].to_numpy()
-    (tmp_path / "score_row.py").write_text(snippet)
     raw_rows = [json.dumps({k: test_rows.loc[i, k] for k in columns}) for i in rows]
-    done = subprocess.run([sys.executable, "-c", SNIPPET_PER_ROW, tmp_path / "model.pt2", *raw_rows],
-                          capture_output=True, text=True, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    printed = [float(line) for line in done.stdout.split()]
-    assert printed == pytest.approx([scores[i] for i in rows], abs=1e-5)
+    assert score_rows(tmp_path / "model.pt2", raw_rows) == pytest.approx([scores[i] for i in rows], abs=1e-5)
 
 
-def test_the_documented_snippet_scores_an_exported_row_like_predict(csv_run, tmp_path):
+def test_the_documented_snippet_scores_an_exported_row_like_predict(csv_run, tmp_path, score_rows):
     home, run = csv_run
-    snippet_scores_like_predict(run, home / "data" / "test.csv", ("a", "b", "x"), (0, 1, 7), tmp_path)
+    snippet_scores_like_predict(run, home / "data" / "test.csv", ("a", "b", "x"), (0, 1, 7), tmp_path, score_rows)
 
 
-def test_the_documented_snippet_scores_sequence_features_like_predict(tmp_path):
+def test_the_documented_snippet_scores_sequence_features_like_predict(tmp_path, score_rows):
     """A sum-pooled sequence (``^``-separated, last 3 items kept): rows with no items, with
     an empty item, and with more items than max_len score as predict scores them."""
     rng = np.random.default_rng(4)
@@ -443,10 +467,11 @@ def test_the_documented_snippet_scores_sequence_features_like_predict(tmp_path):
                                  "features": [{"name": "a"}, {"name": "tags", "kind": "sequence", "max_len": 3}]}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     assert main(["train", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run")]) == 0
-    snippet_scores_like_predict(tmp_path / "run", tmp_path / "probe.csv", ("a", "tags"), (0, 1, 2), tmp_path)
+    snippet_scores_like_predict(tmp_path / "run", tmp_path / "probe.csv", ("a", "tags"), (0, 1, 2), tmp_path,
+                                score_rows)
 
 
-def test_the_documented_snippet_scores_hashed_oov_buckets_and_log_square_tokens_like_predict(tmp_path):
+def test_the_documented_snippet_scores_hashed_oov_buckets_and_log_square_tokens_like_predict(tmp_path, score_rows):
     """Unseen tokens of a feature with oov_buckets: 4 land in predict's bucket (ids past a
     num_ids feature's range too), and counts read as log_square categories get predict's
     tokens (inputs.json said neither before)."""
@@ -465,10 +490,11 @@ def test_the_documented_snippet_scores_hashed_oov_buckets_and_log_square_tokens_
                                  "cache_dir": str(tmp_path / "cache"), "features": features}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     assert main(["train", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run")]) == 0
-    snippet_scores_like_predict(tmp_path / "run", tmp_path / "probe.csv", ("a", "n", "k"), (0, 1, 2, 3), tmp_path)
+    snippet_scores_like_predict(tmp_path / "run", tmp_path / "probe.csv", ("a", "n", "k"), (0, 1, 2, 3), tmp_path,
+                                score_rows)
 
 
-def test_the_documented_snippet_scores_log_square_and_quantile_numbers_like_predict(tmp_path):
+def test_the_documented_snippet_scores_log_square_and_quantile_numbers_like_predict(tmp_path, score_rows):
     """Numeric features with ``transform: log_square`` (missing, rounded halves, past 2) and
     ``quantile`` (at a boundary, missing, below the first, between two, past the last): the
     snippet's numbers are predict's (it passed the raw number on for both)."""
@@ -488,10 +514,11 @@ def test_the_documented_snippet_scores_log_square_and_quantile_numbers_like_pred
                           "n": ["", "1.5", "2.5", "3", "40"],
                           "q": [boundaries[2], "", -3, (boundaries[4] + boundaries[5]) / 2, 99]})
     probe.to_csv(tmp_path / "probe.csv", index=False)
-    snippet_scores_like_predict(tmp_path / "run", tmp_path / "probe.csv", ("a", "n", "q"), range(5), tmp_path)
+    snippet_scores_like_predict(tmp_path / "run", tmp_path / "probe.csv", ("a", "n", "q"), range(5), tmp_path,
+                                score_rows)
 
 
-def test_an_optembed_run_evaluates_predicts_and_exports_as_it_was_tested(optembed_csv_run, tmp_path):
+def test_an_optembed_run_evaluates_predicts_and_exports_as_it_was_tested(optembed_csv_run, tmp_path, score_rows):
     """The retrained OptEmbed (shared pruned format): ``ctr eval`` and ``ctr predict`` give
     metrics.json's test AUC and logloss, and its exported program scores rows as predict does."""
     home, run = optembed_csv_run
@@ -507,14 +534,9 @@ def test_an_optembed_run_evaluates_predicts_and_exports_as_it_was_tested(optembe
     assert abs(auc(scores["label"].to_numpy(), scores["score"].to_numpy()) - saved["test"]["auc"]) < 1e-6
     exported = ctr("export", run, "--out", tmp_path / "model.pt2", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
-    docs = (Path(__file__).resolve().parents[2] / "docs" / "export.md").read_text()
-    (tmp_path / "score_row.py").write_text(docs.split("```python\n", 1)[1].split("```", 1)[0])
     test_rows = pd.read_csv(home / "data" / "test.csv", dtype=str)
-    rows = [json.dumps({k: test_rows.loc[i, k] for k in ("a", "b", "x")}) for i in (0, 5)]
-    done = subprocess.run([sys.executable, "-c", SNIPPET_PER_ROW, tmp_path / "model.pt2", *rows],
-                          capture_output=True, text=True, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    printed = [float(line) for line in done.stdout.split()]
+    printed = score_rows(tmp_path / "model.pt2", [json.dumps({k: test_rows.loc[i, k] for k in ("a", "b", "x")})
+                                                  for i in (0, 5)])
     assert len(printed) == 2 and all(abs(p - scores["score"][i]) < 1e-5 for p, i in zip(printed, (0, 5))), printed
 
 
