@@ -34,47 +34,61 @@ from tests.train.test_amazon_recipes import RECIPES, write_tiny_amazon
 
 pytestmark = pytest.mark.slow  # one short training run per model and per embedding method
 
+# checks each (model.pt2, inputs.npz) pair of its arguments, one process for them all; names
+# the program of each pair that fails
 FRESH = """
 import json
 import sys
+import traceback
 import numpy as np
 import torch
 torch.set_grad_enabled(False)
-program = torch.export.load(sys.argv[1]).module()
-saved = np.load(sys.argv[2])
-args = [torch.from_numpy(saved[k]) for k in ("dense", "values", "offsets")]
-scores = program(*args)
-assert np.abs(scores.numpy() - saved["expected"]).max() < 1e-5, np.abs(scores.numpy() - saved["expected"]).max()
-one = program(args[0][:1], torch.from_numpy(saved["first_values"]), torch.from_numpy(saved["first_offsets"]))
-assert abs(float(one[0]) - float(saved["expected"][0])) < 1e-5
-empty = program(args[0][:2], torch.from_numpy(saved["empty_values"]), torch.from_numpy(saved["empty_offsets"]))
-assert np.abs(empty.numpy() - saved["expected_empty"]).max() < 1e-5  # every bag empty: no id at all
-sparse = json.load(open(sys.argv[1] + ".schema/inputs.json"))["sparse"]
-batch = (len(args[2]) - 1) // len(sparse)
-feature = next(f for f in range(len(sparse)) if args[2][(f + 1) * batch] > 0)  # the feature of values[0]
-for bad in (sparse[feature]["vocab_size"], -1):
-    values = args[1].clone()
-    values[0] = bad
-    try:
-        program(args[0], values, args[2])
-        raise SystemExit(f"id {bad} of {sparse[feature]['name']} was scored")
-    except RuntimeError as error:
-        assert "outside its feature's vocabulary" in str(error), error
-first = np.split(saved["first_values"], saved["first_offsets"][1:-1])  # row 0's bags, feature by feature
-for f, spec in enumerate(sparse):
-    width = spec["max_len"]  # a categorical's is 1
-    assert spec["kind"] == "sequence" or width == 1, spec
-    for count in (width, width + 1):  # as many ids as ctr's encoder puts in a bag, and one more
-        # the other sequences of its max_len hold max_len ids: DIN refuses behaviours of other lengths in a row
-        bags = [np.ones(count if g == f else width, dtype=np.int64)
-                if g == f or (other["kind"] == "sequence" and other["max_len"] == width) else bag
-                for g, (other, bag) in enumerate(zip(sparse, first))]
-        offsets = torch.tensor(np.cumsum([0] + [len(bag) for bag in bags]))
+
+
+def check(model, inputs):
+    program = torch.export.load(model).module()
+    saved = np.load(inputs)
+    args = [torch.from_numpy(saved[k]) for k in ("dense", "values", "offsets")]
+    scores = program(*args)
+    assert np.abs(scores.numpy() - saved["expected"]).max() < 1e-5, np.abs(scores.numpy() - saved["expected"]).max()
+    one = program(args[0][:1], torch.from_numpy(saved["first_values"]), torch.from_numpy(saved["first_offsets"]))
+    assert abs(float(one[0]) - float(saved["expected"][0])) < 1e-5
+    empty = program(args[0][:2], torch.from_numpy(saved["empty_values"]), torch.from_numpy(saved["empty_offsets"]))
+    assert np.abs(empty.numpy() - saved["expected_empty"]).max() < 1e-5  # every bag empty: no id at all
+    sparse = json.load(open(model + ".schema/inputs.json"))["sparse"]
+    batch = (len(args[2]) - 1) // len(sparse)
+    feature = next(f for f in range(len(sparse)) if args[2][(f + 1) * batch] > 0)  # the feature of values[0]
+    for bad in (sparse[feature]["vocab_size"], -1):
+        values = args[1].clone()
+        values[0] = bad
         try:
-            program(args[0][:1], torch.from_numpy(np.concatenate(bags)), offsets)
-            assert count == width, f"a bag of {count} ids of {spec['name']} was scored"
+            program(args[0], values, args[2])
+            raise SystemExit(f"id {bad} of {sparse[feature]['name']} was scored")
         except RuntimeError as error:
-            assert count > width and f"feature {spec['name']!r}: a bag holds more than" in str(error), error
+            assert "outside its feature's vocabulary" in str(error), error
+    first = np.split(saved["first_values"], saved["first_offsets"][1:-1])  # row 0's bags, feature by feature
+    for f, spec in enumerate(sparse):
+        width = spec["max_len"]  # a categorical's is 1
+        assert spec["kind"] == "sequence" or width == 1, spec
+        for count in (width, width + 1):  # as many ids as ctr's encoder puts in a bag, and one more
+            # the other sequences of its max_len hold max_len ids: DIN refuses behaviours of other lengths in a row
+            bags = [np.ones(count if g == f else width, dtype=np.int64)
+                    if g == f or (other["kind"] == "sequence" and other["max_len"] == width) else bag
+                    for g, (other, bag) in enumerate(zip(sparse, first))]
+            offsets = torch.tensor(np.cumsum([0] + [len(bag) for bag in bags]))
+            try:
+                program(args[0][:1], torch.from_numpy(np.concatenate(bags)), offsets)
+                assert count == width, f"a bag of {count} ids of {spec['name']} was scored"
+            except RuntimeError as error:
+                assert count > width and f"feature {spec['name']!r}: a bag holds more than" in str(error), error
+
+failed = []
+for model, inputs in zip(sys.argv[1::2], sys.argv[2::2]):
+    try:
+        check(model, inputs)
+    except (Exception, SystemExit):
+        failed.append(f"{model}: {traceback.format_exc()}")
+assert not failed, "\\n".join(failed)
 assert not any(name == "ctr" or name.startswith("ctr.") for name in sys.modules), "ctr was imported"
 print("ok")
 """
@@ -109,11 +123,16 @@ def method_recipe(name: str, tmp: Path):
     return recipe_from_dict(tiny_recipe(tmp, train={"max_steps": 3}, embedding=embedding))
 
 
-@pytest.mark.parametrize("name", [entry.name for entry in MODELS.entries()])
-def test_exported_program_scores_like_ctr_without_ctr(name, tmp_path):
-    exported_scores_like_ctr(model_recipe(name, tmp_path), tmp_path)
-    if name == "din":
-        refuses_behaviours_of_other_lengths(tmp_path / "model.pt2")
+def test_exported_program_scores_like_ctr_without_ctr(tmp_path):
+    """Every model in ``ctr models`` (a folder each, one dataset cache for the synthetic ones),
+    its program checked in one fresh process."""
+    names = [entry.name for entry in MODELS.entries()]
+    for name in names:
+        (tmp_path / name).mkdir()
+    exports = [exported(model_recipe(name, tmp_path / name if name == "din" else tmp_path), tmp_path / name)
+               for name in names]
+    scores_like_ctr_without_ctr(exports, tmp_path)
+    refuses_behaviours_of_other_lengths(tmp_path / "din" / "model.pt2")
 
 
 def refuses_behaviours_of_other_lengths(model: Path) -> None:
@@ -131,9 +150,13 @@ def refuses_behaviours_of_other_lengths(model: Path) -> None:
         program(torch.zeros(1, len(inputs["dense"])), sparse.values, sparse.offsets)
 
 
-@pytest.mark.parametrize("name", [entry.name for entry in EMBEDDINGS.entries()])
-def test_every_embedding_method_exports_and_scores_like_ctr_without_ctr(name, tmp_path):
-    exported_scores_like_ctr(method_recipe(name, tmp_path), tmp_path)
+def test_every_embedding_method_exports_and_scores_like_ctr_without_ctr(tmp_path):
+    """Every method in ``ctr embeddings`` (a folder each, one dataset cache), its program
+    checked in one fresh process."""
+    names = [entry.name for entry in EMBEDDINGS.entries()]
+    for name in names:
+        (tmp_path / name).mkdir()
+    scores_like_ctr_without_ctr([exported(method_recipe(name, tmp_path), tmp_path / name) for name in names], tmp_path)
 
 
 def sequence_recipe(tmp: Path, pooling: str):
@@ -155,7 +178,7 @@ def sequence_recipe(tmp: Path, pooling: str):
 def test_a_pooled_sequence_exports_and_scores_like_ctr_without_ctr(pooling, tmp_path):
     """A pooled sequence (max_len 3) beside a categorical: the program scores like ctr, and
     refuses a bag of 4 items (it pooled its first 3) or a categorical's bag of 2 ids (summed)."""
-    exported_scores_like_ctr(sequence_recipe(tmp_path, pooling), tmp_path)
+    scores_like_ctr_without_ctr([exported(sequence_recipe(tmp_path, pooling), tmp_path)], tmp_path)
 
 
 @pytest.mark.parametrize("pooling", ["sum", "none"])
@@ -196,39 +219,53 @@ def test_a_short_sequence_beside_a_larger_vocabulary_is_scored(padding, tmp_path
         assert torch.allclose(program(dense, sparse.values, sparse.offsets), expected, atol=1e-6)
 
 
-def exported_scores_like_ctr(recipe, tmp_path: Path) -> None:
-    """Trains ``recipe``, exports it, and scores a test batch (and its first row alone) in a
-    fresh process without ctr: as ctr scores it, to 1e-5."""
-    run = tmp_path / "run"
+def exported(recipe, folder: Path) -> tuple[Path, Path]:
+    """Trains ``recipe`` in ``folder``, exports it, and saves a test batch (its first row
+    alone, two rows of empty bags) with ctr's scores of them: the program and that batch."""
+    run, model = folder / "run", folder / "model.pt2"
     train(recipe, run)
-    assert main(["export", str(run), "--out", str(tmp_path / "model.pt2")]) == 0
-    assert (tmp_path / "model.pt2.schema" / "inputs.json").exists()
+    assert main(["export", str(run), "--out", str(model)]) == 0
+    assert (folder / "model.pt2.schema" / "inputs.json").exists()
 
     schema = load_schema(run / "schema")
     task = restored_task(RunDir(run), recipe, schema, best_checkpoint(RunDir(run)))
     keys = [info.spec.name for info in schema.sparse_features]
-    batch = next(iter(BatchLoader(next((tmp_path / "cache" / "data").glob("*/test")), schema, 64, prefetch=0)))
+    batch = next(iter(BatchLoader(next(Path(recipe.data.cache_dir, "data").glob("*/test")), schema, 64, prefetch=0)))
     first_values, first_offsets = first_row(batch.sparse.values, batch.sparse.offsets, len(keys), batch.size)
     empty_values, empty_offsets = torch.zeros(0, dtype=torch.int64), torch.zeros(len(keys) * 2 + 1, dtype=torch.int64)
     empty = Batch(batch.dense[:2], JaggedFeatures(keys, empty_values, empty_offsets), torch.zeros(2))
     with torch.no_grad():  # as ctr predict scores a batch, not through the exported wrapper
         expected, expected_empty = (probabilities(task.net.eval()(rows)[0]).float() for rows in (batch, empty))
-    np.savez(tmp_path / "inputs.npz", dense=batch.dense.numpy(), values=batch.sparse.values.numpy(),
+    np.savez(folder / "inputs.npz", dense=batch.dense.numpy(), values=batch.sparse.values.numpy(),
              offsets=batch.sparse.offsets.numpy(), expected=expected.numpy(), first_values=first_values,
              first_offsets=first_offsets, empty_values=empty_values.numpy(), empty_offsets=empty_offsets.numpy(),
              expected_empty=expected_empty.numpy())
-    result = subprocess.run([sys.executable, "-c", FRESH, tmp_path / "model.pt2", tmp_path / "inputs.npz"],
-                            capture_output=True, text=True, cwd=tmp_path)
-    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+    return model, folder / "inputs.npz"
 
 
-def test_an_export_stopped_part_way_never_leaves_a_program_beside_another_runs_schema(tmp_path, monkeypatch):
+def scores_like_ctr_without_ctr(exports: list[tuple[Path, Path]], tmp_path: Path) -> None:
+    """Each exported program scores its saved batch (and the batch's first row alone) in one
+    fresh process without ctr: as ctr scores it, to 1e-5."""
+    pairs = [str(path) for pair in exports for path in pair]
+    result = subprocess.run([sys.executable, "-c", FRESH, *pairs], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-6000:]
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory) -> Path:
+    """A tiny synthetic run of 2 steps (the tests only export it)."""
+    tmp = tmp_path_factory.mktemp("short")
+    train(recipe_from_dict(tiny_recipe(tmp, train={"max_steps": 2})), tmp / "run")
+    return tmp / "run"
+
+
+def test_an_export_stopped_part_way_never_leaves_a_program_beside_another_runs_schema(short_run, tmp_path,
+                                                                                      monkeypatch):
     """Re-exporting over an earlier export: stopped as the new schema is put in place, the
     earlier program is gone (an incomplete export), not left beside the new schema."""
     import os
 
-    run = tmp_path / "run"
-    train(recipe_from_dict(tiny_recipe(tmp_path, train={"max_steps": 2})), run)
+    run = short_run
     out = tmp_path / "export" / "model.pt2"
     assert main(["export", str(run), "--out", str(out)]) == 0
     replace = os.replace
@@ -244,15 +281,15 @@ def test_an_export_stopped_part_way_never_leaves_a_program_beside_another_runs_s
     assert not [p.name for p in (tmp_path / "export").iterdir() if ".tmp-" in p.name]  # no temporary left
 
 
-def test_an_export_past_the_free_disk_is_refused_naming_out_and_writes_nothing(tmp_path, monkeypatch, capsys):
+def test_an_export_past_the_free_disk_is_refused_naming_out_and_writes_nothing(short_run, tmp_path, monkeypatch,
+                                                                              capsys):
     """torch's archive writer aborted the process on a full disk ("terminate called after
     throwing an instance of 'c10::Error'"): no message, no exit code of ctr's."""
     import shutil
 
     from ctr.train import export
 
-    run = tmp_path / "run"
-    train(recipe_from_dict(tiny_recipe(tmp_path, train={"max_steps": 2})), run)
+    run = short_run
     out = tmp_path / "export" / "model.pt2"
     monkeypatch.setattr(export.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1 << 40, 1 << 40, 1000))
     assert main(["export", str(run), "--out", str(out)]) == 2
