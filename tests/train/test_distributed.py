@@ -40,6 +40,19 @@ def write(tmp_path, name="r.yaml", **sections):
     return path
 
 
+def ctr_here(monkeypatch, *args) -> int:
+    """``ctr *args`` run by ``main`` in this process. A distributed run resumed on 1 process
+    joins a group of one, which leaves MASTER_ADDR and MASTER_PORT in the environment: they
+    are restored after, or the ranks that ``ctr`` starts later here would take a held port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with monkeypatch.context() as patch:
+        patch.setenv("MASTER_ADDR", "127.0.0.1")
+        patch.setenv("MASTER_PORT", str(port))
+        return main([str(arg) for arg in args])
+
+
 def test_split_batches_parts_are_the_one_process_batches(tiny_prepared):
     """Rank r's part of every batch; the parts of all ranks, in rank order, are the batch."""
     folder, schema = tiny_prepared.split_dir("train"), tiny_prepared.schema
@@ -216,14 +229,20 @@ def test_sigterm_to_the_launcher_stops_its_ranks(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog):
+def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog, capsys, monkeypatch):
     """A mixed plan (table-wise, column-wise over both ranks, data-parallel) on 2 gloo
     processes: the loss curve, validation and test AUC of the 1-process run on the same global
     batch, its CSV log's header and float32 values, and its log's progress lines (the
     distributed loop printed one per 100 steps only, and no run directory); a run resumed
     from its DCP checkpoint ends the same, on 2 processes or on 1; 1 process evaluates it
-    alike."""
-    sections = {"train": {"epochs": 2, "early_stop": None}, "trainer": {"num_threads": 1, "progress_bar": False}}
+    alike. Its splits end in batches that do not halve (as in
+    test_sharded_tables_train_and_evaluate_on_batches_that_split_unevenly): with no row-wise
+    table, TorchRec's all-to-alls take parts of different sizes, and the steps and metrics
+    are still one process's. A resume that makes a table-wise table data-parallel (``auto``
+    may plan so on another world size) is one line: the checkpoint's optimizers.pt holds no
+    state for it, which torch's ``load_state_dict`` met with a ValueError traceback on every rank."""
+    sections = {"data": {"rows": 6001}, "train": {"epochs": 2, "early_stop": None, "eval_batch_size": 600},
+                "trainer": {"num_threads": 1, "progress_bar": False}}
     with caplog.at_level(logging.INFO, logger="ctr"):
         one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
 
@@ -233,8 +252,10 @@ def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog):
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert two["sharding"]["C3"] == "column_wise on 0,1" and two["sharding"]["C1"] == "data_parallel on 0,1"
     assert two["sharding"]["C2"].startswith("table_wise on ")
-    assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5
-    assert abs(two["test"]["logloss"] - one["test"]["logloss"]) < 1e-5
+    assert two["steps"] == one["steps"] == 20  # each epoch's last batch of 177 rows trained, as in one process
+    for split in ("valid", "test"):  # measured within 2e-9 of one process (a row counted twice moves them ~1e-4)
+        for metric in ("auc", "logloss"):
+            assert abs(two[split][metric] - one[split][metric]) < 1e-6, (split, metric)
     progress_one, progress_two = _progress_lines(caplog.text), _progress_lines(done.stderr)
     assert [line[:4] for line in progress_two] == [line[:4] for line in progress_one] and progress_one
     assert np.allclose([line[4] for line in progress_two], [line[4] for line in progress_one], atol=2e-5, rtol=0)
@@ -251,8 +272,7 @@ def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog):
     evaluated = evaluate(tmp_path / "two")
     assert abs(evaluated["auc"] - two["test"]["auc"]) < 1e-6
 
-    cut = write(tmp_path, "cut.yaml", distributed=MIXED, train={"epochs": 1, "early_stop": None},
-                trainer=sections["trainer"])
+    cut = write(tmp_path, "cut.yaml", distributed=MIXED, **{**sections, "train": {**sections["train"], "epochs": 1}})
     assert ctr("train", cut, "--out", tmp_path / "cut", "-o", "trainer.devices=2").returncode == 0
     for rank in (0, 1):
         assert {"python", "numpy", "torch"} <= torch.load(tmp_path / "cut" / "checkpoints" / "last" / f"random-{rank}.pt",
@@ -262,13 +282,27 @@ def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog):
     begun_with(tmp_path / "cut", saved)
     (tmp_path / "cut" / "metrics.json").unlink()
     shutil.copytree(tmp_path / "cut", tmp_path / "cut1")
-    for run, world in (("cut", []), ("cut1", ["-o", "trainer.devices=1"])):  # the same world size, and 1 process
-        resumed = ctr("train", "--resume", tmp_path / run, *world)
-        assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = ctr("train", "--resume", tmp_path / "cut")  # the same world size
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert ctr_here(monkeypatch, "train", "--resume", tmp_path / "cut1", "-o", "trainer.devices=1") == 0  # 1 process
+    for run, world in (("cut", 2), ("cut1", 1)):
         again = json.loads((tmp_path / run / "metrics.json").read_text())
-        assert again["steps"] == two["steps"] and again["world_size"] == (1 if world else 2)
+        assert again["steps"] == two["steps"] and again["world_size"] == world
         for split in ("valid", "test"):
             assert again[split] == pytest.approx(two[split], abs=1e-6, rel=0)
+
+    saved = yaml.safe_load((tmp_path / "two" / "recipe.yaml").read_text())
+    assert saved["distributed"]["tables"].get("C2") is None and two["sharding"]["C2"].startswith("table_wise")
+    saved["train"]["epochs"] = 3
+    saved["distributed"]["tables"]["C2"] = "data_parallel"
+    begun_with(tmp_path / "two", saved)
+    (tmp_path / "two" / "metrics.json").unlink()
+    capsys.readouterr()
+    code = ctr_here(monkeypatch, "train", "--resume", tmp_path / "two", "-o", "trainer.devices=1")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "checkpoints/last: its optimizers do not fit this run's: a table is data-parallel here and sharded " \
+        "there" in err
 
 
 def _progress_lines(log_text: str) -> list[tuple[int, int, int, int, float]]:
@@ -281,11 +315,10 @@ def _progress_lines(log_text: str) -> list[tuple[int, int, int, int, float]]:
 @pytest.mark.parametrize(
     "sections",
     [
-        {"distributed": {"sharding": "row_wise", "tables": {"C2": "column_wise"}}},  # a plan written without the planner
         {"embedding": {"method": "hash", "dim": 8, "budget": 0.5}},  # data-parallel: sparse gradients averaged by ctr
         {"distributed": {"sharding": "data_parallel", "tables": {"C1": "table_wise"}}},  # rank 1 holds no sharded table
     ],
-    ids=["row_wise", "hash_data_parallel", "one_table_wise"],
+    ids=["hash_data_parallel", "one_table_wise"],
 )
 def test_two_processes_match_one_on_other_placements(tmp_path, sections):
     sections["trainer"] = {"num_threads": 1, "progress_bar": False}
@@ -301,11 +334,10 @@ def test_two_processes_match_one_on_other_placements(tmp_path, sections):
 @pytest.mark.parametrize(
     "distributed",
     [
-        {"sharding": "row_wise"},
+        {"sharding": "row_wise"},  # a plan written without the planner (with the others too)
         {"sharding": "row_wise", "tables": {"C1": "table_wise", "C2": "column_wise", "C3": "data_parallel"}},
-        MIXED,  # planned, no row-wise table: TorchRec's all-to-alls take parts of different sizes
-    ],
-    ids=["row_wise", "row_wise_with_the_others", "no_row_wise"],
+    ],  # MIXED (planned, no row-wise table) trains on these splits in test_two_processes_match_one_resume_...
+    ids=["row_wise", "row_wise_with_the_others"],
 )
 def test_sharded_tables_train_and_evaluate_on_batches_that_split_unevenly(tmp_path, distributed):
     """2 processes on splits whose last batches do not halve: 4,785 train rows end in a batch
@@ -314,20 +346,20 @@ def test_sharded_tables_train_and_evaluate_on_batches_that_split_unevenly(tmp_pa
     the ranks' pooled gradients, which gloo refuses for parts of different sizes (the run
     stopped at its last batch): the short parts are padded with empty bags up to TorchRec
     and the padding is cut from its output, so the run takes one process's steps and ends
-    with its weights, and the metrics count each real row once."""
+    with its weights, and the metrics count each real row once; 1 process evaluates it alike."""
     sections = {"data": {"rows": 6001}, "train": {"eval_batch_size": 600}, "distributed": distributed,
                 "trainer": {"num_threads": 1, "progress_bar": False}}
     one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
     done = ctr("train", write(tmp_path, "two.yaml", **sections), "--out", tmp_path / "two", "-o", "trainer.devices=2")
     assert done.returncode == 0, done.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    if distributed["sharding"] == "row_wise":
-        row_wise = [table for table, how in two["sharding"].items() if how == "row_wise on 0,1"]
-        assert len(row_wise) == 26 - len(distributed.get("tables", {}))
+    row_wise = [table for table, how in two["sharding"].items() if how == "row_wise on 0,1"]
+    assert len(row_wise) == 26 - len(distributed.get("tables", {}))
     assert two["steps"] == one["steps"] == 10  # the last batch of 177 rows trained, as in one process
     for split in ("valid", "test"):  # measured within 2e-9 of one process (a row counted twice moves them ~1e-4)
         for metric in ("auc", "logloss"):
             assert abs(two[split][metric] - one[split][metric]) < 1e-6, (split, metric)
+    assert abs(evaluate(tmp_path / "two")["auc"] - one["test"]["auc"]) < 1e-5
 
 
 def test_a_part_padded_for_torchrec_pools_and_backpropagates_as_the_part():
@@ -435,25 +467,6 @@ def test_resume_takes_only_the_world_size_as_override(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "-o only for trainer.devices or trainer.num_nodes" in err
-
-
-@pytest.mark.slow
-def test_a_resume_that_makes_a_sharded_table_data_parallel_is_one_line(tmp_path):
-    """A table-wise table data-parallel on resume (``auto`` may plan so on another world
-    size): the checkpoint's optimizers.pt holds no state for it, which torch's
-    ``load_state_dict`` met with a ValueError traceback on every rank."""
-    sections = {"distributed": {"sharding": "table_wise"}, "train": {"early_stop": None},
-                "trainer": {"num_threads": 1, "progress_bar": False}}
-    assert ctr("train", write(tmp_path, **sections), "--out", tmp_path / "run", "-o", "trainer.devices=2").returncode == 0
-    saved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
-    saved["train"]["epochs"] = 2
-    saved["distributed"]["tables"] = {"C1": "data_parallel"}
-    begun_with(tmp_path / "run", saved)
-    (tmp_path / "run" / "metrics.json").unlink()
-    resumed = ctr("train", "--resume", tmp_path / "run", "-o", "trainer.devices=1")
-    assert resumed.returncode == 2 and "Traceback" not in resumed.stderr, resumed.stderr[-3000:]
-    assert "checkpoints/last: its optimizers do not fit this run's: a table is data-parallel here and sharded " \
-        "there" in resumed.stderr.strip().splitlines()[-1]
 
 
 CLIMB = [0.70, 0.705, 0.72, 0.719, 0.7205, 0.74, 0.74, 0.73, 0.71, 0.75]
@@ -673,11 +686,13 @@ def test_a_loss_that_is_not_finite_stops_every_rank_naming_the_step(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("max_steps, validated_at, epochs", [(15, [9], 2), (5, [4], 1)])
-def test_max_steps_ends_two_processes_as_it_ends_one(tmp_path, max_steps, validated_at, epochs):
+def test_max_steps_ends_two_processes_as_it_ends_one(tmp_path, caplog, max_steps, validated_at, epochs):
     """max_steps cutting an epoch: no validation at the cut after one at the first epoch's end
     (Lightning's rule), a validation there, logged, when none ran before (one process logged
     none: its log and curves had no validation row), the same best checkpoint and test
-    metrics, the cut epoch counted in ``epochs``."""
+    metrics, the cut epoch counted in ``epochs``. Without its metrics.json, the run evaluates
+    from its best checkpoint: eval, predict and export looked for ``checkpoints/best.ckpt``,
+    which a distributed run never writes (its ``checkpoints/best`` folder was not found)."""
     sections = {"train": {"epochs": 3, "max_steps": max_steps}, "trainer": {"num_threads": 1, "progress_bar": False}}
     one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
     done = ctr("train", write(tmp_path, "two.yaml", **sections), "--out", tmp_path / "two", "-o", "trainer.devices=2")
@@ -690,6 +705,10 @@ def test_max_steps_ends_two_processes_as_it_ends_one(tmp_path, max_steps, valida
     assert (two["steps"], two["epochs"]) == (one["steps"], one["epochs"]) == (max_steps, epochs)
     assert two["test"]["auc"] == pytest.approx(one["test"]["auc"], abs=1e-5)
     assert two["inference_seconds"] > 0  # ctr bench compression reads it
+    (tmp_path / "two" / "metrics.json").unlink()
+    caplog.set_level(logging.WARNING, logger="ctr.train")
+    assert evaluate(tmp_path / "two")["auc"] == pytest.approx(two["test"]["auc"], abs=1e-6)
+    assert any("not finished" in m and "checkpoints/best" in m for m in caplog.messages)
 
 
 @pytest.mark.slow
@@ -714,7 +733,7 @@ def test_a_two_process_multi_stage_run_killed_after_its_stages_resumes_to_the_sa
 
 
 @pytest.mark.slow
-def test_sharded_tables_stepped_by_sgd_checkpoint_and_resume(tmp_path):
+def test_sharded_tables_stepped_by_sgd_checkpoint_and_resume(tmp_path, capsys, caplog, monkeypatch):
     """SGD keeps no optimizer state for its sharded tables: the checkpoint has no
     embedding_optimizer entry, and loading best (or resuming last) must not ask for one
     (the criteo recipe on 2 processes failed after training). A last checkpoint without its
@@ -729,11 +748,13 @@ def test_sharded_tables_stepped_by_sgd_checkpoint_and_resume(tmp_path):
     (tmp_path / "run" / "metrics.json").unlink()
     shutil.copytree(tmp_path / "run", tmp_path / "cut")
     (tmp_path / "cut" / "checkpoints" / "last" / ".metadata").unlink()  # resumed from step 0 on 2 processes
-    broken = ctr("train", "--resume", tmp_path / "cut", "-o", "trainer.devices=1")  # looked for last.ckpt
-    assert broken.returncode == 2 and "Traceback" not in broken.stderr, broken.stderr[-3000:]
-    assert broken.stderr.strip().splitlines()[-1].startswith(
-        f"ctr: error: {tmp_path / 'cut' / 'checkpoints' / 'last'}: not a whole distributed checkpoint (no .metadata)")
-    assert "run directory:" not in broken.stderr  # refused before any work: its recipe.yaml still says 2 devices
+    caplog.set_level(logging.INFO, logger="ctr")
+    code = ctr_here(monkeypatch, "train", "--resume", tmp_path / "cut", "-o", "trainer.devices=1")  # sought last.ckpt
+    err = capsys.readouterr().err.strip()
+    last = tmp_path / "cut" / "checkpoints" / "last"
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"ctr: error: {last}: not a whole distributed checkpoint (no .metadata)"), err
+    assert "run directory:" not in caplog.text  # refused before any work: its recipe.yaml still says 2 devices
     assert yaml.safe_load((tmp_path / "cut" / "recipe.yaml").read_text())["trainer"]["devices"] == 2
     resumed = ctr("train", "--resume", tmp_path / "run")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -785,20 +806,6 @@ def test_a_parameter_without_a_gradient_under_ddp_is_one_line_naming_it(tmp_path
     assert done.returncode == 2, done.stderr[-3000:]
     assert "ctr: error: trainer.devices: parameters model.spare got no gradient in this step" in done.stderr
     assert "Traceback" not in done.stderr
-
-
-@pytest.mark.slow
-def test_a_distributed_run_that_is_not_finished_evaluates_from_its_best_checkpoint(tmp_path, caplog):
-    """Without metrics.json, eval, predict and export looked for ``checkpoints/best.ckpt``,
-    which a distributed run never writes: its ``checkpoints/best`` folder was not found."""
-    recipe = write(tmp_path, train={"epochs": 1, "early_stop": None},
-                   trainer={"devices": 2, "num_threads": 1, "progress_bar": False})
-    assert ctr("train", recipe, "--out", tmp_path / "run").returncode == 0
-    finished = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    (tmp_path / "run" / "metrics.json").unlink()
-    caplog.set_level(logging.WARNING, logger="ctr.train")
-    assert evaluate(tmp_path / "run")["auc"] == pytest.approx(finished["test"]["auc"], abs=1e-6)
-    assert any("not finished" in m and "checkpoints/best" in m for m in caplog.messages)
 
 
 @pytest.mark.slow
