@@ -312,16 +312,11 @@ def _progress_lines(log_text: str) -> list[tuple[int, int, int, int, float]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "sections",
-    [
-        {"embedding": {"method": "hash", "dim": 8, "budget": 0.5}},  # data-parallel: sparse gradients averaged by ctr
-        {"distributed": {"sharding": "data_parallel", "tables": {"C1": "table_wise"}}},  # rank 1 holds no sharded table
-    ],
-    ids=["hash_data_parallel", "one_table_wise"],
-)
-def test_two_processes_match_one_on_other_placements(tmp_path, sections):
-    sections["trainer"] = {"num_threads": 1, "progress_bar": False}
+def test_two_processes_match_one_when_rank_1_holds_no_sharded_table(tmp_path):
+    """One table-wise table, the others data-parallel. (A hash method's data-parallel tables,
+    their sparse gradients averaged by ctr, train in test_learning_rate_schedules_step_two_...)"""
+    sections = {"distributed": {"sharding": "data_parallel", "tables": {"C1": "table_wise"}},
+                "trainer": {"num_threads": 1, "progress_bar": False}}
     one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
     done = ctr("train", write(tmp_path, "two.yaml", **sections), "--out", tmp_path / "two", "-o", "trainer.devices=2")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -579,8 +574,9 @@ def test_validation_every_n_steps_checkpoints_mid_epoch_and_resumes_there(tmp_pa
 )
 def test_learning_rate_schedules_step_two_processes_as_one(tmp_path, sections):
     """Per-step warm-up of the dense lr and a cosine over epochs of the sharded tables' fused
-    lr (FBGEMM's), and a plateau schedule of a data-parallel run: every logged lr, the loss
-    curve and the test AUC equal one process's."""
+    lr (FBGEMM's), and a plateau schedule of a data-parallel run (a hash method's tables, their
+    sparse gradients averaged by ctr): every logged lr, the loss curve and the test AUC equal
+    one process's; 1 process evaluates it alike."""
     sections["train"].update(epochs=3, early_stop=None)
     sections["trainer"] = {"num_threads": 1, "progress_bar": False}
     one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
@@ -594,6 +590,7 @@ def test_learning_rate_schedules_step_two_processes_as_one(tmp_path, sections):
     lrs = [v for _, v in rows_of(tmp_path / "two" / "logs" / "metrics.csv", "lr/embedding")]
     assert lrs[-1] < lrs[0]  # the schedule lowered it
     assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5
+    assert abs(evaluate(tmp_path / "two")["auc"] - one["test"]["auc"]) < 1e-5
 
 
 @pytest.mark.slow
