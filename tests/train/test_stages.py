@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from ctr.cli import main
 from ctr.recipe import recipe_from_dict
 from ctr.train.runner import train
 from tests.conftest import tiny_recipe
@@ -30,8 +31,11 @@ OPTEMBED = {
 DNIS = {"method": "dnis", "dim": 8, "budget": 0.3, "blocks": 4, "alpha_l1": 0.01, "arch_optimizer": {"name": "sgd", "lr": 0.05}}
 
 
-def ctr(*args):
-    return subprocess.run([sys.executable, "-m", "ctr.cli", *map(str, args)], capture_output=True, text=True)
+def ctr(capsys, *args) -> tuple[int, str, str]:
+    """``ctr args`` run in this process: its exit code, stdout and stderr."""
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    return (code, *capsys.readouterr())
 
 
 def summary(run, folder):
@@ -90,11 +94,11 @@ def test_optembed_retrained_model_is_stored_in_the_shared_pruned_format(optembed
 
 
 @pytest.mark.slow
-def test_eval_of_a_staged_run_reproduces_its_test_auc(optembed_run):
+def test_eval_of_a_staged_run_reproduces_its_test_auc(optembed_run, capsys):
     run, metrics = optembed_run
-    result = ctr("eval", run)
-    assert result.returncode == 0, result.stderr
-    assert abs(json.loads(result.stdout)["auc"] - metrics["test"]["auc"]) < 1e-6
+    code, out, err = ctr(capsys, "eval", run)
+    assert code == 0, err
+    assert abs(json.loads(out)["auc"] - metrics["test"]["auc"]) < 1e-6
 
 
 def test_dnis_selection_weights_change_and_pruning_hits_the_target(dnis_run):
@@ -197,10 +201,10 @@ def test_sigterm_during_a_procedure_stage_says_so_and_how_to_resume(tmp_path):
     assert json.loads((run / "stages" / "progress.json").read_text())["finished"] == ["supernet"]
 
 
-def test_models_lists_the_embedding_methods():
-    result = ctr("models")
-    assert result.returncode == 0
-    methods = result.stdout.split("embedding methods:")[1].split("datasets:")[0]
+def test_models_lists_the_embedding_methods(capsys):
+    code, out, _ = ctr(capsys, "models")
+    assert code == 0
+    methods = out.split("embedding methods:")[1].split("datasets:")[0]
     for name in ("full", "hash", "unified", "optembed", "dnis"):
         assert f"  {name} " in methods
 
@@ -300,7 +304,7 @@ def optembed_trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("optembed")
     raw = tiny_recipe(tmp, embedding={**OPTEMBED, "stages": {"supernet": {"epochs": 1}}})
     (tmp / "r.yaml").write_text(yaml.safe_dump(raw))
-    assert ctr("train", tmp / "r.yaml", "--out", tmp / "run").returncode == 0
+    assert main(["train", str(tmp / "r.yaml"), "--out", str(tmp / "run")]) == 0
     (tmp / "run" / "metrics.json").unlink()
     return tmp / "run"
 
@@ -311,7 +315,7 @@ def optembed_trained(tmp_path_factory):
     (("0-supernet/state.pt", None), "0-supernet/state.pt: not a readable stage file ("),
     (("initial.pt", b""), "initial.pt: not a readable stage file ("),
 ])
-def test_a_broken_stage_file_is_one_line_on_resume(optembed_trained, tmp_path, spoil, message):
+def test_a_broken_stage_file_is_one_line_on_resume(optembed_trained, tmp_path, spoil, message, capsys):
     """A cut-short or foreign file under stages/ (a disk that filled, a hand edit): the
     resume names it on one line instead of a JSON or unpickler traceback."""
     run = tmp_path / "run"
@@ -319,10 +323,10 @@ def test_a_broken_stage_file_is_one_line_on_resume(optembed_trained, tmp_path, s
     name, content = spoil
     path = run / "stages" / name
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2] if content is None else content)
-    result = ctr("train", "--resume", run)
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert result.stderr.strip().splitlines()[-1].startswith(f"ctr: error: {path.parent}"), result.stderr[-500:]
-    assert message in result.stderr
+    code, _, err = ctr(capsys, "train", "--resume", run)
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith(f"ctr: error: {path.parent}"), err[-500:]
+    assert message in err
 
 
 def test_a_stages_random_state_is_restored_only_on_its_world_size(tmp_path):
