@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ctr.cli import main
 from ctr.errors import RecipeError
 from ctr.registry import DATASETS, EMBEDDINGS, MODELS, import_plugins
 from tests.conftest import tiny_recipe
@@ -32,20 +33,24 @@ def ctr(args, cwd, pythonpath):
 
 
 @pytest.mark.slow
-def test_docs_plugin_example_trains_as_documented(tmp_path):
+def test_docs_plugin_example_trains_as_documented(plugin_dir, monkeypatch, capsys):
+    """Trained as documented (``PYTHONPATH=. ctr train`` in its own process); listing the
+    models and a misspelt key are checked in this process, from the same folder."""
     docs = DOCS.read_text()
-    (tmp_path / "my_models.py").write_text(code_block(docs, "# my_models.py"))
-    (tmp_path / "my_recipe.yaml").write_text(code_block(docs, "# my_recipe.yaml"))
+    (plugin_dir / "my_models.py").write_text(code_block(docs, "# my_models.py"))
+    (plugin_dir / "my_recipe.yaml").write_text(code_block(docs, "# my_recipe.yaml"))
     command = code_block(docs, "PYTHONPATH=. ctr train").split()
     assert command[:3] == ["PYTHONPATH=.", "ctr", "train"]
-    result = ctr([*command[2:], "-o", "trainer.progress_bar=false", "-o", "trainer.num_threads=1"], tmp_path, tmp_path)
+    result = ctr([*command[2:], "-o", "trainer.progress_bar=false", "-o", "trainer.num_threads=1"], plugin_dir, plugin_dir)
     assert result.returncode == 0, result.stderr
-    metrics = json.loads((tmp_path / "runs" / "my-mlp" / "metrics.json").read_text())
+    metrics = json.loads((plugin_dir / "runs" / "my-mlp" / "metrics.json").read_text())
     assert 0.5 < metrics["test"]["auc"] <= 1.0
-    listed = ctr(["models"], tmp_path, tmp_path)
-    assert "my_mlp" not in listed.stdout  # a plugins: module is imported by the recipe only
-    bad = ctr(["train", "my_recipe.yaml", "-o", "model.hiden=[8]"], tmp_path, tmp_path)
-    assert bad.returncode == 2 and "model.hiden: unknown key" in bad.stderr
+    monkeypatch.chdir(plugin_dir)
+    capsys.readouterr()
+    assert main(["models"]) == 0
+    assert "my_mlp" not in capsys.readouterr().out  # a plugins: module is imported by the recipe only
+    assert main(["train", "my_recipe.yaml", "-o", "model.hiden=[8]"]) == 2
+    assert "model.hiden: unknown key" in capsys.readouterr().err
 
 
 PLUGIN = '''
