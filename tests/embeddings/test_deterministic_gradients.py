@@ -46,7 +46,7 @@ def gradients(embedding, state, sparse) -> dict[str, torch.Tensor]:
 def test_gradients_are_bitwise_repeatable_on_several_threads(name, two_threads):
     entry = EMBEDDINGS.get(name)
     torch.manual_seed(0)
-    embedding = entry.target(schema(), entry.config(dim=16, **OPTIONS[name]))
+    embedding = entry.target(schema(), entry.config(dim=8, **OPTIONS[name]))  # D = 8, as OPTIONS (SMOKE) are sized for
     sparse = batch(size=8192)  # ~53k ids: above torch's grain size (32768 elements), so backwards run on both threads
     state = {k: v.clone() for k, v in embedding.state_dict().items()}
     first = gradients(embedding, state, sparse)
