@@ -164,16 +164,23 @@ def process_group(recipe: Recipe) -> Iterator[Placement]:
         logging.getLogger("ctr").setLevel(logging.WARNING)
     if place.device.type == "cuda":
         torch.cuda.set_device(place.device)
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")  # a group of one process, started without a launcher
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    dist.init_process_group("nccl" if place.device.type == "cuda" else "gloo", rank=place.rank,
-                            world_size=place.world_size)
+    # a group of one process, started without a launcher: its address for the group's life only
+    # (a launch this process starts later, or a test's, would hand its ranks the stale port)
+    own = {key: value for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port())))
+           if key not in os.environ}
+    os.environ.update(own)
     global _joined
-    _joined = True
     try:
-        yield place
+        dist.init_process_group("nccl" if place.device.type == "cuda" else "gloo", rank=place.rank,
+                                world_size=place.world_size)
+        _joined = True
+        try:
+            yield place
+        finally:
+            dist.destroy_process_group()
     finally:
-        dist.destroy_process_group()
+        for key in own:
+            os.environ.pop(key, None)
 
 
 @contextmanager

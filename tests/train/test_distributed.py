@@ -504,6 +504,24 @@ def test_the_best_checkpoint_follows_lightnings_float32_compare(mode):
     assert not beats(0.7 + step, 0.7, mode) and beats(0.7 + 1e6 * step, 0.7, mode)
 
 
+def test_a_group_of_one_process_leaves_no_address_behind(tmp_path, monkeypatch):
+    """A distributed run trained in one process (resumed on 1, say) set MASTER_ADDR and
+    MASTER_PORT for its group of one and left them: a launch this process started later gave
+    its ranks that stale port. They are set for the group's life only; given ones are kept."""
+    from ctr.train.launch import process_group
+
+    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    recipe = load_recipe(write(tmp_path))
+    with process_group(recipe) as place:
+        assert place.world_size == 1 and os.environ["MASTER_ADDR"] == "127.0.0.1" and "MASTER_PORT" in os.environ
+    assert "MASTER_ADDR" not in os.environ and "MASTER_PORT" not in os.environ
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    with process_group(recipe):
+        assert "MASTER_PORT" in os.environ
+    assert os.environ["MASTER_ADDR"] == "127.0.0.1" and "MASTER_PORT" not in os.environ
+
+
 def test_a_checkpoint_saved_before_validations_were_counted_resumes_without_validating_again():
     from dataclasses import asdict
 
