@@ -48,15 +48,27 @@ def log_rows(run):
         return list(csv.DictReader(file))
 
 
+def three_epochs_recipe(tmp):
+    """The raw recipe of the 3-epoch runs (data cached in ``tmp``)."""
+    return tiny_recipe(tmp, train={"epochs": 3, "early_stop": {"monitor": "valid/auc", "mode": "max", "patience": 5}})
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def whole_run(tmp_path_factory):
+    """The uninterrupted 3-epoch run (read only)."""
+    tmp = tmp_path_factory.mktemp("whole")
+    (tmp / "r.yaml").write_text(yaml.safe_dump(three_epochs_recipe(tmp)))
+    whole = ctr("train", tmp / "r.yaml", "--out", tmp / "whole")
+    assert whole.returncode == 0, whole.stderr
+    return tmp / "whole"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, whole_run):
     """The uninterrupted run and one killed at step 15 (of 3 × 10), then moved, then resumed."""
     tmp = tmp_path_factory.mktemp("resume")
     (tmp / "kill_at_step.py").write_text(KILL_AT_STEP)
-    raw = tiny_recipe(tmp, train={"epochs": 3, "early_stop": {"monitor": "valid/auc", "mode": "max", "patience": 5}})
-    (tmp / "r.yaml").write_text(yaml.safe_dump(raw))
-    whole = ctr("train", tmp / "r.yaml", "--out", tmp / "whole")
-    assert whole.returncode == 0, whole.stderr
+    raw = three_epochs_recipe(tmp)
     raw["plugins"] = ["kill_at_step"]
     (tmp / "k.yaml").write_text(yaml.safe_dump(raw))
     env = {**os.environ, "PYTHONPATH": str(tmp), "CTR_TEST_KILL_AT": "15"}
@@ -68,7 +80,7 @@ def runs(tmp_path_factory):
     resumed = ctr("train", "--resume", tmp / "moved", env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     (tmp / "resumed.log").write_text(resumed.stderr)
-    return tmp / "whole", tmp / "moved"
+    return whole_run, tmp / "moved"
 
 
 def test_a_killed_moved_and_resumed_run_ends_with_the_same_metrics(runs):
@@ -287,16 +299,13 @@ os.rename, shutil.copyfile = rename_within_one_file_system, copy_then_die_in_the
 """
 
 
-def test_a_run_on_another_file_system_than_tmpdir_killed_while_checkpointing_resumes(tmp_path):
+def test_a_run_on_another_file_system_than_tmpdir_killed_while_checkpointing_resumes(tmp_path, whole_run):
     """$TMPDIR on another file system than the run (here os.rename refuses between them, as
     it does with EXDEV): Lightning wrote a checkpoint into $TMPDIR and moved it, a copy, so a
     kill inside the copy of the second ``last.ckpt`` left 1000 bytes of it, and the resume
     failed on them (and the temporary stayed in $TMPDIR)."""
     (tmp_path / "kill_in_checkpoint_copy.py").write_text(KILL_IN_CHECKPOINT_COPY)
-    stop = {"monitor": "valid/auc", "mode": "max", "patience": 5}
-    raw = tiny_recipe(tmp_path, train={"epochs": 3, "early_stop": stop})
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
-    assert ctr("train", tmp_path / "r.yaml", "--out", tmp_path / "whole").returncode == 0
+    raw = three_epochs_recipe(tmp_path)
     raw["plugins"] = ["kill_in_checkpoint_copy"]
     (tmp_path / "k.yaml").write_text(yaml.safe_dump(raw))
     (tmp_path / "systmp").mkdir()
@@ -307,7 +316,7 @@ def test_a_run_on_another_file_system_than_tmpdir_killed_while_checkpointing_res
         assert resumed.returncode == 0, resumed.stderr[-3000:]
     else:
         assert killed.returncode == 0, killed.stderr[-3000:]
-    same_run(tmp_path / "whole", tmp_path / "killed")
+    same_run(whole_run, tmp_path / "killed")
     assert list((tmp_path / "systmp").iterdir()) == []
 
 
@@ -334,18 +343,25 @@ elif CALLED != "none":
 """
 
 
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory):
+    """The uninterrupted 2-epoch run the SIGTERM tests end as (read only)."""
+    tmp = tmp_path_factory.mktemp("two_epochs")
+    (tmp / "r.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp, train={"epochs": 2})))
+    whole = ctr("train", tmp / "r.yaml", "--out", tmp / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    return tmp / "whole"
+
+
 @pytest.mark.parametrize("called", ["prepare", "on_train_end", "evaluate_checkpoint"])
-def test_sigterm_outside_the_fit_ends_the_run_saying_how_to_resume(tmp_path, called):
+def test_sigterm_outside_the_fit_ends_the_run_saying_how_to_resume(tmp_path, two_epochs, called):
     """SIGTERM as the data is prepared, as the fit ends (after its last validation, where
     Lightning checks for it no more: the run went on to its end), or as the trained run's
     best checkpoint is evaluated (a fit's and a procedure's SIGTERM were handled, these ended
     the process without a word, killed by the signal); the resume (or, stopped before the run
     directory was made, the same command) ends as the uninterrupted run."""
     (tmp_path / "term_before.py").write_text(TERM_BEFORE)
-    raw = tiny_recipe(tmp_path, train={"epochs": 2})
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
-    assert ctr("train", tmp_path / "r.yaml", "--out", tmp_path / "whole").returncode == 0
-    raw["plugins"] = ["term_before"]
+    raw = tiny_recipe(tmp_path, train={"epochs": 2}, plugins=["term_before"])
     (tmp_path / "k.yaml").write_text(yaml.safe_dump(raw))
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "CTR_TEST_TERM_BEFORE": called}
     stopped = ctr("train", tmp_path / "k.yaml", "--out", tmp_path / "stopped", env=env)
@@ -359,4 +375,4 @@ def test_sigterm_outside_the_fit_ends_the_run_saying_how_to_resume(tmp_path, cal
         "train", tmp_path / "k.yaml", "--out", tmp_path / "stopped")
     resumed = ctr(*again, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    same_run(tmp_path / "whole", tmp_path / "stopped")
+    same_run(two_epochs, tmp_path / "stopped")
