@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from ctr.bench.compression import Results, markdown, run_compression
+from ctr.cli import main
 from ctr.bench.grid import Cell, cell_recipe, check_settings, method_options, plan
 from ctr.metrics import mean_std
 from ctr.errors import RecipeError, UserError
@@ -125,15 +126,14 @@ def test_the_recipes_backend_reaches_the_cells_of_methods_that_read_it_only(tmp_
     assert sum("finished earlier, skipped" in m for m in caplog.messages) == 2
 
 
-def test_cli_with_a_relative_out_folder_prints_the_table(tmp_path):
+def test_cli_with_a_relative_out_folder_prints_the_table(tmp_path, capsys, monkeypatch):
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 1})))
-    result = subprocess.run(
-        [sys.executable, "-m", "ctr.cli", "bench", "compression", "base.yaml", "--methods", "hash",
-         "--budgets", "0.5", "--seeds", "1", "--out", "bench"],
-        capture_output=True, text=True, cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "| hash | 0.5 |" in result.stdout
+    monkeypatch.chdir(tmp_path)
+    code = main(["bench", "compression", "base.yaml", "--methods", "hash", "--budgets", "0.5", "--seeds", "1",
+                 "--out", "bench"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "| hash | 0.5 |" in out
     metrics = (tmp_path / "bench" / "runs" / "hash-0.5-s0" / "metrics.json").read_text()
     assert '"best_checkpoint": "checkpoints/best.ckpt"' in metrics
 
@@ -338,21 +338,24 @@ def test_a_command_whose_every_cell_recipe_is_refused_leaves_no_base_yaml(tmp_pa
     check_settings(out, yaml.safe_load(recipe.read_text()), {}, results.holds_finished())  # the rerun without -o goes on
 
 
-def test_cells_that_fail_make_the_command_fail_and_the_table_shows_the_asked_seeds(tmp_path):
+def test_cells_that_fail_make_the_command_fail_and_the_table_shows_the_asked_seeds(tmp_path, capsys, monkeypatch):
     """A cell's own error (ROBE's block must divide dim) is its row; the command exits 1
-    naming it. A rerun asking fewer seeds reports those seeds only."""
+    naming it. A rerun asking fewer seeds reports those seeds only. (The command runs in this
+    process, as ``python -m ctr`` runs it; its cells train in children.)"""
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 1})))
     (tmp_path / "robe.yaml").write_text(yaml.safe_dump({"embedding": {"method": "robe", "block": 3}}))
-    command = [sys.executable, "-m", "ctr", "bench", "compression", "base.yaml", "--budgets", "0.5", "--out", "bench"]
-    done = subprocess.run([*command, "--methods", "hash,robe", "--seeds", "2"], capture_output=True, text=True,
-                          cwd=tmp_path)
-    assert done.returncode == 1, done.stderr[-2000:]
-    assert "ctr: 2 cells failed (robe-0.5-s0, robe-0.5-s1): their status is in the table above" in done.stderr
+    monkeypatch.chdir(tmp_path)
+    command = ["bench", "compression", "base.yaml", "--budgets", "0.5", "--out", "bench"]
+    code = main([*command, "--methods", "hash,robe", "--seeds", "2"])
+    err = capsys.readouterr().err
+    assert code == 1, err[-2000:]
+    assert "ctr: 2 cells failed (robe-0.5-s0, robe-0.5-s1): their status is in the table above" in err
     assert "block: 3 must divide dim 8" in (tmp_path / "bench" / "results.md").read_text()
-    fewer = subprocess.run([*command, "--methods", "hash", "--seeds", "1"], capture_output=True, text=True, cwd=tmp_path)
-    assert fewer.returncode == 0, fewer.stderr[-2000:]
-    assert "| hash | 0.5 |" in fewer.stdout and "\n2 cells (1 finished, 1 failed) in " in fewer.stdout  # hash's seed 0, robe's
-    detail = next(line for line in fewer.stdout.splitlines() if line.startswith("| hash | 0.5 |"))
+    code = main([*command, "--methods", "hash", "--seeds", "1"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-2000:]
+    assert "| hash | 0.5 |" in out and "\n2 cells (1 finished, 1 failed) in " in out  # hash's seed 0, robe's
+    detail = next(line for line in out.splitlines() if line.startswith("| hash | 0.5 |"))
     assert detail.endswith("| 1 |") and " ± " not in detail
 
 
