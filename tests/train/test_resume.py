@@ -13,6 +13,7 @@ import sys
 import pytest
 import yaml
 
+from ctr.cli import main
 from ctr.train.loop import load_checkpoint
 from tests.conftest import tiny_recipe
 
@@ -100,11 +101,11 @@ def test_the_log_is_appended_not_replaced(runs):
     assert {row["epoch"] for row in resumed} == {"0", "1", "2"}
 
 
-def test_resume_of_a_finished_run_says_so_and_changes_nothing(runs):
-    whole = runs[0]
+def test_resume_of_a_finished_run_says_so_and_changes_nothing(whole_run, capsys):
+    whole = whole_run
     before = {p: p.stat().st_mtime_ns for p in whole.rglob("*") if p.is_file()}
-    result = ctr("train", "--resume", whole)
-    assert result.returncode == 2 and "this run is finished" in result.stderr
+    code = main(["train", "--resume", str(whole)])  # in this process: the message and exit code of python -m ctr
+    assert code == 2 and "this run is finished" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in whole.rglob("*") if p.is_file()} == before
 
 
