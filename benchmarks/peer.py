@@ -30,7 +30,7 @@ import torch
 from ctr.datasets import prepare
 from benchmarks.columns import read_columns
 from ctr.datasets.shards import shard_files
-from ctr.metrics import auc, group_auc, logloss, metrics_from_json
+from ctr.metrics import metrics_from_json, split_metrics
 from ctr.recipe import Recipe, load_recipe
 from ctr.train.runner import train
 from benchmarks.peer_common import Result, Timer, deepctr_columns, deepctr_inputs, split_optimizer, summary_table, write_json
@@ -120,11 +120,12 @@ def run_peer(recipe: Recipe, seed: int) -> Result:
 
 
 def _scores(model, inputs: dict, cols, batch_size: int) -> dict[str, float]:
-    probs = model.predict(inputs, batch_size=batch_size).reshape(-1)
-    out = {"auc": auc(cols.labels, probs), "logloss": logloss(cols.labels, probs)}
-    if cols.groups is not None:
-        out["gauc"] = group_auc(cols.groups, cols.labels, probs)
-    return out
+    """The peer's metrics as ctr computes its own: DeepCTR-Torch predicts probabilities [N],
+    taken back to logits (0 and 1 to -inf and inf: the same ranking, and logloss clips them as
+    it clips probabilities) for ``split_metrics``, which reads logits."""
+    probs = model.predict(inputs, batch_size=batch_size).reshape(-1).astype(np.float64)
+    with np.errstate(divide="ignore"):
+        return split_metrics(cols.labels, np.log(probs) - np.log1p(-probs), cols.groups)
 
 
 def run_ctr(recipe: Recipe, out: Path, seed: int) -> Result:
