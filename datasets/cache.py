@@ -185,12 +185,13 @@ def _rekeyed(name: str, inputs: dict[str, Any]) -> str | None:
     """Where the recipe whose ``inputs`` (``key_inputs``) keyed entry ``name`` keys another
     entry now (an older ctr keyed it, by a key its rows do not depend on, say); None when it
     keys this one, or its recipe cannot be built again (a plugin no longer installed)."""
-    dataset, key = name.rsplit("-", 1)
+    dataset, _, key = name.rpartition("-")
     if dataset not in DATASETS:
         return None
     registered = DATASETS.get(dataset)
-    try:
-        config = parse(registered.config or DataConfig, inputs["source"]["options"], "data")
+    try:  # the split as the key held it: the options hold the source's split keys only
+        options = {**inputs["source"]["options"], "split": inputs["split"]}
+        config = parse(registered.config or DataConfig, options, "data")
         features = [parse(FeatureSpec, spec, "data.features") for spec in inputs["features"]]
         now = cache_key(key_inputs(registered.target(config), features, inputs["label"], inputs["group"],
                                    config.split))[:16]

@@ -101,6 +101,26 @@ def test_the_split_seed_stays_in_the_key_where_quantile_boundaries_are_fitted_on
     assert first.schema.feature("n").numeric.boundaries != second.schema.feature("n").numeric.boundaries
 
 
+def test_clean_keeps_an_entry_whose_split_seed_a_quantile_transform_keys(tmp_path, capsys):
+    """The source reads no split key (both held-out files), the quantile fit reads the seed:
+    the entry's key holds seed 7, its source options the default. clean rebuilt the key
+    from the options and removed the entry that recipe reads as keyed by an older ctr."""
+    kept = entry(file_data(tmp_path, "csv", numeric="quantile", split={"seed": 7}))
+    assert main(["data", "clean", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "0 stale entries" in capsys.readouterr().out and kept.root.is_dir()
+    assert entry(file_data(tmp_path, "csv", numeric="quantile", split={"seed": 7})).root == kept.root
+
+
+def test_clean_keeps_a_folder_whose_name_has_no_dataset_part(tmp_path, capsys):
+    """A finished-looking folder named without ``<dataset>-<key>`` in the cache: clean's
+    re-key check raised ValueError (a traceback) unpacking its name."""
+    kept = entry(file_data(tmp_path, "csv"))
+    odd = kept.root.with_name("nodash")
+    shutil.copytree(kept.root, odd)
+    assert main(["data", "clean", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert odd.is_dir() and kept.root.is_dir()
+
+
 def write_ipinyou(folder):
     folder.mkdir()
     (folder / "featindex.fm.txt").write_text("weekday:1\t0\nweekday:2\t1\nhour:5\t2\nhour:6\t3\n")
