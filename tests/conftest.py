@@ -1,8 +1,14 @@
-"""Shared fixtures: a tiny synthetic dataset prepared once per session."""
+"""Shared fixtures: a tiny synthetic dataset prepared once per session; ``run_ctr``, a
+command run in this process as a subprocess would run it."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+import subprocess
+import warnings
 from pathlib import Path
 
 import pytest
@@ -27,6 +33,46 @@ def pytest_configure(config: pytest.Config) -> None:
         os.sched_setaffinity(0, mine)
         os.environ["OMP_NUM_THREADS"] = str(len(mine))  # the processes tests start read it at torch's import
         torch.set_num_threads(len(mine))
+
+
+@pytest.fixture(autouse=True)
+def _kept_process_settings():
+    """Restores what a run in this process changes for good: torch's thread count (a recipe's
+    ``trainer.num_threads``) and the seed variables Lightning's ``seed_everything`` exports."""
+    threads, seeds = torch.get_num_threads(), {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
+    yield
+    torch.set_num_threads(threads)
+    for key, value in seeds.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def run_ctr(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``ctr ARGS`` run by ``ctr.cli.main`` in this process from ``cwd``, as a subprocess would
+    run it: its exit code, stdout and stderr (its log lines and warnings included: pytest's
+    handlers on the root logger make ``ctr``'s ``logging.basicConfig`` a no-op here)."""
+    from ctr.cli import main
+
+    out, err, here, threads = io.StringIO(), io.StringIO(), os.getcwd(), torch.get_num_threads()
+    handler, root = logging.StreamHandler(err), logging.getLogger()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        os.chdir(cwd or here)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            with warnings.catch_warnings(record=True) as caught:
+                code = main([str(arg) for arg in args])
+        err.writelines(warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught)
+    finally:
+        os.chdir(here)
+        root.removeHandler(handler)
+        root.setLevel(level)
+        torch.set_num_threads(threads)  # a recipe's trainer.num_threads: 1 would stay for the tests after
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def begun_with(run: Path, raw: dict) -> None:

@@ -19,7 +19,7 @@ from ctr.cli import main
 from ctr.registry import EMBEDDINGS
 from ctr.schema import FeatureInfo, FeatureSpec, Schema
 from ctr.train.runner import evaluate, train
-from tests.conftest import tiny_recipe
+from tests.conftest import run_ctr, tiny_recipe
 from tests.embeddings.schemas import batch, schema
 
 BIG = {"item": 200000, "user": 100000, "tags": 1000}
@@ -169,11 +169,11 @@ def test_each_method_trains_one_epoch_on_tiny_data(method, tmp_path):
         assert set(metrics["stage_seconds"]) == {"search", "mask", "retrain"}
 
 
-def test_an_unreachable_budget_exits_2_with_one_line(tmp_path, capsys):
+def test_an_unreachable_budget_exits_2_with_one_line(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, embedding={"method": "mgqe", "dim": 8, "budget": 0.1})))
-    code = main(["train", str(recipe)])
-    err = capsys.readouterr().err
+    done = run_ctr("train", recipe)
+    code, err = done.returncode, done.stderr
     assert code == 2 and "Traceback" not in err
     lines = err.strip().splitlines()
     assert lines[-1].startswith("ctr: error: embedding.budget: 0.1 is too small for mgqe")

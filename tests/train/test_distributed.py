@@ -24,7 +24,7 @@ from ctr.train.distributed_epochs import rows_of
 from ctr.train.launch import LAUNCHER, wait_all
 from ctr.train.runner import evaluate, train
 from ctr.train.rundir import RunDir
-from tests.conftest import begun_with, tiny_recipe
+from tests.conftest import begun_with, run_ctr, tiny_recipe
 
 MIXED = {"sharding": "table_wise", "tables": {"C3": "column_wise", "C1": "data_parallel"}}
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,19 +38,6 @@ def write(tmp_path, name="r.yaml", **sections):
     path = tmp_path / name
     path.write_text(yaml.safe_dump(tiny_recipe(tmp_path, **sections)))
     return path
-
-
-def ctr_here(monkeypatch, *args) -> int:
-    """``ctr *args`` run by ``main`` in this process. A distributed run resumed on 1 process
-    joins a group of one, which leaves MASTER_ADDR and MASTER_PORT in the environment: they
-    are restored after, or the ranks that ``ctr`` starts later here would take a held port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with monkeypatch.context() as patch:
-        patch.setenv("MASTER_ADDR", "127.0.0.1")
-        patch.setenv("MASTER_PORT", str(port))
-        return main([str(arg) for arg in args])
 
 
 def test_split_batches_parts_are_the_one_process_batches(tiny_prepared):
@@ -229,7 +216,7 @@ def test_sigterm_to_the_launcher_stops_its_ranks(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog, capsys, monkeypatch):
+def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog):
     """A mixed plan (table-wise, column-wise over both ranks, data-parallel) on 2 gloo
     processes: the loss curve, validation and test AUC of the 1-process run on the same global
     batch, its CSV log's header and float32 values, and its log's progress lines (the
@@ -284,7 +271,7 @@ def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog, ca
     shutil.copytree(tmp_path / "cut", tmp_path / "cut1")
     resumed = ctr("train", "--resume", tmp_path / "cut")  # the same world size
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert ctr_here(monkeypatch, "train", "--resume", tmp_path / "cut1", "-o", "trainer.devices=1") == 0  # 1 process
+    assert run_ctr("train", "--resume", tmp_path / "cut1", "-o", "trainer.devices=1").returncode == 0  # 1 process
     for run, world in (("cut", 2), ("cut1", 1)):
         again = json.loads((tmp_path / run / "metrics.json").read_text())
         assert again["steps"] == two["steps"] and again["world_size"] == world
@@ -297,9 +284,8 @@ def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog, ca
     saved["distributed"]["tables"]["C2"] = "data_parallel"
     begun_with(tmp_path / "two", saved)
     (tmp_path / "two" / "metrics.json").unlink()
-    capsys.readouterr()
-    code = ctr_here(monkeypatch, "train", "--resume", tmp_path / "two", "-o", "trainer.devices=1")
-    err = capsys.readouterr().err.strip()
+    done = run_ctr("train", "--resume", tmp_path / "two", "-o", "trainer.devices=1")
+    code, err = done.returncode, done.stderr.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "checkpoints/last: its optimizers do not fit this run's: a table is data-parallel here and sharded " \
         "there" in err
@@ -748,7 +734,7 @@ def test_a_two_process_multi_stage_run_killed_after_its_stages_resumes_to_the_sa
 
 
 @pytest.mark.slow
-def test_sharded_tables_stepped_by_sgd_checkpoint_and_resume(tmp_path, capsys, caplog, monkeypatch):
+def test_sharded_tables_stepped_by_sgd_checkpoint_and_resume(tmp_path, caplog):
     """SGD keeps no optimizer state for its sharded tables: the checkpoint has no
     embedding_optimizer entry, and loading best (or resuming last) must not ask for one
     (the criteo recipe on 2 processes failed after training). A last checkpoint without its
@@ -764,8 +750,8 @@ def test_sharded_tables_stepped_by_sgd_checkpoint_and_resume(tmp_path, capsys, c
     shutil.copytree(tmp_path / "run", tmp_path / "cut")
     (tmp_path / "cut" / "checkpoints" / "last" / ".metadata").unlink()  # resumed from step 0 on 2 processes
     caplog.set_level(logging.INFO, logger="ctr")
-    code = ctr_here(monkeypatch, "train", "--resume", tmp_path / "cut", "-o", "trainer.devices=1")  # sought last.ckpt
-    err = capsys.readouterr().err.strip()
+    done = run_ctr("train", "--resume", tmp_path / "cut", "-o", "trainer.devices=1")  # sought last.ckpt
+    code, err = done.returncode, done.stderr.strip()
     last = tmp_path / "cut" / "checkpoints" / "last"
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"ctr: error: {last}: not a whole distributed checkpoint (no .metadata)"), err

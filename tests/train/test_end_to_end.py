@@ -8,8 +8,7 @@ import sys
 import pytest
 import yaml
 
-from ctr.cli import main
-from tests.conftest import tiny_recipe
+from tests.conftest import run_ctr, tiny_recipe
 
 pytestmark = pytest.mark.slow  # end-to-end runs: `make test` runs them, `make test-fast` does not
 
@@ -18,11 +17,11 @@ def ctr(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "ctr.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
-def run_cli(capsys, *args):
-    """``ctr *args`` in this process (the code path of ``python -m ctr``): its exit code, stdout, stderr."""
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
+def run_cli(*args):
+    """``ctr *args`` in this process (the code path of ``python -m ctr``): its exit code, stdout,
+    stderr (its log lines and warnings included: ``run_ctr``)."""
+    done = run_ctr(*args)
+    return done.returncode, done.stdout, done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +48,9 @@ def test_run_dir_contents(finished_run):
     assert "test: auc" in result.stdout
 
 
-def test_eval_reproduces_test_auc(finished_run, capsys):
+def test_eval_reproduces_test_auc(finished_run):
     run, _ = finished_run
-    code, out, err = run_cli(capsys, "eval", run)
+    code, out, err = run_cli("eval", run)
     assert code == 0, err
     again = json.loads(out)
     saved = json.loads((run / "metrics.json").read_text())["test"]
@@ -59,9 +58,9 @@ def test_eval_reproduces_test_auc(finished_run, capsys):
     assert abs(again["logloss"] - saved["logloss"]) < 1e-6
 
 
-def test_refuses_to_overwrite_a_finished_run(finished_run, capsys):
+def test_refuses_to_overwrite_a_finished_run(finished_run):
     run, _ = finished_run
-    code, _, err = run_cli(capsys, "train", run / "recipe.yaml", "--out", run)
+    code, _, err = run_cli("train", run / "recipe.yaml", "--out", run)
     assert code == 2 and "--resume" in err
 
 
@@ -70,37 +69,37 @@ def test_refuses_to_overwrite_a_finished_run(finished_run, capsys):
     [("train.batch_size=abc", "train.batch_size"), ("model.name=nosuchmodel", "model.name"),
      ("trian.epochs=1", "trian")],
 )
-def test_bad_recipe_exits_2_with_one_line(tmp_path, capsys, override, key):
+def test_bad_recipe_exits_2_with_one_line(tmp_path, override, key):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
-    code, _, err = run_cli(capsys, "train", recipe, "-o", override)
+    code, _, err = run_cli("train", recipe, "-o", override)
     assert code == 2
     assert "Traceback" not in err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and key in lines[0]
 
 
-def test_misspelled_key_in_file(tmp_path, capsys):
+def test_misspelled_key_in_file(tmp_path):
     raw = tiny_recipe(tmp_path)
     raw["train"]["batch_szie"] = raw["train"].pop("batch_size")
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(raw))
-    code, _, err = run_cli(capsys, "train", recipe)
+    code, _, err = run_cli("train", recipe)
     assert code == 2 and err.strip().startswith("ctr: error: train.batch_szie: unknown key")
 
 
-def test_models_lists_registries(capsys):
-    code, out, _ = run_cli(capsys, "models")
+def test_models_lists_registries():
+    code, out, _ = run_cli("models")
     assert code == 0
     for name in ("dlrm", "lr", "full", "synthetic", "adagrad"):
         assert name in out
 
 
-def test_max_steps_before_first_validation_with_early_stopping(tmp_path, capsys):
+def test_max_steps_before_first_validation_with_early_stopping(tmp_path):
     raw = tiny_recipe(tmp_path, train={"max_steps": 3, "early_stop": {"monitor": "valid/auc", "mode": "max"}})
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(raw))
-    code, _, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run")
+    code, _, err = run_cli("train", recipe, "--out", tmp_path / "run")
     assert code == 0, err
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["steps"] == 3 and "auc" in metrics["test"]

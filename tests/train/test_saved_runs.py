@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,32 +22,12 @@ import yaml
 
 from ctr.cli import main
 from ctr.metrics import auc
+from tests.conftest import run_ctr
 
 pytestmark = pytest.mark.slow  # end-to-end runs
 
 
-def ctr(*args, cwd=None):
-    """``ctr ARGS`` run in this process from ``cwd``, as a subprocess would run it: its exit
-    code, stdout and stderr (its log lines and warnings included: pytest's handlers on the
-    root logger make ``ctr``'s ``logging.basicConfig`` a no-op here)."""
-    out, err, here, threads = io.StringIO(), io.StringIO(), os.getcwd(), torch.get_num_threads()
-    handler, root = logging.StreamHandler(err), logging.getLogger()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
-        os.chdir(cwd or here)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            with warnings.catch_warnings(record=True) as caught:
-                code = main([str(arg) for arg in args])
-        err.writelines(warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught)
-    finally:
-        os.chdir(here)
-        root.removeHandler(handler)
-        root.setLevel(level)
-        torch.set_num_threads(threads)  # a recipe's trainer.num_threads: 1 would stay for the tests after
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+ctr = run_ctr
 
 
 def write_rows(path, rows, seed, tokens=20):

@@ -18,7 +18,7 @@ import yaml
 from ctr.cli import main
 from ctr.recipe import recipe_from_dict
 from ctr.train.runner import train
-from tests.conftest import tiny_recipe
+from tests.conftest import run_ctr, tiny_recipe
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 # the threshold regularizer and its optimizer exactly as recipes/amazon_beauty/optembed.yaml sets them
@@ -31,11 +31,11 @@ OPTEMBED = {
 DNIS = {"method": "dnis", "dim": 8, "budget": 0.3, "blocks": 4, "alpha_l1": 0.01, "arch_optimizer": {"name": "sgd", "lr": 0.05}}
 
 
-def ctr(capsys, *args) -> tuple[int, str, str]:
-    """``ctr args`` run in this process: its exit code, stdout and stderr."""
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    return (code, *capsys.readouterr())
+def ctr(*args) -> tuple[int, str, str]:
+    """``ctr args`` run in this process: its exit code, stdout and stderr (log lines and
+    warnings included: ``run_ctr``)."""
+    done = run_ctr(*args)
+    return done.returncode, done.stdout, done.stderr
 
 
 def summary(run, folder):
@@ -94,9 +94,9 @@ def test_optembed_retrained_model_is_stored_in_the_shared_pruned_format(optembed
 
 
 @pytest.mark.slow
-def test_eval_of_a_staged_run_reproduces_its_test_auc(optembed_run, capsys):
+def test_eval_of_a_staged_run_reproduces_its_test_auc(optembed_run):
     run, metrics = optembed_run
-    code, out, err = ctr(capsys, "eval", run)
+    code, out, err = ctr("eval", run)
     assert code == 0, err
     assert abs(json.loads(out)["auc"] - metrics["test"]["auc"]) < 1e-6
 
@@ -201,8 +201,8 @@ def test_sigterm_during_a_procedure_stage_says_so_and_how_to_resume(tmp_path):
     assert json.loads((run / "stages" / "progress.json").read_text())["finished"] == ["supernet"]
 
 
-def test_models_lists_the_embedding_methods(capsys):
-    code, out, _ = ctr(capsys, "models")
+def test_models_lists_the_embedding_methods():
+    code, out, _ = ctr("models")
     assert code == 0
     methods = out.split("embedding methods:")[1].split("datasets:")[0]
     for name in ("full", "hash", "unified", "optembed", "dnis"):
@@ -315,7 +315,7 @@ def optembed_trained(tmp_path_factory):
     (("0-supernet/state.pt", None), "0-supernet/state.pt: not a readable stage file ("),
     (("initial.pt", b""), "initial.pt: not a readable stage file ("),
 ])
-def test_a_broken_stage_file_is_one_line_on_resume(optembed_trained, tmp_path, spoil, message, capsys):
+def test_a_broken_stage_file_is_one_line_on_resume(optembed_trained, tmp_path, spoil, message):
     """A cut-short or foreign file under stages/ (a disk that filled, a hand edit): the
     resume names it on one line instead of a JSON or unpickler traceback."""
     run = tmp_path / "run"
@@ -323,7 +323,7 @@ def test_a_broken_stage_file_is_one_line_on_resume(optembed_trained, tmp_path, s
     name, content = spoil
     path = run / "stages" / name
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2] if content is None else content)
-    code, _, err = ctr(capsys, "train", "--resume", run)
+    code, _, err = ctr("train", "--resume", run)
     assert code == 2 and "Traceback" not in err, err[-2000:]
     assert err.strip().splitlines()[-1].startswith(f"ctr: error: {path.parent}"), err[-500:]
     assert message in err
