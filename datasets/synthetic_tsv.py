@@ -59,7 +59,7 @@ def _check_disk(path: Path, rows: int) -> None:
     tells no size (``/proc``) is left to refuse the write itself."""
     usage, needed = shutil.disk_usage(path.parent), rows * MIN_ROW_BYTES
     if usage.total and needed > usage.free:
-        raise UserError(f"data synth: {rows:,} rows take at least {needed / 1e9:.3g} GB, more than the "
+        raise UserError(f"--rows: {rows:,} rows take at least {needed / 1e9:.3g} GB, more than the "
                         f"{usage.free / 1e9:.3g} GB free in {path.parent}")
 
 

@@ -85,5 +85,5 @@ def test_synth_rows_past_the_free_disk_are_refused_before_writing(tmp_path, caps
     """--rows 1e15 wrote for years until the disk was full: one line naming the folder."""
     assert main(["data", "synth", str(tmp_path / "x.tsv"), "--rows", str(10**15)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("ctr: error: data synth: 1,000,000,000,000,000 rows take at least 2.48e+08 GB, more than the ")
+    assert err.startswith("ctr: error: --rows: 1,000,000,000,000,000 rows take at least 2.48e+08 GB, more than the ")
     assert err.endswith(f" GB free in {tmp_path}") and not list(tmp_path.iterdir())
