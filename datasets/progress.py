@@ -21,11 +21,12 @@ PROGRESS_LOG_SECONDS = 30.0  # without a progress bar (stderr not a terminal), a
 
 
 class RowProgress:
-    """The rows a pass has handled (``verb``: ``read``, ``written``), under the name ``what``."""
+    """The rows a pass has handled (``verb``: ``read``, ``written``), under the name ``what``,
+    of ``total`` when known (the bar then shows its share and time left)."""
 
-    def __init__(self, what: str, bar: bool, verb: str = "read"):
+    def __init__(self, what: str, bar: bool, verb: str = "read", total: int | None = None):
         self.what, self.verb, self.logs, self.rows = what, verb, not bar, 0
-        self.bar = tqdm(desc=what, unit=" rows", disable=not bar, leave=False)
+        self.bar = tqdm(desc=what, unit=" rows", total=total, disable=not bar, leave=False)
         self.start = self.logged = time.monotonic()
 
     def update(self, rows: int) -> None:

@@ -40,7 +40,7 @@ def write_dac_tsv(path: Path, config: SyntheticConfig, progress: bool = False) -
     _check_disk(path, config.rows)
     model = PlantedModel(config)
     tokens = [hex_tokens(j, v) for j, v in enumerate(model.vocabs)]
-    bar = RowProgress("data synth", progress, verb="written")
+    bar = RowProgress("data synth", progress, verb="written", total=config.rows)
     try:
         with atomic_path(path) as tmp, _writer(tmp, path) as writer:
             for chunk, start in enumerate(range(0, config.rows, config.chunk_rows)):

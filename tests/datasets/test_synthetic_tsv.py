@@ -87,3 +87,12 @@ def test_synth_rows_past_the_free_disk_are_refused_before_writing(tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert err.startswith("ctr: error: --rows: 1,000,000,000,000,000 rows take at least 2.48e+08 GB, more than the ")
     assert err.endswith(f" GB free in {tmp_path}") and not list(tmp_path.iterdir())
+
+
+def test_synth_on_a_terminal_shows_the_share_of_the_rows_written(tmp_path, capsys):
+    """The bar knows the rows asked for (it counted rows without a total: no share, no time left)."""
+    from ctr.datasets.synthetic import SyntheticConfig
+    from ctr.datasets.synthetic_tsv import write_dac_tsv
+
+    write_dac_tsv(tmp_path / "x.tsv", SyntheticConfig(rows=1000, vocab_scale=0.001), progress=True)
+    assert "| 0/1000 [" in capsys.readouterr().err  # rows written of the 1,000 asked, then their share
