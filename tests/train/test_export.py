@@ -112,6 +112,11 @@ def first_row(values: torch.Tensor, offsets: torch.Tensor, features: int, batch:
     return torch.cat(bags).numpy(), torch.cumsum(lengths, 0).numpy()
 
 
+# read as the module is collected: the registries' entries then, before any test registers its own
+MODEL_NAMES = [entry.name for entry in MODELS.entries()]
+METHOD_NAMES = [entry.name for entry in EMBEDDINGS.entries()]
+
+
 def method_recipe(name: str, tmp: Path):
     """DLRM over embedding method ``name`` (every stage of a multi-stage method, 3 steps a
     training stage)."""
@@ -126,7 +131,7 @@ def method_recipe(name: str, tmp: Path):
 def test_exported_program_scores_like_ctr_without_ctr(tmp_path):
     """Every model in ``ctr models`` (a folder each, one dataset cache for the synthetic ones),
     its program checked in one fresh process."""
-    names = [entry.name for entry in MODELS.entries()]
+    names = MODEL_NAMES
     for name in names:
         (tmp_path / name).mkdir()
     exports = [exported(model_recipe(name, tmp_path / name if name == "din" else tmp_path), tmp_path / name)
@@ -153,7 +158,7 @@ def refuses_behaviours_of_other_lengths(model: Path) -> None:
 def test_every_embedding_method_exports_and_scores_like_ctr_without_ctr(tmp_path):
     """Every method in ``ctr embeddings`` (a folder each, one dataset cache), its program
     checked in one fresh process."""
-    names = [entry.name for entry in EMBEDDINGS.entries()]
+    names = METHOD_NAMES
     for name in names:
         (tmp_path / name).mkdir()
     scores_like_ctr_without_ctr([exported(method_recipe(name, tmp_path), tmp_path / name) for name in names], tmp_path)
