@@ -285,10 +285,9 @@ def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog):
     begun_with(tmp_path / "two", saved)
     (tmp_path / "two" / "metrics.json").unlink()
     done = run_ctr("train", "--resume", tmp_path / "two", "-o", "trainer.devices=1")
-    code, err = done.returncode, done.stderr.strip()
-    assert code == 2 and len(err.splitlines()) == 1, err
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert "checkpoints/last: its optimizers do not fit this run's: a table is data-parallel here and sharded " \
-        "there" in err
+        "there" in done.stderr.strip().splitlines()[-1]  # after the run's log lines: refused as its ranks load
 
 
 def _progress_lines(log_text: str) -> list[tuple[int, int, int, int, float]]:
