@@ -111,13 +111,19 @@ def _say_signal_end(args: argparse.Namespace, ended: tuple[str, int]) -> int:
 
 
 def _train_hint(args: argparse.Namespace) -> str | None:
-    """How a stopped ``ctr train`` goes on: the ``--resume`` of its run directory once that
-    exists (before, the run left nothing to resume), or where a finished run's results are."""
+    """How a stopped ``ctr train`` goes on: the ``--resume`` of its run directory once the
+    run has trained there (before, a folder made for ``--out``, or only the recipe and schema
+    kept, hold nothing to resume), or where a finished run's results are."""
+    from ctr.train.rundir import RunDir
+
     run_dir = getattr(args, "run_dir", None) or args.resume  # a resume's is known from the start
-    if run_dir is None or not Path(run_dir).is_dir():
+    if run_dir is None:
         return None
-    if (Path(run_dir) / "metrics.json").exists():
-        return f"the run had finished: {Path(run_dir) / 'metrics.json'} holds its results"
+    run = RunDir(run_dir)
+    if run.metrics.exists():
+        return f"the run had finished: {run.metrics} holds its results"
+    if not (run.recipe.exists() and run.started):  # what --resume reads and then asks for
+        return None
     return f"`ctr train --resume {shlex.quote(str(run_dir))}` continues from its last checkpoint, if one was written"
 
 

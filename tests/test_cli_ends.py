@@ -33,11 +33,18 @@ def _sigint_in_fit(args):
         raise SystemExit(1)  # what Lightning's fit does on Ctrl+C
 
 
+def _make_run(folder):
+    """``folder`` as a run stopped after its first checkpoint: what ``--resume`` continues."""
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "recipe.yaml").write_text("{}\n")
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+
+
 def _in_run(stop, tmp_path):
-    """``stop`` once the command made its run directory (``a run``, a name to quote)."""
+    """``stop`` once the command trained in its run directory (``a run``, a name to quote)."""
     def stopped(args):
         args.run_dir = tmp_path / "a run"
-        args.run_dir.mkdir()
+        _make_run(args.run_dir)
         stop(args)
     return stopped
 
@@ -58,18 +65,30 @@ def test_a_signal_during_a_fit_exits_with_the_shells_code_and_says_how_to_resume
     assert capsys.readouterr().err.strip() == said.format(run=shlex.quote(str(tmp_path / "a run")))
 
 
-@pytest.mark.parametrize("argv, made", [(["train", "recipe.yaml"], False), (["train", "r.yaml", "--out", "run"], False),
-                                        (["train", "r.yaml", "--out", "run"], True)])
-def test_a_signal_before_the_run_directory_is_made_says_nothing_to_resume(tmp_path, monkeypatch, capsys, argv, made):
-    """SIGTERM as the recipe is read (no run directory named yet), or before the named one
-    was made, said `ctr train --resume RUN_DIR`, the placeholder itself, or a folder that
-    --resume then called no run directory."""
+@pytest.mark.parametrize("argv, made, held", [
+    (["train", "recipe.yaml"], False, []), (["train", "r.yaml", "--out", "run"], False, []),
+    (["train", "r.yaml", "--out", "run"], True, []),
+    (["train", "r.yaml", "--out", "run"], True, ["run/"]),  # a folder the user made for it
+    (["train", "r.yaml", "--out", "run"], True, ["run/", "run/recipe.yaml", "run/schema/"]),  # kept before any checkpoint
+])
+def test_a_signal_before_the_run_directory_is_made_says_nothing_to_resume(tmp_path, monkeypatch, capsys, argv, made,
+                                                                          held):
+    """SIGTERM as the recipe is read (no run directory named yet), before the named one was
+    made, or before anything was trained in it (an empty folder the user made for --out, the
+    recipe and schema a run keeps before its first checkpoint) said `ctr train --resume
+    RUN_DIR`, the placeholder itself, or a folder that --resume then called no run directory
+    or refused with nothing to resume."""
     def stopped(args):
         if made:
             args.run_dir = args.out
         raise Terminated
 
     monkeypatch.chdir(tmp_path)
+    for path in held:
+        if path.endswith("/"):
+            (tmp_path / path).mkdir()
+        else:
+            (tmp_path / path).write_text("{}\n")
     monkeypatch.setattr(cli, "_train", stopped)
     assert cli.main(argv) == 143
     assert capsys.readouterr().err.strip() == "ctr: terminated (SIGTERM)"
@@ -77,6 +96,7 @@ def test_a_signal_before_the_run_directory_is_made_says_nothing_to_resume(tmp_pa
 
 def test_a_signal_as_a_resume_reads_its_recipe_names_the_run(tmp_path, monkeypatch, capsys):
     """The run to resume is known from the command line, before its recipe is read."""
+    _make_run(tmp_path)
     monkeypatch.setattr(cli, "_train", _sigterm_in_procedure)
     assert cli.main(["train", "--resume", str(tmp_path)]) == 143
     said = "ctr: terminated (SIGTERM); " + HINT.format(run=shlex.quote(str(tmp_path)))
