@@ -226,22 +226,16 @@ class EvalProgressLines(L.Callback):
     pass scores) every ``PROGRESS_LOG_SECONDS`` while a split is scored: progress for a log
     file, where no bar is drawn."""
 
-    def __init__(self) -> None:
-        self._rows = RowProgress("valid: scoring", bar=False, verb="scored")
-
     def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._rows = RowProgress("valid: scoring", bar=False, verb="scored")
-
-    def on_test_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._rows = RowProgress(f"{module.eval_split}: scoring", bar=False, verb="scored")
+        split = module.eval_split if trainer.testing else "valid"
+        self._rows = RowProgress(f"{split}: scoring", bar=False, verb="scored")
 
     def on_validation_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
         self._rows.update(batch.size)
 
-    def on_test_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._rows.update(batch.size)
+    on_test_start = on_validation_start
+    on_test_batch_end = on_validation_batch_end
 
 
 class ValidationSummary(L.Callback):
