@@ -75,9 +75,7 @@ def check_resumable(run_root: Path) -> None:
 def resumed_trainings(run_root: Path) -> list[Path]:
     """The ``checkpoints`` folders of the trainings a resume of ``run_root`` goes on with: the
     run's (its last stage's) and those of the stages (``stages/<i>-<name>``) not finished."""
-    finished = StageFiles(RunDir(run_root)).read()["finished"]
-    stages = (run_root / "stages").glob("*-*/checkpoints")
-    return [run_root / "checkpoints", *(path for path in stages if path.parent.name.partition("-")[2] not in finished)]
+    return [run_root / "checkpoints", *StageFiles(RunDir(run_root)).unfinished_checkpoints()]
 
 
 def read_state(path: Path) -> dict[str, Any]:

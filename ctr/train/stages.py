@@ -49,6 +49,13 @@ class StageFiles:
     def folder(self, index: int, stage: Stage) -> Path:
         return self.root / f"{index}-{stage.name}"
 
+    def unfinished_checkpoints(self) -> list[Path]:
+        """The ``checkpoints`` folders of the stage folders written (``folder``'s
+        ``<index>-<name>``) whose stage the progress record does not call finished."""
+        finished = self.read()["finished"]
+        folders = self.root.glob("*-*/checkpoints")
+        return [path for path in folders if path.parent.name.partition("-")[2] not in finished]
+
     def read(self) -> dict[str, Any]:
         if not self.progress.exists():
             return {"finished": [], "seconds": {}}
