@@ -244,7 +244,7 @@ def _predict(args: argparse.Namespace) -> int:
     from ctr.train.predict import predict
 
     with sigterm_raises():
-        result = predict(args.run_dir, args.input, args.out, progress=sys.stderr.isatty())
+        result = predict(args.run_dir, args.input, args.out)
     print(f"scored {result['rows']:,} rows into {args.out} ({result['rows_per_s']:,.0f} rows/s)", file=sys.stderr)
     print(metrics_json(result))
     return 0

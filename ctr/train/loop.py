@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -87,6 +88,14 @@ def _check_backend(recipe: Recipe, device: torch.device) -> None:
             check_fused(recipe.embedding.backend, fused_optimizer(recipe.train.embedding_optimizer))
     except BackendUnavailable as err:
         raise RecipeError(f"embedding.backend: {err}") from None
+
+
+def shows_bars(recipe: Recipe) -> bool:
+    """Whether a command on ``recipe``'s run draws progress bars (``trainer.progress_bar``;
+    unset: when stderr is a terminal); without them it logs a line every
+    ``PROGRESS_LOG_SECONDS``."""
+    flag = recipe.trainer.progress_bar
+    return sys.stderr.isatty() if flag is None else flag
 
 
 def use_threads(num_threads: int | str | None) -> None:

@@ -37,7 +37,7 @@ from ctr.datasets.shards import shard_files
 from ctr.errors import UserError, reason
 from ctr.metrics import split_metrics
 from ctr.recipe import DataConfig
-from ctr.train.loop import placement, use_threads
+from ctr.train.loop import placement, shows_bars, use_threads
 from ctr.train.saved import encode_rows, finished_run, oov_counts, restored_task
 from ctr.train.task import probabilities
 
@@ -53,9 +53,10 @@ class Scored:
     groups: np.ndarray | None
 
 
-def predict(run_root: Path, data: Path, out: Path, progress: bool = False) -> dict[str, Any]:
+def predict(run_root: Path, data: Path, out: Path) -> dict[str, Any]:
     """Scores every row of ``data`` into ``out``; returns rows, rows/s, the OOV counts and,
-    when the rows have labels, AUC, logloss (and group AUC with a group column)."""
+    when the rows have labels, AUC, logloss (and group AUC with a group column). Progress
+    is shown as the run's training showed it (``shows_bars``)."""
     if out.resolve() == data.resolve():
         raise UserError(f"{out}: is the input; write the scores to another file")
     if not data.is_file() and out.resolve().is_relative_to(data.resolve()):
@@ -64,6 +65,7 @@ def predict(run_root: Path, data: Path, out: Path, progress: bool = False) -> di
     run, recipe, ckpt = finished_run(run_root, out)
     _refuse_read_input(out, data, recipe.data)
     use_threads(recipe.trainer.num_threads)  # as in training: another thread count sums in another order
+    progress = shows_bars(recipe)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ctr-predict-") as tmp:
         encoded = encode_rows(run, recipe, Path(tmp), data, progress=progress)

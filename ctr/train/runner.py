@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -21,7 +20,8 @@ from ctr.train.checkpoints import check_resumable, holds_distributed_checkpoints
 from ctr.train.launch import group_holds, launched, process_group, require_one_process, shared_path
 from ctr.train.checks import check_before_fit, check_schedule_floors, require_rows
 from ctr.train.loop import (
-    Placement, Session, check_best_kept, evaluate_checkpoint, fit, placement, quiet_lightning, trainer_for, use_threads,
+    Placement, Session, check_best_kept, evaluate_checkpoint, fit, placement, quiet_lightning, shows_bars, trainer_for,
+    use_threads,
 )
 from ctr.train.optim import fused_optimizer
 from ctr.train.plots import plot_curves
@@ -67,7 +67,7 @@ def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:
     place = placement(recipe)
     use_threads(recipe.trainer.num_threads)
     L.seed_everything(recipe.seed, workers=True, verbose=False)
-    progress = _progress(recipe)
+    progress = shows_bars(recipe)
     recipe.data = resolve_features(recipe.data)  # the run's recipe.yaml lists every feature
     if resume:
         run.check_resumed_inputs(recipe.data)
@@ -153,7 +153,7 @@ def evaluate(run_root: Path, split: str = "test", data: Path | None = None) -> d
     counts per feature), encoded with the run's saved schema and vocabularies."""
     run, recipe, ckpt = finished_run(run_root)
     use_threads(recipe.trainer.num_threads)  # as in training: another thread count sums in another order
-    progress = _progress(recipe)
+    progress = shows_bars(recipe)
     with tempfile.TemporaryDirectory(prefix="ctr-eval-") as tmp:
         encoded = encode_rows(run, recipe, Path(tmp), data, split, progress)
         if data is not None and not encoded.labelled:
@@ -177,8 +177,3 @@ def _one_process(place: Placement) -> Placement:
     """``place`` as the only process: its loaders read every row. A launcher's environment
     (``WORLD_SIZE`` > 1) would give each process a share, scored by nobody else."""
     return replace(place, rank=0, world_size=1)
-
-
-def _progress(recipe: Recipe) -> bool:
-    flag = recipe.trainer.progress_bar
-    return sys.stderr.isatty() if flag is None else flag

@@ -72,7 +72,7 @@ def test_predict_scores_histories_too_short_to_train_on(tiny_amazon, tmp_path):
                  "trainer.progress_bar=false"]
     train(load_recipe(RECIPES / "full.yaml", overrides), tmp_path / "run")
     (tmp_path / "Short.txt").write_text("1 3 5 7\n2 4 6 8\n")
-    result = predict(tmp_path / "run", tmp_path / "Short.txt", tmp_path / "scores.csv", progress=False)
+    result = predict(tmp_path / "run", tmp_path / "Short.txt", tmp_path / "scores.csv")
     assert result["rows"] == 8  # 2 users × 2 prefixes × (next item, a negative)
     scores = pd.read_csv(tmp_path / "scores.csv")  # each score joins to its user, target and item
     assert list(scores.columns) == ["line", "user_id", "target", "item_id", "score", "label"]

@@ -704,6 +704,21 @@ def test_predict_without_a_bar_logs_the_rows_scored(csv_run, tmp_path, monkeypat
     assert re.fullmatch(r"predict: scoring: 1,000 rows scored \([\d,]+ rows/s\)", scored[-1])
 
 
+def test_predict_on_a_terminal_follows_the_runs_progress_bar_setting(csv_run, tmp_path, monkeypatch, caplog):
+    """``ctr predict`` drew bars on a terminal whatever the run's ``trainer.progress_bar``
+    (``ctr train`` and ``ctr eval`` follow it): a run trained with ``false`` logs the rows
+    scored every PROGRESS_LOG_SECONDS (here 0: every batch of 512) instead."""
+    from ctr.datasets import progress
+
+    home, run = csv_run
+    monkeypatch.setattr(progress, "PROGRESS_LOG_SECONDS", 0.0)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    caplog.set_level(logging.INFO)
+    assert main(["predict", str(run), str(home / "data" / "test.csv"), "--out", str(tmp_path / "scores.parquet")]) == 0
+    scored = [m.split(" rows scored")[0] for m in caplog.messages if "rows scored" in m]
+    assert scored == ["predict: scoring: 512", "predict: scoring: 1,000"]
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, a folder no one can create files in")
 def test_predict_checks_its_out_before_encoding(csv_run, tmp_path, monkeypatch):
     """An --out that is a folder, or where no file can be created, is refused before the input
