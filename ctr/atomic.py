@@ -218,12 +218,20 @@ class CsvRows:
         """Appends ``row`` (missing or None columns empty) and rewrites the file; the row as stored."""
         stored = {k: "" if row.get(k) is None else str(row[k]) for k in self.columns}
         self.rows.append(stored)
+        self._write()
+        return stored
+
+    def drop(self, which: Callable[[dict[str, str]], bool]) -> None:
+        """Leaves out the rows ``which`` is true of and rewrites the file."""
+        self.rows = [row for row in self.rows if not which(row)]
+        self._write()
+
+    def _write(self) -> None:
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=self.columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write(self.path, text.getvalue())
-        return stored
 
 
 def _checked_row(row: dict[str, str], line: int, path: Path, numbers: dict[str, type],

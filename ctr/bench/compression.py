@@ -46,7 +46,7 @@ from ctr.bench.grid import (
 )
 from ctr.errors import UserError, sigterm_raises
 from ctr.metrics import mean_std
-from ctr.recipe import import_recipe_plugins, recipe_from_dict
+from ctr.recipe import Recipe, import_recipe_plugins, recipe_from_dict
 from ctr.recipe.files import apply_override, read_yaml
 from ctr.registry import EMBEDDINGS
 from ctr.train.plots import save_png
@@ -147,6 +147,7 @@ def run_compression(
     recipes = cell_recipes(raws, base, recipe_path)
     results = Results(out / "results.csv")
     check_settings(out, base, recipes, results.holds_finished())
+    _drop_redrawn(results, cells, recipes, out)
     todo = []
     for number, cell in enumerate(cells, 1):
         if results.done(cell):
@@ -174,6 +175,19 @@ def run_compression(
         pool.shutdown()
     _report(results, cells, out, seeds)
     return results
+
+
+def _drop_redrawn(results: Results, cells: list[Cell], recipes: dict[str, Recipe], out: Path) -> None:
+    """Removes the runs (and their rows) of the cells begun on rows that their generated
+    dataset's generator now draws otherwise (``RunDir.drawn_otherwise``): they train again,
+    as a resume of them is refused."""
+    for cell in cells:
+        run = RunDir(out / "runs" / cell.key)
+        drawn = run.drawn_otherwise(recipes[cell.key].data) if cell.key in recipes else None
+        if drawn:
+            log.warning("bench %s: %s: its run is removed and trained again", cell.key, drawn)
+            results.drop(lambda row: Path(row["run_dir"]).name == cell.key)
+            shutil.rmtree(run.root)
 
 
 class Children:

@@ -214,7 +214,7 @@ class RunDir:
         input files changed, added or removed since."""
         saved = self.schema / KEY_FILE
         if saved.exists():
-            generator = generator_change(saved_value(saved, "source"), data)
+            generator = self.drawn_otherwise(data)
             if generator:
                 raise UserError(f"{self.root}: {generator}; a resumed run trains on the data it began with: train a "
                                 "new run")
@@ -222,6 +222,13 @@ class RunDir:
             if change:
                 raise UserError(f"{self.root}: {change} since the run began; a resumed run trains on the data it "
                                 "began with: restore it, or train a new run")
+
+    def drawn_otherwise(self, data: DataConfig) -> str | None:
+        """How the rows this run began on differ from those its generated dataset's generator
+        draws for ``data`` now (``generator_change`` of its saved key); None when the same, for
+        data read from files, or for a run with no key (none yet, or of an earlier ctr)."""
+        saved = self.schema / KEY_FILE
+        return generator_change(saved_value(saved, "source"), data) if saved.exists() else None
 
     def check_resumed_encoding(self, prepared_root: Path) -> None:
         """Refuses to resume a run whose data another pipeline version encoded (its key's

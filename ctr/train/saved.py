@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ctr.atomic import check_writable, replaced_folder
-from ctr.datasets.cache import KEY_FILE, generator_change, input_change, source_fingerprint
+from ctr.datasets.cache import KEY_FILE, input_change, source_fingerprint
 from ctr.datasets.preprocess import Encoded, encode_with_schema
 from ctr.errors import UserError
 from ctr.recipe import DataConfig, Recipe
@@ -130,7 +130,7 @@ def _warn_if_changed(run: RunDir, config: DataConfig, split: str, rows: int) -> 
         return
     key = run.schema / KEY_FILE
     if key.exists():
-        drawn = generator_change(saved_value(key, "source"), config)
+        drawn = run.drawn_otherwise(config)
         if drawn:
             log.warning("%s: %s: these metrics are not the run's", run.root, drawn)
             return

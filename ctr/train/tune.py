@@ -25,6 +25,7 @@ import itertools
 import json
 import logging
 import math
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -192,6 +193,7 @@ class Tuning:
         results = Results(self.out / "results.csv")
         results.check_same_grid(recipes, self._same_in_run_folder)
         self._check_started_runs(recipes)
+        self._drop_redrawn(recipes, results)
         refused = self._refused(recipes, results)
         runnable = [p for p in self.points if p.key not in refused]
         first = [self._run(results, p, recipes[p.key], 0, monitor) for p in runnable]
@@ -224,6 +226,20 @@ class Tuning:
                 if change:
                     raise UserError(f"{self.out}: holds runs of other settings ({run.root.name}: {change}); "
                                     "choose another --out")
+
+    def _drop_redrawn(self, recipes: dict[str, Recipe], results: Results) -> None:
+        """Removes the runs (and their rows) begun on rows that their generated dataset's
+        generator now draws otherwise (``RunDir.drawn_otherwise``): they train again, as a
+        resume of them is refused."""
+        for point in self.points:
+            for offset in range(self.seeds):
+                run = self._run_dir(point.key, offset)
+                drawn = run.drawn_otherwise(recipes[point.key].data)
+                if drawn:
+                    log.warning("tune %s seed %d (%s): %s: its run is removed and trained again", point.key,
+                                recipes[point.key].seed + offset, point.label, drawn)
+                    results.drop(lambda row: row["point"] == point.key and int(row["offset"]) == offset)
+                    shutil.rmtree(run.root)
 
     def _same_in_run_folder(self, row: dict[str, str], recipe: Recipe) -> bool:
         """Whether ``row``'s run folder holds a run begun with ``recipe`` (its recipe.yaml

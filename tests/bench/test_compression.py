@@ -191,6 +191,30 @@ def test_a_killed_cell_resumes_from_its_checkpoint_on_the_next_run(tmp_path):
     assert row["status"] == "ok" and row["peak_rss_mib"] == "" and row["test_auc"] == rerun.rows[0]["test_auc"]
 
 
+def test_a_finished_cell_whose_generator_now_draws_other_rows_is_trained_again(tmp_path, caplog):
+    """A cell's run on the rows synthetic generator 4 drew with ``interacting_pairs: 0``
+    (every label 0; this ctr draws others) was reported as today's result, which ``ctr train
+    --resume`` of it refuses."""
+    import json
+
+    from ctr.datasets.cache import KEY_FILE
+
+    recipe = tmp_path / "base.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, data={"interacting_pairs": 0})))
+    out = tmp_path / "bench"
+    run_compression(recipe, ["full"], [0.5], 1, out, [])
+    key = out / "runs" / "full-full-s0" / "schema" / KEY_FILE
+    saved = json.loads(key.read_text())
+    key.write_text(json.dumps({**saved, "source": {**saved["source"], "generator": 4}}))
+    caplog.set_level(logging.INFO, logger="ctr.bench")
+    (row,) = run_compression(recipe, ["full"], [0.5], 1, out, []).rows
+    assert [m for m in caplog.messages if "generator version" in m] == [
+        "bench full-full-s0: synthetic generator version 4 drew its rows, and this ctr's version 5 draws others for "
+        "its recipe: its run is removed and trained again"]
+    assert row["status"] == "ok" and json.loads(key.read_text())["source"]["generator"] == 5
+    assert not any("finished earlier" in m for m in caplog.messages)
+
+
 def test_a_cell_killed_in_its_first_stage_resumes_on_the_next_run(tmp_path, caplog):
     recipe = tmp_path / "base.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 1})))

@@ -575,3 +575,36 @@ def test_a_count_flag_below_one_is_named_with_its_value(tmp_path, capsys, argv, 
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
     assert main([*argv[:-2], str(tmp_path / "r.yaml"), *argv[-2:], "--out", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip() == f"ctr: error: {said}"
+
+
+REDRAWN = ("tune p00 seed 42 (train.embedding_optimizer.lr=0.01): synthetic generator version 4 drew its rows, and "
+           "this ctr's version 5 draws others for its recipe: its run is removed and trained again")
+
+
+@pytest.mark.parametrize("pairs, redone", [(0, True), (12, False)])
+def test_a_finished_run_whose_generator_now_draws_other_rows_is_trained_again(tmp_path, caplog, pairs, redone):
+    """A point's run on the rows synthetic generator 4 drew with ``interacting_pairs: 0``
+    (every label 0; this ctr draws others) was reported as today's result, which ``ctr train
+    --resume`` of it refuses; with pairs, version 4 drew today's rows and the run is kept."""
+    import json
+    import logging
+
+    from ctr.datasets.cache import KEY_FILE
+    from ctr.train.rundir import RunDir
+
+    out, grid = tmp_path / "t", parse_grid(["train.embedding_optimizer.lr=0.01,0.1"])
+    base = _recipe_file(tmp_path, data={"interacting_pairs": pairs})
+    Tuning(base, grid, 1, out, [], FakeTrainer()).run()
+    run = RunDir(out / "runs" / "p00-s0")  # what a real run of generator 4 leaves (FakeTrainer writes nothing)
+    run.write_recipe(load_recipe(base, ["train.embedding_optimizer.lr=0.01"]))
+    run.metrics.write_text("{}")
+    run.schema.mkdir()
+    (run.schema / KEY_FILE).write_text(json.dumps({"source": {"files": [], "generator": 4}}))
+    trainer = FakeTrainer()
+    caplog.set_level(logging.INFO, logger="ctr.tune")
+    Tuning(base, grid, 1, out, [], trainer).run()
+    assert trainer.calls == ([(0.01, 42)] if redone else [])
+    assert [m for m in caplog.messages if "generator version" in m] == ([REDRAWN] if redone else [])
+    assert run.root.exists() != redone
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert sorted(r["point"] for r in rows) == ["p00", "p01"]
