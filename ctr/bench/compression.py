@@ -178,16 +178,16 @@ def run_compression(
 
 
 def _drop_redrawn(results: Results, cells: list[Cell], recipes: dict[str, Recipe], out: Path) -> None:
-    """Removes the runs (and their rows) of the cells begun on rows that their generated
-    dataset's generator now draws otherwise (``RunDir.drawn_otherwise``): they train again,
-    as a resume of them is refused."""
+    """Moves the runs of the cells begun on rows that their generated dataset's generator now
+    draws otherwise (``RunDir.drawn_otherwise``) into ``OUT/stale-runs`` and drops their rows:
+    they train again, as a resume of them is refused."""
     for cell in cells:
         run = RunDir(out / "runs" / cell.key)
         drawn = run.drawn_otherwise(recipes[cell.key].data) if cell.key in recipes else None
         if drawn:
-            log.warning("bench %s: %s: its run is removed and trained again", cell.key, drawn)
             results.drop(lambda row: Path(row["run_dir"]).name == cell.key)
-            shutil.rmtree(run.root)
+            kept = run.set_aside(out / "stale-runs")
+            log.warning("bench %s: %s: its run is moved to %s and trained again", cell.key, drawn, kept)
 
 
 class Children:

@@ -230,6 +230,17 @@ class RunDir:
         saved = self.schema / KEY_FILE
         return generator_change(saved_value(saved, "source"), data) if saved.exists() else None
 
+    def set_aside(self, folder: Path) -> Path:
+        """Moves this run into ``folder`` (made if missing) under a name no run there holds,
+        keeping what it wrote; the new path."""
+        folder.mkdir(parents=True, exist_ok=True)
+        kept = folder / self.root.name
+        number = 1
+        while kept.exists():
+            number += 1
+            kept = folder / f"{self.root.name}-{number}"
+        return self.root.rename(kept)
+
     def check_resumed_encoding(self, prepared_root: Path) -> None:
         """Refuses to resume a run whose data another pipeline version encoded (its key's
         ``version``; a run saved without a key, by an earlier ctr) when its fitted schema or

@@ -25,7 +25,6 @@ import itertools
 import json
 import logging
 import math
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -228,18 +227,18 @@ class Tuning:
                                     "choose another --out")
 
     def _drop_redrawn(self, recipes: dict[str, Recipe], results: Results) -> None:
-        """Removes the runs (and their rows) begun on rows that their generated dataset's
-        generator now draws otherwise (``RunDir.drawn_otherwise``): they train again, as a
-        resume of them is refused."""
+        """Moves the runs begun on rows that their generated dataset's generator now draws
+        otherwise (``RunDir.drawn_otherwise``) into ``OUT/stale-runs`` and drops their rows:
+        they train again, as a resume of them is refused."""
         for point in self.points:
             for offset in range(self.seeds):
                 run = self._run_dir(point.key, offset)
                 drawn = run.drawn_otherwise(recipes[point.key].data)
                 if drawn:
-                    log.warning("tune %s seed %d (%s): %s: its run is removed and trained again", point.key,
-                                recipes[point.key].seed + offset, point.label, drawn)
                     results.drop(lambda row: row["point"] == point.key and int(row["offset"]) == offset)
-                    shutil.rmtree(run.root)
+                    kept = run.set_aside(self.out / "stale-runs")
+                    log.warning("tune %s seed %d (%s): %s: its run is moved to %s and trained again", point.key,
+                                recipes[point.key].seed + offset, point.label, drawn, kept)
 
     def _same_in_run_folder(self, row: dict[str, str], recipe: Recipe) -> bool:
         """Whether ``row``'s run folder holds a run begun with ``recipe`` (its recipe.yaml

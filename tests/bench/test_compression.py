@@ -210,8 +210,10 @@ def test_a_finished_cell_whose_generator_now_draws_other_rows_is_trained_again(t
     (row,) = run_compression(recipe, ["full"], [0.5], 1, out, []).rows
     assert [m for m in caplog.messages if "generator version" in m] == [
         "bench full-full-s0: synthetic generator version 4 drew its rows, and this ctr's version 5 draws others for "
-        "its recipe: its run is removed and trained again"]
+        f"its recipe: its run is moved to {out / 'stale-runs' / 'full-full-s0'} and trained again"]
     assert row["status"] == "ok" and json.loads(key.read_text())["source"]["generator"] == 5
+    stale = out / "stale-runs" / "full-full-s0" / "schema" / KEY_FILE
+    assert json.loads(stale.read_text())["source"]["generator"] == 4
     assert not any("finished earlier" in m for m in caplog.messages)
 
 

@@ -167,3 +167,19 @@ def test_a_checkpoint_lacking_a_ranks_generators_is_not_resumed(tmp_path):
         (run.checkpoints / "last" / f"random-{rank}.pt").unlink(missing_ok=True)
         torch.save(torch.get_rng_state(), run.checkpoints / "last" / f"rng-{rank}.pt")
     check_resumable(run.root)
+
+
+def test_a_run_set_aside_keeps_what_it_wrote_beside_an_earlier_one_of_its_name(tmp_path):
+    """tune and bench compression move a run they train again into ``OUT/stale-runs``: a
+    second one of the same name goes beside the first, which stays as it was."""
+    from ctr.train.rundir import RunDir
+
+    kept = []
+    for text in ("first", "second"):
+        run = RunDir(tmp_path / "runs" / "p00-s0")
+        run.root.mkdir(parents=True)
+        (run.root / "metrics.json").write_text(text)
+        kept.append(run.set_aside(tmp_path / "stale-runs"))
+    assert kept == [tmp_path / "stale-runs" / "p00-s0", tmp_path / "stale-runs" / "p00-s0-2"]
+    assert [(k / "metrics.json").read_text() for k in kept] == ["first", "second"]
+    assert not (tmp_path / "runs" / "p00-s0").exists()

@@ -578,7 +578,7 @@ def test_a_count_flag_below_one_is_named_with_its_value(tmp_path, capsys, argv, 
 
 
 REDRAWN = ("tune p00 seed 42 (train.embedding_optimizer.lr=0.01): synthetic generator version 4 drew its rows, and "
-           "this ctr's version 5 draws others for its recipe: its run is removed and trained again")
+           "this ctr's version 5 draws others for its recipe: its run is moved to {} and trained again")
 
 
 @pytest.mark.parametrize("pairs, redone", [(0, True), (12, False)])
@@ -604,7 +604,9 @@ def test_a_finished_run_whose_generator_now_draws_other_rows_is_trained_again(tm
     caplog.set_level(logging.INFO, logger="ctr.tune")
     Tuning(base, grid, 1, out, [], trainer).run()
     assert trainer.calls == ([(0.01, 42)] if redone else [])
-    assert [m for m in caplog.messages if "generator version" in m] == ([REDRAWN] if redone else [])
-    assert run.root.exists() != redone
+    kept = out / "stale-runs" / "p00-s0"
+    assert [m for m in caplog.messages if "generator version" in m] == ([REDRAWN.format(kept)] if redone else [])
+    assert run.root.exists() != redone and kept.exists() == redone
+    assert not redone or (kept / "metrics.json").read_text() == "{}"
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert sorted(r["point"] for r in rows) == ["p00", "p01"]
