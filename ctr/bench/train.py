@@ -14,7 +14,6 @@ then ``steps`` timed steps, then, on a GPU, ``profile_steps`` steps under the pr
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,7 +124,7 @@ def run_train_bench(config: TrainBenchConfig) -> TrainBenchResult:
     """Trains ``config.recipe`` for the configured steps and returns the measurements."""
     from ctr.datasets import prepare
     from ctr.recipe import load_recipe
-    from ctr.train.loop import Session, placement, quiet_lightning, use_threads
+    from ctr.train.loop import Session, placement, quiet_lightning, shows_bars, use_threads
     from ctr.train.rundir import RunDir
     from ctr.train.task import CTRTask
 
@@ -140,7 +139,7 @@ def run_train_bench(config: TrainBenchConfig) -> TrainBenchResult:
     quiet_lightning()
     use_threads(recipe.trainer.num_threads)  # as ctr train does: the figures are of the same loop
     L.seed_everything(recipe.seed, verbose=False)
-    prepared = prepare(recipe.data, sys.stderr.isatty())
+    prepared = prepare(recipe.data, shows_bars(recipe))
     clock = EventClock(device) if device.type == "cuda" else WallClock()
     profiled = config.profile_steps if device.type == "cuda" else 0  # the profiler's figures are a GPU's only
     task = CTRTask(recipe, prepared.schema, phases=clock)
