@@ -29,7 +29,7 @@ from torch import nn
 from ctr.atomic import atomic_write, finish_replace, replace_folder, replaced_folder, staging_folder
 from ctr.errors import UserError, raise_wrapped_signal, reason
 from ctr.recipe import EarlyStopConfig
-from ctr.train.loop import Placement
+from ctr.train.placement import Placement
 from ctr.train.rundir import RunDir
 from ctr.train.stages import StageFiles, restore_random, save_random
 

@@ -47,7 +47,8 @@ from ctr.train.distributed_epochs import EpochLoop, Span, evaluate
 from ctr.train.distributed_optim import Optimizers
 from ctr.train.distributed_stages import ArchSteps, cycle, run_stages
 from ctr.train.stages import StageFiles, continues_training
-from ctr.train.loop import Placement, use_threads, wants_gpu
+from ctr.train.loop import use_threads
+from ctr.train.placement import Placement, wants_gpu
 from ctr.train.optim import build_optimizer
 from ctr.train.plots import plot_curves
 from ctr.train.rundir import RunDir

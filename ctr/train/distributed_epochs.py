@@ -34,7 +34,8 @@ from ctr.recipe import Recipe
 from ctr.train.callbacks import diverged, loss_check_interval, progress_every, warn_if_not_finite
 from ctr.train.checkpoints import Checkpointer, TrainState
 from ctr.train.distributed_stages import ArchSteps
-from ctr.train.loop import LOG_EVERY_N_STEPS, PROGRESS_EVERY_N_STEPS, Placement, beats, read_log_rows
+from ctr.train.loop import LOG_EVERY_N_STEPS, PROGRESS_EVERY_N_STEPS, beats, read_log_rows
+from ctr.train.placement import Placement
 from ctr.train.task import densify_gradients
 
 if TYPE_CHECKING:

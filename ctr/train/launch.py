@@ -28,7 +28,7 @@ import torch.distributed as dist
 from ctr.errors import RecipeError, Terminated, UserError, sigterm_raises
 from ctr.host import launched
 from ctr.recipe import Recipe
-from ctr.train.loop import Placement, placement
+from ctr.train.placement import Placement, placement
 from ctr.train.rundir import RunDir
 
 LAUNCHER = "CTR_LAUNCHER_PID"  # set in the ranks ctr's launcher starts

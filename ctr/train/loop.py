@@ -1,8 +1,9 @@
-"""The training lifecycle in one place: where the run is placed, its loaders, Lightning's
-Trainer, one fit, and the evaluation of a checkpoint.
+"""The training lifecycle in one place: its loaders, Lightning's Trainer, one fit, and the
+evaluation of a checkpoint (where the run is placed: ``placement.py``).
 
 ``runner.py`` (``ctr train`` / ``ctr eval``) and ``stages.py`` (multi-stage methods) call into
-this module; it imports neither. The batch size, rank and world size are read here only.
+this module; it imports neither. The batch size is read here only (the rank and world size:
+``placement.py``).
 """
 
 from __future__ import annotations
@@ -26,68 +27,22 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from ctr.atomic import atomic_path
 from ctr.datasets import BatchLoader, Prepared
 from ctr.datasets.resident import ResidentLoader
-from ctr.errors import RecipeError, UserError, reason, sigterm_to_lightning
+from ctr.errors import UserError, reason, sigterm_to_lightning
 from ctr.host import usable_cores
-from ctr.kernels.embedding_bag import BackendUnavailable, check_fused, resolve_backend
 from ctr.recipe import Recipe
-from ctr.recipe.checks import reads_backend
 from ctr.train.callbacks import (
     AtomicCheckpointIO, EvalProgressLines, FiniteLoss, LoaderEpoch, ProgressLines, RandomState, ResumableEarlyStopping,
     RunCheckpoint, Throughput, ValidateAtMaxSteps, ValidationSummary, loss_check_interval, rerooted,
 )
 from ctr.train.checks import TRAINING_MIN_ROWS
-from ctr.train.optim import fused_optimizer
+from ctr.train.placement import Placement
 from ctr.train.rundir import RunDir
 from ctr.train.task import CTRTask, unfinished_epoch
 
 Loader = BatchLoader | ResidentLoader
 log = logging.getLogger("ctr.train")
-ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
 LOG_EVERY_N_STEPS = 20
 PROGRESS_EVERY_N_STEPS = 100
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where this process trains: its rank among ``world_size`` processes and its device."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-
-
-def placement(recipe: Recipe) -> Placement:
-    """This process's placement, from the recipe's accelerator and the launcher's environment
-    (``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` as torchrun sets them; one process otherwise).
-    An accelerator, or a kernel backend of a method that reads one, that this machine lacks
-    is a RecipeError (before any work)."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    accelerator = recipe.trainer.accelerator
-    if accelerator not in ACCELERATORS:
-        raise RecipeError(f"trainer.accelerator: {accelerator!r}: choose from {', '.join(ACCELERATORS)}")
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise RecipeError(f"trainer.accelerator: {accelerator!r} but this machine has no CUDA GPU; use cpu or auto")
-    gpu = wants_gpu(accelerator)
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if gpu else torch.device("cpu")
-    if reads_backend(recipe.embedding.method):  # else $CTR_KERNEL_BACKEND names kernels the method never runs
-        _check_backend(recipe, device)
-    return Placement(rank, world, device)
-
-
-def wants_gpu(accelerator: str) -> bool:
-    """Whether ``trainer.accelerator`` places a process on a CUDA GPU here."""
-    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-
-
-def _check_backend(recipe: Recipe, device: torch.device) -> None:
-    """Refuses a kernel backend (the recipe's, else the environment's) that cannot run on
-    ``device``, or cannot apply the recipe's fused table update."""
-    try:
-        resolve_backend(recipe.embedding.backend, device)
-        if recipe.train.embedding_optimizer.fused:
-            check_fused(recipe.embedding.backend, fused_optimizer(recipe.train.embedding_optimizer))
-    except BackendUnavailable as err:
-        raise RecipeError(f"embedding.backend: {err}") from None
 
 
 def shows_bars(recipe: Recipe) -> bool:

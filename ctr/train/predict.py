@@ -37,7 +37,8 @@ from ctr.datasets.shards import shard_files
 from ctr.errors import UserError, reason
 from ctr.metrics import split_metrics
 from ctr.recipe import DataConfig
-from ctr.train.loop import placement, shows_bars, use_threads
+from ctr.train.loop import shows_bars, use_threads
+from ctr.train.placement import placement
 from ctr.train.saved import encode_rows, finished_run, oov_counts, restored_task
 from ctr.train.task import probabilities
 

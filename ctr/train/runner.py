@@ -20,10 +20,10 @@ from ctr.train.checkpoints import check_resumable, holds_distributed_checkpoints
 from ctr.train.launch import group_holds, launched, process_group, require_one_process, shared_path
 from ctr.train.checks import check_before_fit, check_schedule_floors, require_rows
 from ctr.train.loop import (
-    Placement, Session, check_best_kept, evaluate_checkpoint, fit, placement, quiet_lightning, shows_bars, trainer_for,
-    use_threads,
+    Session, check_best_kept, evaluate_checkpoint, fit, quiet_lightning, shows_bars, trainer_for, use_threads,
 )
 from ctr.train.optim import fused_optimizer
+from ctr.train.placement import Placement, placement
 from ctr.train.plots import plot_curves
 from ctr.train.rundir import RESUME_OVERRIDES, RunDir
 from ctr.train.saved import encode_rows, finished_run, oov_counts, restored_task

@@ -11,7 +11,7 @@ import yaml
 from ctr.cli import main
 from ctr.errors import RecipeError
 from ctr.recipe import recipe_from_dict
-from ctr.train.loop import placement
+from ctr.train.placement import placement
 from tests.conftest import tiny_recipe
 
 

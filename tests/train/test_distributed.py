@@ -420,7 +420,7 @@ def test_a_checkpoint_restores_every_generator_of_its_world_size_and_an_earlier_
     import random
 
     from ctr.train.checkpoints import restore_checkpoint_random
-    from ctr.train.loop import Placement
+    from ctr.train.placement import Placement
     from ctr.train.stages import save_random
 
     rank0_of = lambda world: Placement(rank=0, world_size=world, device=torch.device("cpu"))

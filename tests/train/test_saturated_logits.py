@@ -17,7 +17,7 @@ from ctr.datasets.progress import RowProgress
 from ctr.metrics import EPS
 from ctr.recipe import recipe_from_dict
 from ctr.train.distributed_epochs import evaluate
-from ctr.train.loop import Placement
+from ctr.train.placement import Placement
 from ctr.train.predict import _metrics, _scores, _write
 from ctr.train.stages import split_auc
 from ctr.train.task import CTRTask
