@@ -163,9 +163,9 @@ def _bench_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from ctr.recipe import load_recipe
-    from ctr.train.rundir import RESUME_OVERRIDES, RunDir
+    from ctr.train.rundir import RESUME_OVERRIDES, RunDir, default_run_dir
     from ctr.train.launch import die_with_starter
-    from ctr.train.runner import default_run_dir, train
+    from ctr.train.runner import train
 
     die_with_starter()
 
@@ -211,11 +211,10 @@ def _spawn_train(args: argparse.Namespace, recipe, root: Path) -> int:  # noqa: 
     from ctr.train.distributed import check_distributed
     from ctr.train.launch import spawn
     from ctr.train.rundir import RunDir
-    from ctr.train.runner import check_resume_world
 
     check_distributed(recipe)  # before any process starts: one error line, not one per rank
     if args.resume:
-        check_resume_world(RunDir(args.resume), recipe.trainer.world_size)
+        RunDir(args.resume).check_resumed_world(recipe.trainer.world_size)
         check_resumable(Path(args.resume))
         RunDir(args.resume).check_resumed_inputs(recipe.data)
     overrides = [f"-o{item}" for item in args.override]

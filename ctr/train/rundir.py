@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import shutil
+import time
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +28,11 @@ RUN_ENTRIES = frozenset({"recipe.yaml", "schema", "checkpoints", "logs", "stages
 
 
 RESUME_OVERRIDES = ("trainer.devices", "trainer.num_nodes")  # what a resume may change: the world size
+
+
+def default_run_dir(recipe: Recipe) -> Path:
+    """``output.dir``, else ``runs/<name>-<time>``."""
+    return Path(recipe.output.dir or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def _as_kept(recipe: Recipe) -> dict[str, Any]:
@@ -240,6 +246,13 @@ class RunDir:
             number += 1
             kept = folder / f"{self.root.name}-{number}"
         return self.root.rename(kept)
+
+    def check_resumed_world(self, world_size: int) -> None:
+        """Refuses to resume a run trained in one process (Lightning's ``.ckpt`` checkpoints) in
+        several: the distributed loop reads only its own (DCP) checkpoints and began it again."""
+        if world_size > 1 and self.lightning_checkpoints():
+            raise UserError(f"{self.root}: trained in one process (checkpoints/*.ckpt); it resumes in one process "
+                            "only: give no -o trainer.devices / trainer.num_nodes")
 
     def check_resumed_encoding(self, prepared_root: Path) -> None:
         """Refuses to resume a run whose data another pipeline version encoded (its key's

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,16 +24,12 @@ from ctr.train.loop import (
 from ctr.train.optim import fused_optimizer
 from ctr.train.placement import Placement, placement
 from ctr.train.plots import plot_curves
-from ctr.train.rundir import RESUME_OVERRIDES, RunDir
+from ctr.train.rundir import RESUME_OVERRIDES, RunDir, default_run_dir
 from ctr.train.saved import encode_rows, finished_run, oov_counts, restored_task
 from ctr.train.stages import train_stages
 from ctr.train.task import CTRTask, summary
 
 log = logging.getLogger("ctr.train")
-
-
-def default_run_dir(recipe: Recipe) -> Path:
-    return Path(recipe.output.dir or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict[str, Any]:
@@ -43,7 +38,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
     quiet_lightning()
     root = out or default_run_dir(recipe)
     if resume:
-        check_resume_world(RunDir(root), recipe.trainer.world_size)
+        RunDir(root).check_resumed_world(recipe.trainer.world_size)
     if launched() or (resume and holds_distributed_checkpoints(root)):
         with process_group(recipe) as place:  # a distributed run resumed on 1 process: a group of 1
             run = RunDir(shared_path(root))
@@ -113,14 +108,6 @@ def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:
     run.write_metrics(metrics)  # last: metrics.json marks the run finished
     log.info("run directory: %s (metrics.json, checkpoints/, logs/, curves.png)", run.root)
     return metrics
-
-
-def check_resume_world(run: RunDir, world_size: int) -> None:
-    """Refuses to resume a run trained in one process (Lightning's ``.ckpt`` checkpoints) in
-    several: the distributed loop reads only its own (DCP) checkpoints and began it again."""
-    if world_size > 1 and run.lightning_checkpoints():
-        raise UserError(f"{run.root}: trained in one process (checkpoints/*.ckpt); it resumes in one process only: "
-                        "give no -o trainer.devices / trainer.num_nodes")
 
 
 def _check_run(run: RunDir, recipe: Recipe, resume: bool) -> None:
