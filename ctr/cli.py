@@ -165,7 +165,6 @@ def _train(args: argparse.Namespace) -> int:
     from ctr.recipe import load_recipe
     from ctr.train.rundir import RESUME_OVERRIDES, RunDir, default_run_dir
     from ctr.train.launch import die_with_starter
-    from ctr.train.runner import train
 
     die_with_starter()
 
@@ -184,7 +183,15 @@ def _train(args: argparse.Namespace) -> int:
     out = args.run_dir = out or default_run_dir(recipe)  # named by the hint a signal's end prints
     if recipe.trainer.world_size > 1 and not launched():
         return _spawn_train(args, recipe, out)
-    metrics = train(recipe, out, resume=bool(args.resume))
+    return _train_here(recipe, out, bool(args.resume))
+
+
+def _train_here(recipe, out: Path, resume: bool) -> int:  # noqa: ANN001 (a Recipe)
+    """``ctr train`` in this process: a one-process run, or a rank of a launched group (the
+    launcher itself never imports the training loop and Lightning: they would delay its ranks)."""
+    from ctr.train.runner import train
+
+    metrics = train(recipe, out, resume=resume)
     if os.environ.get("RANK", "0") != "0":
         return 0
     print(_metrics_line("test", metrics["test"]) + f"  (embedding {metrics['embedding_bytes'] / 1e6:.2f} MB)")
@@ -207,21 +214,26 @@ def _resumed_recipe(run, overrides: list[str]):  # noqa: ANN001, ANN202 (a RunDi
 
 def _spawn_train(args: argparse.Namespace, recipe, root: Path) -> int:  # noqa: ANN001 (a Recipe)
     """``ctr train`` in ``trainer.devices`` processes of this machine (one run directory)."""
-    from ctr.train.checkpoints import check_resumable
-    from ctr.train.distributed import check_distributed
-    from ctr.train.launch import spawn
+    from ctr.train.launch import check_distributed, spawn
     from ctr.train.rundir import RunDir
 
     check_distributed(recipe)  # before any process starts: one error line, not one per rank
     if args.resume:
-        RunDir(args.resume).check_resumed_world(recipe.trainer.world_size)
-        check_resumable(Path(args.resume))
-        RunDir(args.resume).check_resumed_inputs(recipe.data)
+        _check_spawned_resume(RunDir(args.resume), recipe)
     overrides = [f"-o{item}" for item in args.override]
     command = ["train", "--resume", str(root)] if args.resume else ["train", args.recipe, "--out", str(root)]
     RunDir(root).check_usable()
     with RunDir(root).exclusive():  # the ranks train in it: the launcher holds it for them
         return spawn(command + overrides, recipe)
+
+
+def _check_spawned_resume(run, recipe) -> None:  # noqa: ANN001 (a RunDir, a Recipe)
+    """Refuses, before any process starts, a resume of ``run`` that its ranks would refuse."""
+    from ctr.train.checkpoints import check_resumable
+
+    run.check_resumed_world(recipe.trainer.world_size)
+    check_resumable(run.root)
+    run.check_resumed_inputs(recipe.data)
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -4,6 +4,8 @@ and nothing trains or writes a stage before them."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
 
 from ctr.datasets import Prepared
@@ -12,7 +14,9 @@ from ctr.errors import DataError, RecipeError
 from ctr.models.layers import Dice
 from ctr.recipe import Recipe
 from ctr.recipe.schedules import PlateauSchedule
-from ctr.train.task import CTRNet
+
+if TYPE_CHECKING:  # the Lightning module's file: ctr train's launcher runs these checks without Lightning
+    from ctr.train.task import CTRNet
 
 ONE_CLASS_UNDEFINED = ("valid/auc", "valid/gauc")  # metrics that need both labels in the split
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)

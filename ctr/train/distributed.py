@@ -36,47 +36,23 @@ from ctr.datasets import BatchLoader, Prepared, prepare
 from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.stages import Stage
 from ctr.datasets.source import SPLITS, resolve_features
-from ctr.errors import RecipeError
 from ctr.recipe import Recipe
-from ctr.registry import EMBEDDINGS
 from ctr.train.checkpoints import Checkpointer, TrainState
-from ctr.train.checks import (
-    TRAINING_MIN_ROWS, check_batch_split, check_before_fit, check_schedule_floors, require_rows,
-)
+from ctr.train.checks import TRAINING_MIN_ROWS, check_before_fit, check_schedule_floors, require_rows
 from ctr.train.distributed_epochs import EpochLoop, Span, evaluate
 from ctr.train.distributed_optim import Optimizers
 from ctr.train.distributed_stages import ArchSteps, cycle, run_stages
+from ctr.train.launch import check_distributed
 from ctr.train.stages import StageFiles, continues_training
 from ctr.train.loop import use_threads
-from ctr.train.placement import Placement, wants_gpu
+from ctr.train.placement import Placement
 from ctr.train.optim import build_optimizer
 from ctr.train.plots import plot_curves
 from ctr.train.rundir import RunDir
-from ctr.train.sharded import check_request, shard, shardable
+from ctr.train.sharded import shard, shardable
 from ctr.train.task import CTRNet, summary
 
 log = logging.getLogger("ctr.train")
-
-
-def check_distributed(recipe: Recipe) -> None:
-    """Refuses, before any work, what a distributed run does not do (one line naming the key)."""
-    train, trainer = recipe.train, recipe.trainer
-    check_request(recipe)
-    EMBEDDINGS.get(recipe.embedding.method, "embedding.method")
-    refused = {"trainer.compile": trainer.compile, "data.on_device": recipe.data.on_device,
-               "trainer.precision": trainer.precision != "32-true"}  # its loop computes in fp32
-    for key, on in refused.items():
-        if on:
-            raise RecipeError(f"{key}: not available in a distributed run (trainer.devices × num_nodes > 1)")
-    if train.early_stop and not train.early_stop.monitor.startswith("valid/"):
-        raise RecipeError(f"train.early_stop.monitor: a distributed run monitors a validation metric, "
-                          f"not {train.early_stop.monitor}")
-    check_batch_split(recipe, trainer.world_size)
-    gpus = torch.cuda.device_count() if wants_gpu(trainer.accelerator) and torch.cuda.is_available() else None
-    if gpus is not None and trainer.devices > gpus:  # process LOCAL_RANK takes GPU LOCAL_RANK
-        raise RecipeError(f"trainer.devices: {trainer.devices} processes on this machine, one GPU each, but it has "
-                          f"{gpus} CUDA GPU{'s' if gpus != 1 else ''}; set trainer.devices to at most {gpus}"
-                          + (", or trainer.accelerator: cpu" if trainer.accelerator == "auto" else ""))
 
 
 @dataclass

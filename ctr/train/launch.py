@@ -1,5 +1,6 @@
-"""Starting a distributed run: ``ctr train`` spawning its processes, and each process joining
-the process group.
+"""Starting a distributed run: ``ctr train`` checking the recipe and spawning its processes,
+and each process joining the process group. Imports neither Lightning nor the training loop:
+the launcher's imports delay every rank's start.
 
 ``ctr train`` with ``trainer.devices`` N > 1 starts N processes (``python -m ctr train ...``)
 with the environment torchrun would give them (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
@@ -28,8 +29,11 @@ import torch.distributed as dist
 from ctr.errors import RecipeError, Terminated, UserError, sigterm_raises
 from ctr.host import launched
 from ctr.recipe import Recipe
-from ctr.train.placement import Placement, placement
+from ctr.registry import EMBEDDINGS
+from ctr.train.checks import check_batch_split
+from ctr.train.placement import Placement, placement, wants_gpu
 from ctr.train.rundir import RunDir
+from ctr.train.sharded import check_request
 
 LAUNCHER = "CTR_LAUNCHER_PID"  # set in the ranks ctr's launcher starts
 STARTER = "CTR_STARTER_PID"  # set in the ``ctr train`` processes another ctr command (a benchmark) starts
@@ -45,6 +49,27 @@ def require_one_process(recipe: Recipe) -> None:
         raise RecipeError(f"trainer.devices: {recipe.trainer.devices} × num_nodes {recipe.trainer.num_nodes} processes, "
                           "but this command trains in its one process (ctr train starts a distributed run's); set both "
                           "to 1")
+
+
+def check_distributed(recipe: Recipe) -> None:
+    """Refuses, before any work, what a distributed run does not do (one line naming the key)."""
+    train, trainer = recipe.train, recipe.trainer
+    check_request(recipe)
+    EMBEDDINGS.get(recipe.embedding.method, "embedding.method")
+    refused = {"trainer.compile": trainer.compile, "data.on_device": recipe.data.on_device,
+               "trainer.precision": trainer.precision != "32-true"}  # its loop computes in fp32
+    for key, on in refused.items():
+        if on:
+            raise RecipeError(f"{key}: not available in a distributed run (trainer.devices × num_nodes > 1)")
+    if train.early_stop and not train.early_stop.monitor.startswith("valid/"):
+        raise RecipeError(f"train.early_stop.monitor: a distributed run monitors a validation metric, "
+                          f"not {train.early_stop.monitor}")
+    check_batch_split(recipe, trainer.world_size)
+    gpus = torch.cuda.device_count() if wants_gpu(trainer.accelerator) and torch.cuda.is_available() else None
+    if gpus is not None and trainer.devices > gpus:  # process LOCAL_RANK takes GPU LOCAL_RANK
+        raise RecipeError(f"trainer.devices: {trainer.devices} processes on this machine, one GPU each, but it has "
+                          f"{gpus} CUDA GPU{'s' if gpus != 1 else ''}; set trainer.devices to at most {gpus}"
+                          + (", or trainer.accelerator: cpu" if trainer.accelerator == "auto" else ""))
 
 
 def spawn(args: list[str], recipe: Recipe) -> int:

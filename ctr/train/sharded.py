@@ -22,6 +22,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +35,9 @@ from ctr.train.plan import (
     SHARD_COLUMNS, SHARDABLE_METHODS, _hide_torchrec_notes, check_shard_columns, replicated_when_unshardable,
     sharded_types,
 )
-from ctr.train.task import CTRNet
+
+if TYPE_CHECKING:  # the Lightning module's file: ctr train's launcher checks a request without Lightning
+    from ctr.train.task import CTRNet
 
 TABLE_PREFIX = "embedding.ebc.embedding_bags."
 # sharding types whose pooled output is reduce-scattered over the ranks: the backward's

@@ -193,6 +193,20 @@ def test_a_rank_ends_when_its_launcher_is_killed(tmp_path, variable):
     assert not _alive(child)
 
 
+def test_the_launcher_starts_its_ranks_without_importing_lightning(tmp_path):
+    """``ctr train`` of 2 processes reads and checks the recipe and starts its ranks without
+    importing Lightning, torch._dynamo or the training loop: seconds of imports that every
+    rank waited for (each rank imports them itself)."""
+    recipe, run = write(tmp_path, trainer={"devices": 2}), tmp_path / "run"
+    heavy = ("lightning", "torch._dynamo", "ctr.train.loop")
+    script = ("import sys\nimport ctr.train.launch as launch\n"
+              f"launch.spawn = lambda args, recipe: print('imported:', [m for m in {heavy!r} if m in sys.modules]) or 0\n"
+              "from ctr.cli import main\n"
+              f"sys.exit(main(['train', {str(recipe)!r}, '--out', {str(run)!r}]))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout == "imported: []\n", done.stdout + done.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_sigterm_to_the_launcher_stops_its_ranks(tmp_path):
     """A scheduler's SIGTERM to ``ctr train -o trainer.devices=2``: the ranks are stopped, not
