@@ -222,9 +222,11 @@ class CsvRows:
         return stored
 
     def drop(self, which: Callable[[dict[str, str]], bool]) -> None:
-        """Leaves out the rows ``which`` is true of and rewrites the file."""
-        self.rows = [row for row in self.rows if not which(row)]
-        self._write()
+        """Leaves out the rows ``which`` is true of and rewrites the file (when any was)."""
+        kept = [row for row in self.rows if not which(row)]
+        if len(kept) < len(self.rows):
+            self.rows = kept
+            self._write()
 
     def _write(self) -> None:
         text = io.StringIO()

@@ -114,11 +114,11 @@ def _train_hint(args: argparse.Namespace) -> str | None:
     """How a stopped ``ctr train`` goes on: the ``--resume`` of its run directory once the
     run has trained there (before, a folder made for ``--out``, or only the recipe and schema
     kept, hold nothing to resume), or where a finished run's results are."""
-    from ctr.train.rundir import RunDir
-
     run_dir = getattr(args, "run_dir", None) or args.resume  # a resume's is known from the start
     if run_dir is None:
         return None
+    from ctr.train.rundir import RunDir
+
     run = RunDir(run_dir)
     if run.metrics.exists():
         return f"the run had finished: {run.metrics} holds its results"
@@ -327,7 +327,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.override)
     with sigterm_raises():  # the encoded copy is removed on the way out
-        prepared = prepare(recipe.data)
+        prepared = prepare(recipe.data, recipe.trainer.progress_bar)
     print(format_report(prepared.report))
     print(f"\nencoded data: {prepared.root}")
     return 0
@@ -342,7 +342,7 @@ def _plan(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.override)
     check_plan_request(recipe, args.world_size)
     with sigterm_raises():  # outside a fit: SIGTERM would end it without a word
-        prepared = prepare(recipe.data)
+        prepared = prepare(recipe.data, recipe.trainer.progress_bar)
         prepared.schema.require_sparse()
         plan = plan_tables(recipe, prepared.schema, args.world_size, memory)
     print(format_plan(plan, recipe))

@@ -14,7 +14,8 @@ status) and ``OUT/auc_vs_memory.png``
 (test AUC against bytes, log scale), so a grid of hours shows what it has so far. With
 ``drop_checkpoints`` (``--drop-checkpoints``) a finished cell's checkpoints are deleted once
 its row is written (its recipe, log, metrics and stage outputs stay): a grid on 2 GB tables
-would otherwise keep terabytes.
+would otherwise keep terabytes. A cell's run begun on rows its generated dataset's generator
+now draws otherwise is moved into ``OUT/stale-runs`` (which may be deleted) and trained again.
 
 Data, model, training and trainer settings come from the recipe, the same for every cell;
 a method's own settings and the settings an out folder holds: ``ctr.bench.grid``. ``full``
@@ -184,7 +185,7 @@ def _drop_redrawn(results: Results, cells: list[Cell], recipes: dict[str, Recipe
     for cell in cells:
         run = RunDir(out / "runs" / cell.key)
         drawn = run.drawn_otherwise(recipes[cell.key].data) if cell.key in recipes else None
-        if drawn:
+        if drawn and run.holds_run:
             results.drop(lambda row: Path(row["run_dir"]).name == cell.key)
             kept = run.set_aside(out / "stale-runs")
             log.warning("bench %s: %s: its run is moved to %s and trained again", cell.key, drawn, kept)

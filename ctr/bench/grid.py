@@ -151,7 +151,7 @@ def prepare_once(recipe: Recipe, recipe_path: Path) -> None:
     """Prepares the cells' data (shared by every cell) before any cell: a data error ends the
     command at once instead of failing each cell."""
     try:
-        prepare(recipe.data)
+        prepare(recipe.data, recipe.trainer.progress_bar)
     except UserError as err:
         raise UserError(f"{recipe_path} (with its -o): {err}") from None
 

@@ -238,14 +238,14 @@ class RunDir:
 
     def set_aside(self, folder: Path) -> Path:
         """Moves this run into ``folder`` (made if missing) under a name no run there holds,
-        keeping what it wrote; the new path."""
+        keeping what it wrote (copied, then removed, across file systems); the new path."""
         folder.mkdir(parents=True, exist_ok=True)
         kept = folder / self.root.name
         number = 1
         while kept.exists():
             number += 1
             kept = folder / f"{self.root.name}-{number}"
-        return self.root.rename(kept)
+        return Path(shutil.move(self.root, kept))
 
     def check_resumed_world(self, world_size: int) -> None:
         """Refuses to resume a run trained in one process (Lightning's ``.ckpt`` checkpoints) in

@@ -15,6 +15,8 @@ as mean ± sample sd.
 Writes ``OUT/results.csv`` (one row per run, rewritten atomically after each run, so a rerun
 skips finished runs and resumes an interrupted one), ``OUT/results.md`` (the ranking and the
 chosen point's seeds) and ``OUT/best.yaml`` (the recipe with the chosen settings applied).
+A run begun on rows its generated dataset's generator now draws otherwise is moved into
+``OUT/stale-runs`` (which may be deleted) and trained again.
 """
 
 from __future__ import annotations
@@ -234,7 +236,7 @@ class Tuning:
             for offset in range(self.seeds):
                 run = self._run_dir(point.key, offset)
                 drawn = run.drawn_otherwise(recipes[point.key].data)
-                if drawn:
+                if drawn and run.holds_run:
                     results.drop(lambda row: row["point"] == point.key and int(row["offset"]) == offset)
                     kept = run.set_aside(self.out / "stale-runs")
                     log.warning("tune %s seed %d (%s): %s: its run is moved to %s and trained again", point.key,

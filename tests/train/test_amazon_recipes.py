@@ -91,11 +91,11 @@ def test_predict_reads_the_attributes_beside_its_input_else_the_trained_ones(tin
                  "trainer.progress_bar=false"]
     train(load_recipe(RECIPES / "full.yaml", overrides), tmp_path / "run")
     (tmp_path / "Other.txt").write_text("1 3 5 7\n2 4 6 8\n")
-    assert predict(tmp_path / "run", tmp_path / "Other.txt", tmp_path / "a.csv", progress=False)["rows"] == 8
+    assert predict(tmp_path / "run", tmp_path / "Other.txt", tmp_path / "a.csv")["rows"] == 8
     (tmp_path / "Other_item2attributes.json").write_text("[")  # beside the input: read first
     with pytest.raises(DataError, match=r"Other_item2attributes\.json:1: invalid JSON"):
-        predict(tmp_path / "run", tmp_path / "Other.txt", tmp_path / "b.csv", progress=False)
+        predict(tmp_path / "run", tmp_path / "Other.txt", tmp_path / "b.csv")
     beside = tmp_path / "Other_item2attributes.json"  # read with the input: the scores would replace it
     with pytest.raises(UserError, match=f"^{beside}: is read with the input {tmp_path / 'Other.txt'}; choose another"):
-        predict(tmp_path / "run", tmp_path / "Other.txt", beside, progress=False)
+        predict(tmp_path / "run", tmp_path / "Other.txt", beside)
     assert beside.read_text() == "["
