@@ -1,8 +1,6 @@
 """``train.embedding_optimizer.fused``: recipe validation, a CLI run, and its resume."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -10,13 +8,9 @@ import yaml
 
 from ctr.errors import RecipeError
 from ctr.recipe import recipe_from_dict
-from tests.conftest import begun_with, tiny_recipe
+from tests.conftest import begun_with, run_ctr, tiny_recipe
 
 FUSED = {"embedding_optimizer": {"name": "rowwise_adagrad", "lr": 0.05, "fused": True}}
-
-
-def ctr(*args):
-    return subprocess.run([sys.executable, "-m", "ctr.cli", *map(str, args)], capture_output=True, text=True)
 
 
 @pytest.mark.parametrize(
@@ -35,7 +29,7 @@ def test_invalid_fused_recipes_name_the_key(tmp_path, train, trainer, message):
 def test_a_rule_the_kernels_lack_stops_training_before_any_work(tmp_path):
     recipe = tmp_path / "adam.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"embedding_optimizer": {"name": "adam", "fused": True}})))
-    result = ctr("train", recipe, "--out", tmp_path / "run")
+    result = run_ctr("train", recipe, "--out", tmp_path / "run")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "train.embedding_optimizer.fused: optimizer 'adam' has no fused form" in result.stderr
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
@@ -48,11 +42,11 @@ def test_fused_run_trains_checkpoints_state_and_resumes(tmp_path):
     raw = tiny_recipe(tmp_path, train={**FUSED, "epochs": 2, "early_stop": None})
     recipe = tmp_path / "fused.yaml"
     recipe.write_text(yaml.safe_dump(raw))
-    whole = ctr("train", recipe, "--out", tmp_path / "whole")
+    whole = run_ctr("train", recipe, "--out", tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr
     assert "test: auc" in whole.stdout
     run = tmp_path / "run"
-    cut = ctr("train", recipe, "--out", run, "-o", "train.epochs=1")
+    cut = run_ctr("train", recipe, "--out", run, "-o", "train.epochs=1")
     assert cut.returncode == 0, cut.stderr
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     state = checkpoint["state_dict"]
@@ -61,7 +55,7 @@ def test_fused_run_trains_checkpoints_state_and_resumes(tmp_path):
     assert checkpoint["optimizer_states"][0]["embedding"]["state"] == {}
     (run / "metrics.json").unlink()  # a finished run is not resumed: as if killed after its first epoch
     begun_with(run, recipe_from_dict(raw).to_dict())  # as if begun for two epochs
-    resumed = ctr("train", "--resume", run)
+    resumed = run_ctr("train", "--resume", run)
     assert resumed.returncode == 0, resumed.stderr
     whole_end, resumed_end = (json.loads((folder / "metrics.json").read_text()) for folder in (tmp_path / "whole", run))
     same = ("valid", "test", "epochs", "steps")
