@@ -15,7 +15,7 @@ import yaml
 
 from ctr.cli import main
 from ctr.train.loop import load_checkpoint
-from tests.conftest import tiny_recipe
+from tests.conftest import run_ctr, tiny_recipe
 
 pytestmark = pytest.mark.slow  # three 3-epoch runs
 
@@ -59,7 +59,7 @@ def whole_run(tmp_path_factory):
     """The uninterrupted 3-epoch run (read only)."""
     tmp = tmp_path_factory.mktemp("whole")
     (tmp / "r.yaml").write_text(yaml.safe_dump(three_epochs_recipe(tmp)))
-    whole = ctr("train", tmp / "r.yaml", "--out", tmp / "whole")
+    whole = run_ctr("train", tmp / "r.yaml", "--out", tmp / "whole")  # in this process: the killed one is apart
     assert whole.returncode == 0, whole.stderr
     return tmp / "whole"
 
@@ -122,7 +122,7 @@ def test_a_run_validated_every_n_steps_resumes_at_its_checkpoints_batch(tmp_path
         "early_stop": {"monitor": "valid/auc", "mode": "max", "patience": 5},
     })
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
-    whole = ctr("train", tmp_path / "r.yaml", "--out", tmp_path / "whole")
+    whole = run_ctr("train", tmp_path / "r.yaml", "--out", tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-2000:]
     raw["plugins"] = ["kill_at_step"]
     (tmp_path / "k.yaml").write_text(yaml.safe_dump(raw))
