@@ -23,6 +23,7 @@ from ctr.datasets.loader import BatchLoader
 from ctr.datasets.saved import load_schema
 from ctr.recipe import load_recipe, recipe_from_dict
 from ctr.registry import EMBEDDINGS, MODELS
+from ctr.train import runner
 from ctr.train.export import export_program
 from ctr.train.rundir import RunDir
 from ctr.train.runner import train
@@ -141,7 +142,13 @@ def method_recipe(name: str, tmp: Path):
     return recipe_from_dict(few_features_recipe(tmp, train={"max_steps": 3}, embedding=embedding))
 
 
-def test_exported_program_scores_like_ctr_without_ctr(tmp_path):
+@pytest.fixture
+def no_curves(monkeypatch):
+    """Runs that draw no curves.png (a second a run on a busy machine; export never reads it)."""
+    monkeypatch.setattr(runner, "plot_curves", lambda log_csv, out: None)
+
+
+def test_exported_program_scores_like_ctr_without_ctr(tmp_path, no_curves):
     """Every model in ``ctr models`` (a folder each, one dataset cache for the synthetic ones),
     its program checked in one fresh process."""
     names = MODEL_NAMES
@@ -168,7 +175,7 @@ def refuses_behaviours_of_other_lengths(model: Path) -> None:
         program(torch.zeros(1, len(inputs["dense"])), sparse.values, sparse.offsets)
 
 
-def test_every_embedding_method_exports_and_scores_like_ctr_without_ctr(tmp_path):
+def test_every_embedding_method_exports_and_scores_like_ctr_without_ctr(tmp_path, no_curves):
     """Every method in ``ctr embeddings`` (a folder each, one dataset cache), its program
     checked in one fresh process."""
     names = METHOD_NAMES
