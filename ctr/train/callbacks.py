@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from lightning.pytorch.plugins import TorchCheckpointIO
 from ctr.atomic import atomic_path
 from ctr.datasets.progress import RowProgress
 from ctr.errors import TrainingDiverged
+from ctr.train.generators import random_state, set_random_state
 
 log = logging.getLogger("ctr.train")
 
@@ -78,27 +78,6 @@ class LoaderEpoch(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         trainer.train_dataloader.follow_epoch(trainer.current_epoch)
-
-
-def random_state() -> dict[str, Any]:
-    """The random generators' state (python, numpy, torch, CUDA), as tensors and plain values
-    that checkpoints load without unpickling code."""
-    kind, keys, position, has_gauss, gauss = np.random.get_state()
-    numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss)]
-    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_random_state(state: dict[str, Any]) -> None:
-    """Puts the random generators back to ``state`` (``random_state``'s)."""
-    random.setstate(state["python"])
-    kind, keys, position, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class RandomState(L.Callback):

@@ -30,8 +30,9 @@ from ctr.atomic import atomic_write, finish_replace, replace_folder, replaced_fo
 from ctr.errors import UserError, raise_wrapped_signal, reason
 from ctr.recipe import EarlyStopConfig
 from ctr.train.placement import Placement
+from ctr.train.generators import restore_random, save_random
 from ctr.train.rundir import RunDir
-from ctr.train.stages import StageFiles, restore_random, save_random
+from ctr.train.stage_files import StageFiles
 
 STATE_FILE = "ctr.json"
 OPTIMIZERS_FILE = "optimizers.pt"

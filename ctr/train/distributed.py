@@ -43,7 +43,8 @@ from ctr.train.distributed_epochs import EpochLoop, Span, evaluate
 from ctr.train.distributed_optim import Optimizers
 from ctr.train.distributed_stages import ArchSteps, cycle, run_stages
 from ctr.train.launch import check_distributed
-from ctr.train.stages import StageFiles, continues_training
+from ctr.train.stage_files import StageFiles
+from ctr.train.stages import continues_training
 from ctr.train.loop import use_threads
 from ctr.train.placement import Placement
 from ctr.train.optim import build_optimizer

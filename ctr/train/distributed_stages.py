@@ -32,10 +32,10 @@ from torch import Tensor, nn
 from ctr.batch import Batch
 from ctr.datasets import BatchLoader
 from ctr.embeddings.stages import Stage, StageContext
+from ctr.train.generators import restore_random, save_random
 from ctr.train.rundir import RunDir
-from ctr.train.stages import (
-    StageFiles, load_stage_state, load_torch, restore_random, rewind, save_random, save_stage, save_torch,
-)
+from ctr.train.stage_files import StageFiles, load_torch, save_torch
+from ctr.train.stages import load_stage_state, rewind, save_stage
 from ctr.train.task import CTRNet
 
 log = logging.getLogger("ctr.train")

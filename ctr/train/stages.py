@@ -1,16 +1,7 @@
 """Multi-stage training: runs an embedding method's stages in order, saves what each stage
 produced in the run directory, and resumes from the last finished stage.
 
-Run directory layout of a multi-stage run::
-
-    stages/progress.json          finished stages, their seconds (one process: the last fit's figures too)
-    stages/initial.pt             the net's state before the first stage (for rewinds)
-    stages/<i>-<name>/state.pt    the whole net after stage i (what a resume restores)
-    stages/<i>-<name>/output.pt   the stage's result: masks, dims, thresholds, selection weights
-    stages/<i>-<name>/summary.json  the same, summarised for people
-    stages/<i>-<name>/random-<r>.pt  rank r's random generators as the stage left them (restored on resume)
-    stages/<i>-<name>/checkpoints/, logs/  checkpoints and log of a training stage (not the last)
-    checkpoints/, logs/           the last stage's checkpoints and log, as a single-stage run
+Its files in the run directory are ``ctr.train.stage_files``'s (their layout is there).
 """
 
 from __future__ import annotations
@@ -28,67 +19,14 @@ from ctr.batch import Batch
 from ctr.embeddings.stages import Stage, StageContext
 from ctr.errors import UserError, reason, sigterm_raises
 from ctr.metrics import auc
-from ctr.train.callbacks import random_state, set_random_state
 from ctr.train.loop import Fitted, Loader, Session, fit, load_checkpoint
-from ctr.atomic import atomic_path, atomic_write
+from ctr.atomic import atomic_write
+from ctr.train.generators import restore_random, save_random
 from ctr.train.rundir import RunDir
+from ctr.train.stage_files import StageFiles, load_torch, save_torch
 from ctr.train.task import CTRNet, CTRTask
 
 log = logging.getLogger("ctr.train")
-
-
-class StageFiles:
-    """Paths and the progress record of the stages of one run directory."""
-
-    def __init__(self, run: RunDir):
-        self.run = run
-        self.root = run.stages
-        self.progress = run.stage_progress
-        self.initial = self.root / "initial.pt"
-
-    def folder(self, index: int, stage: Stage) -> Path:
-        return self.root / f"{index}-{stage.name}"
-
-    def unfinished_checkpoints(self) -> list[Path]:
-        """The ``checkpoints`` folders of the stage folders written (``folder``'s
-        ``<index>-<name>``) whose stage the progress record does not call finished."""
-        finished = self.read()["finished"]
-        folders = self.root.glob("*-*/checkpoints")
-        return [path for path in folders if path.parent.name.partition("-")[2] not in finished]
-
-    def read(self) -> dict[str, Any]:
-        if not self.progress.exists():
-            return {"finished": [], "seconds": {}}
-        try:
-            record = json.loads(self.progress.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise UserError(f"{self.progress}: not readable ({reason(err)})") from None
-        if not (isinstance(record, dict) and isinstance(record.get("finished"), list)
-                and isinstance(record.get("seconds"), dict)):
-            raise UserError(f"{self.progress}: not a record of finished stages (no 'finished' list and 'seconds')")
-        return record
-
-    def finish(self, record: dict[str, Any], stage: Stage, seconds: float) -> None:
-        record["finished"].append(stage.name)
-        record["seconds"][stage.name] = seconds
-        atomic_write(self.progress, json.dumps(record, indent=1) + "\n")
-
-
-def save_torch(obj: Any, path: Path) -> None:
-    """``torch.save`` through a temporary file and a rename."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def load_torch(path: Path) -> Any:
-    """What ``save_torch`` wrote at ``path``; a UserError naming it when it is cut short or
-    not a torch file."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise UserError(f"{path}: missing (the stage's files are incomplete)") from None
-    except Exception as err:  # torch.load raises whatever its unpickler meets in a broken file
-        raise UserError(f"{path}: not a readable stage file ({reason(err, typed=True)})") from None
 
 
 def load_stage_state(net: CTRNet, path: Path) -> None:
@@ -97,23 +35,6 @@ def load_stage_state(net: CTRNet, path: Path) -> None:
         net.load_state_dict(load_torch(path))
     except RuntimeError as err:
         raise UserError(f"{path}: does not fit this run's model ({reason(err)})") from None
-
-
-def save_random(folder: Path, rank: int, world_size: int = 1) -> None:
-    """This rank's random generators as a stage leaves them (``random-<rank>.pt``)."""
-    save_torch({"world_size": world_size, **random_state()}, folder / f"random-{rank}.pt")
-
-
-def restore_random(folder: Path, rank: int, world_size: int = 1) -> None:
-    """Puts this rank's random generators where the finished stage of ``folder`` left them:
-    the next stage's fresh tables and dropout masks are those of the uninterrupted run. Left
-    as the restore finds them when the stage was saved on another world size (its ranks'
-    states are not this run's) or before ctr kept them."""
-    path = folder / f"random-{rank}.pt"
-    if path.exists():
-        saved = load_torch(path)
-        if saved.get("world_size", 1) == world_size:
-            set_random_state(saved)
 
 
 def rewind(net: CTRNet, initial: dict[str, torch.Tensor]) -> None:

@@ -193,18 +193,33 @@ def test_a_rank_ends_when_its_launcher_is_killed(tmp_path, variable):
     assert not _alive(child)
 
 
-def test_the_launcher_starts_its_ranks_without_importing_lightning(tmp_path):
-    """``ctr train`` of 2 processes reads and checks the recipe and starts its ranks without
-    importing Lightning, torch._dynamo or the training loop: seconds of imports that every
-    rank waited for (each rank imports them itself)."""
-    recipe, run = write(tmp_path, trainer={"devices": 2}), tmp_path / "run"
+def _launcher_imports(*args):
+    """What of Lightning, torch._dynamo and the training loop ``ctr train ARGS`` imported by
+    the time it would start its ranks (``spawn`` stubbed: none is started)."""
     heavy = ("lightning", "torch._dynamo", "ctr.train.loop")
     script = ("import sys\nimport ctr.train.launch as launch\n"
               f"launch.spawn = lambda args, recipe: print('imported:', [m for m in {heavy!r} if m in sys.modules]) or 0\n"
               "from ctr.cli import main\n"
-              f"sys.exit(main(['train', {str(recipe)!r}, '--out', {str(run)!r}]))\n")
+              f"sys.exit(main(['train', *{list(map(str, args))!r}]))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and done.stdout == "imported: []\n", done.stdout + done.stderr[-2000:]
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    return done.stdout
+
+
+def test_the_launcher_starts_its_ranks_without_importing_lightning(tmp_path):
+    """``ctr train`` of 2 processes reads and checks the recipe and starts its ranks without
+    importing Lightning, torch._dynamo or the training loop: seconds of imports that every
+    rank waited for (each rank imports them itself). So does ``--resume`` of a 2-process run,
+    which first checks its checkpoint folders (it imported them through ctr.train.stages)."""
+    from tests.train.test_checkpoint_switch import saved_checkpoint
+
+    recipe, run = write(tmp_path, trainer={"devices": 2}), tmp_path / "run"
+    assert _launcher_imports(recipe, "--out", run) == "imported: []\n"
+    resumed = tmp_path / "resumed"
+    for name in ("last", "best"):
+        saved_checkpoint(resumed / "checkpoints" / name)
+    shutil.copy(recipe, resumed / "recipe.yaml")
+    assert _launcher_imports("--resume", resumed) == "imported: []\n"
 
 
 @pytest.mark.slow
@@ -434,8 +449,8 @@ def test_a_checkpoint_restores_every_generator_of_its_world_size_and_an_earlier_
     import random
 
     from ctr.train.checkpoints import restore_checkpoint_random
+    from ctr.train.generators import save_random
     from ctr.train.placement import Placement
-    from ctr.train.stages import save_random
 
     rank0_of = lambda world: Placement(rank=0, world_size=world, device=torch.device("cpu"))
     draws = lambda: (random.random(), np.random.rand(), torch.rand(1).item())

@@ -120,9 +120,9 @@ def test_dnis_selection_weights_change_and_pruning_hits_the_target(dnis_run):
 
 KILL_AFTER_SUPERNET = """
 import os, signal
-from ctr.train import stages
+from ctr.train import stage_files
 
-record_finished = stages.StageFiles.finish
+record_finished = stage_files.StageFiles.finish
 
 
 def finish_then_die(self, record, stage, seconds):
@@ -131,7 +131,7 @@ def finish_then_die(self, record, stage, seconds):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-stages.StageFiles.finish = finish_then_die
+stage_files.StageFiles.finish = finish_then_die
 """
 
 
@@ -332,7 +332,7 @@ def test_a_broken_stage_file_is_one_line_on_resume(optembed_trained, tmp_path, s
 def test_a_stages_random_state_is_restored_only_on_its_world_size(tmp_path):
     """Each rank's generators are its own: a resume on another world size leaves them as
     seeding made them rather than give rank 0 its old state and others none."""
-    from ctr.train.stages import restore_random, save_random
+    from ctr.train.generators import restore_random, save_random
 
     torch.manual_seed(3)
     save_random(tmp_path, rank=0, world_size=2)

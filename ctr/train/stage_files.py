@@ -1,0 +1,84 @@
+"""A multi-stage run's files in its run directory: their paths, the record of finished
+stages, and the torch files written whole (``save_torch``, ``load_torch``).
+
+Layout::
+
+    stages/progress.json          finished stages, their seconds (one process: the last fit's figures too)
+    stages/initial.pt             the net's state before the first stage (for rewinds)
+    stages/<i>-<name>/state.pt    the whole net after stage i (what a resume restores)
+    stages/<i>-<name>/output.pt   the stage's result: masks, dims, thresholds, selection weights
+    stages/<i>-<name>/summary.json  the same, summarised for people
+    stages/<i>-<name>/random-<r>.pt  rank r's random generators as the stage left them (restored on resume)
+    stages/<i>-<name>/checkpoints/, logs/  checkpoints and log of a training stage (not the last)
+    checkpoints/, logs/           the last stage's checkpoints and log, as a single-stage run
+
+Imports neither Lightning nor the training loop: ``ctr train --resume``'s launcher reads which
+stages' checkpoints a resume goes on with before it starts the ranks.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ctr.atomic import atomic_path, atomic_write
+from ctr.embeddings.stages import Stage
+from ctr.errors import UserError, reason
+from ctr.train.rundir import RunDir
+
+
+class StageFiles:
+    """Paths and the progress record of the stages of one run directory."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+        self.root = run.stages
+        self.progress = run.stage_progress
+        self.initial = self.root / "initial.pt"
+
+    def folder(self, index: int, stage: Stage) -> Path:
+        return self.root / f"{index}-{stage.name}"
+
+    def unfinished_checkpoints(self) -> list[Path]:
+        """The ``checkpoints`` folders of the stage folders written (``folder``'s
+        ``<index>-<name>``) whose stage the progress record does not call finished."""
+        finished = self.read()["finished"]
+        folders = self.root.glob("*-*/checkpoints")
+        return [path for path in folders if path.parent.name.partition("-")[2] not in finished]
+
+    def read(self) -> dict[str, Any]:
+        if not self.progress.exists():
+            return {"finished": [], "seconds": {}}
+        try:
+            record = json.loads(self.progress.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UserError(f"{self.progress}: not readable ({reason(err)})") from None
+        if not (isinstance(record, dict) and isinstance(record.get("finished"), list)
+                and isinstance(record.get("seconds"), dict)):
+            raise UserError(f"{self.progress}: not a record of finished stages (no 'finished' list and 'seconds')")
+        return record
+
+    def finish(self, record: dict[str, Any], stage: Stage, seconds: float) -> None:
+        record["finished"].append(stage.name)
+        record["seconds"][stage.name] = seconds
+        atomic_write(self.progress, json.dumps(record, indent=1) + "\n")
+
+
+def save_torch(obj: Any, path: Path) -> None:
+    """``torch.save`` through a temporary file and a rename."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_torch(path: Path) -> Any:
+    """What ``save_torch`` wrote at ``path``; a UserError naming it when it is cut short or
+    not a torch file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing (the stage's files are incomplete)") from None
+    except Exception as err:  # torch.load raises whatever its unpickler meets in a broken file
+        raise UserError(f"{path}: not a readable stage file ({reason(err, typed=True)})") from None
