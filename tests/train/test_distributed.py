@@ -1,5 +1,6 @@
 """Distributed training (docs/distributed.md): 2 CPU processes on gloo against 1 process."""
 
+import copy
 import json
 import logging
 import os
@@ -34,10 +35,31 @@ def ctr(*args):
     return subprocess.run([sys.executable, "-m", "ctr", *map(str, args)], capture_output=True, text=True, timeout=600)
 
 
-def write(tmp_path, name="r.yaml", **sections):
+def write(tmp_path, name="r.yaml", cache=None, **sections):
+    """``tiny_recipe`` saved as ``tmp_path``/``name``; its data encoded in ``cache`` when given
+    (the folder this module's runs share: each data section is encoded once), else in ``tmp_path``."""
+    if cache is not None:
+        sections["data"] = {"cache_dir": str(cache), **sections.get("data", {})}
     path = tmp_path / name
     path.write_text(yaml.safe_dump(tiny_recipe(tmp_path, **sections)))
     return path
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """The data cache of this module's runs."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def one_and_two(tmp: Path, cache: Path, **sections) -> tuple[dict, dict]:
+    """``sections`` trained in this process (``tmp``/one) and on 2 processes (``tmp``/two), one
+    thread each: the metrics of each."""
+    sections["trainer"] = {"num_threads": 1, "progress_bar": False, **sections.get("trainer", {})}
+    one = train(load_recipe(write(tmp, cache=cache, **sections)), tmp / "one")
+    recipe = write(tmp, "two.yaml", cache=cache, **sections)
+    done = ctr("train", recipe, "--out", tmp / "two", "-o", "trainer.devices=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return one, json.loads((tmp / "two" / "metrics.json").read_text())
 
 
 def test_split_batches_parts_are_the_one_process_batches(tiny_prepared):
@@ -223,11 +245,12 @@ def test_the_launcher_starts_its_ranks_without_importing_lightning(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_to_the_launcher_stops_its_ranks(tmp_path):
+def test_sigterm_to_the_launcher_stops_its_ranks(tmp_path, cache):
     """A scheduler's SIGTERM to ``ctr train -o trainer.devices=2``: the ranks are stopped, not
     left training, and the launcher exits with 143 and the line of a one-process run, naming
     --resume of its run directory."""
-    recipe = write(tmp_path, train={"epochs": 500, "early_stop": None}, trainer={"num_threads": 1, "devices": 2})
+    recipe = write(tmp_path, cache=cache, train={"epochs": 500, "early_stop": None},
+                   trainer={"num_threads": 1, "devices": 2})
     run = tmp_path / "run"
     launcher = subprocess.Popen([sys.executable, "-m", "ctr", "train", str(recipe), "--out", str(run)],
                                 stderr=subprocess.PIPE, text=True)
@@ -245,7 +268,7 @@ def test_sigterm_to_the_launcher_stops_its_ranks(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog):
+def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog, cache):
     """A mixed plan (table-wise, column-wise over both ranks, data-parallel) on 2 gloo
     processes: the loss curve, validation and test AUC of the 1-process run on the same global
     batch, its CSV log's header and float32 values, and its log's progress lines (the
@@ -260,9 +283,9 @@ def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog):
     sections = {"data": {"rows": 6001}, "train": {"epochs": 2, "early_stop": None, "eval_batch_size": 600},
                 "trainer": {"num_threads": 1, "progress_bar": False}}
     with caplog.at_level(logging.INFO, logger="ctr"):
-        one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
+        one = train(load_recipe(write(tmp_path, cache=cache, **sections)), tmp_path / "one")
 
-    recipe = write(tmp_path, "two.yaml", distributed=MIXED, **sections)
+    recipe = write(tmp_path, "two.yaml", cache=cache, distributed=MIXED, **sections)
     done = ctr("train", recipe, "--out", tmp_path / "two", "-o", "trainer.devices=2")
     assert done.returncode == 0, done.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
@@ -288,7 +311,8 @@ def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog):
     evaluated = evaluate(tmp_path / "two")
     assert abs(evaluated["auc"] - two["test"]["auc"]) < 1e-6
 
-    cut = write(tmp_path, "cut.yaml", distributed=MIXED, **{**sections, "train": {**sections["train"], "epochs": 1}})
+    cut = write(tmp_path, "cut.yaml", cache=cache, distributed=MIXED,
+                **{**sections, "train": {**sections["train"], "epochs": 1}})
     assert ctr("train", cut, "--out", tmp_path / "cut", "-o", "trainer.devices=2").returncode == 0
     for rank in (0, 1):
         assert {"python", "numpy", "torch"} <= torch.load(tmp_path / "cut" / "checkpoints" / "last" / f"random-{rank}.pt",
@@ -326,17 +350,23 @@ def _progress_lines(log_text: str) -> list[tuple[int, int, int, int, float]]:
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_when_rank_1_holds_no_sharded_table(tmp_path):
+def test_two_processes_match_one_when_rank_1_holds_no_sharded_table(tmp_path, cache):
     """One table-wise table, the others data-parallel. (A hash method's data-parallel tables,
     their sparse gradients averaged by ctr, train in test_learning_rate_schedules_step_two_...)"""
-    sections = {"distributed": {"sharding": "data_parallel", "tables": {"C1": "table_wise"}},
-                "trainer": {"num_threads": 1, "progress_bar": False}}
-    one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
-    done = ctr("train", write(tmp_path, "two.yaml", **sections), "--out", tmp_path / "two", "-o", "trainer.devices=2")
-    assert done.returncode == 0, done.stderr[-3000:]
-    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    one, two = one_and_two(tmp_path, cache, distributed={"sharding": "data_parallel", "tables": {"C1": "table_wise"}})
     assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5
     assert abs(evaluate(tmp_path / "two")["auc"] - one["test"]["auc"]) < 1e-5
+
+
+UNEVEN = {"data": {"rows": 6001}, "train": {"eval_batch_size": 600},
+          "trainer": {"num_threads": 1, "progress_bar": False}}
+
+
+@pytest.fixture(scope="module")
+def uneven_one(tmp_path_factory, cache):
+    """The metrics of ``UNEVEN`` trained in one process, which every plan of it is checked against."""
+    tmp = tmp_path_factory.mktemp("uneven")
+    return train(load_recipe(write(tmp, cache=cache, **copy.deepcopy(UNEVEN))), tmp / "one")
 
 
 @pytest.mark.slow
@@ -348,7 +378,7 @@ def test_two_processes_match_one_when_rank_1_holds_no_sharded_table(tmp_path):
     ],  # MIXED (planned, no row-wise table) trains on these splits in test_two_processes_match_one_resume_...
     ids=["row_wise", "row_wise_with_the_others"],
 )
-def test_sharded_tables_train_and_evaluate_on_batches_that_split_unevenly(tmp_path, distributed):
+def test_sharded_tables_train_and_evaluate_on_batches_that_split_unevenly(tmp_path, cache, uneven_one, distributed):
     """2 processes on splits whose last batches do not halve: 4,785 train rows end in a batch
     of 177 (88 and 89 rows a rank), 615 valid rows in one of 15 (7 and 8), 601 test rows in
     one of a single row (rank 0's part is empty). TorchRec's row-wise backward all-gathers
@@ -356,10 +386,8 @@ def test_sharded_tables_train_and_evaluate_on_batches_that_split_unevenly(tmp_pa
     stopped at its last batch): the short parts are padded with empty bags up to TorchRec
     and the padding is cut from its output, so the run takes one process's steps and ends
     with its weights, and the metrics count each real row once; 1 process evaluates it alike."""
-    sections = {"data": {"rows": 6001}, "train": {"eval_batch_size": 600}, "distributed": distributed,
-                "trainer": {"num_threads": 1, "progress_bar": False}}
-    one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
-    done = ctr("train", write(tmp_path, "two.yaml", **sections), "--out", tmp_path / "two", "-o", "trainer.devices=2")
+    one, recipe = uneven_one, write(tmp_path, "two.yaml", cache=cache, distributed=distributed, **copy.deepcopy(UNEVEN))
+    done = ctr("train", recipe, "--out", tmp_path / "two", "-o", "trainer.devices=2")
     assert done.returncode == 0, done.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     row_wise = [table for table, how in two["sharding"].items() if how == "row_wise on 0,1"]
@@ -426,15 +454,15 @@ def two_ranks_saving_replicas(recipe: Path, run: Path, out: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", REPLICATED)
-def test_methods_writing_outside_the_optimizer_keep_their_replicas_equal(tmp_path, method):
+def test_methods_writing_outside_the_optimizer_keep_their_replicas_equal(tmp_path, cache, method):
     """int8, int16, alpt (rows updated in the backward), dpq, mgqe (codes written by a lookup)
     on 2 processes: every rank's copy of what they write ends bitwise equal, and the test AUC
     is the 1-process run's within the measured tolerance."""
     embedding = {"method": method, "dim": 8, "budget": 0.5, **SETTINGS.get(method, {})}
     sections = {"embedding": embedding, "trainer": {"num_threads": 1}}
-    one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
+    one = train(load_recipe(write(tmp_path, cache=cache, **sections)), tmp_path / "one")
     sections["trainer"]["devices"] = 2
-    two_ranks_saving_replicas(write(tmp_path, "two.yaml", **sections), tmp_path / "two", tmp_path)
+    two_ranks_saving_replicas(write(tmp_path, "two.yaml", cache=cache, **sections), tmp_path / "two", tmp_path)
     copies = [torch.load(tmp_path / f"rank-{rank}.pt") for rank in range(2)]
     assert list(copies[0]) == list(copies[1]) and copies[0]
     assert all(torch.equal(copies[0][name], copies[1][name]) for name in copies[0])
@@ -560,16 +588,14 @@ def test_ctr_plan_follows_the_distributed_section(tmp_path, tiny_prepared):
 
 
 @pytest.mark.slow
-def test_validation_every_n_steps_checkpoints_mid_epoch_and_resumes_there(tmp_path):
+def test_validation_every_n_steps_checkpoints_mid_epoch_and_resumes_there(tmp_path, cache):
     """train.eval_every_n_steps 4 on 10 batches an epoch: validations at the 4th and 8th
     batch of each epoch, as one process (Lightning) does; a run stopped after its mid-epoch
     checkpoint at step 8 resumes there and ends as the uninterrupted run."""
     sections = {"distributed": MIXED, "train": {"epochs": 2, "early_stop": None, "eval_every_n_steps": 4},
                 "trainer": {"num_threads": 1, "progress_bar": False}}
-    one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
-    recipe = write(tmp_path, "two.yaml", **sections)
-    assert ctr("train", recipe, "--out", tmp_path / "two", "-o", "trainer.devices=2").returncode == 0
-    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    one, two = one_and_two(tmp_path, cache, **sections)
+    recipe = tmp_path / "two.yaml"
     assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5
     curves = {run: rows_of(tmp_path / run / "logs" / "metrics.csv", "valid/auc") for run in ("one", "two")}
     assert [s for s, _ in curves["two"]] == [s for s, _ in curves["one"]] == [3, 7, 13, 17]
@@ -604,17 +630,13 @@ def test_validation_every_n_steps_checkpoints_mid_epoch_and_resumes_there(tmp_pa
     ],
     ids=["sharded_warmup_cosine", "hash_plateau"],
 )
-def test_learning_rate_schedules_step_two_processes_as_one(tmp_path, sections):
+def test_learning_rate_schedules_step_two_processes_as_one(tmp_path, cache, sections):
     """Per-step warm-up of the dense lr and a cosine over epochs of the sharded tables' fused
     lr (FBGEMM's), and a plateau schedule of a data-parallel run (a hash method's tables, their
     sparse gradients averaged by ctr): every logged lr, the loss curve and the test AUC equal
     one process's; 1 process evaluates it alike."""
     sections["train"].update(epochs=3, early_stop=None)
-    sections["trainer"] = {"num_threads": 1, "progress_bar": False}
-    one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
-    done = ctr("train", write(tmp_path, "two.yaml", **sections), "--out", tmp_path / "two", "-o", "trainer.devices=2")
-    assert done.returncode == 0, done.stderr[-3000:]
-    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    one, two = one_and_two(tmp_path, cache, **sections)
     for column in ("lr/dense", "lr/embedding", "train/loss"):
         curve_one, curve_two = (rows_of(tmp_path / run / "logs" / "metrics.csv", column) for run in ("one", "two"))
         assert [s for s, _ in curve_two] == [s for s, _ in curve_one] and curve_one
@@ -627,17 +649,13 @@ def test_learning_rate_schedules_step_two_processes_as_one(tmp_path, sections):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["autosrh", "dedup", "deeplight"])
-def test_multi_stage_methods_run_their_stages_on_two_processes_as_on_one(tmp_path, method):
+def test_multi_stage_methods_run_their_stages_on_two_processes_as_on_one(tmp_path, cache, method):
     """autosrh: a bi-level search (architecture gradients averaged over the ranks), a pruning
     procedure and a rewound retraining; dedup: a procedure scored on validation; deeplight:
     pruning on a step schedule. Each stage's output, the test AUC and a 1-process evaluation
     equal the 1-process run's; a run resumed before its last stage ends the same."""
-    sections = {"embedding": {"method": method, "dim": 8, "budget": 0.5}, "train": {"early_stop": None},
-                "trainer": {"num_threads": 1, "progress_bar": False}}
-    one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
-    done = ctr("train", write(tmp_path, "two.yaml", **sections), "--out", tmp_path / "two", "-o", "trainer.devices=2")
-    assert done.returncode == 0, done.stderr[-3000:]
-    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    one, two = one_and_two(tmp_path, cache, embedding={"method": method, "dim": 8, "budget": 0.5},
+                           train={"early_stop": None})
     assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5 and set(two["stage_seconds"]) == set(one["stage_seconds"])
     for folder in sorted((tmp_path / "one" / "stages").glob("*-*")):
         ours = torch.load(tmp_path / "two" / "stages" / folder.name / "output.pt")
@@ -701,11 +719,11 @@ def _torchrun_ranks(command: list[str], env: dict[str, str]) -> list[tuple[int, 
     return [(rank.returncode, err) for rank, err in zip(ranks, said)]
 
 
-def test_a_loss_that_is_not_finite_stops_every_rank_naming_the_step(tmp_path):
+def test_a_loss_that_is_not_finite_stops_every_rank_naming_the_step(tmp_path, cache):
     """As one process does: the ranks read their loss checks together (every step on the
     CPU), stop at the first non-finite one and write no checkpoint of diverged weights (a
     2-process run used to train on, validate NaN scores and finish)."""
-    recipe = write(tmp_path, embedding={"init_std": 1e30}, trainer={"devices": 2, "progress_bar": False})
+    recipe = write(tmp_path, cache=cache, embedding={"init_std": 1e30}, trainer={"devices": 2, "progress_bar": False})
     done = ctr("train", recipe, "--out", tmp_path / "run")
     assert done.returncode == 2, done.stderr[-3000:]
     assert "ctr: error: training: the loss is not finite at step 1; stopped at step 1, the last good" in done.stderr
@@ -715,18 +733,14 @@ def test_a_loss_that_is_not_finite_stops_every_rank_naming_the_step(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("max_steps, validated_at, epochs", [(15, [9], 2), (5, [4], 1)])
-def test_max_steps_ends_two_processes_as_it_ends_one(tmp_path, caplog, max_steps, validated_at, epochs):
+def test_max_steps_ends_two_processes_as_it_ends_one(tmp_path, caplog, cache, max_steps, validated_at, epochs):
     """max_steps cutting an epoch: no validation at the cut after one at the first epoch's end
     (Lightning's rule), a validation there, logged, when none ran before (one process logged
     none: its log and curves had no validation row), the same best checkpoint and test
     metrics, the cut epoch counted in ``epochs``. Without its metrics.json, the run evaluates
     from its best checkpoint: eval, predict and export looked for ``checkpoints/best.ckpt``,
     which a distributed run never writes (its ``checkpoints/best`` folder was not found)."""
-    sections = {"train": {"epochs": 3, "max_steps": max_steps}, "trainer": {"num_threads": 1, "progress_bar": False}}
-    one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
-    done = ctr("train", write(tmp_path, "two.yaml", **sections), "--out", tmp_path / "two", "-o", "trainer.devices=2")
-    assert done.returncode == 0, done.stderr[-3000:]
-    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    one, two = one_and_two(tmp_path, cache, train={"epochs": 3, "max_steps": max_steps})
     logs = [tmp_path / run / "logs" / "metrics.csv" for run in ("one", "two")]
     validated = [rows_of(log, "valid/auc") for log in logs]
     assert [s for s, _ in validated[0]] == [s for s, _ in validated[1]] == validated_at
@@ -741,14 +755,14 @@ def test_max_steps_ends_two_processes_as_it_ends_one(tmp_path, caplog, max_steps
 
 
 @pytest.mark.slow
-def test_a_two_process_multi_stage_run_killed_after_its_stages_resumes_to_the_same_end(tmp_path):
+def test_a_two_process_multi_stage_run_killed_after_its_stages_resumes_to_the_same_end(tmp_path, cache):
     """Every stage finished before the kill (in the final evaluation): the resume restores
     them all, places the last stage's network from its checkpoints and ends as the whole
     run did (it failed: no stage had trained in this process), its early-stopped epoch counted."""
     from tests.train.test_stages import OPTEMBED
 
     stop = {"monitor": "valid/auc", "mode": "max", "patience": 1, "min_delta": 0.5}  # the retrain stops early
-    recipe = write(tmp_path, embedding={**OPTEMBED, "stages": {"supernet": {"epochs": 1}}},
+    recipe = write(tmp_path, cache=cache, embedding={**OPTEMBED, "stages": {"supernet": {"epochs": 1}}},
                    train={"epochs": 4, "early_stop": stop}, trainer={"devices": 2, "progress_bar": False})
     assert ctr("train", recipe, "--out", tmp_path / "whole").returncode == 0
     shutil.copytree(tmp_path / "whole", tmp_path / "cut")
@@ -762,14 +776,14 @@ def test_a_two_process_multi_stage_run_killed_after_its_stages_resumes_to_the_sa
 
 
 @pytest.mark.slow
-def test_sharded_tables_stepped_by_sgd_checkpoint_and_resume(tmp_path, caplog):
+def test_sharded_tables_stepped_by_sgd_checkpoint_and_resume(tmp_path, caplog, cache):
     """SGD keeps no optimizer state for its sharded tables: the checkpoint has no
     embedding_optimizer entry, and loading best (or resuming last) must not ask for one
     (the criteo recipe on 2 processes failed after training). A last checkpoint without its
     .metadata is refused naming it, not trained over."""
     sections = {"distributed": {"sharding": "table_wise"}, "train": {"embedding_optimizer": {"name": "sgd", "lr": 0.1}},
                 "trainer": {"devices": 2, "progress_bar": False}}
-    recipe = write(tmp_path, **sections)
+    recipe = write(tmp_path, cache=cache, **sections)
     done = ctr("train", recipe, "--out", tmp_path / "run")
     assert done.returncode == 0, done.stderr[-3000:]
     whole = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -820,11 +834,11 @@ class WithSpare(CTRModel):
 
 
 @pytest.mark.slow
-def test_a_parameter_without_a_gradient_under_ddp_is_one_line_naming_it(tmp_path):
+def test_a_parameter_without_a_gradient_under_ddp_is_one_line_naming_it(tmp_path, cache):
     """DDP stopped the run at the second step ("Expected to have finished reduction ...
     parameter indices 2") with a traceback from every rank."""
     (tmp_path / "spare_plugin.py").write_text(SPARE_PARAMETER)
-    recipe = write(tmp_path, model={"name": "with_spare"}, plugins=["spare_plugin"],
+    recipe = write(tmp_path, cache=cache, model={"name": "with_spare"}, plugins=["spare_plugin"],
                    embedding={"method": "hash", "dim": 8, "budget": 0.5}, train={"max_steps": 3},
                    trainer={"devices": 2, "progress_bar": False, "num_threads": 1})
     raw = yaml.safe_load(recipe.read_text())
@@ -838,16 +852,12 @@ def test_a_parameter_without_a_gradient_under_ddp_is_one_line_naming_it(tmp_path
 
 
 @pytest.mark.slow
-def test_early_stopping_inside_an_epoch_logs_its_lrs_as_one_process_does(tmp_path):
+def test_early_stopping_inside_an_epoch_logs_its_lrs_as_one_process_does(tmp_path, cache):
     """Early stopping at the mid-epoch validation of step 8 (of 10 batches): the cut epoch's
     lr row is logged at its last step, as one process logs it (and counted in ``epochs``)."""
     sections = {"train": {"epochs": 2, "eval_every_n_steps": 4,
-                          "early_stop": {"monitor": "valid/auc", "patience": 1, "min_delta": 1.0}},
-                "trainer": {"num_threads": 1, "progress_bar": False}}
-    one = train(load_recipe(write(tmp_path, **sections)), tmp_path / "one")
-    done = ctr("train", write(tmp_path, "two.yaml", **sections), "--out", tmp_path / "two", "-o", "trainer.devices=2")
-    assert done.returncode == 0, done.stderr[-3000:]
-    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+                          "early_stop": {"monitor": "valid/auc", "patience": 1, "min_delta": 1.0}}}
+    one, two = one_and_two(tmp_path, cache, **sections)
     logs = [tmp_path / run / "logs" / "metrics.csv" for run in ("one", "two")]
     lrs = [rows_of(log, "lr/dense") for log in logs]
     assert [s for s, _ in lrs[0]] == [s for s, _ in lrs[1]] == [7]
