@@ -274,13 +274,18 @@ def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog, ca
     batch, its CSV log's header and float32 values, and its log's progress lines (the
     distributed loop printed one per 100 steps only, and no run directory); a run resumed
     from its DCP checkpoint ends the same, on 2 processes or on 1; 1 process evaluates it
-    alike. Its splits end in batches that do not halve (as in
+    alike. Its lrs step as one process's: a per-step warm-up of the dense lr and a cosine over
+    epochs of the sharded tables' fused lr (FBGEMM's), every logged lr equal. Its splits end
+    in batches that do not halve (as in
     test_sharded_tables_train_and_evaluate_on_batches_that_split_unevenly): with no row-wise
     table, TorchRec's all-to-alls take parts of different sizes, and the steps and metrics
     are still one process's. A resume that makes a table-wise table data-parallel (``auto``
     may plan so on another world size) is one line: the checkpoint's optimizers.pt holds no
     state for it, which torch's ``load_state_dict`` met with a ValueError traceback on every rank."""
-    sections = {"data": {"rows": 6001}, "train": {"epochs": 2, "early_stop": None, "eval_batch_size": 600},
+    sections = {"data": {"rows": 6001},
+                "train": {"epochs": 2, "early_stop": None, "eval_batch_size": 600,
+                          "scheduler": {"name": "linear_warmup", "warmup_steps": 15},
+                          "embedding_scheduler": {"name": "cosine", "epochs": 2}},
                 "trainer": {"num_threads": 1, "progress_bar": False}}
     with caplog.at_level(logging.INFO, logger="ctr"):
         one = train(load_recipe(write(tmp_path, cache=cache, **sections)), tmp_path / "one")
@@ -299,17 +304,19 @@ def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog, ca
     assert [line[:4] for line in progress_two] == [line[:4] for line in progress_one] and progress_one
     assert np.allclose([line[4] for line in progress_two], [line[4] for line in progress_one], atol=2e-5, rtol=0)
     assert f"run directory: {tmp_path / 'two'} (metrics.json, " in done.stderr
-    for column in ("train/loss", "valid/auc"):
+    for column in ("train/loss", "valid/auc", "lr/dense", "lr/embedding"):
         curve_one, curve_two = (rows_of(tmp_path / run / "logs" / "metrics.csv", column) for run in ("one", "two"))
         assert [s for s, _ in curve_two] == [s for s, _ in curve_one] and curve_one
-        assert np.allclose([v for _, v in curve_two], [v for _, v in curve_one], atol=1e-5, rtol=0)
+        assert np.allclose([v for _, v in curve_two], [v for _, v in curve_one], atol=1e-5, rtol=0), column
+    lrs = [v for _, v in rows_of(tmp_path / "two" / "logs" / "metrics.csv", "lr/embedding")]
+    assert lrs[-1] < lrs[0]  # the cosine lowered it
     logs = [(tmp_path / run / "logs" / "metrics.csv").read_text().splitlines() for run in ("one", "two")]
     assert logs[1][0] == logs[0][0] and len(logs[1]) == len(logs[0])
     values = [float(v) for line in logs[1][1:] for v in line.split(",")[1:] if v and "." in v]
     assert values and [float(np.float32(v)) for v in values] == values  # float32 values, as Lightning logs them
 
     evaluated = evaluate(tmp_path / "two")
-    assert abs(evaluated["auc"] - two["test"]["auc"]) < 1e-6
+    assert abs(evaluated["auc"] - two["test"]["auc"]) < 1e-6 and abs(evaluated["auc"] - one["test"]["auc"]) < 1e-5
 
     cut = write(tmp_path, "cut.yaml", cache=cache, distributed=MIXED,
                 **{**sections, "train": {**sections["train"], "epochs": 1}})
@@ -347,15 +354,6 @@ def _progress_lines(log_text: str) -> list[tuple[int, int, int, int, float]]:
     """(epoch, step, batch, batches per epoch, loss) of each progress line of a run's log."""
     found = re.findall(r"epoch (\d+) step (\d+) \((\d+)/(\d+) of the epoch\): loss ([\d.]+), \d+ samples/s", log_text)
     return [(*map(int, groups[:4]), float(groups[4])) for groups in found]
-
-
-@pytest.mark.slow
-def test_two_processes_match_one_when_rank_1_holds_no_sharded_table(tmp_path, cache):
-    """One table-wise table, the others data-parallel. (A hash method's data-parallel tables,
-    their sparse gradients averaged by ctr, train in test_learning_rate_schedules_step_two_...)"""
-    one, two = one_and_two(tmp_path, cache, distributed={"sharding": "data_parallel", "tables": {"C1": "table_wise"}})
-    assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5
-    assert abs(evaluate(tmp_path / "two")["auc"] - one["test"]["auc"]) < 1e-5
 
 
 UNEVEN = {"data": {"rows": 6001}, "train": {"eval_batch_size": 600},
@@ -620,34 +618,6 @@ def test_validation_every_n_steps_checkpoints_mid_epoch_and_resumes_there(tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "sections",
-    [
-        {"distributed": MIXED, "train": {"scheduler": {"name": "linear_warmup", "warmup_steps": 15},
-                                          "embedding_scheduler": {"name": "cosine", "epochs": 2}}},
-        {"embedding": {"method": "hash", "dim": 8, "budget": 0.5},
-         "train": {"scheduler": {"name": "plateau", "patience": 0, "min_delta": 1.0, "factor": 0.5}}},
-    ],
-    ids=["sharded_warmup_cosine", "hash_plateau"],
-)
-def test_learning_rate_schedules_step_two_processes_as_one(tmp_path, cache, sections):
-    """Per-step warm-up of the dense lr and a cosine over epochs of the sharded tables' fused
-    lr (FBGEMM's), and a plateau schedule of a data-parallel run (a hash method's tables, their
-    sparse gradients averaged by ctr): every logged lr, the loss curve and the test AUC equal
-    one process's; 1 process evaluates it alike."""
-    sections["train"].update(epochs=3, early_stop=None)
-    one, two = one_and_two(tmp_path, cache, **sections)
-    for column in ("lr/dense", "lr/embedding", "train/loss"):
-        curve_one, curve_two = (rows_of(tmp_path / run / "logs" / "metrics.csv", column) for run in ("one", "two"))
-        assert [s for s, _ in curve_two] == [s for s, _ in curve_one] and curve_one
-        assert np.allclose([v for _, v in curve_two], [v for _, v in curve_one], atol=1e-5, rtol=0), column
-    lrs = [v for _, v in rows_of(tmp_path / "two" / "logs" / "metrics.csv", "lr/embedding")]
-    assert lrs[-1] < lrs[0]  # the schedule lowered it
-    assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5
-    assert abs(evaluate(tmp_path / "two")["auc"] - one["test"]["auc"]) < 1e-5
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("method", ["autosrh", "dedup", "deeplight"])
 def test_multi_stage_methods_run_their_stages_on_two_processes_as_on_one(tmp_path, cache, method):
     """autosrh: a bi-level search (architecture gradients averaged over the ranks), a pruning
@@ -731,23 +701,82 @@ def test_a_loss_that_is_not_finite_stops_every_rank_naming_the_step(tmp_path, ca
     assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "checkpoints" / "best").exists()
 
 
+# Runs cut by train.max_steps, by name: "plateau" in its 3rd epoch, after the validations at the ends of the first two
+# (a hash method's data-parallel tables, a plateau schedule, which lowers the lrs at the second); "rank_1_unsharded"
+# in its 1st epoch, before any validation (one table-wise table, on rank 0, the others data-parallel).
+CUTS = {
+    "plateau": {"embedding": {"method": "hash", "dim": 8, "budget": 0.5},
+                "train": {"epochs": 3, "max_steps": 25, "early_stop": None,
+                          "scheduler": {"name": "plateau", "patience": 0, "min_delta": 1.0, "factor": 0.5}}},
+    "rank_1_unsharded": {"distributed": {"sharding": "data_parallel", "tables": {"C1": "table_wise"}},
+                         "train": {"epochs": 3, "max_steps": 5}},
+}
+
+
+@pytest.fixture(scope="module")
+def cut_run(tmp_path_factory, cache):
+    """``one_and_two`` of a ``CUTS`` recipe, trained at its first use and then shared: its folder
+    (runs ``one`` and ``two`` in it, which a test copies before changing them) and the metrics."""
+    made = {}
+
+    def run(name: str) -> tuple[Path, dict, dict]:
+        if name not in made:
+            tmp = tmp_path_factory.mktemp(name)
+            made[name] = (tmp, *one_and_two(tmp, cache, **copy.deepcopy(CUTS[name])))
+        return made[name]
+
+    return run
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("max_steps, validated_at, epochs", [(15, [9], 2), (5, [4], 1)])
-def test_max_steps_ends_two_processes_as_it_ends_one(tmp_path, caplog, cache, max_steps, validated_at, epochs):
-    """max_steps cutting an epoch: no validation at the cut after one at the first epoch's end
+def test_two_processes_match_one_when_rank_1_holds_no_sharded_table(cut_run):
+    """One table-wise table, the others data-parallel (the run that max_steps cuts before its
+    first validation in test_max_steps_ends_two_processes_as_it_ends_one). (A hash method's
+    data-parallel tables, their sparse gradients averaged by ctr, train in
+    test_learning_rate_schedules_step_two_processes_as_one.)"""
+    ran, one, two = cut_run("rank_1_unsharded")
+    assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5
+    assert abs(evaluate(ran / "two")["auc"] - one["test"]["auc"]) < 1e-5
+
+
+@pytest.mark.slow
+def test_learning_rate_schedules_step_two_processes_as_one(cut_run):
+    """A plateau schedule of a data-parallel run (a hash method's tables, their sparse gradients
+    averaged by ctr; the run that max_steps cuts in its 3rd epoch in
+    test_max_steps_ends_two_processes_as_it_ends_one): every logged lr, the loss curve and the
+    test AUC equal one process's; 1 process evaluates it alike. (A per-step warm-up of the dense
+    lr and a cosine over epochs of the sharded tables' fused lr step in
+    test_two_processes_match_one_resume_and_evaluate_in_one.)"""
+    ran, one, two = cut_run("plateau")
+    for column in ("lr/dense", "lr/embedding", "train/loss"):
+        curve_one, curve_two = (rows_of(ran / run / "logs" / "metrics.csv", column) for run in ("one", "two"))
+        assert [s for s, _ in curve_two] == [s for s, _ in curve_one] and curve_one
+        assert np.allclose([v for _, v in curve_two], [v for _, v in curve_one], atol=1e-5, rtol=0), column
+    lrs = [v for _, v in rows_of(ran / "two" / "logs" / "metrics.csv", "lr/embedding")]
+    assert lrs[-1] < lrs[0]  # the schedule lowered it
+    assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5
+    assert abs(evaluate(ran / "two")["auc"] - one["test"]["auc"]) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cut, max_steps, validated_at, epochs",
+                         [("plateau", 25, [9, 19], 3), ("rank_1_unsharded", 5, [4], 1)])
+def test_max_steps_ends_two_processes_as_it_ends_one(tmp_path, caplog, cut_run, cut, max_steps, validated_at, epochs):
+    """max_steps cutting an epoch: no validation at the cut after those at the epochs' ends
     (Lightning's rule), a validation there, logged, when none ran before (one process logged
     none: its log and curves had no validation row), the same best checkpoint and test
     metrics, the cut epoch counted in ``epochs``. Without its metrics.json, the run evaluates
     from its best checkpoint: eval, predict and export looked for ``checkpoints/best.ckpt``,
     which a distributed run never writes (its ``checkpoints/best`` folder was not found)."""
-    one, two = one_and_two(tmp_path, cache, train={"epochs": 3, "max_steps": max_steps})
-    logs = [tmp_path / run / "logs" / "metrics.csv" for run in ("one", "two")]
+    ran, one, two = cut_run(cut)
+    logs = [ran / run / "logs" / "metrics.csv" for run in ("one", "two")]
     validated = [rows_of(log, "valid/auc") for log in logs]
     assert [s for s, _ in validated[0]] == [s for s, _ in validated[1]] == validated_at
     assert validated[1][0][1] == pytest.approx(validated[0][0][1], abs=1e-5)
     assert (two["steps"], two["epochs"]) == (one["steps"], one["epochs"]) == (max_steps, epochs)
     assert two["test"]["auc"] == pytest.approx(one["test"]["auc"], abs=1e-5)
     assert two["inference_seconds"] > 0  # ctr bench compression reads it
+    shutil.copytree(ran / "two", tmp_path / "two")
     (tmp_path / "two" / "metrics.json").unlink()
     caplog.set_level(logging.WARNING, logger="ctr.train")
     assert evaluate(tmp_path / "two")["auc"] == pytest.approx(two["test"]["auc"], abs=1e-6)
