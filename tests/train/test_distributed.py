@@ -804,18 +804,29 @@ def test_a_two_process_multi_stage_run_killed_after_its_stages_resumes_to_the_sa
     assert whole["epochs"] == 2
 
 
+# Tables all table-wise, stepped by SGD; early stopping at the validation of step 8 (of 10 batches an epoch).
+EARLY_SGD = {"distributed": {"sharding": "table_wise"},
+             "train": {"epochs": 2, "eval_every_n_steps": 4, "embedding_optimizer": {"name": "sgd", "lr": 0.1},
+                       "early_stop": {"monitor": "valid/auc", "patience": 1, "min_delta": 1.0}}}
+
+
+@pytest.fixture(scope="module")
+def early_sgd(tmp_path_factory, cache):
+    """``one_and_two`` of ``EARLY_SGD``, trained once for the tests that read it: its folder
+    (runs ``one`` and ``two``, which a test copies before changing them) and the metrics."""
+    tmp = tmp_path_factory.mktemp("early_sgd")
+    return (tmp, *one_and_two(tmp, cache, **copy.deepcopy(EARLY_SGD)))
+
+
 @pytest.mark.slow
-def test_sharded_tables_stepped_by_sgd_checkpoint_and_resume(tmp_path, caplog, cache):
+def test_sharded_tables_stepped_by_sgd_checkpoint_and_resume(tmp_path, caplog, early_sgd):
     """SGD keeps no optimizer state for its sharded tables: the checkpoint has no
     embedding_optimizer entry, and loading best (or resuming last) must not ask for one
     (the criteo recipe on 2 processes failed after training). A last checkpoint without its
-    .metadata is refused naming it, not trained over."""
-    sections = {"distributed": {"sharding": "table_wise"}, "train": {"embedding_optimizer": {"name": "sgd", "lr": 0.1}},
-                "trainer": {"devices": 2, "progress_bar": False}}
-    recipe = write(tmp_path, cache=cache, **sections)
-    done = ctr("train", recipe, "--out", tmp_path / "run")
-    assert done.returncode == 0, done.stderr[-3000:]
-    whole = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    .metadata is refused naming it, not trained over. (The run is that of
+    test_early_stopping_inside_an_epoch_logs_its_lrs_as_one_process_does.)"""
+    ran, _, whole = early_sgd
+    shutil.copytree(ran / "two", tmp_path / "run")
     assert all(how.startswith("table_wise") for how in whole["sharding"].values())
     (tmp_path / "run" / "metrics.json").unlink()
     shutil.copytree(tmp_path / "run", tmp_path / "cut")
@@ -832,6 +843,18 @@ def test_sharded_tables_stepped_by_sgd_checkpoint_and_resume(tmp_path, caplog, c
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     again = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert again["test"] == whole["test"]
+
+
+@pytest.mark.slow
+def test_early_stopping_inside_an_epoch_logs_its_lrs_as_one_process_does(early_sgd):
+    """Early stopping at the mid-epoch validation of step 8 (of 10 batches): the cut epoch's
+    lr row is logged at its last step, as one process logs it (and counted in ``epochs``)."""
+    ran, one, two = early_sgd
+    logs = [ran / run / "logs" / "metrics.csv" for run in ("one", "two")]
+    lrs = [rows_of(log, "lr/dense") for log in logs]
+    assert [s for s, _ in lrs[0]] == [s for s, _ in lrs[1]] == [7]
+    assert lrs[1][0][1] == pytest.approx(lrs[0][0][1])
+    assert (two["steps"], two["epochs"]) == (one["steps"], one["epochs"]) == (8, 1)
 
 
 SPARE_PARAMETER = '''
@@ -878,17 +901,3 @@ def test_a_parameter_without_a_gradient_under_ddp_is_one_line_naming_it(tmp_path
     assert done.returncode == 2, done.stderr[-3000:]
     assert "ctr: error: trainer.devices: parameters model.spare got no gradient in this step" in done.stderr
     assert "Traceback" not in done.stderr
-
-
-@pytest.mark.slow
-def test_early_stopping_inside_an_epoch_logs_its_lrs_as_one_process_does(tmp_path, cache):
-    """Early stopping at the mid-epoch validation of step 8 (of 10 batches): the cut epoch's
-    lr row is logged at its last step, as one process logs it (and counted in ``epochs``)."""
-    sections = {"train": {"epochs": 2, "eval_every_n_steps": 4,
-                          "early_stop": {"monitor": "valid/auc", "patience": 1, "min_delta": 1.0}}}
-    one, two = one_and_two(tmp_path, cache, **sections)
-    logs = [tmp_path / run / "logs" / "metrics.csv" for run in ("one", "two")]
-    lrs = [rows_of(log, "lr/dense") for log in logs]
-    assert [s for s, _ in lrs[0]] == [s for s, _ in lrs[1]] == [7]
-    assert lrs[1][0][1] == pytest.approx(lrs[0][0][1])
-    assert (two["steps"], two["epochs"]) == (one["steps"], one["epochs"]) == (8, 1)
