@@ -183,10 +183,10 @@ def _train(args: argparse.Namespace) -> int:
     out = args.run_dir = out or default_run_dir(recipe)  # named by the hint a signal's end prints
     if recipe.trainer.world_size > 1 and not launched():
         return _spawn_train(args, recipe, out)
-    return _train_here(recipe, out, bool(args.resume))
+    return _train_in_this_process(recipe, out, bool(args.resume))
 
 
-def _train_here(recipe, out: Path, resume: bool) -> int:  # noqa: ANN001 (a Recipe)
+def _train_in_this_process(recipe, out: Path, resume: bool) -> int:  # noqa: ANN001 (a Recipe)
     """``ctr train`` in this process: a one-process run, or a rank of a launched group (the
     launcher itself never imports the training loop and Lightning: they would delay its ranks)."""
     from ctr.train.runner import train

@@ -35,18 +35,27 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(len(mine))
 
 
+@contextlib.contextmanager
+def kept_process_settings():
+    """Restores what a run in this process changes for good: torch's thread count (a recipe's
+    ``trainer.num_threads``) and the seed variables Lightning's ``seed_everything`` exports.
+    Every test runs in it; a fixture of a wider scope that trains in this process uses it too."""
+    threads, seeds = torch.get_num_threads(), {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        for key, value in seeds.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 @pytest.fixture(autouse=True)
 def _kept_process_settings():
-    """Restores what a run in this process changes for good: torch's thread count (a recipe's
-    ``trainer.num_threads``) and the seed variables Lightning's ``seed_everything`` exports."""
-    threads, seeds = torch.get_num_threads(), {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
-    yield
-    torch.set_num_threads(threads)
-    for key, value in seeds.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with kept_process_settings():
+        yield
 
 
 def run_ctr(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -31,7 +31,7 @@ from ctr.host import launched
 from ctr.recipe import Recipe
 from ctr.registry import EMBEDDINGS
 from ctr.train.checks import check_batch_split
-from ctr.train.placement import Placement, placement, wants_gpu
+from ctr.train.placement import Placement, placement
 from ctr.train.rundir import RunDir
 from ctr.train.sharded import check_request
 
@@ -65,8 +65,9 @@ def check_distributed(recipe: Recipe) -> None:
         raise RecipeError(f"train.early_stop.monitor: a distributed run monitors a validation metric, "
                           f"not {train.early_stop.monitor}")
     check_batch_split(recipe, trainer.world_size)
-    gpus = torch.cuda.device_count() if wants_gpu(trainer.accelerator) and torch.cuda.is_available() else None
-    if gpus is not None and trainer.devices > gpus:  # process LOCAL_RANK takes GPU LOCAL_RANK
+    # counted through NVML (torch.cuda.is_available would start the CUDA driver in the launcher)
+    gpus = torch.cuda.device_count() if trainer.accelerator in ("gpu", "cuda", "auto") else 0
+    if gpus and trainer.devices > gpus:  # process LOCAL_RANK takes GPU LOCAL_RANK
         raise RecipeError(f"trainer.devices: {trainer.devices} processes on this machine, one GPU each, but it has "
                           f"{gpus} CUDA GPU{'s' if gpus != 1 else ''}; set trainer.devices to at most {gpus}"
                           + (", or trainer.accelerator: cpu" if trainer.accelerator == "auto" else ""))

@@ -25,7 +25,7 @@ from ctr.train.distributed_epochs import rows_of
 from ctr.train.launch import LAUNCHER, wait_all
 from ctr.train.runner import evaluate, train
 from ctr.train.rundir import RunDir
-from tests.conftest import begun_with, run_ctr, tiny_recipe
+from tests.conftest import begun_with, kept_process_settings, run_ctr, tiny_recipe
 
 MIXED = {"sharding": "table_wise", "tables": {"C3": "column_wise", "C1": "data_parallel"}}
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,7 +55,8 @@ def one_and_two(tmp: Path, cache: Path, **sections) -> tuple[dict, dict]:
     """``sections`` trained in this process (``tmp``/one) and on 2 processes (``tmp``/two), one
     thread each: the metrics of each."""
     sections["trainer"] = {"num_threads": 1, "progress_bar": False, **sections.get("trainer", {})}
-    one = train(load_recipe(write(tmp, cache=cache, **sections)), tmp / "one")
+    with kept_process_settings():  # a module fixture's run: the test's own restore comes after it
+        one = train(load_recipe(write(tmp, cache=cache, **sections)), tmp / "one")
     recipe = write(tmp, "two.yaml", cache=cache, **sections)
     done = ctr("train", recipe, "--out", tmp / "two", "-o", "trainer.devices=2")
     assert done.returncode == 0, done.stderr[-3000:]
