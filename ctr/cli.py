@@ -112,8 +112,9 @@ def _say_signal_end(args: argparse.Namespace, ended: tuple[str, int]) -> int:
 
 def _train_hint(args: argparse.Namespace) -> str | None:
     """How a stopped ``ctr train`` goes on: the ``--resume`` of its run directory once the
-    run has trained there (before, a folder made for ``--out``, or only the recipe and schema
-    kept, hold nothing to resume), or where a finished run's results are."""
+    run has checkpointed there, the same command before (the recipe written, no checkpoint
+    yet: nothing to resume), or where a finished run's results are; nothing when the run had
+    written nothing (no run directory named yet, or a folder made for ``--out`` still empty)."""
     run_dir = getattr(args, "run_dir", None) or args.resume  # a resume's is known from the start
     if run_dir is None:
         return None
@@ -122,8 +123,10 @@ def _train_hint(args: argparse.Namespace) -> str | None:
     run = RunDir(run_dir)
     if run.metrics.exists():
         return f"the run had finished: {run.metrics} holds its results"
-    if not (run.recipe.exists() and run.started):  # what --resume reads and then asks for
+    if not run.recipe.exists():  # nothing of this run written
         return None
+    if not run.started:  # --resume would refuse: nothing to resume
+        return "no checkpoint was written: the same command trains the run from the start"
     return f"`ctr train --resume {shlex.quote(str(run_dir))}` continues from its last checkpoint, if one was written"
 
 

@@ -65,19 +65,23 @@ def test_a_signal_during_a_fit_exits_with_the_shells_code_and_says_how_to_resume
     assert capsys.readouterr().err.strip() == said.format(run=shlex.quote(str(tmp_path / "a run")))
 
 
-@pytest.mark.parametrize("argv, made, held", [
-    (["train", "recipe.yaml"], False, []), (["train", "r.yaml", "--out", "run"], False, []),
-    (["train", "r.yaml", "--out", "run"], True, []),
-    (["train", "r.yaml", "--out", "run"], True, ["run/"]),  # a folder the user made for it
-    (["train", "r.yaml", "--out", "run"], True, ["run/", "run/recipe.yaml", "run/schema/"]),  # kept before any checkpoint
+AGAIN = "; no checkpoint was written: the same command trains the run from the start"
+
+
+@pytest.mark.parametrize("argv, made, held, hint", [
+    (["train", "recipe.yaml"], False, [], ""), (["train", "r.yaml", "--out", "run"], False, [], ""),
+    (["train", "r.yaml", "--out", "run"], True, [], ""),
+    (["train", "r.yaml", "--out", "run"], True, ["run/"], ""),  # a folder the user made for it
+    (["train", "r.yaml", "--out", "run"], True, ["run/", "run/recipe.yaml", "run/schema/"], AGAIN),  # no checkpoint yet
 ])
 def test_a_signal_before_the_run_directory_is_made_says_nothing_to_resume(tmp_path, monkeypatch, capsys, argv, made,
-                                                                          held):
+                                                                          held, hint):
     """SIGTERM as the recipe is read (no run directory named yet), before the named one was
     made, or before anything was trained in it (an empty folder the user made for --out, the
     recipe and schema a run keeps before its first checkpoint) said `ctr train --resume
     RUN_DIR`, the placeholder itself, or a folder that --resume then called no run directory
-    or refused with nothing to resume."""
+    or refused with nothing to resume; a run that wrote its recipe but no checkpoint is
+    trained again by the same command."""
     def stopped(args):
         if made:
             args.run_dir = args.out
@@ -91,7 +95,7 @@ def test_a_signal_before_the_run_directory_is_made_says_nothing_to_resume(tmp_pa
             (tmp_path / path).write_text("{}\n")
     monkeypatch.setattr(cli, "_train", stopped)
     assert cli.main(argv) == 143
-    assert capsys.readouterr().err.strip() == "ctr: terminated (SIGTERM)"
+    assert capsys.readouterr().err.strip() == "ctr: terminated (SIGTERM)" + hint
 
 
 def test_a_signal_as_a_resume_reads_its_recipe_names_the_run(tmp_path, monkeypatch, capsys):

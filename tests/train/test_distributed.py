@@ -256,7 +256,7 @@ def test_sigterm_to_the_launcher_stops_its_ranks(tmp_path, cache):
     launcher = subprocess.Popen([sys.executable, "-m", "ctr", "train", str(recipe), "--out", str(run)],
                                 stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not (run / "logs").exists() and time.monotonic() < deadline:  # the ranks train
+    while not (run / "checkpoints" / "last").exists() and time.monotonic() < deadline:  # the ranks checkpointed
         time.sleep(0.5)
     assert len(_processes_running(str(run))) == 3
     launcher.terminate()
