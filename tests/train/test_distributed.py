@@ -108,8 +108,12 @@ def test_a_distributed_recipe_that_cannot_run_is_one_line_before_any_process(tmp
 def test_more_processes_than_gpus_is_one_line_before_any_process(tmp_path, capsys, monkeypatch):
     """Process ``LOCAL_RANK`` takes GPU ``LOCAL_RANK``: on a machine of one GPU, rank 1 of
     ``trainer.devices: 2`` died on torch's "invalid device ordinal" traceback while rank 0
-    waited for it in the process group."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    waited for it in the process group. The launcher counts the GPUs through NVML
+    (``device_count``): ``is_available`` would start the CUDA driver in it."""
+    def starts_the_driver():
+        raise AssertionError("the launcher called torch.cuda.is_available")
+
+    monkeypatch.setattr(torch.cuda, "is_available", starts_the_driver)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     recipe = write(tmp_path, trainer={"devices": 2, "accelerator": "gpu"})
     code = main(["train", str(recipe), "--out", str(tmp_path / "run")])
