@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from ctr.atomic import DISK_FULL
 from ctr.datasets.cache import DONE, KEY_FILE, TMP_MARK, cache_key, cache_root, key_blob, key_inputs
 from ctr.datasets.encode import Encoder, Tally
 from ctr.datasets.fit import Fitter
-from ctr.datasets.progress import RowProgress
+from ctr.datasets.progress import RowProgress, shows_bars
 from ctr.datasets.report import build_report
 from ctr.datasets.shards import ShardWriter
 from ctr.datasets.source import SPLITS, DatasetSource, default_features, resolve_features
@@ -70,7 +69,7 @@ def prepare(config: DataConfig, progress: bool | None = None) -> Prepared:
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        job = _Job(source, features, table_of, label, group, config, _show_progress(progress))
+        job = _Job(source, features, table_of, label, group, config, shows_bars(progress))
         job.run(tmp)
         (tmp / KEY_FILE).write_text(key_blob(inputs) + "\n")
         (tmp / DONE).write_text("ok\n")
@@ -135,7 +134,7 @@ def encode_with_schema(config: DataConfig, schema_dir: Path, out: Path, split: s
         read = {spec.column for spec in features}
         source.optional_columns = frozenset(c for c in (schema.label, schema.group) if c and c not in read)
         source.scored_features = features
-    job = _Job(source, features, {}, schema.label, schema.group, config, _show_progress(progress))
+    job = _Job(source, features, {}, schema.label, schema.group, config, shows_bars(progress))
     job.whole = split is None
     absent = job.absent_columns() if job.whole else set()
     group = None if schema.group in absent else schema.group
@@ -230,10 +229,6 @@ def _publish(tmp: Path, root: Path) -> None:
         if not (root / DONE).exists():  # a stale, unfinished folder: replace it
             shutil.rmtree(root, ignore_errors=True)
             os.rename(tmp, root)
-
-
-def _show_progress(progress: bool | None) -> bool:
-    return sys.stderr.isatty() if progress is None else progress
 
 
 class _Job:

@@ -12,12 +12,20 @@ Example::
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 PROGRESS_LOG_SECONDS = 30.0  # without a progress bar (stderr not a terminal), a line this often
+
+
+def shows_bars(flag: bool | None) -> bool:
+    """Whether a command draws progress bars: ``flag`` (a recipe's ``trainer.progress_bar``)
+    when set, else when stderr is a terminal; without them it logs a line every
+    ``PROGRESS_LOG_SECONDS``."""
+    return sys.stderr.isatty() if flag is None else flag
 
 
 class RowProgress:

@@ -124,7 +124,7 @@ def run_train_bench(config: TrainBenchConfig) -> TrainBenchResult:
     """Trains ``config.recipe`` for the configured steps and returns the measurements."""
     from ctr.datasets import prepare
     from ctr.recipe import load_recipe
-    from ctr.train.loop import Session, quiet_lightning, shows_bars, use_threads
+    from ctr.train.loop import Session, quiet_lightning, use_threads
     from ctr.train.placement import placement
     from ctr.train.rundir import RunDir
     from ctr.train.task import CTRTask
@@ -140,7 +140,7 @@ def run_train_bench(config: TrainBenchConfig) -> TrainBenchResult:
     quiet_lightning()
     use_threads(recipe.trainer.num_threads)  # as ctr train does: the figures are of the same loop
     L.seed_everything(recipe.seed, verbose=False)
-    prepared = prepare(recipe.data, shows_bars(recipe))
+    prepared = prepare(recipe.data, recipe.trainer.progress_bar)
     clock = EventClock(device) if device.type == "cuda" else WallClock()
     profiled = config.profile_steps if device.type == "cuda" else 0  # the profiler's figures are a GPU's only
     task = CTRTask(recipe, prepared.schema, phases=clock)

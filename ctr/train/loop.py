@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -43,14 +42,6 @@ Loader = BatchLoader | ResidentLoader
 log = logging.getLogger("ctr.train")
 LOG_EVERY_N_STEPS = 20
 PROGRESS_EVERY_N_STEPS = 100
-
-
-def shows_bars(recipe: Recipe) -> bool:
-    """Whether a command on ``recipe``'s run draws progress bars (``trainer.progress_bar``;
-    unset: when stderr is a terminal); without them it logs a line every
-    ``PROGRESS_LOG_SECONDS``."""
-    flag = recipe.trainer.progress_bar
-    return sys.stderr.isatty() if flag is None else flag
 
 
 def use_threads(num_threads: int | str | None) -> None:

@@ -32,12 +32,12 @@ import torch
 from ctr.atomic import atomic_path
 from ctr.datasets.loader import BatchLoader
 from ctr.datasets.preprocess import Encoded
-from ctr.datasets.progress import RowProgress
+from ctr.datasets.progress import RowProgress, shows_bars
 from ctr.datasets.shards import shard_files
 from ctr.errors import UserError, reason
 from ctr.metrics import split_metrics
 from ctr.recipe import DataConfig
-from ctr.train.loop import shows_bars, use_threads
+from ctr.train.loop import use_threads
 from ctr.train.placement import placement
 from ctr.train.saved import encode_rows, finished_run, oov_counts, restored_task
 from ctr.train.task import probabilities
@@ -66,7 +66,7 @@ def predict(run_root: Path, data: Path, out: Path) -> dict[str, Any]:
     run, recipe, ckpt = finished_run(run_root, out)
     _refuse_read_input(out, data, recipe.data)
     use_threads(recipe.trainer.num_threads)  # as in training: another thread count sums in another order
-    progress = shows_bars(recipe)
+    progress = shows_bars(recipe.trainer.progress_bar)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ctr-predict-") as tmp:
         encoded = encode_rows(run, recipe, Path(tmp), data, progress=progress)

@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 
 from ctr.datasets import prepare
+from ctr.datasets.progress import shows_bars
 from ctr.datasets.source import SPLITS, resolve_features
 from ctr.errors import UserError, sigterm_raises
 from ctr.recipe import Recipe
@@ -19,7 +20,7 @@ from ctr.train.checkpoints import check_resumable, holds_distributed_checkpoints
 from ctr.train.launch import group_holds, launched, process_group, require_one_process, shared_path
 from ctr.train.checks import check_before_fit, check_schedule_floors, require_rows
 from ctr.train.loop import (
-    Session, check_best_kept, evaluate_checkpoint, fit, quiet_lightning, shows_bars, trainer_for, use_threads,
+    Session, check_best_kept, evaluate_checkpoint, fit, quiet_lightning, trainer_for, use_threads,
 )
 from ctr.train.optim import fused_optimizer
 from ctr.train.placement import Placement, placement
@@ -62,7 +63,7 @@ def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:
     place = placement(recipe)
     use_threads(recipe.trainer.num_threads)
     L.seed_everything(recipe.seed, workers=True, verbose=False)
-    progress = shows_bars(recipe)
+    progress = shows_bars(recipe.trainer.progress_bar)
     recipe.data = resolve_features(recipe.data)  # the run's recipe.yaml lists every feature
     if resume:
         run.check_resumed_inputs(recipe.data)
@@ -140,7 +141,7 @@ def evaluate(run_root: Path, split: str = "test", data: Path | None = None) -> d
     counts per feature), encoded with the run's saved schema and vocabularies."""
     run, recipe, ckpt = finished_run(run_root)
     use_threads(recipe.trainer.num_threads)  # as in training: another thread count sums in another order
-    progress = shows_bars(recipe)
+    progress = shows_bars(recipe.trainer.progress_bar)
     with tempfile.TemporaryDirectory(prefix="ctr-eval-") as tmp:
         encoded = encode_rows(run, recipe, Path(tmp), data, split, progress)
         if data is not None and not encoded.labelled:
