@@ -184,8 +184,8 @@ def _drop_redrawn(results: Results, cells: list[Cell], recipes: dict[str, Recipe
     they train again, as a resume of them is refused."""
     for cell in cells:
         run = RunDir(out / "runs" / cell.key)
-        drawn = run.drawn_otherwise(recipes[cell.key].data) if cell.key in recipes else None
-        if drawn and run.holds_run:
+        drawn = cell.key in recipes and run.holds_run and run.drawn_otherwise(recipes[cell.key].data)
+        if drawn:
             results.drop(lambda row: Path(row["run_dir"]).name == cell.key)
             kept = run.set_aside(out / "stale-runs")
             log.warning("bench %s: %s: its run is moved to %s and trained again", cell.key, drawn, kept)

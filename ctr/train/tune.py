@@ -235,8 +235,8 @@ class Tuning:
         for point in self.points:
             for offset in range(self.seeds):
                 run = self._run_dir(point.key, offset)
-                drawn = run.drawn_otherwise(recipes[point.key].data)
-                if drawn and run.holds_run:
+                drawn = run.holds_run and run.drawn_otherwise(recipes[point.key].data)
+                if drawn:
                     results.drop(lambda row: row["point"] == point.key and int(row["offset"]) == offset)
                     kept = run.set_aside(self.out / "stale-runs")
                     log.warning("tune %s seed %d (%s): %s: its run is moved to %s and trained again", point.key,
