@@ -147,9 +147,11 @@ class DPQEmbedding(WrittenCodes, BatchLosses, EmbeddingMethod):
         return self.norm(raw)
 
     def decode(self, codes: Tensor) -> Tensor:
-        """Rows [N, D] from codes [N, P]: each part's chosen value, concatenated."""
-        part = torch.arange(self.parts, device=codes.device)
-        return self.values[part, codes].flatten(1)
+        """Rows [N, D] from codes [N, P]: each part's chosen value, concatenated. Gathered by
+        ``index_select`` from the flat [P·K, D/P] values: the backward of advanced indexing
+        adds with atomics on several CPU threads, in no fixed order."""
+        flat = torch.arange(self.parts, device=codes.device) * self.choices + codes  # [N, P]
+        return self.values.view(-1, self.values.shape[-1]).index_select(0, flat.flatten()).view(-1, self.dim)
 
     def memory_bytes(self) -> int:
         return self.codes.numel() * self.codes.element_size() + self.values.numel() * self.values.element_size()

@@ -160,9 +160,13 @@ class MGQEmbedding(WrittenCodes, BatchLosses, EmbeddingMethod):
         return codes.T
 
     def decode(self, tables: Tensor, codes: Tensor) -> Tensor:
-        """Rows [N, D] from codes [N, S] of tables [N]: the chosen centroids concatenated."""
+        """Rows [N, D] from codes [N, S] of tables [N]: the chosen centroids concatenated.
+        Gathered by ``index_select`` from the flat [T·S·K, D/S] centroids: the backward of
+        advanced indexing adds with atomics on several CPU threads, in no fixed order."""
         part = torch.arange(self.subspaces, device=codes.device)
-        return self.codebooks[tables.unsqueeze(1), part, codes].flatten(1)
+        _, subspaces, centroids, width = self.codebooks.shape
+        flat = (tables.unsqueeze(1) * subspaces + part) * centroids + codes  # [N, S]
+        return self.codebooks.view(-1, width).index_select(0, flat.flatten()).view(-1, self.dim)
 
     def memory_bytes(self) -> int:
         return self.codes.numel() * self.codes.element_size() + self.codebooks.numel() * self.codebooks.element_size()

@@ -31,13 +31,14 @@ def weighted(tensor: torch.Tensor) -> torch.Tensor:
 
 def gradients(embedding, state, sparse) -> dict[str, torch.Tensor]:
     """Every parameter's gradient of a fixed weighting of the pooled and per-position
-    embeddings (sparse gradients made dense), and the state after the backward (integer
-    rows update in place in it), from ``state``."""
+    embeddings plus the method's loss terms (the only gradient of MGQE's codebooks and DPQ's
+    values) (sparse gradients made dense), and the state after the backward (integer rows
+    update in place in it), from ``state``."""
     embedding.load_state_dict(state)  # buffers a forward changes (AutoDim's annealing step) as they were
     embedding.zero_grad(set_to_none=True)
     torch.manual_seed(2)  # the same noise where a method draws some (Gumbel-softmax, stochastic rounding)
     out = embedding(sparse)
-    (weighted(out.pooled) + sum(weighted(s) for s in out.sequences.values())).backward()
+    (weighted(out.pooled) + sum(weighted(s) for s in out.sequences.values()) + embedding.regularizer()).backward()
     grads = {name: p.grad.to_dense().clone() for name, p in embedding.named_parameters() if p.grad is not None}
     return {**grads, **{f"state {k}": v.clone() for k, v in embedding.state_dict().items()}}
 
