@@ -32,7 +32,8 @@ class DPQConfig(EmbeddingConfig):
         parts: P, the most parts D is split into (the artifact's 8); fewer when the budget
             cannot hold P codes per id.
         choices: K, the most keys per part (the artifact's 32, at most 256).
-        commitment: weight of the VQ loss ‖value − sg(query)‖² (the artifact adds it, 1).
+        commitment: weight of the VQ loss ‖value − sg(query)‖² (the artifact adds it, 1); in
+            ``vq`` it is all that trains the values, so it must be > 0 there.
     """
 
     method: str = "dpq"
@@ -49,6 +50,9 @@ class DPQConfig(EmbeddingConfig):
             raise ValueError(f"choices: {self.choices} must be in [2, 256] (codes are uint8)")
         if not self.commitment >= 0:
             raise ValueError(f"commitment must be >= 0, got {self.commitment}")
+        if self.mode == "vq" and self.commitment == 0:
+            raise ValueError(f"commitment must be > 0 in mode vq, got {self.commitment} (the loss it weighs is all "
+                             "that trains vq's values: at 0 they keep their initial draw)")
 
 
 def dpq_bytes(ids: int, dim: int, parts: int, choices: int) -> int:

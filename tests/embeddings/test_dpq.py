@@ -56,6 +56,17 @@ def test_a_negative_commitment_is_a_one_line_recipe_error():
         recipe_from_dict({"embedding": {"method": "dpq", "budget": 0.5, "commitment": -1.0}})
 
 
+def test_a_zero_commitment_in_vq_mode_is_a_one_line_recipe_error():
+    """vq's values learn only from the loss it weighs: at 0 they kept their initial draw, and
+    every deployed row was made of untrained values. sx's values learn from the output."""
+    from ctr.errors import RecipeError
+    from ctr.recipe import recipe_from_dict
+
+    with pytest.raises(RecipeError, match=r"^embedding\.commitment: must be > 0 in mode vq, got 0\.0 \(.*\)$"):
+        recipe_from_dict({"embedding": {"method": "dpq", "budget": 0.5, "commitment": 0.0}})
+    assert recipe_from_dict({"embedding": {"method": "dpq", "budget": 0.5, "mode": "sx", "commitment": 0.0}})
+
+
 @pytest.mark.parametrize("mode", ["vq", "sx"])
 def test_codes_are_the_best_raw_response_as_the_artifacts_per_part_normalisation_keeps_it(mode):
     """The artifact (Hetu, methods/layers/dpq.py) batch-normalises the [N, P, K] responses with
