@@ -132,9 +132,11 @@ class DPQEmbedding(WrittenCodes, BatchLosses, EmbeddingMethod):
         return torch.einsum("npk,pkd->npd", hard, self.values).flatten(1)
 
     def responses(self, query: Tensor) -> Tensor:
-        """Responses [N, P, K] of query parts [N, P, d] to every key, normalised per part."""
+        """Responses [N, P, K] of query parts [N, P, d] to every key, normalised per part;
+        ``vq``'s distances in fp32 under any autocast (in bf16 the cancellation of their terms
+        picks farther keys)."""
         if self.config.mode == "vq":
-            with torch.no_grad():  # only the argmax reads them: no gradient
+            with torch.no_grad(), torch.autocast(query.device.type, enabled=False):  # only the argmax reads them
                 return self._normalised(self.negative_distances(query.detach(), self.values.detach()))
         return self._normalised(torch.einsum("npd,pkd->npk", query, self.keys))
 

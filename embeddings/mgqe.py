@@ -150,10 +150,12 @@ class MGQEmbedding(WrittenCodes, BatchLosses, EmbeddingMethod):
 
     def _nearest(self, table: int, parts: Tensor, frequent: Tensor) -> Tensor:
         """Codes [n, S] of parts [S, n, d] of one table: ‖c‖² − 2⟨x, c⟩ minimised over all
-        centroids for frequent rows [n] and over the first ``rare_centroids`` for the rest."""
+        centroids for frequent rows [n] and over the first ``rare_centroids`` for the rest.
+        In fp32 under any autocast: in bf16 the two terms' cancellation picks farther centroids."""
         book = self.codebooks[table].detach()  # [S, K, d]
-        squares = (book * book).sum(-1).unsqueeze(1)  # [S, 1, K]
-        distance = torch.baddbmm(squares, parts, book.transpose(1, 2), alpha=-2)  # [S, n, K]
+        with torch.autocast(parts.device.type, enabled=False):
+            squares = (book * book).sum(-1).unsqueeze(1)  # [S, 1, K]
+            distance = torch.baddbmm(squares, parts, book.transpose(1, 2), alpha=-2)  # [S, n, K]
         codes = distance[..., : self.config.rare_centroids].argmin(-1)  # [S, n]
         if bool(frequent.any()):
             codes[:, frequent] = distance[:, frequent].argmin(-1)

@@ -76,3 +76,16 @@ def test_each_occurrence_gets_its_nearest_allowed_centroid():
         for s in range(method.subspaces):
             distance = (parts[i, s] - method.codebooks[table, s, :allowed]).pow(2).sum(-1)
             assert codes[i, s] == distance.argmin()
+
+
+def test_mixed_precision_training_chooses_the_nearest_centroids_in_fp32():
+    """Under bf16 autocast the distances ‖c‖² − 2⟨x, c⟩ were bf16 products whose cancellation
+    picked farther centroids; the search runs in fp32 whatever the autocast."""
+    torch.manual_seed(0)
+    method = MGQEmbedding(schema(BIG), MGQEConfig(dim=16, budget=0.1))
+    tables = torch.zeros(3000, dtype=torch.int64)
+    rows = torch.arange(2, 3002)
+    exact = method.assign(tables, rows)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = method.assign(tables, rows)
+    assert torch.equal(mixed, exact)
