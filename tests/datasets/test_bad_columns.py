@@ -50,6 +50,15 @@ def test_id_and_bucket_counts_past_their_range_are_refused(tmp_path, capsys, fea
     assert message in err and "\n" not in err, err
 
 
+@pytest.mark.parametrize("max_vocab", [0, -1])
+def test_a_max_vocab_below_one_is_refused(tmp_path, capsys, max_vocab):
+    """Both kept no token: every value of the feature was OOV, and the run trained on it unwarned."""
+    data = {"dataset": "csv", "features": [{"name": "a", "max_vocab": max_vocab}, {"name": "b"}]}
+    code, err = prepare(tmp_path, capsys, data, "label,a,b\n1,x,u\n0,y,v\n")
+    assert code == 2 and err == (f"ctr: error: data.features[0]: feature 'a': max_vocab must be >= 1 or null (no "
+                                 f"limit), got {max_vocab}")
+
+
 @pytest.mark.parametrize("header, message", [
     ("label,a,b,", r"a column of .*rows\.csv's header has no name \(column 4\); add '' to data\.features\.skip"),
     ("label,a,b,a", r"column 'a' appears 2 times in .*rows\.csv's header; name it once"),
