@@ -31,8 +31,8 @@ RESUME_OVERRIDES = ("trainer.devices", "trainer.num_nodes")  # what a resume may
 
 
 def default_run_dir(recipe: Recipe) -> Path:
-    """``output.dir``, else ``runs/<name>-<time>``."""
-    return Path(recipe.output.dir or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    """``output.dir`` (``~`` expanded, as in data paths), else ``runs/<name>-<time>``."""
+    return Path(recipe.output.dir or f"runs/{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}").expanduser()
 
 
 def _as_kept(recipe: Recipe) -> dict[str, Any]:
