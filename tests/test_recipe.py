@@ -53,6 +53,15 @@ def test_override_parses_yaml_values():
     assert recipe.train.early_stop is None
 
 
+def test_override_sets_a_key_of_an_empty_section(tmp_path):
+    """A section left null (``model:`` with its keys commented out) reads as its defaults, but
+    an override of a key in it was refused: ``model: is not a section, cannot set model.name``."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text("model:\ntrain:\n  early_stop: null\n")
+    recipe = load_recipe(path, ["model.name=lr", "train.early_stop.patience=5"])
+    assert recipe.model.name == "lr" and recipe.train.early_stop.patience == 5
+
+
 def test_override_needs_equals():
     with pytest.raises(RecipeError, match="expected key.path=value"):
         apply_override({}, "train.batch_size")

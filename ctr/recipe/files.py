@@ -72,7 +72,9 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         value = text
     node = raw
     for depth, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or an empty section (null): a key set in it makes it a mapping
+            node[part] = {}
+        child = node[part]
         if not isinstance(child, dict):
             raise RecipeError(f"{'.'.join(parts[: depth + 1])}: is not a section, cannot set {key}")
         node = child
