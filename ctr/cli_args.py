@@ -91,6 +91,8 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     _bench_kernels_parser(bench, handlers)
     _bench_compression_parser(bench, handlers)
     _bench_train_parser(bench, handlers)
+    for subcommands in (commands, data, bench):
+        named_by_choices(subcommands)
     return parser
 
 
@@ -149,6 +151,12 @@ def _bench_train_parser(bench: argparse._SubParsersAction, handlers: Mapping[str
     train.add_argument("--profile-steps", type=int, default=10, help="steps under the profiler on a GPU (default 10)")
     overrides(train)
     train.set_defaults(run=handlers["bench train"])
+
+
+def named_by_choices(subcommands: argparse._SubParsersAction) -> None:
+    """Names a group of subcommands by its choices (``{prepare,clean,synth}``), as its usage
+    line does, in argparse's error for a missing one (it named the ``dest``: ``data_command``)."""
+    subcommands.metavar = "{" + ",".join(subcommands.choices) + "}"
 
 
 def overrides(parser: argparse.ArgumentParser) -> None:

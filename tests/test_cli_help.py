@@ -3,6 +3,8 @@
 import argparse
 import re
 
+import pytest
+
 from ctr import cli
 
 
@@ -52,3 +54,15 @@ def test_the_default_out_folder_a_help_names_is_from_the_recipe_files_name():
              if "--out" in action.option_strings}
     assert "(default runs/bench-<recipe file name>)" in helps["ctr bench compression"]
     assert "(default runs/tune-<recipe file name>)" in helps["ctr tune"]
+
+
+@pytest.mark.parametrize("argv, choices", [
+    ([], "{train,eval,plan,predict,export,tune,models,data,bench}"),
+    (["data"], "{prepare,clean,synth}"),
+    (["bench"], "{kernels,compression,train}"),
+])
+def test_a_missing_command_is_named_by_its_choices(capsys, argv, choices):
+    """`ctr data` said 'the following arguments are required: data_command', a name no user types."""
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: the following arguments are required: {choices}")
