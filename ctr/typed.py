@@ -226,9 +226,12 @@ def to_plain(obj: Any) -> Any:
 
 
 def _name(hint: Any) -> str:
-    """How a message names a type: ``int``, or a Literal's values (``'auto'``)."""
+    """How a message names a type: ``int``, a Literal's values (``'auto'``), ``list``, or
+    ``mapping`` for a dict or a config class (its class name means nothing in a recipe)."""
     if typing.get_origin(hint) is Literal:
         return " or ".join(map(repr, typing.get_args(hint)))
+    if dataclasses.is_dataclass(hint) or _origin(hint) is dict:
+        return "mapping"
     return getattr(hint, "__name__", str(hint))
 
 

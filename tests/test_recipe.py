@@ -36,6 +36,7 @@ def test_defaults_and_typed_sections():
         ({"data": {"rows": -1}}, r"^data\.rows: must be a finite number > 0, got -1$"),
         ({"train": {"optimizer": {"name": "adamx"}}}, r"^train\.optimizer\.name: unknown optimizer"),
         ({"data": {"features": [{"name": "a", "kind": "dense"}]}}, r"^data\.features\[0\]\.kind: expected one of"),
+        ({"data": {"features": 5}}, r"^data\.features: expected list or mapping, got 5$"),  # not 'or FeatureShorthand'
     ],
 )
 def test_invalid_recipes_name_the_key(raw, message):
