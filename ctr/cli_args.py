@@ -174,12 +174,13 @@ def given(text: str) -> str:
 
 
 def a_path(text: str) -> Path:
-    """A path argument; an empty one (an unset shell variable) is refused, not read as the
-    current folder (``Path("")`` is ``.``), and so is one in a symlink loop (``Path.resolve``
-    raises a RuntimeError on it wherever the command resolves it)."""
+    """A path argument, ``~`` expanded (the shell leaves the one of ``--out=~/runs/a``); an
+    empty one (an unset shell variable) is refused, not read as the current folder
+    (``Path("")`` is ``.``), and so is one in a symlink loop (``Path.resolve`` raises a
+    RuntimeError on it wherever the command resolves it)."""
     if not text:
         raise argparse.ArgumentTypeError("an empty path")
-    path = Path(text)
+    path = Path(text).expanduser()
     try:
         path.resolve()
     except RuntimeError:

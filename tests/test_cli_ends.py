@@ -247,6 +247,18 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, monke
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("argv, argument", [
+    (["train", "recipe.yaml", "--out=~/runs/a"], "out"), (["train", "--resume=~/runs/a"], "resume"),
+    (["eval", "~/runs/a"], "run_dir"), (["predict", "~/runs/a", "rows.csv", "--out", "s.csv"], "run_dir"),
+])
+def test_a_path_argument_expands_the_home_folder(tmp_path, monkeypatch, argv, argument):
+    """The shell leaves ``--out=~/runs/a`` (a ``~`` after ``=``) as it is: the run went into a
+    folder named ``~`` in the current one."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args = cli.build_parser(cli._handlers()).parse_args(argv)
+    assert getattr(args, argument) == tmp_path / "runs" / "a"
+
+
 STOPPED_IN = """
 import os, signal, sys
 import {module} as place
