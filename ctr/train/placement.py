@@ -37,8 +37,7 @@ def placement(recipe: Recipe) -> Placement:
     is a RecipeError (before any work)."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     accelerator = recipe.trainer.accelerator
-    if accelerator not in ACCELERATORS:
-        raise RecipeError(f"trainer.accelerator: {accelerator!r}: choose from {', '.join(ACCELERATORS)}")
+    check_accelerator(accelerator)
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise RecipeError(f"trainer.accelerator: {accelerator!r} but this machine has no CUDA GPU; use cpu or auto")
     gpu = wants_gpu(accelerator)
@@ -46,6 +45,12 @@ def placement(recipe: Recipe) -> Placement:
     if reads_backend(recipe.embedding.method):  # else $CTR_KERNEL_BACKEND names kernels the method never runs
         _check_backend(recipe, device)
     return Placement(rank, world, device)
+
+
+def check_accelerator(accelerator: str) -> None:
+    """Refuses a ``trainer.accelerator`` that is none of ``ACCELERATORS``."""
+    if accelerator not in ACCELERATORS:
+        raise RecipeError(f"trainer.accelerator: {accelerator!r}: choose from {', '.join(ACCELERATORS)}")
 
 
 def wants_gpu(accelerator: str) -> bool:

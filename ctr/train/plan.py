@@ -24,6 +24,7 @@ from ctr.errors import RecipeError, UserError
 from ctr.recipe import Recipe
 from ctr.schema import Schema
 from ctr.train.checks import check_batch_split
+from ctr.train.placement import check_accelerator
 
 FP32_BYTES = 4
 SHARD_COLUMNS = 4  # FBGEMM's kernels of a sharded table take shards of a multiple of 4 columns
@@ -122,6 +123,7 @@ def check_plan_request(recipe: Recipe, world_size: int) -> None:
                           f"got {optimizer!r}")
     if world_size < 1:
         raise UserError("--world-size: must be >= 1")
+    check_accelerator(recipe.trainer.accelerator)  # it picks CPU or GPU ranks; another would show a GPU plan
     check_batch_split(recipe, world_size)
     if world_size > 1:
         from ctr.train.sharded import check_request  # it imports this module

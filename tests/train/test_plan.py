@@ -139,6 +139,7 @@ def test_sizes_parse_with_units():
     (["embedding.method=hash", "embedding.budget=0.5", "distributed.sharding=table_wise"],
      "distributed.sharding: table_wise needs plain tables"),
     (["embedding.dim=6", "distributed.tables.C3=row_wise"], "embedding.dim: 6 is not a multiple of 4"),
+    (["trainer.accelerator=tpu"], "trainer.accelerator: 'tpu': choose from cpu, gpu, cuda, auto"),  # a GPU plan was shown
 ])
 def test_tables_that_training_refuses_are_refused_before_the_data_is_read(tmp_path, capsys, overrides, message):
     path = tmp_path / "r.yaml"
