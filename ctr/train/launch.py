@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from ctr.errors import RecipeError, Terminated, UserError, sigterm_raises
-from ctr.host import launched
+from ctr.host import launched, usable_cores
 from ctr.recipe import Recipe
 from ctr.registry import EMBEDDINGS
 from ctr.train.checks import check_batch_split
@@ -71,6 +71,11 @@ def check_distributed(recipe: Recipe) -> None:
         raise RecipeError(f"trainer.devices: {trainer.devices} processes on this machine, one GPU each, but it has "
                           f"{gpus} CUDA GPU{'s' if gpus != 1 else ''}; set trainer.devices to at most {gpus}"
                           + (", or trainer.accelerator: cpu" if trainer.accelerator == "auto" else ""))
+    cores = usable_cores()
+    if not gpus and trainer.devices > cores:
+        log.warning("trainer.devices: %d processes on the %d CPU cores this one may run on: the ranks wait for each "
+                    "other's cores (a distributed run on CPUs is fastest with at most one rank a core)",
+                    trainer.devices, cores)
 
 
 def spawn(args: list[str], recipe: Recipe) -> int:

@@ -22,6 +22,7 @@ from ctr.cli import main
 from ctr.datasets import BatchLoader
 from ctr.recipe import load_recipe
 from ctr.train.distributed_epochs import rows_of
+from ctr.train import launch
 from ctr.train.launch import LAUNCHER, wait_all
 from ctr.train.runner import evaluate, train
 from ctr.train.rundir import RunDir
@@ -124,6 +125,18 @@ def test_more_processes_than_gpus_is_one_line_before_any_process(tmp_path, capsy
     code = main(["train", str(write(tmp_path, trainer={"devices": 2, "accelerator": "auto"})), "--out",
                  str(tmp_path / "run")])
     assert code == 2 and capsys.readouterr().err.strip().endswith("at most 1, or trainer.accelerator: cpu")
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_more_cpu_processes_than_cores_is_a_warning(tmp_path, caplog, monkeypatch, cores):
+    """``trainer.devices: 64`` on 2 cores started 64 ranks that took minutes to meet: the
+    launcher says so before it starts them (a warning: a test's one-core worker runs 2)."""
+    monkeypatch.setattr(launch, "usable_cores", lambda: cores)
+    recipe = load_recipe(write(tmp_path, trainer={"devices": 2, "accelerator": "cpu"}))
+    with caplog.at_level(logging.WARNING, logger="ctr.train"):
+        launch.check_distributed(recipe)
+    warned = [m for m in caplog.messages if "trainer.devices: 2 processes on the 1 CPU cores" in m]
+    assert len(warned) == (cores == 1), caplog.messages
 
 
 @pytest.mark.parametrize("fails", [False, True], ids=["finishes", "raises"])
