@@ -102,28 +102,49 @@ PARQUET_MAGIC = b"PAR1"  # the first bytes of a parquet file
 
 
 def first_line(file: Path) -> str | None:
-    """The first line of ``file`` without its newline (and without a UTF-8 byte order mark,
-    which spreadsheet programs write); ``None`` for an empty file."""
+    """The first line of ``file`` that is not blank, without its newline (and without a UTF-8
+    byte order mark, which spreadsheet programs write); ``None`` for an empty file."""
+    return _first_line(file)[1]
+
+
+def _first_line(file: Path) -> tuple[int, str | None]:
+    """``first_line`` of ``file`` and its line number (from 1)."""
     with open_rows(file) as handle:
         try:
-            line = handle.readline().removeprefix(codecs.BOM_UTF8)
+            _skip_byte_order_mark(handle)
+            line, blank = _skip_blank_lines(handle)
         except GZIP_ERRORS as err:
             raise corrupt_gzip(file, 0, err) from None
     if not line.strip():
-        return None
+        return blank + 1, None
     if line.startswith(PARQUET_MAGIC):
         raise DataError(f"{file}: a parquet file, not text (data.dataset: parquet reads it)")
     if b"\x00" in line:
         raise DataError(f"{file}: not a text file (its first line holds NUL bytes)")
-    return line.rstrip(b"\r\n").decode("utf-8", errors="replace")
+    return blank + 1, line.rstrip(b"\r\n").decode("utf-8", errors="replace")
+
+
+def _skip_byte_order_mark(handle: BinaryIO) -> None:
+    if handle.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
+        handle.seek(0)
+
+
+def _skip_blank_lines(handle: BinaryIO) -> tuple[bytes, int]:
+    """The next line of ``handle`` that is not blank (``\\n`` or ``\\r\\n`` alone, which the
+    parser skips; ``b""`` at the end), and the number of blank lines read before it."""
+    blank = 0
+    while (line := handle.readline()) in (b"\n", b"\r\n"):
+        blank += 1
+    return line, blank
 
 
 def header_line(file: Path) -> str | None:
-    """``first_line`` of a file that starts with a header; a ``\\r`` left inside it (a file of
-    old Mac line ends, ``\\r`` alone, is one line) is the error of any line it splits."""
-    line = first_line(file)
+    """``first_line`` of a file that starts with a header (blank lines before it are skipped,
+    as ``read_delimited`` skips them); a ``\\r`` left inside it (a file of old Mac line ends,
+    ``\\r`` alone, is one line) is the error of any line it splits."""
+    number, line = _first_line(file)
     if line is not None and "\r" in line:
-        raise carriage_return_inside(file, 1)
+        raise carriage_return_inside(file, number)
     return line
 
 
@@ -138,11 +159,9 @@ def read_delimited(file: Path, fmt: TextFormat, block_bytes: int = BLOCK_BYTES) 
     with open_rows(file) as handle:
         line = 1
         try:
-            if handle.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
-                handle.seek(0)
+            _skip_byte_order_mark(handle)
             if fmt.header:
-                handle.readline()
-                line = 2
+                line += _skip_blank_lines(handle)[1] + 1
             for block in _blocks(handle, block_bytes):
                 lines = _line_count(block)
                 batch = _parse_block(block, line, lines, fmt, file)

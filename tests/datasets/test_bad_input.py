@@ -174,6 +174,31 @@ def test_blank_lines_a_byte_order_mark_and_padded_labels_are_read(tmp_path, caps
     assert code == 2 and err == f"ctr: error: {path}:6: 1 fields, expected 2", err
 
 
+def test_blank_lines_before_the_first_row_or_the_header_are_skipped(tmp_path, capsys):
+    """A file that starts with blank lines is not empty: a DAC file's first row and a csv
+    file's header come after them (they read "empty file", and a skip run dropped the file's
+    rows with a warning); later line numbers stay the file's."""
+    dac = tmp_path / "day_0"
+    row = "\t".join(["1"] + ["2"] * 13 + ["0000abcd"] * 26)
+    dac.write_text(f"\n\r\n{row}\n{row.replace('1', '0', 1)}\n{row}\n")
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "criteo", "path": str(dac), "split": {"valid": 0.0, "test": 0.0}})
+    assert code == 0, err
+    report = json.loads(next((tmp_path / "cache").rglob("report.json")).read_text())
+    assert report["splits"]["train"]["rows"] == 3 and report["splits"]["train"]["positive_rate"] == 2 / 3
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    (folder / "a.csv").write_text("label,a\n1,x\n")
+    (folder / "b.csv").write_text("\n\nlabel,a\n0,y\n1,z\n")
+    data = {"dataset": "csv", "path": str(folder), "features": [{"name": "a"}], "split": {"valid": 0.0, "test": 0.0}}
+    code, err, _ = run_prepare(tmp_path, capsys, {**data, "on_bad_rows": "skip", "cache_dir": str(tmp_path / "c2")})
+    assert code == 0, err
+    report = json.loads(next((tmp_path / "c2").rglob("report.json")).read_text())
+    assert report["splits"]["train"]["rows"] == 3
+    (folder / "b.csv").write_text("\n\nlabel,a\n0,y\n2,z\n")
+    code, err, _ = run_prepare(tmp_path, capsys, data)
+    assert code == 2 and err == f"ctr: error: {folder / 'b.csv'}:5: label 'label' is '2', not 0 or 1", err
+
+
 def test_a_feature_reading_the_label_column_is_one_line(tmp_path, capsys):
     path = tmp_path / "rows.csv"
     path.write_text("click,a\n1,x\n0,y\n")
