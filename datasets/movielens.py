@@ -206,8 +206,12 @@ def _read(file: Path, need: list[str], every: bool = False) -> pa.Table:
 
 def _attributes(file: Path, key: str) -> pa.Table:
     """The columns of side file ``file``, one line per ``key`` (a key on two lines would
-    repeat each of its ratings)."""
+    repeat each of its ratings); a line it cannot read is an error (its key's ratings would
+    lack their attributes)."""
     table = _read(file, [key], every=True)
+    bad = table.filter(pc.is_valid(table.column(PROBLEM_COLUMN)))
+    if len(bad):
+        raise DataError(f"{file}:{bad.column(LINE_COLUMN)[0]}: {bad.column(PROBLEM_COLUMN)[0]}")
     keys = table.column(key)
     counts = pc.value_counts(keys.drop_null())
     repeated = counts.filter(pc.greater(counts.field("counts"), 1))

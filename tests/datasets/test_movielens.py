@@ -187,6 +187,19 @@ def test_a_side_file_naming_a_user_twice_or_no_user_is_one_line(tmp_path):
         all_rows(MovieLensDataset(MovieLensConfig(path=str(folder))))
 
 
+@pytest.mark.parametrize("line, problem", [("2\t53\tF\n", "3 fields, expected 5"),
+                                           (b"2\t53\tF\tcaf\xe9\t94043\n", "column 'occupation': not UTF-8 text")],
+                         ids=["field-count", "not-utf8"])
+def test_a_bad_line_of_a_side_file_is_one_line_not_a_user_without_attributes(tmp_path, line, problem):
+    """A .user line the reader could not read left that user's attributes missing in every
+    rating, silently (the problem rows of a side file were dropped)."""
+    folder = write_movielens(tmp_path / "ml", [(1, 10, 5), (2, 20, 1)])
+    start = (USER + "1\t24\tM\ttechnician\t85711\n").encode()
+    (folder / "ml.user").write_bytes(start + (line if isinstance(line, bytes) else line.encode()))
+    with pytest.raises(DataError, match=rf"ml\.user:3: {problem}$"):
+        list(MovieLensDataset(MovieLensConfig(path=str(folder))).streams()["train"]())
+
+
 def test_rows_to_score_that_are_no_ratings_file_name_the_input_not_data_path(tmp_path):
     """``ctr predict RUN new.tsv`` of a movielens run said ``data.path: no ratings file ...``:
     the file came from the command line, not from data.path."""
