@@ -23,6 +23,9 @@ from ctr.registry import DATASETS
 from ctr.schema import FeatureSpec
 from ctr.typed import parse, to_plain
 
+# 11: blank lines before a text file's header or first row skipped (with on_bad_rows: skip, entries of 10
+#     left out a file starting with one as empty); a movielens side file's unreadable line refused (entries
+#     of 10 hold its user's or movie's attributes missing);
 # 10: a libsvm file's form and default fields are read once from the first MiB of training rows (a block of
 #     the other form, or a training row with a field unseen there, is a bad row; entries of 9 read them silently);
 # 9: amazon lines trimmed (a \r\n file's \r was an empty last item), not UTF-8 a bad row, a byte order
@@ -35,7 +38,7 @@ from ctr.typed import parse, to_plain
 #    side file naming a key twice refused (entries of 5 may hold the old encodings);
 # 5: file stamps hold the modification time in ns (an entry of 4 names the version, not a changed input);
 # 4: a train stream without a test file gives data.split.test of its rows to test
-PIPELINE_VERSION = 10
+PIPELINE_VERSION = 11
 DONE = "DONE"
 KEY_FILE = "key.json"
 TMP_MARK = ".tmp-"
