@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ PIPELINE_VERSION = 11
 DONE = "DONE"
 KEY_FILE = "key.json"
 TMP_MARK = ".tmp-"
+# the names preparation gives: an entry <dataset>-<16 hex digits>, its temporary folder .<entry>.tmp-<pid>-<8 hex digits>
+ENTRY_NAME = re.compile(rf"(.+-[0-9a-f]{{16}})|(\..+-[0-9a-f]{{16}}{re.escape(TMP_MARK)}\d+-[0-9a-f]{{8}})")
 
 
 def key_inputs(source: DatasetSource, features, label, group, split: SplitConfig) -> dict[str, Any]:
@@ -136,9 +139,13 @@ def stale_entries(root: Path) -> list[Stale]:
     preparations whose process is gone, entries of another pipeline version (or written before
     entries recorded their key), entries of another version of a generated dataset's
     generator, entries whose input files changed or were deleted, and entries an older ctr keyed
-    otherwise (by a recipe key their rows do not depend on: their recipe keys another entry now)."""
+    otherwise (by a recipe key their rows do not depend on: their recipe keys another entry now).
+    What is not named as preparation names an entry is left alone: a ``data.cache_dir`` of a
+    project folder puts the entries in its ``data/``, beside the raw files."""
     stale = []
     for entry in sorted(root.iterdir()) if root.is_dir() else []:
+        if not ENTRY_NAME.fullmatch(entry.name):
+            continue
         reason = _staleness(entry)
         if reason:
             stale.append(Stale(entry, reason, _folder_bytes(entry)))

@@ -124,20 +124,39 @@ def test_clean_removes_stale_entries_and_says_why(tmp_path, capsys):
 
 
 def test_clean_removes_a_file_in_the_cache_folder_and_says_what_it_is(tmp_path, capsys):
-    """It said "removed stray.txt ... unfinished (no DONE)" and left the file (rmtree of a
-    file, its error ignored), every run again."""
+    """It said "removed csv-... unfinished (no DONE)" and left the file (rmtree of a file,
+    its error ignored), every run again."""
     prepare(recipe_from_dict(tiny_recipe(tmp_path)).data, progress=False)
-    stray = tmp_path / "cache" / "data" / "stray.txt"
+    stray = tmp_path / "cache" / "data" / "csv-0123456789abcdef"
     stray.write_text("hi\n")
     assert main(["data", "clean", "--cache-dir", str(tmp_path / "cache")]) == 0
     out = capsys.readouterr().out
-    assert "removed stray.txt (0.0 MB): not an entry (a file in the cache folder)" in out
+    assert "removed csv-0123456789abcdef (0.0 MB): not an entry (a file in the cache folder)" in out
     assert "\n1 stale entry (0.0 MB) in " in out  # it said "1 stale entries"
     assert not stray.exists()
     assert main(["data", "clean", "--cache-dir", str(tmp_path / "cache")]) == 0
     assert "0 stale entries" in capsys.readouterr().out
     assert main(["data", "clean", "--cache-dir", str(next((tmp_path / "cache" / "data").iterdir()) / "DONE")]) == 2
     assert capsys.readouterr().err.strip().endswith("/DONE: not a folder")
+
+
+def test_clean_leaves_alone_what_ctr_did_not_name(tmp_path, capsys):
+    """With data.cache_dir the project folder, the entries sit beside the data in its data/
+    folder: clean removed the raw files ("not an entry") and folders ("no DONE") there, the
+    entry's own input too."""
+    raw = csv_recipe(tmp_path)
+    data = tmp_path / "cache" / "data"
+    data.mkdir(parents=True)
+    raw["data"]["path"] = str(data / "rows.csv")
+    write_csv(data / "rows.csv")
+    (data / "raw").mkdir()
+    (data / "raw" / "part-0.csv").write_text("click\n1\n")
+    (data / "csv-notahexkey00000").mkdir()
+    entry = prepare(recipe_from_dict(raw).data, progress=False).root
+    assert main(["data", "clean", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "0 stale entries" in capsys.readouterr().out
+    assert sorted(p.name for p in data.iterdir()) == sorted([entry.name, "csv-notahexkey00000", "raw", "rows.csv"])
+    assert (data / "raw" / "part-0.csv").is_file()
 
 
 def test_a_run_from_before_the_split_seed_keeps_its_split(tmp_path):
