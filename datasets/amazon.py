@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
@@ -39,6 +40,7 @@ from ctr.schema import FeatureSpec, Pooling
 ATTRIBUTES_SUFFIX = "_item2attributes.json"
 NO_CATEGORY = "<none>"
 CHUNK_TARGETS = 32_768
+log = logging.getLogger(__name__)
 TARGET = "target"  # i of a row predicting b(i), the i-th item of its user's line, from b1..b(i-1)
 
 
@@ -272,7 +274,7 @@ def read_histories(file: Path, attributes: Path) -> Histories:
         starts=starts,
         lengths=lengths,
         item_names=item_names,
-        categories=_categories(attributes, item_names),
+        categories=_categories(attributes, item_names, file),
         problems=problems,
     )
 
@@ -294,8 +296,10 @@ def _text_lines(file: Path) -> tuple[list[str], list[tuple[int, str]]]:
         return lines, problems
 
 
-def _categories(attributes: Path, item_names: pa.Array) -> pa.Array:
-    """The first attribute of each item (``<none>`` when it has none), aligned with the items."""
+def _categories(attributes: Path, item_names: pa.Array, history: Path) -> pa.Array:
+    """The first attribute of each item (``<none>`` when it has none), aligned with the items
+    of ``history``; an item mapped to something other than a list is a DataError, and a file
+    naming none of the items a warning (every category ``<none>``)."""
     try:
         table = json.loads(read_all(attributes))
     except json.JSONDecodeError as err:
@@ -304,8 +308,15 @@ def _categories(attributes: Path, item_names: pa.Array) -> pa.Array:
         raise DataError(f"{attributes}: not UTF-8 text (an item → attributes JSON object)") from None
     if not isinstance(table, dict):
         raise DataError(f"{attributes}: expected a JSON object mapping items to attribute lists")
-    first = {str(k): str(v[0]) for k, v in table.items() if isinstance(v, list) and v}
-    return pa.array([first.get(name, NO_CATEGORY) for name in item_names.to_pylist()], pa.string())
+    odd = next(((k, v) for k, v in table.items() if not isinstance(v, list)), None)
+    if odd is not None:
+        raise DataError(f"{attributes}: item {odd[0]!r} maps to {json.dumps(odd[1])[:40]}, not a list of attribute ids")
+    items = item_names.to_pylist()
+    if items and not any(name in table for name in items):
+        log.warning("%s names none of the %d items of %s: every category is %s", attributes, len(items), history,
+                    NO_CATEGORY)
+    first = {str(k): str(v[0]) for k, v in table.items() if v}
+    return pa.array([first.get(name, NO_CATEGORY) for name in items], pa.string())
 
 
 def _problem_rows(problems: list[tuple[int, str]]) -> pa.RecordBatch:

@@ -166,6 +166,19 @@ def test_the_same_files_named_from_another_folder_or_as_their_folder_key_the_sam
     assert folder.fingerprint() == absolute.fingerprint()
 
 
+def test_attributes_that_are_no_lists_are_an_error_and_none_found_a_warning(tmp_path, caplog):
+    """An attributes file mapping each item to one category (``{"a": 1}``, not ``[1]``) made
+    every category ``<none>``, silently; so did a file of other items' ids."""
+    path = write_amazon(tmp_path / "am")
+    attributes = path.with_name("Toy_item2attributes.json")
+    attributes.write_text(json.dumps({**ATTRIBUTES, "b": 3}))
+    with pytest.raises(DataError, match=rf"^{attributes}: item 'b' maps to 3, not a list of attribute ids$"):
+        read_histories(path, attributes)
+    attributes.write_text(json.dumps({"x1": [1], "x2": []}))
+    assert set(read_histories(path, attributes).categories.to_pylist()) == {"<none>"}
+    assert f"{attributes} names none of the 12 items of {path}: every category is <none>" in caplog.text
+
+
 def test_gzip_histories_and_attributes_read_as_their_plain_copies(tmp_path):
     """``Beauty.txt.gz`` looked for ``Beauty.txt_item2attributes.json`` (a file) or was not
     found (a folder: no ``*.txt``), and a gzip attributes file failed to decode."""
