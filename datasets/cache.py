@@ -27,7 +27,7 @@ from ctr.typed import parse, to_plain
 # 11: blank lines before a text file's header or first row skipped (with on_bad_rows: skip, entries of 10
 #     left out a file starting with one as empty); a movielens side file's unreadable line refused (entries
 #     of 10 hold its user's or movie's attributes missing); an amazon item mapped to no list refused (entries of 10
-#     gave it the category <none>);
+#     gave it the category <none>); a featindex naming an index twice refused (entries of 10 read its last line's);
 # 10: a libsvm file's form and default fields are read once from the first MiB of training rows (a block of
 #     the other form, or a training row with a field unseen there, is a bad row; entries of 9 read them silently);
 # 9: amazon lines trimmed (a \r\n file's \r was an empty last item), not UTF-8 a bad row, a byte order

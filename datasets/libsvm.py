@@ -70,6 +70,7 @@ class FieldIndex:
         field_names = pc.list_element(parts, 0)
         fields = pc.unique(field_names)
         index = number.to_numpy()
+        _refuse_repeated(index, table.column(LINE_COLUMN).to_numpy(), file)
         size = int(index.max()) + 1
         field_of = np.full(size, -1, dtype=np.int64)
         field_of[index] = pc.index_in(field_names, value_set=fields).to_numpy()
@@ -77,6 +78,17 @@ class FieldIndex:
         positions[index] = np.arange(index.size)
         tokens = pc.list_element(parts, 1).combine_chunks().take(pa.array(positions, mask=positions < 0))
         return cls(fields.to_pylist(), field_of, tokens)
+
+
+def _refuse_repeated(index: np.ndarray, lines: np.ndarray, file: Path) -> None:
+    """A DataError naming the first featindex line whose index [N] an earlier line gave (which
+    field it names would be the last line's, silently); ``lines`` [N]: their line numbers."""
+    unique, first = np.unique(index, return_index=True)
+    repeats = np.setdiff1d(np.arange(index.size), first)
+    if repeats.size:
+        row = int(repeats[0])
+        earlier = int(first[np.searchsorted(unique, index[row])])
+        raise DataError(f"{file}:{lines[row]}: index {index[row]} is on line {lines[earlier]} too; name each index once")
 
 
 @DATASETS.register("libsvm", config=LibSVMConfig)

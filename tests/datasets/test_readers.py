@@ -6,7 +6,8 @@ from ctr.datasets import prepare
 from ctr.datasets.avazu import AvazuDataset, AvazuConfig
 from ctr.datasets.criteo import CriteoConfig, CriteoDataset
 from ctr.datasets.tabular import CsvConfig, CsvDataset
-from ctr.datasets.libsvm import NO_DELIMITER, IPinYouConfig, IPinYouDataset, Layout, LibSVMConfig, LibSVMDataset, parse_rows
+from ctr.datasets.libsvm import (NO_DELIMITER, FieldIndex, IPinYouConfig, IPinYouDataset, Layout, LibSVMConfig,
+                                  LibSVMDataset, parse_rows)
 from ctr.datasets.text import TextFormat, read_delimited
 from ctr.errors import DataError
 from ctr.recipe import recipe_from_dict
@@ -151,6 +152,15 @@ def test_libsvm_fields_from_featindex(tmp_path):
     assert rows.column("weekday").to_pylist()[:2] == ["1", "0"]
     assert rows.column("city").to_pylist()[:2] == ["9", "10"]
     assert rows.column("__problem__").to_pylist()[2:] == ["field 'weekday' appears more than once", "an index is not in featindex"]
+
+
+def test_a_featindex_giving_an_index_twice_is_one_line(tmp_path):
+    """Two lines of one index (two featindex files joined) named it by the last, silently: the
+    rows of the first field's value read as the other field's."""
+    index = write_featindex(tmp_path / "ip")
+    index.write_text(index.read_text() + "city:11\t1\n")
+    with pytest.raises(DataError, match=rf"^{index}:6: index 1 is on line 2 too; name each index once$"):
+        FieldIndex.read(index)
 
 
 def test_libfm_fields_numeric_values_and_plain_libsvm(tmp_path):
