@@ -17,7 +17,7 @@ from ctr.atomic import special_kind
 from ctr.errors import DataError, RecipeError, reason
 from ctr.recipe import DataConfig, FeatureShorthand, SplitConfig
 from ctr.registry import DATASETS
-from ctr.schema import FeatureSpec
+from ctr.schema import RESERVED_NAMES, FeatureSpec
 from ctr.typed import to_plain
 
 SPLITS = ("train", "valid", "test")
@@ -156,8 +156,18 @@ def resolve_features(config: DataConfig) -> DataConfig:
     left_out = {config.label or source.label, config.group or source.group, *shorthand.skip}
     read = [c for c in columns if c not in left_out or c in by_column]
     _refuse_unnamed_or_repeated(read, columns, config.path)
-    features = [by_column.get(c) or FeatureSpec(name=c, kind=shorthand.default_kind) for c in read]
+    features = [by_column.get(c) or _column_feature(c, shorthand.default_kind) for c in read]
     return dataclasses.replace(config, features=features)
+
+
+def _column_feature(column: str, kind: str) -> FeatureSpec:
+    """The shorthand's feature of ``column``, named after it; a RecipeError for a name the
+    encoded data keeps for its own columns (``__label__``, ``__group__``)."""
+    if column in RESERVED_NAMES:
+        raise RecipeError(f"data.features: column {column!r} cannot be a feature of that name (the encoded data's own "
+                          "column); add it to data.features.skip, or read it in data.features.specs under another name "
+                          f"({{name: ..., source: {column}}})")
+    return FeatureSpec(name=column, kind=kind)
 
 
 def _refuse_unnamed_or_repeated(read: list[str], columns: list[str], path: str | None) -> None:

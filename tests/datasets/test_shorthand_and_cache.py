@@ -74,6 +74,21 @@ def test_bad_shorthands_name_the_key(tmp_path, features, message):
         resolve_features(recipe_from_dict(csv_recipe(tmp_path, features)).data)
 
 
+def test_a_column_of_a_reserved_name_is_one_line_and_reads_under_another(tmp_path):
+    """A column named ``__label__`` became a feature of that name, refused by FeatureSpec in a
+    ValueError traceback."""
+    path = tmp_path / "rows.csv"
+    path.write_text("click,__label__,a\n1,x,p\n0,y,q\n")
+    raw = csv_recipe(tmp_path, {"default_kind": "categorical"})
+    with pytest.raises(RecipeError, match=r"^data\.features: column '__label__' cannot be a feature of that name "
+                                          r"\(the encoded data's own column\); add it to data\.features\.skip, or read "
+                                          r"it in data\.features\.specs under another name"):
+        resolve_features(recipe_from_dict(raw).data)
+    raw["data"]["features"]["specs"] = [{"name": "tag", "source": "__label__"}]
+    data = resolve_features(recipe_from_dict(raw).data)
+    assert [(f.name, f.column) for f in data.features] == [("tag", "__label__"), ("a", "a")]
+
+
 def test_a_dataset_without_columns_refuses_the_shorthand(tmp_path):
     raw = tiny_recipe(tmp_path, data={"features": {"default_kind": "categorical"}})
     with pytest.raises(RecipeError, match=r"^data\.features\.default_kind: the synthetic dataset cannot list"):
