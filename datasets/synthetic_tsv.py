@@ -8,8 +8,10 @@ name and renamed when complete.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +19,7 @@ import pyarrow.csv as pacsv
 
 from ctr.datasets.criteo import CATEGORICAL, NUMERIC
 from ctr.datasets.progress import RowProgress
+from ctr.datasets.source import GZ
 from ctr.datasets.synthetic import NUM_CATEGORICAL, NUM_NUMERIC, PlantedModel, SyntheticConfig
 from ctr.atomic import atomic_path
 from ctr.errors import UserError, reason
@@ -63,13 +66,19 @@ def _check_disk(path: Path, rows: int) -> None:
                         f"{usage.free / 1e9:.3g} GB free in {path.parent}")
 
 
-def _writer(tmp: Path, path: Path) -> pacsv.CSVWriter:
-    """A DAC TSV writer at ``tmp``; a UserError naming ``path`` when no file can be created there."""
+@contextlib.contextmanager
+def _writer(tmp: Path, path: Path) -> Iterator[pacsv.CSVWriter]:
+    """A DAC TSV writer at ``tmp``, gzip-compressed when ``path`` is named ``*.gz`` (as the
+    Criteo Terabyte release's ``day_0.gz``); a UserError naming ``path`` when no file can be
+    created there."""
     options = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
     try:
-        return pacsv.CSVWriter(tmp, _schema(), write_options=options)
+        sink = pa.CompressedOutputStream(str(tmp), "gzip") if path.suffix == GZ else pa.OSFile(str(tmp), "wb")
+        writer = pacsv.CSVWriter(sink, _schema(), write_options=options)
     except OSError as err:  # pyarrow's, which names no file
         raise UserError(f"{path}: cannot be written ({reason(err)})") from None
+    with sink, writer:
+        yield writer
 
 
 def _schema() -> pa.Schema:

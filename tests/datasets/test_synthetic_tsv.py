@@ -1,3 +1,4 @@
+import gzip
 import logging
 import re
 from pathlib import Path
@@ -24,6 +25,14 @@ def test_synth_writes_dac_tsv_that_the_criteo_reader_reads(tmp_path, capsys):
     main(["data", "synth", str(again), "--rows", "3000", "--vocab-scale", "0.01", "--seed", "5"])
     assert again.read_bytes() == out.read_bytes()
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_synth_to_a_gz_name_writes_gzip_data(tmp_path, capsys):
+    """``ctr data synth day_0.gz`` wrote plain text under the gzip name (``zcat`` refused it)."""
+    plain, packed = tmp_path / "day.tsv", tmp_path / "day_0.gz"
+    for out in (plain, packed):
+        assert main(["data", "synth", str(out), "--rows", "500", "--vocab-scale", "0.01", "--seed", "5"]) == 0
+    assert gzip.decompress(packed.read_bytes()) == plain.read_bytes()
 
 
 def test_synth_without_a_bar_logs_the_rows_written(tmp_path, monkeypatch, caplog):
