@@ -25,6 +25,7 @@ from ctr.atomic import atomic_path
 from ctr.errors import UserError, reason
 
 MIN_ROW_BYTES = NUM_CATEGORICAL * 8 + NUM_CATEGORICAL + NUM_NUMERIC + 1
+DEFLATE_MAX_RATIO = 1032  # gzip writes at least one byte per 1032 of its input
 
 
 def hex_tokens(column: int, vocab: int) -> pa.Array:
@@ -58,9 +59,11 @@ def write_dac_tsv(path: Path, config: SyntheticConfig, progress: bool = False) -
 
 def _check_disk(path: Path, rows: int) -> None:
     """Refuses rows whose TSV cannot fit in the free space of ``path``'s folder (a row takes
-    at least ``MIN_ROW_BYTES``: 26 tokens of 8 hex digits and 39 tabs); a file system that
-    tells no size (``/proc``) is left to refuse the write itself."""
-    usage, needed = shutil.disk_usage(path.parent), rows * MIN_ROW_BYTES
+    at least ``MIN_ROW_BYTES``: 26 tokens of 8 hex digits and 39 tabs, gzip's most compressed
+    share of that in a ``*.gz``); a file system that tells no size (``/proc``) is left to
+    refuse the write itself."""
+    row_bytes = MIN_ROW_BYTES / DEFLATE_MAX_RATIO if path.suffix == GZ else MIN_ROW_BYTES
+    usage, needed = shutil.disk_usage(path.parent), rows * row_bytes
     if usage.total and needed > usage.free:
         raise UserError(f"--rows: {rows:,} rows take at least {needed / 1e9:.3g} GB, more than the "
                         f"{usage.free / 1e9:.3g} GB free in {path.parent}")

@@ -33,6 +33,8 @@ def test_synth_to_a_gz_name_writes_gzip_data(tmp_path, capsys):
     for out in (plain, packed):
         assert main(["data", "synth", str(out), "--rows", "500", "--vocab-scale", "0.01", "--seed", "5"]) == 0
     assert gzip.decompress(packed.read_bytes()) == plain.read_bytes()
+    assert main(["data", "synth", str(tmp_path / "big.gz"), "--rows", str(10**15)]) == 2  # at least 1 byte in 1032
+    assert "rows take at least 2.4e+05 GB, more than the " in capsys.readouterr().err
 
 
 def test_synth_without_a_bar_logs_the_rows_written(tmp_path, monkeypatch, caplog):
