@@ -119,6 +119,9 @@ def _first_line(file: Path) -> tuple[int, str | None]:
         return blank + 1, None
     if line.startswith(PARQUET_MAGIC):
         raise DataError(f"{file}: a parquet file, not text (data.dataset: parquet reads it)")
+    if blank == 0 and line.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise DataError(f"{file}: UTF-16 text (its byte order mark says so); text is read as UTF-8: convert it, e.g. "
+                        "iconv -f UTF-16 -t UTF-8")
     if b"\x00" in line:
         raise DataError(f"{file}: not a text file (its first line holds NUL bytes)")
     return blank + 1, line.rstrip(b"\r\n").decode("utf-8", errors="replace")

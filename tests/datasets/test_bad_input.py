@@ -234,8 +234,11 @@ def test_a_binary_file_read_as_text_is_one_line(tmp_path, capsys):
     bytes pasted into an 'absent column' message."""
     pq.write_table(pa.table({"label": [1, 0], "a": ["x", "y"]}), tmp_path / "rows.parquet")
     (tmp_path / "blob.csv").write_bytes(b"label,a\x00\x01\n1,x\n")
+    (tmp_path / "excel.csv").write_bytes("label,a\r\n1,x\r\n".encode("utf-16"))  # "not a text file" before
     for name, said in (("rows.parquet", "a parquet file, not text (data.dataset: parquet reads it)"),
-                       ("blob.csv", "not a text file (its first line holds NUL bytes)")):
+                       ("blob.csv", "not a text file (its first line holds NUL bytes)"),
+                       ("excel.csv", "UTF-16 text (its byte order mark says so); text is read as UTF-8: convert it, "
+                                     "e.g. iconv -f UTF-16 -t UTF-8")):
         data = {"dataset": "csv", "path": str(tmp_path / name), "features": [{"name": "a"}]}
         code, err, _ = run_prepare(tmp_path, capsys, data)
         assert code == 2 and err == f"ctr: error: {tmp_path / name}: {said}", err
