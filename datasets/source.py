@@ -152,12 +152,24 @@ def resolve_features(config: DataConfig) -> DataConfig:
             raise RecipeError(
                 f"data.features.{key}: no column {missing[0]!r} in the data (columns: {', '.join(columns)})"
             )
-    by_column = {spec.column: spec for spec in shorthand.specs}
+    by_column: dict[str, list[FeatureSpec]] = {}
+    for spec in shorthand.specs:
+        by_column.setdefault(spec.column, []).append(spec)
     left_out = {config.label or source.label, config.group or source.group, *shorthand.skip}
     read = [c for c in columns if c not in left_out or c in by_column]
     _refuse_unnamed_or_repeated(read, columns, config.path)
-    features = [by_column.get(c) or _column_feature(c, shorthand.default_kind) for c in read]
+    _refuse_spec_named_as_column(shorthand.specs, [c for c in read if c not in by_column])
+    features = [spec for c in read for spec in by_column.get(c) or [_column_feature(c, shorthand.default_kind)]]
     return dataclasses.replace(config, features=features)
+
+
+def _refuse_spec_named_as_column(specs: list[FeatureSpec], defaults: list[str]) -> None:
+    """A spec named as a column that becomes a feature of its own name (``defaults``): two
+    features of one name."""
+    clash = next(((i, spec.name) for i, spec in enumerate(specs) if spec.name in defaults), None)
+    if clash is not None:
+        raise RecipeError(f"data.features.specs[{clash[0]}].name: {clash[1]!r} is a column of the data too, which becomes "
+                          f"a feature of that name; add {clash[1]!r} to data.features.skip, or name the spec otherwise")
 
 
 def _column_feature(column: str, kind: str) -> FeatureSpec:

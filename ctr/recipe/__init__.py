@@ -49,7 +49,7 @@ class SplitConfig:
 class FeatureShorthand:
     """``data.features`` given by exception: every column of the data (a csv header, a parquet
     schema) is a feature of kind ``default_kind``, except the label, the group, the columns in
-    ``skip`` and those a spec in ``specs`` reads (that spec is used for them). The run's
+    ``skip`` and those a spec in ``specs`` reads (those specs are used for them, in order). The run's
     ``recipe.yaml`` holds the resolved list.
     """
 

@@ -89,6 +89,20 @@ def test_a_column_of_a_reserved_name_is_one_line_and_reads_under_another(tmp_pat
     assert [(f.name, f.column) for f in data.features] == [("tag", "__label__"), ("a", "a")]
 
 
+def test_specs_reading_one_column_are_all_features_and_a_spec_named_as_a_column_is_one_line(tmp_path):
+    """Two specs of one column kept the last, the other left out silently; a spec named as
+    another column (which becomes a feature too) read "data.features[1].name: duplicate"."""
+    specs = [{"name": "price_log", "source": "price", "kind": "numeric", "transform": "log1p"},
+             {"name": "price_q", "source": "price", "kind": "numeric", "transform": "quantile"}]
+    data = resolve_features(recipe_from_dict(csv_recipe(tmp_path, {"specs": specs, "skip": ["row_id"]})).data)
+    assert [f.name for f in data.features] == ["a", "b", "price_log", "price_q"]
+    renamed = [{"name": "b", "source": "a"}]
+    with pytest.raises(RecipeError, match=r"^data\.features\.specs\[0\]\.name: 'b' is a column of the data too, which "
+                                          r"becomes a feature of that name; add 'b' to data\.features\.skip, or name "
+                                          r"the spec otherwise$"):
+        resolve_features(recipe_from_dict(csv_recipe(tmp_path, {"specs": renamed})).data)
+
+
 def test_a_dataset_without_columns_refuses_the_shorthand(tmp_path):
     raw = tiny_recipe(tmp_path, data={"features": {"default_kind": "categorical"}})
     with pytest.raises(RecipeError, match=r"^data\.features\.default_kind: the synthetic dataset cannot list"):
