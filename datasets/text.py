@@ -495,6 +495,11 @@ def to_batch(table: pa.Table) -> pa.RecordBatch:
     return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
 
 
+RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")  # the suffixes of RecBole's typed headers
+
+
 def strip_types(names: list[str]) -> list[str]:
-    """Header names without RecBole-style type suffixes (``user_id:token`` → ``user_id``)."""
-    return [name.split(":", 1)[0].strip() for name in names]
+    """Header names without RecBole-style type suffixes (``user_id:token`` → ``user_id``); a
+    name whose ``:`` leads no such type is kept whole (``ctr:7d``)."""
+    parts = [name.strip().rpartition(":") for name in names]
+    return [head.strip() if colon and type_.strip() in RECBOLE_TYPES else head + colon + type_ for head, colon, type_ in parts]

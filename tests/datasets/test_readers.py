@@ -205,6 +205,16 @@ def test_generic_csv_sequence_column_shared_table(tmp_path):
     assert [[item_ids[i] for i in h] for h in shard.column("hist").to_pylist()] == [["i3", "i1"], ["i1"], []]
 
 
+def test_a_csv_header_loses_recbole_type_suffixes_only(tmp_path):
+    """Every ``:...`` of a header name was cut: ``ctr:1d`` and ``ctr:7d`` were both ``ctr`` (a
+    column named twice, which no recipe could read), ``geo:lat`` was ``geo``."""
+    path = tmp_path / "rows.csv"
+    path.write_text("y,ctr:1d,ctr:7d,user_id:token,tags:token_seq,price:float\n1,a,b,u,t,1\n")
+    source = CsvDataset(CsvConfig(path=str(path), label="y", features=[FeatureSpec(name="ctr:7d")]))
+    assert source.columns() == ["y", "ctr:1d", "ctr:7d", "user_id", "tags", "price"]
+    assert table(source.streams()["all"]()).column("ctr:7d").to_pylist() == ["b"]
+
+
 def test_parquet_dataset_reads_typed_and_list_columns(tmp_path):
     path = tmp_path / "rows.parquet"
     pq.write_table(pa.table({"y": [1, 0, 1], "price": [1.5, None, 3.0], "tags": [["a"], [None], ["a", None, "b"]],
