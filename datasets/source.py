@@ -97,6 +97,12 @@ class DatasetSource(ABC):
         once they are read; None for a source that yields every row."""
         return None
 
+    def index_columns(self) -> list[str]:
+        """Columns of ``columns`` that index the rows rather than describe them (the index
+        pandas stores in a parquet file): the shorthand makes no feature of them unless a spec
+        reads them."""
+        return []
+
     def columns(self) -> list[str]:
         """The raw columns of the data, in order (what a ``FeatureShorthand`` resolves against)."""
         raise RecipeError(
@@ -155,7 +161,7 @@ def resolve_features(config: DataConfig) -> DataConfig:
     by_column: dict[str, list[FeatureSpec]] = {}
     for spec in shorthand.specs:
         by_column.setdefault(spec.column, []).append(spec)
-    left_out = {config.label or source.label, config.group or source.group, *shorthand.skip}
+    left_out = {config.label or source.label, config.group or source.group, *shorthand.skip, *source.index_columns()}
     read = [c for c in columns if c not in left_out or c in by_column]
     _refuse_unnamed_or_repeated(read, columns, config.path)
     _refuse_spec_named_as_column(shorthand.specs, [c for c in read if c not in by_column])

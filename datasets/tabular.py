@@ -229,6 +229,12 @@ class ParquetDataset(FileSource):
     def columns(self) -> list[str]:
         return self._open(self.split_files["train"][0]).schema_arrow.names
 
+    def index_columns(self) -> list[str]:
+        """The index columns ``DataFrame.to_parquet`` stored (``__index_level_0__``), as its
+        schema's pandas metadata names them (a RangeIndex is stored as metadata only)."""
+        metadata = self._open(self.split_files["train"][0]).schema_arrow.pandas_metadata or {}
+        return [name for name in metadata.get("index_columns", []) if isinstance(name, str)]
+
     @staticmethod
     def _open(file: Path) -> pq.ParquetFile:
         try:
