@@ -86,8 +86,9 @@ def check_rows(batch: pa.RecordBatch, features: list[FeatureSpec], label: str) -
             problems.append((flagged, lambda row: reported[row].as_py()))
     labels, bad, describe = _label_values(batch.column(label), label)
     problems.append((bad, describe))
+    id_tables = {spec.name for spec in features if spec.num_ids}
     for spec in features:
-        if spec.num_ids:
+        if spec.num_ids or spec.share_with in id_tables:  # a sharer of a num_ids table holds its ids too
             problems.extend(_id_problems(spec.column, batch.column(spec.column)))
         elif spec.kind == "numeric" or spec.transform == "log_square":
             problems.extend(_numeric_problems(spec.column, batch.column(spec.column), _number_limit(spec)))

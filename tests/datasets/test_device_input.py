@@ -118,6 +118,22 @@ def test_num_ids_values_are_checked_row_by_row(tmp_path, capsys):
     assert batch.sparse.values.tolist() == [3 + 2, 2 + 2, 1 + 2, 0]  # ids after padding and OOV; missing → padding
 
 
+def test_a_feature_sharing_a_num_ids_table_has_its_values_checked_row_by_row(tmp_path, capsys):
+    """Its column is read as ids too: a value that is not one failed the whole preparation with
+    "feature 'a' has num_ids set ..." (the owner, whose column was fine), naming no file or line."""
+    from ctr.cli import main
+
+    path = tmp_path / "rows.csv"
+    path.write_text("label,a,b\n1,1,2\n0,3,x\n1,5,12\n")
+    data = {"dataset": "csv", "path": str(path), "cache_dir": str(tmp_path / "cache"), "split": {"valid": 0.0, "test": 0.0},
+            "features": [{"name": "a", "num_ids": 10}, {"name": "b", "share_with": "a"}]}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"data": data}))
+    assert main(["data", "prepare", str(tmp_path / "r.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == f"ctr: error: {path}:3: column 'b': not an integer id: 'x'"
+    prepared = prepare(recipe_from_dict({"data": {**data, "on_bad_rows": "skip"}}).data, progress=False)
+    assert prepared.report["splits"]["train"]["rows"] == 2 and prepared.report["splits"]["train"]["skipped_bad_rows"] == 1
+
+
 def test_num_ids_at_either_end_of_int64_are_read_exactly(tmp_path, capsys):
     """2**63 - 1 was refused as 'not an integer id' (checked through float64, which reads it
     as 2**63) whenever its batch held a value the int64 cast refuses (3.0, or a bad row),
