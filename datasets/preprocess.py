@@ -294,7 +294,10 @@ class _Job:
                 writer.abandon()
             raise
         if tallies["train"].rows == 0:
-            raise DataError(f"data: no training rows were read from dataset {self.config.dataset!r}")
+            skipped = self.skipped["train"]
+            raise DataError(f"data: no training rows: the {skipped:,} read were skipped as bad (data.on_bad_rows: skip; "
+                            "on_bad_rows: error names the first)" if skipped else
+                            f"data: no training rows were read from dataset {self.config.dataset!r}")
         schema = self._schema(vocabs, numeric)
         schema.save(out)
         for table, vocab in vocabs.items():

@@ -84,6 +84,18 @@ def test_skip_drops_and_counts_bad_rows(tmp_path, capsys):
     assert "skipped bad rows" in out
 
 
+def test_a_skip_run_whose_every_training_row_is_bad_says_so(tmp_path, capsys):
+    """It read "no training rows were read", though every row was read and skipped as bad."""
+    path = tmp_path / "rows.csv"
+    data = {"dataset": "csv", "path": str(path), "features": [{"name": "a"}], "on_bad_rows": "skip",
+            "valid_path": str(tmp_path / "valid.csv"), "split": {"test": 0.0}}
+    (tmp_path / "valid.csv").write_text("label,a\n1,x\n")
+    path.write_text("label,a\n2,x\n3,y\n")
+    code, err, _ = run_prepare(tmp_path, capsys, data)
+    assert code == 2 and err == ("ctr: error: data: no training rows: the 2 read were skipped as bad (data.on_bad_rows: "
+                                 "skip; on_bad_rows: error names the first)"), err
+
+
 def test_non_finite_float_in_parquet_names_its_row(tmp_path, capsys):
     table = tmp_path / "rows.parquet"
     pq.write_table(pa.table({"label": [1, 0, 1], "a": ["x", "y", "z"], "price": [1.0, float("inf"), 2.0]}), table)
