@@ -45,15 +45,17 @@ def _as_kept(recipe: Recipe) -> dict[str, Any]:
     return raw
 
 
-def _difference(before: Recipe, now: Recipe, ignoring: tuple[str, ...]) -> str | None:
+def _difference(before: Recipe, now: Recipe, ignoring: tuple[str, ...], sections: tuple[str, ...] = ()) -> str | None:
     """``first_difference`` of two recipes as runs keep them, where their output goes and the
-    dotted keys ``ignoring`` aside."""
+    dotted keys ``ignoring`` aside; of their top-level ``sections`` alone when given."""
     raws = (_as_kept(before), _as_kept(now))
     for raw in raws:
         del raw["output"]
         for key in ignoring:
             section, _, name = key.partition(".")
             raw.get(section, {}).pop(name, None)
+    if sections:
+        raws = tuple({key: raw.get(key) for key in sections} for raw in raws)
     return first_difference(*raws)
 
 
@@ -179,14 +181,16 @@ class RunDir:
         resolved = replace(recipe, data=resolve_features(recipe.data))  # as training keeps it
         return _difference(self.load_recipe(), resolved, ignoring)
 
-    def edit_since_start(self) -> str | None:
+    def edit_since_start(self, ignoring: tuple[str, ...] = RESUME_OVERRIDES,
+                         sections: tuple[str, ...] = ()) -> str | None:
         """How ``recipe.yaml`` differs from the recipe the run began with (its copy in
-        ``schema/``, written once at the start; the world size aside): None when the same, or
+        ``schema/``, written once at the start; the dotted keys ``ignoring`` aside, by default
+        the world size; only its top-level ``sections`` when given): None when the same, or
         for a run of an earlier ctr, which kept no copy."""
         first = self.schema / "recipe.yaml"
         if not first.exists():
             return None
-        return _difference(recipe_from_dict(upgraded(read_yaml(first))), self.load_recipe(), RESUME_OVERRIDES)
+        return _difference(recipe_from_dict(upgraded(read_yaml(first))), self.load_recipe(), ignoring, sections)
 
     def load_recipe(self) -> Recipe:
         if not self.root.exists():

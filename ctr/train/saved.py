@@ -27,11 +27,13 @@ log = logging.getLogger("ctr.train")
 
 def finished_run(run_root: Path, out: Path | None = None) -> tuple[RunDir, Recipe, Path]:
     """A finished run's directory, recipe and best checkpoint (checked readable first), with
-    Lightning's notices quietened; ``out``, a file the caller will write, is checked first
+    Lightning's notices quietened; a recipe whose net was edited since the run began is
+    refused (``_refuse_net_edit``), and ``out``, a file the caller will write, is checked first
     (``_check_out``)."""
     quiet_lightning()
     run = RunDir(run_root)
     recipe = on_this_machine(run.load_recipe(), run)
+    _refuse_net_edit(run)
     if out is not None:
         _check_out(out, run, recipe)
     best = best_checkpoint(run)
@@ -39,6 +41,17 @@ def finished_run(run_root: Path, out: Path | None = None) -> tuple[RunDir, Recip
         log.warning("%s: the run is not finished (no metrics.json); using %s as it stands "
                     "(`ctr train --resume` finishes it)", run.root, best.relative_to(run.root))
     return run, recipe, best
+
+
+def _refuse_net_edit(run: RunDir) -> None:
+    """Refuses a run whose ``recipe.yaml`` was edited in its net's settings (``model``,
+    ``embedding``; the kernel backend aside, which computes the same values) since the run
+    began: the checkpoint holds the weights of the net it began with, and an edit that keeps
+    their shapes (an activation) would score another net."""
+    edit = run.edit_since_start(ignoring=("embedding.backend",), sections=("model", "embedding"))
+    if edit:
+        raise UserError(f"{run.recipe}: edited since the run began ({edit}); its checkpoint holds the weights of the "
+                        "net the run began with: undo the edit")
 
 
 def on_this_machine(recipe: Recipe, run: RunDir) -> Recipe:

@@ -1,0 +1,45 @@
+"""A finished run's ``recipe.yaml`` edited in its model or embedding settings since the run
+began is refused by ``ctr eval``, ``ctr predict`` and ``ctr export`` in one line naming the
+edit, before any data or checkpoint is read: the checkpoint holds the weights of the net the
+run began with, and an edit that keeps their shapes (a DeepFM's activation, say) scored and
+exported another net without a word. Settings of how rows are read and scored stay editable."""
+
+import pytest
+import yaml
+
+from ctr import cli
+from tests.conftest import tiny_recipe
+
+COMMANDS = [["eval", "{run}"], ["predict", "{run}", "{tmp}/rows.csv", "--out", "{tmp}/s.csv"],
+            ["export", "{run}", "--out", "{tmp}/model.pt2"]]
+
+
+def edited_run(tmp_path, section: str, key: str, value) -> tuple:
+    """A run folder (no checkpoint) whose recipe.yaml sets ``section.key`` to ``value`` after
+    beginning with a DeepFM of relu activations; returns the folder and the edited file."""
+    run = tmp_path / "run"
+    (run / "schema").mkdir(parents=True)
+    raw = {**tiny_recipe(tmp_path), "model": {"name": "deepfm", "hidden": [8], "activation": "relu"}}
+    (run / "schema" / "recipe.yaml").write_text(yaml.safe_dump(raw))
+    raw[section][key] = value
+    (run / "recipe.yaml").write_text(yaml.safe_dump(raw))
+    return run, run / "recipe.yaml"
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=["eval", "predict", "export"])
+def test_a_run_whose_model_was_edited_since_it_began_is_refused_naming_the_edit(tmp_path, capsys, command):
+    run, recipe = edited_run(tmp_path, "model", "activation", "tanh")
+    assert cli.main([arg.format(run=run, tmp=tmp_path) for arg in command]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"ctr: error: {recipe}: edited since the run began (model.activation: 'relu' before, 'tanh' now); its "
+        "checkpoint holds the weights of the net the run began with: undo the edit")
+
+
+@pytest.mark.parametrize(("section", "key", "value"), [("embedding", "backend", "torch"),
+                                                       ("data", "on_bad_rows", "skip"),
+                                                       ("trainer", "accelerator", "cpu")])
+def test_edits_of_how_a_run_is_read_and_scored_are_not_refused(tmp_path, capsys, section, key, value):
+    """A kernel backend computes the same values; reading and placement are the scorer's."""
+    run, _ = edited_run(tmp_path, section, key, value)
+    assert cli.main(["eval", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == f"ctr: error: {run}: no checkpoint at {run / 'checkpoints/best.ckpt'}"
