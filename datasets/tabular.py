@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, NoReturn
@@ -29,6 +30,7 @@ from ctr.schema import FeatureSpec
 
 log = logging.getLogger(__name__)
 PARQUET_BATCH_ROWS = 65_536
+UNNAMED_INDEX = re.compile(r"__index_level_\d+__")  # the column name pandas gives an index without one
 
 
 @dataclass
@@ -230,10 +232,12 @@ class ParquetDataset(FileSource):
         return self._open(self.split_files["train"][0]).schema_arrow.names
 
     def index_columns(self) -> list[str]:
-        """The index columns ``DataFrame.to_parquet`` stored (``__index_level_0__``), as its
-        schema's pandas metadata names them (a RangeIndex is stored as metadata only)."""
+        """The unnamed index columns ``DataFrame.to_parquet`` stored (``__index_level_0__``),
+        as its schema's pandas metadata names them (a RangeIndex is stored as metadata only;
+        a named index, ``set_index("user_id")``, is a column of the data like any other)."""
         metadata = self._open(self.split_files["train"][0]).schema_arrow.pandas_metadata or {}
-        return [name for name in metadata.get("index_columns", []) if isinstance(name, str)]
+        return [name for name in metadata.get("index_columns", [])
+                if isinstance(name, str) and UNNAMED_INDEX.fullmatch(name)]
 
     @staticmethod
     def _open(file: Path) -> pq.ParquetFile:

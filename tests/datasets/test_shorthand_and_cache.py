@@ -105,7 +105,8 @@ def test_specs_reading_one_column_are_all_features_and_a_spec_named_as_a_column_
 
 def test_the_shorthand_leaves_out_the_index_pandas_stored_in_a_parquet_file(tmp_path):
     """``df.to_parquet`` of a filtered or shuffled frame stores its index as a column
-    ``__index_level_0__``, which became a categorical feature: a row id the model trained on."""
+    ``__index_level_0__``, which became a categorical feature: a row id the model trained on.
+    A named index (``set_index("b")``) is data, a feature as before."""
     import pandas as pd
 
     frame = pd.DataFrame({"click": [1, 0, 1, 0], "a": list("xyzx"), "b": list("pqpq")}).iloc[[3, 1, 0, 2]]
@@ -116,6 +117,9 @@ def test_the_shorthand_leaves_out_the_index_pandas_stored_in_a_parquet_file(tmp_
     assert [f.name for f in resolve_features(recipe_from_dict(raw).data).features] == ["a", "b"]
     raw["data"]["features"] = {"specs": [{"name": "row", "source": "__index_level_0__"}]}  # named, it is read
     assert [f.name for f in resolve_features(recipe_from_dict(raw).data).features] == ["a", "b", "row"]
+    frame.set_index("b").to_parquet(tmp_path / "rows.parquet")  # a named index is a column like any other
+    raw["data"]["features"] = {"default_kind": "categorical"}
+    assert [f.name for f in resolve_features(recipe_from_dict(raw).data).features] == ["a", "b"]
 
 
 def test_a_dataset_without_columns_refuses_the_shorthand(tmp_path):
