@@ -65,17 +65,28 @@ def check_distributed(recipe: Recipe) -> None:
         raise RecipeError(f"train.early_stop.monitor: a distributed run monitors a validation metric, "
                           f"not {train.early_stop.monitor}")
     check_batch_split(recipe, trainer.world_size)
-    # counted through NVML (torch.cuda.is_available would start the CUDA driver in the launcher)
-    gpus = torch.cuda.device_count() if trainer.accelerator in ("gpu", "cuda", "auto") else 0
+    gpus = _local_gpus(recipe)
     if gpus and trainer.devices > gpus:  # process LOCAL_RANK takes GPU LOCAL_RANK
         raise RecipeError(f"trainer.devices: {trainer.devices} processes on this machine, one GPU each, but it has "
                           f"{gpus} CUDA GPU{'s' if gpus != 1 else ''}; set trainer.devices to at most {gpus}"
                           + (", or trainer.accelerator: cpu" if trainer.accelerator == "auto" else ""))
-    cores = usable_cores()
-    if not gpus and trainer.devices > cores:
-        log.warning("trainer.devices: %d processes on the %d CPU cores this one may run on: the ranks wait for each "
+
+
+def _local_gpus(recipe: Recipe) -> int:
+    """The CUDA GPUs this machine gives a run of ``recipe`` (0 with ``trainer.accelerator:
+    cpu``), counted through NVML: ``torch.cuda.is_available`` would start the CUDA driver in
+    the launcher."""
+    return torch.cuda.device_count() if recipe.trainer.accelerator in ("gpu", "cuda", "auto") else 0
+
+
+def _warn_if_oversubscribed(recipe: Recipe) -> None:
+    """Warns when the ranks ``spawn`` starts on CPUs outnumber the cores it may use: they
+    then wait for each other's cores."""
+    devices, cores = recipe.trainer.devices, usable_cores()
+    if not _local_gpus(recipe) and devices > cores:
+        log.warning("trainer.devices: %d processes on the %d CPU core%s this process may use: the ranks wait for each "
                     "other's cores (a distributed run on CPUs is fastest with at most one rank a core)",
-                    trainer.devices, cores)
+                    devices, cores, "s" if cores != 1 else "")
 
 
 def spawn(args: list[str], recipe: Recipe) -> int:
@@ -90,6 +101,7 @@ def spawn(args: list[str], recipe: Recipe) -> int:
     common = {"WORLD_SIZE": str(devices * nodes), "LOCAL_WORLD_SIZE": str(devices),
               "MASTER_ADDR": os.environ.get("MASTER_ADDR", "127.0.0.1"),
               "MASTER_PORT": os.environ.get("MASTER_PORT") or str(_free_port())}
+    _warn_if_oversubscribed(recipe)
     processes = []
     for local in range(devices):
         env = {**os.environ, **common, "RANK": str(node * devices + local), "LOCAL_RANK": str(local),

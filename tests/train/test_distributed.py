@@ -128,14 +128,26 @@ def test_more_processes_than_gpus_is_one_line_before_any_process(tmp_path, capsy
 
 
 @pytest.mark.parametrize("cores", [1, 2])
-def test_more_cpu_processes_than_cores_is_a_warning(tmp_path, caplog, monkeypatch, cores):
+def test_more_cpu_processes_than_cores_is_one_warning_of_the_launcher(tmp_path, caplog, monkeypatch, cores):
     """``trainer.devices: 64`` on 2 cores started 64 ranks that took minutes to meet: the
-    launcher says so before it starts them (a warning: a test's one-core worker runs 2)."""
+    launcher says so once, before it starts them (a warning: a test's one-core worker runs 2);
+    the ranks, which check the recipe again, do not repeat it."""
+    class Finished:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def poll(self):
+            return 0
+
+        wait = poll
+
     monkeypatch.setattr(launch, "usable_cores", lambda: cores)
+    monkeypatch.setattr(launch.subprocess, "Popen", Finished)
     recipe = load_recipe(write(tmp_path, trainer={"devices": 2, "accelerator": "cpu"}))
     with caplog.at_level(logging.WARNING, logger="ctr.train"):
-        launch.check_distributed(recipe)
-    warned = [m for m in caplog.messages if "trainer.devices: 2 processes on the 1 CPU cores" in m]
+        launch.check_distributed(recipe)  # as each rank does
+        assert launch.spawn(["train"], recipe) == 0
+    warned = [m for m in caplog.messages if "trainer.devices: 2 processes on the 1 CPU core this" in m]
     assert len(warned) == (cores == 1), caplog.messages
 
 
