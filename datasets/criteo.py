@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from ctr.datasets.tabular import DelimitedSource, FileConfig
-from ctr.datasets.text import EmptyFileError, TextFormat, first_line
+from ctr.datasets.text import EmptyFileError, TextFormat, first_line, first_line_number
 from ctr.datasets.validate import require_columns
 from ctr.errors import DataError
 from ctr.registry import DATASETS
@@ -110,13 +110,13 @@ class CriteoDataset(DelimitedSource):
         elif header == KAGGLE_HEADER:
             columns = ["Id"] + DAC_COLUMNS
         else:
-            raise DataError(f"{file}:1: expected the Criteo Kaggle header Id,Label,I1..I13,C1..C26, got {line[:60]!r}")
+            raise DataError(f"{file}:{first_line_number(file)}: expected the Criteo Kaggle header Id,Label,I1..I13,C1..C26, got {line[:60]!r}")
         return TextFormat(columns, ",", header=True, quoting=True, keep=[c for c in columns if c in needed])
 
     def _unlabelled(self, file: Path, known_as: str) -> list[str]:
         """The columns of rows without a label (``known_as``): rows to score; refused to train on."""
         if self.label not in self.optional_columns:
-            raise DataError(f"{file}:1: rows without a label ({known_as}): they can be scored (ctr predict), not "
+            raise DataError(f"{file}:{first_line_number(file)}: rows without a label ({known_as}): they can be scored (ctr predict), not "
                             "trained or evaluated on")
         return DAC_COLUMNS[1:]
 
@@ -126,4 +126,4 @@ def _detect(file: Path, line: str) -> str:
         return "kaggle"
     if "\t" in line:
         return "dac"
-    raise DataError(f"{file}:1: neither Criteo DAC TSV (tab-separated) nor Kaggle CSV (header Id,Label,...); set data.format")
+    raise DataError(f"{file}:{first_line_number(file)}: neither Criteo DAC TSV (tab-separated) nor Kaggle CSV (header Id,Label,...); set data.format")

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ctr.datasets.source import SPLITS, DatasetSource, RowStream, beside, gzip_too, plain_name, resolve_files
-from ctr.datasets.text import TextFormat, header_line, read_delimited, refuse_other_compression, strip_types, to_batch
+from ctr.datasets.text import TextFormat, first_line_number, header_line, read_delimited, refuse_other_compression, strip_types, to_batch
 from ctr.datasets.validate import LINE_COLUMN, PROBLEM_COLUMN
 from ctr.errors import DataError
 from ctr.recipe import DataConfig
@@ -199,7 +199,7 @@ def _read(file: Path, need: list[str], every: bool = False) -> pa.Table:
     columns = _header(file)
     for name in need:
         if name not in columns:
-            raise DataError(f"{file}:1: column {name!r} is absent (it has: {', '.join(columns)})")
+            raise DataError(f"{file}:{first_line_number(file)}: column {name!r} is absent (it has: {', '.join(columns)})")
     fmt = TextFormat(columns=columns, delimiter="\t", header=True, quoting=False, keep=None if every else need)
     return pa.Table.from_batches(list(read_delimited(file, fmt)))
 

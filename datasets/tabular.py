@@ -21,7 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ctr.datasets.source import DatasetSource, RowStream, resolve_files
-from ctr.datasets.text import EmptyFileError, TextFormat, field_count, first_line, header_line, read_delimited, strip_types
+from ctr.datasets.text import (EmptyFileError, TextFormat, field_count, first_line, first_line_number, header_line,
+                               read_delimited, strip_types)
 from ctr.datasets.validate import LINE_COLUMN, column_keys, readable_columns, require_columns
 from ctr.errors import DataError, RecipeError, reason
 from ctr.recipe import DataConfig
@@ -192,7 +193,7 @@ class CsvDataset(DelimitedSource):
         config: CsvConfig = self.config  # type: ignore[assignment]
         columns = config.names or self.header(file, config.delimiter, config.quoting)
         if config.header and config.names and len(config.names) != len(self.header(file, config.delimiter, config.quoting)):
-            raise DataError(f"{file}:1: the header has a different number of fields than data.columns")
+            raise DataError(f"{file}:{first_line_number(file)}: the header has a different number of fields than data.columns")
         if not config.header and self.optional_columns:
             columns = self._scored_columns(file, columns)
         needed = self.needed_columns()

@@ -107,6 +107,12 @@ def first_line(file: Path) -> str | None:
     return _first_line(file)[1]
 
 
+def first_line_number(file: Path) -> int:
+    """The line number (from 1) of ``first_line``: after the blank lines before it, which
+    an error about the header or the first row names."""
+    return _first_line(file)[0]
+
+
 def _first_line(file: Path) -> tuple[int, str | None]:
     """``first_line`` of ``file`` and its line number (from 1)."""
     with open_rows(file) as handle:

@@ -211,6 +211,20 @@ def test_blank_lines_before_the_first_row_or_the_header_are_skipped(tmp_path, ca
     assert code == 2 and err == f"ctr: error: {folder / 'b.csv'}:5: label 'label' is '2', not 0 or 1", err
 
 
+def test_an_error_about_a_header_after_blank_lines_names_the_header_s_line(tmp_path, capsys):
+    """A header or first row after blank lines is on a later line than 1, which its errors
+    named."""
+    kaggle = tmp_path / "train.csv"
+    kaggle.write_text("\n\nId,Lable,I1\n1,0,2\n")
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "criteo", "path": str(kaggle)})
+    assert code == 2 and err.startswith(f"ctr: error: {kaggle}:3: neither Criteo DAC TSV"), err
+    rows = tmp_path / "rows.csv"
+    rows.write_text("\r\nlabel,a,b\n1,x,y\n")
+    data = {"dataset": "csv", "path": str(rows), "columns": ["label", "a"], "features": [{"name": "a"}]}
+    code, err, _ = run_prepare(tmp_path, capsys, data)
+    assert code == 2 and err == f"ctr: error: {rows}:2: the header has a different number of fields than data.columns"
+
+
 def test_a_feature_reading_the_label_column_is_one_line(tmp_path, capsys):
     path = tmp_path / "rows.csv"
     path.write_text("click,a\n1,x\n0,y\n")
