@@ -27,8 +27,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ctr.datasets.source import SPLITS, DatasetSource, RowStream, beside, gzip_too, plain_name, resolve_files
-from ctr.datasets.text import TextFormat, first_line_number, header_line, read_delimited, refuse_other_compression, strip_types, to_batch
-from ctr.datasets.validate import LINE_COLUMN, PROBLEM_COLUMN
+from ctr.datasets.text import (TextFormat, first_line_number, header_line, read_delimited, refuse_other_compression,
+                               strip_types, to_batch)
+from ctr.datasets.validate import LINE_COLUMN, PROBLEM_COLUMN, column_keys
 from ctr.errors import DataError
 from ctr.recipe import DataConfig
 from ctr.registry import DATASETS
@@ -150,10 +151,12 @@ class MovieLensDataset(DatasetSource):
         return {split: rows.filter(pa.array(code == i)) for i, split in enumerate(SPLITS)}
 
     def _joined(self, ratings: pa.Table) -> pa.Table:
-        """``ratings`` with the columns of the side files (by user and item), in file order."""
+        """``ratings`` with the columns of the side files (by user and item) the features
+        read, in file order."""
+        read = column_keys(self.config.features or self.default_features(), self.label, self.group)
         for side, key in ((self.user, "user_id"), (self.item, "item_id")):
             if side is not None:
-                ratings = ratings.join(_attributes(side, key), key, join_type="left outer")
+                ratings = ratings.join(_attributes(side, key, list(read)), key, join_type="left outer")
         return ratings.sort_by(LINE_COLUMN)
 
 
@@ -193,22 +196,23 @@ def _header(file: Path) -> list[str]:
     return strip_types(line.split("\t"))
 
 
-def _read(file: Path, need: list[str], every: bool = False) -> pa.Table:
-    """A whole atomic file as strings: its ``need`` columns (which must be present), or
-    ``every`` column."""
+def _read(file: Path, need: list[str], read: list[str] = ()) -> pa.Table:
+    """A whole atomic file as strings: its ``need`` columns (which must be present) and
+    those of ``read`` it has."""
     columns = _header(file)
     for name in need:
         if name not in columns:
             raise DataError(f"{file}:{first_line_number(file)}: column {name!r} is absent (it has: {', '.join(columns)})")
-    fmt = TextFormat(columns=columns, delimiter="\t", header=True, quoting=False, keep=None if every else need)
+    keep = [c for c in columns if c in {*need, *read}]
+    fmt = TextFormat(columns=columns, delimiter="\t", header=True, quoting=False, keep=keep)
     return pa.Table.from_batches(list(read_delimited(file, fmt)))
 
 
-def _attributes(file: Path, key: str) -> pa.Table:
-    """The columns of side file ``file``, one line per ``key`` (a key on two lines would
-    repeat each of its ratings); a line it cannot read is an error (its key's ratings would
-    lack their attributes)."""
-    table = _read(file, [key], every=True)
+def _attributes(file: Path, key: str, read: list[str]) -> pa.Table:
+    """The columns of side file ``file`` that are read (``read``: of any file), one line per
+    ``key`` (a key on two lines would repeat each of its ratings); a line it cannot read (in
+    those columns) is an error: its key's ratings would lack their attributes."""
+    table = _read(file, [key], read)
     bad = table.filter(pc.is_valid(table.column(PROBLEM_COLUMN)))
     if len(bad):
         raise DataError(f"{file}:{bad.column(LINE_COLUMN)[0]}: {bad.column(PROBLEM_COLUMN)[0]}")

@@ -6,6 +6,7 @@ from ctr.datasets import prepare
 from ctr.datasets.movielens import MovieLensConfig, MovieLensDataset
 from ctr.errors import DataError
 from ctr.recipe import SplitConfig, recipe_from_dict
+from ctr.schema import FeatureSpec
 from tests.conftest import SHARED_DATA
 
 INTER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
@@ -198,6 +199,19 @@ def test_a_bad_line_of_a_side_file_is_one_line_not_a_user_without_attributes(tmp
     (folder / "ml.user").write_bytes(start + (line if isinstance(line, bytes) else line.encode()))
     with pytest.raises(DataError, match=rf"ml\.user:3: {problem}$"):
         list(MovieLensDataset(MovieLensConfig(path=str(folder))).streams()["train"]())
+
+
+def test_bytes_that_are_not_utf8_in_a_side_file_column_no_feature_reads_are_no_error(tmp_path):
+    """A Latin-1 title in the .item file stopped the preparation of features that read only
+    its genres; the same byte in a column a feature reads is the file's line."""
+    folder = write_movielens(tmp_path / "ml", [(1, 10, 5), (2, 20, 1)])
+    (folder / "ml.item").write_bytes((ITEM + "10\tCaf\xe9\t1995\tComedy\n20\tHeat\t1995\tAction\n").encode("latin-1"))
+    source = MovieLensDataset(MovieLensConfig(path=str(folder), split=SplitConfig(valid=0.0, test=0.0)))
+    rows = pa.Table.from_batches(list(source.streams()["train"]()))
+    assert rows.column("class").to_pylist() == ["Comedy", "Action"] and "movie_title" not in rows.column_names
+    title = MovieLensConfig(path=str(folder), features=[FeatureSpec(name="title", source="movie_title")])
+    with pytest.raises(DataError, match=r"ml\.item:2: column 'movie_title': not UTF-8 text$"):
+        all_rows(MovieLensDataset(title))
 
 
 def test_rows_to_score_that_are_no_ratings_file_name_the_input_not_data_path(tmp_path):
