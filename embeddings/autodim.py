@@ -12,8 +12,8 @@ from torch import Tensor, nn
 
 from ctr.batch import JaggedFeatures
 from ctr.embeddings.base import EmbeddingMethod
-from ctr.embeddings.budget import BudgetUnreachableError, budget_bytes, full_bytes
-from ctr.embeddings.mde import ProjectedTables, mde_bytes
+from ctr.embeddings.budget import FP32_BYTES, BudgetUnreachableError, budget_bytes, full_bytes
+from ctr.embeddings.mde import ProjectedTables
 from ctr.embeddings.stages import MultiStageMixin, SearchConfig, Stage
 from ctr.embeddings.storage import table_starts
 from ctr.embeddings.types import FeatureEmbeddings
@@ -63,16 +63,41 @@ def doubling_candidates(dim: int) -> list[int]:
     return dims
 
 
+def table_bytes(vocab: np.ndarray, candidates: list[int], dim: int) -> np.ndarray:
+    """Bytes [T, C] of every table at every candidate: its rows and, below D, its d × D
+    projection (a table of fewer ids than D stores fewer bytes at D than at narrower dims)."""
+    dims = np.array(candidates, dtype=np.float64)
+    return (vocab[:, None] * dims + np.where(dims < dim, dims * dim, 0)) * FP32_BYTES
+
+
 def fit_dims(vocab: np.ndarray, chosen: list[int], candidates: list[int], dim: int, limit: float) -> list[int]:
-    """The chosen candidate index of every table [T], lowered one candidate at a time on the
-    table that saves the most bytes until rows + projections fit ``limit`` bytes."""
-    chosen = list(chosen)
-    cost = lambda c: mde_bytes(vocab, np.array([candidates[i] for i in c]), dim)  # noqa: E731
-    while cost(chosen) > limit:
-        lower = [t for t, i in enumerate(chosen) if i > 0]
-        saved = {t: cost(chosen) - cost(chosen[:t] + [chosen[t] - 1] + chosen[t + 1 :]) for t in lower}
-        chosen[max(saved, key=saved.__getitem__)] -= 1
+    """The chosen candidate index of every table [T], moved until rows + projections fit
+    ``limit`` bytes. Each step moves the table whose move saves the most bytes; a table moves
+    to its next lower candidate that stores fewer bytes or, when none does, to its cheapest
+    candidate (a table of fewer ids than D: back to D). A move never adds bytes, so the
+    tables end at their cheapest candidates at worst (``least_bytes``, below which the
+    method refuses the budget at the start)."""
+    chosen, costs = list(chosen), table_bytes(vocab, candidates, dim)
+    while costs[np.arange(len(chosen)), chosen].sum() > limit:
+        moves = {t: _cheaper(costs[t], i) for t, i in enumerate(chosen)}
+        t = max(moves, key=lambda t: costs[t, chosen[t]] - costs[t, moves[t]])
+        if moves[t] == chosen[t]:
+            break
+        chosen[t] = moves[t]
     return chosen
+
+
+def _cheaper(costs: np.ndarray, at: int) -> int:
+    """Index of a table's move from candidate ``at`` given its bytes per candidate [C]."""
+    for i in range(at - 1, -1, -1):
+        if costs[i] < costs[at]:
+            return i
+    return int(np.argmin(costs)) if costs.min() < costs[at] else at
+
+
+def least_bytes(vocab: np.ndarray, candidates: list[int], dim: int) -> float:
+    """The fewest bytes the retrained tables can store: each table at its cheapest candidate."""
+    return float(table_bytes(vocab, candidates, dim).min(1).sum())
 
 
 @EMBEDDINGS.register("autodim", config=AutoDimConfig)
@@ -89,9 +114,10 @@ class AutoDimEmbedding(MultiStageMixin, EmbeddingMethod):
     else on training batches. Stage ``retrain``: every table gets its argmax dim, fresh rows
     [n_t, d_t] and a d_t × D projection (as ``mde``), trained from scratch.
 
-    Budget (the artifact ignores it): the argmax dims are lowered, one candidate at a time
-    on the table that saves the most bytes, until rows + projections fit ``budget`` × full
-    bytes; a budget below every table at the smallest candidate is refused at the start.
+    Budget (the artifact ignores it): the argmax dims are lowered, one cheaper candidate at
+    a time on the table that saves the most bytes, until rows + projections fit ``budget`` ×
+    full bytes (``fit_dims``; a table of fewer ids than D is cheaper at D, unprojected, and
+    goes there); a budget below every table at its cheapest candidate is refused at the start.
     ``memory_bytes`` = the retrained rows and projections (before ``retrain``: the budget,
     which caps them).
 
@@ -104,9 +130,9 @@ class AutoDimEmbedding(MultiStageMixin, EmbeddingMethod):
         super().__init__(schema, config)
         self.vocab = np.array(list(self.table_rows.values()), dtype=np.float64)
         self.limit = budget_bytes(config, "autodim", self.table_rows)
-        least = mde_bytes(self.vocab, np.full(len(self.vocab), config.candidates[0]), config.dim)
+        least = least_bytes(self.vocab, config.candidates, config.dim)
         if least > self.limit:
-            why = f"every table at dim {config.candidates[0]} needs {least} bytes"
+            why = f"every table at its cheapest candidate dim needs {least:.0f} bytes"
             raise BudgetUnreachableError("autodim", config.budget, least / full_bytes(self.table_rows, config.dim), why)
         rows, t, c = sum(self.table_rows.values()), len(self.table_rows), len(config.candidates)
         self.register_buffer("row_start", table_starts(self.table_rows), persistent=False)

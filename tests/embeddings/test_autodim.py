@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from ctr.embeddings.autodim import AutoDimConfig, AutoDimEmbedding, fit_dims
+from ctr.embeddings.budget import BudgetUnreachableError
 from ctr.embeddings.stages import Stage
 from tests.embeddings.schemas import batch, schema
 
@@ -59,6 +60,33 @@ def test_fit_dims_by_hand():
     vocab = np.array([100.0, 10.0])
     # all at 8: 880 floats; limit 600 floats: item drops to 4 (+ a 4 x 8 projection) → 400 + 32 + 80
     assert fit_dims(vocab, [2, 2], [2, 4, 8], 8, 600 * 4) == [1, 2]
+
+
+TINY_TAGS = {"item": 1000, "user": 600, "tags": 5}  # tags: fewer ids than D = 16
+
+
+def test_a_table_of_fewer_ids_than_d_is_cheapest_unprojected_so_the_smallest_budget_counts_it_so():
+    """At candidates [8, 16] the 5-id table stores 80 floats at D and 168 at 8 (40 + its 8 × 16
+    projection): the smallest budget keeps it at D (0.5115 of the full bytes), not every table
+    at 8 (0.5150, which refused 0.513 naming 0.515)."""
+    config = AutoDimConfig(dim=16, budget=0.513, candidates=[8, 16])
+    method = AutoDimEmbedding(schema(TINY_TAGS), config)
+    with torch.no_grad():
+        method.alpha.copy_(torch.tensor([[0.0, 5.0], [0.0, 5.0], [5.0, 0.0]]))  # tags wants 8
+    method.begin_stage(RETRAIN)
+    assert [t.shape[1] for t in method.retrained.tables] == [8, 8, 16]
+    assert method.memory_bytes() <= 0.513 * method.full_bytes()
+    with pytest.raises(BudgetUnreachableError, match=r"smallest budget it reaches is 0\.512$"):
+        AutoDimEmbedding(schema(TINY_TAGS), AutoDimConfig(dim=16, budget=0.5, candidates=[8, 16]))
+
+
+def test_fit_dims_moves_a_table_only_to_a_dim_that_stores_fewer_bytes():
+    vocab = np.array(list(TINY_TAGS.values()), dtype=np.float64)
+    limit = 0.513 * 1605 * 16 * 4
+    # tags at 8 (168 floats) goes to 16 (80), the one move of it that saves bytes
+    assert fit_dims(vocab, [1, 1, 0], [8, 16], 16, limit) == [0, 0, 1]
+    # from D, tags skips 8 and 4 (168 and 84 floats, more than its 80 at D) for 2 (42)
+    assert fit_dims(np.array([1000.0, 5.0]), [3, 3], [2, 4, 8, 16], 16, 2100 * 4) == [0, 0]
 
 
 def test_temperature_anneals_to_its_floor():
