@@ -180,7 +180,10 @@ def a_path(text: str) -> Path:
     RuntimeError on it wherever the command resolves it)."""
     if not text:
         raise argparse.ArgumentTypeError("an empty path")
-    path = Path(text).expanduser()
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text}: names the home folder of no user of this machine") from None
     try:
         path.resolve()
     except RuntimeError:

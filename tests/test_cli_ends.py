@@ -259,6 +259,15 @@ def test_a_path_argument_expands_the_home_folder(tmp_path, monkeypatch, argv, ar
     assert getattr(args, argument) == tmp_path / "runs" / "a"
 
 
+def test_a_path_argument_naming_no_user_s_home_is_one_line(capsys):
+    """``--out '~nosuchuser/a'``: expanding it raised a RuntimeError, a traceback."""
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train", "recipe.yaml", "--out", "~no-such-user-of-ctr/a"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "error: argument --out: ~no-such-user-of-ctr/a: names the home folder of no user of this machine")
+
+
 STOPPED_IN = """
 import os, signal, sys
 import {module} as place

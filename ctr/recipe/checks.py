@@ -3,6 +3,7 @@ that cannot step the gradients it would get, a setting the chosen method ignores
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ctr.errors import RecipeError
@@ -133,6 +134,18 @@ def _check_ranges(recipe: Recipe) -> None:
                           "data.split.valid nor data.split.test; leave them out")
 
 
+def _check_home_folders(recipe: Recipe) -> None:
+    """Refuses a path of the ``~user/...`` form naming no user of this machine (wherever the
+    path is read, ``Path.expanduser`` raises a RuntimeError on it)."""
+    paths = {f"data.{key}": getattr(recipe.data, key, None) for key in recipe.data.path_keys}
+    for key, value in {**paths, "output.dir": recipe.output.dir}.items():
+        if value:
+            try:
+                Path(value).expanduser()
+            except RuntimeError:
+                raise RecipeError(f"{key}: {value!r} names the home folder of no user of this machine") from None
+
+
 def check_combinations(recipe: Recipe) -> None:
     """Registered optimizer names, and keys valid alone that do not go together."""
     OPTIMIZERS.get(recipe.train.optimizer.name, "train.optimizer.name")
@@ -158,6 +171,7 @@ def check_combinations(recipe: Recipe) -> None:
         raise RecipeError(f"embedding.backend: method {recipe.embedding.method!r} does its own lookups and does not "
                           "read the kernel backend (leave it out)")
     _check_ranges(recipe)
+    _check_home_folders(recipe)
     _check_plateau_modes(recipe.train)
     _check_weight_decay(recipe)
     _check_loss_scaling(recipe)
