@@ -79,7 +79,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     clean.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     clean.set_defaults(run=handlers["data clean"])
     synth = data.add_parser("synth", help="write synthetic Criteo-schema rows as raw Criteo DAC TSV")
-    synth.add_argument("out", type=a_path, help="the TSV file to write")
+    synth.add_argument("out", type=a_path, help="the TSV file to write (gzip-compressed when named *.gz)")
     synth.add_argument("--rows", type=int, required=True, help="rows to write")
     synth.add_argument("--seed", type=int, default=2024, help="seed of the planted model and rows (default 2024)")
     synth.add_argument("--vocab-scale", type=float, default=1.0,

@@ -32,8 +32,8 @@ def finished_run(run_root: Path, out: Path | None = None) -> tuple[RunDir, Recip
     (``_check_out``)."""
     quiet_lightning()
     run = RunDir(run_root)
-    recipe = on_this_machine(run.load_recipe(), run)
     _refuse_net_edit(run)
+    recipe = on_this_machine(run.load_recipe(), run)
     if out is not None:
         _check_out(out, run, recipe)
     best = best_checkpoint(run)

@@ -37,7 +37,7 @@ def test_a_run_whose_model_was_edited_since_it_began_is_refused_naming_the_edit(
 
 @pytest.mark.parametrize(("section", "key", "value"), [("embedding", "backend", "torch"),
                                                        ("data", "on_bad_rows", "skip"),
-                                                       ("trainer", "accelerator", "cpu")])
+                                                       ("trainer", "accelerator", "auto")])
 def test_edits_of_how_a_run_is_read_and_scored_are_not_refused(tmp_path, capsys, section, key, value):
     """A kernel backend computes the same values; reading and placement are the scorer's."""
     run, _ = edited_run(tmp_path, section, key, value)
