@@ -190,11 +190,17 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _train_in_this_process(recipe, out: Path, resume: bool) -> int:  # noqa: ANN001 (a Recipe)
-    """``ctr train`` in this process: a one-process run, or a rank of a launched group (the
-    launcher itself never imports the training loop and Lightning: they would delay its ranks)."""
-    from ctr.train.runner import train
+    """``ctr train`` in this process: a one-process run, or a rank of a launched group (neither
+    the launcher nor its ranks import Lightning and its training loop: they would delay the
+    ranks' start)."""
+    if launched():
+        from ctr.train.distributed import train_in_group
 
-    metrics = train(recipe, out, resume=resume)
+        metrics = train_in_group(recipe, out, resume)
+    else:
+        from ctr.train.runner import train
+
+        metrics = train(recipe, out, resume=resume)
     if os.environ.get("RANK", "0") != "0":
         return 0
     print(_metrics_line("test", metrics["test"]) + f"  (embedding {metrics['embedding_bytes'] / 1e6:.2f} MB)")

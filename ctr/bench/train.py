@@ -124,7 +124,8 @@ def run_train_bench(config: TrainBenchConfig) -> TrainBenchResult:
     """Trains ``config.recipe`` for the configured steps and returns the measurements."""
     from ctr.datasets import prepare
     from ctr.recipe import load_recipe
-    from ctr.train.loop import Session, quiet_lightning, use_threads
+    from ctr.train.loop import Session, quiet_lightning
+    from ctr.train.placement import use_threads
     from ctr.train.placement import placement
     from ctr.train.rundir import RunDir
     from ctr.train.task import CTRTask

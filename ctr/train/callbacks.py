@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
@@ -17,8 +16,8 @@ from lightning.pytorch.plugins import TorchCheckpointIO
 
 from ctr.atomic import atomic_path
 from ctr.datasets.progress import RowProgress
-from ctr.errors import TrainingDiverged
 from ctr.train.generators import random_state, set_random_state
+from ctr.train.watch import diverged, progress_every, warn_if_not_finite
 
 log = logging.getLogger("ctr.train")
 
@@ -167,14 +166,6 @@ def rerooted(value: Any, old: str, new: str) -> Any:
     return value
 
 
-def progress_every(batches_per_epoch: float, every: int) -> int:
-    """Steps between two progress lines: ``every``, or a tenth of an epoch of
-    ``batches_per_epoch`` when that is fewer (``inf``: an epoch of unknown length)."""
-    if batches_per_epoch == float("inf"):
-        return every
-    return max(1, min(every, -(-int(batches_per_epoch) // 10)))
-
-
 class ProgressLines(L.Callback):
     """Logs ``epoch E step S (k/K of the epoch): loss L, R samples/s`` every ``every`` steps,
     or 10 times an epoch when that is more often: progress for a log file, where no bar is
@@ -260,33 +251,6 @@ class ValidateAtMaxSteps(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.validated = bool(state_dict.get("validated", False))
-
-
-def warn_if_not_finite(stop_monitor: str, value: float) -> None:
-    """Early stopping ends a run at a monitored value that is not finite: say so."""
-    if not np.isfinite(value):
-        log.warning("%s is %s: early stopping ends the run here (monitor a metric defined on this "
-                    "validation split, e.g. train.early_stop.monitor: valid/logloss)", stop_monitor, value)
-
-
-def loss_check_interval(device: torch.device, deferred: int = 20) -> int:
-    """Steps between the host's reads of ``FiniteLoss``'s flag on ``device``: every step on
-    the CPU (reading is free), every ``deferred`` steps on an accelerator (a read waits for
-    the device to finish its queued work)."""
-    return 1 if device.type == "cpu" else deferred
-
-
-def diverged(first_bad: int, step: int) -> TrainingDiverged:
-    """The error of a run whose loss was first not finite at step ``first_bad`` (counted from
-    1), stopped at ``step``. Step 1's loss comes before the fit's first update, so no learning
-    rate made it: the inputs or the initial weights did."""
-    if first_bad == 1:
-        hint = ("at step 1 the loss is of the weights before any update: not the learning rate, but the initial "
-                "weights (embedding.init_std) or the inputs (numeric values past float32)")
-    else:
-        hint = "try a lower learning rate or train.grad_clip"
-    return TrainingDiverged(f"training: the loss is not finite at step {first_bad}; stopped at step {step}, the last"
-                            f" good checkpoint is kept ({hint})")
 
 
 class FiniteLoss(L.Callback):

@@ -16,7 +16,7 @@ from ctr.recipe import Recipe
 from ctr.recipe.schedules import PlateauSchedule
 
 if TYPE_CHECKING:  # the Lightning module's file: ctr train's launcher runs these checks without Lightning
-    from ctr.train.task import CTRNet
+    from ctr.train.net import CTRNet
 
 ONE_CLASS_UNDEFINED = ("valid/auc", "valid/gauc")  # metrics that need both labels in the split
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)

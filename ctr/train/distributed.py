@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -37,21 +36,20 @@ from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.stages import Stage
 from ctr.datasets.source import SPLITS, resolve_features
 from ctr.recipe import Recipe
-from ctr.train.checkpoints import Checkpointer, TrainState
+from ctr.train.checkpoints import Checkpointer, TrainState, check_resumable
 from ctr.train.checks import TRAINING_MIN_ROWS, check_before_fit, check_schedule_floors, require_rows
 from ctr.train.distributed_epochs import EpochLoop, Span, evaluate
 from ctr.train.distributed_optim import Optimizers
 from ctr.train.distributed_stages import ArchSteps, cycle, run_stages
-from ctr.train.launch import check_distributed
-from ctr.train.stage_files import StageFiles
-from ctr.train.stages import continues_training
-from ctr.train.loop import use_threads
-from ctr.train.placement import Placement
+from ctr.train.generators import seed_all
+from ctr.train.launch import check_distributed, group_holds, process_group, shared_path
+from ctr.train.stage_files import StageFiles, continues_training
+from ctr.train.placement import Placement, use_threads
 from ctr.train.optim import build_optimizer
 from ctr.train.plots import plot_curves
 from ctr.train.rundir import RunDir
 from ctr.train.sharded import shard, shardable
-from ctr.train.task import CTRNet, summary
+from ctr.train.net import CTRNet, summary
 
 log = logging.getLogger("ctr.train")
 
@@ -99,11 +97,27 @@ def parallel(net: CTRNet, recipe: Recipe, device: torch.device, stage: Stage | N
     return Parallel(module, optimizer, dense, False, sparse=tables, embedding=net.embedding)
 
 
+def train_in_group(recipe: Recipe, root: Path, resume: bool) -> dict[str, Any]:
+    """Trains ``recipe`` into run directory ``root`` as this process's rank of its process
+    group (a rank a launcher started, or a group of one resuming a distributed run), after
+    the refusals of a resume that cannot go on; returns (rank 0 writes) metrics.json."""
+    if resume:
+        RunDir(root).check_resumed_world(recipe.trainer.world_size)
+    with process_group(recipe) as place:
+        run = RunDir(shared_path(root))
+        run.check_usable()
+        with group_holds(run):
+            run.check_start(recipe, resume)
+            if resume:
+                check_resumable(run.root)  # before the data and the run's recipe.yaml are touched
+            return train(recipe, run, resume, place)
+
+
 def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[str, Any]:
     """Trains this rank's part of ``recipe`` into ``run``; returns (rank 0 writes) metrics.json."""
     check_distributed(recipe)
     use_threads(recipe.trainer.num_threads)
-    L.seed_everything(recipe.seed, workers=True, verbose=False)
+    seed_all(recipe.seed)
     recipe.data = resolve_features(recipe.data)
     if resume:
         run.check_resumed_inputs(recipe.data)  # every rank: the same refusal, before any encoding

@@ -31,12 +31,12 @@ from ctr.embeddings.replicas import gather_padded
 from ctr.metrics import split_metrics
 from ctr.errors import RecipeError
 from ctr.recipe import Recipe
-from ctr.train.callbacks import diverged, loss_check_interval, progress_every, warn_if_not_finite
 from ctr.train.checkpoints import Checkpointer, TrainState
 from ctr.train.distributed_stages import ArchSteps
-from ctr.train.loop import LOG_EVERY_N_STEPS, PROGRESS_EVERY_N_STEPS, beats, read_log_rows
 from ctr.train.placement import Placement
-from ctr.train.task import densify_gradients
+from ctr.train.net import densify_gradients
+from ctr.train.watch import (LOG_EVERY_N_STEPS, PROGRESS_EVERY_N_STEPS, beats, diverged, loss_check_interval,
+                             progress_every, read_log_rows, warn_if_not_finite)
 
 if TYPE_CHECKING:
     from ctr.train.distributed import Parallel

@@ -34,9 +34,8 @@ from ctr.datasets import BatchLoader
 from ctr.embeddings.stages import Stage, StageContext
 from ctr.train.generators import restore_random, save_random
 from ctr.train.rundir import RunDir
-from ctr.train.stage_files import StageFiles, load_torch, save_torch
-from ctr.train.stages import load_stage_state, rewind, save_stage
-from ctr.train.task import CTRNet
+from ctr.train.stage_files import StageFiles, load_stage_state, load_torch, rewind, save_stage, save_torch
+from ctr.train.net import CTRNet
 
 log = logging.getLogger("ctr.train")
 

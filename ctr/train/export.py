@@ -44,7 +44,7 @@ from ctr.datasets.saved import check_vocabularies, load_schema
 from ctr.errors import UserError, reason
 from ctr.schema import OOV_ID, Schema
 from ctr.train.saved import finished_run, restored_task
-from ctr.train.task import CTRNet
+from ctr.train.net import CTRNet
 
 MAX_BATCH = 1 << 24
 MAX_VALUES = 1 << 31

@@ -17,6 +17,15 @@ import torch
 from ctr.train.stage_files import load_torch, save_torch
 
 
+def seed_all(seed: int) -> None:
+    """Seeds Python's, numpy's and torch's (every device's) generators with ``seed``, as
+    Lightning's ``seed_everything`` seeds a one-process run: the distributed loop's ranks,
+    which run without Lightning, draw the same numbers."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def random_state() -> dict[str, Any]:
     """The random generators' state (python, numpy, torch, CUDA), as tensors and plain values
     that checkpoints load without unpickling code."""

@@ -27,41 +27,19 @@ from ctr.atomic import atomic_path
 from ctr.datasets import BatchLoader, Prepared
 from ctr.datasets.resident import ResidentLoader
 from ctr.errors import UserError, reason, sigterm_to_lightning
-from ctr.host import usable_cores
 from ctr.recipe import Recipe
 from ctr.train.callbacks import (
     AtomicCheckpointIO, EvalProgressLines, FiniteLoss, LoaderEpoch, ProgressLines, RandomState, ResumableEarlyStopping,
-    RunCheckpoint, Throughput, ValidateAtMaxSteps, ValidationSummary, loss_check_interval, rerooted,
+    RunCheckpoint, Throughput, ValidateAtMaxSteps, ValidationSummary, rerooted,
 )
 from ctr.train.checks import TRAINING_MIN_ROWS
 from ctr.train.placement import Placement
 from ctr.train.rundir import RunDir
 from ctr.train.task import CTRTask, unfinished_epoch
+from ctr.train.watch import LOG_EVERY_N_STEPS, PROGRESS_EVERY_N_STEPS, loss_check_interval, read_log_rows
 
 Loader = BatchLoader | ResidentLoader
 log = logging.getLogger("ctr.train")
-LOG_EVERY_N_STEPS = 20
-PROGRESS_EVERY_N_STEPS = 100
-
-
-def use_threads(num_threads: int | str | None) -> None:
-    """Sets torch's CPU threads (``trainer.num_threads``: a number, ``auto`` = the usable cores,
-    None = torch's choice; a number above the usable cores is those cores, with a warning) and,
-    with more than one thread, warns when the machine is already busier than its cores:
-    threads then wait for each other (on a loaded 2-core machine 2 threads ran 10-20x slower
-    than 1)."""
-    cores = usable_cores()
-    if isinstance(num_threads, int) and num_threads > cores:  # libgomp aborts on absurd counts
-        log.warning("trainer.num_threads: %d is more than the %d cores this process may run on; using %d (more "
-                    "threads only wait for each other)", num_threads, cores, cores)
-        num_threads = cores
-    if num_threads is not None:
-        torch.set_num_threads(cores if num_threads == "auto" else num_threads)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if load > cores and torch.get_num_threads() > 1:
-        log.warning("the machine is oversubscribed: load average %.1f over %d usable cores; ctr runs %d torch"
-                    " threads (fewer, e.g. trainer.num_threads=1, can be much faster)",
-                    load, cores, torch.get_num_threads())
 
 
 def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
@@ -158,13 +136,6 @@ class Fitted:
     epochs: int
     steps: int
     stage_seconds: dict[str, float] = field(default_factory=dict)
-
-
-def beats(value: float, best: float, mode: str) -> bool:
-    """Whether a monitored ``value`` is better than ``best`` (``mode``: max or min), compared
-    in float32 as Lightning's checkpoint and early stopping compare the logged metric."""
-    value32, best32 = torch.tensor(value, dtype=torch.float32), torch.tensor(best, dtype=torch.float32)
-    return bool(value32 > best32 if mode == "max" else value32 < best32)
 
 
 def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = None, max_steps: int | None = None,
@@ -283,37 +254,6 @@ def keep_log_rows(trainer: L.Trainer, global_step: int) -> list[dict[str, str]]:
             out.writerows(rows)
         writer.metrics_keys = header
     return rows
-
-
-def read_log_rows(path: Path, before: int,
-                  columns: tuple[str, ...] | None = None) -> tuple[list[str], list[dict[str, str]]]:
-    """The header of CSV log ``path`` and its rows logged before training step ``before``. A
-    kill can cut the log's last line short (rows are appended, no line end after it): that
-    line is left out, and so are rows whose ``epoch`` or ``step`` is not an integer or whose
-    fields do not fit the header, with a warning; a header without ``epoch`` and ``step``, or
-    with a column not among ``columns`` (when given), keeps nothing."""
-    with path.open(newline="", errors="replace") as file:  # line ends as written: a cut "\r\n" keeps its "\r"
-        lines = file.read().splitlines(keepends=True)
-    if lines and not lines[-1].endswith("\n"):
-        log.warning("%s: its last line is cut short (a write was killed); it is left out", path)
-        lines.pop()
-    reader = csv.DictReader(lines)
-    header = list(reader.fieldnames or [])
-    if header and not ({"epoch", "step"} <= set(header) <= set(columns or header)):
-        log.warning("%s: not a training log (its columns: %s); its rows are left out", path, ", ".join(header))
-        return [], []
-    read = list(reader)
-    rows = [row for row in read if _whole_log_row(row)]
-    if len(read) > len(rows):
-        log.warning("%s: %d row(s) without an epoch and step number or with another number of columns than its"
-                    " header left out", path, len(read) - len(rows))
-    return header, [row for row in rows if int(row["step"]) < before]
-
-
-def _whole_log_row(row: dict[str | None, str | None]) -> bool:
-    """Whether a CSV log row fits its header (``csv.DictReader`` puts a row's missing fields
-    at None, its extra ones under the key None) and has an integer epoch and step."""
-    return None not in row and None not in row.values() and row["epoch"].isdigit() and row["step"].isdigit()
 
 
 def lr_epochs(rows: list[dict[str, str]]) -> set[int]:

@@ -1,4 +1,4 @@
-"""Where a process trains: its rank among the run's processes and its device.
+"""Where a process trains: its rank among the run's processes, its device and its CPU threads.
 
 Read from the recipe's ``trainer.accelerator`` and the launcher's environment; imports
 neither Lightning nor the training loop, so ``ctr train``'s launcher checks a distributed
@@ -7,18 +7,21 @@ recipe before it starts the ranks without them.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 
 from ctr.errors import RecipeError
+from ctr.host import usable_cores
 from ctr.kernels.embedding_bag import BackendUnavailable, check_fused, resolve_backend
 from ctr.recipe import Recipe
 from ctr.recipe.checks import reads_backend
 from ctr.train.optim import fused_optimizer
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "auto")
+log = logging.getLogger("ctr.train")
 
 
 @dataclass(frozen=True)
@@ -67,3 +70,23 @@ def _check_backend(recipe: Recipe, device: torch.device) -> None:
             check_fused(recipe.embedding.backend, fused_optimizer(recipe.train.embedding_optimizer))
     except BackendUnavailable as err:
         raise RecipeError(f"embedding.backend: {err}") from None
+
+
+def use_threads(num_threads: int | str | None) -> None:
+    """Sets torch's CPU threads (``trainer.num_threads``: a number, ``auto`` = the usable cores,
+    None = torch's choice; a number above the usable cores is those cores, with a warning) and,
+    with more than one thread, warns when the machine is already busier than its cores:
+    threads then wait for each other (on a loaded 2-core machine 2 threads ran 10-20x slower
+    than 1)."""
+    cores = usable_cores()
+    if isinstance(num_threads, int) and num_threads > cores:  # libgomp aborts on absurd counts
+        log.warning("trainer.num_threads: %d is more than the %d cores this process may run on; using %d (more "
+                    "threads only wait for each other)", num_threads, cores, cores)
+        num_threads = cores
+    if num_threads is not None:
+        torch.set_num_threads(cores if num_threads == "auto" else num_threads)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > cores and torch.get_num_threads() > 1:
+        log.warning("the machine is oversubscribed: load average %.1f over %d usable cores; ctr runs %d torch"
+                    " threads (fewer, e.g. trainer.num_threads=1, can be much faster)",
+                    load, cores, torch.get_num_threads())

@@ -171,7 +171,7 @@ def _method_bytes(recipe: Recipe, schema: Schema) -> int:
     tables past ``dense_max_mb``) is refused here too. A plain-table method is built on the
     meta device (the plan sizes its tables; none is allocated), a compressing one on the CPU
     (its storage is what each rank holds; some methods compute it from their buffers)."""
-    from ctr.train.task import build_embedding
+    from ctr.train.net import build_embedding
 
     device = "meta" if recipe.embedding.method in SHARDABLE_METHODS else "cpu"
     with torch.device(device):

@@ -37,10 +37,9 @@ from ctr.datasets.shards import shard_files
 from ctr.errors import UserError, reason
 from ctr.metrics import split_metrics
 from ctr.recipe import DataConfig
-from ctr.train.loop import use_threads
-from ctr.train.placement import placement
+from ctr.train.placement import placement, use_threads
 from ctr.train.saved import encode_rows, finished_run, oov_counts, restored_task
-from ctr.train.task import probabilities
+from ctr.train.net import probabilities
 
 CSV_SUFFIXES = (".csv", ".tsv")
 

@@ -218,6 +218,32 @@ class RunDir:
         if not (resume and self.schema.is_dir()):
             self.copy_schema(prepared_root, recipe)
 
+    def check_start(self, recipe: Recipe, resume: bool) -> None:
+        """Refuses, before any work, a run directory that does not fit ``resume``: a finished
+        or unstarted run to resume, a resume of another recipe than the run's (its world size
+        aside) or of an edited ``recipe.yaml``; a new run in a folder that holds one, or
+        files that are not a run's."""
+        if resume and self.metrics.exists():
+            raise UserError(f"{self.root}: this run is finished (metrics.json is written); nothing to resume")
+        if resume and not self.started:
+            raise UserError(f"{self.root}: nothing to resume (no checkpoint written yet: no checkpoints/last.ckpt, "
+                            "checkpoints/last (a distributed run's) or stages/)")
+        edit = self.edit_since_start() if resume else None
+        if edit:
+            raise UserError(f"{self.recipe}: edited since the run began ({edit}); a resume trains the settings the "
+                            "run began with: undo the edit, or train the new settings as a new run")
+        change = self.settings_change(recipe, ignoring=RESUME_OVERRIDES) if resume else None
+        if change:
+            raise UserError(f"{self.root}: begun with another recipe ({change}); a resume goes on with the run's "
+                            "own recipe.yaml (RunDir(run).load_recipe(), as ctr train --resume does)")
+        if not resume and self.holds_run:
+            raise UserError(f"{self.root}: already holds a run; continue it with --resume or choose another --out")
+        foreign = [] if resume else self.foreign_entries()
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise UserError(f"{self.root}: a folder that is not a run directory (it holds {shown}); choose another "
+                            "--out")
+
     def check_resumed_inputs(self, data: DataConfig) -> None:
         """Refuses, before any data is read, to resume on other rows than the run began with
         (its saved key): drawn otherwise by a generated dataset's generator now, or read from

@@ -16,19 +16,20 @@ from ctr.datasets.source import SPLITS, resolve_features
 from ctr.errors import UserError, sigterm_raises
 from ctr.recipe import Recipe
 from ctr.train import distributed
-from ctr.train.checkpoints import check_resumable, holds_distributed_checkpoints, resumed_trainings
-from ctr.train.launch import group_holds, launched, process_group, require_one_process, shared_path
+from ctr.train.checkpoints import holds_distributed_checkpoints, resumed_trainings
+from ctr.train.launch import launched, require_one_process
 from ctr.train.checks import check_before_fit, check_schedule_floors, require_rows
 from ctr.train.loop import (
-    Session, check_best_kept, evaluate_checkpoint, fit, quiet_lightning, trainer_for, use_threads,
+    Session, check_best_kept, evaluate_checkpoint, fit, quiet_lightning, trainer_for,
 )
 from ctr.train.optim import fused_optimizer
-from ctr.train.placement import Placement, placement
+from ctr.train.placement import Placement, placement, use_threads
 from ctr.train.plots import plot_curves
-from ctr.train.rundir import RESUME_OVERRIDES, RunDir, default_run_dir
+from ctr.train.rundir import RunDir, default_run_dir
 from ctr.train.saved import encode_rows, finished_run, oov_counts, restored_task
 from ctr.train.stages import train_stages
-from ctr.train.task import CTRTask, summary
+from ctr.train.net import summary
+from ctr.train.task import CTRTask
 
 log = logging.getLogger("ctr.train")
 
@@ -36,23 +37,14 @@ log = logging.getLogger("ctr.train")
 def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict[str, Any]:
     """Trains ``recipe`` into run directory ``out``; returns (and writes) metrics.json."""
     require_one_process(recipe)
-    quiet_lightning()
     root = out or default_run_dir(recipe)
-    if resume:
-        RunDir(root).check_resumed_world(recipe.trainer.world_size)
-    if launched() or (resume and holds_distributed_checkpoints(root)):
-        with process_group(recipe) as place:  # a distributed run resumed on 1 process: a group of 1
-            run = RunDir(shared_path(root))
-            run.check_usable()
-            with group_holds(run):
-                _check_run(run, recipe, resume)
-                if resume:
-                    check_resumable(run.root)  # before the data and the run's recipe.yaml are touched
-                return distributed.train(recipe, run, resume, place)
+    if launched() or (resume and holds_distributed_checkpoints(root)):  # a distributed run resumed on 1 process
+        return distributed.train_in_group(recipe, root, resume)
+    quiet_lightning()
     run = RunDir(root)
     run.check_usable()
     with run.exclusive(), sigterm_raises():  # outside its fits (Lightning's), SIGTERM would end it without a word
-        _check_run(run, recipe, resume)
+        run.check_start(recipe, resume)
         return _train_here(recipe, run, resume)
 
 
@@ -109,30 +101,6 @@ def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:
     run.write_metrics(metrics)  # last: metrics.json marks the run finished
     log.info("run directory: %s (metrics.json, checkpoints/, logs/, curves.png)", run.root)
     return metrics
-
-
-def _check_run(run: RunDir, recipe: Recipe, resume: bool) -> None:
-    """Refuses a run directory that does not fit ``resume`` (before any work); a resume of
-    another recipe than the run's (its world size aside)."""
-    if resume and run.metrics.exists():
-        raise UserError(f"{run.root}: this run is finished (metrics.json is written); nothing to resume")
-    if resume and not run.started:
-        raise UserError(f"{run.root}: nothing to resume (no checkpoint written yet: no checkpoints/last.ckpt, "
-                        "checkpoints/last (a distributed run's) or stages/)")
-    edit = run.edit_since_start() if resume else None
-    if edit:
-        raise UserError(f"{run.recipe}: edited since the run began ({edit}); a resume trains the settings the run "
-                        "began with: undo the edit, or train the new settings as a new run")
-    change = run.settings_change(recipe, ignoring=RESUME_OVERRIDES) if resume else None
-    if change:
-        raise UserError(f"{run.root}: begun with another recipe ({change}); a resume goes on with the run's "
-                        "own recipe.yaml (RunDir(run).load_recipe(), as ctr train --resume does)")
-    if not resume and run.holds_run:
-        raise UserError(f"{run.root}: already holds a run; continue it with --resume or choose another --out")
-    foreign = [] if resume else run.foreign_entries()
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise UserError(f"{run.root}: a folder that is not a run directory (it holds {shown}); choose another --out")
 
 
 def evaluate(run_root: Path, split: str = "test", data: Path | None = None) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from ctr.train.plan import (
 )
 
 if TYPE_CHECKING:  # the Lightning module's file: ctr train's launcher checks a request without Lightning
-    from ctr.train.task import CTRNet
+    from ctr.train.net import CTRNet
 
 TABLE_PREFIX = "embedding.ebc.embedding_bags."
 # sharding types whose pooled output is reduce-scattered over the ranks: the backward's

@@ -1,5 +1,6 @@
 """A multi-stage run's files in its run directory: their paths, the record of finished
-stages, and the torch files written whole (``save_torch``, ``load_torch``).
+stages, the torch files written whole (``save_torch``, ``load_torch``), and what a finished
+stage saves and a resume restores (``save_stage``, ``load_stage_state``, ``rewind``).
 
 Layout::
 
@@ -13,14 +14,16 @@ Layout::
     checkpoints/, logs/           the last stage's checkpoints and log, as a single-stage run
 
 Imports neither Lightning nor the training loop: ``ctr train --resume``'s launcher reads which
-stages' checkpoints a resume goes on with before it starts the ranks.
+stages' checkpoints a resume goes on with before it starts the ranks, and the distributed
+loop's ranks run their stages without Lightning.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -28,6 +31,11 @@ from ctr.atomic import atomic_path, atomic_write
 from ctr.embeddings.stages import Stage
 from ctr.errors import UserError, reason
 from ctr.train.rundir import RunDir
+
+if TYPE_CHECKING:
+    from ctr.train.net import CTRNet
+
+log = logging.getLogger("ctr.train")
 
 
 class StageFiles:
@@ -82,3 +90,50 @@ def load_torch(path: Path) -> Any:
         raise UserError(f"{path}: missing (the stage's files are incomplete)") from None
     except Exception as err:  # torch.load raises whatever its unpickler meets in a broken file
         raise UserError(f"{path}: not a readable stage file ({reason(err, typed=True)})") from None
+
+
+def load_stage_state(net: CTRNet, path: Path) -> None:
+    """Loads the whole net a finished stage saved at ``path`` (``state.pt``) into ``net``."""
+    try:
+        net.load_state_dict(load_torch(path))
+    except RuntimeError as err:
+        raise UserError(f"{path}: does not fit this run's model ({reason(err)})") from None
+
+
+def rewind(net: CTRNet, initial: dict[str, torch.Tensor]) -> None:
+    """Restores every parameter of ``net`` to its value in ``initial`` (buffers are kept)."""
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if name in initial and initial[name].shape == param.shape:
+                param.copy_(initial[name])
+
+
+def save_stage(net: CTRNet, stage: Stage, folder: Path, seconds: float) -> None:
+    """Writes what stage ``stage`` produced: the whole net, the stage's output and summary."""
+    method = net.embedding
+    save_torch(net.state_dict(), folder / "state.pt")
+    save_torch(method.stage_output(stage), folder / "output.pt")
+    summary = {"stage": stage.name, "seconds": round(seconds, 3), **method.stage_summary(stage)}
+    atomic_write(folder / "summary.json", json.dumps(summary, indent=1) + "\n")
+    log.info("stage %s: done in %.1f s %s", stage.name, seconds, _short(summary))
+
+
+def _short(summary: dict[str, Any]) -> str:
+    """The summary's scalars, and totals of its per-table figures."""
+    short = {}
+    for key, value in summary.items():
+        if isinstance(value, (int, float)) and key != "seconds":
+            short[key] = value
+        elif isinstance(value, dict) and key in ("kept_rows", "rows"):
+            short[key] = sum(value.values())
+    return json.dumps(short)
+
+
+def continues_training(stages: list[Stage], index: int) -> bool:
+    """Whether stage ``index`` goes on training the weights earlier stages left (a ``train``
+    stage after the first that neither rewinds nor starts new tables). Such a stage counts
+    its start as a candidate for its best weights: on one-epoch data a second pass over the
+    same rows can overfit, and validation, not the schedule, decides which weights the
+    stage keeps."""
+    stage = stages[index]
+    return index > 0 and stage.kind == "train" and not stage.rewind and not stage.fresh_tables

@@ -6,43 +6,27 @@ Its files in the run directory are ``ctr.train.stage_files``'s (their layout is 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
 from ctr.batch import Batch
 from ctr.embeddings.stages import Stage, StageContext
-from ctr.errors import UserError, reason, sigterm_raises
+from ctr.errors import sigterm_raises
 from ctr.metrics import auc
 from ctr.train.loop import Fitted, Loader, Session, fit, load_checkpoint
-from ctr.atomic import atomic_write
 from ctr.train.generators import restore_random, save_random
 from ctr.train.rundir import RunDir
-from ctr.train.stage_files import StageFiles, load_torch, save_torch
-from ctr.train.task import CTRNet, CTRTask
+from ctr.train.stage_files import (StageFiles, continues_training, load_stage_state, load_torch, rewind, save_stage,
+                                   save_torch)
+from ctr.train.net import CTRNet
+from ctr.train.task import CTRTask
 
 log = logging.getLogger("ctr.train")
-
-
-def load_stage_state(net: CTRNet, path: Path) -> None:
-    """Loads the whole net a finished stage saved at ``path`` (``state.pt``) into ``net``."""
-    try:
-        net.load_state_dict(load_torch(path))
-    except RuntimeError as err:
-        raise UserError(f"{path}: does not fit this run's model ({reason(err)})") from None
-
-
-def rewind(net: CTRNet, initial: dict[str, torch.Tensor]) -> None:
-    """Restores every parameter of ``net`` to its value in ``initial`` (buffers are kept)."""
-    with torch.no_grad():
-        for name, param in net.named_parameters():
-            if name in initial and initial[name].shape == param.shape:
-                param.copy_(initial[name])
 
 
 def restore_stages(net: CTRNet, run: RunDir) -> list[str]:
@@ -99,16 +83,6 @@ def train_stages(task: CTRTask, session: Session, resume: bool) -> Fitted:
     return fitted
 
 
-def continues_training(stages: list[Stage], index: int) -> bool:
-    """Whether stage ``index`` goes on training the weights earlier stages left (a ``train``
-    stage after the first that neither rewinds nor starts new tables). Such a stage counts
-    its start as a candidate for its best weights: on one-epoch data a second pass over the
-    same rows can overfit, and validation, not the schedule, decides which weights the
-    stage keeps."""
-    stage = stages[index]
-    return index > 0 and stage.kind == "train" and not stage.rewind and not stage.fresh_tables
-
-
 def _fit_stage(task: CTRTask, session: Session, stage: Stage, folder: Path, last: bool, resume: bool,
                continues: bool) -> Fitted:
     """Trains one ``train`` stage; the last stage checkpoints where a single-stage run does.
@@ -136,27 +110,6 @@ def _run_procedure(task: CTRTask, session: Session, stage: Stage) -> float:
     with sigterm_raises():  # outside a fit, SIGTERM would end the process without a word
         task.net.embedding.run_procedure(stage, context)
     return time.perf_counter() - start
-
-
-def save_stage(net: CTRNet, stage: Stage, folder: Path, seconds: float) -> None:
-    """Writes what stage ``stage`` produced: the whole net, the stage's output and summary."""
-    method = net.embedding
-    save_torch(net.state_dict(), folder / "state.pt")
-    save_torch(method.stage_output(stage), folder / "output.pt")
-    summary = {"stage": stage.name, "seconds": round(seconds, 3), **method.stage_summary(stage)}
-    atomic_write(folder / "summary.json", json.dumps(summary, indent=1) + "\n")
-    log.info("stage %s: done in %.1f s %s", stage.name, seconds, _short(summary))
-
-
-def _short(summary: dict[str, Any]) -> str:
-    """The summary's scalars, and totals of its per-table figures."""
-    short = {}
-    for key, value in summary.items():
-        if isinstance(value, (int, float)) and key != "seconds":
-            short[key] = value
-        elif isinstance(value, dict) and key in ("kept_rows", "rows"):
-            short[key] = sum(value.values())
-    return json.dumps(short)
 
 
 def _cycle(loader: Loader, taken: int = 0) -> Iterator[Batch]:

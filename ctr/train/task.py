@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import re
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import lightning as L
 import numpy as np
@@ -15,170 +13,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctr.batch import Batch
-from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.stages import MultiStageMixin, Stage
-from ctr.embeddings.types import FeatureEmbeddings
-from ctr.errors import RecipeError
-from ctr.host import memory_bytes
 from ctr.metrics import split_metrics
-from ctr.models.base import CTRModel
 from ctr.recipe import EmbeddingOptimizerConfig, Recipe
-from ctr.registry import EMBEDDINGS, MODELS
+from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
-from ctr.train.optim import CombinedOptimizer, FusedLR, build_optimizer, fused_optimizer
+from ctr.train.net import CTRNet, densify_gradients
+from ctr.train.optim import CombinedOptimizer, FusedLR, build_optimizer
 from ctr.train.phases import PhaseClock
 from ctr.train.schedule import Schedules
 
-if TYPE_CHECKING:
-    from ctr.datasets import Prepared
-
 log = logging.getLogger(__name__)
-
-
-class CTRNet(nn.Module):
-    """Embedding method + model: ``Batch`` → logits [B]."""
-
-    def __init__(self, recipe: Recipe, schema: Schema):
-        super().__init__()
-        self.embedding: EmbeddingMethod = build_embedding(recipe, schema)
-        if recipe.train.embedding_optimizer.fused:
-            self.embedding.use_fused_update(fused_optimizer(recipe.train.embedding_optimizer))
-        model = MODELS.get(recipe.model.name, "model.name").target
-        with allocating("model", recipe.model):
-            self.model: CTRModel = model(schema, self.embedding.layout, recipe.model)
-        if recipe.trainer.compile:
-            self.model.compile()  # in place: parameter names and checkpoints stay as without it
-
-    def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """Logits [B] and the regularization loss (a scalar)."""
-        return self.score(batch, self.embedding(batch.sparse))
-
-    def score(self, batch: Batch, embedded: FeatureEmbeddings) -> tuple[Tensor, Tensor]:
-        """The model's part: logits [B] and the regularization loss, given the embeddings."""
-        logits = self.model(batch, embedded)
-        terms = {"embedding.method": self.embedding.regularizer(), "model.name": self.model.regularizer(batch, embedded)}
-        if not torch.compiler.is_exporting():
-            self.check_logits(logits, batch.size)
-            self.check_regularizers(terms)
-        return logits, terms["embedding.method"] + terms["model.name"]
-
-    def check_logits(self, logits: Any, rows: int) -> None:
-        """Refuses a model's output other than floating logits [B] (a plugin's [B, 1], or a
-        ``squeeze()`` that leaves a batch of one row a scalar)."""
-        if isinstance(logits, Tensor) and logits.is_floating_point() and tuple(logits.shape) == (rows,):
-            return
-        got = f"{logits.dtype} logits {list(logits.shape)}" if isinstance(logits, Tensor) else type(logits).__name__
-        raise RecipeError(f"model.name: {type(self.model).__name__} returned {got} for {rows} row"
-                          f"{'s' if rows != 1 else ''}; a model returns float logits [B] (squeeze(-1), not squeeze())")
-
-    def check_regularizers(self, terms: dict[str, Any]) -> None:
-        """Refuses a regularizer other than a float scalar tensor [] (a plugin's [3] ended in
-        autograd's "grad can be implicitly created only for scalar outputs", None in a
-        TypeError, a Python float trained without a word and without a gradient)."""
-        for key, term in terms.items():
-            if isinstance(term, Tensor) and term.is_floating_point() and term.dim() == 0:
-                continue
-            owner = type(self.embedding if key == "embedding.method" else self.model).__name__
-            raise RecipeError(f"{key}: {owner}.regularizer() returned {_shown(term)}; a regularizer returns a float scalar "
-                              "tensor [] (torch.zeros(()) for none)")
-
-
-def _shown(value: Any) -> str:
-    """A returned value as a message names it: ``torch.float32 [3]``, ``None``, ``a float``."""
-    if isinstance(value, Tensor):
-        return f"{value.dtype} {list(value.shape)}"
-    return "None" if value is None else f"a {type(value).__name__}"
-
-
-def summary(recipe: Recipe, net: CTRNet, prepared: Prepared) -> str:
-    """The line a run's log begins with: its data's rows, its embedding's bytes, its model's size."""
-    splits, embedding = prepared.report["splits"], net.embedding
-    dense = sum(p.numel() for p in net.model.parameters())
-    rows = ", ".join(f"{split} {splits[split]['rows']}" for split in ("train", "valid", "test"))
-    return (f"data {prepared.root.name}: {rows} rows | embedding {recipe.embedding.method}: "
-            f"{embedding.stored_bytes() / 1e6:.2f} MB (full {embedding.full_bytes() / 1e6:.2f} MB) | model "
-            f"{recipe.model.name}: {dense} dense params")
-
-
-def probabilities(logits: Tensor) -> Tensor:
-    """Click probabilities of ``logits`` [B], in float64 [B] (the scores ``ctr predict``
-    writes): float32 rounds the sigmoid of every logit above 16.6 to 1.0, float64 only above
-    36.7. The metrics rank the logits themselves (``ctr.metrics``)."""
-    return torch.sigmoid(logits.double())
-
-
-def build_embedding(recipe: Recipe, schema: Schema) -> EmbeddingMethod:
-    """The recipe's embedding method on ``schema``, refused where training refuses it: a
-    budget the method cannot reach, a plugin's wrong ``memory_bytes()`` (here, not after
-    training), dense gradients of tables past ``embedding.dense_max_mb``."""
-    target = EMBEDDINGS.get(recipe.embedding.method, "embedding.method").target
-    with allocating("embedding", recipe.embedding):
-        method = target(schema, recipe.embedding)
-    stored = method.stored_bytes()
-    if recipe.embedding.gradients == "dense":
-        check_dense_size(stored, recipe.embedding.dense_max_mb)
-    return method
-
-
-ALLOCATION_FAILURES = ("can't allocate memory", "out of memory", "Overflow when unpacking",
-                       "Maximum allowed size exceeded")
-
-
-@contextmanager
-def allocating(section: str, config: Any) -> Iterator[None]:
-    """Builds the recipe's ``section`` (``embedding`` or ``model``, of settings ``config``)
-    inside: an allocation that fails (torch's or numpy's, or a size past int64) is a one-line
-    RecipeError naming the section's largest size, not the allocator's traceback."""
-    try:
-        yield
-    except (RuntimeError, MemoryError, TypeError, ValueError) as err:
-        if not isinstance(err, MemoryError) and not any(text in str(err) for text in ALLOCATION_FAILURES):
-            raise
-        name = getattr(config, "method", None) or getattr(config, "name", section)
-        raise RecipeError(f"{section}: the parameters of {name} cannot be allocated ({_asked(err)}); lower its "
-                          f"sizes (the largest: {largest_size(section, config)})") from None
-
-
-def _asked(err: BaseException) -> str:
-    """What a failed allocation asked for, against this machine's memory."""
-    if "Overflow" in str(err):
-        return "a size past int64"
-    memory = memory_bytes()
-    asked = re.search(r"allocate (\d+) bytes", str(err))
-    said = f"{int(asked.group(1)) / 2**30:.3g} GiB asked" if asked else "more than there is"
-    return f"{said}; this machine has {memory / 2**30:.1f} GiB"
-
-
-def largest_size(section: str, config: Any) -> str:
-    """``<section>.<key> = <value>``: the key of ``config`` holding the largest integer (or
-    list of integers: layer widths); the section alone when none does."""
-    sizes = {}
-    for field in dataclasses.fields(config) if dataclasses.is_dataclass(config) else ():
-        value = getattr(config, field.name)
-        values = value if isinstance(value, list) else [value]
-        if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            sizes[field.name] = (max(values), value)
-    if not sizes:
-        return section
-    key = max(sizes, key=lambda name: sizes[name][0])
-    return f"{section}.{key} = {sizes[key][1]}"
-
-
-def check_dense_size(table_bytes: int, max_mb: float) -> None:
-    """Refuses dense table gradients for tables above ``embedding.dense_max_mb``."""
-    if table_bytes > max_mb * 1e6:
-        raise RecipeError(
-            f"embedding.gradients: dense gradients need tables of at most embedding.dense_max_mb = {max_mb:g} MB;"
-            f" these hold {table_bytes / 1e6:.3g} MB (use gradients: sparse, or raise embedding.dense_max_mb)"
-        )
-
-
-def densify_gradients(params: list[nn.Parameter]) -> None:
-    """Replaces each sparse gradient of ``params`` by its dense form [R, D] (every row, zeros
-    where the batch touched none), which dense optimizers such as Adam step."""
-    for param in params:
-        if param.grad is not None and param.grad.is_sparse:
-            param.grad = param.grad.to_dense()
 
 
 def unfinished_epoch(checkpoint: dict[str, Any]) -> int | None:

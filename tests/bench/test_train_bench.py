@@ -9,7 +9,7 @@ from ctr.cli import main
 from ctr.recipe import recipe_from_dict
 from ctr.schema import Schema
 from ctr.train.phases import PHASES
-from ctr.train.task import CTRNet
+from ctr.train.net import CTRNet
 from tests.conftest import tiny_recipe
 
 

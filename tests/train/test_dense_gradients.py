@@ -9,7 +9,8 @@ import torch
 from ctr.datasets import BatchLoader
 from ctr.errors import RecipeError
 from ctr.recipe import recipe_from_dict
-from ctr.train.task import CTRTask, check_dense_size
+from ctr.train.net import check_dense_size
+from ctr.train.task import CTRTask
 from tests.conftest import tiny_recipe
 
 DENSE_ADAM = {"embedding_optimizer": {"name": "adam", "lr": 0.01}}

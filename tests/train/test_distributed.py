@@ -274,6 +274,22 @@ def test_the_launcher_starts_its_ranks_without_importing_lightning(tmp_path):
     assert _launcher_imports("--resume", resumed) == "imported: []\n"
 
 
+def test_a_rank_trains_without_importing_lightning(tmp_path):
+    """A rank of a launched ``ctr train`` imported Lightning and its training loop (through
+    ``ctr.train.runner``): seconds before every rank's start that its loop never used."""
+    heavy = ("lightning", "ctr.train.loop", "ctr.train.task", "ctr.train.runner")
+    script = ("import os, sys\nos.environ.update(WORLD_SIZE='2', RANK='0', LOCAL_RANK='0')\n"
+              "import ctr.train.distributed as distributed\n"
+              "def reached(recipe, out, resume):\n"
+              f"    print('imported:', [m for m in {heavy!r} if m in sys.modules], flush=True)\n"
+              "    os._exit(0)\n"
+              "distributed.train_in_group = reached\n"
+              "from ctr.cli import main\n"
+              f"main(['train', {str(write(tmp_path, trainer={'devices': 2}))!r}, '--out', {str(tmp_path / 'run')!r}])\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.stdout == "imported: []\n", done.stdout + done.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_sigterm_to_the_launcher_stops_its_ranks(tmp_path, cache):
     """A scheduler's SIGTERM to ``ctr train -o trainer.devices=2``: the ranks are stopped, not
@@ -568,7 +584,7 @@ def test_early_stopping_follows_lightnings_rule(mode, min_delta, patience, value
 def test_the_best_checkpoint_follows_lightnings_float32_compare(mode):
     """A value better than the best in float64 only is no gain for Lightning's checkpoint:
     the distributed loop's best is chosen by the same compare."""
-    from ctr.train.loop import beats
+    from ctr.train.watch import beats
 
     step = 1e-9 if mode == "max" else -1e-9
     assert not beats(0.7 + step, 0.7, mode) and beats(0.7 + 1e6 * step, 0.7, mode)

@@ -28,7 +28,8 @@ from ctr.train.export import export_program
 from ctr.train.rundir import RunDir
 from ctr.train.runner import train
 from ctr.train.saved import best_checkpoint, restored_task
-from ctr.train.task import CTRTask, probabilities
+from ctr.train.net import probabilities
+from ctr.train.task import CTRTask
 from tests.conftest import tiny_recipe
 from tests.embeddings.test_compression_methods import SMOKE
 from tests.train.test_amazon_recipes import RECIPES, write_tiny_amazon

@@ -100,7 +100,7 @@ def test_a_scalar_for_one_row_is_refused_naming_the_squeeze(tmp_path, monkeypatc
     from ctr.datasets import prepare
     from ctr.datasets.loader import BatchLoader
     from ctr.errors import RecipeError
-    from ctr.train.task import CTRNet
+    from ctr.train.net import CTRNet
 
     (tmp_path / "odd_output_plugin.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -10,7 +10,7 @@ import torch
 from ctr.errors import TrainingDiverged
 from ctr.recipe import recipe_from_dict
 from ctr.train import loop
-from ctr.train.callbacks import loss_check_interval
+from ctr.train.watch import loss_check_interval
 from ctr.train.runner import train
 from ctr.train.task import CTRTask
 from tests.conftest import tiny_recipe

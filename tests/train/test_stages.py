@@ -289,7 +289,7 @@ def test_only_stages_that_go_on_from_trained_tables_score_their_start(method, co
     """PEP and OptEmbed rewind to the initial weights; AutoDim retrains new tables at the
     chosen dims: their starts are not candidates for the best weights."""
     from ctr.registry import EMBEDDINGS
-    from ctr.train.stages import continues_training
+    from ctr.train.stage_files import continues_training
     from tests.embeddings.schemas import schema
 
     entry = EMBEDDINGS.get(method)
