@@ -61,7 +61,8 @@ class PlateauSchedule(SchedulerConfig):
 @dataclass
 class CosineSchedule(SchedulerConfig):
     """Per epoch, ``lr`` falls along a half cosine to ``min_lr`` at epoch ``epochs`` (default
-    ``train.epochs``): ``min_lr + (lr - min_lr)·(1 + cos(π·e / epochs)) / 2`` in epoch ``e``."""
+    ``train.epochs``, a multi-stage method's stage's own ``epochs``):
+    ``min_lr + (lr - min_lr)·(1 + cos(π·e / epochs)) / 2`` in epoch ``e``."""
 
     name: str = "cosine"
     epochs: int | None = None

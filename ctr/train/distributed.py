@@ -234,9 +234,10 @@ class Fitting:
 
     def _placed(self, folder: Path, stage: Stage | None) -> tuple[Parallel, Checkpointer]:
         """The network placed on this rank for ``stage`` (DMP or DDP) with its optimizers and
-        schedules, and the checkpointer of ``folder``."""
+        schedules (over the stage's own epochs), and the checkpointer of ``folder``."""
         par = parallel(self.net, self.recipe, self.place.device, stage)
-        par.optimizer.follow_schedules(self.recipe.train, par.module.fused_optimizer if par.sharded else None)
+        epochs = (self.net.embedding.stage_settings(stage.name).epochs if stage else None) or self.recipe.train.epochs
+        par.optimizer.follow_schedules(self.recipe.train, par.module.fused_optimizer if par.sharded else None, epochs)
         if self.place.rank == 0:
             count = self.place.world_size
             log.info("%d process%s: %s", count, "" if count == 1 else "es", _describe(par))

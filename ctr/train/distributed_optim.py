@@ -41,11 +41,12 @@ class Optimizers:
             return Optimizers(self.parts, arch, self.named)
         return Optimizers([*self.parts, arch], named=self.named)
 
-    def follow_schedules(self, train: TrainConfig, fused: torch.optim.Optimizer | None) -> None:
-        """Schedules the parts (freshly built: their lr is the schedules' base) and ``fused``."""
-        self.schedules = [Schedules(self.named, train)]
+    def follow_schedules(self, train: TrainConfig, fused: torch.optim.Optimizer | None, epochs: int) -> None:
+        """Schedules the parts (freshly built: their lr is the schedules' base) and ``fused``
+        over a training of ``epochs`` (a stage's own)."""
+        self.schedules = [Schedules(self.named, train, epochs)]
         if fused is not None:
-            self.schedules.append(Schedules({"embedding": fused}, train))
+            self.schedules.append(Schedules({"embedding": fused}, train, epochs))
         self.fused = fused
 
     def before_step(self, epoch: int, step: int) -> None:

@@ -29,9 +29,11 @@ class Schedules:
         parts: optimizer name → torch optimizer (the parts of a ``CombinedOptimizer``), freshly
             built: their current lr is the base lr of the closed-form schedules.
         train: the recipe's ``train`` block (schedules, epochs, early stopping).
+        epochs: the epochs of the training scheduled (a multi-stage method's stage has its own),
+            the period of a cosine that gives none; default ``train.epochs``.
     """
 
-    def __init__(self, parts: dict[str, torch.optim.Optimizer], train: TrainConfig):
+    def __init__(self, parts: dict[str, torch.optim.Optimizer], train: TrainConfig, epochs: int | None = None):
         self.parts = parts
         self.rules: dict[str, tuple[Rule, list[float]]] = {}
         self.plateaus: dict[str, tuple[ReduceLROnPlateau, str]] = {}
@@ -40,7 +42,7 @@ class Schedules:
             if isinstance(config, PlateauSchedule):
                 self.plateaus[name] = plateau(config, optimizer, train.best_by)
             elif config is not None:
-                self.rules[name] = (lr_rule(config, train.epochs), [g["lr"] for g in optimizer.param_groups])
+                self.rules[name] = (lr_rule(config, epochs or train.epochs), [g["lr"] for g in optimizer.param_groups])
 
     def lrs(self) -> dict[str, float]:
         """The current learning rate of each part (of its first parameter group)."""

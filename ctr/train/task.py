@@ -238,6 +238,11 @@ class CTRTask(L.LightningModule):
         log.warning("train.embedding_optimizer: %s has no embedding rows for it to step (%s), so its settings are "
                     "unused", method, how)
 
+    def _fit_epochs(self) -> int | None:
+        """The epochs of the fit this task trains in (a multi-stage method's stage has its own);
+        None outside a Trainer (a plain loop steps ``train.epochs``)."""
+        return None if self._trainer is None else self._trainer.max_epochs
+
     def configure_optimizers(self) -> CombinedOptimizer | list[torch.optim.Optimizer]:
         train = self.recipe.train
         parts = {"dense": build_optimizer(train.optimizer, self._dense_parameters(), "train.optimizer")}
@@ -249,7 +254,7 @@ class CTRTask(L.LightningModule):
             self.net.embedding.follow_fused_lr(fused_lr.lr)
         elif train.embedding_optimizer != EmbeddingOptimizerConfig() or train.embedding_scheduler is not None:
             self._say_embedding_optimizer_unused()
-        self.schedules = Schedules(parts, train)
+        self.schedules = Schedules(parts, train, self._fit_epochs())
         arch = self._arch_parameters()
         if not arch:
             return CombinedOptimizer(parts)

@@ -211,7 +211,7 @@ def test_a_plateau_cut_of_the_sharded_tables_lr_is_saved_and_restored():
         dense = torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=1e-3)
         tables = torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=0.05)  # stands for the fused optimizer
         optimizers = Optimizers([dense], named={"dense": dense})
-        optimizers.follow_schedules(train, tables)
+        optimizers.follow_schedules(train, tables, train.epochs)
         return optimizers, tables
 
     first, tables = placed()

@@ -236,3 +236,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("distributed", [False, True])
+def test_a_cosine_spans_the_epochs_of_the_stage_it_schedules(tmp_path, monkeypatch, distributed):
+    """A stage of more epochs than ``train.epochs`` (deeplight's fine-tune, 3 against 1): the
+    cosine without ``epochs`` of its own falls over the stage's 3, where it reached its floor
+    (lr 0) after the first and the stage's later epochs trained nothing. On one process and in
+    the distributed loop (a group of one gloo process)."""
+    from ctr.train import distributed as distributed_train
+    from ctr.train.launch import process_group
+    from ctr.train.rundir import RunDir
+
+    embedding = {"method": "deeplight", "dim": 8, "budget": 0.5, "stages": {"finetune": {"epochs": 3}}}
+    raw = tiny_recipe(tmp_path, embedding=embedding, train={"epochs": 1, "early_stop": None,
+                                                            "scheduler": {"name": "cosine"}},
+                      trainer={"num_threads": 1})
+    if distributed:
+        monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+        monkeypatch.setenv("MASTER_PORT", str(free_port()))
+        with process_group(recipe_from_dict(raw)) as place:
+            distributed_train.train(recipe_from_dict(raw), RunDir(tmp_path / "run"), False, place)
+    else:
+        train(recipe_from_dict(raw), tmp_path / "run")
+    expected = [1e-3 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)]
+    assert [logged_lrs(tmp_path / "run")[e] for e in range(3)] == pytest.approx(expected, rel=1e-6)
