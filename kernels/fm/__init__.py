@@ -30,6 +30,9 @@ __all__ = ["fm", "fm_fields"]
 def fm(fields: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
     """FM output [B] of ``fields`` [B, F, D] with first-order vectors ``weight`` [F, D], and
     the fields passed through (a view whose gradient the FM's is added into)."""
+    if fields.dim() != 3:
+        raise ValueError(f"fm: fields must be [B, F, D], got {list(fields.shape)}")
+    _check_shape("first-order vectors", weight, fields.shape[1:])
     if torch.compiler.is_exporting():
         return reference.forward(fields, weight)[0], fields
     return _FM.apply(fields, weight)
@@ -38,9 +41,22 @@ def fm(fields: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
 def fm_fields(sparse: Tensor, dense: Tensor, vectors: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
     """FM output [B] over the fields [B, S + Nd, D] (sparse [B, S, D], then each numeric value
     of ``dense`` [B, Nd] times its vector of ``vectors`` [Nd, D]), and those fields."""
+    if sparse.dim() != 3:
+        raise ValueError(f"fm: sparse fields must be [B, S, D], got {list(sparse.shape)}")
+    (batch, num_sparse, dim), num_dense = sparse.shape, vectors.shape[0]
+    _check_shape("numeric values", dense, (batch, num_dense))
+    _check_shape("numeric vectors", vectors, (num_dense, dim))
+    _check_shape("first-order vectors", weight, (num_sparse + num_dense, dim))
     if not torch.compiler.is_exporting() and native.fits(dense, vectors, weight, rows=(sparse,)):
         return _FMFields.apply(sparse, dense, vectors, weight)
     return fm(reference.numeric_fields(sparse, dense, vectors), weight)
+
+
+def _check_shape(name: str, tensor: Tensor, shape: tuple[int, ...]) -> None:
+    """Raises ValueError unless ``tensor`` has ``shape`` (the C kernels read it by that shape
+    without bounds, and torch's ops would broadcast some mismatches)."""
+    if tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f"fm: {name} must be {list(shape)} for these fields, got {list(tensor.shape)}")
 
 
 class _FM(torch.autograd.Function):

@@ -224,3 +224,28 @@ def test_native_single_id_row_gradients_match_a_torch_scatter(grouped):
     dense = torch.zeros(rows, dim).index_add_(0, indices, wide[:, :fields].reshape(-1, dim))
     assert torch.equal(unique, expected_rows)
     torch.testing.assert_close(sums, dense[expected_rows])
+
+
+@pytest.mark.parametrize("switch", ["0", "1"])
+@pytest.mark.parametrize(
+    "op, shapes, said",
+    [
+        ("fm", [(4, 3, 5), (2, 5)], "first-order vectors"),
+        ("fm", [(4, 3, 5), (5, 3)], "first-order vectors"),  # as many floats, another layout
+        ("fm", [(4, 15), (3, 5)], r"fields must be \[B, F, D\]"),
+        ("fm_fields", [(4, 2, 5), (4, 1), (3, 5), (5, 5)], "numeric values"),  # [B, 1] broadcast in torch
+        ("fm_fields", [(4, 2, 5), (3, 3), (3, 5), (5, 5)], "numeric values"),
+        ("fm_fields", [(4, 2, 5), (4, 3), (3, 4), (5, 5)], "numeric vectors"),
+        ("fm_fields", [(4, 2, 5), (4, 3), (3, 5), (2, 5)], "first-order vectors"),
+    ],
+)
+def test_fm_shapes_that_do_not_fit_are_refused(op, shapes, said, switch, monkeypatch):
+    """The C kernels read every tensor by the fields' sizes: a vector table of other sizes was
+    read past its end (silent garbage) where torch raised or broadcast."""
+    monkeypatch.setenv(native.ENV_SWITCH, switch)
+    native.library.cache_clear()
+    try:
+        with pytest.raises(ValueError, match=said):
+            (fm if op == "fm" else fm_fields)(*(torch.randn(*shape) for shape in shapes))
+    finally:
+        native.library.cache_clear()
