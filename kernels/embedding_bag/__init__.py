@@ -179,9 +179,10 @@ def fused_embedding_bag(
         groups: return the bags as ``groups`` equal groups, [groups, num_bags / groups, D]
             (e.g. [F, B, D] for one bag per feature and sample): a transposed or concatenated
             view of that output then reaches the backward without a copy into bag order.
-        single: every bag holds exactly one id (``offsets`` is ``0, 1, ..., N``): the
-            backward's sort skips checking the lengths, and on CPU the native Adagrad
-            groups the ids with a counting sort (``native.counting_sort_fits``).
+        single: every bag holds exactly one id (``offsets`` is ``0, 1, ..., N``, checked
+            when updating: ``reference.check_single``): the backward's sort skips the
+            lengths, and on CPU the native Adagrad groups the ids with a counting sort
+            (``native.counting_sort_fits``).
         table_segments: as ``reference.Lookup.table_segments`` (the caller's guarantee).
         lr: the learning rate of this step's update (a schedule's current lr); ``None``:
             ``optimizer.lr``.
@@ -197,6 +198,8 @@ def fused_embedding_bag(
     if not (update and torch.is_grad_enabled()):
         pooled = impl.forward(weight, indices, offsets, per_sample_weights, mode)
         return grouped(pooled, groups)
+    if single:
+        reference.check_single(indices, offsets)
     trigger = torch.empty(0, device=weight.device, requires_grad=True)
     return FusedLookup.apply(
         trigger, weight, indices, offsets, per_sample_weights, mode, impl, optimizer, state, groups,

@@ -59,6 +59,16 @@ def check_bags(indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | No
     torch._assert_async(ends, f"embedding_bag: offsets must start at 0, never decrease and end at {indices.numel()}")
 
 
+def check_single(indices: Tensor, offsets: Tensor) -> None:
+    """Checks that ``offsets`` is ``0, 1, ..., N``, bags of one id each (what a caller's
+    ``single`` declares, and the backward then reads bag i's gradient for id i): the size
+    raises ValueError, the values are asserted on their device without waiting for it."""
+    said = "single: every bag must hold one id (offsets 0, 1, ..., N)"
+    if offsets.shape != (indices.numel() + 1,):
+        raise ValueError(f"{said}, got offsets {tuple(offsets.shape)} for {indices.numel()} ids")
+    torch._assert_async((offsets.diff() == 1).all(), said)
+
+
 def _integral(tensor: Tensor) -> bool:
     """Whether ``tensor`` holds integers (not floats, complex numbers or booleans)."""
     return not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)

@@ -213,3 +213,16 @@ def test_fbgemm_refuses_ids_and_offsets_outside_the_buffers(indices, offsets, ps
     weights = None if psw is None else torch.tensor(psw)
     with pytest.raises((RuntimeError, ValueError), match=said):
         embedding_bag(weight, torch.tensor(indices), torch.tensor(offsets), weights, backend=Backend.FBGEMM)
+
+
+@pytest.mark.parametrize("backend", [Backend.TORCH, pytest.param(Backend.TRITON, marks=needs_interpreter)])
+@pytest.mark.parametrize("offsets", [[0, 3], [0, 0, 2, 3]])
+def test_single_is_refused_for_bags_of_other_lengths(offsets, backend):
+    """``single`` skips the bags' lengths: the backward read bag i's gradient for id i, past
+    the [num_bags, D] gradient (the C Adagrad and the Triton kernel read beyond it)."""
+    opt = FusedOptimizer("adagrad", lr=LR)
+    weight = torch.zeros(6, 4)
+    with pytest.raises((ValueError, RuntimeError), match="single: every bag must hold one id"):
+        out = fused_embedding_bag(weight, opt.init_state(weight), torch.tensor([1, 2, 3]), torch.tensor(offsets),
+                                  None, "sum", opt, backend, single=True)
+        out.sum().backward()
