@@ -96,8 +96,8 @@ def embedding_bag(
         [num_bags, D] in ``weight``'s dtype, accumulated in fp32.
     """
     check_mode(mode, per_sample_weights)
-    # torch refuses offsets that start past 0, decrease or end past N, but drops ids past an end short of N
-    torch._assert_async(offsets[-1] == indices.numel(), f"embedding_bag: offsets must end at {indices.numel()}")
+    # torch pools bool ids as rows 0/1, drops ids past an end short of N and words a decrease as an index error
+    check_bags(indices, offsets, per_sample_weights)
     compute = weight if weight.dtype == torch.float32 else weight.float()
     psw = None if per_sample_weights is None else per_sample_weights.to(compute.dtype)
     pooled = F.embedding_bag(

@@ -40,7 +40,7 @@ def test_an_unknown_mode_is_refused():
 def test_offsets_ending_short_of_the_ids_are_refused():
     """torch's embedding_bag refuses offsets that start past 0 or end past the ids, but drops
     the ids past an end short of them (the Triton and FBGEMM backends refuse that too)."""
-    with pytest.raises(RuntimeError, match=r"^embedding_bag: offsets must end at 4$"):
+    with pytest.raises(RuntimeError, match=r"^embedding_bag: offsets must start at 0, never decrease and end at 4$"):
         reference(torch.zeros(10, 2), torch.tensor([1, 2, 3, 4]), torch.tensor([0, 2, 3]))
 
 
@@ -96,3 +96,12 @@ def test_torch_backend_gives_a_half_table_its_sparse_gradient(dtype):
     (reference(exact, indices, offsets, psw) * torch.arange(12.0).view(3, 4)).sum().backward()
     assert weight.grad.is_sparse and weight.grad.dtype == dtype
     torch.testing.assert_close(weight.grad.to_dense().float(), exact.grad.to_dense(), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("indices, offsets, said", [
+    ([True, False], [0, 2], "must be integer tensors"),  # torch pooled rows 1 and 0
+    ([1, 2, 3], [0, 2, 1, 3], "never decrease"),  # torch: 'Expected i < index_size to be true'
+])
+def test_the_reference_refuses_bags_as_the_other_backends_do(indices, offsets, said):
+    with pytest.raises((RuntimeError, ValueError), match=said):
+        reference(torch.zeros(10, 2), torch.tensor(indices), torch.tensor(offsets))
