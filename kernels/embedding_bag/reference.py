@@ -55,8 +55,10 @@ def check_bags(indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | No
         raise ValueError(f"offsets must be 1-D [num_bags + 1], got shape {tuple(offsets.shape)}")
     if per_sample_weights is not None and per_sample_weights.shape != indices.shape:
         raise ValueError(f"per_sample_weights: {tuple(per_sample_weights.shape)} for ids {tuple(indices.shape)}")
-    ends = (offsets[0] == 0) & (offsets[-1] == indices.numel()) & (offsets.diff() >= 0).all()
-    torch._assert_async(ends, f"embedding_bag: offsets must start at 0, never decrease and end at {indices.numel()}")
+    count = indices.numel()
+    end = count if isinstance(count, int) else "the number of ids"  # a symbol while torch.export traces
+    ends = (offsets[0] == 0) & (offsets[-1] == count) & (offsets.diff() >= 0).all()
+    torch._assert_async(ends, f"embedding_bag: offsets must start at 0, never decrease and end at {end}")
 
 
 def check_single(indices: Tensor, offsets: Tensor) -> None:

@@ -105,3 +105,19 @@ def test_torch_backend_gives_a_half_table_its_sparse_gradient(dtype):
 def test_the_reference_refuses_bags_as_the_other_backends_do(indices, offsets, said):
     with pytest.raises((RuntimeError, ValueError), match=said):
         reference(torch.zeros(10, 2), torch.tensor(indices), torch.tensor(offsets))
+
+
+class _Pooled(torch.nn.Module):
+    def forward(self, indices, offsets):
+        return embedding_bag(torch.ones(10, 2), indices, offsets)
+
+
+def test_an_exported_lookup_names_the_bad_offsets_without_a_symbol():
+    """Traced with a dynamic number of ids, the message read 'end at s23'."""
+    ids, bags = torch.export.Dim("ids", min=0, max=1000), torch.export.Dim("bags", min=1, max=1000)
+    program = torch.export.export(
+        _Pooled(), (torch.tensor([1, 2, 3]), torch.tensor([0, 1, 3])), dynamic_shapes=({0: ids}, {0: bags + 1})
+    ).module()
+    with pytest.raises(RuntimeError, match=r"^embedding_bag: offsets must start at 0, never decrease and end at the "
+                                           r"number of ids$"):
+        program(torch.tensor([1, 2, 3, 4]), torch.tensor([0, 1, 3]))
