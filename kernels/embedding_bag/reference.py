@@ -45,12 +45,14 @@ def check_bounds(indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | 
 
 
 def check_bags(indices: Tensor, offsets: Tensor, per_sample_weights: Tensor | None) -> None:
-    """Checks the bags' layout: integer ids and ``offsets`` [num_bags + 1] from 0, never
+    """Checks the bags' layout: integer ids [N] and ``offsets`` [num_bags + 1] from 0, never
     decreasing, up to N, and one per-sample weight per id. Dtypes and shapes raise
     ValueError; the offsets' values are asserted on their device without waiting for it (a
     RuntimeError on the CPU, a device-side assert on a GPU)."""
     if not (_integral(indices) and _integral(offsets)):
         raise ValueError(f"ids and offsets must be integer tensors, got {indices.dtype} and {offsets.dtype}")
+    if indices.dim() != 1:
+        raise ValueError(f"ids must be 1-D [N], got shape {tuple(indices.shape)}")
     if offsets.dim() != 1 or offsets.numel() == 0:
         raise ValueError(f"offsets must be 1-D [num_bags + 1], got shape {tuple(offsets.shape)}")
     if per_sample_weights is not None and per_sample_weights.shape != indices.shape:

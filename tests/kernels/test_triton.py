@@ -158,6 +158,7 @@ def test_default_tiles_on_more_bags_and_rows_than_one_block(monkeypatch):
     ([0, 1, 2], [0, 3], [1.0, 1.0], r"per_sample_weights: \(2,\) for ids \(3,\)"),
     ([0.0, 1.7], [0, 2], None, "ids and offsets must be integer tensors, got torch.float32"),  # 1.7 pooled row 1
     ([0, 1], [0.0, 2.0], None, "ids and offsets must be integer tensors"),  # triton's type error at compile
+    ([[0, 1], [2, 3]], [0, 2, 4], None, r"ids must be 1-D \[N\], got shape \(2, 2\)"),  # pooled flat, then failed
 ])
 def test_ids_and_offsets_outside_the_buffers_are_refused(indices, offsets, psw, said):
     """The kernels do not bound their loads and stores: a bad id or offset read (or, in the
