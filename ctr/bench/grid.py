@@ -159,13 +159,17 @@ def prepare_once(recipe: Recipe, recipe_path: Path) -> None:
 def cell_recipe(base: dict[str, Any], options: list[str], recipe_path: Path, cell: Cell, out: Path) -> dict[str, Any]:
     """The cell's raw recipe: the base's, its embedding block the method's (``<method>.yaml``
     beside the recipe, then ``options``) with the base's dim, init_std and backend (this one
-    for a method that reads it only)."""
+    for a method that reads it only). A ``<method>.yaml`` naming another method is refused
+    (its cells would train that one); one naming none gives the cell's."""
     raw = copy.deepcopy(base)
     embedding = _block(raw.get("embedding"), f"{recipe_path} (with its -o)")
     sibling = recipe_path.parent / f"{cell.method}.yaml"
     block = {"method": cell.method}
     if sibling.exists() and sibling.resolve() != recipe_path.resolve():
-        block = dict(_block(read_yaml(sibling).get("embedding"), str(sibling)) or block)
+        block = {**block, **_block(read_yaml(sibling).get("embedding"), str(sibling))}
+        if block["method"] != cell.method:
+            raise UserError(f"{sibling}: embedding.method: {block['method']!r}, not {cell.method} (this file gives "
+                            f"{cell.method}'s cells)")
     for key in BASE_EMBEDDING_KEYS:
         if key in embedding:
             block[key] = embedding[key]

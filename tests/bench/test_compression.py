@@ -451,3 +451,15 @@ def test_a_cell_without_its_peak_memory_on_record_shows_a_dash_not_nan():
            "train_seconds": "3", "embedding_bytes": "100", "memory_ratio": "1.0", "inference_rows_per_s": "1000",
            "peak_rss_mib": "", "run_dir": "b/runs/full-full-s0"}
     assert "| 3.0 | 1,000 | – | 1 |" in markdown([row])
+
+
+def test_a_method_yaml_gives_the_settings_of_its_own_methods_cells(tmp_path):
+    """``robe.yaml`` naming hash trained hash in the robe cells, reported as ROBE's figures;
+    one naming no method trained full tables in the hash cells (the recipe's default)."""
+    (tmp_path / "robe.yaml").write_text("embedding: {method: hash, dim: 4}\n")
+    message = f"^{tmp_path / 'robe.yaml'}: embedding.method: 'hash', not robe \\(this file gives robe's cells\\)$"
+    with pytest.raises(UserError, match=message):
+        cell_recipe(tiny_recipe(tmp_path), [], tmp_path / "base.yaml", Cell("robe", 0.5, 0), tmp_path)
+    (tmp_path / "hash.yaml").write_text("embedding: {dim: 4}\n")
+    block = cell_recipe(tiny_recipe(tmp_path), [], tmp_path / "base.yaml", Cell("hash", 0.5, 0), tmp_path)["embedding"]
+    assert block == {"method": "hash", "dim": 8, "budget": 0.5}
