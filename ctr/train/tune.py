@@ -86,7 +86,20 @@ def parse_grid(items: list[str]) -> list[Point]:
     keys = [axis[0].partition("=")[0] for axis in axes]
     if len(set(keys)) != len(keys):
         raise UserError(f"--grid: a key appears twice in {keys}")
+    _check_nesting(keys)
     return [Point(n, combo) for n, combo in enumerate(itertools.product(*axes))]
+
+
+def _check_nesting(keys: list[str]) -> None:
+    """Refuses an axis whose key holds an earlier axis's (``model`` after ``model.top_mlp``):
+    each point applies its axes in order, so its mapping replaced the earlier values, and the
+    points that differ in them alone trained one recipe. After it, an axis below it sets a key
+    inside the mapping (both take effect)."""
+    for later, key in enumerate(keys):
+        inside = next((earlier for earlier in keys[:later] if earlier.startswith(f"{key}.")), None)
+        if inside is not None:
+            raise UserError(f"--grid {key}: replaces --grid {inside}, an earlier axis, at every point (its values "
+                            "would train nowhere); give that axis after it, or the value in one of them")
 
 
 def _same_value(value: str, earlier: list[str]) -> bool:

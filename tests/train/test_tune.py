@@ -89,6 +89,17 @@ def test_a_value_given_twice_in_an_axis_is_refused():
     assert len(parse_grid(["model.batch_norm=true,1"])) == 2  # a bool is not a number
 
 
+
+def test_an_axis_that_replaces_an_earlier_axis_is_refused():
+    """``--grid model.top_mlp=[8],[4] --grid model={...}``: each point's model mapping replaced
+    its top_mlp, so its two points trained one recipe, ranked as two settings."""
+    parent = "model={name: dlrm, top_mlp: [16]}"
+    with pytest.raises(UserError) as err:
+        parse_grid(["model.top_mlp=[8],[4]", "train.batch_size=64", parent])
+    assert str(err.value) == ("--grid model: replaces --grid model.top_mlp, an earlier axis, at every point (its "
+                              "values would train nowhere); give that axis after it, or the value in one of them")
+    assert len(parse_grid([parent, "model.top_mlp=[8],[4]"])) == 2  # the later axis sets a key inside the mapping
+
 def test_a_rerun_with_fewer_seeds_reports_those_seeds_only(tmp_path):
     """results.md kept counting the earlier run's extra seed ("2 seeds") after --seeds 1."""
     out, grid = tmp_path / "tune", parse_grid(["train.embedding_optimizer.lr=0.01,0.1"])
