@@ -308,7 +308,8 @@ def _bench_compression(args: argparse.Namespace) -> int:
     print(f"\n{tally(results.shown(args.seeds))} in {out / 'results.csv'}; plot {out / 'auc_vs_memory.png'}")
     unfinished = results.unfinished(plan(methods, budgets, args.seeds))
     if unfinished:
-        print(f"ctr: {len(unfinished)} cells failed ({', '.join(unfinished[:3])}{' ...' if len(unfinished) > 3 else ''}): "
+        cells = f"{len(unfinished)} cell{'s' if len(unfinished) != 1 else ''}"
+        print(f"ctr: {cells} failed ({', '.join(unfinished[:3])}{' ...' if len(unfinished) > 3 else ''}): "
               "their status is in the table above (a training's output in OUT/logs/<cell>.log); fix what it says, or "
               "run the same command again to retry them", file=sys.stderr)
         return 1
