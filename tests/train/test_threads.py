@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ctr.recipe import recipe_from_dict
-from ctr.train import loop
+from ctr.train import placement
 
 
 @pytest.fixture(autouse=True)
@@ -22,9 +22,9 @@ def test_auto_is_the_default_and_uses_the_affinity(monkeypatch):
     assert recipe_from_dict({}).trainer.num_threads == "auto"
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    loop.use_threads("auto")
+    placement.use_threads("auto")
     assert torch.get_num_threads() == 3
-    loop.use_threads(1)
+    placement.use_threads(1)
     assert torch.get_num_threads() == 1
 
 
@@ -32,16 +32,16 @@ def test_an_oversubscribed_machine_is_reported(monkeypatch, caplog):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 5.0, 5.0))
     with caplog.at_level(logging.WARNING, logger="ctr.train"):
-        loop.use_threads("auto")
+        placement.use_threads("auto")
     assert "oversubscribed: load average 5.0 over 2 usable cores" in caplog.text
     caplog.clear()
     monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 1.5, 1.5))
     with caplog.at_level(logging.WARNING, logger="ctr.train"):
-        loop.use_threads("auto")
+        placement.use_threads("auto")
     assert "oversubscribed" not in caplog.text
     monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 5.0, 5.0))
     with caplog.at_level(logging.WARNING, logger="ctr.train"):
-        loop.use_threads(1)  # one thread is already the advice
+        placement.use_threads(1)  # one thread is already the advice
     assert "oversubscribed" not in caplog.text
 
 
@@ -56,6 +56,6 @@ def test_more_threads_than_cores_use_the_cores_with_a_warning(monkeypatch, caplo
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     with caplog.at_level(logging.WARNING, logger="ctr.train"):
-        loop.use_threads(1_000_000_000)
+        placement.use_threads(1_000_000_000)
     assert torch.get_num_threads() == 2
     assert "trainer.num_threads: 1000000000 is more than the 2 cores this process may run on; using 2" in caplog.text
