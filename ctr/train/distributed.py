@@ -1,7 +1,7 @@
 """One process of a distributed run (``trainer.devices`` × ``trainer.num_nodes`` > 1).
 
-Every process runs ``train``: it joins the process group (gloo on CPU, nccl on CUDA),
-builds the recipe's network exactly as a one-process run does (same seed, same rows), puts
+Every process runs ``train_in_group``: it joins the process group (gloo on CPU, nccl on
+CUDA) and runs ``train``, which builds the recipe's network exactly as a one-process run does (same seed, same rows), puts
 it under DMP or DDP (``ctr.train.sharded``) and trains on its part of every batch of the
 one-process order (``BatchLoader(split_batches=True)``). Each rank's loss is its rows' BCE
 sum × world size / the batch's rows, so the gradients DDP averages (and the tables'

@@ -259,7 +259,8 @@ def average_sparse_gradients(params: list[nn.Parameter], world: int) -> None:
         grad = param.grad
         if grad is None:  # the method's tables have sparse gradients (EmbeddingMethod.sparse_parameters)
             empty = torch.zeros((1, 0), dtype=torch.int64, device=param.device)
-            grad = torch.sparse_coo_tensor(empty, param.new_zeros((0, *param.shape[1:])), param.shape)
+            grad = torch.sparse_coo_tensor(empty, param.new_zeros((0, *param.shape[1:])), param.shape,
+                                           check_invariants=False)
         if not grad.is_sparse:
             dist.all_reduce(grad)
             grad.div_(world)
@@ -267,8 +268,8 @@ def average_sparse_gradients(params: list[nn.Parameter], world: int) -> None:
         grad = grad.coalesce()
         rows = gather_padded(grad.indices()[0], world)
         values = gather_padded(grad.values(), world)
-        summed = torch.sparse_coo_tensor(rows.unsqueeze(0), values / world, grad.shape).coalesce()
-        param.grad = summed
+        summed = torch.sparse_coo_tensor(rows.unsqueeze(0), values / world, grad.shape, check_invariants=False)
+        param.grad = summed.coalesce()
 
 
 @torch.no_grad()

@@ -58,7 +58,8 @@ def decay_gradients(params: Iterable[nn.Parameter], weight_decay: float) -> None
         grad = grad.coalesce()
         rows = grad.indices()[0]
         values = grad.values().add(param.detach().index_select(0, rows), alpha=weight_decay)
-        param.grad = torch.sparse_coo_tensor(grad.indices(), values, grad.shape, is_coalesced=True)
+        param.grad = torch.sparse_coo_tensor(grad.indices(), values, grad.shape, is_coalesced=True,
+                                             check_invariants=False)
 
 
 class DecayInGradient(torch.optim.Optimizer):
