@@ -18,6 +18,7 @@ from ctr.embeddings.largest import largest
 from ctr.embeddings.sparse import SparseRows, format_bytes, pruned_size
 from ctr.embeddings.stages import MultiStageMixin, SearchConfig, Stage, StageContext
 from ctr.embeddings.storage import pack_bits, unpack_bits
+from ctr.errors import RecipeError
 from ctr.recipe import OptimizerConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
@@ -65,6 +66,16 @@ def frequency_blocks(counts: np.ndarray, blocks: int) -> np.ndarray:
     return out
 
 
+def require_groups(config: DNISConfig, rows: int) -> None:
+    """A RecipeError naming ``embedding.blocks`` when it is more than the ``rows`` ids of all
+    tables: groups past the ids would stay empty (and α [blocks, D] would grow with them)."""
+    if config.blocks > rows:
+        raise RecipeError(
+            f"embedding.blocks: {config.blocks} is more than the {rows} ids of all tables ({config.method} groups "
+            f"ids, so the groups past them would stay empty); use at most {rows}"
+        )
+
+
 @EMBEDDINGS.register("dnis", config=DNISConfig)
 class DNIS(MultiStageMixin, EmbeddingMethod):
     """DNIS: a soft selection layer over embedding dimensions, searched on validation data.
@@ -98,6 +109,7 @@ class DNIS(MultiStageMixin, EmbeddingMethod):
         super().__init__(schema, config)
         rows = list(self.table_rows.values())
         self.register_buffer("row_start", torch.tensor([sum(rows[:t]) for t in range(len(rows))]), persistent=False)
+        require_groups(config, sum(rows))
         self.weight = nn.Parameter(torch.empty(sum(rows), config.dim).normal_(std=config.init_std))
         self.alpha = nn.Parameter(torch.ones(config.blocks, config.dim))
         counts = np.concatenate(list(table_counts(schema, config.method).values()))

@@ -1,8 +1,10 @@
 import numpy as np
+import pytest
 import torch
 
 from ctr.embeddings.autosrh import AutoSrh, AutoSrhConfig, equal_count_blocks
 from ctr.embeddings.dnis import DNIS, DNISConfig
+from ctr.errors import RecipeError
 from tests.embeddings.schemas import schema
 
 
@@ -19,3 +21,10 @@ def test_autosrh_groups_all_tables_ids_into_equal_blocks_where_dnis_uses_occurre
     dnis = DNIS(schema(), DNISConfig(dim=8, budget=0.3, blocks=6))
     assert torch.bincount(dnis.block_of_row, minlength=6).tolist() != sizes  # Zipf: frequent blocks are small
     assert (method.config.arch_optimizer.name, method.config.arch_optimizer.lr) == ("sgd", 1e-3)
+
+
+@pytest.mark.parametrize("blocks", [1641, 10**8])  # 10**8 cut 1640 ids one block at a time, for minutes
+def test_more_blocks_than_ids_is_refused_naming_the_key(blocks):
+    with pytest.raises(RecipeError, match=rf"^embedding\.blocks: {blocks} is more than the 1640 ids of all tables"):
+        AutoSrh(schema(), AutoSrhConfig(dim=8, budget=0.3, blocks=blocks))
+    assert torch.bincount(AutoSrh(schema(), AutoSrhConfig(dim=8, budget=0.3, blocks=1640)).block_of_row).max() == 1
