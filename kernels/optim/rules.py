@@ -47,7 +47,8 @@ class FusedOptimizer:
 
     Args:
         rule: a ``Rule`` or its name (``sgd``, ``adagrad``, ``rowwise_adagrad``, ``sparse_adam``).
-        lr: learning rate (the base lr; a step may be given its scheduled lr, ``begin_step``).
+        lr: learning rate, finite and > 0 (the base lr; a step may be given its scheduled lr,
+            ``begin_step``).
         eps: denominator term; ``None`` = the default of the matching torch optimizer.
         betas: Adam's (β1, β2).
 
@@ -70,8 +71,17 @@ class FusedOptimizer:
             raise ValueError(f"no fused optimizer {self.rule!r} (choose from {names})") from None
         if self.eps is None:
             object.__setattr__(self, "eps", DEFAULT_EPS[self.rule])
-        if self.lr <= 0:
-            raise ValueError(f"fused optimizer lr must be > 0, got {self.lr}")
+        self._check_values()
+
+    def _check_values(self) -> None:
+        """A ValueError, worded as torch.optim's, for a NaN, infinite or out-of-range lr,
+        eps or beta (``x <= 0`` lets NaN through)."""
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"Invalid learning rate: fused optimizer lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.eps) and self.eps >= 0):
+            raise ValueError(f"Invalid epsilon value: fused optimizer eps must be a finite number >= 0, got {self.eps}")
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise ValueError(f"Invalid beta parameter: fused optimizer betas must be in [0, 1), got {self.betas}")
 
     def init_state(self, weight: Tensor) -> dict[str, Tensor]:
         """Zero optimizer state for table ``weight`` [R, D]: name → fp32 tensor."""
@@ -90,14 +100,14 @@ class FusedOptimizer:
 
         Args:
             state: ``init_state``'s tensors (Adam's step count is advanced in place).
-            lr: this step's learning rate (a schedule's current lr, ``>= 0``); ``None``: ``self.lr``.
+            lr: this step's learning rate (a schedule's current lr, finite, ``>= 0``); ``None``: ``self.lr``.
 
         For Adam the step size is the bias-corrected ``lr·√(1-β2ᵗ)/(1-β1ᵗ)``; for the other
         rules it is ``lr``.
         """
         lr = self.lr if lr is None else lr
-        if lr < 0:
-            raise ValueError(f"fused optimizer step lr must be >= 0, got {lr}")
+        if not (math.isfinite(lr) and lr >= 0):
+            raise ValueError(f"Invalid learning rate: fused optimizer step lr must be a finite number >= 0, got {lr}")
         if self.rule is not Rule.ADAM:
             return lr
         state["step"] += 1

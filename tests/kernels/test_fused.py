@@ -159,8 +159,27 @@ def test_per_sample_weight_gradient_in_fused_mode():
 def test_bad_rule_and_lr():
     with pytest.raises(ValueError, match="no fused optimizer 'adam'"):
         FusedOptimizer("adam", lr=0.1)
-    with pytest.raises(ValueError, match="lr must be > 0"):
+    with pytest.raises(ValueError, match="lr must be a finite number > 0, got 0.0"):
         FusedOptimizer("sgd", lr=0.0)
+
+
+@pytest.mark.parametrize("lr", [float("nan"), float("inf"), -1.0])
+def test_a_learning_rate_that_is_not_a_finite_positive_number_is_refused(lr):
+    with pytest.raises(ValueError, match=rf"^Invalid learning rate: fused optimizer lr must be a finite number > 0, got {lr}$"):
+        FusedOptimizer("rowwise_adagrad", lr=lr)
+    opt = FusedOptimizer("sparse_adam", lr=0.1)
+    with pytest.raises(ValueError, match=rf"^Invalid learning rate: fused optimizer step lr must be a finite number >= 0, got {lr}$"):
+        opt.begin_step(opt.init_state(torch.zeros(2, 2)), lr)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"eps": float("nan")}, "Invalid epsilon value: fused optimizer eps must be a finite number >= 0, got nan"),
+    ({"eps": -1.0}, "Invalid epsilon value: fused optimizer eps must be a finite number >= 0, got -1.0"),
+    ({"betas": (0.9, 1.0)}, r"Invalid beta parameter: fused optimizer betas must be in \[0, 1\), got \(0.9, 1.0\)"),
+])
+def test_bad_eps_and_betas_are_refused(settings, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        FusedOptimizer("sparse_adam", lr=0.1, **settings)
 
 
 @needs_fbgemm
