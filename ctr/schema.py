@@ -27,6 +27,8 @@ GROUP_COLUMN = "__group__"
 RESERVED_NAMES = (LABEL_COLUMN, GROUP_COLUMN)
 ID_MAX = 2**31 - 1  # encoded ids are int32
 QUANTILES_MAX = 2**24  # a float32 in [0, 1] tells no more quantiles apart
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # encoded numerics are float32
+FLOAT32_RANGE = f"the float32 range (±{FLOAT32_MAX:.4g}) of the encoded data"
 
 Kind = Literal["categorical", "numeric", "sequence"]
 _TRANSFORMS = {
@@ -62,7 +64,7 @@ class FeatureSpec:
             training data's empirical CDF at ``num_buckets`` quantiles, in [0, 1]). For a
             categorical feature read from a numeric column, ``log_square`` turns the numbers
             into bucket tokens.
-        fill: value of a missing numeric (after the transform).
+        fill: value of a missing numeric (after the transform), inside the float32 range.
         num_buckets: quantiles of the ``quantile`` transform.
         num_ids: for a categorical feature whose column already holds integer ids in
             ``[0, num_ids)`` (pre-hashed or pre-indexed data, as DLRM's Criteo Terabyte
@@ -109,6 +111,8 @@ class FeatureSpec:
         if self.transform == "quantile" and not 1 <= self.num_buckets <= QUANTILES_MAX:
             raise ValueError(f"feature {self.name!r}: num_buckets must be in [1, {QUANTILES_MAX}] (a float32 quantile "
                              f"tells no more apart), got {self.num_buckets}")
+        if abs(self.fill) > FLOAT32_MAX:  # the encoded column would hold it as inf
+            raise ValueError(f"feature {self.name!r}: fill {self.fill:g} is past {FLOAT32_RANGE}")
         self._check_id_range()
 
     def _check_id_range(self) -> None:

@@ -22,13 +22,12 @@ import pyarrow.compute as pc
 from ctr.datasets.transforms import LOG_SQUARE_ABOVE, reads, unreadable_type
 from ctr.datasets.vocab import integer_ids
 from ctr.errors import DataError, RecipeError
-from ctr.schema import FeatureSpec
+from ctr.schema import FLOAT32_MAX, FLOAT32_RANGE, FeatureSpec
 
 LINE_COLUMN = "__line__"
 PROBLEM_COLUMN = "__problem__"
 NUMBER = r"^\s*[-+]?((\d+\.?\d*)|(\.\d+))([eE][-+]?\d+)?\s*$|^\s*[-+]?(inf|nan)\s*$|^\s*$"
 NON_FINITE = r"^\s*[-+]?(inf|infinity|nan)\s*$"
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 STORED_AS_READ = ("none", "standardize")  # numeric transforms whose encoded value grows with the raw one
 INTEGER = r"^\s*[-+]?\d+(\.0*)?\s*$|^\s*$"  # an id of a num_ids column (or a missing one)
 
@@ -44,7 +43,6 @@ class Limit:
 
 
 NO_LIMIT = Limit(math.inf, math.inf, "")
-FLOAT32_RANGE = f"the float32 range (±{FLOAT32_MAX:.4g}) of the encoded data"
 
 
 def _number_limit(spec: FeatureSpec) -> Limit:

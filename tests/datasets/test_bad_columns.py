@@ -41,10 +41,12 @@ def test_an_empty_splitter_is_refused(tmp_path, capsys):
     ({"name": "a", "num_ids": 2**31 - 2, "oov_buckets": 2}, "num_ids 2147483646 and oov_buckets 2 give ids past"),
     ({"name": "x", "kind": "numeric", "transform": "quantile", "num_buckets": 10**12},
      "num_buckets must be in [1, 16777216] (a float32 quantile tells no more apart), got 1000000000000"),
+    ({"name": "x", "kind": "numeric", "fill": 1e39}, "fill 1e+39 is past the float32 range (±3.403e+38) of the encoded data"),
+    ({"name": "x", "kind": "numeric", "fill": -1e39}, "fill -1e+39 is past the float32 range"),
 ])
 def test_id_and_bucket_counts_past_their_range_are_refused(tmp_path, capsys, feature, message):
     """Each was a traceback (numpy's int32 overflow, a 7 TiB allocation, 'Maximum allowed
-    dimension exceeded') once the data was read."""
+    dimension exceeded') once the data was read; a fill past float32 was encoded as inf."""
     code, err = prepare(tmp_path, capsys, {"dataset": "csv", "features": [feature]}, "label,a,x\n1,1,0.5\n0,2,1.5\n")
     assert code == 2 and err.startswith(f"ctr: error: data.features[0]: feature '{feature['name']}': "), err
     assert message in err and "\n" not in err, err
