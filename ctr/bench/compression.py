@@ -42,8 +42,8 @@ import yaml
 
 from ctr.atomic import CsvRows, atomic_write
 from ctr.bench.grid import (
-    UNBUDGETED, Cell, cell_recipe, cell_recipes, check_seeds, check_settings, keep_settings, method_options, plan,
-    prepare_once,
+    UNBUDGETED, Cell, cell_recipe, cell_recipes, check_seeds, check_settings, embedding_keys, keep_settings,
+    method_options, plan, prepare_once,
 )
 from ctr.errors import UserError, sigterm_raises
 from ctr.metrics import mean_std
@@ -138,6 +138,7 @@ def run_compression(
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder; choose another --out")
     base = read_yaml(recipe_path)
+    overrides = embedding_keys(overrides)
     for item in overrides:
         apply_override(base, item)
     import_recipe_plugins(base)  # before --methods is checked: it may name a plugin's method

@@ -3,7 +3,8 @@ and the settings an out folder holds.
 
 A cell's recipe is the base recipe (the recipe file with its ``-o``) with its embedding block
 the method's: the ``embedding`` block of ``<method>.yaml`` beside the recipe when that file
-exists, then ``-o embedding.<option>``; ``dim`` and ``init_std`` are always the base's, as
+exists, then ``-o embedding.<option>`` (an ``-o embedding={...}`` sets each key it names, as
+one item per key would: ``embedding_keys``); ``dim`` and ``init_std`` are always the base's, as
 is ``backend`` for a method that reads it (the others refuse it), and ``budget`` is the
 cell's. An out folder holds the cells of one base recipe (``OUT/base.yaml``):
 ``check_settings`` refuses a rerun of other settings.
@@ -109,6 +110,31 @@ def keep_settings(out: Path, base: dict[str, Any]) -> None:
     """Writes ``base.yaml`` once a cell is about to train (a command that ended on an error
     before any cell leaves none: its rerun with the recipe fixed is not another setting's)."""
     atomic_write(out / SETTINGS_FILE, yaml.safe_dump(base, sort_keys=False))
+
+
+def embedding_keys(overrides: list[str]) -> list[str]:
+    """``overrides`` with each ``embedding={...}`` (a mapping) given as one
+    ``embedding.<key>=<value>`` per key it names: a cell's embedding block is the method's,
+    so a mapping of the whole section sets its keys there, as those items would (replacing
+    the section dropped the method's options and the recipe's dim, init_std and backend)."""
+    items = []
+    for item in overrides:
+        key, _, text = item.partition("=")
+        value = _yaml_value(text) if key == "embedding" else None
+        if isinstance(value, dict):
+            items += [f"embedding.{name}={yaml.safe_dump(option, default_flow_style=True)}"
+                      for name, option in value.items()]
+        else:
+            items.append(item)
+    return items
+
+
+def _yaml_value(text: str) -> Any:  # noqa: ANN401 (what a -o value parses as)
+    """An -o value as ``apply_override`` reads it (None where it is no YAML)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
 
 
 def method_options(overrides: list[str]) -> list[str]:

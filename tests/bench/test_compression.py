@@ -9,7 +9,7 @@ import yaml
 
 from ctr.bench.compression import Results, markdown, run_compression
 from ctr.cli import main
-from ctr.bench.grid import Cell, cell_recipe, check_settings, method_options, plan
+from ctr.bench.grid import Cell, cell_recipe, check_settings, embedding_keys, method_options, plan
 from ctr.metrics import mean_std
 from ctr.errors import RecipeError, UserError
 from tests.conftest import tiny_recipe
@@ -325,6 +325,21 @@ def test_method_options_given_with_o_reach_every_cells_method_and_its_method_and
     for key in ("method", "budget"):
         with pytest.raises(UserError, match=f"^-o embedding.{key}: each cell's method and budget come from --methods"):
             method_options([f"embedding.{key}=robe"])
+
+
+def test_a_mapping_of_the_embedding_section_sets_each_of_its_keys_in_every_cell(tmp_path):
+    """``-o embedding={block: 3, dim: 4}`` kept the mapping's dim and dropped its block: the robe
+    cell trained block 1 (its base recipe's embedding section replaced, its cells built from
+    the method's own block). Block 3 must divide dim 4: the cell is refused, nothing trains."""
+    recipe = tmp_path / "base.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, embedding={"init_std": 0.5})))
+    (row,) = run_compression(recipe, ["robe"], [0.5], 1, tmp_path / "bench", ["embedding={block: 3, dim: 4}"]).rows
+    assert row["status"] == "error: embedding.block: 3 must divide dim 4", row
+    with pytest.raises(UserError, match="^-o embedding.method: each cell's method and budget come from --methods"):
+        run_compression(recipe, ["robe"], [0.5], 1, tmp_path / "bench", ["embedding={method: hash}"])
+    raw = cell_recipe(tiny_recipe(tmp_path, embedding={"init_std": 0.5}), method_options(
+        embedding_keys(["embedding={block: 2, stages: null}"])), recipe, Cell("robe", 0.5, 0), tmp_path)
+    assert raw["embedding"] == {"method": "robe", "dim": 8, "init_std": 0.5, "block": 2, "stages": None, "budget": 0.5}
 
 
 @pytest.mark.parametrize("data, overrides, message", [
