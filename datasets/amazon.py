@@ -262,6 +262,7 @@ def read_histories(file: Path, attributes: Path) -> Histories:
     problems = sorted(undecoded + [(int(n), "a user without items") for n in number[counts < 2]])
     fields, number, counts = fields.filter(pa.array(counts >= 2)), number[counts >= 2], counts[counts >= 2]
     users = pc.list_element(fields, 0)
+    _refuse_repeated_users(users, number, file)
     flat = pc.list_flatten(pc.list_slice(fields, 1))
     encoded = pc.dictionary_encode(flat).combine_chunks() if isinstance(flat, pa.ChunkedArray) else pc.dictionary_encode(flat)
     lengths = (counts - 1).astype(np.int64)
@@ -277,6 +278,18 @@ def read_histories(file: Path, attributes: Path) -> Histories:
         categories=_categories(attributes, item_names, file),
         problems=problems,
     )
+
+
+def _refuse_repeated_users(users: pa.Array, lines: np.ndarray, file: Path) -> None:
+    """A DataError naming the first line [U] whose user an earlier line gave: the format gives
+    each user one line (a second was read as another user of the same id, with targets of its
+    own and negatives sampled among the items of the other line)."""
+    _, first, code = np.unique(users.to_numpy(zero_copy_only=False), return_index=True, return_inverse=True)
+    repeated = np.flatnonzero(first[code] != np.arange(code.size))
+    if repeated.size:
+        row = int(repeated[0])
+        raise DataError(f"{file}:{lines[row]}: user {users[row].as_py()} is on line {lines[first[code[row]]]} too; "
+                        "give each user one line (items in time order)")
 
 
 def _text_lines(file: Path) -> tuple[list[str], list[tuple[int, str]]]:

@@ -87,6 +87,17 @@ def test_user_without_items_names_its_line_or_is_skipped(tmp_path):
     assert prepare(recipe.data, progress=False).report["splits"]["train"]["skipped_bad_rows"] == 1
 
 
+@pytest.mark.parametrize("on_bad_rows", ["error", "skip"])
+def test_a_user_on_two_lines_names_both_lines(tmp_path, on_bad_rows):
+    """The format gives each user one line: u1's second line was read as another user of the
+    same id, with its own targets, and negatives sampled among the items of its other line."""
+    path = write_amazon(tmp_path / "am", HISTORIES + "u1 g h i\n")
+    raw = {"data": {"dataset": "amazon", "path": str(path), "cache_dir": str(tmp_path / "c"), "on_bad_rows": on_bad_rows}}
+    with pytest.raises(DataError, match=rf"^{path}:5: user u1 is on line 1 too; give each user one line \(items in "
+                                        r"time order\)$"):
+        prepare(recipe_from_dict(raw).data, progress=False)
+
+
 def test_a_line_that_is_not_utf8_is_a_bad_row_and_a_byte_order_mark_is_dropped(tmp_path):
     """A Latin-1 ``é`` was read as U+FFFD, silently one id with every other undecodable one;
     a byte order mark was part of the first user's name."""
