@@ -16,11 +16,12 @@ import yaml
 
 from ctr.atomic import atomic_path, atomic_write, replaced_folder
 from ctr.datasets.cache import KEY_FILE, PIPELINE_VERSION, generator_change, input_change, source_fingerprint
-from ctr.datasets.source import resolve_features
+from ctr.datasets.source import keyed_split, resolve_features
 from ctr.errors import UserError, reason
 from ctr.metrics import metrics_from_json, metrics_json
 from ctr.recipe import DataConfig, Recipe, recipe_from_dict
 from ctr.recipe.files import first_difference, read_yaml
+from ctr.registry import DATASETS
 from ctr.train.old_recipes import upgraded
 
 
@@ -187,10 +188,24 @@ class RunDir:
         ``schema/``, written once at the start; the dotted keys ``ignoring`` aside, by default
         the world size; only its top-level ``sections`` when given): None when the same, or
         for a run of an earlier ctr, which kept no copy."""
-        first = self.schema / "recipe.yaml"
-        if not first.exists():
+        first = self.first_recipe()
+        return None if first is None else _difference(first, self.load_recipe(), ignoring, sections)
+
+    def split_edit_since_start(self) -> str | None:
+        """How ``recipe.yaml``'s ``data.split`` differs from the recipe the run began with in the
+        keys that decide which split each row is in (its dataset's ``split_keys``): None when
+        the same, or for a run of an earlier ctr, which kept no copy."""
+        first, now = self.first_recipe(), self.load_recipe().data
+        if first is None or first.data.split == now.split:
             return None
-        return _difference(recipe_from_dict(upgraded(read_yaml(first))), self.load_recipe(), ignoring, sections)
+        read = DATASETS.get(now.dataset, "data.dataset").target(now).split_keys()
+        return first_difference(keyed_split(first.data.split, read), keyed_split(now.split, read), "data.split.")
+
+    def first_recipe(self) -> Recipe | None:
+        """The recipe the run began with (its copy in ``schema/``, written once at the start);
+        None for a run of an earlier ctr, which kept no copy."""
+        first = self.schema / "recipe.yaml"
+        return recipe_from_dict(upgraded(read_yaml(first))) if first.exists() else None
 
     def load_recipe(self) -> Recipe:
         if not self.root.exists():

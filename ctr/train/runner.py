@@ -107,7 +107,7 @@ def evaluate(run_root: Path, split: str = "test", data: Path | None = None) -> d
     """Evaluates the best checkpoint of a finished run on ``split`` of its recipe's data, or
     on every row of ``data`` (a file in the recipe's format; then with the out-of-vocabulary
     counts per feature), encoded with the run's saved schema and vocabularies."""
-    run, recipe, ckpt = finished_run(run_root)
+    run, recipe, ckpt = finished_run(run_root, split=split if data is None else None)
     use_threads(recipe.trainer.num_threads)  # as in training: another thread count sums in another order
     progress = shows_bars(recipe.trainer.progress_bar)
     with tempfile.TemporaryDirectory(prefix="ctr-eval-") as tmp:

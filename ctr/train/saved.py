@@ -25,14 +25,17 @@ from ctr.train.task import CTRTask
 log = logging.getLogger("ctr.train")
 
 
-def finished_run(run_root: Path, out: Path | None = None) -> tuple[RunDir, Recipe, Path]:
+def finished_run(run_root: Path, out: Path | None = None, split: str | None = None) -> tuple[RunDir, Recipe, Path]:
     """A finished run's directory, recipe and best checkpoint (checked readable first), with
     Lightning's notices quietened; a recipe whose net was edited since the run began is
-    refused (``_refuse_net_edit``), and ``out``, a file the caller will write, is checked first
-    (``_check_out``)."""
+    refused (``_refuse_net_edit``), as is, when the caller reads the recipe's ``split``, one
+    whose split was (``_refuse_split_edit``); ``out``, a file the caller will write, is
+    checked first (``_check_out``)."""
     quiet_lightning()
     run = RunDir(run_root)
     _refuse_net_edit(run)
+    if split is not None:
+        _refuse_split_edit(run, split)
     recipe = on_this_machine(run.load_recipe(), run)
     if out is not None:
         _check_out(out, run, recipe)
@@ -52,6 +55,16 @@ def _refuse_net_edit(run: RunDir) -> None:
     if edit:
         raise UserError(f"{run.recipe}: edited since the run began ({edit}); its checkpoint holds the weights of the "
                         "net the run began with: undo the edit")
+
+
+def _refuse_split_edit(run: RunDir, split: str) -> None:
+    """Refuses a run whose ``recipe.yaml`` was edited since the run began in the ``data.split``
+    keys that draw which rows each split holds (``RunDir.split_edit_since_start``): its
+    ``split`` would hold other rows than the run's (rows of the other splits among them)."""
+    edit = run.split_edit_since_start()
+    if edit:
+        raise UserError(f"{run.recipe}: edited since the run began ({edit}); the {split} split would hold other rows "
+                        "than the run's: undo the edit")
 
 
 def on_this_machine(recipe: Recipe, run: RunDir) -> Recipe:

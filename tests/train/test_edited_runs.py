@@ -2,7 +2,8 @@
 began is refused by ``ctr eval``, ``ctr predict`` and ``ctr export`` in one line naming the
 edit, before any data or checkpoint is read: the checkpoint holds the weights of the net the
 run began with, and an edit that keeps their shapes (a DeepFM's activation, say) scored and
-exported another net without a word. Settings of how rows are read and scored stay editable."""
+exported another net without a word. ``ctr eval`` of a split refuses an edit of the
+split's keys too. Settings of how rows are read and scored stay editable."""
 
 import pytest
 import yaml
@@ -42,4 +43,25 @@ def test_edits_of_how_a_run_is_read_and_scored_are_not_refused(tmp_path, capsys,
     """A kernel backend computes the same values; reading and placement are the scorer's."""
     run, _ = edited_run(tmp_path, section, key, value)
     assert cli.main(["eval", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == f"ctr: error: {run}: no checkpoint at {run / 'checkpoints/best.ckpt'}"
+
+
+@pytest.mark.parametrize(("key", "value", "shown"), [("seed", 7, "2024 before, 7 now"),
+                                                     ("valid", 0.2, "0.1 before, 0.2 now")])
+def test_a_split_edited_since_the_run_began_is_refused_by_eval_of_a_split(tmp_path, capsys, key, value, shown):
+    """The split's keys draw which rows each split holds: an edited seed (or valid fraction,
+    the test rows following it) scored other rows, training rows among them, as the run's test
+    split, the same count of them, without a word."""
+    run, recipe = edited_run(tmp_path, "data", "split", {key: value})
+    assert cli.main(["eval", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"ctr: error: {recipe}: edited since the run began (data.split.{key}: {shown}); the test split would hold "
+        "other rows than the run's: undo the edit")
+
+
+def test_a_split_edit_is_not_refused_where_no_split_is_read(tmp_path, capsys):
+    """Every row of --data is scored, whatever the recipe's split."""
+    run, _ = edited_run(tmp_path, "data", "split", {"seed": 7})
+    (tmp_path / "rows.csv").write_text("label\n1\n")
+    assert cli.main(["eval", str(run), "--data", str(tmp_path / "rows.csv")]) == 2
     assert capsys.readouterr().err.strip() == f"ctr: error: {run}: no checkpoint at {run / 'checkpoints/best.ckpt'}"
