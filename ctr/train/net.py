@@ -1,13 +1,14 @@
 """The net every run trains: a recipe's embedding method and model (``CTRNet``), built with
-one-line errors for sizes that cannot be allocated, and the summary line a run's log begins
-with. Imports no Lightning: the distributed loop's ranks train it without.
+one-line errors for sizes that cannot be allocated, the summary line a run's log begins
+with, and the autocast a run's precision computes under. Imports no Lightning: the
+distributed loop's ranks train it without.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
@@ -172,3 +173,13 @@ def densify_gradients(params: list[nn.Parameter]) -> None:
     for param in params:
         if param.grad is not None and param.grad.is_sparse:
             param.grad = param.grad.to_dense()
+
+
+def autocast(precision: str, device: torch.device) -> AbstractContextManager[Any]:
+    """What a step of a run of ``precision`` computes under, as Lightning's mixed precision
+    sets it (bf16 autocast, fp16 on a GPU: Lightning takes ``16-mixed`` for bf16 on a CPU;
+    nothing for ``32-true``): its scores are its evaluation's."""
+    if precision == "32-true":
+        return nullcontext()
+    half = precision == "16-mixed" and device.type == "cuda"
+    return torch.autocast(device.type, dtype=torch.half if half else torch.bfloat16, cache_enabled=False)

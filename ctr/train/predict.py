@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import tempfile
 import time
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -39,7 +38,7 @@ from ctr.metrics import split_metrics
 from ctr.recipe import DataConfig
 from ctr.train.placement import placement, use_threads
 from ctr.train.saved import encode_rows, finished_run, oov_counts, restored_task
-from ctr.train.net import probabilities
+from ctr.train.net import autocast, probabilities
 
 CSV_SUFFIXES = (".csv", ".tsv")
 
@@ -113,16 +112,6 @@ def _scores(net: torch.nn.Module, loader: BatchLoader, device: torch.device, pre
         groups = None if batch.groups is None else batch.groups.cpu().numpy()
         bar.update(len(logits))
         yield Scored(logits.cpu().numpy(), batch.labels.cpu().numpy(), groups)
-
-
-def autocast(precision: str, device: torch.device) -> AbstractContextManager[Any]:
-    """What a step of a run of ``precision`` computes under, as Lightning's mixed precision
-    sets it (bf16 autocast, fp16 on a GPU: Lightning takes ``16-mixed`` for bf16 on a CPU;
-    nothing for ``32-true``): its scores are its evaluation's."""
-    if precision == "32-true":
-        return nullcontext()
-    half = precision == "16-mixed" and device.type == "cuda"
-    return torch.autocast(device.type, dtype=torch.half if half else torch.bfloat16, cache_enabled=False)
 
 
 def _writer(path: Path, schema: pa.Schema, out: Path) -> pcsv.CSVWriter | pq.ParquetWriter:

@@ -23,7 +23,7 @@ from ctr.train.generators import restore_random, save_random
 from ctr.train.rundir import RunDir
 from ctr.train.stage_files import (StageFiles, continues_training, load_stage_state, load_torch, rewind, save_stage,
                                    save_torch)
-from ctr.train.net import CTRNet
+from ctr.train.net import CTRNet, autocast
 from ctr.train.task import CTRTask
 
 log = logging.getLogger("ctr.train")
@@ -103,7 +103,7 @@ def _fit_stage(task: CTRTask, session: Session, stage: Stage, folder: Path, last
 def _run_procedure(task: CTRTask, session: Session, stage: Stage) -> float:
     start = time.perf_counter()
     context = StageContext(
-        score=lambda: split_auc(task.net, session.loaders["valid"]),
+        score=lambda: split_auc(task.net, session.loaders["valid"], session.recipe.trainer.precision),
         seed=session.recipe.seed,
         progress=session.progress,
     )
@@ -122,15 +122,17 @@ def _cycle(loader: Loader, taken: int = 0) -> Iterator[Batch]:
 
 
 @torch.no_grad()
-def split_auc(net: CTRNet, loader: Iterable[Batch]) -> float:
-    """AUC of ``net``'s logits (in eval mode) over every batch of ``loader``."""
+def split_auc(net: CTRNet, loader: Iterable[Batch], precision: str) -> float:
+    """AUC of ``net``'s logits (in eval mode) over every batch of ``loader``, computed under
+    the autocast of a run of ``precision`` (as its validation is)."""
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device
     logits, labels = [], []
     for batch in loader:
         batch = batch.to(device)
-        logits.append(net(batch)[0].double().cpu().numpy())
+        with autocast(precision, device):
+            logits.append(net(batch)[0].double().cpu().numpy())
         labels.append(batch.labels.cpu().numpy())
     net.train(was_training)
     return auc(np.concatenate(labels), np.concatenate(logits))

@@ -6,6 +6,7 @@ loss. Training's validation and ``ctr eval`` (CTRTask), a
 distributed run's evaluation, the stages' validation score and ``ctr predict`` agree."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,12 +15,13 @@ from torch import nn
 
 from ctr.batch import Batch, JaggedFeatures
 from ctr.datasets.progress import RowProgress
+from ctr.embeddings.stages import Stage
 from ctr.metrics import EPS
 from ctr.recipe import recipe_from_dict
 from ctr.train.distributed_epochs import evaluate
 from ctr.train.placement import Placement
 from ctr.train.predict import _metrics, _scores, _write
-from ctr.train.stages import split_auc
+from ctr.train.stages import _run_procedure, split_auc
 from ctr.train.task import CTRTask
 from tests.embeddings.schemas import schema
 
@@ -100,7 +102,7 @@ def test_one_process_and_a_distributed_run_give_the_same_metrics(tmp_path):
 
 
 def test_the_stages_validation_score_ranks_saturated_logits():
-    assert split_auc(FixedLogits(), batches()) == 1.0
+    assert split_auc(FixedLogits(), batches(), "32-true") == 1.0
 
 
 def test_predict_writes_probabilities(tmp_path):
@@ -125,3 +127,36 @@ def test_a_distributed_evaluation_logs_the_rows_scored(tmp_path, monkeypatch, ca
     distributed(tmp_path)
     assert [m.split(" (")[0] for m in caplog.messages if "rows scored" in m] == [
         "valid: scoring: 3 rows scored", "valid: scoring: 6 rows scored"]
+
+
+
+class LinearLogits(nn.Module):
+    """A net whose logits [B] are its batch's dense column through a Linear(1, 1) of weight 1
+    (under bf16 autocast the matmul rounds 1.001 to 1.0), and whose embedding method's
+    procedure keeps the score it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(1, 1)
+        nn.init.ones_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.embedding = SimpleNamespace(run_procedure=lambda stage, context: self.scores.append(context.score()))
+        self.scores = []
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.linear(batch.dense)[:, 0], torch.zeros(())
+
+
+@pytest.mark.parametrize(("precision", "expected"), [("32-true", 1.0), ("bf16-mixed", 0.5)])
+def test_a_procedure_stage_scores_in_the_runs_precision(precision, expected):
+    """A search stage's candidates were scored in fp32 while the run's validation (Lightning's
+    autocast) computed in bf16: a negative at 1.0 and a positive at 1.001 tie in bf16."""
+    no_ids = JaggedFeatures.from_dense([], torch.zeros((2, 0), dtype=torch.int64))
+    batch = Batch(torch.tensor([[1.0], [1.001]]), no_ids, torch.tensor([0.0, 1.0]))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "32-true"):
+        validated = LinearLogits()(batch)[0].float()
+    assert (validated[1] > validated[0]).item() == (expected == 1.0)
+    net, recipe = LinearLogits(), recipe_from_dict({"model": {"name": "lr"}, "trainer": {"precision": precision}})
+    _run_procedure(SimpleNamespace(net=net), SimpleNamespace(loaders={"valid": [batch]}, recipe=recipe, progress=False),
+                   Stage("search", kind="procedure"))
+    assert net.scores == [expected]
