@@ -65,8 +65,8 @@ class TableMethod(EmbeddingMethod):
                single: bool = False) -> Tensor:
         """Weighted sum of buffer rows per bag [num_bags, D] via the kernel dispatch, or
         [groups, num_bags / groups, D] for ``groups`` > 1 (a view whose strided gradient the
-        backward reads in place); ``single``: every bag holds one id (see
-        ``fused_embedding_bag``).
+        backward reads in place); ``single``: every bag holds one id, ``offsets`` being
+        ``_single_offsets`` (the fused kernel does not check them; see ``fused_embedding_bag``).
 
         In fused mode a training-mode lookup's backward updates the touched rows, so a
         method must look its table up once per training step. Otherwise, when training with
@@ -89,7 +89,7 @@ class TableMethod(EmbeddingMethod):
         lr = self._fused_lr() if self._fused_lr is not None else None
         return fused_embedding_bag(
             self.weight, state, rows, offsets, weights, "sum", self.fused, backend, update=self.training, groups=groups,
-            single=single, lr=lr,
+            single=single, lr=lr, check_offsets=False,
         )
 
     def backend(self) -> Backend:

@@ -166,6 +166,7 @@ def fused_embedding_bag(
     single: bool = False,
     table_segments: int = 1,
     lr: float | None = None,
+    check_offsets: bool = True,
 ) -> Tensor:
     """Pooled lookup whose backward applies ``optimizer`` to the touched rows of ``weight``.
 
@@ -186,6 +187,9 @@ def fused_embedding_bag(
         table_segments: as ``reference.Lookup.table_segments`` (the caller's guarantee).
         lr: the learning rate of this step's update (a schedule's current lr); ``None``:
             ``optimizer.lr``.
+        check_offsets: ``False`` skips the check of ``single``'s offsets (a few kernel
+            launches a step) for a caller whose offsets are ``torch.arange(N + 1)`` by
+            construction (the caller's guarantee, as ``table_segments``).
 
     Returns:
         [num_bags, D] (or [groups, num_bags / groups, D]) in ``weight``'s dtype; it requires
@@ -198,7 +202,7 @@ def fused_embedding_bag(
     if not (update and torch.is_grad_enabled()):
         pooled = impl.forward(weight, indices, offsets, per_sample_weights, mode)
         return grouped(pooled, groups)
-    if single:
+    if single and check_offsets:
         reference.check_single(indices, offsets)
     trigger = torch.empty(0, device=weight.device, requires_grad=True)
     return FusedLookup.apply(

@@ -79,3 +79,19 @@ def test_method_without_a_table_refuses_fused_update():
     method = NoTable(make_schema(), EmbeddingConfig(dim=4))
     with pytest.raises(RecipeError, match="train.embedding_optimizer.fused"):
         method.use_fused_update(FusedOptimizer("sgd", lr=0.1))
+
+
+def test_a_fused_grid_lookup_does_not_check_its_own_offsets(monkeypatch):
+    """A grid's offsets are the table's cached ``0, 1, ..., N``: the fused kernel's check of
+    single bags' offsets (a few kernel launches per step on a GPU) is skipped for them."""
+    from ctr.embeddings.bags import IdGrid
+    from ctr.kernels.embedding_bag import reference
+
+    def refused(indices, offsets):
+        raise AssertionError("checked")
+
+    monkeypatch.setattr(reference, "check_single", refused)
+    method = make(Rule.ADAGRAD)
+    before = method.weight.clone()
+    method.embed_grid(IdGrid(torch.tensor([[2, 1], [3, 0]]), torch.tensor([0, 1]))).sum().backward()
+    assert not torch.equal(method.weight, before)

@@ -245,3 +245,22 @@ def test_single_is_refused_for_bags_of_other_lengths(offsets, backend):
         out = fused_embedding_bag(weight, opt.init_state(weight), torch.tensor([1, 2, 3]), torch.tensor(offsets),
                                   None, "sum", opt, backend, single=True)
         out.sum().backward()
+
+
+def test_a_caller_whose_offsets_are_single_by_construction_skips_their_check(monkeypatch):
+    """The check's kernels (a diff, a compare, an all, an assert) ran on every fused step of
+    ctr's own grid lookup, whose offsets are a cached arange; ``check_offsets=False`` skips
+    them, and an external caller keeps them (the test above)."""
+    def refused(indices, offsets):
+        raise AssertionError("checked")
+
+    monkeypatch.setattr(reference, "check_single", refused)
+    opt = FusedOptimizer("adagrad", lr=LR)
+    weight = torch.zeros(6, 4)
+    indices, offsets = torch.tensor([1, 2, 3]), torch.arange(4)
+    out = fused_embedding_bag(weight, opt.init_state(weight), indices, offsets, None, "sum", opt, single=True,
+                              check_offsets=False)
+    out.sum().backward()
+    assert weight[1:4].ne(0).all() and weight[[0, 4, 5]].eq(0).all()
+    with pytest.raises(AssertionError, match="checked"):
+        fused_embedding_bag(weight, opt.init_state(weight), indices, offsets, None, "sum", opt, single=True)
