@@ -186,13 +186,16 @@ def cell_recipe(base: dict[str, Any], options: list[str], recipe_path: Path, cel
     """The cell's raw recipe: the base's, its embedding block the method's (``<method>.yaml``
     beside the recipe, then ``options``) with the base's dim, init_std and backend (this one
     for a method that reads it only). A ``<method>.yaml`` naming another method is refused
-    (its cells would train that one); one naming none gives the cell's."""
+    (its cells would train that one); one naming none (no key, or ``null``) gives the cell's."""
     raw = copy.deepcopy(base)
     embedding = _block(raw.get("embedding"), f"{recipe_path} (with its -o)")
     sibling = recipe_path.parent / f"{cell.method}.yaml"
     block = {"method": cell.method}
     if sibling.exists() and sibling.resolve() != recipe_path.resolve():
-        block = {**block, **_block(read_yaml(sibling).get("embedding"), str(sibling))}
+        given = _block(read_yaml(sibling).get("embedding"), str(sibling))
+        if given.get("method") is None:  # ``method: null`` names none, as a file without the key
+            given = {**given, "method": cell.method}
+        block = {**block, **given}
         if block["method"] != cell.method:
             raise UserError(f"{sibling}: embedding.method: {block['method']!r}, not {cell.method} (this file gives "
                             f"{cell.method}'s cells)")

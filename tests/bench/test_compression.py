@@ -478,3 +478,11 @@ def test_a_method_yaml_gives_the_settings_of_its_own_methods_cells(tmp_path):
     (tmp_path / "hash.yaml").write_text("embedding: {dim: 4}\n")
     block = cell_recipe(tiny_recipe(tmp_path), [], tmp_path / "base.yaml", Cell("hash", 0.5, 0), tmp_path)["embedding"]
     assert block == {"method": "hash", "dim": 8, "budget": 0.5}
+
+
+def test_a_method_yaml_whose_method_is_null_gives_the_cells_method(tmp_path):
+    """``method: null`` names no method, as a file without the key does (the docs: "one naming
+    none is the method's"); it was refused as "None, not hash"."""
+    (tmp_path / "hash.yaml").write_text("embedding: {method: null, dim: 4}\n")
+    block = cell_recipe(tiny_recipe(tmp_path), [], tmp_path / "base.yaml", Cell("hash", 0.5, 0), tmp_path)["embedding"]
+    assert block == {"method": "hash", "dim": 8, "budget": 0.5}
