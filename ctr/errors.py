@@ -1,5 +1,6 @@
 """Errors a user can fix; the CLI prints them on one line and exits with code 2. Also
-``Terminated``, how a SIGTERM ends work that has no handler of its own."""
+``Terminated``, how a SIGTERM ends work that has no handler of its own, and
+``refuse_for_training``, a refusal that a finished run being scored is spared."""
 
 import difflib
 import signal
@@ -24,6 +25,30 @@ class DataError(UserError):
 
 class TrainingDiverged(UserError):
     """The training loss became non-finite (inf or nan); the last good checkpoint is kept."""
+
+
+_scoring_saved_run = False  # while a finished run is scored: see scoring_a_saved_run
+
+
+@contextmanager
+def scoring_a_saved_run() -> Iterator[None]:
+    """While a finished run is scored (``ctr eval``, ``predict``, ``export``; also a
+    decorator), a value a later ctr refuses because training with it learns nothing
+    (``refuse_for_training``) is taken as the run saved it: scoring reads the weights and
+    vocabularies trained with it, not the value."""
+    global _scoring_saved_run
+    before, _scoring_saved_run = _scoring_saved_run, True
+    try:
+        yield
+    finally:
+        _scoring_saved_run = before
+
+
+def refuse_for_training(message: str) -> None:
+    """A config check's ValueError(``message``) for a value only training reads, except while
+    a saved run is scored (``scoring_a_saved_run``)."""
+    if not _scoring_saved_run:
+        raise ValueError(message)
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

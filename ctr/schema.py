@@ -17,7 +17,7 @@ from typing import Iterator, Literal
 import numpy as np
 
 from ctr.atomic import atomic_path, atomic_write
-from ctr.errors import RecipeError, UserError, reason
+from ctr.errors import RecipeError, UserError, reason, refuse_for_training
 from ctr.typed import parse, to_plain
 
 PAD_ID = 0
@@ -100,7 +100,8 @@ class FeatureSpec:
         if self.min_count < 1 or self.oov_buckets < 1 or self.max_len < 1:
             raise ValueError(f"feature {self.name!r}: min_count, oov_buckets and max_len must be >= 1")
         if self.max_vocab is not None and self.max_vocab < 1:  # 0 kept no token: every value OOV
-            raise ValueError(f"feature {self.name!r}: max_vocab must be >= 1 or null (no limit), got {self.max_vocab}")
+            refuse_for_training(f"feature {self.name!r}: max_vocab must be >= 1 or null (no limit), got "
+                                f"{self.max_vocab}")
         if self.kind == "categorical" and self.pooling == "none":
             raise ValueError(f"feature {self.name!r}: a categorical feature cannot keep positions")
         if self.kind != "sequence" and self.padding != "right":

@@ -14,6 +14,7 @@ from ctr.embeddings.base import BatchLosses, EmbeddingMethod
 from ctr.embeddings.budget import FP32_BYTES, BudgetUnreachableError, budget_bytes, full_bytes
 from ctr.embeddings.replicas import WrittenCodes
 from ctr.embeddings.storage import table_starts
+from ctr.errors import refuse_for_training
 from ctr.recipe import EmbeddingConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
@@ -51,8 +52,8 @@ class DPQConfig(EmbeddingConfig):
         if not self.commitment >= 0:
             raise ValueError(f"commitment must be >= 0, got {self.commitment}")
         if self.mode == "vq" and self.commitment == 0:
-            raise ValueError(f"commitment must be > 0 in mode vq, got {self.commitment} (the loss it weighs is all "
-                             "that trains vq's values: at 0 they keep their initial draw)")
+            refuse_for_training(f"commitment must be > 0 in mode vq, got {self.commitment} (the loss it weighs is "
+                                "all that trains vq's values: at 0 they keep their initial draw)")
 
 
 def dpq_bytes(ids: int, dim: int, parts: int, choices: int) -> int:

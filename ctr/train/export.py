@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from ctr.atomic import atomic_path
 from ctr.batch import Batch, JaggedFeatures
 from ctr.datasets.saved import check_vocabularies, load_schema
-from ctr.errors import UserError, reason
+from ctr.errors import UserError, reason, scoring_a_saved_run
 from ctr.schema import OOV_ID, Schema
 from ctr.train.saved import finished_run, restored_task
 from ctr.train.net import CTRNet
@@ -158,6 +158,7 @@ def _check_room(program: torch.export.ExportedProgram, out: Path) -> None:
                         "free space there or choose another --out")
 
 
+@scoring_a_saved_run()
 def export_run(run_root: Path, out: Path) -> Path:
     """Exports the best checkpoint of a finished run to ``out`` and its schema beside it
     (``<out>.schema/``); both written atomically, the schema first and an earlier program

@@ -33,7 +33,7 @@ from ctr.datasets.loader import BatchLoader
 from ctr.datasets.preprocess import Encoded
 from ctr.datasets.progress import RowProgress, shows_bars
 from ctr.datasets.shards import shard_files
-from ctr.errors import UserError, reason
+from ctr.errors import UserError, reason, scoring_a_saved_run
 from ctr.metrics import split_metrics
 from ctr.recipe import DataConfig
 from ctr.train.placement import placement, use_threads
@@ -52,6 +52,7 @@ class Scored:
     groups: np.ndarray | None
 
 
+@scoring_a_saved_run()
 def predict(run_root: Path, data: Path, out: Path) -> dict[str, Any]:
     """Scores every row of ``data`` into ``out``; returns rows, rows/s, the OOV counts and,
     when the rows have labels, AUC, logloss (and group AUC with a group column). Progress

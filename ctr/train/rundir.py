@@ -17,7 +17,7 @@ import yaml
 from ctr.atomic import atomic_path, atomic_write, replaced_folder
 from ctr.datasets.cache import KEY_FILE, PIPELINE_VERSION, generator_change, input_change, source_fingerprint
 from ctr.datasets.source import keyed_split, resolve_features
-from ctr.errors import UserError, reason
+from ctr.errors import RecipeError, UserError, reason
 from ctr.metrics import metrics_from_json, metrics_json
 from ctr.recipe import DataConfig, Recipe, recipe_from_dict
 from ctr.recipe.files import first_difference, read_yaml
@@ -58,6 +58,16 @@ def _difference(before: Recipe, now: Recipe, ignoring: tuple[str, ...], sections
     if sections:
         raws = tuple({key: raw.get(key) for key in sections} for raw in raws)
     return first_difference(*raws)
+
+
+def _saved_recipe(path: Path) -> Recipe:
+    """The recipe a run saved at ``path``, its keys brought up (a run of an earlier ctr); its
+    refusal names the file (a value an earlier ctr took, which this one refuses, say)."""
+    raw = upgraded(read_yaml(path))
+    try:
+        return recipe_from_dict(raw)
+    except RecipeError as err:
+        raise RecipeError(f"{path}: {err}") from None
 
 
 def _left_by_a_write(name: str) -> bool:
@@ -205,14 +215,14 @@ class RunDir:
         """The recipe the run began with (its copy in ``schema/``, written once at the start);
         None for a run of an earlier ctr, which kept no copy."""
         first = self.schema / "recipe.yaml"
-        return recipe_from_dict(upgraded(read_yaml(first))) if first.exists() else None
+        return _saved_recipe(first) if first.exists() else None
 
     def load_recipe(self) -> Recipe:
         if not self.root.exists():
             raise UserError(f"{self.root}: no such run directory")
         if not self.recipe.exists():
             raise UserError(f"{self.root}: not a run directory (no recipe.yaml)")
-        return recipe_from_dict(upgraded(read_yaml(self.recipe)))  # a run of an earlier ctr: its keys brought up
+        return _saved_recipe(self.recipe)
 
     def copy_schema(self, prepared_root: Path, recipe: Recipe) -> None:
         """Copies the fitted schema, vocabularies, data report and the encoding's key (the

@@ -13,7 +13,7 @@ import lightning as L
 from ctr.datasets import prepare
 from ctr.datasets.progress import shows_bars
 from ctr.datasets.source import SPLITS, resolve_features
-from ctr.errors import UserError, sigterm_raises
+from ctr.errors import UserError, scoring_a_saved_run, sigterm_raises
 from ctr.recipe import Recipe
 from ctr.train import distributed
 from ctr.train.checkpoints import holds_distributed_checkpoints, resumed_trainings
@@ -103,6 +103,7 @@ def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:
     return metrics
 
 
+@scoring_a_saved_run()
 def evaluate(run_root: Path, split: str = "test", data: Path | None = None) -> dict[str, Any]:
     """Evaluates the best checkpoint of a finished run on ``split`` of its recipe's data, or
     on every row of ``data`` (a file in the recipe's format; then with the out-of-vocabulary

@@ -1,7 +1,9 @@
 """A run saved by an earlier ctr still loads: its recipe.yaml's old keys are brought up."""
 
+import pytest
 import yaml
 
+from ctr import cli
 from ctr.train.rundir import RunDir
 
 
@@ -87,3 +89,54 @@ def test_split_fractions_saved_for_a_dataset_that_splits_its_rows_itself_are_dro
     data = {"dataset": "amazon", "path": "am", "split": {"valid": 0.3, "test": 0.2, "seed": 7}}
     split = saved(tmp_path, {"data": data}).data.split
     assert (split.valid, split.test, split.seed) == (0.1, 0.1, 7)
+
+
+TIGHTENED = {  # values refused since runs were saved with them, that only training reads
+    "dpq vq commitment 0": {"embedding": {"method": "dpq", "dim": 8, "budget": 0.5, "mode": "vq", "commitment": 0}},
+    "max_vocab 0": {"data": {"features": [{"name": "C1", "max_vocab": 0}]}},
+}
+
+
+def saved_run(tmp_path, name):
+    """A run folder (no checkpoint) begun with ``TIGHTENED[name]``."""
+    from tests.conftest import begun_with, tiny_recipe
+
+    run = tmp_path / "run"
+    (run / "schema").mkdir(parents=True)
+    begun_with(run, tiny_recipe(tmp_path, **TIGHTENED[name]))
+    return run
+
+
+@pytest.mark.parametrize("name", TIGHTENED)
+@pytest.mark.parametrize("command", [["eval", "{run}"], ["predict", "{run}", "{tmp}/rows.csv", "--out", "{tmp}/s.csv"],
+                                     ["export", "{run}", "--out", "{tmp}/model.pt2"]], ids=["eval", "predict", "export"])
+def test_a_run_saved_with_a_value_refused_since_for_training_is_still_scored(tmp_path, capsys, name, command):
+    """A value later refused because training with it learns nothing (vq's values kept their
+    draw, every value OOV) stopped ``ctr eval`` of a finished run at its recipe; scoring reads
+    the trained weights and the saved vocabularies, not these values."""
+    run = saved_run(tmp_path, name)
+    (tmp_path / "rows.csv").write_text("label\n1\n")
+    assert cli.main([arg.format(run=run, tmp=tmp_path) for arg in command]) == 2
+    assert capsys.readouterr().err.strip() == f"ctr: error: {run}: no checkpoint at {run / 'checkpoints/best.ckpt'}"
+
+
+def test_a_saved_feature_refused_since_for_training_is_read_while_a_run_is_scored():
+    from ctr.errors import scoring_a_saved_run
+    from ctr.schema import FeatureSpec
+
+    with pytest.raises(ValueError, match="max_vocab must be >= 1"):
+        FeatureSpec(name="C1", max_vocab=0)
+    with scoring_a_saved_run():
+        assert FeatureSpec(name="C1", max_vocab=0).max_vocab == 0
+    with pytest.raises(ValueError, match="max_vocab must be >= 1"):
+        FeatureSpec(name="C1", max_vocab=0)
+
+
+@pytest.mark.parametrize("name", TIGHTENED)
+def test_a_resume_of_a_run_saved_with_a_value_refused_since_names_its_recipe(tmp_path, capsys, name):
+    """Training with it goes on learning nothing: a resume is refused, naming the file."""
+    run = saved_run(tmp_path, name)
+    assert cli.main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"ctr: error: {run / 'recipe.yaml'}: ") and "\n" not in err
+    assert "commitment: must be > 0 in mode vq" in err or "max_vocab must be >= 1" in err
