@@ -189,7 +189,7 @@ def test_a_multi_stage_run_killed_inside_a_training_stage_resumes_exactly(tmp_pa
     raw = tiny_recipe(tmp_path, embedding={**embedding, "stages": {stage: {"epochs": 3}}},
                       train={"early_stop": {"monitor": "valid/auc", "mode": "max", "patience": 5}})
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
-    whole = ctr("train", tmp_path / "r.yaml", "--out", tmp_path / "whole")
+    whole = run_ctr("train", tmp_path / "r.yaml", "--out", tmp_path / "whole")  # in this process: the killed one is apart
     assert whole.returncode == 0, whole.stderr[-2000:]
     raw["plugins"] = ["kill_in_stage"]
     (tmp_path / "k.yaml").write_text(yaml.safe_dump(raw))
