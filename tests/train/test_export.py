@@ -149,14 +149,17 @@ def no_curves(monkeypatch):
     monkeypatch.setattr(runner, "plot_curves", lambda log_csv, out: None)
 
 
-def test_exported_program_scores_like_ctr_without_ctr(tmp_path, no_curves):
-    """Every model in ``ctr models`` (a folder each, one dataset cache for the synthetic ones),
-    its program checked in one fresh process."""
-    names = MODEL_NAMES
-    for name in names:
+def test_every_model_and_embedding_method_exports_and_scores_like_ctr_without_ctr(tmp_path, no_curves):
+    """Every model in ``ctr models`` and every method in ``ctr embeddings`` (a folder each, one
+    dataset cache for the synthetic ones), their programs checked in one fresh process (its
+    start and first load cost more than a program's checks). The methods' ``full`` is DLRM
+    over full tables, as the models' ``dlrm``: exported once."""
+    methods = [name for name in METHOD_NAMES if name != "full"]
+    for name in [*MODEL_NAMES, *methods]:
         (tmp_path / name).mkdir()
     exports = [exported(model_recipe(name, tmp_path / name if name == "din" else tmp_path), tmp_path / name)
-               for name in names]
+               for name in MODEL_NAMES]
+    exports += [exported(method_recipe(name, tmp_path), tmp_path / name) for name in methods]
     scores_like_ctr_without_ctr(exports, tmp_path)
     refuses_behaviours_of_other_lengths(tmp_path / "din" / "model.pt2")
 
@@ -176,15 +179,6 @@ def refuses_behaviours_of_other_lengths(model: Path) -> None:
         program(torch.zeros(1, len(inputs["dense"])), sparse.values, sparse.offsets)
 
 
-def test_every_embedding_method_exports_and_scores_like_ctr_without_ctr(tmp_path, no_curves):
-    """Every method in ``ctr embeddings`` (a folder each, one dataset cache), its program
-    checked in one fresh process."""
-    names = METHOD_NAMES
-    for name in names:
-        (tmp_path / name).mkdir()
-    scores_like_ctr_without_ctr([exported(method_recipe(name, tmp_path), tmp_path / name) for name in names], tmp_path)
-
-
 def sequence_recipe(tmp: Path, pooling: str):
     """DLRM over a categorical ``a`` and a sequence ``tags`` (max_len 3, ``pooling``) read
     from a CSV of 800 rows in ``tmp``."""
@@ -200,11 +194,14 @@ def sequence_recipe(tmp: Path, pooling: str):
     return recipe_from_dict(raw)
 
 
-@pytest.mark.parametrize("pooling", ["sum", "mean"])
-def test_a_pooled_sequence_exports_and_scores_like_ctr_without_ctr(pooling, tmp_path):
-    """A pooled sequence (max_len 3) beside a categorical: the program scores like ctr, and
-    refuses a bag of 4 items (it pooled its first 3) or a categorical's bag of 2 ids (summed)."""
-    scores_like_ctr_without_ctr([exported(sequence_recipe(tmp_path, pooling), tmp_path)], tmp_path)
+def test_a_pooled_sequence_exports_and_scores_like_ctr_without_ctr(tmp_path):
+    """A sequence (max_len 3) pooled by sum, and one by mean, beside a categorical: each
+    program (a folder each, checked in one fresh process) scores like ctr, and refuses a bag of
+    4 items (it pooled its first 3) or a categorical's bag of 2 ids (summed)."""
+    for pooling in ("sum", "mean"):
+        (tmp_path / pooling).mkdir()
+    scores_like_ctr_without_ctr([exported(sequence_recipe(tmp_path / pooling, pooling), tmp_path / pooling)
+                                 for pooling in ("sum", "mean")], tmp_path)
 
 
 @pytest.mark.parametrize("pooling", ["sum", "none"])
