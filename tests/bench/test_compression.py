@@ -64,18 +64,21 @@ def test_table_reports_mean_and_spread_and_unreachable_cells():
     assert mean_std([1.0]) == (1.0, 0.0)
 
 
-def test_one_command_runs_every_cell_and_skips_finished_ones(tmp_path, caplog):
+def test_one_command_runs_every_cell_on_jobs_at_once_and_skips_finished_ones(tmp_path, caplog):
+    """4 cells on 2 jobs: the job that ends first takes the next; the rows of all in one file,
+    the table in the grid's order (not the finishing one); the rerun skips every cell."""
     raw = tiny_recipe(tmp_path, train={"epochs": 1})
     recipe = tmp_path / "base.yaml"
     recipe.write_text(yaml.safe_dump(raw))
     (tmp_path / "hash.yaml").write_text(yaml.safe_dump({"embedding": {"method": "hash", "dim": 4, "budget": 0.9}}))
     out = tmp_path / "bench"
-    run_compression(recipe, ["full", "hash"], [0.25], 2, out, [])
+    results = run_compression(recipe, ["hash", "full"], [0.25], 2, out, [], jobs=2)
     with (out / "results.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
+        rows = sorted(csv.DictReader(handle), key=lambda row: (row["method"], row["seed"]))  # in the finishing order
     assert [(r["method"], r["budget"], r["seed"], r["status"]) for r in rows] == [
         ("full", "", "0", "ok"), ("full", "", "1", "ok"), ("hash", "0.25", "0", "ok"), ("hash", "0.25", "1", "ok")
     ]
+    assert len(results.rows) == 4
     hashed = yaml.safe_load((out / "runs" / "hash-0.25-s1" / "recipe.yaml").read_text())
     assert hashed["embedding"]["budget"] == 0.25 and hashed["embedding"]["dim"] == 8  # the cell's budget, the recipe's dim
     assert hashed["seed"] == raw.get("seed", 42) + 1
@@ -84,14 +87,21 @@ def test_one_command_runs_every_cell_and_skips_finished_ones(tmp_path, caplog):
         assert float(row["inference_rows_per_s"]) > 0 and 100 < float(row["peak_rss_mib"]) < 20_000  # a child's own
     assert float(rows[2]["memory_ratio"]) <= 0.25
     assert (out / "auc_vs_memory.png").stat().st_size > 0
-    assert "| hash | 0.25 |" in (out / "results.md").read_text()
 
+    stored = Results(out / "results.csv")
+    stored.rows = []
+    for row in rows:  # as if the cells had finished in the reverse of the grid's order (full's first)
+        stored.add(row)
     caplog.set_level(logging.INFO, logger="ctr.bench")
-    run_compression(recipe, ["full", "hash"], [0.25], 2, out, [])
+    run_compression(recipe, ["hash", "full"], [0.25], 2, out, [], jobs=2)
     assert sum("finished earlier, skipped" in m for m in caplog.messages) == 4
     with (out / "results.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 4
+    table = (out / "results.md").read_text()
+    assert table.index("| hash | 0.25 |") < table.index("| full | full |")  # the grid's order
     assert Cell("hash", 0.25, 1).key == "hash-0.25-s1"
+    with pytest.raises(UserError, match="--jobs: must be >= 1, got 0"):
+        run_compression(recipe, ["hash"], [0.5], 1, out, [], jobs=0)
 
 
 def test_a_fused_recipe_stays_fused_only_for_methods_with_a_kernel_table(tmp_path):
@@ -235,44 +245,22 @@ def test_a_cell_killed_in_its_first_stage_resumes_on_the_next_run(tmp_path, capl
 
 
 def test_dropped_checkpoints_leave_each_cell_its_metrics_and_stage_outputs(tmp_path):
+    """A multi-stage cell (DeepLight: its last stage's checkpoints in the run's own folder, as a
+    one-stage cell keeps them, and its earlier stages' in theirs) keeps no checkpoint of any."""
     recipe = tmp_path / "base.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 1})))
     out = tmp_path / "bench"
-    results = run_compression(recipe, ["hash", "deeplight"], [0.5], 1, out, [], drop_checkpoints=True)
-    assert [r["status"] for r in results.rows] == ["ok", "ok"]
-    runs = out / "runs"
-    assert list(runs.rglob("*.ckpt")) == [] and list(runs.rglob("checkpoints")) == []
-    assert (runs / "deeplight-0.5-s0" / "stages" / "progress.json").exists()
-    for name in ("hash-0.5-s0", "deeplight-0.5-s0"):
-        assert (runs / name / "metrics.json").exists() and (runs / name / "recipe.yaml").exists()
-
-
-def test_jobs_train_cells_at_once_into_one_results_file(tmp_path):
-    """3 cells on 2 jobs: the job that ends first takes the third; the rows of all in one file,
-    the table in the grid's order."""
-    recipe = tmp_path / "base.yaml"
-    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 1})))
-    out = tmp_path / "bench"
-    results = run_compression(recipe, ["robe", "hash", "full"], [0.5], 1, out, [], jobs=2)
-    assert sorted((r["method"], r["seed"], r["status"]) for r in results.rows) == [
-        ("full", "0", "ok"), ("hash", "0", "ok"), ("robe", "0", "ok")]
-    with (out / "results.csv").open() as handle:
-        assert len(list(csv.DictReader(handle))) == 3
-    stored = Results(out / "results.csv")
-    reversed_grid, stored.rows = sorted(stored.rows, key=lambda row: row["method"]), []
-    for row in reversed_grid:  # as if the cells had finished in the reverse of the grid's order
-        stored.add(row)
-    run_compression(recipe, ["robe", "hash", "full"], [0.5], 1, out, [], jobs=2)
-    table = (out / "results.md").read_text()
-    # the grid's order, not the finishing one
-    assert table.index("| robe | 0.5 |") < table.index("| hash | 0.5 |") < table.index("| full | full |")
-    with pytest.raises(UserError, match="--jobs: must be >= 1, got 0"):
-        run_compression(recipe, ["hash"], [0.5], 1, out, [], jobs=0)
+    results = run_compression(recipe, ["deeplight"], [0.5], 1, out, [], drop_checkpoints=True)
+    assert [r["status"] for r in results.rows] == ["ok"]
+    run = out / "runs" / "deeplight-0.5-s0"
+    assert list(run.rglob("*.ckpt")) == [] and list(run.rglob("checkpoints")) == []
+    assert (run / "stages" / "progress.json").exists()
+    assert (run / "metrics.json").exists() and (run / "recipe.yaml").exists()
 
 
 def test_sigterm_stops_the_benchmark_and_its_training_child_and_the_rerun_resumes(tmp_path):
     """The benchmark's SIGTERM reaches the cell training in a child (it went on alone) and no
-    cell starts after it; the command exits 143 (a rerun resumes the cell: the test above)."""
+    cell starts after it; the command exits 143 (a rerun resumes the cell: the killed-cell tests above)."""
     import os
     import signal
     import time
