@@ -15,7 +15,7 @@ import torch
 
 from ctr.errors import RecipeError
 from ctr.host import usable_cores
-from ctr.kernels.embedding_bag import BackendUnavailable, check_fused, resolve_backend
+from ctr.kernels.embedding_bag import ENV_VAR as BACKEND_ENV_VAR, BackendUnavailable, check_fused, resolve_backend
 from ctr.recipe import Recipe
 from ctr.recipe.checks import reads_backend
 from ctr.train.optim import fused_optimizer
@@ -63,13 +63,14 @@ def wants_gpu(accelerator: str) -> bool:
 
 def _check_backend(recipe: Recipe, device: torch.device) -> None:
     """Refuses a kernel backend (the recipe's, else the environment's) that cannot run on
-    ``device``, or cannot apply the recipe's fused table update."""
+    ``device``, or cannot apply the recipe's fused table update, naming where it was set."""
+    source = "embedding.backend" if recipe.embedding.backend else f"${BACKEND_ENV_VAR}"
     try:
         resolve_backend(recipe.embedding.backend, device)
         if recipe.train.embedding_optimizer.fused:
             check_fused(recipe.embedding.backend, fused_optimizer(recipe.train.embedding_optimizer))
     except BackendUnavailable as err:
-        raise RecipeError(f"embedding.backend: {err}") from None
+        raise RecipeError(f"{source}: {err}") from None
 
 
 def use_threads(num_threads: int | str | None) -> None:

@@ -106,8 +106,24 @@ def test_the_environments_backend_is_checked_only_for_the_methods_that_read_it(m
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setenv("CTR_KERNEL_BACKEND", "triton")
     assert placement(recipe_from_dict({"embedding": {"method": "pep", "budget": 0.5}})).device.type == "cpu"
-    with pytest.raises(RecipeError, match="^embedding.backend: kernel backend 'triton' requested but unavailable"):
+    with pytest.raises(RecipeError, match=r"^\$CTR_KERNEL_BACKEND: kernel backend 'triton' requested but unavailable"):
         placement(recipe_from_dict({"embedding": {"method": "full"}}))
+
+
+@pytest.mark.parametrize("env, message", [
+    ("bogus", "unknown kernel backend 'bogus' (choose from torch, triton, fbgemm)"),
+    ("fbgemm", "kernel backend 'fbgemm' has no fused sparse_adam"),
+])
+def test_a_backend_from_the_environment_is_named_as_the_environments(monkeypatch, env, message):
+    """A backend the recipe does not set comes from ``$CTR_KERNEL_BACKEND``: its refusal names
+    the variable (the recipe has no embedding.backend to fix); the recipe's own key wins."""
+    monkeypatch.setenv("CTR_KERNEL_BACKEND", env)
+    fused = {"embedding_optimizer": {"name": "sparse_adam", "lr": 0.001, "fused": True}}
+    with pytest.raises(RecipeError) as err:
+        placement(recipe_from_dict({"embedding": {"method": "full"}, "train": fused}))
+    assert str(err.value).startswith(f"$CTR_KERNEL_BACKEND: {message}")
+    with pytest.raises(RecipeError, match="^embedding.backend: unknown kernel backend 'cuda'"):
+        placement(recipe_from_dict({"embedding": {"method": "full", "backend": "cuda"}}))
 
 
 def test_gpu_accelerator_without_a_gpu(tmp_path, capsys):
