@@ -45,7 +45,7 @@ class DCNv2Config(MLPConfig, ModelConfig):
         if self.low_rank is not None:
             require_at_least(self, 1, "low_rank")
         if self.experts > 1 and self.low_rank is None:
-            raise ValueError("experts > 1 (DCN-Mix) needs low_rank")
+            raise ValueError(f"experts: {self.experts} (DCN-Mix) needs model.low_rank, the rank of each expert")
 
 
 @MODELS.register("dcnv2", config=DCNv2Config)

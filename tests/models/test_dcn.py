@@ -5,6 +5,8 @@ a logit over [x_L, x_0]."""
 import pytest
 import torch
 
+from ctr.errors import RecipeError
+from ctr.recipe import recipe_from_dict
 from tests.models.helpers import planted_batches, planted_schema, task_for_schema
 
 
@@ -19,3 +21,10 @@ def test_without_hidden_layers_the_logit_reads_the_cross_output_alone(name, extr
     x0 = torch.cat([embedded.pooled.flatten(1), batch.dense], dim=1)
     assert model.out.in_features == x0.shape[1] == 3 * 4 + 2
     torch.testing.assert_close(model(batch, embedded), model.out(model.cross(x0)).squeeze(-1))
+
+
+def test_a_mixture_without_low_rank_is_refused_naming_the_key():
+    """DCN-Mix (experts > 1) mixes low-rank experts: without ``low_rank`` the recipe is
+    refused at ``model.experts``, the key that asks for the mixture."""
+    with pytest.raises(RecipeError, match=r"^model\.experts: 2 \(DCN-Mix\) needs model\.low_rank"):
+        recipe_from_dict({"model": {"name": "dcnv2", "experts": 2}})
