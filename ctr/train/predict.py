@@ -115,17 +115,44 @@ def _scores(net: torch.nn.Module, loader: BatchLoader, device: torch.device, pre
         yield Scored(logits.cpu().numpy(), batch.labels.cpu().numpy(), groups)
 
 
-def _writer(path: Path, schema: pa.Schema, out: Path) -> pcsv.CSVWriter | pq.ParquetWriter:
+def _writer(path: Path, schema: pa.Schema, out: Path) -> _CsvWriter | pq.ParquetWriter:
     """A writer at ``path`` of ``out``'s format: CSV (tab-separated for a ``.tsv`` name) or
     parquet; a UserError naming ``out`` when no file can be created there."""
     suffix = out.suffix.lower()
     try:
         if suffix not in CSV_SUFFIXES:
             return pq.ParquetWriter(path, schema)
-        options = pcsv.WriteOptions(delimiter="\t" if suffix == ".tsv" else ",")
-        return pcsv.CSVWriter(path, schema, write_options=options)
+        return _CsvWriter(path, schema, delimiter="\t" if suffix == ".tsv" else ",")
     except OSError as err:  # pyarrow's, which names no file
         raise UserError(f"{out}: cannot be written ({reason(err)})") from None
+
+
+class _CsvWriter:
+    """pyarrow's CSV writer under a header line that quotes a column name only where the
+    name needs it (pyarrow quotes every name: ``"row"\t"score"`` read back by ``cut`` or
+    ``awk`` keeps the quotes)."""
+
+    def __init__(self, path: Path, schema: pa.Schema, delimiter: str):
+        self._sink = pa.OSFile(str(path), "wb")
+        header = delimiter.join(_csv_name(name, delimiter) for name in schema.names) + "\n"
+        self._sink.write(header.encode())
+        options = pcsv.WriteOptions(include_header=False, delimiter=delimiter)
+        self._writer = pcsv.CSVWriter(self._sink, schema, write_options=options)
+
+    def write_table(self, table: pa.Table) -> None:
+        self._writer.write_table(table)
+
+    def close(self) -> None:
+        self._writer.close()
+        self._sink.close()
+
+
+def _csv_name(name: str, delimiter: str) -> str:
+    """``name`` as a CSV header cell: quoted (its quotes doubled) only when it holds the
+    delimiter, a quote or a line break."""
+    if any(mark in name for mark in (delimiter, '"', "\n", "\r")):
+        return '"' + name.replace('"', '""') + '"'
+    return name
 
 
 def _write(scored: Iterator[Scored], out: Path, labelled: bool, numbered: Encoded | None,

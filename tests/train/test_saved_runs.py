@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -22,6 +23,7 @@ import yaml
 
 from ctr.cli import main
 from ctr.metrics import auc
+from ctr.train.predict import _CsvWriter
 from tests.conftest import run_ctr
 
 pytestmark = pytest.mark.slow  # end-to-end runs
@@ -161,6 +163,24 @@ def test_predict_on_the_test_split_reproduces_the_test_auc(csv_run, tmp_path):
     assert abs(auc(scores["label"].to_numpy(), scores["score"].to_numpy()) - saved["auc"]) < 1e-6
     reported = json.loads(result.stdout)
     assert abs(reported["auc"] - saved["auc"]) < 1e-6 and abs(reported["gauc"] - saved["gauc"]) < 1e-6
+
+
+def test_predict_into_a_tsv_writes_its_header_unquoted(csv_run, tmp_path):
+    """pyarrow quoted every name of the header ('"score"\t"label"'), which cut and awk
+    keep; a name that holds the delimiter or a quote is still quoted as CSV quotes it."""
+    home, run = csv_run
+    result = run_ctr("predict", run, home / "data" / "test.csv", "--out", tmp_path / "scores.tsv")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "scores.tsv").read_text().splitlines()[0] == "score\tlabel"
+    written = pd.read_csv(tmp_path / "scores.tsv", sep="\t")
+    assert list(written.columns) == ["score", "label"] and len(written) == 1000
+    assert abs(json.loads(result.stdout)["auc"] - auc(written["label"].to_numpy(), written["score"].to_numpy())) < 1e-9
+    odd = pa.table({"a,b": [1], 'say "x"': [2.5], "plain": ["v"]})
+    writer = _CsvWriter(tmp_path / "odd.csv", odd.schema, delimiter=",")
+    writer.write_table(odd)
+    writer.close()
+    assert (tmp_path / "odd.csv").read_text().splitlines()[0] == '"a,b","say ""x""",plain'
+    assert list(pd.read_csv(tmp_path / "odd.csv").columns) == list(odd.column_names)
 
 
 def test_predict_of_a_bf16_run_reproduces_its_test_metrics(tmp_path):
