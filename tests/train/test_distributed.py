@@ -64,6 +64,40 @@ def one_and_two(tmp: Path, cache: Path, **sections) -> tuple[dict, dict]:
     return one, json.loads((tmp / "two" / "metrics.json").read_text())
 
 
+def on_two_processes(sections: dict) -> dict:
+    """A copy of ``sections`` with ``trainer.devices`` 2."""
+    sections = copy.deepcopy(sections)
+    sections.setdefault("trainer", {})["devices"] = 2
+    return sections
+
+
+def two_ranks_running(runs: list[dict], folder: Path) -> str:
+    """Runs ``runs`` (each ``{"args": ctr's arguments, "replicas": a folder or None}``) in turn
+    on 2 processes of ``tests.train.rank_runs``, each run in a process group on a port of its
+    own: the ranks import torch and TorchRec once for all of them, not once a run. Their
+    output is in ``folder``/rank-<r>.log; returns rank 0's."""
+    sockets = [socket.socket() for _ in runs]
+    for sock in sockets:  # all bound at once: a port each
+        sock.bind(("127.0.0.1", 0))
+    plan = [{"args": list(map(str, run["args"])), "port": sock.getsockname()[1],
+             "replicas": str(run["replicas"]) if run.get("replicas") else None} for run, sock in zip(runs, sockets)]
+    for sock in sockets:
+        sock.close()
+    (folder / "plan.json").write_text(json.dumps(plan))
+    env = {key: value for key, value in os.environ.items() if key != LAUNCHER}
+    env.update(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
+    command = [sys.executable, "-m", "tests.train.rank_runs", folder / "plan.json"]
+    logs = [(folder / f"rank-{rank}.log").open("w") for rank in range(2)]
+    ranks = [subprocess.Popen(command, cwd=ROOT, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                              stdout=log, stderr=log) for rank, log in enumerate(logs)]
+    code = wait_all(ranks)
+    for log in logs:
+        log.close()
+    said = (folder / "rank-0.log").read_text()
+    assert code == 0, said[-3000:]
+    return said
+
+
 def test_split_batches_parts_are_the_one_process_batches(tiny_prepared):
     """Rank r's part of every batch; the parts of all ranks, in rank order, are the batch."""
     folder, schema = tiny_prepared.split_dir("train"), tiny_prepared.schema
@@ -413,34 +447,39 @@ def uneven_one(tmp_path_factory, cache):
     return train(load_recipe(write(tmp, cache=cache, **copy.deepcopy(UNEVEN))), tmp / "one")
 
 
+# Plans written without the planner: every table row-wise, and row-wise with the others (MIXED, planned, with no
+# row-wise table, trains on these splits in test_two_processes_match_one_resume_and_evaluate_in_one).
+ROW_WISE = {"row_wise": {"sharding": "row_wise"},
+            "row_wise_with_the_others": {"sharding": "row_wise",
+                                         "tables": {"C1": "table_wise", "C2": "column_wise", "C3": "data_parallel"}}}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "distributed",
-    [
-        {"sharding": "row_wise"},  # a plan written without the planner (with the others too)
-        {"sharding": "row_wise", "tables": {"C1": "table_wise", "C2": "column_wise", "C3": "data_parallel"}},
-    ],  # MIXED (planned, no row-wise table) trains on these splits in test_two_processes_match_one_resume_...
-    ids=["row_wise", "row_wise_with_the_others"],
-)
-def test_sharded_tables_train_and_evaluate_on_batches_that_split_unevenly(tmp_path, cache, uneven_one, distributed):
+def test_sharded_tables_train_and_evaluate_on_batches_that_split_unevenly(tmp_path, cache, uneven_one):
     """2 processes on splits whose last batches do not halve: 4,785 train rows end in a batch
     of 177 (88 and 89 rows a rank), 615 valid rows in one of 15 (7 and 8), 601 test rows in
     one of a single row (rank 0's part is empty). TorchRec's row-wise backward all-gathers
     the ranks' pooled gradients, which gloo refuses for parts of different sizes (the run
     stopped at its last batch): the short parts are padded with empty bags up to TorchRec
     and the padding is cut from its output, so the run takes one process's steps and ends
-    with its weights, and the metrics count each real row once; 1 process evaluates it alike."""
-    one, recipe = uneven_one, write(tmp_path, "two.yaml", cache=cache, distributed=distributed, **copy.deepcopy(UNEVEN))
-    done = ctr("train", recipe, "--out", tmp_path / "two", "-o", "trainer.devices=2")
-    assert done.returncode == 0, done.stderr[-3000:]
-    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    row_wise = [table for table, how in two["sharding"].items() if how == "row_wise on 0,1"]
-    assert len(row_wise) == 26 - len(distributed.get("tables", {}))
-    assert two["steps"] == one["steps"] == 10  # the last batch of 177 rows trained, as in one process
-    for split in ("valid", "test"):  # measured within 2e-9 of one process (a row counted twice moves them ~1e-4)
-        for metric in ("auc", "logloss"):
-            assert abs(two[split][metric] - one[split][metric]) < 1e-6, (split, metric)
-    assert abs(evaluate(tmp_path / "two")["auc"] - one["test"]["auc"]) < 1e-5
+    with its weights, and the metrics count each real row once; 1 process evaluates it alike.
+    (One launch trains the plans of ``ROW_WISE`` in turn.)"""
+    one, runs = uneven_one, []
+    for name, distributed in ROW_WISE.items():
+        (tmp_path / name).mkdir()
+        sections = on_two_processes({**UNEVEN, "distributed": distributed})
+        runs.append({"args": ["train", write(tmp_path / name, "two.yaml", cache=cache, **sections),
+                              "--out", tmp_path / name / "two"]})
+    two_ranks_running(runs, tmp_path)
+    for name, distributed in ROW_WISE.items():
+        two = json.loads((tmp_path / name / "two" / "metrics.json").read_text())
+        row_wise = [table for table, how in two["sharding"].items() if how == "row_wise on 0,1"]
+        assert len(row_wise) == 26 - len(distributed.get("tables", {})), name
+        assert two["steps"] == one["steps"] == 10, name  # the last batch of 177 rows trained, as in one process
+        for split in ("valid", "test"):  # measured within 2e-9 of one process (a row counted twice moves them ~1e-4)
+            for metric in ("auc", "logloss"):
+                assert abs(two[split][metric] - one[split][metric]) < 1e-6, (name, split, metric)
+        assert abs(evaluate(tmp_path / name / "two")["auc"] - one["test"]["auc"]) < 1e-5, name
 
 
 def test_a_part_padded_for_torchrec_pools_and_backpropagates_as_the_part():
@@ -479,39 +518,27 @@ REPLICATED = {"int8": 1e-6, "int16": 1e-6, "alpt": 1e-6, "dpq": 2e-3, "mgqe": 1e
 SETTINGS = {"mgqe": {"frequent_centroids": 16, "rare_centroids": 4}}  # codebooks that fit 0.5
 
 
-def two_ranks_saving_replicas(recipe: Path, run: Path, out: Path) -> None:
-    """Runs ``recipe`` on 2 processes of ``tests.train.replica_rank`` (each saves its copy of
-    the method's synced buffers to ``out``/rank-<r>.pt)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    command = [sys.executable, "-m", "tests.train.replica_rank", recipe, run, out]
-    logs = [(out / f"rank-{rank}.log").open("w") for rank in range(2)]
-    ranks = [subprocess.Popen(command, cwd=ROOT, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-                              stdout=log, stderr=log) for rank, log in enumerate(logs)]
-    codes = [rank.wait(timeout=600) for rank in ranks]
-    for log in logs:
-        log.close()
-    assert codes == [0, 0], (out / "rank-0.log").read_text()[-3000:]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("method", REPLICATED)
-def test_methods_writing_outside_the_optimizer_keep_their_replicas_equal(tmp_path, cache, method):
+def test_methods_writing_outside_the_optimizer_keep_their_replicas_equal(tmp_path, cache):
     """int8, int16, alpt (rows updated in the backward), dpq, mgqe (codes written by a lookup)
-    on 2 processes: every rank's copy of what they write ends bitwise equal, and the test AUC
-    is the 1-process run's within the measured tolerance."""
-    embedding = {"method": method, "dim": 8, "budget": 0.5, **SETTINGS.get(method, {})}
-    sections = {"embedding": embedding, "trainer": {"num_threads": 1}}
-    one = train(load_recipe(write(tmp_path, cache=cache, **sections)), tmp_path / "one")
-    sections["trainer"]["devices"] = 2
-    two_ranks_saving_replicas(write(tmp_path, "two.yaml", cache=cache, **sections), tmp_path / "two", tmp_path)
-    copies = [torch.load(tmp_path / f"rank-{rank}.pt") for rank in range(2)]
-    assert list(copies[0]) == list(copies[1]) and copies[0]
-    assert all(torch.equal(copies[0][name], copies[1][name]) for name in copies[0])
-    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    assert abs(two["test"]["auc"] - one["test"]["auc"]) <= REPLICATED[method]
+    on 2 processes (one launch runs them in turn): every rank's copy of what they write ends
+    bitwise equal, and the test AUC is the 1-process run's within the measured tolerance."""
+    ones, runs = {}, []
+    for method in REPLICATED:
+        tmp = tmp_path / method
+        tmp.mkdir()
+        embedding = {"method": method, "dim": 8, "budget": 0.5, **SETTINGS.get(method, {})}
+        sections = {"embedding": embedding, "trainer": {"num_threads": 1}}
+        ones[method] = train(load_recipe(write(tmp, cache=cache, **sections)), tmp / "one")
+        runs.append({"args": ["train", write(tmp, "two.yaml", cache=cache, **on_two_processes(sections)),
+                              "--out", tmp / "two"], "replicas": tmp})
+    two_ranks_running(runs, tmp_path)
+    for method, one in ones.items():
+        copies = [torch.load(tmp_path / method / f"rank-{rank}.pt") for rank in range(2)]
+        assert list(copies[0]) == list(copies[1]) and copies[0], method
+        assert all(torch.equal(copies[0][name], copies[1][name]) for name in copies[0]), method
+        two = json.loads((tmp_path / method / "two" / "metrics.json").read_text())
+        assert abs(two["test"]["auc"] - one["test"]["auc"]) <= REPLICATED[method], method
 
 
 def test_a_checkpoint_restores_every_generator_of_its_world_size_and_an_earlier_ctrs_torch_one(tmp_path):
