@@ -347,8 +347,49 @@ def test_sigterm_to_the_launcher_stops_its_ranks(tmp_path, cache):
     assert _processes_running(str(run)) == []
 
 
+# The mixed plan's recipes: WARMED's lrs step by a warm-up and a cosine, STEPPED validates every 4 steps.
+WARMED = {"data": {"rows": 6001},
+          "train": {"epochs": 2, "early_stop": None, "eval_batch_size": 600,
+                    "scheduler": {"name": "linear_warmup", "warmup_steps": 15},
+                    "embedding_scheduler": {"name": "cosine", "epochs": 2}},
+          "trainer": {"num_threads": 1, "progress_bar": False}}
+STEPPED = {"distributed": MIXED, "train": {"epochs": 2, "early_stop": None, "eval_every_n_steps": 4},
+           "trainer": {"num_threads": 1, "progress_bar": False}}
+
+
+@pytest.fixture(scope="module")
+def mixed_cuts(tmp_path_factory, cache):
+    """Runs of the mixed plan trained by 2 launches of ranks that run several in turn, for the
+    tests that read them: ``stepped/one`` (STEPPED, in this process), ``stepped/two`` (on 2
+    processes), ``stepped/cut`` (cut by max_steps 8, then resumed as if killed after that
+    checkpoint) and ``warmed/cut`` (WARMED on 2 processes, cut after its first epoch, then
+    resumed as if the 2-epoch run had stopped there); ``cut1`` beside each cut is its copy
+    before the resume. The folder, the metrics of ``stepped``'s one and two, and rank 0's
+    output of the resumes."""
+    tmp = tmp_path_factory.mktemp("mixed")
+    stepped, warmed = tmp / "stepped", tmp / "warmed"
+    for folder in (stepped, warmed):
+        folder.mkdir()
+    with kept_process_settings():  # a module fixture's run: the test's own restore comes after it
+        one = train(load_recipe(write(stepped, cache=cache, **copy.deepcopy(STEPPED))), stepped / "one")
+    recipe = write(stepped, "two.yaml", cache=cache, **on_two_processes(STEPPED))
+    cut = write(warmed, "cut.yaml", cache=cache, distributed=MIXED,
+                **on_two_processes({**WARMED, "train": {**WARMED["train"], "epochs": 1}}))
+    two_ranks_running([{"args": ["train", recipe, "--out", stepped / "two"]},
+                       {"args": ["train", recipe, "--out", stepped / "cut", "-o", "train.max_steps=8"]},
+                       {"args": ["train", cut, "--out", warmed / "cut"]}], tmp)
+    for run, edit in ((stepped, {"max_steps": None}), (warmed, {"epochs": 2})):
+        saved = yaml.safe_load((run / "cut" / "recipe.yaml").read_text())
+        saved["train"].update(edit)
+        begun_with(run / "cut", saved)
+        (run / "cut" / "metrics.json").unlink()
+        shutil.copytree(run / "cut", run / "cut1")
+    said = two_ranks_running([{"args": ["train", "--resume", run / "cut"]} for run in (stepped, warmed)], tmp)
+    return tmp, one, json.loads((stepped / "two" / "metrics.json").read_text()), said
+
+
 @pytest.mark.slow
-def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog, cache):
+def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog, cache, mixed_cuts):
     """A mixed plan (table-wise, column-wise over both ranks, data-parallel) on 2 gloo
     processes: the loss curve, validation and test AUC of the 1-process run on the same global
     batch, its CSV log's header and float32 values, and its log's progress lines (the
@@ -362,11 +403,7 @@ def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog, ca
     are still one process's. A resume that makes a table-wise table data-parallel (``auto``
     may plan so on another world size) is one line: the checkpoint's optimizers.pt holds no
     state for it, which torch's ``load_state_dict`` met with a ValueError traceback on every rank."""
-    sections = {"data": {"rows": 6001},
-                "train": {"epochs": 2, "early_stop": None, "eval_batch_size": 600,
-                          "scheduler": {"name": "linear_warmup", "warmup_steps": 15},
-                          "embedding_scheduler": {"name": "cosine", "epochs": 2}},
-                "trainer": {"num_threads": 1, "progress_bar": False}}
+    sections = copy.deepcopy(WARMED)
     with caplog.at_level(logging.INFO, logger="ctr"):
         one = train(load_recipe(write(tmp_path, cache=cache, **sections)), tmp_path / "one")
 
@@ -398,22 +435,14 @@ def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog, ca
     evaluated = evaluate(tmp_path / "two")
     assert abs(evaluated["auc"] - two["test"]["auc"]) < 1e-6 and abs(evaluated["auc"] - one["test"]["auc"]) < 1e-5
 
-    cut = write(tmp_path, "cut.yaml", cache=cache, distributed=MIXED,
-                **{**sections, "train": {**sections["train"], "epochs": 1}})
-    assert ctr("train", cut, "--out", tmp_path / "cut", "-o", "trainer.devices=2").returncode == 0
+    ran = mixed_cuts[0] / "warmed"  # its cut (a run of the recipe cut after its first epoch), resumed on 2 processes
+    shutil.copytree(ran / "cut1", tmp_path / "cut1")
     for rank in (0, 1):
-        assert {"python", "numpy", "torch"} <= torch.load(tmp_path / "cut" / "checkpoints" / "last" / f"random-{rank}.pt",
-                                                          weights_only=False).keys()
-    saved = yaml.safe_load((tmp_path / "cut" / "recipe.yaml").read_text())
-    saved["train"]["epochs"] = 2  # as if the 2-epoch run had stopped after its first epoch
-    begun_with(tmp_path / "cut", saved)
-    (tmp_path / "cut" / "metrics.json").unlink()
-    shutil.copytree(tmp_path / "cut", tmp_path / "cut1")
-    resumed = ctr("train", "--resume", tmp_path / "cut")  # the same world size
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+        saved = torch.load(tmp_path / "cut1" / "checkpoints" / "last" / f"random-{rank}.pt", weights_only=False)
+        assert {"python", "numpy", "torch"} <= saved.keys()
     assert run_ctr("train", "--resume", tmp_path / "cut1", "-o", "trainer.devices=1").returncode == 0  # 1 process
-    for run, world in (("cut", 2), ("cut1", 1)):
-        again = json.loads((tmp_path / run / "metrics.json").read_text())
+    for run, world in ((ran / "cut", 2), (tmp_path / "cut1", 1)):
+        again = json.loads((run / "metrics.json").read_text())
         assert again["steps"] == two["steps"] and again["world_size"] == world
         for split in ("valid", "test"):
             assert again[split] == pytest.approx(two[split], abs=1e-6, rel=0)
@@ -659,33 +688,23 @@ def test_ctr_plan_follows_the_distributed_section(tmp_path, tiny_prepared):
 
 
 @pytest.mark.slow
-def test_validation_every_n_steps_checkpoints_mid_epoch_and_resumes_there(tmp_path, cache):
+def test_validation_every_n_steps_checkpoints_mid_epoch_and_resumes_there(mixed_cuts):
     """train.eval_every_n_steps 4 on 10 batches an epoch: validations at the 4th and 8th
     batch of each epoch, as one process (Lightning) does; a run stopped after its mid-epoch
     checkpoint at step 8 resumes there and ends as the uninterrupted run."""
-    sections = {"distributed": MIXED, "train": {"epochs": 2, "early_stop": None, "eval_every_n_steps": 4},
-                "trainer": {"num_threads": 1, "progress_bar": False}}
-    one, two = one_and_two(tmp_path, cache, **sections)
-    recipe = tmp_path / "two.yaml"
+    tmp, one, two, said = mixed_cuts
+    ran = tmp / "stepped"
     assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5
-    curves = {run: rows_of(tmp_path / run / "logs" / "metrics.csv", "valid/auc") for run in ("one", "two")}
+    curves = {run: rows_of(ran / run / "logs" / "metrics.csv", "valid/auc") for run in ("one", "two")}
     assert [s for s, _ in curves["two"]] == [s for s, _ in curves["one"]] == [3, 7, 13, 17]
     assert np.allclose([v for _, v in curves["two"]], [v for _, v in curves["one"]], atol=1e-5, rtol=0)
 
-    cut = ctr("train", recipe, "--out", tmp_path / "cut", "-o", "trainer.devices=2", "-o", "train.max_steps=8")
-    assert cut.returncode == 0, cut.stderr[-3000:]
-    assert json.loads((tmp_path / "cut" / "checkpoints" / "last" / "ctr.json").read_text())["batches"] == 8
-    saved = yaml.safe_load((tmp_path / "cut" / "recipe.yaml").read_text())
-    saved["train"]["max_steps"] = None  # as if the run had been killed after that checkpoint
-    begun_with(tmp_path / "cut", saved)
-    (tmp_path / "cut" / "metrics.json").unlink()
-    resumed = ctr("train", "--resume", tmp_path / "cut")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming from {tmp_path / 'cut' / 'checkpoints' / 'last'}, written at step 8" in resumed.stderr
-    again = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert json.loads((ran / "cut1" / "checkpoints" / "last" / "ctr.json").read_text())["batches"] == 8
+    assert f"resuming from {ran / 'cut' / 'checkpoints' / 'last'}, written at step 8" in said
+    again = json.loads((ran / "cut" / "metrics.json").read_text())
     assert again["steps"] == two["steps"] and again["test"] == pytest.approx(two["test"], abs=1e-6, rel=0)
     for column in ("valid/auc", "train/loss"):
-        resumed_curve, whole = (rows_of(tmp_path / run / "logs" / "metrics.csv", column) for run in ("cut", "two"))
+        resumed_curve, whole = (rows_of(ran / run / "logs" / "metrics.csv", column) for run in ("cut", "two"))
         assert [s for s, _ in resumed_curve] == [s for s, _ in whole]
         assert np.allclose([v for _, v in resumed_curve], [v for _, v in whole], atol=1e-6, rtol=0)
 
