@@ -709,33 +709,79 @@ def test_validation_every_n_steps_checkpoints_mid_epoch_and_resumes_there(mixed_
         assert np.allclose([v for _, v in resumed_curve], [v for _, v in whole], atol=1e-6, rtol=0)
 
 
+MULTI_STAGE = ("autosrh", "dedup", "deeplight")
+
+
+@pytest.fixture(scope="module")
+def staged_runs(tmp_path_factory, cache):
+    """Multi-stage runs trained on 2 processes by one launch of ranks that run them in turn,
+    and resumed by another: for each of ``MULTI_STAGE``, ``<method>/one`` (in this process),
+    ``<method>/two`` and ``<method>/cut``, its copy as if killed before its last stage's first
+    checkpoint, resumed; ``optembed/whole`` (its retrain stopped early) and ``optembed/cut``,
+    its copy as if killed in the final evaluation, resumed. The folder and the 1-process
+    metrics of each method."""
+    from tests.train.test_stages import OPTEMBED
+
+    tmp, ones, runs = tmp_path_factory.mktemp("staged"), {}, []
+    for method in MULTI_STAGE:
+        (tmp / method).mkdir()
+        sections = {"embedding": {"method": method, "dim": 8, "budget": 0.5}, "train": {"early_stop": None},
+                    "trainer": {"num_threads": 1, "progress_bar": False}}
+        with kept_process_settings():  # a module fixture's run: the test's own restore comes after it
+            ones[method] = train(load_recipe(write(tmp / method, cache=cache, **sections)), tmp / method / "one")
+        runs.append({"args": ["train", write(tmp / method, "two.yaml", cache=cache, **on_two_processes(sections)),
+                              "--out", tmp / method / "two"]})
+    (tmp / "optembed").mkdir()
+    stop = {"monitor": "valid/auc", "mode": "max", "patience": 1, "min_delta": 0.5}  # the retrain stops early
+    recipe = write(tmp / "optembed", cache=cache, embedding={**OPTEMBED, "stages": {"supernet": {"epochs": 1}}},
+                   train={"epochs": 4, "early_stop": stop}, trainer={"devices": 2, "progress_bar": False})
+    two_ranks_running([*runs, {"args": ["train", recipe, "--out", tmp / "optembed" / "whole"]}], tmp)
+    for method in MULTI_STAGE:
+        cut = shutil.copytree(tmp / method / "two", tmp / method / "cut")
+        record = json.loads((cut / "stages" / "progress.json").read_text())
+        last = record["finished"].pop()
+        del record["seconds"][last]
+        (cut / "stages" / "progress.json").write_text(json.dumps(record))  # killed before its first checkpoint
+        shutil.rmtree(cut / "checkpoints")
+        (cut / "metrics.json").unlink()
+    shutil.copytree(tmp / "optembed" / "whole", tmp / "optembed" / "cut")
+    (tmp / "optembed" / "cut" / "metrics.json").unlink()
+    two_ranks_running([{"args": ["train", "--resume", tmp / name / "cut"]} for name in (*MULTI_STAGE, "optembed")],
+                      tmp)
+    return tmp, ones
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["autosrh", "dedup", "deeplight"])
-def test_multi_stage_methods_run_their_stages_on_two_processes_as_on_one(tmp_path, cache, method):
+def test_multi_stage_methods_run_their_stages_on_two_processes_as_on_one(staged_runs):
     """autosrh: a bi-level search (architecture gradients averaged over the ranks), a pruning
     procedure and a rewound retraining; dedup: a procedure scored on validation; deeplight:
     pruning on a step schedule. Each stage's output, the test AUC and a 1-process evaluation
     equal the 1-process run's; a run resumed before its last stage ends the same."""
-    one, two = one_and_two(tmp_path, cache, embedding={"method": method, "dim": 8, "budget": 0.5},
-                           train={"early_stop": None})
-    assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5 and set(two["stage_seconds"]) == set(one["stage_seconds"])
-    for folder in sorted((tmp_path / "one" / "stages").glob("*-*")):
-        ours = torch.load(tmp_path / "two" / "stages" / folder.name / "output.pt")
-        for key, value in torch.load(folder / "output.pt").items():
-            assert torch.allclose(ours[key].float(), value.float(), atol=1e-5), (folder.name, key)
-    assert abs(evaluate(tmp_path / "two")["auc"] - two["test"]["auc"]) < 1e-6
+    tmp, ones = staged_runs
+    for method, one in ones.items():
+        ran = tmp / method
+        two = json.loads((ran / "two" / "metrics.json").read_text())
+        assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5, method
+        assert set(two["stage_seconds"]) == set(one["stage_seconds"]), method
+        for folder in sorted((ran / "one" / "stages").glob("*-*")):
+            ours = torch.load(ran / "two" / "stages" / folder.name / "output.pt")
+            for key, value in torch.load(folder / "output.pt").items():
+                assert torch.allclose(ours[key].float(), value.float(), atol=1e-5), (method, folder.name, key)
+        assert abs(evaluate(ran / "two")["auc"] - two["test"]["auc"]) < 1e-6, method
+        again = json.loads((ran / "cut" / "metrics.json").read_text())
+        assert again["test"] == pytest.approx(two["test"], abs=1e-6, rel=0), method
 
-    progress = tmp_path / "two" / "stages" / "progress.json"
-    record = json.loads(progress.read_text())
-    last = record["finished"].pop()
-    del record["seconds"][last]
-    progress.write_text(json.dumps(record))  # as if killed before the last stage's first checkpoint
-    shutil.rmtree(tmp_path / "two" / "checkpoints")
-    (tmp_path / "two" / "metrics.json").unlink()
-    resumed = ctr("train", "--resume", tmp_path / "two")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    again = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    assert again["test"] == pytest.approx(two["test"], abs=1e-6, rel=0)
+
+@pytest.mark.slow
+def test_a_two_process_multi_stage_run_killed_after_its_stages_resumes_to_the_same_end(staged_runs):
+    """Every stage finished before the kill (in the final evaluation): the resume restores
+    them all, places the last stage's network from its checkpoints and ends as the whole
+    run did (it failed: no stage had trained in this process), its early-stopped epoch counted."""
+    ran = staged_runs[0] / "optembed"
+    whole, cut = (json.loads((ran / run / "metrics.json").read_text()) for run in ("whole", "cut"))
+    timing = ("inference_seconds",)
+    assert {k: v for k, v in cut.items() if k not in timing} == {k: v for k, v in whole.items() if k not in timing}
+    assert whole["epochs"] == 2
 
 
 def test_ranks_started_by_torchrun_are_refused_a_run_directory_another_process_holds(tmp_path):
@@ -873,27 +919,6 @@ def test_max_steps_ends_two_processes_as_it_ends_one(tmp_path, caplog, cut_run, 
     caplog.set_level(logging.WARNING, logger="ctr.train")
     assert evaluate(tmp_path / "two")["auc"] == pytest.approx(two["test"]["auc"], abs=1e-6)
     assert any("not finished" in m and "checkpoints/best" in m for m in caplog.messages)
-
-
-@pytest.mark.slow
-def test_a_two_process_multi_stage_run_killed_after_its_stages_resumes_to_the_same_end(tmp_path, cache):
-    """Every stage finished before the kill (in the final evaluation): the resume restores
-    them all, places the last stage's network from its checkpoints and ends as the whole
-    run did (it failed: no stage had trained in this process), its early-stopped epoch counted."""
-    from tests.train.test_stages import OPTEMBED
-
-    stop = {"monitor": "valid/auc", "mode": "max", "patience": 1, "min_delta": 0.5}  # the retrain stops early
-    recipe = write(tmp_path, cache=cache, embedding={**OPTEMBED, "stages": {"supernet": {"epochs": 1}}},
-                   train={"epochs": 4, "early_stop": stop}, trainer={"devices": 2, "progress_bar": False})
-    assert ctr("train", recipe, "--out", tmp_path / "whole").returncode == 0
-    shutil.copytree(tmp_path / "whole", tmp_path / "cut")
-    (tmp_path / "cut" / "metrics.json").unlink()
-    resumed = ctr("train", "--resume", tmp_path / "cut")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    whole, cut = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("whole", "cut"))
-    timing = ("inference_seconds",)
-    assert {k: v for k, v in cut.items() if k not in timing} == {k: v for k, v in whole.items() if k not in timing}
-    assert whole["epochs"] == 2
 
 
 # Tables all table-wise, stepped by SGD; early stopping at the validation of step 8 (of 10 batches an epoch).
