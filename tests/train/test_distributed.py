@@ -459,6 +459,28 @@ def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog, ca
         "there" in done.stderr.strip().splitlines()[-1]  # after the run's log lines: refused as its ranks load
 
 
+@pytest.mark.slow
+def test_validation_every_n_steps_checkpoints_mid_epoch_and_resumes_there(mixed_cuts):
+    """train.eval_every_n_steps 4 on 10 batches an epoch: validations at the 4th and 8th
+    batch of each epoch, as one process (Lightning) does; a run stopped after its mid-epoch
+    checkpoint at step 8 resumes there and ends as the uninterrupted run."""
+    tmp, one, two, said = mixed_cuts
+    ran = tmp / "stepped"
+    assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5
+    curves = {run: rows_of(ran / run / "logs" / "metrics.csv", "valid/auc") for run in ("one", "two")}
+    assert [s for s, _ in curves["two"]] == [s for s, _ in curves["one"]] == [3, 7, 13, 17]
+    assert np.allclose([v for _, v in curves["two"]], [v for _, v in curves["one"]], atol=1e-5, rtol=0)
+
+    assert json.loads((ran / "cut1" / "checkpoints" / "last" / "ctr.json").read_text())["batches"] == 8
+    assert f"resuming from {ran / 'cut' / 'checkpoints' / 'last'}, written at step 8" in said
+    again = json.loads((ran / "cut" / "metrics.json").read_text())
+    assert again["steps"] == two["steps"] and again["test"] == pytest.approx(two["test"], abs=1e-6, rel=0)
+    for column in ("valid/auc", "train/loss"):
+        resumed_curve, whole = (rows_of(ran / run / "logs" / "metrics.csv", column) for run in ("cut", "two"))
+        assert [s for s, _ in resumed_curve] == [s for s, _ in whole]
+        assert np.allclose([v for _, v in resumed_curve], [v for _, v in whole], atol=1e-6, rtol=0)
+
+
 def _progress_lines(log_text: str) -> list[tuple[int, int, int, int, float]]:
     """(epoch, step, batch, batches per epoch, loss) of each progress line of a run's log."""
     found = re.findall(r"epoch (\d+) step (\d+) \((\d+)/(\d+) of the epoch\): loss ([\d.]+), \d+ samples/s", log_text)
@@ -685,28 +707,6 @@ def test_ctr_plan_follows_the_distributed_section(tmp_path, tiny_prepared):
     assert sorted(rank for rank, _, cols in plan["C3"].shards) == [0, 1]
     assert sum(cols for _, _, cols in plan["C3"].shards) == 8
     assert all(t.sharding == "table_wise" for name, t in plan.items() if name not in ("C1", "C3"))
-
-
-@pytest.mark.slow
-def test_validation_every_n_steps_checkpoints_mid_epoch_and_resumes_there(mixed_cuts):
-    """train.eval_every_n_steps 4 on 10 batches an epoch: validations at the 4th and 8th
-    batch of each epoch, as one process (Lightning) does; a run stopped after its mid-epoch
-    checkpoint at step 8 resumes there and ends as the uninterrupted run."""
-    tmp, one, two, said = mixed_cuts
-    ran = tmp / "stepped"
-    assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5
-    curves = {run: rows_of(ran / run / "logs" / "metrics.csv", "valid/auc") for run in ("one", "two")}
-    assert [s for s, _ in curves["two"]] == [s for s, _ in curves["one"]] == [3, 7, 13, 17]
-    assert np.allclose([v for _, v in curves["two"]], [v for _, v in curves["one"]], atol=1e-5, rtol=0)
-
-    assert json.loads((ran / "cut1" / "checkpoints" / "last" / "ctr.json").read_text())["batches"] == 8
-    assert f"resuming from {ran / 'cut' / 'checkpoints' / 'last'}, written at step 8" in said
-    again = json.loads((ran / "cut" / "metrics.json").read_text())
-    assert again["steps"] == two["steps"] and again["test"] == pytest.approx(two["test"], abs=1e-6, rel=0)
-    for column in ("valid/auc", "train/loss"):
-        resumed_curve, whole = (rows_of(ran / run / "logs" / "metrics.csv", column) for run in ("cut", "two"))
-        assert [s for s, _ in resumed_curve] == [s for s, _ in whole]
-        assert np.allclose([v for _, v in resumed_curve], [v for _, v in whole], atol=1e-6, rtol=0)
 
 
 MULTI_STAGE = ("autosrh", "dedup", "deeplight")
