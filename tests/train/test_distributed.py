@@ -852,40 +852,43 @@ CUTS = {
 
 
 @pytest.fixture(scope="module")
-def cut_run(tmp_path_factory, cache):
-    """``one_and_two`` of a ``CUTS`` recipe, trained at its first use and then shared: its folder
-    (runs ``one`` and ``two`` in it, which a test copies before changing them) and the metrics."""
-    made = {}
-
-    def run(name: str) -> tuple[Path, dict, dict]:
-        if name not in made:
-            tmp = tmp_path_factory.mktemp(name)
-            made[name] = (tmp, *one_and_two(tmp, cache, **copy.deepcopy(CUTS[name])))
-        return made[name]
-
-    return run
+def cut_runs(tmp_path_factory, cache):
+    """The ``CUTS`` recipes trained in this process and on 2 processes (one launch trains both
+    in turn), shared by the tests that read them: by name, its folder (runs ``one`` and ``two``
+    in it, which a test copies before changing them) and the metrics of each."""
+    tmp, ones, runs = tmp_path_factory.mktemp("cuts"), {}, []
+    for name, sections in CUTS.items():
+        (tmp / name).mkdir()
+        sections = {**copy.deepcopy(sections), "trainer": {"num_threads": 1, "progress_bar": False}}
+        with kept_process_settings():  # a module fixture's run: the test's own restore comes after it
+            ones[name] = train(load_recipe(write(tmp / name, cache=cache, **sections)), tmp / name / "one")
+        runs.append({"args": ["train", write(tmp / name, "two.yaml", cache=cache, **on_two_processes(sections)),
+                              "--out", tmp / name / "two"]})
+    two_ranks_running(runs, tmp)
+    return {name: (tmp / name, one, json.loads((tmp / name / "two" / "metrics.json").read_text()))
+            for name, one in ones.items()}
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_when_rank_1_holds_no_sharded_table(cut_run):
+def test_two_processes_match_one_when_rank_1_holds_no_sharded_table(cut_runs):
     """One table-wise table, the others data-parallel (the run that max_steps cuts before its
     first validation in test_max_steps_ends_two_processes_as_it_ends_one). (A hash method's
     data-parallel tables, their sparse gradients averaged by ctr, train in
     test_learning_rate_schedules_step_two_processes_as_one.)"""
-    ran, one, two = cut_run("rank_1_unsharded")
+    ran, one, two = cut_runs["rank_1_unsharded"]
     assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5
     assert abs(evaluate(ran / "two")["auc"] - one["test"]["auc"]) < 1e-5
 
 
 @pytest.mark.slow
-def test_learning_rate_schedules_step_two_processes_as_one(cut_run):
+def test_learning_rate_schedules_step_two_processes_as_one(cut_runs):
     """A plateau schedule of a data-parallel run (a hash method's tables, their sparse gradients
     averaged by ctr; the run that max_steps cuts in its 3rd epoch in
     test_max_steps_ends_two_processes_as_it_ends_one): every logged lr, the loss curve and the
     test AUC equal one process's; 1 process evaluates it alike. (A per-step warm-up of the dense
     lr and a cosine over epochs of the sharded tables' fused lr step in
     test_two_processes_match_one_resume_and_evaluate_in_one.)"""
-    ran, one, two = cut_run("plateau")
+    ran, one, two = cut_runs["plateau"]
     for column in ("lr/dense", "lr/embedding", "train/loss"):
         curve_one, curve_two = (rows_of(ran / run / "logs" / "metrics.csv", column) for run in ("one", "two"))
         assert [s for s, _ in curve_two] == [s for s, _ in curve_one] and curve_one
@@ -899,14 +902,14 @@ def test_learning_rate_schedules_step_two_processes_as_one(cut_run):
 @pytest.mark.slow
 @pytest.mark.parametrize("cut, max_steps, validated_at, epochs",
                          [("plateau", 25, [9, 19], 3), ("rank_1_unsharded", 5, [4], 1)])
-def test_max_steps_ends_two_processes_as_it_ends_one(tmp_path, caplog, cut_run, cut, max_steps, validated_at, epochs):
+def test_max_steps_ends_two_processes_as_it_ends_one(tmp_path, caplog, cut_runs, cut, max_steps, validated_at, epochs):
     """max_steps cutting an epoch: no validation at the cut after those at the epochs' ends
     (Lightning's rule), a validation there, logged, when none ran before (one process logged
     none: its log and curves had no validation row), the same best checkpoint and test
     metrics, the cut epoch counted in ``epochs``. Without its metrics.json, the run evaluates
     from its best checkpoint: eval, predict and export looked for ``checkpoints/best.ckpt``,
     which a distributed run never writes (its ``checkpoints/best`` folder was not found)."""
-    ran, one, two = cut_run(cut)
+    ran, one, two = cut_runs[cut]
     logs = [ran / run / "logs" / "metrics.csv" for run in ("one", "two")]
     validated = [rows_of(log, "valid/auc") for log in logs]
     assert [s for s, _ in validated[0]] == [s for s, _ in validated[1]] == validated_at
