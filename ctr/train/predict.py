@@ -20,10 +20,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import torch
@@ -128,31 +129,43 @@ def _writer(path: Path, schema: pa.Schema, out: Path) -> _CsvWriter | pq.Parquet
 
 
 class _CsvWriter:
-    """pyarrow's CSV writer under a header line that quotes a column name only where the
-    name needs it (pyarrow quotes every name: ``"row"\t"score"`` read back by ``cut`` or
-    ``awk`` keeps the quotes)."""
+    """pyarrow's CSV writer, quoting a header name or a string value only where it holds the
+    delimiter, a quote or a line break (pyarrow quotes every name and every string:
+    ``"score"\t"label"``, ``"u1"``, quotes that ``cut`` and ``awk`` keep); a table with such a
+    value is written with its strings quoted."""
 
     def __init__(self, path: Path, schema: pa.Schema, delimiter: str):
+        self._marks = (delimiter, '"', "\n", "\r")
         self._sink = pa.OSFile(str(path), "wb")
-        header = delimiter.join(_csv_name(name, delimiter) for name in schema.names) + "\n"
-        self._sink.write(header.encode())
-        options = pcsv.WriteOptions(include_header=False, delimiter=delimiter)
-        self._writer = pcsv.CSVWriter(self._sink, schema, write_options=options)
+        try:
+            header = delimiter.join(self._cell(name) for name in schema.names) + "\n"
+            self._sink.write(header.encode())
+            self._plain, self._quoted = (
+                pcsv.CSVWriter(self._sink, schema, write_options=pcsv.WriteOptions(
+                    include_header=False, delimiter=delimiter, quoting_style=style))
+                for style in ("none", "needed")
+            )
+        except BaseException:
+            self._sink.close()
+            raise
+
+    def _cell(self, name: str) -> str:
+        """``name`` as a header cell: quoted (its quotes doubled) only where it needs it."""
+        return '"' + name.replace('"', '""') + '"' if any(mark in name for mark in self._marks) else name
+
+    def _needs_quotes(self, column: pa.ChunkedArray) -> bool:
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            return False
+        return any(pc.any(pc.match_substring(column, mark)).as_py() for mark in self._marks)
 
     def write_table(self, table: pa.Table) -> None:
-        self._writer.write_table(table)
+        quoted = any(self._needs_quotes(column) for column in table.columns)
+        (self._quoted if quoted else self._plain).write_table(table)
 
     def close(self) -> None:
-        self._writer.close()
+        self._plain.close()
+        self._quoted.close()
         self._sink.close()
-
-
-def _csv_name(name: str, delimiter: str) -> str:
-    """``name`` as a CSV header cell: quoted (its quotes doubled) only when it holds the
-    delimiter, a quote or a line break."""
-    if any(mark in name for mark in (delimiter, '"', "\n", "\r")):
-        return '"' + name.replace('"', '""') + '"'
-    return name
 
 
 def _write(scored: Iterator[Scored], out: Path, labelled: bool, numbered: Encoded | None,
