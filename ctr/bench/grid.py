@@ -13,6 +13,7 @@ cell's. An out folder holds the cells of one base recipe (``OUT/base.yaml``):
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,8 +123,7 @@ def embedding_keys(overrides: list[str]) -> list[str]:
         key, _, text = item.partition("=")
         value = _yaml_value(text) if key == "embedding" else None
         if isinstance(value, dict):
-            items += [f"embedding.{name}={yaml.safe_dump(option, default_flow_style=True)}"
-                      for name, option in value.items()]
+            items += [f"embedding.{name}={json.dumps(option)}" for name, option in value.items()]
         else:
             items.append(item)
     return items
