@@ -71,5 +71,5 @@ def test_autoint_plus_is_autoint_plus_a_dnn_logit(tiny_prepared):
 def test_dcnv2_mixture_needs_low_rank(tiny_prepared):
     from ctr.errors import RecipeError
 
-    with pytest.raises(RecipeError, match="model: experts > 1"):
+    with pytest.raises(RecipeError, match=r"^model\.experts: 2 \(DCN-Mix\) needs model\.low_rank"):
         make_task(tiny_prepared, {"name": "dcnv2", "experts": 2})
