@@ -24,7 +24,7 @@ from importlib import metadata
 from typing import Any, Callable, Generic, TypeVar
 
 from ctr.errors import RecipeError, did_you_mean, reason
-from ctr.typed import SUPPORTED, unsupported_field
+from ctr.typed import SUPPORTED, unsupported_field, wrong_default
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -97,7 +97,8 @@ class Registry(Generic[T]):
     def _check_config(self, name: str, config: type) -> None:
         """Refuses a config class that is not a subclass of the registry's base config (a
         recipe's block would be checked against the wrong keys and lack the common ones), and
-        one with a key of a type a recipe cannot hold (``ctr.typed.SUPPORTED``)."""
+        one with a key of a type a recipe cannot hold (``ctr.typed.SUPPORTED``) or a default its
+        type refuses (a recipe that leaves the key out would get it unchecked)."""
         if self._config_base is not None:
             module, _, base = self._config_base.rpartition(".")
             if not (isinstance(config, type) and issubclass(config, getattr(importlib.import_module(module), base))):
@@ -113,6 +114,9 @@ class Registry(Generic[T]):
             key, hint = found
             raise RegistrationError(f"{self.kind} {name!r}: config key {key!r} has type {_type_name(hint)}, which a "
                                     f"recipe cannot hold; use {SUPPORTED}")
+        wrong = wrong_default(config)
+        if wrong:
+            raise RegistrationError(f"{self.kind} {name!r}: the default of {wrong}")
 
     def get(self, name: str, key_path: str = "") -> Entry[T]:
         """The entry for ``name``; a RecipeError naming ``key_path`` if there is none."""

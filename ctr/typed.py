@@ -113,6 +113,28 @@ def convert(hint: Any, value: Any, path: str) -> Any:
     return _convert_scalar(hint, value, path)
 
 
+def wrong_default(cls: type) -> str | None:
+    """Why a default of config dataclass ``cls`` does not fit its key's type
+    (``Cls.heads: expected int, got 'two'``): a recipe that leaves the key out gets it
+    unchecked. A default of None passes (``hidden: list = None``, the implicit Optional of
+    a key the model fills in). None when every default fits."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if not field.init or field.default is None:
+            continue
+        if field.default is not dataclasses.MISSING:
+            value = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            value = field.default_factory()
+        else:
+            continue
+        try:
+            convert(hints[field.name], value, f"{cls.__name__}.{field.name}")
+        except RecipeError as err:
+            return str(err)
+    return None
+
+
 def _origin(hint: Any) -> Any:
     """``typing.get_origin``, with a bare ``list``, ``tuple`` or ``dict`` its own origin."""
     return typing.get_origin(hint) or (hint if hint in (list, tuple, dict) else None)

@@ -3,7 +3,8 @@ from dataclasses import dataclass
 import pytest
 
 from ctr.errors import RecipeError
-from ctr.registry import MODELS, OPTIMIZERS, Registry, import_plugins
+from ctr.registry import DATASETS, EMBEDDINGS, MODELS, OPTIMIZERS, Registry, import_plugins
+from ctr.typed import wrong_default
 
 
 def test_register_and_get():
@@ -102,3 +103,31 @@ def test_a_config_subclass_without_its_own_dataclass_decorator_is_refused():
     with pytest.raises(ValueError, match=r"model 'wide': its config Undecorated is not a dataclass \(decorate it with "
                                          r"@dataclass\): key 'width' would not be read"):
         things.register("wide", config=Undecorated)(object)
+
+
+def test_a_config_default_of_the_wrong_type_is_refused():
+    """``heads: int = "two"`` trained with 'two' in the config, and ``hidden: list[int] = 64``
+    stopped at ``model: 'int' object is not iterable``: neither named the default."""
+    from dataclasses import field
+
+    from ctr.recipe import ModelConfig
+    things = Registry("model", config_base="ctr.recipe.ModelConfig")
+
+    @dataclass
+    class Heads(ModelConfig):
+        heads: int = "two"
+
+    @dataclass
+    class Hidden(ModelConfig):
+        hidden: list[int] = field(default_factory=lambda: [64, "x"])
+
+    with pytest.raises(ValueError, match=r"model 'a': the default of Heads\.heads: expected int, got 'two'$"):
+        things.register("a", config=Heads)(object)
+    with pytest.raises(ValueError, match=r"model 'b': the default of Hidden\.hidden\[1\]: expected int, got 'x'$"):
+        things.register("b", config=Hidden)(object)
+
+
+def test_every_builtin_config_default_fits_its_type():
+    for registry in (MODELS, EMBEDDINGS, DATASETS, OPTIMIZERS):
+        for entry in registry.entries():
+            assert entry.config is None or wrong_default(entry.config) is None, entry.name
