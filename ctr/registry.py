@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import traceback
 from dataclasses import dataclass, is_dataclass
@@ -58,14 +59,17 @@ class Registry(Generic[T]):
         entry_point_group: installed packages may expose plugins under this group.
         config_base: ``module.Class`` that every config class must subclass (imported when a
             config is registered: ``ctr.recipe`` imports this module).
+        arguments: the names of the positional arguments a target is called with; a target
+            whose signature cannot take them is refused when it is registered.
     """
 
     def __init__(self, kind: str, builtins: dict[str, str] | None = None, entry_point_group: str | None = None,
-                 config_base: str | None = None):
+                 config_base: str | None = None, arguments: tuple[str, ...] | None = None):
         self.kind = kind
         self._builtins = dict(builtins or {})
         self._group = entry_point_group
         self._config_base = config_base
+        self._arguments = arguments
         self._entries: dict[str, Entry[T]] = {}
         self._plugins_loaded = False
 
@@ -74,6 +78,7 @@ class Registry(Generic[T]):
 
         def add(target: T) -> T:
             self._check_name(name, target)
+            self._check_arguments(name, target)
             if config is not None:
                 self._check_config(name, config)
             self._entries[name] = Entry(name, target, config, _summary(getattr(target, "__doc__", None) or ""))
@@ -93,6 +98,23 @@ class Registry(Generic[T]):
         if hasattr(target, "__qualname__") and _where(held.target) == _where(target):
             return  # a class (or function) defined again: its entry is replaced
         raise RegistrationError(f"{self.kind} {name!r} is already registered by {_where(held.target)}")
+
+    def _check_arguments(self, name: str, target: T) -> None:
+        """Refuses a target that the registry's call (``arguments``) would fail on: a model's
+        ``__init__(self, schema, config)`` was a TypeError traceback at its first build."""
+        if self._arguments is None:
+            return
+        try:
+            signature = inspect.signature(target)
+        except (TypeError, ValueError):
+            return  # no signature to read (a builtin): the call itself tells
+        try:
+            signature.bind(*self._arguments)
+        except TypeError:
+            called = getattr(target, "__name__", type(target).__name__)
+            params = ", ".join(str(p) for p in signature.parameters.values())
+            raise RegistrationError(f"{self.kind} {name!r}: {called}({params}) is called as "
+                                    f"{called}({', '.join(self._arguments)})") from None
 
     def _check_config(self, name: str, config: type) -> None:
         """Refuses a config class that is not a subclass of the registry's base config (a
@@ -213,19 +235,19 @@ def _table(package: str, modules: dict[str, list[str]]) -> dict[str, str]:
 MODELS: Registry[Any] = Registry("model", _table("ctr.models", {
     "autoint": ["autoint"], "autoint_plus": ["autoint_plus"], "dcn": ["dcn"], "dcnv2": ["dcnv2"],
     "deepfm": ["deepfm"], "din": ["din"], "dlrm": ["dlrm"], "lr": ["lr"], "wdl": ["wdl"],
-}), "ctr.models", "ctr.recipe.ModelConfig")
+}), "ctr.models", "ctr.recipe.ModelConfig", ("schema", "layout", "config"))
 EMBEDDINGS: Registry[Any] = Registry("embedding method", _table("ctr.embeddings", {
     "adaptemb": ["adaptemb"], "alpt": ["alpt"], "autodim": ["autodim"], "autosrh": ["autosrh"], "compo": ["compo"], "dedup": ["dedup"], "deeplight": ["deeplight"], "dhe": ["dhe"], "dnis": ["dnis"], "dpq": ["dpq"],
     "full": ["full"], "hashing": ["hash"], "mde": ["mde"], "mgqe": ["mgqe"], "optembed": ["optembed"], "pep": ["pep"], "quantize": ["int8", "int16"], "robe": ["robe"],
     "ttrec": ["ttrec"], "unified": ["unified"],
-}), "ctr.embeddings", "ctr.recipe.EmbeddingConfig")
+}), "ctr.embeddings", "ctr.recipe.EmbeddingConfig", ("schema", "config"))
 DATASETS: Registry[Any] = Registry("dataset", _table("ctr.datasets", {
     "amazon": ["amazon"], "avazu": ["avazu"], "criteo": ["criteo"], "libsvm": ["libsvm", "ipinyou"],
     "movielens": ["movielens"], "synthetic": ["synthetic"], "tabular": ["csv", "parquet"],
-}), "ctr.datasets", "ctr.recipe.DataConfig")
+}), "ctr.datasets", "ctr.recipe.DataConfig", ("config",))
 OPTIMIZERS: Registry[Any] = Registry("optimizer", _table("ctr.train", {
     "optim": ["adam", "adamw", "sgd", "adagrad", "sparse_adam", "rowwise_adagrad"],
-}))
+}), arguments=("params", "config"))
 
 
 def _summary(doc: str, width: int = 110) -> str:

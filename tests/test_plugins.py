@@ -138,6 +138,7 @@ def plugin_dir(tmp_path, monkeypatch):
 BENCH_METHOD = '''
 from dataclasses import dataclass
 
+from ctr.embeddings.base import EmbeddingMethod
 from ctr.recipe import EmbeddingConfig
 from ctr.registry import EMBEDDINGS
 
@@ -148,7 +149,7 @@ class BenchProbeConfig(EmbeddingConfig):
 
 
 @EMBEDDINGS.register("bench_probe", config=BenchProbeConfig)
-class BenchProbe:
+class BenchProbe(EmbeddingMethod):
     """A method only a recipe's plugins: list registers."""
 '''
 
@@ -174,6 +175,7 @@ def model_plugin(name: str, config_body: str = "", header: str = "") -> str:
 from enum import Enum
 from pathlib import Path
 
+from ctr.models.base import CTRModel
 from ctr.recipe import ModelConfig
 from ctr.registry import MODELS
 {header}
@@ -184,7 +186,7 @@ class PluginConfig(ModelConfig):
 {config_body}
 
 @MODELS.register("{name}", config=PluginConfig)
-class PluginModel:
+class PluginModel(CTRModel):
     """A model of a test."""
 '''
 

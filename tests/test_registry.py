@@ -131,3 +131,22 @@ def test_every_builtin_config_default_fits_its_type():
     for registry in (MODELS, EMBEDDINGS, DATASETS, OPTIMIZERS):
         for entry in registry.entries():
             assert entry.config is None or wrong_default(entry.config) is None, entry.name
+
+
+def test_a_target_that_cannot_take_the_registrys_arguments_is_refused():
+    """A model whose ``__init__(self, schema, config)`` lacked ``layout`` was a TypeError
+    traceback from deep in training (``takes 3 positional arguments but 4 were given``)."""
+    from ctr.models.base import CTRModel
+
+    class TwoArguments(CTRModel):
+        def __init__(self, schema, config):
+            super().__init__(schema, None, config)
+
+    with pytest.raises(ValueError, match=r"^model 'two_args': TwoArguments\(schema, config\) is called as "
+                                         r"TwoArguments\(schema, layout, config\)$"):
+        MODELS.register("two_args")(TwoArguments)
+    assert "two_args" not in MODELS
+    things = Registry("thing", arguments=("schema", "config"))
+    things.register("any")(lambda *args: args)
+    things.register("named")(lambda schema, config=None: schema)
+    assert things.names() == ["any", "named"]
