@@ -40,6 +40,10 @@ class CTRNet(nn.Module):
         model = MODELS.get(recipe.model.name, "model.name").target
         with allocating("model", recipe.model):
             self.model: CTRModel = model(schema, self.embedding.layout, recipe.model)
+        if not isinstance(self.model, CTRModel):
+            raise RecipeError(f"model.name: {recipe.model.name} built a {type(self.model).__name__}, not a "
+                              "ctr.models.base.CTRModel (subclass it: the trainer calls its forward(batch, "
+                              "embedded) and regularizer)")
         if recipe.trainer.compile:
             self.model.compile()  # in place: parameter names and checkpoints stay as without it
 

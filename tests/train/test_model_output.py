@@ -145,3 +145,39 @@ def test_an_export_whose_batch_of_one_is_a_scalar_is_refused(tmp_path, capsys, m
     assert err.count("\n") == 0 and re.match(
         r"^ctr: error: model\.name: OddOutput returned torch\.float32 logits \[\] for 1 row; .*not squeeze\(\)", err), err
     assert not list(tmp_path.glob("model.pt2*"))
+
+
+NOT_A_MODEL = '''
+from dataclasses import dataclass
+
+from torch import nn
+
+from ctr.recipe import ModelConfig
+from ctr.registry import MODELS
+
+
+@dataclass
+class PlainConfig(ModelConfig):
+    name: str = "plain_module"
+
+
+@MODELS.register("plain_module", config=PlainConfig)
+class PlainModule(nn.Module):
+    def __init__(self, schema, layout, config):
+        super().__init__()
+        self.linear = nn.Linear(layout.dim, 1)
+'''
+
+
+def test_a_model_that_is_not_a_ctr_model_is_one_line(tmp_path, capsys, monkeypatch):
+    """A plugin's plain ``nn.Module`` (or a factory's other object) was an AttributeError
+    traceback where the trainer first used what CTRModel gives (``regularizer``, ``num_dense``)."""
+    (tmp_path / "plain_plugin.py").write_text(NOT_A_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    raw = tiny_recipe(tmp_path, plugins=["plain_plugin"], train={"max_steps": 2})
+    raw["model"] = {"name": "plain_module"}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("ctr: error: model.name: plain_module built a PlainModule, not a ctr.models.base.CTRModel "
+                   "(subclass it: the trainer calls its forward(batch, embedded) and regularizer)"), err
