@@ -22,6 +22,7 @@ import logging
 import traceback
 from dataclasses import dataclass, is_dataclass
 from importlib import metadata
+from pathlib import PurePath
 from typing import Any, Callable, Generic, TypeVar
 
 from ctr.errors import RecipeError, did_you_mean, reason
@@ -187,12 +188,16 @@ class Registry(Generic[T]):
 def import_plugins(modules: list[str], key_path: str = "plugins") -> None:
     """Imports plugin modules named in a recipe; importing them registers their entries. Any
     failure of an import (a missing module, a syntax error, a refused registration, an
-    exception of the module's code) is a RecipeError naming ``key_path[i]`` and where it failed."""
+    exception of the module's code) is a RecipeError naming ``key_path[i]`` and where it failed;
+    a file name (``my_models.py``) that does not import is told to give the module's name."""
     for i, name in enumerate(modules):
         try:
             importlib.import_module(name)
         except Exception as err:
-            raise RecipeError(f"{key_path}[{i}]: cannot import plugin module {name!r}: {_failure(err)}") from None
+            why = _failure(err)
+            if isinstance(err, ModuleNotFoundError) and name.endswith(".py"):
+                why = f"a file name; list the module's name, {PurePath(name).stem}, with its folder on PYTHONPATH"
+            raise RecipeError(f"{key_path}[{i}]: cannot import plugin module {name!r}: {why}") from None
 
 
 def _failure(err: Exception) -> str:

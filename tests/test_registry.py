@@ -150,3 +150,12 @@ def test_a_target_that_cannot_take_the_registrys_arguments_is_refused():
     things.register("any")(lambda *args: args)
     things.register("named")(lambda schema, config=None: schema)
     assert things.names() == ["any", "named"]
+
+
+@pytest.mark.parametrize("listed", ["json.py", "lib/json.py"])
+def test_a_plugin_listed_by_its_file_name_is_told_to_give_the_module(listed):
+    """``plugins: [my_models.py]`` said "No module named 'my_models.py'; 'my_models' is not a
+    package" (Python's words for a submodule ``py``), which does not say what to write."""
+    with pytest.raises(RecipeError, match=rf"^plugins\[0\]: cannot import plugin module '{listed}': a file name; "
+                                          r"list the module's name, json, with its folder on PYTHONPATH$"):
+        import_plugins([listed])
