@@ -107,11 +107,15 @@ def probabilities(logits: Tensor) -> Tensor:
 
 def build_embedding(recipe: Recipe, schema: Schema) -> EmbeddingMethod:
     """The recipe's embedding method on ``schema``, refused where training refuses it: a
-    budget the method cannot reach, a plugin's wrong ``memory_bytes()`` (here, not after
-    training), dense gradients of tables past ``embedding.dense_max_mb``."""
+    budget the method cannot reach, a plugin's object that is no EmbeddingMethod, its wrong
+    ``memory_bytes()`` (here, not after training), dense gradients of tables past
+    ``embedding.dense_max_mb``."""
     target = EMBEDDINGS.get(recipe.embedding.method, "embedding.method").target
     with allocating("embedding", recipe.embedding):
         method = target(schema, recipe.embedding)
+    if not isinstance(method, EmbeddingMethod):
+        raise RecipeError(f"embedding.method: {recipe.embedding.method} built a {type(method).__name__}, not a "
+                          "ctr.embeddings.base.EmbeddingMethod (subclass it: the network calls what it defines)")
     stored = method.stored_bytes()
     if recipe.embedding.gradients == "dense":
         check_dense_size(stored, recipe.embedding.dense_max_mb)

@@ -152,3 +152,27 @@ def test_bags_other_than_one_vector_a_bag_are_refused_naming_the_method(shape_of
 def test_bags_of_the_contract_pass():
     assert Bagged(lambda n: (n, 16))(batch()).pooled.shape == (8, 3, 16)
     assert Bagged(lambda n: (n, 16))(single_ids()).pooled.shape == (8, 3, 16)
+
+
+def test_a_method_that_is_not_an_embedding_method_is_one_line(tmp_path, monkeypatch, capsys):
+    """A plugin's plain ``nn.Module`` was an AttributeError traceback (``stored_bytes``)."""
+    import yaml
+
+    from ctr.cli import main
+    from tests.conftest import tiny_recipe
+    (tmp_path / "plain_method_plugin.py").write_text(
+        "from torch import nn\n"
+        "from ctr.recipe import EmbeddingConfig\n"
+        "from ctr.registry import EMBEDDINGS\n\n\n"
+        "@EMBEDDINGS.register('plain_method', config=EmbeddingConfig)\n"
+        "class PlainMethod(nn.Module):\n"
+        "    def __init__(self, schema, config):\n"
+        "        super().__init__()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    raw = tiny_recipe(tmp_path, plugins=["plain_method_plugin"])
+    raw["embedding"] = {**raw.get("embedding", {}), "method": "plain_method"}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "ctr: error: embedding.method: plain_method built a PlainMethod, not a "
+        "ctr.embeddings.base.EmbeddingMethod (subclass it: the network calls what it defines)")
