@@ -60,6 +60,14 @@ class CTRNet(nn.Module):
             self.check_regularizers(terms)
         return logits, terms["embedding.method"] + terms["model.name"]
 
+    def check_trainable(self, loss: Tensor) -> None:
+        """Refuses a training loss [] that no trainable parameter shapes (a plugin's forward
+        returning a constant): its backward was torch's "does not require grad" traceback."""
+        if not loss.requires_grad:
+            raise RecipeError(f"model.name: {type(self.model).__name__} returned logits that no trainable parameter "
+                              "shapes (nor does a regularizer): train.optimizer has nothing to learn; use the model's "
+                              "parameters or the embeddings in forward")
+
     def check_logits(self, logits: Any, rows: int) -> None:
         """Refuses a model's output other than floating logits [B] (a plugin's [B, 1], or a
         ``squeeze()`` that leaves a batch of one row a scalar)."""

@@ -110,9 +110,11 @@ class CTRTask(L.LightningModule):
         with self.phases("dense"):
             logits, reg = self.net.score(batch, embedded)
             loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
+        total = loss + reg
+        self.net.check_trainable(total)
         optimizer.zero_grad()
         with self.phases("backward"):
-            backward(loss + reg)
+            backward(total)
         with self.phases("optimizer"):
             if self.recipe.embedding.gradients == "dense":
                 densify_gradients(self.net.embedding.sparse_parameters())

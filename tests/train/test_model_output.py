@@ -45,11 +45,12 @@ class OddOutput(CTRModel):
             return logits.squeeze(-1) if logits.sum() > 0 else -logits.squeeze(-1)  # torch.export cannot trace it
         return {"row": logits.squeeze(-1), "column": logits, "pair": logits.expand(-1, 2),
                 "doubled": torch.cat([logits, logits]).squeeze(-1), "int": logits.long().squeeze(-1),
-                "scalar": logits.squeeze()}[self.config.output]
+                "scalar": logits.squeeze(), "constant": logits.squeeze(-1).detach()}[self.config.output]
 
     def regularizer(self, batch, embedded):
         square = embedded.pooled.pow(2).mean()
-        return {"scalar": square, "vector": square.expand(3), "float": 0.5, "none": None}[self.config.regularizer]
+        return {"scalar": square, "vector": square.expand(3), "float": 0.5, "none": None,
+                "zero": torch.zeros(())}[self.config.regularizer]
 '''
 
 
@@ -88,6 +89,15 @@ def test_a_regularizer_other_than_a_scalar_tensor_is_one_line(tmp_path, capsys, 
     assert err.count("\n") == 0 and re.search(
         r"^ctr: error: model\.name: OddOutput\.regularizer\(\) returned " + got + r"; a regularizer returns a float "
         r"scalar tensor \[\]", err), err
+
+
+def test_logits_that_no_parameter_shapes_are_one_line(tmp_path, capsys, monkeypatch):
+    """A forward whose logits no parameter shapes (detached here; a constant, parameters unused) was
+    torch's "element 0 of tensors does not require grad" traceback at the first step."""
+    assert train_plugin_model(tmp_path, monkeypatch, "constant", "zero") == 2
+    assert capsys.readouterr().err.strip() == (
+        "ctr: error: model.name: OddOutput returned logits that no trainable parameter shapes (nor does a "
+        "regularizer): train.optimizer has nothing to learn; use the model's parameters or the embeddings in forward")
 
 
 def test_a_scalar_regularizer_trains(tmp_path, monkeypatch):
