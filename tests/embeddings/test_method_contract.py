@@ -73,25 +73,15 @@ def test_a_positive_integral_count_is_read_as_an_int():
 
 def test_a_plugin_count_is_checked_before_training(tmp_path, monkeypatch, capsys):
     """The check runs when the network is built, not after the run."""
-    import yaml
-
-    from ctr.cli import main
-    from tests.conftest import tiny_recipe
-
-    (tmp_path / "tensor_bytes_plugin.py").write_text(
-        "import torch\n"
-        "from ctr.embeddings.full import FullEmbedding\n"
-        "from ctr.recipe import EmbeddingConfig\n"
-        "from ctr.registry import EMBEDDINGS\n\n\n"
-        "@EMBEDDINGS.register('tensor_bytes', config=EmbeddingConfig)\n"
-        "class TensorBytes(FullEmbedding):\n"
-        "    def memory_bytes(self):\n"
-        "        return torch.tensor(super().memory_bytes())\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    raw = tiny_recipe(tmp_path, plugins=["tensor_bytes_plugin"])
-    raw["embedding"] = {**raw.get("embedding", {}), "method": "tensor_bytes"}
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))
-    assert main(["train", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "run")]) == 2
+    source = ("import torch\n"
+              "from ctr.embeddings.full import FullEmbedding\n"
+              "from ctr.recipe import EmbeddingConfig\n"
+              "from ctr.registry import EMBEDDINGS\n\n\n"
+              "@EMBEDDINGS.register('tensor_bytes', config=EmbeddingConfig)\n"
+              "class TensorBytes(FullEmbedding):\n"
+              "    def memory_bytes(self):\n"
+              "        return torch.tensor(super().memory_bytes())\n")
+    assert train_with_method_plugin(tmp_path, monkeypatch, source, "tensor_bytes") == 2
     assert "ctr: error: embedding.method: TensorBytes.memory_bytes() returned tensor(" in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
 
@@ -156,23 +146,30 @@ def test_bags_of_the_contract_pass():
 
 def test_a_method_that_is_not_an_embedding_method_is_one_line(tmp_path, monkeypatch, capsys):
     """A plugin's plain ``nn.Module`` was an AttributeError traceback (``stored_bytes``)."""
+    source = ("from torch import nn\n"
+              "from ctr.recipe import EmbeddingConfig\n"
+              "from ctr.registry import EMBEDDINGS\n\n\n"
+              "@EMBEDDINGS.register('plain_method', config=EmbeddingConfig)\n"
+              "class PlainMethod(nn.Module):\n"
+              "    def __init__(self, schema, config):\n"
+              "        super().__init__()\n")
+    assert train_with_method_plugin(tmp_path, monkeypatch, source, "plain_method") == 2
+    assert capsys.readouterr().err.strip() == (
+        "ctr: error: embedding.method: plain_method built a PlainMethod, not a "
+        "ctr.embeddings.base.EmbeddingMethod (subclass it: the network calls what it defines)")
+
+
+def train_with_method_plugin(tmp_path, monkeypatch, source: str, method: str) -> int:
+    """``ctr train`` of a tiny recipe whose embedding is ``method``, registered by a plugin
+    module of ``source``: its exit code."""
     import yaml
 
     from ctr.cli import main
     from tests.conftest import tiny_recipe
-    (tmp_path / "plain_method_plugin.py").write_text(
-        "from torch import nn\n"
-        "from ctr.recipe import EmbeddingConfig\n"
-        "from ctr.registry import EMBEDDINGS\n\n\n"
-        "@EMBEDDINGS.register('plain_method', config=EmbeddingConfig)\n"
-        "class PlainMethod(nn.Module):\n"
-        "    def __init__(self, schema, config):\n"
-        "        super().__init__()\n")
+
+    (tmp_path / f"{method}_plugin.py").write_text(source)
     monkeypatch.syspath_prepend(str(tmp_path))
-    raw = tiny_recipe(tmp_path, plugins=["plain_method_plugin"])
-    raw["embedding"] = {**raw.get("embedding", {}), "method": "plain_method"}
+    raw = tiny_recipe(tmp_path, plugins=[f"{method}_plugin"])
+    raw["embedding"] = {**raw.get("embedding", {}), "method": method}
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))
-    assert main(["train", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "run")]) == 2
-    assert capsys.readouterr().err.strip() == (
-        "ctr: error: embedding.method: plain_method built a PlainMethod, not a "
-        "ctr.embeddings.base.EmbeddingMethod (subclass it: the network calls what it defines)")
+    return main(["train", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "run")])
