@@ -113,7 +113,7 @@ class Registry(Generic[T]):
             signature.bind(*self._arguments)
         except TypeError:
             called = getattr(target, "__name__", type(target).__name__)
-            params = ", ".join(str(p) for p in signature.parameters.values())
+            params = ", ".join(str(p.replace(annotation=inspect.Parameter.empty)) for p in signature.parameters.values())
             raise RegistrationError(f"{self.kind} {name!r}: {called}({params}) is called as "
                                     f"{called}({', '.join(self._arguments)})") from None
 
@@ -195,7 +195,7 @@ def import_plugins(modules: list[str], key_path: str = "plugins") -> None:
             importlib.import_module(name)
         except Exception as err:
             why = _failure(err)
-            if isinstance(err, ModuleNotFoundError) and name.endswith(".py"):
+            if isinstance(err, ModuleNotFoundError) and name.endswith(".py") and name.startswith(err.name or "\0"):
                 why = f"a file name; list the module's name, {PurePath(name).stem}, with its folder on PYTHONPATH"
             raise RecipeError(f"{key_path}[{i}]: cannot import plugin module {name!r}: {why}") from None
 

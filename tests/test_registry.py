@@ -139,7 +139,7 @@ def test_a_target_that_cannot_take_the_registrys_arguments_is_refused():
     from ctr.models.base import CTRModel
 
     class TwoArguments(CTRModel):
-        def __init__(self, schema, config):
+        def __init__(self, schema: object, config: "ModelConfig"):  # noqa: F821 (shown without annotations)
             super().__init__(schema, None, config)
 
     with pytest.raises(ValueError, match=r"^model 'two_args': TwoArguments\(schema, config\) is called as "
@@ -159,3 +159,13 @@ def test_a_plugin_listed_by_its_file_name_is_told_to_give_the_module(listed):
     with pytest.raises(RecipeError, match=rf"^plugins\[0\]: cannot import plugin module '{listed}': a file name; "
                                           r"list the module's name, json, with its folder on PYTHONPATH$"):
         import_plugins([listed])
+
+
+def test_a_file_name_that_names_a_module_whose_own_import_fails_says_what_is_missing(tmp_path, monkeypatch):
+    """``my_plug.py`` that imports a missing package was told to list the module's name (the
+    import of ``my_plug`` ran and failed on its own import): the missing package is named."""
+    (tmp_path / "my_plug.py").write_text("import no_such_package_here\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(RecipeError, match=r"^plugins\[0\]: cannot import plugin module 'my_plug.py': .*"
+                                          r"No module named 'no_such_package_here'"):
+        import_plugins(["my_plug.py"])
