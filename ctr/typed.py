@@ -117,7 +117,8 @@ def wrong_default(cls: type) -> str | None:
     """Why a default of config dataclass ``cls`` does not fit its key's type
     (``Cls.heads: expected int, got 'two'``): a recipe that leaves the key out gets it
     unchecked. A default of None passes (``hidden: list = None``, the implicit Optional of
-    a key the model fills in). None when every default fits."""
+    a key the model fills in); a nested config's defaults are checked too. None when every
+    default fits."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         if not field.init or field.default is None:
@@ -132,6 +133,9 @@ def wrong_default(cls: type) -> str | None:
             convert(hints[field.name], value, f"{cls.__name__}.{field.name}")
         except RecipeError as err:
             return str(err)
+        inner = wrong_default(type(value)) if dataclasses.is_dataclass(value) else None
+        if inner:
+            return inner
     return None
 
 

@@ -126,6 +126,17 @@ def test_a_config_default_of_the_wrong_type_is_refused():
     with pytest.raises(ValueError, match=r"model 'b': the default of Hidden\.hidden\[1\]: expected int, got 'x'$"):
         things.register("b", config=Hidden)(object)
 
+    @dataclass
+    class Inner:
+        n: int = "x"
+
+    @dataclass
+    class Nested(ModelConfig):
+        inner: Inner = field(default_factory=Inner)
+
+    with pytest.raises(ValueError, match=r"model 'c': the default of Inner\.n: expected int, got 'x'$"):
+        things.register("c", config=Nested)(object)
+
 
 def test_every_builtin_config_default_fits_its_type():
     for registry in (MODELS, EMBEDDINGS, DATASETS, OPTIMIZERS):
