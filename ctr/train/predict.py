@@ -154,18 +154,27 @@ class _CsvWriter:
         return '"' + name.replace('"', '""') + '"' if any(mark in name for mark in self._marks) else name
 
     def _needs_quotes(self, column: pa.ChunkedArray) -> bool:
-        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-            return False
-        return any(pc.any(pc.match_substring(column, mark)).as_py() for mark in self._marks)
+        """Whether a value of ``column`` holds the delimiter, a quote or a line break; True for
+        a column of a type other than numbers, booleans, times and text (bytes, lists)."""
+        kind = column.type
+        if pa.types.is_dictionary(kind):
+            return self._needs_quotes(column.cast(kind.value_type))
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            return any(pc.any(pc.match_substring(column, mark)).as_py() for mark in self._marks)
+        plain = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_temporal,
+                 pa.types.is_decimal, pa.types.is_null)
+        return not any(is_kind(kind) for is_kind in plain)
 
     def write_table(self, table: pa.Table) -> None:
         quoted = any(self._needs_quotes(column) for column in table.columns)
         (self._quoted if quoted else self._plain).write_table(table)
 
     def close(self) -> None:
-        self._plain.close()
-        self._quoted.close()
-        self._sink.close()
+        try:
+            self._plain.close()
+            self._quoted.close()
+        finally:
+            self._sink.close()
 
 
 def _write(scored: Iterator[Scored], out: Path, labelled: bool, numbered: Encoded | None,

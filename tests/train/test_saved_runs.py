@@ -185,6 +185,11 @@ def test_predict_into_a_tsv_quotes_only_what_needs_quotes(csv_run, tmp_path):
     lines = (tmp_path / "odd.csv").read_text().splitlines()
     assert lines == ['"a,b","say ""x""",plain', "1,2.5,u1", "2,3.5,u2", '3,4.5,"an ""a,b"" id"']
     assert pd.read_csv(tmp_path / "odd.csv").to_dict("list") == pa.concat_tables([odd, needing]).to_pydict()
+    keyed = pa.table({"key": pa.array(["a,b", "c"]).dictionary_encode(), "raw": pa.array([b"x", b"y"])})
+    writer = _CsvWriter(tmp_path / "keyed.csv", keyed.schema, delimiter=",")
+    writer.write_table(keyed)  # a dictionary's values are read; bytes are quoted (pyarrow refused a ',' unquoted)
+    writer.close()
+    assert (tmp_path / "keyed.csv").read_text().splitlines() == ["key,raw", '"a,b","x"', '"c","y"']
 
 
 def test_predict_of_a_bf16_run_reproduces_its_test_metrics(tmp_path):
