@@ -132,8 +132,10 @@ class EpochLoop:
         par.optimizer.before_step(state.epoch, state.step)
         logits, reg = par.module(batch)
         loss_sum = F.binary_cross_entropy_with_logits(logits, batch.labels, reduction="sum")
+        loss = loss_sum * (world / rows) + reg
+        par.module.module.check_trainable(loss)  # the CTRNet under DMP's or DDP's wrapper
         par.optimizer.zero_grad()
-        (loss_sum * (world / rows) + reg).backward()
+        loss.backward()
         if not par.sharded:
             refuse_unused_parameters(par.module, par.dense)
         average_sparse_gradients(par.sparse, world)

@@ -1002,6 +1002,12 @@ class WithSpare(CTRModel):
 
     def forward(self, batch, embedded):
         return self.linear(embedded.pooled.flatten(1)).squeeze(-1)
+
+
+@MODELS.register("detached", config=SpareConfig)
+class Detached(WithSpare):
+    def forward(self, batch, embedded):
+        return super().forward(batch, embedded).detach()
 '''
 
 
@@ -1020,4 +1026,21 @@ def test_a_parameter_without_a_gradient_under_ddp_is_one_line_naming_it(tmp_path
                           capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert done.returncode == 2, done.stderr[-3000:]
     assert "ctr: error: trainer.devices: parameters model.spare got no gradient in this step" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_logits_that_no_parameter_shapes_are_one_line_on_two_processes(tmp_path, cache):
+    """The one-process check ran in the Lightning step only: each rank's backward was torch's
+    "element 0 of tensors does not require grad" traceback."""
+    (tmp_path / "spare_plugin.py").write_text(SPARE_PARAMETER)
+    recipe = write(tmp_path, cache=cache, plugins=["spare_plugin"], embedding={"method": "hash", "dim": 8, "budget": 0.5},
+                   train={"max_steps": 3}, trainer={"devices": 2, "progress_bar": False, "num_threads": 1})
+    raw = yaml.safe_load(recipe.read_text())
+    raw["model"] = {"name": "detached"}
+    recipe.write_text(yaml.safe_dump(raw))
+    done = subprocess.run([sys.executable, "-m", "ctr", "train", str(recipe), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "ctr: error: model.name: Detached returned logits that no trainable parameter shapes" in done.stderr
     assert "Traceback" not in done.stderr
