@@ -195,9 +195,15 @@ def import_plugins(modules: list[str], key_path: str = "plugins") -> None:
             importlib.import_module(name)
         except Exception as err:
             why = _failure(err)
-            if isinstance(err, ModuleNotFoundError) and name.endswith(".py") and name.startswith(err.name or "\0"):
+            if isinstance(err, ModuleNotFoundError) and name.endswith(".py") and _names_itself(err, name):
                 why = f"a file name; list the module's name, {PurePath(name).stem}, with its folder on PYTHONPATH"
             raise RecipeError(f"{key_path}[{i}]: cannot import plugin module {name!r}: {why}") from None
+
+
+def _names_itself(err: ModuleNotFoundError, listed: str) -> bool:
+    """Whether the module ``err`` misses is the listed name or a part of it (``json.py``,
+    ``lib/json``), not an import inside the module ``listed`` names."""
+    return err.name is not None and listed.startswith(err.name)
 
 
 def _failure(err: Exception) -> str:
