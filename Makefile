@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml requirements/cpu.txt
 demo: setup
 	$(BIN)/ctr train recipes/quickstart.yaml
 
-# Two workers, each kept to a core of its own (tests/conftest.py): about 17 minutes on 2 cores
-# against 23 in one process, whose 2 threads wait on each other in the many small steps.
+# Two workers, each kept to a core of its own (tests/conftest.py): about 14 minutes on 2 cores
+# (CI, 2026-12-07); one process, whose 2 threads wait on each other in the many small steps, is slower.
 PYTEST := TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 test: setup
