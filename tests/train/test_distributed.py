@@ -1012,35 +1012,23 @@ class Detached(WithSpare):
 
 
 @pytest.mark.slow
-def test_a_parameter_without_a_gradient_under_ddp_is_one_line_naming_it(tmp_path, cache):
-    """DDP stopped the run at the second step ("Expected to have finished reduction ...
-    parameter indices 2") with a traceback from every rank."""
-    (tmp_path / "spare_plugin.py").write_text(SPARE_PARAMETER)
-    recipe = write(tmp_path, cache=cache, model={"name": "with_spare"}, plugins=["spare_plugin"],
-                   embedding={"method": "hash", "dim": 8, "budget": 0.5}, train={"max_steps": 3},
-                   trainer={"devices": 2, "progress_bar": False, "num_threads": 1})
-    raw = yaml.safe_load(recipe.read_text())
-    raw["model"] = {"name": "with_spare"}
-    recipe.write_text(yaml.safe_dump(raw))
-    done = subprocess.run([sys.executable, "-m", "ctr", "train", str(recipe), "--out", str(tmp_path / "run")],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(tmp_path)})
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert "ctr: error: trainer.devices: parameters model.spare got no gradient in this step" in done.stderr
-    assert "Traceback" not in done.stderr
-
-
-@pytest.mark.slow
-def test_logits_that_no_parameter_shapes_are_one_line_on_two_processes(tmp_path, cache):
-    """The one-process check ran in the Lightning step only: each rank's backward was torch's
-    "element 0 of tensors does not require grad" traceback."""
+@pytest.mark.parametrize("model, message", [
+    ("with_spare", "trainer.devices: parameters model.spare got no gradient in this step"),
+    ("detached", "model.name: Detached returned logits that no trainable parameter shapes"),
+])
+def test_a_plugin_model_two_processes_cannot_train_is_one_line_naming_why(tmp_path, cache, model, message):
+    """with_spare: DDP stopped the run at the second step ("Expected to have finished reduction
+    ... parameter indices 2") with a traceback from every rank. detached: the one-process check
+    ran in the Lightning step only, and each rank's backward was torch's "element 0 of tensors
+    does not require grad" traceback."""
     (tmp_path / "spare_plugin.py").write_text(SPARE_PARAMETER)
     recipe = write(tmp_path, cache=cache, plugins=["spare_plugin"], embedding={"method": "hash", "dim": 8, "budget": 0.5},
                    train={"max_steps": 3}, trainer={"devices": 2, "progress_bar": False, "num_threads": 1})
     raw = yaml.safe_load(recipe.read_text())
-    raw["model"] = {"name": "detached"}
+    raw["model"] = {"name": model}
     recipe.write_text(yaml.safe_dump(raw))
     done = subprocess.run([sys.executable, "-m", "ctr", "train", str(recipe), "--out", str(tmp_path / "run")],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert done.returncode == 2, done.stderr[-3000:]
-    assert "ctr: error: model.name: Detached returned logits that no trainable parameter shapes" in done.stderr
+    assert f"ctr: error: {message}" in done.stderr
     assert "Traceback" not in done.stderr
