@@ -194,7 +194,7 @@ def cell_recipe(base: dict[str, Any], options: list[str], recipe_path: Path, cel
     if sibling.exists() and sibling.resolve() != recipe_path.resolve():
         given = _block(read_yaml(sibling).get("embedding"), str(sibling))
         if given.get("method") is None:  # ``method: null`` names none, as a file without the key
-            given = {**given, "method": cell.method}
+            given.pop("method", None)
         block = {**block, **given}
         if block["method"] != cell.method:
             raise UserError(f"{sibling}: embedding.method: {block['method']!r}, not {cell.method} (this file gives "
