@@ -14,6 +14,7 @@ from ctr.embeddings.budget import FP32_BYTES, capped_knob, require_budget
 from ctr.recipe import EmbeddingConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
+from ctr.typed import require_at_least
 
 
 @dataclass
@@ -30,8 +31,7 @@ class TTRecConfig(EmbeddingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.max_rank < 1:
-            raise ValueError("max_rank must be >= 1")
+        require_at_least(self, 1, "max_rank")
 
 
 def three_factors(n: int) -> tuple[int, int, int]:

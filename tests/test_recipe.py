@@ -170,6 +170,8 @@ def test_a_section_that_is_not_a_mapping_is_refused_not_read_as_its_defaults(sec
     ({"trainer": {"num_nodes": 0}}, r"^trainer\.num_nodes: must be >= 1, got 0$"),
     ({"model": {"name": "autoint", "heads": 0}}, r"^model\.heads: must be >= 1, got 0$"),
     ({"model": {"name": "dcnv2", "low_rank": 0}}, r"^model\.low_rank: must be >= 1, got 0$"),
+    ({"model": {"name": "dcn", "cross_layers": 0}}, r"^model\.cross_layers: must be >= 1, got 0$"),
+    ({"embedding": {"method": "ttrec", "budget": 0.5, "max_rank": 0}}, r"^embedding\.max_rank: must be >= 1, got 0$"),
     ({"embedding": {"method": "dhe", "budget": 0.5, "buckets": 1}}, r"^embedding\.buckets: must be >= 2, got 1$"),
     ({"embedding": {"method": "adaptemb", "budget": 0.5, "frequent_budget_share": 1.5}},
      r"^embedding\.frequent_budget_share: must be in \[0, 1\), got 1\.5$"),

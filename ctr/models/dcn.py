@@ -14,6 +14,7 @@ from ctr.models.layers import CrossNetwork, MLPConfig
 from ctr.recipe import ModelConfig
 from ctr.registry import MODELS
 from ctr.schema import Schema
+from ctr.typed import require_at_least
 
 
 @dataclass
@@ -34,8 +35,7 @@ class DCNConfig(MLPConfig, ModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.cross_layers < 1:
-            raise ValueError("cross_layers must be >= 1")
+        require_at_least(self, 1, "cross_layers")
 
 
 @MODELS.register("dcn", config=DCNConfig)
