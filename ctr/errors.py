@@ -44,11 +44,12 @@ def scoring_a_saved_run() -> Iterator[None]:
         _scoring_saved_run = before
 
 
-def refuse_for_training(message: str) -> None:
-    """A config check's ValueError(``message``) for a value only training reads, except while
-    a saved run is scored (``scoring_a_saved_run``)."""
+def refuse_for_training(message: str, error: type[Exception] = ValueError) -> None:
+    """A check's ``error(message)`` (a config's ValueError; a RecipeError where the value is
+    checked against the data, as the net is built) for a value only training reads, except
+    while a saved run is scored (``scoring_a_saved_run``)."""
     if not _scoring_saved_run:
-        raise ValueError(message)
+        raise error(message)
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

@@ -18,7 +18,7 @@ from ctr.embeddings.largest import largest
 from ctr.embeddings.sparse import SparseRows, format_bytes, pruned_size
 from ctr.embeddings.stages import MultiStageMixin, SearchConfig, Stage, StageContext
 from ctr.embeddings.storage import pack_bits, unpack_bits
-from ctr.errors import RecipeError
+from ctr.errors import RecipeError, refuse_for_training
 from ctr.recipe import OptimizerConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
@@ -68,11 +68,12 @@ def frequency_blocks(counts: np.ndarray, blocks: int) -> np.ndarray:
 
 def require_groups(config: DNISConfig, rows: int) -> None:
     """A RecipeError naming ``embedding.blocks`` when it is more than the ``rows`` ids of all
-    tables: groups past the ids would stay empty (and α [blocks, D] would grow with them)."""
+    tables: groups past the ids would stay empty (and α [blocks, D] would grow with them).
+    A saved run is scored with the groups it trained (``refuse_for_training``)."""
     if config.blocks > rows:
-        raise RecipeError(
+        refuse_for_training(
             f"embedding.blocks: {config.blocks} is more than the {rows} ids of all tables ({config.method} groups "
-            f"ids, so the groups past them would stay empty); use at most {rows}"
+            f"ids, so the groups past them would stay empty); use at most {rows}", RecipeError
         )
 
 

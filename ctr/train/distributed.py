@@ -129,7 +129,8 @@ def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[s
     prepared.schema.require_sparse()  # every rank: the same refusal
     if resume:
         run.check_resumed_encoding(prepared.root)  # every rank: the same refusal
-    net = CTRNet(recipe, prepared.schema)  # a method refused (its budget) leaves nothing in the run directory
+    with run.resumed_recipe_named(resume):
+        net = CTRNet(recipe, prepared.schema)  # a method refused (its budget) leaves nothing in the run directory
     if not resume:
         check_schedule_floors(recipe, net)  # every rank: the same refusal, before the run directory is written
     if place.rank == 0:

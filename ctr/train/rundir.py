@@ -217,6 +217,18 @@ class RunDir:
         first = self.schema / "recipe.yaml"
         return _saved_recipe(first) if first.exists() else None
 
+    @contextmanager
+    def resumed_recipe_named(self, resume: bool) -> Iterator[None]:
+        """Inside, on a resume, a RecipeError names the run's ``recipe.yaml``, which the recipe
+        was read from (a value it saved that is refused once the net is built on the data,
+        as ``embedding.blocks`` above the ids)."""
+        try:
+            yield
+        except RecipeError as err:
+            if not resume:
+                raise
+            raise RecipeError(f"{self.recipe}: {err}") from None
+
     def load_recipe(self) -> Recipe:
         if not self.root.exists():
             raise UserError(f"{self.root}: no such run directory")

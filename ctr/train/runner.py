@@ -66,7 +66,8 @@ def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:
     prepared.schema.require_sparse()
     if resume:
         run.check_resumed_encoding(prepared.root)
-    task = CTRTask(recipe, prepared.schema)  # a method refused (its budget) leaves nothing in the run directory
+    with run.resumed_recipe_named(resume):
+        task = CTRTask(recipe, prepared.schema)  # a method refused (its budget) leaves nothing in the run directory
     if not resume:
         check_schedule_floors(recipe, task.net)
     run.keep_data(recipe, prepared.root, resume)

@@ -1,5 +1,9 @@
 """A run saved by an earlier ctr still loads: its recipe.yaml's old keys are brought up."""
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -140,3 +144,48 @@ def test_a_resume_of_a_run_saved_with_a_value_refused_since_names_its_recipe(tmp
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"ctr: error: {run / 'recipe.yaml'}: ") and "\n" not in err
     assert {"dpq vq commitment 0": "commitment: must be > 0 in mode vq", "max_vocab 0": "max_vocab must be >= 1"}[name] in err
+
+
+BLOCKS = 5000  # dnis groups: more than the ids of all tables of tiny_recipe's data
+
+
+@pytest.fixture(scope="module")
+def blocks_run(tmp_path_factory):
+    """A finished dnis run of ``BLOCKS`` groups (3 steps a stage), trained as a ctr that took
+    more groups than ids did (``require_groups`` checked nothing): its folder and metrics."""
+    from ctr.embeddings import dnis
+    from ctr.recipe import recipe_from_dict
+    from ctr.train.runner import train
+    from tests.conftest import tiny_recipe
+
+    tmp = tmp_path_factory.mktemp("blocks")
+    raw = tiny_recipe(tmp, embedding={"method": "dnis", "dim": 8, "budget": 0.3, "blocks": BLOCKS},
+                      train={"max_steps": 3})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dnis, "require_groups", lambda config, rows: None)
+        metrics = train(recipe_from_dict(raw), tmp / "run")
+    return tmp / "run", metrics
+
+
+def test_a_run_saved_with_more_blocks_than_ids_is_still_scored(blocks_run, tmp_path):
+    """``embedding.blocks`` above the ids is refused when the net is built (it needs the data's
+    ids) since; ``ctr eval`` and ``export`` of such a run stopped there, and score its weights."""
+    from tests.conftest import run_ctr
+
+    run, metrics = blocks_run
+    done = run_ctr("eval", run)
+    assert done.returncode == 0, done.stderr
+    assert abs(json.loads(done.stdout)["auc"] - metrics["test"]["auc"]) < 1e-6
+    done = run_ctr("export", run, "--out", tmp_path / "model.pt2")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "model.pt2").is_file()
+
+
+def test_a_resume_of_a_run_with_more_blocks_than_ids_names_its_recipe(blocks_run, tmp_path, capsys):
+    """Training with groups past the ids is refused, a resume too, naming the run's recipe.yaml."""
+    run = Path(shutil.copytree(blocks_run[0], tmp_path / "run"))
+    (run / "metrics.json").unlink()  # a run stopped before its end
+    assert cli.main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"ctr: error: {run / 'recipe.yaml'}: embedding.blocks: {BLOCKS} is more than the ")
+    assert "\n" not in err
