@@ -60,6 +60,24 @@ def _difference(before: Recipe, now: Recipe, ignoring: tuple[str, ...], sections
     return first_difference(*raws)
 
 
+def edit_between(first: Recipe | None, now: Recipe, ignoring: tuple[str, ...] = RESUME_OVERRIDES,
+                 sections: tuple[str, ...] = ()) -> str | None:
+    """How ``now``, a run's ``recipe.yaml``, differs from ``first``, the recipe the run began
+    with (``RunDir.first_recipe``; the dotted keys ``ignoring`` aside, by default the world
+    size; only their top-level ``sections`` when given): None when the same, or when
+    ``first`` is None (a run of an earlier ctr, which kept no copy)."""
+    return None if first is None else _difference(first, now, ignoring, sections)
+
+
+def split_edit_between(first: Recipe | None, now: Recipe) -> str | None:
+    """How ``now``'s ``data.split`` differs from ``first``'s (as ``edit_between``) in the keys
+    that decide which split each row is in (its dataset's ``split_keys``)."""
+    if first is None or first.data.split == now.data.split:
+        return None
+    read = DATASETS.get(now.data.dataset, "data.dataset").target(now.data).split_keys()
+    return first_difference(keyed_split(first.data.split, read), keyed_split(now.data.split, read), "data.split.")
+
+
 def _saved_recipe(path: Path) -> Recipe:
     """The recipe a run saved at ``path``, its keys brought up (a run of an earlier ctr); its
     refusal names the file (a value an earlier ctr took, which this one refuses, say)."""
@@ -192,24 +210,10 @@ class RunDir:
         resolved = replace(recipe, data=resolve_features(recipe.data))  # as training keeps it
         return _difference(self.load_recipe(), resolved, ignoring)
 
-    def edit_since_start(self, ignoring: tuple[str, ...] = RESUME_OVERRIDES,
-                         sections: tuple[str, ...] = ()) -> str | None:
-        """How ``recipe.yaml`` differs from the recipe the run began with (its copy in
-        ``schema/``, written once at the start; the dotted keys ``ignoring`` aside, by default
-        the world size; only its top-level ``sections`` when given): None when the same, or
-        for a run of an earlier ctr, which kept no copy."""
-        first = self.first_recipe()
-        return None if first is None else _difference(first, self.load_recipe(), ignoring, sections)
-
-    def split_edit_since_start(self) -> str | None:
-        """How ``recipe.yaml``'s ``data.split`` differs from the recipe the run began with in the
-        keys that decide which split each row is in (its dataset's ``split_keys``): None when
-        the same, or for a run of an earlier ctr, which kept no copy."""
-        first, now = self.first_recipe(), self.load_recipe().data
-        if first is None or first.data.split == now.split:
-            return None
-        read = DATASETS.get(now.dataset, "data.dataset").target(now).split_keys()
-        return first_difference(keyed_split(first.data.split, read), keyed_split(now.split, read), "data.split.")
+    def edit_since_start(self) -> str | None:
+        """How ``recipe.yaml`` differs from the recipe the run began with (``edit_between``,
+        the world size aside)."""
+        return edit_between(self.first_recipe(), self.load_recipe())
 
     def first_recipe(self) -> Recipe | None:
         """The recipe the run began with (its copy in ``schema/``, written once at the start);

@@ -18,7 +18,7 @@ from ctr.recipe import DataConfig, Recipe
 from ctr.schema import Schema
 from ctr.train.checkpoints import check_whole, read_state
 from ctr.train.loop import load_checkpoint, load_weights, quiet_lightning
-from ctr.train.rundir import RunDir, saved_value
+from ctr.train.rundir import RunDir, edit_between, saved_value, split_edit_between
 from ctr.train.stages import restore_stages
 from ctr.train.task import CTRTask
 
@@ -33,10 +33,11 @@ def finished_run(run_root: Path, out: Path | None = None, split: str | None = No
     checked first (``_check_out``)."""
     quiet_lightning()
     run = RunDir(run_root)
-    _refuse_net_edit(run)
+    first, saved = run.first_recipe(), run.load_recipe()
+    _refuse_net_edit(run, first, saved)
     if split is not None:
-        _refuse_split_edit(run, split)
-    recipe = on_this_machine(run.load_recipe(), run)
+        _refuse_split_edit(run, split, first, saved)
+    recipe = on_this_machine(saved, run)
     if out is not None:
         _check_out(out, run, recipe)
     best = best_checkpoint(run)
@@ -46,22 +47,23 @@ def finished_run(run_root: Path, out: Path | None = None, split: str | None = No
     return run, recipe, best
 
 
-def _refuse_net_edit(run: RunDir) -> None:
-    """Refuses a run whose ``recipe.yaml`` was edited in its net's settings (``model``,
-    ``embedding``; the kernel backend aside, which computes the same values) since the run
-    began: the checkpoint holds the weights of the net it began with, and an edit that keeps
-    their shapes (an activation) would score another net."""
-    edit = run.edit_since_start(ignoring=("embedding.backend",), sections=("model", "embedding"))
+def _refuse_net_edit(run: RunDir, first: Recipe | None, saved: Recipe) -> None:
+    """Refuses a run whose ``recipe.yaml`` (``saved``) was edited in its net's settings
+    (``model``, ``embedding``; the kernel backend aside, which computes the same values) since
+    the run began with ``first``: the checkpoint holds the weights of the net it began with,
+    and an edit that keeps their shapes (an activation) would score another net."""
+    edit = edit_between(first, saved, ignoring=("embedding.backend",), sections=("model", "embedding"))
     if edit:
         raise UserError(f"{run.recipe}: edited since the run began ({edit}); its checkpoint holds the weights of the "
                         "net the run began with: undo the edit")
 
 
-def _refuse_split_edit(run: RunDir, split: str) -> None:
-    """Refuses a run whose ``recipe.yaml`` was edited since the run began in the ``data.split``
-    keys that draw which rows each split holds (``RunDir.split_edit_since_start``): its
-    ``split`` would hold other rows than the run's (rows of the other splits among them)."""
-    edit = run.split_edit_since_start()
+def _refuse_split_edit(run: RunDir, split: str, first: Recipe | None, saved: Recipe) -> None:
+    """Refuses a run whose ``recipe.yaml`` (``saved``) was edited since the run began with
+    ``first`` in the ``data.split`` keys that draw which rows each split holds
+    (``split_edit_between``): its ``split`` would hold other rows than the run's (rows of the
+    other splits among them)."""
+    edit = split_edit_between(first, saved)
     if edit:
         raise UserError(f"{run.recipe}: edited since the run began ({edit}); the {split} split would hold other rows "
                         "than the run's: undo the edit")

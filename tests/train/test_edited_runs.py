@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from ctr import cli
+from ctr.errors import UserError
 from tests.conftest import tiny_recipe
 
 COMMANDS = [["eval", "{run}"], ["predict", "{run}", "{tmp}/rows.csv", "--out", "{tmp}/s.csv"],
@@ -65,3 +66,17 @@ def test_a_split_edit_is_not_refused_where_no_split_is_read(tmp_path, capsys):
     (tmp_path / "rows.csv").write_text("label\n1\n")
     assert cli.main(["eval", str(run), "--data", str(tmp_path / "rows.csv")]) == 2
     assert capsys.readouterr().err.strip() == f"ctr: error: {run}: no checkpoint at {run / 'checkpoints/best.ckpt'}"
+
+
+def test_a_finished_run_reads_each_of_its_recipes_once(tmp_path, monkeypatch):
+    """The net's check, the split's and the recipe scored share one parse of ``recipe.yaml``
+    and one of the copy the run began with (they read each file three and two times)."""
+    from ctr.train import rundir
+    from ctr.train.saved import finished_run
+
+    run, _ = edited_run(tmp_path, "data", "on_bad_rows", "skip")
+    read, parse = [], rundir.read_yaml
+    monkeypatch.setattr(rundir, "read_yaml", lambda path: read.append(path) or parse(path))
+    with pytest.raises(UserError, match="no checkpoint at"):
+        finished_run(run, split="test")
+    assert sorted(read) == [run / "recipe.yaml", run / "schema" / "recipe.yaml"]
