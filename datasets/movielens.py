@@ -74,6 +74,7 @@ class MovieLensDataset(DatasetSource):
 
     label = "label"
     group = "user_id"
+    carves = True  # as preprocessing carves (_build)
 
     def __init__(self, config: MovieLensConfig):
         super().__init__(config)

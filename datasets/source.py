@@ -22,6 +22,9 @@ from ctr.typed import to_plain
 
 SPLITS = ("train", "valid", "test")
 SPLIT_KEYS = ("valid", "test", "seed")  # of data.split
+# the data.split keys that decide each split's rows where one seeded draw u in [0, 1) a row
+# carves them in order: u < valid into valid, then u < valid + test into test, the rest into train
+CARVED_BY = {"valid": ("valid", "seed"), "test": SPLIT_KEYS, "train": SPLIT_KEYS}
 RowStream = Callable[[], Iterator[pa.RecordBatch]]
 GZ = ".gz"  # the suffix of a gzip-compressed text file (its contents, not its name, tell how it reads)
 
@@ -43,6 +46,7 @@ class DatasetSource(ABC):
     scored_features: list[FeatureSpec] | None = None  # those of the run whose saved schema scores the rows
     generated: bool = False  # rows made by the source itself: no file of them can be scored
     own_split: bool = False  # splits its rows itself: reads neither data.split.valid nor data.split.test
+    carves: bool = False  # its splits are carved as CARVED_BY says (by preprocessing or as it does)
     # rows built from the input (not read one to one): output name → raw column of the keys
     # that ``ctr predict`` writes beside each score, so scores join back to what they score
     score_keys: dict[str, str] = {}
@@ -63,6 +67,13 @@ class DatasetSource(ABC):
         preprocessing splits (an ``all`` stream) or that a source splits by ``data.split``
         itself; a source that reads fewer names those (the cache key holds no other)."""
         return SPLIT_KEYS
+
+    def split_keys_of(self, split: str) -> tuple[str, ...]:
+        """The ``data.split`` keys that decide which rows ``split`` holds: of ``split_keys``, those
+        ``CARVED_BY`` names where the splits are carved in its order (``carves``; the test
+        fraction moves no valid row), else all of them."""
+        read = self.split_keys()
+        return tuple(key for key in read if key in CARVED_BY[split]) if self.carves else read
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies the raw input (for the cache key): options plus file stamps. An

@@ -56,6 +56,7 @@ class FileSource(DatasetSource):
     """
 
     pattern = "*"
+    carves = True  # one "all" stream, or the held-out splits without a file carved from the train stream
 
     def __init__(self, config: FileConfig):
         super().__init__(config)
@@ -75,6 +76,11 @@ class FileSource(DatasetSource):
         carved = tuple(split for split in ("valid", "test") if split not in self.split_files)
         drawn = any(getattr(self.config.split, split) > 0 for split in carved)
         return (*carved, "seed") if drawn else carved
+
+    def split_keys_of(self, split: str) -> tuple[str, ...]:
+        """None for a held-out split read from a file of its own; the carved ones' as
+        ``DatasetSource`` says."""
+        return () if split != "train" and split in self.split_files else super().split_keys_of(split)
 
     def streams(self) -> dict[str, RowStream]:
         if len(self.split_files) == 1:

@@ -69,12 +69,12 @@ def edit_between(first: Recipe | None, now: Recipe, ignoring: tuple[str, ...] = 
     return None if first is None else _difference(first, now, ignoring, sections)
 
 
-def split_edit_between(first: Recipe | None, now: Recipe) -> str | None:
+def split_edit_between(first: Recipe | None, now: Recipe, split: str) -> str | None:
     """How ``now``'s ``data.split`` differs from ``first``'s (as ``edit_between``) in the keys
-    that decide which split each row is in (its dataset's ``split_keys``)."""
+    that decide which rows ``split`` holds (its dataset's ``split_keys_of``)."""
     if first is None or first.data.split == now.data.split:
         return None
-    read = DATASETS.get(now.data.dataset, "data.dataset").target(now.data).split_keys()
+    read = DATASETS.get(now.data.dataset, "data.dataset").target(now.data).split_keys_of(split)
     return first_difference(keyed_split(first.data.split, read), keyed_split(now.data.split, read), "data.split.")
 
 

@@ -60,10 +60,10 @@ def _refuse_net_edit(run: RunDir, first: Recipe | None, saved: Recipe) -> None:
 
 def _refuse_split_edit(run: RunDir, split: str, first: Recipe | None, saved: Recipe) -> None:
     """Refuses a run whose ``recipe.yaml`` (``saved``) was edited since the run began with
-    ``first`` in the ``data.split`` keys that draw which rows each split holds
-    (``split_edit_between``): its ``split`` would hold other rows than the run's (rows of the
-    other splits among them)."""
-    edit = split_edit_between(first, saved)
+    ``first`` in the ``data.split`` keys that draw which rows ``split`` holds
+    (``split_edit_between``): it would hold other rows than the run's (rows of the other
+    splits among them)."""
+    edit = split_edit_between(first, saved, split)
     if edit:
         raise UserError(f"{run.recipe}: edited since the run began ({edit}); the {split} split would hold other rows "
                         "than the run's: undo the edit")

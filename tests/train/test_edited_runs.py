@@ -80,3 +80,16 @@ def test_a_finished_run_reads_each_of_its_recipes_once(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="no checkpoint at"):
         finished_run(run, split="test")
     assert sorted(read) == [run / "recipe.yaml", run / "schema" / "recipe.yaml"]
+
+
+def test_an_edit_of_the_test_fraction_is_refused_by_eval_of_the_test_split_only(tmp_path, capsys):
+    """The valid rows are carved first (a row's draw below data.split.valid), the test rows
+    after them: the test fraction moves no valid row, and ``--split valid`` was refused all
+    the same; the test split's rows move with it."""
+    run, recipe = edited_run(tmp_path, "data", "split", {"test": 0.2, "seed": 2024})  # the seed as it began
+    assert cli.main(["eval", str(run), "--split", "valid"]) == 2
+    assert capsys.readouterr().err.strip() == f"ctr: error: {run}: no checkpoint at {run / 'checkpoints/best.ckpt'}"
+    assert cli.main(["eval", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"ctr: error: {recipe}: edited since the run began (data.split.test: 0.1 before, 0.2 now); the test split would "
+        "hold other rows than the run's: undo the edit")
