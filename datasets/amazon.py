@@ -87,6 +87,9 @@ class AmazonConfig(DataConfig):
         return dataclasses.replace(super().reading(path), attributes=str(attributes))
 
 
+Refusal = tuple[int, DataError]  # a line of the history file and the error naming it
+
+
 @dataclass
 class Histories:
     """Every user's items as codes: ``items`` int64 [N], user ``starts``/``lengths`` [U]."""
@@ -98,7 +101,8 @@ class Histories:
     lengths: np.ndarray
     item_names: pa.Array
     categories: pa.Array
-    problems: list[tuple[int, str]]
+    problems: list[tuple[int, str]]  # bad rows (line, what): reported, or skipped with data.on_bad_rows: skip
+    refusal: Refusal | None  # the first line no setting reads (a user's second line, a \r inside a line)
 
     def touched(self) -> np.ndarray:
         """Sorted keys ``user * num_items + item`` of every (user, item) in the histories."""
@@ -162,25 +166,34 @@ class AmazonDataset(DatasetSource):
         hist = self._histories
         config: AmazonConfig = self.config  # type: ignore[assignment]
         meta = {"file": str(self.history)}
-        if split == "train" and hist.problems:
-            yield _problem_rows(hist.problems).replace_schema_metadata(meta)
         user, target = targets(hist.lengths, split)
-        rng = np.random.default_rng([config.seed, SPLITS.index(split)])
         touched = hist.touched()
-        self._check_untouched(hist, touched, user)
+        refusal = _first_refusal(hist.refusal, self._untouched(hist, touched, user))
+        problems = [p for p in hist.problems if refusal is None or p[0] < refusal[0]]  # the file's bad lines in order
+        if split == "train" and problems:
+            yield _problem_rows(problems).replace_schema_metadata(meta)
+        if refusal is not None:
+            raise refusal[1]
+        rng = np.random.default_rng([config.seed, SPLITS.index(split)])
         for start in range(0, user.size, CHUNK_TARGETS):
             chunk = slice(start, start + CHUNK_TARGETS)
             negative = sample_negatives(touched, len(hist.item_names), user[chunk], rng)
             yield build_rows(hist, user[chunk], target[chunk], negative, config.max_len).replace_schema_metadata(meta)
 
-    def _check_untouched(self, hist: Histories, touched: np.ndarray, user: np.ndarray) -> None:
-        """A DataError naming the line of the first of ``user`` who touched every item (no
-        negative can be sampled for them)."""
+    def _untouched(self, hist: Histories, touched: np.ndarray, user: np.ndarray) -> Refusal | None:
+        """The refusal of the first of ``user`` [T] who touched every item (no negative can be
+        sampled for them), None when each has an item left."""
         num_items = len(hist.item_names)
         full = np.bincount(touched // num_items, minlength=hist.lengths.size) >= num_items
-        if (found := user[full[user]]).size:
-            line, name = hist.lines[found.min()], hist.users[int(found.min())].as_py()
-            raise DataError(f"{self.history}:{line}: user {name} has touched every item; no negative can be sampled")
+        if not (found := user[full[user]]).size:
+            return None
+        line, name = int(hist.lines[found.min()]), hist.users[int(found.min())].as_py()
+        return line, DataError(f"{self.history}:{line}: user {name} has touched every item; no negative can be sampled")
+
+
+def _first_refusal(*refusals: Refusal | None) -> Refusal | None:
+    """The refusal of the earliest line among ``refusals`` (None: there is none)."""
+    return min((r for r in refusals if r is not None), key=lambda r: r[0], default=None)
 
 
 def targets(lengths: np.ndarray, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -251,9 +264,8 @@ def sample_negatives(touched: np.ndarray, num_items: int, user: np.ndarray, rng:
 def read_histories(file: Path, attributes: Path) -> Histories:
     """Parses the history file (vectorised) and the item categories."""
     lines, undecoded = _text_lines(file)
-    split = next((i for i, line in enumerate(lines) if "\r" in line.rstrip("\r")), None)
-    if split is not None:
-        raise carriage_return_inside(file, split + 1)
+    broken = next((i + 1 for i, line in enumerate(lines) if "\r" in line.rstrip("\r")), None)
+    carriage_return = None if broken is None else (broken, carriage_return_inside(file, broken))
     number = np.flatnonzero(np.array([bool(line.strip()) for line in lines])) + 1
     if number.size == 0:
         raise DataError(f"{file}: empty file (no users)")
@@ -262,7 +274,6 @@ def read_histories(file: Path, attributes: Path) -> Histories:
     problems = sorted(undecoded + [(int(n), "a user without items") for n in number[counts < 2]])
     fields, number, counts = fields.filter(pa.array(counts >= 2)), number[counts >= 2], counts[counts >= 2]
     users = pc.list_element(fields, 0)
-    _refuse_repeated_users(users, number, file)
     flat = pc.list_flatten(pc.list_slice(fields, 1))
     encoded = pc.dictionary_encode(flat).combine_chunks() if isinstance(flat, pa.ChunkedArray) else pc.dictionary_encode(flat)
     lengths = (counts - 1).astype(np.int64)
@@ -277,19 +288,21 @@ def read_histories(file: Path, attributes: Path) -> Histories:
         item_names=item_names,
         categories=_categories(attributes, item_names, file),
         problems=problems,
+        refusal=_first_refusal(carriage_return, _repeated_user(users, number, file)),
     )
 
 
-def _refuse_repeated_users(users: pa.Array, lines: np.ndarray, file: Path) -> None:
-    """A DataError naming the first line [U] whose user an earlier line gave: the format gives
+def _repeated_user(users: pa.Array, lines: np.ndarray, file: Path) -> Refusal | None:
+    """The refusal of the first line [U] whose user an earlier line gave: the format gives
     each user one line (a second was read as another user of the same id, with targets of its
     own and negatives sampled among the items of the other line)."""
     _, first, code = np.unique(users.to_numpy(zero_copy_only=False), return_index=True, return_inverse=True)
     repeated = np.flatnonzero(first[code] != np.arange(code.size))
-    if repeated.size:
-        row = int(repeated[0])
-        raise DataError(f"{file}:{lines[row]}: user {users[row].as_py()} is on line {lines[first[code[row]]]} too; "
-                        "give each user one line (items in time order)")
+    if not repeated.size:
+        return None
+    row = int(repeated[0])
+    return int(lines[row]), DataError(f"{file}:{lines[row]}: user {users[row].as_py()} is on line "
+                                      f"{lines[first[code[row]]]} too; give each user one line (items in time order)")
 
 
 def _text_lines(file: Path) -> tuple[list[str], list[tuple[int, str]]]:

@@ -98,6 +98,23 @@ def test_a_user_on_two_lines_names_both_lines(tmp_path, on_bad_rows):
         prepare(recipe_from_dict(raw).data, progress=False)
 
 
+@pytest.mark.parametrize("lines, on_bad_rows, first", [
+    (["u5", "u1 g h i"], "error", r"5: a user without items"),
+    (["u5", "u1 g h i"], "skip", r"6: user u1 is on line 1 too"),
+    (["u5", "u6 a\rb c"], "error", r"5: a user without items"),
+    (["u5", "u6 a\rb c"], "skip", r"6: a carriage return"),
+    (["u6 a b c d e f g h i j k l", "u5"], "error", r"5: user u6 has touched every item"),
+])
+def test_bad_lines_are_named_in_file_order(tmp_path, lines, on_bad_rows, first):
+    """A user on two lines (or a ``\\r`` inside a line) was refused before the bad rows of the
+    lines above it were reported, and a user who touched every item after the bad rows below
+    it: the first bad line of the file is the one named (bad rows skipped: the next)."""
+    path = write_amazon(tmp_path / "am", HISTORIES + "\n".join(lines) + "\n")
+    raw = {"data": {"dataset": "amazon", "path": str(path), "cache_dir": str(tmp_path / "c"), "on_bad_rows": on_bad_rows}}
+    with pytest.raises(DataError, match=rf"^{path}:{first}"):
+        prepare(recipe_from_dict(raw).data, progress=False)
+
+
 def test_a_line_that_is_not_utf8_is_a_bad_row_and_a_byte_order_mark_is_dropped(tmp_path):
     """A Latin-1 ``é`` was read as U+FFFD, silently one id with every other undecodable one;
     a byte order mark was part of the first user's name."""
@@ -133,7 +150,7 @@ def test_a_carriage_return_inside_a_line_names_it_and_crlf_files_read(tmp_path):
     lines[1] = lines[1].replace(" ", "\r", 1)
     bad = write_amazon(tmp_path / "bad", "\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"Toy\.txt:2: a carriage return"):
-        read_histories(bad, bad.parent / "Toy_item2attributes.json")
+        rows(bad, "train")
 
 
 def test_ambiguous_folder_and_missing_attributes_are_errors(tmp_path):
