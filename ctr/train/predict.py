@@ -16,6 +16,7 @@ under its training's autocast, as its evaluation does.
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -25,7 +26,6 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import torch
 
@@ -128,53 +128,65 @@ def _writer(path: Path, schema: pa.Schema, out: Path) -> _CsvWriter | pq.Parquet
         raise UserError(f"{out}: cannot be written ({reason(err)})") from None
 
 
+PLAIN_KINDS = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_temporal,
+               pa.types.is_decimal, pa.types.is_null)  # types whose text never needs quotes
+
+
 class _CsvWriter:
-    """pyarrow's CSV writer, quoting a header name or a string value only where it holds the
-    delimiter, a quote or a line break (pyarrow quotes every name and every string:
-    ``"score"\t"label"``, ``"u1"``, quotes that ``cut`` and ``awk`` keep); a table with such a
-    value is written with its strings quoted."""
+    """A CSV (or TSV) score file: each value as pyarrow's CSV writer writes it (its cast to
+    text), quoted (its quotes doubled, RFC 4180) only where it holds the delimiter, a quote or
+    a line break; so is a header name. (pyarrow quotes every name and, once one value needs
+    quotes, every string: ``"score"\t"label"``, ``"u1"``, quotes that ``cut`` and ``awk`` keep.)
+    Each column is rendered and quoted as a whole and each batch's lines joined as one."""
 
     def __init__(self, path: Path, schema: pa.Schema, delimiter: str):
-        self._marks = (delimiter, '"', "\n", "\r")
+        self._delimiter = delimiter
+        self._marks = f'[{delimiter}"\r\n]'  # the delimiter is ',' or a tab: literal in a class
         self._sink = pa.OSFile(str(path), "wb")
         try:
             header = delimiter.join(self._cell(name) for name in schema.names) + "\n"
             self._sink.write(header.encode())
-            self._plain, self._quoted = (
-                pcsv.CSVWriter(self._sink, schema, write_options=pcsv.WriteOptions(
-                    include_header=False, delimiter=delimiter, quoting_style=style))
-                for style in ("none", "needed")
-            )
         except BaseException:
             self._sink.close()
             raise
 
     def _cell(self, name: str) -> str:
         """``name`` as a header cell: quoted (its quotes doubled) only where it needs it."""
-        return '"' + name.replace('"', '""') + '"' if any(mark in name for mark in self._marks) else name
+        return '"' + name.replace('"', '""') + '"' if re.search(self._marks, name) else name
 
-    def _needs_quotes(self, column: pa.ChunkedArray) -> bool:
-        """Whether a value of ``column`` holds the delimiter, a quote or a line break; True for
-        a column of a type other than numbers, booleans, times and text (bytes, lists)."""
-        kind = column.type
-        if pa.types.is_dictionary(kind):
-            return self._needs_quotes(column.cast(kind.value_type))
-        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            return any(pc.any(pc.match_substring(column, mark)).as_py() for mark in self._marks)
-        plain = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_temporal,
-                 pa.types.is_decimal, pa.types.is_null)
-        return not any(is_kind(kind) for is_kind in plain)
+    def _fields(self, column: pa.Array) -> pa.Array:
+        """The CSV fields [B] (large_string; null for a null value) of ``column`` [B]."""
+        if pa.types.is_dictionary(column.type):
+            column = column.dictionary_decode()
+        text = pc.cast(column, pa.large_string())
+        if any(is_kind(column.type) for is_kind in PLAIN_KINDS):
+            return text
+        needs = pc.match_substring_regex(text, self._marks)
+        if not pc.any(needs).as_py():
+            return text
+        doubled = pc.replace_substring(text, '"', '""')
+        quoted = pc.binary_join_element_wise(_large('"'), doubled, _large('"'), _large(""))
+        return pc.if_else(needs, quoted, text)
 
     def write_table(self, table: pa.Table) -> None:
-        quoted = any(self._needs_quotes(column) for column in table.columns)
-        (self._quoted if quoted else self._plain).write_table(table)
+        for batch in table.to_batches():
+            fields = [self._fields(column) for column in batch.columns]
+            lines = pc.binary_join_element_wise(*fields, _large(self._delimiter), null_handling="replace",
+                                                null_replacement="")
+            self._sink.write(_concatenated(pc.binary_join_element_wise(lines, _large(""), _large("\n"))))
 
     def close(self) -> None:
-        try:
-            self._plain.close()
-            self._quoted.close()
-        finally:
-            self._sink.close()
+        self._sink.close()
+
+
+def _large(text: str) -> pa.Scalar:
+    return pa.scalar(text, pa.large_string())
+
+
+def _concatenated(text: pa.Array) -> pa.Buffer:
+    """The bytes of the values of ``text`` [N] (large_string, no nulls) one after another."""
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[text.offset : text.offset + len(text) + 1]
+    return text.buffers()[2][offsets[0] : offsets[-1]]
 
 
 def _write(scored: Iterator[Scored], out: Path, labelled: bool, numbered: Encoded | None,

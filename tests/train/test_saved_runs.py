@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -23,7 +22,6 @@ import yaml
 
 from ctr.cli import main
 from ctr.metrics import auc
-from ctr.train.predict import _CsvWriter
 from tests.conftest import run_ctr
 
 pytestmark = pytest.mark.slow  # end-to-end runs
@@ -167,8 +165,8 @@ def test_predict_on_the_test_split_reproduces_the_test_auc(csv_run, tmp_path):
 
 def test_predict_into_a_tsv_quotes_only_what_needs_quotes(csv_run, tmp_path):
     """pyarrow quoted every name of the header ('"score"\t"label"') and every string value
-    (an amazon key column's "u1"), quotes that cut and awk keep; a name or value that holds the
-    delimiter or a quote is still quoted as CSV quotes it."""
+    (an amazon key column's "u1"), quotes that cut and awk keep (test_score_files: which are
+    quoted)."""
     home, run = csv_run
     result = run_ctr("predict", run, home / "data" / "test.csv", "--out", tmp_path / "scores.tsv")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -176,20 +174,6 @@ def test_predict_into_a_tsv_quotes_only_what_needs_quotes(csv_run, tmp_path):
     written = pd.read_csv(tmp_path / "scores.tsv", sep="\t")
     assert list(written.columns) == ["score", "label"] and len(written) == 1000
     assert abs(json.loads(result.stdout)["auc"] - auc(written["label"].to_numpy(), written["score"].to_numpy())) < 1e-9
-    odd = pa.table({"a,b": [1, 2], 'say "x"': [2.5, 3.5], "plain": ["u1", "u2"]})
-    needing = pa.table({"a,b": [3], 'say "x"': [4.5], "plain": ['an "a,b" id']})
-    writer = _CsvWriter(tmp_path / "odd.csv", odd.schema, delimiter=",")
-    writer.write_table(odd)
-    writer.write_table(needing)
-    writer.close()
-    lines = (tmp_path / "odd.csv").read_text().splitlines()
-    assert lines == ['"a,b","say ""x""",plain', "1,2.5,u1", "2,3.5,u2", '3,4.5,"an ""a,b"" id"']
-    assert pd.read_csv(tmp_path / "odd.csv").to_dict("list") == pa.concat_tables([odd, needing]).to_pydict()
-    keyed = pa.table({"key": pa.array(["a,b", "c"]).dictionary_encode(), "raw": pa.array([b"x", b"y"])})
-    writer = _CsvWriter(tmp_path / "keyed.csv", keyed.schema, delimiter=",")
-    writer.write_table(keyed)  # a dictionary's values are read; bytes are quoted (pyarrow refused a ',' unquoted)
-    writer.close()
-    assert (tmp_path / "keyed.csv").read_text().splitlines() == ["key,raw", '"a,b","x"', '"c","y"']
 
 
 def test_predict_of_a_bf16_run_reproduces_its_test_metrics(tmp_path):
