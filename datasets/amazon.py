@@ -63,8 +63,10 @@ class AmazonConfig(DataConfig):
     path_keys: ClassVar[tuple[str, ...]] = (*DataConfig.path_keys, "attributes")
     encoding_keys: ClassVar[tuple[str, ...]] = (*DataConfig.encoding_keys, "max_len", "pooling")
     default_feature_keys: ClassVar[tuple[str, ...]] = ("pooling",)  # max_len cuts the rows' histories too
+    per_feature: ClassVar[dict[str, str]] = {"pooling": "the pooling of hist_item_id and hist_cat_id"}
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.max_len < 1:
             raise ValueError("max_len must be >= 1")
 

@@ -41,8 +41,10 @@ class AvazuConfig(FileConfig):
     min_count: int = 1
     encoding_keys: ClassVar[tuple[str, ...]] = (*FileConfig.encoding_keys, "min_count")
     default_feature_keys: ClassVar[tuple[str, ...]] = ("min_count",)
+    per_feature: ClassVar[dict[str, str]] = {"min_count": "min_count on each feature"}
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.min_count < 1:
             raise ValueError("min_count must be >= 1")
 

@@ -67,8 +67,11 @@ class CriteoConfig(FileConfig):
     encoding_keys: ClassVar[tuple[str, ...]] = (*FileConfig.encoding_keys, "numeric_transform", "min_count")
     row_check_keys: ClassVar[tuple[str, ...]] = (*FileConfig.row_check_keys, "numeric_transform")
     default_feature_keys: ClassVar[tuple[str, ...]] = ("numeric_transform", "min_count")
+    per_feature: ClassVar[dict[str, str]] = {"numeric_transform": "the transform of I1..I13",
+                                             "min_count": "min_count on each feature"}
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.min_count < 1:
             raise ValueError("min_count must be >= 1")
 

@@ -78,8 +78,10 @@ class SyntheticConfig(DataConfig):
     integer_ids: bool = False
     encoding_keys: ClassVar[tuple[str, ...]] = (*DataConfig.encoding_keys, "integer_ids")
     default_feature_keys: ClassVar[tuple[str, ...]] = ("integer_ids",)
+    per_feature: ClassVar[dict[str, str]] = {"integer_ids": "num_ids on C1..C26"}
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if len(self.vocab_sizes) != NUM_CATEGORICAL:
             raise ValueError(f"vocab_sizes needs {NUM_CATEGORICAL} values, got {len(self.vocab_sizes)}")
         positive = {"rows": self.rows, "chunk_rows": self.chunk_rows, "vocab_scale": self.vocab_scale,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from ctr.errors import RecipeError
+from ctr.errors import RecipeError, refuse_for_training
 from ctr.recipe.checks import check_combinations
 from ctr.recipe.files import apply_override, read_yaml
 from ctr.recipe.schedules import SCHEDULERS, VALID_METRICS, SchedulerConfig, metric_mode
@@ -95,9 +95,23 @@ class DataConfig:
     encoding_keys: ClassVar[tuple[str, ...]] = ("features", "cache_dir", "prefetch", "shuffle_buffer", "on_device")
     # encoding keys that also decide which rows are bad: with ``on_bad_rows: skip``, which are dropped
     row_check_keys: ClassVar[tuple[str, ...]] = ("features",)
-    # keys read only to build the dataset's default features: unread (and left out of the
-    # cache key) where the recipe lists its features
+    # keys read only to build the dataset's default features: refused off their defaults where
+    # the recipe lists its features (left out of the cache key then: a saved run is scored)
     default_feature_keys: ClassVar[tuple[str, ...]] = ()
+    # of each of those, what sets it in data.features instead (the refusal says so)
+    per_feature: ClassVar[dict[str, str]] = {}
+
+    def __post_init__(self) -> None:
+        """Refuses a key of ``default_feature_keys`` set where ``features`` lists the features,
+        which would leave it unread."""
+        if not self.features:
+            return
+        defaults = {field.name: field.default for field in dataclasses.fields(self)}
+        key = next((key for key in self.default_feature_keys if getattr(self, key) != defaults[key]), None)
+        if key is not None:
+            refuse_for_training(f"{key}: {getattr(self, key)!r} builds the default features only, which "
+                                f"data.features replaces; set {self.per_feature.get(key, 'it on each feature')} in "
+                                "data.features instead")
 
     def tunable_keys(self) -> tuple[str, ...]:
         """The data keys a ``ctr tune`` grid may vary: ``encoding_keys``, less ``row_check_keys``

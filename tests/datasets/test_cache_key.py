@@ -12,6 +12,7 @@ from ctr.cli import main
 from ctr.datasets import cache, fit, prepare, preprocess
 from ctr.datasets.avazu import CATEGORICAL
 from ctr.datasets.source import resolve_features
+from ctr.errors import RecipeError, scoring_a_saved_run
 from ctr.recipe import recipe_from_dict
 from ctr.typed import to_plain
 from tests.conftest import tiny_recipe
@@ -159,15 +160,24 @@ def test_a_recipe_whose_every_split_key_is_read_keys_the_entry_it_keyed_before(t
     assert inputs["split"] == split == inputs["source"]["options"]["split"] == OTHER_SPLIT
 
 
-@pytest.mark.parametrize("dataset, key, value", [
-    ("criteo", "numeric_transform", "standardize"), ("criteo", "min_count", 2), ("avazu", "min_count", 2),
-    ("amazon", "pooling", "mean"), ("synthetic", "integer_ids", True),
+@pytest.mark.parametrize("dataset, key, value, instead", [
+    ("criteo", "numeric_transform", "standardize", "the transform of I1..I13"),
+    ("criteo", "min_count", 2, "min_count on each feature"), ("avazu", "min_count", 2, "min_count on each feature"),
+    ("amazon", "pooling", "mean", "the pooling of hist_item_id and hist_cat_id"),
+    ("synthetic", "integer_ids", True, "num_ids on C1..C26"),
 ])
-def test_an_option_of_the_default_features_keys_no_other_entry_when_the_recipe_lists_its_own(
-        tmp_path, dataset, key, value, encodings):
+def test_an_option_of_the_default_features_is_refused_where_the_recipe_lists_its_own(
+        tmp_path, dataset, key, value, instead, encodings):
+    """Such an option was silently unread (a recipe listing its features and setting
+    ``min_count: 10`` counted every token). A run an earlier ctr trained so is scored as it
+    was: on the entry of the recipe without it."""
     data = {**_listed_features(tmp_path, dataset), "cache_dir": str(tmp_path / "c")}
     first = entry(data)
-    assert entry({**data, key: value}).root == first.root
+    with pytest.raises(RecipeError, match=rf"^data\.{key}: {value!r} builds the default features only, which "
+                                          rf"data\.features replaces; set {instead} in data\.features instead$"):
+        entry({**data, key: value})
+    with scoring_a_saved_run():
+        assert entry({**data, key: value}).root == first.root
     assert len(encodings) == 1
     defaults = {name: value for name, value in data.items() if name != "features"}
     assert entry({**defaults, key: value}).root != entry(defaults).root
