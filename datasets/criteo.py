@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from ctr.datasets.tabular import DelimitedSource, FileConfig
-from ctr.datasets.text import EmptyFileError, TextFormat, first_line, first_line_number
+from ctr.datasets.text import EmptyFileError, TextFormat, first_line, first_line_number, header_line
 from ctr.datasets.validate import require_columns
 from ctr.errors import DataError
 from ctr.registry import DATASETS
@@ -107,7 +107,7 @@ class CriteoDataset(DelimitedSource):
             columns = DAC_COLUMNS if _dac_labelled(line) else self._unlabelled(file, "Criteo's test.txt")
             return TextFormat(columns, "\t", header=False, quoting=False, min_fields=len(columns) - len(CATEGORICAL),
                               keep=[c for c in columns if c in needed])
-        header = [name.strip() for name in line.split(",")]
+        header = [name.strip() for name in header_line(file).split(",")]  # a \r inside it: an error
         if header == KAGGLE_TEST_HEADER:
             columns = ["Id"] + self._unlabelled(file, "Kaggle's test.csv")
         elif header == KAGGLE_HEADER:

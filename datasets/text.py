@@ -312,11 +312,11 @@ def _parse_block(block: bytes, first: int, lines: int, fmt: TextFormat, file: Pa
         raise DataError(f"{file}:{first}-{last}: cannot parse: {str(err).splitlines()[0]}") from None
     blank = _blank_lines(view)
     read = np.setdiff1d(np.arange(lines, dtype=np.int64), blank, assume_unique=True)  # the parser counts these only
+    if table.num_rows + len(invalid) != len(read):
+        _refuse_line_breaks(view, first, last, fmt, file)
     bad_lines = first + read[np.array([number - 1 for number, _ in invalid], dtype=np.int64)]
     skipped = np.union1d(bad_lines, first + blank)
     good_lines = np.setdiff1d(np.arange(first, last + 1, dtype=np.int64), skipped, assume_unique=True)
-    if len(good_lines) != table.num_rows:
-        _refuse_line_breaks(view, first, last, fmt, file)
     if fmt.quoting:
         _refuse_open_quote_at_end(block, first, fmt.delimiter, file)
     table = table.append_column(LINE_COLUMN, pa.array(good_lines))

@@ -536,14 +536,33 @@ def test_an_unclosed_quote_names_its_line_wherever_the_blocks_end(tmp_path, bloc
         list(read_delimited(path, TextFormat(["label", "a"], header=True), block_bytes=block_bytes))
 
 
-@pytest.mark.parametrize("reader", ["csv", "movielens"])
+@pytest.mark.parametrize("reader", ["criteo", "csv"])
+def test_rows_of_old_mac_line_ends_without_a_header_name_line_1(tmp_path, capsys, reader):
+    """Rows ended by ``\\r`` alone in a file without a header (raw Criteo DAC, a csv with
+    ``header: false``) were an IndexError traceback where one was short (DAC's lack trailing
+    empty fields): the parser's rows outnumbered the lines."""
+    if reader == "criteo":
+        path, data = tmp_path / "train.txt", {"dataset": "criteo"}
+        path.write_text("".join("\t".join([str(i % 2), *["1"] * 13, *[f"{i:08x}"] * (26 - i % 2)]) + "\r" for i in range(6)))
+    else:
+        path = tmp_path / "rows.csv"
+        data = {"dataset": "csv", "header": False, "columns": ["label", "a"], "label": "label", "features": [{"name": "a"}]}
+        path.write_bytes(b"1,x\r0,y\r1\r")
+    code, err, _ = run_prepare(tmp_path, capsys, {**data, "path": str(path)})
+    assert code == 2 and err == f"ctr: error: {path}:1: a carriage return (\\r) inside the line; lines end with \\n or \\r\\n"
+
+
+@pytest.mark.parametrize("reader", ["csv", "movielens", "criteo"])
 def test_a_header_split_by_carriage_returns_names_line_1(tmp_path, capsys, reader):
     """A file of old Mac line ends (``\\r`` alone) is one header line: it was read as the
     header, a csv's error listing the rows as column names (with their ``\\r``), a MovieLens
-    file 'empty (no data rows)'."""
+    file 'empty (no data rows)', a Criteo Kaggle file 'expected the Criteo Kaggle header'."""
     if reader == "csv":
         path, data = tmp_path / "rows.csv", {"dataset": "csv", "features": [{"name": "a"}]}
         path.write_bytes(b"label,a\r1,x\r0,y\r")
+    elif reader == "criteo":
+        path, data = tmp_path / "train.csv", {"dataset": "criteo"}
+        path.write_text("\r".join([HEADER, kaggle_row(0), kaggle_row(1)]) + "\r")
     else:
         path, data = tmp_path / "ml.inter", {"dataset": "movielens"}
         path.write_bytes(b"user_id:token\titem_id:token\trating:float\r1\t10\t5\r2\t20\t1\r")
