@@ -494,6 +494,28 @@ def test_a_line_that_is_not_utf8_is_a_bad_row_naming_its_line_and_column(tmp_pat
     assert report["splits"]["train"]["skipped_bad_rows"] == 2 and report["splits"]["train"]["rows"] == 48
 
 
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_short_row_that_is_not_utf8_is_a_bad_row_and_no_ignored_exception(tmp_path, capsys, monkeypatch, skip):
+    """A raw DAC row that lacks its trailing empty fields (the parser hands such rows to a
+    handler, which pads them) with a Latin-1 byte: pyarrow's handler failed to decode its text,
+    and Python printed 'Exception ignored ... UnicodeDecodeError' tracebacks before the error."""
+    import sys
+
+    ignored = []
+    monkeypatch.setattr(sys, "unraisablehook", ignored.append)
+    path = tmp_path / "train.txt"
+    rows = ["\t".join([str(i % 2), *["1"] * 13, *[f"{i:08x}"] * (26 - i % 2)]) for i in range(20)]
+    path.write_bytes(("\n".join(rows) + "\n").replace("\t00000003", "\tcaf\xe9", 1).encode("latin-1"))
+    data = {"dataset": "criteo", "path": str(path), "on_bad_rows": "skip" if skip else "error"}
+    code, err, _ = run_prepare(tmp_path, capsys, data)
+    assert not ignored
+    if skip:
+        report = json.loads(next((tmp_path / "cache").rglob("report.json")).read_text())
+        assert code == 0 and sum(split["skipped_bad_rows"] for split in report["splits"].values()) == 1
+    else:
+        assert code == 2 and err == f"ctr: error: {path}:4: column 'C1': not UTF-8 text", err
+
+
 def test_a_libsvm_line_that_is_not_utf8_names_its_line(tmp_path, capsys):
     path = tmp_path / "rows.svm"
     path.write_bytes(b"1 3:1\n0 4:1 5\xe9:1\n1 3:1\n")
