@@ -269,9 +269,10 @@ def read_histories(file: Path, attributes: Path) -> Histories:
     broken = next((i + 1 for i, line in enumerate(lines) if "\r" in line.rstrip("\r")), None)
     carriage_return = None if broken is None else (broken, carriage_return_inside(file, broken))
     number = np.flatnonzero(np.array([bool(line.strip()) for line in lines])) + 1
-    if number.size == 0:
+    if number.size == 0 and not undecoded:  # lines that are not UTF-8 are bad rows
         raise DataError(f"{file}: empty file (no users)")
-    fields = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(pa.array([lines[i - 1] for i in number])))  # no empty last item
+    text = pa.array([lines[i - 1] for i in number], pa.string())
+    fields = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(text))  # no empty last item
     counts = pc.list_value_length(fields).to_numpy(zero_copy_only=False)
     problems = sorted(undecoded + [(int(n), "a user without items") for n in number[counts < 2]])
     fields, number, counts = fields.filter(pa.array(counts >= 2)), number[counts >= 2], counts[counts >= 2]

@@ -128,6 +128,18 @@ def test_a_line_that_is_not_utf8_is_a_bad_row_and_a_byte_order_mark_is_dropped(t
     assert "u2" not in rows(path, "test")["user_id"] and rows(path, "test")["user_id"][0] == "u1"
 
 
+def test_a_file_whose_every_line_is_not_utf8_names_its_first_line(tmp_path):
+    """It was 'empty file (no users)', also with bad rows skipped."""
+    path = write_amazon(tmp_path / "am")
+    path.write_bytes(b"u1 caf\xe9 b c\n\nu2 na\xefve d e\n")
+    raw = {"data": {"dataset": "amazon", "path": str(path), "cache_dir": str(tmp_path / "c")}}
+    with pytest.raises(DataError, match=rf"^{path}:1: not UTF-8 text$"):
+        prepare(recipe_from_dict(raw).data, progress=False)
+    raw["data"]["on_bad_rows"] = "skip"
+    with pytest.raises(DataError, match=r"^data: no training rows: the 2 read were skipped as bad"):
+        prepare(recipe_from_dict(raw).data, progress=False)
+
+
 def test_a_user_who_touched_every_item_is_named_by_line(tmp_path):
     """No negative can be sampled for them: the error named neither the file nor the user
     (``ctr predict`` dropped its ``data.path`` key, leaving no name at all)."""
