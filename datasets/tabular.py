@@ -66,6 +66,7 @@ class FileSource(DatasetSource):
             if path:
                 self.split_files[split] = resolve_files(path, f"data.{split}_path", self.pattern)
                 _refuse_trained_on(config.path, self.split_files["train"], self.split_files[split], split)
+        self._skipped: set[Path] = set()  # the empty files skipped (each warned of once, not at each pass)
 
     def files(self) -> list[Path]:
         return [f for files in self.split_files.values() for f in files]
@@ -106,7 +107,9 @@ class FileSource(DatasetSource):
             except EmptyFileError as err:
                 if self.config.on_bad_rows != "skip":
                     raise
-                log.warning("skipping %s", err)
+                if file not in self._skipped:
+                    log.warning("skipping %s", err)
+                self._skipped.add(file)
 
 
 def _refuse_trained_on(path: str | None, train: list[Path], held_out: list[Path], split: str) -> None:

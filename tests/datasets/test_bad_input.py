@@ -123,13 +123,14 @@ def test_a_path_that_is_a_fifo_is_named_as_one_not_as_missing(tmp_path, capsys):
 
 
 def test_empty_file_among_others_is_skipped_in_skip_mode(tmp_path, capsys, caplog):
+    """Skipped with one warning (it was logged again at each pass over the rows)."""
     folder = tmp_path / "parts"
     folder.mkdir()
     write_kaggle(folder).rename(folder / "a.csv")
     (folder / "b.csv").write_text("")
     code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "criteo", "path": str(folder), "on_bad_rows": "skip"})
     assert code == 0, err
-    assert "b.csv: empty file" in caplog.text  # a logged warning
+    assert caplog.text.count("b.csv: empty file") == 1  # a logged warning
 
 
 def test_carriage_returns_the_parser_keeps_in_their_row_are_read(tmp_path, capsys):
