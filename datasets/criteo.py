@@ -113,7 +113,8 @@ class CriteoDataset(DelimitedSource):
         elif header == KAGGLE_HEADER:
             columns = ["Id"] + DAC_COLUMNS
         else:
-            raise DataError(f"{file}:{first_line_number(file)}: expected the Criteo Kaggle header Id,Label,I1..I13,C1..C26, got {line[:60]!r}")
+            raise DataError(f"{file}:{first_line_number(file)}: expected the Criteo Kaggle header Id,Label,I1..I13,"
+                            f"C1..C26; {_header_problem(header)}")
         return TextFormat(columns, ",", header=True, quoting=True, keep=[c for c in columns if c in needed])
 
     def _unlabelled(self, file: Path, known_as: str) -> list[str]:
@@ -122,6 +123,16 @@ class CriteoDataset(DelimitedSource):
             raise DataError(f"{file}:{first_line_number(file)}: rows without a label ({known_as}): they can be scored (ctr predict), not "
                             "trained or evaluated on")
         return DAC_COLUMNS[1:]
+
+
+def _header_problem(header: list[str]) -> str:
+    """Where ``header`` parts from Criteo's Kaggle header (the test file's where its second
+    name is ``I1``): its first name that differs, or its length."""
+    expected = KAGGLE_TEST_HEADER if header[1:2] == ["I1"] else KAGGLE_HEADER
+    wrong = next((i for i, (got, want) in enumerate(zip(header, expected)) if got != want), None)
+    if wrong is None:
+        return f"it has {len(header)} columns, not {len(expected)}"
+    return f"column {wrong + 1} is {header[wrong][:40]!r}, not {expected[wrong]!r}"  # a DAC line is one long name
 
 
 def _detect(file: Path, line: str) -> str:

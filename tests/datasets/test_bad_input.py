@@ -559,6 +559,19 @@ def test_an_unclosed_quote_names_its_line_wherever_the_blocks_end(tmp_path, bloc
         list(read_delimited(path, TextFormat(["label", "a"], header=True), block_bytes=block_bytes))
 
 
+@pytest.mark.parametrize("header, problem", [
+    (HEADER.replace("C26", "C26x"), "column 41 is 'C26x', not 'C26'"),
+    (HEADER.replace(",C13,", ",C13,C13,"), "column 29 is 'C13', not 'C14'"),
+    (HEADER.removesuffix(",C26"), "it has 40 columns, not 41"),
+])
+def test_a_criteo_kaggle_header_names_its_first_wrong_column(tmp_path, capsys, header, problem):
+    """The error quoted the header's first 60 characters, which hold no mistake past I13."""
+    path = tmp_path / "train.csv"
+    path.write_text("\n".join([header, kaggle_row(0)]) + "\n")
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "criteo", "path": str(path)})
+    assert code == 2 and err == f"ctr: error: {path}:1: expected the Criteo Kaggle header Id,Label,I1..I13,C1..C26; {problem}"
+
+
 @pytest.mark.parametrize("reader", ["criteo", "csv"])
 def test_rows_of_old_mac_line_ends_without_a_header_name_line_1(tmp_path, capsys, reader):
     """Rows ended by ``\\r`` alone in a file without a header (raw Criteo DAC, a csv with
