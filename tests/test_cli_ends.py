@@ -134,7 +134,8 @@ def test_a_signal_during_an_evaluation_says_no_resume(monkeypatch, capsys, stop,
 @pytest.mark.parametrize("command, handler, said", [
     (["bench", "compression", "r.yaml"], "_bench_compression",
      "the same command continues: finished cells are kept, the stopped ones resume"),
-    (["tune", "r.yaml", "--grid", "seed=1,2"], "_tune", "the same command continues: finished runs are kept, the stopped one resumes"),
+    (["tune", "r.yaml", "--grid", "train.embedding_optimizer.lr=0.01,0.1"], "_tune",
+     "the same command continues: finished runs are kept, the stopped one resumes"),
 ])
 def test_ctrl_c_during_a_command_that_resumes_says_how_to_go_on(monkeypatch, capsys, command, handler, said):
     """Ctrl+C on a benchmark said only ``ctr: interrupted`` (its SIGTERM said how to go on)."""
@@ -282,8 +283,8 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.mark.parametrize("module, name, argv, said", [
-    ("ctr.train.tune", "budget_refusal", ["tune", "r.yaml", "--grid", "seed=1,2", "-o", "embedding.method=hash",
-                                          "-o", "embedding.budget=0.5", "--out", "t"],
+    ("ctr.train.tune", "budget_refusal", ["tune", "r.yaml", "--grid", "train.embedding_optimizer.lr=0.01,0.1",
+                                          "-o", "embedding.method=hash", "-o", "embedding.budget=0.5", "--out", "t"],
      "ctr: terminated (SIGTERM); the same command continues: finished runs are kept, the stopped one resumes"),
     ("ctr.bench.compression", "prepare_once", ["bench", "compression", "r.yaml", "--out", "b"],
      "ctr: terminated (SIGTERM); the same command continues: finished cells are kept, the stopped ones resume"),

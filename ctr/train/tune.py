@@ -70,7 +70,8 @@ class Point:
 
 
 def parse_grid(items: list[str]) -> list[Point]:
-    """``key.path=v1,v2`` per axis (commas inside [], {} or quotes do not split) → every combination."""
+    """``key.path=v1,v2`` per axis (commas inside [], {} or quotes do not split) → every
+    combination. ``seed`` is no axis: ``--seeds`` gives the chosen point's seeds."""
     if not items:
         raise UserError("--grid: give at least one axis, e.g. --grid model.dropout=0,0.2")
     axes = []
@@ -86,6 +87,9 @@ def parse_grid(items: list[str]) -> list[Point]:
     keys = [axis[0].partition("=")[0] for axis in axes]
     if len(set(keys)) != len(keys):
         raise UserError(f"--grid: a key appears twice in {keys}")
+    if "seed" in keys:
+        raise UserError("--grid seed: a seed is no setting to choose (the luckiest would win on noise); give "
+                        "--seeds N (the chosen point's seeds from the recipe's on; -o seed=S sets that)")
     _check_nesting(keys)
     return [Point(n, combo) for n, combo in enumerate(itertools.product(*axes))]
 

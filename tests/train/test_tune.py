@@ -302,13 +302,14 @@ def test_a_run_of_a_recipe_whose_features_are_the_shorthand_has_the_same_setting
     assert change.startswith("data.features: [{") and len(change) < 160  # long values cut
 
 
-def test_points_of_different_seeds_are_all_ranked(tmp_path):
-    """A grid over the seed: stage 1 is each point's first run, whatever its seed (the table
-    kept only the rows of the smallest seed and left the chosen point out)."""
-    out = tmp_path / "t"
-    Tuning(_recipe_file(tmp_path), parse_grid(["seed=1,5"]), 2, out, [], FakeTrainer()).run()
-    table = (out / "results.md").read_text()
-    assert "| p00 " in table and "| p01 " in table and "(chosen)" in table
+@pytest.mark.parametrize("axes", [["seed=1,5"], ["train.embedding_optimizer.lr=0.01,0.1", "seed=1"]])
+def test_a_seed_axis_is_refused_pointing_at_seeds(axes):
+    """``--grid seed=1,5`` ranked the seeds of one setting as settings (the luckiest seed
+    won on noise), and the chosen point's ``--seeds`` repeats were other points' seeds."""
+    with pytest.raises(UserError) as err:
+        parse_grid(axes)
+    assert str(err.value) == ("--grid seed: a seed is no setting to choose (the luckiest would win on noise); give "
+                              "--seeds N (the chosen point's seeds from the recipe's on; -o seed=S sets that)")
 
 
 class DivergingTrainer(FakeTrainer):
@@ -341,7 +342,8 @@ def test_an_out_holding_another_commands_results_is_refused(tmp_path):
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "results.csv").write_text("method,budget,seed\nfull,,0\n")
     with pytest.raises(UserError, match=r"results.csv: not a results file of this command \(its columns: method, bud"):
-        Tuning(_recipe_file(tmp_path), parse_grid(["seed=1"]), 1, tmp_path / "t", [], FakeTrainer()).run()
+        Tuning(_recipe_file(tmp_path), parse_grid(["train.embedding_optimizer.lr=0.1"]), 1, tmp_path / "t", [],
+               FakeTrainer()).run()
 
 
 @pytest.mark.parametrize("seed, offset, valid, said", [("1", "zero", "0.5", "offset: not an integer: 'zero'"),
@@ -355,13 +357,15 @@ def test_an_out_whose_results_were_damaged_is_refused_naming_the_line(tmp_path, 
     from ctr.train.tune import COLUMNS
 
     (tmp_path / "t").mkdir()
-    row = ["p00", "seed=1", seed, offset, "f", "valid/auc", valid, "", "0.5", "", "0.6", "runs/p00-s0"]
+    row = ["p00", "train.embedding_optimizer.lr=0.1", seed, offset, "f", "valid/auc", valid, "", "0.5", "", "0.6",
+           "runs/p00-s0"]
     (tmp_path / "t" / "results.csv").write_text(",".join(COLUMNS) + "\n" + ",".join(row) + "\n")
     with pytest.raises(UserError, match=rf"results.csv:2: column {re.escape(said)} \(a damaged results"):
-        Tuning(_recipe_file(tmp_path), parse_grid(["seed=1"]), 1, tmp_path / "t", [], FakeTrainer()).run()
+        Tuning(_recipe_file(tmp_path), parse_grid(["train.embedding_optimizer.lr=0.1"]), 1, tmp_path / "t", [],
+               FakeTrainer()).run()
 
 
-@pytest.mark.parametrize("command", [["tune", "RECIPE", "--grid", "seed=1"],
+@pytest.mark.parametrize("command", [["tune", "RECIPE", "--grid", "train.embedding_optimizer.lr=0.1"],
                                      ["bench", "compression", "RECIPE", "--methods", "full"]])
 def test_a_second_command_writing_results_into_the_same_out_is_refused(tmp_path, capsys, command):
     """Two tunes (or benchmarks) into one --out rewrote each other's results.csv from their
