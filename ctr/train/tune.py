@@ -206,6 +206,7 @@ class Tuning:
             apply_override(base, item)
         recipes = {p.key: self._recipe(base, p) for p in self.points}  # every point validated before any training
         _check_data_axes(self.points, recipes[self.points[0].key])
+        _check_distinct(self.points, recipes)
         self._check_seeds(recipes)
         monitor, mode = criterion(list(recipes.values()))
         results = Results(self.out / "results.csv")
@@ -360,6 +361,17 @@ def _check_data_axes(points: list[Point], first: Recipe) -> None:
             raise UserError(f"--grid {key}: changes the validation data (its points would be ranked on different "
                             f"validation rows or labels); a grid's data keys are {', '.join(allowed)} here (run "
                             "ctr tune once per setting of the others" + skipped + ")")
+
+
+def _check_distinct(points: list[Point], recipes: dict[str, Recipe]) -> None:
+    """Refuses two points of one recipe (a later axis setting the key an earlier mapping
+    axis's values differ in, a default spelt out): it would train twice, ranked as two settings."""
+    first: dict[str, Point] = {}
+    for point in points:
+        earlier = first.setdefault(fingerprint(recipes[point.key]), point)
+        if earlier is not point:
+            raise UserError(f"--grid: {point.key} ({point.label}) trains the recipe of {earlier.key} ({earlier.label}) "
+                            "(a point would train twice)")
 
 
 def _base_backend(raw: dict[str, Any]) -> Any:

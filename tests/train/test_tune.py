@@ -100,6 +100,24 @@ def test_an_axis_that_replaces_an_earlier_axis_is_refused():
                               "values would train nowhere); give that axis after it, or the value in one of them")
     assert len(parse_grid([parent, "model.top_mlp=[8],[4]"])) == 2  # the later axis sets a key inside the mapping
 
+@pytest.mark.parametrize("axes, second, first", [
+    (["model={name: dlrm, top_mlp: [8]},{name: dlrm, top_mlp: [4]}", "model.top_mlp=[16]"],
+     "p01 (model={name: dlrm, top_mlp: [4]} model.top_mlp=[16])",
+     "p00 (model={name: dlrm, top_mlp: [8]} model.top_mlp=[16])"),
+    (["train.embedding_optimizer={name: adagrad},{name: adagrad, lr: 0.05}"],
+     "p01 (train.embedding_optimizer={name: adagrad, lr: 0.05})", "p00 (train.embedding_optimizer={name: adagrad})"),
+])
+def test_points_that_train_one_recipe_are_refused_before_any_training(tmp_path, axes, second, first):
+    """A later axis setting the one key an earlier mapping axis's values differ in (or a value
+    that is the default spelt out) made two points of one recipe: it trained twice, ranked as
+    two settings."""
+    trainer = FakeTrainer()
+    with pytest.raises(UserError) as err:
+        Tuning(_recipe_file(tmp_path), parse_grid(axes), 1, tmp_path / "t", [], trainer).run()
+    assert str(err.value) == f"--grid: {second} trains the recipe of {first} (a point would train twice)"
+    assert trainer.calls == [] and not (tmp_path / "t").exists()
+
+
 def test_a_rerun_with_fewer_seeds_reports_those_seeds_only(tmp_path):
     """results.md kept counting the earlier run's extra seed ("2 seeds") after --seeds 1."""
     out, grid = tmp_path / "tune", parse_grid(["train.embedding_optimizer.lr=0.01,0.1"])
