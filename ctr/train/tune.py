@@ -129,12 +129,13 @@ def _read_value(text: str) -> tuple[bool, Any]:
 
 def _split_top_level(text: str) -> list[str]:
     """``text`` split at its commas outside brackets, braces and quotes (YAML's flow values
-    and quoted strings keep theirs: ``"a,b",c`` is two values)."""
+    and quoted strings keep theirs: ``"a,b",c`` is two values). A quote opens one only where
+    YAML's would, where a value or an item begins (``it's,b`` is two values)."""
     parts, depth, current, quote = [], 0, "", ""
     for char in text:
         if quote:
             quote = "" if char == quote else quote
-        elif char in "'\"":
+        elif char in "'\"" and current.rstrip()[-1:] in ("", "[", "{", ",", ":"):
             quote = char
         else:
             depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(char, 0)

@@ -36,6 +36,17 @@ def test_commas_inside_quotes_do_not_split_a_grid_value():
     ]
 
 
+def test_a_quote_inside_a_plain_value_does_not_hide_the_commas_after_it():
+    """``name=it's,b`` was one point named ``it's,b``: the apostrophe opened a quote that never
+    closed (YAML reads a quote as one only where a value, or an item of a flow value, begins)."""
+    points = parse_grid(["name=it's,b", "data.cache_dir=/tmp/o'brien,/tmp/x", "model.top_mlp=[8, '4,5'],[2]"])
+    assert [p.overrides for p in points][:2] == [
+        ("name=it's", "data.cache_dir=/tmp/o'brien", "model.top_mlp=[8, '4,5']"),
+        ("name=it's", "data.cache_dir=/tmp/o'brien", "model.top_mlp=[2]"),
+    ]
+    assert len(points) == 8
+
+
 class FakeTrainer:
     """Stands in for ``runner.train``: validation AUC rises with the embedding lr, test AUC
     falls with it, so a choice made on test data would pick the other end of the grid."""
