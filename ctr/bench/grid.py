@@ -90,8 +90,9 @@ SETTINGS_FILE = "base.yaml"  # the recipe with its -o that every cell of an out 
 
 def check_settings(out: Path, base: dict[str, Any], recipes: dict[str, Recipe], finished: bool) -> None:
     """Refuses an ``out`` whose cells were built from another recipe or -o (``base.yaml``), or
-    whose run of a cell was begun with other settings (a method's ``<method>.yaml`` changed):
-    their rows would share a table, and an interrupted run would resume with its old settings.
+    whose run of a cell was begun with other settings (a method's ``<method>.yaml`` changed)
+    or on input files changed since: their rows would share a table, and an interrupted run
+    would resume with its old settings.
     An ``out`` none of whose runs began and whose results file holds no ``finished`` cell
     (every cell stopped before training, on what the data refuses: their rows are tried again)
     holds nothing of its settings to keep; a finished cell's row keeps them without its run folder."""
@@ -105,6 +106,8 @@ def check_settings(out: Path, base: dict[str, Any], recipes: dict[str, Recipe], 
     change = next(filter(None, changes), None)
     if change:
         raise UserError(f"{out}: holds runs of other settings ({change}); choose another --out")
+    for key in sorted(begun & recipes.keys()):
+        RunDir(out / "runs" / key).check_compared_inputs(recipes[key].data, out)
 
 
 def keep_settings(out: Path, base: dict[str, Any]) -> None:

@@ -295,10 +295,26 @@ class RunDir:
             if generator:
                 raise UserError(f"{self.root}: {generator}; a resumed run trains on the data it began with: train a "
                                 "new run")
-            change = input_change(saved_value(saved, "source"), source_fingerprint(data))
+            change = self.inputs_changed(data)
             if change:
                 raise UserError(f"{self.root}: {change} since the run began; a resumed run trains on the data it "
                                 "began with: restore it, or train a new run")
+
+    def inputs_changed(self, data: DataConfig) -> str | None:
+        """How the input files of ``data`` (or its dataset plugin's code) differ from those this
+        run began on (``input_change`` of its saved key); None when the same, or for a run with
+        no key (none yet, or of an earlier ctr)."""
+        saved = self.schema / KEY_FILE
+        return input_change(saved_value(saved, "source"), source_fingerprint(data)) if saved.exists() else None
+
+    def check_compared_inputs(self, data: DataConfig, out: Path) -> None:
+        """Refuses, for a command that compares many runs in ``out`` (tune, bench), a run begun
+        on input files changed since (``inputs_changed``): its result, of the old rows, would be
+        compared with runs on the new ones."""
+        change = self.inputs_changed(data)
+        if change:
+            raise UserError(f"{out}: {self.root.name} trained on other data ({change}); its result would be compared "
+                            "with runs on the data as it is now: restore it, or choose another --out")
 
     def drawn_otherwise(self, data: DataConfig) -> str | None:
         """How the rows this run began on differ from those its generated dataset's generator

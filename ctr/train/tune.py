@@ -233,9 +233,10 @@ class Tuning:
 
     def _check_started_runs(self, recipes: dict[str, Recipe]) -> None:
         """Refuses run folders of other settings (a run interrupted before its row was written:
-        resuming it, or reading its metrics, would record the old settings' result as the new's).
-        A folder with nothing to resume or read (a point its data refused before training: its
-        recipe and schema only) is trained afresh, as ``ctr train`` does."""
+        resuming it, or reading its metrics, would record the old settings' result as the new's),
+        and runs begun on input files changed since. A folder with nothing to resume or read (a
+        point its data refused before training: its recipe and schema only) is trained afresh, as
+        ``ctr train`` does."""
         for point in self.points:
             recipe = recipes[point.key]
             for offset in range(self.seeds):
@@ -246,6 +247,7 @@ class Tuning:
                 if change:
                     raise UserError(f"{self.out}: holds runs of other settings ({run.root.name}: {change}); "
                                     "choose another --out")
+                run.check_compared_inputs(recipe.data, self.out)
 
     def _drop_redrawn(self, recipes: dict[str, Recipe], results: Results) -> None:
         """Moves the runs begun on rows that their generated dataset's generator now draws

@@ -447,6 +447,34 @@ def test_other_settings_are_refused_where_finished_rows_outlived_their_run_folde
         check_settings(out, changed, {}, finished=True)
 
 
+def test_a_cell_run_on_input_files_changed_since_is_refused(tmp_path):
+    """A cell finished on a CSV file that was edited before the rerun kept its row, its
+    figures (of the old rows) tabled beside cells trained on the new ones."""
+    import json
+
+    from ctr.datasets.cache import KEY_FILE, source_fingerprint
+    from ctr.recipe import recipe_from_dict
+    from ctr.train.rundir import RunDir
+
+    rows, out = tmp_path / "rows.csv", tmp_path / "bench"
+    rows.write_text("label,a\n1,u\n0,w\n")
+    base = {**tiny_recipe(tmp_path), "data": {"dataset": "csv", "path": str(rows), "label": "label"}}
+    recipe = recipe_from_dict(base)
+    run = RunDir(out / "runs" / "full-full-s0")  # what a finished cell leaves
+    run.write_recipe(recipe)
+    run.metrics.write_text("{}")
+    run.schema.mkdir()
+    (run.schema / KEY_FILE).write_text(json.dumps({"source": source_fingerprint(recipe.data)}))
+    (out / "base.yaml").write_text(yaml.safe_dump(base))
+    check_settings(out, base, {"full-full-s0": recipe}, finished=True)  # the same input: kept
+    rows.write_text("label,a\n1,u\n0,w\n1,w\n")
+    with pytest.raises(UserError) as err:
+        check_settings(out, base, {"full-full-s0": recipe}, finished=True)
+    assert str(err.value) == (f"{out}: full-full-s0 trained on other data (input {rows} changed (its size)); its "
+                              "result would be compared with runs on the data as it is now: restore it, or choose "
+                              "another --out")
+
+
 def test_a_cell_without_its_peak_memory_on_record_shows_a_dash_not_nan():
     """A cell read from a run its child finished as the benchmark stopped has no peak memory:
     the table read ``nan``."""

@@ -654,3 +654,36 @@ def test_a_finished_run_whose_generator_now_draws_other_rows_is_trained_again(tm
     assert not redone or (kept / "metrics.json").read_text() == "{}"
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert sorted(r["point"] for r in rows) == ["p00", "p01"]
+
+
+def test_a_run_on_input_files_changed_since_is_refused_not_ranked_with_the_new(tmp_path):
+    """A point finished on a CSV file that was edited before the rerun kept its row: its
+    validation value, of the old rows, was ranked with points trained on the new ones (and an
+    interrupted point stopped at ``restore it, or train a new run``, which a tune cannot)."""
+    import json
+
+    from ctr.datasets.cache import KEY_FILE, source_fingerprint
+    from ctr.train.rundir import RunDir
+
+    rows = tmp_path / "rows.csv"
+    rows.write_text("label,a\n1,u\n0,w\n")
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({**tiny_recipe(tmp_path), "data": {"dataset": "csv", "path": str(rows),
+                                                                      "label": "label"}}))
+    out, grid = tmp_path / "t", parse_grid(["train.embedding_optimizer.lr=0.01,0.1"])
+    Tuning(base, grid, 1, out, [], FakeTrainer()).run()
+    recipe = load_recipe(base, ["train.embedding_optimizer.lr=0.01"])
+    run = RunDir(out / "runs" / "p00-s0")  # what a real run leaves (FakeTrainer writes nothing)
+    run.write_recipe(recipe)
+    run.metrics.write_text("{}")
+    run.schema.mkdir()
+    (run.schema / KEY_FILE).write_text(json.dumps({"source": source_fingerprint(recipe.data)}))
+    trainer = FakeTrainer()
+    Tuning(base, grid, 1, out, [], trainer).run()
+    assert trainer.calls == []  # the same input: kept
+    rows.write_text("label,a\n1,u\n0,w\n1,w\n")
+    with pytest.raises(UserError) as err:
+        Tuning(base, grid, 1, out, [], trainer).run()
+    assert str(err.value) == (f"{out}: p00-s0 trained on other data (input {rows} changed (its size)); its result "
+                              "would be compared with runs on the data as it is now: restore it, or choose another --out")
+    assert trainer.calls == []
