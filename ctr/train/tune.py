@@ -36,7 +36,7 @@ import yaml
 from ctr.atomic import CsvRows, atomic_write
 from ctr.errors import TrainingDiverged, UserError
 from ctr.metrics import mean_std
-from ctr.recipe import Recipe, recipe_from_dict
+from ctr.recipe import OutputConfig, Recipe, recipe_from_dict
 from ctr.recipe.checks import check_seeds_from, reads_backend
 from ctr.recipe.files import apply_override, read_yaml
 from ctr.registry import EMBEDDINGS
@@ -368,10 +368,12 @@ def _check_data_axes(points: list[Point], first: Recipe) -> None:
 
 def _check_distinct(points: list[Point], recipes: dict[str, Recipe]) -> None:
     """Refuses two points of one recipe (a later axis setting the key an earlier mapping
-    axis's values differ in, a default spelt out): it would train twice, ranked as two settings."""
+    axis's values differ in, a default spelt out), its ``name`` and ``output`` aside (every run
+    goes to ``OUT/runs``): it would train twice, ranked as two settings."""
     first: dict[str, Point] = {}
     for point in points:
-        earlier = first.setdefault(fingerprint(recipes[point.key]), point)
+        trained = replace(recipes[point.key], name="", output=OutputConfig())
+        earlier = first.setdefault(fingerprint(trained), point)
         if earlier is not point:
             raise UserError(f"--grid: {point.key} ({point.label}) trains the recipe of {earlier.key} ({earlier.label}) "
                             "(a point would train twice)")

@@ -117,11 +117,13 @@ def test_an_axis_that_replaces_an_earlier_axis_is_refused():
      "p00 (model={name: dlrm, top_mlp: [8]} model.top_mlp=[16])"),
     (["train.embedding_optimizer={name: adagrad},{name: adagrad, lr: 0.05}"],
      "p01 (train.embedding_optimizer={name: adagrad, lr: 0.05})", "p00 (train.embedding_optimizer={name: adagrad})"),
+    (["name=a,b"], "p01 (name=b)", "p00 (name=a)"),  # a run's name and folder (tune's own) change nothing it trains
+    (["output.dir=x,y"], "p01 (output.dir=y)", "p00 (output.dir=x)"),
 ])
 def test_points_that_train_one_recipe_are_refused_before_any_training(tmp_path, axes, second, first):
     """A later axis setting the one key an earlier mapping axis's values differ in (or a value
-    that is the default spelt out) made two points of one recipe: it trained twice, ranked as
-    two settings."""
+    that is the default spelt out, or a run's name or folder) made two points of one recipe:
+    it trained twice, ranked as two settings."""
     trainer = FakeTrainer()
     with pytest.raises(UserError) as err:
         Tuning(_recipe_file(tmp_path), parse_grid(axes), 1, tmp_path / "t", [], trainer).run()
