@@ -338,15 +338,35 @@ class Tuning:
 
 
 def _check_overrides(points: list[Point], overrides: list[str]) -> None:
-    """Refuses an ``-o`` of a key a ``--grid`` axis sets, or of a key below one: every point
-    replaces its value, so it would train nowhere."""
+    """Refuses an ``-o`` of a key a ``--grid`` axis sets, or of a key below one, or of a
+    mapping holding one (``-o train.optimizer={name: sgd, lr: 0.5}`` with ``--grid
+    train.optimizer.lr=...``): every point replaces its value, so it would train nowhere."""
     axes = {item.partition("=")[0] for point in points for item in point.overrides}
     for item in overrides:
-        key = item.partition("=")[0]
+        key, _, text = item.partition("=")
         axis = next((axis for axis in sorted(axes) if key == axis or key.startswith(f"{axis}.")), None)
         if axis is not None:
             raise UserError(f"-o {key}: --grid {axis} sets it at every point (the -o value would be ignored); "
                             "give it in one of them")
+        inside = next((axis for axis in sorted(axes)
+                       if axis.startswith(f"{key}.") and _holds(text, axis.removeprefix(f"{key}."))), None)
+        if inside is not None:
+            raise UserError(f"-o {key}: its {inside.removeprefix(key + '.')} is set by --grid {inside} at every "
+                            "point (the -o value would be ignored); give it in one of them")
+
+
+def _holds(text: str, path: str) -> bool:
+    """Whether the ``-o`` value ``text`` (YAML) is a mapping holding the dotted key ``path``:
+    ``{name: sgd, lr: 0.5}`` holds ``lr``, ``{optimizer: {lr: 0.5}}`` holds ``optimizer.lr``."""
+    try:
+        node = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return False
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _check_data_axes(points: list[Point], first: Recipe) -> None:

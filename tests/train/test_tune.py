@@ -548,6 +548,22 @@ def test_an_override_that_a_grid_axis_replaces_is_refused(tmp_path, override, ax
     assert len(trainer.calls) == 4  # an -o above an axis is not replaced: the axis sets a key inside it
 
 
+@pytest.mark.parametrize("override, inside", [("train.embedding_optimizer={name: sgd, lr: 0.5}", "lr"),
+                                              ("train={embedding_optimizer: {lr: 0.5}}", "embedding_optimizer.lr")])
+def test_a_mapping_override_holding_a_key_a_grid_axis_sets_is_refused(tmp_path, override, inside):
+    """``-o train.embedding_optimizer={name: sgd, lr: 0.5}`` with ``--grid
+    train.embedding_optimizer.lr=...`` trained sgd at the grid's rates: the -o's lr was
+    replaced at every point, silently, as an -o of the key itself is refused for."""
+    grid = parse_grid(["train.embedding_optimizer.lr=0.01,0.1"])
+    trainer = FakeTrainer()
+    with pytest.raises(UserError) as err:
+        Tuning(_recipe_file(tmp_path), grid, 1, tmp_path / "t", [override], trainer).run()
+    assert str(err.value) == (f"-o {override.partition('=')[0]}: its {inside} is set by --grid "
+                              "train.embedding_optimizer.lr at every point (the -o value would be ignored); give it in "
+                              "one of them")
+    assert trainer.calls == []
+
+
 class SeedDivergingTrainer(FakeTrainer):
     """Diverges on seed 43 only."""
 
