@@ -91,6 +91,7 @@ def parse_grid(items: list[str]) -> list[Point]:
         raise UserError("--grid seed: a seed is no setting to choose (the luckiest would win on noise); give "
                         "--seeds N (the chosen point's seeds from the recipe's on; -o seed=S sets that)")
     _check_nesting(keys)
+    _check_held_keys(axes)
     return [Point(n, combo) for n, combo in enumerate(itertools.product(*axes))]
 
 
@@ -104,6 +105,22 @@ def _check_nesting(keys: list[str]) -> None:
         if inside is not None:
             raise UserError(f"--grid {key}: replaces --grid {inside}, an earlier axis, at every point (its values "
                             "would train nowhere); give that axis after it, or the value in one of them")
+
+
+def _check_held_keys(axes: list[list[str]]) -> None:
+    """Refuses a value of a mapping axis that holds the key of a later axis inside it
+    (``model={top_mlp: [8], ...}`` before ``model.top_mlp=[4],[2]``): the later axis replaces
+    it at every point. ``axes``: each axis's ``key=value`` items."""
+    for later, axis in enumerate(axes):
+        key = axis[0].partition("=")[0]
+        for earlier in axes[:later]:
+            parent = earlier[0].partition("=")[0]
+            inside = key.removeprefix(f"{parent}.")
+            values = [item.partition("=")[2] for item in earlier]
+            held = next((v for v in values if key.startswith(f"{parent}.") and _holds(v, inside)), None)
+            if held is not None:
+                raise UserError(f"--grid {parent}: its value {held} holds {inside}, which --grid {key} sets at every "
+                                "point (that value would train nowhere); leave it out of one of them")
 
 
 def _same_value(value: str, earlier: list[str]) -> bool:
@@ -387,9 +404,9 @@ def _check_data_axes(points: list[Point], first: Recipe) -> None:
 
 
 def _check_distinct(points: list[Point], recipes: dict[str, Recipe]) -> None:
-    """Refuses two points of one recipe (a later axis setting the key an earlier mapping
-    axis's values differ in, a default spelt out), its ``name`` and ``output`` aside (every run
-    goes to ``OUT/runs``): it would train twice, ranked as two settings."""
+    """Refuses two points of one recipe (a default spelt out: ``model=null,{name: dlrm}``), its
+    ``name`` and ``output`` aside (every run goes to ``OUT/runs``): it would train twice,
+    ranked as two settings."""
     first: dict[str, Point] = {}
     for point in points:
         trained = replace(recipes[point.key], name="", output=OutputConfig())

@@ -109,21 +109,30 @@ def test_an_axis_that_replaces_an_earlier_axis_is_refused():
         parse_grid(["model.top_mlp=[8],[4]", "train.batch_size=64", parent])
     assert str(err.value) == ("--grid model: replaces --grid model.top_mlp, an earlier axis, at every point (its "
                               "values would train nowhere); give that axis after it, or the value in one of them")
-    assert len(parse_grid([parent, "model.top_mlp=[8],[4]"])) == 2  # the later axis sets a key inside the mapping
+    inner = "model.top_mlp=[8],[4]"  # after the mapping, an axis sets a key inside it (one the mapping leaves out)
+    assert len(parse_grid(["model={name: dlrm, bottom_mlp: [16]}", inner])) == 2
+
+def test_a_mapping_axis_whose_value_holds_a_later_axis_key_is_refused():
+    """``--grid model={name: dlrm, top_mlp: [8], bottom_mlp: [4]},{...} --grid model.top_mlp=[4],[2]``:
+    the later axis replaced the mapping's top_mlp at every point, silently."""
+    with pytest.raises(UserError) as err:
+        parse_grid(["model={name: dlrm, bottom_mlp: [4]},{name: dlrm, top_mlp: [8], bottom_mlp: [8]}",
+                    "model.top_mlp=[4],[2]"])
+    assert str(err.value) == ("--grid model: its value {name: dlrm, top_mlp: [8], bottom_mlp: [8]} holds top_mlp, "
+                              "which --grid model.top_mlp sets at every point (that value would train nowhere); "
+                              "leave it out of one of them")
+
 
 @pytest.mark.parametrize("axes, second, first", [
-    (["model={name: dlrm, top_mlp: [8]},{name: dlrm, top_mlp: [4]}", "model.top_mlp=[16]"],
-     "p01 (model={name: dlrm, top_mlp: [4]} model.top_mlp=[16])",
-     "p00 (model={name: dlrm, top_mlp: [8]} model.top_mlp=[16])"),
+    (["model=null,{name: dlrm}"], "p01 (model={name: dlrm})", "p00 (model=null)"),
     (["train.embedding_optimizer={name: adagrad},{name: adagrad, lr: 0.05}"],
      "p01 (train.embedding_optimizer={name: adagrad, lr: 0.05})", "p00 (train.embedding_optimizer={name: adagrad})"),
     (["name=a,b"], "p01 (name=b)", "p00 (name=a)"),  # a run's name and folder (tune's own) change nothing it trains
     (["output.dir=x,y"], "p01 (output.dir=y)", "p00 (output.dir=x)"),
 ])
 def test_points_that_train_one_recipe_are_refused_before_any_training(tmp_path, axes, second, first):
-    """A later axis setting the one key an earlier mapping axis's values differ in (or a value
-    that is the default spelt out, or a run's name or folder) made two points of one recipe:
-    it trained twice, ranked as two settings."""
+    """A value that is the default spelt out (or a run's name or folder alone) made two points
+    of one recipe: it trained twice, ranked as two settings."""
     trainer = FakeTrainer()
     with pytest.raises(UserError) as err:
         Tuning(_recipe_file(tmp_path), parse_grid(axes), 1, tmp_path / "t", [], trainer).run()
