@@ -109,8 +109,9 @@ def _check_nesting(keys: list[str]) -> None:
 
 def _check_held_keys(axes: list[list[str]]) -> None:
     """Refuses a value of a mapping axis that holds the key of a later axis inside it
-    (``model={top_mlp: [8], ...}`` before ``model.top_mlp=[4],[2]``): the later axis replaces
-    it at every point. ``axes``: each axis's ``key=value`` items."""
+    (``model={top_mlp: [8], ...}`` before ``model.top_mlp=[4],[2]``), or is null (made a
+    mapping of that key): the later axis replaces it at every point. ``axes``: each axis's
+    ``key=value`` items."""
     for later, axis in enumerate(axes):
         key = axis[0].partition("=")[0]
         for earlier in axes[:later]:
@@ -119,8 +120,8 @@ def _check_held_keys(axes: list[list[str]]) -> None:
             values = [item.partition("=")[2] for item in earlier]
             held = next((v for v in values if key.startswith(f"{parent}.") and _holds(v, inside)), None)
             if held is not None:
-                raise UserError(f"--grid {parent}: its value {held} holds {inside}, which --grid {key} sets at every "
-                                "point (that value would train nowhere); leave it out of one of them")
+                raise UserError(f"--grid {parent}: its value {held} has {inside} set by --grid {key} at every point "
+                                "(that value would train nowhere); leave it out of one of them")
 
 
 def _same_value(value: str, earlier: list[str]) -> bool:
@@ -373,13 +374,16 @@ def _check_overrides(points: list[Point], overrides: list[str]) -> None:
 
 
 def _holds(text: str, path: str) -> bool:
-    """Whether the ``-o`` value ``text`` (YAML) is a mapping holding the dotted key ``path``:
-    ``{name: sgd, lr: 0.5}`` holds ``lr``, ``{optimizer: {lr: 0.5}}`` holds ``optimizer.lr``."""
+    """Whether a key set at the dotted ``path`` inside the value ``text`` (YAML) replaces part of
+    it: a mapping holding ``path`` (``{name: sgd, lr: 0.5}`` holds ``lr``), or a null on the
+    way (``null``: setting a key in it makes it a mapping, as ``apply_override`` does)."""
     try:
         node = yaml.safe_load(text)
     except yaml.YAMLError:
         return False
     for part in path.split("."):
+        if node is None:
+            return True
         if not isinstance(node, dict) or part not in node:
             return False
         node = node[part]

@@ -112,15 +112,21 @@ def test_an_axis_that_replaces_an_earlier_axis_is_refused():
     inner = "model.top_mlp=[8],[4]"  # after the mapping, an axis sets a key inside it (one the mapping leaves out)
     assert len(parse_grid(["model={name: dlrm, bottom_mlp: [16]}", inner])) == 2
 
-def test_a_mapping_axis_whose_value_holds_a_later_axis_key_is_refused():
+@pytest.mark.parametrize("axes, parent, value, inside", [
+    (["model={name: dlrm, bottom_mlp: [4]},{name: dlrm, top_mlp: [8], bottom_mlp: [8]}", "model.top_mlp=[4],[2]"],
+     "model", "{name: dlrm, top_mlp: [8], bottom_mlp: [8]}", "top_mlp"),
+    (["train.early_stop={monitor: valid/logloss},null", "train.early_stop.patience=1,2"],
+     "train.early_stop", "null", "patience"),
+])
+def test_a_mapping_axis_whose_value_a_later_axis_sets_inside_is_refused(axes, parent, value, inside):
     """``--grid model={name: dlrm, top_mlp: [8], bottom_mlp: [4]},{...} --grid model.top_mlp=[4],[2]``:
-    the later axis replaced the mapping's top_mlp at every point, silently."""
+    the later axis replaced the mapping's top_mlp at every point, silently; a null value
+    (``train.early_stop=null``: no early stopping) became a mapping of the later key (early
+    stopping at every point)."""
     with pytest.raises(UserError) as err:
-        parse_grid(["model={name: dlrm, bottom_mlp: [4]},{name: dlrm, top_mlp: [8], bottom_mlp: [8]}",
-                    "model.top_mlp=[4],[2]"])
-    assert str(err.value) == ("--grid model: its value {name: dlrm, top_mlp: [8], bottom_mlp: [8]} holds top_mlp, "
-                              "which --grid model.top_mlp sets at every point (that value would train nowhere); "
-                              "leave it out of one of them")
+        parse_grid(axes)
+    assert str(err.value) == (f"--grid {parent}: its value {value} has {inside} set by --grid {parent}.{inside} at "
+                              "every point (that value would train nowhere); leave it out of one of them")
 
 
 @pytest.mark.parametrize("axes, second, first", [
@@ -557,19 +563,22 @@ def test_an_override_that_a_grid_axis_replaces_is_refused(tmp_path, override, ax
     assert len(trainer.calls) == 4  # an -o above an axis is not replaced: the axis sets a key inside it
 
 
-@pytest.mark.parametrize("override, inside", [("train.embedding_optimizer={name: sgd, lr: 0.5}", "lr"),
-                                              ("train={embedding_optimizer: {lr: 0.5}}", "embedding_optimizer.lr")])
-def test_a_mapping_override_holding_a_key_a_grid_axis_sets_is_refused(tmp_path, override, inside):
+@pytest.mark.parametrize("override, axis, inside", [
+    ("train.embedding_optimizer={name: sgd, lr: 0.5}", "train.embedding_optimizer.lr", "lr"),
+    ("train={embedding_optimizer: {lr: 0.5}}", "train.embedding_optimizer.lr", "embedding_optimizer.lr"),
+    ("train.early_stop=null", "train.early_stop.patience", "patience"),
+])
+def test_a_mapping_override_holding_a_key_a_grid_axis_sets_is_refused(tmp_path, override, axis, inside):
     """``-o train.embedding_optimizer={name: sgd, lr: 0.5}`` with ``--grid
     train.embedding_optimizer.lr=...`` trained sgd at the grid's rates: the -o's lr was
-    replaced at every point, silently, as an -o of the key itself is refused for."""
-    grid = parse_grid(["train.embedding_optimizer.lr=0.01,0.1"])
+    replaced at every point, silently, as an -o of the key itself is refused for; ``-o
+    train.early_stop=null`` (no early stopping) became a mapping of the grid's key (early
+    stopping at every point)."""
     trainer = FakeTrainer()
     with pytest.raises(UserError) as err:
-        Tuning(_recipe_file(tmp_path), grid, 1, tmp_path / "t", [override], trainer).run()
-    assert str(err.value) == (f"-o {override.partition('=')[0]}: its {inside} is set by --grid "
-                              "train.embedding_optimizer.lr at every point (the -o value would be ignored); give it in "
-                              "one of them")
+        Tuning(_recipe_file(tmp_path), parse_grid([f"{axis}=1,2"]), 1, tmp_path / "t", [override], trainer).run()
+    assert str(err.value) == (f"-o {override.partition('=')[0]}: its {inside} is set by --grid {axis} at every point "
+                              "(the -o value would be ignored); give it in one of them")
     assert trainer.calls == []
 
 
