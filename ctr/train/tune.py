@@ -126,23 +126,35 @@ def _check_held_keys(axes: list[list[str]]) -> None:
 
 def _same_value(value: str, earlier: list[str]) -> bool:
     """Whether ``value`` reads as one of ``earlier`` (``0.1`` and ``1e-1``, ``256`` and
-    ``256.0`` alike; ``true`` and ``1`` not)."""
+    ``256.0`` alike; ``true`` and ``1`` not, inside a list or mapping neither)."""
     return _read_value(value) in [_read_value(other) for other in earlier]
 
 
-def _read_value(text: str) -> tuple[bool, Any]:
+def _read_value(text: str) -> Any:  # noqa: ANN401 (what a grid value reads as)
     """A grid value as the recipe reads it (YAML, or the text itself where it is no YAML, as
-    ``apply_override`` reads it; a number YAML leaves as text, ``1e-1``, as one)."""
+    ``apply_override`` reads it), compared through ``_typed``."""
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         value = text
+    return _typed(value)
+
+
+def _typed(value: Any) -> Any:  # noqa: ANN401 (a YAML value)
+    """``value`` with each bool tagged (Python's ``True == 1``) and each number YAML leaves as
+    text (``1e-1``) read as one, through its lists and mappings."""
+    if isinstance(value, bool):
+        return ("bool", value)
     if isinstance(value, str):
         try:
-            value = float(value)
+            return float(value)
         except ValueError:
-            pass
-    return isinstance(value, bool), value
+            return value
+    if isinstance(value, list):
+        return [_typed(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _typed(item) for key, item in value.items()}
+    return value
 
 
 def _split_top_level(text: str) -> list[str]:

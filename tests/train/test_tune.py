@@ -98,6 +98,9 @@ def test_a_value_given_twice_in_an_axis_is_refused():
         with pytest.raises(UserError, match=re.escape(f"value '{value}' given twice")):
             parse_grid([axis])
     assert len(parse_grid(["model.batch_norm=true,1"])) == 2  # a bool is not a number
+    assert len(parse_grid(["model.flags=[true],[1]", "train.x={a: false},{a: 0}"])) == 4  # inside a list or mapping too
+    with pytest.raises(UserError, match=re.escape("value '{a: [1e-1]}' given twice")):
+        parse_grid(["train.x={a: [0.1]},{a: [1e-1]}"])
 
 
 
