@@ -319,7 +319,8 @@ def _bench_compression(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     from ctr.train.rundir import held
     from ctr.train.runner import train
-    from ctr.train.tune import Tuning, parse_grid
+    from ctr.train.grid import parse_grid
+    from ctr.train.tune import Tuning
 
     out = args.out or Path("runs") / f"tune-{args.recipe.stem}"
     tuning = Tuning(args.recipe, parse_grid(args.grid), args.seeds, out, args.override, train)

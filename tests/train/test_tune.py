@@ -12,7 +12,8 @@ import yaml
 
 from ctr.errors import TrainingDiverged, UserError
 from ctr.recipe import load_recipe
-from ctr.train.tune import COLUMNS, Tuning, parse_grid
+from ctr.train.grid import parse_grid
+from ctr.train.tune import COLUMNS, Tuning
 from tests.conftest import tiny_recipe
 
 
