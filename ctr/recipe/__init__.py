@@ -103,7 +103,11 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         """Refuses a key of ``default_feature_keys`` set where ``features`` lists the features,
-        which would leave it unread."""
+        which would leave it unread, and an empty ``features`` list (the default features would
+        train in place of the none it lists)."""
+        if self.features == []:
+            refuse_for_training("features: [] lists no feature; leave data.features out for the dataset's default "
+                                "features")
         if not self.features:
             return
         defaults = {field.name: field.default for field in dataclasses.fields(self)}
