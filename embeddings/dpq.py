@@ -18,6 +18,7 @@ from ctr.errors import refuse_for_training
 from ctr.recipe import EmbeddingConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
+from ctr.typed import require_at_least
 
 CODE_BYTES = 1  # a code, uint8 (at most 256 choices)
 
@@ -30,8 +31,8 @@ class DPQConfig(EmbeddingConfig):
         mode: ``vq`` (nearest key by Euclidean distance, values = keys, straight-through;
             the artifact's default) or ``sx`` (dot-product softmax over keys, separate
             values, straight-through one-hot).
-        parts: P, the most parts D is split into (the artifact's 8); fewer when the budget
-            cannot hold P codes per id.
+        parts: P, the most parts D is split into (the artifact's 8): the largest divisor
+            of D up to it, fewer when the budget cannot hold P codes per id.
         choices: K, the most keys per part (the artifact's 32, at most 256).
         commitment: weight of the VQ loss ‖value − sg(query)‖² (the artifact adds it, 1); in
             ``vq`` it is all that trains the values, so it must be > 0 there.
@@ -45,8 +46,7 @@ class DPQConfig(EmbeddingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.parts < 1 or self.dim % self.parts:
-            raise ValueError(f"parts: {self.parts} must divide dim {self.dim}")
+        require_at_least(self, 1, "parts")  # the most parts: dpq_size takes the largest divisor of D up to it
         if not 2 <= self.choices <= 256:
             raise ValueError(f"choices: {self.choices} must be in [2, 256] (codes are uint8)")
         if not self.commitment >= 0:

@@ -27,8 +27,8 @@ class MGQEConfig(EmbeddingConfig):
     """Settings of ``mgqe``; ``budget`` is required.
 
     Args:
-        subspaces: S, the parts of D quantized separately (paper: 4); fewer when the
-            budget cannot hold S codes per id.
+        subspaces: S, the most parts of D quantized separately (paper: 4): the largest
+            divisor of D up to it, fewer when the budget cannot hold S codes per id.
         frequent_centroids, rare_centroids: centroids per subspace the frequent and the
             rare ids choose among (paper: 256 and 64; rare ids use the first ones).
         frequent_fraction: share of each table's ids, by training frequency, that is frequent.
@@ -44,8 +44,7 @@ class MGQEConfig(EmbeddingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.subspaces < 1 or self.dim % self.subspaces:
-            raise ValueError(f"subspaces: {self.subspaces} must divide dim {self.dim}")
+        require_at_least(self, 1, "subspaces")  # the most parts: subspace_count takes a divisor of D up to it
         if not 1 <= self.rare_centroids <= self.frequent_centroids <= 256:
             raise ValueError("need 1 <= rare_centroids <= frequent_centroids <= 256 (codes are uint8)")
         if not 0 <= self.frequent_fraction <= 1:

@@ -20,6 +20,26 @@ def test_parts_shrink_to_fit_the_budget():
     assert method.parts == 4 and method.memory_bytes() <= 0.1 * method.full_bytes()
 
 
+
+@pytest.mark.parametrize("dim, parts", [(12, 6), (4, 4), (10, 5)])
+def test_the_default_parts_are_a_most_not_a_divisor_of_dim(dim, parts):
+    """``parts`` is the most parts P of D: at a D that 8 does not divide the method takes the
+    largest divisor below it (``embedding.parts: 8 must divide dim 12`` refused the default)."""
+    from ctr.recipe import recipe_from_dict
+
+    config = recipe_from_dict({"embedding": {"method": "dpq", "dim": dim, "budget": 0.5}}).embedding
+    method = DPQEmbedding(schema(BIG), config)
+    assert method.parts == parts and method.memory_bytes() <= 0.5 * method.full_bytes()
+    assert method.embed_ids(torch.zeros(3, dtype=torch.int64), torch.arange(2, 5)).shape == (3, dim)
+
+
+def test_parts_below_one_are_a_one_line_recipe_error():
+    from ctr.errors import RecipeError
+    from ctr.recipe import recipe_from_dict
+
+    with pytest.raises(RecipeError, match=r"^embedding\.parts: must be >= 1, got 0$"):
+        recipe_from_dict({"embedding": {"method": "dpq", "budget": 0.5, "parts": 0}})
+
 @pytest.mark.parametrize("mode", ["vq", "sx"])
 def test_evaluation_decodes_the_codes_training_wrote(mode):
     torch.manual_seed(0)

@@ -1,6 +1,9 @@
+import pytest
 import torch
 
 from ctr.embeddings.mgqe import MGQEConfig, MGQEmbedding
+from ctr.errors import RecipeError
+from ctr.recipe import recipe_from_dict
 from tests.embeddings.schemas import schema
 
 BIG = {"item": 20000, "user": 10000, "tags": 1000}
@@ -58,6 +61,21 @@ def test_straight_through_and_commitment_losses():
 def test_subspaces_shrink_to_fit_the_budget():
     method = MGQEmbedding(schema(BIG), MGQEConfig(dim=16, budget=0.07))
     assert method.subspaces == 2 and method.memory_bytes() <= 0.07 * method.full_bytes()
+
+
+@pytest.mark.parametrize("dim, subspaces", [(6, 3), (2, 2), (10, 2)])
+def test_the_default_subspaces_are_a_most_not_a_divisor_of_dim(dim, subspaces):
+    """``subspaces`` is the most parts S of D: at a D that 4 does not divide the method takes
+    the largest divisor below it (``embedding.subspaces: 4 must divide dim 6`` refused the default)."""
+    config = recipe_from_dict({"embedding": {"method": "mgqe", "dim": dim, "budget": 0.5}}).embedding
+    method = MGQEmbedding(schema(BIG), config)
+    assert method.subspaces == subspaces and method.memory_bytes() <= 0.5 * method.full_bytes()
+    assert trained_codes(method).shape[1] == subspaces
+
+
+def test_subspaces_below_one_are_a_one_line_recipe_error():
+    with pytest.raises(RecipeError, match=r"^embedding\.subspaces: must be >= 1, got 0$"):
+        recipe_from_dict({"embedding": {"method": "mgqe", "budget": 0.5, "subspaces": 0}})
 
 
 def test_each_occurrence_gets_its_nearest_allowed_centroid():
