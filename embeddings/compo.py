@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.budget import FP32_BYTES, BudgetUnreachableError, budget_bytes
+from ctr.errors import refuse_for_training
 from ctr.recipe import EmbeddingConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
@@ -36,6 +37,9 @@ class CompoConfig(EmbeddingConfig):
         super().__post_init__()
         if self.operation == "concat" and self.dim % 2:
             raise ValueError(f"operation concat needs an even dim, got {self.dim}")
+        if self.operation == "mult" and self.init_std == 0:
+            refuse_for_training("init_std: must be > 0 for compo's operation mult, got 0.0 (a product of two rows "
+                                "that start at 0 has no gradient: they would never train)")
 
 
 def compo_floats(vocab: np.ndarray, m: np.ndarray, dim: int, concat: bool) -> np.ndarray:

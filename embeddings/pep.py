@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ctr.embeddings.largest import largest_mask
 from ctr.embeddings.sparse import PrunedTable
 from ctr.embeddings.stages import Stage, StageContext, StagedConfig
-from ctr.errors import RecipeError
+from ctr.errors import RecipeError, refuse_for_training
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
 
@@ -43,6 +43,9 @@ class PEPConfig(StagedConfig):
         super().__post_init__()
         if self.gk <= 0 or self.check_every < 1:
             raise ValueError("need gk > 0 and check_every >= 1")
+        if self.init_std == 0:
+            refuse_for_training("init_std: must be > 0 for pep, got 0.0 (sign(w)·ReLU(|w| − g(s)) has no gradient at "
+                                "w = 0: entries that start at 0 would never train)")
 
 
 def pruning_threshold(s: Tensor, gk: float) -> Tensor:

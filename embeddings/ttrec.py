@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.budget import FP32_BYTES, capped_knob, require_budget
+from ctr.errors import refuse_for_training
 from ctr.recipe import EmbeddingConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
@@ -32,6 +33,9 @@ class TTRecConfig(EmbeddingConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require_at_least(self, 1, "max_rank")
+        if self.init_std == 0:
+            refuse_for_training("init_std: must be > 0 for ttrec, got 0.0 (a product of cores that start at 0 has "
+                                "no gradient: they would never train)")
 
 
 def three_factors(n: int) -> tuple[int, int, int]:
