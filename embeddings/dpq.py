@@ -51,6 +51,10 @@ class DPQConfig(EmbeddingConfig):
             raise ValueError(f"choices: {self.choices} must be in [2, 256] (codes are uint8)")
         if not self.commitment >= 0:
             raise ValueError(f"commitment must be >= 0, got {self.commitment}")
+        if self.mode == "sx" and self.init_std == 0:
+            refuse_for_training("init_std: must be > 0 for dpq's mode sx, got 0.0 (a query and keys that start "
+                                "at 0 give responses ⟨query, key⟩ no gradient: every id keeps code 0, they would "
+                                "never train)")
         if self.mode == "vq" and self.commitment == 0:
             refuse_for_training(f"commitment must be > 0 in mode vq, got {self.commitment} (the loss it weighs is "
                                 "all that trains vq's values: at 0 they keep their initial draw)")

@@ -44,8 +44,8 @@ class PEPConfig(StagedConfig):
         if self.gk <= 0 or self.check_every < 1:
             raise ValueError("need gk > 0 and check_every >= 1")
         if self.init_std == 0:
-            refuse_for_training("init_std: must be > 0 for pep, got 0.0 (sign(w)·ReLU(|w| − g(s)) has no gradient at "
-                                "w = 0: entries that start at 0 would never train)")
+            refuse_for_training("init_std: must be > 0 for pep, got 0.0 (sign(w)·ReLU(|w| − g(s)) has no gradient "
+                                "at w = 0: entries that start at 0 would never train)")
 
 
 def pruning_threshold(s: Tensor, gk: float) -> Tensor:

@@ -254,18 +254,20 @@ def test_a_method_that_reads_the_kernel_backend_says_so(method):
     assert entry.target.reads_backend == read
 
 
-@pytest.mark.parametrize("method", ["compo", "ttrec", "pep"])
-def test_rows_that_would_start_at_zero_and_never_train_are_a_one_line_recipe_error(method):
-    """compo's product of two rows, ttrec's product of three cores and pep's sign(w) have no
-    gradient where every factor is 0: ``init_std: 0`` trained a table that never moved (pep
-    then stopped blaming ``threshold_init``). compo's ``add`` trains from zeros and is kept."""
-    raw = {"method": method, "budget": 0.3, "init_std": 0.0}
+@pytest.mark.parametrize("method, options", [("compo", {}), ("ttrec", {}), ("pep", {}), ("dpq", {"mode": "sx"})])
+def test_rows_that_would_start_at_zero_and_never_train_are_a_one_line_recipe_error(method, options):
+    """compo's product of two rows, ttrec's product of three cores, pep's sign(w) and dpq's
+    sx responses ⟨query, key⟩ have no gradient where every factor is 0: ``init_std: 0``
+    trained a table that never moved (pep then blamed ``threshold_init``; dpq sx gave every id
+    code 0). compo's ``add`` and dpq's ``vq`` train from zeros and are kept."""
+    raw = {"method": method, "budget": 0.3, "init_std": 0.0, **options}
     with pytest.raises(RecipeError, match=rf"^embedding\.init_std: must be > 0 for {method}[^\n]*never train\)$"):
         recipe_from_dict({"embedding": raw})
-    config = EMBEDDINGS.get(method).config(dim=8, budget=0.3, init_std=1e-4)
+    config = EMBEDDINGS.get(method).config(dim=8, budget=0.3, init_std=1e-4, **options)
     embedding = EMBEDDINGS.get(method).target(schema(), config)
     ids = torch.arange(2, 40)
     embedding.embed_ids(torch.zeros_like(ids), ids).square().sum().backward()
-    gradients = [p.grad.coalesce().values() if p.grad.is_sparse else p.grad for p in embedding.parameters() if p.grad is not None]
-    assert any(bool(g.abs().sum() > 0) for g in gradients)  # a small init_std trains
-    assert recipe_from_dict({"embedding": {"method": "compo", "budget": 0.3, "init_std": 0.0, "operation": "add"}})
+    gradients = [p.grad for p in embedding.parameters() if p.grad is not None]
+    assert any(bool(g.coalesce().values().abs().sum() if g.is_sparse else g.abs().sum()) for g in gradients)
+    for kept in ({"method": "compo", "operation": "add"}, {"method": "dpq", "mode": "vq"}):
+        assert recipe_from_dict({"embedding": {**kept, "budget": 0.3, "init_std": 0.0}})
