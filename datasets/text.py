@@ -332,11 +332,15 @@ def _parse_block(block: bytes, first: int, lines: int, fmt: TextFormat, file: Pa
 def _parse_text(lines: _BlockLines, first: int, fmt: TextFormat, invalid: list[tuple[int, str]]) -> tuple[pa.Table, dict]:
     """The rows of a block (from line ``first``), and line number → problem of its lines
     that are not UTF-8 text (None where only a column no one reads is not): the parser
-    refuses the whole block for one such byte (and cannot hand such a row to its handler of
-    rows of other field counts), so they are found first and read as ASCII."""
+    refuses the whole block for one such byte in a column it reads (and cannot hand a row
+    holding one to its handler of rows of other field counts: no handler is given it), so
+    then they are found and read as ASCII."""
     if _is_utf8(lines.block):
         return _parse_rows(lines.block, fmt, invalid), {}
-    not_utf8 = _not_utf8(lines, first, fmt)
+    try:  # such bytes in columns no one reads only, every row of its field count: read as it is
+        return _parse(lines.block, fmt, None, threads=True), {}
+    except pa.ArrowInvalid:
+        not_utf8 = _not_utf8(lines, first, fmt)
     return _parse_rows(_ascii_lines(lines, np.array(list(not_utf8)) - first), fmt, invalid), not_utf8
 
 
@@ -367,8 +371,9 @@ def _parse_rows(block: bytes, fmt: TextFormat, invalid: list[tuple[int, str]]) -
 
 def _not_utf8(lines: _BlockLines, first: int, fmt: TextFormat) -> dict[int, str | None]:
     """Line number → its problem, of the lines of a block (from line ``first``) that are
-    not UTF-8 text; None where only columns no one reads are not (on the error path only: a
-    vectorised search for lines with bytes past ASCII, then each such line decoded)."""
+    not UTF-8 text; None where only columns no one reads are not (for a block the parser
+    refused only: a vectorised search for lines with bytes past ASCII, then each such line
+    decoded)."""
     found: dict[int, str | None] = {}
     kept = set(fmt.kept)
     for k in lines.holding(lines.data >= 0x80).tolist():
