@@ -177,6 +177,9 @@ def resolve_features(config: DataConfig) -> DataConfig:
     _refuse_unnamed_or_repeated(read, columns, config.path)
     _refuse_spec_named_as_column(shorthand.specs, [c for c in read if c not in by_column])
     features = [spec for c in read for spec in by_column.get(c) or [_column_feature(c, shorthand.default_kind)]]
+    if not features:
+        raise RecipeError(f"data.features: leaves no column a feature (columns: {', '.join(columns)}; the label, the "
+                          "group and data.features.skip left out); list fewer in skip, or name a spec")
     return dataclasses.replace(config, features=features)
 
 

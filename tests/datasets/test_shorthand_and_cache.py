@@ -67,6 +67,8 @@ def test_the_run_recipe_lists_the_resolved_features(tmp_path):
         ({"skip": ["row_id"], "defaults": 1}, r"^data\.features\.defaults: unknown key"),
         ({"skip": ["rowid"]}, r"^data\.features\.skip: no column 'rowid' in the data \(columns: row_id, a, click"),
         ({"specs": [{"name": "cost", "kind": "numeric"}]}, r"^data\.features\.specs: no column 'cost'"),
+        ({"skip": ["row_id", "a", "b", "price"]}, r"^data\.features: leaves no column a feature \(columns: row_id, a, "
+                                                  r"click, b, price; the label, the group and data\.features\.skip"),
     ],
 )
 def test_bad_shorthands_name_the_key(tmp_path, features, message):
