@@ -172,6 +172,7 @@ class CsvConfig(FileConfig):
     quoting: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if len(self.delimiter) != 1:
             raise ValueError("delimiter must be one character")
         if not self.header and not isinstance(self.columns, list):
