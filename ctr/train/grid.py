@@ -120,12 +120,20 @@ def _typed(value: Any) -> Any:  # noqa: ANN401 (a YAML value)
 def _split_top_level(text: str) -> list[str]:
     """``text`` split at its commas outside brackets, braces and quotes (YAML's flow values
     and quoted strings keep theirs: ``"a,b",c`` is two values). A quote opens one only where
-    YAML's would, where a value or an item begins (``it's,b`` is two values)."""
+    YAML's would, where a value or an item begins (``it's,b`` is two values); inside one,
+    YAML's escapes (``''`` in single quotes, a backslash in double) close none."""
     parts, depth, current, quote = [], 0, "", ""
+    escaped = closed_single = False
     for char in text:
+        reopens, closed_single = char == "'" and closed_single, False
         if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"" and current.rstrip()[-1:] in ("", "[", "{", ",", ":"):
+            if escaped:
+                escaped = False
+            elif quote == '"' and char == "\\":
+                escaped = True
+            elif char == quote:
+                quote, closed_single = "", char == "'"
+        elif char in "'\"" and (reopens or current.rstrip()[-1:] in ("", "[", "{", ",", ":")):
             quote = char
         else:
             depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(char, 0)
@@ -140,9 +148,10 @@ def _split_top_level(text: str) -> list[str]:
 def holds(text: str, path: str) -> bool:
     """Whether a key set at the dotted ``path`` inside the value ``text`` (YAML) replaces part of
     it: a mapping holding ``path`` (``{name: sgd, lr: 0.5}`` holds ``lr``), or a null on the
-    way (``null``: setting a key in it makes it a mapping, as ``apply_override`` does)."""
+    way (``null``: setting a key in it makes it a mapping, as ``apply_override`` does; an empty
+    ``text`` is text there, no null)."""
     try:
-        node = yaml.safe_load(text)
+        node = yaml.safe_load(text) if text else ""
     except yaml.YAMLError:
         return False
     for part in path.split("."):

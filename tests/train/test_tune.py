@@ -48,6 +48,16 @@ def test_a_quote_inside_a_plain_value_does_not_hide_the_commas_after_it():
     assert len(points) == 8
 
 
+def test_a_quote_escaped_as_yaml_escapes_it_does_not_end_the_quoted_value():
+    """``'it''s,b'`` (YAML's quote inside single quotes) split at its comma: the doubled quote
+    closed the value and opened none; so did ``\\"`` inside double quotes."""
+    points = parse_grid(["name='it''s,b',c", 'model.name="a\\"b,c",d'])
+    assert [p.overrides for p in points] == [
+        ("name='it''s,b'", 'model.name="a\\"b,c"'), ("name='it''s,b'", "model.name=d"),
+        ("name=c", 'model.name="a\\"b,c"'), ("name=c", "model.name=d"),
+    ]
+
+
 class FakeTrainer:
     """Stands in for ``runner.train``: validation AUC rises with the embedding lr, test AUC
     falls with it, so a choice made on test data would pick the other end of the grid."""
@@ -584,6 +594,13 @@ def test_a_mapping_override_holding_a_key_a_grid_axis_sets_is_refused(tmp_path, 
     assert str(err.value) == (f"-o {override.partition('=')[0]}: its {inside} is set by --grid {axis} at every point "
                               "(the -o value would be ignored); give it in one of them")
     assert trainer.calls == []
+
+
+def test_an_override_without_a_value_is_malformed_not_a_null_holding_a_grid_key(tmp_path):
+    """``-o train.early_stop`` (no ``=``) was refused as a null whose patience the grid sets."""
+    with pytest.raises(UserError, match=r"^override 'train\.early_stop': expected key\.path=value$"):
+        Tuning(_recipe_file(tmp_path), parse_grid(["train.early_stop.patience=1,2"]), 1, tmp_path / "t",
+               ["train.early_stop"], FakeTrainer()).run()
 
 
 class SeedDivergingTrainer(FakeTrainer):
