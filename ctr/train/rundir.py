@@ -229,9 +229,9 @@ class RunDir:
         try:
             yield
         except RecipeError as err:
-            if not resume:
-                raise
-            raise RecipeError(f"{self.recipe}: {err}") from None
+            if resume:
+                err.args = (f"{self.recipe}: {err}",)  # its class kept (a caller may catch a subclass)
+            raise
 
     def load_recipe(self) -> Recipe:
         if not self.root.exists():
