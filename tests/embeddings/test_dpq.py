@@ -2,6 +2,8 @@ import pytest
 import torch
 
 from ctr.embeddings.dpq import DPQConfig, DPQEmbedding
+from ctr.errors import RecipeError
+from ctr.recipe import recipe_from_dict
 from tests.embeddings.schemas import schema
 
 BIG = {"item": 20000, "user": 10000, "tags": 1000}
@@ -20,13 +22,10 @@ def test_parts_shrink_to_fit_the_budget():
     assert method.parts == 4 and method.memory_bytes() <= 0.1 * method.full_bytes()
 
 
-
 @pytest.mark.parametrize("dim, parts", [(12, 6), (4, 4), (10, 5)])
 def test_the_default_parts_are_a_most_not_a_divisor_of_dim(dim, parts):
     """``parts`` is the most parts P of D: at a D that 8 does not divide the method takes the
     largest divisor below it (``embedding.parts: 8 must divide dim 12`` refused the default)."""
-    from ctr.recipe import recipe_from_dict
-
     config = recipe_from_dict({"embedding": {"method": "dpq", "dim": dim, "budget": 0.5}}).embedding
     method = DPQEmbedding(schema(BIG), config)
     assert method.parts == parts and method.memory_bytes() <= 0.5 * method.full_bytes()
@@ -34,11 +33,9 @@ def test_the_default_parts_are_a_most_not_a_divisor_of_dim(dim, parts):
 
 
 def test_parts_below_one_are_a_one_line_recipe_error():
-    from ctr.errors import RecipeError
-    from ctr.recipe import recipe_from_dict
-
     with pytest.raises(RecipeError, match=r"^embedding\.parts: must be >= 1, got 0$"):
         recipe_from_dict({"embedding": {"method": "dpq", "budget": 0.5, "parts": 0}})
+
 
 @pytest.mark.parametrize("mode", ["vq", "sx"])
 def test_evaluation_decodes_the_codes_training_wrote(mode):
@@ -69,9 +66,6 @@ def test_vq_responses_are_negative_squared_distances_without_gradient():
 
 def test_a_negative_commitment_is_a_one_line_recipe_error():
     """It was accepted, and trained the codebook away from the queries (mgqe refuses one)."""
-    from ctr.errors import RecipeError
-    from ctr.recipe import recipe_from_dict
-
     with pytest.raises(RecipeError, match=r"^embedding\.commitment: must be >= 0, got -1\.0$"):
         recipe_from_dict({"embedding": {"method": "dpq", "budget": 0.5, "commitment": -1.0}})
 
@@ -79,9 +73,6 @@ def test_a_negative_commitment_is_a_one_line_recipe_error():
 def test_a_zero_commitment_in_vq_mode_is_a_one_line_recipe_error():
     """vq's values learn only from the loss it weighs: at 0 they kept their initial draw, and
     every deployed row was made of untrained values. sx's values learn from the output."""
-    from ctr.errors import RecipeError
-    from ctr.recipe import recipe_from_dict
-
     with pytest.raises(RecipeError, match=r"^embedding\.commitment: must be > 0 in mode vq, got 0\.0 \(.*\)$"):
         recipe_from_dict({"embedding": {"method": "dpq", "budget": 0.5, "commitment": 0.0}})
     assert recipe_from_dict({"embedding": {"method": "dpq", "budget": 0.5, "mode": "sx", "commitment": 0.0}})

@@ -126,6 +126,7 @@ def test_an_axis_that_replaces_an_earlier_axis_is_refused():
     inner = "model.top_mlp=[8],[4]"  # after the mapping, an axis sets a key inside it (one the mapping leaves out)
     assert len(parse_grid(["model={name: dlrm, bottom_mlp: [16]}", inner])) == 2
 
+
 @pytest.mark.parametrize("axes, parent, value, inside", [
     (["model={name: dlrm, bottom_mlp: [4]},{name: dlrm, top_mlp: [8], bottom_mlp: [8]}", "model.top_mlp=[4],[2]"],
      "model", "{name: dlrm, top_mlp: [8], bottom_mlp: [8]}", "top_mlp"),
