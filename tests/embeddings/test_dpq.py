@@ -23,7 +23,7 @@ def test_parts_shrink_to_fit_the_budget():
 
 
 @pytest.mark.parametrize("dim, parts", [(12, 6), (4, 4), (10, 5)])
-def test_the_default_parts_are_a_most_not_a_divisor_of_dim(dim, parts):
+def test_the_default_parts_are_at_most_not_a_divisor_of_dim(dim, parts):
     """``parts`` is the most parts P of D: at a D that 8 does not divide the method takes the
     largest divisor below it (``embedding.parts: 8 must divide dim 12`` refused the default)."""
     config = recipe_from_dict({"embedding": {"method": "dpq", "dim": dim, "budget": 0.5}}).embedding

@@ -64,7 +64,7 @@ def test_subspaces_shrink_to_fit_the_budget():
 
 
 @pytest.mark.parametrize("dim, subspaces", [(6, 3), (2, 2), (10, 2)])
-def test_the_default_subspaces_are_a_most_not_a_divisor_of_dim(dim, subspaces):
+def test_the_default_subspaces_are_at_most_not_a_divisor_of_dim(dim, subspaces):
     """``subspaces`` is the most parts S of D: at a D that 4 does not divide the method takes
     the largest divisor below it (``embedding.subspaces: 4 must divide dim 6`` refused the default)."""
     config = recipe_from_dict({"embedding": {"method": "mgqe", "dim": dim, "budget": 0.5}}).embedding
