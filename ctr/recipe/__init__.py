@@ -442,7 +442,7 @@ def _schedule(block: Any, path: str) -> SchedulerConfig | None:
     if not isinstance(block, dict):
         raise RecipeError(f"{path}: expected a mapping with a name ({', '.join(SCHEDULERS)}), got {block!r}")
     name = block.get("name")
-    if name not in SCHEDULERS:
+    if not isinstance(name, str) or name not in SCHEDULERS:  # a list or mapping: no name to look up
         raise RecipeError(f"{path}.name: expected one of {', '.join(SCHEDULERS)}, got {name!r}")
     return parse(SCHEDULERS[name], block, path)
 

@@ -111,6 +111,8 @@ def test_embedding_scheduler_replaces_the_shared_one():
     "train, message",
     [
         ({"scheduler": {"name": "exponential"}}, r"^train\.scheduler\.name: expected one of constant, plateau"),
+        ({"scheduler": {"name": ["cosine"]}}, r"^train\.scheduler\.name: expected one of constant, .*, got \['cosine'\]$"),
+        ({"embedding_scheduler": {"name": {"step": 1}}}, r"^train\.embedding_scheduler\.name: expected one of constant"),
         ({"scheduler": {"name": "cosine", "patience": 2}}, r"^train\.scheduler\.patience: unknown key"),
         ({"scheduler": {"name": "plateau", "factor": "big"}}, r"^train\.scheduler\.factor: expected float"),
         ({"scheduler": {"name": "linear_warmup", "decay": "cosine"}}, r"^train\.scheduler: linear_warmup: decay"),
