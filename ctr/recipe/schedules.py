@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ctr.errors import refuse_for_training
+
 
 VALID_METRICS = ("valid/auc", "valid/logloss", "valid/gauc")  # gauc: with a data.group column
 
@@ -77,7 +79,8 @@ class CosineSchedule(SchedulerConfig):
 class LinearWarmupSchedule(SchedulerConfig):
     """Per training step: ``lr`` rises linearly from ``lr / warmup_steps`` to ``lr`` over the
     first ``warmup_steps`` steps, then ``decay`` (``none``: stays; ``linear`` / ``cosine``: falls
-    to ``min_lr`` over ``decay_steps`` steps and stays there)."""
+    to ``min_lr`` over ``decay_steps`` steps and stays there). ``decay_steps`` and ``min_lr`` are
+    read by a decay only, so they are refused with ``decay: none``."""
 
     name: str = "linear_warmup"
     warmup_steps: int = 1000
@@ -90,6 +93,11 @@ class LinearWarmupSchedule(SchedulerConfig):
             raise ValueError("linear_warmup: warmup_steps and min_lr must be >= 0")
         if self.decay != "none" and (self.decay_steps is None or self.decay_steps < 1):
             raise ValueError(f"linear_warmup: decay {self.decay!r} needs decay_steps >= 1")
+        if self.decay == "none":  # the lr stays at its base after the warm-up: these would be unread
+            for key, value in (("decay_steps", self.decay_steps), ("min_lr", self.min_lr or None)):
+                if value is not None:
+                    refuse_for_training(f"{key}: {value:g} is read by a decay only; set decay (linear or cosine) "
+                                        f"or leave {key} out")
 
 
 @dataclass

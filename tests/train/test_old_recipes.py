@@ -98,6 +98,7 @@ def test_split_fractions_saved_for_a_dataset_that_splits_its_rows_itself_are_dro
 TIGHTENED = {  # values refused since runs were saved with them, that only training reads
     "dpq vq commitment 0": {"embedding": {"method": "dpq", "dim": 8, "budget": 0.5, "mode": "vq", "commitment": 0}},
     "max_vocab 0": {"data": {"features": [{"name": "C1", "max_vocab": 0}]}},
+    "warmup decay_steps without a decay": {"train": {"scheduler": {"name": "linear_warmup", "decay_steps": 100}}},
 }
 
 
@@ -143,7 +144,8 @@ def test_a_resume_of_a_run_saved_with_a_value_refused_since_names_its_recipe(tmp
     assert cli.main(["train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"ctr: error: {run / 'recipe.yaml'}: ") and "\n" not in err
-    assert {"dpq vq commitment 0": "commitment: must be > 0 in mode vq", "max_vocab 0": "max_vocab must be >= 1"}[name] in err
+    assert {"dpq vq commitment 0": "commitment: must be > 0 in mode vq", "max_vocab 0": "max_vocab must be >= 1",
+            "warmup decay_steps without a decay": "train.scheduler.decay_steps: 100 is read by a decay only"}[name] in err
 
 
 BLOCKS = 5000  # dnis groups: more than the ids of all tables of tiny_recipe's data

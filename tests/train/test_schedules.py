@@ -116,6 +116,12 @@ def test_embedding_scheduler_replaces_the_shared_one():
         ({"scheduler": {"name": "cosine", "patience": 2}}, r"^train\.scheduler\.patience: unknown key"),
         ({"scheduler": {"name": "plateau", "factor": "big"}}, r"^train\.scheduler\.factor: expected float"),
         ({"scheduler": {"name": "linear_warmup", "decay": "cosine"}}, r"^train\.scheduler: linear_warmup: decay"),
+        ({"scheduler": {"name": "linear_warmup", "decay_steps": 100}},
+         r"^train\.scheduler\.decay_steps: 100 is read by a decay only; set decay \(linear or cosine\) or leave "
+         r"decay_steps out$"),
+        ({"scheduler": {"name": "linear_warmup", "warmup_steps": 10, "min_lr": 1e-5}},
+         r"^train\.scheduler\.min_lr: 1e-05 is read by a decay only; set decay \(linear or cosine\) or leave "
+         r"min_lr out$"),
         ({"early_stop": {"min_delta": -1}}, r"^train\.early_stop\.min_delta: must be >= 0, got -1\.0$"),
         ({"early_stop": {"monitor": "valid/foo"}}, r"^train\.early_stop\.monitor: 'valid/foo' is not logged; choose"),
         ({"scheduler": {"name": "plateau", "monitor": "valid/accuracy"}}, r"^train\.scheduler: plateau: monitor must be"),
