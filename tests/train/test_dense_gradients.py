@@ -70,3 +70,16 @@ def test_dense_gradients_refuse_sparse_only_optimizers(tmp_path, optimizer, inst
     with pytest.raises(RecipeError, match=r"^embedding\.gradients: dense gradients cannot be stepped") as err:
         recipe_from_dict(raw)
     assert str(err.value).endswith(instead)
+
+
+def test_grad_clip_clips_the_dense_part_and_leaves_dense_table_gradients_as_they_are(tmp_path, tiny_prepared):
+    """``train.grad_clip`` clips the model's gradients only (docs/recipes.md): a table's
+    gradient, dense here, keeps its norm, as FuxiCTR's ``max_gradient_norm`` would not."""
+    torch.manual_seed(0)
+    task = task_for(tmp_path, tiny_prepared, {"gradients": "dense"}, train={**DENSE_ADAM, "grad_clip": 1e-6})
+    optimizer = task.configure_optimizers()
+    batch = next(iter(BatchLoader(tiny_prepared.split_dir("train"), tiny_prepared.schema, 256, prefetch=0)))
+    task.step(batch, optimizer)
+    dense = torch.cat([p.grad.flatten() for p in task._dense_parameters() if p.grad is not None])
+    assert dense.norm() == pytest.approx(1e-6, rel=1e-3)
+    assert task.net.embedding.weight.grad.norm() > 1e-4
