@@ -42,6 +42,7 @@ from ctr.recipe.files import apply_override, read_yaml
 from ctr.registry import EMBEDDINGS
 from ctr.train.grid import Point, holds
 from ctr.train.launch import require_one_process
+from ctr.train.optim import fused_optimizer
 from ctr.train.refusal import budget_refusal
 from ctr.train.rundir import RunDir
 
@@ -207,10 +208,10 @@ class Tuning:
         point's settings are not what is wrong (the same error without them)."""
         try:
             raw = self._raw(base, point)
-            recipe = _in_one_process(recipe_from_dict(raw))
+            recipe = _trainable_here(recipe_from_dict(raw))
         except UserError as err:
             try:
-                _in_one_process(recipe_from_dict(base))
+                _trainable_here(recipe_from_dict(base))
             except UserError as without:
                 if str(without) == str(err):
                     raise UserError(f"{self.recipe_path} (with its -o): {err}") from None
@@ -312,9 +313,13 @@ def _drop_unread_backend(raw: dict[str, Any], point: Point) -> None:
         del raw["embedding"]["backend"]
 
 
-def _in_one_process(recipe: Recipe) -> Recipe:
-    """``recipe``, refused if it asks for several processes: every run trains in this one."""
+def _trainable_here(recipe: Recipe) -> Recipe:
+    """``recipe``, refused if it asks for several processes (every run trains in this one), or a
+    fused table update its embedding optimizer has no fused form of (``ctr train`` refuses it
+    before any work)."""
     require_one_process(recipe)
+    if recipe.train.embedding_optimizer.fused:
+        fused_optimizer(recipe.train.embedding_optimizer)
     return recipe
 
 

@@ -548,6 +548,19 @@ def test_a_recipe_of_several_processes_is_refused_not_trained_on_one(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_point_whose_fused_table_update_has_no_fused_form_is_refused_before_any_point_trains(tmp_path):
+    """``train.embedding_optimizer.fused`` with an optimizer the kernels cannot apply in the
+    backward (adam) is what ``ctr train`` refuses before any work: a grid point of it stopped
+    ctr tune only when its turn came, after the points before it had trained."""
+    trainer = FakeTrainer()
+    fused = {"embedding_optimizer": {"name": "adagrad", "fused": True}}
+    with pytest.raises(UserError, match=r"^--grid train\.embedding_optimizer\.name=adam: train\.embedding_optimizer\."
+                                        r"fused: optimizer 'adam' has no fused form \(choose from "):
+        Tuning(_recipe_file(tmp_path, train=fused), parse_grid(["train.embedding_optimizer.name=adagrad,adam"]), 1,
+               tmp_path / "t", [], trainer).run()
+    assert trainer.calls == []
+
+
 def test_the_user_guide_names_every_column_of_results_csv():
     """docs/training.md's description of ``OUT/results.csv`` names each of its columns."""
     guide = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
