@@ -133,6 +133,8 @@ def test_scientific_floats_without_a_dot_are_floats():
      r"^embedding\.arch_optimizer\.name: sparse_adam steps sparse gradients only"),  # a crash at step 1
     ({"embedding": {"method": "dnis", "budget": 0.5, "arch_optimizer": {"name": "rowwise_adagrad", "weight_decay": 1}}},
      r"^embedding\.arch_optimizer\.weight_decay: rowwise_adagrad applies no weight decay"),  # ignored
+    ({"embedding": {"method": "optembed", "arch_optimizer": {"name": "adma", "weight_decay": 1}}},
+     r"^embedding\.arch_optimizer\.name: unknown optimizer 'adma', did you mean adam\?"),  # found as a stage began
 ])
 def test_a_precision_ctr_would_train_wrongly_is_refused_before_any_work(raw, message):
     with pytest.raises(RecipeError, match=message):

@@ -150,6 +150,9 @@ def check_combinations(recipe: Recipe) -> None:
     """Registered optimizer names, and keys valid alone that do not go together."""
     OPTIMIZERS.get(recipe.train.optimizer.name, "train.optimizer.name")
     OPTIMIZERS.get(recipe.train.embedding_optimizer.name, "train.embedding_optimizer.name")
+    arch = getattr(recipe.embedding, "arch_optimizer", None)  # a method's architecture parameters' optimizer
+    if arch is not None:
+        OPTIMIZERS.get(arch.name, "embedding.arch_optimizer.name")
     dense, embedding_optimizer = recipe.embedding.gradients == "dense", recipe.train.embedding_optimizer
     if dense and (embedding_optimizer.fused or embedding_optimizer.name == "sparse_adam"):
         instead = ("fused: false (a fused update steps the touched rows in the backward)" if embedding_optimizer.fused
