@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ctr.errors import refuse_for_training
+from ctr.typed import require_at_least
 
 
 VALID_METRICS = ("valid/auc", "valid/logloss", "valid/gauc")  # gauc: with a data.group column
@@ -51,11 +52,11 @@ class PlateauSchedule(SchedulerConfig):
     mode: Literal["max", "min"] | None = None
 
     def __post_init__(self) -> None:
-        if not 0 < self.factor < 1 or self.patience < 0 or self.min_delta < 0 or self.min_lr < 0:
-            raise ValueError("plateau: factor must be in (0, 1); patience, min_delta and min_lr >= 0")
+        if not 0 < self.factor < 1:
+            raise ValueError(f"factor must be in (0, 1), got {self.factor}")
+        require_at_least(self, 0, "patience", "min_delta", "min_lr")
         if self.monitor is not None and self.monitor not in VALID_METRICS:
-            raise ValueError(f"plateau: monitor must be a validation metric ({', '.join(VALID_METRICS)}), "
-                             f"got {self.monitor!r}")
+            raise ValueError(f"monitor: must be a validation metric ({', '.join(VALID_METRICS)}), got {self.monitor!r}")
         if self.monitor is not None:
             metric_mode(self.monitor, self.mode)
 
@@ -71,8 +72,9 @@ class CosineSchedule(SchedulerConfig):
     min_lr: float = 0.0
 
     def __post_init__(self) -> None:
-        if (self.epochs is not None and self.epochs < 1) or self.min_lr < 0:
-            raise ValueError("cosine: epochs must be >= 1 and min_lr >= 0")
+        if self.epochs is not None:
+            require_at_least(self, 1, "epochs")
+        require_at_least(self, 0, "min_lr")
 
 
 @dataclass
@@ -89,10 +91,9 @@ class LinearWarmupSchedule(SchedulerConfig):
     min_lr: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.warmup_steps < 0 or self.min_lr < 0:
-            raise ValueError("linear_warmup: warmup_steps and min_lr must be >= 0")
+        require_at_least(self, 0, "warmup_steps", "min_lr")
         if self.decay != "none" and (self.decay_steps is None or self.decay_steps < 1):
-            raise ValueError(f"linear_warmup: decay {self.decay!r} needs decay_steps >= 1")
+            raise ValueError(f"decay_steps must be >= 1 with decay {self.decay!r}, got {self.decay_steps}")
         if self.decay == "none":  # the lr stays at its base after the warm-up: these would be unread
             for key, value in (("decay_steps", self.decay_steps), ("min_lr", self.min_lr or None)):
                 if value is not None:
@@ -109,8 +110,9 @@ class StepSchedule(SchedulerConfig):
     factor: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.step_epochs < 1 or not 0 < self.factor <= 1:
-            raise ValueError("step: step_epochs must be >= 1 and factor in (0, 1]")
+        require_at_least(self, 1, "step_epochs")
+        if not 0 < self.factor <= 1:
+            raise ValueError(f"factor must be in (0, 1], got {self.factor}")
 
 
 SCHEDULERS: dict[str, type[SchedulerConfig]] = {

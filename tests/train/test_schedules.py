@@ -115,7 +115,8 @@ def test_embedding_scheduler_replaces_the_shared_one():
         ({"embedding_scheduler": {"name": {"step": 1}}}, r"^train\.embedding_scheduler\.name: expected one of constant"),
         ({"scheduler": {"name": "cosine", "patience": 2}}, r"^train\.scheduler\.patience: unknown key"),
         ({"scheduler": {"name": "plateau", "factor": "big"}}, r"^train\.scheduler\.factor: expected float"),
-        ({"scheduler": {"name": "linear_warmup", "decay": "cosine"}}, r"^train\.scheduler: linear_warmup: decay"),
+        ({"scheduler": {"name": "linear_warmup", "decay": "cosine"}},
+         r"^train\.scheduler\.decay_steps: must be >= 1 with decay 'cosine', got None$"),
         ({"scheduler": {"name": "linear_warmup", "decay_steps": 100}},
          r"^train\.scheduler\.decay_steps: 100 is read by a decay only; set decay \(linear or cosine\) or leave "
          r"decay_steps out$"),
@@ -124,7 +125,20 @@ def test_embedding_scheduler_replaces_the_shared_one():
          r"min_lr out$"),
         ({"early_stop": {"min_delta": -1}}, r"^train\.early_stop\.min_delta: must be >= 0, got -1\.0$"),
         ({"early_stop": {"monitor": "valid/foo"}}, r"^train\.early_stop\.monitor: 'valid/foo' is not logged; choose"),
-        ({"scheduler": {"name": "plateau", "monitor": "valid/accuracy"}}, r"^train\.scheduler: plateau: monitor must be"),
+        ({"scheduler": {"name": "plateau", "monitor": "valid/accuracy"}},
+         r"^train\.scheduler\.monitor: must be a validation metric \(valid/auc, valid/logloss, valid/gauc\), got "
+         r"'valid/accuracy'$"),
+        # each range names its key and value (one message listed every range of the schedule)
+        ({"scheduler": {"name": "plateau", "factor": 1}}, r"^train\.scheduler\.factor: must be in \(0, 1\), got 1\.0$"),
+        ({"embedding_scheduler": {"name": "plateau", "patience": -1}},
+         r"^train\.embedding_scheduler\.patience: must be >= 0, got -1$"),
+        ({"scheduler": {"name": "plateau", "min_lr": -1}}, r"^train\.scheduler\.min_lr: must be >= 0, got -1\.0$"),
+        ({"scheduler": {"name": "cosine", "epochs": 0}}, r"^train\.scheduler\.epochs: must be >= 1, got 0$"),
+        ({"scheduler": {"name": "cosine", "min_lr": -1e-3}}, r"^train\.scheduler\.min_lr: must be >= 0, got -0\.001$"),
+        ({"scheduler": {"name": "linear_warmup", "warmup_steps": -5}},
+         r"^train\.scheduler\.warmup_steps: must be >= 0, got -5$"),
+        ({"scheduler": {"name": "step", "step_epochs": 0}}, r"^train\.scheduler\.step_epochs: must be >= 1, got 0$"),
+        ({"scheduler": {"name": "step", "factor": 2}}, r"^train\.scheduler\.factor: must be in \(0, 1\], got 2\.0$"),
     ],
 )
 def test_invalid_schedules_name_the_key(train, message):
