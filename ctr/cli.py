@@ -249,11 +249,12 @@ def _eval(args: argparse.Namespace) -> int:
     from ctr.metrics import metrics_json
     from ctr.train.runner import evaluate
 
-    if args.data is not None and args.split != "test":
+    if args.data is not None and args.split is not None:
         raise UserError("eval: --data evaluates a whole file; give no --split with it")
+    split = args.split or "test"
     with sigterm_raises():  # the encoded copy and a half-written file are removed on the way out
-        metrics = evaluate(args.run_dir, args.split, args.data)
-    scored = args.data if args.data is not None else f"its {args.split} split"
+        metrics = evaluate(args.run_dir, split, args.data)
+    scored = args.data if args.data is not None else f"its {split} split"
     print(f"{args.run_dir}: best checkpoint scored on {scored}", file=sys.stderr)
     print(metrics_json(metrics))
     return 0

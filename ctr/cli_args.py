@@ -26,7 +26,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="re-evaluate a finished run's best checkpoint")
     evaluate.add_argument("run_dir", type=a_path, help="a run directory (ctr train --out)")
-    evaluate.add_argument("--split", choices=("test", "valid"), default="test",
+    evaluate.add_argument("--split", choices=("test", "valid"),  # None: not given (test), told from --split test
                           help="the split of the recipe's data to score (default test)")
     evaluate.add_argument("--data", type=a_path, help="evaluate every row of this file (the recipe's format) instead")
     evaluate.set_defaults(run=handlers["eval"])

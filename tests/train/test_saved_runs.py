@@ -213,6 +213,15 @@ def test_eval_of_a_file_without_labels_is_one_line_not_a_loss_against_zeros(csv_
                                      "scores against them (`ctr predict` scores unlabelled rows)")
 
 
+
+@pytest.mark.parametrize("split", ["test", "valid"])
+def test_eval_of_a_file_refuses_any_split_given_with_it(split, capsys):
+    """``--data FILE --split test`` evaluated FILE's every row: the split was read as not given
+    (test is its default), though FILE's rows are no split of the recipe's data."""
+    assert main(["eval", "run", "--data", "rows.csv", "--split", split]) == 2
+    assert capsys.readouterr().err.strip() == "ctr: error: eval: --data evaluates a whole file; give no --split with it"
+
+
 TERMINATED_WHILE_SCORING = """
 import os, signal, sys
 import ctr.train.saved as saved
