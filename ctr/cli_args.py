@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -41,12 +42,12 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="score raw rows with a finished run (a score column per row)")
     predict.add_argument("run_dir", type=a_path, help="a finished run directory")
     predict.add_argument("input", type=a_path, help="rows in the recipe's format (label optional)")
-    predict.add_argument("--out", type=a_path, required=True, help="scores: parquet, or CSV for a .csv/.tsv name")
+    predict.add_argument("--out", type=a_file, required=True, help="scores: parquet, or CSV for a .csv/.tsv name")
     predict.set_defaults(run=handlers["predict"])
 
     export = commands.add_parser("export", help="a torch.export program of a finished run's inference model")
     export.add_argument("run_dir", type=a_path, help="a finished run directory")
-    export.add_argument("--out", type=a_path, required=True, help="the program file (model.pt2); its schema goes beside it")
+    export.add_argument("--out", type=a_file, required=True, help="the program file (model.pt2); its schema goes beside it")
     export.set_defaults(run=handlers["export"])
 
     tune = commands.add_parser("tune", help="a grid of recipe settings chosen on validation, then over seeds")
@@ -79,7 +80,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     clean.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     clean.set_defaults(run=handlers["data clean"])
     synth = data.add_parser("synth", help="write synthetic Criteo-schema rows as raw Criteo DAC TSV")
-    synth.add_argument("out", type=a_path, help="the TSV file to write (gzip-compressed when named *.gz)")
+    synth.add_argument("out", type=a_file, help="the TSV file to write (gzip-compressed when named *.gz)")
     synth.add_argument("--rows", type=int, required=True, help="rows to write")
     synth.add_argument("--seed", type=int, default=2024, help="seed of the planted model and rows (default 2024)")
     synth.add_argument("--vocab-scale", type=float, default=1.0,
@@ -171,6 +172,14 @@ def given(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("empty; leave the flag out for its default")
     return text
+
+
+def a_file(text: str) -> Path:
+    """A file to write (``a_path``): one named as a folder, ``scores/``, is refused (``Path``
+    drops the slash: the file would take the folder's name)."""
+    if text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"{text}: names a folder (it ends in /); name the file to write")
+    return a_path(text)
 
 
 def a_path(text: str) -> Path:

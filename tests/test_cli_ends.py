@@ -248,6 +248,22 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, monke
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("argv", [
+    ["predict", "run", "rows.csv", "--out", "scores/"], ["export", "run", "--out", "models/"],
+    ["data", "synth", "rows/", "--rows", "10"],
+])
+def test_a_file_to_write_named_as_a_folder_is_refused(tmp_path, monkeypatch, capsys, argv):
+    """``--out scores/`` (a folder that does not exist yet) wrote a file named ``scores``: the
+    trailing slash was dropped with the rest of the path's text."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    assert stop.value.code == 2
+    name = next(arg for arg in argv if arg.endswith("/"))
+    assert capsys.readouterr().err.strip().endswith(f"{name}: names a folder (it ends in /); name the file to write")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("argv, argument", [
     (["train", "recipe.yaml", "--out=~/runs/a"], "out"), (["train", "--resume=~/runs/a"], "resume"),
     (["eval", "~/runs/a"], "run_dir"), (["predict", "~/runs/a", "rows.csv", "--out", "s.csv"], "run_dir"),
