@@ -7,7 +7,7 @@ The program takes the model's inputs as plain tensors and returns click probabil
     offsets  int64   [F * B + 1] bag boundaries in ``values`` (features in ``sparse`` order)
     →        float32 [B]         probabilities
 
-B is dynamic (down to 1), and so is N (down to 0: every bag empty). The program refuses an id
+B is dynamic (1 to 2^40), and so is N (0, every bag empty, to 2^40). The program refuses an id
 outside its feature's vocabulary and a bag of more ids than ctr's encoder makes (a
 categorical's one, a sequence's ``max_len``); a DIN program, a row whose behaviour sequences
 hold different numbers of ids. While exporting, a batch with sequence features is
@@ -46,8 +46,10 @@ from ctr.schema import OOV_ID, Schema
 from ctr.train.saved import finished_run, restored_task
 from ctr.train.net import CTRNet
 
-MAX_BATCH = 1 << 24
-MAX_VALUES = 1 << 31
+# rows and ids a batch may hold: past any memory (2^24 rows stopped a file scored at once), and
+# F * MAX_BATCH + 1, the offsets' length, stays within int64 up to 2^22 features
+MAX_BATCH = 1 << 40
+MAX_VALUES = 1 << 40
 
 
 class InferenceModel(nn.Module):

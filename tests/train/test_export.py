@@ -319,3 +319,17 @@ def test_an_export_past_the_free_disk_is_refused_naming_out_and_writes_nothing(s
     assert re.fullmatch(rf"ctr: error: {re.escape(str(out))}: the program needs ~[\d.]+ MB, 0.001 MB free on its "
                         r"disk; free space there or choose another --out\n", capsys.readouterr().err)
     assert not list((tmp_path / "export").iterdir())
+
+
+def test_a_program_takes_batches_and_ids_past_what_memory_holds(short_run, tmp_path):
+    """A program refused a batch of more than 2^24 rows (``Guard failed: dense.size()[0] <=
+    16777216``), and 2^31 ids: a file scored at once stopped there. Its range of B and N (read
+    from the program's inputs: a batch that large does not fit this test's memory) goes past
+    2^40."""
+    out = tmp_path / "model.pt2"
+    assert main(["export", str(short_run), "--out", str(out)]) == 0
+    program = torch.export.load(out)
+    shapes = {node.name: node.meta["val"].shape for node in program.graph.nodes if node.op == "placeholder"}
+    ranges = {str(symbol): bounds for symbol, bounds in program.range_constraints.items()}
+    for size in (shapes["dense"][0], shapes["values"][0]):
+        assert ranges[str(size)].upper >= 1 << 40
