@@ -58,6 +58,7 @@ def predict(run_root: Path, data: Path, out: Path) -> dict[str, Any]:
     """Scores every row of ``data`` into ``out``; returns rows, rows/s, the OOV counts and,
     when the rows have labels, AUC, logloss (and group AUC with a group column). Progress
     is shown as the run's training showed it (``shows_bars``)."""
+    _check_format(out)
     if out.resolve() == data.resolve():
         raise UserError(f"{out}: is the input; write the scores to another file")
     if not data.is_file() and out.resolve().is_relative_to(data.resolve()):
@@ -89,6 +90,14 @@ def predict(run_root: Path, data: Path, out: Path) -> dict[str, Any]:
         result.update(_metrics(parts))
     result["oov"] = oov_counts(encoded)
     return result
+
+
+def _check_format(out: Path) -> None:
+    """Refuses an ``out`` named as compressed CSV (``scores.csv.gz``): its last suffix is no
+    CSV one, and parquet would be written under a name that says otherwise."""
+    if out.suffix.lower() not in CSV_SUFFIXES and out.with_suffix("").suffix.lower() in CSV_SUFFIXES:
+        raise UserError(f"{out}: scores are written uncompressed, as CSV (.csv), TSV (.tsv) or parquet (another name); "
+                        f"name it {out.with_suffix('').name}")
 
 
 def _refuse_read_input(out: Path, data: Path, config: DataConfig) -> None:

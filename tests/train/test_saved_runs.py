@@ -222,6 +222,18 @@ def test_eval_of_a_file_refuses_any_split_given_with_it(split, capsys):
     assert capsys.readouterr().err.strip() == "ctr: error: eval: --data evaluates a whole file; give no --split with it"
 
 
+
+@pytest.mark.parametrize("name, plain", [("scores.csv.gz", "scores.csv"), ("scores.TSV.bz2", "scores.TSV")])
+def test_predict_into_a_compressed_csv_name_is_refused(name, plain, tmp_path, capsys):
+    """``--out scores.csv.gz`` wrote a parquet file under that name (its last suffix is no CSV
+    one): a reader of gzip-compressed CSV failed on it."""
+    assert main(["predict", "run", "rows.csv", "--out", str(tmp_path / name)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"ctr: error: {tmp_path / name}: scores are written uncompressed, as CSV (.csv), TSV (.tsv) or parquet "
+        f"(another name); name it {plain}")
+    assert list(tmp_path.iterdir()) == []
+
+
 TERMINATED_WHILE_SCORING = """
 import os, signal, sys
 import ctr.train.saved as saved
