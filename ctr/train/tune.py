@@ -201,6 +201,7 @@ class Tuning:
         for item in point.overrides:
             apply_override(raw, item)
         _drop_unread_backend(raw, point)
+        _drop_unread_decay(raw, point)
         return raw
 
     def _recipe(self, base: dict[str, Any], point: Point) -> Recipe:
@@ -311,6 +312,22 @@ def _drop_unread_backend(raw: dict[str, Any], point: Point) -> None:
     method = raw["embedding"].get("method", "full")
     if isinstance(method, str) and method in EMBEDDINGS and not reads_backend(method):
         del raw["embedding"]["backend"]
+
+
+def _drop_unread_decay(raw: dict[str, Any], point: Point) -> None:
+    """Leaves the base recipe's ``decay_steps`` and ``min_lr`` out of a schedule that ``point``
+    makes ``decay: none`` (read by a decay only, the recipe refuses them there: a grid of
+    ``train.scheduler.decay=none,linear`` needs them for its other points). Those the point
+    itself gives stay for the recipe to refuse."""
+    keys = {item.partition("=")[0] for item in point.overrides}
+    train = raw.get("train")
+    for section in ("scheduler", "embedding_scheduler"):
+        block = train.get(section) if isinstance(train, dict) else None
+        if f"train.{section}.decay" not in keys or not isinstance(block, dict) or block.get("decay") != "none":
+            continue
+        for key in ("decay_steps", "min_lr"):
+            if f"train.{section}.{key}" not in keys:
+                block.pop(key, None)
 
 
 def _trainable_here(recipe: Recipe) -> Recipe:

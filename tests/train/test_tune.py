@@ -72,6 +72,33 @@ class FakeTrainer:
                                                                          "logloss": 0.5}}
 
 
+class ScheduleTrainer(FakeTrainer):
+    """Records each run's learning-rate schedule."""
+
+    def __init__(self):
+        super().__init__()
+        self.schedules = []
+
+    def __call__(self, recipe, out, resume):
+        self.schedules.append(recipe.train.scheduler)
+        return super().__call__(recipe, out, resume)
+
+
+def test_a_point_without_a_decay_leaves_out_the_base_keys_only_a_decay_reads(tmp_path):
+    """``--grid train.scheduler.decay=none,linear`` over a base warm-up with a linear decay was
+    refused whole: its ``none`` point kept the base's decay_steps and min_lr, read by a decay
+    only (the recipe refuses them there)."""
+    schedule = {"name": "linear_warmup", "warmup_steps": 2, "decay": "linear", "decay_steps": 10, "min_lr": 0.001}
+    trainer = ScheduleTrainer()
+    grid = parse_grid(["train.scheduler.decay=none,linear"])
+    Tuning(_recipe_file(tmp_path, train={"scheduler": schedule}), grid, 1, tmp_path / "t", [], trainer).run()
+    assert [(s.decay, s.decay_steps, s.min_lr) for s in trainer.schedules] == [("none", None, 0.0),
+                                                                               ("linear", 10, 0.001)]
+    given = parse_grid(["train.scheduler.decay=none,linear", "train.scheduler.decay_steps=10,20"])
+    with pytest.raises(UserError, match=r"train\.scheduler\.decay_steps: 10 is read by a decay only"):
+        Tuning(_recipe_file(tmp_path, train={"scheduler": schedule}), given, 1, tmp_path / "u", [], trainer).run()
+
+
 def _recipe_file(tmp_path, **sections):
     path = tmp_path / "base.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe(tmp_path, **sections)))
