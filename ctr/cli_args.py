@@ -175,10 +175,10 @@ def given(text: str) -> str:
 
 
 def a_file(text: str) -> Path:
-    """A file to write (``a_path``): one named as a folder, ``scores/``, is refused (``Path``
-    drops the slash: the file would take the folder's name)."""
-    if text.endswith(("/", os.sep)):
-        raise argparse.ArgumentTypeError(f"{text}: names a folder (it ends in /); name the file to write")
+    """A file to write (``a_path``): one named as a folder, ``scores/``, ``scores/.`` or ``..``,
+    is refused (``Path`` drops the slash and the dot: the file would take the folder's name)."""
+    if text.endswith("/") or os.path.basename(text) in (".", ".."):
+        raise argparse.ArgumentTypeError(f"{text}: names a folder; name the file to write")
     return a_path(text)
 
 

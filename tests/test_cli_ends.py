@@ -250,7 +250,8 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(tmp_path, monke
 
 @pytest.mark.parametrize("argv", [
     ["predict", "run", "rows.csv", "--out", "scores/"], ["export", "run", "--out", "models/"],
-    ["data", "synth", "rows/", "--rows", "10"],
+    ["data", "synth", "rows/", "--rows", "10"], ["data", "synth", "rows/.", "--rows", "10"],
+    ["export", "run", "--out", ".."],
 ])
 def test_a_file_to_write_named_as_a_folder_is_refused(tmp_path, monkeypatch, capsys, argv):
     """``--out scores/`` (a folder that does not exist yet) wrote a file named ``scores``: the
@@ -259,8 +260,8 @@ def test_a_file_to_write_named_as_a_folder_is_refused(tmp_path, monkeypatch, cap
     with pytest.raises(SystemExit) as stop:
         cli.main(argv)
     assert stop.value.code == 2
-    name = next(arg for arg in argv if arg.endswith("/"))
-    assert capsys.readouterr().err.strip().endswith(f"{name}: names a folder (it ends in /); name the file to write")
+    name = next(arg for arg in argv if arg.endswith(("/", ".")))
+    assert capsys.readouterr().err.strip().endswith(f"{name}: names a folder; name the file to write")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -213,14 +213,12 @@ def test_eval_of_a_file_without_labels_is_one_line_not_a_loss_against_zeros(csv_
                                      "scores against them (`ctr predict` scores unlabelled rows)")
 
 
-
 @pytest.mark.parametrize("split", ["test", "valid"])
 def test_eval_of_a_file_refuses_any_split_given_with_it(split, capsys):
     """``--data FILE --split test`` evaluated FILE's every row: the split was read as not given
     (test is its default), though FILE's rows are no split of the recipe's data."""
     assert main(["eval", "run", "--data", "rows.csv", "--split", split]) == 2
     assert capsys.readouterr().err.strip() == "ctr: error: eval: --data evaluates a whole file; give no --split with it"
-
 
 
 @pytest.mark.parametrize("name, plain", [("scores.csv.gz", "scores.csv"), ("scores.TSV.bz2", "scores.TSV")])
@@ -232,6 +230,12 @@ def test_predict_into_a_compressed_csv_name_is_refused(name, plain, tmp_path, ca
         f"ctr: error: {tmp_path / name}: scores are written uncompressed, as CSV (.csv), TSV (.tsv) or parquet "
         f"(another name); name it {plain}")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_into_a_parquet_name_holding_csv_is_not_refused_for_it(tmp_path, capsys):
+    """``scores.csv.parquet`` names a parquet file: only a compressed CSV name is refused."""
+    assert main(["predict", str(tmp_path / "run"), "rows.csv", "--out", str(tmp_path / "scores.csv.parquet")]) == 2
+    assert capsys.readouterr().err.strip() == f"ctr: error: {tmp_path / 'run'}: no such run directory"
 
 
 TERMINATED_WHILE_SCORING = """
