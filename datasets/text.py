@@ -332,9 +332,9 @@ def _parse_block(block: bytes, first: int, lines: int, fmt: TextFormat, file: Pa
 def _parse_text(lines: _BlockLines, first: int, fmt: TextFormat, invalid: list[tuple[int, str]]) -> tuple[pa.Table, dict]:
     """The rows of a block (from line ``first``), and line number → problem of its lines
     that are not UTF-8 text (None where only a column no one reads is not): the parser
-    refuses the whole block for one such byte in a column it reads (and cannot hand a row
-    holding one to its handler of rows of other field counts: no handler is given it), so
-    then they are found and read as ASCII."""
+    refuses the whole block for one such byte in a column it reads (and, given a handler of
+    rows of other field counts, fails to decode a row holding one for it: the first parse of
+    such a block has none), so then they are found and read as ASCII."""
     if _is_utf8(lines.block):
         return _parse_rows(lines.block, fmt, invalid), {}
     try:  # such bytes in columns no one reads only, every row of its field count: read as it is
