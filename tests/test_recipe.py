@@ -165,7 +165,7 @@ def test_a_section_that_is_not_a_mapping_is_refused_not_read_as_its_defaults(sec
     ({"seed": 2**32}, r"^seed: must be in \[0, 4294967295\]"),
     ({"data": {"split": {"seed": -5}}}, r"^data\.split\.seed: must be >= 0, got -5$"),
     ({"data": {"shuffle_buffer": 0}}, r"^data\.shuffle_buffer: must be >= 1 \(rows\), got 0$"),
-    ({"data": {"features": []}}, r"^data\.features: \[\] lists no feature; list those to train, or leave data\.features out"),
+    ({"data": {"features": []}}, r"^data\.features: \[\] lists no feature; list the features to train, or leave data\.features out"),
     ({"data": {"prefetch": -1}}, r"^data\.prefetch: must be >= 0 \(0: batches built inline\), got -1$"),
     ({"embedding": {"init_std": -1}}, r"^embedding\.init_std: must be >= 0, got -1\.0$"),
     ({"embedding": {"dense_max_mb": -1}}, r"^embedding\.dense_max_mb: must be >= 0, got -1\.0$"),

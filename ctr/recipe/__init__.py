@@ -106,8 +106,8 @@ class DataConfig:
         which would leave it unread, and an empty ``features`` list (the default features would
         train in place of the none it lists)."""
         if self.features == []:
-            refuse_for_training("features: [] lists no feature; list those to train, or leave data.features out "
-                                "for the dataset's defaults")
+            refuse_for_training("features: [] lists no feature; list the features to train, or leave "
+                                "data.features out for the dataset's defaults")
         if not self.features:
             return
         defaults = {field.name: field.default for field in dataclasses.fields(self)}

@@ -82,7 +82,7 @@ class LinearWarmupSchedule(SchedulerConfig):
     """Per training step: ``lr`` rises linearly from ``lr / warmup_steps`` to ``lr`` over the
     first ``warmup_steps`` steps, then ``decay`` (``none``: stays; ``linear`` / ``cosine``: falls
     to ``min_lr`` over ``decay_steps`` steps and stays there). ``decay_steps`` and ``min_lr`` are
-    read by a decay only, so they are refused with ``decay: none``."""
+    read by a decay only, so with ``decay: none`` they are refused (``min_lr`` above 0)."""
 
     name: str = "linear_warmup"
     warmup_steps: int = 1000
@@ -93,7 +93,8 @@ class LinearWarmupSchedule(SchedulerConfig):
     def __post_init__(self) -> None:
         require_at_least(self, 0, "warmup_steps", "min_lr")
         if self.decay != "none" and (self.decay_steps is None or self.decay_steps < 1):
-            raise ValueError(f"decay_steps must be >= 1 with decay {self.decay!r}, got {self.decay_steps}")
+            given = "not given" if self.decay_steps is None else f"got {self.decay_steps}"
+            raise ValueError(f"decay_steps must be >= 1 with decay {self.decay!r}, {given}")
         if self.decay == "none":  # the lr stays at its base after the warm-up: these would be unread
             for key, value in (("decay_steps", self.decay_steps), ("min_lr", self.min_lr or None)):
                 if value is not None:

@@ -244,3 +244,10 @@ def fused_optimizer(cfg: OptimizerConfig) -> FusedOptimizer:
             f"train.embedding_optimizer.fused: optimizer {cfg.name!r} has no fused form (choose from {', '.join(FUSABLE)})"
         )
     return FusedOptimizer(cfg.name, lr=cfg.lr)
+
+
+def require_fused_form(cfg: OptimizerConfig) -> None:
+    """Refuses (``fused_optimizer``'s RecipeError) a fused table update ``cfg`` has no fused
+    form of: ``ctr train`` and each ``ctr tune`` point check it before any work."""
+    if cfg.fused:
+        fused_optimizer(cfg)

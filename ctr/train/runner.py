@@ -22,7 +22,7 @@ from ctr.train.checks import check_before_fit, check_schedule_floors, require_ro
 from ctr.train.loop import (
     Session, check_best_kept, evaluate_checkpoint, fit, quiet_lightning, trainer_for,
 )
-from ctr.train.optim import fused_optimizer
+from ctr.train.optim import require_fused_form
 from ctr.train.placement import Placement, placement, use_threads
 from ctr.train.plots import plot_curves
 from ctr.train.rundir import RunDir, default_run_dir
@@ -50,8 +50,7 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
 
 def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:
     """Trains ``recipe`` in this one process into ``run``; returns (and writes) metrics.json."""
-    if recipe.train.embedding_optimizer.fused:
-        fused_optimizer(recipe.train.embedding_optimizer)  # an unknown rule fails here, before any work
+    require_fused_form(recipe.train.embedding_optimizer)
     place = placement(recipe)
     use_threads(recipe.trainer.num_threads)
     L.seed_everything(recipe.seed, workers=True, verbose=False)

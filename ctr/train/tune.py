@@ -42,7 +42,7 @@ from ctr.recipe.files import apply_override, read_yaml
 from ctr.registry import EMBEDDINGS
 from ctr.train.grid import Point, holds
 from ctr.train.launch import require_one_process
-from ctr.train.optim import fused_optimizer
+from ctr.train.optim import require_fused_form
 from ctr.train.refusal import budget_refusal
 from ctr.train.rundir import RunDir
 
@@ -335,8 +335,7 @@ def _trainable_here(recipe: Recipe) -> Recipe:
     fused table update its embedding optimizer has no fused form of (``ctr train`` refuses it
     before any work)."""
     require_one_process(recipe)
-    if recipe.train.embedding_optimizer.fused:
-        fused_optimizer(recipe.train.embedding_optimizer)
+    require_fused_form(recipe.train.embedding_optimizer)
     return recipe
 
 

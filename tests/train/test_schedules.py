@@ -116,7 +116,7 @@ def test_embedding_scheduler_replaces_the_shared_one():
         ({"scheduler": {"name": "cosine", "patience": 2}}, r"^train\.scheduler\.patience: unknown key"),
         ({"scheduler": {"name": "plateau", "factor": "big"}}, r"^train\.scheduler\.factor: expected float"),
         ({"scheduler": {"name": "linear_warmup", "decay": "cosine"}},
-         r"^train\.scheduler\.decay_steps: must be >= 1 with decay 'cosine', got None$"),
+         r"^train\.scheduler\.decay_steps: must be >= 1 with decay 'cosine', not given$"),
         ({"scheduler": {"name": "linear_warmup", "decay_steps": 100}},
          r"^train\.scheduler\.decay_steps: 100 is read by a decay only; set decay \(linear or cosine\) or leave "
          r"decay_steps out$"),
