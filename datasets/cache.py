@@ -139,7 +139,7 @@ def stale_entries(root: Path) -> list[Stale]:
     """The entries of cache folder ``root`` (``cache_root``) that are stale: unfinished
     preparations whose process is gone, entries of another pipeline version (or written before
     entries recorded their key), entries of another version of a generated dataset's
-    generator, entries whose input files changed or were deleted, and entries an older ctr keyed
+    generator, entries whose input files changed, were deleted or gained one, and entries an older ctr keyed
     otherwise (by a recipe key their rows do not depend on: their recipe keys another entry now).
     What is not named as preparation names an entry is left alone: a ``data.cache_dir`` of a
     project folder puts the entries in its ``data/``, beside the raw files."""
@@ -194,8 +194,9 @@ def _staleness(entry: Path) -> str | None:
 
 def _rekeyed(name: str, inputs: dict[str, Any]) -> str | None:
     """Where the recipe whose ``inputs`` (``key_inputs``) keyed entry ``name`` keys another
-    entry now (an older ctr keyed it, by a key its rows do not depend on, say); None when it
-    keys this one, or its recipe cannot be built again (a plugin no longer installed)."""
+    entry now: an input file new in its folder (``input_change``), or an older ctr keyed it
+    (by a key its rows do not depend on, say); None when it keys this one, or its recipe
+    cannot be built again (a plugin no longer installed)."""
     dataset, _, key = name.rpartition("-")
     if dataset not in DATASETS:
         return None
@@ -204,13 +205,14 @@ def _rekeyed(name: str, inputs: dict[str, Any]) -> str | None:
         options = {**inputs["source"]["options"], "split": inputs["split"]}
         config = parse(registered.config or DataConfig, options, "data")
         features = [parse(FeatureSpec, spec, "data.features") for spec in inputs["features"]]
-        now = cache_key(key_inputs(registered.target(config), features, inputs["label"], inputs["group"],
-                                   config.split))[:16]
+        current = key_inputs(registered.target(config), features, inputs["label"], inputs["group"], config.split)
     except Exception:  # a source (a plugin's) that no longer builds from its saved options cannot tell
         return None
+    now = cache_key(current)[:16]
     if now == key:
         return None
-    return f"keyed by an older ctr: its recipe keys {dataset}-{now} now"
+    rekeyed = f"keyed by an older ctr: its recipe keys {dataset}-{now} now"
+    return input_change(inputs["source"], current["source"]) or rekeyed
 
 
 def _generator_change(name: str, source: dict[str, Any]) -> str | None:

@@ -190,6 +190,21 @@ def test_clean_removes_a_file_in_the_cache_folder_and_says_what_it_is(tmp_path, 
     assert capsys.readouterr().err.strip().endswith("/DONE: not a folder")
 
 
+def test_clean_names_a_file_new_in_an_input_folder(tmp_path, capsys):
+    """A file added to a data.path folder made the entry stale as "keyed by an older ctr: its
+    recipe keys ... now", as if the entry were an old ctr's: it names the new file."""
+    raw = csv_recipe(tmp_path)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    write_csv(folder / "part-0.csv")
+    raw["data"]["path"] = str(folder)
+    entry = prepare(recipe_from_dict(raw).data, progress=False).root
+    write_csv(folder / "part-1.csv", rows=10)
+    assert main(["data", "clean", "--dry-run", "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert f"would remove {entry.name} (" in out and f"): input {(folder / 'part-1.csv').resolve()} is new\n" in out
+
+
 def test_clean_leaves_alone_what_ctr_did_not_name(tmp_path, capsys):
     """With data.cache_dir the project folder, the entries sit beside the data in its data/
     folder: clean removed the raw files ("not an entry") and folders ("no DONE") there, the
