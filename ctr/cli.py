@@ -399,7 +399,7 @@ def _synth(args: argparse.Namespace) -> int:
         key, _, rest = str(err).partition(": ")
         flag = SYNTH_FLAGS.get(key.removeprefix("data."))
         raise UserError(f"{flag}: {rest}" if flag and key.startswith("data.") else str(err)) from None
-    print(f"wrote {rows:,} rows to {args.out}")
+    print(f"wrote {rows:,} {'row' if rows == 1 else 'rows'} to {args.out}")
     return 0
 
 

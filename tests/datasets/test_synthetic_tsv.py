@@ -27,6 +27,13 @@ def test_synth_writes_dac_tsv_that_the_criteo_reader_reads(tmp_path, capsys):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+def test_synth_of_one_row_says_row(tmp_path, capsys):
+    """`--rows 1` said "wrote 1 rows"."""
+    assert main(["data", "synth", str(tmp_path / "day.tsv"), "--rows", "1", "--vocab-scale", "0.01"]) == 0
+    assert capsys.readouterr().out == f"wrote 1 row to {tmp_path / 'day.tsv'}\n"
+    assert len((tmp_path / "day.tsv").read_text().splitlines()) == 1
+
+
 def test_synth_to_a_gz_name_writes_gzip_data(tmp_path, capsys):
     """``ctr data synth day_0.gz`` wrote plain text under the gzip name (``zcat`` refused it)."""
     plain, packed = tmp_path / "day.tsv", tmp_path / "day_0.gz"
