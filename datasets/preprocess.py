@@ -223,12 +223,18 @@ def _require_same_optional(batch: pa.RecordBatch, optional: frozenset[str], abse
 
 
 def _publish(tmp: Path, root: Path) -> None:
+    """Renames the finished entry ``tmp`` to ``root``; one another process published there
+    meanwhile is kept, an unfinished folder or a stray file at that name replaced."""
     try:
         os.rename(tmp, root)
     except OSError:
-        if not (root / DONE).exists():  # a stale, unfinished folder: replace it
+        if (root / DONE).exists():
+            return
+        if root.is_dir() and not root.is_symlink():
             shutil.rmtree(root, ignore_errors=True)
-            os.rename(tmp, root)
+        else:
+            root.unlink(missing_ok=True)
+        os.rename(tmp, root)
 
 
 class _Job:

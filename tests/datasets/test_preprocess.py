@@ -1,6 +1,7 @@
 import json
 import logging
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -81,6 +82,19 @@ def test_killed_preparation_leaves_no_usable_entry(tmp_path, monkeypatch):
     prepared = prepare(recipe.data, progress=False)
     assert (prepared.root / "DONE").exists()
     assert sum(s["rows"] for s in prepared.report["splits"].values()) == 6000
+
+
+def test_a_file_at_the_entry_s_name_is_replaced_by_the_entry(tmp_path):
+    """A stray file named as the entry (one `ctr data clean` removes as "not an entry") failed
+    the preparation at its end, naming its temporary folder: "...tmp-123-ab12cd34: not a directory"."""
+    recipe = recipe_from_dict(tiny_recipe(tmp_path))
+    root = prepare(recipe.data, progress=False).root
+    shutil.rmtree(root)
+    root.write_text("hi\n")
+    prepared = prepare(recipe.data, progress=False)
+    assert prepared.root == root and (root / "DONE").is_file()
+    assert sum(s["rows"] for s in prepared.report["splits"].values()) == 6000
+    assert sorted(p.name for p in root.parent.iterdir()) == [root.name]
 
 
 def test_loader_covers_each_row_once_and_shuffles_by_seed(tiny_prepared):
