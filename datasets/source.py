@@ -79,11 +79,15 @@ class DatasetSource(ABC):
         """What identifies the raw input (for the cache key): options plus file stamps. An
         option the rows do not depend on is there at its default (recipes that differ only
         there share an entry): a ``data.split`` key not in ``split_keys``, and where the recipe
-        lists its features, a key that only builds the default ones (``default_feature_keys``)."""
+        lists its features, a key that only builds the default ones (``default_feature_keys``);
+        a ``label`` or ``group`` that names the source's own is there as left out."""
         options = to_plain(self.config)
         for key in ("cache_dir", "prefetch", "shuffle_buffer", "on_device"):
             options.pop(key, None)
         options["split"] = keyed_split(self.config.split, self.split_keys())
+        for key in ("label", "group"):  # the source's own named: as when left out (the key holds the one read)
+            if options.get(key) == getattr(self, key):
+                options[key] = None
         if self.config.features:
             options.update(_defaults(type(self.config), type(self.config).default_feature_keys))
         for key in type(self.config).path_keys:  # the same files named from another folder: the same key

@@ -236,6 +236,17 @@ def test_a_run_from_before_the_split_seed_keeps_its_split(tmp_path):
     assert RunDir(tmp_path).load_recipe().data.split.seed == 2024
 
 
+def test_a_recipe_naming_the_default_label_shares_the_entry(tmp_path):
+    """`label: label` (a csv's default) keyed another entry than leaving the label out: the
+    same rows were encoded again."""
+    (tmp_path / "rows.csv").write_text("label,a\n" + "".join(f"{i % 2},a{i % 7}\n" for i in range(60)))
+    raw = {"data": {"dataset": "csv", "path": str(tmp_path / "rows.csv"), "features": [{"name": "a"}],
+                    "cache_dir": str(tmp_path / "cache")}}
+    default = prepare(recipe_from_dict(raw).data, progress=False).root
+    raw["data"]["label"] = "label"
+    assert prepare(recipe_from_dict(raw).data, progress=False).root == default
+
+
 def test_the_same_file_named_from_another_folder_shares_the_entry(tmp_path, monkeypatch):
     """A run's recipe.yaml holds absolute paths: its resume encoded the data again when the
     run began with a relative one."""
