@@ -173,7 +173,9 @@ def _staleness(entry: Path) -> str | None:
         return "unfinished (no DONE)"
     if not (entry / KEY_FILE).exists():
         return "written by an older ctr (no key.json)"
-    inputs = json.loads((entry / KEY_FILE).read_text())
+    inputs = _saved_key(entry / KEY_FILE)
+    if inputs is None:
+        return f"its {KEY_FILE} cannot be read (damaged)"
     if inputs.get("version") != PIPELINE_VERSION:
         return f"pipeline version {inputs.get('version')} (now {PIPELINE_VERSION})"
     generator = _generator_change(entry.name, inputs["source"])
@@ -190,6 +192,17 @@ def _staleness(entry: Path) -> str | None:
         if not Path(module).is_file() or code_digest(Path(module)) != digest:
             return f"the code of dataset plugin {module} changed"
     return _rekeyed(entry.name, inputs)
+
+
+def _saved_key(file: Path) -> dict[str, Any] | None:
+    """The inputs an entry's ``key.json`` holds (``key_inputs``); None when it is not whole:
+    not JSON, or not a mapping of the source and its files."""
+    try:
+        inputs = json.loads(file.read_text())
+    except ValueError:  # cut short, or not UTF-8 text
+        return None
+    source = inputs.get("source") if isinstance(inputs, dict) else None
+    return inputs if isinstance(source, dict) and isinstance(source.get("files", []), list) else None
 
 
 def _rekeyed(name: str, inputs: dict[str, Any]) -> str | None:
