@@ -42,8 +42,8 @@ import yaml
 
 from ctr.atomic import CsvRows, atomic_write
 from ctr.bench.grid import (
-    UNBUDGETED, Cell, cell_recipe, cell_recipes, check_seeds, check_settings, embedding_keys, keep_settings,
-    method_options, plan, prepare_once,
+    SETTINGS_FILE, UNBUDGETED, Cell, cell_recipe, cell_recipes, check_seeds, check_settings, embedding_keys,
+    keep_settings, method_options, plan, prepare_once,
 )
 from ctr.errors import UserError, sigterm_raises
 from ctr.metrics import mean_std
@@ -144,6 +144,7 @@ def run_compression(
     import_recipe_plugins(base)  # before --methods is checked: it may name a plugin's method
     check_seeds(base, seeds)
     cells = plan(methods, budgets, seeds)
+    _check_spares_recipe(recipe_path, out, cells)
     options = method_options(overrides)
     raws = {cell.key: cell_recipe(base, options, recipe_path, cell, out) for cell in cells}
     recipes = cell_recipes(raws, base, recipe_path)
@@ -177,6 +178,18 @@ def run_compression(
         pool.shutdown()
     _report(results, cells, out, seeds)
     return results
+
+
+WRITTEN = (SETTINGS_FILE, "results.csv", "results.md", "auc_vs_memory.png")  # the files of OUT's top
+
+
+def _check_spares_recipe(recipe_path: Path, out: Path, cells: list[Cell]) -> None:
+    """Refuses an ``out`` where a file the benchmark writes (``WRITTEN``, or a cell's
+    ``recipes/<cell>.yaml``) is the recipe file: ``--out .`` beside ``base.yaml`` wrote the
+    recipe with its -o over it."""
+    written = [out / name for name in WRITTEN] + [out / "recipes" / f"{cell.key}.yaml" for cell in cells]
+    if any(path.resolve() == recipe_path.resolve() for path in written):
+        raise UserError(f"--out {out}: the benchmark would write over its recipe {recipe_path}; choose another --out")
 
 
 def _drop_redrawn(results: Results, cells: list[Cell], recipes: dict[str, Recipe], out: Path) -> None:

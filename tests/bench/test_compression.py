@@ -502,3 +502,18 @@ def test_a_method_yaml_whose_method_is_null_gives_the_cells_method(tmp_path):
     (tmp_path / "hash.yaml").write_text("embedding: {method: null, dim: 4}\n")
     block = cell_recipe(tiny_recipe(tmp_path), [], tmp_path / "base.yaml", Cell("hash", 0.5, 0), tmp_path)["embedding"]
     assert block == {"method": "hash", "dim": 8, "budget": 0.5}
+
+
+@pytest.mark.parametrize("name, out", [("base.yaml", "."), ("results.md", "."), ("hash-0.5-s0.yaml", "..")])
+def test_an_out_whose_files_would_overwrite_the_recipe_is_refused_before_any_cell(tmp_path, name, out):
+    """``ctr bench compression base.yaml --out .`` wrote its base.yaml (the recipe with its
+    -o) over the recipe file itself; a recipe under OUT/recipes/ took its cell's recipe."""
+    folder = tmp_path / "recipes" if out == ".." else tmp_path
+    folder.mkdir(exist_ok=True)
+    recipe = folder / name
+    text = yaml.safe_dump(tiny_recipe(tmp_path, train={"epochs": 1}))
+    recipe.write_text(text)
+    message = f"^--out {folder / out}: the benchmark would write over its recipe {recipe}; choose another --out$"
+    with pytest.raises(UserError, match=message):
+        run_compression(recipe, ["hash"], [0.5], 1, folder / out, ["train.batch_size=128"])
+    assert recipe.read_text() == text and not (tmp_path / "runs").exists()
