@@ -22,6 +22,7 @@ import lightning as L
 import torch
 
 from ctr.errors import UserError
+from ctr.recipe.files import apply_override
 from ctr.train.phases import PHASES, EventClock, PhaseClock, WallClock
 
 # Runtime calls that block the host (``cudaMemcpy`` is the synchronous copy; ``cudaMemcpyAsync`` is not).
@@ -112,10 +113,14 @@ def resolve_device(name: str) -> torch.device:
 
 def _refuse_processes(overrides: list[str]) -> None:
     """Refuses an ``-o`` of more than one process: the benchmark measures one process's loop
-    (a recipe's own ``trainer.devices`` is set to 1; an override said otherwise, and was not)."""
+    (a recipe's own ``trainer.devices`` is set to 1; an override said otherwise, and was not),
+    given by its key or in a mapping of the section (``trainer={devices: 2}``)."""
     for item in overrides:
-        key, _, value = item.partition("=")
-        if key.strip() in ("trainer.devices", "trainer.num_nodes") and value.strip() not in ("1", ""):
+        given: dict = {}
+        apply_override(given, item)
+        trainer = given.get("trainer")
+        counts = [trainer.get(key, 1) for key in ("devices", "num_nodes")] if isinstance(trainer, dict) else []
+        if any(count not in (1, "") or isinstance(count, bool) for count in counts):
             raise UserError(f"-o {item}: ctr bench train measures one process's training loop (it runs with "
                             "trainer.devices and num_nodes 1); time a distributed run with ctr train")
 

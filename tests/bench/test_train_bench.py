@@ -68,6 +68,12 @@ def test_bench_train_refuses_a_missing_gpu(tmp_path, capsys):
     (["--profile-steps", "-2"], "--profile-steps: must be >= 0, got -2"),
     (["-o", "trainer.devices=2"], "-o trainer.devices=2: ctr bench train measures one process's training loop (it "
                                   "runs with trainer.devices and num_nodes 1); time a distributed run with ctr train"),
+    (["-o", "trainer={devices: 2}"], "-o trainer={devices: 2}: ctr bench train measures one process's training loop "
+                                     "(it runs with trainer.devices and num_nodes 1); time a distributed run with ctr "
+                                     "train"),  # the section's mapping: it measured one process silently
+    (["-o", "trainer={num_nodes: 2, precision: 32}"], "-o trainer={num_nodes: 2, precision: 32}: ctr bench train "
+     "measures one process's training loop (it runs with trainer.devices and num_nodes 1); time a distributed run "
+     "with ctr train"),
 ])
 def test_bench_train_bad_count_names_its_flag(tmp_path, capsys, flags, said):
     path = tmp_path / "tiny.yaml"
