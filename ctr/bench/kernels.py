@@ -101,10 +101,13 @@ def resolve(config: KernelBenchConfig) -> tuple[KernelBenchConfig, torch.device]
     )
     for name in ("batch", "tables", "rows", "iters"):
         if getattr(config, name) < 1:
-            raise UserError(f"--{name}: must be >= 1")
+            raise UserError(f"--{name}: must be >= 1, got {getattr(config, name)}")
     for flag, sizes in (("--dims", config.dims), ("--pooling", config.poolings)):
         if min(sizes) < 1:
             raise UserError(f"{flag}: each must be >= 1, got {','.join(map(str, sizes))}")
+        repeated = sorted({size for size in sizes if sizes.count(size) > 1})
+        if repeated:
+            raise UserError(f"{flag}: {', '.join(map(str, repeated))} given twice (its workload would be timed twice)")
     if not config.alpha >= 0:
         raise UserError(f"--alpha: must be a number >= 0, got {config.alpha}")
     if config.warmup < 0:

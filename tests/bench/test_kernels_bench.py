@@ -46,7 +46,10 @@ def test_step_suite_compares_with_sparse_gradient_adagrad(capsys):
 
 
 @pytest.mark.parametrize("flags, said", [
-    (["--batch", "0"], "--batch: must be >= 1"),
+    (["--batch", "0"], "--batch: must be >= 1, got 0"),
+    (["--iters", "-3"], "--iters: must be >= 1, got -3"),
+    (["--dims", "8,16,8", *TINY], "--dims: 8 given twice (its workload would be timed twice)"),
+    (["--pooling", "1,1", *TINY], "--pooling: 1 given twice (its workload would be timed twice)"),
     (["--alpha", "nan"], "--alpha: must be a number >= 0, got nan"),
     (["--dims", "8,0"], "--dims: each must be >= 1, got 8,0"),
     (["--pooling", "-1"], "--pooling: each must be >= 1, got -1"),
