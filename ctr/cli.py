@@ -293,7 +293,7 @@ def _models(args: argparse.Namespace) -> int:
 
 def _bench_compression(args: argparse.Namespace) -> int:
     from ctr.bench.compression import plan, run_compression, tally
-    from ctr.train.rundir import held
+    from ctr.train.rundir import RunDir, held
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
@@ -301,6 +301,7 @@ def _bench_compression(args: argparse.Namespace) -> int:
     except ValueError:
         raise UserError(f"--budgets: expected comma-separated numbers, got {args.budgets!r}") from None
     out = args.out or Path("runs") / f"bench-{args.recipe.stem}"
+    RunDir(out).check_usable()  # before its lock beside it is made
     with held(out, "is writing results in this folder"), sigterm_raises():  # outside a cell's training too
         results = run_compression(
             args.recipe, methods, budgets, args.seeds, out, args.override, args.jobs, args.drop_checkpoints

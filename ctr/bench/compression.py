@@ -135,8 +135,7 @@ def run_compression(
     refused (``check_settings``); the data is prepared once."""
     if jobs < 1:
         raise UserError(f"--jobs: must be >= 1, got {jobs}")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder; choose another --out")
+    RunDir(out).check_usable()  # a file, or a folder inside one
     base = read_yaml(recipe_path)
     overrides = embedding_keys(overrides)
     for item in overrides:

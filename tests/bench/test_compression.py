@@ -517,3 +517,11 @@ def test_an_out_whose_files_would_overwrite_the_recipe_is_refused_before_any_cel
     with pytest.raises(UserError, match=message):
         run_compression(recipe, ["hash"], [0.5], 1, folder / out, ["train.batch_size=128"])
     assert recipe.read_text() == text and not (tmp_path / "runs").exists()
+
+
+def test_an_out_inside_a_file_is_one_line_naming_the_file(tmp_path, capsys):
+    """It said 'cannot be written (file exists)', naming neither --out nor the file in the way."""
+    recipe = tmp_path / "base.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    assert main(["bench", "compression", str(recipe), "--methods", "full", "--out", str(recipe / "sub")]) == 2
+    assert capsys.readouterr().err.strip() == f"ctr: error: {recipe / 'sub'}: {recipe} is not a folder; choose another --out"
