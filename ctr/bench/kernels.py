@@ -114,8 +114,8 @@ def resolve(config: KernelBenchConfig) -> tuple[KernelBenchConfig, torch.device]
         raise UserError(f"--warmup: must be >= 0, got {config.warmup}")
     if any(dim % 4 for dim in config.dims):
         raise UserError(f"--dims: {config.dims}: the FBGEMM tables compared take dims that are multiples of 4")
-    if config.peak_gbps is not None and not config.peak_gbps > 0:
-        raise UserError(f"--peak-gbps: must be > 0, got {config.peak_gbps}")
+    if config.peak_gbps is not None and not 0 < config.peak_gbps < float("inf"):
+        raise UserError(f"--peak-gbps: must be a finite number > 0, got {config.peak_gbps}")
     _check_fits(config, device)
     return config, device
 

@@ -56,7 +56,8 @@ def test_step_suite_compares_with_sparse_gradient_adagrad(capsys):
     (["--warmup", "-1"], "--warmup: must be >= 0, got -1"),
     (["--threads", "-1"], "--threads: must be >= 1, got -1"),
     (["--dims", "7"], "--dims: [7]: the FBGEMM tables compared take dims that are multiples of 4"),
-    (["--peak-gbps", "-5"], "--peak-gbps: must be > 0, got -5.0"),
+    (["--peak-gbps", "-5"], "--peak-gbps: must be a finite number > 0, got -5.0"),
+    (["--peak-gbps", "inf", *TINY], "--peak-gbps: must be a finite number > 0, got inf"),  # every % of peak read 0.0%
 ])
 def test_bad_flag_is_one_line_exit_2(capsys, flags, said):
     """Each was a traceback (multinomial on NaN, set_num_threads, FBGEMM's assertion after
