@@ -196,13 +196,24 @@ def _staleness(entry: Path) -> str | None:
 
 def _saved_key(file: Path) -> dict[str, Any] | None:
     """The inputs an entry's ``key.json`` holds (``key_inputs``); None when it is not whole:
-    not JSON, or not a mapping of the source and its files."""
+    unreadable, not JSON, or not a mapping of the source with its files' stamps (path, size,
+    modification time) and a plugin's code (module, digest)."""
     try:
         inputs = json.loads(file.read_text())
-    except ValueError:  # cut short, or not UTF-8 text
+    except (OSError, ValueError):  # a folder, cut short, or not UTF-8 text
         return None
     source = inputs.get("source") if isinstance(inputs, dict) else None
-    return inputs if isinstance(source, dict) and isinstance(source.get("files", []), list) else None
+    if not isinstance(source, dict):
+        return None
+    files, code = source.get("files", []), source.get("code", ["", ""])
+    stamps = isinstance(files, list) and all(_is_stamp(item) for item in files)
+    return inputs if stamps and isinstance(code, list) and len(code) == 2 else None
+
+
+def _is_stamp(item: Any) -> bool:  # noqa: ANN401 (a value read from JSON)
+    """Whether ``item`` is a file's stamp as ``key.json`` keeps it: [path, size, mtime]."""
+    return (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+            and all(isinstance(value, int) for value in item[1:]))
 
 
 def _rekeyed(name: str, inputs: dict[str, Any]) -> str | None:

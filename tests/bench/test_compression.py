@@ -524,4 +524,5 @@ def test_an_out_inside_a_file_is_one_line_naming_the_file(tmp_path, capsys):
     recipe = tmp_path / "base.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
     assert main(["bench", "compression", str(recipe), "--methods", "full", "--out", str(recipe / "sub")]) == 2
-    assert capsys.readouterr().err.strip() == f"ctr: error: {recipe / 'sub'}: {recipe} is not a folder; choose another --out"
+    assert capsys.readouterr().err.strip() == (f"ctr: error: {recipe / 'sub'}: {recipe} is not a folder; "
+                                               "choose another --out")

@@ -2,6 +2,7 @@
 cache key (independent of the training seed) and ``ctr data clean``."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -190,14 +191,18 @@ def test_clean_removes_a_file_in_the_cache_folder_and_says_what_it_is(tmp_path, 
     assert capsys.readouterr().err.strip().endswith("/DONE: not a folder")
 
 
-@pytest.mark.parametrize("text", ['{"version": 11, "sour', "[]\n"])
+@pytest.mark.parametrize("text", ['{"version": 11, "sour', "[]\n", '{"version": 11, "source": {"files": [["x"]]}}',
+                                  '{"version": 11, "source": {"files": ["abc"]}}',
+                                  '{"version": 11, "source": {"files": [], "code": 5}}'])
 def test_clean_removes_an_entry_whose_key_json_cannot_be_read(tmp_path, capsys, text):
     """A damaged key.json (cut short, or not a mapping) stopped `ctr data clean` in a
     traceback (JSONDecodeError, AttributeError), every entry after it left in place."""
     entry = prepare(recipe_from_dict(tiny_recipe(tmp_path)).data, progress=False)
     (entry.root / "key.json").write_text(text)
     assert main(["data", "clean", "--cache-dir", str(tmp_path / "cache")]) == 0
-    assert f"removed {entry.root.name} (" in capsys.readouterr().out and not entry.root.exists()
+    assert re.search(rf"^removed {entry.root.name} \(\S+ MB\): its key\.json cannot be read \(damaged\)$",
+                     capsys.readouterr().out, re.MULTILINE)
+    assert not entry.root.exists()
 
 
 def test_clean_names_a_file_new_in_an_input_folder(tmp_path, capsys):
