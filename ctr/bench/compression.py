@@ -71,6 +71,8 @@ NUMBERS = {  # what a non-empty value of these columns must parse as (the table 
 FINISHED = ("test_auc", "test_logloss", "embedding_bytes", "memory_ratio", "train_seconds")  # what an ok row holds
 BENCH_FILE = "bench.json"  # what the benchmark measured of a cell beyond metrics.json
 ATTEMPT = "--- ctr bench: "  # begins each attempt's lines in a cell's log
+RESULTS_CSV, RESULTS_MD, PLOT = "results.csv", "results.md", "auc_vs_memory.png"  # written at OUT's top
+WRITTEN = (SETTINGS_FILE, RESULTS_CSV, RESULTS_MD, PLOT)
 
 
 class Results(CsvRows):
@@ -147,7 +149,7 @@ def run_compression(
     options = method_options(overrides)
     raws = {cell.key: cell_recipe(base, options, recipe_path, cell, out) for cell in cells}
     recipes = cell_recipes(raws, base, recipe_path)
-    results = Results(out / "results.csv")
+    results = Results(out / RESULTS_CSV)
     check_settings(out, base, recipes, results.holds_finished())
     _drop_redrawn(results, cells, recipes, out)
     todo = []
@@ -179,14 +181,16 @@ def run_compression(
     return results
 
 
-WRITTEN = (SETTINGS_FILE, "results.csv", "results.md", "auc_vs_memory.png")  # the files of OUT's top
+def _cell_recipe_file(out: Path, cell: Cell) -> Path:
+    """Where ``cell``'s recipe is written under ``out``."""
+    return out / "recipes" / f"{cell.key}.yaml"
 
 
 def _check_spares_recipe(recipe_path: Path, out: Path, cells: list[Cell]) -> None:
     """Refuses an ``out`` where a file the benchmark writes (``WRITTEN``, or a cell's
     ``recipes/<cell>.yaml``) is the recipe file: ``--out .`` beside ``base.yaml`` wrote the
     recipe with its -o over it."""
-    written = [out / name for name in WRITTEN] + [out / "recipes" / f"{cell.key}.yaml" for cell in cells]
+    written = [out / name for name in WRITTEN] + [_cell_recipe_file(out, cell) for cell in cells]
     if any(path.resolve() == recipe_path.resolve() for path in written):
         raise UserError(f"--out {out}: the benchmark would write over its recipe {recipe_path}; choose another --out")
 
@@ -238,8 +242,8 @@ def _report(results: Results, cells: list[Cell], out: Path, seeds: int) -> None:
     (whatever order they finished in), then those of cells run into ``out`` by other commands."""
     place = {cell.key: index for index, cell in enumerate(cells)}
     rows = sorted(results.shown(seeds), key=lambda row: place.get(Path(row["run_dir"]).name, len(place)))
-    atomic_write(out / "results.md", markdown(rows))
-    plot(rows, out / "auc_vs_memory.png")
+    atomic_write(out / RESULTS_MD, markdown(rows))
+    plot(rows, out / PLOT)
 
 
 def _run_cell(
@@ -302,7 +306,7 @@ def _drop_checkpoints(run: RunDir) -> None:
 def _train_apart(cell: Cell, raw: dict[str, Any], run: RunDir, out: Path, children: Children) -> str:
     """Trains the cell with ``ctr train`` in a child process; "ok" or what went wrong. The
     child's peak resident memory goes to ``BENCH_FILE`` in its run directory."""
-    recipe_file, log_file = out / "recipes" / f"{cell.key}.yaml", out / "logs" / f"{cell.key}.log"
+    recipe_file, log_file = _cell_recipe_file(out, cell), out / "logs" / f"{cell.key}.log"
     atomic_write(recipe_file, yaml.safe_dump(raw, sort_keys=False))
     log_file.parent.mkdir(parents=True, exist_ok=True)
     what = ["--resume", str(run.root)] if run.started else [str(recipe_file), "--out", str(run.root)]
