@@ -370,14 +370,19 @@ def _clean(args: argparse.Namespace) -> int:
     if given is not None and not given.is_dir():
         raise UserError(f"--cache-dir: {args.cache_dir}: " + ("not a folder" if given.exists() else "no such folder"))
     stale = stale_entries(root)
-    verb = "would remove" if args.dry_run else "removed"
     for entry in stale:
         if not args.dry_run:
             remove_stale([entry])  # said once done: an entry that cannot be removed stops here, named
-        print(f"{verb} {entry.path.name} ({entry.bytes / 1e6:.1f} MB): {entry.reason}")
-    total = sum(entry.bytes for entry in stale) / 1e6
-    entries = "entry" if len(stale) == 1 else "entries"
-    print(f"{len(stale)} stale {entries} ({total:.1f} MB) in {root}" + (" (dry run)" if args.dry_run else ""))
+        verb = ("would keep" if args.dry_run else "kept") if entry.readers else (
+            "would remove" if args.dry_run else "removed")
+        read = f"; read by {', '.join(entry.readers)}" if entry.readers else ""
+        print(f"{verb} {entry.path.name} ({entry.bytes / 1e6:.1f} MB): {entry.reason}{read}")
+    gone = [entry for entry in stale if not entry.readers]
+    total = sum(entry.bytes for entry in gone) / 1e6
+    entries = "entry" if len(gone) == 1 else "entries"
+    kept = len(stale) - len(gone)
+    held = f"; {kept} more kept while a running process reads {'it' if kept == 1 else 'them'}" if kept else ""
+    print(f"{len(gone)} stale {entries} ({total:.1f} MB) in {root}{held}" + (" (dry run)" if args.dry_run else ""))
     return 0
 
 

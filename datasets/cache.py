@@ -3,19 +3,26 @@
 An entry is ``<cache_root>/<dataset>-<key>``, where the key hashes what the encoding depends
 on (``key_inputs``); ``key.json`` keeps those inputs, so a run can say what changed since, and
 ``DONE`` marks a finished entry. A preparation writes into a temporary folder named with
-``TMP_MARK`` and its process id and renames it into place.
+``TMP_MARK`` and its process id and renames it into place. A process that reads an entry holds
+a lease on it (``hold``): a file ``leases/<host>-<pid>`` in it, removed when the process exits;
+``ctr data clean`` keeps a stale entry that a running process holds.
 """
 
 from __future__ import annotations
 
+import atexit
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
-from dataclasses import dataclass
+import socket
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ctr.atomic import process_alive
 from ctr.datasets.source import DatasetSource, code_digest, file_stamp, keyed_split
@@ -23,6 +30,8 @@ from ctr.recipe import DataConfig, SplitConfig
 from ctr.registry import DATASETS
 from ctr.schema import FeatureSpec
 from ctr.typed import parse, to_plain
+
+log = logging.getLogger(__name__)
 
 # 11: blank lines before a text file's header or first row skipped (with on_bad_rows: skip, entries of 10
 #     left out a file starting with one as empty); a movielens side file's unreadable line refused (entries
@@ -43,6 +52,7 @@ from ctr.typed import parse, to_plain
 PIPELINE_VERSION = 11
 DONE = "DONE"
 KEY_FILE = "key.json"
+LEASES = "leases"  # an entry's folder of the leases of the processes that read it (``hold``)
 TMP_MARK = ".tmp-"
 # the names preparation gives: an entry <dataset>-<16 hex digits>, its temporary folder .<entry>.tmp-<pid>-<8 hex digits>
 ENTRY_NAME = re.compile(rf"(.+-[0-9a-f]{{16}})|(\..+-[0-9a-f]{{16}}{re.escape(TMP_MARK)}\d+-[0-9a-f]{{8}})")
@@ -126,13 +136,98 @@ def cache_root(cache_dir: str | None) -> Path:
     return Path(base).expanduser() / "data"
 
 
+_held: set[Path] = set()  # the entries this process holds (``hold``): their leases are removed at its exit
+
+
+def hold(root: Path) -> bool:
+    """Leases finished entry ``root`` to this process until it exits (or ``release``s it):
+    ``ctr data clean`` keeps an entry a running process holds. False, with nothing held, when
+    ``root`` holds no finished entry (none was written yet, or a clean removed it). The look at ``DONE`` and the lease
+    are one step against a clean's removal (``_locked``)."""
+    with _locked(root, fcntl.LOCK_SH):
+        if not (root / DONE).exists():
+            return False
+        write_lease(root)
+    _held.add(root)
+    return True
+
+
+def write_lease(folder: Path) -> None:
+    """Writes this process's lease into entry ``folder`` (a preparation's temporary folder
+    gets it before it is renamed into place). A folder this user cannot write in (another
+    user's cache) gets none, and a clean of its owner's may remove it under this process."""
+    try:
+        (folder / LEASES).mkdir(exist_ok=True)
+        (folder / LEASES / _lease_name()).touch()
+    except OSError as err:
+        log.debug("%s: no lease taken (%s)", folder, err)
+
+
+def release(root: Path) -> None:
+    """Removes this process's lease of entry ``root`` (``hold``): a clean may remove it then."""
+    with suppress(OSError):  # the entry is gone, or was never this user's to write
+        (root / LEASES / _lease_name()).unlink(missing_ok=True)
+    _held.discard(root)
+
+
+def readers(entry: Path, prune: bool = False) -> list[str]:
+    """The processes whose leases (``hold``) entry ``entry`` holds and that may run: ``process
+    <pid>`` where it runs on this host, ``process <pid> on host <host>`` for another host's (which
+    cannot be seen from here). With ``prune``, the leases of this host's processes that are gone
+    (killed: no exit removed them) are removed."""
+    here, found = socket.gethostname(), []
+    for lease in sorted((entry / LEASES).glob("*-*")):
+        host, _, pid = lease.name.rpartition("-")
+        if host != here:
+            found.append(f"process {pid} on host {host}")
+        elif pid.isdigit() and process_alive(int(pid)):
+            found.append(f"process {pid}")
+        elif prune:
+            lease.unlink(missing_ok=True)
+    return found
+
+
+def _lease_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _release_all() -> None:
+    for root in list(_held):
+        release(root)
+
+
+atexit.register(_release_all)  # a process killed (SIGKILL) leaves its leases: a clean drops those of the dead
+
+
+@contextmanager
+def _locked(entry: Path, kind: int) -> Iterator[None]:
+    """Holds lock ``kind`` on folder ``entry`` while the block runs: shared while a reader
+    takes its lease, exclusive while a clean looks at the leases and removes the entry. No lock
+    where there is no such folder, or where its file system has none."""
+    try:
+        handle = os.open(entry, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # no such folder: nothing to hold
+        handle = None
+    if handle is None:
+        yield
+        return
+    try:
+        with suppress(OSError):  # a file system without locks: the leases alone hold there
+            fcntl.flock(handle, kind)
+        yield
+    finally:
+        os.close(handle)
+
+
 @dataclass
 class Stale:
-    """A cache entry no run will read again, why, and its size."""
+    """A cache entry no run will read again, why, its size, and the running processes that
+    read it still (``readers``): it is kept while there are any."""
 
     path: Path
     reason: str
     bytes: int
+    readers: list[str] = field(default_factory=list)
 
 
 def stale_entries(root: Path) -> list[Stale]:
@@ -149,16 +244,21 @@ def stale_entries(root: Path) -> list[Stale]:
             continue
         reason = _staleness(entry)
         if reason:
-            stale.append(Stale(entry, reason, _folder_bytes(entry)))
+            stale.append(Stale(entry, reason, _folder_bytes(entry), readers(entry)))
     return stale
 
 
 def remove_stale(stale: list[Stale]) -> None:
-    """Removes each stale entry (a file in the cache folder too); what cannot be removed
-    raises (an OSError naming it), nothing is reported removed that is not."""
+    """Removes each stale entry (a file in the cache folder too) but one a running process
+    holds (``hold``): its ``readers`` are updated then, and it is kept (the leases of readers
+    gone removed). What cannot be removed raises (an OSError naming it), nothing is reported
+    removed that is not."""
     for entry in stale:
         if entry.path.is_dir() and not entry.path.is_symlink():
-            shutil.rmtree(entry.path)
+            with _locked(entry.path, fcntl.LOCK_EX):
+                entry.readers = readers(entry.path, prune=True)
+                if not entry.readers:
+                    shutil.rmtree(entry.path)
         else:
             entry.path.unlink(missing_ok=True)
 

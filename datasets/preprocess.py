@@ -22,7 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 from ctr.atomic import DISK_FULL
-from ctr.datasets.cache import DONE, KEY_FILE, TMP_MARK, cache_key, cache_root, key_blob, key_inputs
+from ctr.datasets.cache import (DONE, KEY_FILE, TMP_MARK, cache_key, cache_root, hold, key_blob, key_inputs,
+                                write_lease)
 from ctr.datasets.encode import Encoder, Tally
 from ctr.datasets.fit import Fitter
 from ctr.datasets.progress import RowProgress, shows_bars
@@ -64,7 +65,7 @@ def prepare(config: DataConfig, progress: bool | None = None) -> Prepared:
     table_of = tables_of(features)
     inputs = key_inputs(source, features, label, group, config.split)
     root = cache_root(config.cache_dir) / f"{config.dataset}-{cache_key(inputs)[:16]}"
-    if (root / DONE).exists():
+    if hold(root):  # held while this process runs: `ctr data clean` keeps it
         return load_prepared(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -73,6 +74,7 @@ def prepare(config: DataConfig, progress: bool | None = None) -> Prepared:
         job.run(tmp)
         (tmp / KEY_FILE).write_text(key_blob(inputs) + "\n")
         (tmp / DONE).write_text("ok\n")
+        write_lease(tmp)  # held from the moment it is in place
         _publish(tmp, root)
     except OSError as err:
         if err.errno not in DISK_FULL:
@@ -81,6 +83,7 @@ def prepare(config: DataConfig, progress: bool | None = None) -> Prepared:
                         "space there or set data.cache_dir to a folder on a larger disk") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    hold(root)  # an entry another process published meanwhile is kept: held too
     return load_prepared(root)
 
 

@@ -1,8 +1,13 @@
 """Recipe shorthands (``data.features`` by exception, ``data.columns: auto``), the encoded-data
 cache key (independent of the training seed) and ``ctr data clean``."""
 
+import json
 import os
 import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,6 +159,7 @@ def test_clean_removes_stale_entries_and_says_why(tmp_path, capsys):
     raw = csv_recipe(tmp_path)
     synthetic = prepare(recipe_from_dict(tiny_recipe(tmp_path)).data, progress=False)  # inputs unchanged: kept
     changed = prepare(recipe_from_dict(raw).data, progress=False)
+    cache.release(changed.root)  # read no longer (this process holds what it prepares until it ends)
     with open(raw["data"]["path"], "a") as f:
         f.write("600,a1,0,b1,1.0\n")
     root = changed.root.parent
@@ -198,6 +204,7 @@ def test_clean_removes_an_entry_whose_key_json_cannot_be_read(tmp_path, capsys, 
     """A damaged key.json (cut short, or not a mapping) stopped `ctr data clean` in a
     traceback (JSONDecodeError, AttributeError), every entry after it left in place."""
     entry = prepare(recipe_from_dict(tiny_recipe(tmp_path)).data, progress=False)
+    cache.release(entry.root)
     (entry.root / "key.json").write_text(text)
     assert main(["data", "clean", "--cache-dir", str(tmp_path / "cache")]) == 0
     assert re.search(rf"^removed {entry.root.name} \(\S+ MB\): its key\.json cannot be read \(damaged\)$",
@@ -214,6 +221,7 @@ def test_clean_names_a_file_new_in_an_input_folder(tmp_path, capsys):
     write_csv(folder / "part-0.csv")
     raw["data"]["path"] = str(folder)
     entry = prepare(recipe_from_dict(raw).data, progress=False).root
+    cache.release(entry)
     write_csv(folder / "part-1.csv", rows=10)
     assert main(["data", "clean", "--dry-run", "--cache-dir", str(tmp_path / "cache")]) == 0
     out = capsys.readouterr().out
@@ -280,6 +288,7 @@ def test_an_entry_of_an_earlier_synthetic_generator_is_not_reused_and_is_stale(t
     data = recipe_from_dict(tiny_recipe(tmp_path, data={"interacting_pairs": 0})).data
     monkeypatch.setattr(SyntheticDataset, "generator_version", 4)
     old = prepare(data, progress=False)
+    cache.release(old.root)
     monkeypatch.undo()
     new = prepare(data, progress=False)
     assert new.root != old.root and 0 < new.report["splits"]["train"]["positive_rate"] < 1
@@ -287,3 +296,62 @@ def test_an_entry_of_an_earlier_synthetic_generator_is_not_reused_and_is_stale(t
     out = capsys.readouterr().out
     assert f"would remove {old.root.name}" in out and "synthetic generator version 4 (now 5)" in out, out
     assert new.root.name not in out and "\n1 stale entry (" in out
+
+
+HOLDER = """
+import json, sys
+import pyarrow.parquet as pq
+from ctr.datasets import prepare
+from ctr.recipe import recipe_from_dict
+prepared = prepare(recipe_from_dict(json.loads(sys.argv[1])).data, progress=False)
+print(prepared.root, flush=True)
+sys.stdin.readline()  # reads its rows once the test has cleaned the cache
+print(sum(pq.read_table(prepared.split_dir(split)).num_rows for split in ("train", "valid", "test")))
+"""
+
+
+def test_clean_keeps_a_stale_entry_another_process_reads(tmp_path, capsys):
+    """An input edited while a run trained made its entry stale, and `ctr data clean` removed
+    it under the run, whose next epoch found no shards: a process holds a lease on the entry it
+    prepared while it runs; clean keeps such an entry, says which process reads it, drops the
+    leases of processes that are gone, and removes the entry once its reader has ended."""
+    raw = csv_recipe(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, json.dumps(raw)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    root = Path(holder.stdout.readline().strip())
+    with open(raw["data"]["path"], "a") as f:
+        f.write("600,a1,0,b1,1.0\n")
+    gone = root / "leases" / f"{socket.gethostname()}-{2**22 + 12345}"  # a killed reader's (no exit removed it)
+    gone.parent.mkdir(exist_ok=True)
+    gone.write_text("")
+    cache_dir = str(tmp_path / "cache")
+    assert main(["data", "clean", "--dry-run", "--cache-dir", cache_dir]) == 0
+    assert f"would keep {root.name} (" in capsys.readouterr().out and gone.exists()
+    assert main(["data", "clean", "--cache-dir", cache_dir]) == 0
+    out = capsys.readouterr().out
+    assert re.search(rf"^kept {root.name} \(\S+ MB\): input \S+rows\.csv changed; read by process {holder.pid}$",
+                     out, re.MULTILINE), out
+    assert "\n0 stale entries (0.0 MB) in " in out and out.endswith("; 1 more kept while a running process reads it\n")
+    assert not gone.exists() and (root / "DONE").exists()
+    rows, _ = holder.communicate("\n", timeout=60)
+    assert holder.returncode == 0 and int(rows) == sum(s["rows"] for s in json.loads(
+        (root / "report.json").read_text())["splits"].values())
+    assert list((root / "leases").iterdir()) == []  # its exit removed its lease
+    assert main(["data", "clean", "--cache-dir", cache_dir]) == 0
+    assert f"removed {root.name} (" in capsys.readouterr().out and not root.exists()
+
+
+def test_clean_keeps_an_entry_a_process_on_another_host_holds(tmp_path, capsys):
+    """A cache folder shared by hosts: a lease of another host's process cannot be checked from
+    here, and the entry is kept, naming the host; this process's own lease holds until released."""
+    entry = prepare(recipe_from_dict(tiny_recipe(tmp_path)).data, progress=False).root
+    (entry / "key.json").write_text("[]\n")
+    (entry / "leases" / "otherhost-7").write_text("")
+    cache_dir = str(tmp_path / "cache")
+    assert main(["data", "clean", "--cache-dir", cache_dir]) == 0
+    said = re.search(rf"^kept {entry.name} \(\S+ MB\): its key\.json cannot be read \(damaged\); read by (.+)$",
+                     capsys.readouterr().out, re.MULTILINE)
+    assert said and sorted(said[1].split(", ")) == sorted(["process 7 on host otherhost", f"process {os.getpid()}"])
+    cache.release(entry)
+    assert main(["data", "clean", "--cache-dir", cache_dir]) == 0
+    assert f"kept {entry.name} (" in capsys.readouterr().out and entry.is_dir()
