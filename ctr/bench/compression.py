@@ -53,7 +53,7 @@ from ctr.registry import EMBEDDINGS
 from ctr.train.plots import save_png
 from ctr.train.launch import STARTER
 from ctr.train.refusal import budget_refusal
-from ctr.train.rundir import RunDir
+from ctr.train.rundir import RunDir, check_spares
 
 log = logging.getLogger("ctr.bench")
 
@@ -145,7 +145,8 @@ def run_compression(
     import_recipe_plugins(base)  # before --methods is checked: it may name a plugin's method
     check_seeds(base, seeds)
     cells = plan(methods, budgets, seeds)
-    _check_spares_recipe(recipe_path, out, cells)
+    check_spares(recipe_path, out, [out / name for name in WRITTEN] + [_cell_recipe_file(out, cell) for cell in cells],
+                 "the benchmark")
     options = method_options(overrides)
     raws = {cell.key: cell_recipe(base, options, recipe_path, cell, out) for cell in cells}
     recipes = cell_recipes(raws, base, recipe_path)
@@ -184,15 +185,6 @@ def run_compression(
 def _cell_recipe_file(out: Path, cell: Cell) -> Path:
     """Where ``cell``'s recipe is written under ``out``."""
     return out / "recipes" / f"{cell.key}.yaml"
-
-
-def _check_spares_recipe(recipe_path: Path, out: Path, cells: list[Cell]) -> None:
-    """Refuses an ``out`` where a file the benchmark writes (``WRITTEN``, or a cell's
-    ``recipes/<cell>.yaml``) is the recipe file: ``--out .`` beside ``base.yaml`` wrote the
-    recipe with its -o over it."""
-    written = [out / name for name in WRITTEN] + [_cell_recipe_file(out, cell) for cell in cells]
-    if any(path.resolve() == recipe_path.resolve() for path in written):
-        raise UserError(f"--out {out}: the benchmark would write over its recipe {recipe_path}; choose another --out")
 
 
 def _drop_redrawn(results: Results, cells: list[Cell], recipes: dict[str, Recipe], out: Path) -> None:

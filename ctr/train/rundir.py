@@ -93,6 +93,14 @@ def _left_by_a_write(name: str) -> bool:
     return name.startswith(".") and (".tmp-" in name or name.endswith(".old") and name[1:-4] in RUN_ENTRIES)
 
 
+def check_spares(recipe: Path, out: Path, written: list[Path], writer: str) -> None:
+    """Refuses an ``out`` where a file that ``writer`` (a command's name, for the message)
+    writes, one of ``written`` (paths under ``out``), is its recipe file ``recipe``: ``--out .``
+    beside the recipe wrote over it."""
+    if any(path.resolve() == recipe.resolve() for path in written):
+        raise UserError(f"--out {out}: {writer} would write over its recipe {recipe}; choose another --out")
+
+
 @contextmanager
 def held(folder: Path, doing: str) -> Iterator[None]:
     """Holds ``folder`` for this process: another ``ctr`` process asking for it meanwhile is

@@ -44,7 +44,7 @@ from ctr.train.grid import Point, holds
 from ctr.train.launch import require_one_process
 from ctr.train.optim import require_fused_form
 from ctr.train.refusal import budget_refusal
-from ctr.train.rundir import RunDir
+from ctr.train.rundir import RunDir, check_spares
 
 log = logging.getLogger("ctr.tune")
 
@@ -53,6 +53,7 @@ COLUMNS = ["point", "settings", "seed", "offset", "recipe", "monitor", "valid", 
 TEST_KEYS = ("auc", "gauc", "logloss")
 NUMBERS = {"seed": int, "offset": int, "valid": float, **{f"test_{key}": float for key in TEST_KEYS}}
 Trainer = Callable[[Recipe, Path, bool], dict[str, Any]]
+RESULTS_CSV, RESULTS_MD, BEST = "results.csv", "results.md", "best.yaml"  # written at OUT's top
 
 
 def fingerprint(recipe: Recipe) -> str:
@@ -107,8 +108,9 @@ class Tuning:
         """Stage 1, the choice, stage 2; writes the tables; returns the chosen point."""
         if self.seeds < 1:
             raise UserError(f"--seeds: must be >= 1, got {self.seeds}")
-        if self.out.exists() and not self.out.is_dir():
-            raise UserError(f"{self.out}: exists and is not a folder; choose another --out")
+        RunDir(self.out).check_usable()  # a file, or a folder inside one
+        check_spares(self.recipe_path, self.out, [self.out / name for name in (RESULTS_CSV, RESULTS_MD, BEST)],
+                     "the tuning")
         _check_overrides(self.points, self.overrides)
         base = read_yaml(self.recipe_path)
         for item in self.overrides:
@@ -118,7 +120,7 @@ class Tuning:
         _check_distinct(self.points, recipes)
         self._check_seeds(recipes)
         monitor, mode = criterion(list(recipes.values()))
-        results = Results(self.out / "results.csv")
+        results = Results(self.out / RESULTS_CSV)
         results.check_same_grid(recipes, self._same_in_run_folder)
         self._check_started_runs(recipes)
         self._drop_redrawn(recipes, results)
@@ -128,10 +130,10 @@ class Tuning:
         best = runnable[choose(first, monitor, mode)]
         for offset in range(1, self.seeds):
             self._run(results, best, recipes[best.key], offset, monitor)
-        atomic_write(self.out / "best.yaml", yaml.safe_dump(self._raw(base, best), sort_keys=False))
+        atomic_write(self.out / BEST, yaml.safe_dump(self._raw(base, best), sort_keys=False))
         not_run = {p.label: refused[p.key] for p in self.points if p.key in refused}
         asked = [r for r in results.rows if int(r["offset"]) < self.seeds]  # a rerun with fewer seeds: not the rest
-        atomic_write(self.out / "results.md", markdown(asked, best, monitor, mode, not_run))
+        atomic_write(self.out / RESULTS_MD, markdown(asked, best, monitor, mode, not_run))
         return best
 
     def _check_seeds(self, recipes: dict[str, Recipe]) -> None:

@@ -785,3 +785,28 @@ def test_a_run_on_input_files_changed_since_is_refused_not_ranked_with_the_new(t
     assert str(err.value) == (f"{out}: p00-s0 trained on other data (input {rows} changed (its size)); its result "
                               "would be compared with runs on the data as it is now: restore it, or choose another --out")
     assert trainer.calls == []
+
+
+@pytest.mark.parametrize("name", ["best.yaml", "results.md", "results.csv"])
+def test_an_out_whose_files_would_overwrite_the_recipe_is_refused_before_any_point(tmp_path, name):
+    """``ctr tune best.yaml --out .`` wrote the chosen point's recipe over the recipe file
+    being tuned (a results file named as the recipe took the table)."""
+    recipe = tmp_path / name
+    text = yaml.safe_dump(tiny_recipe(tmp_path))
+    recipe.write_text(text)
+    trainer = FakeTrainer()
+    message = f"^--out {tmp_path}: the tuning would write over its recipe {recipe}; choose another --out$"
+    with pytest.raises(UserError, match=message):
+        Tuning(recipe, parse_grid(["train.embedding_optimizer.lr=0.01,0.1"]), 1, tmp_path, [], trainer).run()
+    assert recipe.read_text() == text and trainer.calls == [] and not (tmp_path / "runs").exists()
+
+
+def test_an_out_inside_a_file_is_one_line_naming_the_file(tmp_path, capsys):
+    """Its lock beside the folder was tried first: 'cannot be written (file exists)', naming
+    neither --out nor the file in the way."""
+    from ctr.cli import main
+
+    recipe = _recipe_file(tmp_path)
+    out = recipe / "sub"
+    assert main(["tune", str(recipe), "--grid", "train.embedding_optimizer.lr=0.1", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"ctr: error: {out}: {recipe} is not a folder; choose another --out"
