@@ -108,8 +108,8 @@ def resolve(config: KernelBenchConfig) -> tuple[KernelBenchConfig, torch.device]
         repeated = sorted({size for size in sizes if sizes.count(size) > 1})
         if repeated:
             raise UserError(f"{flag}: {', '.join(map(str, repeated))} given twice (its workload would be timed twice)")
-    if not config.alpha >= 0:
-        raise UserError(f"--alpha: must be a number >= 0, got {config.alpha}")
+    if not 0 <= config.alpha < float("inf"):
+        raise UserError(f"--alpha: must be a finite number >= 0, got {config.alpha}")
     if config.warmup < 0:
         raise UserError(f"--warmup: must be >= 0, got {config.warmup}")
     if any(dim % 4 for dim in config.dims):

@@ -50,7 +50,9 @@ def test_step_suite_compares_with_sparse_gradient_adagrad(capsys):
     (["--iters", "-3"], "--iters: must be >= 1, got -3"),
     (["--dims", "8,16,8", *TINY], "--dims: 8 given twice (its workload would be timed twice)"),
     (["--pooling", "1,1", *TINY], "--pooling: 1 given twice (its workload would be timed twice)"),
-    (["--alpha", "nan"], "--alpha: must be a number >= 0, got nan"),
+    (["--alpha", "nan"], "--alpha: must be a finite number >= 0, got nan"),
+    (["--alpha", "inf", "--device", "cpu", "--dims", "4", "--pooling", "1", *TINY],
+     "--alpha: must be a finite number >= 0, got inf"),  # every id drawn was one row's, timed as Zipf alpha=inf
     (["--dims", "8,0"], "--dims: each must be >= 1, got 8,0"),
     (["--pooling", "-1"], "--pooling: each must be >= 1, got -1"),
     (["--warmup", "-1"], "--warmup: must be >= 0, got -1"),
