@@ -222,8 +222,9 @@ class EmbeddingOptimizerConfig(OptimizerConfig):
 @dataclass
 class EarlyStopConfig:
     """Stop when ``monitor`` (``VALID_METRICS`` or ``train/loss``) has not improved by more
-    than ``min_delta`` for ``patience`` validations. ``mode`` follows the monitor (``min`` for
-    a loss, ``max`` for an AUC)."""
+    than ``min_delta`` for ``patience`` validations (>= 1: 0 stopped where 1 does, and a saved
+    run with it is still scored). ``mode`` follows the monitor (``min`` for a loss, ``max`` for
+    an AUC)."""
 
     monitor: str = "valid/auc"
     mode: Literal["max", "min"] | None = None
@@ -231,7 +232,12 @@ class EarlyStopConfig:
     min_delta: float = 0.0
 
     def __post_init__(self) -> None:
-        require_at_least(self, 0, "patience", "min_delta")
+        require_at_least(self, 0, "min_delta")
+        if self.patience < 0:
+            raise ValueError(f"patience must be >= 1, got {self.patience}")
+        if self.patience == 0:
+            refuse_for_training("patience must be >= 1, got 0 (0 stops at the first validation without a gain, as 1 "
+                                "does)")
         if self.monitor not in (*VALID_METRICS, "train/loss"):
             raise ValueError(f"monitor: {self.monitor!r} is not logged; choose from {', '.join(VALID_METRICS)}, train/loss")
         metric_mode(self.monitor, self.mode)
