@@ -20,13 +20,16 @@ from ctr.embeddings.largest import largest_mask
 from ctr.embeddings.sparse import SparseRows, format_bytes, kept_for_budget, pruned_size
 from ctr.embeddings.stages import MultiStageMixin, SearchConfig, Stage, StageContext
 from ctr.embeddings.types import FeatureEmbeddings
-from ctr.errors import RecipeError
+from ctr.errors import RecipeError, refuse_for_training
+from ctr.host import memory_bytes
 from ctr.recipe import OptimizerConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
 from ctr.typed import require_at_least
 
 log = logging.getLogger(__name__)
+
+CANDIDATE_BYTES = 256  # the search's per candidate beside 8 a field (measured in all: 141 at 3 fields, 374 at 26)
 
 
 class BinaryStep(torch.autograd.Function):
@@ -52,7 +55,8 @@ class BinaryStep(torch.autograd.Function):
 @dataclass
 class OptEmbedConfig(SearchConfig, EvolutionConfig):
     """Settings of ``optembed`` (plus the search's: population, parents, mutations,
-    crossovers, mutation_prob, generations; and ``stages.{supernet,search,retrain}``).
+    crossovers, mutation_prob, generations; and ``stages.{supernet,search,retrain}``). The
+    population's bound needs the fields: ``require_population``, as the net is built.
 
     Args:
         threshold_init: initial pruning threshold t of every field.
@@ -77,6 +81,26 @@ class OptEmbedConfig(SearchConfig, EvolutionConfig):
         if not 0 < self.mutation_prob <= 1:
             raise ValueError(f"mutation_prob must be in (0, 1], got {self.mutation_prob}")
         require_at_least(self, 0, "mutations", "crossovers")
+
+
+def require_population(config: OptEmbedConfig, fields: int) -> None:
+    """A RecipeError naming ``embedding.population`` past what the search can score: more
+    candidates than there are (dims 1..D for each of ``fields`` fields make D^F; the first
+    generation draws distinct ones, each scored by a validation pass), or more than this
+    machine's memory holds (the search keeps every candidate drawn, its dims and its score:
+    ``CANDIDATE_BYTES`` + 8 bytes a field each). A saved run is scored with the population it
+    trained with (``refuse_for_training``)."""
+    distinct = config.dim**fields
+    if config.population > distinct:
+        refuse_for_training(
+            f"embedding.population: {config.population} is more candidates than there are ({distinct}: dims "
+            f"1..{config.dim} for each of {fields} fields; the first generation draws distinct ones); use at most "
+            f"{distinct}", RecipeError)
+    needed, memory = config.population * (CANDIDATE_BYTES + 8 * fields), memory_bytes()
+    if needed > memory:
+        refuse_for_training(
+            f"embedding.population: {config.population} candidates of {fields} fields need ~{needed / 2**30:.2g} GiB "
+            f"for the search to hold, more than this machine's {memory / 2**30:.1f} GiB; lower it", RecipeError)
 
 
 @EMBEDDINGS.register("optembed", config=OptEmbedConfig)
@@ -112,6 +136,7 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
         if config.budget is not None:
             pruned_size("optembed", config, self.table_rows)  # a budget no kept entry fits: refused before training
         rows = list(self.table_rows.values())
+        require_population(config, len(rows))
         self.table_start = [sum(rows[:t]) for t in range(len(rows))]
         self.weight = nn.Parameter(torch.empty(sum(rows), config.dim).normal_(std=config.init_std))
         self.threshold = nn.Parameter(torch.full((len(rows),), config.threshold_init))

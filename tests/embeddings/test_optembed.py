@@ -206,3 +206,31 @@ def test_optembed_settings_are_validated():
         recipe_from_dict({"embedding": {"method": "optembed", "stages": {"retrian": {"epochs": 1}}}})
     with pytest.raises(RecipeError, match=r"^embedding\.stages\.supernet\.epochs: expected int"):
         recipe_from_dict({"embedding": {"method": "optembed", "stages": {"supernet": {"epochs": "two"}}}})
+
+
+def test_a_population_past_the_distinct_candidates_is_refused_naming_the_key():
+    """dims 1..8 for each of schema()'s 3 tables make 512 candidates; a first generation of
+    more (1e9 would draw and keep ~300 GB of candidates) is refused as the net is built."""
+    with pytest.raises(RecipeError, match=r"^embedding\.population: 513 is more candidates than there are \(512: dims "
+                                          r"1\.\.8 for each of 3 fields; the first generation draws distinct ones\); "
+                                          r"use at most 512$"):
+        OptEmbed(schema(), OptEmbedConfig(dim=8, population=513))
+    assert OptEmbed(schema(), OptEmbedConfig(dim=8, population=512)).config.population == 512
+
+
+def test_a_population_past_memory_is_refused_naming_the_key(monkeypatch):
+    """Every candidate drawn is kept with its score: 10^5 of 3 fields need ~28 MB."""
+    from ctr.embeddings import optembed
+
+    monkeypatch.setattr(optembed, "memory_bytes", lambda: 2**20)
+    with pytest.raises(RecipeError, match=r"^embedding\.population: 100000 candidates of 3 fields need ~0\.026 GiB for "
+                                          r"the search to hold, more than this machine's 0\.0 GiB; lower it$"):
+        OptEmbed(schema(), OptEmbedConfig(dim=64, population=100_000))
+    assert OptEmbed(schema(), OptEmbedConfig(dim=64, population=3000)).config.population == 3000
+
+
+def test_a_saved_run_with_a_population_refused_since_is_built_for_scoring():
+    from ctr.errors import scoring_a_saved_run
+
+    with scoring_a_saved_run():
+        assert OptEmbed(schema(), OptEmbedConfig(dim=8, population=10**9)).config.population == 10**9
