@@ -16,12 +16,15 @@ from ctr.embeddings.budget import FP32_BYTES, BudgetUnreachableError, budget_byt
 from ctr.embeddings.lsh import BlockMatcher
 from ctr.embeddings.stages import MultiStageMixin, Stage, StageContext, StagedConfig
 from ctr.embeddings.storage import table_starts
+from ctr.errors import RecipeError, refuse_for_training
+from ctr.host import memory_bytes
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
 
 log = logging.getLogger(__name__)
 
 INDEX_BYTES = 4  # a block's unique-block index, int32
+CANDIDATE_BYTES = 12  # the LSH index's per block and table: a candidate (int64) and its similarity (float32)
 
 
 @dataclass
@@ -30,7 +33,9 @@ class DedupConfig(StagedConfig):
 
     Args:
         block_rows: consecutive rows of the (all tables') row space per block.
-        lsh_tables: L, hash tables of the L2-LSH index (artifact: 90).
+        lsh_tables: L, hash tables of the L2-LSH index (artifact: 90); the index holds
+            ``CANDIDATE_BYTES`` a block and table, so L is at most what this machine's memory
+            holds for the blocks (``require_lsh_memory``, as the net is built).
         lsh_width: r, bucket width of each L2 hash ⌊(a·v + b) / r⌋ (artifact: 0.09).
         tolerance: elements of two blocks within this distance count as equal (artifact: 0.01).
         similarity: share of equal elements a candidate needs to be merged (artifact: 0.7).
@@ -61,6 +66,19 @@ def blocks_to_keep(config: DedupConfig, tables: dict[str, int]) -> tuple[int, in
         least = (block_bytes + INDEX_BYTES * blocks) / (sum(tables.values()) * config.dim * FP32_BYTES)
         raise BudgetUnreachableError("dedup", config.budget, least, f"one block index per {config.block_rows} rows needs more")
     return blocks, min(keep, blocks)
+
+
+def require_lsh_memory(config: DedupConfig, blocks: int) -> None:
+    """A RecipeError naming ``embedding.lsh_tables`` when the L2-LSH index of ``blocks``
+    blocks (``CANDIDATE_BYTES`` a block and table: ``BlockMatcher``'s candidates and
+    similarities [n, L]) needs more than this machine's memory; its time grows as L too (one
+    projection of every block a table). A saved run is scored (``refuse_for_training``)."""
+    needed, memory = CANDIDATE_BYTES * blocks * config.lsh_tables, memory_bytes()
+    if needed > memory:
+        refuse_for_training(
+            f"embedding.lsh_tables: {config.lsh_tables} tables of {blocks} blocks need ~{needed / 2**30:.2g} GiB for "
+            f"the index's candidates ({CANDIDATE_BYTES} bytes a block and table), more than this machine's "
+            f"{memory / 2**30:.1f} GiB; lower it", RecipeError)
 
 
 @EMBEDDINGS.register("dedup", config=DedupConfig)
@@ -99,6 +117,7 @@ class DedupEmbedding(MultiStageMixin, EmbeddingMethod):
     def __init__(self, schema: Schema, config: DedupConfig):
         super().__init__(schema, config)
         self.num_blocks, self.keep = blocks_to_keep(config, self.table_rows)
+        require_lsh_memory(config, self.num_blocks)
         rows = self.num_blocks * config.block_rows
         self.weight = nn.Parameter(torch.empty(rows, config.dim).normal_(std=config.init_std))
         self.register_buffer("row_start", table_starts(self.table_rows), persistent=False)

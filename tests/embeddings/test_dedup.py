@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from ctr.embeddings.dedup import DedupConfig, DedupEmbedding
@@ -126,3 +127,20 @@ def test_a_padded_block_first_in_quartile_order_takes_no_forced_merge():
     blocks[4] = -10.0 - torch.arange(8.0)
     target, report = matcher.merge(blocks, 2, 0.7, valid=4)
     assert target.tolist() == [0, 0, 2, 3, 0] and report == {"merged": 2, "forced": 2, "identical": 0}
+
+
+def test_lsh_tables_past_memory_are_refused_as_the_net_is_built(monkeypatch):
+    """Each table holds a candidate (int64) and its similarity (float32) per block: 1e9 tables
+    of 410 blocks (~4.5 TiB) were asked for once the warm-up had trained."""
+    from ctr.embeddings import dedup
+    from ctr.errors import RecipeError, scoring_a_saved_run
+
+    message = (r"^embedding\.lsh_tables: 1000000000 tables of 410 blocks need ~4\.6e\+03 GiB for the index's "
+               r"candidates \(12 bytes a block and table\), more than this machine's 1\.0 GiB; lower it$")
+    monkeypatch.setattr(dedup, "memory_bytes", lambda: 2**30)
+    with pytest.raises(RecipeError, match=message):
+        DedupEmbedding(schema(), DedupConfig(dim=8, budget=0.5, block_rows=4, lsh_tables=10**9))
+    assert DedupEmbedding(schema(), DedupConfig(dim=8, budget=0.5, block_rows=4, lsh_tables=200_000)).num_blocks == 410
+    with scoring_a_saved_run():
+        method = DedupEmbedding(schema(), DedupConfig(dim=8, budget=0.5, block_rows=4, lsh_tables=10**9))
+    assert method.num_blocks == 410
