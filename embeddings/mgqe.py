@@ -14,6 +14,7 @@ from ctr.embeddings.base import BatchLosses, EmbeddingMethod
 from ctr.embeddings.budget import FP32_BYTES, BudgetUnreachableError, budget_bytes, table_counts
 from ctr.embeddings.replicas import WrittenCodes
 from ctr.embeddings.storage import table_starts
+from ctr.errors import refuse_for_training
 from ctr.recipe import EmbeddingConfig
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
@@ -30,7 +31,9 @@ class MGQEConfig(EmbeddingConfig):
         subspaces: S, the most parts of D quantized separately (paper: 4): the largest
             divisor of D up to it, fewer when the budget cannot hold S codes per id.
         frequent_centroids, rare_centroids: centroids per subspace the frequent and the
-            rare ids choose among (paper: 256 and 64; rare ids use the first ones).
+            rare ids choose among (paper: 256 and 64; rare ids use the first ones); at least 2:
+            a code among K centroids holds log2 K bits, none at K = 1 (every rare id of a table
+            would embed as one vector). A saved run with 1 is still scored.
         frequent_fraction: share of each table's ids, by training frequency, that is frequent.
         commitment: β of the commitment loss β·‖e − sg(c)‖².
     """
@@ -46,7 +49,10 @@ class MGQEConfig(EmbeddingConfig):
         super().__post_init__()
         require_at_least(self, 1, "subspaces")  # the most parts: subspace_count takes a divisor of D up to it
         if not 1 <= self.rare_centroids <= self.frequent_centroids <= 256:
-            raise ValueError("need 1 <= rare_centroids <= frequent_centroids <= 256 (codes are uint8)")
+            raise ValueError("need 2 <= rare_centroids <= frequent_centroids <= 256 (codes are uint8)")
+        if self.rare_centroids == 1:
+            refuse_for_training("rare_centroids must be >= 2, got 1 (a code among 1 centroid holds log2 1 = 0 bits: "
+                                "every rare id of a table would embed as one vector)")
         if not 0 <= self.frequent_fraction <= 1:
             raise ValueError(f"frequent_fraction must be in [0, 1], got {self.frequent_fraction}")
         require_at_least(self, 0, "commitment")

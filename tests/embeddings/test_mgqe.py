@@ -107,3 +107,23 @@ def test_mixed_precision_training_chooses_the_nearest_centroids_in_fp32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mixed = method.assign(tables, rows)
     assert torch.equal(mixed, exact)
+
+
+@pytest.mark.parametrize("centroids, message", [
+    (1, r"^embedding\.rare_centroids: must be >= 2, got 1 \(a code among 1 centroid holds log2 1 = 0 bits: every "
+        r"rare id of a table would embed as one vector\)$"),
+    (0, r"^embedding: need 2 <= rare_centroids <= frequent_centroids <= 256 \(codes are uint8\)$"),
+])
+def test_rare_centroids_below_two_are_refused(centroids, message):
+    """rare_centroids: 1 trained: every rare id in a subspace chose centroid 0, so the rare ids
+    of a table were one vector (no quantization left)."""
+    with pytest.raises(RecipeError, match=message):
+        recipe_from_dict({"embedding": {"method": "mgqe", "budget": 0.5, "rare_centroids": centroids}})
+
+
+def test_a_saved_run_with_one_rare_centroid_is_built_for_scoring():
+    from ctr.errors import scoring_a_saved_run
+
+    with scoring_a_saved_run():
+        config = MGQEConfig(dim=8, budget=0.5, frequent_centroids=8, rare_centroids=1)
+    assert MGQEmbedding(schema(), config).config.rare_centroids == 1

@@ -100,6 +100,7 @@ TIGHTENED = {  # values refused since runs were saved with them, that only train
     "max_vocab 0": {"data": {"features": [{"name": "C1", "max_vocab": 0}]}},
     "warmup decay_steps without a decay": {"train": {"scheduler": {"name": "linear_warmup", "decay_steps": 100}}},
     "early_stop patience 0": {"train": {"early_stop": {"patience": 0}}},
+    "mgqe rare_centroids 1": {"embedding": {"method": "mgqe", "dim": 8, "budget": 0.5, "rare_centroids": 1}},
 }
 
 
@@ -147,7 +148,8 @@ def test_a_resume_of_a_run_saved_with_a_value_refused_since_names_its_recipe(tmp
     assert err.startswith(f"ctr: error: {run / 'recipe.yaml'}: ") and "\n" not in err
     assert {"dpq vq commitment 0": "commitment: must be > 0 in mode vq", "max_vocab 0": "max_vocab must be >= 1",
             "warmup decay_steps without a decay": "train.scheduler.decay_steps: 100 is read by a decay only",
-            "early_stop patience 0": "train.early_stop.patience: must be >= 1, got 0"}[name] in err
+            "early_stop patience 0": "train.early_stop.patience: must be >= 1, got 0",
+            "mgqe rare_centroids 1": "embedding.rare_centroids: must be >= 2, got 1"}[name] in err
 
 
 BLOCKS = 5000  # dnis groups: more than the ids of all tables of tiny_recipe's data
