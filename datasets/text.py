@@ -7,7 +7,8 @@ metadata ``file``), the line number of each row (``__line__``) and a ``__problem
 null for a good row, else what is wrong with it (e.g. a wrong field count, a line that is
 not UTF-8 text); the other columns of such a row are null. Blank lines are skipped (the
 line numbers of the rows stay the file's), and so is a UTF-8 byte order mark at the start
-of the file. A gzip file is read decompressed; gzip data that ends early or does not
+of the file. A last line without its newline is read, and cut into blocks, as it is with it.
+A gzip file is read decompressed; gzip data that ends early or does not
 inflate is a DataError naming the last line read whole.
 """
 
@@ -231,8 +232,10 @@ def _read(handle: BinaryIO, size: int) -> bytes:
 
 
 def _blocks(handle: BinaryIO, block_bytes: int) -> Iterator[bytes]:
-    """Chunks of whole lines (the last may lack its newline); a ``_Truncated`` read carries
-    the bytes read since the last chunk."""
+    """Chunks of whole lines, the last one the rest of the file (its last line may lack its
+    newline), so a file without its last newline is cut where it is with it; a last line
+    that is a lone ``\\r`` is left out (blank, as ``\\r\\n`` is). A ``_Truncated`` read
+    carries the bytes read since the last chunk."""
     carry = b""
     while True:
         try:
@@ -240,17 +243,16 @@ def _blocks(handle: BinaryIO, block_bytes: int) -> Iterator[bytes]:
         except _Truncated as err:
             err.data = carry + err.data
             raise
-        if not chunk:
-            break
         data = carry + chunk
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            carry = data
-            continue
-        carry = data[cut + 1 :]
-        yield data[: cut + 1]
-    if carry.strip():
-        yield carry
+        if len(chunk) < block_bytes:  # the end of the file
+            break
+        cut = data.rfind(b"\n") + 1
+        carry = data[cut:]
+        if cut:
+            yield data[:cut]
+    rest = data[:-1] if data[-2:] in (b"\r", b"\n\r") else data
+    if rest:
+        yield rest
 
 
 def _line_count(block: bytes) -> int:

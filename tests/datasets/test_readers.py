@@ -30,6 +30,31 @@ def test_blocks_keep_line_numbers_across_boundaries(tmp_path):
     assert rows.column("b").to_pylist()[-1] == "last-without-newline"
 
 
+@pytest.mark.parametrize("last", ["5,6", "   ", "\r"])
+def test_a_file_without_its_last_newline_is_cut_as_it_is_with_it(tmp_path, last):
+    """The last line of a file without its newline was a block of its own (one more batch,
+    another split for its row), and a last line of blanks was dropped (with its newline, a
+    bad row); only a last ``\\r`` is blank, as ``\\r\\n`` is."""
+    lines = "a,b\n" + "".join(f"{i},x{i}\n" for i in range(6)) + last
+    ended, cut = tmp_path / "ended.csv", tmp_path / "cut.csv"
+    ended.write_text(lines + "\n", newline="")
+    cut.write_text(lines, newline="")
+    for size in range(1, len(lines) + 3):
+        read = [[b.to_pylist() for b in read_delimited(path, TextFormat(["a", "b"], header=True), block_bytes=size)
+                 if b.num_rows] for path in (ended, cut)]  # a block of blank lines only is a batch of no rows
+        assert read[1] == read[0], size
+    assert sum(map(len, read[0])) == 6 + (last != "\r")
+
+
+def test_libfm_default_fields_are_read_from_a_last_line_without_its_newline(tmp_path):
+    """A short file's first MiB (where its default fields are read) left out its last line
+    when it lacked its newline: a field first seen there made it a bad row."""
+    path = tmp_path / "train.txt"
+    path.write_text("1 0:1:1 1:5:1\n0 0:1:1 2:8:1")
+    rows = table(LibSVMDataset(LibSVMConfig(path=str(path))).streams()["all"]())
+    assert rows.column("__problem__").null_count == rows.num_rows == 2 and rows.column("2").to_pylist() == [None, "8"]
+
+
 def test_wrong_field_count_becomes_a_row_problem_at_its_line(tmp_path):
     path = tmp_path / "rows.csv"
     path.write_text("1,2\n3,4,5\n6,7\n\"8,9\",10\n11\n")
