@@ -159,6 +159,10 @@ class AmazonDataset(DatasetSource):
             FeatureSpec(name="hist_cat_id", share_with="cat_id", **history),
         ]
 
+    def default_options(self, features: list[FeatureSpec]) -> dict[str, Any]:
+        """``pooling`` as the last feature's (a history's, in the default features)."""
+        return {"pooling": features[-1].pooling}
+
     def streams(self) -> dict[str, RowStream]:
         return {split: (lambda split=split: self._rows(split)) for split in SPLITS}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -58,6 +58,10 @@ class AvazuDataset(DelimitedSource):
     def default_features(self) -> list[FeatureSpec]:
         config: AvazuConfig = self.config  # type: ignore[assignment]
         return [FeatureSpec(name=name, min_count=config.min_count) for name in CATEGORICAL + list(DERIVED)]
+
+    def default_options(self, features: list[FeatureSpec]) -> dict[str, Any]:
+        """``min_count`` as the first feature's."""
+        return {"min_count": features[0].min_count}
 
     def text_format(self, file: Path) -> TextFormat:
         columns = self.header(file, ",")

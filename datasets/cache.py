@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ctr.atomic import process_alive
-from ctr.datasets.source import DatasetSource, code_digest, file_stamp, keyed_split
+from ctr.datasets.source import DatasetSource, code_digest, file_stamp, keyed_features, keyed_split
 from ctr.recipe import DataConfig, SplitConfig
 from ctr.registry import DATASETS
 from ctr.schema import FeatureSpec
-from ctr.typed import parse, to_plain
+from ctr.typed import parse
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,12 @@ ENTRY_NAME = re.compile(rf"(.+-[0-9a-f]{{16}})|(\..+-[0-9a-f]{{16}}{re.escape(TM
 
 def key_inputs(source: DatasetSource, features, label, group, split: SplitConfig) -> dict[str, Any]:
     """What the encoding depends on: the pipeline version, the source (its options and its files'
-    stamps: ``DatasetSource.fingerprint``), the feature specs, label, group and the ``split`` keys
-    the rows depend on (``split_keys_read``; the others at their defaults)."""
+    stamps: ``DatasetSource.fingerprint``), the feature specs (``keyed_features``), label, group
+    and the ``split`` keys the rows depend on (``split_keys_read``; the others at their defaults)."""
     return {
         "version": PIPELINE_VERSION,
         "source": source.fingerprint(),
-        "features": to_plain(features),
+        "features": keyed_features(features),
         "label": label,
         "group": group,
         "split": keyed_split(split, split_keys_read(source, features)),

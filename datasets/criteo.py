@@ -21,7 +21,7 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from ctr.datasets.tabular import DelimitedSource, FileConfig
 from ctr.datasets.text import EmptyFileError, TextFormat, first_line, first_line_number, header_line
@@ -94,6 +94,13 @@ class CriteoDataset(DelimitedSource):
     def default_features(self) -> list[FeatureSpec]:
         config: CriteoConfig = self.config  # type: ignore[assignment]
         return criteo_features(config.numeric_transform, config.min_count)
+
+    def default_options(self, features: list[FeatureSpec]) -> dict[str, Any]:
+        """``numeric_transform`` as I1's transform, ``min_count`` as C1's (where both are listed)."""
+        by_name = {spec.name: spec for spec in features}
+        if "I1" not in by_name or "C1" not in by_name:
+            return {}
+        return {"numeric_transform": by_name["I1"].transform, "min_count": by_name["C1"].min_count}
 
     def text_format(self, file: Path) -> TextFormat:
         config: CriteoConfig = self.config  # type: ignore[assignment]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import ClassVar, Iterator
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -118,6 +118,12 @@ class LibSVMDataset(FileSource):
         if self._index is None and self.featindex is not None:
             self._index = FieldIndex.read(self.featindex)
         return self._index
+
+    def defaults_listed(self) -> dict[str, Any] | None:
+        """None without a featindex: the default features make a training row holding a field
+        the first rows lack a bad row, where the same features listed read it (rows read
+        otherwise)."""
+        return super().defaults_listed() if self.featindex is not None else None
 
     def default_features(self) -> list[FeatureSpec]:
         if self._defaults is None:

@@ -18,7 +18,7 @@ from ctr.errors import DataError, RecipeError, reason
 from ctr.recipe import DataConfig, FeatureShorthand, SplitConfig
 from ctr.registry import DATASETS
 from ctr.schema import RESERVED_NAMES, FeatureSpec
-from ctr.typed import to_plain
+from ctr.typed import parse, to_plain
 
 SPLITS = ("train", "valid", "test")
 SPLIT_KEYS = ("valid", "test", "seed")  # of data.split
@@ -80,7 +80,8 @@ class DatasetSource(ABC):
         option the rows do not depend on is there at its default (recipes that differ only
         there share an entry): a ``data.split`` key not in ``split_keys``, and where the recipe
         lists its features, a key that only builds the default ones (``default_feature_keys``);
-        a ``label`` or ``group`` that names the source's own is there as left out."""
+        a ``label`` or ``group`` that names the source's own is there as left out, and so are
+        listed features the dataset builds as its defaults (``_listed_options``)."""
         options = to_plain(self.config)
         for key in ("cache_dir", "prefetch", "shuffle_buffer", "on_device"):
             options.pop(key, None)
@@ -89,13 +90,46 @@ class DatasetSource(ABC):
             if options.get(key) == getattr(self, key):
                 options[key] = None
         if self.config.features:
-            options.update(_defaults(type(self.config), type(self.config).default_feature_keys))
+            options.update(self._listed_options())
         for key in type(self.config).path_keys:  # the same files named from another folder: the same key
             if isinstance(options.get(key), str) and options[key]:
                 options[key] = str(Path(options[key]).expanduser().resolve())
         key = {"class": type(self).__name__, "options": options, "files": file_stamps(self.files())}
         code = plugin_code(type(self))
         return {**key, "code": code} if code else key
+
+    def _listed_options(self) -> dict[str, Any]:
+        """The options keying a recipe that lists its features: those of the recipe leaving them
+        out where it would build these as its defaults (``defaults_listed``: the same rows encoded
+        alike, one entry), else the features as the key holds them (``keyed_features``) and the
+        ``default_feature_keys`` at their defaults (unread)."""
+        values, listed = self.defaults_listed(), self.config.features
+        if values is not None:
+            return {**to_plain(values), "features": None}
+        features = keyed_features(listed) if isinstance(listed, list) else to_plain(listed)  # a shorthand unresolved
+        return {**_defaults(type(self.config), type(self.config).default_feature_keys), "features": features}
+
+    def defaults_listed(self) -> dict[str, Any] | None:
+        """The ``default_feature_keys`` values (each of them) with which a recipe leaving
+        ``data.features`` out builds the features this recipe lists (``keyed_features`` compares
+        them) and reads its rows alike; None where none does: a dataset without default features,
+        or features other than its defaults."""
+        if not isinstance(self.config.features, list):
+            return None
+        config_type = type(self.config)
+        values = {**_defaults(config_type, config_type.default_feature_keys),
+                  **self.default_options(self.config.features)}
+        try:  # a plugin's source without default features may raise anything there
+            alike = parse(config_type, {**to_plain(self.config), **values, "features": None}, "data")
+            built = default_features(DATASETS.get(alike.dataset).target(alike))
+        except Exception:
+            return None
+        return values if keyed_features(built) == keyed_features(self.config.features) else None
+
+    def default_options(self, features: list[FeatureSpec]) -> dict[str, Any]:
+        """The values of ``default_feature_keys`` that would build ``features`` as the default
+        features, where they are (a guess ``defaults_listed`` checks): none here (their defaults)."""
+        return {}
 
     def files(self) -> list[Path]:
         """The raw files this source reads (empty for generated data)."""
@@ -130,6 +164,12 @@ def keyed_split(split: SplitConfig, read: Iterable[str]) -> dict[str, Any]:
     defaults (a key no row depends on keys no other entry)."""
     given, defaults = to_plain(split), to_plain(SplitConfig())
     return {key: value if key in read else defaults[key] for key, value in given.items()}
+
+
+def keyed_features(features: list[FeatureSpec]) -> list[dict[str, Any]]:
+    """``features`` as the cache key holds them: plain, a ``source`` naming the feature's own
+    column left out (the same column read)."""
+    return [{**to_plain(spec), "source": None if spec.source == spec.name else spec.source} for spec in features]
 
 
 def _defaults(config: type, keys: Iterable[str]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import ClassVar, Iterator
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -244,6 +244,10 @@ class SyntheticDataset(DatasetSource):
             sizes = iter(config.scaled_vocabs())
             features = [replace(f, num_ids=next(sizes)) if f.kind == "categorical" else f for f in features]
         return features
+
+    def default_options(self, features: list[FeatureSpec]) -> dict[str, Any]:
+        """``integer_ids`` where the last feature (C26, in the default features) has ``num_ids``."""
+        return {"integer_ids": features[-1].num_ids is not None}
 
     def streams(self) -> dict[str, RowStream]:
         return {"all": self._rows}

@@ -214,3 +214,65 @@ def test_clean_removes_an_entry_keyed_by_a_key_its_rows_do_not_depend_on_and_kee
     out = capsys.readouterr().out
     assert f"removed {old.name}" in out and f"keyed by an older ctr: its recipe keys {prepared.root.name} now" in out
     assert "1 stale entry" in out and sorted(p.name for p in old.parent.iterdir()) == [prepared.root.name]
+
+
+@pytest.mark.parametrize("dataset, options", [
+    ("criteo", {}), ("criteo", {"numeric_transform": "log_square", "min_count": 2}), ("avazu", {"min_count": 2}),
+    ("amazon", {"pooling": "mean"}), ("synthetic", {"integer_ids": True}), ("ipinyou", {}),
+])
+def test_a_recipe_listing_the_default_features_shares_the_entry_of_one_leaving_them_out(
+        tmp_path, dataset, options, encodings):
+    """The same features built by the dataset or written out (the options that build them at
+    their defaults, ``source`` naming a feature's own column) keyed two entries: the same rows
+    were encoded twice. A listed feature off the defaults keys another entry."""
+    omitted = _omitted_features(tmp_path, dataset, options)
+    first = entry(omitted)
+    specs = [info["spec"] for info in to_plain(first.schema.features)]
+    features = [{**spec, "source": spec["source"] or spec["name"]} for spec in specs]
+    listed = {**{key: value for key, value in omitted.items() if key not in options}, "features": features}
+    assert entry(listed).root == first.root and len(encodings) == 1
+    features[0] = {**features[0], "max_vocab": 3}
+    assert entry(listed).root != first.root and len(encodings) == 2
+
+
+def _omitted_features(tmp_path, dataset: str, options: dict) -> dict:
+    """A ``data`` block of ``dataset`` over a few rows, with ``options``, leaving the features out."""
+    if dataset == "ipinyou":
+        release = write_ipinyou(tmp_path / "release")
+        return {"dataset": "ipinyou", "path": str(release), "cache_dir": str(tmp_path / "c")}
+    data = {**_listed_features(tmp_path, dataset), "cache_dir": str(tmp_path / "c"), **options}
+    del data["features"]
+    return data
+
+
+def test_a_source_naming_the_features_own_column_shares_the_entry_of_one_leaving_it_out(tmp_path, encodings):
+    data = file_data(tmp_path, "csv")
+    first = entry(data)
+    named = [{**spec, "source": spec["name"]} for spec in data["features"]]
+    assert entry({**data, "features": named}).root == first.root and len(encodings) == 1
+    assert entry({**data, "features": [{"name": "a", "source": "n"}, named[1]]}).root != first.root
+
+
+def test_a_libsvm_recipe_listing_the_fields_sniffed_keys_its_own_entry(tmp_path, encodings):
+    """Without a featindex the default features make a training row of a field the first rows
+    lack a bad row, where the same features listed read it: the rows may be read otherwise."""
+    (tmp_path / "rows.txt").write_text("".join(f"{i % 2} 1:{i % 5}:1 2:{5 + i % 3}:1\n" for i in range(40)))
+    data = {"dataset": "libsvm", "path": str(tmp_path / "rows.txt"), "cache_dir": str(tmp_path / "c")}
+    first = entry(data)
+    specs = [info["spec"] for info in to_plain(first.schema.features)]
+    assert entry({**data, "features": specs}).root != first.root and len(encodings) == 2
+
+
+def test_clean_removes_an_entry_an_older_ctr_keyed_by_the_default_features_listed(tmp_path, capsys):
+    """Its recipe keys the entry of the recipe leaving the features out now."""
+    omitted = _omitted_features(tmp_path, "criteo", {})
+    prepared = entry(omitted)
+    inputs = json.loads((prepared.root / "key.json").read_text())
+    inputs["source"]["options"]["features"] = inputs["features"]
+    old = prepared.root.with_name(f"criteo-{cache.cache_key(inputs)[:16]}")
+    shutil.copytree(prepared.root, old)
+    (old / "key.json").write_text(cache.key_blob(inputs) + "\n")
+    assert main(["data", "clean", "--cache-dir", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert f"removed {old.name}" in out and f"keyed by an older ctr: its recipe keys {prepared.root.name} now" in out
+    assert sorted(p.name for p in old.parent.iterdir()) == [prepared.root.name]
