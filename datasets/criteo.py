@@ -95,6 +95,26 @@ class CriteoDataset(DelimitedSource):
         config: CriteoConfig = self.config  # type: ignore[assignment]
         return criteo_features(config.numeric_transform, config.min_count)
 
+    def fingerprint(self) -> dict[str, Any]:
+        """The source's key with ``format`` as ``auto`` where ``auto`` reads each file in the
+        layout the recipe names (the same rows read: one entry)."""
+        key = super().fingerprint()
+        if self._detected_as_named():
+            key["options"]["format"] = "auto"
+        return key
+
+    def _detected_as_named(self) -> bool:
+        """Whether ``format`` names the layout ``auto`` detects in each file (as any an empty
+        file's: none is read); not for ``auto`` itself, or where a file's layout cannot be told."""
+        config: CriteoConfig = self.config  # type: ignore[assignment]
+        if config.format == "auto":
+            return False
+        try:
+            return all((line := first_line(file)) is None or _detect(file, line) == config.format
+                       for file in self.files())
+        except DataError:
+            return False
+
     def default_options(self, features: list[FeatureSpec]) -> dict[str, Any]:
         """``numeric_transform`` as I1's transform, ``min_count`` as C1's (where both are listed)."""
         by_name = {spec.name: spec for spec in features}

@@ -81,7 +81,7 @@ class DatasetSource(ABC):
         there share an entry): a ``data.split`` key not in ``split_keys``, and where the recipe
         lists its features, a key that only builds the default ones (``default_feature_keys``);
         a ``label`` or ``group`` that names the source's own is there as left out, and so are
-        listed features the dataset builds as its defaults (``_listed_options``)."""
+        an empty path and listed features the dataset builds as its defaults (``_listed_options``)."""
         options = to_plain(self.config)
         for key in ("cache_dir", "prefetch", "shuffle_buffer", "on_device"):
             options.pop(key, None)
@@ -92,8 +92,8 @@ class DatasetSource(ABC):
         if self.config.features:
             options.update(self._listed_options())
         for key in type(self.config).path_keys:  # the same files named from another folder: the same key
-            if isinstance(options.get(key), str) and options[key]:
-                options[key] = str(Path(options[key]).expanduser().resolve())
+            if isinstance(options.get(key), str):  # an empty one names no file, as left out
+                options[key] = str(Path(options[key]).expanduser().resolve()) if options[key] else None
         key = {"class": type(self).__name__, "options": options, "files": file_stamps(self.files())}
         code = plugin_code(type(self))
         return {**key, "code": code} if code else key

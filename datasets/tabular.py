@@ -14,7 +14,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, NoReturn
+from typing import Any, Iterator, Literal, NoReturn
 
 import numpy as np
 import pyarrow as pa
@@ -194,6 +194,25 @@ class CsvDataset(DelimitedSource):
 
     def default_features(self) -> list[FeatureSpec]:
         _features_required("csv")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The source's key with ``columns`` as left out where the header names the columns so
+        (``auto``, or the header's own names in every file): the same rows read, one entry."""
+        key = super().fingerprint()
+        if self._named_by_header():
+            key["options"]["columns"] = None
+        return key
+
+    def _named_by_header(self) -> bool:
+        """Whether each file's header names the columns as ``data.columns`` does; a file whose
+        header cannot be read (empty, say) names none."""
+        config: CsvConfig = self.config  # type: ignore[assignment]
+        if not config.header or config.names is None:
+            return config.header
+        try:
+            return all(self.header(file, config.delimiter, config.quoting) == config.names for file in self.files())
+        except DataError:
+            return False
 
     def columns(self) -> list[str]:
         config: CsvConfig = self.config  # type: ignore[assignment]

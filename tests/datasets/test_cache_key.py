@@ -3,6 +3,7 @@ key they do not depend on in that recipe (two recipes differing only there share
 
 import json
 import shutil
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -276,3 +277,27 @@ def test_clean_removes_an_entry_an_older_ctr_keyed_by_the_default_features_liste
     out = capsys.readouterr().out
     assert f"removed {old.name}" in out and f"keyed by an older ctr: its recipe keys {prepared.root.name} now" in out
     assert sorted(p.name for p in old.parent.iterdir()) == [prepared.root.name]
+
+
+@pytest.mark.parametrize("spelling", [{"columns": "auto"}, {"columns": ["y", "a", "n"]}, {"valid_path": ""},
+                                      {"test_path": None, "delimiter": ",", "quoting": True}])
+def test_a_csv_recipe_spelling_out_what_it_reads_anyway_shares_the_entry(tmp_path, spelling, encodings):
+    """``columns: auto`` (or the header's own names) and an empty path keyed other entries than
+    leaving them out: the same rows were encoded again. Other names for the columns key anew."""
+    data = file_data(tmp_path, "csv", held_out=[])
+    first = entry(data)
+    assert entry({**data, **spelling}).root == first.root and len(encodings) == 1
+    renamed = {**data, "columns": ["y", "n", "a"], "features": [{"name": "a"}, {"name": "n"}]}
+    assert entry(renamed).root != entry({**data, "features": renamed["features"]}).root
+
+
+@pytest.mark.parametrize("layout", ["dac", "kaggle"])
+def test_a_criteo_format_named_as_detected_shares_the_entry_of_auto(tmp_path, layout, encodings):
+    """``format: dac`` on files that ``auto`` reads as DAC keyed another entry than ``auto``."""
+    data = _omitted_features(tmp_path, "criteo", {})
+    if layout == "kaggle":
+        fields = ",".join(["Id", "Label", *(f"I{i}" for i in range(1, 14)), *(f"C{i}" for i in range(1, 27))])
+        Path(data["path"]).write_text(fields + "\n" + "".join(f"{i},{i % 2},{i}" + "," * 12 + f",{i % 3:08x}"
+                                                              + "," * 25 + "\n" for i in range(30)))
+    first = entry(data)
+    assert entry({**data, "format": layout}).root == first.root and len(encodings) == 1
