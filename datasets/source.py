@@ -119,7 +119,7 @@ class DatasetSource(ABC):
         config_type = type(self.config)
         values = {**_defaults(config_type, config_type.default_feature_keys),
                   **self.default_options(self.config.features)}
-        try:  # a plugin's source without default features may raise anything there
+        try:  # a guess no config takes, a dataset without default features (a plugin's may raise anything)
             alike = parse(config_type, {**to_plain(self.config), **values, "features": None}, "data")
             built = default_features(DATASETS.get(alike.dataset).target(alike))
         except Exception:
