@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -17,7 +18,7 @@ from ctr.datasets import cache, preprocess
 from ctr.errors import UserError
 from ctr.recipe import recipe_from_dict
 from ctr.train.rundir import RunDir
-from ctr.train.runner import train
+from ctr.train.runner import evaluate, train
 from tests.conftest import tiny_recipe
 from tests.datasets.test_shorthand_and_cache import csv_recipe, write_csv
 
@@ -108,6 +109,27 @@ def test_a_run_an_older_ctr_keyed_by_an_unread_split_key_resumes_on_the_rows_it_
     assert len(encodings) == 1
     shards = {split: digest(old / split) for split in ("train", "valid", "test", "vocab")}
     assert {split: digest(root / split) for split in shards} == shards
+
+
+def test_a_run_an_older_ctr_keyed_by_a_spelling_now_normalised_resumes_and_is_scored_without_its_entry(
+        tmp_path, monkeypatch):
+    """``columns: auto`` keyed another entry than the header's columns left out: the resume of
+    a run keyed so encodes again, the same rows, and goes on; its eval reads no entry."""
+    raw = csv_recipe(tmp_path, epochs=1)
+    run = interrupted_run(tmp_path, raw)
+    root = next((tmp_path / "cache" / "data").iterdir())
+    inputs = json.loads((root / cache.KEY_FILE).read_text())
+    assert inputs["source"]["options"]["columns"] is None and raw["data"]["columns"] == "auto"
+    inputs["source"]["options"]["columns"] = "auto"  # as an older ctr keyed it
+    old = root.rename(root.with_name(f"csv-{cache.cache_key(inputs)[:16]}"))
+    for key in (old / cache.KEY_FILE, run.schema / cache.KEY_FILE):
+        key.write_text(cache.key_blob(inputs) + "\n")
+    encodings = encodings_counted(monkeypatch)
+    metrics = train(run.load_recipe(), run.root, resume=True)
+    assert len(encodings) == 1 and {split: digest(root / split) for split in ("train", "valid", "test", "vocab")} == {
+        split: digest(old / split) for split in ("train", "valid", "test", "vocab")}
+    shutil.rmtree(tmp_path / "cache")
+    assert evaluate(run.root)["auc"] == metrics["test"]["auc"] and len(encodings) == 1
 
 
 def generator_4_run(tmp_path, monkeypatch, pairs):
