@@ -74,6 +74,11 @@ class DINConfig(MLPConfig, ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_widths(self, "attention_hidden")
+        for key in ("target_fields", "sequence_fields"):
+            names = getattr(self, key) or []
+            twice = next((name for i, name in enumerate(names) if name in names[:i]), None)
+            if twice is not None:  # it would be attended over twice: in the query and the keys
+                raise ValueError(f"{key}: names {twice!r} twice; name each feature once")
         if self.l2_reg < 0:
             raise ValueError("l2_reg must be >= 0")
 

@@ -54,6 +54,15 @@ def test_the_pairing_key_left_out_follows_share_with_from_the_one_given(given):
     assert model.others == ["hist_item_id"]
 
 
+@pytest.mark.parametrize("key, names", [("target_fields", ["item_id", "cat_id", "item_id"]),
+                                        ("sequence_fields", ["hist_item_id", "hist_item_id"])])
+def test_a_pairing_key_naming_a_feature_twice_is_refused(key, names):
+    """A candidate field or a behaviour sequence named twice was attended over twice (its
+    embedding twice in the query and the keys), silently."""
+    with pytest.raises(RecipeError, match=rf"^model\.{key}: names '{names[0]}' twice; name each feature once$"):
+        task_for_schema(item_and_category_schema(), {**SMALL, key: names})
+
+
 @pytest.mark.parametrize("cat, got", [({"max_len": 3}, "max_len 4, padding right; hist_cat_id: max_len 3, padding right"),
                                       ({"padding": "left"}, "max_len 4, padding right; hist_cat_id: max_len 4, padding left")])
 def test_behaviour_sequences_of_another_length_or_padding_are_refused_naming_them(cat, got):
