@@ -48,7 +48,7 @@ class AutoIntConfig(ModelConfig):
     def __post_init__(self) -> None:
         require_at_least(self, 1, "layers", "heads", "head_dim")
         if not 0 <= self.embedding_dropout < 1:
-            raise ValueError("embedding_dropout must be in [0, 1)")
+            raise ValueError(f"embedding_dropout must be in [0, 1), got {self.embedding_dropout}")
 
 
 @MODELS.register("autoint", config=AutoIntConfig)

@@ -80,7 +80,7 @@ class DINConfig(MLPConfig, ModelConfig):
             if twice is not None:  # it would be attended over twice: in the query and the keys
                 raise ValueError(f"{key}: names {twice!r} twice; name each feature once")
         if self.l2_reg < 0:
-            raise ValueError("l2_reg must be >= 0")
+            raise ValueError(f"l2_reg must be >= 0, got {self.l2_reg}")
 
     @property
     def unit_input(self) -> UnitInput:

@@ -1,8 +1,12 @@
 """AutoInt's embedding dropout (an option of the authors' code, shichence/AutoInt model.py):
 the field vectors both parts read are dropped out while training, untouched at evaluation."""
 
+import pytest
 import torch
 import torch.nn.functional as F
+
+from ctr.errors import RecipeError
+from ctr.recipe import recipe_from_dict
 
 from tests.models.helpers import first_batch, make_task
 
@@ -27,3 +31,9 @@ def test_embedding_dropout_drops_the_field_vectors_both_parts_read(tiny_prepared
     torch.testing.assert_close(trained, by_hand(fields * kept))
     model.eval()
     torch.testing.assert_close(model(batch, embedded), by_hand(fields))
+
+
+@pytest.mark.parametrize("name", ["autoint", "autoint_plus"])
+def test_embedding_dropout_outside_its_range_is_refused_naming_the_value(name):
+    with pytest.raises(RecipeError, match=r"^model\.embedding_dropout: must be in \[0, 1\), got 1\.0$"):
+        recipe_from_dict({"model": {"name": name, "embedding_dropout": 1}})

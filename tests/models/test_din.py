@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 from ctr.batch import Batch, JaggedFeatures
 from ctr.errors import RecipeError
 from ctr.models.din import InferenceBatchNorm
+from ctr.recipe import recipe_from_dict
 from tests.models.helpers import behaviour_batches, behaviour_schema, fit_batches, planted_schema, task_for_schema
 
 SMALL = {"name": "din", "hidden": [32], "attention_hidden": [16]}
@@ -61,6 +62,11 @@ def test_a_pairing_key_naming_a_feature_twice_is_refused(key, names):
     embedding twice in the query and the keys), silently."""
     with pytest.raises(RecipeError, match=rf"^model\.{key}: names '{names[0]}' twice; name each feature once$"):
         task_for_schema(item_and_category_schema(), {**SMALL, key: names})
+
+
+def test_a_negative_l2_reg_is_refused_naming_the_value():
+    with pytest.raises(RecipeError, match=r"^model\.l2_reg: must be >= 0, got -1\.0$"):
+        recipe_from_dict({"model": {**SMALL, "l2_reg": -1}})
 
 
 @pytest.mark.parametrize("cat, got", [({"max_len": 3}, "max_len 4, padding right; hist_cat_id: max_len 3, padding right"),
@@ -261,8 +267,6 @@ def test_the_authors_normalisation_is_tfs_batch_norm_in_inference_mode():
 def test_mini_batch_aware_l2_refuses_a_fused_table_update():
     """The regularizer's second lookup took an Adagrad step of its own under a fused update:
     a λ of 1e-5 shrank the tables as much as 1e-4."""
-    from ctr.recipe import recipe_from_dict
-
     fused = {"embedding_optimizer": {"name": "adagrad", "fused": True}}
     with pytest.raises(RecipeError, match=r"^model\.l2_reg: the regularizer looks the batch's rows up again"):
         recipe_from_dict({"model": {"name": "din", "l2_reg": 1e-5}, "train": fused})
