@@ -76,5 +76,5 @@ class DLRM(CTRModel):
             x = self.bottom(batch.dense)  # [B, D]
             fields = torch.cat([x.unsqueeze(1), fields], dim=1)
         dots = torch.bmm(fields, fields.transpose(1, 2))  # [B, V, V]
-        pairs = dots.flatten(1).index_select(1, self.pairs)  # [B, V(V-1)/2]
+        pairs = dots.flatten(1).index_select(1, self.pairs)  # [B, V(V-1)/2], V(V+1)/2 with interaction_self
         return torch.cat([x, pairs], dim=1) if self.bottom is not None else pairs
