@@ -74,13 +74,20 @@ class DINConfig(MLPConfig, ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_widths(self, "attention_hidden")
-        for key in ("target_fields", "sequence_fields"):
-            names = getattr(self, key) or []
-            twice = next((name for i, name in enumerate(names) if name in names[:i]), None)
-            if twice is not None:  # it would be attended over twice: in the query and the keys
-                raise ValueError(f"{key}: names {twice!r} twice; name each feature once")
+        self._check_named_once()
         if self.l2_reg < 0:
             raise ValueError(f"l2_reg must be >= 0, got {self.l2_reg}")
+
+    def _check_named_once(self) -> None:
+        """Refuses a behaviour sequence named twice (attended over twice: its embeddings twice in
+        the keys, its candidate's in the query), given in ``sequence_fields`` or following
+        ``share_with`` from a candidate field named twice. Two sequences may pair with one
+        candidate field (``target_fields: [item, item]``, ``sequence_fields: [clicks, buys]``)."""
+        key = "target_fields" if self.sequence_fields is None else "sequence_fields"
+        names = getattr(self, key) or []
+        twice = next((name for i, name in enumerate(names) if name in names[:i]), None)
+        if twice is not None:
+            raise ValueError(f"{key}: names {twice!r} twice; name each feature once")
 
     @property
     def unit_input(self) -> UnitInput:

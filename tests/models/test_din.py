@@ -58,10 +58,16 @@ def test_the_pairing_key_left_out_follows_share_with_from_the_one_given(given):
 @pytest.mark.parametrize("key, names", [("target_fields", ["item_id", "cat_id", "item_id"]),
                                         ("sequence_fields", ["hist_item_id", "hist_item_id"])])
 def test_a_pairing_key_naming_a_feature_twice_is_refused(key, names):
-    """A candidate field or a behaviour sequence named twice was attended over twice (its
-    embedding twice in the query and the keys), silently."""
+    """A behaviour sequence named twice, or following share_with from a candidate field named
+    twice, was attended over twice (its embeddings twice in the keys and the query), silently."""
     with pytest.raises(RecipeError, match=rf"^model\.{key}: names '{names[0]}' twice; name each feature once$"):
         task_for_schema(item_and_category_schema(), {**SMALL, key: names})
+
+
+def test_two_sequences_may_pair_with_one_candidate_field():
+    given = {"target_fields": ["item_id", "item_id"], "sequence_fields": ["hist_item_id", "hist_cat_id"]}
+    model = task_for_schema(item_and_category_schema(), {**SMALL, **given}).net.model
+    assert model.targets == ["item_id", "item_id"] and model.behaviours == ["hist_item_id", "hist_cat_id"]
 
 
 def test_a_negative_l2_reg_is_refused_naming_the_value():
