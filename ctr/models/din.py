@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from ctr.batch import Batch
 from ctr.embeddings.replicas import gather_padded
 from ctr.embeddings.types import EmbeddingLayout, FeatureEmbeddings
+from ctr.errors import refuse_for_training
 from ctr.errors import DataError, RecipeError
 from ctr.models.base import CTRModel
 from ctr.models.layers import Activation, MLPConfig, TargetAttention, UnitInput, check_widths
@@ -82,12 +83,13 @@ class DINConfig(MLPConfig, ModelConfig):
         """Refuses a behaviour sequence named twice (attended over twice: its embeddings twice in
         the keys, its candidate's in the query), given in ``sequence_fields`` or following
         ``share_with`` from a candidate field named twice. Two sequences may pair with one
-        candidate field (``target_fields: [item, item]``, ``sequence_fields: [clicks, buys]``)."""
+        candidate field (``target_fields: [item, item]``, ``sequence_fields: [clicks, buys]``).
+        A run saved with one by an earlier ctr is scored as trained (``refuse_for_training``)."""
         key = "target_fields" if self.sequence_fields is None else "sequence_fields"
         names = getattr(self, key) or []
         twice = next((name for i, name in enumerate(names) if name in names[:i]), None)
         if twice is not None:
-            raise ValueError(f"{key}: names {twice!r} twice; name each feature once")
+            refuse_for_training(f"{key}: names {twice!r} twice; name each feature once")
 
     @property
     def unit_input(self) -> UnitInput:

@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ctr.batch import Batch, JaggedFeatures
-from ctr.errors import RecipeError
+from ctr.errors import RecipeError, scoring_a_saved_run
 from ctr.models.din import InferenceBatchNorm
 from ctr.recipe import recipe_from_dict
 from tests.models.helpers import behaviour_batches, behaviour_schema, fit_batches, planted_schema, task_for_schema
@@ -62,6 +62,13 @@ def test_a_pairing_key_naming_a_feature_twice_is_refused(key, names):
     twice, was attended over twice (its embeddings twice in the keys and the query), silently."""
     with pytest.raises(RecipeError, match=rf"^model\.{key}: names '{names[0]}' twice; name each feature once$"):
         task_for_schema(item_and_category_schema(), {**SMALL, key: names})
+
+
+def test_a_run_saved_with_a_sequence_named_twice_is_built_for_scoring():
+    """It trained (attending over the sequence twice): scoring builds the net it trained."""
+    with scoring_a_saved_run():
+        model = task_for_schema(item_and_category_schema(), {**SMALL, "sequence_fields": ["hist_item_id"] * 2}).net.model
+    assert model.behaviours == ["hist_item_id", "hist_item_id"]
 
 
 def test_two_sequences_may_pair_with_one_candidate_field():
