@@ -76,7 +76,7 @@ def require_lsh_memory(config: DedupConfig, blocks: int) -> None:
     needed, memory = CANDIDATE_BYTES * blocks * config.lsh_tables, memory_bytes()
     if needed > memory:
         refuse_for_training(
-            f"embedding.lsh_tables: {config.lsh_tables} tables of {blocks} blocks need ~{needed / 2**30:.2g} GiB for "
+            f"embedding.lsh_tables: {config.lsh_tables} tables of {blocks} blocks need ~{needed / 2**30:,.1f} GiB for "
             f"the index's candidates ({CANDIDATE_BYTES} bytes a block and table), more than this machine's "
             f"{memory / 2**30:.1f} GiB; lower it", RecipeError)
 

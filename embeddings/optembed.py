@@ -84,23 +84,17 @@ class OptEmbedConfig(SearchConfig, EvolutionConfig):
 
 
 def require_population(config: OptEmbedConfig, fields: int) -> None:
-    """A RecipeError naming ``embedding.population`` past what the search can score: more
-    candidates than there are (dims 1..D for each of ``fields`` fields make D^F; the first
-    generation draws distinct ones, each scored by a validation pass), or more than this
-    machine's memory holds (the search keeps every candidate drawn, its dims and its score:
-    ``CANDIDATE_BYTES`` + 8 bytes a field each). A saved run is scored with the population it
-    trained with (``refuse_for_training``)."""
-    distinct = config.dim**fields
-    if config.population > distinct:
-        refuse_for_training(
-            f"embedding.population: {config.population} is more candidates than there are ({distinct}: dims "
-            f"1..{config.dim} for each of {fields} fields; the first generation draws distinct ones); use at most "
-            f"{distinct}", RecipeError)
+    """A RecipeError naming ``embedding.population`` past what this machine's memory holds for
+    the search (it keeps every candidate drawn, its dims and its score: ``CANDIDATE_BYTES`` + 8
+    bytes a field each). A population above the D^F candidates there are is taken: the first
+    generation then repeats some, each scored once. A saved run is scored with the population
+    it trained with (``refuse_for_training``)."""
     needed, memory = config.population * (CANDIDATE_BYTES + 8 * fields), memory_bytes()
     if needed > memory:
         refuse_for_training(
-            f"embedding.population: {config.population} candidates of {fields} fields need ~{needed / 2**30:.2g} GiB "
-            f"for the search to hold, more than this machine's {memory / 2**30:.1f} GiB; lower it", RecipeError)
+            f"embedding.population: {config.population} candidates of {fields} fields need "
+            f"~{needed / 2**30:,.1f} GiB for the search to hold, more than this machine's {memory / 2**30:,.1f} GiB; "
+            "lower it", RecipeError)
 
 
 @EMBEDDINGS.register("optembed", config=OptEmbedConfig)

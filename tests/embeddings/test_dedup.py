@@ -135,7 +135,7 @@ def test_lsh_tables_past_memory_are_refused_as_the_net_is_built(monkeypatch):
     from ctr.embeddings import dedup
     from ctr.errors import RecipeError, scoring_a_saved_run
 
-    message = (r"^embedding\.lsh_tables: 1000000000 tables of 410 blocks need ~4\.6e\+03 GiB for the index's "
+    message = (r"^embedding\.lsh_tables: 1000000000 tables of 410 blocks need ~4,582\.1 GiB for the index's "
                r"candidates \(12 bytes a block and table\), more than this machine's 1\.0 GiB; lower it$")
     monkeypatch.setattr(dedup, "memory_bytes", lambda: 2**30)
     with pytest.raises(RecipeError, match=message):

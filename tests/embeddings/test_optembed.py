@@ -208,24 +208,29 @@ def test_optembed_settings_are_validated():
         recipe_from_dict({"embedding": {"method": "optembed", "stages": {"supernet": {"epochs": "two"}}}})
 
 
-def test_a_population_past_the_distinct_candidates_is_refused_naming_the_key():
-    """dims 1..8 for each of schema()'s 3 tables make 512 candidates; a first generation of
-    more (1e9 would draw and keep ~300 GB of candidates) is refused as the net is built."""
-    with pytest.raises(RecipeError, match=r"^embedding\.population: 513 is more candidates than there are \(512: dims "
-                                          r"1\.\.8 for each of 3 fields; the first generation draws distinct ones\); "
-                                          r"use at most 512$"):
-        OptEmbed(schema(), OptEmbedConfig(dim=8, population=513))
-    assert OptEmbed(schema(), OptEmbedConfig(dim=8, population=512)).config.population == 512
+def test_a_population_past_the_candidates_there_are_scores_each_once():
+    """The default population (20) over 3 fields of dims 1..2 (8 candidates): the first
+    generation repeats some, each scored once, and the net is built."""
+    scored = []
+
+    def score(dims):
+        scored.append(dims)
+        return float(sum(dims))
+
+    search = EvolutionarySearch(3, 2, score, sum, None, np.ones(3), np.random.default_rng(0))
+    result = search.run(EvolutionConfig(population=20, parents=4, mutations=4, crossovers=4, generations=2))
+    assert len(scored) == len(set(scored)) == len(result.history) == 8 and result.best == (2, 2, 2)
+    assert OptEmbed(schema(), OptEmbedConfig(dim=2)).config.population == 20
 
 
 def test_a_population_past_memory_is_refused_naming_the_key(monkeypatch):
-    """Every candidate drawn is kept with its score: 10^5 of 3 fields need ~28 MB."""
+    """Every candidate drawn is kept with its score: 10^7 of 3 fields need ~2.6 GiB."""
     from ctr.embeddings import optembed
 
-    monkeypatch.setattr(optembed, "memory_bytes", lambda: 2**20)
-    with pytest.raises(RecipeError, match=r"^embedding\.population: 100000 candidates of 3 fields need ~0\.026 GiB for "
-                                          r"the search to hold, more than this machine's 0\.0 GiB; lower it$"):
-        OptEmbed(schema(), OptEmbedConfig(dim=64, population=100_000))
+    monkeypatch.setattr(optembed, "memory_bytes", lambda: 2**30)
+    with pytest.raises(RecipeError, match=r"^embedding\.population: 10000000 candidates of 3 fields need ~2\.6 GiB for "
+                                          r"the search to hold, more than this machine's 1\.0 GiB; lower it$"):
+        OptEmbed(schema(), OptEmbedConfig(dim=64, population=10_000_000))
     assert OptEmbed(schema(), OptEmbedConfig(dim=64, population=3000)).config.population == 3000
 
 
