@@ -176,7 +176,8 @@ class EmbeddingMethod(nn.Module):
         if bags.weights is not None:
             rows = rows * bags.weights.unsqueeze(1).to(rows.dtype)
         lengths = bags.offsets[1:] - bags.offsets[:-1]
-        bag_of_id = torch.repeat_interleave(torch.arange(lengths.numel(), device=rows.device), lengths)
+        bag_of_id = torch.repeat_interleave(torch.arange(lengths.numel(), device=rows.device), lengths,
+                                            output_size=rows.shape[0])  # known: no unbacked size in an export
         out = rows.new_zeros(lengths.numel(), rows.shape[1])
         return out.index_add_(0, bag_of_id, rows)
 
