@@ -292,7 +292,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _bench_compression(args: argparse.Namespace) -> int:
-    from ctr.bench.compression import plan, run_compression, tally
+    from ctr.bench.compression import PLOT, RESULTS_CSV, RESULTS_MD, plan, run_compression, tally
     from ctr.train.rundir import RunDir, held
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -306,8 +306,8 @@ def _bench_compression(args: argparse.Namespace) -> int:
         results = run_compression(
             args.recipe, methods, budgets, args.seeds, out, args.override, args.jobs, args.drop_checkpoints
         )
-    print((out / "results.md").read_text(), end="")
-    print(f"\n{tally(results.shown(args.seeds))} in {out / 'results.csv'}; plot {out / 'auc_vs_memory.png'}")
+    print((out / RESULTS_MD).read_text(), end="")
+    print(f"\n{tally(results.shown(args.seeds))} in {out / RESULTS_CSV}; plot {out / PLOT}")
     unfinished = results.unfinished(plan(methods, budgets, args.seeds))
     if unfinished:
         cells = f"{len(unfinished)} cell{'s' if len(unfinished) != 1 else ''}"
@@ -322,15 +322,15 @@ def _tune(args: argparse.Namespace) -> int:
     from ctr.train.rundir import RunDir, held
     from ctr.train.runner import train
     from ctr.train.grid import parse_grid
-    from ctr.train.tune import Tuning
+    from ctr.train.tune import BEST, RESULTS_CSV, RESULTS_MD, Tuning
 
     out = args.out or Path("runs") / f"tune-{args.recipe.stem}"
     tuning = Tuning(args.recipe, parse_grid(args.grid), args.seeds, out, args.override, train)
     RunDir(out).check_usable()  # before its lock beside it is made
     with held(out, "is writing results in this folder"), sigterm_raises():  # outside a run's training too
         best = tuning.run()
-    print((out / "results.md").read_text(), end="")
-    print(f"\nchosen: {best.label}; recipe {out / 'best.yaml'}; runs in {out / 'results.csv'}")
+    print((out / RESULTS_MD).read_text(), end="")
+    print(f"\nchosen: {best.label}; recipe {out / BEST}; runs in {out / RESULTS_CSV}")
     return 0
 
 

@@ -171,7 +171,8 @@ def test_a_section_that_is_not_a_mapping_is_refused_not_read_as_its_defaults(sec
     ({"embedding": {"dense_max_mb": -1}}, r"^embedding\.dense_max_mb: must be >= 0, got -1\.0$"),
     ({"train": {"eval_batch_size": 0}}, r"^train\.eval_batch_size: must be >= 1, got 0$"),
     ({"train": {"early_stop": {"patience": 0}}},
-     r"^train\.early_stop\.patience: must be >= 1, got 0 \(0 stops at the first validation without a gain, as 1 does\)$"),
+     r"^train\.early_stop\.patience: must be >= 1, got 0 "
+     r"\(0 stops at the first validation without a gain, as 1 does\)$"),
     ({"train": {"early_stop": {"patience": -1}}}, r"^train\.early_stop\.patience: must be >= 1, got -1$"),
     ({"trainer": {"num_nodes": 0}}, r"^trainer\.num_nodes: must be >= 1, got 0$"),
     ({"model": {"name": "autoint", "heads": 0}}, r"^model\.heads: must be >= 1, got 0$"),

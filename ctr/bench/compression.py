@@ -53,7 +53,7 @@ from ctr.registry import EMBEDDINGS
 from ctr.train.plots import save_png
 from ctr.train.launch import STARTER
 from ctr.train.refusal import budget_refusal
-from ctr.train.rundir import RunDir, check_spares
+from ctr.train.rundir import RunDir, refuse_writing_over_recipe
 
 log = logging.getLogger("ctr.bench")
 
@@ -145,8 +145,8 @@ def run_compression(
     import_recipe_plugins(base)  # before --methods is checked: it may name a plugin's method
     check_seeds(base, seeds)
     cells = plan(methods, budgets, seeds)
-    check_spares(recipe_path, out, [out / name for name in WRITTEN] + [_cell_recipe_file(out, cell) for cell in cells],
-                 "the benchmark")
+    written = [out / name for name in WRITTEN] + [_cell_recipe_file(out, cell) for cell in cells]
+    refuse_writing_over_recipe(recipe_path, out, written, "the benchmark")
     options = method_options(overrides)
     raws = {cell.key: cell_recipe(base, options, recipe_path, cell, out) for cell in cells}
     recipes = cell_recipes(raws, base, recipe_path)

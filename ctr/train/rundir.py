@@ -93,7 +93,7 @@ def _left_by_a_write(name: str) -> bool:
     return name.startswith(".") and (".tmp-" in name or name.endswith(".old") and name[1:-4] in RUN_ENTRIES)
 
 
-def check_spares(recipe: Path, out: Path, written: list[Path], writer: str) -> None:
+def refuse_writing_over_recipe(recipe: Path, out: Path, written: list[Path], writer: str) -> None:
     """Refuses an ``out`` where a file that ``writer`` (a command's name, for the message)
     writes, one of ``written`` (paths under ``out``), is its recipe file ``recipe``: ``--out .``
     beside the recipe wrote over it."""

@@ -44,7 +44,7 @@ from ctr.train.grid import Point, holds
 from ctr.train.launch import require_one_process
 from ctr.train.optim import require_fused_form
 from ctr.train.refusal import budget_refusal
-from ctr.train.rundir import RunDir, check_spares
+from ctr.train.rundir import RunDir, refuse_writing_over_recipe
 
 log = logging.getLogger("ctr.tune")
 
@@ -54,6 +54,7 @@ TEST_KEYS = ("auc", "gauc", "logloss")
 NUMBERS = {"seed": int, "offset": int, "valid": float, **{f"test_{key}": float for key in TEST_KEYS}}
 Trainer = Callable[[Recipe, Path, bool], dict[str, Any]]
 RESULTS_CSV, RESULTS_MD, BEST = "results.csv", "results.md", "best.yaml"  # written at OUT's top
+WRITTEN = (RESULTS_CSV, RESULTS_MD, BEST)
 
 
 def fingerprint(recipe: Recipe) -> str:
@@ -109,8 +110,7 @@ class Tuning:
         if self.seeds < 1:
             raise UserError(f"--seeds: must be >= 1, got {self.seeds}")
         RunDir(self.out).check_usable()  # a file, or a folder inside one
-        check_spares(self.recipe_path, self.out, [self.out / name for name in (RESULTS_CSV, RESULTS_MD, BEST)],
-                     "the tuning")
+        refuse_writing_over_recipe(self.recipe_path, self.out, [self.out / name for name in WRITTEN], "the tuning")
         _check_overrides(self.points, self.overrides)
         base = read_yaml(self.recipe_path)
         for item in self.overrides:
