@@ -228,29 +228,16 @@ class ValidationSummary(L.Callback):
 
 
 class ValidateAtMaxSteps(L.Callback):
-    """Has the fit validate at the step where ``train.max_steps`` ends it when no validation
-    ran before (Lightning validates at epoch ends or every ``eval_every_n_steps`` only): the
-    run's log and curves hold the validation of the weights it trained, and its best
-    checkpoint is chosen by it, as in the distributed loop. Lightning validates a step that
-    sets ``should_stop``; whether a validation ran is kept in checkpoints for resumes."""
-
-    def __init__(self) -> None:
-        self.validated = False
-
-    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self.validated = True
+    """Has the fit validate at the step where ``train.max_steps`` ends it (Lightning validates
+    at epoch ends or every ``eval_every_n_steps`` only, so the steps after the last of those
+    were never validated): the run's log and curves hold the validation of the weights it
+    trained, and its best checkpoint is chosen with them, as in the distributed loop.
+    Lightning validates a step that sets ``should_stop``, once where it validates anyway."""
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if not self.validated and 0 < trainer.max_steps <= trainer.global_step:
+        if 0 < trainer.max_steps <= trainer.global_step:
             trainer.should_stop = True
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"validated": self.validated}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.validated = bool(state_dict.get("validated", False))
 
 
 class FiniteLoss(L.Callback):

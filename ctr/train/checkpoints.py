@@ -122,8 +122,7 @@ def check_whole(path: Path, optimizers: bool) -> None:
 class TrainState:
     """Where training stands: the epoch (its first ``batches`` trained), optimizer steps, the
     best monitored value, early stopping (its own best and the validations without a gain),
-    training rows and seconds, the lrs at the epoch's start (logged at its end), the
-    validations after training steps."""
+    training rows and seconds, the lrs at the epoch's start (logged at its end)."""
 
     epoch: int = 0
     batches: int = 0
@@ -135,7 +134,6 @@ class TrainState:
     samples: int = 0
     seconds: float = 0.0
     epoch_lrs: dict[str, float] = field(default_factory=dict)
-    validations: int = 0
 
     @property
     def epochs_begun(self) -> int:
@@ -145,12 +143,9 @@ class TrainState:
 
     @classmethod
     def from_saved(cls, info: dict[str, Any]) -> TrainState:
-        """The state a checkpoint's ``ctr.json`` holds. One saved before validations were
-        counted has had one if it holds a best value (else a resume would validate again)."""
-        state = cls(**{key: info[key] for key in cls.__dataclass_fields__ if key in info})
-        if "validations" not in info and state.best is not None:
-            state.validations = 1
-        return state
+        """The state a checkpoint's ``ctr.json`` holds (a key that is no field, an older ctr's
+        ``validations``, is ignored)."""
+        return cls(**{key: info[key] for key in cls.__dataclass_fields__ if key in info})
 
     def update_patience(self, value: float, mode: str, stop: EarlyStopConfig | None) -> None:
         """Lightning's EarlyStopping rule: a gain is more than ``min_delta`` past its best;

@@ -1,11 +1,12 @@
 """The epochs of one rank of a distributed run: training steps, validation, checkpoints,
 early stopping, the curve log.
 
-Validation follows Lightning's rule for a one-process run: after every epoch, or, with
+Validation follows a one-process run's rule: after every epoch, or, with
 ``train.eval_every_n_steps`` N, after every N-th batch of an epoch (counted within the
-epoch). Each validation checkpoints ``last`` (and ``best`` when the monitored metric
-improved) with the training position: the epoch and the batches of it already trained, so a
-resumed run reads the rest of that epoch in the same order (``Position`` of the loader).
+epoch), and at the step where ``train.max_steps`` ends the run. Each validation checkpoints
+``last`` (and ``best`` when the monitored metric improved) with the training position: the
+epoch and the batches of it already trained, so a resumed run reads the rest of that epoch
+in the same order (``Position`` of the loader).
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ class EpochLoop:
     losses: GroupFiniteLoss = field(init=False)
 
     def run(self, state: TrainState) -> TrainState:
-        """Trains until ``span`` ends, early stopping stops or ``max_steps`` is reached; at
-        least one validation (a run cut short by max_steps may end before its first)."""
+        """Trains until ``span`` ends, early stopping stops or ``max_steps`` is reached (validated
+        at that step, as one process does: ``ValidateAtMaxSteps``)."""
         loader, every = self.loaders["train"], self.recipe.train.eval_every_n_steps
         self.logger = CurveLog(self.span.log_csv, self.place.rank == 0, keep_before=state.step)
         self.losses = GroupFiniteLoss(self.place.device)
@@ -86,19 +87,16 @@ class EpochLoop:
         while state.epoch < self.span.epochs and not state.stopped and not self._at_max_steps(state):
             with closing(self._steps(state)) as steps:  # a pass left early stops its loader now
                 for index in steps:
-                    last = index + 1 == len(loader)  # Lightning does not validate where max_steps cuts an epoch
-                    ends = last or self._at_max_steps(state)
-                    if every and (index + 1) % every == 0 or (last and not every):
-                        self._validate(state, ends)
-                    elif ends:
+                    last, cut = index + 1 == len(loader), self._at_max_steps(state)
+                    if cut or every and (index + 1) % every == 0 or (last and not every):
+                        self._validate(state, last or cut)
+                    elif last:
                         self._log_lrs(state)
-                    if state.stopped or self._at_max_steps(state):
+                    if state.stopped or cut:
                         break
             if self._at_max_steps(state):
                 break
             state.epoch, state.batches = state.epoch + 1, 0
-        if not state.validations:
-            self._validate(state, ends_epoch=False)
         self.losses.check(state.step)
         return state
 
@@ -152,11 +150,12 @@ class EpochLoop:
 
     def _log_loss(self, loss_sum: torch.Tensor, rows: int, state: TrainState, index: int,
                   begun: tuple[int, float]) -> None:
-        """The step's mean loss over every rank: a curve row every ``LOG_EVERY_N_STEPS`` steps, and
+        """The step's mean loss over every rank: a curve row every ``LOG_EVERY_N_STEPS`` steps and
+        at the step ``max_steps`` ends training (as one process: Lightning logs a step that sets ``should_stop``), and
         a progress line (with the samples/s of the epoch's pass) as often as one process logs
         them (``progress_every``). Every rank reaches the same steps, so each all-reduce pairs."""
         per_epoch = len(self.loaders["train"])
-        curve = state.step % LOG_EVERY_N_STEPS == 0
+        curve = state.step % LOG_EVERY_N_STEPS == 0 or self._at_max_steps(state)
         progress = state.step % progress_every(per_epoch, PROGRESS_EVERY_N_STEPS) == 0
         if not (curve or progress):
             return
@@ -201,7 +200,6 @@ class EpochLoop:
         log.info("epoch %d step %d: valid %s (%.0f samples/s)", state.epoch, state.step,
                  " ".join(f"{k}={v:.5f}" for k, v in valid.items()), state.samples / max(state.seconds, 1e-9))
         value = self._monitored(valid, monitor)
-        state.validations += 1
         improved = state.best is None or beats(value, state.best, mode)
         state.update_patience(value, mode, train.early_stop)
         if train.early_stop and self.place.rank == 0:

@@ -156,7 +156,7 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     stopper = None
     if recipe.train.early_stop:
         stop = recipe.train.early_stop
-        # checked after validation only: a run cut short by max_steps may end before the first one
+        # checked after each validation, not at epoch ends: those inside an epoch count too
         stopper = ResumableEarlyStopping(monitor=stop.monitor, mode=stop.direction, patience=stop.patience,
                                          min_delta=stop.min_delta, check_on_train_epoch_end=False)
         callbacks.append(stopper)

@@ -329,8 +329,8 @@ def test_a_split_without_rows_is_one_line_naming_its_key(tmp_path, capsys, split
 
 
 def test_max_steps_before_the_first_validation_keeps_the_trained_weights(tmp_path, capsys):
-    """eval_every_n_steps 6 and max_steps 3: no validation runs in training; the run still
-    ends with a checkpoint of its trained weights, evaluated."""
+    """eval_every_n_steps 6 and max_steps 3: the only validation is at step 3, where max_steps
+    ends the run; it ends with a checkpoint of its trained weights, evaluated."""
     recipe = write_recipe(tmp_path, train={"max_steps": 3, "eval_every_n_steps": 6, "early_stop": None})
     code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run")
     assert code == 0, err

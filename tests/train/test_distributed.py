@@ -463,7 +463,8 @@ def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog, ca
 def test_validation_every_n_steps_checkpoints_mid_epoch_and_resumes_there(mixed_cuts):
     """train.eval_every_n_steps 4 on 10 batches an epoch: validations at the 4th and 8th
     batch of each epoch, as one process (Lightning) does; a run stopped after its mid-epoch
-    checkpoint at step 8 resumes there and ends as the uninterrupted run."""
+    checkpoint at step 8 resumes there and ends as the uninterrupted run (its log also holds
+    the loss of step 8, where max_steps ended the cut run, logged as one process logs it)."""
     tmp, one, two, said = mixed_cuts
     ran = tmp / "stepped"
     assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5
@@ -475,8 +476,10 @@ def test_validation_every_n_steps_checkpoints_mid_epoch_and_resumes_there(mixed_
     assert f"resuming from {ran / 'cut' / 'checkpoints' / 'last'}, written at step 8" in said
     again = json.loads((ran / "cut" / "metrics.json").read_text())
     assert again["steps"] == two["steps"] and again["test"] == pytest.approx(two["test"], abs=1e-6, rel=0)
+    assert rows_of(ran / "cut1" / "logs" / "metrics.csv", "train/loss")[-1][0] == 7  # step 8's row (logged at 7)
     for column in ("valid/auc", "train/loss"):
         resumed_curve, whole = (rows_of(ran / run / "logs" / "metrics.csv", column) for run in ("cut", "two"))
+        resumed_curve = [(s, v) for s, v in resumed_curve if (s, column) != (7, "train/loss")]
         assert [s for s, _ in resumed_curve] == [s for s, _ in whole]
         assert np.allclose([v for _, v in resumed_curve], [v for _, v in whole], atol=1e-6, rtol=0)
 
@@ -686,15 +689,15 @@ def test_a_group_of_one_process_leaves_no_address_behind(tmp_path, monkeypatch):
     assert os.environ["MASTER_ADDR"] == "127.0.0.1" and "MASTER_PORT" not in os.environ
 
 
-def test_a_checkpoint_saved_before_validations_were_counted_resumes_without_validating_again():
+def test_a_checkpoint_of_an_older_ctr_that_counted_its_validations_resumes():
+    """An older ctr kept the validations done in ``ctr.json`` (to validate a run that max_steps
+    cut before its first); every cut now validates, and the count is ignored."""
     from dataclasses import asdict
 
     from ctr.train.checkpoints import TrainState
 
-    validated = {k: v for k, v in asdict(TrainState(epoch=1, best=0.71)).items() if k != "validations"}
-    assert TrainState.from_saved(validated).validations == 1
-    assert TrainState.from_saved({"epoch": 0, "best": None}).validations == 0
-    assert TrainState.from_saved(asdict(TrainState(best=0.7, validations=3))).validations == 3
+    saved = {**asdict(TrainState(epoch=1, best=0.71)), "validations": 3}
+    assert TrainState.from_saved(saved) == TrainState(epoch=1, best=0.71)
 
 
 def test_ctr_plan_follows_the_distributed_section(tmp_path, tiny_prepared):
@@ -901,11 +904,11 @@ def test_learning_rate_schedules_step_two_processes_as_one(cut_runs):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cut, max_steps, validated_at, epochs",
-                         [("plateau", 25, [9, 19], 3), ("rank_1_unsharded", 5, [4], 1)])
+                         [("plateau", 25, [9, 19, 24], 3), ("rank_1_unsharded", 5, [4], 1)])
 def test_max_steps_ends_two_processes_as_it_ends_one(tmp_path, caplog, cut_runs, cut, max_steps, validated_at, epochs):
-    """max_steps cutting an epoch: no validation at the cut after those at the epochs' ends
-    (Lightning's rule), a validation there, logged, when none ran before (one process logged
-    none: its log and curves had no validation row), the same best checkpoint and test
+    """max_steps cutting an epoch: a validation there, logged, after those at the epochs' ends
+    (Lightning's own rule validated none there, and the distributed loop only when none ran
+    before: the cut epoch's steps were never validated), the same best checkpoint and test
     metrics, the cut epoch counted in ``epochs``. Without its metrics.json, the run evaluates
     from its best checkpoint: eval, predict and export looked for ``checkpoints/best.ckpt``,
     which a distributed run never writes (its ``checkpoints/best`` folder was not found)."""
@@ -913,7 +916,7 @@ def test_max_steps_ends_two_processes_as_it_ends_one(tmp_path, caplog, cut_runs,
     logs = [ran / run / "logs" / "metrics.csv" for run in ("one", "two")]
     validated = [rows_of(log, "valid/auc") for log in logs]
     assert [s for s, _ in validated[0]] == [s for s, _ in validated[1]] == validated_at
-    assert validated[1][0][1] == pytest.approx(validated[0][0][1], abs=1e-5)
+    assert [v for _, v in validated[1]] == pytest.approx([v for _, v in validated[0]], abs=1e-5)
     assert (two["steps"], two["epochs"]) == (one["steps"], one["epochs"]) == (max_steps, epochs)
     assert two["test"]["auc"] == pytest.approx(one["test"]["auc"], abs=1e-5)
     assert two["inference_seconds"] > 0  # ctr bench compression reads it

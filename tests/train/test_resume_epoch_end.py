@@ -3,7 +3,8 @@ logged at the end) resumes with the uninterrupted run's log and epoch count: kil
 after the checkpoint of an epoch's end, of the last epoch, of an epoch's last step validated
 every n steps, or of the validation at which early stopping ended the run mid-epoch; or
 later, once the epoch's lr row was written (it is not written twice); the same with
-``train.max_steps`` ending the run mid-epoch (Lightning restores its loops otherwise then).
+``train.max_steps`` ending the run mid-epoch (Lightning restores its loops otherwise then),
+killed before or right after the checkpoint of its validation at that step.
 The kill is an exception raised in-process (the CSV log is on disk as a SIGKILL would
 leave it)."""
 
@@ -11,6 +12,7 @@ import csv
 import json
 
 import pytest
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from ctr.recipe import recipe_from_dict
@@ -83,9 +85,9 @@ def whole_runs(tmp_path_factory):
     ("epoch_end", kill_after_checkpoint, 10), ("epoch_end", kill_after_checkpoint, 20),
     ("epoch_end", kill_after_step, 15), ("every_5", kill_after_checkpoint, 10), ("every_5", kill_after_step, 13),
     ("early_stop", kill_after_checkpoint, 8), ("max_steps", kill_after_checkpoint, 10),
-    ("max_steps", kill_after_step, 22),
+    ("max_steps", kill_after_step, 22), ("max_steps", kill_after_checkpoint, 25),
 ], ids=["first_epoch_end", "last_epoch_end", "after_the_lr_row", "last_step_validated", "after_its_lr_row",
-        "early_stopped_mid_epoch", "max_steps_epoch_end", "max_steps_in_the_cut_epoch"])
+        "early_stopped_mid_epoch", "max_steps_epoch_end", "max_steps_in_the_cut_epoch", "max_steps_at_the_cut"])
 def test_a_run_resumed_from_before_its_epochs_end_logs_the_epoch_once(tmp_path, monkeypatch, whole_runs,
                                                                        name, kill, step):
     whole = whole_runs(name)
@@ -97,3 +99,16 @@ def test_a_run_resumed_from_before_its_epochs_end_logs_the_epoch_once(tmp_path, 
     assert log_rows(tmp_path / "run") == log_rows(whole)
     resumed, whole = (json.loads((run / "metrics.json").read_text()) for run in (tmp_path / "run", whole))
     assert (resumed["epochs"], resumed["steps"]) == (whole["epochs"], whole["steps"])
+
+
+def test_max_steps_cutting_an_epoch_validates_at_the_cut(whole_runs):
+    """max_steps 25 of 3 epochs of 10 batches: after the validations at the first two epochs'
+    ends, the 5 steps of the cut epoch are validated at step 25 (Lightning validates at epoch
+    ends only: they were in no validation, and the best checkpoint and test metrics ignored
+    them); ``last.ckpt`` holds them and ``best.ckpt`` is the best of the three validations."""
+    whole = whole_runs("max_steps")
+    validated = {int(row["step"]) + 1: float(row["valid/auc"]) for row in log_rows(whole) if row.get("valid/auc")}
+    assert list(validated) == [10, 20, 25]
+    last, best = (torch.load(whole / "checkpoints" / name, weights_only=False) for name in ("last.ckpt", "best.ckpt"))
+    assert last["global_step"] == 25
+    assert best["global_step"] == max(validated, key=validated.get)
