@@ -118,6 +118,32 @@ def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[s
     check_distributed(recipe)
     use_threads(recipe.trainer.num_threads)
     seed_all(recipe.seed)
+    prepared, net = _prepared_net(recipe, run, resume, place)
+    fitting = Fitting(recipe, net, prepared, run, place, resume)
+    try:
+        check_before_fit(recipe, prepared, len(fitting.loaders["train"]), net, place.world_size)
+        stage_seconds = {}
+        if net.embedding.stages():
+            stage_seconds = run_stages(net, run, place.rank, resume, fitting.stage, fitting.score, recipe.seed)
+        else:
+            fitting.whole()
+        done = fitting.done or fitting.finished()
+        metrics = _scored(done, fitting.loaders, place)
+    finally:
+        fitting.close()
+    metrics.update(_training_figures(net, done, stage_seconds, run, place))
+    if place.rank == 0:
+        plot_curves(run.log_csv, run.curves)
+        run.write_metrics(metrics)  # last: metrics.json marks the run finished
+        log.info("run directory: %s (metrics.json, checkpoints/, logs/, curves.png)", run.root)
+    dist.barrier()  # every rank leaves the process group together
+    return metrics
+
+
+def _prepared_net(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> tuple[Prepared, CTRNet]:
+    """The run's data (prepared by rank 0 first, then read from the cache by the others) and
+    its network; every rank refuses a resume whose inputs or encoding changed alike. Rank 0
+    keeps the data's recipe and schema in the run directory."""
     recipe.data = resolve_features(recipe.data)
     if resume:
         run.check_resumed_inputs(recipe.data)  # every rank: the same refusal, before any encoding
@@ -137,35 +163,34 @@ def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[s
         run.keep_data(recipe, prepared.root, resume)
         log.info("run directory: %s", run.root)
         log.info("%s", summary(recipe, net, prepared))
-    fitting = Fitting(recipe, net, prepared, run, place, resume)
-    try:
-        check_before_fit(recipe, prepared, len(fitting.loaders["train"]), net, place.world_size)
-        stage_seconds = {}
-        if net.embedding.stages():
-            stage_seconds = run_stages(net, run, place.rank, resume, fitting.stage, fitting.score, recipe.seed)
-        else:
-            fitting.whole()
-        done = fitting.done or fitting.finished()
-        metrics: dict[str, Any] = {"valid": evaluate(done.par.module, fitting.loaders["valid"], place, "valid")}
-        start = time.perf_counter()
-        metrics["test"] = evaluate(done.par.module, fitting.loaders["test"], place, "test")
-        metrics["inference_seconds"] = time.perf_counter() - start
-    finally:
-        fitting.close()
-    seconds = sum(stage_seconds.values()) if stage_seconds else done.state.seconds
-    metrics.update(embedding_bytes=net.embedding.stored_bytes(), full_embedding_bytes=net.embedding.full_bytes(),
-                   train_samples_per_s=done.state.samples / done.state.seconds if done.state.seconds else 0.0,
-                   train_seconds=seconds, epochs=done.state.epochs_begun, steps=done.state.step,
+    return prepared, net
+
+
+def _scored(done: Done, loaders: dict[str, BatchLoader], place: Placement) -> dict[str, Any]:
+    """The valid and test metrics of ``done``'s network (its best weights) over every rank's
+    rows, and the seconds the test took."""
+    metrics: dict[str, Any] = {"valid": evaluate(done.par.module, loaders["valid"], place, "valid")}
+    start = time.perf_counter()
+    metrics["test"] = evaluate(done.par.module, loaders["test"], place, "test")
+    metrics["inference_seconds"] = time.perf_counter() - start
+    return metrics
+
+
+def _training_figures(net: CTRNet, done: Done, stage_seconds: dict[str, float], run: RunDir,
+                      place: Placement) -> dict[str, Any]:
+    """What metrics.json says of the training beside the metrics: the embedding's bytes,
+    speed, time (the stages' sum in a multi-stage run), epochs, steps, the best checkpoint
+    (relative to ``run``), the world size and sharding, stage seconds."""
+    state = done.state
+    figures = dict(embedding_bytes=net.embedding.stored_bytes(), full_embedding_bytes=net.embedding.full_bytes(),
+                   train_samples_per_s=state.samples / state.seconds if state.seconds else 0.0,
+                   train_seconds=sum(stage_seconds.values()) if stage_seconds else state.seconds,
+                   epochs=state.epochs_begun, steps=state.step,
                    best_checkpoint=str(done.saver.best.relative_to(run.root)), world_size=place.world_size,
                    sharding=done.par.plan or "data_parallel (replicated, DDP)")
     if stage_seconds:
-        metrics["stage_seconds"] = stage_seconds
-    if place.rank == 0:
-        plot_curves(run.log_csv, run.curves)
-        run.write_metrics(metrics)  # last: metrics.json marks the run finished
-        log.info("run directory: %s (metrics.json, checkpoints/, logs/, curves.png)", run.root)
-    dist.barrier()  # every rank leaves the process group together
-    return metrics
+        figures["stage_seconds"] = stage_seconds
+    return figures
 
 
 @dataclass

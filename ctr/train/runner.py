@@ -10,7 +10,7 @@ from typing import Any
 
 import lightning as L
 
-from ctr.datasets import prepare
+from ctr.datasets import Prepared, prepare
 from ctr.datasets.progress import shows_bars
 from ctr.datasets.source import SPLITS, resolve_features
 from ctr.errors import UserError, scoring_a_saved_run, sigterm_raises
@@ -20,7 +20,7 @@ from ctr.train.checkpoints import holds_distributed_checkpoints, resumed_trainin
 from ctr.train.launch import launched, require_one_process
 from ctr.train.checks import check_before_fit, check_schedule_floors, require_rows
 from ctr.train.loop import (
-    Session, check_best_kept, evaluate_checkpoint, fit, quiet_lightning, trainer_for,
+    Fitted, Session, check_best_kept, evaluate_checkpoint, fit, quiet_lightning, trainer_for,
 )
 from ctr.train.optim import require_fused_form
 from ctr.train.placement import Placement, placement, use_threads
@@ -55,6 +55,25 @@ def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:
     use_threads(recipe.trainer.num_threads)
     L.seed_everything(recipe.seed, workers=True, verbose=False)
     progress = shows_bars(recipe.trainer.progress_bar)
+    prepared, task = _prepared_task(recipe, run, resume, progress)
+    session = Session(recipe, run, prepared, progress, place)
+    require_rows(recipe, prepared, SPLITS)
+    session.open_loaders()
+    try:
+        fitted = _fitted(task, session, resume)
+        evaluator = trainer_for(recipe, run, progress, [], logger=False)
+        metrics = evaluate_checkpoint(task, fitted.best, session.loaders, evaluator)
+    finally:
+        session.close()
+    metrics.update(_training_figures(task, fitted, run))
+    _write_run(run, metrics)
+    return metrics
+
+
+def _prepared_task(recipe: Recipe, run: RunDir, resume: bool, progress: bool) -> tuple[Prepared, CTRTask]:
+    """The run's data, prepared (read from the cache when it holds them), and its task; a
+    resume is first refused when its inputs or encoding changed or a best checkpoint it ends
+    by reading is gone. The run directory keeps the data's recipe and schema."""
     recipe.data = resolve_features(recipe.data)  # the run's recipe.yaml lists every feature
     if resume:
         run.check_resumed_inputs(recipe.data)
@@ -72,20 +91,23 @@ def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:
     run.keep_data(recipe, prepared.root, resume)
     log.info("run directory: %s", run.root)
     log.info("%s", summary(recipe, task.net, prepared))
-    session = Session(recipe, run, prepared, progress, place)
-    require_rows(recipe, prepared, SPLITS)
-    session.open_loaders()
-    try:
-        check_before_fit(recipe, prepared, len(session.loaders["train"]), task.net, place.world_size)
-        if task.net.embedding.stages():
-            fitted = train_stages(task, session, resume)
-        else:
-            fitted = fit(task, session, run.checkpoints, resume_from=run.last if resume else None)
-        evaluator = trainer_for(recipe, run, progress, [], logger=False)
-        metrics = evaluate_checkpoint(task, fitted.best, session.loaders, evaluator)
-    finally:
-        session.close()
-    metrics.update(
+    return prepared, task
+
+
+def _fitted(task: CTRTask, session: Session, resume: bool) -> Fitted:
+    """Trains ``task`` in ``session`` (stage by stage for a multi-stage method), after the
+    checks that need its loaders; its best checkpoint and training figures."""
+    recipe, run = session.recipe, session.run
+    check_before_fit(recipe, session.prepared, len(session.loaders["train"]), task.net, session.place.world_size)
+    if task.net.embedding.stages():
+        return train_stages(task, session, resume)
+    return fit(task, session, run.checkpoints, resume_from=run.last if resume else None)
+
+
+def _training_figures(task: CTRTask, fitted: Fitted, run: RunDir) -> dict[str, Any]:
+    """What metrics.json says of the training beside the metrics: the embedding's bytes,
+    speed, time, epochs, steps, the best checkpoint (relative to ``run``), stage seconds."""
+    figures = dict(
         embedding_bytes=task.net.embedding.stored_bytes(),
         full_embedding_bytes=task.net.embedding.full_bytes(),
         train_samples_per_s=fitted.samples_per_s,
@@ -95,12 +117,16 @@ def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:
         best_checkpoint=str(fitted.best.resolve().relative_to(run.root.resolve())),
     )
     if fitted.stage_seconds:
-        metrics["stage_seconds"] = fitted.stage_seconds
+        figures["stage_seconds"] = fitted.stage_seconds
+    return figures
+
+
+def _write_run(run: RunDir, metrics: dict[str, Any]) -> None:
+    """Plots the learning curves and writes ``metrics`` (last: metrics.json marks ``run`` finished)."""
     if run.log_csv.exists():
         plot_curves(run.log_csv, run.curves)
-    run.write_metrics(metrics)  # last: metrics.json marks the run finished
+    run.write_metrics(metrics)
     log.info("run directory: %s (metrics.json, checkpoints/, logs/, curves.png)", run.root)
-    return metrics
 
 
 @scoring_a_saved_run()
