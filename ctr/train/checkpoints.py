@@ -81,26 +81,50 @@ def resumed_trainings(run_root: Path) -> list[Path]:
 
 def read_state(path: Path) -> dict[str, Any]:
     """``ctr.json`` of a distributed checkpoint (a UserError naming a folder that is not
-    one, or the file it lacks)."""
+    one, the file it lacks, or a ctr.json cut short)."""
     folder = replaced_folder(path)
     if not folder.is_dir():
         raise UserError(f"{path}: no such checkpoint folder")
     missing = [name for name in (STATE_FILE, ".metadata") if not (folder / name).is_file()]
     if missing:
         raise UserError(f"{path}: not a whole distributed checkpoint (no {', '.join(missing)}){INCOMPLETE}")
-    return json.loads((folder / STATE_FILE).read_text())
+    try:
+        info = json.loads((folder / STATE_FILE).read_text())
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, a list
+        raise UserError(unreadable(folder / STATE_FILE, err)) from None
+    return info
+
+
+def unreadable(path: Path, err: Exception) -> str:
+    """The error of a checkpoint file at ``path`` that ``err`` stopped from loading."""
+    return f"{path}: cut short or not ctr's ({reason(err, typed=True)}); restore it, or train a new run"
+
+
+def check_loads(path: Path) -> None:
+    """Refuses a torch file of a checkpoint that does not load (cut short, not torch's),
+    mapping its tensors rather than reading them."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # torch.load raises whatever its unpickler meets in a broken file
+        raise UserError(unreadable(path, err)) from None
 
 
 def read_resumable(path: Path) -> dict[str, Any]:
     """``ctr.json`` of the checkpoint at ``path`` once it holds every file a resume reads:
     those of ``check_whole`` with ``optimizers.pt``, and each rank's generators
-    (``random-<rank>.pt``; an earlier ctr's ``rng-<rank>.pt``), else a UserError naming them."""
+    (``random-<rank>.pt``; an earlier ctr's ``rng-<rank>.pt``), each of these torch files
+    loading (``check_loads``), else a UserError naming them."""
     info = read_state(path)
     check_whole(path, optimizers=True)
     ranks = range(info.get("world_size", 1))
-    missing = [f"random-{r}.pt" for r in ranks if not any((path / f"{k}-{r}.pt").is_file() for k in ("random", "rng"))]
+    generators = [next((f for k in ("random", "rng") if (f := path / f"{k}-{r}.pt").is_file()), None) for r in ranks]
+    missing = [f"random-{r}.pt" for r, found in zip(ranks, generators) if found is None]
     if missing:
         raise UserError(f"{path}: not a whole distributed checkpoint (no {', '.join(missing)}){INCOMPLETE}")
+    for file in (path / OPTIMIZERS_FILE, *generators):
+        check_loads(file)
     return info
 
 
