@@ -59,7 +59,7 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
 def check_best_kept(last: Path) -> None:
     """Refuses a resume from Lightning checkpoint ``last`` whose best checkpoint (as the state of
     its checkpoint callbacks names it, re-rooted at ``last``'s folder as a resume reads it) is
-    gone: the resumed training ends by reading it."""
+    gone or does not load (cut short): the resumed training ends by reading it."""
     folder = os.path.realpath(last.parent)
     for state in load_checkpoint(last, mmap=True).get("callbacks", {}).values():
         best, saved_in = state.get("best_model_path"), state.get("dirpath")
@@ -68,6 +68,11 @@ def check_best_kept(last: Path) -> None:
         if best and not os.path.exists(best):
             raise UserError(f"{last}: names {best} as its best checkpoint, which is gone; the resume ends by reading "
                             "it: restore it, or train a new run")
+        if best:
+            try:
+                load_checkpoint(Path(best), mmap=True)
+            except UserError as err:
+                raise UserError(f"{err}; the resume ends by reading it: restore it, or train a new run") from None
 
 
 def load_weights(task: CTRTask, ckpt: Path) -> None:

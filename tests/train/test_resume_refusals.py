@@ -155,3 +155,19 @@ def test_a_distributed_checkpoint_file_cut_short_is_refused_before_any_process(t
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"ctr: error: {broken}: cut short or not ctr's ") and "\n" not in err
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_one_process_run_whose_best_checkpoint_is_cut_short_is_refused_before_any_work(tmp_path):
+    """The resume trained on to its end and failed there, reading a best.ckpt cut short that no
+    later validation had replaced."""
+    run = tmp_path / "run"
+    train(recipe_from_dict(tiny_recipe(tmp_path)), run)
+    (run / "metrics.json").unlink()
+    best = run / "checkpoints" / "best.ckpt"
+    best.write_bytes(best.read_bytes()[:2000])
+    kept = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    with pytest.raises(UserError) as refused:
+        train(recipe_from_dict(tiny_recipe(tmp_path)), run, resume=True)
+    assert str(refused.value).startswith(f"{best}: not a readable checkpoint (RuntimeError: ")
+    assert str(refused.value).endswith("; the resume ends by reading it: restore it, or train a new run")
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == kept
