@@ -347,7 +347,7 @@ class RunDir:
         several: the distributed loop reads only its own (DCP) checkpoints and began it again."""
         if world_size > 1 and self.lightning_checkpoints():
             raise UserError(f"{self.root}: trained in one process (checkpoints/*.ckpt); it resumes in one process "
-                            "only: give no -o trainer.devices / trainer.num_nodes")
+                            f"only: give no -o trainer.devices / trainer.num_nodes, and set both to 1 in {self.recipe}")
 
     def check_resumed_encoding(self, prepared_root: Path) -> None:
         """Refuses to resume a run whose data another pipeline version encoded (its key's

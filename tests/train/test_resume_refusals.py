@@ -27,8 +27,19 @@ def test_a_one_process_run_is_not_resumed_in_two(tmp_path, capsys):
     assert main(["train", "--resume", str(run), "-o", "trainer.devices=2"]) == 2
     assert capsys.readouterr().err.strip() == (
         f"ctr: error: {run}: trained in one process (checkpoints/*.ckpt); it resumes in one process only: "
-        "give no -o trainer.devices / trainer.num_nodes")
+        f"give no -o trainer.devices / trainer.num_nodes, and set both to 1 in {run / 'recipe.yaml'}")
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
+
+
+def test_a_one_process_run_whose_recipe_yaml_asks_for_two_is_told_so(tmp_path, capsys):
+    """Its recipe.yaml's trainer.devices (a resume may edit the world size there) made it say
+    "give no -o trainer.devices" to a command that gave none."""
+    run = interrupted_one_process_run(tmp_path)
+    (run / "recipe.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp_path, trainer={"devices": 2})))
+    assert main(["train", "--resume", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"ctr: error: {run}: trained in one process (checkpoints/*.ckpt); it resumes in one process only: "
+        f"give no -o trainer.devices / trainer.num_nodes, and set both to 1 in {run / 'recipe.yaml'}")
 
 
 def test_a_stage_of_a_one_process_run_counts_too(tmp_path, capsys):
