@@ -131,15 +131,23 @@ def read_resumable(path: Path) -> dict[str, Any]:
 def check_whole(path: Path, optimizers: bool) -> None:
     """Raises a UserError naming the files that checkpoint folder ``path`` lacks: the data
     files DCP's ``.metadata`` lists (the shards one rank wrote), and ``optimizers.pt`` where
-    ``optimizers`` (a resume needs it, an evaluation does not)."""
+    ``optimizers`` (a resume needs it, an evaluation does not); or a data file shorter than
+    the bytes ``.metadata`` places in it (cut short)."""
     try:
-        listed = {info.relative_path for info in dcp.FileSystemReader(str(path)).read_metadata().storage_data.values()}
+        stored = dcp.FileSystemReader(str(path)).read_metadata().storage_data.values()
     except Exception as err:  # DCP unpickles .metadata: whatever a broken file raises
         raise UserError(f"{path}/.metadata: not a readable DCP checkpoint index ({reason(err, typed=True)})") from None
-    wanted = listed | ({OPTIMIZERS_FILE} if optimizers else set())
+    ends: dict[str, int] = {}
+    for info in stored:
+        ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
+    wanted = set(ends) | ({OPTIMIZERS_FILE} if optimizers else set())
     missing = sorted(name for name in wanted if not (path / name).is_file())
     if missing:
         raise UserError(f"{path}: not a whole distributed checkpoint (no {', '.join(missing)}){INCOMPLETE}")
+    short = [f"{name} is cut short: {size} of {end} bytes" for name, end in sorted(ends.items())
+             if (size := (path / name).stat().st_size) < end]
+    if short:
+        raise UserError(f"{path}: not a whole distributed checkpoint ({', '.join(short)}){INCOMPLETE}")
 
 
 @dataclass

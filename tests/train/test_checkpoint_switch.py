@@ -76,6 +76,17 @@ def test_a_checkpoint_lacking_a_file_is_refused_naming_it(tmp_path):
             read_state(path)
 
 
+def test_a_shard_cut_short_is_refused_naming_it(tmp_path):
+    """A .distcp file cut short was "does not fit this run's model (PytorchStreamReader failed
+    ...)", as if the recipe had changed."""
+    path = tmp_path / "run" / "checkpoints" / "last"
+    shard = path / saved_checkpoint(path)[0]
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(UserError, match=rf"^{path}: not a whole distributed checkpoint \({shard.name} is cut short: "
+                                        r"100 of \d+ bytes\); ctr writes"):
+        check_whole(path, optimizers=False)
+
+
 def test_a_stage_checkpoint_makes_a_run_distributed(tmp_path):
     run = tmp_path / "run"
     assert not holds_distributed_checkpoints(run)
