@@ -4,8 +4,9 @@ An entry is ``<cache_root>/<dataset>-<key>``, where the key hashes what the enco
 on (``key_inputs``); ``key.json`` keeps those inputs, so a run can say what changed since, and
 ``DONE`` marks a finished entry. A preparation writes into a temporary folder named with
 ``TMP_MARK`` and its process id and renames it into place. A process that reads an entry holds
-a lease on it (``hold``): a file ``leases/<host>-<pid>`` in it, removed when the process exits;
-``ctr data clean`` keeps a stale entry that a running process holds.
+a lease on it (``hold``): a file ``leases/<host>-<pid>`` in it (``<host>``: the hostname and its pid
+namespace, ``lease_host``), removed when the process exits; ``ctr data clean`` keeps a stale entry that a
+running process holds.
 """
 
 from __future__ import annotations
@@ -175,14 +176,15 @@ def release(root: Path) -> None:
 
 def readers(entry: Path, prune: bool = False) -> list[str]:
     """The processes whose leases (``hold``) entry ``entry`` holds and that may run: ``process
-    <pid>`` where it runs on this host, ``process <pid> on host <host>`` for another host's (which
-    cannot be seen from here). With ``prune``, the leases of this host's processes that are gone
-    (killed: no exit removed them) are removed."""
-    here, found = socket.gethostname(), []
+    <pid>`` where it runs on this host (``lease_host``), ``process <pid> on host <host>`` for another
+    host's or another pid namespace's (which cannot be seen from here). With ``prune``, the leases of
+    this host's processes that are gone (killed: no exit removed them) are removed."""
+    here, found = lease_host(), []
     for lease in sorted((entry / LEASES).glob("*-*")):
         host, _, pid = lease.name.rpartition("-")
         if host != here:
-            found.append(f"process {pid} on host {host}")
+            name, _, namespace = host.partition("@")
+            found.append(f"process {pid} on host {name}" + (f" in pid namespace {namespace}" if namespace else ""))
         elif pid.isdigit() and process_alive(int(pid)):
             found.append(f"process {pid}")
         elif prune:
@@ -190,8 +192,19 @@ def readers(entry: Path, prune: bool = False) -> list[str]:
     return found
 
 
+def lease_host() -> str:
+    """This process's host as its leases name it: the hostname, and where ``/proc`` tells it, the
+    inode of its pid namespace (``<hostname>@<inode>``): containers sharing the host's hostname
+    (docker --network host) number their processes in namespaces of their own."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:  # no /proc (macOS)
+        return socket.gethostname()
+    return f"{socket.gethostname()}@{namespace.partition('[')[2].rstrip(']')}"
+
+
 def _lease_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    return f"{lease_host()}-{os.getpid()}"
 
 
 def _release_all() -> None:

@@ -321,7 +321,7 @@ def test_clean_keeps_a_stale_entry_another_process_reads(tmp_path, capsys):
     root = Path(holder.stdout.readline().strip())
     with open(raw["data"]["path"], "a") as f:
         f.write("600,a1,0,b1,1.0\n")
-    gone = root / "leases" / f"{socket.gethostname()}-{2**22 + 12345}"  # a killed reader's (no exit removed it)
+    gone = root / "leases" / f"{cache.lease_host()}-{2**22 + 12345}"  # a killed reader's (no exit removed it)
     gone.parent.mkdir(exist_ok=True)
     gone.write_text("")
     cache_dir = str(tmp_path / "cache")
@@ -355,3 +355,23 @@ def test_clean_keeps_an_entry_a_process_on_another_host_holds(tmp_path, capsys):
     cache.release(entry)
     assert main(["data", "clean", "--cache-dir", cache_dir]) == 0
     assert f"kept {entry.name} (" in capsys.readouterr().out and entry.is_dir()
+
+
+@pytest.mark.skipif(not Path("/proc/self/ns/pid").exists(), reason="no /proc: a lease names the hostname alone")
+def test_clean_keeps_an_entry_a_process_of_another_pid_namespace_holds(tmp_path, capsys):
+    """A container sharing the host's hostname (docker --network host, k8s hostNetwork) numbers
+    its processes in its own pid namespace: clean checked its lease's pid in its own, found it
+    gone, dropped the lease and removed the entry under the training. A lease names the pid
+    namespace beside the hostname; another namespace's is kept, as another host's."""
+    entry = prepare(recipe_from_dict(tiny_recipe(tmp_path)).data, progress=False).root
+    here = f"{socket.gethostname()}@{os.stat('/proc/self/ns/pid').st_ino}"
+    assert [lease.name for lease in (entry / "leases").iterdir()] == [f"{here}-{os.getpid()}"]
+    cache.release(entry)
+    (entry / "key.json").write_text("[]\n")
+    other = entry / "leases" / f"{socket.gethostname()}@1-{2**22 + 12345}"  # its pid is none of this namespace's
+    other.write_text("")
+    assert main(["data", "clean", "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    reader = f"process {2**22 + 12345} on host {socket.gethostname()} in pid namespace 1"
+    assert f"kept {entry.name} (" in out and f"read by {reader}" in out
+    assert other.exists() and (entry / "DONE").exists()
