@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import socket
+import uuid
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,12 +272,32 @@ def remove_stale(stale: list[Stale]) -> None:
     removed that is not."""
     for entry in stale:
         if entry.path.is_dir() and not entry.path.is_symlink():
-            with _locked(entry.path, fcntl.LOCK_EX):
-                entry.readers = readers(entry.path, prune=True)
-                if not entry.readers:
-                    shutil.rmtree(entry.path)
+            doomed = _renamed_away(entry)
+            if doomed is not None:
+                shutil.rmtree(doomed)
         else:
             entry.path.unlink(missing_ok=True)
+
+
+def _renamed_away(entry: Stale) -> Path | None:
+    """Renames stale entry ``entry`` to a temporary folder's name (``temporary_name``: a later
+    clean removes it were this one stopped) and returns that, unless a running process holds it:
+    None then, its ``readers`` updated. Under the entry's lock, so no lease is taken in between;
+    the entry leaves its name in one step, so a reader the lock does not hold off (on another NFS
+    client) finds it whole or not at all, never half deleted."""
+    with _locked(entry.path, fcntl.LOCK_EX):
+        entry.readers = readers(entry.path, prune=True)
+        if entry.readers:
+            return None
+        doomed = entry.path.with_name(temporary_name(entry.path.name))
+        os.rename(entry.path, doomed)
+    return doomed
+
+
+def temporary_name(entry: str) -> str:
+    """The name of a temporary folder of this process for entry ``entry`` (``<dataset>-<key>``,
+    or one of its temporary folders): ``.<entry>.tmp-<pid>-<8 hex digits>``."""
+    return f".{entry.removeprefix('.').split(TMP_MARK)[0]}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def _staleness(entry: Path) -> str | None:

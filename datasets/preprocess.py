@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -22,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from ctr.atomic import DISK_FULL
-from ctr.datasets.cache import (DONE, KEY_FILE, TMP_MARK, cache_key, cache_root, hold, key_blob, key_inputs,
+from ctr.datasets.cache import (DONE, KEY_FILE, cache_key, cache_root, hold, key_blob, key_inputs, temporary_name,
                                 write_lease)
 from ctr.datasets.encode import Encoder, Tally
 from ctr.datasets.fit import Fitter
@@ -68,7 +67,7 @@ def prepare(config: DataConfig, progress: bool | None = None) -> Prepared:
     if hold(root):  # held while this process runs: `ctr data clean` keeps it
         return load_prepared(root)
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = root.parent / temporary_name(root.name)
     try:
         job = _Job(source, features, table_of, label, group, config, shows_bars(progress))
         job.run(tmp)

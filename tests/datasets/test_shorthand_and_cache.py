@@ -375,3 +375,19 @@ def test_clean_keeps_an_entry_a_process_of_another_pid_namespace_holds(tmp_path,
     reader = f"process {2**22 + 12345} on host {socket.gethostname()} in pid namespace 1"
     assert f"kept {entry.name} (" in out and f"read by {reader}" in out
     assert other.exists() and (entry / "DONE").exists()
+
+
+def test_clean_renames_an_entry_away_before_it_deletes_its_files(tmp_path, capsys, monkeypatch):
+    """Clean deleted an entry's files in place: a reader on another NFS client (where the lock
+    may hold nothing) found its DONE and read a half-deleted entry. The entry leaves its name in
+    one step, as a temporary folder a later clean removes were this one stopped."""
+    entry = prepare(recipe_from_dict(tiny_recipe(tmp_path)).data, progress=False).root
+    cache.release(entry)
+    (entry / "key.json").write_text("[]\n")
+    deleted, rmtree = [], cache.shutil.rmtree
+    monkeypatch.setattr(cache.shutil, "rmtree", lambda path: (deleted.append((path, entry.exists())), rmtree(path)))
+    assert main(["data", "clean", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert f"removed {entry.name} (" in capsys.readouterr().out and not entry.exists()
+    [(path, named)] = deleted
+    assert not named and path.parent == entry.parent and cache.ENTRY_NAME.fullmatch(path.name)
+    assert path.name.startswith(f".{entry.name}{cache.TMP_MARK}{os.getpid()}-") and not path.exists()
