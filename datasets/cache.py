@@ -159,7 +159,7 @@ def hold(root: Path) -> bool:
 
 def write_lease(folder: Path) -> None:
     """Writes this process's lease into entry ``folder`` (a preparation's temporary folder
-    gets it before it is renamed into place). A folder this user cannot write in (another
+    gets it as it is made: a clean on another host cannot see the preparing process run). A folder this user cannot write in (another
     user's cache) gets none, and a clean of its owner's may remove it under this process."""
     try:
         (folder / LEASES).mkdir(exist_ok=True)

@@ -69,11 +69,12 @@ def prepare(config: DataConfig, progress: bool | None = None) -> Prepared:
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / temporary_name(root.name)
     try:
+        tmp.mkdir()
+        write_lease(tmp)  # held from the start: a clean on another host cannot see this process run
         job = _Job(source, features, table_of, label, group, config, shows_bars(progress))
         job.run(tmp)
         (tmp / KEY_FILE).write_text(key_blob(inputs) + "\n")
         (tmp / DONE).write_text("ok\n")
-        write_lease(tmp)  # held from the moment it is in place
         _publish(tmp, root)
     except OSError as err:
         if err.errno not in DISK_FULL:

@@ -391,3 +391,27 @@ def test_clean_renames_an_entry_away_before_it_deletes_its_files(tmp_path, capsy
     [(path, named)] = deleted
     assert not named and path.parent == entry.parent and cache.ENTRY_NAME.fullmatch(path.name)
     assert path.name.startswith(f".{entry.name}{cache.TMP_MARK}{os.getpid()}-") and not path.exists()
+
+
+def test_clean_on_another_host_keeps_a_preparation_in_progress(tmp_path, capsys, monkeypatch):
+    """A clean on another host cannot see the preparing process, so it took the temporary
+    folder for a stopped preparation's and removed it under the encoding: the preparation's
+    lease is written as the folder is made."""
+    kept = []
+
+    class CleanedElsewhere(preprocess.ShardWriter):  # the first split's writer: the folder is made
+        def __init__(self, folder, *args):
+            super().__init__(folder, *args)
+            if not kept:
+                with monkeypatch.context() as elsewhere:
+                    elsewhere.setattr(cache, "lease_host", lambda: "otherhost")
+                    elsewhere.setattr(cache, "process_alive", lambda pid: False)
+                    main(["data", "clean", "--cache-dir", str(tmp_path / "cache")])
+                kept.append(folder.is_dir())
+
+    monkeypatch.setattr(preprocess, "ShardWriter", CleanedElsewhere)
+    prepared = prepare(recipe_from_dict(tiny_recipe(tmp_path)).data, progress=False)
+    assert kept == [True] and (prepared.root / "DONE").exists()
+    reader = f"process {os.getpid()} on host {socket.gethostname()}"
+    assert re.search(rf"^kept \.{prepared.root.name}\.tmp-{os.getpid()}-[0-9a-f]{{8}} \(\S+ MB\): unfinished \(its "
+                     rf"preparation was stopped\); read by {reader}", capsys.readouterr().out, re.MULTILINE)
