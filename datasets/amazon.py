@@ -118,6 +118,7 @@ class AmazonDataset(DatasetSource):
 
     label = "label"
     group = "user_id"
+    listed_defaults_alike = True
     own_split = True  # a user's last target to test, the one before to validation
     score_keys = {"line": LINE_COLUMN, "user_id": "user_id", "target": TARGET, "item_id": "item_id"}
 

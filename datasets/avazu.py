@@ -54,6 +54,7 @@ class AvazuDataset(DelimitedSource):
     """Avazu mobile-ad click logs: 21 categoricals plus hour of day and weekday."""
 
     label = "click"
+    listed_defaults_alike = True
 
     def default_features(self) -> list[FeatureSpec]:
         config: AvazuConfig = self.config  # type: ignore[assignment]

@@ -90,6 +90,7 @@ class CriteoDataset(DelimitedSource):
     """Criteo display-ad logs: raw DAC TSV or Kaggle CSV (13 counts, 26 hashed categoricals)."""
 
     label = "label"
+    listed_defaults_alike = True
 
     def default_features(self) -> list[FeatureSpec]:
         config: CriteoConfig = self.config  # type: ignore[assignment]

@@ -96,6 +96,7 @@ class LibSVMDataset(FileSource):
     """libSVM / libFM sparse rows; fields from the tokens (libFM) or a featindex file."""
 
     label = "label"
+    listed_defaults_alike = True  # with a featindex (defaults_listed)
 
     def __init__(self, config: LibSVMConfig):
         super().__init__(config)

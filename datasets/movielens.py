@@ -75,6 +75,7 @@ class MovieLensDataset(DatasetSource):
     label = "label"
     group = "user_id"
     carves = True  # as preprocessing carves (_build)
+    listed_defaults_alike = True
 
     def __init__(self, config: MovieLensConfig):
         super().__init__(config)

@@ -47,6 +47,9 @@ class DatasetSource(ABC):
     generated: bool = False  # rows made by the source itself: no file of them can be scored
     own_split: bool = False  # splits its rows itself: reads neither data.split.valid nor data.split.test
     carves: bool = False  # its splits are carved as CARVED_BY says (by preprocessing or as it does)
+    # its default features, listed, read the rows as left out do: they key the entry of the recipe leaving
+    # them out (``defaults_listed``); a source reading its rows otherwise once its features are listed keeps False
+    listed_defaults_alike: bool = False
     # rows built from the input (not read one to one): output name → raw column of the keys
     # that ``ctr predict`` writes beside each score, so scores join back to what they score
     score_keys: dict[str, str] = {}
@@ -112,9 +115,10 @@ class DatasetSource(ABC):
     def defaults_listed(self) -> dict[str, Any] | None:
         """The ``default_feature_keys`` values (each of them) with which a recipe leaving
         ``data.features`` out builds the features this recipe lists (``keyed_features`` compares
-        them) and reads its rows alike; None where none does: a dataset without default features,
-        or features other than its defaults."""
-        if not isinstance(self.config.features, list):
+        them) and reads its rows alike; None where none does: a source not saying its listed defaults
+        read alike (``listed_defaults_alike``), a dataset without default features, or features other
+        than its defaults."""
+        if not self.listed_defaults_alike or not isinstance(self.config.features, list):
             return None
         config_type = type(self.config)
         values = {**_defaults(config_type, config_type.default_feature_keys),

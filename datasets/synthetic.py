@@ -223,6 +223,7 @@ class SyntheticDataset(DatasetSource):
     label = "label"
     generated = True
     carves = True  # one "all" stream: preprocessing carves it
+    listed_defaults_alike = True
     # 5: interacting_pairs: 0 has no pairwise term (4 divided its empty sum by 0: every label 0); the
     #    version is in the cache key (``fingerprint``), so no entry of 4 is read again. Rows drawn otherwise
     #    need a new version: tests/datasets/test_synthetic.py pins each version's rows; ``draws_as`` names the

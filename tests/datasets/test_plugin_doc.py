@@ -137,3 +137,23 @@ def test_a_stream_column_its_feature_cannot_read_is_one_line(tmp_path, monkeypat
         "dataset": name, "path": str(tmp_path / "logs"), "cache_dir": str(tmp_path / "cache")}})
     with pytest.raises(DataError, match=rf"^(data\.dataset: {name}'s )?" + said + "$"):
         prepare(recipe.data, progress=False)
+
+
+@pytest.mark.parametrize("alike", [False, True])
+def test_a_plugin_listing_its_default_features_shares_their_entry_only_where_it_says_it_reads_alike(
+        tmp_path, monkeypatch, alike):
+    """Any source whose listed features equal its defaults shared the defaults' entry, a
+    plugin's too, which may read its rows otherwise once its features are listed (as libsvm
+    without a featindex does): it keeps its own unless it sets ``listed_defaults_alike``."""
+    name = f"my_listed_{str(alike).lower()}"
+    code = documented_block("# my_data.py").replace('"my_clicks"', f'"{name}"')
+    (tmp_path / f"{name}.py").write_text(code.replace('    group = "user"\n',
+                                                      f'    group = "user"\n    listed_defaults_alike = {alike}\n'))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "clicks.jsonl").write_text("".join(
+        json.dumps({"clicked": i % 2, "user": f"u{i % 5}", "ad": f"a{i % 3}", "price": i / 10}) + "\n" for i in range(40)))
+    data = {"dataset": name, "path": str(tmp_path / "clicks.jsonl"), "cache_dir": str(tmp_path / "cache")}
+    omitted = prepare(recipe_from_dict({"plugins": [name], "data": data}).data, progress=False)
+    features = [{"name": "user"}, {"name": "ad"}, {"name": "price", "kind": "numeric", "transform": "log1p"}]
+    listed = prepare(recipe_from_dict({"plugins": [name], "data": {**data, "features": features}}).data, progress=False)
+    assert (listed.root == omitted.root) == alike
