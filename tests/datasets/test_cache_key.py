@@ -18,6 +18,7 @@ from ctr.recipe import recipe_from_dict
 from ctr.typed import to_plain
 from tests.conftest import tiny_recipe
 from tests.datasets.test_amazon import write_amazon
+from tests.datasets.test_movielens import write_movielens
 
 OTHER_SPLIT = {"valid": 0.3, "test": 0.2, "seed": 7}
 
@@ -219,7 +220,7 @@ def test_clean_removes_an_entry_keyed_by_a_key_its_rows_do_not_depend_on_and_kee
 
 @pytest.mark.parametrize("dataset, options", [
     ("criteo", {}), ("criteo", {"numeric_transform": "log_square", "min_count": 2}), ("avazu", {"min_count": 2}),
-    ("amazon", {"pooling": "mean"}), ("synthetic", {"integer_ids": True}), ("ipinyou", {}),
+    ("amazon", {"pooling": "mean"}), ("synthetic", {"integer_ids": True}), ("ipinyou", {}), ("movielens", {}),
 ])
 def test_a_recipe_listing_the_default_features_shares_the_entry_of_one_leaving_them_out(
         tmp_path, dataset, options, encodings):
@@ -241,6 +242,10 @@ def _omitted_features(tmp_path, dataset: str, options: dict) -> dict:
     if dataset == "ipinyou":
         release = write_ipinyou(tmp_path / "release")
         return {"dataset": "ipinyou", "path": str(release), "cache_dir": str(tmp_path / "c")}
+    if dataset == "movielens":
+        ratings = [(1 + k % 2, 10 * (1 + k % 2), 5 if k % 3 else 1) for k in range(40)]
+        return {"dataset": "movielens", "path": str(write_movielens(tmp_path / "ml", ratings)),
+                "cache_dir": str(tmp_path / "c")}
     data = {**_listed_features(tmp_path, dataset), "cache_dir": str(tmp_path / "c"), **options}
     del data["features"]
     return data
