@@ -285,7 +285,7 @@ def test_clean_removes_an_entry_an_older_ctr_keyed_by_the_default_features_liste
 
 
 @pytest.mark.parametrize("spelling", [{"columns": "auto"}, {"columns": ["y", "a", "n"]}, {"valid_path": ""},
-                                      {"test_path": None, "delimiter": ",", "quoting": True}])
+                                      {"test_path": ""}])
 def test_a_csv_recipe_spelling_out_what_it_reads_anyway_shares_the_entry(tmp_path, spelling, encodings):
     """``columns: auto`` (or the header's own names) and an empty path keyed other entries than
     leaving them out: the same rows were encoded again. Other names for the columns key anew."""
