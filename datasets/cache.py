@@ -12,6 +12,7 @@ running process holds.
 from __future__ import annotations
 
 import atexit
+import errno
 import fcntl
 import hashlib
 import json
@@ -59,6 +60,7 @@ DONE = "DONE"
 KEY_FILE = "key.json"
 LEASES = "leases"  # an entry's folder of the leases of the processes that read it (``hold``)
 TMP_MARK = ".tmp-"
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)  # another user's folder, or read-only
 # the names preparation gives: an entry <dataset>-<16 hex digits>, its temporary folder .<entry>.tmp-<pid>-<8 hex digits>
 ENTRY_NAME = re.compile(rf"(.+-[0-9a-f]{{16}})|(\..+-[0-9a-f]{{16}}{re.escape(TMP_MARK)}\d+-[0-9a-f]{{8}})")
 
@@ -159,13 +161,17 @@ def hold(root: Path) -> bool:
 
 def write_lease(folder: Path) -> None:
     """Writes this process's lease into entry ``folder`` (a preparation's temporary folder
-    gets it as it is made: a clean on another host cannot see the preparing process run). A folder this user cannot write in (another
-    user's cache) gets none, and a clean of its owner's may remove it under this process."""
+    gets it as it is made: a clean on another host cannot see the preparing process run). A
+    folder this user cannot write in (another user's cache, a read-only mount) gets none,
+    quietly, and a clean of its owner's may remove it under this process; another failure (a
+    full disk) warns, as that may too."""
     try:
         (folder / LEASES).mkdir(exist_ok=True)
         (folder / LEASES / _lease_name()).touch()
     except OSError as err:
-        log.debug("%s: no lease taken (%s)", folder, err)
+        level = logging.DEBUG if err.errno in NOT_WRITABLE else logging.WARNING
+        log.log(level, "%s: no lease taken (%s); a `ctr data clean` may remove it while this process reads it",
+                folder, err)
 
 
 def release(root: Path) -> None:

@@ -415,3 +415,19 @@ def test_clean_on_another_host_keeps_a_preparation_in_progress(tmp_path, capsys,
     reader = f"process {os.getpid()} on host {socket.gethostname()}"
     assert re.search(rf"^kept \.{prepared.root.name}\.tmp-{os.getpid()}-[0-9a-f]{{8}} \(\S+ MB\): unfinished \(its "
                      rf"preparation was stopped\); read by {reader}", capsys.readouterr().out, re.MULTILINE)
+
+
+def test_a_lease_that_cannot_be_written_warns_unless_the_folder_is_not_this_users(tmp_path, caplog, monkeypatch):
+    """Every error writing a lease was logged at DEBUG: a full disk or a file in the way left
+    the entry unheld without a word, for a clean to remove under the process."""
+    (tmp_path / "leases").write_text("")  # a file where the leases' folder goes
+    with caplog.at_level("DEBUG", logger="ctr.datasets.cache"):
+        cache.write_lease(tmp_path)
+    assert [(r.levelname, r.getMessage().startswith(f"{tmp_path}: no lease taken")) for r in caplog.records] == [
+        ("WARNING", True)]
+    caplog.clear()
+    (tmp_path / "leases").unlink()
+    monkeypatch.setattr(Path, "touch", lambda *args, **kwargs: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    with caplog.at_level("DEBUG", logger="ctr.datasets.cache"):
+        cache.write_lease(tmp_path)  # another user's cache
+    assert [r.levelname for r in caplog.records] == ["DEBUG"]
