@@ -23,7 +23,7 @@ import shutil
 import socket
 import uuid
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -250,7 +250,7 @@ class Stale:
     path: Path
     reason: str
     bytes: int
-    readers: list[str] = field(default_factory=list)
+    readers: list[str]
 
 
 def stale_entries(root: Path) -> list[Stale]:
