@@ -382,8 +382,8 @@ def _clean(args: argparse.Namespace) -> int:
     total = sum(entry.bytes for entry in gone) / 1e6
     entries = "entry" if len(gone) == 1 else "entries"
     kept = len(stale) - len(gone)
-    held = f"; {kept} more kept while a running process reads {'it' if kept == 1 else 'them'}" if kept else ""
-    print(f"{len(gone)} stale {entries} ({total:.1f} MB) in {root}{held}" + (" (dry run)" if args.dry_run else ""))
+    kept_note = f"; {kept} more kept while a running process reads {'it' if kept == 1 else 'them'}" if kept else ""
+    print(f"{len(gone)} stale {entries} ({total:.1f} MB) in {root}{kept_note}" + (" (dry run)" if args.dry_run else ""))
     return 0
 
 
