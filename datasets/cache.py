@@ -183,15 +183,17 @@ def release(root: Path) -> None:
 
 def readers(entry: Path, prune: bool = False) -> list[str]:
     """The processes whose leases (``hold``) entry ``entry`` holds and that may run: ``process
-    <pid>`` where it runs on this host (``lease_host``), ``process <pid> on host <host>`` for another
-    host's or another pid namespace's (which cannot be seen from here). With ``prune``, the leases of
-    this host's processes that are gone (killed: no exit removed them) are removed."""
+    <pid>`` where it runs on this host (``lease_host``), ``process <pid> on host <host> (delete
+    <lease> once it has ended)`` for another host's or another pid namespace's (which cannot be seen
+    from here). With ``prune``, the leases of this host's processes that are gone (killed: no exit
+    removed them) are removed."""
     here, found = lease_host(), []
     for lease in sorted((entry / LEASES).glob("*-*")):
         host, _, pid = lease.name.rpartition("-")
         if host != here:
             name, _, namespace = host.partition("@")
-            found.append(f"process {pid} on host {name}" + (f" in pid namespace {namespace}" if namespace else ""))
+            where = f"on host {name}" + (f" in pid namespace {namespace}" if namespace else "")
+            found.append(f"process {pid} {where} (delete {lease} once it has ended)")
         elif pid.isdigit() and process_alive(int(pid)):
             found.append(f"process {pid}")
         elif prune:

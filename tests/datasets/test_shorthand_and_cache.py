@@ -343,7 +343,8 @@ def test_clean_keeps_a_stale_entry_another_process_reads(tmp_path, capsys):
 
 def test_clean_keeps_an_entry_a_process_on_another_host_holds(tmp_path, capsys):
     """A cache folder shared by hosts: a lease of another host's process cannot be checked from
-    here, and the entry is kept, naming the host; this process's own lease holds until released."""
+    here, and the entry is kept, naming the host and the lease to delete once that process has
+    ended; this process's own lease holds until released."""
     entry = prepare(recipe_from_dict(tiny_recipe(tmp_path)).data, progress=False).root
     (entry / "key.json").write_text("[]\n")
     (entry / "leases" / "otherhost-7").write_text("")
@@ -351,7 +352,8 @@ def test_clean_keeps_an_entry_a_process_on_another_host_holds(tmp_path, capsys):
     assert main(["data", "clean", "--cache-dir", cache_dir]) == 0
     said = re.search(rf"^kept {entry.name} \(\S+ MB\): its key\.json cannot be read \(damaged\); read by (.+)$",
                      capsys.readouterr().out, re.MULTILINE)
-    assert said and sorted(said[1].split(", ")) == sorted(["process 7 on host otherhost", f"process {os.getpid()}"])
+    other = f"process 7 on host otherhost (delete {entry / 'leases' / 'otherhost-7'} once it has ended)"
+    assert said and sorted(said[1].split(", ")) == sorted([other, f"process {os.getpid()}"])
     cache.release(entry)
     assert main(["data", "clean", "--cache-dir", cache_dir]) == 0
     assert f"kept {entry.name} (" in capsys.readouterr().out and entry.is_dir()
@@ -372,8 +374,8 @@ def test_clean_keeps_an_entry_a_process_of_another_pid_namespace_holds(tmp_path,
     other.write_text("")
     assert main(["data", "clean", "--cache-dir", str(tmp_path / "cache")]) == 0
     out = capsys.readouterr().out
-    reader = f"process {2**22 + 12345} on host {socket.gethostname()} in pid namespace 1"
-    assert f"kept {entry.name} (" in out and f"read by {reader}" in out
+    reader = f"process {2**22 + 12345} on host {socket.gethostname()} in pid namespace 1 (delete {other} once it has"
+    assert f"kept {entry.name} (" in out and f"read by {reader} ended)" in out
     assert other.exists() and (entry / "DONE").exists()
 
 
