@@ -1,6 +1,7 @@
 """Every bad input of docs/errors.md: one line on stderr, exit code 2, no traceback, nothing
 written (no run directory, no data cache, an existing file left as it was)."""
 
+import csv
 import subprocess
 import sys
 
@@ -336,6 +337,9 @@ def test_max_steps_before_the_first_validation_keeps_the_trained_weights(tmp_pat
     assert code == 0, err
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     assert saved["global_step"] == 3 and (tmp_path / "run" / "metrics.json").exists()
+    with (tmp_path / "run" / "logs" / "metrics.csv").open(newline="") as file:
+        validated = [int(row["step"]) + 1 for row in csv.DictReader(file) if row.get("valid/auc")]
+    assert validated == [3]
 
 
 @pytest.mark.parametrize("devices", [1, 2])
