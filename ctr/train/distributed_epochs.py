@@ -204,7 +204,7 @@ class EpochLoop:
         state.update_patience(value, mode, train.early_stop)
         if train.early_stop and self.place.rank == 0:
             warn_if_not_finite(monitor, value)
-        if ends_epoch or (state.stopped and not self._at_max_steps(state)):
+        if ends_epoch or state.stopped:
             self._log_lrs(state)
         if improved:
             state.best = value
