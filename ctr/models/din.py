@@ -13,8 +13,7 @@ from torch import Tensor, nn
 from ctr.batch import Batch
 from ctr.embeddings.replicas import gather_padded
 from ctr.embeddings.types import EmbeddingLayout, FeatureEmbeddings
-from ctr.errors import refuse_for_training
-from ctr.errors import DataError, RecipeError
+from ctr.errors import DataError, RecipeError, refuse_for_training
 from ctr.models.base import CTRModel
 from ctr.models.layers import Activation, MLPConfig, TargetAttention, UnitInput, check_widths
 from ctr.recipe import ModelConfig

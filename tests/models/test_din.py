@@ -67,8 +67,8 @@ def test_a_pairing_key_naming_a_feature_twice_is_refused(key, names):
 def test_a_run_saved_with_a_sequence_named_twice_is_built_for_scoring():
     """It trained (attending over the sequence twice): scoring builds the net it trained."""
     with scoring_a_saved_run():
-        model = task_for_schema(item_and_category_schema(), {**SMALL, "sequence_fields": ["hist_item_id"] * 2}).net.model
-    assert model.behaviours == ["hist_item_id", "hist_item_id"]
+        task = task_for_schema(item_and_category_schema(), {**SMALL, "sequence_fields": ["hist_item_id"] * 2})
+    assert task.net.model.behaviours == ["hist_item_id", "hist_item_id"]
 
 
 def test_two_sequences_may_pair_with_one_candidate_field():
