@@ -209,13 +209,20 @@ def test_clean_removes_an_entry_keyed_by_a_key_its_rows_do_not_depend_on_and_kee
     inputs = json.loads((prepared.root / "key.json").read_text())
     assert inputs["split"] != OTHER_SPLIT  # keyed at the defaults
     inputs["split"] = inputs["source"]["options"]["split"] = OTHER_SPLIT
-    old = prepared.root.with_name(f"csv-{cache.cache_key(inputs)[:16]}")
+    assert "1 stale entry" in cleaned_of_an_older_key(prepared, inputs, tmp_path / "cache", capsys)
+
+
+def cleaned_of_an_older_key(prepared, inputs, cache_dir, capsys) -> str:
+    """``ctr data clean``'s output after a copy of entry ``prepared`` keyed by ``inputs`` (as an
+    older ctr keyed it) was put beside it; asserts the copy alone was removed, and why."""
+    old = prepared.root.with_name(f"{prepared.root.name.rsplit('-', 1)[0]}-{cache.cache_key(inputs)[:16]}")
     shutil.copytree(prepared.root, old, ignore=shutil.ignore_patterns(cache.LEASES))  # no process reads the copy
     (old / "key.json").write_text(cache.key_blob(inputs) + "\n")
-    assert main(["data", "clean", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert main(["data", "clean", "--cache-dir", str(cache_dir)]) == 0
     out = capsys.readouterr().out
     assert f"removed {old.name}" in out and f"keyed by an older ctr: its recipe keys {prepared.root.name} now" in out
-    assert "1 stale entry" in out and sorted(p.name for p in old.parent.iterdir()) == [prepared.root.name]
+    assert sorted(p.name for p in old.parent.iterdir()) == [prepared.root.name]
+    return out
 
 
 @pytest.mark.parametrize("dataset, options", [
@@ -275,13 +282,7 @@ def test_clean_removes_an_entry_an_older_ctr_keyed_by_the_default_features_liste
     prepared = entry(omitted)
     inputs = json.loads((prepared.root / "key.json").read_text())
     inputs["source"]["options"]["features"] = inputs["features"]
-    old = prepared.root.with_name(f"criteo-{cache.cache_key(inputs)[:16]}")
-    shutil.copytree(prepared.root, old, ignore=shutil.ignore_patterns(cache.LEASES))  # no process reads the copy
-    (old / "key.json").write_text(cache.key_blob(inputs) + "\n")
-    assert main(["data", "clean", "--cache-dir", str(tmp_path / "c")]) == 0
-    out = capsys.readouterr().out
-    assert f"removed {old.name}" in out and f"keyed by an older ctr: its recipe keys {prepared.root.name} now" in out
-    assert sorted(p.name for p in old.parent.iterdir()) == [prepared.root.name]
+    cleaned_of_an_older_key(prepared, inputs, tmp_path / "c", capsys)
 
 
 @pytest.mark.parametrize("spelling", [{"columns": "auto"}, {"columns": ["y", "a", "n"]}, {"valid_path": ""},
