@@ -102,11 +102,23 @@ def unreadable(path: Path, err: Exception) -> str:
     return f"{path}: cut short or not ctr's ({reason(err, typed=True)}); restore it, or train a new run"
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # the first bytes of a file torch.save writes (a zip archive)
+
+
+def load_mapped(path: Path) -> Any:
+    """``torch.load`` of ``path`` on the CPU, its tensors mapped from the file rather than read
+    where it is a zip archive as torch.save writes; another file (empty, cut short in its first
+    bytes, the legacy format) is read, so that its error says what is wrong with it."""
+    with open(path, "rb") as file:
+        mappable = file.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=mappable)
+
+
 def check_loads(path: Path) -> None:
     """Refuses a torch file of a checkpoint that does not load (cut short, not torch's),
-    mapping its tensors rather than reading them."""
+    mapping its tensors rather than reading them (``load_mapped``)."""
     try:
-        torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        load_mapped(path)
     except Exception as err:  # torch.load raises whatever its unpickler meets in a broken file
         raise UserError(unreadable(path, err)) from None
 

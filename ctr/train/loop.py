@@ -32,6 +32,7 @@ from ctr.train.callbacks import (
     AtomicCheckpointIO, EvalProgressLines, FiniteLoss, LoaderEpoch, ProgressLines, RandomState, ResumableEarlyStopping,
     RunCheckpoint, Throughput, ValidateAtMaxSteps, ValidationSummary, rerooted,
 )
+from ctr.train.checkpoints import load_mapped
 from ctr.train.checks import TRAINING_MIN_ROWS
 from ctr.train.placement import Placement
 from ctr.train.rundir import RunDir
@@ -46,7 +47,7 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     """A Lightning checkpoint's contents (with ``mmap``, its tensors mapped from the file, not
     read); a missing, empty, truncated or foreign file is a UserError naming it."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        ckpt = load_mapped(path) if mmap else torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError:
         raise UserError(f"{path}: no such checkpoint") from None
     except Exception as err:  # torch.load raises whatever its unpickler meets in a broken file
