@@ -102,11 +102,13 @@ class SparseRows(nn.Module):
         """The kept entries [N, D] (bool) of ``rows`` [N]."""
         if self.format == "bitmap":
             return unpack_bits(self.bits[rows], self.shape[1])
-        starts, ends = self.row_ptr[rows].long(), self.row_ptr[rows + 1].long()
-        lengths = ends - starts
-        owner = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), lengths)
-        slot = torch.arange(int(lengths.sum()), device=rows.device) - torch.repeat_interleave(
-            torch.cumsum(lengths, 0) - lengths, lengths) + torch.repeat_interleave(starts, lengths)
+        starts = self.row_ptr[rows].long()
+        lengths = self.row_ptr[rows + 1].long() - starts
+        total = lengths.sum().item()  # the entries of ``rows``: the one count read from the device
+        torch._check(total >= 0)  # traced, an unbacked size: the calls below take it as their output's
+        owner = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), lengths, output_size=total)
+        ahead = torch.cumsum(lengths, 0) - lengths  # [N] the entries of the rows before each row
+        slot = torch.arange(total, device=rows.device) + (starts - ahead)[owner]  # entry k: its row's (k - ahead)-th
         mask = torch.zeros(rows.numel(), self.shape[1], dtype=torch.bool, device=rows.device)
         mask[owner, self.columns[slot].long()] = True
         return mask
