@@ -187,12 +187,12 @@ def readers(entry: Path, prune: bool = False) -> list[str]:
     <lease> once it has ended)`` for another host's or another pid namespace's (which cannot be seen
     from here). With ``prune``, the leases of this host's processes that are gone (killed: no exit
     removed them) are removed."""
-    here, found = lease_host(), []
+    here, here_name, found = lease_host(), socket.gethostname(), []
     for lease in sorted((entry / LEASES).glob("*-*")):
         host, _, pid = lease.name.rpartition("-")
         if host != here:
-            name, _, namespace = host.partition("@")
-            where = f"on host {name}" + (f" in pid namespace {namespace}" if namespace else "")
+            name, _, namespace = host.rpartition("@") if "@" in host else (host, "", "")
+            where = f"on host {name}" + (f" in pid namespace {namespace}" if name == here_name else "")
             found.append(f"process {pid} {where} (delete {lease} once it has ended)")
         elif pid.isdigit() and process_alive(int(pid)):
             found.append(f"process {pid}")

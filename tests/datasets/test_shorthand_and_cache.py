@@ -347,12 +347,12 @@ def test_clean_keeps_an_entry_a_process_on_another_host_holds(tmp_path, capsys):
     ended; this process's own lease holds until released."""
     entry = prepare(recipe_from_dict(tiny_recipe(tmp_path)).data, progress=False).root
     (entry / "key.json").write_text("[]\n")
-    (entry / "leases" / "otherhost-7").write_text("")
+    (entry / "leases" / "otherhost@4026531836-7").write_text("")  # another host's namespace is no news
     cache_dir = str(tmp_path / "cache")
     assert main(["data", "clean", "--cache-dir", cache_dir]) == 0
     said = re.search(rf"^kept {entry.name} \(\S+ MB\): its key\.json cannot be read \(damaged\); read by (.+)$",
                      capsys.readouterr().out, re.MULTILINE)
-    other = f"process 7 on host otherhost (delete {entry / 'leases' / 'otherhost-7'} once it has ended)"
+    other = f"process 7 on host otherhost (delete {entry / 'leases' / 'otherhost@4026531836-7'} once it has ended)"
     assert said and sorted(said[1].split(", ")) == sorted([other, f"process {os.getpid()}"])
     cache.release(entry)
     assert main(["data", "clean", "--cache-dir", cache_dir]) == 0
