@@ -131,7 +131,7 @@ def read_resumable(path: Path) -> dict[str, Any]:
     info = read_state(path)
     check_whole(path, optimizers=True)
     ranks = range(info.get("world_size", 1))
-    generators = [next((f for k in ("random", "rng") if (f := path / f"{k}-{r}.pt").is_file()), None) for r in ranks]
+    generators = [next((f for k in ("rng", "random") if (f := path / f"{k}-{r}.pt").is_file()), None) for r in ranks]
     missing = [f"random-{r}.pt" for r, found in zip(ranks, generators) if found is None]
     if missing:
         raise UserError(f"{path}: not a whole distributed checkpoint (no {', '.join(missing)}){INCOMPLETE}")
