@@ -11,6 +11,12 @@ from ctr.recipe import recipe_from_dict
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "extending.md"
 
 
+def write_clicks(path: Path) -> None:
+    """40 rows of the documented plugin's JSON lines: 5 users, 3 ads, a price."""
+    rows = ({"clicked": i % 2, "user": f"u{i % 5}", "ad": f"a{i % 3}", "price": i / 10} for i in range(40))
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
 def documented_block(first_line: str) -> str:
     blocks = DOCS.read_text().split("```python\n")[1:]
     for block in blocks:
@@ -39,8 +45,7 @@ def test_a_dataset_plugin_whose_code_changed_encodes_anew(tmp_path, monkeypatch)
     plugin = tmp_path / "my_data_edited.py"  # its own module and dataset name: the test above imports my_data
     plugin.write_text(documented_block("# my_data.py").replace('"my_clicks"', '"my_clicks_edited"'))
     monkeypatch.syspath_prepend(str(tmp_path))
-    (tmp_path / "clicks.jsonl").write_text("".join(
-        json.dumps({"clicked": i % 2, "user": f"u{i % 5}", "ad": f"a{i % 3}", "price": i / 10}) + "\n" for i in range(40)))
+    write_clicks(tmp_path / "clicks.jsonl")
     recipe = recipe_from_dict({"plugins": ["my_data_edited"], "data": {
         "dataset": "my_clicks_edited", "path": str(tmp_path / "clicks.jsonl"), "cache_dir": str(tmp_path / "cache")}})
     first = prepare(recipe.data, progress=False)
@@ -150,8 +155,7 @@ def test_a_plugin_listing_its_default_features_shares_their_entry_only_where_it_
     (tmp_path / f"{name}.py").write_text(code.replace('    group = "user"\n',
                                                       f'    group = "user"\n    listed_defaults_alike = {alike}\n'))
     monkeypatch.syspath_prepend(str(tmp_path))
-    (tmp_path / "clicks.jsonl").write_text("".join(
-        json.dumps({"clicked": i % 2, "user": f"u{i % 5}", "ad": f"a{i % 3}", "price": i / 10}) + "\n" for i in range(40)))
+    write_clicks(tmp_path / "clicks.jsonl")
     data = {"dataset": name, "path": str(tmp_path / "clicks.jsonl"), "cache_dir": str(tmp_path / "cache")}
     omitted = prepare(recipe_from_dict({"plugins": [name], "data": data}).data, progress=False)
     features = [{"name": "user"}, {"name": "ad"}, {"name": "price", "kind": "numeric", "transform": "log1p"}]
