@@ -313,7 +313,7 @@ def _staleness(entry: Path) -> str | None:
         return "not an entry (a file in the cache folder)"
     if TMP_MARK in entry.name:
         pid = entry.name.split(TMP_MARK, 1)[1].split("-")[0]
-        return None if pid.isdigit() and process_alive(int(pid)) else "unfinished (its preparation was stopped)"
+        return None if pid.isdigit() and process_alive(int(pid)) else "unfinished (no process of this host prepares it)"
     if not (entry / DONE).exists():
         return "unfinished (no DONE)"
     if not (entry / KEY_FILE).exists():

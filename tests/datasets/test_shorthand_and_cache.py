@@ -415,8 +415,8 @@ def test_clean_on_another_host_keeps_a_preparation_in_progress(tmp_path, capsys,
     prepared = prepare(recipe_from_dict(tiny_recipe(tmp_path)).data, progress=False)
     assert kept == [True] and (prepared.root / "DONE").exists()
     reader = f"process {os.getpid()} on host {socket.gethostname()}"
-    assert re.search(rf"^kept \.{prepared.root.name}\.tmp-{os.getpid()}-[0-9a-f]{{8}} \(\S+ MB\): unfinished \(its "
-                     rf"preparation was stopped\); read by {reader}", capsys.readouterr().out, re.MULTILINE)
+    assert re.search(rf"^kept \.{prepared.root.name}\.tmp-{os.getpid()}-[0-9a-f]{{8}} \(\S+ MB\): unfinished \(no "
+                     rf"process of this host prepares it\); read by {reader}", capsys.readouterr().out, re.MULTILINE)
 
 
 def test_a_lease_that_cannot_be_written_warns_unless_the_folder_is_not_this_users(tmp_path, caplog, monkeypatch):
