@@ -45,7 +45,7 @@ log = logging.getLogger("ctr.train")
 
 def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     """A Lightning checkpoint's contents (with ``mmap``, its tensors mapped from the file, not
-    read); a missing, empty, truncated or foreign file is a UserError naming it."""
+    read: ``load_mapped``); a missing, empty, truncated or foreign file is a UserError naming it."""
     try:
         ckpt = load_mapped(path) if mmap else torch.load(path, map_location="cpu", weights_only=False)
     except FileNotFoundError:
