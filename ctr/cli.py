@@ -56,6 +56,9 @@ def entry() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     launch = sys.modules.get("ctr.train.launch")  # never imported: no group was joined
     if launch is not None and launch.joined_a_group() or "torch" in sys.modules and not _own_threads():
+        cache = sys.modules.get("ctr.datasets.cache")  # os._exit runs no atexit: the leases of what it read go now
+        if cache is not None:
+            cache.release_all()
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -216,12 +216,13 @@ def _lease_name() -> str:
     return f"{lease_host()}-{os.getpid()}"
 
 
-def _release_all() -> None:
+def release_all() -> None:
+    """Removes every lease this process holds (``hold``): at its exit, also one by ``os._exit``."""
     for root in list(_held):
         release(root)
 
 
-atexit.register(_release_all)  # a process killed (SIGKILL) leaves its leases: a clean drops those of the dead
+atexit.register(release_all)  # a process killed (SIGKILL) leaves its leases: a clean drops those of the dead
 
 
 @contextmanager

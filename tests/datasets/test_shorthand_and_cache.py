@@ -433,3 +433,18 @@ def test_a_lease_that_cannot_be_written_warns_unless_the_folder_is_not_this_user
     with caplog.at_level("DEBUG", logger="ctr.datasets.cache"):
         cache.write_lease(tmp_path)  # another user's cache
     assert [r.levelname for r in caplog.records] == ["DEBUG"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("devices", [1, 2])
+def test_a_ctr_train_that_ends_leaves_no_lease_on_the_entry_it_read(tmp_path, devices):
+    """``ctr`` ends by ``os._exit`` once torch is loaded (each rank too), which runs no atexit
+    handler: each training left its leases on its entry, never pruned while it was current."""
+    raw = tiny_recipe(tmp_path, train={"epochs": 1}, trainer={"progress_bar": False, "devices": devices})
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    done = subprocess.run([sys.executable, "-m", "ctr", "train", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    entry = prepare(recipe_from_dict(raw).data, progress=False).root
+    cache.release(entry)
+    assert list((entry / cache.LEASES).iterdir()) == []
