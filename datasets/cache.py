@@ -22,7 +22,7 @@ import re
 import shutil
 import socket
 import uuid
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -230,19 +230,12 @@ def _locked(entry: Path, kind: int) -> Iterator[None]:
     """Holds lock ``kind`` on folder ``entry`` while the block runs: shared while a reader
     takes its lease, exclusive while a clean looks at the leases and removes the entry. No lock
     where there is no such folder, or where its file system has none."""
-    try:
-        handle = os.open(entry, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:  # no such folder: nothing to hold
-        handle = None
-    if handle is None:
-        yield
-        return
-    try:
-        with suppress(OSError):  # a file system without locks: the leases alone hold there
+    with ExitStack() as held:
+        with suppress(OSError):  # no such folder (nothing to hold), or a file system without locks
+            handle = os.open(entry, os.O_RDONLY | os.O_DIRECTORY)
+            held.callback(os.close, handle)
             fcntl.flock(handle, kind)
         yield
-    finally:
-        os.close(handle)
 
 
 @dataclass
