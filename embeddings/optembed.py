@@ -30,6 +30,8 @@ from ctr.typed import require_at_least
 log = logging.getLogger(__name__)
 
 CANDIDATE_BYTES = 256  # the search's per candidate beside 8 a field (measured in all: 141 at 3 fields, 374 at 26)
+MAX_CANDIDATES = 10_000  # candidates a search may score (candidates_scored; the defaults score 220)
+MAX_GENERATIONS = 1_000  # generations a search may run (the defaults run 10)
 
 
 class BinaryStep(torch.autograd.Function):
@@ -97,6 +99,32 @@ def require_population(config: OptEmbedConfig, fields: int) -> None:
             "lower it", RecipeError)
 
 
+def candidates_scored(config: EvolutionConfig) -> int:
+    """The most candidates a search scores: ``population`` + ``generations`` × (``mutations``
+    + ``crossovers``); each is a pass of the net over the validation split."""
+    return config.population + config.generations * (config.mutations + config.crossovers)
+
+
+def require_search_work(config: OptEmbedConfig) -> None:
+    """A RecipeError naming the key that asks for a search past its limits: more than
+    ``MAX_CANDIDATES`` candidates scored (``candidates_scored``; the defaults score 220), the
+    key furthest above its default named, or more than ``MAX_GENERATIONS`` generations. A
+    saved run is scored (``refuse_for_training``)."""
+    default = EvolutionConfig()
+    if config.generations > MAX_GENERATIONS:
+        refuse_for_training(f"embedding.generations: {config.generations} generations are past optembed's limit of "
+                            f"{MAX_GENERATIONS:,} (the defaults run {default.generations}); lower it", RecipeError)
+    candidates = candidates_scored(config)
+    if candidates > MAX_CANDIDATES:
+        key = max(("population", "generations", "mutations", "crossovers"),
+                  key=lambda name: getattr(config, name) / getattr(default, name))
+        refuse_for_training(
+            f"embedding.{key}: population {config.population} + generations {config.generations} × (mutations "
+            f"{config.mutations} + crossovers {config.crossovers}) score up to {candidates:,} candidates, each a pass "
+            f"over the validation split, past optembed's limit of {MAX_CANDIDATES:,} (the defaults score "
+            f"{candidates_scored(default)}); lower it", RecipeError)
+
+
 @EMBEDDINGS.register("optembed", config=OptEmbedConfig)
 class OptEmbed(MultiStageMixin, EmbeddingMethod):
     """OptEmbed: learnable row pruning + one-shot dimension search + retraining.
@@ -131,6 +159,7 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
             pruned_size("optembed", config, self.table_rows)  # a budget no kept entry fits: refused before training
         rows = list(self.table_rows.values())
         require_population(config, len(rows))
+        require_search_work(config)
         self.table_start = [sum(rows[:t]) for t in range(len(rows))]
         self.weight = nn.Parameter(torch.empty(sum(rows), config.dim).normal_(std=config.init_std))
         self.threshold = nn.Parameter(torch.full((len(rows),), config.threshold_init))

@@ -6,7 +6,7 @@ from ctr.embeddings.budget import BudgetUnreachableError
 from ctr.embeddings.evolution import EvolutionarySearch, EvolutionConfig
 from ctr.embeddings.optembed import BinaryStep, OptEmbed, OptEmbedConfig
 from ctr.embeddings.stages import Stage, StageContext
-from ctr.errors import RecipeError
+from ctr.errors import RecipeError, scoring_a_saved_run
 from ctr.recipe import recipe_from_dict
 from tests.embeddings.schemas import batch, schema
 
@@ -235,7 +235,34 @@ def test_a_population_past_memory_is_refused_naming_the_key(monkeypatch):
 
 
 def test_a_saved_run_with_a_population_refused_since_is_built_for_scoring():
-    from ctr.errors import scoring_a_saved_run
 
     with scoring_a_saved_run():
         assert OptEmbed(schema(), OptEmbedConfig(dim=8, population=10**9)).config.population == 10**9
+
+
+@pytest.mark.parametrize(("settings", "key", "candidates"), [
+    ({"generations": 1000, "mutations": 10, "crossovers": 10}, "generations", "20,020"),
+    ({"mutations": 5000}, "mutations", "50,120"),
+    ({"crossovers": 1000}, "crossovers", "10,120"),
+    ({"population": 12_000, "parents": 10}, "population", "12,200"),
+])
+def test_a_search_past_its_candidates_limit_is_refused_naming_the_key(settings, key, candidates):
+    """Each candidate scored is a pass over the validation split: tens of thousands of them
+    would search for days; the defaults score 220. A saved run is still built."""
+    message = (rf"^embedding\.{key}: population \d+ \+ generations \d+ × \(mutations \d+ \+ crossovers \d+\) "
+               rf"score up to {candidates} candidates, each a pass over the validation split, past optembed's "
+               r"limit of 10,000 \(the defaults score 220\); lower it$")
+    with pytest.raises(RecipeError, match=message):
+        OptEmbed(schema(), OptEmbedConfig(dim=8, **settings))
+    with scoring_a_saved_run():
+        assert OptEmbed(schema(), OptEmbedConfig(dim=8, **settings)).config.population == settings.get("population", 20)
+
+
+def test_generations_past_the_limit_are_refused_even_without_children():
+    """No children (mutations 0, crossovers 0) scores no candidate, but each generation still sorts
+    every candidate scored: 10^6 generations are refused, 1,000 (a search 45 times the defaults') built."""
+    message = r"^embedding\.generations: 1000000 generations are past optembed's limit of 1,000 \(the defaults run 10\)"
+    with pytest.raises(RecipeError, match=message + "; lower it$"):
+        OptEmbed(schema(), OptEmbedConfig(dim=8, generations=10**6, mutations=0, crossovers=0))
+    config = OptEmbedConfig(dim=8, population=20, generations=1000, mutations=5, crossovers=4)
+    assert OptEmbed(schema(), config).config.generations == 1000
