@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 INDEX_BYTES = 4  # a block's unique-block index, int32
 CANDIDATE_BYTES = 12  # the LSH index's per block and table: a candidate (int64) and its similarity (float32)
+MAX_LSH_ELEMENTS = 10**12  # block elements the merge hashes and compares: L × blocks × block_rows × D
 
 
 @dataclass
@@ -35,7 +36,8 @@ class DedupConfig(StagedConfig):
         block_rows: consecutive rows of the (all tables') row space per block.
         lsh_tables: L, hash tables of the L2-LSH index (artifact: 90); the index holds
             ``CANDIDATE_BYTES`` a block and table, so L is at most what this machine's memory
-            holds for the blocks (``require_lsh_memory``, as the net is built).
+            holds for the blocks (``require_lsh_memory``, as the net is built), and its time
+            grows as L × the tables' elements (``require_lsh_time``).
         lsh_width: r, bucket width of each L2 hash ⌊(a·v + b) / r⌋ (artifact: 0.09).
         tolerance: elements of two blocks within this distance count as equal (artifact: 0.01).
         similarity: share of equal elements a candidate needs to be merged (artifact: 0.7).
@@ -72,13 +74,29 @@ def require_lsh_memory(config: DedupConfig, blocks: int) -> None:
     """A RecipeError naming ``embedding.lsh_tables`` when the L2-LSH index of ``blocks``
     blocks (``CANDIDATE_BYTES`` a block and table: ``BlockMatcher``'s candidates and
     similarities [n, L]) needs more than this machine's memory; its time grows as L too (one
-    projection of every block a table). A saved run is scored (``refuse_for_training``)."""
+    projection of every block a table: ``require_lsh_time``). A saved run is scored
+    (``refuse_for_training``)."""
     needed, memory = CANDIDATE_BYTES * blocks * config.lsh_tables, memory_bytes()
     if needed > memory:
         refuse_for_training(
             f"embedding.lsh_tables: {config.lsh_tables} tables of {blocks} blocks need ~{needed / 2**30:,.1f} GiB for "
             f"the index's candidates ({CANDIDATE_BYTES} bytes a block and table), more than this machine's "
             f"{memory / 2**30:.1f} GiB; lower it", RecipeError)
+
+
+def require_lsh_time(config: DedupConfig, blocks: int) -> None:
+    """A RecipeError naming ``embedding.lsh_tables`` when the merge would hash and compare
+    more than ``MAX_LSH_ELEMENTS`` block elements: each of the L tables projects every block's
+    ``block_rows`` × D elements and compares them with its candidate's. The merge ran ~1e8
+    elements a second on 2 shared cores (48 s for L = 90 over 211,020 blocks of 16 × 16), so
+    the limit is about 3 hours; the full Criteo tables at L = 90, D = 16 need ~5e10. A saved
+    run is scored (``refuse_for_training``)."""
+    elements = config.lsh_tables * blocks * config.block_rows * config.dim
+    if elements > MAX_LSH_ELEMENTS:
+        refuse_for_training(
+            f"embedding.lsh_tables: {config.lsh_tables} tables of {blocks} blocks of {config.block_rows} × "
+            f"{config.dim} elements hash and compare {elements:.3g} elements, past dedup's limit of "
+            f"{MAX_LSH_ELEMENTS:.3g} (about 3 hours of merging); lower it", RecipeError)
 
 
 @EMBEDDINGS.register("dedup", config=DedupConfig)
@@ -118,6 +136,7 @@ class DedupEmbedding(MultiStageMixin, EmbeddingMethod):
         super().__init__(schema, config)
         self.num_blocks, self.keep = blocks_to_keep(config, self.table_rows)
         require_lsh_memory(config, self.num_blocks)
+        require_lsh_time(config, self.num_blocks)
         rows = self.num_blocks * config.block_rows
         self.weight = nn.Parameter(torch.empty(rows, config.dim).normal_(std=config.init_std))
         self.register_buffer("row_start", table_starts(self.table_rows), persistent=False)

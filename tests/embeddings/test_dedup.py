@@ -144,3 +144,20 @@ def test_lsh_tables_past_memory_are_refused_as_the_net_is_built(monkeypatch):
     with scoring_a_saved_run():
         method = DedupEmbedding(schema(), DedupConfig(dim=8, budget=0.5, block_rows=4, lsh_tables=10**9))
     assert method.num_blocks == 410
+
+
+def test_lsh_tables_past_the_merge_time_limit_are_refused_as_the_net_is_built(monkeypatch):
+    """Memory to spare, 10^8 tables of 410 blocks of 4 × 8 would hash and compare 1.3e12 block
+    elements (hours of merging at ~1e8 a second); 7.6e7 tables stay under the 1e12 limit."""
+    from ctr.embeddings import dedup
+    from ctr.errors import RecipeError, scoring_a_saved_run
+
+    message = (r"^embedding\.lsh_tables: 100000000 tables of 410 blocks of 4 × 8 elements hash and compare 1\.31e\+12 "
+               r"elements, past dedup's limit of 1e\+12 \(about 3 hours of merging\); lower it$")
+    monkeypatch.setattr(dedup, "memory_bytes", lambda: 2**50)
+    with pytest.raises(RecipeError, match=message):
+        DedupEmbedding(schema(), DedupConfig(dim=8, budget=0.5, block_rows=4, lsh_tables=10**8))
+    below = DedupConfig(dim=8, budget=0.5, block_rows=4, lsh_tables=76_000_000)
+    assert DedupEmbedding(schema(), below).num_blocks == 410
+    with scoring_a_saved_run():
+        assert DedupEmbedding(schema(), DedupConfig(dim=8, budget=0.5, block_rows=4, lsh_tables=10**8)).keep > 0
