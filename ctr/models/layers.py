@@ -41,7 +41,9 @@ class Dice(nn.Module):
     parameters); α is learned per unit. A training batch of one row (DIN's attention unit
     sees one row when a batch holds one behaviour in all) has E[s] = s and Var[s] = 0, so
     p(s) = sigmoid(0) = 1/2; the moving averages skip it (an unbiased one-row variance is
-    undefined), where BatchNorm would raise.
+    undefined), where BatchNorm would raise, and a batch of no row. A Dice that no training
+    batch measured (``norm.num_batches_tracked`` 0: every batch it saw held one row or none)
+    has no moving averages, and uses at inference the p = 1/2 that training used throughout.
 
     Args:
         width: units H; eps: ε (the paper's 1e-8); momentum: of the moving averages.
@@ -55,8 +57,12 @@ class Dice(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(width))
 
     def forward(self, x: Tensor) -> Tensor:
-        one_row = self.training and x.shape[0] == 1
-        p = torch.full_like(x, 0.5) if one_row else torch.sigmoid(self.norm(x))
+        if self.training and x.shape[0] <= 1:
+            p = torch.full_like(x, 0.5)
+        else:
+            p = torch.sigmoid(self.norm(x))
+            if not self.training:  # a tensor's test, not Python's: torch.export keeps no guard on the buffer
+                p = torch.where(self.norm.num_batches_tracked > 0, p, 0.5)
         return p * x + (1 - p) * self.alpha * x
 
 

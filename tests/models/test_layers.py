@@ -32,6 +32,27 @@ def test_dice_on_one_training_row_is_the_formula_with_zero_variance_and_keeps_it
     assert torch.equal(dice.norm.running_mean, torch.zeros(3)) and torch.equal(dice.norm.running_var, torch.ones(3))
 
 
+def test_dice_that_no_training_batch_measured_uses_at_inference_the_half_training_used():
+    """Batches of one row (E[s] = s, Var[s] = 0: p = 1/2) and of none (a batch holding no
+    behaviour) move no moving average; evaluation took BatchNorm's initial mean 0 and variance
+    1 for them, a function training never used. It uses training's p = 1/2 instead; one batch
+    of 2 rows is enough for the moving averages to be used."""
+    dice = Dice(3)
+    with torch.no_grad():
+        dice.alpha.copy_(torch.tensor([0.1, 0.5, -0.2]))
+    dice(torch.tensor([[2.0, -1.0, 3.0]]))
+    dice(torch.empty(0, 3))
+    x = torch.tensor([[2.0, -1.0, 3.0], [-4.0, 0.5, 1.0]])
+    dice.eval()
+    assert torch.allclose(dice(x), 0.5 * x + 0.5 * dice.alpha * x)
+    dice.train()
+    dice(torch.tensor([[1.0, 1.0, 1.0], [3.0, 2.0, 0.0]]))
+    dice.eval()
+    p = torch.sigmoid((x - dice.norm.running_mean) / torch.sqrt(dice.norm.running_var + 1e-8))
+    assert not torch.equal(dice.norm.running_mean, torch.zeros(3))
+    assert torch.allclose(dice(x), p * x + (1 - p) * dice.alpha * x, atol=1e-6)
+
+
 def finite_difference(values, order):
     for _ in range(order):
         values = [b - a for a, b in zip(values, values[1:])]
