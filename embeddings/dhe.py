@@ -127,16 +127,25 @@ class DeepHashEmbedding(EmbeddingMethod):
         """The decoder once per distinct id, gathered to every occurrence. In training its
         BatchNorm statistics weight each distinct id by its occurrences: the same statistics
         (and outputs, gradients, running estimates) as the decoder run on every occurrence,
-        as the artifact runs it, in a fraction of the flops on Zipf-like batches."""
+        as the artifact runs it, in a fraction of the flops on Zipf-like batches. While
+        ``torch.export`` traces, the decoder runs on every occurrence (row-wise in evaluation,
+        the same outputs): the distinct ids' count, read from the ids, would size the
+        program's decoder by an unbacked symbol."""
+        rows = self.row_start[self.feature_table[feature]] + ids
+        if torch.compiler.is_exporting():
+            return self._decode(rows, torch.ones_like(rows))
         if ids.numel() == 0:  # nothing to decode, nor to take statistics of
             return self.decoder[-1].weight.new_zeros(0, self.dim)
-        rows, occurrence, counts = torch.unique(self.row_start[self.feature_table[feature]] + ids,
-                                                return_inverse=True, return_counts=True)
+        rows, occurrence, counts = torch.unique(rows, return_inverse=True, return_counts=True)
+        return self._decode(rows, counts).index_select(0, occurrence)
+
+    def _decode(self, rows: Tensor, counts: Tensor) -> Tensor:
+        """The decoder on rows [U] that stand for ``counts`` [U] occurrences each: [U, D]."""
         hidden = self._encode_rows(rows)
         layers = list(self.decoder)
         for linear, norm, activation in zip(layers[:-1:3], layers[1::3], layers[2::3]):
             hidden = activation(occurrence_norm(norm, linear(hidden), counts))
-        return layers[-1](hidden).index_select(0, occurrence)
+        return layers[-1](hidden)
 
 
 def occurrence_norm(norm: nn.BatchNorm1d, hidden: Tensor, counts: Tensor) -> Tensor:

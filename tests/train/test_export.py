@@ -270,6 +270,36 @@ def test_a_program_loads_without_a_warning_of_torch(method, methods_dir, caplog)
     assert [record.getMessage() for record in caplog.records if record.name == reader.name] == []
 
 
+def test_a_dhe_program_sizes_nothing_by_the_ids(methods_dir, caplog):
+    """dhe decoded each distinct id once while tracing too: torch.unique's count, a size read
+    from the ids (an unbacked symbol u0, from 0 to 2^63), sized every layer of the decoder in
+    the program. Exporting, it decodes every id (the decoder is row-wise in evaluation): no
+    size but the batch's and the ids'. The program loads without torch's warning and scores a
+    batch as the net does."""
+    from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
+
+    recipe = method_recipe("dhe", methods_dir)
+    schema = prepare(recipe.data, progress=False).schema
+    net = CTRTask(recipe, schema).net.eval()
+    program = export_program(net, schema)
+    unbacked = {str(symbol) for node in program.graph.nodes for symbol in free_unbacked_symbols(node.meta.get("val"))}
+    assert unbacked == set() and not any(free_unbacked_symbols(expr) for expr in program.range_constraints)
+    saved = io.BytesIO()
+    torch.export.save(program, saved)
+    reader = logging.getLogger("torch._export.serde.serialize")
+    reader.addHandler(caplog.handler)
+    try:
+        loaded = torch.export.load(io.BytesIO(saved.getvalue())).module()
+    finally:
+        reader.removeHandler(caplog.handler)
+    assert [record.getMessage() for record in caplog.records if record.name == reader.name] == []
+    batch = next(iter(BatchLoader(next(Path(recipe.data.cache_dir, "data").glob("*/test")), schema, 64, prefetch=0)))
+    with torch.no_grad():
+        expected = probabilities(net(batch)[0]).float()
+        scores = loaded(batch.dense, batch.sparse.values, batch.sparse.offsets)
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("padding", ["right", "left"])
 def test_a_short_sequence_beside_a_larger_vocabulary_is_scored(padding, tmp_path):
     """A sequence's masked slots read padding: they read the ids of the bags beside its own
