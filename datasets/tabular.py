@@ -71,6 +71,16 @@ class FileSource(DatasetSource):
     def files(self) -> list[Path]:
         return [f for files in self.split_files.values() for f in files]
 
+    def fingerprint(self) -> dict[str, Any]:
+        """The source's key with a path key naming a folder of one file read (``rows/``, whose
+        one matching file is ``rows/train.csv``) as naming that file: the same rows, one entry."""
+        key = super().fingerprint()
+        for split, files in self.split_files.items():
+            name = "path" if split == "train" else f"{split}_path"
+            if len(files) == 1 and key["options"].get(name):
+                key["options"][name] = str(files[0].resolve())
+        return key
+
     def split_keys(self) -> tuple[str, ...]:
         """The fractions of the splits carved from the training rows (those without a file of
         their own), and the seed when one of them is above 0: none with both held-out files."""

@@ -307,3 +307,37 @@ def test_a_criteo_format_named_as_detected_shares_the_entry_of_auto(tmp_path, la
                                                               + "," * 25 + "\n" for i in range(30)))
     first = entry(data)
     assert entry({**data, "format": layout}).root == first.root and len(encodings) == 1
+
+
+@pytest.mark.parametrize("form", ["csv", "parquet", "libsvm"])
+def test_a_folder_of_one_file_shares_the_entry_of_that_file(tmp_path, form, encodings):
+    """``data.path: rows/`` reads the one file ``rows/train.csv`` as naming that file does: the
+    key held the folder's path and the file's, two entries of the same rows. A folder of two
+    files keys its own."""
+    data = file_data(tmp_path, form)
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    moved = Path(data["path"]).rename(folder / Path(data["path"]).name)
+    first = entry({**data, "path": str(moved)})
+    assert entry({**data, "path": str(folder)}).root == first.root and len(encodings) == 1
+    write_rows(folder / f"more{moved.suffix}", form, 9)
+    assert entry({**data, "path": str(folder)}).root != first.root and len(encodings) == 2
+    cache.release(first.root)
+    assert not [stale.path for stale in cache.stale_entries(first.root.parent)]  # the file's recipe reads it still
+
+
+@pytest.mark.parametrize("unread", [
+    {"name": "a", "num_buckets": 7}, {"name": "a", "max_len": 9, "splitter": "|", "fill": 3.0, "pooling": "sum"},
+    {"name": "n", "kind": "numeric", "transform": "log1p", "num_buckets": 7, "min_count": 3, "max_vocab": 4,
+     "oov_buckets": 2, "max_len": 9, "splitter": "|", "pooling": "sum"},
+])
+def test_a_feature_option_its_kind_never_reads_keys_no_other_entry(tmp_path, unread, encodings):
+    """A bucketing option on a categorical feature (or a vocabulary option on a numeric one)
+    changed the key: the same rows were encoded again. An option the kind reads keys anew."""
+    data = file_data(tmp_path, "csv")
+    first = entry(data)
+    features = [unread if spec["name"] == unread["name"] else spec for spec in data["features"]]
+    assert entry({**data, "features": features}).root == first.root and len(encodings) == 1
+    read = {"name": "a", "min_count": 3} if unread["name"] == "a" else {**data["features"][1], "fill": 3.0}
+    features = [read if spec["name"] == read["name"] else spec for spec in data["features"]]
+    assert entry({**data, "features": features}).root != first.root and len(encodings) == 2

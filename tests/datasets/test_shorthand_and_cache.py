@@ -214,18 +214,20 @@ def test_clean_removes_an_entry_whose_key_json_cannot_be_read(tmp_path, capsys, 
 
 def test_clean_names_a_file_new_in_an_input_folder(tmp_path, capsys):
     """A file added to a data.path folder made the entry stale as "keyed by an older ctr: its
-    recipe keys ... now", as if the entry were an old ctr's: it names the new file."""
+    recipe keys ... now", as if the entry were an old ctr's: it names the new file. (The entry of a folder of one
+    file is that file's, kept: a recipe naming the file reads it.)"""
     raw = csv_recipe(tmp_path)
     folder = tmp_path / "parts"
     folder.mkdir()
     write_csv(folder / "part-0.csv")
+    write_csv(folder / "part-1.csv", rows=10)
     raw["data"]["path"] = str(folder)
     entry = prepare(recipe_from_dict(raw).data, progress=False).root
     cache.release(entry)
-    write_csv(folder / "part-1.csv", rows=10)
+    write_csv(folder / "part-2.csv", rows=10)
     assert main(["data", "clean", "--dry-run", "--cache-dir", str(tmp_path / "cache")]) == 0
     out = capsys.readouterr().out
-    assert f"would remove {entry.name} (" in out and f"): input {(folder / 'part-1.csv').resolve()} is new\n" in out
+    assert f"would remove {entry.name} (" in out and f"): input {(folder / 'part-2.csv').resolve()} is new\n" in out
 
 
 def test_clean_leaves_alone_what_ctr_did_not_name(tmp_path, capsys):
