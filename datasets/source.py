@@ -26,6 +26,9 @@ SPLIT_KEYS = ("valid", "test", "seed")  # of data.split
 # carves them in order: u < valid into valid, then u < valid + test into test, the rest into train
 CARVED_BY = {"valid": ("valid", "seed"), "test": SPLIT_KEYS, "train": SPLIT_KEYS}
 RowStream = Callable[[], Iterator[pa.RecordBatch]]
+# the options of a feature each kind never reads (``unread_options``; share_with is read by a numeric one's row check)
+UNREAD_BY_KIND = {"numeric": ("min_count", "max_vocab", "oov_buckets", "max_len", "splitter", "pooling"),
+                  "categorical": ("max_len", "splitter", "pooling", "fill"), "sequence": ("fill",)}
 GZ = ".gz"  # the suffix of a gzip-compressed text file (its contents, not its name, tell how it reads)
 
 
@@ -172,8 +175,19 @@ def keyed_split(split: SplitConfig, read: Iterable[str]) -> dict[str, Any]:
 
 def keyed_features(features: list[FeatureSpec]) -> list[dict[str, Any]]:
     """``features`` as the cache key holds them: plain, a ``source`` naming the feature's own
-    column left out (the same column read)."""
-    return [{**to_plain(spec), "source": None if spec.source == spec.name else spec.source} for spec in features]
+    column left out (the same column read), and the options its kind never reads at their
+    defaults (``unread_options``: the same rows encoded alike)."""
+    return [{**to_plain(spec), "source": None if spec.source == spec.name else spec.source,
+             **_defaults(FeatureSpec, unread_options(spec))} for spec in features]
+
+
+def unread_options(spec: FeatureSpec) -> tuple[str, ...]:
+    """The options of ``spec`` that neither preprocessing, nor a model, nor an export reads for
+    its kind: the vocabulary's and the items' of a numeric feature, the items' and ``fill`` of a
+    categorical one, ``fill`` of a sequence, ``num_buckets`` but with a ``quantile`` transform,
+    and ``min_count`` and ``max_vocab`` of a ``num_ids`` feature (no vocabulary is counted)."""
+    unread = UNREAD_BY_KIND[spec.kind] + (("num_buckets",) if spec.transform != "quantile" else ())
+    return unread + (("min_count", "max_vocab") if spec.num_ids else ())
 
 
 def _defaults(config: type, keys: Iterable[str]) -> dict[str, Any]:

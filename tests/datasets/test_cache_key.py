@@ -240,7 +240,8 @@ def test_a_recipe_listing_the_default_features_shares_the_entry_of_one_leaving_t
     features = [{**spec, "source": spec["source"] or spec["name"]} for spec in specs]
     listed = {**{key: value for key, value in omitted.items() if key not in options}, "features": features}
     assert entry(listed).root == first.root and len(encodings) == 1
-    features[0] = {**features[0], "max_vocab": 3}
+    first_sparse = next(i for i, spec in enumerate(features) if spec["kind"] != "numeric")  # one reading oov_buckets
+    features[first_sparse] = {**features[first_sparse], "oov_buckets": 3}
     assert entry(listed).root != first.root and len(encodings) == 2
 
 
@@ -341,3 +342,10 @@ def test_a_feature_option_its_kind_never_reads_keys_no_other_entry(tmp_path, unr
     read = {"name": "a", "min_count": 3} if unread["name"] == "a" else {**data["features"][1], "fill": 3.0}
     features = [read if spec["name"] == read["name"] else spec for spec in data["features"]]
     assert entry({**data, "features": features}).root != first.root and len(encodings) == 2
+
+
+def test_clean_removes_an_entry_an_older_ctr_keyed_by_an_option_its_feature_never_reads(tmp_path, capsys):
+    prepared = entry(file_data(tmp_path, "csv"))
+    inputs = json.loads((prepared.root / "key.json").read_text())
+    inputs["features"][0]["num_buckets"] = 7  # of categorical a
+    cleaned_of_an_older_key(prepared, inputs, tmp_path / "cache", capsys)
