@@ -349,3 +349,17 @@ def test_clean_removes_an_entry_an_older_ctr_keyed_by_an_option_its_feature_neve
     inputs = json.loads((prepared.root / "key.json").read_text())
     inputs["features"][0]["num_buckets"] = 7  # of categorical a
     cleaned_of_an_older_key(prepared, inputs, tmp_path / "cache", capsys)
+
+
+@pytest.mark.parametrize("written", [{"on_bad_rows": "error"}, {"quoting": True}, {"header": True, "delimiter": ","}])
+def test_a_csv_option_written_out_at_its_default_shares_the_entry(tmp_path, written, encodings):
+    data = file_data(tmp_path, "csv", held_out=[])
+    first = entry(data)
+    assert entry({**data, **written}).root == first.root and len(encodings) == 1
+
+
+@pytest.mark.parametrize("key, spelling", [("on_bad_rows", "Skip"), ("on_bad_rows", "drop"), ("quoting", "yes")])
+def test_another_spelling_of_a_csv_option_is_refused_naming_its_key(tmp_path, key, spelling):
+    """Not read as the value it resembles: no spelling keys an entry of its own."""
+    with pytest.raises(RecipeError, match=rf"^data\.{key}: expected "):
+        recipe_from_dict({"data": {**file_data(tmp_path, "csv", held_out=[]), key: spelling}})
