@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ctr.atomic import process_alive
-from ctr.datasets.source import DatasetSource, code_digest, file_stamp, keyed_features, keyed_split
+from ctr.datasets.source import DatasetSource, code_change, code_digest, file_stamp, keyed_features, keyed_split
 from ctr.recipe import DataConfig, SplitConfig
 from ctr.registry import DATASETS
 from ctr.schema import FeatureSpec
@@ -112,7 +112,7 @@ def input_change(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
             return (f"input {path} changed (its modification time; if its content is as it was, "
                     f"`touch -d @{seconds}.{nanoseconds:09d} {path}` gives it back its stamp)")
     if saved.get("code") != current.get("code"):
-        return f"the code of dataset plugin {(current.get('code') or saved.get('code'))[0]} changed"
+        return code_change((current.get("code") or saved.get("code"))[0])
     return None
 
 
@@ -329,7 +329,7 @@ def _staleness(entry: Path) -> str | None:
     if "code" in inputs["source"]:
         module, digest = inputs["source"]["code"]
         if not Path(module).is_file() or code_digest(Path(module)) != digest:
-            return f"the code of dataset plugin {module} changed"
+            return code_change(module)
     return _rekeyed(entry.name, inputs)
 
 

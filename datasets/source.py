@@ -318,16 +318,43 @@ def beside(file: Path, name: str) -> Path:
 
 
 def plugin_code(source: type) -> list[str] | None:
-    """A dataset plugin's module file and the SHA-256 of its text (``None`` for ctr's own
-    datasets, which ``PIPELINE_VERSION`` covers): a plugin whose code changed encodes anew."""
+    """A dataset plugin's module file and the SHA-256 of its code (``code_digest``; ``None`` for
+    ctr's own datasets, which ``PIPELINE_VERSION`` covers): a plugin whose code changed encodes anew."""
     if source.__module__.startswith("ctr."):
         return None
     file = getattr(sys.modules.get(source.__module__), "__file__", None)
     return [str(Path(file).resolve()), code_digest(Path(file))] if file else None
 
 
-def code_digest(file: Path) -> str:
-    return hashlib.sha256(file.read_bytes()).hexdigest()
+def code_digest(module: Path) -> str:
+    """The SHA-256 of plugin module ``module``'s code: its file's text, or where it is in a
+    package, the text of every ``.py`` file of its top-level package (``plugin_package``) by its
+    path there, so a helper module of its own package that it imports keys the entry too."""
+    package = plugin_package(module)
+    if package is None:
+        return hashlib.sha256(module.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for file in sorted(package.rglob("*.py")):
+        digest.update(f"{file.relative_to(package)}\0{hashlib.sha256(file.read_bytes()).hexdigest()}\n".encode())
+    return digest.hexdigest()
+
+
+def plugin_package(module: Path) -> Path | None:
+    """The folder of the top-level package holding plugin module ``module`` (each folder from
+    the module's up to it holds an ``__init__.py``); None for a module outside a package."""
+    folder = module.resolve().parent
+    if not (folder / "__init__.py").is_file():
+        return None
+    while (folder.parent / "__init__.py").is_file():
+        folder = folder.parent
+    return folder
+
+
+def code_change(module: str) -> str:
+    """Why an entry keyed by plugin module ``module``'s code is stale: that code changed (with
+    its package's, where it is in one)."""
+    package = plugin_package(Path(module))
+    return f"the code of dataset plugin {module} changed" + (f" (or of its package {package})" if package else "")
 
 
 def file_stamps(files: list[Path]) -> list[list[Any]]:

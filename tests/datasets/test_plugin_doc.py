@@ -56,6 +56,32 @@ def test_a_dataset_plugin_whose_code_changed_encodes_anew(tmp_path, monkeypatch)
     assert prepare(recipe.data, progress=False).root != first.root
 
 
+def test_a_dataset_plugin_whose_package_helper_changed_encodes_anew(tmp_path, monkeypatch):
+    """The key held the plugin's module file alone: a helper module of its own package that the
+    reader imports (here its batch size) was edited and the entry of the code before was read."""
+    from ctr.datasets.cache import stale_entries
+
+    package = tmp_path / "clicks_pkg"
+    (package / "util").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "util" / "__init__.py").write_text("")
+    (package / "util" / "sizes.py").write_text("BATCH = 65_536\n")
+    code = documented_block("# my_data.py").replace('"my_clicks"', '"my_clicks_pkg"')
+    (package / "reader.py").write_text("from clicks_pkg.util.sizes import BATCH\n" +
+                                       code.replace("to_batches(65_536)", "to_batches(BATCH)"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    write_clicks(tmp_path / "clicks.jsonl")
+    recipe = recipe_from_dict({"plugins": ["clicks_pkg.reader"], "data": {
+        "dataset": "my_clicks_pkg", "path": str(tmp_path / "clicks.jsonl"), "cache_dir": str(tmp_path / "cache")}})
+    first = prepare(recipe.data, progress=False)
+    assert prepare(recipe.data, progress=False).root == first.root
+    (package / "util" / "sizes.py").write_text("BATCH = 1_000\n")
+    reader, package = (package / "reader.py").resolve(), package.resolve()
+    assert [entry.reason for entry in stale_entries(tmp_path / "cache" / "data")] == [
+        f"the code of dataset plugin {reader} changed (or of its package {package})"]
+    assert prepare(recipe.data, progress=False).root != first.root
+
+
 def test_a_stream_yielding_a_dataframe_is_one_line(tmp_path, monkeypatch):
     """The docs ask for Arrow record batches; a DataFrame failed deep in the checks
     ("'DataFrame' object has no attribute 'schema'")."""
