@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ctr.atomic import process_alive
-from ctr.datasets.source import DatasetSource, code_change, code_digest, file_stamp, keyed_features, keyed_split
+from ctr.datasets.source import (DatasetSource, code_change, code_digest, file_stamp, keyed_features, keyed_split,
+                                 plugin_package)
 from ctr.recipe import DataConfig, SplitConfig
 from ctr.registry import DATASETS
 from ctr.schema import FeatureSpec
@@ -111,9 +112,20 @@ def input_change(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
             seconds, nanoseconds = divmod(old[path][1], 10**9)
             return (f"input {path} changed (its modification time; if its content is as it was, "
                     f"`touch -d @{seconds}.{nanoseconds:09d} {path}` gives it back its stamp)")
-    if saved.get("code") != current.get("code"):
+    if not _same_code(saved.get("code"), current.get("code")):
         return code_change((current.get("code") or saved.get("code"))[0])
     return None
+
+
+def _same_code(saved: list[str] | None, current: list[str] | None) -> bool:
+    """Whether a plugin's code as a run's key saved it (``plugin_code``: module, digest) is its
+    code now: the same, or the digest an earlier ctr took of the module's file alone where the
+    module is in a package (which its digest covers now) and that file is as it was."""
+    if saved == current:
+        return True
+    if not saved or not current or saved[0] != current[0] or plugin_package(Path(saved[0])) is None:
+        return False
+    return saved[1] == hashlib.sha256(Path(saved[0]).read_bytes()).hexdigest()
 
 
 def generator_change(saved: dict[str, Any], config: DataConfig) -> str | None:

@@ -1,5 +1,6 @@
 """docs/extending.md's dataset plugin works as documented."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -187,3 +188,19 @@ def test_a_plugin_listing_its_default_features_shares_their_entry_only_where_it_
     features = [{"name": "user"}, {"name": "ad"}, {"name": "price", "kind": "numeric", "transform": "log1p"}]
     listed = prepare(recipe_from_dict({"plugins": [name], "data": {**data, "features": features}}).data, progress=False)
     assert (listed.root == omitted.root) == alike
+
+
+def test_a_run_keyed_by_its_packaged_plugins_file_alone_is_not_told_its_code_changed(tmp_path):
+    """A run an earlier ctr began keyed its packaged plugin by the module's file alone: a resume
+    (``input_change``) was refused as if the code had changed. Another module file is a change."""
+    from ctr.datasets.cache import input_change
+    from ctr.datasets.source import code_digest
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    module = tmp_path / "pkg" / "reader.py"
+    module.write_text("ROWS = 1\n")
+    now = {"files": [], "code": [str(module), code_digest(module)]}
+    file_alone = hashlib.sha256(module.read_bytes()).hexdigest()
+    assert input_change({"files": [], "code": [str(module), file_alone]}, now) is None
+    assert "code of dataset plugin" in input_change({"files": [], "code": [str(module), "0" * 64]}, now)
