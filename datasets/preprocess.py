@@ -193,7 +193,8 @@ def load_prepared(root: Path) -> Prepared:
 
 
 def tables_of(features: list[FeatureSpec]) -> dict[str, str]:
-    """Feature name → table (vocabulary) name; ``share_with`` points at the owner."""
+    """Feature name → table (vocabulary) name; ``share_with`` points at the owner (a RecipeError
+    on a numeric feature)."""
     by_name = {}
     for i, spec in enumerate(features):
         if spec.name in by_name:
@@ -202,6 +203,9 @@ def tables_of(features: list[FeatureSpec]) -> dict[str, str]:
     tables = {}
     for i, spec in enumerate(features):
         if not spec.is_sparse:
+            if spec.share_with:
+                raise RecipeError(f"data.features[{i}].share_with: {spec.name!r} is a numeric feature, which has no "
+                                  "vocabulary or table to share; leave share_with out")
             continue
         owner = spec.share_with or spec.name
         target = by_name.get(owner)

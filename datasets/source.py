@@ -26,7 +26,7 @@ SPLIT_KEYS = ("valid", "test", "seed")  # of data.split
 # carves them in order: u < valid into valid, then u < valid + test into test, the rest into train
 CARVED_BY = {"valid": ("valid", "seed"), "test": SPLIT_KEYS, "train": SPLIT_KEYS}
 RowStream = Callable[[], Iterator[pa.RecordBatch]]
-# the options of a feature each kind never reads (``unread_options``; share_with is read by a numeric one's row check)
+# the options of a feature each kind never reads (``unread_options``; share_with on a numeric one is refused)
 UNREAD_BY_KIND = {"numeric": ("min_count", "max_vocab", "oov_buckets", "max_len", "splitter", "pooling"),
                   "categorical": ("max_len", "splitter", "pooling", "fill"), "sequence": ("fill",)}
 GZ = ".gz"  # the suffix of a gzip-compressed text file (its contents, not its name, tell how it reads)

@@ -363,3 +363,12 @@ def test_another_spelling_of_a_csv_option_is_refused_naming_its_key(tmp_path, ke
     """Not read as the value it resembles: no spelling keys an entry of its own."""
     with pytest.raises(RecipeError, match=rf"^data\.{key}: expected "):
         recipe_from_dict({"data": {**file_data(tmp_path, "csv", held_out=[]), key: spelling}})
+
+
+def test_share_with_on_a_numeric_feature_is_refused_naming_the_key(tmp_path):
+    """A numeric feature has no table to share: share_with was ignored (its row check read the
+    column as a num_ids table's ids where it named one), and it keyed an entry of its own."""
+    data = file_data(tmp_path, "csv")
+    data["features"][1] = {**data["features"][1], "share_with": "a"}
+    with pytest.raises(RecipeError, match=r"^data\.features\[1\]\.share_with: 'n' is a numeric feature"):
+        entry(data)
