@@ -377,17 +377,27 @@ def _clean(args: argparse.Namespace) -> int:
     for entry in stale:
         if not args.dry_run:
             remove_stale([entry])  # said once done: an entry that cannot be removed stops here, named
-        verb = ("would keep" if args.dry_run else "kept") if entry.readers else (
-            "would remove" if args.dry_run else "removed")
-        read = f"; read by {', '.join(entry.readers)}" if entry.readers else ""
-        print(f"{verb} {entry.path.name} ({entry.bytes / 1e6:.1f} MB): {entry.reason}{read}")
-    gone = [entry for entry in stale if not entry.readers]
+        print(_clean_line(entry, args.dry_run))
+    gone = [entry for entry in stale if not entry.readers and not entry.left]
     total = sum(entry.bytes for entry in gone) / 1e6
     entries = "entry" if len(gone) == 1 else "entries"
-    kept = len(stale) - len(gone)
+    kept = sum(1 for entry in stale if entry.readers)
     kept_note = f"; {kept} more kept while a running process reads {'it' if kept == 1 else 'them'}" if kept else ""
-    print(f"{len(gone)} stale {entries} ({total:.1f} MB) in {root}{kept_note}" + (" (dry run)" if args.dry_run else ""))
+    left = len(stale) - len(gone) - kept
+    left_note = f"; {left} more stale no more or gone since clean looked" if left else ""
+    print(f"{len(gone)} stale {entries} ({total:.1f} MB) in {root}{kept_note}{left_note}"
+          + (" (dry run)" if args.dry_run else ""))
     return 0
+
+
+def _clean_line(entry, dry_run: bool) -> str:  # noqa: ANN001 (a cache.Stale)
+    """What ``ctr data clean`` did with stale ``entry``: removed it, kept it for its readers, or
+    left it (stale no more when clean took its lock)."""
+    if entry.left:
+        return f"left {entry.path.name} ({entry.bytes / 1e6:.1f} MB): {entry.reason}; {entry.left}"
+    verb = ("would keep" if dry_run else "kept") if entry.readers else ("would remove" if dry_run else "removed")
+    read = f"; read by {', '.join(entry.readers)}" if entry.readers else ""
+    return f"{verb} {entry.path.name} ({entry.bytes / 1e6:.1f} MB): {entry.reason}{read}"
 
 
 def _synth(args: argparse.Namespace) -> int:

@@ -162,8 +162,8 @@ def hold(root: Path) -> bool:
     """Leases finished entry ``root`` to this process until it exits (or ``release``s it):
     ``ctr data clean`` keeps an entry a running process holds. False, with nothing held, when
     ``root`` holds no finished entry (none was written yet, or a clean removed it). The look at ``DONE`` and the lease
-    are one step against a clean's removal (``_locked``)."""
-    with _locked(root, fcntl.LOCK_SH):
+    are one step against a clean's removal (``locked``)."""
+    with locked(root, fcntl.LOCK_SH):
         if not (root / DONE).exists():
             return False
         write_lease(root)
@@ -238,27 +238,51 @@ atexit.register(release_all)  # a process killed (SIGKILL) leaves its leases: a 
 
 
 @contextmanager
-def _locked(entry: Path, kind: int) -> Iterator[None]:
+def locked(entry: Path, kind: int) -> Iterator[None]:
     """Holds lock ``kind`` on folder ``entry`` while the block runs: shared while a reader
-    takes its lease, exclusive while a clean looks at the leases and removes the entry. No lock
-    where there is no such folder, or where its file system has none."""
+    takes its lease, exclusive while a clean looks at the leases and removes the entry, and
+    while a preparation replaces an unfinished one. The folder locked is the one at ``entry``
+    once the lock is taken (``_lock_handle``). No lock where there is no such folder, or where
+    its file system has none."""
     with ExitStack() as held:
         with suppress(OSError):  # no such folder (nothing to hold), or a file system without locks
-            handle = os.open(entry, os.O_RDONLY | os.O_DIRECTORY)
-            held.callback(os.close, handle)
-            fcntl.flock(handle, kind)
+            held.callback(os.close, _lock_handle(entry, kind))
         yield
+
+
+def _lock_handle(entry: Path, kind: int) -> int:
+    """A handle of the folder at ``entry`` holding lock ``kind``. Where the folder there is
+    replaced while this waits for the lock (a preparation published an entry in place of an
+    unfinished one), the lock is taken again, on the one there now; an OSError when there is
+    none."""
+    while True:
+        handle = os.open(entry, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(handle, kind)
+            if _identity(os.fstat(handle)) == _identity(os.stat(entry)):
+                return handle
+        except BaseException:
+            os.close(handle)
+            raise
+        os.close(handle)
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
 
 
 @dataclass
 class Stale:
     """A cache entry no run will read again, why, its size, and the running processes that
-    read it still (``readers``): it is kept while there are any."""
+    read it still (``readers``): it is kept while there are any. ``left`` is set by a clean
+    that finds it gone or stale no more once it holds its lock (``remove_stale``), saying so:
+    it is left then; empty otherwise."""
 
     path: Path
     reason: str
     bytes: int
     readers: list[str]
+    left: str = ""
 
 
 def stale_entries(root: Path) -> list[Stale]:
@@ -282,8 +306,9 @@ def stale_entries(root: Path) -> list[Stale]:
 def remove_stale(stale: list[Stale]) -> None:
     """Removes each stale entry (a file in the cache folder too) but one a running process
     holds (``hold``): its ``readers`` are updated then, and it is kept (the leases of readers
-    gone removed). What cannot be removed raises (an OSError naming it), nothing is reported
-    removed that is not."""
+    gone removed); and but one stale no more by then (``left`` says so): a preparation may have
+    published a fresh entry at its name since ``stale_entries`` looked. What cannot be removed
+    raises (an OSError naming it), nothing is reported removed that is not."""
     for entry in stale:
         if entry.path.is_dir() and not entry.path.is_symlink():
             doomed = _renamed_away(entry)
@@ -295,11 +320,16 @@ def remove_stale(stale: list[Stale]) -> None:
 
 def _renamed_away(entry: Stale) -> Path | None:
     """Renames stale entry ``entry`` to a temporary folder's name (``temporary_name``: a later
-    clean removes it were this one stopped) and returns that, unless a running process holds it:
-    None then, its ``readers`` updated. Under the entry's lock, so no lease is taken in between;
-    the entry leaves its name in one step, so a reader the lock does not hold off (on another NFS
-    client) finds it whole or not at all, never half deleted."""
-    with _locked(entry.path, fcntl.LOCK_EX):
+    clean removes it were this one stopped) and returns that, unless what is at its path is stale
+    no more (``left`` set) or a running process holds it (``readers`` updated): None then. Under
+    the entry's lock, so no lease is taken and no entry published in between; the entry leaves
+    its name in one step, so a reader the lock does not hold off (on another NFS client) finds
+    it whole or not at all, never half deleted."""
+    with locked(entry.path, fcntl.LOCK_EX):
+        there = os.path.lexists(entry.path)
+        if not there or not _staleness(entry.path):
+            entry.left = "stale no more since clean looked" if there else "gone since clean looked"
+            return None
         entry.readers = readers(entry.path, prune=True)
         if entry.readers:
             return None

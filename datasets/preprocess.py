@@ -9,6 +9,7 @@ later run would use.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -21,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 from ctr.atomic import DISK_FULL
-from ctr.datasets.cache import (DONE, KEY_FILE, cache_key, cache_root, hold, key_blob, key_inputs, temporary_name,
-                                write_lease)
+from ctr.datasets.cache import (DONE, KEY_FILE, cache_key, cache_root, hold, key_blob, key_inputs, locked,
+                                temporary_name, write_lease)
 from ctr.datasets.encode import Encoder, Tally
 from ctr.datasets.fit import Fitter
 from ctr.datasets.progress import RowProgress, shows_bars
@@ -231,10 +232,15 @@ def _require_same_optional(batch: pa.RecordBatch, optional: frozenset[str], abse
 
 def _publish(tmp: Path, root: Path) -> None:
     """Renames the finished entry ``tmp`` to ``root``; one another process published there
-    meanwhile is kept, an unfinished folder or a stray file at that name replaced."""
+    meanwhile is kept, an unfinished folder or a stray file at that name replaced under its lock
+    (``locked``): a clean removing that folder is done first, and then finds this entry in its
+    place, which it leaves."""
     try:
         os.rename(tmp, root)
-    except OSError:
+        return
+    except OSError:  # a folder that is not empty, or a file, at that name
+        pass
+    with locked(root, fcntl.LOCK_EX):
         if (root / DONE).exists():
             return
         if root.is_dir() and not root.is_symlink():

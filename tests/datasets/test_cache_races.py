@@ -1,0 +1,73 @@
+"""The encoded-data cache against processes racing it: a clean and a preparation publishing an
+entry at the name of the one clean removes."""
+
+import fcntl
+import os
+import shutil
+import threading
+
+from ctr.cli import main
+from ctr.datasets import cache, prepare, preprocess
+from ctr.recipe import recipe_from_dict
+from tests.conftest import tiny_recipe
+
+
+def unfinished_with_a_fresh_copy(tmp_path):
+    """An entry made unfinished (its DONE deleted: stale) and a finished copy of it in a
+    preparation's temporary folder, ready to be published at its name."""
+    entry = prepare(recipe_from_dict(tiny_recipe(tmp_path)).data, progress=False).root
+    cache.release(entry)
+    fresh = entry.with_name(cache.temporary_name(entry.name))
+    shutil.copytree(entry, fresh)
+    (entry / cache.DONE).unlink()
+    return entry, fresh
+
+
+def cleaned(tmp_path, capsys) -> str:
+    assert main(["data", "clean", "--cache-dir", str(tmp_path / "cache")]) == 0
+    return capsys.readouterr().out
+
+
+def test_clean_leaves_a_fresh_entry_published_at_a_stale_ones_name_after_it_looked(tmp_path, capsys, monkeypatch):
+    """Clean removed what was at the path of an entry it had found stale: a fresh entry that a
+    preparation published there in between (in place of the unfinished one) was removed."""
+    entry, fresh = unfinished_with_a_fresh_copy(tmp_path)
+    remove_stale = cache.remove_stale
+    monkeypatch.setattr(cache, "remove_stale", lambda stale: (preprocess._publish(fresh, entry), remove_stale(stale)))
+    out = cleaned(tmp_path, capsys)
+    assert (entry / cache.DONE).exists() and not fresh.exists()
+    assert f"left {entry.name} (" in out and "unfinished (no DONE); stale no more since clean looked" in out
+    assert "0 stale entries" in out and "1 more stale no more" in out
+    assert "0 stale entries" in cleaned(tmp_path, capsys) and (entry / cache.DONE).exists()
+
+
+def test_clean_leaves_a_fresh_entry_published_while_it_waited_for_the_lock(tmp_path, capsys, monkeypatch):
+    """Clean opened the stale folder, then waited for its lock: a fresh entry published at its
+    name meanwhile was the folder clean renamed away and deleted (the lock held the old one)."""
+    entry, fresh = unfinished_with_a_fresh_copy(tmp_path)
+    flock, published = fcntl.flock, []
+
+    def published_first(handle, kind):
+        if kind == fcntl.LOCK_EX and not published:
+            published.append(entry)  # first: the preparation locks the folder it replaces too
+            preprocess._publish(fresh, entry)
+        flock(handle, kind)
+
+    monkeypatch.setattr(cache.fcntl, "flock", published_first)
+    out = cleaned(tmp_path, capsys)
+    assert published and (entry / cache.DONE).exists()
+    assert f"left {entry.name} (" in out
+
+
+def test_a_preparation_replaces_an_unfinished_entry_only_once_a_clean_removing_it_is_done(tmp_path):
+    """A preparation deleted the unfinished folder at its entry's name without its lock: a clean
+    that had checked it under the lock then renamed away the fresh entry put in its place."""
+    entry, fresh = unfinished_with_a_fresh_copy(tmp_path)
+    with cache.locked(entry, fcntl.LOCK_EX):  # a clean, between its look and its rename
+        publish = threading.Thread(target=preprocess._publish, args=(fresh, entry))
+        publish.start()
+        publish.join(0.5)
+        assert publish.is_alive() and not (entry / cache.DONE).exists()
+        os.rename(entry, entry.with_name(cache.temporary_name(entry.name)))
+    publish.join()
+    assert (entry / cache.DONE).exists() and not fresh.exists()
