@@ -61,6 +61,7 @@ DONE = "DONE"
 KEY_FILE = "key.json"
 LEASES = "leases"  # an entry's folder of the leases of the processes that read it (``hold``)
 TMP_MARK = ".tmp-"
+PRIVATE_MARK = ".new"  # a temporary folder's name while its lease is written (``make_leased``)
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)  # another user's folder, or read-only
 # the names preparation gives: an entry <dataset>-<16 hex digits>, its temporary folder .<entry>.tmp-<pid>-<8 hex digits>
 ENTRY_NAME = re.compile(rf"(.+-[0-9a-f]{{16}})|(\..+-[0-9a-f]{{16}}{re.escape(TMP_MARK)}\d+-[0-9a-f]{{8}})")
@@ -173,7 +174,8 @@ def hold(root: Path) -> bool:
 
 def write_lease(folder: Path) -> None:
     """Writes this process's lease into entry ``folder`` (a preparation's temporary folder
-    gets it as it is made: a clean on another host cannot see the preparing process run). A
+    holds it before a clean can see it, ``make_leased``: a clean on another host cannot see
+    the preparing process run). A
     folder this user cannot write in (another user's cache, a read-only mount) gets none,
     quietly, and a clean of its owner's may remove it under this process; another failure (a
     full disk) warns, as that may too."""
@@ -336,6 +338,21 @@ def _renamed_away(entry: Stale) -> Path | None:
         doomed = entry.path.with_name(temporary_name(entry.path.name))
         os.rename(entry.path, doomed)
     return doomed
+
+
+def make_leased(tmp: Path) -> None:
+    """Makes a preparation's temporary folder ``tmp`` (``temporary_name``) holding this
+    process's lease (``write_lease``) from the moment a clean can see it: made under a private
+    name no clean looks at (``ENTRY_NAME``), leased, then renamed. A clean on another host,
+    which cannot see this process run, removes a temporary folder it finds without a lease."""
+    private = tmp.with_name(f"{tmp.name}{PRIVATE_MARK}")
+    private.mkdir()
+    try:
+        write_lease(private)
+        os.rename(private, tmp)
+    except BaseException:
+        shutil.rmtree(private, ignore_errors=True)
+        raise
 
 
 def temporary_name(entry: str) -> str:

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from ctr.atomic import DISK_FULL
 from ctr.datasets.cache import (DONE, KEY_FILE, cache_key, cache_root, hold, key_blob, key_inputs, locked,
-                                temporary_name, write_lease)
+                                make_leased, temporary_name)
 from ctr.datasets.encode import Encoder, Tally
 from ctr.datasets.fit import Fitter
 from ctr.datasets.progress import RowProgress, shows_bars
@@ -70,8 +70,7 @@ def prepare(config: DataConfig, progress: bool | None = None) -> Prepared:
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / temporary_name(root.name)
     try:
-        tmp.mkdir()
-        write_lease(tmp)  # held from the start: a clean on another host cannot see this process run
+        make_leased(tmp)  # held from the start: a clean on another host cannot see this process run
         job = _Job(source, features, table_of, label, group, config, shows_bars(progress))
         job.run(tmp)
         (tmp / KEY_FILE).write_text(key_blob(inputs) + "\n")

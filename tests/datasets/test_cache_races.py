@@ -71,3 +71,25 @@ def test_a_preparation_replaces_an_unfinished_entry_only_once_a_clean_removing_i
         os.rename(entry, entry.with_name(cache.temporary_name(entry.name)))
     publish.join()
     assert (entry / cache.DONE).exists() and not fresh.exists()
+
+
+def test_a_clean_on_another_host_never_finds_a_preparations_folder_without_its_lease(tmp_path, capsys, monkeypatch):
+    """A preparation made its temporary folder, then wrote its lease in it: a clean on another
+    host in that moment, which cannot see the preparing process run, took the folder for a
+    stopped preparation's and removed it under the encoding."""
+    survived, write_lease = [], cache.write_lease
+
+    def cleaned_elsewhere_first(folder):
+        if not survived:
+            with monkeypatch.context() as elsewhere:
+                elsewhere.setattr(cache, "lease_host", lambda: "otherhost")
+                elsewhere.setattr(cache, "process_alive", lambda pid: False)
+                assert main(["data", "clean", "--cache-dir", str(tmp_path / "cache")]) == 0
+            survived.append(folder.is_dir())
+        write_lease(folder)
+
+    monkeypatch.setattr(cache, "write_lease", cleaned_elsewhere_first)
+    monkeypatch.setattr(preprocess, "write_lease", cleaned_elsewhere_first, raising=False)
+    prepared = prepare(recipe_from_dict(tiny_recipe(tmp_path)).data, progress=False)
+    assert survived == [True] and (prepared.root / cache.DONE).exists()
+    assert "\n0 stale entries" in "\n" + capsys.readouterr().out
