@@ -297,23 +297,31 @@ class RunDir:
         """Refuses, before any data is read, to resume on other rows than the run began with
         (its saved key): drawn otherwise by a generated dataset's generator now, or read from
         input files changed, added or removed since."""
+        source = self.saved_source()
+        if source is None:
+            return
+        generator = generator_change(source, data)
+        if generator:
+            raise UserError(f"{self.root}: {generator}; a resumed run trains on the data it began with: train a "
+                            "new run")
+        change = input_change(source, source_fingerprint(data))
+        if change:
+            raise UserError(f"{self.root}: {change} since the run began; a resumed run trains on the data it began "
+                            "with: restore it, or train a new run")
+
+    def saved_source(self) -> dict[str, Any] | None:
+        """What identified the raw input this run began on (the ``source`` of its saved key:
+        the input files' stamps, a generated dataset's generator version), read once per
+        check; None for a run with no key (none yet, or of an earlier ctr)."""
         saved = self.schema / KEY_FILE
-        if saved.exists():
-            generator = self.drawn_otherwise(data)
-            if generator:
-                raise UserError(f"{self.root}: {generator}; a resumed run trains on the data it began with: train a "
-                                "new run")
-            change = self.inputs_changed(data)
-            if change:
-                raise UserError(f"{self.root}: {change} since the run began; a resumed run trains on the data it "
-                                "began with: restore it, or train a new run")
+        return saved_value(saved, "source") if saved.exists() else None
 
     def inputs_changed(self, data: DataConfig) -> str | None:
         """How the input files of ``data`` (or its dataset plugin's code) differ from those this
         run began on (``input_change`` of its saved key); None when the same, or for a run with
         no key (none yet, or of an earlier ctr)."""
-        saved = self.schema / KEY_FILE
-        return input_change(saved_value(saved, "source"), source_fingerprint(data)) if saved.exists() else None
+        source = self.saved_source()
+        return input_change(source, source_fingerprint(data)) if source is not None else None
 
     def check_compared_inputs(self, data: DataConfig, out: Path) -> None:
         """Refuses, for a command that compares many runs in ``out`` (tune, bench), a run begun
@@ -328,8 +336,8 @@ class RunDir:
         """How the rows this run began on differ from those its generated dataset's generator
         draws for ``data`` now (``generator_change`` of its saved key); None when the same, for
         data read from files, or for a run with no key (none yet, or of an earlier ctr)."""
-        saved = self.schema / KEY_FILE
-        return generator_change(saved_value(saved, "source"), data) if saved.exists() else None
+        source = self.saved_source()
+        return generator_change(source, data) if source is not None else None
 
     def set_aside(self, folder: Path) -> Path:
         """Moves this run into ``folder`` (made if missing) under a name no run there holds,

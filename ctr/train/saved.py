@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ctr.atomic import check_writable, replaced_folder
-from ctr.datasets.cache import KEY_FILE, input_change, source_fingerprint
+from ctr.datasets.cache import generator_change, input_change, source_fingerprint
 from ctr.datasets.preprocess import Encoded, encode_with_schema
 from ctr.errors import UserError
 from ctr.recipe import DataConfig, Recipe
@@ -156,16 +156,17 @@ def _warn_if_changed(run: RunDir, config: DataConfig, split: str, rows: int) -> 
         log.warning("%s: the %s split now has %d rows, %d in training: its data changed since the run, so these "
                     "metrics are not the run's", run.root, split, rows, trained)
         return
-    key = run.schema / KEY_FILE
-    if key.exists():
-        drawn = run.drawn_otherwise(config)
-        if drawn:
-            log.warning("%s: %s: these metrics are not the run's", run.root, drawn)
-            return
-        change = input_change(saved_value(key, "source"), source_fingerprint(config))
-        if change:
-            log.warning("%s: %s after the run trained; the %s split has as many rows, but these metrics may not be "
-                        "the run's", run.root, change, split)
+    source = run.saved_source()
+    if source is None:
+        return
+    drawn = generator_change(source, config)
+    if drawn:
+        log.warning("%s: %s: these metrics are not the run's", run.root, drawn)
+        return
+    change = input_change(source, source_fingerprint(config))
+    if change:
+        log.warning("%s: %s after the run trained; the %s split has as many rows, but these metrics may not be the "
+                    "run's", run.root, change, split)
 
 
 def oov_counts(encoded: Encoded) -> dict[str, dict[str, int]]:

@@ -196,3 +196,22 @@ def test_a_run_of_another_pipeline_version_resumes_only_on_data_encoded_alike(tm
     with pytest.raises(UserError, match=rf"^{run.root}: its data now encodes differently than when the run began "
                                         r"\(schema/report\.json differs\)"):
         train(run.load_recipe(), run.root, resume=True)
+
+
+def test_a_resume_and_an_eval_read_the_runs_saved_key_once(tmp_path, monkeypatch):
+    """The checks of a resume and of an eval read schema/key.json once for the generator's
+    version and once more for the input files' stamps."""
+    from ctr.train.saved import _warn_if_changed
+
+    raw = csv_recipe(tmp_path)
+    prepared = preprocess.prepare(recipe_from_dict(raw).data, progress=False)
+    run = RunDir(tmp_path / "run")
+    run.schema.mkdir(parents=True)
+    shutil.copy(prepared.root / cache.KEY_FILE, run.schema / cache.KEY_FILE)
+    reads, read_text = [], preprocess.Path.read_text
+    monkeypatch.setattr(preprocess.Path, "read_text", lambda path, *args, **kwargs: (
+        reads.append(path.name), read_text(path, *args, **kwargs))[1])
+    run.check_resumed_inputs(recipe_from_dict(raw).data)
+    assert reads.count(cache.KEY_FILE) == 1
+    _warn_if_changed(run, recipe_from_dict(raw).data, "test", 0)
+    assert reads.count(cache.KEY_FILE) == 2
