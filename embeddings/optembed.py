@@ -105,19 +105,37 @@ def candidates_scored(config: EvolutionConfig) -> int:
     return config.population + config.generations * (config.mutations + config.crossovers)
 
 
+def search_keys_to_lower(config: EvolutionConfig) -> list[str]:
+    """The keys of ``candidates_scored``, the most to blame first: the larger term (``population``,
+    or ``generations`` × (``mutations`` + ``crossovers``)), and within the product its larger
+    factor (of ``mutations`` and ``crossovers``, the larger), then the rest the same way."""
+    kinds = sorted(("mutations", "crossovers"), key=lambda name: -getattr(config, name))
+    children = config.mutations + config.crossovers
+    product = ["generations", *kinds] if config.generations >= children else [*kinds, "generations"]
+    return ["population", *product] if config.population >= config.generations * children else [*product, "population"]
+
+
+def scored_at_lowest(config: EvolutionConfig, key: str) -> int:
+    """``candidates_scored`` with ``key`` alone at its lowest: ``population`` at ``parents``,
+    the others at 0."""
+    terms = {name: getattr(config, name) for name in ("population", "generations", "mutations", "crossovers")}
+    return candidates_scored(EvolutionConfig(**{**terms, key: config.parents if key == "population" else 0}))
+
+
 def require_search_work(config: OptEmbedConfig) -> None:
     """A RecipeError naming the key that asks for a search past its limits: more than
-    ``MAX_CANDIDATES`` candidates scored (``candidates_scored``; the defaults score 220), the
-    key furthest above its default named, or more than ``MAX_GENERATIONS`` generations. A
-    saved run is scored (``refuse_for_training``)."""
+    ``MAX_GENERATIONS`` generations, or more than ``MAX_CANDIDATES`` candidates scored
+    (``candidates_scored``; the defaults score 220), naming the first key of
+    ``search_keys_to_lower`` whose lowering alone brings the count under the limit (the first
+    when none does). A saved run is scored (``refuse_for_training``)."""
     default = EvolutionConfig()
     if config.generations > MAX_GENERATIONS:
         refuse_for_training(f"embedding.generations: {config.generations} generations are past optembed's limit of "
                             f"{MAX_GENERATIONS:,} (the defaults run {default.generations}); lower it", RecipeError)
     candidates = candidates_scored(config)
     if candidates > MAX_CANDIDATES:
-        key = max(("population", "generations", "mutations", "crossovers"),
-                  key=lambda name: getattr(config, name) / getattr(default, name))
+        keys = search_keys_to_lower(config)
+        key = next((name for name in keys if scored_at_lowest(config, name) <= MAX_CANDIDATES), keys[0])
         refuse_for_training(
             f"embedding.{key}: population {config.population} + generations {config.generations} × (mutations "
             f"{config.mutations} + crossovers {config.crossovers}) score up to {candidates:,} candidates, each a pass "

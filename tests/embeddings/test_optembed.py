@@ -266,3 +266,18 @@ def test_generations_past_the_limit_are_refused_even_without_children():
         OptEmbed(schema(), OptEmbedConfig(dim=8, generations=10**6, mutations=0, crossovers=0))
     config = OptEmbedConfig(dim=8, population=20, generations=1000, mutations=5, crossovers=4)
     assert OptEmbed(schema(), config).config.generations == 1000
+
+
+@pytest.mark.parametrize(("settings", "key"), [
+    ({"population": 5000, "generations": 1000}, "generations"),
+    ({"population": 100, "generations": 20, "mutations": 600, "crossovers": 500}, "generations"),
+    ({"population": 9000, "parents": 3000, "generations": 100, "mutations": 40, "crossovers": 40}, "generations"),
+    ({"population": 9000, "generations": 100, "mutations": 20, "crossovers": 10}, "population"),
+])
+def test_a_search_past_its_limit_names_a_key_whose_lowering_alone_brings_it_under(settings, key):
+    """Population 5,000 is the key furthest above its default, but at its lowest (the 10
+    parents) 1,000 generations × 20 children still score 20,010: generations is named. Of 20
+    generations × (600 mutations + 500 crossovers), no kind of child alone brings 22,100
+    under 10,000; 3,000 parents keep population from doing so."""
+    with pytest.raises(RecipeError, match=rf"^embedding\.{key}: population"):
+        OptEmbed(schema(), OptEmbedConfig(dim=8, **settings))
