@@ -74,8 +74,9 @@ def require_lsh_memory(config: DedupConfig, blocks: int) -> None:
     """A RecipeError naming ``embedding.lsh_tables`` when the L2-LSH index of ``blocks``
     blocks (``CANDIDATE_BYTES`` a block and table: ``BlockMatcher``'s candidates and
     similarities [n, L]) needs more than this machine's memory; its time grows as L too (one
-    projection of every block a table: ``require_lsh_time``). A saved run is scored
-    (``refuse_for_training``)."""
+    projection of every block a table: ``require_lsh_time``). Checked after that limit, under
+    which the index needs at most 12e12 / (``block_rows`` × D) bytes (~44 GiB at 16 × 16): a
+    larger machine never reaches this. A saved run is scored (``refuse_for_training``)."""
     needed, memory = CANDIDATE_BYTES * blocks * config.lsh_tables, memory_bytes()
     if needed > memory:
         refuse_for_training(
@@ -135,8 +136,8 @@ class DedupEmbedding(MultiStageMixin, EmbeddingMethod):
     def __init__(self, schema: Schema, config: DedupConfig):
         super().__init__(schema, config)
         self.num_blocks, self.keep = blocks_to_keep(config, self.table_rows)
+        require_lsh_time(config, self.num_blocks)  # first: the same refusal on a machine of any memory
         require_lsh_memory(config, self.num_blocks)
-        require_lsh_time(config, self.num_blocks)
         rows = self.num_blocks * config.block_rows
         self.weight = nn.Parameter(torch.empty(rows, config.dim).normal_(std=config.init_std))
         self.register_buffer("row_start", table_starts(self.table_rows), persistent=False)

@@ -89,8 +89,10 @@ def require_population(config: OptEmbedConfig, fields: int) -> None:
     """A RecipeError naming ``embedding.population`` past what this machine's memory holds for
     the search (it keeps every candidate drawn, its dims and its score: ``CANDIDATE_BYTES`` + 8
     bytes a field each). A population above the D^F candidates there are is taken: the first
-    generation then repeats some, each scored once. A saved run is scored with the population
-    it trained with (``refuse_for_training``)."""
+    generation then repeats some, each scored once. Checked after ``require_search_work``: a
+    population within its ``MAX_CANDIDATES`` holds at most ~4.6 MB at 26 fields, so only
+    fields by the thousands, or a small machine, reach this. A saved run is scored with the
+    population it trained with (``refuse_for_training``)."""
     needed, memory = config.population * (CANDIDATE_BYTES + 8 * fields), memory_bytes()
     if needed > memory:
         refuse_for_training(
@@ -176,8 +178,8 @@ class OptEmbed(MultiStageMixin, EmbeddingMethod):
         if config.budget is not None:
             pruned_size("optembed", config, self.table_rows)  # a budget no kept entry fits: refused before training
         rows = list(self.table_rows.values())
+        require_search_work(config)  # first: the same refusal on a machine of any memory
         require_population(config, len(rows))
-        require_search_work(config)
         self.table_start = [sum(rows[:t]) for t in range(len(rows))]
         self.weight = nn.Parameter(torch.empty(sum(rows), config.dim).normal_(std=config.init_std))
         self.threshold = nn.Parameter(torch.full((len(rows),), config.threshold_init))

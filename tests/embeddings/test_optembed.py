@@ -8,6 +8,7 @@ from ctr.embeddings.optembed import BinaryStep, OptEmbed, OptEmbedConfig
 from ctr.embeddings.stages import Stage, StageContext
 from ctr.errors import RecipeError, scoring_a_saved_run
 from ctr.recipe import recipe_from_dict
+from ctr.schema import FeatureInfo, FeatureSpec, Schema
 from tests.embeddings.schemas import batch, schema
 
 SEARCH, RETRAIN = Stage("search", kind="procedure"), Stage("retrain")
@@ -223,15 +224,34 @@ def test_a_population_past_the_candidates_there_are_scores_each_once():
     assert OptEmbed(schema(), OptEmbedConfig(dim=2)).config.population == 20
 
 
+def many_fields(count: int) -> Schema:
+    """``count`` categorical features, each its own table of 4 rows."""
+    features = [FeatureInfo(FeatureSpec(name=f"f{i}"), vocab_size=4, table=f"f{i}") for i in range(count)]
+    return Schema(features=features, label="y", counts={f"f{i}": np.array([0, 0, 5, 3]) for i in range(count)})
+
+
 def test_a_population_past_memory_is_refused_naming_the_key(monkeypatch):
-    """Every candidate drawn is kept with its score: 10^7 of 3 fields need ~2.6 GiB."""
+    """Every candidate drawn is kept with its dims and score: 9,000 of 4,000 fields need ~0.3
+    GiB. Under the 10,000 candidates' limit, only fields by the thousands (or a small machine)
+    come near a machine's memory."""
+    from ctr.embeddings import optembed
+
+    monkeypatch.setattr(optembed, "memory_bytes", lambda: 2**27)
+    with pytest.raises(RecipeError, match=r"^embedding\.population: 9000 candidates of 4000 fields need ~0\.3 GiB for "
+                                          r"the search to hold, more than this machine's 0\.1 GiB; lower it$"):
+        OptEmbed(many_fields(4000), OptEmbedConfig(dim=8, population=9000))
+    assert OptEmbed(many_fields(4000), OptEmbedConfig(dim=8, population=3000)).config.population == 3000
+
+
+def test_a_population_past_the_candidates_limit_is_refused_by_the_limit_on_any_machine(monkeypatch):
+    """10^8 candidates of 3 fields need ~26 GiB, more than a small machine's memory, but the
+    limit of 10,000 candidates scored is what a machine of any size refuses them by."""
     from ctr.embeddings import optembed
 
     monkeypatch.setattr(optembed, "memory_bytes", lambda: 2**30)
-    with pytest.raises(RecipeError, match=r"^embedding\.population: 10000000 candidates of 3 fields need ~2\.6 GiB for "
-                                          r"the search to hold, more than this machine's 1\.0 GiB; lower it$"):
-        OptEmbed(schema(), OptEmbedConfig(dim=64, population=10_000_000))
-    assert OptEmbed(schema(), OptEmbedConfig(dim=64, population=3000)).config.population == 3000
+    with pytest.raises(RecipeError, match=r"^embedding\.population: population 100000000 \+ generations 10 .* past "
+                                          r"optembed's limit of 10,000"):
+        OptEmbed(schema(), OptEmbedConfig(dim=8, population=10**8))
 
 
 def test_a_saved_run_with_a_population_refused_since_is_built_for_scoring():
