@@ -14,9 +14,9 @@ from torch import Tensor, nn
 from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.budget import FP32_BYTES, BudgetUnreachableError, budget_bytes
 from ctr.embeddings.lsh import BlockMatcher
-from ctr.embeddings.stages import MultiStageMixin, Stage, StageContext, StagedConfig
+from ctr.embeddings.stages import MultiStageMixin, Stage, StageContext, StagedConfig, refuse_before_stage
 from ctr.embeddings.storage import table_starts
-from ctr.errors import RecipeError, refuse_for_training
+from ctr.errors import RecipeError
 from ctr.host import memory_bytes
 from ctr.registry import EMBEDDINGS
 from ctr.schema import Schema
@@ -76,13 +76,14 @@ def require_lsh_memory(config: DedupConfig, blocks: int) -> None:
     similarities [n, L]) needs more than this machine's memory; its time grows as L too (one
     projection of every block a table: ``require_lsh_time``). Checked after that limit, under
     which the index needs at most 12e12 / (``block_rows`` × D) bytes (~44 GiB at 16 × 16): a
-    larger machine never reaches this. A saved run is scored (``refuse_for_training``)."""
+    larger machine never reaches this. A saved run is scored, and one past its merge is resumed
+    (``refuse_before_stage``)."""
     needed, memory = CANDIDATE_BYTES * blocks * config.lsh_tables, memory_bytes()
     if needed > memory:
-        refuse_for_training(
-            f"embedding.lsh_tables: {config.lsh_tables} tables of {blocks} blocks need ~{needed / 2**30:,.1f} GiB for "
-            f"the index's candidates ({CANDIDATE_BYTES} bytes a block and table), more than this machine's "
-            f"{memory / 2**30:.1f} GiB; lower it", RecipeError)
+        refuse_before_stage(
+            "dedup", f"embedding.lsh_tables: {config.lsh_tables} tables of {blocks} blocks need "
+            f"~{needed / 2**30:,.1f} GiB for the index's candidates ({CANDIDATE_BYTES} bytes a block and table), more "
+            f"than this machine's {memory / 2**30:.1f} GiB; lower it", RecipeError)
 
 
 def require_lsh_time(config: DedupConfig, blocks: int) -> None:
@@ -91,11 +92,11 @@ def require_lsh_time(config: DedupConfig, blocks: int) -> None:
     ``block_rows`` × D elements and compares them with its candidate's. The merge ran ~1e8
     elements a second on 2 shared cores (48 s for L = 90 over 211,020 blocks of 16 × 16), so
     the limit is about 3 hours; the full Criteo tables at L = 90, D = 16 need ~5e10. A saved
-    run is scored (``refuse_for_training``)."""
+    run is scored, and one past its merge is resumed (``refuse_before_stage``)."""
     elements = config.lsh_tables * blocks * config.block_rows * config.dim
     if elements > MAX_LSH_ELEMENTS:
-        refuse_for_training(
-            f"embedding.lsh_tables: {config.lsh_tables} tables of {blocks} blocks of {config.block_rows} × "
+        refuse_before_stage(
+            "dedup", f"embedding.lsh_tables: {config.lsh_tables} tables of {blocks} blocks of {config.block_rows} × "
             f"{config.dim} elements hash and compare {elements:.3g} elements, past dedup's limit of "
             f"{MAX_LSH_ELEMENTS:.3g} (about 3 hours of merging); lower it", RecipeError)
 

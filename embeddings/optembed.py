@@ -18,9 +18,9 @@ from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.evolution import EvolutionarySearch, EvolutionConfig
 from ctr.embeddings.largest import largest_mask
 from ctr.embeddings.sparse import SparseRows, format_bytes, kept_for_budget, pruned_size
-from ctr.embeddings.stages import MultiStageMixin, SearchConfig, Stage, StageContext
+from ctr.embeddings.stages import MultiStageMixin, SearchConfig, Stage, StageContext, refuse_before_stage
 from ctr.embeddings.types import FeatureEmbeddings
-from ctr.errors import RecipeError, refuse_for_training
+from ctr.errors import RecipeError
 from ctr.host import memory_bytes
 from ctr.recipe import OptimizerConfig
 from ctr.registry import EMBEDDINGS
@@ -92,11 +92,11 @@ def require_population(config: OptEmbedConfig, fields: int) -> None:
     generation then repeats some, each scored once. Checked after ``require_search_work``: a
     population within its ``MAX_CANDIDATES`` holds at most ~4.6 MB at 26 fields, so only
     fields by the thousands, or a small machine, reach this. A saved run is scored with the
-    population it trained with (``refuse_for_training``)."""
+    population it trained with, and one past its search is resumed (``refuse_before_stage``)."""
     needed, memory = config.population * (CANDIDATE_BYTES + 8 * fields), memory_bytes()
     if needed > memory:
-        refuse_for_training(
-            f"embedding.population: {config.population} candidates of {fields} fields need "
+        refuse_before_stage(
+            "search", f"embedding.population: {config.population} candidates of {fields} fields need "
             f"~{needed / 2**30:,.1f} GiB for the search to hold, more than this machine's {memory / 2**30:,.1f} GiB; "
             "lower it", RecipeError)
 
@@ -129,18 +129,20 @@ def require_search_work(config: OptEmbedConfig) -> None:
     ``MAX_GENERATIONS`` generations, or more than ``MAX_CANDIDATES`` candidates scored
     (``candidates_scored``; the defaults score 220), naming the first key of
     ``search_keys_to_lower`` whose lowering alone brings the count under the limit (the first
-    when none does). A saved run is scored (``refuse_for_training``)."""
+    when none does). A saved run is scored, and one past its search is resumed
+    (``refuse_before_stage``)."""
     default = EvolutionConfig()
     if config.generations > MAX_GENERATIONS:
-        refuse_for_training(f"embedding.generations: {config.generations} generations are past optembed's limit of "
-                            f"{MAX_GENERATIONS:,} (the defaults run {default.generations}); lower it", RecipeError)
+        refuse_before_stage(
+            "search", f"embedding.generations: {config.generations} generations are past optembed's limit of "
+            f"{MAX_GENERATIONS:,} (the defaults run {default.generations}); lower it", RecipeError)
     candidates = candidates_scored(config)
     if candidates > MAX_CANDIDATES:
         keys = search_keys_to_lower(config)
         key = next((name for name in keys if scored_at_lowest(config, name) <= MAX_CANDIDATES), keys[0])
-        refuse_for_training(
-            f"embedding.{key}: population {config.population} + generations {config.generations} × (mutations "
-            f"{config.mutations} + crossovers {config.crossovers}) score up to {candidates:,} candidates, each a pass "
+        refuse_before_stage(
+            "search", f"embedding.{key}: population {config.population} + generations {config.generations} × "
+            f"(mutations {config.mutations} + crossovers {config.crossovers}) score up to {candidates:,} candidates, each a pass "
             f"over the validation split, past optembed's limit of {MAX_CANDIDATES:,} (the defaults score "
             f"{candidates_scored(default)}); lower it", RecipeError)
 

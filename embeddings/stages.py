@@ -10,12 +10,16 @@ the ordinary path.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal
 
 from torch import Tensor, nn
 
+from ctr.errors import refuse_for_training
 from ctr.recipe import EmbeddingConfig, OptimizerConfig
+
+_finished: frozenset[str] = frozenset()  # while a resumed run's net is built, its finished stages: stages_finished
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,27 @@ class Stage:
     bilevel: bool = False
     rewind: bool = False
     fresh_tables: bool = False
+
+
+@contextmanager
+def stages_finished(names: Iterable[str]) -> Iterator[None]:
+    """While the net of a resumed run is built, the stages it finished (``names``): a resume
+    restores them and runs them no more, so a value only such a stage reads is taken as the
+    run saved it (``refuse_before_stage``)."""
+    global _finished
+    before, _finished = _finished, frozenset(names)
+    try:
+        yield
+    finally:
+        _finished = before
+
+
+def refuse_before_stage(stage: str, message: str, error: type[Exception] = ValueError) -> None:
+    """``refuse_for_training``'s refusal of a value that only ``stage`` reads (the size of a
+    search, of an index), spared too while the net of a resumed run that finished ``stage``
+    is built (``stages_finished``)."""
+    if stage not in _finished:
+        refuse_for_training(message, error)
 
 
 @dataclass

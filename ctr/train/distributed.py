@@ -43,7 +43,7 @@ from ctr.train.distributed_optim import Optimizers
 from ctr.train.distributed_stages import ArchSteps, cycle, run_stages
 from ctr.train.generators import seed_all
 from ctr.train.launch import check_distributed, group_holds, process_group, shared_path
-from ctr.train.stage_files import StageFiles, continues_training
+from ctr.train.stage_files import StageFiles, building_net, continues_training
 from ctr.train.placement import Placement, use_threads
 from ctr.train.optim import build_optimizer
 from ctr.train.plots import plot_curves
@@ -155,7 +155,7 @@ def _prepared_net(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -
     prepared.schema.require_sparse()  # every rank: the same refusal
     if resume:
         run.check_resumed_encoding(prepared.root)  # every rank: the same refusal
-    with run.resumed_recipe_named(resume):
+    with building_net(run, resume):
         net = CTRNet(recipe, prepared.schema)  # a method refused (its budget) leaves nothing in the run directory
     if not resume:
         check_schedule_floors(recipe, net)  # every rank: the same refusal, before the run directory is written

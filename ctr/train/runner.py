@@ -26,6 +26,7 @@ from ctr.train.optim import require_fused_form
 from ctr.train.placement import Placement, placement, use_threads
 from ctr.train.plots import plot_curves
 from ctr.train.rundir import RunDir, default_run_dir
+from ctr.train.stage_files import building_net
 from ctr.train.saved import encode_rows, finished_run, oov_counts, restored_task
 from ctr.train.stages import train_stages
 from ctr.train.net import summary
@@ -84,7 +85,7 @@ def _prepared_task(recipe: Recipe, run: RunDir, resume: bool, progress: bool) ->
     prepared.schema.require_sparse()
     if resume:
         run.check_resumed_encoding(prepared.root)
-    with run.resumed_recipe_named(resume):
+    with building_net(run, resume):
         task = CTRTask(recipe, prepared.schema)  # a method refused (its budget) leaves nothing in the run directory
     if not resume:
         check_schedule_floors(recipe, task.net)

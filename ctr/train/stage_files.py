@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
 from ctr.atomic import atomic_path, atomic_write
-from ctr.embeddings.stages import Stage
+from ctr.embeddings.stages import Stage, stages_finished
 from ctr.errors import UserError, reason
 from ctr.train.rundir import RunDir
 
@@ -73,6 +74,16 @@ class StageFiles:
         record["finished"].append(stage.name)
         record["seconds"][stage.name] = seconds
         atomic_write(self.progress, json.dumps(record, indent=1) + "\n")
+
+
+@contextmanager
+def building_net(run: RunDir, resume: bool) -> Iterator[None]:
+    """Inside, the net of ``run`` is built: on a resume, a RecipeError names its ``recipe.yaml``
+    (``RunDir.resumed_recipe_named``), and a value only a stage it finished reads is taken as
+    saved (``stages_finished``: a run begun before a limit on its search goes on past it)."""
+    finished = StageFiles(run).read()["finished"] if resume else []
+    with run.resumed_recipe_named(resume), stages_finished(finished):
+        yield
 
 
 def save_torch(obj: Any, path: Path) -> None:

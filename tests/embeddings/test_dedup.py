@@ -164,3 +164,16 @@ def test_lsh_tables_past_the_merge_time_limit_are_refused_as_the_net_is_built(mo
     if memory == 2**50:
         below = DedupConfig(dim=8, budget=0.5, block_rows=4, lsh_tables=76_000_000)
         assert DedupEmbedding(schema(), below).num_blocks == 410
+
+
+def test_lsh_tables_refused_since_are_taken_while_a_run_past_its_merge_is_resumed():
+    """The limits bound the merge (the ``dedup`` stage): a resumed run that finished it goes on
+    with the L it merged with; one that has not is refused (it would merge again)."""
+    from ctr.embeddings.stages import stages_finished
+    from ctr.errors import RecipeError
+
+    config = DedupConfig(dim=8, budget=0.5, block_rows=4, lsh_tables=10**8)
+    with stages_finished(["warmup", "dedup"]):
+        assert DedupEmbedding(schema(), config).num_blocks == 410
+    with stages_finished(["warmup"]), pytest.raises(RecipeError, match=r"^embedding\.lsh_tables: 100000000 tables"):
+        DedupEmbedding(schema(), config)

@@ -357,3 +357,47 @@ def test_settings_of_a_procedure_stage_are_refused_before_training(method, stage
     assert str(err.value) == (f"embedding.stages.{stage}: {method}'s {stage} stage is a procedure without gradient "
                               f"steps, so it takes no epochs or max_steps (its training stages: {train_stages})")
     assert not (tmp_path / "run" / "stages").exists()
+
+
+class StoppedAfter(Exception):
+    """Ends a run right after it records a stage finished (as a kill there would)."""
+
+
+@pytest.mark.slow
+def test_a_run_begun_before_the_search_limits_is_resumed_once_its_search_is_finished(tmp_path, monkeypatch):
+    """A run begun by a ctr without optembed's limits (generations: 2000) and stopped after its
+    supernet is refused on resume, naming its recipe.yaml (the search the limit bounds would
+    run); stopped after its search, it resumes and finishes (nothing left reads the key)."""
+    from ctr.embeddings import optembed
+    from ctr.train.rundir import RunDir
+    from ctr.train.stage_files import StageFiles
+
+    finish = StageFiles.finish
+
+    def stop_after(name):
+        def finish_then_stop(self, record, stage, seconds):
+            finish(self, record, stage, seconds)
+            if stage.name == name:
+                raise StoppedAfter(name)
+        return finish_then_stop
+
+    embedding = {**OPTEMBED, "generations": 2000, "mutations": 0, "crossovers": 0,
+                 "stages": {"supernet": {"max_steps": 2}, "retrain": {"max_steps": 2}}}
+    run = tmp_path / "run"
+    with monkeypatch.context() as before:  # a ctr from before the limits
+        before.setattr(optembed, "require_search_work", lambda config: None)
+        before.setattr(StageFiles, "finish", stop_after("supernet"))
+        with pytest.raises(StoppedAfter):
+            train(recipe_from_dict(tiny_recipe(tmp_path, embedding=embedding)), run)
+    code, _, err = ctr("train", "--resume", run)
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"ctr: error: {run / 'recipe.yaml'}: embedding.generations: 2000 generations are past optembed's limit of "
+        "1,000 (the defaults run 10); lower it")
+    with monkeypatch.context() as before:
+        before.setattr(optembed, "require_search_work", lambda config: None)
+        before.setattr(StageFiles, "finish", stop_after("search"))
+        with pytest.raises(StoppedAfter):
+            train(RunDir(run).load_recipe(), run, resume=True)
+    code, _, err = ctr("train", "--resume", run)
+    assert code == 0, err
+    assert json.loads((run / "stages" / "progress.json").read_text())["finished"] == ["supernet", "search", "retrain"]
