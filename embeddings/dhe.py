@@ -153,8 +153,7 @@ def occurrence_norm(norm: nn.BatchNorm1d, hidden: Tensor, counts: Tensor) -> Ten
     the batch mean and variance of the occurrences (Σ c·h / n, Σ c·(h − mean)² / n with
     n = Σ c) normalise the rows and update the running estimates (variance unbiased by
     n / (n − 1)), as BatchNorm1d on the repeated rows would; in evaluation, its running
-    estimates, written out (``norm`` itself refuses rows whose count depends on the data
-    under ``torch.export``)."""
+    estimates (what ``norm`` computes in evaluation, here in training's fp32 expression)."""
     rows = hidden.float()  # statistics in fp32 under mixed precision, as BatchNorm keeps them
     if not norm.training:
         mean, variance = norm.running_mean, norm.running_var
