@@ -255,7 +255,6 @@ def test_a_population_past_the_candidates_limit_is_refused_by_the_limit_on_any_m
 
 
 def test_a_saved_run_with_a_population_refused_since_is_built_for_scoring():
-
     with scoring_a_saved_run():
         assert OptEmbed(schema(), OptEmbedConfig(dim=8, population=10**9)).config.population == 10**9
 
@@ -280,7 +279,8 @@ def test_a_search_past_its_candidates_limit_is_refused_naming_the_key(settings, 
 
 def test_generations_past_the_limit_are_refused_even_without_children():
     """No children (mutations 0, crossovers 0) scores no candidate, but each generation still sorts
-    every candidate scored: 10^6 generations are refused, 1,000 (a search 45 times the defaults') built."""
+    every candidate scored: 10^6 generations are refused; 1,000 of 9 children each (9,020 candidates, 41 times
+    the defaults' 220) are built."""
     message = r"^embedding\.generations: 1000000 generations are past optembed's limit of 1,000 \(the defaults run 10\)"
     with pytest.raises(RecipeError, match=message + "; lower it$"):
         OptEmbed(schema(), OptEmbedConfig(dim=8, generations=10**6, mutations=0, crossovers=0))
