@@ -1,7 +1,9 @@
-"""Callbacks: training throughput, and a one-line summary per validation."""
+"""Callbacks: training throughput, and a one-line summary per validation; the checkpoint
+writer and the CSV logger of a one-process fit."""
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import time
@@ -10,8 +12,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins import TorchCheckpointIO
 
 from ctr.atomic import atomic_path
@@ -117,6 +122,45 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 if writes.error is None:
                     raise
                 raise writes.error from None
+
+
+class RunLog(CSVLogger):
+    """Lightning's CSV logger of a fit's ``metrics.csv``, written by a ``RunLogWriter``: set
+    ``keep`` before its writer is made (a resumed fit, ``keep_log_rows``) to go on with the
+    log there, else a new log replaces it."""
+
+    keep = False
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> RunLogWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = RunLogWriter(self.log_dir, self.keep)
+        return self._experiment
+
+
+class RunLogWriter(ExperimentWriter):
+    """Lightning's CSV writer whose rewrite of the log under a new header (a column's first
+    row) replaces it atomically (``atomic_path``; Lightning wrote over it in place, and a kill
+    there cut the rows a resume keeps), and which, with ``keep``, leaves the log it finds
+    (Lightning removes it as the writer is made)."""
+
+    def __init__(self, log_dir: str, keep: bool) -> None:
+        self.keep = keep
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        if not self.keep:
+            super()._check_log_dir_exists()
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        with open(self.metrics_file_path, newline="") as file:
+            rows = list(csv.DictReader(file))
+        with atomic_path(self.metrics_file_path) as tmp, tmp.open("w", newline="") as file:
+            out = csv.DictWriter(file, fieldnames=fieldnames)
+            out.writeheader()
+            out.writerows(rows)
 
 
 class _RecordedWrites:

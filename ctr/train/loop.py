@@ -19,7 +19,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loops.fit_loop import _FitLoop
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -30,7 +29,7 @@ from ctr.errors import UserError, reason, sigterm_to_lightning
 from ctr.recipe import Recipe
 from ctr.train.callbacks import (
     AtomicCheckpointIO, EvalProgressLines, FiniteLoss, LoaderEpoch, ProgressLines, RandomState, ResumableEarlyStopping,
-    RunCheckpoint, Throughput, ValidateAtMaxSteps, ValidationSummary, rerooted,
+    RunCheckpoint, RunLog, Throughput, ValidateAtMaxSteps, ValidationSummary, rerooted,
 )
 from ctr.train.checkpoints import load_mapped
 from ctr.train.checks import TRAINING_MIN_ROWS
@@ -243,22 +242,23 @@ def evaluate_checkpoint(task: CTRTask, ckpt: Path, loaders: dict[str, Loader], t
 def keep_log_rows(trainer: L.Trainer, global_step: int) -> list[dict[str, str]]:
     """Keeps the CSV log rows written up to the checkpoint a resumed run starts from, saved
     at training step ``global_step`` mid-epoch or at an epoch's end (a row's ``step`` is the
-    training step it was logged at, minus one); Lightning's CSV logger would delete them, and
-    later rows are redone. Returns the rows kept (``read_log_rows``)."""
+    training step it was logged at, minus one), written back whole before the log's writer is
+    made, which then keeps them (``RunLog.keep``); later rows are redone. Returns the rows kept
+    (``read_log_rows``)."""
     logger = trainer.logger
-    if not isinstance(logger, CSVLogger):
+    if not isinstance(logger, RunLog):
         return []
     path = Path(logger.log_dir) / "metrics.csv"
     if not path.is_file():
         return []
     header, rows = read_log_rows(path, global_step)
-    writer = logger.experiment  # creating it deletes the file; the kept rows go back in
-    if header:
+    if header:  # the kept rows replace the log whole, before its writer is made
         with atomic_path(path) as tmp, tmp.open("w", newline="") as file:
             out = csv.DictWriter(file, fieldnames=header)
             out.writeheader()
             out.writerows(rows)
-        writer.metrics_keys = header
+    logger.keep = bool(header)  # else the writer removes a log with no row to keep
+    logger.experiment.metrics_keys = header
     return rows
 
 
@@ -299,7 +299,7 @@ def trainer_for(recipe: Recipe, run: RunDir, progress: bool, callbacks: list, lo
     """Lightning's Trainer for ``recipe`` in this one process (logs under ``log_root`` or the
     run directory)."""
     cfg, train = recipe.trainer, recipe.train
-    loggers = [CSVLogger(log_root or run.root, name="logs", version="")] if logger else False
+    loggers = [RunLog(log_root or run.root, name="logs", version="")] if logger else False
     trainer = L.Trainer(
         accelerator=cfg.accelerator,
         devices=1,  # one process; a distributed run trains in ctr.train.distributed

@@ -2,7 +2,10 @@
 that a kill may have cut short (its last line, or its header) or that is not a training log;
 what cannot be read is left out with a warning, in the one-process and the distributed log."""
 
+import csv
+import errno
 import logging
+import os
 
 import lightning as L
 import pytest
@@ -10,7 +13,10 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from ctr.train.distributed_epochs import CurveLog
-from ctr.train.loop import keep_log_rows
+from ctr.recipe import recipe_from_dict
+from ctr.train.loop import keep_log_rows, trainer_for
+from ctr.train.rundir import RunDir
+from tests.conftest import tiny_recipe
 
 LIGHTNING = ("epoch,lr/dense,lr/embedding,step,train/loss,valid/auc,valid/logloss\r\n"
              "0,,,9,,0.47,0.50\r\n"
@@ -23,12 +29,17 @@ DISTRIBUTED = ("epoch,lr/dense,lr/embedding,step,train/loss,valid/auc,valid/gauc
                "1,,,19,0.59,,,\r\n")
 
 
+def ctr_logger(tmp_path):
+    """The CSV logger of a run's fit in ``tmp_path`` (``logs/metrics.csv``)."""
+    return trainer_for(recipe_from_dict(tiny_recipe(tmp_path)), RunDir(tmp_path), False, []).logger
+
+
 def kept_by_lightning(tmp_path, text, step=20):
     """The log ``keep_log_rows`` leaves of ``text`` for a resume at ``step``, and its rows."""
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "metrics.csv").write_bytes(text.encode())
-    trainer = L.Trainer(logger=CSVLogger(tmp_path, name="logs", version=""), enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(logger=ctr_logger(tmp_path), enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
     rows = keep_log_rows(trainer, step)
     trainer.logger.experiment.save()
     path = tmp_path / "logs" / "metrics.csv"
@@ -106,3 +117,34 @@ def test_the_distributed_log_is_written_as_lightnings_csv_logger_writes_it(tmp_p
     for step, row in rows:
         curve.write({**row, "step": step})
     assert curve.path.read_bytes() == (tmp_path / "one" / "metrics.csv").read_bytes()
+
+
+def failing_writes(monkeypatch):
+    """Makes every CSV row write fail as on a full disk (or as a kill stops it)."""
+    def full(self, rows):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(csv.DictWriter, "writerows", full)
+
+
+def test_a_resume_that_cannot_write_the_kept_rows_leaves_the_log_as_it_was(tmp_path, monkeypatch):
+    """Lightning's logger deleted the log as it was made, before the kept rows were written
+    back: a resume stopped by a full disk lost every row, and the next resume kept none."""
+    failing_writes(monkeypatch)
+    with pytest.raises(OSError):
+        kept_by_lightning(tmp_path, LIGHTNING)
+    assert (tmp_path / "logs" / "metrics.csv").read_bytes() == LIGHTNING.encode()
+
+
+def test_a_new_column_that_cannot_be_written_leaves_the_log_as_it_was(tmp_path, monkeypatch):
+    """A column logged for the first time (the first validation's, the first lr row) rewrites
+    the log under a new header: Lightning rewrote it in place, so a kill (or a full disk) there
+    left it cut short, the rows before the run's checkpoint lost to its resume."""
+    writer = ctr_logger(tmp_path).experiment
+    writer.log_metrics({"epoch": 0, "train/loss": 0.6}, step=9)
+    writer.save()
+    before = (tmp_path / "logs" / "metrics.csv").read_bytes()
+    failing_writes(monkeypatch)
+    writer.log_metrics({"epoch": 0, "valid/auc": 0.5}, step=9)
+    with pytest.raises(OSError):
+        writer.save()
+    assert (tmp_path / "logs" / "metrics.csv").read_bytes() == before
