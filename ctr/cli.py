@@ -175,9 +175,7 @@ def _train(args: argparse.Namespace) -> int:
     die_with_starter()
 
     if args.resume:
-        if args.recipe or any(item.partition("=")[0] not in RESUME_OVERRIDES for item in args.override):
-            raise UserError(f"--resume continues a run with its own recipe; give no recipe, and -o only for "
-                            f"{' or '.join(RESUME_OVERRIDES)} (a distributed run resumes on another world size)")
+        _check_resume_args(args, RESUME_OVERRIDES)
         if args.out is not None:
             raise UserError(f"--resume continues the run in {args.resume}; give no --out (copy the run directory "
                             "first to keep the interrupted one)")
@@ -190,6 +188,19 @@ def _train(args: argparse.Namespace) -> int:
     if recipe.trainer.world_size > 1 and not launched():
         return _spawn_train(args, recipe, out)
     return _train_in_this_process(recipe, out, bool(args.resume))
+
+
+def _check_resume_args(args: argparse.Namespace, allowed: tuple[str, ...]) -> None:
+    """Refuses a recipe given to ``--resume``, or an ``-o`` of a key other than ``allowed``
+    (the world size), naming the first such key."""
+    if args.recipe:
+        raise UserError(f"--resume continues a run with its own recipe (in {args.resume}); give no recipe "
+                        f"({args.recipe})")
+    key = next((key for item in args.override if (key := item.partition("=")[0]) not in allowed), None)
+    if key is not None:
+        raise UserError(f"--resume continues a run with its own recipe, and -o {key} would change it: give -o only "
+                        f"for {' or '.join(allowed)} (a distributed run resumes on another world size), and train "
+                        "other settings as a new run")
 
 
 def _train_in_this_process(recipe, out: Path, resume: bool) -> int:  # noqa: ANN001 (a Recipe)

@@ -57,6 +57,27 @@ def test_resume_with_an_out_is_refused(tmp_path, capsys):
     assert not (tmp_path / "other").exists()
 
 
+@pytest.mark.parametrize("overrides, named", [
+    (["-o", "model.top_mlp=[32]"], "-o model.top_mlp"),
+    (["-o", "trainer.devices=1", "-o", "train.epochs=3"], "-o train.epochs"),
+])
+def test_an_override_of_a_resume_is_refused_naming_its_key(tmp_path, capsys, overrides, named):
+    """The refusal said only which keys may be given: not which of those given it refused."""
+    run = interrupted_one_process_run(tmp_path)
+    assert main(["train", "--resume", str(run), *overrides]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"ctr: error: --resume continues a run with its own recipe, and {named} would change it: give -o only for "
+        "trainer.devices or trainer.num_nodes (a distributed run resumes on another world size), and train other "
+        "settings as a new run")
+
+
+def test_a_recipe_given_to_a_resume_is_refused_naming_it(tmp_path, capsys):
+    run = interrupted_one_process_run(tmp_path)
+    assert main(["train", "r.yaml", "--resume", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"ctr: error: --resume continues a run with its own recipe (in {run}); give no recipe (r.yaml)")
+
+
 def test_the_api_resumes_a_run_with_its_own_recipe_only(tmp_path):
     """``train(recipe, run, resume=True)`` with another model than the run began with is one
     line naming the difference, before any work (the checkpoint did not fit it, or fit a model
