@@ -296,7 +296,11 @@ class RunDir:
     def check_resumed_inputs(self, data: DataConfig) -> None:
         """Refuses, before any data is read, to resume on other rows than the run began with
         (its saved key): drawn otherwise by a generated dataset's generator now, or read from
-        input files changed, added or removed since."""
+        input files changed, added or removed since; or a started run whose schema/ is gone
+        (written before its first checkpoint: nothing to compare the data with)."""
+        if self.started and not self.schema.is_dir():
+            raise UserError(f"{self.root}: its schema/ is gone (the encoding and input files the run began with); a "
+                            "resumed run trains on the data it began with: restore it, or train a new run")
         source = self.saved_source()
         if source is None:
             return

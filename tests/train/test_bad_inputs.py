@@ -217,6 +217,7 @@ def test_a_partial_optimizer_section_keeps_its_defaults(tmp_path):
 def test_resume_from_a_broken_last_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
+    (run / "schema").mkdir()  # a run writes it before its first checkpoint
     (run / "recipe.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
     (run / "checkpoints" / "last.ckpt").write_bytes(b"")
     code, err = run_cli(capsys, "train", "--resume", run)

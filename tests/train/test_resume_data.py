@@ -59,6 +59,22 @@ def test_an_input_changed_since_the_run_began_is_refused_before_encoding_and_the
     assert digest(run.root) == before and encodings == []
 
 
+def test_a_run_whose_schema_folder_is_gone_is_refused_before_encoding(tmp_path, monkeypatch):
+    """Without schema/ (the input files' stamps, the encoding the checkpoint's rows follow) a
+    resume checked nothing: it trained on input files changed since, and wrote their schema."""
+    run = interrupted_run(tmp_path, csv_recipe(tmp_path, epochs=1))
+    shutil.rmtree(run.schema)
+    rows = tmp_path / "rows.csv"
+    rows.write_text(rows.read_text() + "9999,a1,1,b1,1.0\n")
+    encodings = encodings_counted(monkeypatch)
+    with pytest.raises(UserError) as refused:
+        train(run.load_recipe(), run.root, resume=True)
+    assert str(refused.value) == (
+        f"{run.root}: its schema/ is gone (the encoding and input files the run began with); a resumed run trains "
+        "on the data it began with: restore it, or train a new run")
+    assert not run.schema.exists() and encodings == []
+
+
 def test_a_touched_input_resumes_once_the_said_command_gives_back_its_stamp(tmp_path):
     run = interrupted_run(tmp_path, csv_recipe(tmp_path, epochs=1))
     rows = tmp_path / "rows.csv"
