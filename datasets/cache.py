@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ctr.atomic import process_alive
-from ctr.datasets.source import (DatasetSource, code_change, code_digest, file_stamp, keyed_features, keyed_split,
-                                 plugin_package)
+from ctr.datasets.source import (DatasetSource, code_change, code_digest, file_digest, file_stamp, keyed_features,
+                                 keyed_split, plugin_package)
 from ctr.recipe import DataConfig, SplitConfig
 from ctr.registry import DATASETS
 from ctr.schema import FeatureSpec
@@ -126,7 +126,7 @@ def _same_code(saved: list[str] | None, current: list[str] | None) -> bool:
         return True
     if not saved or not current or saved[0] != current[0] or plugin_package(Path(saved[0])) is None:
         return False
-    return saved[1] == hashlib.sha256(Path(saved[0]).read_bytes()).hexdigest()
+    return saved[1] == file_digest(Path(saved[0]))
 
 
 def generator_change(saved: dict[str, Any], config: DataConfig) -> str | None:

@@ -328,15 +328,40 @@ def plugin_code(source: type) -> list[str] | None:
 
 def code_digest(module: Path) -> str:
     """The SHA-256 of plugin module ``module``'s code: its file's text, or where it is in a
-    package, the text of every ``.py`` file of its top-level package (``plugin_package``) by its
+    package, the text of each file of its top-level package that ``package_files`` names, by its
     path there, so a helper module of its own package that it imports keys the entry too."""
     package = plugin_package(module)
     if package is None:
-        return hashlib.sha256(module.read_bytes()).hexdigest()
+        return file_digest(module)
     digest = hashlib.sha256()
-    for file in sorted(package.rglob("*.py")):
-        digest.update(f"{file.relative_to(package)}\0{hashlib.sha256(file.read_bytes()).hexdigest()}\n".encode())
+    for file in package_files(package):
+        digest.update(f"{file.relative_to(package)}\0{file_digest(file)}\n".encode())
     return digest.hexdigest()
+
+
+def package_files(package: Path) -> list[Path]:
+    """The ``.py`` files of ``package`` and of its subpackages (folders holding an ``__init__.py``),
+    in path order: regular files, or links to them; names starting with ``.`` left out (an editor's
+    lock link ``.#reader.py``), and so are linked folders and folders that are no package (data,
+    ``__pycache__``)."""
+    files = []
+    for path in sorted(package.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_dir() and not path.is_symlink() and (path / "__init__.py").is_file():
+            files += package_files(path)
+        elif path.suffix == ".py" and path.is_file():
+            files.append(path)
+    return files
+
+
+def file_digest(file: Path) -> str:
+    """The SHA-256 of plugin code file ``file``'s bytes; a DataError naming it where it cannot be read."""
+    try:
+        return hashlib.sha256(file.read_bytes()).hexdigest()
+    except OSError as err:
+        said = (err.strerror or reason(err)).lower()
+        raise DataError(f"data.dataset: plugin code {file}: cannot be read ({said})") from None
 
 
 def plugin_package(module: Path) -> Path | None:

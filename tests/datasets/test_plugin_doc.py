@@ -1,6 +1,7 @@
 """docs/extending.md's dataset plugin works as documented."""
 
 import hashlib
+import os
 import json
 from pathlib import Path
 
@@ -204,3 +205,43 @@ def test_a_run_keyed_by_its_packaged_plugins_file_alone_is_not_told_its_code_cha
     file_alone = hashlib.sha256(module.read_bytes()).hexdigest()
     assert input_change({"files": [], "code": [str(module), file_alone]}, now) is None
     assert "code of dataset plugin" in input_change({"files": [], "code": [str(module), "0" * 64]}, now)
+
+
+def test_a_packaged_plugin_beside_an_editors_lock_link_and_a_data_folder_prepares_and_cleans(tmp_path, monkeypatch,
+                                                                                               capsys):
+    """Every ``*.py`` under the package keyed the entry: an editor's lock link ``.#reader.py``
+    (to no file) failed prepare and ``ctr data clean`` in a FileNotFoundError traceback, and a
+    folder that is no package (its scripts, its data) was read on each prepare. An unreadable
+    file of the package is one line naming it."""
+    from ctr.cli import main
+    from ctr.datasets.source import code_digest
+    from ctr.errors import DataError
+
+    package = tmp_path / "lockpkg"
+    (package / "scripts").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "reader.py").write_text(documented_block("# my_data.py").replace('"my_clicks"', '"my_locked"'))
+    os.symlink("nowhere", package / ".#reader.py")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    write_clicks(tmp_path / "clicks.jsonl")
+    recipe = recipe_from_dict({"plugins": ["lockpkg.reader"], "data": {
+        "dataset": "my_locked", "path": str(tmp_path / "clicks.jsonl"), "cache_dir": str(tmp_path / "cache")}})
+    first = prepare(recipe.data, progress=False)
+    (package / "scripts" / "plot.py").write_text("print(1)\n")  # no __init__.py: not the package's code
+    assert prepare(recipe.data, progress=False).root == first.root
+    assert main(["data", "clean", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "\n0 stale entries" in "\n" + capsys.readouterr().out and (first.root / "DONE").exists()
+    os.symlink("nowhere", package / "broken.py")  # a link to no file, not hidden: left out too
+    assert prepare(recipe.data, progress=False).root == first.root
+    (package / "unreadable.py").write_text("")
+    read_bytes = Path.read_bytes
+
+    def denied(path):
+        if path.name == "unreadable.py":  # as root, a mode of 000 reads all the same
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    said = rf"^data\.dataset: plugin code {package / 'unreadable.py'}: cannot be read \(permission denied\)$"
+    with pytest.raises(DataError, match=said):
+        code_digest(package / "reader.py")
