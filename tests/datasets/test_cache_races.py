@@ -93,3 +93,16 @@ def test_a_clean_on_another_host_never_finds_a_preparations_folder_without_its_l
     prepared = prepare(recipe_from_dict(tiny_recipe(tmp_path)).data, progress=False)
     assert survived == [True] and (prepared.root / cache.DONE).exists()
     assert "\n0 stale entries" in "\n" + capsys.readouterr().out
+
+
+def test_clean_counts_an_entry_it_found_read_then_stale_no_more_as_left_not_kept(tmp_path, capsys, monkeypatch):
+    """An entry a running process held when clean looked, and that was stale no more once clean
+    held its lock, printed ``left`` but was counted as kept for its readers in the summary."""
+    entry, fresh = unfinished_with_a_fresh_copy(tmp_path)
+    cache.write_lease(entry)  # this process reads it as clean looks
+    remove_stale = cache.remove_stale
+    monkeypatch.setattr(cache, "remove_stale", lambda stale: (preprocess._publish(fresh, entry), remove_stale(stale)))
+    out = cleaned(tmp_path, capsys)
+    assert f"left {entry.name} (" in out and "kept" not in out
+    summary = f"0 stale entries (0.0 MB) in {entry.parent}; 1 more stale no more or gone since clean looked\n"
+    assert out.endswith(summary)
