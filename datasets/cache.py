@@ -240,16 +240,22 @@ atexit.register(release_all)  # a process killed (SIGKILL) leaves its leases: a 
 
 
 @contextmanager
-def locked(entry: Path, kind: int) -> Iterator[None]:
+def locked(entry: Path, kind: int) -> Iterator[bool]:
     """Holds lock ``kind`` on folder ``entry`` while the block runs: shared while a reader
     takes its lease, exclusive while a clean looks at the leases and removes the entry, and
     while a preparation replaces an unfinished one. The folder locked is the one at ``entry``
     once the lock is taken (``_lock_handle``). No lock where there is no such folder, or where
-    its file system has none."""
+    its file system has none. Yields False where nothing was at ``entry`` once the lock was
+    tried (removed or renamed away meanwhile: what is there now, if anything, is not locked)."""
     with ExitStack() as held:
-        with suppress(OSError):  # no such folder (nothing to hold), or a file system without locks
+        there = True
+        try:
             held.callback(os.close, _lock_handle(entry, kind))
-        yield
+        except FileNotFoundError:  # no folder there, or a link to none
+            there = os.path.lexists(entry)
+        except OSError:  # not a folder, or a file system without locks
+            pass
+        yield there
 
 
 def _lock_handle(entry: Path, kind: int) -> int:

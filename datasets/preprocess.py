@@ -233,20 +233,30 @@ def _publish(tmp: Path, root: Path) -> None:
     """Renames the finished entry ``tmp`` to ``root``; one another process published there
     meanwhile is kept, an unfinished folder or a stray file at that name replaced under its lock
     (``locked``): a clean removing that folder is done first, and then finds this entry in its
-    place, which it leaves."""
-    try:
-        os.rename(tmp, root)
-        return
-    except OSError:  # a folder that is not empty, or a file, at that name
-        pass
-    with locked(root, fcntl.LOCK_EX):
-        if (root / DONE).exists():
+    place, which it leaves. Where the folder was gone once the lock was tried (a clean renamed it
+    away), nothing is removed unlocked: the rename is tried again."""
+    while True:
+        try:
+            os.rename(tmp, root)
             return
-        if root.is_dir() and not root.is_symlink():
-            shutil.rmtree(root, ignore_errors=True)
-        else:
-            root.unlink(missing_ok=True)
-        os.rename(tmp, root)
+        except OSError:  # a folder that is not empty, or a file, at that name
+            if not os.path.lexists(root):  # nothing there: the rename failed for a reason of its own
+                raise
+        with locked(root, fcntl.LOCK_EX) as there:
+            if (root / DONE).exists():
+                return
+            if there:
+                _remove(root)
+                os.rename(tmp, root)
+                return
+
+
+def _remove(path: Path) -> None:
+    """Removes the unfinished folder (or the stray file) at ``path``."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 class _Job:

@@ -106,3 +106,31 @@ def test_clean_counts_an_entry_it_found_read_then_stale_no_more_as_left_not_kept
     assert f"left {entry.name} (" in out and "kept" not in out
     summary = f"0 stale entries (0.0 MB) in {entry.parent}; 1 more stale no more or gone since clean looked\n"
     assert out.endswith(summary)
+
+
+def test_a_preparation_whose_unfinished_folder_a_clean_took_keeps_an_entry_published_meanwhile(tmp_path, monkeypatch):
+    """A clean renamed the unfinished folder away while a preparation waited for its lock (so it
+    went on with none); another preparation published in the instant after its look at DONE, and
+    it removed that finished entry, which the other one reads, to put its own in place."""
+    entry, fresh = unfinished_with_a_fresh_copy(tmp_path)
+    mine = entry.with_name(cache.temporary_name(entry.name))
+    shutil.copytree(fresh, mine)
+    (fresh / "theirs").write_text("")
+    flock, raced = fcntl.flock, []
+
+    def cleaned_while_waiting(handle, kind):
+        if kind == fcntl.LOCK_EX and not raced:  # the clean holding the lock renames the folder away
+            os.rename(entry, entry.with_name(cache.temporary_name(entry.name)))
+        flock(handle, kind)
+
+    class Racing(type(entry)):
+        def exists(self, *args, **kwargs):
+            there = super().exists(*args, **kwargs)
+            if self.name == cache.DONE and not raced:  # the other preparation publishes right after the look
+                raced.append(self)
+                preprocess._publish(fresh, entry)
+            return there
+
+    monkeypatch.setattr(cache.fcntl, "flock", cleaned_while_waiting)
+    preprocess._publish(mine, Racing(entry))
+    assert raced and (entry / cache.DONE).exists() and (entry / "theirs").exists()
