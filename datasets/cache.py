@@ -422,8 +422,8 @@ def _is_stamp(item: Any) -> bool:  # noqa: ANN401 (a value read from JSON)
 
 def _rekeyed(name: str, inputs: dict[str, Any]) -> str | None:
     """Where the recipe whose ``inputs`` (``key_inputs``) keyed entry ``name`` keys another
-    entry now: an input file new in its folder (``input_change``), or an older ctr keyed it
-    (by a key its rows do not depend on, say); None when it keys this one, or its recipe
+    entry now, or none (``_refused``): an input file new in its folder (``input_change``), or an
+    older ctr keyed it (by a key its rows do not depend on, say); None when it keys this one, or its recipe
     cannot be built again (a plugin no longer installed)."""
     dataset, _, key = name.rpartition("-")
     if dataset not in DATASETS:
@@ -436,11 +436,24 @@ def _rekeyed(name: str, inputs: dict[str, Any]) -> str | None:
         current = key_inputs(registered.target(config), features, inputs["label"], inputs["group"], config.split)
     except Exception:  # a source (a plugin's) that no longer builds from its saved options cannot tell
         return None
+    refused = _refused(features)
+    if refused:
+        return f"keyed by an older ctr: {refused}"
     now = cache_key(current)[:16]
     if now == key:
         return None
     rekeyed = f"keyed by an older ctr: its recipe keys {dataset}-{now} now"
     return input_change(inputs["source"], current["source"]) or rekeyed
+
+
+def _refused(features: list[FeatureSpec]) -> str | None:
+    """What of ``features``, as an older ctr's key holds them, no recipe takes now (an entry no
+    recipe keys, though it rebuilds to its own key): ``share_with`` on a numeric feature, which
+    that ctr ignored (``tables_of`` refuses it); None where a recipe takes them all."""
+    for i, spec in enumerate(features):
+        if not spec.is_sparse and spec.share_with:
+            return f"data.features[{i}].share_with on numeric feature {spec.name!r}, which no recipe takes now"
+    return None
 
 
 def _generator_change(name: str, source: dict[str, Any]) -> str | None:

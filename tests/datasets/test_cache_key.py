@@ -372,3 +372,18 @@ def test_share_with_on_a_numeric_feature_is_refused_naming_the_key(tmp_path):
     data["features"][1] = {**data["features"][1], "share_with": "a"}
     with pytest.raises(RecipeError, match=r"^data\.features\[1\]\.share_with: 'n' is a numeric feature"):
         entry(data)
+
+
+def test_clean_removes_an_entry_an_older_ctr_keyed_with_share_with_on_a_numeric_feature(tmp_path, capsys):
+    """An older ctr took ``share_with`` on a numeric feature (it was ignored); no recipe does now,
+    yet its entry rebuilt to its own key, so clean never found it stale."""
+    prepared = entry(file_data(tmp_path, "csv"))
+    inputs = json.loads((prepared.root / "key.json").read_text())
+    inputs["features"][1]["share_with"] = "a"  # of numeric n
+    old = prepared.root.with_name(f"csv-{cache.cache_key(inputs)[:16]}")
+    shutil.copytree(prepared.root, old, ignore=shutil.ignore_patterns(cache.LEASES))
+    (old / "key.json").write_text(cache.key_blob(inputs) + "\n")
+    assert main(["data", "clean", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert (f"removed {old.name} (0.0 MB): keyed by an older ctr: data.features[1].share_with on numeric feature 'n', "
+            "which no recipe takes now\n") in capsys.readouterr().out
+    assert sorted(p.name for p in old.parent.iterdir()) == [prepared.root.name]
