@@ -15,12 +15,15 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ctr.atomic import DISK_FULL
 from ctr.cli_args import build_parser
 from ctr.errors import Terminated, UserError, raise_terminated, sigterm_raises
 from ctr.host import launched
+
+if TYPE_CHECKING:
+    from ctr.datasets.cache import Stale
 
 
 def entry() -> None:
@@ -401,7 +404,7 @@ def _clean(args: argparse.Namespace) -> int:
     return 0
 
 
-def _clean_line(entry, dry_run: bool) -> str:  # noqa: ANN001 (a cache.Stale)
+def _clean_line(entry: Stale, dry_run: bool) -> str:
     """What ``ctr data clean`` did with stale ``entry``: removed it, kept it for its readers, or
     left it (stale no more when clean took its lock)."""
     if entry.left:

@@ -276,6 +276,7 @@ def _lock_handle(entry: Path, kind: int) -> int:
 
 
 def _identity(stat: os.stat_result) -> tuple[int, int]:
+    """Which file ``stat`` is of (its device and inode): a folder renamed keeps it, one put in its place has another."""
     return stat.st_dev, stat.st_ino
 
 

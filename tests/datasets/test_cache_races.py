@@ -89,7 +89,6 @@ def test_a_clean_on_another_host_never_finds_a_preparations_folder_without_its_l
         write_lease(folder)
 
     monkeypatch.setattr(cache, "write_lease", cleaned_elsewhere_first)
-    monkeypatch.setattr(preprocess, "write_lease", cleaned_elsewhere_first, raising=False)
     prepared = prepare(recipe_from_dict(tiny_recipe(tmp_path)).data, progress=False)
     assert survived == [True] and (prepared.root / cache.DONE).exists()
     assert "\n0 stale entries" in "\n" + capsys.readouterr().out
