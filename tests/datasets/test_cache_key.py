@@ -387,3 +387,23 @@ def test_clean_removes_an_entry_an_older_ctr_keyed_with_share_with_on_a_numeric_
     assert (f"removed {old.name} (0.0 MB): keyed by an older ctr: data.features[1].share_with on numeric feature 'n', "
             "which no recipe takes now\n") in capsys.readouterr().out
     assert sorted(p.name for p in old.parent.iterdir()) == [prepared.root.name]
+
+
+@pytest.mark.parametrize("unread, read", [
+    ({"fill": 3.0}, {"max_len": 2}),  # of sequence a
+    ({"min_count": 3, "max_vocab": 4}, {"num_ids": 50}),  # of num_ids n (no vocabulary counted)
+], ids=["sequence-fill", "num-ids-vocabulary"])
+def test_a_sequence_fill_and_a_num_ids_vocabulary_option_key_at_their_defaults(tmp_path, unread, read, encodings):
+    """A sequence's ``fill`` and a ``num_ids`` feature's ``min_count`` and ``max_vocab`` are read by
+    nothing: a recipe differing only there shares the entry; an option the kind reads keys anew."""
+    data = {**file_data(tmp_path, "csv"), "features": [{"name": "a", "kind": "sequence", "splitter": "|"},
+                                                       {"name": "n", "num_ids": 40}]}
+    first = entry(data)
+    which = 0 if "fill" in unread else 1
+
+    def changed(options):
+        return {**data, "features": [{**spec, **options} if i == which else spec
+                                     for i, spec in enumerate(data["features"])]}
+
+    assert entry(changed(unread)).root == first.root and len(encodings) == 1
+    assert entry(changed(read)).root != first.root and len(encodings) == 2
