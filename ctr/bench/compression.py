@@ -34,6 +34,7 @@ import signal
 import subprocess
 import sys
 import threading
+import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import IO, Any
@@ -251,6 +252,8 @@ def _run_cell(
     except UserError as err:
         log.warning("bench %s: %s", cell.key, err)
         return {**row, "status": f"error: {err}"}
+    except Exception as err:  # a method's bug at this budget: its cell fails, as its training in a child would
+        return {**row, "status": _crashed(cell, err, out)}
     if refusal is not None:
         log.info("bench %s: %s", cell.key, refusal)
         return {**row, "status": refusal}
@@ -279,6 +282,19 @@ def _run_cell(
         "inference_rows_per_s": test_rows / metrics["inference_seconds"],
         "peak_rss_mib": peak_mib(run.root),
     }
+
+
+def _crashed(cell: Cell, err: Exception, out: Path) -> str:
+    """The status of a cell whose method raised an unexpected error while its budget was asked
+    (``budget_refusal`` builds the method in this process); its traceback goes to the cell's log."""
+    log_file = out / "logs" / f"{cell.key}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("a") as handle:  # a resumed cell's log keeps its earlier attempts
+        handle.write(f"{ATTEMPT}its method built on the prepared data, to ask its budget\n")
+        traceback.print_exception(err, file=handle)
+    what = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no message'}"
+    log.warning("bench %s: its method failed while its budget was asked: %s (see %s)", cell.key, what, log_file)
+    return f"failed ({what}, see {log_file})"
 
 
 def _budget_status(cell: Cell, ratio: float) -> str:

@@ -526,3 +526,56 @@ def test_an_out_inside_a_file_is_one_line_naming_the_file(tmp_path, capsys):
     assert main(["bench", "compression", str(recipe), "--methods", "full", "--out", str(recipe / "sub")]) == 2
     assert capsys.readouterr().err.strip() == (f"ctr: error: {recipe / 'sub'}: {recipe} is not a folder; "
                                                "choose another --out")
+
+
+FRAGILE_METHOD = '''from dataclasses import dataclass
+
+from ctr.embeddings.base import EmbeddingMethod
+from ctr.embeddings.budget import BudgetUnreachableError
+from ctr.recipe import EmbeddingConfig
+from ctr.registry import EMBEDDINGS
+
+
+@dataclass
+class FragileConfig(EmbeddingConfig):
+    method: str = "fragile"
+    budget: float = 0.1
+
+
+@EMBEDDINGS.register("fragile", config=FragileConfig)
+class Fragile(EmbeddingMethod):
+    """A plugin method with a bug below budget 0.3 that cannot reach the budgets above it."""
+
+    def __init__(self, schema, config):
+        super().__init__(schema, config)
+        if config.budget < 0.3:
+            raise ValueError(f"negative dimension -{config.budget}")
+        raise BudgetUnreachableError("fragile", config.budget, 0.9, "too few rows")
+
+    def embed_ids(self, feature, ids):
+        raise NotImplementedError
+'''
+
+
+def test_a_method_that_crashes_at_one_budget_fails_that_cell_and_the_grid_goes_on(tmp_path, monkeypatch):
+    """A plugin method whose constructor raised (not a UserError) while its budget was asked
+    ended the whole benchmark with a traceback, the other cells cancelled and nothing recorded
+    of it: its training in a child would have been a failed cell."""
+    from ctr.registry import EMBEDDINGS
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(EMBEDDINGS, "_entries", dict(EMBEDDINGS._entries))  # the plugin's method is forgotten after
+    (tmp_path / "fragile_method.py").write_text(FRAGILE_METHOD)
+    recipe = tmp_path / "base.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, plugins=["fragile_method"])))
+    out = tmp_path / "bench"
+    results = run_compression(recipe, ["fragile"], [0.1, 0.5], 1, out, [])
+    statuses = {row["budget"]: row["status"] for row in results.rows}
+    log = out / "logs" / "fragile-0.1-s0.log"
+    assert statuses == {"0.1": f"failed (ValueError: negative dimension -0.1, see {log})",
+                        "0.5": "cannot reach (min 0.9)"}
+    assert "Traceback" in log.read_text() and "negative dimension -0.1" in log.read_text()
+    assert results.unfinished(plan(["fragile"], [0.1, 0.5], 1)) == ["fragile-0.1-s0"]  # retried by the rerun
+    listed = f"- `fragile-0.1-s0`: {statuses['0.1']}"
+    assert listed in (out / "results.md").read_text()
+    sys.modules.pop("fragile_method", None)
