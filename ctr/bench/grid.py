@@ -99,7 +99,7 @@ def check_settings(out: Path, base: dict[str, Any], recipes: dict[str, Recipe], 
     runs = sorted((out / "runs").iterdir()) if (out / "runs").is_dir() else []
     begun = {path.name for path in runs if RunDir(path).holds_run}
     kept = out / SETTINGS_FILE
-    changes = [first_difference(read_yaml(kept), base)] if kept.exists() and (begun or finished) else []
+    changes = [_base_change(read_yaml(kept), base)] if kept.exists() and (begun or finished) else []
     for key, recipe in recipes.items():
         run_change = RunDir(out / "runs" / key).settings_change(recipe) if key in begun else None
         changes.append(run_change and f"{key}: {run_change}")
@@ -108,6 +108,25 @@ def check_settings(out: Path, base: dict[str, Any], recipes: dict[str, Recipe], 
         raise UserError(f"{out}: holds runs of other settings ({change}); choose another --out")
     for key in sorted(begun & recipes.keys()):
         RunDir(out / "runs" / key).check_compared_inputs(recipes[key].data, out)
+
+
+def _base_change(kept: dict[str, Any], base: dict[str, Any]) -> str | None:
+    """How ``base`` differs from the ``base.yaml`` an out folder keeps (``first_difference``):
+    None also where both read as one recipe (a value spelt otherwise, ``1e-2`` and ``0.01``, or
+    a default written out), as the cells' run folders are compared."""
+    change = first_difference(kept, base)
+    if change is None:
+        return None
+    read = _read_recipe(kept)
+    return None if read is not None and read == _read_recipe(base) else change
+
+
+def _read_recipe(raw: dict[str, Any]) -> dict[str, Any] | None:
+    """``raw`` as the recipe reads it (None where it refuses it: compared as written then)."""
+    try:
+        return recipe_from_dict(raw).to_dict()
+    except UserError:
+        return None
 
 
 def keep_settings(out: Path, base: dict[str, Any]) -> None:

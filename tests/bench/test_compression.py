@@ -579,3 +579,17 @@ def test_a_method_that_crashes_at_one_budget_fails_that_cell_and_the_grid_goes_o
     listed = f"- `fragile-0.1-s0`: {statuses['0.1']}"
     assert listed in (out / "results.md").read_text()
     sys.modules.pop("fragile_method", None)
+
+
+@pytest.mark.parametrize("before, now", [({"init_std": "1e-2"}, {"init_std": 0.01}), ({}, {"init_std": 0.01})])
+def test_a_rerun_whose_settings_are_spelt_otherwise_is_not_refused(tmp_path, before, now):
+    """``-o embedding.init_std=1e-2`` (YAML reads it as text, the recipe as 0.01), then the same
+    value written ``0.01`` or left to its default: the rerun was refused as "holds runs of other
+    settings (embedding.init_std: '1e-2' before, 0.01 now)" (base.yaml was compared as written)."""
+    out, base = tmp_path / "bench", tiny_recipe(tmp_path)
+    out.mkdir()
+    kept = {**base, "embedding": {**base["embedding"], **before}}
+    (out / "base.yaml").write_text(yaml.safe_dump(kept))
+    check_settings(out, {**base, "embedding": {**base["embedding"], **now}}, {}, finished=True)
+    with pytest.raises(UserError, match=r"holds runs of other settings \(embedding.init_std: \S+ before, 0.02 now\)"):
+        check_settings(out, {**kept, "embedding": {**kept["embedding"], "init_std": 0.02}}, {}, finished=True)
