@@ -109,8 +109,8 @@ def _bench_compression_parser(bench: argparse._SubParsersAction, handlers: Mappi
     compression.add_argument("--seeds", type=int, default=3, help="seeds per cell (recipe seed, +1, ...; default 3)")
     compression.add_argument("--out", type=a_path, help="output folder (default runs/bench-<recipe file name>)")
     compression.add_argument("--jobs", type=int, default=1,
-                             help="cells trained at once, each in its own process (default 1; their times then share "
-                                  "the machine)")
+                             help="cells trained at once, each in its own process, at most the usable cores "
+                                  "(default 1; their times then share the machine)")
     compression.add_argument("--drop-checkpoints", action="store_true",
                              help="delete a finished cell's checkpoints (its metrics, recipe and log stay): for "
                                   "grids whose tables take gigabytes")

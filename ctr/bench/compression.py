@@ -47,6 +47,7 @@ from ctr.bench.grid import (
     keep_settings, method_options, plan, prepare_once,
 )
 from ctr.errors import UserError, sigterm_raises
+from ctr.host import usable_cores
 from ctr.metrics import mean_std
 from ctr.recipe import Recipe, import_recipe_plugins, recipe_from_dict
 from ctr.recipe.files import apply_override, read_yaml
@@ -138,6 +139,9 @@ def run_compression(
     refused (``check_settings``); the data is prepared once."""
     if jobs < 1:
         raise UserError(f"--jobs: must be >= 1, got {jobs}")
+    if jobs > usable_cores():
+        raise UserError(f"--jobs: {jobs} is more than the {usable_cores()} cores this process may run on (cells "
+                        "waiting for each other measure nothing: their train seconds and rows/s would be the wait's)")
     RunDir(out).check_usable()  # a file, or a folder inside one
     base = read_yaml(recipe_path)
     overrides = embedding_keys(overrides)

@@ -64,9 +64,10 @@ def test_table_reports_mean_and_spread_and_unreachable_cells():
     assert mean_std([1.0]) == (1.0, 0.0)
 
 
-def test_one_command_runs_every_cell_on_jobs_at_once_and_skips_finished_ones(tmp_path, caplog):
+def test_one_command_runs_every_cell_on_jobs_at_once_and_skips_finished_ones(tmp_path, caplog, monkeypatch):
     """4 cells on 2 jobs: the job that ends first takes the next; the rows of all in one file,
     the table in the grid's order (not the finishing one); the rerun skips every cell."""
+    monkeypatch.setattr("ctr.bench.compression.usable_cores", lambda: 2)  # 2 jobs, on a machine of one core too
     raw = tiny_recipe(tmp_path, train={"epochs": 1})
     recipe = tmp_path / "base.yaml"
     recipe.write_text(yaml.safe_dump(raw))
@@ -593,3 +594,17 @@ def test_a_rerun_whose_settings_are_spelt_otherwise_is_not_refused(tmp_path, bef
     check_settings(out, {**base, "embedding": {**base["embedding"], **now}}, {}, finished=True)
     with pytest.raises(UserError, match=r"holds runs of other settings \(embedding.init_std: \S+ before, 0.02 now\)"):
         check_settings(out, {**kept, "embedding": {**kept["embedding"], "init_std": 0.02}}, {}, finished=True)
+
+
+def test_more_jobs_than_usable_cores_are_refused_before_any_cell(tmp_path, monkeypatch):
+    """``--jobs 3`` on 2 cores trained 3 cells at once: their train seconds and rows/s measured
+    the cells waiting for each other (and 64 jobs started 64 training processes)."""
+    from ctr.bench import compression
+
+    monkeypatch.setattr(compression, "usable_cores", lambda: 2)
+    recipe = tmp_path / "base.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    with pytest.raises(UserError, match=r"^--jobs: 3 is more than the 2 cores this process may run on \(cells"):
+        run_compression(recipe, ["robe"], [0.001], 1, tmp_path / "bench", [], jobs=3)
+    assert not (tmp_path / "bench").exists()
+    run_compression(recipe, ["robe"], [0.001], 1, tmp_path / "bench", [], jobs=2)  # a refused cell: nothing trains
