@@ -57,15 +57,21 @@ def collect(kept: Results, grid: Path) -> None:
 
 
 def complete(rows: list[dict[str, str]], seeds: int) -> list[dict[str, str]]:
-    """Rows of the (method, budget) groups with ``seeds`` finished runs or a refusal, in the
-    order of ``METHODS`` and ``BUDGETS``."""
+    """Rows of the (method, budget) groups with ``seeds`` finished runs or a refusal, at a
+    budget the table has a column of (``BUDGETS``), in the order of ``METHODS`` and ``BUDGETS``."""
     done = [
-        group for group in cell_groups(rows).values()
-        if sum(r["status"] == "ok" for r in group) >= seeds or all(r["status"].startswith(("cannot", "not run"))
-                                                                   for r in group)
+        group for (_, budget), group in cell_groups(rows).items()
+        if budget in BUDGETS and (sum(r["status"] == "ok" for r in group) >= seeds
+                                  or all(r["status"].startswith(("cannot", "not run")) for r in group))
     ]
     return [row for group in sorted(done, key=lambda g: _place(g[0]["method"], g[0]["budget"] or "full"))
             for row in group]
+
+
+def without_column(rows: list[dict[str, str]]) -> list[str]:
+    """``method at budget`` of each group of ``rows`` at a budget the table has no column of
+    (kept in the file, left out of the table)."""
+    return [f"{method} at {budget}" for method, budget in cell_groups(rows) if budget not in BUDGETS]
 
 
 def _place(method: str, budget: str) -> tuple[int, int]:
@@ -128,6 +134,10 @@ def main() -> None:
     for grid in args.collect:
         collect(kept, grid)
     rows = complete(kept.rows, workload.seeds)
+    unshown = without_column(kept.rows)
+    if unshown:
+        print(f"{args.workload}: kept, but no column of the table for {', '.join(unshown)} (its budgets: "
+              f"{', '.join(BUDGETS[1:])})")
     pattern = re.compile(f"(<!-- {workload.marker} -->\n)(.*?)(<!-- /{workload.marker} -->)", re.S)
     text = DOC.read_text()
     found = pattern.search(text)

@@ -102,3 +102,14 @@ def test_the_count_of_cells_says_how_many_finished_failed_and_were_refused():
             row("mine", "0.5", 0, status="over budget (1.0000 × full)")]
     assert tally(rows) == "6 cells (2 finished, 1 over its budget, 1 failed, 2 not run: refused by their method)"
     assert tally(rows[:1]) == "1 cell (1 finished)"
+
+
+def test_a_group_at_a_budget_the_table_has_no_column_of_is_left_out_not_a_traceback():
+    """A grid collected with ``--budgets 0.05`` (or 1): building the table raised ValueError
+    ``'0.05' is not in list`` after its rows were kept, so every later run of the script failed
+    until they were deleted by hand."""
+    from benchmarks.compression_tables import without_column
+
+    rows = [row("hash", "0.05", 0), row("hash", "0.5", 0), row("hash", "1.0", 0)]
+    assert [(r["method"], r["budget"]) for r in complete(rows, seeds=1)] == [("hash", "0.5")]
+    assert without_column(rows) == ["hash at 0.05", "hash at 1.0"]
