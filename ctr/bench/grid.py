@@ -207,7 +207,7 @@ def prepare_once(recipe: Recipe, recipe_path: Path) -> None:
 def cell_recipe(base: dict[str, Any], options: list[str], recipe_path: Path, cell: Cell, out: Path) -> dict[str, Any]:
     """The cell's raw recipe: the base's, its embedding block the method's (``<method>.yaml``
     beside the recipe, then ``options``) with the base's dim, init_std and backend (this one
-    for a method that reads it only). A ``<method>.yaml`` naming another method is refused
+    for a method that reads it only; their defaults where the base leaves them out). A ``<method>.yaml`` naming another method is refused
     (its cells would train that one); one naming none (no key, or ``null``) gives the cell's."""
     raw = copy.deepcopy(base)
     embedding = _block(raw.get("embedding"), f"{recipe_path} (with its -o)")
@@ -221,7 +221,8 @@ def cell_recipe(base: dict[str, Any], options: list[str], recipe_path: Path, cel
         if block["method"] != cell.method:
             raise UserError(f"{sibling}: embedding.method: {block['method']!r}, not {cell.method} (this file gives "
                             f"{cell.method}'s cells)")
-    for key in BASE_EMBEDDING_KEYS:
+    for key in BASE_EMBEDDING_KEYS:  # the recipe's, or their defaults where it leaves them out: never the file's
+        block.pop(key, None)
         if key in embedding:
             block[key] = embedding[key]
     _drop_unread_backend(embedding, block, cell)

@@ -608,3 +608,14 @@ def test_more_jobs_than_usable_cores_are_refused_before_any_cell(tmp_path, monke
         run_compression(recipe, ["robe"], [0.001], 1, tmp_path / "bench", [], jobs=3)
     assert not (tmp_path / "bench").exists()
     run_compression(recipe, ["robe"], [0.001], 1, tmp_path / "bench", [], jobs=2)  # a refused cell: nothing trains
+
+
+def test_a_method_yaml_gives_no_dim_init_std_or_backend_where_the_recipe_leaves_them_to_their_defaults(tmp_path):
+    """A recipe without ``embedding.dim`` (its default) took ``dim: 4`` from ``hash.yaml``: the
+    hash cells trained at another dim than the full ones, their budgets fractions of other
+    tables (the docs: dim, init_std and backend are always the recipe's)."""
+    base = tiny_recipe(tmp_path, embedding={"method": "full"})
+    del base["embedding"]["dim"]
+    (tmp_path / "hash.yaml").write_text("embedding: {method: hash, dim: 4, init_std: 0.5, backend: torch}\n")
+    block = cell_recipe(base, [], tmp_path / "base.yaml", Cell("hash", 0.5, 0), tmp_path)["embedding"]
+    assert block == {"method": "hash", "budget": 0.5}
