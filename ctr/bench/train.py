@@ -187,11 +187,16 @@ def _profile_figures(profiler: torch.profiler.profile, seconds: float, steps: in
 
 
 def format_result(result: TrainBenchResult, config: TrainBenchConfig) -> str:
-    """The report: throughput, then the phase split as a markdown table."""
+    """The report: throughput (with the rows a timed step trained on average where that is less
+    than the batch size: an epoch's last batch, or a split smaller than one batch), then the
+    phase split as a markdown table."""
     kind = "GPU time (CUDA events)" if result.busy is not None else "host time"
+    per_step = result.samples / config.steps
+    smaller = f" ({per_step:,.0f} rows a timed step on average)" if per_step < result.batch_size else ""
     lines = [
         f"device: {result.device}; torch {torch.__version__}",
-        f"recipe {config.recipe}, batch {result.batch_size:,}: {config.steps} timed steps after {config.warmup} warm-up",
+        f"recipe {config.recipe}, batch {result.batch_size:,}{smaller}: {config.steps} timed steps after "
+        f"{config.warmup} warm-up",
         f"samples/s: {result.samples_per_s:,.0f} ({result.samples:,} samples in {result.seconds:.3f} s)",
     ]
     if result.busy is not None:

@@ -95,3 +95,16 @@ def test_compiled_dense_part_scores_as_eager(tiny_prepared, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(nets[True](batch)[0], nets[False](batch)[0], rtol=1e-4, atol=1e-5)
     assert nets[True].model._compiled_call_impl is not None
+
+
+def test_the_report_says_the_rows_a_step_trained_where_batches_were_smaller_than_the_batch_size(tmp_path):
+    """``-o train.batch_size=100000`` on a train split of 2,400 rows: every step trained the
+    2,400 rows, and the report said "batch 100,000" only (as if each step trained 100,000)."""
+    from ctr.bench.train import TrainBenchResult, format_result
+
+    config = TrainBenchConfig(tmp_path / "tiny.yaml", [], "cpu", warmup=0, steps=3)
+    small = TrainBenchResult("CPU (1 threads)", 100_000, 7_200, 1.0, dict.fromkeys(PHASES, 0.1), None, None)
+    assert "recipe " + f"{config.recipe}, batch 100,000 (2,400 rows a timed step on average): 3 timed steps" in \
+        format_result(small, config)
+    whole = TrainBenchResult("CPU (1 threads)", 512, 3 * 512, 1.0, dict.fromkeys(PHASES, 0.1), None, None)
+    assert f"recipe {config.recipe}, batch 512: 3 timed steps after 0 warm-up\n" in format_result(whole, config)
