@@ -33,8 +33,20 @@ def chosen_rows(results: Path) -> list[dict[str, str]]:
 
 
 def spread(rows: list[dict[str, str]], key: str) -> str:
+    """Mean ± sample sd of ``key`` over ``rows``; a dash where no seed trained."""
+    if not rows:
+        return "–"
     mean, std = mean_std([float(row[key]) for row in rows])
     return f"{mean:.4f} ± {std:.4f}"
+
+
+def seeds_note(rows: list[dict[str, str]], trained: list[dict[str, str]]) -> str:
+    """``3 seeds``, or ``2 of 3 seeds; seed 44 failed: why`` where a seed's training failed
+    (its row's ``failed``: ctr tune's table names it the same way)."""
+    if len(trained) == len(rows):
+        return f"{len(rows)} seeds"
+    failed = "; ".join(f"seed {row['seed']} failed: {row['failed']}" for row in rows if row.get("failed"))
+    return f"{len(trained)} of {len(rows)} seeds; {failed}"
 
 
 def table(root: Path) -> str:
@@ -46,8 +58,9 @@ def table(root: Path) -> str:
         cells = []
         for dataset in datasets:
             rows = chosen_rows(root / dataset / form / "results.csv")
-            cells += [spread(rows, "test_auc"), spread(rows, "test_gauc")]
-            settings.append(f"- {dataset}, {form} ({len(rows)} seeds): `{rows[0]['settings']}`")
+            trained = [row for row in rows if not row.get("failed")]
+            cells += [spread(trained, "test_auc"), spread(trained, "test_gauc")]
+            settings.append(f"- {dataset}, {form} ({seeds_note(rows, trained)}): `{rows[0]['settings']}`")
         lines.append(f"| {form} | " + " | ".join(cells) + " |")
     return "\n".join(lines + ["", "Chosen on validation AUC:", *settings]) + "\n"
 

@@ -4,7 +4,7 @@ import pytest
 
 from benchmarks.din_tune_table import FORMS, table
 
-COLUMNS = ["point", "settings", "seed", "monitor", "valid", "test_auc", "test_gauc", "test_logloss", "run_dir"]
+COLUMNS = ["point", "settings", "seed", "monitor", "valid", "failed", "test_auc", "test_gauc", "test_logloss", "run_dir"]
 
 
 def write(folder, rows):
@@ -52,3 +52,18 @@ def test_a_form_tuned_on_some_datasets_only_is_named(tmp_path):
     write(tmp_path / "Toys_and_Games" / "paper", rows)
     with pytest.raises(SystemExit, match="ctr is tuned on Toys_and_Games only"):
         table(tmp_path)
+
+
+def test_a_seed_of_the_chosen_point_that_failed_is_named_not_a_traceback(tmp_path):
+    """A chosen point's seed whose loss diverged has an empty test AUC (``failed`` says why):
+    the table raised ValueError converting '' to a float; ctr tune's own table gives the mean
+    of the others and names it."""
+    for form in FORMS:
+        write(tmp_path / "Beauty" / form, [
+            {"point": "p00", "settings": "a=1", "seed": "1", "valid": "0.80", "test_auc": "0.70", "test_gauc": "0.60"},
+            {"point": "p00", "settings": "a=1", "seed": "2", "valid": "0.82", "test_auc": "0.74", "test_gauc": "0.64"},
+            {"point": "p00", "settings": "a=1", "seed": "3", "failed": "training: the loss is not finite at step 9"},
+        ])
+    text = table(tmp_path)
+    assert "| paper | 0.7200 ± 0.0283 | 0.6200 ± 0.0283 |" in text
+    assert "- Beauty, paper (2 of 3 seeds; seed 3 failed: training: the loss is not finite at step 9): `a=1`" in text
