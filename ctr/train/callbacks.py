@@ -150,6 +150,18 @@ class RunLogWriter(ExperimentWriter):
         self.keep = keep
         super().__init__(log_dir)
 
+    def save(self) -> None:
+        """Lightning's save, with the columns known before it put back where it fails: Lightning
+        takes a new column into ``metrics_keys`` before the rewrite under the new header, so a
+        save after a failed rewrite (``finalize``'s) appended rows of one more field than the
+        header's."""
+        keys = list(self.metrics_keys)
+        try:
+            super().save()
+        except BaseException:
+            self.metrics_keys = keys
+            raise
+
     def _check_log_dir_exists(self) -> None:
         if not self.keep:
             super()._check_log_dir_exists()

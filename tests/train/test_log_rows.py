@@ -148,3 +148,22 @@ def test_a_new_column_that_cannot_be_written_leaves_the_log_as_it_was(tmp_path, 
     with pytest.raises(OSError):
         writer.save()
     assert (tmp_path / "logs" / "metrics.csv").read_bytes() == before
+
+
+def test_a_rewrite_that_failed_is_redone_when_the_fit_saves_again(tmp_path, monkeypatch):
+    """Lightning takes a new column into the writer's keys before the rewrite under the new
+    header: after a failed rewrite its ``finalize`` saved again and appended rows of one more
+    field under the old header. The keys go back as they were, so that save rewrites."""
+    writer = ctr_logger(tmp_path).experiment
+    writer.log_metrics({"epoch": 0, "train/loss": 0.6}, step=9)
+    writer.save()
+    failing_writes(monkeypatch)
+    writer.log_metrics({"epoch": 0, "valid/auc": 0.5}, step=9)
+    with pytest.raises(OSError):
+        writer.save()
+    monkeypatch.undo()
+    writer.save()
+    with open(tmp_path / "logs" / "metrics.csv", newline="") as file:
+        header, *rows = list(csv.reader(file))
+    assert "valid/auc" in header and len(rows) == 2
+    assert all(len(row) == len(header) for row in rows)
