@@ -142,8 +142,8 @@ def require_search_work(config: OptEmbedConfig) -> None:
         key = next((name for name in keys if scored_at_lowest(config, name) <= MAX_CANDIDATES), keys[0])
         refuse_before_stage(
             "search", f"embedding.{key}: population {config.population} + generations {config.generations} × "
-            f"(mutations {config.mutations} + crossovers {config.crossovers}) score up to {candidates:,} candidates, each a pass "
-            f"over the validation split, past optembed's limit of {MAX_CANDIDATES:,} (the defaults score "
+            f"(mutations {config.mutations} + crossovers {config.crossovers}) score up to {candidates:,} candidates, "
+            f"each a pass over the validation split, past optembed's limit of {MAX_CANDIDATES:,} (the defaults score "
             f"{candidates_scored(default)}); lower it", RecipeError)
 
 

@@ -262,9 +262,9 @@ class RunDir:
 
     def keep_data(self, recipe: Recipe, prepared_root: Path, resume: bool) -> None:
         """Writes the recipe and copies the schema of the data at ``prepared_root`` (a resumed
-        run keeps its schema)."""
+        run keeps its schema: ``check_resumed_inputs`` refused one whose schema is gone)."""
         self.write_recipe(recipe)
-        if not (resume and self.schema.is_dir()):
+        if not resume:
             self.copy_schema(prepared_root, recipe)
 
     def check_start(self, recipe: Recipe, resume: bool) -> None:
