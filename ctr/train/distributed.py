@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,7 +111,8 @@ def train_in_group(recipe: Recipe, root: Path, resume: bool) -> dict[str, Any]:
             run.check_start(recipe, resume)
             if resume:
                 check_resumable(run.root)  # before the data and the run's recipe.yaml are touched
-            return train(recipe, run, resume, place)
+            with run.undone_on_refusal() if place.rank == 0 else nullcontext():  # rank 0 writes the folder
+                return train(recipe, run, resume, place)
 
 
 def train(recipe: Recipe, run: RunDir, resume: bool, place: Placement) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import yaml
 from ctr.atomic import atomic_path, atomic_write, replaced_folder
 from ctr.datasets.cache import KEY_FILE, PIPELINE_VERSION, generator_change, input_change, source_fingerprint
 from ctr.datasets.source import keyed_split, resolve_features
-from ctr.errors import RecipeError, UserError, reason
+from ctr.errors import RecipeError, TrainingDiverged, UserError, reason
 from ctr.metrics import metrics_from_json, metrics_json
 from ctr.recipe import DataConfig, Recipe, recipe_from_dict
 from ctr.recipe.files import first_difference, read_yaml
@@ -372,6 +372,36 @@ class RunDir:
             if saved_value(self.schema / name) != json.loads((prepared_root / name).read_text()):
                 raise UserError(f"{self.root}: its data now encodes differently than when the run began (schema/{name} "
                                 "differs); a resumed run trains on the data it began with: restore it, or train a new run")
+
+    @contextmanager
+    def undone_on_refusal(self) -> Iterator[None]:
+        """Inside, a refusal (a UserError; not a diverged loss, a training's outcome) before the
+        run trained anything to resume (not ``started``: a check of the prepared data, a model's
+        first batch) leaves the folder as it was: what was made in it inside (its recipe.yaml,
+        schema/, logs/) is removed, and the folder itself when it was made inside. What it held
+        before stays. Only one process may write the folder inside (``exclusive``)."""
+        before = set(os.listdir(self.root)) if self.root.is_dir() else None
+        try:
+            yield
+        except UserError as err:
+            if not isinstance(err, TrainingDiverged) and not self.started:
+                self._remove_made(before)
+            raise
+
+    def _remove_made(self, before: set[str] | None) -> None:
+        """Removes the entries of the folder not in ``before`` (the folder's names then; None:
+        it did not exist, and goes too)."""
+        if not self.root.is_dir():
+            return
+        if before is None:
+            shutil.rmtree(self.root)
+            return
+        for name in set(os.listdir(self.root)) - before:
+            path = self.root / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
     def exclusive(self) -> AbstractContextManager[None]:
         """Holds the run directory for this process while it trains: another ``ctr`` process

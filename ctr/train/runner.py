@@ -46,7 +46,8 @@ def train(recipe: Recipe, out: Path | None = None, resume: bool = False) -> dict
     run.check_usable()
     with run.exclusive(), sigterm_raises():  # outside its fits (Lightning's), SIGTERM would end it without a word
         run.check_start(recipe, resume)
-        return _train_here(recipe, run, resume)
+        with run.undone_on_refusal():  # a check of the prepared data, a model's first batch: no half run left
+            return _train_here(recipe, run, resume)
 
 
 def _train_here(recipe: Recipe, run: RunDir, resume: bool) -> dict[str, Any]:

@@ -252,14 +252,35 @@ def test_resume_after_an_edit_that_changes_the_model(tmp_path, request, devices)
 @pytest.mark.parametrize("embedding", [{"method": "full", "dim": 8}, {"method": "dnis", "dim": 8, "budget": 0.5}],
                          ids=["full", "multi-stage"])
 def test_an_eval_interval_past_the_epoch_is_one_line(tmp_path, capsys, embedding):
-    """The epoch's batches are known once the data is prepared: the run folder then holds its
-    recipe and schema only (a multi-stage method has saved no stage yet), and the same
-    command with a fitting interval trains in it."""
+    """The epoch's batches are known once the data is prepared, after the run folder got its
+    recipe and schema: the refusal removes the folder it made (a multi-stage method has saved
+    no stage yet), and the same command with a fitting interval trains there."""
     recipe = write_recipe(tmp_path, train={"epochs": 1}, embedding=embedding)
     code, err = run_cli(capsys, "train", recipe, "-o", "train.eval_every_n_steps=100000", "--out", tmp_path / "run")
     assert_one_line(code, err, "train.eval_every_n_steps: 100000 is more than the")
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["recipe.yaml", "schema"]
+    assert not (tmp_path / "run").exists()
     assert run_cli(capsys, "train", recipe, "-o", "train.eval_every_n_steps=2", "--out", tmp_path / "run")[0] == 0
+
+
+@pytest.mark.slow
+def test_a_distributed_run_refused_after_its_data_is_prepared_leaves_no_run_folder(tmp_path, capfd):
+    """Rank 0 wrote the recipe and schema before every rank refused the interval: it removes them."""
+    recipe = write_recipe(tmp_path, trainer={"devices": 2, "progress_bar": False})
+    code, err = run_cli(capfd, "train", recipe, "-o", "train.eval_every_n_steps=100000", "--out", tmp_path / "run")
+    assert code == 2 and "train.eval_every_n_steps: 100000 is more than the" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("before", [[], ["recipe.yaml", "schema/"]], ids=["empty", "left-by-a-refused-run"])
+def test_a_refusal_after_the_data_is_prepared_leaves_the_folder_as_it_was(tmp_path, capsys, before):
+    """A folder made for --out stays, empty; one holding what an earlier refused run left keeps it."""
+    recipe, run = write_recipe(tmp_path), tmp_path / "run"
+    run.mkdir()
+    for name in before:
+        (run / name).mkdir() if name.endswith("/") else (run / name).write_text("{}\n")
+    code, err = run_cli(capsys, "train", recipe, "-o", "train.eval_every_n_steps=100000", "--out", run)
+    assert_one_line(code, err, "train.eval_every_n_steps: 100000 is more than the")
+    assert sorted(p.name for p in run.iterdir()) == sorted(name.rstrip("/") for name in before)
 
 
 @pytest.mark.parametrize("early_stop", [{"monitor": "valid/auc"}, {"monitor": "valid/gauc"}, None])

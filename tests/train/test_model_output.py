@@ -76,6 +76,7 @@ def test_a_model_returning_other_than_float_logits_b_is_one_line(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and re.search(
         r"^ctr: error: model\.name: OddOutput returned " + got + r"; a model returns float logits \[B\]", err), err
+    assert not (tmp_path / "run").exists()  # refused at its first batch: the folder it made is removed
 
 
 @pytest.mark.parametrize("regularizer, got", [
