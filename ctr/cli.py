@@ -1,7 +1,8 @@
 """The ``ctr`` command line.
 
 Errors a user can fix print one line (``ctr: error: <key or file:line>: <what>``) and exit
-with code 2, never a traceback.
+with code 2, never a traceback (``CTR_DEBUG=1`` prints it above the line: a plugin's error's
+own traceback, say).
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args) or 0
     except UserError as err:
         if os.environ.get("RANK", "0") == "0":  # every rank of a distributed run meets the same error: one line
+            if os.environ.get("CTR_DEBUG", "0") not in ("", "0"):  # where it was raised, and what it was raised from
+                traceback.print_exc()
             print(f"ctr: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl+C where ctr, not Lightning, handles it (a procedure stage)

@@ -150,6 +150,10 @@ class Registry(Generic[T]):
                               f" (registered: {', '.join(self.names())})")
         return self._entries[name]
 
+    def builtin(self, name: str) -> bool:
+        """Whether ``name`` is one of ctr's own entries (not a plugin's)."""
+        return name in self._builtins
+
     def names(self) -> list[str]:
         """Every name: all built-ins and plugins are loaded."""
         for module in dict.fromkeys(self._builtins.values()):

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import traceback
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +19,7 @@ from torch import Tensor, nn
 from ctr.batch import Batch
 from ctr.embeddings.base import EmbeddingMethod
 from ctr.embeddings.types import FeatureEmbeddings
-from ctr.errors import RecipeError
+from ctr.errors import RecipeError, reason
 from ctr.host import memory_bytes
 from ctr.models.base import CTRModel
 from ctr.recipe import Recipe
@@ -37,9 +39,13 @@ class CTRNet(nn.Module):
         self.embedding: EmbeddingMethod = build_embedding(recipe, schema)
         if recipe.train.embedding_optimizer.fused:
             self.embedding.use_fused_update(fused_optimizer(recipe.train.embedding_optimizer))
-        model = MODELS.get(recipe.model.name, "model.name").target
-        with allocating("model", recipe.model):
-            self.model: CTRModel = model(schema, self.embedding.layout, recipe.model)
+        model, self.model_name = MODELS.get(recipe.model.name, "model.name").target, recipe.model.name
+        try:
+            with allocating("model", recipe.model):
+                self.model: CTRModel = model(schema, self.embedding.layout, recipe.model)
+        except ValueError as err:
+            refuse_plugin_error(err, self.model_name, f"{_called(model)}(schema, layout, config)")
+            raise
         if not isinstance(self.model, CTRModel):
             raise RecipeError(f"model.name: {recipe.model.name} built a {type(self.model).__name__}, not a "
                               "ctr.models.base.CTRModel (subclass it: the trainer calls its forward(batch, "
@@ -53,12 +59,22 @@ class CTRNet(nn.Module):
 
     def score(self, batch: Batch, embedded: FeatureEmbeddings) -> tuple[Tensor, Tensor]:
         """The model's part: logits [B] and the regularization loss, given the embeddings."""
-        logits = self.model(batch, embedded)
-        terms = {"embedding.method": self.embedding.regularizer(), "model.name": self.model.regularizer(batch, embedded)}
+        logits = self._of_model(self.model, "forward", batch, embedded)
+        terms = {"embedding.method": self.embedding.regularizer(),
+                 "model.name": self._of_model(self.model.regularizer, "regularizer", batch, embedded)}
         if not torch.compiler.is_exporting():
             self.check_logits(logits, batch.size)
             self.check_regularizers(terms)
         return logits, terms["embedding.method"] + terms["model.name"]
+
+    def _of_model(self, call: Callable[..., Any], method: str, batch: Batch, embedded: FeatureEmbeddings) -> Any:
+        """``call(batch, embedded)``, the model's ``method``; a plugin's ValueError in it is a
+        one-line error naming the model (``refuse_plugin_error``)."""
+        try:
+            return call(batch, embedded)
+        except ValueError as err:
+            refuse_plugin_error(err, self.model_name, f"{type(self.model).__name__}.{method}(batch, embedded)")
+            raise
 
     def check_trainable(self, loss: Tensor) -> None:
         """Refuses a training loss [] that no trainable parameter shapes (a plugin's forward
@@ -87,6 +103,32 @@ class CTRNet(nn.Module):
             owner = type(self.embedding if key == "embedding.method" else self.model).__name__
             raise RecipeError(f"{key}: {owner}.regularizer() returned {_shown(term)}; a regularizer returns a float scalar "
                               "tensor [] (torch.zeros(()) for none)")
+
+
+CTR_SOURCES = [(Path(__file__).parents[1] / part).resolve() for part in ("", "datasets", "embeddings", "kernels")]
+
+
+def refuse_plugin_error(err: ValueError, name: str, call: str) -> None:
+    """A RecipeError naming model ``name`` and ``call`` (its constructor, forward or
+    regularizer) with what ``err`` says, when a plugin's model raised it (its own check of a
+    value): not where a built-in model raised it, nor ctr's own code (a bug of ctr's, left to
+    its traceback). The traceback is the error's cause, which ``CTR_DEBUG=1`` prints."""
+    if MODELS.builtin(name) or _raised_in_ctr(err):
+        return
+    raise RecipeError(f"model.name: {name}: {call} raised {reason(err, typed=True)} (CTR_DEBUG=1 prints its "
+                      "traceback)") from err
+
+
+def _raised_in_ctr(err: BaseException) -> bool:
+    """Whether the innermost frame of ``err``'s traceback is in ctr's own code."""
+    frames = traceback.extract_tb(err.__traceback__)
+    where = Path(frames[-1].filename).resolve() if frames else None
+    return where is not None and any(where.is_relative_to(root) for root in CTR_SOURCES)
+
+
+def _called(target: Any) -> str:
+    """The name a registered class or factory is called by."""
+    return getattr(target, "__name__", type(target).__name__)
 
 
 def _shown(value: Any) -> str:

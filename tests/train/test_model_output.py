@@ -21,6 +21,7 @@ from torch import nn
 from ctr.models.base import CTRModel
 from ctr.recipe import ModelConfig
 from ctr.registry import MODELS
+from ctr.train.callbacks import FiniteLoss
 
 
 @dataclass
@@ -34,10 +35,16 @@ class OddConfig(ModelConfig):
 class OddOutput(CTRModel):
     def __init__(self, schema, layout, config):
         super().__init__(schema, layout, config)
+        if config.output == "refused_at_init":
+            raise ValueError("output: refused_at_init is no output (a plugin's own check)")
+        if config.output == "ctr_raises":
+            FiniteLoss(every=0)  # a ValueError of ctr's own code: a bug, kept as its traceback
         if config.output != "no_parameters":
             self.linear = nn.Linear(len(layout.pooled) * layout.dim, 1)
 
     def forward(self, batch, embedded):
+        if self.config.output == "refused_at_forward":
+            raise ValueError(f"a batch of {batch.size} rows is refused")
         if self.config.output == "no_parameters":
             return embedded.pooled.sum((1, 2))
         logits = self.linear(embedded.pooled.flatten(1))  # [B, 1]
@@ -63,6 +70,31 @@ def train_plugin_model(tmp_path, monkeypatch, output: str, regularizer: str = "s
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(raw))
     return main(["train", str(recipe), "--out", str(tmp_path / "run")])
+
+
+@pytest.mark.parametrize("output, said", [
+    ("refused_at_init", "OddOutput(schema, layout, config) raised ValueError: output: refused_at_init is no output "
+                        "(a plugin's own check)"),
+    ("refused_at_forward", "OddOutput.forward(batch, embedded) raised ValueError: a batch of 512 rows is refused"),
+])
+def test_a_plugin_model_s_value_error_is_one_line_naming_it(tmp_path, capsys, monkeypatch, output, said):
+    """Its constructor's or forward's ValueError (a check of its own) was a Python traceback;
+    ``CTR_DEBUG=1`` prints that traceback above the line."""
+    assert train_plugin_model(tmp_path, monkeypatch, output) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"ctr: error: model.name: odd_output: {said} (CTR_DEBUG=1 prints its traceback)", err
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setenv("CTR_DEBUG", "1")
+    assert train_plugin_model(tmp_path, monkeypatch, output) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "odd_output_plugin.py" in err and err.strip().endswith(said + " (CTR_DEBUG=1 "
+                                                                                          "prints its traceback)"), err
+
+
+def test_a_value_error_of_ctr_s_own_code_in_a_plugin_model_stays_a_traceback(tmp_path, monkeypatch):
+    """What ctr's code raised is a bug of ctr's, not a plugin's check: its traceback."""
+    with pytest.raises(ValueError, match="every must be >= 1"):
+        train_plugin_model(tmp_path, monkeypatch, "ctr_raises")
 
 
 @pytest.mark.parametrize("output, got", [
