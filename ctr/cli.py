@@ -339,14 +339,14 @@ def _bench_compression(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from ctr.train.rundir import RunDir, held
+    from ctr.train.rundir import held
     from ctr.train.runner import train
     from ctr.train.grid import parse_grid
     from ctr.train.tune import BEST, RESULTS_CSV, RESULTS_MD, Tuning
 
     out = args.out or Path("runs") / f"tune-{args.recipe.stem}"
     tuning = Tuning(args.recipe, parse_grid(args.grid), args.seeds, out, args.override, train)
-    RunDir(out).check_usable()  # before its lock beside it is made
+    tuning.check()  # before its lock beside it is made (the lock makes out's parent)
     with held(out, "is writing results in this folder"), sigterm_raises():  # outside a run's training too
         best = tuning.run()
     print((out / RESULTS_MD).read_text(), end="")

@@ -27,7 +27,7 @@ import hashlib
 import json
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -94,6 +94,17 @@ class Results(CsvRows):
                                 f"{row['settings']}); choose another --out")
 
 
+@dataclass(frozen=True)
+class Checked:
+    """A tuning's settings, checked before anything is written: its base recipe (raw, its
+    ``-o`` applied), each point's recipe by key, and the validation metric and mode ranking them."""
+
+    base: dict[str, Any]
+    recipes: dict[str, Recipe]
+    monitor: str
+    mode: str
+
+
 @dataclass
 class Tuning:
     """A grid search over one recipe file; ``train`` is ``ctr.train.runner.train``'s signature."""
@@ -104,9 +115,13 @@ class Tuning:
     out: Path
     overrides: list[str]
     train: Trainer
+    _checked: Checked | None = field(default=None, init=False, repr=False)
 
-    def run(self) -> Point:
-        """Stage 1, the choice, stage 2; writes the tables; returns the chosen point."""
+    def check(self) -> Checked:
+        """Refuses bad flags, a bad recipe or point, and an ``out`` that cannot hold the results,
+        writing nothing (``ctr tune`` checks before its lock beside ``out`` is made); once."""
+        if self._checked is not None:
+            return self._checked
         if self.seeds < 1:
             raise UserError(f"--seeds: must be >= 1, got {self.seeds}")
         RunDir(self.out).check_usable()  # a file, or a folder inside one
@@ -119,7 +134,13 @@ class Tuning:
         _check_data_axes(self.points, recipes[self.points[0].key])
         _check_distinct(self.points, recipes)
         self._check_seeds(recipes)
-        monitor, mode = criterion(list(recipes.values()))
+        self._checked = Checked(base, recipes, *criterion(list(recipes.values())))
+        return self._checked
+
+    def run(self) -> Point:
+        """Stage 1, the choice, stage 2 (after ``check``); writes the tables; returns the chosen point."""
+        checked = self.check()
+        base, recipes, monitor, mode = checked.base, checked.recipes, checked.monitor, checked.mode
         results = Results(self.out / RESULTS_CSV)
         results.check_same_grid(recipes, self._same_in_run_folder)
         self._check_started_runs(recipes)

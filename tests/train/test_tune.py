@@ -810,3 +810,18 @@ def test_an_out_inside_a_file_is_one_line_naming_the_file(tmp_path, capsys):
     out = recipe / "sub"
     assert main(["tune", str(recipe), "--grid", "train.embedding_optimizer.lr=0.1", "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip() == f"ctr: error: {out}: {recipe} is not a folder; choose another --out"
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--grid", "train.optimizer.lr=-1,0.1"], "--grid train.optimizer.lr=-1: train.optimizer.lr: must be > 0"),
+    (["--grid", "train.optimizer.lr=0.1", "--seeds", "0"], "--seeds: must be >= 1, got 0"),
+])
+def test_a_refused_recipe_or_flag_makes_no_folder_for_out(tmp_path, capsys, argv, said):
+    """The lock beside --out made its parent before the recipe was read: a bad point left a new,
+    empty folder."""
+    from ctr.cli import main
+
+    out = tmp_path / "new" / "out"
+    assert main(["tune", str(_recipe_file(tmp_path)), *argv, "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"ctr: error: {said}")
+    assert not (tmp_path / "new").exists()
