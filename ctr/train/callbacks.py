@@ -283,16 +283,18 @@ class ValidationSummary(L.Callback):
             warn_if_not_finite(self.stop_monitor, value)
 
 
-class ValidateAtMaxSteps(L.Callback):
-    """Has the fit validate at the step where ``train.max_steps`` ends it (Lightning validates
-    at epoch ends or every ``eval_every_n_steps`` only, so the steps after the last of those
-    were never validated): the run's log and curves hold the validation of the weights it
-    trained, and its best checkpoint is chosen with them, as in the distributed loop.
+class ValidateAtTheEnd(L.Callback):
+    """Has the fit validate at its last step: where ``train.max_steps`` ends it, or the last
+    batch of its last epoch (Lightning validates at epoch ends or, with
+    ``eval_every_n_steps``, every n-th batch of an epoch only, so the steps after the last of
+    those were never validated): the run's log and curves hold the validation of the weights
+    it trained, and its best checkpoint is chosen with them, as in the distributed loop.
     Lightning validates a step that sets ``should_stop``, once where it validates anyway."""
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if 0 < trainer.max_steps <= trainer.global_step:
+        last_epoch = trainer.current_epoch + 1 >= trainer.max_epochs
+        if 0 < trainer.max_steps <= trainer.global_step or last_epoch and trainer.is_last_batch:
             trainer.should_stop = True
 
 

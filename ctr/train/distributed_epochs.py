@@ -3,7 +3,8 @@ early stopping, the curve log.
 
 Validation follows a one-process run's rule: after every epoch, or, with
 ``train.eval_every_n_steps`` N, after every N-th batch of an epoch (counted within the
-epoch), and at the step where ``train.max_steps`` ends the run. Each validation checkpoints
+epoch), and at the run's last step (where ``train.max_steps`` ends it, or the last epoch's
+last batch). Each validation checkpoints
 ``last`` (and ``best`` when the monitored metric improved) with the training position: the
 epoch and the batches of it already trained, so a resumed run reads the rest of that epoch
 in the same order (``Position`` of the loader).
@@ -75,7 +76,7 @@ class EpochLoop:
 
     def run(self, state: TrainState) -> TrainState:
         """Trains until ``span`` ends, early stopping stops or ``max_steps`` is reached (validated
-        at that step, as one process does: ``ValidateAtMaxSteps``)."""
+        at that step, and at the last epoch's last batch, as one process does: ``ValidateAtTheEnd``)."""
         loader, every = self.loaders["train"], self.recipe.train.eval_every_n_steps
         self.logger = CurveLog(self.span.log_csv, self.place.rank == 0, keep_before=state.step)
         self.losses = GroupFiniteLoss(self.place.device)
@@ -88,7 +89,8 @@ class EpochLoop:
             with closing(self._steps(state)) as steps:  # a pass left early stops its loader now
                 for index in steps:
                     last, cut = index + 1 == len(loader), self._at_max_steps(state)
-                    if cut or every and (index + 1) % every == 0 or (last and not every):
+                    ends = cut or last and state.epoch + 1 == self.span.epochs  # the run's last step
+                    if ends or every and (index + 1) % every == 0 or (last and not every):
                         self._validate(state, last or cut)
                     elif last:
                         self._log_lrs(state)

@@ -29,7 +29,7 @@ from ctr.errors import UserError, reason, sigterm_to_lightning
 from ctr.recipe import Recipe
 from ctr.train.callbacks import (
     AtomicCheckpointIO, EvalProgressLines, FiniteLoss, LoaderEpoch, ProgressLines, RandomState, ResumableEarlyStopping,
-    RunCheckpoint, RunLog, Throughput, ValidateAtMaxSteps, ValidationSummary, rerooted,
+    RunCheckpoint, RunLog, Throughput, ValidateAtTheEnd, ValidationSummary, rerooted,
 )
 from ctr.train.checkpoints import load_mapped
 from ctr.train.checks import TRAINING_MIN_ROWS
@@ -154,7 +154,7 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
     checkpoint = _checkpoint(recipe, ckpt_dir)
     finite = FiniteLoss(every=loss_check_interval(session.place.device, LOG_EVERY_N_STEPS))
     callbacks = [finite, LoaderEpoch(), RandomState(), checkpoint,
-                 _last_checkpoint(recipe, ckpt_dir), throughput, ValidateAtMaxSteps(),
+                 _last_checkpoint(recipe, ckpt_dir), throughput, ValidateAtTheEnd(),
                  ValidationSummary(recipe.train.best_by[0] if recipe.train.early_stop else None)]
     if not session.progress:  # no bar (stderr is not a terminal): progress lines in the log instead
         callbacks.append(ProgressLines(every=PROGRESS_EVERY_N_STEPS))
@@ -182,7 +182,7 @@ def fit(task: CTRTask, session: Session, ckpt_dir: Path, epochs: int | None = No
         raise SIGTERMException
     task.write_open_epoch()  # a resumed fit may end in its checkpoint's epoch without running the epoch's end
     if not checkpoint.best_model_path and not (ckpt_dir / "last.ckpt").exists():
-        # a fit that wrote no checkpoint (ValidateAtMaxSteps validates a cut one): its trained weights
+        # a fit that wrote no checkpoint (ValidateAtTheEnd validates a cut one): its trained weights
         trainer.save_checkpoint(ckpt_dir / "last.ckpt")
     best = Path(checkpoint.best_model_path or ckpt_dir / "last.ckpt")
     return Fitted(best, throughput.seconds, throughput.samples_per_second, max(trainer.current_epoch, begun),

@@ -462,14 +462,14 @@ def test_two_processes_match_one_resume_and_evaluate_in_one(tmp_path, caplog, ca
 @pytest.mark.slow
 def test_validation_every_n_steps_checkpoints_mid_epoch_and_resumes_there(mixed_cuts):
     """train.eval_every_n_steps 4 on 10 batches an epoch: validations at the 4th and 8th
-    batch of each epoch, as one process (Lightning) does; a run stopped after its mid-epoch
+    batch of each epoch and at the run's last step, as one process does; a run stopped after its mid-epoch
     checkpoint at step 8 resumes there and ends as the uninterrupted run (its log also holds
     the loss of step 8, where max_steps ended the cut run, logged as one process logs it)."""
     tmp, one, two, said = mixed_cuts
     ran = tmp / "stepped"
     assert abs(two["test"]["auc"] - one["test"]["auc"]) < 1e-5
     curves = {run: rows_of(ran / run / "logs" / "metrics.csv", "valid/auc") for run in ("one", "two")}
-    assert [s for s, _ in curves["two"]] == [s for s, _ in curves["one"]] == [3, 7, 13, 17]
+    assert [s for s, _ in curves["two"]] == [s for s, _ in curves["one"]] == [3, 7, 13, 17, 19]
     assert np.allclose([v for _, v in curves["two"]], [v for _, v in curves["one"]], atol=1e-5, rtol=0)
 
     assert json.loads((ran / "cut1" / "checkpoints" / "last" / "ctr.json").read_text())["batches"] == 8
