@@ -105,15 +105,28 @@ def refuse_writing_over_recipe(recipe: Path, out: Path, written: list[Path], wri
 def held(folder: Path, doing: str) -> Iterator[None]:
     """Holds ``folder`` for this process: another ``ctr`` process asking for it meanwhile is
     refused with "another ctr process <doing>". The lock is ``.<name>.lock`` beside the
-    folder (of its absolute path: ``.`` and another name of the folder share it), removed after."""
+    folder (of its absolute path: ``.`` and another name of the folder share it), removed after,
+    with the folders made for it that are left empty (a run refused before it wrote anything)."""
     place = folder.resolve()
     lock = place.parent / f".{place.name}.lock"
-    handle = _locked(lock, folder, doing)
-    with handle:
+    made = [parent for parent in (lock.parent, *lock.parent.parents) if not parent.exists()]
+    try:
+        with _locked(lock, folder, doing):
+            try:
+                yield
+            finally:
+                lock.unlink(missing_ok=True)  # while still locked: a process that opened it meanwhile retries
+    finally:
+        _remove_empty(made)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Removes ``folders`` (each inside the next) while they are empty."""
+    for made in folders:
         try:
-            yield
-        finally:
-            lock.unlink(missing_ok=True)  # while still locked: a process that opened it meanwhile retries
+            made.rmdir()
+        except OSError:  # not empty (it holds the run), or gone
+            return
 
 
 def _locked(lock: Path, folder: Path, doing: str) -> IO[str]:
@@ -124,6 +137,8 @@ def _locked(lock: Path, folder: Path, doing: str) -> IO[str]:
             lock.parent.mkdir(parents=True, exist_ok=True)
             handle = lock.open("w")
         except OSError as err:  # the lock is ctr's own file: the folder asked for is what cannot be written
+            if isinstance(err, FileNotFoundError) and not lock.parent.exists():
+                continue  # its folder, made by another holder, removed by it meanwhile (held): made again
             raise UserError(f"{folder}: cannot be written ({(err.strerror or str(err)).lower()})") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -253,13 +253,13 @@ def test_resume_after_an_edit_that_changes_the_model(tmp_path, request, devices)
                          ids=["full", "multi-stage"])
 def test_an_eval_interval_past_the_epoch_is_one_line(tmp_path, capsys, embedding):
     """The epoch's batches are known once the data is prepared, after the run folder got its
-    recipe and schema: the refusal removes the folder it made (a multi-stage method has saved
+    recipe and schema: the refusal removes the folders it made (a multi-stage method has saved
     no stage yet), and the same command with a fitting interval trains there."""
-    recipe = write_recipe(tmp_path, train={"epochs": 1}, embedding=embedding)
-    code, err = run_cli(capsys, "train", recipe, "-o", "train.eval_every_n_steps=100000", "--out", tmp_path / "run")
+    recipe, out = write_recipe(tmp_path, train={"epochs": 1}, embedding=embedding), tmp_path / "new" / "run"
+    code, err = run_cli(capsys, "train", recipe, "-o", "train.eval_every_n_steps=100000", "--out", out)
     assert_one_line(code, err, "train.eval_every_n_steps: 100000 is more than the")
-    assert not (tmp_path / "run").exists()
-    assert run_cli(capsys, "train", recipe, "-o", "train.eval_every_n_steps=2", "--out", tmp_path / "run")[0] == 0
+    assert not (tmp_path / "new").exists()  # nor the folder made for the run's lock beside it
+    assert run_cli(capsys, "train", recipe, "-o", "train.eval_every_n_steps=2", "--out", out)[0] == 0
 
 
 @pytest.mark.slow

@@ -56,3 +56,30 @@ def test_two_names_of_one_folder_share_its_lock(tmp_path, monkeypatch):
         with pytest.raises(UserError, match="another ctr process is training"):
             with held(Path("."), "is training"):
                 pass
+
+
+def test_the_folders_made_for_the_lock_go_with_it_when_left_empty(tmp_path):
+    """A run refused before it wrote anything (or one that removed what it wrote) left the
+    folders made for its lock beside ``--out``; those holding something stay."""
+    with held(tmp_path / "new" / "deeper" / "run", "is training"):
+        assert (tmp_path / "new" / "deeper" / ".run.lock").exists()
+    assert list(tmp_path.iterdir()) == []
+    with held(tmp_path / "new" / "deeper" / "run", "is training"):
+        (tmp_path / "new" / "kept").write_text("")
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["kept"]
+
+
+def test_a_lock_folder_another_holder_removes_meanwhile_is_made_again(tmp_path, monkeypatch):
+    """Its holder, done, removed the folder it made for its lock between this process's making
+    of it and the lock's open: the open retries, and the lock is taken."""
+    lock, removed = tmp_path / "new" / ".run.lock", []
+    real_open = Path.open
+
+    def removed_before_open(self, *args, **kwargs):
+        if self == lock and not removed:
+            removed.append(self.parent.rmdir())
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", removed_before_open)
+    with held(tmp_path / "new" / "run", "is training"):
+        assert lock.exists()
