@@ -82,6 +82,17 @@ def test_devices_2_with_ddp_is_refused(tmp_path, capsys):
     assert_one_line(code, err, "trainer.strategy: 'ddp'")
 
 
+def test_several_machines_without_the_rendezvous_environment_is_refused(tmp_path, capsys, monkeypatch):
+    """``ctr train`` on one of 2 machines needs MASTER_ADDR, MASTER_PORT and NODE_RANK; it starts no rank."""
+    for key in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    recipe = write_recipe(tmp_path, trainer={"num_nodes": 2, "progress_bar": False})
+    code, err = run_cli(capsys, "train", recipe, "--out", tmp_path / "run")
+    assert_one_line(code, err, "trainer.num_nodes: set MASTER_ADDR, MASTER_PORT and NODE_RANK on every machine "
+                               "(or launch with torchrun)")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
 def test_triton_backend_without_a_gpu(tmp_path, capsys, monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
