@@ -80,7 +80,7 @@ def parse_bytes(text: str, flag: str = "--memory-per-rank") -> int:
     unit = match.group(2).upper() if match else None
     try:
         size = int(float(match.group(1)) * UNITS[unit]) if match and unit in UNITS else 0
-    except ValueError:  # "1.2.3"
+    except (ValueError, OverflowError):  # "1.2.3"; "1e400GB", an infinite float
         size = 0
     if size <= 0:  # also 0, which the planner would read as "its default"
         raise UserError(f"{flag}: expected a size such as 16GB or 512MiB, got {text!r}")

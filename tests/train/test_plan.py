@@ -129,7 +129,7 @@ def test_a_memory_that_holds_the_tables_but_not_the_planners_storage_suggests_no
 
 def test_sizes_parse_with_units():
     assert parse_bytes("16GB") == 16 * 10**9 and parse_bytes("512MiB") == 512 * 2**20 and parse_bytes("2e3") == 2000
-    for bad in ("lots", "0", "0GB", "1.2.3GB"):  # 0 would be read as the planner's default
+    for bad in ("lots", "0", "0GB", "1.2.3GB", "1e400GB"):  # 0: the planner's default; 1e400: an OverflowError
         with pytest.raises(UserError, match=f"^--memory-per-rank: expected a size such as 16GB or 512MiB, got '{bad}'$"):
             parse_bytes(bad)
 
