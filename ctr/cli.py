@@ -33,9 +33,11 @@ def entry() -> None:
     SIGTERM raises ``Terminated`` from the start (the CLI says so on one line and exits 143;
     a command's own parts hand it to Lightning inside a fit), not only once a command took it
     over: before, the seconds of importing torch and Lightning ended ``ctr train`` without a
-    word. A rank of a launched group keeps the default, which ends it even inside a blocking
-    collective; its launcher says why it ended. Once ``main`` returned, its output is written
-    and SIGTERM is ignored while the process ends with its code.
+    word. Ctrl+C there says so on one line too and exits 130, as inside a command (it printed
+    the traceback of the import it stopped). A rank of a launched group keeps the default,
+    which ends it even inside a blocking collective; its launcher says why it ended. Once
+    ``main`` returned, its output is written and SIGTERM is ignored while the process ends
+    with its code.
 
     A process that imported torch exits without the interpreter's finalization once its
     output is flushed (and no thread of its own runs), as multiprocessing's child processes
@@ -54,6 +56,9 @@ def entry() -> None:
     except Terminated:  # before main could say it (while the command line is read)
         print("ctr: terminated (SIGTERM)", file=sys.stderr)
         code = 143
+    except KeyboardInterrupt:  # Ctrl+C there
+        print("ctr: interrupted", file=sys.stderr)
+        code = 130
     except Exception:  # a bug: its traceback, then the same exit as any other end
         traceback.print_exc()
         code = 1

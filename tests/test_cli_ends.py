@@ -452,3 +452,28 @@ def test_a_signal_a_checkpoint_failure_wraps_is_raised_as_itself():
         raise_wrapped_signal(CheckpointException("read_data", {0: (Terminated(), None)}))
     raise_wrapped_signal(CheckpointException("read_data", {0: (ValueError("size mismatch"), None)}))
     raise_wrapped_signal(ValueError("size mismatch"))
+
+
+INTERRUPTED_AT_START = """
+import os, signal
+import ctr.cli as cli
+
+build = cli.build_parser
+
+def interrupted_build(handlers):
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl+C while the parser imports torch (the first seconds of every command)
+    return build(handlers)
+
+cli.build_parser = interrupted_build
+cli.entry()
+"""
+
+
+def test_ctrl_c_as_a_command_starts_is_one_line_and_130(tmp_path):
+    """Ctrl+C in the seconds before a command's own code runs (the parser's import of torch)
+    printed Python's traceback of the import it stopped."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_AT_START, "models"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert (done.returncode, done.stderr) == (130, "ctr: interrupted\n"), done.stderr[-2000:]
