@@ -26,6 +26,7 @@ from ctr.errors import UserError, reason
 
 MIN_ROW_BYTES = NUM_CATEGORICAL * 8 + NUM_CATEGORICAL + NUM_NUMERIC + 1
 DEFLATE_MAX_RATIO = 1032  # gzip writes at least one byte per 1032 of its input
+OTHER_COMPRESSED = (".bz2", ".xz", ".zst", ".zip", ".lz4")  # names of compressed data this writes none of
 
 
 def hex_tokens(column: int, vocab: int) -> pa.Array:
@@ -39,6 +40,7 @@ def write_dac_tsv(path: Path, config: SyntheticConfig, progress: bool = False) -
     """Writes ``config.rows`` rows to ``path`` as DAC TSV; returns the rows written. Progress:
     a bar when ``progress``, else a line every ``PROGRESS_LOG_SECONDS``."""
     path = Path(path)
+    _check_name(path)
     if path.parent and not path.parent.is_dir():
         raise UserError(f"{path.parent}: {'not a folder' if path.parent.exists() else 'no such folder'}")
     _check_disk(path, config.rows)
@@ -57,12 +59,26 @@ def write_dac_tsv(path: Path, config: SyntheticConfig, progress: bool = False) -
     return config.rows
 
 
+def _check_name(path: Path) -> None:
+    """Refuses a ``path`` named as compressed data other than gzip (``day.tsv.bz2``): the
+    plain text written under it would be refused by that format's tools (``bzcat``)."""
+    if path.suffix.lower() in OTHER_COMPRESSED:
+        plain = path.with_suffix("").name
+        raise UserError(f"{path}: synthetic rows are written plain or gzip-compressed (*.gz); name it {plain} or "
+                        f"{plain}.gz")
+
+
+def _gzipped(path: Path) -> bool:
+    """Whether the rows go to ``path`` gzip-compressed: a ``*.gz`` name, in any case (``day_0.GZ``)."""
+    return path.suffix.lower() == GZ
+
+
 def _check_disk(path: Path, rows: int) -> None:
     """Refuses rows whose TSV cannot fit in the free space of ``path``'s folder (a row takes
     at least ``MIN_ROW_BYTES``: 26 tokens of 8 hex digits and 39 tabs, gzip's most compressed
     share of that in a ``*.gz``); a file system that tells no size (``/proc``) is left to
     refuse the write itself."""
-    row_bytes = MIN_ROW_BYTES / DEFLATE_MAX_RATIO if path.suffix == GZ else MIN_ROW_BYTES
+    row_bytes = MIN_ROW_BYTES / DEFLATE_MAX_RATIO if _gzipped(path) else MIN_ROW_BYTES
     usage, needed = shutil.disk_usage(path.parent), rows * row_bytes
     if usage.total and needed > usage.free:
         raise UserError(f"--rows: {rows:,} rows take at least {needed / 1e9:.3g} GB, more than the "
@@ -76,7 +92,7 @@ def _writer(tmp: Path, path: Path) -> Iterator[pacsv.CSVWriter]:
     created there."""
     options = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
     try:
-        sink = pa.CompressedOutputStream(str(tmp), "gzip") if path.suffix == GZ else pa.OSFile(str(tmp), "wb")
+        sink = pa.CompressedOutputStream(str(tmp), "gzip") if _gzipped(path) else pa.OSFile(str(tmp), "wb")
         writer = pacsv.CSVWriter(sink, _schema(), write_options=options)
     except OSError as err:  # pyarrow's, which names no file
         raise UserError(f"{path}: cannot be written ({reason(err)})") from None

@@ -44,6 +44,22 @@ def test_synth_to_a_gz_name_writes_gzip_data(tmp_path, capsys):
     assert "rows take at least 2.4e+05 GB, more than the " in capsys.readouterr().err
 
 
+def test_synth_to_a_name_of_gzip_in_capitals_writes_gzip_data(tmp_path):
+    """``ctr data synth day_0.GZ`` wrote plain text under the gzip name, as ``day_0.gz`` once did."""
+    assert main(["data", "synth", str(tmp_path / "day_0.GZ"), "--rows", "5", "--vocab-scale", "0.01"]) == 0
+    assert len(gzip.decompress((tmp_path / "day_0.GZ").read_bytes()).splitlines()) == 5
+
+
+@pytest.mark.parametrize("name", ["day.tsv.bz2", "day.tsv.xz", "day.tsv.zst", "day.zip"])
+def test_synth_to_a_name_of_another_compression_is_refused(tmp_path, capsys, name):
+    """``ctr data synth day.tsv.bz2`` wrote plain text under the bzip2 name (``bzcat`` refused it)."""
+    assert main(["data", "synth", str(tmp_path / name), "--rows", "5", "--vocab-scale", "0.01"]) == 2
+    plain = name.rpartition(".")[0]
+    assert capsys.readouterr().err == (f"ctr: error: {tmp_path / name}: synthetic rows are written plain or "
+                                       f"gzip-compressed (*.gz); name it {plain} or {plain}.gz\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_synth_without_a_bar_logs_the_rows_written(tmp_path, monkeypatch, caplog):
     """With stderr not a terminal (a log file, a pipe) `ctr data synth --rows 1000000` printed
     nothing for 22 s (a Criteo day's 45M rows: many minutes): it logs the rows written every
