@@ -81,7 +81,7 @@ def resumed_trainings(run_root: Path) -> list[Path]:
 
 def read_state(path: Path) -> dict[str, Any]:
     """``ctr.json`` of a distributed checkpoint (a UserError naming a folder that is not
-    one, the file it lacks, or a ctr.json cut short)."""
+    one, the file it lacks, or a ctr.json cut short or without its placement)."""
     folder = replaced_folder(path)
     if not folder.is_dir():
         raise UserError(f"{path}: no such checkpoint folder")
@@ -92,9 +92,23 @@ def read_state(path: Path) -> dict[str, Any]:
         info = json.loads((folder / STATE_FILE).read_text())
         if not isinstance(info, dict):
             raise ValueError("not a JSON object")
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, a list
+        _check_placement(info)
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, a list, a placement missing
         raise UserError(unreadable(folder / STATE_FILE, err)) from None
     return info
+
+
+SAVED_PLACEMENT = {"world_size": int, "sharded": bool}  # the keys of ctr.json that every reader of it takes
+
+
+def _check_placement(info: dict[str, Any]) -> None:
+    """A ValueError where ``info`` (a ctr.json) lacks a key of ``SAVED_PLACEMENT`` or holds
+    another type there (a KeyError traceback of ``ctr eval``, ``predict``, ``export``)."""
+    for key, kind in SAVED_PLACEMENT.items():
+        if key not in info:
+            raise ValueError(f"no {key!r}")
+        if type(info[key]) is not kind:  # not isinstance: a bool is an int
+            raise ValueError(f"{key!r} is {info[key]!r}, not {kind.__name__}")
 
 
 def unreadable(path: Path, err: Exception) -> str:

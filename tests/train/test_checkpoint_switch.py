@@ -25,7 +25,7 @@ def checkpoint(path, step):
     """A distributed checkpoint folder at ``path`` whose ctr.json says ``step``."""
     path.mkdir(parents=True)
     (path / ".metadata").write_bytes(b"dcp")
-    (path / STATE_FILE).write_text(json.dumps({"step": step}))
+    (path / STATE_FILE).write_text(json.dumps({"step": step, "world_size": 2, "sharded": True}))
 
 
 def test_a_save_stopped_between_its_renames_leaves_a_run_to_resume_from_the_new_checkpoint(tmp_path):
@@ -194,3 +194,23 @@ def test_a_run_set_aside_keeps_what_it_wrote_beside_an_earlier_one_of_its_name(t
     assert kept == [tmp_path / "stale-runs" / "p00-s0", tmp_path / "stale-runs" / "p00-s0-2"]
     assert [(k / "metrics.json").read_text() for k in kept] == ["first", "second"]
     assert not (tmp_path / "runs" / "p00-s0").exists()
+
+
+@pytest.mark.parametrize("edit, said", [
+    ({"sharded": None}, "no 'sharded'"),
+    ({"world_size": None}, "no 'world_size'"),
+    ({"world_size": "2"}, "'world_size' is '2', not int"),
+    ({"sharded": 1}, "'sharded' is 1, not bool"),
+])
+def test_a_ctr_json_without_the_placement_every_reader_takes_is_not_ctrs(tmp_path, edit, said):
+    """A ctr.json (an object) lacking ``sharded`` or ``world_size`` was a KeyError traceback
+    from ``ctr eval``, ``predict`` and ``export`` (and a resume); one holding them as another
+    type was read as they are."""
+    run = RunDir(tmp_path / "run")
+    saved_checkpoint(run.checkpoints / "best")
+    state = run.checkpoints / "best" / STATE_FILE
+    info = {**json.loads(state.read_text()), **edit}
+    state.write_text(json.dumps({key: value for key, value in info.items() if value is not None}))
+    with pytest.raises(UserError) as refused:
+        best_checkpoint(run)
+    assert str(refused.value) == f"{state}: cut short or not ctr's (ValueError: {said}); restore it, or train a new run"
