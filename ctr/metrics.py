@@ -100,10 +100,12 @@ def metrics_json(report: dict[str, Any]) -> str:
 
 def metrics_from_json(text: str) -> dict[str, Any]:
     """A report ``metrics_json`` wrote, with its undefined metrics nan again; a ValueError
-    for text that is not a JSON object."""
+    for text that is not a JSON object, or whose ``best_checkpoint`` is no path (a string)."""
     report = json.loads(text)
     if not isinstance(report, dict):
         raise ValueError(f"a JSON {type(report).__name__}, not an object")
+    if not isinstance(report.get("best_checkpoint", ""), str):
+        raise ValueError(f"best_checkpoint is {json.dumps(report['best_checkpoint'])}, not a path")
     for split in ("valid", "test"):
         if isinstance(report.get(split), dict):
             report[split] = {k: math.nan if v is None else v for k, v in report[split].items()}

@@ -1,6 +1,6 @@
 """A run whose metrics.json is cut short or not a report (an edit, a copy that failed) is
 one line naming the file in ``ctr eval``, ``ctr predict`` and ``ctr export``, before any data
-is read."""
+is read. (A best_checkpoint that is no path was a TypeError traceback.)"""
 
 import pytest
 import yaml
@@ -9,8 +9,9 @@ from ctr import cli
 from tests.conftest import tiny_recipe
 
 
-@pytest.mark.parametrize("text", [b"", b'{\n  "valid": {\n    "auc": 0.5', b"[]", b"null", b"\xff\xfe"],
-                         ids=["empty", "cut", "list", "null", "not_utf8"])
+@pytest.mark.parametrize("text", [b"", b'{\n  "valid": {\n    "auc": 0.5', b"[]", b"null", b"\xff\xfe",
+                                  b'{"best_checkpoint": 5}', b'{"best_checkpoint": null}'],
+                         ids=["empty", "cut", "list", "null", "not_utf8", "best_a_number", "best_null"])
 @pytest.mark.parametrize("command", [["eval", "{run}"], ["predict", "{run}", "{run}/rows.csv", "--out", "{tmp}/s.csv"],
                                      ["export", "{run}", "--out", "{tmp}/model.pt2"]])
 def test_a_broken_metrics_json_is_one_line_naming_it(tmp_path, capsys, text, command):
