@@ -29,7 +29,8 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", type=a_path, help="a run directory (ctr train --out)")
     evaluate.add_argument("--split", choices=("test", "valid"),  # None: not given (test), told from --split test
                           help="the split of the recipe's data to score (default test)")
-    evaluate.add_argument("--data", type=a_path, help="evaluate every row of this file (the recipe's format) instead")
+    evaluate.add_argument("--data", type=a_path,
+                          help="evaluate every row of this file or folder (the recipe's format) instead")
     evaluate.set_defaults(run=handlers["eval"])
 
     plan = commands.add_parser("plan", help="how a recipe's tables would shard over N processes (TorchRec's planner)")
@@ -41,8 +42,9 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="score raw rows with a finished run (a score column per row)")
     predict.add_argument("run_dir", type=a_path, help="a finished run directory")
-    predict.add_argument("input", type=a_path, help="rows in the recipe's format (label optional)")
-    predict.add_argument("--out", type=a_file, required=True, help="scores: parquet, or CSV for a .csv/.tsv name")
+    predict.add_argument("input", type=a_path, help="rows in the recipe's format, a file or folder (label optional)")
+    predict.add_argument("--out", type=a_file, required=True,
+                         help="scores: CSV (.csv), TSV (.tsv) or parquet (any other name)")
     predict.set_defaults(run=handlers["predict"])
 
     export = commands.add_parser("export", help="a torch.export program of a finished run's inference model")

@@ -66,3 +66,12 @@ def test_a_missing_command_is_named_by_its_choices(capsys, argv, choices):
     with pytest.raises(SystemExit):
         cli.main(argv)
     assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: the following arguments are required: {choices}")
+
+
+def test_the_help_of_a_file_to_read_or_score_names_what_is_taken():
+    """`ctr predict --help` called a .tsv score file CSV (it is tab-separated), and `ctr eval
+    --help` and `ctr predict --help` named a file where a folder of them is read too."""
+    helps = {(name, action.dest): action.help for name, parser in _commands(cli.build_parser(cli._handlers()))
+             for action in parser._actions}
+    assert helps[("ctr predict", "out")].startswith("scores: CSV (.csv), TSV (.tsv) or parquet (any other name)")
+    assert "file or folder" in helps[("ctr predict", "input")] and "file or folder" in helps[("ctr eval", "data")]
