@@ -188,9 +188,10 @@ def a_path(text: str) -> Path:
     """A path argument, ``~`` expanded (the shell leaves the one of ``--out=~/runs/a``); an
     empty one (an unset shell variable) is refused, not read as the current folder
     (``Path("")`` is ``.``), and so is one in a symlink loop (``Path.resolve`` raises a
-    RuntimeError on it wherever the command resolves it)."""
+    RuntimeError on it wherever the command resolves it) or not UTF-8 (``_check_utf8``)."""
     if not text:
         raise argparse.ArgumentTypeError("an empty path")
+    _check_utf8(text)
     try:
         path = Path(text).expanduser()
     except RuntimeError:
@@ -200,6 +201,18 @@ def a_path(text: str) -> Path:
     except RuntimeError:
         raise argparse.ArgumentTypeError(f"{text}: a symlink loop") from None
     return path
+
+
+def _check_utf8(text: str) -> None:
+    """Refuses a path whose bytes are not UTF-8 (a Latin-1 ``\\xff``, held in ``sys.argv`` as
+    the surrogate ``\\udcff``): pyarrow, which reads and writes ctr's data, score and schema
+    files, opens UTF-8 names only (a UnicodeEncodeError traceback)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        byte = ord(text[err.start]) - 0xDC00  # the surrogate of an undecodable byte
+        shown = os.fsencode(text).decode("utf-8", "backslashreplace")
+        raise argparse.ArgumentTypeError(f"{shown}: a name that is not UTF-8 (byte {byte:#04x}); rename it") from None
 
 
 def int_list(text: str) -> list[int]:

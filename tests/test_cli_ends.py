@@ -220,6 +220,24 @@ def test_a_path_in_a_symlink_loop_is_refused_naming_the_argument(tmp_path, capsy
     assert capsys.readouterr().err.strip().endswith(f"error: argument {argument}: {looped}: a symlink loop")
 
 
+@pytest.mark.parametrize("argv, argument", [
+    (["predict", "run", "in\udcff.tsv", "--out", "s.csv"], "input"),
+    (["predict", "run", "rows.csv", "--out", "s\udcff.csv"], "--out"),
+    (["data", "synth", "s\udcff.tsv", "--rows", "5"], "out"), (["eval", "run", "--data", "in\udcff.tsv"], "--data"),
+])
+def test_a_path_whose_name_is_not_utf8_is_refused_naming_the_argument(tmp_path, monkeypatch, capsys, argv, argument):
+    """A name of bytes that are not UTF-8 (a Latin-1 ``\xff``; Python's argv holds it as the
+    surrogate ``\udcff``) ended in pyarrow's UnicodeEncodeError traceback as a file was read or
+    written."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    named = next(arg for arg in argv if "\udcff" in arg).replace("\udcff", "\\xff")
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"error: argument {argument}: {named}: a name that is not UTF-8 (byte 0xff); rename it")
+    assert list(tmp_path.iterdir()) == []
+
 @pytest.mark.parametrize("argv, flag", [
     (["data", "clean", "--cache-dir", ""], "--cache-dir"), (["plan", "recipe.yaml", "--memory-per-rank", ""], "--memory-per-rank"),
 ])
