@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import ctr
+from ctr.errors import not_utf8
 
 Handler = Callable[[argparse.Namespace], "int | None"]
 
@@ -204,15 +205,12 @@ def a_path(text: str) -> Path:
 
 
 def _check_utf8(text: str) -> None:
-    """Refuses a path whose bytes are not UTF-8 (a Latin-1 ``\\xff``, held in ``sys.argv`` as
-    the surrogate ``\\udcff``): pyarrow, which reads and writes ctr's data, score and schema
-    files, opens UTF-8 names only (a UnicodeEncodeError traceback)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        byte = ord(text[err.start]) - 0xDC00  # the surrogate of an undecodable byte
-        shown = os.fsencode(text).decode("utf-8", "backslashreplace")
-        raise argparse.ArgumentTypeError(f"{shown}: a name that is not UTF-8 (byte {byte:#04x}); rename it") from None
+    """Refuses a path whose bytes are not UTF-8 (a Latin-1 ``\\xff``): pyarrow, which reads and
+    writes ctr's data, score and schema files, opens UTF-8 names only (a UnicodeEncodeError
+    traceback)."""
+    found = not_utf8(text)
+    if found is not None:
+        raise argparse.ArgumentTypeError(f"{found[0]}: a name that is not UTF-8 (byte {found[1]:#04x}); rename it")
 
 
 def int_list(text: str) -> list[int]:

@@ -60,6 +60,16 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f", did you mean {by_folded[close[0]]}?" if close else ""
 
 
+def not_utf8(text: str) -> tuple[str, int] | None:
+    """Where ``text`` holds a byte that is not UTF-8 (Python keeps such a byte of ``sys.argv``
+    as a surrogate, ``\\xe9`` as ``\\udce9``, which pyarrow cannot encode to open a file):
+    ``text`` with its bytes escaped (``caf\\xe9.csv``) and the first such byte; None for UTF-8 text."""
+    byte = next((ord(char) - 0xDC00 for char in text if 0xDC80 <= ord(char) <= 0xDCFF), None)
+    if byte is None:
+        return None
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), byte
+
+
 def reason(err: BaseException, typed: bool = False) -> str:
     """What a one-line error quotes of ``err``: its message's first line (its first detail
     when that line only introduces the details, as torch's ``load_state_dict`` does: "Error(s)

@@ -79,6 +79,15 @@ def test_override_with_an_empty_key_part_names_the_override(item):
     assert raw == {"seed": 1, "data": {"split": {"valid": 0.1}}}
 
 
+def test_an_override_that_is_not_utf8_is_refused_naming_its_byte():
+    """``-o data.path=caf\\xe9.csv`` (a Latin-1 byte, held in ``sys.argv`` as the surrogate
+    ``\\udce9``) set a path that pyarrow could not open: a UnicodeEncodeError traceback."""
+    raw = {"data": {"path": "rows.csv"}}
+    with pytest.raises(RecipeError) as caught:
+        apply_override(raw, "data.path=caf\udce9.csv")
+    assert str(caught.value) == "override 'data.path=caf\\xe9.csv': not UTF-8 (byte 0xe9); give its value in UTF-8"
+    assert raw == {"data": {"path": "rows.csv"}}
+
 @pytest.mark.parametrize("text", ["", "# only a comment\n"])
 def test_an_empty_recipe_is_refused_not_read_as_every_default(tmp_path, text):
     path = tmp_path / "empty.yaml"

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from ctr.errors import RecipeError
+from ctr.errors import RecipeError, not_utf8
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -60,6 +60,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
     """Applies ``key.path=value`` (value parsed as YAML) to the raw recipe mapping."""
+    found = not_utf8(item)
+    if found is not None:
+        raise RecipeError(f"override '{found[0]}': not UTF-8 (byte {found[1]:#04x}); give its value in UTF-8")
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise RecipeError(f"override {item!r}: expected key.path=value")
