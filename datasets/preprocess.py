@@ -9,6 +9,7 @@ later run would use.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -39,6 +40,8 @@ from ctr.schema import FeatureInfo, FeatureSpec, Schema
 log = logging.getLogger(__name__)
 KEYS = "keys"  # the folder, beside the encoded rows to score, of the keys of rows a source builds
 PREDICT_COLUMNS = ("row", "score", "label")  # what ctr predict writes of its own beside those keys
+# a rename's failures where something is at its target's name (a folder that is not empty, a file)
+TAKEN = (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR)
 
 
 @dataclass
@@ -233,14 +236,15 @@ def _publish(tmp: Path, root: Path) -> None:
     """Renames the finished entry ``tmp`` to ``root``; one another process published there
     meanwhile is kept, an unfinished folder or a stray file at that name replaced under its lock
     (``locked``): a clean removing that folder is done first, and then finds this entry in its
-    place, which it leaves. Where the folder was gone once the lock was tried (a clean renamed it
-    away), nothing is removed unlocked: the rename is tried again."""
+    place, which it leaves. Where nothing is at that name (a clean renamed the folder away after
+    the rename failed, or while this waited for the lock), the rename is tried again. Nothing is
+    removed unlocked but a stray file, or a folder on a file system without locks."""
     while True:
         try:
             os.rename(tmp, root)
             return
-        except OSError:  # a folder that is not empty, or a file, at that name
-            if not os.path.lexists(root):  # nothing there: the rename failed for a reason of its own
+        except OSError as err:
+            if err.errno not in TAKEN:
                 raise
         with locked(root, fcntl.LOCK_EX) as there:
             if (root / DONE).exists():

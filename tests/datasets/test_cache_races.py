@@ -133,3 +133,24 @@ def test_a_preparation_whose_unfinished_folder_a_clean_took_keeps_an_entry_publi
     monkeypatch.setattr(cache.fcntl, "flock", cleaned_while_waiting)
     preprocess._publish(mine, Racing(entry))
     assert raced and (entry / cache.DONE).exists() and (entry / "theirs").exists()
+
+
+def test_a_preparation_whose_rename_failed_on_a_folder_a_clean_then_took_publishes(tmp_path, monkeypatch):
+    """The rename onto an unfinished folder failed (not empty), and a clean renamed that folder
+    away before the look at the name: the preparation raised ``directory not empty`` and failed."""
+    entry, fresh = unfinished_with_a_fresh_copy(tmp_path)
+    shutil.rmtree(fresh)
+    rename, taken = os.rename, []
+
+    def cleaned_after_the_failure(src, dst):
+        try:
+            rename(src, dst)
+        except OSError:
+            if not taken:
+                taken.append(dst)
+                rename(dst, entry.with_name(cache.temporary_name(entry.name)))
+            raise
+
+    monkeypatch.setattr(os, "rename", cleaned_after_the_failure)
+    prepared = prepare(recipe_from_dict(tiny_recipe(tmp_path)).data, progress=False)
+    assert taken == [entry] and prepared.root == entry and (entry / cache.DONE).exists()
