@@ -340,19 +340,22 @@ def code_digest(module: Path) -> str:
 
 
 def package_files(package: Path) -> list[Path]:
-    """The ``.py`` files of ``package`` and of its subpackages (folders holding an ``__init__.py``),
-    in path order: regular files, or links to them; names starting with ``.`` left out (an editor's
-    lock link ``.#reader.py``), and so are linked folders and folders that are no package (data,
-    ``__pycache__``)."""
-    files = []
-    for path in sorted(package.iterdir()):
-        if path.name.startswith("."):
-            continue
-        if path.is_dir() and not path.is_symlink() and (path / "__init__.py").is_file():
-            files += package_files(path)
-        elif path.suffix == ".py" and path.is_file():
-            files.append(path)
-    return files
+    """The ``.py`` files under ``package``, in path order (as ``sorted(package.rglob("*.py"))``
+    gives those of a plain package): every folder is walked, one without an ``__init__.py`` too
+    (``pkg/helpers/util.py`` imports as ``pkg.helpers.util``); regular files, or links to them.
+    Left out: names starting with ``.`` (an editor's lock link ``.#reader.py``, ``.git``),
+    ``__pycache__``, linked folders and links to no file."""
+    folders, files = _listed(package)
+    for folder in folders:
+        files += package_files(folder)
+    return sorted(files)
+
+
+def _listed(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The folders to walk and the ``.py`` files in ``folder`` (``package_files``)."""
+    paths = [path for path in folder.iterdir() if not path.name.startswith(".")]
+    return ([path for path in paths if path.is_dir() and not path.is_symlink() and path.name != "__pycache__"],
+            [path for path in paths if path.suffix == ".py" and path.is_file()])
 
 
 def file_digest(file: Path) -> str:

@@ -211,8 +211,7 @@ def test_a_packaged_plugin_beside_an_editors_lock_link_and_a_data_folder_prepare
                                                                                                capsys):
     """Every ``*.py`` under the package keyed the entry: an editor's lock link ``.#reader.py``
     (to no file) failed prepare and ``ctr data clean`` in a FileNotFoundError traceback, and a
-    folder that is no package (its scripts, its data) was read on each prepare. An unreadable
-    file of the package is one line naming it."""
+    folder's data file changed nothing. An unreadable file of the package is one line naming it."""
     from ctr.cli import main
     from ctr.datasets.source import code_digest
     from ctr.errors import DataError
@@ -227,7 +226,7 @@ def test_a_packaged_plugin_beside_an_editors_lock_link_and_a_data_folder_prepare
     recipe = recipe_from_dict({"plugins": ["lockpkg.reader"], "data": {
         "dataset": "my_locked", "path": str(tmp_path / "clicks.jsonl"), "cache_dir": str(tmp_path / "cache")}})
     first = prepare(recipe.data, progress=False)
-    (package / "scripts" / "plot.py").write_text("print(1)\n")  # no __init__.py: not the package's code
+    (package / "scripts" / "rows.csv").write_text("1,2\n")  # no .py file: not the package's code
     assert prepare(recipe.data, progress=False).root == first.root
     assert main(["data", "clean", "--cache-dir", str(tmp_path / "cache")]) == 0
     assert "\n0 stale entries" in "\n" + capsys.readouterr().out and (first.root / "DONE").exists()
@@ -245,3 +244,43 @@ def test_a_packaged_plugin_beside_an_editors_lock_link_and_a_data_folder_prepare
     said = rf"^data\.dataset: plugin code {package / 'unreadable.py'}: cannot be read \(permission denied\)$"
     with pytest.raises(DataError, match=said):
         code_digest(package / "reader.py")
+
+
+def test_a_packaged_plugins_helper_in_a_folder_without_init_keys_its_code(tmp_path):
+    """A folder of the package without an ``__init__.py`` (``helpers/util.py`` imports as
+    ``pkg.helpers.util``, a namespace package) was not read: editing its helper kept the entry
+    of the code before. Hidden names, ``__pycache__``, linked folders and links to no file are
+    left out."""
+    from ctr.datasets.source import code_digest
+
+    package = tmp_path / "nspkg"
+    (package / "helpers").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "reader.py").write_text("from nspkg.helpers.util import BATCH\n")
+    (package / "helpers" / "util.py").write_text("BATCH = 65_536\n")
+    before = code_digest(package / "reader.py")
+    (package / "helpers" / "util.py").write_text("BATCH = 1_000\n")
+    edited = code_digest(package / "reader.py")
+    assert edited != before
+    for folder in ("__pycache__", ".git", "elsewhere"):
+        (tmp_path / folder if folder == "elsewhere" else package / folder).mkdir()
+        ((tmp_path if folder == "elsewhere" else package) / folder / "x.py").write_text("X = 1\n")
+    os.symlink(tmp_path / "elsewhere", package / "linked")
+    os.symlink("nowhere", package / "helpers" / "broken.py")
+    (package / "helpers" / ".#util.py").write_text("")
+    assert code_digest(package / "reader.py") == edited
+
+
+def test_a_plain_packages_code_digest_is_the_one_earlier_entries_hold(tmp_path):
+    """A package of regular ``.py`` files and subpackages keys its entry as before: each file's
+    path in the package and hash, in sorted path order (entries prepared before are not stale)."""
+    from ctr.datasets.source import code_digest
+
+    package = tmp_path / "plainpkg"
+    for name in ("__init__.py", "a.py", "a/__init__.py", "a/b.py", "a_b.py", "z/__init__.py", "z/y/__init__.py"):
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(f"NAME = {name!r}\n")
+    digest = hashlib.sha256()
+    for file in sorted(package.rglob("*.py")):
+        digest.update(f"{file.relative_to(package)}\0{hashlib.sha256(file.read_bytes()).hexdigest()}\n".encode())
+    assert code_digest(package / "a.py") == digest.hexdigest()
