@@ -344,7 +344,8 @@ def package_files(package: Path) -> list[Path]:
     gives those of a plain package): every folder is walked, one without an ``__init__.py`` too
     (``pkg/helpers/util.py`` imports as ``pkg.helpers.util``); regular files, or links to them.
     Left out: names starting with ``.`` (an editor's lock link ``.#reader.py``, ``.git``),
-    ``__pycache__``, linked folders and links to no file."""
+    ``__pycache__``, linked folders and links to no file. A DataError names a folder that cannot
+    be read."""
     folders, files = _listed(package)
     for folder in folders:
         files += package_files(folder)
@@ -353,9 +354,12 @@ def package_files(package: Path) -> list[Path]:
 
 def _listed(folder: Path) -> tuple[list[Path], list[Path]]:
     """The folders to walk and the ``.py`` files in ``folder`` (``package_files``)."""
-    paths = [path for path in folder.iterdir() if not path.name.startswith(".")]
-    return ([path for path in paths if path.is_dir() and not path.is_symlink() and path.name != "__pycache__"],
-            [path for path in paths if path.suffix == ".py" and path.is_file()])
+    try:
+        paths = [path for path in folder.iterdir() if not path.name.startswith(".")]
+        return ([path for path in paths if path.is_dir() and not path.is_symlink() and path.name != "__pycache__"],
+                [path for path in paths if path.suffix == ".py" and path.is_file()])
+    except OSError as err:
+        raise _unreadable(folder, err) from None
 
 
 def file_digest(file: Path) -> str:
@@ -363,8 +367,12 @@ def file_digest(file: Path) -> str:
     try:
         return hashlib.sha256(file.read_bytes()).hexdigest()
     except OSError as err:
-        said = (err.strerror or reason(err)).lower()
-        raise DataError(f"data.dataset: plugin code {file}: cannot be read ({said})") from None
+        raise _unreadable(file, err) from None
+
+
+def _unreadable(path: Path, err: OSError) -> DataError:
+    """The one-line error of plugin code file or folder ``path`` that ``err`` kept from being read."""
+    return DataError(f"data.dataset: plugin code {path}: cannot be read ({(err.strerror or reason(err)).lower()})")
 
 
 def plugin_package(module: Path) -> Path | None:

@@ -284,3 +284,27 @@ def test_a_plain_packages_code_digest_is_the_one_earlier_entries_hold(tmp_path):
     for file in sorted(package.rglob("*.py")):
         digest.update(f"{file.relative_to(package)}\0{hashlib.sha256(file.read_bytes()).hexdigest()}\n".encode())
     assert code_digest(package / "a.py") == digest.hexdigest()
+
+
+@pytest.mark.parametrize("fails", ["iterdir", "is_dir"])
+def test_an_unreadable_folder_of_a_packaged_plugin_is_one_line_naming_it(tmp_path, monkeypatch, fails):
+    """A folder of the package that cannot be listed (or whose entries cannot be looked at)
+    raised a PermissionError traceback rather than the one line the docs promise."""
+    from ctr.datasets.source import code_digest
+    from ctr.errors import DataError
+
+    package = tmp_path / "deniedpkg"
+    (package / "closed").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "closed" / "util.py").write_text("")
+    real = getattr(Path, fails)
+
+    def denied(path, *args, **kwargs):
+        if (path if fails == "iterdir" else path.parent).name == "closed":  # as root, a mode of 000 reads all the same
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, fails, denied)
+    said = rf"^data\.dataset: plugin code {package / 'closed'}: cannot be read \(permission denied\)$"
+    with pytest.raises(DataError, match=said):
+        code_digest(package / "__init__.py")
