@@ -403,7 +403,8 @@ def _clean(args: argparse.Namespace) -> int:
     gone = [entry for entry in stale if not entry.readers and not entry.left]
     total = sum(entry.bytes for entry in gone) / 1e6
     entries = "entry" if len(gone) == 1 else "entries"
-    kept = sum(1 for entry in stale if entry.readers and not entry.left)  # a left one: readers as looked
+    # an entry found stale no more or gone under its lock counts as left, even where a process read it as clean looked
+    kept = sum(1 for entry in stale if entry.readers and not entry.left)
     kept_note = f"; {kept} more kept while a running process reads {'it' if kept == 1 else 'them'}" if kept else ""
     left = len(stale) - len(gone) - kept
     left_note = f"; {left} more stale no more or gone since clean looked" if left else ""

@@ -298,8 +298,9 @@ def stale_entries(root: Path) -> list[Stale]:
     """The entries of cache folder ``root`` (``cache_root``) that are stale: unfinished
     preparations whose process is gone, entries of another pipeline version (or written before
     entries recorded their key), entries of another version of a generated dataset's
-    generator, entries whose input files changed, were deleted or gained one, and entries an older ctr keyed
-    otherwise (by a recipe key their rows do not depend on: their recipe keys another entry now).
+    generator, entries whose input files changed, were deleted or gained one, and entries an older
+    ctr keyed otherwise: by a recipe key their rows do not depend on (their recipe keys another
+    entry now), or with a ``share_with`` on a numeric feature, which no recipe takes now (``_refused``).
     What is not named as preparation names an entry is left alone: a ``data.cache_dir`` of a
     project folder puts the entries in its ``data/``, beside the raw files."""
     stale = []

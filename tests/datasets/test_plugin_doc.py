@@ -1,8 +1,8 @@
 """docs/extending.md's dataset plugin works as documented."""
 
 import hashlib
-import os
 import json
+import os
 from pathlib import Path
 
 import pytest
