@@ -121,11 +121,17 @@ def held(folder: Path, doing: str) -> Iterator[None]:
 
 
 def _remove_empty(folders: list[Path]) -> None:
-    """Removes ``folders`` (each inside the next) while they are empty."""
+    """Removes ``folders`` (each inside the next) while they are empty and no other holder
+    holds one (its lock beside it: ``ctr tune`` holds its --out while a point's run locks a
+    folder inside)."""
     for made in folders:
+        if (made.parent / f".{made.name}.lock").exists():
+            return
         try:
             made.rmdir()
-        except OSError:  # not empty (it holds the run), or gone
+        except FileNotFoundError:  # removed meanwhile: the folders above may still be empty
+            continue
+        except OSError:  # not empty (it holds the run)
             return
 
 

@@ -83,3 +83,22 @@ def test_a_lock_folder_another_holder_removes_meanwhile_is_made_again(tmp_path, 
     monkeypatch.setattr(Path, "open", removed_before_open)
     with held(tmp_path / "new" / "run", "is training"):
         assert lock.exists()
+
+
+def test_a_folder_an_outer_holder_holds_stays_while_it_holds_it(tmp_path):
+    """``ctr tune`` holds its --out, not made yet, while a point's run holds a folder inside: the
+    point's lock made --out for itself but must not remove it under the outer holder."""
+    outer = tmp_path / "new"
+    with held(outer, "is tuning"):
+        with held(outer / "runs" / "p-s0", "is training"):
+            pass
+        assert outer.is_dir() and (tmp_path / ".new.lock").exists()
+
+
+def test_the_folders_made_for_the_lock_go_where_an_inner_one_is_gone(tmp_path):
+    """An inner folder made for the lock that something removed meanwhile is no reason to keep
+    the empty ones above it."""
+    with held(tmp_path / "new" / "deeper" / "run", "is training"):
+        (tmp_path / "new" / "deeper" / ".run.lock").unlink()
+        (tmp_path / "new" / "deeper").rmdir()
+    assert list(tmp_path.iterdir()) == []
