@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import time
@@ -23,6 +24,8 @@ from ctr.recipe import DataConfig, Recipe, recipe_from_dict
 from ctr.recipe.files import first_difference, read_yaml
 from ctr.registry import DATASETS
 from ctr.train.old_recipes import upgraded
+
+log = logging.getLogger("ctr.train")
 
 
 RUN_ENTRIES = frozenset({"recipe.yaml", "schema", "checkpoints", "logs", "stages", "metrics.json", "curves.png"})
@@ -199,7 +202,7 @@ class RunDir:
     @property
     def holds_run(self) -> bool:
         """Whether the folder holds a run to resume or read: started or finished (not the
-        recipe and schema a run refused before training left, nor nothing)."""
+        recipe and schema that a run an earlier ctr refused before training left, nor nothing)."""
         return self.started or self.metrics.exists()
 
     def lightning_checkpoints(self) -> list[Path]:
@@ -400,13 +403,17 @@ class RunDir:
         run trained anything to resume (not ``started``: a check of the prepared data, a model's
         first batch) leaves the folder as it was: what was made in it inside (its recipe.yaml,
         schema/, logs/) is removed, and the folder itself when it was made inside. What it held
-        before stays. Only one process may write the folder inside (``exclusive``)."""
+        before stays, but for the entries the run replaced (a recipe.yaml an earlier refused run
+        left). Only one process may write the folder inside (``exclusive``)."""
         before = set(os.listdir(self.root)) if self.root.is_dir() else None
         try:
             yield
         except UserError as err:
             if not isinstance(err, TrainingDiverged) and not self.started:
-                self._remove_made(before)
+                try:
+                    self._remove_made(before)
+                except OSError as failed:  # the refusal stays the line the user reads
+                    log.warning("could not remove %s, which the refused run wrote (%s)", self.root, reason(failed))
             raise
 
     def _remove_made(self, before: set[str] | None) -> None:

@@ -166,7 +166,7 @@ class Tuning:
         """Refuses run folders of other settings (a run interrupted before its row was written:
         resuming it, or reading its metrics, would record the old settings' result as the new's),
         and runs begun on input files changed since. A folder with nothing to resume or read (a
-        point its data refused before training: its recipe and schema only) is trained afresh, as
+        point an earlier ctr's run refused before training: its recipe and schema only) is trained afresh, as
         ``ctr train`` does."""
         for point in self.points:
             recipe = recipes[point.key]

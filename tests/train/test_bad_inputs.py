@@ -2,8 +2,10 @@
 written (no run directory, no data cache, an existing file left as it was)."""
 
 import csv
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -284,7 +286,8 @@ def test_a_distributed_run_refused_after_its_data_is_prepared_leaves_no_run_fold
 
 @pytest.mark.parametrize("before", [[], ["recipe.yaml", "schema/"]], ids=["empty", "left-by-a-refused-run"])
 def test_a_refusal_after_the_data_is_prepared_leaves_the_folder_as_it_was(tmp_path, capsys, before):
-    """A folder made for --out stays, empty; one holding what an earlier refused run left keeps it."""
+    """A folder made for --out stays, empty; one holding what an earlier refused run left keeps
+    those names (a guard: the run replaces them, as it did before removing what it wrote)."""
     recipe, run = write_recipe(tmp_path), tmp_path / "run"
     run.mkdir()
     for name in before:
@@ -292,6 +295,25 @@ def test_a_refusal_after_the_data_is_prepared_leaves_the_folder_as_it_was(tmp_pa
     code, err = run_cli(capsys, "train", recipe, "-o", "train.eval_every_n_steps=100000", "--out", run)
     assert_one_line(code, err, "train.eval_every_n_steps: 100000 is more than the")
     assert sorted(p.name for p in run.iterdir()) == sorted(name.rstrip("/") for name in before)
+
+
+def test_a_refusal_whose_clean_up_fails_is_still_its_one_line(tmp_path, capsys, caplog, monkeypatch):
+    """Removing what a refused run wrote can fail (permissions, a busy NFS file): the run's
+    refusal is still the one line the user reads, and the folder left is named in a warning."""
+    recipe, run = write_recipe(tmp_path), tmp_path / "run"
+
+    real_rmtree = shutil.rmtree
+
+    def denied(path, *args, **kwargs):
+        if Path(path) == run:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", denied)
+    code, err = run_cli(capsys, "train", recipe, "-o", "train.eval_every_n_steps=100000", "--out", run)
+    assert code == 2 and "train.eval_every_n_steps: 100000 is more than the" in err, err
+    assert "Traceback" not in err, err
+    assert f"could not remove {run}, which the refused run wrote" in caplog.text
 
 
 @pytest.mark.parametrize("early_stop", [{"monitor": "valid/auc"}, {"monitor": "valid/gauc"}, None])

@@ -12,7 +12,8 @@ from ctr.cli import main
 from tests.conftest import tiny_recipe
 
 
-@pytest.mark.parametrize("devices", [1, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("devices", [1, 2])
 def test_the_steps_after_the_last_interval_are_validated_at_the_end(tmp_path, capfd, devices):
     raw = tiny_recipe(tmp_path, train={"epochs": 2, "eval_every_n_steps": 4},
                       trainer={"devices": devices, "progress_bar": False})
