@@ -111,14 +111,14 @@ def check_settings(out: Path, base: dict[str, Any], recipes: dict[str, Recipe], 
 
 
 def _base_change(kept: dict[str, Any], base: dict[str, Any]) -> str | None:
-    """How ``base`` differs from the ``base.yaml`` an out folder keeps (``first_difference``):
-    None also where both read as one recipe (a value spelt otherwise, ``1e-2`` and ``0.01``, or
-    a default written out), as the cells' run folders are compared."""
-    change = first_difference(kept, base)
-    if change is None:
-        return None
-    read = _read_recipe(kept)
-    return None if read is not None and read == _read_recipe(base) else change
+    """How ``base`` differs from the ``base.yaml`` an out folder keeps (``first_difference``)
+    as the recipe reads both, as the cells' run folders are compared: a value spelt otherwise
+    (``1e-2`` and ``0.01``) or a default written out is no difference, nor does it hide one
+    after it. Compared as written where either is refused by the recipe."""
+    read_kept, read_base = _read_recipe(kept), _read_recipe(base)
+    if read_kept is None or read_base is None:
+        return first_difference(kept, base)
+    return first_difference(read_kept, read_base)
 
 
 def _read_recipe(raw: dict[str, Any]) -> dict[str, Any] | None:

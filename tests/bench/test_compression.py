@@ -596,6 +596,18 @@ def test_a_rerun_whose_settings_are_spelt_otherwise_is_not_refused(tmp_path, bef
         check_settings(out, {**kept, "embedding": {**kept["embedding"], "init_std": 0.02}}, {}, finished=True)
 
 
+def test_a_rerun_of_other_settings_names_the_difference_of_the_read_recipes(tmp_path):
+    """Kept ``init_std: '1e-2', dim: 8``, rerun ``init_std: 0.01, dim: 16``: the refusal named
+    init_std (spelt otherwise, the same value) and hid the dim that changed."""
+    out, base = tmp_path / "bench", tiny_recipe(tmp_path)
+    out.mkdir()
+    kept = {**base, "embedding": {"method": "full", "init_std": "1e-2", "dim": 8}}  # init_std compared first
+    (out / "base.yaml").write_text(yaml.safe_dump(kept, sort_keys=False))
+    now = {**base, "embedding": {"method": "full", "init_std": 0.01, "dim": 16}}
+    with pytest.raises(UserError, match=r"holds runs of other settings \(embedding.dim: 8 before, 16 now\)"):
+        check_settings(out, now, {}, finished=True)
+
+
 def test_more_jobs_than_usable_cores_are_refused_before_any_cell(tmp_path, monkeypatch):
     """``--jobs 3`` on 2 cores trained 3 cells at once: their train seconds and rows/s measured
     the cells waiting for each other (and 64 jobs started 64 training processes)."""
