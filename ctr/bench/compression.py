@@ -26,6 +26,7 @@ others run the same optimizer unfused (the same update, applied after the backwa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -137,16 +138,12 @@ def run_compression(
     has so far) and once at the end. Before any cell: every cell's recipe is built, an error
     they share with the base recipe ends the command, and an ``out`` of other settings is
     refused (``check_settings``); the data is prepared once."""
-    if jobs < 1:
-        raise UserError(f"--jobs: must be >= 1, got {jobs}")
-    if jobs > usable_cores():
-        raise UserError(f"--jobs: {jobs} is more than the {usable_cores()} cores this process may run on (cells "
-                        "waiting for each other measure nothing: their train seconds and rows/s would be the wait's)")
     RunDir(out).check_usable()  # a file, or a folder inside one
     base = read_yaml(recipe_path)
     overrides = embedding_keys(overrides)
     for item in overrides:
         apply_override(base, item)
+    check_jobs(jobs, base)
     import_recipe_plugins(base)  # before --methods is checked: it may name a plugin's method
     check_seeds(base, seeds)
     cells = plan(methods, budgets, seeds)
@@ -169,7 +166,7 @@ def run_compression(
         prepare_once(trainable[0], recipe_path)
         keep_settings(out, base)
     preparing = threading.Lock()  # cells of one seed share the prepared data: one prepares it
-    pool, children = ThreadPoolExecutor(max_workers=jobs), Children()
+    pool, children = ThreadPoolExecutor(max_workers=jobs), Children(jobs)
     try:
         with sigterm_raises():
             running = [pool.submit(_run_cell, cell, raws[cell.key], out, number, preparing, children,
@@ -185,6 +182,36 @@ def run_compression(
         pool.shutdown()
     _report(results, cells, out, seeds)
     return results
+
+
+def check_jobs(jobs: int, base: dict[str, Any]) -> None:
+    """Refuses ``jobs`` cells at once that would wait for each other (their train seconds and
+    rows/s would time the wait): more jobs than the cores this process may run on, or jobs ×
+    the base's explicit ``trainer.num_threads`` above them. With ``auto`` (the default) each
+    cell's threads are its own cores' (``core_slices``)."""
+    if jobs < 1:
+        raise UserError(f"--jobs: must be >= 1, got {jobs}")
+    cores, waiting = usable_cores(), "cells waiting for each other measure nothing: their train seconds and rows/s "
+    if jobs > cores:
+        raise UserError(f"--jobs: {jobs} is more than the {cores} cores this process may run on ({waiting}"
+                        "would be the wait's)")
+    trainer = base.get("trainer")
+    threads = trainer.get("num_threads") if isinstance(trainer, dict) else None
+    if isinstance(threads, int) and not isinstance(threads, bool) and jobs > 1 and jobs * threads > cores:
+        raise UserError(f"--jobs: {jobs} cells of trainer.num_threads {threads} need {jobs * threads} cores, more than "
+                        f"the {cores} this process may run on ({waiting}would be the wait's; leave num_threads auto)")
+
+
+def core_slices(jobs: int) -> list[set[int]]:
+    """The cores each of ``jobs`` cells at once trains on: disjoint, equal slices of those this
+    process may run on (a cell's ``trainer.num_threads: auto`` is its slice's size); none for
+    one job, or where the system has no CPU affinity."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    if jobs == 1 or affinity is None:
+        return []
+    cores = sorted(affinity(0))
+    size = len(cores) // jobs
+    return [set(cores[i * size:(i + 1) * size]) for i in range(jobs)]
 
 
 def _cell_recipe_file(out: Path, cell: Cell) -> Path:
@@ -206,11 +233,14 @@ def _drop_redrawn(results: Results, cells: list[Cell], recipes: dict[str, Recipe
 
 
 class Children:
-    """The ``ctr train`` processes the cells run; ``stop`` sends each SIGTERM (it keeps its
-    last checkpoint: a rerun resumes it) and refuses new ones."""
+    """The ``ctr train`` processes the cells run, ``jobs`` at once, each on a slice of the
+    cores of its own (``core_slices``: set the instant it starts, long before ctr reads its
+    affinity or torch makes a thread); ``stop`` sends each SIGTERM (it keeps its last checkpoint: a rerun resumes it)
+    and refuses new ones."""
 
-    def __init__(self) -> None:
-        self._lock, self._running, self._stopping = threading.Lock(), set(), False
+    def __init__(self, jobs: int = 1) -> None:
+        self._lock, self._running, self._stopping = threading.Lock(), {}, False
+        self._free = core_slices(jobs)
 
     def start(self, command: list[str], stderr: IO[str]) -> subprocess.Popen | None:
         """The child running ``command``, or None once ``stop`` was called."""
@@ -219,12 +249,18 @@ class Children:
                 return None
             env = {**os.environ, STARTER: str(os.getpid())}  # the child ends if this process is killed
             child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
-            self._running.add(child)
+            cores = self._free.pop() if self._free else None
+            if cores:
+                with contextlib.suppress(ProcessLookupError):  # it ended already
+                    os.sched_setaffinity(child.pid, cores)
+            self._running[child] = cores
             return child
 
     def ended(self, child: subprocess.Popen) -> None:
         with self._lock:
-            self._running.discard(child)
+            cores = self._running.pop(child, None)
+            if cores:
+                self._free.append(cores)
 
     def stop(self) -> None:
         with self._lock:

@@ -1,4 +1,5 @@
 import csv
+import os
 import shutil
 import subprocess
 import sys
@@ -620,6 +621,41 @@ def test_more_jobs_than_usable_cores_are_refused_before_any_cell(tmp_path, monke
         run_compression(recipe, ["robe"], [0.001], 1, tmp_path / "bench", [], jobs=3)
     assert not (tmp_path / "bench").exists()
     run_compression(recipe, ["robe"], [0.001], 1, tmp_path / "bench", [], jobs=2)  # a refused cell: nothing trains
+
+
+def test_jobs_times_explicit_threads_above_the_usable_cores_are_refused(tmp_path, monkeypatch):
+    """``--jobs 2`` with ``trainer.num_threads: 2`` on 2 cores ran 4 threads on 2 cores."""
+    from ctr.bench import compression
+
+    monkeypatch.setattr(compression, "usable_cores", lambda: 2)
+    recipe = tmp_path / "base.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, trainer={"num_threads": 2})))
+    message = r"^--jobs: 2 cells of trainer.num_threads 2 need 4 cores, more than the 2 this process may run on \("
+    with pytest.raises(UserError, match=message):
+        run_compression(recipe, ["robe"], [0.001], 1, tmp_path / "bench", [], jobs=2)
+    assert not (tmp_path / "bench").exists()
+    compression.check_jobs(1, {"trainer": {"num_threads": 2}})  # one job: its threads are the recipe's choice
+    compression.check_jobs(2, {"trainer": {"num_threads": 1}})
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="2 cores")
+def test_cells_on_jobs_at_once_train_on_cores_of_their_own(tmp_path):
+    """Each cell's ``trainer.num_threads: auto`` (the default) took every core: ``--jobs 2`` on
+    2 cores ran 2 threads a cell, the cells waiting for each other."""
+    from ctr.bench.compression import Children
+
+    children, started = Children(2), []
+    for number in range(3):  # the first two at once; the third takes the cores the first gave back
+        with (tmp_path / f"{number}.txt").open("w") as stderr:
+            started.append(children.start([sys.executable, "-c", "import os, sys; "
+                                           "print(sorted(os.sched_getaffinity(0)), file=sys.stderr)"], stderr))
+        started[-1].wait()
+        if number == 1:
+            children.ended(started[0])
+    seen = [(tmp_path / f"{number}.txt").read_text().strip() for number in range(3)]
+    cores = sorted(os.sched_getaffinity(0))
+    assert seen[0] != seen[1] and seen[2] == seen[0] and len(yaml.safe_load(seen[0])) == len(cores) // 2
+    assert sorted(yaml.safe_load(seen[0]) + yaml.safe_load(seen[1])) == cores[: len(cores) // 2 * 2]
 
 
 def test_a_method_yaml_gives_no_dim_init_std_or_backend_where_the_recipe_leaves_them_to_their_defaults(tmp_path):
