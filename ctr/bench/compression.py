@@ -55,7 +55,7 @@ from ctr.recipe.files import apply_override, read_yaml
 from ctr.registry import EMBEDDINGS
 from ctr.train.plots import save_png
 from ctr.train.launch import STARTER
-from ctr.train.refusal import budget_refusal
+from ctr.train.refusal import MethodFailed, budget_refusal
 from ctr.train.rundir import RunDir, refuse_writing_over_recipe
 
 log = logging.getLogger("ctr.bench")
@@ -292,8 +292,8 @@ def _run_cell(
     except UserError as err:
         log.warning("bench %s: %s", cell.key, err)
         return {**row, "status": f"error: {err}"}
-    except Exception as err:  # a method's bug at this budget: its cell fails, as its training in a child would
-        return {**row, "status": _crashed(cell, err, out)}
+    except MethodFailed as err:  # a method's bug at this budget: its cell fails, as its training in a child would
+        return {**row, "status": _crashed(cell, err.__cause__, out)}
     if refusal is not None:
         log.info("bench %s: %s", cell.key, refusal)
         return {**row, "status": refusal}

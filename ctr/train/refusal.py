@@ -5,8 +5,14 @@ from __future__ import annotations
 
 from ctr.datasets import prepare
 from ctr.embeddings.budget import BudgetUnreachableError, ComputeLimitError
+from ctr.errors import UserError
 from ctr.recipe import Recipe
 from ctr.registry import EMBEDDINGS
+
+
+class MethodFailed(Exception):
+    """The method's unexpected error (not a UserError: a plugin's bug) while it was built to
+    ask its budget, which is this one's ``__cause__``; an error of preparing the data is not one."""
 
 
 def budget_refusal(recipe: Recipe) -> str | None:
@@ -21,4 +27,8 @@ def budget_refusal(recipe: Recipe) -> str | None:
         return f"cannot reach (min {err.shown_min})"
     except ComputeLimitError as err:
         return f"not run: compute ({err.estimate})"
+    except UserError:
+        raise
+    except Exception as err:
+        raise MethodFailed(f"{recipe.embedding.method}: {err}") from err
     return None

@@ -583,6 +583,22 @@ def test_a_method_that_crashes_at_one_budget_fails_that_cell_and_the_grid_goes_o
     sys.modules.pop("fragile_method", None)
 
 
+def test_a_data_error_while_a_budget_is_asked_is_not_the_methods(tmp_path, monkeypatch):
+    """A disk full while the cells' data was read again to ask each budget failed every cell
+    as "its method failed while its budget was asked": it ends the command, as a disk full does."""
+    import ctr.train.refusal
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ctr.train.refusal, "prepare", full_disk)  # the data was prepared once, before any cell
+    recipe = tmp_path / "base.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    with pytest.raises(OSError, match="No space left on device"):
+        run_compression(recipe, ["hash"], [0.5], 1, tmp_path / "bench", [])
+    assert not (tmp_path / "bench" / "logs").exists()
+
+
 @pytest.mark.parametrize("before, now", [({"init_std": "1e-2"}, {"init_std": 0.01}), ({}, {"init_std": 0.01})])
 def test_a_rerun_whose_settings_are_spelt_otherwise_is_not_refused(tmp_path, before, now):
     """``-o embedding.init_std=1e-2`` (YAML reads it as text, the recipe as 0.01), then the same
