@@ -191,8 +191,8 @@ def format_result(result: TrainBenchResult, config: TrainBenchConfig) -> str:
     than the batch size: an epoch's last batch, or a split smaller than one batch), then the
     phase split as a markdown table."""
     kind = "GPU time (CUDA events)" if result.busy is not None else "host time"
-    per_step = result.samples / config.steps
-    smaller = f" ({per_step:,.0f} rows a timed step on average)" if per_step < result.batch_size else ""
+    per_step = round(result.samples / config.steps)  # as shown: 511.76 rows a step read "512" beside batch 512
+    smaller = f" ({per_step:,} rows a timed step on average)" if per_step < result.batch_size else ""
     lines = [
         f"device: {result.device}; torch {torch.__version__}",
         f"recipe {config.recipe}, batch {result.batch_size:,}{smaller}: {config.steps} timed steps after "

@@ -108,3 +108,15 @@ def test_the_report_says_the_rows_a_step_trained_where_batches_were_smaller_than
         format_result(small, config)
     whole = TrainBenchResult("CPU (1 threads)", 512, 3 * 512, 1.0, dict.fromkeys(PHASES, 0.1), None, None)
     assert f"recipe {config.recipe}, batch 512: 3 timed steps after 0 warm-up\n" in format_result(whole, config)
+
+
+def test_the_report_names_no_smaller_rows_a_step_that_round_to_the_batch_size(tmp_path):
+    """Batch 512 with a last batch of 500 rows in 50 steps (511.76 rows a step): the report said
+    "batch 512 (512 rows a timed step on average)"."""
+    from ctr.bench.train import TrainBenchResult, format_result
+
+    config = TrainBenchConfig(tmp_path / "tiny.yaml", [], "cpu", warmup=0, steps=50)
+    nearly = TrainBenchResult("CPU (1 threads)", 512, 49 * 512 + 500, 1.0, dict.fromkeys(PHASES, 0.1), None, None)
+    assert f"recipe {config.recipe}, batch 512: 50 timed steps after 0 warm-up\n" in format_result(nearly, config)
+    fewer = TrainBenchResult("CPU (1 threads)", 512, 49 * 512 + 400, 1.0, dict.fromkeys(PHASES, 0.1), None, None)
+    assert "batch 512 (510 rows a timed step on average): 50 timed steps" in format_result(fewer, config)
