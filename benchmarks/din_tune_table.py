@@ -33,10 +33,12 @@ def chosen_rows(results: Path) -> list[dict[str, str]]:
 
 
 def spread(rows: list[dict[str, str]], key: str) -> str:
-    """Mean ± sample sd of ``key`` over ``rows``; a dash where no seed trained."""
-    if not rows:
+    """Mean ± sample sd of ``key`` over ``rows``; a dash where no seed trained or a seed that
+    trained has no value (an empty ``test_gauc``), as ctr tune's table gives."""
+    values = [row[key] for row in rows]
+    if not values or not all(values):
         return "–"
-    mean, std = mean_std([float(row[key]) for row in rows])
+    mean, std = mean_std([float(value) for value in values])
     return f"{mean:.4f} ± {std:.4f}"
 
 

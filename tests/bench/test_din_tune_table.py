@@ -67,3 +67,14 @@ def test_a_seed_of_the_chosen_point_that_failed_is_named_not_a_traceback(tmp_pat
     text = table(tmp_path)
     assert "| paper | 0.7200 ± 0.0283 | 0.6200 ± 0.0283 |" in text
     assert "- Beauty, paper (2 of 3 seeds; seed 3 failed: training: the loss is not finite at step 9): `a=1`" in text
+
+
+def test_an_empty_group_auc_of_a_seed_that_trained_is_a_dash(tmp_path):
+    """A seed that trained with no test group AUC (an empty ``test_gauc``): float('') raised
+    ValueError; ctr tune's table gives "–" for it."""
+    for form in FORMS:
+        write(tmp_path / "Beauty" / form, [
+            {"point": "p00", "settings": "a=1", "seed": "1", "valid": "0.80", "test_auc": "0.70", "test_gauc": "0.60"},
+            {"point": "p00", "settings": "a=1", "seed": "2", "valid": "0.82", "test_auc": "0.74"},
+        ])
+    assert "| paper | 0.7200 ± 0.0283 | – |" in table(tmp_path)
