@@ -221,6 +221,7 @@ def cell_recipe(base: dict[str, Any], options: list[str], recipe_path: Path, cel
         if block["method"] != cell.method:
             raise UserError(f"{sibling}: embedding.method: {block['method']!r}, not {cell.method} (this file gives "
                             f"{cell.method}'s cells)")
+        _say_base_keys_left_out(given, sibling, cell)
     for key in BASE_EMBEDDING_KEYS:  # the recipe's, or their defaults where it leaves them out: never the file's
         block.pop(key, None)
         if key in embedding:
@@ -246,6 +247,15 @@ def _block(value: Any, source: str) -> dict[str, Any]:  # noqa: ANN401 (a raw re
     if value is not None and not isinstance(value, dict):
         raise UserError(f"{source}: embedding: expected a mapping, got {value!r}")
     return value or {}
+
+
+def _say_base_keys_left_out(given: dict[str, Any], sibling: Path, cell: Cell) -> None:
+    """Logs the ``dim``, ``init_std`` and ``backend`` that a ``<method>.yaml`` gives and the
+    cell leaves out (the recipe's, or their defaults, are every cell's)."""
+    keys = [f"embedding.{key}" for key in BASE_EMBEDDING_KEYS if key in given]
+    if keys:
+        log.info("bench %s: %s: %s %s left out (the recipe's, or their defaults, are every cell's)", cell.key,
+                 sibling, " and ".join(keys), "is" if len(keys) == 1 else "are")
 
 
 def _drop_unread_backend(base: dict[str, Any], block: dict[str, Any], cell: Cell) -> None:

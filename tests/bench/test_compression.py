@@ -683,3 +683,17 @@ def test_a_method_yaml_gives_no_dim_init_std_or_backend_where_the_recipe_leaves_
     (tmp_path / "hash.yaml").write_text("embedding: {method: hash, dim: 4, init_std: 0.5, backend: torch}\n")
     block = cell_recipe(base, [], tmp_path / "base.yaml", Cell("hash", 0.5, 0), tmp_path)["embedding"]
     assert block == {"method": "hash", "budget": 0.5}
+
+
+def test_a_method_yamls_dim_init_std_or_backend_left_out_is_logged(tmp_path, caplog):
+    """``hash.yaml``'s ``dim: 4`` was dropped without a word: its author read the cells as
+    trained at dim 4."""
+    base = tiny_recipe(tmp_path, embedding={"method": "full", "dim": 8})
+    sibling = tmp_path / "hash.yaml"
+    sibling.write_text("embedding: {method: hash, dim: 4, init_std: 0.5}\n")
+    with caplog.at_level(logging.INFO, logger="ctr.bench"):
+        block = cell_recipe(base, [], tmp_path / "base.yaml", Cell("hash", 0.5, 0), tmp_path)["embedding"]
+    assert block["dim"] == 8
+    said = [r.getMessage() for r in caplog.records if str(sibling) in r.getMessage()]
+    assert said == [f"bench hash-0.5-s0: {sibling}: embedding.dim and embedding.init_std are left out (the recipe's, "
+                    "or their defaults, are every cell's)"]
