@@ -207,8 +207,9 @@ def prepare_once(recipe: Recipe, recipe_path: Path) -> None:
 def cell_recipe(base: dict[str, Any], options: list[str], recipe_path: Path, cell: Cell, out: Path) -> dict[str, Any]:
     """The cell's raw recipe: the base's, its embedding block the method's (``<method>.yaml``
     beside the recipe, then ``options``) with the base's dim, init_std and backend (this one
-    for a method that reads it only; their defaults where the base leaves them out). A ``<method>.yaml`` naming another method is refused
-    (its cells would train that one); one naming none (no key, or ``null``) gives the cell's."""
+    for a method that reads it only; their defaults where the base leaves them out, the file's
+    logged). A ``<method>.yaml`` naming another method is refused (its cells would train that
+    one); one naming none (no key, or ``null``) gives the cell's."""
     raw = copy.deepcopy(base)
     embedding = _block(raw.get("embedding"), f"{recipe_path} (with its -o)")
     sibling = recipe_path.parent / f"{cell.method}.yaml"

@@ -566,12 +566,16 @@ def test_a_method_that_crashes_at_one_budget_fails_that_cell_and_the_grid_goes_o
     from ctr.registry import EMBEDDINGS
 
     monkeypatch.syspath_prepend(str(tmp_path))
+    EMBEDDINGS.names()  # the built-ins registered before the copy: a test run alone found none after
     monkeypatch.setattr(EMBEDDINGS, "_entries", dict(EMBEDDINGS._entries))  # the plugin's method is forgotten after
     (tmp_path / "fragile_method.py").write_text(FRAGILE_METHOD)
     recipe = tmp_path / "base.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, plugins=["fragile_method"])))
     out = tmp_path / "bench"
-    results = run_compression(recipe, ["fragile"], [0.1, 0.5], 1, out, [])
+    try:
+        results = run_compression(recipe, ["fragile"], [0.1, 0.5], 1, out, [])
+    finally:  # the plugin's module is forgotten too, whatever the run raised
+        sys.modules.pop("fragile_method", None)
     statuses = {row["budget"]: row["status"] for row in results.rows}
     log = out / "logs" / "fragile-0.1-s0.log"
     assert statuses == {"0.1": f"failed (ValueError: negative dimension -0.1, see {log})",
@@ -580,7 +584,6 @@ def test_a_method_that_crashes_at_one_budget_fails_that_cell_and_the_grid_goes_o
     assert results.unfinished(plan(["fragile"], [0.1, 0.5], 1)) == ["fragile-0.1-s0"]  # retried by the rerun
     listed = f"- `fragile-0.1-s0`: {statuses['0.1']}"
     assert listed in (out / "results.md").read_text()
-    sys.modules.pop("fragile_method", None)
 
 
 def test_a_data_error_while_a_budget_is_asked_is_not_the_methods(tmp_path, monkeypatch):

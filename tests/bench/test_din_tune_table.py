@@ -4,7 +4,8 @@ import pytest
 
 from benchmarks.din_tune_table import FORMS, table
 
-COLUMNS = ["point", "settings", "seed", "monitor", "valid", "failed", "test_auc", "test_gauc", "test_logloss", "run_dir"]
+COLUMNS = ["point", "settings", "seed", "monitor", "valid", "failed", "test_auc", "test_gauc", "test_logloss",
+           "run_dir"]
 
 
 def write(folder, rows):
