@@ -95,8 +95,11 @@ class DeepHashEmbedding(EmbeddingMethod):
 
     Deviations: int64 hashing of global rows with p = 2³¹ − 1, so the tables together hold
     at most p rows (refused past it) (the artifact's int32 hashing overflows on Criteo-sized
-    ids; it draws a prime per hash instead); torch's default Linear
-    initialisation (the artifact's trainer draws weights uniform in ±√(1 / max_t V_t));
+    ids; it draws a prime per hash instead); the hidden Linear layers keep torch's default
+    initialisation (the artifact's trainer draws every weight uniform in ±√(1 / max_t V_t);
+    BatchNorm follows each and cancels its scale, and at the artifact's scale on Criteo-sized
+    tables their outputs' variance would fall near or under BatchNorm's eps), the output
+    layer starts as the artifact's (``artifact_output_layer``);
     one decoder shared by every table (the artifact gives each large table its own).
 
     Shapes: ids [N] of features [N] → codes [N, k] → [N, D].
@@ -112,7 +115,7 @@ class DeepHashEmbedding(EmbeddingMethod):
         layers: list[nn.Module] = []
         for i in range(config.hidden_layers):
             layers += [nn.Linear(config.hashes if i == 0 else width, width), nn.BatchNorm1d(width), nn.Mish()]
-        self.decoder = nn.Sequential(*layers, nn.Linear(width, config.dim))
+        self.decoder = nn.Sequential(*layers, artifact_output_layer(width, config.dim, max(self.table_rows.values())))
         self.width = width
 
     def encode(self, feature: Tensor, ids: Tensor) -> Tensor:
@@ -146,6 +149,19 @@ class DeepHashEmbedding(EmbeddingMethod):
         for linear, norm, activation in zip(layers[:-1:3], layers[1::3], layers[2::3]):
             hidden = activation(occurrence_norm(norm, linear(hidden), counts))
         return layers[-1](hidden)
+
+
+def artifact_output_layer(width: int, dim: int, max_rows: int) -> nn.Linear:
+    """The decoder's last Linear [w → D] as the artifact's trainer initialises every Linear:
+    weights uniform in ±√(1 / max_t V_t), zero bias. Every id's vector carries the decoder's
+    mean output (Mish after BatchNorm averages about 0.24 per unit), and an FM sums it over
+    every pair of fields; torch's default (weights and bias ±1/√w) made that sum about 100 at
+    the start of DeepFM on 26 fields, and every prediction saturated."""
+    linear = nn.Linear(width, dim)
+    bound = max_rows ** -0.5
+    nn.init.uniform_(linear.weight, -bound, bound)
+    nn.init.zeros_(linear.bias)
+    return linear
 
 
 def occurrence_norm(norm: nn.BatchNorm1d, hidden: Tensor, counts: Tensor) -> Tensor:
