@@ -73,6 +73,8 @@ AGAIN = "; no checkpoint was written: the same command trains the run from the s
     (["train", "r.yaml", "--out", "run"], True, [], ""),
     (["train", "r.yaml", "--out", "run"], True, ["run/"], ""),  # a folder the user made for it
     (["train", "r.yaml", "--out", "run"], True, ["run/", "run/recipe.yaml", "run/schema/"], AGAIN),  # no checkpoint yet
+    (["train", "r.yaml", "--out", "run"], True, ["run/", "run/recipe.yaml", "run/schema/", "run/stages/",
+                                                 "run/stages/initial.pt"], AGAIN),  # a multi-stage run's, no stage done
 ])
 def test_a_signal_before_the_run_directory_is_made_says_nothing_to_resume(tmp_path, monkeypatch, capsys, argv, made,
                                                                           held, hint):

@@ -162,6 +162,12 @@ def _locked(lock: Path, folder: Path, doing: str) -> IO[str]:
         handle.close()
 
 
+def _holds_last(checkpoints: Path) -> bool:
+    """Whether the ``checkpoints`` folder of a training holds its last checkpoint: Lightning's
+    ``last.ckpt`` or a distributed ``last`` folder (``replaced_folder``: also beside its place)."""
+    return (checkpoints / "last.ckpt").exists() or replaced_folder(checkpoints / "last").exists()
+
+
 def saved_value(path: Path, *keys: str) -> Any:
     """The value at ``keys`` of a JSON file a run saved (``schema/key.json``,
     ``schema/report.json``); a UserError naming the file when it is not whole (cut short, not
@@ -194,10 +200,13 @@ class RunDir:
 
     @property
     def started(self) -> bool:
-        """Whether training has left something to resume: a last checkpoint, a multi-stage
-        run's stages/ (written first) or a distributed run's checkpoint folder (also while a
-        save that a kill stopped between its renames left it beside its place)."""
-        return self.last.exists() or self.stages.exists() or replaced_folder(self.checkpoints / "last").exists()
+        """Whether training has left something to resume: a last checkpoint (a one-process
+        run's, a distributed run's folder, also while a save that a kill stopped between its
+        renames left it beside its place), a stage's, or a multi-stage run's finished stage
+        (``stages/progress.json``). A stages/ holding only what a stage writes before either
+        (the net before the first stage) is not: a run refused at its first batch has it."""
+        folders = [self.checkpoints, *self.stages.glob("*/checkpoints")]
+        return self.stage_progress.exists() or any(_holds_last(folder) for folder in folders)
 
     @property
     def holds_run(self) -> bool:
@@ -300,7 +309,7 @@ class RunDir:
             raise UserError(f"{self.root}: this run is finished (metrics.json is written); nothing to resume")
         if resume and not self.started:
             raise UserError(f"{self.root}: nothing to resume (no checkpoint written yet: no checkpoints/last.ckpt, "
-                            "checkpoints/last (a distributed run's) or stages/)")
+                            "checkpoints/last (a distributed run's), stage checkpoint or finished stage in stages/)")
         edit = self.edit_since_start() if resume else None
         if edit:
             raise UserError(f"{self.recipe}: edited since the run began ({edit}); a resume trains the settings the "
@@ -402,9 +411,10 @@ class RunDir:
         """Inside, a refusal (a UserError; not a diverged loss, a training's outcome) before the
         run trained anything to resume (not ``started``: a check of the prepared data, a model's
         first batch) leaves the folder as it was: what was made in it inside (its recipe.yaml,
-        schema/, logs/) is removed, and the folder itself when it was made inside. What it held
-        before stays, but for the entries the run replaced (a recipe.yaml an earlier refused run
-        left). Only one process may write the folder inside (``exclusive``)."""
+        schema/, logs/, a multi-stage run's stages/) is removed, and the folder itself when it
+        was made inside. What it held before stays, but for the entries the run replaced (a
+        recipe.yaml an earlier refused run left). Only one process may write the folder inside
+        (``exclusive``)."""
         before = set(os.listdir(self.root)) if self.root.is_dir() else None
         try:
             yield

@@ -11,6 +11,7 @@ import yaml
 from ctr.cli import main
 from ctr.recipe import recipe_from_dict
 from tests.conftest import tiny_recipe
+from tests.train.test_stages import DNIS
 
 PLUGIN = '''
 from dataclasses import dataclass
@@ -61,11 +62,12 @@ class OddOutput(CTRModel):
 '''
 
 
-def train_plugin_model(tmp_path, monkeypatch, output: str, regularizer: str = "scalar") -> int:
-    """``ctr train`` of a tiny recipe over ``OddOutput`` with ``output`` and ``regularizer``; its exit code."""
+def train_plugin_model(tmp_path, monkeypatch, output: str, regularizer: str = "scalar", embedding=None) -> int:
+    """``ctr train`` of a tiny recipe over ``OddOutput`` with ``output`` and ``regularizer`` (and
+    ``embedding``, when given); its exit code."""
     (tmp_path / "odd_output_plugin.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))
-    raw = tiny_recipe(tmp_path, plugins=["odd_output_plugin"], train={"max_steps": 2})
+    raw = tiny_recipe(tmp_path, plugins=["odd_output_plugin"], train={"max_steps": 2}, embedding=embedding or {})
     raw["model"] = {"name": "odd_output", "output": output, "regularizer": regularizer}
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(raw))
@@ -89,6 +91,16 @@ def test_a_plugin_model_s_value_error_is_one_line_naming_it(tmp_path, capsys, mo
     err = capsys.readouterr().err
     assert "Traceback" in err and "odd_output_plugin.py" in err and err.strip().endswith(said + " (CTR_DEBUG=1 "
                                                                                           "prints its traceback)"), err
+
+
+def test_a_multi_stage_run_refused_at_its_first_batch_leaves_no_run(tmp_path, capsys, monkeypatch):
+    """DNIS wrote stages/ (the net before its first stage) before the model's first batch: the
+    folder was kept as a started run, which its resume refused again and a new run could not
+    train into ("already holds a run"). The same command now meets the same refusal."""
+    for _ in range(2):
+        assert train_plugin_model(tmp_path, monkeypatch, "refused_at_forward", embedding=DNIS) == 2
+        assert "a batch of 512 rows is refused" in capsys.readouterr().err
+        assert not (tmp_path / "run").exists()
 
 
 def test_a_value_error_of_ctr_s_own_code_in_a_plugin_model_stays_a_traceback(tmp_path, monkeypatch):

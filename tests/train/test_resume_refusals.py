@@ -119,13 +119,16 @@ def test_a_run_keeps_the_recipe_it_began_with_beside_its_schema(tmp_path):
     assert run.edit_since_start() is None
 
 
-def test_a_run_stopped_before_its_first_checkpoint_names_both_kinds(tmp_path, capsys):
-    """The refusal named checkpoints/last.ckpt only, which a distributed run never writes."""
-    run = interrupted_one_process_run(tmp_path, "logs/metrics.csv")
+@pytest.mark.parametrize("written", ["logs/metrics.csv", "stages/initial.pt"])
+def test_a_run_stopped_before_its_first_checkpoint_names_both_kinds(tmp_path, capsys, written):
+    """The refusal named checkpoints/last.ckpt only, which a distributed run never writes. A
+    multi-stage run's stages/ before its first finished stage or checkpoint is nothing to
+    resume either (it was taken for a started run)."""
+    run = interrupted_one_process_run(tmp_path, written)
     assert main(["train", "--resume", str(run)]) == 2
     assert capsys.readouterr().err.strip() == (
         f"ctr: error: {run}: nothing to resume (no checkpoint written yet: no checkpoints/last.ckpt, "
-        "checkpoints/last (a distributed run's) or stages/)")
+        "checkpoints/last (a distributed run's), stage checkpoint or finished stage in stages/)")
 
 
 def test_a_distributed_checkpoint_lacking_a_file_is_refused_before_any_process(tmp_path, capsys):
