@@ -317,8 +317,8 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _bench_compression(args: argparse.Namespace) -> int:
-    from ctr.bench.compression import PLOT, RESULTS_CSV, RESULTS_MD, plan, run_compression, tally
-    from ctr.train.rundir import RunDir, held
+    from ctr.bench.compression import PLOT, RESULTS_CSV, RESULTS_MD, check_grid, plan, run_grid, tally
+    from ctr.train.rundir import held
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
@@ -326,11 +326,9 @@ def _bench_compression(args: argparse.Namespace) -> int:
     except ValueError:
         raise UserError(f"--budgets: expected comma-separated numbers, got {args.budgets!r}") from None
     out = args.out or Path("runs") / f"bench-{args.recipe.stem}"
-    RunDir(out).check_usable()  # before its lock beside it is made
+    grid = check_grid(args.recipe, methods, budgets, args.seeds, out, args.override, args.jobs)  # before the lock
     with held(out, "is writing results in this folder"), sigterm_raises():  # outside a cell's training too
-        results = run_compression(
-            args.recipe, methods, budgets, args.seeds, out, args.override, args.jobs, args.drop_checkpoints
-        )
+        results = run_grid(grid, args.drop_checkpoints)
     print((out / RESULTS_MD).read_text(), end="")
     print(f"\n{tally(results.shown(args.seeds))} in {out / RESULTS_CSV}; plot {out / PLOT}")
     unfinished = results.unfinished(plan(methods, budgets, args.seeds))

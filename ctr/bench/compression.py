@@ -37,6 +37,7 @@ import sys
 import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -129,15 +130,29 @@ def _tried_again(row: dict[str, str]) -> bool:
     return _failed(row) or _refused(row)
 
 
-def run_compression(
-    recipe_path: Path, methods: list[str], budgets: list[float], seeds: int, out: Path, overrides: list[str],
-    jobs: int = 1, drop_checkpoints: bool = False,
-) -> Results:
-    """Runs every cell not finished yet, ``jobs`` cells at once (each trains in a process of
-    its own); the table and the plot are rewritten after each cell (a long grid shows what it
-    has so far) and once at the end. Before any cell: every cell's recipe is built, an error
-    they share with the base recipe ends the command, and an ``out`` of other settings is
-    refused (``check_settings``); the data is prepared once."""
+@dataclass(frozen=True)
+class Grid:
+    """A benchmark's settings, checked before anything is written (``check_grid``): its recipe
+    file, where its results go, its base recipe (raw, its ``-o`` applied), its seeds and cells,
+    each cell's raw recipe, by cell key the recipe of each cell not refused, and how many cells
+    train at once."""
+
+    recipe_path: Path
+    out: Path
+    base: dict[str, Any]
+    seeds: int
+    cells: list[Cell]
+    raws: dict[str, dict[str, Any]]
+    recipes: dict[str, Recipe]
+    jobs: int
+
+
+def check_grid(recipe_path: Path, methods: list[str], budgets: list[float], seeds: int, out: Path,
+               overrides: list[str], jobs: int = 1) -> Grid:
+    """Refuses bad flags (``--jobs``, ``--methods``, ``--budgets``, ``--seeds``), a bad recipe or
+    ``-o`` (an error every cell shares with the base recipe) and an ``out`` that cannot hold the
+    results or would write over the recipe, writing nothing: ``ctr bench compression`` checks
+    before its lock beside ``out`` is made. Every cell's recipe is built."""
     RunDir(out).check_usable()  # a file, or a folder inside one
     base = read_yaml(recipe_path)
     overrides = embedding_keys(overrides)
@@ -151,37 +166,59 @@ def run_compression(
     refuse_writing_over_recipe(recipe_path, out, written, "the benchmark")
     options = method_options(overrides)
     raws = {cell.key: cell_recipe(base, options, recipe_path, cell, out) for cell in cells}
-    recipes = cell_recipes(raws, base, recipe_path)
+    return Grid(recipe_path, out, base, seeds, cells, raws, cell_recipes(raws, base, recipe_path), jobs)
+
+
+def run_compression(
+    recipe_path: Path, methods: list[str], budgets: list[float], seeds: int, out: Path, overrides: list[str],
+    jobs: int = 1, drop_checkpoints: bool = False,
+) -> Results:
+    """``run_grid`` of the grid ``check_grid`` makes of these settings."""
+    return run_grid(check_grid(recipe_path, methods, budgets, seeds, out, overrides, jobs), drop_checkpoints)
+
+
+def run_grid(grid: Grid, drop_checkpoints: bool = False) -> Results:
+    """Runs every cell of ``grid`` (``check_grid``'s) not finished yet, its ``jobs`` cells at once
+    (each trains in a process of its own); the table and the plot are rewritten after each
+    cell (a long grid shows what it has so far) and once at the end. Before any cell, an
+    ``out`` of other settings is refused (``check_settings``) and the data is prepared once."""
+    out, cells = grid.out, grid.cells
     results = Results(out / RESULTS_CSV)
-    check_settings(out, base, recipes, results.holds_finished())
-    _drop_redrawn(results, cells, recipes, out)
+    check_settings(out, grid.base, grid.recipes, results.holds_finished())
+    _drop_redrawn(results, cells, grid.recipes, out)
     todo = []
     for number, cell in enumerate(cells, 1):
         if results.done(cell):
             log.info("bench %d/%d %s: finished earlier, skipped", number, len(cells), cell.key)
         else:
             todo.append((f"{number}/{len(cells)}", cell))
-    trainable = [recipes[cell.key] for _, cell in todo if cell.key in recipes]  # a refused recipe's cell trains not
+    trainable = [grid.recipes[cell.key] for _, cell in todo if cell.key in grid.recipes]  # a refused recipe's: none
     if trainable:
-        prepare_once(trainable[0], recipe_path)
-        keep_settings(out, base)
+        prepare_once(trainable[0], grid.recipe_path)
+        keep_settings(out, grid.base)
+    _run_cells(grid, todo, results, drop_checkpoints)
+    _report(results, cells, out, grid.seeds)
+    return results
+
+
+def _run_cells(grid: Grid, todo: list[tuple[str, Cell]], results: Results, drop_checkpoints: bool) -> None:
+    """Runs the cells ``todo`` (each with its number, as ``3/8``), ``grid.jobs`` at once, adding
+    each one's row to ``results`` and rewriting the table and plot as it ends."""
     preparing = threading.Lock()  # cells of one seed share the prepared data: one prepares it
-    pool, children = ThreadPoolExecutor(max_workers=jobs), Children(jobs)
+    pool, children = ThreadPoolExecutor(max_workers=grid.jobs), Children(grid.jobs)
     try:
         with sigterm_raises():
-            running = [pool.submit(_run_cell, cell, raws[cell.key], out, number, preparing, children,
+            running = [pool.submit(_run_cell, cell, grid.raws[cell.key], grid.out, number, preparing, children,
                                    drop_checkpoints) for number, cell in todo]
             for finished in as_completed(running):
                 results.add(finished.result())
-                _report(results, cells, out, seeds)
+                _report(results, grid.cells, grid.out, grid.seeds)
     except BaseException:  # Ctrl-C, SIGTERM or a bug: no cell starts after it, the training ones stop
         pool.shutdown(wait=False, cancel_futures=True)
         children.stop()
         raise
     finally:
         pool.shutdown()
-    _report(results, cells, out, seeds)
-    return results
 
 
 def check_jobs(jobs: int, base: dict[str, Any]) -> None:

@@ -700,3 +700,31 @@ def test_a_method_yamls_dim_init_std_or_backend_left_out_is_logged(tmp_path, cap
     said = [r.getMessage() for r in caplog.records if str(sibling) in r.getMessage()]
     assert said == [f"bench hash-0.5-s0: {sibling}: embedding.dim and embedding.init_std are left out (the recipe's, "
                     "or their defaults, are every cell's)"]
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--methods", "full", "-o", "train.optimizer.lr=-1"], "train.optimizer.lr: must be > 0"),
+    (["--methods", "zip"], "--methods: unknown embedding method 'zip'"),
+    (["--methods", "hash", "--budgets", "2"], "--budgets: 2.0 is not in (0, 1]"),
+    (["--methods", "full", "--seeds", "0"], "--seeds: must be >= 1, got 0"),
+    (["--methods", "full", "--jobs", "0"], "--jobs: must be >= 1, got 0"),
+], ids=["recipe", "method", "budget", "seeds", "jobs"])
+def test_a_refused_recipe_method_budget_or_flag_is_said_before_the_lock(tmp_path, capsys, argv, said):
+    """The lock beside --out was taken before the recipe, its methods, budgets and flags were
+    checked: a second command with a bad recipe was told another ctr process writes its --out
+    (not what was wrong), and the lock made --out's parent. Checked first, nothing is made."""
+    from ctr.train.rundir import held
+
+    recipe = tmp_path / "base.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path)))
+    out = tmp_path / "new" / "bench"
+    with held(tmp_path / "other", "is writing results in this folder"):
+        assert main(["bench", "compression", str(recipe), *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ctr: error: ") and said in err, err
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "new").mkdir()
+    with held(out, "is writing results in this folder"):  # another benchmark writing into --out
+        assert main(["bench", "compression", str(recipe), *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert said in err and "another ctr process" not in err, err
