@@ -389,10 +389,9 @@ def _plan(args: argparse.Namespace) -> int:
 def _clean(args: argparse.Namespace) -> int:
     from ctr.datasets.cache import cache_root, remove_stale, stale_entries
 
-    root = cache_root(args.cache_dir)
-    given = Path(args.cache_dir).expanduser() if args.cache_dir else None
-    if given is not None and not given.is_dir():
-        raise UserError(f"--cache-dir: {args.cache_dir}: " + ("not a folder" if given.exists() else "no such folder"))
+    if args.cache_dir and not Path(args.cache_dir).expanduser().exists():
+        raise UserError(f"--cache-dir: {args.cache_dir}: no such folder")
+    root = cache_root(args.cache_dir, "--cache-dir")
     stale = stale_entries(root)
     for entry in stale:
         if not args.dry_run:

@@ -30,6 +30,7 @@ from typing import Any, Iterator
 from ctr.atomic import process_alive
 from ctr.datasets.source import (DatasetSource, code_change, code_digest, file_digest, file_stamp, keyed_features,
                                  keyed_split, plugin_package)
+from ctr.errors import UserError
 from ctr.recipe import DataConfig, SplitConfig
 from ctr.registry import DATASETS
 from ctr.schema import FeatureSpec
@@ -149,11 +150,30 @@ def source_fingerprint(config: DataConfig) -> dict[str, Any]:
     return DATASETS.get(config.dataset, "data.dataset").target(config).fingerprint()
 
 
-def cache_root(cache_dir: str | None) -> Path:
+def cache_root(cache_dir: str | None, key: str = "data.cache_dir") -> Path:
     """The folder of encoded-data entries: ``<cache_dir>/data``, where ``cache_dir`` defaults to
-    ``$CTR_CACHE``, else ``~/.cache/ctr``."""
-    base = cache_dir or os.environ.get("CTR_CACHE") or "~/.cache/ctr"
-    return Path(base).expanduser() / "data"
+    ``$CTR_CACHE``, else ``~/.cache/ctr``. A UserError names what set the folder (``key`` for
+    ``cache_dir``, ``$CTR_CACHE``, the default) when it, its ``data`` or a folder above is a file."""
+    if cache_dir:
+        base, where = cache_dir, key
+    elif os.environ.get("CTR_CACHE"):
+        base, where = os.environ["CTR_CACHE"], "$CTR_CACHE"
+    else:
+        base, where = "~/.cache/ctr", f"the default cache (neither $CTR_CACHE nor {key} set)"
+    root = Path(base).expanduser() / "data"
+    blocked = _nearest_not_a_folder(root)
+    if blocked is not None:
+        raise UserError(f"{where}: {blocked}: not a folder")
+    return root
+
+
+def _nearest_not_a_folder(path: Path) -> Path | None:
+    """The nearest of ``path`` and the folders above it that exists, when it is not a folder
+    (a file: nothing can be made under it); None when it is one."""
+    for there in (path, *path.parents):
+        if there.exists():
+            return None if there.is_dir() else there
+    return None
 
 
 _held: set[Path] = set()  # the entries this process holds (``hold``): their leases are removed at its exit

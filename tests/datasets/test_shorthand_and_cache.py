@@ -197,6 +197,36 @@ def test_clean_removes_a_file_in_the_cache_folder_and_says_what_it_is(tmp_path, 
     assert capsys.readouterr().err.strip().endswith("/DONE: not a folder")
 
 
+def test_a_cache_dir_at_a_file_is_one_line_naming_where_it_was_set(tmp_path, capsys, monkeypatch):
+    """$CTR_CACHE at a file: clean said "0 stale entries", prepare "<file>/data: not a directory"
+    (named by neither the variable nor data.cache_dir)."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    monkeypatch.setenv("CTR_CACHE", str(afile))
+    assert main(["data", "clean", "--dry-run"]) == 2
+    assert capsys.readouterr().err.strip() == f"ctr: error: $CTR_CACHE: {afile}: not a folder"
+    raw = tiny_recipe(tmp_path)
+    del raw["data"]["cache_dir"]
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["data", "prepare", str(tmp_path / "r.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == f"ctr: error: $CTR_CACHE: {afile}: not a folder"
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "data").write_text("")
+    for base, wrong in ((afile / "sub", afile), (afile, afile), (tmp_path / "cache", tmp_path / "cache" / "data")):
+        assert main(["data", "prepare", str(tmp_path / "r.yaml"), "-o", f"data.cache_dir={base}"]) == 2
+        assert capsys.readouterr().err.strip() == f"ctr: error: data.cache_dir: {wrong}: not a folder"
+    assert main(["data", "clean", "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert capsys.readouterr().err.strip() == f"ctr: error: --cache-dir: {tmp_path / 'cache' / 'data'}: not a folder"
+    monkeypatch.delenv("CTR_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / ".cache").mkdir(parents=True)
+    (tmp_path / "home" / ".cache" / "ctr").write_text("")
+    assert main(["data", "clean"]) == 2
+    assert capsys.readouterr().err.strip() == ("ctr: error: the default cache (neither $CTR_CACHE nor --cache-dir set): "
+                                               f"{tmp_path / 'home' / '.cache' / 'ctr'}: not a folder")
+    assert afile.read_text() == "" and (tmp_path / "cache" / "data").read_text() == ""
+
+
 @pytest.mark.parametrize("text", ['{"version": 11, "sour', "[]\n", '{"version": 11, "source": {"files": [["x"]]}}',
                                   '{"version": 11, "source": {"files": ["abc"]}}',
                                   '{"version": 11, "source": {"files": [], "code": 5}}'])
