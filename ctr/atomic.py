@@ -56,6 +56,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def removes_made_folders(folder: Path) -> Iterator[None]:
+    """Removes ``folder`` and the folders above it that are missing as the block begins (made in
+    it) when they are empty as it ends, however it ends: a command stopped (Ctrl+C) or refused
+    before it wrote there leaves no new, empty folder; a folder that was there before stays."""
+    made = [parent for parent in (folder, *folder.parents) if not parent.exists()]
+    try:
+        yield
+    finally:
+        for each in made:  # each inside the next
+            try:
+                each.rmdir()
+            except FileNotFoundError:  # removed meanwhile: the folders above may still be empty
+                continue
+            except OSError:  # not empty (it holds what was written)
+                break
+
+
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left on the device, the disk quota exceeded
 
 

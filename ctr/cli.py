@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from ctr.atomic import DISK_FULL
+from ctr.atomic import DISK_FULL, removes_made_folders
 from ctr.cli_args import build_parser
 from ctr.errors import Terminated, UserError, raise_terminated, sigterm_raises
 from ctr.host import launched
@@ -289,7 +289,7 @@ def _predict(args: argparse.Namespace) -> int:
     from ctr.metrics import metrics_json
     from ctr.train.predict import predict
 
-    with sigterm_raises():
+    with sigterm_raises(), removes_made_folders(args.out.parent):
         result = predict(args.run_dir, args.input, args.out)
     print(f"scored {result['rows']:,} rows into {args.out} ({result['rows_per_s']:,.0f} rows/s)", file=sys.stderr)
     print(metrics_json(result))
@@ -299,7 +299,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from ctr.train.export import export_run
 
-    with sigterm_raises():
+    with sigterm_raises(), removes_made_folders(args.out.parent):
         beside = export_run(args.run_dir, args.out)
     print(f"exported {args.out} (schema and vocabularies in {beside})")
     return 0

@@ -270,6 +270,30 @@ def test_sigterm_while_scoring_removes_the_encoded_copy_and_the_half_written_out
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".scores")]
 
 
+@pytest.mark.parametrize("command", ["predict", "export"])
+def test_ctrl_c_before_the_output_is_written_removes_the_folders_made_for_it(csv_run, tmp_path, monkeypatch, capsys,
+                                                                           command):
+    """Ctrl+C as ``ctr predict`` or ``ctr export`` put its output in place left the new folders
+    made for --out behind, empty; a folder that was there before stays."""
+    home, run = csv_run
+    replace = os.replace
+
+    def ctrl_c_in_the_out_folder(source, target):
+        if Path(target).parent.name == "made":
+            raise KeyboardInterrupt
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", ctrl_c_in_the_out_folder)
+    (tmp_path / "old" / "made").mkdir(parents=True)
+    given = [run, home / "data" / "test.csv"] if command == "predict" else [run]
+    for folder in (tmp_path / "new" / "made", tmp_path / "old" / "made"):
+        out = folder / ("s.csv" if command == "predict" else "m.pt2")
+        assert main([command, *map(str, given), "--out", str(out)]) == 130
+        assert capsys.readouterr().err.strip().endswith("ctr: interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
+    assert list((tmp_path / "old" / "made").iterdir()) == []
+
+
 def test_predict_without_labels_writes_csv_scores(csv_run, tmp_path):
     home, run = csv_run
     rows = pd.read_csv(home / "data" / "test.csv").drop(columns=["label", "user"])
