@@ -185,19 +185,19 @@ class Registry(Generic[T]):
             for point in metadata.entry_points(group=self._group):
                 try:
                     point.load()
-                except Exception as err:  # a broken plugin must not hide the built-ins
-                    log.warning("could not load %s plugin %s: %s", self.kind, point.name, err)
+                except (Exception, SystemExit) as err:  # a broken plugin (one exiting too) must not hide the built-ins
+                    log.warning("could not load %s plugin %s: %s", self.kind, point.name, _failure(err))
 
 
 def import_plugins(modules: list[str], key_path: str = "plugins") -> None:
     """Imports plugin modules named in a recipe; importing them registers their entries. Any
     failure of an import (a missing module, a syntax error, a refused registration, an
-    exception of the module's code) is a RecipeError naming ``key_path[i]`` and where it failed;
+    exception of the module's code, a ``sys.exit`` in it) is a RecipeError naming ``key_path[i]`` and where it failed;
     a file name (``my_models.py``) that does not import is told to give the module's name."""
     for i, name in enumerate(modules):
         try:
             importlib.import_module(name)
-        except Exception as err:
+        except (Exception, SystemExit) as err:  # a module that exits as it is imported ended ctr with its code
             why = _failure(err)
             if isinstance(err, ModuleNotFoundError) and name.endswith(".py") and _names_itself(err, name):
                 why = f"a file name; list the module's name, {PurePath(name).stem}, with its folder on PYTHONPATH"
@@ -210,7 +210,7 @@ def _names_itself(err: ModuleNotFoundError, listed: str) -> bool:
     return err.name is not None and listed.startswith(err.name)
 
 
-def _failure(err: Exception) -> str:
+def _failure(err: Exception | SystemExit) -> str:
     """Why a module's import failed, after the ``file:line`` of the statement that failed
     (the innermost module-level one: a decorator, a class, an import)."""
     if isinstance(err, SyntaxError):

@@ -205,6 +205,28 @@ def test_a_plugin_that_fails_to_import_is_one_recipe_error(plugin_dir, source, s
         import_plugins(["json", "plug"])
 
 
+def test_a_plugin_that_exits_as_it_is_imported_is_one_line_naming_it(plugin_dir, capsys):
+    """``sys.exit(3)`` in a plugin module ended ``ctr models`` with code 3 and not a word."""
+    (plugin_dir / "quits.py").write_text("import sys\n\nsys.exit(3)\n")
+    assert main(["models", "--plugins", "json,quits"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"ctr: error: --plugins[1]: cannot import plugin module 'quits': {plugin_dir / 'quits.py'}:3: SystemExit: 3")
+
+
+def test_an_installed_plugin_that_exits_as_it_is_imported_is_a_warning(plugin_dir, caplog):
+    """An entry point's module that exits is a broken plugin, as one that raises: the built-ins stay."""
+    from ctr.registry import Registry
+
+    dist = plugin_dir / "quitting-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: quitting\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[ctr.test_quitting]\nquitter = quitting_plugin\n")
+    (plugin_dir / "quitting_plugin.py").write_text("raise SystemExit('bye')\n")
+    registry = Registry("model", entry_point_group="ctr.test_quitting")
+    assert registry.names() == []
+    assert f"could not load model plugin quitter: {plugin_dir / 'quitting_plugin.py'}:1: SystemExit: bye" in caplog.text
+
+
 def test_a_name_registered_twice_names_the_module_that_has_it(plugin_dir):
     """Two copies of a plugin module: a ValueError traceback, "'twice' is already registered"."""
     (plugin_dir / "copy_a.py").write_text(model_plugin("twice"))
