@@ -95,7 +95,8 @@ class Result:
 
 
 def summary_table(results: list[Result], keys: tuple[str, ...]) -> str:
-    """Markdown table: per side, each metric's mean ± standard deviation over seeds."""
+    """Markdown table: per side, each metric's mean ± standard deviation over seeds (the value
+    alone for one seed, as ``ctr tune`` and ``ctr bench compression`` show it)."""
     lines = ["| side | seeds | " + " | ".join(f"test {k}" for k in keys) + " | train samples/s |",
              "|---|---|" + "---|" * (len(keys) + 1)]
     for side in dict.fromkeys(r.side for r in results):
@@ -107,9 +108,9 @@ def summary_table(results: list[Result], keys: tuple[str, ...]) -> str:
 
 
 def _mean_sd(values: list[float], digits: int) -> str:
+    """Mean ± sample sd of ``values``; the value alone for one (the spread of one is undefined)."""
     mean = statistics.fmean(values)
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
 
 
 def write_json(path: Path, data: object) -> None:
