@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ctr.atomic import DISK_FULL, removes_made_folders
 from ctr.cli_args import build_parser
-from ctr.errors import Terminated, UserError, raise_terminated, sigterm_raises
+from ctr.errors import Terminated, UserError, not_utf8, raise_terminated, sigterm_raises
 from ctr.host import launched
 
 if TYPE_CHECKING:
@@ -325,7 +325,7 @@ def _bench_compression(args: argparse.Namespace) -> int:
         budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
     except ValueError:
         raise UserError(f"--budgets: expected comma-separated numbers, got {args.budgets!r}") from None
-    out = args.out or Path("runs") / f"bench-{args.recipe.stem}"
+    out = args.out or _default_out("bench", args.recipe)
     grid = check_grid(args.recipe, methods, budgets, args.seeds, out, args.override, args.jobs)  # before the lock
     with held(out, "is writing results in this folder"), sigterm_raises():  # outside a cell's training too
         results = run_grid(grid, args.drop_checkpoints)
@@ -347,7 +347,7 @@ def _tune(args: argparse.Namespace) -> int:
     from ctr.train.grid import parse_grid
     from ctr.train.tune import BEST, RESULTS_CSV, RESULTS_MD, Tuning
 
-    out = args.out or Path("runs") / f"tune-{args.recipe.stem}"
+    out = args.out or _default_out("tune", args.recipe)
     tuning = Tuning(args.recipe, parse_grid(args.grid), args.seeds, out, args.override, train)
     tuning.check()  # before its lock beside it is made (the lock makes out's parent)
     with held(out, "is writing results in this folder"), sigterm_raises():  # outside a run's training too
@@ -355,6 +355,17 @@ def _tune(args: argparse.Namespace) -> int:
     print((out / RESULTS_MD).read_text(), end="")
     print(f"\nchosen: {best.label}; recipe {out / BEST}; runs in {out / RESULTS_CSV}")
     return 0
+
+
+def _default_out(kind: str, recipe: Path) -> Path:
+    """``runs/<kind>-<recipe file name>``, the output folder of ``ctr tune`` and ``ctr bench
+    compression`` without --out; refused for a recipe name that is not UTF-8 (the results
+    files name the folder: a UnicodeEncodeError as the first was written)."""
+    found = not_utf8(recipe.stem)
+    if found is not None:
+        raise UserError(f"{not_utf8(str(recipe))[0]}: a name that is not UTF-8 (byte {found[1]:#04x}), which "
+                        f"the default --out runs/{kind}-{found[0]} would take; give --out")
+    return Path("runs") / f"{kind}-{recipe.stem}"
 
 
 def _prepare(args: argparse.Namespace) -> int:

@@ -21,16 +21,16 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a recipe; writes a run directory")
     train.add_argument("recipe", nargs="?", help="recipe YAML (omit with --resume)")
-    train.add_argument("--out", type=a_path, help="run directory (default runs/<name>-<time>)")
-    train.add_argument("--resume", type=a_path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    train.add_argument("--out", type=a_utf8_path, help="run directory (default runs/<name>-<time>)")
+    train.add_argument("--resume", type=a_utf8_path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
     overrides(train)
     train.set_defaults(run=handlers["train"])
 
     evaluate = commands.add_parser("eval", help="re-evaluate a finished run's best checkpoint")
-    evaluate.add_argument("run_dir", type=a_path, help="a run directory (ctr train --out)")
+    evaluate.add_argument("run_dir", type=a_utf8_path, help="a run directory (ctr train --out)")
     evaluate.add_argument("--split", choices=("test", "valid"),  # None: not given (test), told from --split test
                           help="the split of the recipe's data to score (default test)")
-    evaluate.add_argument("--data", type=a_path,
+    evaluate.add_argument("--data", type=a_utf8_path,
                           help="evaluate every row of this file or folder (the recipe's format) instead")
     evaluate.set_defaults(run=handlers["eval"])
 
@@ -42,14 +42,14 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     plan.set_defaults(run=handlers["plan"])
 
     predict = commands.add_parser("predict", help="score raw rows with a finished run (a score column per row)")
-    predict.add_argument("run_dir", type=a_path, help="a finished run directory")
-    predict.add_argument("input", type=a_path, help="rows in the recipe's format, a file or folder (label optional)")
+    predict.add_argument("run_dir", type=a_utf8_path, help="a finished run directory")
+    predict.add_argument("input", type=a_utf8_path, help="rows in the recipe's format, a file or folder (label optional)")
     predict.add_argument("--out", type=a_file, required=True,
                          help="scores: CSV (.csv), TSV (.tsv) or parquet (any other name)")
     predict.set_defaults(run=handlers["predict"])
 
     export = commands.add_parser("export", help="a torch.export program of a finished run's inference model")
-    export.add_argument("run_dir", type=a_path, help="a finished run directory")
+    export.add_argument("run_dir", type=a_utf8_path, help="a finished run directory")
     export.add_argument("--out", type=a_file, required=True, help="the program file (model.pt2); its schema goes beside it")
     export.set_defaults(run=handlers["export"])
 
@@ -61,7 +61,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     )
     tune.add_argument("--seeds", type=int, default=3,
                       help="seeds of the chosen point (recipe seed, +1, ...; default 3)")
-    tune.add_argument("--out", type=a_path, help="output folder (default runs/tune-<recipe file name>)")
+    tune.add_argument("--out", type=a_utf8_path, help="output folder (default runs/tune-<recipe file name>)")
     overrides(tune)
     tune.set_defaults(run=handlers["tune"])
 
@@ -110,7 +110,7 @@ def _bench_compression_parser(bench: argparse._SubParsersAction, handlers: Mappi
     compression.add_argument("--budgets", default="0.5,0.1",
                              help="comma-separated budgets, fractions of the full bytes (default 0.5,0.1)")
     compression.add_argument("--seeds", type=int, default=3, help="seeds per cell (recipe seed, +1, ...; default 3)")
-    compression.add_argument("--out", type=a_path, help="output folder (default runs/bench-<recipe file name>)")
+    compression.add_argument("--out", type=a_utf8_path, help="output folder (default runs/bench-<recipe file name>)")
     compression.add_argument("--jobs", type=int, default=1,
                              help="cells trained at once, each in its own process, at most the usable cores "
                                   "(default 1; their times then share the machine)")
@@ -178,21 +178,32 @@ def given(text: str) -> str:
 
 
 def a_file(text: str) -> Path:
-    """A file to write (``a_path``): one named as a folder, ``scores/``, ``scores/.`` or ``..``,
+    """A file to write (``a_utf8_path``): one named as a folder, ``scores/``, ``scores/.`` or ``..``,
     is refused (``Path`` drops the slash and the dot: the file would take the folder's name)."""
     if text.endswith("/") or os.path.basename(text) in (".", ".."):
         raise argparse.ArgumentTypeError(f"{text}: names a folder; name the file to write")
-    return a_path(text)
+    return a_utf8_path(text)
+
+
+def a_utf8_path(text: str) -> Path:
+    """A path that ctr writes into its files or pyarrow opens (a run directory, data, scores,
+    an output folder): ``a_path``, refused when its bytes are not UTF-8 (a Latin-1 ``\\xff``:
+    pyarrow's open and the YAML, CSV and JSON files naming it raised a UnicodeEncodeError)."""
+    path = a_path(text)
+    found = not_utf8(str(path))  # after ~ is expanded: a HOME that is not UTF-8 too
+    if found is not None:
+        raise argparse.ArgumentTypeError(f"{found[0]}: a name that is not UTF-8 (byte {found[1]:#04x}); rename it")
+    return path
 
 
 def a_path(text: str) -> Path:
     """A path argument, ``~`` expanded (the shell leaves the one of ``--out=~/runs/a``); an
     empty one (an unset shell variable) is refused, not read as the current folder
     (``Path("")`` is ``.``), and so is one in a symlink loop (``Path.resolve`` raises a
-    RuntimeError on it wherever the command resolves it) or not UTF-8 (``_check_utf8``)."""
+    RuntimeError on it wherever the command resolves it). A recipe's is one: Python opens
+    any name."""
     if not text:
         raise argparse.ArgumentTypeError("an empty path")
-    _check_utf8(text)
     try:
         path = Path(text).expanduser()
     except RuntimeError:
@@ -203,14 +214,6 @@ def a_path(text: str) -> Path:
         raise argparse.ArgumentTypeError(f"{text}: a symlink loop") from None
     return path
 
-
-def _check_utf8(text: str) -> None:
-    """Refuses a path whose bytes are not UTF-8 (a Latin-1 ``\\xff``): pyarrow, which reads and
-    writes ctr's data, score and schema files, opens UTF-8 names only (a UnicodeEncodeError
-    traceback)."""
-    found = not_utf8(text)
-    if found is not None:
-        raise argparse.ArgumentTypeError(f"{found[0]}: a name that is not UTF-8 (byte {found[1]:#04x}); rename it")
 
 
 def int_list(text: str) -> list[int]:

@@ -8,6 +8,7 @@ import shlex
 import sys
 
 import pytest
+import yaml
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ctr import cli
@@ -226,6 +227,7 @@ def test_a_path_in_a_symlink_loop_is_refused_naming_the_argument(tmp_path, capsy
     (["predict", "run", "in\udcff.tsv", "--out", "s.csv"], "input"),
     (["predict", "run", "rows.csv", "--out", "s\udcff.csv"], "--out"),
     (["data", "synth", "s\udcff.tsv", "--rows", "5"], "out"), (["eval", "run", "--data", "in\udcff.tsv"], "--data"),
+    (["tune", "r.yaml", "--grid", "seed=1,2", "--out", "t\udcff"], "--out"), (["train", "r.yaml", "--out", "r\udcff"], "--out"),
 ])
 def test_a_path_whose_name_is_not_utf8_is_refused_naming_the_argument(tmp_path, monkeypatch, capsys, argv, argument):
     """A name of bytes that are not UTF-8 (a Latin-1 ``\xff``; Python's argv holds it as the
@@ -239,6 +241,40 @@ def test_a_path_whose_name_is_not_utf8_is_refused_naming_the_argument(tmp_path, 
     assert capsys.readouterr().err.strip().endswith(
         f"error: argument {argument}: {named}: a name that is not UTF-8 (byte 0xff); rename it")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("words, options", [
+    (["tune"], ["--grid", "train.batch_size=256,512", "--seeds", "1"]),
+    (["bench", "compression"], ["--methods", "full", "--budgets", "0.5", "--seeds", "1"]),
+])
+def test_a_recipe_in_a_folder_whose_name_is_not_utf8_is_read(tmp_path, words, options):
+    """Python opens a recipe of any name: ``ctr tune caf\xe9/c.yaml`` ran, then was refused as
+    the paths pyarrow opens are (exit 2)."""
+    from tests.conftest import run_ctr, tiny_recipe
+
+    folder = tmp_path / "caf\udce9"
+    folder.mkdir()
+    (folder / "c.yaml").write_text(yaml.safe_dump(tiny_recipe(tmp_path, data={"rows": 2000, "chunk_rows": 1000})))
+    done = run_ctr(*words, folder / "c.yaml", *options, "--out", tmp_path / "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "results.md").exists()
+
+
+@pytest.mark.parametrize("command", [["tune", "--grid", "seed=1,2"], ["bench", "compression"]])
+def test_a_default_out_named_by_a_recipe_that_is_not_utf8_is_refused(tmp_path, capsys, monkeypatch, command):
+    """``runs/tune-r\xe9`` (from recipe ``r\xe9.yaml``) ended in a UnicodeEncodeError traceback
+    as the results naming it were written; ``--out`` is refused so, and the default now too."""
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "r\udce9.yaml"
+    recipe.write_text("name: r\n")
+    words = 1 if command[0] == "tune" else 2
+    assert cli.main([*command[:words], str(recipe), *command[words:]]) == 2
+    kind = command[0] if command[0] == "tune" else "bench"
+    assert capsys.readouterr().err.strip() == (
+        f"ctr: error: {tmp_path}/r\\xe9.yaml: a name that is not UTF-8 (byte 0xe9), which the default --out "
+        f"runs/{kind}-r\\xe9 would take; give --out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r\udce9.yaml"]
 
 @pytest.mark.parametrize("argv, flag", [
     (["data", "clean", "--cache-dir", ""], "--cache-dir"), (["plan", "recipe.yaml", "--memory-per-rank", ""], "--memory-per-rank"),
