@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ctr.atomic import process_alive
+from ctr.errors import RecipeError, not_utf8
 from ctr.datasets.source import (DatasetSource, code_change, code_digest, file_digest, file_stamp, keyed_features,
                                  keyed_split, plugin_package)
 from ctr.errors import UserError
@@ -174,6 +175,19 @@ def _nearest_not_a_folder(path: Path) -> Path | None:
         if there.exists():
             return None if there.is_dir() else there
     return None
+
+
+def utf8_cache_root(cache_dir: str | None) -> Path:
+    """``cache_root``, refused where its path is not UTF-8 (``CTR_CACHE=/tmp/caf\\xe9``, or
+    such a HOME under the default): pyarrow, which writes the entries, encodes UTF-8 names only.
+    The error names where the path came from: ``data.cache_dir``, ``$CTR_CACHE`` or ``~/.cache/ctr``."""
+    root = cache_root(cache_dir)
+    found = not_utf8(str(root))
+    if found is not None:
+        where = "data.cache_dir" if cache_dir else "$CTR_CACHE" if os.environ.get("CTR_CACHE") else "~/.cache/ctr"
+        raise RecipeError(f"{where}: {found[0]}: a name that is not UTF-8 (byte {found[1]:#04x}); "
+                          "name another cache folder")
+    return root
 
 
 _held: set[Path] = set()  # the entries this process holds (``hold``): their leases are removed at its exit

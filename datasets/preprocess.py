@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 
 from ctr.atomic import DISK_FULL
-from ctr.datasets.cache import (DONE, KEY_FILE, cache_key, cache_root, hold, key_blob, key_inputs, locked,
-                                make_leased, temporary_name)
+from ctr.datasets.cache import (DONE, KEY_FILE, cache_key, hold, key_blob, key_inputs, locked, make_leased,
+                                temporary_name, utf8_cache_root)
 from ctr.datasets.encode import Encoder, Tally
 from ctr.datasets.fit import Fitter
 from ctr.datasets.progress import RowProgress, shows_bars
@@ -67,7 +67,7 @@ def prepare(config: DataConfig, progress: bool | None = None) -> Prepared:
     label, group = config.label or source.label, config.group or source.group
     table_of = tables_of(features)
     inputs = key_inputs(source, features, label, group, config.split)
-    root = cache_root(config.cache_dir) / f"{config.dataset}-{cache_key(inputs)[:16]}"
+    root = utf8_cache_root(config.cache_dir) / f"{config.dataset}-{cache_key(inputs)[:16]}"
     if hold(root):  # held while this process runs: `ctr data clean` keeps it
         return load_prepared(root)
     root.parent.mkdir(parents=True, exist_ok=True)

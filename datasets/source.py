@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from ctr.atomic import special_kind
-from ctr.errors import DataError, RecipeError, reason
+from ctr.errors import DataError, RecipeError, not_utf8, reason
 from ctr.recipe import DataConfig, FeatureShorthand, SplitConfig
 from ctr.registry import DATASETS
 from ctr.schema import RESERVED_NAMES, FeatureSpec
@@ -285,18 +285,29 @@ def resolve_files(path: str | None, key: str = "data.path", pattern: str | tuple
         raise DataError(f"{key}: this dataset needs the path of its files")
     target = Path(path).expanduser()
     if target.is_file():
-        return [target]
+        return utf8_names([target], key)
     if target.is_dir():
         patterns = (pattern,) if isinstance(pattern, str) else pattern
         found = sorted({p for glob in patterns for p in target.glob(glob)
                         if p.is_file() and not p.name.startswith((".", "_"))})
         if found:
-            return found
+            return utf8_names(found, key)
         raise DataError(f"{key}: folder {target} holds no files matching {' or '.join(map(repr, patterns))}")
     kind = special_kind(target)
     if kind is not None:
         raise DataError(f"{key}: {target}: not a regular file or folder ({kind})")
     raise DataError(f"{key}: {target} does not exist")
+
+
+def utf8_names(files: list[Path], key: str) -> list[Path]:
+    """``files``, refused (naming ``key`` and the first file) where a name is not UTF-8 (a
+    Latin-1 byte of a file in a folder, or of HOME under ``~``): pyarrow, which reads them and
+    records their names in the encoded entry, encodes UTF-8 names only."""
+    for file in files:
+        found = not_utf8(str(file))
+        if found is not None:
+            raise DataError(f"{key}: {found[0]}: a name that is not UTF-8 (byte {found[1]:#04x}); rename it")
+    return files
 
 
 def gzip_too(pattern: str) -> tuple[str, str]:

@@ -617,3 +617,37 @@ def test_a_header_split_by_carriage_returns_names_line_1(tmp_path, capsys, reade
         path.write_bytes(b"user_id:token\titem_id:token\trating:float\r1\t10\t5\r2\t20\t1\r")
     code, err, _ = run_prepare(tmp_path, capsys, {**data, "path": str(path)})
     assert code == 2 and err == f"ctr: error: {path}:1: a carriage return (\\r) inside the line; lines end with \\n or \\r\\n"
+
+
+def test_a_file_of_a_data_folder_whose_name_is_not_utf8_is_named(tmp_path, capsys):
+    """A folder holding ``r\\xe9.csv`` (a Latin-1 byte) ended in pyarrow's UnicodeEncodeError
+    traceback (its KeyValueMetadata of the file's name)."""
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    (folder / "r\udce9.csv").write_text("label,a\n1,x\n0,y\n")
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "csv", "features": [{"name": "a"}], "path": str(folder)})
+    assert code == 2
+    assert err == f"ctr: error: data.path: {folder}/r\\xe9.csv: a name that is not UTF-8 (byte 0xe9); rename it"
+
+
+@pytest.mark.parametrize("where", ["data.cache_dir", "$CTR_CACHE", "HOME"])
+def test_a_cache_whose_path_is_not_utf8_is_named(tmp_path, capsys, monkeypatch, where):
+    """``CTR_CACHE=/tmp/caf\\xe9/cache`` (or such a ``data.cache_dir``, or HOME under the default
+    ``~/.cache/ctr``) ended in pyarrow's UnicodeEncodeError traceback as the entry was written."""
+    path = tmp_path / "rows.csv"
+    path.write_text("label,a\n1,x\n0,y\n")
+    cafe = tmp_path / "caf\udce9"
+    monkeypatch.delenv("CTR_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(cafe))
+    data = {"dataset": "csv", "features": [{"name": "a"}], "path": str(path)}
+    if where == "$CTR_CACHE":
+        monkeypatch.setenv("CTR_CACHE", str(cafe / "cache"))
+    recipe = {"data": {**data, "cache_dir": str(cafe / "cache")} if where == "data.cache_dir" else data}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    code = main(["data", "prepare", str(tmp_path / "recipe.yaml")])
+    named = {"HOME": "~/.cache/ctr"}.get(where, where)
+    full = f"{tmp_path}/caf\\xe9/" + ("cache" if where != "HOME" else ".cache/ctr") + "/data"
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"ctr: error: {named}: {full}: a name that is not UTF-8 (byte 0xe9); name another cache folder")
+    assert not cafe.exists()
