@@ -58,11 +58,22 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def which_not_utf8(item: str, value: tuple[str, str] = ("value is", "it")) -> str | None:
+    """Of a ``key=value`` item holding a byte that is not UTF-8 (``not_utf8``): the item, escaped,
+    and which part holds it, its key or its value (``value``: its words, ``("values are", "them")``
+    for a ``--grid`` axis); None for UTF-8 text."""
+    found = not_utf8(item)
+    if found is None:
+        return None
+    part, pronoun = ("key is", "it") if not_utf8(item.partition("=")[0]) is not None else value
+    return f"'{found[0]}': its {part} not UTF-8 (byte {found[1]:#04x}); give {pronoun} in UTF-8"
+
+
 def apply_override(raw: dict[str, Any], item: str) -> None:
     """Applies ``key.path=value`` (value parsed as YAML) to the raw recipe mapping."""
-    found = not_utf8(item)
-    if found is not None:
-        raise RecipeError(f"override '{found[0]}': not UTF-8 (byte {found[1]:#04x}); give its value in UTF-8")
+    told = which_not_utf8(item)
+    if told is not None:
+        raise RecipeError(f"override {told}")
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise RecipeError(f"override {item!r}: expected key.path=value")

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from ctr.errors import UserError
+from ctr.recipe.files import which_not_utf8
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ def parse_grid(items: list[str]) -> list[Point]:
         raise UserError("--grid: give at least one axis, e.g. --grid model.dropout=0,0.2")
     axes = []
     for item in items:
+        told = which_not_utf8(item, ("values are", "them"))
+        if told is not None:
+            raise UserError(f"--grid {told}")
         key, sep, text = item.partition("=")
         values = _split_top_level(text)
         if not sep or not all(key.split(".")) or not all(values):

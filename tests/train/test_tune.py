@@ -129,6 +129,17 @@ def test_a_malformed_axis_is_one_error_naming_it_once(axis):
     assert str(err.value) == f"--grid {axis!r}: expected key.path=value1,value2,... (no empty key between dots)"
 
 
+@pytest.mark.parametrize("axis, told", [("data.path=a\udce9.csv,b.csv", "its values are not UTF-8 (byte 0xe9); give them"),
+                                        ("caf\udce9=1,2", "its key is not UTF-8 (byte 0xe9); give it")])
+def test_an_axis_that_is_not_utf8_is_one_error_naming_it_once(axis, told):
+    """It was reported as an override, the item named twice in two escapings
+    (``--grid data.path=a\udce9.csv: override 'data.path=a\xe9.csv': ...``)."""
+    with pytest.raises(UserError) as err:
+        parse_grid([axis])
+    escaped = axis.replace("\udce9", "\\xe9")
+    assert str(err.value) == f"--grid '{escaped}': {told} in UTF-8"
+
+
 def test_a_value_given_twice_in_an_axis_is_refused():
     """It trained the same point twice (and a rerun without the copy was refused)."""
     for axis, value in (("train.batch_size=256,256", "256"), ("train.optimizer.lr=0.1,1e-1", "1e-1"),
