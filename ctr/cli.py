@@ -432,9 +432,10 @@ def _clean_line(entry: Stale, dry_run: bool) -> str:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from ctr.datasets.synthetic_tsv import write_dac_tsv
+    from ctr.datasets.synthetic_tsv import check_name, write_dac_tsv
     from ctr.datasets.synthetic import SyntheticConfig
 
+    check_name(args.out)  # before "exists (give --force)": --force would not make the name one to write
     if args.out.exists() and not (args.force and args.out.is_file()):
         what = "exists (give --force to replace it)" if args.out.is_file() else "exists and is not a file"
         raise UserError(f"{args.out}: {what}")

@@ -43,7 +43,8 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="score raw rows with a finished run (a score column per row)")
     predict.add_argument("run_dir", type=a_utf8_path, help="a finished run directory")
-    predict.add_argument("input", type=a_utf8_path, help="rows in the recipe's format, a file or folder (label optional)")
+    predict.add_argument("input", type=a_utf8_path,
+                         help="rows in the recipe's format, a file or folder (label optional)")
     predict.add_argument("--out", type=a_file, required=True,
                          help="scores: CSV (.csv), TSV (.tsv) or parquet (any other name)")
     predict.set_defaults(run=handlers["predict"])

@@ -30,6 +30,7 @@ RowStream = Callable[[], Iterator[pa.RecordBatch]]
 UNREAD_BY_KIND = {"numeric": ("min_count", "max_vocab", "oov_buckets", "max_len", "splitter", "pooling"),
                   "categorical": ("max_len", "splitter", "pooling", "fill"), "sequence": ("fill",)}
 GZ = ".gz"  # the suffix of a gzip-compressed text file (its contents, not its name, tell how it reads)
+OTHER_COMPRESSED = (".bz2", ".xz", ".zst", ".zip", ".lz4")  # the suffixes of the other compressions' files
 
 
 class DatasetSource(ABC):

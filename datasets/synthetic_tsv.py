@@ -19,14 +19,13 @@ import pyarrow.csv as pacsv
 
 from ctr.datasets.criteo import CATEGORICAL, NUMERIC
 from ctr.datasets.progress import RowProgress
-from ctr.datasets.source import GZ
+from ctr.datasets.source import GZ, OTHER_COMPRESSED
 from ctr.datasets.synthetic import NUM_CATEGORICAL, NUM_NUMERIC, PlantedModel, SyntheticConfig
 from ctr.atomic import atomic_path
 from ctr.errors import UserError, reason
 
 MIN_ROW_BYTES = NUM_CATEGORICAL * 8 + NUM_CATEGORICAL + NUM_NUMERIC + 1
 DEFLATE_MAX_RATIO = 1032  # gzip writes at least one byte per 1032 of its input
-OTHER_COMPRESSED = (".bz2", ".xz", ".zst", ".zip", ".lz4")  # names of compressed data this writes none of
 
 
 def hex_tokens(column: int, vocab: int) -> pa.Array:
@@ -40,7 +39,7 @@ def write_dac_tsv(path: Path, config: SyntheticConfig, progress: bool = False) -
     """Writes ``config.rows`` rows to ``path`` as DAC TSV; returns the rows written. Progress:
     a bar when ``progress``, else a line every ``PROGRESS_LOG_SECONDS``."""
     path = Path(path)
-    _check_name(path)
+    check_name(path)
     if path.parent and not path.parent.is_dir():
         raise UserError(f"{path.parent}: {'not a folder' if path.parent.exists() else 'no such folder'}")
     _check_disk(path, config.rows)
@@ -59,7 +58,7 @@ def write_dac_tsv(path: Path, config: SyntheticConfig, progress: bool = False) -
     return config.rows
 
 
-def _check_name(path: Path) -> None:
+def check_name(path: Path) -> None:
     """Refuses a ``path`` named as compressed data other than gzip (``day.tsv.bz2``): the
     plain text written under it would be refused by that format's tools (``bzcat``)."""
     if path.suffix.lower() in OTHER_COMPRESSED:

@@ -227,7 +227,8 @@ def test_a_path_in_a_symlink_loop_is_refused_naming_the_argument(tmp_path, capsy
     (["predict", "run", "in\udcff.tsv", "--out", "s.csv"], "input"),
     (["predict", "run", "rows.csv", "--out", "s\udcff.csv"], "--out"),
     (["data", "synth", "s\udcff.tsv", "--rows", "5"], "out"), (["eval", "run", "--data", "in\udcff.tsv"], "--data"),
-    (["tune", "r.yaml", "--grid", "seed=1,2", "--out", "t\udcff"], "--out"), (["train", "r.yaml", "--out", "r\udcff"], "--out"),
+    (["tune", "r.yaml", "--grid", "seed=1,2", "--out", "t\udcff"], "--out"),
+    (["train", "r.yaml", "--out", "r\udcff"], "--out"),
 ])
 def test_a_path_whose_name_is_not_utf8_is_refused_naming_the_argument(tmp_path, monkeypatch, capsys, argv, argument):
     """A name of bytes that are not UTF-8 (a Latin-1 ``\xff``; Python's argv holds it as the
@@ -275,6 +276,7 @@ def test_a_default_out_named_by_a_recipe_that_is_not_utf8_is_refused(tmp_path, c
         f"ctr: error: {tmp_path}/r\\xe9.yaml: a name that is not UTF-8 (byte 0xe9), which the default --out "
         f"runs/{kind}-r\\xe9 would take; give --out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r\udce9.yaml"]
+
 
 @pytest.mark.parametrize("argv, flag", [
     (["data", "clean", "--cache-dir", ""], "--cache-dir"), (["plan", "recipe.yaml", "--memory-per-rank", ""], "--memory-per-rank"),

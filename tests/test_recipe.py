@@ -85,7 +85,8 @@ def test_an_override_that_is_not_utf8_is_refused_naming_its_byte():
     raw = {"data": {"path": "rows.csv"}}
     with pytest.raises(RecipeError) as caught:
         apply_override(raw, "data.path=caf\udce9.csv")
-    assert str(caught.value) == "override 'data.path=caf\\xe9.csv': its value is not UTF-8 (byte 0xe9); give it in UTF-8"
+    assert str(caught.value) == (
+        "override 'data.path=caf\\xe9.csv': its value is not UTF-8 (byte 0xe9); give it in UTF-8")
     assert raw == {"data": {"path": "rows.csv"}}
 
 
@@ -94,6 +95,7 @@ def test_an_override_whose_key_is_not_utf8_is_told_so():
     with pytest.raises(RecipeError) as caught:
         apply_override({}, "caf\udce9=1")
     assert str(caught.value) == "override 'caf\\xe9=1': its key is not UTF-8 (byte 0xe9); give it in UTF-8"
+
 
 @pytest.mark.parametrize("text", ["", "# only a comment\n"])
 def test_an_empty_recipe_is_refused_not_read_as_every_default(tmp_path, text):

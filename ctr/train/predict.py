@@ -34,6 +34,7 @@ from ctr.datasets.loader import BatchLoader
 from ctr.datasets.preprocess import Encoded
 from ctr.datasets.progress import RowProgress, shows_bars
 from ctr.datasets.shards import shard_files
+from ctr.datasets.source import GZ, OTHER_COMPRESSED
 from ctr.errors import UserError, reason, scoring_a_saved_run
 from ctr.metrics import split_metrics
 from ctr.recipe import DataConfig
@@ -42,7 +43,6 @@ from ctr.train.saved import encode_rows, finished_run, oov_counts, restored_task
 from ctr.train.net import autocast, probabilities
 
 CSV_SUFFIXES = (".csv", ".tsv")
-COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip", ".lz4")
 
 
 @dataclass
@@ -96,7 +96,7 @@ def predict(run_root: Path, data: Path, out: Path) -> dict[str, Any]:
 def _check_format(out: Path) -> None:
     """Refuses an ``out`` named as compressed CSV (``scores.csv.gz``): its last suffix is no
     CSV one, and parquet would be written under a name that says otherwise."""
-    if out.suffix.lower() in COMPRESSED_SUFFIXES and out.with_suffix("").suffix.lower() in CSV_SUFFIXES:
+    if out.suffix.lower() in (GZ, *OTHER_COMPRESSED) and out.with_suffix("").suffix.lower() in CSV_SUFFIXES:
         raise UserError(f"{out}: scores are written uncompressed, as CSV (.csv), TSV (.tsv) or parquet (another name); "
                         f"name it {out.with_suffix('').name}")
 

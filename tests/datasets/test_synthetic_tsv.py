@@ -60,6 +60,17 @@ def test_synth_to_a_name_of_another_compression_is_refused(tmp_path, capsys, nam
     assert list(tmp_path.iterdir()) == []
 
 
+def test_synth_to_an_existing_file_of_another_compression_refuses_the_name_first(tmp_path, capsys):
+    """``ctr data synth existing.bz2`` said "exists (give --force ...)", then refused the name
+    once --force was given."""
+    existing = tmp_path / "day.tsv.bz2"
+    existing.write_text("kept")
+    assert main(["data", "synth", str(existing), "--rows", "5", "--vocab-scale", "0.01"]) == 2
+    assert capsys.readouterr().err == (f"ctr: error: {existing}: synthetic rows are written plain or "
+                                       "gzip-compressed (*.gz); name it day.tsv or day.tsv.gz\n")
+    assert existing.read_text() == "kept"
+
+
 def test_synth_without_a_bar_logs_the_rows_written(tmp_path, monkeypatch, caplog):
     """With stderr not a terminal (a log file, a pipe) `ctr data synth --rows 1000000` printed
     nothing for 22 s (a Criteo day's 45M rows: many minutes): it logs the rows written every

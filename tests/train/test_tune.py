@@ -129,8 +129,10 @@ def test_a_malformed_axis_is_one_error_naming_it_once(axis):
     assert str(err.value) == f"--grid {axis!r}: expected key.path=value1,value2,... (no empty key between dots)"
 
 
-@pytest.mark.parametrize("axis, told", [("data.path=a\udce9.csv,b.csv", "its values are not UTF-8 (byte 0xe9); give them"),
-                                        ("caf\udce9=1,2", "its key is not UTF-8 (byte 0xe9); give it")])
+@pytest.mark.parametrize("axis, told", [
+    ("data.path=a\udce9.csv,b.csv", "its values are not UTF-8 (byte 0xe9); give them"),
+    ("caf\udce9=1,2", "its key is not UTF-8 (byte 0xe9); give it"),
+])
 def test_an_axis_that_is_not_utf8_is_one_error_naming_it_once(axis, told):
     """It was reported as an override, the item named twice in two escapings
     (``--grid data.path=a\udce9.csv: override 'data.path=a\xe9.csv': ...``)."""
