@@ -100,12 +100,14 @@ def metrics_json(report: dict[str, Any]) -> str:
 
 def metrics_from_json(text: str) -> dict[str, Any]:
     """A report ``metrics_json`` wrote, with its undefined metrics nan again; a ValueError
-    for text that is not a JSON object, or whose ``best_checkpoint`` is no path (a string)."""
+    for text that is not a JSON object, or whose ``best_checkpoint`` is no path (a non-empty
+    string: ``""`` named the run folder itself)."""
     report = json.loads(text)
     if not isinstance(report, dict):
         raise ValueError(f"a JSON {type(report).__name__}, not an object")
-    if not isinstance(report.get("best_checkpoint", ""), str):
-        raise ValueError(f"best_checkpoint is {json.dumps(report['best_checkpoint'])}, not a path")
+    best = report.get("best_checkpoint")
+    if "best_checkpoint" in report and not (isinstance(best, str) and best):
+        raise ValueError(f"best_checkpoint is {json.dumps(best)}, not a path")
     for split in ("valid", "test"):
         if isinstance(report.get(split), dict):
             report[split] = {k: math.nan if v is None else v for k, v in report[split].items()}

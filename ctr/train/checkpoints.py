@@ -102,13 +102,16 @@ SAVED_PLACEMENT = {"world_size": int, "sharded": bool}  # the keys of ctr.json t
 
 
 def _check_placement(info: dict[str, Any]) -> None:
-    """A ValueError where ``info`` (a ctr.json) lacks a key of ``SAVED_PLACEMENT`` or holds
-    another type there (a KeyError traceback of ``ctr eval``, ``predict``, ``export``)."""
+    """A ValueError where ``info`` (a ctr.json) lacks a key of ``SAVED_PLACEMENT``, holds
+    another type there (a KeyError traceback of ``ctr eval``, ``predict``, ``export``) or a
+    ``world_size`` below 1 (a resume looked for no rank's generators)."""
     for key, kind in SAVED_PLACEMENT.items():
         if key not in info:
             raise ValueError(f"no {key!r}")
         if type(info[key]) is not kind:  # not isinstance: a bool is an int
             raise ValueError(f"{key!r} is {info[key]!r}, not {kind.__name__}")
+    if info["world_size"] < 1:
+        raise ValueError(f"'world_size' is {info['world_size']}, not a count of processes (>= 1)")
 
 
 def unreadable(path: Path, err: Exception) -> str:
@@ -144,7 +147,7 @@ def read_resumable(path: Path) -> dict[str, Any]:
     loading (``check_loads``), else a UserError naming them."""
     info = read_state(path)
     check_whole(path, optimizers=True)
-    ranks = range(info.get("world_size", 1))
+    ranks = range(info["world_size"])
     generators = [next((f for k in ("rng", "random") if (f := path / f"{k}-{r}.pt").is_file()), None) for r in ranks]
     missing = [f"random-{r}.pt" for r, found in zip(ranks, generators) if found is None]
     if missing:

@@ -10,8 +10,8 @@ from tests.conftest import tiny_recipe
 
 
 @pytest.mark.parametrize("text", [b"", b'{\n  "valid": {\n    "auc": 0.5', b"[]", b"null", b"\xff\xfe",
-                                  b'{"best_checkpoint": 5}', b'{"best_checkpoint": null}'],
-                         ids=["empty", "cut", "list", "null", "not_utf8", "best_a_number", "best_null"])
+                                  b'{"best_checkpoint": 5}', b'{"best_checkpoint": null}', b'{"best_checkpoint": ""}'],
+                         ids=["empty", "cut", "list", "null", "not_utf8", "best_a_number", "best_null", "best_empty"])
 @pytest.mark.parametrize("command", [["eval", "{run}"], ["predict", "{run}", "{run}/rows.csv", "--out", "{tmp}/s.csv"],
                                      ["export", "{run}", "--out", "{tmp}/model.pt2"]])
 def test_a_broken_metrics_json_is_one_line_naming_it(tmp_path, capsys, text, command):

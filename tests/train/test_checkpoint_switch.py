@@ -201,6 +201,7 @@ def test_a_run_set_aside_keeps_what_it_wrote_beside_an_earlier_one_of_its_name(t
     ({"world_size": None}, "no 'world_size'"),
     ({"world_size": "2"}, "'world_size' is '2', not int"),
     ({"sharded": 1}, "'sharded' is 1, not bool"),
+    ({"world_size": 0}, "'world_size' is 0, not a count of processes (>= 1)"),
 ])
 def test_a_ctr_json_without_the_placement_every_reader_takes_is_not_ctrs(tmp_path, edit, said):
     """A ctr.json (an object) lacking ``sharded`` or ``world_size`` was a KeyError traceback
