@@ -305,6 +305,7 @@ def test_the_launcher_starts_its_ranks_without_importing_lightning(tmp_path):
     for name in ("last", "best"):
         saved_checkpoint(resumed / "checkpoints" / name)
     shutil.copy(recipe, resumed / "recipe.yaml")
+    (resumed / "schema").mkdir()  # a started run's, written before its first checkpoint
     assert _launcher_imports("--resume", resumed) == "imported: []\n"
 
 
