@@ -173,7 +173,8 @@ def run_compression(
     recipe_path: Path, methods: list[str], budgets: list[float], seeds: int, out: Path, overrides: list[str],
     jobs: int = 1, drop_checkpoints: bool = False,
 ) -> Results:
-    """``run_grid`` of the grid ``check_grid`` makes of these settings."""
+    """``run_grid`` of the grid ``check_grid`` makes of these settings: the library's one call
+    (the CLI checks first, then takes its lock, then runs)."""
     return run_grid(check_grid(recipe_path, methods, budgets, seeds, out, overrides, jobs), drop_checkpoints)
 
 
