@@ -78,7 +78,9 @@ def use_threads(num_threads: int | str | None) -> None:
     None = torch's choice; a number above the usable cores is those cores, with a warning) and,
     with more than one thread, warns when the machine is already busier than its cores:
     threads then wait for each other (on a loaded 2-core machine 2 threads ran 10-20x slower
-    than 1)."""
+    than 1). The load average is the whole machine's, so it is weighed against all its cores,
+    not this process's share (a bench cell pinned to 2 of 4 cores beside another is not
+    oversubscribed at a load of 4)."""
     cores = usable_cores()
     if isinstance(num_threads, int) and num_threads > cores:  # libgomp aborts on absurd counts
         log.warning("trainer.num_threads: %d is more than the %d cores this process may run on; using %d (more "
@@ -87,7 +89,8 @@ def use_threads(num_threads: int | str | None) -> None:
     if num_threads is not None:
         torch.set_num_threads(cores if num_threads == "auto" else num_threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if load > cores and torch.get_num_threads() > 1:
-        log.warning("the machine is oversubscribed: load average %.1f over %d usable cores; ctr runs %d torch"
+    machine = os.cpu_count() or cores
+    if load > machine and torch.get_num_threads() > 1:
+        log.warning("the machine is oversubscribed: load average %.1f over the machine's %d cores; ctr runs %d torch"
                     " threads (fewer, e.g. trainer.num_threads=1, can be much faster)",
-                    load, cores, torch.get_num_threads())
+                    load, machine, torch.get_num_threads())

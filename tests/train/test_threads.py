@@ -1,5 +1,5 @@
 """``trainer.num_threads``: ``auto`` uses the cores the process may run on; a warning when
-the machine is busier than those cores."""
+the machine's load average is above the machine's cores."""
 
 import logging
 import os
@@ -30,10 +30,11 @@ def test_auto_is_the_default_and_uses_the_affinity(monkeypatch):
 
 def test_an_oversubscribed_machine_is_reported(monkeypatch, caplog):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 5.0, 5.0))
     with caplog.at_level(logging.WARNING, logger="ctr.train"):
         placement.use_threads("auto")
-    assert "oversubscribed: load average 5.0 over 2 usable cores" in caplog.text
+    assert "oversubscribed: load average 5.0 over the machine's 2 cores" in caplog.text
     caplog.clear()
     monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 1.5, 1.5))
     with caplog.at_level(logging.WARNING, logger="ctr.train"):
@@ -59,3 +60,18 @@ def test_more_threads_than_cores_use_the_cores_with_a_warning(monkeypatch, caplo
         placement.use_threads(1_000_000_000)
     assert torch.get_num_threads() == 2
     assert "trainer.num_threads: 1000000000 is more than the 2 cores this process may run on; using 2" in caplog.text
+
+
+def test_the_load_is_compared_with_the_machines_cores_not_this_process_share(monkeypatch, caplog):
+    """A bench cell pinned to 2 of 4 cores (``--jobs 2``) warned "oversubscribed" at a load of
+    4.0 (its sibling's and its own threads): the load average is the whole machine's."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "getloadavg", lambda: (4.0, 4.0, 4.0))
+    with caplog.at_level(logging.WARNING, logger="ctr.train"):
+        placement.use_threads("auto")
+    assert torch.get_num_threads() == 2 and "oversubscribed" not in caplog.text
+    monkeypatch.setattr(os, "getloadavg", lambda: (4.5, 4.5, 4.5))
+    with caplog.at_level(logging.WARNING, logger="ctr.train"):
+        placement.use_threads("auto")
+    assert "oversubscribed: load average 4.5 over the machine's 4 cores" in caplog.text
