@@ -39,7 +39,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Iterator
 
 import yaml
 
@@ -271,10 +271,11 @@ def _drop_redrawn(results: Results, cells: list[Cell], recipes: dict[str, Recipe
 
 
 class Children:
-    """The ``ctr train`` processes the cells run, ``jobs`` at once, each on a slice of the
-    cores of its own (``core_slices``: set the instant it starts, long before ctr reads its
-    affinity or torch makes a thread); ``stop`` sends each SIGTERM (it keeps its last checkpoint: a rerun resumes it)
-    and refuses new ones."""
+    """The ``ctr train`` processes the cells run, ``jobs`` at once, each on a slice of the cores
+    of its own (``core_slices``; Linux only): the thread that starts a child is pinned to its
+    slice while it does, so the child inherits it from its first instruction, long before ctr
+    reads its affinity or torch makes a thread. ``stop`` sends each SIGTERM (it keeps its last
+    checkpoint: a rerun resumes it) and refuses new ones."""
 
     def __init__(self, jobs: int = 1) -> None:
         self._lock, self._running, self._stopping = threading.Lock(), {}, False
@@ -286,12 +287,15 @@ class Children:
             if self._stopping:
                 return None
             env = {**os.environ, STARTER: str(os.getpid())}  # the child ends if this process is killed
-            child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
             cores = self._free.pop() if self._free else None
-            if cores:
-                with contextlib.suppress(ProcessLookupError):  # it ended already
-                    os.sched_setaffinity(child.pid, cores)
-            self._running[child] = cores
+            with _pinned(cores):
+                try:
+                    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+                except BaseException:
+                    if cores:
+                        self._free.append(cores)
+                    raise
+                self._running[child] = cores
             return child
 
     def ended(self, child: subprocess.Popen) -> None:
@@ -306,6 +310,29 @@ class Children:
             for child in self._running:
                 child.send_signal(signal.SIGTERM)
 
+
+@contextlib.contextmanager
+def _pinned(cores: set[int] | None) -> Iterator[None]:
+    """Pins the calling thread to ``cores`` (none: leaves it) while the body runs, then gives
+    it back its own: a child it starts meanwhile inherits them (``os.sched_setaffinity(0)``
+    sets the calling thread's alone, on Linux). Cores it may not take are a warning: the child
+    then runs on any core (its ``trainer.num_threads: auto`` every core)."""
+    if not cores:
+        yield
+        return
+    kept = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, cores)
+    except OSError as err:
+        log.warning("bench: cannot pin a cell's training to cores %s (%s): it runs on any core",
+                    ",".join(map(str, sorted(cores))), err)
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # the thread only waits for its child: any cores do
+            os.sched_setaffinity(0, kept)
 
 
 def _report(results: Results, cells: list[Cell], out: Path, seeds: int) -> None:

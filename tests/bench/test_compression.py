@@ -1,6 +1,7 @@
 import csv
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import logging
@@ -727,3 +728,23 @@ def test_a_refused_recipe_method_budget_or_flag_is_said_before_the_lock(tmp_path
         assert main(["bench", "compression", str(recipe), *argv, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert said in err and "another ctr process" not in err, err
+
+
+def test_a_cell_its_cores_cannot_be_given_runs_unpinned_and_is_stopped_with_the_rest(tmp_path, monkeypatch, caplog):
+    """An OSError of ``sched_setaffinity`` other than ProcessLookupError escaped ``start``
+    after the child had started, unregistered: ``stop`` never ended it."""
+    from ctr.bench import compression
+    from ctr.bench.compression import Children
+
+    monkeypatch.setattr(compression, "core_slices", lambda jobs: [{0}])
+    children = Children(2)
+
+    def refused(pid, cores):
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(os, "sched_setaffinity", refused, raising=False)
+    with (tmp_path / "err").open("w") as stderr, caplog.at_level(logging.WARNING, logger="ctr.bench"):
+        child = children.start([sys.executable, "-c", "import time; time.sleep(60)"], stderr)
+    children.stop()
+    assert child.wait(timeout=30) == -signal.SIGTERM
+    assert "cannot pin a cell's training to cores 0 ([Errno 22] Invalid argument): it runs on any core" in caplog.text
