@@ -43,7 +43,7 @@ from ctr.registry import EMBEDDINGS
 from ctr.train.grid import Point, holds
 from ctr.train.launch import require_one_process
 from ctr.train.optim import require_fused_form
-from ctr.train.refusal import budget_refusal
+from ctr.train.refusal import MethodFailed, budget_refusal
 from ctr.train.rundir import RunDir, refuse_writing_over_recipe
 
 log = logging.getLogger("ctr.tune")
@@ -206,11 +206,16 @@ class Tuning:
     def _refused(self, recipes: dict[str, Recipe], results: Results) -> dict[str, str]:
         """Point key → why its embedding method refuses its budget (a method × budget grid
         may pair a method with a budget it cannot reach): those points are not trained.
-        A point finished earlier is not asked again."""
+        A point finished earlier is not asked again. A method's own error while it is asked
+        is raised as itself (``ctr``'s one line for an OSError, a traceback for a bug), as
+        when the point trains: a tune has no cell for it to fail."""
         refused = {}
         for point in self.points:
             recipe = recipes[point.key]
-            why = None if results.find(point, 0) else budget_refusal(recipe)
+            try:
+                why = None if results.find(point, 0) else budget_refusal(recipe)
+            except MethodFailed as err:
+                raise (err.__cause__ or err) from None
             if why is not None:
                 log.warning("tune %s (%s): not trained: %s", point.key, point.label, why)
                 refused[point.key] = why

@@ -838,3 +838,22 @@ def test_a_refused_recipe_or_flag_makes_no_folder_for_out(tmp_path, capsys, argv
     assert main(["tune", str(_recipe_file(tmp_path)), *argv, "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip().startswith(f"ctr: error: {said}")
     assert not (tmp_path / "new").exists()
+
+
+def test_a_methods_os_error_while_its_budget_is_asked_is_the_one_line_it_was(tmp_path, capsys, monkeypatch):
+    """A plugin method's disk full (or missing file) while ``ctr tune`` asked its budget was one
+    line naming the file, exit 2, until budget_refusal wrapped it in MethodFailed: a chained
+    traceback, exit 1."""
+    import dataclasses
+
+    from ctr.cli import main
+    from ctr.registry import EMBEDDINGS
+
+    def full_disk(schema, config):
+        raise OSError(28, "No space left on device", str(tmp_path / "codes.bin"))
+
+    monkeypatch.setitem(EMBEDDINGS._entries, "hash", dataclasses.replace(EMBEDDINGS.get("hash"), target=full_disk))
+    recipe = _recipe_file(tmp_path, embedding={"method": "hash", "dim": 8, "budget": 0.5})
+    args = [str(recipe), "--grid", "train.embedding_optimizer.lr=0.1,0.2", "--out", str(tmp_path / "t")]
+    assert main(["tune", *args]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"ctr: error: {tmp_path / 'codes.bin'}: no space left on device")
