@@ -46,7 +46,7 @@ import yaml
 from ctr.atomic import CsvRows, atomic_write
 from ctr.bench.grid import (
     SETTINGS_FILE, UNBUDGETED, Cell, cell_recipe, cell_recipes, check_seeds, check_settings, embedding_keys,
-    keep_settings, method_options, plan, prepare_once,
+    keep_settings, method_options, plan, prepare_once, say_base_keys_left_out,
 )
 from ctr.errors import UserError, sigterm_raises
 from ctr.host import usable_cores
@@ -166,6 +166,7 @@ def check_grid(recipe_path: Path, methods: list[str], budgets: list[float], seed
     refuse_writing_over_recipe(recipe_path, out, written, "the benchmark")
     options = method_options(overrides)
     raws = {cell.key: cell_recipe(base, options, recipe_path, cell, out) for cell in cells}
+    say_base_keys_left_out(recipe_path, cells, raws)
     return Grid(recipe_path, out, base, seeds, cells, raws, cell_recipes(raws, base, recipe_path), jobs)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import yaml
 from ctr.atomic import atomic_write
 from ctr.datasets import prepare
 from ctr.errors import UserError
-from ctr.recipe import Recipe, recipe_from_dict
+from ctr.recipe import EmbeddingConfig, Recipe, recipe_from_dict
 from ctr.recipe.checks import SEED_MAX, check_seeds_from, reads_backend
 from ctr.recipe.files import apply_override, first_difference, read_yaml
 from ctr.registry import EMBEDDINGS
@@ -212,9 +212,9 @@ def cell_recipe(base: dict[str, Any], options: list[str], recipe_path: Path, cel
     one); one naming none (no key, or ``null``) gives the cell's."""
     raw = copy.deepcopy(base)
     embedding = _block(raw.get("embedding"), f"{recipe_path} (with its -o)")
-    sibling = recipe_path.parent / f"{cell.method}.yaml"
+    sibling = _method_file(recipe_path, cell.method)
     block = {"method": cell.method}
-    if sibling.exists() and sibling.resolve() != recipe_path.resolve():
+    if sibling is not None:
         given = _block(read_yaml(sibling).get("embedding"), str(sibling))
         if given.get("method") is None:  # ``method: null`` names none, as a file without the key
             given.pop("method", None)
@@ -222,7 +222,6 @@ def cell_recipe(base: dict[str, Any], options: list[str], recipe_path: Path, cel
         if block["method"] != cell.method:
             raise UserError(f"{sibling}: embedding.method: {block['method']!r}, not {cell.method} (this file gives "
                             f"{cell.method}'s cells)")
-        _say_base_keys_left_out(given, sibling, cell)
     for key in BASE_EMBEDDING_KEYS:  # the recipe's, or their defaults where it leaves them out: never the file's
         block.pop(key, None)
         if key in embedding:
@@ -250,13 +249,29 @@ def _block(value: Any, source: str) -> dict[str, Any]:  # noqa: ANN401 (a raw re
     return value or {}
 
 
-def _say_base_keys_left_out(given: dict[str, Any], sibling: Path, cell: Cell) -> None:
-    """Logs the ``dim``, ``init_std`` and ``backend`` that a ``<method>.yaml`` gives and the
-    cell leaves out (the recipe's, or their defaults, are every cell's)."""
-    keys = [f"embedding.{key}" for key in BASE_EMBEDDING_KEYS if key in given]
-    if keys:
-        log.info("bench %s: %s: %s %s left out (the recipe's, or their defaults, are every cell's)", cell.key,
-                 sibling, " and ".join(keys), "is" if len(keys) == 1 else "are")
+def _method_file(recipe_path: Path, method: str) -> Path | None:
+    """The ``<method>.yaml`` beside the recipe that gives ``method``'s cells their settings
+    (None without one, or where it is the recipe itself)."""
+    sibling = recipe_path.parent / f"{method}.yaml"
+    return sibling if sibling.exists() and sibling.resolve() != recipe_path.resolve() else None
+
+
+def say_base_keys_left_out(recipe_path: Path, cells: list[Cell], raws: dict[str, dict[str, Any]]) -> None:
+    """Logs once per ``<method>.yaml`` (``cell_recipe`` has read and checked each) the ``dim``,
+    ``init_std`` and ``backend`` it gives that its cells, in ``raws`` by cell key, train
+    otherwise (the recipe's, or their defaults, are every cell's: any cell of a method shows them)."""
+    defaults = {field.name: field.default for field in fields(EmbeddingConfig)}
+    for method, cell in {cell.method: cell for cell in cells}.items():
+        sibling = _method_file(recipe_path, method)
+        if sibling is None:
+            continue
+        given, kept = read_yaml(sibling).get("embedding") or {}, raws[cell.key]["embedding"]
+        trained = {key: kept.get(key, defaults[key]) for key in BASE_EMBEDDING_KEYS}
+        keys = [key for key in BASE_EMBEDDING_KEYS if key in given and given[key] != trained[key]]
+        if keys:
+            log.info("bench: %s: %s %s left out (every cell's is the recipe's, or its default: %s)", sibling,
+                     " and ".join(f"embedding.{key} {json.dumps(given[key], default=str)}" for key in keys),
+                     "is" if len(keys) == 1 else "are", " and ".join(json.dumps(trained[key]) for key in keys))
 
 
 def _drop_unread_backend(base: dict[str, Any], block: dict[str, Any], cell: Cell) -> None:

@@ -689,18 +689,22 @@ def test_a_method_yaml_gives_no_dim_init_std_or_backend_where_the_recipe_leaves_
     assert block == {"method": "hash", "budget": 0.5}
 
 
-def test_a_method_yamls_dim_init_std_or_backend_left_out_is_logged(tmp_path, caplog):
+def test_a_method_yamls_keys_left_out_are_logged_once_and_only_where_they_differ(tmp_path, caplog):
     """``hash.yaml``'s ``dim: 4`` was dropped without a word: its author read the cells as
-    trained at dim 4."""
-    base = tiny_recipe(tmp_path, embedding={"method": "full", "dim": 8})
+    trained at dim 4. Then the line was logged once per cell (methods × budgets × seeds), and
+    for a value the recipe's equals (nothing the cells train otherwise)."""
+    from ctr.bench.compression import check_grid
+
+    recipe = tmp_path / "base.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, embedding={"method": "full", "dim": 8})))
     sibling = tmp_path / "hash.yaml"
-    sibling.write_text("embedding: {method: hash, dim: 4, init_std: 0.5}\n")
+    sibling.write_text("embedding: {method: hash, dim: 4, init_std: 0.01, backend: torch}\n")
     with caplog.at_level(logging.INFO, logger="ctr.bench"):
-        block = cell_recipe(base, [], tmp_path / "base.yaml", Cell("hash", 0.5, 0), tmp_path)["embedding"]
-    assert block["dim"] == 8
+        grid = check_grid(recipe, ["hash", "full"], [0.5, 0.25], 2, tmp_path / "bench", [])
+    assert grid.raws["hash-0.5-s0"]["embedding"]["dim"] == 8
     said = [r.getMessage() for r in caplog.records if str(sibling) in r.getMessage()]
-    assert said == [f"bench hash-0.5-s0: {sibling}: embedding.dim and embedding.init_std are left out (the recipe's, "
-                    "or their defaults, are every cell's)"]
+    assert said == [f"bench: {sibling}: embedding.dim 4 and embedding.backend \"torch\" are left out (every cell's "
+                    "is the recipe's, or its default: 8 and null)"]
 
 
 @pytest.mark.parametrize("argv, said", [
