@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ctr.datasets.source import resolve_files
+from ctr.datasets.source import resolve_files, utf8_names
 from ctr.datasets.tabular import FileConfig, FileSource
 from ctr.datasets.text import TextFormat, read_delimited
 from ctr.datasets.validate import LINE_COLUMN, PROBLEM_COLUMN, column_keys, require_columns
@@ -104,6 +104,7 @@ class LibSVMDataset(FileSource):
         if self.featindex is not None and not self.featindex.is_file():
             raise DataError(f"data.featindex: {self.featindex} does not exist")
         if self.featindex is not None:
+            utf8_names([self.featindex], "data.featindex")
             self.split_files = {split: _rows_files(files, self.featindex, split)
                                 for split, files in self.split_files.items()}
         self._index: FieldIndex | None = None

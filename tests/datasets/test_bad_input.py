@@ -630,6 +630,20 @@ def test_a_file_of_a_data_folder_whose_name_is_not_utf8_is_named(tmp_path, capsy
     assert err == f"ctr: error: data.path: {folder}/r\\xe9.csv: a name that is not UTF-8 (byte 0xe9); rename it"
 
 
+def test_a_featindex_whose_name_is_not_utf8_is_named(tmp_path, capsys):
+    """A libsvm ``data.featindex`` in a folder ``caf\\xe9`` was refused as a plugin's broken
+    default_features() quoting pyarrow's UnicodeEncodeError, naming neither the key nor the file."""
+    index = tmp_path / "caf\udce9" / "featindex.txt"
+    index.parent.mkdir()
+    index.write_text("weekday:0\t0\nweekday:1\t1\n")
+    path = tmp_path / "train.txt"
+    path.write_text("0 1:1\n1 0:1\n")
+    code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "libsvm", "path": str(path), "featindex": str(index)})
+    assert code == 2
+    assert err == (f"ctr: error: data.featindex: {tmp_path}/caf\\xe9/featindex.txt: a name that is not UTF-8 (byte 0xe9); "
+                   "rename it")
+
+
 @pytest.mark.parametrize("where", ["data.cache_dir", "$CTR_CACHE", "HOME"])
 def test_a_cache_whose_path_is_not_utf8_is_named(tmp_path, capsys, monkeypatch, where):
     """``CTR_CACHE=/tmp/caf\\xe9/cache`` (or such a ``data.cache_dir``, or HOME under the default
