@@ -96,12 +96,12 @@ class Result:
 
 def summary_table(results: list[Result], keys: tuple[str, ...]) -> str:
     """Markdown table: per side, each metric's mean ± standard deviation over seeds (the value
-    alone for one seed, as ``ctr tune`` and ``ctr bench compression`` show it)."""
+    alone for one seed; "–" where a seed lacks the metric, as ``ctr tune`` shows them)."""
     lines = ["| side | seeds | " + " | ".join(f"test {k}" for k in keys) + " | train samples/s |",
              "|---|---|" + "---|" * (len(keys) + 1)]
     for side in dict.fromkeys(r.side for r in results):
         rows = [r for r in results if r.side == side]
-        cells = [_mean_sd([r.test.get(k, float("nan")) for r in rows], 4) for k in keys]
+        cells = [_mean_sd([r.test[k] for r in rows], 4) if all(k in r.test for r in rows) else "–" for k in keys]
         cells.append(_mean_sd([r.samples_per_s for r in rows], 0))
         lines.append(f"| {side} | {len(rows)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
