@@ -53,9 +53,18 @@ SIGNATURES = {
 
 
 def cache_dir() -> Path:
-    """Where built libraries live: ``$CTR_CACHE`` or ``~/.cache/ctr``, then ``native/``."""
-    root = os.environ.get("CTR_CACHE") or Path.home() / ".cache" / "ctr"
-    return Path(root) / "native"
+    """Where built libraries live: ``$CTR_CACHE`` or ``~/.cache/ctr``, then ``native/``. An
+    OSError names what set it (``$CTR_CACHE: <file>: not a folder``, as the data cache's error
+    does) when it or a folder above is a file: nothing can be built there."""
+    if os.environ.get("CTR_CACHE"):
+        root, where = Path(os.environ["CTR_CACHE"]), "$CTR_CACHE"
+    else:
+        root, where = Path.home() / ".cache" / "ctr", "the default cache ($CTR_CACHE not set)"
+    folder = root / "native"
+    there = next(p for p in (folder, *folder.parents) if p.exists())  # "/" or "." at the latest
+    if not there.is_dir():
+        raise NotADirectoryError(f"{where}: {there}: not a folder")
+    return folder
 
 
 @functools.cache

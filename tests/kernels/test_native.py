@@ -174,6 +174,23 @@ def test_a_failed_build_warns_and_falls_back(monkeypatch, tmp_path, caplog):
         native.library.cache_clear()
 
 
+def test_a_cache_that_is_a_file_is_named_as_the_build_falls_back(monkeypatch, tmp_path, caplog):
+    """``$CTR_CACHE`` naming a file turned the kernels off with ``[Errno 20] Not a directory:
+    '<file>/native/<hash>'``, naming neither the variable nor the file (the data cache's error names both)."""
+    blocked = tmp_path / "cache"
+    blocked.write_text("")
+    monkeypatch.delenv(native.ENV_SWITCH, raising=False)
+    monkeypatch.setenv("CTR_CACHE", str(blocked))
+    native.library.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="ctr.kernels.native"):
+            assert native.library() is None
+        said = f"ctr's native CPU kernels are off (torch ops instead): $CTR_CACHE: {blocked}: not a folder"
+        assert caplog.messages == [said]
+    finally:
+        native.library.cache_clear()
+
+
 @needs_native
 @pytest.mark.parametrize("grouped", [False, True])
 def test_native_single_id_update_equals_the_sorted_one_bit_for_bit(grouped, monkeypatch):
