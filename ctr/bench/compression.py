@@ -166,8 +166,9 @@ def check_grid(recipe_path: Path, methods: list[str], budgets: list[float], seed
     refuse_writing_over_recipe(recipe_path, out, written, "the benchmark")
     options = method_options(overrides)
     raws = {cell.key: cell_recipe(base, options, recipe_path, cell, out) for cell in cells}
-    say_base_keys_left_out(recipe_path, cells, raws)
-    return Grid(recipe_path, out, base, seeds, cells, raws, cell_recipes(raws, base, recipe_path), jobs)
+    recipes = cell_recipes(raws, base, recipe_path)
+    say_base_keys_left_out(recipe_path, cells, recipes)
+    return Grid(recipe_path, out, base, seeds, cells, raws, recipes, jobs)
 
 
 def run_compression(

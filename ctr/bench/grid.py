@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import yaml
 from ctr.atomic import atomic_write
 from ctr.datasets import prepare
 from ctr.errors import UserError
-from ctr.recipe import EmbeddingConfig, Recipe, recipe_from_dict
+from ctr.recipe import Recipe, recipe_from_dict
 from ctr.recipe.checks import SEED_MAX, check_seeds_from, reads_backend
 from ctr.recipe.files import apply_override, first_difference, read_yaml
 from ctr.registry import EMBEDDINGS
@@ -256,22 +256,33 @@ def _method_file(recipe_path: Path, method: str) -> Path | None:
     return sibling if sibling.exists() and sibling.resolve() != recipe_path.resolve() else None
 
 
-def say_base_keys_left_out(recipe_path: Path, cells: list[Cell], raws: dict[str, dict[str, Any]]) -> None:
-    """Logs once per ``<method>.yaml`` (``cell_recipe`` has read and checked each) the ``dim``,
-    ``init_std`` and ``backend`` it gives that its cells, in ``raws`` by cell key, train
-    otherwise (the recipe's, or their defaults, are every cell's: any cell of a method shows them)."""
-    defaults = {field.name: field.default for field in fields(EmbeddingConfig)}
-    for method, cell in {cell.method: cell for cell in cells}.items():
+def say_base_keys_left_out(recipe_path: Path, cells: list[Cell], recipes: dict[str, Recipe]) -> None:
+    """Logs once per ``<method>.yaml`` the ``dim``, ``init_std`` and ``backend`` it gives that
+    its cells, checked in ``recipes`` by cell key, train otherwise (the recipe's, or their
+    defaults, are every cell's: any cell of a method shows them); values are compared as the
+    recipe reads them (``1e-2`` is 0.01)."""
+    for method, cell in {cell.method: cell for cell in cells if cell.key in recipes}.items():
         sibling = _method_file(recipe_path, method)
         if sibling is None:
             continue
-        given, kept = read_yaml(sibling).get("embedding") or {}, raws[cell.key]["embedding"]
-        trained = {key: kept.get(key, defaults[key]) for key in BASE_EMBEDDING_KEYS}
-        keys = [key for key in BASE_EMBEDDING_KEYS if key in given and given[key] != trained[key]]
-        if keys:
+        given, trained = read_yaml(sibling).get("embedding") or {}, recipes[cell.key].embedding
+        differ = {key: getattr(trained, key) for key in BASE_EMBEDDING_KEYS
+                  if key in given and not _same_value(given[key], getattr(trained, key))}
+        if differ:
             log.info("bench: %s: %s %s left out (every cell's is the recipe's, or its default: %s)", sibling,
-                     " and ".join(f"embedding.{key} {json.dumps(given[key], default=str)}" for key in keys),
-                     "is" if len(keys) == 1 else "are", " and ".join(json.dumps(trained[key]) for key in keys))
+                     " and ".join(f"embedding.{key} {json.dumps(given[key], default=str)}" for key in differ),
+                     "is" if len(differ) == 1 else "are", " and ".join(json.dumps(v) for v in differ.values()))
+
+
+def _same_value(given: Any, trained: Any) -> bool:
+    """Whether a ``<method>.yaml``'s raw value ``given`` reads as the cells' checked ``trained``
+    (a number YAML left as text, ``1e-2``, as the recipe takes it)."""
+    if isinstance(trained, (int, float)) and not isinstance(trained, bool) and isinstance(given, str):
+        try:
+            return float(given) == trained
+        except ValueError:
+            return False
+    return given == trained
 
 
 def _drop_unread_backend(base: dict[str, Any], block: dict[str, Any], cell: Cell) -> None:

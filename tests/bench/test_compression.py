@@ -707,6 +707,25 @@ def test_a_method_yamls_keys_left_out_are_logged_once_and_only_where_they_differ
                     "is the recipe's, or its default: 8 and null)"]
 
 
+def test_a_method_yamls_value_spelt_otherwise_is_not_logged_and_a_bad_base_value_is_the_recipes_error(tmp_path,
+                                                                                                      caplog):
+    """The values were compared as written (``1e-2``, text to YAML, against 0.01), and a base
+    value no recipe takes (a date) was a TypeError traceback as the line was built, not the
+    recipe's one-line error."""
+    from ctr.bench.compression import check_grid
+
+    recipe, sibling = tmp_path / "base.yaml", tmp_path / "hash.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, embedding={"method": "full", "dim": 8})))
+    sibling.write_text("embedding: {method: hash, init_std: 1e-2}\n")
+    with caplog.at_level(logging.INFO, logger="ctr.bench"):
+        check_grid(recipe, ["hash"], [0.5], 1, tmp_path / "bench", [])
+    assert not [r for r in caplog.records if str(sibling) in r.getMessage()]
+    sibling.write_text("embedding: {method: hash, dim: 4}\n")
+    recipe.write_text(recipe.read_text().replace("dim: 8", "dim: 2024-01-01"))
+    with pytest.raises(UserError, match="embedding.dim: expected int"):
+        check_grid(recipe, ["hash"], [0.5], 1, tmp_path / "bench", [])
+
+
 @pytest.mark.parametrize("argv, said", [
     (["--methods", "full", "-o", "train.optimizer.lr=-1"], "train.optimizer.lr: must be > 0"),
     (["--methods", "zip"], "--methods: unknown embedding method 'zip'"),
