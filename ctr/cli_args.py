@@ -216,7 +216,6 @@ def a_path(text: str) -> Path:
     return path
 
 
-
 def int_list(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]

@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ctr.atomic import process_alive
-from ctr.errors import RecipeError, not_utf8
 from ctr.datasets.source import (DatasetSource, code_change, code_digest, file_digest, file_stamp, keyed_features,
                                  keyed_split, plugin_package)
-from ctr.errors import UserError
+from ctr.errors import RecipeError, UserError, not_utf8
 from ctr.recipe import DataConfig, SplitConfig
 from ctr.registry import DATASETS
 from ctr.schema import FeatureSpec

@@ -328,13 +328,13 @@ def _pinned(cores: set[int] | None) -> Iterator[None]:
     except OSError as err:
         log.warning("bench: cannot pin a cell's training to cores %s (%s): it runs on any core",
                     ",".join(map(str, sorted(cores))), err)
-        yield
-        return
+        kept = None  # the body runs outside this handler: its own errors chain to nothing of this
     try:
         yield
     finally:
-        with contextlib.suppress(OSError):  # the thread only waits for its child: any cores do
-            os.sched_setaffinity(0, kept)
+        if kept is not None:
+            with contextlib.suppress(OSError):  # the thread only waits for its child: any cores do
+                os.sched_setaffinity(0, kept)
 
 
 def _report(results: Results, cells: list[Cell], out: Path, seeds: int) -> None:

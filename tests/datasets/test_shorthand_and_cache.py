@@ -222,8 +222,9 @@ def test_a_cache_dir_at_a_file_is_one_line_naming_where_it_was_set(tmp_path, cap
     (tmp_path / "home" / ".cache").mkdir(parents=True)
     (tmp_path / "home" / ".cache" / "ctr").write_text("")
     assert main(["data", "clean"]) == 2
-    assert capsys.readouterr().err.strip() == ("ctr: error: the default cache (neither $CTR_CACHE nor --cache-dir set): "
-                                               f"{tmp_path / 'home' / '.cache' / 'ctr'}: not a folder")
+    said = capsys.readouterr().err.strip()
+    assert said == ("ctr: error: the default cache (neither $CTR_CACHE nor --cache-dir set): "
+                    f"{tmp_path / 'home' / '.cache' / 'ctr'}: not a folder")
     assert afile.read_text() == "" and (tmp_path / "cache" / "data").read_text() == ""
 
 
