@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("%s seed %d: test %s, %.0f samples/s", side, seed,
                      " ".join(f"{k}={v:.4f}" for k, v in result.test.items()), result.samples_per_s)
             results.append(result)
-    keys = tuple(k for k in ("auc", "gauc", "logloss") if k in results[0].test)
+    keys = tuple(k for k in ("auc", "gauc", "logloss") if any(k in result.test for result in results))
     table = summary_table(results, keys)
     ctr_auc = np.mean([r.test["auc"] for r in results if r.side == "ctr"])
     peer_auc = np.mean([r.test["auc"] for r in results if r.side != "ctr"])

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             done = run / "metrics.json"
             metrics = metrics_from_json(done.read_text()) if done.exists() else train(replace(recipe, seed=seed), run)
             results.append(Result(recipe.name, seed, metrics["test"], metrics["train_samples_per_s"]))
-    keys = tuple(k for k in ("auc", "gauc", "logloss") if k in results[0].test)
+    keys = tuple(k for k in ("auc", "gauc", "logloss") if any(k in result.test for result in results))
     table = summary_table(results, keys)
     print(f"seeds {args.seeds}, threads {args.threads}, overrides {args.override}")
     print(table)
