@@ -718,7 +718,8 @@ def test_a_method_yamls_value_spelt_otherwise_is_not_logged_and_a_bad_base_value
     recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, embedding={"method": "full", "dim": 8})))
     sibling.write_text("embedding: {method: hash, init_std: 1e-2}\n")
     with caplog.at_level(logging.INFO, logger="ctr.bench"):
-        check_grid(recipe, ["hash"], [0.5], 1, tmp_path / "bench", [])
+        grid = check_grid(recipe, ["hash"], [0.5], 1, tmp_path / "bench", [])
+    assert "hash-0.5-s0" in grid.recipes  # a cell trained: its recipe's values were compared
     assert not [r for r in caplog.records if str(sibling) in r.getMessage()]
     sibling.write_text("embedding: {method: hash, dim: 4}\n")
     recipe.write_text(recipe.read_text().replace("dim: 8", "dim: 2024-01-01"))
@@ -771,3 +772,18 @@ def test_a_cell_its_cores_cannot_be_given_runs_unpinned_and_is_stopped_with_the_
     children.stop()
     assert child.wait(timeout=30) == -signal.SIGTERM
     assert "cannot pin a cell's training to cores 0 ([Errno 22] Invalid argument): it runs on any core" in caplog.text
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this system")
+def test_a_start_where_cores_cannot_be_pinned_chains_to_no_affinity_error(monkeypatch):
+    """A cell whose cores could not be set started inside the handler of that error: a start
+    that then failed (no memory, no executable) was told "during handling of" the affinity's."""
+    from ctr.bench.compression import _pinned
+
+    def refused(pid, cores):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setaffinity", refused)
+    with pytest.raises(RuntimeError) as caught, _pinned({0}):
+        raise RuntimeError("the start failed")
+    assert caught.value.__context__ is None

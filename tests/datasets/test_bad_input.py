@@ -640,8 +640,8 @@ def test_a_featindex_whose_name_is_not_utf8_is_named(tmp_path, capsys):
     path.write_text("0 1:1\n1 0:1\n")
     code, err, _ = run_prepare(tmp_path, capsys, {"dataset": "libsvm", "path": str(path), "featindex": str(index)})
     assert code == 2
-    assert err == (f"ctr: error: data.featindex: {tmp_path}/caf\\xe9/featindex.txt: a name that is not UTF-8 (byte 0xe9); "
-                   "rename it")
+    assert err == (f"ctr: error: data.featindex: {tmp_path}/caf\\xe9/featindex.txt: a name that is not UTF-8 "
+                   "(byte 0xe9); rename it")
 
 
 @pytest.mark.parametrize("where", ["data.cache_dir", "$CTR_CACHE", "HOME"])
