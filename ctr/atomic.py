@@ -60,14 +60,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def removes_made_folders(folder: Path) -> Iterator[None]:
     """Removes ``folder`` and the folders above it that are missing as the block begins (made in
     it) when they are empty as it ends, however it ends: a command stopped (Ctrl+C) or refused
-    before it wrote there leaves no new, empty folder; a folder that was there before stays.
-    Two commands writing into one new folder at once are not told apart: one that stops may
-    remove it while it is still empty, and the other's write then fails naming its file."""
+    before it wrote there leaves no new, empty folder; a folder that was there before stays, as
+    does one a ctr process holds (its ``.<name>.lock`` beside it: ``ctr tune`` holds its --out
+    while a point's run locks a folder inside) and those above it. Two commands writing into
+    one new folder at once are not told apart otherwise: one that stops may remove it while it
+    is still empty, and the other's write then fails naming its file."""
     made = [parent for parent in (folder, *folder.parents) if not parent.exists()]
     try:
         yield
     finally:
         for each in made:  # each inside the next
+            if (each.parent / f".{each.name}.lock").exists():
+                break
             try:
                 each.rmdir()
             except FileNotFoundError:  # removed meanwhile: the folders above may still be empty

@@ -15,7 +15,7 @@ from typing import IO, Any, Iterator
 
 import yaml
 
-from ctr.atomic import atomic_path, atomic_write, replaced_folder
+from ctr.atomic import atomic_path, atomic_write, removes_made_folders, replaced_folder
 from ctr.datasets.cache import KEY_FILE, PIPELINE_VERSION, generator_change, input_change, source_fingerprint
 from ctr.datasets.source import keyed_split, resolve_features
 from ctr.errors import RecipeError, TrainingDiverged, UserError, reason
@@ -112,30 +112,11 @@ def held(folder: Path, doing: str) -> Iterator[None]:
     with the folders made for it that are left empty (a run refused before it wrote anything)."""
     place = folder.resolve()
     lock = place.parent / f".{place.name}.lock"
-    made = [parent for parent in (lock.parent, *lock.parent.parents) if not parent.exists()]
-    try:
-        with _locked(lock, folder, doing):
-            try:
-                yield
-            finally:
-                lock.unlink(missing_ok=True)  # while still locked: a process that opened it meanwhile retries
-    finally:
-        _remove_empty(made)
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    """Removes ``folders`` (each inside the next) while they are empty and no other holder
-    holds one (its lock beside it: ``ctr tune`` holds its --out while a point's run locks a
-    folder inside)."""
-    for made in folders:
-        if (made.parent / f".{made.name}.lock").exists():
-            return
+    with removes_made_folders(lock.parent), _locked(lock, folder, doing):
         try:
-            made.rmdir()
-        except FileNotFoundError:  # removed meanwhile: the folders above may still be empty
-            continue
-        except OSError:  # not empty (it holds the run)
-            return
+            yield
+        finally:
+            lock.unlink(missing_ok=True)  # while still locked: a process that opened it meanwhile retries
 
 
 def _locked(lock: Path, folder: Path, doing: str) -> IO[str]:
